@@ -1,0 +1,1 @@
+"""Alembic revisions of the speakerdb schema (installed as ``speakerdb.migrations``)."""

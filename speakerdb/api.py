@@ -1,0 +1,625 @@
+"""The :class:`SpeakerDB` facade shared by the CLI and Python users.
+
+    >>> from speakerdb import SpeakerDB
+    >>> with SpeakerDB("speakers.db", model="./wavlm-base-plus-sv") as db:
+    ...     db.enroll("alice", ["alice1.flac", "alice2.flac"])
+    ...     [result] = db.identify(["unknown.wav"])
+    ...     print(result.speaker, result.score)
+
+Every write is one SQLite transaction; the FAISS index is brought up to date after the
+commit and rebuilt from SQLite whenever its file is missing, stale or damaged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import audio, schema, store
+from .embed import DEFAULT_MODEL, Embedder, l2_normalize, load_embedder, same_model
+from .errors import (
+    DatabaseError,
+    EmptyDatabaseError,
+    InvalidInputError,
+    ModelMismatchError,
+    SpeakerExistsError,
+    SpeakerDBError,
+    SpeakerNotFoundError,
+)
+from .index import IndexFileError, SpeakerIndex
+
+#: The model card's suggested cosine threshold for microsoft/wavlm-base-plus-sv.
+DEFAULT_THRESHOLD = 0.86
+DEFAULT_TOP_K = 5
+MAX_NAME_LENGTH = 200  # characters
+DB_FILENAME = "speakerdb.sqlite"
+INDEX_SUFFIX = ".faiss"
+
+#: Called after each file: (files done, files in all, seconds of audio done).
+Progress = Callable[[int, int, float], None]
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def default_home() -> Path:
+    """``$SPEAKERDB_HOME``, else the platform's per-user data directory."""
+    env = os.environ.get("SPEAKERDB_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("speakerdb", appauthor=False))
+
+
+def default_db_path() -> Path:
+    """``$SPEAKERDB_DB``, else ``speakerdb.sqlite`` in :func:`default_home`."""
+    env = os.environ.get("SPEAKERDB_DB")
+    return Path(env).expanduser() if env else default_home() / DB_FILENAME
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a speaker, else raise InvalidInputError saying why."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError("speaker name must not be empty")
+    if name != name.strip():
+        raise InvalidInputError(f"speaker name {name!r} must not start or end with whitespace")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"speaker name is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed")
+    if _CONTROL_CHARS.search(name):
+        raise InvalidInputError(f"speaker name {name!r} contains control characters")
+    if "/" in name or "\\" in name:
+        raise InvalidInputError(f"speaker name {name!r} must not contain / or \\")
+    return name
+
+
+@dataclass(frozen=True)
+class Candidate:
+    speaker: str
+    score: float  # cosine similarity to the speaker's centroid, in [-1, 1]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One file's answer: ``speaker`` is None ("unknown") when the best score is below the threshold."""
+
+    file: str
+    speaker: str | None
+    score: float
+    candidates: list[Candidate]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verification:
+    file: str
+    speaker: str
+    score: float
+    threshold: float
+    accepted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class UtteranceInfo:
+    source: str
+    duration_s: float
+    audio_sha256: str
+    created_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = _iso(self.created_at)
+        return d
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    speaker: str
+    created: bool
+    added: list[UtteranceInfo]
+    skipped: list[Skipped]
+    n_utterances: int  # the speaker's utterances after this enrollment
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "speaker": self.speaker,
+            "created": self.created,
+            "added": [u.to_dict() for u in self.added],
+            "skipped": [asdict(s) for s in self.skipped],
+            "n_utterances": self.n_utterances,
+        }
+
+
+@dataclass(frozen=True)
+class SpeakerInfo:
+    name: str
+    n_utterances: int
+    total_duration_s: float
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    utterances: list[UtteranceInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"], d["updated_at"] = _iso(self.created_at), _iso(self.updated_at)
+        d["utterances"] = [u.to_dict() for u in self.utterances]
+        return d
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    db_path: str
+    index_path: str
+    model_id: str | None
+    model_source: str | None
+    dim: int | None
+    threshold: float
+    n_speakers: int
+    n_utterances: int
+    schema_revision: str
+    generation: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Change:
+    """What one write transaction did to the centroids, for updating the index after commit."""
+
+    upserted: dict[int, np.ndarray] = field(default_factory=dict)  # speaker id -> (dim,) centroid
+    removed: set[int] = field(default_factory=set)
+    generation: int = 0
+
+
+class SpeakerDB:
+    """A speaker database: SQLite file (the truth) plus a FAISS index file beside it.
+
+    Args:
+        db_path: the SQLite file; created (with its directory) at the newest schema if
+            absent. Default: :func:`default_db_path`.
+        model: hub id or local directory of the embedding model. Default: the model the
+            database was built with, else ``microsoft/wavlm-base-plus-sv``. Loaded on the
+            first call that embeds audio, not before.
+        device: ``cpu`` or ``cuda``.
+        embedder: any object with ``model_id``, ``dim`` and ``embed()``
+            (:class:`speakerdb.embed.Embedder`); overrides ``model``.
+    """
+
+    def __init__(
+        self,
+        db_path: str | os.PathLike[str] | None = None,
+        *,
+        model: str | None = None,
+        device: str = "cpu",
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.db_path = Path(db_path).expanduser() if db_path else default_db_path()
+        self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
+        self._model = model
+        self._device = device
+        self._embedder = embedder
+        self._index: SpeakerIndex | None = None
+        if not self.db_path.exists():
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = store.Store(self.db_path)
+        if "threshold" not in self.store.settings():
+            with self.store.write() as s:
+                store.set_setting(s, "threshold", DEFAULT_THRESHOLD)
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "SpeakerDB":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- settings -------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """The cosine score at or above which identify names a speaker and verify accepts."""
+        return float(self.store.settings().get("threshold", DEFAULT_THRESHOLD))
+
+    def set_threshold(self, value: float) -> None:
+        """Store a new decision threshold for this database."""
+        value = _check_threshold(value)
+        with self.store.write() as s:
+            store.set_setting(s, "threshold", value)
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedding model, loaded on first use and checked against the database."""
+        if self._embedder is None:
+            settings = self.store.settings()
+            source = self._model or settings.get("model_source") or DEFAULT_MODEL
+            self._embedder = load_embedder(source, device=self._device)
+        self._check_model(self.store.settings())
+        return self._embedder
+
+    # ---- operations -----------------------------------------------------------------
+    def enroll(
+        self,
+        name: str,
+        files: Sequence[str | os.PathLike[str] | audio.Audio],
+        *,
+        new: bool = False,
+        metadata: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> EnrollResult:
+        """Create speaker ``name`` or add utterances to it.
+
+        Every file is decoded and embedded before anything is written; a bad file raises
+        AudioError and leaves the database unchanged. Audio already enrolled for this
+        speaker (same decoded-audio sha256) is skipped and reported in ``skipped``.
+
+        Args:
+            new: refuse (SpeakerExistsError) if the speaker already exists.
+            metadata: JSON-serialisable key/values merged into the speaker's metadata.
+        """
+        validate_name(name)
+        if not files:
+            raise InvalidInputError("enroll needs at least one audio file")
+        metadata = _check_metadata(metadata)
+        if new:
+            with self.store.read() as s:
+                if store.speaker_by_name(s, name) is not None:
+                    raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+        embedded = self._embed_files(files, progress)
+
+        with self._change() as (s, change):
+            self._bind_model(s)
+            speaker = store.speaker_by_name(s, name)
+            created = speaker is None
+            if speaker is not None and new:
+                raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+            if speaker is None:
+                now = store.utcnow()
+                speaker = store.Speaker(name=name, created_at=now, updated_at=now, meta={}, centroid=b"")
+                s.add(speaker)
+            known = {u.audio_sha256 for u in speaker.utterances}
+            added, skipped = [], []
+            for clip, vector in embedded:
+                if clip.sha256 in known:
+                    skipped.append(Skipped(clip.source, f"same audio already enrolled for {name!r}"))
+                    continue
+                known.add(clip.sha256)
+                utt = store.Utterance(
+                    source=clip.source,
+                    duration_s=clip.duration_s,
+                    audio_sha256=clip.sha256,
+                    embedding=store.to_blob(vector),
+                    created_at=store.utcnow(),
+                )
+                speaker.utterances.append(utt)
+                added.append(UtteranceInfo(clip.source, clip.duration_s, clip.sha256, utt.created_at))
+            if metadata:
+                speaker.meta = {**(speaker.meta or {}), **metadata}
+            if added or created:
+                store.recompute_centroid(speaker)
+            s.flush()  # assigns speaker.id
+            change.upserted[speaker.id] = speaker.centroid_vector()
+            n_utterances = len(speaker.utterances)
+        return EnrollResult(name, created, added, skipped, n_utterances)
+
+    def identify(
+        self,
+        files: Sequence[str | os.PathLike[str] | audio.Audio],
+        *,
+        top_k: int = DEFAULT_TOP_K,
+        threshold: float | None = None,
+        progress: Progress | None = None,
+    ) -> list[Identification]:
+        """Nearest enrolled speakers for each file, and the decision.
+
+        ``speaker`` is the best candidate if its score reaches the threshold (the
+        database's, unless ``threshold`` is given), else None: unknown.
+        """
+        if top_k < 1:
+            raise InvalidInputError(f"top-k must be at least 1, not {top_k}")
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        if not files:
+            raise InvalidInputError("identify needs at least one audio file")
+        self._require_speakers()
+        embedded = self._embed_files(files, progress)
+        queries = np.stack([v for _, v in embedded])  # (n_files, dim)
+        index = self._current_index()
+        scores, ids = index.search(queries, top_k)  # (n_files, k), (n_files, k)
+        with self.store.read() as s:
+            names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
+        results = []
+        for (clip, _), row_scores, row_ids in zip(embedded, scores, ids):
+            candidates = [
+                Candidate(names[int(i)], float(sc)) for sc, i in zip(row_scores, row_ids) if int(i) in names
+            ]
+            best = candidates[0] if candidates else None
+            decided = best.speaker if best is not None and best.score >= threshold else None
+            results.append(Identification(clip.source, decided, best.score if best else float("nan"), candidates))
+        return results
+
+    def verify(
+        self,
+        name: str,
+        file: str | os.PathLike[str] | audio.Audio,
+        *,
+        threshold: float | None = None,
+    ) -> Verification:
+        """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?"""
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        with self.store.read() as s:
+            speaker = self._get_speaker(s, name)
+            centroid = speaker.centroid_vector()
+        [(clip, vector)] = self._embed_files([file], None)
+        score = float(np.dot(vector, centroid))
+        return Verification(clip.source, name, score, threshold, score >= threshold)
+
+    def list(self) -> list[SpeakerInfo]:
+        """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""
+        with self.store.read() as s:
+            rows = store.list_speakers(s)
+        return [
+            SpeakerInfo(r.name, r.n_utterances, r.total_duration_s, r.created_at, r.updated_at, r.meta)
+            for r in rows
+        ]
+
+    def show(self, name: str) -> SpeakerInfo:
+        """One speaker with its utterances."""
+        with self.store.read() as s:
+            sp = self._get_speaker(s, name)
+            utts = [UtteranceInfo(u.source, u.duration_s, u.audio_sha256, u.created_at) for u in sp.utterances]
+            return SpeakerInfo(
+                sp.name,
+                len(utts),
+                sum(u.duration_s for u in utts),
+                sp.created_at,
+                sp.updated_at,
+                dict(sp.meta or {}),
+                utts,
+            )
+
+    def rename(self, old: str, new: str) -> None:
+        """Give speaker ``old`` the name ``new`` (which must be free)."""
+        validate_name(new)
+        with self._change() as (s, _):
+            speaker = self._get_speaker(s, old)
+            if old == new:
+                return
+            if store.speaker_by_name(s, new) is not None:
+                raise SpeakerExistsError(f"cannot rename {old!r}: speaker {new!r} already exists")
+            speaker.name = new
+            speaker.updated_at = store.utcnow()
+
+    def remove(self, name: str) -> int:
+        """Delete a speaker, its utterances and embeddings; returns the number of utterances removed."""
+        with self._change() as (s, change):
+            speaker = self._get_speaker(s, name)
+            n = len(speaker.utterances)
+            change.removed.add(speaker.id)
+            s.delete(speaker)
+        return n
+
+    def info(self) -> DatabaseInfo:
+        """What this database is: paths, model, dimension, threshold, counts."""
+        with self.store.read() as s:
+            settings = store.get_settings(s)
+            n_speakers, n_utterances = store.counts(s)
+        return DatabaseInfo(
+            db_path=str(self.db_path),
+            index_path=str(self.index_path),
+            model_id=settings.get("model_id"),
+            model_source=settings.get("model_source"),
+            dim=settings.get("dim"),
+            threshold=float(settings.get("threshold", DEFAULT_THRESHOLD)),
+            n_speakers=n_speakers,
+            n_utterances=n_utterances,
+            schema_revision=schema.HEAD_REVISION,
+            generation=int(settings.get("generation", 0)),
+        )
+
+    def rebuild_index(self) -> int:
+        """Rebuild the index file from SQLite; returns the number of speakers indexed."""
+        with self.store.read() as s:
+            index = self._build_index(s)
+        self._save_index(index)
+        return len(index)
+
+    # ---- internals ------------------------------------------------------------------
+    def _embed_files(self, files, progress: Progress | None) -> list[tuple[audio.Audio, np.ndarray]]:
+        """Decode and embed each file in turn: [(Audio, (dim,) unit vector)]."""
+        for f in files:  # a missing file is reported before the model takes seconds to load
+            if not isinstance(f, audio.Audio):
+                audio.check_file(f)
+        embedder = self.embedder
+        out: list[tuple[audio.Audio, np.ndarray]] = []
+        seconds = 0.0
+        for i, f in enumerate(files):
+            clip = f if isinstance(f, audio.Audio) else audio.load(f)
+            vector = l2_normalize(embedder.embed([clip.samples]))[0]  # (dim,)
+            out.append((clip, vector))
+            seconds += clip.duration_s
+            if progress is not None:
+                progress(i + 1, len(files), seconds)
+        return out
+
+    def _check_model(self, settings: dict[str, Any]) -> None:
+        assert self._embedder is not None
+        bound = settings.get("model_id")
+        if bound is not None and not same_model(bound, self._embedder.model_id):
+            raise ModelMismatchError(
+                f"database {self.db_path} was built with model {bound}, not {self._embedder.model_id}: "
+                f"use --model {settings.get('model_source') or bound} or another database (--db)"
+            )
+        dim = settings.get("dim")
+        if dim is not None and int(dim) != self._embedder.dim:
+            raise ModelMismatchError(
+                f"database {self.db_path} holds {dim}-d embeddings, model {self._embedder.model_id} makes {self._embedder.dim}-d"
+            )
+
+    def _bind_model(self, s) -> None:
+        """Record the model in a database that has none; re-check it inside the write transaction."""
+        settings = store.get_settings(s)
+        self._check_model(settings)
+        if settings.get("model_id") is None:
+            assert self._embedder is not None
+            store.set_setting(s, "model_id", self._embedder.model_id)
+            store.set_setting(s, "dim", int(self._embedder.dim))
+            source = self._model or getattr(self._embedder, "name_or_path", None) or self._embedder.model_id
+            if source and Path(source).expanduser().is_dir():
+                source = str(Path(source).expanduser().resolve())
+            store.set_setting(s, "model_source", source)
+
+    def _require_speakers(self) -> None:
+        with self.store.read() as s:
+            if store.counts(s)[0] == 0:
+                raise EmptyDatabaseError(f"no speakers are enrolled in {self.db_path}: run `speakerdb enroll` first")
+
+    @staticmethod
+    def _get_speaker(s, name: str) -> store.Speaker:
+        speaker = store.speaker_by_name(s, name)
+        if speaker is None:
+            raise SpeakerNotFoundError(f"no speaker named {name!r}")
+        return speaker
+
+    @contextmanager
+    def _change(self) -> Iterator[tuple[Any, _Change]]:
+        """A write transaction whose effect on the centroids is applied to the index after commit."""
+        change = _Change()
+        with self.store.write() as s:
+            yield s, change
+            change.generation = store.bump_generation(s)
+        self._apply_to_index(change)
+
+    def _apply_to_index(self, change: _Change) -> None:
+        index = self._index if self._index is not None else self._load_index_file()
+        if index is None or index.generation != change.generation - 1:
+            # Another process wrote in between, or there was no usable file: start afresh.
+            self._index = None
+            self._current_index()
+            return
+        ids = np.fromiter(set(change.upserted) | change.removed, dtype=np.int64)
+        index.remove(ids)
+        if change.upserted:
+            index.add(
+                np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
+                np.stack(list(change.upserted.values())),
+            )
+        index.generation = change.generation
+        self._save_index(index)
+
+    def _current_index(self) -> SpeakerIndex:
+        """The index at the store's generation: in memory, from the file, or rebuilt."""
+        with self.store.read() as s:
+            generation = int(store.get_settings(s).get("generation", 0))
+            if self._index is not None and self._index.generation == generation:
+                return self._index
+            index = self._load_index_file()
+            if index is None or index.generation != generation:
+                index = self._build_index(s)
+                self._save_index(index)
+        self._index = index
+        return index
+
+    def _load_index_file(self) -> SpeakerIndex | None:
+        try:
+            return SpeakerIndex.load(self.index_path)
+        except IndexFileError:
+            return None
+
+    def _build_index(self, s) -> SpeakerIndex:
+        settings = store.get_settings(s)
+        ids, vectors = store.centroids(s)
+        dim = int(settings.get("dim") or (vectors.shape[1] if vectors.size else 1))
+        return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)))
+
+    def _save_index(self, index: SpeakerIndex) -> None:
+        self._index = index
+        try:
+            index.save(self.index_path)
+        except OSError:
+            # A read-only directory: the in-memory index still answers this process, and
+            # SQLite, the truth, is unaffected. The next writable run saves it.
+            pass
+
+
+def _check_threshold(value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"threshold must be a number, not {value!r}") from None
+    if not -1.0 <= value <= 1.0:
+        raise InvalidInputError(f"threshold {value} is not a cosine score in [-1, 1]")
+    return value
+
+
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    import json
+
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise InvalidInputError("metadata must be a dict with string keys")
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"metadata must be JSON-serialisable: {e}") from None
+    return dict(metadata)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.isoformat(timespec="seconds") + "Z"
+
+
+# ---- schema management (works on databases that SpeakerDB refuses to open) ----------------
+def database_revision(db_path: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
+    """(revision stamped in the database, revision this speakerdb needs)."""
+    engine = store.open_engine(Path(db_path).expanduser() if db_path else default_db_path())
+    try:
+        return schema.current_revision(engine), schema.HEAD_REVISION
+    finally:
+        engine.dispose()
+
+
+def upgrade_database(db_path: str | os.PathLike[str] | None = None, revision: str = "head") -> str | None:
+    """Migrate a database to ``revision`` (default: newest); returns the new revision."""
+    return _migrate(db_path, schema.upgrade, revision)
+
+
+def downgrade_database(db_path: str | os.PathLike[str] | None, revision: str) -> str | None:
+    """Migrate a database down to ``revision`` ("base": no tables). For developers and rollbacks."""
+    return _migrate(db_path, schema.downgrade, revision)
+
+
+def _migrate(db_path, step, revision: str) -> str | None:
+    path = Path(db_path).expanduser() if db_path else default_db_path()
+    if not path.exists():
+        raise InvalidInputError(f"no database at {path}")
+    engine = store.open_engine(path)
+    try:
+        step(engine, revision)
+        return schema.current_revision(engine)
+    except SpeakerDBError:
+        raise
+    except Exception as e:  # Alembic's CommandError (unknown revision), SQLAlchemy errors
+        raise DatabaseError(f"migration of {path} to {revision} failed: {e}") from None
+    finally:
+        engine.dispose()

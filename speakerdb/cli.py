@@ -1,0 +1,389 @@
+"""The ``speakerdb`` command: parse, call :mod:`speakerdb.api`, print, map errors to exit codes.
+
+Exit codes: 0 success, 1 a failed operation (bad audio, unknown speaker, model that cannot
+be loaded...), 2 bad usage (unknown option, value out of range).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import SpeakerDBError
+
+DEFAULT_MODEL_HELP = "microsoft/wavlm-base-plus-sv"
+
+
+class _Group(click.Group):
+    """Turns library errors into one-line messages and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SpeakerDBError as e:
+            raise click.ClickException(str(e)) from None
+
+
+class _State:
+    """What the global options set up; the database is opened on first use."""
+
+    def __init__(self, db: str | None, model: str | None, device: str) -> None:
+        self.db_path, self.model, self.device = db, model, device
+        self._db = None
+
+    @property
+    def db(self):
+        if self._db is None:
+            from .api import SpeakerDB
+
+            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device)
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def _emit(as_json: bool, document: Any, text: str) -> None:
+    if as_json:
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        click.echo(text)
+
+
+def _progress(label: str, n_files: int, as_json: bool):
+    """A progress bar on stderr for many files; silent for --json or when stdout is not a terminal."""
+    if as_json or n_files < 2 or not sys.stdout.isatty():
+        return None, None
+    bar = click.progressbar(length=n_files, label=label, file=sys.stderr, show_pos=True, show_eta=True)
+    bar.__enter__()
+    state = {"done": 0}
+
+    def update(done: int, total: int, seconds: float) -> None:
+        bar.label = f"{label} ({seconds:.0f} s of audio)"
+        bar.update(done - state["done"])
+        state["done"] = done
+
+    return bar, update
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="speakerdb")
+@click.option(
+    "--db",
+    envvar="SPEAKERDB_DB",
+    type=click.Path(dir_okay=False),
+    help="SQLite database file [env SPEAKERDB_DB; default: speakerdb.sqlite in $SPEAKERDB_HOME "
+    "or the platform's app-data directory]. The FAISS index is kept beside it as DB.faiss.",
+)
+@click.option(
+    "--model",
+    envvar="SPEAKERDB_MODEL",
+    metavar="ID_OR_DIR",
+    help=f"Embedding model: a Hugging Face hub id or a local save_pretrained() directory "
+    f"[env SPEAKERDB_MODEL; default: the database's own model, else {DEFAULT_MODEL_HELP}].",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the model runs.")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, model: str | None, device: str) -> None:
+    """speakerdb: enroll speakers from recordings, then identify or verify unknown voices.
+
+    Voices are embedded with a WavLM x-vector model, stored in SQLite and searched
+    with a FAISS index.
+
+    \b
+    Examples:
+      speakerdb enroll alice alice1.flac alice2.flac
+      speakerdb identify unknown.mp3
+      speakerdb verify alice claim.wav
+      speakerdb --db team.sqlite --model ./wavlm-base-plus-sv list
+    """
+    state = _State(db, model, device)
+    ctx.obj = state
+    ctx.call_on_close(state.close)
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable).")
+@json_option
+@click.pass_obj
+def enroll(state: _State, name: str, files: tuple[str, ...], new: bool, meta: tuple[str, ...], as_json: bool) -> None:
+    """Enroll speaker NAME from one or more recordings, or add recordings to NAME.
+
+    Every file is checked and embedded before anything is written: one bad file and
+    nothing changes. Audio already enrolled for NAME is skipped with a note.
+
+    \b
+    Examples:
+      speakerdb enroll alice alice1.flac alice2.flac
+      speakerdb enroll bob bob.wav --new --meta team=sales
+    """
+    metadata = _parse_meta(meta)
+    bar, update = _progress(f"enrolling {name}", len(files), as_json)
+    try:
+        result = state.db.enroll(name, list(files), new=new, metadata=metadata, progress=update)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    for skipped in result.skipped:
+        click.echo(f"note: skipped {skipped.source}: {skipped.reason}", err=True)
+    verb = "created" if result.created else "updated"
+    _emit(
+        as_json,
+        result.to_dict(),
+        f"{verb} {result.speaker}: {len(result.added)} utterance(s) added, "
+        f"{len(result.skipped)} skipped, {result.n_utterances} in all",
+    )
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), help="Override the database's threshold for this call.")
+@json_option
+@click.pass_obj
+def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float | None, as_json: bool) -> None:
+    """Name the speaker of each recording, or say "unknown".
+
+    The best candidate is named when its cosine score reaches the threshold
+    (see `speakerdb threshold`). With --json, prints a list with one object per file:
+    {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]}.
+
+    \b
+    Examples:
+      speakerdb identify unknown.mp3
+      speakerdb identify calls/*.wav --top-k 3 --json
+    """
+    bar, update = _progress("identifying", len(files), as_json)
+    try:
+        results = state.db.identify(list(files), top_k=top_k, threshold=threshold, progress=update)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    lines = []
+    for r in results:
+        decision = r.speaker if r.speaker is not None else "unknown"
+        lines.append(f"{r.file}: {decision} (score {r.score:.3f})")
+        lines.extend(f"  {i}. {c.speaker}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
+    _emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("file", type=click.Path())
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), help="Override the database's threshold for this call.")
+@json_option
+@click.pass_obj
+def verify(state: _State, name: str, file: str, threshold: float | None, as_json: bool) -> None:
+    """Check whether FILE is spoken by the enrolled speaker NAME (1:1).
+
+    Accepts when the cosine score to NAME's centroid reaches the threshold. The exit
+    code is 0 for an answer either way; read "accepted" in the output.
+
+    \b
+    Example:
+      speakerdb verify alice claim.wav --json
+    """
+    v = state.db.verify(name, file, threshold=threshold)
+    word = "accepted" if v.accepted else "rejected"
+    sign = ">=" if v.accepted else "<"
+    _emit(as_json, v.to_dict(), f"{word}: {v.file} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f})")
+
+
+@cli.command(name="list")
+@json_option
+@click.pass_obj
+def list_(state: _State, as_json: bool) -> None:
+    """List enrolled speakers.
+
+    \b
+    Example:
+      speakerdb list --json
+    """
+    speakers = state.db.list()
+    if not speakers:
+        text = "no speakers enrolled"
+    else:
+        width = max(len(s.name) for s in speakers)
+        text = "\n".join(
+            f"{s.name:<{width}}  {s.n_utterances:>4} utt  {s.total_duration_s:>8.1f} s  since {s.created_at:%Y-%m-%d}"
+            for s in speakers
+        )
+    _emit(as_json, [s.to_dict() for s in speakers], text)
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def show(state: _State, name: str, as_json: bool) -> None:
+    """Show one speaker: metadata and enrolled utterances.
+
+    \b
+    Example:
+      speakerdb show alice
+    """
+    info = state.db.show(name)
+    d = info.to_dict()
+    lines = [
+        f"name: {info.name}",
+        f"utterances: {info.n_utterances} ({info.total_duration_s:.1f} s)",
+        f"created: {d['created_at']}",
+        f"updated: {d['updated_at']}",
+    ]
+    lines += [f"metadata.{k}: {v}" for k, v in info.metadata.items()]
+    lines += [f"  {u.source}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
+    _emit(as_json, d, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("old")
+@click.argument("new")
+@json_option
+@click.pass_obj
+def rename(state: _State, old: str, new: str, as_json: bool) -> None:
+    """Rename speaker OLD to NEW.
+
+    \b
+    Example:
+      speakerdb rename alice alicia
+    """
+    state.db.rename(old, new)
+    _emit(as_json, {"old": old, "new": new}, f"renamed {old} to {new}")
+
+
+@cli.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def remove(state: _State, name: str, as_json: bool) -> None:
+    """Delete speaker NAME with all its utterances and embeddings.
+
+    \b
+    Example:
+      speakerdb remove bob
+    """
+    n = state.db.remove(name)
+    _emit(as_json, {"removed": name, "utterances": n}, f"removed {name} ({n} utterance(s))")
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def info(state: _State, as_json: bool) -> None:
+    """Show the database: paths, model, dimension, counts, threshold.
+
+    \b
+    Example:
+      speakerdb --db team.sqlite info
+    """
+    d = state.db.info().to_dict()
+    _emit(as_json, d, "\n".join(f"{k}: {'-' if v is None else v}" for k, v in d.items()))
+
+
+@cli.command()
+@click.argument("value", required=False, type=click.FloatRange(-1.0, 1.0))
+@json_option
+@click.pass_obj
+def threshold(state: _State, value: float | None, as_json: bool) -> None:
+    """Show the decision threshold, or store VALUE as the new one.
+
+    A cosine score at or above the threshold names the speaker (identify) or accepts
+    the claim (verify). New databases start at 0.86, the model card's suggestion for
+    wavlm-base-plus-sv; the right value depends on your recordings.
+
+    \b
+    Examples:
+      speakerdb threshold
+      speakerdb threshold 0.8
+    """
+    if value is not None:
+        state.db.set_threshold(value)
+    current = state.db.threshold
+    _emit(as_json, {"threshold": current}, f"threshold: {current:g}")
+
+
+@cli.group()
+def db() -> None:
+    """Manage the database schema (Alembic revisions).
+
+    \b
+    Examples:
+      speakerdb db current
+      speakerdb db upgrade
+    """
+
+
+@db.command()
+@json_option
+@click.pass_obj
+def current(state: _State, as_json: bool) -> None:
+    """Show the database's schema revision and the one this speakerdb needs.
+
+    \b
+    Example:
+      speakerdb db current
+    """
+    from .api import database_revision
+
+    revision, head = database_revision(state.db_path)
+    _emit(as_json, {"revision": revision, "head": head}, f"revision: {revision or 'none'} (this speakerdb needs {head})")
+
+
+@db.command()
+@click.argument("revision", default="head")
+@json_option
+@click.pass_obj
+def upgrade(state: _State, revision: str, as_json: bool) -> None:
+    """Migrate the database to REVISION (default: the newest). Back it up first.
+
+    \b
+    Example:
+      speakerdb --db old.sqlite db upgrade
+    """
+    from .api import upgrade_database
+
+    new = upgrade_database(state.db_path, revision)
+    _emit(as_json, {"revision": new}, f"database at revision {new}")
+
+
+@db.command()
+@click.argument("revision")
+@json_option
+@click.pass_obj
+def downgrade(state: _State, revision: str, as_json: bool) -> None:
+    """Migrate the database down to REVISION ("base" drops every table).
+
+    \b
+    Example:
+      speakerdb db downgrade base
+    """
+    from .api import downgrade_database
+
+    new = downgrade_database(state.db_path, revision)
+    _emit(as_json, {"revision": new}, f"database at revision {new or 'none'}")
+
+
+def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
+        metadata[key] = value
+    return metadata
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="speakerdb")

@@ -1,0 +1,56 @@
+"""One small exception hierarchy. Only ``cli.py`` turns these into messages and exit codes.
+
+Every message is written for the person at the terminal: it names the file, speaker or
+database concerned and, where there is one, the command that fixes it.
+"""
+
+from __future__ import annotations
+
+
+class SpeakerDBError(Exception):
+    """Base class: a failed operation the user can understand and act on."""
+
+
+class InvalidInputError(SpeakerDBError):
+    """A value given by the caller is not acceptable (a name, a threshold, a top-k)."""
+
+
+class AudioError(SpeakerDBError):
+    """An audio file could not be used; the message names the file and the reason."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ModelLoadError(SpeakerDBError):
+    """The embedding model could not be loaded."""
+
+
+class ModelMismatchError(SpeakerDBError):
+    """The database was built with a different embedding model."""
+
+
+class SpeakerNotFoundError(SpeakerDBError):
+    """No enrolled speaker has that name."""
+
+
+class SpeakerExistsError(SpeakerDBError):
+    """A speaker with that name is already enrolled."""
+
+
+class EmptyDatabaseError(SpeakerDBError):
+    """The operation needs at least one enrolled speaker."""
+
+
+class DatabaseError(SpeakerDBError):
+    """The database file cannot be used (corrupt, read-only, not a speakerdb database)."""
+
+
+class SchemaOutdatedError(DatabaseError):
+    """The database schema is older than this speakerdb: run ``speakerdb db upgrade``."""
+
+
+class SchemaTooNewError(DatabaseError):
+    """The database was written by a newer speakerdb than this one."""

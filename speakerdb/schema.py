@@ -1,0 +1,126 @@
+"""The database schema's version: create new databases at head, refuse old or newer ones.
+
+The schema exists only through the Alembic revisions in ``migrations/`` (installed as
+``speakerdb.migrations``). Opening a database checks its revision against
+:data:`HEAD_REVISION` with one small query; Alembic itself is imported only to create or
+migrate a database, so read-only commands start fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError as SADatabaseError
+
+from .errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
+
+#: The newest revision in migrations/versions. A test checks it equals Alembic's head.
+HEAD_REVISION = "0001"
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are, in a source checkout and in an installed wheel alike."""
+    from . import migrations  # type: ignore[attr-defined]  # mapped from ./migrations
+
+    return Path(migrations.__file__).parent
+
+
+def ensure_current(engine: Engine) -> None:
+    """Create an empty database at head; accept one at head; refuse any other."""
+    tables = _tables(engine)
+    if not tables:
+        _enable_wal(engine)
+        upgrade(engine, "head")
+        return
+    if "alembic_version" not in tables:
+        raise DatabaseError(f"{_path(engine)} is an SQLite file but not a speakerdb database")
+    revision = current_revision(engine)
+    if revision == HEAD_REVISION:
+        return
+    if revision is None or _is_known(revision):
+        raise SchemaOutdatedError(
+            f"database {_path(engine)} has schema revision {revision or 'none'}, this speakerdb "
+            f"needs {HEAD_REVISION}: back it up, then run `speakerdb db upgrade`"
+        )
+    raise SchemaTooNewError(
+        f"database {_path(engine)} has schema revision {revision}, written by a newer speakerdb "
+        f"than this one (which knows up to {HEAD_REVISION}): upgrade speakerdb"
+    )
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision stamped in the database, or None if it has none."""
+    with engine.connect() as conn:
+        try:
+            row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        except SADatabaseError:
+            return None
+    return row[0] if row else None
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database up to ``revision`` (in one IMMEDIATE transaction)."""
+    from alembic import command
+
+    with engine.execution_options(sqlite_begin="BEGIN IMMEDIATE").connect() as conn:
+        command.upgrade(_config(conn), revision)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Migrate the database down to ``revision`` ("base" removes every table)."""
+    from alembic import command
+
+    with engine.execution_options(sqlite_begin="BEGIN IMMEDIATE").connect() as conn:
+        command.downgrade(_config(conn), revision)
+
+
+def head_revision() -> str:
+    """The head according to the Alembic scripts themselves (tests compare it to HEAD_REVISION)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config(None)).get_current_head()
+
+
+def _config(connection):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _is_known(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(_config(None)).get_revision(revision) is not None
+    except (CommandError, KeyError, ValueError):
+        return False
+
+
+def _tables(engine: Engine) -> set[str]:
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+            return {r[0] for r in rows}
+    except SADatabaseError as e:
+        raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {e.orig or e}") from None
+
+
+def _enable_wal(engine: Engine) -> None:
+    # journal_mode cannot change inside a transaction, and SQLAlchemy always opens one:
+    # go to the driver's connection, which runs statements in autocommit here.
+    raw = engine.raw_connection()
+    try:
+        raw.driver_connection.execute("PRAGMA journal_mode = WAL")
+    except Exception as e:
+        raise DatabaseError(f"{_path(engine)} cannot be created: {e}") from None
+    finally:
+        raw.close()
+
+
+def _path(engine: Engine) -> str:
+    return str(engine.url.database)
