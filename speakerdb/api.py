@@ -281,6 +281,7 @@ class SpeakerDB:
         if not files:
             raise InvalidInputError("enroll needs at least one audio file")
         metadata = _check_metadata(metadata)
+        self._check_files(files)
         if new:
             with self.store.read() as s:
                 if store.speaker_by_name(s, name) is not None:
@@ -340,6 +341,7 @@ class SpeakerDB:
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         if not files:
             raise InvalidInputError("identify needs at least one audio file")
+        self._check_files(files)
         self._require_speakers()
         embedded = self._embed_files(files, progress)
         queries = np.stack([v for _, v in embedded])  # (n_files, dim)
@@ -366,6 +368,7 @@ class SpeakerDB:
     ) -> Verification:
         """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?"""
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        self._check_files([file])
         with self.store.read() as s:
             speaker = self._get_speaker(s, name)
             centroid = speaker.centroid_vector()
@@ -446,9 +449,6 @@ class SpeakerDB:
     # ---- internals ------------------------------------------------------------------
     def _embed_files(self, files, progress: Progress | None) -> list[tuple[audio.Audio, np.ndarray]]:
         """Decode and embed each file in turn: [(Audio, (dim,) unit vector)]."""
-        for f in files:  # a missing file is reported before the model takes seconds to load
-            if not isinstance(f, audio.Audio):
-                audio.check_file(f)
         embedder = self.embedder
         out: list[tuple[audio.Audio, np.ndarray]] = []
         seconds = 0.0
@@ -460,6 +460,13 @@ class SpeakerDB:
             if progress is not None:
                 progress(i + 1, len(files), seconds)
         return out
+
+    @staticmethod
+    def _check_files(files) -> None:
+        """Cheap checks first: a missing file is reported before the model takes seconds to load."""
+        for f in files:
+            if not isinstance(f, audio.Audio):
+                audio.check_file(f)
 
     def _check_model(self, settings: dict[str, Any]) -> None:
         assert self._embedder is not None

@@ -139,7 +139,7 @@ def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
     with av.open(str(path)) as container:
         stream = next((s for s in container.streams if s.type == "audio"), None)
         if stream is None:
-            raise AudioError(path, "contains no audio stream")
+            raise AudioError(path, "not an audio file (FFmpeg finds no audio stream in it)")
         rate = stream.rate
         # Planar float keeps channels apart so they can be averaged here, like the
         # soundfile path, instead of FFmpeg's own downmix matrix.

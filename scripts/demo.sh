@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# speakerdb end to end: synthesise three voices with espeak-ng, enroll them, then identify
+# and verify sentences the database has never heard.
+#
+#     scripts/demo.sh                      # inside the activated virtualenv, from any directory
+#     DEMO_DIR=./demo scripts/demo.sh      # keep the audio, database and model it makes
+#     SPEAKERDB_MODEL=./wavlm-base-plus-sv scripts/demo.sh   # real weights copied from elsewhere
+#
+# Everything goes to a work directory (DEMO_DIR, default: a new temporary one) with a fresh
+# database of its own: your default speakerdb database is never touched. When the model
+# microsoft/wavlm-base-plus-sv can be neither found in the Hugging Face cache nor downloaded,
+# the demo falls back to a RANDOM-weight model of the same architecture: every command runs,
+# but its identify/verify answers are meaningless.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+START=$SECONDS
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'demo: %s\n' "$*" >&2; exit 1; }
+# Print a command the way a user would type it (show), then run it too (run).
+show() {
+    printf '\n$'
+    printf ' %q' "$@"
+    printf '\n'
+}
+run() {
+    show "$@"
+    "$@"
+}
+
+command -v speakerdb >/dev/null && command -v python >/dev/null \
+    || die "the speakerdb command is not on PATH: activate the virtualenv and run pip install -e . first"
+
+# ---- work directory and a database of its own ---------------------------------------
+WORK="${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/speakerdb-demo.XXXXXX")}"
+mkdir -p "$WORK"
+WORK="$(cd "$WORK" && pwd)"
+DB="demo.sqlite"                       # relative to $WORK, where the commands below run
+rm -f "$WORK/$DB" "$WORK/$DB.faiss"    # a fresh database on every run, even in a kept DEMO_DIR
+export SPEAKERDB_DB="$WORK/$DB"        # belt and braces: --db is passed on every call too
+echo "work directory: $WORK"
+
+# ---- speech ---------------------------------------------------------------------------
+if ! command -v espeak-ng >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing espeak-ng (apt-get)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >/dev/null
+        apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+    else
+        die "the demo makes its speech with espeak-ng, which is not installed. Install it and run again:
+    sudo apt-get install espeak-ng     # Debian, Ubuntu
+    sudo dnf install espeak-ng         # Fedora
+    brew install espeak-ng             # macOS"
+    fi
+fi
+
+# speaker name -> espeak-ng voice (language+variant; all ship with Debian's espeak-ng 1.51)
+NAMES=(alice bob callum)
+declare -A VOICE=([alice]="en-us+f3" [bob]="en-gb+m3" [callum]="en-gb-scotland+m7")
+ENROLL_TEXT=(
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the gate."
+    "Please call Stella and ask her to bring these things with her from the store."
+    "A rainbow is a division of white light into many beautiful colours after the rain."
+)
+TEST_TEXT="Yesterday the museum opened a new hall full of old maps, clocks and sailing ships."
+
+say "synthesising speech with espeak-ng into $WORK/audio"
+mkdir -p "$WORK/audio"
+for name in "${NAMES[@]}"; do
+    for i in "${!ENROLL_TEXT[@]}"; do
+        espeak-ng -v "${VOICE[$name]}" -w "$WORK/audio/$name-$((i + 1)).wav" "${ENROLL_TEXT[$i]}"
+    done
+    espeak-ng -v "${VOICE[$name]}" -w "$WORK/audio/$name-unseen.wav" "$TEST_TEXT"
+done
+# Several formats: the second enrollment sentence as FLAC, the third as Ogg Vorbis.
+python - "$WORK/audio" "${NAMES[@]}" <<'EOF'
+import sys
+from pathlib import Path
+
+import soundfile as sf
+
+folder = Path(sys.argv[1])
+for name in sys.argv[2:]:
+    for n, (fmt, subtype, ext) in ((2, ("FLAC", "PCM_16", "flac")), (3, ("OGG", "VORBIS", "ogg"))):
+        wav = folder / f"{name}-{n}.wav"
+        data, rate = sf.read(wav)
+        sf.write(folder / f"{name}-{n}.{ext}", data, rate, format=fmt, subtype=subtype)
+        wav.unlink()
+EOF
+for name in "${NAMES[@]}"; do
+    echo "  $name (espeak-ng -v ${VOICE[$name]}): $(cd "$WORK/audio" && echo "$name"-[123].* | sed 's/ /, /g'); held back: $name-unseen.wav"
+done
+
+# ---- model ----------------------------------------------------------------------------
+# exit 0: loads; exit 3: ModelLoadError (message on stderr); anything else: a real failure.
+check_model() {
+    python - "$1" <<'EOF'
+import sys
+
+from speakerdb.embed import load_embedder
+from speakerdb.errors import ModelLoadError
+
+try:
+    embedder = load_embedder(sys.argv[1] or None)
+except ModelLoadError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+print(f"loaded {embedder.model_id} ({embedder.dim}-d embeddings)")
+EOF
+}
+
+RANDOM_MODEL=0
+if [ -n "${SPEAKERDB_MODEL:-}" ]; then
+    MODEL="$SPEAKERDB_MODEL"
+    # a directory given relative to where the user ran us: make it absolute before cd-ing
+    if [ -e "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
+    say "model: $MODEL (from SPEAKERDB_MODEL)"
+    check_model "$MODEL" || die "SPEAKERDB_MODEL=$SPEAKERDB_MODEL cannot be loaded (see above)"
+else
+    MODEL="microsoft/wavlm-base-plus-sv"
+    say "model: trying $MODEL (local Hugging Face cache, then the hub)"
+    set +e
+    check_model ""
+    status=$?
+    set -e
+    if [ "$status" = 3 ]; then
+        RANDOM_MODEL=1
+        MODEL="$WORK/wavlm-random"
+        cat <<EOF
+
+*** The real model microsoft/wavlm-base-plus-sv could not be loaded (reason above). ***
+*** The demo goes on with a RANDOM-weight model of the same architecture, so that   ***
+*** every command can be shown. Such a model CANNOT tell real speakers apart: the   ***
+*** identify and verify answers below are MEANINGLESS (only identical audio scores  ***
+*** 1.0). For real answers run the demo again with SPEAKERDB_MODEL=DIR, where DIR   ***
+*** holds the weights: \`hf download microsoft/wavlm-base-plus-sv --local-dir DIR\`   ***
+*** on a machine with network, then copy DIR here.                                  ***
+
+EOF
+        if [ -f "$MODEL/config.json" ] && [ -f "$MODEL/preprocessor_config.json" ]; then
+            echo "reusing the random checkpoint already in $MODEL"
+        else
+            # (no "Writing model shards" bar from transformers in the middle of the demo)
+            HF_HUB_DISABLE_PROGRESS_BARS=1 run python "$REPO_ROOT/scripts/make_random_checkpoint.py" "$MODEL"
+        fi
+    elif [ "$status" != 0 ]; then
+        die "checking the model failed unexpectedly (exit $status, see above)"
+    fi
+fi
+# The commands run in $WORK; a model directory inside it is named relatively (./wavlm-random).
+case "$MODEL" in "$WORK"/*) MODEL="./${MODEL#"$WORK"/}" ;; esac
+
+# ---- speakerdb, end to end ------------------------------------------------------------
+cd "$WORK"
+SDB=(speakerdb --db "$DB" --model "$MODEL")
+
+say "enroll each speaker from three recordings (WAV, FLAC, Ogg)"
+for name in "${NAMES[@]}"; do
+    run "${SDB[@]}" enroll "$name" "audio/$name"-[123].*
+done
+
+say "the database now holds"
+run "${SDB[@]}" list
+
+say "identify the held-back sentences, which were not enrolled"
+unseen=()
+for name in "${NAMES[@]}"; do unseen+=("audio/$name-unseen.wav"); done
+run "${SDB[@]}" identify "${unseen[@]}"
+show "${SDB[@]}" identify "${unseen[@]}" --json
+"${SDB[@]}" identify "${unseen[@]}" --json >identify.json
+cat identify.json
+
+say "verify claims: a true one (alice says alice) and a false one (bob claims to be alice)"
+run "${SDB[@]}" verify alice audio/alice-unseen.wav
+run "${SDB[@]}" verify alice audio/bob-unseen.wav
+
+say "the database"
+run "${SDB[@]}" info
+
+# ---- summary --------------------------------------------------------------------------
+correct="$(python - identify.json <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+results = json.loads(Path(sys.argv[1]).read_text())
+right = sum(Path(r["file"]).name.split("-")[0] == r["speaker"] for r in results)
+print(f"{right}/{len(results)}")
+EOF
+)"
+if [ "$RANDOM_MODEL" = 1 ]; then
+    model_note="a RANDOM-weight model, so that score means nothing"
+else
+    model_note="model $MODEL"
+fi
+printf '\ndemo done in %ds: %d speakers enrolled, %s unseen sentences identified correctly (%s); files in %s\n' \
+    "$((SECONDS - START))" "${#NAMES[@]}" "$correct" "$model_note" "$WORK"

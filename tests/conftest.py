@@ -1,0 +1,115 @@
+"""Shared fixtures: offline environment, generated voices, a fake embedder and a tiny real checkpoint.
+
+Nothing here touches the network: HF_HUB_OFFLINE is set before any test runs, and the
+WavLM checkpoint is built from a WavLMConfig with random weights (fixed seed), saved with
+save_pretrained() and loaded through the same code path users take.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+SR = 16_000  # Hz
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def voice(f0: float, seconds: float = 2.0, seed: int = 0, sr: int = SR) -> np.ndarray:
+    """A synthetic voiced signal: harmonics of f0 with slight vibrato and a noise floor. (n,) float32"""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sr))) / sr  # (n,) seconds
+    vibrato = 1 + 0.01 * np.sin(2 * np.pi * (4 + seed % 3) * t)
+    phase = 2 * np.pi * f0 * np.cumsum(vibrato) / sr
+    x = sum(np.sin(h * phase) / h for h in range(1, 9))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t + seed) ** 2  # syllable-like loudness
+    signal = 0.25 * x * envelope + 0.005 * rng.standard_normal(len(t))
+    return signal.astype(np.float32)
+
+
+def write(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path:
+    sf.write(str(path), samples, sr, **kwargs)
+    return path
+
+
+class FakeEmbedder:
+    """Deterministic, model-free embedder for fast API tests.
+
+    The vector is the log energy in 32 frequency bands (50 Hz - 4 kHz), mean-removed and
+    L2-normalised: voices with different pitch land far apart, and the same voice saying
+    something else lands close. ``calls`` counts embed() calls.
+    """
+
+    dim = 32
+
+    def __init__(self, model_id: str = "fake-spectral-v1") -> None:
+        self.model_id = model_id
+        self.calls = 0
+
+    def embed(self, waveforms) -> np.ndarray:
+        self.calls += 1
+        edges = np.geomspace(50, 4000, self.dim + 1)  # Hz
+        out = []
+        for w in waveforms:
+            spectrum = np.abs(np.fft.rfft(w)) ** 2  # (n//2+1,)
+            freqs = np.fft.rfftfreq(len(w), 1 / SR)
+            bands = np.array([spectrum[(freqs >= lo) & (freqs < hi)].sum() for lo, hi in zip(edges, edges[1:])])
+            v = np.log(bands + 1e-6)
+            v -= v.mean()
+            out.append(v / np.linalg.norm(v))
+        return np.asarray(out, dtype=np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test may read or write the user's real speakerdb home."""
+    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
+    monkeypatch.delenv("SPEAKERDB_MODEL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random-weight WavLMForXVector saved with save_pretrained (same code as scripts/)."""
+    out = tmp_path_factory.mktemp("tiny-wavlm")
+    return load_script("make_random_checkpoint").build(out, size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_checkpoint):
+    from speakerdb.embed import load_embedder
+
+    return load_embedder(str(tiny_checkpoint))
+
+
+@pytest.fixture
+def voices(tmp_path) -> dict[str, list[Path]]:
+    """Three speakers with two 2-second recordings each, plus one unseen recording each."""
+    files: dict[str, list[Path]] = {}
+    for name, f0 in [("alice", 210.0), ("bob", 110.0), ("carol", 310.0)]:
+        files[name] = [write(tmp_path / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)]
+    return files
+
+
+@pytest.fixture
+def fake_db(tmp_path):
+    from speakerdb import SpeakerDB
+
+    db = SpeakerDB(tmp_path / "fake.sqlite", embedder=FakeEmbedder())
+    yield db
+    db.close()

@@ -1,0 +1,241 @@
+"""The SpeakerDB facade: enroll, identify, verify, list, show, rename, remove, info, index upkeep."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+
+from speakerdb import SpeakerDB, audio
+from speakerdb.errors import (
+    AudioError,
+    EmptyDatabaseError,
+    InvalidInputError,
+    ModelMismatchError,
+    SpeakerExistsError,
+    SpeakerNotFoundError,
+)
+from speakerdb.index import SpeakerIndex
+
+from conftest import FakeEmbedder, voice, write
+
+
+def _snapshot(db: SpeakerDB):
+    """Everything in the database file that a failed operation must leave as it was."""
+    con = sqlite3.connect(db.db_path)
+    try:
+        return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("speakers", "utterances", "settings")}
+    finally:
+        con.close()
+
+
+def test_enroll_creates_then_adds(fake_db, voices):
+    first = fake_db.enroll("alice", voices["alice"][:1], metadata={"team": "red"})
+    assert first.created and len(first.added) == 1 and first.n_utterances == 1
+    second = fake_db.enroll("alice", voices["alice"][1:2], metadata={"site": "b"})
+    assert not second.created and second.n_utterances == 2
+    info = fake_db.show("alice")
+    assert info.metadata == {"team": "red", "site": "b"}
+    assert [u.source for u in info.utterances] == [str(p) for p in voices["alice"][:2]]
+    assert info.total_duration_s == pytest.approx(4.0)
+
+
+def test_centroid_is_normalised_mean_of_utterances(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"])
+    vectors = FakeEmbedder().embed([audio.load(p).samples for p in voices["alice"]])
+    mean = vectors.mean(axis=0)
+    with fake_db.store.read() as s:
+        from speakerdb import store
+
+        centroid = store.speaker_by_name(s, "alice").centroid_vector()
+    np.testing.assert_allclose(centroid, mean / np.linalg.norm(mean), atol=1e-6)
+
+
+def test_same_audio_twice_is_skipped_with_a_note(fake_db, voices, tmp_path):
+    fake_db.enroll("alice", voices["alice"][:1])
+    # Same samples in another container and under another name: still the same audio.
+    same = write(tmp_path / "copy.flac", audio.load(voices["alice"][0]).samples, subtype="PCM_24")
+    result = fake_db.enroll("alice", [voices["alice"][0], voices["alice"][1]])
+    assert [s.source for s in result.skipped] == [str(voices["alice"][0])]
+    assert "already enrolled" in result.skipped[0].reason
+    assert result.n_utterances == 2
+    # Within one call, a repeated file is skipped too.
+    again = fake_db.enroll("bob", [voices["bob"][0], voices["bob"][0]])
+    assert len(again.added) == 1 and len(again.skipped) == 1
+    assert same.exists()
+
+
+def test_new_refuses_an_existing_name(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:1])
+    before = _snapshot(fake_db)
+    with pytest.raises(SpeakerExistsError, match="alice"):
+        fake_db.enroll("alice", voices["alice"][1:2], new=True)
+    assert _snapshot(fake_db) == before
+
+
+def test_identify_names_the_nearest_speaker_or_unknown(fake_db, voices):
+    for name in ("alice", "bob", "carol"):
+        fake_db.enroll(name, voices[name][:2])
+    results = fake_db.identify([voices[n][2] for n in ("alice", "bob", "carol")], top_k=2)
+    assert [r.speaker for r in results] == ["alice", "bob", "carol"]
+    assert all(len(r.candidates) == 2 and r.score == r.candidates[0].score for r in results)
+    strict = fake_db.identify([voices["alice"][2]], threshold=1.0)[0]
+    assert strict.speaker is None and strict.candidates[0].speaker == "alice"
+    assert fake_db.identify([voices["alice"][2]], top_k=50)[0].candidates.__len__() == 3
+
+
+def test_identify_scores_equal_brute_force(fake_db, voices):
+    for name in ("alice", "bob", "carol"):
+        fake_db.enroll(name, voices[name][:2])
+    query = audio.load(voices["bob"][2])
+    [result] = fake_db.identify([query], top_k=3)
+    q = FakeEmbedder().embed([query.samples])[0]
+    expected = {}
+    for name in ("alice", "bob", "carol"):
+        v = FakeEmbedder().embed([audio.load(p).samples for p in voices[name][:2]]).mean(axis=0)
+        expected[name] = float(q @ (v / np.linalg.norm(v)))
+    assert [c.speaker for c in result.candidates] == sorted(expected, key=expected.get, reverse=True)
+    for c in result.candidates:
+        assert c.score == pytest.approx(expected[c.speaker], abs=1e-5)
+
+
+def test_verify_accepts_and_rejects(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:2])
+    fake_db.enroll("bob", voices["bob"][:2])
+    yes = fake_db.verify("alice", voices["alice"][2])
+    no = fake_db.verify("alice", voices["bob"][2])
+    assert yes.accepted and not no.accepted and yes.score > no.score
+    assert yes.threshold == 0.86
+    with pytest.raises(SpeakerNotFoundError):
+        fake_db.verify("zoe", voices["alice"][2])
+
+
+def test_threshold_is_stored_per_database(fake_db, voices, tmp_path):
+    assert fake_db.threshold == 0.86
+    fake_db.set_threshold(0.5)
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder()) as again:
+        assert again.threshold == 0.5
+    with SpeakerDB(tmp_path / "other.sqlite", embedder=FakeEmbedder()) as other:
+        assert other.threshold == 0.86
+    for bad in (1.5, -2, "high"):
+        with pytest.raises(InvalidInputError):
+            fake_db.set_threshold(bad)
+
+
+def test_rename(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:1])
+    fake_db.enroll("bob", voices["bob"][:1])
+    fake_db.rename("alice", "alicia")
+    assert [s.name for s in fake_db.list()] == ["alicia", "bob"]
+    assert fake_db.identify([voices["alice"][0]])[0].speaker == "alicia"
+    with pytest.raises(SpeakerExistsError):
+        fake_db.rename("alicia", "bob")
+    with pytest.raises(SpeakerNotFoundError):
+        fake_db.rename("alice", "x")
+
+
+def test_remove_leaves_nothing_of_the_speaker(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:2])
+    fake_db.enroll("bob", voices["bob"][:2])
+    with fake_db.store.read() as s:
+        from speakerdb import store
+
+        bob_id = store.speaker_by_name(s, "bob").id
+    assert fake_db.remove("bob") == 2
+    con = sqlite3.connect(fake_db.db_path)
+    assert con.execute("SELECT count(*) FROM utterances WHERE speaker_id = ?", (bob_id,)).fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM speakers WHERE name = 'bob'").fetchone() == (0,)
+    con.close()
+    index = SpeakerIndex.load(fake_db.index_path)
+    assert len(index) == 1
+    assert bob_id not in set(index.search(np.ones((1, 32), np.float32), 5)[1].ravel())
+    assert fake_db.identify([voices["bob"][2]])[0].candidates[0].speaker == "alice"
+    with pytest.raises(SpeakerNotFoundError):
+        fake_db.remove("bob")
+
+
+def test_info_and_list(fake_db, voices):
+    fake_db.enroll("bob", voices["bob"][:2])
+    fake_db.enroll("alice", voices["alice"][:1])
+    info = fake_db.info()
+    assert (info.model_id, info.dim, info.n_speakers, info.n_utterances) == ("fake-spectral-v1", 32, 2, 3)
+    assert info.db_path == str(fake_db.db_path) and info.index_path.endswith(".faiss")
+    assert [(s.name, s.n_utterances) for s in fake_db.list()] == [("alice", 1), ("bob", 2)]
+
+
+def test_a_database_refuses_another_model(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:1])
+    before = _snapshot(fake_db)
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder("other-model")) as other:
+        with pytest.raises(ModelMismatchError) as err:
+            other.enroll("bob", voices["bob"][:1])
+        assert "fake-spectral-v1" in str(err.value) and "other-model" in str(err.value)
+        with pytest.raises(ModelMismatchError):
+            other.identify(voices["alice"][:1])
+    assert _snapshot(fake_db) == before
+
+
+def test_bad_audio_writes_nothing(fake_db, voices, tmp_path):
+    fake_db.enroll("alice", voices["alice"][:1])
+    before = _snapshot(fake_db)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....garbage")
+    short = write(tmp_path / "short.wav", voice(100, 0.1))
+    for files in ([voices["alice"][1], bad], [short], [tmp_path / "missing.wav"]):
+        with pytest.raises(AudioError):
+            fake_db.enroll("alice", files)
+        with pytest.raises(AudioError):
+            fake_db.enroll("newcomer", files)
+    assert _snapshot(fake_db) == before
+
+
+@pytest.mark.parametrize("name", ["", " alice", "al/ice", "a\\b", "tab\there", "x" * 201, "nul\x00"])
+def test_bad_names_are_refused(fake_db, voices, name):
+    with pytest.raises(InvalidInputError):
+        fake_db.enroll(name, voices["alice"][:1])
+    assert fake_db.list() == []
+
+
+def test_sql_looking_names_are_just_names(fake_db, voices):
+    name = "Robert'); DROP TABLE speakers;--"
+    fake_db.enroll(name, voices["bob"][:1])
+    assert [s.name for s in fake_db.list()] == [name]
+
+
+def test_identify_on_empty_database(fake_db, voices):
+    with pytest.raises(EmptyDatabaseError, match="speakerdb enroll"):
+        fake_db.identify(voices["alice"][:1])
+
+
+@pytest.mark.parametrize("damage", ["missing", "stale", "corrupt"])
+def test_index_is_rebuilt_from_the_store(fake_db, voices, damage):
+    for name in ("alice", "bob", "carol"):
+        fake_db.enroll(name, voices[name][:2])
+    expected = [r.candidates for r in fake_db.identify([voices["carol"][2]])]
+    if damage == "missing":
+        fake_db.index_path.unlink()
+    elif damage == "stale":
+        SpeakerIndex.build(np.array([999]), np.ones((1, 32), np.float32) / np.sqrt(32), 32, 1).save(fake_db.index_path)
+    else:
+        fake_db.index_path.write_bytes(b"junk")
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder()) as fresh:
+        assert [r.candidates for r in fresh.identify([voices["carol"][2]])] == expected
+    rebuilt = SpeakerIndex.load(fake_db.index_path)
+    assert len(rebuilt) == 3 and rebuilt.generation == fake_db.info().generation
+
+
+def test_index_follows_writes_from_another_process(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:2])
+    assert fake_db.identify([voices["bob"][2]])[0].candidates[0].speaker == "alice"
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder()) as other:
+        other.enroll("bob", voices["bob"][:2])
+    # fake_db's in-memory index is one generation behind: it must notice.
+    assert fake_db.identify([voices["bob"][2]])[0].speaker == "bob"
+
+
+def test_arrays_can_be_enrolled_from_python(fake_db):
+    clip = audio.Audio("mic-take-1", audio.prepare(voice(150, 1.0, sr=44_100), 44_100))
+    result = fake_db.enroll("dora", [clip])
+    assert result.added[0].source == "mic-take-1"
+    assert result.added[0].duration_s == pytest.approx(1.0, abs=1e-3)

@@ -1,0 +1,204 @@
+"""The speakerdb command end to end with CliRunner and the tiny WavLM checkpoint (the users' code path)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from speakerdb.cli import cli
+
+from conftest import voice, write
+
+
+@pytest.fixture
+def run(tmp_path, tiny_checkpoint):
+    """Invoke speakerdb with a fresh database and the tiny model; returns the click Result."""
+    runner = CliRunner()
+    db = tmp_path / "cli.sqlite"
+
+    def invoke(*args: str, model: bool = True):
+        base = ["--db", str(db)] + (["--model", str(tiny_checkpoint)] if model else [])
+        return runner.invoke(cli, base + [str(a) for a in args], catch_exceptions=False)
+
+    return invoke
+
+
+def ok(result) -> str:
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def as_json(result):
+    return json.loads(ok(result))
+
+
+def test_enroll_identify_verify_rename_remove(run, voices):
+    for name in ("alice", "bob", "carol"):
+        doc = as_json(run("enroll", name, *voices[name][:2], "--json"))
+        assert doc["speaker"] == name and doc["created"] and len(doc["added"]) == 2
+
+    # The random-weight model cannot tell these voices apart, but identical audio scores 1.0.
+    results = as_json(run("identify", voices["alice"][0], voices["bob"][1], "--json"))
+    assert [r["file"] for r in results] == [str(voices["alice"][0]), str(voices["bob"][1])]
+    for r in results:
+        assert set(r) == {"file", "speaker", "score", "candidates"}
+        assert [set(c) for c in r["candidates"]] == [{"speaker", "score"}] * 3
+        assert r["score"] == r["candidates"][0]["score"]
+
+    v = as_json(run("verify", "alice", voices["alice"][0], "--json"))
+    assert v["speaker"] == "alice" and v["accepted"] in (True, False) and v["threshold"] == 0.86
+
+    assert as_json(run("rename", "alice", "alicia", "--json")) == {"old": "alice", "new": "alicia"}
+    assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "bob", "carol"]
+    assert as_json(run("remove", "bob", "--json")) == {"removed": "bob", "utterances": 2}
+    assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "carol"]
+
+    after = as_json(run("identify", voices["bob"][0], "--json", "--top-k", "5"))[0]
+    assert {c["speaker"] for c in after["candidates"]} == {"alicia", "carol"}
+    info = as_json(run("info", "--json"))
+    assert (info["n_speakers"], info["n_utterances"], info["dim"]) == (2, 4, 24)
+
+
+def test_identical_audio_is_identified(run, voices):
+    run("enroll", "alice", voices["alice"][0])
+    run("enroll", "bob", voices["bob"][0])
+    [r] = as_json(run("identify", voices["bob"][0], "--json"))
+    assert r["speaker"] == "bob" and r["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_unknown_below_threshold(run, voices):
+    run("enroll", "alice", voices["alice"][0])
+    [r] = as_json(run("identify", voices["carol"][0], "--threshold", "1.0", "--json"))
+    assert r["speaker"] is None and r["candidates"][0]["speaker"] == "alice"
+    assert "unknown" in ok(run("identify", voices["carol"][0], "--threshold", "1.0"))
+
+
+def test_database_remembers_its_model(run, voices):
+    run("enroll", "alice", voices["alice"][0])
+    # No --model: the database's own model is used, not the unreachable hub default.
+    [r] = as_json(run("identify", voices["alice"][0], "--json", model=False))
+    assert r["speaker"] == "alice"
+
+
+def test_human_output(run, voices):
+    out = ok(run("enroll", "alice", *voices["alice"][:2]))
+    assert "created alice: 2 utterance(s) added" in out
+    again = run("enroll", "alice", voices["alice"][0])
+    assert "note: skipped" in again.stderr and "already enrolled" in again.stderr
+    assert "alice" in ok(run("list")) and "utterances: 2" in ok(run("show", "alice"))
+    assert "accepted" in ok(run("verify", "alice", voices["alice"][0]))
+    assert "threshold: 0.86" in ok(run("threshold"))
+
+
+def test_threshold_can_be_changed(run):
+    assert as_json(run("threshold", "0.7", "--json")) == {"threshold": 0.7}
+    assert as_json(run("info", "--json"))["threshold"] == 0.7
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["identify", "{missing}"], 1, "no such file"),
+        (["enroll", "x", "{empty}"], 1, "empty"),
+        (["enroll", "x", "{short}"], 1, "too short"),
+        (["enroll", "bad/name", "{good}"], 1, "must not contain"),
+        (["show", "nobody"], 1, "no speaker named 'nobody'"),
+        (["remove", "nobody"], 1, "no speaker named"),
+        (["verify", "nobody", "{good}"], 1, "no speaker named"),
+        (["identify", "{good}"], 1, "no speakers are enrolled"),
+        (["identify", "{good}", "--top-k", "0"], 2, "--top-k"),
+        (["threshold", "3"], 2, "not in the range"),
+        (["enroll", "x"], 2, "Missing argument"),
+        (["enroll", "x", "{good}", "--meta", "novalue"], 2, "KEY=VALUE"),
+        (["frobnicate"], 2, "No such command"),
+    ],
+)
+def test_errors_are_one_line_with_exit_codes(run, tmp_path, args, code, message):
+    files = {
+        "missing": tmp_path / "missing.wav",
+        "empty": tmp_path / "empty.wav",
+        "short": write(tmp_path / "short.wav", voice(100, 0.1)),
+        "good": write(tmp_path / "good.wav", voice(100, 1.0)),
+    }
+    files["empty"].write_bytes(b"")
+    result = run(*[a.format(**files) for a in args])
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    if code == 1:
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith("Error: ")
+
+
+def test_bad_input_writes_nothing(run, voices, tmp_path):
+    run("enroll", "alice", voices["alice"][0])
+    before = as_json(run("info", "--json"))
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"ID3" + b"\x00" * 500)
+    assert run("enroll", "alice", voices["alice"][1], bad).exit_code == 1
+    assert run("enroll", "alice", voices["alice"][1], "--new").exit_code == 1
+    assert as_json(run("info", "--json")) == before
+
+
+def test_model_that_cannot_be_loaded_is_one_line(tmp_path, voices):
+    result = CliRunner().invoke(
+        cli, ["--db", str(tmp_path / "d.sqlite"), "enroll", "alice", str(voices["alice"][0])]
+    )
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "microsoft/wavlm-base-plus-sv" in line and "--model DIR" in line
+
+
+def test_db_commands(run, tmp_path, voices):
+    run("enroll", "alice", voices["alice"][0])
+    assert as_json(run("db", "current", "--json")) == {"revision": "0001", "head": "0001"}
+    assert as_json(run("db", "downgrade", "base", "--json")) == {"revision": None}
+    refused = run("list")
+    assert refused.exit_code == 1 and "speakerdb db upgrade" in refused.stderr
+    assert as_json(run("db", "upgrade", "--json")) == {"revision": "0001"}
+    assert as_json(run("list", "--json")) == []
+
+
+def _all_commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield prefix + (name,), command
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, prefix + (name,))
+
+
+@pytest.mark.parametrize("path", [p for p, _ in _all_commands(cli)], ids=" ".join)
+def test_every_command_is_documented_with_an_example(path):
+    command = cli
+    for part in path:
+        command = command.commands[part]
+    assert command.help and "Example" in command.help, f"speakerdb {' '.join(path)} has no example"
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_every_command_has_json_output():
+    for path, command in _all_commands(cli):
+        if not isinstance(command, click.Group):
+            assert any(p.name == "as_json" for p in command.params), " ".join(path)
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run([sys.executable, "-m", "speakerdb", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("speakerdb, version")
+
+
+def test_list_does_not_import_torch(tmp_path):
+    code = (
+        "import sys; from click.testing import CliRunner; from speakerdb.cli import cli;"
+        f"r = CliRunner().invoke(cli, ['--db', {str(tmp_path / 'x.sqlite')!r}, 'list']);"
+        "assert r.exit_code == 0, r.output;"
+        "print(sorted(m for m in ('torch', 'transformers', 'faiss') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
