@@ -13,6 +13,7 @@
 # but its identify/verify answers are meaningless.
 set -euo pipefail
 
+CALLER_DIR="$PWD"   # DEMO_DIR and SPEAKERDB_MODEL may be given relative to it
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO_ROOT"
 START=$SECONDS
@@ -30,25 +31,24 @@ run() {
     "$@"
 }
 
-command -v speakerdb >/dev/null && command -v python >/dev/null \
-    || die "the speakerdb command is not on PATH: activate the virtualenv and run pip install -e . first"
+if ! command -v speakerdb >/dev/null || ! command -v python >/dev/null; then
+    die "the speakerdb command is not on PATH: activate the virtualenv and run pip install -e . first"
+fi
 
-# ---- work directory and a database of its own ---------------------------------------
-WORK="${DEMO_DIR:-$(mktemp -d "${TMPDIR:-/tmp}/speakerdb-demo.XXXXXX")}"
-mkdir -p "$WORK"
-WORK="$(cd "$WORK" && pwd)"
-DB="demo.sqlite"                       # relative to $WORK, where the commands below run
-rm -f "$WORK/$DB" "$WORK/$DB.faiss"    # a fresh database on every run, even in a kept DEMO_DIR
-export SPEAKERDB_DB="$WORK/$DB"        # belt and braces: --db is passed on every call too
-echo "work directory: $WORK"
-
-# ---- speech ---------------------------------------------------------------------------
+# ---- espeak-ng, which makes the speech -----------------------------------------------
 if ! command -v espeak-ng >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         say "installing espeak-ng (apt-get)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >/dev/null
-        apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null
+        # quiet unless it fails ("debconf: delaying package configuration" is no news)
+        apt_log="$(mktemp)"
+        if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng; } >"$apt_log" 2>&1; then
+            cat "$apt_log" >&2
+            rm -f "$apt_log"
+            die "apt-get could not install espeak-ng (output above)"
+        fi
+        rm -f "$apt_log"
+        echo "installed $(espeak-ng --version | cut -d' ' -f1-4)"
     else
         die "the demo makes its speech with espeak-ng, which is not installed. Install it and run again:
     sudo apt-get install espeak-ng     # Debian, Ubuntu
@@ -57,6 +57,21 @@ if ! command -v espeak-ng >/dev/null; then
     fi
 fi
 
+# ---- work directory and a database of its own ---------------------------------------
+if [ -n "${DEMO_DIR:-}" ]; then
+    WORK="$DEMO_DIR"
+    case "$WORK" in /*) ;; *) WORK="$CALLER_DIR/$WORK" ;; esac
+    mkdir -p "$WORK"
+else
+    WORK="$(mktemp -d "${TMPDIR:-/tmp}/speakerdb-demo.XXXXXX")"
+fi
+WORK="$(cd "$WORK" && pwd)"
+DB="demo.sqlite"                       # relative to $WORK, where the commands below run
+rm -f "$WORK/$DB" "$WORK/$DB.faiss"    # a fresh database on every run, even in a kept DEMO_DIR
+export SPEAKERDB_DB="$WORK/$DB"        # belt and braces: --db is passed on every call too
+echo "work directory: $WORK"
+
+# ---- speech ---------------------------------------------------------------------------
 # speaker name -> espeak-ng voice (language+variant; all ship with Debian's espeak-ng 1.51)
 NAMES=(alice bob callum)
 declare -A VOICE=([alice]="en-us+f3" [bob]="en-gb+m3" [callum]="en-gb-scotland+m7")
@@ -115,8 +130,8 @@ EOF
 RANDOM_MODEL=0
 if [ -n "${SPEAKERDB_MODEL:-}" ]; then
     MODEL="$SPEAKERDB_MODEL"
-    # a directory given relative to where the user ran us: make it absolute before cd-ing
-    if [ -e "$MODEL" ]; then MODEL="$(cd "$MODEL" && pwd)"; fi
+    # a directory, maybe relative to where the user ran us: make it absolute (else a hub id)
+    if (cd "$CALLER_DIR" && [ -d "$MODEL" ]); then MODEL="$(cd "$CALLER_DIR" && cd "$MODEL" && pwd)"; fi
     say "model: $MODEL (from SPEAKERDB_MODEL)"
     check_model "$MODEL" || die "SPEAKERDB_MODEL=$SPEAKERDB_MODEL cannot be loaded (see above)"
 else

@@ -13,18 +13,19 @@ commit and rebuilt from SQLite whenever its file is missing, stale or damaged.
 from __future__ import annotations
 
 import os
-import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from . import audio, schema, store
+from .store import validate_name
 from .embed import DEFAULT_MODEL, Embedder, l2_normalize, load_embedder, same_model
 from .errors import (
+    ConflictError,
     DatabaseError,
     EmptyDatabaseError,
     InvalidInputError,
@@ -38,15 +39,11 @@ from .index import IndexFileError, SpeakerIndex
 #: The model card's suggested cosine threshold for microsoft/wavlm-base-plus-sv.
 DEFAULT_THRESHOLD = 0.86
 DEFAULT_TOP_K = 5
-MAX_NAME_LENGTH = 200  # characters
 DB_FILENAME = "speakerdb.sqlite"
 INDEX_SUFFIX = ".faiss"
 
 #: Called after each file: (files done, files in all, seconds of audio done).
 Progress = Callable[[int, int, float], None]
-
-_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
 
 def default_home() -> Path:
     """``$SPEAKERDB_HOME``, else the platform's per-user data directory."""
@@ -62,21 +59,6 @@ def default_db_path() -> Path:
     """``$SPEAKERDB_DB``, else ``speakerdb.sqlite`` in :func:`default_home`."""
     env = os.environ.get("SPEAKERDB_DB")
     return Path(env).expanduser() if env else default_home() / DB_FILENAME
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it can name a speaker, else raise InvalidInputError saying why."""
-    if not isinstance(name, str) or not name:
-        raise InvalidInputError("speaker name must not be empty")
-    if name != name.strip():
-        raise InvalidInputError(f"speaker name {name!r} must not start or end with whitespace")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInputError(f"speaker name is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed")
-    if _CONTROL_CHARS.search(name):
-        raise InvalidInputError(f"speaker name {name!r} contains control characters")
-    if "/" in name or "\\" in name:
-        raise InvalidInputError(f"speaker name {name!r} must not contain / or \\")
-    return name
 
 
 @dataclass(frozen=True)
@@ -179,6 +161,37 @@ class DatabaseInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    path: str
+    n_speakers: int
+    n_utterances: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportSummary:
+    """What an import did (or, with dry_run, would do): speaker names per outcome."""
+
+    path: str
+    created: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    utterances_added: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Rollback(Exception):
+    """Raised inside a transaction to undo it (dry runs)."""
 
 
 @dataclass
@@ -439,6 +452,120 @@ class SpeakerDB:
             generation=int(settings.get("generation", 0)),
         )
 
+    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None) -> ExportSummary:
+        """Write a gallery file of all speakers, or of the named ones (see docs/gallery-format.md).
+
+        The file holds metadata and per-utterance embeddings, never audio. It is written
+        to a temporary name and renamed, so an interrupted export leaves no half file.
+        """
+        from . import __version__, gallery
+
+        with self.store.read() as s:
+            settings = store.get_settings(s)
+            if speakers is None:
+                rows = store.speakers_by_name(s)
+            else:
+                rows = [self._get_speaker(s, name) for name in dict.fromkeys(speakers)]
+            if not rows:
+                raise EmptyDatabaseError(f"no speakers to export from {self.db_path}")
+            g = gallery.Gallery(
+                model_id=settings["model_id"],
+                model_source=settings.get("model_source"),
+                dim=int(settings["dim"]),
+                speakers=[
+                    gallery.GallerySpeaker(
+                        sp.name,
+                        _iso(sp.created_at),
+                        _iso(sp.updated_at),
+                        dict(sp.meta or {}),
+                        [
+                            gallery.GalleryUtterance(u.source, u.duration_s, u.audio_sha256, _iso(u.created_at), u.vector())
+                            for u in sp.utterances
+                        ],
+                    )
+                    for sp in rows
+                ],
+            )
+        size = gallery.write(path, g, __version__)
+        return ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
+
+    def import_gallery(
+        self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False
+    ) -> ImportSummary:
+        """Import a gallery file in one transaction: all of it, or nothing.
+
+        The whole file is validated before anything is written. Speakers that already
+        exist are handled by ``on_conflict``: ``fail`` refuses the import and names them,
+        ``skip`` keeps the existing ones, ``replace`` swaps them whole, ``merge`` adds
+        the incoming utterances (not those with an audio sha256 the speaker already has)
+        and recomputes the centroid. ``dry_run`` reports what would happen and writes
+        nothing.
+        """
+        from . import gallery
+
+        gallery.check_policy(on_conflict)
+        g = gallery.read(path)
+        summary = ImportSummary(str(path), dry_run=dry_run)
+        try:
+            with self._change() as (s, change):
+                self._bind_gallery_model(s, g, path)
+                existing = {sp.name: sp for sp in store.speakers_by_name(s, [x.name for x in g.speakers])}
+                if existing and on_conflict == "fail":
+                    raise ConflictError(
+                        f"{len(existing)} speaker(s) of {path} already exist: {', '.join(sorted(existing))}; "
+                        "nothing was imported (choose --on-conflict skip, replace or merge)"
+                    )
+                for incoming in g.speakers:
+                    current = existing.get(incoming.name)
+                    if current is not None and on_conflict == "skip":
+                        summary.skipped.append(incoming.name)
+                        continue
+                    if current is not None and on_conflict == "replace":
+                        change.removed.add(current.id)
+                        s.delete(current)
+                        s.flush()
+                        current = None
+                        summary.replaced.append(incoming.name)
+                    elif current is None:
+                        summary.created.append(incoming.name)
+                    else:
+                        summary.merged.append(incoming.name)
+                    if current is None:
+                        now = store.utcnow()
+                        current = store.Speaker(
+                            name=incoming.name,
+                            created_at=_parse_iso(incoming.created_at) or now,
+                            updated_at=_parse_iso(incoming.updated_at) or now,
+                            meta=dict(incoming.metadata),
+                            centroid=b"",
+                        )
+                        s.add(current)
+                    else:  # merge: existing metadata wins, incoming keys fill the gaps
+                        current.meta = {**incoming.metadata, **(current.meta or {})}
+                    known = {u.audio_sha256 for u in current.utterances}
+                    for u in incoming.utterances:
+                        if u.audio_sha256 in known:
+                            continue
+                        known.add(u.audio_sha256)
+                        current.utterances.append(
+                            store.Utterance(
+                                source=u.source,
+                                duration_s=u.duration_s,
+                                audio_sha256=u.audio_sha256,
+                                embedding=store.to_blob(u.embedding),
+                                created_at=_parse_iso(u.created_at) or store.utcnow(),
+                            )
+                        )
+                        summary.utterances_added += 1
+                    store.recompute_centroid(current)
+                    s.flush()
+                    change.upserted[current.id] = current.centroid_vector()
+                if dry_run:
+                    raise _Rollback
+        except _Rollback:
+            pass
+        return summary
+
     def rebuild_index(self) -> int:
         """Rebuild the index file from SQLite; returns the number of speakers indexed."""
         with self.store.read() as s:
@@ -494,6 +621,20 @@ class SpeakerDB:
             if source and Path(source).expanduser().is_dir():
                 source = str(Path(source).expanduser().resolve())
             store.set_setting(s, "model_source", source)
+
+    def _bind_gallery_model(self, s, g, path) -> None:
+        """A gallery must come from this database's model; an empty database takes the gallery's."""
+        settings = store.get_settings(s)
+        bound = settings.get("model_id")
+        if bound is None:
+            store.set_setting(s, "model_id", g.model_id)
+            store.set_setting(s, "dim", g.dim)
+            store.set_setting(s, "model_source", g.model_source or g.model_id)
+        elif not same_model(bound, g.model_id) or int(settings["dim"]) != g.dim:
+            raise ModelMismatchError(
+                f"gallery {path} holds {g.dim}-d embeddings of model {g.model_id}; database {self.db_path} "
+                f"holds {settings['dim']}-d embeddings of model {bound}: nothing was imported"
+            )
 
     def _require_speakers(self) -> None:
         with self.store.read() as s:
@@ -593,7 +734,18 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _iso(t: datetime | None) -> str | None:
-    return None if t is None else t.isoformat(timespec="seconds") + "Z"
+    """A naive-UTC datetime as ISO 8601 with Z; microseconds kept so round trips are exact."""
+    return None if t is None else t.isoformat() + "Z"
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------

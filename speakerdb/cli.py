@@ -313,6 +313,63 @@ def threshold(state: _State, value: float | None, as_json: bool) -> None:
     _emit(as_json, {"threshold": current}, f"threshold: {current:g}")
 
 
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--speaker", "speakers", multiple=True, metavar="NAME", help="Export only this speaker (repeatable).")
+@json_option
+@click.pass_obj
+def export(state: _State, path: str, speakers: tuple[str, ...], as_json: bool) -> None:
+    """Export speakers to a gallery file: metadata and embeddings, no audio.
+
+    The file is portable between machines running the same model; see
+    docs/gallery-format.md for what is inside.
+
+    \b
+    Examples:
+      speakerdb export site-a.gallery
+      speakerdb export team.gallery --speaker alice --speaker bob
+    """
+    summary = state.db.export(path, list(speakers) or None)
+    _emit(
+        as_json,
+        summary.to_dict(),
+        f"exported {summary.n_speakers} speaker(s), {summary.n_utterances} utterance(s) to {summary.path} "
+        f"({summary.size_bytes} bytes)",
+    )
+
+
+@cli.command(name="import")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--on-conflict",
+    type=click.Choice(["fail", "skip", "replace", "merge"]),
+    default="fail",
+    show_default=True,
+    help="For speakers that already exist: refuse the whole import, keep ours, take theirs whole, "
+    "or add their utterances to ours.",
+)
+@click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@json_option
+@click.pass_obj
+def import_(state: _State, path: str, on_conflict: str, dry_run: bool, as_json: bool) -> None:
+    """Import a gallery file into this database, all of it or nothing.
+
+    The file is validated whole (format, checksums, model, names, vectors) before
+    anything is written, and imported in one transaction.
+
+    \b
+    Examples:
+      speakerdb import site-a.gallery
+      speakerdb import site-a.gallery --on-conflict merge --dry-run
+    """
+    summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run)
+    counts = ", ".join(
+        f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped")
+    )
+    prefix = "would import" if dry_run else "imported"
+    _emit(as_json, summary.to_dict(), f"{prefix} {summary.path}: {counts}; {summary.utterances_added} utterance(s) added")
+
+
 @cli.group()
 def db() -> None:
     """Manage the database schema (Alembic revisions).

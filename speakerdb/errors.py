@@ -44,6 +44,14 @@ class EmptyDatabaseError(SpeakerDBError):
     """The operation needs at least one enrolled speaker."""
 
 
+class GalleryError(SpeakerDBError):
+    """A gallery file cannot be imported (damaged, altered, another format or model, unsafe)."""
+
+
+class ConflictError(SpeakerDBError):
+    """Speakers in a gallery already exist and the conflict policy is ``fail``."""
+
+
 class DatabaseError(SpeakerDBError):
     """The database file cannot be used (corrupt, read-only, not a speakerdb database)."""
 

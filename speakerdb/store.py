@@ -17,6 +17,7 @@ Vectors are stored as little-endian float32 blobs.
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -44,9 +45,26 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from . import schema
-from .errors import DatabaseError
+from .errors import DatabaseError, InvalidInputError
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
+MAX_NAME_LENGTH = 200  # characters
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it can name a speaker, else raise InvalidInputError saying why."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError("speaker name must not be empty")
+    if name != name.strip():
+        raise InvalidInputError(f"speaker name {name!r} must not start or end with whitespace")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInputError(f"speaker name is {len(name)} characters long, at most {MAX_NAME_LENGTH} are allowed")
+    if _CONTROL_CHARS.search(name):
+        raise InvalidInputError(f"speaker name {name!r} contains control characters")
+    if "/" in name or "\\" in name:
+        raise InvalidInputError(f"speaker name {name!r} must not contain / or \\")
+    return name
 
 
 def utcnow() -> datetime:
@@ -189,6 +207,14 @@ def bump_generation(session: Session) -> int:
 
 def speaker_by_name(session: Session, name: str) -> Speaker | None:
     return session.scalars(select(Speaker).where(Speaker.name == name)).one_or_none()
+
+
+def speakers_by_name(session: Session, names: list[str] | None = None) -> list[Speaker]:
+    """The named speakers (all speakers if ``names`` is None), by name; absent names are left out."""
+    stmt = select(Speaker).order_by(Speaker.name)
+    if names is not None:
+        stmt = stmt.where(Speaker.name.in_(names))
+    return list(session.scalars(stmt))
 
 
 def speakers_by_id(session: Session, ids: list[int]) -> dict[int, Speaker]:

@@ -1,0 +1,279 @@
+"""Speaker galleries: portable, versioned, validated export and import of enrolled speakers.
+
+A gallery is a ZIP archive with exactly three members (the format is documented in
+``docs/gallery-format.md``)::
+
+    manifest.json    format name and version, speakerdb version, creation time, model id
+                     and dimension, counts, and the size and sha256 of the two others
+    speakers.json    the speakers with their metadata and utterance records
+    embeddings.f32   every utterance embedding, little-endian float32, row-major
+                     (n_utterances, dim), rows in the order of speakers.json
+
+No audio travels. Reading validates everything before the caller writes anything:
+member names (no absolute paths, ``..`` or links), sizes (a member that inflates beyond
+what the manifest says is refused, a decompression bomb), checksums, format version,
+names, and vectors (length, finite, unit norm).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .errors import GalleryError, InvalidInputError
+from .store import validate_name
+
+FORMAT_NAME = "speakerdb-gallery"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPEAKERS = "speakers.json"
+EMBEDDINGS = "embeddings.f32"
+MEMBERS = (MANIFEST, SPEAKERS, EMBEDDINGS)
+MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a few hundred bytes
+UNIT_NORM_TOLERANCE = 1e-3  # embeddings are stored L2-normalised
+CONFLICT_POLICIES = ("fail", "skip", "replace", "merge")
+
+
+@dataclass(frozen=True)
+class GalleryUtterance:
+    source: str
+    duration_s: float
+    audio_sha256: str
+    created_at: str | None
+    embedding: np.ndarray  # (dim,) float32
+
+
+@dataclass(frozen=True)
+class GallerySpeaker:
+    name: str
+    created_at: str | None
+    updated_at: str | None
+    metadata: dict[str, Any]
+    utterances: list[GalleryUtterance]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    model_id: str
+    model_source: str | None
+    dim: int
+    speakers: list[GallerySpeaker]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_utterances(self) -> int:
+        return sum(len(s.utterances) for s in self.speakers)
+
+
+def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
+    """Write ``gallery`` to ``path`` atomically (temporary file, then rename); returns its size in bytes."""
+    path = Path(path)
+    speakers_doc = [
+        {
+            "name": s.name,
+            "created_at": s.created_at,
+            "updated_at": s.updated_at,
+            "metadata": s.metadata,
+            "utterances": [
+                {
+                    "source": u.source,
+                    "duration_s": u.duration_s,
+                    "audio_sha256": u.audio_sha256,
+                    "created_at": u.created_at,
+                }
+                for u in s.utterances
+            ],
+        }
+        for s in gallery.speakers
+    ]
+    speakers_bytes = json.dumps(speakers_doc, ensure_ascii=False, allow_nan=False).encode()
+    rows = [u.embedding for s in gallery.speakers for u in s.utterances]
+    matrix = np.stack(rows).astype("<f4") if rows else np.zeros((0, gallery.dim), "<f4")  # (n, dim)
+    embedding_bytes = matrix.tobytes(order="C")
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "speakerdb_version": speakerdb_version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "model": {"id": gallery.model_id, "source": gallery.model_source, "dim": gallery.dim},
+        "counts": {"speakers": len(gallery.speakers), "utterances": len(rows)},
+        "members": {
+            SPEAKERS: {"size": len(speakers_bytes), "sha256": hashlib.sha256(speakers_bytes).hexdigest()},
+            EMBEDDINGS: {"size": len(embedding_bytes), "sha256": hashlib.sha256(embedding_bytes).hexdigest()},
+        },
+    }
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(f, "w") as z:
+                z.writestr(MANIFEST, json.dumps(manifest, indent=2), zipfile.ZIP_DEFLATED)
+                z.writestr(SPEAKERS, speakers_bytes, zipfile.ZIP_DEFLATED)
+                # float32 noise barely compresses: store it.
+                z.writestr(EMBEDDINGS, embedding_bytes, zipfile.ZIP_STORED)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path.stat().st_size
+
+
+def read(path: str | Path) -> Gallery:
+    """Read and fully validate a gallery file. Raises GalleryError saying what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise GalleryError(f"{path}: no such gallery file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = _check_members(path, z)
+            manifest = _parse_json(path, MANIFEST, _read_member(path, z, infos[MANIFEST], MAX_MANIFEST_BYTES))
+            _check_manifest(path, manifest)
+            members = manifest["members"]
+            data = {}
+            for name in (SPEAKERS, EMBEDDINGS):
+                raw = _read_member(path, z, infos[name], members[name]["size"])
+                if len(raw) != members[name]["size"]:
+                    raise GalleryError(f"{path}: {name} is {len(raw)} bytes, the manifest says {members[name]['size']}")
+                if hashlib.sha256(raw).hexdigest() != members[name]["sha256"]:
+                    raise GalleryError(f"{path}: checksum mismatch in {name} (the file is damaged or was altered)")
+                data[name] = raw
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise GalleryError(f"{path}: not a readable gallery (truncated or corrupt archive: {e})") from None
+    except OSError as e:
+        raise GalleryError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return _build(path, manifest, _parse_json(path, SPEAKERS, data[SPEAKERS]), data[EMBEDDINGS])
+
+
+def _check_members(path: Path, z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    infos: dict[str, zipfile.ZipInfo] = {}
+    for info in z.infolist():
+        name = info.filename
+        pure = PurePosixPath(name.replace("\\", "/"))
+        if pure.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+            raise GalleryError(f"{path}: archive member {name!r} has an absolute path")
+        if ".." in pure.parts:
+            raise GalleryError(f"{path}: archive member {name!r} points outside the archive (..)")
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise GalleryError(f"{path}: archive member {name!r} is a link")
+        if name not in MEMBERS:
+            raise GalleryError(f"{path}: unexpected archive member {name!r}")
+        if name in infos:
+            raise GalleryError(f"{path}: archive member {name!r} appears twice")
+        infos[name] = info
+    missing = [m for m in MEMBERS if m not in infos]
+    if missing:
+        raise GalleryError(f"{path}: not a speakerdb gallery (missing {', '.join(missing)})")
+    return infos
+
+
+def _read_member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; one byte more means the member is larger than promised."""
+    if info.file_size > limit:
+        raise GalleryError(f"{path}: {info.filename} unpacks to {info.file_size} bytes, more than the {limit} expected")
+    with z.open(info) as f:
+        data = f.read(limit + 1)  # the header's size can lie; the stream cannot
+    if len(data) > limit:
+        raise GalleryError(f"{path}: {info.filename} unpacks to more than the {limit} bytes expected (refused)")
+    return data
+
+
+def _parse_json(path: Path, member: str, raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise GalleryError(f"{path}: {member} is not valid JSON ({e})") from None
+
+
+def _check_manifest(path: Path, m: Any) -> None:
+    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
+        raise GalleryError(f"{path}: not a speakerdb gallery (manifest format is not {FORMAT_NAME!r})")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise GalleryError(
+            f"{path}: gallery format version {m.get('format_version')!r} is not supported "
+            f"(this speakerdb reads version {FORMAT_VERSION})"
+        )
+    try:
+        model, counts, members = m["model"], m["counts"], m["members"]
+        ok = (
+            isinstance(model["id"], str)
+            and _is_count(model["dim"]) and model["dim"] > 0
+            and _is_count(counts["speakers"]) and _is_count(counts["utterances"])
+            and all(_is_count(members[n]["size"]) and isinstance(members[n]["sha256"], str) for n in (SPEAKERS, EMBEDDINGS))
+        )
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise GalleryError(f"{path}: manifest is incomplete or malformed")
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) -> Gallery:
+    dim = manifest["model"]["dim"]
+    n_utt = manifest["counts"]["utterances"]
+    if len(raw) != n_utt * dim * 4:
+        raise GalleryError(f"{path}: embeddings hold {len(raw)} bytes, {n_utt} x {dim} float32 vectors need {n_utt * dim * 4}")
+    matrix = np.frombuffer(raw, dtype="<f4").reshape(n_utt, dim).astype(np.float32)  # (n_utt, dim)
+    if not np.isfinite(matrix).all():
+        raise GalleryError(f"{path}: embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(matrix, axis=1)
+    if n_utt and np.max(np.abs(norms - 1)) > UNIT_NORM_TOLERANCE:
+        raise GalleryError(f"{path}: embeddings are not unit vectors (norms {norms.min():.3f}..{norms.max():.3f})")
+    if not isinstance(speakers_doc, list) or len(speakers_doc) != manifest["counts"]["speakers"]:
+        raise GalleryError(f"{path}: speakers.json does not list the {manifest['counts']['speakers']} speakers the manifest counts")
+
+    speakers, seen, row = [], set(), 0
+    for entry in speakers_doc:
+        try:
+            name = entry["name"]
+            utterances_doc = entry["utterances"]
+            metadata = entry.get("metadata") or {}
+            if not isinstance(utterances_doc, list) or not isinstance(metadata, dict):
+                raise TypeError
+            validate_name(name)
+        except InvalidInputError as e:
+            raise GalleryError(f"{path}: {e}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise GalleryError(f"{path}: a speaker entry in speakers.json is malformed") from None
+        if name in seen:
+            raise GalleryError(f"{path}: speaker {name!r} appears twice")
+        seen.add(name)
+        if not utterances_doc:
+            raise GalleryError(f"{path}: speaker {name!r} has no utterances")
+        utterances = []
+        for u in utterances_doc:
+            try:
+                sha, source, duration = u["audio_sha256"], u["source"], float(u["duration_s"])
+                if not (isinstance(sha, str) and len(sha) == 64 and isinstance(source, str)):
+                    raise TypeError
+            except (KeyError, TypeError, ValueError):
+                raise GalleryError(f"{path}: an utterance of speaker {name!r} is malformed") from None
+            if row >= n_utt:
+                raise GalleryError(f"{path}: speakers.json lists more utterances than the {n_utt} embeddings")
+            utterances.append(GalleryUtterance(source, duration, sha, u.get("created_at"), matrix[row]))
+            row += 1
+        speakers.append(GallerySpeaker(name, entry.get("created_at"), entry.get("updated_at"), metadata, utterances))
+    if row != n_utt:
+        raise GalleryError(f"{path}: speakers.json lists {row} utterances, the embeddings hold {n_utt}")
+    model = manifest["model"]
+    return Gallery(model["id"], model.get("source"), dim, speakers, manifest)
+
+
+def check_policy(policy: str) -> str:
+    if policy not in CONFLICT_POLICIES:
+        raise InvalidInputError(f"on-conflict must be one of {', '.join(CONFLICT_POLICIES)}, not {policy!r}")
+    return policy

@@ -1,0 +1,379 @@
+"""Gallery export/import: round trip, conflict policies, every refusal, and a kill in the middle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from speakerdb import SpeakerDB, gallery
+from speakerdb.cli import cli
+from speakerdb.errors import ConflictError, GalleryError, InvalidInputError, ModelMismatchError, SpeakerNotFoundError
+
+from conftest import REPO, FakeEmbedder, voice, write
+
+FIXTURE = REPO / "tests" / "data" / "v1.gallery"
+
+
+def _rows(db: SpeakerDB):
+    """Speakers (name, metadata, created_at) and utterances (name, sha, duration, embedding bytes)."""
+    con = sqlite3.connect(db.db_path)
+    try:
+        speakers = con.execute("SELECT name, metadata, created_at FROM speakers ORDER BY name").fetchall()
+        utterances = con.execute(
+            "SELECT s.name, u.audio_sha256, u.duration_s, u.source, u.embedding FROM utterances u "
+            "JOIN speakers s ON s.id = u.speaker_id ORDER BY s.name, u.id"
+        ).fetchall()
+        return speakers, utterances
+    finally:
+        con.close()
+
+
+def _snapshot(db: SpeakerDB):
+    con = sqlite3.connect(db.db_path)
+    try:
+        return [con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("speakers", "utterances", "settings")]
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def source(tmp_path, voices):
+    """A database with three speakers, metadata on one."""
+    db = SpeakerDB(tmp_path / "source.sqlite", embedder=FakeEmbedder())
+    db.enroll("alice", voices["alice"][:2], metadata={"site": "a", "badge": 7})
+    db.enroll("bob", voices["bob"][:2])
+    db.enroll("carol", voices["carol"][:1])
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def target(tmp_path):
+    db = SpeakerDB(tmp_path / "target.sqlite", embedder=FakeEmbedder())
+    yield db
+    db.close()
+
+
+def test_round_trip_is_exact(source, target, tmp_path, voices):
+    summary = source.export(tmp_path / "all.gallery")
+    assert (summary.n_speakers, summary.n_utterances) == (3, 5)
+    result = target.import_gallery(tmp_path / "all.gallery")
+    assert result.created == ["alice", "bob", "carol"] and result.utterances_added == 5
+    assert _rows(target) == _rows(source)  # names, metadata, times, byte-identical embeddings
+    queries = [voices[n][2] for n in ("alice", "bob", "carol")]
+    assert target.identify(queries) == source.identify(queries)
+    assert target.info().model_id == source.info().model_id
+
+
+def test_partial_export(source, target, tmp_path):
+    source.export(tmp_path / "two.gallery", speakers=["carol", "alice"])
+    target.import_gallery(tmp_path / "two.gallery")
+    assert [s.name for s in target.list()] == ["alice", "carol"]
+    with pytest.raises(SpeakerNotFoundError, match="zoe"):
+        source.export(tmp_path / "x.gallery", speakers=["zoe"])
+    assert not (tmp_path / "x.gallery").exists()
+
+
+def test_conflict_fail_names_the_speakers_and_writes_nothing(source, target, tmp_path, voices):
+    source.export(tmp_path / "all.gallery")
+    target.enroll("bob", voices["bob"][2:3])
+    target.enroll("carol", voices["carol"][2:3])
+    before = _snapshot(target)
+    with pytest.raises(ConflictError) as err:
+        target.import_gallery(tmp_path / "all.gallery")
+    assert "bob" in str(err.value) and "carol" in str(err.value) and "alice" not in str(err.value)
+    assert _snapshot(target) == before
+
+
+def test_conflict_skip_keeps_ours(source, target, tmp_path, voices):
+    source.export(tmp_path / "all.gallery")
+    target.enroll("bob", voices["bob"][2:3])
+    ours = [r for r in _rows(target)[1] if r[0] == "bob"]
+    result = target.import_gallery(tmp_path / "all.gallery", on_conflict="skip")
+    assert (result.created, result.skipped) == (["alice", "carol"], ["bob"])
+    assert [r for r in _rows(target)[1] if r[0] == "bob"] == ours
+
+
+def test_conflict_replace_takes_theirs_whole(source, target, tmp_path, voices):
+    source.export(tmp_path / "all.gallery")
+    target.enroll("bob", voices["bob"][2:3], metadata={"local": True})
+    result = target.import_gallery(tmp_path / "all.gallery", on_conflict="replace")
+    assert result.replaced == ["bob"]
+    theirs = [r for r in _rows(source)[1] if r[0] == "bob"]
+    assert [r for r in _rows(target)[1] if r[0] == "bob"] == theirs
+    assert target.show("bob").metadata == {}
+    assert target.identify([voices["bob"][0]])[0].speaker == "bob"
+
+
+def test_conflict_merge_adds_new_audio_once_and_recomputes_the_centroid(source, target, tmp_path, voices):
+    source.export(tmp_path / "all.gallery")
+    target.enroll("alice", [voices["alice"][0], voices["alice"][2]], metadata={"site": "local"})
+    result = target.import_gallery(tmp_path / "all.gallery", on_conflict="merge")
+    assert result.merged == ["alice"] and result.utterances_added == 1 + 2 + 1  # alice0 was already there
+    shas = [r[1] for r in _rows(target)[1] if r[0] == "alice"]
+    assert len(shas) == len(set(shas)) == 3
+    assert target.show("alice").metadata == {"site": "local", "badge": 7}  # ours wins, theirs fills gaps
+    vectors = FakeEmbedder().embed([__import__("speakerdb").audio.load(p).samples for p in voices["alice"]])
+    mean = vectors.mean(axis=0)
+    [r] = target.identify([voices["alice"][0]], top_k=1)
+    assert r.score == pytest.approx(float(vectors[0] @ mean / np.linalg.norm(mean)), abs=1e-5)
+    again = target.import_gallery(tmp_path / "all.gallery", on_conflict="merge")
+    assert again.utterances_added == 0
+
+
+def test_dry_run_writes_nothing(source, target, tmp_path):
+    source.export(tmp_path / "all.gallery")
+    before = _snapshot(target)
+    result = target.import_gallery(tmp_path / "all.gallery", dry_run=True)
+    assert result.dry_run and result.created == ["alice", "bob", "carol"] and result.utterances_added == 5
+    assert _snapshot(target) == before
+    assert not target.index_path.exists() or len(target.list()) == 0
+
+
+def test_unknown_policy(target, tmp_path):
+    with pytest.raises(InvalidInputError, match="on-conflict"):
+        target.import_gallery(tmp_path / "x.gallery", on_conflict="overwrite")
+
+
+# ---- refusals --------------------------------------------------------------------------------
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist()}
+
+
+def _write_members(path: Path, members: dict[str, bytes], fix_checksums: bool = True, extra=()) -> Path:
+    """Write members back, recomputing the manifest's sizes and checksums unless told not to."""
+    if fix_checksums:
+        manifest = json.loads(members["manifest.json"])
+        for name in ("speakers.json", "embeddings.f32"):
+            manifest["members"][name] = {"size": len(members[name]), "sha256": hashlib.sha256(members[name]).hexdigest()}
+        members = {**members, "manifest.json": json.dumps(manifest).encode()}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+        for info, data in extra:
+            z.writestr(info, data)
+    return path
+
+
+def _edit(members, member, fn):
+    doc = json.loads(members[member])
+    fn(doc)
+    return {**members, member: json.dumps(doc).encode()}
+
+
+def _floats(members, fn):
+    m = np.frombuffer(members["embeddings.f32"], "<f4").copy()
+    fn(m)
+    return {**members, "embeddings.f32": m.astype("<f4").tobytes()}
+
+
+def _symlink_info(name="link"):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+BAD = {
+    "other model": (lambda m: _edit(m, "manifest.json", lambda d: d["model"].update(id="another-model")), True, "another-model"),
+    "unknown version": (lambda m: _edit(m, "manifest.json", lambda d: d.update(format_version=99)), True, "version 99"),
+    "not a gallery": (lambda m: _edit(m, "manifest.json", lambda d: d.update(format="zip-of-things")), True, "not a speakerdb gallery"),
+    "checksum": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b"alice", b"alicf")}, False, "checksum mismatch"),
+    "nan vector": (lambda m: _floats(m, lambda a: a.__setitem__(3, np.nan)), True, "NaN"),
+    "inf vector": (lambda m: _floats(m, lambda a: a.__setitem__(0, np.inf)), True, "NaN or infinite"),
+    "not unit": (lambda m: _floats(m, lambda a: a.__imul__(2)), True, "unit vectors"),
+    "short vectors": (lambda m: {**m, "embeddings.f32": m["embeddings.f32"][:-4]}, True, "float32 vectors need"),
+    "duplicate names": (lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice")), True, "appears twice"),
+    "empty name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="")), True, "must not be empty"),
+    "slash in name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="../etc")), True, "must not contain"),
+    "missing member": (lambda m: {k: v for k, v in m.items() if k != "embeddings.f32"}, False, "missing embeddings.f32"),
+    "extra member": (lambda m: {**m, "evil.sh": b"rm -rf /"}, True, "unexpected archive member"),
+    "absolute path": (lambda m: {**m, "/etc/passwd": b"x"}, True, "absolute path"),
+    "dot dot": (lambda m: {**m, "../../outside": b"x"}, True, "outside the archive"),
+    "bad json": (lambda m: {**m, "speakers.json": b"[{not json"}, True, "not valid JSON"),
+    "utterance count": (lambda m: _edit(m, "manifest.json", lambda d: d["counts"].update(utterances=4)), True, "float32 vectors need"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_galleries_are_refused_and_nothing_changes(source, target, tmp_path, voices, case):
+    source.export(tmp_path / "good.gallery")
+    target.enroll("dora", voices["alice"][2:3])
+    mutate, fix, message = BAD[case]
+    bad = _write_members(tmp_path / "bad.gallery", mutate(_members(tmp_path / "good.gallery")), fix_checksums=fix)
+    before = _snapshot(target)
+    with pytest.raises((GalleryError, ModelMismatchError)) as err:
+        target.import_gallery(bad, on_conflict="merge")
+    assert message in str(err.value)
+    assert _snapshot(target) == before
+
+
+def test_other_dimension_is_refused(target, tmp_path, voices):
+    target.enroll("dora", voices["alice"][:1])
+    v = np.ones(16, np.float32) / 4  # a unit vector of another model's size
+    speaker = gallery.GallerySpeaker("eve", None, None, {}, [gallery.GalleryUtterance("e.wav", 1.0, "0" * 64, None, v)])
+    gallery.write(tmp_path / "16d.gallery", gallery.Gallery("fake-spectral-v1", None, 16, [speaker]), "test")
+    before = _snapshot(target)
+    with pytest.raises(ModelMismatchError, match="16-d"):
+        target.import_gallery(tmp_path / "16d.gallery")
+    assert _snapshot(target) == before
+
+
+def test_symlink_member_is_refused(source, target, tmp_path):
+    source.export(tmp_path / "good.gallery")
+    bad = _write_members(tmp_path / "bad.gallery", _members(tmp_path / "good.gallery"), extra=[(_symlink_info(), b"/etc/passwd")])
+    with pytest.raises(GalleryError, match="is a link"):
+        target.import_gallery(bad)
+
+
+def test_truncated_file_is_refused(source, target, tmp_path):
+    data = (tmp_path / "good.gallery").read_bytes() if source.export(tmp_path / "good.gallery") else b""
+    for cut in (10, len(data) // 2, len(data) - 10):
+        (tmp_path / "cut.gallery").write_bytes(data[:cut])
+        with pytest.raises(GalleryError, match="truncated or corrupt"):
+            target.import_gallery(tmp_path / "cut.gallery")
+    assert target.list() == []
+
+
+def test_decompression_bomb_is_refused_without_inflating_it(source, target, tmp_path):
+    source.export(tmp_path / "good.gallery")
+    members = _members(tmp_path / "good.gallery")
+    bomb = tmp_path / "bomb.gallery"
+    _write_members(bomb, members)
+    # Swap speakers.json for 200 MB of zeros (compresses to ~200 kB) while the manifest
+    # still promises the small original, and lie about the size in the zip header too.
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", members["manifest.json"])
+        z.writestr("embeddings.f32", members["embeddings.f32"])
+        with z.open("speakers.json", "w", force_zip64=True) as f:
+            chunk = b"\0" * (1 << 20)
+            for _ in range(200):
+                f.write(chunk)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(GalleryError, match="more than the"):
+        target.import_gallery(bomb)
+
+
+def test_oversized_manifest_is_refused(target, tmp_path):
+    path = tmp_path / "big.gallery"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", b" " * (2 << 20))
+        z.writestr("speakers.json", b"[]")
+        z.writestr("embeddings.f32", b"")
+    with pytest.raises(GalleryError, match="more than the"):
+        target.import_gallery(path)
+
+
+def test_not_a_zip(target, tmp_path):
+    (tmp_path / "x.gallery").write_text("hello")
+    with pytest.raises(GalleryError):
+        target.import_gallery(tmp_path / "x.gallery")
+    with pytest.raises(GalleryError, match="no such gallery"):
+        target.import_gallery(tmp_path / "missing.gallery")
+
+
+# ---- compatibility: galleries written by earlier versions keep importing --------------------
+def test_version_1_fixture_still_imports(target):
+    """tests/data/v1.gallery was written by speakerdb 0.1.0 (scripts/make_gallery_fixture.py). Never regenerate it."""
+    result = target.import_gallery(FIXTURE)
+    assert result.created == ["ada", "grace"] and result.utterances_added == 3
+    assert target.info().model_id == "fake-spectral-v1"
+    assert target.show("ada").metadata == {"lab": "analytical engines"}
+    g = gallery.read(FIXTURE)
+    assert g.manifest["format_version"] == 1 and g.manifest["speakerdb_version"] == "0.1.0"
+    assert hashlib.sha256(np.stack([u.embedding for s in g.speakers for u in s.utterances]).tobytes()).hexdigest() == (
+        FIXTURE_EMBEDDINGS_SHA256
+    )
+
+
+FIXTURE_EMBEDDINGS_SHA256 = "d30872b28eeaa49eeea72ffd5dd30fa1caacd588ca48edd58a808f9e2bdf0f34"
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+def test_cli_export_import(source, tmp_path):
+    runner = CliRunner()
+    out = runner.invoke(cli, ["--db", str(source.db_path), "export", str(tmp_path / "a.gallery"), "--speaker", "alice", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout)["n_speakers"] == 1
+    target = ["--db", str(tmp_path / "t.sqlite")]
+    dry = runner.invoke(cli, target + ["import", str(tmp_path / "a.gallery"), "--dry-run"])
+    assert dry.exit_code == 0 and "would import" in dry.stdout and "1 created" in dry.stdout
+    done = runner.invoke(cli, target + ["import", str(tmp_path / "a.gallery"), "--json"])
+    assert json.loads(done.stdout)["created"] == ["alice"]
+    conflict = runner.invoke(cli, target + ["import", str(tmp_path / "a.gallery")])
+    assert conflict.exit_code == 1 and "alice" in conflict.stderr and "Traceback" not in conflict.output
+    merged = runner.invoke(cli, target + ["import", str(tmp_path / "a.gallery"), "--on-conflict", "merge"])
+    assert "1 merged" in merged.stdout
+    bad = runner.invoke(cli, target + ["import", str(tmp_path / "a.gallery"), "--on-conflict", "overwrite"])
+    assert bad.exit_code == 2
+
+
+# ---- a kill in the middle --------------------------------------------------------------------
+def _big_gallery(path: Path, n_speakers: int, per_speaker: int, dim: int = 32) -> None:
+    rng = np.random.default_rng(0)
+    speakers = []
+    for i in range(n_speakers):
+        utts = []
+        for j in range(per_speaker):
+            v = rng.standard_normal(dim).astype(np.float32)
+            utts.append(gallery.GalleryUtterance(f"s{i}-{j}.wav", 3.0, hashlib.sha256(f"{i}/{j}".encode()).hexdigest(), None, v / np.linalg.norm(v)))
+        speakers.append(gallery.GallerySpeaker(f"speaker-{i:05d}", None, None, {"i": i}, utts))
+    gallery.write(path, gallery.Gallery("fake-spectral-v1", None, dim, speakers), "test")
+
+
+IMPORT_SCRIPT = """
+import sys, time
+from speakerdb import SpeakerDB
+db = SpeakerDB(sys.argv[1])
+print("start", flush=True)
+t0 = time.perf_counter()
+db.import_gallery(sys.argv[2])
+print("done", time.perf_counter() - t0, flush=True)
+"""
+
+
+def test_sigkill_during_import_leaves_the_database_as_before(tmp_path, voices):
+    big = tmp_path / "big.gallery"
+    _big_gallery(big, 3000, 5)
+    db_path = tmp_path / "killed.sqlite"
+    with SpeakerDB(db_path, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", voices["alice"][:1])
+    # How long the import itself takes here (without interpreter start-up), to aim the kills inside it.
+    timing = tmp_path / "timing.sqlite"
+    SpeakerDB(timing, embedder=FakeEmbedder()).enroll("alice", voices["alice"][:1])
+    out = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT, str(timing), str(big)], check=True, capture_output=True, text=True)
+    duration = float(out.stdout.split()[-1])
+
+    killed_mid_import = 0
+    for fraction in (0.2, 0.4, 0.6, 0.8, 0.95):
+        proc = subprocess.Popen([sys.executable, "-c", IMPORT_SCRIPT, str(db_path), str(big)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "start"
+        time.sleep(duration * fraction)
+        proc.send_signal(signal.SIGKILL)
+        rest, _ = proc.communicate()
+        finished = "done" in rest
+        killed_mid_import += not finished
+        con = sqlite3.connect(db_path)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        n = con.execute("SELECT count(*) FROM speakers").fetchone()[0]
+        con.close()
+        if finished:
+            assert n == 3001
+            break
+        assert n == 1, f"half an import is visible: {n} speakers after a kill at {fraction:.0%}"
+        with SpeakerDB(db_path, embedder=FakeEmbedder()) as db:  # the next command works
+            assert [s.name for s in db.list()] == ["alice"]
+            assert db.identify(voices["alice"][:1])[0].speaker == "alice"
+    assert killed_mid_import >= 3, "imports finished before the kills: the test proved little"
