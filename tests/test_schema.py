@@ -35,6 +35,7 @@ def test_new_database_is_created_at_head_in_wal_mode(tmp_path):
     assert api.database_revision(path) == (schema.HEAD_REVISION, schema.HEAD_REVISION)
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert con.execute("PRAGMA page_size").fetchone() == (schema.PAGE_SIZE,)
     con.close()
 
 
