@@ -55,6 +55,10 @@ import numpy as np
 
 SAMPLE_RATE = 16_000  # Hz: what the WavLM x-vector models take
 EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding component
+# Runs of one measurement on an otherwise idle machine agree within a few percent; a
+# slowest run this much slower than the fastest means something else competed for the
+# CPU (with 2 cores and 2 torch threads, one busy neighbour can triple a forward pass).
+NOISY_SPREAD = 1.5
 SEED = 1234  # of the synthetic audio, so every run embeds the same samples
 SCRIPTS_DIR = Path(__file__).resolve().parent
 
@@ -75,6 +79,8 @@ class Row:
 def timing_row(name: str, samples: Sequence[float], note: str = "", per: float = 1.0, unit: str = "s") -> Row:
     """A row holding the median of ``samples`` divided by ``per`` (e.g. seconds of audio)."""
     spread = f"median of {len(samples)}, min {min(samples):.3f} s, max {max(samples):.3f} s"
+    if max(samples) > NOISY_SPREAD * min(samples):
+        spread += " (NOISY)"
     return Row(name, statistics.median(samples) / per, unit, f"{note}; {spread}" if note else spread, list(samples))
 
 
@@ -329,6 +335,8 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "transformers": transformers.__version__,
         "numpy": np.__version__,
+        # Load average of the other processes, roughly: nothing heavy of ours has run yet.
+        "loadavg_1min_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -403,6 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
           f"Python {env['python']}, {env['cpu_count']} CPUs\n")
     print(markdown_table(rows))
+    if any("(NOISY)" in r.note for r in rows):
+        print(f"\nNOISY: the slowest run of a measurement took over {NOISY_SPREAD:g} x the fastest; another "
+              f"process probably competed for the CPU (1-min load average at start: "
+              f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine.")
     if args.json:
         document = {"environment": env, "size": args.size, "repeats": args.repeats,
                     "rows": [asdict(r) for r in rows]}

@@ -45,6 +45,8 @@ def build(out_dir: str | Path, size: str = "full", seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
     config = WavLMConfig(**SIZES[size])
+    # speakerdb reads this marker and warns on every command that the answers mean nothing.
+    config.speakerdb_random_weights = True
     model = WavLMForXVector(config).eval()
     # The preprocessing of microsoft/wavlm-base-plus-sv: raw 16 kHz samples, no
     # per-utterance normalisation, attention mask returned.

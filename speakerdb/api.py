@@ -225,7 +225,7 @@ class SpeakerDB:
         device: str = "cpu",
         embedder: Embedder | None = None,
     ) -> None:
-        self.db_path = Path(db_path).expanduser() if db_path else default_db_path()
+        self.db_path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
         self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
         self._model = model
         self._device = device
@@ -645,7 +645,7 @@ class SpeakerDB:
     def _get_speaker(s, name: str) -> store.Speaker:
         speaker = store.speaker_by_name(s, name)
         if speaker is None:
-            raise SpeakerNotFoundError(f"no speaker named {name!r}")
+            raise SpeakerNotFoundError(f"no speaker named {name!r} (see `speakerdb list`)")
         return speaker
 
     @contextmanager

@@ -7,6 +7,7 @@ be loaded...), 2 bad usage (unknown option, value out of range).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from typing import Any
 
@@ -105,6 +106,7 @@ def cli(ctx: click.Context, db: str | None, model: str | None, device: str) -> N
       speakerdb verify alice claim.wav
       speakerdb --db team.sqlite --model ./wavlm-base-plus-sv list
     """
+    _log_warnings_to_stderr()
     state = _State(db, model, device)
     ctx.obj = state
     ctx.call_on_close(state.close)
@@ -170,10 +172,13 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+    cut = threshold if threshold is not None else state.db.threshold
     lines = []
     for r in results:
-        decision = r.speaker if r.speaker is not None else "unknown"
-        lines.append(f"{r.file}: {decision} (score {r.score:.3f})")
+        if r.speaker is not None:
+            lines.append(f"{r.file}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f})")
+        else:
+            lines.append(f"{r.file}: unknown (best score {r.score:.3f} < threshold {cut:.3f})")
         lines.extend(f"  {i}. {c.speaker}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
     _emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
 
@@ -429,6 +434,20 @@ def downgrade(state: _State, revision: str, as_json: bool) -> None:
 
     new = downgrade_database(state.db_path, revision)
     _emit(as_json, {"revision": new}, f"database at revision {new or 'none'}")
+
+
+class _EchoHandler(logging.Handler):
+    """Writes library log records as "warning: ..." lines through click (whatever stderr is now)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+
+
+def _log_warnings_to_stderr() -> None:
+    logger = logging.getLogger("speakerdb")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler(logging.WARNING))
+        logger.propagate = False
 
 
 def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -12,6 +12,7 @@ embed (``list``, ``show``, ``info``, ``--help``) start fast.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import warnings
 from collections import defaultdict
@@ -25,6 +26,8 @@ from .errors import InvalidInputError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
+
+log = logging.getLogger("speakerdb")
 
 DEFAULT_MODEL = "microsoft/wavlm-base-plus-sv"
 # Equal-length utterances are batched; this caps one forward pass at 16 x 10 s of audio so
@@ -93,6 +96,12 @@ class TransformersXVector:
         self.dim = int(self.model.config.xvector_output_dim)
         self.model_id = f"{label}@{_fingerprint(self.model)}"
         self.name_or_path = name_or_path
+        if getattr(self.model.config, "speakerdb_random_weights", False):
+            log.warning(
+                "model %s has RANDOM weights (scripts/make_random_checkpoint.py): it cannot tell real "
+                "speakers apart, so identify and verify answers are meaningless",
+                name_or_path,
+            )
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Embed waveforms; (n,) list of 1-D float32 arrays -> (n, dim) float32, rows of norm 1."""

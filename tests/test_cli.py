@@ -130,9 +130,9 @@ def test_errors_are_one_line_with_exit_codes(run, tmp_path, args, code, message)
     assert result.exit_code == code, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
-    if code == 1:
-        [line] = result.stderr.strip().splitlines()
-        assert line.startswith("Error: ")
+    if code == 1:  # one error line, after any warnings (the tiny model's random weights)
+        lines = [l for l in result.stderr.strip().splitlines() if not l.startswith("warning: ")]
+        assert len(lines) == 1 and lines[0].startswith("Error: ")
 
 
 def test_bad_input_writes_nothing(run, voices, tmp_path):
@@ -202,3 +202,10 @@ def test_list_does_not_import_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_random_weights_are_announced(run, voices):
+    result = run("enroll", "alice", voices["alice"][0])
+    assert result.exit_code == 0
+    assert "warning: model" in result.stderr and "RANDOM weights" in result.stderr
+    assert "RANDOM" not in result.stdout
