@@ -26,6 +26,7 @@ from .store import validate_name
 from .embed import DEFAULT_MODEL, Embedder, l2_normalize, load_embedder, same_model
 from .errors import (
     ConflictError,
+    EnrollmentRefusedError,
     DatabaseError,
     EmptyDatabaseError,
     InvalidInputError,
@@ -39,6 +40,8 @@ from .index import IndexFileError, SpeakerIndex
 #: The model card's suggested cosine threshold for microsoft/wavlm-base-plus-sv.
 DEFAULT_THRESHOLD = 0.86
 DEFAULT_TOP_K = 5
+#: An enrollment clip with less active speech than this is flagged (seconds).
+MIN_SPEECH_S = 1.0
 DB_FILENAME = "speakerdb.sqlite"
 INDEX_SUFFIX = ".faiss"
 
@@ -106,7 +109,9 @@ class UtteranceInfo:
 
 
 @dataclass(frozen=True)
-class Skipped:
+class FileNote:
+    """Something to tell the user about one file: why it was skipped, or what looks wrong."""
+
     source: str
     reason: str
 
@@ -116,8 +121,9 @@ class EnrollResult:
     speaker: str
     created: bool
     added: list[UtteranceInfo]
-    skipped: list[Skipped]
+    skipped: list[FileNote]
     n_utterances: int  # the speaker's utterances after this enrollment
+    warnings: list[FileNote] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +132,7 @@ class EnrollResult:
             "added": [u.to_dict() for u in self.added],
             "skipped": [asdict(s) for s in self.skipped],
             "n_utterances": self.n_utterances,
+            "warnings": [asdict(w) for w in self.warnings],
         }
 
 
@@ -278,6 +285,7 @@ class SpeakerDB:
         *,
         new: bool = False,
         metadata: dict[str, Any] | None = None,
+        strict: bool = False,
         progress: Progress | None = None,
     ) -> EnrollResult:
         """Create speaker ``name`` or add utterances to it.
@@ -286,9 +294,14 @@ class SpeakerDB:
         AudioError and leaves the database unchanged. Audio already enrolled for this
         speaker (same decoded-audio sha256) is skipped and reported in ``skipped``.
 
+        Clips that look wrong are reported in ``warnings``: less than MIN_SPEECH_S of
+        active speech, or an embedding that scores below the database's threshold against
+        the speaker's other clips (a different voice slipped in).
+
         Args:
             new: refuse (SpeakerExistsError) if the speaker already exists.
             metadata: JSON-serialisable key/values merged into the speaker's metadata.
+            strict: refuse (EnrollmentRefusedError) instead of warning; nothing is written.
         """
         validate_name(name)
         if not files:
@@ -312,10 +325,16 @@ class SpeakerDB:
                 speaker = store.Speaker(name=name, created_at=now, updated_at=now, meta={}, centroid=b"")
                 s.add(speaker)
             known = {u.audio_sha256 for u in speaker.utterances}
+            warnings = self._quality_warnings(speaker, embedded, threshold=float(store.get_settings(s)["threshold"]))
+            if warnings and strict:
+                raise EnrollmentRefusedError(
+                    f"enrollment of {name!r} refused (--strict): "
+                    + "; ".join(f"{w.source}: {w.reason}" for w in warnings)
+                )
             added, skipped = [], []
             for clip, vector in embedded:
                 if clip.sha256 in known:
-                    skipped.append(Skipped(clip.source, f"same audio already enrolled for {name!r}"))
+                    skipped.append(FileNote(clip.source, f"same audio already enrolled for {name!r}"))
                     continue
                 known.add(clip.sha256)
                 utt = store.Utterance(
@@ -334,7 +353,7 @@ class SpeakerDB:
             s.flush()  # assigns speaker.id
             change.upserted[speaker.id] = speaker.centroid_vector()
             n_utterances = len(speaker.utterances)
-        return EnrollResult(name, created, added, skipped, n_utterances)
+        return EnrollResult(name, created, added, skipped, n_utterances, warnings)
 
     def identify(
         self,
@@ -587,6 +606,30 @@ class SpeakerDB:
             if progress is not None:
                 progress(i + 1, len(files), seconds)
         return out
+
+    @staticmethod
+    def _quality_warnings(speaker: store.Speaker, embedded, threshold: float) -> list[FileNote]:
+        """Clips with too little speech, or far from the speaker's other clips."""
+        notes = []
+        existing = [u.vector() for u in speaker.utterances]  # (dim,) each
+        new_vectors = [v for _, v in embedded]
+        for i, (clip, vector) in enumerate(embedded):
+            speech = audio.active_seconds(clip.samples)
+            if speech < MIN_SPEECH_S:
+                notes.append(FileNote(clip.source, f"only {speech:.1f} s of speech (at least {MIN_SPEECH_S:g} s recommended)"))
+            others = existing + new_vectors[:i] + new_vectors[i + 1 :]
+            if others:
+                mean = np.mean(others, axis=0)
+                score = float(vector @ (mean / max(np.linalg.norm(mean), 1e-12)))
+                if score < threshold:
+                    notes.append(
+                        FileNote(
+                            clip.source,
+                            f"far from {speaker.name}'s other clips (score {score:.3f} < threshold {threshold:.3f}): "
+                            "a different voice?",
+                        )
+                    )
+        return notes
 
     @staticmethod
     def _check_files(files) -> None:

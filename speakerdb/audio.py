@@ -28,6 +28,15 @@ MIN_DURATION_S = 0.5  # seconds
 # Peak amplitude below -80 dBFS (full scale = 1.0) is digital silence or a dead input.
 SILENCE_PEAK = 10 ** (-80 / 20)  # = 1e-4, linear amplitude
 
+# Speech activity, for enrollment warnings: 30 ms frames (480 samples at 16 kHz) are
+# "active" when their energy is within ACTIVE_RANGE_DB of the loudest frame and either
+# NOISE_MARGIN_DB above the noise floor (the 10th percentile of frame energies) or
+# louder than LOUD_DBFS outright (a clip with no pause has no floor below its speech).
+FRAME_S = 0.030  # seconds
+ACTIVE_RANGE_DB = 40.0  # dB below the loudest frame
+NOISE_MARGIN_DB = 6.0  # dB above the noise floor
+LOUD_DBFS = -45.0  # dB, frame mean square relative to full scale (1.0)
+
 
 @dataclass(frozen=True)
 class Audio:
@@ -110,6 +119,25 @@ def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>") -> np.n
     if float(np.max(np.abs(mono))) < SILENCE_PEAK:
         raise AudioError(source, "is silent (peak below -80 dBFS)")
     return np.ascontiguousarray(mono)
+
+
+def active_seconds(samples: np.ndarray) -> float:
+    """Seconds of audio in frames loud enough to hold speech (a simple energy detector).
+
+    Not a voice activity detector in the strict sense: it measures how much of a clip
+    stands out from its own noise floor, which is what separates a real enrollment
+    utterance from a clip of room tone with a cough in it.
+    """
+    frame = int(FRAME_S * SAMPLE_RATE)  # samples
+    n = len(samples) // frame
+    if n == 0:
+        return 0.0
+    frames = samples[: n * frame].reshape(n, frame)  # (n_frames, frame)
+    energy_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)  # (n_frames,)
+    floor = np.percentile(energy_db, 10)
+    above_floor = (energy_db >= floor + NOISE_MARGIN_DB) | (energy_db >= LOUD_DBFS)
+    active = (energy_db >= energy_db.max() - ACTIVE_RANGE_DB) & above_floor
+    return float(active.sum() * FRAME_S)
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int]:

@@ -117,13 +117,18 @@ def cli(ctx: click.Context, db: str | None, model: str | None, device: str) -> N
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable).")
+@click.option("--strict", is_flag=True, help="Refuse clips with too little speech or a voice unlike the others, instead of warning.")
 @json_option
 @click.pass_obj
-def enroll(state: _State, name: str, files: tuple[str, ...], new: bool, meta: tuple[str, ...], as_json: bool) -> None:
+def enroll(
+    state: _State, name: str, files: tuple[str, ...], new: bool, meta: tuple[str, ...], strict: bool, as_json: bool
+) -> None:
     """Enroll speaker NAME from one or more recordings, or add recordings to NAME.
 
     Every file is checked and embedded before anything is written: one bad file and
-    nothing changes. Audio already enrolled for NAME is skipped with a note.
+    nothing changes. Audio already enrolled for NAME is skipped with a note. A clip
+    with less than a second of speech, or whose voice scores below the threshold
+    against NAME's other clips, gets a warning (with --strict: a refusal).
 
     \b
     Examples:
@@ -133,12 +138,14 @@ def enroll(state: _State, name: str, files: tuple[str, ...], new: bool, meta: tu
     metadata = _parse_meta(meta)
     bar, update = _progress(f"enrolling {name}", len(files), as_json)
     try:
-        result = state.db.enroll(name, list(files), new=new, metadata=metadata, progress=update)
+        result = state.db.enroll(name, list(files), new=new, metadata=metadata, strict=strict, progress=update)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
     for skipped in result.skipped:
         click.echo(f"note: skipped {skipped.source}: {skipped.reason}", err=True)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning.source}: {warning.reason}", err=True)
     verb = "created" if result.created else "updated"
     _emit(
         as_json,

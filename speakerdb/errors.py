@@ -32,6 +32,10 @@ class ModelMismatchError(SpeakerDBError):
     """The database was built with a different embedding model."""
 
 
+class EnrollmentRefusedError(SpeakerDBError):
+    """An enrollment clip looks wrong and ``--strict`` asked to refuse rather than warn."""
+
+
 class SpeakerNotFoundError(SpeakerDBError):
     """No enrolled speaker has that name."""
 

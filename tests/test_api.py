@@ -239,3 +239,36 @@ def test_arrays_can_be_enrolled_from_python(fake_db):
     result = fake_db.enroll("dora", [clip])
     assert result.added[0].source == "mic-take-1"
     assert result.added[0].duration_s == pytest.approx(1.0, abs=1e-3)
+
+
+def test_clean_enrollment_has_no_warnings(fake_db, voices):
+    assert fake_db.enroll("alice", voices["alice"]).warnings == []
+
+
+def test_little_speech_is_flagged(fake_db, voices, tmp_path):
+    # 0.6 s of voice in 4 s of faint room noise.
+    x = np.concatenate([voice(210, 0.6), np.zeros(int(3.4 * 16000), np.float32)])
+    x += 0.0005 * np.random.default_rng(0).standard_normal(len(x)).astype(np.float32)
+    mostly_silent = write(tmp_path / "mostly-silent.wav", x)
+    result = fake_db.enroll("alice", [voices["alice"][0], mostly_silent])
+    [warning] = [w for w in result.warnings if "speech" in w.reason]
+    assert warning.source == str(mostly_silent) and "0.6 s of speech" in warning.reason
+    assert audio.active_seconds(audio.load(voices["alice"][0]).samples) == pytest.approx(2.0, abs=0.05)
+
+
+def test_a_different_voice_is_flagged(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:2])
+    result = fake_db.enroll("alice", [voices["alice"][2], voices["bob"][0]])
+    assert [w.source for w in result.warnings] == [str(voices["bob"][0])]
+    assert "far from alice's other clips" in result.warnings[0].reason and result.n_utterances == 4
+
+
+def test_strict_refuses_and_writes_nothing(fake_db, voices):
+    from speakerdb.errors import EnrollmentRefusedError
+
+    fake_db.enroll("alice", voices["alice"][:2])
+    before = _snapshot(fake_db)
+    with pytest.raises(EnrollmentRefusedError, match=str(voices["carol"][0])):
+        fake_db.enroll("alice", [voices["carol"][0]], strict=True)
+    assert _snapshot(fake_db) == before
+    assert fake_db.enroll("alice", voices["alice"][2:], strict=True).warnings == []
