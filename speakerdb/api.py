@@ -267,6 +267,17 @@ class SpeakerDB:
         with self.store.write() as s:
             store.set_setting(s, "threshold", value)
 
+    def apply_threshold(self, value: float | None) -> None:
+        """Store a threshold measured with this database's model (binding the model if the
+        database has none yet, refusing if it has another)."""
+        if value is None:
+            raise InvalidInputError("no threshold reaches that operating point on these scores: nothing stored")
+        value = _check_threshold(value)
+        self.embedder  # loads and checks the model
+        with self.store.write() as s:
+            self._bind_model(s)
+            store.set_setting(s, "threshold", value)
+
     @property
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use and checked against the database."""

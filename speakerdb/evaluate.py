@@ -1,0 +1,332 @@
+"""Measure accuracy on the user's own labelled recordings, and pick a threshold from it.
+
+Protocol (reproducible with ``seed``):
+
+1. ``DATA_DIR/<speaker>/<recordings>``: every sub-directory is a speaker. Some speakers
+   are held out entirely as impostors (``impostor_speakers``, default a fifth); extra
+   impostor recordings can come from other directories (``impostor_dirs``: one file per
+   unknown speaker, or sub-directories as above).
+2. Each remaining speaker's recordings are shuffled; the first ``enroll_count`` enroll
+   the speaker in a temporary database (the user's database is never touched), the rest
+   are test probes, cropped to ``test_seconds`` if given (the short-utterance condition).
+3. Every probe is scored against every enrolled speaker through the product's own
+   ``identify``. Verification trials: a probe against its own speaker is a target
+   trial, against anyone else a non-target trial; impostor probes give only non-target
+   trials. Identification: the rank of a genuine probe's speaker (closed set), and the
+   rank-1 scores of genuine and impostor probes (open set).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import audio, metrics
+from .embed import Embedder
+from .errors import InvalidInputError
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"}
+DEFAULT_ENROLL_COUNT = 3
+DEFAULT_IMPOSTOR_FRACTION = 0.2  # of the speakers in DATA_DIR, held out entirely
+P_TARGETS = (0.01, 0.05)  # minDCF operating points, with C_miss = C_fa = 1
+DIR_FARS = (0.01, 0.10)  # open-set false-alarm rates for the detection-and-identification rate
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Who enrolls with what, and what is scored."""
+
+    enroll: dict[str, list[Path]]  # speaker -> enrollment recordings
+    probes: list[tuple[Path, str]]  # (recording, its speaker), speaker enrolled
+    impostors: list[tuple[Path, str]]  # (recording, its speaker), speaker not enrolled
+
+
+@dataclass
+class Scores:
+    """Everything the metrics are computed from."""
+
+    target: np.ndarray  # (n_target_trials,) cosine scores
+    nontarget: np.ndarray  # (n_nontarget_trials,)
+    genuine_top: np.ndarray  # (n_probes,) rank-1 score of each genuine probe
+    genuine_correct: np.ndarray  # (n_probes,) bool: rank-1 is the right speaker
+    genuine_rank: np.ndarray  # (n_probes,) 1-based rank of the right speaker
+    impostor_top: np.ndarray  # (n_impostor_probes,) rank-1 score of each impostor probe
+
+
+@dataclass(frozen=True)
+class Report:
+    n_enrolled_speakers: int
+    n_impostor_speakers: int
+    n_enroll_recordings: int
+    n_probes: int
+    n_impostor_probes: int
+    n_target_trials: int
+    n_nontarget_trials: int
+    top1: float
+    top5: float
+    eer: float
+    eer_threshold: float
+    min_dcf: dict[str, dict[str, float]]  # "0.01" -> {"min_dcf", "threshold"}
+    dir: dict[str, dict[str, float]]  # "0.01" -> {"dir", "threshold"}
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_recordings(directory: Path) -> dict[str, list[Path]]:
+    """Speaker -> recordings: sub-directories are speakers; loose files are one speaker each."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InvalidInputError(f"{directory} is not a directory")
+    found: dict[str, list[Path]] = {}
+    for entry in sorted(directory.iterdir()):
+        if entry.is_dir():
+            files = sorted(p for p in entry.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+            if files:
+                found[entry.name] = files
+        elif entry.suffix.lower() in AUDIO_SUFFIXES:
+            # LibriSpeech-style names: "<speaker>-<chapter>-<utterance>.flac"
+            found.setdefault(entry.stem.split("-")[0], []).append(entry)
+    return found
+
+
+def make_split(
+    data_dir: Path,
+    *,
+    enroll_count: int = DEFAULT_ENROLL_COUNT,
+    impostor_speakers: int | None = None,
+    impostor_dirs: Sequence[Path] = (),
+    seed: int = 0,
+) -> Split:
+    """Choose enrollment, probe and impostor recordings, reproducibly for a given seed."""
+    if enroll_count < 1:
+        raise InvalidInputError("enroll-count must be at least 1")
+    speakers = find_recordings(data_dir)
+    usable = {s: f for s, f in speakers.items() if len(f) > enroll_count}
+    if len(usable) < 2:
+        raise InvalidInputError(
+            f"{data_dir} needs at least 2 speakers with more than {enroll_count} recordings each "
+            f"(found {len(usable)}); lower --enroll-count or add recordings"
+        )
+    rng = np.random.default_rng(seed)
+    names = sorted(usable)
+    if impostor_speakers is None:
+        impostor_speakers = int(round(DEFAULT_IMPOSTOR_FRACTION * len(names))) if len(names) >= 5 else 0
+    if not 0 <= impostor_speakers <= len(names) - 2:
+        raise InvalidInputError(f"impostor-speakers must leave at least 2 of the {len(names)} speakers enrolled")
+    held_out = set(rng.choice(names, size=impostor_speakers, replace=False).tolist()) if impostor_speakers else set()
+    enroll: dict[str, list[Path]] = {}
+    probes: list[tuple[Path, str]] = []
+    impostors: list[tuple[Path, str]] = []
+    for name in names:
+        files = [usable[name][i] for i in rng.permutation(len(usable[name]))]
+        if name in held_out:
+            impostors += [(f, name) for f in files]
+        else:
+            enroll[name] = files[:enroll_count]
+            probes += [(f, name) for f in files[enroll_count:]]
+    for extra in impostor_dirs:
+        for name, files in find_recordings(Path(extra)).items():
+            if name in enroll:
+                raise InvalidInputError(f"impostor speaker {name!r} in {extra} is also enrolled from {data_dir}")
+            impostors += [(f, name) for f in files]
+    return Split(enroll, probes, impostors)
+
+
+def crop(clip: audio.Audio, seconds: float | None) -> audio.Audio:
+    """The first ``seconds`` of a recording (all of it if shorter, or if seconds is None)."""
+    if seconds is None:
+        return clip
+    n = int(round(seconds * audio.SAMPLE_RATE))
+    return audio.Audio(clip.source, clip.samples[:n]) if len(clip.samples) > n else clip
+
+
+def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None, progress: Progress | None = None) -> Scores:
+    """Enroll the split in a temporary database and score every probe against every speaker."""
+    from .api import SpeakerDB
+
+    if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
+        raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
+    with tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp, SpeakerDB(
+        Path(tmp) / "eval.sqlite", embedder=embedder
+    ) as db:
+        for i, (name, files) in enumerate(split.enroll.items()):
+            db.enroll(name, files)
+            if progress:
+                progress("enrolling", i + 1, len(split.enroll))
+        n_speakers = len(split.enroll)
+        all_probes = split.probes + split.impostors
+        clips = [crop(audio.load(path), test_seconds) for path, _ in all_probes]
+
+        def report(done: int, total: int, _seconds: float) -> None:
+            if progress:
+                progress("scoring", done, total)
+
+        results = db.identify(clips, top_k=n_speakers, threshold=-1.0, progress=report)
+
+    target, nontarget = [], []
+    genuine_top, genuine_correct, genuine_rank, impostor_top = [], [], [], []
+    for (_, truth), result in zip(all_probes, results):
+        ranked = [c.speaker for c in result.candidates]  # best first, every enrolled speaker
+        for c in result.candidates:
+            (target if c.speaker == truth else nontarget).append(c.score)
+        if truth in split.enroll:
+            genuine_top.append(result.score)
+            genuine_correct.append(ranked[0] == truth)
+            genuine_rank.append(ranked.index(truth) + 1)
+        else:
+            impostor_top.append(result.score)
+    f32 = lambda xs: np.asarray(xs, dtype=np.float64)  # noqa: E731
+    return Scores(
+        f32(target), f32(nontarget), f32(genuine_top), np.asarray(genuine_correct, bool),
+        np.asarray(genuine_rank, np.int64), f32(impostor_top),
+    )
+
+
+def summarise(split: Split, scores: Scores, settings: dict[str, Any]) -> Report:
+    """Compute the report's figures from the scores."""
+    eer, eer_threshold = metrics.eer(scores.target, scores.nontarget)
+    dcf = {}
+    for p in P_TARGETS:
+        value, threshold = metrics.min_dcf(scores.target, scores.nontarget, p)
+        dcf[f"{p:g}"] = {"min_dcf": float(value), "threshold": _finite(threshold)}
+    dirs = {}
+    if len(scores.impostor_top):
+        for far in DIR_FARS:
+            value, threshold = metrics.dir_at_far(scores.genuine_top, scores.genuine_correct, scores.impostor_top, far)
+            dirs[f"{far:g}"] = {"dir": float(value), "threshold": _finite(threshold)}
+    return Report(
+        n_enrolled_speakers=len(split.enroll),
+        n_impostor_speakers=len({s for _, s in split.impostors}),
+        n_enroll_recordings=sum(len(f) for f in split.enroll.values()),
+        n_probes=len(split.probes),
+        n_impostor_probes=len(split.impostors),
+        n_target_trials=len(scores.target),
+        n_nontarget_trials=len(scores.nontarget),
+        top1=float(metrics.closed_set_accuracy(scores.genuine_rank, 1)),
+        top5=float(metrics.closed_set_accuracy(scores.genuine_rank, 5)),
+        eer=float(eer),
+        eer_threshold=float(eer_threshold),
+        min_dcf=dcf,
+        dir=dirs,
+        settings=settings,
+    )
+
+
+def _finite(threshold: float) -> float | None:
+    """Thresholds as JSON allows them: +inf ("accept nothing") becomes None."""
+    return float(threshold) if np.isfinite(threshold) else None
+
+
+def parse_target(target: str) -> float | None:
+    """``"eer"`` -> None; ``"far=0.01"`` -> 0.01. Checked before any scoring starts."""
+    if target == "eer":
+        return None
+    if target.startswith("far="):
+        try:
+            far = float(target[4:])
+        except ValueError:
+            far = float("nan")
+        if 0 <= far <= 1:
+            return far
+    raise InvalidInputError(f"bad target {target!r}: use eer or far=RATE with RATE in [0, 1], e.g. far=0.01")
+
+
+def operating_point(scores: Scores, target: str) -> dict[str, float | None]:
+    """The threshold for ``target`` ("eer" or "far=RATE") and the error rates expected there."""
+    far = parse_target(target)
+    if far is None:
+        _, threshold = metrics.eer(scores.target, scores.nontarget)
+    else:
+        threshold, _, _ = metrics.threshold_at_far(scores.target, scores.nontarget, far)
+    return {
+        "threshold": _finite(threshold),
+        "p_miss": float(np.mean(scores.target < threshold)),
+        "p_fa": float(np.mean(scores.nontarget >= threshold)),
+    }
+
+
+def run(
+    data_dir: str | Path,
+    *,
+    model: str | None = None,
+    device: str = "cpu",
+    embedder: Embedder | None = None,
+    enroll_count: int = DEFAULT_ENROLL_COUNT,
+    impostor_speakers: int | None = None,
+    impostor_dirs: Sequence[str | Path] = (),
+    seed: int = 0,
+    test_seconds: float | None = None,
+    progress: Progress | None = None,
+) -> tuple[Report, Scores, Embedder]:
+    """Split DATA_DIR, enroll, score and summarise: the whole evaluation in one call.
+
+    Returns the report, the raw scores (for plots or your own metrics) and the embedder
+    used (so a caller can apply a calibrated threshold to a database of the same model).
+    """
+    from .embed import DEFAULT_MODEL, load_embedder
+
+    split = make_split(
+        Path(data_dir),
+        enroll_count=enroll_count,
+        impostor_speakers=impostor_speakers,
+        impostor_dirs=[Path(d) for d in impostor_dirs],
+        seed=seed,
+    )
+    embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device)
+    scores = score(split, embedder, test_seconds=test_seconds, progress=progress)
+    settings = {
+        "data_dir": str(data_dir),
+        "impostor_dirs": [str(d) for d in impostor_dirs],
+        "model_id": embedder.model_id,
+        "enroll_count": enroll_count,
+        "seed": seed,
+        "test_seconds": test_seconds,
+    }
+    return summarise(split, scores, settings), scores, embedder
+
+
+def plot(scores: Scores, report: Report, path: Path) -> None:
+    """Score histograms and a DET curve (normal-deviate axes) in one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InvalidInputError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+    from statistics import NormalDist
+
+    fig, (ax_hist, ax_det) = plt.subplots(1, 2, figsize=(11, 4.5))
+    bins = np.linspace(min(scores.target.min(), scores.nontarget.min()), 1.0, 60)
+    ax_hist.hist(scores.nontarget, bins=bins, alpha=0.6, density=True, label=f"non-target ({len(scores.nontarget)})")
+    ax_hist.hist(scores.target, bins=bins, alpha=0.6, density=True, label=f"target ({len(scores.target)})")
+    ax_hist.axvline(report.eer_threshold, color="k", linestyle="--", label=f"EER threshold {report.eer_threshold:.3f}")
+    ax_hist.set_xlabel("cosine score")
+    ax_hist.set_ylabel("density")
+    ax_hist.legend()
+    ax_hist.set_title("Score distributions")
+
+    _, p_miss, p_fa = metrics.det_curve(scores.target, scores.nontarget)
+    eps = 1e-4  # keep 0 and 1 finite on probit axes
+    probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, eps), 1 - eps)))
+    ax_det.plot(probit(p_fa), probit(p_miss))
+    ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8]
+    ax_det.set_xticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
+    ax_det.set_yticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
+    ax_det.plot(probit(report.eer), probit(report.eer), "o", label=f"EER {report.eer:.2%}")
+    ax_det.set_xlabel("false acceptance rate")
+    ax_det.set_ylabel("miss rate")
+    ax_det.grid(True, alpha=0.3)
+    ax_det.legend()
+    ax_det.set_title("DET curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

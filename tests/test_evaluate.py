@@ -1,0 +1,149 @@
+"""evaluate and calibrate: the split, the trial counts, metrics consistent with the scores, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from speakerdb import SpeakerDB, evaluate, metrics
+from speakerdb.cli import cli
+from speakerdb.errors import InvalidInputError
+
+from conftest import FakeEmbedder, voice, write
+
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """DATA_DIR/<speaker>/<recordings>: 6 speakers x 5 recordings of different pitch."""
+    root = tmp_path / "data"
+    for i, f0 in enumerate([100, 130, 170, 220, 280, 360]):
+        folder = root / f"spk{i}"
+        folder.mkdir(parents=True)
+        for k in range(5):
+            write(folder / f"{k}.wav", voice(f0, 1.5 + 0.25 * k, seed=10 * i + k))
+    return root
+
+
+def test_split_is_reproducible_and_disjoint(data_dir):
+    a = evaluate.make_split(data_dir, enroll_count=2, impostor_speakers=2, seed=3)
+    b = evaluate.make_split(data_dir, enroll_count=2, impostor_speakers=2, seed=3)
+    c = evaluate.make_split(data_dir, enroll_count=2, impostor_speakers=2, seed=4)
+    assert a == b and a != c
+    assert len(a.enroll) == 4 and all(len(f) == 2 for f in a.enroll.values())
+    assert len(a.probes) == 4 * 3 and len(a.impostors) == 2 * 5
+    enrolled = {f for files in a.enroll.values() for f in files}
+    assert enrolled.isdisjoint(p for p, _ in a.probes + a.impostors)
+    assert {s for _, s in a.impostors}.isdisjoint(a.enroll)
+
+
+def test_default_holds_out_a_fifth(data_dir):
+    split = evaluate.make_split(data_dir)
+    assert len({s for _, s in split.impostors}) == 1 and len(split.enroll) == 5
+
+
+def test_loose_files_are_one_speaker_each(tmp_path, data_dir):
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for i, f0 in enumerate([150, 190]):
+        write(extra / f"{900 + i}-1-0000.wav", voice(f0, 1.5, seed=i))
+    split = evaluate.make_split(data_dir, impostor_speakers=0, impostor_dirs=[extra])
+    assert sorted({s for _, s in split.impostors}) == ["900", "901"]
+
+
+def test_too_few_recordings(tmp_path):
+    (tmp_path / "a").mkdir()
+    write(tmp_path / "a" / "x.wav", voice(100, 1.0))
+    with pytest.raises(InvalidInputError, match="at least 2 speakers"):
+        evaluate.make_split(tmp_path)
+
+
+def test_report_counts_and_metrics_match_the_scores(data_dir):
+    report, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), enroll_count=2, impostor_speakers=2, seed=0)
+    n_enrolled, n_probes, n_impostor = 4, 4 * 3, 2 * 5
+    assert (report.n_enrolled_speakers, report.n_probes, report.n_impostor_probes) == (n_enrolled, n_probes, n_impostor)
+    assert report.n_target_trials == n_probes
+    assert report.n_nontarget_trials == n_probes * (n_enrolled - 1) + n_impostor * n_enrolled
+    assert len(scores.target) == report.n_target_trials and len(scores.nontarget) == report.n_nontarget_trials
+    assert report.eer == pytest.approx(metrics.eer(scores.target, scores.nontarget).eer)
+    assert report.top1 == pytest.approx(np.mean(scores.genuine_rank == 1))
+    assert report.top5 == 1.0  # only 4 speakers enrolled
+    assert set(report.min_dcf) == {"0.01", "0.05"} and set(report.dir) == {"0.01", "0.1"}
+    # The fake embedder separates these pitches well: a meaningful, not a random, result.
+    assert report.top1 >= 0.9 and report.eer <= 0.1
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_short_utterance_condition_crops_probes(data_dir):
+    _, long_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1)
+    _, short_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, test_seconds=0.6)
+    assert not np.allclose(long_scores.target, short_scores.target)
+    with pytest.raises(InvalidInputError):
+        evaluate.run(data_dir, embedder=FakeEmbedder(), test_seconds=0.1)
+
+
+def test_operating_points(data_dir):
+    _, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1)
+    eer_point = evaluate.operating_point(scores, "eer")
+    assert eer_point["threshold"] == metrics.eer(scores.target, scores.nontarget).threshold
+    far = evaluate.operating_point(scores, "far=0.05")
+    assert far["p_fa"] <= 0.05
+    assert far["p_fa"] == pytest.approx(np.mean(scores.nontarget >= far["threshold"]))
+    for bad in ("frr=0.1", "far=x", "far=2"):
+        with pytest.raises(InvalidInputError):
+            evaluate.operating_point(scores, bad)
+
+
+def test_users_database_is_never_touched(data_dir, tmp_path):
+    home = Path(os.environ["SPEAKERDB_HOME"])
+    evaluate.run(data_dir, embedder=FakeEmbedder())
+    assert not home.exists() or not any(home.iterdir())
+
+
+# ---- CLI (tiny WavLM checkpoint, the users' code path) --------------------------------------
+def test_cli_evaluate_json_and_plot(data_dir, tmp_path, tiny_checkpoint):
+    png = tmp_path / "report.png"
+    result = CliRunner().invoke(
+        cli, ["--model", str(tiny_checkpoint), "evaluate", str(data_dir), "--json", "--plot", str(png), "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["n_target_trials"] == 5 * 2 and doc["settings"]["seed"] == 2
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    human = CliRunner().invoke(cli, ["--model", str(tiny_checkpoint), "evaluate", str(data_dir)])
+    assert "EER:" in human.stdout and "top-1" in human.stdout and "DIR" in human.stdout
+
+
+def test_cli_calibrate_apply(data_dir, tmp_path, tiny_checkpoint, voices):
+    db = tmp_path / "mine.sqlite"
+    base = ["--db", str(db), "--model", str(tiny_checkpoint)]
+    dry = CliRunner().invoke(cli, base + ["calibrate", str(data_dir), "--target", "far=0.1", "--json"])
+    assert dry.exit_code == 0, dry.output
+    point = json.loads(dry.stdout)
+    assert point["p_fa"] <= 0.1 and point["applied"] is False
+    applied = CliRunner().invoke(cli, base + ["calibrate", str(data_dir), "--target", "far=0.1", "--apply"])
+    assert applied.exit_code == 0 and "stored in" in applied.stdout
+    with SpeakerDB(db) as opened:
+        assert opened.threshold == pytest.approx(point["threshold"])
+        assert opened.info().model_id.split("@")[1] == point["report"]["settings"]["model_id"].split("@")[1]
+
+
+def test_cli_calibrate_refuses_a_database_of_another_model(data_dir, tmp_path, tiny_checkpoint, voices):
+    db = tmp_path / "fake.sqlite"
+    with SpeakerDB(db, embedder=FakeEmbedder()) as fake:
+        fake.enroll("alice", voices["alice"][:1])
+    result = CliRunner().invoke(cli, ["--db", str(db), "--model", str(tiny_checkpoint), "calibrate", str(data_dir), "--apply"])
+    assert result.exit_code == 1 and "fake-spectral-v1" in result.stderr
+    with SpeakerDB(db, embedder=FakeEmbedder()) as fake:
+        assert fake.threshold == 0.86
+
+
+def test_cli_bad_target_is_an_error(data_dir, tiny_checkpoint):
+    result = CliRunner().invoke(cli, ["--model", str(tiny_checkpoint), "calibrate", str(data_dir), "--target", "frr=1"])
+    assert result.exit_code == 1 and "far=RATE" in result.stderr
