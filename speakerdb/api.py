@@ -12,6 +12,7 @@ commit and rebuilt from SQLite whenever its file is missing, stale or damaged.
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -36,6 +37,9 @@ from .errors import (
     SpeakerNotFoundError,
 )
 from .index import IndexFileError, SpeakerIndex
+from .index import write_lock as index_write_lock
+
+log = logging.getLogger("speakerdb")
 
 #: The model card's suggested cosine threshold for microsoft/wavlm-base-plus-sv.
 DEFAULT_THRESHOLD = 0.86
@@ -456,13 +460,27 @@ class SpeakerDB:
             speaker.updated_at = store.utcnow()
 
     def remove(self, name: str) -> int:
-        """Delete a speaker, its utterances and embeddings; returns the number of utterances removed."""
+        """Delete a speaker, its utterances and embeddings; returns the number of utterances removed.
+
+        Nothing of the speaker stays recoverable from the files: SQLite's secure_delete
+        zeroes the freed cells, the write-ahead log is checkpointed and truncated, and the
+        index file is rewritten without the speaker.
+        """
         with self._change() as (s, change):
             speaker = self._get_speaker(s, name)
             n = len(speaker.utterances)
             change.removed.add(speaker.id)
             s.delete(speaker)
+        self._scrub_log()
         return n
+
+    def _scrub_log(self) -> None:
+        if not self.store.checkpoint():
+            log.warning(
+                "other processes kept reading %s: its write-ahead log still holds deleted pages "
+                "until the next checkpoint (any later remove retries it)",
+                self.db_path,
+            )
 
     def info(self) -> DatabaseInfo:
         """What this database is: paths, model, dimension, threshold, counts."""
@@ -594,13 +612,17 @@ class SpeakerDB:
                     raise _Rollback
         except _Rollback:
             pass
+        if summary.replaced and not dry_run:
+            self._scrub_log()  # replaced speakers' old embeddings must not linger in the log
         return summary
 
     def rebuild_index(self) -> int:
         """Rebuild the index file from SQLite; returns the number of speakers indexed."""
         with self.store.read() as s:
             index = self._build_index(s)
-        self._save_index(index)
+        with index_write_lock(self.index_path):
+            self.index_path.unlink(missing_ok=True)
+            self._save_index(index)
         return len(index)
 
     # ---- internals ------------------------------------------------------------------
@@ -712,21 +734,29 @@ class SpeakerDB:
         self._apply_to_index(change)
 
     def _apply_to_index(self, change: _Change) -> None:
-        index = self._index if self._index is not None else self._load_index_file()
-        if index is None or index.generation != change.generation - 1:
-            # Another process wrote in between, or there was no usable file: start afresh.
-            self._index = None
-            self._current_index()
-            return
-        ids = np.fromiter(set(change.upserted) | change.removed, dtype=np.int64)
-        index.remove(ids)
-        if change.upserted:
-            index.add(
-                np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
-                np.stack(list(change.upserted.values())),
-            )
-        index.generation = change.generation
-        self._save_index(index)
+        """Bring the index from generation g-1 to g with this change, or rebuild it if it is not at g-1.
+
+        Holds the index write lock throughout, so it must not call :meth:`_current_index`
+        (flock is per open file: taking it twice in one process would deadlock).
+        """
+        with index_write_lock(self.index_path):
+            index = self._index
+            if index is None or index.generation != change.generation - 1:
+                index = self._load_index_file()
+            if index is None or index.generation != change.generation - 1:
+                # Another process wrote in between, or there was no usable file: start afresh.
+                with self.store.read() as s:
+                    self._save_index(self._build_index(s))
+                return
+            ids = np.fromiter(set(change.upserted) | change.removed, dtype=np.int64)
+            index.remove(ids)
+            if change.upserted:
+                index.add(
+                    np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
+                    np.stack(list(change.upserted.values())),
+                )
+            index.generation = change.generation
+            self._save_index(index)
 
     def _current_index(self) -> SpeakerIndex:
         """The index at the store's generation: in memory, from the file, or rebuilt."""
@@ -737,7 +767,8 @@ class SpeakerDB:
             index = self._load_index_file()
             if index is None or index.generation != generation:
                 index = self._build_index(s)
-                self._save_index(index)
+                with index_write_lock(self.index_path):
+                    self._save_index(index)
         self._index = index
         return index
 
@@ -754,7 +785,15 @@ class SpeakerDB:
         return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)))
 
     def _save_index(self, index: SpeakerIndex) -> None:
+        """Keep ``index`` in memory and on disk, unless the file already holds a newer one.
+
+        Callers hold the index write lock, so the check and the rename cannot interleave
+        with another process's: the file never goes back to an older generation.
+        """
         self._index = index
+        on_disk = SpeakerIndex.peek_generation(self.index_path)
+        if on_disk is not None and on_disk >= index.generation:
+            return
         try:
             index.save(self.index_path)
         except OSError:

@@ -18,12 +18,34 @@ import json
 import os
 import struct
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
 MAGIC = b"SPEAKERDB-INDEX\n"
 FORMAT_VERSION = 1
+
+
+@contextmanager
+def write_lock(path: str | Path) -> Iterator[None]:
+    """Serialise index rewrites between processes (an advisory lock on PATH.lock).
+
+    Readers need no lock: files are replaced by rename. Where fcntl does not exist
+    (Windows) rewrites are not serialised, which costs at worst a needless rebuild.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    with open(f"{path}.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 class IndexFileError(Exception):
@@ -94,6 +116,19 @@ class SpeakerIndex:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def peek_generation(path: str | Path) -> int | None:
+        """The generation recorded in an index file's header, or None if there is no readable one."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC) + 4)
+                if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+                    return None
+                (header_len,) = struct.unpack_from("<I", head, len(MAGIC))
+                return int(json.loads(f.read(header_len))["generation"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":

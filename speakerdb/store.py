@@ -183,6 +183,21 @@ class Store:
         with self.read() as s:
             return get_settings(s)
 
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database file and truncate the log to zero bytes.
+
+        After a deletion this is what removes the old page images (with the deleted
+        embeddings) from the -wal file. It waits up to the busy timeout for readers to
+        finish; returns False if some were still reading and the log was not truncated.
+        """
+        with _translate_errors(self.path):
+            raw = self.engine.raw_connection()
+            try:
+                busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                raw.close()
+        return busy == 0
+
 
 # ---- queries (take a session, so callers decide the transaction) -------------------------
 def get_settings(session: Session) -> dict[str, Any]:
