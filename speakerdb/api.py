@@ -22,9 +22,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio, schema, store
+from . import audio, pipeline, schema, store
 from .store import validate_name
-from .embed import DEFAULT_MODEL, Embedder, l2_normalize, load_embedder, same_model
+from .embed import DEFAULT_MODEL, Embedder, load_embedder, same_model
 from .errors import (
     ConflictError,
     EnrollmentRefusedError,
@@ -347,7 +347,7 @@ class SpeakerDB:
                     + "; ".join(f"{w.source}: {w.reason}" for w in warnings)
                 )
             added, skipped = [], []
-            for clip, vector in embedded:
+            for clip in embedded:
                 if clip.sha256 in known:
                     skipped.append(FileNote(clip.source, f"same audio already enrolled for {name!r}"))
                     continue
@@ -356,7 +356,7 @@ class SpeakerDB:
                     source=clip.source,
                     duration_s=clip.duration_s,
                     audio_sha256=clip.sha256,
-                    embedding=store.to_blob(vector),
+                    embedding=store.to_blob(clip.vector),
                     created_at=store.utcnow(),
                 )
                 speaker.utterances.append(utt)
@@ -391,13 +391,13 @@ class SpeakerDB:
         self._check_files(files)
         self._require_speakers()
         embedded = self._embed_files(files, progress)
-        queries = np.stack([v for _, v in embedded])  # (n_files, dim)
+        queries = np.stack([clip.vector for clip in embedded])  # (n_files, dim)
         index = self._current_index()
         scores, ids = index.search(queries, top_k)  # (n_files, k), (n_files, k)
         with self.store.read() as s:
             names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
         results = []
-        for (clip, _), row_scores, row_ids in zip(embedded, scores, ids):
+        for clip, row_scores, row_ids in zip(embedded, scores, ids):
             candidates = [
                 Candidate(names[int(i)], float(sc)) for sc, i in zip(row_scores, row_ids) if int(i) in names
             ]
@@ -419,8 +419,8 @@ class SpeakerDB:
         with self.store.read() as s:
             speaker = self._get_speaker(s, name)
             centroid = speaker.centroid_vector()
-        [(clip, vector)] = self._embed_files([file], None)
-        score = float(np.dot(vector, centroid))
+        [clip] = self._embed_files([file], None)
+        score = float(np.dot(clip.vector, centroid))
         return Verification(clip.source, name, score, threshold, score >= threshold)
 
     def list(self) -> list[SpeakerInfo]:
@@ -626,15 +626,14 @@ class SpeakerDB:
         return len(index)
 
     # ---- internals ------------------------------------------------------------------
-    def _embed_files(self, files, progress: Progress | None) -> list[tuple[audio.Audio, np.ndarray]]:
-        """Decode and embed each file in turn: [(Audio, (dim,) unit vector)]."""
+    def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:
+        """Decode and embed each file in turn (long ones window by window, see pipeline.py)."""
         embedder = self.embedder
-        out: list[tuple[audio.Audio, np.ndarray]] = []
+        out: list[pipeline.EmbeddedClip] = []
         seconds = 0.0
         for i, f in enumerate(files):
-            clip = f if isinstance(f, audio.Audio) else audio.load(f)
-            vector = l2_normalize(embedder.embed([clip.samples]))[0]  # (dim,)
-            out.append((clip, vector))
+            clip = pipeline.embed_clip(f, embedder)
+            out.append(clip)
             seconds += clip.duration_s
             if progress is not None:
                 progress(i + 1, len(files), seconds)
@@ -645,9 +644,9 @@ class SpeakerDB:
         """Clips with too little speech, or far from the speaker's other clips."""
         notes = []
         existing = [u.vector() for u in speaker.utterances]  # (dim,) each
-        new_vectors = [v for _, v in embedded]
-        for i, (clip, vector) in enumerate(embedded):
-            speech = audio.active_seconds(clip.samples)
+        new_vectors = [clip.vector for clip in embedded]
+        for i, clip in enumerate(embedded):
+            vector, speech = clip.vector, clip.speech_s
             if speech < MIN_SPEECH_S:
                 notes.append(FileNote(clip.source, f"only {speech:.1f} s of speech (at least {MIN_SPEECH_S:g} s recommended)"))
             others = existing + new_vectors[:i] + new_vectors[i + 1 :]

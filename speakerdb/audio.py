@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -27,6 +28,8 @@ SAMPLE_RATE = 16_000  # Hz: what WavLM and the other x-vector models were traine
 MIN_DURATION_S = 0.5  # seconds
 # Peak amplitude below -80 dBFS (full scale = 1.0) is digital silence or a dead input.
 SILENCE_PEAK = 10 ** (-80 / 20)  # = 1e-4, linear amplitude
+# Files are decoded this many seconds at a time, so memory does not grow with length.
+BLOCK_S = 10.0  # seconds
 
 # Speech activity, for enrollment warnings: 30 ms frames (480 samples at 16 kHz) are
 # "active" when their energy is within ACTIVE_RANGE_DB of the loudest frame and either
@@ -63,16 +66,66 @@ def samples_sha256(samples: np.ndarray) -> str:
 def load(path: str | Path) -> Audio:
     """Decode ``path`` to 16 kHz mono float32 and check it is usable.
 
+    The whole recording is held in memory (4 bytes per sample at 16 kHz: 230 MB per
+    hour); :func:`stream` gives it block by block instead.
+
     Raises:
         AudioError: the file is missing, not a file, empty, unreadable, not audio,
             corrupt, contains NaN/inf samples, is silent, or shorter than MIN_DURATION_S.
     """
+    blocks = list(stream(path))
+    samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)  # (n,)
+    check_samples(samples, source=path)
+    return Audio(source=str(path), samples=samples)
+
+
+def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+    """Decode ``path`` block by block: yields 16 kHz mono float32 arrays of about ``block_s`` seconds.
+
+    Memory stays bounded whatever the file's length. Decoding and NaN/inf errors raise
+    AudioError as they are met; the length and silence checks need the whole signal and
+    are the caller's (see :func:`check_samples`, or pipeline.embed_clip).
+    """
     path = check_file(path)
-    samples, rate = _decode(path)  # (n, channels) float32, Hz
-    if samples.size == 0:
+    rate, blocks = _decode_blocks(path, block_s)
+    resampler = None
+    if rate != SAMPLE_RATE:
+        import soxr
+
+        # Streaming soxr gives the same samples as resampling the whole signal at once.
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    any_samples = False
+    for block in _guard(path, blocks):
+        if block.size == 0:
+            continue
+        any_samples = True
+        mono = block.mean(axis=1, dtype=np.float32)  # (n,) channels averaged
+        if not np.isfinite(mono).all():
+            raise AudioError(path, "contains NaN or infinite samples")
+        if resampler is not None:
+            mono = resampler.resample_chunk(mono, last=False)
+        if len(mono):
+            yield mono
+    if not any_samples:
         raise AudioError(path, "contains no audio samples")
-    mono = samples.mean(axis=1, dtype=np.float32)  # (n,)
-    return Audio(source=str(path), samples=prepare(mono, rate, source=path))
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        if len(tail):
+            yield tail
+
+
+def check_samples(samples: np.ndarray, source: str | Path = "<array>") -> None:
+    """The checks that need the whole 16 kHz signal: long enough, not silent."""
+    check_duration_and_level(len(samples), float(np.max(np.abs(samples))) if len(samples) else 0.0, source)
+
+
+def check_duration_and_level(n_samples: int, peak: float, source: str | Path) -> None:
+    """Raise AudioError for a signal shorter than MIN_DURATION_S or with its peak below -80 dBFS."""
+    duration = n_samples / SAMPLE_RATE
+    if duration < MIN_DURATION_S:
+        raise AudioError(source, f"too short: {duration:.2f} s, at least {MIN_DURATION_S:g} s of audio is needed")
+    if peak < SILENCE_PEAK:
+        raise AudioError(source, "is silent (peak below -80 dBFS)")
 
 
 def check_file(path: str | Path) -> Path:
@@ -111,13 +164,7 @@ def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>") -> np.n
         import soxr
 
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    duration = len(mono) / SAMPLE_RATE
-    if duration < MIN_DURATION_S:
-        raise AudioError(
-            source, f"too short: {duration:.2f} s, at least {MIN_DURATION_S:g} s of audio is needed"
-        )
-    if float(np.max(np.abs(mono))) < SILENCE_PEAK:
-        raise AudioError(source, "is silent (peak below -80 dBFS)")
+    check_samples(mono, source)
     return np.ascontiguousarray(mono)
 
 
@@ -140,17 +187,18 @@ def active_seconds(samples: np.ndarray) -> float:
     return float(active.sum() * FRAME_S)
 
 
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    """Return (samples (n, channels) float32, sample rate in Hz), trying libsndfile, then FFmpeg."""
+def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray]]:
+    """(sample rate in Hz, blocks of (n, channels) float32), trying libsndfile, then FFmpeg."""
     import soundfile
 
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        return data, int(rate)
+        f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as sf_error:
         first_error = sf_error
+    else:
+        return int(f.samplerate), _soundfile_blocks(f, block_s)
     try:
-        return _decode_with_av(path)
+        return _av_blocks(path)
     except AudioError:
         raise
     except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
@@ -161,26 +209,43 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
         ) from None
 
 
-def _decode_with_av(path: Path) -> tuple[np.ndarray, int]:
+def _soundfile_blocks(f, block_s: float) -> Iterator[np.ndarray]:
+    with f:
+        # float32 reads scale integer PCM to [-1, 1).
+        yield from f.blocks(blocksize=max(1, int(block_s * f.samplerate)), dtype="float32", always_2d=True)
+
+
+def _av_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
     import av
 
-    with av.open(str(path)) as container:
-        stream = next((s for s in container.streams if s.type == "audio"), None)
-        if stream is None:
-            raise AudioError(path, "not an audio file (FFmpeg finds no audio stream in it)")
-        rate = stream.rate
-        # Planar float keeps channels apart so they can be averaged here, like the
-        # soundfile path, instead of FFmpeg's own downmix matrix.
-        to_planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
-        chunks = []
-        for frame in container.decode(stream):
-            for out in to_planar.resample(frame):
-                chunks.append(out.to_ndarray())  # (channels, n_frame) float32
-        for out in to_planar.resample(None):  # flush
-            chunks.append(out.to_ndarray())
-    if not chunks:
-        return np.zeros((0, 1), dtype=np.float32), rate
-    return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), rate
+    container = av.open(str(path))
+    stream = next((s for s in container.streams if s.type == "audio"), None)
+    if stream is None:
+        container.close()
+        raise AudioError(path, "not an audio file (FFmpeg finds no audio stream in it)")
+
+    def blocks() -> Iterator[np.ndarray]:
+        # Planar float keeps channels apart so they are averaged here, like the soundfile
+        # path, instead of by FFmpeg's own downmix matrix.
+        to_planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        with container:
+            for frame in container.decode(stream):
+                for out in to_planar.resample(frame):
+                    yield out.to_ndarray().T  # (n, channels) float32
+            for out in to_planar.resample(None):  # flush
+                yield out.to_ndarray().T
+
+    return int(stream.rate), blocks()
+
+
+def _guard(path: Path, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """Decoder errors met halfway through a file (truncation, corruption) become AudioError."""
+    try:
+        yield from blocks
+    except AudioError:
+        raise
+    except Exception as e:
+        raise AudioError(path, f"damaged or truncated audio ({_short(e)})") from None
 
 
 def _short(error: BaseException) -> str:

@@ -1,0 +1,107 @@
+"""Windows for long recordings: exact for short ones, linear and bounded-memory for long ones."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from speakerdb import audio, pipeline
+
+from conftest import FakeEmbedder, voice, write
+
+W = 1000  # a small window, for the pure regrouping tests
+
+
+@pytest.mark.parametrize(
+    "total, expected",
+    [
+        (400, [400]),
+        (1000, [1000]),
+        (1400, [1400]),  # remainder < W/2 joins the window before it
+        (1500, [1000, 500]),
+        (1600, [1000, 600]),
+        (10_000, [1000] * 10),
+        (10_300, [1000] * 9 + [1300]),
+        (0, []),
+    ],
+)
+def test_window_lengths(total, expected):
+    signal = np.arange(total, dtype=np.float32)
+    for block in (7, 333, 1000, 5000, max(total, 1)):
+        blocks = [signal[i : i + block] for i in range(0, total, block)]
+        got = list(pipeline.windows(blocks, W))
+        assert [len(w) for w in got] == expected
+        if got:
+            np.testing.assert_array_equal(np.concatenate(got), signal)  # nothing lost, nothing repeated
+
+
+def test_short_recordings_are_one_window_and_exact(tiny_embedder, tmp_path):
+    wave = voice(180, 40.0)  # < 1.5 x 30 s: one window, the model sees all of it
+    clip = pipeline.embed_clip(write(tmp_path / "a.wav", wave, subtype="FLOAT"), tiny_embedder)
+    assert clip.n_windows == 1
+    assert np.max(np.abs(clip.vector - tiny_embedder.embed([wave])[0])) < 1e-6
+
+
+def test_long_recordings_are_a_weighted_mean_of_windows(tmp_path):
+    wave = np.concatenate([voice(120 + 10 * k, 30.0, seed=k) for k in range(3)] + [voice(300, 20.0, seed=9)])  # 110 s
+    fake = FakeEmbedder()
+    clip = pipeline.embed_clip(write(tmp_path / "long.wav", wave, subtype="FLOAT"), fake)
+    assert clip.n_windows == 4 and clip.duration_s == pytest.approx(110.0)
+    parts = [wave[i * pipeline.WINDOW : (i + 1) * pipeline.WINDOW] for i in range(4)]
+    expected = sum(fake.embed([p])[0] * len(p) for p in parts)
+    np.testing.assert_allclose(clip.vector, expected / np.linalg.norm(expected), atol=1e-6)
+    assert clip.sha256 == audio.samples_sha256(wave)
+
+
+def test_streamed_decoding_equals_whole_file_decoding(tmp_path):
+    wave = voice(150, 25.0, sr=44_100)
+    path = write(tmp_path / "hi-rate.flac", np.stack([wave, 0.5 * wave], axis=1), sr=44_100)
+    whole = audio.load(path)
+    streamed = np.concatenate(list(audio.stream(path, block_s=0.7)))
+    np.testing.assert_array_equal(streamed, whole.samples)
+    assert pipeline.embed_clip(path, FakeEmbedder()).sha256 == whole.sha256
+
+
+def test_checks_apply_to_the_whole_recording(tmp_path):
+    from speakerdb.errors import AudioError
+
+    fake = FakeEmbedder()
+    with pytest.raises(AudioError, match="silent"):
+        pipeline.embed_clip(write(tmp_path / "quiet.wav", np.zeros(16000 * 40, np.float32)), fake)
+    assert fake.calls == 0  # refused before any window was embedded
+    with pytest.raises(AudioError, match="too short"):
+        pipeline.embed_clip(write(tmp_path / "short.wav", voice(100, 0.3)), fake)
+
+
+HOUR_SCRIPT = """
+import resource, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import FakeEmbedder
+from speakerdb import pipeline
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+clip = pipeline.embed_clip(sys.argv[1], FakeEmbedder())
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(clip.n_windows, round(clip.duration_s), (after - before) // 1024)
+"""
+
+
+@pytest.mark.slow
+def test_an_hour_long_file_in_bounded_memory(tmp_path):
+    path = tmp_path / "hour.wav"
+    block = (voice(140, 60.0) * 32767).astype(np.int16)  # one minute
+    with sf.SoundFile(str(path), "w", samplerate=16_000, channels=1, subtype="PCM_16") as f:
+        for _ in range(60):
+            f.write(block)
+    out = subprocess.run(
+        [sys.executable, "-c", HOUR_SCRIPT, str(path), str(Path(__file__).parent)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    n_windows, seconds, grew_mib = map(int, out.stdout.split())
+    assert (n_windows, seconds) == (120, 3600)
+    # The decoded hour alone would be 230 MiB of float32; the pipeline holds a few windows.
+    assert grew_mib < 80, f"peak memory grew by {grew_mib} MiB"
