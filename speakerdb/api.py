@@ -36,7 +36,8 @@ from .errors import (
     SpeakerDBError,
     SpeakerNotFoundError,
 )
-from .index import IndexFileError, SpeakerIndex
+from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
+from .index import LOG_COMPACT_RECORDS, IndexFileError, SpeakerIndex
 from .index import write_lock as index_write_lock
 
 log = logging.getLogger("speakerdb")
@@ -169,6 +170,7 @@ class DatabaseInfo:
     n_utterances: int
     schema_revision: str
     generation: int
+    index_params: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -245,9 +247,12 @@ class SpeakerDB:
         if not self.db_path.exists():
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = store.Store(self.db_path)
-        if "threshold" not in self.store.settings():
+        defaults = {"threshold": DEFAULT_THRESHOLD, "index": DEFAULT_INDEX_PARAMS}
+        missing = {k: v for k, v in defaults.items() if k not in self.store.settings()}
+        if missing:  # a new database: its settings are written once, then only changed on purpose
             with self.store.write() as s:
-                store.set_setting(s, "threshold", DEFAULT_THRESHOLD)
+                for key, value in missing.items():
+                    store.set_setting(s, key, value)
 
     # ---- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
@@ -498,6 +503,7 @@ class SpeakerDB:
             n_utterances=n_utterances,
             schema_revision=schema.HEAD_REVISION,
             generation=int(settings.get("generation", 0)),
+            index_params=dict(settings.get("index") or {}),
         )
 
     def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None) -> ExportSummary:
@@ -622,6 +628,7 @@ class SpeakerDB:
             index = self._build_index(s)
         with index_write_lock(self.index_path):
             self.index_path.unlink(missing_ok=True)
+            Path(f"{self.index_path}.log").unlink(missing_ok=True)
             self._save_index(index)
         return len(index)
 
@@ -733,37 +740,55 @@ class SpeakerDB:
         self._apply_to_index(change)
 
     def _apply_to_index(self, change: _Change) -> None:
-        """Bring the index from generation g-1 to g with this change, or rebuild it if it is not at g-1.
+        """Bring the index files from generation g-1 to g with this change, or rebuild them.
 
+        Additions and updates append one record to the change log (cheap at any size);
+        a removal rewrites the index file, so the removed vectors leave the disk at once.
         Holds the index write lock throughout, so it must not call :meth:`_current_index`
         (flock is per open file: taking it twice in one process would deadlock).
         """
+        previous = change.generation - 1
         with index_write_lock(self.index_path):
-            index = self._index
-            if index is None or index.generation != change.generation - 1:
-                index = self._load_index_file()
-            if index is None or index.generation != change.generation - 1:
-                # Another process wrote in between, or there was no usable file: start afresh.
-                with self.store.read() as s:
-                    self._save_index(self._build_index(s))
-                return
-            ids = np.fromiter(set(change.upserted) | change.removed, dtype=np.int64)
-            index.remove(ids)
-            if change.upserted:
-                index.add(
-                    np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
-                    np.stack(list(change.upserted.values())),
+            on_file = SpeakerIndex.file_generation(self.index_path)
+            in_memory = self._index if self._index is not None and self._index.generation == previous else None
+            if on_file == previous and not change.removed:
+                if in_memory is not None:
+                    self._apply_change(in_memory, change)
+                records = SpeakerIndex.append_change(
+                    self.index_path, change.generation, change.upserted, set(), self._dim()
                 )
-            index.generation = change.generation
-            self._save_index(index)
+                if records >= LOG_COMPACT_RECORDS:
+                    (in_memory or SpeakerIndex.load(self.index_path)).save(self.index_path)
+                return
+            if in_memory is None and on_file == previous:
+                in_memory = self._load_index_file()
+            if in_memory is not None and in_memory.generation == previous:
+                self._apply_change(in_memory, change)
+                self._save_index(in_memory)
+                return
+            # Another process wrote in between, or there was no usable file: start afresh.
+            with self.store.read() as s:
+                self._save_index(self._build_index(s))
+
+    @staticmethod
+    def _apply_change(index: SpeakerIndex, change: _Change) -> None:
+        index.remove(np.fromiter(change.removed, dtype=np.int64, count=len(change.removed)))
+        if change.upserted:
+            index.add(
+                np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
+                np.stack(list(change.upserted.values())),
+            )
+        index.generation = change.generation
 
     def _current_index(self) -> SpeakerIndex:
-        """The index at the store's generation: in memory, from the file, or rebuilt."""
+        """The index at the store's generation: in memory, from the files, or rebuilt."""
         with self.store.read() as s:
             generation = int(store.get_settings(s).get("generation", 0))
             if self._index is not None and self._index.generation == generation:
                 return self._index
-            index = self._load_index_file()
+            index = None
+            if SpeakerIndex.file_generation(self.index_path) == generation:
+                index = self._load_index_file()
             if index is None or index.generation != generation:
                 index = self._build_index(s)
                 with index_write_lock(self.index_path):
@@ -777,20 +802,23 @@ class SpeakerDB:
         except IndexFileError:
             return None
 
+    def _dim(self) -> int:
+        return int(self.store.settings().get("dim") or 0)
+
     def _build_index(self, s) -> SpeakerIndex:
         settings = store.get_settings(s)
         ids, vectors = store.centroids(s)
         dim = int(settings.get("dim") or (vectors.shape[1] if vectors.size else 1))
-        return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)))
+        return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)), settings.get("index"))
 
     def _save_index(self, index: SpeakerIndex) -> None:
-        """Keep ``index`` in memory and on disk, unless the file already holds a newer one.
+        """Keep ``index`` in memory and on disk, unless the files already hold a newer one.
 
         Callers hold the index write lock, so the check and the rename cannot interleave
-        with another process's: the file never goes back to an older generation.
+        with another process's: the files never go back to an older generation.
         """
         self._index = index
-        on_disk = SpeakerIndex.peek_generation(self.index_path)
+        on_disk = SpeakerIndex.file_generation(self.index_path)
         if on_disk is not None and on_disk >= index.generation:
             return
         try:

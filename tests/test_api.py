@@ -161,6 +161,7 @@ def test_info_and_list(fake_db, voices):
     info = fake_db.info()
     assert (info.model_id, info.dim, info.n_speakers, info.n_utterances) == ("fake-spectral-v1", 32, 2, 3)
     assert info.db_path == str(fake_db.db_path) and info.index_path.endswith(".faiss")
+    assert info.index_params["approximate_above"] == 200_000 and info.index_params["hnsw_m"] == 32
     assert [(s.name, s.n_utterances) for s in fake_db.list()] == [("alice", 1), ("bob", 2)]
 
 

@@ -69,3 +69,68 @@ def test_damaged_files_are_detected(tmp_path, damage):
         path.write_bytes(data.replace(b'"count": 10', b'"count": 11'))
     with pytest.raises(IndexFileError):
         SpeakerIndex.load(path)
+
+
+def test_replacing_and_removing_keeps_search_exact():
+    vectors = _random(300, 32, 0)
+    index = SpeakerIndex.build(np.arange(300), vectors, 32, 1)
+    updated = _random(50, 32, 5)
+    index.add(np.arange(50), updated)  # 50 speakers got new centroids
+    index.remove(np.arange(250, 300))  # 50 removed
+    live_ids = np.arange(250)
+    live_vectors = np.concatenate([updated, vectors[50:250]])
+    queries = _random(20, 32, 9)
+    scores, ids = index.search(queries, 7)
+    ref_scores, ref_ids = brute_force(live_vectors, live_ids, queries, 7)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
+    assert len(index) == 250 and index.n_dead == 100
+
+
+def test_change_log_is_replayed_and_stops_at_a_torn_record(tmp_path):
+    path = tmp_path / "x.faiss"
+    vectors = _random(20, 16, 0)
+    SpeakerIndex.build(np.arange(10), vectors[:10], 16, generation=5).save(path)
+    SpeakerIndex.append_change(path, 6, {10: vectors[10], 3: vectors[11]}, set(), 16)
+    n = SpeakerIndex.append_change(path, 7, {11: vectors[12]}, set(), 16)
+    assert n == 2 and SpeakerIndex.file_generation(path) == 7
+    loaded = SpeakerIndex.load(path)
+    assert loaded.generation == 7 and len(loaded) == 12
+    assert loaded.search(vectors[11:12], 1)[1][0, 0] == 3
+    # A writer killed halfway through appending leaves a torn record: replay stops before it.
+    with open(f"{path}.log", "ab") as f:
+        f.write(b"CHG1\x40\x00\x00\x00{\"generation\": 8, \"upse")
+    assert SpeakerIndex.file_generation(path) == 7 and SpeakerIndex.load(path).generation == 7
+    # Saving folds the log into the file.
+    loaded.save(path)
+    assert not (tmp_path / "x.faiss.log").exists() and SpeakerIndex.load(path).generation == 7
+
+
+def test_removed_vectors_leave_the_file(tmp_path):
+    vectors = _random(5, 16, 0)
+    index = SpeakerIndex.build(np.arange(5), vectors, 16, 1)
+    index.remove(np.array([2]))
+    index.save(tmp_path / "x.faiss")
+    data = (tmp_path / "x.faiss").read_bytes()
+    assert vectors[2].astype("<f4").tobytes() not in data and vectors[3].astype("<f4").tobytes() in data
+
+
+def test_hnsw_above_the_size_limit(tmp_path):
+    """A small limit makes the HNSW path testable: recall@1 of noisy copies, removal, files."""
+    n, dim = 3000, 64
+    vectors = _random(n, dim, 0)
+    index = SpeakerIndex.build(np.arange(n), vectors, dim, 1, {"approximate_above": 1000})
+    assert index.kind == "hnsw"
+    rng = np.random.default_rng(1)
+    queries = l2_normalize(vectors[:300] + 0.04 * rng.standard_normal((300, dim)))  # cosine ~0.85 to their source
+    _, ids = index.search(queries, 1)
+    assert np.mean(ids[:, 0] == np.arange(300)) >= 0.99
+    index.remove(np.arange(100))
+    _, ids = index.search(queries[:100], 3)
+    assert not np.isin(ids, np.arange(100)).any()
+    assert np.all(index._stored_vectors()[:100] == 0)  # removed vectors are zeroed in place
+    index.save(tmp_path / "h.faiss")
+    loaded = SpeakerIndex.load(tmp_path / "h.faiss")
+    assert loaded.kind == "hnsw" and len(loaded) == n - 100
+    assert loaded.params["approximate_above"] == 1000
+    np.testing.assert_array_equal(loaded.search(queries[100:], 1)[1], index.search(queries[100:], 1)[1])
