@@ -4,9 +4,11 @@ An :class:`Embedder` turns 16 kHz mono float32 waveforms into L2-normalised floa
 vectors. :class:`TransformersXVector` is the real one: any Hugging Face checkpoint that
 ``AutoModelForAudioXVector`` loads (WavLM, wav2vec2, UniSpeech-SAT x-vector heads), from
 the hub cache or from a directory written by ``save_pretrained``.
+:class:`ResemblyzerEncoder` (``--model resemblyzer``, the optional ``resemblyzer`` extra)
+is the pretrained GE2E encoder whose weights ship inside the ``resemblyzer`` wheel.
 
-torch and transformers are imported only when a model is loaded, so commands that never
-embed (``list``, ``show``, ``info``, ``--help``) start fast.
+torch, transformers and resemblyzer are imported only when a model is loaded, so
+commands that never embed (``list``, ``show``, ``info``, ``--help``) start fast.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import MIN_DURATION_S, SAMPLE_RATE
 from .errors import InvalidInputError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +35,13 @@ DEFAULT_MODEL = "microsoft/wavlm-base-plus-sv"
 # Equal-length utterances are batched; this caps one forward pass at 16 x 10 s of audio so
 # memory stays bounded however many files arrive at once.
 MAX_BATCH_SAMPLES = 16 * 10 * SAMPLE_RATE  # samples
+
+#: ``--model`` value that selects :class:`ResemblyzerEncoder` (a reserved name: a local
+#: directory called ``resemblyzer`` is reached as ``./resemblyzer``).
+RESEMBLYZER_MODEL = "resemblyzer"
+#: Label part of :class:`ResemblyzerEncoder`'s model id (``resemblyzer-ge2e@<sha256[:16]>``).
+RESEMBLYZER_LABEL = "resemblyzer-ge2e"
+RESEMBLYZER_INSTALL_HINT = 'pip install -e ".[resemblyzer]" (or pip install "speakerdb[resemblyzer]")'
 
 
 @runtime_checkable
@@ -56,10 +65,21 @@ def same_model(a: str, b: str) -> bool:
     ``label@fingerprint``: the label says where they were loaded from (a hub id or a
     directory name) and may differ between machines; the fingerprint of the weights
     decides. Other ids must match exactly.
+
+    Fingerprints of different model families are computed differently (a hash over
+    tensors for transformers checkpoints, over the weights file for resemblyzer), so the
+    family is compared too: a GE2E id never equals a WavLM id, whatever the digests.
     """
     if "@" in a and "@" in b:
-        return a.rsplit("@", 1)[1] == b.rsplit("@", 1)[1]
+        label_a, print_a = a.rsplit("@", 1)
+        label_b, print_b = b.rsplit("@", 1)
+        return _family(label_a) == _family(label_b) and print_a == print_b
     return a == b
+
+
+def _family(label: str) -> str:
+    """Which code computed an id's fingerprint: ``resemblyzer-ge2e`` or ``transformers``."""
+    return RESEMBLYZER_LABEL if label == RESEMBLYZER_LABEL else "transformers"
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -84,13 +104,7 @@ class TransformersXVector:
     """
 
     def __init__(self, name_or_path: str = DEFAULT_MODEL, device: str = "cpu") -> None:
-        import torch
-
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise InvalidInputError(f"unknown device {device!r}: use cpu or cuda")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA GPU")
-        self.device = torch.device(device)
+        self.device = _torch_device(device)
         self.feature_extractor, self.model, label = _load_transformers_model(name_or_path)
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.xvector_output_dim)
@@ -140,9 +154,145 @@ class TransformersXVector:
         return embeddings.float().cpu().numpy()
 
 
+class ResemblyzerEncoder:
+    """The pretrained GE2E speaker encoder of the ``resemblyzer`` package (``--model resemblyzer``).
+
+    A 3-layer LSTM over 40-band mel frames, trained with the generalized end-to-end loss
+    (Wan et al., 2018); 256-d embeddings. The weights (``pretrained.pt``) ship inside the
+    resemblyzer wheel, so nothing is downloaded. Install with the ``resemblyzer`` extra.
+
+    Each waveform goes through resemblyzer's own recipe: ``preprocess_wav`` (volume raised
+    to -30 dBFS if quieter, silences longer than ~0.2 s cut out by webrtcvad in its most
+    aggressive mode) and ``VoiceEncoder.embed_utterance`` (1.6 s windows at 1.3 windows
+    per second, mean of the window embeddings, L2 normalised).
+
+    When the voice activity detector keeps less than ``MIN_DURATION_S`` of a clip (music,
+    a tone, noise, whispering, some synthetic voices), the whole clip is embedded instead,
+    volume-normalised but untrimmed, with a warning. ``embed()`` does not know file names,
+    so an error raised here could not name the file, which every speakerdb error does;
+    the clip has already passed :func:`speakerdb.audio.load`'s checks (not silent, at
+    least 0.5 s), and the WavLM models embed such a clip too: a file accepted with one
+    model is accepted with the other, and the threshold decides what its score means.
+    """
+
+    dim = 256
+    name_or_path = RESEMBLYZER_MODEL
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = _torch_device(device)
+        resemblyzer = _import_resemblyzer()
+        from resemblyzer import VoiceEncoder
+
+        weights = Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
+        if not weights.is_file():
+            raise ModelLoadError(
+                f"the resemblyzer package has no weights file at {weights}: reinstall it with {RESEMBLYZER_INSTALL_HINT}"
+            )
+        # The same file VoiceEncoder loads by default; passed explicitly so the id is
+        # computed over exactly what is loaded. verbose=False: resemblyzer would otherwise
+        # print a line on stdout, where --json promises one JSON document.
+        try:
+            self.encoder = VoiceEncoder(device=self.device, verbose=False, weights_fpath=weights)
+        except Exception as e:
+            raise ModelLoadError(f"cannot load the resemblyzer GE2E encoder from {weights}: {_first_line(e)}") from None
+        self.encoder.eval()
+        self.weights_path = weights
+        self.model_id = f"{RESEMBLYZER_LABEL}@{_file_sha256(weights)[:16]}"
+        # librosa loads its submodules (scipy.signal, numba kernels) on first use: about a
+        # second, paid here with the rest of the loading rather than by the first file.
+        from resemblyzer import preprocess_wav
+
+        tone = (0.1 * np.sin(2 * np.pi * 220 * np.arange(SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)  # 1 s
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            preprocess_wav(tone, source_sr=SAMPLE_RATE)
+            self.encoder.embed_utterance(tone)
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed waveforms; (n,) list of 1-D float32 arrays at 16 kHz -> (n, 256) float32, rows of norm 1."""
+        out = np.empty((len(waveforms), self.dim), dtype=np.float32)
+        for i, wave in enumerate(waveforms):
+            out[i] = self._embed_one(i, wave)
+        return out
+
+    def _embed_one(self, i: int, wave: np.ndarray) -> np.ndarray:
+        """One waveform -> (256,) float32 of norm 1."""
+        from resemblyzer import normalize_volume, preprocess_wav
+        from resemblyzer.hparams import audio_norm_target_dBFS
+
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1 or len(wave) == 0:
+            raise InvalidInputError(f"waveform {i} must be a non-empty 1-D array")
+        if not np.isfinite(wave).all():
+            raise InvalidInputError(f"waveform {i} contains NaN or infinite samples")
+        if not np.any(wave):
+            raise InvalidInputError(f"waveform {i} is all zeros: there is no voice to embed")
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            speech = preprocess_wav(wave, source_sr=SAMPLE_RATE)  # (m,) m <= n
+            if len(speech) < MIN_DURATION_S * SAMPLE_RATE:
+                log.warning(
+                    "the voice activity detector found %.2f s of speech in a %.2f s recording; "
+                    "embedding the whole recording instead (check that it holds speech)",
+                    len(speech) / SAMPLE_RATE,
+                    len(wave) / SAMPLE_RATE,
+                )
+                speech = normalize_volume(wave, audio_norm_target_dBFS, increase_only=True)
+            vector = self.encoder.embed_utterance(np.asarray(speech, dtype=np.float32))  # (256,)
+        if not np.all(np.isfinite(vector)):
+            # The encoder's ReLU output can be all zeros for a signal with nothing voice-like.
+            raise InvalidInputError(f"waveform {i} gives no speaker embedding (nothing voice-like in it)")
+        return l2_normalize(vector[None, :])[0]
+
+
 def load_embedder(model: str | None = None, device: str = "cpu") -> Embedder:
-    """Load the embedder named by ``model``: a hub id or a local checkpoint directory."""
+    """Load the embedder named by ``model``: ``resemblyzer``, a hub id or a local checkpoint directory."""
+    if model == RESEMBLYZER_MODEL:
+        return ResemblyzerEncoder(device=device)
     return TransformersXVector(model or DEFAULT_MODEL, device=device)
+
+
+def _torch_device(device: str) -> "torch.device":
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device, checked."""
+    import torch
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise InvalidInputError(f"unknown device {device!r}: use cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but torch sees no CUDA GPU")
+    return torch.device(device)
+
+
+def _import_resemblyzer():
+    """Import resemblyzer, or say in one line how to install it."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("resemblyzer") is None:
+        raise ModelLoadError(f"model 'resemblyzer' needs the resemblyzer package: {RESEMBLYZER_INSTALL_HINT}")
+    with warnings.catch_warnings():
+        # scipy.ndimage.morphology (resemblyzer) and pkg_resources (webrtcvad) warn that
+        # they are deprecated on import; neither is speakerdb's to fix.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
+        try:
+            return importlib.import_module("resemblyzer")
+        except Exception as e:  # ImportError mostly; a broken dependency can raise anything
+            hint = (
+                "setuptools 82 and later have no pkg_resources, which webrtcvad imports; "
+                if "pkg_resources" in str(e)
+                else ""
+            )
+            raise ModelLoadError(
+                f"the resemblyzer package is installed but cannot be imported ({_first_line(e)}): "
+                f"{hint}reinstall with {RESEMBLYZER_INSTALL_HINT}"
+            ) from None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _looks_like_path(name: str) -> bool:
