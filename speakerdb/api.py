@@ -275,6 +275,7 @@ class SpeakerDB:
         value = _check_threshold(value)
         with self.store.write() as s:
             store.set_setting(s, "threshold", value)
+            store.set_setting(s, "threshold_chosen", True)
 
     def apply_threshold(self, value: float | None) -> None:
         """Store a threshold measured with this database's model (binding the model if the
@@ -286,6 +287,7 @@ class SpeakerDB:
         with self.store.write() as s:
             self._bind_model(s)
             store.set_setting(s, "threshold", value)
+            store.set_setting(s, "threshold_chosen", True)
 
     @property
     def embedder(self) -> Embedder:
@@ -696,13 +698,16 @@ class SpeakerDB:
         settings = store.get_settings(s)
         self._check_model(settings)
         if settings.get("model_id") is None:
-            assert self._embedder is not None
-            store.set_setting(s, "model_id", self._embedder.model_id)
-            store.set_setting(s, "dim", int(self._embedder.dim))
-            source = self._model or getattr(self._embedder, "name_or_path", None) or self._embedder.model_id
-            if source and Path(source).expanduser().is_dir():
-                source = str(Path(source).expanduser().resolve())
-            store.set_setting(s, "model_source", source)
+            embedder = self._embedder
+            assert embedder is not None
+            store.set_setting(s, "model_id", embedder.model_id)
+            store.set_setting(s, "dim", int(embedder.dim))
+            store.set_setting(s, "model_source", getattr(embedder, "name_or_path", None) or self._model or embedder.model_id)
+            # A model whose scores live on another scale brings its own starting threshold,
+            # unless someone already chose one for this database.
+            own = getattr(embedder, "default_threshold", None)
+            if own is not None and not settings.get("threshold_chosen"):
+                store.set_setting(s, "threshold", float(own))
 
     def _bind_gallery_model(self, s, g, path) -> None:
         """A gallery must come from this database's model; an empty database takes the gallery's."""

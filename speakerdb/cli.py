@@ -96,7 +96,8 @@ def _progress(label: str, n_files: int, as_json: bool):
     "--model",
     envvar="SPEAKERDB_MODEL",
     metavar="ID_OR_DIR",
-    help=f"Embedding model: a Hugging Face hub id or a local save_pretrained() directory "
+    help=f"Embedding model: a Hugging Face hub id, a local save_pretrained() directory, or "
+    f"'resemblyzer' for the pretrained GE2E encoder (extra: .[resemblyzer]) "
     f"[env SPEAKERDB_MODEL; default: the database's own model, else {DEFAULT_MODEL_HELP}].",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the model runs.")

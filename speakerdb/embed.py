@@ -109,7 +109,9 @@ class TransformersXVector:
         self.model.to(self.device).eval()
         self.dim = int(self.model.config.xvector_output_dim)
         self.model_id = f"{label}@{_fingerprint(self.model)}"
-        self.name_or_path = name_or_path
+        local = Path(name_or_path).expanduser()
+        # Where to load it from next time: a directory as an absolute path, a hub id as is.
+        self.name_or_path = str(local.resolve()) if local.is_dir() else name_or_path
         if getattr(self.model.config, "speakerdb_random_weights", False):
             log.warning(
                 "model %s has RANDOM weights (scripts/make_random_checkpoint.py): it cannot tell real "
