@@ -321,6 +321,9 @@ def plot(scores: Scores, report: Report, path: Path) -> None:
     ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8]
     ax_det.set_xticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
     ax_det.set_yticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
+    limits = probit(np.array([0.0005, 0.9]))  # the usual DET window; 0 and 1 lie outside it
+    ax_det.set_xlim(*limits)
+    ax_det.set_ylim(*limits)
     ax_det.plot(probit(report.eer), probit(report.eer), "o", label=f"EER {report.eer:.2%}")
     ax_det.set_xlabel("false acceptance rate")
     ax_det.set_ylabel("miss rate")

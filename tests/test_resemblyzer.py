@@ -194,6 +194,7 @@ def test_database_remembers_resemblyzer(tmp_path, voices):
         info = db.info()
         assert info.model_source == "resemblyzer" and info.dim == 256
         assert info.model_id.startswith("resemblyzer-ge2e@")
+        assert info.threshold == ResemblyzerEncoder.default_threshold == 0.80  # its own scale, not 0.86
     with SpeakerDB(path) as db:  # no model given: the database's own
         [result] = db.identify([voices["alice"][0]])
         assert result.speaker == "alice" and result.score == pytest.approx(1.0, abs=1e-5)
@@ -260,3 +261,10 @@ def test_real_speech_is_identified(tmp_path, ge2e):
         db.enroll("f1998", f[:2])
         results = db.identify([m[2], f[2]])
     assert [r.candidates[0].speaker for r in results] == ["m1688", "f1998"]
+
+
+def test_a_chosen_threshold_is_kept_when_the_model_is_bound(tmp_path, voices):
+    with SpeakerDB(tmp_path / "chosen.sqlite", model="resemblyzer") as db:
+        db.set_threshold(0.7)
+        db.enroll("alice", voices["alice"][:1])
+        assert db.threshold == 0.7
