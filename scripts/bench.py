@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark speakerdb against the plain model card pipeline, on CPU, with no network.
 
-    HF_HUB_OFFLINE=1 python scripts/bench.py                     # full size: a few minutes on 2 cores
+    HF_HUB_OFFLINE=1 python scripts/bench.py                     # full size: ~30 s on 2 idle cores
     HF_HUB_OFFLINE=1 python scripts/bench.py --quick             # 3 repeats instead of 5
     HF_HUB_OFFLINE=1 python scripts/bench.py --checkpoint ./wavlm-random --json bench.json
 
@@ -37,6 +37,7 @@ import functools
 import gc
 import importlib.util
 import json
+import logging
 import os
 import platform
 import resource
@@ -49,9 +50,14 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch, transformers and speakerdb are imported when needed, after setup
+    from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
+
+    from speakerdb.embed import TransformersXVector
 
 SAMPLE_RATE = 16_000  # Hz: what the WavLM x-vector models take
 EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding component
@@ -59,6 +65,7 @@ EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding 
 # slowest run this much slower than the fastest means something else competed for the
 # CPU (with 2 cores and 2 torch threads, one busy neighbour can triple a forward pass).
 NOISY_SPREAD = 1.5
+CLI_TIMEOUT_S = 120  # s: far beyond any command measured here, which take well under 1 s
 SEED = 1234  # of the synthetic audio, so every run embeds the same samples
 SCRIPTS_DIR = Path(__file__).resolve().parent
 
@@ -117,18 +124,22 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, l
 
     The order flips every round (A B, B A, A B...) so that neither side always runs
     right after the other, e.g. with the caches the other one just warmed or thrashed.
-    Results are dropped at once, so loading models one after the other does not hold
-    several copies in memory.
+    Results are dropped at once and the garbage collector runs between runs, untimed: a
+    dropped transformers model keeps its (memory-mapped) weights in reference cycles
+    until a collection, so without it repeated loads pile up hundreds of MiB each, and
+    the automatic collection lands inside some later timed run.
     """
     names = list(runs)
     for name in names:
         runs[name]()  # warm-up: first-call costs (lazy imports, allocator growth, page cache)
+        gc.collect()
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats):
         for name in names if i % 2 == 0 else reversed(names):
             start = time.perf_counter()
             runs[name]()
             times[name].append(time.perf_counter() - start)
+            gc.collect()
     return times
 
 
@@ -174,19 +185,19 @@ class Context:
     env: dict[str, str]  # environment for child processes
 
     @functools.cached_property
-    def reference(self) -> tuple[Any, Any]:
+    def reference(self) -> tuple[Wav2Vec2FeatureExtractor, WavLMForXVector]:
         """(feature extractor, model) loaded as the model card does."""
         return load_reference(self.checkpoint)
 
     @functools.cached_property
-    def embedder(self) -> Any:
-        """speakerdb's embedder (a TransformersXVector) for the checkpoint."""
-        from speakerdb.embed import load_embedder
+    def embedder(self) -> TransformersXVector:
+        """speakerdb's embedder for the checkpoint."""
+        from speakerdb.embed import TransformersXVector
 
-        return load_embedder(str(self.checkpoint))
+        return TransformersXVector(str(self.checkpoint))
 
 
-def load_reference(checkpoint: Path) -> tuple[Any, Any]:
+def load_reference(checkpoint: Path) -> tuple[Wav2Vec2FeatureExtractor, WavLMForXVector]:
     """The model card's two loading lines."""
     from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
 
@@ -208,15 +219,18 @@ def bench_load(ctx: Context) -> list[Row]:
         },
         ctx.repeats,
     )
-    gc.collect()
     # speakerdb hashes the weights on load to pin the model id; timed on its own, it
     # tells how much of the difference between the two loads it explains.
     _, model = ctx.reference
     fingerprint = interleaved({"fingerprint": lambda: _fingerprint(model)}, ctx.repeats)["fingerprint"]
     ref, sdb = statistics.median(times["reference"]), statistics.median(times["speakerdb"])
     return [
-        timing_row("load: model card (Wav2Vec2FeatureExtractor + WavLMForXVector .from_pretrained)", times["reference"]),
-        timing_row("load: speakerdb `load_embedder(dir)`", times["speakerdb"]),
+        # The model card load maps model.safetensors into memory without reading it (RSS
+        # grows ~50 MiB, not ~400): the first forward pass pages the weights in instead.
+        timing_row("load: model card (Wav2Vec2FeatureExtractor + WavLMForXVector .from_pretrained)",
+                   times["reference"], note="weights memory-mapped, read later by the first forward pass"),
+        timing_row("load: speakerdb `load_embedder(dir)`", times["speakerdb"],
+                   note="reads every weight: hashes them for the model id"),
         Row("load: ratio model card / speakerdb", ref / sdb, "x", "above 1: speakerdb loads faster"),
         timing_row("load: of which speakerdb's weight fingerprint (`embed._fingerprint`)", fingerprint),
     ]
@@ -232,7 +246,8 @@ def bench_embed(ctx: Context, seconds: float = 10.0) -> list[Row]:
     results: dict[str, np.ndarray] = {}
 
     def model_card() -> None:
-        # Verbatim the model card's recipe, for one clip, under no_grad.
+        # The model card's recipe for one clip. The card itself leaves autograd on; under
+        # no_grad, as inference code should run, no graph is recorded for a backward pass.
         with torch.no_grad():
             inputs = feature_extractor(wave, sampling_rate=16000, return_tensors="pt")
             emb = model(**inputs).embeddings
@@ -276,7 +291,11 @@ def bench_cli(ctx: Context) -> list[Row]:
 
     def runner(argv: list[str]) -> Callable[[], None]:
         def run() -> None:
-            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # The timeout turns a hung command (a deadlock, a network wait) into an error.
+            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  timeout=CLI_TIMEOUT_S)
+            if done.returncode != 0:  # a failing command would time its error path, not its work
+                raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
         return run
 
     log(f"cli: {ctx.repeats} x {len(commands)} processes, interleaved")
@@ -306,7 +325,7 @@ def bench_process(ctx: Context) -> list[Row]:
 
     return [
         Row("process: peak RSS (ru_maxrss) of this benchmark", peak_rss_mib(), "MiB",
-            "both models loaded at once, plus the load runs"),
+            "highest of the run: both models loaded at once, while embedding"),
         Row("process: torch.get_num_threads()", torch.get_num_threads(), "threads", f"torch {torch.__version__}"),
     ]
 
@@ -348,13 +367,16 @@ def quiet_libraries() -> None:
     loads skip the same work (and keeps stderr readable). WavLM warns on every forward
     pass about its mixed mask types; speakerdb ignores that warning inside embed(), and
     its catch_warnings() makes Python forget it was shown, so the model card snippet
-    would print it again after every speakerdb call.
+    would print it again after every speakerdb call. And speakerdb warns on each load
+    that a random-weight checkpoint cannot tell speakers apart: known, and beside the
+    point here.
     """
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+    logging.getLogger("speakerdb").setLevel(logging.ERROR)
 
 
 def prepare_checkpoint(directory: Path | None, scratch: Path, size: str) -> Path:
@@ -406,8 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = Context(prepare_checkpoint(args.checkpoint, scratch, args.size), scratch, args.repeats, child_env)
         for bench in BENCHMARKS:
             rows.extend(bench(ctx))
+            log(f"peak RSS so far: {peak_rss_mib():,.0f} MiB")  # tells which step set the peak
+        # Counted, not taken from --size: a reused --checkpoint may be of either size.
+        env["model_parameters"] = sum(p.numel() for p in ctx.reference[1].parameters())
 
-    print(f"speakerdb benchmark: {args.size}-size random WavLM x-vector checkpoint, "
+    print(f"speakerdb benchmark: random-weight WavLM x-vector, {env['model_parameters'] / 1e6:.1f} M parameters; "
           f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
           f"Python {env['python']}, {env['cpu_count']} CPUs\n")
     print(markdown_table(rows))
@@ -416,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"process probably competed for the CPU (1-min load average at start: "
               f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine.")
     if args.json:
-        document = {"environment": env, "size": args.size, "repeats": args.repeats,
+        document = {"environment": env, "checkpoint": str(ctx.checkpoint), "repeats": args.repeats,
                     "rows": [asdict(r) for r in rows]}
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         log(f"wrote {args.json}")
