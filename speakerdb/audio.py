@@ -88,6 +88,8 @@ def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
     """
     path = check_file(path)
     rate, blocks = _decode_blocks(path, block_s)
+    if rate <= 0:  # FFmpeg "finds" audio with no sample rate in some text files
+        raise AudioError(path, f"not an audio file (sample rate {rate})")
     resampler = None
     if rate != SAMPLE_RATE:
         import soxr

@@ -23,6 +23,7 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -148,7 +149,9 @@ def read(path: str | Path) -> Gallery:
                 if hashlib.sha256(raw).hexdigest() != members[name]["sha256"]:
                     raise GalleryError(f"{path}: checksum mismatch in {name} (the file is damaged or was altered)")
                 data[name] = raw
-    except (zipfile.BadZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+        # zlib.error: damaged deflate data; NotImplementedError: unknown compression
+        # method; RuntimeError: an encrypted member (both found by the fuzz tests).
         raise GalleryError(f"{path}: not a readable gallery (truncated or corrupt archive: {e})") from None
     except OSError as e:
         raise GalleryError(f"{path}: cannot be read ({e.strerror or e})") from None

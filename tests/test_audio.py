@@ -149,3 +149,24 @@ def test_unreadable(tmp_path):
     path = write(tmp_path / "locked.wav", voice(150, 1.0))
     path.chmod(0)
     assert "permission denied" in _refusal(path)
+
+
+def test_infinite_samples(tmp_path):
+    x = voice(150, 1.0)
+    x[5] = np.inf
+    assert "NaN or infinite" in _refusal(write(tmp_path / "inf.wav", x, subtype="FLOAT"))
+
+
+def test_mislabelled_files_are_decoded_by_content(tmp_path):
+    """An MP3 named .wav still decodes (formats are sniffed, not guessed from the name)..."""
+    real_mp3 = write(tmp_path / "take.mp3", voice(150, 2.0), format="MP3", subtype="MPEG_LAYER_III")
+    renamed = tmp_path / "take.wav"
+    renamed.write_bytes(real_mp3.read_bytes())
+    assert audio.load(renamed).duration_s == pytest.approx(2.0, abs=0.1)
+    # ...and a text file named .flac is refused with the reason.
+    fake = tmp_path / "notes.flac"
+    fake.write_text("not audio at all\n" * 50)
+    assert _refusal(fake).startswith(("not an audio file", "not a readable audio file"))
+    # Found by this test: FFmpeg reports a stream with sample rate 0 for this one.
+    fake.write_text("this is not audio\n" * 100)
+    assert _refusal(fake).startswith(("not an audio file", "not a readable audio file"))

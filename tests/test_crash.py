@@ -111,6 +111,7 @@ def test_kill_enroll(setup):
         killed += not finished
         sizes = _check_consistent(db_path, model, {f"new{k}": FILES_PER_ENROLL})
         assert sizes.get(f"new{k}", FILES_PER_ENROLL) == FILES_PER_ENROLL
+    print(f"\nenroll: {killed} of {KILLS} runs killed before they finished")  # pytest -s shows it
     assert killed >= KILLS // 2, "most runs finished before the kill: the test proved little"
 
 
@@ -128,6 +129,7 @@ def test_kill_remove(setup):
         sizes = _check_consistent(db_path, model, expected)
         if finished:
             assert f"victim{k}" not in sizes
+    print(f"\nremove: {killed} of {KILLS} runs killed before they finished")
     assert killed >= KILLS // 2
 
 
@@ -149,4 +151,5 @@ def test_kill_import(setup, tmp_path):
         imported = {n for n in after if n.startswith("imported")}
         assert imported in (set(), {f"imported{i}" for i in range(40)}), f"{len(imported)} of 40 imported"
         assert after["base"] == before["base"]
+    print(f"\nimport: {killed} of {KILLS} runs killed before they finished")
     assert killed >= KILLS // 2

@@ -377,3 +377,56 @@ def test_sigkill_during_import_leaves_the_database_as_before(tmp_path, voices):
             assert [s.name for s in db.list()] == ["alice"]
             assert db.identify(voices["alice"][:1])[0].speaker == "alice"
     assert killed_mid_import >= 3, "imports finished before the kills: the test proved little"
+
+
+# ---- property-based: the reader never fails with anything but GalleryError -------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def good_gallery_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("g") / "good.gallery"
+    rng = np.random.default_rng(0)
+    speakers = []
+    for i in range(3):
+        v = rng.standard_normal(8).astype(np.float32)
+        speakers.append(
+            gallery.GallerySpeaker(f"s{i}", None, None, {"k": i}, [gallery.GalleryUtterance("a.wav", 1.0, "ab" * 32, None, v / np.linalg.norm(v))])
+        )
+    gallery.write(path, gallery.Gallery("fake-spectral-v1", None, 8, speakers), "test")
+    return path.read_bytes()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupted_gallery_bytes_raise_only_gallery_error(tmp_path_factory, good_gallery_bytes, data):
+    raw = bytearray(good_gallery_bytes)
+    for _ in range(data.draw(st.integers(1, 8))):
+        position = data.draw(st.integers(0, len(raw) - 1))
+        raw[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(raw)))
+    path = tmp_path_factory.mktemp("fuzz") / "x.gallery"
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        g = gallery.read(path)
+    except GalleryError:
+        return
+    # Whatever got through passed every check: it must be a well-formed gallery.
+    assert all(np.isfinite(u.embedding).all() for s in g.speakers for u in s.utterances)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(manifest=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
+    max_leaves=20,
+), speakers=st.binary(max_size=200), embeddings=st.binary(max_size=200))
+def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, manifest, speakers, embeddings):
+    path = tmp_path_factory.mktemp("fuzz") / "x.gallery"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("manifest.json", json.dumps(manifest))
+        z.writestr("speakers.json", speakers)
+        z.writestr("embeddings.f32", embeddings)
+    with pytest.raises(GalleryError):
+        gallery.read(path)
