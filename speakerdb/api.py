@@ -226,6 +226,8 @@ class SpeakerDB:
             database was built with, else ``microsoft/wavlm-base-plus-sv``. Loaded on the
             first call that embeds audio, not before.
         device: ``cpu`` or ``cuda``.
+        precision: ``fp32`` (the model card's embeddings exactly) or ``bf16`` (about
+            twice as fast on CPUs with bf16 units; embeddings within ~1e-3 per component).
         embedder: any object with ``model_id``, ``dim`` and ``embed()``
             (:class:`speakerdb.embed.Embedder`); overrides ``model``.
     """
@@ -236,12 +238,14 @@ class SpeakerDB:
         *,
         model: str | None = None,
         device: str = "cpu",
+        precision: str = "fp32",
         embedder: Embedder | None = None,
     ) -> None:
         self.db_path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
         self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
         self._model = model
         self._device = device
+        self._precision = precision
         self._embedder = embedder
         self._index: SpeakerIndex | None = None
         if not self.db_path.exists():
@@ -295,7 +299,7 @@ class SpeakerDB:
         if self._embedder is None:
             settings = self.store.settings()
             source = self._model or settings.get("model_source") or DEFAULT_MODEL
-            self._embedder = load_embedder(source, device=self._device)
+            self._embedder = load_embedder(source, device=self._device, precision=self._precision)
         self._check_model(self.store.settings())
         return self._embedder
 

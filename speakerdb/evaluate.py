@@ -258,6 +258,7 @@ def run(
     *,
     model: str | None = None,
     device: str = "cpu",
+    precision: str = "fp32",
     embedder: Embedder | None = None,
     enroll_count: int = DEFAULT_ENROLL_COUNT,
     impostor_speakers: int | None = None,
@@ -280,7 +281,7 @@ def run(
         impostor_dirs=[Path(d) for d in impostor_dirs],
         seed=seed,
     )
-    embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device)
+    embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device, precision=precision)
     scores = score(split, embedder, test_seconds=test_seconds, progress=progress)
     settings = {
         "data_dir": str(data_dir),
@@ -289,6 +290,7 @@ def run(
         "enroll_count": enroll_count,
         "seed": seed,
         "test_seconds": test_seconds,
+        "precision": precision,
     }
     return summarise(split, scores, settings), scores, embedder
 
