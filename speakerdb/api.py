@@ -16,29 +16,28 @@ import logging
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio, pipeline, schema, store
-from .store import validate_name
+from . import audio, gallery, pipeline, schema, store
 from .embed import DEFAULT_MODEL, Embedder, load_embedder, same_model
 from .errors import (
     ConflictError,
-    EnrollmentRefusedError,
     DatabaseError,
     EmptyDatabaseError,
+    EnrollmentRefusedError,
     InvalidInputError,
     ModelMismatchError,
-    SpeakerExistsError,
     SpeakerDBError,
+    SpeakerExistsError,
     SpeakerNotFoundError,
 )
+from .store import validate_name
 from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
-from .index import LOG_COMPACT_RECORDS, IndexFileError, SpeakerIndex
-from .index import write_lock as index_write_lock
+from .indexkeeper import Change, IndexKeeper
 
 log = logging.getLogger("speakerdb")
 
@@ -109,7 +108,7 @@ class UtteranceInfo:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["created_at"] = _iso(self.created_at)
+        d["created_at"] = store.iso(self.created_at)
         return d
 
 
@@ -153,7 +152,7 @@ class SpeakerInfo:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["created_at"], d["updated_at"] = _iso(self.created_at), _iso(self.updated_at)
+        d["created_at"], d["updated_at"] = store.iso(self.created_at), store.iso(self.updated_at)
         d["utterances"] = [u.to_dict() for u in self.utterances]
         return d
 
@@ -176,44 +175,8 @@ class DatabaseInfo:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class ExportSummary:
-    path: str
-    n_speakers: int
-    n_utterances: int
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ImportSummary:
-    """What an import did (or, with dry_run, would do): speaker names per outcome."""
-
-    path: str
-    created: list[str] = field(default_factory=list)
-    merged: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    utterances_added: int = 0
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 class _Rollback(Exception):
     """Raised inside a transaction to undo it (dry runs)."""
-
-
-@dataclass
-class _Change:
-    """What one write transaction did to the centroids, for updating the index after commit."""
-
-    upserted: dict[int, np.ndarray] = field(default_factory=dict)  # speaker id -> (dim,) centroid
-    removed: set[int] = field(default_factory=set)
-    generation: int = 0
 
 
 class SpeakerDB:
@@ -247,10 +210,10 @@ class SpeakerDB:
         self._device = device
         self._precision = precision
         self._embedder = embedder
-        self._index: SpeakerIndex | None = None
         if not self.db_path.exists():
             self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.store = store.Store(self.db_path)
+        self.indexer = IndexKeeper(self.store, self.index_path)
         defaults = {"threshold": DEFAULT_THRESHOLD, "index": DEFAULT_INDEX_PARAMS}
         missing = {k: v for k, v in defaults.items() if k not in self.store.settings()}
         if missing:  # a new database: its settings are written once, then only changed on purpose
@@ -403,7 +366,7 @@ class SpeakerDB:
         self._require_speakers()
         embedded = self._embed_files(files, progress)
         queries = np.stack([clip.vector for clip in embedded])  # (n_files, dim)
-        index = self._current_index()
+        index = self.indexer.current()
         scores, ids = index.search(queries, top_k)  # (n_files, k), (n_files, k)
         with self.store.read() as s:
             names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
@@ -512,46 +475,27 @@ class SpeakerDB:
             index_params=dict(settings.get("index") or {}),
         )
 
-    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None) -> ExportSummary:
+    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None) -> "gallery.ExportSummary":
         """Write a gallery file of all speakers, or of the named ones (see docs/gallery-format.md).
 
         The file holds metadata and per-utterance embeddings, never audio. It is written
         to a temporary name and renamed, so an interrupted export leaves no half file.
         """
-        from . import __version__, gallery
+        from . import __version__
 
         with self.store.read() as s:
-            settings = store.get_settings(s)
-            if speakers is None:
-                rows = store.speakers_by_name(s)
-            else:
-                rows = [self._get_speaker(s, name) for name in dict.fromkeys(speakers)]
+            rows = store.speakers_by_name(s) if speakers is None else [
+                self._get_speaker(s, name) for name in dict.fromkeys(speakers)
+            ]
             if not rows:
                 raise EmptyDatabaseError(f"no speakers to export from {self.db_path}")
-            g = gallery.Gallery(
-                model_id=settings["model_id"],
-                model_source=settings.get("model_source"),
-                dim=int(settings["dim"]),
-                speakers=[
-                    gallery.GallerySpeaker(
-                        sp.name,
-                        _iso(sp.created_at),
-                        _iso(sp.updated_at),
-                        dict(sp.meta or {}),
-                        [
-                            gallery.GalleryUtterance(u.source, u.duration_s, u.audio_sha256, _iso(u.created_at), u.vector())
-                            for u in sp.utterances
-                        ],
-                    )
-                    for sp in rows
-                ],
-            )
+            g = gallery.from_store(store.get_settings(s), rows)
         size = gallery.write(path, g, __version__)
-        return ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
+        return gallery.ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
 
     def import_gallery(
         self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False
-    ) -> ImportSummary:
+    ) -> "gallery.ImportSummary":
         """Import a gallery file in one transaction: all of it, or nothing.
 
         The whole file is validated before anything is written. Speakers that already
@@ -561,65 +505,13 @@ class SpeakerDB:
         and recomputes the centroid. ``dry_run`` reports what would happen and writes
         nothing.
         """
-        from . import gallery
-
         gallery.check_policy(on_conflict)
         g = gallery.read(path)
-        summary = ImportSummary(str(path), dry_run=dry_run)
+        summary = gallery.ImportSummary(str(path), dry_run=dry_run)
         try:
             with self._change() as (s, change):
                 self._bind_gallery_model(s, g, path)
-                existing = {sp.name: sp for sp in store.speakers_by_name(s, [x.name for x in g.speakers])}
-                if existing and on_conflict == "fail":
-                    raise ConflictError(
-                        f"{len(existing)} speaker(s) of {path} already exist: {', '.join(sorted(existing))}; "
-                        "nothing was imported (choose --on-conflict skip, replace or merge)"
-                    )
-                for incoming in g.speakers:
-                    current = existing.get(incoming.name)
-                    if current is not None and on_conflict == "skip":
-                        summary.skipped.append(incoming.name)
-                        continue
-                    if current is not None and on_conflict == "replace":
-                        change.removed.add(current.id)
-                        s.delete(current)
-                        s.flush()
-                        current = None
-                        summary.replaced.append(incoming.name)
-                    elif current is None:
-                        summary.created.append(incoming.name)
-                    else:
-                        summary.merged.append(incoming.name)
-                    if current is None:
-                        now = store.utcnow()
-                        current = store.Speaker(
-                            name=incoming.name,
-                            created_at=_parse_iso(incoming.created_at) or now,
-                            updated_at=_parse_iso(incoming.updated_at) or now,
-                            meta=dict(incoming.metadata),
-                            centroid=b"",
-                        )
-                        s.add(current)
-                    else:  # merge: existing metadata wins, incoming keys fill the gaps
-                        current.meta = {**incoming.metadata, **(current.meta or {})}
-                    known = {u.audio_sha256 for u in current.utterances}
-                    for u in incoming.utterances:
-                        if u.audio_sha256 in known:
-                            continue
-                        known.add(u.audio_sha256)
-                        current.utterances.append(
-                            store.Utterance(
-                                source=u.source,
-                                duration_s=u.duration_s,
-                                audio_sha256=u.audio_sha256,
-                                embedding=store.to_blob(u.embedding),
-                                created_at=_parse_iso(u.created_at) or store.utcnow(),
-                            )
-                        )
-                        summary.utterances_added += 1
-                    store.recompute_centroid(current)
-                    s.flush()
-                    change.upserted[current.id] = current.centroid_vector()
+                gallery.into_store(s, g, on_conflict, summary, change)
                 if dry_run:
                     raise _Rollback
         except _Rollback:
@@ -629,14 +521,8 @@ class SpeakerDB:
         return summary
 
     def rebuild_index(self) -> int:
-        """Rebuild the index file from SQLite; returns the number of speakers indexed."""
-        with self.store.read() as s:
-            index = self._build_index(s)
-        with index_write_lock(self.index_path):
-            self.index_path.unlink(missing_ok=True)
-            Path(f"{self.index_path}.log").unlink(missing_ok=True)
-            self._save_index(index)
-        return len(index)
+        """Rebuild the index files from SQLite; returns the number of speakers indexed."""
+        return len(self.indexer.rebuild())
 
     # ---- internals ------------------------------------------------------------------
     def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:
@@ -740,103 +626,13 @@ class SpeakerDB:
         return speaker
 
     @contextmanager
-    def _change(self) -> Iterator[tuple[Any, _Change]]:
+    def _change(self) -> Iterator[tuple[Any, Change]]:
         """A write transaction whose effect on the centroids is applied to the index after commit."""
-        change = _Change()
+        change = Change()
         with self.store.write() as s:
             yield s, change
             change.generation = store.bump_generation(s)
-        self._apply_to_index(change)
-
-    def _apply_to_index(self, change: _Change) -> None:
-        """Bring the index files from generation g-1 to g with this change, or rebuild them.
-
-        Additions and updates append one record to the change log (cheap at any size);
-        a removal rewrites the index file, so the removed vectors leave the disk at once.
-        Holds the index write lock throughout, so it must not call :meth:`_current_index`
-        (flock is per open file: taking it twice in one process would deadlock).
-        """
-        previous = change.generation - 1
-        with index_write_lock(self.index_path):
-            on_file = SpeakerIndex.file_generation(self.index_path)
-            in_memory = self._index if self._index is not None and self._index.generation == previous else None
-            if on_file == previous and not change.removed:
-                if in_memory is not None:
-                    self._apply_change(in_memory, change)
-                records = SpeakerIndex.append_change(
-                    self.index_path, change.generation, change.upserted, set(), self._dim()
-                )
-                if records >= LOG_COMPACT_RECORDS:
-                    (in_memory or SpeakerIndex.load(self.index_path)).save(self.index_path)
-                return
-            if in_memory is None and on_file == previous:
-                in_memory = self._load_index_file()
-            if in_memory is not None and in_memory.generation == previous:
-                self._apply_change(in_memory, change)
-                self._save_index(in_memory)
-                return
-            # Another process wrote in between, or there was no usable file: start afresh.
-            with self.store.read() as s:
-                self._save_index(self._build_index(s))
-
-    @staticmethod
-    def _apply_change(index: SpeakerIndex, change: _Change) -> None:
-        index.remove(np.fromiter(change.removed, dtype=np.int64, count=len(change.removed)))
-        if change.upserted:
-            index.add(
-                np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
-                np.stack(list(change.upserted.values())),
-            )
-        index.generation = change.generation
-
-    def _current_index(self) -> SpeakerIndex:
-        """The index at the store's generation: in memory, from the files, or rebuilt."""
-        with self.store.read() as s:
-            generation = int(store.get_settings(s).get("generation", 0))
-            if self._index is not None and self._index.generation == generation:
-                return self._index
-            index = None
-            if SpeakerIndex.file_generation(self.index_path) == generation:
-                index = self._load_index_file()
-            if index is None or index.generation != generation:
-                index = self._build_index(s)
-                with index_write_lock(self.index_path):
-                    self._save_index(index)
-        self._index = index
-        return index
-
-    def _load_index_file(self) -> SpeakerIndex | None:
-        try:
-            return SpeakerIndex.load(self.index_path)
-        except IndexFileError:
-            return None
-
-    def _dim(self) -> int:
-        return int(self.store.settings().get("dim") or 0)
-
-    def _build_index(self, s) -> SpeakerIndex:
-        settings = store.get_settings(s)
-        ids, vectors = store.centroids(s)
-        dim = int(settings.get("dim") or (vectors.shape[1] if vectors.size else 1))
-        return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)), settings.get("index"))
-
-    def _save_index(self, index: SpeakerIndex) -> None:
-        """Keep ``index`` in memory and on disk, unless the files already hold a newer one.
-
-        Callers hold the index write lock, so the check and the rename cannot interleave
-        with another process's: the files never go back to an older generation.
-        """
-        self._index = index
-        on_disk = SpeakerIndex.file_generation(self.index_path)
-        if on_disk is not None and on_disk >= index.generation:
-            return
-        try:
-            index.save(self.index_path)
-        except OSError:
-            # A read-only directory: the in-memory index still answers this process, and
-            # SQLite, the truth, is unaffected. The next writable run saves it.
-            pass
-
+        self.indexer.apply(change)
 
 def _check_threshold(value: float) -> float:
     try:
@@ -860,21 +656,6 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
         raise InvalidInputError(f"metadata must be JSON-serialisable: {e}") from None
     return dict(metadata)
-
-
-def _iso(t: datetime | None) -> str | None:
-    """A naive-UTC datetime as ISO 8601 with Z; microseconds kept so round trips are exact."""
-    return None if t is None else t.isoformat() + "Z"
-
-
-def _parse_iso(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------

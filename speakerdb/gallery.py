@@ -24,14 +24,15 @@ import stat
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from .errors import GalleryError, InvalidInputError
+from . import store
+from .errors import ConflictError, GalleryError, InvalidInputError
 from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"
@@ -274,6 +275,114 @@ def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) 
         raise GalleryError(f"{path}: speakers.json lists {row} utterances, the embeddings hold {n_utt}")
     model = manifest["model"]
     return Gallery(model["id"], model.get("source"), dim, speakers, manifest)
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    path: str
+    n_speakers: int
+    n_utterances: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportSummary:
+    """What an import did (or, with dry_run, would do): speaker names per outcome."""
+
+    path: str
+    created: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    utterances_added: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def from_store(settings: dict[str, Any], speakers: list[store.Speaker]) -> Gallery:
+    """A gallery of these speakers (rows of the store), with the database's model."""
+    return Gallery(
+        model_id=settings["model_id"],
+        model_source=settings.get("model_source"),
+        dim=int(settings["dim"]),
+        speakers=[
+            GallerySpeaker(
+                sp.name,
+                store.iso(sp.created_at),
+                store.iso(sp.updated_at),
+                dict(sp.meta or {}),
+                [
+                    GalleryUtterance(u.source, u.duration_s, u.audio_sha256, store.iso(u.created_at), u.vector())
+                    for u in sp.utterances
+                ],
+            )
+            for sp in speakers
+        ],
+    )
+
+
+def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary, change) -> None:
+    """Write a validated gallery into the open write transaction ``s``, by the conflict policy.
+
+    Fills ``summary`` and records the changed centroids in ``change`` (an
+    indexkeeper.Change) for the index update after the commit.
+    """
+    existing = {sp.name: sp for sp in store.speakers_by_name(s, [x.name for x in g.speakers])}
+    if existing and on_conflict == "fail":
+        raise ConflictError(
+            f"{len(existing)} speaker(s) of {summary.path} already exist: {', '.join(sorted(existing))}; "
+            "nothing was imported (choose --on-conflict skip, replace or merge)"
+        )
+    for incoming in g.speakers:
+        current = existing.get(incoming.name)
+        if current is not None and on_conflict == "skip":
+            summary.skipped.append(incoming.name)
+            continue
+        if current is not None and on_conflict == "replace":
+            change.removed.add(current.id)
+            s.delete(current)
+            s.flush()
+            current = None
+            summary.replaced.append(incoming.name)
+        elif current is None:
+            summary.created.append(incoming.name)
+        else:
+            summary.merged.append(incoming.name)
+        if current is None:
+            now = store.utcnow()
+            current = store.Speaker(
+                name=incoming.name,
+                created_at=store.parse_iso(incoming.created_at) or now,
+                updated_at=store.parse_iso(incoming.updated_at) or now,
+                meta=dict(incoming.metadata),
+                centroid=b"",
+            )
+            s.add(current)
+        else:  # merge: existing metadata wins, incoming keys fill the gaps
+            current.meta = {**incoming.metadata, **(current.meta or {})}
+        known = {u.audio_sha256 for u in current.utterances}
+        for u in incoming.utterances:
+            if u.audio_sha256 in known:  # merges never add the same audio twice
+                continue
+            known.add(u.audio_sha256)
+            current.utterances.append(
+                store.Utterance(
+                    source=u.source,
+                    duration_s=u.duration_s,
+                    audio_sha256=u.audio_sha256,
+                    embedding=store.to_blob(u.embedding),
+                    created_at=store.parse_iso(u.created_at) or store.utcnow(),
+                )
+            )
+            summary.utterances_added += 1
+        store.recompute_centroid(current)
+        s.flush()
+        change.upserted[current.id] = current.centroid_vector()
 
 
 def check_policy(policy: str) -> str:

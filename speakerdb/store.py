@@ -71,6 +71,22 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def iso(t: datetime | None) -> str | None:
+    """A naive-UTC datetime as ISO 8601 with Z; microseconds kept so round trips are exact."""
+    return None if t is None else t.isoformat() + "Z"
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """The inverse of :func:`iso` (None for None or unparseable text)."""
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
 def to_blob(vector: np.ndarray) -> bytes:
     """A vector as little-endian float32 bytes."""
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()

@@ -79,7 +79,7 @@ def _check_consistent(db_path: Path, model: Path, expected_sizes: dict[str, int]
     assert listed.returncode == 0, listed.stderr
     assert {s["name"] for s in json.loads(listed.stdout)} == set(by_speaker)
     with SpeakerDB(db_path, model=str(model)) as db:
-        db._current_index()  # what identify does before searching: load, or rebuild if stale
+        db.indexer.current()  # what identify does before searching: load, or rebuild if stale
         generation = db.info().generation
     index = SpeakerIndex.load(f"{db_path}.faiss")
     assert index.generation == generation and len(index) == len(by_speaker)
