@@ -67,9 +67,14 @@ def _emit(as_json: bool, document: Any, text: str) -> None:
         click.echo(text)
 
 
+def _interactive() -> bool:
+    """Progress bars only for a person at a terminal, never into a pipe or a file."""
+    return sys.stdout.isatty()
+
+
 def _progress(label: str, n_files: int, as_json: bool):
     """A progress bar on stderr for many files; silent for --json or when stdout is not a terminal."""
-    if as_json or n_files < 2 or not sys.stdout.isatty():
+    if as_json or n_files < 2 or not _interactive():
         return None, None
     bar = click.progressbar(length=n_files, label=label, file=sys.stderr, show_pos=True, show_eta=True)
     bar.__enter__()
@@ -425,7 +430,7 @@ def _run_evaluation(state: "_State", as_json: bool, **kwargs):
     bars: dict[str, Any] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        if as_json or not sys.stdout.isatty():
+        if as_json or not _interactive():
             return
         if stage not in bars:
             for bar in bars.values():

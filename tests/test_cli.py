@@ -209,3 +209,15 @@ def test_random_weights_are_announced(run, voices):
     assert result.exit_code == 0
     assert "warning: model" in result.stderr and "RANDOM weights" in result.stderr
     assert "RANDOM" not in result.stdout
+
+
+def test_progress_bar_for_a_person_only(run, voices, monkeypatch):
+    files = voices["alice"] + voices["bob"]
+    quiet = run("enroll", "alice", *files[:3])
+    assert "enrolling" not in quiet.stderr  # stdout is not a terminal here
+    monkeypatch.setattr("speakerdb.cli._interactive", lambda: True)
+    shown = run("identify", *files)
+    assert "identifying" in shown.stderr and "s of audio" in shown.stderr
+    as_json = run("identify", *files, "--json")
+    assert "identifying" not in as_json.stderr
+    json.loads(as_json.stdout)
