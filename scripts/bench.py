@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Benchmark speakerdb against the plain model card pipeline, on CPU, with no network.
 
-    HF_HUB_OFFLINE=1 python scripts/bench.py                     # full size: ~30 s on 2 idle cores
-    HF_HUB_OFFLINE=1 python scripts/bench.py --quick             # 3 repeats instead of 5
+    HF_HUB_OFFLINE=1 python scripts/bench.py                     # full size: ~12 min on 2 idle cores
+    HF_HUB_OFFLINE=1 python scripts/bench.py --quick             # fewer repeats and sizes: ~4 min
     HF_HUB_OFFLINE=1 python scripts/bench.py --checkpoint ./wavlm-random --json bench.json
+    HF_HUB_OFFLINE=1 python scripts/bench.py --full-scale        # adds an HNSW graph of 1M speakers (~10 min more)
 
 Run it from the project's virtualenv (the one where ``pip install -e .`` put the
 ``speakerdb`` command), with nothing else heavy running: every number is wall-clock time.
@@ -19,10 +20,23 @@ the two sides of a comparison are interleaved so that drift in machine speed hit
 
 * model load: ``speakerdb.embed.load_embedder(DIR)`` against the model card's
   ``Wav2Vec2FeatureExtractor.from_pretrained(DIR)`` + ``WavLMForXVector.from_pretrained(DIR)``;
-* embedding a synthetic 10 s clip: the model card snippet against
-  ``TransformersXVector.embed([wave])``, in seconds of compute per second of audio, and the
-  largest per-component difference between the two embeddings (must be below 1e-5);
-* whole processes: ``speakerdb --help`` and ``speakerdb list`` on a small database;
+* embedding one synthetic clip of 1, 3, 10 and 30 s: the model card snippet, literally
+  (autograd left on, as the card has it), against ``TransformersXVector.embed([wave])``, in
+  seconds of compute per second of audio, and the largest per-component difference
+  between the two embeddings (must be below 1e-5); at 10 s also the snippet under
+  ``torch.no_grad()``; and, where ``TransformersXVector`` takes ``precision="bf16"``,
+  speakerdb in bfloat16 at 10 and 30 s with its deviation from float32;
+* a folder of 12 clips of 1 to 40 s: ``pipeline.embed_clip`` per file against the snippet
+  per file;
+* a 10-minute clip against a 30 s clip through ``pipeline.embed_clip`` (30 s windows),
+  in a child process: time ratio and peak resident memory growth;
+* whole processes: ``speakerdb --help``, ``list``, ``show``, ``info`` and ``identify`` on a
+  small database, and whether the first four import torch or transformers;
+* the FAISS index: one-query search latency at 1k, 100k and 1M speakers (exact), an HNSW
+  graph at 100k (build time, latency, recall@1 against exact search; at 1M too with
+  --full-scale), and saving and loading the 1M exact index;
+* enrollment without embedding (a compute-free stub model): ``SpeakerDB.enroll`` calls
+  per second for 10,000 new speakers, and importing a gallery of 10,000 speakers;
 * the peak resident memory of this process, with the torch version and thread count.
 
 The Markdown table goes to stdout, progress to stderr. To add a measurement, write a
@@ -36,8 +50,10 @@ import argparse
 import functools
 import gc
 import importlib.util
+import inspect
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -65,9 +81,22 @@ EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding 
 # slowest run this much slower than the fastest means something else competed for the
 # CPU (with 2 cores and 2 torch threads, one busy neighbour can triple a forward pass).
 NOISY_SPREAD = 1.5
-CLI_TIMEOUT_S = 120  # s: far beyond any command measured here, which take well under 1 s
+CLI_TIMEOUT_S = 120  # s: far beyond any command measured here, which take at most a few seconds
 SEED = 1234  # of the synthetic audio, so every run embeds the same samples
+FOLDER_CLIPS, FOLDER_MIN_S, FOLDER_MAX_S = 12, 1.0, 40.0  # the mixed folder: clips, shortest, longest (s)
+SHORT_CLIP_S = 30.0  # s: one pipeline window
+LONG_CLIP_S, LONG_CLIP_QUICK_S = 600.0, 300.0  # s: 20 windows; 10 with --quick
+IDENTIFY_CLIP_S = 5.0  # s: the query of `speakerdb identify`
+FAISS_DIM = 512  # the WavLM x-vector dimension
+SEARCH_K = 5  # candidates per query, as `speakerdb identify` asks by default
+LATENCY_QUERIES = 200  # one-query searches timed per index
+RECALL_QUERIES = 1_000  # queries of each kind for recall@1
+QUERY_NOISE_SIGMA = 0.033  # per component: a noisy copy scores ~0.8 against its source
+ENROLL_SPEAKERS, ENROLL_SPEAKERS_QUICK = 10_000, 2_000
 SCRIPTS_DIR = Path(__file__).resolve().parent
+# Modules that `speakerdb list`, `show`, `info` and `--help` must not import: torch and
+# transformers alone take seconds to import, which is the whole cost of those commands.
+HEAVY_MODULES = ("torch", "transformers")
 
 
 # ---- results -------------------------------------------------------------------------
@@ -92,16 +121,24 @@ def timing_row(name: str, samples: Sequence[float], note: str = "", per: float =
 
 
 def format_value(row: Row) -> str:
+    if math.isnan(row.value):  # a measurement that was skipped; its note says why
+        return "n/a"
     if row.unit == "abs":
         return f"{row.value:.2e}"
     if row.unit == "MiB":
         return f"{row.value:,.0f} MiB"
     if row.unit == "x":
         return f"{row.value:.3f} ×"
-    if row.unit == "threads":
+    if row.unit in ("threads", "modules"):
         return f"{row.value:.0f}"
     if row.unit == "s/s":
         return f"{row.value:.4f} s/s"
+    if row.unit == "ms":
+        return f"{row.value:.3f} ms"
+    if row.unit == "/s":
+        return f"{row.value:,.0f} /s"
+    if row.unit == "recall":
+        return f"{row.value:.4f}"
     return f"{row.value:.3f} {row.unit}"
 
 
@@ -119,7 +156,7 @@ def log(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
     """Time each callable ``repeats`` times, interleaved, after one untimed warm-up each.
 
     The order flips every round (A B, B A, A B...) so that neither side always runs
@@ -128,9 +165,12 @@ def interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, l
     dropped transformers model keeps its (memory-mapped) weights in reference cycles
     until a collection, so without it repeated loads pile up hundreds of MiB each, and
     the automatic collection lands inside some later timed run.
+
+    ``warmup=False`` skips the warm-up, for runs so long (a folder of clips) that an
+    extra one would cost minutes, and whose first-call costs were paid by earlier ones.
     """
     names = list(runs)
-    for name in names:
+    for name in names if warmup else []:
         runs[name]()  # warm-up: first-call costs (lazy imports, allocator growth, page cache)
         gc.collect()
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -183,6 +223,8 @@ class Context:
     scratch: Path  # deleted at the end
     repeats: int
     env: dict[str, str]  # environment for child processes
+    quick: bool = False  # smaller sizes where a measurement would take minutes
+    full_scale: bool = False  # also the measurements that take ~10 minutes each (HNSW at 1M)
 
     @functools.cached_property
     def reference(self) -> tuple[Wav2Vec2FeatureExtractor, WavLMForXVector]:
@@ -195,6 +237,22 @@ class Context:
         from speakerdb.embed import TransformersXVector
 
         return TransformersXVector(str(self.checkpoint))
+
+    @functools.cached_property
+    def embedder_bf16(self) -> TransformersXVector | None:
+        """speakerdb's embedder in bfloat16, or None where this speakerdb has no such option."""
+        if not has_precision_option():
+            return None
+        from speakerdb.embed import TransformersXVector
+
+        return TransformersXVector(str(self.checkpoint), precision="bf16")  # type: ignore[call-arg]
+
+
+def has_precision_option() -> bool:
+    """Whether ``TransformersXVector.__init__`` takes ``precision`` (being added in another change)."""
+    from speakerdb.embed import TransformersXVector
+
+    return "precision" in inspect.signature(TransformersXVector.__init__).parameters
 
 
 def load_reference(checkpoint: Path) -> tuple[Wav2Vec2FeatureExtractor, WavLMForXVector]:
@@ -236,57 +294,270 @@ def bench_load(ctx: Context) -> list[Row]:
     ]
 
 
-def bench_embed(ctx: Context, seconds: float = 10.0) -> list[Row]:
-    """Compute to embed one clip of ``seconds``: the model card snippet against speakerdb."""
+def card_snippet(feature_extractor: Wav2Vec2FeatureExtractor, model: WavLMForXVector, wave: np.ndarray):
+    """The model card's recipe for one clip, literally: autograd stays on, as on the card.
+
+    Returns the (1, dim) tensor detached from its graph, so the graph (every saved
+    activation: ~5 GiB for a 30 s clip) is freed on return, as when a loop over files
+    rebinds ``emb``. Kept attached, the graphs of a folder's clips would all stay alive
+    at once (they reached 19 GiB before this detach was added) and one graph would sit
+    in memory during the other side's timed runs.
+    """
     import torch
 
+    inputs = feature_extractor(wave, sampling_rate=16000, return_tensors="pt")
+    emb = model(**inputs).embeddings
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    return emb.detach()
+
+
+def card_snippet_no_grad(feature_extractor: Wav2Vec2FeatureExtractor, model: WavLMForXVector, wave: np.ndarray):
+    """The model card's recipe under ``torch.no_grad()``, as inference code should run it.
+
+    Without a graph for a backward pass, activations are freed layer by layer: this is
+    the fair baseline for speakerdb's compute, the literal snippet the one users copy.
+    """
+    import torch
+
+    with torch.no_grad():
+        return card_snippet(feature_extractor, model, wave)
+
+
+def as_vector(tensor) -> np.ndarray:
+    """(1, dim) torch tensor -> (dim,) float32 array."""
+    return tensor.float()[0].numpy()
+
+
+def bench_embed(ctx: Context, seconds: float = 10.0, no_grad: bool = False, bf16: bool = False) -> list[Row]:
+    """Compute to embed one clip of ``seconds``: the model card snippet against speakerdb.
+
+    ``no_grad`` adds the snippet under ``torch.no_grad()``; ``bf16`` adds speakerdb in
+    bfloat16 (``precision="bf16"``) where speakerdb has that option, else a row saying why not.
+    """
     wave = synthetic_wave(seconds)
     feature_extractor, model = ctx.reference
     embedder = ctx.embedder
     results: dict[str, np.ndarray] = {}
+    runs: dict[str, Callable[[], None]] = {
+        "card": lambda: results.__setitem__("card", card_snippet(feature_extractor, model, wave)),
+        "speakerdb": lambda: results.__setitem__("speakerdb", embedder.embed([wave])[0]),
+    }
+    if no_grad:
+        runs["card no_grad"] = lambda: results.__setitem__(
+            "card no_grad", card_snippet_no_grad(feature_extractor, model, wave))
+    embedder_bf16 = ctx.embedder_bf16 if bf16 else None
+    if embedder_bf16 is not None:
+        runs["speakerdb bf16"] = lambda: results.__setitem__("speakerdb bf16", embedder_bf16.embed([wave])[0])
 
-    def model_card() -> None:
-        # The model card's recipe for one clip. The card itself leaves autograd on; under
-        # no_grad, as inference code should run, no graph is recorded for a backward pass.
-        with torch.no_grad():
-            inputs = feature_extractor(wave, sampling_rate=16000, return_tensors="pt")
-            emb = model(**inputs).embeddings
-            emb = torch.nn.functional.normalize(emb, dim=-1)
-        results["reference"] = emb[0].numpy()
+    # A 1 s forward pass takes ~0.1 s, where scheduler noise is a larger share: more runs.
+    repeats = ctx.repeats * 3 if seconds <= 3 else ctx.repeats
+    label = f"embed {seconds:g} s"
+    log(f"{label}: {repeats} x {len(runs)} forward passes, interleaved")
+    times = interleaved(runs, repeats)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    card_vector = as_vector(results["card"])
+    diff = float(np.max(np.abs(card_vector - results["speakerdb"])))
+    rows = [
+        timing_row(f"{label}: model card snippet (literal: autograd on)", times["card"], per=seconds, unit="s/s",
+                   note=f"{median['card']:.3f} s per clip"),
+        timing_row(f"{label}: speakerdb `TransformersXVector.embed([wave])`", times["speakerdb"], per=seconds,
+                   unit="s/s", note=f"{median['speakerdb']:.3f} s per clip"),
+        Row(f"{label}: ratio model card (literal) / speakerdb", median["card"] / median["speakerdb"], "x",
+            "above 1: speakerdb is faster"),
+        Row(f"{label}: max abs difference per component, card vs speakerdb", diff, "abs",
+            f"{len(card_vector)}-d unit vectors; must be < {EMBED_TOLERANCE:g}", ok=diff < EMBED_TOLERANCE),
+    ]
+    if no_grad:
+        diff_ng = float(np.max(np.abs(as_vector(results["card no_grad"]) - results["speakerdb"])))
+        rows += [
+            timing_row(f"{label}: model card snippet under `torch.no_grad()`", times["card no_grad"], per=seconds,
+                       unit="s/s", note=f"{median['card no_grad']:.3f} s per clip; max abs diff to speakerdb "
+                       f"{diff_ng:.1e}"),
+            Row(f"{label}: ratio model card (no_grad) / speakerdb", median["card no_grad"] / median["speakerdb"], "x",
+                "above 1: speakerdb is faster"),
+        ]
+    if bf16 and embedder_bf16 is None:
+        rows.append(Row(f"{label}: speakerdb bf16", float("nan"), "s/s",
+                        "skipped: `TransformersXVector.__init__` takes no `precision` argument in this speakerdb"))
+    elif bf16:
+        deviation = float(np.max(np.abs(results["speakerdb bf16"] - results["speakerdb"])))
+        cosine = float(np.dot(results["speakerdb bf16"], results["speakerdb"]))
+        rows += [
+            timing_row(f"{label}: speakerdb bf16 `TransformersXVector(..., precision=\"bf16\").embed([wave])`",
+                       times["speakerdb bf16"], per=seconds, unit="s/s",
+                       note=f"{median['speakerdb bf16']:.3f} s per clip"),
+            Row(f"{label}: ratio model card (literal) / speakerdb bf16", median["card"] / median["speakerdb bf16"],
+                "x", f"above 1: bf16 is faster; fp32 speakerdb / bf16: "
+                f"{median['speakerdb'] / median['speakerdb bf16']:.3f} ×"),
+            Row(f"{label}: max abs deviation per component, speakerdb bf16 vs fp32", deviation, "abs",
+                f"cosine bf16 · fp32 = {cosine:.5f}; informative, no tolerance"),
+        ]
+    return rows
+
+
+def bench_folder(ctx: Context) -> list[Row]:
+    """A folder of mixed-length clips, one file at a time: ``pipeline.embed_clip`` against the snippet.
+
+    All clips are at most 40 s, under the 45 s up to which the pipeline embeds a clip
+    whole, so both sides run the same forward passes; what differs is the pipeline's own
+    work (sha256, level checks, speech activity) and autograd.
+    """
+    from speakerdb import pipeline
+    from speakerdb.audio import Audio
+
+    rng = np.random.default_rng(SEED)
+    lengths = np.round(rng.uniform(FOLDER_MIN_S, FOLDER_MAX_S, FOLDER_CLIPS), 1)  # seconds
+    clips = [Audio(f"clip{i:02d}.wav", synthetic_wave(s, seed=SEED + 100 + i)) for i, s in enumerate(lengths)]
+    total_s = float(sum(lengths))
+    feature_extractor, model = ctx.reference
+    embedder = ctx.embedder
+    results: dict[str, list[np.ndarray]] = {}
+
+    def card() -> None:
+        results["card"] = [card_snippet(feature_extractor, model, clip.samples) for clip in clips]
 
     def speakerdb() -> None:
-        results["speakerdb"] = embedder.embed([wave])[0]
+        results["speakerdb"] = [pipeline.embed_clip(clip, embedder).vector for clip in clips]
 
-    label = f"embed {seconds:g} s"
-    log(f"{label}: {ctx.repeats} x 2 forward passes, interleaved")
-    times = interleaved({"reference": model_card, "speakerdb": speakerdb}, ctx.repeats)
-    ref, sdb = statistics.median(times["reference"]), statistics.median(times["speakerdb"])
-    diff = float(np.max(np.abs(results["reference"] - results["speakerdb"])))
+    # One pass over the folder takes ~20 s; the model is warm from the single clips.
+    repeats = min(ctx.repeats, 2 if ctx.quick else 3)
+    label = f"folder of {FOLDER_CLIPS} clips, {FOLDER_MIN_S:g}-{FOLDER_MAX_S:g} s ({total_s:.0f} s of audio)"
+    log(f"{label}: {repeats} x 2 passes, interleaved, no warm-up")
+    times = interleaved({"card": card, "speakerdb": speakerdb}, repeats, warmup=False)
+    ref, sdb = statistics.median(times["card"]), statistics.median(times["speakerdb"])
+    diff = max(float(np.max(np.abs(as_vector(c) - v))) for c, v in zip(results["card"], results["speakerdb"]))
     return [
-        timing_row(f"{label}: model card snippet", times["reference"], per=seconds, unit="s/s",
-                   note=f"{ref:.3f} s per clip"),
-        timing_row(f"{label}: speakerdb `TransformersXVector.embed([wave])`", times["speakerdb"], per=seconds,
-                   unit="s/s", note=f"{sdb:.3f} s per clip"),
-        Row(f"{label}: ratio model card / speakerdb", ref / sdb, "x", "above 1: speakerdb is faster"),
-        Row(f"{label}: max abs difference per component", diff, "abs",
-            f"{len(results['speakerdb'])}-d unit vectors; must be < {EMBED_TOLERANCE:g}", ok=diff < EMBED_TOLERANCE),
+        timing_row(f"{label}: model card snippet per file (literal)", times["card"], per=total_s, unit="s/s",
+                   note=f"{ref:.2f} s per folder"),
+        timing_row(f"{label}: speakerdb `pipeline.embed_clip(Audio(...), embedder)` per file", times["speakerdb"],
+                   per=total_s, unit="s/s", note=f"{sdb:.2f} s per folder"),
+        Row(f"{label}: ratio model card / speakerdb", ref / sdb, "x",
+            f"above 1: speakerdb is faster; max abs difference over the clips {diff:.1e}",
+            ok=diff < EMBED_TOLERANCE),
     ]
+
+
+def bench_long_clip(ctx: Context) -> list[Row]:
+    """A long recording against a 30 s one through ``pipeline.embed_clip``, in a child process.
+
+    30 s windows keep compute linear in length and memory bounded by one window: the
+    time ratio should be about the length ratio, and the peak memory should not grow
+    beyond that of a 30 s clip. A child process gives a clean peak (this one has held two
+    models and long clips by now), measured as :func:`rss_baseline` explains.
+    """
+    long_s = LONG_CLIP_QUICK_S if ctx.quick else LONG_CLIP_S
+    repeats = min(ctx.repeats, 3)
+    log(f"long clip: a child process embeds a 30 s clip {repeats} times, then a {long_s / 60:g} min clip once")
+    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "long-clip", "--checkpoint", str(ctx.checkpoint),
+            "--repeats", str(repeats), "--long-seconds", str(long_s)]
+    done = subprocess.run(argv, env=ctx.env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return [Row("long clip", float("nan"), "s", f"child failed: {done.stderr.strip()[-300:]}", ok=False)]
+    r = json.loads(done.stdout)
+    expected = long_s / SHORT_CLIP_S
+    ratio = r["long_s"] / statistics.median(r["short_s"])
+    label = f"long clip {long_s / 60:g} min"
+    return [
+        timing_row(f"{label}: 30 s clip through `pipeline.embed_clip`", r["short_s"], per=SHORT_CLIP_S, unit="s/s",
+                   note=f"{statistics.median(r['short_s']):.2f} s per clip"),
+        timing_row(f"{label}: {long_s / 60:g} min clip through `pipeline.embed_clip`", [r["long_s"]], per=long_s,
+                   unit="s/s", note=f"{r['n_windows']} windows of 30 s; one run"),
+        Row(f"{label}: time ratio {long_s / 60:g} min / 30 s", ratio, "x",
+            f"length ratio {expected:g}: about that means compute is linear in length"),
+        Row(f"{label}: peak RSS growth, 30 s clip", r["short_growth_mib"], "MiB",
+            f"child process: {r['peak_source']}, over its resident size with the model loaded and both "
+            f"clips in memory ({r['baseline_mib']:,.0f} MiB)"),
+        Row(f"{label}: peak RSS growth, {long_s / 60:g} min clip", r["long_growth_mib"], "MiB",
+            f"same baseline, after the 30 s clips; {r['long_growth_mib'] - r['short_growth_mib']:,.0f} MiB more "
+            f"than a 30 s clip (the clip itself is {long_s * SAMPLE_RATE * 4 / 2**20:.0f} MiB, allocated before)"),
+    ]
+
+
+def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, Any]:
+    """Run in the child process of :func:`bench_long_clip`; returns its measurements."""
+    from speakerdb import pipeline
+    from speakerdb.audio import Audio
+    from speakerdb.embed import TransformersXVector
+
+    embedder = TransformersXVector(str(checkpoint))
+    embedder.embed([synthetic_wave(1.0)])  # first-call costs, outside both measurements
+    short = Audio("short.wav", synthetic_wave(SHORT_CLIP_S))
+    # Built from 30 s pieces: synthetic_wave's float64 temporaries for the whole length
+    # would set a peak of their own, above the one to be measured.
+    pieces = [synthetic_wave(SHORT_CLIP_S, seed=SEED + i) for i in range(math.ceil(long_s / SHORT_CLIP_S))]
+    long = Audio("long.wav", np.concatenate(pieces)[: int(long_s * SAMPLE_RATE)])
+    del pieces
+    gc.collect()
+    # The model load peaks above the steady state; start the peak afresh from here.
+    baseline, peak = rss_baseline()
+    short_times = []
+    for i in range(repeats + 1):  # the first run warms up
+        start = time.perf_counter()
+        pipeline.embed_clip(short, embedder)
+        if i:
+            short_times.append(time.perf_counter() - start)
+    after_short = peak()
+    start = time.perf_counter()
+    clip = pipeline.embed_clip(long, embedder)
+    long_time = time.perf_counter() - start
+    return {"short_s": short_times, "long_s": long_time, "n_windows": clip.n_windows, "baseline_mib": baseline,
+            "short_growth_mib": after_short - baseline, "long_growth_mib": peak() - baseline,
+            "peak_source": peak.__doc__}
+
+
+def rss_baseline() -> tuple[float, Callable[[], float]]:
+    """(resident MiB now, a function giving the peak resident MiB since now).
+
+    On Linux: the kernel's high-water mark (VmHWM), reset to the current size through
+    /proc/self/clear_refs. Not ru_maxrss: Linux carries a process's ru_maxrss across
+    exec(), so a child started by this multi-GiB benchmark reports its parent's peak
+    until it exceeds it. Elsewhere: ru_maxrss, which is then only an upper bound.
+    """
+    def status_mib(field: str) -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+        raise KeyError(field)
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
+        baseline = status_mib("VmRSS")
+    except OSError:
+        def peak_maxrss() -> float:
+            """ru_maxrss (an upper bound: may include the parent's peak)"""
+            return peak_rss_mib()
+
+        return peak_rss_mib(), peak_maxrss
+
+    def peak_hwm() -> float:
+        """VmHWM, reset after the model load"""
+        return status_mib("VmHWM")
+
+    return baseline, peak_hwm
 
 
 def bench_cli(ctx: Context) -> list[Row]:
     """Whole ``speakerdb`` processes, start to exit, as a user at a shell sees them."""
+    import soundfile
+
     exe = Path(sys.executable).with_name("speakerdb")  # the console script of this environment
     if not exe.is_file():
         return [Row("cli: speakerdb", float("nan"), "s", f"{exe} not found: run `pip install -e .`", ok=False)]
     home = ctx.scratch / "home"
     n_speakers = make_small_database(ctx, home)
     env = {**ctx.env, "SPEAKERDB_HOME": str(home)}
+    query = ctx.scratch / "query.wav"
+    soundfile.write(query, synthetic_wave(IDENTIFY_CLIP_S, seed=SEED + 50), SAMPLE_RATE)
 
     commands = {
         # Interpreter start alone, for scale: no command can start faster than this.
         "python -c pass": [sys.executable, "-c", "pass"],
         "speakerdb --help": [str(exe), "--help"],
         "speakerdb list": [str(exe), "list"],
+        "speakerdb show alice": [str(exe), "show", "alice"],
+        "speakerdb info": [str(exe), "info"],
+        # Loads torch, transformers and the model, embeds 5 s, searches.
+        "speakerdb identify query.wav": [str(exe), "--model", str(ctx.checkpoint), "identify", str(query)],
     }
 
     def runner(argv: list[str]) -> Callable[[], None]:
@@ -303,8 +574,45 @@ def bench_cli(ctx: Context) -> list[Row]:
     notes = {
         "python -c pass": "interpreter start, for scale",
         "speakerdb list": f"SPEAKERDB_HOME holding {n_speakers} speakers",
+        "speakerdb identify query.wav": f"{IDENTIFY_CLIP_S:g} s WAV, `--model` the bench checkpoint; "
+                                        "includes loading torch and the model",
     }
-    return [timing_row(f"cli: `{name}`", times[name], note=notes.get(name, "")) for name in commands]
+    rows = [timing_row(f"cli: `{name}`", times[name], note=notes.get(name, "")) for name in commands]
+    return rows + [heavy_imports_row(ctx, env, args) for args in (["--help"], ["list"], ["show", "alice"], ["info"])]
+
+
+# Runs a speakerdb command inside a child interpreter, then writes which of the heavy
+# modules it imported: sys.modules tells directly, where a timing only hints.
+IMPORT_CHECK = r"""
+import json, sys
+out, heavy, sys.argv = sys.argv[1], sys.argv[2].split(","), ["speakerdb", *sys.argv[3:]]
+from speakerdb.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code or 0
+with open(out, "w") as f:
+    json.dump({"exit": code, "imported": [m for m in heavy if m in sys.modules]}, f)
+"""
+
+
+def heavy_imports_row(ctx: Context, env: dict[str, str], args: list[str]) -> Row:
+    """Whether ``speakerdb ARGS`` imports torch or transformers (it must not: it embeds nothing)."""
+    out = ctx.scratch / "imports.json"
+    argv = [sys.executable, "-c", IMPORT_CHECK, str(out), ",".join(HEAVY_MODULES), *args]
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=CLI_TIMEOUT_S)
+    name = f"cli: `speakerdb {' '.join(args)}` imports {' / '.join(HEAVY_MODULES)}"
+    if done.returncode != 0 or not out.is_file():
+        return Row(name, float("nan"), "modules", f"check failed: {done.stderr.strip()[-300:]}", ok=False)
+    result = json.loads(out.read_text())
+    out.unlink()
+    imported = result["imported"]
+    note = f"imported: {', '.join(imported)}" if imported else "neither imported (sys.modules in a child process)"
+    if result["exit"] != 0:
+        note += f"; the command exited with {result['exit']}"
+    return Row(name, len(imported), "modules", note, ok=not imported and result["exit"] == 0)
 
 
 def make_small_database(ctx: Context, home: Path) -> int:
@@ -319,13 +627,220 @@ def make_small_database(ctx: Context, home: Path) -> int:
     return len(names)
 
 
+def random_unit_vectors(rng: np.random.Generator, n: int, dim: int, chunk: int = 100_000) -> np.ndarray:
+    """(n, dim) float32 rows of norm 1, drawn in chunks so no float64 copy of the whole exists."""
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, chunk):
+        block = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
+        out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def noisy_copies(rng: np.random.Generator, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) unit queries near randomly chosen rows of ``vectors``, and those rows' indices (n,).
+
+    Gaussian noise of QUERY_NOISE_SIGMA per component has norm ~0.75 in 512-d, so each
+    query scores ~0.8 against its source: a new recording of an enrolled speaker.
+    """
+    sources = rng.choice(len(vectors), size=n, replace=False)
+    queries = vectors[sources] + QUERY_NOISE_SIGMA * rng.standard_normal((n, vectors.shape[1]), dtype=np.float32)
+    return queries / np.linalg.norm(queries, axis=1, keepdims=True), sources
+
+
+def search_latencies(index: Any, queries: np.ndarray, k: int = SEARCH_K) -> list[float]:
+    """Seconds of each one-query ``index.search`` (what `speakerdb identify` does per file)."""
+    index.search(queries[:1], k)  # first-call costs
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        index.search(query[None], k)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def latency_row(name: str, times: Sequence[float], note: str = "") -> Row:
+    """Median one-query latency in milliseconds, with the 95th percentile and the spread."""
+    ms = np.asarray(times) * 1e3
+    spread = f"median of {len(ms)} queries, p95 {np.percentile(ms, 95):.3f} ms, max {ms.max():.3f} ms"
+    return Row(name, float(np.median(ms)), "ms", f"{note}; {spread}" if note else spread, list(times))
+
+
+def bench_faiss(ctx: Context) -> list[Row]:
+    """Search latency of :class:`SpeakerIndex` by size, exact and HNSW, with HNSW's recall@1.
+
+    Random 512-d unit vectors stand in for speaker centroids: real ones cluster, which
+    changes no exact search and makes HNSW's job, if anything, harder to predict, so the
+    recall here is a guide, not a promise. Recall@1 is the fraction of queries whose top
+    speaker is the exact search's.
+    """
+    from speakerdb.index import SpeakerIndex
+
+    sizes = [1_000, 100_000] + ([1_000_000] if ctx.full_scale or not ctx.quick else [])
+    hnsw_sizes = [100_000] + ([1_000_000] if ctx.full_scale else [])
+    rng = np.random.default_rng(SEED)
+    log(f"faiss: drawing {max(sizes):,} random {FAISS_DIM}-d unit vectors")
+    vectors = random_unit_vectors(rng, max(sizes), FAISS_DIM)  # smaller sizes use its first rows
+    ids = np.arange(1, max(sizes) + 1, dtype=np.int64)
+    exact = {"approximate_above": 10**9}
+    rows: list[Row] = []
+    for n in sizes:
+        noisy, sources = noisy_copies(rng, vectors[:n], RECALL_QUERIES)
+        random_queries = random_unit_vectors(rng, RECALL_QUERIES, FAISS_DIM)
+        start = time.perf_counter()
+        flat = SpeakerIndex.build(ids[:n], vectors[:n], FAISS_DIM, 0, params=exact)
+        build_s = time.perf_counter() - start
+        assert flat.kind == "flat"
+        log(f"faiss {n:,}: exact search, {LATENCY_QUERIES} one-query searches")
+        rows.append(latency_row(f"faiss {n:,} speakers: exact (flat) search, 1 query, k={SEARCH_K}",
+                                search_latencies(flat, noisy[:LATENCY_QUERIES]),
+                                note=f"built in {build_s:.2f} s"))
+        if n in hnsw_sizes:
+            rows += hnsw_rows(ids[:n], vectors[:n], flat, noisy, sources, random_queries)
+        if n == 1_000_000:
+            rows += save_load_rows(ctx, flat)
+        del flat
+        gc.collect()
+    if not ctx.full_scale:
+        rows.append(Row("faiss 1,000,000 speakers: HNSW", float("nan"), "ms",
+                        "skipped: building the graph takes ~10 min on 2 cores; run with --full-scale"))
+    return rows
+
+
+def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray, sources: np.ndarray,
+              random_queries: np.ndarray) -> list[Row]:
+    """Build time, latency and recall@1 (against ``flat``) of an HNSW index over the same vectors."""
+    from speakerdb.index import SpeakerIndex
+
+    n = len(ids)
+    label = f"faiss {n:,} speakers: HNSW"
+    log(f"{label}: building the graph")
+    start = time.perf_counter()
+    hnsw = SpeakerIndex.build(ids, vectors, FAISS_DIM, 0, params={"approximate_above": 0})
+    build_s = time.perf_counter() - start
+    assert hnsw.kind == "hnsw"
+    p = hnsw.params
+    setting = f"M={p['hnsw_m']}, efConstruction={p['hnsw_ef_construction']}, efSearch={p['hnsw_ef_search']}"
+    rows = [
+        Row(f"{label} build (`SpeakerIndex.build`, approximate_above=0)", build_s, "s", f"{setting}; one run"),
+        latency_row(f"{label} search, 1 query, k={SEARCH_K}", search_latencies(hnsw, noisy[:LATENCY_QUERIES]),
+                    note=f"noisy copies of enrolled vectors; random queries: median "
+                    f"{np.median(search_latencies(hnsw, random_queries[:LATENCY_QUERIES])) * 1e3:.3f} ms"),
+    ]
+    for kind, queries in (("noisy copies of enrolled vectors (cosine ~0.8)", noisy), ("random queries", random_queries)):
+        _, exact_top = flat.search(queries, 1)  # (q, 1)
+        _, approx_top = hnsw.search(queries, 1)
+        recall = float(np.mean(exact_top[:, 0] == approx_top[:, 0]))
+        note = f"{len(queries)} queries, top-1 against exact search"
+        if queries is noisy:  # the exact search should find the source itself
+            note += f"; exact top-1 is the source for {np.mean(exact_top[:, 0] == ids[sources]):.4f}"
+        rows.append(Row(f"{label} recall@1, {kind}", recall, "recall", note))
+    return rows
+
+
+def save_load_rows(ctx: Context, index: Any) -> list[Row]:
+    """``SpeakerIndex.save`` (with its fsync) and ``SpeakerIndex.load`` of ``index``, in the scratch directory."""
+    from speakerdb.index import SpeakerIndex
+
+    path = ctx.scratch / "bench.faiss"
+    repeats = min(ctx.repeats, 3)  # each writes and reads a 2 GB file
+    log(f"faiss {len(index):,}: {repeats} x save and load")
+    times = interleaved({"save": lambda: index.save(path), "load": lambda: SpeakerIndex.load(path)}, repeats,
+                        warmup=False)
+    size = f"{path.stat().st_size / 2**30:.2f} GiB file"
+    path.unlink()
+    return [
+        timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.save`", times["save"], note=size),
+        timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.load`", times["load"],
+                   note="page cache warm: the file was just written"),
+    ]
+
+
+class StubEmbedder:
+    """A compute-free embedder: hands out rows of a fixed table of random unit vectors in turn.
+
+    Enrollment timed with it is everything speakerdb does around the model: checks,
+    hashing, SQLite, the index and its change log.
+    """
+
+    model_id = "bench-stub"
+    dim = FAISS_DIM
+
+    def __init__(self, n: int, seed: int = SEED) -> None:
+        self.table = random_unit_vectors(np.random.default_rng(seed), n, self.dim)  # (n, dim)
+        self.calls = 0
+
+    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
+        rows = np.arange(self.calls, self.calls + len(waveforms)) % len(self.table)
+        self.calls += len(waveforms)
+        return self.table[rows]
+
+
+def bench_enroll(ctx: Context) -> list[Row]:
+    """Enrollment without the model: ``SpeakerDB.enroll`` per new speaker, and a gallery import."""
+    from speakerdb import __version__, gallery
+    from speakerdb.api import DB_FILENAME, SpeakerDB
+    from speakerdb.audio import Audio
+
+    n = ENROLL_SPEAKERS_QUICK if ctx.quick else ENROLL_SPEAKERS
+    quick = " (--quick)" if ctx.quick else ""
+    stub = StubEmbedder(n)
+    waves = [synthetic_wave(1.0, seed=SEED + 200 + i) for i in range(8)]  # every speaker is new: few will do
+    log(f"enroll: {n:,} speakers, one enroll() call each, stub embedder")
+    marks = [time.perf_counter()]  # a timestamp every tenth of the run: does it slow down as it grows?
+    with SpeakerDB(ctx.scratch / "enroll" / DB_FILENAME, embedder=stub) as db:
+        for i in range(n):
+            db.enroll(f"spk{i:05d}", [Audio(f"spk{i:05d}.wav", waves[i % len(waves)])])
+            if (i + 1) % (n // 10) == 0:
+                marks.append(time.perf_counter())
+        enrolled = db.info().to_dict()
+    total = marks[-1] - marks[0]
+    tenth = np.diff(marks)
+    rows = [Row(f"enroll {n:,} new speakers{quick}: `SpeakerDB.enroll` calls per second, stub embedder", n / total,
+                "/s", f"{total:.1f} s in all, one 1 s clip each; first tenth {n / 10 / tenth[0]:,.0f} /s, "
+                f"last tenth {n / 10 / tenth[-1]:,.0f} /s; one run")]
+
+    # The same number of speakers arriving at once, as a gallery of one utterance each.
+    speakers = [
+        gallery.GallerySpeaker(
+            name=f"gal{i:05d}", created_at=None, updated_at=None, metadata={},
+            utterances=[gallery.GalleryUtterance(source=f"gal{i:05d}.wav", duration_s=1.0,
+                                                 audio_sha256=f"{i:064x}", created_at=None,
+                                                 embedding=stub.table[i])],
+        )
+        for i in range(n)
+    ]
+    path = ctx.scratch / "bench.gallery"
+    start = time.perf_counter()
+    gallery.write(path, gallery.Gallery(stub.model_id, None, stub.dim, speakers), __version__)
+    write_s = time.perf_counter() - start
+    log(f"enroll: importing a gallery of {n:,} speakers")
+    with SpeakerDB(ctx.scratch / "import" / DB_FILENAME, embedder=stub) as db:
+        start = time.perf_counter()
+        summary = db.import_gallery(path)
+        import_s = time.perf_counter() - start
+    rows.append(Row(f"enroll {n:,} speakers{quick}: `SpeakerDB.import_gallery` of {n:,} speakers x 1 utterance",
+                    import_s, "s", f"{n / import_s:,.0f} speakers/s; writing the gallery took {write_s:.2f} s; one run",
+                    ok=len(summary.created) == n))
+    counts = {k: v for k, v in enrolled.items() if "speaker" in k or "utterance" in k}
+    if counts and max(counts.values()) != n:  # every enroll() must have created its speaker
+        rows[0].ok = False
+        rows[0].note += f"; database counts {counts}"
+    return rows
+
+
+def bench_model_memory(ctx: Context) -> list[Row]:
+    """Peak memory after the model benchmarks, before the FAISS ones dwarf it."""
+    return [Row("process: peak RSS (ru_maxrss) after the model benchmarks", peak_rss_mib(), "MiB",
+                "two or three models loaded, 30-40 s clips embedded with autograd on (the literal card)")]
+
+
 def bench_process(ctx: Context) -> list[Row]:
     """Facts about this process at the end: peak memory, torch threads."""
     import torch
 
     return [
         Row("process: peak RSS (ru_maxrss) of this benchmark", peak_rss_mib(), "MiB",
-            "highest of the run: both models loaded at once, while embedding"),
+            "highest of the run: with 1M speakers, the FAISS vectors (2 GB, twice while loading an index file)"),
         Row("process: torch.get_num_threads()", torch.get_num_threads(), "threads", f"torch {torch.__version__}"),
     ]
 
@@ -335,8 +850,16 @@ def bench_process(ctx: Context) -> list[Row]:
 #: ``functools.partial(bench_embed, seconds=30.0)``.
 BENCHMARKS: list[Callable[[Context], list[Row]]] = [
     bench_load,
-    functools.partial(bench_embed, seconds=10.0),
+    functools.partial(bench_embed, seconds=1.0),
+    functools.partial(bench_embed, seconds=3.0),
+    functools.partial(bench_embed, seconds=10.0, no_grad=True, bf16=True),
+    functools.partial(bench_embed, seconds=30.0, bf16=True),
+    bench_folder,
+    bench_long_clip,
+    bench_model_memory,  # before FAISS allocates gigabytes
     bench_cli,
+    bench_faiss,
+    bench_enroll,
     bench_process,  # last: the peak memory is that of the whole run
 ]
 
@@ -387,9 +910,10 @@ def prepare_checkpoint(directory: Path | None, scratch: Path, size: str) -> Path
         return target
     log(f"building a random-weight {size} WavLM x-vector checkpoint in {target}")
     start = time.perf_counter()
-    # In a child process: after building (initialising) the full-size model in this
-    # process, every later forward pass here ran 5x slower (0.45 instead of 0.083 s per
-    # second of audio, for both pipelines alike), which measured nothing but that.
+    # In a child process, so the benchmark process holds nothing of the build. (One first
+    # run that built in-process measured every forward pass 5x slower, for both pipelines;
+    # later quiet runs that built in-process were not slow, so other load on the machine
+    # was the likelier cause. Building apart costs nothing either way.)
     subprocess.run([sys.executable, str(SCRIPTS_DIR / "make_random_checkpoint.py"), str(target), "--size", size],
                    check=True, stdout=subprocess.DEVNULL)
     log(f"built in {time.perf_counter() - start:.1f} s")
@@ -405,8 +929,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="architecture when building a checkpoint; tiny only checks that this script "
                         "runs, its timings mean nothing (default: full)")
     parser.add_argument("--repeats", type=int, help="timed runs per measurement (default: 5, or 3 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="3 timed runs per measurement instead of 5")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few minutes: 3 timed runs per measurement instead of 5, a 5 min long clip, FAISS at "
+                        "1k and 100k speakers only (unless --full-scale), 2,000 enrollments instead of 10,000")
+    parser.add_argument("--full-scale", action="store_true",
+                        help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to this JSON file")
+    # Internal: the child process of bench_long_clip (prints its measurements as JSON).
+    parser.add_argument("--child", choices=["long-clip"], help=argparse.SUPPRESS)
+    parser.add_argument("--long-seconds", type=float, default=LONG_CLIP_S, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -422,6 +953,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     child_env = {k: v for k, v in os.environ.items() if k not in ("SPEAKERDB_DB", "SPEAKERDB_MODEL")}
     quiet_libraries()
+    if args.child == "long-clip":
+        print(json.dumps(long_clip_child(args.checkpoint, args.repeats, args.long_seconds)))
+        return 0
 
     env = environment()
     log(f"torch {env['torch']} with {env['torch_threads']} threads, transformers {env['transformers']}, "
@@ -429,7 +963,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="speakerdb-bench-") as tmp:
         scratch = Path(tmp)
-        ctx = Context(prepare_checkpoint(args.checkpoint, scratch, args.size), scratch, args.repeats, child_env)
+        ctx = Context(prepare_checkpoint(args.checkpoint, scratch, args.size), scratch, args.repeats, child_env,
+                      quick=args.quick, full_scale=args.full_scale)
+        if not has_precision_option():
+            log("TransformersXVector has no precision option: the bf16 rows are skipped")
         for bench in BENCHMARKS:
             rows.extend(bench(ctx))
             log(f"peak RSS so far: {peak_rss_mib():,.0f} MiB")  # tells which step set the peak
@@ -446,6 +983,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine.")
     if args.json:
         document = {"environment": env, "checkpoint": str(ctx.checkpoint), "repeats": args.repeats,
+                    "quick": args.quick, "full_scale": args.full_scale,
                     "rows": [asdict(r) for r in rows]}
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         log(f"wrote {args.json}")
