@@ -43,10 +43,11 @@ def reader(db: SpeakerDB, worker: int, n_ops: int) -> dict:
     errors, ops, checks = [], 0, 0
     probe = clip(150 + worker, seed=1000 + worker)
     query = FakeEmbedder().embed([probe.samples])[0]
-    for _ in range(n_ops):
+    deadline = time.monotonic() + 300  # seconds: a hung reader fails the test instead of hanging it
+    while ops < n_ops and time.monotonic() < deadline:
         try:
             before = {s.name for s in db.list()}
-            if not before:
+            if not before:  # the writers have not committed anything yet
                 time.sleep(0.02)
                 continue
             [result] = db.identify([probe], top_k=10_000)

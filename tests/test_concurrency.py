@@ -41,6 +41,7 @@ def test_four_writers_and_four_readers(tmp_path):
     writes = sum(r["ops"] for r in results[:WRITERS])
     reads = sum(r["ops"] for r in results[WRITERS:])
     assert writes == WRITERS * ENROLLS_PER_WRITER
+    assert reads == READERS * IDENTIFIES_PER_READER
     assert writes + reads >= 200 and sum(r["checks"] for r in results) > 0
 
     # Every enrollment is there, and the index agrees with the database.
