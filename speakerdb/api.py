@@ -615,7 +615,7 @@ class SpeakerDB:
 
     def _require_speakers(self) -> None:
         with self.store.read() as s:
-            if store.counts(s)[0] == 0:
+            if not store.has_speakers(s):
                 raise EmptyDatabaseError(f"no speakers are enrolled in {self.db_path}: run `speakerdb enroll` first")
 
     @staticmethod

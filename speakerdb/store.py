@@ -271,6 +271,11 @@ def list_speakers(session: Session) -> list[SpeakerRow]:
     ]
 
 
+def has_speakers(session: Session) -> bool:
+    """Whether any speaker is enrolled (a LIMIT 1 probe, not a count over a million rows)."""
+    return session.scalar(select(Speaker.id).limit(1)) is not None
+
+
 def counts(session: Session) -> tuple[int, int]:
     """(number of speakers, number of utterances)."""
     n_speakers = session.scalar(select(func.count(Speaker.id))) or 0

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""A database of N speakers (default 1,000,000), then identify against it from a fresh process.
+
+    python scripts/scale_test.py /tmp/scale --speakers 1000000      # ~30 min on 2 cores, ~8 GB disk
+    python scripts/scale_test.py /tmp/scale --speakers 20000        # a minute
+
+1. Fills DIR/scale.sqlite with N speakers of one utterance each (random 512-d unit
+   vectors; SQLAlchemy Core bulk inserts, the same tables and blobs as enrollment writes).
+2. Builds the index once (`SpeakerDB.rebuild_index`): HNSW above the database's
+   `approximate_above` (200,000 by default), exact below. Timed.
+3. In a fresh process: opens the database, identifies a query that is a noisy copy
+   (cosine ~0.8) of a known speaker's vector, and checks that the answer is that
+   speaker and that the index file was loaded, not rebuilt (its mtime is unchanged).
+   Repeated for several speakers; prints open and query times.
+
+The embedding model is left out (a stub returns the query vector): this measures the
+database, not the network, whose cost is in scripts/bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DIM = 512
+BATCH = 20_000  # rows per bulk insert
+
+QUERY_SCRIPT = r"""
+import json, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from speakerdb import SpeakerDB, audio
+path, queries = sys.argv[1], json.loads(sys.argv[2])
+
+class Stub:
+    model_id, dim = "scale-stub", 512
+    def __init__(self):
+        self.next = None
+    def embed(self, waves):
+        return np.asarray([self.next], dtype=np.float32)
+
+stub = Stub()
+db = SpeakerDB(path, embedder=stub)
+clip = audio.Audio("query", np.full(16000, 0.1, np.float32))
+out = []
+for i, (name, vector) in enumerate(queries):
+    stub.next = np.asarray(vector, np.float32)
+    t = time.perf_counter()
+    [r] = db.identify([clip], top_k=5, threshold=0.5)
+    out.append({"expected": name, "got": r.speaker, "score": r.score, "seconds": time.perf_counter() - t})
+print(json.dumps({"process_s": time.perf_counter() - t0, "queries": out}))
+"""
+
+
+def fill(path: Path, n: int, seed: int = 0) -> None:
+    from sqlalchemy import insert
+
+    from speakerdb import SpeakerDB, store
+
+    SpeakerDB(path).close()  # creates the schema and default settings
+    db = store.Store(path)
+    rng = np.random.default_rng(seed)
+    now = store.utcnow()
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        k = min(BATCH, n - done)
+        vectors = rng.standard_normal((k, DIM)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # (k, DIM) unit rows
+        with db.write() as s:
+            ids = range(done + 1, done + k + 1)
+            s.execute(insert(store.Speaker), [
+                {"id": i, "name": f"speaker-{i:07d}", "created_at": now, "updated_at": now, "meta": {},
+                 "centroid": store.to_blob(v)} for i, v in zip(ids, vectors)
+            ])
+            s.execute(insert(store.Utterance), [
+                {"speaker_id": i, "source": f"synthetic/{i}.flac", "duration_s": 8.0,
+                 "audio_sha256": f"{i:064x}", "embedding": store.to_blob(v), "created_at": now}
+                for i, v in zip(ids, vectors)
+            ])
+            if done == 0:
+                store.set_setting(s, "model_id", "scale-stub")
+                store.set_setting(s, "dim", DIM)
+            store.bump_generation(s)
+        done += k
+        print(f"  {done:,} speakers ({done / (time.perf_counter() - t0):,.0f}/s)", file=sys.stderr)
+    db.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--speakers", type=int, default=1_000_000)
+    p.add_argument("--queries", type=int, default=5)
+    args = p.parse_args()
+    args.directory.mkdir(parents=True, exist_ok=True)
+    path = args.directory / "scale.sqlite"
+    for stale in args.directory.glob("scale.sqlite*"):
+        stale.unlink()
+
+    from speakerdb import SpeakerDB, store
+
+    t = time.perf_counter()
+    fill(path, args.speakers)
+    fill_s = time.perf_counter() - t
+    t = time.perf_counter()
+    with SpeakerDB(path) as db:
+        db.rebuild_index()
+        kind = db.indexer.current().kind
+    index_s = time.perf_counter() - t
+    index_file = Path(f"{path}.faiss")
+    mtime = index_file.stat().st_mtime_ns
+
+    rng = np.random.default_rng(1)
+    picks = rng.choice(np.arange(1, args.speakers + 1), size=args.queries, replace=False)
+    queries = []
+    with store.Store(path).read() as s:
+        for i in picks:
+            sp = store.speaker_by_name(s, f"speaker-{i:07d}")
+            q = sp.centroid_vector() + 0.033 * rng.standard_normal(DIM).astype(np.float32)
+            queries.append([sp.name, (q / np.linalg.norm(q)).tolist()])
+    done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path), json.dumps(queries)],
+                          capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    correct = sum(q["expected"] == q["got"] for q in result["queries"])
+    first, *rest = [q["seconds"] for q in result["queries"]]
+    print(f"| {args.speakers:,} speakers | value |\n|---|---|")
+    print(f"| fill the database (bulk inserts) | {fill_s:.1f} s, {path.stat().st_size / 1e9:.2f} GB |")
+    print(f"| build the index once ({kind}) | {index_s:.1f} s, {index_file.stat().st_size / 1e9:.2f} GB |")
+    print(f"| fresh process: imports, open, all {len(queries)} identifies | {result['process_s']:.2f} s |")
+    print(f"| first identify (loads the index file) | {first:.2f} s |")
+    if rest:
+        print(f"| later identifies, median | {np.median(rest) * 1e3:.1f} ms |")
+    print(f"| right speaker at rank 1 (queries at cosine ~0.8 to it) | {correct} of {len(queries)} |")
+    print(f"| index rebuilt on open? | {'no' if index_file.stat().st_mtime_ns == mtime else 'YES'} |")
+
+if __name__ == "__main__":
+    main()
