@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import stat
-import tempfile
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -31,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from . import store
+from . import atomic, store
 from .errors import ConflictError, GalleryError, InvalidInputError
 from .store import validate_name
 
@@ -114,20 +112,11 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
             EMBEDDINGS: {"size": len(embedding_bytes), "sha256": hashlib.sha256(embedding_bytes).hexdigest()},
         },
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w") as z:
-                z.writestr(MANIFEST, json.dumps(manifest, indent=2), zipfile.ZIP_DEFLATED)
-                z.writestr(SPEAKERS, speakers_bytes, zipfile.ZIP_DEFLATED)
-                # float32 noise barely compresses: store it.
-                z.writestr(EMBEDDINGS, embedding_bytes, zipfile.ZIP_STORED)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic.replace(path) as f, zipfile.ZipFile(f, "w") as z:
+        z.writestr(MANIFEST, json.dumps(manifest, indent=2), zipfile.ZIP_DEFLATED)
+        z.writestr(SPEAKERS, speakers_bytes, zipfile.ZIP_DEFLATED)
+        # float32 noise barely compresses: store it.
+        z.writestr(EMBEDDINGS, embedding_bytes, zipfile.ZIP_STORED)
     return path.stat().st_size
 
 

@@ -32,12 +32,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from . import atomic
 
 MAGIC = b"SPEAKERDB-INDEX\n"
 RECORD_MAGIC = b"CHG1"
@@ -215,19 +216,11 @@ class SpeakerIndex:
             }
         ).encode()
         payload = faiss.serialize_index(index._faiss)  # (n_bytes,) uint8
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(MAGIC + struct.pack("<I", len(header)) + header)
-                f.write(index.labels.astype("<i8").tobytes())
-                f.write(index.alive.astype(np.uint8).tobytes())
-                f.write(payload.tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic.replace(path) as f:
+            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            f.write(index.labels.astype("<i8").tobytes())
+            f.write(index.alive.astype(np.uint8).tobytes())
+            f.write(payload.tobytes())
         Path(f"{path}.log").unlink(missing_ok=True)
         if index is not self:
             self.__dict__.update(index.__dict__)
