@@ -69,25 +69,26 @@ def test_downgrade_then_upgrade_again(tmp_path, voices):
         db.enroll("alice", voices["alice"][:1])
 
 
-def test_older_revision_is_told_to_upgrade(tmp_path):
+def _database_after(tmp_path, sql: str):
+    """A new database with ``sql`` run on it behind speakerdb's back."""
     path = tmp_path / "db.sqlite"
     SpeakerDB(path, embedder=FakeEmbedder()).close()
     con = sqlite3.connect(path)
-    con.execute("DELETE FROM alembic_version")
+    con.execute(sql)
     con.commit()
     con.close()
+    return path
+
+
+def test_older_revision_is_told_to_upgrade(tmp_path):
+    path = _database_after(tmp_path, "DELETE FROM alembic_version")
     with pytest.raises(SchemaOutdatedError) as err:
         SpeakerDB(path, embedder=FakeEmbedder())
     assert str(path) in str(err.value) and "speakerdb db upgrade" in str(err.value)
 
 
 def test_newer_revision_is_refused(tmp_path):
-    path = tmp_path / "db.sqlite"
-    SpeakerDB(path, embedder=FakeEmbedder()).close()
-    con = sqlite3.connect(path)
-    con.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
-    con.commit()
-    con.close()
+    path = _database_after(tmp_path, "UPDATE alembic_version SET version_num = '9999_from_the_future'")
     with pytest.raises(SchemaTooNewError, match="newer speakerdb"):
         SpeakerDB(path, embedder=FakeEmbedder())
 
