@@ -183,10 +183,13 @@ def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None
             genuine_rank.append(ranked.index(truth) + 1)
         else:
             impostor_top.append(result.score)
-    f32 = lambda xs: np.asarray(xs, dtype=np.float64)  # noqa: E731
     return Scores(
-        f32(target), f32(nontarget), f32(genuine_top), np.asarray(genuine_correct, bool),
-        np.asarray(genuine_rank, np.int64), f32(impostor_top),
+        np.asarray(target, np.float64),
+        np.asarray(nontarget, np.float64),
+        np.asarray(genuine_top, np.float64),
+        np.asarray(genuine_correct, bool),
+        np.asarray(genuine_rank, np.int64),
+        np.asarray(impostor_top, np.float64),
     )
 
 
