@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import types
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from . import kernels
 from .audio import MIN_DURATION_S, SAMPLE_RATE
 from .errors import InvalidInputError, ModelLoadError
 
@@ -124,8 +124,9 @@ class TransformersXVector:
             # Fingerprinted above in float32: the same weights keep the same model id, so
             # a database enrolled in one precision answers queries in the other.
             self.model.to(torch.bfloat16)
-            encoder = self.model.base_model.feature_extractor
-            encoder.forward = types.MethodType(_matmul_feature_encoder, encoder)
+        # Same function, fewer wasted cycles: see kernels.py. After the fingerprint (it
+        # hashes the weights as loaded) and the dtype change (it copies weights).
+        self.speedups = kernels.install(self.model)
         if getattr(self.model.config, "speakerdb_random_weights", False):
             log.warning(
                 "model %s has RANDOM weights (scripts/make_random_checkpoint.py): it cannot tell real "
@@ -170,37 +171,6 @@ class TransformersXVector:
             embeddings = self.model(**inputs).embeddings  # (b, dim)
         embeddings = torch.nn.functional.normalize(embeddings.float(), dim=-1)
         return embeddings.cpu().numpy()
-
-
-def _matmul_feature_encoder(encoder, input_values: "torch.Tensor") -> "torch.Tensor":
-    """The conv feature encoder of WavLM/wav2vec2, each Conv1d as unfold + matmul (bf16 mode).
-
-    In bfloat16, oneDNN's 1-D convolution spent about 40 % of the model's time reordering
-    memory between layouts; as matrix products in (batch, time, channels) layout the
-    convolutions run on the same bf16 matmul kernels as the transformer (AMX or
-    AVX512-BF16 where the CPU has them). (batch, n_samples) -> (batch, channels, frames),
-    like the encoder's own forward. In float32 oneDNN's convolution is the faster one, so
-    exact mode keeps the original.
-    """
-    import torch.nn.functional as F
-    from torch import nn
-
-    h = input_values[:, :, None]  # (B, T, C=1)
-    for layer in encoder.conv_layers:
-        conv = layer.conv
-        k, stride = conv.kernel_size[0], conv.stride[0]
-        frames = h.unfold(1, k, stride)  # (B, T', C, k): each output frame's receptive field
-        b, t, c, _ = frames.shape
-        h = frames.reshape(b, t, c * k) @ conv.weight.reshape(conv.out_channels, c * k).T  # (B, T', C_out)
-        if conv.bias is not None:
-            h = h + conv.bias
-        norm = getattr(layer, "layer_norm", None)
-        if isinstance(norm, nn.GroupNorm):  # base models: per channel, over time
-            h = F.group_norm(h.transpose(1, 2), norm.num_groups, norm.weight, norm.bias, norm.eps).transpose(1, 2)
-        elif isinstance(norm, nn.LayerNorm):  # large models: over channels
-            h = norm(h)
-        h = layer.activation(h)
-    return h.transpose(1, 2)  # (B, C, T)
 
 
 class ResemblyzerEncoder:

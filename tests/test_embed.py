@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from speakerdb.embed import Embedder, load_embedder, same_model
+from speakerdb.embed import Embedder, l2_normalize, load_embedder, same_model
 from speakerdb.errors import ModelLoadError
 
 from conftest import load_script, voice
@@ -129,20 +129,55 @@ def test_bf16_mode_stays_close_to_fp32(tiny_checkpoint, tiny_embedder):
     assert np.min(np.sum(exact * approx, axis=1)) > 0.98  # measured 0.990
 
 
-@pytest.mark.parametrize("norm", ["group", "layer"])
-def test_matmul_feature_encoder_equals_the_convolutions(tmp_path, norm):
-    """The bf16 path's conv-as-matmul encoder computes what the Conv1d stack computes (checked in fp32)."""
+def tiny_wavlm(norm: str = "group"):
+    """A random tiny WavLMForXVector, eval mode (seeded)."""
     import torch
     from transformers import WavLMConfig, WavLMForXVector
 
-    from speakerdb.embed import _matmul_feature_encoder
-
     torch.manual_seed(0)
-    config = WavLMConfig(**{**load_script("make_random_checkpoint").SIZES["tiny"], "feat_extract_norm": norm, "conv_bias": norm == "layer"})
-    encoder = WavLMForXVector(config).eval().wavlm.feature_extractor
-    x = torch.from_numpy(np.stack([voice(120, 1.2), voice(260, 1.2, seed=3)]))
+    sizes = load_script("make_random_checkpoint").SIZES["tiny"]
+    return WavLMForXVector(WavLMConfig(**{**sizes, "feat_extract_norm": norm, "conv_bias": norm == "layer"})).eval()
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_kernels_feature_encoder_equals_the_convolutions(norm):
+    """kernels.py's time-major conv encoder computes what the Conv1d stack computes."""
+    import torch
+
+    from speakerdb import kernels
+
+    encoder = tiny_wavlm(norm).wavlm.feature_extractor
+    x = torch.from_numpy(np.stack([voice(120, 1.2), voice(260, 1.2, seed=3)]))  # (2, n_samples)
     with torch.inference_mode():
-        np.testing.assert_allclose(_matmul_feature_encoder(encoder, x).numpy(), encoder(x).numpy(), atol=1e-5)
+        expected = encoder(x).numpy()
+        encoder._speakerdb_plan = kernels._encoder_plan(encoder)
+        got = kernels.conv_feature_encoder(encoder, x).numpy()  # (2, C, frames)
+        one = kernels.conv_feature_encoder(encoder, x[:1]).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(one, expected[:1], atol=1e-5)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_kernels_attention_equals_transformers(padded):
+    """The whole model with kernels.install() equals the original, with and without padded keys."""
+    import torch
+
+    from speakerdb import kernels
+
+    model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
+    assert kernels.install(fast) == ["conv feature encoder", "attention", "positional conv weight norm"]
+    x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
+    mask = torch.ones_like(x, dtype=torch.long)
+    if padded:
+        x[1, 20_000:] = 0.0
+        mask[1, 20_000:] = 0  # the second utterance is 1.25 s of speech and 0.75 s of padding
+    with torch.inference_mode():
+        expected, got = (m.wavlm(x, attention_mask=mask).last_hidden_state.numpy() for m in (model, fast))
+        # The tiny random model's raw embeddings are ~1e-6: compare them normalised.
+        expected_xv, got_xv = (l2_normalize(m(x, attention_mask=mask).embeddings.numpy()) for m in (model, fast))
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # (2, frames, hidden), values ~1
+    np.testing.assert_allclose(got_xv, expected_xv, atol=1e-5)
 
 
 def test_unknown_precision(tiny_checkpoint):

@@ -1,0 +1,223 @@
+"""Faster forwards for the two slow parts of a WavLM x-vector model on CPU, same results.
+
+``embed.TransformersXVector`` installs them on the model it loads (after fingerprinting
+the weights, which they do not change). Profiling the model card's pipeline on a
+10 s clip (``scripts/bench.py``; 2 cores) showed its matrix products running at the
+machine's fp32 peak and three places where time went to work that is not arithmetic:
+
+* **The conv feature encoder** (7 Conv1d layers, 512 channels, 49 GFLOP per 10 s).
+  oneDNN's 1-D convolution spends a quarter of its time on layout reorders, and the
+  first layer (1 input channel, kernel 10, stride 5) runs at 10 GFLOP/s: its output is
+  64 MB per 10 s, written, then read and written again by the GroupNorm and the GELU.
+  :func:`conv_feature_encoder` keeps activations time-major, (frames, channels), where a
+  strided conv layer is a sum of matrix products over *views* of its input: with stride
+  ``s``, the rows ``[h[s*t], ..., h[s*t + s - 1]]`` are row ``t`` of ``h`` viewed as
+  (frames / s, s * channels), which BLAS reads in place. The first layer's per-channel
+  GroupNorm is folded into its weights (its statistics follow from the 10x10 covariance
+  of the input frames), and the GELUs run in place, so each layer allocates one output.
+* **Attention.** transformers' WavLM attention asks for the attention weights
+  (``need_weights=True``), which forces the unfused path: a (heads, T, T) score
+  tensor, its softmax and a head-averaged copy per layer. :func:`wavlm_self_attention`
+  computes the same function with one fused q/k/v projection and
+  ``scaled_dot_product_attention`` (the gated relative position bias goes in as its
+  additive mask); nothing downstream reads the weights.
+* **Weight normalisation** of the positional convolution, recomputed on every forward;
+  it is applied once here.
+
+Each change reorders floating-point sums and nothing else: embeddings stay within
+float32 rounding of the model card's (a test holds them to 1e-5 per component; the
+full-size model differs by ~4e-8). Models of other shapes (another attention class, a
+first conv layer with several input channels) keep the parts that do not fit unchanged.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+
+def install(model: "nn.Module") -> list[str]:
+    """Swap the faster forwards into a loaded x-vector ``model`` in place; returns what was swapped.
+
+    Call it once the model has its final dtype and device: the rearranged weights are
+    copies of the weights as they are at this moment.
+    """
+    import torch
+
+    base = model.base_model
+    done = []
+    encoder = getattr(base, "feature_extractor", None)
+    if encoder is not None and _encoder_fits(encoder):
+        encoder._speakerdb_plan = _encoder_plan(encoder)
+        encoder.forward = types.MethodType(conv_feature_encoder, encoder)
+        done.append("conv feature encoder")
+    layers = getattr(getattr(base, "encoder", None), "layers", [])
+    attentions = [layer.attention for layer in layers if hasattr(layer.attention, "torch_multi_head_self_attention")]
+    for attention in attentions:
+        a = attention
+        a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
+        a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)
+    if attentions:
+        done.append("attention")
+    pos_conv = getattr(getattr(getattr(base, "encoder", None), "pos_conv_embed", None), "conv", None)
+    if pos_conv is not None and _fix_weight_norm(pos_conv):
+        done.append("positional conv weight norm")
+    return done
+
+
+# ---- the conv feature encoder -------------------------------------------------------------
+def _encoder_fits(encoder: "nn.Module") -> bool:
+    """Plain Conv1d layers without padding, dilation or groups; the first one on 1 channel."""
+    from torch import nn
+
+    layers = getattr(encoder, "conv_layers", None)
+    if not layers:
+        return False
+    for i, layer in enumerate(layers):
+        conv = getattr(layer, "conv", None)
+        if not isinstance(conv, nn.Conv1d) or conv.groups != 1 or conv.dilation[0] != 1 or conv.padding[0] != 0:
+            return False
+        if (i == 0) != (conv.in_channels == 1):
+            return False
+    return True
+
+
+def _encoder_plan(encoder: "nn.Module") -> list[dict]:
+    """Per layer: its weights as (taps * C_in, C_out) matrices, one per group of ``stride`` taps."""
+    plan = []
+    for layer in encoder.conv_layers:
+        conv = layer.conv
+        w = conv.weight.detach()  # (C_out, C_in, k)
+        k, stride = conv.kernel_size[0], conv.stride[0]
+        # Layer 0 has one input channel: its (frames, k) patches are a small copy, one product.
+        # Later layers: taps in groups of `stride`, each group one product over a view.
+        group = k if conv.in_channels == 1 else stride
+        chunks = []
+        for first in range(0, k, group):
+            taps = w[:, :, first : first + group]  # (C_out, C_in, n_taps)
+            chunks.append((first, taps.shape[2], taps.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()))
+        plan.append({"kernel": k, "stride": stride, "chunks": chunks})
+    return plan
+
+
+def conv_feature_encoder(encoder: "nn.Module", input_values: "torch.Tensor") -> "torch.Tensor":
+    """The conv feature encoder's forward: (batch, n_samples) -> (batch, channels, frames)."""
+    import torch
+
+    outputs = [_encode_one(encoder, x) for x in input_values]  # each (frames, channels)
+    if len(outputs) == 1:
+        return outputs[0][None].transpose(1, 2)
+    return torch.stack(outputs).transpose(1, 2)
+
+
+def _encode_one(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
+    """One waveform (n_samples,) through every conv layer: -> (frames, channels), time-major."""
+    import torch
+    from torch import nn
+
+    h = x[:, None]  # (T, C=1)
+    for i, (layer, plan) in enumerate(zip(encoder.conv_layers, encoder._speakerdb_plan)):
+        conv, norm = layer.conv, getattr(layer, "layer_norm", None)
+        k, stride = plan["kernel"], plan["stride"]
+        n_in, channels = h.shape
+        n_out = (n_in - k) // stride + 1  # frames out
+        if n_out < 1:
+            raise ValueError(f"input too short for conv layer {i} (kernel {k})")
+        fold = isinstance(norm, nn.GroupNorm) and norm.num_groups == conv.out_channels and len(plan["chunks"]) == 1
+        out = None
+        for first, n_taps, weight in plan["chunks"]:
+            # Row t: h[stride*t + first], ..., h[stride*t + first + n_taps - 1], concatenated.
+            rows = h.as_strided((n_out, n_taps * channels), (stride * channels, 1), h.storage_offset() + first * channels)
+            if fold:
+                out = _conv_groupnorm(rows, weight, norm)  # (T', C_out), already normalised
+            elif out is None:
+                out = rows @ weight  # (T', C_out)
+            else:
+                out.addmm_(rows, weight)
+        if fold:
+            norm = None
+        elif conv.bias is not None:
+            out += conv.bias
+        if isinstance(norm, nn.GroupNorm):  # per channel over time, another grouping: the plain op
+            out = torch.nn.functional.group_norm(out.T[None], norm.num_groups, norm.weight, norm.bias, norm.eps)[0].T
+        elif isinstance(norm, nn.LayerNorm):  # large models: over channels
+            out = norm(out)
+        h = _activate(layer.activation, out)
+    return h
+
+
+def _conv_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.GroupNorm") -> "torch.Tensor":
+    """GroupNorm(one group per channel)(patches @ weight) as one product: (T', k) -> (T', C_out).
+
+    Channel c of the conv output is ``patches @ w_c``, so its mean over time is
+    ``mean(patches) @ w_c`` and its variance ``w_c' cov(patches) w_c``, with cov the
+    (k, k) covariance of the patches: the normalisation is a per-channel scale and
+    shift folded into the weights before the product. A conv bias cancels out of it.
+    Statistics in float64, as a (k, k) matrix is cheap and the variance is a difference.
+    """
+    import torch
+
+    p64 = patches.to(torch.float64)  # (T', k)
+    mean = p64.mean(0)  # (k,)
+    centered = p64 - mean
+    cov = centered.T @ centered / p64.shape[0]  # (k, k)
+    w64 = weight.to(torch.float64)  # (k, C_out)
+    var = ((cov @ w64) * w64).sum(0)  # (C_out,)
+    scale = norm.weight.to(torch.float64) * torch.rsqrt(var + norm.eps)
+    shift = norm.bias.to(torch.float64) - (mean @ w64) * scale
+    return torch.addmm(shift.to(patches.dtype), patches, (w64 * scale).to(patches.dtype))
+
+
+def _activate(activation: "nn.Module", h: "torch.Tensor") -> "torch.Tensor":
+    """The layer's activation, in place when it is the exact GELU (no second 64 MB tensor)."""
+    import torch
+
+    if type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is torch.nn.functional.gelu:
+        return torch.ops.aten.gelu_(h)
+    return activation(h)
+
+
+# ---- attention -------------------------------------------------------------------------------
+def wavlm_self_attention(
+    attention: "nn.Module",
+    hidden_states: "torch.Tensor",
+    attention_mask: "torch.Tensor | None",
+    gated_position_bias: "torch.Tensor",
+) -> tuple["torch.Tensor", None]:
+    """WavLMAttention's multi-head self-attention with a fused kernel: (B, T, E) -> ((B, T, E), None).
+
+    ``gated_position_bias`` (B * heads, T, T) is added to the scaled scores before the
+    softmax, as in the original; padded keys (``attention_mask`` 0) get -inf.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, frames, embed = hidden_states.shape
+    heads = attention.num_heads
+    qkv = F.linear(hidden_states, attention._speakerdb_qkv_weight, attention._speakerdb_qkv_bias)  # (B, T, 3E)
+    q, k, v = qkv.view(batch, frames, 3, heads, embed // heads).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+    mask = gated_position_bias.view(batch, heads, frames, frames)
+    if attention_mask is not None and not bool(attention_mask.all()):
+        padded = attention_mask.eq(0)[:, None, None, :]  # (B, 1, 1, T)
+        mask = mask.masked_fill(padded, float("-inf"))
+    dropout = attention.dropout if attention.training else 0.0
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
+    out = out.transpose(1, 2).reshape(batch, frames, embed)
+    return F.linear(out, attention.out_proj.weight, attention.out_proj.bias), None
+
+
+# ---- positional convolution ---------------------------------------------------------------
+def _fix_weight_norm(conv: "nn.Module") -> bool:
+    """Replace a weight-norm parametrization by the weight it computes (once, not per forward)."""
+    from torch.nn.utils import parametrize
+
+    if not parametrize.is_parametrized(conv, "weight"):
+        return False
+    parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    return True
+
