@@ -37,6 +37,7 @@ from .errors import (
 )
 from .store import validate_name
 from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
+from .index import SpeakerIndex
 from .indexkeeper import Change, IndexKeeper
 
 log = logging.getLogger("speakerdb")
@@ -523,6 +524,42 @@ class SpeakerDB:
     def rebuild_index(self) -> int:
         """Rebuild the index files from SQLite; returns the number of speakers indexed."""
         return len(self.indexer.rebuild())
+
+    @property
+    def index_params(self) -> dict[str, Any]:
+        """The index parameters stored with this database (keys of ``index.DEFAULT_PARAMS``)."""
+        return {**DEFAULT_INDEX_PARAMS, **(self.store.settings().get("index") or {})}
+
+    def set_index_params(self, **params: int) -> dict[str, Any]:
+        """Store new index parameters; returns all of them.
+
+        ``hnsw_ef_search`` (candidates an HNSW search keeps: recall against speed) applies
+        to the next search, in every process. The others decide how the index is built:
+        ``approximate_above`` (speakers above which it is an HNSW graph rather than exact),
+        ``hnsw_m`` and ``hnsw_ef_construction`` (the graph's degree and build effort);
+        they apply from the next :meth:`rebuild_index`.
+        """
+        unknown = sorted(set(params) - set(DEFAULT_INDEX_PARAMS))
+        if unknown:
+            raise InvalidInputError(
+                f"unknown index parameter {', '.join(unknown)}: use {', '.join(DEFAULT_INDEX_PARAMS)}"
+            )
+        for key, value in params.items():
+            least = 0 if key == "approximate_above" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidInputError(f"index parameter {key} must be a whole number of at least {least}, not {value!r}")
+        with self.store.write() as s:
+            merged = {**DEFAULT_INDEX_PARAMS, **(store.get_settings(s).get("index") or {}), **params}
+            store.set_setting(s, "index", merged)
+        return merged
+
+    def index_file_info(self) -> dict[str, Any] | None:
+        """What the index file says of itself (kind, speakers, parameters it was built with), or None."""
+        header = SpeakerIndex.read_header(self.index_path)
+        if header is None:
+            return None
+        return {"kind": header.get("kind"), "speakers": header.get("count"), "generation": header.get("generation"),
+                "built_with": header.get("params"), "bytes": self.index_path.stat().st_size}
 
     # ---- internals ------------------------------------------------------------------
     def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:

@@ -348,6 +348,51 @@ def threshold(state: _State, value: float | None, as_json: bool) -> None:
     _emit(as_json, {"threshold": current}, f"threshold: {current:g}")
 
 
+@cli.command(name="index")
+@click.option("--ef-search", type=click.IntRange(min=1),
+              help="HNSW candidates per search: higher finds the true nearest speaker more often, slower. "
+              "Applies at once.")
+@click.option("--approximate-above", type=click.IntRange(min=0),
+              help="Speakers above which the index is an HNSW graph instead of exact search (from the next rebuild).")
+@click.option("--hnsw-m", type=click.IntRange(min=2), help="HNSW graph degree (from the next rebuild).")
+@click.option("--ef-construction", type=click.IntRange(min=1), help="HNSW build effort (from the next rebuild).")
+@click.option("--rebuild", is_flag=True,
+              help="Rebuild the index files from SQLite now (an HNSW graph of a million speakers takes ~15 min).")
+@json_option
+@click.pass_obj
+def index_(state: _State, ef_search: int | None, approximate_above: int | None, hnsw_m: int | None,
+           ef_construction: int | None, rebuild: bool, as_json: bool) -> None:
+    """Show or change the index settings stored with the database; rebuild the index.
+
+    The index is a cache of SQLite: exact search up to --approximate-above speakers
+    (200,000 by default), an HNSW graph above. Shows the stored settings and what the
+    index file was built with.
+
+    \b
+    Examples:
+      speakerdb index
+      speakerdb index --ef-search 4096
+      speakerdb index --approximate-above 500000 --rebuild
+    """
+    changes = {key: value for key, value in (("hnsw_ef_search", ef_search), ("approximate_above", approximate_above),
+                                             ("hnsw_m", hnsw_m), ("hnsw_ef_construction", ef_construction))
+               if value is not None}
+    if changes:
+        state.db.set_index_params(**changes)
+    rebuilt = state.db.rebuild_index() if rebuild else None
+    document = {"params": state.db.index_params, "file": state.db.index_file_info()}
+    if rebuilt is not None:
+        document["rebuilt_speakers"] = rebuilt
+    lines = [f"{key}: {value}" for key, value in document["params"].items()]
+    built = document["file"]
+    if built is None:
+        lines.append("index file: none yet (built on the next search)")
+    else:
+        lines.append(f"index file: {built['kind']}, {built['speakers']} speakers, {built['bytes']:,} bytes, "
+                     f"built with {', '.join(f'{k}={v}' for k, v in (built['built_with'] or {}).items())}")
+    _emit(as_json, document, "\n".join(lines))
+
+
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--speaker", "speakers", multiple=True, metavar="NAME", help="Export only this speaker (repeatable).")

@@ -2,8 +2,9 @@
 
 Vectors are L2-normalised, so inner product is cosine similarity. Up to
 ``approximate_above`` speakers the index is exact (``IndexFlatIP``); above it, an HNSW
-graph (``IndexHNSWFlat``) answers in about a millisecond with a recall@1 measured by
-``scripts/bench.py``. The parameters live in the database's settings.
+graph (``IndexHNSWFlat``) answers several times faster, with a recall@1 measured by
+``scripts/scale_test.py`` and ``scripts/bench.py``. The parameters live in the database's
+settings (``speakerdb index``).
 
 FAISS positions map to speaker ids through ``labels``; a speaker whose centroid changes
 or who is removed leaves a dead position behind (its vector zeroed at once, so no
@@ -51,9 +52,11 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "approximate_above": 200_000,  # speakers; at 200k a flat search takes ~30 ms on 2 cores
     "hnsw_m": 32,  # graph degree: 16 gave recall@1 0.83 on 512-d random vectors, 32 gave 0.99
     "hnsw_ef_construction": 80,
-    # recall@1 at 100k speakers, queries at cosine ~0.8 to an enrolled vector: 0.988-0.993
-    # with 128 (1.6 ms), 1.000 with 256 (3.0 ms per query).
-    "hnsw_ef_search": 256,
+    # Candidates kept per search. Recall@1 against exact search, queries at cosine ~0.8 to
+    # an enrolled vector (scripts/scale_test.py, 1,000 queries): at 100k speakers 1.000
+    # from 256 up; at 1M 0.707 (256), 0.886 (512), 0.988 (1024), 0.999 (2048, 38 ms per
+    # query against ~180 ms exact). Search-time only: `speakerdb index --ef-search N`.
+    "hnsw_ef_search": 2048,
 }
 
 

@@ -45,16 +45,19 @@ class IndexKeeper:
     def current(self) -> SpeakerIndex:
         """The index at the store's generation: in memory, from the files, or rebuilt."""
         with self.store.read() as s:
-            generation = int(store.get_settings(s).get("generation", 0))
-            if self._index is not None and self._index.generation == generation:
-                return self._index
-            index = None
-            if SpeakerIndex.file_generation(self.path) == generation:
+            settings = store.get_settings(s)
+            generation = int(settings.get("generation", 0))
+            index = self._index if self._index is not None and self._index.generation == generation else None
+            if index is None and SpeakerIndex.file_generation(self.path) == generation:
                 index = self._load()
             if index is None or index.generation != generation:
                 index = self._build(s)
                 with write_lock(self.path):
                     self._save(index)
+        # efSearch is a search-time setting: the stored one applies at once, without a rebuild.
+        ef_search = (settings.get("index") or {}).get("hnsw_ef_search")
+        if ef_search is not None:
+            index.params["hnsw_ef_search"] = int(ef_search)
         self._index = index
         return index
 

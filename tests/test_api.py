@@ -273,3 +273,30 @@ def test_strict_refuses_and_writes_nothing(fake_db, voices):
         fake_db.enroll("alice", [voices["carol"][0]], strict=True)
     assert _snapshot(fake_db) == before
     assert fake_db.enroll("alice", voices["alice"][2:], strict=True).warnings == []
+
+
+def test_index_params_are_stored_and_ef_search_applies_without_a_rebuild(fake_db, voices):
+    fake_db.enroll("alice", voices["alice"][:2])
+    assert fake_db.index_params["hnsw_ef_search"] == 2048  # the default stored at creation
+    mtime = fake_db.index_path.stat().st_mtime_ns
+    params = fake_db.set_index_params(hnsw_ef_search=64, approximate_above=10)
+    assert params["hnsw_ef_search"] == 64 and params["approximate_above"] == 10
+    # Another process (a second SpeakerDB on the same file) sees both at once...
+    with SpeakerDB(fake_db.db_path, embedder=fake_db.embedder) as other:
+        assert other.index_params == params
+        index = other.indexer.current()
+        assert index.params["hnsw_ef_search"] == 64
+        assert index.kind == "flat"  # ...but the build-time ones only from the next rebuild
+    assert fake_db.index_path.stat().st_mtime_ns == mtime
+    assert fake_db.index_file_info()["built_with"]["approximate_above"] == 200_000
+    fake_db.rebuild_index()
+    assert fake_db.index_file_info()["built_with"]["approximate_above"] == 10
+
+
+@pytest.mark.parametrize("bad", [{"hnsw_ef": 5}, {"hnsw_ef_search": 0}, {"approximate_above": -1},
+                                 {"hnsw_m": 2.5}, {"hnsw_m": True}])
+def test_bad_index_params_are_refused_and_nothing_is_written(fake_db, bad):
+    before = fake_db.index_params
+    with pytest.raises(InvalidInputError):
+        fake_db.set_index_params(**bad)
+    assert fake_db.index_params == before

@@ -221,3 +221,18 @@ def test_progress_bar_for_a_person_only(run, voices, monkeypatch):
     as_json = run("identify", *files, "--json")
     assert "identifying" not in as_json.stderr
     json.loads(as_json.stdout)
+
+
+def test_index_command_shows_and_changes_settings(run, voices):
+    ok(run("enroll", "alice", voices["alice"][0]))
+    shown = as_json(run("index", "--json", model=False))
+    assert shown["params"]["hnsw_ef_search"] == 2048 and shown["file"]["kind"] == "flat"
+    assert shown["file"]["speakers"] == 1
+    changed = as_json(run("index", "--ef-search", "512", "--approximate-above", "0", "--rebuild", "--json",
+                          model=False))
+    assert changed["params"]["hnsw_ef_search"] == 512 and changed["rebuilt_speakers"] == 1
+    assert changed["file"]["kind"] == "hnsw" and changed["file"]["built_with"]["hnsw_ef_search"] == 512
+    text = ok(run("index", model=False))
+    assert "hnsw_ef_search: 512" in text and "index file: hnsw, 1 speakers" in text
+    assert run("index", "--ef-search", "0", model=False).exit_code == 2  # bad usage, nothing stored
+    assert as_json(run("index", "--json", model=False))["params"]["hnsw_ef_search"] == 512
