@@ -934,6 +934,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "1k and 100k speakers only (unless --full-scale), 2,000 enrollments instead of 10,000")
     parser.add_argument("--full-scale", action="store_true",
                         help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)")
+    parser.add_argument("--only", metavar="NAMES",
+                        help="comma-separated benchmarks to run, of: " + ", ".join(sorted(set(benchmark_names()))))
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to this JSON file")
     # Internal: the child process of bench_long_clip (prints its measurements as JSON).
     parser.add_argument("--child", choices=["long-clip"], help=argparse.SUPPRESS)
@@ -943,7 +945,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.repeats = 3 if args.quick else 5
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.only:
+        unknown = set(args.only.split(",")) - set(benchmark_names())
+        if unknown:
+            parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(set(benchmark_names())))}")
     return args
+
+
+def benchmark_name(bench: Callable[[Context], list[Row]]) -> str:
+    """``embed`` for bench_embed and its partials, ``faiss`` for bench_faiss..."""
+    return getattr(bench, "func", bench).__name__.removeprefix("bench_")
+
+
+def benchmark_names() -> list[str]:
+    return [benchmark_name(b) for b in BENCHMARKS]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -968,6 +983,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not has_precision_option():
             log("TransformersXVector has no precision option: the bf16 rows are skipped")
         for bench in BENCHMARKS:
+            if args.only and benchmark_name(bench) not in args.only.split(","):
+                continue
             rows.extend(bench(ctx))
             log(f"peak RSS so far: {peak_rss_mib():,.0f} MiB")  # tells which step set the peak
         # Counted, not taken from --size: a reused --checkpoint may be of either size.

@@ -3,6 +3,7 @@
 
     python scripts/scale_test.py /tmp/scale --speakers 1000000      # ~30 min on 2 cores, ~8 GB disk
     python scripts/scale_test.py /tmp/scale --speakers 20000        # a minute
+    python scripts/scale_test.py /tmp/scale --reuse                 # again, on the same files
 
 1. Fills DIR/scale.sqlite with N speakers of one utterance each (random 512-d unit
    vectors; SQLAlchemy Core bulk inserts, the same tables and blobs as enrollment writes).
@@ -12,6 +13,11 @@
    (cosine ~0.8) of a known speaker's vector, and checks that the answer is that
    speaker and that the index file was loaded, not rebuilt (its mtime is unchanged).
    Repeated for several speakers; prints open and query times.
+4. Recall@1 of the approximate index against exact search, on ``--recall-queries``
+   noisy copies of enrolled vectors (cosine ~0.8: a new recording of an enrolled
+   speaker) and as many random unit vectors (nobody enrolled), at each efSearch of
+   ``--ef-search`` (a search-time setting: one graph serves every value), with the
+   one-query latency of each.
 
 The embedding model is left out (a stub returns the query vector): this measures the
 database, not the network, whose cost is in scripts/bench.py.
@@ -36,7 +42,7 @@ import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
 from speakerdb import SpeakerDB, audio
-path, queries = sys.argv[1], json.loads(sys.argv[2])
+path, queries = sys.argv[1], json.load(sys.stdin)
 
 class Stub:
     model_id, dim = "scale-stub", 512
@@ -97,24 +103,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", type=Path)
     p.add_argument("--speakers", type=int, default=1_000_000)
-    p.add_argument("--queries", type=int, default=5)
+    p.add_argument("--queries", type=int, default=5, help="identifies in the fresh process")
+    p.add_argument("--recall-queries", type=int, default=1000, help="queries of each kind for recall@1")
+    p.add_argument("--ef-search", default="256,512,1024,2048", help="efSearch values to measure recall at")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep DIR's database and index from an earlier run with the same --speakers (no fill, no build)")
     args = p.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
     path = args.directory / "scale.sqlite"
-    for stale in args.directory.glob("scale.sqlite*"):
-        stale.unlink()
+    index_file = Path(f"{path}.faiss")
+    reuse = args.reuse and path.exists() and index_file.exists()
+    if not reuse:
+        for stale in args.directory.glob("scale.sqlite*"):
+            stale.unlink()
 
     from speakerdb import SpeakerDB, store
 
     t = time.perf_counter()
-    fill(path, args.speakers)
+    if not reuse:
+        fill(path, args.speakers)
     fill_s = time.perf_counter() - t
     t = time.perf_counter()
     with SpeakerDB(path) as db:
-        db.rebuild_index()
-        kind = db.indexer.current().kind
+        if not reuse:
+            db.rebuild_index()
+        index = db.indexer.current()  # with --reuse: the file, loaded (a rebuild would change its mtime)
+        kind = index.kind
+        stored_ef = db.index_params["hnsw_ef_search"]
     index_s = time.perf_counter() - t
-    index_file = Path(f"{path}.faiss")
+    recall_rows = recall_sweep(index, args.recall_queries, [int(e) for e in args.ef_search.split(",")])
+    del index
     mtime = index_file.stat().st_mtime_ns
 
     rng = np.random.default_rng(1)
@@ -125,20 +143,71 @@ def main() -> None:
             sp = store.speaker_by_name(s, f"speaker-{i:07d}")
             q = sp.centroid_vector() + 0.033 * rng.standard_normal(DIM).astype(np.float32)
             queries.append([sp.name, (q / np.linalg.norm(q)).tolist()])
-    done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path), json.dumps(queries)],
+    done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path)], input=json.dumps(queries),
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
     correct = sum(q["expected"] == q["got"] for q in result["queries"])
     first, *rest = [q["seconds"] for q in result["queries"]]
     print(f"| {args.speakers:,} speakers | value |\n|---|---|")
-    print(f"| fill the database (bulk inserts) | {fill_s:.1f} s, {path.stat().st_size / 1e9:.2f} GB |")
-    print(f"| build the index once ({kind}) | {index_s:.1f} s, {index_file.stat().st_size / 1e9:.2f} GB |")
+    if reuse:
+        print(f"| database and index from an earlier run (--reuse) | {path.stat().st_size / 1e9:.2f} GB, "
+              f"{index_file.stat().st_size / 1e9:.2f} GB ({kind}), loaded in {index_s:.1f} s |")
+    else:
+        print(f"| fill the database (bulk inserts) | {fill_s:.1f} s, {path.stat().st_size / 1e9:.2f} GB |")
+        print(f"| build the index once ({kind}) | {index_s:.1f} s, {index_file.stat().st_size / 1e9:.2f} GB |")
     print(f"| fresh process: imports, open, all {len(queries)} identifies | {result['process_s']:.2f} s |")
     print(f"| first identify (loads the index file) | {first:.2f} s |")
     if rest:
         print(f"| later identifies, median | {np.median(rest) * 1e3:.1f} ms |")
-    print(f"| right speaker at rank 1 (queries at cosine ~0.8 to it) | {correct} of {len(queries)} |")
+    print(f"| right speaker at rank 1 (queries at cosine ~0.8 to it; stored efSearch {stored_ef}) "
+          f"| {correct} of {len(queries)} |")
     print(f"| index rebuilt on open? | {'no' if index_file.stat().st_mtime_ns == mtime else 'YES'} |")
+    print()
+    print("| efSearch | recall@1, noisy copies | recall@1, random queries | one query, median (p95) |")
+    print("|---|---|---|---|")
+    for row in recall_rows:
+        print(row)
+
+
+def recall_sweep(index, n_queries: int, ef_values: list[int]) -> list[str]:
+    """Table rows: recall@1 of ``index`` against exact search, and latency, at each efSearch."""
+    vectors = index._stored_vectors()  # (n_positions, DIM) view of what the index holds
+    labels = index.labels
+    rng = np.random.default_rng(2)
+    sources = rng.choice(len(vectors), size=n_queries, replace=False)
+    noisy = vectors[sources] + 0.033 * rng.standard_normal((n_queries, DIM)).astype(np.float32)
+    random_q = rng.standard_normal((n_queries, DIM)).astype(np.float32)
+    kinds = {}
+    for name, q in (("noisy", noisy), ("random", random_q)):
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        best = np.full(n_queries, -np.inf, np.float32)
+        top = np.zeros(n_queries, np.int64)
+        for start in range(0, len(vectors), 100_000):  # exact search, a block of rows at a time
+            scores = q @ vectors[start : start + 100_000].T  # (n_queries, block)
+            arg = scores.argmax(axis=1)
+            better = scores[np.arange(n_queries), arg] > best
+            best[better] = scores[np.arange(n_queries), arg][better]
+            top[better] = labels[start + arg[better]]
+        kinds[name] = (q, top)
+    print(f"  exact top-1 is the noisy query's source for "
+          f"{np.mean(kinds['noisy'][1] == labels[sources]):.4f} of queries", file=sys.stderr)
+    rows = []
+    for ef in ef_values:
+        index.params["hnsw_ef_search"] = ef
+        recalls = []
+        for name in ("noisy", "random"):
+            q, exact_top = kinds[name]
+            _, got = index.search(q, 1)  # (n_queries, 1)
+            recalls.append(float(np.mean(got[:, 0] == exact_top)))
+        times = []
+        for v in kinds["noisy"][0][:200]:
+            t = time.perf_counter()
+            index.search(v[None], 5)
+            times.append(time.perf_counter() - t)
+        ms = np.asarray(times) * 1e3
+        rows.append(f"| {ef} | {recalls[0]:.4f} | {recalls[1]:.4f} | {np.median(ms):.2f} ms ({np.percentile(ms, 95):.2f} ms) |")
+        print("  " + rows[-1], file=sys.stderr)
+    return rows
 
 if __name__ == "__main__":
     main()

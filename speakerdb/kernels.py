@@ -169,8 +169,11 @@ def _conv_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.G
     w64 = weight.to(torch.float64)  # (k, C_out)
     var = ((cov @ w64) * w64).sum(0)  # (C_out,)
     scale = norm.weight.to(torch.float64) * torch.rsqrt(var + norm.eps)
-    shift = norm.bias.to(torch.float64) - (mean @ w64) * scale
-    return torch.addmm(shift.to(patches.dtype), patches, (w64 * scale).to(patches.dtype))
+    shift = norm.bias.to(torch.float64) - (mean @ w64) * scale  # (C_out,)
+    # The shift rides in the product as the weight row of a column of ones: addmm would
+    # first copy it into every row of the 64 MB output, a whole extra pass.
+    ones = torch.ones(p64.shape[0], 1, dtype=patches.dtype, device=patches.device)
+    return torch.cat([patches, ones], 1) @ torch.cat([w64 * scale, shift[None]]).to(patches.dtype)  # (T', C_out)
 
 
 def _activate(activation: "nn.Module", h: "torch.Tensor") -> "torch.Tensor":
