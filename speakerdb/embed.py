@@ -96,7 +96,9 @@ class TransformersXVector:
     """A Hugging Face x-vector model (``AutoModelForAudioXVector``), exactly as the model card runs it.
 
     For each waveform the result equals the model card's recipe, run on that waveform
-    alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation.
+    alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation, to float32
+    rounding (:mod:`speakerdb.kernels` computes three parts of the model faster, with
+    sums in another order: ~4e-8 per component on the full-size model).
 
     Batching never pads. The base WavLM/wav2vec2 models normalise the first conv layer
     with a GroupNorm over *time*, so zero padding changes every frame of a padded
@@ -270,7 +272,7 @@ def load_embedder(model: str | None = None, device: str = "cpu", precision: str 
     """Load the embedder named by ``model``: ``resemblyzer``, a hub id or a local checkpoint directory.
 
     ``precision="bf16"`` (transformers models only) runs the model in bfloat16: about
-    twice as fast on CPUs with bf16 matrix units, with embeddings that differ from the
+    3x as fast on CPUs with bf16 matrix units (AMX), with embeddings that differ from the
     float32 ones by up to ~1e-3 per component (see README, "Performance").
     """
     if model == RESEMBLYZER_MODEL:

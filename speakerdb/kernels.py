@@ -56,9 +56,10 @@ def install(model: "nn.Module") -> list[str]:
         encoder.forward = types.MethodType(conv_feature_encoder, encoder)
         done.append("conv feature encoder")
     layers = getattr(getattr(base, "encoder", None), "layers", [])
-    attentions = [layer.attention for layer in layers if hasattr(layer.attention, "torch_multi_head_self_attention")]
-    for attention in attentions:
-        a = attention
+    # WavLM's attention class (the method it calls is the one replaced); wav2vec2's differs.
+    attentions = [getattr(layer, "attention", None) for layer in layers]
+    attentions = [a for a in attentions if hasattr(a, "torch_multi_head_self_attention")]
+    for a in attentions:
         a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
         a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
         a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)

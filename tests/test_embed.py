@@ -180,6 +180,27 @@ def test_kernels_attention_equals_transformers(padded):
     np.testing.assert_allclose(got_xv, expected_xv, atol=1e-5)
 
 
+def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
+    """A wav2vec2 x-vector model: same conv encoder (replaced), another attention class (kept)."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForXVector
+
+    from speakerdb import kernels
+
+    sizes = {k: v for k, v in load_script("make_random_checkpoint").SIZES["tiny"].items()
+             if k not in ("num_buckets", "max_bucket_distance")}
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(Wav2Vec2ForXVector(Wav2Vec2Config(**sizes)).eval())
+    model, fast = models
+    assert kernels.install(fast) == ["conv feature encoder", "positional conv weight norm"]
+    x = torch.from_numpy(voice(180, 1.5)[None])  # (1, n_samples)
+    with torch.inference_mode():
+        expected, got = (m.wav2vec2(x).last_hidden_state.numpy() for m in (model, fast))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_unknown_precision(tiny_checkpoint):
     from speakerdb.errors import InvalidInputError
 
