@@ -545,7 +545,7 @@ class SpeakerDB:
                 f"unknown index parameter {', '.join(unknown)}: use {', '.join(DEFAULT_INDEX_PARAMS)}"
             )
         for key, value in params.items():
-            least = 0 if key == "approximate_above" else 1
+            least = {"approximate_above": 0, "hnsw_m": 2}.get(key, 1)  # a graph of degree 1 is a list
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidInputError(f"index parameter {key} must be a whole number of at least {least}, not {value!r}")
         with self.store.write() as s:

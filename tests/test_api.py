@@ -294,7 +294,7 @@ def test_index_params_are_stored_and_ef_search_applies_without_a_rebuild(fake_db
 
 
 @pytest.mark.parametrize("bad", [{"hnsw_ef": 5}, {"hnsw_ef_search": 0}, {"approximate_above": -1},
-                                 {"hnsw_m": 2.5}, {"hnsw_m": True}])
+                                 {"hnsw_m": 2.5}, {"hnsw_m": True}, {"hnsw_m": 1}])
 def test_bad_index_params_are_refused_and_nothing_is_written(fake_db, bad):
     before = fake_db.index_params
     with pytest.raises(InvalidInputError):
