@@ -98,7 +98,7 @@ class TransformersXVector:
     For each waveform the result equals the model card's recipe, run on that waveform
     alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation, to float32
     rounding (:mod:`speakerdb.kernels` computes three parts of the model faster, with
-    sums in another order: ~4e-8 per component on the full-size model).
+    sums in another order: 3e-8 to 1.2e-7 per component on the full-size model).
 
     Batching never pads. The base WavLM/wav2vec2 models normalise the first conv layer
     with a GroupNorm over *time*, so zero padding changes every frame of a padded
