@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (its query and latency helpers: the same measurement as its FAISS rows)
+
 DIM = 512
 BATCH = 20_000  # rows per bulk insert
 
@@ -141,7 +144,7 @@ def main() -> None:
     with store.Store(path).read() as s:
         for i in picks:
             sp = store.speaker_by_name(s, f"speaker-{i:07d}")
-            q = sp.centroid_vector() + 0.033 * rng.standard_normal(DIM).astype(np.float32)
+            q = sp.centroid_vector() + bench.QUERY_NOISE_SIGMA * rng.standard_normal(DIM).astype(np.float32)
             queries.append([sp.name, (q / np.linalg.norm(q)).tolist()])
     done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path)], input=json.dumps(queries),
                           capture_output=True, text=True, check=True)
@@ -171,43 +174,27 @@ def main() -> None:
 
 def recall_sweep(index, n_queries: int, ef_values: list[int]) -> list[str]:
     """Table rows: recall@1 of ``index`` against exact search, and latency, at each efSearch."""
+    import faiss
+
     vectors = index._stored_vectors()  # (n_positions, DIM) view of what the index holds
-    labels = index.labels
     rng = np.random.default_rng(2)
-    sources = rng.choice(len(vectors), size=n_queries, replace=False)
-    noisy = vectors[sources] + 0.033 * rng.standard_normal((n_queries, DIM)).astype(np.float32)
-    random_q = rng.standard_normal((n_queries, DIM)).astype(np.float32)
-    kinds = {}
-    for name, q in (("noisy", noisy), ("random", random_q)):
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        best = np.full(n_queries, -np.inf, np.float32)
-        top = np.zeros(n_queries, np.int64)
-        for start in range(0, len(vectors), 100_000):  # exact search, a block of rows at a time
-            scores = q @ vectors[start : start + 100_000].T  # (n_queries, block)
-            arg = scores.argmax(axis=1)
-            better = scores[np.arange(n_queries), arg] > best
-            best[better] = scores[np.arange(n_queries), arg][better]
-            top[better] = labels[start + arg[better]]
-        kinds[name] = (q, top)
+    noisy, sources = bench.noisy_copies(rng, vectors, n_queries)
+    kinds = {"noisy": noisy, "random": bench.random_unit_vectors(rng, n_queries, DIM)}
+    exact = {}  # exact top-1 speaker id per query, by kind
+    for name, q in kinds.items():
+        _, positions = faiss.knn(q, vectors, 1, metric=faiss.METRIC_INNER_PRODUCT)  # (n_queries, 1)
+        exact[name] = index.labels[positions[:, 0]]
     print(f"  exact top-1 is the noisy query's source for "
-          f"{np.mean(kinds['noisy'][1] == labels[sources]):.4f} of queries", file=sys.stderr)
+          f"{np.mean(exact['noisy'] == index.labels[sources]):.4f} of queries", file=sys.stderr)
     rows = []
     for ef in ef_values:
         index.params["hnsw_ef_search"] = ef
-        recalls = []
-        for name in ("noisy", "random"):
-            q, exact_top = kinds[name]
-            _, got = index.search(q, 1)  # (n_queries, 1)
-            recalls.append(float(np.mean(got[:, 0] == exact_top)))
-        times = []
-        for v in kinds["noisy"][0][:200]:
-            t = time.perf_counter()
-            index.search(v[None], 5)
-            times.append(time.perf_counter() - t)
-        ms = np.asarray(times) * 1e3
+        recalls = [float(np.mean(index.search(q, 1)[1][:, 0] == exact[name])) for name, q in kinds.items()]
+        ms = np.asarray(bench.search_latencies(index, noisy[:200])) * 1e3
         rows.append(f"| {ef} | {recalls[0]:.4f} | {recalls[1]:.4f} | {np.median(ms):.2f} ms ({np.percentile(ms, 95):.2f} ms) |")
         print("  " + rows[-1], file=sys.stderr)
     return rows
+
 
 if __name__ == "__main__":
     main()

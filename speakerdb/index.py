@@ -54,8 +54,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "hnsw_ef_construction": 80,
     # Candidates kept per search. Recall@1 against exact search, queries at cosine ~0.8 to
     # an enrolled vector (scripts/scale_test.py, 1,000 queries): at 100k speakers 1.000
-    # from 256 up; at 1M 0.707 (256), 0.886 (512), 0.988 (1024), 0.999 (2048, 38 ms per
-    # query against ~180 ms exact). Search-time only: `speakerdb index --ef-search N`.
+    # from 256 up; at 1M 0.707 (256), 0.886 (512), 0.977-0.988 (1024), 0.997-0.999
+    # (2048: 32-38 ms per query against ~190 ms exact; two draws of queries). Search-time only: `speakerdb index --ef-search N`.
     "hnsw_ef_search": 2048,
 }
 
