@@ -89,7 +89,10 @@ def _encoder_fits(encoder: "nn.Module") -> bool:
 
 
 def _encoder_plan(encoder: "nn.Module") -> list[dict]:
-    """Per layer: its weights as (taps * C_in, C_out) matrices, one per group of ``stride`` taps."""
+    """Per layer: its weights as (taps * C_in, C_out) matrices, one per group of ``stride`` taps,
+    and whether its GroupNorm is folded into the product (one group per channel, one product)."""
+    from torch import nn
+
     plan = []
     for layer in encoder.conv_layers:
         conv = layer.conv
@@ -102,7 +105,9 @@ def _encoder_plan(encoder: "nn.Module") -> list[dict]:
         for first in range(0, k, group):
             taps = w[:, :, first : first + group]  # (C_out, C_in, n_taps)
             chunks.append((first, taps.shape[2], taps.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous()))
-        plan.append({"kernel": k, "stride": stride, "chunks": chunks})
+        norm = getattr(layer, "layer_norm", None)
+        fold = isinstance(norm, nn.GroupNorm) and norm.num_groups == conv.out_channels and len(chunks) == 1
+        plan.append({"kernel": k, "stride": stride, "chunks": chunks, "fold_groupnorm": fold})
     return plan
 
 
@@ -129,7 +134,7 @@ def _encode_one(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
         n_out = (n_in - k) // stride + 1  # frames out
         if n_out < 1:
             raise ValueError(f"input too short for conv layer {i} (kernel {k})")
-        fold = isinstance(norm, nn.GroupNorm) and norm.num_groups == conv.out_channels and len(plan["chunks"]) == 1
+        fold = plan["fold_groupnorm"]
         out = None
         for first, n_taps, weight in plan["chunks"]:
             # Row t: h[stride*t + first], ..., h[stride*t + first + n_taps - 1], concatenated.
