@@ -120,26 +120,24 @@ def timing_row(name: str, samples: Sequence[float], note: str = "", per: float =
     return Row(name, statistics.median(samples) / per, unit, f"{note}; {spread}" if note else spread, list(samples))
 
 
+#: How a row's value is printed, by unit; other units: 3 decimals and the unit.
+VALUE_FORMATS = {
+    "abs": "{:.2e}",
+    "MiB": "{:,.0f} MiB",
+    "x": "{:.3f} ×",
+    "threads": "{:.0f}",
+    "modules": "{:.0f}",
+    "s/s": "{:.4f} s/s",
+    "ms": "{:.3f} ms",
+    "/s": "{:,.0f} /s",
+    "recall": "{:.4f}",
+}
+
+
 def format_value(row: Row) -> str:
     if math.isnan(row.value):  # a measurement that was skipped; its note says why
         return "n/a"
-    if row.unit == "abs":
-        return f"{row.value:.2e}"
-    if row.unit == "MiB":
-        return f"{row.value:,.0f} MiB"
-    if row.unit == "x":
-        return f"{row.value:.3f} ×"
-    if row.unit in ("threads", "modules"):
-        return f"{row.value:.0f}"
-    if row.unit == "s/s":
-        return f"{row.value:.4f} s/s"
-    if row.unit == "ms":
-        return f"{row.value:.3f} ms"
-    if row.unit == "/s":
-        return f"{row.value:,.0f} /s"
-    if row.unit == "recall":
-        return f"{row.value:.4f}"
-    return f"{row.value:.3f} {row.unit}"
+    return VALUE_FORMATS.get(row.unit, "{:.3f} " + row.unit).format(row.value)
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
