@@ -35,6 +35,8 @@ from __future__ import annotations
 import types
 from typing import TYPE_CHECKING
 
+from . import intgemm
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
@@ -47,6 +49,7 @@ def install(model: "nn.Module") -> list[str]:
     copies of the weights as they are at this moment.
     """
     import torch
+    from torch import nn
 
     base = model.base_model
     done = []
@@ -60,11 +63,27 @@ def install(model: "nn.Module") -> list[str]:
     attentions = [getattr(layer, "attention", None) for layer in layers]
     attentions = [a for a in attentions if hasattr(a, "torch_multi_head_self_attention")]
     for a in attentions:
-        a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
+        qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
+        a._speakerdb_qkv = intgemm.make_linear(qkv_weight, qkv_bias)
+        a._speakerdb_out = intgemm.make_linear(a.out_proj.weight, a.out_proj.bias)
         a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)
     if attentions:
         done.append("attention")
+    # The feed-forward products, the largest of the model: float32 from int8 products where
+    # the CPU has AMX int8 (see intgemm.py); nothing changes elsewhere.
+    n_int = sum(isinstance(getattr(a, name), intgemm.IntLinear) for a in attentions for name in ("_speakerdb_qkv", "_speakerdb_out"))
+    for layer in layers:
+        feed_forward = getattr(layer, "feed_forward", None)
+        for name in ("intermediate_dense", "output_dense"):
+            dense = getattr(feed_forward, name, None)
+            if isinstance(dense, nn.Linear):
+                product = intgemm.make_linear(dense.weight, dense.bias)
+                if isinstance(product, intgemm.IntLinear):
+                    dense.forward = product
+                    n_int += 1
+    if n_int:
+        done.append(f"int8 products ({n_int} linear layers)")
     pos_conv = getattr(getattr(getattr(base, "encoder", None), "pos_conv_embed", None), "conv", None)
     if pos_conv is not None and _fix_weight_norm(pos_conv):
         done.append("positional conv weight norm")
@@ -208,7 +227,7 @@ def wavlm_self_attention(
 
     batch, frames, embed = hidden_states.shape
     heads = attention.num_heads
-    qkv = F.linear(hidden_states, attention._speakerdb_qkv_weight, attention._speakerdb_qkv_bias)  # (B, T, 3E)
+    qkv = attention._speakerdb_qkv(hidden_states)  # (B, T, 3E)
     q, k, v = qkv.view(batch, frames, 3, heads, embed // heads).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
     mask = gated_position_bias.view(batch, heads, frames, frames)
     if attention_mask is not None and not bool(attention_mask.all()):
@@ -217,7 +236,7 @@ def wavlm_self_attention(
     dropout = attention.dropout if attention.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
     out = out.transpose(1, 2).reshape(batch, frames, embed)
-    return F.linear(out, attention.out_proj.weight, attention.out_proj.bias), None
+    return attention._speakerdb_out(out), None
 
 
 # ---- positional convolution ---------------------------------------------------------------

@@ -163,10 +163,12 @@ def test_kernels_attention_equals_transformers(padded):
     """The whole model with kernels.install() equals the original, with and without padded keys."""
     import torch
 
-    from speakerdb import kernels
+    from speakerdb import intgemm, kernels
 
     model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
-    assert kernels.install(fast) == ["conv feature encoder", "attention", "positional conv weight norm"]
+    # 4 linear layers per transformer layer (q/k/v fused, out, 2 feed-forward); int8 where AMX.
+    int8 = [f"int8 products ({4 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    assert kernels.install(fast) == ["conv feature encoder", "attention", *int8, "positional conv weight norm"]
     x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
     mask = torch.ones_like(x, dtype=torch.long)
     if padded:
@@ -185,7 +187,7 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForXVector
 
-    from speakerdb import kernels
+    from speakerdb import intgemm, kernels
 
     sizes = {k: v for k, v in load_script("make_random_checkpoint").SIZES["tiny"].items()
              if k not in ("num_buckets", "max_bucket_distance")}
@@ -194,7 +196,8 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
         torch.manual_seed(0)
         models.append(Wav2Vec2ForXVector(Wav2Vec2Config(**sizes)).eval())
     model, fast = models
-    assert kernels.install(fast) == ["conv feature encoder", "positional conv weight norm"]
+    int8 = [f"int8 products ({2 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    assert kernels.install(fast) == ["conv feature encoder", *int8, "positional conv weight norm"]
     x = torch.from_numpy(voice(180, 1.5)[None])  # (1, n_samples)
     with torch.inference_mode():
         expected, got = (m.wav2vec2(x).last_hidden_state.numpy() for m in (model, fast))
