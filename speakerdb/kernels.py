@@ -42,6 +42,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 
+FUSED_FRAMES = 2048  # layer-1 frames per slice of the first two conv layers: an 8 MB layer-0 slice
+
+
 def install(model: "nn.Module") -> list[str]:
     """Swap the faster forwards into a loaded x-vector ``model`` in place; returns what was swapped.
 
@@ -142,48 +145,110 @@ def conv_feature_encoder(encoder: "nn.Module", input_values: "torch.Tensor") -> 
 
 def _encode_one(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
     """One waveform (n_samples,) through every conv layer: -> (frames, channels), time-major."""
-    import torch
-    from torch import nn
-
+    layers, plans = encoder.conv_layers, encoder._speakerdb_plan
+    first = 0
     h = x[:, None]  # (T, C=1)
-    for i, (layer, plan) in enumerate(zip(encoder.conv_layers, encoder._speakerdb_plan)):
-        conv, norm = layer.conv, getattr(layer, "layer_norm", None)
-        k, stride = plan["kernel"], plan["stride"]
-        n_in, channels = h.shape
-        n_out = (n_in - k) // stride + 1  # frames out
-        if n_out < 1:
-            raise ValueError(f"input too short for conv layer {i} (kernel {k})")
-        fold = plan["fold_groupnorm"]
-        out = None
-        for first, n_taps, weight in plan["chunks"]:
-            # Row t: h[stride*t + first], ..., h[stride*t + first + n_taps - 1], concatenated.
-            rows = h.as_strided((n_out, n_taps * channels), (stride * channels, 1), h.storage_offset() + first * channels)
-            if fold:
-                out = _conv_groupnorm(rows, weight, norm)  # (T', C_out), already normalised
-            elif out is None:
-                out = rows @ weight  # (T', C_out)
-            else:
-                out.addmm_(rows, weight)
-        if fold:
-            norm = None
-        elif conv.bias is not None:
-            out += conv.bias
-        if isinstance(norm, nn.GroupNorm):  # per channel over time, another grouping: the plain op
-            out = torch.nn.functional.group_norm(out.T[None], norm.num_groups, norm.weight, norm.bias, norm.eps)[0].T
-        elif isinstance(norm, nn.LayerNorm):  # large models: over channels
-            out = norm(out)
-        h = _activate(layer.activation, out)
+    if len(layers) > 1 and all(_rows_independent(layer, plan) for layer, plan in zip(layers[:2], plans[:2])):
+        h, first = _first_two_layers(encoder, x), 2
+    for i in range(first, len(layers)):
+        h = _conv_layer(layers[i], plans[i], h, i)
     return h
 
 
-def _conv_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.GroupNorm") -> "torch.Tensor":
-    """GroupNorm(one group per channel)(patches @ weight) as one product: (T', k) -> (T', C_out).
+def _rows_independent(layer: "nn.Module", plan: dict) -> bool:
+    """Whether a slice of the layer's output frames can be computed from a slice of its input:
+    no normalisation over time, or one folded into the weights from the whole input first."""
+    from torch import nn
+
+    return plan["fold_groupnorm"] or not isinstance(getattr(layer, "layer_norm", None), nn.GroupNorm)
+
+
+def _first_two_layers(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
+    """Conv layers 0 and 1 in slices of time: (n_samples,) -> (frames_1, channels).
+
+    Layer 0's output is the model's largest tensor (512 channels at 3.2 ms hops: 65 MB per
+    10 s). Made whole, it is fresh memory from the OS, and its first touch page-faults
+    (~16,000 faults per 10 s, 15-30 ms); then the GELU and layer 1 each read it back from
+    RAM. In slices of FUSED_FRAMES layer-1 frames, each layer-0 slice (8 MB) is computed,
+    activated and consumed in turn, in memory the allocator hands back for the next
+    slice: no page faults, and less traffic. The encoder's time for a 10 s clip went from
+    145 to 133 ms (30 s: 470 to 427 ms); slices of 512 frames or fewer were slower.
+    """
+    import torch
+
+    (layer0, layer1), (plan0, plan1) = encoder.conv_layers[:2], encoder._speakerdb_plan[:2]
+    n0 = _frames_out(len(x), plan0, 0)
+    n1 = _frames_out(n0, plan1, 1)
+    k0, s0, k1, s1 = plan0["kernel"], plan0["stride"], plan1["kernel"], plan1["stride"]
+    folded = None
+    if plan0["fold_groupnorm"]:  # statistics of the whole input, before any slice
+        folded = _fold_groupnorm(_tap_rows(x[:, None], s0, n0, 0, k0), plan0["chunks"][0][2], layer0.layer_norm)
+    out = torch.empty(n1, layer1.conv.out_channels, dtype=x.dtype, device=x.device)
+    for a in range(0, n1, FUSED_FRAMES):
+        b = min(n1, a + FUSED_FRAMES)
+        lo, hi = s1 * a, s1 * (b - 1) + k1  # the layer-0 frames that layer-1 frames [a, b) read
+        h0 = _conv_layer(layer0, plan0, x[lo * s0 : (hi - 1) * s0 + k0][:, None], 0, folded=folded)
+        _conv_layer(layer1, plan1, h0, 1, out=out[a:b])
+    return out
+
+
+def _frames_out(n_in: int, plan: dict, index: int) -> int:
+    """Frames out of a conv layer for ``n_in`` frames in; an error when there are none."""
+    n_out = (n_in - plan["kernel"]) // plan["stride"] + 1
+    if n_out < 1:
+        raise ValueError(f"input too short for conv layer {index} (kernel {plan['kernel']})")
+    return n_out
+
+
+def _tap_rows(h: "torch.Tensor", stride: int, n_out: int, first: int, n_taps: int) -> "torch.Tensor":
+    """(n_out, n_taps * C) view of h (T, C): row t is h[stride*t + first : stride*t + first + n_taps], flat."""
+    channels = h.shape[1]
+    return h.as_strided((n_out, n_taps * channels), (stride * channels, 1), h.storage_offset() + first * channels)
+
+
+def _conv_layer(layer: "nn.Module", plan: dict, h: "torch.Tensor", index: int,
+                folded: "torch.Tensor | None" = None, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+    """One conv layer with its norm and activation: (frames, C_in) -> (frames', C_out), time-major.
+
+    ``folded``: the first layer's GroupNorm-folded weights, from statistics of the whole
+    input (given when ``h`` is a slice of it). ``out``: where to write the result.
+    """
+    import torch
+    from torch import nn
+
+    conv, norm = layer.conv, getattr(layer, "layer_norm", None)
+    stride = plan["stride"]
+    n_out = _frames_out(h.shape[0], plan, index)
+    if plan["fold_groupnorm"]:
+        rows = _tap_rows(h, stride, n_out, 0, plan["kernel"])  # (T', k): one product, all taps
+        if folded is None:
+            folded = _fold_groupnorm(rows, plan["chunks"][0][2], norm)
+        ones = torch.ones(n_out, 1, dtype=h.dtype, device=h.device)
+        out = torch.mm(torch.cat([rows, ones], 1), folded, out=out)  # (T', C_out), already normalised
+        norm = None
+    else:
+        for first, n_taps, weight in plan["chunks"]:  # taps in groups of `stride`: one product each
+            rows = _tap_rows(h, stride, n_out, first, n_taps)
+            out = torch.mm(rows, weight, out=out) if first == 0 else out.addmm_(rows, weight)
+        if conv.bias is not None:
+            out += conv.bias
+    if isinstance(norm, nn.GroupNorm):  # per channel over time, another grouping: the plain op
+        out = torch.nn.functional.group_norm(out.T[None], norm.num_groups, norm.weight, norm.bias, norm.eps)[0].T
+    elif isinstance(norm, nn.LayerNorm):  # large models: over channels
+        out.copy_(norm(out))
+    return _activate(layer.activation, out)
+
+
+def _fold_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.GroupNorm") -> "torch.Tensor":
+    """GroupNorm(one group per channel)(patches @ weight) as weights for [patches, 1]: (k + 1, C_out).
 
     Channel c of the conv output is ``patches @ w_c``, so its mean over time is
     ``mean(patches) @ w_c`` and its variance ``w_c' cov(patches) w_c``, with cov the
     (k, k) covariance of the patches: the normalisation is a per-channel scale and
     shift folded into the weights before the product. A conv bias cancels out of it.
     Statistics in float64, as a (k, k) matrix is cheap and the variance is a difference.
+    The shift rides in the product as the weight row of a column of ones: addmm would
+    first copy it into every row of the output, a whole extra pass.
     """
     import torch
 
@@ -195,10 +260,7 @@ def _conv_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.G
     var = ((cov @ w64) * w64).sum(0)  # (C_out,)
     scale = norm.weight.to(torch.float64) * torch.rsqrt(var + norm.eps)
     shift = norm.bias.to(torch.float64) - (mean @ w64) * scale  # (C_out,)
-    # The shift rides in the product as the weight row of a column of ones: addmm would
-    # first copy it into every row of the 64 MB output, a whole extra pass.
-    ones = torch.ones(p64.shape[0], 1, dtype=patches.dtype, device=patches.device)
-    return torch.cat([patches, ones], 1) @ torch.cat([w64 * scale, shift[None]]).to(patches.dtype)  # (T', C_out)
+    return torch.cat([w64 * scale, shift[None]]).to(patches.dtype)  # (k + 1, C_out)
 
 
 def _activate(activation: "nn.Module", h: "torch.Tensor") -> "torch.Tensor":

@@ -140,12 +140,15 @@ def tiny_wavlm(norm: str = "group"):
 
 
 @pytest.mark.parametrize("norm", ["group", "layer"])
-def test_kernels_feature_encoder_equals_the_convolutions(norm):
+@pytest.mark.parametrize("slices", ["one slice", "many slices"])
+def test_kernels_feature_encoder_equals_the_convolutions(norm, slices, monkeypatch):
     """kernels.py's time-major conv encoder computes what the Conv1d stack computes."""
     import torch
 
     from speakerdb import kernels
 
+    if slices == "many slices":  # layers 0 and 1 in 97-frame slices: 20 of them, the last one short
+        monkeypatch.setattr(kernels, "FUSED_FRAMES", 97)
     encoder = tiny_wavlm(norm).wavlm.feature_extractor
     x = torch.from_numpy(np.stack([voice(120, 1.2), voice(260, 1.2, seed=3)]))  # (2, n_samples)
     with torch.inference_mode():
