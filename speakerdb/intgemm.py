@@ -50,6 +50,7 @@ import functools
 import logging
 import math
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +61,8 @@ log = logging.getLogger(__name__)
 ENV_SWITCH = "SPEAKERDB_INT8_PRODUCTS"  # "0" turns the integer products off
 ACTIVATION_BITS = 22  # |X| < 2**22: with the sign, 23 bits, in three byte planes
 MAGIC = 1.5 * 2.0**23  # float32 spacing is 1 in [2**23, 2**24): adding it rounds to an integer
-TOP_ZERO_POINT = 64  # the top plane holds (X + 2**22) >> 16 in [0, 128): a2 - 64 is its signed value
+# Zero points of the planes a2, a1, a0: a2 = (X + 2**22) >> 16 is in [0, 128), a2 - 64 its signed value.
+ZERO_POINTS = (64, 0, 0)
 WEIGHT_RADIX = 254.0  # residual in [-0.5, 0.5] * 254 stays within int8's [-127, 127]
 WEIGHT_SLICES = 3  # 7 + 8 + 8 bits of each weight, relative to its channel's maximum
 OUTLIER_LIMIT = 32.0  # max|x| / mean|x| above which a call takes the float32 product: 2**5, 5 bits
@@ -102,7 +104,7 @@ class IntLinear:
         import torch
 
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
-        w = self.weight.to(torch.float64)  # (N, K)
+        w = self.weight.to(torch.float64).contiguous()  # (N, K); prepacking reads it as laid out in memory
         scale = w.abs().amax(1).clamp_min(torch.finfo(torch.float64).tiny) / 127  # t[n]
         residual = w / scale[:, None]  # in [-127, 127]
         self.packed, self.weight_scales = [], []
@@ -119,28 +121,51 @@ class IntLinear:
         import torch
 
         self.calls += 1
-        flat = x.reshape(-1, x.shape[-1])  # (M, K)
-        lo, hi = torch.aminmax(flat)
-        amax = max(-float(lo), float(hi))
-        mean_abs = float(torch.linalg.vector_norm(flat, 1)) / max(flat.numel(), 1)
-        if not (0.0 < amax < math.inf) or amax > OUTLIER_LIMIT * mean_abs:
-            self.fallbacks += 1  # zeros, inf/nan, or a few huge values: let float32 handle them
+        planes = split(x.reshape(-1, x.shape[-1]))  # of (M, K)
+        if planes is None:
+            self.fallbacks += 1
             return torch.nn.functional.linear(x, self.weight, self.bias)
-        c = (2.0**ACTIVATION_BITS - 1) / amax
-        bits = torch.add(torch.tensor(MAGIC), flat, alpha=c).view(torch.int32)  # mantissa = X + 2**22
-        planes = ((bits >> 16).to(torch.uint8), (bits >> 8).to(torch.uint8), bits.to(torch.uint8))  # a2, a1, a0
-        units = (2.0**16 / c, 2.0**8 / c, 1.0 / c)  # what one step of each plane is worth in x
-        zero_points = (TOP_ZERO_POINT, 0, 0)
+        out = self.product(planes)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    def product(self, planes: "Planes") -> "torch.Tensor":
+        """planes (of an (M, K) tensor) @ weight.T + bias -> (M, N) float32."""
+        import torch
+
         op = torch.ops.onednn.qlinear_pointwise
         out = None
         for i, j in PAIRS:
-            args = (planes[i], units[i], zero_points[i], self.packed[j], self.weight_scales[j], self.zero_points)
+            args = (planes.planes[i], planes.units[i], ZERO_POINTS[i], self.packed[j], self.weight_scales[j], self.zero_points)
             if out is None:
                 out = op.default(*args, None, 1.0, 0, torch.float32, "none", [], "")
-            else:  # accumulate into out ("sum" post-op); the bias rides on the last, largest term
+            else:  # added into out in place (the "sum" post-op); the bias rides on the last, largest term
                 bias = self.bias if (i, j) == PAIRS[-1] else None
                 out = op.binary(*args, out, bias, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0, "none", [], "")
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out
+
+
+@dataclass(frozen=True)
+class Planes:
+    """A float32 tensor as three uint8 planes (a2, a1, a0) of one fixed point: see the module doc."""
+
+    planes: "tuple[torch.Tensor, torch.Tensor, torch.Tensor]"  # each shaped like the tensor
+    units: tuple[float, float, float]  # what one step of each plane is worth
+
+
+def split(x: "torch.Tensor") -> "Planes | None":
+    """x (float32) as byte planes, or None where the scheme does not suit it: all zeros,
+    inf or nan, or a maximum beyond OUTLIER_LIMIT times the mean magnitude."""
+    import torch
+
+    lo, hi = torch.aminmax(x)
+    amax = max(-float(lo), float(hi))
+    mean_abs = float(torch.linalg.vector_norm(x, 1)) / max(x.numel(), 1)
+    if not (0.0 < amax < math.inf) or amax > OUTLIER_LIMIT * mean_abs:
+        return None
+    c = (2.0**ACTIVATION_BITS - 1) / amax
+    bits = torch.add(torch.tensor(MAGIC), x, alpha=c).view(torch.int32)  # mantissa = X + 2**22
+    planes = ((bits >> 16).to(torch.uint8), (bits >> 8).to(torch.uint8), bits.to(torch.uint8))  # a2, a1, a0
+    return Planes(planes, (2.0**16 / c, 2.0**8 / c, 1.0 / c))
 
 
 def make_linear(weight: "torch.Tensor", bias: "torch.Tensor | None") -> "Callable[[torch.Tensor], torch.Tensor]":

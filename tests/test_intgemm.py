@@ -84,5 +84,14 @@ def test_make_linear_keeps_float32_for_unsuitable_weights_or_when_switched_off(m
 @needs_int8
 def test_the_probe_passes_here_and_would_catch_a_wrong_zero_point(monkeypatch):
     assert intgemm._probe() < intgemm.PROBE_TOLERANCE
-    monkeypatch.setattr(intgemm, "TOP_ZERO_POINT", 63)  # the top plane read one step off
+    monkeypatch.setattr(intgemm, "ZERO_POINTS", (63, 0, 0))  # the top plane read one step off
     assert intgemm._probe() > intgemm.PROBE_TOLERANCE
+
+
+@needs_int8
+def test_weights_laid_out_transposed_give_the_same_product():
+    """A (N, K) weight that is a transposed view, as a conv layer's taps would be."""
+    g = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(40, 64, generator=g), torch.randn(64, 96, generator=g).T, torch.randn(96, generator=g)
+    assert not w.is_contiguous()
+    assert relative_errors(intgemm.IntLinear(w, b)(x), x, w, b).max() < 2e-6
