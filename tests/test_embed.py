@@ -171,7 +171,8 @@ def test_kernels_attention_equals_transformers(padded):
     model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
     # 4 linear layers per transformer layer (q/k/v fused, out, 2 feed-forward); int8 where AMX.
     int8 = [f"int8 products ({4 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", "attention", *int8, "positional conv weight norm"]
+    assert kernels.install(fast) == ["conv feature encoder", "attention", *int8, "positional conv weight norm",
+                                     "positional conv by FFT"]
     x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
     mask = torch.ones_like(x, dtype=torch.long)
     if padded:
@@ -200,11 +201,41 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
         models.append(Wav2Vec2ForXVector(Wav2Vec2Config(**sizes)).eval())
     model, fast = models
     int8 = [f"int8 products ({2 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", *int8, "positional conv weight norm"]
+    assert kernels.install(fast) == ["conv feature encoder", *int8, "positional conv weight norm",
+                                     "positional conv by FFT"]
     x = torch.from_numpy(voice(180, 1.5)[None])  # (1, n_samples)
     with torch.inference_mode():
         expected, got = (m.wav2vec2(x).last_hidden_state.numpy() for m in (model, fast))
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [1, 128, 129, 387, 499])
+@pytest.mark.parametrize("kernel", [128, 33])
+def test_positional_conv_by_fft_equals_the_convolution(frames, kernel):
+    """WavLM base's positional conv shape (768 channels, 16 groups) over block edges: T < one
+    block's 129 frames, exactly 1 and 3 blocks, 10 s; and an odd kernel (no trimmed frame)."""
+    import torch
+    from transformers import WavLMConfig
+    from transformers.models.wavlm.modeling_wavlm import WavLMPositionalConvEmbedding
+
+    from speakerdb import kernels
+
+    torch.manual_seed(0)
+    config = WavLMConfig(hidden_size=768, num_conv_pos_embeddings=kernel, num_conv_pos_embedding_groups=16)
+    embed = WavLMPositionalConvEmbedding(config).eval()
+    kernels._fix_weight_norm(embed.conv)
+    assert kernels._positional_conv_fits(embed)
+    x = torch.randn(2, frames, 768)
+    with torch.inference_mode():
+        expected = embed(x)
+        embed._speakerdb_spectra = kernels._positional_conv_spectra(embed.conv)
+        got = kernels.positional_conv_embedding(embed, x)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-6)  # outputs ~1
+    x[1, frames // 2 :] = 0.0  # padded frames, zeroed: the convolution, exactly
+    with torch.inference_mode():
+        embed._speakerdb_convolve = embed.forward
+        np.testing.assert_array_equal(kernels.positional_conv_embedding(embed, x).numpy(), embed(x).numpy())
 
 
 def test_unknown_precision(tiny_checkpoint):
