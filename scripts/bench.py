@@ -30,6 +30,8 @@ the two sides of a comparison are interleaved so that drift in machine speed hit
   per file;
 * a 10-minute clip against a 30 s clip through ``pipeline.embed_clip`` (30 s windows),
   in a child process: time ratio and peak resident memory growth;
+* memory, in a child process per side: what loading the model and embedding a 10 s clip
+  twice add to the resident size (and to its peak) of a process with torch imported;
 * whole processes: ``speakerdb --help``, ``list``, ``show``, ``info`` and ``identify`` on a
   small database, and whether the first four import torch or transformers;
 * the FAISS index: one-query search latency at 1k, 100k and 1M speakers (exact), an HNSW
@@ -87,6 +89,7 @@ FOLDER_CLIPS, FOLDER_MIN_S, FOLDER_MAX_S = 12, 1.0, 40.0  # the mixed folder: cl
 SHORT_CLIP_S = 30.0  # s: one pipeline window
 LONG_CLIP_S, LONG_CLIP_QUICK_S = 600.0, 300.0  # s: 20 windows; 10 with --quick
 IDENTIFY_CLIP_S = 5.0  # s: the query of `speakerdb identify`
+MEMORY_CLIP_S = 10.0  # s: the clip of the memory benchmark
 FAISS_DIM = 512  # the WavLM x-vector dimension
 SEARCH_K = 5  # candidates per query, as `speakerdb identify` asks by default
 LATENCY_QUERIES = 200  # one-query searches timed per index
@@ -503,6 +506,14 @@ def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, 
             "peak_source": peak.__doc__}
 
 
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmRSS, VmHWM), in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
 def rss_baseline() -> tuple[float, Callable[[], float]]:
     """(resident MiB now, a function giving the peak resident MiB since now).
 
@@ -511,15 +522,9 @@ def rss_baseline() -> tuple[float, Callable[[], float]]:
     exec(), so a child started by this multi-GiB benchmark reports its parent's peak
     until it exceeds it. Elsewhere: ru_maxrss, which is then only an upper bound.
     """
-    def status_mib(field: str) -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-        raise KeyError(field)
-
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        baseline = status_mib("VmRSS")
+        baseline = proc_status_mib("VmRSS")
     except OSError:
         def peak_maxrss() -> float:
             """ru_maxrss (an upper bound: may include the parent's peak)"""
@@ -528,8 +533,8 @@ def rss_baseline() -> tuple[float, Callable[[], float]]:
         return peak_rss_mib(), peak_maxrss
 
     def peak_hwm() -> float:
-        """VmHWM, reset after the model load"""
-        return status_mib("VmHWM")
+        """VmHWM, reset at the baseline"""
+        return proc_status_mib("VmHWM")
 
     return baseline, peak_hwm
 
@@ -826,6 +831,56 @@ def bench_enroll(ctx: Context) -> list[Row]:
     return rows
 
 
+def bench_memory(ctx: Context) -> list[Row]:
+    """Memory of each side with its model, in a child process each: what loading the model and
+    embedding a 10 s clip (twice) add to a process that has imported torch and transformers."""
+    rows = []
+    for side in ("card", "speakerdb"):
+        log(f"memory: a child process loads the model ({side}) and embeds a {MEMORY_CLIP_S:g} s clip twice")
+        argv = [sys.executable, str(Path(__file__).resolve()), "--child", "memory", "--side", side,
+                "--checkpoint", str(ctx.checkpoint)]
+        done = subprocess.run(argv, env=ctx.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append(Row(f"memory: {side}", float("nan"), "MiB", f"child failed: {done.stderr.strip()[-300:]}",
+                            ok=False))
+            continue
+        r = json.loads(done.stdout)
+        label = "model card snippet" if side == "card" else "speakerdb `TransformersXVector`"
+        rows += [
+            Row(f"memory: {label}, resident after load + two {MEMORY_CLIP_S:g} s embeddings", r["resident_mib"],
+                "MiB", f"over the process with torch and transformers imported ({r['baseline_mib']:,.0f} MiB)"),
+            Row(f"memory: {label}, peak over the same baseline", r["peak_mib"], "MiB", r["peak_source"]),
+        ]
+    return rows
+
+
+def memory_child(checkpoint: Path, side: str) -> dict[str, Any]:
+    """Run in a child process of :func:`bench_memory`; returns its measurements."""
+    import torch  # noqa: F401 -- imported before the baseline, as in any user's process
+    import transformers  # noqa: F401
+
+    from speakerdb.embed import TransformersXVector
+
+    wave = synthetic_wave(MEMORY_CLIP_S)
+    gc.collect()
+    baseline, peak = rss_baseline()
+    if side == "card":
+        feature_extractor, model = load_reference(checkpoint)
+
+        def run() -> None:
+            card_snippet(feature_extractor, model, wave)
+    else:
+        embedder = TransformersXVector(str(checkpoint))
+
+        def run() -> None:
+            embedder.embed([wave])
+    for _ in range(2):
+        run()
+    gc.collect()
+    return {"baseline_mib": baseline, "resident_mib": proc_status_mib("VmRSS") - baseline,
+            "peak_mib": peak() - baseline, "peak_source": peak.__doc__}
+
+
 def bench_model_memory(ctx: Context) -> list[Row]:
     """Peak memory after the model benchmarks, before the FAISS ones dwarf it."""
     return [Row("process: peak RSS (ru_maxrss) after the model benchmarks", peak_rss_mib(), "MiB",
@@ -854,6 +909,7 @@ BENCHMARKS: list[Callable[[Context], list[Row]]] = [
     functools.partial(bench_embed, seconds=30.0, bf16=True),
     bench_folder,
     bench_long_clip,
+    bench_memory,
     bench_model_memory,  # before FAISS allocates gigabytes
     bench_cli,
     bench_faiss,
@@ -935,8 +991,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", metavar="NAMES",
                         help="comma-separated benchmarks to run, of: " + ", ".join(sorted(set(benchmark_names()))))
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to this JSON file")
-    # Internal: the child process of bench_long_clip (prints its measurements as JSON).
-    parser.add_argument("--child", choices=["long-clip"], help=argparse.SUPPRESS)
+    # Internal: the child processes of bench_long_clip and bench_memory (print their measurements as JSON).
+    parser.add_argument("--child", choices=["long-clip", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=["card", "speakerdb"], help=argparse.SUPPRESS)
     parser.add_argument("--long-seconds", type=float, default=LONG_CLIP_S, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -968,6 +1025,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries()
     if args.child == "long-clip":
         print(json.dumps(long_clip_child(args.checkpoint, args.repeats, args.long_seconds)))
+        return 0
+    if args.child == "memory":
+        print(json.dumps(memory_child(args.checkpoint, args.side)))
         return 0
 
     env = environment()

@@ -96,9 +96,10 @@ class TransformersXVector:
     """A Hugging Face x-vector model (``AutoModelForAudioXVector``), exactly as the model card runs it.
 
     For each waveform the result equals the model card's recipe, run on that waveform
-    alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation, to float32
-    rounding (:mod:`speakerdb.kernels` computes three parts of the model faster, with
-    sums in another order: 3e-8 to 1.2e-7 per component on the full-size model).
+    alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation, to within
+    a few float32 roundings (:mod:`speakerdb.kernels` computes parts of the model
+    faster, with sums in another order and, on AMX CPUs, the linear layers from exact
+    int8 products: ~3.5e-7 per component on the full-size model, tested at 1e-5).
 
     Batching never pads. The base WavLM/wav2vec2 models normalise the first conv layer
     with a GroupNorm over *time*, so zero padding changes every frame of a padded

@@ -1,9 +1,8 @@
-"""Faster forwards for the two slow parts of a WavLM x-vector model on CPU, same results.
+"""Faster forwards for the slow parts of a WavLM x-vector model on CPU, same results.
 
 ``embed.TransformersXVector`` installs them on the model it loads (after fingerprinting
 the weights, which they do not change). Profiling the model card's pipeline on a
-10 s clip (``scripts/bench.py``; 2 cores) showed its matrix products running at the
-machine's fp32 peak and three places where time went to work that is not arithmetic:
+10 s clip (``scripts/bench.py``; 2 cores) showed where its time goes:
 
 * **The conv feature encoder** (7 Conv1d layers, 512 channels, 49 GFLOP per 10 s).
   oneDNN's 1-D convolution spends a quarter of its time on layout reorders, and the
@@ -14,20 +13,25 @@ machine's fp32 peak and three places where time went to work that is not arithme
   ``s``, the rows ``[h[s*t], ..., h[s*t + s - 1]]`` are row ``t`` of ``h`` viewed as
   (frames / s, s * channels), which BLAS reads in place. The first layer's per-channel
   GroupNorm is folded into its weights (its statistics follow from the 10x10 covariance
-  of the input frames), and the GELUs run in place, so each layer allocates one output.
+  of the input frames), the GELUs run in place, and the first two layers run in slices
+  of time, so the 64 MB tensor is never made whole.
 * **Attention.** transformers' WavLM attention asks for the attention weights
   (``need_weights=True``), which forces the unfused path: a (heads, T, T) score
   tensor, its softmax and a head-averaged copy per layer. :func:`wavlm_self_attention`
   computes the same function with one fused q/k/v projection and
   ``scaled_dot_product_attention`` (the gated relative position bias goes in as its
   additive mask); nothing downstream reads the weights.
-* **Weight normalisation** of the positional convolution, recomputed on every forward;
-  it is applied once here.
+* **The transformer's linear layers** (85 GFLOP per 10 s, at the CPU's float32 peak):
+  on CPUs with AMX int8 units, from six exact int8 products each (:mod:`intgemm`).
+* **The positional convolution** (128 taps, 16 groups; 4.7 GFLOP per 10 s): by FFT,
+  in overlapping blocks; and its weight normalisation, recomputed on every forward,
+  applied once.
 
-Each change reorders floating-point sums and nothing else: embeddings stay within
-float32 rounding of the model card's (a test holds them to 1e-5 per component; the
-full-size model differs by 3e-8 to 1.2e-7). Models of other shapes (another attention class, a
-first conv layer with several input channels) keep the parts that do not fit unchanged.
+Each change reorders floating-point sums or, for the int8 products, rounds within a few
+times float32's own rounding: embeddings stay within 1e-5 per component of the model
+card's (tested; the full-size model lands 3.5e-7 away). Models of other shapes (another
+attention class, a first conv layer with several input channels) keep the parts that
+do not fit unchanged.
 """
 
 from __future__ import annotations
