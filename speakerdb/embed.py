@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -38,6 +39,9 @@ PRECISIONS = ("fp32", "bf16")
 # Equal-length utterances are batched; this caps one forward pass at 16 x 10 s of audio so
 # memory stays bounded however many files arrive at once.
 MAX_BATCH_SAMPLES = 16 * 10 * SAMPLE_RATE  # samples
+#: Audio an fp32 embedder embeds before it prepares its int8 products: preparing takes ~0.8 s
+#: and they save ~0.018 s per s of audio, so they repay it after ~45 s.
+INT8_AFTER_S = 60.0  # s
 
 #: ``--model`` value that selects :class:`ResemblyzerEncoder` (a reserved name: a local
 #: directory called ``resemblyzer`` is reached as ``./resemblyzer``).
@@ -129,7 +133,11 @@ class TransformersXVector:
             self.model.to(torch.bfloat16)
         # Same function, fewer wasted cycles: see kernels.py. After the fingerprint (it
         # hashes the weights as loaded) and the dtype change (it copies weights).
-        self.speedups = kernels.install(self.model)
+        self.speedups = kernels.install(self.model, int8_products=False)
+        # The int8 products cost ~0.8 s to prepare and save ~0.018 s per second of audio:
+        # a one-file command would lose by them, so they wait for INT8_AFTER_S of audio.
+        self._int8_pending = precision == "fp32" and self.device.type == "cpu"
+        self.audio_seconds = 0.0  # embedded so far
         if getattr(self.model.config, "speakerdb_random_weights", False):
             log.warning(
                 "model %s has RANDOM weights (scripts/make_random_checkpoint.py): it cannot tell real "
@@ -152,8 +160,29 @@ class TransformersXVector:
                 per_batch = max(1, MAX_BATCH_SAMPLES // length)
                 for start in range(0, len(indices), per_batch):
                     chunk = indices[start : start + per_batch]
+                    if self._int8_pending and self.audio_seconds >= INT8_AFTER_S:
+                        self.prepare_int8_products()
                     out[chunk] = self._forward([waveforms[i] for i in chunk])
+                    self.audio_seconds += len(chunk) * length / SAMPLE_RATE
         return out
+
+    def prepare_int8_products(self) -> int:
+        """Switch the transformer's linear layers to int8 products now (see :mod:`speakerdb.intgemm`).
+
+        :meth:`embed` does it by itself once INT8_AFTER_S of audio has gone through this
+        embedder. Returns how many layers switched: 0 in bf16, on GPUs, on CPUs without
+        AMX int8, with ``SPEAKERDB_INT8_PRODUCTS=0``, or when already done. Embeddings
+        move by ~3e-7 per component at the switch (both sides within 1e-5 of the card's).
+        """
+        if not self._int8_pending:
+            return 0
+        self._int8_pending = False
+        started = time.perf_counter()
+        count = kernels.install_int8_products(self.model)
+        if count:
+            self.speedups.append(f"int8 products ({count} linear layers)")
+            log.debug("int8 products for %d linear layers, prepared in %.2f s", count, time.perf_counter() - started)
+        return count
 
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         """One forward pass over equal-length waveforms: (b, n_samples) -> (b, dim)."""

@@ -36,6 +36,7 @@ do not fit unchanged.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import TYPE_CHECKING
 
@@ -51,14 +52,15 @@ QUIET_FRAME_RATIO = 16.0  # a frame under 1/16 of the mean frame norm: the posit
 FUSED_FRAMES = 2048  # layer-1 frames per slice of the first two conv layers: an 8 MB layer-0 slice
 
 
-def install(model: "nn.Module") -> list[str]:
+def install(model: "nn.Module", int8_products: bool = True) -> list[str]:
     """Swap the faster forwards into a loaded x-vector ``model`` in place; returns what was swapped.
 
     Call it once the model has its final dtype and device: the rearranged weights are
-    copies of the weights as they are at this moment.
+    copies of the weights as they are at this moment. ``int8_products=False`` leaves the
+    linear layers in float32 for :func:`install_int8_products` to change later.
     """
     import torch
-    from torch import nn
+    import torch.nn.functional as F
 
     base = model.base_model
     done = []
@@ -67,32 +69,15 @@ def install(model: "nn.Module") -> list[str]:
         encoder._speakerdb_plan = _encoder_plan(encoder)
         encoder.forward = types.MethodType(conv_feature_encoder, encoder)
         done.append("conv feature encoder")
-    layers = getattr(getattr(base, "encoder", None), "layers", [])
-    # WavLM's attention class (the method it calls is the one replaced); wav2vec2's differs.
-    attentions = [getattr(layer, "attention", None) for layer in layers]
-    attentions = [a for a in attentions if hasattr(a, "torch_multi_head_self_attention")]
+    attentions = _wavlm_attentions(model)
     for a in attentions:
-        qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
-        a._speakerdb_qkv = intgemm.make_linear(qkv_weight, qkv_bias)
-        a._speakerdb_out = intgemm.make_linear(a.out_proj.weight, a.out_proj.bias)
+        a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
+        a._speakerdb_qkv = functools.partial(F.linear, weight=a._speakerdb_qkv_weight, bias=a._speakerdb_qkv_bias)
+        a._speakerdb_out = functools.partial(F.linear, weight=a.out_proj.weight.detach(), bias=a.out_proj.bias.detach())
         a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)
     if attentions:
         done.append("attention")
-    # The feed-forward products, the largest of the model: float32 from int8 products where
-    # the CPU has AMX int8 (see intgemm.py); nothing changes elsewhere.
-    n_int = sum(isinstance(getattr(a, name), intgemm.IntLinear) for a in attentions for name in ("_speakerdb_qkv", "_speakerdb_out"))
-    for layer in layers:
-        feed_forward = getattr(layer, "feed_forward", None)
-        for name in ("intermediate_dense", "output_dense"):
-            dense = getattr(feed_forward, name, None)
-            if isinstance(dense, nn.Linear):
-                product = intgemm.make_linear(dense.weight, dense.bias)
-                if isinstance(product, intgemm.IntLinear):
-                    dense.forward = product
-                    n_int += 1
-    if n_int:
-        done.append(f"int8 products ({n_int} linear layers)")
     pos_embed = getattr(getattr(base, "encoder", None), "pos_conv_embed", None)
     if pos_embed is not None and _fix_weight_norm(pos_embed.conv):
         done.append("positional conv weight norm")
@@ -101,7 +86,44 @@ def install(model: "nn.Module") -> list[str]:
         pos_embed._speakerdb_convolve = pos_embed.forward  # the original, for quiet frames
         pos_embed.forward = types.MethodType(positional_conv_embedding, pos_embed)
         done.append("positional conv by FFT")
+    n_int8 = install_int8_products(model) if int8_products else 0
+    if n_int8:
+        done.append(f"int8 products ({n_int8} linear layers)")
     return done
+
+
+def install_int8_products(model: "nn.Module") -> int:
+    """The transformer's linear layers (q/k/v, attention output, both feed-forward) from
+    int8 products, where :mod:`intgemm` can (AMX CPUs, float32 weights that suit it).
+
+    Returns how many layers now use them; 0 where none can, or where it already ran.
+    Preparing them takes ~0.8 s for WavLM base (slicing and packing 85 M weights).
+    """
+    from torch import nn
+
+    count = 0
+    for a in _wavlm_attentions(model):
+        if hasattr(a, "_speakerdb_qkv") and not isinstance(a._speakerdb_qkv, intgemm.IntLinear):
+            a._speakerdb_qkv = intgemm.make_linear(a._speakerdb_qkv_weight, a._speakerdb_qkv_bias)
+            a._speakerdb_out = intgemm.make_linear(a.out_proj.weight, a.out_proj.bias)
+            count += isinstance(a._speakerdb_qkv, intgemm.IntLinear) + isinstance(a._speakerdb_out, intgemm.IntLinear)
+    for layer in getattr(getattr(model.base_model, "encoder", None), "layers", []):
+        feed_forward = getattr(layer, "feed_forward", None)
+        for name in ("intermediate_dense", "output_dense"):
+            dense = getattr(feed_forward, name, None)
+            if isinstance(dense, nn.Linear) and not isinstance(dense.__dict__.get("forward"), intgemm.IntLinear):
+                product = intgemm.make_linear(dense.weight, dense.bias)
+                if isinstance(product, intgemm.IntLinear):
+                    dense.forward = product  # an instance attribute: nn.Module.__call__ uses it
+                    count += 1
+    return count
+
+
+def _wavlm_attentions(model: "nn.Module") -> list:
+    """The attention modules of WavLM's layers (wav2vec2's attention class has no such method)."""
+    layers = getattr(getattr(model.base_model, "encoder", None), "layers", [])
+    attentions = [getattr(layer, "attention", None) for layer in layers]
+    return [a for a in attentions if hasattr(a, "torch_multi_head_self_attention")]
 
 
 # ---- the conv feature encoder -------------------------------------------------------------

@@ -171,8 +171,8 @@ def test_kernels_attention_equals_transformers(padded):
     model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
     # 4 linear layers per transformer layer (q/k/v fused, out, 2 feed-forward); int8 where AMX.
     int8 = [f"int8 products ({4 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", "attention", *int8, "positional conv weight norm",
-                                     "positional conv by FFT"]
+    assert kernels.install(fast) == ["conv feature encoder", "attention", "positional conv weight norm",
+                                     "positional conv by FFT", *int8]
     x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
     mask = torch.ones_like(x, dtype=torch.long)
     if padded:
@@ -201,8 +201,8 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
         models.append(Wav2Vec2ForXVector(Wav2Vec2Config(**sizes)).eval())
     model, fast = models
     int8 = [f"int8 products ({2 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", *int8, "positional conv weight norm",
-                                     "positional conv by FFT"]
+    assert kernels.install(fast) == ["conv feature encoder", "positional conv weight norm",
+                                     "positional conv by FFT", *int8]
     x = torch.from_numpy(voice(180, 1.5)[None])  # (1, n_samples)
     with torch.inference_mode():
         expected, got = (m.wav2vec2(x).last_hidden_state.numpy() for m in (model, fast))
@@ -236,6 +236,24 @@ def test_positional_conv_by_fft_equals_the_convolution(frames, kernel):
     with torch.inference_mode():
         embed._speakerdb_convolve = embed.forward
         np.testing.assert_array_equal(kernels.positional_conv_embedding(embed, x).numpy(), embed(x).numpy())
+
+
+def test_int8_products_come_after_enough_audio_and_keep_the_embeddings(tiny_checkpoint, monkeypatch):
+    from speakerdb import embed, intgemm
+
+    monkeypatch.setattr(embed, "INT8_AFTER_S", 3.0)
+    embedder = load_embedder(str(tiny_checkpoint))
+    wave = voice(150, 2.0)
+    first = embedder.embed([wave])  # 0 s before it: float32 products
+    again = embedder.embed([wave])  # 2 s before it: still float32
+    assert np.array_equal(first, again)
+    assert not any("int8" in s for s in embedder.speedups)
+    later = embedder.embed([wave])  # 4 s before it: int8 products where the CPU has them
+    assert any("int8" in s for s in embedder.speedups) == intgemm.available()
+    assert embedder.audio_seconds == 6.0
+    np.testing.assert_allclose(later, first, atol=1e-5)
+    assert embedder.prepare_int8_products() == 0  # once only
+    assert load_embedder(str(tiny_checkpoint), precision="bf16").prepare_int8_products() == 0
 
 
 def test_unknown_precision(tiny_checkpoint):
