@@ -606,7 +606,7 @@ def bench_cli(ctx: Context) -> list[Row]:
                                         "includes loading torch and the model",
     }
     rows = [timing_row(f"cli: `{name}`", times[name], note=notes.get(name, "")) for name in commands]
-    return [heavy_imports_row(ctx, env, args) for args in (["--help"], ["list"], ["show", "alice"], ["info"])]
+    return rows + [heavy_imports_row(ctx, env, args) for args in (["--help"], ["list"], ["show", "alice"], ["info"])]
 
 
 # Runs a speakerdb command inside a child interpreter, then writes which of the heavy

@@ -162,15 +162,17 @@ def test_kernels_feature_encoder_equals_the_convolutions(norm, slices, monkeypat
 
 
 @pytest.mark.parametrize("padded", [False, True])
-def test_kernels_attention_equals_transformers(padded):
+def test_kernels_attention_equals_transformers(padded, monkeypatch):
     """The whole model with kernels.install() equals the original, with and without padded keys."""
     import torch
 
     from speakerdb import intgemm, kernels
 
     model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
-    # 4 linear layers per transformer layer (q/k/v fused, out, 2 feed-forward); int8 where AMX.
-    int8 = [f"int8 products ({4 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    # 3 linear layers per transformer layer (q/k/v fused, 2 feed-forward); int8 where AMX,
+    # here at every size (the tiny model's 2 x 99 frames are under intgemm.MIN_ROWS).
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 1)
+    int8 = [f"int8 products ({3 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
     assert kernels.install(fast) == ["conv feature encoder", "attention", "positional conv weight norm",
                                      "positional conv by FFT", *int8]
     x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
@@ -186,7 +188,7 @@ def test_kernels_attention_equals_transformers(padded):
     np.testing.assert_allclose(got_xv, expected_xv, atol=1e-5)
 
 
-def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
+def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result(monkeypatch):
     """A wav2vec2 x-vector model: same conv encoder (replaced), another attention class (kept)."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForXVector
@@ -200,6 +202,7 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result():
         torch.manual_seed(0)
         models.append(Wav2Vec2ForXVector(Wav2Vec2Config(**sizes)).eval())
     model, fast = models
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 1)
     int8 = [f"int8 products ({2 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
     assert kernels.install(fast) == ["conv feature encoder", "positional conv weight norm",
                                      "positional conv by FFT", *int8]
@@ -242,6 +245,7 @@ def test_int8_products_come_after_enough_audio_and_keep_the_embeddings(tiny_chec
     from speakerdb import embed, intgemm
 
     monkeypatch.setattr(embed, "INT8_AFTER_S", 3.0)
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 1)  # a 2 s clip is 99 frames
     embedder = load_embedder(str(tiny_checkpoint))
     wave = voice(150, 2.0)
     first = embedder.embed([wave])  # 0 s before it: float32 products

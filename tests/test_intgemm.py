@@ -12,6 +12,12 @@ from speakerdb import intgemm  # noqa: E402
 needs_int8 = pytest.mark.skipif(not intgemm.available(), reason="no AMX int8 products on this CPU or torch build")
 
 
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch):
+    """Integer products for inputs of any number of rows (by default: 200 or more)."""
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 1)
+
+
 def relative_errors(got, x, w, b):
     """|got - exact| / (|x| @ |w|.T + |b|) per output, against float64: float32's own is ~1e-7 at most."""
     x64, w64, b64 = x.double(), w.double(), b.double()
@@ -62,6 +68,19 @@ def test_inputs_the_scheme_does_not_suit_take_the_float32_product(poison):
     np.testing.assert_array_equal(got.numpy(), torch.nn.functional.linear(x, w, b).numpy())
 
 
+@needs_int8
+def test_inputs_of_few_rows_take_the_float32_product(monkeypatch):
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 200)  # the default: where the int8 products start to win
+    g = torch.Generator().manual_seed(6)
+    w, b = torch.randn(96, 64, generator=g), torch.randn(96, generator=g)
+    layer = intgemm.IntLinear(w, b)
+    short, long = torch.randn(199, 64, generator=g), torch.randn(200, 64, generator=g)
+    assert torch.equal(layer(short), torch.nn.functional.linear(short, w, b))
+    assert layer.fallbacks == 1
+    assert relative_errors(layer(long), long, w, b).max() < 2e-6
+    assert layer.fallbacks == 1 and layer.calls == 2
+
+
 def test_make_linear_keeps_float32_for_unsuitable_weights_or_when_switched_off(monkeypatch):
     g = torch.Generator().manual_seed(4)
     w, b, x = torch.randn(32, 64, generator=g), torch.randn(32, generator=g), torch.randn(5, 64, generator=g)
@@ -95,3 +114,15 @@ def test_weights_laid_out_transposed_give_the_same_product():
     x, w, b = torch.randn(40, 64, generator=g), torch.randn(64, 96, generator=g).T, torch.randn(96, generator=g)
     assert not w.is_contiguous()
     assert relative_errors(intgemm.IntLinear(w, b)(x), x, w, b).max() < 2e-6
+
+
+@pytest.mark.skipif(not torch._C._cpu._get_cpu_capability().get("amx_int8", False), reason="CPU without AMX int8")
+def test_available_wherever_the_cpu_has_amx_int8(monkeypatch):
+    """Guards the skips above: on an AMX CPU the probe must pass, not quietly turn the products off."""
+    monkeypatch.delenv(intgemm.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(intgemm, "MIN_ROWS", 200)  # the default, which the probe must not depend on
+    intgemm.available.cache_clear()
+    try:
+        assert intgemm.available()
+    finally:
+        intgemm.available.cache_clear()
