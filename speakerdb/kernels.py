@@ -21,8 +21,9 @@ the weights, which they do not change). Profiling the model card's pipeline on a
   computes the same function with one fused q/k/v projection and
   ``scaled_dot_product_attention`` (the gated relative position bias goes in as its
   additive mask); nothing downstream reads the weights.
-* **The transformer's linear layers** (85 GFLOP per 10 s, at the CPU's float32 peak):
-  on CPUs with AMX int8 units, from six exact int8 products each (:mod:`intgemm`).
+* **The transformer's large linear layers** (q/k/v and feed-forward: 78 GFLOP per 10 s,
+  at the CPU's float32 peak): on CPUs with AMX int8 units, from six exact int8 products
+  each (:mod:`intgemm`), once :func:`install_int8_products` has prepared them.
 * **The positional convolution** (128 taps, 16 groups; 4.7 GFLOP per 10 s): by FFT,
   in overlapping blocks; and its weight normalisation, recomputed on every forward,
   applied once.
