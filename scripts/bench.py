@@ -299,7 +299,7 @@ def bench_load(ctx: Context) -> list[Row]:
     fingerprint = interleaved({"fingerprint": lambda: _fingerprint(model)}, ctx.repeats)["fingerprint"]
     ref, sdb = statistics.median(times["reference"]), statistics.median(times["speakerdb"])
     rows = []
-    if hasattr(load_embedder(str(ctx.checkpoint)), "prepare_int8_products"):
+    if hasattr(type(ctx.embedder), "prepare_int8_products"):
         prepare = []
         for _ in range(ctx.repeats):
             embedder = load_embedder(str(ctx.checkpoint))
