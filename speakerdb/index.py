@@ -35,7 +35,7 @@ import os
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -241,11 +241,7 @@ class SpeakerIndex:
         """The header of an index file, or None if there is no readable one."""
         try:
             with open(path, "rb") as f:
-                head = f.read(len(MAGIC) + 4)
-                if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
-                    return None
-                (header_len,) = struct.unpack_from("<I", head, len(MAGIC))
-                return json.loads(f.read(header_len))
+                return _read_header(f)
         except (OSError, ValueError):
             return None
 
@@ -274,12 +270,10 @@ class SpeakerIndex:
         except OSError as e:
             raise IndexFileError(f"{path}: {e.strerror or e}") from None
         with f:
-            head = f.read(len(MAGIC) + 4)
-            if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
-                raise IndexFileError(f"{path}: not a speakerdb index")
-            (header_len,) = struct.unpack_from("<I", head, len(MAGIC))
             try:
-                header = json.loads(f.read(header_len))
+                header = _read_header(f)
+                if header is None:
+                    raise IndexFileError(f"{path}: not a speakerdb index")
                 if header.get("format") != FORMAT_VERSION:
                     raise IndexFileError(f"{path}: index format {header.get('format')} unknown")
                 n = int(header["positions"])
@@ -317,6 +311,18 @@ class SpeakerIndex:
         header_now = SpeakerIndex.read_header(path)
         base = int(header_now["generation"]) if header_now else generation
         return sum(1 for _ in _read_log(log, base, dim, with_vectors=False))
+
+
+def _read_header(f: BinaryIO) -> dict[str, Any] | None:
+    """The JSON header at the start of an open index file; None if the file is not one.
+
+    Leaves ``f`` at the first byte after the header. Malformed JSON raises ValueError.
+    """
+    head = f.read(len(MAGIC) + 4)
+    if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+        return None
+    (header_len,) = struct.unpack_from("<I", head, len(MAGIC))
+    return json.loads(f.read(header_len))
 
 
 def _read_log(log: Path, base_generation: int, dim: int, with_vectors: bool) -> Iterator[tuple[dict, np.ndarray | None]]:
