@@ -75,7 +75,6 @@ def install(model: "nn.Module", int8_products: bool = True) -> list[str]:
         a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
         a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
         a._speakerdb_qkv = functools.partial(F.linear, weight=a._speakerdb_qkv_weight, bias=a._speakerdb_qkv_bias)
-        a._speakerdb_out = functools.partial(F.linear, weight=a.out_proj.weight.detach(), bias=a.out_proj.bias.detach())
         a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)
     if attentions:
         done.append("attention")
@@ -333,7 +332,7 @@ def wavlm_self_attention(
     dropout = attention.dropout if attention.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
     out = out.transpose(1, 2).reshape(batch, frames, embed)
-    return attention._speakerdb_out(out), None
+    return attention.out_proj(out), None
 
 
 # ---- positional convolution ---------------------------------------------------------------
