@@ -190,8 +190,8 @@ class SpeakerDB:
             database was built with, else ``microsoft/wavlm-base-plus-sv``. Loaded on the
             first call that embeds audio, not before.
         device: ``cpu`` or ``cuda``.
-        precision: ``fp32`` (the model card's embeddings exactly) or ``bf16`` (about
-            3x as fast on CPUs with bf16 matrix units (AMX); embeddings within ~1e-3 per component).
+        precision: ``fp32`` (the model card's embeddings, within ~4e-7 per component) or ``bf16``
+            (about 2.7x as fast on CPUs with bf16 matrix units (AMX); embeddings within ~1e-3 per component).
         embedder: any object with ``model_id``, ``dim`` and ``embed()``
             (:class:`speakerdb.embed.Embedder`); overrides ``model``.
     """

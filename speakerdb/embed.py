@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("speakerdb")
 
 DEFAULT_MODEL = "microsoft/wavlm-base-plus-sv"
-#: fp32: exactly the model card's embeddings. bf16: the fast mode.
+#: fp32: the model card's embeddings (within ~4e-7 per component). bf16: the fast mode.
 PRECISIONS = ("fp32", "bf16")
 # Equal-length utterances are batched; this caps one forward pass at 16 x 10 s of audio so
 # memory stays bounded however many files arrive at once.
@@ -97,7 +97,7 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class TransformersXVector:
-    """A Hugging Face x-vector model (``AutoModelForAudioXVector``), exactly as the model card runs it.
+    """A Hugging Face x-vector model (``AutoModelForAudioXVector``), computing what the model card computes.
 
     For each waveform the result equals the model card's recipe, run on that waveform
     alone: feature extractor -> model -> ``embeddings`` -> L2 normalisation, to within
@@ -302,7 +302,7 @@ def load_embedder(model: str | None = None, device: str = "cpu", precision: str 
     """Load the embedder named by ``model``: ``resemblyzer``, a hub id or a local checkpoint directory.
 
     ``precision="bf16"`` (transformers models only) runs the model in bfloat16: about
-    3x as fast on CPUs with bf16 matrix units (AMX), with embeddings that differ from the
+    2.7x as fast on CPUs with bf16 matrix units (AMX), with embeddings that differ from the
     float32 ones by up to ~1e-3 per component (see README, "Performance").
     """
     if model == RESEMBLYZER_MODEL:
