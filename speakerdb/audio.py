@@ -12,6 +12,9 @@ moved to torchcodec.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +22,8 @@ from typing import Iterator
 import numpy as np
 
 from .errors import AudioError
+
+log = logging.getLogger("speakerdb")
 
 SAMPLE_RATE = 16_000  # Hz: what WavLM and the other x-vector models were trained on
 # The WavLM x-vector head needs a few hundred milliseconds of frames: the conv front end
@@ -30,6 +35,22 @@ MIN_DURATION_S = 0.5  # seconds
 SILENCE_PEAK = 10 ** (-80 / 20)  # = 1e-4, linear amplitude
 # Files are decoded this many seconds at a time, so memory does not grow with length.
 BLOCK_S = 10.0  # seconds
+# Sample rates a recording of a voice can plausibly have: 4 kHz (below narrow-band telephony)
+# to 768 kHz (the fastest studio converters). A header claiming 1 Hz makes 20 KB of data last
+# hours; one claiming 0 or billions is damaged.
+MIN_SAMPLE_RATE = 4_000  # Hz
+MAX_SAMPLE_RATE = 768_000  # Hz
+# The longest recording accepted, unless the caller or $SPEAKERDB_MAX_AUDIO_S allows more:
+# 4 hours covers a long meeting; beyond it a file is more likely damaged or hostile (a WAV
+# header followed by a terabyte of zeros) than a recording, and embedding it takes hours.
+MAX_DURATION_S = 4 * 3600.0  # seconds
+MAX_DURATION_ENV = "SPEAKERDB_MAX_AUDIO_S"
+# This much unbroken digital silence (peak below SILENCE_PEAK) is not a pause in speech but
+# an empty or padded file: decoding stops there instead of reading to the end.
+MAX_SILENT_RUN_S = 300.0  # seconds
+# Decoded float samples lie in [-1, 1]; float files may overshoot a little. Anything beyond
+# +60 dBFS is not a recording, and resampling such values overflows float32 into NaN.
+MAX_ABS_SAMPLE = 1_000.0  # linear amplitude, full scale = 1.0
 
 # Speech activity, for enrollment warnings: 30 ms frames (480 samples at 16 kHz) are
 # "active" when their energy is within ACTIVE_RANGE_DB of the loudest frame and either
@@ -63,6 +84,20 @@ def samples_sha256(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype="<f4").tobytes()).hexdigest()
 
 
+def max_duration_s() -> float:
+    """The longest recording accepted: $SPEAKERDB_MAX_AUDIO_S if set, else MAX_DURATION_S (4 h)."""
+    raw = os.environ.get(MAX_DURATION_ENV)
+    if not raw:
+        return MAX_DURATION_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (np.isfinite(value) and value > 0):
+        raise AudioError(MAX_DURATION_ENV, f"must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 def load(path: str | Path) -> Audio:
     """Decode ``path`` to 16 kHz mono float32 and check it is usable.
 
@@ -87,9 +122,13 @@ def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
     are the caller's (see :func:`check_samples`, or pipeline.embed_clip).
     """
     path = check_file(path)
-    rate, blocks = _decode_blocks(path, block_s)
+    limit_s = max_duration_s()
+    rate, blocks, declared_frames = _decode_blocks(path, block_s)
     if rate <= 0:  # FFmpeg "finds" audio with no sample rate in some text files
         raise AudioError(path, f"not an audio file (sample rate {rate})")
+    check_rate(rate, path)
+    if declared_frames is not None and declared_frames / rate > limit_s:  # refused before decoding
+        raise AudioError(path, _too_long(declared_frames / rate, limit_s, "declares"))
     resampler = None
     if rate != SAMPLE_RATE:
         import soxr
@@ -97,23 +136,68 @@ def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
         # Streaming soxr gives the same samples as resampling the whole signal at once.
         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
     any_samples = False
+    n_in = 0  # samples read, at the file's rate
+    silent_run = 0  # samples, at the file's rate, since the last one above SILENCE_PEAK
     for block in _guard(path, blocks):
         if block.size == 0:
             continue
         any_samples = True
         mono = block.mean(axis=1, dtype=np.float32)  # (n,) channels averaged
-        if not np.isfinite(mono).all():
-            raise AudioError(path, "contains NaN or infinite samples")
+        _check_values(mono, path)
+        n_in += len(mono)
+        if n_in / rate > limit_s:
+            raise AudioError(path, _too_long(n_in / rate, limit_s, "is longer than"))
+        loud = np.flatnonzero(np.abs(mono) >= SILENCE_PEAK)
+        silent_run = silent_run + len(mono) if not len(loud) else len(mono) - 1 - int(loud[-1])
+        if silent_run / rate > MAX_SILENT_RUN_S:
+            raise AudioError(
+                path, f"holds more than {MAX_SILENT_RUN_S:g} s of unbroken digital silence (from "
+                f"{(n_in - silent_run) / rate:.0f} s on): an empty or padded file, not speech; decoding stopped"
+            )
         if resampler is not None:
             mono = resampler.resample_chunk(mono, last=False)
+            _check_resampled(mono, path)
         if len(mono):
             yield mono
     if not any_samples:
         raise AudioError(path, "contains no audio samples")
     if resampler is not None:
         tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        _check_resampled(tail, path)
         if len(tail):
             yield tail
+
+
+def check_rate(rate: float, source: str | Path = "<array>") -> None:
+    """Raise AudioError for a sample rate no recording of a voice has (see MIN/MAX_SAMPLE_RATE)."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioError(
+            source, f"implausible sample rate {rate:g} Hz (accepted: {MIN_SAMPLE_RATE:,} to {MAX_SAMPLE_RATE:,} Hz)"
+        )
+
+
+def _check_values(mono: np.ndarray, source: str | Path) -> None:
+    """Samples must be finite and near full scale; resampling turns 3e38 into NaN."""
+    if not np.isfinite(mono).all():
+        raise AudioError(source, "contains NaN or infinite samples")
+    if len(mono) and float(np.max(np.abs(mono))) > MAX_ABS_SAMPLE:
+        raise AudioError(
+            source, f"contains samples of impossible magnitude (peak {float(np.max(np.abs(mono))):.3g}; "
+            "audio lies within [-1, 1])"
+        )
+
+
+def _check_resampled(mono: np.ndarray, source: str | Path) -> None:
+    """The resampler's output is checked too: whatever slipped through must not become NaN downstream."""
+    if not np.isfinite(mono).all():
+        raise AudioError(source, "resampling produced NaN or infinite samples (the recording is damaged)")
+
+
+def _too_long(seconds: float, limit_s: float, verb: str) -> str:
+    return (
+        f"{verb} {seconds:,.0f} s of audio, more than the {limit_s:,.0f} s accepted "
+        f"(set {MAX_DURATION_ENV} to allow longer recordings)"
+    )
 
 
 def check_samples(samples: np.ndarray, source: str | Path = "<array>") -> None:
@@ -133,12 +217,20 @@ def check_duration_and_level(n_samples: int, peak: float, source: str | Path) ->
 def check_file(path: str | Path) -> Path:
     """Cheap checks before any decoding or model loading: exists, a file, readable, not empty."""
     path = Path(path)
-    if not path.exists():
-        raise AudioError(path, "no such file")
-    if path.is_dir():
-        raise AudioError(path, "is a directory, not an audio file")
     try:
-        size = path.stat().st_size
+        info = path.stat()  # stat never blocks; opening a FIFO would wait for a writer forever
+    except FileNotFoundError:
+        raise AudioError(path, "no such file") from None
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError(path, "is a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(path, "is not a regular file (a pipe, device or socket): save the audio to a file first")
+    try:
+        size = info.st_size
         with open(path, "rb"):
             pass
     except PermissionError:
@@ -158,14 +250,15 @@ def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>") -> np.n
     mono = np.asarray(mono, dtype=np.float32)
     if mono.ndim != 1:
         raise AudioError(source, f"expected a mono signal (1-D array), got shape {mono.shape}")
-    if not np.isfinite(mono).all():
-        raise AudioError(source, "contains NaN or infinite samples")
-    if rate <= 0:
-        raise AudioError(source, f"invalid sample rate {rate}")
+    _check_values(mono, source)
+    check_rate(rate, source)
+    if len(mono) / rate > max_duration_s():
+        raise AudioError(source, _too_long(len(mono) / rate, max_duration_s(), "is"))
     if rate != SAMPLE_RATE:
         import soxr
 
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+        _check_resampled(mono, source)
     check_samples(mono, source)
     return np.ascontiguousarray(mono)
 
@@ -189,8 +282,9 @@ def active_seconds(samples: np.ndarray) -> float:
     return float(active.sum() * FRAME_S)
 
 
-def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray]]:
-    """(sample rate in Hz, blocks of (n, channels) float32), trying libsndfile, then FFmpeg."""
+def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray], int | None]:
+    """(sample rate in Hz, blocks of (n, channels) float32, frames the header declares or None),
+    trying libsndfile, then FFmpeg."""
     import soundfile
 
     try:
@@ -198,16 +292,23 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as sf_error:
         first_error = sf_error
     else:
-        return int(f.samplerate), _soundfile_blocks(f, block_s)
+        rate = int(f.samplerate)
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            f.close()  # refused before a block is read (check_rate in stream says why)
+        # libsndfile reports 2**63-1 frames for streams of unknown length: only a real count counts.
+        frames = int(f.frames) if 0 <= f.frames < 2**62 else None
+        return rate, _soundfile_blocks(f, block_s), frames
     try:
-        return _av_blocks(path)
+        rate, blocks = _av_blocks(path)
+        return rate, blocks, None
     except AudioError:
         raise
     except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
+        # The decoders' own words (errno numbers, library names) help a developer, not the user.
+        log.debug("%s: libsndfile: %s; ffmpeg: %s", path, _short(first_error), _short(av_error))
         raise AudioError(
             path,
-            "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes); "
-            f"libsndfile: {_short(first_error)}; ffmpeg: {_short(av_error)}",
+            "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes)",
         ) from None
 
 
@@ -247,7 +348,8 @@ def _guard(path: Path, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     except AudioError:
         raise
     except Exception as e:
-        raise AudioError(path, f"damaged or truncated audio ({_short(e)})") from None
+        log.debug("%s: decoder error: %s", path, _short(e))
+        raise AudioError(path, "damaged or truncated audio (the decoder stopped partway through)") from None
 
 
 def _short(error: BaseException) -> str:

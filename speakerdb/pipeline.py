@@ -22,9 +22,13 @@ import numpy as np
 
 from . import audio
 from .embed import Embedder, l2_normalize
+from .errors import AudioError
 
 WINDOW_S = 30.0  # seconds
 WINDOW = int(WINDOW_S * audio.SAMPLE_RATE)  # samples: 480,000
+# A stored vector must be unit length: float32 rounding leaves ~1e-7; anything further off
+# means the model produced garbage (NaN, inf or zeros) and must not reach the database.
+UNIT_NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,13 @@ def windows(blocks: Iterable[np.ndarray], window: int = WINDOW) -> Iterator[np.n
         yield remainder
 
 
+def check_vector(vector: np.ndarray, source: str) -> None:
+    """Raise AudioError unless ``vector`` is finite and of unit norm: only such vectors are stored."""
+    norm = float(np.linalg.norm(vector.astype(np.float64))) if np.isfinite(vector).all() else float("nan")
+    if not abs(norm - 1.0) <= UNIT_NORM_TOLERANCE:  # NaN fails this comparison too
+        raise AudioError(source, f"the model produced an unusable embedding (norm {norm:.3g}, not 1): nothing stored")
+
+
 def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
@@ -85,6 +96,8 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
         nonlocal n_samples, peak
         for block in blocks:
             block = np.ascontiguousarray(block, dtype=np.float32)
+            if not np.isfinite(block).all():  # arrays given to the API skip audio.stream's checks
+                raise AudioError(label, "contains NaN or infinite samples")
             sha.update(block.astype("<f4", copy=False).tobytes())
             n_samples += len(block)
             peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
@@ -107,4 +120,5 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
         audio.check_duration_and_level(n_samples, peak, label)
     assert total is not None
     vector = l2_normalize(total[None])[0]  # (dim,)
+    check_vector(vector, label)
     return EmbeddedClip(label, n_samples / audio.SAMPLE_RATE, sha.hexdigest(), speech_s, vector, n_windows)

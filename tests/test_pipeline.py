@@ -105,3 +105,33 @@ def test_an_hour_long_file_in_bounded_memory(tmp_path):
     assert (n_windows, seconds) == (120, 3600)
     # The decoded hour alone would be 230 MiB of float32; the pipeline holds a few windows.
     assert grew_mib < 80, f"peak memory grew by {grew_mib} MiB"
+
+
+class _BrokenEmbedder(FakeEmbedder):
+    """Returns what a model fed damaged input returns: NaN, or a vector that is not unit length."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def embed(self, waveforms):
+        return np.full((len(waveforms), self.dim), self.value, dtype=np.float32)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 0.0])
+def test_only_finite_unit_vectors_leave_the_pipeline(tmp_path, value):
+    from speakerdb.errors import AudioError
+
+    path = write(tmp_path / "v.wav", voice(150, 1.0))
+    with pytest.raises(AudioError, match="unusable embedding") as err:
+        pipeline.embed_clip(path, _BrokenEmbedder(value))
+    assert str(path) in str(err.value)
+
+
+def test_arrays_given_to_the_api_are_checked_for_nan():
+    from speakerdb.errors import AudioError
+
+    samples = voice(150, 1.0)
+    samples[10] = np.nan
+    with pytest.raises(AudioError, match="NaN"):
+        pipeline.embed_clip(audio.Audio("array", samples), FakeEmbedder())
