@@ -25,6 +25,7 @@ import numpy as np
 from . import audio, gallery, pipeline, schema, store
 from .embed import DEFAULT_MODEL, Embedder, load_embedder, same_model
 from .errors import (
+    AudioError,
     ConflictError,
     DatabaseError,
     EmptyDatabaseError,
@@ -69,6 +70,11 @@ def default_db_path() -> Path:
     return Path(env).expanduser() if env else default_home() / DB_FILENAME
 
 
+def _label(f: str | os.PathLike[str] | audio.Audio) -> str:
+    """How a file given to identify is named in its answer: the path as given, or the clip's source."""
+    return f.source if isinstance(f, audio.Audio) else str(f)
+
+
 @dataclass(frozen=True)
 class Candidate:
     speaker: str
@@ -77,15 +83,31 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Identification:
-    """One file's answer: ``speaker`` is None ("unknown") when the best score is below the threshold."""
+    """One file's answer: ``speaker`` is None ("unknown") when the best score is below the threshold.
+
+    A file that could not be used (missing, not audio, too short...) has ``error`` set to the
+    reason, ``speaker`` and ``score`` None and no candidates: one bad file in a batch does not
+    cost the others their answers.
+    """
 
     file: str
     speaker: str | None
-    score: float
+    score: float | None
     candidates: list[Candidate]
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was identified (``speaker`` may still be None: unknown)."""
+        return self.error is None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """``{"file", "speaker", "score", "candidates"}``, or ``{"file", "error"}`` for a file that failed."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        d = asdict(self)
+        del d["error"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -353,33 +375,58 @@ class SpeakerDB:
         threshold: float | None = None,
         progress: Progress | None = None,
     ) -> list[Identification]:
-        """Nearest enrolled speakers for each file, and the decision.
+        """Nearest enrolled speakers for each file, and the decision, in the order of ``files``.
 
         ``speaker`` is the best candidate if its score reaches the threshold (the
-        database's, unless ``threshold`` is given), else None: unknown.
+        database's, unless ``threshold`` is given), else None: unknown. A file that cannot
+        be used gets an :class:`Identification` with ``error`` set (see ``ok``) instead of
+        an exception, so one bad file does not lose the batch; errors that concern every
+        file (no speakers enrolled, the model cannot be loaded) still raise.
         """
-        if top_k < 1:
-            raise InvalidInputError(f"top-k must be at least 1, not {top_k}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidInputError(f"top-k must be a whole number of at least 1, not {top_k!r}")
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         if not files:
             raise InvalidInputError("identify needs at least one audio file")
-        self._check_files(files)
-        self._require_speakers()
-        embedded = self._embed_files(files, progress)
-        queries = np.stack([clip.vector for clip in embedded])  # (n_files, dim)
-        index = self.indexer.current()
-        scores, ids = index.search(queries, top_k)  # (n_files, k), (n_files, k)
-        with self.store.read() as s:
-            names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
-        results = []
-        for clip, row_scores, row_ids in zip(embedded, scores, ids):
-            candidates = [
-                Candidate(names[int(i)], float(sc)) for sc, i in zip(row_scores, row_ids) if int(i) in names
-            ]
-            best = candidates[0] if candidates else None
-            decided = best.speaker if best is not None and best.score >= threshold else None
-            results.append(Identification(clip.source, decided, best.score if best else float("nan"), candidates))
-        return results
+        errors: dict[int, AudioError] = {}
+        for i, f in enumerate(files):  # cheap checks first: all-bad batches never load the model
+            try:
+                self._check_files([f])
+            except AudioError as e:
+                errors[i] = e
+        embedded: dict[int, pipeline.EmbeddedClip] = {}
+        good = [i for i in range(len(files)) if i not in errors]
+        if good:
+            self._require_speakers()
+            embedder = self.embedder
+            seconds = 0.0
+            for done, i in enumerate(good, 1):
+                try:
+                    embedded[i] = pipeline.embed_clip(files[i], embedder)
+                    seconds += embedded[i].duration_s
+                except AudioError as e:
+                    errors[i] = e
+                if progress is not None:
+                    progress(done + len(files) - len(good), len(files), seconds)
+        searched: dict[int, Identification] = {}
+        if embedded:
+            order = sorted(embedded)
+            queries = np.stack([embedded[i].vector for i in order])  # (n_good, dim)
+            index = self.indexer.current()
+            scores, ids = index.search(queries, top_k)  # (n_good, k), (n_good, k)
+            with self.store.read() as s:
+                names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
+            for i, row_scores, row_ids in zip(order, scores, ids):
+                candidates = [
+                    Candidate(names[int(j)], float(sc)) for sc, j in zip(row_scores, row_ids) if int(j) in names
+                ]
+                best = candidates[0] if candidates else None
+                decided = best.speaker if best is not None and best.score >= threshold else None
+                searched[i] = Identification(embedded[i].source, decided, best.score if best else None, candidates)
+        return [
+            searched[i] if i in searched else Identification(_label(f), None, None, [], errors[i].reason)
+            for i, f in enumerate(files)
+        ]
 
     def verify(
         self,

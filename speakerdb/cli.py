@@ -62,9 +62,21 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 def _emit(as_json: bool, document: Any, text: str) -> None:
     if as_json:
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        # allow_nan=False: NaN and Infinity are not JSON; _finite has turned them into null.
+        click.echo(json.dumps(_finite(document), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         click.echo(text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, for strict JSON."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _interactive() -> bool:
@@ -189,7 +201,9 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
 
     The best candidate is named when its cosine score reaches the threshold
     (see `speakerdb threshold`). With --json, prints a list with one object per file:
-    {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]}.
+    {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]},
+    or {"file", "error"} for a file that could not be used. Every file gets its answer;
+    the exit code is 1 if any file failed.
 
     \b
     Examples:
@@ -205,12 +219,25 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
     cut = threshold if threshold is not None else state.db.threshold
     lines = []
     for r in results:
+        if not r.ok:
+            continue  # reported on stderr below
         if r.speaker is not None:
             lines.append(f"{r.file}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f})")
         else:
-            lines.append(f"{r.file}: unknown (best score {r.score:.3f} < threshold {cut:.3f})")
-        lines.extend(f"  {i}. {c.speaker}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
-    _emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
+            lines.append(f"{r.file}: unknown (best score {_score_text(r.score)} < threshold {cut:.3f})")
+        width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
+        lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
+    failed = [r for r in results if not r.ok]
+    if lines or as_json:
+        _emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
+    for r in failed:
+        click.echo(f"Error: {r.file}: {r.error}", err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+def _score_text(score: float | None) -> str:
+    return "-" if score is None else f"{score:.3f}"
 
 
 @cli.command()

@@ -142,6 +142,8 @@ def test_remove_leaves_nothing_of_the_speaker(fake_db, voices):
         from speakerdb import store
 
         bob_id = store.speaker_by_name(s, "bob").id
+    fake_db.identify([voices["bob"][2]])  # the index file now holds bob
+    assert bob_id in SpeakerIndex.load(fake_db.index_path).labels
     assert fake_db.remove("bob") == 2
     con = sqlite3.connect(fake_db.db_path)
     assert con.execute("SELECT count(*) FROM utterances WHERE speaker_id = ?", (bob_id,)).fetchone() == (0,)
@@ -277,6 +279,7 @@ def test_strict_refuses_and_writes_nothing(fake_db, voices):
 
 def test_index_params_are_stored_and_ef_search_applies_without_a_rebuild(fake_db, voices):
     fake_db.enroll("alice", voices["alice"][:2])
+    fake_db.identify([voices["alice"][2]])  # writes the index file
     assert fake_db.index_params["hnsw_ef_search"] == 2048  # the default stored at creation
     mtime = fake_db.index_path.stat().st_mtime_ns
     params = fake_db.set_index_params(hnsw_ef_search=64, approximate_above=10)
@@ -300,3 +303,17 @@ def test_bad_index_params_are_refused_and_nothing_is_written(fake_db, bad):
     with pytest.raises(InvalidInputError):
         fake_db.set_index_params(**bad)
     assert fake_db.index_params == before
+
+
+def test_identify_answers_every_file_even_when_some_fail(fake_db, voices, tmp_path):
+    fake_db.enroll("alice", voices["alice"][:1])
+    short = write(tmp_path / "short.wav", voice(100, 0.1))
+    files = [voices["alice"][0], tmp_path / "missing.wav", short, voices["bob"][0]]
+    results = fake_db.identify(files)
+    assert [r.file for r in results] == [str(f) for f in files]
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert results[0].speaker == "alice" and results[3].candidates
+    assert "no such file" in results[1].error and "too short" in results[2].error
+    assert results[1].to_dict() == {"file": str(files[1]), "error": results[1].error}
+    assert results[1].speaker is None and results[1].score is None and results[1].candidates == []
+    assert set(results[0].to_dict()) == {"file", "speaker", "score", "candidates"}

@@ -236,3 +236,38 @@ def test_index_command_shows_and_changes_settings(run, voices):
     assert "hnsw_ef_search: 512" in text and "index file: hnsw, 1 speakers" in text
     assert run("index", "--ef-search", "0", model=False).exit_code == 2  # bad usage, nothing stored
     assert as_json(run("index", "--json", model=False))["params"]["hnsw_ef_search"] == 512
+
+
+def test_one_bad_file_does_not_lose_the_batch(run, voices, tmp_path):
+    ok(run("enroll", "alice", voices["alice"][0]))
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    files = [voices["alice"][0], voices["bob"][1], empty, tmp_path / "missing.wav"]
+    result = run("identify", *files, "--json")
+    assert result.exit_code == 1, result.output
+    doc = json.loads(result.stdout)
+    assert [r["file"] for r in doc] == [str(f) for f in files]
+    assert doc[0]["speaker"] == "alice" and doc[1]["candidates"]
+    assert set(doc[2]) == {"file", "error"} and "empty" in doc[2]["error"]
+    assert "no such file" in doc[3]["error"]
+    text = run("identify", *files)
+    assert text.exit_code == 1 and f"{voices['alice'][0]}: alice" in text.stdout
+    assert f"Error: {empty}: file is empty" in text.stderr and "Traceback" not in text.output
+
+
+def test_json_never_holds_nan(run, voices, tmp_path):
+    """A 44.1 kHz float file with a 1 ms burst of 3e38 used to become a NaN centroid and "score": NaN."""
+    import numpy as np
+
+    ok(run("enroll", "alice", voices["alice"][0]))
+    x = voice(150, 2.0, sr=44_100)
+    x[44_100:44_144] = 3e38
+    burst = write(tmp_path / "burst.wav", x, sr=44_100, subtype="FLOAT")
+    assert run("enroll", "bob", burst).exit_code == 1  # nothing stored
+    result = run("identify", voices["alice"][0], burst, "--json")
+    doc = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
+    assert doc[0]["speaker"] == "alice" and "impossible magnitude" in doc[1]["error"]
+    from speakerdb.cli import _emit  # the one JSON writer: non-finite floats become null
+
+    command = click.Command("x", callback=lambda: _emit(True, {"a": np.nan, "b": [float("inf")]}, ""))
+    assert json.loads(CliRunner().invoke(command).stdout) == {"a": None, "b": [None]}
