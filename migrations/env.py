@@ -19,6 +19,12 @@ def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # speakerdb runs migrations with foreign keys off (schema.py): check them all
+            # before the commit, so that a broken reference undoes the whole migration.
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"the migration would leave {len(broken)} broken reference(s), first {broken[0]}: undone")
 
 
 def run_migrations_online() -> None:
@@ -33,6 +39,7 @@ def run_migrations_online() -> None:
 
     engine = open_engine(Path(path))
     with engine.connect() as conn:
+        conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # see schema._run_migration
         _run(conn)
 
 

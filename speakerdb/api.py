@@ -6,8 +6,9 @@
     ...     [result] = db.identify(["unknown.wav"])
     ...     print(result.speaker, result.score)
 
-Every write is one SQLite transaction; the FAISS index is brought up to date after the
-commit and rebuilt from SQLite whenever its file is missing, stale or damaged.
+Every write is one SQLite transaction, which records its changes to the speakers itself;
+the FAISS index catches up from that record, and is rebuilt from SQLite whenever its
+file is missing, damaged or belongs to another database (see indexkeeper.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from . import audio, gallery, pipeline, schema, store
-from .embed import DEFAULT_MODEL, Embedder, load_embedder, same_model
+from .embed import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder, same_model
 from .errors import (
     AudioError,
     ConflictError,
@@ -38,8 +39,8 @@ from .errors import (
 )
 from .store import validate_name
 from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
-from .index import SpeakerIndex
-from .indexkeeper import Change, IndexKeeper
+from .index import IndexFileError, SpeakerIndex
+from .indexkeeper import IndexKeeper
 
 log = logging.getLogger("speakerdb")
 
@@ -70,9 +71,23 @@ def default_db_path() -> Path:
     return Path(env).expanduser() if env else default_home() / DB_FILENAME
 
 
+def _bind(s, settings: dict[str, Any], model_id: str, dim: int, source: str, own_threshold: float | None) -> None:
+    """The one way a database gets its model, whoever calls (enroll, calibrate --apply, import):
+    id, dimension and where to load it from, and the model's own starting threshold unless
+    someone already chose one. Does nothing for a database that already has a model."""
+    if settings.get("model_id") is not None:
+        return
+    store.set_setting(s, "model_id", model_id)
+    store.set_setting(s, "dim", int(dim))
+    store.set_setting(s, "model_source", source)
+    # A model whose scores live on another scale (GE2E) brings its own starting threshold.
+    if own_threshold is not None and not settings.get("threshold_chosen"):
+        store.set_setting(s, "threshold", float(own_threshold))
+
+
 def _label(f: str | os.PathLike[str] | audio.Audio) -> str:
     """How a file given to identify is named in its answer: the path as given, or the clip's source."""
-    return f.source if isinstance(f, audio.Audio) else str(f)
+    return f.source if isinstance(f, audio.Audio) else audio.source_label(f)
 
 
 @dataclass(frozen=True)
@@ -315,7 +330,7 @@ class SpeakerDB:
             metadata: JSON-serialisable key/values merged into the speaker's metadata.
             strict: refuse (EnrollmentRefusedError) instead of warning; nothing is written.
         """
-        validate_name(name)
+        name = validate_name(name)  # NFC: the form names are stored and compared in
         if not files:
             raise InvalidInputError("enroll needs at least one audio file")
         metadata = _check_metadata(metadata)
@@ -326,7 +341,7 @@ class SpeakerDB:
                     raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
         embedded = self._embed_files(files, progress)
 
-        with self._change() as (s, change):
+        with self.store.write() as s:
             self._bind_model(s)
             speaker = store.speaker_by_name(s, name)
             created = speaker is None
@@ -362,8 +377,6 @@ class SpeakerDB:
                 speaker.meta = {**(speaker.meta or {}), **metadata}
             if added or created:
                 store.recompute_centroid(speaker)
-            s.flush()  # assigns speaker.id
-            change.upserted[speaker.id] = speaker.centroid_vector()
             n_utterances = len(speaker.utterances)
         return EnrollResult(name, created, added, skipped, n_utterances, warnings)
 
@@ -436,6 +449,7 @@ class SpeakerDB:
         threshold: float | None = None,
     ) -> Verification:
         """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?"""
+        name = store.normalize_name(name)
         threshold = self.threshold if threshold is None else _check_threshold(threshold)
         self._check_files([file])
         with self.store.read() as s:
@@ -444,6 +458,45 @@ class SpeakerDB:
         [clip] = self._embed_files([file], None)
         score = float(np.dot(clip.vector, centroid))
         return Verification(clip.source, name, score, threshold, score >= threshold)
+
+    def timeline(
+        self,
+        files: Sequence[str | os.PathLike[str] | audio.Audio],
+        *,
+        threshold: float | None = None,
+        params: "timelines.Params | None" = None,
+        progress: Progress | None = None,
+    ) -> "list[timelines.Timeline]":
+        """Who speaks when in each file: segments of voices, each named from the gallery
+        when its voice reaches the threshold, else ``unknown-1``, ``unknown-2``...
+
+        Works with no speakers enrolled (every voice is unknown: plain diarization). A file
+        with no speech gives an empty timeline with a note. See :mod:`speakerdb.timeline`.
+        """
+        from . import timeline as timelines
+        from . import vad
+
+        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        params = (params or timelines.Params()).check()
+        if not files:
+            raise InvalidInputError("timeline needs at least one audio file")
+        self._check_files(files)
+        detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
+        embedder = self.embedder
+        with self.store.read() as s:
+            ids, centroids = store.centroids(s)  # (k,), (k, dim)
+            by_id = store.speakers_by_id(s, ids.tolist())
+            names = [by_id[int(i)].name for i in ids]
+        gallery = (
+            timelines.Gallery(names, centroids, threshold) if names else timelines.Gallery.empty(embedder.dim, threshold)
+        )
+        out, seconds = [], 0.0
+        for i, f in enumerate(files):
+            out.append(timelines.build(f, embedder, gallery, params, detector))
+            seconds += out[-1].duration
+            if progress is not None:
+                progress(i + 1, len(files), seconds)
+        return out
 
     def list(self) -> list[SpeakerInfo]:
         """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""
@@ -471,8 +524,9 @@ class SpeakerDB:
 
     def rename(self, old: str, new: str) -> None:
         """Give speaker ``old`` the name ``new`` (which must be free)."""
-        validate_name(new)
-        with self._change() as (s, _):
+        new = validate_name(new)
+        old = store.normalize_name(old)
+        with self.store.write() as s:
             speaker = self._get_speaker(s, old)
             if old == new:
                 return
@@ -488,10 +542,9 @@ class SpeakerDB:
         zeroes the freed cells, the write-ahead log is checkpointed and truncated, and the
         index file is rewritten without the speaker.
         """
-        with self._change() as (s, change):
+        with self.store.write() as s:
             speaker = self._get_speaker(s, name)
             n = len(speaker.utterances)
-            change.removed.add(speaker.id)
             s.delete(speaker)
         self._scrub_log()
         return n
@@ -542,7 +595,12 @@ class SpeakerDB:
         return gallery.ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
 
     def import_gallery(
-        self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_conflict: str = "fail",
+        dry_run: bool = False,
+        limits: "gallery.Limits | None" = None,
     ) -> "gallery.ImportSummary":
         """Import a gallery file in one transaction: all of it, or nothing.
 
@@ -551,15 +609,16 @@ class SpeakerDB:
         ``skip`` keeps the existing ones, ``replace`` swaps them whole, ``merge`` adds
         the incoming utterances (not those with an audio sha256 the speaker already has)
         and recomputes the centroid. ``dry_run`` reports what would happen and writes
-        nothing.
+        nothing. ``limits`` caps what is read (default :class:`speakerdb.gallery.Limits`:
+        a million utterances).
         """
         gallery.check_policy(on_conflict)
-        g = gallery.read(path)
+        g = gallery.read(path, limits)
         summary = gallery.ImportSummary(str(path), dry_run=dry_run)
         try:
-            with self._change() as (s, change):
+            with self.store.write() as s:
                 self._bind_gallery_model(s, g, path)
-                gallery.into_store(s, g, on_conflict, summary, change)
+                gallery.into_store(s, g, on_conflict, summary)
                 if dry_run:
                     raise _Rollback
         except _Rollback:
@@ -569,8 +628,11 @@ class SpeakerDB:
         return summary
 
     def rebuild_index(self) -> int:
-        """Rebuild the index files from SQLite; returns the number of speakers indexed."""
-        return len(self.indexer.rebuild())
+        """Rebuild the index file from SQLite; returns the number of speakers indexed."""
+        try:
+            return len(self.indexer.rebuild())
+        except IndexFileError as e:
+            raise DatabaseError(f"the index was rebuilt in memory but could not be saved: {e}") from None
 
     @property
     def index_params(self) -> dict[str, Any]:
@@ -602,11 +664,11 @@ class SpeakerDB:
 
     def index_file_info(self) -> dict[str, Any] | None:
         """What the index file says of itself (kind, speakers, parameters it was built with), or None."""
-        header = SpeakerIndex.read_header(self.index_path)
-        if header is None:
+        info = SpeakerIndex.file_info(self.index_path)
+        if info is None:
             return None
-        return {"kind": header.get("kind"), "speakers": header.get("count"), "generation": header.get("generation"),
-                "built_with": header.get("params"), "bytes": self.index_path.stat().st_size}
+        return {"kind": info["kind"], "speakers": info["speakers"], "generation": info["generation"],
+                "built_with": info["params"], "bytes": info["bytes"]}
 
     # ---- internals ------------------------------------------------------------------
     def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:
@@ -668,34 +730,31 @@ class SpeakerDB:
             )
 
     def _bind_model(self, s) -> None:
-        """Record the model in a database that has none; re-check it inside the write transaction."""
+        """Record the loaded model in a database that has none; re-check it inside the write transaction."""
         settings = store.get_settings(s)
         self._check_model(settings)
-        if settings.get("model_id") is None:
-            embedder = self._embedder
-            assert embedder is not None
-            store.set_setting(s, "model_id", embedder.model_id)
-            store.set_setting(s, "dim", int(embedder.dim))
-            store.set_setting(s, "model_source", getattr(embedder, "name_or_path", None) or self._model or embedder.model_id)
-            # A model whose scores live on another scale brings its own starting threshold,
-            # unless someone already chose one for this database.
-            own = getattr(embedder, "default_threshold", None)
-            if own is not None and not settings.get("threshold_chosen"):
-                store.set_setting(s, "threshold", float(own))
+        embedder = self._embedder
+        assert embedder is not None
+        _bind(s, settings, embedder.model_id, int(embedder.dim),
+              getattr(embedder, "name_or_path", None) or self._model or embedder.model_id,
+              getattr(embedder, "default_threshold", None))
 
     def _bind_gallery_model(self, s, g, path) -> None:
-        """A gallery must come from this database's model; an empty database takes the gallery's."""
+        """A gallery must come from this database's model; an empty database takes the gallery's.
+
+        A gallery with no speakers brings no vectors and binds nothing: it cannot decide
+        which model a database uses.
+        """
+        if not g.speakers:
+            return
         settings = store.get_settings(s)
         bound = settings.get("model_id")
-        if bound is None:
-            store.set_setting(s, "model_id", g.model_id)
-            store.set_setting(s, "dim", g.dim)
-            store.set_setting(s, "model_source", g.model_source or g.model_id)
-        elif not same_model(bound, g.model_id) or int(settings["dim"]) != g.dim:
+        if bound is not None and (not same_model(bound, g.model_id) or int(settings["dim"]) != g.dim):
             raise ModelMismatchError(
                 f"gallery {path} holds {g.dim}-d embeddings of model {g.model_id}; database {self.db_path} "
                 f"holds {settings['dim']}-d embeddings of model {bound}: nothing was imported"
             )
+        _bind(s, settings, g.model_id, g.dim, g.model_source or g.model_id, default_threshold_for(g.model_id))
 
     def _require_speakers(self) -> None:
         with self.store.read() as s:
@@ -704,19 +763,11 @@ class SpeakerDB:
 
     @staticmethod
     def _get_speaker(s, name: str) -> store.Speaker:
-        speaker = store.speaker_by_name(s, name)
+        speaker = store.speaker_by_name(s, store.normalize_name(name))
         if speaker is None:
             raise SpeakerNotFoundError(f"no speaker named {name!r} (see `speakerdb list`)")
         return speaker
 
-    @contextmanager
-    def _change(self) -> Iterator[tuple[Any, Change]]:
-        """A write transaction whose effect on the centroids is applied to the index after commit."""
-        change = Change()
-        with self.store.write() as s:
-            yield s, change
-            change.generation = store.bump_generation(s)
-        self.indexer.apply(change)
 
 def _check_threshold(value: float) -> float:
     try:
@@ -729,17 +780,8 @@ def _check_threshold(value: float) -> float:
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    import json
-
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
-        raise InvalidInputError("metadata must be a dict with string keys")
-    try:
-        json.dumps(metadata, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"metadata must be JSON-serialisable: {e}") from None
-    return dict(metadata)
+    """Metadata as stored: JSON, finite, valid Unicode, bounded depth and size (see store.validate_metadata)."""
+    return store.validate_metadata(metadata)
 
 
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------

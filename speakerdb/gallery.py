@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import atomic, store
-from .errors import ConflictError, GalleryError, InvalidInputError
+from .errors import ConflictError, GalleryError, InvalidInputError, printable_path
 from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"
@@ -41,6 +41,31 @@ EMBEDDINGS = "embeddings.f32"
 MEMBERS = (MANIFEST, SPEAKERS, EMBEDDINGS)
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a few hundred bytes
 UNIT_NORM_TOLERANCE = 1e-3  # embeddings are stored L2-normalised
+# Caps on what an import reads, checked against the manifest before any member is unpacked,
+# so a small file that honestly declares gigabytes is refused in constant memory. The
+# defaults hold about a million utterances of 512-d vectors; Limits (import --max-utterances)
+# raises them.
+MAX_UTTERANCES = 1_000_000  # utterances in one gallery
+MAX_DIM = 8192  # embedding dimension (WavLM x-vectors: 512, GE2E: 256)
+SPEAKERS_JSON_BYTES_PER_UTTERANCE = 2048  # bytes of speakers.json allowed per utterance...
+SPEAKERS_JSON_BASE_BYTES = 64 << 20  # ...plus this much (64 MiB) for metadata and names
+MAX_SOURCE_LENGTH = 4096  # characters of an utterance's source label (PATH_MAX)
+MAX_DURATION_S = 1e7  # seconds (115 days): a larger utterance duration is not a recording
+READ_CHUNK = 1 << 20  # bytes read from an archive member at a time
+# Times in a gallery are ISO 8601, from 1970 on: earlier ones come from a broken clock or an edit.
+EARLIEST = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one import may read (see MAX_UTTERANCES; memory grows with these)."""
+
+    max_utterances: int = MAX_UTTERANCES
+    max_dim: int = MAX_DIM
+
+    @property
+    def max_speakers_json_bytes(self) -> int:
+        return SPEAKERS_JSON_BASE_BYTES + self.max_utterances * SPEAKERS_JSON_BYTES_PER_UTTERANCE
 CONFLICT_POLICIES = ("fail", "skip", "replace", "merge")
 
 
@@ -120,9 +145,14 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
     return path.stat().st_size
 
 
-def read(path: str | Path) -> Gallery:
-    """Read and fully validate a gallery file. Raises GalleryError saying what is wrong."""
+def read(path: str | Path, limits: Limits | None = None) -> Gallery:
+    """Read and fully validate a gallery file. Raises GalleryError saying what is wrong.
+
+    Memory is bounded by ``limits`` (default: :class:`Limits`): a manifest declaring more
+    is refused before the members are unpacked.
+    """
     path = Path(path)
+    limits = limits or Limits()
     if not path.is_file():
         raise GalleryError(f"{path}: no such gallery file")
     try:
@@ -130,6 +160,7 @@ def read(path: str | Path) -> Gallery:
             infos = _check_members(path, z)
             manifest = _parse_json(path, MANIFEST, _read_member(path, z, infos[MANIFEST], MAX_MANIFEST_BYTES))
             _check_manifest(path, manifest)
+            _check_limits(path, manifest, limits)
             members = manifest["members"]
             data = {}
             for name in (SPEAKERS, EMBEDDINGS):
@@ -171,20 +202,61 @@ def _check_members(path: Path, z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]
     return infos
 
 
-def _read_member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """Read at most ``limit`` bytes; one byte more means the member is larger than promised."""
+def _read_member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytearray:
+    """Read at most ``limit`` bytes; one byte more means the member is larger than promised.
+
+    Read in chunks into one buffer of the promised size: memory is the member's size, not
+    twice it, and a stream that inflates beyond it is cut at once.
+    """
     if info.file_size > limit:
         raise GalleryError(f"{path}: {info.filename} unpacks to {info.file_size} bytes, more than the {limit} expected")
+    buffer = bytearray(limit)
+    view = memoryview(buffer)
+    n = 0
     with z.open(info) as f:
-        data = f.read(limit + 1)  # the header's size can lie; the stream cannot
-    if len(data) > limit:
-        raise GalleryError(f"{path}: {info.filename} unpacks to more than the {limit} bytes expected (refused)")
-    return data
+        while True:  # the header's size can lie; the stream cannot
+            chunk = f.read(min(READ_CHUNK, limit + 1 - n))
+            if not chunk:
+                break
+            if n + len(chunk) > limit:
+                raise GalleryError(f"{path}: {info.filename} unpacks to more than the {limit} bytes expected (refused)")
+            view[n : n + len(chunk)] = chunk
+            n += len(chunk)
+    view.release()
+    del buffer[n:]
+    return buffer
 
 
-def _parse_json(path: Path, member: str, raw: bytes) -> Any:
+def _check_limits(path: Path, manifest: dict[str, Any], limits: Limits) -> None:
+    """Refuse, from the manifest alone, a gallery larger than ``limits`` or whose sizes disagree."""
+    dim, counts, members = manifest["model"]["dim"], manifest["counts"], manifest["members"]
+    n_utt, n_speakers = counts["utterances"], counts["speakers"]
+    if dim > limits.max_dim:
+        raise GalleryError(f"{path}: embedding dimension {dim} is more than the {limits.max_dim} accepted")
+    if n_utt > limits.max_utterances:
+        raise GalleryError(
+            f"{path}: declares {n_utt:,} utterances, more than the {limits.max_utterances:,} one import accepts "
+            "(import --max-utterances raises the cap; memory grows with it)"
+        )
+    if n_speakers > n_utt:
+        raise GalleryError(f"{path}: declares {n_speakers} speakers but only {n_utt} utterances")
+    if members[EMBEDDINGS]["size"] != n_utt * dim * 4:
+        raise GalleryError(
+            f"{path}: the manifest declares {members[EMBEDDINGS]['size']} bytes of embeddings; "
+            f"{n_utt} x {dim} float32 vectors need {n_utt * dim * 4}"
+        )
+    if members[SPEAKERS]["size"] > limits.max_speakers_json_bytes:
+        raise GalleryError(
+            f"{path}: speakers.json declares {members[SPEAKERS]['size']:,} bytes, more than the "
+            f"{limits.max_speakers_json_bytes:,} accepted for {limits.max_utterances:,} utterances"
+        )
+
+
+def _parse_json(path: Path, member: str, raw: bytes | bytearray) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
+    except RecursionError:  # nesting 100,000 deep exhausts the parser's stack
+        raise GalleryError(f"{path}: {member} is nested too deeply") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise GalleryError(f"{path}: {member} is not valid JSON ({e})") from None
 
@@ -220,7 +292,7 @@ def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) 
     n_utt = manifest["counts"]["utterances"]
     if len(raw) != n_utt * dim * 4:
         raise GalleryError(f"{path}: embeddings hold {len(raw)} bytes, {n_utt} x {dim} float32 vectors need {n_utt * dim * 4}")
-    matrix = np.frombuffer(raw, dtype="<f4").reshape(n_utt, dim).astype(np.float32)  # (n_utt, dim)
+    matrix = np.frombuffer(raw, dtype="<f4").reshape(n_utt, dim).astype(np.float32, copy=False)  # (n_utt, dim)
     if not np.isfinite(matrix).all():
         raise GalleryError(f"{path}: embeddings contain NaN or infinite values")
     norms = np.linalg.norm(matrix, axis=1)
@@ -234,10 +306,12 @@ def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) 
         try:
             name = entry["name"]
             utterances_doc = entry["utterances"]
-            metadata = entry.get("metadata") or {}
-            if not isinstance(utterances_doc, list) or not isinstance(metadata, dict):
+            if not isinstance(utterances_doc, list):
                 raise TypeError
-            validate_name(name)
+            name = validate_name(name)  # NFC, as enrollment stores it
+            metadata = store.validate_metadata(entry.get("metadata"), f"metadata of speaker {name!r}")
+            created_at = _check_time(entry.get("created_at"), f"created_at of speaker {name!r}")
+            updated_at = _check_time(entry.get("updated_at"), f"updated_at of speaker {name!r}")
         except InvalidInputError as e:
             raise GalleryError(f"{path}: {e}") from None
         except (KeyError, TypeError, AttributeError):
@@ -250,20 +324,56 @@ def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) 
         utterances = []
         for u in utterances_doc:
             try:
-                sha, source, duration = u["audio_sha256"], u["source"], float(u["duration_s"])
-                if not (isinstance(sha, str) and len(sha) == 64 and isinstance(source, str)):
-                    raise TypeError
-            except (KeyError, TypeError, ValueError):
+                utterance = _check_utterance(u, name)
+            except InvalidInputError as e:
+                raise GalleryError(f"{path}: {e}") from None
+            except (KeyError, TypeError, AttributeError):
                 raise GalleryError(f"{path}: an utterance of speaker {name!r} is malformed") from None
             if row >= n_utt:
                 raise GalleryError(f"{path}: speakers.json lists more utterances than the {n_utt} embeddings")
-            utterances.append(GalleryUtterance(source, duration, sha, u.get("created_at"), matrix[row]))
+            utterances.append(GalleryUtterance(*utterance, matrix[row]))
             row += 1
-        speakers.append(GallerySpeaker(name, entry.get("created_at"), entry.get("updated_at"), metadata, utterances))
+        speakers.append(GallerySpeaker(name, created_at, updated_at, metadata, utterances))
     if row != n_utt:
         raise GalleryError(f"{path}: speakers.json lists {row} utterances, the embeddings hold {n_utt}")
     model = manifest["model"]
     return Gallery(model["id"], model.get("source"), dim, speakers, manifest)
+
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def _check_utterance(u: Any, speaker: str) -> tuple[str, float, str, str | None]:
+    """(source, duration_s, audio_sha256, created_at) of one utterance record, each checked for
+    type, range and encoding; InvalidInputError (or KeyError/TypeError) says what is wrong."""
+    what = f"an utterance of speaker {speaker!r}"
+    sha, source, duration = u["audio_sha256"], u["source"], u["duration_s"]
+    if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
+        raise InvalidInputError(f"{what} has an audio_sha256 that is not 64 lowercase hex digits")
+    if not isinstance(source, str) or len(source) > MAX_SOURCE_LENGTH or source != printable_path(source):
+        raise InvalidInputError(f"{what} has a source that is not text of valid Unicode up to {MAX_SOURCE_LENGTH} characters")
+    # A JSON number only (not "1e400" as text), finite, and no longer than a recording can be.
+    if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration <= MAX_DURATION_S:
+        raise InvalidInputError(f"{what} has a duration_s that is not a number of seconds in [0, {MAX_DURATION_S:g}]")
+    created_at = _check_time(u.get("created_at"), f"created_at of {what}")
+    return source, float(duration), sha, created_at
+
+
+def _check_time(value: Any, what: str) -> str | None:
+    """An ISO 8601 time (or None) between 1970 and 9999, as store.iso writes it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise InvalidInputError(f"{what} is not an ISO 8601 time")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if t.tzinfo is not None:
+            t = t.astimezone(timezone.utc).replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise InvalidInputError(f"{what} is not an ISO 8601 time ({value!r})") from None
+    if t < EARLIEST:
+        raise InvalidInputError(f"{what} ({value!r}) is before 1970")
+    return store.iso(t)
 
 
 @dataclass(frozen=True)
@@ -315,11 +425,10 @@ def from_store(settings: dict[str, Any], speakers: list[store.Speaker]) -> Galle
     )
 
 
-def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary, change) -> None:
+def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
     """Write a validated gallery into the open write transaction ``s``, by the conflict policy.
 
-    Fills ``summary`` and records the changed centroids in ``change`` (an
-    indexkeeper.Change) for the index update after the commit.
+    Fills ``summary``. The store records the changed centroids itself (store.py).
     """
     existing = {sp.name: sp for sp in store.speakers_by_name(s, [x.name for x in g.speakers])}
     if existing and on_conflict == "fail":
@@ -333,7 +442,6 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary, change) 
             summary.skipped.append(incoming.name)
             continue
         if current is not None and on_conflict == "replace":
-            change.removed.add(current.id)
             s.delete(current)
             s.flush()
             current = None
@@ -370,8 +478,6 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary, change) 
             )
             summary.utterances_added += 1
         store.recompute_centroid(current)
-        s.flush()
-        change.upserted[current.id] = current.centroid_vector()
 
 
 def check_policy(policy: str) -> str:

@@ -14,18 +14,17 @@ a tenth of the index (HNSW, whose graph must then be rebuilt).
 
 On disk::
 
-    PATH      b"SPEAKERDB-INDEX\\n" | u32 header length | header (JSON) | labels (int64)
-              | alive (uint8) | FAISS serialisation
-    PATH.log  appended change records: b"CHG1" | u32 header length | header (JSON)
-              | upserted vectors (float32)
+    PATH   b"SPEAKERDB-INDEX\\n" | u32 header length | header (JSON) | labels (int64)
+           | alive (uint8) | FAISS serialisation, whose last n x dim float32 are the vectors
 
-The header records the store generation the file was built from, and each change record
-the generation it brings the index to. A write appends one small record instead of
-rewriting the whole file (2 GB at a million speakers); the log is folded into the file
-every ``LOG_COMPACT_RECORDS`` records, and at once after a removal (deletion means the
-removed vectors leave the files too). Readers get the file plus the log records that
-follow it in sequence; anything else (missing, torn, stale) is rebuilt from SQLite by the
-caller. Files are replaced by rename, so a reader never sees half of one.
+The header names the database the file belongs to (``database_id``), the generation of
+the store's change record it was built at and that record's nonce, and where the vectors
+lie in the file (``vectors_at``). The file is a snapshot: readers load it and replay the
+store's change records that follow it (indexkeeper.py). When a speaker is removed or
+re-centred, its position is zeroed in place (vector and alive flag): no rewrite of a
+2 GB file, no free space needed, and the removed vector leaves the disk at once. Files
+are replaced by rename, so a reader never sees half of one; files are opened without
+following links and created 0600.
 """
 
 from __future__ import annotations
@@ -42,9 +41,9 @@ import numpy as np
 from . import atomic
 
 MAGIC = b"SPEAKERDB-INDEX\n"
-RECORD_MAGIC = b"CHG1"
-FORMAT_VERSION = 2
-LOG_COMPACT_RECORDS = 256  # change records before the log is folded into the file
+FORMAT_VERSION = 3
+MAX_HEADER_BYTES = 1 << 20  # a header longer than this is damage, not an index
+LOCK_TIMEOUT_S = 10.0  # how long a writer waits for another process's index write
 HNSW_REBUILD_DEAD_FRACTION = 0.10
 
 #: Stored in the database's settings ("index") when it is created.
@@ -60,29 +59,97 @@ DEFAULT_PARAMS: dict[str, Any] = {
 }
 
 
-@contextmanager
-def write_lock(path: str | Path) -> Iterator[None]:
-    """Serialise index rewrites between processes (an advisory lock on PATH.lock).
+class IndexFileError(Exception):
+    """The index file is missing, unreadable or not for this store (callers rebuild it)."""
 
-    Readers need no lock: files are replaced by rename and log records are checked. Where
-    fcntl does not exist (Windows) writes are not serialised, which costs at worst a
-    needless rebuild.
+
+class IndexLockTimeout(IndexFileError):
+    """Another process held the index lock for longer than the timeout."""
+
+
+def _open_nofollow(path: str | Path, flags: int, mode: int = 0o600) -> int:
+    """os.open that refuses a symbolic link at ``path`` (ELOOP) and anything but a regular file."""
+    fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"{path} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def write_lock(path: str | Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Serialise index writes between processes (an advisory lock on PATH.lock).
+
+    Waits at most ``timeout`` seconds (0: one try), then raises IndexLockTimeout naming
+    the process that holds it (the holder writes its pid and command into the file).
+    Readers need no lock: files are replaced by rename. Where fcntl does not exist
+    (Windows) writes are not serialised, which costs at worst a needless rebuild.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
         yield
         return
-    with open(f"{path}.lock", "a+b") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    import sys
+    import time
+
+    lock_path = f"{path}.lock"
+    try:
+        fd = _open_nofollow(lock_path, os.O_RDWR | os.O_CREAT)
+    except OSError as e:
+        raise IndexFileError(f"index lock {lock_path} cannot be opened: {e.strerror or e}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+                    raise IndexLockTimeout(f"index lock {lock_path} held for over {timeout:g} s by {holder}") from None
+                time.sleep(0.02)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})".encode(), 0)
+        except OSError:
+            pass  # a full disk: the holder's name is a courtesy, the lock still works
         try:
             yield
         finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
-class IndexFileError(Exception):
-    """The index file is missing, unreadable or not for this store (callers rebuild it)."""
+def temporary_files(path: str | Path) -> list[Path]:
+    """Temporary files of index writes (atomic.replace names them PATH.XXXX.tmp)."""
+    path = Path(path)
+    return [p for p in path.parent.glob(f"{path.name}.*.tmp") if p.name.count(".") >= 2]
+
+
+def remove_files(path: str | Path) -> list[str]:
+    """Delete the index file, its temporary files and a change log of format 2; returns
+    what could not be deleted. Unlinking needs no free space, and removes links, not their targets."""
+    left = []
+    lock = Path(f"{path}.lock")
+    # A lock file in use must stay (deleting it would let two writers in); a directory or
+    # a link where it should be is damage, and goes.
+    odd_lock = [lock] if lock.is_symlink() or lock.is_dir() else []
+    for p in [Path(path), Path(f"{path}.log"), *temporary_files(path), *odd_lock]:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                p.rmdir()
+            else:
+                p.unlink(missing_ok=True)
+        except OSError as e:
+            left.append(f"{p} ({e.strerror or e})")
+    return left
 
 
 class SpeakerIndex:
@@ -101,7 +168,9 @@ class SpeakerIndex:
         import faiss
 
         self.dim = dim
-        self.generation = generation
+        self.generation = generation  # the store's change record this index is at
+        self.nonce: int | None = None  # that record's nonce (None at generation 0)
+        self.database_id: str | None = None  # the database it was built from
         self.params = {**DEFAULT_PARAMS, **(params or {})}
         self.kind = kind
         if _faiss_index is None:
@@ -210,55 +279,76 @@ class SpeakerIndex:
 
     # ---- files ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write the index file atomically (temporary file, fsync, rename) and drop the change log."""
+        """Write the index file atomically (temporary 0600 file, fsync, rename over ``path``).
+
+        Renaming replaces a link at ``path`` instead of writing through it.
+        """
         import faiss
 
         index = self.compacted() if self.should_compact() else self
         path = Path(path)
-        header = json.dumps(
-            {
-                "format": FORMAT_VERSION,
-                "kind": index.kind,
-                "params": index.params,
-                "dim": index.dim,
-                "generation": index.generation,
-                "positions": len(index.labels),
-                "count": len(index),
-            }
-        ).encode()
+        n = len(index.labels)
         payload = faiss.serialize_index(index._faiss)  # (n_bytes,) uint8
+        vector_bytes = n * index.dim * 4
+        # FAISS writes a flat index's vectors last (for HNSW: its flat storage, last):
+        # check it byte for byte rather than trust it, so that zeroing in place hits them.
+        tail = payload[len(payload) - vector_bytes :] if vector_bytes else payload[:0]
+        in_place = n > 0 and tail.tobytes() == np.ascontiguousarray(index._stored_vectors()).tobytes()
+        header = {
+            "format": FORMAT_VERSION,
+            "database_id": index.database_id,
+            "generation": index.generation,
+            "nonce": index.nonce,
+            "kind": index.kind,
+            "params": index.params,
+            "dim": index.dim,
+            "positions": n,
+            "max_label": int(index.labels.max()) if n else -1,
+            "payload_bytes": len(payload),
+            "vectors_in_place": bool(in_place),
+        }
+        encoded = json.dumps(header).encode()
         with atomic.replace(path) as f:
-            f.write(MAGIC + struct.pack("<I", len(header)) + header)
+            f.write(MAGIC + struct.pack("<I", len(encoded)) + encoded)
             f.write(index.labels.astype("<i8").tobytes())
             f.write(index.alive.astype(np.uint8).tobytes())
             f.write(payload.tobytes())
-        Path(f"{path}.log").unlink(missing_ok=True)
         if index is not self:
             self.__dict__.update(index.__dict__)
 
     @staticmethod
     def read_header(path: str | Path) -> dict[str, Any] | None:
-        """The header of an index file, or None if there is no readable one."""
+        """The validated header of an index file, or None if there is no usable one."""
         try:
-            with open(path, "rb") as f:
-                return _read_header(f)
-        except (OSError, ValueError):
+            fd = _open_nofollow(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
+                return header
+        except (OSError, IndexFileError):
             return None
 
-    @classmethod
-    def file_generation(cls, path: str | Path) -> int | None:
-        """The generation the file plus its change log bring the index to (None: no usable file)."""
-        header = cls.read_header(path)
-        if header is None or header.get("format") != FORMAT_VERSION:
+    @staticmethod
+    def file_info(path: str | Path) -> dict[str, Any] | None:
+        """The validated header of an index file plus ``speakers`` (its live positions), or None."""
+        try:
+            fd = _open_nofollow(path, os.O_RDONLY)
+        except OSError:
             return None
-        generation = int(header["generation"])
-        for record, _ in _read_log(Path(f"{path}.log"), generation, header["dim"], with_vectors=False):
-            generation = record["generation"]
-        return generation
+        try:
+            with os.fdopen(fd, "rb") as f:
+                header, start = _read_header(f, os.fstat(f.fileno()).st_size)
+                f.seek(start + 8 * header["positions"])
+                alive = np.fromfile(f, dtype=np.uint8, count=header["positions"])
+                return {**header, "speakers": int(np.count_nonzero(alive)), "bytes": os.fstat(f.fileno()).st_size}
+        except (OSError, ValueError, IndexFileError):
+            return None
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":
-        """Read an index file and replay its change log; raises IndexFileError if the file is unusable."""
+        """Read an index file; raises IndexFileError if it is missing, damaged or of another format."""
         import faiss
 
         path = Path(path)
@@ -266,103 +356,124 @@ class SpeakerIndex:
         # own copy) took 8-15 s and 6.9 GB of memory for a million speakers, this 1.8 s
         # and the index's own 2.3 GB.
         try:
-            f = open(path, "rb")
+            fd = _open_nofollow(path, os.O_RDONLY)
         except OSError as e:
             raise IndexFileError(f"{path}: {e.strerror or e}") from None
-        with f:
+        with os.fdopen(fd, "rb") as f:
             try:
-                header = _read_header(f)
-                if header is None:
-                    raise IndexFileError(f"{path}: not a speakerdb index")
-                if header.get("format") != FORMAT_VERSION:
-                    raise IndexFileError(f"{path}: index format {header.get('format')} unknown")
-                n = int(header["positions"])
+                header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
+                n = header["positions"]
                 labels = np.fromfile(f, dtype="<i8", count=n).astype(np.int64)  # (n,)
-                alive = np.fromfile(f, dtype=np.uint8, count=n).astype(bool)  # (n,)
-                if len(labels) != n or len(alive) != n:
-                    raise IndexFileError(f"{path}: truncated")
+                alive = np.fromfile(f, dtype=np.uint8, count=n)  # (n,)
+                if len(labels) != n or len(alive) != n or not np.isin(alive, (0, 1)).all():
+                    raise IndexFileError(f"{path}: labels damaged or truncated")
                 faiss_index = faiss.read_index(faiss.PyCallbackIOReader(f.read, 1 << 24))
             except IndexFileError:
                 raise
-            except Exception as e:  # json errors, FAISS RuntimeError on truncated payloads
-                raise IndexFileError(f"{path}: damaged ({e})") from None
-        if faiss_index.d != header["dim"] or faiss_index.ntotal != n or int(alive.sum()) != header["count"]:
+            except Exception as e:  # FAISS RuntimeError on truncated payloads, numpy on short reads
+                raise IndexFileError(f"{path}: damaged ({type(e).__name__})") from None
+        live_labels = labels[alive.astype(bool)]
+        if (
+            faiss_index.d != header["dim"]
+            or faiss_index.ntotal != n
+            or faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT
+            or len(np.unique(live_labels)) != len(live_labels)
+            or (n and int(labels.max()) != header["max_label"])
+        ):
             raise IndexFileError(f"{path}: header does not match its contents")
-        index = cls(int(header["dim"]), int(header["generation"]), header["params"], header["kind"], faiss_index, labels, alive)
-        for record, vectors in _read_log(Path(f"{path}.log"), index.generation, index.dim, with_vectors=True):
-            index.remove(np.asarray(record["remove"], np.int64))
-            index.add(np.asarray(record["upsert"], np.int64), vectors)
-            index.generation = record["generation"]
+        index = cls(header["dim"], header["generation"], header["params"], header["kind"], faiss_index, labels, alive.astype(bool))
+        index.nonce, index.database_id = header["nonce"], header["database_id"]
         return index
 
     @staticmethod
-    def append_change(
-        path: str | Path, generation: int, upserted: dict[int, np.ndarray], removed: set[int], dim: int
-    ) -> int:
-        """Append one change record (bringing the index to ``generation``); returns the records in the log."""
-        log = Path(f"{path}.log")
-        ids = list(upserted)
-        header = json.dumps({"generation": generation, "upsert": ids, "remove": sorted(removed)}).encode()
-        vectors = np.stack([upserted[i] for i in ids]).astype("<f4") if ids else np.zeros((0, dim), "<f4")
-        with open(log, "ab") as f:
-            f.write(RECORD_MAGIC + struct.pack("<I", len(header)) + header + vectors.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        header_now = SpeakerIndex.read_header(path)
-        base = int(header_now["generation"]) if header_now else generation
-        return sum(1 for _ in _read_log(log, base, dim, with_vectors=False))
+    def kill_in_file(path: str | Path, ids: np.ndarray) -> int:
+        """Zero, in the file itself, the vectors and alive flags of speakers ``ids``.
+
+        The caller holds the write lock. Needs no free space and leaves a file that loads
+        as the same snapshot with those positions dead; a reader's replay of the change
+        records removes or re-adds them anyway. Returns the positions zeroed; raises
+        IndexFileError where the file cannot be changed in place (the caller deletes it).
+        """
+        try:
+            fd = _open_nofollow(path, os.O_RDWR)
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise IndexFileError(f"{path}: {e.strerror or e}") from None
+        with os.fdopen(fd, "r+b") as f:
+            size = os.fstat(fd).st_size
+            header, start = _read_header(f, size)
+            n, dim = header["positions"], header["dim"]
+            ids = np.asarray(ids, np.int64)
+            if n == 0 or not len(ids) or not (ids <= header["max_label"]).any():
+                return 0  # ids never reused: a speaker newer than the file is not in it
+            labels = np.fromfile(f, dtype="<i8", count=n)  # (n,)
+            alive = np.fromfile(f, dtype=np.uint8, count=n)  # (n,)
+            hit = np.flatnonzero(np.isin(labels, ids) & (alive != 0))
+            if not len(hit):
+                return 0
+            if not header["vectors_in_place"]:
+                raise IndexFileError(f"{path}: this FAISS layout cannot be changed in place")
+            vectors_at = size - n * dim * 4
+            zeros = bytes(4 * dim)
+            for pos in hit:
+                os.pwrite(fd, zeros, vectors_at + int(pos) * 4 * dim)
+                os.pwrite(fd, b"\0", start + 8 * n + int(pos))
+            os.fsync(fd)
+            return len(hit)
 
 
-def _read_header(f: BinaryIO) -> dict[str, Any] | None:
-    """The JSON header at the start of an open index file; None if the file is not one.
+_HEADER_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (int,),
+    "database_id": (str, type(None)),
+    "generation": (int,),
+    "nonce": (int, type(None)),
+    "kind": (str,),
+    "params": (dict,),
+    "dim": (int,),
+    "positions": (int,),
+    "max_label": (int,),
+    "payload_bytes": (int,),
+    "vectors_in_place": (bool,),
+}
 
-    Leaves ``f`` at the first byte after the header. Malformed JSON raises ValueError.
+
+def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
+    """The validated header at the start of an open index file and the offset after it.
+
+    Any damage of any shape (bad magic, a length past the end, JSON that is not an object,
+    a missing key, a value of the wrong type or range, sizes that do not add up to the
+    file's) raises IndexFileError: the caller rebuilds, never crashes.
     """
     head = f.read(len(MAGIC) + 4)
     if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
-        return None
+        raise IndexFileError("not a speakerdb index")
     (header_len,) = struct.unpack_from("<I", head, len(MAGIC))
-    return json.loads(f.read(header_len))
-
-
-def _read_log(log: Path, base_generation: int, dim: int, with_vectors: bool) -> Iterator[tuple[dict, np.ndarray | None]]:
-    """The change records that follow ``base_generation`` one generation at a time.
-
-    Stops at the first record out of sequence, torn (a writer killed mid-append) or
-    damaged: what follows it cannot be trusted, and the caller sees an index older than
-    the store and rebuilds.
-    """
+    if header_len > MAX_HEADER_BYTES:
+        raise IndexFileError("header too long")
     try:
-        f = open(log, "rb")
-    except OSError:
-        return
-    with f:
-        expected = base_generation + 1
-        while True:
-            head = f.read(len(RECORD_MAGIC) + 4)
-            if len(head) < len(RECORD_MAGIC) + 4 or not head.startswith(RECORD_MAGIC):
-                return
-            (header_len,) = struct.unpack_from("<I", head, len(RECORD_MAGIC))
-            try:
-                record = json.loads(f.read(header_len))
-                n_bytes = 4 * dim * len(record["upsert"])
-            except (ValueError, KeyError, TypeError):
-                return
-            if record.get("generation") != expected:
-                if record.get("generation", expected) < expected:  # from before the file: skip
-                    f.seek(n_bytes, os.SEEK_CUR)
-                    continue
-                return
-            if with_vectors:
-                raw = f.read(n_bytes)
-                if len(raw) != n_bytes:
-                    return
-                vectors = np.frombuffer(raw, dtype="<f4").reshape(-1, dim).astype(np.float32)
-            else:
-                here = f.tell()
-                if f.seek(0, os.SEEK_END) < here + n_bytes:
-                    return
-                f.seek(here + n_bytes)
-                vectors = None
-            yield record, vectors
-            expected += 1
+        header = json.loads(f.read(header_len))
+    except (ValueError, UnicodeDecodeError):
+        raise IndexFileError("header is not JSON") from None
+    if not isinstance(header, dict):
+        raise IndexFileError("header is not an object")
+    if header.get("format") != FORMAT_VERSION:
+        raise IndexFileError(f"index format {header.get('format')!r} is not {FORMAT_VERSION}")
+    for key, types in _HEADER_TYPES.items():
+        value = header.get(key, ...)
+        # bool is an int in Python: refuse it where a number is meant
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise IndexFileError(f"header field {key} is missing or of the wrong type")
+    start = len(MAGIC) + 4 + header_len
+    n, dim = header["positions"], header["dim"]
+    if (
+        header["kind"] not in ("flat", "hnsw")
+        or not 0 < dim <= 65_536
+        or n < 0
+        or header["generation"] < 0
+        or header["payload_bytes"] < 4 * dim * n
+        or start + 9 * n + header["payload_bytes"] != file_size
+        or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in header["params"].items())
+    ):
+        raise IndexFileError("header values out of range or sizes do not match the file")
+    return header, start

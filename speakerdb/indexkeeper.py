@@ -1,37 +1,48 @@
-"""Keeps the FAISS index files in step with the SQLite store they cache.
+"""Keeps the FAISS index in step with the store it caches, and never trusts it over the store.
 
-Every write transaction produces a :class:`Change` (which centroids were added or
-replaced, which speakers removed, and the store generation it committed). After the
-commit :meth:`IndexKeeper.apply` brings the index files from generation g-1 to g:
+The store records every change to a speaker's centroid itself (``speaker_changes``,
+written by triggers in the same transaction; see store.py): the generation it reached,
+the speaker id, and a random nonce. An index remembers the database it was built from
+(``database_id``), the generation it is at, and that record's nonce. So:
 
-- additions and updates append one record to the change log (cheap at any size);
-- a removal rewrites the index file, so the removed vectors leave the disk at once;
-- anything else (the files are at another generation because another process wrote in
-  between, or are missing or damaged) rebuilds them from SQLite.
+- **catching up** is replaying the records after the index's generation: look up the
+  current centroids of the speakers they name, in the same snapshot, and add or drop
+  them. An out-of-order, interrupted or crashed update costs a replay, never a rebuild.
+- an index is **used** only if it belongs to this database, is not ahead of it, and the
+  store's record at its generation carries its nonce (a restored backup that was written
+  to again reaches the same generation by another history). Anything else, and a missing
+  or damaged file of any shape, is rebuilt from the store.
+- **one snapshot per answer**: :meth:`IndexKeeper.snapshot` yields a read transaction
+  and the index at exactly its generation, so names are resolved at the generation that
+  was searched; rebuilding and saving happen outside any read transaction.
+- **after a commit** (:meth:`IndexKeeper.after_commit`, called by the store), positions
+  of removed or re-centred speakers are zeroed in the file in place: the removed vectors
+  leave the disk at once and a new speaker costs nothing. Any failure there deletes the
+  cache files and warns in one line; the commit stands and is reported.
 
-Readers call :meth:`IndexKeeper.current`, which returns the in-memory index if it is at
-the store's generation, else the files' (file plus log) if they are, else a rebuild.
-Writes happen under the index write lock and never replace newer files with older ones.
+The file is a snapshot that readers save again once it lags ``SAVE_AFTER_CHANGES``
+records behind, under the index lock (never waiting for it: another process is saving).
+Records older than both the file and the last ``KEEP_CHANGES`` are pruned then.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 import numpy as np
 
+from . import index as index_files
 from . import store
-from .index import LOG_COMPACT_RECORDS, IndexFileError, SpeakerIndex, write_lock
+from .index import IndexFileError, SpeakerIndex, write_lock
 
+log = logging.getLogger("speakerdb")
 
-@dataclass
-class Change:
-    """What one write transaction did to the centroids."""
-
-    upserted: dict[int, np.ndarray] = field(default_factory=dict)  # speaker id -> (dim,) centroid
-    removed: set[int] = field(default_factory=set)
-    generation: int = 0  # the store generation after the transaction
+REBUILD_ATTEMPTS = 3  # builds outside a read transaction before one is built inside it
+SAVE_AFTER_CHANGES = 1_000  # records a loaded file may lag before a reader saves a new one
+KEEP_CHANGES = 10_000  # records kept behind the file, for processes whose index is older
 
 
 class IndexKeeper:
@@ -41,61 +52,128 @@ class IndexKeeper:
         self.store = db
         self.path = path
         self._index: SpeakerIndex | None = None
+        self._cleaned = False
+        db.on_commit.append(self.after_commit)
+
+    # ---- reading ----------------------------------------------------------------------------
+    @contextmanager
+    def snapshot(self) -> Iterator[tuple[Any, SpeakerIndex]]:
+        """A read session and the index at exactly that session's generation."""
+        self._clean_once()
+        index = self._index if self._index is not None else self._load()
+        loaded_generation = index.generation if index is not None else None
+        rebuilt = False
+        for attempt in range(REBUILD_ATTEMPTS):
+            with self.store.read() as s:
+                settings = store.get_settings(s)
+                caught_up = self._caught_up(s, settings, index)
+                if caught_up is None and attempt == REBUILD_ATTEMPTS - 1:
+                    # Writers kept changing identity or pruning under us: build in this snapshot.
+                    caught_up = self._build(s, settings)
+                if caught_up is not None:
+                    self._index = caught_up
+                    _apply_search_params(caught_up, settings)
+                    yield s, caught_up
+                    break
+                # Read the truth in this snapshot, build outside it: a long build inside a
+                # read transaction would hold back every checkpoint (and remove's scrub).
+                state = self._state(s, settings)
+            index = self._build(None, settings, state)
+            rebuilt = True
+        if rebuilt or loaded_generation is None or caught_up.generation - loaded_generation >= SAVE_AFTER_CHANGES:
+            self._save(caught_up, wait=0.0)
 
     def current(self) -> SpeakerIndex:
-        """The index at the store's generation: in memory, from the files, or rebuilt."""
-        with self.store.read() as s:
-            settings = store.get_settings(s)
-            generation = int(settings.get("generation", 0))
-            index = self._index if self._index is not None and self._index.generation == generation else None
-            if index is None and SpeakerIndex.file_generation(self.path) == generation:
-                index = self._load()
-            if index is None or index.generation != generation:
-                index = self._build(s)
-                with write_lock(self.path):
-                    self._save(index)
-        # efSearch is a search-time setting: the stored one applies at once, without a rebuild.
-        ef_search = (settings.get("index") or {}).get("hnsw_ef_search")
-        if ef_search is not None:
-            index.params["hnsw_ef_search"] = int(ef_search)
-        self._index = index
+        """The index at the store's generation now (for callers that need no snapshot)."""
+        with self.snapshot() as (_, index):
+            return index
+
+    def _caught_up(self, s, settings: dict[str, Any], index: SpeakerIndex | None) -> SpeakerIndex | None:
+        """``index`` brought to this snapshot's generation by replay, or None if it cannot be trusted."""
+        if index is None or index.database_id != settings.get("database_id"):
+            return None
+        target = store.generation(s)
+        if index.generation > target:
+            return None  # ahead of the store: from a database restored from an older backup
+        if index.generation > 0 and store.change_nonce(s, index.generation) != index.nonce:
+            return None  # another history reached this generation (or its record was pruned)
+        if index.generation == 0 and len(index):
+            return None
+        if index.generation == target:
+            return index
+        records = store.changes_between(s, index.generation, target)
+        if len(records) != target - index.generation:
+            return None  # a gap: records pruned past this index
+        touched = sorted({speaker_id for _, speaker_id, _, _ in records})
+        present = store.centroids_of(s, touched)
+        index.remove(np.asarray([i for i in touched if i not in present], np.int64))
+        if present:
+            index.add(np.fromiter(present, np.int64, len(present)), np.stack(list(present.values())))
+        index.generation, index.nonce = target, records[-1][3]
         return index
 
-    def apply(self, change: Change) -> None:
-        """Bring the index files from generation g-1 to g with this change, or rebuild them.
+    # ---- after a commit ---------------------------------------------------------------------
+    def after_commit(self, before: int, after: int) -> None:
+        """Zero the positions of speakers changed by generations ``before+1 .. after`` in the file.
 
-        Holds the index write lock throughout, so it must not call :meth:`current`
-        (flock is per open file: taking it twice in one process would deadlock).
+        Called by the store after each commit that changed centroids. The in-memory index
+        needs nothing: the next snapshot replays the records. Never raises: any failure
+        deletes the cache files (they are rebuilt from the store when next needed) and
+        logs one warning.
         """
-        previous = change.generation - 1
-        with write_lock(self.path):
-            on_file = SpeakerIndex.file_generation(self.path)
-            in_memory = self._index if self._index is not None and self._index.generation == previous else None
-            if on_file == previous and not change.removed:
-                if in_memory is not None:
-                    _apply(in_memory, change)
-                records = SpeakerIndex.append_change(self.path, change.generation, change.upserted, set(), self._dim())
-                if records >= LOG_COMPACT_RECORDS:
-                    (in_memory or SpeakerIndex.load(self.path)).save(self.path)
-                return
-            if in_memory is None and on_file == previous:
-                in_memory = self._load()
-            if in_memory is not None and in_memory.generation == previous:
-                _apply(in_memory, change)
-                self._save(in_memory)
-                return
-            # Another process wrote in between, or there was no usable file: start afresh.
+        try:
             with self.store.read() as s:
-                self._save(self._build(s))
+                records = store.changes_between(s, before, after)
+            if len(records) != after - before:
+                raise IndexFileError("change records missing")
+            ids = np.unique(np.asarray([r[1] for r in records], np.int64))
+            header = SpeakerIndex.read_header(self.path)
+            if header is not None and not (ids <= header["max_label"]).any():
+                return  # only speakers newer than the file: nothing of theirs is on disk
+            if header is None and not self.path.exists() and not self.path.is_symlink():
+                if not index_files.temporary_files(self.path):
+                    return
+            with write_lock(self.path):
+                for tmp in index_files.temporary_files(self.path):  # a killed writer's, or stale
+                    tmp.unlink(missing_ok=True)
+                if header is None and (self.path.exists() or self.path.is_symlink()):
+                    raise IndexFileError("damaged")
+                SpeakerIndex.kill_in_file(self.path, ids)
+        except Exception as e:  # disk full, I/O errors, damage, a directory or link in the way
+            self._drop_files(f"could not be updated after the commit ({_reason(e)})")
 
+    # ---- admin ------------------------------------------------------------------------------
     def rebuild(self) -> SpeakerIndex:
-        """Rebuild the index files from SQLite, whatever they hold now."""
+        """Rebuild the index from the store and save it, whatever the files hold now.
+
+        Raises IndexFileError if the file cannot be written (the lock's holder is named).
+        """
         with self.store.read() as s:
-            index = self._build(s)
+            settings = store.get_settings(s)
+            state = self._state(s, settings)
+        self._index = self._build(None, settings, state)
+        with self.snapshot() as (_, index):  # catches up with writes made during the build
+            pass
         with write_lock(self.path):
-            self.path.unlink(missing_ok=True)
-            Path(f"{self.path}.log").unlink(missing_ok=True)
-            self._save(index)
+            index_files.remove_files(self.path)
+            self._write_locked(index)
+        return index
+
+    # ---- internals --------------------------------------------------------------------------
+    @staticmethod
+    def _state(s, settings: dict[str, Any]) -> tuple:
+        """What a build needs from one snapshot: ids, centroids, identity, generation, nonce."""
+        ids, vectors = store.centroids(s)
+        generation = store.generation(s)
+        return ids, vectors, settings.get("database_id"), generation, store.change_nonce(s, generation)
+
+    @staticmethod
+    def _build(s, settings: dict[str, Any], state: tuple | None = None) -> SpeakerIndex:
+        """An index of the snapshot's speakers (``state`` read from it earlier, or read from ``s`` now)."""
+        ids, vectors, database_id, generation, nonce = state if state is not None else IndexKeeper._state(s, settings)
+        dim = int(settings.get("dim") or (vectors.shape[1] if vectors.size else 1))
+        index = SpeakerIndex.build(ids, vectors, dim, generation, settings.get("index"))
+        index.database_id, index.nonce = database_id, nonce
         return index
 
     def _load(self) -> SpeakerIndex | None:
@@ -104,38 +182,75 @@ class IndexKeeper:
         except IndexFileError:
             return None
 
-    def _dim(self) -> int:
-        return int(self.store.settings().get("dim") or 0)
+    def _save(self, index: SpeakerIndex, wait: float) -> None:
+        """Save ``index`` unless the file is as new already; never raises (the file is a cache).
 
-    def _build(self, s) -> SpeakerIndex:
-        settings = store.get_settings(s)
-        ids, vectors = store.centroids(s)
-        dim = int(settings.get("dim") or (vectors.shape[1] if vectors.size else 1))
-        return SpeakerIndex.build(ids, vectors, dim, int(settings.get("generation", 0)), settings.get("index"))
-
-    def _save(self, index: SpeakerIndex) -> None:
-        """Keep ``index`` in memory and on disk, unless the files already hold a newer one.
-
-        Callers hold the index write lock, so the check and the rename cannot interleave
-        with another process's: the files never go back to an older generation.
+        A save that fails before its rename leaves the old file, still a valid snapshot:
+        nothing to undo (a read-only directory, a full disk: the in-memory index answers).
         """
-        self._index = index
-        on_disk = SpeakerIndex.file_generation(self.path)
-        if on_disk is not None and on_disk >= index.generation:
+        try:
+            with write_lock(self.path, timeout=wait):
+                self._write_locked(index)
+        except Exception as e:
+            log.debug("index %s not saved: %s", self.path, _reason(e))
+
+    def _write_locked(self, index: SpeakerIndex) -> None:
+        """Write the file (lock held), then zero what changed while it was being written.
+
+        A removal committed after ``index``'s snapshot found the lock taken or the old
+        file: either way its vector must not survive in the new file. If that fails, the
+        new file is deleted.
+        """
+        header = SpeakerIndex.read_header(self.path)
+        if header is not None and header["database_id"] == index.database_id and header["generation"] >= index.generation:
+            return
+        for tmp in index_files.temporary_files(self.path):
+            tmp.unlink(missing_ok=True)
+        index.save(self.path)
+        try:
+            with self.store.read() as s:
+                now = store.generation(s)
+                later = store.changes_between(s, index.generation, now)
+            if later:
+                SpeakerIndex.kill_in_file(self.path, np.unique(np.asarray([r[1] for r in later], np.int64)))
+        except Exception as e:
+            self._drop_files(f"could not be brought up to date after saving ({_reason(e)})")
+            return
+        floor = min(index.generation, now - KEEP_CHANGES)
+        if floor > 0:
+            with self.store.write() as s:
+                store.prune_changes(s, floor)
+
+    def _clean_once(self) -> None:
+        """Delete what a killed writer left (temporary files) and format-2 change logs, once per process."""
+        if self._cleaned:
+            return
+        self._cleaned = True
+        stale = [p for p in (Path(f"{self.path}.log"),) if p.exists() or p.is_symlink()]
+        stale += index_files.temporary_files(self.path)
+        if not stale:
             return
         try:
-            index.save(self.path)
-        except OSError:
-            # A read-only directory: the in-memory index still answers this process, and
-            # SQLite, the truth, is unaffected. The next writable run saves it.
-            pass
+            with write_lock(self.path, timeout=0.0):  # a live writer's temporary file is its own
+                for p in stale:
+                    p.unlink(missing_ok=True)
+        except Exception:
+            pass  # a writer is active, or the lock is unusable: the next process tries again
+
+    def _drop_files(self, why: str) -> None:
+        left = index_files.remove_files(self.path)
+        tail = f"; could not delete {', '.join(left)}" if left else ""
+        log.warning("index %s %s: deleted it, it is rebuilt from the database when next needed%s", self.path, why, tail)
 
 
-def _apply(index: SpeakerIndex, change: Change) -> None:
-    index.remove(np.fromiter(change.removed, dtype=np.int64, count=len(change.removed)))
-    if change.upserted:
-        index.add(
-            np.fromiter(change.upserted, dtype=np.int64, count=len(change.upserted)),
-            np.stack(list(change.upserted.values())),
-        )
-    index.generation = change.generation
+def _apply_search_params(index: SpeakerIndex, settings: dict[str, Any]) -> None:
+    # efSearch is a search-time setting: the stored one applies at once, without a rebuild.
+    ef_search = (settings.get("index") or {}).get("hnsw_ef_search")
+    if ef_search is not None:
+        index.params["hnsw_ef_search"] = int(ef_search)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return str(e) or type(e).__name__

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from .errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
 
 #: The newest revision in migrations/versions. A test checks it equals Alembic's head.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 def migrations_dir() -> Path:
@@ -63,16 +63,34 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database up to ``revision`` (in one IMMEDIATE transaction)."""
     from alembic import command
 
-    with engine.execution_options(sqlite_begin="BEGIN IMMEDIATE").connect() as conn:
-        command.upgrade(_config(conn), revision)
+    _run_migration(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` ("base" removes every table)."""
     from alembic import command
 
-    with engine.execution_options(sqlite_begin="BEGIN IMMEDIATE").connect() as conn:
-        command.downgrade(_config(conn), revision)
+    _run_migration(engine, command.downgrade, revision)
+
+
+def _run_migration(engine: Engine, step, revision: str) -> None:
+    """Run an Alembic command in one IMMEDIATE transaction with foreign keys off.
+
+    Foreign keys must be off while tables are recreated: with them on, dropping the old
+    ``speakers`` would cascade to every utterance. The pragma is ignored inside a
+    transaction, so it is set on the connection before BEGIN; ``env.py`` runs
+    ``PRAGMA foreign_key_check`` before the commit instead, so a migration that breaks a
+    reference fails whole.
+    """
+    with engine.connect() as conn:
+        conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # autocommit: no transaction yet
+        try:
+            step(_config(conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")), revision)
+        finally:
+            # Never hand this connection back to the pool with foreign keys off (turning
+            # them on again would be ignored if a transaction were still open): discard it,
+            # and the next one is set up afresh.
+            conn.invalidate()
 
 
 def head_revision() -> str:
@@ -104,7 +122,8 @@ def _is_known(revision: str) -> bool:
 def _tables(engine: Engine) -> set[str]:
     try:
         with engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+            # sqlite_sequence (AUTOINCREMENT's) is SQLite's own and outlives a downgrade
+            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             return {r[0] for r in rows}
     except SADatabaseError as e:
         raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {e.orig or e}") from None

@@ -8,29 +8,41 @@ Tables (created only by the Alembic revisions in ``migrations/``):
 - ``utterances``: speaker, source label (the file name given at enrollment), duration,
   sha256 of the decoded 16 kHz audio, and the embedding.
 - ``settings``: key/value pairs (JSON values): the model id and dimension the database is
-  bound to, the decision threshold, and a generation counter bumped by every write, which
-  tells whether a saved index is stale.
+  bound to, the decision threshold, the database's identity (``database_id``, random,
+  made with the database) and its ``generation``.
+- ``speaker_changes``: the record of every change to the speakers' centroids, written by
+  the schema itself (triggers made by migration 0002): each inserted, deleted or
+  re-centred speaker bumps ``generation`` and leaves one row (generation, speaker id,
+  ``upsert`` or ``remove``, a random nonce), in the same transaction as the write. Ids
+  only, never vectors. No write path can bypass it, not even SQL run behind speakerdb's
+  back; the search index catches up by replaying it (see indexkeeper.py).
 
-Vectors are stored as little-endian float32 blobs.
+Speaker ids are never reused (``AUTOINCREMENT``): an id in an answer names one speaker
+for ever. Vectors are stored as little-endian float32 blobs.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import unicodedata
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     Float,
     ForeignKey,
+    Integer,
     LargeBinary,
+    MetaData,
     String,
     Text,
     UniqueConstraint,
@@ -52,10 +64,44 @@ MAX_NAME_LENGTH = 200  # characters
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+# Characters no name may hold, by Unicode general category: controls (Cc), invisible format
+# characters such as zero-width spaces, the byte-order mark and bidirectional overrides (Cf),
+# lone surrogates left by invalid UTF-8 (Cs), private-use and unassigned code points (Co, Cn),
+# and line and paragraph separators (Zl, Zp). Each can make two names look alike or forge lines.
+_REFUSED_CATEGORIES = {
+    "Cc": "a control character",
+    "Cf": "an invisible formatting character",
+    "Cs": "a lone surrogate (invalid UTF-8?)",
+    "Co": "a private-use character",
+    "Cn": "an unassigned code point",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+MAX_METADATA_DEPTH = 32  # levels of nested lists/objects in a speaker's metadata
+MAX_METADATA_BYTES = 64 * 1024  # the metadata as compact JSON, in bytes
+
+
+def normalize_name(name: str) -> str:
+    """The form names are stored and compared in: Unicode NFC (precomposed), so that "José"
+    typed with a combining accent and with a precomposed é are one name. Case is kept."""
+    return unicodedata.normalize("NFC", name) if isinstance(name, str) and not _has_surrogates(name) else name
+
+
 def validate_name(name: str) -> str:
-    """Return ``name`` if it can name a speaker, else raise InvalidInputError saying why."""
+    """Return ``name`` in NFC if it can name a speaker, else raise InvalidInputError saying why.
+
+    Callers must store and look up the returned value: names compare after NFC
+    normalisation and are otherwise exact (case-sensitive).
+    """
     if not isinstance(name, str) or not name:
         raise InvalidInputError("speaker name must not be empty")
+    name = normalize_name(name)
+    for ch in name:
+        category = unicodedata.category(ch)
+        if category in _REFUSED_CATEGORIES:
+            raise InvalidInputError(
+                f"speaker name {name!r} contains {_REFUSED_CATEGORIES[category]} (U+{ord(ch):04X})"
+            )
     if name != name.strip():
         raise InvalidInputError(f"speaker name {name!r} must not start or end with whitespace")
     if len(name) > MAX_NAME_LENGTH:
@@ -65,6 +111,55 @@ def validate_name(name: str) -> str:
     if "/" in name or "\\" in name:
         raise InvalidInputError(f"speaker name {name!r} must not contain / or \\")
     return name
+
+
+def _has_surrogates(text: str) -> bool:
+    """Lone surrogates: what Python makes of invalid UTF-8 in file names and command lines."""
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def validate_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
+    """Return a copy of ``metadata`` if it is storable, else raise InvalidInputError saying why.
+
+    Storable: a dict with string keys whose values are JSON (null, booleans, numbers,
+    strings, lists, objects), finite numbers only, strings of valid Unicode (no lone
+    surrogates), at most MAX_METADATA_DEPTH levels deep and MAX_METADATA_BYTES as JSON.
+    Checked without recursion, so a hostile nesting cannot exhaust the stack.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"{what} must be a dict (JSON object), not {type(metadata).__name__}")
+    stack: list[tuple[Any, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            if depth > MAX_METADATA_DEPTH:
+                raise InvalidInputError(f"{what} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidInputError(f"{what} keys must be strings, not {type(key).__name__}")
+                if _has_surrogates(key):
+                    raise InvalidInputError(f"{what} key {key!r} is not valid Unicode (invalid UTF-8?)")
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_METADATA_DEPTH:
+                raise InvalidInputError(f"{what} is nested more than {MAX_METADATA_DEPTH} levels deep")
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            if _has_surrogates(value):
+                raise InvalidInputError(f"{what} value {value!r} is not valid Unicode (invalid UTF-8?)")
+        elif isinstance(value, float):
+            if value != value or value in (float("inf"), float("-inf")):
+                raise InvalidInputError(f"{what} holds {value}, which is not a JSON number")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise InvalidInputError(f"{what} holds an integer beyond 64 bits")
+        elif value is not None and not isinstance(value, (bool, int)):
+            raise InvalidInputError(f"{what} holds a {type(value).__name__}, which is not JSON")
+    size = len(json.dumps(metadata, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode())
+    if size > MAX_METADATA_BYTES:
+        raise InvalidInputError(f"{what} is {size:,} bytes as JSON, at most {MAX_METADATA_BYTES:,} are allowed")
+    return json.loads(json.dumps(metadata))  # a deep copy the caller cannot change afterwards
 
 
 def utcnow() -> datetime:
@@ -97,12 +192,26 @@ def from_blob(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
 
+#: Every constraint has a name, so that migrations can address it (batch operations on
+#: SQLite recreate tables and must know what to carry over).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Speaker(Base):
     __tablename__ = "speakers"
+    # AUTOINCREMENT: SQLite would otherwise hand a removed newest speaker's id to the next
+    # one, and an answer computed before the removal could name the newcomer.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -142,6 +251,17 @@ class Utterance(Base):
         return from_blob(self.embedding)
 
 
+class SpeakerChange(Base):
+    """One change to one speaker's centroid, written by the schema's triggers (never by hand)."""
+
+    __tablename__ = "speaker_changes"
+
+    generation: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    speaker_id: Mapped[int] = mapped_column(Integer)
+    op: Mapped[str] = mapped_column(String(8))  # "upsert" or "remove"
+    nonce: Mapped[int] = mapped_column(BigInteger)  # random: tells one history from another
+
+
 class Setting(Base):
     __tablename__ = "settings"
 
@@ -163,11 +283,18 @@ class SpeakerRow:
 
 
 class Store:
-    """The SQLite database: opening (schema checked or created), transactions and queries."""
+    """The SQLite database: opening (schema checked or created), transactions and queries.
+
+    ``on_commit`` holds callables ``f(before, after)`` run after every write transaction
+    that changed centroids, with the generations before and after it: how the search
+    index learns of a commit, whichever code path made it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        create_private(self.path)
         self.engine = open_engine(self.path)
+        self.on_commit: list[Callable[[int, int], None]] = []
         try:
             schema.ensure_current(self.engine)
         except BaseException:
@@ -188,12 +315,19 @@ class Store:
         """One write transaction, committed at the end or rolled back on any exception.
 
         BEGIN IMMEDIATE takes the write lock up front, so a second writer waits for the busy
-        timeout instead of failing when its read lock cannot be upgraded.
+        timeout instead of failing when its read lock cannot be upgraded. After the commit
+        the ``on_commit`` listeners hear of the centroid changes it made.
         """
         engine = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         with _translate_errors(self.path), Session(engine, expire_on_commit=False) as session:
             with session.begin():
+                before = generation(session)
                 yield session
+                session.flush()  # the triggers record what the pending writes change
+                after = generation(session)
+        if after != before:
+            for listener in self.on_commit:
+                listener(before, after)
 
     def settings(self) -> dict[str, Any]:
         with self.read() as s:
@@ -229,11 +363,45 @@ def set_setting(session: Session, key: str, value: Any) -> None:
         row.value = json.dumps(value)
 
 
-def bump_generation(session: Session) -> int:
-    """Count one more change to the speakers; returns the new generation."""
-    generation = int(get_settings(session).get("generation", 0)) + 1
-    set_setting(session, "generation", generation)
-    return generation
+def generation(session: Session) -> int:
+    """The number of centroid changes ever recorded (the generation of the newest record)."""
+    row = session.get(Setting, "generation")
+    return int(json.loads(row.value)) if row is not None else 0
+
+
+def change_nonce(session: Session, at: int) -> int | None:
+    """The nonce of the change record at generation ``at`` (None: no such record)."""
+    return session.scalar(select(SpeakerChange.nonce).where(SpeakerChange.generation == at))
+
+
+def changes_between(session: Session, after: int, upto: int) -> list[tuple[int, int, str, int]]:
+    """Change records (generation, speaker id, op, nonce) with ``after < generation <= upto``, in order."""
+    stmt = (
+        select(SpeakerChange.generation, SpeakerChange.speaker_id, SpeakerChange.op, SpeakerChange.nonce)
+        .where(SpeakerChange.generation > after, SpeakerChange.generation <= upto)
+        .order_by(SpeakerChange.generation)
+    )
+    return [tuple(r) for r in session.execute(stmt)]
+
+
+def prune_changes(session: Session, below: int) -> int:
+    """Delete change records older than generation ``below``; returns how many went."""
+    from sqlalchemy import delete
+
+    return session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below)).rowcount or 0
+
+
+def centroids_of(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
+    """The centroids of the speakers ``ids`` that exist (absent ids are left out)."""
+    out: dict[int, np.ndarray] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        for sid, blob in session.execute(select(Speaker.id, Speaker.centroid).where(Speaker.id.in_(chunk))):
+            out[int(sid)] = from_blob(blob)
+    return out
+
+
+_IN_CHUNK = 900  # ids per IN (...) list: SQLite's old limit on bound parameters is 999
 
 
 def speaker_by_name(session: Session, name: str) -> Speaker | None:
@@ -298,6 +466,25 @@ def recompute_centroid(speaker: Speaker) -> None:
     mean = vectors.mean(axis=0, dtype=np.float64)  # (dim,)
     speaker.centroid = to_blob((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32))
     speaker.updated_at = utcnow()
+
+
+def create_private(path: Path) -> None:
+    """Make sure the database file is not reached through a link, creating it 0600 if absent.
+
+    SQLite gives the -wal and -shm files the mode of the database file, so creating the
+    file ourselves, owner-only and exclusively (``O_EXCL`` never follows a link), keeps all
+    three private: embeddings are biometric data.
+    """
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        if p.is_symlink():
+            raise DatabaseError(f"{p} is a symbolic link: speakerdb does not write its files through links")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise DatabaseError(f"database {path} cannot be created: {e.strerror or e}") from None
+    os.close(fd)
 
 
 def open_engine(path: Path) -> Engine:

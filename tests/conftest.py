@@ -47,6 +47,28 @@ def write(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path:
     return path
 
 
+def assert_index_agrees_with_store(db_path: Path, **open_kwargs) -> None:
+    """What a fresh process searches equals the store: the file (if any) is a snapshot of
+    this database no newer than it, and the index caught up from it holds exactly every
+    speaker's centroid."""
+    from speakerdb import SpeakerDB, store
+    from speakerdb.index import SpeakerIndex
+
+    with SpeakerDB(db_path, **open_kwargs) as db:
+        header = SpeakerIndex.read_header(db.index_path)
+        with db.indexer.snapshot() as (s, index):
+            ids, vectors = store.centroids(s)
+            settings = store.get_settings(s)
+            assert index.generation == store.generation(s)
+        if header is not None:
+            assert header["database_id"] == settings["database_id"] and header["generation"] <= index.generation
+        live = np.flatnonzero(index.alive)
+        order = np.argsort(index.labels[live])
+        np.testing.assert_array_equal(index.labels[live][order], ids)  # store.centroids is in id order
+        if len(ids):
+            np.testing.assert_array_equal(index._stored_vectors()[live][order], vectors)
+
+
 class FakeEmbedder:
     """Deterministic, model-free embedder for fast API tests.
 

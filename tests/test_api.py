@@ -317,3 +317,54 @@ def test_identify_answers_every_file_even_when_some_fail(fake_db, voices, tmp_pa
     assert results[1].to_dict() == {"file": str(files[1]), "error": results[1].error}
     assert results[1].speaker is None and results[1].score is None and results[1].candidates == []
     assert set(results[0].to_dict()) == {"file", "speaker", "score", "candidates"}
+
+
+@pytest.mark.parametrize("name, why", [
+    ("alice\u200b", "invisible"),  # zero-width space
+    ("\ufeffalice", "invisible"),  # byte-order mark
+    ("\u202egnp.exe", "invisible"),  # right-to-left override
+    ("a\u2028b", "line separator"),
+    ("a\u2029b", "paragraph separator"),
+    ("b\ud800ob", "surrogate"),  # what invalid UTF-8 becomes in Python
+    ("b\udcffob", "surrogate"),
+    ("a\ue000", "private-use"),
+])
+def test_look_alike_and_invalid_names_are_refused(fake_db, voices, name, why):
+    with pytest.raises(InvalidInputError, match=why):
+        fake_db.enroll(name, voices["alice"][:1])
+    assert fake_db.list() == []
+
+
+def test_names_compare_in_nfc(fake_db, voices):
+    nfd, nfc = "Jose\u0301", "Jos\u00e9"
+    created = fake_db.enroll(nfd, voices["alice"][:1])
+    assert created.speaker == nfc and created.created
+    again = fake_db.enroll(nfc, voices["alice"][1:2])
+    assert not again.created and again.n_utterances == 2
+    assert [s.name for s in fake_db.list()] == [nfc]
+    assert fake_db.show(nfd).name == nfc and fake_db.verify(nfd, voices["alice"][0]).speaker == nfc
+    fake_db.rename(nfd, "Zo\u0308e")
+    assert [s.name for s in fake_db.list()] == ["Z\u00f6e"]
+
+
+@pytest.mark.parametrize("metadata, why", [
+    ({"k": "b\ud800ob"}, "not valid Unicode"),
+    ({"k\udcff": 1}, "not valid Unicode"),
+    ({"k": float("nan")}, "not a JSON number"),
+    ({"k": b"bytes"}, "not JSON"),
+    ({"k": 10**5000}, "beyond 64 bits"),
+    ({"k": "x" * 70_000}, "at most 65,536"),
+])
+def test_bad_metadata_is_refused(fake_db, voices, metadata, why):
+    with pytest.raises(InvalidInputError, match=why):
+        fake_db.enroll("alice", voices["alice"][:1], metadata=metadata)
+    assert fake_db.list() == []
+
+
+def test_deeply_nested_metadata_is_a_speakerdb_error(fake_db, voices):
+    deep: dict = {}
+    for _ in range(5_000):
+        deep = {"a": deep}
+    with pytest.raises(InvalidInputError, match="nested more than 32"):
+        fake_db.enroll("alice", voices["alice"][:1], metadata=deep)
+    assert fake_db.list() == []

@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 
 from speakerdb import SpeakerDB
-from speakerdb.index import SpeakerIndex
 
-from conftest import voice, write
+from conftest import assert_index_agrees_with_store, voice, write
 
 KILLS = int(os.environ.get("SPEAKERDB_KILLS", "6"))
 FILES_PER_ENROLL = 6
@@ -78,11 +77,7 @@ def _check_consistent(db_path: Path, model: Path, expected_sizes: dict[str, int]
     listed = subprocess.run(_cli(db_path, model, "list", "--json"), capture_output=True, text=True)
     assert listed.returncode == 0, listed.stderr
     assert {s["name"] for s in json.loads(listed.stdout)} == set(by_speaker)
-    with SpeakerDB(db_path, model=str(model)) as db:
-        db.indexer.current()  # what identify does before searching: load, or rebuild if stale
-        generation = db.info().generation
-    index = SpeakerIndex.load(f"{db_path}.faiss")
-    assert index.generation == generation and len(index) == len(by_speaker)
+    assert_index_agrees_with_store(db_path, model=str(model))
     return {name: len(v) for name, v in by_speaker.items()}
 
 

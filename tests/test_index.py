@@ -66,7 +66,7 @@ def test_damaged_files_are_detected(tmp_path, damage):
     elif damage == "truncated":
         path.write_bytes(data[: len(data) // 2])
     else:
-        path.write_bytes(data.replace(b'"count": 10', b'"count": 11'))
+        path.write_bytes(data.replace(b'"max_label": 9', b'"max_label": 8'))
     with pytest.raises(IndexFileError):
         SpeakerIndex.load(path)
 
@@ -87,23 +87,25 @@ def test_replacing_and_removing_keeps_search_exact():
     assert len(index) == 250 and index.n_dead == 100
 
 
-def test_change_log_is_replayed_and_stops_at_a_torn_record(tmp_path):
+@pytest.mark.parametrize("approximate_above", [200_000, 10])
+def test_positions_are_killed_in_the_file_in_place(tmp_path, approximate_above):
+    """Flat and HNSW files: a removed speaker's vector leaves the file without a rewrite."""
     path = tmp_path / "x.faiss"
-    vectors = _random(20, 16, 0)
-    SpeakerIndex.build(np.arange(10), vectors[:10], 16, generation=5).save(path)
-    SpeakerIndex.append_change(path, 6, {10: vectors[10], 3: vectors[11]}, set(), 16)
-    n = SpeakerIndex.append_change(path, 7, {11: vectors[12]}, set(), 16)
-    assert n == 2 and SpeakerIndex.file_generation(path) == 7
+    vectors = _random(40, 16, 0)
+    index = SpeakerIndex.build(np.arange(100, 140), vectors, 16, 5, {"approximate_above": approximate_above})
+    index.save(path)
+    inode = path.stat().st_ino
+    assert vectors[3].astype("<f4").tobytes() in path.read_bytes()
+    assert SpeakerIndex.kill_in_file(path, np.array([103, 117, 999])) == 2  # 999: not in the file
+    data = path.read_bytes()
+    assert vectors[3].astype("<f4").tobytes() not in data and vectors[17].astype("<f4").tobytes() not in data
+    assert vectors[4].astype("<f4").tobytes() in data and path.stat().st_ino == inode
     loaded = SpeakerIndex.load(path)
-    assert loaded.generation == 7 and len(loaded) == 12
-    assert loaded.search(vectors[11:12], 1)[1][0, 0] == 3
-    # A writer killed halfway through appending leaves a torn record: replay stops before it.
-    with open(f"{path}.log", "ab") as f:
-        f.write(b"CHG1\x40\x00\x00\x00{\"generation\": 8, \"upse")
-    assert SpeakerIndex.file_generation(path) == 7 and SpeakerIndex.load(path).generation == 7
-    # Saving folds the log into the file.
-    loaded.save(path)
-    assert not (tmp_path / "x.faiss.log").exists() and SpeakerIndex.load(path).generation == 7
+    assert len(loaded) == 38 and loaded.generation == 5
+    _, ids = loaded.search(vectors, 40)
+    assert not np.isin(ids, [103, 117]).any()
+    assert SpeakerIndex.kill_in_file(path, np.array([103])) == 0  # already dead
+    assert SpeakerIndex.kill_in_file(path, np.array([500])) == 0  # newer than the file: no I/O
 
 
 def test_removed_vectors_leave_the_file(tmp_path):

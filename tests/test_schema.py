@@ -19,7 +19,7 @@ from conftest import REPO, FakeEmbedder
 def _tables(path):
     con = sqlite3.connect(path)
     try:
-        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
     finally:
         con.close()
 
