@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import AudioError
+from .errors import AudioError, printable_path
 
 log = logging.getLogger("speakerdb")
 
@@ -77,6 +77,12 @@ class Audio:
     def sha256(self) -> str:
         """Hash of the decoded samples: the same recording in another container hashes the same."""
         return samples_sha256(self.samples)
+
+
+def source_label(path: str | Path) -> str:
+    """A file name as speakerdb stores and prints it: bytes that are not UTF-8 (which Python
+    keeps as lone surrogates) become \\xNN escapes, so the label can be written as UTF-8."""
+    return printable_path(path)
 
 
 def samples_sha256(samples: np.ndarray) -> str:

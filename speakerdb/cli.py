@@ -236,6 +236,14 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
         raise click.exceptions.Exit(1)
 
 
+def _printable(text: str) -> str:
+    """``text`` with every character that is not printable (controls, escape sequences, line
+    and paragraph separators, invisible format characters) written as a Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
 def _score_text(score: float | None) -> str:
     return "-" if score is None else f"{score:.3f}"
 
@@ -303,8 +311,11 @@ def show(state: _State, name: str, as_json: bool) -> None:
         f"created: {d['created_at']}",
         f"updated: {d['updated_at']}",
     ]
-    lines += [f"metadata.{k}: {v}" for k, v in info.metadata.items()]
-    lines += [f"  {u.source}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
+    # Sources and metadata are whatever was typed or named the files: escaped, so a newline or
+    # a terminal escape sequence in them cannot forge lines of this output.
+    lines += [f"metadata.{_printable(k)}: {_printable(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
+              for k, v in info.metadata.items()]
+    lines += [f"  {_printable(u.source)}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
     _emit(as_json, d, "\n".join(lines))
 
 
@@ -456,9 +467,12 @@ def export(state: _State, path: str, speakers: tuple[str, ...], as_json: bool) -
     "or add their utterances to ours.",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
+@click.option("--max-utterances", type=click.IntRange(min=1), metavar="N",
+              help="Refuse galleries declaring more than N utterances [default: 1,000,000]; memory grows with N "
+              "(about 2 KiB of names and metadata plus the vector per utterance).")
 @json_option
 @click.pass_obj
-def import_(state: _State, path: str, on_conflict: str, dry_run: bool, as_json: bool) -> None:
+def import_(state: _State, path: str, on_conflict: str, dry_run: bool, max_utterances: int | None, as_json: bool) -> None:
     """Import a gallery file into this database, all of it or nothing.
 
     The file is validated whole (format, checksums, model, names, vectors) before
@@ -469,7 +483,12 @@ def import_(state: _State, path: str, on_conflict: str, dry_run: bool, as_json: 
       speakerdb import site-a.gallery
       speakerdb import site-a.gallery --on-conflict merge --dry-run
     """
-    summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run)
+    limits = None
+    if max_utterances is not None:
+        from .gallery import Limits
+
+        limits = Limits(max_utterances=max_utterances)
+    summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run, limits=limits)
     counts = ", ".join(
         f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped")
     )

@@ -89,6 +89,14 @@ def _family(label: str) -> str:
     return RESEMBLYZER_LABEL if label == RESEMBLYZER_LABEL else "transformers"
 
 
+def default_threshold_for(model_id: str) -> float | None:
+    """The starting threshold a model brings to a new database, from its id alone (None: the
+    database default, the WavLM card's 0.86), so that importing a gallery binds the same
+    threshold as enrolling with the loaded model does."""
+    label = model_id.rsplit("@", 1)[0] if "@" in model_id else model_id
+    return ResemblyzerEncoder.default_threshold if _family(label) == RESEMBLYZER_LABEL else None
+
+
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length, in float32. (n, d) -> (n, d)"""
     vectors = np.asarray(vectors, dtype=np.float32)

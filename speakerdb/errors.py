@@ -7,6 +7,21 @@ database concerned and, where there is one, the command that fixes it.
 from __future__ import annotations
 
 
+def printable_path(path: object) -> str:
+    """``str(path)`` with lone surrogates escaped: bytes of a file name that are not UTF-8
+    (which Python decodes to U+DC80..U+DCFF) as ``\\xNN``, any other surrogate as ``\\uNNNN``,
+    so that the text can be printed, stored and written as UTF-8."""
+    text = str(path)
+    if not any("\ud800" <= ch <= "\udfff" for ch in text):
+        return text
+    return "".join(
+        f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff"
+        else f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff"
+        else ch
+        for ch in text
+    )
+
+
 class SpeakerDBError(Exception):
     """Base class: a failed operation the user can understand and act on."""
 
@@ -19,7 +34,7 @@ class AudioError(SpeakerDBError):
     """An audio file could not be used; the message names the file and the reason."""
 
     def __init__(self, path: object, reason: str) -> None:
-        self.path = str(path)
+        self.path = printable_path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
 

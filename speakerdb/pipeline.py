@@ -85,9 +85,9 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
     Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples).
     """
     if isinstance(source, audio.Audio):
-        label, blocks = source.source, iter([source.samples])
+        label, blocks = audio.source_label(source.source), iter([source.samples])
     else:
-        label, blocks = str(source), audio.stream(source)
+        label, blocks = audio.source_label(source), audio.stream(source)
     sha = hashlib.sha256()
     n_samples, peak, speech_s, n_windows = 0, 0.0, 0.0, 0
     total: np.ndarray | None = None  # (dim,) float64: sum of window vectors x window length

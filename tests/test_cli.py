@@ -271,3 +271,28 @@ def test_json_never_holds_nan(run, voices, tmp_path):
 
     command = click.Command("x", callback=lambda: _emit(True, {"a": np.nan, "b": [float("inf")]}, ""))
     assert json.loads(CliRunner().invoke(command).stdout) == {"a": None, "b": [None]}
+
+
+def test_show_escapes_sources_and_metadata(run, tmp_path):
+    forged = tmp_path / "a\nname: mallory\x1b[2J.wav"
+    write(forged, voice(150, 1.0))
+    ok(run("enroll", "alice", forged, "--meta", "note=x\ncreated: never", "--meta", "k\u2028=\u202ev"))
+    out = ok(run("show", "alice"))
+    assert "\x1b" not in out and "\u2028" not in out and "\u202e" not in out
+    lines = out.splitlines()
+    assert not any(l.startswith(("name: mallory", "created: never")) for l in lines)
+    assert "name: alice" in lines[0] and "\\nname: mallory\\x1b[2J.wav" in out and "metadata.note: x\\ncreated: never" in out
+    assert json.loads(ok(run("show", "alice", "--json")))["metadata"]["note"] == "x\ncreated: never"  # JSON keeps it exact
+
+
+@pytest.mark.parametrize("args, why", [
+    (["enroll", "b\udcffob", "{good}"], "surrogate"),  # invalid UTF-8 on the command line
+    (["enroll", "alice\u200b", "{good}"], "invisible"),
+    (["enroll", "bob", "{good}", "--meta", "k=\udcff"], "not valid Unicode"),
+])
+def test_invalid_text_on_the_command_line_is_one_line(run, tmp_path, args, why):
+    good = write(tmp_path / "good.wav", voice(100, 1.0))
+    result = run(*[a.format(good=good) for a in args])
+    assert result.exit_code == 1 and why in result.stderr and "Traceback" not in result.output
+    [line] = [l for l in result.stderr.splitlines() if not l.startswith("warning: ")]
+    assert line.startswith("Error: ")

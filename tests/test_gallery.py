@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, gallery
+from speakerdb import SpeakerDB, gallery, store
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, GalleryError, InvalidInputError, ModelMismatchError, SpeakerNotFoundError
 
@@ -204,7 +204,31 @@ BAD = {
     "dot dot": (lambda m: {**m, "../../outside": b"x"}, True, "outside the archive"),
     "bad json": (lambda m: {**m, "speakers.json": b"[{not json"}, True, "not valid JSON"),
     "utterance count": (lambda m: _edit(m, "manifest.json", lambda d: d["counts"].update(utterances=4)), True, "float32 vectors need"),
+    # Fields of the right checksums but the wrong type, range or encoding (issue 12, item 2).
+    "created_at type": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at=12345)), True, "created_at"),
+    "created_at range": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at="99999-01-01T00:00:00Z")), True, "created_at"),
+    "created_at 1900": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(updated_at="1900-01-01T00:00:00Z")), True, "before 1970"),
+    "utterance time": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(created_at=[1])), True, "created_at"),
+    "deep metadata": (lambda m: _deep_metadata(m, 100_000), True, "nested too deeply"),
+    "deep-ish metadata": (lambda m: _deep_metadata(m, 50), True, "nested more than"),
+    "nan metadata": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"site": "a"', b'"site": NaN')}, True, "not a JSON number"),
+    "duration text": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(duration_s="1e400")), True, "duration_s"),
+    "duration inf": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"duration_s": 2.0', b'"duration_s": 1e400', 1)}, True, "duration_s"),
+    "surrogate name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="b\ud800ob")), True, "surrogate"),
+    "surrogate source": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(source="a\udcff.wav")), True, "source"),
+    "surrogate metadata": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["metadata"].update(site="\udcff")), True, "not valid Unicode"),
+    "invisible name": (lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice\u200b")), True, "invisible"),
+    "sha not hex": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(audio_sha256="Z" * 64)), True, "audio_sha256"),
+    "metadata list": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(metadata=[1, 2])), True, "must be a dict"),
 }
+
+
+def _deep_metadata(members, depth: int):
+    """speakers.json with alice's metadata nested ``depth`` levels deep (written as text: too deep for json.dumps)."""
+    doc = json.loads(members["speakers.json"])
+    doc[0]["metadata"] = "__DEEP__"
+    text = json.dumps(doc).replace('"__DEEP__"', '{"a": ' * depth + "1" + "}" * depth)
+    return {**members, "speakers.json": text.encode()}
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -416,17 +440,180 @@ def test_corrupted_gallery_bytes_raise_only_gallery_error(tmp_path_factory, good
     assert all(np.isfinite(u.embedding).all() for s in g.speakers for u in s.utterances)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(manifest=st.recursive(
+_ANY_JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=6),
     max_leaves=20,
-), speakers=st.binary(max_size=200), embeddings=st.binary(max_size=200))
-def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, manifest, speakers, embeddings):
+)
+
+
+def _valid_documents():
+    """A well-formed manifest and speakers.json (2 speakers, 3 utterances of dimension 2) as plain JSON."""
+    speakers = [
+        {"name": "s0", "created_at": "2024-01-02T03:04:05Z", "updated_at": None, "metadata": {"k": [1, "x"]},
+         "utterances": [{"source": "a.wav", "duration_s": 1.5, "audio_sha256": "a" * 64, "created_at": None},
+                        {"source": "b.wav", "duration_s": 2, "audio_sha256": "b" * 64, "created_at": None}]},
+        {"name": "s1", "created_at": None, "updated_at": None, "metadata": {},
+         "utterances": [{"source": "c.wav", "duration_s": 3.0, "audio_sha256": "c" * 64, "created_at": None}]},
+    ]
+    manifest = {"format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "t", "created_at": None,
+                "model": {"id": "fake-spectral-v1", "source": None, "dim": 2},
+                "counts": {"speakers": 2, "utterances": 3}, "members": {}}
+    return manifest, speakers
+
+
+def _leaf_paths(doc, prefix=()):
+    """Every place in a JSON document, as a path of keys and indices."""
+    yield prefix
+    items = doc.items() if isinstance(doc, dict) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        yield from _leaf_paths(value, prefix + (key,))
+
+
+def _replace(doc, path, value):
+    if not path:
+        return value
+    *parent, last = path
+    target = doc
+    for key in parent:
+        target = target[key]
+    target[last] = value
+    return doc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, data):
+    """One field at a time of an otherwise valid gallery (checksums kept right, so every later
+    check is reached) is replaced by arbitrary JSON: the reader raises GalleryError or returns
+    a gallery whose every field is storable."""
+    manifest, speakers = _valid_documents()
+    member = data.draw(st.sampled_from(["manifest", "speakers", "none"]))
+    if member != "none":
+        doc = manifest if member == "manifest" else speakers
+        paths = [p for p in _leaf_paths(doc) if p and p[0] != "members"]
+        value = data.draw(_ANY_JSON | st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\u200b\ufeff\u202e\u2028")))
+        doc = _replace(doc, data.draw(st.sampled_from(paths)), value)
+        manifest, speakers = (doc, speakers) if member == "manifest" else (manifest, doc)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3, 2)).astype(np.float32)
+    embeddings = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("<f4").tobytes()
+    speakers_bytes = json.dumps(speakers).encode()
+    if isinstance(manifest, dict):
+        manifest["members"] = {name: {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+                               for name, raw in (("speakers.json", speakers_bytes), ("embeddings.f32", embeddings))}
     path = tmp_path_factory.mktemp("fuzz") / "x.gallery"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("manifest.json", json.dumps(manifest))
-        z.writestr("speakers.json", speakers)
+        z.writestr("speakers.json", speakers_bytes)
         z.writestr("embeddings.f32", embeddings)
-    with pytest.raises(GalleryError):
-        gallery.read(path)
+    try:
+        g = gallery.read(path)
+    except GalleryError:
+        return
+    for s in g.speakers:  # whatever got through can be stored, exported and printed as JSON
+        assert store.validate_name(s.name) == s.name
+        json.dumps([s.name, s.metadata, s.created_at, s.updated_at], allow_nan=False, ensure_ascii=False).encode()
+        for u in s.utterances:
+            assert np.isfinite(u.duration_s) and u.duration_s >= 0
+            json.dumps([u.source, u.created_at], ensure_ascii=False).encode()
+
+
+# ---- sizes and binding (issue 12, items 3, 4, 12) ----------------------------------------------
+def _gallery_of(path: Path, model_id: str, n_speakers: int, dim: int = 4) -> Path:
+    rng = np.random.default_rng(1)
+    speakers = []
+    for i in range(n_speakers):
+        v = rng.standard_normal(dim).astype(np.float32)
+        speakers.append(gallery.GallerySpeaker(
+            f"s{i}", None, None, {}, [gallery.GalleryUtterance("a.wav", 1.0, f"{i:064x}", None, v / np.linalg.norm(v))]))
+    gallery.write(path, gallery.Gallery(model_id, model_id, dim, speakers), "test")
+    return path
+
+
+def test_a_gallery_declaring_more_than_the_cap_is_refused_in_constant_memory(tmp_path):
+    """A few MB that honestly unpack to hundreds: refused from the manifest, before inflating anything."""
+    import tracemalloc
+
+    n = gallery.MAX_UTTERANCES + 1  # dimension 1: one float per utterance
+    one = np.ones(1, "<f4").tobytes()
+    utterance = b'{"source": "a.wav", "duration_s": 1.0, "audio_sha256": "' + b"a" * 64 + b'", "created_at": null}'
+    path = tmp_path / "bomb.gallery"
+    sha_speakers, sha_embeddings = hashlib.sha256(), hashlib.sha256()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        size = 0
+        with z.open("speakers.json", "w", force_zip64=True) as f:
+            parts = [b'[{"name": "x", "metadata": {}, "utterances": [', utterance] + [b", " + utterance] * (n - 1)
+            for part in parts + [b"]}]"]:
+                f.write(part)
+                sha_speakers.update(part)
+                size += len(part)
+        with z.open("embeddings.f32", "w", force_zip64=True) as f:
+            block = one * 65_536
+            for start in range(0, n, 65_536):
+                chunk = block[: 4 * min(65_536, n - start)]
+                f.write(chunk)
+                sha_embeddings.update(chunk)
+        manifest = {
+            "format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "x", "created_at": None,
+            "model": {"id": "fake-spectral-v1", "source": None, "dim": 1},
+            "counts": {"speakers": 1, "utterances": n},
+            "members": {"speakers.json": {"size": size, "sha256": sha_speakers.hexdigest()},
+                        "embeddings.f32": {"size": 4 * n, "sha256": sha_embeddings.hexdigest()}},
+        }
+        z.writestr("manifest.json", json.dumps(manifest))
+    assert path.stat().st_size < size // 20  # the archive is small, its contents are not
+    tracemalloc.start()
+    try:
+        with pytest.raises(GalleryError, match="more than the 1,000,000 one import accepts"):
+            gallery.read(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # bytes: the manifest, not the members
+
+
+def test_limits_can_be_raised_and_lowered(tmp_path):
+    path = _gallery_of(tmp_path / "g.gallery", "fake-spectral-v1", 3)
+    with pytest.raises(GalleryError, match="more than the 2 one import accepts"):
+        gallery.read(path, gallery.Limits(max_utterances=2))
+    assert len(gallery.read(path, gallery.Limits(max_utterances=3)).speakers) == 3
+    with pytest.raises(GalleryError, match="dimension 4 is more than the 3"):
+        gallery.read(path, gallery.Limits(max_dim=3))
+
+
+def test_cli_import_cap_option(tmp_path):
+    path = _gallery_of(tmp_path / "g.gallery", "fake-spectral-v1", 3)
+    db = ["--db", str(tmp_path / "t.sqlite")]
+    refused = CliRunner().invoke(cli, db + ["import", str(path), "--max-utterances", "2"])
+    assert refused.exit_code == 1 and "--max-utterances" in refused.stderr
+    assert "max-utterances" in CliRunner().invoke(cli, ["import", "--help"]).output
+
+
+def test_an_empty_gallery_binds_nothing(tmp_path, target, voices):
+    path = tmp_path / "empty.gallery"
+    gallery.write(path, gallery.Gallery("attacker/hub-model", "attacker/hub-model", 7, []), "test")
+    summary = target.import_gallery(path)
+    assert summary.created == [] and summary.utterances_added == 0
+    info = target.info()
+    assert info.model_id is None and info.dim is None and info.model_source is None
+    target.enroll("alice", voices["alice"][:1])  # the database's own model binds it, as if nothing happened
+    assert target.info().model_id == "fake-spectral-v1"
+
+
+def test_importing_into_a_new_database_binds_the_models_starting_threshold(tmp_path):
+    """A GE2E gallery gets GE2E's 0.80 in a new database, as a GE2E enrollment does, not WavLM's 0.86."""
+    from speakerdb.embed import ResemblyzerEncoder
+
+    ge2e = _gallery_of(tmp_path / "ge2e.gallery", "resemblyzer-ge2e@0123456789abcdef", 2)
+    with SpeakerDB(tmp_path / "new.sqlite") as db:
+        db.import_gallery(ge2e)
+        assert db.threshold == ResemblyzerEncoder.default_threshold == 0.80
+    with SpeakerDB(tmp_path / "chosen.sqlite") as db:  # a threshold someone chose is kept
+        db.set_threshold(0.7)
+        db.import_gallery(ge2e)
+        assert db.threshold == 0.7
+    wavlm = _gallery_of(tmp_path / "w.gallery", "wavlm-base-plus-sv@00ff00ff00ff00ff", 2)
+    with SpeakerDB(tmp_path / "w.sqlite") as db:
+        db.import_gallery(wavlm)
+        assert db.threshold == 0.86
