@@ -16,7 +16,10 @@ target_metadata = Base.metadata
 
 def _run(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    # transactional_ddl: Alembic's SQLite default (False) commits after each revision, before
+    # the check below could undo anything; SQLite runs DDL in transactions perfectly well.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      transactional_ddl=True)
     with context.begin_transaction():
         context.run_migrations()
         if connection.dialect.name == "sqlite":

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -51,6 +53,17 @@ DEFAULT_TOP_K = 5
 MIN_SPEECH_S = 1.0
 DB_FILENAME = "speakerdb.sqlite"
 INDEX_SUFFIX = ".faiss"
+
+#: Largest index parameters accepted. FAISS keeps them in C ints (a 20-digit ef_search
+#: overflowed every later search); beyond these a graph costs memory for no recall: M of
+#: 256 links per node is 2 KiB per speaker per level, ef of 100,000 searches most of a
+#: million-speaker graph.
+INDEX_PARAM_MAX = {
+    "hnsw_ef_search": 100_000,  # candidates per search
+    "hnsw_ef_construction": 10_000,  # candidates per insertion
+    "hnsw_m": 256,  # links per node
+    "approximate_above": 2**31 - 1,  # speakers
+}
 
 #: Called after each file: (files done, files in all, seconds of audio done).
 Progress = Callable[[int, int, float], None]
@@ -241,16 +254,24 @@ class SpeakerDB:
         device: str = "cpu",
         precision: str = "fp32",
         embedder: Embedder | None = None,
+        create: bool = True,
     ) -> None:
         self.db_path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
+        #: Whether this object created the database file (see :meth:`discard_if_unused`).
+        self.created = not _check_db_path(self.db_path, create)
         self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
         self._model = model
         self._device = device
         self._precision = precision
         self._embedder = embedder
-        if not self.db_path.exists():
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = store.Store(self.db_path)
+        made_dirs = _make_parents(self.db_path) if self.created else []
+        try:
+            self.store = _open_store(self.db_path)
+        except BaseException:
+            if self.created:  # a failed creation leaves neither a file nor the directories it made
+                _remove_database_files(self.db_path, self.index_path, made_dirs)
+            raise
+        self._made_dirs = made_dirs
         self.indexer = IndexKeeper(self.store, self.index_path)
         defaults = {"threshold": DEFAULT_THRESHOLD, "index": DEFAULT_INDEX_PARAMS}
         missing = {k: v for k, v in defaults.items() if k not in self.store.settings()}
@@ -262,6 +283,19 @@ class SpeakerDB:
     # ---- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
         self.store.close()
+
+    def discard_if_unused(self) -> bool:
+        """Close, and delete the database files if this object created them and nothing was
+        stored since (no speakers, no model bound): a failed first enrollment or a dry-run
+        import into a new path leaves no empty database behind. Returns True if deleted."""
+        if not self.created:
+            return False
+        with self.store.read() as s:
+            unused = not store.has_speakers(s) and store.get_settings(s).get("model_id") is None
+        self.close()
+        if unused:
+            _remove_database_files(self.db_path, self.index_path, self._made_dirs)
+        return unused
 
     def __enter__(self) -> "SpeakerDB":
         return self
@@ -276,8 +310,12 @@ class SpeakerDB:
         return float(self.store.settings().get("threshold", DEFAULT_THRESHOLD))
 
     def set_threshold(self, value: float) -> None:
-        """Store a new decision threshold for this database."""
-        value = _check_threshold(value)
+        """Store a new decision threshold for this database: a cosine score in [0, 1].
+
+        A negative threshold would accept nearly every voice as the best candidate; per-call
+        overrides (``identify(threshold=...)``) may still go down to -1 for experiments.
+        """
+        value = _check_threshold(value, least=0.0)
         with self.store.write() as s:
             store.set_setting(s, "threshold", value)
             store.set_setting(s, "threshold_chosen", True)
@@ -287,7 +325,7 @@ class SpeakerDB:
         database has none yet, refusing if it has another)."""
         if value is None:
             raise InvalidInputError("no threshold reaches that operating point on these scores: nothing stored")
-        value = _check_threshold(value)
+        value = _check_threshold(value, least=0.0)
         self.embedder  # loads and checks the model
         with self.store.write() as s:
             self._bind_model(s)
@@ -425,9 +463,10 @@ class SpeakerDB:
         if embedded:
             order = sorted(embedded)
             queries = np.stack([embedded[i].vector for i in order])  # (n_good, dim)
-            index = self.indexer.current()
-            scores, ids = index.search(queries, top_k)  # (n_good, k), (n_good, k)
-            with self.store.read() as s:
+            # Search and names from one snapshot: an answer never puts one speaker's score on
+            # another's name, whatever other processes commit meanwhile (tests/test_cache.py).
+            with self.indexer.snapshot() as (s, index):
+                scores, ids = index.search(queries, top_k)  # (n_good, k), (n_good, k)
                 names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
             for i, row_scores, row_ids in zip(order, scores, ids):
                 candidates = [
@@ -576,14 +615,19 @@ class SpeakerDB:
             index_params=dict(settings.get("index") or {}),
         )
 
-    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None) -> "gallery.ExportSummary":
+    def export(
+        self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *, overwrite: bool = False
+    ) -> "gallery.ExportSummary":
         """Write a gallery file of all speakers, or of the named ones (see docs/gallery-format.md).
 
         The file holds metadata and per-utterance embeddings, never audio. It is written
         to a temporary name and renamed, so an interrupted export leaves no half file.
+        An existing file is replaced only with ``overwrite``; the output path is checked
+        before anything is read.
         """
         from . import __version__
 
+        path = check_output_path(path, overwrite=overwrite)
         with self.store.read() as s:
             rows = store.speakers_by_name(s) if speakers is None else [
                 self._get_speaker(s, name) for name in dict.fromkeys(speakers)
@@ -591,7 +635,10 @@ class SpeakerDB:
             if not rows:
                 raise EmptyDatabaseError(f"no speakers to export from {self.db_path}")
             g = gallery.from_store(store.get_settings(s), rows)
-        size = gallery.write(path, g, __version__)
+        try:
+            size = gallery.write(path, g, __version__)
+        except OSError as e:  # a directory such as /proc that refuses new files, a full disk
+            raise InvalidInputError(f"cannot write {path}: {e.strerror or e}") from None
         return gallery.ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
 
     def import_gallery(
@@ -655,8 +702,11 @@ class SpeakerDB:
             )
         for key, value in params.items():
             least = {"approximate_above": 0, "hnsw_m": 2}.get(key, 1)  # a graph of degree 1 is a list
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InvalidInputError(f"index parameter {key} must be a whole number of at least {least}, not {value!r}")
+            most = INDEX_PARAM_MAX[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise InvalidInputError(
+                    f"index parameter {key} must be a whole number from {least} to {most:,}, not {value!r}"
+                )
         with self.store.write() as s:
             merged = {**DEFAULT_INDEX_PARAMS, **(store.get_settings(s).get("index") or {}), **params}
             store.set_setting(s, "index", merged)
@@ -769,14 +819,116 @@ class SpeakerDB:
         return speaker
 
 
-def _check_threshold(value: float) -> float:
+def _check_threshold(value: float, least: float = -1.0) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise InvalidInputError(f"threshold must be a number, not {value!r}") from None
-    if not -1.0 <= value <= 1.0:
-        raise InvalidInputError(f"threshold {value} is not a cosine score in [-1, 1]")
+    if not least <= value <= 1.0:  # NaN fails too
+        if value < 0 <= least:
+            raise InvalidInputError(f"threshold {value} would accept nearly every voice: store one in [0, 1]")
+        raise InvalidInputError(f"threshold {value} is not a cosine score in [{least:g}, 1]")
     return value
+
+
+#: Free space a new database needs: the schema and a first speaker take ~200 KiB; SQLite
+#: fails mid-creation with "database or disk is full" below that.
+MIN_FREE_BYTES = 1 << 20  # 1 MiB
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise InvalidInputError now, before any work, for an output file that cannot be written:
+    its directory is missing or not writable, it is a directory, or it exists and not ``overwrite``."""
+    path = Path(path).expanduser()
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a directory: give a file name")
+    if not parent.is_dir():
+        raise InvalidInputError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"cannot write {path}: directory {parent} is not writable")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise InvalidInputError(f"{path} already exists: use --force to replace it")
+    return path
+
+
+def _check_db_path(path: Path, create: bool) -> bool:
+    """Whether a database file exists at ``path``; raise DatabaseError for a path that cannot
+    be one (a directory, a device such as /dev/null, a parent that is a file) or, unless
+    ``create``, for a missing one."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except NotADirectoryError:
+        raise DatabaseError(f"cannot use database {path}: {_file_ancestor(path)} is a file, not a directory") from None
+    except OSError as e:
+        raise DatabaseError(f"cannot use database {path}: {e.strerror or e}") from None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            raise DatabaseError(f"database {path} is a directory, not an SQLite file")
+        if not stat.S_ISREG(info.st_mode):
+            raise DatabaseError(f"database {path} is not a regular file (a device, pipe or socket)")
+        return True
+    if not create:
+        raise DatabaseError(
+            f"no database at {path}: check --db (or SPEAKERDB_DB / SPEAKERDB_HOME); "
+            "`speakerdb enroll` or `speakerdb import` creates one"
+        )
+    ancestor = _file_ancestor(path)
+    if ancestor is not None:
+        raise DatabaseError(f"cannot create database {path}: {ancestor} is a file, not a directory")
+    existing = next(p for p in path.parents if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise DatabaseError(f"cannot create database {path}: only {free // 1024} KiB free on its disk, at least {MIN_FREE_BYTES // 1024} KiB needed")
+    return False
+
+
+def _file_ancestor(path: Path) -> Path | None:
+    """The first parent of ``path`` that exists and is not a directory, if any."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+        if not parent.exists():
+            return None
+    return None
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create the missing directories above ``path``; returns those made, deepest first."""
+    missing = [p for p in path.parents if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatabaseError(f"cannot create the directory of database {path}: {e.strerror or e}") from None
+    return missing
+
+
+def _open_store(path: Path) -> store.Store:
+    """store.Store, with the errors SQLite raises while creating a file (disk full, I/O) as DatabaseError."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return store.Store(path)
+    except SpeakerDBError:
+        raise
+    except (SQLAlchemyError, OSError) as e:
+        reason = getattr(e, "orig", None) or e
+        raise DatabaseError(f"cannot open database {path}: {str(reason).splitlines()[0]}") from None
+
+
+def _remove_database_files(db_path: Path, index_path: Path, made_dirs: list[Path]) -> None:
+    for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), Path(f"{db_path}-journal"), index_path):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+    for d in made_dirs:  # deepest first; only if still empty
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
@@ -787,7 +939,9 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------
 def database_revision(db_path: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
     """(revision stamped in the database, revision this speakerdb needs)."""
-    engine = store.open_engine(Path(db_path).expanduser() if db_path else default_db_path())
+    path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
+    _check_db_path(path, create=False)  # reading a revision must not create a file
+    engine = store.open_engine(path)
     try:
         return schema.current_revision(engine), schema.HEAD_REVISION
     finally:
@@ -805,9 +959,8 @@ def downgrade_database(db_path: str | os.PathLike[str] | None, revision: str) ->
 
 
 def _migrate(db_path, step, revision: str) -> str | None:
-    path = Path(db_path).expanduser() if db_path else default_db_path()
-    if not path.exists():
-        raise InvalidInputError(f"no database at {path}")
+    path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
+    _check_db_path(path, create=False)
     engine = store.open_engine(path)
     try:
         step(engine, revision)

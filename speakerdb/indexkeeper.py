@@ -52,14 +52,13 @@ class IndexKeeper:
         self.store = db
         self.path = path
         self._index: SpeakerIndex | None = None
-        self._cleaned = False
         db.on_commit.append(self.after_commit)
+        self.heal()
 
     # ---- reading ----------------------------------------------------------------------------
     @contextmanager
     def snapshot(self) -> Iterator[tuple[Any, SpeakerIndex]]:
         """A read session and the index at exactly that session's generation."""
-        self._clean_once()
         index = self._index if self._index is not None else self._load()
         loaded_generation = index.generation if index is not None else None
         rebuilt = False
@@ -99,12 +98,14 @@ class IndexKeeper:
             return None  # another history reached this generation (or its record was pruned)
         if index.generation == 0 and len(index):
             return None
-        if index.generation == target:
-            return index
-        records = store.changes_between(s, index.generation, target)
+        records = store.changes_between(s, index.generation, target) if index.generation < target else []
         if len(records) != target - index.generation:
             return None  # a gap: records pruned past this index
         touched = sorted({speaker_id for _, speaker_id, _, _ in records})
+        if index is not self._index and not _sample_matches(s, index, set(touched)):
+            return None  # a file whose contents differ from the store it claims to be
+        if not records:
+            return index
         present = store.centroids_of(s, touched)
         index.remove(np.asarray([i for i in touched if i not in present], np.int64))
         if present:
@@ -112,35 +113,61 @@ class IndexKeeper:
         index.generation, index.nonce = target, records[-1][3]
         return index
 
-    # ---- after a commit ---------------------------------------------------------------------
+    # ---- after a commit, and at every open ------------------------------------------------
     def after_commit(self, before: int, after: int) -> None:
-        """Zero the positions of speakers changed by generations ``before+1 .. after`` in the file.
+        """Zero in the file the positions of the speakers changed up to generation ``after``.
 
         Called by the store after each commit that changed centroids. The in-memory index
         needs nothing: the next snapshot replays the records. Never raises: any failure
         deletes the cache files (they are rebuilt from the store when next needed) and
-        logs one warning.
+        logs one warning; the commit stands.
         """
+        self._scrub(after, "could not be updated after the commit")
+
+    def heal(self) -> None:
+        """Finish what a killed process left undone; cheap when nothing is owed.
+
+        A writer killed between its commit and the zeroing left removed vectors in the
+        file (its scrubbed-to generation is behind the store); a writer killed while
+        saving left a temporary file, a full copy of the centroids; format-2 speakerdb
+        left a change log holding vectors; an index of another database may sit at this
+        path. Each is dealt with here, at every open, before anything is read.
+        """
+        debris = [p for p in (Path(f"{self.path}.log"),) if p.exists() or p.is_symlink()]
+        debris += index_files.temporary_files(self.path)
+        header = SpeakerIndex.read_header(self.path)
+        if header is None and not debris and not (self.path.exists() or self.path.is_symlink()):
+            return
+        with self.store.read() as s:
+            generation, database_id = store.generation(s), store.get_settings(s).get("database_id")
+        if not debris and header is not None and header["database_id"] == database_id and header["scrubbed_to"] >= generation:
+            return
+        self._scrub(generation, "could not be healed")
+
+    def _scrub(self, upto: int, failure: str) -> None:
+        """Under the lock: delete debris, then zero the positions changed by records after the
+        file's scrubbed-to generation up to ``upto``. Failures delete the cache files."""
         try:
-            with self.store.read() as s:
-                records = store.changes_between(s, before, after)
-            if len(records) != after - before:
-                raise IndexFileError("change records missing")
-            ids = np.unique(np.asarray([r[1] for r in records], np.int64))
-            header = SpeakerIndex.read_header(self.path)
-            if header is not None and not (ids <= header["max_label"]).any():
-                return  # only speakers newer than the file: nothing of theirs is on disk
-            if header is None and not self.path.exists() and not self.path.is_symlink():
-                if not index_files.temporary_files(self.path):
-                    return
             with write_lock(self.path):
-                for tmp in index_files.temporary_files(self.path):  # a killed writer's, or stale
-                    tmp.unlink(missing_ok=True)
-                if header is None and (self.path.exists() or self.path.is_symlink()):
-                    raise IndexFileError("damaged")
-                SpeakerIndex.kill_in_file(self.path, ids)
-        except Exception as e:  # disk full, I/O errors, damage, a directory or link in the way
-            self._drop_files(f"could not be updated after the commit ({_reason(e)})")
+                for p in [Path(f"{self.path}.log"), *index_files.temporary_files(self.path)]:
+                    p.unlink(missing_ok=True)  # no writer is active: we hold the lock
+                header = SpeakerIndex.read_header(self.path)
+                if header is None:
+                    if self.path.exists() or self.path.is_symlink():
+                        raise IndexFileError("damaged, of another format, or not a file")
+                    return
+                with self.store.read() as s:
+                    if header["database_id"] != store.get_settings(s).get("database_id"):
+                        raise IndexFileError("belongs to another database")
+                    records = store.changes_between(s, header["scrubbed_to"], upto)
+                if header["scrubbed_to"] > upto:
+                    raise IndexFileError("it is ahead of the database (restored from an older copy?)")
+                if len(records) != upto - header["scrubbed_to"]:
+                    raise IndexFileError("the change records it needs were pruned")
+                ids = np.unique(np.asarray([r[1] for r in records], np.int64))
+                SpeakerIndex.kill_in_file(self.path, ids, upto)
+        except Exception as e:  # disk full, I/O errors, damage, a directory or link in the way, lock timeout
+            self._drop_files(f"{failure} ({_reason(e)})")
 
     # ---- admin ------------------------------------------------------------------------------
     def rebuild(self) -> SpeakerIndex:
@@ -211,8 +238,7 @@ class IndexKeeper:
             with self.store.read() as s:
                 now = store.generation(s)
                 later = store.changes_between(s, index.generation, now)
-            if later:
-                SpeakerIndex.kill_in_file(self.path, np.unique(np.asarray([r[1] for r in later], np.int64)))
+            SpeakerIndex.kill_in_file(self.path, np.unique(np.asarray([r[1] for r in later], np.int64)), now)
         except Exception as e:
             self._drop_files(f"could not be brought up to date after saving ({_reason(e)})")
             return
@@ -221,26 +247,27 @@ class IndexKeeper:
             with self.store.write() as s:
                 store.prune_changes(s, floor)
 
-    def _clean_once(self) -> None:
-        """Delete what a killed writer left (temporary files) and format-2 change logs, once per process."""
-        if self._cleaned:
-            return
-        self._cleaned = True
-        stale = [p for p in (Path(f"{self.path}.log"),) if p.exists() or p.is_symlink()]
-        stale += index_files.temporary_files(self.path)
-        if not stale:
-            return
-        try:
-            with write_lock(self.path, timeout=0.0):  # a live writer's temporary file is its own
-                for p in stale:
-                    p.unlink(missing_ok=True)
-        except Exception:
-            pass  # a writer is active, or the lock is unusable: the next process tries again
-
     def _drop_files(self, why: str) -> None:
         left = index_files.remove_files(self.path)
         tail = f"; could not delete {', '.join(left)}" if left else ""
         log.warning("index %s %s: deleted it, it is rebuilt from the database when next needed%s", self.path, why, tail)
+
+
+SAMPLE_CHECKS = 64  # live positions of a loaded file compared byte for byte with the store
+
+
+def _sample_matches(s, index: SpeakerIndex, touched: set[int]) -> bool:
+    """Whether a random sample of the file's live vectors equals the store's centroids
+    (speakers changed since the file was written are left out: the replay handles them)."""
+    live = np.flatnonzero(index.alive)
+    if not len(live):
+        return True
+    rng = np.random.default_rng()
+    sample = rng.choice(live, size=min(SAMPLE_CHECKS, len(live)), replace=False)
+    pairs = [(int(p), int(index.labels[p])) for p in sample if int(index.labels[p]) not in touched]
+    truth = store.centroids_of(s, [i for _, i in pairs])
+    stored = index._stored_vectors()
+    return all(i in truth and np.array_equal(stored[p], truth[i]) for p, i in pairs)
 
 
 def _apply_search_params(index: SpeakerIndex, settings: dict[str, Any]) -> None:
