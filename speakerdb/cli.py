@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -25,23 +26,37 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SpeakerDBError as e:
-            raise click.ClickException(str(e)) from None
+        except BaseException as e:
+            if isinstance(ctx.obj, _State):  # a failed first enroll leaves no empty database
+                ctx.obj.discard_if_unused()
+            if isinstance(e, SpeakerDBError):
+                raise click.ClickException(str(e)) from None
+            raise
 
 
 class _State:
-    """What the global options set up; the database is opened on first use."""
+    """What the global options set up; the database is opened on first use.
+
+    Only commands that write speakers (enroll, import, calibrate --apply) call
+    :meth:`allow_create`; every other command refuses a database that does not exist, so a
+    mistyped --db is an error instead of a new empty database.
+    """
 
     def __init__(self, db: str | None, model: str | None, device: str, precision: str = "fp32") -> None:
         self.db_path, self.model, self.device, self.precision = db, model, device, precision
+        self.create = False
         self._db = None
+
+    def allow_create(self) -> None:
+        self.create = True
 
     @property
     def db(self):
         if self._db is None:
             from .api import SpeakerDB
 
-            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision)
+            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision,
+                                 create=self.create)
         return self._db
 
     def open_with(self, embedder):
@@ -49,8 +64,28 @@ class _State:
         from .api import SpeakerDB
 
         if self._db is None:
-            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision, embedder=embedder)
+            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision,
+                                 embedder=embedder, create=self.create)
         return self._db
+
+    def bound_model(self) -> str | None:
+        """--model if given, else the model the database (if it exists) is bound to."""
+        if self.model is not None:
+            return self.model
+        from .api import default_db_path
+
+        path = self.db_path or default_db_path()
+        if self._db is None and not os.path.exists(path):
+            return None
+        return (self._db or self.db).info().model_source
+
+    def discard_if_unused(self) -> None:
+        """Delete the database if this command created it and stored nothing in it."""
+        if self._db is not None and self._db.created:
+            try:
+                self._db.discard_if_unused()
+            except SpeakerDBError:  # the database itself is what failed: nothing more to tidy
+                pass
 
     def close(self) -> None:
         if self._db is not None:
@@ -58,6 +93,30 @@ class _State:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+class _Score(click.ParamType):
+    """A cosine score in [low, 1]: NaN, infinities and text are usage errors (exit 2)."""
+
+    name = "score"
+
+    def __init__(self, low: float) -> None:
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not self.low <= number <= 1.0:  # NaN fails this comparison
+            hint = ": a negative threshold accepts nearly every voice" if number < 0 <= self.low else ""
+            self.fail(f"{value} is not in the range {self.low:g} to 1{hint}", param, ctx)
+        return number
+
+
+#: Per-call overrides may go down to -1 (experiments); a stored threshold is in [0, 1].
+OVERRIDE_SCORE = _Score(-1.0)
+STORED_SCORE = _Score(0.0)
 
 
 def _emit(as_json: bool, document: Any, text: str) -> None:
@@ -171,6 +230,7 @@ def enroll(
       speakerdb enroll bob bob.wav --new --meta team=sales
     """
     metadata = _parse_meta(meta)
+    state.allow_create()
     bar, update = _progress(f"enrolling {name}", len(files), as_json)
     try:
         result = state.db.enroll(name, list(files), new=new, metadata=metadata, strict=strict, progress=update)
@@ -181,7 +241,7 @@ def enroll(
         click.echo(f"note: skipped {skipped.source}: {skipped.reason}", err=True)
     for warning in result.warnings:
         click.echo(f"warning: {warning.source}: {warning.reason}", err=True)
-    verb = "created" if result.created else "updated"
+    verb = "created" if result.created else "updated" if result.added or metadata else "unchanged"
     _emit(
         as_json,
         result.to_dict(),
@@ -193,7 +253,7 @@ def enroll(
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
-@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), help="Override the database's threshold for this call.")
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
 @json_option
 @click.pass_obj
 def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float | None, as_json: bool) -> None:
@@ -251,7 +311,7 @@ def _score_text(score: float | None) -> str:
 @cli.command()
 @click.argument("name")
 @click.argument("file", type=click.Path())
-@click.option("--threshold", type=click.FloatRange(-1.0, 1.0), help="Override the database's threshold for this call.")
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
 @json_option
 @click.pass_obj
 def verify(state: _State, name: str, file: str, threshold: float | None, as_json: bool) -> None:
@@ -289,7 +349,8 @@ def list_(state: _State, as_json: bool) -> None:
             f"{s.name:<{width}}  {s.n_utterances:>4} utt  {s.total_duration_s:>8.1f} s  since {s.created_at:%Y-%m-%d}"
             for s in speakers
         )
-    _emit(as_json, [s.to_dict() for s in speakers], text)
+    # list has no per-utterance details: leave the key out rather than print an empty list
+    _emit(as_json, [{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers], text)
 
 
 @cli.command()
@@ -335,19 +396,47 @@ def rename(state: _State, old: str, new: str, as_json: bool) -> None:
     _emit(as_json, {"old": old, "new": new}, f"renamed {old} to {new}")
 
 
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
+
+
+def _can_ask() -> bool:
+    """Whether a person can answer a question: stdin is a terminal."""
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask a person at a terminal; refuse (exit 2) without --yes when nobody can answer."""
+    if yes:
+        return
+    if not _can_ask():
+        raise click.UsageError(f"{question} Not confirmed: add --yes to do it without asking.")
+    click.confirm(question, abort=True, err=True)
+
+
 @cli.command()
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True)
+@yes_option
 @json_option
 @click.pass_obj
-def remove(state: _State, name: str, as_json: bool) -> None:
-    """Delete speaker NAME with all its utterances and embeddings.
+def remove(state: _State, names: tuple[str, ...], yes: bool, as_json: bool) -> None:
+    """Delete speakers NAMES with all their utterances and embeddings.
+
+    Asks first on a terminal; --yes for scripts. Every name is checked before anything
+    is deleted.
 
     \b
-    Example:
+    Examples:
       speakerdb remove bob
+      speakerdb remove bob carol --yes --json
     """
-    n = state.db.remove(name)
-    _emit(as_json, {"removed": name, "utterances": n}, f"removed {name} ({n} utterance(s))")
+    names = tuple(dict.fromkeys(names))
+    counts = {name: state.db.show(name).n_utterances for name in names}  # an unknown name fails here
+    total = sum(counts.values())
+    _confirm(f"Delete {len(names)} speaker(s) ({', '.join(_printable(n) for n in names)}) and their "
+             f"{total} utterance(s)? This cannot be undone.", yes)
+    removed = {name: state.db.remove(name) for name in names}
+    _emit(as_json, {"removed": list(removed), "utterances": sum(removed.values())},
+          "\n".join(f"removed {name} ({n} utterance(s))" for name, n in removed.items()))
 
 
 @cli.command()
@@ -361,11 +450,18 @@ def info(state: _State, as_json: bool) -> None:
       speakerdb --db team.sqlite info
     """
     d = state.db.info().to_dict()
-    _emit(as_json, d, "\n".join(f"{k}: {'-' if v is None else v}" for k, v in d.items()))
+    lines = []
+    for key, value in d.items():
+        if isinstance(value, dict):  # index_params: one indented line each, not a Python dict
+            lines.append(f"{key}:")
+            lines += [f"  {k}: {v}" for k, v in value.items()]
+        else:
+            lines.append(f"{key}: {'-' if value is None else value}")
+    _emit(as_json, d, "\n".join(lines))
 
 
 @cli.command()
-@click.argument("value", required=False, type=click.FloatRange(-1.0, 1.0))
+@click.argument("value", required=False, type=STORED_SCORE)
 @json_option
 @click.pass_obj
 def threshold(state: _State, value: float | None, as_json: bool) -> None:
@@ -387,13 +483,13 @@ def threshold(state: _State, value: float | None, as_json: bool) -> None:
 
 
 @cli.command(name="index")
-@click.option("--ef-search", type=click.IntRange(min=1),
+@click.option("--ef-search", type=click.IntRange(1, 100_000),
               help="HNSW candidates per search: higher finds the true nearest speaker more often, slower. "
               "Applies at once.")
-@click.option("--approximate-above", type=click.IntRange(min=0),
+@click.option("--approximate-above", type=click.IntRange(0, 2**31 - 1),
               help="Speakers above which the index is an HNSW graph instead of exact search (from the next rebuild).")
-@click.option("--hnsw-m", type=click.IntRange(min=2), help="HNSW graph degree (from the next rebuild).")
-@click.option("--ef-construction", type=click.IntRange(min=1), help="HNSW build effort (from the next rebuild).")
+@click.option("--hnsw-m", type=click.IntRange(2, 256), help="HNSW graph degree, 2 to 256 (from the next rebuild).")
+@click.option("--ef-construction", type=click.IntRange(1, 10_000), help="HNSW build effort, 1 to 10,000 (from the next rebuild).")
 @click.option("--rebuild", is_flag=True,
               help="Rebuild the index files from SQLite now (an HNSW graph of a million speakers takes ~15 min).")
 @json_option
@@ -434,9 +530,10 @@ def index_(state: _State, ef_search: int | None, approximate_above: int | None, 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--speaker", "speakers", multiple=True, metavar="NAME", help="Export only this speaker (repeatable).")
+@click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @json_option
 @click.pass_obj
-def export(state: _State, path: str, speakers: tuple[str, ...], as_json: bool) -> None:
+def export(state: _State, path: str, speakers: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Export speakers to a gallery file: metadata and embeddings, no audio.
 
     The file is portable between machines running the same model; see
@@ -447,7 +544,7 @@ def export(state: _State, path: str, speakers: tuple[str, ...], as_json: bool) -
       speakerdb export site-a.gallery
       speakerdb export team.gallery --speaker alice --speaker bob
     """
-    summary = state.db.export(path, list(speakers) or None)
+    summary = state.db.export(path, list(speakers) or None, overwrite=force)
     _emit(
         as_json,
         summary.to_dict(),
@@ -488,7 +585,10 @@ def import_(state: _State, path: str, on_conflict: str, dry_run: bool, max_utter
         from .gallery import Limits
 
         limits = Limits(max_utterances=max_utterances)
+    state.allow_create()
     summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run, limits=limits)
+    if dry_run:  # a dry run into a new path leaves no database behind
+        state.discard_if_unused()
     counts = ", ".join(
         f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped")
     )
@@ -535,7 +635,9 @@ def _run_evaluation(state: "_State", as_json: bool, **kwargs):
         bar.done = done
 
     try:
-        return run(model=state.model, device=state.device, precision=state.precision, progress=progress, **kwargs)
+        # The database's model, like every other command (a GE2E database is evaluated with GE2E).
+        return run(model=state.bound_model(), device=state.device, precision=state.precision, progress=progress,
+                   **kwargs)
     finally:
         for bar in bars.values():
             bar.__exit__(None, None, None)
@@ -557,6 +659,27 @@ def _format_report(r) -> str:
     if not r.dir:
         lines.append("open-set DIR: no impostor recordings (use --impostor-speakers or --impostors)")
     return "\n".join(lines)
+
+
+def _current_threshold(state: _State, embedder) -> float:
+    """The threshold identify would use now: the database's, else the model's starting one."""
+    from .api import DEFAULT_THRESHOLD, default_db_path
+
+    if os.path.exists(state.db_path or default_db_path()):
+        return state.db.threshold
+    own = getattr(embedder, "default_threshold", None)
+    return DEFAULT_THRESHOLD if own is None else float(own)
+
+
+def _check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """--target is checked while parsing: a typo is a usage error (exit 2) before any scoring."""
+    from .evaluate import parse_target
+
+    try:
+        parse_target(value)
+    except SpeakerDBError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
 
 
 def _threshold_text(value: float | None) -> str:
@@ -582,18 +705,24 @@ def evaluate(state: _State, data_dir: str, plot_path: str | None, as_json: bool,
       speakerdb --model resemblyzer evaluate test-other/ --impostors train-clean-100/ --plot report.png
       speakerdb evaluate recordings/ --test-seconds 3 --seed 1 --json
     """
-    report, scores, _ = _run_evaluation(state, as_json, data_dir=data_dir, **split_options)
+    if plot_path:  # a path that cannot be written fails now, not after minutes of scoring
+        from .api import check_output_path
+        from .evaluate import check_plotting
+
+        check_output_path(plot_path, overwrite=True)
+        check_plotting()
+    report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, **split_options)
     if plot_path:
         from .evaluate import plot
 
-        plot(scores, report, plot_path)
+        plot(scores, report, plot_path, threshold=_current_threshold(state, embedder))
     text = _format_report(report) + (f"\nplot: {plot_path}" if plot_path else "")
     _emit(as_json, report.to_dict(), text)
 
 
 @cli.command()
 @_evaluation_options
-@click.option("--target", default="eer", show_default=True, metavar="eer|far=RATE",
+@click.option("--target", default="eer", show_default=True, metavar="eer|far=RATE", callback=_check_target,
               help="Operating point: the equal-error-rate threshold, or the lowest threshold whose "
               "false-acceptance rate is at most RATE.")
 @click.option("--apply", is_flag=True, help="Store the threshold in the database (--db).")
@@ -611,9 +740,10 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
       speakerdb calibrate recordings/ --target eer
       speakerdb calibrate recordings/ --target far=0.01 --apply
     """
-    from .evaluate import operating_point, parse_target
+    from .evaluate import operating_point
 
-    parse_target(target)  # a typo fails now, not after minutes of scoring
+    if apply:
+        state.allow_create()
     report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, **split_options)
     point = operating_point(scores, target)
     if apply:
@@ -666,24 +796,35 @@ def upgrade(state: _State, revision: str, as_json: bool) -> None:
     Example:
       speakerdb --db old.sqlite db upgrade
     """
-    from .api import upgrade_database
+    from .api import database_revision, upgrade_database
 
+    before, _ = database_revision(state.db_path)
     new = upgrade_database(state.db_path, revision)
-    _emit(as_json, {"revision": new}, f"database at revision {new}")
+    text = f"database already at revision {new}: nothing to do" if new == before else (
+        f"database upgraded from revision {before or 'none'} to {new}")
+    _emit(as_json, {"revision": new, "previous": before}, text)
 
 
 @db.command()
 @click.argument("revision")
+@yes_option
 @json_option
 @click.pass_obj
-def downgrade(state: _State, revision: str, as_json: bool) -> None:
-    """Migrate the database down to REVISION ("base" drops every table).
+def downgrade(state: _State, revision: str, yes: bool, as_json: bool) -> None:
+    """Migrate the database down to REVISION, for rolling back to an older speakerdb.
+
+    Data that the older schema has no place for is lost; "base" drops every table and
+    with them every speaker. Asks first on a terminal; --yes for scripts. Back up first.
 
     \b
     Example:
-      speakerdb db downgrade base
+      cp speakers.sqlite backup.sqlite && speakerdb --db speakers.sqlite db downgrade 0001
     """
-    from .api import downgrade_database
+    from .api import database_revision, downgrade_database
+
+    current_revision, _ = database_revision(state.db_path)
+    what = "drop every table and every speaker" if revision == "base" else f"migrate down to revision {revision}"
+    _confirm(f"Database at revision {current_revision or 'none'}: {what}?", yes)
 
     new = downgrade_database(state.db_path, revision)
     _emit(as_json, {"revision": new}, f"database at revision {new or 'none'}")
@@ -711,6 +852,44 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--meta")
         metadata[key] = value
     return metadata
+
+
+# ---- global options also after the command ------------------------------------------------
+_GLOBAL_ATTRS = {"db": "db_path", "model": "model", "device": "device", "precision": "precision"}
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """An option given after the command overrides the same option given before it."""
+    if value is not None:
+        state = ctx.find_object(_State)
+        if state is not None:
+            setattr(state, _GLOBAL_ATTRS[param.name], value)
+    return value
+
+
+def _global_options() -> list[click.Option]:
+    """--db, --model, --device and --precision as each command accepts them (no defaults here:
+    the group's options and environment variables give those)."""
+    common = {"expose_value": False, "callback": _set_global}
+    return [
+        click.Option(["--db"], type=click.Path(dir_okay=False), help="SQLite database file (same as before the command).", **common),
+        click.Option(["--model"], metavar="ID_OR_DIR", help="Embedding model (same as before the command).", **common),
+        click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), help="Where the model runs.", **common),
+        click.Option(["--precision"], type=click.Choice(["fp32", "bf16"]), help="fp32 or bf16 embeddings.", **common),
+    ]
+
+
+def _accept_global_options(group: click.Group) -> None:
+    """`speakerdb identify --model resemblyzer x.mp3` works like `speakerdb --model resemblyzer identify x.mp3`."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_global_options(command)
+            continue
+        taken = {opt for p in command.params for opt in p.opts}
+        command.params.extend(o for o in _global_options() if not taken & set(o.opts))
+
+
+_accept_global_options(cli)
 
 
 def main() -> None:

@@ -298,15 +298,30 @@ def run(
     return summarise(split, scores, settings), scores, embedder
 
 
-def plot(scores: Scores, report: Report, path: Path) -> None:
-    """Score histograms and a DET curve (normal-deviate axes) in one PNG."""
+def check_plotting() -> None:
+    """Raise InvalidInputError now if plots cannot be drawn (matplotlib missing), before any scoring."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
         raise InvalidInputError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+
+
+#: The DET panel's window on both axes (error rates); points outside it are drawn on its edge.
+DET_WINDOW = (0.0005, 0.9)
+
+
+def plot(scores: Scores, report: Report, path: Path, threshold: float | None = None) -> None:
+    """Score histograms and a DET curve (normal-deviate axes) in one PNG.
+
+    The title names the model, the data and the trial counts; ``threshold`` (the
+    database's current one) is marked on both panels. Error rates of 0 (a perfect
+    separation) are drawn on the window's edge and labelled, not left off the panel.
+    """
+    check_plotting()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from statistics import NormalDist
 
     fig, (ax_hist, ax_det) = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -314,27 +329,46 @@ def plot(scores: Scores, report: Report, path: Path) -> None:
     ax_hist.hist(scores.nontarget, bins=bins, alpha=0.6, density=True, label=f"non-target ({len(scores.nontarget)})")
     ax_hist.hist(scores.target, bins=bins, alpha=0.6, density=True, label=f"target ({len(scores.target)})")
     ax_hist.axvline(report.eer_threshold, color="k", linestyle="--", label=f"EER threshold {report.eer_threshold:.3f}")
+    if threshold is not None:
+        ax_hist.axvline(threshold, color="tab:red", linestyle=":", label=f"current threshold {threshold:.3f}")
     ax_hist.set_xlabel("cosine score")
     ax_hist.set_ylabel("density")
     ax_hist.legend()
     ax_hist.set_title("Score distributions")
 
     _, p_miss, p_fa = metrics.det_curve(scores.target, scores.nontarget)
-    eps = 1e-4  # keep 0 and 1 finite on probit axes
-    probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, eps), 1 - eps)))
-    ax_det.plot(probit(p_fa), probit(p_miss))
+    low, high = DET_WINDOW
+    # Rates are clipped into the window: a curve with no errors would otherwise lie at
+    # probit(0) = -inf, outside the panel, and leave it empty.
+    probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, low), high)))
+    ax_det.plot(probit(p_fa), probit(p_miss), label="DET")
+    if report.eer == 0:
+        ax_det.text(0.5, 0.5, "no errors at the EER threshold:\nthe curve runs along the edges",
+                    transform=ax_det.transAxes, ha="center", va="center")
     ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8]
     ax_det.set_xticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
     ax_det.set_yticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
-    limits = probit(np.array([0.0005, 0.9]))  # the usual DET window; 0 and 1 lie outside it
-    ax_det.set_xlim(*limits)
-    ax_det.set_ylim(*limits)
+    limits = probit(np.array(DET_WINDOW))  # the usual DET window; 0 and 1 lie outside it
+    margin = 0.05 * (limits[1] - limits[0])  # so points clipped to the edge stay visible
+    ax_det.set_xlim(limits[0] - margin, limits[1] + margin)
+    ax_det.set_ylim(limits[0] - margin, limits[1] + margin)
     ax_det.plot(probit(report.eer), probit(report.eer), "o", label=f"EER {report.eer:.2%}")
+    if threshold is not None:
+        miss = float(np.mean(scores.target < threshold))
+        fa = float(np.mean(scores.nontarget >= threshold))
+        ax_det.plot(probit(fa), probit(miss), "s", color="tab:red",
+                    label=f"threshold {threshold:.3f}: miss {miss:.1%}, FA {fa:.1%}")
     ax_det.set_xlabel("false acceptance rate")
     ax_det.set_ylabel("miss rate")
     ax_det.grid(True, alpha=0.3)
     ax_det.legend()
     ax_det.set_title("DET curve")
+    s = report.settings
+    fig.suptitle(
+        f"{s.get('model_id', 'model ?')} on {s.get('data_dir', '?')}: {report.n_enrolled_speakers} speakers, "
+        f"{report.n_target_trials:,} target / {report.n_nontarget_trials:,} non-target trials",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

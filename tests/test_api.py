@@ -56,14 +56,15 @@ def test_same_audio_twice_is_skipped_with_a_note(fake_db, voices, tmp_path):
     fake_db.enroll("alice", voices["alice"][:1])
     # Same samples in another container and under another name: still the same audio.
     same = write(tmp_path / "copy.flac", audio.load(voices["alice"][0]).samples, subtype="PCM_24")
-    result = fake_db.enroll("alice", [voices["alice"][0], voices["alice"][1]])
-    assert [s.source for s in result.skipped] == [str(voices["alice"][0])]
+    assert same.read_bytes() != voices["alice"][0].read_bytes()
+    result = fake_db.enroll("alice", [same, voices["alice"][1]])
+    assert [s.source for s in result.skipped] == [str(same)]
     assert "already enrolled" in result.skipped[0].reason
+    assert [u.source for u in result.added] == [str(voices["alice"][1])]
     assert result.n_utterances == 2
     # Within one call, a repeated file is skipped too.
     again = fake_db.enroll("bob", [voices["bob"][0], voices["bob"][0]])
     assert len(again.added) == 1 and len(again.skipped) == 1
-    assert same.exists()
 
 
 def test_new_refuses_an_existing_name(fake_db, voices):
@@ -368,3 +369,25 @@ def test_deeply_nested_metadata_is_a_speakerdb_error(fake_db, voices):
     with pytest.raises(InvalidInputError, match="nested more than 32"):
         fake_db.enroll("alice", voices["alice"][:1], metadata=deep)
     assert fake_db.list() == []
+
+
+def test_opening_without_create_refuses_a_missing_database(tmp_path):
+    from speakerdb.errors import DatabaseError
+
+    path = tmp_path / "missing" / "x.sqlite"
+    with pytest.raises(DatabaseError, match="no database at"):
+        SpeakerDB(path, create=False)
+    assert not path.parent.exists()
+    with SpeakerDB(path) as db:  # the default creates, as before
+        assert db.created
+    with SpeakerDB(path, create=False) as db:
+        assert not db.created and db.list() == []
+
+
+def test_discard_if_unused_removes_only_an_untouched_new_database(tmp_path, voices):
+    path = tmp_path / "new" / "x.sqlite"
+    db = SpeakerDB(path, embedder=FakeEmbedder())
+    assert db.discard_if_unused() and not path.exists() and not path.parent.exists()
+    db = SpeakerDB(path, embedder=FakeEmbedder())
+    db.enroll("alice", voices["alice"][:1])
+    assert not db.discard_if_unused() and path.exists()

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 
 from speakerdb.cli import cli
 
+from speakerdb.errors import InvalidInputError
+
 from conftest import voice, write
 
 
@@ -50,12 +52,16 @@ def test_enroll_identify_verify_rename_remove(run, voices):
         assert [set(c) for c in r["candidates"]] == [{"speaker", "score"}] * 3
         assert r["score"] == r["candidates"][0]["score"]
 
-    v = as_json(run("verify", "alice", voices["alice"][0], "--json"))
-    assert v["speaker"] == "alice" and v["accepted"] in (True, False) and v["threshold"] == 0.86
+    v = as_json(run("verify", "alice", voices["alice"][2], "--json"))  # a recording not enrolled
+    assert v["speaker"] == "alice" and v["threshold"] == 0.86 and v["accepted"] == (v["score"] >= 0.86)
+    # The decision is the score against the threshold, both ways.
+    at = as_json(run("verify", "alice", voices["alice"][2], "--threshold", repr(v["score"]), "--json"))
+    above = as_json(run("verify", "alice", voices["alice"][2], "--threshold", repr(v["score"] + 1e-4), "--json"))
+    assert at["accepted"] is True and above["accepted"] is False and at["score"] == above["score"] == v["score"]
 
     assert as_json(run("rename", "alice", "alicia", "--json")) == {"old": "alice", "new": "alicia"}
     assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "bob", "carol"]
-    assert as_json(run("remove", "bob", "--json")) == {"removed": "bob", "utterances": 2}
+    assert as_json(run("remove", "bob", "--yes", "--json")) == {"removed": ["bob"], "utterances": 2}
     assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "carol"]
 
     after = as_json(run("identify", voices["bob"][0], "--json", "--top-k", "5"))[0]
@@ -64,11 +70,22 @@ def test_enroll_identify_verify_rename_remove(run, voices):
     assert (info["n_speakers"], info["n_utterances"], info["dim"]) == (2, 4, 24)
 
 
-def test_identical_audio_is_identified(run, voices):
-    run("enroll", "alice", voices["alice"][0])
-    run("enroll", "bob", voices["bob"][0])
-    [r] = as_json(run("identify", voices["bob"][0], "--json"))
+def test_identical_audio_is_identified(run, voices, tmp_path):
+    """The same samples in another container and under another name are the same audio:
+    decoded identically, they embed identically (score 1.0), whatever the model."""
+    import soundfile as sf
+
+    samples, rate = sf.read(str(voices["bob"][0]), dtype="int16")
+    wav = write(tmp_path / "bob-enrolled.wav", samples, sr=rate, subtype="PCM_16")
+    flac = write(tmp_path / "call-0042.flac", samples, sr=rate, subtype="PCM_16")
+    assert wav.read_bytes() != flac.read_bytes()
+    ok(run("enroll", "alice", voices["alice"][0]))
+    ok(run("enroll", "bob", wav))
+    [r] = as_json(run("identify", flac, "--json"))
     assert r["speaker"] == "bob" and r["score"] == pytest.approx(1.0, abs=1e-5)
+    assert r["candidates"][1]["speaker"] == "alice" and r["candidates"][1]["score"] < r["score"] - 1e-4
+    skipped = as_json(run("enroll", "bob", flac, "--json"))  # and it is recognised as already enrolled
+    assert skipped["added"] == [] and len(skipped["skipped"]) == 1
 
 
 def test_unknown_below_threshold(run, voices):
@@ -95,7 +112,10 @@ def test_human_output(run, voices):
     assert "threshold: 0.86" in ok(run("threshold"))
 
 
-def test_threshold_can_be_changed(run):
+def test_threshold_can_be_changed(run, tmp_path):
+    from speakerdb import SpeakerDB
+
+    SpeakerDB(tmp_path / "cli.sqlite").close()
     assert as_json(run("threshold", "0.7", "--json")) == {"threshold": 0.7}
     assert as_json(run("info", "--json"))["threshold"] == 0.7
 
@@ -119,6 +139,9 @@ def test_threshold_can_be_changed(run):
     ],
 )
 def test_errors_are_one_line_with_exit_codes(run, tmp_path, args, code, message):
+    from speakerdb import SpeakerDB
+
+    SpeakerDB(tmp_path / "cli.sqlite").close()  # an empty database: read-only commands refuse a missing one
     files = {
         "missing": tmp_path / "missing.wav",
         "empty": tmp_path / "empty.wav",
@@ -155,12 +178,18 @@ def test_model_that_cannot_be_loaded_is_one_line(tmp_path, voices):
 
 
 def test_db_commands(run, tmp_path, voices):
+    from speakerdb.schema import HEAD_REVISION as head
+
     run("enroll", "alice", voices["alice"][0])
-    assert as_json(run("db", "current", "--json")) == {"revision": "0001", "head": "0001"}
-    assert as_json(run("db", "downgrade", "base", "--json")) == {"revision": None}
+    assert as_json(run("db", "current", "--json")) == {"revision": head, "head": head}
+    assert "already at revision" in ok(run("db", "upgrade"))  # says so when there is nothing to do
+    refused = run("db", "downgrade", "base")
+    assert refused.exit_code == 2 and "--yes" in refused.stderr  # asks first; nobody at a terminal here
+    assert as_json(run("db", "current", "--json"))["revision"] == head
+    assert as_json(run("db", "downgrade", "base", "--yes", "--json")) == {"revision": None}
     refused = run("list")
     assert refused.exit_code == 1 and "speakerdb db upgrade" in refused.stderr
-    assert as_json(run("db", "upgrade", "--json")) == {"revision": "0001"}
+    assert as_json(run("db", "upgrade", "--json")) == {"revision": head, "previous": None}
     assert as_json(run("list", "--json")) == []
 
 
@@ -193,6 +222,9 @@ def test_python_dash_m_and_version():
 
 
 def test_list_does_not_import_torch(tmp_path):
+    from speakerdb import SpeakerDB
+
+    SpeakerDB(tmp_path / "x.sqlite").close()
     code = (
         "import sys; from click.testing import CliRunner; from speakerdb.cli import cli;"
         f"r = CliRunner().invoke(cli, ['--db', {str(tmp_path / 'x.sqlite')!r}, 'list']);"
@@ -296,3 +328,146 @@ def test_invalid_text_on_the_command_line_is_one_line(run, tmp_path, args, why):
     assert result.exit_code == 1 and why in result.stderr and "Traceback" not in result.output
     [line] = [l for l in result.stderr.splitlines() if not l.startswith("warning: ")]
     assert line.startswith("Error: ")
+
+
+# ---- paths, bounds, confirmations (issue 12, items 8, 9, 13, 14, 15, 16) ------------------------
+@pytest.mark.parametrize("args", [
+    ["list"], ["show", "alice"], ["info"], ["threshold"], ["threshold", "0.7"], ["index"], ["verify", "alice", "x.wav"],
+    ["identify", "x.wav"], ["rename", "a", "b"], ["remove", "alice", "--yes"], ["export", "{tmp}/out.gallery"],
+    ["db", "current"], ["db", "upgrade"],
+])
+def test_read_commands_refuse_a_missing_database(tmp_path, args):
+    db = tmp_path / "nonexistent" / "dir" / "x.sqlite"
+    result = CliRunner().invoke(cli, ["--db", str(db), *[a.format(tmp=tmp_path) for a in args]])
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: no database at") and str(db) in line and "enroll" in line and "import" in line
+    assert not (tmp_path / "nonexistent").exists()  # neither the file nor its directories
+
+
+def test_a_failed_first_enroll_leaves_no_database(run, tmp_path):
+    db = tmp_path / "new" / "x.sqlite"
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF" + b"\0" * 100)
+    result = CliRunner().invoke(cli, ["--db", str(db), "enroll", "alice", str(bad)])
+    assert result.exit_code == 1
+    assert not db.exists() and not (tmp_path / "new").exists() and not list(tmp_path.glob("new*"))
+
+
+@pytest.mark.parametrize("where, code, message", [
+    ("/dev/null", 1, "not a regular file"),
+    ("{file}/x.sqlite", 1, "is a file, not a directory"),
+    ("{tmp}", 2, "is a directory"),  # click's own check of --db
+])
+def test_unusable_database_paths_are_one_line(tmp_path, where, code, message):
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    db = where.format(file=a_file, tmp=tmp_path)
+    for args in (["list"], ["enroll", "alice", str(a_file)]):
+        result = CliRunner().invoke(cli, ["--db", db, *args])
+        assert result.exit_code == code and message in result.stderr and "Traceback" not in result.output
+        if code == 1:
+            assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_speakerdb_home_pointing_at_a_file(tmp_path, monkeypatch, voices):
+    a_file = tmp_path / "home-is-a-file"
+    a_file.write_text("x")
+    monkeypatch.setenv("SPEAKERDB_HOME", str(a_file))
+    result = CliRunner().invoke(cli, ["enroll", "alice", str(voices["alice"][0])])
+    assert result.exit_code == 1 and "is a file, not a directory" in result.stderr
+
+
+def test_a_disk_without_room_for_a_new_database(tmp_path, monkeypatch, voices):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 6_000, 4_000))
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "x.sqlite"), "enroll", "alice", str(voices["alice"][0])])
+    assert result.exit_code == 1 and "KiB free" in result.stderr and not (tmp_path / "x.sqlite").exists()
+
+
+def test_export_checks_its_path_first_and_never_overwrites_unasked(run, voices, tmp_path):
+    ok(run("enroll", "alice", voices["alice"][0]))
+    missing = run("export", tmp_path / "nodir" / "a.gallery")
+    assert missing.exit_code == 1 and "does not exist" in missing.stderr
+    proc = run("export", "/proc/a.gallery")
+    assert proc.exit_code == 1 and proc.stderr.startswith("Error: ") and "Traceback" not in proc.output
+    target = tmp_path / "a.gallery"
+    target.write_bytes(b"precious")
+    refused = run("export", target)
+    assert refused.exit_code == 1 and "--force" in refused.stderr and target.read_bytes() == b"precious"
+    assert as_json(run("export", target, "--force", "--json"))["n_speakers"] == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["index", "--ef-search", "99999999999999999999"], ["index", "--hnsw-m", "100000000"],
+    ["index", "--ef-construction", "10000000"], ["threshold", "nan"], ["threshold", "-0.5"], ["threshold", "inf"],
+    ["identify", "x.wav", "--threshold", "nan"], ["verify", "alice", "x.wav", "--threshold", "abc"],
+])
+def test_out_of_bounds_settings_are_usage_errors(run, voices, args):
+    ok(run("enroll", "alice", voices["alice"][0]))
+    before = as_json(run("info", "--json"))
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert as_json(run("info", "--json")) == before  # nothing stored
+
+
+def test_api_bounds(fake_db):
+    with pytest.raises(InvalidInputError, match="100,000"):
+        fake_db.set_index_params(hnsw_ef_search=10**20)
+    with pytest.raises(InvalidInputError, match="256"):
+        fake_db.set_index_params(hnsw_m=100_000_000)
+    with pytest.raises(InvalidInputError, match="nearly every voice"):
+        fake_db.set_threshold(-0.2)
+    assert fake_db.threshold == 0.86
+
+
+def test_global_options_after_the_command(tmp_path, tiny_checkpoint, voices):
+    db = tmp_path / "after.sqlite"
+    runner = CliRunner()
+    enrolled = runner.invoke(cli, ["enroll", "alice", str(voices["alice"][0]), "--db", str(db), "--model", str(tiny_checkpoint)])
+    assert enrolled.exit_code == 0, enrolled.output
+    found = runner.invoke(cli, ["identify", "--model", str(tiny_checkpoint), "--db", str(db), str(voices["alice"][0]), "--json"])
+    assert found.exit_code == 0, found.output and json.loads(found.stdout)[0]["speaker"] == "alice"
+    # After the command wins over before it.
+    listed = runner.invoke(cli, ["--db", str(tmp_path / "other.sqlite"), "list", "--db", str(db), "--json"])
+    assert [s["name"] for s in json.loads(listed.stdout)] == ["alice"]
+    for path, command in _all_commands(cli):
+        if not isinstance(command, click.Group):
+            help_text = runner.invoke(cli, [*path, "--help"]).output
+            assert all(opt in help_text for opt in ("--db", "--model", "--device", "--precision")), path
+
+
+def test_remove_asks_first_and_takes_several_names(run, voices, monkeypatch, tmp_path):
+    for name in ("alice", "bob", "carol"):
+        ok(run("enroll", name, voices[name][0]))
+    refused = run("remove", "alice")  # no terminal, no --yes
+    assert refused.exit_code == 2 and "--yes" in refused.stderr
+    unknown = run("remove", "alice", "nobody", "--yes")
+    assert unknown.exit_code == 1 and "nobody" in unknown.stderr
+    assert len(as_json(run("list", "--json"))) == 3  # nothing removed by either
+    monkeypatch.setattr("speakerdb.cli._can_ask", lambda: True)
+    runner = CliRunner()
+    base = ["--db", str(tmp_path / "cli.sqlite")]  # the run fixture's database
+    no = runner.invoke(cli, base + ["remove", "alice"], input="n\n")
+    assert no.exit_code == 1 and "Delete 1 speaker(s) (alice)" in no.stderr
+    assert len(as_json(run("list", "--json"))) == 3
+    yes = runner.invoke(cli, base + ["remove", "alice", "bob"], input="y\n")
+    assert yes.exit_code == 0, yes.output
+    assert [s["name"] for s in as_json(run("list", "--json"))] == ["carol"]
+
+
+def test_everyday_output(run, voices):
+    ok(run("enroll", "alice", voices["alice"][0]))
+    again = ok(run("enroll", "alice", voices["alice"][0]))
+    assert again.startswith("unchanged alice: 0 utterance(s) added, 1 skipped")
+    [listed] = as_json(run("list", "--json"))
+    assert "utterances" not in listed and listed["n_utterances"] == 1
+    info = ok(run("info"))
+    assert "{" not in info and "  hnsw_ef_search: 2048" in info
+    ok(run("enroll", "a-much-longer-speaker-name", voices["bob"][0]))
+    text = ok(run("identify", voices["carol"][0]))
+    rows = [l for l in text.splitlines() if l.startswith("  ")]
+    assert len(rows) == 2 and len({l.rindex(" ") for l in rows}) == 1  # scores in one column

@@ -144,6 +144,54 @@ def test_cli_calibrate_refuses_a_database_of_another_model(data_dir, tmp_path, t
         assert fake.threshold == 0.86
 
 
-def test_cli_bad_target_is_an_error(data_dir, tiny_checkpoint):
-    result = CliRunner().invoke(cli, ["--model", str(tiny_checkpoint), "calibrate", str(data_dir), "--target", "frr=1"])
-    assert result.exit_code == 1 and "far=RATE" in result.stderr
+@pytest.mark.parametrize("target", ["frr=1", "far=abc", "far=nan", "far=2"])
+def test_cli_bad_target_is_a_usage_error(data_dir, target):
+    # No --model: a usage error is found while parsing, before any model is loaded.
+    result = CliRunner().invoke(cli, ["calibrate", str(data_dir), "--target", target])
+    assert result.exit_code == 2 and "far=RATE" in result.stderr
+
+
+def test_evaluate_and_calibrate_use_the_databases_model(data_dir, tmp_path, tiny_checkpoint, tiny_embedder, voices):
+    db = tmp_path / "mine.sqlite"
+    with SpeakerDB(db, model=str(tiny_checkpoint)) as mine:
+        mine.enroll("alice", voices["alice"][:1])
+        bound = mine.info().model_id
+    # No --model: the database's model, not the hub default (which cannot be loaded offline).
+    result = CliRunner().invoke(cli, ["--db", str(db), "evaluate", str(data_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["settings"]["model_id"] == bound
+    calibrated = CliRunner().invoke(cli, ["--db", str(db), "calibrate", str(data_dir), "--apply", "--json"])
+    assert calibrated.exit_code == 0, calibrated.output
+    assert json.loads(calibrated.stdout)["report"]["settings"]["model_id"] == bound
+
+
+def test_plot_path_is_checked_before_the_evaluation(data_dir, tmp_path):
+    # The model does not exist: reaching it would mean the evaluation started first.
+    result = CliRunner().invoke(cli, ["--model", str(tmp_path / "no-model"), "evaluate", str(data_dir),
+                                      "--plot", str(tmp_path / "nodir" / "r.png")])
+    assert result.exit_code == 1 and "nodir" in result.stderr and "does not exist" in result.stderr
+    assert "no-model" not in result.stderr
+
+
+def test_plot_has_a_title_the_threshold_and_a_det_curve_without_errors(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    target, nontarget = np.array([0.9, 0.95, 0.97]), np.array([0.1, 0.2, 0.3, 0.4])  # no errors at all
+    scores = evaluate.Scores(target, nontarget, target, np.ones(3, bool), np.ones(3, np.int64), np.array([0.4]))
+    eer, at = metrics.eer(target, nontarget)
+    report = evaluate.Report(3, 1, 6, 3, 1, 3, 4, 1.0, 1.0, eer, at, {}, {},
+                             {"model_id": "resemblyzer-ge2e@abc", "data_dir": "/data/test-other"})
+    evaluate.plot(scores, report, tmp_path / "r.png", threshold=0.8)
+    [fig] = figures
+    title = fig._suptitle.get_text()
+    assert "resemblyzer-ge2e@abc" in title and "/data/test-other" in title and "3 target / 4 non-target" in title
+    hist, det = fig.axes
+    assert any("current threshold 0.800" in t.get_text() for t in hist.get_legend().get_texts())
+    assert any("threshold 0.800" in t.get_text() for t in det.get_legend().get_texts())
+    (x0, x1), (y0, y1) = det.get_xlim(), det.get_ylim()
+    curve = det.get_lines()[0]
+    visible = [(x, y) for x, y in zip(curve.get_xdata(), curve.get_ydata()) if x0 <= x <= x1 and y0 <= y <= y1]
+    assert len(visible) >= 2  # the curve is drawn inside the panel, not off its edges
