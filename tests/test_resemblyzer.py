@@ -187,18 +187,28 @@ def test_database_of_one_model_refuses_the_other(tmp_path, ge2e, tiny_embedder):
             assert [s.name for s in db.list()] == ["alice"]
 
 
-def test_database_remembers_resemblyzer(tmp_path, voices):
+def test_database_remembers_resemblyzer(tmp_path, voices, ge2e):
     path = tmp_path / "ge2e.sqlite"
     with SpeakerDB(path, model="resemblyzer") as db:
-        db.enroll("alice", voices["alice"][:1])
+        db.enroll("alice", voices["alice"][:2])
+        db.enroll("bob", voices["bob"][:2])
         info = db.info()
         assert info.model_source == "resemblyzer" and info.dim == 256
         assert info.model_id.startswith("resemblyzer-ge2e@")
         assert info.threshold == ResemblyzerEncoder.default_threshold == 0.80  # its own scale, not 0.86
     with SpeakerDB(path) as db:  # no model given: the database's own
-        [result] = db.identify([voices["alice"][0]])
-        assert result.speaker == "alice" and result.score == pytest.approx(1.0, abs=1e-5)
+        # A recording that was not enrolled: its scores are GE2E's cosines to the centroids,
+        # which only the database's own model reproduces.
+        [result] = db.identify([voices["alice"][2]])
         assert isinstance(db.embedder, ResemblyzerEncoder)
+        from speakerdb.audio import load
+
+        probe = ge2e.embed([load(voices["alice"][2]).samples])[0]
+        for c in result.candidates:
+            enrolled = ge2e.embed([load(p).samples for p in voices[c.speaker][:2]])
+            centroid = enrolled.mean(axis=0) / np.linalg.norm(enrolled.mean(axis=0))
+            assert c.score == pytest.approx(float(probe @ centroid), abs=1e-4)
+        assert result.score < 1 - 1e-4 and {c.speaker for c in result.candidates} == {"alice", "bob"}
 
 
 def test_cli_json_stdout_is_one_document(tmp_path, voices):
@@ -268,3 +278,31 @@ def test_a_chosen_threshold_is_kept_when_the_model_is_bound(tmp_path, voices):
         db.set_threshold(0.7)
         db.enroll("alice", voices["alice"][:1])
         assert db.threshold == 0.7
+
+
+def test_the_lstm_runs_on_one_thread_and_blas_on_one(ge2e):
+    """threads.py: torch's OpenMP pool and numpy's BLAS pool must not fight (10 x slower on a busy 2-core CPU)."""
+    import threadpoolctl
+    import torch
+
+    from speakerdb import threads
+
+    seen = []
+    original = ge2e.encoder.forward
+
+    def forward(*args):
+        blas = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        seen.append((torch.get_num_threads(), set(blas)))
+        return original(*args)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ge2e.encoder.forward = forward
+    try:
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            ge2e.embed([voice(150, 2.0)])
+            assert torch.get_num_threads() == 2  # restored for the rest of the program
+    finally:
+        del ge2e.encoder.forward
+        torch.set_num_threads(before)
+    assert seen and all(s == (threads.LSTM_THREADS, {threads.BLAS_THREADS}) for s in seen)
