@@ -187,7 +187,6 @@ class SpeakerIndex:
         self._faiss = _faiss_index
         self.labels = np.zeros(0, np.int64) if _labels is None else _labels  # (n_positions,) speaker ids
         self.alive = np.zeros(0, bool) if _alive is None else _alive  # (n_positions,)
-        self._positions: dict[int, int] | None = None  # speaker id -> live position, built when first needed
 
     @classmethod
     def build(
@@ -207,14 +206,6 @@ class SpeakerIndex:
     def n_dead(self) -> int:
         return len(self.labels) - len(self)
 
-    @property
-    def _position(self) -> dict[int, int]:
-        """Speaker id -> live position. Only writes need it: a loaded index that only
-        searches never builds it (0.6 s at a million speakers)."""
-        if self._positions is None:
-            self._positions = {int(self.labels[i]): int(i) for i in np.flatnonzero(self.alive)}
-        return self._positions
-
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add or replace the vectors (n, dim) of speakers ``ids`` (n,)."""
         if len(ids) == 0:
@@ -222,16 +213,18 @@ class SpeakerIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), self.dim)
         self.remove(ids)
-        start = len(self.labels)
         self._faiss.add(vectors)
         self.labels = np.concatenate([self.labels, ids])
         self.alive = np.concatenate([self.alive, np.ones(len(ids), bool)])
-        self._position.update({int(i): start + k for k, i in enumerate(ids)})
 
     def remove(self, ids: np.ndarray) -> None:
         """Forget speakers ``ids`` (absent ids are ignored); their stored vectors are zeroed."""
-        dead = [self._position.pop(int(i)) for i in ids if int(i) in self._position]
-        if not dead:
+        if len(ids) == 0 or len(self.labels) == 0:
+            return
+        # One vectorised pass (~10 ms at a million positions) instead of an id -> position
+        # dict, which took 0.6 s to build there before the first change could be applied.
+        dead = np.flatnonzero(np.isin(self.labels, np.asarray(ids, np.int64)) & self.alive)
+        if not len(dead):
             return
         self.alive[dead] = False
         self._stored_vectors()[dead] = 0.0

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""What the index cache costs at scale: catch-up by replay, a fresh process's first answer, a write.
+
+    python scripts/bench_index.py /tmp/bench-index                    # a million speakers (~10 min)
+    python scripts/bench_index.py /tmp/bench-index --speakers 100000  # a minute
+    python scripts/bench_index.py /tmp/bench-index --reuse            # same database and index again
+
+1. Fills DIR/scale.sqlite with N speakers (scripts/scale_test.py's bulk fill: random
+   512-d unit vectors, the same tables and blobs as enrollment writes) and builds the
+   index file once. ``--kind flat`` (default) keeps exact search, so that the build is
+   seconds; ``--kind hnsw`` builds the graph (~17 min at a million on 2 cores) and then
+   measures what replay costs on a graph, where each added vector is inserted into it.
+2. For each number of changes K (``--changes 1,100,10000``): a process holding the index
+   in memory; another imports K new speakers (one transaction, K change records); then
+   the first process's catch-up (replay of the K records), and a fresh process's first
+   identify (imports, open, index file load and check, replay of K, search).
+3. One enrollment and one removal through ``SpeakerDB`` (the model stubbed out): the
+   time spent on the index after the commit (``IndexKeeper.after_commit``: nothing for a
+   new speaker, zeroing one position in place for a removal) and in all.
+
+Prints a table; medians where repeated. Say which CPU it ran on when quoting it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale_test  # noqa: E402  (its bulk fill and fresh-process query script)
+
+DIM = scale_test.DIM
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+class Stub:
+    """Returns the vector it is told to: the database's cost without the network's."""
+
+    model_id, dim = "scale-stub", DIM
+
+    def __init__(self) -> None:
+        self.next = np.zeros(DIM, np.float32)
+
+    def embed(self, waveforms):
+        return np.asarray([self.next] * len(waveforms), dtype=np.float32)
+
+
+def unit(rng, n: int) -> np.ndarray:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def gallery_of(path: Path, prefix: str, vectors: np.ndarray) -> Path:
+    from speakerdb import gallery
+
+    speakers = [
+        gallery.GallerySpeaker(f"{prefix}-{i}", None, None, {}, [
+            gallery.GalleryUtterance(f"{prefix}/{i}.flac", 8.0, f"{abs(hash((prefix, i))):064x}"[-64:], None, v)
+        ])
+        for i, v in enumerate(vectors)
+    ]
+    gallery.write(path, gallery.Gallery("scale-stub", None, DIM, speakers), "bench")
+    return path
+
+
+def fresh_first_identify(db_path: Path, query: np.ndarray) -> tuple[float, float]:
+    """(whole process, first identify) seconds of a new process answering one query."""
+    done = subprocess.run([sys.executable, "-c", scale_test.QUERY_SCRIPT, str(db_path)],
+                          input=json.dumps([["?", query.tolist()]]), capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout)
+    return result["process_s"], result["queries"][0]["seconds"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("directory", type=Path)
+    p.add_argument("--speakers", type=int, default=1_000_000)
+    p.add_argument("--changes", default="1,100,10000")
+    p.add_argument("--kind", choices=["flat", "hnsw"], default="flat")
+    p.add_argument("--reuse", action="store_true", help="keep DIR's database and index from an earlier run")
+    args = p.parse_args()
+    args.directory.mkdir(parents=True, exist_ok=True)
+    db_path = args.directory / "scale.sqlite"
+
+    from speakerdb import SpeakerDB, audio, indexkeeper
+    from speakerdb.indexkeeper import IndexKeeper
+
+    # Catch-up rows time the replay alone: no reader saves the file here (saving is its own row).
+    save_every, indexkeeper.SAVE_AFTER_CHANGES = indexkeeper.SAVE_AFTER_CHANGES, 1 << 62
+
+    rows: list[tuple[str, str]] = []
+    if not (args.reuse and db_path.exists()):
+        for stale in args.directory.glob("scale.sqlite*"):
+            stale.unlink()
+        t = time.perf_counter()
+        scale_test.fill(db_path, args.speakers)
+        rows.append(("fill the database (bulk inserts, change records by the triggers)", f"{time.perf_counter() - t:.1f} s"))
+        with SpeakerDB(db_path) as db:
+            db.set_index_params(approximate_above=100 * args.speakers if args.kind == "flat" else min(200_000, args.speakers - 1))
+            t = time.perf_counter()
+            db.rebuild_index()
+            rows.append((f"build and save the index once ({args.kind})", f"{time.perf_counter() - t:.1f} s, "
+                         f"{Path(f'{db_path}.faiss').stat().st_size / 1e9:.2f} GB"))
+    rng = np.random.default_rng(7)
+    query = unit(rng, 1)[0]
+    process_s, first_s = fresh_first_identify(db_path, query)
+    rows.append(("fresh process, index file current: first identify (load, check, search)", f"{first_s:.2f} s (process {process_s:.2f} s)"))
+
+    clip = audio.Audio("query", np.full(16_000, 0.1, np.float32))
+    for k in [int(x) for x in args.changes.split(",")]:
+        holder = SpeakerDB(db_path, embedder=Stub())
+        holder.indexer.current()  # this process's index, in memory, at the store's generation
+        g = gallery_of(args.directory / f"changes-{k}.gallery", f"new{k}-{time.time_ns()}", unit(rng, k))
+        with SpeakerDB(db_path, embedder=Stub()) as writer:
+            writer.import_gallery(g)
+        t = time.perf_counter()
+        with holder.indexer.snapshot() as (_, index):
+            pass
+        catch_up = time.perf_counter() - t
+        process_s, first_s = fresh_first_identify(db_path, query)
+        rows.append((f"after {k:,} change(s): catch-up of an index held in memory (replay)", f"{catch_up * 1e3:.1f} ms"))
+        if k == max(int(x) for x in args.changes.split(",")):
+            t = time.perf_counter()
+            holder.indexer._save(index, wait=10.0)
+            rows.append((f"save the caught-up index file (a reader does this every {save_every:,} changes)",
+                         f"{time.perf_counter() - t:.2f} s"))
+        holder.close()
+        rows.append((f"after {k:,} change(s): fresh process, first identify (load + replay)", f"{first_s:.2f} s (process {process_s:.2f} s)"))
+
+    # One write of each kind, the index's share timed by wrapping after_commit.
+    spent: list[float] = []
+    real = IndexKeeper.after_commit
+
+    def timed(self, before, after):
+        t0 = time.perf_counter()
+        real(self, before, after)
+        spent.append(time.perf_counter() - t0)
+
+    IndexKeeper.after_commit = timed
+    stub = Stub()
+    enroll_total, enroll_index, remove_total, remove_index = [], [], [], []
+    with SpeakerDB(db_path, embedder=stub) as db:
+        from speakerdb import store
+
+        with db.store.read() as s:  # speakers of the bulk fill, which the index file holds
+            picks = rng.choice(np.arange(1, args.speakers + 1), size=50, replace=False).tolist()
+            victims = [sp.name for sp in store.speakers_by_id(s, picks).values()][:5]
+        for i, victim in enumerate(victims):
+            stub.next = unit(rng, 1)[0]
+            name = f"bench-enroll-{time.time_ns()}"
+            t = time.perf_counter()
+            db.enroll(name, [audio.Audio(f"{name}.flac", rng.standard_normal(16_000).astype(np.float32) * 0.1)])
+            enroll_total.append(time.perf_counter() - t)
+            enroll_index.append(spent[-1])
+            t = time.perf_counter()
+            db.remove(victim)
+            remove_total.append(time.perf_counter() - t)
+            remove_index.append(spent[-1])
+    IndexKeeper.after_commit = real
+    med = statistics.median
+    rows.append(("enroll one new speaker: on the index / in all (model stubbed)",
+                 f"{med(enroll_index) * 1e3:.1f} ms / {med(enroll_total) * 1e3:.1f} ms"))
+    rows.append(("remove one speaker: on the index (zeroed in place) / in all (with the WAL scrub)",
+                 f"{med(remove_index) * 1e3:.1f} ms / {med(remove_total) * 1e3:.1f} ms"))
+
+    print(f"\n{args.speakers:,} speakers, {args.kind} index, {cpu_name()}, {platform.python_version()}\n")
+    print("| measurement | value |\n|---|---|")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
+
+
+if __name__ == "__main__":
+    main()
