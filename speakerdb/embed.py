@@ -408,8 +408,12 @@ def _load_transformers_model(name: str):
         fe = AutoFeatureExtractor.from_pretrained(name, local_files_only=True)
         model = AutoModelForAudioXVector.from_pretrained(name, local_files_only=True)
         return fe, model, name
-    except Exception:
-        pass
+    except Exception as e:
+        if _in_hub_cache(name):  # cached, yet it does not load: that reason is the one to give
+            raise ModelLoadError(
+                f"model {name!r} is in the local Hugging Face cache but cannot be loaded: {_first_line(e).rstrip('.')}. "
+                f"Delete it from the cache and download it again, or use --model DIR"
+            ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable()
     if reason is None:
@@ -423,8 +427,19 @@ def _load_transformers_model(name: str):
         f"cannot load model {name!r}: it is not in the local Hugging Face cache and could not be "
         f"fetched from the hub ({reason}). On a machine with network run "
         f"`hf download {name} --local-dir DIR`, copy DIR here and pass --model DIR "
-        f"(or set SPEAKERDB_MODEL=DIR); see the README, 'Offline machines'"
+        f"(or set SPEAKERDB_MODEL=DIR), or use the pretrained GE2E encoder that needs no download: "
+        f"--model resemblyzer; see the README, 'Models and offline machines'"
     )
+
+
+def _in_hub_cache(name: str) -> bool:
+    """Whether the hub cache holds a config.json of ``name`` (then a failed load is not 'not cached')."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an id the hub library refuses (spaces, ..): certainly not cached
+        return False
 
 
 def _hub_unreachable(timeout_s: float = 3.0) -> str | None:

@@ -14,6 +14,7 @@ memory bounded by two windows plus one decode block.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -23,6 +24,8 @@ import numpy as np
 from . import audio
 from .embed import Embedder, l2_normalize
 from .errors import AudioError
+
+log = logging.getLogger("speakerdb")
 
 WINDOW_S = 30.0  # seconds
 WINDOW = int(WINDOW_S * audio.SAMPLE_RATE)  # samples: 480,000
@@ -72,6 +75,18 @@ def windows(blocks: Iterable[np.ndarray], window: int = WINDOW) -> Iterator[np.n
         yield remainder
 
 
+class _NameTheFile(logging.Filter):
+    """Prefixes records logged on the speakerdb logger with the file being embedded."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = f"{self.label}: {record.msg}"
+        return True
+
+
 def check_vector(vector: np.ndarray, source: str) -> None:
     """Raise AudioError unless ``vector`` is finite and of unit norm: only such vectors are stored."""
     norm = float(np.linalg.norm(vector.astype(np.float64))) if np.isfinite(vector).all() else float("nan")
@@ -103,6 +118,7 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
             peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
             yield block
 
+    naming = _NameTheFile(label)  # embed() does not know file names; its warnings get this one
     pending = windows(tracked(blocks))
     window = next(pending, None)
     while window is not None:
@@ -111,7 +127,11 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
             # The whole recording has been read: check it before the last (often the only)
             # window costs any compute.
             audio.check_duration_and_level(n_samples, peak, label)
-        vector = embedder.embed([window])[0].astype(np.float64)  # (dim,)
+        log.addFilter(naming)
+        try:
+            vector = embedder.embed([window])[0].astype(np.float64)  # (dim,)
+        finally:
+            log.removeFilter(naming)
         total = vector * len(window) if total is None else total + vector * len(window)
         speech_s += audio.active_seconds(window)
         n_windows += 1

@@ -135,3 +135,28 @@ def test_arrays_given_to_the_api_are_checked_for_nan():
     samples[10] = np.nan
     with pytest.raises(AudioError, match="NaN"):
         pipeline.embed_clip(audio.Audio("array", samples), FakeEmbedder())
+
+
+class _WarningEmbedder(FakeEmbedder):
+    """Warns inside embed(), as the GE2E encoder does for a clip without speech."""
+
+    def embed(self, waveforms):
+        import logging
+
+        logging.getLogger("speakerdb").warning("the voice activity detector found 0.00 s of speech")
+        return super().embed(waveforms)
+
+
+def test_warnings_from_the_model_name_their_file(tmp_path, caplog):
+    import logging
+
+    path = write(tmp_path / "hum.wav", voice(150, 1.0))
+    with caplog.at_level(logging.WARNING, logger="speakerdb"):
+        pipeline.embed_clip(path, _WarningEmbedder())
+    [record] = caplog.records
+    assert record.getMessage().startswith(f"{path}: the voice activity detector")
+    caplog.clear()
+    import logging as _logging
+
+    _logging.getLogger("speakerdb").warning("later")  # the file's name does not stick to other records
+    assert caplog.records[0].getMessage() == "later"

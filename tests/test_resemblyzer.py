@@ -306,3 +306,13 @@ def test_the_lstm_runs_on_one_thread_and_blas_on_one(ge2e):
         del ge2e.encoder.forward
         torch.set_num_threads(before)
     assert seen and all(s == (threads.LSTM_THREADS, {threads.BLAS_THREADS}) for s in seen)
+
+
+def test_the_no_speech_warning_names_its_file(tmp_path, ge2e, caplog):
+    from speakerdb import pipeline
+
+    path = write(tmp_path / "mains-hum.wav", hum())
+    with caplog.at_level(logging.WARNING, logger="speakerdb"):
+        pipeline.embed_clip(path, ge2e)
+    assert any(r.getMessage().startswith(f"{path}: ") and "embedding the whole recording" in r.getMessage()
+               for r in caplog.records)
