@@ -460,3 +460,28 @@ def test_a_behind_index_catches_up_by_replay_not_rebuild(tmp_path, clips, monkey
         assert db.identify([clips["carol"][2]])[0].speaker == "carol"
         assert db.identify([clips["alice"][2]])[0].speaker is None
     assert builds == []
+
+
+def test_records_no_index_needs_are_pruned_and_an_index_older_than_them_is_rebuilt(tmp_path, clips, monkeypatch):
+    from speakerdb import indexkeeper
+
+    monkeypatch.setattr(indexkeeper, "SAVE_AFTER_CHANGES", 4)
+    monkeypatch.setattr(indexkeeper, "KEEP_CHANGES", 2)
+    path = tmp_path / "db.sqlite"
+    old_reader = _open(path)
+    old_reader.enroll("alice", clips["alice"][:1])
+    assert old_reader.identify([clips["alice"][2]])[0].speaker == "alice"  # in memory at an early generation
+    with _open(path) as db:
+        for k, name in enumerate(["bob", "carol", "dave", "mallory"]):
+            db.enroll(name, clips[name][:2])
+        db.remove("alice")
+        assert db.identify([clips["bob"][2]])[0].speaker == "bob"  # lags >= 4: saves, then prunes
+        generation = db.info().generation
+    con = sqlite3.connect(path)
+    kept = [g for (g,) in con.execute("SELECT generation FROM speaker_changes ORDER BY generation")]
+    con.close()
+    assert kept and kept[0] == generation - 2 and kept[-1] == generation
+    # The old reader's index is behind the oldest record: it cannot replay, so it rebuilds.
+    assert old_reader.identify([clips["alice"][2]])[0].speaker is None
+    assert old_reader.identify([clips["mallory"][2]])[0].speaker == "mallory"
+    old_reader.close()
