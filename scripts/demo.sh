@@ -9,8 +9,10 @@
 # Everything goes to a work directory (DEMO_DIR, default: a new temporary one) with a fresh
 # database of its own: your default speakerdb database is never touched. When the model
 # microsoft/wavlm-base-plus-sv can be neither found in the Hugging Face cache nor downloaded,
-# the demo falls back to a RANDOM-weight model of the same architecture: every command runs,
-# but its identify/verify answers are meaningless.
+# the demo uses the pretrained GE2E encoder (--model resemblyzer, weights inside the
+# package: pip install -e ".[resemblyzer]"), which gives real answers offline. Only when
+# that is not installed either does it fall back to a RANDOM-weight model of WavLM's
+# architecture: every command runs, but its identify/verify answers are meaningless.
 set -euo pipefail
 
 CALLER_DIR="$PWD"   # DEMO_DIR and SPEAKERDB_MODEL may be given relative to it
@@ -142,17 +144,30 @@ else
     status=$?
     set -e
     if [ "$status" = 3 ]; then
+        say "model: $MODEL cannot be loaded here; trying the pretrained GE2E encoder (--model resemblyzer)"
+        set +e
+        check_model resemblyzer
+        status=$?
+        set -e
+        if [ "$status" = 0 ]; then
+            MODEL="resemblyzer"
+            echo "using GE2E: real answers, with its own threshold (0.80)"
+        elif [ "$status" != 3 ]; then
+            die "checking the GE2E encoder failed unexpectedly (exit $status, see above)"
+        fi
+    fi
+    if [ "$status" = 3 ]; then
         RANDOM_MODEL=1
         MODEL="$WORK/wavlm-random"
         cat <<EOF
 
-*** The real model microsoft/wavlm-base-plus-sv could not be loaded (reason above). ***
-*** The demo goes on with a RANDOM-weight model of the same architecture, so that   ***
-*** every command can be shown. Such a model CANNOT tell real speakers apart: the   ***
-*** identify and verify answers below are MEANINGLESS (only identical audio scores  ***
-*** 1.0). For real answers run the demo again with SPEAKERDB_MODEL=DIR, where DIR   ***
-*** holds the weights: \`hf download microsoft/wavlm-base-plus-sv --local-dir DIR\`   ***
-*** on a machine with network, then copy DIR here.                                  ***
+*** Neither microsoft/wavlm-base-plus-sv nor the GE2E encoder could be loaded (above). ***
+*** The demo goes on with a RANDOM-weight model of WavLM's architecture, so that     ***
+*** every command can be shown. Such a model CANNOT tell real speakers apart: the    ***
+*** identify and verify answers below are MEANINGLESS (only identical audio scores   ***
+*** 1.0). For real answers offline: pip install -e ".[resemblyzer]" and run the demo ***
+*** again; or SPEAKERDB_MODEL=DIR, where DIR holds the WavLM weights from            ***
+*** \`hf download microsoft/wavlm-base-plus-sv --local-dir DIR\` on a machine with network. ***
 
 EOF
         if [ -f "$MODEL/config.json" ] && [ -f "$MODEL/preprocessor_config.json" ]; then

@@ -316,3 +316,26 @@ def test_the_no_speech_warning_names_its_file(tmp_path, ge2e, caplog):
         pipeline.embed_clip(path, ge2e)
     assert any(r.getMessage().startswith(f"{path}: ") and "embedding the whole recording" in r.getMessage()
                for r in caplog.records)
+
+
+def test_the_readme_python_example_runs_offline(tmp_path, monkeypatch, capsys):
+    """README's Python API example, as written, with the demo's file names (synthetic voices here)."""
+    import re
+
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("\n## Python API\n", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    audio_dir = tmp_path / "demo" / "audio"
+    audio_dir.mkdir(parents=True)
+    for name, f0 in (("alice", 210.0), ("bob", 110.0)):
+        write(audio_dir / f"{name}-1.wav", voice(f0, 2.5, seed=1))
+        write(audio_dir / f"{name}-2.flac", voice(f0, 2.5, seed=2))
+        write(audio_dir / f"{name}-unseen.wav", voice(f0, 2.5, seed=3))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("demo/audio/alice-unseen.wav alice ")
+    assert lines[1].startswith("demo/audio/bob-unseen.wav bob ")
+    assert lines[2] == "no-such.wav no such file None"
+    assert lines[3] == "False" and lines[4] == "1 0.8"
