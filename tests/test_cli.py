@@ -471,3 +471,20 @@ def test_everyday_output(run, voices):
     text = ok(run("identify", voices["carol"][0]))
     rows = [l for l in text.splitlines() if l.startswith("  ")]
     assert len(rows) == 2 and len({l.rindex(" ") for l in rows}) == 1  # scores in one column
+
+
+def test_file_names_that_are_not_utf8_are_stored_printably(run, tmp_path):
+    """A Latin-1 file name (bytes that are not UTF-8) used to be stored as lone surrogates, after
+    which every export crashed with UnicodeEncodeError."""
+    import os
+
+    good = write(tmp_path / "plain.wav", voice(150, 1.0))
+    raw = os.path.join(os.fsencode(tmp_path), b"caf\xe9.wav")
+    os.rename(os.fsencode(good), raw)
+    name = os.fsdecode(raw)  # what Python (and the command line) make of it: 'caf\udce9.wav'
+    enrolled = as_json(run("enroll", "alice", name, "--json"))
+    assert enrolled["added"][0]["source"] == str(tmp_path / "caf\\xe9.wav")
+    assert "caf\\xe9.wav" in ok(run("show", "alice"))
+    assert as_json(run("export", tmp_path / "a.gallery", "--json"))["n_utterances"] == 1
+    [r] = as_json(run("identify", name, "--json"))
+    assert r["file"].endswith("caf\\xe9.wav") and r["speaker"] == "alice"
