@@ -720,6 +720,50 @@ class SpeakerDB:
         return {"kind": info["kind"], "speakers": info["speakers"], "generation": info["generation"],
                 "built_with": info["params"], "bytes": info["bytes"]}
 
+    # ---- keys of the HTTP service and the audit record (see keys.py) --------------------
+    def create_key(self, name: str, scope: str, *, actor: str | None = None) -> "keys.NewKey":
+        """Create API key ``name`` with ``scope`` (read, write or admin); returns it with its
+        secret, which is shown this once: the database keeps only a salted hash."""
+        from . import keys
+
+        with store.audited(actor, "key-create", detail={"key": name, "scope": scope}), self.store.write() as s:
+            return keys.create(s, name, scope)
+
+    def list_keys(self) -> "list[keys.KeyInfo]":
+        """Every API key, revoked ones included, by name (never their secrets)."""
+        from . import keys
+
+        with self.store.read() as s:
+            return keys.list_keys(s)
+
+    def revoke_key(self, name: str, *, actor: str | None = None) -> "keys.KeyInfo":
+        """Revoke API key ``name``: every server refuses it from its next request."""
+        from . import keys
+
+        with store.audited(actor, "key-revoke", detail={"key": name}), self.store.write() as s:
+            return keys.revoke(s, name)
+
+    def authenticate(self, key: str) -> "keys.KeyInfo | None":
+        """The active API key ``key`` is, or None."""
+        from . import keys
+
+        with self.store.read() as s:
+            return keys.authenticate(s, key)
+
+    def has_keys(self) -> bool:
+        """Whether any API key is active (``serve`` refuses other hosts than loopback without one)."""
+        from . import keys
+
+        with self.store.read() as s:
+            return keys.has_active_keys(s)
+
+    def audit(self, limit: int = 100, speaker: str | None = None) -> "list[keys.AuditEntry]":
+        """The newest ``limit`` changes made through the service or to keys, oldest first."""
+        from . import keys
+
+        with self.store.read() as s:
+            return keys.audit_entries(s, limit, speaker)
+
     # ---- internals ------------------------------------------------------------------
     def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:
         """Decode and embed each file in turn (long ones window by window, see pipeline.py)."""

@@ -81,3 +81,29 @@ class SchemaOutdatedError(DatabaseError):
 
 class SchemaTooNewError(DatabaseError):
     """The database was written by a newer speakerdb than this one."""
+
+
+class KeyNotFoundError(SpeakerDBError):
+    """No API key has that name."""
+
+
+class KeyExistsError(SpeakerDBError):
+    """An API key with that name already exists."""
+
+
+class ServiceError(SpeakerDBError):
+    """The speakerdb service could not answer (unreachable, busy, or it failed); ``status``
+    is the HTTP status (None: no answer), ``retry_after`` the seconds it asked to wait."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        self.status, self.code, self.retry_after = status, code, retry_after
+        super().__init__(message)
+
+
+class AuthenticationError(ServiceError):
+    """The service wants a valid API key (HTTP 401)."""
+
+
+class PermissionDeniedError(ServiceError):
+    """The API key's scope does not allow that operation (HTTP 403)."""

@@ -28,6 +28,7 @@ import os
 import re
 import unicodedata
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,7 @@ import numpy as np
 from sqlalchemy import (
     JSON,
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -269,6 +271,38 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)  # JSON
 
 
+class ApiKey(Base):
+    """A key of the HTTP service (revision 0003): only the salted hash of its secret is kept.
+
+    A key reads ``sdb_<key_id>_<secret>``: ``key_id`` finds the row, the secret is checked
+    against ``hash`` (see keys.py)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    key_id: Mapped[str] = mapped_column(String(32), unique=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[str] = mapped_column(String(64))  # hex
+    hash: Mapped[str] = mapped_column(String(256))  # "pbkdf2_sha256$<iterations>$<hex digest>"
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class AuditRecord(Base):
+    """One change made through the service or to its keys (revision 0003): who, what, when."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime, index=True)
+    key_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    speaker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+
+
 @dataclass(frozen=True)
 class SpeakerRow:
     """A speaker as listed: no vectors, just what a person reads."""
@@ -323,6 +357,7 @@ class Store:
             with session.begin():
                 before = generation(session)
                 yield session
+                _add_audit_record(session)
                 session.flush()  # the triggers record what the pending writes change
                 after = generation(session)
         if after != before:
@@ -347,6 +382,35 @@ class Store:
             finally:
                 raw.close()
         return busy == 0
+
+
+#: Set by :func:`audited` around one change: the first write transaction inside it also adds
+#: the audit record, so that a change and its record commit, or vanish, together.
+_AUDIT: ContextVar[dict[str, Any] | None] = ContextVar("speakerdb_audit", default=None)
+
+
+@contextmanager
+def audited(key_name: str | None, operation: str, speaker: str | None = None,
+            detail: dict[str, Any] | None = None) -> Iterator[None]:
+    """Record the change made inside this block in ``audit``, in the change's own transaction.
+
+    Used by the HTTP service and the key commands; a block whose operation fails writes nothing.
+    """
+    token = _AUDIT.set({"key_name": key_name, "operation": operation, "speaker": speaker,
+                        "detail": None if detail is None else json.dumps(detail, ensure_ascii=False), "done": False})
+    try:
+        yield
+    finally:
+        _AUDIT.reset(token)
+
+
+def _add_audit_record(session: Session) -> None:
+    pending = _AUDIT.get()
+    if pending is None or pending["done"]:
+        return
+    pending["done"] = True
+    session.add(AuditRecord(time=utcnow(), key_name=pending["key_name"], operation=pending["operation"],
+                            speaker=pending["speaker"], detail=pending["detail"]))
 
 
 # ---- queries (take a session, so callers decide the transaction) -------------------------

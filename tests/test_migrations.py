@@ -74,6 +74,10 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
     for name in ("uq_speakers_name", "fk_utterances_speaker_id_speakers",
                  "uq_utterances_speaker_id_audio_sha256"):
         assert name in tables["speakers"] + tables["utterances"], name
+    # 0003: the service's keys and audit record, every constraint named
+    for name in ("pk_api_keys", "uq_api_keys_name", "uq_api_keys_key_id", "ck_api_keys_scope"):
+        assert name in tables["api_keys"], name
+    assert "pk_audit" in tables["audit"]
 
     with SpeakerDB(old_db, embedder=_Projection()) as db:
         assert db.threshold == 0.75 and {s.name for s in db.list()} == {"alice", "bob", "José", "dave"}
@@ -83,7 +87,15 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
     assert con.execute("SELECT count(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)").fetchone() == (0,)
     con.close()
 
+    with SpeakerDB(old_db, embedder=_Projection()) as db:  # keys and audit work on the upgraded file
+        key = db.create_key("ops", "admin").key
+        assert db.authenticate(key).name == "ops" and [e.operation for e in db.audit()] == ["key-create"]
     after_remove = _rows(old_db)
+    assert api.downgrade_database(old_db, "0002") == "0002"  # 0003 goes back cleanly
+    assert _rows(old_db) == after_remove
+    con = sqlite3.connect(old_db)
+    assert {"api_keys", "audit"}.isdisjoint(r[0] for r in con.execute("SELECT name FROM sqlite_master"))
+    con.close()
     assert api.downgrade_database(old_db, "0001") == "0001"
     assert _rows(old_db) == after_remove
     assert api.upgrade_database(old_db) == schema.HEAD_REVISION

@@ -1,0 +1,191 @@
+"""API keys of the HTTP service and the audit record (tables of revision 0003).
+
+A key reads ``sdb_<key_id>_<secret>``: ``key_id`` (16 hex digits, stored as is) finds the
+key's row in one indexed query; the secret (43 characters, 256 random bits) is stored only
+as a salted PBKDF2-HMAC-SHA256 hash and compared in constant time. A key is shown once,
+when it is created; nothing in the database can give it back.
+
+Scopes nest: ``read`` (identify, verify, list, show, info), ``write`` (also enroll, rename,
+remove, import), ``admin`` (also the threshold, gallery export, keys and the audit record).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import store
+from .errors import InvalidInputError, KeyExistsError, KeyNotFoundError
+
+SCOPES = ("read", "write", "admin")  # each includes the ones before it
+KEY_PREFIX = "sdb"
+KEY_ID_BYTES = 8  # 16 hex digits: finds the row, not secret
+SECRET_BYTES = 32  # 256 bits of secret
+SALT_BYTES = 16
+#: PBKDF2 rounds. The secret is 256 random bits, so the hash need not slow guessing (nobody
+#: can guess it); the rounds are a margin, and a server checks each key once per process
+#: (see :data:`_VERIFIED`), not on every request.
+HASH_ITERATIONS = 100_000
+HASH_NAME = "pbkdf2_sha256"
+_KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{2 * KEY_ID_BYTES}}})_([A-Za-z0-9_-]{{20,100}})$")
+
+#: Secrets this process has already checked against a stored hash: (key_id, sha256 of the
+#: secret) -> the stored hash it matched. A revoked or replaced key no longer matches its row.
+_VERIFIED: dict[tuple[str, str], str] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as listed: never its secret."""
+
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows(self, scope: str) -> bool:
+        """Whether this key's scope includes ``scope``."""
+        return SCOPES.index(self.scope) >= SCOPES.index(scope)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "scope": self.scope, "created_at": store.iso(self.created_at),
+                "revoked_at": store.iso(self.revoked_at), "active": self.active}
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: the only time its secret exists outside the caller's hands."""
+
+    name: str
+    scope: str
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "scope": self.scope}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change: when (UTC), by which key (None: a local command), what, to which speaker."""
+
+    time: datetime
+    key_name: str | None
+    operation: str
+    speaker: str | None
+    detail: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": store.iso(self.time), "key_name": self.key_name, "operation": self.operation,
+                "speaker": self.speaker, "detail": self.detail}
+
+
+def check_name(name: str) -> str:
+    """A key name: 1-64 characters, letters, digits and ``. _ @ -``, starting with a letter or digit."""
+    if not isinstance(name, str) or not _KEY_NAME.match(name):
+        raise InvalidInputError(
+            f"key name {name!r} must be 1-64 characters of letters, digits, '.', '_', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_scope(scope: str) -> str:
+    if scope not in SCOPES:
+        raise InvalidInputError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
+    return scope
+
+
+def _hash(secret: str, salt: bytes, iterations: int = HASH_ITERATIONS) -> str:
+    digest = hashlib.pbkdf2_hmac("sha256", secret.encode(), salt, iterations)
+    return f"{HASH_NAME}${iterations}${digest.hex()}"
+
+
+def _matches(secret: str, salt_hex: str, stored: str) -> bool:
+    try:
+        kind, iterations, _ = stored.split("$")
+        if kind != HASH_NAME:
+            return False
+        computed = _hash(secret, bytes.fromhex(salt_hex), int(iterations))
+    except ValueError:
+        return False
+    return hmac.compare_digest(computed.encode(), stored.encode())
+
+
+def create(session: Session, name: str, scope: str) -> NewKey:
+    """Add a key named ``name`` with ``scope``; returns it with its secret (shown once)."""
+    name, scope = check_name(name), check_scope(scope)
+    if session.scalars(select(store.ApiKey).where(store.ApiKey.name == name)).one_or_none() is not None:
+        raise KeyExistsError(f"a key named {name!r} already exists (revoked keys keep their names): choose another name")
+    key_id = secrets.token_hex(KEY_ID_BYTES)
+    secret = secrets.token_urlsafe(SECRET_BYTES)
+    salt = secrets.token_bytes(SALT_BYTES)
+    session.add(store.ApiKey(name=name, key_id=key_id, scope=scope, salt=salt.hex(), hash=_hash(secret, salt),
+                             created_at=store.utcnow()))
+    return NewKey(name, scope, f"{KEY_PREFIX}_{key_id}_{secret}")
+
+
+def list_keys(session: Session) -> list[KeyInfo]:
+    rows = session.scalars(select(store.ApiKey).order_by(store.ApiKey.name))
+    return [KeyInfo(r.name, r.scope, r.created_at, r.revoked_at) for r in rows]
+
+
+def revoke(session: Session, name: str) -> KeyInfo:
+    """Revoke key ``name`` (at once, in every server process); revoking twice is harmless."""
+    row = session.scalars(select(store.ApiKey).where(store.ApiKey.name == name)).one_or_none()
+    if row is None:
+        raise KeyNotFoundError(f"no key named {name!r} (see `speakerdb keys list`)")
+    if row.revoked_at is None:
+        row.revoked_at = store.utcnow()
+    return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at)
+
+
+def has_active_keys(session: Session) -> bool:
+    return session.scalar(select(store.ApiKey.id).where(store.ApiKey.revoked_at.is_(None)).limit(1)) is not None
+
+
+def authenticate(session: Session, key: str) -> KeyInfo | None:
+    """The active key ``key`` is, or None (malformed, unknown, revoked or wrong secret)."""
+    m = _KEY.match(key or "")
+    if m is None:
+        return None
+    key_id, secret = m.groups()
+    row = session.scalars(select(store.ApiKey).where(store.ApiKey.key_id == key_id)).one_or_none()
+    if row is None or row.revoked_at is not None:
+        return None
+    seen = (key_id, hashlib.sha256(secret.encode()).hexdigest())
+    with _VERIFIED_LOCK:
+        known = _VERIFIED.get(seen)
+    if known is None or not hmac.compare_digest(known.encode(), row.hash.encode()):
+        if not _matches(secret, row.salt, row.hash):
+            return None
+        with _VERIFIED_LOCK:
+            _VERIFIED[seen] = row.hash
+    return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at)
+
+
+def audit_entries(session: Session, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
+    """The newest ``limit`` audit records, oldest first (of one speaker, if given)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(f"limit must be a whole number of at least 1, not {limit!r}")
+    stmt = select(store.AuditRecord).order_by(store.AuditRecord.id.desc()).limit(limit)
+    if speaker is not None:
+        stmt = stmt.where(store.AuditRecord.speaker == store.normalize_name(speaker))
+    rows = list(session.scalars(stmt))[::-1]
+    return [AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None)
+            for r in rows]
