@@ -1,0 +1,511 @@
+"""Who speaks when: a timeline of named (or unknown) voices in one recording.
+
+    file -> vad (speech regions) -> windows over the speech -> embedder (batched)
+         -> clustering of the windows into voices -> each voice named from the gallery
+            (its mean window vector scored against the enrolled centroids) or unknown-N
+         -> every window re-assigned to the nearest voice -> frame labels smoothed
+            (Viterbi with a switch penalty) -> segments, the shortest merged away
+
+Windows. Inside each speech region, windows of ``window_s`` start every ``hop_s``; the
+last one is aligned to the region's end, so the whole region is covered. A region
+shorter than ``window_s`` (but at least ``min_window_s``) is one window of its own
+length. Windows never cross a pause the VAD found, so a window rarely holds two voices
+when people take turns. Windows of one length are stacked into one forward pass without
+padding (:meth:`speakerdb.embed.TransformersXVector.embed`), so each window's embedding
+is exactly what embedding that window alone gives.
+
+Voices. The windows are clustered by agglomerative clustering (average linkage, cosine
+similarity, stopped at ``cluster_threshold``). Each cluster's mean vector stands for
+many seconds of one voice, so it is scored against the gallery with the database's own
+threshold, the one that decides ``identify`` on whole recordings: it is named after the
+best-scoring enrolled speaker when that score reaches the threshold. Clusters that match
+no one are the unknown voices; two clusters named alike become one voice, and a voice
+with less than ``min_voice_s`` of windows is dissolved into the others. Unknown voices
+are numbered ``unknown-1``, ``unknown-2``... in order of first appearance, so one
+unknown voice keeps one label through the recording.
+
+Smoothing. Each speech frame (``FRAME_S``) gets, per voice, the mean similarity of the
+windows covering it to that voice's profile (the mean of its windows); a Viterbi pass per
+region picks the best label sequence with a cost ``switch_penalty`` per change of voice;
+a segment shorter than ``min_segment_s`` joins its neighbour in the region; segments of
+one voice separated only by a pause shorter than ``merge_gap_s`` become one.
+
+Overlap. The timeline holds one voice at each instant. Where two people speak at once,
+the window vectors are a blend that is usually closer to the louder voice, and the
+overlapped stretch is given to that voice; the other voice's speech there is missing
+from the timeline (it counts as missed speech in the diarization error rate). Short
+backchannels ("mm-hm") inside someone else's turn are below ``min_segment_s`` and are
+absorbed by the turn.
+
+Cost. Decoding, VAD and embedding stream the recording block by block (two passes: VAD
+first, then windows), so memory holds one block, a window and the window vectors
+(``dim`` floats per window); compute is linear in the speech's length. Clustering works
+on at most ``MAX_CLUSTER_ITEMS`` items: longer recordings cluster runs of consecutive
+windows (averaged) instead of single windows, so its quadratic cost stays bounded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from . import audio, vad
+from .embed import Embedder, l2_normalize
+from .errors import InvalidInputError
+
+FRAME_S = 0.01  # s: resolution of the output timeline
+DEFAULT_WINDOW_S = 1.5  # s: long enough for a stable voice vector, short enough for turns
+DEFAULT_HOP_S = 0.5  # s: each frame is seen by up to 3 windows
+MIN_WINDOW_S = 0.5  # s: below this a region is too short to embed (audio.MIN_DURATION_S)
+#: Windows are clustered while their average-linkage cosine similarity reaches this much
+#: *below* the database threshold. Window vectors come from 1.5 s, not a whole recording,
+#: so two windows of one voice score lower than two recordings of it do.
+CLUSTER_MARGIN = 0.18
+DEFAULT_MIN_VOICE_S = 3.0  # s of windows a voice needs to stand on its own
+DEFAULT_MIN_SEGMENT_S = 1.0  # s: a shorter segment joins its neighbour in the region
+#: Two segments of one voice with only a pause shorter than this between them are one
+#: segment: a speaker's breath or hesitation inside a turn is part of the turn, the way
+#: conversations are annotated. A pause between two different voices is never filled.
+DEFAULT_MERGE_GAP_S = 1.0  # s
+#: Viterbi cost of changing voice between two frames, in units of cosine similarity:
+#: a frame sequence changes voice only where the new voice leads by this much, summed over frames.
+DEFAULT_SWITCH_PENALTY = 0.5
+#: Clustering is quadratic in its items; above this many windows, runs of consecutive
+#: windows are averaged into one item (a 1-hour recording: 7,200 windows -> 2,000 items).
+MAX_CLUSTER_ITEMS = 2000
+EMBED_BATCH = 64  # windows per embedder call: bounded memory, equal lengths stack
+
+Progress = Callable[[float, float], None]  # (seconds of audio done, seconds in all)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One voice speaking from ``start`` to ``end`` (seconds)."""
+
+    start: float
+    end: float
+    label: str  # the speaker's name, or unknown-N
+    speaker: str | None  # the enrolled speaker, None for an unknown voice
+    score: float | None  # cosine of this segment's mean window vector to the named (or nearest) centroid
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
+        d["score"] = None if self.score is None else round(self.score, 4)
+        return d
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice of the recording: its label, enrolled name (or None), speaking time and gallery score."""
+
+    label: str
+    speaker: str | None
+    seconds: float
+    score: float | None  # cosine of the voice's mean window vector to the named (or nearest) centroid
+    nearest: str | None = None  # the best-scoring enrolled speaker, even below the threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "speaker": self.speaker, "seconds": round(self.seconds, 3),
+                "score": None if self.score is None else round(self.score, 4)}
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The segments of one recording, in time order, and its voices by speaking time."""
+
+    file: str
+    duration: float
+    segments: list[Segment]
+    voices: list[Voice]
+    speech_s: float = 0.0  # seconds the VAD found speech in
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "duration": round(self.duration, 3),
+            "segments": [s.to_dict() for s in self.segments],
+            "voices": [v.to_dict() for v in self.voices],
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """The enrolled speakers a timeline names voices from: names (k,) and centroids (k, dim)."""
+
+    names: list[str]
+    centroids: np.ndarray  # (k, dim) float32, rows of norm 1
+    threshold: float
+
+    @classmethod
+    def empty(cls, dim: int, threshold: float) -> "Gallery":
+        return cls([], np.zeros((0, dim), np.float32), threshold)
+
+
+@dataclass(frozen=True)
+class Params:
+    """The timeline's knobs (see the module doc); defaults suit both GE2E and WavLM."""
+
+    window_s: float = DEFAULT_WINDOW_S
+    hop_s: float = DEFAULT_HOP_S
+    cluster_threshold: float | None = None  # None: gallery threshold - CLUSTER_MARGIN
+    min_voice_s: float = DEFAULT_MIN_VOICE_S
+    min_segment_s: float = DEFAULT_MIN_SEGMENT_S
+    switch_penalty: float = DEFAULT_SWITCH_PENALTY
+    merge_gap_s: float = DEFAULT_MERGE_GAP_S
+    vad_backend: str = "silero"
+
+    def check(self) -> "Params":
+        if not MIN_WINDOW_S <= self.window_s <= 30:
+            raise InvalidInputError(f"window must be {MIN_WINDOW_S:g}-30 s, not {self.window_s:g}")
+        if not 0.05 <= self.hop_s <= self.window_s:
+            raise InvalidInputError(f"hop must be 0.05 s to the window length, not {self.hop_s:g}")
+        if self.min_segment_s < 0 or self.min_voice_s < 0 or self.merge_gap_s < 0:
+            raise InvalidInputError("minimum segment and voice lengths must not be negative")
+        if self.cluster_threshold is not None and not -1 <= self.cluster_threshold <= 1:
+            raise InvalidInputError(f"cluster threshold {self.cluster_threshold} is not a cosine in [-1, 1]")
+        return self
+
+
+# ---- windows ------------------------------------------------------------------------------
+def plan_windows(regions: Sequence[vad.Region], window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
+                 min_window_s: float = MIN_WINDOW_S) -> list[tuple[int, int, int]]:
+    """Windows over the speech as (start sample, end sample, region index), in time order."""
+    sr = audio.SAMPLE_RATE
+    window, hop, least = int(round(window_s * sr)), int(round(hop_s * sr)), int(round(min_window_s * sr))
+    out = []
+    for r, region in enumerate(regions):
+        a, b = int(round(region.start * sr)), int(round(region.end * sr))
+        if b - a < least:
+            continue
+        if b - a <= window:
+            out.append((a, b, r))
+            continue
+        starts = list(range(a, b - window + 1, hop))
+        if starts[-1] + window < b:
+            starts.append(b - window)  # aligned to the region's end
+        out.extend((s, s + window, r) for s in starts)
+    return out
+
+
+def cut_windows(blocks: Iterable[np.ndarray], spans: Sequence[tuple[int, int, int]]) -> Iterator[np.ndarray]:
+    """The samples of each span, in order, from a stream of blocks; holds at most one block plus one window."""
+    buf = np.zeros(0, np.float32)
+    buf_start = 0  # sample index of buf[0]
+    i = 0
+    for block in blocks:
+        buf = np.concatenate([buf, np.asarray(block, np.float32)])
+        while i < len(spans) and spans[i][1] <= buf_start + len(buf):
+            a, b, _ = spans[i]
+            yield buf[a - buf_start : b - buf_start].copy()
+            i += 1
+        keep_from = spans[i][0] if i < len(spans) else buf_start + len(buf)
+        drop = min(len(buf), max(0, keep_from - buf_start))  # never past the samples held
+        buf, buf_start = buf[drop:], buf_start + drop
+    if i < len(spans):  # a span past the end (never planned so): zero-length tail
+        raise InvalidInputError(f"window {i} ends after the recording")
+
+
+def embed_windows(windows: Iterable[np.ndarray], embedder: Embedder, batch: int = EMBED_BATCH) -> np.ndarray:
+    """Embed windows in batches of ``batch``: (n, dim) float32. The embedder stacks equal lengths."""
+    out, pending = [], []
+    for w in windows:
+        pending.append(w)
+        if len(pending) == batch:
+            out.append(embedder.embed(pending))
+            pending = []
+    if pending:
+        out.append(embedder.embed(pending))
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+
+
+# ---- clustering ---------------------------------------------------------------------------
+def cluster(vectors: np.ndarray, threshold: float, weights: np.ndarray | None = None,
+            max_items: int = MAX_CLUSTER_ITEMS) -> np.ndarray:
+    """Agglomerative clustering, average linkage on cosine similarity, stopped when no two
+    clusters reach ``threshold``: (n, dim) -> (n,) int labels 0..m-1, numbered by first row.
+
+    Vectors must be L2-normalised. Above ``max_items`` rows, runs of consecutive rows are
+    averaged first (time order: neighbours are usually one voice) and share a label.
+    """
+    n = len(vectors)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    if n == 1:
+        return np.zeros(1, np.int64)
+    group = np.arange(n) * min(max_items, n) // n  # (n,) run index of each row
+    if group[-1] + 1 < n:
+        w = np.ones(n) if weights is None else np.asarray(weights, np.float64)
+        items = np.zeros((group[-1] + 1, vectors.shape[1]))
+        np.add.at(items, group, vectors * w[:, None])
+        items = l2_normalize(items)
+    else:
+        items = np.asarray(vectors, np.float32)
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    if len(items) == 1:
+        labels = np.zeros(1, np.int64)
+    else:
+        # cosine distance 1 - cos; average linkage: the mean distance between members
+        z = linkage(items.astype(np.float64), method="average", metric="cosine")
+        labels = fcluster(z, t=1.0 - threshold, criterion="distance") - 1
+    full = labels[group]
+    # Renumber by first appearance, so labels follow time.
+    order: dict[int, int] = {}
+    for lab in full:
+        order.setdefault(int(lab), len(order))
+    return np.array([order[int(lab)] for lab in full], np.int64)
+
+
+# ---- smoothing ------------------------------------------------------------------------------
+def viterbi(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
+    """Best label path through (n_frames, n_labels) scores with a cost per change: (n_frames,) ints."""
+    n, k = scores.shape
+    if n == 0:
+        return np.zeros(0, np.int64)
+    back = np.zeros((n, k), np.int64)
+    total = scores[0].astype(np.float64).copy()
+    for t in range(1, n):
+        best_prev = int(np.argmax(total))
+        switch = total[best_prev] - switch_penalty
+        stay = total
+        back[t] = np.where(stay >= switch, np.arange(k), best_prev)
+        total = np.maximum(stay, switch) + scores[t]
+    path = np.empty(n, np.int64)
+    path[-1] = int(np.argmax(total))
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
+
+
+def runs(labels: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(first index, end index, label) of each run of equal labels."""
+    out: list[tuple[int, int, int]] = []
+    for i, lab in enumerate(labels):
+        if out and out[-1][2] == lab:
+            out[-1] = (out[-1][0], i + 1, lab)
+        else:
+            out.append((i, i + 1, int(lab)))
+    return out
+
+
+def merge_short(labels: np.ndarray, scores: np.ndarray, min_frames: int) -> np.ndarray:
+    """Relabel runs shorter than ``min_frames`` with a neighbouring run's label (the neighbour
+    whose voice scores better over the short run), shortest runs first, until none is left."""
+    labels = labels.copy()
+    while True:
+        rs = runs(labels)
+        if len(rs) < 2:
+            return labels
+        short = [i for i, (a, b, _) in enumerate(rs) if b - a < min_frames]
+        if not short:
+            return labels
+        i = min(short, key=lambda j: rs[j][1] - rs[j][0])
+        a, b, _ = rs[i]
+        options = [rs[j][2] for j in (i - 1, i + 1) if 0 <= j < len(rs)]
+        labels[a:b] = max(options, key=lambda lab: float(scores[a:b, lab].sum()))
+
+
+# ---- the whole pipeline ----------------------------------------------------------------------
+def _blocks_of(source: str | Path | audio.Audio) -> Callable[[], Iterator[np.ndarray]]:
+    if isinstance(source, audio.Audio):
+        return lambda: iter([source.samples])
+    return lambda: audio.stream(source)
+
+
+def build(source: str | Path | audio.Audio, embedder: Embedder, gallery: Gallery, params: Params | None = None,
+          detector=None) -> Timeline:
+    """The timeline of one recording (see the module doc). Raises AudioError for unusable audio."""
+    params = (params or Params()).check()
+    label = source.source if isinstance(source, audio.Audio) else str(source)
+    blocks = _blocks_of(source)
+    detector = detector if detector is not None else vad.load(params.vad_backend)
+
+    # Pass 1: voice activity (and the checks identify makes).
+    n_samples, peak = 0, 0.0
+    detector.reset()
+    probs = []
+    for block in blocks():
+        n_samples += len(block)
+        peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+        probs.append(detector.feed(block))
+    probs.append(detector.flush())
+    audio.check_duration_and_level(n_samples, peak, label)
+    duration = n_samples / audio.SAMPLE_RATE
+    regions = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
+    speech_s = float(sum(r.duration for r in regions))
+    spans = plan_windows(regions, params.window_s, params.hop_s)
+    if not spans:
+        note = "no speech found" if not regions else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
+        return Timeline(label, duration, [], [], speech_s, [note])
+
+    # Pass 2: the windows' vectors.
+    vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
+    return assemble(label, duration, regions, spans, vectors, gallery, params, speech_s)
+
+
+def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: Sequence[tuple[int, int, int]],
+             vectors: np.ndarray, gallery: Gallery, params: Params, speech_s: float | None = None) -> Timeline:
+    """Voices, labels and segments from the window vectors (the part after embedding)."""
+    sr = audio.SAMPLE_RATE
+    vectors = l2_normalize(vectors)
+    weights = np.array([(b - a) / sr for a, b, _ in spans])  # (n,) s
+    threshold = gallery.threshold
+    cut = params.cluster_threshold if params.cluster_threshold is not None else threshold - CLUSTER_MARGIN
+    clusters = cluster(vectors, cut, weights)
+
+    # Name the clusters; merge those named alike; dissolve the small ones.
+    assignment = clusters.copy()
+    for _ in range(2):  # name, re-assign, name again with the cleaner profiles
+        voice_ids = sorted(set(assignment.tolist()))
+        profiles = l2_normalize(np.stack([_weighted_mean(vectors, weights, assignment == v) for v in voice_ids]))
+        names = _name(profiles, gallery)
+        # Clusters with one name are one voice; so are unnamed clusters whose mean vectors
+        # reach the threshold together (one speaker by the database's own criterion).
+        unnamed = [i for i in range(len(voice_ids)) if names[i][0] is None]
+        groups = cluster(profiles[unnamed], threshold) if unnamed else []
+        group_of = {i: int(g) for i, g in zip(unnamed, groups)}
+        key = [names[i][0] if names[i][0] is not None else f"#{group_of[i]}" for i in range(len(voice_ids))]
+        seconds = {k: 0.0 for k in key}
+        for i, v in enumerate(voice_ids):
+            seconds[key[i]] += float(weights[assignment == v].sum()) * params.hop_s / max(params.window_s, 1e-9)
+        keep = [k for k in dict.fromkeys(key) if seconds[k] >= params.min_voice_s]
+        if not keep:  # nothing long enough: keep the biggest voice
+            keep = [max(seconds, key=seconds.get)]
+        merged = np.stack([
+            l2_normalize(_weighted_mean(vectors, weights, np.isin(assignment, [v for i, v in enumerate(voice_ids) if key[i] == k]))[None])[0]
+            for k in keep
+        ])
+        sims = vectors @ merged.T  # (n, V)
+        assignment = np.argmax(sims, axis=1)
+    voice_ids = list(range(len(keep)))
+    profiles = l2_normalize(np.stack([
+        _weighted_mean(vectors, weights, assignment == v) if np.any(assignment == v) else merged[v] for v in voice_ids
+    ]))
+    names = _name(profiles, gallery)
+    sims = vectors @ profiles.T  # (n, V)
+
+    # Frame scores: mean similarity of the covering windows, per region; Viterbi; short runs merged.
+    frame_labels: list[tuple[float, float, int]] = []  # (start s, end s, voice)
+    by_region: dict[int, list[int]] = {}
+    for i, (_, _, r) in enumerate(spans):
+        by_region.setdefault(r, []).append(i)
+    min_frames = int(round(params.min_segment_s / FRAME_S))
+    for r, idx in by_region.items():
+        region = regions[r]
+        n_frames = max(1, int(round(region.duration / FRAME_S)))
+        acc = np.zeros((n_frames, len(voice_ids)))
+        count = np.zeros(n_frames)
+        for i in idx:
+            a, b, _ = spans[i]
+            fa = max(0, int(math.floor((a / sr - region.start) / FRAME_S)))
+            fb = min(n_frames, int(math.ceil((b / sr - region.start) / FRAME_S)))
+            acc[fa:fb] += sims[i]
+            count[fa:fb] += 1
+        covered = count > 0
+        acc[covered] /= count[covered, None]
+        # Frames no window covers (a region's padding): the nearest covered frame's scores.
+        if not covered.all():
+            idx_cov = np.flatnonzero(covered)
+            nearest = idx_cov[np.clip(np.searchsorted(idx_cov, np.arange(n_frames)), 0, len(idx_cov) - 1)]
+            acc[~covered] = acc[nearest[~covered]]
+        path = viterbi(acc, params.switch_penalty)
+        path = merge_short(path, acc, min_frames)
+        for a, b, v in runs(path):
+            frame_labels.append((region.start + a * FRAME_S, min(region.end, region.start + b * FRAME_S), v))
+    frame_labels.sort()
+    merged_labels: list[tuple[float, float, int]] = []
+    for start, end, v in frame_labels:
+        if merged_labels and merged_labels[-1][2] == v and start - merged_labels[-1][1] < params.merge_gap_s:
+            merged_labels[-1] = (merged_labels[-1][0], end, v)
+        else:
+            merged_labels.append((start, end, v))
+    frame_labels = merged_labels
+
+    # Labels: names, or unknown-N by first appearance.
+    unknown_number: dict[int, int] = {}
+    for _, _, v in frame_labels:
+        if names[v][0] is None and v not in unknown_number:
+            unknown_number[v] = len(unknown_number) + 1
+    text = {v: names[v][0] if names[v][0] is not None else f"unknown-{unknown_number.get(v, 0)}" for v in voice_ids}
+
+    segments = []
+    centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])  # (n,) s
+    for start, end, v in frame_labels:
+        inside = (centres >= start) & (centres < end)
+        score = None
+        if len(gallery.names):
+            target = names[v][2]
+            mean = vectors[inside].mean(axis=0) if inside.any() else profiles[v]
+            score = float(l2_normalize(mean[None])[0] @ gallery.centroids[target])
+        segments.append(Segment(start, end, text[v], names[v][0], score))
+    voices = []
+    for v in voice_ids:
+        secs = sum(s.end - s.start for s in segments if s.label == text[v])
+        if secs <= 0:
+            continue
+        voices.append(Voice(text[v], names[v][0], secs, names[v][1], names[v][3]))
+    voices.sort(key=lambda x: -x.seconds)
+    if speech_s is None:
+        speech_s = float(sum(r.duration for r in regions))
+    return Timeline(label, duration, segments, voices, speech_s, [])
+
+
+def _weighted_mean(vectors: np.ndarray, weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    w = weights[mask]
+    return (vectors[mask] * w[:, None]).sum(axis=0) / max(float(w.sum()), 1e-12)
+
+
+def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, float | None, int, str | None]]:
+    """(name or None, score to the nearest centroid, its row, its name) per voice profile."""
+    if not gallery.names:
+        return [(None, None, -1, None) for _ in profiles]
+    scores = profiles @ gallery.centroids.T  # (V, k)
+    out = []
+    for row in scores:
+        j = int(np.argmax(row))
+        out.append((gallery.names[j] if row[j] >= gallery.threshold else None, float(row[j]), j, gallery.names[j]))
+    return out
+
+
+# ---- RTTM --------------------------------------------------------------------------------------
+def rttm_lines(timeline: Timeline, uri: str | None = None) -> list[str]:
+    """The timeline as RTTM ``SPEAKER`` lines (NIST RT format; the label is the speaker name).
+
+    RTTM fields are separated by spaces, so spaces in the file id and in labels become ``_``.
+    """
+    uri = _rttm_token(uri if uri is not None else Path(timeline.file).stem)
+    return [
+        f"SPEAKER {uri} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {_rttm_token(s.label)} <NA> <NA>"
+        for s in timeline.segments
+    ]
+
+
+def write_rttm(path: str | Path, timelines: Sequence[Timeline]) -> None:
+    """Write the timelines of one or more recordings to one RTTM file."""
+    text = "".join(line + "\n" for t in timelines for line in rttm_lines(t))
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
+    """RTTM ``SPEAKER`` lines by file id: [(start s, end s, speaker)], in file order."""
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0] != "SPEAKER":
+            continue
+        if len(fields) < 8:
+            raise InvalidInputError(f"{path}:{n}: an RTTM SPEAKER line has at least 8 fields")
+        start, dur = float(fields[3]), float(fields[4])
+        out.setdefault(fields[1], []).append((start, start + dur, fields[7]))
+    return out
+
+
+def _rttm_token(text: str) -> str:
+    return "_".join(text.split()) or "_"
