@@ -21,6 +21,10 @@ def _run(connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
                       transactional_ddl=True)
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Two services creating or upgrading one database at once: one migrates, the
+            # other then finds it at head (Alembic reads the version after this lock).
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('speakerdb-migrations'))")
         context.run_migrations()
         if connection.dialect.name == "sqlite":
             # speakerdb runs migrations with foreign keys off (schema.py): check them all
@@ -40,6 +44,12 @@ def run_migrations_online() -> None:
         raise SystemExit("give the database with -x db=PATH or SPEAKERDB_DB=PATH")
     from pathlib import Path
 
+    from speakerdb.store import is_server_url, open_server_engine
+
+    if is_server_url(path):
+        with open_server_engine(path).connect() as conn:
+            _run(conn)
+        return
     engine = open_engine(Path(path))
     with engine.connect() as conn:
         conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # see schema._run_migration
@@ -47,5 +57,5 @@ def run_migrations_online() -> None:
 
 
 if context.is_offline_mode():
-    raise SystemExit("speakerdb migrations run online only (SQLite)")
+    raise SystemExit("speakerdb migrations run online only")
 run_migrations_online()

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio, gallery, pipeline, schema, store
+from . import audio, gallery, norm, pipeline, schema, store
 from .embed import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder, same_model
 from .errors import (
     AudioError,
@@ -49,6 +49,9 @@ log = logging.getLogger("speakerdb")
 #: The model card's suggested cosine threshold for microsoft/wavlm-base-plus-sv.
 DEFAULT_THRESHOLD = 0.86
 DEFAULT_TOP_K = 5
+#: With normalisation on, identify re-ranks this many raw-score candidates by AS-norm score
+#: (the normalised best is almost always among the raw best few; see README).
+NORM_SHORTLIST = 50
 #: An enrollment clip with less active speech than this is flagged (seconds).
 MIN_SPEECH_S = 1.0
 DB_FILENAME = "speakerdb.sqlite"
@@ -76,6 +79,13 @@ def default_home() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("speakerdb", appauthor=False))
+
+
+def default_index_dir() -> Path:
+    """Where indexes of server databases are cached: ``$SPEAKERDB_INDEX_DIR``, else
+    ``index/`` in :func:`default_home`. Files are named by the database's identity."""
+    env = os.environ.get("SPEAKERDB_INDEX_DIR")
+    return Path(env).expanduser() if env else default_home() / "index"
 
 
 def default_db_path() -> Path:
@@ -106,7 +116,8 @@ def _label(f: str | os.PathLike[str] | audio.Audio) -> str:
 @dataclass(frozen=True)
 class Candidate:
     speaker: str
-    score: float  # cosine similarity to the speaker's centroid, in [-1, 1]
+    score: float  # what the threshold is compared to: raw_score, or its AS-norm when normalisation is on
+    raw_score: float  # cosine similarity to the speaker's centroid, in [-1, 1]
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,7 @@ class Identification:
     score: float | None
     candidates: list[Candidate]
     error: str | None = None
+    raw_score: float | None = None  # the best candidate's cosine score (see Candidate)
 
     @property
     def ok(self) -> bool:
@@ -142,9 +154,10 @@ class Identification:
 class Verification:
     file: str
     speaker: str
-    score: float
+    score: float  # what the threshold is compared to (AS-norm when normalisation is on)
     threshold: float
     accepted: bool
+    raw_score: float | None = None  # the cosine score
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -221,6 +234,8 @@ class DatabaseInfo:
     schema_revision: str
     generation: int
     index_params: dict[str, Any] = field(default_factory=dict)
+    threshold_scale: str = norm.COSINE  # "cosine" or "as-norm"
+    norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,23 +271,37 @@ class SpeakerDB:
         embedder: Embedder | None = None,
         create: bool = True,
     ) -> None:
-        self.db_path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
-        #: Whether this object created the database file (see :meth:`discard_if_unused`).
-        self.created = not _check_db_path(self.db_path, create)
-        self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
         self._model = model
         self._device = device
         self._precision = precision
         self._embedder = embedder
-        made_dirs = _make_parents(self.db_path) if self.created else []
-        try:
-            self.store = _open_store(self.db_path)
-        except BaseException:
-            if self.created:  # a failed creation leaves neither a file nor the directories it made
-                _remove_database_files(self.db_path, self.index_path, made_dirs)
-            raise
-        self._made_dirs = made_dirs
+        if store.is_server_url(str(db_path or "")) or (not db_path and store.is_server_url(os.environ.get("SPEAKERDB_DB", ""))):
+            # A PostgreSQL server that several services share: the index is this machine's
+            # cache of it, kept in the index directory under the database's identity.
+            url = str(db_path or os.environ["SPEAKERDB_DB"])
+            self.db_path = store.display_url(url)  # type: ignore[assignment]  (shown, never a password)
+            self.created, self._made_dirs = False, []
+            self.store = _open_store(url)
+            index_dir = default_index_dir()
+            _make_parents(index_dir / "x")
+            self.index_path = index_dir / f"{self.store.settings()['database_id']}{INDEX_SUFFIX}"
+        else:
+            self.db_path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
+            #: Whether this object created the database file (see :meth:`discard_if_unused`).
+            self.created = not _check_db_path(self.db_path, create)
+            self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
+            made_dirs = _make_parents(self.db_path) if self.created else []
+            try:
+                self.store = _open_store(self.db_path)
+            except BaseException:
+                if self.created:  # a failed creation leaves neither a file nor the directories it made
+                    _remove_database_files(self.db_path, self.index_path, made_dirs)
+                raise
+            self._made_dirs = made_dirs
         self.indexer = IndexKeeper(self.store, self.index_path)
+        #: Enrolled speakers' cohort statistics, kept up to date by replaying the change records.
+        self._norm_stats = norm.SpeakerStats()
+        self._cohort: tuple[str, np.ndarray] | None = None  # (digest, matrix) of the cohort last read
         defaults = {"threshold": DEFAULT_THRESHOLD, "index": DEFAULT_INDEX_PARAMS}
         missing = {k: v for k, v in defaults.items() if k not in self.store.settings()}
         if missing:  # a new database: its settings are written once, then only changed on purpose
@@ -306,31 +335,192 @@ class SpeakerDB:
     # ---- settings -------------------------------------------------------------------
     @property
     def threshold(self) -> float:
-        """The cosine score at or above which identify names a speaker and verify accepts."""
+        """The score at or above which identify names a speaker and verify accepts, on
+        :attr:`threshold_scale` (cosine, or AS-norm when normalisation is on)."""
         return float(self.store.settings().get("threshold", DEFAULT_THRESHOLD))
 
-    def set_threshold(self, value: float) -> None:
-        """Store a new decision threshold for this database: a cosine score in [0, 1].
+    @property
+    def threshold_scale(self) -> str:
+        """``"cosine"`` (raw scores) or ``"as-norm"``: the scale the stored threshold is on."""
+        return _scale(self.store.settings())
 
-        A negative threshold would accept nearly every voice as the best candidate; per-call
-        overrides (``identify(threshold=...)``) may still go down to -1 for experiments.
+    def set_threshold(self, value: float) -> None:
+        """Store a new decision threshold for this database, on its scale: a cosine score in
+        [0, 1], or an AS-norm score in ``norm.AS_NORM_RANGE`` when normalisation is on.
+
+        A negative cosine threshold would accept nearly every voice as the best candidate;
+        per-call overrides (``identify(threshold=...)``) may still go down to -1 for experiments.
         """
-        value = _check_threshold(value, least=0.0)
         with self.store.write() as s:
+            value = _check_threshold(value, least=0.0, scale=_scale(store.get_settings(s)))
             store.set_setting(s, "threshold", value)
             store.set_setting(s, "threshold_chosen", True)
 
-    def apply_threshold(self, value: float | None) -> None:
-        """Store a threshold measured with this database's model (binding the model if the
-        database has none yet, refusing if it has another)."""
+    def apply_threshold(self, value: float | None, scale: str = norm.COSINE) -> None:
+        """Store a threshold measured with this database's model on ``scale`` (binding the model
+        if the database has none yet, refusing if it has another, or if the database's
+        normalisation is not on that scale: calibrate again)."""
         if value is None:
             raise InvalidInputError("no threshold reaches that operating point on these scores: nothing stored")
-        value = _check_threshold(value, least=0.0)
+        value = _check_threshold(value, least=0.0, scale=scale)
         self.embedder  # loads and checks the model
         with self.store.write() as s:
             self._bind_model(s)
+            current = _scale(store.get_settings(s))
+            if current != scale:
+                raise ConflictError(
+                    f"the threshold was measured on {scale} scores but database {self.db_path} now uses {current} "
+                    "scores: run `speakerdb calibrate` again; nothing stored"
+                )
             store.set_setting(s, "threshold", value)
             store.set_setting(s, "threshold_chosen", True)
+
+    # ---- score normalisation ----------------------------------------------------------
+    @property
+    def norm_settings(self) -> "norm.NormSettings | None":
+        """The database's score normalisation (None: raw cosine scores)."""
+        d = self.store.settings().get("norm")
+        return norm.NormSettings.from_dict(d) if d else None
+
+    def set_norm(
+        self,
+        cohort: str | os.PathLike[str] | Sequence[str | os.PathLike[str] | audio.Audio] | "norm.CohortVectors",
+        *,
+        top_n: int = norm.DEFAULT_TOP_N,
+        progress: Progress | None = None,
+    ) -> "NormChange":
+        """Turn on AS-norm with ``cohort``: a directory (searched recursively for audio), a list
+        of recordings of people who are *not* enrolled, or embeddings already made with this
+        database's model (:class:`speakerdb.norm.CohortVectors`).
+
+        Every recording is embedded before anything is written; the embeddings (never the
+        audio) replace any cohort stored before. A cohort made with another model is refused.
+        If the threshold was on the cosine scale it is reset to the AS-norm starting value
+        (``norm.DEFAULT_AS_NORM_THRESHOLD``) and ``NormChange.recalibrate`` is True: run
+        ``speakerdb calibrate`` to measure one.
+        """
+        if isinstance(cohort, norm.CohortVectors):
+            vectors = cohort
+            embedder = self.embedder
+            if not same_model(vectors.model_id, embedder.model_id) or vectors.vectors.shape[1] != embedder.dim:
+                raise ModelMismatchError(
+                    f"the cohort was embedded with model {vectors.model_id}, database {self.db_path} uses "
+                    f"{embedder.model_id}: embed the cohort with this database's model; nothing stored"
+                )
+        else:
+            files = _cohort_files(cohort)
+            try:
+                norm.check_top_n(top_n, len(files) if len(files) >= norm.MIN_COHORT else None)
+            except ValueError as e:
+                raise InvalidInputError(str(e)) from None
+            if len(files) < norm.MIN_COHORT:
+                raise InvalidInputError(
+                    f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, "
+                    f"{len(files)} given"
+                )
+            self._check_files(files)
+            clips = self._embed_files(files, progress)
+            vectors = norm.CohortVectors(
+                self.embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips],
+                [c.sha256 for c in clips],
+            )
+        rows = list({sha: (src, sha, vec) for src, sha, vec in zip(vectors.sources, vectors.sha256, vectors.vectors)}.values())
+        if len(rows) < norm.MIN_COHORT:
+            raise InvalidInputError(f"a cohort needs at least {norm.MIN_COHORT} different recordings, {len(rows)} given")
+        try:
+            top_n = norm.check_top_n(top_n, len(rows))
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        matrix = np.stack([r[2] for r in rows]).astype(np.float32)
+        with self.store.write() as s:
+            self._bind_model(s)
+            settings = store.get_settings(s)
+            enrolled = _enrolled_hashes(s, [r[1] for r in rows])
+            if enrolled:
+                raise InvalidInputError(
+                    f"{len(enrolled)} cohort recording(s) are enrolled speakers' utterances (the first: "
+                    f"{next(r[0] for r in rows if r[1] in enrolled)}): a cohort holds people who are not enrolled"
+                )
+            store.replace_cohort(s, rows)
+            setting = norm.NormSettings(norm.METHOD, top_n, self._embedder.model_id, int(matrix.shape[1]), len(rows),
+                                        norm.digest(matrix))
+            store.set_setting(s, "norm", setting.to_dict())
+            recalibrate = _scale(settings) != norm.AS_NORM
+            if recalibrate:
+                store.set_setting(s, "threshold_scale", norm.AS_NORM)
+                store.set_setting(s, "threshold", norm.DEFAULT_AS_NORM_THRESHOLD)
+                store.set_setting(s, "threshold_chosen", False)
+            threshold = float(store.get_settings(s)["threshold"])
+        return NormChange(setting, recalibrate, threshold, norm.AS_NORM)
+
+    def set_norm_off(self) -> "NormChange":
+        """Return to raw cosine scores: the cohort's embeddings are deleted. If the threshold was
+        on the AS-norm scale it is reset to the model's starting cosine threshold and
+        ``NormChange.recalibrate`` is True."""
+        with self.store.write() as s:
+            settings = store.get_settings(s)
+            store.replace_cohort(s, [])
+            for key in ("norm",):
+                row = s.get(store.Setting, key)
+                if row is not None:
+                    s.delete(row)
+            recalibrate = _scale(settings) != norm.COSINE
+            if recalibrate:
+                own = default_threshold_for(settings.get("model_id") or "")
+                store.set_setting(s, "threshold_scale", norm.COSINE)
+                store.set_setting(s, "threshold", DEFAULT_THRESHOLD if own is None else float(own))
+                store.set_setting(s, "threshold_chosen", False)
+            threshold = float(store.get_settings(s).get("threshold", DEFAULT_THRESHOLD))
+        if settings.get("norm"):
+            self._scrub_log()  # the cohort's embeddings must not linger in the write-ahead log
+        return NormChange(None, recalibrate, threshold, norm.COSINE)
+
+    def cohort_vectors(self) -> "norm.CohortVectors | None":
+        """The stored cohort as :class:`speakerdb.norm.CohortVectors` (None without normalisation)."""
+        from sqlalchemy import select
+
+        with self.store.read() as s:
+            settings = store.get_settings(s)
+            found = self._norm_state(s, settings)
+            if found is None:
+                return None
+            rows = s.execute(select(store.CohortEmbedding.source, store.CohortEmbedding.audio_sha256)
+                             .order_by(store.CohortEmbedding.id)).all()
+        setting, matrix = found
+        return norm.CohortVectors(setting.model_id, matrix, [r[0] for r in rows], [r[1] for r in rows])
+
+    def _norm_state(self, s, settings: dict[str, Any]) -> tuple[norm.NormSettings, np.ndarray] | None:
+        """The normalisation in force in session ``s`` and its cohort matrix (read once per cohort)."""
+        d = settings.get("norm")
+        if not d:
+            return None
+        setting = norm.NormSettings.from_dict(d)
+        bound = settings.get("model_id")
+        if bound is None or not same_model(bound, setting.model_id) or int(settings.get("dim") or 0) != setting.dim:
+            raise ModelMismatchError(
+                f"database {self.db_path} holds a normalisation cohort of model {setting.model_id}, but its speakers "
+                f"are of model {bound}: run `speakerdb norm --cohort DIR` again or `speakerdb norm --off`"
+            )
+        if self._cohort is None or self._cohort[0] != setting.digest:
+            matrix = store.cohort(s)
+            if len(matrix) != setting.count or norm.digest(matrix) != setting.digest:
+                raise DatabaseError(
+                    f"database {self.db_path}: the stored normalisation cohort does not match its record: "
+                    "run `speakerdb norm --cohort DIR` again"
+                )
+            self._cohort = (setting.digest, matrix)
+        return setting, self._cohort[1]
+
+    def _normalise(self, s, settings, query: np.ndarray, ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """AS-norm of the raw scores of ``query`` against speakers ``ids`` (raw if normalisation is off)."""
+        found = self._norm_state(s, settings)
+        if found is None:
+            return raw
+        setting, cohort = found
+        stats = self._norm_stats.at(s, settings, cohort, setting)
+        enroll_mean, enroll_std = stats.lookup(ids)
+        probe_mean, probe_std = norm.top_stats(query[None, :], cohort, setting.top_n)
+        return norm.as_norm(raw, enroll_mean, enroll_std, probe_mean[0], probe_std[0])
 
     @property
     def embedder(self) -> Embedder:
@@ -436,7 +626,7 @@ class SpeakerDB:
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top-k must be a whole number of at least 1, not {top_k!r}")
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        threshold = self.threshold if threshold is None else _check_threshold(threshold, scale=self.threshold_scale)
         if not files:
             raise InvalidInputError("identify needs at least one audio file")
         errors: dict[int, AudioError] = {}
@@ -466,15 +656,26 @@ class SpeakerDB:
             # Search and names from one snapshot: an answer never puts one speaker's score on
             # another's name, whatever other processes commit meanwhile (tests/test_cache.py).
             with self.indexer.snapshot() as (s, index):
-                scores, ids = index.search(queries, top_k)  # (n_good, k), (n_good, k)
-                names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({int(i) for i in ids.ravel()})).items()}
-            for i, row_scores, row_ids in zip(order, scores, ids):
-                candidates = [
-                    Candidate(names[int(j)], float(sc)) for sc, j in zip(row_scores, row_ids) if int(j) in names
-                ]
+                settings = store.get_settings(s)
+                normalised = settings.get("norm") is not None
+                # With normalisation the ranking can change: a shortlist by raw score is re-ranked.
+                k = max(top_k, NORM_SHORTLIST) if normalised else top_k
+                _, ids = index.search(queries, k)  # (n_good, k): FAISS picks the candidates
+                speakers = store.speakers_by_id(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
+                rows = []
+                for q, row_ids in zip(queries, ids):
+                    found = np.asarray([int(j) for j in row_ids if int(j) in speakers], np.int64)
+                    # Scores as verify computes them (norm.raw_scores): a trial on the threshold
+                    # gets the same answer from both commands, whatever FAISS's rounding.
+                    raw = norm.raw_scores(q, np.stack([speakers[int(j)].centroid_vector() for j in found])) if len(found) else np.zeros(0)
+                    final = self._normalise(s, settings, q, found, raw) if len(found) else raw
+                    rank = np.argsort(-final, kind="stable")[:top_k]
+                    rows.append([Candidate(speakers[int(found[r])].name, float(final[r]), float(raw[r])) for r in rank])
+            for i, candidates in zip(order, rows):
                 best = candidates[0] if candidates else None
                 decided = best.speaker if best is not None and best.score >= threshold else None
-                searched[i] = Identification(embedded[i].source, decided, best.score if best else None, candidates)
+                searched[i] = Identification(embedded[i].source, decided, best.score if best else None, candidates,
+                                             raw_score=best.raw_score if best else None)
         return [
             searched[i] if i in searched else Identification(_label(f), None, None, [], errors[i].reason)
             for i, f in enumerate(files)
@@ -489,14 +690,16 @@ class SpeakerDB:
     ) -> Verification:
         """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?"""
         name = store.normalize_name(name)
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        threshold = self.threshold if threshold is None else _check_threshold(threshold, scale=self.threshold_scale)
         self._check_files([file])
         with self.store.read() as s:
-            speaker = self._get_speaker(s, name)
-            centroid = speaker.centroid_vector()
+            self._get_speaker(s, name)  # an unknown name fails before the model loads
         [clip] = self._embed_files([file], None)
-        score = float(np.dot(clip.vector, centroid))
-        return Verification(clip.source, name, score, threshold, score >= threshold)
+        with self.store.read() as s:
+            speaker = self._get_speaker(s, name)
+            raw = norm.raw_scores(clip.vector, speaker.centroid_vector()[None, :])  # (1,), as identify computes it
+            score = float(self._normalise(s, store.get_settings(s), clip.vector, np.asarray([speaker.id]), raw)[0])
+        return Verification(clip.source, name, score, threshold, score >= threshold, raw_score=float(raw[0]))
 
     def timeline(
         self,
@@ -613,6 +816,8 @@ class SpeakerDB:
             schema_revision=schema.HEAD_REVISION,
             generation=int(settings.get("generation", 0)),
             index_params=dict(settings.get("index") or {}),
+            threshold_scale=_scale(settings),
+            norm=settings.get("norm"),
         )
 
     def export(
@@ -863,11 +1068,60 @@ class SpeakerDB:
         return speaker
 
 
-def _check_threshold(value: float, least: float = -1.0) -> float:
+def _scale(settings: dict[str, Any]) -> str:
+    """The scale a database's threshold is on (databases from before normalisation: cosine)."""
+    return settings.get("threshold_scale") or norm.COSINE
+
+
+def _cohort_files(cohort) -> list:
+    """A cohort given as a directory (every audio file below it, sorted) or as a list of files."""
+    if isinstance(cohort, (str, os.PathLike)):
+        from .evaluate import AUDIO_SUFFIXES
+
+        root = Path(cohort).expanduser()
+        if not root.is_dir():
+            raise InvalidInputError(f"cohort {root} is not a directory")
+        return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    return list(cohort)
+
+
+def _enrolled_hashes(s, hashes: list[str]) -> set[str]:
+    """Those of ``hashes`` that are enrolled utterances' audio."""
+    from sqlalchemy import select
+
+    found: set[str] = set()
+    for start in range(0, len(hashes), 900):  # SQLite's old limit on bound parameters is 999
+        chunk = hashes[start : start + 900]
+        found |= set(s.scalars(select(store.Utterance.audio_sha256).where(store.Utterance.audio_sha256.in_(chunk))))
+    return found
+
+
+@dataclass(frozen=True)
+class NormChange:
+    """What ``norm --cohort`` / ``norm --off`` did: the normalisation now in force (None: raw
+    scores), whether the threshold was reset because its scale changed (calibrate again),
+    and the threshold and scale now stored."""
+
+    norm: norm.NormSettings | None
+    recalibrate: bool
+    threshold: float
+    threshold_scale: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm.to_dict() if self.norm else None, "recalibrate": self.recalibrate,
+                "threshold": self.threshold, "threshold_scale": self.threshold_scale}
+
+
+def _check_threshold(value: float, least: float = -1.0, scale: str = norm.COSINE) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
         raise InvalidInputError(f"threshold must be a number, not {value!r}") from None
+    if scale == norm.AS_NORM:
+        low, high = norm.AS_NORM_RANGE
+        if not low <= value <= high:  # NaN fails too
+            raise InvalidInputError(f"threshold {value} is not an AS-norm score in [{low:g}, {high:g}]")
+        return value
     if not least <= value <= 1.0:  # NaN fails too
         if value < 0 <= least:
             raise InvalidInputError(f"threshold {value} would accept nearly every voice: store one in [0, 1]")
@@ -949,8 +1203,9 @@ def _make_parents(path: Path) -> list[Path]:
     return missing
 
 
-def _open_store(path: Path) -> store.Store:
-    """store.Store, with the errors SQLite raises while creating a file (disk full, I/O) as DatabaseError."""
+def _open_store(path: Path | str) -> store.Store:
+    """store.Store, with the errors raised while creating or reaching it (disk full, I/O, a
+    server that does not answer) as DatabaseError."""
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
@@ -959,7 +1214,8 @@ def _open_store(path: Path) -> store.Store:
         raise
     except (SQLAlchemyError, OSError) as e:
         reason = getattr(e, "orig", None) or e
-        raise DatabaseError(f"cannot open database {path}: {str(reason).splitlines()[0]}") from None
+        name = store.display_url(path) if isinstance(path, str) else path
+        raise DatabaseError(f"cannot open database {name}: {str(reason).strip().splitlines()[0]}") from None
 
 
 def _remove_database_files(db_path: Path, index_path: Path, made_dirs: list[Path]) -> None:
@@ -983,9 +1239,7 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------
 def database_revision(db_path: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
     """(revision stamped in the database, revision this speakerdb needs)."""
-    path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
-    _check_db_path(path, create=False)  # reading a revision must not create a file
-    engine = store.open_engine(path)
+    engine, _ = _engine_for(db_path)
     try:
         return schema.current_revision(engine), schema.HEAD_REVISION
     finally:
@@ -1002,16 +1256,25 @@ def downgrade_database(db_path: str | os.PathLike[str] | None, revision: str) ->
     return _migrate(db_path, schema.downgrade, revision)
 
 
-def _migrate(db_path, step, revision: str) -> str | None:
+def _engine_for(db_path) -> tuple[Any, str]:
+    """An engine for a database that must exist (a file is never created here), and its name."""
+    target = str(db_path) if db_path else os.environ.get("SPEAKERDB_DB", "")
+    if store.is_server_url(target):
+        return store.open_server_engine(target), store.display_url(target)
     path = (Path(db_path).expanduser() if db_path else default_db_path()).absolute()
-    _check_db_path(path, create=False)
-    engine = store.open_engine(path)
+    _check_db_path(path, create=False)  # reading a revision or migrating must not create a file
+    return store.open_engine(path), str(path)
+
+
+def _migrate(db_path, step, revision: str) -> str | None:
+    engine, name = _engine_for(db_path)
     try:
         step(engine, revision)
         return schema.current_revision(engine)
     except SpeakerDBError:
         raise
     except Exception as e:  # Alembic's CommandError (unknown revision), SQLAlchemy errors
-        raise DatabaseError(f"migration of {path} to {revision} failed: {e}") from None
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise DatabaseError(f"migration of {name} to {revision} failed: {reason}") from None
     finally:
         engine.dispose()

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DatabaseError as SADatabaseError
 from .errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
 
 #: The newest revision in migrations/versions. A test checks it equals Alembic's head.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 
 def migrations_dir() -> Path:
@@ -30,11 +30,13 @@ def ensure_current(engine: Engine) -> None:
     """Create an empty database at head; accept one at head; refuse any other."""
     tables = _tables(engine)
     if not tables:
-        _initialise_file(engine)
-        upgrade(engine, "head")
+        if engine.dialect.name == "sqlite":
+            _initialise_file(engine)
+        upgrade(engine, "head")  # two nodes creating one server database: env.py serialises them
         return
     if "alembic_version" not in tables:
-        raise DatabaseError(f"{_path(engine)} is an SQLite file but not a speakerdb database")
+        kind = "an SQLite file" if engine.dialect.name == "sqlite" else "a database"
+        raise DatabaseError(f"{_path(engine)} is {kind} but not a speakerdb database")
     revision = current_revision(engine)
     if revision == HEAD_REVISION:
         return
@@ -83,7 +85,8 @@ def _run_migration(engine: Engine, step, revision: str) -> None:
     reference fails whole.
     """
     with engine.connect() as conn:
-        conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # autocommit: no transaction yet
+        if engine.dialect.name == "sqlite":
+            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # autocommit: no transaction yet
         try:
             step(_config(conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")), revision)
         finally:
@@ -122,11 +125,16 @@ def _is_known(revision: str) -> bool:
 def _tables(engine: Engine) -> set[str]:
     try:
         with engine.connect() as conn:
+            if engine.dialect.name != "sqlite":
+                from sqlalchemy import inspect
+
+                return set(inspect(conn).get_table_names())
             # sqlite_sequence (AUTOINCREMENT's) is SQLite's own and outlives a downgrade
             rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             return {r[0] for r in rows}
     except SADatabaseError as e:
-        raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {e.orig or e}") from None
+        reason = str(e.orig or e).strip().splitlines()[0]
+        raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {reason}") from None
 
 
 # A 512-d float32 embedding is 2 KiB; with SQLite's default 4 KiB pages only one
@@ -149,4 +157,6 @@ def _initialise_file(engine: Engine) -> None:
 
 
 def _path(engine: Engine) -> str:
-    return str(engine.url.database)
+    if engine.dialect.name == "sqlite":
+        return str(engine.url.database)
+    return engine.url.render_as_string(hide_password=True)

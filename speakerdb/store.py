@@ -303,6 +303,18 @@ class AuditRecord(Base):
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
 
 
+class CohortEmbedding(Base):
+    """One recording of the score-normalisation cohort (revision 0004): its embedding, never
+    its audio. People in the cohort are not enrolled; see norm.py."""
+
+    __tablename__ = "cohort_embeddings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    audio_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 @dataclass(frozen=True)
 class SpeakerRow:
     """A speaker as listed: no vectors, just what a person reads."""
@@ -317,20 +329,30 @@ class SpeakerRow:
 
 
 class Store:
-    """The SQLite database: opening (schema checked or created), transactions and queries.
+    """The database, SQLite file or PostgreSQL server: opening (schema checked or created),
+    transactions and queries.
 
+    ``target`` is a path (SQLite) or a ``postgresql://user@host:port/dbname`` URL.
     ``on_commit`` holds callables ``f(before, after)`` run after every write transaction
     that changed centroids, with the generations before and after it: how the search
     index learns of a commit, whichever code path made it.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        create_private(self.path)
-        self.engine = open_engine(self.path)
+    def __init__(self, target: str | Path) -> None:
+        self.server = is_server_url(target)
+        if self.server:
+            self.path = None
+            self.name = display_url(str(target))
+            self.engine = open_server_engine(str(target))
+        else:
+            self.path = Path(target)
+            self.name = str(self.path)
+            create_private(self.path)
+            self.engine = open_engine(self.path)
         self.on_commit: list[Callable[[int, int], None]] = []
         try:
-            schema.ensure_current(self.engine)
+            with _translate_errors(self.name):
+                schema.ensure_current(self.engine)
         except BaseException:
             self.engine.dispose()
             raise
@@ -340,21 +362,32 @@ class Store:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only session: one consistent snapshot, rolled back at the end."""
-        with _translate_errors(self.path), Session(self.engine) as session:
+        """A read-only session: one consistent snapshot, rolled back at the end.
+
+        SQLite's WAL gives every read transaction one snapshot; PostgreSQL needs
+        REPEATABLE READ for that (READ COMMITTED takes a new one per statement).
+        """
+        engine = self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) \
+            if self.server else self.engine
+        with _translate_errors(self.name), Session(engine) as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """One write transaction, committed at the end or rolled back on any exception.
 
-        BEGIN IMMEDIATE takes the write lock up front, so a second writer waits for the busy
-        timeout instead of failing when its read lock cannot be upgraded. After the commit
-        the ``on_commit`` listeners hear of the centroid changes it made.
+        Writers are serialised, on both kinds of database: SQLite's BEGIN IMMEDIATE takes
+        the write lock up front (a second writer waits for the busy timeout instead of
+        failing when its read lock cannot be upgraded); on PostgreSQL the transaction
+        first locks the generation row (SELECT ... FOR UPDATE), so that two services
+        enrolling the same new name make one speaker, and generations commit in order.
+        After the commit the ``on_commit`` listeners hear of the centroid changes it made.
         """
-        engine = self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        with _translate_errors(self.path), Session(engine, expire_on_commit=False) as session:
+        engine = self.engine if self.server else self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        with _translate_errors(self.name), Session(engine, expire_on_commit=False) as session:
             with session.begin():
+                if self.server:
+                    session.execute(select(Setting.value).where(Setting.key == "generation").with_for_update())
                 before = generation(session)
                 yield session
                 _add_audit_record(session)
@@ -369,19 +402,43 @@ class Store:
             return get_settings(s)
 
     def checkpoint(self) -> bool:
-        """Copy the write-ahead log into the database file and truncate the log to zero bytes.
+        """Make deleted rows unreadable in the files the database keeps, as far as it can.
 
-        After a deletion this is what removes the old page images (with the deleted
-        embeddings) from the -wal file. It waits up to the busy timeout for readers to
-        finish; returns False if some were still reading and the log was not truncated.
+        SQLite: copy the write-ahead log into the database file and truncate the log to
+        zero bytes (secure_delete has already zeroed the freed cells); waits up to the busy
+        timeout for readers, and returns False if some were still reading.
+        PostgreSQL: VACUUM the tables that hold vectors, so their dead tuples' space is
+        reclaimed (see :meth:`vacuum_full` and the README for what stays: WAL, replicas,
+        backups).
         """
-        with _translate_errors(self.path):
+        if self.server:
+            self._autocommit("VACUUM speakers, utterances")
+            return True
+        with _translate_errors(self.name):
             raw = self.engine.raw_connection()
             try:
                 busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 raw.close()
         return busy == 0
+
+    def vacuum_full(self) -> None:
+        """Rewrite the tables without any trace of deleted rows (a maintenance step).
+
+        SQLite: VACUUM, then a truncating checkpoint. PostgreSQL: VACUUM FULL (rewrites
+        each table into new files and drops the old ones; takes an exclusive lock while it
+        runs) and a CHECKPOINT.
+        """
+        if self.server:
+            self._autocommit("VACUUM FULL speakers, utterances, speaker_changes")
+            self._autocommit("CHECKPOINT")
+        else:
+            self._autocommit("VACUUM")
+            self.checkpoint()
+
+    def _autocommit(self, sql: str) -> None:
+        with _translate_errors(self.name), self.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(sql)
 
 
 #: Set by :func:`audited` around one change: the first write transaction inside it also adds
@@ -429,8 +486,10 @@ def set_setting(session: Session, key: str, value: Any) -> None:
 
 def generation(session: Session) -> int:
     """The number of centroid changes ever recorded (the generation of the newest record)."""
-    row = session.get(Setting, "generation")
-    return int(json.loads(row.value)) if row is not None else 0
+    # A column query, not session.get(): the identity map would return the value read
+    # before this transaction's triggers bumped it.
+    value = session.scalar(select(Setting.value).where(Setting.key == "generation"))
+    return int(json.loads(value)) if value is not None else 0
 
 
 def change_nonce(session: Session, at: int) -> int | None:
@@ -515,6 +574,20 @@ def counts(session: Session) -> tuple[int, int]:
     return int(n_speakers), int(n_utterances)
 
 
+def cohort(session: Session) -> np.ndarray:
+    """The normalisation cohort's embeddings (m, dim) float32 in id order; (0, 0) if none."""
+    blobs = session.scalars(select(CohortEmbedding.embedding).order_by(CohortEmbedding.id)).all()
+    return np.stack([from_blob(b) for b in blobs]) if blobs else np.zeros((0, 0), np.float32)
+
+
+def replace_cohort(session: Session, rows: list[tuple[str, str, np.ndarray]]) -> None:
+    """Replace the whole cohort with ``rows`` of (source, audio sha256, embedding)."""
+    from sqlalchemy import delete
+
+    session.execute(delete(CohortEmbedding))
+    session.add_all(CohortEmbedding(source=src, audio_sha256=sha, embedding=to_blob(vec)) for src, sha, vec in rows)
+
+
 def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     """All speakers' ids (n,) int64 and centroids (n, dim) float32, in id order."""
     rows = session.execute(select(Speaker.id, Speaker.centroid).order_by(Speaker.id)).all()
@@ -574,12 +647,47 @@ def open_engine(path: Path) -> Engine:
     return engine
 
 
+SERVER_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+CONNECT_TIMEOUT_S = 10  # a server that does not answer is reported, not waited for
+
+
+def is_server_url(target: object) -> bool:
+    """Whether ``target`` names a PostgreSQL database rather than an SQLite file."""
+    return isinstance(target, str) and target.startswith(SERVER_SCHEMES)
+
+
+def display_url(url: str) -> str:
+    """The URL as it may be shown and logged: any password hidden."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+def open_server_engine(url: str) -> Engine:
+    """An engine for a PostgreSQL URL, through psycopg 3 (the scheme is normalised to it)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url).set(drivername="postgresql+psycopg")
+    except Exception:
+        raise InvalidInputError(f"{display_url(url)} is not a database URL (postgresql://user@host:port/dbname)") from None
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise DatabaseError("PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'") from None
+    return create_engine(parsed, future=True, pool_pre_ping=True,
+                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "speakerdb"})
+
+
 @contextmanager
-def _translate_errors(path: Path) -> Iterator[None]:
+def _translate_errors(path: Path | str) -> Iterator[None]:
     try:
         yield
     except OperationalError as e:
-        message = str(e.orig) if e.orig is not None else str(e)
+        message = (str(e.orig) if e.orig is not None else str(e)).strip().splitlines()[0]
         if "readonly" in message or "read-only" in message:
             raise DatabaseError(f"database {path} is read-only: {message}") from None
         raise DatabaseError(f"database {path}: {message}") from None

@@ -135,3 +135,25 @@ def fake_db(tmp_path):
     db = SpeakerDB(tmp_path / "fake.sqlite", embedder=FakeEmbedder())
     yield db
     db.close()
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """The URL of a real PostgreSQL server's ``postgres`` database (tests/pgserver.py), or a skip."""
+    from pgserver import PostgresUnavailable, start_for_tests
+
+    try:
+        url, server = start_for_tests()
+    except PostgresUnavailable as e:
+        pytest.skip(f"no PostgreSQL server could be started here: {e}")
+    yield url
+    if server is not None:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_admin) -> str:
+    """A new, empty database on that server."""
+    from pgserver import new_database
+
+    return new_database(pg_admin)

@@ -15,6 +15,11 @@ speakerdb runs this with foreign keys off and checks them before the commit
 (schema._run_migration, env.py): with them on, dropping the old ``speakers`` table would
 cascade to every utterance.
 
+On PostgreSQL the tables stay (a SERIAL sequence never hands out an id twice): their
+constraints are renamed to the convention, the triggers are one PL/pgSQL function, and
+the vector columns are stored uncompressed out of line (EXTERNAL): float32 vectors do not
+compress, and it keeps their bytes findable by the deletion tests.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-30
@@ -108,11 +113,52 @@ def _recreate(autoincrement: bool, named: bool) -> None:
     op.create_index("ix_utterances_speaker_id", "utterances", ["speaker_id"])
 
 
-def upgrade() -> None:
-    bind = op.get_bind()
-    if bind.dialect.name != "sqlite":
-        raise NotImplementedError("revision 0002 is written for SQLite")
-    _recreate(autoincrement=True, named=True)
+# PostgreSQL's default names -> the convention's (0001 names nothing itself; env.py's
+# target metadata names them by the convention on databases it creates).
+PG_CONSTRAINTS = [
+    ("speakers", "speakers_pkey", "pk_speakers"),
+    ("speakers", "speakers_name_key", "uq_speakers_name"),
+    ("utterances", "utterances_pkey", "pk_utterances"),
+    ("utterances", "utterances_speaker_id_fkey", "fk_utterances_speaker_id_speakers"),
+    ("utterances", "utterances_speaker_id_audio_sha256_key", "uq_utterances_speaker_id_audio_sha256"),
+    ("settings", "settings_pkey", "pk_settings"),
+]
+PG_FUNCTION = """
+CREATE FUNCTION speakerdb_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    g bigint;
+BEGIN
+    INSERT INTO settings (key, value) VALUES ('generation', '0') ON CONFLICT (key) DO NOTHING;
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.id <> NEW.id) THEN
+        UPDATE settings SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value::bigint INTO g;
+        INSERT INTO speaker_changes (generation, speaker_id, op, nonce)
+        VALUES (g, OLD.id, 'remove', (random() * 4611686018427387903)::bigint);
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND (OLD.id <> NEW.id OR OLD.centroid IS DISTINCT FROM NEW.centroid)) THEN
+        UPDATE settings SET value = (value::bigint + 1)::text WHERE key = 'generation' RETURNING value::bigint INTO g;
+        INSERT INTO speaker_changes (generation, speaker_id, op, nonce)
+        VALUES (g, NEW.id, 'upsert', (random() * 4611686018427387903)::bigint);
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+PG_TRIGGER = ("CREATE TRIGGER speakers_record_change AFTER INSERT OR UPDATE OR DELETE ON speakers "
+              "FOR EACH ROW EXECUTE FUNCTION speakerdb_record_change()")
+PG_VECTOR_COLUMNS = [("speakers", "centroid"), ("utterances", "embedding")]
+
+
+def _rename_constraints(renames: list[tuple[str, str, str]]) -> None:
+    """Rename the constraints that still have PostgreSQL's default names (0001 run by an
+    env.py without the naming convention); those already named by it are left alone."""
+    present = {row[0] for row in op.get_bind().exec_driver_sql(
+        "SELECT conname FROM pg_constraint WHERE connamespace = current_schema()::regnamespace")}
+    for table, old, new in renames:
+        if old in present:
+            op.execute(f"ALTER TABLE {table} RENAME CONSTRAINT {old} TO {new}")
+
+
+def _changes_table() -> None:
     op.create_table(
         "speaker_changes",
         sa.Column("generation", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -121,17 +167,44 @@ def upgrade() -> None:
         sa.Column("nonce", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("generation", name="pk_speaker_changes"),
     )
-    op.execute("INSERT OR IGNORE INTO settings (key, value) VALUES ('generation', '0')")
-    op.execute(
-        sa.text("INSERT OR REPLACE INTO settings (key, value) VALUES ('database_id', :id)").bindparams(
-            id=f'"{uuid.uuid4().hex}"'
-        )
-    )
+
+
+def _identity() -> None:
+    """The generation (kept) and a new random database id."""
+    settings = sa.table("settings", sa.column("key", sa.String), sa.column("value", sa.Text))
+    bind = op.get_bind()
+    if bind.execute(sa.select(settings.c.key).where(settings.c.key == "generation")).first() is None:
+        op.bulk_insert(settings, [{"key": "generation", "value": "0"}])
+    op.execute(settings.delete().where(settings.c.key == "database_id"))
+    op.bulk_insert(settings, [{"key": "database_id", "value": f'"{uuid.uuid4().hex}"'}])
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        _rename_constraints(PG_CONSTRAINTS)
+        for table, column in PG_VECTOR_COLUMNS:
+            op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE EXTERNAL")
+        _changes_table()
+        _identity()
+        op.execute(PG_FUNCTION)
+        op.execute(PG_TRIGGER)
+        return
+    _recreate(autoincrement=True, named=True)
+    _changes_table()
+    _identity()
     for name, body in TRIGGERS.items():
         op.execute(f"CREATE TRIGGER {name} {body}")
 
 
 def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER IF EXISTS speakers_record_change ON speakers")
+        op.execute("DROP FUNCTION IF EXISTS speakerdb_record_change()")
+        op.drop_table("speaker_changes")
+        op.execute("DELETE FROM settings WHERE key = 'database_id'")
+        for table, column in PG_VECTOR_COLUMNS:
+            op.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE EXTENDED")
+        return
     for name in TRIGGERS:
         op.execute(f"DROP TRIGGER IF EXISTS {name}")
     op.drop_table("speaker_changes")
