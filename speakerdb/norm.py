@@ -1,0 +1,208 @@
+"""Score normalisation: adaptive symmetric s-norm (AS-norm) against a cohort. numpy only.
+
+A raw score is the cosine between a probe's embedding and an enrolled speaker's centroid.
+How high a raw score must be to mean "same voice" varies from voice to voice: some
+speakers (and some recordings) sit close to many others. AS-norm measures that against a
+*cohort*, embeddings of people who are not enrolled::
+
+    s_norm = ((s - mu_e) / sigma_e + (s - mu_p) / sigma_p) / 2
+
+where ``mu_e``, ``sigma_e`` are the mean and standard deviation of the ``top_n`` highest
+scores of the enrolled speaker's centroid against the cohort, and ``mu_p``, ``sigma_p``
+the same for the probe (Matejka et al., Interspeech 2017, "adaptive" = top-N only). The
+normalised score is on another scale than cosine (roughly a z-score: 0 is "as close as
+the nearest cohort voices", target trials land around 3 to 15), so a database records
+which scale its threshold is on (:data:`SCALES`).
+
+The enrolled side is a property of the speaker, not of the query: :class:`SpeakerStats`
+keeps it for every speaker in memory and brings it up to date by replaying the store's
+change records (the same records the search index replays), never per query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+METHOD = "as-norm"
+#: Scales a threshold can be on: raw cosine scores, or AS-norm scores.
+COSINE, AS_NORM = "cosine", METHOD
+SCALES = (COSINE, AS_NORM)
+#: Cohort scores averaged per side. Chosen from scripts/eval_norm.py on LibriSpeech
+#: test-other with a 251-speaker train-clean-100 cohort (GE2E): see the README.
+DEFAULT_TOP_N = 100
+MIN_COHORT = 10  # recordings: fewer give a standard deviation that is mostly noise
+#: Standard deviations below this are raised to it: a degenerate cohort (every cohort
+#: score equal) must not divide by zero.
+MIN_STD = 1e-6
+#: A threshold on the AS-norm scale is a finite number in this range (z-score-like units).
+AS_NORM_RANGE = (-20.0, 100.0)
+#: A new AS-norm database's starting threshold, until `calibrate` measures one: the EER
+#: threshold measured by scripts/eval_norm.py (GE2E, LibriSpeech, top-100), see the README.
+DEFAULT_AS_NORM_THRESHOLD = 3.0
+#: Rows of embeddings scored against the cohort at once (bounds the (rows, cohort) matrix).
+CHUNK_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class NormSettings:
+    """What a database stores (setting ``norm``) about its normalisation.
+
+    ``digest`` is the sha256 of the cohort matrix as stored: statistics computed against
+    one cohort are never used with another.
+    """
+
+    method: str
+    top_n: int
+    model_id: str
+    dim: int
+    count: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "NormSettings":
+        return cls(str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"]))
+
+
+@dataclass(frozen=True)
+class CohortVectors:
+    """A cohort already embedded: ``vectors`` (m, dim) of model ``model_id``, with each
+    recording's source label and decoded-audio sha256 (m each)."""
+
+    model_id: str
+    vectors: np.ndarray
+    sources: list[str]
+    sha256: list[str]
+
+
+def digest(cohort: np.ndarray) -> str:
+    """sha256 of a cohort matrix as little-endian float32 bytes."""
+    return hashlib.sha256(np.ascontiguousarray(cohort, dtype="<f4").tobytes()).hexdigest()
+
+
+def raw_scores(query: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine scores (k,) float64 of one unit ``query`` (dim,) against unit ``centroids`` (k, dim).
+
+    The one way every decision computes a raw score, verify and identify alike: float64
+    products summed along each row by numpy's pairwise sum, so a row's score depends on
+    that row alone, never on how many rows are scored with it (a BLAS matrix product may
+    block rows differently and differ in the last bit). A trial on the threshold is then
+    accepted by both commands or by neither.
+    """
+    q = np.asarray(query, np.float64)
+    c = np.atleast_2d(np.asarray(centroids, np.float64))
+    return (c * q).sum(axis=-1)
+
+
+def top_stats(vectors: np.ndarray, cohort: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation (n,), (n,) float64 of each vector's ``top_n`` highest
+    cosine scores against the cohort (vectors (n, dim), cohort (m, dim), both unit rows)."""
+    vectors = np.atleast_2d(np.asarray(vectors, np.float32))
+    cohort = np.asarray(cohort, np.float32)
+    n_top = min(int(top_n), len(cohort))
+    means = np.empty(len(vectors), np.float64)
+    stds = np.empty(len(vectors), np.float64)
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        block = vectors[start : start + CHUNK_ROWS].astype(np.float64) @ cohort.T.astype(np.float64)  # (b, m)
+        top = np.partition(block, len(cohort) - n_top, axis=1)[:, len(cohort) - n_top :]  # (b, n_top)
+        means[start : start + len(block)] = top.mean(axis=1)
+        stds[start : start + len(block)] = np.maximum(top.std(axis=1), MIN_STD)
+    return means, stds
+
+
+def as_norm(raw: np.ndarray | float, enroll_mean, enroll_std, probe_mean, probe_std) -> np.ndarray:
+    """AS-norm of raw scores, given each side's cohort statistics (broadcast elementwise)."""
+    raw = np.asarray(raw, np.float64)
+    return 0.5 * ((raw - enroll_mean) / enroll_std + (raw - probe_mean) / probe_std)
+
+
+def check_top_n(top_n: Any, count: int | None = None) -> int:
+    """``top_n`` as an int of at least 1 and at most the cohort size; ValueError otherwise."""
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
+        raise ValueError(f"top-n must be a whole number of at least 1, not {top_n!r}")
+    if count is not None and top_n > count:
+        raise ValueError(f"top-n {top_n} is more than the {count} cohort recordings")
+    return int(top_n)
+
+
+class SpeakerStats:
+    """Every enrolled speaker's cohort statistics, kept in step with the store by replay.
+
+    Keyed like the search index: the database's identity, the generation it reflects and
+    that change record's nonce, plus the cohort (digest, top-N) it was computed against.
+    :meth:`at` brings it to a read session's generation by replaying the records after its
+    own (recomputing only the speakers they name); a gap, another history, a different
+    cohort or a session older than the cache rebuilds it from every centroid.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: tuple | None = None  # (database_id, digest, top_n)
+        self.generation = -1
+        self._nonce: int | None = None
+        self._ids = np.zeros(0, np.int64)  # sorted speaker ids
+        self._mean = np.zeros(0, np.float64)  # (n,) aligned with _ids
+        self._std = np.zeros(0, np.float64)
+        self.rebuilds = 0  # full recomputations so far (tests and benchmarks read it)
+        self.replayed = 0  # speakers recomputed by replay so far
+
+    def at(self, session, settings: dict[str, Any], cohort: np.ndarray, norm: NormSettings) -> "SpeakerStats":
+        """Bring the statistics to ``session``'s generation; returns self."""
+        from . import store
+
+        key = (settings.get("database_id"), norm.digest, norm.top_n)
+        target = store.generation(session)
+        with self._lock:
+            if self._key == key and self.generation == target and (
+                target == 0 or store.change_nonce(session, target) == self._nonce
+            ):
+                return self
+            records = None
+            if self._key == key and 0 <= self.generation <= target and (
+                self.generation == 0 or store.change_nonce(session, self.generation) == self._nonce
+            ):
+                records = store.changes_between(session, self.generation, target)
+                if len(records) != target - self.generation:
+                    records = None  # pruned past us: rebuild
+            if records is None:
+                ids, vectors = store.centroids(session)
+                self._ids = ids
+                if len(ids):
+                    self._mean, self._std = top_stats(vectors, cohort, norm.top_n)
+                else:
+                    self._mean, self._std = np.zeros(0), np.zeros(0)
+                self.rebuilds += 1
+            else:
+                touched = sorted({r[1] for r in records})
+                present = store.centroids_of(session, touched)
+                self._apply(touched, present, cohort, norm.top_n)
+            self._key, self.generation = key, target
+            self._nonce = store.change_nonce(session, target) if target else None
+        return self
+
+    def _apply(self, touched: list[int], present: dict[int, np.ndarray], cohort: np.ndarray, top_n: int) -> None:
+        """Drop the touched speakers, then add back those that still exist with fresh statistics."""
+        keep = ~np.isin(self._ids, np.asarray(touched, np.int64))
+        ids, mean, std = self._ids[keep], self._mean[keep], self._std[keep]
+        if present:
+            new_ids = np.fromiter(present, np.int64, len(present))
+            new_mean, new_std = top_stats(np.stack(list(present.values())), cohort, top_n)
+            ids, mean, std = np.concatenate([ids, new_ids]), np.concatenate([mean, new_mean]), np.concatenate([std, new_std])
+        order = np.argsort(ids, kind="stable")
+        self._ids, self._mean, self._std = ids[order], mean[order], std[order]
+        self.replayed += len(touched)
+
+    def lookup(self, ids: np.ndarray | list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (k,), (k,) of the speakers ``ids`` (KeyError for one not known)."""
+        ids = np.asarray(ids, np.int64)
+        pos = np.searchsorted(self._ids, ids)
+        if len(ids) and (np.any(pos >= len(self._ids)) or np.any(self._ids[np.minimum(pos, len(self._ids) - 1)] != ids)):
+            raise KeyError("speaker without cohort statistics")
+        return self._mean[pos], self._std[pos]
