@@ -1,0 +1,933 @@
+"""``speakerdb serve``: the :class:`~speakerdb.api.SpeakerDB` facade over HTTP (FastAPI + uvicorn).
+
+Every endpoint calls the facade and answers the JSON that the matching CLI command prints
+with ``--json``; nothing here decides anything about speakers. What this module adds is
+what a service needs around the facade:
+
+- **lanes**: each worker process keeps two :class:`SpeakerDB` objects, each used by one
+  thread only. The *embedding lane* holds the model (loaded once, at start-up) and runs
+  identify, verify and enroll; the *admin lane* runs everything else, so a listing never
+  waits behind a 10 s embedding. Both see every write acknowledged by any process at their
+  next call (``IndexKeeper.snapshot``).
+- **limits**: request body size (413), files per request (413), audio duration (400, per
+  file for identify), and a bounded number of embedding requests per worker (running and
+  waiting): beyond it, 503 with ``Retry-After`` at once, instead of a queue that grows.
+- **keys**: ``Authorization: Bearer KEY`` with scopes read < write < admin (keys.py);
+  401 without a valid key, 403 when its scope is too small.
+- **uploads** are written to a private directory (0700, files 0600, never through links)
+  only as long as the request runs, removed on every path (directories left by a killed
+  worker are removed at the next start); logs hold no audio and no embeddings.
+- **errors** are always ``{"error": {"code", "message"}}``, never a stack trace.
+- ``/metrics`` in the Prometheus text format, per worker process.
+
+The app is built by :func:`create_app` from a :class:`ServeConfig`; uvicorn's worker
+processes rebuild it from the JSON in ``$SPEAKERDB_SERVE_CONFIG`` (see :func:`serve`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import stat
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__, audio, errors, store
+from .api import SpeakerDB
+from .keys import SCOPES, KeyInfo
+
+log = logging.getLogger("speakerdb.server")
+
+CONFIG_ENV = "SPEAKERDB_SERVE_CONFIG"
+MB = 1_000_000  # bytes
+DEFAULT_MAX_UPLOAD_BYTES = 50 * MB  # one request's body
+DEFAULT_MAX_FILES = 32  # audio files in one request
+DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h; a request should not)
+DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
+COPY_CHUNK = 1 << 20  # bytes copied from an upload at a time
+UPLOAD_DIR_PREFIX = "speakerdb-upload-"
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass
+class ServeConfig:
+    """Everything a worker needs to build the app (JSON-serialisable: workers are processes)."""
+
+    db_path: str
+    model: str | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_audio_s: float = DEFAULT_MAX_AUDIO_S
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    insecure_no_auth: bool = False
+    tmp_dir: str | None = None
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> "ServeConfig":
+        raw = os.environ.get(CONFIG_ENV)
+        if not raw:
+            raise RuntimeError(f"${CONFIG_ENV} is not set: start the service with `speakerdb serve`")
+        return cls(**json.loads(raw))
+
+
+# ---- errors -------------------------------------------------------------------------------
+#: Library errors as (HTTP status, code). Checked in order: subclasses before their bases.
+ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
+    (errors.AudioError, 400, "bad_audio"),
+    (errors.GalleryError, 400, "bad_gallery"),
+    (errors.EnrollmentRefusedError, 422, "enrollment_refused"),
+    (errors.InvalidInputError, 422, "invalid_input"),
+    (errors.SpeakerNotFoundError, 404, "speaker_not_found"),
+    (errors.KeyNotFoundError, 404, "key_not_found"),
+    (errors.SpeakerExistsError, 409, "speaker_exists"),
+    (errors.KeyExistsError, 409, "key_exists"),
+    (errors.ConflictError, 409, "conflict"),
+    (errors.EmptyDatabaseError, 409, "no_speakers"),
+    (errors.ModelMismatchError, 409, "model_mismatch"),
+    (errors.ModelLoadError, 503, "model_unavailable"),
+    (errors.DatabaseError, 500, "database_error"),
+    (errors.SpeakerDBError, 400, "failed"),
+]
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere in a request."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        super().__init__(message)
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _from_library(e: errors.SpeakerDBError, names: dict[str, str]) -> ApiError:
+    """A library error as an answer; private upload paths in its message become the client's names."""
+    message = str(e)
+    for private, given in names.items():
+        message = message.replace(private, given)
+    for kind, status, code in ERROR_STATUS:
+        if isinstance(e, kind):
+            return ApiError(status, code, message)
+    return ApiError(400, "failed", message)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers (as the CLI's --json)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def ok(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(_finite(document), status_code=status, headers=headers)
+
+
+# ---- uploads ------------------------------------------------------------------------------
+class UploadedFile(os.PathLike):
+    """A file a client sent, kept in a private temporary file for the request.
+
+    ``os.fspath()`` is the private path (what decoders open); ``str()`` is the name the
+    client gave, which is how the facade labels the file in answers and in the database
+    (the CLI's label is the path as typed, the client sends the same).
+    """
+
+    def __init__(self, private: str, given: str) -> None:
+        self.private, self.given = private, given
+
+    def __fspath__(self) -> str:
+        return self.private
+
+    def __str__(self) -> str:
+        return self.given
+
+    def __repr__(self) -> str:
+        return f"UploadedFile({self.given!r})"
+
+
+MAX_LABEL_CHARS = 255  # characters of a client's file name kept as the label
+
+
+def _label(filename: str | None, index: int) -> str:
+    """The client's file name as a label: at most MAX_LABEL_CHARS, control characters escaped."""
+    if not filename:
+        return f"upload-{index + 1}"
+    name = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in filename)
+    return name[:MAX_LABEL_CHARS]
+
+
+class UploadDir:
+    """This worker's private directory for uploads: ``<tmp>/speakerdb-upload-<pid>-XXXX``, 0700."""
+
+    def __init__(self, parent: str | None) -> None:
+        parent_dir = Path(parent or tempfile.gettempdir())
+        _sweep_stale(parent_dir)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{UPLOAD_DIR_PREFIX}{os.getpid()}-", dir=parent_dir))
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def new_path(self, suffix: str) -> Path:
+        """A fresh name in this directory (nothing is created)."""
+        with self._lock:
+            self._n += 1
+            return self.path / f"{self._n}{suffix}"
+
+    async def save(self, uploads: list[UploadFile]) -> list[UploadedFile]:
+        """Copy each upload into a new 0600 file (O_EXCL, O_NOFOLLOW); the caller removes them."""
+        saved: list[UploadedFile] = []
+        try:
+            for i, upload in enumerate(uploads):
+                path = self.new_path(".upload")
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+                saved.append(UploadedFile(str(path), _label(upload.filename, i)))
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := await upload.read(COPY_CHUNK):
+                        out.write(chunk)
+        except BaseException:
+            self.remove(saved)
+            raise
+        return saved
+
+    @staticmethod
+    def remove(files: list[UploadedFile]) -> None:
+        for f in files:
+            try:
+                os.unlink(f.private)
+            except FileNotFoundError:
+                pass
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _sweep_stale(parent: Path) -> None:
+    """Remove upload directories of worker processes that no longer run (killed with SIGKILL)."""
+    for d in parent.glob(f"{UPLOAD_DIR_PREFIX}*"):
+        m = re.match(rf"{UPLOAD_DIR_PREFIX}(\d+)-", d.name)
+        try:
+            info = d.lstat()
+        except OSError:
+            continue
+        if not m or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+# ---- lanes --------------------------------------------------------------------------------
+class CountingEmbedder:
+    """The loaded model, counting the seconds of audio it embeds (for /metrics)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.seconds = 0.0
+
+    def embed(self, waveforms):
+        out = self._inner.embed(waveforms)
+        self.seconds += sum(len(w) for w in waveforms) / audio.SAMPLE_RATE
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # model_id, dim, name_or_path, default_threshold...
+        return getattr(self._inner, name)
+
+
+class Lane:
+    """One thread and the SpeakerDB only it uses: calls run one at a time, in order."""
+
+    def __init__(self, name: str, open_db: Callable[[], SpeakerDB]) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"speakerdb-{name}")
+        self.db: SpeakerDB | None = None
+        self._open_db = open_db
+        self.pending = 0  # calls admitted and not finished (the running one included)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.db is None:
+            self.db = self._open_db()
+        return fn(self.db, *args, **kwargs)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(db, *args, **kwargs)`` on this lane's thread."""
+        self.pending += 1
+        try:
+            ctx = contextvars.copy_context()
+            call = functools.partial(ctx.run, self._call, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        finally:
+            self.pending -= 1
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        if self.db is not None:
+            self.db.close()
+
+
+class Metrics:
+    """Counters and histograms in the Prometheus text format (this worker process's)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        self.latency: dict[tuple[str, str], list[float]] = {}  # per bucket counts, then sum, count
+        self.rejected_busy = 0
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        h = self.latency.setdefault((method, route), [0.0] * (len(LATENCY_BUCKETS_S) + 2))
+        for i, bound in enumerate(LATENCY_BUCKETS_S):
+            if seconds <= bound:
+                h[i] += 1
+        h[-2] += seconds
+        h[-1] += 1
+
+    def render(self, audio_seconds: float, queue_depth: int, queue_size: int, ready: bool) -> str:
+        lines = [
+            "# HELP speakerdb_requests_total HTTP requests answered, by endpoint and status.",
+            "# TYPE speakerdb_requests_total counter",
+        ]
+        for (method, route, status), n in sorted(self.requests.items()):
+            lines.append(f'speakerdb_requests_total{{method="{method}",endpoint="{route}",status="{status}"}} {n}')
+        lines += ["# HELP speakerdb_request_seconds Time to answer a request.",
+                  "# TYPE speakerdb_request_seconds histogram"]
+        for (method, route), h in sorted(self.latency.items()):
+            labels = f'method="{method}",endpoint="{route}"'
+            for bound, n in zip(LATENCY_BUCKETS_S, h):
+                lines.append(f'speakerdb_request_seconds_bucket{{{labels},le="{bound:g}"}} {int(n)}')
+            lines.append(f'speakerdb_request_seconds_bucket{{{labels},le="+Inf"}} {int(h[-1])}')
+            lines.append(f"speakerdb_request_seconds_sum{{{labels}}} {h[-2]:.6f}")
+            lines.append(f"speakerdb_request_seconds_count{{{labels}}} {int(h[-1])}")
+        lines += [
+            "# HELP speakerdb_audio_seconds_total Seconds of audio embedded.",
+            "# TYPE speakerdb_audio_seconds_total counter",
+            f"speakerdb_audio_seconds_total {audio_seconds:.3f}",
+            "# HELP speakerdb_queue_depth Embedding requests running or waiting in this worker.",
+            "# TYPE speakerdb_queue_depth gauge",
+            f"speakerdb_queue_depth {queue_depth}",
+            "# HELP speakerdb_queue_size Embedding requests a worker holds before answering 503.",
+            "# TYPE speakerdb_queue_size gauge",
+            f"speakerdb_queue_size {queue_size}",
+            "# HELP speakerdb_busy_rejections_total Requests answered 503 because the queue was full.",
+            "# TYPE speakerdb_busy_rejections_total counter",
+            f"speakerdb_busy_rejections_total {self.rejected_busy}",
+            "# HELP speakerdb_ready Whether the model is loaded (1) or not (0).",
+            "# TYPE speakerdb_ready gauge",
+            f"speakerdb_ready {int(ready)}",
+            "# HELP speakerdb_worker_pid The worker process that answered this scrape.",
+            "# TYPE speakerdb_worker_pid gauge",
+            f"speakerdb_worker_pid {os.getpid()}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+class Service:
+    """What one worker process holds: the configuration, the two lanes, uploads and metrics."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.counting: CountingEmbedder | None = None
+        self.embed_lane = Lane("embed", self._open_embedding_db)
+        self.admin_lane = Lane("admin", lambda: SpeakerDB(config.db_path, model=config.model, device=config.device,
+                                                          precision=config.precision))
+        self.uploads = UploadDir(config.tmp_dir)
+        self.metrics = Metrics()
+        self.ready = False
+        self.model_id: str | None = None
+        self.load_error: str | None = None
+        self.job_seconds = 1.0  # running mean of an embedding request's time (for Retry-After)
+
+    def _open_embedding_db(self) -> SpeakerDB:
+        c = self.config
+        probe = SpeakerDB(c.db_path, model=c.model, device=c.device, precision=c.precision)
+        try:
+            loaded = probe.embedder  # the database's own model unless --model: the facade decides
+        finally:
+            probe.close()
+        self.counting = CountingEmbedder(loaded)
+        return SpeakerDB(c.db_path, device=c.device, precision=c.precision, embedder=self.counting)
+
+    async def start(self) -> None:
+        """Load the model in the background: /healthz answers at once, /readyz once it is loaded."""
+        os.environ[audio.MAX_DURATION_ENV] = repr(float(self.config.max_audio_s))
+        try:
+            self.model_id = (await self.embed_lane.run(lambda db: db.embedder)).model_id
+            await self.admin_lane.run(lambda db: None)
+            self.ready = True
+            log.info("speakerdb worker %d ready: model %s", os.getpid(), self.model_id)
+        except errors.SpeakerDBError as e:
+            self.load_error = str(e)
+            log.error("speakerdb worker %d cannot serve: %s", os.getpid(), e)
+        except Exception as e:  # a model that fails in an unforeseen way: say so, keep /healthz up
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.exception("speakerdb worker %d cannot load the model", os.getpid())
+
+    def close(self) -> None:
+        self.embed_lane.close()
+        self.admin_lane.close()
+        self.uploads.close()
+
+    # ---- calls ------------------------------------------------------------------------------
+    def require_ready(self) -> None:
+        if not self.ready:
+            raise ApiError(503, "not_ready", self.load_error or "the model is still loading: retry shortly",
+                           {"Retry-After": "5"})
+
+    async def embed(self, fn: Callable[..., Any], *args: Any, names: dict[str, str] | None = None, **kw: Any) -> Any:
+        """Run an embedding call on the embedding lane, or answer 503 at once if it is full."""
+        self.require_ready()
+        lane = self.embed_lane
+        if lane.pending >= self.config.queue_size:
+            self.metrics.rejected_busy += 1
+            wait = max(1, math.ceil(self.job_seconds * lane.pending))
+            raise ApiError(503, "busy", f"{lane.pending} embedding requests are already running or waiting "
+                           f"in this worker (at most {self.config.queue_size}): retry in {wait} s",
+                           {"Retry-After": str(wait)})
+        started = time.monotonic()
+        try:
+            return await lane.run(fn, *args, **kw)
+        except errors.SpeakerDBError as e:
+            raise _from_library(e, names or {}) from None
+        finally:
+            self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.monotonic() - started)
+
+    async def admin(self, fn: Callable[..., Any], *args: Any, names: dict[str, str] | None = None, **kw: Any) -> Any:
+        self.require_ready()
+        try:
+            return await self.admin_lane.run(fn, *args, **kw)
+        except errors.SpeakerDBError as e:
+            raise _from_library(e, names or {}) from None
+
+    def authenticate(self, header: str | None) -> KeyInfo | None:
+        """The caller's key; None when the service runs without keys (loopback, none created,
+        or --insecure-no-auth). Runs on any thread: only reads the store (thread-safe engine)."""
+        if self.config.insecure_no_auth:
+            return None
+        db = self.admin_lane.db
+        if db is None:
+            raise ApiError(503, "not_ready", self.load_error or "the service is starting: retry shortly",
+                           {"Retry-After": "5"})
+        scheme, _, key = (header or "").partition(" ")
+        if not header:
+            if not db.has_keys():
+                return None  # loopback only: serve refuses other hosts while the database has no key
+            raise ApiError(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
+                           {"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "unauthorized", "send the key as `Authorization: Bearer KEY`",
+                           {"WWW-Authenticate": "Bearer"})
+        info = db.authenticate(key.strip())
+        if info is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)",
+                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return info
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's name (None without keys) and scope."""
+
+    key_name: str | None
+    scope: str
+
+
+def require(scope: str):
+    """A FastAPI dependency: the caller's key must have ``scope`` (read < write < admin)."""
+    assert scope in SCOPES
+
+    async def dependency(request: Request) -> Caller:
+        service: Service = request.app.state.service
+        header = request.headers.get("authorization")
+        if service.config.insecure_no_auth:
+            return Caller(None, "admin")
+        # PBKDF2 on the first use of a key and one indexed query: off the event loop
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, service.authenticate, header)
+        if info is None:
+            return Caller(None, "admin")
+        if not info.allows(scope):
+            raise ApiError(403, "forbidden", f"key {info.name!r} has scope {info.scope!r}; this needs {scope!r}")
+        return Caller(info.name, info.scope)
+
+    return dependency
+
+
+# ---- request and response shapes (for the OpenAPI page) ----------------------------------------
+class RenameBody(BaseModel):
+    name: str = Field(..., description="The speaker's new name.", examples=["alicia"])
+
+
+class ThresholdBody(BaseModel):
+    threshold: float = Field(..., description="Cosine score in [0, 1].", examples=[0.8])
+
+
+class KeyBody(BaseModel):
+    name: str = Field(..., examples=["callcentre-1"])
+    scope: str = Field("read", description="read, write or admin", examples=["read"])
+
+
+def _example(doc: Any, status: int = 200) -> dict[int, Any]:
+    return {status: {"content": {"application/json": {"example": doc}}}}
+
+
+EXAMPLE_IDENTIFY = [
+    {"file": "call-0042.wav", "speaker": "alice", "score": 0.91,
+     "candidates": [{"speaker": "alice", "score": 0.91}, {"speaker": "bob", "score": 0.42}]},
+    {"file": "noise.wav", "error": "is silent (peak below -80 dBFS)"},
+]
+EXAMPLE_ENROLL = {"speaker": "alice", "created": True,
+                  "added": [{"source": "alice1.flac", "duration_s": 9.8, "audio_sha256": "5f1c...",
+                             "created_at": "2026-11-30T18:00:00Z"}],
+                  "skipped": [], "n_utterances": 1, "warnings": []}
+EXAMPLE_VERIFY = {"file": "claim.wav", "speaker": "alice", "score": 0.88, "threshold": 0.86, "accepted": True}
+EXAMPLE_SPEAKER = {"name": "alice", "n_utterances": 2, "total_duration_s": 19.6, "created_at": "2026-11-30T18:00:00Z",
+                   "updated_at": "2026-11-30T18:05:00Z", "metadata": {"team": "sales"}}
+EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker named 'zoe' (see `speakerdb list`)"}}
+
+AUDIO_PARTS = "Audio files (WAV, FLAC, OGG, MP3, anything FFmpeg decodes) as multipart parts."
+
+
+def _form_json(text: str | None, what: str) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ApiError(422, "invalid_input", f"{what} must be JSON, not {text[:80]!r}") from None
+
+
+def _check_count(service: Service, files: list[UploadFile]) -> None:
+    if len(files) > service.config.max_files:
+        raise ApiError(413, "too_many_files",
+                       f"{len(files)} files in one request, at most {service.config.max_files} are accepted")
+
+
+# ---- the app ------------------------------------------------------------------------------
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    """The ASGI app of one worker (uvicorn calls this with no argument in each worker process)."""
+    config = config or ServeConfig.from_env()
+    if config.insecure_no_auth:
+        log.warning("speakerdb worker %d: --insecure-no-auth: every request is allowed everything, "
+                    "without a key", os.getpid())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service = Service(config)
+        app.state.service = service
+        loader = asyncio.create_task(service.start())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            await asyncio.get_running_loop().run_in_executor(None, service.close)
+
+    app = FastAPI(
+        title="speakerdb",
+        version=__version__,
+        lifespan=lifespan,
+        description="Speaker enrollment, identification and verification. Answers are the JSON that the "
+        "`speakerdb` CLI prints with `--json`. Send `Authorization: Bearer KEY` (`speakerdb keys create`). "
+        "Errors are `{\"error\": {\"code\", \"message\"}}`.",
+    )
+    app.state.config = config
+    _install_handlers(app)
+
+    @app.get("/healthz", tags=["service"], responses=_example({"status": "ok"}))
+    async def healthz() -> dict[str, str]:
+        """Answers 200 as soon as the process runs (liveness)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["service"], responses=_example({"status": "ready", "model": "microsoft/wavlm-base-plus-sv"}))
+    async def readyz(request: Request):
+        """200 once the model is loaded (readiness); 503 while it loads or if it cannot be loaded."""
+        service: Service = request.app.state.service
+        service.require_ready()
+        return {"status": "ready", "model": service.model_id, "pid": os.getpid()}
+
+    @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> PlainTextResponse:
+        """Prometheus text format: requests by endpoint and status, latency histograms, seconds of
+        audio embedded, queue depth (of the worker process that answers)."""
+        service: Service = request.app.state.service
+        seconds = service.counting.seconds if service.counting is not None else 0.0
+        return PlainTextResponse(service.metrics.render(seconds, service.embed_lane.pending, config.queue_size,
+                                                        service.ready),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/identify", tags=["speakers"], responses=_example(EXAMPLE_IDENTIFY))
+    async def identify(request: Request, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+                       top_k: int = Form(5, ge=1, description="Candidates per file."),
+                       threshold: float | None = Form(None, description="Override the threshold for this call [-1, 1]."),
+                       caller: Caller = Depends(require("read"))):
+        """Name the speaker of each file (`speakerdb identify --json`): one answer per file, in order,
+        or `{"file", "error"}` for a file that could not be used.
+
+        `curl -H "Authorization: Bearer $KEY" -F files=@call.wav http://127.0.0.1:8000/v1/identify`
+        """
+        service: Service = request.app.state.service
+        _check_count(service, files)
+        saved = await service.uploads.save(files)
+        try:
+            results = await service.embed(lambda db: db.identify(saved, top_k=top_k, threshold=threshold),
+                                          names=_names(saved))
+        finally:
+            service.uploads.remove(saved)
+        return ok([r.to_dict() for r in results])
+
+    @app.post("/v1/speakers/{name}/enrollments", tags=["speakers"], responses=_example(EXAMPLE_ENROLL, 201))
+    async def enroll(request: Request, name: str, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+                     metadata: str | None = Form(None, description='JSON object, e.g. {"team": "sales"}'),
+                     new: bool = Form(False, description="Refuse if the speaker exists."),
+                     strict: bool = Form(False, description="Refuse doubtful clips instead of warning."),
+                     caller: Caller = Depends(require("write"))):
+        """Enroll speaker `name` from the files, or add them to it (`speakerdb enroll --json`).
+        201 when the speaker was created, 200 when added to.
+
+        `curl -H "Authorization: Bearer $KEY" -F files=@alice1.flac -F files=@alice2.flac
+        -F 'metadata={"team":"sales"}' http://127.0.0.1:8000/v1/speakers/alice/enrollments`
+        """
+        service: Service = request.app.state.service
+        _check_count(service, files)
+        meta = _form_json(metadata, "metadata")
+        saved = await service.uploads.save(files)
+
+        def call(db: SpeakerDB):
+            with store.audited(caller.key_name, "enroll", store.normalize_name(name),
+                               {"files": len(saved), "new": new}):
+                return db.enroll(name, saved, new=new, metadata=meta, strict=strict)
+
+        try:
+            result = await service.embed(call, names=_names(saved))
+        finally:
+            service.uploads.remove(saved)
+        return ok(result.to_dict(), 201 if result.created else 200)
+
+    @app.post("/v1/speakers/{name}/verify", tags=["speakers"], responses=_example(EXAMPLE_VERIFY))
+    async def verify(request: Request, name: str, file: UploadFile = File(..., description="One audio file."),
+                     threshold: float | None = Form(None, description="Override the threshold for this call."),
+                     caller: Caller = Depends(require("read"))):
+        """Is `file` spoken by `name`? (`speakerdb verify --json`)
+
+        `curl -H "Authorization: Bearer $KEY" -F file=@claim.wav http://127.0.0.1:8000/v1/speakers/alice/verify`
+        """
+        service: Service = request.app.state.service
+        saved = await service.uploads.save([file])
+        try:
+            result = await service.embed(lambda db: db.verify(name, saved[0], threshold=threshold),
+                                         names=_names(saved))
+        finally:
+            service.uploads.remove(saved)
+        return ok(result.to_dict())
+
+    @app.get("/v1/speakers", tags=["speakers"], responses=_example([EXAMPLE_SPEAKER]))
+    async def list_speakers(request: Request, caller: Caller = Depends(require("read"))):
+        """Every enrolled speaker (`speakerdb list --json`)."""
+        speakers = await request.app.state.service.admin(lambda db: db.list())
+        return ok([{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers])
+
+    @app.get("/v1/speakers/{name}", tags=["speakers"],
+             responses={**_example({**EXAMPLE_SPEAKER, "utterances": EXAMPLE_ENROLL["added"]}),
+                        **_example(EXAMPLE_ERROR, 404)})
+    async def show(request: Request, name: str, caller: Caller = Depends(require("read"))):
+        """One speaker with its utterances (`speakerdb show --json`)."""
+        info = await request.app.state.service.admin(lambda db: db.show(name))
+        return ok(info.to_dict())
+
+    @app.patch("/v1/speakers/{name}", tags=["speakers"], responses=_example({"old": "alice", "new": "alicia"}))
+    async def rename(request: Request, name: str, body: RenameBody, caller: Caller = Depends(require("write"))):
+        """Rename a speaker (`speakerdb rename --json`).
+
+        `curl -X PATCH -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json'
+        -d '{"name": "alicia"}' http://127.0.0.1:8000/v1/speakers/alice`
+        """
+        def call(db: SpeakerDB):
+            with store.audited(caller.key_name, "rename", store.normalize_name(name), {"new": body.name}):
+                db.rename(name, body.name)
+
+        await request.app.state.service.admin(call)
+        return ok({"old": name, "new": body.name})
+
+    @app.delete("/v1/speakers/{name}", tags=["speakers"], responses=_example({"removed": ["bob"], "utterances": 2}))
+    async def remove(request: Request, name: str, caller: Caller = Depends(require("write"))):
+        """Delete a speaker, its utterances and embeddings (`speakerdb remove --yes --json`)."""
+        def call(db: SpeakerDB):
+            with store.audited(caller.key_name, "remove", store.normalize_name(name)):
+                return db.remove(name)
+
+        n = await request.app.state.service.admin(call)
+        return ok({"removed": [name], "utterances": n})
+
+    @app.get("/v1/info", tags=["database"])
+    async def info(request: Request, caller: Caller = Depends(require("read"))):
+        """The database: model, dimension, threshold, counts (`speakerdb info --json`)."""
+        return ok((await request.app.state.service.admin(lambda db: db.info())).to_dict())
+
+    @app.get("/v1/threshold", tags=["database"], responses=_example({"threshold": 0.86}))
+    async def get_threshold(request: Request, caller: Caller = Depends(require("read"))):
+        """The decision threshold (`speakerdb threshold --json`)."""
+        return ok({"threshold": await request.app.state.service.admin(lambda db: db.threshold)})
+
+    @app.put("/v1/threshold", tags=["database"], responses=_example({"threshold": 0.8}))
+    async def put_threshold(request: Request, body: ThresholdBody, caller: Caller = Depends(require("admin"))):
+        """Store a new decision threshold in [0, 1] (`speakerdb threshold VALUE --json`)."""
+        def call(db: SpeakerDB):
+            with store.audited(caller.key_name, "threshold", None, {"threshold": body.threshold}):
+                db.set_threshold(body.threshold)
+            return db.threshold
+
+        return ok({"threshold": await request.app.state.service.admin(call)})
+
+    @app.get("/v1/gallery", tags=["galleries"], response_class=StreamingResponse,
+             responses={200: {"content": {"application/zip": {}},
+                              "description": "A gallery file (docs/gallery-format.md): metadata and embeddings."}})
+    async def export(request: Request, speaker: list[str] | None = Query(None, description="Only these speakers."),
+                     caller: Caller = Depends(require("admin"))):
+        """Export speakers to a gallery file, streamed (`speakerdb export`). The file is written to a
+        private temporary file that is unlinked before the first byte is sent.
+
+        `curl -H "Authorization: Bearer $KEY" -o site-a.gallery http://127.0.0.1:8000/v1/gallery`
+        """
+        service: Service = request.app.state.service
+        path = service.uploads.new_path(".gallery")
+
+        def call(db: SpeakerDB):
+            summary = db.export(path, speaker or None)
+            f = open(path, "rb")
+            os.unlink(path)  # the open descriptor keeps the data until the stream ends; no name on disk
+            return summary, f
+
+        try:
+            summary, f = await service.admin(call)
+        finally:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        def chunks():
+            with f:
+                while chunk := f.read(COPY_CHUNK):
+                    yield chunk
+
+        headers = {"Content-Disposition": 'attachment; filename="speakerdb.gallery"',
+                   "Content-Length": str(summary.size_bytes),
+                   "X-Speakerdb-Speakers": str(summary.n_speakers),
+                   "X-Speakerdb-Utterances": str(summary.n_utterances)}
+        return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
+
+    @app.post("/v1/gallery", tags=["galleries"],
+              responses=_example({"path": "site-a.gallery", "dry_run": False, "created": ["alice"], "merged": [],
+                                  "replaced": [], "skipped": [], "utterances_added": 2}))
+    async def import_gallery(request: Request, file: UploadFile = File(..., description="A gallery file."),
+                             on_conflict: str = Form("fail", description="fail, skip, replace or merge"),
+                             dry_run: bool = Form(False, description="Report what would happen; write nothing."),
+                             caller: Caller = Depends(require("write"))):
+        """Import a gallery file, all of it or nothing (`speakerdb import --json`).
+
+        `curl -H "Authorization: Bearer $KEY" -F file=@site-a.gallery -F on_conflict=merge
+        http://127.0.0.1:8000/v1/gallery`
+        """
+        service: Service = request.app.state.service
+        saved = await service.uploads.save([file])
+
+        def call(db: SpeakerDB):
+            with store.audited(caller.key_name, "import", None, {"file": saved[0].given, "on_conflict": on_conflict}):
+                return db.import_gallery(saved[0], on_conflict=on_conflict, dry_run=dry_run)
+
+        try:
+            summary = await service.admin(call, names=_names(saved))
+        finally:
+            service.uploads.remove(saved)
+        return ok(summary.to_dict())
+
+    @app.get("/v1/keys", tags=["keys"],
+             responses=_example([{"name": "ops", "scope": "admin", "created_at": "2026-11-30T18:00:00Z",
+                                  "revoked_at": None, "active": True}]))
+    async def list_keys(request: Request, caller: Caller = Depends(require("admin"))):
+        """Every API key, revoked ones included (never their secrets)."""
+        return ok([k.to_dict() for k in await request.app.state.service.admin(lambda db: db.list_keys())])
+
+    @app.post("/v1/keys", tags=["keys"], status_code=201,
+              responses=_example({"name": "callcentre-1", "key": "sdb_...", "scope": "read"}, 201))
+    async def create_key(request: Request, body: KeyBody, caller: Caller = Depends(require("admin"))):
+        """Create a key; its secret is in this answer only."""
+        new = await request.app.state.service.admin(lambda db: db.create_key(body.name, body.scope,
+                                                                             actor=caller.key_name))
+        return ok(new.to_dict(), 201)
+
+    @app.delete("/v1/keys/{name}", tags=["keys"])
+    async def revoke_key(request: Request, name: str, caller: Caller = Depends(require("admin"))):
+        """Revoke a key: refused from the next request on, by every worker."""
+        info = await request.app.state.service.admin(lambda db: db.revoke_key(name, actor=caller.key_name))
+        return ok(info.to_dict())
+
+    @app.get("/v1/audit", tags=["keys"],
+             responses=_example([{"time": "2026-11-30T18:00:00Z", "key_name": "ops", "operation": "enroll",
+                                  "speaker": "alice", "detail": {"files": 2, "new": False}}]))
+    async def audit_log(request: Request, limit: int = Query(100, ge=1, le=100_000), speaker: str | None = None,
+                        caller: Caller = Depends(require("admin"))):
+        """The newest changes made through the service or to keys, oldest first (`speakerdb audit --json`)."""
+        entries = await request.app.state.service.admin(lambda db: db.audit(limit, speaker))
+        return ok([e.to_dict() for e in entries])
+
+    return app
+
+
+def _names(saved: list[UploadedFile]) -> dict[str, str]:
+    return {f.private: f.given for f in saved}
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError) -> JSONResponse:
+        return error_response(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in e.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+            parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        return error_response(422, "invalid_fields", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(e.status_code, "http_error")
+        return error_response(e.status_code, code, str(e.detail), getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        # The traceback goes to the server's log (no audio, no embeddings in it); the client
+        # gets one line.
+        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        return error_response(500, "internal", f"internal error ({type(e).__name__}); see the server log")
+
+    app.add_middleware(_Guard)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Guard:
+    """Outermost layer: body size limit (413 before reading, or as soon as a chunked body passes
+    it), Content-Type of uploads (415), and the request metrics."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        config: ServeConfig = scope["app"].state.config if "app" in scope else None
+        limit = config.max_upload_bytes if config else DEFAULT_MAX_UPLOAD_BYTES
+        started = time.monotonic()
+        status = {"code": 500, "sent": False}
+
+        async def send_tracked(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"], status["sent"] = message["status"], True
+            await send(message)
+
+        async def reply(code: int, err: str, message: str) -> None:
+            response = error_response(code, err, message)
+            await response(scope, receive, send_tracked)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        method = scope.get("method", "GET")
+        try:
+            declared = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > limit:
+                await reply(413, "too_large", f"request body of {declared:,} bytes, at most {limit:,} are accepted")
+                return
+            ctype = headers.get("content-type", "")
+            if method == "POST" and _is_upload_path(scope["path"]) and not ctype.startswith("multipart/form-data"):
+                await reply(415, "unsupported_media_type", "send audio as multipart/form-data parts "
+                            f"(got Content-Type {ctype or 'none'!r})")
+                return
+            if method in ("PUT", "PATCH") and not ctype.startswith("application/json"):
+                await reply(415, "unsupported_media_type", f"send a JSON body (got Content-Type {ctype or 'none'!r})")
+                return
+            received = 0
+
+            async def receive_limited():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise _TooLarge
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_tracked)
+            except _TooLarge:
+                if not status["sent"]:
+                    await reply(413, "too_large", f"request body over {limit:,} bytes")
+        finally:
+            route = scope.get("route")
+            service = getattr(scope["app"].state, "service", None) if "app" in scope else None
+            if service is not None:
+                service.metrics.observe(method, getattr(route, "path", "unmatched"), status["code"],
+                                        time.monotonic() - started)
+
+
+def _is_upload_path(path: str) -> bool:
+    return path in ("/v1/identify", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
+
+
+# ---- starting it ----------------------------------------------------------------------------
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` accepts connections only from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+          ssl_keyfile: str | None = None, ssl_certfile: str | None = None, log_level: str = "info") -> None:
+    """Run uvicorn until SIGTERM or SIGINT (requests in flight finish first)."""
+    import uvicorn
+
+    os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
+    uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
+                ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
+                timeout_graceful_shutdown=None, server_header=False)
