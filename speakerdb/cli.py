@@ -343,6 +343,70 @@ def verify(state: _State, name: str, file: str, threshold: float | None, as_json
     _emit(as_json, v.to_dict(), f"{word}: {v.file} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f})")
 
 
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
+@click.option("--rttm", "rttm_path", type=click.Path(dir_okay=False), help="Also write the segments to this RTTM file.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw one lane per voice over time into this PNG.")
+@click.option("--window", type=click.FloatRange(0.5, 30), default=1.5, show_default=True, help="Window length, seconds.")
+@click.option("--hop", type=click.FloatRange(0.05, 30), default=0.5, show_default=True, help="Window hop, seconds.")
+@click.option("--min-segment", type=click.FloatRange(0, 60), default=1.0, show_default=True,
+              help="Shorter segments join their neighbour, seconds.")
+@json_option
+@click.pass_obj
+def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rttm_path: str | None,
+             plot_path: str | None, window: float, hop: float, min_segment: float, as_json: bool) -> None:
+    """Who speaks when: segments of each voice in each recording, named from the enrolled
+    speakers when a voice reaches the threshold, else unknown-1, unknown-2...
+
+    Finds the speech (Silero VAD), embeds windows of it, groups them into voices and
+    names each voice. With no speakers enrolled every voice is unknown-N. One voice per
+    instant: where two people overlap, the louder one gets the time. With --json, prints
+    [{"file", "duration", "segments": [{"start", "end", "label", "speaker", "score"}],
+    "voices": [{"label", "speaker", "seconds", "score"}], "notes"}].
+
+    \b
+    Examples:
+      speakerdb timeline meeting.wav
+      speakerdb timeline calls/*.wav --json
+      speakerdb timeline call.wav --rttm call.rttm --plot call.png
+    """
+    from .timeline import Params, plot, write_rttm
+
+    params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment)
+    if hop > window:
+        raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
+    if plot_path:
+        from .evaluate import check_plotting
+
+        check_plotting()  # before minutes of work, not after
+    bar, update = _progress("timeline", len(files), as_json)
+    try:
+        results = state.db.timeline(list(files), threshold=threshold, params=params, progress=update)
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
+    if rttm_path:
+        write_rttm(rttm_path, results)
+    if plot_path:
+        plot(results, plot_path)
+    for t in results:
+        for note in t.notes:
+            click.echo(f"note: {_printable(t.file)}: {note}", err=True)
+    lines = []
+    for t in results:
+        lines.append(f"{_printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))")
+        width = max((len(s.label) for s in t.segments), default=5)
+        lines += [f"  {s.start:8.2f} {s.end:8.2f}  {_printable(s.label):<{width}}  {_score_text(s.score)}" for s in t.segments]
+        lines += [f"  {_printable(v.label)}: {v.seconds:.1f} s" + (f", score {v.score:.3f}" if v.score is not None else "")
+                  for v in t.voices]
+    if rttm_path:
+        lines.append(f"rttm: {rttm_path}")
+    if plot_path:
+        lines.append(f"plot: {plot_path}")
+    _emit(as_json, [t.to_dict() for t in results], "\n".join(lines))
+
+
 @cli.command(name="list")
 @json_option
 @click.pass_obj

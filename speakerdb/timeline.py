@@ -46,6 +46,7 @@ windows (averaged) instead of single windows, so its quadratic cost stays bounde
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -212,16 +213,31 @@ def cut_windows(blocks: Iterable[np.ndarray], spans: Sequence[tuple[int, int, in
         raise InvalidInputError(f"window {i} ends after the recording")
 
 
+class _NoShortSpeechWarning(logging.Filter):
+    """Drops the GE2E embedder's "found only x s of speech, embedding the whole recording"
+    warning: meant for a whole file, it would fire for every quiet 1.5 s window, which the
+    VAD has already judged to hold speech."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "embedding the whole recording instead" not in record.getMessage()
+
+
 def embed_windows(windows: Iterable[np.ndarray], embedder: Embedder, batch: int = EMBED_BATCH) -> np.ndarray:
     """Embed windows in batches of ``batch``: (n, dim) float32. The embedder stacks equal lengths."""
     out, pending = [], []
-    for w in windows:
-        pending.append(w)
-        if len(pending) == batch:
+    quiet = _NoShortSpeechWarning()
+    logger = logging.getLogger("speakerdb")
+    logger.addFilter(quiet)
+    try:
+        for w in windows:
+            pending.append(w)
+            if len(pending) == batch:
+                out.append(embedder.embed(pending))
+                pending = []
+        if pending:
             out.append(embedder.embed(pending))
-            pending = []
-    if pending:
-        out.append(embedder.embed(pending))
+    finally:
+        logger.removeFilter(quiet)
     return np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
 
 
@@ -490,7 +506,10 @@ def rttm_lines(timeline: Timeline, uri: str | None = None) -> list[str]:
 def write_rttm(path: str | Path, timelines: Sequence[Timeline]) -> None:
     """Write the timelines of one or more recordings to one RTTM file."""
     text = "".join(line + "\n" for t in timelines for line in rttm_lines(t))
-    Path(path).write_text(text, encoding="utf-8")
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise InvalidInputError(f"cannot write the RTTM file {path}: {e.strerror or e}") from None
 
 
 def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
@@ -509,3 +528,39 @@ def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
 
 def _rttm_token(text: str) -> str:
     return "_".join(text.split()) or "_"
+
+
+# ---- plot ---------------------------------------------------------------------------------------
+def plot(timelines: Sequence[Timeline], path: str | Path) -> None:
+    """One panel per recording, one lane per voice over time (needs matplotlib: the plot extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise InvalidInputError('--plot needs matplotlib: pip install -e ".[plot]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lanes = [max(1, len(t.voices)) for t in timelines]
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 0.9 + 0.45 * sum(lanes) + 0.6 * len(timelines)),
+                             squeeze=False, gridspec_kw={"height_ratios": lanes})
+    colours = plt.get_cmap("tab10")
+    for ax, t in zip(axes[:, 0], timelines):
+        order = [v.label for v in sorted(t.voices, key=lambda v: (v.speaker is None, v.label))]
+        for row, lab in enumerate(order):
+            spans = [(s.start, s.end - s.start) for s in t.segments if s.label == lab]
+            colour = "0.55" if lab.startswith("unknown-") else colours(row % 10)
+            ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=colour)
+        ax.set_yticks(range(len(order)), order)
+        ax.set_ylim(-0.6, max(len(order), 1) - 0.4)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(t.duration, 1e-3))
+        ax.set_title(f"{Path(t.file).name} ({t.duration:.1f} s)" + ("" if t.segments else ": no speech"), fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    try:
+        fig.savefig(str(path), dpi=110)
+    except OSError as e:
+        raise InvalidInputError(f"cannot write the plot {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

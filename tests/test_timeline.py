@@ -1,0 +1,240 @@
+"""Who speaks when (speakerdb.timeline, speakerdb.vad): the parts on generated audio and
+known vectors, the CLI, and one conversation of real speech (skipped without LibriSpeech)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SR, FakeEmbedder, load_script, voice, write
+from speakerdb import audio, timeline, vad
+from speakerdb.cli import cli
+from speakerdb.timeline import Gallery, Params
+
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other"
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class EnergyDetector:
+    """A stand-in VAD for generated audio (Silero is trained on speech, not on harmonic tones):
+    a 32 ms frame is speech when its RMS is above 0.01."""
+
+    frame = vad.FRAME
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+
+    def feed(self, samples):
+        x = np.concatenate([self._pending, samples])
+        n = len(x) // self.frame
+        self._pending = x[n * self.frame :]
+        frames = x[: n * self.frame].reshape(n, self.frame)
+        return (np.sqrt(np.mean(frames**2, axis=1)) > 0.01).astype(np.float32)
+
+    def flush(self):
+        return np.zeros(0, np.float32)
+
+
+# ---- VAD ------------------------------------------------------------------------------------
+def test_silero_streamed_in_odd_blocks_equals_the_packages_own_sequence_model():
+    """Same probabilities as silero-vad's SileroVADSequence on the whole signal, whatever the blocks."""
+    pytest.importorskip("onnxruntime")
+    from silero_vad.sequence_vad import SileroVADSequence
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([voice(180, 1.3, seed=1), 0.01 * rng.standard_normal(9_001).astype(np.float32), voice(120, 2.1)])
+    theirs = SileroVADSequence(str(vad.silero_model_path())).audio_forward(x)
+    cuts = [0, 333, 5_000, 5_001, 23_456, len(x)]
+    ours = vad.probabilities([x[a:b] for a, b in zip(cuts, cuts[1:])])
+    assert len(ours) == len(theirs) == -(-len(x) // vad.FRAME)
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_silero_finds_no_speech_in_noise():
+    x = (0.05 * np.random.default_rng(1).standard_normal(3 * SR)).astype(np.float32)
+    assert vad.regions(vad.probabilities([x]), duration_s=3.0) == []
+
+
+def test_regions_hysteresis_minimum_lengths_and_padding():
+    f = 0.1  # s per frame, to read the expectations easily
+    probs = [0, 0.9, 0.9, 0.4, 0.9, 0.1, 0.1, 0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.8, 0.8, 0.8, 0, 0]
+    #        0   1    2    3    4    5    6    7    8    9 ...         13   14   15
+    got = vad.regions(probs, frame_s=f, threshold=0.5, min_silence_s=0.25, min_speech_s=0.25, pad_s=0.05)
+    # frames 1-4: one region (0.4 is above the 0.35 closing level); frames 5-7 (0.3 s of
+    # silence) close it; frame 8 alone is 0.1 s of speech: dropped; 13-15 a second region.
+    assert [(round(r.start, 3), round(r.end, 3)) for r in got] == [(0.05, 0.55), (1.25, 1.65)]
+
+
+# ---- windows ------------------------------------------------------------------------------
+def test_plan_windows_cover_each_region_and_skip_bursts():
+    regions = [vad.Region(0.0, 4.2), vad.Region(5.0, 6.0), vad.Region(7.0, 7.3)]
+    spans = timeline.plan_windows(regions, window_s=1.5, hop_s=0.5)
+    first = [s for s in spans if s[2] == 0]
+    assert first[0][0] == 0 and first[-1][1] == int(4.2 * SR)  # covered to the region's end
+    assert {b - a for a, b, _ in first} == {int(1.5 * SR)}  # one length: they stack unpadded
+    assert [s for s in spans if s[2] == 1] == [(5 * SR, 6 * SR, 1)]  # shorter region: one window
+    assert not [s for s in spans if s[2] == 2]  # 0.3 s: too short to embed
+
+
+def test_cut_windows_from_irregular_blocks_equals_slicing():
+    x = np.arange(20 * SR, dtype=np.float32)
+    regions = [vad.Region(0.3, 4.0), vad.Region(9.95, 10.7), vad.Region(12.0, 19.9)]
+    spans = timeline.plan_windows(regions)
+    cuts = [0, 7, 16_000, 100_001, 100_002, 200_000, len(x)]
+    windows = list(timeline.cut_windows((x[a:b] for a, b in zip(cuts, cuts[1:])), spans))
+    assert len(windows) == len(spans)
+    for w, (a, b, _) in zip(windows, spans):
+        np.testing.assert_array_equal(w, x[a:b])
+
+
+def test_window_embeddings_in_batches_equal_each_window_alone(tiny_embedder):
+    """Windows of one length stacked into one forward pass give what each gives alone."""
+    x = np.concatenate([voice(150, 3.0, seed=3), voice(240, 2.2, seed=4)])
+    spans = timeline.plan_windows([vad.Region(0.0, 3.0), vad.Region(3.0, 5.2)], window_s=1.0, hop_s=0.5)
+    windows = list(timeline.cut_windows([x], spans))
+    batched = timeline.embed_windows(windows, tiny_embedder, batch=64)
+    alone = np.concatenate([tiny_embedder.embed([w]) for w in windows])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+# ---- clustering and smoothing ---------------------------------------------------------------
+def test_cluster_known_vectors_into_voices_numbered_by_first_appearance():
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[[3, 7, 11]]
+    order = [1, 1, 0, 0, 1, 2, 2, 0, 1]
+    vectors = _unit(np.repeat(centres[order], 4, axis=0) + 0.1 * rng.standard_normal((36, 16)))
+    labels = timeline.cluster(vectors, threshold=0.6)
+    expected = np.repeat([0, 0, 1, 1, 0, 2, 2, 1, 0], 4)
+    np.testing.assert_array_equal(labels, expected)
+    # Above max_items, runs of neighbours are averaged first (here runs of 4, one voice each): same answer.
+    np.testing.assert_array_equal(timeline.cluster(vectors, threshold=0.6, max_items=9), expected)
+
+
+def test_viterbi_ignores_a_blip_and_merge_short_absorbs_short_runs():
+    scores = np.zeros((30, 2))
+    scores[:, 0] = 0.8
+    scores[:, 1] = 0.2
+    scores[10:13] = [0.2, 0.8]  # 3 frames prefer voice 1
+    scores[20:] = [0.1, 0.9]  # voice 1 takes over for good
+    assert timeline.viterbi(scores, switch_penalty=0.0).tolist() == [0] * 10 + [1] * 3 + [0] * 7 + [1] * 10
+    smoothed = timeline.viterbi(scores, switch_penalty=2.0)
+    assert smoothed.tolist() == [0] * 20 + [1] * 10
+    raw = np.array([0] * 10 + [1] * 3 + [0] * 7 + [1] * 10)
+    assert timeline.merge_short(raw, scores, min_frames=5).tolist() == [0] * 20 + [1] * 10
+
+
+def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
+    """Known vectors: alice (enrolled), then two unknown voices, alice again, the first unknown again."""
+    rng = np.random.default_rng(1)
+    a, u1, u2 = np.eye(8)[0], np.eye(8)[1], np.eye(8)[2]
+    turns = [(a, 0, 6), (u1, 7, 13), (u2, 14, 20), (a, 21, 27), (u1, 28, 34)]
+    regions = [vad.Region(s, e) for _, s, e in turns]
+    spans = timeline.plan_windows(regions)
+    truth = [turns[r][0] for _, _, r in spans]
+    vectors = _unit(np.array(truth) + 0.15 * rng.standard_normal((len(spans), 8)))
+    gallery = Gallery(["alice", "zed"], _unit(np.array([a, np.eye(8)[5]])), threshold=0.8)
+    t = timeline.assemble("x.wav", 35.0, regions, spans, vectors, gallery, Params())
+    assert [(s.start, s.end, s.label) for s in t.segments] == [
+        (0, 6, "alice"), (7, 13, "unknown-1"), (14, 20, "unknown-2"), (21, 27, "alice"), (28, 34, "unknown-1")]
+    assert t.segments[0].speaker == "alice" and t.segments[1].speaker is None
+    assert t.segments[0].score > 0.9
+    assert {v.label: round(v.seconds) for v in t.voices} == {"alice": 12, "unknown-1": 12, "unknown-2": 6}
+    # With nobody enrolled the same recording is plain diarization.
+    plain = timeline.assemble("x.wav", 35.0, regions, spans, vectors, Gallery.empty(8, 0.8), Params())
+    assert [s.label for s in plain.segments] == ["unknown-1", "unknown-2", "unknown-3", "unknown-1", "unknown-2"]
+
+
+def test_build_streams_generated_conversation(tmp_path):
+    """The whole pipeline on a file: two generated voices taking turns, one enrolled."""
+    emb = FakeEmbedder()
+    gap = np.zeros(SR, np.float32)
+    parts = [voice(110, 4, seed=1), gap, voice(300, 4, seed=2), gap, voice(110, 4, seed=3), gap, voice(300, 3, seed=4)]
+    path = write(tmp_path / "conv.wav", np.concatenate(parts))
+    bob = emb.embed([voice(110, 4, seed=9)])
+    t = timeline.build(path, emb, Gallery(["bob"], bob, threshold=0.9), Params(), detector=EnergyDetector())
+    assert [s.label for s in t.segments] == ["bob", "unknown-1", "bob", "unknown-1"]
+    for seg, start in zip(t.segments, [0, 5, 10, 15]):
+        assert abs(seg.start - start) < 0.25
+
+
+# ---- RTTM ---------------------------------------------------------------------------------------
+def test_rttm_round_trip_through_pyannote(tmp_path):
+    load_rttm = pytest.importorskip("pyannote.database.util").load_rttm
+    segs = [timeline.Segment(0.5, 2.25, "alice", "alice", 0.9), timeline.Segment(2.5, 4.0, "unknown-1", None, 0.4),
+            timeline.Segment(4.0, 6.125, "mary ann", "mary ann", 0.88)]
+    t = timeline.Timeline("/data/call one.wav", 7.0, segs, [])
+    path = tmp_path / "out.rttm"
+    timeline.write_rttm(path, [t])
+    ann = load_rttm(str(path))["call_one"]
+    got = sorted((round(s.start, 3), round(s.end, 3), lab) for s, _, lab in ann.itertracks(yield_label=True))
+    assert got == [(0.5, 2.25, "alice"), (2.5, 4.0, "unknown-1"), (4.0, 6.125, "mary_ann")]
+    assert timeline.read_rttm(path) == {"call_one": [(0.5, 2.25, "alice"), (2.5, 4.0, "unknown-1"), (4.0, 6.125, "mary_ann")]}
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoint):
+    from speakerdb import SpeakerDB
+
+    SpeakerDB(tmp_path / "d.sqlite").close()  # an empty database: nobody enrolled
+    noise = write(tmp_path / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
+    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
+                                 "timeline", str(noise), "--json", "--rttm", str(tmp_path / "o.rttm")])
+    assert r.exit_code == 0, r.output
+    [doc] = json.loads(r.stdout)
+    assert doc["segments"] == [] and doc["voices"] == [] and doc["duration"] == 3.0
+    assert "no speech found" in r.stderr
+    assert (tmp_path / "o.rttm").read_text() == ""
+
+
+def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
+                                 "timeline", str(bad), "--rttm", str(tmp_path / "o.rttm")])
+    assert r.exit_code == 1
+    assert r.stderr.startswith("Error: ") and "Traceback" not in r.output
+    assert not (tmp_path / "o.rttm").exists()
+    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", str(bad), "--window", "1", "--hop", "2"])
+    assert r.exit_code == 2
+
+
+# ---- real speech ---------------------------------------------------------------------------------
+@pytest.mark.librispeech
+@pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech excerpts not found at {LIBRISPEECH}")
+def test_conversation_of_real_speech_with_ge2e(tmp_path):
+    """Three LibriSpeech speakers take turns; two are enrolled from other recordings."""
+    pytest.importorskip("resemblyzer")
+    from speakerdb import SpeakerDB
+
+    speakers = ["1688", "3005", "2609"]  # 2609 is not enrolled
+    files = {s: sorted((LIBRISPEECH / s).glob("*.flac")) for s in speakers}
+    mc = load_script("make_conversations")
+    parts, truth, t = [], [], 0.0
+    for k, s in enumerate(["1688", "2609", "3005", "1688", "2609", "3005"]):
+        piece = mc.trim(audio.load(files[s][5 + k // 3]).samples)[: 8 * SR]
+        parts += [piece, np.zeros(int(0.6 * SR), np.float32)]
+        truth.append((t, t + len(piece) / SR, s))
+        t += len(piece) / SR + 0.6
+    path = write(tmp_path / "conv.wav", np.concatenate(parts))
+    with SpeakerDB(tmp_path / "db.sqlite", model="resemblyzer") as db:
+        for s in speakers[:2]:
+            db.enroll(s, files[s][:3])
+        [tl] = db.timeline([path])
+    grid = np.arange(0, t, 0.01)
+    def label_at(segs, x):
+        return next((lab for a, b, lab in segs if a <= x < b), None)
+    hyp = [(s.start, s.end, s.label) for s in tl.segments]
+    ref = [label_at(truth, x) for x in grid]
+    got = [label_at(hyp, x) for x in grid]
+    named = [g == r for r, g in zip(ref, got) if r in ("1688", "3005")]
+    unknown = [g is not None and g.startswith("unknown-") for r, g in zip(ref, got) if r == "2609"]
+    assert np.mean(named) >= 0.9, hyp
+    assert np.mean(unknown) >= 0.9, hyp
+    assert {v.label for v in tl.voices} == {"1688", "3005", "unknown-1"}
