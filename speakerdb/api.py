@@ -789,6 +789,10 @@ class SpeakerDB:
             n = len(speaker.utterances)
             s.delete(speaker)
         self._scrub_log()
+        if self.store.server:
+            log.warning(
+                "removed %r; on PostgreSQL its rows' bytes stay in the table files until `speakerdb db vacuum` "
+                "(VACUUM FULL) and in WAL segments, replicas and backups until those are recycled", name)
         return n
 
     def _scrub_log(self) -> None:
@@ -878,6 +882,16 @@ class SpeakerDB:
         if summary.replaced and not dry_run:
             self._scrub_log()  # replaced speakers' old embeddings must not linger in the log
         return summary
+
+    def vacuum(self) -> None:
+        """Rewrite the database's tables so that no trace of deleted rows stays in them.
+
+        SQLite: VACUUM and a truncating checkpoint (``remove`` already zeroes freed cells).
+        PostgreSQL: VACUUM FULL and a CHECKPOINT, the maintenance step after ``remove``
+        (which runs a plain VACUUM); it locks the tables while it runs. What no command
+        can reach (WAL segments already written, replicas, backups) is in the README.
+        """
+        self.store.vacuum_full()
 
     def rebuild_index(self) -> int:
         """Rebuild the index file from SQLite; returns the number of speakers indexed."""
@@ -1254,6 +1268,58 @@ def upgrade_database(db_path: str | os.PathLike[str] | None = None, revision: st
 def downgrade_database(db_path: str | os.PathLike[str] | None, revision: str) -> str | None:
     """Migrate a database down to ``revision`` ("base": no tables). For developers and rollbacks."""
     return _migrate(db_path, schema.downgrade, revision)
+
+
+@dataclass(frozen=True)
+class CopySummary:
+    source: str
+    destination: str
+    rows: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike[str],
+                  progress: Callable[[str, int], None] | None = None) -> CopySummary:
+    """Copy a whole database, SQLite to PostgreSQL or back: every speaker, utterance,
+    embedding, setting, key, audit record and cohort embedding, ids kept.
+
+    Every row is checked as a gallery import checks it (names, metadata, finite unit
+    vectors of the database's dimension), and the destination is written in one
+    transaction: all of it or nothing. The destination must be new or empty (created at
+    the newest schema); it keeps its own identity, and its change record starts afresh.
+    The source is read in one snapshot and never written.
+    """
+    server = store.is_server_url(str(source))
+    src_name = store.display_url(str(source)) if server else str(Path(source).expanduser().absolute())
+    if not server:
+        _check_db_path(Path(src_name), create=False)
+    src = _open_store(str(source) if server else Path(src_name))
+    target = SpeakerDB(destination)
+    dst_name = str(target.db_path)
+    try:
+        with src.read() as rs, target.store.write() as ws:
+            if store.has_speakers(ws) or ws.scalar(store.select(store.ApiKey.id).limit(1)) is not None:
+                raise DatabaseError(f"database {dst_name} is not empty: copy into a new or empty database")
+            settings = store.get_settings(rs)
+            dim = settings.get("dim")
+            try:
+                rows = store.copy_rows(rs, ws, int(dim) if dim is not None else None, progress)
+            except InvalidInputError as e:
+                raise DatabaseError(f"{src_name} cannot be copied: {e}; nothing was written to {dst_name}") from None
+            for key, value in settings.items():
+                if key not in store.OWN_SETTINGS:
+                    store.set_setting(ws, key, value)
+            store.reset_sequences(ws)
+    except BaseException:
+        target.discard_if_unused()  # a new destination file that got nothing leaves nothing
+        target.close()
+        raise
+    finally:
+        src.close()
+    target.close()
+    return CopySummary(src_name, dst_name, rows)
 
 
 def _engine_for(db_path) -> tuple[Any, str]:

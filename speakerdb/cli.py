@@ -907,6 +907,48 @@ def downgrade(state: _State, revision: str, yes: bool, as_json: bool) -> None:
     _emit(as_json, {"revision": new}, f"database at revision {new or 'none'}")
 
 
+@db.command(name="copy")
+@click.argument("source")
+@click.argument("destination")
+@json_option
+def copy_(source: str, destination: str, as_json: bool) -> None:
+    """Copy a whole database to a new or empty one: SQLite to PostgreSQL, or back.
+
+    Every speaker, utterance, embedding, setting, key and audit record, ids kept; each
+    row checked as a gallery import checks it, and written in one transaction (all of it
+    or nothing). SOURCE and DESTINATION are SQLite paths or postgresql:// URLs.
+
+    \b
+    Examples:
+      speakerdb db copy speakers.sqlite postgresql://speakerdb@db.internal:5432/speakers
+      speakerdb db copy postgresql://speakerdb@db.internal/speakers backup.sqlite --json
+    """
+    from .api import copy_database
+
+    summary = copy_database(source, destination)
+    text = f"copied {summary.source} to {summary.destination}: " + ", ".join(
+        f"{n:,} {table}" for table, n in summary.rows.items())
+    _emit(as_json, summary.to_dict(), text)
+
+
+@db.command()
+@json_option
+@click.pass_obj
+def vacuum(state: _State, as_json: bool) -> None:
+    """Rewrite the tables so that deleted speakers leave no trace in them.
+
+    On PostgreSQL, `remove` runs a plain VACUUM; this runs VACUUM FULL and a CHECKPOINT
+    (the tables are locked while it runs: do it in a quiet hour). On SQLite, VACUUM.
+    See the README ("Deletion on a server") for what no command can erase.
+
+    \b
+    Example:
+      speakerdb --db postgresql://speakerdb@db.internal/speakers db vacuum
+    """
+    state.db.vacuum()
+    _emit(as_json, {"vacuumed": str(state.db.db_path)}, f"vacuumed {state.db.db_path}")
+
+
 class _EchoHandler(logging.Handler):
     """Writes library log records as "warning: ..." lines through click (whatever stderr is now)."""
 

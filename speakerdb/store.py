@@ -50,6 +50,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
     func,
     select,
 )
@@ -468,6 +469,77 @@ def _add_audit_record(session: Session) -> None:
     pending["done"] = True
     session.add(AuditRecord(time=utcnow(), key_name=pending["key_name"], operation=pending["operation"],
                             speaker=pending["speaker"], detail=pending["detail"]))
+
+
+# ---- copying a whole database -------------------------------------------------------------
+#: Tables a copy writes rows into itself. speaker_changes is not among them: the
+#: destination's triggers record its own history as the speakers arrive.
+COPIED_TABLES = ("speakers", "utterances", "api_keys", "audit", "cohort_embeddings")
+#: Settings that belong to one database and are never copied: it has its own identity.
+OWN_SETTINGS = ("database_id", "generation")
+_COPY_BATCH = 2_000  # rows read, checked and written at a time
+
+
+def check_vector(blob: bytes, dim: int, what: str) -> None:
+    """Refuse a stored vector that is not ``dim`` finite float32 values of norm 1."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)) or len(blob) != 4 * dim:
+        raise InvalidInputError(f"{what}: not a {dim}-d float32 vector")
+    v = np.frombuffer(bytes(blob), dtype="<f4")
+    if not np.isfinite(v).all() or abs(float(np.linalg.norm(v.astype(np.float64))) - 1.0) > 1e-3:
+        raise InvalidInputError(f"{what}: not a finite unit vector")
+
+
+def copy_rows(src: Session, dst: Session, dim: int | None, progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Copy every row of :data:`COPIED_TABLES` from ``src`` into ``dst``, checking each.
+
+    Ids are kept (answers, audit records and keys keep meaning the same speakers); names,
+    metadata and every vector are checked as a gallery import checks them. Streams in
+    batches: memory stays bounded at a million speakers. Returns rows copied per table.
+    """
+    from sqlalchemy import insert
+
+    tables = {t.name: t for t in Base.metadata.sorted_tables}
+    counts = {}
+    for name in COPIED_TABLES:
+        table = tables[name]
+        pk = list(table.primary_key.columns)[0]
+        done, last = 0, None
+        while True:
+            stmt = select(table).order_by(pk).limit(_COPY_BATCH)
+            if last is not None:
+                stmt = stmt.where(pk > last)
+            rows = [dict(r._mapping) for r in src.execute(stmt)]
+            if not rows:
+                break
+            for row in rows:
+                _check_row(name, row, dim)
+            dst.execute(insert(table), rows)
+            done += len(rows)
+            last = rows[-1][pk.name]
+            if progress is not None:
+                progress(name, done)
+        counts[name] = done
+    return counts
+
+
+def _check_row(table: str, row: dict[str, Any], dim: int | None) -> None:
+    if table == "speakers":
+        validate_name(row["name"])
+        validate_metadata(row["metadata"], f"metadata of {row['name']!r}")
+    for column in ("centroid", "embedding"):
+        if column in row and dim is not None:
+            check_vector(row[column], dim, f"{table} row {row.get('id')} {column}")
+
+
+def reset_sequences(session: Session) -> None:
+    """After rows were inserted with their ids: make PostgreSQL's id sequences continue
+    after them (SQLite's AUTOINCREMENT follows inserted ids by itself)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for name in COPIED_TABLES:
+        session.execute(text(
+            f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {name}"
+        ))
 
 
 # ---- queries (take a session, so callers decide the transaction) -------------------------
