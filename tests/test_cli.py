@@ -48,7 +48,7 @@ def test_enroll_identify_verify_rename_remove(run, voices):
     results = as_json(run("identify", voices["alice"][0], voices["bob"][1], "--json"))
     assert [r["file"] for r in results] == [str(voices["alice"][0]), str(voices["bob"][1])]
     for r in results:
-        assert set(r) == {"file", "speaker", "score", "candidates"}
+        assert set(r) == {"file", "speaker", "score", "raw_score", "candidates"}
         assert [set(c) for c in r["candidates"]] == [{"speaker", "score"}] * 3
         assert r["score"] == r["candidates"][0]["score"]
 
@@ -357,7 +357,6 @@ def test_a_failed_first_enroll_leaves_no_database(run, tmp_path):
 @pytest.mark.parametrize("where, code, message", [
     ("/dev/null", 1, "not a regular file"),
     ("{file}/x.sqlite", 1, "is a file, not a directory"),
-    ("{tmp}", 2, "is a directory"),  # click's own check of --db
 ])
 def test_unusable_database_paths_are_one_line(tmp_path, where, code, message):
     a_file = tmp_path / "plain.txt"
@@ -403,8 +402,8 @@ def test_export_checks_its_path_first_and_never_overwrites_unasked(run, voices, 
 
 @pytest.mark.parametrize("args", [
     ["index", "--ef-search", "99999999999999999999"], ["index", "--hnsw-m", "100000000"],
-    ["index", "--ef-construction", "10000000"], ["threshold", "nan"], ["threshold", "-0.5"], ["threshold", "inf"],
-    ["identify", "x.wav", "--threshold", "nan"], ["verify", "alice", "x.wav", "--threshold", "abc"],
+    ["index", "--ef-construction", "10000000"], ["threshold", "nan"], ["threshold", "--", "-0.5"],
+    ["identify", "x.wav", "--threshold", "nan"], ["verify", "alice", "x.wav", "--threshold", "nan"],
 ])
 def test_out_of_bounds_settings_are_usage_errors(run, voices, args):
     ok(run("enroll", "alice", voices["alice"][0]))

@@ -10,7 +10,9 @@ import stat
 import subprocess
 import sys
 import time
+import unicodedata
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -447,6 +449,13 @@ _ANY_JSON = st.recursive(
 )
 
 
+# Values that broke the reader or the database in issue 12: NaN, infinities, numbers as
+# text, wrong types, lone surrogates, invisible characters, deep nesting.
+_NASTY = [float("nan"), float("inf"), -1.0, "1e400", 12345, True, [], {}, "\ud800", "b\udcffob", "alice\u200b",
+          "\u202egnp.exe", "a\u2028b", "99999-01-01T00:00:00Z", "1900-01-01T00:00:00Z", "Z" * 64, "x" * 5000,
+          {"a": {"b": {"c": [float("nan")]}}}, [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+
+
 def _valid_documents():
     """A well-formed manifest and speakers.json (2 speakers, 3 utterances of dimension 2) as plain JSON."""
     speakers = [
@@ -492,7 +501,7 @@ def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, data):
     if member != "none":
         doc = manifest if member == "manifest" else speakers
         paths = [p for p in _leaf_paths(doc) if p and p[0] != "members"]
-        value = data.draw(_ANY_JSON | st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("\u200b\ufeff\u202e\u2028")))
+        value = data.draw(st.sampled_from(_NASTY) | _ANY_JSON | st.text(alphabet=st.characters(codec="utf-8")))
         doc = _replace(doc, data.draw(st.sampled_from(paths)), value)
         manifest, speakers = (doc, speakers) if member == "manifest" else (manifest, doc)
     rng = np.random.default_rng(0)
@@ -512,11 +521,23 @@ def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, data):
     except GalleryError:
         return
     for s in g.speakers:  # whatever got through can be stored, exported and printed as JSON
-        assert store.validate_name(s.name) == s.name
-        json.dumps([s.name, s.metadata, s.created_at, s.updated_at], allow_nan=False, ensure_ascii=False).encode()
+        _assert_storable_text(s.name)
+        assert unicodedata.normalize("NFC", s.name) == s.name
+        assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in s.name)
+        assert isinstance(s.metadata, dict)
+        json.dumps(s.metadata, allow_nan=False, ensure_ascii=False).encode()
+        for t in (s.created_at, s.updated_at):
+            assert t is None or datetime.fromisoformat(t.replace("Z", "+00:00")).year >= 1970
         for u in s.utterances:
-            assert np.isfinite(u.duration_s) and u.duration_s >= 0
-            json.dumps([u.source, u.created_at], ensure_ascii=False).encode()
+            assert isinstance(u.duration_s, float) and np.isfinite(u.duration_s) and u.duration_s >= 0
+            _assert_storable_text(u.source)
+            assert u.created_at is None or datetime.fromisoformat(u.created_at.replace("Z", "+00:00")).year >= 1970
+            assert len(u.audio_sha256) == 64 and set(u.audio_sha256) <= set("0123456789abcdef")
+
+
+def _assert_storable_text(text) -> None:
+    assert isinstance(text, str)
+    text.encode("utf-8")  # no lone surrogates
 
 
 # ---- sizes and binding (issue 12, items 3, 4, 12) ----------------------------------------------
