@@ -276,16 +276,21 @@ def active_seconds(samples: np.ndarray) -> float:
     stands out from its own noise floor, which is what separates a real enrollment
     utterance from a clip of room tone with a cough in it.
     """
+    return float(active_frames(samples).sum() * FRAME_S)
+
+
+def active_frames(samples: np.ndarray) -> np.ndarray:
+    """Which FRAME_S frames of ``samples`` hold speech by :func:`active_seconds`' rule: (n_frames,) bool
+    (a last partial frame is left out)."""
     frame = int(FRAME_S * SAMPLE_RATE)  # samples
     n = len(samples) // frame
     if n == 0:
-        return 0.0
+        return np.zeros(0, bool)
     frames = samples[: n * frame].reshape(n, frame)  # (n_frames, frame)
     energy_db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)  # (n_frames,)
     floor = np.percentile(energy_db, 10)
     above_floor = (energy_db >= floor + NOISE_MARGIN_DB) | (energy_db >= LOUD_DBFS)
-    active = (energy_db >= energy_db.max() - ACTIVE_RANGE_DB) & above_floor
-    return float(active.sum() * FRAME_S)
+    return (energy_db >= energy_db.max() - ACTIVE_RANGE_DB) & above_floor
 
 
 def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray], int | None]:

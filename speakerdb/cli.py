@@ -100,7 +100,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 class _Score(click.ParamType):
-    """A cosine score in [low, 1]: NaN, infinities and text are usage errors (exit 2)."""
+    """A cosine score in [low, 1], or on a database with score normalisation an AS-norm score
+    in its range: NaN, infinities and text are usage errors (exit 2)."""
 
     name = "score"
 
@@ -113,9 +114,31 @@ class _Score(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not self.low <= number <= 1.0:  # NaN fails this comparison
+            if number == number and _as_norm_database(ctx):
+                from .norm import AS_NORM_RANGE
+
+                low, high = AS_NORM_RANGE
+                if not low <= number <= high:
+                    self.fail(f"{value} is not in the range {low:g} to {high:g} of AS-norm scores", param, ctx)
+                return number
             hint = ": a negative threshold accepts nearly every voice" if number < 0 <= self.low else ""
             self.fail(f"{value} is not in the range {self.low:g} to 1{hint}", param, ctx)
         return number
+
+
+def _as_norm_database(ctx: click.Context | None) -> bool:
+    """Whether the command's database exists and has its threshold on the AS-norm scale
+    (--db must then come before --threshold on the command line)."""
+    state = ctx.find_object(_State) if ctx is not None else None
+    if state is None:
+        return False
+    from .api import default_db_path
+
+    if state._db is None and not os.path.exists(state.db_path or default_db_path()):
+        return False
+    from .norm import AS_NORM
+
+    return state.db.threshold_scale == AS_NORM
 
 
 #: Per-call overrides may go down to -1 (experiments); a stored threshold is in [0, 1].
@@ -294,10 +317,11 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
     for r in results:
         if not r.ok:
             continue  # reported on stderr below
+        cosine = f", cosine {r.raw_score:.3f}" if r.raw_score is not None and r.raw_score != r.score else ""
         if r.speaker is not None:
-            lines.append(f"{r.file}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f})")
+            lines.append(f"{r.file}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
         else:
-            lines.append(f"{r.file}: unknown (best score {_score_text(r.score)} < threshold {cut:.3f})")
+            lines.append(f"{r.file}: unknown (best score {_score_text(r.score)} < threshold {cut:.3f}{cosine})")
         width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
         lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
     failed = [r for r in results if not r.ok]
@@ -340,7 +364,9 @@ def verify(state: _State, name: str, file: str, threshold: float | None, as_json
     v = state.db.verify(name, file, threshold=threshold)
     word = "accepted" if v.accepted else "rejected"
     sign = ">=" if v.accepted else "<"
-    _emit(as_json, v.to_dict(), f"{word}: {v.file} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f})")
+    cosine = f", cosine {v.raw_score:.3f}" if v.raw_score is not None and v.raw_score != v.score else ""
+    _emit(as_json, v.to_dict(),
+          f"{word}: {v.file} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine})")
 
 
 @cli.command()
@@ -556,7 +582,8 @@ def threshold(state: _State, value: float | None, as_json: bool) -> None:
     if value is not None:
         state.db.set_threshold(value)
     current = state.db.threshold
-    _emit(as_json, {"threshold": current}, f"threshold: {current:g}")
+    scale = state.db.threshold_scale
+    _emit(as_json, {"threshold": current}, f"threshold: {current:g}" + ("" if scale == "cosine" else f" ({scale} scale)"))
 
 
 @cli.command(name="index")
@@ -685,7 +712,8 @@ def _evaluation_options(command):
                      help="Extra impostor recordings: DIR/<speaker>/... or loose files (repeatable)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split."),
         click.option("--test-seconds", type=click.FloatRange(min=0.5),
-                     help="Crop each test recording to its first S seconds (short-utterance condition)."),
+                     help="Keep S seconds from the middle of each test recording's detected speech "
+                     "(short-utterance condition)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -721,19 +749,34 @@ def _run_evaluation(state: "_State", as_json: bool, **kwargs):
 
 
 def _format_report(r) -> str:
-    lines = [
+    head = [
         f"speakers: {r.n_enrolled_speakers} enrolled ({r.n_enroll_recordings} recordings), "
         f"{r.n_impostor_speakers} impostor speakers",
         f"probes: {r.n_probes} genuine, {r.n_impostor_probes} impostor; "
         f"trials: {r.n_target_trials} target, {r.n_nontarget_trials} non-target",
-        f"closed-set identification: top-1 {r.top1:.1%}, top-5 {r.top5:.1%}",
-        f"EER: {r.eer:.2%} at threshold {r.eer_threshold:.3f}",
     ]
-    for p, v in r.min_dcf.items():
+    if r.normalised is None:
+        return "\n".join(head + [_format_figures(r.__dict__)])
+    top_n = (r.settings.get("norm") or {}).get("top_n")
+    raw = _format_figures(r.__dict__).splitlines()
+    normed = _format_figures(r.normalised).splitlines()
+    width = max(len(line) for line in raw)
+    lines = head + [f"{'raw cosine scores':<{width}}  |  AS-norm, top {top_n} of {r.settings['norm']['cohort_count']} cohort"]
+    lines += [f"{a:<{width}}  |  {b}" for a, b in zip(raw, normed)]
+    return "\n".join(lines)
+
+
+def _format_figures(r: dict[str, Any]) -> str:
+    """The figures of one scale (a Report's fields, or its ``normalised`` dict)."""
+    lines = [
+        f"closed-set identification: top-1 {r['top1']:.1%}, top-5 {r['top5']:.1%}",
+        f"EER: {r['eer']:.2%} at threshold {r['eer_threshold']:.3f}",
+    ]
+    for p, v in r["min_dcf"].items():
         lines.append(f"minDCF (P_target {p}): {v['min_dcf']:.3f} at threshold {_threshold_text(v['threshold'])}")
-    for far, v in r.dir.items():
+    for far, v in r["dir"].items():
         lines.append(f"open-set DIR at rank 1, FAR {float(far):.0%}: {v['dir']:.1%} at threshold {_threshold_text(v['threshold'])}")
-    if not r.dir:
+    if not r["dir"]:
         lines.append("open-set DIR: no impostor recordings (use --impostor-speakers or --impostors)")
     return "\n".join(lines)
 
@@ -766,9 +809,16 @@ def _threshold_text(value: float | None) -> str:
 @cli.command()
 @_evaluation_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write score histograms and a DET curve to this PNG.")
+@click.option("--norm", "norm_method", type=click.Choice(["none", "as-norm"]), default="none", show_default=True,
+              help="Also report every figure with adaptive s-norm against --cohort, side by side with the raw ones.")
+@click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False),
+              help="Recordings of people who are neither enrolled nor probes (needed by --norm as-norm).")
+@click.option("--top-n", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Highest cohort scores averaged per side by --norm as-norm.")
 @json_option
 @click.pass_obj
-def evaluate(state: _State, data_dir: str, plot_path: str | None, as_json: bool, **split_options: Any) -> None:
+def evaluate(state: _State, data_dir: str, plot_path: str | None, norm_method: str, cohort_dir: str | None, top_n: int,
+             as_json: bool, **split_options: Any) -> None:
     """Measure accuracy on your own labelled recordings, DATA_DIR/<speaker>/<files>.
 
     Enrolls part of each speaker's recordings in a temporary database (yours is never
@@ -781,14 +831,18 @@ def evaluate(state: _State, data_dir: str, plot_path: str | None, as_json: bool,
       speakerdb evaluate recordings/
       speakerdb --model resemblyzer evaluate test-other/ --impostors train-clean-100/ --plot report.png
       speakerdb evaluate recordings/ --test-seconds 3 --seed 1 --json
+      speakerdb evaluate test-other/ --norm as-norm --cohort train-clean-100/ --top-n 100
     """
+    if (norm_method == "as-norm") != (cohort_dir is not None):
+        raise click.UsageError("--norm as-norm and --cohort DIR go together")
     if plot_path:  # a path that cannot be written fails now, not after minutes of scoring
         from .api import check_output_path
         from .evaluate import check_plotting
 
         check_output_path(plot_path, overwrite=True)
         check_plotting()
-    report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, **split_options)
+    report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, cohort=cohort_dir, top_n=top_n,
+                                               **split_options)
     if plot_path:
         from .evaluate import plot
 
@@ -809,8 +863,11 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
     """Choose the decision threshold from your own labelled recordings.
 
     Runs the same scoring as `speakerdb evaluate`, then prints the threshold for the
-    chosen operating point with the miss and false-acceptance rates expected there.
-    --apply stores it in the database, which must use the same model.
+    chosen operating point with the miss and false-acceptance rates expected there:
+    the midpoint between the two observed scores that straddle it. On a database with
+    score normalisation (`speakerdb norm`) the scores are normalised with its cohort and
+    the threshold is on that scale. --apply stores it in the database, which must use
+    the same model.
 
     \b
     Examples:
@@ -819,13 +876,22 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
     """
     from .evaluate import operating_point
 
+    from .api import default_db_path
+
     if apply:
         state.allow_create()
-    report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, **split_options)
-    point = operating_point(scores, target)
+    cohort, top_n = None, None
+    if state._db is not None or os.path.exists(state.db_path or default_db_path()):
+        settings = state.db.norm_settings  # the active scale: this database's normalisation, if any
+        if settings is not None:
+            cohort, top_n = state.db.cohort_vectors(), settings.top_n
+    extra = {"cohort": cohort, "top_n": top_n} if cohort is not None else {}
+    report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, **extra, **split_options)
+    scale = "as-norm" if cohort is not None else "cosine"
+    point = operating_point(scores.active(), target)
     if apply:
-        state.open_with(embedder).apply_threshold(point["threshold"])
-    doc = {"target": target, **point, "applied": apply, "report": report.to_dict()}
+        state.open_with(embedder).apply_threshold(point["threshold"], scale=scale)
+    doc = {"target": target, **point, "threshold_scale": scale, "applied": apply, "report": report.to_dict()}
     text = (
         f"threshold for {target}: {_threshold_text(point['threshold'])} "
         f"(expected miss rate {point['p_miss']:.2%}, false acceptance {point['p_fa']:.2%}, "
@@ -833,6 +899,59 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
         + (f"\nstored in {state.db.db_path}" if apply else "\nnot stored: add --apply to use it")
     )
     _emit(as_json, doc, text)
+
+
+@cli.command(name="norm")
+@click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False),
+              help="Recordings of people who are NOT enrolled; their embeddings (never the audio) are stored.")
+@click.option("--top-n", type=click.IntRange(min=1), default=None,
+              help="Highest cohort scores averaged per side [default: 100, at most the cohort's size].")
+@click.option("--off", is_flag=True, help="Return to raw cosine scores and delete the cohort's embeddings.")
+@json_option
+@click.pass_obj
+def norm_(state: _State, cohort_dir: str | None, top_n: int | None, off: bool, as_json: bool) -> None:
+    """Show, turn on or turn off score normalisation (adaptive s-norm, AS-norm).
+
+    With a cohort, every score identify, verify and calibrate compare with the threshold
+    is normalised against the voices of the cohort nearest to each side; the JSON gives
+    "score" (normalised) and "raw_score" (cosine). Normalised scores are on another scale:
+    switching normalisation on or off resets the threshold to that scale's starting value,
+    so calibrate it again (`speakerdb calibrate DATA_DIR --apply`). A cohort is embedded
+    with the database's model; one of another model is refused.
+
+    \b
+    Examples:
+      speakerdb norm
+      speakerdb norm --cohort cohort-recordings/ --top-n 100
+      speakerdb norm --off
+    """
+    if off and (cohort_dir or top_n is not None):
+        raise click.UsageError("--off takes neither --cohort nor --top-n")
+    if top_n is not None and not cohort_dir:
+        raise click.UsageError("--top-n needs --cohort DIR (the statistics are computed when the cohort is stored)")
+    if cohort_dir:
+        from .norm import DEFAULT_TOP_N
+
+        state.allow_create()  # a cohort may come before the first speaker: it binds the model
+        change = state.db.set_norm(cohort_dir, top_n=DEFAULT_TOP_N if top_n is None else top_n)
+    elif off:
+        change = state.db.set_norm_off()
+    else:
+        current = state.db.norm_settings
+        doc = {"norm": current.to_dict() if current else None, "threshold": state.db.threshold,
+               "threshold_scale": state.db.threshold_scale}
+        text = (f"AS-norm: top {current.top_n} of {current.count} cohort recordings ({current.model_id})" if current
+                else "no score normalisation: raw cosine scores") + f"\nthreshold: {doc['threshold']:g} ({doc['threshold_scale']} scale)"
+        _emit(as_json, doc, text)
+        return
+    n = change.norm
+    text = (f"AS-norm on: top {n.top_n} of {n.count} cohort recordings" if n else "normalisation off: raw cosine scores")
+    if change.recalibrate:
+        text += (f"\nthreshold reset to {change.threshold:g} on the {change.threshold_scale} scale: "
+                 "calibrate it again (speakerdb calibrate DATA_DIR --apply)")
+        click.echo(f"warning: the threshold is now on the {change.threshold_scale} scale: run `speakerdb calibrate` again",
+                   err=True)
+    _emit(as_json, change.to_dict(), text)
 
 
 @cli.group()
@@ -1022,7 +1141,7 @@ def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: floa
 
     state.allow_create()
     db = state.db
-    db_path = str(db.db_path)
+    db_path = str(db.target)  # a server URL with its password: the workers must connect too
     has_keys = db.has_keys()
     state.close()
     state._db = None
@@ -1031,10 +1150,10 @@ def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: floa
                    f"{host}:{port} may read, change and delete every speaker", err=True)
     elif not is_loopback(host) and not has_keys:
         raise click.UsageError(
-            f"refusing to serve {db_path} on {host} without API keys: create one with "
+            f"refusing to serve {db.db_path} on {host} without API keys: create one with "
             "`speakerdb keys create NAME --scope admin`, or pass --insecure-no-auth")
     elif not has_keys:
-        click.echo(f"note: {db_path} has no API keys: every caller on this machine may do everything "
+        click.echo(f"note: {db.db_path} has no API keys: every caller on this machine may do everything "
                    "(`speakerdb keys create NAME --scope admin` turns keys on)", err=True)
     config = ServeConfig(db_path=db_path or str(default_db_path()), model=state.model, device=state.device,
                          precision=state.precision, max_upload_bytes=int(max_upload_mb * 1_000_000),

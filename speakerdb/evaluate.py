@@ -8,9 +8,11 @@ Protocol (reproducible with ``seed``):
    unknown speaker, or sub-directories as above).
 2. Each remaining speaker's recordings are shuffled; the first ``enroll_count`` enroll
    the speaker in a temporary database (the user's database is never touched), the rest
-   are test probes, cropped to ``test_seconds`` if given (the short-utterance condition).
+   are test probes, cropped to ``test_seconds`` if given (the short-utterance condition):
+   the middle ``test_seconds`` of the recording's detected speech (see :func:`crop`).
 3. Every probe is scored against every enrolled speaker through the product's own
-   ``identify``. Verification trials: a probe against its own speaker is a target
+   ``identify``; with a ``cohort``, both raw and AS-norm scores (see norm.py) are kept
+   and every figure is reported on both scales. Verification trials: a probe against its own speaker is a target
    trial, against anyone else a non-target trial; impostor probes give only non-target
    trials. Identification: the rank of a genuine probe's speaker (closed set), and the
    rank-1 scores of genuine and impostor probes (open set).
@@ -25,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import audio, metrics
+from . import audio, metrics, norm
 from .embed import Embedder
 from .errors import InvalidInputError
 
@@ -57,6 +59,11 @@ class Scores:
     genuine_correct: np.ndarray  # (n_probes,) bool: rank-1 is the right speaker
     genuine_rank: np.ndarray  # (n_probes,) 1-based rank of the right speaker
     impostor_top: np.ndarray  # (n_impostor_probes,) rank-1 score of each impostor probe
+    norm: "Scores | None" = None  # the same trials on the AS-norm scale, when a cohort was given
+
+    def active(self) -> "Scores":
+        """The scores decisions are made on: AS-norm when there is a cohort, else raw."""
+        return self.norm if self.norm is not None else self
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,9 @@ class Report:
     min_dcf: dict[str, dict[str, float]]  # "0.01" -> {"min_dcf", "threshold"}
     dir: dict[str, dict[str, float]]  # "0.01" -> {"dir", "threshold"}
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The same figures on the AS-norm scale (keys top1, top5, eer, eer_threshold, min_dcf,
+    #: dir), when evaluated with a cohort; None for raw scores only.
+    normalised: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,15 +151,58 @@ def make_split(
 
 
 def crop(clip: audio.Audio, seconds: float | None) -> audio.Audio:
-    """The first ``seconds`` of a recording (all of it if shorter, or if seconds is None)."""
+    """``seconds`` of speech from the middle of a recording's detected speech.
+
+    Speech is detected by the energy rule speakerdb flags short enrollments with
+    (:func:`speakerdb.audio.active_frames`: 30 ms frames within 40 dB of the loudest and
+    6 dB over the noise floor), each speech run widened by one frame for soft onsets and
+    endings. The speech frames are joined (leading and trailing silence and pauses drop
+    out) and the middle ``seconds`` of them are kept: a "1 s" probe holds a second of
+    voice, not the silence many recordings begin with. A recording with less detected
+    speech than that gives its own middle ``seconds``; one no longer than ``seconds``,
+    or ``seconds`` None, is kept whole.
+    """
     if seconds is None:
         return clip
     n = int(round(seconds * audio.SAMPLE_RATE))
-    return audio.Audio(clip.source, clip.samples[:n]) if len(clip.samples) > n else clip
+    if len(clip.samples) <= n:
+        return clip
+    active = audio.active_frames(clip.samples)  # (n_frames,)
+    widened = active.copy()
+    widened[1:] |= active[:-1]
+    widened[:-1] |= active[1:]
+    frame = int(audio.FRAME_S * audio.SAMPLE_RATE)  # samples
+    speech = clip.samples[: len(widened) * frame][np.repeat(widened, frame)]
+    source = speech if len(speech) >= n else clip.samples
+    start = (len(source) - n) // 2
+    return audio.Audio(clip.source, np.ascontiguousarray(source[start : start + n]))
 
 
-def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None, progress: Progress | None = None) -> Scores:
-    """Enroll the split in a temporary database and score every probe against every speaker."""
+def embed_cohort(cohort_dir: str | Path, embedder: Embedder) -> norm.CohortVectors:
+    """Embed every recording below ``cohort_dir`` (people who are not enrolled) once, for
+    :func:`run`'s ``cohort`` (scripts pass the result to several runs)."""
+    from . import pipeline
+    from .api import _cohort_files
+
+    files = _cohort_files(cohort_dir)
+    if len(files) < norm.MIN_COHORT:
+        raise InvalidInputError(f"cohort {cohort_dir} holds {len(files)} recordings, at least {norm.MIN_COHORT} are needed")
+    clips = [pipeline.embed_clip(f, embedder) for f in files]
+    return norm.CohortVectors(embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips],
+                              [c.sha256 for c in clips])
+
+
+def score(
+    split: Split,
+    embedder: Embedder,
+    *,
+    test_seconds: float | None = None,
+    cohort: norm.CohortVectors | None = None,
+    top_n: int = norm.DEFAULT_TOP_N,
+    progress: Progress | None = None,
+) -> Scores:
+    """Enroll the split in a temporary database and score every probe against every speaker
+    (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``)."""
     from .api import SpeakerDB
 
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
@@ -161,6 +214,8 @@ def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None
             db.enroll(name, files)
             if progress:
                 progress("enrolling", i + 1, len(split.enroll))
+        if cohort is not None:
+            db.set_norm(cohort, top_n=top_n)
         n_speakers = len(split.enroll)
         all_probes = split.probes + split.impostors
         clips = [crop(audio.load(path), test_seconds) for path, _ in all_probes]
@@ -169,20 +224,30 @@ def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None
             if progress:
                 progress("scoring", done, total)
 
-        results = db.identify(clips, top_k=n_speakers, threshold=-1.0, progress=report)
+        results = db.identify(clips, top_k=n_speakers, progress=report)
+    raw = _collect(split, all_probes, results, "raw_score")
+    if cohort is not None:
+        raw.norm = _collect(split, all_probes, results, "score")
+    return raw
 
+
+def _collect(split: Split, all_probes, results, key: str) -> Scores:
+    """Trials and ranks from identify's answers, ranked by the candidates' ``key`` score."""
     target, nontarget = [], []
     genuine_top, genuine_correct, genuine_rank, impostor_top = [], [], [], []
     for (_, truth), result in zip(all_probes, results):
-        ranked = [c.speaker for c in result.candidates]  # best first, every enrolled speaker
-        for c in result.candidates:
-            (target if c.speaker == truth else nontarget).append(c.score)
+        if not result.ok:
+            raise InvalidInputError(f"{result.file}: {result.error}")
+        ordered = sorted(result.candidates, key=lambda c: -getattr(c, key))  # every enrolled speaker
+        ranked = [c.speaker for c in ordered]
+        for c in ordered:
+            (target if c.speaker == truth else nontarget).append(getattr(c, key))
         if truth in split.enroll:
-            genuine_top.append(result.score)
+            genuine_top.append(getattr(ordered[0], key))
             genuine_correct.append(ranked[0] == truth)
             genuine_rank.append(ranked.index(truth) + 1)
         else:
-            impostor_top.append(result.score)
+            impostor_top.append(getattr(ordered[0], key))
     return Scores(
         np.asarray(target, np.float64),
         np.asarray(nontarget, np.float64),
@@ -194,7 +259,11 @@ def score(split: Split, embedder: Embedder, *, test_seconds: float | None = None
 
 
 def summarise(split: Split, scores: Scores, settings: dict[str, Any]) -> Report:
-    """Compute the report's figures from the scores."""
+    """Compute the report's figures from the scores (and from ``scores.norm``: ``normalised``)."""
+    normalised = None
+    if scores.norm is not None:
+        n = summarise(split, scores.norm, settings)
+        normalised = {k: getattr(n, k) for k in ("top1", "top5", "eer", "eer_threshold", "min_dcf", "dir")}
     eer, eer_threshold = metrics.eer(scores.target, scores.nontarget)
     dcf = {}
     for p in P_TARGETS:
@@ -220,6 +289,7 @@ def summarise(split: Split, scores: Scores, settings: dict[str, Any]) -> Report:
         min_dcf=dcf,
         dir=dirs,
         settings=settings,
+        normalised=normalised,
     )
 
 
@@ -243,17 +313,46 @@ def parse_target(target: str) -> float | None:
 
 
 def operating_point(scores: Scores, target: str) -> dict[str, float | None]:
-    """The threshold for ``target`` ("eer" or "far=RATE") and the error rates expected there."""
+    """The threshold for ``target`` ("eer" or "far=RATE") and the error rates expected there.
+
+    The metrics pick an observed score as the threshold; what is returned is the midpoint
+    between it and the next lower observed score (the two scores that straddle the
+    operating point). Both give the same error rates on these trials, but a threshold
+    equal to an observed score puts that trial on a knife edge: the last bit of rounding
+    in another build, or another order of summation, would flip it. At the midpoint,
+    half the gap separates the threshold from every trial.
+    """
     far = parse_target(target)
     if far is None:
         _, threshold = metrics.eer(scores.target, scores.nontarget)
     else:
         threshold, _, _ = metrics.threshold_at_far(scores.target, scores.nontarget, far)
+    threshold = midpoint_below(threshold, np.concatenate([scores.target, scores.nontarget]))
     return {
         "threshold": _finite(threshold),
         "p_miss": float(np.mean(scores.target < threshold)),
         "p_fa": float(np.mean(scores.nontarget >= threshold)),
     }
+
+
+def midpoint_below(threshold: float, scores: np.ndarray) -> float:
+    """The midpoint between ``threshold`` (an observed score) and the highest score below it.
+
+    Nothing lies between the two, so every score is accepted or rejected as by
+    ``threshold``. At the lowest score the gap to the next one up is mirrored below it.
+    ``+inf`` (accept nothing) is returned as it is.
+    """
+    if not np.isfinite(threshold):
+        return float(threshold)
+    below, above = scores[scores < threshold], scores[scores > threshold]
+    if len(below):
+        lower = float(below.max())
+    elif len(above):
+        lower = threshold - (float(above.min()) - threshold)
+    else:
+        lower = threshold - 1e-3  # one distinct score: any value under it accepts it
+    mid = lower + (threshold - lower) / 2
+    return float(mid) if lower < mid < threshold else float(threshold)
 
 
 def run(
@@ -268,12 +367,16 @@ def run(
     impostor_dirs: Sequence[str | Path] = (),
     seed: int = 0,
     test_seconds: float | None = None,
+    cohort: str | Path | norm.CohortVectors | None = None,
+    top_n: int = norm.DEFAULT_TOP_N,
     progress: Progress | None = None,
 ) -> tuple[Report, Scores, Embedder]:
     """Split DATA_DIR, enroll, score and summarise: the whole evaluation in one call.
 
-    Returns the report, the raw scores (for plots or your own metrics) and the embedder
-    used (so a caller can apply a calibrated threshold to a database of the same model).
+    ``cohort`` (a directory of people who are not enrolled, or :func:`embed_cohort`'s
+    result) adds AS-norm with ``top_n``: the report's ``normalised`` figures and
+    ``Scores.norm``. Returns the report, the scores (for plots or your own metrics) and the
+    embedder used (so a caller can apply a calibrated threshold to a database of the same model).
     """
     from .embed import DEFAULT_MODEL, load_embedder
 
@@ -284,8 +387,14 @@ def run(
         impostor_dirs=[Path(d) for d in impostor_dirs],
         seed=seed,
     )
+    try:
+        top_n = norm.check_top_n(top_n)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
     embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device, precision=precision)
-    scores = score(split, embedder, test_seconds=test_seconds, progress=progress)
+    if cohort is not None and not isinstance(cohort, norm.CohortVectors):
+        cohort = embed_cohort(cohort, embedder)
+    scores = score(split, embedder, test_seconds=test_seconds, cohort=cohort, top_n=top_n, progress=progress)
     settings = {
         "data_dir": str(data_dir),
         "impostor_dirs": [str(d) for d in impostor_dirs],
@@ -294,6 +403,7 @@ def run(
         "seed": seed,
         "test_seconds": test_seconds,
         "precision": precision,
+        "norm": {"method": norm.METHOD, "top_n": top_n, "cohort_count": len(cohort.vectors)} if cohort is not None else None,
     }
     return summarise(split, scores, settings), scores, embedder
 
@@ -341,7 +451,13 @@ def plot(scores: Scores, report: Report, path: Path, threshold: float | None = N
     # Rates are clipped into the window: a curve with no errors would otherwise lie at
     # probit(0) = -inf, outside the panel, and leave it empty.
     probit = np.vectorize(lambda p: NormalDist().inv_cdf(min(max(p, low), high)))
-    ax_det.plot(probit(p_fa), probit(p_miss), label="DET")
+    ax_det.plot(probit(p_fa), probit(p_miss), label="DET, raw cosine" if scores.norm is not None else "DET")
+    if scores.norm is not None and report.normalised is not None:
+        # AS-norm side by side: same trials, another scale, so only the DET curves compare.
+        _, n_miss, n_fa = metrics.det_curve(scores.norm.target, scores.norm.nontarget)
+        n_eer = report.normalised["eer"]
+        top_n = (report.settings.get("norm") or {}).get("top_n")
+        ax_det.plot(probit(n_fa), probit(n_miss), label=f"DET, AS-norm top-{top_n} (EER {n_eer:.2%})")
     if report.eer == 0:
         ax_det.text(0.5, 0.5, "no errors at the EER threshold:\nthe curve runs along the edges",
                     transform=ax_det.transAxes, ha="center", va="center")

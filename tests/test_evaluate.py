@@ -91,7 +91,15 @@ def test_short_utterance_condition_crops_probes(data_dir):
 def test_operating_points(data_dir):
     _, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1)
     eer_point = evaluate.operating_point(scores, "eer")
-    assert eer_point["threshold"] == metrics.eer(scores.target, scores.nontarget).threshold
+    observed = metrics.eer(scores.target, scores.nontarget).threshold
+    everything = np.concatenate([scores.target, scores.nontarget])
+    # The stored threshold is the midpoint of the two scores straddling the operating
+    # point: never an observed score, and the same errors as the observed one.
+    below = everything[everything < observed].max()
+    assert eer_point["threshold"] == pytest.approx((below + observed) / 2)
+    assert below < eer_point["threshold"] < observed and eer_point["threshold"] not in everything
+    assert eer_point["p_miss"] == np.mean(scores.target < observed)
+    assert eer_point["p_fa"] == np.mean(scores.nontarget >= observed)
     far = evaluate.operating_point(scores, "far=0.05")
     assert far["p_fa"] <= 0.05
     assert far["p_fa"] == pytest.approx(np.mean(scores.nontarget >= far["threshold"]))

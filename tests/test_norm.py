@@ -1,0 +1,219 @@
+"""Score normalisation (issue 16): AS-norm, its cohort in the database, the threshold's scale,
+statistics kept by replaying change records, short probes from the middle of the speech,
+and thresholds that reproduce between verify and identify."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from speakerdb import SpeakerDB, audio, evaluate, norm, store
+from speakerdb.cli import cli
+from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError
+
+from conftest import FakeEmbedder, voice, write
+
+#: Cohort pitches: none of them is an enrolled voice of the ``voices`` fixture (110, 210, 310 Hz).
+COHORT_F0 = [95, 125, 140, 155, 170, 185, 235, 250, 270, 290, 330, 350]
+
+
+@pytest.fixture
+def cohort_dir(tmp_path) -> Path:
+    root = tmp_path / "cohort"
+    root.mkdir()
+    for i, f0 in enumerate(COHORT_F0):
+        write(root / f"c{i:02d}.wav", voice(f0, 1.0, seed=100 + i))
+    return root
+
+
+def _direct_as_norm(probe, centroid, cohort, top_n):
+    """AS-norm written out the slow, obvious way."""
+    def side(v):
+        top = np.sort([float(np.dot(v.astype(np.float64), c.astype(np.float64))) for c in cohort])[::-1][:top_n]
+        return np.mean(top), np.std(top)
+
+    raw = float(np.dot(probe.astype(np.float64), centroid.astype(np.float64)))
+    (me, se), (mp, sp) = side(centroid), side(probe)
+    return 0.5 * ((raw - me) / se + (raw - mp) / sp)
+
+
+def test_as_norm_is_the_published_formula():
+    rng = np.random.default_rng(0)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    cohort, probe, centroid = unit(rng.standard_normal((40, 16))), unit(rng.standard_normal(16)), unit(rng.standard_normal(16))
+    mean, std = norm.top_stats(np.stack([centroid, probe]), cohort, 7)
+    raw = norm.raw_scores(probe, centroid[None])[0]
+    got = float(norm.as_norm(raw, mean[0], std[0], mean[1], std[1]))
+    assert got == pytest.approx(_direct_as_norm(probe, centroid, cohort, 7), abs=1e-9)
+
+
+def test_cohort_is_stored_as_embeddings_and_scores_are_normalised(fake_db, voices, cohort_dir):
+    fake_db.enroll("alice", voices["alice"][:2])
+    fake_db.enroll("bob", voices["bob"][:2])
+    change = fake_db.set_norm(cohort_dir, top_n=5)
+    assert change.recalibrate and change.threshold_scale == "as-norm" and change.threshold == norm.DEFAULT_AS_NORM_THRESHOLD
+    assert fake_db.threshold_scale == "as-norm" and fake_db.info().norm["count"] == len(COHORT_F0)
+    with fake_db.store.read() as s:
+        cohort = store.cohort(s)
+        rows = s.query(store.CohortEmbedding).all()
+    assert cohort.shape == (len(COHORT_F0), FakeEmbedder.dim) and all(len(r.embedding) == 4 * FakeEmbedder.dim for r in rows)
+    [r] = fake_db.identify([voices["alice"][2]])
+    with fake_db.store.read() as s:
+        centroid = store.speaker_by_name(s, "alice").centroid_vector()
+    probe = FakeEmbedder().embed([audio.load(voices["alice"][2]).samples])[0]
+    assert r.speaker == "alice" and r.raw_score == pytest.approx(float(probe @ centroid), abs=1e-6)
+    assert r.score == pytest.approx(_direct_as_norm(probe, centroid, cohort, 5), abs=1e-6)
+    v = fake_db.verify("alice", voices["alice"][2])
+    assert (v.score, v.raw_score) == (r.score, r.raw_score)
+    # Off: raw scores again, the cohort's embeddings deleted, the threshold back on the cosine scale.
+    off = fake_db.set_norm_off()
+    assert off.recalibrate and fake_db.threshold_scale == "cosine" and 0 <= fake_db.threshold <= 1
+    with fake_db.store.read() as s:
+        assert store.cohort(s).size == 0
+    [again] = fake_db.identify([voices["alice"][2]])
+    assert again.score == again.raw_score == r.raw_score
+
+
+def test_threshold_scale_and_calibration_scale(fake_db, voices, cohort_dir):
+    fake_db.enroll("alice", voices["alice"][:2])
+    with pytest.raises(InvalidInputError):
+        fake_db.set_threshold(3.0)  # not a cosine score
+    fake_db.set_norm(cohort_dir, top_n=5)
+    fake_db.set_threshold(3.0)  # an AS-norm score
+    assert fake_db.threshold == 3.0
+    with pytest.raises(ConflictError, match="calibrate"):
+        fake_db.apply_threshold(0.7, scale="cosine")  # measured before the switch
+    assert fake_db.threshold == 3.0
+    fake_db.apply_threshold(2.5, scale="as-norm")
+    assert fake_db.threshold == 2.5
+
+
+def test_a_cohort_of_another_model_is_refused(fake_db, voices, cohort_dir):
+    fake_db.enroll("alice", voices["alice"][:2])
+    other = norm.CohortVectors("other-model-v2", np.eye(FakeEmbedder.dim, dtype=np.float32)[:12],
+                               [f"x{i}" for i in range(12)], [f"{i:064x}" for i in range(12)])
+    with pytest.raises(ModelMismatchError, match="other-model-v2"):
+        fake_db.set_norm(other)
+    assert fake_db.norm_settings is None
+    # A cohort whose recorded model is not the database's (written behind speakerdb's back).
+    fake_db.set_norm(cohort_dir, top_n=5)
+    with fake_db.store.write() as s:
+        setting = store.get_settings(s)["norm"]
+        store.set_setting(s, "norm", {**setting, "model_id": "other-model-v2"})
+    with pytest.raises(ModelMismatchError, match="other-model-v2"):
+        fake_db.identify([voices["alice"][2]])
+
+
+def test_cohort_must_not_hold_enrolled_recordings(fake_db, voices, cohort_dir):
+    fake_db.enroll("alice", voices["alice"][:2])
+    files = sorted(cohort_dir.iterdir()) + [voices["alice"][0]]
+    with pytest.raises(InvalidInputError, match="not enrolled"):
+        fake_db.set_norm(files, top_n=5)
+    assert fake_db.norm_settings is None and fake_db.threshold_scale == "cosine"
+
+
+def test_speaker_statistics_follow_the_change_records(fake_db, voices, cohort_dir):
+    """Item 5: statistics are computed once, then only for the speakers each write touched."""
+    fake_db.enroll("alice", voices["alice"][:1])
+    fake_db.enroll("bob", voices["bob"][:1])
+    fake_db.set_norm(cohort_dir, top_n=5)
+    fake_db.identify([voices["carol"][0]])
+    stats = fake_db._norm_stats
+    assert stats.rebuilds == 1
+    fake_db.enroll("alice", voices["alice"][1:2])  # re-centres alice
+    fake_db.enroll("carol", voices["carol"][:1])  # a new speaker
+    fake_db.remove("bob")
+    [r] = fake_db.identify([voices["carol"][2]])
+    assert stats.rebuilds == 1 and stats.replayed == 3  # alice, carol, bob: no full recomputation
+    with fake_db.store.read() as s:
+        ids, vectors = store.centroids(s)
+        cohort = store.cohort(s)
+    mean, std = norm.top_stats(vectors, cohort, 5)
+    got_mean, got_std = stats.lookup(ids)
+    np.testing.assert_array_equal(got_mean, mean)
+    np.testing.assert_array_equal(got_std, std)
+    assert r.speaker in (None, "carol") and {c.speaker for c in r.candidates} == {"alice", "carol"}
+
+
+@pytest.mark.parametrize("normalised", [False, True])
+def test_verify_and_identify_agree_on_the_boundary(fake_db, voices, cohort_dir, normalised):
+    """Item 4: the same score from both commands, bit for bit, so a threshold equal to it is
+    accepted by both, and the next number up is refused by both."""
+    for name in ("alice", "bob", "carol"):
+        fake_db.enroll(name, voices[name][:2])
+    if normalised:
+        fake_db.set_norm(cohort_dir, top_n=5)
+    for name in ("alice", "bob", "carol"):
+        probe = voices[name][2]
+        [r] = fake_db.identify([probe], threshold=-1.0)
+        best = r.candidates[0]
+        v = fake_db.verify(best.speaker, probe, threshold=-1.0)
+        assert v.score == best.score and v.raw_score == best.raw_score
+        at, above = best.score, float(np.nextafter(best.score, np.inf))
+        assert fake_db.verify(best.speaker, probe, threshold=at).accepted
+        assert fake_db.identify([probe], threshold=at)[0].speaker == best.speaker
+        assert not fake_db.verify(best.speaker, probe, threshold=above).accepted
+        assert fake_db.identify([probe], threshold=above)[0].speaker is None
+
+
+def test_short_probes_come_from_the_middle_of_the_speech():
+    """Item 3: a recording that starts with 2 s of near-silence gives a 1 s crop of voice."""
+    silence = 1e-4 * np.random.default_rng(0).standard_normal(2 * audio.SAMPLE_RATE).astype(np.float32)
+    speech = voice(200, 2.0, seed=1)
+    clip = audio.Audio("x.wav", np.concatenate([silence, speech, silence[: audio.SAMPLE_RATE // 2]]))
+    cropped = evaluate.crop(clip, 1.0)
+    assert len(cropped.samples) == audio.SAMPLE_RATE
+    assert audio.active_seconds(cropped.samples) >= 0.9  # all voice, not the leading silence
+    rms = np.sqrt(np.mean(cropped.samples.astype(np.float64) ** 2))
+    assert rms > 0.05  # the voice's level (~0.15), not the silence's (1e-4)
+    assert evaluate.crop(clip, None) is clip
+    short = audio.Audio("y.wav", speech[: audio.SAMPLE_RATE // 2])
+    assert evaluate.crop(short, 1.0) is short
+
+
+def test_evaluate_reports_raw_and_normalised_side_by_side(tmp_path, cohort_dir):
+    data = tmp_path / "data"
+    for i, f0 in enumerate([100, 130, 200, 260, 320]):
+        (data / f"s{i}").mkdir(parents=True)
+        for k in range(4):
+            write(data / f"s{i}" / f"{k}.wav", voice(f0, 1.0 + 0.2 * k, seed=10 * i + k))
+    report, scores, _ = evaluate.run(data, embedder=FakeEmbedder(), cohort=cohort_dir, top_n=5, impostor_speakers=1)
+    assert scores.norm is not None and len(scores.norm.target) == len(scores.target) == report.n_target_trials
+    assert not np.allclose(scores.norm.target, scores.target)
+    n = report.normalised
+    assert n is not None and set(n) == {"top1", "top5", "eer", "eer_threshold", "min_dcf", "dir"}
+    assert n["eer"] == pytest.approx(evaluate.metrics.eer(scores.norm.target, scores.norm.nontarget).eer)
+    assert report.settings["norm"] == {"method": "as-norm", "top_n": 5, "cohort_count": len(COHORT_F0)}
+    json.dumps(report.to_dict(), allow_nan=False)
+
+
+# ---- CLI (tiny WavLM checkpoint) ------------------------------------------------------------
+def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, cohort_dir):
+    db = tmp_path / "n.sqlite"
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--db", str(db), "--model", str(tiny_checkpoint), *map(str, args)])
+
+    assert run("enroll", "alice", *voices["alice"][:2]).exit_code == 0
+    assert run("threshold", "3").exit_code == 2  # a cosine database: out of range
+    on = run("norm", "--cohort", cohort_dir, "--top-n", "5", "--json")
+    assert on.exit_code == 0, on.output
+    doc = json.loads(on.stdout)
+    assert doc["recalibrate"] and doc["norm"]["top_n"] == 5 and doc["threshold_scale"] == "as-norm"
+    assert "calibrate" in on.stderr
+    shown = json.loads(run("norm", "--json").stdout)
+    assert shown["norm"]["count"] == len(COHORT_F0)
+    [r] = json.loads(run("identify", voices["alice"][2], "--json").stdout)
+    assert set(r) >= {"score", "raw_score"} and r["score"] != r["raw_score"]
+    assert set(r["candidates"][0]) == {"speaker", "score", "raw_score"}
+    stored = run("threshold", "3.5")
+    assert stored.exit_code == 0 and "as-norm" in stored.stdout
+    assert json.loads(run("info", "--json").stdout)["threshold_scale"] == "as-norm"
+    off = run("norm", "--off", "--json")
+    assert off.exit_code == 0 and json.loads(off.stdout)["recalibrate"]
+    assert json.loads(run("info", "--json").stdout)["threshold_scale"] == "cosine"
+    assert run("norm", "--off", "--cohort", cohort_dir).exit_code == 2
