@@ -280,6 +280,8 @@ class SpeakerDB:
             # cache of it, kept in the index directory under the database's identity.
             url = str(db_path or os.environ["SPEAKERDB_DB"])
             self.db_path = store.display_url(url)  # type: ignore[assignment]  (shown, never a password)
+            #: What to open this database with again (another process, a service worker).
+            self.target: str | Path = url
             self.created, self._made_dirs = False, []
             self.store = _open_store(url)
             index_dir = default_index_dir()
@@ -298,6 +300,7 @@ class SpeakerDB:
                     _remove_database_files(self.db_path, self.index_path, made_dirs)
                 raise
             self._made_dirs = made_dirs
+            self.target = self.db_path
         self.indexer = IndexKeeper(self.store, self.index_path)
         #: Enrolled speakers' cohort statistics, kept up to date by replaying the change records.
         self._norm_stats = norm.SpeakerStats()
@@ -447,6 +450,8 @@ class SpeakerDB:
             store.set_setting(s, "norm", setting.to_dict())
             recalibrate = _scale(settings) != norm.AS_NORM
             if recalibrate:
+                # Kept for what still compares raw scores (enrollment checks, timelines) and for `--off`.
+                store.set_setting(s, "cosine_threshold", float(settings.get("threshold", DEFAULT_THRESHOLD)))
                 store.set_setting(s, "threshold_scale", norm.AS_NORM)
                 store.set_setting(s, "threshold", norm.DEFAULT_AS_NORM_THRESHOLD)
                 store.set_setting(s, "threshold_chosen", False)
@@ -466,9 +471,8 @@ class SpeakerDB:
                     s.delete(row)
             recalibrate = _scale(settings) != norm.COSINE
             if recalibrate:
-                own = default_threshold_for(settings.get("model_id") or "")
                 store.set_setting(s, "threshold_scale", norm.COSINE)
-                store.set_setting(s, "threshold", DEFAULT_THRESHOLD if own is None else float(own))
+                store.set_setting(s, "threshold", _cosine_threshold(settings))  # the one from before, if any
                 store.set_setting(s, "threshold_chosen", False)
             threshold = float(store.get_settings(s).get("threshold", DEFAULT_THRESHOLD))
         if settings.get("norm"):
@@ -580,7 +584,8 @@ class SpeakerDB:
                 speaker = store.Speaker(name=name, created_at=now, updated_at=now, meta={}, centroid=b"")
                 s.add(speaker)
             known = {u.audio_sha256 for u in speaker.utterances}
-            warnings = self._quality_warnings(speaker, embedded, threshold=float(store.get_settings(s)["threshold"]))
+            # A clip against the speaker's other clips: a raw cosine check (see _cosine_threshold).
+            warnings = self._quality_warnings(speaker, embedded, threshold=_cosine_threshold(store.get_settings(s)))
             if warnings and strict:
                 raise EnrollmentRefusedError(
                     f"enrollment of {name!r} refused (--strict): "
@@ -718,7 +723,9 @@ class SpeakerDB:
         from . import timeline as timelines
         from . import vad
 
-        threshold = self.threshold if threshold is None else _check_threshold(threshold)
+        # Timelines compare raw cosine scores of short windows (AS-norm is not applied there yet):
+        # with normalisation on, the cosine threshold stored before it was switched on.
+        threshold = _cosine_threshold(self.store.settings()) if threshold is None else _check_threshold(threshold)
         params = (params or timelines.Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
@@ -1085,6 +1092,17 @@ class SpeakerDB:
 def _scale(settings: dict[str, Any]) -> str:
     """The scale a database's threshold is on (databases from before normalisation: cosine)."""
     return settings.get("threshold_scale") or norm.COSINE
+
+
+def _cosine_threshold(settings: dict[str, Any]) -> float:
+    """A threshold on the raw cosine scale: the database's own when it is on that scale, else
+    the one it had before normalisation was switched on, else the model's starting one."""
+    if _scale(settings) == norm.COSINE:
+        return float(settings.get("threshold", DEFAULT_THRESHOLD))
+    if settings.get("cosine_threshold") is not None:
+        return float(settings["cosine_threshold"])
+    own = default_threshold_for(settings.get("model_id") or "")
+    return DEFAULT_THRESHOLD if own is None else float(own)
 
 
 def _cohort_files(cohort) -> list:

@@ -217,3 +217,31 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert off.exit_code == 0 and json.loads(off.stdout)["recalibrate"]
     assert json.loads(run("info", "--json").stdout)["threshold_scale"] == "cosine"
     assert run("norm", "--off", "--cohort", cohort_dir).exit_code == 2
+
+
+def test_raw_checks_keep_the_cosine_threshold_and_off_restores_it(fake_db, voices, cohort_dir):
+    fake_db.enroll("alice", voices["alice"][:1])
+    fake_db.set_threshold(0.42)
+    fake_db.set_norm(cohort_dir, top_n=5)
+    # Enrollment's "a different voice?" check compares raw cosines: not against 3.0 (AS-norm).
+    result = fake_db.enroll("alice", voices["alice"][1:2], strict=True)
+    assert result.added and not result.warnings
+    off = fake_db.set_norm_off()
+    assert off.recalibrate and fake_db.threshold == 0.42 and fake_db.threshold_scale == "cosine"
+
+
+def test_revision_0004_downgrade_drops_the_cohort_and_restores_a_cosine_threshold(tmp_path, voices, cohort_dir):
+    from speakerdb.api import database_revision, downgrade_database, upgrade_database
+
+    path = tmp_path / "m.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", voices["alice"][:1])
+        db.set_threshold(0.42)
+        db.set_norm(cohort_dir, top_n=5)
+    assert downgrade_database(path, "0003") == "0003"
+    upgrade_database(path)
+    assert database_revision(path)[0] == "0004"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
+        with db.store.read() as s:
+            assert store.cohort(s).size == 0

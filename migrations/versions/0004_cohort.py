@@ -35,6 +35,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # The settings that describe the cohort go with it: a database at 0003 has raw scores.
-    op.execute(sa.text("DELETE FROM settings WHERE key IN ('norm', 'threshold_scale')"))
+    # The settings that describe the cohort go with it: a database at 0003 has raw scores,
+    # so a threshold on the AS-norm scale gives way to the cosine one kept beside it.
+    bind = op.get_bind()
+    settings = dict(bind.execute(sa.text("SELECT key, value FROM settings")).all())
+    if settings.get("threshold_scale") == '"as-norm"':
+        cosine = settings.get("cosine_threshold") or "0.86"  # the release default (api.DEFAULT_THRESHOLD)
+        bind.execute(sa.text("UPDATE settings SET value = :v WHERE key = 'threshold'"), {"v": cosine})
+    op.execute(sa.text("DELETE FROM settings WHERE key IN ('norm', 'threshold_scale', 'cosine_threshold')"))
     op.drop_table("cohort_embeddings")
