@@ -289,7 +289,7 @@ def enroll(
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
-@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database].")
 @json_option
 @click.pass_obj
 def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float | None, as_json: bool) -> None:
@@ -348,7 +348,7 @@ def _score_text(score: float | None) -> str:
 @cli.command()
 @click.argument("name")
 @click.argument("file", type=click.Path())
-@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database].")
 @json_option
 @click.pass_obj
 def verify(state: _State, name: str, file: str, threshold: float | None, as_json: bool) -> None:
@@ -572,7 +572,8 @@ def threshold(state: _State, value: float | None, as_json: bool) -> None:
 
     A cosine score at or above the threshold names the speaker (identify) or accepts
     the claim (verify). New databases start at 0.86, the model card's suggestion for
-    wavlm-base-plus-sv; the right value depends on your recordings.
+    wavlm-base-plus-sv; the right value depends on your recordings. With score
+    normalisation on (`speakerdb norm`) the threshold is an AS-norm score (-20 to 100).
 
     \b
     Examples:

@@ -245,3 +245,25 @@ def test_revision_0004_downgrade_drops_the_cohort_and_restores_a_cosine_threshol
         assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
         with db.store.read() as s:
             assert store.cohort(s).size == 0
+
+
+def test_imported_gallery_speakers_are_normalised_by_replay(tmp_path, voices, cohort_dir):
+    """Galleries: speakers imported into a database with AS-norm get their statistics from the
+    change records the import leaves, like enrolled ones (no full recomputation)."""
+    with SpeakerDB(tmp_path / "a.sqlite", embedder=FakeEmbedder()) as a:
+        a.enroll("bob", voices["bob"][:2])
+        a.enroll("carol", voices["carol"][:2])
+        a.export(tmp_path / "a.gallery")
+    with SpeakerDB(tmp_path / "b.sqlite", embedder=FakeEmbedder()) as b:
+        b.enroll("alice", voices["alice"][:2])
+        b.set_norm(cohort_dir, top_n=5)
+        b.identify([voices["alice"][2]])
+        b.import_gallery(tmp_path / "a.gallery")
+        [r] = b.identify([voices["carol"][2]])
+        assert b._norm_stats.rebuilds == 1 and b._norm_stats.replayed == 2
+        with b.store.read() as s:
+            centroid = store.speaker_by_name(s, "carol").centroid_vector()
+            cohort = store.cohort(s)
+        probe = FakeEmbedder().embed([audio.load(voices["carol"][2]).samples])[0]
+        assert r.candidates[0].speaker == "carol"
+        assert r.candidates[0].score == pytest.approx(_direct_as_norm(probe, centroid, cohort, 5), abs=1e-6)
