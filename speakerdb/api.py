@@ -135,6 +135,9 @@ class Identification:
     candidates: list[Candidate]
     error: str | None = None
     raw_score: float | None = None  # the best candidate's cosine score (see Candidate)
+    #: Voices the file holds (timeline.count_voices): above 1, the vector is a blend of several
+    #: people and `timeline` is the command to use; 0: no speech was found.
+    voices: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -641,6 +644,7 @@ class SpeakerDB:
             except AudioError as e:
                 errors[i] = e
         embedded: dict[int, pipeline.EmbeddedClip] = {}
+        voices: dict[int, int] = {}
         good = [i for i in range(len(files)) if i not in errors]
         if good:
             self._require_speakers()
@@ -649,6 +653,7 @@ class SpeakerDB:
             for done, i in enumerate(good, 1):
                 try:
                     embedded[i] = pipeline.embed_clip(files[i], embedder)
+                    voices[i] = self._count_voices(files[i], embedder)
                     seconds += embedded[i].duration_s
                 except AudioError as e:
                     errors[i] = e
@@ -666,25 +671,39 @@ class SpeakerDB:
                 # With normalisation the ranking can change: a shortlist by raw score is re-ranked.
                 k = max(top_k, NORM_SHORTLIST) if normalised else top_k
                 _, ids = index.search(queries, k)  # (n_good, k): FAISS picks the candidates
-                speakers = store.speakers_by_id(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
-                rows = []
+                vectors = store.centroids_of(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
+                ranked = []
                 for q, row_ids in zip(queries, ids):
-                    found = np.asarray([int(j) for j in row_ids if int(j) in speakers], np.int64)
+                    found = np.asarray([int(j) for j in row_ids if int(j) in vectors], np.int64)
                     # Scores as verify computes them (norm.raw_scores): a trial on the threshold
                     # gets the same answer from both commands, whatever FAISS's rounding.
-                    raw = norm.raw_scores(q, np.stack([speakers[int(j)].centroid_vector() for j in found])) if len(found) else np.zeros(0)
+                    raw = norm.raw_scores(q, np.stack([vectors[int(j)] for j in found])) if len(found) else np.zeros(0)
                     final = self._normalise(s, settings, q, found, raw) if len(found) else raw
                     rank = np.argsort(-final, kind="stable")[:top_k]
-                    rows.append([Candidate(speakers[int(found[r])].name, float(final[r]), float(raw[r])) for r in rank])
+                    ranked.append([(int(found[r]), float(final[r]), float(raw[r])) for r in rank])
+                names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({c[0] for row in ranked for c in row})).items()}
+                rows = [[Candidate(names[j], final, raw) for j, final, raw in row] for row in ranked]
             for i, candidates in zip(order, rows):
                 best = candidates[0] if candidates else None
                 decided = best.speaker if best is not None and best.score >= threshold else None
                 searched[i] = Identification(embedded[i].source, decided, best.score if best else None, candidates,
-                                             raw_score=best.raw_score if best else None)
+                                             raw_score=best.raw_score if best else None, voices=voices.get(i))
         return [
             searched[i] if i in searched else Identification(_label(f), None, None, [], errors[i].reason)
             for i, f in enumerate(files)
         ]
+
+    def _count_voices(self, file, embedder: Embedder) -> int:
+        """How many voices ``file`` holds; warns (naming the file) when it is more than one."""
+        from . import timeline as timelines
+
+        # Voices are told apart on raw cosine scores, as in timeline().
+        n = timelines.count_voices(file, embedder, _cosine_threshold(self.store.settings()))
+        if n > 1:
+            label = file.source if isinstance(file, audio.Audio) else str(file)
+            log.warning("%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
+                        label, n)
+        return n
 
     def verify(
         self,

@@ -391,7 +391,7 @@ class Service:
             log.error("speakerdb worker %d cannot serve: %s", os.getpid(), e)
         except Exception as e:  # a model that fails in an unforeseen way: say so, keep /healthz up
             self.load_error = f"{type(e).__name__}: {e}"
-            log.exception("speakerdb worker %d cannot load the model", os.getpid())
+            log.error("speakerdb worker %d cannot load the model: %s", os.getpid(), self.load_error)
 
     def close(self) -> None:
         self.embed_lane.close()
@@ -400,9 +400,10 @@ class Service:
 
     # ---- calls ------------------------------------------------------------------------------
     def require_ready(self) -> None:
+        if self.load_error is not None:  # not a wait: an operator must act (the log says the same)
+            raise ApiError(503, "model_unavailable", f"this worker cannot serve: {self.load_error}")
         if not self.ready:
-            raise ApiError(503, "not_ready", self.load_error or "the model is still loading: retry shortly",
-                           {"Retry-After": "5"})
+            raise ApiError(503, "not_ready", "the model is still loading: retry shortly", {"Retry-After": "5"})
 
     async def embed(self, fn: Callable[..., Any], *args: Any, names: dict[str, str] | None = None, **kw: Any) -> Any:
         """Run an embedding call on the embedding lane, or answer 503 at once if it is full."""
@@ -854,16 +855,21 @@ class _Guard:
         config: ServeConfig = scope["app"].state.config if "app" in scope else None
         limit = config.max_upload_bytes if config else DEFAULT_MAX_UPLOAD_BYTES
         started = time.monotonic()
-        status = {"code": 500, "sent": False}
+        status = {"code": 500, "sent": False, "over": False}
 
-        async def send_tracked(message) -> None:
+        async def send_direct(message) -> None:
             if message["type"] == "http.response.start":
                 status["code"], status["sent"] = message["status"], True
             await send(message)
 
+        async def send_tracked(message) -> None:
+            if status["over"]:
+                return  # the app's answer to a body cut short (FastAPI makes it a 400): ours is 413
+            await send_direct(message)
+
         async def reply(code: int, err: str, message: str) -> None:
             response = error_response(code, err, message)
-            await response(scope, receive, send_tracked)
+            await response(scope, receive, send_direct)
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         method = scope.get("method", "GET")
@@ -891,14 +897,16 @@ class _Guard:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
+                        status["over"] = True
                         raise _TooLarge
                 return message
 
             try:
                 await self.app(scope, receive_limited, send_tracked)
             except _TooLarge:
-                if not status["sent"]:
-                    await reply(413, "too_large", f"request body over {limit:,} bytes")
+                pass
+            if status["over"] and not status["sent"]:
+                await reply(413, "too_large", f"request body over {limit:,} bytes")
         finally:
             route = scope.get("route")
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
