@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import kernels, threads
+from . import idcache, kernels, threads
 from .audio import MIN_DURATION_S, SAMPLE_RATE
 from .errors import InvalidInputError, ModelLoadError
 
@@ -39,9 +39,11 @@ PRECISIONS = ("fp32", "bf16")
 # Equal-length utterances are batched; this caps one forward pass at 16 x 10 s of audio so
 # memory stays bounded however many files arrive at once.
 MAX_BATCH_SAMPLES = 16 * 10 * SAMPLE_RATE  # samples
-#: Audio an fp32 embedder embeds before it prepares its int8 products: preparing takes ~0.8 s
-#: and they save ~0.018 s per s of audio, so they repay it after ~45 s.
-INT8_AFTER_S = 60.0  # s
+#: Audio an fp32 embedder embeds before it sets up the kernels that pay back only over many
+#: files (kernels.install_long_run): the int8 products take ~0.8 s to prepare and save ~0.018 s
+#: per s of audio on AMX CPUs, repaid after ~45 s; the positional conv's spectra take ~0.1 s
+#: and save ~0.002 s per s.
+LONG_RUN_AFTER_S = 60.0  # s
 
 #: ``--model`` value that selects :class:`ResemblyzerEncoder` (a reserved name: a local
 #: directory called ``resemblyzer`` is reached as ``./resemblyzer``).
@@ -129,13 +131,21 @@ class TransformersXVector:
         self.device = _torch_device(device)
         if precision not in PRECISIONS:
             raise InvalidInputError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+        # torch threads while embedding (None: torch's default); a bad value fails here, at load.
+        self.threads = threads.configured_threads()
+        # The model's files as they are before loading: the key of its cached fingerprint.
+        directory = _model_directory(name_or_path)
+        files = idcache.snapshot(directory) if directory is not None else None
         self.feature_extractor, self.model, label = _load_transformers_model(name_or_path)
         self.model.to(self.device).eval()
         self.precision = precision
-        # torch threads while embedding (None: torch's default); a bad value fails here, at load.
-        self.threads = threads.configured_threads()
         self.dim = int(self.model.config.xvector_output_dim)
-        self.model_id = f"{label}@{_fingerprint(self.model)}"
+        fingerprint = idcache.lookup(directory, files) if files else None
+        if fingerprint is None or idcache.snapshot(directory) != files:  # not known, or changed while loading
+            fingerprint = _fingerprint(self.model)
+            if files:
+                idcache.remember(directory, files, fingerprint)
+        self.model_id = f"{label}@{fingerprint}"
         local = Path(name_or_path).expanduser()
         # Where to load it from next time: a directory as an absolute path, a hub id as is.
         self.name_or_path = str(local.resolve()) if local.is_dir() else name_or_path
@@ -143,12 +153,13 @@ class TransformersXVector:
             # Fingerprinted above in float32: the same weights keep the same model id, so
             # a database enrolled in one precision answers queries in the other.
             self.model.to(torch.bfloat16)
-        # Same function, fewer wasted cycles: see kernels.py. After the fingerprint (it
-        # hashes the weights as loaded) and the dtype change (it copies weights).
-        self.speedups = kernels.install(self.model, int8_products=False)
-        # The int8 products cost ~0.8 s to prepare and save ~0.018 s per second of audio:
-        # a one-file command would lose by them, so they wait for INT8_AFTER_S of audio.
-        self._int8_pending = precision == "fp32" and self.device.type == "cpu"
+        # Same function, fewer wasted cycles: see kernels.py (checked there against the plain
+        # model on a probe input). After the fingerprint (it hashes the weights as loaded) and
+        # the dtype change (it copies weights).
+        self.speedups = kernels.install(self.model, long_run=False)
+        # The rest costs more to set up than a one-file command would gain: it waits for
+        # LONG_RUN_AFTER_S of audio. Only float32 on CPU has any.
+        self._long_run_pending = bool(self.speedups) and precision == "fp32" and self.device.type == "cpu"
         self.audio_seconds = 0.0  # embedded so far
         if getattr(self.model.config, "speakerdb_random_weights", False):
             log.warning(
@@ -172,29 +183,32 @@ class TransformersXVector:
                 per_batch = max(1, MAX_BATCH_SAMPLES // length)
                 for start in range(0, len(indices), per_batch):
                     chunk = indices[start : start + per_batch]
-                    if self._int8_pending and self.audio_seconds >= INT8_AFTER_S:
-                        self.prepare_int8_products()
+                    if self._long_run_pending and self.audio_seconds >= LONG_RUN_AFTER_S:
+                        self.prepare_long_run()
                     out[chunk] = self._forward([waveforms[i] for i in chunk])
                     self.audio_seconds += len(chunk) * length / SAMPLE_RATE
         return out
 
-    def prepare_int8_products(self) -> int:
-        """Switch the transformer's linear layers to int8 products now (see :mod:`speakerdb.intgemm`).
+    def prepare_long_run(self) -> list[str]:
+        """Set up now the kernels that pay back only over many files (:func:`kernels.install_long_run`).
 
-        :meth:`embed` does it by itself once INT8_AFTER_S of audio has gone through this
-        embedder. Returns how many layers switched: 0 in bf16, on GPUs, on CPUs without
-        AMX int8, with ``SPEAKERDB_INT8_PRODUCTS=0``, or when already done. Embeddings
-        move by ~3e-7 per component at the switch (both sides within 1e-5 of the card's).
+        The positional conv by FFT and, on AMX CPUs, the int8 products of the transformer's
+        linear layers (see :mod:`speakerdb.intgemm`). :meth:`embed` does it by itself once
+        LONG_RUN_AFTER_S of audio has gone through this embedder. Returns what was added:
+        nothing in bf16, on GPUs, with ``SPEAKERDB_KERNELS=0``, or when already done.
+        Embeddings move by up to ~3e-7 per component at the switch (both sides within 1e-5
+        of the card's).
         """
-        if not self._int8_pending:
-            return 0
-        self._int8_pending = False
+        if not self._long_run_pending:
+            return []
+        self._long_run_pending = False
         started = time.perf_counter()
-        count = kernels.install_int8_products(self.model)
-        if count:
-            self.speedups.append(f"int8 products ({count} linear layers)")
-            log.debug("int8 products for %d linear layers, prepared in %.2f s", count, time.perf_counter() - started)
-        return count
+        added = kernels.install_long_run(self.model)
+        # Everything in place now: [] if the probe refused the additions (with a warning).
+        self.speedups = kernels.installed(self.model)
+        if added:
+            log.debug("%s set up in %.2f s", ", ".join(added), time.perf_counter() - started)
+        return added
 
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         """One forward pass over equal-length waveforms: (b, n_samples) -> (b, dim)."""
@@ -407,6 +421,23 @@ def _looks_like_path(name: str) -> bool:
     # Hub ids are "name" or "owner/name"; anything else with a separator, or starting
     # with ".", "~" or "/", is meant as a directory on this machine.
     return name.startswith((".", "~", "/")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def _model_directory(name: str) -> Path | None:
+    """The directory ``name``'s files are loaded from: a local directory, or a hub id's snapshot
+    in the local Hugging Face cache; None when it is not on this machine yet."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if local.exists() or _looks_like_path(name):
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        config = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id huggingface_hub refuses: loading will say why
+        return None
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def _load_transformers_model(name: str):

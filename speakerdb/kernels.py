@@ -33,13 +33,31 @@ times float32's own rounding: embeddings stay within 1e-5 per component of the m
 card's (tested; the full-size model lands 3.5e-7 away). Models of other shapes (another
 attention class, a first conv layer with several input channels) keep the parts that
 do not fit unchanged.
+
+**When.** The conv encoder's plan and the attention are set up at load (~20 ms); the FFT
+spectra (~0.1 s) and the int8 weights (~0.8 s) only by :func:`install_long_run`, which the
+embedder calls after its first minute of audio: a one-file command would not win back
+their set-up. q, k and v stay three float32 products (fusing them copied 28 MB of weights
+at every load for no measurable gain); the int8 products fuse them.
+
+**Checked at load.** These replace private parts of transformers' WavLM
+(``torch_multi_head_self_attention``, the encoders' ``forward``), which any release may
+move. :func:`install` runs the plain model's base on a probe input (0.2 s of seeded noise,
+two rows), installs, and runs it again: if the replacements fail on it or their output
+is more than PROBE_TOLERANCE away, they are all taken out (:func:`uninstall`) and one
+warning names the transformers version; :func:`install_long_run` checks again against
+the same plain output. ``SPEAKERDB_KERNELS=0`` turns them all off. Checked with the
+transformers versions in CHECKED_TRANSFORMERS (the tests compare every replacement with
+the original modules).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import types
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from . import intgemm
 
@@ -51,45 +69,186 @@ if TYPE_CHECKING:  # pragma: no cover
 FFT_BLOCK = 256  # points per FFT of the positional conv: 129 output frames per block for 128 taps
 QUIET_FRAME_RATIO = 16.0  # a frame under 1/16 of the mean frame norm: the positional conv as a conv
 FUSED_FRAMES = 2048  # layer-1 frames per slice of the first two conv layers: an 8 MB layer-0 slice
+ENV_SWITCH = "SPEAKERDB_KERNELS"  # "0" runs the plain transformers model
+#: transformers releases whose WavLM internals these replacements were checked against
+#: (tests/test_embed.py); other versions are checked at load by the probe.
+CHECKED_TRANSFORMERS = "5.24.0"
+# The probe: 0.2 s of seeded noise (9 frames), two rows: ~25 ms per forward of WavLM base,
+# as reading the weights once dominates.
+PROBE_SAMPLES = 3200
+# Largest relative difference (norm of the difference / norm of the plain output) of the
+# probe's last hidden state, by dtype. Measured on random tiny and full-size WavLM: 5e-7 and
+# 1.1e-6 in float32, 1.3e-2 and 1.7e-2 in bfloat16 (each layer rounds to 8 bits); a
+# replacement that computes something else lands near 1.
+PROBE_TOLERANCE = {"torch.float32": 1e-4, "torch.bfloat16": 0.1}
+
+log = logging.getLogger("speakerdb")
 
 
-def install(model: "nn.Module", int8_products: bool = True) -> list[str]:
-    """Swap the faster forwards into a loaded x-vector ``model`` in place; returns what was swapped.
+def enabled() -> bool:
+    """False when ``SPEAKERDB_KERNELS=0`` (or false/no/off): the plain transformers model runs."""
+    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def install(model: "nn.Module", long_run: bool = True) -> list[str]:
+    """Swap the faster forwards into a loaded x-vector ``model`` in place, checked; returns what was swapped.
 
     Call it once the model has its final dtype and device: the rearranged weights are
-    copies of the weights as they are at this moment. ``int8_products=False`` leaves the
-    linear layers in float32 for :func:`install_int8_products` to change later.
+    copies of the weights as they are at this moment. At once: the conv feature encoder,
+    the attention and the positional conv's weight norm. ``long_run=False`` leaves the
+    parts whose set-up only pays back over many seconds of audio (the positional conv's
+    spectra, the int8 products) to :func:`install_long_run`.
+
+    The result is checked against the plain model on a probe input (:func:`_probe_output`): where
+    they disagree, or where transformers' internals have moved so that the replacements
+    fail, the model is put back as loaded (:func:`uninstall`), one warning says so, and
+    the result is ``[]``. ``SPEAKERDB_KERNELS=0`` skips all of it.
+    """
+    if not enabled():
+        return []
+    try:
+        expected = _probe_output(model)  # the plain model, before any change
+    except Exception as exc:  # a model this code cannot even probe: leave it as it is
+        log.debug("kernels not installed: the plain model fails on the probe input: %s", exc)
+        return []
+    model._speakerdb_probe = expected
+    done = _checked(model, lambda: _install_now(model))
+    if done and long_run:
+        done += install_long_run(model)
+    return done
+
+
+def install_long_run(model: "nn.Module") -> list[str]:
+    """The positional conv by FFT and the int8 products, on a model :func:`install` has set up; checked.
+
+    Their set-up costs more than one short file gains from them (~0.1 s for the FFT
+    spectra against ~0.02 s saved per 10 s; ~0.8 s for the int8 weights), so the embedder
+    calls this after its first minute of audio. Returns what was added; ``[]`` if
+    :func:`install` did not run or was refused, or if already done. A disagreement with
+    the plain model on the probe input takes every replacement out, as in :func:`install`.
+    """
+    if getattr(model, "_speakerdb_probe", None) is None or getattr(model, "_speakerdb_long_run", False):
+        return []
+    model._speakerdb_long_run = True
+    before = installed(model)
+    done = _checked(model, lambda: _install_long_run_now(model))
+    return done[len(before):] if done else []
+
+
+def _checked(model: "nn.Module", change: "Callable[[], list[str]]") -> list[str]:
+    """Apply ``change`` and compare the model's probe output with the plain model's; undo all on a mismatch.
+
+    Returns every replacement now in the model (``[]`` after an undo).
     """
     import torch
-    import torch.nn.functional as F
+    import transformers
 
+    expected = model._speakerdb_probe
+    try:
+        change()
+        got = _probe_output(model)
+        error = float(torch.linalg.vector_norm((got - expected).float()) / torch.linalg.vector_norm(expected.float()))
+        tolerance = PROBE_TOLERANCE.get(str(expected.dtype), PROBE_TOLERANCE["torch.bfloat16"])
+        problem = None if error <= tolerance else f"they differ by {error:.1e} (relative)"
+    except Exception as exc:  # transformers' internals moved: an attribute, a signature, a shape
+        problem = f"they fail on it ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+    if problem is None:
+        return installed(model)
+    uninstall(model)
+    model._speakerdb_probe = None  # no second attempt (nor a second warning) for this model
+    log.warning(
+        "speakerdb's faster kernels are off for this model: checked against the plain model on a probe "
+        "input with transformers %s, %s; the plain transformers model runs instead (same embeddings, "
+        "slower). They were checked with transformers %s; set %s=0 to skip them and this check",
+        transformers.__version__, problem, CHECKED_TRANSFORMERS, ENV_SWITCH,
+    )
+    return []
+
+
+def _probe_output(model: "nn.Module") -> "torch.Tensor":
+    """The base model's last hidden state for PROBE_SAMPLES of seeded noise, two rows: (2, frames, hidden).
+
+    The base model (conv encoder, positional conv, transformer) is everything the
+    replacements touch; the x-vector head after it is left alone, and needs more frames.
+    Two rows, as the embedder stacks equal-length utterances into one forward pass.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(2, PROBE_SAMPLES, generator=generator)
+    parameter = next(model.parameters())
+    with torch.inference_mode():
+        return model.base_model(x.to(device=parameter.device, dtype=parameter.dtype)).last_hidden_state
+
+
+def _install_now(model: "nn.Module") -> list[str]:
+    """The conv feature encoder, the attention and the positional conv's weight norm."""
     base = model.base_model
-    done = []
     encoder = getattr(base, "feature_extractor", None)
     if encoder is not None and _encoder_fits(encoder):
         encoder._speakerdb_plan = _encoder_plan(encoder)
         encoder.forward = types.MethodType(conv_feature_encoder, encoder)
-        done.append("conv feature encoder")
-    attentions = _wavlm_attentions(model)
-    for a in attentions:
-        a._speakerdb_qkv_weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        a._speakerdb_qkv_bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
-        a._speakerdb_qkv = functools.partial(F.linear, weight=a._speakerdb_qkv_weight, bias=a._speakerdb_qkv_bias)
+    for a in _wavlm_attentions(model):
+        # q, k and v as three products: fusing them into one would copy 28 MB of weights at
+        # every load, for no measurable gain in float32 (the int8 products fuse them).
+        a._speakerdb_qkv = functools.partial(_three_projections, a)
         a.torch_multi_head_self_attention = types.MethodType(wavlm_self_attention, a)
-    if attentions:
-        done.append("attention")
     pos_embed = getattr(getattr(base, "encoder", None), "pos_conv_embed", None)
     if pos_embed is not None and _fix_weight_norm(pos_embed.conv):
-        done.append("positional conv weight norm")
+        pos_embed._speakerdb_weight_norm_fixed = True
+    return installed(model)
+
+
+def _install_long_run_now(model: "nn.Module") -> list[str]:
+    """The positional conv by FFT and the int8 products."""
+    pos_embed = getattr(getattr(model.base_model, "encoder", None), "pos_conv_embed", None)
     if pos_embed is not None and _positional_conv_fits(pos_embed):
         pos_embed._speakerdb_spectra = _positional_conv_spectra(pos_embed.conv)
         pos_embed._speakerdb_convolve = pos_embed.forward  # the original, for quiet frames
         pos_embed.forward = types.MethodType(positional_conv_embedding, pos_embed)
-        done.append("positional conv by FFT")
-    n_int8 = install_int8_products(model) if int8_products else 0
+    install_int8_products(model)
+    return installed(model)
+
+
+def installed(model: "nn.Module") -> list[str]:
+    """What is replaced in ``model`` now, in a fixed order (``[]``: the plain model)."""
+    base = model.base_model
+    encoder = getattr(base, "feature_extractor", None)
+    pos_embed = getattr(getattr(base, "encoder", None), "pos_conv_embed", None)
+    names = []
+    if encoder is not None and "forward" in vars(encoder):
+        names.append("conv feature encoder")
+    if any("torch_multi_head_self_attention" in vars(a) for a in _wavlm_attentions(model)):
+        names.append("attention")
+    if getattr(pos_embed, "_speakerdb_weight_norm_fixed", False):
+        names.append("positional conv weight norm")
+    if pos_embed is not None and "forward" in vars(pos_embed):
+        names.append("positional conv by FFT")
+    n_int8 = len(_int8_layers(model))
     if n_int8:
-        done.append(f"int8 products ({n_int8} linear layers)")
-    return done
+        names.append(f"int8 products ({n_int8} linear layers)")
+    return names
+
+
+def uninstall(model: "nn.Module") -> None:
+    """Take every replacement out of ``model``: its modules' own forwards run again.
+
+    The positional conv's weight norm stays applied (it is no longer listed): its weight
+    is the one the parametrization computes on every forward, so the function is the same.
+    """
+    base = model.base_model
+    encoder = getattr(base, "feature_extractor", None)
+    modules = [encoder, getattr(getattr(base, "encoder", None), "pos_conv_embed", None)]
+    modules += _wavlm_attentions(model)
+    modules += [dense for _, dense in _feed_forward_denses(model)]
+    for module in modules:
+        if module is None:
+            continue
+        for name in [n for n in vars(module) if n.startswith("_speakerdb_")]:
+            delattr(module, name)
+        for name in ("forward", "torch_multi_head_self_attention"):
+            if name in vars(module):  # an instance attribute set here; the class's method is the original
+                delattr(module, name)
 
 
 def install_int8_products(model: "nn.Module") -> int:
@@ -99,25 +258,49 @@ def install_int8_products(model: "nn.Module") -> int:
     Returns how many layers now use them; 0 where none can, or where it already ran.
     Preparing them takes ~0.8 s for WavLM base (slicing and packing 85 M weights).
     """
-    from torch import nn
+    import torch
 
+    if not intgemm.available():
+        return 0
     count = 0
     # Not the attention's output projection: at 768 x 768 the six int8 products and the
     # split cost as much as the float32 product (1.68 against 1.60 ms for 10 s).
     for a in _wavlm_attentions(model):
-        if hasattr(a, "_speakerdb_qkv") and not isinstance(a._speakerdb_qkv, intgemm.IntLinear):
-            a._speakerdb_qkv = intgemm.make_linear(a._speakerdb_qkv_weight, a._speakerdb_qkv_bias)
-            count += isinstance(a._speakerdb_qkv, intgemm.IntLinear)
+        if "_speakerdb_qkv" in vars(a) and not isinstance(a._speakerdb_qkv, intgemm.IntLinear):
+            weight = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+            bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach()
+            product = intgemm.make_linear(weight, bias)
+            if isinstance(product, intgemm.IntLinear):  # else keep the three float32 products
+                a._speakerdb_qkv = product
+                count += 1
+    for _, dense in _feed_forward_denses(model):
+        if not isinstance(vars(dense).get("forward"), intgemm.IntLinear):
+            product = intgemm.make_linear(dense.weight, dense.bias)
+            if isinstance(product, intgemm.IntLinear):
+                dense.forward = product  # an instance attribute: nn.Module.__call__ uses it
+                count += 1
+    return count
+
+
+def _int8_layers(model: "nn.Module") -> list:
+    """The int8 products installed in ``model``."""
+    qkv = [vars(a).get("_speakerdb_qkv") for a in _wavlm_attentions(model)]
+    dense = [vars(d).get("forward") for _, d in _feed_forward_denses(model)]
+    return [p for p in qkv + dense if isinstance(p, intgemm.IntLinear)]
+
+
+def _feed_forward_denses(model: "nn.Module") -> list:
+    """(name, nn.Linear) of every transformer layer's two feed-forward products."""
+    from torch import nn
+
+    out = []
     for layer in getattr(getattr(model.base_model, "encoder", None), "layers", []):
         feed_forward = getattr(layer, "feed_forward", None)
         for name in ("intermediate_dense", "output_dense"):
             dense = getattr(feed_forward, name, None)
-            if isinstance(dense, nn.Linear) and not isinstance(dense.__dict__.get("forward"), intgemm.IntLinear):
-                product = intgemm.make_linear(dense.weight, dense.bias)
-                if isinstance(product, intgemm.IntLinear):
-                    dense.forward = product  # an instance attribute: nn.Module.__call__ uses it
-                    count += 1
-    return count
+            if isinstance(dense, nn.Linear):
+                out.append((name, dense))
+    return out
 
 
 def _wavlm_attentions(model: "nn.Module") -> list:
@@ -323,8 +506,9 @@ def wavlm_self_attention(
 
     batch, frames, embed = hidden_states.shape
     heads = attention.num_heads
-    qkv = attention._speakerdb_qkv(hidden_states)  # (B, T, 3E)
-    q, k, v = qkv.view(batch, frames, 3, heads, embed // heads).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+    qkv = attention._speakerdb_qkv(hidden_states)  # fused: (B, T, 3E); else q, k, v, each (B, T, E)
+    q, k, v = qkv.split(embed, dim=-1) if isinstance(qkv, torch.Tensor) else qkv
+    q, k, v = (t.view(batch, frames, heads, embed // heads).transpose(1, 2) for t in (q, k, v))  # each (B, H, T, D)
     mask = gated_position_bias.view(batch, heads, frames, frames)
     if attention_mask is not None and not bool(attention_mask.all()):
         padded = attention_mask.eq(0)[:, None, None, :]  # (B, 1, 1, T)
@@ -333,6 +517,11 @@ def wavlm_self_attention(
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)  # (B, H, T, D)
     out = out.transpose(1, 2).reshape(batch, frames, embed)
     return attention.out_proj(out), None
+
+
+def _three_projections(attention: "nn.Module", hidden_states: "torch.Tensor") -> tuple:
+    """The attention's q, k and v projections of (B, T, E) hidden states: three (B, T, E) tensors."""
+    return attention.q_proj(hidden_states), attention.k_proj(hidden_states), attention.v_proj(hidden_states)
 
 
 # ---- positional convolution ---------------------------------------------------------------

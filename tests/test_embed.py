@@ -250,23 +250,86 @@ def test_positional_conv_by_fft_equals_the_convolution(frames, kernel):
         np.testing.assert_array_equal(kernels.positional_conv_embedding(embed, x).numpy(), embed(x).numpy())
 
 
-def test_int8_products_come_after_enough_audio_and_keep_the_embeddings(tiny_checkpoint, monkeypatch):
+AT_LOAD = ["conv feature encoder", "attention", "positional conv weight norm"]
+
+
+def test_long_run_kernels_come_after_enough_audio_and_keep_the_embeddings(tiny_checkpoint, monkeypatch):
+    """The positional conv by FFT and the int8 products wait for LONG_RUN_AFTER_S of audio (one
+    short file would not repay their set-up); embeddings stay within the tolerance across the switch."""
     from speakerdb import embed, intgemm
 
-    monkeypatch.setattr(embed, "INT8_AFTER_S", 3.0)
+    monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 3.0)
     monkeypatch.setattr(intgemm, "MIN_ROWS", 1)  # a 2 s clip is 99 frames
     embedder = load_embedder(str(tiny_checkpoint))
+    assert embedder.speedups == AT_LOAD
     wave = voice(150, 2.0)
-    first = embedder.embed([wave])  # 0 s before it: float32 products
-    again = embedder.embed([wave])  # 2 s before it: still float32
-    assert np.array_equal(first, again)
-    assert not any("int8" in s for s in embedder.speedups)
-    later = embedder.embed([wave])  # 4 s before it: int8 products where the CPU has them
-    assert any("int8" in s for s in embedder.speedups) == intgemm.available()
+    first = embedder.embed([wave])  # 0 s before it
+    again = embedder.embed([wave])  # 2 s before it: still the same kernels
+    assert np.array_equal(first, again) and embedder.speedups == AT_LOAD
+    later = embedder.embed([wave])  # 4 s before it: the long-run kernels
+    int8 = [f"int8 products ({3 * embedder.model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    assert embedder.speedups == [*AT_LOAD, "positional conv by FFT", *int8]
     assert embedder.audio_seconds == 6.0
     np.testing.assert_allclose(later, first, atol=1e-5)
-    assert embedder.prepare_int8_products() == 0  # once only
-    assert load_embedder(str(tiny_checkpoint), precision="bf16").prepare_int8_products() == 0
+    assert embedder.prepare_long_run() == []  # once only
+    assert load_embedder(str(tiny_checkpoint), precision="bf16").prepare_long_run() == []
+
+
+def plain_model_runs(embedder) -> bool:
+    """Whether none of kernels.py's replacements is left in the embedder's model."""
+    return not any("forward" in vars(m) or "torch_multi_head_self_attention" in vars(m)
+                   or any(n.startswith("_speakerdb_") for n in vars(m))
+                   for m in embedder.model.base_model.modules())
+
+
+def kernel_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "faster kernels are off" in r.getMessage()]
+
+
+@pytest.mark.parametrize("breakage", ["wrong attention", "moved internals", "wrong FFT"])
+def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(tiny_checkpoint, monkeypatch, caplog,
+                                                                            breakage):
+    """kernels.py replaces private parts of transformers' WavLM; at load (and when the long-run
+    kernels come) a probe input checks them against the plain model."""
+    import logging
+
+    from speakerdb import embed, kernels
+
+    if breakage == "wrong attention":  # computes something else: scores not scaled
+        def wrong(attention, hidden_states, attention_mask, gated_position_bias):
+            out, _ = original(attention, hidden_states, attention_mask, gated_position_bias)
+            return out * 1.5, None
+
+        original = kernels.wavlm_self_attention
+        monkeypatch.setattr(kernels, "wavlm_self_attention", wrong)
+    elif breakage == "moved internals":  # a transformers release renamed the projections
+        monkeypatch.setattr(kernels, "_three_projections", lambda a, h: (a.query_proj(h), a.key_proj(h), a.value_proj(h)))
+    else:  # the FFT's spectra for another kernel length
+        spectra = kernels._positional_conv_spectra
+        monkeypatch.setattr(kernels, "_positional_conv_spectra", lambda conv: spectra(conv).flip(0))
+    monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 1.0)
+    wave = voice(150, 2.0)
+    with caplog.at_level(logging.WARNING, logger="speakerdb"):
+        embedder = load_embedder(str(tiny_checkpoint))
+        ours = np.concatenate([embedder.embed([wave]) for _ in range(3)])  # the long-run kernels come at 2 s
+    assert len(kernel_warnings(caplog)) == 1
+    assert "transformers" in kernel_warnings(caplog)[0] and "SPEAKERDB_KERNELS=0" in kernel_warnings(caplog)[0]
+    assert embedder.speedups == [] and plain_model_runs(embedder)
+    assert np.max(np.abs(ours - model_card_embedding(tiny_checkpoint, [wave]))) < TOLERANCE
+
+
+def test_kernels_are_switched_off_by_the_environment(tiny_checkpoint, monkeypatch, caplog):
+    from speakerdb import embed
+
+    monkeypatch.setenv("SPEAKERDB_KERNELS", "0")
+    monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 1.0)
+    embedder = load_embedder(str(tiny_checkpoint))
+    wave = voice(150, 2.0)
+    ours = np.concatenate([embedder.embed([wave]) for _ in range(2)])
+    assert embedder.speedups == [] and plain_model_runs(embedder) and not kernel_warnings(caplog)
+    card = model_card_embedding(tiny_checkpoint, [wave])
+    np.testing.assert_array_equal(ours[0], ours[1])
+    assert np.max(np.abs(ours - card)) < 1e-6  # the same code as the card's, unbatched
 
 
 def test_unknown_precision(tiny_checkpoint):
