@@ -317,7 +317,7 @@ def test_identify_answers_every_file_even_when_some_fail(fake_db, voices, tmp_pa
     assert "no such file" in results[1].error and "too short" in results[2].error
     assert results[1].to_dict() == {"file": str(files[1]), "error": results[1].error}
     assert results[1].speaker is None and results[1].score is None and results[1].candidates == []
-    assert set(results[0].to_dict()) == {"file", "speaker", "score", "raw_score", "candidates"}
+    assert set(results[0].to_dict()) == {"file", "speaker", "score", "raw_score", "candidates", "voices"}
 
 
 @pytest.mark.parametrize("name, why", [

@@ -48,7 +48,7 @@ def test_enroll_identify_verify_rename_remove(run, voices):
     results = as_json(run("identify", voices["alice"][0], voices["bob"][1], "--json"))
     assert [r["file"] for r in results] == [str(voices["alice"][0]), str(voices["bob"][1])]
     for r in results:
-        assert set(r) == {"file", "speaker", "score", "raw_score", "candidates"}
+        assert set(r) == {"file", "speaker", "score", "raw_score", "candidates", "voices"}
         assert [set(c) for c in r["candidates"]] == [{"speaker", "score"}] * 3
         assert r["score"] == r["candidates"][0]["score"]
 

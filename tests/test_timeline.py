@@ -164,6 +164,23 @@ def test_build_streams_generated_conversation(tmp_path):
         assert abs(seg.start - start) < 0.25
 
 
+def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, caplog):
+    from speakerdb import SpeakerDB
+
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    gap = np.zeros(SR, np.float32)
+    two = write(tmp_path / "two.wav", np.concatenate([voice(110, 4, seed=1), gap, voice(300, 4, seed=2)]))
+    one = write(tmp_path / "one.wav", np.concatenate([voice(110, 4, seed=3), gap, voice(110, 4, seed=4)]))
+    with SpeakerDB(tmp_path / "d.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 4, seed=9))])
+        with caplog.at_level("WARNING", logger="speakerdb"):
+            results = db.identify([two, one])
+    assert [r.voices for r in results] == [2, 1]
+    assert results[0].to_dict()["voices"] == 2
+    warned = [r.getMessage() for r in caplog.records if "voices" in r.getMessage()]
+    assert len(warned) == 1 and str(two) in warned[0] and "holds 2 voices" in warned[0] and "timeline" in warned[0]
+
+
 # ---- RTTM ---------------------------------------------------------------------------------------
 def test_rttm_round_trip_through_pyannote(tmp_path):
     load_rttm = pytest.importorskip("pyannote.database.util").load_rttm
@@ -238,3 +255,7 @@ def test_conversation_of_real_speech_with_ge2e(tmp_path):
     assert np.mean(named) >= 0.9, hyp
     assert np.mean(unknown) >= 0.9, hyp
     assert {v.label for v in tl.voices} == {"1688", "3005", "unknown-1"}
+    # identify on the whole conversation says it is several voices.
+    with SpeakerDB(tmp_path / "db.sqlite") as db:
+        [r] = db.identify([path])
+    assert r.voices == 3
