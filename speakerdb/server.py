@@ -285,9 +285,20 @@ class Lane:
         try:
             ctx = contextvars.copy_context()
             call = functools.partial(ctx.run, self._call, fn, *args, **kwargs)
-            return await asyncio.get_running_loop().run_in_executor(self.executor, call)
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, call)
         finally:
             self.pending -= 1
+        # After the answer, on this lane's thread: save the index file if it lags far behind
+        # this worker's index (a header read when it does not), so no request waits for it.
+        try:
+            self.executor.submit(self._maintain)
+        except RuntimeError:
+            pass  # shutting down: close() saves what is owed
+        return result
+
+    def _maintain(self) -> None:
+        if self.db is not None:
+            self.db.indexer.maintain()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""Benchmark ``speakerdb serve`` against in-process ``SpeakerDB.identify`` and one-shot CLI processes.
+
+    HF_HUB_OFFLINE=1 python scripts/bench_service.py                         # ~8 min on 2 busy cores
+    HF_HUB_OFFLINE=1 python scripts/bench_service.py --checkpoint ./wavlm-random --seconds 30 --json out.json
+
+The model is a RANDOM-weight WavLM x-vector checkpoint of the full microsoft/wavlm-base-plus-sv
+architecture (scripts/make_random_checkpoint.py; made in --checkpoint DIR if that is empty,
+else reused): it costs what the real model costs. A database of --speakers speakers is
+enrolled once; then, in one run and on one machine:
+
+* **in-process**: ``SpeakerDB.identify([clip])`` in this process, model loaded, median of
+  --repeats calls after a warm-up, for each clip length (3 s and 10 s);
+* **one-shot CLI**: ``speakerdb identify CLIP --json`` as a new process each time (what
+  scripts paid before the service), median of 3;
+* **service**: ``speakerdb serve`` with 1 and 2 workers; for 1, 4 and 16 concurrent clients
+  (threads, each with its own :class:`speakerdb.client.Client`, no retries), each clip length:
+  requests per second, p50/p95/p99 latency, errors, 503s (counted apart: the queue was
+  full, the client was told to retry) and the peak resident memory of each worker process.
+
+Nothing else runs while a side is measured (the service is stopped for the baselines).
+The table goes to stdout as Markdown, progress to stderr. Every row names the CPU and the
+load average before and after it: on a shared machine, compare rows of one run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SR = 16_000  # Hz
+READY_TIMEOUT_S = 600  # seconds: two full-size models loading on a busy machine
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def voice(f0: float, seconds: float, seed: int = 0):
+    """A synthetic voiced signal (the tests' generator): harmonics of f0 with vibrato and noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * SR))) / SR
+    vibrato = 1 + 0.01 * np.sin(2 * np.pi * (4 + seed % 3) * t)
+    phase = 2 * np.pi * f0 * np.cumsum(vibrato) / SR
+    x = sum(np.sin(h * phase) / h for h in range(1, 9))
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t + seed) ** 2
+    return (0.25 * x * envelope + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, MB (VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def worker_pids(main: int) -> list[int]:
+    """The processes that serve: uvicorn's children with --workers > 1, else the main process."""
+    try:
+        children = [int(p) for p in Path(f"/proc/{main}/task/{main}/children").read_text().split()]
+    except OSError:
+        children = []
+    # multiprocessing's resource tracker is a child too, but small: workers hold a model
+    big = [p for p in children if rss_mb(p) > 100]
+    return big or [main]
+
+
+class Service:
+    def __init__(self, db: Path, checkpoint: Path, workers: int, key: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.log_file = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "speakerdb", "--db", str(db), "--model", str(checkpoint), "serve", "--port",
+             str(self.port), "--workers", str(workers), "--log-level", "warning", "--queue-size", "64"],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        self.key = key
+
+    def wait_ready(self) -> float:
+        started = time.monotonic()
+        ready: set[int] = set()
+        while time.monotonic() - started < READY_TIMEOUT_S:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the service exited with {self.proc.returncode}; see its log")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
+                    ready.add(json.loads(r.read())["pid"])
+                    if len(ready) >= self.workers:
+                        return time.monotonic() - started
+                    continue
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise SystemExit("the service did not become ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log_file.close()
+
+
+def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) -> dict:
+    """``n_clients`` threads identifying ``clip`` back to back for ``seconds`` (after one warm-up each)."""
+    from speakerdb.client import Client
+    from speakerdb.errors import ServiceError
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    busy = 0
+    lock = threading.Lock()
+    start_barrier = threading.Barrier(n_clients + 1)
+    stop_at = [0.0]
+    peak_rss: dict[int, float] = {}
+    sampling = [True]
+
+    def sample_memory() -> None:
+        while sampling[0]:
+            for pid in worker_pids(service.proc.pid):
+                peak_rss[pid] = max(peak_rss.get(pid, 0.0), rss_mb(pid))
+            time.sleep(0.5)
+
+    def client_loop() -> None:
+        nonlocal busy
+        client = Client(service.url, service.key, retries=0)
+        try:
+            client.identify([clip])  # warm-up: a connection, the key checked once
+        except Exception as e:
+            with lock:
+                errors.append(f"warm-up: {type(e).__name__}: {e}")
+        start_barrier.wait()
+        while time.monotonic() < stop_at[0]:
+            t0 = time.monotonic()
+            try:
+                [answer] = client.identify([clip])
+                if answer.error:
+                    raise RuntimeError(answer.error)
+                with lock:
+                    latencies.append(time.monotonic() - t0)
+            except ServiceError as e:
+                with lock:
+                    if e.status == 503:
+                        busy += 1
+                    else:
+                        errors.append(f"{type(e).__name__}: {e}")
+                if e.status == 503 and e.retry_after:
+                    time.sleep(min(e.retry_after, 5))
+            except Exception as e:
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+
+    sampler = threading.Thread(target=sample_memory, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=client_loop) for _ in range(n_clients)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.monotonic() + 3600  # set properly once every client has warmed up
+    start_barrier.wait()
+    began = time.monotonic()
+    stop_at[0] = began + seconds
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - began
+    sampling[0] = False
+    sampler.join()
+    return {
+        "requests": len(latencies), "rps": len(latencies) / elapsed, "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95), "p99": percentile(latencies, 99), "errors": len(errors), "busy_503": busy,
+        "error_examples": errors[:3], "worker_rss_mb": sorted(round(v) for v in peak_rss.values()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="random full-size checkpoint directory (made if empty)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per service cell")
+    parser.add_argument("--repeats", type=int, default=7, help="in-process identify calls per clip length")
+    parser.add_argument("--speakers", type=int, default=20, help="speakers enrolled in the database")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--clip-seconds", default="3,10")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import soundfile as sf
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_random_checkpoint import build
+
+    from speakerdb import SpeakerDB
+
+    work = Path(tempfile.mkdtemp(prefix="bench-service-"))
+    checkpoint = args.checkpoint or work / "wavlm-random"
+    if not (checkpoint / "config.json").exists():
+        log(f"writing a full-size random checkpoint to {checkpoint}")
+        build(checkpoint, size="full", seed=0)
+    clip_lengths = [float(x) for x in args.clip_seconds.split(",")]
+    clips = {}
+    for seconds in clip_lengths:
+        clips[seconds] = work / f"probe-{seconds:g}s.wav"
+        sf.write(str(clips[seconds]), voice(160.0, seconds, seed=99), SR, subtype="PCM_16")
+    db_path = work / "bench.sqlite"
+    log(f"enrolling {args.speakers} speakers (3 s each)")
+    from speakerdb import audio
+
+    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+        for i in range(args.speakers):
+            db.enroll(f"s{i:03d}", [audio.Audio(f"s{i}.wav", voice(90 + 9 * i, 3.0, seed=i))])
+        key = db.create_key("bench", "read").key
+
+    cpu = cpu_name()
+    rows: list[dict] = []
+
+    # ---- in-process: the model loaded, one call at a time ----------------------------------
+    log("in-process SpeakerDB.identify")
+    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+        for seconds, clip in clips.items():
+            db.identify([clip])  # warm-up
+            before = load()
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                db.identify([clip])
+                times.append(time.perf_counter() - t0)
+            rows.append({"side": "in-process SpeakerDB.identify", "workers": "-", "clients": 1, "clip_s": seconds,
+                         "requests": len(times), "rps": len(times) / sum(times), "p50": statistics.median(times),
+                         "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
+                         "worker_rss_mb": [round(rss_mb(os.getpid()))], "load": (before, load())})
+
+    # ---- one-shot CLI processes ------------------------------------------------------------
+    log("one-shot `speakerdb identify` processes")
+    for seconds, clip in clips.items():
+        before = load()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "speakerdb", "--db", str(db_path), "identify", str(clip),
+                                  "--json"], capture_output=True, text=True)
+            times.append(time.perf_counter() - t0)
+            if out.returncode != 0:
+                raise SystemExit(out.stderr)
+        rows.append({"side": "one-shot `speakerdb identify` process", "workers": "-", "clients": 1, "clip_s": seconds,
+                     "requests": 3, "rps": 3 / sum(times), "p50": statistics.median(times),
+                     "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
+                     "worker_rss_mb": [], "load": (before, load())})
+
+    # ---- the service -----------------------------------------------------------------------
+    for workers in [int(x) for x in args.workers.split(",")]:
+        service = Service(db_path, checkpoint, workers, key, work / f"serve-{workers}.log")
+        try:
+            ready_s = service.wait_ready()
+            log(f"service with {workers} worker(s) ready after {ready_s:.1f} s")
+            for seconds, clip in clips.items():
+                for n_clients in [int(x) for x in args.clients.split(",")]:
+                    before = load()
+                    log(f"  {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
+                    result = run_clients(service, clip, n_clients, args.seconds)
+                    rows.append({"side": "service", "workers": workers, "clients": n_clients, "clip_s": seconds,
+                                 **result, "load": (before, load()), "ready_s": ready_s})
+        finally:
+            service.stop()
+
+    # ---- report ----------------------------------------------------------------------------
+    print(f"\nCPU: {cpu}; torch threads: default (SPEAKERDB_THREADS={os.environ.get('SPEAKERDB_THREADS', 'unset')}); "
+          f"{args.speakers} speakers; service cells of {args.seconds:g} s; full-size random WavLM checkpoint.\n")
+    print("| side | workers | clients | clip | requests | req/s | p50 s | p95 s | p99 s | errors | 503s "
+          "| RSS per worker MB | load 1-min before/after |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['side']} | {r['workers']} | {r['clients']} | {r['clip_s']:g} s | {r['requests']} | "
+              f"{r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['busy_503']} | "
+              f"{', '.join(map(str, r['worker_rss_mb'])) or '-'} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
+    inproc = {r["clip_s"]: r["p50"] for r in rows if r["side"].startswith("in-process")}
+    one = {(r["clip_s"]): r for r in rows if r["side"] == "service" and r["workers"] == 1 and r["clients"] == 1}
+    print()
+    for seconds in clip_lengths:
+        if seconds in one and seconds in inproc:
+            print(f"- {seconds:g} s clip, 1 worker, 1 client: service p50 {one[seconds]['p50']:.2f} s = "
+                  f"{one[seconds]['p50'] / inproc[seconds]:.2f} x in-process ({inproc[seconds]:.2f} s)")
+    for workers in [int(x) for x in args.workers.split(",")]:
+        for seconds in clip_lengths:
+            cells = {r["clients"]: r for r in rows if r["side"] == "service" and r["workers"] == workers
+                     and r["clip_s"] == seconds}
+            if 1 in cells and 16 in cells:
+                print(f"- {workers} worker(s), {seconds:g} s: throughput at 16 clients = "
+                      f"{cells[16]['rps'] / cells[1]['rps']:.2f} x that at 1 client")
+    errors = [e for r in rows for e in r.get("error_examples", [])]
+    if errors:
+        print("\nerrors seen: " + "; ".join(errors[:5]))
+    if args.json:
+        args.json.write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
