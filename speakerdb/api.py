@@ -317,6 +317,7 @@ class SpeakerDB:
 
     # ---- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
+        self.indexer.maintain()  # a lagging index file is saved after the work, not during it
         self.store.close()
 
     def discard_if_unused(self) -> bool:

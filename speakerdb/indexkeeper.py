@@ -20,8 +20,9 @@ the speaker id, and a random nonce. An index remembers the database it was built
   leave the disk at once and a new speaker costs nothing. Any failure there deletes the
   cache files and warns in one line; the commit stands and is reported.
 
-The file is a snapshot that readers save again once it lags ``SAVE_AFTER_CHANGES``
-records behind, under the index lock (never waiting for it: another process is saving).
+The file is a snapshot that a process saves again once it lags ``SAVE_AFTER_CHANGES``
+records behind its own index (:meth:`IndexKeeper.maintain`: at close, and between a
+service's requests), under the index lock (never waiting for it: another process is saving).
 Records older than both the file and the last ``KEEP_CHANGES`` are pruned then.
 """
 
@@ -60,7 +61,6 @@ class IndexKeeper:
     def snapshot(self) -> Iterator[tuple[Any, SpeakerIndex]]:
         """A read session and the index at exactly that session's generation."""
         index = self._index if self._index is not None else self._load()
-        loaded_generation = index.generation if index is not None else None
         rebuilt = False
         for attempt in range(REBUILD_ATTEMPTS):
             with self.store.read() as s:
@@ -79,8 +79,23 @@ class IndexKeeper:
                 state = self._state(s, settings)
             index = self._build(None, settings, state)
             rebuilt = True
-        if rebuilt or loaded_generation is None or caught_up.generation - loaded_generation >= SAVE_AFTER_CHANGES:
+        if rebuilt:  # the build cost far more than the save: keep it for the next process at once
             self._save(caught_up, wait=0.0)
+        # A file that merely lags is saved by maintain(), after the answer (at close, or by
+        # the service between requests): a 2 GB write never delays an identify.
+
+    def maintain(self) -> None:
+        """Save this process's index if the file lags it by SAVE_AFTER_CHANGES records or more,
+        or is missing; prune the records no index needs then. Cheap when there is nothing
+        to do (one header read); never raises."""
+        index = self._index
+        if index is None:
+            return
+        header = SpeakerIndex.read_header(self.path)
+        if (header is not None and header["database_id"] == index.database_id
+                and index.generation - header["generation"] < SAVE_AFTER_CHANGES):
+            return
+        self._save(index, wait=0.0)
 
     def current(self) -> SpeakerIndex:
         """The index at the store's generation now (for callers that need no snapshot)."""
