@@ -700,7 +700,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         n = await request.app.state.service.admin(call)
         return ok({"removed": [name], "utterances": n})
 
-    @app.get("/v1/info", tags=["database"])
+    @app.get("/v1/info", tags=["database"],
+             responses=_example({"db_path": "/srv/speakerdb/team.sqlite", "model_id": "microsoft/wavlm-base-plus-sv",
+                                 "dim": 512, "threshold": 0.86, "n_speakers": 2, "n_utterances": 3,
+                                 "schema_revision": "0003", "generation": 5}))
     async def info(request: Request, caller: Caller = Depends(require("read"))):
         """The database: model, dimension, threshold, counts (`speakerdb info --json`)."""
         return ok((await request.app.state.service.admin(lambda db: db.info())).to_dict())
@@ -798,7 +801,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                                                                              actor=caller.key_name))
         return ok(new.to_dict(), 201)
 
-    @app.delete("/v1/keys/{name}", tags=["keys"])
+    @app.delete("/v1/keys/{name}", tags=["keys"],
+                responses=_example({"name": "callcentre-1", "scope": "read", "created_at": "2026-11-30T18:00:00Z",
+                                    "revoked_at": "2026-11-30T19:00:00Z", "active": False}))
     async def revoke_key(request: Request, name: str, caller: Caller = Depends(require("admin"))):
         """Revoke a key: refused from the next request on, by every worker."""
         info = await request.app.state.service.admin(lambda db: db.revoke_key(name, actor=caller.key_name))
