@@ -4,6 +4,12 @@
     python scripts/scale_test.py /tmp/scale --speakers 1000000      # ~30 min on 2 cores, ~8 GB disk
     python scripts/scale_test.py /tmp/scale --speakers 20000        # a minute
     python scripts/scale_test.py /tmp/scale --reuse                 # again, on the same files
+    python scripts/scale_test.py /tmp/scale --vectors speaker-like --fitted fitted.npz
+
+``--vectors uniform`` (default) draws random 512-d unit vectors, the worst case for a graph
+index; ``--vectors speaker-like`` draws from the distribution that scripts/speaker_like.py
+fitted to real GE2E embeddings (256-d), with queries that are new recordings of enrolled
+speakers (the fitted within-speaker spread). Report both.
 
 1. Fills DIR/scale.sqlite with N speakers of one utterance each (random 512-d unit
    vectors; SQLAlchemy Core bulk inserts, the same tables and blobs as enrollment writes).
@@ -48,7 +54,7 @@ from speakerdb import SpeakerDB, audio
 path, queries = sys.argv[1], json.load(sys.stdin)
 
 class Stub:
-    model_id, dim = "scale-stub", 512
+    model_id, dim = "scale-stub", int(sys.argv[2]) if len(sys.argv) > 2 else 512
     def __init__(self):
         self.next = None
     def embed(self, waves):
@@ -67,7 +73,9 @@ print(json.dumps({"process_s": time.perf_counter() - t0, "queries": out}))
 """
 
 
-def fill(path: Path, n: int, seed: int = 0) -> None:
+def fill(path: Path, n: int, seed: int = 0, draw=None) -> None:
+    """Bulk-fill ``path`` with ``n`` speakers; ``draw(rng, k)`` gives (k, dim) unit vectors
+    (default: uniform 512-d)."""
     from sqlalchemy import insert
 
     from speakerdb import SpeakerDB, store
@@ -80,8 +88,11 @@ def fill(path: Path, n: int, seed: int = 0) -> None:
     t0 = time.perf_counter()
     while done < n:
         k = min(BATCH, n - done)
-        vectors = rng.standard_normal((k, DIM)).astype(np.float32)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # (k, DIM) unit rows
+        if draw is None:
+            vectors = rng.standard_normal((k, DIM)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)  # (k, DIM) unit rows
+        else:
+            vectors = draw(rng, k)
         with db.write() as s:
             ids = range(done + 1, done + k + 1)
             s.execute(insert(store.Speaker), [
@@ -95,7 +106,7 @@ def fill(path: Path, n: int, seed: int = 0) -> None:
             ])
             if done == 0:
                 store.set_setting(s, "model_id", "scale-stub")
-                store.set_setting(s, "dim", DIM)
+                store.set_setting(s, "dim", int(vectors.shape[1]))
             # (the schema's triggers record each new speaker and bump the generation)
         done += k
         print(f"  {done:,} speakers ({done / (time.perf_counter() - t0):,.0f}/s)", file=sys.stderr)
@@ -109,6 +120,8 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=5, help="identifies in the fresh process")
     p.add_argument("--recall-queries", type=int, default=1000, help="queries of each kind for recall@1")
     p.add_argument("--ef-search", default="256,512,1024,2048", help="efSearch values to measure recall at")
+    p.add_argument("--vectors", choices=["uniform", "speaker-like"], default="uniform")
+    p.add_argument("--fitted", type=Path, help="scripts/speaker_like.py's parameters (for --vectors speaker-like)")
     p.add_argument("--reuse", action="store_true",
                    help="keep DIR's database and index from an earlier run with the same --speakers (no fill, no build)")
     args = p.parse_args()
@@ -122,9 +135,17 @@ def main() -> None:
 
     from speakerdb import SpeakerDB, store
 
+    params = None
+    if args.vectors == "speaker-like":
+        import speaker_like
+
+        if args.fitted is None:
+            raise SystemExit("--vectors speaker-like needs --fitted (python scripts/speaker_like.py DATA fitted.npz)")
+        params = speaker_like.load(args.fitted)
+    dim = len(params["mean"]) if params is not None else DIM
     t = time.perf_counter()
     if not reuse:
-        fill(path, args.speakers)
+        fill(path, args.speakers, draw=None if params is None else (lambda rng, k: speaker_like.speakers(params, k, rng)))
     fill_s = time.perf_counter() - t
     t = time.perf_counter()
     with SpeakerDB(path) as db:
@@ -134,7 +155,7 @@ def main() -> None:
         kind = index.kind
         stored_ef = db.index_params["hnsw_ef_search"]
     index_s = time.perf_counter() - t
-    recall_rows = recall_sweep(index, args.recall_queries, [int(e) for e in args.ef_search.split(",")])
+    recall_rows = recall_sweep(index, args.recall_queries, [int(e) for e in args.ef_search.split(",")], params)
     del index
     mtime = index_file.stat().st_mtime_ns
 
@@ -144,14 +165,17 @@ def main() -> None:
     with store.Store(path).read() as s:
         for i in picks:
             sp = store.speaker_by_name(s, f"speaker-{i:07d}")
-            q = sp.centroid_vector() + bench.QUERY_NOISE_SIGMA * rng.standard_normal(DIM).astype(np.float32)
+            if params is None:
+                q = sp.centroid_vector() + bench.QUERY_NOISE_SIGMA * rng.standard_normal(DIM).astype(np.float32)
+            else:
+                q = speaker_like.recordings(params, sp.centroid_vector()[None], rng)[0]
             queries.append([sp.name, (q / np.linalg.norm(q)).tolist()])
-    done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path)], input=json.dumps(queries),
+    done = subprocess.run([sys.executable, "-c", QUERY_SCRIPT, str(path), str(dim)], input=json.dumps(queries),
                           capture_output=True, text=True, check=True)
     result = json.loads(done.stdout)
     correct = sum(q["expected"] == q["got"] for q in result["queries"])
     first, *rest = [q["seconds"] for q in result["queries"]]
-    print(f"| {args.speakers:,} speakers | value |\n|---|---|")
+    print(f"| {args.speakers:,} speakers, {args.vectors} {dim}-d vectors | value |\n|---|---|")
     if reuse:
         print(f"| database and index from an earlier run (--reuse) | {path.stat().st_size / 1e9:.2f} GB, "
               f"{index_file.stat().st_size / 1e9:.2f} GB ({kind}), loaded in {index_s:.1f} s |")
@@ -172,14 +196,26 @@ def main() -> None:
         print(row)
 
 
-def recall_sweep(index, n_queries: int, ef_values: list[int]) -> list[str]:
-    """Table rows: recall@1 of ``index`` against exact search, and latency, at each efSearch."""
+def recall_sweep(index, n_queries: int, ef_values: list[int], params=None) -> list[str]:
+    """Table rows: recall@1 of ``index`` against exact search, and latency, at each efSearch.
+
+    Queries: new recordings of enrolled speakers (uniform vectors: noisy copies at cosine
+    ~0.8; speaker-like: the fitted within-speaker spread) and as many of nobody enrolled.
+    """
     import faiss
 
-    vectors = index._stored_vectors()  # (n_positions, DIM) view of what the index holds
+    vectors = index._stored_vectors()  # (n_positions, dim) view of what the index holds
     rng = np.random.default_rng(2)
-    noisy, sources = bench.noisy_copies(rng, vectors, n_queries)
-    kinds = {"noisy": noisy, "random": bench.random_unit_vectors(rng, n_queries, DIM)}
+    if params is None:
+        noisy, sources = bench.noisy_copies(rng, vectors, n_queries)
+        strangers = bench.random_unit_vectors(rng, n_queries, vectors.shape[1])
+    else:
+        import speaker_like
+
+        sources = rng.choice(len(vectors), n_queries, replace=False)
+        noisy = speaker_like.recordings(params, vectors[sources], rng)
+        strangers = speaker_like.recordings(params, speaker_like.speakers(params, n_queries, rng), rng)
+    kinds = {"noisy": noisy, "random": strangers}
     exact = {}  # exact top-1 speaker id per query, by kind
     for name, q in kinds.items():
         _, positions = faiss.knn(q, vectors, 1, metric=faiss.METRIC_INNER_PRODUCT)  # (n_queries, 1)
