@@ -212,6 +212,17 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert set(r["candidates"][0]) == {"speaker", "score", "raw_score"}
     stored = run("threshold", "3.5")
     assert stored.exit_code == 0 and "as-norm" in stored.stdout
+    # calibrate works on the active scale: the database's own cohort normalises its scores.
+    data = tmp_path / "labelled"
+    for i, f0 in enumerate([120, 220, 330]):
+        (data / f"s{i}").mkdir(parents=True)
+        for k in range(2):
+            write(data / f"s{i}" / f"{k}.wav", voice(f0, 1.0, seed=50 + 10 * i + k))
+    calibrated = run("calibrate", data, "--enroll-count", "1", "--impostor-speakers", "0", "--apply", "--json")
+    assert calibrated.exit_code == 0, calibrated.output
+    point = json.loads(calibrated.stdout)
+    assert point["threshold_scale"] == "as-norm" and point["report"]["normalised"] is not None
+    assert json.loads(run("threshold", "--json").stdout)["threshold"] == point["threshold"]
     assert json.loads(run("info", "--json").stdout)["threshold_scale"] == "as-norm"
     off = run("norm", "--off", "--json")
     assert off.exit_code == 0 and json.loads(off.stdout)["recalibrate"]
