@@ -422,10 +422,14 @@ class SpeakerIndex:
             for pos in hit:
                 os.pwrite(fd, zeros, vectors_at + int(pos) * 4 * dim)
                 os.pwrite(fd, b"\0", start + 8 * n + int(pos))
+            if len(hit):
+                os.fsync(fd)  # the zeros reach the disk before the file says they are there
             if scrubbed_to > header["scrubbed_to"]:
+                # Not synced on its own: if this write were lost, the next open would zero
+                # the same positions again, which changes nothing.
                 os.pwrite(fd, struct.pack("<Q", scrubbed_to), len(MAGIC) + 4)
-            if len(hit) or scrubbed_to > header["scrubbed_to"]:
-                os.fsync(fd)
+                if len(hit):
+                    os.fsync(fd)
             return len(hit)
 
 
