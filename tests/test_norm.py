@@ -223,6 +223,12 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     point = json.loads(calibrated.stdout)
     assert point["threshold_scale"] == "as-norm" and point["report"]["normalised"] is not None
     assert json.loads(run("threshold", "--json").stdout)["threshold"] == point["threshold"]
+    # evaluate: raw and AS-norm side by side (text and JSON); --norm without --cohort is a usage error.
+    both = run("evaluate", data, "--enroll-count", "1", "--impostor-speakers", "0", "--norm", "as-norm",
+               "--cohort", cohort_dir, "--top-n", "5")
+    assert both.exit_code == 0, both.output
+    assert "raw cosine scores" in both.stdout and "AS-norm, top 5 of 12 cohort" in both.stdout
+    assert run("evaluate", data, "--norm", "as-norm").exit_code == 2
     assert json.loads(run("info", "--json").stdout)["threshold_scale"] == "as-norm"
     off = run("norm", "--off", "--json")
     assert off.exit_code == 0 and json.loads(off.stdout)["recalibrate"]
