@@ -41,8 +41,9 @@ MIN_COHORT = 10  # recordings: fewer give a standard deviation that is mostly no
 MIN_STD = 1e-6
 #: A threshold on the AS-norm scale is a finite number in this range (z-score-like units).
 AS_NORM_RANGE = (-20.0, 100.0)
-#: A new AS-norm database's starting threshold, until `calibrate` measures one: the EER
-#: threshold measured by scripts/eval_norm.py (GE2E, LibriSpeech, top-100), see the README.
+#: A new AS-norm database's starting threshold, until `calibrate` measures one: between the
+#: EER thresholds scripts/eval_norm.py measured with GE2E, top-100, on LibriSpeech (3.5 on
+#: whole recordings, 2.8 on 2 s probes; see the README). Other models: calibrate.
 DEFAULT_AS_NORM_THRESHOLD = 3.0
 #: Rows of embeddings scored against the cohort at once (bounds the (rows, cohort) matrix).
 CHUNK_ROWS = 4096
