@@ -34,6 +34,10 @@ the two sides of a comparison are interleaved so that drift in machine speed hit
   twice add to the resident size (and to its peak) of a process with torch imported;
 * whole processes: ``speakerdb --help``, ``list``, ``show``, ``info`` and ``identify`` on a
   small database, and whether the first four import torch or transformers;
+* one file, one process (``oneshot``): the model card's snippet as a script against
+  ``speakerdb identify`` on the same 10 s file, interleaved in one run;
+* with ``--librispeech DIR``: ``speakerdb --model resemblyzer evaluate DIR/test-other`` as a
+  process with default threads and with ``OMP_NUM_THREADS=1`` (``ge2e``);
 * the FAISS index: one-query search latency at 1k, 100k and 1M speakers (exact), an HNSW
   graph at 100k (build time, latency, recall@1 against exact search; at 1M too with
   --full-scale), and saving and loading the 1M exact index;
@@ -89,6 +93,7 @@ FOLDER_CLIPS, FOLDER_MIN_S, FOLDER_MAX_S = 12, 1.0, 40.0  # the mixed folder: cl
 SHORT_CLIP_S = 30.0  # s: one pipeline window
 LONG_CLIP_S, LONG_CLIP_QUICK_S = 600.0, 300.0  # s: 20 windows; 10 with --quick
 IDENTIFY_CLIP_S = 5.0  # s: the query of `speakerdb identify`
+ONESHOT_CLIP_S = 10.0  # s: the file of the one-shot comparison (card script vs `speakerdb identify`)
 MEMORY_CLIP_S = 10.0  # s: the clip of the memory benchmark
 FAISS_DIM = 512  # the WavLM x-vector dimension
 SEARCH_K = 5  # candidates per query, as `speakerdb identify` asks by default
@@ -225,6 +230,7 @@ class Context:
     repeats: int
     env: dict[str, str]  # environment for child processes
     quick: bool = False  # smaller sizes where a measurement would take minutes
+    librispeech: Path | None = None  # holds test-other/, for the GE2E rows
     full_scale: bool = False  # also the measurements that take ~10 minutes each (HNSW at 1M)
 
     @functools.cached_property
@@ -609,6 +615,108 @@ def bench_cli(ctx: Context) -> list[Row]:
     return rows + [heavy_imports_row(ctx, env, args) for args in (["--help"], ["list"], ["show", "alice"], ["info"])]
 
 
+# The model card's snippet as a user's one-file script: import, load, read the file, embed
+# (autograd on, as on the card). soundfile stands in for the card's `datasets` audio column.
+CARD_SCRIPT = r"""
+import sys
+
+import soundfile as sf
+import torch
+from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
+
+checkpoint, path = sys.argv[1], sys.argv[2]
+feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(checkpoint)
+model = WavLMForXVector.from_pretrained(checkpoint)
+audio, sr = sf.read(path, dtype="float32")
+inputs = feature_extractor(audio, sampling_rate=16000, return_tensors="pt")
+embeddings = model(**inputs).embeddings
+embeddings = torch.nn.functional.normalize(embeddings, dim=-1).cpu()
+print(embeddings[0, :4].tolist())
+"""
+
+
+def bench_oneshot(ctx: Context) -> list[Row]:
+    """One file, one process: the card's snippet as a script against `speakerdb identify`, in one run.
+
+    Both read the same 10 s WAV and load the same checkpoint from disk; speakerdb also
+    opens its database and index and searches. The model id's fingerprint is cached from
+    the first (warm-up) run on, as it is for a user's second command.
+    """
+    import soundfile
+
+    exe = Path(sys.executable).with_name("speakerdb")
+    if not exe.is_file():
+        return [Row("one-shot: speakerdb", float("nan"), "s", f"{exe} not found: run `pip install -e .`", ok=False)]
+    home = ctx.scratch / "oneshot-home"
+    make_small_database(ctx, home)
+    env = {**ctx.env, "SPEAKERDB_HOME": str(home)}
+    query = ctx.scratch / "oneshot.wav"
+    soundfile.write(query, synthetic_wave(ONESHOT_CLIP_S, seed=SEED + 60), SAMPLE_RATE)
+    script = ctx.scratch / "card_snippet.py"
+    script.write_text(CARD_SCRIPT)
+    commands = {
+        "card": [sys.executable, str(script), str(ctx.checkpoint), str(query)],
+        "speakerdb": [str(exe), "--model", str(ctx.checkpoint), "identify", str(query)],
+    }
+
+    def runner(argv: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  timeout=CLI_TIMEOUT_S)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+        return run
+
+    label = f"one-shot, {ONESHOT_CLIP_S:g} s file, whole process"
+    log(f"{label}: {ctx.repeats} x 2 processes, interleaved")
+    times = interleaved({name: runner(argv) for name, argv in commands.items()}, ctx.repeats)
+    card, sdb = statistics.median(times["card"]), statistics.median(times["speakerdb"])
+    return [
+        timing_row(f"{label}: the model card's snippet as a script (`python card_snippet.py DIR FILE`)",
+                   times["card"], note="imports torch and transformers, loads, embeds with autograd on"),
+        timing_row(f"{label}: `speakerdb identify FILE`", times["speakerdb"],
+                   note="imports, loads (cached model id), probes the kernels, embeds, searches 3 speakers"),
+        Row(f"{label}: ratio card script / speakerdb identify", card / sdb, "x", "above 1: speakerdb is faster"),
+    ]
+
+
+def bench_ge2e(ctx: Context) -> list[Row]:
+    """`speakerdb --model resemblyzer evaluate` on LibriSpeech test-other, default threads against OMP_NUM_THREADS=1.
+
+    Needs --librispeech DIR (holding test-other/) and the resemblyzer extra. speakerdb runs
+    the GE2E LSTM on one torch thread and BLAS on one while it embeds (threads.py): the
+    defaults must be no slower than forcing every pool to one thread.
+    """
+    if ctx.librispeech is None or not (ctx.librispeech / "test-other").is_dir():
+        return [Row("ge2e evaluate", float("nan"), "s", "skipped: pass --librispeech DIR (with test-other/)")]
+    if importlib.util.find_spec("resemblyzer") is None:
+        return [Row("ge2e evaluate", float("nan"), "s", 'skipped: needs pip install -e ".[resemblyzer]"')]
+    exe = Path(sys.executable).with_name("speakerdb")
+    argv = [str(exe), "--db", str(ctx.scratch / "ge2e.sqlite"), "--model", "resemblyzer", "evaluate",
+            str(ctx.librispeech / "test-other"), "--json"]
+    envs = {"defaults": ctx.env, "OMP_NUM_THREADS=1": {**ctx.env, "OMP_NUM_THREADS": "1"}}
+
+    def runner(env: dict[str, str]) -> Callable[[], None]:
+        def run() -> None:
+            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                  timeout=20 * CLI_TIMEOUT_S)
+            if done.returncode != 0:
+                raise RuntimeError(f"evaluate exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+        return run
+
+    repeats = min(ctx.repeats, 3)
+    log(f"ge2e evaluate: {repeats} x 2 processes, interleaved")
+    times = interleaved({name: runner(env) for name, env in envs.items()}, repeats)
+    default, one = statistics.median(times["defaults"]), statistics.median(times["OMP_NUM_THREADS=1"])
+    label = "ge2e `speakerdb --model resemblyzer evaluate test-other` (100 files), whole process"
+    return [
+        timing_row(f"{label}: default threads", times["defaults"]),
+        timing_row(f"{label}: OMP_NUM_THREADS=1", times["OMP_NUM_THREADS=1"]),
+        Row(f"{label}: ratio OMP_NUM_THREADS=1 / defaults", one / default, "x",
+            "at least ~1: the defaults are no slower than one thread everywhere", ok=one / default > 0.9),
+    ]
+
+
 # Runs a speakerdb command inside a child interpreter, then writes which of the heavy
 # modules it imported: sys.modules tells directly, where a timing only hints.
 IMPORT_CHECK = r"""
@@ -937,6 +1045,8 @@ BENCHMARKS: list[Callable[[Context], list[Row]]] = [
     bench_memory,
     bench_model_memory,  # before FAISS allocates gigabytes
     bench_cli,
+    bench_oneshot,
+    bench_ge2e,
     bench_faiss,
     bench_enroll,
     bench_process,  # last: the peak memory is that of the whole run
@@ -1016,6 +1126,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", metavar="NAMES",
                         help="comma-separated benchmarks to run, of: " + ", ".join(sorted(set(benchmark_names()))))
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to this JSON file")
+    parser.add_argument("--librispeech", type=Path, metavar="DIR",
+                        help="LibriSpeech excerpts with test-other/ (e.g. ../shared/data/librispeech), for the GE2E "
+                        "evaluate rows (skipped without it)")
     # Internal: the child processes of bench_long_clip and bench_memory (print their measurements as JSON).
     parser.add_argument("--child", choices=["long-clip", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=["card", "speakerdb"], help=argparse.SUPPRESS)
@@ -1062,7 +1175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="speakerdb-bench-") as tmp:
         scratch = Path(tmp)
         ctx = Context(prepare_checkpoint(args.checkpoint, scratch, args.size), scratch, args.repeats, child_env,
-                      quick=args.quick, full_scale=args.full_scale)
+                      quick=args.quick, full_scale=args.full_scale, librispeech=args.librispeech)
         if not has_precision_option():
             log("TransformersXVector has no precision option: the bf16 rows are skipped")
         for bench in BENCHMARKS:
