@@ -174,11 +174,23 @@ def _probe_output(model: "nn.Module") -> "torch.Tensor":
     """
     import torch
 
+    import contextlib
+
     generator = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(2, PROBE_SAMPLES, generator=generator)
     parameter = next(model.parameters())
-    with torch.inference_mode():
-        return model.base_model(x.to(device=parameter.device, dtype=parameter.dtype)).last_hidden_state
+    # On CUDA, cuDNN runs float32 convolutions in TF32 by default (10-bit mantissas): the
+    # plain model then moves ~8e-4 (relative) from itself in float32 -- measured on an H200
+    # (scripts/gpu_check.py) -- and the probe would refuse correct kernels. Compare the two
+    # functions in full float32; TF32, where the user keeps it on, applies to both in use.
+    exact = torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if parameter.is_cuda else contextlib.nullcontext()
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with exact, torch.inference_mode():
+            return model.base_model(x.to(device=parameter.device, dtype=parameter.dtype)).last_hidden_state
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
 
 
 def _install_now(model: "nn.Module") -> list[str]:
