@@ -49,7 +49,7 @@ def test_enroll_identify_verify_rename_remove(run, voices):
     assert [r["file"] for r in results] == [str(voices["alice"][0]), str(voices["bob"][1])]
     for r in results:
         assert set(r) == {"file", "speaker", "score", "raw_score", "candidates", "voices"}
-        assert [set(c) for c in r["candidates"]] == [{"speaker", "score"}] * 3
+        assert len(r["candidates"]) == 3 and all({"speaker", "score"} <= set(c) for c in r["candidates"])
         assert r["score"] == r["candidates"][0]["score"]
 
     v = as_json(run("verify", "alice", voices["alice"][2], "--json"))  # a recording not enrolled
