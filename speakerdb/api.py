@@ -794,9 +794,9 @@ class SpeakerDB:
     def rename(self, old: str, new: str) -> None:
         """Give speaker ``old`` the name ``new`` (which must be free)."""
         new = validate_name(new)
-        old = store.normalize_name(old)
         with self.store.write() as s:
             speaker = self._get_speaker(s, old)
+            old = speaker.name
             if old == new:
                 return
             if store.speaker_by_name(s, new) is not None:
@@ -1104,6 +1104,9 @@ class SpeakerDB:
     @staticmethod
     def _get_speaker(s, name: str) -> store.Speaker:
         speaker = store.speaker_by_name(s, store.normalize_name(name))
+        if speaker is None and store.normalize_name(name) != name:
+            # A name stored before names were normalised (an older database) is still found as typed.
+            speaker = store.speaker_by_name(s, name)
         if speaker is None:
             raise SpeakerNotFoundError(f"no speaker named {name!r} (see `speakerdb list`)")
         return speaker

@@ -390,3 +390,16 @@ def test_discard_if_unused_removes_only_an_untouched_new_database(tmp_path, voic
     db = SpeakerDB(path, embedder=FakeEmbedder())
     db.enroll("alice", voices["alice"][:1])
     assert not db.discard_if_unused() and path.exists()
+
+
+def test_a_name_stored_before_normalisation_is_still_found(fake_db, voices):
+    """Databases written before names were NFC-normalised may hold an NFD name: it stays reachable."""
+    nfd = "Jose\u0301"
+    fake_db.enroll("Jose", voices["alice"][:1])
+    with fake_db.store.write() as s:  # as an older speakerdb stored it
+        from speakerdb import store
+
+        store.speaker_by_name(s, "Jose").name = nfd
+    assert fake_db.show(nfd).name == nfd
+    fake_db.rename(nfd, "Ana")
+    assert [sp.name for sp in fake_db.list()] == ["Ana"]
