@@ -1116,10 +1116,11 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
               "[default: the system's temporary directory]; a private directory is made inside it.")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
+@json_option
 @click.pass_obj
 def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: float, max_files: int, max_audio_s: float,
           queue_size: int, insecure_no_auth: bool, ssl_keyfile: str | None, ssl_certfile: str | None,
-          tmp_dir: str | None, log_level: str) -> None:
+          tmp_dir: str | None, log_level: str, as_json: bool) -> None:
     """Run the identification service (HTTP, FastAPI on uvicorn) on this database.
 
     Each worker loads the model once; /readyz answers 200 when it is loaded, /healthz
@@ -1160,6 +1161,11 @@ def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: floa
                          precision=state.precision, max_upload_bytes=int(max_upload_mb * 1_000_000),
                          max_files=max_files, max_audio_s=max_audio_s, queue_size=queue_size,
                          insecure_no_auth=insecure_no_auth, tmp_dir=tmp_dir)
+    url = f"{'https' if ssl_certfile else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
+    auth = "none (--insecure-no-auth)" if insecure_no_auth else "API keys" if has_keys else "none (loopback, no keys yet)"
+    _emit(as_json, {"url": url, "db_path": config.db_path, "workers": workers, "auth": auth},
+          f"serving {config.db_path} at {url} with {workers} worker(s), auth: {auth}; SIGTERM or Ctrl-C stops it")
+    sys.stdout.flush()
     run_server(config, host=host, port=port, workers=workers, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level)
 
