@@ -81,6 +81,12 @@ class IndexKeeper:
             rebuilt = True
         if rebuilt:  # the build cost far more than the save: keep it for the next process at once
             self._save(caught_up, wait=0.0)
+        else:
+            # Another process (another node of a server database) removed or re-centred
+            # speakers: this machine's file must not keep their old vectors either.
+            header = SpeakerIndex.read_header(self.path)
+            if header is not None and header["scrubbed_to"] < caught_up.generation:
+                self._scrub(caught_up.generation, "could not be brought up to date")
         # A file that merely lags is saved by maintain(), after the answer (at close, or by
         # the service between requests): a 2 GB write never delays an identify.
 

@@ -184,8 +184,14 @@ def test_a_write_acknowledged_by_one_node_is_seen_by_the_next_request_to_another
     assert b.identify([clips["bob"][2]])[0].speaker == "bob"
     a.rename("alice", "alicia")
     assert b.identify([clips["alice"][2]])[0].speaker == "alicia"
+    with a.store.read() as s:
+        bob = store.speaker_by_name(s, "bob")
+        secrets = [bytes(bob.centroid)] + [bytes(u.embedding) for u in bob.utterances]
+    b.rebuild_index()  # b's index file now holds bob
+    assert any(v in b.index_path.read_bytes() for v in secrets)
     a.remove("bob")
     assert b.identify([clips["bob"][2]])[0].speaker is None
+    assert not any(v in p.read_bytes() for p in b.index_path.parent.iterdir() if p.is_file() for v in secrets)
     assert a.index_path != b.index_path and a.index_path.name == b.index_path.name
     a.close()
     b.close()
