@@ -516,7 +516,7 @@ class SpeakerDB:
                     f"database {self.db_path}: the stored normalisation cohort does not match its record: "
                     "run `speakerdb norm --cohort DIR` again"
                 )
-            self._cohort = (setting.digest, matrix)
+            self._cohort = (setting.digest, matrix.astype(np.float64))  # float64 once, not per query
         return setting, self._cohort[1]
 
     def _normalise(self, s, settings, query: np.ndarray, ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -624,6 +624,7 @@ class SpeakerDB:
         top_k: int = DEFAULT_TOP_K,
         threshold: float | None = None,
         progress: Progress | None = None,
+        count_voices: bool = True,
     ) -> list[Identification]:
         """Nearest enrolled speakers for each file, and the decision, in the order of ``files``.
 
@@ -632,6 +633,10 @@ class SpeakerDB:
         be used gets an :class:`Identification` with ``error`` set (see ``ok``) instead of
         an exception, so one bad file does not lose the batch; errors that concern every
         file (no speakers enrolled, the model cannot be loaded) still raise.
+
+        ``count_voices`` (default on) also counts the voices in each file (``voices``) and
+        warns when there are several: one more pass over the speech, which about doubles
+        the time with WavLM; turn it off for recordings known to hold one voice.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top-k must be a whole number of at least 1, not {top_k!r}")
@@ -654,7 +659,8 @@ class SpeakerDB:
             for done, i in enumerate(good, 1):
                 try:
                     embedded[i] = pipeline.embed_clip(files[i], embedder)
-                    voices[i] = self._count_voices(files[i], embedder)
+                    if count_voices:  # one more pass over the speech (see timeline.count_voices)
+                        voices[i] = self._count_voices(files[i], embedder)
                     seconds += embedded[i].duration_s
                 except AudioError as e:
                     errors[i] = e
@@ -672,18 +678,16 @@ class SpeakerDB:
                 # With normalisation the ranking can change: a shortlist by raw score is re-ranked.
                 k = max(top_k, NORM_SHORTLIST) if normalised else top_k
                 _, ids = index.search(queries, k)  # (n_good, k): FAISS picks the candidates
-                vectors = store.centroids_of(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
-                ranked = []
+                known = store.names_and_centroids(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
+                rows = []
                 for q, row_ids in zip(queries, ids):
-                    found = np.asarray([int(j) for j in row_ids if int(j) in vectors], np.int64)
+                    found = np.asarray([int(j) for j in row_ids if int(j) in known], np.int64)
                     # Scores as verify computes them (norm.raw_scores): a trial on the threshold
                     # gets the same answer from both commands, whatever FAISS's rounding.
-                    raw = norm.raw_scores(q, np.stack([vectors[int(j)] for j in found])) if len(found) else np.zeros(0)
+                    raw = norm.raw_scores(q, np.stack([known[int(j)][1] for j in found])) if len(found) else np.zeros(0)
                     final = self._normalise(s, settings, q, found, raw) if len(found) else raw
                     rank = np.argsort(-final, kind="stable")[:top_k]
-                    ranked.append([(int(found[r]), float(final[r]), float(raw[r])) for r in rank])
-                names = {i: sp.name for i, sp in store.speakers_by_id(s, sorted({c[0] for row in ranked for c in row})).items()}
-                rows = [[Candidate(names[j], final, raw) for j, final, raw in row] for row in ranked]
+                    rows.append([Candidate(known[int(found[r])][0], float(final[r]), float(raw[r])) for r in rank])
             for i, candidates in zip(order, rows):
                 best = candidates[0] if candidates else None
                 decided = best.speaker if best is not None and best.score >= threshold else None

@@ -104,15 +104,17 @@ def raw_scores(query: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 def top_stats(vectors: np.ndarray, cohort: np.ndarray, top_n: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation (n,), (n,) float64 of each vector's ``top_n`` highest
-    cosine scores against the cohort (vectors (n, dim), cohort (m, dim), both unit rows)."""
+    cosine scores against the cohort (vectors (n, dim), cohort (m, dim), both unit rows;
+    pass the cohort as float64 to spare a conversion per call)."""
     vectors = np.atleast_2d(np.asarray(vectors, np.float32))
-    cohort = np.asarray(cohort, np.float32)
-    n_top = min(int(top_n), len(cohort))
+    cohort_t = np.asarray(cohort, np.float64).T  # (dim, m); no copy when the caller keeps float64
+    n_top = min(int(top_n), cohort_t.shape[1])
+    m = cohort_t.shape[1]
     means = np.empty(len(vectors), np.float64)
     stds = np.empty(len(vectors), np.float64)
     for start in range(0, len(vectors), CHUNK_ROWS):
-        block = vectors[start : start + CHUNK_ROWS].astype(np.float64) @ cohort.T.astype(np.float64)  # (b, m)
-        top = np.partition(block, len(cohort) - n_top, axis=1)[:, len(cohort) - n_top :]  # (b, n_top)
+        block = vectors[start : start + CHUNK_ROWS].astype(np.float64) @ cohort_t  # (b, m)
+        top = np.partition(block, m - n_top, axis=1)[:, m - n_top :]  # (b, n_top)
         means[start : start + len(block)] = top.mean(axis=1)
         stds[start : start + len(block)] = np.maximum(top.std(axis=1), MIN_STD)
     return means, stds

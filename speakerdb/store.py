@@ -596,6 +596,16 @@ def centroids_of(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
     return out
 
 
+def names_and_centroids(session: Session, ids: list[int]) -> dict[int, tuple[str, np.ndarray]]:
+    """Name and centroid of the speakers ``ids`` that exist, in one light query (no ORM rows)."""
+    out: dict[int, tuple[str, np.ndarray]] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        for sid, name, blob in session.execute(select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(chunk))):
+            out[int(sid)] = (name, from_blob(blob))
+    return out
+
+
 _IN_CHUNK = 900  # ids per IN (...) list: SQLite's old limit on bound parameters is 999
 
 
