@@ -290,16 +290,20 @@ def enroll(
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
 @click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database].")
+@click.option("--no-voice-check", is_flag=True,
+              help="Skip counting the voices in each file (one more pass over the speech; about doubles the time with WavLM).")
 @json_option
 @click.pass_obj
-def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float | None, as_json: bool) -> None:
+def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float | None, no_voice_check: bool,
+             as_json: bool) -> None:
     """Name the speaker of each recording, or say "unknown".
 
     The best candidate is named when its cosine score reaches the threshold
     (see `speakerdb threshold`). With --json, prints a list with one object per file:
     {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]},
     or {"file", "error"} for a file that could not be used. Every file gets its answer;
-    the exit code is 1 if any file failed.
+    the exit code is 1 if any file failed. "voices" counts the voices in a file; above 1
+    a warning points to `speakerdb timeline` (--no-voice-check skips the count).
 
     \b
     Examples:
@@ -308,7 +312,8 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
     """
     bar, update = _progress("identifying", len(files), as_json)
     try:
-        results = state.db.identify(list(files), top_k=top_k, threshold=threshold, progress=update)
+        voice_check = {"count_voices": False} if no_voice_check else {}  # --server's client has no such knob
+        results = state.db.identify(list(files), top_k=top_k, threshold=threshold, progress=update, **voice_check)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

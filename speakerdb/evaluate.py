@@ -224,7 +224,8 @@ def score(
             if progress:
                 progress("scoring", done, total)
 
-        results = db.identify(clips, top_k=n_speakers, progress=report)
+        # Single-speaker probes: identify's voice count would only double the time.
+        results = db.identify(clips, top_k=n_speakers, progress=report, count_voices=False)
     raw = _collect(split, all_probes, results, "raw_score")
     if cohort is not None:
         raw.norm = _collect(split, all_probes, results, "score")

@@ -175,6 +175,8 @@ def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, 
         db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 4, seed=9))])
         with caplog.at_level("WARNING", logger="speakerdb"):
             results = db.identify([two, one])
+        [unchecked] = db.identify([two], count_voices=False)  # the knob for one-voice recordings
+    assert unchecked.voices is None and unchecked.speaker == results[0].speaker
     assert [r.voices for r in results] == [2, 1]
     assert results[0].to_dict()["voices"] == 2
     warned = [r.getMessage() for r in caplog.records if "voices" in r.getMessage()]
