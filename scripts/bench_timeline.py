@@ -10,8 +10,8 @@ scripts/make_conversations.py (seed 0, 2-5 speakers, pauses, no overlap), then, 
 fresh child process per model and length: opens a temporary database, enrolls the
 conversation set's enrolled speakers (not timed), and times one ``timeline`` call.
 Reported: wall time, real-time factor (wall / audio), and the child's peak resident
-memory (ru_maxrss) with what it held before the call (model and database loaded), so
-that growth with the recording's length shows. The 60-min/10-min time ratio says whether
+memory during the call (VmHWM, reset just before it) with what it held before the call
+(model and database loaded), so that growth with the recording's length shows. The 60-min/10-min time ratio says whether
 cost is linear (6.0).
 
 Models: ``ge2e`` (resemblyzer), ``fp32`` and ``bf16`` (a RANDOM-weight WavLM x-vector
@@ -59,16 +59,36 @@ def child(model: str, precision: str, wav: str, manifest: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp, SpeakerDB(Path(tmp) / "db.sqlite", model=model, precision=precision) as db:
         for spk, files in enroll.items():
             db.enroll(spk, files)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
+        before = _status_mib("VmRSS")
+        _reset_peak()  # so that VmHWM below is the timeline call's own peak, not enrollment's
         load0 = os.getloadavg()[0]
         started = time.perf_counter()
         [t] = db.timeline([wav])
         wall = time.perf_counter() - started
         load1 = os.getloadavg()[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = _status_mib("VmHWM")
     return {"wall_s": round(wall, 2), "audio_s": round(t.duration, 1), "rtf": round(wall / t.duration, 4),
-            "voices": len(t.voices), "peak_mib_before": round(before), "peak_mib": round(peak),
+            "voices": len(t.voices), "rss_mib_before": round(before), "peak_mib": round(peak),
             "load": [round(load0, 1), round(load1, 1)]}
+
+
+def _status_mib(field: str) -> float:
+    """A VmRSS/VmHWM line of /proc/self/status in MiB (Linux), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak() -> None:
+    """Reset the process's peak resident size (Linux >= 4.0: "5" to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     print(f"CPU: {cpu_name()}\n")
-    print("| model | conversation | wall | RTF | peak RSS (before the call) | load avg (start, end) |")
+    print("| model | conversation | wall | RTF | peak RSS during the call (RSS before it) | load avg (start, end) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['minutes']:g} min ({r['audio_s']:.0f} s) | {r['wall_s']:.1f} s | {r['rtf']:.4f} | "
-              f"{r['peak_mib']} MiB ({r['peak_mib_before']} MiB) | {r['load'][0]}, {r['load'][1]} |")
+              f"{r['peak_mib']} MiB ({r['rss_mib_before']} MiB) | {r['load'][0]}, {r['load'][1]} |")
     for m in models:
         by = {r["minutes"]: r for r in rows if r["model"] == m}
         if len(by) == 2:

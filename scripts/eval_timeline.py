@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
                     [t] = db.timeline([path], params=params)
                     hyps[uri] = [(s.start, s.end, s.label) for s in t.segments]
             run_s = time.perf_counter() - started
-            threshold = db.threshold
         if args.write_hyp:
             args.write_hyp.write_text("".join(
                 f"SPEAKER {u} 1 {a:.3f} {b - a:.3f} <NA> <NA> {lab} <NA> <NA>\n" for u, segs in hyps.items() for a, b, lab in segs))
@@ -179,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
               "system": "baseline" if args.baseline else "hyp-file" if args.hyp else "timeline",
               "settings": manifest.get("settings", {})}
     for col, metric in ders.items():
-        d = metric[:] if False else metric.accumulated_
+        d = metric.accumulated_  # components summed over all conversations
         total = d["total"]
         result[f"collar_{col:g}"] = {
             "der": round(100 * abs(metric), 2),
