@@ -257,6 +257,8 @@ def test_progress_bar_for_a_person_only(run, voices, monkeypatch):
 
 def test_index_command_shows_and_changes_settings(run, voices):
     ok(run("enroll", "alice", voices["alice"][0]))
+    assert as_json(run("index", "--json", model=False))["file"] is None  # written by the first search
+    ok(run("identify", voices["alice"][1]))
     shown = as_json(run("index", "--json", model=False))
     assert shown["params"]["hnsw_ef_search"] == 2048 and shown["file"]["kind"] == "flat"
     assert shown["file"]["speakers"] == 1

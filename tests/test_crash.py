@@ -99,7 +99,7 @@ def test_kill_enroll(setup):
     db_path, model, files = setup
     enroll_files = [str(f) for f in files[:FILES_PER_ENROLL]]
     duration = _timed(_cli(db_path, model, "enroll", "timing", *enroll_files))
-    subprocess.run(_cli(db_path, model, "remove", "timing"), check=True, capture_output=True)
+    subprocess.run(_cli(db_path, model, "remove", "timing", "--yes"), check=True, capture_output=True)
     killed = 0
     for k, delay in enumerate(_delays(duration)):
         finished = _kill_after(_cli(db_path, model, "enroll", f"new{k}", *enroll_files), delay)
@@ -116,10 +116,10 @@ def test_kill_remove(setup):
         for k in range(KILLS + 1):
             db.enroll(f"victim{k}", files[k % len(files) : k % len(files) + 3])
     expected = {f"victim{k}": len(files[k % len(files) : k % len(files) + 3]) for k in range(KILLS + 1)}
-    duration = _timed(_cli(db_path, model, "remove", f"victim{KILLS}"))
+    duration = _timed(_cli(db_path, model, "remove", f"victim{KILLS}", "--yes"))
     killed = 0
     for k, delay in enumerate(_delays(duration)):
-        finished = _kill_after(_cli(db_path, model, "remove", f"victim{k}"), delay)
+        finished = _kill_after(_cli(db_path, model, "remove", f"victim{k}", "--yes"), delay)
         killed += not finished
         sizes = _check_consistent(db_path, model, expected)
         if finished:

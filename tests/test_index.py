@@ -96,7 +96,7 @@ def test_positions_are_killed_in_the_file_in_place(tmp_path, approximate_above):
     index.save(path)
     inode = path.stat().st_ino
     assert vectors[3].astype("<f4").tobytes() in path.read_bytes()
-    assert SpeakerIndex.kill_in_file(path, np.array([103, 117, 999])) == 2  # 999: not in the file
+    assert SpeakerIndex.kill_in_file(path, np.array([103, 117, 999]), 6) == 2  # 999: not in the file
     data = path.read_bytes()
     assert vectors[3].astype("<f4").tobytes() not in data and vectors[17].astype("<f4").tobytes() not in data
     assert vectors[4].astype("<f4").tobytes() in data and path.stat().st_ino == inode
@@ -104,8 +104,9 @@ def test_positions_are_killed_in_the_file_in_place(tmp_path, approximate_above):
     assert len(loaded) == 38 and loaded.generation == 5
     _, ids = loaded.search(vectors, 40)
     assert not np.isin(ids, [103, 117]).any()
-    assert SpeakerIndex.kill_in_file(path, np.array([103])) == 0  # already dead
-    assert SpeakerIndex.kill_in_file(path, np.array([500])) == 0  # newer than the file: no I/O
+    assert SpeakerIndex.kill_in_file(path, np.array([103]), 7) == 0  # already dead
+    assert SpeakerIndex.kill_in_file(path, np.array([500]), 8) == 0  # newer than the file
+    assert SpeakerIndex.read_header(path)["scrubbed_to"] == 8
 
 
 def test_removed_vectors_leave_the_file(tmp_path):
