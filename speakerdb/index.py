@@ -317,32 +317,18 @@ class SpeakerIndex:
     @staticmethod
     def read_header(path: str | Path) -> dict[str, Any] | None:
         """The validated header of an index file, or None if there is no usable one."""
-        try:
-            fd = _open_nofollow(path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
-                return header
-        except (OSError, IndexFileError):
-            return None
+        return _with_header(path)
 
     @staticmethod
     def file_info(path: str | Path) -> dict[str, Any] | None:
-        """The validated header of an index file plus ``speakers`` (its live positions), or None."""
-        try:
-            fd = _open_nofollow(path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                header, start = _read_header(f, os.fstat(f.fileno()).st_size)
-                f.seek(start + 8 * header["positions"])
-                alive = np.fromfile(f, dtype=np.uint8, count=header["positions"])
-                return {**header, "speakers": int(np.count_nonzero(alive)), "bytes": os.fstat(f.fileno()).st_size}
-        except (OSError, ValueError, IndexFileError):
-            return None
+        """The validated header of an index file plus ``speakers`` (its live positions) and ``bytes``, or None."""
+
+        def count_alive(f: BinaryIO, header: dict[str, Any], start: int, size: int) -> dict[str, Any]:
+            f.seek(start + 8 * header["positions"])
+            alive = np.fromfile(f, dtype=np.uint8, count=header["positions"])
+            return {**header, "speakers": int(np.count_nonzero(alive)), "bytes": size}
+
+        return _with_header(path, count_alive)
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":
@@ -431,6 +417,22 @@ class SpeakerIndex:
                 if len(hit):
                     os.fsync(fd)
             return len(hit)
+
+
+def _with_header(path: str | Path, then=None) -> Any:
+    """Open an index file without following links and validate its header; returns the
+    header, or ``then(file, header, offset after it, file size)``; None for no usable file."""
+    try:
+        fd = _open_nofollow(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            header, start = _read_header(f, size)
+            return header if then is None else then(f, header, start, size)
+    except (OSError, ValueError, IndexFileError):
+        return None
 
 
 _HEADER_TYPES: dict[str, tuple[type, ...]] = {
