@@ -72,7 +72,7 @@ FUSED_FRAMES = 2048  # layer-1 frames per slice of the first two conv layers: an
 ENV_SWITCH = "SPEAKERDB_KERNELS"  # "0" runs the plain transformers model
 #: transformers releases whose WavLM internals these replacements were checked against
 #: (tests/test_embed.py); other versions are checked at load by the probe.
-CHECKED_TRANSFORMERS = "5.24.0"
+CHECKED_TRANSFORMERS = "4.57.1 and 5.24.0"
 # The probe: 0.1 s of seeded noise (4 frames), two rows: ~1.2 GFLOP per forward of WavLM
 # base, 77 ms of CPU on one core of a busy 2-core Zen 4 (0.2 s took twice that).
 PROBE_SAMPLES = 1600
@@ -507,14 +507,21 @@ def wavlm_self_attention(
     hidden_states: "torch.Tensor",
     attention_mask: "torch.Tensor | None",
     gated_position_bias: "torch.Tensor",
+    *output_attentions: bool,
 ) -> tuple["torch.Tensor", None]:
     """WavLMAttention's multi-head self-attention with a fused kernel: (B, T, E) -> ((B, T, E), None).
 
     ``gated_position_bias`` (B * heads, T, T) is added to the scaled scores before the
-    softmax, as in the original; padded keys (``attention_mask`` 0) get -inf.
+    softmax, as in the original; padded keys (``attention_mask`` 0) get -inf. transformers
+    4.x passes a fifth argument, ``output_attentions``: when true, the caller wants the
+    attention weights, which only the original computes, so the original runs.
     """
     import torch
     import torch.nn.functional as F
+
+    if any(output_attentions):
+        return type(attention).torch_multi_head_self_attention(
+            attention, hidden_states, attention_mask, gated_position_bias, *output_attentions)
 
     batch, frames, embed = hidden_states.shape
     heads = attention.num_heads
