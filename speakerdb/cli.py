@@ -787,12 +787,14 @@ def _format_figures(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _current_threshold(state: _State, embedder) -> float:
-    """The threshold identify would use now: the database's, else the model's starting one."""
+def _current_threshold(state: _State, embedder) -> float | None:
+    """The cosine threshold identify would use now: the database's, else the model's starting
+    one; None when the database's threshold is on the AS-norm scale."""
     from .api import DEFAULT_THRESHOLD, default_db_path
 
     if os.path.exists(state.db_path or default_db_path()):
-        return state.db.threshold
+        # A threshold on the AS-norm scale has no place on the plot's cosine axis.
+        return state.db.threshold if state.db.threshold_scale == "cosine" else None
     own = getattr(embedder, "default_threshold", None)
     return DEFAULT_THRESHOLD if own is None else float(own)
 
@@ -1050,7 +1052,12 @@ def copy_(source: str, destination: str, as_json: bool) -> None:
     """
     from .api import copy_database
 
-    summary = copy_database(source, destination)
+    def progress(table: str, rows: int) -> None:  # a long copy shows it is moving (terminals only)
+        click.echo(f"\rcopying {table}: {rows:,} rows", err=True, nl=False)
+
+    summary = copy_database(source, destination, progress=progress if _interactive() and not as_json else None)
+    if _interactive() and not as_json:
+        click.echo("", err=True)
     text = f"copied {summary.source} to {summary.destination}: " + ", ".join(
         f"{n:,} {table}" for table, n in summary.rows.items())
     _emit(as_json, summary.to_dict(), text)
