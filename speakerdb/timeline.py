@@ -311,18 +311,22 @@ def runs(labels: Sequence[int]) -> list[tuple[int, int, int]]:
     return out
 
 
-def merge_short(labels: np.ndarray, scores: np.ndarray, min_frames: int) -> np.ndarray:
+def merge_short(labels: np.ndarray, scores: np.ndarray, min_frames: int, lengths: np.ndarray | None = None) -> np.ndarray:
     """Relabel runs shorter than ``min_frames`` with a neighbouring run's label (the neighbour
-    whose voice scores better over the short run), shortest runs first, until none is left."""
+    whose voice scores better over the short run), shortest runs first, until none is left.
+
+    ``lengths`` (frames per row, default 1) lets rows stand for blocks of frames."""
     labels = labels.copy()
+    size = np.concatenate([[0], np.cumsum(np.ones(len(labels), np.int64) if lengths is None else lengths)])
     while True:
         rs = runs(labels)
         if len(rs) < 2:
             return labels
-        short = [i for i, (a, b, _) in enumerate(rs) if b - a < min_frames]
+        frames = [int(size[b] - size[a]) for a, b, _ in rs]
+        short = [i for i, n in enumerate(frames) if n < min_frames]
         if not short:
             return labels
-        i = min(short, key=lambda j: rs[j][1] - rs[j][0])
+        i = min(short, key=lambda j: frames[j])
         a, b, _ = rs[i]
         options = [rs[j][2] for j in (i - 1, i + 1) if 0 <= j < len(rs)]
         labels[a:b] = max(options, key=lambda lab: float(scores[a:b, lab].sum()))
@@ -431,10 +435,17 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
             idx_cov = np.flatnonzero(covered)
             nearest = idx_cov[np.clip(np.searchsorted(idx_cov, np.arange(n_frames)), 0, len(idx_cov) - 1)]
             acc[~covered] = acc[nearest[~covered]]
-        path = viterbi(acc, params.switch_penalty)
-        path = merge_short(path, acc, min_frames)
+        # The scores only change where a window starts or ends: Viterbi and the short-run
+        # merge work on those blocks (score x length), which gives the same path as frame by
+        # frame (a change of voice inside a block of constant scores never pays) at ~1/50 the cost.
+        edges = np.unique(np.concatenate([[0, n_frames], np.flatnonzero(np.any(np.diff(acc, axis=0) != 0, axis=1)) + 1]))
+        lengths = np.diff(edges)  # (n_blocks,) frames
+        block_scores = acc[edges[:-1]] * lengths[:, None]  # (n_blocks, V)
+        path = viterbi(block_scores, params.switch_penalty)
+        path = merge_short(path, block_scores, min_frames, lengths)
         for a, b, v in runs(path):
-            frame_labels.append((region.start + a * FRAME_S, min(region.end, region.start + b * FRAME_S), v))
+            fa, fb = edges[a], edges[b]
+            frame_labels.append((region.start + fa * FRAME_S, min(region.end, region.start + fb * FRAME_S), v))
     frame_labels.sort()
     merged_labels: list[tuple[float, float, int]] = []
     for start, end, v in frame_labels:

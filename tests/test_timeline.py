@@ -130,6 +130,21 @@ def test_viterbi_ignores_a_blip_and_merge_short_absorbs_short_runs():
     assert timeline.merge_short(raw, scores, min_frames=5).tolist() == [0] * 20 + [1] * 10
 
 
+def test_smoothing_blocks_of_constant_scores_equals_smoothing_frame_by_frame():
+    """assemble runs Viterbi and the short-run merge on blocks (score x length): same labels."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_blocks, n_voices = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        lengths = rng.integers(1, 60, n_blocks)
+        block = rng.random((n_blocks, n_voices))
+        frames = np.repeat(block, lengths, axis=0)
+        penalty, min_frames = float(rng.choice([0.0, 0.3, 1.0, 3.0])), int(rng.choice([0, 20, 100]))
+        by_frame = timeline.merge_short(timeline.viterbi(frames, penalty), frames, min_frames)
+        weighted = block * lengths[:, None]
+        by_block = timeline.merge_short(timeline.viterbi(weighted, penalty), weighted, min_frames, lengths)
+        np.testing.assert_array_equal(np.repeat(by_block, lengths), by_frame)
+
+
 def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
     """Known vectors: alice (enrolled), then two unknown voices, alice again, the first unknown again."""
     rng = np.random.default_rng(1)
