@@ -901,7 +901,7 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
         state.open_with(embedder).apply_threshold(point["threshold"], scale=scale)
     doc = {"target": target, **point, "threshold_scale": scale, "applied": apply, "report": report.to_dict()}
     text = (
-        f"threshold for {target}: {_threshold_text(point['threshold'])} "
+        f"threshold for {target}: {_threshold_text(point['threshold'])}{' on the as-norm scale' if scale != 'cosine' else ''} "
         f"(expected miss rate {point['p_miss']:.2%}, false acceptance {point['p_fa']:.2%}, "
         f"on {report.n_target_trials} target / {report.n_nontarget_trials} non-target trials)"
         + (f"\nstored in {state.db.db_path}" if apply else "\nnot stored: add --apply to use it")
