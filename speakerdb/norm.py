@@ -161,7 +161,8 @@ class SpeakerStats:
         from . import store
 
         key = (settings.get("database_id"), norm.digest, norm.top_n)
-        target = store.generation(session)
+        # ``settings`` was read in this session: its generation is the session's (one query less).
+        target = int(settings["generation"]) if "generation" in settings else store.generation(session)
         with self._lock:
             if self._key == key and self.generation == target and (
                 target == 0 or store.change_nonce(session, target) == self._nonce
