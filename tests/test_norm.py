@@ -284,3 +284,25 @@ def test_imported_gallery_speakers_are_normalised_by_replay(tmp_path, voices, co
         probe = FakeEmbedder().embed([audio.load(voices["carol"][2]).samples])[0]
         assert r.candidates[0].speaker == "carol"
         assert r.candidates[0].score == pytest.approx(_direct_as_norm(probe, centroid, cohort, 5), abs=1e-6)
+
+
+def test_norm_on_postgres_and_revision_0004_down_and_up(pg_url, voices, cohort_dir, tmp_path, monkeypatch):
+    """The cohort table, the settings and the downgrade on a PostgreSQL database (skipped
+    when no server can be started here)."""
+    from speakerdb.api import database_revision, downgrade_database, upgrade_database
+
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
+    with SpeakerDB(pg_url, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", voices["alice"][:2])
+        db.set_threshold(0.42)
+        db.set_norm(cohort_dir, top_n=5)
+        [r] = db.identify([voices["alice"][2]])
+        assert r.speaker == "alice" and r.score != r.raw_score
+        db.enroll("bob", voices["bob"][:2])
+        [again] = db.identify([voices["alice"][2]])
+        assert db._norm_stats.rebuilds == 1 and db._norm_stats.replayed == 1 and again.score == r.score
+    assert downgrade_database(pg_url, "0003") == "0003"
+    upgrade_database(pg_url)
+    assert database_revision(pg_url)[0] == "0004"
+    with SpeakerDB(pg_url, embedder=FakeEmbedder()) as db:
+        assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
