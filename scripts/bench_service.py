@@ -3,6 +3,7 @@
 
     HF_HUB_OFFLINE=1 python scripts/bench_service.py                         # ~8 min on 2 busy cores
     HF_HUB_OFFLINE=1 python scripts/bench_service.py --checkpoint ./wavlm-random --seconds 30 --json out.json
+    HF_HUB_OFFLINE=1 python scripts/bench_service.py --workers 1 --skip-cli --skip-cells --interleave 7  # overhead only
 
 The model is a RANDOM-weight WavLM x-vector checkpoint of the full microsoft/wavlm-base-plus-sv
 architecture (scripts/make_random_checkpoint.py; made in --checkpoint DIR if that is empty,
@@ -13,6 +14,9 @@ enrolled once; then, in one run and on one machine:
   --repeats calls after a warm-up, for each clip length (3 s and 10 s);
 * **one-shot CLI**: ``speakerdb identify CLIP --json`` as a new process each time (what
   scripts paid before the service), median of 3;
+* **interleaved**: with the 1-worker service up, one in-process call then one service call,
+  --interleave times: the service's overhead as a ratio of medians that the machine's
+  changing load cannot skew (on a shared machine the only comparison to trust);
 * **service**: ``speakerdb serve`` with 1 and 2 workers; for 1, 4 and 16 concurrent clients
   (threads, each with its own :class:`speakerdb.client.Client`, no retries), each clip length:
   requests per second, p50/p95/p99 latency, errors, 503s (counted apart: the queue was
@@ -47,13 +51,15 @@ READY_TIMEOUT_S = 600  # seconds: two full-size models loading on a busy machine
 
 
 def cpu_name() -> str:
+    """The CPU's model name, logical CPUs, and the matrix units that decide embedding speed."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+        return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+    name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
+    units = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{name} x{os.cpu_count()} ({', '.join(units) or 'no AVX-512'}{'' if 'amx_tile' in flags else ', no AMX'})"
 
 
 def load() -> float:
@@ -224,6 +230,38 @@ def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) ->
     }
 
 
+def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[float, Path], pairs: int) -> list[dict]:
+    """One in-process call, one service call, alternately (after a warm-up of each): the
+    ratio of their medians does not depend on how busy the machine was meanwhile."""
+    from speakerdb import SpeakerDB
+    from speakerdb.client import Client
+
+    rows = []
+    client = Client(service.url, service.key, retries=0)
+    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+        for seconds, clip in clips.items():
+            log(f"  interleaved: {pairs} pairs of {seconds:g} s calls")
+            db.identify([clip])
+            client.identify([clip])
+            local, remote = [], []
+            before = load()
+            for _ in range(pairs):
+                t0 = time.perf_counter()
+                db.identify([clip])
+                local.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                [answer] = client.identify([clip])
+                remote.append(time.perf_counter() - t0)
+                assert answer.error is None, answer.error
+            for side, times in (("interleaved: in-process SpeakerDB.identify", local),
+                                ("interleaved: service, 1 worker, 1 client", remote)):
+                rows.append({"side": side, "workers": 1 if "service" in side else "-", "clients": 1, "clip_s": seconds,
+                             "requests": len(times), "rps": len(times) / sum(times), "p50": statistics.median(times),
+                             "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
+                             "worker_rss_mb": [], "load": (before, load())})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="random full-size checkpoint directory (made if empty)")
@@ -233,6 +271,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--clip-seconds", default="3,10")
+    parser.add_argument("--interleave", type=int, default=5,
+                        help="pairs of one in-process call and one service call (1 worker, 1 client), alternated "
+                        "so that the machine's load hits both sides alike; 0: none")
+    parser.add_argument("--skip-cli", action="store_true", help="leave out the one-shot CLI processes")
+    parser.add_argument("--skip-cells", action="store_true", help="leave out the concurrent-client cells")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -284,7 +327,7 @@ def main() -> None:
 
     # ---- one-shot CLI processes ------------------------------------------------------------
     log("one-shot `speakerdb identify` processes")
-    for seconds, clip in clips.items():
+    for seconds, clip in ({} if args.skip_cli else clips).items():
         before = load()
         times = []
         for _ in range(3):
@@ -305,7 +348,9 @@ def main() -> None:
         try:
             ready_s = service.wait_ready()
             log(f"service with {workers} worker(s) ready after {ready_s:.1f} s")
-            for seconds, clip in clips.items():
+            if workers == 1 and args.interleave:
+                rows += interleaved(service, db_path, checkpoint, clips, args.interleave)
+            for seconds, clip in ({} if args.skip_cells else clips).items():
                 for n_clients in [int(x) for x in args.clients.split(",")]:
                     before = load()
                     log(f"  {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
@@ -325,6 +370,11 @@ def main() -> None:
         print(f"| {r['side']} | {r['workers']} | {r['clients']} | {r['clip_s']:g} s | {r['requests']} | "
               f"{r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['busy_503']} | "
               f"{', '.join(map(str, r['worker_rss_mb'])) or '-'} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
+    for seconds in clip_lengths:
+        pair = {r["side"]: r["p50"] for r in rows if r["side"].startswith("interleaved") and r["clip_s"] == seconds}
+        if len(pair) == 2:
+            a, b = pair["interleaved: in-process SpeakerDB.identify"], pair["interleaved: service, 1 worker, 1 client"]
+            print(f"- {seconds:g} s clip, interleaved: service p50 {b:.2f} s = {b / a:.2f} x in-process p50 {a:.2f} s")
     inproc = {r["clip_s"]: r["p50"] for r in rows if r["side"].startswith("in-process")}
     one = {(r["clip_s"]): r for r in rows if r["side"] == "service" and r["workers"] == 1 and r["clients"] == 1}
     print()
