@@ -11,9 +11,18 @@ import importlib.util
 import os
 from pathlib import Path
 
-import numpy as np
-import pytest
-import soundfile as sf
+# One thread per pool, in this process and in the commands the tests start (set before
+# numpy and torch start their pools; an explicit setting wins). The tests' models are
+# tiny, where starting and synchronising threads costs more than it saves, and on a
+# 2-core machine torch's OpenMP pool, the BLAS pools and whatever else runs fought over
+# the cores (issue 17: one GE2E test took 315 s inside the suite, 47-70 s alone).
+# tests/test_threads.py sets its own counts to check the ones speakerdb chooses.
+for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
