@@ -1111,7 +1111,7 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Address to listen on. Other than loopback only once the database has an API key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes, each with its own copy of the model (~400 MB for WavLM base).")
+              help="Worker processes, each with its own copy of the model (~1 GB resident with WavLM base).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.001, 10_000), default=50, show_default=True,
               help="Largest request body, in MB (10^6 bytes): 413 beyond it.")
 @click.option("--max-files", type=click.IntRange(1, 10_000), default=32, show_default=True,
