@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""How often identify's "several voices" warning fires on single-speaker recordings.
+
+    python scripts/eval_voice_count.py ../shared/data/librispeech/test-other ../shared/data/librispeech/train-clean-100
+
+Runs ``timeline.count_voices`` (what ``identify`` runs on each file) with the GE2E encoder
+and its starting threshold (0.80) on every audio file below the given directories, each
+file being one speaker; prints the files where it found other than one voice and the
+false-fire rate (two voices or more), with the CPU and the time taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from speakerdb import timeline, vad  # noqa: E402
+from speakerdb.embed import load_embedder  # noqa: E402
+from speakerdb.evaluate import AUDIO_SUFFIXES  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", type=Path)
+    p.add_argument("--threshold", type=float, default=None, help="default: the GE2E encoder's starting threshold")
+    args = p.parse_args(argv)
+    embedder = load_embedder("resemblyzer")
+    threshold = args.threshold if args.threshold is not None else embedder.default_threshold
+    detector = vad.SileroVAD()
+    files = sorted(f for d in args.dirs for f in d.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES)
+    started = time.perf_counter()
+    fired = silent = 0
+    for f in files:
+        n = timeline.count_voices(f, embedder, threshold, detector)
+        fired += n >= 2
+        silent += n == 0
+        if n != 1:
+            print(f"{f}: {n} voices", flush=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
+    print(f"{len(files)} single-speaker files: several voices found in {fired} ({100 * fired / max(len(files), 1):.1f} %), "
+          f"none in {silent}; {time.perf_counter() - started:.0f} s on {cpu}, {os.cpu_count()} cores")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
