@@ -219,8 +219,10 @@ def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoin
     SpeakerDB(tmp_path / "d.sqlite").close()  # an empty database: nobody enrolled
     noise = write(tmp_path / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
     r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
-                                 "timeline", str(noise), "--json", "--rttm", str(tmp_path / "o.rttm")])
+                                 "timeline", str(noise), "--json", "--rttm", str(tmp_path / "o.rttm"),
+                                 "--plot", str(tmp_path / "o.png")])
     assert r.exit_code == 0, r.output
+    assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     [doc] = json.loads(r.stdout)
     assert doc["segments"] == [] and doc["voices"] == [] and doc["duration"] == 3.0
     assert "no speech found" in r.stderr
