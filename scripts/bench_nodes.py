@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 import speaker_like  # noqa: E402
+from bench_index import cpu_name  # noqa: E402
 
 EF_VALUES = (64, 128, 256, 512)
 N_QUERIES = 300
@@ -54,13 +54,6 @@ q = np.asarray(json.loads(sys.stdin.read()), np.float32)[None]
 index.search(q, 1)
 print(time.perf_counter() - t0)
 """
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def rss_mb() -> float:

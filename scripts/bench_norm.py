@@ -30,26 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import scale_test  # noqa: E402  (its bulk fill)
-from bench_index import cpu_name  # noqa: E402
+from bench_index import Stub, cpu_name, unit  # noqa: E402  (the same stub and vectors as its rows)
 
 DIM = scale_test.DIM
-
-
-class Stub:
-    """Returns the vector it is told to."""
-
-    model_id, dim = "scale-stub", DIM
-
-    def __init__(self) -> None:
-        self.next = np.zeros(DIM, np.float32)
-
-    def embed(self, waveforms):
-        return np.asarray([self.next] * len(waveforms), dtype=np.float32)
-
-
-def unit(rng, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
 def main() -> None:

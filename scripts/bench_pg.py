@@ -161,8 +161,9 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), "?")
-    print(f"\n{args.speakers:,} speakers, {DIM}-d, model stubbed, {os.cpu_count()} cores, {cpu}\n")
+    from bench_index import cpu_name
+
+    print(f"\n{args.speakers:,} speakers, {DIM}-d, model stubbed, {os.cpu_count()} cores, {cpu_name()}\n")
     print("| measurement | value |\n|---|---|")
     for what, value in rows:
         print(f"| {what} | {value} |")
