@@ -753,7 +753,14 @@ class SpeakerDB:
         params = (params or timelines.Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
-        self._check_files(files)
+        errors: dict[int, AudioError] = {}
+        for i, f in enumerate(files):  # cheap checks first, as identify: all-bad batches load no model
+            try:
+                self._check_files([f])
+            except AudioError as e:
+                errors[i] = e
+        if len(errors) == len(files):
+            return [timelines.Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
         with self.store.read() as s:
@@ -764,9 +771,14 @@ class SpeakerDB:
             timelines.Gallery(names, centroids, threshold) if names else timelines.Gallery.empty(embedder.dim, threshold)
         )
         out, seconds = [], 0.0
-        for i, f in enumerate(files):
-            out.append(timelines.build(f, embedder, gallery, params, detector))
-            seconds += out[-1].duration
+        for i, f in enumerate(files):  # every file gets its timeline or its error
+            try:
+                if i in errors:
+                    raise errors[i]
+                out.append(timelines.build(f, embedder, gallery, params, detector))
+                seconds += out[-1].duration
+            except AudioError as e:
+                out.append(timelines.Timeline(_label(f), 0.0, [], [], error=e.reason))
             if progress is not None:
                 progress(i + 1, len(files), seconds)
         return out

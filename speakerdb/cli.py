@@ -394,7 +394,8 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
     names each voice. With no speakers enrolled every voice is unknown-N. One voice per
     instant: where two people overlap, the louder one gets the time. With --json, prints
     [{"file", "duration", "segments": [{"start", "end", "label", "speaker", "score"}],
-    "voices": [{"label", "speaker", "seconds", "score"}], "notes"}].
+    "voices": [{"label", "speaker", "seconds", "score"}], "notes"}]. As with identify,
+    every file gets its timeline or {"file", "error"}, and the exit code is 1 if any failed.
 
     \b
     Examples:
@@ -417,25 +418,31 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
-    if rttm_path:
-        write_rttm(rttm_path, results)
-    if plot_path:
-        plot(results, plot_path)
+    failed = [t for t in results if t.error is not None]
+    results_ok = [t for t in results if t.error is None]
+    if rttm_path and results_ok:
+        write_rttm(rttm_path, results_ok)
+    if plot_path and results_ok:
+        plot(results_ok, plot_path)
     for t in results:
         for note in t.notes:
             click.echo(f"note: {_printable(t.file)}: {note}", err=True)
     lines = []
-    for t in results:
+    for t in results_ok:
         lines.append(f"{_printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))")
         width = max((len(s.label) for s in t.segments), default=5)
         lines += [f"  {s.start:8.2f} {s.end:8.2f}  {_printable(s.label):<{width}}  {_score_text(s.score)}" for s in t.segments]
         lines += [f"  {_printable(v.label)}: {v.seconds:.1f} s" + (f", score {v.score:.3f}" if v.score is not None else "")
                   for v in t.voices]
-    if rttm_path:
+    if rttm_path and results_ok:
         lines.append(f"rttm: {rttm_path}")
-    if plot_path:
+    if plot_path and results_ok:
         lines.append(f"plot: {plot_path}")
     _emit(as_json, [t.to_dict() for t in results], "\n".join(lines))
+    for t in failed:  # every file gets its answer or its error; any error makes the exit code 1
+        click.echo(f"Error: {_printable(t.file)}: {t.error}", err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command(name="list")

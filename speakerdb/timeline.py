@@ -125,8 +125,11 @@ class Timeline:
     voices: list[Voice]
     speech_s: float = 0.0  # seconds the VAD found speech in
     notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why this file could not be used (then nothing else is set)
 
     def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:  # as identify answers a bad file: its name and the reason
+            return {"file": self.file, "error": self.error}
         return {
             "file": self.file,
             "duration": round(self.duration, 3),

@@ -241,6 +241,27 @@ def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_chec
     assert r.exit_code == 2
 
 
+def test_one_bad_file_does_not_lose_the_batch(tmp_path, tiny_checkpoint):
+    from speakerdb import SpeakerDB
+
+    SpeakerDB(tmp_path / "d.sqlite").close()
+    hum = write(tmp_path / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all" * 100)
+    files = [str(hum), str(bad), str(tmp_path / "missing.wav")]
+    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
+                                 "timeline", *files, "--json", "--rttm", str(tmp_path / "o.rttm")])
+    assert r.exit_code == 1, r.output
+    docs = json.loads(r.stdout)
+    assert [d["file"] for d in docs] == files
+    assert docs[0]["duration"] == 3.0 and set(docs[1]) == set(docs[2]) == {"file", "error"}
+    assert r.stderr.count("Error: ") == 2 and "Traceback" not in r.output
+    assert (tmp_path / "o.rttm").exists()  # the good file's (empty) timeline
+    with SpeakerDB(tmp_path / "d.sqlite", model=str(tiny_checkpoint)) as db:  # the API: errors, not exceptions
+        out = db.timeline([bad, tmp_path / "missing.wav"])
+    assert [t.error is not None for t in out] == [True, True]
+
+
 # ---- real speech ---------------------------------------------------------------------------------
 @pytest.mark.librispeech
 @pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech excerpts not found at {LIBRISPEECH}")
