@@ -671,11 +671,11 @@ def test_workers_share_the_cores_out(monkeypatch, tmp_path, workers, given, expe
     from speakerdb import server, threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # setenv first, so that monkeypatch restores both variables whatever serve() sets
+    monkeypatch.setenv(threads.ENV_THREADS, given or "")
+    monkeypatch.setenv(server.CONFIG_ENV, "")
     if given is None:
-        monkeypatch.delenv(threads.ENV_THREADS, raising=False)
-    else:
-        monkeypatch.setenv(threads.ENV_THREADS, given)
-    monkeypatch.delenv(server.CONFIG_ENV, raising=False)
+        monkeypatch.delenv(threads.ENV_THREADS)
     seen = {}
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(threads=os.environ.get(threads.ENV_THREADS)))
     server.serve(server.ServeConfig(db_path=str(tmp_path / "x.sqlite")), workers=workers)
