@@ -154,11 +154,10 @@ class IndexKeeper:
         left a change log holding vectors; an index of another database may sit at this
         path. Each is dealt with here, at every open, before anything is read.
         """
-        debris = [p for p in (Path(f"{self.path}.log"),) if p.exists() or p.is_symlink()]
-        debris += index_files.temporary_files(self.path)
-        header = SpeakerIndex.read_header(self.path)
-        if header is None and not debris and not (self.path.exists() or self.path.is_symlink()):
+        debris = self._debris()
+        if not debris and not self._index_file_present():
             return
+        header = SpeakerIndex.read_header(self.path)
         with self.store.read() as s:
             generation, database_id = store.generation(s), store.get_settings(s).get("database_id")
         if not debris and header is not None and header["database_id"] == database_id and header["scrubbed_to"] >= generation:
@@ -167,14 +166,19 @@ class IndexKeeper:
 
     def _scrub(self, upto: int, failure: str) -> None:
         """Under the lock: delete debris, then zero the positions changed by records after the
-        file's scrubbed-to generation up to ``upto``. Failures delete the cache files."""
+        file's scrubbed-to generation up to ``upto``. Failures delete the cache files.
+
+        Nothing on disk, nothing to do: no lock is taken (a save that starts after this
+        commit zeroes what it finds changed since its snapshot, see _write_locked)."""
+        if not self._debris() and not self._index_file_present():
+            return
         try:
             with write_lock(self.path):
-                for p in [Path(f"{self.path}.log"), *index_files.temporary_files(self.path)]:
+                for p in self._debris():
                     p.unlink(missing_ok=True)  # no writer is active: we hold the lock
                 header = SpeakerIndex.read_header(self.path)
                 if header is None:
-                    if self.path.exists() or self.path.is_symlink():
+                    if self._index_file_present():
                         raise IndexFileError("damaged, of another format, or not a file")
                     return
                 with self.store.read() as s:
@@ -189,6 +193,15 @@ class IndexKeeper:
                 SpeakerIndex.kill_in_file(self.path, ids, upto)
         except Exception as e:  # disk full, I/O errors, damage, a directory or link in the way, lock timeout
             self._drop_files(f"{failure} ({_reason(e)})")
+
+    def _debris(self) -> list[Path]:
+        """What a killed writer or an older speakerdb left beside the index: temporary files
+        (full copies of the centroids) and a format-2 change log (vectors too)."""
+        log_file = Path(f"{self.path}.log")
+        return ([log_file] if log_file.exists() or log_file.is_symlink() else []) + index_files.temporary_files(self.path)
+
+    def _index_file_present(self) -> bool:
+        return self.path.exists() or self.path.is_symlink()
 
     # ---- admin ------------------------------------------------------------------------------
     def rebuild(self) -> SpeakerIndex:
