@@ -50,6 +50,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def print_table(title: str, rows: list[tuple[str, str]]) -> None:
+    """The rows as a Markdown table under a line naming the set-up and the CPU."""
+    print(f"\n{title}\n")
+    print("| measurement | value |\n|---|---|")
+    for what, value in rows:
+        print(f"| {what} | {value} |")
+
+
 class Stub:
     """Returns the vector it is told to: the database's cost without the network's."""
 
@@ -180,10 +188,7 @@ def main() -> None:
     rows.append(("remove one speaker: on the index (zeroed in place) / in all (with the WAL scrub)",
                  f"{med(remove_index) * 1e3:.1f} ms / {med(remove_total) * 1e3:.1f} ms"))
 
-    print(f"\n{args.speakers:,} speakers, {args.kind} index, {cpu_name()}, {platform.python_version()}\n")
-    print("| measurement | value |\n|---|---|")
-    for what, value in rows:
-        print(f"| {what} | {value} |")
+    print_table(f"{args.speakers:,} speakers, {args.kind} index, {cpu_name()}, {platform.python_version()}", rows)
 
 
 if __name__ == "__main__":

@@ -161,12 +161,9 @@ def main() -> None:
     finally:
         if server is not None:
             server.stop()
-    from bench_index import cpu_name
+    from bench_index import cpu_name, print_table
 
-    print(f"\n{args.speakers:,} speakers, {DIM}-d, model stubbed, {os.cpu_count()} cores, {cpu_name()}\n")
-    print("| measurement | value |\n|---|---|")
-    for what, value in rows:
-        print(f"| {what} | {value} |")
+    print_table(f"{args.speakers:,} speakers, {DIM}-d, model stubbed, {os.cpu_count()} cores, {cpu_name()}", rows)
 
 
 if __name__ == "__main__":
