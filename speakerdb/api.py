@@ -747,9 +747,11 @@ class SpeakerDB:
         from . import timeline as timelines
         from . import vad
 
-        # Timelines compare raw cosine scores of short windows (AS-norm is not applied there yet):
-        # with normalisation on, the cosine threshold stored before it was switched on.
-        threshold = _cosine_threshold(self.store.settings()) if threshold is None else _check_threshold(threshold)
+        # Voices are named on the database's scale (AS-norm when normalisation is on, as identify);
+        # windows are clustered by cosine, with the cosine threshold (see _cosine_threshold).
+        settings = self.store.settings()
+        if threshold is not None:
+            threshold = _check_threshold(threshold, scale=_scale(settings))
         params = (params or timelines.Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
@@ -763,13 +765,7 @@ class SpeakerDB:
             return [timelines.Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
-        with self.store.read() as s:
-            ids, centroids = store.centroids(s)  # (k,), (k, dim)
-            by_id = store.speakers_by_id(s, ids.tolist())
-            names = [by_id[int(i)].name for i in ids]
-        gallery = (
-            timelines.Gallery(names, centroids, threshold) if names else timelines.Gallery.empty(embedder.dim, threshold)
-        )
+        gallery = self._timeline_gallery(embedder.dim, threshold)
         out, seconds = [], 0.0
         for i, f in enumerate(files):  # every file gets its timeline or its error
             try:
@@ -782,6 +778,28 @@ class SpeakerDB:
             if progress is not None:
                 progress(i + 1, len(files), seconds)
         return out
+
+    def _timeline_gallery(self, dim: int, threshold: float | None) -> "timelines.Gallery":
+        """The enrolled speakers, their normalisation and thresholds, from one read of the store."""
+        from . import timeline as timelines
+
+        with self.store.read() as s:
+            settings = store.get_settings(s)
+            ids, centroids = store.centroids(s)  # (k,), (k, dim)
+            by_id = store.speakers_by_id(s, ids.tolist())
+            names = [by_id[int(i)].name for i in ids]
+            found = self._norm_state(s, settings) if names else None
+            normaliser = None
+            if found is not None:
+                setting, cohort = found
+                enroll_mean, enroll_std = self._norm_stats.at(s, settings, cohort, setting).lookup(ids)
+                normaliser = timelines.Normaliser(enroll_mean, enroll_std, cohort, setting.top_n)
+        if threshold is None:
+            threshold = float(settings.get("threshold", DEFAULT_THRESHOLD))
+        cosine = _cosine_threshold(settings)
+        if not names:  # plain diarization: only the cosine threshold matters
+            return timelines.Gallery.empty(dim, cosine if _scale(settings) != norm.COSINE else threshold)
+        return timelines.Gallery(names, centroids, threshold, cosine, normaliser)
 
     def list(self) -> list[SpeakerInfo]:
         """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""

@@ -376,7 +376,7 @@ def verify(state: _State, name: str, file: str, threshold: float | None, as_json
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1].")
+@click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database].")
 @click.option("--rttm", "rttm_path", type=click.Path(dir_okay=False), help="Also write the segments to this RTTM file.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw one lane per voice over time into this PNG.")
 @click.option("--window", type=click.FloatRange(0.5, 30), default=1.5, show_default=True, help="Window length, seconds.")
@@ -392,9 +392,11 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
 
     Finds the speech (Silero VAD), embeds windows of it, groups them into voices and
     names each voice. With no speakers enrolled every voice is unknown-N. One voice per
-    instant: where two people overlap, the louder one gets the time. With --json, prints
-    [{"file", "duration", "segments": [{"start", "end", "label", "speaker", "score"}],
-    "voices": [{"label", "speaker", "seconds", "score"}], "notes"}]. As with identify,
+    instant: where two people overlap, the louder one gets the time. Names are decided as
+    identify decides them: with normalisation on (speakerdb norm), "score" is the AS-norm
+    score and "raw_score" the cosine. With --json, prints [{"file", "duration", "segments":
+    [{"start", "end", "label", "speaker", "score", "raw_score"}], "voices": [{"label",
+    "speaker", "seconds", "score", "raw_score"}], "notes"}]. As with identify,
     every file gets its timeline or {"file", "error"}, and the exit code is 1 if any failed.
 
     \b

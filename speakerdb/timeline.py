@@ -18,7 +18,9 @@ Voices. The windows are clustered by agglomerative clustering (average linkage, 
 similarity, stopped at ``cluster_threshold``). Each cluster's mean vector stands for
 many seconds of one voice, so it is scored against the gallery with the database's own
 threshold, the one that decides ``identify`` on whole recordings: it is named after the
-best-scoring enrolled speaker when that score reaches the threshold. Clusters that match
+best-scoring enrolled speaker when that score reaches the threshold (with normalisation
+on, the score is the AS-norm of the cosine and the threshold is on that scale, as in
+``identify``; clustering always compares cosines). Clusters that match
 no one are the unknown voices; two clusters named alike become one voice, and a voice
 with less than ``min_voice_s`` of windows is dissolved into the others. Unknown voices
 are numbered ``unknown-1``, ``unknown-2``... in order of first appearance, so one
@@ -54,7 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio, vad
+from . import audio, norm, vad
 from .embed import Embedder, l2_normalize
 from .errors import InvalidInputError
 
@@ -91,12 +93,15 @@ class Segment:
     end: float
     label: str  # the speaker's name, or unknown-N
     speaker: str | None  # the enrolled speaker, None for an unknown voice
-    score: float | None  # cosine of this segment's mean window vector to the named (or nearest) centroid
+    #: What the threshold is compared to for this segment's mean window vector against the
+    #: named (or nearest) centroid: its cosine, or that cosine's AS-norm when normalisation is on.
+    score: float | None
+    raw_score: float | None = None  # the cosine itself
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
-        d["score"] = None if self.score is None else round(self.score, 4)
+        d["score"], d["raw_score"] = _round(self.score), _round(self.raw_score)
         return d
 
 
@@ -107,12 +112,17 @@ class Voice:
     label: str
     speaker: str | None
     seconds: float
-    score: float | None  # cosine of the voice's mean window vector to the named (or nearest) centroid
+    score: float | None  # the voice's mean window vector against the named (or nearest) centroid, as Segment.score
     nearest: str | None = None  # the best-scoring enrolled speaker, even below the threshold
+    raw_score: float | None = None  # the cosine behind ``score``
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "speaker": self.speaker, "seconds": round(self.seconds, 3),
-                "score": None if self.score is None else round(self.score, 4)}
+                "score": _round(self.score), "raw_score": _round(self.raw_score)}
+
+
+def _round(score: float | None) -> float | None:
+    return None if score is None else round(score, 4)
 
 
 @dataclass(frozen=True)
@@ -140,16 +150,51 @@ class Timeline:
 
 
 @dataclass(frozen=True)
+class Normaliser:
+    """AS-norm for a gallery (see :mod:`speakerdb.norm`): each centroid's cohort statistics
+    (k,), (k,), kept by the database, and the cohort (m, dim) float64 to score voices against."""
+
+    enroll_mean: np.ndarray
+    enroll_std: np.ndarray
+    cohort: np.ndarray
+    top_n: int
+
+    def __call__(self, profiles: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """AS-norm scores (V, k) of raw cosines ``raw`` (V, k) of ``profiles`` (V, dim)."""
+        probe_mean, probe_std = norm.top_stats(profiles, self.cohort, self.top_n)  # (V,), (V,)
+        return norm.as_norm(raw, self.enroll_mean[None, :], self.enroll_std[None, :],
+                            probe_mean[:, None], probe_std[:, None])
+
+
+@dataclass(frozen=True)
 class Gallery:
-    """The enrolled speakers a timeline names voices from: names (k,) and centroids (k, dim)."""
+    """The enrolled speakers a timeline names voices from: names (k,) and centroids (k, dim).
+
+    ``threshold`` decides names, on the database's scale: a cosine, or an AS-norm score when
+    ``normaliser`` is set. Clustering voices always compares cosines of window vectors, with
+    ``cosine_threshold`` (None: ``threshold``, which is then a cosine).
+    """
 
     names: list[str]
     centroids: np.ndarray  # (k, dim) float32, rows of norm 1
     threshold: float
+    cosine_threshold: float | None = None
+    normaliser: Normaliser | None = None
 
     @classmethod
     def empty(cls, dim: int, threshold: float) -> "Gallery":
         return cls([], np.zeros((0, dim), np.float32), threshold)
+
+    @property
+    def cosine(self) -> float:
+        """The threshold on the cosine scale, for clustering."""
+        return self.threshold if self.cosine_threshold is None else self.cosine_threshold
+
+    def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, raw cosines), both (n, k) float64, of unit ``vectors`` (n, dim) against
+        the centroids: ``scores`` are what ``threshold`` is compared to."""
+        raw = np.atleast_2d(np.asarray(vectors, np.float64)) @ self.centroids.astype(np.float64).T
+        return (raw if self.normaliser is None else self.normaliser(vectors, raw)), raw
 
 
 @dataclass(frozen=True)
@@ -158,7 +203,7 @@ class Params:
 
     window_s: float = DEFAULT_WINDOW_S
     hop_s: float = DEFAULT_HOP_S
-    cluster_threshold: float | None = None  # None: gallery threshold - CLUSTER_MARGIN
+    cluster_threshold: float | None = None  # None: the gallery's cosine threshold - CLUSTER_MARGIN
     min_voice_s: float = DEFAULT_MIN_VOICE_S
     min_segment_s: float = DEFAULT_MIN_SEGMENT_S
     switch_penalty: float = DEFAULT_SWITCH_PENALTY
@@ -379,7 +424,7 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
     sr = audio.SAMPLE_RATE
     vectors = l2_normalize(vectors)
     weights = np.array([(b - a) / sr for a, b, _ in spans])  # (n,) s
-    threshold = gallery.threshold
+    threshold = gallery.cosine  # voices are clustered by cosine, whatever scale names them
     cut = params.cluster_threshold if params.cluster_threshold is not None else threshold - CLUSTER_MARGIN
     clusters = cluster(vectors, cut, weights)
 
@@ -469,18 +514,19 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
     centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])  # (n,) s
     for start, end, v in frame_labels:
         inside = (centres >= start) & (centres < end)
-        score = None
+        score = raw = None
         if len(gallery.names):
             target = names[v][2]
             mean = vectors[inside].mean(axis=0) if inside.any() else profiles[v]
-            score = float(l2_normalize(mean[None])[0] @ gallery.centroids[target])
-        segments.append(Segment(start, end, text[v], names[v][0], score))
+            scores, raws = gallery.scores(l2_normalize(mean[None]))
+            score, raw = float(scores[0, target]), float(raws[0, target])
+        segments.append(Segment(start, end, text[v], names[v][0], score, raw))
     voices = []
     for v in voice_ids:
         secs = sum(s.end - s.start for s in segments if s.label == text[v])
         if secs <= 0:
             continue
-        voices.append(Voice(text[v], names[v][0], secs, names[v][1], names[v][3]))
+        voices.append(Voice(text[v], names[v][0], secs, names[v][1], names[v][3], names[v][4]))
     voices.sort(key=lambda x: -x.seconds)
     if speech_s is None:
         speech_s = float(sum(r.duration for r in regions))
@@ -492,15 +538,17 @@ def _weighted_mean(vectors: np.ndarray, weights: np.ndarray, mask: np.ndarray) -
     return (vectors[mask] * w[:, None]).sum(axis=0) / max(float(w.sum()), 1e-12)
 
 
-def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, float | None, int, str | None]]:
-    """(name or None, score to the nearest centroid, its row, its name) per voice profile."""
+def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, float | None, int, str | None, float | None]]:
+    """(name or None, score to the best-scoring centroid, its row, its name, its raw cosine)
+    per voice profile. With normalisation the best is the highest AS-norm score, as identify ranks."""
     if not gallery.names:
-        return [(None, None, -1, None) for _ in profiles]
-    scores = profiles @ gallery.centroids.T  # (V, k)
+        return [(None, None, -1, None, None) for _ in profiles]
+    scores, raws = gallery.scores(profiles)  # (V, k), (V, k)
     out = []
-    for row in scores:
+    for row, raw in zip(scores, raws):
         j = int(np.argmax(row))
-        out.append((gallery.names[j] if row[j] >= gallery.threshold else None, float(row[j]), j, gallery.names[j]))
+        out.append((gallery.names[j] if row[j] >= gallery.threshold else None, float(row[j]), j, gallery.names[j],
+                    float(raw[j])))
     return out
 
 

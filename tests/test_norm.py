@@ -306,3 +306,26 @@ def test_norm_on_postgres_and_revision_0004_down_and_up(pg_url, voices, cohort_d
     assert database_revision(pg_url)[0] == "0004"
     with SpeakerDB(pg_url, embedder=FakeEmbedder()) as db:
         assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
+
+
+def test_timeline_names_voices_on_the_normalised_scale(fake_db, voices, cohort_dir, tmp_path, monkeypatch):
+    from speakerdb import vad
+
+    from test_timeline import EnergyDetector
+
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    fake_db.enroll("alice", voices["alice"][:2])
+    fake_db.enroll("bob", voices["bob"][:2])
+    fake_db.set_norm(cohort_dir, top_n=5)
+    talk = write(tmp_path / "talk.wav", voice(210, 6.0, seed=7))
+    [t] = fake_db.timeline([talk])
+    [r] = fake_db.identify([talk], count_voices=False)
+    [v] = t.voices
+    assert v.speaker == r.speaker == "alice" and v.score >= fake_db.threshold == norm.DEFAULT_AS_NORM_THRESHOLD
+    assert v.raw_score is not None and v.score != v.raw_score
+    assert r.score >= fake_db.threshold  # identify names her on the same scale
+    # Overrides are on the database's scale: an AS-norm score above any this voice reaches.
+    [unnamed] = fake_db.timeline([talk], threshold=90.0)
+    assert [x.label for x in unnamed.voices] == ["unknown-1"]
+    out = CliRunner().invoke(cli, ["--db", str(fake_db.db_path), "timeline", str(talk), "--json", "--threshold", "90"])
+    assert "not a cosine" not in out.output

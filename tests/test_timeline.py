@@ -166,6 +166,44 @@ def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
     assert [s.label for s in plain.segments] == ["unknown-1", "unknown-2", "unknown-3", "unknown-1", "unknown-2"]
 
 
+def test_voices_are_named_on_the_as_norm_scale_and_clustered_by_cosine():
+    """With normalisation on, a voice is named when its AS-norm score reaches the threshold
+    (as identify decides), segments give both scores, and clustering keeps the cosine threshold."""
+    from speakerdb import norm
+
+    rng = np.random.default_rng(1)
+    a, u1 = np.eye(8)[0], np.eye(8)[1]
+    turns = [(a, 0, 6), (u1, 7, 13), (a, 14, 20)]
+    regions = [vad.Region(s, e) for _, s, e in turns]
+    spans = timeline.plan_windows(regions)
+    vectors = _unit(np.array([turns[r][0] for _, _, r in spans]) + 0.15 * rng.standard_normal((len(spans), 8)))
+    centroids = _unit(np.array([a, np.eye(8)[5]]))
+    cohort = _unit(rng.standard_normal((30, 8))).astype(np.float64)
+    mean, std = norm.top_stats(centroids, cohort, 5)
+    normaliser = timeline.Normaliser(mean, std, cohort, 5)
+
+    def run(threshold):
+        gallery = Gallery(["alice", "zed"], centroids, threshold, cosine_threshold=0.8, normaliser=normaliser)
+        return timeline.assemble("x.wav", 21.0, regions, spans, vectors, gallery, Params())
+
+    t = run(3.0)
+    first = t.segments[0]
+    assert [s.label for s in t.segments] == ["alice", "unknown-1", "alice"]
+    inside = [i for i, (x, y, _) in enumerate(spans) if 0 <= (x + y) / 2 / SR < 6]
+    seg = _unit(vectors[inside].mean(axis=0))
+    raw = float(seg.astype(np.float64) @ centroids[0].astype(np.float64))
+    p_mean, p_std = norm.top_stats(seg[None], cohort, 5)
+    assert first.raw_score == pytest.approx(raw, abs=1e-6)
+    assert first.score == pytest.approx(float(norm.as_norm(raw, mean[0], std[0], p_mean[0], p_std[0])), abs=1e-6)
+    assert first.score > 1.5 and first.score != first.raw_score
+    assert first.to_dict()["raw_score"] == round(raw, 4)
+    alice = next(v for v in t.voices if v.speaker == "alice")
+    # The threshold is on the AS-norm scale: just above alice's voice score, she is unknown,
+    # though her cosine (~0.99) is far above any cosine threshold.
+    assert [s.label for s in run(alice.score + 1e-6).segments] == ["unknown-1", "unknown-2", "unknown-1"]
+    assert [s.label for s in run(alice.score - 1e-6).segments][0] == "alice"
+
+
 def test_build_streams_generated_conversation(tmp_path):
     """The whole pipeline on a file: two generated voices taking turns, one enrolled."""
     emb = FakeEmbedder()
