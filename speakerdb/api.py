@@ -656,12 +656,17 @@ class SpeakerDB:
             self._require_speakers()
             embedder = self.embedder
             seconds = 0.0
-            for done, i in enumerate(good, 1):
+            # Short files of equal length share a forward pass (pipeline.embed_clips).
+            clips = pipeline.embed_clips([files[i] for i in good], embedder)
+            for done, (position, clip) in enumerate(clips, 1):
+                i = good[position]
                 try:
-                    embedded[i] = pipeline.embed_clip(files[i], embedder)
+                    if isinstance(clip, AudioError):
+                        raise clip
+                    embedded[i] = clip
                     if count_voices:  # one more pass over the speech (see timeline.count_voices)
                         voices[i] = self._count_voices(files[i], embedder)
-                    seconds += embedded[i].duration_s
+                    seconds += clip.duration_s
                 except AudioError as e:
                     errors[i] = e
                 if progress is not None:

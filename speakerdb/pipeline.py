@@ -14,10 +14,11 @@ memory bounded by two windows plus one decode block.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -94,51 +95,129 @@ def check_vector(vector: np.ndarray, source: str) -> None:
         raise AudioError(source, f"the model produced an unusable embedding (norm {norm:.3g}, not 1): nothing stored")
 
 
+class _Recording:
+    """One recording being read: its windows, and the figures an EmbeddedClip keeps of it."""
+
+    def __init__(self, source: str | Path | audio.Audio) -> None:
+        if isinstance(source, audio.Audio):
+            self.label, blocks = audio.source_label(source.source), iter([source.samples])
+        else:
+            self.label, blocks = audio.source_label(source), audio.stream(source)
+        self.sha = hashlib.sha256()
+        self.n_samples, self.peak = 0, 0.0
+        self._blocks = blocks
+
+    def _tracked(self) -> Iterator[np.ndarray]:
+        for block in self._blocks:
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            if not np.isfinite(block).all():  # arrays given to the API skip audio.stream's checks
+                raise AudioError(self.label, "contains NaN or infinite samples")
+            self.sha.update(block.astype("<f4", copy=False).tobytes())
+            self.n_samples += len(block)
+            self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+            yield block
+
+    def windows(self) -> Iterator[np.ndarray]:
+        """The recording's windows; the whole recording is read and checked (duration, level)
+        before the last one (often the only one) is handed out, so a bad file costs no compute."""
+        pending = windows(self._tracked())
+        window = next(pending, None)
+        while window is not None:
+            following = next(pending, None)
+            if following is None:
+                audio.check_duration_and_level(self.n_samples, self.peak, self.label)
+            yield window
+            window = following
+        if self.n_samples == 0:  # no samples at all
+            audio.check_duration_and_level(self.n_samples, self.peak, self.label)
+
+    def clip(self, total: np.ndarray, speech_s: float, n_windows: int) -> EmbeddedClip:
+        """The EmbeddedClip from the sum of window vectors x window lengths (dim,)."""
+        vector = l2_normalize(total[None])[0]  # (dim,)
+        check_vector(vector, self.label)
+        return EmbeddedClip(self.label, self.n_samples / audio.SAMPLE_RATE, self.sha.hexdigest(), speech_s, vector,
+                            n_windows)
+
+
+def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np.ndarray:
+    """``embedder.embed(waves)`` (n, dim) float64, its log records naming the files."""
+    naming = _NameTheFile(", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else ""))
+    log.addFilter(naming)  # embed() does not know file names; its warnings get these
+    try:
+        return np.asarray(embedder.embed(waves), np.float64)
+    finally:
+        log.removeFilter(naming)
+
+
 def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
     Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples).
     """
-    if isinstance(source, audio.Audio):
-        label, blocks = audio.source_label(source.source), iter([source.samples])
-    else:
-        label, blocks = audio.source_label(source), audio.stream(source)
-    sha = hashlib.sha256()
-    n_samples, peak, speech_s, n_windows = 0, 0.0, 0.0, 0
+    rec = _Recording(source)
     total: np.ndarray | None = None  # (dim,) float64: sum of window vectors x window length
-
-    def tracked(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        nonlocal n_samples, peak
-        for block in blocks:
-            block = np.ascontiguousarray(block, dtype=np.float32)
-            if not np.isfinite(block).all():  # arrays given to the API skip audio.stream's checks
-                raise AudioError(label, "contains NaN or infinite samples")
-            sha.update(block.astype("<f4", copy=False).tobytes())
-            n_samples += len(block)
-            peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
-            yield block
-
-    naming = _NameTheFile(label)  # embed() does not know file names; its warnings get this one
-    pending = windows(tracked(blocks))
-    window = next(pending, None)
-    while window is not None:
-        following = next(pending, None)
-        if following is None:
-            # The whole recording has been read: check it before the last (often the only)
-            # window costs any compute.
-            audio.check_duration_and_level(n_samples, peak, label)
-        log.addFilter(naming)
-        try:
-            vector = embedder.embed([window])[0].astype(np.float64)  # (dim,)
-        finally:
-            log.removeFilter(naming)
+    speech_s, n_windows = 0.0, 0
+    for window in rec.windows():
+        vector = _embed(embedder, [window], [rec.label])[0]
         total = vector * len(window) if total is None else total + vector * len(window)
         speech_s += audio.active_seconds(window)
         n_windows += 1
-        window = following
-    if total is None:  # no samples at all
-        audio.check_duration_and_level(n_samples, peak, label)
     assert total is not None
-    vector = l2_normalize(total[None])[0]  # (dim,)
-    check_vector(vector, label)
-    return EmbeddedClip(label, n_samples / audio.SAMPLE_RATE, sha.hexdigest(), speech_s, vector, n_windows)
+    return rec.clip(total, speech_s, n_windows)
+
+
+#: Seconds of one-window recordings embed_clips decodes ahead, to embed those of equal
+#: length in one forward pass (bounds the audio held: 120 s is 7.7 MB of float32).
+BATCH_AHEAD_S = 120.0
+
+
+def embed_clips(
+    sources: Sequence[str | Path | audio.Audio], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S
+) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
+    """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),
+    in the order they finish.
+
+    Recordings of one window (up to 1.5 x WINDOW_S) are read ahead, up to ``batch_ahead_s``
+    seconds of them, and those of identical length share one forward pass: the embedder
+    stacks equal lengths without padding, so each vector is the one embedding it alone
+    gives (to float rounding), at less cost per clip when clips are short (many requests of
+    one chunk length, at a service). Longer recordings are embedded window by window at once.
+    """
+    held: list[tuple[int, _Recording, np.ndarray]] = []
+
+    def flush() -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
+        by_length: dict[int, list[tuple[int, _Recording, np.ndarray]]] = {}
+        for item in held:
+            by_length.setdefault(len(item[2]), []).append(item)
+        held.clear()
+        for group in by_length.values():
+            vectors = _embed(embedder, [w for _, _, w in group], [r.label for _, r, _ in group])
+            for (i, rec, window), vector in zip(group, vectors):
+                try:
+                    yield i, rec.clip(vector * len(window), audio.active_seconds(window), 1)
+                except AudioError as e:
+                    yield i, e
+
+    for i, source in enumerate(sources):
+        try:
+            rec = _Recording(source)
+            parts = rec.windows()
+            first = next(parts, None)
+            if first is None:  # windows() raises for an empty recording first; never reached
+                raise AudioError(rec.label, "holds no audio")
+            second = next(parts, None)
+            if second is None:
+                held.append((i, rec, first))
+                if sum(len(w) for _, _, w in held) >= batch_ahead_s * audio.SAMPLE_RATE:
+                    yield from flush()
+                continue
+            total, speech_s, n_windows = np.zeros(0), 0.0, 0
+            for window in itertools.chain([first, second], parts):
+                vector = _embed(embedder, [window], [rec.label])[0] * len(window)
+                total = vector if n_windows == 0 else total + vector
+                speech_s += audio.active_seconds(window)
+                n_windows += 1
+            yield i, rec.clip(total, speech_s, n_windows)
+        except AudioError as e:
+            yield i, e
+    yield from flush()

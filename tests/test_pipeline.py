@@ -160,3 +160,42 @@ def test_warnings_from_the_model_name_their_file(tmp_path, caplog):
 
     _logging.getLogger("speakerdb").warning("later")  # the file's name does not stick to other records
     assert caplog.records[0].getMessage() == "later"
+
+
+class _CountingEmbedder(FakeEmbedder):
+    """Records the number of clips in each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def embed(self, waveforms):
+        self.batches.append(len(waveforms))
+        return super().embed(waveforms)
+
+
+def test_equal_length_short_clips_share_a_forward_pass(tmp_path, tiny_embedder):
+    """embed_clips: what embed_clip gives each file, with short files of one length in one pass,
+    long files windowed, and a bad file's AudioError in its place."""
+    short = [write(tmp_path / f"s{k}.wav", voice(120 + 40 * k, 3.0, seed=k), subtype="FLOAT") for k in range(3)]
+    other = write(tmp_path / "other.wav", voice(200, 2.0, seed=5), subtype="FLOAT")
+    long = write(tmp_path / "long.wav", voice(150, 70.0, seed=6), subtype="FLOAT")
+    bad = write(tmp_path / "bad.wav", voice(100, 0.3))
+    sources = [short[0], long, bad, short[1], other, short[2]]
+    counting = _CountingEmbedder()
+    got = dict(pipeline.embed_clips(sources, counting))
+    assert sorted(got) == list(range(6)) and isinstance(got[2], pipeline.AudioError)
+    assert sorted(counting.batches) == [1, 1, 1, 3]  # the long file's two windows, "other", the three 3 s clips
+    for i, source in enumerate(sources):
+        if i != 2:
+            alone = pipeline.embed_clip(source, FakeEmbedder())
+            assert (got[i].source, got[i].sha256, got[i].n_windows) == (alone.source, alone.sha256, alone.n_windows)
+            np.testing.assert_allclose(got[i].vector, alone.vector, atol=1e-6)
+    # A real model (the tiny WavLM) stacked gives each clip its own vector, to float rounding.
+    stacked = dict(pipeline.embed_clips(short, tiny_embedder))
+    for i, source in enumerate(short):
+        np.testing.assert_allclose(stacked[i].vector, pipeline.embed_clip(source, tiny_embedder).vector, atol=1e-5)
+    # Read-ahead is bounded: with room for one clip, each goes alone.
+    counting.batches.clear()
+    list(pipeline.embed_clips(short, counting, batch_ahead_s=1.0))
+    assert counting.batches == [1, 1, 1]
