@@ -274,6 +274,10 @@ def main() -> None:
     parser.add_argument("--interleave", type=int, default=5,
                         help="pairs of one in-process call and one service call (1 worker, 1 client), alternated "
                         "so that the machine's load hits both sides alike; 0: none")
+    parser.add_argument("--paired", type=int, default=0,
+                        help="per worker count and clip length, N pairs of cells (1 client, then the most clients), "
+                        "alternated, reported as the median of the pairs' throughput ratios: the comparison a "
+                        "machine whose load drifts between cells cannot skew; 0: none")
     parser.add_argument("--skip-cli", action="store_true", help="leave out the one-shot CLI processes")
     parser.add_argument("--skip-cells", action="store_true", help="leave out the concurrent-client cells")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -350,6 +354,15 @@ def main() -> None:
             log(f"service with {workers} worker(s) ready after {ready_s:.1f} s")
             if workers == 1 and args.interleave:
                 rows += interleaved(service, db_path, checkpoint, clips, args.interleave)
+            most = max(int(x) for x in args.clients.split(","))
+            for seconds, clip in (clips if args.paired else {}).items():
+                for k in range(args.paired):
+                    for n_clients in (1, most):
+                        before = load()
+                        log(f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
+                        result = run_clients(service, clip, n_clients, args.seconds)
+                        rows.append({"side": "paired", "workers": workers, "clients": n_clients, "clip_s": seconds,
+                                     "pair": k, **result, "load": (before, load()), "ready_s": ready_s})
             for seconds, clip in ({} if args.skip_cells else clips).items():
                 for n_clients in [int(x) for x in args.clients.split(",")]:
                     before = load()
@@ -389,6 +402,17 @@ def main() -> None:
             if 1 in cells and 16 in cells:
                 print(f"- {workers} worker(s), {seconds:g} s: throughput at 16 clients = "
                       f"{cells[16]['rps'] / cells[1]['rps']:.2f} x that at 1 client")
+    for workers in [int(x) for x in args.workers.split(",")]:
+        for seconds in clip_lengths:
+            paired = [r for r in rows if r["side"] == "paired" and r["workers"] == workers and r["clip_s"] == seconds]
+            by_pair: dict[int, dict[int, float]] = {}
+            for r in paired:
+                by_pair.setdefault(r["pair"], {})[r["clients"]] = r["rps"]
+            ratios = sorted(p[max(p)] / p[1] for p in by_pair.values() if 1 in p and len(p) == 2)
+            if ratios:
+                print(f"- {workers} worker(s), {seconds:g} s, {len(ratios)} alternated pairs: throughput at "
+                      f"{max(int(x) for x in args.clients.split(','))} clients = {statistics.median(ratios):.2f} x "
+                      f"that at 1 client (median; pairs {', '.join(f'{x:.2f}' for x in ratios)})")
     errors = [e for r in rows for e in r.get("error_examples", [])]
     if errors:
         print("\nerrors seen: " + "; ".join(errors[:5]))

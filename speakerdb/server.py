@@ -9,6 +9,9 @@ what a service needs around the facade:
   identify, verify and enroll; the *admin lane* runs everything else, so a listing never
   waits behind a 10 s embedding. Both see every write acknowledged by any process at their
   next call (``IndexKeeper.snapshot``).
+- **batches**: identify requests that wait for the embedding lane together are answered
+  by one facade call (:class:`IdentifyBatches`): short clips of equal length then share a
+  forward pass (``pipeline.embed_clips``), which is where a busy worker gains throughput.
 - **limits**: request body size (413), files per request (413), audio duration (400, per
   file for identify), and a bounded number of embedding requests per worker (running and
   waiting): beyond it, 503 with ``Retry-After`` at once, instead of a queue that grows.
@@ -306,6 +309,78 @@ class Lane:
             self.db.close()
 
 
+class _Waiting:
+    """One identify request in :class:`IdentifyBatches`: its files and, once run, its answer."""
+
+    def __init__(self, files: list[UploadedFile], top_k: int, threshold: float | None) -> None:
+        self.files, self.key = files, (top_k, threshold)
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class IdentifyBatches:
+    """Identify requests waiting for the embedding lane, answered several at a time.
+
+    Each request is registered here, then queues its own job on the lane as before (so
+    the queue bound and 503s count requests, as documented). The first of those jobs to
+    run takes every registered request with the same ``top_k`` and threshold, up to
+    ``max_files`` files, into one ``SpeakerDB.identify`` call, and hands each its slice of
+    the answer; the later jobs find theirs ready and return at once. One request alone
+    runs exactly as before. What is shared is only work: one index snapshot, and one
+    forward pass for clips of equal length (pipeline.embed_clips); every file still gets its
+    own answer or its own error, and an error that concerns the whole call (no speakers
+    enrolled) is what each request would have got alone.
+    """
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self.calls = 0  # facade calls made (tests and /metrics compare it with requests)
+        self.requests = 0
+
+    def add(self, files: list[UploadedFile], top_k: int, threshold: float | None) -> _Waiting:
+        entry = _Waiting(files, top_k, threshold)
+        with self._lock:
+            self._waiting.append(entry)
+        return entry
+
+    def discard(self, entry: _Waiting) -> None:
+        """Forget a request that will not run (cancelled before its turn)."""
+        with self._lock:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+    def run(self, db: SpeakerDB, entry: _Waiting) -> Any:
+        """On the lane's thread: ``entry``'s answer, computing it (with others') if not done yet."""
+        if not entry.done:
+            with self._lock:
+                batch, n_files = [entry], len(entry.files)
+                for other in self._waiting:
+                    if other is not entry and other.key == entry.key and n_files + len(other.files) <= self.max_files:
+                        batch.append(other)
+                        n_files += len(other.files)
+                for member in batch:
+                    self._waiting.remove(member)
+            top_k, threshold = entry.key
+            try:
+                results = db.identify([f for member in batch for f in member.files], top_k=top_k, threshold=threshold)
+            except BaseException as e:  # noqa: BLE001 - handed to every request of the call
+                for member in batch:
+                    member.error, member.done = e, True
+            else:
+                start = 0
+                for member in batch:
+                    member.result, member.done = results[start : start + len(member.files)], True
+                    start += len(member.files)
+            self.calls += 1
+            self.requests += len(batch)
+        if entry.error is not None:
+            raise entry.error
+        return entry.result
+
+
 class Metrics:
     """Counters and histograms in the Prometheus text format (this worker process's)."""
 
@@ -324,7 +399,8 @@ class Metrics:
         h[-2] += seconds
         h[-1] += 1
 
-    def render(self, audio_seconds: float, queue_depth: int, queue_size: int, ready: bool) -> str:
+    def render(self, audio_seconds: float, queue_depth: int, queue_size: int, ready: bool,
+               batches: "IdentifyBatches | None" = None) -> str:
         lines = [
             "# HELP speakerdb_requests_total HTTP requests answered, by endpoint and status.",
             "# TYPE speakerdb_requests_total counter",
@@ -353,6 +429,11 @@ class Metrics:
             "# HELP speakerdb_busy_rejections_total Requests answered 503 because the queue was full.",
             "# TYPE speakerdb_busy_rejections_total counter",
             f"speakerdb_busy_rejections_total {self.rejected_busy}",
+            "# HELP speakerdb_identify_batched_total Identify requests, and the facade calls that answered them "
+            "(several requests waiting together share one call).",
+            "# TYPE speakerdb_identify_batched_total counter",
+            f'speakerdb_identify_batched_total{{count="requests"}} {batches.requests if batches else 0}',
+            f'speakerdb_identify_batched_total{{count="calls"}} {batches.calls if batches else 0}',
             "# HELP speakerdb_ready Whether the model is loaded (1) or not (0).",
             "# TYPE speakerdb_ready gauge",
             f"speakerdb_ready {int(ready)}",
@@ -373,6 +454,7 @@ class Service:
         self.admin_lane = Lane("admin", lambda: SpeakerDB(config.db_path, model=config.model, device=config.device,
                                                           precision=config.precision))
         self.uploads = UploadDir(config.tmp_dir)
+        self.identify_batches = IdentifyBatches(config.max_files)
         self.metrics = Metrics()
         self.ready = False
         self.model_id: str | None = None
@@ -594,7 +676,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service: Service = request.app.state.service
         seconds = service.counting.seconds if service.counting is not None else 0.0
         return PlainTextResponse(service.metrics.render(seconds, service.embed_lane.pending, config.queue_size,
-                                                        service.ready),
+                                                        service.ready, service.identify_batches),
                                  media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/identify", tags=["speakers"], responses=_example(EXAMPLE_IDENTIFY))
@@ -610,10 +692,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service: Service = request.app.state.service
         _check_count(service, files)
         saved = await service.uploads.save(files)
+        entry = service.identify_batches.add(saved, top_k, threshold)
         try:
-            results = await service.embed(lambda db: db.identify(saved, top_k=top_k, threshold=threshold),
-                                          names=_names(saved))
+            results = await service.embed(service.identify_batches.run, entry, names=_names(saved))
         finally:
+            service.identify_batches.discard(entry)
             service.uploads.remove(saved)
         return ok([r.to_dict() for r in results])
 

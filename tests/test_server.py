@@ -680,3 +680,48 @@ def test_workers_share_the_cores_out(monkeypatch, tmp_path, workers, given, expe
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: seen.update(threads=os.environ.get(threads.ENV_THREADS)))
     server.serve(server.ServeConfig(db_path=str(tmp_path / "x.sqlite")), workers=workers)
     assert seen["threads"] == expected
+
+
+def test_identify_requests_waiting_together_share_one_facade_call():
+    """IdentifyBatches: the first waiting request's turn answers every waiting request with
+    the same top_k and threshold (up to max_files files), each with its own slice; the
+    others return their stored answers; an error of the whole call reaches each of them."""
+    from speakerdb.errors import EmptyDatabaseError
+    from speakerdb.server import IdentifyBatches, UploadedFile
+
+    class Facade:
+        def __init__(self, fail: bool = False) -> None:
+            self.calls: list[list[str]] = []
+            self.fail = fail
+
+        def identify(self, files, top_k, threshold):
+            self.calls.append([str(f) for f in files])
+            if self.fail:
+                raise EmptyDatabaseError("no speakers enrolled")
+            return [f"answer for {f} (top {top_k})" for f in files]
+
+    def uploads(*names):
+        return [UploadedFile(f"/private/{n}", n) for n in names]
+
+    batches = IdentifyBatches(max_files=4)
+    a = batches.add(uploads("a1", "a2"), 5, None)
+    b = batches.add(uploads("b1"), 5, None)
+    other = batches.add(uploads("o1"), 1, None)  # another top_k: its own call
+    c = batches.add(uploads("c1", "c2"), 5, None)  # would make 5 files: waits for the next call
+    db = Facade()
+    assert batches.run(db, a) == ["answer for a1 (top 5)", "answer for a2 (top 5)"]
+    assert db.calls == [["a1", "a2", "b1"]]
+    assert batches.run(db, b) == ["answer for b1 (top 5)"] and len(db.calls) == 1  # ready: no second call
+    assert batches.run(db, other) == ["answer for o1 (top 1)"]
+    assert batches.run(db, c) == ["answer for c1 (top 5)", "answer for c2 (top 5)"]
+    assert db.calls[1:] == [["o1"], ["c1", "c2"]] and (batches.requests, batches.calls) == (4, 3)
+    # A request cancelled before its turn is forgotten, not answered in someone else's call.
+    gone, kept = batches.add(uploads("g1"), 5, None), batches.add(uploads("k1"), 5, None)
+    batches.discard(gone)
+    assert batches.run(db, kept) == ["answer for k1 (top 5)"] and db.calls[-1] == ["k1"]
+    # An error of the whole call is every member's.
+    failing, x, y = Facade(fail=True), batches.add(uploads("x1"), 5, None), batches.add(uploads("y1"), 5, None)
+    for entry in (x, y):
+        with pytest.raises(EmptyDatabaseError):
+            batches.run(failing, entry)
+    assert failing.calls == [["x1", "y1"]]
