@@ -129,6 +129,40 @@ class Client:
         return [answers[i] if i in answers else Identification(errors.printable_path(f), None, None, [], local_errors[i])
                 for i, f in enumerate(files)]
 
+    def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None, params=None,
+                 progress=None) -> list:
+        """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.timeline.Timeline` per file, in
+        order; a file that cannot be read here gets its error without being sent."""
+        from .timeline import Params, Segment, Timeline, Voice
+
+        if not files:
+            raise errors.InvalidInputError("timeline needs at least one audio file")
+        params = (params or Params()).check()
+        local_errors: dict[int, str] = {}
+        readable = []
+        for i, f in enumerate(files):
+            try:
+                readable.append((i, _read(f)))
+            except errors.AudioError as e:
+                local_errors[i] = e.reason
+        answers: dict[int, Timeline] = {}
+        if readable:
+            fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
+            if threshold is not None:
+                fields["threshold"] = repr(float(threshold))
+            doc = self._request("POST", "/v1/timeline", fields=fields,
+                                files=[("files", name, data) for _, (name, data) in readable])
+            for (i, _), d in zip(readable, doc):
+                if "error" in d:
+                    answers[i] = Timeline(d["file"], 0.0, [], [], error=d["error"])
+                else:
+                    answers[i] = Timeline(d["file"], d["duration"], [_make(Segment, s) for s in d["segments"]],
+                                          [_make(Voice, v) for v in d["voices"]], notes=list(d.get("notes", [])))
+        if progress is not None:
+            progress(len(files), len(files), 0.0)
+        return [answers[i] if i in answers else Timeline(errors.printable_path(f), 0.0, [], [], error=local_errors[i])
+                for i, f in enumerate(files)]
+
     def enroll(self, name: str, files: Sequence[str | os.PathLike[str]], *, new: bool = False,
                metadata: dict[str, Any] | None = None, strict: bool = False, progress=None) -> EnrollResult:
         """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails first)."""

@@ -169,6 +169,11 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
 #: Seconds of one-window recordings embed_clips decodes ahead, to embed those of equal
 #: length in one forward pass (bounds the audio held: 120 s is 7.7 MB of float32).
 BATCH_AHEAD_S = 120.0
+#: Audio in one stacked forward pass at most. Per clip, on the 2-core Zen 4 with the full-size
+#: WavLM (medians of 2 rounds): 3 s clips 0.333 s alone, 0.261 s by 4, 0.251 s by 10, 0.261 s
+#: by 20; 10 s clips 0.936 s alone, 0.889 s by 3, 0.996 s by 15. Past ~30 s the activations
+#: outgrow the caches and are mapped fresh for every pass (page faults), and stacking loses.
+BATCH_FORWARD_S = 30.0
 
 
 def embed_clips(
@@ -181,7 +186,8 @@ def embed_clips(
     seconds of them, and those of identical length share one forward pass: the embedder
     stacks equal lengths without padding, so each vector is the one embedding it alone
     gives (to float rounding), at less cost per clip when clips are short (many requests of
-    one chunk length, at a service). Longer recordings are embedded window by window at once.
+    one chunk length, at a service), up to BATCH_FORWARD_S of audio per pass. Longer
+    recordings are embedded window by window at once.
     """
     held: list[tuple[int, _Recording, np.ndarray]] = []
 
@@ -190,13 +196,18 @@ def embed_clips(
         for item in held:
             by_length.setdefault(len(item[2]), []).append(item)
         held.clear()
-        for group in by_length.values():
-            vectors = _embed(embedder, [w for _, _, w in group], [r.label for _, r, _ in group])
-            for (i, rec, window), vector in zip(group, vectors):
-                try:
-                    yield i, rec.clip(vector * len(window), audio.active_seconds(window), 1)
-                except AudioError as e:
-                    yield i, e
+        for length, same in by_length.items():
+            per_pass = max(1, int(BATCH_FORWARD_S * audio.SAMPLE_RATE) // length)
+            for start in range(0, len(same), per_pass):
+                yield from embed_group(same[start : start + per_pass])
+
+    def embed_group(group: list[tuple[int, _Recording, np.ndarray]]) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
+        vectors = _embed(embedder, [w for _, _, w in group], [r.label for _, r, _ in group])
+        for (i, rec, window), vector in zip(group, vectors):
+            try:
+                yield i, rec.clip(vector * len(window), audio.active_seconds(window), 1)
+            except AudioError as e:
+                yield i, e
 
     for i, source in enumerate(sources):
         try:

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -444,6 +445,31 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+#: How much lower the CPU priority (nice) of a worker's web side is than its embedding lane's.
+#: On a busy worker the event loop parses the uploads of queued requests while the lane
+#: embeds; at equal priority that parsing takes a core from torch's thread team in the middle
+#: of a parallel region, and the whole team waits for it. One step of nice less in five
+#: (weight 335 against 1024) lets the parsing fill the gaps instead; an idle worker is unchanged.
+WEB_NICE = 5
+
+
+def _yield_to_the_embedding_lane() -> None:
+    """Lower this thread's (the event loop's) CPU priority by WEB_NICE, once the lanes run.
+
+    Linux sets nice per thread: the lane threads and torch's thread team, created earlier
+    from this thread, keep theirs, and threads made from now on (the default executor that
+    checks keys, the admin lane if it restarts) inherit the lower one. Elsewhere, or when
+    it is not allowed, nothing changes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WEB_NICE))
+    except (OSError, AttributeError) as e:
+        log.debug("web side left at the lane's priority: %s", e)
+
+
 class Service:
     """What one worker process holds: the configuration, the two lanes, uploads and metrics."""
 
@@ -477,6 +503,7 @@ class Service:
         try:
             self.model_id = (await self.embed_lane.run(lambda db: db.embedder)).model_id
             await self.admin_lane.run(lambda db: None)
+            _yield_to_the_embedding_lane()
             self.ready = True
             log.info("speakerdb worker %d ready: model %s", os.getpid(), self.model_id)
         except errors.SpeakerDBError as e:
@@ -604,6 +631,15 @@ EXAMPLE_ENROLL = {"speaker": "alice", "created": True,
                   "added": [{"source": "alice1.flac", "duration_s": 9.8, "audio_sha256": "5f1c...",
                              "created_at": "2026-11-30T18:00:00Z"}],
                   "skipped": [], "n_utterances": 1, "warnings": []}
+EXAMPLE_TIMELINE = [
+    {"file": "meeting.wav", "duration": 12.0,
+     "segments": [{"start": 0.31, "end": 5.2, "label": "alice", "speaker": "alice", "score": 0.83, "raw_score": 0.83},
+                  {"start": 5.9, "end": 11.6, "label": "unknown-1", "speaker": None, "score": 0.41,
+                   "raw_score": 0.41}],
+     "voices": [{"label": "unknown-1", "speaker": None, "seconds": 5.7, "score": 0.41, "raw_score": 0.41},
+                {"label": "alice", "speaker": "alice", "seconds": 4.89, "score": 0.83, "raw_score": 0.83}],
+     "notes": []},
+]
 EXAMPLE_VERIFY = {"file": "claim.wav", "speaker": "alice", "score": 0.88, "threshold": 0.86, "accepted": True}
 EXAMPLE_SPEAKER = {"name": "alice", "n_utterances": 2, "total_duration_s": 19.6, "created_at": "2026-11-30T18:00:00Z",
                    "updated_at": "2026-11-30T18:05:00Z", "metadata": {"team": "sales"}}
@@ -744,6 +780,35 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         finally:
             service.uploads.remove(saved)
         return ok(result.to_dict())
+
+    @app.post("/v1/timeline", tags=["speakers"], responses=_example(EXAMPLE_TIMELINE))
+    async def timeline(request: Request, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+                       threshold: float | None = Form(None, description="Override the threshold for this call."),
+                       window: float = Form(1.5, description="Window length, seconds (0.5-30)."),
+                       hop: float = Form(0.5, description="Window hop, seconds (0.05 to the window)."),
+                       min_segment: float = Form(1.0, description="Shorter segments join their neighbour, seconds."),
+                       caller: Caller = Depends(require("read"))):
+        """Who speaks when in each file (`speakerdb timeline --json`): segments named from the
+        enrolled speakers or unknown-1, unknown-2..., or `{"file", "error"}` for a file that
+        could not be used. Recordings longer than the service's `--max-audio-s` are refused.
+
+        `curl -H "Authorization: Bearer $KEY" -F files=@meeting.wav http://127.0.0.1:8000/v1/timeline`
+        """
+        from .timeline import Params
+
+        service: Service = request.app.state.service
+        _check_count(service, files)
+        try:
+            params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment).check()
+        except errors.SpeakerDBError as e:  # before anything is uploaded
+            raise _from_library(e, {}) from None
+        saved = await service.uploads.save(files)
+        try:
+            results = await service.embed(lambda db: db.timeline(saved, threshold=threshold, params=params),
+                                          names=_names(saved))
+        finally:
+            service.uploads.remove(saved)
+        return ok([t.to_dict() for t in results])
 
     @app.get("/v1/speakers", tags=["speakers"], responses=_example([EXAMPLE_SPEAKER]))
     async def list_speakers(request: Request, caller: Caller = Depends(require("read"))):

@@ -199,3 +199,8 @@ def test_equal_length_short_clips_share_a_forward_pass(tmp_path, tiny_embedder):
     counting.batches.clear()
     list(pipeline.embed_clips(short, counting, batch_ahead_s=1.0))
     assert counting.batches == [1, 1, 1]
+    # At most BATCH_FORWARD_S of audio per pass: 3 s clips go by 10.
+    counting.batches.clear()
+    clips = [audio.Audio(f"c{k}", voice(100 + 10 * k, 3.0, seed=k)) for k in range(11)]
+    assert len(dict(pipeline.embed_clips(clips, counting))) == 11
+    assert counting.batches == [10, 1] and pipeline.BATCH_FORWARD_S == 30.0

@@ -725,3 +725,51 @@ def test_identify_requests_waiting_together_share_one_facade_call():
         with pytest.raises(EmptyDatabaseError):
             batches.run(failing, entry)
     assert failing.calls == [["x1", "y1"]]
+
+
+def test_timeline_through_the_service_is_the_local_one(server, tiny_checkpoint, tmp_path, monkeypatch):
+    """POST /v1/timeline, Client.timeline and `speakerdb --server URL timeline` answer what
+    SpeakerDB.timeline answers on the same database; bad knobs are refused before upload."""
+    gap = np.zeros(SR // 2, np.float32)
+    conv = write(tmp_path / "conv.wav", np.concatenate([voice(150, 4.0, seed=3), gap, voice(290, 4.0, seed=4)]))
+    client = Client(server.url, server.keys["read"], retries=0)
+    remote, missing = client.timeline([conv, tmp_path / "missing.wav"])
+    with SpeakerDB(server.db, model=str(tiny_checkpoint)) as db:
+        [local] = db.timeline([conv])
+    assert {**remote.to_dict(), "file": None} == {**local.to_dict(), "file": None}
+    assert remote.file == "conv.wav" or remote.file.endswith("conv.wav")
+    assert missing.error is not None and "missing.wav" in missing.file
+    status, _, doc = server.call("POST", "/v1/timeline", key=server.keys["read"], files=[_part(conv)],
+                                 fields={"window": "0.1"})
+    assert status == 422 and doc["error"]["code"] == "invalid_input" and "window" in doc["error"]["message"]
+    status, _, _ = server.call("POST", "/v1/timeline", files=[_part(conv)])
+    assert status == 401
+    from speakerdb.cli import cli
+
+    monkeypatch.setenv("SPEAKERDB_SERVER", server.url)
+    monkeypatch.setenv("SPEAKERDB_API_KEY", server.keys["read"])
+    out = CliRunner().invoke(cli, ["timeline", str(conv), "--json"])
+    assert out.exit_code == 0, out.output
+    [printed] = json.loads(out.stdout)
+    assert {**printed, "file": None} == {**local.to_dict(), "file": None}
+    _no_uploads_left(server)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are read from Linux's /proc")
+def test_the_web_side_yields_the_cores_to_the_embedding_lane(server):
+    """In each worker the event loop (the main thread) runs WEB_NICE lower than the threads
+    created before it yielded: the embedding lane and torch's thread team."""
+    from speakerdb.server import WEB_NICE
+
+    status, _, doc = server.call("GET", "/readyz")
+    pid = doc["pid"]
+
+    def nice(tid: int) -> int:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, counted after the command name
+
+    tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    values = {tid: nice(tid) for tid in tids}
+    base = min(values.values())
+    assert values[pid] == min(19, base + WEB_NICE)  # the main thread: uvicorn's event loop
+    assert sum(v == base for v in values.values()) >= 1  # the lanes (and torch's team) kept theirs
