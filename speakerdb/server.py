@@ -1031,8 +1031,8 @@ class _Guard:
                 return  # the app's answer to a body cut short (FastAPI makes it a 400): ours is 413
             await send_direct(message)
 
-        async def reply(code: int, err: str, message: str) -> None:
-            response = error_response(code, err, message)
+        async def reply(code: int, err: str, message: str, extra: dict[str, str] | None = None) -> None:
+            response = error_response(code, err, message, extra)
             await response(scope, receive, send_direct)
 
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
@@ -1050,6 +1050,18 @@ class _Guard:
                 await reply(415, "unsupported_media_type", "send audio as multipart/form-data parts "
                             f"(got Content-Type {ctype or 'none'!r})")
                 return
+            service = getattr(scope["app"].state, "service", None) if "app" in scope else None
+            if method == "POST" and _is_upload_path(scope["path"]) and service is not None:
+                # The key before the body: a caller without a valid key is refused before it can
+                # make this worker read (and store) up to --max-upload-mb. The route checks the
+                # scope (403) as before; this only answers 401 early.
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, service.authenticate,
+                                                                     headers.get("authorization"))
+                except ApiError as e:
+                    if e.status == 401:
+                        await reply(e.status, e.code, e.message, e.headers)
+                        return
             if method in ("PUT", "PATCH") and not ctype.startswith("application/json"):
                 await reply(415, "unsupported_media_type", f"send a JSON body (got Content-Type {ctype or 'none'!r})")
                 return
@@ -1080,7 +1092,7 @@ class _Guard:
 
 
 def _is_upload_path(path: str) -> bool:
-    return path in ("/v1/identify", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
+    return path in ("/v1/identify", "/v1/timeline", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
 
 
 # ---- starting it ----------------------------------------------------------------------------

@@ -773,3 +773,21 @@ def test_the_web_side_yields_the_cores_to_the_embedding_lane(server):
     base = min(values.values())
     assert values[pid] == min(19, base + WEB_NICE)  # the main thread: uvicorn's event loop
     assert sum(v == base for v in values.values()) >= 1  # the lanes (and torch's team) kept theirs
+
+
+def test_uploads_without_a_valid_key_are_refused_before_the_body_is_read(server):
+    """A POST of audio whose key is missing or wrong gets its 401 at once: the server does
+    not wait for (or store) a body it would refuse."""
+    for auth in (None, "Bearer sdb_0000000000000000_not-a-key"):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.putrequest("POST", "/v1/identify")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+        conn.putheader("Content-Length", "1000000")  # announced, never sent
+        if auth:
+            conn.putheader("Authorization", auth)
+        conn.endheaders()
+        response = conn.getresponse()  # a server reading the body first would time out here
+        assert response.status == 401 and response.getheader("WWW-Authenticate", "").startswith("Bearer")
+        assert json.loads(response.read())["error"]["code"] == "unauthorized"
+        conn.close()
+    _no_uploads_left(server)
