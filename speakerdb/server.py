@@ -21,7 +21,7 @@ what a service needs around the facade:
   only as long as the request runs, removed on every path (directories left by a killed
   worker are removed at the next start); logs hold no audio and no embeddings.
 - **errors** are always ``{"error": {"code", "message"}}``, never a stack trace.
-- ``/metrics`` in the Prometheus text format, per worker process.
+- ``/metrics`` in the Prometheus text format, summed over the worker processes.
 
 The app is built by :func:`create_app` from a :class:`ServeConfig`; uvicorn's worker
 processes rebuild it from the JSON in ``$SPEAKERDB_SERVE_CONFIG`` (see :func:`serve`).
@@ -30,7 +30,9 @@ processes rebuild it from the JSON in ``$SPEAKERDB_SERVE_CONFIG`` (see :func:`se
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -87,6 +89,9 @@ class ServeConfig:
     queue_size: int = DEFAULT_QUEUE_SIZE
     insecure_no_auth: bool = False
     tmp_dir: str | None = None
+    #: Where the workers of one `serve --workers N` publish their counters for each other's
+    #: /metrics (made by serve(), removed when it returns); None: one worker, nothing shared.
+    metrics_dir: str | None = None
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -382,8 +387,18 @@ class IdentifyBatches:
         return entry.result
 
 
+#: Seconds between two publications of a worker's counters for the other workers' /metrics.
+METRICS_PUBLISH_S = 1.0
+
+
 class Metrics:
-    """Counters and histograms in the Prometheus text format (this worker process's)."""
+    """Counters and histograms of one worker process, and the Prometheus text of several.
+
+    With ``serve --workers N`` any worker may take a scrape: each publishes its counters as
+    a JSON file in the shared ``ServeConfig.metrics_dir`` every METRICS_PUBLISH_S, and the
+    worker that answers sums its own (live) with those of the other running workers, so a
+    scrape sees the whole service (at most METRICS_PUBLISH_S behind for the others).
+    """
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, int], int] = {}
@@ -400,49 +415,117 @@ class Metrics:
         h[-2] += seconds
         h[-1] += 1
 
-    def render(self, audio_seconds: float, queue_depth: int, queue_size: int, ready: bool,
-               batches: "IdentifyBatches | None" = None) -> str:
+    def state(self, audio_seconds: float, queue_depth: int, ready: bool,
+              batches: "IdentifyBatches | None" = None) -> dict[str, Any]:
+        """This worker's figures as JSON-able data (what it publishes and what render() sums)."""
+        return {
+            "pid": os.getpid(),
+            "requests": [[m, r, s, n] for (m, r, s), n in sorted(self.requests.items())],
+            "latency": [[m, r, list(h)] for (m, r), h in sorted(self.latency.items())],
+            "busy": self.rejected_busy, "audio_seconds": audio_seconds, "queue_depth": queue_depth,
+            "ready": bool(ready), "identify_requests": batches.requests if batches else 0,
+            "identify_calls": batches.calls if batches else 0,
+        }
+
+    @staticmethod
+    def render(states: list[dict[str, Any]], queue_size: int) -> str:
+        """The Prometheus text of the workers ``states`` together (the answering worker's first)."""
+        requests: dict[tuple[str, str, int], int] = {}
+        latency: dict[tuple[str, str], list[float]] = {}
+        for st in states:
+            for m, r, s, n in st["requests"]:
+                requests[(m, r, int(s))] = requests.get((m, r, int(s)), 0) + int(n)
+            for m, r, h in st["latency"]:
+                total = latency.setdefault((m, r), [0.0] * len(h))
+                for i, v in enumerate(h):
+                    total[i] += v
         lines = [
             "# HELP speakerdb_requests_total HTTP requests answered, by endpoint and status.",
             "# TYPE speakerdb_requests_total counter",
         ]
-        for (method, route, status), n in sorted(self.requests.items()):
+        for (method, route, status), n in sorted(requests.items()):
             lines.append(f'speakerdb_requests_total{{method="{method}",endpoint="{route}",status="{status}"}} {n}')
         lines += ["# HELP speakerdb_request_seconds Time to answer a request.",
                   "# TYPE speakerdb_request_seconds histogram"]
-        for (method, route), h in sorted(self.latency.items()):
+        for (method, route), h in sorted(latency.items()):
             labels = f'method="{method}",endpoint="{route}"'
             for bound, n in zip(LATENCY_BUCKETS_S, h):
                 lines.append(f'speakerdb_request_seconds_bucket{{{labels},le="{bound:g}"}} {int(n)}')
             lines.append(f'speakerdb_request_seconds_bucket{{{labels},le="+Inf"}} {int(h[-1])}')
             lines.append(f"speakerdb_request_seconds_sum{{{labels}}} {h[-2]:.6f}")
             lines.append(f"speakerdb_request_seconds_count{{{labels}}} {int(h[-1])}")
+
+        def total(field: str) -> float:
+            return sum(st[field] for st in states)
+
         lines += [
             "# HELP speakerdb_audio_seconds_total Seconds of audio embedded.",
             "# TYPE speakerdb_audio_seconds_total counter",
-            f"speakerdb_audio_seconds_total {audio_seconds:.3f}",
-            "# HELP speakerdb_queue_depth Embedding requests running or waiting in this worker.",
+            f"speakerdb_audio_seconds_total {total('audio_seconds'):.3f}",
+            "# HELP speakerdb_queue_depth Embedding requests running or waiting, in all workers.",
             "# TYPE speakerdb_queue_depth gauge",
-            f"speakerdb_queue_depth {queue_depth}",
+            f"speakerdb_queue_depth {int(total('queue_depth'))}",
             "# HELP speakerdb_queue_size Embedding requests a worker holds before answering 503.",
             "# TYPE speakerdb_queue_size gauge",
             f"speakerdb_queue_size {queue_size}",
             "# HELP speakerdb_busy_rejections_total Requests answered 503 because the queue was full.",
             "# TYPE speakerdb_busy_rejections_total counter",
-            f"speakerdb_busy_rejections_total {self.rejected_busy}",
+            f"speakerdb_busy_rejections_total {int(total('busy'))}",
             "# HELP speakerdb_identify_batched_total Identify requests, and the facade calls that answered them "
             "(several requests waiting together share one call).",
             "# TYPE speakerdb_identify_batched_total counter",
-            f'speakerdb_identify_batched_total{{count="requests"}} {batches.requests if batches else 0}',
-            f'speakerdb_identify_batched_total{{count="calls"}} {batches.calls if batches else 0}',
-            "# HELP speakerdb_ready Whether the model is loaded (1) or not (0).",
+            f'speakerdb_identify_batched_total{{count="requests"}} {int(total("identify_requests"))}',
+            f'speakerdb_identify_batched_total{{count="calls"}} {int(total("identify_calls"))}',
+            "# HELP speakerdb_workers Worker processes counted in this scrape, and those with the model loaded.",
+            "# TYPE speakerdb_workers gauge",
+            f'speakerdb_workers{{state="running"}} {len(states)}',
+            f'speakerdb_workers{{state="ready"}} {sum(bool(st["ready"]) for st in states)}',
+            "# HELP speakerdb_ready Whether the worker that answered has the model loaded (1) or not (0).",
             "# TYPE speakerdb_ready gauge",
-            f"speakerdb_ready {int(ready)}",
+            f"speakerdb_ready {int(states[0]['ready'])}",
             "# HELP speakerdb_worker_pid The worker process that answered this scrape.",
             "# TYPE speakerdb_worker_pid gauge",
-            f"speakerdb_worker_pid {os.getpid()}",
+            f"speakerdb_worker_pid {states[0]['pid']}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def publish_metrics(directory: Path, state: dict[str, Any]) -> None:
+    """Write this worker's ``state`` as ``<pid>.json`` in ``directory`` (a new file renamed over the old)."""
+    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, directory / f"{state['pid']}.json")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def other_workers_metrics(directory: Path) -> list[dict[str, Any]]:
+    """The published states of the other workers that still run (files of dead ones are removed)."""
+    out = []
+    for path in directory.glob("*.json"):
+        try:
+            pid = int(path.stem)
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            continue
+        except PermissionError:
+            pass
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue  # replaced or removed meanwhile: left out of this scrape
+    return out
 
 
 #: How much lower the CPU priority (nice) of a worker's web side is than its embedding lane's.
@@ -513,10 +596,39 @@ class Service:
             self.load_error = f"{type(e).__name__}: {e}"
             log.error("speakerdb worker %d cannot load the model: %s", os.getpid(), self.load_error)
 
+    def metrics_state(self) -> dict[str, Any]:
+        seconds = self.counting.seconds if self.counting is not None else 0.0
+        return self.metrics.state(seconds, self.embed_lane.pending, self.ready, self.identify_batches)
+
+    def metrics_text(self) -> str:
+        """This worker's figures, with every other running worker's when there are several."""
+        states = [self.metrics_state()]
+        if self.config.metrics_dir:
+            states += other_workers_metrics(Path(self.config.metrics_dir))
+        return Metrics.render(states, self.config.queue_size)
+
+    async def publish_metrics_forever(self) -> None:
+        """Publish this worker's counters for the others every METRICS_PUBLISH_S (several workers only)."""
+        if not self.config.metrics_dir:
+            return
+        directory, last = Path(self.config.metrics_dir), None
+        while True:
+            state = self.metrics_state()
+            if state != last:
+                try:
+                    publish_metrics(directory, state)
+                    last = state
+                except OSError as e:  # a full disk must not stop the service, only its sums
+                    log.warning("worker %d cannot publish its metrics in %s: %s", os.getpid(), directory, e)
+            await asyncio.sleep(METRICS_PUBLISH_S)
+
     def close(self) -> None:
         self.embed_lane.close()
         self.admin_lane.close()
         self.uploads.close()
+        if self.config.metrics_dir:
+            with contextlib.suppress(OSError):
+                (Path(self.config.metrics_dir) / f"{os.getpid()}.json").unlink()
 
     # ---- calls ------------------------------------------------------------------------------
     def require_ready(self) -> None:
@@ -676,10 +788,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service = Service(config)
         app.state.service = service
         loader = asyncio.create_task(service.start())
+        publisher = asyncio.create_task(service.publish_metrics_forever())
         try:
             yield
         finally:
             loader.cancel()
+            publisher.cancel()
             await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     app = FastAPI(
@@ -708,12 +822,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     @app.get("/metrics", tags=["service"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> PlainTextResponse:
         """Prometheus text format: requests by endpoint and status, latency histograms, seconds of
-        audio embedded, queue depth (of the worker process that answers)."""
+        audio embedded, queue depth, summed over every worker of the service (the others'
+        figures at most a second old); `speakerdb_worker_pid` names the worker that answered."""
         service: Service = request.app.state.service
-        seconds = service.counting.seconds if service.counting is not None else 0.0
-        return PlainTextResponse(service.metrics.render(seconds, service.embed_lane.pending, config.queue_size,
-                                                        service.ready, service.identify_batches),
-                                 media_type="text/plain; version=0.0.4")
+        text = await asyncio.get_running_loop().run_in_executor(None, service.metrics_text)  # reads files
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/identify", tags=["speakers"], responses=_example(EXAMPLE_IDENTIFY))
     async def identify(request: Request, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
@@ -1111,12 +1224,20 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     """Run uvicorn until SIGTERM or SIGINT (requests in flight finish first)."""
     import uvicorn
 
+    shared = None
+    if workers > 1:  # any worker may take a scrape: they publish their counters to each other
+        shared = tempfile.mkdtemp(prefix="speakerdb-metrics-")  # 0700, apart from the uploads
+        config = dataclasses.replace(config, metrics_dir=shared)
     os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
     if workers > 1:
         # Each worker's torch would otherwise start a thread per core: N workers then run
         # N x cores threads on the cores, and 16 clients on 2 workers got 0.55-0.62 x the
         # throughput of 1 client (2-core Zen 4). Share the cores out; SPEAKERDB_THREADS wins.
         os.environ.setdefault(threads.ENV_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
-    uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
-                ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
-                timeout_graceful_shutdown=None, server_header=False)
+    try:
+        uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
+                    ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
+                    timeout_graceful_shutdown=None, server_header=False)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)

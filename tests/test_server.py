@@ -791,3 +791,29 @@ def test_uploads_without_a_valid_key_are_refused_before_the_body_is_read(server)
         assert json.loads(response.read())["error"]["code"] == "unauthorized"
         conn.close()
     _no_uploads_left(server)
+
+
+def test_metrics_are_summed_over_the_workers(server):
+    """With two workers, whichever takes the scrape counts the other's requests too."""
+    def scrape() -> tuple[int, dict[str, float]]:
+        status, _, text = server.call("GET", "/metrics")
+        text = text.decode() if isinstance(text, bytes) else text
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                values[name] = float(value)
+        return int(values["speakerdb_worker_pid"]), values
+
+    info = 'speakerdb_requests_total{method="GET",endpoint="/v1/info",status="200"}'
+    time.sleep(1.5)  # both workers have published what they counted so far
+    _, before = scrape()
+    for _ in range(12):
+        assert server.call("GET", "/v1/info", key=server.keys["read"])[0] == 200
+    time.sleep(1.5)
+    answered = set()
+    for _ in range(6):  # several scrapes, whichever worker takes each: the same total
+        pid, after = scrape()
+        answered.add(pid)
+        assert after[info] - before.get(info, 0) == 12
+        assert after['speakerdb_workers{state="running"}'] == 2 and after['speakerdb_workers{state="ready"}'] == 2
