@@ -106,28 +106,10 @@ class Client:
                  progress=None) -> list[Identification]:
         """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
         read here gets its error without being sent."""
-        if not files:
-            raise errors.InvalidInputError("identify needs at least one audio file")
-        local_errors: dict[int, str] = {}
-        readable = []
-        for i, f in enumerate(files):
-            try:
-                readable.append((i, _read(f)))
-            except errors.AudioError as e:
-                local_errors[i] = e.reason
-        answers: dict[int, Identification] = {}
-        if readable:
-            fields = {"top_k": str(top_k)}
-            if threshold is not None:
-                fields["threshold"] = repr(float(threshold))
-            doc = self._request("POST", "/v1/identify", fields=fields,
-                                files=[("files", name, data) for _, (name, data) in readable])
-            for (i, _), d in zip(readable, doc):
-                answers[i] = _identification(d)
-        if progress is not None:
-            progress(len(files), len(files), 0.0)
-        return [answers[i] if i in answers else Identification(errors.printable_path(f), None, None, [], local_errors[i])
-                for i, f in enumerate(files)]
+        fields = {"top_k": str(top_k)}
+        answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
+        return [_identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
+                for label, d in answers]
 
     def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None, params=None,
                  progress=None) -> list:
@@ -135,9 +117,24 @@ class Client:
         order; a file that cannot be read here gets its error without being sent."""
         from .timeline import Params, Segment, Timeline, Voice
 
-        if not files:
-            raise errors.InvalidInputError("timeline needs at least one audio file")
         params = (params or Params()).check()
+        fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
+        out = []
+        for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress):
+            if not isinstance(d, dict) or "error" in d:
+                out.append(Timeline(d["file"] if isinstance(d, dict) else label, 0.0, [], [],
+                                    error=d["error"] if isinstance(d, dict) else d))
+            else:
+                out.append(Timeline(d["file"], d["duration"], [_make(Segment, s) for s in d["segments"]],
+                                    [_make(Voice, v) for v in d["voices"]], notes=list(d.get("notes", []))))
+        return out
+
+    def _per_file(self, command: str, path: str, files: Sequence[str | os.PathLike[str]], fields: dict[str, str],
+                  threshold: float | None, progress) -> list[tuple[str, dict[str, Any] | str]]:
+        """Upload the readable ``files`` in one request to ``path``: per file, in order, (its label,
+        the service's answer for it, or the reason it could not be read here)."""
+        if not files:
+            raise errors.InvalidInputError(f"{command} needs at least one audio file")
         local_errors: dict[int, str] = {}
         readable = []
         for i, f in enumerate(files):
@@ -145,23 +142,16 @@ class Client:
                 readable.append((i, _read(f)))
             except errors.AudioError as e:
                 local_errors[i] = e.reason
-        answers: dict[int, Timeline] = {}
+        answers: dict[int, dict[str, Any]] = {}
         if readable:
-            fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
             if threshold is not None:
-                fields["threshold"] = repr(float(threshold))
-            doc = self._request("POST", "/v1/timeline", fields=fields,
+                fields = {**fields, "threshold": repr(float(threshold))}
+            doc = self._request("POST", path, fields=fields,
                                 files=[("files", name, data) for _, (name, data) in readable])
-            for (i, _), d in zip(readable, doc):
-                if "error" in d:
-                    answers[i] = Timeline(d["file"], 0.0, [], [], error=d["error"])
-                else:
-                    answers[i] = Timeline(d["file"], d["duration"], [_make(Segment, s) for s in d["segments"]],
-                                          [_make(Voice, v) for v in d["voices"]], notes=list(d.get("notes", [])))
+            answers = {i: d for (i, _), d in zip(readable, doc)}
         if progress is not None:
             progress(len(files), len(files), 0.0)
-        return [answers[i] if i in answers else Timeline(errors.printable_path(f), 0.0, [], [], error=local_errors[i])
-                for i, f in enumerate(files)]
+        return [(errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)]
 
     def enroll(self, name: str, files: Sequence[str | os.PathLike[str]], *, new: bool = False,
                metadata: dict[str, Any] | None = None, strict: bool = False, progress=None) -> EnrollResult:
