@@ -155,9 +155,14 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
     Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples).
     """
     rec = _Recording(source)
+    return _embed_windows(rec, rec.windows(), embedder)
+
+
+def _embed_windows(rec: _Recording, parts: Iterable[np.ndarray], embedder: Embedder) -> EmbeddedClip:
+    """Embed ``rec``'s windows ``parts`` one by one: the clip of their length-weighted mean."""
     total: np.ndarray | None = None  # (dim,) float64: sum of window vectors x window length
     speech_s, n_windows = 0.0, 0
-    for window in rec.windows():
+    for window in parts:
         vector = _embed(embedder, [window], [rec.label])[0]
         total = vector * len(window) if total is None else total + vector * len(window)
         speech_s += audio.active_seconds(window)
@@ -171,8 +176,8 @@ def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> Embedded
 BATCH_AHEAD_S = 120.0
 #: Audio in one stacked forward pass at most. Per clip, on the 2-core Zen 4 with the full-size
 #: WavLM (medians of 2 rounds): 3 s clips 0.333 s alone, 0.261 s by 4, 0.251 s by 10, 0.261 s
-#: by 20; 10 s clips 0.936 s alone, 0.889 s by 3, 0.996 s by 15. Past ~30 s the activations
-#: outgrow the caches and are mapped fresh for every pass (page faults), and stacking loses.
+#: by 20; 10 s clips 0.936 s alone, 0.889 s by 3, 0.996 s by 15. Past ~30 s of audio a pass
+#: stacking loses (larger activations, presumably out of cache; not profiled further).
 BATCH_FORWARD_S = 30.0
 
 
@@ -222,13 +227,7 @@ def embed_clips(
                 if sum(len(w) for _, _, w in held) >= batch_ahead_s * audio.SAMPLE_RATE:
                     yield from flush()
                 continue
-            total, speech_s, n_windows = np.zeros(0), 0.0, 0
-            for window in itertools.chain([first, second], parts):
-                vector = _embed(embedder, [window], [rec.label])[0] * len(window)
-                total = vector if n_windows == 0 else total + vector
-                speech_s += audio.active_seconds(window)
-                n_windows += 1
-            yield i, rec.clip(total, speech_s, n_windows)
+            yield i, _embed_windows(rec, itertools.chain([first, second], parts), embedder)
         except AudioError as e:
             yield i, e
     yield from flush()
