@@ -531,8 +531,10 @@ def other_workers_metrics(directory: Path) -> list[dict[str, Any]]:
 #: How much lower the CPU priority (nice) of a worker's web side is than its embedding lane's.
 #: On a busy worker the event loop parses the uploads of queued requests while the lane
 #: embeds; at equal priority that parsing takes a core from torch's thread team in the middle
-#: of a parallel region, and the whole team waits for it. One step of nice less in five
-#: (weight 335 against 1024) lets the parsing fill the gaps instead; an idle worker is unchanged.
+#: of a parallel region, and the whole team waits for it. At nice +5 (scheduler weight 335
+#: against 1024) the parsing mostly fills the gaps instead; an idle worker is unchanged. Measured
+#: only together with pipeline.BATCH_FORWARD_S (README, "Workers"): alone it moved one worker's
+#: 16-client throughput at 10 s from 0.98 x to 0.97 x of 1 client, within the noise.
 WEB_NICE = 5
 
 
