@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -528,33 +527,6 @@ def other_workers_metrics(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
-#: How much lower the CPU priority (nice) of a worker's web side is than its embedding lane's.
-#: On a busy worker the event loop parses the uploads of queued requests while the lane
-#: embeds; at equal priority that parsing takes a core from torch's thread team in the middle
-#: of a parallel region, and the whole team waits for it. At nice +5 (scheduler weight 335
-#: against 1024) the parsing mostly fills the gaps instead; an idle worker is unchanged. Measured
-#: only together with pipeline.BATCH_FORWARD_S (README, "Workers"): alone it moved one worker's
-#: 16-client throughput at 10 s from 0.98 x to 0.97 x of 1 client, within the noise.
-WEB_NICE = 5
-
-
-def _yield_to_the_embedding_lane() -> None:
-    """Lower this thread's (the event loop's) CPU priority by WEB_NICE, once the lanes run.
-
-    Linux sets nice per thread: the lane threads and torch's thread team, created earlier
-    from this thread, keep theirs, and threads made from now on (the default executor that
-    checks keys, the admin lane if it restarts) inherit the lower one. Elsewhere, or when
-    it is not allowed, nothing changes.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WEB_NICE))
-    except (OSError, AttributeError) as e:
-        log.debug("web side left at the lane's priority: %s", e)
-
-
 class Service:
     """What one worker process holds: the configuration, the two lanes, uploads and metrics."""
 
@@ -588,7 +560,6 @@ class Service:
         try:
             self.model_id = (await self.embed_lane.run(lambda db: db.embedder)).model_id
             await self.admin_lane.run(lambda db: None)
-            _yield_to_the_embedding_lane()
             self.ready = True
             log.info("speakerdb worker %d ready: model %s", os.getpid(), self.model_id)
         except errors.SpeakerDBError as e:

@@ -755,26 +755,6 @@ def test_timeline_through_the_service_is_the_local_one(server, tiny_checkpoint, 
     _no_uploads_left(server)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities are read from Linux's /proc")
-def test_the_web_side_yields_the_cores_to_the_embedding_lane(server):
-    """In each worker the event loop (the main thread) runs WEB_NICE lower than the threads
-    created before it yielded: the embedding lane and torch's thread team."""
-    from speakerdb.server import WEB_NICE
-
-    status, _, doc = server.call("GET", "/readyz")
-    pid = doc["pid"]
-
-    def nice(tid: int) -> int:
-        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[16])  # field 19, counted after the command name
-
-    tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
-    values = {tid: nice(tid) for tid in tids}
-    base = min(values.values())
-    assert values[pid] == min(19, base + WEB_NICE)  # the main thread: uvicorn's event loop
-    assert sum(v == base for v in values.values()) >= 1  # the lanes (and torch's team) kept theirs
-
-
 def test_uploads_without_a_valid_key_are_refused_before_the_body_is_read(server):
     """A POST of audio whose key is missing or wrong gets its 401 at once: the server does
     not wait for (or store) a body it would refuse."""
