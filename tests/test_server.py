@@ -786,14 +786,24 @@ def test_metrics_are_summed_over_the_workers(server):
         return int(values["speakerdb_worker_pid"]), values
 
     info = 'speakerdb_requests_total{method="GET",endpoint="/v1/info",status="200"}'
-    time.sleep(1.5)  # both workers have published what they counted so far
-    _, before = scrape()
+
+    def settled() -> float:
+        """The count once scrapes by both workers have agreed for 2 s (each publishes every second)."""
+        recent: list[tuple[float, int, float]] = []  # (when, answering pid, count)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pid, values = scrape()
+            recent.append((time.monotonic(), pid, values.get(info, 0)))
+            window = [r for r in recent if r[0] >= recent[-1][0] - 2.5]
+            if (recent[-1][0] - recent[0][0] >= 2 and len({r[1] for r in window}) == 2
+                    and len({r[2] for r in window}) == 1):
+                return recent[-1][2]
+            time.sleep(0.25)
+        raise AssertionError(f"scrapes of the two workers never agreed: {recent[-8:]}")
+
+    before = settled()
     for _ in range(12):
         assert server.call("GET", "/v1/info", key=server.keys["read"])[0] == 200
-    time.sleep(1.5)
-    answered = set()
-    for _ in range(6):  # several scrapes, whichever worker takes each: the same total
-        pid, after = scrape()
-        answered.add(pid)
-        assert after[info] - before.get(info, 0) == 12
-        assert after['speakerdb_workers{state="running"}'] == 2 and after['speakerdb_workers{state="ready"}'] == 2
+    assert settled() - before == 12  # the same total from either worker
+    _, after = scrape()
+    assert after['speakerdb_workers{state="running"}'] == 2 and after['speakerdb_workers{state="ready"}'] == 2
