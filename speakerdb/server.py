@@ -6,7 +6,7 @@ what a service needs around the facade:
 
 - **lanes**: each worker process keeps two :class:`SpeakerDB` objects, each used by one
   thread only. The *embedding lane* holds the model (loaded once, at start-up) and runs
-  identify, verify and enroll; the *admin lane* runs everything else, so a listing never
+  identify, timeline, verify and enroll; the *admin lane* runs everything else, so a listing never
   waits behind a 10 s embedding. Both see every write acknowledged by any process at their
   next call (``IndexKeeper.snapshot``).
 - **batches**: identify requests that wait for the embedding lane together are answered
