@@ -193,7 +193,9 @@ class Gallery:
     def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores, raw cosines), both (n, k) float64, of unit ``vectors`` (n, dim) against
         the centroids: ``scores`` are what ``threshold`` is compared to."""
-        raw = np.atleast_2d(np.asarray(vectors, np.float64)) @ self.centroids.astype(np.float64).T
+        # float32 products, as before normalisation existed: a float64 copy of a large gallery
+        # per segment would cost more than the whole timeline.
+        raw = (np.atleast_2d(np.asarray(vectors, np.float32)) @ self.centroids.T).astype(np.float64)
         return (raw if self.normaliser is None else self.normaliser(vectors, raw)), raw
 
 
