@@ -71,6 +71,7 @@ DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h;
 DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
 COPY_CHUNK = 1 << 20  # bytes copied from an upload at a time
 UPLOAD_DIR_PREFIX = "speakerdb-upload-"
+METRICS_DIR_PREFIX = "speakerdb-metrics-"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -238,10 +239,10 @@ class UploadDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _sweep_stale(parent: Path) -> None:
-    """Remove upload directories of worker processes that no longer run (killed with SIGKILL)."""
-    for d in parent.glob(f"{UPLOAD_DIR_PREFIX}*"):
-        m = re.match(rf"{UPLOAD_DIR_PREFIX}(\d+)-", d.name)
+def _sweep_stale(parent: Path, prefix: str = UPLOAD_DIR_PREFIX) -> None:
+    """Remove ``<prefix><pid>-*`` directories of processes that no longer run (killed with SIGKILL)."""
+    for d in parent.glob(f"{prefix}*"):
+        m = re.match(rf"{re.escape(prefix)}(\d+)-", d.name)
         try:
             info = d.lstat()
         except OSError:
@@ -1199,7 +1200,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
 
     shared = None
     if workers > 1:  # any worker may take a scrape: they publish their counters to each other
-        shared = tempfile.mkdtemp(prefix="speakerdb-metrics-")  # 0700, apart from the uploads
+        _sweep_stale(Path(tempfile.gettempdir()), METRICS_DIR_PREFIX)  # left by a serve killed with SIGKILL
+        shared = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")  # 0700, apart from the uploads
         config = dataclasses.replace(config, metrics_dir=shared)
     os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
     if workers > 1:

@@ -807,3 +807,17 @@ def test_metrics_are_summed_over_the_workers(server):
     assert settled() - before == 12  # the same total from either worker
     _, after = scrape()
     assert after['speakerdb_workers{state="running"}'] == 2 and after['speakerdb_workers{state="ready"}'] == 2
+
+
+def test_metrics_directories_of_dead_services_are_swept(tmp_path):
+    """serve --workers N sweeps the metrics directories that a service killed with SIGKILL left."""
+    from speakerdb.server import METRICS_DIR_PREFIX, _sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{METRICS_DIR_PREFIX}{int(dead.stdout)}-abc"
+    alive = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    for d in (stale, alive):
+        d.mkdir()
+        (d / "1.json").write_text("{}")
+    _sweep_stale(tmp_path, METRICS_DIR_PREFIX)
+    assert not stale.exists() and alive.exists()
