@@ -368,7 +368,8 @@ class IdentifyBatches:
                         batch.append(other)
                         n_files += len(other.files)
                 for member in batch:
-                    self._waiting.remove(member)
+                    if member in self._waiting:  # ``entry`` is not when its request was cancelled
+                        self._waiting.remove(member)
             top_k, threshold = entry.key
             try:
                 results = db.identify([f for member in batch for f in member.files], top_k=top_k, threshold=threshold)

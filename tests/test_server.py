@@ -719,6 +719,7 @@ def test_identify_requests_waiting_together_share_one_facade_call():
     gone, kept = batches.add(uploads("g1"), 5, None), batches.add(uploads("k1"), 5, None)
     batches.discard(gone)
     assert batches.run(db, kept) == ["answer for k1 (top 5)"] and db.calls[-1] == ["k1"]
+    assert batches.run(db, gone) == ["answer for g1 (top 5)"]  # its lane job may still run: alone
     # An error of the whole call is every member's.
     failing, x, y = Facade(fail=True), batches.add(uploads("x1"), 5, None), batches.add(uploads("y1"), 5, None)
     for entry in (x, y):
