@@ -435,6 +435,7 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
         width = max((len(s.label) for s in t.segments), default=5)
         lines += [f"  {s.start:8.2f} {s.end:8.2f}  {_printable(s.label):<{width}}  {_score_text(s.score)}" for s in t.segments]
         lines += [f"  {_printable(v.label)}: {v.seconds:.1f} s" + (f", score {v.score:.3f}" if v.score is not None else "")
+                  + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
                   for v in t.voices]
     if rttm_path and results_ok:
         lines.append(f"rttm: {rttm_path}")

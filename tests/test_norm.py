@@ -192,7 +192,7 @@ def test_evaluate_reports_raw_and_normalised_side_by_side(tmp_path, cohort_dir):
 
 
 # ---- CLI (tiny WavLM checkpoint) ------------------------------------------------------------
-def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, cohort_dir):
+def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, cohort_dir, monkeypatch):
     db = tmp_path / "n.sqlite"
 
     def run(*args):
@@ -210,6 +210,18 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     [r] = json.loads(run("identify", voices["alice"][2], "--json").stdout)
     assert set(r) >= {"score", "raw_score"} and r["score"] != r["raw_score"]
     assert set(r["candidates"][0]) == {"speaker", "score", "raw_score"}
+    # timeline: voices scored on the AS-norm scale, and --threshold is an AS-norm score too.
+    from speakerdb import vad
+
+    from test_timeline import EnergyDetector
+
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    talk = write(tmp_path / "talk.wav", voice(210, 6.0, seed=7))
+    unnamed = run("timeline", talk, "--json", "--threshold", "90")
+    assert unnamed.exit_code == 0, unnamed.output
+    [t] = json.loads(unnamed.stdout)
+    assert [v["speaker"] for v in t["voices"]] == [None] and t["voices"][0]["score"] != t["voices"][0]["raw_score"]
+    assert "(cosine " in run("timeline", talk).stdout
     stored = run("threshold", "3.5")
     assert stored.exit_code == 0 and "as-norm" in stored.stdout
     # calibrate works on the active scale: the database's own cohort normalises its scores.
@@ -327,5 +339,3 @@ def test_timeline_names_voices_on_the_normalised_scale(fake_db, voices, cohort_d
     # Overrides are on the database's scale: an AS-norm score above any this voice reaches.
     [unnamed] = fake_db.timeline([talk], threshold=90.0)
     assert [x.label for x in unnamed.voices] == ["unknown-1"]
-    out = CliRunner().invoke(cli, ["--db", str(fake_db.db_path), "timeline", str(talk), "--json", "--threshold", "90"])
-    assert "not a cosine" not in out.output
