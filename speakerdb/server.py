@@ -679,9 +679,11 @@ def require(scope: str):
         header = request.headers.get("authorization")
         if service.config.insecure_no_auth:
             return Caller(None, "admin")
-        # PBKDF2 on the first use of a key and one indexed query: off the event loop
-        loop = asyncio.get_running_loop()
-        info = await loop.run_in_executor(None, service.authenticate, header)
+        checked = getattr(request.state, "speakerdb_key", None)  # uploads: the middleware checked it first
+        if checked is not None and checked[0] == header:
+            info = checked[1]
+        else:  # PBKDF2 on the first use of a key and one indexed query: off the event loop
+            info = await asyncio.get_running_loop().run_in_executor(None, service.authenticate, header)
         if info is None:
             return Caller(None, "admin")
         if not info.allows(scope):
@@ -1144,8 +1146,10 @@ class _Guard:
                 # make this worker read (and store) up to --max-upload-mb. The route checks the
                 # scope (403) as before; this only answers 401 early.
                 try:
-                    await asyncio.get_running_loop().run_in_executor(None, service.authenticate,
-                                                                     headers.get("authorization"))
+                    info = await asyncio.get_running_loop().run_in_executor(None, service.authenticate,
+                                                                            headers.get("authorization"))
+                    # The route's scope check reuses it (request.state) instead of a second query.
+                    scope.setdefault("state", {})["speakerdb_key"] = (headers.get("authorization"), info)
                 except ApiError as e:
                     if e.status == 401:
                         await reply(e.status, e.code, e.message, e.headers)
