@@ -57,7 +57,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__, audio, errors, store, threads
+from . import __version__, atomic, audio, errors, store, threads
 from .api import SpeakerDB
 from .keys import SCOPES, KeyInfo
 
@@ -493,15 +493,8 @@ class Metrics:
 
 def publish_metrics(directory: Path, state: dict[str, Any]) -> None:
     """Write this worker's ``state`` as ``<pid>.json`` in ``directory`` (a new file renamed over the old)."""
-    fd, tmp = tempfile.mkstemp(prefix=".metrics-", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, directory / f"{state['pid']}.json")
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic.replace(directory / f"{state['pid']}.json") as f:  # its temporary name does not end in .json
+        f.write(json.dumps(state).encode())
 
 
 def other_workers_metrics(directory: Path) -> list[dict[str, Any]]:
@@ -1204,16 +1197,16 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     shared = None
-    if workers > 1:  # any worker may take a scrape: they publish their counters to each other
+    if workers > 1:
+        # Any worker may take a scrape: they publish their counters to each other.
         _sweep_stale(Path(tempfile.gettempdir()), METRICS_DIR_PREFIX)  # left by a serve killed with SIGKILL
         shared = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")  # 0700, apart from the uploads
         config = dataclasses.replace(config, metrics_dir=shared)
-    os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
-    if workers > 1:
         # Each worker's torch would otherwise start a thread per core: N workers then run
         # N x cores threads on the cores, and 16 clients on 2 workers got 0.55-0.62 x the
         # throughput of 1 client (2-core Zen 4). Share the cores out; SPEAKERDB_THREADS wins.
         os.environ.setdefault(threads.ENV_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
+    os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
     try:
         uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
                     ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
