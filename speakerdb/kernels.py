@@ -53,6 +53,7 @@ the original modules).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -173,8 +174,6 @@ def _probe_output(model: "nn.Module") -> "torch.Tensor":
     Two rows, as the embedder stacks equal-length utterances into one forward pass.
     """
     import torch
-
-    import contextlib
 
     generator = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(2, PROBE_SAMPLES, generator=generator)
