@@ -70,6 +70,11 @@ DEFAULT_MAX_FILES = 32  # audio files in one request
 DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h; a request should not)
 DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
 COPY_CHUNK = 1 << 20  # bytes copied from an upload at a time
+# An answer given before the request's body was read (401, 413, 415) stays open this long while
+# the rest of the body is read and thrown away. Closing at once, with unread bytes, makes the
+# kernel reset the connection, and a client still sending (urllib, any ``Connection: close``
+# client) then reports "connection reset" instead of the answer. nginx's lingering close.
+LINGER_S = 10.0
 UPLOAD_DIR_PREFIX = "speakerdb-upload-"
 METRICS_DIR_PREFIX = "speakerdb-metrics-"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -1114,16 +1119,27 @@ class _Guard:
                 return  # the app's answer to a body cut short (FastAPI makes it a 400): ours is 413
             await send_direct(message)
 
-        async def reply(code: int, err: str, message: str, extra: dict[str, str] | None = None) -> None:
-            response = error_response(code, err, message, extra)
-            await response(scope, receive, send_direct)
-
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         method = scope.get("method", "GET")
         try:
             declared = int(headers.get("content-length", "0") or 0)
         except ValueError:
             declared = 0
+        # Whether body bytes may still be on their way: none declared and not chunked means none.
+        body = {"pending": declared > 0 or "chunked" in headers.get("transfer-encoding", "").lower()}
+
+        async def reply(code: int, err: str, message: str, extra: dict[str, str] | None = None) -> None:
+            response = error_response(code, err, message, extra)
+            # A client that sent "Expect: 100-continue" waits for us and sends no body after a
+            # final answer: nothing to read. Reading would even ask uvicorn to send the 100.
+            if not body["pending"] or "100-continue" in headers.get("expect", "").lower():
+                await response(scope, receive, send_direct)
+                return
+            await send_direct({"type": "http.response.start", "status": response.status_code,
+                               "headers": response.raw_headers})
+            await send_direct({"type": "http.response.body", "body": response.body, "more_body": True})
+            await _discard_body(receive, LINGER_S)
+            await send_direct({"type": "http.response.body", "body": b"", "more_body": False})
         try:
             if declared > limit:
                 await reply(413, "too_large", f"request body of {declared:,} bytes, at most {limit:,} are accepted")
@@ -1156,6 +1172,7 @@ class _Guard:
                 nonlocal received
                 message = await receive()
                 if message["type"] == "http.request":
+                    body["pending"] = bool(message.get("more_body", False))
                     received += len(message.get("body", b""))
                     if received > limit:
                         status["over"] = True
@@ -1174,6 +1191,21 @@ class _Guard:
             if service is not None:
                 service.metrics.observe(method, getattr(route, "path", "unmatched"), status["code"],
                                         time.monotonic() - started)
+
+
+async def _discard_body(receive, seconds: float) -> None:
+    """Read and drop what is left of a request's body, for at most ``seconds``."""
+
+    async def drain() -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+
+    try:
+        await asyncio.wait_for(drain(), seconds)
+    except asyncio.TimeoutError:
+        pass  # a client still sending after this long gets its answer and a reset
 
 
 def _is_upload_path(path: str) -> bool:

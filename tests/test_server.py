@@ -30,7 +30,7 @@ from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
 from speakerdb.client import Client, _multipart
-from speakerdb.errors import AuthenticationError, PermissionDeniedError, SpeakerNotFoundError
+from speakerdb.errors import AuthenticationError, PermissionDeniedError, ServiceError, SpeakerNotFoundError
 
 from conftest import SR, assert_index_agrees_with_store, voice, write
 
@@ -326,6 +326,18 @@ def test_limits(server, clips, tmp_path):
     big = ("files", "big.wav", b"\0" * 2_100_000)
     status, _, doc = server.call("POST", "/v1/identify", key=key, files=[big])
     assert status == 413 and doc["error"]["code"] == "too_large"
+    # The answer comes before the body is read, and urllib (like any "Connection: close" client)
+    # is still sending when it does: the server must read and drop the rest before it closes,
+    # or the client sees a reset instead of the answer. Far over the limit, it always would.
+    huge = ("files", "huge.wav", b"\0" * 12_000_000)
+    for _ in range(4):
+        status, _, doc = server.call("POST", "/v1/identify", key=key, files=[huge])
+        assert status == 413 and doc["error"]["code"] == "too_large", doc
+        status, _, doc = server.call("POST", "/v1/identify", key=None, files=[huge[:2] + (huge[2][:1_990_000],)])
+        assert status == 401 and doc["error"]["code"] == "unauthorized", doc
+    (tmp_path / "huge.wav").write_bytes(huge[2])
+    with pytest.raises(ServiceError, match="413: request body of 12,000,"):
+        Client(server.url, key).identify([tmp_path / "huge.wav"])
     # ...and chunked, with no length to refuse it by in advance
     body, ctype = _multipart({}, [big])
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
