@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -489,3 +490,29 @@ def test_file_names_that_are_not_utf8_are_stored_printably(run, tmp_path):
     assert as_json(run("export", tmp_path / "a.gallery", "--json"))["n_utterances"] == 1
     [r] = as_json(run("identify", name, "--json"))
     assert r["file"].endswith("caf\\xe9.wav") and r["speaker"] == "alice"
+
+
+def test_a_one_shot_process_spares_the_garbage_collector_and_serve_does_not(tmp_path, monkeypatch):
+    """`speakerdb CMD` (main) makes full collections rare and skips them at exit: with torch and a
+    model loaded they cost 1.3 s of a 6 s `identify` (README, issue 17). A service keeps
+    Python's own settings."""
+    probe = ("import gc, sys; from speakerdb.cli import main; sys.argv = ['speakerdb', 'info', '--help']\n"
+             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(code, gc.get_threshold()[2], gc.get_freeze_count() > 0)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split()[-3:] == ["0", "1000", "True"], done.stdout + done.stderr
+
+    from speakerdb import cli as cli_module
+    from speakerdb import server
+
+    seen = []
+    monkeypatch.setattr(server, "serve", lambda *a, **kw: seen.append(gc.get_threshold()))
+    monkeypatch.setattr(cli_module, "_gc_thresholds_before", gc.get_threshold())
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], 1000)  # as main() leaves it
+    try:
+        result = CliRunner().invoke(cli, ["--db", str(tmp_path / "s.db"), "serve"])
+    finally:
+        gc.set_threshold(*before)
+    assert result.exit_code == 0, result.output
+    assert seen == [before]
