@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import socket
 import statistics
@@ -136,16 +137,16 @@ class Service:
 
     def wait_ready(self) -> float:
         started = time.monotonic()
-        ready: set[int] = set()
         while time.monotonic() - started < READY_TIMEOUT_S:
             if self.proc.poll() is not None:
                 raise SystemExit(f"the service exited with {self.proc.returncode}; see its log")
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
-                    ready.add(json.loads(r.read())["pid"])
-                    if len(ready) >= self.workers:
-                        return time.monotonic() - started
-                    continue
+                # /metrics counts every worker's readiness, whichever answers (the kernel may
+                # give one worker every connection for a while).
+                with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+                    ready = re.search(r'^speakerdb_workers\{state="ready"\} (\d+)$', r.read().decode(), re.M)
+                if ready and int(ready.group(1)) >= self.workers:
+                    return time.monotonic() - started
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)

@@ -17,11 +17,10 @@ import logging
 import os
 import shutil
 import stat
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -43,6 +42,10 @@ from .store import validate_name
 from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
 from .index import IndexFileError, SpeakerIndex
 from .indexkeeper import IndexKeeper
+
+if TYPE_CHECKING:  # for annotations only: the methods import them where they are used
+    from . import keys
+    from . import timeline as timelines
 
 log = logging.getLogger("speakerdb")
 

@@ -30,7 +30,7 @@ from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
 from speakerdb.client import Client, _multipart
-from speakerdb.errors import AuthenticationError, PermissionDeniedError, ServiceError, SpeakerNotFoundError
+from speakerdb.errors import AuthenticationError, ServiceError, SpeakerNotFoundError
 
 from conftest import SR, assert_index_agrees_with_store, voice, write
 
@@ -63,15 +63,16 @@ class Server:
                  "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers), *self.options],
                 stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        ready: set[int] = set()  # each worker answers for itself: wait until every one has
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as r:
-                    ready.add(json.loads(r.read())["pid"])
-                    if len(ready) >= self.workers:
-                        return self
-                    continue
+                with urllib.request.urlopen(self.url + "/readyz", timeout=5):
+                    pass  # the worker that answered is ready; the others may not be
+                # Every worker, whichever answers (the kernel may give one all connections):
+                with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+                    ready = re.search(r'^speakerdb_workers\{state="ready"\} (\d+)$', r.read().decode(), re.M)
+                if ready and int(ready.group(1)) >= self.workers:
+                    return self
             except urllib.error.HTTPError as e:
                 error = json.loads(e.read())["error"]
                 assert error["code"] == "not_ready", error  # model_unavailable: no use waiting
