@@ -8,8 +8,9 @@
 
 The CLI uses it when given ``--server URL`` (or ``$SPEAKERDB_SERVER``, with the key in
 ``$SPEAKERDB_API_KEY``), so scripts keep their commands. Only the standard library speaks
-HTTP here (urllib); files are uploaded under the names they were given, so answers and
-stored labels read as they do locally. The service's errors come back as the library's own
+HTTP here: urllib, and http.client for uploads of 1 MiB or more, which ask the service
+first (``Expect: 100-continue``) so that one it refuses is never sent. Files are uploaded
+under the names they were given, so answers and stored labels read as they do locally. The service's errors come back as the library's own
 exceptions (an unknown speaker is :class:`~speakerdb.errors.SpeakerNotFoundError`), its
 refusals as :class:`~speakerdb.errors.ServiceError` and subclasses.
 """
@@ -17,9 +18,12 @@ refusals as :class:`~speakerdb.errors.ServiceError` and subclasses.
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import io
 import json
 import os
 import secrets
+import select
 import time
 import urllib.error
 import urllib.parse
@@ -37,6 +41,11 @@ from .store import parse_iso
 DEFAULT_TIMEOUT_S = 600.0  # seconds: a long recording takes a while to embed on a busy CPU
 MAX_RETRY_WAIT_S = 30.0  # seconds: the longest Retry-After this client honours
 DOWNLOAD_CHUNK = 1 << 20  # bytes
+# An upload this large asks the service first (``Expect: 100-continue``, as curl does from
+# 1 MiB): one refused for its size or its key is answered before a byte of it is sent. A
+# service that never answers the question gets the body after CONTINUE_WAIT_S anyway.
+EXPECT_CONTINUE_BYTES = 1 << 20  # bytes
+CONTINUE_WAIT_S = 1.0  # seconds
 
 #: The service's error codes as the library's exceptions (server.ERROR_STATUS, reversed).
 ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
@@ -263,41 +272,124 @@ class Client:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
             try:
-                return urllib.request.urlopen(request, timeout=self.timeout)
-            except urllib.error.HTTPError as e:
-                error = _service_error(e)
-                if e.code == 503 and attempt < self.retries and error.retry_after is not None:
-                    time.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
-                    continue
-                raise error from None
+                response = self._send(method, path, headers, data)
             except urllib.error.URLError as e:
                 raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e.reason}") from None
             except (TimeoutError, ConnectionError) as e:
                 raise errors.ServiceError(f"the speakerdb service at {self.url} did not answer: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e}") from None
+            if response.status < 400:
+                return response
+            with response:
+                error = _service_error(response.status, response.reason, response.headers, response.read())
+            if response.status == 503 and attempt < self.retries and error.retry_after is not None:
+                time.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
+                continue
+            raise error
         raise AssertionError("unreachable")
 
+    def _send(self, method: str, path: str, headers: dict[str, str], data: bytes | None):
+        """One request; its response (an error status included) to read and close."""
+        target = urllib.parse.urlsplit(self.url)
+        if (data is not None and len(data) >= EXPECT_CONTINUE_BYTES and target.scheme == "http"
+                and not _proxied(target)):
+            return self._send_after_asking(target, method, path, headers, data)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            return e  # a response too: status, reason, headers, read()
 
-def _service_error(e: urllib.error.HTTPError) -> errors.SpeakerDBError:
-    """An HTTP error answer as the library's exception."""
+    def _send_after_asking(self, target: urllib.parse.SplitResult, method: str, path: str,
+                           headers: dict[str, str], data: bytes) -> http.client.HTTPResponse:
+        """An upload with ``Expect: 100-continue``: the body goes only after the service's
+        "100 Continue" (or CONTINUE_WAIT_S of silence); an answer instead (413 too large, 401
+        no valid key) is returned without sending it. Plain http only: over TLS, select()
+        cannot tell the service's answer from TLS's own records."""
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=self.timeout)
+        try:
+            conn.putrequest(method, target.path + path, skip_accept_encoding=True)
+            for name, value in {**headers, "Content-Length": str(len(data)), "Expect": "100-continue",
+                                "Connection": "close"}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            if select.select([conn.sock], [], [], CONTINUE_WAIT_S)[0]:
+                reader = conn.sock.makefile("rb")
+                status_line = reader.readline()
+                if status_line.split(b" ", 2)[1:2] != [b"100"]:  # the answer, before the body
+                    response = http.client.HTTPResponse(_Answered(status_line, reader), method=method)
+                    response.begin()
+                    return response
+                while reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # the 100's headers; nothing else comes before the body is sent
+            try:
+                conn.send(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused part-way: the answer is read below
+            return conn.getresponse()
+        finally:
+            conn.close()  # the response keeps the socket open until it is closed
+
+
+class _Answered:
+    """The socket of an answer whose status line was already read, for http.client to parse."""
+
+    def __init__(self, status_line: bytes, reader) -> None:
+        self.status_line, self.reader = status_line, reader
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any):
+        return io.BufferedReader(_Prepended(self.status_line, self.reader))
+
+
+class _Prepended(io.RawIOBase):
+    """``head`` followed by what is left in ``rest``."""
+
+    def __init__(self, head: bytes, rest) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        chunk = self.rest.read1(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
+
+
+def _proxied(target: urllib.parse.SplitResult) -> bool:
+    """Whether urllib would send a request to ``target`` through a proxy (``http_proxy``...)."""
+    return target.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(target.netloc)
+
+
+def _service_error(status: int, reason: str, headers, raw: bytes) -> errors.SpeakerDBError:
+    """An HTTP error answer (its status, reason, headers and body) as the library's exception."""
     try:
-        doc = json.loads(e.read() or b"{}")["error"]
+        doc = json.loads(raw or b"{}")["error"]
         code, message = str(doc["code"]), str(doc["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"HTTP {e.code} {e.reason}"
-    retry = e.headers.get("Retry-After") if e.headers else None
+        code, message = "http_error", f"HTTP {status} {reason}"
+    retry = headers.get("Retry-After") if headers else None
     retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
-    if e.code == 401:
-        return errors.AuthenticationError(f"{message} (set SPEAKERDB_API_KEY)", e.code, code, retry_after)
-    if e.code == 403:
-        return errors.PermissionDeniedError(message, e.code, code, retry_after)
+    if status == 401:
+        return errors.AuthenticationError(f"{message} (set SPEAKERDB_API_KEY)", status, code, retry_after)
+    if status == 403:
+        return errors.PermissionDeniedError(message, status, code, retry_after)
     kind = ERROR_CODES.get(code)
     if kind is not None and kind is not errors.SpeakerDBError:
         return kind(message)
     if kind is errors.SpeakerDBError:
         return errors.SpeakerDBError(message)
-    return errors.ServiceError(f"the service answered {e.code}: {message}", e.code, code, retry_after)
+    return errors.ServiceError(f"the service answered {status}: {message}", status, code, retry_after)
 
 
 def _read(f: str | os.PathLike[str], what: str = "audio") -> tuple[str, bytes]:

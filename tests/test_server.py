@@ -30,7 +30,7 @@ from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
 from speakerdb.client import Client, _multipart
-from speakerdb.errors import AuthenticationError, ServiceError, SpeakerNotFoundError
+from speakerdb.errors import AuthenticationError, ServiceError, SpeakerDBError, SpeakerNotFoundError
 
 from conftest import SR, assert_index_agrees_with_store, voice, write
 
@@ -785,6 +785,83 @@ def test_uploads_without_a_valid_key_are_refused_before_the_body_is_read(server)
         assert json.loads(response.read())["error"]["code"] == "unauthorized"
         conn.close()
     _no_uploads_left(server)
+
+
+def _one_request_server(answer: bytes, read_body_first: bool) -> tuple[str, dict, threading.Thread]:
+    """A stand-in service for one request: it answers ``answer`` at once (a refusal) or after
+    reading the whole body without a "100 Continue" (a server that ignores Expect), and
+    records the request's headers and how many body bytes it received."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    seen: dict = {}
+
+    def run() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            headers, _, body = head.partition(b"\r\n\r\n")
+            seen["headers"] = headers.decode("latin-1").lower()
+            length = int(re.search(r"content-length: (\d+)", seen["headers"]).group(1))
+            seen["waited_s"] = time.monotonic()
+            if not read_body_first:
+                conn.sendall(answer)
+            while len(body) < length:
+                try:
+                    chunk = conn.recv(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                body += chunk
+            seen["waited_s"] = time.monotonic() - seen["waited_s"]
+            seen["body_bytes"] = len(body)
+            if read_body_first:
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}", seen, thread
+
+
+def _answer(status: str, doc: dict) -> bytes:
+    body = json.dumps(doc).encode()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode() + body
+
+
+def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
+    """The client sends a body of 1 MiB or more only after the service's "100 Continue": a
+    service that refuses it (too large, no valid key) answers and no byte is sent. A service
+    that ignores the question gets the body after a second; the real one asks for it."""
+    from speakerdb.client import CONTINUE_WAIT_S, EXPECT_CONTINUE_BYTES
+
+    big = tmp_path / "big.wav"
+    big.write_bytes(b"\0" * (EXPECT_CONTINUE_BYTES + 1000))
+    url, seen, thread = _one_request_server(
+        _answer("413 Content Too Large", {"error": {"code": "too_large", "message": "at most 1,000 bytes"}}), False)
+    with pytest.raises(ServiceError, match="413: at most 1,000 bytes"):
+        Client(url, "k", retries=0).identify([big])
+    thread.join(10)
+    assert "expect: 100-continue" in seen["headers"] and seen["body_bytes"] == 0
+
+    url, seen, thread = _one_request_server(
+        _answer("400 Bad Request", {"error": {"code": "bad_audio", "message": "big.wav: not audio"}}), True)
+    with pytest.raises(SpeakerDBError, match="big.wav: not audio"):
+        Client(url, "k", retries=0).identify([big])
+    thread.join(10)
+    assert seen["body_bytes"] > EXPECT_CONTINUE_BYTES and seen["waited_s"] >= CONTINUE_WAIT_S * 0.9
+
+    # The real service: a 24 s float32 recording (1.5 MB) goes after its "100 Continue".
+    clip = write(tmp_path / "long.wav", voice(180, 24.0), subtype="FLOAT")
+    assert clip.stat().st_size > EXPECT_CONTINUE_BYTES
+    writer = Client(server.url, server.keys["write"])
+    enrolled = writer.enroll("long-recording", [clip], new=True)
+    assert enrolled.created and enrolled.n_utterances == 1
+    assert writer.remove("long-recording") == 1
 
 
 def test_metrics_are_summed_over_the_workers(server):
