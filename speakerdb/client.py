@@ -276,6 +276,8 @@ class Client:
                 response = self._send(method, path, headers, data)
             except urllib.error.URLError as e:
                 raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e.reason}") from None
+            except ConnectionRefusedError as e:  # http.client's large uploads; urllib wraps it in URLError
+                raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e}") from None
             except (TimeoutError, ConnectionError) as e:
                 raise errors.ServiceError(f"the speakerdb service at {self.url} did not answer: {e}") from None
             except (OSError, http.client.HTTPException) as e:

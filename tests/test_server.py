@@ -855,6 +855,9 @@ def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
     thread.join(10)
     assert seen["body_bytes"] > EXPECT_CONTINUE_BYTES and seen["waited_s"] >= CONTINUE_WAIT_S * 0.9
 
+    with pytest.raises(ServiceError, match="cannot reach the speakerdb service"):
+        Client(f"http://127.0.0.1:{_free_port()}", "k", retries=0).identify([big])  # nobody listening
+
     # The real service: a 24 s float32 recording (1.5 MB) goes after its "100 Continue".
     clip = write(tmp_path / "long.wav", voice(180, 24.0), subtype="FLOAT")
     assert clip.stat().st_size > EXPECT_CONTINUE_BYTES
