@@ -326,6 +326,7 @@ class Client:
                     return response
                 while reader.readline() not in (b"\r\n", b"\n", b""):
                     pass  # the 100's headers; nothing else comes before the body is sent
+                reader.close()  # the socket stays open: conn holds it
             try:
                 conn.send(data)
             except (BrokenPipeError, ConnectionResetError):
