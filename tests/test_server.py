@@ -806,7 +806,7 @@ def _one_request_server(answer: bytes, read_body_first: bool) -> tuple[str, dict
             headers, _, body = head.partition(b"\r\n\r\n")
             seen["headers"] = headers.decode("latin-1").lower()
             length = int(re.search(r"content-length: (\d+)", seen["headers"]).group(1))
-            seen["waited_s"] = time.monotonic()
+            started = time.monotonic()
             if not read_body_first:
                 conn.sendall(answer)
             while len(body) < length:
@@ -817,7 +817,7 @@ def _one_request_server(answer: bytes, read_body_first: bool) -> tuple[str, dict
                 if not chunk:
                     break
                 body += chunk
-            seen["waited_s"] = time.monotonic() - seen["waited_s"]
+            seen["waited_s"] = time.monotonic() - started
             seen["body_bytes"] = len(body)
             if read_body_first:
                 conn.sendall(answer)
