@@ -10,9 +10,10 @@ The CLI uses it when given ``--server URL`` (or ``$SPEAKERDB_SERVER``, with the 
 ``$SPEAKERDB_API_KEY``), so scripts keep their commands. Only the standard library speaks
 HTTP here: urllib, and http.client for uploads of 1 MiB or more, which ask the service
 first (``Expect: 100-continue``) so that one it refuses is never sent. Files are uploaded
-under the names they were given, so answers and stored labels read as they do locally. The service's errors come back as the library's own
-exceptions (an unknown speaker is :class:`~speakerdb.errors.SpeakerNotFoundError`), its
-refusals as :class:`~speakerdb.errors.ServiceError` and subclasses.
+under the names they were given, so answers and stored labels read as they do locally.
+The service's errors come back as the library's own exceptions (an unknown speaker is
+:class:`~speakerdb.errors.SpeakerNotFoundError`), its refusals as
+:class:`~speakerdb.errors.ServiceError` and subclasses.
 """
 
 from __future__ import annotations
