@@ -1233,18 +1233,11 @@ MIN_FREE_BYTES = 1 << 20  # 1 MiB
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Raise InvalidInputError now, before any work, for an output file that cannot be written:
-    its directory is missing or not writable, it is a directory, or it exists and not ``overwrite``."""
-    path = Path(path).expanduser()
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise InvalidInputError(f"{path} is a directory: give a file name")
-    if not parent.is_dir():
-        raise InvalidInputError(f"cannot write {path}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"cannot write {path}: directory {parent} is not writable")
-    if (path.exists() or path.is_symlink()) and not overwrite:
-        raise InvalidInputError(f"{path} already exists: use --force to replace it")
-    return path
+    its directory is missing or not writable, it is a directory, or it exists and not
+    ``overwrite`` (see :func:`speakerdb.atomic.check_output`, the one check every output has)."""
+    from .atomic import check_output
+
+    return check_output(path, overwrite=overwrite)
 
 
 def _check_db_path(path: Path, create: bool) -> bool:

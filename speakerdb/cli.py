@@ -349,6 +349,16 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
         raise click.exceptions.Exit(1)
 
 
+def _check_outputs(force: bool, *paths: str | None) -> None:
+    """Refuse now, before any work, output files that cannot be written or that exist
+    without --force (see atomic.check_output); two outputs may not share one path."""
+    from .atomic import check_output
+
+    given = [check_output(p, overwrite=force) for p in paths if p]
+    if len({os.path.abspath(p) for p in given}) < len(given):
+        raise click.UsageError(f"the outputs need different files, not {_printable(str(given[0]))} twice")
+
+
 def _printable(text: str) -> str:
     """``text`` with every character that is not printable (controls, escape sequences, line
     and paragraph separators, invisible format characters) written as a Python escape."""
@@ -394,10 +404,12 @@ def verify(state: _State, name: str, file: str, threshold: float | None, as_json
 @click.option("--hop", type=click.FloatRange(0.05, 30), default=0.5, show_default=True, help="Window hop, seconds.")
 @click.option("--min-segment", type=click.FloatRange(0, 60), default=1.0, show_default=True,
               help="Shorter segments join their neighbour, seconds.")
+@click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option
 @click.pass_obj
 def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rttm_path: str | None,
-             plot_path: str | None, window: float, hop: float, min_segment: float, as_json: bool) -> None:
+             plot_path: str | None, window: float, hop: float, min_segment: float, as_json: bool,
+             force: bool = False) -> None:
     """Who speaks when: segments of each voice in each recording, named from the enrolled
     speakers when a voice reaches the threshold, else unknown-1, unknown-2...
 
@@ -421,10 +433,11 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
     params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment)
     if hop > window:
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
+    _check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
     if plot_path:
         from .evaluate import check_plotting
 
-        check_plotting()  # before minutes of work, not after
+        check_plotting()
     bar, update = _progress("timeline", len(files), as_json)
     try:
         results = state.db.timeline(list(files), threshold=threshold, params=params, progress=update)
@@ -434,9 +447,9 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
     failed = [t for t in results if t.error is not None]
     results_ok = [t for t in results if t.error is None]
     if rttm_path and results_ok:
-        write_rttm(rttm_path, results_ok)
+        write_rttm(rttm_path, results_ok, overwrite=force)
     if plot_path and results_ok:
-        plot(results_ok, plot_path)
+        plot(results_ok, plot_path, overwrite=force)
     for t in results:
         for note in t.notes:
             click.echo(f"note: {_printable(t.file)}: {note}", err=True)
@@ -838,6 +851,7 @@ def _threshold_text(value: float | None) -> str:
 @cli.command()
 @_evaluation_options
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write score histograms and a DET curve to this PNG.")
+@click.option("--force", is_flag=True, help="Replace the --plot file if it exists.")
 @click.option("--norm", "norm_method", type=click.Choice(["none", "as-norm"]), default="none", show_default=True,
               help="Also report every figure with adaptive s-norm against --cohort, side by side with the raw ones.")
 @click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False),
@@ -865,17 +879,16 @@ def evaluate(state: _State, data_dir: str, plot_path: str | None, norm_method: s
     if (norm_method == "as-norm") != (cohort_dir is not None):
         raise click.UsageError("--norm as-norm and --cohort DIR go together")
     if plot_path:  # a path that cannot be written fails now, not after minutes of scoring
-        from .api import check_output_path
         from .evaluate import check_plotting
 
-        check_output_path(plot_path, overwrite=True)
+        _check_outputs(force, plot_path)
         check_plotting()
     report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, cohort=cohort_dir, top_n=top_n,
                                                **split_options)
     if plot_path:
         from .evaluate import plot
 
-        plot(scores, report, plot_path, threshold=_current_threshold(state, embedder))
+        plot(scores, report, plot_path, threshold=_current_threshold(state, embedder), overwrite=force)
     text = _format_report(report) + (f"\nplot: {plot_path}" if plot_path else "")
     _emit(as_json, report.to_dict(), text)
 

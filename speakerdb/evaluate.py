@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import audio, metrics, norm
+from . import atomic, audio, metrics, norm
 from .embed import Embedder
 from .errors import InvalidInputError
 
@@ -421,7 +421,8 @@ def check_plotting() -> None:
 DET_WINDOW = (0.0005, 0.9)
 
 
-def plot(scores: Scores, report: Report, path: Path, threshold: float | None = None) -> None:
+def plot(scores: Scores, report: Report, path: Path, threshold: float | None = None, *,
+         overwrite: bool = False) -> None:
     """Score histograms and a DET curve (normal-deviate axes) in one PNG.
 
     The title names the model, the data and the trial counts; ``threshold`` (the
@@ -487,5 +488,8 @@ def plot(scores: Scores, report: Report, path: Path, threshold: float | None = N
         fontsize=10,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:  # as every output: 0600, never through a link, replaced only with ``overwrite``
+        with atomic.write_output(path, overwrite=overwrite, what="the plot ") as f:
+            fig.savefig(f, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -56,7 +56,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio, norm, vad
+from . import atomic, audio, norm, vad
 from .embed import Embedder, l2_normalize
 from .errors import InvalidInputError
 
@@ -567,13 +567,12 @@ def rttm_lines(timeline: Timeline, uri: str | None = None) -> list[str]:
     ]
 
 
-def write_rttm(path: str | Path, timelines: Sequence[Timeline]) -> None:
-    """Write the timelines of one or more recordings to one RTTM file."""
+def write_rttm(path: str | Path, timelines: Sequence[Timeline], *, overwrite: bool = False) -> None:
+    """Write the timelines of one or more recordings to one RTTM file (0600, never through a
+    link; an existing file is replaced only with ``overwrite``: see atomic.write_output)."""
     text = "".join(line + "\n" for t in timelines for line in rttm_lines(t))
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as e:
-        raise InvalidInputError(f"cannot write the RTTM file {path}: {e.strerror or e}") from None
+    with atomic.write_output(path, overwrite=overwrite, what="the RTTM file ") as f:
+        f.write(text.encode("utf-8"))
 
 
 def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
@@ -595,8 +594,9 @@ def _rttm_token(text: str) -> str:
 
 
 # ---- plot ---------------------------------------------------------------------------------------
-def plot(timelines: Sequence[Timeline], path: str | Path) -> None:
-    """One panel per recording, one lane per voice over time (needs matplotlib: the plot extra)."""
+def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = False) -> None:
+    """One panel per recording, one lane per voice over time (needs matplotlib: the plot extra),
+    written as :func:`write_rttm` writes (0600, never through a link, ``overwrite`` to replace)."""
     try:
         import matplotlib
     except ImportError:
@@ -623,9 +623,8 @@ def plot(timelines: Sequence[Timeline], path: str | Path) -> None:
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
     try:
-        fig.savefig(str(path), dpi=110)
-    except OSError as e:
-        raise InvalidInputError(f"cannot write the plot {path}: {e.strerror or e}") from None
+        with atomic.write_output(path, overwrite=overwrite, what="the plot ") as f:
+            fig.savefig(f, format="png", dpi=110)
     finally:
         plt.close(fig)
 
