@@ -861,7 +861,7 @@ def _threshold_text(value: float | None) -> str:
 @json_option
 @click.pass_obj
 def evaluate(state: _State, data_dir: str, plot_path: str | None, norm_method: str, cohort_dir: str | None, top_n: int,
-             as_json: bool, **split_options: Any) -> None:
+             as_json: bool, force: bool = False, **split_options: Any) -> None:
     """Measure accuracy on your own labelled recordings, DATA_DIR/<speaker>/<files>.
 
     Enrolls part of each speaker's recordings in a temporary database (yours is never
