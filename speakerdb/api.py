@@ -1049,6 +1049,7 @@ class SpeakerDB:
         """The newest ``limit`` changes made through the service or to keys, oldest first."""
         from . import keys
 
+        store.check_name_text(speaker)
         with self.store.read() as s:
             return keys.audit_entries(s, limit, speaker)
 
@@ -1145,6 +1146,7 @@ class SpeakerDB:
 
     @staticmethod
     def _get_speaker(s, name: str) -> store.Speaker:
+        store.check_name_text(name)  # invalid UTF-8 from a command line: one clear error, not the driver's
         speaker = store.speaker_by_name(s, store.normalize_name(name))
         if speaker is None and store.normalize_name(name) != name:
             # A name stored before names were normalised (an older database) is still found as typed.
@@ -1327,10 +1329,28 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # ---- schema management (works on databases that SpeakerDB refuses to open) ----------------
+#: The first 16 bytes of every SQLite database file (an empty file is an empty database too).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
 def database_revision(db_path: str | os.PathLike[str] | None = None) -> tuple[str | None, str]:
-    """(revision stamped in the database, revision this speakerdb needs)."""
-    engine, _ = _engine_for(db_path)
+    """(revision stamped in the database, revision this speakerdb needs); DatabaseError for a
+    file that is not a database, or a database with tables but none of speakerdb's record.
+    None: an empty database (such as one downgraded to "base")."""
+    engine, name = _engine_for(db_path)
     try:
+        # A text file must not read as "revision none" (SQLite reports nothing until it reads a page).
+        if engine.dialect.name == "sqlite":
+            try:
+                with open(engine.url.database, "rb") as f:
+                    head = f.read(len(SQLITE_HEADER))
+            except OSError as e:
+                raise DatabaseError(f"cannot read database {name}: {e.strerror or e}") from None
+            if head and head != SQLITE_HEADER:
+                raise DatabaseError(f"{name} is not a speakerdb database: not an SQLite file")
+        tables = schema._tables(engine)
+        if tables and "alembic_version" not in tables:
+            raise DatabaseError(f"{name} is a database but not a speakerdb database (no schema revision in it)")
         return schema.current_revision(engine), schema.HEAD_REVISION
     finally:
         engine.dispose()

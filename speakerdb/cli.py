@@ -32,7 +32,19 @@ _gc_thresholds_before: tuple[int, int, int] | None = None  # what main() replace
 
 
 class _Group(click.Group):
-    """Turns library errors into one-line messages and exit code 1, never a traceback."""
+    """Turns library errors into one-line messages and exit code 1, never a traceback.
+
+    Every error message is printed through here or click's own errors, with what it quotes
+    (paths, names, values) escaped by :func:`_printable`: a newline or a terminal escape in
+    a file name stays on the error's one line.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:
+            e.message = _printable(e.message)
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -41,7 +53,9 @@ class _Group(click.Group):
             if isinstance(ctx.obj, _State):  # a failed first enroll leaves no empty database
                 ctx.obj.discard_if_unused()
             if isinstance(e, SpeakerDBError):
-                raise click.ClickException(str(e)) from None
+                raise click.ClickException(_printable(str(e))) from None
+            if isinstance(e, click.ClickException):  # usage errors quote values too (--db PATH)
+                e.message = _printable(e.message)
             raise
 
 
@@ -108,6 +122,22 @@ class _State:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+
+
+def _text_argument(what: str):
+    """A parameter callback: a name that is not valid UTF-8 (lone surrogates in argv) is one
+    clear error line (exit 1) before any command runs, locally and through --server alike."""
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from .store import check_name_text
+
+        for item in value if isinstance(value, tuple) else (value,):
+            check_name_text(item, what)
+        return value
+
+    return check
+
+
+_speaker_name, _key_name = _text_argument("speaker name"), _text_argument("key name")
 
 
 class _Score(click.ParamType):
@@ -254,7 +284,7 @@ def cli(ctx: click.Context, db: str | None, model: str | None, device: str, prec
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", callback=_speaker_name)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
 @click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable).")
@@ -285,9 +315,9 @@ def enroll(
         if bar is not None:
             bar.__exit__(None, None, None)
     for skipped in result.skipped:
-        click.echo(f"note: skipped {skipped.source}: {skipped.reason}", err=True)
+        click.echo(f"note: skipped {_printable(skipped.source)}: {_printable(skipped.reason)}", err=True)
     for warning in result.warnings:
-        click.echo(f"warning: {warning.source}: {warning.reason}", err=True)
+        click.echo(f"warning: {_printable(warning.source)}: {_printable(warning.reason)}", err=True)
     verb = "created" if result.created else "updated" if result.added or metadata else "unchanged"
     _emit(
         as_json,
@@ -344,7 +374,7 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
     if lines or as_json:
         _emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
     for r in failed:
-        click.echo(f"Error: {r.file}: {r.error}", err=True)
+        click.echo(f"Error: {_printable(r.file)}: {_printable(r.error)}", err=True)
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -372,7 +402,7 @@ def _score_text(score: float | None) -> str:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", callback=_speaker_name)
 @click.argument("file", type=click.Path())
 @click.option("--threshold", type=OVERRIDE_SCORE, help="Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database].")
 @json_option
@@ -467,7 +497,7 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
         lines.append(f"plot: {plot_path}")
     _emit(as_json, [t.to_dict() for t in results], "\n".join(lines))
     for t in failed:  # every file gets its answer or its error; any error makes the exit code 1
-        click.echo(f"Error: {_printable(t.file)}: {t.error}", err=True)
+        click.echo(f"Error: {_printable(t.file)}: {_printable(t.error)}", err=True)
     if failed:
         raise click.exceptions.Exit(1)
 
@@ -496,7 +526,7 @@ def list_(state: _State, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", callback=_speaker_name)
 @json_option
 @click.pass_obj
 def show(state: _State, name: str, as_json: bool) -> None:
@@ -523,8 +553,8 @@ def show(state: _State, name: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("old")
-@click.argument("new")
+@click.argument("old", callback=_speaker_name)
+@click.argument("new", callback=_speaker_name)
 @json_option
 @click.pass_obj
 def rename(state: _State, old: str, new: str, as_json: bool) -> None:
@@ -556,7 +586,7 @@ def _confirm(question: str, yes: bool) -> None:
 
 
 @cli.command()
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", nargs=-1, required=True, callback=_speaker_name)
 @yes_option
 @json_option
 @click.pass_obj
@@ -673,7 +703,7 @@ def index_(state: _State, ef_search: int | None, approximate_above: int | None, 
 
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--speaker", "speakers", multiple=True, metavar="NAME", help="Export only this speaker (repeatable).")
+@click.option("--speaker", "speakers", multiple=True, callback=_speaker_name, metavar="NAME", help="Export only this speaker (repeatable).")
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @json_option
 @click.pass_obj
@@ -1119,7 +1149,7 @@ class _EchoHandler(logging.Handler):
     """Writes library log records as "warning: ..." lines through click (whatever stderr is now)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{record.levelname.lower()}: {record.getMessage()}", err=True)
+        click.echo(f"{record.levelname.lower()}: {_printable(record.getMessage())}", err=True)
 
 
 def _log_warnings_to_stderr() -> None:
@@ -1244,7 +1274,7 @@ def keys() -> None:
 
 
 @keys.command(name="create")
-@click.argument("name")
+@click.argument("name", callback=_key_name)
 @click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
               help="What the key may do.")
 @json_option
@@ -1283,7 +1313,7 @@ def keys_list(state: _State, as_json: bool) -> None:
 
 
 @keys.command(name="revoke")
-@click.argument("name")
+@click.argument("name", callback=_key_name)
 @json_option
 @click.pass_obj
 def keys_revoke(state: _State, name: str, as_json: bool) -> None:
@@ -1300,7 +1330,7 @@ def keys_revoke(state: _State, name: str, as_json: bool) -> None:
 @cli.command()
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
               help="Show the newest N records.")
-@click.option("--speaker", metavar="NAME", help="Only changes to this speaker.")
+@click.option("--speaker", metavar="NAME", callback=_speaker_name, help="Only changes to this speaker.")
 @json_option
 @click.pass_obj
 def audit(state: _State, limit: int, speaker: str | None, as_json: bool) -> None:

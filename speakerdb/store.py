@@ -60,7 +60,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from . import schema
-from .errors import DatabaseError, InvalidInputError
+from .errors import DatabaseError, InvalidInputError, printable_path
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
 MAX_NAME_LENGTH = 200  # characters
@@ -80,8 +80,37 @@ _REFUSED_CATEGORIES = {
     "Zl": "a line separator",
     "Zp": "a paragraph separator",
 }
+#: Unicode's Default_Ignorable_Code_Point property (DerivedCoreProperties.txt), as ranges:
+#: code points a renderer draws as nothing. Many are Mn or Lo, not Cf (Hangul fillers,
+#: variation selectors, the combining grapheme joiner), so the categories above miss them.
+_DEFAULT_IGNORABLE = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+#: Symbols that draw as blank space though Unicode does not call them whitespace: a name of
+#: only these (and whitespace and combining marks) would look empty.
+_BLANK_SYMBOLS = frozenset("\u2800")  # BRAILLE PATTERN BLANK
 MAX_METADATA_DEPTH = 32  # levels of nested lists/objects in a speaker's metadata
 MAX_METADATA_BYTES = 64 * 1024  # the metadata as compact JSON, in bytes
+
+
+def is_default_ignorable(ch: str) -> bool:
+    """Whether the character ``ch`` has Unicode's Default_Ignorable_Code_Point property."""
+    code = ord(ch)
+    return any(low <= code <= high for low, high in _DEFAULT_IGNORABLE)
+
+
+def check_name_text(name: Any, what: str = "speaker name") -> Any:
+    """Return ``name`` unchanged unless it is text that cannot be stored or sent: a lone
+    surrogate, which is what Python makes of invalid UTF-8 on a command line. Then raise
+    InvalidInputError with the name written printably (the bytes as \\xNN)."""
+    if isinstance(name, str) and _has_surrogates(name):
+        first = next(ch for ch in name if "\ud800" <= ch <= "\udfff")
+        raise InvalidInputError(
+            f"{what} '{printable_path(name)}' is not valid UTF-8: it holds a lone surrogate (U+{ord(first):04X})")
+    return name
 
 
 def normalize_name(name: str) -> str:
@@ -98,13 +127,17 @@ def validate_name(name: str) -> str:
     """
     if not isinstance(name, str) or not name:
         raise InvalidInputError("speaker name must not be empty")
-    name = normalize_name(name)
+    name = normalize_name(check_name_text(name))
     for ch in name:
         category = unicodedata.category(ch)
         if category in _REFUSED_CATEGORIES:
             raise InvalidInputError(
                 f"speaker name {name!r} contains {_REFUSED_CATEGORIES[category]} (U+{ord(ch):04X})"
             )
+        if is_default_ignorable(ch):
+            raise InvalidInputError(f"speaker name {name!r} contains an invisible character (U+{ord(ch):04X})")
+    if all(ch.isspace() or ch in _BLANK_SYMBOLS or unicodedata.category(ch) in ("Mn", "Me") for ch in name):
+        raise InvalidInputError(f"speaker name {name!r} has no visible character")
     if name != name.strip():
         raise InvalidInputError(f"speaker name {name!r} must not start or end with whitespace")
     if len(name) > MAX_NAME_LENGTH:
