@@ -17,6 +17,7 @@ import json
 import re
 import secrets
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -44,6 +45,15 @@ _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{2 * KEY_ID_BYTES}}})_([A-Za-z0-9_
 #: secret) -> the stored hash it matched. A revoked or replaced key no longer matches its row.
 _VERIFIED: dict[tuple[str, str], str] = {}
 _VERIFIED_LOCK = threading.Lock()
+#: Keys this process has refused: (key_id, sha256 of the secret), newest last, at most
+#: MAX_FAILED. A client that repeats a wrong key costs no second PBKDF2; the outcome is
+#: final (a revoked key stays revoked, and no key id or secret is ever reused).
+_FAILED: "OrderedDict[tuple[str, str], None]" = OrderedDict()
+MAX_FAILED = 4096
+#: What a key id that has no active row is checked against: the same PBKDF2 as a real key,
+#: so that a 401 takes as long whether the id exists or not (no oracle for key ids).
+_DUMMY_SALT = secrets.token_hex(SALT_BYTES)
+_DUMMY_HASH = f"{HASH_NAME}${HASH_ITERATIONS}${secrets.token_hex(32)}"
 
 
 @dataclass(frozen=True)
@@ -159,24 +169,48 @@ def has_active_keys(session: Session) -> bool:
     return session.scalar(select(store.ApiKey.id).where(store.ApiKey.revoked_at.is_(None)).limit(1)) is not None
 
 
+def has_any_keys(session: Session) -> bool:
+    """Whether a key was ever created here, revoked ones included (rows are never deleted)."""
+    return session.scalar(select(store.ApiKey.id).limit(1)) is not None
+
+
 def authenticate(session: Session, key: str) -> KeyInfo | None:
-    """The active key ``key`` is, or None (malformed, unknown, revoked or wrong secret)."""
+    """The active key ``key`` is, or None (malformed, unknown, revoked or wrong secret).
+
+    A well-formed key that is refused costs one PBKDF2 whether its id exists or not, and
+    nothing the second time it is tried (:data:`_FAILED`).
+    """
     m = _KEY.match(key or "")
     if m is None:
         return None
     key_id, secret = m.groups()
+    seen = (key_id, hashlib.sha256(secret.encode()).hexdigest())
+    with _VERIFIED_LOCK:
+        if seen in _FAILED:
+            _FAILED.move_to_end(seen)
+            return None
     row = session.scalars(select(store.ApiKey).where(store.ApiKey.key_id == key_id)).one_or_none()
     if row is None or row.revoked_at is not None:
+        _matches(secret, _DUMMY_SALT, _DUMMY_HASH)  # the time a wrong secret of a real key takes
+        _remember_failure(seen)
         return None
-    seen = (key_id, hashlib.sha256(secret.encode()).hexdigest())
     with _VERIFIED_LOCK:
         known = _VERIFIED.get(seen)
     if known is None or not hmac.compare_digest(known.encode(), row.hash.encode()):
         if not _matches(secret, row.salt, row.hash):
+            _remember_failure(seen)
             return None
         with _VERIFIED_LOCK:
             _VERIFIED[seen] = row.hash
     return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at)
+
+
+def _remember_failure(seen: tuple[str, str]) -> None:
+    with _VERIFIED_LOCK:
+        _FAILED[seen] = None
+        _FAILED.move_to_end(seen)
+        while len(_FAILED) > MAX_FAILED:
+            _FAILED.popitem(last=False)
 
 
 def audit_entries(session: Session, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
