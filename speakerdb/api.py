@@ -1038,12 +1038,13 @@ class SpeakerDB:
         with self.store.read() as s:
             return keys.authenticate(s, key)
 
-    def has_keys(self) -> bool:
-        """Whether any API key is active (``serve`` refuses other hosts than loopback without one)."""
+    def has_keys(self, include_revoked: bool = False) -> bool:
+        """Whether any API key is active, or with ``include_revoked`` was ever created (then
+        ``serve`` requires a key for every request, even once all are revoked)."""
         from . import keys
 
         with self.store.read() as s:
-            return keys.has_active_keys(s)
+            return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> "list[keys.AuditEntry]":
         """The newest ``limit`` changes made through the service or to keys, oldest first."""

@@ -1190,13 +1190,17 @@ def _parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate chain (PEM).")
 @click.option("--tmp-dir", type=click.Path(file_okay=False), help="Where uploads are kept while a request runs "
               "[default: the system's temporary directory]; a private directory is made inside it.")
+@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10, show_default=True,
+              help="Seconds a client has to send a request's headers; then 408 and the connection is closed.")
+@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=30, show_default=True,
+              help="Seconds a request's body may pause; then 408 (or a closed connection).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 @json_option
 @click.pass_obj
 def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: float, max_files: int, max_audio_s: float,
           queue_size: int, insecure_no_auth: bool, ssl_keyfile: str | None, ssl_certfile: str | None,
-          tmp_dir: str | None, log_level: str, as_json: bool) -> None:
+          tmp_dir: str | None, header_timeout: float, body_timeout: float, log_level: str, as_json: bool) -> None:
     """Run the identification service (HTTP, FastAPI on uvicorn) on this database.
 
     Each worker loads the model once; /readyz answers 200 when it is loaded, /healthz
@@ -1222,27 +1226,36 @@ def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: floa
     state.allow_create()
     db = state.db
     db_path = str(db.target)  # a server URL with its password: the workers must connect too
+    shown = str(db.db_path)  # what is printed: a server URL without its password
     has_keys = db.has_keys()
+    # Decided once, here: a database that has or had a key requires one for every request,
+    # even once all are revoked; the service never opens while it runs (server.Service).
+    had_keys = has_keys or db.has_keys(include_revoked=True)
     state.close()
     state._db = None
     if insecure_no_auth:
         click.echo("warning: --insecure-no-auth: no API keys are checked; anyone who can reach "
                    f"{host}:{port} may read, change and delete every speaker", err=True)
-    elif not is_loopback(host) and not has_keys:
+    elif not is_loopback(host) and not had_keys:
         raise click.UsageError(
             f"refusing to serve {db.db_path} on {host} without API keys: create one with "
             "`speakerdb keys create NAME --scope admin`, or pass --insecure-no-auth")
-    elif not has_keys:
+    elif not had_keys:
         click.echo(f"note: {db.db_path} has no API keys: every caller on this machine may do everything "
                    "(`speakerdb keys create NAME --scope admin` turns keys on)", err=True)
+    elif not has_keys:
+        click.echo(f"note: every API key of {db.db_path} is revoked: every request is refused until "
+                   "`speakerdb keys create NAME --scope admin`", err=True)
     config = ServeConfig(db_path=db_path or str(default_db_path()), model=state.model, device=state.device,
                          precision=state.precision, max_upload_bytes=int(max_upload_mb * 1_000_000),
                          max_files=max_files, max_audio_s=max_audio_s, queue_size=queue_size,
-                         insecure_no_auth=insecure_no_auth, tmp_dir=tmp_dir)
+                         insecure_no_auth=insecure_no_auth, require_keys=had_keys and not insecure_no_auth,
+                         header_timeout_s=header_timeout, body_timeout_s=body_timeout, tmp_dir=tmp_dir)
     url = f"{'https' if ssl_certfile else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
-    auth = "none (--insecure-no-auth)" if insecure_no_auth else "API keys" if has_keys else "none (loopback, no keys yet)"
-    _emit(as_json, {"url": url, "db_path": config.db_path, "workers": workers, "auth": auth},
-          f"serving {config.db_path} at {url} with {workers} worker(s), auth: {auth}; SIGTERM or Ctrl-C stops it")
+    auth = ("none (--insecure-no-auth)" if insecure_no_auth else "API keys" if has_keys
+            else "API keys (all revoked: every request is refused)" if had_keys else "none (loopback, no keys yet)")
+    _emit(as_json, {"url": url, "db_path": shown, "workers": workers, "auth": auth},
+          f"serving {shown} at {url} with {workers} worker(s), auth: {auth}; SIGTERM or Ctrl-C stops it")
     sys.stdout.flush()
     run_server(config, host=host, port=port, workers=workers, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
                log_level=log_level)

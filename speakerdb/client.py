@@ -198,7 +198,8 @@ class Client:
         return int(self._request("DELETE", f"/v1/speakers/{_q(name)}")["utterances"])
 
     def info(self) -> DatabaseInfo:
-        return _make(DatabaseInfo, self._request("GET", "/v1/info"))
+        """As :meth:`SpeakerDB.info`; the service keeps its paths to itself, so the database is its URL."""
+        return _make(DatabaseInfo, {"db_path": self.url, "index_path": None, **self._request("GET", "/v1/info")})
 
     @property
     def threshold(self) -> float:

@@ -45,6 +45,7 @@ import stat
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -56,9 +57,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools if installed, else h11
 
 from . import __version__, atomic, audio, errors, store, threads
-from .api import SpeakerDB
+from .api import INDEX_SUFFIX, SpeakerDB
 from .keys import SCOPES, KeyInfo
 
 log = logging.getLogger("speakerdb.server")
@@ -75,6 +77,11 @@ COPY_CHUNK = 1 << 20  # bytes copied from an upload at a time
 # kernel reset the connection, and a client still sending (urllib, any ``Connection: close``
 # client) then reports "connection reset" instead of the answer. nginx's lingering close.
 LINGER_S = 10.0
+# A connection must send a request's headers within DEFAULT_HEADER_TIMEOUT_S of starting it,
+# and a body must not pause for longer than DEFAULT_BODY_TIMEOUT_S: otherwise a client that
+# trickles bytes (slowloris) holds a connection, and its memory, for ever (_TimedHTTPProtocol).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
 UPLOAD_DIR_PREFIX = "speakerdb-upload-"
 METRICS_DIR_PREFIX = "speakerdb-metrics-"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -93,6 +100,12 @@ class ServeConfig:
     max_audio_s: float = DEFAULT_MAX_AUDIO_S
     queue_size: int = DEFAULT_QUEUE_SIZE
     insecure_no_auth: bool = False
+    #: Decided by `serve` when it starts: the database has (or had) a key, so every request
+    #: needs one. False only on loopback for a database that never had a key; a worker then
+    #: starts requiring keys once one is created, and never stops (Service.keys_required).
+    require_keys: bool = False
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     tmp_dir: str | None = None
     #: Where the workers of one `serve --workers N` publish their counters for each other's
     #: /metrics (made by serve(), removed when it returns); None: one worker, nothing shared.
@@ -124,6 +137,7 @@ ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
     (errors.EmptyDatabaseError, 409, "no_speakers"),
     (errors.ModelMismatchError, 409, "model_mismatch"),
     (errors.ModelLoadError, 503, "model_unavailable"),
+    (errors.DatabaseBusyError, 503, "database_busy"),  # another writer holds the lock: retry later
     (errors.DatabaseError, 500, "database_error"),
     (errors.SpeakerDBError, 400, "failed"),
 ]
@@ -395,6 +409,17 @@ class IdentifyBatches:
 
 #: Seconds between two publications of a worker's counters for the other workers' /metrics.
 METRICS_PUBLISH_S = 1.0
+#: The methods /metrics names; any other (HTTP allows made-up ones, of any length) counts as
+#: "other", so that no request can add a label value, and with it a series, to every scrape.
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _method_label(method: str) -> str:
+    return method if method in METRIC_METHODS else "other"
+
+
+def _status_label(status: int) -> int:
+    return status if isinstance(status, int) and 100 <= status <= 599 else 0
 
 
 class Metrics:
@@ -412,6 +437,9 @@ class Metrics:
         self.rejected_busy = 0
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one answer. ``route`` must be a route's template (or "unmatched"), never the
+        request's path; the method and status are mapped to a fixed set here."""
+        method, status = _method_label(method), _status_label(status)
         key = (method, route, status)
         self.requests[key] = self.requests.get(key, 0) + 1
         h = self.latency.setdefault((method, route), [0.0] * (len(LATENCY_BUCKETS_S) + 2))
@@ -543,6 +571,16 @@ class Service:
         self.model_id: str | None = None
         self.load_error: str | None = None
         self.job_seconds = 1.0  # running mean of an embedding request's time (for Retry-After)
+        # Whether a request needs a key. Set at start and only ever turned on: revoking keys
+        # while the service runs must never open it (a database whose keys are all revoked
+        # refuses every request instead).
+        self.keys_required = config.require_keys and not config.insecure_no_auth
+        # Server-side paths (database, index, uploads) as clients may see them in messages;
+        # completed once the database is open (_learn_database).
+        self.private_names = _longest_first({
+            config.db_path: "the service's database", store.display_url(config.db_path): "the service's database",
+            config.db_path + INDEX_SUFFIX: "the service's index file",
+            str(self.uploads.path): "the service's upload directory"})
 
     def _open_embedding_db(self) -> SpeakerDB:
         c = self.config
@@ -559,15 +597,36 @@ class Service:
         os.environ[audio.MAX_DURATION_ENV] = repr(float(self.config.max_audio_s))
         try:
             self.model_id = (await self.embed_lane.run(lambda db: db.embedder)).model_id
-            await self.admin_lane.run(lambda db: None)
+            await self.admin_lane.run(self._learn_database)
             self.ready = True
             log.info("speakerdb worker %d ready: model %s", os.getpid(), self.model_id)
         except errors.SpeakerDBError as e:
-            self.load_error = str(e)
+            self.load_error = self.scrub(str(e))  # clients read it in 503s; the log keeps the paths
             log.error("speakerdb worker %d cannot serve: %s", os.getpid(), e)
         except Exception as e:  # a model that fails in an unforeseen way: say so, keep /healthz up
-            self.load_error = f"{type(e).__name__}: {e}"
-            log.error("speakerdb worker %d cannot load the model: %s", os.getpid(), self.load_error)
+            self.load_error = self.scrub(f"{type(e).__name__}: {e}")
+            log.error("speakerdb worker %d cannot load the model: %s: %s", os.getpid(), type(e).__name__, e)
+
+    def scrub(self, message: str) -> str:
+        """``message`` with the server's own paths replaced by what they are."""
+        for private, shown in self.private_names.items():
+            message = message.replace(private, shown)
+        return message
+
+    def _learn_database(self, db: SpeakerDB) -> None:
+        """On the admin lane at start: what messages must not show, and whether keys exist."""
+        self.private_names = _longest_first({
+            **self.private_names, str(db.target): "the service's database", str(db.db_path): "the service's database",
+            str(db.index_path): "the service's index file"})
+        self._keys_exist(db)  # a worker restarted by uvicorn after a key was created requires keys
+
+    def _keys_exist(self, db: SpeakerDB) -> bool:
+        """Whether requests need a key from now on (see keys_required); never turns back off."""
+        if not self.keys_required and not self.config.insecure_no_auth and db.has_keys(include_revoked=True):
+            self.keys_required = True
+            log.warning("speakerdb worker %d: the database now has API keys: every request needs one",
+                        os.getpid())
+        return self.keys_required
 
     def metrics_state(self) -> dict[str, Any]:
         seconds = self.counting.seconds if self.counting is not None else 0.0
@@ -624,7 +683,7 @@ class Service:
         try:
             return await lane.run(fn, *args, **kw)
         except errors.SpeakerDBError as e:
-            raise _from_library(e, names or {}) from None
+            raise _from_library(e, {**(names or {}), **self.private_names}) from None
         finally:
             self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.monotonic() - started)
 
@@ -633,11 +692,12 @@ class Service:
         try:
             return await self.admin_lane.run(fn, *args, **kw)
         except errors.SpeakerDBError as e:
-            raise _from_library(e, names or {}) from None
+            raise _from_library(e, {**(names or {}), **self.private_names}) from None
 
     def authenticate(self, header: str | None) -> KeyInfo | None:
-        """The caller's key; None when the service runs without keys (loopback, none created,
-        or --insecure-no-auth). Runs on any thread: only reads the store (thread-safe engine)."""
+        """The caller's key; None when the service runs without keys (loopback and the database
+        never had one, or --insecure-no-auth). Runs on any thread: only reads the store
+        (thread-safe engine)."""
         if self.config.insecure_no_auth:
             return None
         db = self.admin_lane.db
@@ -646,8 +706,8 @@ class Service:
                            {"Retry-After": "5"})
         scheme, _, key = (header or "").partition(" ")
         if not header:
-            if not db.has_keys():
-                return None  # loopback only: serve refuses other hosts while the database has no key
+            if not self._keys_exist(db):
+                return None  # loopback only: serve refuses other hosts while the database never had a key
             raise ApiError(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
                            {"WWW-Authenticate": "Bearer"})
         if scheme.lower() != "bearer" or not key.strip():
@@ -658,6 +718,12 @@ class Service:
             raise ApiError(401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return info
+
+
+def _longest_first(names: dict[str, str]) -> dict[str, str]:
+    """``names`` longest key first, so that a path that begins with another (the index file
+    beside the database) is replaced whole; empty keys dropped."""
+    return {k: names[k] for k in sorted(names, key=len, reverse=True) if k}
 
 
 @dataclass(frozen=True)
@@ -735,6 +801,10 @@ EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker n
 AUDIO_PARTS = "Audio files (WAV, FLAC, OGG, MP3, anything FFmpeg decodes) as multipart parts."
 
 
+#: Fields of ``speakerdb info`` that name places on the server: left out of GET /v1/info.
+SERVER_ONLY_INFO = ("db_path", "index_path")
+
+
 def _form_json(text: str | None, what: str) -> Any:
     if text is None or text == "":
         return None
@@ -742,6 +812,9 @@ def _form_json(text: str | None, what: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise ApiError(422, "invalid_input", f"{what} must be JSON, not {text[:80]!r}") from None
+    except RecursionError:  # nesting thousands deep exhausts the parser's stack: bad input, not a 500
+        raise ApiError(422, "invalid_input", f"{what} is nested more than {store.MAX_METADATA_DEPTH} levels deep") \
+            from None
 
 
 def _check_count(service: Service, files: list[UploadFile]) -> None:
@@ -754,6 +827,7 @@ def _check_count(service: Service, files: list[UploadFile]) -> None:
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app of one worker (uvicorn calls this with no argument in each worker process)."""
     config = config or ServeConfig.from_env()
+    store.APPLICATION = store.APPLICATION or "speakerdb serve"  # how its PostgreSQL sessions are named
     if config.insecure_no_auth:
         log.warning("speakerdb worker %d: --insecure-no-auth: every request is allowed everything, "
                     "without a key", os.getpid())
@@ -780,6 +854,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         "Errors are `{\"error\": {\"code\", \"message\"}}`.",
     )
     app.state.config = config
+    # This process's connections (uvicorn makes them once the app is built).
+    TimedHTTPProtocol.header_timeout_s, TimedHTTPProtocol.body_timeout_s = config.header_timeout_s, config.body_timeout_s
     _install_handlers(app)
 
     @app.get("/healthz", tags=["service"], responses=_example({"status": "ok"}))
@@ -937,12 +1013,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         return ok({"removed": [name], "utterances": n})
 
     @app.get("/v1/info", tags=["database"],
-             responses=_example({"db_path": "/srv/speakerdb/team.sqlite", "model_id": "microsoft/wavlm-base-plus-sv",
-                                 "dim": 512, "threshold": 0.86, "n_speakers": 2, "n_utterances": 3,
+             responses=_example({"model_id": "microsoft/wavlm-base-plus-sv", "dim": 512, "threshold": 0.86, "n_speakers": 2, "n_utterances": 3,
                                  "schema_revision": "0003", "generation": 5}))
     async def info(request: Request, caller: Caller = Depends(require("read"))):
-        """The database: model, dimension, threshold, counts (`speakerdb info --json`)."""
-        return ok((await request.app.state.service.admin(lambda db: db.info())).to_dict())
+        """The database: model, dimension, threshold, counts (`speakerdb info --json` without the
+        server's paths, which are no client's business)."""
+        document = (await request.app.state.service.admin(lambda db: db.info())).to_dict()
+        return ok({k: v for k, v in document.items() if k not in SERVER_ONLY_INFO})
 
     @app.get("/v1/threshold", tags=["database"], responses=_example({"threshold": 0.86}))
     async def get_threshold(request: Request, caller: Caller = Depends(require("read"))):
@@ -1141,6 +1218,11 @@ class _Guard:
             await _discard_body(receive, LINGER_S)
             await send_direct({"type": "http.response.body", "body": b"", "more_body": False})
         try:
+            if not _url_is_utf8(scope):
+                # uvicorn decodes the path with errors="replace": %FF and %FE would both become
+                # U+FFFD and so name the same speaker. A name is text; these bytes are not.
+                await reply(400, "invalid_input", "the URL is not valid UTF-8 once %-decoded")
+                return
             if declared > limit:
                 await reply(413, "too_large", f"request body of {declared:,} bytes, at most {limit:,} are accepted")
                 return
@@ -1208,8 +1290,107 @@ async def _discard_body(receive, seconds: float) -> None:
         pass  # a client still sending after this long gets its answer and a reset
 
 
+def _url_is_utf8(scope) -> bool:
+    """Whether the request's path and query, %-decoded, are valid UTF-8 (as every name in them must be)."""
+    for raw in (scope.get("raw_path") or b"", scope.get("query_string") or b""):
+        try:
+            urllib.parse.unquote_to_bytes(raw.decode("latin-1")).decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
 def _is_upload_path(path: str) -> bool:
     return path in ("/v1/identify", "/v1/timeline", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
+
+
+# ---- slow clients ---------------------------------------------------------------------------
+_TIMEOUT_BODY = json.dumps({"error": {"code": "timeout", "message": "the request was not received in time"}}).encode()
+_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+                     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+
+
+class TimedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol with deadlines on what the client sends.
+
+    uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits for
+    ever on one that has begun a request: headers sent a byte every few seconds, or a body
+    that stops. Here a request's headers must all arrive within ``header_timeout_s`` of the
+    connection or of the request's first byte (a total: trickling does not extend it), and a
+    body may pause at most ``body_timeout_s`` between two reads. Past either, the client gets
+    408 if no answer has begun, and the connection is closed. A pause that is the server's
+    (the app not reading, or still answering an earlier request) never counts.
+    """
+
+    header_timeout_s = DEFAULT_HEADER_TIMEOUT_S  # set by create_app from the ServeConfig
+    body_timeout_s = DEFAULT_BODY_TIMEOUT_S
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._seen_cycle = None  # the request whose headers were last seen complete
+        self._deadline: asyncio.TimerHandle | None = None
+        self._phase: str | None = None  # "headers", "body" or None (waiting on nobody)
+        self._arm("headers")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow(bool(data))
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow(False)  # a pipelined request may have been parsed just now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self, phase: str) -> None:
+        self._disarm()
+        self._phase = phase
+        seconds = self.header_timeout_s if phase == "headers" else self.body_timeout_s
+        self._deadline = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline, self._phase = None, None
+
+    def _follow(self, got_data: bool) -> None:
+        """After the parser has seen what arrived: which deadline, if any, now runs."""
+        if self.transport is None or self.transport.is_closing():
+            self._disarm()
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._seen_cycle:  # a request's headers are complete
+            self._seen_cycle = cycle
+            if cycle.more_body:
+                self._arm("body")
+            else:
+                self._disarm()
+            return
+        if self._phase == "body":
+            if cycle is None or not cycle.more_body:
+                self._disarm()
+            elif got_data:
+                self._arm("body")  # an idle timeout: each piece of the body restarts it
+            return
+        if self._phase is None and got_data:
+            self._arm("headers")  # the first bytes of a next request on a kept-alive connection
+
+    def _expired(self) -> None:
+        phase, self._deadline, self._phase = self._phase, None, None
+        if self.transport is None or self.transport.is_closing() or self.transport.get_protocol() is not self:
+            return  # closed already, or handed to another protocol (an upgrade)
+        cycle = self.cycle
+        if phase == "body" and getattr(self.flow, "read_paused", False):
+            self._arm("body")  # the app is not reading yet: the client cannot send, not its fault
+            return
+        if phase == "headers" and cycle is not None and not cycle.response_complete:
+            self._arm("headers")  # a pipelined request waits for the answer to the one before
+            return
+        if phase == "headers" or cycle is None or not cycle.response_started:
+            self.transport.write(_TIMEOUT_RESPONSE)  # nobody else answers this request: say why
+        self.transport.close()
 
 
 # ---- starting it ----------------------------------------------------------------------------
@@ -1242,7 +1423,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     try:
         uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
                     ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
-                    timeout_graceful_shutdown=None, server_header=False)
+                    timeout_graceful_shutdown=None, server_header=False,
+                    http="speakerdb.server:TimedHTTPProtocol")
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
