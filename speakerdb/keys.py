@@ -48,7 +48,7 @@ _VERIFIED_LOCK = threading.Lock()
 #: Keys this process has refused: (key_id, sha256 of the secret), newest last, at most
 #: MAX_FAILED. A client that repeats a wrong key costs no second PBKDF2; the outcome is
 #: final (a revoked key stays revoked, and no key id or secret is ever reused).
-_FAILED: "OrderedDict[tuple[str, str], None]" = OrderedDict()
+_FAILED: OrderedDict[tuple[str, str], None] = OrderedDict()
 MAX_FAILED = 4096
 #: What a key id that has no active row is checked against: the same PBKDF2 as a real key,
 #: so that a 401 takes as long whether the id exists or not (no oracle for key ids).

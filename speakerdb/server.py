@@ -57,7 +57,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from uvicorn.protocols.http.auto import AutoHTTPProtocol  # httptools if installed, else h11
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from . import __version__, atomic, audio, errors, store, threads
 from .api import INDEX_SUFFIX, SpeakerDB
@@ -1310,7 +1310,7 @@ _TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application
                      b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
 
 
-class TimedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+class TimedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]  (httptools if installed, else h11)
     """uvicorn's HTTP protocol with deadlines on what the client sends.
 
     uvicorn closes a connection idle between requests (``timeout_keep_alive``) but waits for
