@@ -55,6 +55,8 @@ DEFAULT_TOP_K = 5
 #: With normalisation on, identify re-ranks this many raw-score candidates by AS-norm score
 #: (the normalised best is almost always among the raw best few; see README).
 NORM_SHORTLIST = 50
+#: Nearest enrolled speakers (by the index) whose exact scores are checked per cohort recording.
+COHORT_SHORTLIST = 5
 #: An enrollment clip with less active speech than this is flagged (seconds).
 MIN_SPEECH_S = 1.0
 DB_FILENAME = "speakerdb.sqlite"
@@ -396,8 +398,9 @@ class SpeakerDB:
         self,
         cohort: str | os.PathLike[str] | Sequence[str | os.PathLike[str] | audio.Audio] | "norm.CohortVectors",
         *,
-        top_n: int = norm.DEFAULT_TOP_N,
+        top_n: int | None = None,
         progress: Progress | None = None,
+        screen_enrolled: bool = True,
     ) -> "NormChange":
         """Turn on AS-norm with ``cohort``: a directory (searched recursively for audio), a list
         of recordings of people who are *not* enrolled, or embeddings already made with this
@@ -408,6 +411,15 @@ class SpeakerDB:
         If the threshold was on the cosine scale it is reset to the AS-norm starting value
         (``norm.DEFAULT_AS_NORM_THRESHOLD``) and ``NormChange.recalibrate`` is True: run
         ``speakerdb calibrate`` to measure one.
+
+        A cohort holds people who are not enrolled: a recording of an enrolled utterance is
+        refused, and one whose raw score against an enrolled speaker reaches the database's
+        cosine threshold (identify would name it) is set aside with a warning naming the
+        file and the speaker (``NormChange.set_aside``); too few left is an error.
+        ``screen_enrolled=False`` keeps every recording that is not an enrolled utterance
+        (evaluate: a cohort known to be other people, measured whole).
+        ``top_n`` defaults to ``norm.DEFAULT_TOP_N`` or the cohort's size if smaller; a
+        larger one given explicitly is an error.
         """
         if isinstance(cohort, norm.CohortVectors):
             vectors = cohort
@@ -419,10 +431,8 @@ class SpeakerDB:
                 )
         else:
             files = _cohort_files(cohort)
-            try:
-                norm.check_top_n(top_n, len(files) if len(files) >= norm.MIN_COHORT else None)
-            except ValueError as e:
-                raise InvalidInputError(str(e)) from None
+            if top_n is not None:  # a top-n the cohort cannot reach fails before the embedding
+                _check_top_n(top_n, len(files) if len(files) >= norm.MIN_COHORT else None)
             if len(files) < norm.MIN_COHORT:
                 raise InvalidInputError(
                     f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, "
@@ -437,10 +447,22 @@ class SpeakerDB:
         rows = list({sha: (src, sha, vec) for src, sha, vec in zip(vectors.sources, vectors.sha256, vectors.vectors)}.values())
         if len(rows) < norm.MIN_COHORT:
             raise InvalidInputError(f"a cohort needs at least {norm.MIN_COHORT} different recordings, {len(rows)} given")
-        try:
-            top_n = norm.check_top_n(top_n, len(rows))
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from None
+        near = self._enrolled_in_cohort(rows, screen_enrolled)  # {sha256: why}
+        set_aside = sorted(near.values(), key=lambda a: -a.score)
+        if set_aside:
+            rows = [r for r in rows if r[1] not in near]
+            for a in set_aside:
+                log.warning("cohort recording %s set aside: it scores %.3f against enrolled speaker %s "
+                            "(threshold %.3f): a cohort holds people who are not enrolled",
+                            a.source, a.score, a.speaker, a.threshold)
+            if len(rows) < norm.MIN_COHORT:
+                first = set_aside[0]
+                raise InvalidInputError(
+                    f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled: "
+                    f"{len(set_aside)} of {len(rows) + len(set_aside)} score at or above the threshold "
+                    f"{first.threshold:.3f} against enrolled speakers (the first: {first.source}, "
+                    f"{first.speaker} {first.score:.3f}), {len(rows)} left; nothing stored")
+        top_n = min(norm.DEFAULT_TOP_N, len(rows)) if top_n is None else _check_top_n(top_n, len(rows))
         matrix = np.stack([r[2] for r in rows]).astype(np.float32)
         with self.store.write() as s:
             self._bind_model(s)
@@ -463,7 +485,41 @@ class SpeakerDB:
                 store.set_setting(s, "threshold", norm.DEFAULT_AS_NORM_THRESHOLD)
                 store.set_setting(s, "threshold_chosen", False)
             threshold = float(store.get_settings(s)["threshold"])
-        return NormChange(setting, recalibrate, threshold, norm.AS_NORM)
+        return NormChange(setting, recalibrate, threshold, norm.AS_NORM, tuple(set_aside))
+
+    def _enrolled_in_cohort(self, rows: list[tuple[str, str, np.ndarray]], screen: bool = True,
+                            ) -> "dict[str, CohortSetAside]":
+        """Cohort rows (source, sha256, vector) that are enrolled people: refuse an enrolled
+        utterance's audio; return, by sha256, those whose raw score against their nearest
+        enrolled speaker reaches the cosine threshold (what identify would name).
+
+        A hash alone misses the same clip with a sample dropped and other recordings of an
+        enrolled voice; such a cohort voice scores every probe of that speaker as ordinary.
+        """
+        with self.store.read() as s:
+            enrolled = _enrolled_hashes(s, [r[1] for r in rows])
+            if enrolled:
+                raise InvalidInputError(
+                    f"{len(enrolled)} cohort recording(s) are enrolled speakers' utterances (the first: "
+                    f"{next(r[0] for r in rows if r[1] in enrolled)}): a cohort holds people who are not enrolled"
+                )
+            if not screen or not store.has_speakers(s):
+                return {}
+        queries = np.stack([r[2] for r in rows]).astype(np.float32)
+        found: dict[str, CohortSetAside] = {}
+        with self.indexer.snapshot() as (s, index):
+            threshold = _cosine_threshold(store.get_settings(s))
+            _, ids = index.search(queries, COHORT_SHORTLIST)
+            known = store.names_and_centroids(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
+            for (source, sha, vector), row_ids in zip(rows, ids):
+                present = [int(j) for j in row_ids if int(j) in known]
+                if not present:
+                    continue
+                raw = norm.raw_scores(vector, np.stack([known[j][1] for j in present]))  # as verify scores
+                best = int(np.argmax(raw))
+                if raw[best] >= threshold:
+                    found[sha] = CohortSetAside(source, known[present[best]][0], float(raw[best]), threshold)
+        return found
 
     def set_norm_off(self) -> "NormChange":
         """Return to raw cosine scores: the cohort's embeddings are deleted. If the threshold was
@@ -1185,6 +1241,26 @@ def _cohort_files(cohort) -> list:
     return list(cohort)
 
 
+def _check_top_n(top_n: Any, count: int | None) -> int:
+    """norm.check_top_n as InvalidInputError, saying what to give instead."""
+    try:
+        return norm.check_top_n(top_n, count)
+    except ValueError as e:
+        hint = f": give at most {count}, or leave it out (at most the cohort's size)" if count is not None else ""
+        raise InvalidInputError(f"{e}{hint}") from None
+
+
+@dataclass(frozen=True)
+class CohortSetAside:
+    """A cohort recording left out because it scores ``score`` (raw cosine) against enrolled
+    speaker ``speaker``, at or above the cosine ``threshold``."""
+
+    source: str
+    speaker: str
+    score: float
+    threshold: float
+
+
 def _enrolled_hashes(s, hashes: list[str]) -> set[str]:
     """Those of ``hashes`` that are enrolled utterances' audio."""
     from sqlalchemy import select
@@ -1206,10 +1282,12 @@ class NormChange:
     recalibrate: bool
     threshold: float
     threshold_scale: str
+    set_aside: tuple[CohortSetAside, ...] = ()  # cohort recordings of enrolled people, left out
 
     def to_dict(self) -> dict[str, Any]:
         return {"norm": self.norm.to_dict() if self.norm else None, "recalibrate": self.recalibrate,
-                "threshold": self.threshold, "threshold_scale": self.threshold_scale}
+                "threshold": self.threshold, "threshold_scale": self.threshold_scale,
+                "set_aside": [asdict(a) for a in self.set_aside]}
 
 
 def _check_threshold(value: float, least: float = -1.0, scale: str = norm.COSINE) -> float:

@@ -1002,10 +1002,9 @@ def norm_(state: _State, cohort_dir: str | None, top_n: int | None, off: bool, a
     if top_n is not None and not cohort_dir:
         raise click.UsageError("--top-n needs --cohort DIR (the statistics are computed when the cohort is stored)")
     if cohort_dir:
-        from .norm import DEFAULT_TOP_N
-
         state.allow_create()  # a cohort may come before the first speaker: it binds the model
-        change = state.db.set_norm(cohort_dir, top_n=DEFAULT_TOP_N if top_n is None else top_n)
+        # No --top-n: the library's default, 100 or the cohort's size if smaller (after any set aside).
+        change = state.db.set_norm(cohort_dir, top_n=top_n)
     elif off:
         change = state.db.set_norm_off()
     else:
@@ -1018,6 +1017,8 @@ def norm_(state: _State, cohort_dir: str | None, top_n: int | None, off: bool, a
         return
     n = change.norm
     text = (f"AS-norm on: top {n.top_n} of {n.count} cohort recordings" if n else "normalisation off: raw cosine scores")
+    if getattr(change, "set_aside", ()):  # each was named in a warning as it was set aside
+        text += f" ({len(change.set_aside)} set aside: they score as enrolled speakers)"
     if change.recalibrate:
         text += (f"\nthreshold reset to {change.threshold:g} on the {change.threshold_scale} scale: "
                  "calibrate it again (speakerdb calibrate DATA_DIR --apply)")

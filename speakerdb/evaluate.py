@@ -215,7 +215,9 @@ def score(
             if progress:
                 progress("enrolling", i + 1, len(split.enroll))
         if cohort is not None:
-            db.set_norm(cohort, top_n=top_n)
+            # The cohort is measured as given (its people are not the data's by the caller's word),
+            # and a top-n above its size means all of it, as top_stats takes it.
+            db.set_norm(cohort, top_n=min(top_n, len(set(cohort.sha256))), screen_enrolled=False)
         n_speakers = len(split.enroll)
         all_probes = split.probes + split.impostors
         clips = [crop(audio.load(path), test_seconds) for path, _ in all_probes]
@@ -404,7 +406,8 @@ def run(
         "seed": seed,
         "test_seconds": test_seconds,
         "precision": precision,
-        "norm": {"method": norm.METHOD, "top_n": top_n, "cohort_count": len(cohort.vectors)} if cohort is not None else None,
+        "norm": {"method": norm.METHOD, "top_n": min(top_n, len(cohort.vectors)),  # as score() applied it
+                 "cohort_count": len(cohort.vectors)} if cohort is not None else None,
     }
     return summarise(split, scores, settings), scores, embedder
 

@@ -19,6 +19,7 @@ widened by ``pad_s`` on both sides (clipped to its neighbours and to the recordi
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -50,6 +51,9 @@ DEFAULT_PAD_S = 0.2  # s
 SILERO_INSTALL_HINT = 'pip install silero-vad onnxruntime (or pip install -e ".[timeline]")'
 WEBRTC_FRAME = 480  # samples: 30 ms, one of the three frame lengths webrtcvad accepts
 WEBRTC_MODE = 3  # 0-3: 3 is the most aggressive at calling noise non-speech
+#: onnxruntime queues telemetry events (with a device id and the environment's paths) in
+#: ~/.cache/Microsoft/DeveloperTools from the moment it is imported, unless this is set first.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,19 @@ def silero_model_path() -> Path:
     return path
 
 
+def import_onnxruntime():
+    """onnxruntime with its telemetry off: speakerdb sends nothing anywhere, and keeps no
+    record of its users outside its database."""
+    if not os.environ.get(ORT_TELEMETRY_ENV):  # an explicit setting is the user's choice
+        os.environ[ORT_TELEMETRY_ENV] = "1"  # read once, when onnxruntime is first imported
+    import onnxruntime as ort
+
+    disable = getattr(ort, "disable_telemetry_events", None)  # for an onnxruntime imported earlier
+    if disable is not None and os.environ[ORT_TELEMETRY_ENV] != "0":
+        disable()
+    return ort
+
+
 class SileroVAD:
     """Streaming Silero VAD: feed 16 kHz blocks of any length, read per-frame speech probabilities.
 
@@ -88,8 +105,7 @@ class SileroVAD:
     def __init__(self) -> None:
         if importlib.util.find_spec("onnxruntime") is None:
             raise ModelLoadError(f"voice activity detection needs onnxruntime: {SILERO_INSTALL_HINT}")
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         options = ort.SessionOptions()
         # One thread: the model is tiny (a 128-wide LSTM); more threads cost more in
         # synchronisation than they save, and the embedder wants the cores.

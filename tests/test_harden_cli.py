@@ -245,3 +245,107 @@ def test_a_newline_in_a_path_stays_on_one_error_line(tmp_path, named_db, args):
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
     [line] = [l for l in r.stderr.splitlines() if l.startswith("Error")]
     assert "\\n" in line and line == r.stderr.splitlines()[-1], r.stderr
+
+
+# ---- item 6: cohort recordings of enrolled people -----------------------------------------------
+#: Cohort pitches far from the ``voices`` fixture's enrolled 210 Hz (alice), as tests/test_norm.py's.
+COHORT_F0 = [95, 125, 140, 155, 170, 185, 235, 250, 270, 290, 330, 350]
+
+
+@pytest.fixture
+def cohort_dir(tmp_path) -> Path:
+    root = tmp_path / "cohort"
+    root.mkdir()
+    for i, f0 in enumerate(COHORT_F0):
+        write(root / f"c{i:02d}.wav", voice(f0, 1.0, seed=100 + i))
+    return root
+
+
+def _alice_in_disguise(tmp_path, voices) -> list[Path]:
+    """Clip A (enrolled) with its first sample dropped, and another recording of alice."""
+    import soundfile as sf
+
+    samples, sr = sf.read(str(voices["alice"][0]), dtype="float32")
+    return [write(tmp_path / "shifted-a.wav", samples[1:], sr=sr), voices["alice"][1]]
+
+
+def test_cohort_recordings_of_an_enrolled_voice_are_set_aside(fake_db, voices, cohort_dir, tmp_path, caplog):
+    from speakerdb import norm, store
+
+    fake_db.enroll("alice", voices["alice"][:1])
+    disguised = _alice_in_disguise(tmp_path, voices)
+    with caplog.at_level("WARNING", logger="speakerdb"):
+        change = fake_db.set_norm(sorted(cohort_dir.iterdir()) + disguised, top_n=5)
+    assert sorted((a.source, a.speaker) for a in change.set_aside) == sorted((str(p), "alice") for p in disguised)
+    assert all(a.score >= a.threshold == 0.86 for a in change.set_aside)
+    for p in disguised:  # one warning names each file and the speaker
+        assert any(str(p) in m and "alice" in m and "set aside" in m for m in caplog.messages)
+    assert change.norm.count == len(COHORT_F0) and change.to_dict()["set_aside"][0]["speaker"] == "alice"
+    # alice's own probe keeps a high normalised score ...
+    [r] = fake_db.identify([voices["alice"][2]])
+    assert r.speaker == "alice" and r.score >= fake_db.threshold
+    # ... which the disguised recordings, kept in the cohort, would have pulled below the threshold.
+    emb = FakeEmbedder()
+    with fake_db.store.read() as s:
+        centroid = store.speaker_by_name(s, "alice").centroid_vector()
+        cohort = store.cohort(s)
+    tainted = np.concatenate([cohort, emb.embed([voice(210, 2.0, seed=0)[1:], voice(210, 2.0, seed=1)])])
+    probe = emb.embed([voice(210, 2.0, seed=2)])[0]
+    mean, std = norm.top_stats(np.stack([centroid, probe]), tainted, 5)
+    assert norm.as_norm(float(probe @ centroid), mean[0], std[0], mean[1], std[1]) < fake_db.threshold < r.score
+
+
+def test_a_cohort_left_too_small_by_enrolled_voices_is_refused(fake_db, voices, cohort_dir, tmp_path):
+    from speakerdb.errors import InvalidInputError
+
+    fake_db.enroll("alice", voices["alice"][:1])
+    disguised = _alice_in_disguise(tmp_path, voices)
+    files = sorted(cohort_dir.iterdir())[:9] + disguised  # 11 recordings, 2 of them alice: 9 left
+    with pytest.raises(InvalidInputError, match="not enrolled") as e:
+        fake_db.set_norm(files)
+    assert "alice" in str(e.value) and any(str(p) in str(e.value) for p in disguised) and "9 left" in str(e.value)
+    assert fake_db.norm_settings is None and fake_db.threshold_scale == "cosine"
+
+
+@pytest.fixture
+def fake_cli(tmp_path, monkeypatch):
+    """The command line on a database of the fake embedder (--model fake)."""
+    monkeypatch.setattr("speakerdb.api.load_embedder", lambda source, **kw: FakeEmbedder())
+    db = tmp_path / "fake-cli.sqlite"
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--db", str(db), "--model", "fake", *map(str, args)])
+
+    return run
+
+
+def test_cli_norm_names_the_cohort_recordings_it_sets_aside(fake_cli, voices, cohort_dir, tmp_path):
+    import json
+    import shutil
+
+    assert fake_cli("enroll", "alice", voices["alice"][0]).exit_code == 0
+    for p in _alice_in_disguise(tmp_path, voices):
+        shutil.copy(p, cohort_dir / f"zz-{p.name}")
+    r = fake_cli("norm", "--cohort", cohort_dir, "--top-n", "5", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sorted(Path(a["source"]).name for a in doc["set_aside"]) == ["zz-alice1.wav", "zz-shifted-a.wav"]
+    assert doc["norm"]["count"] == len(COHORT_F0)
+    warned = [l for l in r.stderr.splitlines() if "set aside" in l]
+    assert len(warned) == 2 and all("alice" in l and "zz-" in l for l in warned)
+    assert "2 set aside" in fake_cli("norm", "--cohort", cohort_dir, "--top-n", "5").stdout
+
+
+# ---- item 17a: norm's --top-n defaults to at most the cohort's size ------------------------------
+def test_norm_default_top_n_is_at_most_the_cohort_size(fake_cli, fake_db, voices, cohort_dir):
+    import json
+
+    assert fake_cli("enroll", "bob", voices["bob"][0]).exit_code == 0
+    r = fake_cli("norm", "--cohort", cohort_dir, "--json")  # 12 recordings, default top-n 100
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["norm"]["top_n"] == len(COHORT_F0)
+    too_many = fake_cli("norm", "--cohort", cohort_dir, "--top-n", "50")
+    assert too_many.exit_code == 1 and f"more than the {len(COHORT_F0)} cohort recordings" in too_many.stderr
+    assert f"at most {len(COHORT_F0)}" in too_many.stderr
+    assert json.loads(fake_cli("norm", "--json").stdout)["norm"]["top_n"] == len(COHORT_F0)  # unchanged
+    assert fake_db.set_norm(cohort_dir).norm.top_n == len(COHORT_F0)  # the library's default too

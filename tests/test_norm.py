@@ -200,6 +200,9 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
 
     assert run("enroll", "alice", *voices["alice"][:2]).exit_code == 0
     assert run("threshold", "3").exit_code == 2  # a cosine database: out of range
+    # The random-weight model scores every voice near 0.99 against alice: at the default threshold
+    # the whole cohort would be set aside as alice (issue 21 item 6).
+    assert run("threshold", "1").exit_code == 0
     on = run("norm", "--cohort", cohort_dir, "--top-n", "5", "--json")
     assert on.exit_code == 0, on.output
     doc = json.loads(on.stdout)
