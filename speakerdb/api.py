@@ -994,7 +994,15 @@ class SpeakerDB:
         a million utterances).
         """
         gallery.check_policy(on_conflict)
-        g = gallery.read(path, limits)
+
+        def check_model(model_id: str, dim: int) -> int | None:
+            # Before any vector is unpacked: a gallery of another model costs nothing to refuse.
+            with self.store.read() as s:
+                settings = store.get_settings(s)
+            self._check_gallery_model(settings, path, model_id, dim)
+            return int(settings["dim"]) if settings.get("model_id") is not None else None
+
+        g = gallery.read(path, limits, check_model=check_model)
         summary = gallery.ImportSummary(str(path), dry_run=dry_run)
         try:
             with self.store.write() as s:
@@ -1188,13 +1196,21 @@ class SpeakerDB:
         if not g.speakers:
             return
         settings = store.get_settings(s)
-        bound = settings.get("model_id")
-        if bound is not None and (not same_model(bound, g.model_id) or int(settings["dim"]) != g.dim):
-            raise ModelMismatchError(
-                f"gallery {path} holds {g.dim}-d embeddings of model {g.model_id}; database {self.db_path} "
-                f"holds {settings['dim']}-d embeddings of model {bound}: nothing was imported"
-            )
+        self._check_gallery_model(settings, path, g.model_id, g.dim)  # again: another writer may have bound it
         _bind(s, settings, g.model_id, g.dim, g.model_source or g.model_id, default_threshold_for(g.model_id))
+
+    @staticmethod
+    def _check_gallery_model(settings: dict[str, Any], path, model_id: str, dim: int) -> None:
+        """ModelMismatchError unless a database with ``settings`` can take vectors of this model.
+
+        The message names no database path: the service sends it to clients.
+        """
+        bound = settings.get("model_id")
+        if bound is not None and (not same_model(bound, model_id) or int(settings["dim"]) != dim):
+            raise ModelMismatchError(
+                f"gallery {path} holds {dim}-d embeddings of model {model_id}; this database holds "
+                f"{settings['dim']}-d embeddings of model {bound}: nothing was imported"
+            )
 
     def _require_speakers(self) -> None:
         with self.store.read() as s:

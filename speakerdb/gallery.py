@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 import zipfile
 import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -47,6 +48,11 @@ UNIT_NORM_TOLERANCE = 1e-3  # embeddings are stored L2-normalised
 # raises them.
 MAX_UTTERANCES = 1_000_000  # utterances in one gallery
 MAX_DIM = 8192  # embedding dimension (WavLM x-vectors: 512, GE2E: 256)
+# The vectors' bytes are capped at max_utterances vectors of the database's dimension; a
+# database with no model yet (which takes the gallery's) counts them as this many floats,
+# so a wide dimension cannot multiply the cap.
+REFERENCE_DIM = 512
+MAX_JSON_DIGITS = 100  # digits of one JSON number: no field of a gallery needs more
 SPEAKERS_JSON_BYTES_PER_UTTERANCE = 2048  # bytes of speakers.json allowed per utterance...
 SPEAKERS_JSON_BASE_BYTES = 64 << 20  # ...plus this much (64 MiB) for metadata and names
 MAX_SOURCE_LENGTH = 4096  # characters of an utterance's source label (PATH_MAX)
@@ -66,6 +72,12 @@ class Limits:
     @property
     def max_speakers_json_bytes(self) -> int:
         return SPEAKERS_JSON_BASE_BYTES + self.max_utterances * SPEAKERS_JSON_BYTES_PER_UTTERANCE
+
+    def max_embedding_bytes(self, db_dim: int | None) -> int:
+        """Bytes of vectors one import may unpack into a database of dimension ``db_dim``
+        (None: a database with no model yet, counted as REFERENCE_DIM)."""
+        return self.max_utterances * (db_dim or REFERENCE_DIM) * 4
+
 CONFLICT_POLICIES = ("fail", "skip", "replace", "merge")
 
 
@@ -145,38 +157,76 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
     return path.stat().st_size
 
 
-def read(path: str | Path, limits: Limits | None = None) -> Gallery:
+ModelCheck = Callable[[str, int], "int | None"]
+
+
+def read(path: str | Path, limits: Limits | None = None, *, check_model: ModelCheck | None = None) -> Gallery:
     """Read and fully validate a gallery file. Raises GalleryError saying what is wrong.
 
     Memory is bounded by ``limits`` (default: :class:`Limits`): a manifest declaring more
-    is refused before the members are unpacked.
+    is refused before the members are unpacked. ``check_model(model_id, dim)``, called with
+    the manifest's model before any other member is unpacked, raises if the database cannot
+    take that model and returns the database's dimension (None: it has no model yet), which
+    sizes the cap on the vectors. The vectors are read in chunks straight into one float32
+    array and checked as they arrive, so a file of bad vectors is refused at its first chunk.
     """
     path = Path(path)
     limits = limits or Limits()
-    if not path.is_file():
-        raise GalleryError(f"{path}: no such gallery file")
     try:
-        with zipfile.ZipFile(path) as z:
-            infos = _check_members(path, z)
-            manifest = _parse_json(path, MANIFEST, _read_member(path, z, infos[MANIFEST], MAX_MANIFEST_BYTES))
-            _check_manifest(path, manifest)
-            _check_limits(path, manifest, limits)
-            members = manifest["members"]
-            data = {}
-            for name in (SPEAKERS, EMBEDDINGS):
-                raw = _read_member(path, z, infos[name], members[name]["size"])
-                if len(raw) != members[name]["size"]:
-                    raise GalleryError(f"{path}: {name} is {len(raw)} bytes, the manifest says {members[name]['size']}")
-                if hashlib.sha256(raw).hexdigest() != members[name]["sha256"]:
-                    raise GalleryError(f"{path}: checksum mismatch in {name} (the file is damaged or was altered)")
-                data[name] = raw
+        with _open_regular(path) as f:
+            if f.read(2) != b"PK":  # every ZIP archive starts with a PK signature
+                raise GalleryError(f"{path}: not a speakerdb gallery (not a ZIP archive)")
+            f.seek(0)
+            with zipfile.ZipFile(f) as z:
+                infos = _check_members(path, z)
+                manifest = _parse_json(path, MANIFEST, _read_member(path, z, infos[MANIFEST], MAX_MANIFEST_BYTES))
+                _check_manifest(path, manifest)
+                db_dim = None
+                # A gallery of no speakers binds no model (SpeakerDB.import_gallery): nothing to check.
+                if check_model is not None and manifest["counts"]["speakers"]:
+                    db_dim = check_model(manifest["model"]["id"], manifest["model"]["dim"])
+                _check_limits(path, manifest, limits, db_dim)
+                raw = _read_member(path, z, infos[SPEAKERS], manifest["members"][SPEAKERS]["size"])
+                _check_size_and_digest(path, SPEAKERS, len(raw), hashlib.sha256(raw), manifest)
+                records = _speaker_records(path, manifest, _parse_json(path, SPEAKERS, raw))
+                del raw
+                matrix = _read_embeddings(path, z, infos[EMBEDDINGS], manifest)
     except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
         # zlib.error: damaged deflate data; NotImplementedError: unknown compression
         # method; RuntimeError: an encrypted member (both found by the fuzz tests).
         raise GalleryError(f"{path}: not a readable gallery (truncated or corrupt archive: {e})") from None
+    except MemoryError:  # limits raised beyond this machine's memory
+        raise GalleryError(f"{path}: too large to read in the memory available (a lower --max-utterances refuses it "
+                           "before reading)") from None
     except OSError as e:
         raise GalleryError(f"{path}: cannot be read ({e.strerror or e})") from None
-    return _build(path, manifest, _parse_json(path, SPEAKERS, data[SPEAKERS]), data[EMBEDDINGS])
+    return _build(manifest, records, matrix)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; GalleryError saying what it is if not.
+
+    The type comes from the open descriptor, so nothing can be swapped in between a check and
+    the open; O_NONBLOCK keeps the open of a named pipe from waiting for a writer.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise GalleryError(f"{path}: no such gallery file") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((what for test, what in _FILE_KINDS if test(mode)), "not a file")
+            raise GalleryError(f"{path}: not a regular file ({kind}); a gallery is a file written by speakerdb export")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _check_members(path: Path, z: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
@@ -227,8 +277,9 @@ def _read_member(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: i
     return buffer
 
 
-def _check_limits(path: Path, manifest: dict[str, Any], limits: Limits) -> None:
-    """Refuse, from the manifest alone, a gallery larger than ``limits`` or whose sizes disagree."""
+def _check_limits(path: Path, manifest: dict[str, Any], limits: Limits, db_dim: int | None = None) -> None:
+    """Refuse, from the manifest alone, a gallery larger than ``limits`` (its vectors sized for a
+    database of dimension ``db_dim``) or whose sizes disagree."""
     dim, counts, members = manifest["model"]["dim"], manifest["counts"], manifest["members"]
     n_utt, n_speakers = counts["utterances"], counts["speakers"]
     if dim > limits.max_dim:
@@ -245,20 +296,46 @@ def _check_limits(path: Path, manifest: dict[str, Any], limits: Limits) -> None:
             f"{path}: the manifest declares {members[EMBEDDINGS]['size']} bytes of embeddings; "
             f"{n_utt} x {dim} float32 vectors need {n_utt * dim * 4}"
         )
-    if members[SPEAKERS]["size"] > limits.max_speakers_json_bytes:
+    cap = limits.max_embedding_bytes(db_dim)
+    if n_utt * dim * 4 > cap:
+        raise GalleryError(
+            f"{path}: declares {n_utt:,} utterances of {dim}-d vectors ({n_utt * dim * 4:,} bytes), more than the "
+            f"{cap:,} bytes one import accepts (import --max-utterances raises the cap; memory grows with it)"
+        )
+    # speakers.json: as much as the declared utterances can need, never more than the cap's worth.
+    speakers_cap = min(limits.max_speakers_json_bytes, SPEAKERS_JSON_BASE_BYTES + n_utt * SPEAKERS_JSON_BYTES_PER_UTTERANCE)
+    if members[SPEAKERS]["size"] > speakers_cap:
         raise GalleryError(
             f"{path}: speakers.json declares {members[SPEAKERS]['size']:,} bytes, more than the "
-            f"{limits.max_speakers_json_bytes:,} accepted for {limits.max_utterances:,} utterances"
+            f"{speakers_cap:,} accepted for {n_utt:,} utterances"
         )
 
 
+class _TooManyDigits(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    # Python refuses to convert more than 4,300 digits with a ValueError that suggests
+    # sys.set_int_max_str_digits(); no gallery field needs a hundred.
+    if len(text) > MAX_JSON_DIGITS + 1:  # + 1: a minus sign
+        raise _TooManyDigits
+    return int(text)
+
+
 def _parse_json(path: Path, member: str, raw: bytes | bytearray) -> Any:
+    """``raw`` parsed as JSON; any fault (encoding, syntax, a number of thousands of digits,
+    nesting too deep for the parser) is one GalleryError naming the member."""
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), parse_int=_parse_int)
     except RecursionError:  # nesting 100,000 deep exhausts the parser's stack
-        raise GalleryError(f"{path}: {member} is nested too deeply") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise GalleryError(f"{path}: {member} is not valid JSON ({e})") from None
+        raise GalleryError(f"{path}: not a valid gallery: {member} is nested too deeply") from None
+    except _TooManyDigits:
+        raise GalleryError(
+            f"{path}: not a valid gallery: {member} holds an integer of more than {MAX_JSON_DIGITS} digits"
+        ) from None
+    except ValueError as e:  # UnicodeDecodeError, json.JSONDecodeError and any other conversion
+        raise GalleryError(f"{path}: not a valid gallery: {member} is not valid JSON ({e})") from None
 
 
 def _check_manifest(path: Path, m: Any) -> None:
@@ -273,6 +350,7 @@ def _check_manifest(path: Path, m: Any) -> None:
         model, counts, members = m["model"], m["counts"], m["members"]
         ok = (
             isinstance(model["id"], str)
+            and isinstance(model.get("source"), (str, type(None)))
             and _is_count(model["dim"]) and model["dim"] > 0
             and _is_count(counts["speakers"]) and _is_count(counts["utterances"])
             and all(_is_count(members[n]["size"]) and isinstance(members[n]["sha256"], str) for n in (SPEAKERS, EMBEDDINGS))
@@ -287,21 +365,71 @@ def _is_count(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
-def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) -> Gallery:
-    dim = manifest["model"]["dim"]
-    n_utt = manifest["counts"]["utterances"]
-    if len(raw) != n_utt * dim * 4:
-        raise GalleryError(f"{path}: embeddings hold {len(raw)} bytes, {n_utt} x {dim} float32 vectors need {n_utt * dim * 4}")
-    matrix = np.frombuffer(raw, dtype="<f4").reshape(n_utt, dim).astype(np.float32, copy=False)  # (n_utt, dim)
-    if not np.isfinite(matrix).all():
+def _check_size_and_digest(path: Path, member: str, size: int, digest: Any, manifest: dict[str, Any]) -> None:
+    expected = manifest["members"][member]
+    if size != expected["size"]:
+        raise GalleryError(f"{path}: {member} is {size} bytes, the manifest says {expected['size']}")
+    if digest.hexdigest() != expected["sha256"]:
+        raise GalleryError(f"{path}: checksum mismatch in {member} (the file is damaged or was altered)")
+
+
+def _read_embeddings(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: dict[str, Any]) -> np.ndarray:
+    """The (n_utt, dim) float32 vectors, unpacked chunk by chunk into their one array.
+
+    Each chunk is hashed and its complete rows checked (finite, unit norm) as it arrives:
+    memory is the array (bounded by _check_limits) plus a chunk, and a stream of bad vectors
+    is refused at its first chunk rather than after the whole member is unpacked.
+    """
+    dim, n_utt = manifest["model"]["dim"], manifest["counts"]["utterances"]
+    size = n_utt * dim * 4
+    if info.file_size > size:
+        raise GalleryError(f"{path}: {info.filename} unpacks to {info.file_size} bytes, more than the {size} expected")
+    matrix = np.empty((n_utt, dim), "<f4")  # (n_utt, dim); pages are touched only as rows arrive
+    flat = memoryview(matrix).cast("B") if size else memoryview(b"")
+    digest, n, checked = hashlib.sha256(), 0, 0
+    with z.open(info) as f:
+        while True:  # the header's size can lie; the stream cannot
+            chunk = f.read(min(READ_CHUNK, size + 1 - n))
+            if not chunk:
+                break
+            if n + len(chunk) > size:
+                raise GalleryError(f"{path}: {info.filename} unpacks to more than the {size} bytes expected (refused)")
+            flat[n : n + len(chunk)] = chunk
+            digest.update(chunk)
+            n += len(chunk)
+            rows = n // (dim * 4)
+            _check_rows(path, matrix[checked:rows])
+            checked = rows
+    flat.release()
+    _check_size_and_digest(path, EMBEDDINGS, n, digest, manifest)
+    return matrix.astype(np.float32, copy=False)
+
+
+def _check_rows(path: Path, rows: np.ndarray) -> None:
+    """Refuse vectors that are not finite unit vectors; ``rows`` is (k, dim), any k."""
+    if not len(rows):
+        return
+    if not np.isfinite(rows).all():
         raise GalleryError(f"{path}: embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1)
-    if n_utt and np.max(np.abs(norms - 1)) > UNIT_NORM_TOLERANCE:
+    norms = np.sqrt(np.einsum("ij,ij->i", rows, rows))  # (k,), with no (k, dim) temporary
+    if np.max(np.abs(norms - 1)) > UNIT_NORM_TOLERANCE:
         raise GalleryError(f"{path}: embeddings are not unit vectors (norms {norms.min():.3f}..{norms.max():.3f})")
+
+
+_SpeakerRecord = tuple[str, "str | None", "str | None", dict[str, Any], list[tuple[str, float, str, "str | None"]]]
+
+
+def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) -> list[_SpeakerRecord]:
+    """speakers.json checked field by field, before any vector is unpacked: (name, created_at,
+    updated_at, metadata, [(source, duration_s, audio_sha256, created_at)]) per speaker, with
+    exactly the manifest's count of speakers and of utterances."""
+    n_utt = manifest["counts"]["utterances"]
     if not isinstance(speakers_doc, list) or len(speakers_doc) != manifest["counts"]["speakers"]:
         raise GalleryError(f"{path}: speakers.json does not list the {manifest['counts']['speakers']} speakers the manifest counts")
 
-    speakers, seen, row = [], set(), 0
+    records: list[_SpeakerRecord] = []
+    seen: set[str] = set()
+    row = 0
     for entry in speakers_doc:
         try:
             name = entry["name"]
@@ -331,13 +459,25 @@ def _build(path: Path, manifest: dict[str, Any], speakers_doc: Any, raw: bytes) 
                 raise GalleryError(f"{path}: an utterance of speaker {name!r} is malformed") from None
             if row >= n_utt:
                 raise GalleryError(f"{path}: speakers.json lists more utterances than the {n_utt} embeddings")
-            utterances.append(GalleryUtterance(*utterance, matrix[row]))
+            utterances.append(utterance)
             row += 1
-        speakers.append(GallerySpeaker(name, created_at, updated_at, metadata, utterances))
+        records.append((name, created_at, updated_at, metadata, utterances))
     if row != n_utt:
         raise GalleryError(f"{path}: speakers.json lists {row} utterances, the embeddings hold {n_utt}")
+    return records
+
+
+def _build(manifest: dict[str, Any], records: list[_SpeakerRecord], matrix: np.ndarray) -> Gallery:
+    """The gallery of checked records, row i of ``matrix`` (n_utt, dim) for the i-th utterance."""
+    speakers, row = [], 0
+    for name, created_at, updated_at, metadata, utterances in records:
+        items = []
+        for utterance in utterances:
+            items.append(GalleryUtterance(*utterance, matrix[row]))
+            row += 1
+        speakers.append(GallerySpeaker(name, created_at, updated_at, metadata, items))
     model = manifest["model"]
-    return Gallery(model["id"], model.get("source"), dim, speakers, manifest)
+    return Gallery(model["id"], model.get("source"), model["dim"], speakers, manifest)
 
 
 _SHA256_HEX = frozenset("0123456789abcdef")
@@ -352,6 +492,7 @@ def _check_utterance(u: Any, speaker: str) -> tuple[str, float, str, str | None]
         raise InvalidInputError(f"{what} has an audio_sha256 that is not 64 lowercase hex digits")
     if not isinstance(source, str) or len(source) > MAX_SOURCE_LENGTH or source != printable_path(source):
         raise InvalidInputError(f"{what} has a source that is not text of valid Unicode up to {MAX_SOURCE_LENGTH} characters")
+    store.check_text(source, f"the source of {what}")
     # A JSON number only (not "1e400" as text), finite, and no longer than a recording can be.
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration <= MAX_DURATION_S:
         raise InvalidInputError(f"{what} has a duration_s that is not a number of seconds in [0, {MAX_DURATION_S:g}]")
