@@ -24,7 +24,12 @@ def _run(connection) -> None:
         if connection.dialect.name == "postgresql":
             # Two services creating or upgrading one database at once: one migrates, the
             # other then finds it at head (Alembic reads the version after this lock).
+            # Waiting for another node's migration is right however long it takes: the
+            # lock_timeout of speakerdb's sessions is lifted for this one wait only.
+            timeout = connection.exec_driver_sql("SHOW lock_timeout").scalar()
+            connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
             connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('speakerdb-migrations'))")
+            connection.exec_driver_sql("SELECT set_config('lock_timeout', %s, true)", (timeout,))
         context.run_migrations()
         if connection.dialect.name == "sqlite":
             # speakerdb runs migrations with foreign keys off (schema.py): check them all

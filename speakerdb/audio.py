@@ -1,7 +1,8 @@
 """Decode any supported audio file to 16 kHz mono float32.
 
-The path of a sample: file -> decoder (soundfile/libsndfile for WAV, FLAC, OGG, MP3, ...;
-PyAV/FFmpeg for what libsndfile cannot read, such as M4A/AAC or WebM) -> float32 in
+The path of a sample: file -> decoder (soundfile/libsndfile for WAV, FLAC, AIFF, ...;
+PyAV/FFmpeg for Ogg and MP3, whose streams can be chained, and for what libsndfile cannot
+read, such as M4A/AAC or WebM) -> float32 in
 [-1, 1] (integer PCM is scaled by the decoder) -> channels averaged to mono -> resampled
 to 16 kHz with soxr -> checked (finite, long enough, not silent).
 
@@ -48,6 +49,14 @@ MAX_DURATION_ENV = "SPEAKERDB_MAX_AUDIO_S"
 # This much unbroken digital silence (peak below SILENCE_PEAK) is not a pause in speech but
 # an empty or padded file: decoding stops there instead of reading to the end.
 MAX_SILENT_RUN_S = 300.0  # seconds
+# Ogg and MPEG audio are sequences of self-contained pages or frames, so recordings joined with
+# `cat` (a chained Ogg stream, back-to-back MP3s) are valid files. libsndfile stops at the end of
+# the first part, and its length for them comes from headers that describe one part; FFmpeg
+# decodes them whole. These containers go to FFmpeg and their length is what is decoded.
+CHAINABLE_FORMATS = ("OGG", "MPEG")  # libsndfile's names
+# Packets FFmpeg's decoder rejects (junk between or after MP3 frames) are skipped, as the
+# ffmpeg command does; more than this many bytes of them is worth a warning.
+MAX_SKIPPED_BYTES = 64 * 1024
 # Decoded float samples lie in [-1, 1]; float files may overshoot a little. Anything beyond
 # +60 dBFS is not a recording, and resampling such values overflows float32 into NaN.
 MAX_ABS_SAMPLE = 1_000.0  # linear amplitude, full scale = 1.0
@@ -141,37 +150,44 @@ def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
 
         # Streaming soxr gives the same samples as resampling the whole signal at once.
         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-    any_samples = False
-    n_in = 0  # samples read, at the file's rate
-    silent_run = 0  # samples, at the file's rate, since the last one above SILENCE_PEAK
-    for block in _guard(path, blocks):
-        if block.size == 0:
-            continue
-        any_samples = True
-        mono = block.mean(axis=1, dtype=np.float32)  # (n,) channels averaged
-        _check_values(mono, path)
-        n_in += len(mono)
-        if n_in / rate > limit_s:
-            raise AudioError(path, _too_long(n_in / rate, limit_s, "is longer than"))
-        loud = np.flatnonzero(np.abs(mono) >= SILENCE_PEAK)
-        silent_run = silent_run + len(mono) if not len(loud) else len(mono) - 1 - int(loud[-1])
-        if silent_run / rate > MAX_SILENT_RUN_S:
-            raise AudioError(
-                path, f"holds more than {MAX_SILENT_RUN_S:g} s of unbroken digital silence (from "
-                f"{(n_in - silent_run) / rate:.0f} s on): an empty or padded file, not speech; decoding stopped"
-            )
+    try:
+        any_samples = False
+        n_in = 0  # samples read, at the file's rate
+        silent_run = 0  # samples, at the file's rate, since the last one above SILENCE_PEAK
+        for block in _guard(path, blocks, rate):
+            if block.size == 0:
+                continue
+            any_samples = True
+            mono = block.mean(axis=1, dtype=np.float32)  # (n,) channels averaged
+            _check_values(mono, path)
+            n_in += len(mono)
+            if n_in / rate > limit_s:  # counted while decoding: a header's length can be wrong
+                raise AudioError(path, _too_long(n_in / rate, limit_s, "is longer than"))
+            loud = np.flatnonzero(np.abs(mono) >= SILENCE_PEAK)
+            silent_run = silent_run + len(mono) if not len(loud) else len(mono) - 1 - int(loud[-1])
+            if silent_run / rate > MAX_SILENT_RUN_S:
+                raise AudioError(
+                    path, f"holds more than {MAX_SILENT_RUN_S:g} s of unbroken digital silence (from "
+                    f"{(n_in - silent_run) / rate:.0f} s on): an empty or padded file, not speech; decoding stopped"
+                )
+            if resampler is not None:
+                mono = resampler.resample_chunk(mono, last=False)
+                _check_resampled(mono, path)
+            if len(mono):
+                yield mono
+        if not any_samples:
+            raise AudioError(path, "contains no audio samples")
         if resampler is not None:
-            mono = resampler.resample_chunk(mono, last=False)
-            _check_resampled(mono, path)
-        if len(mono):
-            yield mono
-    if not any_samples:
-        raise AudioError(path, "contains no audio samples")
-    if resampler is not None:
-        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-        _check_resampled(tail, path)
-        if len(tail):
-            yield tail
+            tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            _check_resampled(tail, path)
+            if len(tail):
+                yield tail
+    finally:
+        # The traceback of an AudioError raised here keeps this frame, and so the soxr
+        # resampler, alive as long as the error is; the CLI freezes the heap at exit instead
+        # of collecting it, and nanobind (soxr's binding) then reports the live resampler as
+        # leaked on stderr. Nothing needs the resampler (or the decoder) once this generator ends.
+        resampler = blocks = None
 
 
 def check_rate(rate: float, source: str | Path = "<array>") -> None:
@@ -294,33 +310,76 @@ def active_frames(samples: np.ndarray) -> np.ndarray:
 
 
 def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray], int | None]:
-    """(sample rate in Hz, blocks of (n, channels) float32, frames the header declares or None),
-    trying libsndfile, then FFmpeg."""
+    """(sample rate in Hz, blocks of (n, channels) float32, frames the header declares or None).
+
+    Ogg and MP3 go to FFmpeg, which decodes chained streams to their end; the rest to
+    libsndfile, then FFmpeg for what libsndfile cannot read. The declared length is given
+    only where it is backed by the file's bytes (libsndfile's formats other than Ogg and MP3).
+    """
     import soundfile
 
+    errors: list[BaseException] = []
+    chainable = _looks_chainable(path)
+    if chainable:  # sniffed before libsndfile opens it: mpg123 prints its warnings to stderr
+        try:
+            return (*_av_blocks(path, block_s), None)
+        except AudioError:
+            raise
+        except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
+            errors.append(av_error)
     try:
         f = soundfile.SoundFile(str(path))
+        if f.format in CHAINABLE_FORMATS and not chainable:  # found by libsndfile, not by its magic bytes
+            f.close()
+            try:
+                return (*_av_blocks(path, block_s), None)
+            except AudioError:
+                raise
+            except Exception as av_error:
+                errors.append(av_error)
+            f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as sf_error:
-        first_error = sf_error
+        errors.append(sf_error)
     else:
         rate = int(f.samplerate)
         if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
             f.close()  # refused before a block is read (check_rate in stream says why)
         # libsndfile reports 2**63-1 frames for streams of unknown length: only a real count counts.
         frames = int(f.frames) if 0 <= f.frames < 2**62 else None
+        if f.format in CHAINABLE_FORMATS:  # FFmpeg failed on it: libsndfile may read the first part
+            log.debug("%s: ffmpeg: %s; decoded by libsndfile", path, _short(errors[-1]))
+            frames = None  # a header that describes one part of the stream, not the file
         return rate, _soundfile_blocks(f, block_s), frames
+    if not chainable:
+        try:
+            return (*_av_blocks(path, block_s), None)
+        except AudioError:
+            raise
+        except Exception as av_error:
+            errors.append(av_error)
+    # The decoders' own words (errno numbers, library names) help a developer, not the user.
+    log.debug("%s: %s", path, "; ".join(_short(e) for e in errors))
+    raise AudioError(
+        path,
+        "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes)",
+    ) from None
+
+
+def _looks_chainable(path: Path) -> bool:
+    """Whether the file starts like an Ogg stream or MPEG audio (an ID3 tag or a frame header)."""
     try:
-        rate, blocks = _av_blocks(path)
-        return rate, blocks, None
-    except AudioError:
-        raise
-    except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
-        # The decoders' own words (errno numbers, library names) help a developer, not the user.
-        log.debug("%s: libsndfile: %s; ffmpeg: %s", path, _short(first_error), _short(av_error))
-        raise AudioError(
-            path,
-            "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes)",
-        ) from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    if head.startswith((b"OggS", b"ID3")):
+        return True
+    # An MPEG audio frame header: 11 sync bits, a layer (not the reserved 0, which is ADTS AAC's),
+    # a bitrate index that is not 15 and a sample-rate index that is not 3.
+    return (
+        len(head) == 4 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and (head[1] >> 1) & 3 != 0
+        and head[2] >> 4 != 15 and (head[2] >> 2) & 3 != 3
+    )
 
 
 def _soundfile_blocks(f, block_s: float) -> Iterator[np.ndarray]:
@@ -329,38 +388,93 @@ def _soundfile_blocks(f, block_s: float) -> Iterator[np.ndarray]:
         yield from f.blocks(blocksize=max(1, int(block_s * f.samplerate)), dtype="float32", always_2d=True)
 
 
-def _av_blocks(path: Path) -> tuple[int, Iterator[np.ndarray]]:
+def _av_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray]]:
+    """(sample rate, blocks of about ``block_s`` s as (n, channels) float32) decoded by FFmpeg.
+
+    Every part of a chained stream comes out at the first part's rate and channel layout
+    (back-to-back MP3s may differ), decoded to the end of the file.
+    """
     import av
 
     container = av.open(str(path))
-    stream = next((s for s in container.streams if s.type == "audio"), None)
-    if stream is None:
+    try:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None:
+            raise AudioError(path, "not an audio file (FFmpeg finds no audio stream in it)")
+        rate, layout = int(stream.rate), stream.layout
+    except BaseException:
         container.close()
-        raise AudioError(path, "not an audio file (FFmpeg finds no audio stream in it)")
+        raise
+    per_block = max(1, int(block_s * rate)) if rate > 0 else 1
 
     def blocks() -> Iterator[np.ndarray]:
         # Planar float keeps channels apart so they are averaged here, like the soundfile
         # path, instead of by FFmpeg's own downmix matrix.
-        to_planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+        converter = None
+        shape = None  # (format, layout, rate) of the frames the converter was made for
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        skipped = 0  # bytes of packets the decoder rejected
+
+        def convert(frame) -> Iterator[np.ndarray]:
+            nonlocal converter, shape
+            frame_shape = (frame.format.name, frame.layout.name, frame.sample_rate)
+            if frame_shape != shape:  # the first frame, or a part with another rate or layout
+                if converter is not None:  # what it still holds of the last part comes first
+                    yield from (out.to_ndarray().T for out in converter.resample(None))
+                # Vorbis, Opus and MP3 decode to planar float already: no conversion needed.
+                same = frame_shape == ("fltp", layout.name, rate)
+                converter = None if same else av.AudioResampler(format="fltp", layout=layout, rate=rate)
+                shape = frame_shape
+            if converter is None:
+                yield frame.to_ndarray().T  # (n, channels)
+            else:
+                yield from (out.to_ndarray().T for out in converter.resample(frame))
+
         with container:
-            for frame in container.decode(stream):
-                for out in to_planar.resample(frame):
-                    yield out.to_ndarray().T  # (n, channels) float32
-            for out in to_planar.resample(None):  # flush
-                yield out.to_ndarray().T
+            try:
+                for packet in container.demux(stream):
+                    try:
+                        frames = packet.decode()
+                    except av.error.InvalidDataError:
+                        skipped += packet.size  # junk between or after frames, skipped as ffmpeg does
+                        continue
+                    for frame in frames:
+                        for out in convert(frame):
+                            pending.append(out)
+                            n_pending += len(out)
+                    if n_pending >= per_block:
+                        yield np.concatenate(pending)
+                        pending, n_pending = [], 0
+            except Exception:
+                if pending:  # what was decoded goes first, so the error can say how far decoding got
+                    yield np.concatenate(pending)
+                raise
+            if converter is not None:
+                pending.extend(out.to_ndarray().T for out in converter.resample(None))
+            if pending:
+                yield np.concatenate(pending)
+        if skipped > MAX_SKIPPED_BYTES:
+            log.warning("%s: %s KB of the file is not audio the decoder can read: skipped",
+                        printable_path(path), f"{skipped / 1024:,.0f}")
 
-    return int(stream.rate), blocks()
+    return rate, blocks()
 
 
-def _guard(path: Path, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """Decoder errors met halfway through a file (truncation, corruption) become AudioError."""
+def _guard(path: Path, blocks: Iterator[np.ndarray], rate: int) -> Iterator[np.ndarray]:
+    """Decoder errors met halfway through a file (truncation, corruption, a chained stream whose
+    parts FFmpeg cannot join) become AudioError saying where decoding stopped."""
+    n = 0  # frames decoded so far
     try:
-        yield from blocks
+        for block in blocks:
+            n += len(block)
+            yield block
     except AudioError:
         raise
     except Exception as e:
         log.debug("%s: decoder error: %s", path, _short(e))
-        raise AudioError(path, "damaged or truncated audio (the decoder stopped partway through)") from None
+        where = f", after {n / rate:.1f} s" if n else ""
+        raise AudioError(path, f"damaged or truncated audio (the decoder stopped partway through{where})") from None
 
 
 def _short(error: BaseException) -> str:

@@ -75,6 +75,11 @@ class DatabaseError(SpeakerDBError):
     """The database file cannot be used (corrupt, read-only, not a speakerdb database)."""
 
 
+class DatabaseBusyError(DatabaseError):
+    """Another process held the database's write lock for longer than speakerdb waits; the
+    message names it where the database can tell."""
+
+
 class SchemaOutdatedError(DatabaseError):
     """The database schema is older than this speakerdb: run ``speakerdb db upgrade``."""
 

@@ -133,7 +133,9 @@ def _tables(engine: Engine) -> set[str]:
             rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             return {r[0] for r in rows}
     except SADatabaseError as e:
-        reason = str(e.orig or e).strip().splitlines()[0]
+        from .store import redact
+
+        reason = redact(e, None if engine.dialect.name == "sqlite" else engine.url.render_as_string(hide_password=False))
         raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {reason}") from None
 
 
@@ -159,4 +161,6 @@ def _initialise_file(engine: Engine) -> None:
 def _path(engine: Engine) -> str:
     if engine.dialect.name == "sqlite":
         return str(engine.url.database)
-    return engine.url.render_as_string(hide_password=True)
+    from .store import display_url  # store imports this module
+
+    return display_url(engine.url.render_as_string(hide_password=False))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import unicodedata
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -60,11 +61,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from . import schema
-from .errors import DatabaseError, InvalidInputError, printable_path
+from .errors import DatabaseBusyError, DatabaseError, InvalidInputError, printable_path
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
 MAX_NAME_LENGTH = 200  # characters
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
 # Characters no name may hold, by Unicode general category: controls (Cc), invisible format
@@ -154,6 +156,17 @@ def _has_surrogates(text: str) -> bool:
     return any("\ud800" <= ch <= "\udfff" for ch in text)
 
 
+def check_text(value: str, what: str) -> str:
+    """Return ``value`` unless it holds U+0000 (NUL), else raise InvalidInputError saying so.
+
+    PostgreSQL's text cannot hold NUL: refusing it at the input check, on SQLite as well,
+    keeps one gallery, request or copy meaning the same on both kinds of database."""
+    if "\x00" in value:
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise InvalidInputError(f"{what} holds U+0000 (NUL), which speakerdb does not store in text: {shown!r}")
+    return value
+
+
 def validate_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
     """Return a copy of ``metadata`` if it is storable, else raise InvalidInputError saying why.
 
@@ -177,6 +190,7 @@ def validate_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
                     raise InvalidInputError(f"{what} keys must be strings, not {type(key).__name__}")
                 if _has_surrogates(key):
                     raise InvalidInputError(f"{what} key {key!r} is not valid Unicode (invalid UTF-8?)")
+                check_text(key, f"{what} key")
                 stack.append((item, depth + 1))
         elif isinstance(value, list):
             if depth > MAX_METADATA_DEPTH:
@@ -185,6 +199,7 @@ def validate_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
         elif isinstance(value, str):
             if _has_surrogates(value):
                 raise InvalidInputError(f"{what} value {value!r} is not valid Unicode (invalid UTF-8?)")
+            check_text(value, f"{what} value")
         elif isinstance(value, float):
             if value != value or value in (float("inf"), float("-inf")):
                 raise InvalidInputError(f"{what} holds {value}, which is not a JSON number")
@@ -374,6 +389,8 @@ class Store:
 
     def __init__(self, target: str | Path) -> None:
         self.server = is_server_url(target)
+        #: The server URL as given, secrets and all: only to keep them out of error messages.
+        self._url = str(target) if self.server else None
         if self.server:
             self.path = None
             self.name = display_url(str(target))
@@ -385,7 +402,7 @@ class Store:
             self.engine = open_engine(self.path)
         self.on_commit: list[Callable[[int, int], None]] = []
         try:
-            with _translate_errors(self.name):
+            with _translate_errors(self.name, self._url):
                 schema.ensure_current(self.engine)
         except BaseException:
             self.engine.dispose()
@@ -403,7 +420,7 @@ class Store:
         """
         engine = self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) \
             if self.server else self.engine
-        with _translate_errors(self.name), Session(engine) as session:
+        with _translate_errors(self.name, self._url), Session(engine) as session:
             yield session
 
     @contextmanager
@@ -418,10 +435,19 @@ class Store:
         After the commit the ``on_commit`` listeners hear of the centroid changes it made.
         """
         engine = self.engine if self.server else self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        with _translate_errors(self.name), Session(engine, expire_on_commit=False) as session:
+        with _translate_errors(self.name, self._url), Session(engine, expire_on_commit=False) as session:
             with session.begin():
                 if self.server:
-                    session.execute(select(Setting.value).where(Setting.key == "generation").with_for_update())
+                    try:
+                        session.execute(select(Setting.value).where(Setting.key == "generation").with_for_update())
+                    except OperationalError as e:
+                        if getattr(e.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                            raise
+                        holder, pid = self._lock_holder()
+                        raise DatabaseBusyError(
+                            f"database {self.name}: the write lock is held for over {LOCK_TIMEOUT_S:g} s by {holder}: "
+                            "try again when it is done, or end that session on the server "
+                            f"(SELECT pg_terminate_backend({pid or 'pid'}))") from None
                 before = generation(session)
                 yield session
                 _add_audit_record(session)
@@ -430,6 +456,37 @@ class Store:
         if after != before:
             for listener in self.on_commit:
                 listener(before, after)
+
+    def _lock_holder(self) -> tuple[str, int | None]:
+        """Who holds the generation row's lock on PostgreSQL, in words: the server process, its
+        ``application_name`` and address, and since when its transaction runs.
+
+        The row's ``xmax`` is the locking transaction, whose pid pg_locks gives; where several
+        share the row (a multixact), the oldest transaction that holds a row lock on
+        ``settings`` is named instead."""
+        activity = ("SELECT a.pid, a.application_name, host(a.client_addr), a.state, "
+                    "to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), "
+                    "extract(epoch FROM clock_timestamp() - a.xact_start) "
+                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid ")
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                row = conn.exec_driver_sql(
+                    activity + "WHERE l.locktype = 'transactionid' AND l.granted AND l.transactionid = "
+                    "(SELECT xmax FROM settings WHERE key = 'generation') LIMIT 1").first()
+                if row is None:
+                    row = conn.exec_driver_sql(
+                        activity + "WHERE l.locktype = 'relation' AND l.granted AND l.relation = 'settings'::regclass "
+                        "AND l.mode IN ('RowShareLock', 'RowExclusiveLock') AND a.pid <> pg_backend_pid() "
+                        "ORDER BY a.xact_start LIMIT 1").first()
+        except Exception:  # the holder's name is a courtesy: the error stands without it
+            row = None
+        if row is None:
+            return "another session (it could not be named)", None
+        pid, app, addr, state, since, age = row
+        who = ", ".join(x for x in (app and repr(app), addr and f"from {addr}") if x)
+        when = f", in a transaction since {since} UTC ({float(age):.0f} s ago)" if since else ""
+        return f"server process {pid}" + (f" ({who})" if who else "") + when + (f", {state}" if state else ""), pid
 
     def settings(self) -> dict[str, Any]:
         with self.read() as s:
@@ -448,7 +505,7 @@ class Store:
         if self.server:
             self._autocommit("VACUUM speakers, utterances")
             return True
-        with _translate_errors(self.name):
+        with _translate_errors(self.name, self._url):
             raw = self.engine.raw_connection()
             try:
                 busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -471,7 +528,7 @@ class Store:
             self.checkpoint()
 
     def _autocommit(self, sql: str) -> None:
-        with _translate_errors(self.name), self.engine.connect() as conn:
+        with _translate_errors(self.name, self._url), self.engine.connect() as conn:
             conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(sql)
 
 
@@ -559,6 +616,8 @@ def _check_row(table: str, row: dict[str, Any], dim: int | None) -> None:
     if table == "speakers":
         validate_name(row["name"])
         validate_metadata(row["metadata"], f"metadata of {row['name']!r}")
+    if isinstance(row.get("source"), str):  # utterances and cohort_embeddings
+        check_text(row["source"], f"{table} row {row.get('id')} source")
     for column in ("centroid", "embedding"):
         if column in row and dim is not None:
             check_vector(row[column], dim, f"{table} row {row.get('id')} {column}")
@@ -764,6 +823,15 @@ def open_engine(path: Path) -> Engine:
 
 SERVER_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 CONNECT_TIMEOUT_S = 10  # a server that does not answer is reported, not waited for
+#: How long a PostgreSQL writer waits for a lock (the generation row's, held by the writer
+#: before it), as long as an SQLite writer waits for the file's: then it fails, naming the holder.
+LOCK_TIMEOUT_S = BUSY_TIMEOUT_MS / 1000
+#: The server ends a session left idle inside a transaction this long (a stopped or hung
+#: process), so that the locks it holds are not held for ever.
+IDLE_IN_TRANSACTION_TIMEOUT_S = 120
+#: How speakerdb's PostgreSQL sessions name themselves (``application_name``, ``pid N`` added);
+#: None: the running command (``speakerdb enroll``), else ``speakerdb``. See :func:`application_name`.
+APPLICATION: str | None = None
 
 
 def is_server_url(target: object) -> bool:
@@ -771,14 +839,115 @@ def is_server_url(target: object) -> bool:
     return isinstance(target, str) and target.startswith(SERVER_SCHEMES)
 
 
+#: Query parameters of a libpq URL that hold a secret (``password``, ``sslpassword``) or name
+#: the file that holds one (``passfile``, ``sslkey``: where the secrets of a server live is
+#: nobody else's business). Compared without case: a misspelt key still holds a secret.
+SECRET_URL_PARAMS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
+MASK = "***"
+_URL_IN_TEXT = re.compile(r"\b(?:postgresql\+psycopg|postgresql|postgres)://[^\s'\"]*", re.IGNORECASE)
+_SECRET_IN_TEXT = re.compile(r"\b(" + "|".join(sorted(SECRET_URL_PARAMS)) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
+                             re.IGNORECASE)
+
+
 def display_url(url: str) -> str:
-    """The URL as it may be shown and logged: any password hidden."""
+    """The URL as it may be shown and logged: any secret hidden.
+
+    The password of ``user:password@`` and the values of :data:`SECRET_URL_PARAMS` in the
+    query become ``***``, in a URL that SQLAlchemy can parse and in one it cannot (several
+    hosts, a port that is not a number): this is the one place a database URL is made
+    fit to be shown, in ``info``, in error messages, in logs and in the service's answers.
+    """
+    from urllib.parse import quote_plus, unquote_plus
+
+    from sqlalchemy.engine import URL, make_url
+
+    def mask_query(query: str) -> str:
+        out = []
+        for part in query.split("&"):
+            key, sep, _ = part.partition("=")
+            out.append(f"{key}={MASK}" if sep and unquote_plus(key).strip().lower() in SECRET_URL_PARAMS else part)
+        return "&".join(out)
+
+    url = str(url)
+    try:
+        parsed = make_url(url)
+        # A password holding an unescaped "@" ends at its first "@": the rest would read as host.
+        host = parsed.host.rsplit("@", 1)[-1] if parsed.host else parsed.host
+        shown = URL.create(parsed.drivername, parsed.username, "" if parsed.password is not None else None,
+                           host, parsed.port, parsed.database).render_as_string(hide_password=True)
+        query = [(k, v) for k, values in parsed.query.items() for v in ((values,) if isinstance(values, str) else values)]
+        if query:
+            shown += "?" + "&".join(f"{quote_plus(k)}={MASK if k.strip().lower() in SECRET_URL_PARAMS else quote_plus(v)}"
+                                    for k, v in query)
+        return shown
+    except Exception:
+        pass
+    # Unparseable: everything up to the last "@" is a user and maybe a password; show the user only.
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", url)
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{':' + MASK if colon else ''}@{rest}"
+    head, question, query = rest.partition("?")
+    return f"{scheme}://{head}{question}{mask_query(query)}"
+
+
+def redact(message: object, url: str | None = None) -> str:
+    """An error's text as it may be shown: its first line, with every database URL in it
+    shown by :func:`display_url`, ``password=...``-like pairs of a libpq DSN masked, and
+    the secrets of ``url`` (the URL the failing connection was made with) wherever they
+    appear, since a driver may echo any part of what it was given."""
+    text = str(getattr(message, "orig", None) or message).strip()
+    text = text.splitlines()[0].strip() if text else ""
+    for secret in sorted(_secrets_of(url), key=len, reverse=True) if url else ():
+        text = text.replace(secret, MASK)
+    text = _URL_IN_TEXT.sub(lambda m: display_url(m.group(0)), text)
+    return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+
+
+def _secrets_of(url: str) -> set[str]:
+    """The secret values a database URL holds, raw and percent-decoded (three characters or
+    more: masking a shorter one would garble a message more than it hides)."""
+    from urllib.parse import unquote, unquote_plus
+
     from sqlalchemy.engine import make_url
 
+    found: list[str] = []
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        found.append(parsed.password or "")
+        for key, values in parsed.query.items():
+            if key.strip().lower() in SECRET_URL_PARAMS:
+                found.extend((values,) if isinstance(values, str) else values)
     except Exception:
-        return url.split("@")[-1]
+        pass
+    _, _, rest = str(url).partition("://")
+    if "@" in rest:  # what an unparseable URL would hold: password up to the last "@"
+        found.append(rest.rsplit("@", 1)[0].partition(":")[2])
+        found.append(rest.split("@", 1)[0].partition(":")[2])
+    for part in rest.partition("?")[2].split("&"):
+        key, _, value = part.partition("=")
+        if unquote_plus(key).strip().lower() in SECRET_URL_PARAMS:
+            found.append(value)
+    return {form for value in found for form in (str(value), unquote(str(value)), unquote_plus(str(value)))
+            if len(form) >= 3}
+
+
+def application_name() -> str:
+    """What a PostgreSQL session of this process calls itself: the command and the pid
+    (``speakerdb enroll pid 4242``), so that whoever holds a lock can be named and found.
+
+    The command comes from :data:`APPLICATION`, else from the running click command (read
+    only if click is loaded: the library does not import it), else ``speakerdb``."""
+    label = APPLICATION
+    click = sys.modules.get("click")
+    if label is None and click is not None:
+        ctx = click.get_current_context(silent=True)
+        label = ctx.command_path if ctx is not None else None
+    # PostgreSQL keeps 63 bytes of ASCII; anything else would arrive as "?".
+    return f"{label or 'speakerdb'} pid {os.getpid()}".encode("ascii", "replace").decode()[:63]
 
 
 def open_server_engine(url: str) -> Engine:
@@ -789,22 +958,54 @@ def open_server_engine(url: str) -> Engine:
         parsed = make_url(url).set(drivername="postgresql+psycopg")
     except Exception:
         raise InvalidInputError(f"{display_url(url)} is not a database URL (postgresql://user@host:port/dbname)") from None
+    if parsed.host and "@" in parsed.host:
+        raise InvalidInputError(f"{display_url(url)} is not a database URL: an \"@\" in a user name or password "
+                                "must be written %40")
     try:
         import psycopg  # noqa: F401
     except ImportError:
         raise DatabaseError("PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'") from None
-    return create_engine(parsed, future=True, pool_pre_ping=True,
-                         connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "speakerdb"})
+    engine = create_engine(parsed, future=True, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    given = {k.lower(): v for k, v in parsed.query.items()}
+    # Settings the URL already makes (options=-c lock_timeout=...) are the operator's: kept.
+    chosen = str(given.get("options", ""))
+    timeouts = {name: ms for name, ms in (("lock_timeout", round(LOCK_TIMEOUT_S * 1000)),
+                                          ("idle_in_transaction_session_timeout",
+                                           round(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)))
+                if name not in chosen}
+
+    @event.listens_for(engine, "do_connect")
+    def _name_session(_dialect, _record, _cargs, cparams) -> None:
+        # At each connection, not once: a service's worker processes each have their own pid.
+        if "application_name" not in given:
+            cparams["application_name"] = application_name()
+
+    @event.listens_for(engine, "connect")
+    def _set_timeouts(dbapi_connection, _record) -> None:
+        with dbapi_connection.cursor() as cursor:
+            for name, ms in timeouts.items():
+                cursor.execute(f"SET {name} = {int(ms)}")
+        dbapi_connection.commit()  # a rollback of this first transaction would undo the SETs
+
+    return engine
 
 
 @contextmanager
-def _translate_errors(path: Path | str) -> Iterator[None]:
+def _translate_errors(path: Path | str, url: str | None = None) -> Iterator[None]:
+    """SQLAlchemy's errors as one-line DatabaseErrors; ``url``: the server URL whose secrets
+    must not appear in them (``path`` is already fit to be shown)."""
     try:
         yield
     except OperationalError as e:
-        message = (str(e.orig) if e.orig is not None else str(e)).strip().splitlines()[0]
+        message = redact(e, url)
         if "readonly" in message or "read-only" in message:
             raise DatabaseError(f"database {path} is read-only: {message}") from None
+        server_lock = getattr(e.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE
+        if server_lock or message == "database is locked":
+            # Busy, not broken: the service answers 503 and the command can be run again.
+            waited = LOCK_TIMEOUT_S if server_lock else BUSY_TIMEOUT_MS / 1000
+            raise DatabaseBusyError(f"database {path}: {message} (another process kept it locked for over "
+                                    f"{waited:g} s)") from None
         raise DatabaseError(f"database {path}: {message}") from None
     except SADatabaseError as e:
-        raise DatabaseError(f"database {path} cannot be used: {e.orig or e}") from None
+        raise DatabaseError(f"database {path} cannot be used: {redact(e, url)}") from None
