@@ -438,7 +438,7 @@ class SpeakerDB:
                     f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, "
                     f"{len(files)} given"
                 )
-            self._check_files(files)
+            self._check_files(files, stored=True)
             clips = self._embed_files(files, progress)
             vectors = norm.CohortVectors(
                 self.embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips],
@@ -629,7 +629,7 @@ class SpeakerDB:
         if not files:
             raise InvalidInputError("enroll needs at least one audio file")
         metadata = _check_metadata(metadata)
-        self._check_files(files)
+        self._check_files(files, stored=True)
         if new:
             with self.store.read() as s:
                 if store.speaker_by_name(s, name) is not None:
@@ -1157,11 +1157,14 @@ class SpeakerDB:
         return notes
 
     @staticmethod
-    def _check_files(files) -> None:
-        """Cheap checks first: a missing file is reported before the model takes seconds to load."""
+    def _check_files(files, stored: bool = False) -> None:
+        """Cheap checks first: a missing file is reported before the model takes seconds to load.
+        ``stored``: the files' labels will be stored (enrollment, cohort) and are checked too."""
         for f in files:
             if not isinstance(f, audio.Audio):
                 audio.check_file(f)
+            elif stored:  # a label the caller chose, stored as the source
+                store.check_text(f.source, "source label")
 
     def _check_model(self, settings: dict[str, Any]) -> None:
         assert self._embedder is not None
@@ -1400,9 +1403,9 @@ def _open_store(path: Path | str) -> store.Store:
     except SpeakerDBError:
         raise
     except (SQLAlchemyError, OSError) as e:
-        reason = getattr(e, "orig", None) or e
-        name = store.display_url(path) if isinstance(path, str) else path
-        raise DatabaseError(f"cannot open database {name}: {str(reason).strip().splitlines()[0]}") from None
+        url = path if isinstance(path, str) else None
+        name = store.display_url(path) if url else path
+        raise DatabaseError(f"cannot open database {name}: {store.redact(e, url)}") from None
 
 
 def _remove_database_files(db_path: Path, index_path: Path, made_dirs: list[Path]) -> None:
@@ -1531,7 +1534,7 @@ def _migrate(db_path, step, revision: str) -> str | None:
     except SpeakerDBError:
         raise
     except Exception as e:  # Alembic's CommandError (unknown revision), SQLAlchemy errors
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        reason = store.redact(e, engine.url.render_as_string(hide_password=False))
         raise DatabaseError(f"migration of {name} to {revision} failed: {reason}") from None
     finally:
         engine.dispose()
