@@ -365,9 +365,9 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
             continue  # reported on stderr below
         cosine = f", cosine {r.raw_score:.3f}" if r.raw_score is not None and r.raw_score != r.score else ""
         if r.speaker is not None:
-            lines.append(f"{r.file}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
+            lines.append(f"{_printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
         else:
-            lines.append(f"{r.file}: unknown (best score {_score_text(r.score)} < threshold {cut:.3f}{cosine})")
+            lines.append(f"{_printable(r.file)}: unknown (best score {_score_text(r.score)} < threshold {cut:.3f}{cosine})")
         width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
         lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
     failed = [r for r in results if not r.ok]
@@ -422,7 +422,7 @@ def verify(state: _State, name: str, file: str, threshold: float | None, as_json
     sign = ">=" if v.accepted else "<"
     cosine = f", cosine {v.raw_score:.3f}" if v.raw_score is not None and v.raw_score != v.score else ""
     _emit(as_json, v.to_dict(),
-          f"{word}: {v.file} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine})")
+          f"{word}: {_printable(v.file)} as {v.speaker} (score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine})")
 
 
 @cli.command()

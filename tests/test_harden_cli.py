@@ -349,3 +349,13 @@ def test_norm_default_top_n_is_at_most_the_cohort_size(fake_cli, fake_db, voices
     assert f"at most {len(COHORT_F0)}" in too_many.stderr
     assert json.loads(fake_cli("norm", "--json").stdout)["norm"]["top_n"] == len(COHORT_F0)  # unchanged
     assert fake_db.set_norm(cohort_dir).norm.top_n == len(COHORT_F0)  # the library's default too
+
+
+def test_a_newline_in_a_file_name_cannot_forge_result_lines(fake_cli, voices, tmp_path):
+    forged = write(tmp_path / "x\nx.wav: alice (score 1.000).wav", voice(210, 2.0, seed=2))
+    assert fake_cli("enroll", "bob", voices["bob"][0]).exit_code == 0
+    for args in (["identify", forged, "--no-voice-check"], ["verify", "bob", forged]):
+        r = fake_cli(*args)
+        assert r.exit_code == 0, r.output
+        [line] = [l for l in r.stdout.splitlines() if not l.startswith("  ")]
+        assert "x\\nx.wav: alice" in line
