@@ -19,20 +19,27 @@ On disk::
            | FAISS serialisation, whose last n x dim float32 are the vectors
 
 The header names the database the file belongs to (``database_id``), the generation of
-the store's change record it was built at and that record's nonce, and where the vectors
-lie in the file (``vectors_at``). The file is a snapshot: readers load it and replay the
-store's change records that follow it (indexkeeper.py). When a speaker is removed or
-re-centred, its position is zeroed in place (vector and alive flag): no rewrite of a
-2 GB file, no free space needed, and the removed vector leaves the disk at once; the
-fixed-width "scrubbed-to" field then records the generation up to which that was done,
-so that a process killed between its commit and the zeroing is healed by the next one
-to open the database. Files
-are replaced by rename, so a reader never sees half of one; files are opened without
-following links and created 0600.
+the store's change record it was built at and that record's nonce, and whether the
+vectors lie last in the file (``vectors_in_place``). It carries sha256 digests of itself
+(``header_sha256``), of the labels (``labels_sha256``) and of the FAISS serialisation up
+to its vectors (``payload_sha256``). The alive flags and the vectors have none, since
+they are zeroed in place; a reader checks them against each other (a live vector has
+norm 1, a dead one is zero) and against the store (a sample of the vectors, and the
+live labels equal to the store's speakers: indexkeeper.py).
+
+The file is a snapshot: readers load it and replay the store's change records that
+follow it (indexkeeper.py). When a speaker is removed or re-centred, its position is
+zeroed in place (vector and alive flag): no rewrite of a 2 GB file, no free space
+needed, and the removed vector leaves the disk at once; the fixed-width "scrubbed-to"
+field then records the generation up to which that was done, so that a process killed
+between its commit and the zeroing is healed by the next one to open the database.
+Files are replaced by rename, so a reader never sees half of one; files are opened
+without following links and created 0600.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -45,7 +52,7 @@ import numpy as np
 from . import atomic
 
 MAGIC = b"SPEAKERDB-INDEX\n"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 4: header and section digests
 MAX_HEADER_BYTES = 1 << 20  # a header longer than this is damage, not an index
 LOCK_TIMEOUT_S = 10.0  # how long a writer waits for another process's index write
 HNSW_REBUILD_DEAD_FRACTION = 0.10
@@ -188,6 +195,7 @@ class SpeakerIndex:
         self._faiss = _faiss_index
         self.labels = np.zeros(0, np.int64) if _labels is None else _labels  # (n_positions,) speaker ids
         self.alive = np.zeros(0, bool) if _alive is None else _alive  # (n_positions,)
+        self.file_identity: tuple[int, ...] | None = None  # the file it was loaded from, if it was
 
     @classmethod
     def build(
@@ -303,6 +311,8 @@ class SpeakerIndex:
         # check it byte for byte rather than trust it, so that zeroing in place hits them.
         tail = payload[len(payload) - vector_bytes :] if vector_bytes else payload[:0]
         in_place = n > 0 and tail.tobytes() == np.ascontiguousarray(index._stored_vectors()).tobytes()
+        labels = index.labels.astype("<i8").tobytes()
+        before_vectors = payload[: len(payload) - (vector_bytes if in_place else 0)]
         header = {
             "format": FORMAT_VERSION,
             "database_id": index.database_id,
@@ -315,11 +325,14 @@ class SpeakerIndex:
             "max_label": int(index.labels.max()) if n else -1,
             "payload_bytes": len(payload),
             "vectors_in_place": bool(in_place),
+            "labels_sha256": hashlib.sha256(labels).hexdigest(),
+            "payload_sha256": hashlib.sha256(before_vectors).hexdigest(),
         }
+        header["header_sha256"] = _header_digest(header)
         encoded = json.dumps(header).encode()
         with atomic.replace(path) as f:
             f.write(MAGIC + struct.pack("<IQ", len(encoded), index.generation) + encoded)
-            f.write(index.labels.astype("<i8").tobytes())
+            f.write(labels)
             f.write(index.alive.astype(np.uint8).tobytes())
             f.write(payload.tobytes())
         if index is not self:
@@ -343,9 +356,10 @@ class SpeakerIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> "SpeakerIndex":
-        """Read an index file; raises IndexFileError if it is missing, damaged or of another format."""
-        import faiss
+        """Read an index file; raises IndexFileError if it is missing, damaged or of another format.
 
+        The loaded index's ``file_identity`` names the file it was read from (see :func:`file_identity`).
+        """
         path = Path(path)
         # Streamed from the file into FAISS: reading it whole first (bytes, then FAISS's
         # own copy) took 8-15 s and 6.9 GB of memory for a million speakers, this 1.8 s
@@ -356,33 +370,82 @@ class SpeakerIndex:
             raise IndexFileError(f"{path}: {e.strerror or e}") from None
         with os.fdopen(fd, "rb") as f:
             try:
-                header, _ = _read_header(f, os.fstat(f.fileno()).st_size)
-                n = header["positions"]
-                labels = np.fromfile(f, dtype="<i8", count=n).astype(np.int64)  # (n,)
-                alive = np.fromfile(f, dtype=np.uint8, count=n)  # (n,)
-                if len(labels) != n or len(alive) != n or not np.isin(alive, (0, 1)).all():
-                    raise IndexFileError(f"{path}: labels damaged or truncated")
-                faiss_index = faiss.read_index(faiss.PyCallbackIOReader(f.read, 1 << 24))
-            except IndexFileError:
-                raise
-            except Exception as e:  # FAISS RuntimeError on truncated payloads, numpy on short reads
+                st = os.fstat(f.fileno())
+                index = cls._read(f, st.st_size)
+            except IndexFileError as e:
+                raise IndexFileError(f"{path}: {e}") from None
+            except Exception as e:  # FAISS RuntimeError on truncated payloads, numpy on short reads, anything else
                 raise IndexFileError(f"{path}: damaged ({type(e).__name__})") from None
-        live_labels = labels[alive.astype(bool)]
+        index.file_identity = _identity(st)
+        return index
+
+    @classmethod
+    def _read(cls, f: BinaryIO, size: int) -> "SpeakerIndex":
+        """The index in the open file ``f`` of ``size`` bytes, every part checked that can be."""
+        import faiss
+
+        header, _ = _read_header(f, size)
+        n, dim, kind = header["positions"], header["dim"], header["kind"]
+        raw_labels = f.read(8 * n)
+        alive = np.fromfile(f, dtype=np.uint8, count=n)  # (n,)
+        if len(raw_labels) != 8 * n or len(alive) != n or not np.isin(alive, (0, 1)).all():
+            raise IndexFileError("labels damaged or truncated")
+        if hashlib.sha256(raw_labels).hexdigest() != header["labels_sha256"]:
+            raise IndexFileError("labels damaged (digest differs)")
+        labels = np.frombuffer(raw_labels, dtype="<i8").astype(np.int64)  # (n,)
+        # The digest runs over what FAISS reads, as it reads it: no second pass over the file.
+        digest = hashlib.sha256()
+        unhashed = 4 * n * dim if header["vectors_in_place"] else 0
+        left = [header["payload_bytes"] - unhashed]
+
+        def read(size: int) -> bytes:
+            data = f.read(size)
+            take = min(len(data), left[0])
+            if take > 0:
+                digest.update(memoryview(data)[:take])
+                left[0] -= take
+            return data
+
+        faiss_index = faiss.read_index(faiss.PyCallbackIOReader(read, 1 << 24))
+        if left[0] or f.tell() != size or digest.hexdigest() != header["payload_sha256"]:
+            raise IndexFileError("FAISS payload damaged (digest differs)")
+        # What the header says must be what FAISS read: a flat payload under "hnsw" would
+        # fail in every search instead of here.
+        expected = faiss.IndexHNSWFlat if kind == "hnsw" else faiss.IndexFlatIP
+        flat = faiss.downcast_index(faiss_index.storage) if type(faiss_index) is faiss.IndexHNSWFlat else faiss_index
         if (
-            faiss_index.d != header["dim"]
+            type(faiss_index) is not expected
+            or type(flat) is not faiss.IndexFlatIP
+            or faiss_index.d != dim
+            or flat.d != dim
             or faiss_index.ntotal != n
+            or flat.ntotal != n
             or faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT
-            or len(np.unique(live_labels)) != len(live_labels)
-            or (n and int(labels.max()) != header["max_label"])
+            or (kind == "hnsw" and faiss_index.hnsw.levels.size() != n)
         ):
-            raise IndexFileError(f"{path}: header does not match its contents")
-        index = cls(header["dim"], header["generation"], header["params"], header["kind"], faiss_index, labels, alive.astype(bool))
+            raise IndexFileError(f"header ({kind}, {dim} dimensions, {n} positions) does not match its contents "
+                                 f"({type(faiss_index).__name__}, {faiss_index.d} dimensions, {faiss_index.ntotal} vectors)")
+        live_labels = labels[alive.astype(bool)]
+        if len(np.unique(live_labels)) != len(live_labels) or (n and int(labels.max()) != header["max_label"]):
+            raise IndexFileError("header does not match its contents")
+        index = cls(dim, header["generation"], header["params"], kind, faiss_index, labels, alive.astype(bool))
         index.nonce, index.database_id = header["nonce"], header["database_id"]
-        # Every live vector is a centroid, of norm 1: damage inside the vectors shows here
-        # (0.3 s at a million speakers); the caller also compares a sample with the store.
-        norms = np.linalg.norm(index._stored_vectors()[index.alive], axis=1)  # (n_alive,)
+        stored = index._stored_vectors()  # (n, dim)
+        if header["vectors_in_place"]:
+            # kill_in_file zeroes vectors where this flag says they are: check that they are there.
+            for pos in {0, n - 1}:
+                f.seek(size - 4 * n * dim + 4 * dim * pos)
+                if f.read(4 * dim) != stored[pos].tobytes():
+                    raise IndexFileError("vectors are not where the header says")
+        # Every live vector is a centroid, of norm 1, and every dead one was zeroed: damage
+        # inside the vectors or the alive flags shows here (0.3 s at a million speakers);
+        # the caller also compares a sample and the live labels with the store.
+        with np.errstate(over="ignore", invalid="ignore"):  # garbage bytes are no cause for a warning
+            norms = np.linalg.norm(stored[index.alive], axis=1)  # (n_alive,)
         if len(norms) and not np.all(np.abs(norms - 1.0) < 1e-3):
-            raise IndexFileError(f"{path}: vectors damaged")
+            raise IndexFileError("vectors or alive flags damaged (a live vector is not of norm 1)")
+        if np.any(stored[~index.alive]):
+            raise IndexFileError("vectors or alive flags damaged (a dead vector is not zero)")
         return index
 
     @staticmethod
@@ -392,9 +455,9 @@ class SpeakerIndex:
 
         The caller holds the write lock. Needs no free space and leaves a file that loads
         as the same snapshot with those positions dead; a reader's replay of the change
-        records removes or re-adds them anyway. Returns the positions zeroed (0 if there is
-        no file); raises IndexFileError where the file cannot be changed in place (the
-        caller deletes it).
+        records removes or re-adds them anyway. Returns the live positions zeroed (0 if
+        there is no file); raises IndexFileError where the file cannot be changed in place
+        or its labels are damaged (the caller deletes it).
         """
         try:
             fd = _open_nofollow(path, os.O_RDWR)
@@ -407,25 +470,31 @@ class SpeakerIndex:
             header, start = _read_header(f, size)
             n, dim = header["positions"], header["dim"]
             ids = np.asarray(ids, np.int64)
-            hit = np.zeros(0, np.int64)
+            hit = match = np.zeros(0, np.int64)
             if n and len(ids) and (ids <= header["max_label"]).any():  # ids are never reused:
-                labels = np.fromfile(f, dtype="<i8", count=n)  # a newer speaker is not in the file
+                raw_labels = f.read(8 * n)  # a newer speaker is not in the file
+                if hashlib.sha256(raw_labels).hexdigest() != header["labels_sha256"]:
+                    # a removed speaker's position could not be found: the caller deletes the file
+                    raise IndexFileError(f"{path}: labels damaged (digest differs)")
+                labels = np.frombuffer(raw_labels, dtype="<i8")
                 alive = np.fromfile(f, dtype=np.uint8, count=n)
-                hit = np.flatnonzero(np.isin(labels, ids) & (alive != 0))
-            if len(hit) and not header["vectors_in_place"]:
+                match = np.flatnonzero(np.isin(labels, ids))
+                hit = match[alive[match] != 0]
+            if len(match) and not header["vectors_in_place"]:
                 raise IndexFileError(f"{path}: this FAISS layout cannot be changed in place")
             vectors_at = size - n * dim * 4
             zeros = bytes(4 * dim)
-            for pos in hit:
+            # Dead positions of these speakers too: a damaged alive flag must not keep a vector.
+            for pos in match:
                 os.pwrite(fd, zeros, vectors_at + int(pos) * 4 * dim)
                 os.pwrite(fd, b"\0", start + 8 * n + int(pos))
-            if len(hit):
+            if len(match):
                 os.fsync(fd)  # the zeros reach the disk before the file says they are there
             if scrubbed_to > header["scrubbed_to"]:
                 # Not synced on its own: if this write were lost, the next open would zero
                 # the same positions again, which changes nothing.
                 os.pwrite(fd, struct.pack("<Q", scrubbed_to), len(MAGIC) + 4)
-                if len(hit):
+                if len(match):
                     os.fsync(fd)
             return len(hit)
 
@@ -458,7 +527,30 @@ _HEADER_TYPES: dict[str, tuple[type, ...]] = {
     "max_label": (int,),
     "payload_bytes": (int,),
     "vectors_in_place": (bool,),
+    "labels_sha256": (str,),
+    "payload_sha256": (str,),
 }
+
+
+def _header_digest(header: dict[str, Any]) -> str:
+    """sha256 of a header without its own digest, in one canonical JSON form."""
+    fields = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def file_identity(path: str | Path) -> tuple[int, ...] | None:
+    """What tells the file now at ``path`` (not followed if a link) from any other, or None if there is none.
+
+    A file changed in place (kill_in_file) or replaced (save) no longer has the identity it had.
+    """
+    try:
+        return _identity(os.stat(path, follow_symlinks=False))
+    except OSError:
+        return None
 
 
 def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
@@ -482,6 +574,8 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         raise IndexFileError("header is not an object")
     if header.get("format") != FORMAT_VERSION:
         raise IndexFileError(f"index format {header.get('format')!r} is not {FORMAT_VERSION}")
+    if header.pop("header_sha256", None) != _header_digest(header):
+        raise IndexFileError("header damaged (digest differs)")
     for key, types in _HEADER_TYPES.items():
         value = header.get(key, ...)
         # bool is an int in Python: refuse it where a number is meant
@@ -496,8 +590,12 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         or header["generation"] < 0
         or scrubbed_to < header["generation"]
         or header["payload_bytes"] < 4 * dim * n
+        or (header["vectors_in_place"] and n == 0)
         or start + 9 * n + header["payload_bytes"] != file_size
-        or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in header["params"].items())
+        or not set(DEFAULT_PARAMS) <= set(header["params"])
+        # FAISS keeps them in C ints: a larger one would overflow in a later build or search
+        or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+                   for k, v in header["params"].items())
     ):
         raise IndexFileError("header values out of range or sizes do not match the file")
     header["scrubbed_to"] = scrubbed_to
