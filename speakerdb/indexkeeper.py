@@ -12,6 +12,11 @@ the speaker id, and a random nonce. An index remembers the database it was built
   store's record at its generation carries its nonce (a restored backup that was written
   to again reaches the same generation by another history). Anything else, and a missing
   or damaged file of any shape, is rebuilt from the store.
+- a file must also **prove** that it matches the store before it is used: its digests
+  (index.py), a sample of its vectors equal to the store's centroids, and, once caught
+  up, its live labels equal to the store's speakers (a zeroed alive flag hides a speaker
+  from every search, and no digest can cover flags that are zeroed in place). A file
+  that fails is deleted with a warning and rebuilt, so the damage does not outlive it.
 - **one snapshot per answer**: :meth:`IndexKeeper.snapshot` yields a read transaction
   and the index at exactly its generation, so names are resolved at the generation that
   was searched; rebuilding and saving happen outside any read transaction.
@@ -34,9 +39,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import index as index_files
 from . import store
+from .errors import SpeakerDBError
 from .index import IndexFileError, SpeakerIndex, write_lock
 
 log = logging.getLogger("speakerdb")
@@ -122,17 +129,32 @@ class IndexKeeper:
         records = store.changes_between(s, index.generation, target) if index.generation < target else []
         if len(records) != target - index.generation:
             return None  # a gap: records pruned past this index
-        touched = sorted({speaker_id for _, speaker_id, _, _ in records})
-        if index is not self._index and not _sample_matches(s, index, set(touched)):
-            return None  # a file whose contents differ from the store it claims to be
-        if not records:
+        if index is self._index or index.file_identity is None:
+            return _replay(s, index, records, target)  # built by this process from the store
+        try:
+            why = _disproof(s, index, records, target)
+        except (SQLAlchemyError, SpeakerDBError):
+            raise  # the store failed, not the file: the rebuild would fail the same way
+        except Exception as e:  # anything else while checking is the file's doing
+            why = f"could not be checked ({type(e).__name__}: {e})"
+        if why is None:
             return index
-        present = store.centroids_of(s, touched)
-        index.remove(np.asarray([i for i in touched if i not in present], np.int64))
-        if present:
-            index.add(np.fromiter(present, np.int64, len(present)), np.stack(list(present.values())))
-        index.generation, index.nonce = target, records[-1][3]
-        return index
+        self._discard(index.file_identity, why)
+        return None
+
+    def _discard(self, identity: tuple[int, ...] | None, why: str) -> None:
+        """Warn that the index file is damaged and delete it, unless it changed since it was read.
+
+        Under the lock, without waiting: a writer at work is replacing or zeroing it, and
+        the next reader checks its work. Never raises."""
+        note = ""
+        try:
+            with write_lock(self.path, timeout=0.0):
+                if identity is not None and index_files.file_identity(self.path) == identity:
+                    self.path.unlink()
+        except Exception as e:
+            note = f" (not deleted: {_reason(e)})"
+        log.warning("index %s is damaged: %s; rebuilding it from the database%s", self.path, why, note)
 
     # ---- after a commit, and at every open ------------------------------------------------
     def after_commit(self, before: int, after: int) -> None:
@@ -238,9 +260,14 @@ class IndexKeeper:
         return index
 
     def _load(self) -> SpeakerIndex | None:
+        """The index in the file, or None if there is none or it is damaged (then deleted, with a warning)."""
+        identity = index_files.file_identity(self.path)
+        if identity is None:
+            return None
         try:
             return SpeakerIndex.load(self.path)
-        except IndexFileError:
+        except Exception as e:  # IndexFileError, and whatever else a damaged file may cause
+            self._discard(identity, _reason(e).removeprefix(f"{self.path}: "))
             return None
 
     def _save(self, index: SpeakerIndex, wait: float) -> None:
@@ -264,7 +291,12 @@ class IndexKeeper:
         """
         header = SpeakerIndex.read_header(self.path)
         if header is not None and header["database_id"] == index.database_id and header["generation"] >= index.generation:
-            return
+            # As new already, if it is of this history: a file ahead of the store or from
+            # another history at that generation would otherwise stay, rebuilt by every reader.
+            with self.store.read() as s:
+                if header["generation"] <= store.generation(s) and (
+                        header["generation"] == 0 or store.change_nonce(s, header["generation"]) == header["nonce"]):
+                    return
         for tmp in index_files.temporary_files(self.path):
             tmp.unlink(missing_ok=True)
         index.save(self.path)
@@ -288,6 +320,33 @@ class IndexKeeper:
 
 
 SAMPLE_CHECKS = 64  # live positions of a loaded file compared byte for byte with the store
+
+
+def _replay(s, index: SpeakerIndex, records: list[tuple[int, int, str, int]], target: int) -> SpeakerIndex:
+    """``index`` brought to generation ``target`` by the change ``records`` that follow it."""
+    if not records:
+        return index
+    touched = sorted({speaker_id for _, speaker_id, _, _ in records})
+    present = store.centroids_of(s, touched)
+    index.remove(np.asarray([i for i in touched if i not in present], np.int64))
+    if present:
+        index.add(np.fromiter(present, np.int64, len(present)), np.stack(list(present.values())))
+    index.generation, index.nonce = target, records[-1][3]
+    return index
+
+
+def _disproof(s, index: SpeakerIndex, records: list[tuple[int, int, str, int]], target: int) -> str | None:
+    """Why the index loaded from a file does not match the store, or None if it does
+    (then it has been caught up to ``target``)."""
+    touched = {speaker_id for _, speaker_id, _, _ in records}
+    if not _sample_matches(s, index, touched):
+        return "its vectors differ from the database's centroids"
+    _replay(s, index, records, target)
+    # What the file says alive and dead, against the store: O(speakers), but one column of
+    # integers, and only when a process first reads the file.
+    if not np.array_equal(np.sort(index.labels[index.alive]), store.speaker_ids(s)):
+        return "the speakers it holds differ from the database's"
+    return None
 
 
 def _sample_matches(s, index: SpeakerIndex, touched: set[int]) -> bool:

@@ -771,6 +771,15 @@ def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.stack([from_blob(r[1]) for r in rows])
 
 
+def speaker_ids(session: Session) -> np.ndarray:
+    """Every speaker's id (n,) int64, sorted."""
+    # No ORDER BY: SQLite can then read the ids from the small name index instead of
+    # walking every row with its centroid; numpy sorts them. Core rows, not the ORM's:
+    # a third of the time.
+    ids = session.connection().execute(select(Speaker.id)).scalars().all()
+    return np.sort(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+
+
 def recompute_centroid(speaker: Speaker) -> None:
     """Set the centroid to the L2-normalised mean of the utterance embeddings."""
     vectors = np.stack([u.vector() for u in speaker.utterances])  # (n_utt, dim)
