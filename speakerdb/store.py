@@ -771,13 +771,26 @@ def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.stack([from_blob(r[1]) for r in rows])
 
 
-def speaker_ids(session: Session) -> np.ndarray:
-    """Every speaker's id (n,) int64, sorted."""
-    # No ORDER BY: SQLite can then read the ids from the small name index instead of
-    # walking every row with its centroid; numpy sorts them. Core rows, not the ORM's:
-    # a third of the time.
-    ids = session.connection().execute(select(Speaker.id)).scalars().all()
-    return np.sort(np.fromiter(ids, dtype=np.int64, count=len(ids)))
+_ID_HASH_PRIME = 2**31 - 1  # a Lehmer (MINSTD) step mod this prime mixes ids; sums stay far below 2**63
+_ID_HASH_MULTIPLIER = 48_271
+
+
+def speaker_id_digest(session: Session) -> tuple[int, int, int]:
+    """(number of speakers, sum of their ids, sum of a hash of their ids): what an index's
+    live labels must give in :func:`id_digest`. Computed by the database over its smallest
+    index, without fetching the ids."""
+    from sqlalchemy import cast
+
+    mixed = cast(Speaker.id, BigInteger) % _ID_HASH_PRIME * _ID_HASH_MULTIPLIER % _ID_HASH_PRIME
+    n, total, hashed = session.execute(select(func.count(Speaker.id), func.sum(Speaker.id), func.sum(mixed))).one()
+    return int(n), int(total or 0), int(hashed or 0)
+
+
+def id_digest(ids: np.ndarray) -> tuple[int, int, int]:
+    """:func:`speaker_id_digest` of the ids ``ids`` (n,), in numpy."""
+    ids = np.asarray(ids, np.int64)
+    mixed = ids % _ID_HASH_PRIME * _ID_HASH_MULTIPLIER % _ID_HASH_PRIME
+    return len(ids), int(ids.sum()), int(mixed.sum())
 
 
 def recompute_centroid(speaker: Speaker) -> None:
