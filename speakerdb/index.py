@@ -25,7 +25,7 @@ vectors lie last in the file (``vectors_in_place``). It carries sha256 digests o
 to its vectors (``payload_sha256``). The alive flags and the vectors have none, since
 they are zeroed in place; a reader checks them against each other (a live vector has
 norm 1, a dead one is zero) and against the store (a sample of the vectors, and the
-live labels equal to the store's speakers: indexkeeper.py).
+count and sums of the live labels: indexkeeper.py).
 
 The file is a snapshot: readers load it and replay the store's change records that
 follow it (indexkeeper.py). When a speaker is removed or re-centred, its position is

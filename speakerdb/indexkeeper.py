@@ -14,9 +14,10 @@ the speaker id, and a random nonce. An index remembers the database it was built
   or damaged file of any shape, is rebuilt from the store.
 - a file must also **prove** that it matches the store before it is used: its digests
   (index.py), a sample of its vectors equal to the store's centroids, and, once caught
-  up, its live labels equal to the store's speakers (a zeroed alive flag hides a speaker
-  from every search, and no digest can cover flags that are zeroed in place). A file
-  that fails is deleted with a warning and rebuilt, so the damage does not outlive it.
+  up, the count and sums of its live labels equal to those of the store's speakers (a
+  zeroed alive flag hides a speaker from every search, and no digest in the file can
+  cover flags that are zeroed in place). A file that fails is deleted with a warning and
+  rebuilt, so the damage does not outlive it.
 - **one snapshot per answer**: :meth:`IndexKeeper.snapshot` yields a read transaction
   and the index at exactly its generation, so names are resolved at the generation that
   was searched; rebuilding and saving happen outside any read transaction.
