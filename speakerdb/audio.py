@@ -13,7 +13,9 @@ moved to torchcodec.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -319,6 +321,9 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
     import soundfile
 
     errors: list[BaseException] = []
+    parts = _joined_parts(path)
+    if parts is not None:
+        return _parts_blocks(path, parts, block_s)
     chainable = _looks_chainable(path)
     if chainable:  # sniffed before libsndfile opens it: mpg123 prints its warnings to stderr
         try:
@@ -380,6 +385,115 @@ def _looks_chainable(path: Path) -> bool:
         len(head) == 4 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and (head[1] >> 1) & 3 != 0
         and head[2] >> 4 != 15 and (head[2] >> 2) & 3 != 3
     )
+
+
+# WAV, AIFF and FLAC files begin with a header that gives their own length, so libsndfile
+# (and FFmpeg) stop at the end of the first of several files joined with `cat`. A later
+# part is found by its own header: 8-12 fixed bytes, which PCM or FLAC frames hold by chance
+# about once in 2**64 positions.
+def _part_header(head: bytes) -> bytes | None:
+    """The 4 bytes that begin every part of a file like ``head`` (WAV, AIFF, FLAC), or None."""
+    if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+        return head[:4]
+    if len(head) >= 12 and head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+        return b"FORM"
+    if len(head) >= 8 and head[:4] == b"fLaC" and head[4] & 0x7F == 0 and head[5:8] == b"\x00\x00\x22":
+        return b"fLaC"  # the STREAMINFO block, 34 bytes, always first
+    return None
+
+
+def _joined_parts(path: Path) -> list[tuple[int, int]] | None:
+    """(start, end) byte offsets of each file joined end to end in ``path``, or None for one file."""
+    try:
+        with open(path, "rb") as f:
+            marker = _part_header(f.read(12))
+            if marker is None:
+                return None
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                starts, at = [0], 0
+                while (at := data.find(marker, at + 1)) > 0:
+                    if _part_header(data[at:at + 12]) == marker:
+                        starts.append(at)
+                size = len(data)
+    except (OSError, ValueError):  # unreadable, empty or not a regular file: the decoders say why
+        return None
+    if len(starts) == 1:
+        return None
+    return list(zip(starts, starts[1:] + [size]))
+
+
+class _Part(io.RawIOBase):
+    """Bytes ``start`` to ``end`` of a file, as a file of their own (for libsndfile's virtual I/O)."""
+
+    def __init__(self, path: Path, start: int, end: int) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 (closed with this object)
+        self._start, self._size, self._at = start, end - start, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: self._size}[whence]
+        self._at = min(max(0, base + offset), self._size)
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._size - self._at)
+        if n <= 0:
+            return 0
+        self._file.seek(self._start + self._at)
+        got = self._file.readinto(memoryview(buffer)[:n]) or 0
+        self._at += got
+        return got
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _parts_blocks(path: Path, parts: list[tuple[int, int]], block_s: float) -> tuple[int, Iterator[np.ndarray], int]:
+    """(rate, blocks, declared frames) of recordings joined end to end, decoded part after part.
+
+    Every part must have the first part's sample rate (a joined file of several rates is
+    refused rather than decoded in part); channels may differ, since blocks are averaged to mono.
+    """
+    import soundfile
+
+    opened: list[soundfile.SoundFile] = []
+    try:
+        for number, (start, end) in enumerate(parts, 1):
+            try:
+                opened.append(soundfile.SoundFile(_Part(path, start, end)))
+            except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
+                log.debug("%s: part %d: %s", path, number, _short(e))
+                raise AudioError(path, f"holds {len(parts)} recordings joined end to end, and part {number} "
+                                 f"(from byte {start:,}) cannot be decoded: damaged") from None
+        rates = sorted({int(f.samplerate) for f in opened})
+        if len(rates) > 1:
+            raise AudioError(path, f"holds {len(parts)} recordings joined end to end at different sample rates "
+                             f"({', '.join(f'{r:,} Hz' for r in rates)}): decode them as separate files")
+    except BaseException:
+        for f in opened:
+            f.close()
+        raise
+    declared = sum(int(f.frames) if 0 <= f.frames < 2**62 else 0 for f in opened)
+
+    def blocks() -> Iterator[np.ndarray]:
+        try:
+            for f in opened:
+                yield from _soundfile_blocks(f, block_s)
+        finally:
+            for f in opened:
+                f.close()
+
+    return rates[0], blocks(), declared
 
 
 def _soundfile_blocks(f, block_s: float) -> Iterator[np.ndarray]:

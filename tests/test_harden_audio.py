@@ -133,6 +133,36 @@ def test_a_decoder_that_stops_early_says_so(tmp_path):
     assert "after 3.0 s" in err.value.reason
 
 
+@pytest.mark.parametrize("suffix, kwargs", [(".wav", {}), (".flac", {}), (".aiff", {}),
+                                             (".wav", {"subtype": "FLOAT"})],
+                         ids=["wav", "flac", "aiff", "wav-float"])
+def test_files_with_their_own_length_joined_with_cat_decode_whole(tmp_path, suffix, kwargs):
+    # A WAV, AIFF or FLAC header gives its own file's length: both decoders stopped at the end
+    # of the first part (FFmpeg for WAV, libsndfile for FLAC), and the second voice was lost.
+    joined = _cat(tmp_path / f"call{suffix}", *_two_voices(tmp_path, suffix, **kwargs))
+    _assert_both_voices(audio.load(joined).samples)
+    _assert_both_voices(np.concatenate(list(audio.stream(joined, block_s=1.0))))
+
+
+def test_joined_files_of_different_rates_or_a_damaged_part_are_refused_saying_why(tmp_path):
+    first = write(tmp_path / "a.wav", voice(150, 3.0))
+    other_rate = write(tmp_path / "b.wav", voice(250, 3.0, sr=22_050), sr=22_050)
+    with pytest.raises(AudioError, match="joined end to end at different sample rates"):
+        audio.load(_cat(tmp_path / "rates.wav", first, other_rate))
+    second = write(tmp_path / "b.flac", voice(250, 4.0, seed=1))
+    joined = _cat(tmp_path / "cut.flac", write(tmp_path / "a.flac", voice(150, 3.0)), second.read_bytes()[:-2000])
+    with pytest.raises(AudioError, match="damaged or truncated.*after 3.0 s|part 2"):
+        audio.load(joined)
+
+
+def test_the_declared_length_of_joined_files_is_their_sum(tmp_path, monkeypatch):
+    # Refused before decoding, as one file of that length is.
+    monkeypatch.setenv(audio.MAX_DURATION_ENV, "5")
+    joined = _cat(tmp_path / "call.wav", *_two_voices(tmp_path, ".wav"))
+    with pytest.raises(AudioError, match="declares 7"):
+        audio.load(joined)
+
+
 def test_junk_after_an_mp3_is_skipped_with_a_warning(tmp_path, caplog):
     first = write(tmp_path / "a.mp3", voice(150, 3.0), **MP3)
     path = _cat(tmp_path / "padded.mp3", first, b"\0" * 300_000)
