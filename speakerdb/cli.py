@@ -1414,6 +1414,12 @@ def main() -> None:
     gc.set_threshold(young, middle, max(full, ONE_SHOT_FULL_GC_EVERY))
     try:
         cli(prog_name="speakerdb")
+    except SystemExit as e:
+        if e.code not in (0, None):
+            # An error's traceback holds frames in cycles; freezing them keeps native objects
+            # alive to the end, which their bindings (nanobind's) then report as leaks on stderr.
+            gc.collect()
+        raise
     finally:
         # The command is done and its database closed (call_on_close): the process ends here,
         # so the interpreter need not walk every object to free it.
