@@ -9,7 +9,7 @@ import os
 
 from alembic import context
 
-from speakerdb.store import Base, open_engine
+from speakerdb.storage.store import Base, open_engine
 
 target_metadata = Base.metadata
 
@@ -49,7 +49,7 @@ def run_migrations_online() -> None:
         raise SystemExit("give the database with -x db=PATH or SPEAKERDB_DB=PATH")
     from pathlib import Path
 
-    from speakerdb.store import is_server_url, open_server_engine
+    from speakerdb.storage.store import is_server_url, open_server_engine
 
     if is_server_url(path):
         with open_server_engine(path).connect() as conn:

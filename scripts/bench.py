@@ -18,7 +18,7 @@ model; the embeddings themselves mean nothing.
 What is measured (each timing is the median of --repeats runs, after one warm-up run;
 the two sides of a comparison are interleaved so that drift in machine speed hits both):
 
-* model load: ``speakerdb.embed.load_embedder(DIR)`` against the model card's
+* model load: ``speakerdb.embedding.models.load_embedder(DIR)`` against the model card's
   ``Wav2Vec2FeatureExtractor.from_pretrained(DIR)`` + ``WavLMForXVector.from_pretrained(DIR)``;
 * embedding one synthetic clip of 1, 3, 10 and 30 s: the model card snippet, literally
   (autograd left on, as the card has it), against ``TransformersXVector.embed([wave])``, in
@@ -79,7 +79,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch, transformers and speakerdb are imported when needed, after setup
     from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
 
-    from speakerdb.embed import TransformersXVector
+    from speakerdb.embedding.models import TransformersXVector
 
 SAMPLE_RATE = 16_000  # Hz: what the WavLM x-vector models take
 EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding component
@@ -248,7 +248,7 @@ class Context:
         """speakerdb's embedder in bfloat16, or None where this speakerdb has no such option."""
         if not has_precision_option():
             return None
-        from speakerdb.embed import TransformersXVector
+        from speakerdb.embedding.models import TransformersXVector
 
         return TransformersXVector(str(self.checkpoint), precision="bf16")  # type: ignore[call-arg]
 
@@ -261,7 +261,7 @@ def steady_embedder(checkpoint: Path) -> TransformersXVector:
     Set up front here, so that every timing is of one state; short one-file commands
     never reach it, and the ``identify`` process row measures them as they are.
     """
-    from speakerdb.embed import TransformersXVector
+    from speakerdb.embedding.models import TransformersXVector
 
     embedder = TransformersXVector(str(checkpoint))
     prepare = getattr(embedder, "prepare_long_run", None) or getattr(embedder, "prepare_int8_products", None)
@@ -272,7 +272,7 @@ def steady_embedder(checkpoint: Path) -> TransformersXVector:
 
 def has_precision_option() -> bool:
     """Whether ``TransformersXVector.__init__`` takes ``precision`` (being added in another change)."""
-    from speakerdb.embed import TransformersXVector
+    from speakerdb.embedding.models import TransformersXVector
 
     return "precision" in inspect.signature(TransformersXVector.__init__).parameters
 
@@ -289,7 +289,7 @@ def load_reference(checkpoint: Path) -> tuple[Wav2Vec2FeatureExtractor, WavLMFor
 # ---- benchmarks ----------------------------------------------------------------------
 def bench_load(ctx: Context) -> list[Row]:
     """Model load time, in this process (torch and transformers already imported)."""
-    from speakerdb.embed import _fingerprint, load_embedder
+    from speakerdb.embedding.models import _fingerprint, load_embedder
 
     log(f"load: {ctx.repeats} x 2 loads of the checkpoint, interleaved")
     times = interleaved(
@@ -435,8 +435,8 @@ def bench_folder(ctx: Context) -> list[Row]:
     whole, so both sides run the same forward passes; what differs is the pipeline's own
     work (sha256, level checks, speech activity) and autograd.
     """
-    from speakerdb import pipeline
-    from speakerdb.audio import Audio
+    from speakerdb.embedding import pipeline
+    from speakerdb.audio.decode import Audio
 
     rng = np.random.default_rng(SEED)
     lengths = np.round(rng.uniform(FOLDER_MIN_S, FOLDER_MAX_S, FOLDER_CLIPS), 1)  # seconds
@@ -508,8 +508,8 @@ def bench_long_clip(ctx: Context) -> list[Row]:
 
 def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, Any]:
     """Run in the child process of :func:`bench_long_clip`; returns its measurements."""
-    from speakerdb import pipeline
-    from speakerdb.audio import Audio
+    from speakerdb.embedding import pipeline
+    from speakerdb.audio.decode import Audio
 
     embedder = steady_embedder(checkpoint)
     embedder.embed([synthetic_wave(1.0)])  # first-call costs, outside both measurements
@@ -762,7 +762,7 @@ def heavy_imports_row(ctx: Context, env: dict[str, str], args: list[str]) -> Row
 def make_small_database(ctx: Context, home: Path) -> int:
     """Enroll a few speakers from 1 s synthetic clips into $SPEAKERDB_HOME's default database."""
     from speakerdb.api import DB_FILENAME, SpeakerDB
-    from speakerdb.audio import Audio
+    from speakerdb.audio.decode import Audio
 
     names = ["alice", "bob", "carol"]
     with SpeakerDB(home / DB_FILENAME, embedder=ctx.embedder) as db:
@@ -817,7 +817,7 @@ def bench_faiss(ctx: Context) -> list[Row]:
     recall here is a guide, not a promise. Recall@1 is the fraction of queries whose top
     speaker is the exact search's.
     """
-    from speakerdb.index import SpeakerIndex
+    from speakerdb.storage.index import SpeakerIndex
 
     sizes = [1_000, 100_000] + ([1_000_000] if ctx.full_scale or not ctx.quick else [])
     hnsw_sizes = [100_000] + ([1_000_000] if ctx.full_scale else [])
@@ -853,7 +853,7 @@ def bench_faiss(ctx: Context) -> list[Row]:
 def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray, sources: np.ndarray,
               random_queries: np.ndarray) -> list[Row]:
     """Build time, latency and recall@1 (against ``flat``) of an HNSW index over the same vectors."""
-    from speakerdb.index import SpeakerIndex
+    from speakerdb.storage.index import SpeakerIndex
 
     n = len(ids)
     label = f"faiss {n:,} speakers: HNSW"
@@ -883,7 +883,7 @@ def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray
 
 def save_load_rows(ctx: Context, index: Any) -> list[Row]:
     """``SpeakerIndex.save`` (with its fsync) and ``SpeakerIndex.load`` of ``index``, in the scratch directory."""
-    from speakerdb.index import SpeakerIndex
+    from speakerdb.storage.index import SpeakerIndex
 
     path = ctx.scratch / "bench.faiss"
     repeats = min(ctx.repeats, 3)  # each writes and reads a 2 GB file
@@ -921,9 +921,10 @@ class StubEmbedder:
 
 def bench_enroll(ctx: Context) -> list[Row]:
     """Enrollment without the model: ``SpeakerDB.enroll`` per new speaker, and a gallery import."""
-    from speakerdb import __version__, gallery
+    from speakerdb import __version__
+    from speakerdb.storage import gallery
     from speakerdb.api import DB_FILENAME, SpeakerDB
-    from speakerdb.audio import Audio
+    from speakerdb.audio.decode import Audio
 
     n = ENROLL_SPEAKERS_QUICK if ctx.quick else ENROLL_SPEAKERS
     quick = " (--quick)" if ctx.quick else ""
@@ -1000,7 +1001,7 @@ def memory_child(checkpoint: Path, side: str) -> dict[str, Any]:
     import torch  # noqa: F401 -- imported before the baseline, as in any user's process
     import transformers  # noqa: F401
 
-    import speakerdb.embed  # noqa: F401
+    import speakerdb.embedding.models  # noqa: F401
 
     wave = synthetic_wave(MEMORY_CLIP_S)
     gc.collect()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speakerdb import SpeakerDB, gallery
+from speakerdb import SpeakerDB
+from speakerdb.storage import gallery
 
 
 def synthetic_gallery(path: Path, n_speakers: int, per_speaker: int, dim: int, seed: int = 0) -> None:

@@ -76,7 +76,7 @@ def unit(rng, n: int) -> np.ndarray:
 
 
 def gallery_of(path: Path, prefix: str, vectors: np.ndarray) -> Path:
-    from speakerdb import gallery
+    from speakerdb.storage import gallery
 
     speakers = [
         gallery.GallerySpeaker(f"{prefix}-{i}", None, None, {}, [
@@ -107,8 +107,10 @@ def main() -> None:
     args.directory.mkdir(parents=True, exist_ok=True)
     db_path = args.directory / "scale.sqlite"
 
-    from speakerdb import SpeakerDB, audio, indexkeeper
-    from speakerdb.indexkeeper import IndexKeeper
+    from speakerdb import SpeakerDB
+    from speakerdb.audio import decode as audio
+    from speakerdb.storage import indexkeeper
+    from speakerdb.storage.indexkeeper import IndexKeeper
 
     # Catch-up rows time the replay alone: no reader saves the file here (saving is its own row).
     save_every, indexkeeper.SAVE_AFTER_CHANGES = indexkeeper.SAVE_AFTER_CHANGES, 1 << 62
@@ -165,7 +167,7 @@ def main() -> None:
     stub = Stub()
     enroll_total, enroll_index, remove_total, remove_index = [], [], [], []
     with SpeakerDB(db_path, embedder=stub) as db:
-        from speakerdb import store
+        from speakerdb.storage import store
 
         with db.store.read() as s:  # speakers of the bulk fill, which the index file holds
             picks = rng.choice(np.arange(1, args.speakers + 1), size=50, replace=False).tolist()

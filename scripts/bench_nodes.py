@@ -47,7 +47,7 @@ FRESH_FAISS = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import numpy as np
-from speakerdb.index import SpeakerIndex
+from speakerdb.storage.index import SpeakerIndex
 index = SpeakerIndex.load(sys.argv[1])
 index.params["hnsw_ef_search"] = int(sys.argv[2])
 q = np.asarray(json.loads(sys.stdin.read()), np.float32)[None]
@@ -79,7 +79,7 @@ def vectors_of(kind: str, n: int, params, rng) -> tuple[np.ndarray, np.ndarray, 
 
 
 def faiss_rows(kind, base, queries, exact, workdir: Path) -> list[str]:
-    from speakerdb.index import SpeakerIndex
+    from speakerdb.storage.index import SpeakerIndex
 
     rows = []
     t = time.perf_counter()

@@ -51,7 +51,9 @@ def main() -> None:
 
         faiss.omp_set_num_threads(args.faiss_threads)
 
-    from speakerdb import SpeakerDB, audio, norm
+    from speakerdb import SpeakerDB
+    from speakerdb.audio import decode as audio
+    from speakerdb.scoring import norm
 
     args.dir.mkdir(parents=True, exist_ok=True)
     path = args.dir / "norm.sqlite"
@@ -68,7 +70,7 @@ def main() -> None:
     shutil.copyfile(path, plain_path)
     normed, plain = SpeakerDB(path, embedder=stub), SpeakerDB(plain_path, embedder=stub)
     clip = audio.Audio("query", np.full(16_000, 0.1, np.float32))
-    from speakerdb import store
+    from speakerdb.storage import store
 
     with plain.store.read() as s:
         _, centroids = store.centroids(s)

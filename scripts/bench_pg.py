@@ -50,14 +50,15 @@ class Stub:
 
 
 def clip(k: int):
-    from speakerdb import audio
+    from speakerdb.audio import decode as audio
 
     rng = np.random.default_rng(k)
     return audio.Audio(f"r{k}.flac", (0.1 * rng.standard_normal(16_000)).astype(np.float32))
 
 
 def fill(target: str, n: int, workdir: Path) -> None:
-    from speakerdb import SpeakerDB, gallery
+    from speakerdb import SpeakerDB
+    from speakerdb.storage import gallery
 
     rng = np.random.default_rng(1)
     v = rng.standard_normal((n, DIM)).astype(np.float32)

@@ -163,7 +163,7 @@ class Service:
 
 def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) -> dict:
     """``n_clients`` threads identifying ``clip`` back to back for ``seconds`` (after one warm-up each)."""
-    from speakerdb.client import Client
+    from speakerdb.service.client import Client
     from speakerdb.errors import ServiceError
 
     latencies: list[float] = []
@@ -235,7 +235,7 @@ def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[f
     """One in-process call, one service call, alternately (after a warm-up of each): the
     ratio of their medians does not depend on how busy the machine was meanwhile."""
     from speakerdb import SpeakerDB
-    from speakerdb.client import Client
+    from speakerdb.service.client import Client
 
     rows = []
     client = Client(service.url, service.key, retries=0)
@@ -304,7 +304,7 @@ def main() -> None:
         sf.write(str(clips[seconds]), voice(160.0, seconds, seed=99), SR, subtype="PCM_16")
     db_path = work / "bench.sqlite"
     log(f"enrolling {args.speakers} speakers (3 s each)")
-    from speakerdb import audio
+    from speakerdb.audio import decode as audio
 
     with SpeakerDB(db_path, model=str(checkpoint)) as db:
         for i in range(args.speakers):

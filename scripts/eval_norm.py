@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from speakerdb import evaluate  # noqa: E402
-from speakerdb.embed import load_embedder  # noqa: E402
+from speakerdb.scoring import evaluate  # noqa: E402
+from speakerdb.embedding.models import load_embedder  # noqa: E402
 from bench_index import cpu_name  # noqa: E402
 
 CONDITIONS = {"whole": None, "2 s": 2.0, "1 s": 1.0}  # test-seconds per condition

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from speakerdb import audio, timeline  # noqa: E402
+from speakerdb.audio import decode as audio
+from speakerdb import timeline  # noqa: E402
 from speakerdb.api import SpeakerDB  # noqa: E402
 
 COLLARS = (0.0, 0.25, 0.5)  # pyannote collar widths, s
@@ -79,7 +80,7 @@ def frame_labels(segments, n: int) -> list[set[str]]:
 
 def baseline(db: SpeakerDB, path: Path, window_s: float = 1.5, hop_s: float = 0.5):
     """The issue's baseline: fixed windows over everything, each matched to the centroids."""
-    from speakerdb import store
+    from speakerdb.storage import store
 
     x = audio.load(path).samples
     with db.store.read() as s:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from speakerdb import timeline, vad  # noqa: E402
-from speakerdb.embed import load_embedder  # noqa: E402
-from speakerdb.evaluate import AUDIO_SUFFIXES  # noqa: E402
+from speakerdb import timeline
+from speakerdb.audio import vad  # noqa: E402
+from speakerdb.embedding.models import load_embedder  # noqa: E402
+from speakerdb.scoring.evaluate import AUDIO_SUFFIXES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

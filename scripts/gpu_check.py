@@ -85,8 +85,9 @@ def main() -> None:
         import make_random_checkpoint
 
         checkpoint = make_random_checkpoint.build(Path(tempfile.mkdtemp()) / "wavlm-random", size="full", seed=0)
-    from speakerdb import audio, pipeline
-    from speakerdb.embed import load_embedder
+    from speakerdb.audio import decode as audio
+    from speakerdb.embedding import pipeline
+    from speakerdb.embedding.models import load_embedder
 
     assert torch.cuda.is_available(), "no CUDA device"
     sync = torch.cuda.synchronize

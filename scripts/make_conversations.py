@@ -43,8 +43,8 @@ import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from speakerdb import audio  # noqa: E402
-from speakerdb.evaluate import find_recordings  # noqa: E402
+from speakerdb.audio import decode as audio  # noqa: E402
+from speakerdb.scoring.evaluate import find_recordings  # noqa: E402
 
 SR = audio.SAMPLE_RATE
 FRAME = 160  # samples: 10 ms reference frames

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from speakerdb import SpeakerDB
-from speakerdb.audio import Audio
+from speakerdb.audio.decode import Audio
 
 DIM = 32
 SR = 16_000  # Hz

@@ -15,7 +15,8 @@ import sys
 
 import numpy as np
 
-from speakerdb import __version__, gallery
+from speakerdb import __version__
+from speakerdb.storage import gallery
 
 
 def main(path: str) -> None:

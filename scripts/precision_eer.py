@@ -19,7 +19,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from speakerdb import evaluate  # noqa: E402
+from speakerdb.scoring import evaluate  # noqa: E402
 
 
 def main() -> None:

@@ -50,7 +50,8 @@ QUERY_SCRIPT = r"""
 import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
-from speakerdb import SpeakerDB, audio
+from speakerdb import SpeakerDB
+from speakerdb.audio import decode as audio
 path, queries = sys.argv[1], json.load(sys.stdin)
 
 class Stub:
@@ -78,7 +79,8 @@ def fill(path: Path, n: int, seed: int = 0, draw=None) -> None:
     (default: uniform 512-d)."""
     from sqlalchemy import insert
 
-    from speakerdb import SpeakerDB, store
+    from speakerdb import SpeakerDB
+    from speakerdb.storage import store
 
     SpeakerDB(path).close()  # creates the schema and default settings
     db = store.Store(path)
@@ -133,7 +135,8 @@ def main() -> None:
         for stale in args.directory.glob("scale.sqlite*"):
             stale.unlink()
 
-    from speakerdb import SpeakerDB, store
+    from speakerdb import SpeakerDB
+    from speakerdb.storage import store
 
     params = None
     if args.vectors == "speaker-like":

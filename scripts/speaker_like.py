@@ -34,8 +34,9 @@ SHRINK = 0.1  # covariance shrinkage towards its diagonal: 261 centroids in 256 
 
 def fit(data_dir: Path, out: Path) -> dict[str, np.ndarray]:
     """Embed the excerpts with GE2E and save the fitted parameters to ``out`` (.npz)."""
-    from speakerdb import audio, pipeline
-    from speakerdb.embed import load_embedder
+    from speakerdb.audio import decode as audio
+    from speakerdb.embedding import pipeline
+    from speakerdb.embedding.models import load_embedder
 
     embedder = load_embedder("resemblyzer")
 

@@ -2,7 +2,7 @@
 
 The Python API lives in :mod:`speakerdb.api`; the names most people need are here::
 
-    from speakerdb import SpeakerDB
+    from . import SpeakerDB
 
 They are imported on first use, so ``speakerdb --help`` does not pay for SQLAlchemy.
 """

@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from . import audio, gallery, norm, pipeline, schema, store
-from .embed import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder, same_model
+from .audio import decode as audio
+from .storage import gallery, schema, store
+from .scoring import norm
+from .embedding import pipeline
+from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder, same_model
 from .errors import (
     AudioError,
     ConflictError,
@@ -38,13 +41,13 @@ from .errors import (
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
-from .store import validate_name
-from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
-from .index import IndexFileError, SpeakerIndex
-from .indexkeeper import IndexKeeper
+from .storage.store import validate_name
+from .storage.index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
+from .storage.index import IndexFileError, SpeakerIndex
+from .storage.indexkeeper import IndexKeeper
 
 if TYPE_CHECKING:  # for annotations only: the methods import them where they are used
-    from . import keys
+    from .storage import keys
     from . import timeline as timelines
 
 log = logging.getLogger("speakerdb")
@@ -266,7 +269,7 @@ class SpeakerDB:
         precision: ``fp32`` (the model card's embeddings, within ~4e-7 per component) or ``bf16``
             (about 2.7x as fast on CPUs with bf16 matrix units (AMX); embeddings within ~1e-3 per component).
         embedder: any object with ``model_id``, ``dim`` and ``embed()``
-            (:class:`speakerdb.embed.Embedder`); overrides ``model``.
+            (:class:`speakerdb.embedding.models.Embedder`); overrides ``model``.
     """
 
     def __init__(
@@ -809,7 +812,7 @@ class SpeakerDB:
         with no speech gives an empty timeline with a note. See :mod:`speakerdb.timeline`.
         """
         from . import timeline as timelines
-        from . import vad
+        from .audio import vad
 
         # Voices are named on the database's scale (AS-norm when normalisation is on, as identify);
         # windows are clustered by cosine, with the cosine threshold (see _cosine_threshold).
@@ -1076,28 +1079,28 @@ class SpeakerDB:
     def create_key(self, name: str, scope: str, *, actor: str | None = None) -> "keys.NewKey":
         """Create API key ``name`` with ``scope`` (read, write or admin); returns it with its
         secret, which is shown this once: the database keeps only a salted hash."""
-        from . import keys
+        from .storage import keys
 
         with store.audited(actor, "key-create", detail={"key": name, "scope": scope}), self.store.write() as s:
             return keys.create(s, name, scope)
 
     def list_keys(self) -> "list[keys.KeyInfo]":
         """Every API key, revoked ones included, by name (never their secrets)."""
-        from . import keys
+        from .storage import keys
 
         with self.store.read() as s:
             return keys.list_keys(s)
 
     def revoke_key(self, name: str, *, actor: str | None = None) -> "keys.KeyInfo":
         """Revoke API key ``name``: every server refuses it from its next request."""
-        from . import keys
+        from .storage import keys
 
         with store.audited(actor, "key-revoke", detail={"key": name}), self.store.write() as s:
             return keys.revoke(s, name)
 
     def authenticate(self, key: str) -> "keys.KeyInfo | None":
         """The active API key ``key`` is, or None."""
-        from . import keys
+        from .storage import keys
 
         with self.store.read() as s:
             return keys.authenticate(s, key)
@@ -1105,14 +1108,14 @@ class SpeakerDB:
     def has_keys(self, include_revoked: bool = False) -> bool:
         """Whether any API key is active, or with ``include_revoked`` was ever created (then
         ``serve`` requires a key for every request, even once all are revoked)."""
-        from . import keys
+        from .storage import keys
 
         with self.store.read() as s:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> "list[keys.AuditEntry]":
         """The newest ``limit`` changes made through the service or to keys, oldest first."""
-        from . import keys
+        from .storage import keys
 
         store.check_name_text(speaker)
         with self.store.read() as s:
@@ -1251,7 +1254,7 @@ def _cosine_threshold(settings: dict[str, Any]) -> float:
 def _cohort_files(cohort) -> list:
     """A cohort given as a directory (every audio file below it, sorted) or as a list of files."""
     if isinstance(cohort, (str, os.PathLike)):
-        from .evaluate import AUDIO_SUFFIXES
+        from .scoring.evaluate import AUDIO_SUFFIXES
 
         root = Path(cohort).expanduser()
         if not root.is_dir():
@@ -1335,7 +1338,7 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
     """Raise InvalidInputError now, before any work, for an output file that cannot be written:
     its directory is missing or not writable, it is a directory, or it exists and not
     ``overwrite`` (see :func:`speakerdb.atomic.check_output`, the one check every output has)."""
-    from .atomic import check_output
+    from .storage.atomic import check_output
 
     return check_output(path, overwrite=overwrite)
 

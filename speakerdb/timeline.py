@@ -11,7 +11,7 @@ last one is aligned to the region's end, so the whole region is covered. A regio
 shorter than ``window_s`` (but at least ``min_window_s``) is one window of its own
 length. Windows never cross a pause the VAD found, so a window rarely holds two voices
 when people take turns. Windows of one length are stacked into one forward pass without
-padding (:meth:`speakerdb.embed.TransformersXVector.embed`), so each window's embedding
+padding (:meth:`speakerdb.embedding.models.TransformersXVector.embed`), so each window's embedding
 is exactly what embedding that window alone gives.
 
 Voices. The windows are clustered by agglomerative clustering (average linkage, cosine
@@ -56,8 +56,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import atomic, audio, norm, vad
-from .embed import Embedder, l2_normalize
+from .storage import atomic
+from .audio import decode as audio, vad
+from .scoring import norm
+from .embedding.models import Embedder, l2_normalize
 from .errors import InvalidInputError
 
 FRAME_S = 0.01  # s: resolution of the output timeline

@@ -18,7 +18,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import FakeEmbedder, voice  # noqa: E402
 
-from speakerdb import SpeakerDB, audio, store  # noqa: E402
+from speakerdb import SpeakerDB
+from speakerdb.audio import decode as audio
+from speakerdb.storage import store  # noqa: E402
 
 
 def clip(f0: float, seed: int) -> audio.Audio:

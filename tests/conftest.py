@@ -60,8 +60,9 @@ def assert_index_agrees_with_store(db_path: Path, **open_kwargs) -> None:
     """What a fresh process searches equals the store: the file (if any) is a snapshot of
     this database no newer than it, and the index caught up from it holds exactly every
     speaker's centroid."""
-    from speakerdb import SpeakerDB, store
-    from speakerdb.index import SpeakerIndex
+    from speakerdb import SpeakerDB
+    from speakerdb.storage import store
+    from speakerdb.storage.index import SpeakerIndex
 
     with SpeakerDB(db_path, **open_kwargs) as db:
         header = SpeakerIndex.read_header(db.index_path)
@@ -123,7 +124,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_checkpoint):
-    from speakerdb.embed import load_embedder
+    from speakerdb.embedding.models import load_embedder
 
     return load_embedder(str(tiny_checkpoint))
 

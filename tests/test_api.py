@@ -7,7 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 
-from speakerdb import SpeakerDB, audio
+from speakerdb import SpeakerDB
+from speakerdb.audio import decode as audio
 from speakerdb.errors import (
     AudioError,
     EmptyDatabaseError,
@@ -16,7 +17,7 @@ from speakerdb.errors import (
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
-from speakerdb.index import SpeakerIndex
+from speakerdb.storage.index import SpeakerIndex
 
 from conftest import FakeEmbedder, voice, write
 
@@ -46,7 +47,7 @@ def test_centroid_is_normalised_mean_of_utterances(fake_db, voices):
     vectors = FakeEmbedder().embed([audio.load(p).samples for p in voices["alice"]])
     mean = vectors.mean(axis=0)
     with fake_db.store.read() as s:
-        from speakerdb import store
+        from speakerdb.storage import store
 
         centroid = store.speaker_by_name(s, "alice").centroid_vector()
     np.testing.assert_allclose(centroid, mean / np.linalg.norm(mean), atol=1e-6)
@@ -140,7 +141,7 @@ def test_remove_leaves_nothing_of_the_speaker(fake_db, voices):
     fake_db.enroll("alice", voices["alice"][:2])
     fake_db.enroll("bob", voices["bob"][:2])
     with fake_db.store.read() as s:
-        from speakerdb import store
+        from speakerdb.storage import store
 
         bob_id = store.speaker_by_name(s, "bob").id
     fake_db.identify([voices["bob"][2]])  # the index file now holds bob
@@ -397,7 +398,7 @@ def test_a_name_stored_before_normalisation_is_still_found(fake_db, voices):
     nfd = "Jose\u0301"
     fake_db.enroll("Jose", voices["alice"][:1])
     with fake_db.store.write() as s:  # as an older speakerdb stored it
-        from speakerdb import store
+        from speakerdb.storage import store
 
         store.speaker_by_name(s, "Jose").name = nfd
     assert fake_db.show(nfd).name == nfd

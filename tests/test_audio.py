@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerdb import audio
+from speakerdb.audio import decode as audio
 from speakerdb.errors import AudioError
 
 from conftest import SR, voice, write

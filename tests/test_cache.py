@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb import SpeakerDB, api, gallery, store
-from speakerdb import index as index_module
-from speakerdb.index import MAGIC, SpeakerIndex
+from speakerdb import SpeakerDB, api
+from speakerdb.storage import gallery, store
+from speakerdb.storage import index as index_module
+from speakerdb.storage.index import MAGIC, SpeakerIndex
 
 from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 
@@ -196,7 +197,8 @@ def test_disk_full_after_the_commit(tmp_path, small_disk, operation):
 # ---- 3. a kill between the commit and the index write is healed by the next command --------
 KILL_AFTER_COMMIT = """
 import os, signal, sys
-from speakerdb import SpeakerDB, indexkeeper
+from speakerdb import SpeakerDB
+from speakerdb.storage import indexkeeper
 indexkeeper.IndexKeeper.after_commit = lambda self, before, after: os.kill(os.getpid(), signal.SIGKILL)
 SpeakerDB(sys.argv[1]).remove(sys.argv[2])
 """
@@ -227,7 +229,7 @@ def test_kill_between_commit_and_index_write_is_healed(tmp_path, clips, next_com
 # ---- 4. a stopped writer holding the lock blocks no one for long ----------------------------
 HOLD_LOCK_AND_STOP = """
 import os, signal, sys
-from speakerdb.index import write_lock
+from speakerdb.storage.index import write_lock
 with write_lock(sys.argv[1]):
     print("held", flush=True)
     os.kill(os.getpid(), signal.SIGSTOP)
@@ -463,7 +465,7 @@ def test_a_behind_index_catches_up_by_replay_not_rebuild(tmp_path, clips, monkey
 
 
 def test_records_no_index_needs_are_pruned_and_an_index_older_than_them_is_rebuilt(tmp_path, clips, monkeypatch):
-    from speakerdb import indexkeeper
+    from speakerdb.storage import indexkeeper
 
     monkeypatch.setattr(indexkeeper, "SAVE_AFTER_CHANGES", 4)
     monkeypatch.setattr(indexkeeper, "KEEP_CHANGES", 2)

@@ -179,7 +179,7 @@ def test_model_that_cannot_be_loaded_is_one_line(tmp_path, voices):
 
 
 def test_db_commands(run, tmp_path, voices):
-    from speakerdb.schema import HEAD_REVISION as head
+    from speakerdb.storage.schema import HEAD_REVISION as head
 
     run("enroll", "alice", voices["alice"][0])
     assert as_json(run("db", "current", "--json")) == {"revision": head, "head": head}
@@ -503,7 +503,7 @@ def test_a_one_shot_process_spares_the_garbage_collector_and_serve_does_not(tmp_
     assert done.stdout.split()[-3:] == ["0", "1000", "True"], done.stdout + done.stderr
 
     from speakerdb import cli as cli_module
-    from speakerdb import server
+    from speakerdb.service import app as server
 
     seen = []
     monkeypatch.setattr(server, "serve", lambda *a, **kw: seen.append(gc.get_threshold()))

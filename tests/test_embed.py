@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb.embed import Embedder, l2_normalize, load_embedder, same_model
+from speakerdb.embedding.models import Embedder, l2_normalize, load_embedder, same_model
 from speakerdb.errors import ModelLoadError
 
 from conftest import load_script, voice
@@ -154,7 +154,7 @@ def test_kernels_feature_encoder_equals_the_convolutions(norm, slices, monkeypat
     """kernels.py's time-major conv encoder computes what the Conv1d stack computes."""
     import torch
 
-    from speakerdb import kernels
+    from speakerdb.embedding import kernels
 
     if slices == "many slices":  # layers 0 and 1 in 97-frame slices: 20 of them, the last one short
         monkeypatch.setattr(kernels, "FUSED_FRAMES", 97)
@@ -175,7 +175,7 @@ def test_kernels_attention_equals_transformers(padded, monkeypatch):
     """The whole model with kernels.install() equals the original, with and without padded keys."""
     import torch
 
-    from speakerdb import intgemm, kernels
+    from speakerdb.embedding import intgemm, kernels
 
     model, fast = tiny_wavlm(), tiny_wavlm()  # the same seeded weights
     # 3 linear layers per transformer layer (q/k/v fused, 2 feed-forward); int8 where AMX,
@@ -202,7 +202,7 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result(monkeypatch):
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2ForXVector
 
-    from speakerdb import intgemm, kernels
+    from speakerdb.embedding import intgemm, kernels
 
     sizes = {k: v for k, v in load_script("make_random_checkpoint").SIZES["tiny"].items()
              if k not in ("num_buckets", "max_bucket_distance")}
@@ -230,7 +230,7 @@ def test_positional_conv_by_fft_equals_the_convolution(frames, kernel):
     from transformers import WavLMConfig
     from transformers.models.wavlm.modeling_wavlm import WavLMPositionalConvEmbedding
 
-    from speakerdb import kernels
+    from speakerdb.embedding import kernels
 
     torch.manual_seed(0)
     config = WavLMConfig(hidden_size=768, num_conv_pos_embeddings=kernel, num_conv_pos_embedding_groups=16)
@@ -256,7 +256,7 @@ AT_LOAD = ["conv feature encoder", "attention", "positional conv weight norm"]
 def test_long_run_kernels_come_after_enough_audio_and_keep_the_embeddings(tiny_checkpoint, monkeypatch):
     """The positional conv by FFT and the int8 products wait for LONG_RUN_AFTER_S of audio (one
     short file would not repay their set-up); embeddings stay within the tolerance across the switch."""
-    from speakerdb import embed, intgemm
+    from speakerdb.embedding import models as embed, intgemm
 
     monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 3.0)
     monkeypatch.setattr(intgemm, "MIN_ROWS", 1)  # a 2 s clip is 99 frames
@@ -293,7 +293,7 @@ def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(ti
     kernels come) a probe input checks them against the plain model."""
     import logging
 
-    from speakerdb import embed, kernels
+    from speakerdb.embedding import models as embed, kernels
 
     if breakage == "wrong attention":  # computes something else: scores not scaled
         def wrong(attention, hidden_states, attention_mask, gated_position_bias):
@@ -319,7 +319,7 @@ def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(ti
 
 
 def test_kernels_are_switched_off_by_the_environment(tiny_checkpoint, monkeypatch, caplog):
-    from speakerdb import embed
+    from speakerdb.embedding import models as embed
 
     monkeypatch.setenv("SPEAKERDB_KERNELS", "0")
     monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 1.0)

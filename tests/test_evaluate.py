@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, evaluate, metrics
+from speakerdb import SpeakerDB
+from speakerdb.scoring import evaluate, metrics
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, gallery, store
+from speakerdb import SpeakerDB
+from speakerdb.storage import gallery, store
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, GalleryError, InvalidInputError, ModelMismatchError, SpeakerNotFoundError
 
@@ -624,7 +625,7 @@ def test_an_empty_gallery_binds_nothing(tmp_path, target, voices):
 
 def test_importing_into_a_new_database_binds_the_models_starting_threshold(tmp_path):
     """A GE2E gallery gets GE2E's 0.80 in a new database, as a GE2E enrollment does, not WavLM's 0.86."""
-    from speakerdb.embed import ResemblyzerEncoder
+    from speakerdb.embedding.models import ResemblyzerEncoder
 
     ge2e = _gallery_of(tmp_path / "ge2e.gallery", "resemblyzer-ge2e@0123456789abcdef", 2)
     with SpeakerDB(tmp_path / "new.sqlite") as db:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb import audio
+from speakerdb.audio import decode as audio
 from speakerdb.errors import AudioError
 
 from conftest import REPO, SR, voice, write

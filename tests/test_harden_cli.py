@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, evaluate, metrics, timeline
+from speakerdb import SpeakerDB, timeline
+from speakerdb.scoring import evaluate, metrics
 from speakerdb.cli import cli
 
 from conftest import FakeEmbedder, voice, write
@@ -102,7 +103,7 @@ def test_an_output_is_never_written_through_a_link(tmp_path, output_command):
 
 def test_an_output_that_appears_during_the_work_is_not_replaced(tmp_path):
     """The check before the work is repeated when the file is put in place (no clobbering race)."""
-    from speakerdb import atomic
+    from speakerdb.storage import atomic
     from speakerdb.errors import InvalidInputError
 
     out = tmp_path / "out.rttm"
@@ -137,7 +138,7 @@ DEFAULT_IGNORABLE = [
 @pytest.mark.parametrize("low, high", DEFAULT_IGNORABLE, ids=[f"U+{a:04X}-{b:04X}" for a, b in DEFAULT_IGNORABLE])
 def test_every_default_ignorable_code_point_is_refused_in_a_name(low, high):
     from speakerdb.errors import InvalidInputError
-    from speakerdb.store import validate_name
+    from speakerdb.storage.store import validate_name
 
     for code in range(low, high + 1):
         with pytest.raises(InvalidInputError, match=f"U\\+{code:04X}"):
@@ -159,7 +160,7 @@ def test_a_name_that_shows_nothing_is_refused(fake_db, voices, name):
 
 @pytest.mark.parametrize("name", ["José", "Zoë", "李雷", "नमस्ते", "O'Brien", "mary ann", "😀", "a\u2800b", "Ω-7"])
 def test_visible_names_are_still_accepted(name):
-    from speakerdb.store import validate_name
+    from speakerdb.storage.store import validate_name
 
     assert validate_name(name)
 
@@ -270,7 +271,8 @@ def _alice_in_disguise(tmp_path, voices) -> list[Path]:
 
 
 def test_cohort_recordings_of_an_enrolled_voice_are_set_aside(fake_db, voices, cohort_dir, tmp_path, caplog):
-    from speakerdb import norm, store
+    from speakerdb.scoring import norm
+    from speakerdb.storage import store
 
     fake_db.enroll("alice", voices["alice"][:1])
     disguised = _alice_in_disguise(tmp_path, voices)

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, gallery
+from speakerdb import SpeakerDB
+from speakerdb.storage import gallery
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, GalleryError, ModelMismatchError
 

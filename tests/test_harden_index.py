@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb import SpeakerDB, gallery, store
-from speakerdb import index as index_module
-from speakerdb.index import MAGIC, SpeakerIndex
-from speakerdb.indexkeeper import IndexKeeper
+from speakerdb import SpeakerDB
+from speakerdb.storage import gallery, store
+from speakerdb.storage import index as index_module
+from speakerdb.storage.index import MAGIC, SpeakerIndex
+from speakerdb.storage.indexkeeper import IndexKeeper
 
 from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 

@@ -22,7 +22,10 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, api, audio, server, store
+from speakerdb import SpeakerDB, api
+from speakerdb.audio import decode as audio
+from speakerdb.service import app as server
+from speakerdb.storage import store
 from speakerdb.cli import cli
 from speakerdb.errors import DatabaseBusyError, DatabaseError, GalleryError, InvalidInputError, SpeakerDBError
 
@@ -260,7 +263,8 @@ def test_speakerdb_sessions_are_named_and_time_out_when_idle_in_a_transaction(en
 
 HOLDER = """
 import sys, time
-from speakerdb import SpeakerDB, store
+from speakerdb import SpeakerDB
+from speakerdb.storage import store
 store.IDLE_IN_TRANSACTION_TIMEOUT_S = 5
 db = SpeakerDB(sys.argv[1])
 with db.store.write():

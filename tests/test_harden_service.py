@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
-from speakerdb.client import Client
+from speakerdb.service.client import Client
 
 from conftest import FakeEmbedder, voice, write
 from test_server import Server, _part
@@ -75,14 +75,14 @@ def test_revoking_the_last_key_while_serving_does_not_open_the_service(svc, tmp_
 
 def test_a_database_whose_keys_are_all_revoked_requires_a_key(tmp_path, tiny_checkpoint, monkeypatch):
     """Decided at start: all revoked is 'keys required' (so other hosts are allowed), never 'open'."""
-    import speakerdb.server
+    import speakerdb.service.app
 
     db = tmp_path / "revoked.sqlite"
     with SpeakerDB(db) as sdb:
         sdb.create_key("ops", "admin")
         sdb.revoke_key("ops")
     started = []
-    monkeypatch.setattr(speakerdb.server, "serve", lambda config, **kw: started.append((config, kw)))
+    monkeypatch.setattr(speakerdb.service.app, "serve", lambda config, **kw: started.append((config, kw)))
     r = _cli(db, "serve", "--host", "0.0.0.0")
     config, kw = started[0]
     assert kw["host"] == "0.0.0.0" and config.require_keys and not config.insecure_no_auth
@@ -257,7 +257,7 @@ def test_metadata_nested_100000_deep_is_a_json_error_not_a_500(svc, tmp_path):
 
 # ---- item 18: the time a wrong key takes ---------------------------------------------------------
 def test_a_wrong_secret_costs_the_same_whether_the_key_id_exists(tmp_path):
-    from speakerdb import keys
+    from speakerdb.storage import keys
 
     with SpeakerDB(tmp_path / "k.sqlite") as db:
         real = db.create_key("ops", "admin").key
@@ -287,10 +287,10 @@ def test_a_wrong_secret_costs_the_same_whether_the_key_id_exists(tmp_path):
 
 # ---- item 2 (the service's side): no password in serve's start-up line ------------------------------
 def test_serve_prints_no_postgres_password(pg_url, monkeypatch):
-    import speakerdb.server
+    import speakerdb.service.app
 
     started = []
-    monkeypatch.setattr(speakerdb.server, "serve", lambda config, **kw: started.append(config))
+    monkeypatch.setattr(speakerdb.service.app, "serve", lambda config, **kw: started.append(config))
     user_pw = pg_url.replace("postgresql://postgres@", "postgresql://postgres:S3cretUserPw@")
     query_pw = pg_url + "?password=S3cretQueryPw"
     for url, secret in [(user_pw, "S3cretUserPw"), (query_pw, "S3cretQueryPw")]:

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from speakerdb import embed, idcache  # noqa: E402
-from speakerdb.embed import load_embedder, same_model  # noqa: E402
+from speakerdb.embedding import models as embed, idcache  # noqa: E402
+from speakerdb.embedding.models import load_embedder, same_model  # noqa: E402
 
 from conftest import load_script  # noqa: E402
 

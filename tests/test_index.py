@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from speakerdb.embed import l2_normalize
-from speakerdb.index import IndexFileError, SpeakerIndex
+from speakerdb.embedding.models import l2_normalize
+from speakerdb.storage.index import IndexFileError, SpeakerIndex
 
 
 def _random(n: int, dim: int, seed: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from speakerdb import intgemm  # noqa: E402
+from speakerdb.embedding import intgemm  # noqa: E402
 
 # The int8 path is checked wherever this torch build computes it exactly (AMX, or VNNI where
 # it is slower and not used by default: see test_the_products_used_here_are_the_ones_measured_faster).

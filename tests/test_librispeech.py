@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from speakerdb import evaluate
+from speakerdb.scoring import evaluate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
 

@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from speakerdb.metrics import (
+from speakerdb.scoring.metrics import (
     closed_set_accuracy,
     det_curve,
     dir_at_far,

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb import SpeakerDB, api, schema
+from speakerdb import SpeakerDB, api
+from speakerdb.storage import schema
 from speakerdb.errors import DatabaseError, SchemaOutdatedError
 
 FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, audio, evaluate, norm, store
+from speakerdb import SpeakerDB
+from speakerdb.audio import decode as audio
+from speakerdb.scoring import evaluate, norm
+from speakerdb.storage import store
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError
 
@@ -214,7 +217,7 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert set(r) >= {"score", "raw_score"} and r["score"] != r["raw_score"]
     assert set(r["candidates"][0]) == {"speaker", "score", "raw_score"}
     # timeline: voices scored on the AS-norm scale, and --threshold is an AS-norm score too.
-    from speakerdb import vad
+    from speakerdb.audio import vad
 
     from test_timeline import EnergyDetector
 
@@ -324,7 +327,7 @@ def test_norm_on_postgres_and_revision_0004_down_and_up(pg_url, voices, cohort_d
 
 
 def test_timeline_names_voices_on_the_normalised_scale(fake_db, voices, cohort_dir, tmp_path, monkeypatch):
-    from speakerdb import vad
+    from speakerdb.audio import vad
 
     from test_timeline import EnergyDetector
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speakerdb import audio, pipeline
+from speakerdb.audio import decode as audio
+from speakerdb.embedding import pipeline
 
 from conftest import FakeEmbedder, voice, write
 
@@ -82,7 +83,7 @@ HOUR_SCRIPT = """
 import resource, sys
 sys.path.insert(0, sys.argv[2])
 from conftest import FakeEmbedder
-from speakerdb import pipeline
+from speakerdb.embedding import pipeline
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 clip = pipeline.embed_clip(sys.argv[1], FakeEmbedder())
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -17,7 +17,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from speakerdb import SpeakerDB, api, schema, store
+from speakerdb import SpeakerDB, api
+from speakerdb.storage import schema, store
 from speakerdb.errors import DatabaseError, SpeakerExistsError, SpeakerNotFoundError
 
 from conftest import FakeEmbedder, voice, write

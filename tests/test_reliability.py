@@ -13,7 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from speakerdb import SpeakerDB, audio, store
+from speakerdb import SpeakerDB
+from speakerdb.audio import decode as audio
+from speakerdb.storage import store
 from speakerdb.errors import InvalidInputError
 
 from conftest import FakeEmbedder

@@ -20,8 +20,8 @@ import pytest
 pytest.importorskip("resemblyzer")
 
 from speakerdb import SpeakerDB  # noqa: E402
-from speakerdb.audio import Audio, load  # noqa: E402
-from speakerdb.embed import (  # noqa: E402
+from speakerdb.audio.decode import Audio, load  # noqa: E402
+from speakerdb.embedding.models import (  # noqa: E402
     Embedder,
     ResemblyzerEncoder,
     load_embedder,
@@ -85,7 +85,7 @@ def test_loading_prints_nothing(capfd):
 
 
 def test_import_stays_cheap():
-    code = "import sys, speakerdb.embed; print(sorted(m for m in ('torch', 'resemblyzer', 'librosa') if m in sys.modules))"
+    code = "import sys, speakerdb.embedding.models; print(sorted(m for m in ('torch', 'resemblyzer', 'librosa') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -201,7 +201,7 @@ def test_database_remembers_resemblyzer(tmp_path, voices, ge2e):
         # which only the database's own model reproduces.
         [result] = db.identify([voices["alice"][2]])
         assert isinstance(db.embedder, ResemblyzerEncoder)
-        from speakerdb.audio import load
+        from speakerdb.audio.decode import load
 
         probe = ge2e.embed([load(voices["alice"][2]).samples])[0]
         for c in result.candidates:
@@ -285,7 +285,7 @@ def test_the_lstm_runs_on_one_thread_and_blas_on_one(ge2e):
     import threadpoolctl
     import torch
 
-    from speakerdb import threads
+    from speakerdb.embedding import threads
 
     seen = []
     original = ge2e.encoder.forward
@@ -309,7 +309,7 @@ def test_the_lstm_runs_on_one_thread_and_blas_on_one(ge2e):
 
 
 def test_the_no_speech_warning_names_its_file(tmp_path, ge2e, caplog):
-    from speakerdb import pipeline
+    from speakerdb.embedding import pipeline
 
     path = write(tmp_path / "mains-hum.wav", hum())
     with caplog.at_level(logging.WARNING, logger="speakerdb"):

@@ -10,7 +10,8 @@ import zipfile
 
 import pytest
 
-from speakerdb import SpeakerDB, api, schema
+from speakerdb import SpeakerDB, api
+from speakerdb.storage import schema
 from speakerdb.errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
 
 from conftest import REPO, FakeEmbedder
@@ -44,7 +45,7 @@ def test_models_match_the_migrations(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from speakerdb import store
+    from speakerdb.storage import store
 
     path = tmp_path / "db.sqlite"
     SpeakerDB(path, embedder=FakeEmbedder()).close()

@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
-from speakerdb.client import Client, _multipart
+from speakerdb.service.client import Client, _multipart
 from speakerdb.errors import AuthenticationError, ServiceError, SpeakerDBError, SpeakerNotFoundError
 
 from conftest import SR, assert_index_agrees_with_store, voice, write
@@ -681,7 +681,8 @@ def test_workers_share_the_cores_out(monkeypatch, tmp_path, workers, given, expe
     cores, 16 clients on 2 workers got 0.55-0.62 x the throughput of one client."""
     import uvicorn
 
-    from speakerdb import server, threads
+    from speakerdb.service import app as server
+    from speakerdb.embedding import threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     # setenv first, so that monkeypatch restores both variables whatever serve() sets
@@ -700,7 +701,7 @@ def test_identify_requests_waiting_together_share_one_facade_call():
     the same top_k and threshold (up to max_files files), each with its own slice; the
     others return their stored answers; an error of the whole call reaches each of them."""
     from speakerdb.errors import EmptyDatabaseError
-    from speakerdb.server import IdentifyBatches, UploadedFile
+    from speakerdb.service.app import IdentifyBatches, UploadedFile
 
     class Facade:
         def __init__(self, fail: bool = False) -> None:
@@ -837,7 +838,7 @@ def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
     """The client sends a body of 1 MiB or more only after the service's "100 Continue": a
     service that refuses it (too large, no valid key) answers and no byte is sent. A service
     that ignores the question gets the body after a second; the real one asks for it."""
-    from speakerdb.client import CONTINUE_WAIT_S, EXPECT_CONTINUE_BYTES
+    from speakerdb.service.client import CONTINUE_WAIT_S, EXPECT_CONTINUE_BYTES
 
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * (EXPECT_CONTINUE_BYTES + 1000))
@@ -873,7 +874,7 @@ def test_metrics_are_summed_over_the_workers(server):
     Which worker accepts a connection is the kernel's choice, and on a quiet machine it can
     give every connection to the same one for a minute: the worker that answers is stopped
     (SIGSTOP) for one scrape, so that the other one must take it."""
-    from speakerdb.server import METRICS_PUBLISH_S
+    from speakerdb.service.app import METRICS_PUBLISH_S
 
     def scrape() -> tuple[int, dict[str, float]]:
         status, _, text = server.call("GET", "/metrics")
@@ -922,7 +923,7 @@ def test_metrics_are_summed_over_the_workers(server):
 
 def test_metrics_directories_of_dead_services_are_swept(tmp_path):
     """serve --workers N sweeps the metrics directories that a service killed with SIGKILL left."""
-    from speakerdb.server import METRICS_DIR_PREFIX, _sweep_stale
+    from speakerdb.service.app import METRICS_DIR_PREFIX, _sweep_stale
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f"{METRICS_DIR_PREFIX}{int(dead.stdout)}-abc"

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
-from speakerdb import threads  # noqa: E402
-from speakerdb.embed import load_embedder  # noqa: E402
+from speakerdb.embedding import threads  # noqa: E402
+from speakerdb.embedding.models import load_embedder  # noqa: E402
 from speakerdb.errors import InvalidInputError  # noqa: E402
 
 from conftest import voice  # noqa: E402

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SR, FakeEmbedder, load_script, voice, write
-from speakerdb import audio, timeline, vad
+from speakerdb.audio import decode as audio, vad
+from speakerdb import timeline
 from speakerdb.cli import cli
 from speakerdb.timeline import Gallery, Params
 
@@ -169,7 +170,7 @@ def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
 def test_voices_are_named_on_the_as_norm_scale_and_clustered_by_cosine():
     """With normalisation on, a voice is named when its AS-norm score reaches the threshold
     (as identify decides), segments give both scores, and clustering keeps the cosine threshold."""
-    from speakerdb import norm
+    from speakerdb.scoring import norm
 
     rng = np.random.default_rng(1)
     a, u1 = np.eye(8)[0], np.eye(8)[1]

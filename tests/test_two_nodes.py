@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from speakerdb import SpeakerDB
-from speakerdb.client import Client
+from speakerdb.service.client import Client
 
 from conftest import voice, write
 

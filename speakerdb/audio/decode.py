@@ -24,7 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import AudioError, printable_path
+from ..errors import AudioError, printable_path
 
 log = logging.getLogger("speakerdb")
 

@@ -39,7 +39,7 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 ENV_THREADS = "SPEAKERDB_THREADS"  # torch threads for the transformers models
 BLAS_THREADS = 1  # numpy's and scipy's BLAS while a model embeds

@@ -158,7 +158,7 @@ class SpeakerStats:
 
     def at(self, session, settings: dict[str, Any], cohort: np.ndarray, norm: NormSettings) -> "SpeakerStats":
         """Bring the statistics to ``session``'s generation; returns self."""
-        from . import store
+        from ..storage import store
 
         key = (settings.get("database_id"), norm.digest, norm.top_n)
         # ``settings`` was read in this session: its generation is the session's (one query less).

@@ -26,8 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
-from .errors import ModelLoadError
+from .decode import SAMPLE_RATE
+from ..errors import ModelLoadError
 
 FRAME = 512  # samples: one Silero frame at 16 kHz (32 ms)
 FRAME_S = FRAME / SAMPLE_RATE  # 0.032 s
@@ -203,7 +203,7 @@ def load(backend: str = "silero"):
         return SileroVAD()
     if backend == "webrtc":
         return WebrtcVAD()
-    from .errors import InvalidInputError
+    from ..errors import InvalidInputError
 
     raise InvalidInputError(f"unknown voice activity detector {backend!r}: use {' or '.join(BACKENDS)}")
 

@@ -61,7 +61,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from . import schema
-from .errors import DatabaseBusyError, DatabaseError, InvalidInputError, printable_path
+from ..errors import DatabaseBusyError, DatabaseError, InvalidInputError, printable_path
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
 MAX_NAME_LENGTH = 200  # characters

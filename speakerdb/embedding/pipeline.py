@@ -22,9 +22,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from . import audio
-from .embed import Embedder, l2_normalize
-from .errors import AudioError
+from ..audio import decode as audio
+from .models import Embedder, l2_normalize
+from ..errors import AudioError
 
 log = logging.getLogger("speakerdb")
 

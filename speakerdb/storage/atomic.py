@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import InvalidInputError, printable_path
+from ..errors import InvalidInputError, printable_path
 
 
 @contextmanager

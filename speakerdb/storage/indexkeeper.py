@@ -44,7 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import index as index_files
 from . import store
-from .errors import SpeakerDBError
+from ..errors import SpeakerDBError
 from .index import IndexFileError, SpeakerIndex, write_lock
 
 log = logging.getLogger("speakerdb")

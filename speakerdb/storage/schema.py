@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 
-from .errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
+from ..errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
 
 #: The newest revision in migrations/versions. A test checks it equals Alembic's head.
 HEAD_REVISION = "0004"
@@ -21,7 +21,7 @@ HEAD_REVISION = "0004"
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts are, in a source checkout and in an installed wheel alike."""
-    from . import migrations  # type: ignore[attr-defined]  # mapped from ./migrations
+    from .. import migrations  # type: ignore[attr-defined]  # mapped from ./migrations
 
     return Path(migrations.__file__).parent
 

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from . import atomic, store
-from .errors import ConflictError, GalleryError, InvalidInputError, printable_path
+from ..errors import ConflictError, GalleryError, InvalidInputError, printable_path
 from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"

@@ -59,9 +59,12 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from . import __version__, atomic, audio, errors, store, threads
-from .api import INDEX_SUFFIX, SpeakerDB
-from .keys import SCOPES, KeyInfo
+from .. import __version__, errors
+from ..storage import atomic, store
+from ..audio import decode as audio
+from ..embedding import threads
+from ..api import INDEX_SUFFIX, SpeakerDB
+from ..storage.keys import SCOPES, KeyInfo
 
 log = logging.getLogger("speakerdb.server")
 
@@ -958,7 +961,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
         `curl -H "Authorization: Bearer $KEY" -F files=@meeting.wav http://127.0.0.1:8000/v1/timeline`
         """
-        from .timeline import Params
+        from ..timeline import Params
 
         service: Service = request.app.state.service
         _check_count(service, files)
@@ -1421,10 +1424,10 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         os.environ.setdefault(threads.ENV_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
     os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
     try:
-        uvicorn.run("speakerdb.server:create_app", factory=True, host=host, port=port, workers=workers,
+        uvicorn.run("speakerdb.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                     ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
                     timeout_graceful_shutdown=None, server_header=False,
-                    http="speakerdb.server:TimedHTTPProtocol")
+                    http="speakerdb.service.app:TimedHTTPProtocol")
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)

@@ -27,9 +27,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import atomic, audio, metrics, norm
-from .embed import Embedder
-from .errors import InvalidInputError
+from ..storage import atomic
+from ..audio import decode as audio
+from . import metrics, norm
+from ..embedding.models import Embedder
+from ..errors import InvalidInputError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"}
 DEFAULT_ENROLL_COUNT = 3
@@ -181,8 +183,8 @@ def crop(clip: audio.Audio, seconds: float | None) -> audio.Audio:
 def embed_cohort(cohort_dir: str | Path, embedder: Embedder) -> norm.CohortVectors:
     """Embed every recording below ``cohort_dir`` (people who are not enrolled) once, for
     :func:`run`'s ``cohort`` (scripts pass the result to several runs)."""
-    from . import pipeline
-    from .api import _cohort_files
+    from ..embedding import pipeline
+    from ..api import _cohort_files
 
     files = _cohort_files(cohort_dir)
     if len(files) < norm.MIN_COHORT:
@@ -203,7 +205,7 @@ def score(
 ) -> Scores:
     """Enroll the split in a temporary database and score every probe against every speaker
     (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``)."""
-    from .api import SpeakerDB
+    from ..api import SpeakerDB
 
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
         raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
@@ -381,7 +383,7 @@ def run(
     ``Scores.norm``. Returns the report, the scores (for plots or your own metrics) and the
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
     """
-    from .embed import DEFAULT_MODEL, load_embedder
+    from ..embedding.models import DEFAULT_MODEL, load_embedder
 
     split = make_split(
         Path(data_dir),

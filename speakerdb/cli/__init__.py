@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import SpeakerDBError
+from .. import __version__
+from ..errors import SpeakerDBError
 
 DEFAULT_MODEL_HELP = "microsoft/wavlm-base-plus-sv"
 
@@ -78,11 +78,11 @@ class _State:
     @property
     def db(self):
         if self._db is None and getattr(self, "server", None):  # --server: the same calls, over HTTP
-            from .client import Client
+            from ..service.client import Client
 
             self._db = Client(self.server, os.environ.get("SPEAKERDB_API_KEY"))
         if self._db is None:
-            from .api import SpeakerDB
+            from ..api import SpeakerDB
 
             self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision,
                                  create=self.create)
@@ -90,7 +90,7 @@ class _State:
 
     def open_with(self, embedder):
         """Open the database with an already loaded embedder (so the model is not loaded twice)."""
-        from .api import SpeakerDB
+        from ..api import SpeakerDB
 
         if self._db is None:
             self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision,
@@ -101,7 +101,7 @@ class _State:
         """--model if given, else the model the database (if it exists) is bound to."""
         if self.model is not None:
             return self.model
-        from .api import default_db_path
+        from ..api import default_db_path
 
         path = self.db_path or default_db_path()
         if self._db is None and not os.path.exists(path):
@@ -128,7 +128,7 @@ def _text_argument(what: str):
     """A parameter callback: a name that is not valid UTF-8 (lone surrogates in argv) is one
     clear error line (exit 1) before any command runs, locally and through --server alike."""
     def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        from .store import check_name_text
+        from ..storage.store import check_name_text
 
         for item in value if isinstance(value, tuple) else (value,):
             check_name_text(item, what)
@@ -156,7 +156,7 @@ class _Score(click.ParamType):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not self.low <= number <= 1.0:  # NaN fails this comparison
             if number == number and _as_norm_database(ctx):
-                from .norm import AS_NORM_RANGE
+                from ..scoring.norm import AS_NORM_RANGE
 
                 low, high = AS_NORM_RANGE
                 if not low <= number <= high:
@@ -173,11 +173,11 @@ def _as_norm_database(ctx: click.Context | None) -> bool:
     state = ctx.find_object(_State) if ctx is not None else None
     if state is None:
         return False
-    from .api import default_db_path
+    from ..api import default_db_path
 
     if state._db is None and not os.path.exists(state.db_path or default_db_path()):
         return False
-    from .norm import AS_NORM
+    from ..scoring.norm import AS_NORM
 
     return state.db.threshold_scale == AS_NORM
 
@@ -382,7 +382,7 @@ def identify(state: _State, files: tuple[str, ...], top_k: int, threshold: float
 def _check_outputs(force: bool, *paths: str | None) -> None:
     """Refuse now, before any work, output files that cannot be written or that exist
     without --force (see atomic.check_output); two outputs may not share one path."""
-    from .atomic import check_output
+    from ..storage.atomic import check_output
 
     given = [check_output(p, overwrite=force) for p in paths if p]
     if len({os.path.abspath(p) for p in given}) < len(given):
@@ -458,14 +458,14 @@ def timeline(state: _State, files: tuple[str, ...], threshold: float | None, rtt
       speakerdb timeline calls/*.wav --json
       speakerdb timeline call.wav --rttm call.rttm --plot call.png
     """
-    from .timeline import Params, plot, write_rttm
+    from ..timeline import Params, plot, write_rttm
 
     params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment)
     if hop > window:
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
     _check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
     if plot_path:
-        from .evaluate import check_plotting
+        from ..scoring.evaluate import check_plotting
 
         check_plotting()
     bar, update = _progress("timeline", len(files), as_json)
@@ -756,7 +756,7 @@ def import_(state: _State, path: str, on_conflict: str, dry_run: bool, max_utter
     """
     limits = None
     if max_utterances is not None:
-        from .gallery import Limits
+        from ..storage.gallery import Limits
 
         limits = Limits(max_utterances=max_utterances)
     state.allow_create()
@@ -791,7 +791,7 @@ def _evaluation_options(command):
 
 
 def _run_evaluation(state: "_State", as_json: bool, **kwargs):
-    from .evaluate import run
+    from ..scoring.evaluate import run
 
     bars: dict[str, Any] = {}
 
@@ -854,7 +854,7 @@ def _format_figures(r: dict[str, Any]) -> str:
 def _current_threshold(state: _State, embedder) -> float | None:
     """The cosine threshold identify would use now: the database's, else the model's starting
     one; None when the database's threshold is on the AS-norm scale."""
-    from .api import DEFAULT_THRESHOLD, default_db_path
+    from ..api import DEFAULT_THRESHOLD, default_db_path
 
     if os.path.exists(state.db_path or default_db_path()):
         # A threshold on the AS-norm scale has no place on the plot's cosine axis.
@@ -865,7 +865,7 @@ def _current_threshold(state: _State, embedder) -> float | None:
 
 def _check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """--target is checked while parsing: a typo is a usage error (exit 2) before any scoring."""
-    from .evaluate import parse_target
+    from ..scoring.evaluate import parse_target
 
     try:
         parse_target(value)
@@ -909,14 +909,14 @@ def evaluate(state: _State, data_dir: str, plot_path: str | None, norm_method: s
     if (norm_method == "as-norm") != (cohort_dir is not None):
         raise click.UsageError("--norm as-norm and --cohort DIR go together")
     if plot_path:  # a path that cannot be written fails now, not after minutes of scoring
-        from .evaluate import check_plotting
+        from ..scoring.evaluate import check_plotting
 
         _check_outputs(force, plot_path)
         check_plotting()
     report, scores, embedder = _run_evaluation(state, as_json, data_dir=data_dir, cohort=cohort_dir, top_n=top_n,
                                                **split_options)
     if plot_path:
-        from .evaluate import plot
+        from ..scoring.evaluate import plot
 
         plot(scores, report, plot_path, threshold=_current_threshold(state, embedder), overwrite=force)
     text = _format_report(report) + (f"\nplot: {plot_path}" if plot_path else "")
@@ -946,9 +946,9 @@ def calibrate(state: _State, data_dir: str, target: str, apply: bool, as_json: b
       speakerdb calibrate recordings/ --target eer
       speakerdb calibrate recordings/ --target far=0.01 --apply
     """
-    from .evaluate import operating_point
+    from ..scoring.evaluate import operating_point
 
-    from .api import default_db_path
+    from ..api import default_db_path
 
     if apply:
         state.allow_create()
@@ -1048,7 +1048,7 @@ def current(state: _State, as_json: bool) -> None:
     Example:
       speakerdb db current
     """
-    from .api import database_revision
+    from ..api import database_revision
 
     revision, head = database_revision(state.db_path)
     _emit(as_json, {"revision": revision, "head": head}, f"revision: {revision or 'none'} (this speakerdb needs {head})")
@@ -1065,7 +1065,7 @@ def upgrade(state: _State, revision: str, as_json: bool) -> None:
     Example:
       speakerdb --db old.sqlite db upgrade
     """
-    from .api import database_revision, upgrade_database
+    from ..api import database_revision, upgrade_database
 
     before, _ = database_revision(state.db_path)
     new = upgrade_database(state.db_path, revision)
@@ -1089,7 +1089,7 @@ def downgrade(state: _State, revision: str, yes: bool, as_json: bool) -> None:
     Example:
       cp speakers.sqlite backup.sqlite && speakerdb --db speakers.sqlite db downgrade 0001
     """
-    from .api import database_revision, downgrade_database
+    from ..api import database_revision, downgrade_database
 
     current_revision, _ = database_revision(state.db_path)
     what = "drop every table and every speaker" if revision == "base" else f"migrate down to revision {revision}"
@@ -1115,7 +1115,7 @@ def copy_(source: str, destination: str, as_json: bool) -> None:
       speakerdb db copy speakers.sqlite postgresql://speakerdb@db.internal:5432/speakers
       speakerdb db copy postgresql://speakerdb@db.internal/speakers backup.sqlite --json
     """
-    from .api import copy_database
+    from ..api import copy_database
 
     def progress(table: str, rows: int) -> None:  # a long copy shows it is moving (terminals only)
         click.echo(f"\rcopying {table}: {rows:,} rows", err=True, nl=False)
@@ -1221,8 +1221,8 @@ def serve(state: _State, host: str, port: int, workers: int, max_upload_mb: floa
         gc.set_threshold(*_gc_thresholds_before)
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise click.UsageError("give both --ssl-keyfile and --ssl-certfile, or neither")
-    from .api import default_db_path
-    from .server import ServeConfig, is_loopback, serve as run_server
+    from ..api import default_db_path
+    from ..service.app import ServeConfig, is_loopback, serve as run_server
 
     state.allow_create()
     db = state.db

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import store
-from .errors import InvalidInputError, KeyExistsError, KeyNotFoundError
+from ..errors import InvalidInputError, KeyExistsError, KeyNotFoundError
 
 SCOPES = ("read", "write", "admin")  # each includes the ones before it
 KEY_PREFIX = "sdb"

@@ -1,0 +1,455 @@
+"""A client of ``speakerdb serve`` with the methods and results of :class:`speakerdb.SpeakerDB`.
+
+    >>> from speakerdb.client import Client
+    >>> with Client("http://127.0.0.1:8000", key=os.environ["SPEAKERDB_API_KEY"]) as db:
+    ...     db.enroll("alice", ["alice1.flac"])
+    ...     [r] = db.identify(["unknown.wav"])
+    ...     print(r.speaker, r.score)
+
+The CLI uses it when given ``--server URL`` (or ``$SPEAKERDB_SERVER``, with the key in
+``$SPEAKERDB_API_KEY``), so scripts keep their commands. Only the standard library speaks
+HTTP here: urllib, and http.client for uploads of 1 MiB or more, which ask the service
+first (``Expect: 100-continue``) so that one it refuses is never sent. Files are uploaded
+under the names they were given, so answers and stored labels read as they do locally.
+The service's errors come back as the library's own exceptions (an unknown speaker is
+:class:`~speakerdb.errors.SpeakerNotFoundError`), its refusals as
+:class:`~speakerdb.errors.ServiceError` and subclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.client
+import io
+import json
+import os
+import secrets
+import select
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import errors
+from ..api import (Candidate, DatabaseInfo, EnrollResult, FileNote, Identification, SpeakerInfo, UtteranceInfo,
+                  Verification, check_output_path)
+from ..storage.gallery import ExportSummary, ImportSummary
+from ..storage.keys import AuditEntry, KeyInfo, NewKey
+from ..storage.store import parse_iso
+
+DEFAULT_TIMEOUT_S = 600.0  # seconds: a long recording takes a while to embed on a busy CPU
+MAX_RETRY_WAIT_S = 30.0  # seconds: the longest Retry-After this client honours
+DOWNLOAD_CHUNK = 1 << 20  # bytes
+# An upload this large asks the service first (``Expect: 100-continue``, as curl does from
+# 1 MiB): one refused for its size or its key is answered before a byte of it is sent. A
+# service that never answers the question gets the body after CONTINUE_WAIT_S anyway.
+EXPECT_CONTINUE_BYTES = 1 << 20  # bytes
+CONTINUE_WAIT_S = 1.0  # seconds
+
+#: The service's error codes as the library's exceptions (server.ERROR_STATUS, reversed).
+ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
+    "bad_audio": errors.SpeakerDBError,  # the message already names the file
+    "bad_gallery": errors.GalleryError,
+    "enrollment_refused": errors.EnrollmentRefusedError,
+    "invalid_input": errors.InvalidInputError,
+    "invalid_fields": errors.InvalidInputError,
+    "speaker_not_found": errors.SpeakerNotFoundError,
+    "key_not_found": errors.KeyNotFoundError,
+    "speaker_exists": errors.SpeakerExistsError,
+    "key_exists": errors.KeyExistsError,
+    "conflict": errors.ConflictError,
+    "no_speakers": errors.EmptyDatabaseError,
+    "model_mismatch": errors.ModelMismatchError,
+    "model_unavailable": errors.ModelLoadError,
+    "database_error": errors.DatabaseError,
+}
+
+
+class Client:
+    """The service at ``url`` as a :class:`SpeakerDB`-like object.
+
+    Args:
+        url: e.g. ``http://127.0.0.1:8000`` (https works as well).
+        key: an API key (``speakerdb keys create``); None for a service without keys.
+        retries: how many times a request answered 503 "busy" is sent again, after the
+            ``Retry-After`` the service asked for (at most MAX_RETRY_WAIT_S).
+        timeout: seconds to wait for an answer.
+    """
+
+    #: The CLI asks this of a database it opened (a client creates nothing).
+    created = False
+
+    def __init__(self, url: str, key: str | None = None, *, retries: int = 3, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise errors.InvalidInputError(f"server URL must be http://HOST:PORT or https://..., not {url!r}")
+        self.url = url.rstrip("/")
+        self.key = key or None
+        self.retries = retries
+        self.timeout = timeout
+        self.db_path = self.url  # what messages name as "the database"
+
+    # ---- lifecycle (nothing to open or close: one connection per request) ------------------
+    def close(self) -> None:
+        """Nothing to release; here so that a Client stands in for a SpeakerDB."""
+
+    def discard_if_unused(self) -> bool:
+        return False
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # A SpeakerDB method the service does not offer (evaluate, calibrate, index, db...):
+        # one clear error rather than an AttributeError's traceback in the CLI.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise errors.InvalidInputError(f"{name} is not available through --server {self.url}: run it on the server")
+
+    # ---- operations --------------------------------------------------------------------
+    def identify(self, files: Sequence[str | os.PathLike[str]], *, top_k: int = 5, threshold: float | None = None,
+                 progress=None) -> list[Identification]:
+        """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
+        read here gets its error without being sent."""
+        fields = {"top_k": str(top_k)}
+        answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
+        return [_identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
+                for label, d in answers]
+
+    def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None, params=None,
+                 progress=None) -> list:
+        """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.timeline.Timeline` per file, in
+        order; a file that cannot be read here gets its error without being sent."""
+        from ..timeline import Params, Segment, Timeline, Voice
+
+        params = (params or Params()).check()
+        fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
+        out = []
+        for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress):
+            if not isinstance(d, dict) or "error" in d:
+                out.append(Timeline(d["file"] if isinstance(d, dict) else label, 0.0, [], [],
+                                    error=d["error"] if isinstance(d, dict) else d))
+            else:
+                out.append(Timeline(d["file"], d["duration"], [_make(Segment, s) for s in d["segments"]],
+                                    [_make(Voice, v) for v in d["voices"]], notes=list(d.get("notes", []))))
+        return out
+
+    def _per_file(self, command: str, path: str, files: Sequence[str | os.PathLike[str]], fields: dict[str, str],
+                  threshold: float | None, progress) -> list[tuple[str, dict[str, Any] | str]]:
+        """Upload the readable ``files`` in one request to ``path``: per file, in order, (its label,
+        the service's answer for it, or the reason it could not be read here)."""
+        if not files:
+            raise errors.InvalidInputError(f"{command} needs at least one audio file")
+        local_errors: dict[int, str] = {}
+        readable = []
+        for i, f in enumerate(files):
+            try:
+                readable.append((i, _read(f)))
+            except errors.AudioError as e:
+                local_errors[i] = e.reason
+        answers: dict[int, dict[str, Any]] = {}
+        if readable:
+            if threshold is not None:
+                fields = {**fields, "threshold": repr(float(threshold))}
+            doc = self._request("POST", path, fields=fields,
+                                files=[("files", name, data) for _, (name, data) in readable])
+            answers = {i: d for (i, _), d in zip(readable, doc)}
+        if progress is not None:
+            progress(len(files), len(files), 0.0)
+        return [(errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)]
+
+    def enroll(self, name: str, files: Sequence[str | os.PathLike[str]], *, new: bool = False,
+               metadata: dict[str, Any] | None = None, strict: bool = False, progress=None) -> EnrollResult:
+        """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails first)."""
+        if not files:
+            raise errors.InvalidInputError("enroll needs at least one audio file")
+        parts = [("files", *_read(f)) for f in files]
+        fields = {"new": _bool(new), "strict": _bool(strict)}
+        if metadata:
+            fields["metadata"] = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+        doc = self._request("POST", f"/v1/speakers/{_q(name)}/enrollments", fields=fields, files=parts)
+        if progress is not None:
+            progress(len(files), len(files), 0.0)
+        return EnrollResult(
+            doc["speaker"], doc["created"], [_utterance(u) for u in doc["added"]],
+            [FileNote(**s) for s in doc["skipped"]], doc["n_utterances"], [FileNote(**w) for w in doc["warnings"]],
+        )
+
+    def verify(self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None) -> Verification:
+        fields = {} if threshold is None else {"threshold": repr(float(threshold))}
+        doc = self._request("POST", f"/v1/speakers/{_q(name)}/verify", fields=fields, files=[("file", *_read(file))])
+        return _make(Verification, doc)
+
+    def list(self) -> list[SpeakerInfo]:
+        return [_speaker(d) for d in self._request("GET", "/v1/speakers")]
+
+    def show(self, name: str) -> SpeakerInfo:
+        return _speaker(self._request("GET", f"/v1/speakers/{_q(name)}"))
+
+    def rename(self, old: str, new: str) -> None:
+        self._request("PATCH", f"/v1/speakers/{_q(old)}", body={"name": new})
+
+    def remove(self, name: str) -> int:
+        return int(self._request("DELETE", f"/v1/speakers/{_q(name)}")["utterances"])
+
+    def info(self) -> DatabaseInfo:
+        """As :meth:`SpeakerDB.info`; the service keeps its paths to itself, so the database is its URL."""
+        return _make(DatabaseInfo, {"db_path": self.url, "index_path": None, **self._request("GET", "/v1/info")})
+
+    @property
+    def threshold(self) -> float:
+        return float(self._request("GET", "/v1/threshold")["threshold"])
+
+    def set_threshold(self, value: float) -> None:
+        self._request("PUT", "/v1/threshold", body={"threshold": value})
+
+    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *,
+               overwrite: bool = False) -> ExportSummary:
+        """Download a gallery to ``path`` (0600, written under a temporary name, then renamed)."""
+        path = check_output_path(path, overwrite=overwrite)
+        query = "&".join(f"speaker={_q(s)}" for s in (speakers or []))
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        with self._open("GET", "/v1/gallery" + (f"?{query}" if query else "")) as response:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    while chunk := response.read(DOWNLOAD_CHUNK):
+                        out.write(chunk)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            headers = response.headers
+        return ExportSummary(str(path), int(headers["X-Speakerdb-Speakers"]), int(headers["X-Speakerdb-Utterances"]),
+                             path.stat().st_size)
+
+    def import_gallery(self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False,
+                       limits=None) -> ImportSummary:
+        if limits is not None:
+            raise errors.InvalidInputError("--max-utterances applies on the server, not through --server")
+        name, data = _read(path, what="gallery")
+        doc = self._request("POST", "/v1/gallery", fields={"on_conflict": on_conflict, "dry_run": _bool(dry_run)},
+                            files=[("file", name, data)])
+        return _make(ImportSummary, doc)
+
+    # ---- keys and audit -----------------------------------------------------------------
+    def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey:
+        return NewKey(**self._request("POST", "/v1/keys", body={"name": name, "scope": scope}))
+
+    def list_keys(self) -> list[KeyInfo]:
+        return [KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
+                for d in self._request("GET", "/v1/keys")]
+
+    def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
+        d = self._request("DELETE", f"/v1/keys/{_q(name)}")
+        return KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
+
+    def audit(self, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
+        query = f"?limit={int(limit)}" + (f"&speaker={_q(speaker)}" if speaker else "")
+        return [AuditEntry(parse_iso(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
+                for d in self._request("GET", "/v1/audit" + query)]
+
+    # ---- HTTP ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
+                 files: list[tuple[str, str, bytes]] | None = None) -> Any:
+        with self._open(method, path, body=body, fields=fields, files=files) as response:
+            raw = response.read()
+        return json.loads(raw) if raw else None
+
+    def _open(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
+              files: list[tuple[str, str, bytes]] | None = None):
+        headers = {"Accept": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        data = None
+        if files is not None:
+            data, ctype = _multipart(fields or {}, files)
+            headers["Content-Type"] = ctype
+        elif body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._send(method, path, headers, data)
+            except urllib.error.URLError as e:
+                raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e.reason}") from None
+            except ConnectionRefusedError as e:  # http.client's large uploads; urllib wraps it in URLError
+                raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e}") from None
+            except (TimeoutError, ConnectionError) as e:
+                raise errors.ServiceError(f"the speakerdb service at {self.url} did not answer: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise errors.ServiceError(f"cannot reach the speakerdb service at {self.url}: {e}") from None
+            if response.status < 400:
+                return response
+            with response:
+                error = _service_error(response.status, response.reason, response.headers, response.read())
+            if response.status == 503 and attempt < self.retries and error.retry_after is not None:
+                time.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
+                continue
+            raise error
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, path: str, headers: dict[str, str], data: bytes | None):
+        """One request; its response (an error status included) to read and close."""
+        target = urllib.parse.urlsplit(self.url)
+        if (data is not None and len(data) >= EXPECT_CONTINUE_BYTES and target.scheme == "http"
+                and not _proxied(target)):
+            return self._send_after_asking(target, method, path, headers, data)
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            return e  # a response too: status, reason, headers, read()
+
+    def _send_after_asking(self, target: urllib.parse.SplitResult, method: str, path: str,
+                           headers: dict[str, str], data: bytes) -> http.client.HTTPResponse:
+        """An upload with ``Expect: 100-continue``: the body goes only after the service's
+        "100 Continue" (or CONTINUE_WAIT_S of silence); an answer instead (413 too large, 401
+        no valid key) is returned without sending it. Plain http only: over TLS, select()
+        cannot tell the service's answer from TLS's own records."""
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=self.timeout)
+        try:
+            conn.putrequest(method, target.path + path, skip_accept_encoding=True)
+            for name, value in {**headers, "Content-Length": str(len(data)), "Expect": "100-continue",
+                                "Connection": "close"}.items():
+                conn.putheader(name, value)
+            conn.endheaders()
+            if select.select([conn.sock], [], [], CONTINUE_WAIT_S)[0]:
+                reader = conn.sock.makefile("rb")
+                status_line = reader.readline()
+                if status_line.split(b" ", 2)[1:2] != [b"100"]:  # the answer, before the body
+                    response = http.client.HTTPResponse(_Answered(status_line, reader), method=method)
+                    response.begin()
+                    return response
+                while reader.readline() not in (b"\r\n", b"\n", b""):
+                    pass  # the 100's headers; nothing else comes before the body is sent
+                reader.close()  # the socket stays open: conn holds it
+            try:
+                conn.send(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused part-way: the answer is read below
+            return conn.getresponse()
+        finally:
+            conn.close()  # the response keeps the socket open until it is closed
+
+
+class _Answered:
+    """The socket of an answer whose status line was already read, for http.client to parse."""
+
+    def __init__(self, status_line: bytes, reader) -> None:
+        self.status_line, self.reader = status_line, reader
+
+    def makefile(self, mode: str, *args: Any, **kwargs: Any):
+        return io.BufferedReader(_Prepended(self.status_line, self.reader))
+
+
+class _Prepended(io.RawIOBase):
+    """``head`` followed by what is left in ``rest``."""
+
+    def __init__(self, head: bytes, rest) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        chunk = self.rest.read1(len(buffer))
+        buffer[:len(chunk)] = chunk
+        return len(chunk)
+
+    def close(self) -> None:
+        self.rest.close()
+        super().close()
+
+
+def _proxied(target: urllib.parse.SplitResult) -> bool:
+    """Whether urllib would send a request to ``target`` through a proxy (``http_proxy``...)."""
+    return target.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(target.netloc)
+
+
+def _service_error(status: int, reason: str, headers, raw: bytes) -> errors.SpeakerDBError:
+    """An HTTP error answer (its status, reason, headers and body) as the library's exception."""
+    try:
+        doc = json.loads(raw or b"{}")["error"]
+        code, message = str(doc["code"]), str(doc["message"])
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", f"HTTP {status} {reason}"
+    retry = headers.get("Retry-After") if headers else None
+    retry_after = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+    if status == 401:
+        return errors.AuthenticationError(f"{message} (set SPEAKERDB_API_KEY)", status, code, retry_after)
+    if status == 403:
+        return errors.PermissionDeniedError(message, status, code, retry_after)
+    kind = ERROR_CODES.get(code)
+    if kind is not None and kind is not errors.SpeakerDBError:
+        return kind(message)
+    if kind is errors.SpeakerDBError:
+        return errors.SpeakerDBError(message)
+    return errors.ServiceError(f"the service answered {status}: {message}", status, code, retry_after)
+
+
+def _read(f: str | os.PathLike[str], what: str = "audio") -> tuple[str, bytes]:
+    """(the name as given, the bytes) of a local file; the CLI's own checks first (AudioError)."""
+    from ..audio import decode as audio
+
+    if what == "audio":
+        audio.check_file(f)
+    try:
+        return errors.printable_path(f), Path(f).read_bytes()
+    except OSError as e:
+        if what == "audio":
+            raise errors.AudioError(f, f"cannot be read ({e.strerror or e})") from None
+        raise errors.InvalidInputError(f"cannot read {errors.printable_path(f)}: {e.strerror or e}") from None
+
+
+def _multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    boundary = "speakerdb-" + secrets.token_hex(16)
+    out = bytearray()
+    for name, value in fields.items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+        out += value.encode() + b"\r\n"
+    for name, filename, data in files:
+        quoted = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        out += data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _q(name: str) -> str:
+    return urllib.parse.quote(name, safe="")
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _make(cls, d: dict[str, Any], **overrides: Any):
+    """``cls`` from the answer's fields that it has (a newer service may send more)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
+
+
+def _identification(d: dict[str, Any]) -> Identification:
+    if "error" in d:
+        return Identification(d["file"], None, None, [], d["error"])
+    return _make(Identification, d, candidates=[_make(Candidate, c) for c in d["candidates"]])
+
+
+def _utterance(d: dict[str, Any]) -> UtteranceInfo:
+    return UtteranceInfo(d["source"], d["duration_s"], d["audio_sha256"], parse_iso(d.get("created_at")))
+
+
+def _speaker(d: dict[str, Any]) -> SpeakerInfo:
+    return SpeakerInfo(d["name"], d["n_utterances"], d["total_duration_s"], parse_iso(d["created_at"]),
+                       parse_iso(d["updated_at"]), d["metadata"], [_utterance(u) for u in d.get("utterances", [])])
