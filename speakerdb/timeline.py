@@ -40,7 +40,9 @@ backchannels ("mm-hm") inside someone else's turn are below ``min_segment_s`` an
 absorbed by the turn.
 
 Cost. Decoding, VAD and embedding stream the recording block by block (two passes: VAD
-first, then windows), so memory holds one block, a window and the window vectors
+first, then windows, over one decode: the second pass replays the blocks the first kept, in
+memory or, for a long recording, in a temporary file; see :mod:`speakerdb.audio.decoded`),
+so memory holds one block, a window and the window vectors
 (``dim`` floats per window); compute is linear in the speech's length. Clustering works
 on at most ``MAX_CLUSTER_ITEMS`` items: longer recordings cluster runs of consecutive
 windows (averaged) instead of single windows, so its quadratic cost stays bounded.
@@ -50,105 +52,45 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .storage import atomic
 from .audio import decode as audio, vad
+from .audio.decoded import Decoded
 from .scoring import norm
 from .embedding.models import Embedder, l2_normalize
 from .errors import InvalidInputError
+# What a timeline is (Segment, Voice, Timeline) and its knobs (Params, with their defaults)
+# are shared with the client: they live in results.py and stay importable from here.
+from .results import (  # noqa: F401  (the defaults stay importable from here)
+    DEFAULT_HOP_S,
+    DEFAULT_MERGE_GAP_S,
+    DEFAULT_MIN_SEGMENT_S,
+    DEFAULT_MIN_VOICE_S,
+    DEFAULT_SWITCH_PENALTY,
+    DEFAULT_WINDOW_S,
+    MIN_WINDOW_S,
+    Params,
+    Segment,
+    Timeline,
+    Voice,
+)
 
 FRAME_S = 0.01  # s: resolution of the output timeline
-DEFAULT_WINDOW_S = 1.5  # s: long enough for a stable voice vector, short enough for turns
-DEFAULT_HOP_S = 0.5  # s: each frame is seen by up to 3 windows
-MIN_WINDOW_S = 0.5  # s: below this a region is too short to embed (audio.MIN_DURATION_S)
 #: Windows are clustered while their average-linkage cosine similarity reaches this much
 #: *below* the database threshold. Window vectors come from 1.5 s, not a whole recording,
 #: so two windows of one voice score lower than two recordings of it do.
 CLUSTER_MARGIN = 0.18
-DEFAULT_MIN_VOICE_S = 3.0  # s of windows a voice needs to stand on its own
-DEFAULT_MIN_SEGMENT_S = 1.0  # s: a shorter segment joins its neighbour in the region
-#: Two segments of one voice with only a pause shorter than this between them are one
-#: segment: a speaker's breath or hesitation inside a turn is part of the turn, the way
-#: conversations are annotated. A pause between two different voices is never filled.
-DEFAULT_MERGE_GAP_S = 1.0  # s
-#: Viterbi cost of changing voice between two frames, in units of cosine similarity:
-#: a frame sequence changes voice only where the new voice leads by this much, summed over frames.
-DEFAULT_SWITCH_PENALTY = 0.5
 #: Clustering is quadratic in its items; above this many windows, runs of consecutive
 #: windows are averaged into one item (a 1-hour recording: 7,200 windows -> 2,000 items).
 MAX_CLUSTER_ITEMS = 2000
 EMBED_BATCH = 64  # windows per embedder call: bounded memory, equal lengths stack
 
 Progress = Callable[[float, float], None]  # (seconds of audio done, seconds in all)
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One voice speaking from ``start`` to ``end`` (seconds)."""
-
-    start: float
-    end: float
-    label: str  # the speaker's name, or unknown-N
-    speaker: str | None  # the enrolled speaker, None for an unknown voice
-    #: What the threshold is compared to for this segment's mean window vector against the
-    #: named (or nearest) centroid: its cosine, or that cosine's AS-norm when normalisation is on.
-    score: float | None
-    raw_score: float | None = None  # the cosine itself
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
-        d["score"], d["raw_score"] = _round(self.score), _round(self.raw_score)
-        return d
-
-
-@dataclass(frozen=True)
-class Voice:
-    """A voice of the recording: its label, enrolled name (or None), speaking time and gallery score."""
-
-    label: str
-    speaker: str | None
-    seconds: float
-    score: float | None  # the voice's mean window vector against the named (or nearest) centroid, as Segment.score
-    nearest: str | None = None  # the best-scoring enrolled speaker, even below the threshold
-    raw_score: float | None = None  # the cosine behind ``score``
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "speaker": self.speaker, "seconds": round(self.seconds, 3),
-                "score": _round(self.score), "raw_score": _round(self.raw_score)}
-
-
-def _round(score: float | None) -> float | None:
-    return None if score is None else round(score, 4)
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """The segments of one recording, in time order, and its voices by speaking time."""
-
-    file: str
-    duration: float
-    segments: list[Segment]
-    voices: list[Voice]
-    speech_s: float = 0.0  # seconds the VAD found speech in
-    notes: list[str] = field(default_factory=list)
-    error: str | None = None  # why this file could not be used (then nothing else is set)
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.error is not None:  # as identify answers a bad file: its name and the reason
-            return {"file": self.file, "error": self.error}
-        return {
-            "file": self.file,
-            "duration": round(self.duration, 3),
-            "segments": [s.to_dict() for s in self.segments],
-            "voices": [v.to_dict() for v in self.voices],
-            "notes": list(self.notes),
-        }
 
 
 @dataclass(frozen=True)
@@ -199,31 +141,6 @@ class Gallery:
         # per segment would cost more than the whole timeline.
         raw = (np.atleast_2d(np.asarray(vectors, np.float32)) @ self.centroids.T).astype(np.float64)
         return (raw if self.normaliser is None else self.normaliser(vectors, raw)), raw
-
-
-@dataclass(frozen=True)
-class Params:
-    """The timeline's knobs (see the module doc); defaults suit both GE2E and WavLM."""
-
-    window_s: float = DEFAULT_WINDOW_S
-    hop_s: float = DEFAULT_HOP_S
-    cluster_threshold: float | None = None  # None: the gallery's cosine threshold - CLUSTER_MARGIN
-    min_voice_s: float = DEFAULT_MIN_VOICE_S
-    min_segment_s: float = DEFAULT_MIN_SEGMENT_S
-    switch_penalty: float = DEFAULT_SWITCH_PENALTY
-    merge_gap_s: float = DEFAULT_MERGE_GAP_S
-    vad_backend: str = "silero"
-
-    def check(self) -> "Params":
-        if not MIN_WINDOW_S <= self.window_s <= 30:
-            raise InvalidInputError(f"window must be {MIN_WINDOW_S:g}-30 s, not {self.window_s:g}")
-        if not 0.05 <= self.hop_s <= self.window_s:
-            raise InvalidInputError(f"hop must be 0.05 s to the window length, not {self.hop_s:g}")
-        if self.min_segment_s < 0 or self.min_voice_s < 0 or self.merge_gap_s < 0:
-            raise InvalidInputError("minimum segment and voice lengths must not be negative")
-        if self.cluster_threshold is not None and not -1 <= self.cluster_threshold <= 1:
-            raise InvalidInputError(f"cluster threshold {self.cluster_threshold} is not a cosine in [-1, 1]")
-        return self
 
 
 # ---- windows ------------------------------------------------------------------------------
@@ -385,17 +302,20 @@ def merge_short(labels: np.ndarray, scores: np.ndarray, min_frames: int, lengths
 
 
 # ---- the whole pipeline ----------------------------------------------------------------------
-def _blocks_of(source: str | Path | audio.Audio) -> Callable[[], Iterator[np.ndarray]]:
+def _blocks_of(source: audio.Audio | Decoded) -> Callable[[], Iterator[np.ndarray]]:
     if isinstance(source, audio.Audio):
         return lambda: iter([source.samples])
-    return lambda: audio.stream(source)
+    return source.blocks
 
 
-def build(source: str | Path | audio.Audio, embedder: Embedder, gallery: Gallery, params: Params | None = None,
-          detector=None) -> Timeline:
+def build(source: str | Path | audio.Audio | Decoded, embedder: Embedder, gallery: Gallery,
+          params: Params | None = None, detector=None) -> Timeline:
     """The timeline of one recording (see the module doc). Raises AudioError for unusable audio."""
+    if not isinstance(source, (audio.Audio, Decoded)):  # decoded once for both passes
+        with Decoded(source) as decoded:
+            return build(decoded, embedder, gallery, params, detector)
     params = (params or Params()).check()
-    label = source.source if isinstance(source, audio.Audio) else str(source)
+    label = source.source if isinstance(source, audio.Audio) else str(source.path)
     blocks = _blocks_of(source)
     detector = detector if detector is not None else vad.load(params.vad_backend)
 
@@ -637,12 +557,14 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
 VOICE_CHECK_PARAMS = Params(window_s=DEFAULT_WINDOW_S, hop_s=DEFAULT_WINDOW_S)
 
 
-def count_voices(source: str | Path | audio.Audio, embedder: Embedder, threshold: float, detector=None) -> int:
+def count_voices(source: str | Path | audio.Audio | Decoded, embedder: Embedder, threshold: float,
+                 detector=None) -> int:
     """How many voices speak in a recording: 0 without speech, 1 for one speaker.
 
     The timeline's diarization without a gallery (windows clustered, clusters whose means
     reach ``threshold`` together merged, voices with under ``DEFAULT_MIN_VOICE_S`` of
-    speech dropped), on non-overlapping windows.
+    speech dropped), on non-overlapping windows. ``source`` may be a :class:`Decoded` that
+    identify's embedding has already read: its blocks are replayed, not decoded again.
     """
     t = build(source, embedder, Gallery.empty(embedder.dim, threshold), VOICE_CHECK_PARAMS, detector)
     return len(t.voices)

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "speakerdb"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": set(),
-    "results": set(),
+    "results": {"errors"},  # Params.check() raises InvalidInputError; errors is standard library only
     "protocol": {"results"},
     "audio": {"errors", "config"},
     "storage": {"errors", "config", "results"},

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..results import NormSettings  # a result type, shared with the client (results.py)
 
 METHOD = "as-norm"
 #: Scales a threshold can be on: raw cosine scores, or AS-norm scores.
@@ -47,29 +49,6 @@ AS_NORM_RANGE = (-20.0, 100.0)
 DEFAULT_AS_NORM_THRESHOLD = 3.0
 #: Rows of embeddings scored against the cohort at once (bounds the (rows, cohort) matrix).
 CHUNK_ROWS = 4096
-
-
-@dataclass(frozen=True)
-class NormSettings:
-    """What a database stores (setting ``norm``) about its normalisation.
-
-    ``digest`` is the sha256 of the cohort matrix as stored: statistics computed against
-    one cohort are never used with another.
-    """
-
-    method: str
-    top_n: int
-    model_id: str
-    dim: int
-    count: int
-    digest: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NormSettings":
-        return cls(str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"]))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import os
 import stat
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Callable
@@ -33,6 +33,18 @@ import numpy as np
 from . import atomic, store
 from ..errors import ConflictError, GalleryError, InvalidInputError, printable_path
 from .store import validate_name
+# The caps on an import (Limits, whose defaults are these) and what export and import return
+# are shared with the client: they live in results.py and stay importable from here.
+from ..results import (  # noqa: F401
+    MAX_DIM,
+    MAX_UTTERANCES,
+    REFERENCE_DIM,
+    SPEAKERS_JSON_BASE_BYTES,
+    SPEAKERS_JSON_BYTES_PER_UTTERANCE,
+    ExportSummary,
+    ImportSummary,
+    Limits,
+)
 
 FORMAT_NAME = "speakerdb-gallery"
 FORMAT_VERSION = 1
@@ -42,41 +54,12 @@ EMBEDDINGS = "embeddings.f32"
 MEMBERS = (MANIFEST, SPEAKERS, EMBEDDINGS)
 MAX_MANIFEST_BYTES = 1 << 20  # 1 MiB: a manifest is a few hundred bytes
 UNIT_NORM_TOLERANCE = 1e-3  # embeddings are stored L2-normalised
-# Caps on what an import reads, checked against the manifest before any member is unpacked,
-# so a small file that honestly declares gigabytes is refused in constant memory. The
-# defaults hold about a million utterances of 512-d vectors; Limits (import --max-utterances)
-# raises them.
-MAX_UTTERANCES = 1_000_000  # utterances in one gallery
-MAX_DIM = 8192  # embedding dimension (WavLM x-vectors: 512, GE2E: 256)
-# The vectors' bytes are capped at max_utterances vectors of the database's dimension; a
-# database with no model yet (which takes the gallery's) counts them as this many floats,
-# so a wide dimension cannot multiply the cap.
-REFERENCE_DIM = 512
 MAX_JSON_DIGITS = 100  # digits of one JSON number: no field of a gallery needs more
-SPEAKERS_JSON_BYTES_PER_UTTERANCE = 2048  # bytes of speakers.json allowed per utterance...
-SPEAKERS_JSON_BASE_BYTES = 64 << 20  # ...plus this much (64 MiB) for metadata and names
 MAX_SOURCE_LENGTH = 4096  # characters of an utterance's source label (PATH_MAX)
 MAX_DURATION_S = 1e7  # seconds (115 days): a larger utterance duration is not a recording
 READ_CHUNK = 1 << 20  # bytes read from an archive member at a time
 # Times in a gallery are ISO 8601, from 1970 on: earlier ones come from a broken clock or an edit.
 EARLIEST = datetime(1970, 1, 1)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """How much one import may read (see MAX_UTTERANCES; memory grows with these)."""
-
-    max_utterances: int = MAX_UTTERANCES
-    max_dim: int = MAX_DIM
-
-    @property
-    def max_speakers_json_bytes(self) -> int:
-        return SPEAKERS_JSON_BASE_BYTES + self.max_utterances * SPEAKERS_JSON_BYTES_PER_UTTERANCE
-
-    def max_embedding_bytes(self, db_dim: int | None) -> int:
-        """Bytes of vectors one import may unpack into a database of dimension ``db_dim``
-        (None: a database with no model yet, counted as REFERENCE_DIM)."""
-        return self.max_utterances * (db_dim or REFERENCE_DIM) * 4
 
 CONFLICT_POLICIES = ("fail", "skip", "replace", "merge")
 
@@ -515,33 +498,6 @@ def _check_time(value: Any, what: str) -> str | None:
     if t < EARLIEST:
         raise InvalidInputError(f"{what} ({value!r}) is before 1970")
     return store.iso(t)
-
-
-@dataclass(frozen=True)
-class ExportSummary:
-    path: str
-    n_speakers: int
-    n_utterances: int
-    size_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class ImportSummary:
-    """What an import did (or, with dry_run, would do): speaker names per outcome."""
-
-    path: str
-    created: list[str] = field(default_factory=list)
-    merged: list[str] = field(default_factory=list)
-    replaced: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    utterances_added: int = 0
-    dry_run: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def from_store(settings: dict[str, Any], speakers: list[store.Speaker]) -> Gallery:

@@ -18,17 +18,16 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import store
 from ..errors import InvalidInputError, KeyExistsError, KeyNotFoundError
+# The scopes and what key operations return are shared with the client (results.py);
+# they stay importable from here.
+from ..results import SCOPES, AuditEntry, KeyInfo, NewKey
 
-SCOPES = ("read", "write", "admin")  # each includes the ones before it
 KEY_PREFIX = "sdb"
 KEY_ID_BYTES = 8  # 16 hex digits: finds the row, not secret
 SECRET_BYTES = 32  # 256 bits of secret
@@ -54,55 +53,6 @@ MAX_FAILED = 4096
 #: so that a 401 takes as long whether the id exists or not (no oracle for key ids).
 _DUMMY_SALT = secrets.token_hex(SALT_BYTES)
 _DUMMY_HASH = f"{HASH_NAME}${HASH_ITERATIONS}${secrets.token_hex(32)}"
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    """A key as listed: never its secret."""
-
-    name: str
-    scope: str
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None
-
-    def allows(self, scope: str) -> bool:
-        """Whether this key's scope includes ``scope``."""
-        return SCOPES.index(self.scope) >= SCOPES.index(scope)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scope": self.scope, "created_at": store.iso(self.created_at),
-                "revoked_at": store.iso(self.revoked_at), "active": self.active}
-
-
-@dataclass(frozen=True)
-class NewKey:
-    """A key just created: the only time its secret exists outside the caller's hands."""
-
-    name: str
-    scope: str
-    key: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "scope": self.scope}
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One change: when (UTC), by which key (None: a local command), what, to which speaker."""
-
-    time: datetime
-    key_name: str | None
-    operation: str
-    speaker: str | None
-    detail: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"time": store.iso(self.time), "key_name": self.key_name, "operation": self.operation,
-                "speaker": self.speaker, "detail": self.detail}
 
 
 def check_name(name: str) -> str:

@@ -1,0 +1,455 @@
+"""The values that cross the interface of :class:`speakerdb.SpeakerDB` and :class:`speakerdb.client.Client`.
+
+What the operations return (an :class:`Identification`, an :class:`EnrollResult`, a
+:class:`~speakerdb.results.Timeline`...) and the few argument types both implementations
+take (:class:`Params`, :class:`Limits`). Standard library only (and :mod:`speakerdb.errors`
+for the checks of arguments), so the library, the service, the CLI and the HTTP client all
+share these types without pulling in numpy, SQLAlchemy or a model.
+
+Every type here is a plain frozen dataclass (``ImportSummary`` excepted: an import fills it
+in as it goes) with a ``to_dict()`` that is the JSON the CLI prints and the service answers.
+Times are naive UTC datetimes, written as ISO 8601 with ``Z`` (:func:`iso`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .errors import InvalidInputError
+
+#: What a long operation reports as it goes: (files done, files in all, seconds of audio done).
+Progress = Callable[[int, int, float], None]
+
+
+# ---- times ------------------------------------------------------------------------------------
+def iso(t: datetime | None) -> str | None:
+    """A naive-UTC datetime as ISO 8601 with Z; microseconds kept so round trips are exact."""
+    return None if t is None else t.isoformat() + "Z"
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    """The inverse of :func:`iso` (None for None or unparseable text)."""
+    if not text:
+        return None
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+# ---- identify and verify ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    speaker: str
+    score: float  # what the threshold is compared to: raw_score, or its AS-norm when normalisation is on
+    raw_score: float  # cosine similarity to the speaker's centroid, in [-1, 1]
+
+
+@dataclass(frozen=True)
+class Identification:
+    """One file's answer: ``speaker`` is None ("unknown") when the best score is below the threshold.
+
+    A file that could not be used (missing, not audio, too short...) has ``error`` set to the
+    reason, ``speaker`` and ``score`` None and no candidates: one bad file in a batch does not
+    cost the others their answers.
+    """
+
+    file: str
+    speaker: str | None
+    score: float | None
+    candidates: list[Candidate]
+    error: str | None = None
+    raw_score: float | None = None  # the best candidate's cosine score (see Candidate)
+    #: Voices the file holds (timeline.count_voices): above 1, the vector is a blend of several
+    #: people and `timeline` is the command to use; 0: no speech was found.
+    voices: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the file was identified (``speaker`` may still be None: unknown)."""
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"file", "speaker", "score", "candidates"}``, or ``{"file", "error"}`` for a file that failed."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        d = asdict(self)
+        del d["error"]
+        return d
+
+
+@dataclass(frozen=True)
+class Verification:
+    file: str
+    speaker: str
+    score: float  # what the threshold is compared to (AS-norm when normalisation is on)
+    threshold: float
+    accepted: bool
+    raw_score: float | None = None  # the cosine score
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- speakers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UtteranceInfo:
+    source: str
+    duration_s: float
+    audio_sha256: str
+    created_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = iso(self.created_at)
+        return d
+
+
+@dataclass(frozen=True)
+class FileNote:
+    """Something to tell the user about one file: why it was skipped, or what looks wrong."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    speaker: str
+    created: bool
+    added: list[UtteranceInfo]
+    skipped: list[FileNote]
+    n_utterances: int  # the speaker's utterances after this enrollment
+    warnings: list[FileNote] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "speaker": self.speaker,
+            "created": self.created,
+            "added": [u.to_dict() for u in self.added],
+            "skipped": [asdict(s) for s in self.skipped],
+            "n_utterances": self.n_utterances,
+            "warnings": [asdict(w) for w in self.warnings],
+        }
+
+
+@dataclass(frozen=True)
+class SpeakerInfo:
+    name: str
+    n_utterances: int
+    total_duration_s: float
+    created_at: datetime
+    updated_at: datetime
+    metadata: dict[str, Any]
+    utterances: list[UtteranceInfo] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"], d["updated_at"] = iso(self.created_at), iso(self.updated_at)
+        d["utterances"] = [u.to_dict() for u in self.utterances]
+        return d
+
+
+# ---- the database -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatabaseInfo:
+    db_path: str
+    index_path: str | None  # None through the client: the service keeps its paths to itself
+    model_id: str | None
+    model_source: str | None
+    dim: int | None
+    threshold: float
+    n_speakers: int
+    n_utterances: int
+    schema_revision: str
+    generation: int
+    index_params: dict[str, Any] = field(default_factory=dict)
+    threshold_scale: str = "cosine"  # "cosine" or "as-norm" (speakerdb.scoring.norm.SCALES)
+    norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CopySummary:
+    source: str
+    destination: str
+    rows: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- score normalisation ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class NormSettings:
+    """What a database stores (setting ``norm``) about its normalisation.
+
+    ``digest`` is the sha256 of the cohort matrix as stored: statistics computed against
+    one cohort are never used with another.
+    """
+
+    method: str
+    top_n: int
+    model_id: str
+    dim: int
+    count: int
+    digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormSettings:
+        return cls(str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"]))
+
+
+@dataclass(frozen=True)
+class CohortSetAside:
+    """A cohort recording left out because it scores ``score`` (raw cosine) against enrolled
+    speaker ``speaker``, at or above the cosine ``threshold``."""
+
+    source: str
+    speaker: str
+    score: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class NormChange:
+    """What ``norm --cohort`` / ``norm --off`` did: the normalisation now in force (None: raw
+    scores), whether the threshold was reset because its scale changed (calibrate again),
+    and the threshold and scale now stored."""
+
+    norm: NormSettings | None
+    recalibrate: bool
+    threshold: float
+    threshold_scale: str
+    set_aside: tuple[CohortSetAside, ...] = ()  # cohort recordings of enrolled people, left out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm.to_dict() if self.norm else None, "recalibrate": self.recalibrate,
+                "threshold": self.threshold, "threshold_scale": self.threshold_scale,
+                "set_aside": [asdict(a) for a in self.set_aside]}
+
+
+# ---- galleries --------------------------------------------------------------------------------
+# Caps on what an import reads, checked against the manifest before any member is unpacked,
+# so a small file that honestly declares gigabytes is refused in constant memory. The
+# defaults hold about a million utterances of 512-d vectors; Limits (import --max-utterances)
+# raises them.
+MAX_UTTERANCES = 1_000_000  # utterances in one gallery
+MAX_DIM = 8192  # embedding dimension (WavLM x-vectors: 512, GE2E: 256)
+# The vectors' bytes are capped at max_utterances vectors of the database's dimension; a
+# database with no model yet (which takes the gallery's) counts them as this many floats,
+# so a wide dimension cannot multiply the cap.
+REFERENCE_DIM = 512
+SPEAKERS_JSON_BYTES_PER_UTTERANCE = 2048  # bytes of speakers.json allowed per utterance...
+SPEAKERS_JSON_BASE_BYTES = 64 << 20  # ...plus this much (64 MiB) for metadata and names
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much one import may read (see MAX_UTTERANCES; memory grows with these)."""
+
+    max_utterances: int = MAX_UTTERANCES
+    max_dim: int = MAX_DIM
+
+    @property
+    def max_speakers_json_bytes(self) -> int:
+        return SPEAKERS_JSON_BASE_BYTES + self.max_utterances * SPEAKERS_JSON_BYTES_PER_UTTERANCE
+
+    def max_embedding_bytes(self, db_dim: int | None) -> int:
+        """Bytes of vectors one import may unpack into a database of dimension ``db_dim``
+        (None: a database with no model yet, counted as REFERENCE_DIM)."""
+        return self.max_utterances * (db_dim or REFERENCE_DIM) * 4
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    path: str
+    n_speakers: int
+    n_utterances: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportSummary:
+    """What an import did (or, with dry_run, would do): speaker names per outcome."""
+
+    path: str
+    created: list[str] = field(default_factory=list)
+    merged: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    utterances_added: int = 0
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---- keys of the service and the audit record -------------------------------------------------
+SCOPES = ("read", "write", "admin")  # each includes the ones before it
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as listed: never its secret."""
+
+    name: str
+    scope: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+    def allows(self, scope: str) -> bool:
+        """Whether this key's scope includes ``scope``."""
+        return SCOPES.index(self.scope) >= SCOPES.index(scope)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "scope": self.scope, "created_at": iso(self.created_at),
+                "revoked_at": iso(self.revoked_at), "active": self.active}
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created: the only time its secret exists outside the caller's hands."""
+
+    name: str
+    scope: str
+    key: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "scope": self.scope}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One change: when (UTC), by which key (None: a local command), what, to which speaker."""
+
+    time: datetime
+    key_name: str | None
+    operation: str
+    speaker: str | None
+    detail: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": iso(self.time), "key_name": self.key_name, "operation": self.operation,
+                "speaker": self.speaker, "detail": self.detail}
+
+
+# ---- timelines (see speakerdb.timeline for what the knobs do) ---------------------------------
+DEFAULT_WINDOW_S = 1.5  # s: long enough for a stable voice vector, short enough for turns
+DEFAULT_HOP_S = 0.5  # s: each frame is seen by up to 3 windows
+MIN_WINDOW_S = 0.5  # s: below this a region is too short to embed (audio.MIN_DURATION_S)
+DEFAULT_MIN_VOICE_S = 3.0  # s of windows a voice needs to stand on its own
+DEFAULT_MIN_SEGMENT_S = 1.0  # s: a shorter segment joins its neighbour in the region
+#: Two segments of one voice with only a pause shorter than this between them are one
+#: segment: a speaker's breath or hesitation inside a turn is part of the turn, the way
+#: conversations are annotated. A pause between two different voices is never filled.
+DEFAULT_MERGE_GAP_S = 1.0  # s
+#: Viterbi cost of changing voice between two frames, in units of cosine similarity:
+#: a frame sequence changes voice only where the new voice leads by this much, summed over frames.
+DEFAULT_SWITCH_PENALTY = 0.5
+
+
+@dataclass(frozen=True)
+class Params:
+    """The timeline's knobs (see :mod:`speakerdb.timeline`); defaults suit both GE2E and WavLM."""
+
+    window_s: float = DEFAULT_WINDOW_S
+    hop_s: float = DEFAULT_HOP_S
+    cluster_threshold: float | None = None  # None: the gallery's cosine threshold - CLUSTER_MARGIN
+    min_voice_s: float = DEFAULT_MIN_VOICE_S
+    min_segment_s: float = DEFAULT_MIN_SEGMENT_S
+    switch_penalty: float = DEFAULT_SWITCH_PENALTY
+    merge_gap_s: float = DEFAULT_MERGE_GAP_S
+    vad_backend: str = "silero"
+
+    def check(self) -> Params:
+        """These knobs, or InvalidInputError naming the first one out of range."""
+        if not MIN_WINDOW_S <= self.window_s <= 30:
+            raise InvalidInputError(f"window must be {MIN_WINDOW_S:g}-30 s, not {self.window_s:g}")
+        if not 0.05 <= self.hop_s <= self.window_s:
+            raise InvalidInputError(f"hop must be 0.05 s to the window length, not {self.hop_s:g}")
+        if self.min_segment_s < 0 or self.min_voice_s < 0 or self.merge_gap_s < 0:
+            raise InvalidInputError("minimum segment and voice lengths must not be negative")
+        if self.cluster_threshold is not None and not -1 <= self.cluster_threshold <= 1:
+            raise InvalidInputError(f"cluster threshold {self.cluster_threshold} is not a cosine in [-1, 1]")
+        return self
+
+
+def _round(score: float | None) -> float | None:
+    return None if score is None else round(score, 4)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One voice speaking from ``start`` to ``end`` (seconds)."""
+
+    start: float
+    end: float
+    label: str  # the speaker's name, or unknown-N
+    speaker: str | None  # the enrolled speaker, None for an unknown voice
+    #: What the threshold is compared to for this segment's mean window vector against the
+    #: named (or nearest) centroid: its cosine, or that cosine's AS-norm when normalisation is on.
+    score: float | None
+    raw_score: float | None = None  # the cosine itself
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
+        d["score"], d["raw_score"] = _round(self.score), _round(self.raw_score)
+        return d
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A voice of the recording: its label, enrolled name (or None), speaking time and gallery score."""
+
+    label: str
+    speaker: str | None
+    seconds: float
+    score: float | None  # the voice's mean window vector against the named (or nearest) centroid, as Segment.score
+    nearest: str | None = None  # the best-scoring enrolled speaker, even below the threshold
+    raw_score: float | None = None  # the cosine behind ``score``
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "speaker": self.speaker, "seconds": round(self.seconds, 3),
+                "score": _round(self.score), "raw_score": _round(self.raw_score)}
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The segments of one recording, in time order, and its voices by speaking time."""
+
+    file: str
+    duration: float
+    segments: list[Segment]
+    voices: list[Voice]
+    speech_s: float = 0.0  # seconds the VAD found speech in
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None  # why this file could not be used (then nothing else is set)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:  # as identify answers a bad file: its name and the reason
+            return {"file": self.file, "error": self.error}
+        return {
+            "file": self.file,
+            "duration": round(self.duration, 3),
+            "segments": [s.to_dict() for s in self.segments],
+            "voices": [v.to_dict() for v in self.voices],
+            "notes": list(self.notes),
+        }
