@@ -5,11 +5,10 @@ in ``config.attributes["connection"]``. Developers can also run the ``alembic`` 
 from the repository root: the database is then ``-x db=PATH`` or ``$SPEAKERDB_DB``.
 """
 
-import os
-
 from alembic import context
 
-from speakerdb.storage.store import Base, open_engine
+from speakerdb.config import DB_ENV, db_from_env, db_target
+from speakerdb.storage.store import Base, open_engine, open_server_engine
 
 target_metadata = Base.metadata
 
@@ -44,18 +43,15 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    path = context.get_x_argument(as_dictionary=True).get("db") or os.environ.get("SPEAKERDB_DB")
-    if not path:
-        raise SystemExit("give the database with -x db=PATH or SPEAKERDB_DB=PATH")
-    from pathlib import Path
-
-    from speakerdb.storage.store import is_server_url, open_server_engine
-
-    if is_server_url(path):
-        with open_server_engine(path).connect() as conn:
+    given = context.get_x_argument(as_dictionary=True).get("db") or db_from_env()
+    if not given:
+        raise SystemExit(f"give the database with -x db=PATH or {DB_ENV}=PATH")
+    target = db_target(given)  # file or server URL: decided where the library decides it
+    if isinstance(target, str):  # a server URL; a file is a Path
+        with open_server_engine(target).connect() as conn:
             _run(conn)
         return
-    engine = open_engine(Path(path))
+    engine = open_engine(target)
     with engine.connect() as conn:
         conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # see schema._run_migration
         _run(conn)

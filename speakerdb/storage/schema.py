@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 
 from ..errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
+from .urls import display_url, redact
 
 #: The newest revision in migrations/versions. A test checks it equals Alembic's head.
 HEAD_REVISION = "0004"
@@ -133,8 +134,6 @@ def _tables(engine: Engine) -> set[str]:
             rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
             return {r[0] for r in rows}
     except SADatabaseError as e:
-        from .store import redact
-
         reason = redact(e, None if engine.dialect.name == "sqlite" else engine.url.render_as_string(hide_password=False))
         raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {reason}") from None
 
@@ -161,6 +160,4 @@ def _initialise_file(engine: Engine) -> None:
 def _path(engine: Engine) -> str:
     if engine.dialect.name == "sqlite":
         return str(engine.url.database)
-    from .store import display_url  # store imports this module
-
     return display_url(engine.url.render_as_string(hide_password=False))
