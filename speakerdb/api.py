@@ -13,18 +13,20 @@ file is missing, damaged or belongs to another database (see indexkeeper.py).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
 import stat
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, cast
 
 import numpy as np
 
 from .audio import decode as audio
+from .audio.decoded import Decoded
 # Defaults and environment variables live in config.py; these stay importable from here.
 from .config import DB_FILENAME, default_db_path, default_home, default_index_dir  # noqa: F401
 from .config import check_max_audio_s, db_target
@@ -48,9 +50,32 @@ from .storage.store import validate_name
 from .storage.index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
 from .storage.index import IndexFileError, SpeakerIndex
 from .storage.indexkeeper import IndexKeeper
+# The result types live in results.py (shared with the client); imported here so that
+# `from speakerdb.api import Identification` and the like keep working.
+from .results import (
+    AuditEntry,
+    Candidate,
+    CohortSetAside,
+    CopySummary,
+    DatabaseInfo,
+    EnrollResult,
+    ExportSummary,
+    FileNote,
+    Identification,
+    ImportSummary,
+    KeyInfo,
+    Limits,
+    NewKey,
+    NormChange,
+    Params,
+    Progress,
+    SpeakerInfo,
+    Timeline,
+    UtteranceInfo,
+    Verification,
+)
 
 if TYPE_CHECKING:  # for annotations only: the methods import them where they are used
-    from .storage import keys
     from . import timeline as timelines
 
 log = logging.getLogger("speakerdb")
@@ -77,9 +102,6 @@ INDEX_PARAM_MAX = {
     "hnsw_m": 256,  # links per node
     "approximate_above": 2**31 - 1,  # speakers
 }
-
-#: Called after each file: (files done, files in all, seconds of audio done).
-Progress = Callable[[int, int, float], None]
 
 
 def _check_max_audio_s(value: float | None) -> float | None:
@@ -111,139 +133,41 @@ def _label(f: str | os.PathLike[str] | audio.Audio) -> str:
     return f.source if isinstance(f, audio.Audio) else audio.source_label(f)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    speaker: str
-    score: float  # what the threshold is compared to: raw_score, or its AS-norm when normalisation is on
-    raw_score: float  # cosine similarity to the speaker's centroid, in [-1, 1]
-
-
-@dataclass(frozen=True)
-class Identification:
-    """One file's answer: ``speaker`` is None ("unknown") when the best score is below the threshold.
-
-    A file that could not be used (missing, not audio, too short...) has ``error`` set to the
-    reason, ``speaker`` and ``score`` None and no candidates: one bad file in a batch does not
-    cost the others their answers.
-    """
-
-    file: str
-    speaker: str | None
-    score: float | None
-    candidates: list[Candidate]
-    error: str | None = None
-    raw_score: float | None = None  # the best candidate's cosine score (see Candidate)
-    #: Voices the file holds (timeline.count_voices): above 1, the vector is a blend of several
-    #: people and `timeline` is the command to use; 0: no speech was found.
-    voices: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the file was identified (``speaker`` may still be None: unknown)."""
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"file", "speaker", "score", "candidates"}``, or ``{"file", "error"}`` for a file that failed."""
-        if self.error is not None:
-            return {"file": self.file, "error": self.error}
-        d = asdict(self)
-        del d["error"]
-        return d
-
-
-@dataclass(frozen=True)
-class Verification:
-    file: str
-    speaker: str
-    score: float  # what the threshold is compared to (AS-norm when normalisation is on)
-    threshold: float
-    accepted: bool
-    raw_score: float | None = None  # the cosine score
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class UtteranceInfo:
-    source: str
-    duration_s: float
-    audio_sha256: str
-    created_at: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"] = store.iso(self.created_at)
-        return d
-
-
-@dataclass(frozen=True)
-class FileNote:
-    """Something to tell the user about one file: why it was skipped, or what looks wrong."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EnrollResult:
-    speaker: str
-    created: bool
-    added: list[UtteranceInfo]
-    skipped: list[FileNote]
-    n_utterances: int  # the speaker's utterances after this enrollment
-    warnings: list[FileNote] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "speaker": self.speaker,
-            "created": self.created,
-            "added": [u.to_dict() for u in self.added],
-            "skipped": [asdict(s) for s in self.skipped],
-            "n_utterances": self.n_utterances,
-            "warnings": [asdict(w) for w in self.warnings],
-        }
-
-
-@dataclass(frozen=True)
-class SpeakerInfo:
-    name: str
-    n_utterances: int
-    total_duration_s: float
-    created_at: datetime
-    updated_at: datetime
-    metadata: dict[str, Any]
-    utterances: list[UtteranceInfo] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"], d["updated_at"] = store.iso(self.created_at), store.iso(self.updated_at)
-        d["utterances"] = [u.to_dict() for u in self.utterances]
-        return d
-
-
-@dataclass(frozen=True)
-class DatabaseInfo:
-    db_path: str
-    index_path: str
-    model_id: str | None
-    model_source: str | None
-    dim: int | None
-    threshold: float
-    n_speakers: int
-    n_utterances: int
-    schema_revision: str
-    generation: int
-    index_params: dict[str, Any] = field(default_factory=dict)
-    threshold_scale: str = norm.COSINE  # "cosine" or "as-norm"
-    norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def _release(source: object) -> None:
+    """Free what a :class:`Decoded` file keeps (its temporary file, if any); other sources hold nothing."""
+    if isinstance(source, Decoded):
+        source.close()
 
 
 class _Rollback(Exception):
     """Raised inside a transaction to undo it (dry runs)."""
+
+
+#: Whose changes the calls inside :meth:`SpeakerDB.audited_as` make: ``(API key name or None,)``;
+#: None outside such a block (the CLI, Python users), where only key changes are recorded.
+_AUDITED_AS: ContextVar[tuple[str | None] | None] = ContextVar("speakerdb_audited_as", default=None)
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _audited(operation: str,
+             describe: Callable[..., tuple[str | None, dict[str, Any] | None]]) -> Callable[[_Method], _Method]:
+    """Record the decorated change in the audit log, in the change's own transaction, when it is
+    made inside :meth:`SpeakerDB.audited_as`. ``describe`` takes the method's arguments and
+    returns the speaker concerned (or None) and the details to keep (never audio or vectors)."""
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def audited_method(self: SpeakerDB, *args: Any, **kwargs: Any) -> Any:
+            acting = _AUDITED_AS.get()
+            if acting is None:
+                return method(self, *args, **kwargs)
+            speaker, detail = describe(*args, **kwargs)
+            with store.audited(acting[0], operation, speaker, detail):
+                return method(self, *args, **kwargs)
+
+        return cast(_Method, audited_method)
+
+    return decorate
 
 
 class SpeakerDB:
@@ -325,6 +249,25 @@ class SpeakerDB:
         self.indexer.maintain()  # a lagging index file is saved after the work, not during it
         self.store.close()
 
+    def maintain_index(self) -> None:
+        """Save the index file if it lags this process's index far behind, or is missing (a
+        header read when it does not): a long-running process calls it between requests, so
+        that no request waits for the save."""
+        self.indexer.maintain()
+
+    @contextlib.contextmanager
+    def audited_as(self, key_name: str | None) -> Iterator[None]:
+        """Record the changes made inside this block (enroll, rename, remove, set_threshold,
+        import_gallery) in the audit log, as made with API key ``key_name`` (None: by a caller
+        of a service that needs no key). Each record is written in its change's own
+        transaction: a change that fails records nothing. The HTTP service runs each change a
+        caller asks for in such a block; create_key and revoke_key take their ``actor`` directly."""
+        token = _AUDITED_AS.set((key_name,))
+        try:
+            yield
+        finally:
+            _AUDITED_AS.reset(token)
+
     def discard_if_unused(self) -> bool:
         """Close, and delete the database files if this object created them and nothing was
         stored since (no speakers, no model bound): a failed first enrollment or a dry-run
@@ -356,6 +299,7 @@ class SpeakerDB:
         """``"cosine"`` (raw scores) or ``"as-norm"``: the scale the stored threshold is on."""
         return _scale(self.store.settings())
 
+    @_audited("threshold", lambda value: (None, {"threshold": value}))
     def set_threshold(self, value: float) -> None:
         """Store a new decision threshold for this database, on its scale: a cosine score in
         [0, 1], or an AS-norm score in ``norm.AS_NORM_RANGE`` when normalisation is on.
@@ -401,7 +345,7 @@ class SpeakerDB:
         top_n: int | None = None,
         progress: Progress | None = None,
         screen_enrolled: bool = True,
-    ) -> "NormChange":
+    ) -> NormChange:
         """Turn on AS-norm with ``cohort``: a directory (searched recursively for audio), a list
         of recordings of people who are *not* enrolled, or embeddings already made with this
         database's model (:class:`speakerdb.norm.CohortVectors`).
@@ -521,7 +465,7 @@ class SpeakerDB:
                     found[sha] = CohortSetAside(source, known[present[best]][0], float(raw[best]), threshold)
         return found
 
-    def set_norm_off(self) -> "NormChange":
+    def set_norm_off(self) -> NormChange:
         """Return to raw cosine scores: the cohort's embeddings are deleted. If the threshold was
         on the AS-norm scale it is reset to the model's starting cosine threshold and
         ``NormChange.recalibrate`` is True."""
@@ -600,6 +544,8 @@ class SpeakerDB:
         return self._embedder
 
     # ---- operations -----------------------------------------------------------------
+    @_audited("enroll", lambda name, files, *, new=False, **_: (store.normalize_name(name),
+                                                                 {"files": len(files), "new": new}))
     def enroll(
         self,
         name: str,
@@ -715,21 +661,31 @@ class SpeakerDB:
             self._require_speakers()
             embedder = self.embedder
             seconds = 0.0
-            # Short files of equal length share a forward pass (pipeline.embed_clips).
-            clips = pipeline.embed_clips([files[i] for i in good], embedder)
-            for done, (position, clip) in enumerate(clips, 1):
-                i = good[position]
-                try:
-                    if isinstance(clip, AudioError):
-                        raise clip
-                    embedded[i] = clip
-                    if count_voices:  # one more pass over the speech (see timeline.count_voices)
-                        voices[i] = self._count_voices(files[i], embedder)
-                    seconds += clip.duration_s
-                except AudioError as e:
-                    errors[i] = e
-                if progress is not None:
-                    progress(done + len(files) - len(good), len(files), seconds)
+            # With the voice count on, a file is decoded once: the embedding's read keeps the
+            # blocks (in memory, or a temporary file for a long one) and the count replays them.
+            sources = {i: Decoded(files[i]) if count_voices and not isinstance(files[i], audio.Audio) else files[i]
+                       for i in good}
+            try:
+                # Short files of equal length share a forward pass (pipeline.embed_clips).
+                clips = pipeline.embed_clips([sources[i] for i in good], embedder)
+                for done, (position, clip) in enumerate(clips, 1):
+                    i = good[position]
+                    try:
+                        if isinstance(clip, AudioError):
+                            raise clip
+                        embedded[i] = clip
+                        if count_voices:  # one more pass over the speech (see timeline.count_voices)
+                            voices[i] = self._count_voices(sources[i], files[i], embedder)
+                        seconds += clip.duration_s
+                    except AudioError as e:
+                        errors[i] = e
+                    finally:
+                        _release(sources.pop(i))
+                    if progress is not None:
+                        progress(done + len(files) - len(good), len(files), seconds)
+            finally:
+                for source in sources.values():  # an error stopped the batch: nothing is kept
+                    _release(source)
         searched: dict[int, Identification] = {}
         if embedded:
             order = sorted(embedded)
@@ -762,12 +718,13 @@ class SpeakerDB:
             for i, f in enumerate(files)
         ]
 
-    def _count_voices(self, file, embedder: Embedder) -> int:
-        """How many voices ``file`` holds; warns (naming the file) when it is more than one."""
+    def _count_voices(self, source: "audio.Audio | Decoded", file: "str | os.PathLike[str] | audio.Audio",
+                      embedder: Embedder) -> int:
+        """How many voices ``source`` (``file``, decoded) holds; warns (naming the file) when it is more than one."""
         from . import timeline as timelines
 
         # Voices are told apart on raw cosine scores, as in timeline().
-        n = timelines.count_voices(file, embedder, _cosine_threshold(self.store.settings()))
+        n = timelines.count_voices(source, embedder, _cosine_threshold(self.store.settings()))
         if n > 1:
             label = file.source if isinstance(file, audio.Audio) else str(file)
             log.warning("%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
@@ -799,9 +756,9 @@ class SpeakerDB:
         files: Sequence[str | os.PathLike[str] | audio.Audio],
         *,
         threshold: float | None = None,
-        params: "timelines.Params | None" = None,
+        params: Params | None = None,
         progress: Progress | None = None,
-    ) -> "list[timelines.Timeline]":
+    ) -> list[Timeline]:
         """Who speaks when in each file: segments of voices, each named from the gallery
         when its voice reaches the threshold, else ``unknown-1``, ``unknown-2``...
 
@@ -816,7 +773,7 @@ class SpeakerDB:
         settings = self.store.settings()
         if threshold is not None:
             threshold = _check_threshold(threshold, scale=_scale(settings))
-        params = (params or timelines.Params()).check()
+        params = (params or Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
         errors: dict[int, AudioError] = {}
@@ -826,7 +783,7 @@ class SpeakerDB:
             except AudioError as e:
                 errors[i] = e
         if len(errors) == len(files):
-            return [timelines.Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
+            return [Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
         gallery = self._timeline_gallery(embedder.dim, threshold)
@@ -838,7 +795,7 @@ class SpeakerDB:
                 out.append(timelines.build(f, embedder, gallery, params, detector))
                 seconds += out[-1].duration
             except AudioError as e:
-                out.append(timelines.Timeline(_label(f), 0.0, [], [], error=e.reason))
+                out.append(Timeline(_label(f), 0.0, [], [], error=e.reason))
             if progress is not None:
                 progress(i + 1, len(files), seconds)
         return out
@@ -889,6 +846,7 @@ class SpeakerDB:
                 utts,
             )
 
+    @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}))
     def rename(self, old: str, new: str) -> None:
         """Give speaker ``old`` the name ``new`` (which must be free)."""
         new = validate_name(new)
@@ -902,6 +860,7 @@ class SpeakerDB:
             speaker.name = new
             speaker.updated_at = store.utcnow()
 
+    @_audited("remove", lambda name: (store.normalize_name(name), None))
     def remove(self, name: str) -> int:
         """Delete a speaker, its utterances and embeddings; returns the number of utterances removed.
 
@@ -951,7 +910,7 @@ class SpeakerDB:
 
     def export(
         self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *, overwrite: bool = False
-    ) -> "gallery.ExportSummary":
+    ) -> ExportSummary:
         """Write a gallery file of all speakers, or of the named ones (see docs/gallery-format.md).
 
         The file holds metadata and per-utterance embeddings, never audio. It is written
@@ -973,16 +932,18 @@ class SpeakerDB:
             size = gallery.write(path, g, __version__)
         except OSError as e:  # a directory such as /proc that refuses new files, a full disk
             raise InvalidInputError(f"cannot write {path}: {e.strerror or e}") from None
-        return gallery.ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
+        return ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
 
+    @_audited("import", lambda path, *, on_conflict="fail", **_: (None, {"file": str(path),
+                                                                         "on_conflict": on_conflict}))
     def import_gallery(
         self,
         path: str | os.PathLike[str],
         *,
         on_conflict: str = "fail",
         dry_run: bool = False,
-        limits: "gallery.Limits | None" = None,
-    ) -> "gallery.ImportSummary":
+        limits: Limits | None = None,
+    ) -> ImportSummary:
         """Import a gallery file in one transaction: all of it, or nothing.
 
         The whole file is validated before anything is written. Speakers that already
@@ -1003,7 +964,7 @@ class SpeakerDB:
             return int(settings["dim"]) if settings.get("model_id") is not None else None
 
         g = gallery.read(path, limits, check_model=check_model)
-        summary = gallery.ImportSummary(str(path), dry_run=dry_run)
+        summary = ImportSummary(str(path), dry_run=dry_run)
         try:
             with self.store.write() as s:
                 self._bind_gallery_model(s, g, path)
@@ -1073,7 +1034,7 @@ class SpeakerDB:
                 "built_with": info["params"], "bytes": info["bytes"]}
 
     # ---- keys of the HTTP service and the audit record (see keys.py) --------------------
-    def create_key(self, name: str, scope: str, *, actor: str | None = None) -> "keys.NewKey":
+    def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey:
         """Create API key ``name`` with ``scope`` (read, write or admin); returns it with its
         secret, which is shown this once: the database keeps only a salted hash."""
         from .storage import keys
@@ -1081,21 +1042,21 @@ class SpeakerDB:
         with store.audited(actor, "key-create", detail={"key": name, "scope": scope}), self.store.write() as s:
             return keys.create(s, name, scope)
 
-    def list_keys(self) -> "list[keys.KeyInfo]":
+    def list_keys(self) -> list[KeyInfo]:
         """Every API key, revoked ones included, by name (never their secrets)."""
         from .storage import keys
 
         with self.store.read() as s:
             return keys.list_keys(s)
 
-    def revoke_key(self, name: str, *, actor: str | None = None) -> "keys.KeyInfo":
+    def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
         """Revoke API key ``name``: every server refuses it from its next request."""
         from .storage import keys
 
         with store.audited(actor, "key-revoke", detail={"key": name}), self.store.write() as s:
             return keys.revoke(s, name)
 
-    def authenticate(self, key: str) -> "keys.KeyInfo | None":
+    def authenticate(self, key: str) -> KeyInfo | None:
         """The active API key ``key`` is, or None."""
         from .storage import keys
 
@@ -1110,7 +1071,7 @@ class SpeakerDB:
         with self.store.read() as s:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
-    def audit(self, limit: int = 100, speaker: str | None = None) -> "list[keys.AuditEntry]":
+    def audit(self, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
         """The newest ``limit`` changes made through the service or to keys, oldest first."""
         from .storage import keys
 
@@ -1269,17 +1230,6 @@ def _check_top_n(top_n: Any, count: int | None) -> int:
         raise InvalidInputError(f"{e}{hint}") from None
 
 
-@dataclass(frozen=True)
-class CohortSetAside:
-    """A cohort recording left out because it scores ``score`` (raw cosine) against enrolled
-    speaker ``speaker``, at or above the cosine ``threshold``."""
-
-    source: str
-    speaker: str
-    score: float
-    threshold: float
-
-
 def _enrolled_hashes(s, hashes: list[str]) -> set[str]:
     """Those of ``hashes`` that are enrolled utterances' audio."""
     from sqlalchemy import select
@@ -1289,24 +1239,6 @@ def _enrolled_hashes(s, hashes: list[str]) -> set[str]:
         chunk = hashes[start : start + 900]
         found |= set(s.scalars(select(store.Utterance.audio_sha256).where(store.Utterance.audio_sha256.in_(chunk))))
     return found
-
-
-@dataclass(frozen=True)
-class NormChange:
-    """What ``norm --cohort`` / ``norm --off`` did: the normalisation now in force (None: raw
-    scores), whether the threshold was reset because its scale changed (calibrate again),
-    and the threshold and scale now stored."""
-
-    norm: norm.NormSettings | None
-    recalibrate: bool
-    threshold: float
-    threshold_scale: str
-    set_aside: tuple[CohortSetAside, ...] = ()  # cohort recordings of enrolled people, left out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm.to_dict() if self.norm else None, "recalibrate": self.recalibrate,
-                "threshold": self.threshold, "threshold_scale": self.threshold_scale,
-                "set_aside": [asdict(a) for a in self.set_aside]}
 
 
 def _check_threshold(value: float, least: float = -1.0, scale: str = norm.COSINE) -> float:
@@ -1462,16 +1394,6 @@ def upgrade_database(db_path: str | os.PathLike[str] | None = None, revision: st
 def downgrade_database(db_path: str | os.PathLike[str] | None, revision: str) -> str | None:
     """Migrate a database down to ``revision`` ("base": no tables). For developers and rollbacks."""
     return _migrate(db_path, schema.downgrade, revision)
-
-
-@dataclass(frozen=True)
-class CopySummary:
-    source: str
-    destination: str
-    rows: dict[str, int]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike[str],

@@ -62,6 +62,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from ..config import SERVER_SCHEMES, is_server_url  # noqa: F401  (kept importable from here)
 from ..errors import DatabaseBusyError, DatabaseError, InvalidInputError, printable_path
+from ..results import iso, parse_iso  # noqa: F401  (times as the results write them; kept here)
 from . import schema
 from .urls import MASK, SECRET_URL_PARAMS, display_url, redact  # noqa: F401  (kept importable from here)
 
@@ -217,22 +218,6 @@ def validate_metadata(metadata: Any, what: str = "metadata") -> dict[str, Any]:
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def iso(t: datetime | None) -> str | None:
-    """A naive-UTC datetime as ISO 8601 with Z; microseconds kept so round trips are exact."""
-    return None if t is None else t.isoformat() + "Z"
-
-
-def parse_iso(text: str | None) -> datetime | None:
-    """The inverse of :func:`iso` (None for None or unparseable text)."""
-    if not text:
-        return None
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 def to_blob(vector: np.ndarray) -> bytes:
