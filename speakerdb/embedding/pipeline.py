@@ -16,15 +16,16 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..audio import decode as audio
-from .models import Embedder, l2_normalize
+from ..audio.decoded import Decoded
 from ..errors import AudioError
+from .models import Embedder, l2_normalize
 
 log = logging.getLogger("speakerdb")
 
@@ -98,9 +99,12 @@ def check_vector(vector: np.ndarray, source: str) -> None:
 class _Recording:
     """One recording being read: its windows, and the figures an EmbeddedClip keeps of it."""
 
-    def __init__(self, source: str | Path | audio.Audio) -> None:
+    def __init__(self, source: str | Path | audio.Audio | Decoded) -> None:
+        blocks: Iterable[np.ndarray]
         if isinstance(source, audio.Audio):
             self.label, blocks = audio.source_label(source.source), iter([source.samples])
+        elif isinstance(source, Decoded):  # decoded on its first read, replayed after (identify's voice count)
+            self.label, blocks = audio.source_label(source.path), source.blocks()
         else:
             self.label, blocks = audio.source_label(source), audio.stream(source)
         self.sha = hashlib.sha256()
@@ -149,7 +153,7 @@ def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np
         log.removeFilter(naming)
 
 
-def embed_clip(source: str | Path | audio.Audio, embedder: Embedder) -> EmbeddedClip:
+def embed_clip(source: str | Path | audio.Audio | Decoded, embedder: Embedder) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
     Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples).
@@ -182,7 +186,7 @@ BATCH_FORWARD_S = 30.0
 
 
 def embed_clips(
-    sources: Sequence[str | Path | audio.Audio], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S
+    sources: Sequence[str | Path | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S
 ) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
     """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),
     in the order they finish.
