@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import mmap
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import config
 from ..errors import AudioError, printable_path
 
 log = logging.getLogger("speakerdb")
@@ -43,11 +43,11 @@ BLOCK_S = 10.0  # seconds
 # hours; one claiming 0 or billions is damaged.
 MIN_SAMPLE_RATE = 4_000  # Hz
 MAX_SAMPLE_RATE = 768_000  # Hz
-# The longest recording accepted, unless the caller or $SPEAKERDB_MAX_AUDIO_S allows more:
-# 4 hours covers a long meeting; beyond it a file is more likely damaged or hostile (a WAV
-# header followed by a terabyte of zeros) than a recording, and embedding it takes hours.
-MAX_DURATION_S = 4 * 3600.0  # seconds
-MAX_DURATION_ENV = "SPEAKERDB_MAX_AUDIO_S"
+# The longest recording accepted, unless the caller or $SPEAKERDB_MAX_AUDIO_S allows more
+# (see config.DEFAULT_MAX_AUDIO_S): beyond it a file is more likely damaged or hostile than
+# a recording, and embedding it takes hours.
+MAX_DURATION_S = config.DEFAULT_MAX_AUDIO_S  # seconds
+MAX_DURATION_ENV = config.MAX_AUDIO_ENV
 # This much unbroken digital silence (peak below SILENCE_PEAK) is not a pause in speech but
 # an empty or padded file: decoding stops there instead of reading to the end.
 MAX_SILENT_RUN_S = 300.0  # seconds
@@ -101,21 +101,21 @@ def samples_sha256(samples: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(samples, dtype="<f4").tobytes()).hexdigest()
 
 
-def max_duration_s() -> float:
-    """The longest recording accepted: $SPEAKERDB_MAX_AUDIO_S if set, else MAX_DURATION_S (4 h)."""
-    raw = os.environ.get(MAX_DURATION_ENV)
-    if not raw:
-        return MAX_DURATION_S
+def max_duration_s(given: float | None = None) -> float:
+    """The longest recording accepted: ``given`` (seconds) when the caller says, else
+    $SPEAKERDB_MAX_AUDIO_S if set, else MAX_DURATION_S (4 h)."""
+    if given is not None:
+        try:
+            return config.check_max_audio_s(given)
+        except ValueError as e:
+            raise AudioError("max_audio_s", str(e)) from None
     try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (np.isfinite(value) and value > 0):
-        raise AudioError(MAX_DURATION_ENV, f"must be a positive number of seconds, not {raw!r}")
-    return value
+        return config.max_audio_s()
+    except ValueError as e:
+        raise AudioError(MAX_DURATION_ENV, str(e)) from None
 
 
-def load(path: str | Path) -> Audio:
+def load(path: str | Path, max_audio_s: float | None = None) -> Audio:
     """Decode ``path`` to 16 kHz mono float32 and check it is usable.
 
     The whole recording is held in memory (4 bytes per sample at 16 kHz: 230 MB per
@@ -123,23 +123,27 @@ def load(path: str | Path) -> Audio:
 
     Raises:
         AudioError: the file is missing, not a file, empty, unreadable, not audio,
-            corrupt, contains NaN/inf samples, is silent, or shorter than MIN_DURATION_S.
+            corrupt, contains NaN/inf samples, is silent, or shorter than MIN_DURATION_S,
+            or longer than ``max_audio_s`` (default: :func:`max_duration_s`).
     """
-    blocks = list(stream(path))
+    blocks = list(stream(path, max_audio_s=max_audio_s))
     samples = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)  # (n,)
     check_samples(samples, source=path)
     return Audio(source=str(path), samples=samples)
 
 
-def stream(path: str | Path, block_s: float = BLOCK_S) -> Iterator[np.ndarray]:
+def stream(path: str | Path, block_s: float = BLOCK_S, max_audio_s: float | None = None) -> Iterator[np.ndarray]:
     """Decode ``path`` block by block: yields 16 kHz mono float32 arrays of about ``block_s`` seconds.
+
+    A recording longer than ``max_audio_s`` seconds (default: :func:`max_duration_s`) is
+    refused, by its declared length before decoding, else as soon as decoding passes it.
 
     Memory stays bounded whatever the file's length. Decoding and NaN/inf errors raise
     AudioError as they are met; the length and silence checks need the whole signal and
     are the caller's (see :func:`check_samples`, or pipeline.embed_clip).
     """
     path = check_file(path)
-    limit_s = max_duration_s()
+    limit_s = max_duration_s(max_audio_s)
     rate, blocks, declared_frames = _decode_blocks(path, block_s)
     if rate <= 0:  # FFmpeg "finds" audio with no sample rate in some text files
         raise AudioError(path, f"not an audio file (sample rate {rate})")
@@ -266,7 +270,7 @@ def check_file(path: str | Path) -> Path:
     return path
 
 
-def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>") -> np.ndarray:
+def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>", max_audio_s: float | None = None) -> np.ndarray:
     """Resample a mono float signal to 16 kHz and apply the checks of :func:`load`.
 
     Use this for audio that is already in memory (the Python API accepts arrays).
@@ -276,8 +280,9 @@ def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>") -> np.n
         raise AudioError(source, f"expected a mono signal (1-D array), got shape {mono.shape}")
     _check_values(mono, source)
     check_rate(rate, source)
-    if len(mono) / rate > max_duration_s():
-        raise AudioError(source, _too_long(len(mono) / rate, max_duration_s(), "is"))
+    limit_s = max_duration_s(max_audio_s)
+    if len(mono) / rate > limit_s:
+        raise AudioError(source, _too_long(len(mono) / rate, limit_s, "is"))
     if rate != SAMPLE_RATE:
         import soxr
 

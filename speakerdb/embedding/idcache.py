@@ -34,9 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import config
+
 log = logging.getLogger("speakerdb")
 
-ENV_DIR = "SPEAKERDB_CACHE_DIR"
+ENV_DIR = config.CACHE_DIR_ENV
 CACHE_FILENAME = "model-ids.json"
 FORMAT = 1  # of the cache file
 FINGERPRINT_VERSION = 1  # bump when embed._fingerprint changes what it hashes
@@ -99,13 +101,7 @@ def remember(directory: Path, files: Snapshot, fingerprint: str) -> bool:
 
 def cache_dir() -> Path:
     """``$SPEAKERDB_CACHE_DIR``, else ``$SPEAKERDB_HOME/cache``, else the platform's user cache directory."""
-    if os.environ.get(ENV_DIR):
-        return Path(os.environ[ENV_DIR]).expanduser()
-    if os.environ.get("SPEAKERDB_HOME"):
-        return Path(os.environ["SPEAKERDB_HOME"]).expanduser() / "cache"
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("speakerdb", appauthor=False))
+    return config.default_cache_dir()
 
 
 def _key(directory: Path, files: Snapshot) -> str:

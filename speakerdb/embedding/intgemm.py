@@ -58,16 +58,17 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
+
+from .. import config
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 log = logging.getLogger(__name__)
 
-ENV_SWITCH = "SPEAKERDB_INT8_PRODUCTS"  # "0" turns the integer products off
+ENV_SWITCH = config.INT8_PRODUCTS_ENV  # "0" turns the integer products off
 ACTIVATION_BITS = 22  # |X| < 2**22: with the sign, 23 bits, in three byte planes
 MAGIC = 1.5 * 2.0**23  # float32 spacing is 1 in [2**23, 2**24): adding it rounds to an integer
 # Zero points of the planes a2, a1, a0: a2 = (X + 2**22) >> 16 is in [0, 128), a2 - 64 its signed value.
@@ -89,7 +90,7 @@ PROBE_TOLERANCE = 2.0**-19  # probe error / sum|x||w|: float32 itself reaches ~2
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
     """Whether the integer products are used in this process (decided once; see module doc)."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+    if not config.int8_products_enabled():
         return False
     return faster_here() and exact()
 

@@ -56,10 +56,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 import types
 from typing import TYPE_CHECKING, Callable
 
+from .. import config
 from . import intgemm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
 FFT_BLOCK = 256  # points per FFT of the positional conv: 129 output frames per block for 128 taps
 QUIET_FRAME_RATIO = 16.0  # a frame under 1/16 of the mean frame norm: the positional conv as a conv
 FUSED_FRAMES = 2048  # layer-1 frames per slice of the first two conv layers: an 8 MB layer-0 slice
-ENV_SWITCH = "SPEAKERDB_KERNELS"  # "0" runs the plain transformers model
+ENV_SWITCH = config.KERNELS_ENV  # "0" runs the plain transformers model
 #: transformers releases whose WavLM internals these replacements were checked against
 #: (tests/test_embed.py); other versions are checked at load by the probe.
 CHECKED_TRANSFORMERS = "4.57.1 and 5.24.0"
@@ -88,7 +88,7 @@ log = logging.getLogger("speakerdb")
 
 def enabled() -> bool:
     """False when ``SPEAKERDB_KERNELS=0`` (or false/no/off): the plain transformers model runs."""
-    return os.environ.get(ENV_SWITCH, "1").strip().lower() not in ("0", "false", "no", "off")
+    return config.kernels_enabled()
 
 
 def install(model: "nn.Module", long_run: bool = True) -> list[str]:

@@ -34,30 +34,24 @@ Python threads embedding at once with different settings would see each other's.
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 from typing import Iterator
 
+from .. import config
 from ..errors import InvalidInputError
 
-ENV_THREADS = "SPEAKERDB_THREADS"  # torch threads for the transformers models
+ENV_THREADS = config.THREADS_ENV  # torch threads for the transformers models
 BLAS_THREADS = 1  # numpy's and scipy's BLAS while a model embeds
 LSTM_THREADS = 1  # torch threads for the GE2E encoder's LSTM
 
 
 def configured_threads() -> int | None:
     """torch threads asked for with ``SPEAKERDB_THREADS``, or None (torch's default)."""
-    value = os.environ.get(ENV_THREADS, "").strip()
-    if not value:
-        return None
     try:
-        threads = int(value)
-    except ValueError:
-        threads = 0
-    if threads < 1:
-        raise InvalidInputError(f"{ENV_THREADS}={value!r}: use a whole number of threads, 1 or more")
-    return threads
+        return config.threads()
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
 
 
 _controller: tuple[int, object] | None = None  # (len(sys.modules) when made, the controller)
