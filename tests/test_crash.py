@@ -4,8 +4,8 @@ After every kill: the database passes PRAGMA integrity_check, no speaker is half
 (each has all the utterances of its command or none, and a centroid equal to the mean of
 its utterances), the next command works, and then the index agrees with the database.
 
-SPEAKERDB_KILLS sets the number of kill points per command (default 6); the README's
-reliability report was made with SPEAKERDB_KILLS=25.
+SPEAKERDB_KILLS sets the number of kill points per command (default 6); the
+reliability report (docs/reliability.md) was made with SPEAKERDB_KILLS=25.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Accuracy on real speech with the pretrained GE2E encoder (needs ../shared/data/librispeech and the extra).
 
-Bounds are set from the figures measured with (README, "Measured accuracy"):
+Bounds are set from the figures measured with (docs/accuracy.md, "Measured accuracy"):
 
     speakerdb --model resemblyzer evaluate ../shared/data/librispeech/test-other \\
         --impostors ../shared/data/librispeech/train-clean-100

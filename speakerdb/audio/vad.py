@@ -45,7 +45,7 @@ DEFAULT_MIN_SPEECH_S = 0.25  # s: shorter bursts are clicks and coughs
 #: Seconds added on each side of a region. Silero opens a region once a frame is clearly
 #: speech and closes it when the voice fades: the first onset and the last fading sound
 #: of a turn (what people annotate as its start and end) lie outside. 0.2 s balanced
-#: missed speech against false alarm on the LibriSpeech conversations (README).
+#: missed speech against false alarm on the LibriSpeech conversations (docs/timeline.md).
 DEFAULT_PAD_S = 0.2  # s
 
 SILERO_INSTALL_HINT = 'pip install silero-vad onnxruntime (or pip install -e ".[timeline]")'

@@ -255,7 +255,7 @@ class ResemblyzerEncoder:
     dim = 256
     name_or_path = RESEMBLYZER_MODEL
     #: GE2E cosine scores sit higher than WavLM's. On LibriSpeech test-other (8 enrolled
-    #: speakers, 2 + 251 impostor speakers; see README) the EER threshold was 0.79 and the
+    #: speakers, 2 + 251 impostor speakers; see docs/accuracy.md) the EER threshold was 0.79 and the
     #: 1 %-false-acceptance threshold 0.75: 0.80 starts a new database near both.
     default_threshold = 0.80
 
@@ -366,7 +366,7 @@ def load_embedder(model: str | None = None, device: str = "cpu", precision: str 
 
     ``precision="bf16"`` (transformers models only) runs the model in bfloat16: about
     2.7x as fast on CPUs with bf16 matrix units (AMX), with embeddings that differ from the
-    float32 ones by up to ~1e-3 per component (see README, "Performance").
+    float32 ones by up to ~1e-3 per component (see docs/performance.md).
     """
     if model == RESEMBLYZER_MODEL:
         if precision != "fp32":

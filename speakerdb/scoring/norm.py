@@ -35,7 +35,7 @@ METHOD = "as-norm"
 COSINE, AS_NORM = "cosine", METHOD
 SCALES = (COSINE, AS_NORM)
 #: Cohort scores averaged per side. Chosen from scripts/eval_norm.py on LibriSpeech
-#: test-other with a 251-speaker train-clean-100 cohort (GE2E): see the README.
+#: test-other with a 251-speaker train-clean-100 cohort (GE2E): see docs/accuracy.md.
 DEFAULT_TOP_N = 100
 MIN_COHORT = 10  # recordings: fewer give a standard deviation that is mostly noise
 #: Standard deviations below this are raised to it: a degenerate cohort (every cohort
@@ -45,7 +45,7 @@ MIN_STD = 1e-6
 AS_NORM_RANGE = (-20.0, 100.0)
 #: A new AS-norm database's starting threshold, until `calibrate` measures one: between the
 #: EER thresholds scripts/eval_norm.py measured with GE2E, top-100, on LibriSpeech (3.5 on
-#: whole recordings, 2.8 on 2 s probes; see the README). Other models: calibrate.
+#: whole recordings, 2.8 on 2 s probes; see docs/accuracy.md). Other models: calibrate.
 DEFAULT_AS_NORM_THRESHOLD = 3.0
 #: Rows of embeddings scored against the cohort at once (bounds the (rows, cohort) matrix).
 CHUNK_ROWS = 4096

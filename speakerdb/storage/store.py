@@ -486,7 +486,7 @@ class Store:
         zero bytes (secure_delete has already zeroed the freed cells); waits up to the busy
         timeout for readers, and returns False if some were still reading.
         PostgreSQL: VACUUM the tables that hold vectors, so their dead tuples' space is
-        reclaimed (see :meth:`vacuum_full` and the README for what stays: WAL, replicas,
+        reclaimed (see :meth:`vacuum_full` and docs/several-machines.md for what stays: WAL, replicas,
         backups).
         """
         if self.server:
