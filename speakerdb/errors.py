@@ -6,6 +6,10 @@ database concerned and, where there is one, the command that fixes it.
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 
 def printable_path(path: object) -> str:
     """``str(path)`` with lone surrogates escaped: bytes of a file name that are not UTF-8
@@ -112,3 +116,54 @@ class AuthenticationError(ServiceError):
 
 class PermissionDeniedError(ServiceError):
     """The API key's scope does not allow that operation (HTTP 403)."""
+
+
+# ---- the paths a user names, checked before any work ------------------------------------------
+# Here, beside the errors they raise, because the library and the standard-library-only client
+# (which checks a file before uploading it) make the same checks with the same messages.
+def check_input_file(path: str | os.PathLike[str]) -> Path:
+    """Cheap checks before any decoding or model loading: exists, a file, readable, not empty
+    (AudioError naming the file otherwise). Also :func:`speakerdb.audio.decode.check_file`."""
+    path = Path(path)
+    try:
+        info = path.stat()  # stat never blocks; opening a FIFO would wait for a writer forever
+    except FileNotFoundError:
+        raise AudioError(path, "no such file") from None
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot be read ({e.strerror or e})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise AudioError(path, "is a directory, not an audio file")
+    if not stat.S_ISREG(info.st_mode):
+        raise AudioError(path, "is not a regular file (a pipe, device or socket): save the audio to a file first")
+    try:
+        size = info.st_size
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise AudioError(path, "permission denied") from None
+    except OSError as e:
+        raise AudioError(path, f"cannot be read ({e.strerror or e})") from None
+    if size == 0:
+        raise AudioError(path, "file is empty (0 bytes)")
+    return path
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise InvalidInputError now, before any work, for an output file that cannot be written:
+    its directory is missing or not writable, it is a directory, or it exists (a link, even a
+    dangling one, counts) and not ``overwrite``. Returns the path, ``~`` expanded.
+    Also :func:`speakerdb.storage.atomic.check_output`."""
+    path = Path(path).expanduser()
+    shown = printable_path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir() and not path.is_symlink():
+        raise InvalidInputError(f"{shown} is a directory: give a file name")
+    if not parent.is_dir():
+        raise InvalidInputError(f"cannot write {shown}: directory {printable_path(parent)} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"cannot write {shown}: directory {printable_path(parent)} is not writable")
+    if os.path.lexists(path) and not overwrite:
+        raise InvalidInputError(f"{shown} already exists: use --force to replace it")
+    return path

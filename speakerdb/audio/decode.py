@@ -16,7 +16,6 @@ import hashlib
 import io
 import logging
 import mmap
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +24,7 @@ import numpy as np
 
 from .. import config
 from ..errors import AudioError, printable_path
+from ..errors import check_input_file as check_file  # shared with the client, which checks before uploading
 
 log = logging.getLogger("speakerdb")
 
@@ -240,34 +240,6 @@ def check_duration_and_level(n_samples: int, peak: float, source: str | Path) ->
         raise AudioError(source, f"too short: {duration:.2f} s, at least {MIN_DURATION_S:g} s of audio is needed")
     if peak < SILENCE_PEAK:
         raise AudioError(source, "is silent (peak below -80 dBFS)")
-
-
-def check_file(path: str | Path) -> Path:
-    """Cheap checks before any decoding or model loading: exists, a file, readable, not empty."""
-    path = Path(path)
-    try:
-        info = path.stat()  # stat never blocks; opening a FIFO would wait for a writer forever
-    except FileNotFoundError:
-        raise AudioError(path, "no such file") from None
-    except PermissionError:
-        raise AudioError(path, "permission denied") from None
-    except OSError as e:
-        raise AudioError(path, f"cannot be read ({e.strerror or e})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise AudioError(path, "is a directory, not an audio file")
-    if not stat.S_ISREG(info.st_mode):
-        raise AudioError(path, "is not a regular file (a pipe, device or socket): save the audio to a file first")
-    try:
-        size = info.st_size
-        with open(path, "rb"):
-            pass
-    except PermissionError:
-        raise AudioError(path, "permission denied") from None
-    except OSError as e:
-        raise AudioError(path, f"cannot be read ({e.strerror or e})") from None
-    if size == 0:
-        raise AudioError(path, "file is empty (0 bytes)")
-    return path
 
 
 def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>", max_audio_s: float | None = None) -> np.ndarray:

@@ -1,5 +1,9 @@
 """A client of ``speakerdb serve`` with the methods and results of :class:`speakerdb.SpeakerDB`.
 
+Both satisfy :class:`speakerdb.protocol.SpeakerDBProtocol` (checked by mypy, below, and by
+``tests/test_protocol.py``); what only a local database can do (:data:`speakerdb.protocol.LOCAL_ONLY`)
+is not here at all, so asking a client for it is an AttributeError, and a type error for mypy.
+
     >>> from speakerdb.client import Client
     >>> with Client("http://127.0.0.1:8000", key=os.environ["SPEAKERDB_API_KEY"]) as db:
     ...     db.enroll("alice", ["alice1.flac"])
@@ -29,15 +33,37 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from .. import errors
-from ..api import (Candidate, DatabaseInfo, EnrollResult, FileNote, Identification, SpeakerInfo, UtteranceInfo,
-                  Verification, check_output_path)
-from ..storage.gallery import ExportSummary, ImportSummary
-from ..storage.keys import AuditEntry, KeyInfo, NewKey
-from ..storage.store import parse_iso
+from ..results import (
+    AuditEntry,
+    Candidate,
+    DatabaseInfo,
+    EnrollResult,
+    ExportSummary,
+    FileNote,
+    Identification,
+    ImportSummary,
+    KeyInfo,
+    Limits,
+    NewKey,
+    NormSettings,
+    Params,
+    Progress,
+    Segment,
+    SpeakerInfo,
+    Timeline,
+    UtteranceInfo,
+    Verification,
+    Voice,
+    parse_iso,
+)
+
+if TYPE_CHECKING:
+    from ..protocol import SpeakerDBProtocol
 
 DEFAULT_TIMEOUT_S = 600.0  # seconds: a long recording takes a while to embed on a busy CPU
 MAX_RETRY_WAIT_S = 30.0  # seconds: the longest Retry-After this client honours
@@ -98,38 +124,29 @@ class Client:
     def discard_if_unused(self) -> bool:
         return False
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        # A SpeakerDB method the service does not offer (evaluate, calibrate, index, db...):
-        # one clear error rather than an AttributeError's traceback in the CLI.
-        if name.startswith("_"):
-            raise AttributeError(name)
-        raise errors.InvalidInputError(f"{name} is not available through --server {self.url}: run it on the server")
-
     # ---- operations --------------------------------------------------------------------
     def identify(self, files: Sequence[str | os.PathLike[str]], *, top_k: int = 5, threshold: float | None = None,
-                 progress=None) -> list[Identification]:
+                 progress: Progress | None = None, count_voices: bool = True) -> list[Identification]:
         """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
         read here gets its error without being sent."""
-        fields = {"top_k": str(top_k)}
+        fields = {"top_k": str(top_k), "count_voices": _bool(count_voices)}
         answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
         return [_identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
                 for label, d in answers]
 
-    def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None, params=None,
-                 progress=None) -> list:
-        """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.timeline.Timeline` per file, in
+    def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None,
+                 params: Params | None = None, progress: Progress | None = None) -> list[Timeline]:
+        """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.results.Timeline` per file, in
         order; a file that cannot be read here gets its error without being sent."""
-        from ..timeline import Params, Segment, Timeline, Voice
-
         params = (params or Params()).check()
         fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
-        out = []
+        out: list[Timeline] = []
         for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress):
             if not isinstance(d, dict) or "error" in d:
                 out.append(Timeline(d["file"] if isinstance(d, dict) else label, 0.0, [], [],
@@ -140,13 +157,13 @@ class Client:
         return out
 
     def _per_file(self, command: str, path: str, files: Sequence[str | os.PathLike[str]], fields: dict[str, str],
-                  threshold: float | None, progress) -> list[tuple[str, dict[str, Any] | str]]:
+                  threshold: float | None, progress: Progress | None) -> list[tuple[str, dict[str, Any] | str]]:
         """Upload the readable ``files`` in one request to ``path``: per file, in order, (its label,
         the service's answer for it, or the reason it could not be read here)."""
         if not files:
             raise errors.InvalidInputError(f"{command} needs at least one audio file")
         local_errors: dict[int, str] = {}
-        readable = []
+        readable: list[tuple[int, tuple[str, bytes]]] = []
         for i, f in enumerate(files):
             try:
                 readable.append((i, _read(f)))
@@ -164,7 +181,8 @@ class Client:
         return [(errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)]
 
     def enroll(self, name: str, files: Sequence[str | os.PathLike[str]], *, new: bool = False,
-               metadata: dict[str, Any] | None = None, strict: bool = False, progress=None) -> EnrollResult:
+               metadata: dict[str, Any] | None = None, strict: bool = False,
+               progress: Progress | None = None) -> EnrollResult:
         """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails first)."""
         if not files:
             raise errors.InvalidInputError("enroll needs at least one audio file")
@@ -181,20 +199,25 @@ class Client:
         )
 
     def verify(self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None) -> Verification:
+        """As :meth:`SpeakerDB.verify`; the file is uploaded."""
         fields = {} if threshold is None else {"threshold": repr(float(threshold))}
         doc = self._request("POST", f"/v1/speakers/{_q(name)}/verify", fields=fields, files=[("file", *_read(file))])
         return _make(Verification, doc)
 
     def list(self) -> list[SpeakerInfo]:
+        """As :meth:`SpeakerDB.list`."""
         return [_speaker(d) for d in self._request("GET", "/v1/speakers")]
 
     def show(self, name: str) -> SpeakerInfo:
+        """As :meth:`SpeakerDB.show`."""
         return _speaker(self._request("GET", f"/v1/speakers/{_q(name)}"))
 
     def rename(self, old: str, new: str) -> None:
+        """As :meth:`SpeakerDB.rename`."""
         self._request("PATCH", f"/v1/speakers/{_q(old)}", body={"name": new})
 
     def remove(self, name: str) -> int:
+        """As :meth:`SpeakerDB.remove`."""
         return int(self._request("DELETE", f"/v1/speakers/{_q(name)}")["utterances"])
 
     def info(self) -> DatabaseInfo:
@@ -203,15 +226,28 @@ class Client:
 
     @property
     def threshold(self) -> float:
+        """The service's decision threshold, on :attr:`threshold_scale`."""
         return float(self._request("GET", "/v1/threshold")["threshold"])
 
+    @property
+    def threshold_scale(self) -> str:
+        """``"cosine"`` or ``"as-norm"``: the scale of the service's threshold (from /v1/info)."""
+        return self.info().threshold_scale
+
+    @property
+    def norm_settings(self) -> NormSettings | None:
+        """The service's score normalisation (None: raw cosine scores), from /v1/info."""
+        d = self.info().norm
+        return NormSettings.from_dict(d) if d else None
+
     def set_threshold(self, value: float) -> None:
+        """As :meth:`SpeakerDB.set_threshold` (an admin key)."""
         self._request("PUT", "/v1/threshold", body={"threshold": value})
 
     def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *,
                overwrite: bool = False) -> ExportSummary:
         """Download a gallery to ``path`` (0600, written under a temporary name, then renamed)."""
-        path = check_output_path(path, overwrite=overwrite)
+        path = errors.check_output(path, overwrite=overwrite)
         query = "&".join(f"speaker={_q(s)}" for s in (speakers or []))
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
         with self._open("GET", "/v1/gallery" + (f"?{query}" if query else "")) as response:
@@ -229,7 +265,8 @@ class Client:
                              path.stat().st_size)
 
     def import_gallery(self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False,
-                       limits=None) -> ImportSummary:
+                       limits: Limits | None = None) -> ImportSummary:
+        """As :meth:`SpeakerDB.import_gallery`; the file is uploaded and the service's own limits apply."""
         if limits is not None:
             raise errors.InvalidInputError("--max-utterances applies on the server, not through --server")
         name, data = _read(path, what="gallery")
@@ -239,17 +276,21 @@ class Client:
 
     # ---- keys and audit -----------------------------------------------------------------
     def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey:
+        """As :meth:`SpeakerDB.create_key`; the service records the caller's key as the actor."""
         return NewKey(**self._request("POST", "/v1/keys", body={"name": name, "scope": scope}))
 
     def list_keys(self) -> list[KeyInfo]:
+        """As :meth:`SpeakerDB.list_keys`."""
         return [KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
                 for d in self._request("GET", "/v1/keys")]
 
     def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
+        """As :meth:`SpeakerDB.revoke_key`; the service records the caller's key as the actor."""
         d = self._request("DELETE", f"/v1/keys/{_q(name)}")
         return KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
+        """As :meth:`SpeakerDB.audit`."""
         query = f"?limit={int(limit)}" + (f"&speaker={_q(speaker)}" if speaker else "")
         return [AuditEntry(parse_iso(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
                 for d in self._request("GET", "/v1/audit" + query)]
@@ -398,11 +439,9 @@ def _service_error(status: int, reason: str, headers, raw: bytes) -> errors.Spea
 
 
 def _read(f: str | os.PathLike[str], what: str = "audio") -> tuple[str, bytes]:
-    """(the name as given, the bytes) of a local file; the CLI's own checks first (AudioError)."""
-    from ..audio import decode as audio
-
+    """(the name as given, the bytes) of a local file; the library's own checks first (AudioError)."""
     if what == "audio":
-        audio.check_file(f)
+        errors.check_input_file(f)
     try:
         return errors.printable_path(f), Path(f).read_bytes()
     except OSError as e:
@@ -434,9 +473,12 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _make(cls, d: dict[str, Any], **overrides: Any):
-    """``cls`` from the answer's fields that it has (a newer service may send more)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+_T = TypeVar("_T")
+
+
+def _make(cls: type[_T], d: dict[str, Any], **overrides: Any) -> _T:
+    """``cls`` (a dataclass) from the answer's fields that it has (a newer service may send more)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  (a dataclass)
     return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
 
 
@@ -453,3 +495,8 @@ def _utterance(d: dict[str, Any]) -> UtteranceInfo:
 def _speaker(d: dict[str, Any]) -> SpeakerInfo:
     return SpeakerInfo(d["name"], d["n_utterances"], d["total_duration_s"], parse_iso(d["created_at"]),
                        parse_iso(d["updated_at"]), d["metadata"], [_utterance(u) for u in d.get("utterances", [])])
+
+
+if TYPE_CHECKING:  # mypy checks here that a Client is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)
+    def _satisfies_the_protocol(client: Client) -> SpeakerDBProtocol:
+        return client

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import InvalidInputError, printable_path
+from ..errors import check_output  # shared with the client, which checks before downloading
 
 
 @contextmanager
@@ -53,24 +54,6 @@ def _place_new(tmp: str, path: Path) -> None:
         os.replace(tmp, path)
         return
     os.unlink(tmp)
-
-
-def check_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Raise InvalidInputError now, before any work, for an output file that cannot be written:
-    its directory is missing or not writable, it is a directory, or it exists (a link, even a
-    dangling one, counts) and not ``overwrite``. Returns the path, ``~`` expanded."""
-    path = Path(path).expanduser()
-    shown = printable_path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir() and not path.is_symlink():
-        raise InvalidInputError(f"{shown} is a directory: give a file name")
-    if not parent.is_dir():
-        raise InvalidInputError(f"cannot write {shown}: directory {printable_path(parent)} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InvalidInputError(f"cannot write {shown}: directory {printable_path(parent)} is not writable")
-    if os.path.lexists(path) and not overwrite:
-        raise InvalidInputError(f"{shown} already exists: use --force to replace it")
-    return path
 
 
 @contextmanager
