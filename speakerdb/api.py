@@ -663,11 +663,11 @@ class SpeakerDB:
             seconds = 0.0
             # With the voice count on, a file is decoded once: the embedding's read keeps the
             # blocks (in memory, or a temporary file for a long one) and the count replays them.
-            sources = {i: Decoded(files[i]) if count_voices and not isinstance(files[i], audio.Audio) else files[i]
+            sources = {i: Decoded(files[i], max_audio_s=self.max_audio_s) if count_voices and not isinstance(files[i], audio.Audio) else files[i]
                        for i in good}
             try:
                 # Short files of equal length share a forward pass (pipeline.embed_clips).
-                clips = pipeline.embed_clips([sources[i] for i in good], embedder)
+                clips = pipeline.embed_clips([sources[i] for i in good], embedder, max_audio_s=self.max_audio_s)
                 for done, (position, clip) in enumerate(clips, 1):
                     i = good[position]
                     try:
@@ -792,7 +792,7 @@ class SpeakerDB:
             try:
                 if i in errors:
                     raise errors[i]
-                out.append(timelines.build(f, embedder, gallery, params, detector))
+                out.append(timelines.build(f, embedder, gallery, params, detector, self.max_audio_s))
                 seconds += out[-1].duration
             except AudioError as e:
                 out.append(Timeline(_label(f), 0.0, [], [], error=e.reason))
@@ -1086,7 +1086,7 @@ class SpeakerDB:
         out: list[pipeline.EmbeddedClip] = []
         seconds = 0.0
         for i, f in enumerate(files):
-            clip = pipeline.embed_clip(f, embedder)
+            clip = pipeline.embed_clip(f, embedder, self.max_audio_s)
             out.append(clip)
             seconds += clip.duration_s
             if progress is not None:

@@ -309,10 +309,11 @@ def _blocks_of(source: audio.Audio | Decoded) -> Callable[[], Iterator[np.ndarra
 
 
 def build(source: str | Path | audio.Audio | Decoded, embedder: Embedder, gallery: Gallery,
-          params: Params | None = None, detector=None) -> Timeline:
-    """The timeline of one recording (see the module doc). Raises AudioError for unusable audio."""
+          params: Params | None = None, detector=None, max_audio_s: float | None = None) -> Timeline:
+    """The timeline of one recording (see the module doc). Raises AudioError for unusable audio,
+    a file longer than ``max_audio_s`` seconds included (default: audio.max_duration_s)."""
     if not isinstance(source, (audio.Audio, Decoded)):  # decoded once for both passes
-        with Decoded(source) as decoded:
+        with Decoded(source, max_audio_s=max_audio_s) as decoded:
             return build(decoded, embedder, gallery, params, detector)
     params = (params or Params()).check()
     label = source.source if isinstance(source, audio.Audio) else str(source.path)
@@ -558,7 +559,7 @@ VOICE_CHECK_PARAMS = Params(window_s=DEFAULT_WINDOW_S, hop_s=DEFAULT_WINDOW_S)
 
 
 def count_voices(source: str | Path | audio.Audio | Decoded, embedder: Embedder, threshold: float,
-                 detector=None) -> int:
+                 detector=None, max_audio_s: float | None = None) -> int:
     """How many voices speak in a recording: 0 without speech, 1 for one speaker.
 
     The timeline's diarization without a gallery (windows clustered, clusters whose means
@@ -566,5 +567,5 @@ def count_voices(source: str | Path | audio.Audio | Decoded, embedder: Embedder,
     speech dropped), on non-overlapping windows. ``source`` may be a :class:`Decoded` that
     identify's embedding has already read: its blocks are replayed, not decoded again.
     """
-    t = build(source, embedder, Gallery.empty(embedder.dim, threshold), VOICE_CHECK_PARAMS, detector)
+    t = build(source, embedder, Gallery.empty(embedder.dim, threshold), VOICE_CHECK_PARAMS, detector, max_audio_s)
     return len(t.voices)

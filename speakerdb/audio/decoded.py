@@ -34,8 +34,9 @@ class Decoded:
     released when the object is collected.
     """
 
-    def __init__(self, path: str | Path, in_memory_s: float | None = None) -> None:
+    def __init__(self, path: str | Path, in_memory_s: float | None = None, max_audio_s: float | None = None) -> None:
         self.path = path
+        self.max_audio_s = max_audio_s  # the longest recording decoded (None: decode.max_duration_s)
         self._limit = int((IN_MEMORY_S if in_memory_s is None else in_memory_s) * decode.SAMPLE_RATE)  # samples
         self._lengths: list[int] = []  # samples per block, in order
         self._held: list[np.ndarray] = []  # the blocks, while they fit in memory
@@ -66,7 +67,7 @@ class Decoded:
         # A read abandoned halfway kept part of the file: start again rather than replay a part.
         self.close()
         self.decodes += 1
-        for block in decode.stream(self.path):
+        for block in decode.stream(self.path, max_audio_s=self.max_audio_s):
             block = np.ascontiguousarray(block, np.float32)
             block.flags.writeable = False
             self._keep(block)

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..config import DB_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key
 from ..errors import SpeakerDBError
 
 DEFAULT_MODEL_HELP = "microsoft/wavlm-base-plus-sv"
@@ -80,7 +81,7 @@ class _State:
         if self._db is None and getattr(self, "server", None):  # --server: the same calls, over HTTP
             from ..service.client import Client
 
-            self._db = Client(self.server, os.environ.get("SPEAKERDB_API_KEY"))
+            self._db = Client(self.server, api_key())
         if self._db is None:
             from ..api import SpeakerDB
 
@@ -231,14 +232,14 @@ def _progress(label: str, n_files: int, as_json: bool):
 @click.version_option(__version__, prog_name="speakerdb")
 @click.option(
     "--db",
-    envvar="SPEAKERDB_DB",
+    envvar=DB_ENV,
     type=click.Path(dir_okay=False),
     help="SQLite database file [env SPEAKERDB_DB; default: speakerdb.sqlite in $SPEAKERDB_HOME "
     "or the platform's app-data directory]. The FAISS index is kept beside it as DB.faiss.",
 )
 @click.option(
     "--model",
-    envvar="SPEAKERDB_MODEL",
+    envvar=MODEL_ENV,
     metavar="ID_OR_DIR",
     help=f"Embedding model: a Hugging Face hub id, a local save_pretrained() directory, or "
     f"'resemblyzer' for the pretrained GE2E encoder (extra: .[resemblyzer]) "
@@ -249,14 +250,14 @@ def _progress(label: str, n_files: int, as_json: bool):
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
     default="fp32",
-    envvar="SPEAKERDB_PRECISION",
+    envvar=PRECISION_ENV,
     show_default=True,
     help="fp32: the model card's embeddings (within ~4e-7 per component). bf16: about 2.7x as fast on CPUs "
     "with bf16 matrix units (AMX), embeddings within ~1e-3 per component [env SPEAKERDB_PRECISION].",
 )
 @click.option(
     "--server",
-    envvar="SPEAKERDB_SERVER",
+    envvar=SERVER_ENV,
     metavar="URL",
     help="Send the commands to a `speakerdb serve` service at URL instead of opening a database; "
     "the API key is read from $SPEAKERDB_API_KEY [env SPEAKERDB_SERVER].",

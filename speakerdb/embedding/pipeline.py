@@ -99,14 +99,14 @@ def check_vector(vector: np.ndarray, source: str) -> None:
 class _Recording:
     """One recording being read: its windows, and the figures an EmbeddedClip keeps of it."""
 
-    def __init__(self, source: str | Path | audio.Audio | Decoded) -> None:
+    def __init__(self, source: str | Path | audio.Audio | Decoded, max_audio_s: float | None = None) -> None:
         blocks: Iterable[np.ndarray]
         if isinstance(source, audio.Audio):
             self.label, blocks = audio.source_label(source.source), iter([source.samples])
         elif isinstance(source, Decoded):  # decoded on its first read, replayed after (identify's voice count)
             self.label, blocks = audio.source_label(source.path), source.blocks()
         else:
-            self.label, blocks = audio.source_label(source), audio.stream(source)
+            self.label, blocks = audio.source_label(source), audio.stream(source, max_audio_s=max_audio_s)
         self.sha = hashlib.sha256()
         self.n_samples, self.peak = 0, 0.0
         self._blocks = blocks
@@ -153,12 +153,14 @@ def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np
         log.removeFilter(naming)
 
 
-def embed_clip(source: str | Path | audio.Audio | Decoded, embedder: Embedder) -> EmbeddedClip:
+def embed_clip(source: str | Path | audio.Audio | Decoded, embedder: Embedder,
+               max_audio_s: float | None = None) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
-    Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples).
+    Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples),
+    a file longer than ``max_audio_s`` seconds included (default: audio.max_duration_s).
     """
-    rec = _Recording(source)
+    rec = _Recording(source, max_audio_s)
     return _embed_windows(rec, rec.windows(), embedder)
 
 
@@ -186,7 +188,8 @@ BATCH_FORWARD_S = 30.0
 
 
 def embed_clips(
-    sources: Sequence[str | Path | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S
+    sources: Sequence[str | Path | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S,
+    max_audio_s: float | None = None,
 ) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
     """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),
     in the order they finish.
@@ -220,7 +223,7 @@ def embed_clips(
 
     for i, source in enumerate(sources):
         try:
-            rec = _Recording(source)
+            rec = _Recording(source, max_audio_s)
             parts = rec.windows()
             first = next(parts, None)
             if first is None:  # windows() raises for an empty recording first; never reached

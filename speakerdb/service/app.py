@@ -62,13 +62,13 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from .. import __version__, errors
 from ..storage import atomic, store
 from ..audio import decode as audio
-from ..embedding import threads
+from ..config import SERVE_CONFIG_ENV, hand_to_workers, serve_config
 from ..api import INDEX_SUFFIX, SpeakerDB
 from ..storage.keys import SCOPES, KeyInfo
 
 log = logging.getLogger("speakerdb.server")
 
-CONFIG_ENV = "SPEAKERDB_SERVE_CONFIG"
+CONFIG_ENV = SERVE_CONFIG_ENV
 MB = 1_000_000  # bytes
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MB  # one request's body
 DEFAULT_MAX_FILES = 32  # audio files in one request
@@ -119,7 +119,7 @@ class ServeConfig:
 
     @classmethod
     def from_env(cls) -> "ServeConfig":
-        raw = os.environ.get(CONFIG_ENV)
+        raw = serve_config()
         if not raw:
             raise RuntimeError(f"${CONFIG_ENV} is not set: start the service with `speakerdb serve`")
         return cls(**json.loads(raw))
@@ -566,7 +566,7 @@ class Service:
         self.counting: CountingEmbedder | None = None
         self.embed_lane = Lane("embed", self._open_embedding_db)
         self.admin_lane = Lane("admin", lambda: SpeakerDB(config.db_path, model=config.model, device=config.device,
-                                                          precision=config.precision))
+                                                          precision=config.precision, max_audio_s=config.max_audio_s))
         self.uploads = UploadDir(config.tmp_dir)
         self.identify_batches = IdentifyBatches(config.max_files)
         self.metrics = Metrics()
@@ -587,17 +587,17 @@ class Service:
 
     def _open_embedding_db(self) -> SpeakerDB:
         c = self.config
-        probe = SpeakerDB(c.db_path, model=c.model, device=c.device, precision=c.precision)
+        probe = SpeakerDB(c.db_path, model=c.model, device=c.device, precision=c.precision, max_audio_s=c.max_audio_s)
         try:
             loaded = probe.embedder  # the database's own model unless --model: the facade decides
         finally:
             probe.close()
         self.counting = CountingEmbedder(loaded)
-        return SpeakerDB(c.db_path, device=c.device, precision=c.precision, embedder=self.counting)
+        return SpeakerDB(c.db_path, device=c.device, precision=c.precision, embedder=self.counting,
+                         max_audio_s=c.max_audio_s)
 
     async def start(self) -> None:
         """Load the model in the background: /healthz answers at once, /readyz once it is loaded."""
-        os.environ[audio.MAX_DURATION_ENV] = repr(float(self.config.max_audio_s))
         try:
             self.model_id = (await self.embed_lane.run(lambda db: db.embedder)).model_id
             await self.admin_lane.run(self._learn_database)
@@ -1413,6 +1413,7 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
     import uvicorn
 
     shared = None
+    threads_per_worker = None
     if workers > 1:
         # Any worker may take a scrape: they publish their counters to each other.
         _sweep_stale(Path(tempfile.gettempdir()), METRICS_DIR_PREFIX)  # left by a serve killed with SIGKILL
@@ -1421,8 +1422,8 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         # Each worker's torch would otherwise start a thread per core: N workers then run
         # N x cores threads on the cores, and 16 clients on 2 workers got 0.55-0.62 x the
         # throughput of 1 client (2-core Zen 4). Share the cores out; SPEAKERDB_THREADS wins.
-        os.environ.setdefault(threads.ENV_THREADS, str(max(1, (os.cpu_count() or 1) // workers)))
-    os.environ[CONFIG_ENV] = config.to_env()  # worker processes build their app from it
+        threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
+    hand_to_workers(config.to_env(), threads_per_worker)  # worker processes build their app from it
     try:
         uvicorn.run("speakerdb.service.app:create_app", factory=True, host=host, port=port, workers=workers,
                     ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
