@@ -22,6 +22,7 @@ The service's errors come back as the library's own exceptions (an unknown speak
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import http.client
 import io
@@ -34,6 +35,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
@@ -279,31 +281,31 @@ class Client:
         """As :meth:`SpeakerDB.create_key`; the service records the caller's key as the actor."""
         return NewKey(**self._request("POST", "/v1/keys", body={"name": name, "scope": scope}))
 
-    def list_keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> builtins.list[KeyInfo]:
         """As :meth:`SpeakerDB.list_keys`."""
-        return [KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
+        return [KeyInfo(d["name"], d["scope"], _time(d["created_at"]), parse_iso(d["revoked_at"]))
                 for d in self._request("GET", "/v1/keys")]
 
     def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
         """As :meth:`SpeakerDB.revoke_key`; the service records the caller's key as the actor."""
         d = self._request("DELETE", f"/v1/keys/{_q(name)}")
-        return KeyInfo(d["name"], d["scope"], parse_iso(d["created_at"]), parse_iso(d["revoked_at"]))
+        return KeyInfo(d["name"], d["scope"], _time(d["created_at"]), parse_iso(d["revoked_at"]))
 
-    def audit(self, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
+    def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:
         """As :meth:`SpeakerDB.audit`."""
         query = f"?limit={int(limit)}" + (f"&speaker={_q(speaker)}" if speaker else "")
-        return [AuditEntry(parse_iso(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
+        return [AuditEntry(_time(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
                 for d in self._request("GET", "/v1/audit" + query)]
 
     # ---- HTTP ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
-                 files: list[tuple[str, str, bytes]] | None = None) -> Any:
+                 files: builtins.list[tuple[str, str, bytes]] | None = None) -> Any:
         with self._open(method, path, body=body, fields=fields, files=files) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
 
     def _open(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
-              files: list[tuple[str, str, bytes]] | None = None):
+              files: builtins.list[tuple[str, str, bytes]] | None = None) -> Any:
         headers = {"Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -329,13 +331,14 @@ class Client:
                 return response
             with response:
                 error = _service_error(response.status, response.reason, response.headers, response.read())
-            if response.status == 503 and attempt < self.retries and error.retry_after is not None:
+            if (response.status == 503 and attempt < self.retries and isinstance(error, errors.ServiceError)
+                    and error.retry_after is not None):
                 time.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
                 continue
             raise error
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, path: str, headers: dict[str, str], data: bytes | None):
+    def _send(self, method: str, path: str, headers: dict[str, str], data: bytes | None) -> Any:
         """One request; its response (an error status included) to read and close."""
         target = urllib.parse.urlsplit(self.url)
         if (data is not None and len(data) >= EXPECT_CONTINUE_BYTES and target.scheme == "http"
@@ -353,7 +356,7 @@ class Client:
         "100 Continue" (or CONTINUE_WAIT_S of silence); an answer instead (413 too large, 401
         no valid key) is returned without sending it. Plain http only: over TLS, select()
         cannot tell the service's answer from TLS's own records."""
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=self.timeout)
+        conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=self.timeout)
         try:
             conn.putrequest(method, target.path + path, skip_accept_encoding=True)
             for name, value in {**headers, "Content-Length": str(len(data)), "Expect": "100-continue",
@@ -364,7 +367,8 @@ class Client:
                 reader = conn.sock.makefile("rb")
                 status_line = reader.readline()
                 if status_line.split(b" ", 2)[1:2] != [b"100"]:  # the answer, before the body
-                    response = http.client.HTTPResponse(_Answered(status_line, reader), method=method)
+                    # HTTPResponse only calls makefile() on what it is given: a socket, or this.
+                    response = http.client.HTTPResponse(_Answered(status_line, reader), method=method)  # type: ignore[arg-type]
                     response.begin()
                     return response
                 while reader.readline() not in (b"\r\n", b"\n", b""):
@@ -382,23 +386,23 @@ class Client:
 class _Answered:
     """The socket of an answer whose status line was already read, for http.client to parse."""
 
-    def __init__(self, status_line: bytes, reader) -> None:
+    def __init__(self, status_line: bytes, reader: io.BufferedReader) -> None:
         self.status_line, self.reader = status_line, reader
 
-    def makefile(self, mode: str, *args: Any, **kwargs: Any):
+    def makefile(self, mode: str, *args: Any, **kwargs: Any) -> io.BufferedReader:
         return io.BufferedReader(_Prepended(self.status_line, self.reader))
 
 
 class _Prepended(io.RawIOBase):
     """``head`` followed by what is left in ``rest``."""
 
-    def __init__(self, head: bytes, rest) -> None:
+    def __init__(self, head: bytes, rest: io.BufferedReader) -> None:
         self.head, self.rest = head, rest
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:
         if self.head:
             n = min(len(buffer), len(self.head))
             buffer[:n], self.head = self.head[:n], self.head[n:]
@@ -417,7 +421,7 @@ def _proxied(target: urllib.parse.SplitResult) -> bool:
     return target.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(target.netloc)
 
 
-def _service_error(status: int, reason: str, headers, raw: bytes) -> errors.SpeakerDBError:
+def _service_error(status: int, reason: str, headers: Any, raw: bytes) -> errors.SpeakerDBError:
     """An HTTP error answer (its status, reason, headers and body) as the library's exception."""
     try:
         doc = json.loads(raw or b"{}")["error"]
@@ -478,8 +482,16 @@ _T = TypeVar("_T")
 
 def _make(cls: type[_T], d: dict[str, Any], **overrides: Any) -> _T:
     """``cls`` (a dataclass) from the answer's fields that it has (a newer service may send more)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  (a dataclass)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
     return cls(**{**{k: v for k, v in d.items() if k in names}, **overrides})
+
+
+def _time(text: str | None) -> datetime:
+    """A time the service always sends (ISO 8601, as :func:`speakerdb.results.iso` writes it)."""
+    t = parse_iso(text)
+    if t is None:
+        raise errors.ServiceError(f"the service answered an unreadable time: {text!r}")
+    return t
 
 
 def _identification(d: dict[str, Any]) -> Identification:
@@ -493,8 +505,8 @@ def _utterance(d: dict[str, Any]) -> UtteranceInfo:
 
 
 def _speaker(d: dict[str, Any]) -> SpeakerInfo:
-    return SpeakerInfo(d["name"], d["n_utterances"], d["total_duration_s"], parse_iso(d["created_at"]),
-                       parse_iso(d["updated_at"]), d["metadata"], [_utterance(u) for u in d.get("utterances", [])])
+    return SpeakerInfo(d["name"], d["n_utterances"], d["total_duration_s"], _time(d["created_at"]),
+                       _time(d["updated_at"]), d["metadata"], [_utterance(u) for u in d.get("utterances", [])])
 
 
 if TYPE_CHECKING:  # mypy checks here that a Client is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)
