@@ -60,15 +60,15 @@ def display_url(url: str) -> str:
             parsed.port,
             parsed.database,
         ).render_as_string(hide_password=True)
-        query = [
+        pairs = [
             (k, v)
             for k, values in parsed.query.items()
             for v in ((values,) if isinstance(values, str) else values)
         ]
-        if query:
+        if pairs:
             shown += "?" + "&".join(
                 f"{quote_plus(k)}={MASK if k.strip().lower() in SECRET_URL_PARAMS else quote_plus(v)}"
-                for k, v in query
+                for k, v in pairs
             )
         return shown
     except Exception:  # noqa: BLE001, S110  (whatever SQLAlchemy cannot parse is handled below)
