@@ -193,7 +193,7 @@ def test_voice_detection_leaves_no_onnxruntime_telemetry(tmp_path):
     home.mkdir()
     done = _python(
         "import numpy as np\n"
-        "from speakerdb import vad\n"
+        "from speakerdb.audio import vad\n"
         "probs = vad.probabilities([np.zeros(16000, np.float32)], vad.SileroVAD())\n"
         "assert len(probs) == 32\n",
         home,

@@ -122,7 +122,7 @@ def test_non_editable_install_creates_databases(tmp_path):
     zipfile.ZipFile(wheel).extractall(site)
     assert (site / "speakerdb" / "migrations" / "versions" / "0001_initial.py").is_file()
     code = (
-        "import speakerdb, sys; from speakerdb import api, schema;"
+        "import speakerdb, sys; from speakerdb import api; from speakerdb.storage import schema;"
         "assert speakerdb.__file__.startswith(sys.argv[1]), speakerdb.__file__;"
         "from speakerdb import SpeakerDB; SpeakerDB(sys.argv[2]).close();"
         "print(api.database_revision(sys.argv[2])[0])"
