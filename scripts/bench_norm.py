@@ -3,7 +3,7 @@
 
     python scripts/bench_norm.py /tmp/bench-norm [--speakers 10000] [--cohort 251] [--repeats 200]
 
-1. Fills DIR/norm.sqlite with N speakers (scripts/scale_test.py's bulk fill: random 512-d
+1. Fills DIR/norm.sqlite with N speakers (scripts/kit.py's bulk fill: random 512-d
    unit vectors, the tables and blobs enrollment writes); the model is a stub that returns
    the vector it is told to, so the figures are the database's cost, not the network's.
 2. identify of one clip, top 5, against a copy of the database without normalisation and
@@ -19,24 +19,22 @@ Say which CPU it ran on when quoting it (printed), and the load (``uptime``).
 from __future__ import annotations
 
 import argparse
-import os
+import inspect
+import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import scale_test  # noqa: E402  (its bulk fill)
-from bench_index import Stub, cpu_name, unit  # noqa: E402  (the same stub and vectors as its rows)
-
-DIM = scale_test.DIM
+DIM = 512
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/accuracy.md, "Score normalisation (AS-norm)" (what it costs identify)'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path)
     parser.add_argument("--speakers", type=int, default=10_000)
     parser.add_argument("--cohort", type=int, default=251)
@@ -47,41 +45,38 @@ def main() -> None:
                         "a loaded machine OpenMP's waiting made one 10,000-speaker search 24-40 ms instead of 1.1 ms")
     args = parser.parse_args()
     if args.faiss_threads:
-        import faiss
+        import faiss  # deferred: loads its OpenMP runtime; --help stays quick
 
         faiss.omp_set_num_threads(args.faiss_threads)
 
-    from speakerdb import SpeakerDB
+    from speakerdb import (
+        SpeakerDB,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
     from speakerdb.audio import decode as audio
     from speakerdb.scoring import norm
+    from speakerdb.storage import store
 
     args.dir.mkdir(parents=True, exist_ok=True)
     path = args.dir / "norm.sqlite"
     for p in args.dir.glob("norm*.sqlite*"):
         p.unlink()
-    scale_test.fill(path, args.speakers)
+    kit.fill_database(path, args.speakers, dim=DIM)
     rng = np.random.default_rng(1)
-    stub = Stub()
+    stub = kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID)
     plain_path = args.dir / "norm-plain.sqlite"
     with SpeakerDB(path, embedder=stub) as db:  # fold the write-ahead log in, then copy the file
         db.store.checkpoint()
-    import shutil
-
     shutil.copyfile(path, plain_path)
     normed, plain = SpeakerDB(path, embedder=stub), SpeakerDB(plain_path, embedder=stub)
-    clip = audio.Audio("query", np.full(16_000, 0.1, np.float32))
-    from speakerdb.storage import store
-
+    clip = kit.stub_clip()
     with plain.store.read() as s:
         _, centroids = store.centroids(s)
-    queries = centroids[rng.integers(0, len(centroids), args.repeats)] + 0.05 * unit(rng, args.repeats)
+    queries = centroids[rng.integers(0, len(centroids), args.repeats)] + 0.05 * kit.unit_vectors(rng, args.repeats, DIM)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    cohort = norm.CohortVectors(Stub.model_id, unit(rng, args.cohort), [f"cohort/{i}" for i in range(args.cohort)],
+    cohort = norm.CohortVectors(stub.model_id, kit.unit_vectors(rng, args.cohort, DIM), [f"cohort/{i}" for i in range(args.cohort)],
                                 [f"c{i:063x}" for i in range(args.cohort)])
 
     cpu: dict[int, list[float]] = {id(plain): [], id(normed): []}
-    import inspect
-
     # The voice count (a VAD pass per file) is the same on both sides and only adds noise.
     quiet = {"count_voices": False} if "count_voices" in inspect.signature(SpeakerDB.identify).parameters else {}
 
@@ -109,7 +104,7 @@ def main() -> None:
     diffs = [b - a for a, b in zip(raw_t, norm_t)]
     raw_cpu, norm_cpu = cpu[id(plain)][: len(queries)], cpu[id(normed)][: len(queries)]
     cpu_diffs = [b - a for a, b in zip(raw_cpu, norm_cpu)]
-    stub.next = unit(rng, 1)[0]
+    stub.next = kit.unit_vectors(rng, 1, DIM)[0]
     normed.enroll("one-more", [audio.Audio("one-more.flac", np.full(16_000, 0.2, np.float32))])
     stats = normed._norm_stats
     before = (stats.rebuilds, stats.replayed)
@@ -119,7 +114,7 @@ def main() -> None:
     normed.close()
 
     raw, normed_ms = statistics.median(raw_t), statistics.median(norm_t)
-    print(f"CPU: {cpu_name()}; load average {os.getloadavg()[0]:.1f}; {args.speakers:,} speakers, {DIM}-d, "
+    print(f"CPU: {kit.cpu_name()}; load average {kit.load_average():.1f}; {args.speakers:,} speakers, {DIM}-d, "
           f"cohort {args.cohort}, top-N {args.top_n}, {args.repeats} paired identify calls, "
           f"FAISS threads {args.faiss_threads or 'default'}")
     print("| identify, one clip, top 5 | median ms, wall | median ms, CPU of the thread |")

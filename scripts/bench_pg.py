@@ -2,7 +2,7 @@
 """PostgreSQL against SQLite: enroll and identify latency, what keeping a node in step
 costs per request, and the throughput of two services against one.
 
-    python scripts/bench_pg.py                      # starts its own PostgreSQL (tests/pgserver.py)
+    python scripts/bench_pg.py                      # starts its own PostgreSQL (python tests/pgserver.py)
     python scripts/bench_pg.py --pg postgresql://postgres@127.0.0.1:5432/postgres --speakers 20000
 
 The model is stubbed (each recording's vector is drawn at random): this measures the
@@ -22,71 +22,50 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
-
 DIM = 256
-CLIP = None
 
 
-class Stub:
-    model_id, dim = "bench-stub", DIM
-
-    def __init__(self, seed: int = 0) -> None:
-        self.rng = np.random.default_rng(seed)
-
-    def embed(self, waveforms):
-        v = self.rng.standard_normal((len(waveforms), DIM)).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
+def stub(seed: int = 0) -> kit.StubEmbedder:
+    """The model, stubbed: each recording a random unit vector (a new voice)."""
+    return kit.StubEmbedder(DIM, seed=seed)
 
 
 def clip(k: int):
-    from speakerdb.audio import decode as audio
-
-    rng = np.random.default_rng(k)
-    return audio.Audio(f"r{k}.flac", (0.1 * rng.standard_normal(16_000)).astype(np.float32))
+    """The k-th recording (its samples never reach a model)."""
+    return kit.stub_clip(k)
 
 
 def fill(target: str, n: int, workdir: Path) -> None:
-    from speakerdb import SpeakerDB
-    from speakerdb.storage import gallery
+    """``n`` speakers into ``target`` by one gallery import."""
+    from speakerdb import (
+        SpeakerDB,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
 
-    rng = np.random.default_rng(1)
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    speakers = [gallery.GallerySpeaker(f"s{i}", None, None, {}, [gallery.GalleryUtterance(f"s{i}.flac", 5.0, f"{i:064x}", None, v[i])])
-                for i in range(n)]
-    path = workdir / "fill.gallery"
-    gallery.write(path, gallery.Gallery("bench-stub", None, DIM, speakers), "bench")
-    with SpeakerDB(target, embedder=Stub()) as db:
+    vectors = kit.unit_vectors(np.random.default_rng(1), n, DIM)
+    path = kit.write_gallery(workdir / "fill.gallery", [(f"s{i}", v) for i, v in enumerate(vectors)])
+    with SpeakerDB(target, embedder=stub()) as db:
         db.import_gallery(path)
 
 
-def median_ms(fn, n: int) -> float:
-    times = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+median_ms = kit.median_ms
 
 
 def identify_loop(target: str, seconds: float, seed: int, out) -> None:
-    import os
+    """One service's loop (a child process): identify requests back to back for ``seconds``."""
+    # SpeakerDB reads the variable when it opens: each service its own index cache.
+    os.environ["SPEAKERDB_INDEX_DIR"] = tempfile.mkdtemp()
+    from speakerdb import SpeakerDB  # deferred: imported after the variable is set
 
-    os.environ["SPEAKERDB_INDEX_DIR"] = tempfile.mkdtemp()  # each service its own cache
-    from speakerdb import SpeakerDB
-
-    with SpeakerDB(target, embedder=Stub(seed)) as db:
+    with SpeakerDB(target, embedder=stub(seed)) as db:
         db.identify([clip(0)])  # load the index first
         done, end = 0, time.perf_counter() + seconds
         while time.perf_counter() < end:
@@ -106,12 +85,15 @@ def throughput(target: str, processes: int, seconds: float) -> float:
     return total / seconds
 
 
-def measure(name: str, target: str, other_target: str, args, workdir: Path) -> list[str]:
-    from speakerdb import SpeakerDB
+def measure(name: str, target: str, other_target: str, args, workdir: Path) -> list[tuple[str, str]]:
+    """The table's rows for one database."""
+    from speakerdb import (
+        SpeakerDB,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
 
     fill(target, args.speakers, workdir)
     rows = []
-    with SpeakerDB(target, embedder=Stub(1)) as db, SpeakerDB(other_target, embedder=Stub(2)) as other:
+    with SpeakerDB(target, embedder=stub(1)) as db, SpeakerDB(other_target, embedder=stub(2)) as other:
         db.identify([clip(0)])
         rows.append((f"enroll one new speaker ({name})", f"{median_ms(lambda i: db.enroll(f'new{i}', [clip(10_000 + i)]), 50):.1f} ms"))
         rows.append((f"identify one recording ({name})", f"{median_ms(lambda i: db.identify([clip(i)]), 200):.2f} ms"))
@@ -140,31 +122,23 @@ def measure(name: str, target: str, other_target: str, args, workdir: Path) -> l
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pg", help="admin URL of a PostgreSQL server (default: start one)")
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against pgvector" '
+                                 '(what keeping in step costs)'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pg", help="admin URL of a PostgreSQL server (default: start one, python tests/pgserver.py)")
     p.add_argument("--speakers", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args()
-    import os
-
-    from pgserver import new_database, start_for_tests
 
     workdir = Path(tempfile.mkdtemp())
     os.environ["SPEAKERDB_INDEX_DIR"] = str(workdir / "index")
-    server = None
-    admin = args.pg
-    if admin is None:
-        admin, server = start_for_tests()
-    try:
-        pg = new_database(admin)
+    with kit.postgres(args.pg) as admin:
+        pg = kit.new_pg_database(admin)
         sqlite = str(workdir / "bench.sqlite")
         rows = measure("SQLite", sqlite, sqlite, args, workdir) + measure("PostgreSQL", pg, pg, args, workdir)
-    finally:
-        if server is not None:
-            server.stop()
-    from bench_index import cpu_name, print_table
-
-    print_table(f"{args.speakers:,} speakers, {DIM}-d, model stubbed, {os.cpu_count()} cores, {cpu_name()}", rows)
+    kit.print_table(f"{args.speakers:,} speakers, {DIM}-d, model stubbed, {kit.cpu_name()}",
+                    ["measurement", "value"], rows)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import platform
 import re
 import signal
 import socket
@@ -46,69 +46,27 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SR = 16_000  # Hz
+import kit
+
+SR = kit.SAMPLE_RATE
 READY_TIMEOUT_S = 600  # seconds: two full-size models loading on a busy machine
-
-
-def cpu_name() -> str:
-    """The CPU's model name, logical CPUs, and the matrix units that decide embedding speed."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
-    name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
-    flags = set(next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), []))
-    units = [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{name} x{os.cpu_count()} ({', '.join(units) or 'no AVX-512'}{'' if 'amx_tile' in flags else ', no AMX'})"
-
-
-def load() -> float:
-    return os.getloadavg()[0]
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def voice(f0: float, seconds: float, seed: int = 0):
-    """A synthetic voiced signal (the tests' generator): harmonics of f0 with vibrato and noise."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * SR))) / SR
-    vibrato = 1 + 0.01 * np.sin(2 * np.pi * (4 + seed % 3) * t)
-    phase = 2 * np.pi * f0 * np.cumsum(vibrato) / SR
-    x = sum(np.sin(h * phase) / h for h in range(1, 9))
-    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t + seed) ** 2
-    return (0.25 * x * envelope + 0.005 * rng.standard_normal(len(t))).astype(np.float32)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation; NaN for no values."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+load = kit.load_average
+log = kit.log
+voice = kit.voice
+percentile = kit.percentile
 
 
 def free_port() -> int:
+    """A loopback port nobody listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process, MB (VmRSS)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    """Resident memory of a process, MiB (VmRSS); 0 where it has gone."""
+    value = kit.status_mib("VmRSS", pid)
+    return 0.0 if math.isnan(value) else value  # NaN: the process exited
 
 
 def worker_pids(main: int) -> list[int]:
@@ -163,8 +121,10 @@ class Service:
 
 def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) -> dict:
     """``n_clients`` threads identifying ``clip`` back to back for ``seconds`` (after one warm-up each)."""
+    from speakerdb.errors import (
+        ServiceError,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
     from speakerdb.service.client import Client
-    from speakerdb.errors import ServiceError
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -234,7 +194,9 @@ def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) ->
 def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[float, Path], pairs: int) -> list[dict]:
     """One in-process call, one service call, alternately (after a warm-up of each): the
     ratio of their medians does not depend on how busy the machine was meanwhile."""
-    from speakerdb import SpeakerDB
+    from speakerdb import (
+        SpeakerDB,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
     from speakerdb.service.client import Client
 
     rows = []
@@ -264,7 +226,8 @@ def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=kit.describe(__doc__, 'docs/service.md, "Measured throughput"'),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="random full-size checkpoint directory (made if empty)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per service cell")
     parser.add_argument("--repeats", type=int, default=7, help="in-process identify calls per clip length")
@@ -285,18 +248,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import soundfile as sf
-
-    sys.path.insert(0, str(REPO / "scripts"))
-    from make_random_checkpoint import build
+    import soundfile as sf  # deferred, as speakerdb below: --help stays quick
 
     from speakerdb import SpeakerDB
 
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    checkpoint = args.checkpoint or work / "wavlm-random"
-    if not (checkpoint / "config.json").exists():
-        log(f"writing a full-size random checkpoint to {checkpoint}")
-        build(checkpoint, size="full", seed=0)
+    checkpoint = kit.checkpoint_in(args.checkpoint or work / "wavlm-random")
     clip_lengths = [float(x) for x in args.clip_seconds.split(",")]
     clips = {}
     for seconds in clip_lengths:
@@ -304,14 +261,14 @@ def main() -> None:
         sf.write(str(clips[seconds]), voice(160.0, seconds, seed=99), SR, subtype="PCM_16")
     db_path = work / "bench.sqlite"
     log(f"enrolling {args.speakers} speakers (3 s each)")
-    from speakerdb.audio import decode as audio
+    from speakerdb.audio import decode as audio  # deferred with SpeakerDB above
 
     with SpeakerDB(db_path, model=str(checkpoint)) as db:
         for i in range(args.speakers):
             db.enroll(f"s{i:03d}", [audio.Audio(f"s{i}.wav", voice(90 + 9 * i, 3.0, seed=i))])
         key = db.create_key("bench", "read").key
 
-    cpu = cpu_name()
+    cpu = kit.cpu_name()
     rows: list[dict] = []
 
     # ---- in-process: the model loaded, one call at a time ----------------------------------

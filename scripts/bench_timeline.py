@@ -26,73 +26,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import kit
 
-SCRIPTS = Path(__file__).resolve().parent
-
-
-def cpu_name() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: models are local
 
 
 def child(model: str, precision: str, wav: str, manifest: str) -> dict:
     """Runs in its own process: enroll, then time one timeline call."""
-    from speakerdb.api import SpeakerDB
+    from speakerdb.api import (
+        SpeakerDB,  # deferred: the parent process never opens a database
+    )
 
     enroll = json.loads(Path(manifest).read_text())["enroll"]
     with tempfile.TemporaryDirectory() as tmp, SpeakerDB(Path(tmp) / "db.sqlite", model=model, precision=precision) as db:
         for spk, files in enroll.items():
             db.enroll(spk, files)
-        before = _status_mib("VmRSS")
-        _reset_peak()  # so that VmHWM below is the timeline call's own peak, not enrollment's
+        before, peak_since = kit.rss_baseline()  # the timeline call's own peak, not enrollment's
         load0 = os.getloadavg()[0]
         started = time.perf_counter()
         [t] = db.timeline([wav])
         wall = time.perf_counter() - started
         load1 = os.getloadavg()[0]
-        peak = _status_mib("VmHWM")
+        peak = peak_since()
     return {"wall_s": round(wall, 2), "audio_s": round(t.duration, 1), "rtf": round(wall / t.duration, 4),
             "voices": len(t.voices), "rss_mib_before": round(before), "peak_mib": round(peak),
             "load": [round(load0, 1), round(load1, 1)]}
 
 
-def _status_mib(field: str) -> float:
-    """A VmRSS/VmHWM line of /proc/self/status in MiB (Linux), else ru_maxrss."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> None:
-    """Reset the process's peak resident size (Linux >= 4.0: "5" to clear_refs)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=kit.describe(__doc__, 'docs/timeline.md, "Speed of the timeline"'),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, nargs="?", help="speaker directories (LibriSpeech test-other)")
     p.add_argument("--models", default="ge2e", help="comma-separated: ge2e, fp32, bf16 (default ge2e)")
     p.add_argument("--minutes", type=float, default=10.0)
@@ -107,26 +76,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.data is None:
         p.error("DATA is required")
 
-    sys.path.insert(0, str(SCRIPTS))
-    import make_conversations
-
     work = Path(tempfile.mkdtemp(prefix="bench-timeline-"))
     lengths = [args.minutes] + ([args.long] if args.long else [])
     convs = {}
     for minutes in lengths:
         out = work / f"{minutes:g}min"
-        make_conversations.main([str(args.data), str(out), "--count", "1", "--minutes", str(minutes), "--seed", "0"])
+        subprocess.run([sys.executable, str(kit.SCRIPTS / "make_conversations.py"), str(args.data), str(out),
+                        "--count", "1", "--minutes", str(minutes), "--seed", "0"], check=True)
         convs[minutes] = (str(out / "conv-00.wav"), str(out / "manifest.json"))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     checkpoint = None
     if any(m in ("fp32", "bf16") for m in models):
-        checkpoint = args.checkpoint or work / "wavlm-random"
-        if not (Path(checkpoint) / "config.json").is_file():
-            import make_random_checkpoint
-
-            make_random_checkpoint.build(checkpoint, size="full", seed=0)
+        checkpoint = kit.checkpoint_in(args.checkpoint or work / "wavlm-random")
     rows = []
-    print(f"CPU: {cpu_name()}", file=sys.stderr)
+    print(f"CPU: {kit.cpu_name()}", file=sys.stderr)
     for m in models:
         model, precision = ("resemblyzer", "fp32") if m == "ge2e" else (str(checkpoint), m)
         for minutes in lengths:
@@ -139,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": m, "minutes": minutes, **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
-    print(f"CPU: {cpu_name()}\n")
+    print(f"CPU: {kit.cpu_name()}\n")
     print("| model | conversation | wall | RTF | peak RSS during the call (RSS before it) | load avg (start, end) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
@@ -151,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{m}: {args.long:g} min / {args.minutes:g} min time ratio "
                   f"{by[args.long]['wall_s'] / by[args.minutes]['wall_s']:.2f} (linear: {args.long / args.minutes:.1f})")
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"cpu": kit.cpu_name(), "rows": rows}, indent=2))
     return 0
 
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Raw cosine scores against AS-norm on LibriSpeech, whole recordings and short middle crops.
 
     python scripts/eval_norm.py [--data ../shared/data/librispeech] [--top-n 50 100 200] [--json out.json]
@@ -26,13 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+import kit
 
-from speakerdb.scoring import evaluate  # noqa: E402
-from speakerdb.embedding.models import load_embedder  # noqa: E402
-from bench_index import cpu_name  # noqa: E402
+from speakerdb.embedding.models import load_embedder
+from speakerdb.scoring import evaluate
 
 CONDITIONS = {"whole": None, "2 s": 2.0, "1 s": 1.0}  # test-seconds per condition
 
@@ -51,8 +49,10 @@ def figures(r: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "librispeech")
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/accuracy.md, "Does normalisation help? Measured on LibriSpeech with GE2E"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=kit.REPO.parent / "shared" / "data" / "librispeech")
     parser.add_argument("--top-n", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write every figure to this JSON file.")
@@ -77,7 +77,7 @@ def main() -> None:
         rows, counts = table(args, embedder, cohort, impostor_dirs, start)
     print(f"GE2E (resemblyzer) on {args.data}/test-other, cohort {len(cohort.vectors)} recordings of "
           f"train-clean-100{' (even half; odd half as impostors)' if args.split_cohort else ''}, seed {args.seed}; {counts}")
-    print(f"CPU: {cpu_name()}; {time.perf_counter() - start:.0f} s in all\n")
+    print(f"CPU: {kit.cpu_name()}; {time.perf_counter() - start:.0f} s in all\n")
     print("| condition | scores | top-1 | EER (threshold) | minDCF 0.01 | minDCF 0.05 | DIR @ FAR 1 % | DIR @ FAR 10 % |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -30,34 +30,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: models are local
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from speakerdb.audio import decode as audio
 from speakerdb import timeline  # noqa: E402
 from speakerdb.api import SpeakerDB  # noqa: E402
+from speakerdb.audio import decode as audio  # noqa: E402
 
 COLLARS = (0.0, 0.25, 0.5)  # pyannote collar widths, s
 GRID = 0.01  # s: frame grid for the named-time and unknown shares
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def annotation(segments, uri: str):
@@ -100,7 +88,9 @@ def baseline(db: SpeakerDB, path: Path, window_s: float = 1.5, hop_s: float = 0.
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/timeline.md, "Measured accuracy of the timeline"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("conversations", type=Path, help="directory written by make_conversations.py")
     p.add_argument("--model", default="resemblyzer")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
@@ -173,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     unknown[0] += any(x.startswith("unknown") for x in h)
                     unknown[1] += any(x in enrolled for x in h)
 
-    result = {"conversations": len(convs), "audio_s": round(audio_s, 1), "model": args.model, "cpu": cpu_name(),
+    result = {"conversations": len(convs), "audio_s": round(audio_s, 1), "model": args.model, "cpu": kit.cpu_name(),
               "run_s": None if run_s is None else round(run_s, 1),
               "rtf": None if run_s is None else round(run_s / audio_s, 4),
               "system": "baseline" if args.baseline else "hyp-file" if args.hyp else "timeline",

@@ -12,21 +12,22 @@ false-fire rate (two voices or more), with the CPU and the time taken.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import kit
 
 from speakerdb import timeline
-from speakerdb.audio import vad  # noqa: E402
-from speakerdb.embedding.models import load_embedder  # noqa: E402
-from speakerdb.scoring.evaluate import AUDIO_SUFFIXES  # noqa: E402
+from speakerdb.audio import vad
+from speakerdb.embedding.models import load_embedder
+from speakerdb.scoring.evaluate import AUDIO_SUFFIXES
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/timeline.md, "identify says when a file holds several voices" (its false-fire rate)'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--threshold", type=float, default=None, help="default: the GE2E encoder's starting threshold")
     args = p.parse_args(argv)
@@ -42,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         silent += n == 0
         if n != 1:
             print(f"{f}: {n} voices", flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU") if Path("/proc/cpuinfo").exists() else "unknown CPU"
     print(f"{len(files)} single-speaker files: several voices found in {fired} ({100 * fired / max(len(files), 1):.1f} %), "
-          f"none in {silent}; {time.perf_counter() - started:.0f} s on {cpu}, {os.cpu_count()} cores")
+          f"none in {silent}; {time.perf_counter() - started:.0f} s on {kit.cpu_name()}")
     return 0
 
 

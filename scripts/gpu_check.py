@@ -16,39 +16,33 @@ positional convolution by FFT; intgemm.py must stay off). On the GPU this script
 3. embeds a 10-minute clip (30 s windows) to show long recordings run in bounded memory,
    and reports the GPU's peak memory.
 
-Needs torch with CUDA and transformers; nothing else of speakerdb's dependencies.
+Needs torch with CUDA and transformers beside speakerdb. Writes its figures to OUT.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import kit
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-SR = 16_000  # Hz
+SR = kit.SAMPLE_RATE
 CLIPS_S = (1, 3, 10, 30)
 
 
 def voice(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * SR)) / SR
-    f0 = 120 + 40 * seed
-    x = sum(np.sin(2 * np.pi * h * f0 * t * (1 + 0.01 * np.sin(3 * t))) / h for h in range(1, 8))
-    return (0.2 * x * (0.6 + 0.4 * np.sin(2 * np.pi * 1.5 * t) ** 2) + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+    """A synthetic voice of ``seconds``, its pitch set by ``seed``."""
+    return kit.voice(120 + 10 * (seed % 8), seconds, seed)
 
 
 def card(checkpoint: Path, device: str):
     """The model card's snippet, as a function of a waveform."""
-    import torch
+    import torch  # deferred: torch and transformers take seconds to import; --help stays quick
     from transformers import Wav2Vec2FeatureExtractor, WavLMForXVector
 
     fe = Wav2Vec2FeatureExtractor.from_pretrained(checkpoint)
@@ -64,6 +58,7 @@ def card(checkpoint: Path, device: str):
 
 
 def timed(fn, w, sync) -> float:
+    """Median seconds of 10 calls ``fn(w)`` after 3 warm-ups, the device synchronised."""
     for _ in range(3):
         fn(w)
     sync()
@@ -77,14 +72,19 @@ def timed(fn, w, sync) -> float:
 
 
 def main() -> None:
-    import torch
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, "no documented table yet: OUT.json, the check behind --device cuda "
+                                 "(docs/usage.md; listed in docs/development.md)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the JSON report to write")
+    parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: a full-size random one)")
+    args = parser.parse_args()
+    import torch  # deferred: torch takes seconds to import; --help stays quick
 
-    out = Path(sys.argv[1])
-    checkpoint = Path(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--checkpoint" else None
+    out = args.out
+    checkpoint = args.checkpoint
     if checkpoint is None:
-        import make_random_checkpoint
-
-        checkpoint = make_random_checkpoint.build(Path(tempfile.mkdtemp()) / "wavlm-random", size="full", seed=0)
+        checkpoint = kit.build_random_checkpoint(Path(tempfile.mkdtemp()) / "wavlm-random", size="full", seed=0)
     from speakerdb.audio import decode as audio
     from speakerdb.embedding import pipeline
     from speakerdb.embedding.models import load_embedder

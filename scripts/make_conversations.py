@@ -38,15 +38,15 @@ import json
 import sys
 from pathlib import Path
 
+import kit
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from speakerdb.audio import decode as audio  # noqa: E402
-from speakerdb.scoring.evaluate import find_recordings  # noqa: E402
+from speakerdb.audio import decode as audio
+from speakerdb.scoring.evaluate import find_recordings
 
 SR = audio.SAMPLE_RATE
+# trim() and its constants are tests/builders.py's too (the tests never import scripts).
 FRAME = 160  # samples: 10 ms reference frames
 ABOVE_FLOOR_DB = 6.0  # dB above a recording's noise floor (10th-percentile frame energy)
 BELOW_LOUD_DB = 30.0  # dB below its loud frames (95th percentile)
@@ -153,7 +153,10 @@ def conversation(pools: dict[str, Pool], speakers: list[str], args, rng: np.rand
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'the conversations that eval_timeline.py scores for docs/timeline.md '
+                                 '("Measured accuracy of the timeline") and bench_timeline.py times'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", type=Path, help="directory of speaker sub-directories")
     p.add_argument("out", type=Path, help="output directory (created)")
     p.add_argument("--count", type=int, default=10, help="conversations (default 10)")

@@ -1,3 +1,4 @@
+#!/usr/bin/env python
 """Write tests/data/v0001.sqlite: a database as written by the release at schema revision 0001.
 
 Kept as a fixture (like tests/data/v1.gallery) so that every later migration is tested
@@ -12,9 +13,10 @@ embedder is a fixed random projection of the audio's spectrum: 32-d, determinist
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
+import kit
 import numpy as np
 
 from speakerdb import SpeakerDB
@@ -25,6 +27,8 @@ SR = 16_000  # Hz
 
 
 class _Projection:
+    """The fixture's embedder (tests/test_migrations.py keeps the same one to read it back)."""
+
     model_id = "fixture-projection-v1"
     dim = DIM
 
@@ -59,4 +63,9 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, "no table; tests/data/v0001.sqlite, which tests/test_migrations.py upgrades "
+                                 "(docs/development.md)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="the database file to write (replaced)")
+    main(parser.parse_args().out)

@@ -10,9 +10,10 @@ so the test suite can import it into a database built with that embedder.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
-import sys
 
+import kit
 import numpy as np
 
 from speakerdb import __version__
@@ -46,4 +47,9 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "tests/data/v1.gallery")
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, "no table; tests/data/v1.gallery, which tests/test_gallery.py imports "
+                                 "(docs/development.md)"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("path", nargs="?", default="tests/data/v1.gallery", help="the gallery file to write")
+    main(parser.parse_args().path)

@@ -18,14 +18,17 @@ speakers as asked:
   within-speaker covariance is that of test-other's recordings around their speakers'
   centroids (each recording cropped to its first CROP_S seconds, as a probe would be).
 
-`scale_test.py --vectors speaker-like` and `bench_nodes.py` use it beside uniform vectors.
+`scale_test.py --vectors speaker-like` and `bench_nodes.py` draw from it (scripts/kit.py's
+``speaker_like_speakers`` and ``speaker_like_recordings``) beside uniform vectors.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
+import kit
 import numpy as np
 
 CROP_S = 6.0  # seconds of each recording embedded
@@ -34,7 +37,9 @@ SHRINK = 0.1  # covariance shrinkage towards its diagonal: 261 centroids in 256 
 
 def fit(data_dir: Path, out: Path) -> dict[str, np.ndarray]:
     """Embed the excerpts with GE2E and save the fitted parameters to ``out`` (.npz)."""
-    from speakerdb.audio import decode as audio
+    from speakerdb.audio import (
+        decode as audio,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
+    )
     from speakerdb.embedding import pipeline
     from speakerdb.embedding.models import load_embedder
 
@@ -70,37 +75,23 @@ def _shrunk(cov: np.ndarray) -> np.ndarray:
     return (1 - SHRINK) * cov + SHRINK * np.diag(np.diag(cov))
 
 
-def load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
-def speakers(params: dict[str, np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, dim) float32 unit centroids drawn from the fitted between-speaker distribution."""
-    chol = np.linalg.cholesky(params["between"] + 1e-9 * np.eye(len(params["mean"])))
-    out = np.empty((n, len(params["mean"])), np.float32)
-    for start in range(0, n, 100_000):
-        k = min(100_000, n - start)
-        v = params["mean"] + rng.standard_normal((k, len(params["mean"]))) @ chol.T
-        out[start : start + k] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    return out
-
-
-def recordings(params: dict[str, np.ndarray], centroids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A new recording of each speaker in ``centroids``: (q, dim) float32 unit vectors."""
-    chol = np.linalg.cholesky(params["within"] + 1e-9 * np.eye(centroids.shape[1]))
-    v = centroids + rng.standard_normal(centroids.shape) @ chol.T
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        raise SystemExit(__doc__)
-    p = fit(Path(sys.argv[1]), Path(sys.argv[2]))
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against '
+                                 'pgvector" (the speaker-like rows of bench_nodes.py and scale_test.py)'),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", type=Path, help="LibriSpeech excerpts holding test-other/ and train-clean-100/")
+    parser.add_argument("out", type=Path, help="the fitted parameters to write (.npz)")
+    args = parser.parse_args()
+    p = fit(args.data_dir, args.out)
     rng = np.random.default_rng(0)
-    c = speakers(p, 2000, rng)
-    q = recordings(p, c[:500], rng)
+    c = kit.speaker_like_speakers(p, 2000, rng)
+    q = kit.speaker_like_recordings(p, c[:500], rng)
     own = np.sum(q * c[:500], axis=1)
     others = (c[:500] @ c[500:].T).ravel()
     print(f"fitted on {int(p['n_speakers'])} speakers; drawn: recording-to-own-centroid cosine median "
           f"{np.median(own):.3f}, between speakers median {np.median(others):.3f} (p99 {np.percentile(others, 99):.3f})")
+
+
+if __name__ == "__main__":
+    main()

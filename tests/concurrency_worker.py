@@ -11,11 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-import numpy as np
-
-sys.path.insert(0, str(Path(__file__).parent))
+# Run as a script: Python puts this file's directory (tests/) first on sys.path.
 from conftest import FakeEmbedder, voice  # noqa: E402
 
 from speakerdb import SpeakerDB

@@ -7,7 +7,6 @@ save_pretrained() and loaded through the same code path users take.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -23,6 +22,7 @@ for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+from builders import build_random_checkpoint  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -31,12 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 SR = 16_000  # Hz
 
 
-def load_script(name: str):
-    """Import scripts/<name>.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def voice(f0: float, seconds: float = 2.0, seed: int = 0, sr: int = SR) -> np.ndarray:
@@ -117,9 +111,8 @@ def _isolated_home(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny random-weight WavLMForXVector saved with save_pretrained (same code as scripts/)."""
-    out = tmp_path_factory.mktemp("tiny-wavlm")
-    return load_script("make_random_checkpoint").build(out, size="tiny", seed=0)
+    """A tiny random-weight WavLMForXVector saved with save_pretrained (tests/builders.py)."""
+    return build_random_checkpoint(tmp_path_factory.mktemp("tiny-wavlm"), size="tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

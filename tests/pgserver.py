@@ -16,6 +16,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -164,3 +165,26 @@ def new_database(admin_url: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def main() -> None:
+    """``python tests/pgserver.py``: a server for the scripts that measure PostgreSQL (scripts/kit.py).
+
+    Prints the admin URL (or why none started) on the first line, then serves until its
+    standard input closes. Scripts run this file as a program; they never import tests/.
+    """
+    try:
+        url, server = start_for_tests()
+    except PostgresUnavailable as e:
+        print(f"unavailable: {e}", flush=True)
+        raise SystemExit(1) from None
+    print(url, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,8 @@ import pytest
 from speakerdb.embedding.models import Embedder, l2_normalize, load_embedder, same_model
 from speakerdb.errors import ModelLoadError
 
-from conftest import load_script, voice
+from builders import CHECKPOINT_SIZES, build_random_checkpoint
+from conftest import voice
 
 TOLERANCE = 1e-5  # per component, as the product promises
 
@@ -72,7 +73,7 @@ def test_zero_padding_would_change_the_result(tiny_checkpoint):
 
 @pytest.mark.slow
 def test_full_size_architecture_equals_model_card(tmp_path_factory):
-    checkpoint = load_script("make_random_checkpoint").build(tmp_path_factory.mktemp("full"), "full", seed=1)
+    checkpoint = build_random_checkpoint(tmp_path_factory.mktemp("full"), "full", seed=1)
     embedder = load_embedder(str(checkpoint))
     assert embedder.dim == 512
     waves = [voice(140, 3.0), voice(230, 1.3, seed=2)]
@@ -89,7 +90,7 @@ def test_model_id_pins_the_weights_not_the_path(tiny_checkpoint, tiny_embedder, 
     again = load_embedder(str(copy))
     assert again.model_id != tiny_embedder.model_id  # the label says where it came from...
     assert same_model(again.model_id, tiny_embedder.model_id)  # ...the fingerprint decides
-    other = load_script("make_random_checkpoint").build(tmp_path / "seed7", "tiny", seed=7)
+    other = build_random_checkpoint(tmp_path / "seed7", "tiny", seed=7)
     assert not same_model(load_embedder(str(other)).model_id, tiny_embedder.model_id)
     assert not same_model("fake-a", "fake-b") and same_model("fake-a", "fake-a")
 
@@ -144,7 +145,7 @@ def tiny_wavlm(norm: str = "group"):
     from transformers import WavLMConfig, WavLMForXVector
 
     torch.manual_seed(0)
-    sizes = load_script("make_random_checkpoint").SIZES["tiny"]
+    sizes = CHECKPOINT_SIZES["tiny"]
     return WavLMForXVector(WavLMConfig(**{**sizes, "feat_extract_norm": norm, "conv_bias": norm == "layer"})).eval()
 
 
@@ -204,7 +205,7 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result(monkeypatch):
 
     from speakerdb.embedding import intgemm, kernels
 
-    sizes = {k: v for k, v in load_script("make_random_checkpoint").SIZES["tiny"].items()
+    sizes = {k: v for k, v in CHECKPOINT_SIZES["tiny"].items()
              if k not in ("num_buckets", "max_bucket_distance")}
     models = []
     for _ in range(2):

@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 from speakerdb.embedding import models as embed, idcache  # noqa: E402
 from speakerdb.embedding.models import load_embedder, same_model  # noqa: E402
 
-from conftest import load_script  # noqa: E402
+from builders import build_random_checkpoint  # noqa: E402
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_a_second_load_takes_the_fingerprint_from_the_cache(checkpoint, settled,
 @pytest.mark.parametrize("how", ["rewritten in place, mtime set back", "replaced by a new file"])
 def test_a_changed_file_never_keeps_the_old_id(checkpoint, settled, tmp_path, how):
     before = load_embedder(str(checkpoint)).model_id
-    other = load_script("make_random_checkpoint").build(tmp_path / "seed7", "tiny", seed=7)
+    other = build_random_checkpoint(tmp_path / "seed7", "tiny", seed=7)
     weights, new = checkpoint / "model.safetensors", (other / "model.safetensors").read_bytes()
     assert len(new) == weights.stat().st_size  # same size: only the content differs
     if how.startswith("rewritten"):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SR, FakeEmbedder, load_script, voice, write
+from builders import trim
+from conftest import SR, FakeEmbedder, voice, write
 from speakerdb.audio import decode as audio, vad
 from speakerdb import timeline
 from speakerdb.cli import cli
@@ -311,10 +312,9 @@ def test_conversation_of_real_speech_with_ge2e(tmp_path):
 
     speakers = ["1688", "3005", "2609"]  # 2609 is not enrolled
     files = {s: sorted((LIBRISPEECH / s).glob("*.flac")) for s in speakers}
-    mc = load_script("make_conversations")
     parts, truth, t = [], [], 0.0
     for k, s in enumerate(["1688", "2609", "3005", "1688", "2609", "3005"]):
-        piece = mc.trim(audio.load(files[s][5 + k // 3]).samples)[: 8 * SR]
+        piece = trim(audio.load(files[s][5 + k // 3]).samples)[: 8 * SR]
         parts += [piece, np.zeros(int(0.6 * SR), np.float32)]
         truth.append((t, t + len(piece) / SR, s))
         t += len(piece) / SR + 0.6
