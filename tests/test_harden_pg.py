@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from speakerdb import SpeakerDB, api
 from speakerdb.audio import decode as audio
-from speakerdb.service import app as server
+from speakerdb.service import responses
 from speakerdb.storage import store
 from speakerdb.cli import cli
 from speakerdb.errors import DatabaseBusyError, DatabaseError, GalleryError, InvalidInputError, SpeakerDBError
@@ -298,7 +298,7 @@ def test_a_stopped_writer_holds_the_lock_only_until_the_server_ends_its_session(
 
 
 def test_the_service_answers_503_when_the_database_is_busy():
-    answer = server._from_library(DatabaseBusyError("database x: the write lock is held"), {})
+    answer = responses.from_library(DatabaseBusyError("database x: the write lock is held"), {})
     assert answer.status == 503 and answer.code == "database_busy"
 
 

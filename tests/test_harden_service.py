@@ -75,14 +75,14 @@ def test_revoking_the_last_key_while_serving_does_not_open_the_service(svc, tmp_
 
 def test_a_database_whose_keys_are_all_revoked_requires_a_key(tmp_path, tiny_checkpoint, monkeypatch):
     """Decided at start: all revoked is 'keys required' (so other hosts are allowed), never 'open'."""
-    import speakerdb.service.app
+    import speakerdb.service.serve
 
     db = tmp_path / "revoked.sqlite"
     with SpeakerDB(db) as sdb:
         sdb.create_key("ops", "admin")
         sdb.revoke_key("ops")
     started = []
-    monkeypatch.setattr(speakerdb.service.app, "serve", lambda config, **kw: started.append((config, kw)))
+    monkeypatch.setattr(speakerdb.service.serve, "serve", lambda config, **kw: started.append((config, kw)))
     r = _cli(db, "serve", "--host", "0.0.0.0")
     config, kw = started[0]
     assert kw["host"] == "0.0.0.0" and config.require_keys and not config.insecure_no_auth
@@ -287,10 +287,10 @@ def test_a_wrong_secret_costs_the_same_whether_the_key_id_exists(tmp_path):
 
 # ---- item 2 (the service's side): no password in serve's start-up line ------------------------------
 def test_serve_prints_no_postgres_password(pg_url, monkeypatch):
-    import speakerdb.service.app
+    import speakerdb.service.serve
 
     started = []
-    monkeypatch.setattr(speakerdb.service.app, "serve", lambda config, **kw: started.append(config))
+    monkeypatch.setattr(speakerdb.service.serve, "serve", lambda config, **kw: started.append(config))
     user_pw = pg_url.replace("postgresql://postgres@", "postgresql://postgres:S3cretUserPw@")
     query_pw = pg_url + "?password=S3cretQueryPw"
     for url, secret in [(user_pw, "S3cretUserPw"), (query_pw, "S3cretQueryPw")]:

@@ -681,13 +681,14 @@ def test_workers_share_the_cores_out(monkeypatch, tmp_path, workers, given, expe
     cores, 16 clients on 2 workers got 0.55-0.62 x the throughput of one client."""
     import uvicorn
 
-    from speakerdb.service import app as server
     from speakerdb.embedding import threads
+    from speakerdb.service import serve as server
+    from speakerdb.service.settings import CONFIG_ENV
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     # setenv first, so that monkeypatch restores both variables whatever serve() sets
     monkeypatch.setenv(threads.ENV_THREADS, given or "")
-    monkeypatch.setenv(server.CONFIG_ENV, "")
+    monkeypatch.setenv(CONFIG_ENV, "")
     if given is None:
         monkeypatch.delenv(threads.ENV_THREADS)
     seen = {}
@@ -701,14 +702,15 @@ def test_identify_requests_waiting_together_share_one_facade_call():
     the same top_k and threshold (up to max_files files), each with its own slice; the
     others return their stored answers; an error of the whole call reaches each of them."""
     from speakerdb.errors import EmptyDatabaseError
-    from speakerdb.service.app import IdentifyBatches, UploadedFile
+    from speakerdb.service.lanes import IdentifyBatches
+    from speakerdb.service.uploads import UploadedFile
 
     class Facade:
         def __init__(self, fail: bool = False) -> None:
             self.calls: list[list[str]] = []
             self.fail = fail
 
-        def identify(self, files, top_k, threshold):
+        def identify(self, files, top_k, threshold, count_voices=True):
             self.calls.append([str(f) for f in files])
             if self.fail:
                 raise EmptyDatabaseError("no speakers enrolled")
@@ -874,7 +876,7 @@ def test_metrics_are_summed_over_the_workers(server):
     Which worker accepts a connection is the kernel's choice, and on a quiet machine it can
     give every connection to the same one for a minute: the worker that answers is stopped
     (SIGSTOP) for one scrape, so that the other one must take it."""
-    from speakerdb.service.app import METRICS_PUBLISH_S
+    from speakerdb.service.metrics import METRICS_PUBLISH_S
 
     def scrape() -> tuple[int, dict[str, float]]:
         status, _, text = server.call("GET", "/metrics")
@@ -923,7 +925,8 @@ def test_metrics_are_summed_over_the_workers(server):
 
 def test_metrics_directories_of_dead_services_are_swept(tmp_path):
     """serve --workers N sweeps the metrics directories that a service killed with SIGKILL left."""
-    from speakerdb.service.app import METRICS_DIR_PREFIX, _sweep_stale
+    from speakerdb.service.metrics import METRICS_DIR_PREFIX
+    from speakerdb.service.uploads import sweep_stale
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f"{METRICS_DIR_PREFIX}{int(dead.stdout)}-abc"
@@ -931,5 +934,5 @@ def test_metrics_directories_of_dead_services_are_swept(tmp_path):
     for d in (stale, alive):
         d.mkdir()
         (d / "1.json").write_text("{}")
-    _sweep_stale(tmp_path, METRICS_DIR_PREFIX)
+    sweep_stale(tmp_path, METRICS_DIR_PREFIX)
     assert not stale.exists() and alive.exists()

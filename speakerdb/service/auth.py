@@ -1,0 +1,109 @@
+"""Keys: ``Authorization: Bearer KEY`` with scopes read < write < admin (storage/keys.py).
+
+401 without a valid key, 403 when its scope is too small. Whether a request needs a key at
+all is decided when ``serve`` starts (:attr:`ServeConfig.require_keys`) and only ever turned
+on while it runs (:meth:`KeyCheck.keys_exist`): revoking keys never opens the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ..api import SpeakerDB
+from ..storage.keys import SCOPES, KeyInfo
+from .lanes import Lane
+from .responses import ApiError
+from .settings import ServeConfig
+
+log = logging.getLogger("speakerdb.server")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: the key's name (None without keys) and scope."""
+
+    key_name: str | None
+    scope: str
+
+
+class KeyCheck:
+    """Whether this worker's requests need a key, and whose key a request carries.
+
+    Keys are read through the admin lane's facade from any thread (``authenticate`` only
+    reads the store, whose engine is thread-safe); ``not_ready`` says why there is no
+    database yet, when it cannot be opened.
+    """
+
+    def __init__(self, config: ServeConfig, lane: Lane, not_ready: Callable[[], str | None]) -> None:
+        self.insecure_no_auth = config.insecure_no_auth
+        # Whether a request needs a key. Set at start and only ever turned on: revoking keys
+        # while the service runs must never open it (a database whose keys are all revoked
+        # refuses every request instead).
+        self.required = config.require_keys and not config.insecure_no_auth
+        self._lane = lane
+        self._not_ready = not_ready
+
+    def keys_exist(self, db: SpeakerDB) -> bool:
+        """Whether requests need a key from now on (see ``required``); never turns back off."""
+        if not self.required and not self.insecure_no_auth and db.has_keys(include_revoked=True):
+            self.required = True
+            log.warning("speakerdb worker %d: the database now has API keys: every request needs one",
+                        os.getpid())
+        return self.required
+
+    def authenticate(self, header: str | None) -> KeyInfo | None:
+        """The caller's key; None when the service runs without keys (loopback and the database
+        never had one, or --insecure-no-auth)."""
+        if self.insecure_no_auth:
+            return None
+        db = self._lane.db
+        if db is None:
+            raise ApiError(503, "not_ready", self._not_ready() or "the service is starting: retry shortly",
+                           {"Retry-After": "5"})
+        scheme, _, key = (header or "").partition(" ")
+        if not header:
+            if not self.keys_exist(db):
+                return None  # loopback only: serve refuses other hosts while the database never had a key
+            raise ApiError(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
+                           {"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not key.strip():
+            raise ApiError(401, "unauthorized", "send the key as `Authorization: Bearer KEY`",
+                           {"WWW-Authenticate": "Bearer"})
+        info = db.authenticate(key.strip())
+        if info is None:
+            raise ApiError(401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)",
+                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return info
+
+
+#: Where the outer layer (connections.Guard) leaves the key it checked before an upload's body.
+CHECKED_KEY = "speakerdb_key"
+
+
+def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
+    """A FastAPI dependency: the caller's key must have ``scope`` (read < write < admin)."""
+    assert scope in SCOPES
+
+    async def dependency(request: Request) -> Caller:
+        keys: KeyCheck = request.app.state.service.keys
+        header = request.headers.get("authorization")
+        if keys.insecure_no_auth:
+            return Caller(None, "admin")
+        checked = getattr(request.state, CHECKED_KEY, None)  # uploads: the guard checked it first
+        if checked is not None and checked[0] == header:
+            info = checked[1]
+        else:  # PBKDF2 on the first use of a key and one indexed query: off the event loop
+            info = await asyncio.get_running_loop().run_in_executor(None, keys.authenticate, header)
+        if info is None:
+            return Caller(None, "admin")
+        if not info.allows(scope):
+            raise ApiError(403, "forbidden", f"key {info.name!r} has scope {info.scope!r}; this needs {scope!r}")
+        return Caller(info.name, info.scope)
+
+    return dependency

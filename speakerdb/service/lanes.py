@@ -1,0 +1,159 @@
+"""Lanes and batches: how one worker process runs facade calls.
+
+- **lanes**: each worker keeps two :class:`~speakerdb.api.SpeakerDB` objects, each used by
+  one thread only. The *embedding lane* holds the model (loaded once, at start-up) and runs
+  identify, timeline, verify and enroll; the *admin lane* runs everything else, so a listing
+  never waits behind a 10 s embedding. Both see every write acknowledged by any process at
+  their next call (``IndexKeeper.snapshot``).
+- **batches**: identify requests that wait for the embedding lane together are answered by
+  one facade call (:class:`IdentifyBatches`): short clips of equal length then share a
+  forward pass (``pipeline.embed_clips``), which is where a busy worker gains throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..api import SpeakerDB
+from ..audio import decode as audio
+from .uploads import UploadedFile
+
+
+class CountingEmbedder:
+    """The loaded model, counting the seconds of audio it embeds (for /metrics)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.seconds = 0.0
+
+    def embed(self, waveforms: Sequence[Any]) -> Any:
+        """The inner model's embeddings of ``waveforms``, their seconds counted."""
+        out = self._inner.embed(waveforms)
+        self.seconds += sum(len(w) for w in waveforms) / audio.SAMPLE_RATE
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # model_id, dim, name_or_path, default_threshold...
+        return getattr(self._inner, name)
+
+
+class Lane:
+    """One thread and the SpeakerDB only it uses: calls run one at a time, in order."""
+
+    def __init__(self, name: str, open_db: Callable[[], SpeakerDB]) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"speakerdb-{name}")
+        self.db: SpeakerDB | None = None
+        self._open_db = open_db
+        self.pending = 0  # calls admitted and not finished (the running one included)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self.db is None:
+            self.db = self._open_db()
+        return fn(self.db, *args, **kwargs)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(db, *args, **kwargs)`` on this lane's thread."""
+        self.pending += 1
+        try:
+            ctx = contextvars.copy_context()
+            call = functools.partial(ctx.run, self._call, fn, *args, **kwargs)
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, call)
+        finally:
+            self.pending -= 1
+        # After the answer, on this lane's thread: save the index file if it lags far behind
+        # this worker's index (a header read when it does not), so no request waits for it.
+        try:
+            self.executor.submit(self._maintain)
+        except RuntimeError:
+            pass  # shutting down: close() saves what is owed
+        return result
+
+    def _maintain(self) -> None:
+        if self.db is not None:
+            self.db.maintain_index()
+
+    def close(self) -> None:
+        """Finish the calls queued, then close this lane's database."""
+        self.executor.shutdown(wait=True)
+        if self.db is not None:
+            self.db.close()
+
+
+class _Waiting:
+    """One identify request in :class:`IdentifyBatches`: its files and, once run, its answer."""
+
+    def __init__(self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True) -> None:
+        self.files, self.key = files, (top_k, threshold, count_voices)
+        self.done = False
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class IdentifyBatches:
+    """Identify requests waiting for the embedding lane, answered several at a time.
+
+    Each request is registered here, then queues its own job on the lane as before (so
+    the queue bound and 503s count requests, as documented). The first of those jobs to
+    run takes every registered request with the same ``top_k``, threshold and voice count, up to
+    ``max_files`` files, into one ``SpeakerDB.identify`` call, and hands each its slice of
+    the answer; the later jobs find theirs ready and return at once. One request alone
+    runs exactly as before. What is shared is only work: one index snapshot, and one
+    forward pass for clips of equal length (pipeline.embed_clips); every file still gets its
+    own answer or its own error, and an error that concerns the whole call (no speakers
+    enrolled) is what each request would have got alone.
+    """
+
+    def __init__(self, max_files: int) -> None:
+        self.max_files = max_files
+        self._lock = threading.Lock()
+        self._waiting: list[_Waiting] = []
+        self.calls = 0  # facade calls made (tests and /metrics compare it with requests)
+        self.requests = 0
+
+    def add(self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True) -> _Waiting:
+        """Register a request before it queues its job on the lane."""
+        entry = _Waiting(files, top_k, threshold, count_voices)
+        with self._lock:
+            self._waiting.append(entry)
+        return entry
+
+    def discard(self, entry: _Waiting) -> None:
+        """Forget a request that will not run (cancelled before its turn)."""
+        with self._lock:
+            if entry in self._waiting:
+                self._waiting.remove(entry)
+
+    def run(self, db: SpeakerDB, entry: _Waiting) -> Any:
+        """On the lane's thread: ``entry``'s answer, computing it (with others') if not done yet."""
+        if not entry.done:
+            with self._lock:
+                batch, n_files = [entry], len(entry.files)
+                for other in self._waiting:
+                    if other is not entry and other.key == entry.key and n_files + len(other.files) <= self.max_files:
+                        batch.append(other)
+                        n_files += len(other.files)
+                for member in batch:
+                    if member in self._waiting:  # ``entry`` is not when its request was cancelled
+                        self._waiting.remove(member)
+            top_k, threshold, count_voices = entry.key
+            try:
+                results = db.identify([f for member in batch for f in member.files], top_k=top_k, threshold=threshold,
+                                      count_voices=count_voices)
+            except BaseException as e:  # noqa: BLE001 - handed to every request of the call
+                for member in batch:
+                    member.error, member.done = e, True
+            else:
+                start = 0
+                for member in batch:
+                    member.result, member.done = results[start : start + len(member.files)], True
+                    start += len(member.files)
+            self.calls += 1
+            self.requests += len(batch)
+        if entry.error is not None:
+            raise entry.error
+        return entry.result

@@ -1,0 +1,63 @@
+"""What one ``speakerdb serve`` runs with: :class:`ServeConfig`, its defaults, and how it
+reaches uvicorn's worker processes (standard library only).
+
+uvicorn starts each worker process from an import string, with no arguments: ``serve``
+leaves the configuration as JSON in ``$SPEAKERDB_SERVE_CONFIG`` (``config.hand_to_workers``)
+and each worker's ``create_app`` reads it back (:meth:`ServeConfig.from_env`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from ..config import SERVE_CONFIG_ENV, serve_config
+
+CONFIG_ENV = SERVE_CONFIG_ENV
+MB = 1_000_000  # bytes
+DEFAULT_MAX_UPLOAD_BYTES = 50 * MB  # one request's body
+DEFAULT_MAX_FILES = 32  # audio files in one request
+DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h; a request should not)
+DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
+# A connection must send a request's headers within DEFAULT_HEADER_TIMEOUT_S of starting it,
+# and a body must not pause for longer than DEFAULT_BODY_TIMEOUT_S: otherwise a client that
+# trickles bytes (slowloris) holds a connection, and its memory, for ever (TimedHTTPProtocol).
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+
+
+@dataclass
+class ServeConfig:
+    """Everything a worker needs to build the app (JSON-serialisable: workers are processes)."""
+
+    db_path: str
+    model: str | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    max_files: int = DEFAULT_MAX_FILES
+    max_audio_s: float = DEFAULT_MAX_AUDIO_S
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    insecure_no_auth: bool = False
+    #: Decided by `serve` when it starts: the database has (or had) a key, so every request
+    #: needs one. False only on loopback for a database that never had a key; a worker then
+    #: starts requiring keys once one is created, and never stops (auth.KeyCheck).
+    require_keys: bool = False
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    tmp_dir: str | None = None
+    #: Where the workers of one `serve --workers N` publish their counters for each other's
+    #: /metrics (made by serve(), removed when it returns); None: one worker, nothing shared.
+    metrics_dir: str | None = None
+
+    def to_env(self) -> str:
+        """This configuration as the JSON that :meth:`from_env` reads back."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> ServeConfig:
+        """The configuration :func:`~speakerdb.service.serve.serve` left for this worker process."""
+        raw = serve_config()
+        if not raw:
+            raise RuntimeError(f"${CONFIG_ENV} is not set: start the service with `speakerdb serve`")
+        return cls(**json.loads(raw))
