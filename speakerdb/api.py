@@ -663,11 +663,14 @@ class SpeakerDB:
             seconds = 0.0
             # With the voice count on, a file is decoded once: the embedding's read keeps the
             # blocks (in memory, or a temporary file for a long one) and the count replays them.
-            sources = {i: Decoded(files[i], max_audio_s=self.max_audio_s) if count_voices and not isinstance(files[i], audio.Audio) else files[i]
-                       for i in good}
+            kept: dict[int, audio.Audio | Decoded] = {}
+            for i in good if count_voices else []:
+                f = files[i]
+                kept[i] = f if isinstance(f, audio.Audio) else Decoded(f, max_audio_s=self.max_audio_s)
             try:
                 # Short files of equal length share a forward pass (pipeline.embed_clips).
-                clips = pipeline.embed_clips([sources[i] for i in good], embedder, max_audio_s=self.max_audio_s)
+                sources = [kept.get(i, files[i]) for i in good]
+                clips = pipeline.embed_clips(sources, embedder, max_audio_s=self.max_audio_s)
                 for done, (position, clip) in enumerate(clips, 1):
                     i = good[position]
                     try:
@@ -675,16 +678,16 @@ class SpeakerDB:
                             raise clip
                         embedded[i] = clip
                         if count_voices:  # one more pass over the speech (see timeline.count_voices)
-                            voices[i] = self._count_voices(sources[i], files[i], embedder)
+                            voices[i] = self._count_voices(kept[i], files[i], embedder)
                         seconds += clip.duration_s
                     except AudioError as e:
                         errors[i] = e
                     finally:
-                        _release(sources.pop(i))
+                        _release(kept.pop(i, None))
                     if progress is not None:
                         progress(done + len(files) - len(good), len(files), seconds)
             finally:
-                for source in sources.values():  # an error stopped the batch: nothing is kept
+                for source in kept.values():  # an error stopped the batch: nothing is kept
                     _release(source)
         searched: dict[int, Identification] = {}
         if embedded:
@@ -718,7 +721,7 @@ class SpeakerDB:
             for i, f in enumerate(files)
         ]
 
-    def _count_voices(self, source: "audio.Audio | Decoded", file: "str | os.PathLike[str] | audio.Audio",
+    def _count_voices(self, source: audio.Audio | Decoded, file: str | os.PathLike[str] | audio.Audio,
                       embedder: Embedder) -> int:
         """How many voices ``source`` (``file``, decoded) holds; warns (naming the file) when it is more than one."""
         from . import timeline as timelines

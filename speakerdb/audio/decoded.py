@@ -12,6 +12,7 @@ reading float32 back is far cheaper than decoding MP3 or Ogg and resampling.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ class Decoded:
     released when the object is collected.
     """
 
-    def __init__(self, path: str | Path, in_memory_s: float | None = None, max_audio_s: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], in_memory_s: float | None = None, max_audio_s: float | None = None) -> None:
         self.path = path
         self.max_audio_s = max_audio_s  # the longest recording decoded (None: decode.max_duration_s)
         self._limit = int((IN_MEMORY_S if in_memory_s is None else in_memory_s) * decode.SAMPLE_RATE)  # samples
@@ -67,7 +68,7 @@ class Decoded:
         # A read abandoned halfway kept part of the file: start again rather than replay a part.
         self.close()
         self.decodes += 1
-        for block in decode.stream(self.path, max_audio_s=self.max_audio_s):
+        for block in decode.stream(Path(self.path), max_audio_s=self.max_audio_s):
             block = np.ascontiguousarray(block, np.float32)
             block.flags.writeable = False
             self._keep(block)
@@ -78,14 +79,14 @@ class Decoded:
         self._lengths.append(len(block))
         self._n_samples += len(block)
         if self._spool is not None:
-            self._spool.write(memoryview(block).cast("B"))
+            self._spool.write(block.data.cast("B"))
             return
         self._held.append(block)
         if self._n_samples > self._limit:  # too long to hold: everything so far goes to a file
             # Unlinked at once, so nothing is left behind; closed by close() or when collected.
             self._spool = tempfile.TemporaryFile()  # noqa: SIM115
             for held in self._held:
-                self._spool.write(memoryview(held).cast("B"))
+                self._spool.write(held.data.cast("B"))
             self._held = []
 
     def _replay(self) -> Iterator[np.ndarray]:
@@ -96,14 +97,12 @@ class Decoded:
         spool.flush()
         at = 0  # byte offset: every read seeks, so two replays may be interleaved
         for n in self._lengths:
-            block = np.empty(n, np.float32)
             spool.seek(at)
-            got = spool.readinto(memoryview(block).cast("B"))
-            if got != block.nbytes:  # the temporary file was truncated under us
+            data = spool.read(4 * n)
+            if len(data) != 4 * n:  # the temporary file was truncated under us
                 raise OSError(f"{self.path}: the decoded audio kept in a temporary file is incomplete")
-            at += block.nbytes
-            block.flags.writeable = False
-            yield block
+            at += len(data)
+            yield np.frombuffer(data, np.float32)  # read-only, as the first read's blocks
 
     def close(self) -> None:
         """Release what is kept (a later read decodes the file again)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..audio import decode as audio
 from ..audio.decoded import Decoded
-from ..errors import AudioError
+from ..errors import AudioError, printable_path
 from .models import Embedder, l2_normalize
 
 log = logging.getLogger("speakerdb")
@@ -99,14 +100,14 @@ def check_vector(vector: np.ndarray, source: str) -> None:
 class _Recording:
     """One recording being read: its windows, and the figures an EmbeddedClip keeps of it."""
 
-    def __init__(self, source: str | Path | audio.Audio | Decoded, max_audio_s: float | None = None) -> None:
+    def __init__(self, source: str | os.PathLike[str] | audio.Audio | Decoded, max_audio_s: float | None = None) -> None:
         blocks: Iterable[np.ndarray]
         if isinstance(source, audio.Audio):
             self.label, blocks = audio.source_label(source.source), iter([source.samples])
         elif isinstance(source, Decoded):  # decoded on its first read, replayed after (identify's voice count)
-            self.label, blocks = audio.source_label(source.path), source.blocks()
+            self.label, blocks = printable_path(source.path), source.blocks()
         else:
-            self.label, blocks = audio.source_label(source), audio.stream(source, max_audio_s=max_audio_s)
+            self.label, blocks = printable_path(source), audio.stream(Path(source), max_audio_s=max_audio_s)
         self.sha = hashlib.sha256()
         self.n_samples, self.peak = 0, 0.0
         self._blocks = blocks
@@ -153,7 +154,7 @@ def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np
         log.removeFilter(naming)
 
 
-def embed_clip(source: str | Path | audio.Audio | Decoded, embedder: Embedder,
+def embed_clip(source: str | os.PathLike[str] | audio.Audio | Decoded, embedder: Embedder,
                max_audio_s: float | None = None) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
@@ -188,7 +189,7 @@ BATCH_FORWARD_S = 30.0
 
 
 def embed_clips(
-    sources: Sequence[str | Path | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S,
+    sources: Sequence[str | os.PathLike[str] | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S,
     max_audio_s: float | None = None,
 ) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
     """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),
