@@ -76,6 +76,7 @@ from .results import (
 )
 
 if TYPE_CHECKING:  # for annotations only: the methods import them where they are used
+    from .protocol import SpeakerDBProtocol
     from . import timeline as timelines
 
 log = logging.getLogger("speakerdb")
@@ -1466,3 +1467,8 @@ def _migrate(db_path, step, revision: str) -> str | None:
         raise DatabaseError(f"migration of {name} to {revision} failed: {reason}") from None
     finally:
         engine.dispose()
+
+
+if TYPE_CHECKING:  # mypy checks here that a SpeakerDB is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)
+    def _satisfies_the_protocol(db: SpeakerDB) -> SpeakerDBProtocol:
+        return db
