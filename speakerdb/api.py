@@ -14,6 +14,7 @@ file is missing, damaged or belongs to another database (see indexkeeper.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -32,6 +33,14 @@ from .config import DB_FILENAME, default_db_path, default_home, default_index_di
 from .config import check_max_audio_s, db_target
 from .storage import gallery, schema, store
 from .scoring import norm
+from .scoring import calibrate as calibration
+from .scoring import evaluate
+# Named here for the command line, which imports nothing below this facade (tests/test_layout.py).
+from .scoring.calibrate import Calibration
+from .scoring.evaluate import Report, check_plotting, parse_target  # noqa: F401
+from .scoring.norm import AS_NORM, AS_NORM_RANGE  # noqa: F401
+from .storage.store import check_name_text  # noqa: F401
+from . import timeline as timeline_files
 from .embedding import pipeline
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder, same_model
 from .errors import (
@@ -85,7 +94,7 @@ log = logging.getLogger("speakerdb")
 DEFAULT_THRESHOLD = 0.86
 DEFAULT_TOP_K = 5
 #: With normalisation on, identify re-ranks this many raw-score candidates by AS-norm score
-#: (the normalised best is almost always among the raw best few; see README).
+#: (the normalised best is almost always among the raw best few; see docs/accuracy.md).
 NORM_SHORTLIST = 50
 #: Nearest enrolled speakers (by the index) whose exact scores are checked per cohort recording.
 COHORT_SHORTLIST = 5
@@ -375,7 +384,7 @@ class SpeakerDB:
                     f"{embedder.model_id}: embed the cohort with this database's model; nothing stored"
                 )
         else:
-            files = _cohort_files(cohort)
+            files = evaluate.cohort_files(cohort)
             if top_n is not None:  # a top-n the cohort cannot reach fails before the embedding
                 _check_top_n(top_n, len(files) if len(files) >= norm.MIN_COHORT else None)
             if len(files) < norm.MIN_COHORT:
@@ -987,7 +996,7 @@ class SpeakerDB:
         SQLite: VACUUM and a truncating checkpoint (``remove`` already zeroes freed cells).
         PostgreSQL: VACUUM FULL and a CHECKPOINT, the maintenance step after ``remove``
         (which runs a plain VACUUM); it locks the tables while it runs. What no command
-        can reach (WAL segments already written, replicas, backups) is in the README.
+        can reach (WAL segments already written, replicas, backups) is in docs/several-machines.md.
         """
         self.store.vacuum_full()
 
@@ -1211,18 +1220,6 @@ def _cosine_threshold(settings: dict[str, Any]) -> float:
         return float(settings["cosine_threshold"])
     own = default_threshold_for(settings.get("model_id") or "")
     return DEFAULT_THRESHOLD if own is None else float(own)
-
-
-def _cohort_files(cohort) -> list:
-    """A cohort given as a directory (every audio file below it, sorted) or as a list of files."""
-    if isinstance(cohort, (str, os.PathLike)):
-        from .scoring.evaluate import AUDIO_SUFFIXES
-
-        root = Path(cohort).expanduser()
-        if not root.is_dir():
-            raise InvalidInputError(f"cohort {root} is not a directory")
-        return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    return list(cohort)
 
 
 def _check_top_n(top_n: Any, count: int | None) -> int:
@@ -1467,6 +1464,125 @@ def _migrate(db_path, step, revision: str) -> str | None:
         raise DatabaseError(f"migration of {name} to {revision} failed: {reason}") from None
     finally:
         engine.dispose()
+
+
+# ---- workflows on the user's recordings: speakerdb evaluate, calibrate, timeline's files ----------
+def evaluate_recordings(
+    data_dir: str | os.PathLike[str],
+    *,
+    db: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    cohort: str | os.PathLike[str] | None = None,
+    top_n: int = norm.DEFAULT_TOP_N,
+    plot: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    **split: Any,
+) -> Report:
+    """Measure accuracy on labelled recordings, ``DATA_DIR/<speaker>/<files>``
+    (:func:`speakerdb.scoring.evaluate.run`, with ``split``'s enroll_count, impostor_speakers,
+    impostor_dirs, seed, test_seconds), in a temporary database: ``db`` is never changed.
+
+    Without ``model``, the model of ``db`` if it exists (else the default). ``plot`` draws the
+    scores and a DET curve there, marking the threshold ``db`` would use; it is checked
+    before any scoring.
+    """
+    if plot is not None:
+        check_output_path(plot, overwrite=overwrite)
+        evaluate.check_plotting()
+    mine = _existing_database(db, model, device, precision)
+    try:
+        # The database's model, like every other command (a GE2E database is evaluated with GE2E).
+        bound = model if model is not None or mine is None else mine.info().model_source
+        report, scores, embedder = evaluate.run(Path(data_dir), model=bound, device=device, precision=precision,
+                                                cohort=Path(cohort) if cohort is not None else None, top_n=top_n, progress=progress,
+                                                open_db=_evaluation_database, **split)
+        if plot is not None:
+            evaluate.plot(scores, report, Path(plot), threshold=_plotted_threshold(mine, embedder), overwrite=overwrite)
+    finally:
+        if mine is not None:
+            mine.close()
+    return report
+
+
+def calibrate_threshold(
+    data_dir: str | os.PathLike[str],
+    target: str = "eer",
+    *,
+    db: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    apply: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+    **split: Any,
+) -> Calibration:
+    """Choose the threshold for ``target`` ("eer" or "far=RATE") from labelled recordings
+    (:func:`speakerdb.scoring.calibrate.measure`), on the scale ``db`` decides on: its
+    AS-norm cohort when normalisation is on, else raw cosine scores.
+
+    ``apply`` stores it in ``db`` (created if absent, binding the model; refused if ``db``
+    uses another model). Without ``model``, the model of ``db`` if it exists.
+    """
+    evaluate.parse_target(target)  # a typo fails before the model loads
+    mine = _existing_database(db, model, device, precision)
+    try:
+        bound = model if model is not None or mine is None else mine.info().model_source
+        settings = mine.norm_settings if mine is not None else None
+        cohort = mine.cohort_vectors() if mine is not None and settings is not None else None
+        result, embedder = calibration.measure(Path(data_dir), target, cohort=cohort,
+                                               top_n=settings.top_n if settings is not None else None,
+                                               model=bound, device=device, precision=precision, progress=progress,
+                                               open_db=_evaluation_database, **split)
+        if not apply:
+            return result
+        if mine is None:
+            mine = SpeakerDB(db, model=model, device=device, precision=precision, embedder=embedder, create=True)
+        try:
+            mine.apply_threshold(result.threshold, scale=result.threshold_scale)
+        except BaseException:
+            if mine.created:  # a new database that the refusal left empty is not kept
+                mine.discard_if_unused()
+                mine = None
+            raise
+        return dataclasses.replace(result, applied=True, database=str(mine.db_path))
+    finally:
+        if mine is not None:
+            mine.close()
+
+
+def write_timeline_files(results: Sequence[Timeline], *, rttm: str | os.PathLike[str] | None = None,
+                         plot: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
+    """Write timelines as RTTM and/or draw them into a PNG (each replaced only with ``overwrite``)."""
+    if rttm:
+        timeline_files.write_rttm(Path(rttm), results, overwrite=overwrite)
+    if plot:
+        timeline_files.plot(results, Path(plot), overwrite=overwrite)
+
+
+def _existing_database(db: str | os.PathLike[str] | None, model: str | None, device: str,
+                       precision: str) -> SpeakerDB | None:
+    """``db`` opened if it exists (a server URL always does), else None: never created here."""
+    target = db_target(db)
+    if isinstance(target, Path) and not target.exists():
+        return None
+    return SpeakerDB(db, model=model, device=device, precision=precision, create=False)
+
+
+def _evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
+    """The temporary database an evaluation enrolls in (the product's own enroll and identify)."""
+    return SpeakerDB(path, embedder=embedder)
+
+
+def _plotted_threshold(db: SpeakerDB | None, embedder: Embedder) -> float | None:
+    """The cosine threshold identify would use now: the database's, else the model's starting
+    one; None when the database's threshold is on the AS-norm scale (not the plot's axis)."""
+    if db is not None:
+        return db.threshold if db.threshold_scale == norm.COSINE else None
+    own = getattr(embedder, "default_threshold", None)
+    return DEFAULT_THRESHOLD if own is None else float(own)
 
 
 if TYPE_CHECKING:  # mypy checks here that a SpeakerDB is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)

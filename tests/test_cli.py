@@ -248,7 +248,7 @@ def test_progress_bar_for_a_person_only(run, voices, monkeypatch):
     files = voices["alice"] + voices["bob"]
     quiet = run("enroll", "alice", *files[:3])
     assert "enrolling" not in quiet.stderr  # stdout is not a terminal here
-    monkeypatch.setattr("speakerdb.cli._interactive", lambda: True)
+    monkeypatch.setattr("speakerdb.cli.output.interactive", lambda: True)
     shown = run("identify", *files)
     assert "identifying" in shown.stderr and "s of audio" in shown.stderr
     as_json = run("identify", *files, "--json")
@@ -302,7 +302,7 @@ def test_json_never_holds_nan(run, voices, tmp_path):
     result = run("identify", voices["alice"][0], burst, "--json")
     doc = json.loads(result.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
     assert doc[0]["speaker"] == "alice" and "impossible magnitude" in doc[1]["error"]
-    from speakerdb.cli import _emit  # the one JSON writer: non-finite floats become null
+    from speakerdb.cli.output import emit as _emit  # the one JSON writer: non-finite floats become null
 
     command = click.Command("x", callback=lambda: _emit(True, {"a": np.nan, "b": [float("inf")]}, ""))
     assert json.loads(CliRunner().invoke(command).stdout) == {"a": None, "b": [None]}
@@ -450,7 +450,7 @@ def test_remove_asks_first_and_takes_several_names(run, voices, monkeypatch, tmp
     unknown = run("remove", "alice", "nobody", "--yes")
     assert unknown.exit_code == 1 and "nobody" in unknown.stderr
     assert len(as_json(run("list", "--json"))) == 3  # nothing removed by either
-    monkeypatch.setattr("speakerdb.cli._can_ask", lambda: True)
+    monkeypatch.setattr("speakerdb.cli.output.can_ask", lambda: True)
     runner = CliRunner()
     base = ["--db", str(tmp_path / "cli.sqlite")]  # the run fixture's database
     no = runner.invoke(cli, base + ["remove", "alice"], input="n\n")
@@ -494,7 +494,7 @@ def test_file_names_that_are_not_utf8_are_stored_printably(run, tmp_path):
 
 def test_a_one_shot_process_spares_the_garbage_collector_and_serve_does_not(tmp_path, monkeypatch):
     """`speakerdb CMD` (main) makes full collections rare and skips them at exit: with torch and a
-    model loaded they cost 1.3 s of a 6 s `identify` (README, issue 17). A service keeps
+    model loaded they cost 1.3 s of a 6 s `identify` (docs/performance.md, issue 17). A service keeps
     Python's own settings."""
     probe = ("import gc, sys; from speakerdb.cli import main; sys.argv = ['speakerdb', 'info', '--help']\n"
              "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
@@ -503,7 +503,7 @@ def test_a_one_shot_process_spares_the_garbage_collector_and_serve_does_not(tmp_
     assert done.stdout.split()[-3:] == ["0", "1000", "True"], done.stdout + done.stderr
 
     from speakerdb import cli as cli_module
-    from speakerdb.service import app as server
+    from speakerdb.service import serve as server
 
     seen = []
     monkeypatch.setattr(server, "serve", lambda *a, **kw: seen.append(gc.get_threshold()))

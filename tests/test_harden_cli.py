@@ -34,7 +34,7 @@ def _canned_evaluation(monkeypatch) -> None:
     scores = evaluate.Scores(target, nontarget, target, np.ones(3, bool), np.ones(3, np.int64), np.array([0.4]))
     eer, at = metrics.eer(target, nontarget)
     report = evaluate.Report(3, 1, 6, 3, 1, 3, 4, 1.0, 1.0, eer, at, {}, {}, {"model_id": "fake", "data_dir": "d"})
-    monkeypatch.setattr("speakerdb.cli._run_evaluation", lambda state, as_json, **kw: (report, scores, FakeEmbedder()))
+    monkeypatch.setattr("speakerdb.scoring.evaluate.run", lambda data_dir, **kw: (report, scores, FakeEmbedder()))
 
 
 def _outputs(tmp_path):

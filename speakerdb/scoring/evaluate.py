@@ -20,18 +20,21 @@ Protocol (reproducible with ``seed``):
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..storage import atomic
 from ..audio import decode as audio
-from . import metrics, norm
+from ..embedding import pipeline
 from ..embedding.models import Embedder
 from ..errors import InvalidInputError
+from ..storage import atomic
+from . import metrics, norm
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"}
 DEFAULT_ENROLL_COUNT = 3
@@ -40,6 +43,8 @@ P_TARGETS = (0.01, 0.05)  # minDCF operating points, with C_miss = C_fa = 1
 DIR_FARS = (0.01, 0.10)  # open-set false-alarm rates for the detection-and-identification rate
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+#: (path, embedder) -> a new database there, used as a context manager: enroll, set_norm, identify.
+OpenDatabase = Callable[[Path, Embedder], Any]
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,9 @@ class Scores:
     genuine_correct: np.ndarray  # (n_probes,) bool: rank-1 is the right speaker
     genuine_rank: np.ndarray  # (n_probes,) 1-based rank of the right speaker
     impostor_top: np.ndarray  # (n_impostor_probes,) rank-1 score of each impostor probe
-    norm: "Scores | None" = None  # the same trials on the AS-norm scale, when a cohort was given
+    norm: Scores | None = None  # the same trials on the AS-norm scale, when a cohort was given
 
-    def active(self) -> "Scores":
+    def active(self) -> Scores:
         """The scores decisions are made on: AS-norm when there is a cohort, else raw."""
         return self.norm if self.norm is not None else self
 
@@ -180,13 +185,20 @@ def crop(clip: audio.Audio, seconds: float | None) -> audio.Audio:
     return audio.Audio(clip.source, np.ascontiguousarray(source[start : start + n]))
 
 
+def cohort_files(cohort: str | os.PathLike[str] | Sequence[Any]) -> list[Any]:
+    """A cohort given as a directory (every audio file below it, sorted) or as a list of files."""
+    if isinstance(cohort, (str, os.PathLike)):
+        root = Path(cohort).expanduser()
+        if not root.is_dir():
+            raise InvalidInputError(f"cohort {root} is not a directory")
+        return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    return list(cohort)
+
+
 def embed_cohort(cohort_dir: str | Path, embedder: Embedder) -> norm.CohortVectors:
     """Embed every recording below ``cohort_dir`` (people who are not enrolled) once, for
     :func:`run`'s ``cohort`` (scripts pass the result to several runs)."""
-    from ..embedding import pipeline
-    from ..api import _cohort_files
-
-    files = _cohort_files(cohort_dir)
+    files = cohort_files(cohort_dir)
     if len(files) < norm.MIN_COHORT:
         raise InvalidInputError(f"cohort {cohort_dir} holds {len(files)} recordings, at least {norm.MIN_COHORT} are needed")
     clips = [pipeline.embed_clip(f, embedder) for f in files]
@@ -202,16 +214,18 @@ def score(
     cohort: norm.CohortVectors | None = None,
     top_n: int = norm.DEFAULT_TOP_N,
     progress: Progress | None = None,
+    open_db: OpenDatabase | None = None,
 ) -> Scores:
     """Enroll the split in a temporary database and score every probe against every speaker
-    (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``)."""
-    from ..api import SpeakerDB
+    (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``).
 
+    ``open_db(path, embedder)`` makes that database: the facade passes its own
+    (``SpeakerDB``), so that the scores are the product's own identify's."""
+    if open_db is None:
+        open_db = _speakerdb
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
         raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
-    with tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp, SpeakerDB(
-        Path(tmp) / "eval.sqlite", embedder=embedder
-    ) as db:
+    with tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp, open_db(Path(tmp) / "eval.sqlite", embedder) as db:
         for i, (name, files) in enumerate(split.enroll.items()):
             db.enroll(name, files)
             if progress:
@@ -234,6 +248,16 @@ def score(
     if cohort is not None:
         raw.norm = _collect(split, all_probes, results, "score")
     return raw
+
+
+def _speakerdb(path: Path, embedder: Embedder) -> Any:
+    """The facade's database, for callers of :func:`run` that pass no ``open_db``.
+
+    TODO(issue 22): the one import of the facade from below it (tests/test_layout.py); it
+    goes once every caller passes ``open_db`` (speakerdb.api.evaluate_recordings does)."""
+    from ..api import SpeakerDB
+
+    return SpeakerDB(path, embedder=embedder)
 
 
 def _collect(split: Split, all_probes, results, key: str) -> Scores:
@@ -375,6 +399,7 @@ def run(
     cohort: str | Path | norm.CohortVectors | None = None,
     top_n: int = norm.DEFAULT_TOP_N,
     progress: Progress | None = None,
+    open_db: OpenDatabase | None = None,
 ) -> tuple[Report, Scores, Embedder]:
     """Split DATA_DIR, enroll, score and summarise: the whole evaluation in one call.
 
@@ -382,6 +407,7 @@ def run(
     result) adds AS-norm with ``top_n``: the report's ``normalised`` figures and
     ``Scores.norm``. Returns the report, the scores (for plots or your own metrics) and the
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
+    ``open_db`` makes the temporary database (see :func:`score`).
     """
     from ..embedding.models import DEFAULT_MODEL, load_embedder
 
@@ -399,7 +425,8 @@ def run(
     embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device, precision=precision)
     if cohort is not None and not isinstance(cohort, norm.CohortVectors):
         cohort = embed_cohort(cohort, embedder)
-    scores = score(split, embedder, test_seconds=test_seconds, cohort=cohort, top_n=top_n, progress=progress)
+    scores = score(split, embedder, test_seconds=test_seconds, cohort=cohort, top_n=top_n, progress=progress,
+                   open_db=open_db)
     settings = {
         "data_dir": str(data_dir),
         "impostor_dirs": [str(d) for d in impostor_dirs],
@@ -438,8 +465,9 @@ def plot(scores: Scores, report: Report, path: Path, threshold: float | None = N
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from statistics import NormalDist
+
+    import matplotlib.pyplot as plt
 
     fig, (ax_hist, ax_det) = plt.subplots(1, 2, figsize=(11, 4.5))
     bins = np.linspace(min(scores.target.min(), scores.nontarget.min()), 1.0, 60)

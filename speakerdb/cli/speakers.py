@@ -1,0 +1,231 @@
+"""Speakers: enroll, list, show, rename and remove them; identify and verify voices."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from .output import (
+    confirm,
+    cosine_note,
+    emit,
+    fail_files,
+    json_option,
+    note,
+    printable,
+    progress,
+    score_text,
+    yes_option,
+)
+from .params import OVERRIDE_LOW, SCORE, check_score, parse_meta, speaker_name
+
+if TYPE_CHECKING:
+    from . import State
+
+THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database]."
+
+
+@click.command()
+@click.argument("name", callback=speaker_name)
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
+@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable).")
+@click.option("--strict", is_flag=True, help="Refuse clips with too little speech or a voice unlike the others, instead of warning.")
+@json_option
+@click.pass_obj
+def enroll(
+    state: State, name: str, files: tuple[str, ...], new: bool, meta: tuple[str, ...], strict: bool, as_json: bool
+) -> None:
+    """Enroll speaker NAME from one or more recordings, or add recordings to NAME.
+
+    Every file is checked and embedded before anything is written: one bad file and
+    nothing changes. Audio already enrolled for NAME is skipped with a note. A clip
+    with less than a second of speech, or whose voice scores below the threshold
+    against NAME's other clips, gets a warning (with --strict: a refusal).
+
+    \b
+    Examples:
+      speakerdb enroll alice alice1.flac alice2.flac
+      speakerdb enroll bob bob.wav --new --meta team=sales
+    """
+    metadata = parse_meta(meta)
+    state.allow_create()
+    with progress(f"enrolling {name}", len(files), as_json) as update:
+        result = state.db.enroll(name, list(files), new=new, metadata=metadata, strict=strict, progress=update)
+    for skipped in result.skipped:
+        note("note: skipped", skipped.source, skipped.reason)
+    for warning in result.warnings:
+        note("warning:", warning.source, warning.reason)
+    verb = "created" if result.created else "updated" if result.added or metadata else "unchanged"
+    emit(
+        as_json,
+        result.to_dict(),
+        f"{verb} {result.speaker}: {len(result.added)} utterance(s) added, "
+        f"{len(result.skipped)} skipped, {result.n_utterances} in all",
+    )
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
+@click.option("--threshold", type=SCORE, help=THRESHOLD_HELP)
+@click.option("--no-voice-check", is_flag=True,
+              help="Skip counting the voices in each file (one more pass over the speech; about doubles the time with WavLM).")
+@json_option
+@click.pass_obj
+def identify(state: State, files: tuple[str, ...], top_k: int, threshold: float | None, no_voice_check: bool,
+             as_json: bool) -> None:
+    """Name the speaker of each recording, or say "unknown".
+
+    The best candidate is named when its cosine score reaches the threshold
+    (see `speakerdb threshold`). With --json, prints a list with one object per file:
+    {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]},
+    or {"file", "error"} for a file that could not be used. Every file gets its answer;
+    the exit code is 1 if any file failed. "voices" counts the voices in a file; above 1
+    a warning points to `speakerdb timeline` (--no-voice-check skips the count).
+
+    \b
+    Examples:
+      speakerdb identify unknown.mp3
+      speakerdb identify calls/*.wav --top-k 3 --json
+    """
+    check_score(state, threshold, OVERRIDE_LOW)
+    with progress("identifying", len(files), as_json) as update:
+        results = state.db.identify(list(files), top_k=top_k, threshold=threshold, progress=update,
+                                    count_voices=not no_voice_check)
+    cut = threshold if threshold is not None else state.db.threshold
+    lines = []
+    for r in results:
+        if not r.ok:
+            continue  # reported on stderr below
+        cosine = cosine_note(r.score, r.raw_score)
+        if r.speaker is not None:
+            lines.append(f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
+        else:
+            lines.append(f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{cosine})")
+        width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
+        lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
+    if lines or as_json:
+        emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
+    fail_files([r for r in results if not r.ok])
+
+
+@click.command()
+@click.argument("name", callback=speaker_name)
+@click.argument("file", type=click.Path())
+@click.option("--threshold", type=SCORE, help=THRESHOLD_HELP)
+@json_option
+@click.pass_obj
+def verify(state: State, name: str, file: str, threshold: float | None, as_json: bool) -> None:
+    """Check whether FILE is spoken by the enrolled speaker NAME (1:1).
+
+    Accepts when the cosine score to NAME's centroid reaches the threshold. The exit
+    code is 0 for an answer either way; read "accepted" in the output.
+
+    \b
+    Example:
+      speakerdb verify alice claim.wav --json
+    """
+    check_score(state, threshold, OVERRIDE_LOW)
+    v = state.db.verify(name, file, threshold=threshold)
+    word = "accepted" if v.accepted else "rejected"
+    sign = ">=" if v.accepted else "<"
+    emit(as_json, v.to_dict(), f"{word}: {printable(v.file)} as {v.speaker} "
+         f"(score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine_note(v.score, v.raw_score)})")
+
+
+@click.command(name="list")
+@json_option
+@click.pass_obj
+def list_(state: State, as_json: bool) -> None:
+    """List enrolled speakers.
+
+    \b
+    Example:
+      speakerdb list --json
+    """
+    speakers = state.db.list()
+    if not speakers:
+        text = "no speakers enrolled"
+    else:
+        width = max(len(s.name) for s in speakers)
+        text = "\n".join(
+            f"{s.name:<{width}}  {s.n_utterances:>4} utt  {s.total_duration_s:>8.1f} s  since {s.created_at:%Y-%m-%d}"
+            for s in speakers
+        )
+    # list has no per-utterance details: leave the key out rather than print an empty list
+    emit(as_json, [{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers], text)
+
+
+@click.command()
+@click.argument("name", callback=speaker_name)
+@json_option
+@click.pass_obj
+def show(state: State, name: str, as_json: bool) -> None:
+    """Show one speaker: metadata and enrolled utterances.
+
+    \b
+    Example:
+      speakerdb show alice
+    """
+    info = state.db.show(name)
+    d = info.to_dict()
+    lines = [
+        f"name: {info.name}",
+        f"utterances: {info.n_utterances} ({info.total_duration_s:.1f} s)",
+        f"created: {d['created_at']}",
+        f"updated: {d['updated_at']}",
+    ]
+    # Sources and metadata are whatever was typed or named the files: escaped, so a newline or
+    # a terminal escape sequence in them cannot forge lines of this output.
+    lines += [f"metadata.{printable(k)}: {printable(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
+              for k, v in info.metadata.items()]
+    lines += [f"  {printable(u.source)}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
+    emit(as_json, d, "\n".join(lines))
+
+
+@click.command()
+@click.argument("old", callback=speaker_name)
+@click.argument("new", callback=speaker_name)
+@json_option
+@click.pass_obj
+def rename(state: State, old: str, new: str, as_json: bool) -> None:
+    """Rename speaker OLD to NEW.
+
+    \b
+    Example:
+      speakerdb rename alice alicia
+    """
+    state.db.rename(old, new)
+    emit(as_json, {"old": old, "new": new}, f"renamed {old} to {new}")
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True, callback=speaker_name)
+@yes_option
+@json_option
+@click.pass_obj
+def remove(state: State, names: tuple[str, ...], yes: bool, as_json: bool) -> None:
+    """Delete speakers NAMES with all their utterances and embeddings.
+
+    Asks first on a terminal; --yes for scripts. Every name is checked before anything
+    is deleted.
+
+    \b
+    Examples:
+      speakerdb remove bob
+      speakerdb remove bob carol --yes --json
+    """
+    names = tuple(dict.fromkeys(names))
+    counts = {name: state.db.show(name).n_utterances for name in names}  # an unknown name fails here
+    total = sum(counts.values())
+    confirm(f"Delete {len(names)} speaker(s) ({', '.join(printable(n) for n in names)}) and their "
+            f"{total} utterance(s)? This cannot be undone.", yes)
+    removed = {name: state.db.remove(name) for name in names}
+    emit(as_json, {"removed": list(removed), "utterances": sum(removed.values())},
+         "\n".join(f"removed {name} ({n} utterance(s))" for name, n in removed.items()))
+
+
+COMMANDS = [enroll, identify, verify, list_, show, rename, remove]
