@@ -30,6 +30,7 @@ from pathlib import Path
 import kit
 
 from speakerdb.embedding.models import load_embedder
+from speakerdb.api import evaluation_database
 from speakerdb.scoring import evaluate
 
 CONDITIONS = {"whole": None, "2 s": 2.0, "1 s": 1.0}  # test-seconds per condition
@@ -94,7 +95,7 @@ def table(args, embedder, cohort, impostor_dirs: list[Path], start: float) -> tu
     for condition, seconds in CONDITIONS.items():
         for n in args.top_n:
             report, _, _ = evaluate.run(args.data / "test-other", embedder=embedder, cohort=cohort, top_n=n,
-                                        test_seconds=seconds, seed=args.seed, impostor_dirs=impostor_dirs)
+                                        test_seconds=seconds, seed=args.seed, impostor_dirs=impostor_dirs, open_db=evaluation_database)
             d = report.to_dict()
             counts = {k: d[k] for k in ("n_enrolled_speakers", "n_probes", "n_impostor_probes",
                                         "n_target_trials", "n_nontarget_trials")}

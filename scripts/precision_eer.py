@@ -21,6 +21,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: the model is local
 
 from speakerdb.scoring import evaluate  # noqa: E402
+from speakerdb.api import evaluation_database
 
 
 def main() -> None:
@@ -38,7 +39,7 @@ def main() -> None:
     for precision in ("fp32", "bf16"):
         report, scores, _ = evaluate.run(
             args.data_dir, model=args.model, precision=precision, impostor_dirs=args.impostors,
-            seed=args.seed, test_seconds=args.test_seconds,
+            seed=args.seed, test_seconds=args.test_seconds, open_db=evaluation_database,
         )
         runs[precision] = (report, scores)
     print(f"CPU: {kit.cpu_name()}")

@@ -1498,7 +1498,7 @@ def evaluate_recordings(
         bound = model if model is not None or mine is None else mine.info().model_source
         report, scores, embedder = evaluate.run(Path(data_dir), model=bound, device=device, precision=precision,
                                                 cohort=Path(cohort) if cohort is not None else None, top_n=top_n, progress=progress,
-                                                open_db=_evaluation_database, **split)
+                                                open_db=evaluation_database, **split)
         if plot is not None:
             evaluate.plot(scores, report, Path(plot), threshold=_plotted_threshold(mine, embedder), overwrite=overwrite)
     finally:
@@ -1535,7 +1535,7 @@ def calibrate_threshold(
         result, embedder = calibration.measure(Path(data_dir), target, cohort=cohort,
                                                top_n=settings.top_n if settings is not None else None,
                                                model=bound, device=device, precision=precision, progress=progress,
-                                               open_db=_evaluation_database, **split)
+                                               open_db=evaluation_database, **split)
         if not apply:
             return result
         if mine is None:
@@ -1571,8 +1571,9 @@ def _existing_database(db: str | os.PathLike[str] | None, model: str | None, dev
     return SpeakerDB(db, model=model, device=device, precision=precision, create=False)
 
 
-def _evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
-    """The temporary database an evaluation enrolls in (the product's own enroll and identify)."""
+def evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
+    """The temporary database an evaluation enrolls in (the product's own enroll and identify):
+    what :func:`speakerdb.scoring.evaluate.run` takes as ``open_db``."""
     return SpeakerDB(path, embedder=embedder)
 
 

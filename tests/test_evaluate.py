@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
+from speakerdb.api import evaluation_database
 from speakerdb.scoring import evaluate, metrics
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
@@ -66,7 +67,7 @@ def test_too_few_recordings(tmp_path):
 
 
 def test_report_counts_and_metrics_match_the_scores(data_dir):
-    report, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), enroll_count=2, impostor_speakers=2, seed=0)
+    report, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), enroll_count=2, impostor_speakers=2, seed=0, open_db=evaluation_database)
     n_enrolled, n_probes, n_impostor = 4, 4 * 3, 2 * 5
     assert (report.n_enrolled_speakers, report.n_probes, report.n_impostor_probes) == (n_enrolled, n_probes, n_impostor)
     assert report.n_target_trials == n_probes
@@ -82,15 +83,15 @@ def test_report_counts_and_metrics_match_the_scores(data_dir):
 
 
 def test_short_utterance_condition_crops_probes(data_dir):
-    _, long_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1)
-    _, short_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, test_seconds=0.6)
+    _, long_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database)
+    _, short_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, test_seconds=0.6, open_db=evaluation_database)
     assert not np.allclose(long_scores.target, short_scores.target)
     with pytest.raises(InvalidInputError):
-        evaluate.run(data_dir, embedder=FakeEmbedder(), test_seconds=0.1)
+        evaluate.run(data_dir, embedder=FakeEmbedder(), test_seconds=0.1, open_db=evaluation_database)
 
 
 def test_operating_points(data_dir):
-    _, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1)
+    _, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database)
     eer_point = evaluate.operating_point(scores, "eer")
     observed = metrics.eer(scores.target, scores.nontarget).threshold
     everything = np.concatenate([scores.target, scores.nontarget])
@@ -111,7 +112,7 @@ def test_operating_points(data_dir):
 
 def test_users_database_is_never_touched(data_dir, tmp_path):
     home = Path(os.environ["SPEAKERDB_HOME"])
-    evaluate.run(data_dir, embedder=FakeEmbedder())
+    evaluate.run(data_dir, embedder=FakeEmbedder(), open_db=evaluation_database)
     assert not home.exists() or not any(home.iterdir())
 
 

@@ -28,7 +28,8 @@ ALLOWED: dict[str, set[str]] = {
     "service.client": {"errors", "config", "results", "protocol"},
     "service": {"api", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results",
                 "protocol", "service.client"},
-    "cli": {"api", "service.client", "errors", "config", "results", "protocol"},
+    # "service": `speakerdb serve` starts it (cli/service.py, deferred: FastAPI is heavy).
+    "cli": {"api", "service.client", "service", "errors", "config", "results", "protocol"},
     # Compatibility paths kept for users: speakerdb.client, speakerdb.embed.
     "client": {"service.client"},
     "embed": {"embedding"},

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from speakerdb import SpeakerDB
+from speakerdb.api import evaluation_database
 from speakerdb.audio import decode as audio
 from speakerdb.scoring import evaluate, norm
 from speakerdb.storage import store
@@ -184,7 +185,7 @@ def test_evaluate_reports_raw_and_normalised_side_by_side(tmp_path, cohort_dir):
         (data / f"s{i}").mkdir(parents=True)
         for k in range(4):
             write(data / f"s{i}" / f"{k}.wav", voice(f0, 1.0 + 0.2 * k, seed=10 * i + k))
-    report, scores, _ = evaluate.run(data, embedder=FakeEmbedder(), cohort=cohort_dir, top_n=5, impostor_speakers=1)
+    report, scores, _ = evaluate.run(data, embedder=FakeEmbedder(), cohort=cohort_dir, top_n=5, impostor_speakers=1, open_db=evaluation_database)
     assert scores.norm is not None and len(scores.norm.target) == len(scores.target) == report.n_target_trials
     assert not np.allclose(scores.norm.target, scores.target)
     n = report.normalised

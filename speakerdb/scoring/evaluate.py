@@ -214,15 +214,13 @@ def score(
     cohort: norm.CohortVectors | None = None,
     top_n: int = norm.DEFAULT_TOP_N,
     progress: Progress | None = None,
-    open_db: OpenDatabase | None = None,
+    open_db: OpenDatabase,
 ) -> Scores:
     """Enroll the split in a temporary database and score every probe against every speaker
     (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``).
 
-    ``open_db(path, embedder)`` makes that database: the facade passes its own
-    (``SpeakerDB``), so that the scores are the product's own identify's."""
-    if open_db is None:
-        open_db = _speakerdb
+    ``open_db(path, embedder)`` makes that database (``speakerdb.api.evaluation_database``),
+    so that the scores are the product's own identify's; scoring never imports the facade above it."""
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
         raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
     with tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp, open_db(Path(tmp) / "eval.sqlite", embedder) as db:
@@ -248,16 +246,6 @@ def score(
     if cohort is not None:
         raw.norm = _collect(split, all_probes, results, "score")
     return raw
-
-
-def _speakerdb(path: Path, embedder: Embedder) -> Any:
-    """The facade's database, for callers of :func:`run` that pass no ``open_db``.
-
-    TODO(issue 22): the one import of the facade from below it (tests/test_layout.py); it
-    goes once every caller passes ``open_db`` (speakerdb.api.evaluate_recordings does)."""
-    from ..api import SpeakerDB
-
-    return SpeakerDB(path, embedder=embedder)
 
 
 def _collect(split: Split, all_probes, results, key: str) -> Scores:
@@ -399,7 +387,7 @@ def run(
     cohort: str | Path | norm.CohortVectors | None = None,
     top_n: int = norm.DEFAULT_TOP_N,
     progress: Progress | None = None,
-    open_db: OpenDatabase | None = None,
+    open_db: OpenDatabase,
 ) -> tuple[Report, Scores, Embedder]:
     """Split DATA_DIR, enroll, score and summarise: the whole evaluation in one call.
 
@@ -407,7 +395,7 @@ def run(
     result) adds AS-norm with ``top_n``: the report's ``normalised`` figures and
     ``Scores.norm``. Returns the report, the scores (for plots or your own metrics) and the
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
-    ``open_db`` makes the temporary database (see :func:`score`).
+    ``open_db`` makes the temporary database (``speakerdb.api.evaluation_database``; see :func:`score`).
     """
     from ..embedding.models import DEFAULT_MODEL, load_embedder
 
