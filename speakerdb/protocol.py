@@ -26,7 +26,7 @@ import builtins
 import os
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, TypeVar
 
 from .results import (
     AuditEntry,
@@ -45,6 +45,9 @@ from .results import (
     Timeline,
     Verification,
 )
+
+# Python 3.10 has no typing.Self: a bound type variable says the same for __enter__.
+_Self = TypeVar("_Self")
 
 __all__ = ["LOCAL_ONLY", "SpeakerDBProtocol"]
 
@@ -84,7 +87,7 @@ class SpeakerDBProtocol(Protocol):
 
     def discard_if_unused(self) -> bool: ...
 
-    def __enter__(self) -> Self: ...
+    def __enter__(self: _Self) -> _Self: ...
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None, /) -> None: ...

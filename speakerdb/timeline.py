@@ -269,7 +269,7 @@ def viterbi(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
     return path
 
 
-def runs(labels: Sequence[int]) -> list[tuple[int, int, int]]:
+def runs(labels: Sequence[int] | np.ndarray) -> list[tuple[int, int, int]]:
     """(first index, end index, label) of each run of equal labels."""
     out: list[tuple[int, int, int]] = []
     for i, lab in enumerate(labels):
@@ -362,7 +362,7 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
         # Clusters with one name are one voice; so are unnamed clusters whose mean vectors
         # reach the threshold together (one speaker by the database's own criterion).
         unnamed = [i for i in range(len(voice_ids)) if names[i][0] is None]
-        groups = cluster(profiles[unnamed], threshold) if unnamed else []
+        groups: Sequence[int] | np.ndarray = cluster(profiles[unnamed], threshold) if unnamed else []
         group_of = {i: int(g) for i, g in zip(unnamed, groups)}
         key = [names[i][0] if names[i][0] is not None else f"#{group_of[i]}" for i in range(len(voice_ids))]
         seconds = {k: 0.0 for k in key}
@@ -370,7 +370,7 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
             seconds[key[i]] += float(weights[assignment == v].sum()) * params.hop_s / max(params.window_s, 1e-9)
         keep = [k for k in dict.fromkeys(key) if seconds[k] >= params.min_voice_s]
         if not keep:  # nothing long enough: keep the biggest voice
-            keep = [max(seconds, key=seconds.get)]
+            keep = [max(seconds, key=lambda k: seconds[k])]
         merged = np.stack([
             l2_normalize(_weighted_mean(vectors, weights, np.isin(assignment, [v for i, v in enumerate(voice_ids) if key[i] == k]))[None])[0]
             for k in keep
@@ -469,7 +469,7 @@ def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, floa
     if not gallery.names:
         return [(None, None, -1, None, None) for _ in profiles]
     scores, raws = gallery.scores(profiles)  # (V, k), (V, k)
-    out = []
+    out: list[tuple[str | None, float | None, int, str | None, float | None]] = []
     for row, raw in zip(scores, raws):
         j = int(np.argmax(row))
         out.append((gallery.names[j] if row[j] >= gallery.threshold else None, float(row[j]), j, gallery.names[j],

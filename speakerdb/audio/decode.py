@@ -193,7 +193,7 @@ def stream(path: str | Path, block_s: float = BLOCK_S, max_audio_s: float | None
         # resampler, alive as long as the error is; the CLI freezes the heap at exit instead
         # of collecting it, and nanobind (soxr's binding) then reports the live resampler as
         # leaked on stderr. Nothing needs the resampler (or the decoder) once this generator ends.
-        resampler = blocks = None
+        del resampler, blocks
 
 
 def check_rate(rate: float, source: str | Path = "<array>") -> None:
@@ -421,7 +421,7 @@ class _Part(io.RawIOBase):
     def tell(self) -> int:
         return self._at
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
+    def readinto(self, buffer) -> int:
         n = min(len(buffer), self._size - self._at)
         if n <= 0:
             return 0

@@ -457,9 +457,14 @@ def _conv_layer(layer: "nn.Module", plan: dict, h: "torch.Tensor", index: int,
     else:
         for first, n_taps, weight in plan["chunks"]:  # taps in groups of `stride`: one product each
             rows = _tap_rows(h, stride, n_out, first, n_taps)
-            out = torch.mm(rows, weight, out=out) if first == 0 else out.addmm_(rows, weight)
+            if first == 0:
+                out = torch.mm(rows, weight, out=out)
+            else:
+                assert out is not None  # written by the first chunk (first == 0)
+                out.addmm_(rows, weight)
         if conv.bias is not None:
             out += conv.bias
+    assert out is not None
     if isinstance(norm, nn.GroupNorm):  # per channel over time, another grouping: the plain op
         out = torch.nn.functional.group_norm(out.T[None], norm.num_groups, norm.weight, norm.bias, norm.eps)[0].T
     elif isinstance(norm, nn.LayerNorm):  # large models: over channels

@@ -140,10 +140,10 @@ class TransformersXVector:
         self.model.to(self.device).eval()
         self.precision = precision
         self.dim = int(self.model.config.xvector_output_dim)
-        fingerprint = idcache.lookup(directory, files) if files else None
-        if fingerprint is None or idcache.snapshot(directory) != files:  # not known, or changed while loading
+        fingerprint = idcache.lookup(directory, files) if files and directory is not None else None
+        if fingerprint is None or directory is None or idcache.snapshot(directory) != files:  # not known, or changed while loading
             fingerprint = _fingerprint(self.model)
-            if files:
+            if files and directory is not None:
                 idcache.remember(directory, files, fingerprint)
         self.model_id = f"{label}@{fingerprint}"
         local = Path(name_or_path).expanduser()

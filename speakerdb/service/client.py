@@ -37,7 +37,7 @@ import urllib.request
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import errors
 from ..results import (
@@ -63,6 +63,9 @@ from ..results import (
     Voice,
     parse_iso,
 )
+
+# Python 3.10 has no typing.Self: a bound type variable says the same for __enter__.
+_Self = TypeVar("_Self")
 
 if TYPE_CHECKING:
     from ..protocol import SpeakerDBProtocol
@@ -126,7 +129,7 @@ class Client:
     def discard_if_unused(self) -> bool:
         return False
 
-    def __enter__(self) -> Self:
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -201,7 +201,7 @@ class TimedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     header_timeout_s = DEFAULT_HEADER_TIMEOUT_S  # set by create_app from the ServeConfig
     body_timeout_s = DEFAULT_BODY_TIMEOUT_S
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._seen_cycle = None  # the request whose headers were last seen complete
         self._deadline: asyncio.TimerHandle | None = None

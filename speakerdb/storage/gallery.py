@@ -368,7 +368,7 @@ def _read_embeddings(path: Path, z: zipfile.ZipFile, info: zipfile.ZipInfo, mani
     if info.file_size > size:
         raise GalleryError(f"{path}: {info.filename} unpacks to {info.file_size} bytes, more than the {size} expected")
     matrix = np.empty((n_utt, dim), "<f4")  # (n_utt, dim); pages are touched only as rows arrive
-    flat = memoryview(matrix).cast("B") if size else memoryview(b"")
+    flat = matrix.data.cast("B") if size else memoryview(b"")
     digest, n, checked = hashlib.sha256(), 0, 0
     with z.open(info) as f:
         while True:  # the header's size can lie; the stream cannot

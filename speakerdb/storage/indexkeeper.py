@@ -87,6 +87,7 @@ class IndexKeeper:
                 state = self._state(s, settings)
             index = self._build(None, settings, state)
             rebuilt = True
+        assert caught_up is not None  # the last attempt builds in its own snapshot, or raised
         if rebuilt:  # the build cost far more than the save: keep it for the next process at once
             self._save(caught_up, wait=0.0)
         else:

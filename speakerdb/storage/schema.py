@@ -9,6 +9,7 @@ migrate a database, so read-only commands start fast.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -22,7 +23,7 @@ HEAD_REVISION = "0004"
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts are, in a source checkout and in an installed wheel alike."""
-    from .. import migrations  # type: ignore[attr-defined]  # mapped from ./migrations
+    from .. import migrations  # mapped from ./migrations by pyproject's package-dir
 
     return Path(migrations.__file__).parent
 
@@ -87,7 +88,8 @@ def _run_migration(engine: Engine, step, revision: str) -> None:
     """
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
-            conn.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # autocommit: no transaction yet
+            driver: Any = conn.connection.driver_connection  # sqlite3's own connection
+            driver.execute("PRAGMA foreign_keys = OFF")  # autocommit: no transaction yet
         try:
             step(_config(conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")), revision)
         finally:
@@ -101,7 +103,10 @@ def head_revision() -> str:
     """The head according to the Alembic scripts themselves (tests compare it to HEAD_REVISION)."""
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(_config(None)).get_current_head()
+    head = ScriptDirectory.from_config(_config(None)).get_current_head()
+    if head is None:  # a package installed without its revisions
+        raise DatabaseError("the migration scripts are missing from this installation of speakerdb")
+    return head
 
 
 def _config(connection):
@@ -149,8 +154,9 @@ def _initialise_file(engine: Engine) -> None:
     # go to the driver's connection, which runs statements in autocommit here.
     raw = engine.raw_connection()
     try:
-        raw.driver_connection.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-        raw.driver_connection.execute("PRAGMA journal_mode = WAL")
+        driver: Any = raw.driver_connection  # sqlite3's own connection
+        driver.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+        driver.execute("PRAGMA journal_mode = WAL")
     except Exception as e:
         raise DatabaseError(f"{_path(engine)} cannot be created: {e}") from None
     finally:

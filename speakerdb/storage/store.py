@@ -495,7 +495,8 @@ class Store:
         with _translate_errors(self.name, self._url):
             raw = self.engine.raw_connection()
             try:
-                busy, _, _ = raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                driver: Any = raw.driver_connection  # sqlite3's own connection
+                busy, _, _ = driver.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             finally:
                 raw.close()
         return busy == 0
@@ -655,14 +656,15 @@ def changes_between(session: Session, after: int, upto: int) -> list[tuple[int, 
         .where(SpeakerChange.generation > after, SpeakerChange.generation <= upto)
         .order_by(SpeakerChange.generation)
     )
-    return [tuple(r) for r in session.execute(stmt)]
+    return [(int(g), int(i), str(op), int(n)) for g, i, op, n in session.execute(stmt)]
 
 
 def prune_changes(session: Session, below: int) -> int:
     """Delete change records older than generation ``below``; returns how many went."""
     from sqlalchemy import delete
 
-    return session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below)).rowcount or 0
+    result: Any = session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below))
+    return int(result.rowcount or 0)  # a DELETE's CursorResult
 
 
 def centroids_of(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
