@@ -17,8 +17,9 @@ def _run(connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
     # transactional_ddl: Alembic's SQLite default (False) commits after each revision, before
     # the check below could undo anything; SQLite runs DDL in transactions perfectly well.
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
-                      transactional_ddl=True)
+    context.configure(
+        connection=connection, target_metadata=target_metadata, render_as_batch=True, transactional_ddl=True
+    )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Two services creating or upgrading one database at once: one migrates, the
@@ -35,7 +36,9 @@ def _run(connection) -> None:
             # before the commit, so that a broken reference undoes the whole migration.
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise RuntimeError(f"the migration would leave {len(broken)} broken reference(s), first {broken[0]}: undone")
+                raise RuntimeError(
+                    f"the migration would leave {len(broken)} broken reference(s), first {broken[0]}: undone"
+                )
 
 
 def run_migrations_online() -> None:

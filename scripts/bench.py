@@ -70,8 +70,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import kit
 import numpy as np
+
+import kit
 from kit import Row, interleaved, log, peak_rss_mib, rss_baseline, timing_row
 
 if TYPE_CHECKING:  # torch, transformers and speakerdb are imported when needed, after setup
@@ -195,15 +196,26 @@ def bench_load(ctx: Context) -> list[Row]:
             start = time.perf_counter()
             added = embedder.prepare_long_run()
             prepare.append(time.perf_counter() - start)
-        rows.append(timing_row("load: speakerdb's long-run kernels, set up once per process after 60 s of audio",
-                               prepare, note=", ".join(added) or "none on this CPU"))
+        rows.append(
+            timing_row(
+                "load: speakerdb's long-run kernels, set up once per process after 60 s of audio",
+                prepare,
+                note=", ".join(added) or "none on this CPU",
+            )
+        )
     return [
         # The model card load maps model.safetensors into memory without reading it (RSS
         # grows ~50 MiB, not ~400): the first forward pass pages the weights in instead.
-        timing_row("load: model card (Wav2Vec2FeatureExtractor + WavLMForXVector .from_pretrained)",
-                   times["reference"], note="weights memory-mapped, read later by the first forward pass"),
-        timing_row("load: speakerdb `load_embedder(dir)`", times["speakerdb"],
-                   note="reads every weight: hashes them for the model id"),
+        timing_row(
+            "load: model card (Wav2Vec2FeatureExtractor + WavLMForXVector .from_pretrained)",
+            times["reference"],
+            note="weights memory-mapped, read later by the first forward pass",
+        ),
+        timing_row(
+            "load: speakerdb `load_embedder(dir)`",
+            times["speakerdb"],
+            note="reads every weight: hashes them for the model id",
+        ),
         Row("load: ratio model card / speakerdb", ref / sdb, "x", "above 1: speakerdb loads faster"),
         timing_row("load: of which speakerdb's weight fingerprint (`embed._fingerprint`)", fingerprint),
         *rows,
@@ -260,7 +272,8 @@ def bench_embed(ctx: Context, seconds: float = 10.0, no_grad: bool = False, bf16
     }
     if no_grad:
         runs["card no_grad"] = lambda: results.__setitem__(
-            "card no_grad", card_snippet_no_grad(feature_extractor, model, wave))
+            "card no_grad", card_snippet_no_grad(feature_extractor, model, wave)
+        )
     embedder_bf16 = ctx.embedder_bf16 if bf16 else None
     if embedder_bf16 is not None:
         runs["speakerdb bf16"] = lambda: results.__setitem__("speakerdb bf16", embedder_bf16.embed([wave])[0])
@@ -274,39 +287,84 @@ def bench_embed(ctx: Context, seconds: float = 10.0, no_grad: bool = False, bf16
     card_vector = as_vector(results["card"])
     diff = float(np.max(np.abs(card_vector - results["speakerdb"])))
     rows = [
-        timing_row(f"{label}: model card snippet (literal: autograd on)", times["card"], per=seconds, unit="s/s",
-                   note=f"{median['card']:.3f} s per clip"),
-        timing_row(f"{label}: speakerdb `TransformersXVector.embed([wave])`", times["speakerdb"], per=seconds,
-                   unit="s/s", note=f"{median['speakerdb']:.3f} s per clip"),
-        Row(f"{label}: ratio model card (literal) / speakerdb", median["card"] / median["speakerdb"], "x",
-            "above 1: speakerdb is faster"),
-        Row(f"{label}: max abs difference per component, card vs speakerdb", diff, "abs",
-            f"{len(card_vector)}-d unit vectors; must be < {EMBED_TOLERANCE:g}", ok=diff < EMBED_TOLERANCE),
+        timing_row(
+            f"{label}: model card snippet (literal: autograd on)",
+            times["card"],
+            per=seconds,
+            unit="s/s",
+            note=f"{median['card']:.3f} s per clip",
+        ),
+        timing_row(
+            f"{label}: speakerdb `TransformersXVector.embed([wave])`",
+            times["speakerdb"],
+            per=seconds,
+            unit="s/s",
+            note=f"{median['speakerdb']:.3f} s per clip",
+        ),
+        Row(
+            f"{label}: ratio model card (literal) / speakerdb",
+            median["card"] / median["speakerdb"],
+            "x",
+            "above 1: speakerdb is faster",
+        ),
+        Row(
+            f"{label}: max abs difference per component, card vs speakerdb",
+            diff,
+            "abs",
+            f"{len(card_vector)}-d unit vectors; must be < {EMBED_TOLERANCE:g}",
+            ok=diff < EMBED_TOLERANCE,
+        ),
     ]
     if no_grad:
         diff_ng = float(np.max(np.abs(as_vector(results["card no_grad"]) - results["speakerdb"])))
         rows += [
-            timing_row(f"{label}: model card snippet under `torch.no_grad()`", times["card no_grad"], per=seconds,
-                       unit="s/s", note=f"{median['card no_grad']:.3f} s per clip; max abs diff to speakerdb "
-                       f"{diff_ng:.1e}"),
-            Row(f"{label}: ratio model card (no_grad) / speakerdb", median["card no_grad"] / median["speakerdb"], "x",
-                "above 1: speakerdb is faster"),
+            timing_row(
+                f"{label}: model card snippet under `torch.no_grad()`",
+                times["card no_grad"],
+                per=seconds,
+                unit="s/s",
+                note=f"{median['card no_grad']:.3f} s per clip; max abs diff to speakerdb {diff_ng:.1e}",
+            ),
+            Row(
+                f"{label}: ratio model card (no_grad) / speakerdb",
+                median["card no_grad"] / median["speakerdb"],
+                "x",
+                "above 1: speakerdb is faster",
+            ),
         ]
     if bf16 and embedder_bf16 is None:
-        rows.append(Row(f"{label}: speakerdb bf16", float("nan"), "s/s",
-                        "skipped: `TransformersXVector.__init__` takes no `precision` argument in this speakerdb"))
+        rows.append(
+            Row(
+                f"{label}: speakerdb bf16",
+                float("nan"),
+                "s/s",
+                "skipped: `TransformersXVector.__init__` takes no `precision` argument in this speakerdb",
+            )
+        )
     elif bf16:
         deviation = float(np.max(np.abs(results["speakerdb bf16"] - results["speakerdb"])))
         cosine = float(np.dot(results["speakerdb bf16"], results["speakerdb"]))
         rows += [
-            timing_row(f"{label}: speakerdb bf16 `TransformersXVector(..., precision=\"bf16\").embed([wave])`",
-                       times["speakerdb bf16"], per=seconds, unit="s/s",
-                       note=f"{median['speakerdb bf16']:.3f} s per clip"),
-            Row(f"{label}: ratio model card (literal) / speakerdb bf16", median["card"] / median["speakerdb bf16"],
-                "x", f"above 1: bf16 is faster; fp32 speakerdb / bf16: "
-                f"{median['speakerdb'] / median['speakerdb bf16']:.3f} ×"),
-            Row(f"{label}: max abs deviation per component, speakerdb bf16 vs fp32", deviation, "abs",
-                f"cosine bf16 · fp32 = {cosine:.5f}; informative, no tolerance"),
+            timing_row(
+                f'{label}: speakerdb bf16 `TransformersXVector(..., precision="bf16").embed([wave])`',
+                times["speakerdb bf16"],
+                per=seconds,
+                unit="s/s",
+                note=f"{median['speakerdb bf16']:.3f} s per clip",
+            ),
+            Row(
+                f"{label}: ratio model card (literal) / speakerdb bf16",
+                median["card"] / median["speakerdb bf16"],
+                "x",
+                f"above 1: bf16 is faster; fp32 speakerdb / bf16: "
+                f"{median['speakerdb'] / median['speakerdb bf16']:.3f} ×",
+            ),
+            Row(
+                f"{label}: max abs deviation per component, speakerdb bf16 vs fp32",
+                deviation,
+                "abs",
+                f"cosine bf16 · fp32 = {cosine:.5f}; informative, no tolerance",
+            ),
         ]
     return rows
 
@@ -343,13 +401,27 @@ def bench_folder(ctx: Context) -> list[Row]:
     ref, sdb = statistics.median(times["card"]), statistics.median(times["speakerdb"])
     diff = max(float(np.max(np.abs(as_vector(c) - v))) for c, v in zip(results["card"], results["speakerdb"]))
     return [
-        timing_row(f"{label}: model card snippet per file (literal)", times["card"], per=total_s, unit="s/s",
-                   note=f"{ref:.2f} s per folder"),
-        timing_row(f"{label}: speakerdb `pipeline.embed_clip(Audio(...), embedder)` per file", times["speakerdb"],
-                   per=total_s, unit="s/s", note=f"{sdb:.2f} s per folder"),
-        Row(f"{label}: ratio model card / speakerdb", ref / sdb, "x",
+        timing_row(
+            f"{label}: model card snippet per file (literal)",
+            times["card"],
+            per=total_s,
+            unit="s/s",
+            note=f"{ref:.2f} s per folder",
+        ),
+        timing_row(
+            f"{label}: speakerdb `pipeline.embed_clip(Audio(...), embedder)` per file",
+            times["speakerdb"],
+            per=total_s,
+            unit="s/s",
+            note=f"{sdb:.2f} s per folder",
+        ),
+        Row(
+            f"{label}: ratio model card / speakerdb",
+            ref / sdb,
+            "x",
             f"above 1: speakerdb is faster; max abs difference over the clips {diff:.1e}",
-            ok=diff < EMBED_TOLERANCE),
+            ok=diff < EMBED_TOLERANCE,
+        ),
     ]
 
 
@@ -364,8 +436,18 @@ def bench_long_clip(ctx: Context) -> list[Row]:
     long_s = LONG_CLIP_QUICK_S if ctx.quick else LONG_CLIP_S
     repeats = min(ctx.repeats, 3)
     log(f"long clip: a child process embeds a 30 s clip {repeats} times, then a {long_s / 60:g} min clip once")
-    argv = [sys.executable, str(Path(__file__).resolve()), "--child", "long-clip", "--checkpoint", str(ctx.checkpoint),
-            "--repeats", str(repeats), "--long-seconds", str(long_s)]
+    argv = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "long-clip",
+        "--checkpoint",
+        str(ctx.checkpoint),
+        "--repeats",
+        str(repeats),
+        "--long-seconds",
+        str(long_s),
+    ]
     done = subprocess.run(argv, env=ctx.env, capture_output=True, text=True)
     if done.returncode != 0:
         return [Row("long clip", float("nan"), "s", f"child failed: {done.stderr.strip()[-300:]}", ok=False)]
@@ -374,18 +456,40 @@ def bench_long_clip(ctx: Context) -> list[Row]:
     ratio = r["long_s"] / statistics.median(r["short_s"])
     label = f"long clip {long_s / 60:g} min"
     return [
-        timing_row(f"{label}: 30 s clip through `pipeline.embed_clip`", r["short_s"], per=SHORT_CLIP_S, unit="s/s",
-                   note=f"{statistics.median(r['short_s']):.2f} s per clip"),
-        timing_row(f"{label}: {long_s / 60:g} min clip through `pipeline.embed_clip`", [r["long_s"]], per=long_s,
-                   unit="s/s", note=f"{r['n_windows']} windows of 30 s; one run"),
-        Row(f"{label}: time ratio {long_s / 60:g} min / 30 s", ratio, "x",
-            f"length ratio {expected:g}: about that means compute is linear in length"),
-        Row(f"{label}: peak RSS growth, 30 s clip", r["short_growth_mib"], "MiB",
+        timing_row(
+            f"{label}: 30 s clip through `pipeline.embed_clip`",
+            r["short_s"],
+            per=SHORT_CLIP_S,
+            unit="s/s",
+            note=f"{statistics.median(r['short_s']):.2f} s per clip",
+        ),
+        timing_row(
+            f"{label}: {long_s / 60:g} min clip through `pipeline.embed_clip`",
+            [r["long_s"]],
+            per=long_s,
+            unit="s/s",
+            note=f"{r['n_windows']} windows of 30 s; one run",
+        ),
+        Row(
+            f"{label}: time ratio {long_s / 60:g} min / 30 s",
+            ratio,
+            "x",
+            f"length ratio {expected:g}: about that means compute is linear in length",
+        ),
+        Row(
+            f"{label}: peak RSS growth, 30 s clip",
+            r["short_growth_mib"],
+            "MiB",
             f"child process: {r['peak_source']}, over its resident size with the model loaded and both "
-            f"clips in memory ({r['baseline_mib']:,.0f} MiB)"),
-        Row(f"{label}: peak RSS growth, {long_s / 60:g} min clip", r["long_growth_mib"], "MiB",
+            f"clips in memory ({r['baseline_mib']:,.0f} MiB)",
+        ),
+        Row(
+            f"{label}: peak RSS growth, {long_s / 60:g} min clip",
+            r["long_growth_mib"],
+            "MiB",
             f"same baseline, after the 30 s clips; {r['long_growth_mib'] - r['short_growth_mib']:,.0f} MiB more "
-            f"than a 30 s clip (the clip itself is {long_s * SAMPLE_RATE * 4 / 2**20:.0f} MiB, allocated before)"),
+            f"than a 30 s clip (the clip itself is {long_s * SAMPLE_RATE * 4 / 2**20:.0f} MiB, allocated before)",
+        ),
     ]
 
 
@@ -415,9 +519,15 @@ def long_clip_child(checkpoint: Path, repeats: int, long_s: float) -> dict[str, 
     start = time.perf_counter()
     clip = pipeline.embed_clip(long, embedder)
     long_time = time.perf_counter() - start
-    return {"short_s": short_times, "long_s": long_time, "n_windows": clip.n_windows, "baseline_mib": baseline,
-            "short_growth_mib": after_short - baseline, "long_growth_mib": peak() - baseline,
-            "peak_source": peak.__doc__}
+    return {
+        "short_s": short_times,
+        "long_s": long_time,
+        "n_windows": clip.n_windows,
+        "baseline_mib": baseline,
+        "short_growth_mib": after_short - baseline,
+        "long_growth_mib": peak() - baseline,
+        "peak_source": peak.__doc__,
+    }
 
 
 def bench_cli(ctx: Context) -> list[Row]:
@@ -447,10 +557,12 @@ def bench_cli(ctx: Context) -> list[Row]:
     def runner(argv: list[str]) -> Callable[[], None]:
         def run() -> None:
             # The timeout turns a hung command (a deadlock, a network wait) into an error.
-            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  timeout=CLI_TIMEOUT_S)
+            done = subprocess.run(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=CLI_TIMEOUT_S
+            )
             if done.returncode != 0:  # a failing command would time its error path, not its work
                 raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+
         return run
 
     log(f"cli: {ctx.repeats} x {len(commands)} processes, interleaved")
@@ -459,7 +571,7 @@ def bench_cli(ctx: Context) -> list[Row]:
         "python -c pass": "interpreter start, for scale",
         "speakerdb list": f"SPEAKERDB_HOME holding {n_speakers} speakers",
         "speakerdb identify query.wav": f"{IDENTIFY_CLIP_S:g} s WAV, `--model` the bench checkpoint; "
-                                        "includes loading torch and the model",
+        "includes loading torch and the model",
     }
     rows = [timing_row(f"cli: `{name}`", times[name], note=notes.get(name, "")) for name in commands]
     return rows + [heavy_imports_row(ctx, env, args) for args in (["--help"], ["list"], ["show", "alice"], ["info"])]
@@ -514,10 +626,12 @@ def bench_oneshot(ctx: Context) -> list[Row]:
 
     def runner(argv: list[str]) -> Callable[[], None]:
         def run() -> None:
-            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  timeout=CLI_TIMEOUT_S)
+            done = subprocess.run(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=CLI_TIMEOUT_S
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"{' '.join(argv)} exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+
         return run
 
     label = f"one-shot, {ONESHOT_CLIP_S:g} s file, whole process"
@@ -526,15 +640,28 @@ def bench_oneshot(ctx: Context) -> list[Row]:
     card, sdb = statistics.median(times["card"]), statistics.median(times["speakerdb"])
     one = statistics.median(times["speakerdb one voice"])
     return [
-        timing_row(f"{label}: the model card's snippet as a script (`python card_snippet.py DIR FILE`)",
-                   times["card"], note="imports torch and transformers, loads, embeds with autograd on"),
-        timing_row(f"{label}: `speakerdb identify FILE`", times["speakerdb"],
-                   note="imports, loads (cached model id), probes the kernels, embeds, counts voices, searches"),
-        timing_row(f"{label}: `speakerdb identify --no-voice-check FILE`", times["speakerdb one voice"],
-                   note="the same without the voice count (a second pass over the speech)"),
+        timing_row(
+            f"{label}: the model card's snippet as a script (`python card_snippet.py DIR FILE`)",
+            times["card"],
+            note="imports torch and transformers, loads, embeds with autograd on",
+        ),
+        timing_row(
+            f"{label}: `speakerdb identify FILE`",
+            times["speakerdb"],
+            note="imports, loads (cached model id), probes the kernels, embeds, counts voices, searches",
+        ),
+        timing_row(
+            f"{label}: `speakerdb identify --no-voice-check FILE`",
+            times["speakerdb one voice"],
+            note="the same without the voice count (a second pass over the speech)",
+        ),
         Row(f"{label}: ratio card script / speakerdb identify", card / sdb, "x", "above 1: speakerdb is faster"),
-        Row(f"{label}: ratio card script / speakerdb identify --no-voice-check", card / one, "x",
-            "above 1: speakerdb is faster"),
+        Row(
+            f"{label}: ratio card script / speakerdb identify --no-voice-check",
+            card / one,
+            "x",
+            "above 1: speakerdb is faster",
+        ),
     ]
 
 
@@ -550,16 +677,26 @@ def bench_ge2e(ctx: Context) -> list[Row]:
     if importlib.util.find_spec("resemblyzer") is None:
         return [Row("ge2e evaluate", float("nan"), "s", 'skipped: needs pip install -e ".[resemblyzer]"')]
     exe = Path(sys.executable).with_name("speakerdb")
-    argv = [str(exe), "--db", str(ctx.scratch / "ge2e.sqlite"), "--model", "resemblyzer", "evaluate",
-            str(ctx.librispeech / "test-other"), "--json"]
+    argv = [
+        str(exe),
+        "--db",
+        str(ctx.scratch / "ge2e.sqlite"),
+        "--model",
+        "resemblyzer",
+        "evaluate",
+        str(ctx.librispeech / "test-other"),
+        "--json",
+    ]
     envs = {"defaults": ctx.env, "OMP_NUM_THREADS=1": {**ctx.env, "OMP_NUM_THREADS": "1"}}
 
     def runner(env: dict[str, str]) -> Callable[[], None]:
         def run() -> None:
-            done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  timeout=20 * CLI_TIMEOUT_S)
+            done = subprocess.run(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=20 * CLI_TIMEOUT_S
+            )
             if done.returncode != 0:
                 raise RuntimeError(f"evaluate exited with {done.returncode}: {done.stderr.strip()[-500:]}")
+
         return run
 
     repeats = min(ctx.repeats, 3)
@@ -570,8 +707,13 @@ def bench_ge2e(ctx: Context) -> list[Row]:
     return [
         timing_row(f"{label}: default threads", times["defaults"]),
         timing_row(f"{label}: OMP_NUM_THREADS=1", times["OMP_NUM_THREADS=1"]),
-        Row(f"{label}: ratio OMP_NUM_THREADS=1 / defaults", one / default, "x",
-            "at least ~1: the defaults are no slower than one thread everywhere", ok=one / default > 0.9),
+        Row(
+            f"{label}: ratio OMP_NUM_THREADS=1 / defaults",
+            one / default,
+            "x",
+            "at least ~1: the defaults are no slower than one thread everywhere",
+            ok=one / default > 0.9,
+        ),
     ]
 
 
@@ -595,8 +737,9 @@ def heavy_imports_row(ctx: Context, env: dict[str, str], args: list[str]) -> Row
     """Whether ``speakerdb ARGS`` imports torch or transformers (it must not: it embeds nothing)."""
     out = ctx.scratch / "imports.json"
     argv = [sys.executable, "-c", IMPORT_CHECK, str(out), ",".join(HEAVY_MODULES), *args]
-    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                          timeout=CLI_TIMEOUT_S)
+    done = subprocess.run(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=CLI_TIMEOUT_S
+    )
     name = f"cli: `speakerdb {' '.join(args)}` imports {' / '.join(HEAVY_MODULES)}"
     if done.returncode != 0 or not out.is_file():
         return Row(name, float("nan"), "modules", f"check failed: {done.stderr.strip()[-300:]}", ok=False)
@@ -628,15 +771,24 @@ def search_rows(ctx: Context, part: str) -> list[Row]:
     mix with the model benchmarks' memory figures.
     """
     out = ctx.scratch / "search.json"
-    argv = [sys.executable, str(kit.SCRIPTS / "bench_search.py"), "--repeats", str(ctx.repeats), "--json", str(out),
-            "--only", part]
+    argv = [
+        sys.executable,
+        str(kit.SCRIPTS / "bench_search.py"),
+        "--repeats",
+        str(ctx.repeats),
+        "--json",
+        str(out),
+        "--only",
+        part,
+    ]
     argv += ["--quick"] if ctx.quick else []
     argv += ["--full-scale"] if ctx.full_scale else []
     log(f"search: {' '.join(argv[1:])}")
     done = subprocess.run(argv, env=ctx.env, stdout=subprocess.DEVNULL)
     if not out.is_file():
-        return [Row("search and enrollment", float("nan"), "s", f"bench_search.py exited with {done.returncode}",
-                    ok=False)]
+        return [
+            Row("search and enrollment", float("nan"), "s", f"bench_search.py exited with {done.returncode}", ok=False)
+        ]
     return [Row(**row) for row in json.loads(out.read_text())["rows"]]
 
 
@@ -656,18 +808,31 @@ def bench_memory(ctx: Context) -> list[Row]:
     rows = []
     for side in ("card", "speakerdb"):
         log(f"memory: a child process loads the model ({side}) and embeds a {MEMORY_CLIP_S:g} s clip twice")
-        argv = [sys.executable, str(Path(__file__).resolve()), "--child", "memory", "--side", side,
-                "--checkpoint", str(ctx.checkpoint)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "memory",
+            "--side",
+            side,
+            "--checkpoint",
+            str(ctx.checkpoint),
+        ]
         done = subprocess.run(argv, env=ctx.env, capture_output=True, text=True)
         if done.returncode != 0:
-            rows.append(Row(f"memory: {side}", float("nan"), "MiB", f"child failed: {done.stderr.strip()[-300:]}",
-                            ok=False))
+            rows.append(
+                Row(f"memory: {side}", float("nan"), "MiB", f"child failed: {done.stderr.strip()[-300:]}", ok=False)
+            )
             continue
         r = json.loads(done.stdout)
         label = "model card snippet" if side == "card" else "speakerdb `TransformersXVector`"
         rows += [
-            Row(f"memory: {label}, resident after load + two {MEMORY_CLIP_S:g} s embeddings", r["resident_mib"],
-                "MiB", f"over the process with torch and transformers imported ({r['baseline_mib']:,.0f} MiB)"),
+            Row(
+                f"memory: {label}, resident after load + two {MEMORY_CLIP_S:g} s embeddings",
+                r["resident_mib"],
+                "MiB",
+                f"over the process with torch and transformers imported ({r['baseline_mib']:,.0f} MiB)",
+            ),
             Row(f"memory: {label}, peak over the same baseline", r["peak_mib"], "MiB", r["peak_source"]),
         ]
     return rows
@@ -694,17 +859,28 @@ def memory_child(checkpoint: Path, side: str) -> dict[str, Any]:
 
         def run() -> None:
             embedder.embed([wave])
+
     for _ in range(2):
         run()
     gc.collect()
-    return {"baseline_mib": baseline, "resident_mib": kit.status_mib("VmRSS") - baseline,
-            "peak_mib": peak() - baseline, "peak_source": peak.__doc__}
+    return {
+        "baseline_mib": baseline,
+        "resident_mib": kit.status_mib("VmRSS") - baseline,
+        "peak_mib": peak() - baseline,
+        "peak_source": peak.__doc__,
+    }
 
 
 def bench_model_memory(ctx: Context) -> list[Row]:
     """Peak memory after the model benchmarks, before the FAISS ones dwarf it."""
-    return [Row("process: peak RSS (ru_maxrss) after the model benchmarks", peak_rss_mib(), "MiB",
-                "two or three models loaded, 30-40 s clips embedded with autograd on (the literal card)")]
+    return [
+        Row(
+            "process: peak RSS (ru_maxrss) after the model benchmarks",
+            peak_rss_mib(),
+            "MiB",
+            "two or three models loaded, 30-40 s clips embedded with autograd on (the literal card)",
+        )
+    ]
 
 
 def bench_process(ctx: Context) -> list[Row]:
@@ -712,8 +888,12 @@ def bench_process(ctx: Context) -> list[Row]:
     import torch
 
     return [
-        Row("process: peak RSS (ru_maxrss) of this benchmark", peak_rss_mib(), "MiB",
-            "highest of the run (the FAISS and enrollment rows ran in a child process: its own peak is in its row)"),
+        Row(
+            "process: peak RSS (ru_maxrss) of this benchmark",
+            peak_rss_mib(),
+            "MiB",
+            "highest of the run (the FAISS and enrollment rows ran in a child process: its own peak is in its row)",
+        ),
         Row("process: torch.get_num_threads()", torch.get_num_threads(), "threads", f"torch {torch.__version__}"),
     ]
 
@@ -791,27 +971,51 @@ def prepare_checkpoint(directory: Path | None, scratch: Path, size: str) -> Path
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/performance.md, "Performance" and "On a CPU without AMX (AMD EPYC '
-                                 'Zen 4), and what start-up costs"'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
-                        help="checkpoint directory to reuse, or to build into if it holds none "
-                        "(default: a temporary directory, deleted afterwards)")
-    parser.add_argument("--size", choices=["full", "tiny"], default="full",
-                        help="architecture when building a checkpoint; tiny only checks that this script "
-                        "runs, its timings mean nothing (default: full)")
+        description=kit.describe(
+            __doc__,
+            'docs/performance.md, "Performance" and "On a CPU without AMX (AMD EPYC Zen 4), and what start-up costs"',
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="DIR",
+        help="checkpoint directory to reuse, or to build into if it holds none "
+        "(default: a temporary directory, deleted afterwards)",
+    )
+    parser.add_argument(
+        "--size",
+        choices=["full", "tiny"],
+        default="full",
+        help="architecture when building a checkpoint; tiny only checks that this script "
+        "runs, its timings mean nothing (default: full)",
+    )
     parser.add_argument("--repeats", type=int, help="timed runs per measurement (default: 5, or 3 with --quick)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a few minutes: 3 timed runs per measurement instead of 5, a 5 min long clip, FAISS at "
-                        "1k and 100k speakers only (unless --full-scale), 2,000 enrollments instead of 10,000")
-    parser.add_argument("--full-scale", action="store_true",
-                        help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)")
-    parser.add_argument("--only", metavar="NAMES",
-                        help="comma-separated benchmarks to run, of: " + ", ".join(sorted(set(benchmark_names()))))
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few minutes: 3 timed runs per measurement instead of 5, a 5 min long clip, FAISS at "
+        "1k and 100k speakers only (unless --full-scale), 2,000 enrollments instead of 10,000",
+    )
+    parser.add_argument(
+        "--full-scale",
+        action="store_true",
+        help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)",
+    )
+    parser.add_argument(
+        "--only",
+        metavar="NAMES",
+        help="comma-separated benchmarks to run, of: " + ", ".join(sorted(set(benchmark_names()))),
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers to this JSON file")
-    parser.add_argument("--librispeech", type=Path, metavar="DIR",
-                        help="LibriSpeech excerpts with test-other/ (e.g. ../shared/data/librispeech), for the GE2E "
-                        "evaluate rows (skipped without it)")
+    parser.add_argument(
+        "--librispeech",
+        type=Path,
+        metavar="DIR",
+        help="LibriSpeech excerpts with test-other/ (e.g. ../shared/data/librispeech), for the GE2E "
+        "evaluate rows (skipped without it)",
+    )
     # Internal: the child processes of bench_long_clip and bench_memory (print their measurements as JSON).
     parser.add_argument("--child", choices=["long-clip", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--side", choices=["card", "speakerdb"], help=argparse.SUPPRESS)
@@ -824,7 +1028,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.only:
         unknown = set(args.only.split(",")) - set(benchmark_names())
         if unknown:
-            parser.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(set(benchmark_names())))}")
+            parser.error(
+                f"unknown benchmark(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(set(benchmark_names())))}"
+            )
     return args
 
 
@@ -852,13 +1058,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     env = environment()
-    log(f"torch {env['torch']} with {env['torch_threads']} threads, transformers {env['transformers']}, "
-        f"{env['cpu_count']} CPUs")
+    log(
+        f"torch {env['torch']} with {env['torch_threads']} threads, transformers {env['transformers']}, "
+        f"{env['cpu_count']} CPUs"
+    )
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="speakerdb-bench-") as tmp:
         scratch = Path(tmp)
-        ctx = Context(prepare_checkpoint(args.checkpoint, scratch, args.size), scratch, args.repeats, child_env,
-                      quick=args.quick, full_scale=args.full_scale, librispeech=args.librispeech)
+        ctx = Context(
+            prepare_checkpoint(args.checkpoint, scratch, args.size),
+            scratch,
+            args.repeats,
+            child_env,
+            quick=args.quick,
+            full_scale=args.full_scale,
+            librispeech=args.librispeech,
+        )
         if not has_precision_option():
             log("TransformersXVector has no precision option: the bf16 rows are skipped")
         for bench in BENCHMARKS:
@@ -869,18 +1084,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Counted, not taken from --size: a reused --checkpoint may be of either size.
         env["model_parameters"] = sum(p.numel() for p in ctx.reference[1].parameters())
 
-    print(f"speakerdb benchmark: random-weight WavLM x-vector, {env['model_parameters'] / 1e6:.1f} M parameters; "
-          f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
-          f"Python {env['python']}, {env['cpu_count']} CPUs\n")
+    print(
+        f"speakerdb benchmark: random-weight WavLM x-vector, {env['model_parameters'] / 1e6:.1f} M parameters; "
+        f"torch {env['torch']} ({env['torch_threads']} threads), transformers {env['transformers']}, "
+        f"Python {env['python']}, {env['cpu_count']} CPUs\n"
+    )
     print(kit.rows_table(rows))
     if any("(NOISY)" in r.note for r in rows):
-        print(f"\nNOISY: the slowest run of a measurement took over {kit.NOISY_SPREAD:g} x the fastest; another "
-              f"process probably competed for the CPU (1-min load average at start: "
-              f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine.")
+        print(
+            f"\nNOISY: the slowest run of a measurement took over {kit.NOISY_SPREAD:g} x the fastest; another "
+            f"process probably competed for the CPU (1-min load average at start: "
+            f"{env['loadavg_1min_at_start']}). Rerun on a quiet machine."
+        )
     if args.json:
-        document = {"environment": env, "checkpoint": str(ctx.checkpoint), "repeats": args.repeats,
-                    "quick": args.quick, "full_scale": args.full_scale,
-                    "rows": [asdict(r) for r in rows]}
+        document = {
+            "environment": env,
+            "checkpoint": str(ctx.checkpoint),
+            "repeats": args.repeats,
+            "quick": args.quick,
+            "full_scale": args.full_scale,
+            "rows": [asdict(r) for r in rows],
+        }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
         log(f"wrote {args.json}")
     failed = [r.name for r in rows if not r.ok]

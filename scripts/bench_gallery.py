@@ -17,16 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
 
+import kit
 from speakerdb import SpeakerDB
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
         description=kit.describe(__doc__, 'docs/storage.md, "Galleries: moving speakers between databases"'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--speakers", type=int, default=1000)
     p.add_argument("--per-speaker", type=int, default=5)
     p.add_argument("--dim", type=int, default=512)
@@ -39,7 +40,9 @@ def main() -> None:
         seed_file = kit.write_gallery(
             tmp / "seed.gallery",
             [(f"speaker-{i:06d}", kit.unit_vectors(rng, args.per_speaker, args.dim)) for i in range(args.speakers)],
-            model_id="synthetic-bench", metadata={"site": "bench"})
+            model_id="synthetic-bench",
+            metadata={"site": "bench"},
+        )
         source = SpeakerDB(tmp / "source.sqlite")
         source.import_gallery(seed_file)
 
@@ -57,14 +60,17 @@ def main() -> None:
         db_size = (tmp / "source.sqlite").stat().st_size
 
     raw = args.speakers * args.per_speaker * args.dim * 4
-    kit.print_table(f"gallery of {args.speakers} speakers x {args.per_speaker} utterances, {args.dim}-d; "
-                    f"{kit.cpu_name()}", ["measurement", "value"], [
-        ("gallery file size", f"{size / 1e6:.2f} MB ({size / raw:.3f} x the raw float32 embeddings)"),
-        ("source database file", f"{db_size / 1e6:.2f} MB"),
-        (f"export, median of {args.repeats}", f"{statistics.median(export_s):.2f} s"),
-        (f"import into an empty database, median of {args.repeats}", f"{statistics.median(import_s):.2f} s"),
-        ("peak RSS of this process", f"{kit.peak_rss_mib():.0f} MiB"),
-    ])
+    kit.print_table(
+        f"gallery of {args.speakers} speakers x {args.per_speaker} utterances, {args.dim}-d; {kit.cpu_name()}",
+        ["measurement", "value"],
+        [
+            ("gallery file size", f"{size / 1e6:.2f} MB ({size / raw:.3f} x the raw float32 embeddings)"),
+            ("source database file", f"{db_size / 1e6:.2f} MB"),
+            (f"export, median of {args.repeats}", f"{statistics.median(export_s):.2f} s"),
+            (f"import into an empty database, median of {args.repeats}", f"{statistics.median(import_s):.2f} s"),
+            ("peak RSS of this process", f"{kit.peak_rss_mib():.0f} MiB"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ import statistics
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 DIM = 512
 
@@ -43,8 +44,11 @@ def fresh_first_identify(db_path: Path, query: np.ndarray) -> tuple[float, float
 
 def main() -> None:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/storage.md, "The index is a cache that never lies" (at a million speakers)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, 'docs/storage.md, "The index is a cache that never lies" (at a million speakers)'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("directory", type=Path)
     p.add_argument("--speakers", type=int, default=1_000_000)
     p.add_argument("--changes", default="1,100,10000")
@@ -70,25 +74,40 @@ def main() -> None:
             stale.unlink()
         t = time.perf_counter()
         kit.fill_database(db_path, args.speakers, dim=DIM)
-        rows.append(("fill the database (bulk inserts, change records by the triggers)", f"{time.perf_counter() - t:.1f} s"))
+        rows.append(
+            ("fill the database (bulk inserts, change records by the triggers)", f"{time.perf_counter() - t:.1f} s")
+        )
         with SpeakerDB(db_path) as db:
-            db.set_index_params(approximate_above=100 * args.speakers if args.kind == "flat" else min(200_000, args.speakers - 1))
+            db.set_index_params(
+                approximate_above=100 * args.speakers if args.kind == "flat" else min(200_000, args.speakers - 1)
+            )
             t = time.perf_counter()
             db.rebuild_index()
-            rows.append((f"build and save the index once ({args.kind})", f"{time.perf_counter() - t:.1f} s, "
-                         f"{Path(f'{db_path}.faiss').stat().st_size / 1e9:.2f} GB"))
+            rows.append(
+                (
+                    f"build and save the index once ({args.kind})",
+                    f"{time.perf_counter() - t:.1f} s, {Path(f'{db_path}.faiss').stat().st_size / 1e9:.2f} GB",
+                )
+            )
     rng = np.random.default_rng(7)
     query = kit.unit_vectors(rng, 1, DIM)[0]
     process_s, first_s = fresh_first_identify(db_path, query)
-    rows.append(("fresh process, index file current: first identify (load, check, search)", f"{first_s:.2f} s (process {process_s:.2f} s)"))
+    rows.append(
+        (
+            "fresh process, index file current: first identify (load, check, search)",
+            f"{first_s:.2f} s (process {process_s:.2f} s)",
+        )
+    )
 
     for k in [int(x) for x in args.changes.split(",")]:
         holder = SpeakerDB(db_path, embedder=kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID))
         holder.indexer.current()  # this process's index, in memory, at the store's generation
         prefix = f"new{k}-{time.time_ns()}"
-        g = kit.write_gallery(args.directory / f"changes-{k}.gallery",
-                              [(f"{prefix}-{i}", v) for i, v in enumerate(kit.unit_vectors(rng, k, DIM))],
-                              model_id=kit.FILL_MODEL_ID)
+        g = kit.write_gallery(
+            args.directory / f"changes-{k}.gallery",
+            [(f"{prefix}-{i}", v) for i, v in enumerate(kit.unit_vectors(rng, k, DIM))],
+            model_id=kit.FILL_MODEL_ID,
+        )
         with SpeakerDB(db_path, embedder=kit.StubEmbedder(DIM, model_id=kit.FILL_MODEL_ID)) as writer:
             writer.import_gallery(g)
         t = time.perf_counter()
@@ -96,14 +115,25 @@ def main() -> None:
             pass
         catch_up = time.perf_counter() - t
         process_s, first_s = fresh_first_identify(db_path, query)
-        rows.append((f"after {k:,} change(s): catch-up of an index held in memory (replay)", f"{catch_up * 1e3:.1f} ms"))
+        rows.append(
+            (f"after {k:,} change(s): catch-up of an index held in memory (replay)", f"{catch_up * 1e3:.1f} ms")
+        )
         if k == max(int(x) for x in args.changes.split(",")):
             t = time.perf_counter()
             holder.indexer._save(index, wait=10.0)
-            rows.append((f"save the caught-up index file (a reader does this every {save_every:,} changes)",
-                         f"{time.perf_counter() - t:.2f} s"))
+            rows.append(
+                (
+                    f"save the caught-up index file (a reader does this every {save_every:,} changes)",
+                    f"{time.perf_counter() - t:.2f} s",
+                )
+            )
         holder.close()
-        rows.append((f"after {k:,} change(s): fresh process, first identify (load + replay)", f"{first_s:.2f} s (process {process_s:.2f} s)"))
+        rows.append(
+            (
+                f"after {k:,} change(s): fresh process, first identify (load + replay)",
+                f"{first_s:.2f} s (process {process_s:.2f} s)",
+            )
+        )
 
     # One write of each kind, the index's share timed by wrapping after_commit.
     spent: list[float] = []
@@ -134,13 +164,24 @@ def main() -> None:
             remove_index.append(spent[-1])
     IndexKeeper.after_commit = real
     med = statistics.median
-    rows.append(("enroll one new speaker: on the index / in all (model stubbed)",
-                 f"{med(enroll_index) * 1e3:.1f} ms / {med(enroll_total) * 1e3:.1f} ms"))
-    rows.append(("remove one speaker: on the index (zeroed in place) / in all (with the WAL scrub)",
-                 f"{med(remove_index) * 1e3:.1f} ms / {med(remove_total) * 1e3:.1f} ms"))
+    rows.append(
+        (
+            "enroll one new speaker: on the index / in all (model stubbed)",
+            f"{med(enroll_index) * 1e3:.1f} ms / {med(enroll_total) * 1e3:.1f} ms",
+        )
+    )
+    rows.append(
+        (
+            "remove one speaker: on the index (zeroed in place) / in all (with the WAL scrub)",
+            f"{med(remove_index) * 1e3:.1f} ms / {med(remove_total) * 1e3:.1f} ms",
+        )
+    )
 
-    kit.print_table(f"{args.speakers:,} speakers, {args.kind} index, {kit.cpu_name()}, Python {platform.python_version()}",
-                    ["measurement", "value"], rows)
+    kit.print_table(
+        f"{args.speakers:,} speakers, {args.kind} index, {kit.cpu_name()}, Python {platform.python_version()}",
+        ["measurement", "value"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ import sys
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 EF_VALUES = (64, 128, 256, 512)
 N_QUERIES = 300
@@ -85,11 +86,18 @@ def faiss_rows(kind, base, queries, exact, workdir: Path) -> list[str]:
             t = time.perf_counter()
             found.append(index.search(q[None], 1)[1][0, 0])
             ms.append((time.perf_counter() - t) * 1e3)
-        first = subprocess.run([sys.executable, "-c", FRESH_FAISS, str(path), str(ef)], input=json.dumps(queries[0].tolist()),
-                               capture_output=True, text=True, check=True).stdout.strip()
-        rows.append(f"| {kind} | FAISS HNSW snapshot (M 32) | {ef} | {np.mean(np.asarray(found) == exact):.4f} | "
-                    f"{np.median(ms):.2f} ({np.percentile(ms, 95):.2f}) | {build_s:.0f} s | {memory:.0f} MB in each node "
-                    f"({path.stat().st_size / 1e6:.0f} MB file) | {float(first):.2f} s (load the snapshot) |")
+        first = subprocess.run(
+            [sys.executable, "-c", FRESH_FAISS, str(path), str(ef)],
+            input=json.dumps(queries[0].tolist()),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        rows.append(
+            f"| {kind} | FAISS HNSW snapshot (M 32) | {ef} | {np.mean(np.asarray(found) == exact):.4f} | "
+            f"{np.median(ms):.2f} ({np.percentile(ms, 95):.2f}) | {build_s:.0f} s | {memory:.0f} MB in each node "
+            f"({path.stat().st_size / 1e6:.0f} MB file) | {float(first):.2f} s (load the snapshot) |"
+        )
         print(rows[-1], file=sys.stderr)
     return rows
 
@@ -113,40 +121,52 @@ def pgvector_rows(kind, base, queries, exact, url: str, m: int) -> list[str]:
         t = time.perf_counter()
         conn.execute(f"CREATE INDEX ON {table} USING hnsw (e vector_ip_ops) WITH (m = {m}, ef_construction = 80)")
         build_s = time.perf_counter() - t
-        size = conn.execute(f"SELECT pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = '{table}'::regclass "
-                            "AND indexrelid <> (SELECT indexrelid FROM pg_index WHERE indrelid = "
-                            f"'{table}'::regclass AND indisprimary)").fetchone()[0]
+        size = conn.execute(
+            f"SELECT pg_relation_size(indexrelid) FROM pg_index WHERE indrelid = '{table}'::regclass "
+            "AND indexrelid <> (SELECT indexrelid FROM pg_index WHERE indrelid = "
+            f"'{table}'::regclass AND indisprimary)"
+        ).fetchone()[0]
         for ef in EF_VALUES:
             conn.execute(f"SET hnsw.ef_search = {ef}")
             ms, found = [], []
             for q in queries:
                 lit = "[" + ",".join(f"{x:.7g}" for x in q) + "]"
                 t = time.perf_counter()
-                found.append(conn.execute(f"SELECT id FROM {table} ORDER BY e <#> %s::vector LIMIT 1", (lit,)).fetchone()[0])
+                found.append(
+                    conn.execute(f"SELECT id FROM {table} ORDER BY e <#> %s::vector LIMIT 1", (lit,)).fetchone()[0]
+                )
                 ms.append((time.perf_counter() - t) * 1e3)
             t = time.perf_counter()
             with psycopg.connect(url) as fresh:
                 fresh.execute(f"SET hnsw.ef_search = {ef}")
-                fresh.execute(f"SELECT id FROM {table} ORDER BY e <#> %s::vector LIMIT 1",
-                              ("[" + ",".join(f"{x:.7g}" for x in queries[0]) + "]",)).fetchone()
+                fresh.execute(
+                    f"SELECT id FROM {table} ORDER BY e <#> %s::vector LIMIT 1",
+                    ("[" + ",".join(f"{x:.7g}" for x in queries[0]) + "]",),
+                ).fetchone()
             first = time.perf_counter() - t
-            rows.append(f"| {kind} | pgvector HNSW (m {m}) | {ef} | {np.mean(np.asarray(found) == exact):.4f} | "
-                        f"{np.median(ms):.2f} ({np.percentile(ms, 95):.2f}) | {build_s:.0f} s | "
-                        f"{size / 1e6:.0f} MB index in the server, ~0 in each node | {first:.3f} s (connect, query) |")
+            rows.append(
+                f"| {kind} | pgvector HNSW (m {m}) | {ef} | {np.mean(np.asarray(found) == exact):.4f} | "
+                f"{np.median(ms):.2f} ({np.percentile(ms, 95):.2f}) | {build_s:.0f} s | "
+                f"{size / 1e6:.0f} MB index in the server, ~0 in each node | {first:.3f} s (connect, query) |"
+            )
             print(rows[-1], file=sys.stderr)
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against '
-                                 'pgvector"'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against pgvector"'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("directory", type=Path)
     p.add_argument("--fitted", type=Path, required=True, help="parameters from speaker_like.py")
     p.add_argument("--speakers", type=int, default=100_000)
     p.add_argument("--kinds", default="speaker-like,uniform")
-    p.add_argument("--pg", help="admin URL of a PostgreSQL with pgvector (default: start one, python tests/pgserver.py)")
+    p.add_argument(
+        "--pg", help="admin URL of a PostgreSQL with pgvector (default: start one, python tests/pgserver.py)"
+    )
     p.add_argument("--pg-m", default="16,32")
     args = p.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
@@ -165,7 +185,9 @@ def main() -> None:
             for m in (int(x) for x in args.pg_m.split(",")):
                 rows += pgvector_rows(kind, base, queries, exact, url, m)
     print(f"\n{args.speakers:,} speakers, {len(params['mean'])}-d, {N_QUERIES} queries, {kit.cpu_name()}\n")
-    print("| vectors | design | efSearch | recall@1 vs exact | ms per query, median (p95) | build | memory | new node's first answer |")
+    print(
+        "| vectors | design | efSearch | recall@1 vs exact | ms per query, median (p95) | build | memory | new node's first answer |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)

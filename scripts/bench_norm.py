@@ -25,8 +25,9 @@ import statistics
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 DIM = 512
 
@@ -34,15 +35,20 @@ DIM = 512
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=kit.describe(__doc__, 'docs/accuracy.md, "Score normalisation (AS-norm)" (what it costs identify)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("dir", type=Path)
     parser.add_argument("--speakers", type=int, default=10_000)
     parser.add_argument("--cohort", type=int, default=251)
     parser.add_argument("--top-n", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=200, help="identify calls per block")
-    parser.add_argument("--faiss-threads", type=int, default=1,
-                        help="FAISS OpenMP threads (0: FAISS's default). One query gains nothing from more, and on "
-                        "a loaded machine OpenMP's waiting made one 10,000-speaker search 24-40 ms instead of 1.1 ms")
+    parser.add_argument(
+        "--faiss-threads",
+        type=int,
+        default=1,
+        help="FAISS OpenMP threads (0: FAISS's default). One query gains nothing from more, and on "
+        "a loaded machine OpenMP's waiting made one 10,000-speaker search 24-40 ms instead of 1.1 ms",
+    )
     args = parser.parse_args()
     if args.faiss_threads:
         import faiss  # deferred: loads its OpenMP runtime; --help stays quick
@@ -73,8 +79,12 @@ def main() -> None:
         _, centroids = store.centroids(s)
     queries = centroids[rng.integers(0, len(centroids), args.repeats)] + 0.05 * kit.unit_vectors(rng, args.repeats, DIM)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    cohort = norm.CohortVectors(stub.model_id, kit.unit_vectors(rng, args.cohort, DIM), [f"cohort/{i}" for i in range(args.cohort)],
-                                [f"c{i:063x}" for i in range(args.cohort)])
+    cohort = norm.CohortVectors(
+        stub.model_id,
+        kit.unit_vectors(rng, args.cohort, DIM),
+        [f"cohort/{i}" for i in range(args.cohort)],
+        [f"c{i:063x}" for i in range(args.cohort)],
+    )
 
     cpu: dict[int, list[float]] = {id(plain): [], id(normed): []}
     # The voice count (a VAD pass per file) is the same on both sides and only adds noise.
@@ -114,18 +124,24 @@ def main() -> None:
     normed.close()
 
     raw, normed_ms = statistics.median(raw_t), statistics.median(norm_t)
-    print(f"CPU: {kit.cpu_name()}; load average {kit.load_average():.1f}; {args.speakers:,} speakers, {DIM}-d, "
-          f"cohort {args.cohort}, top-N {args.top_n}, {args.repeats} paired identify calls, "
-          f"FAISS threads {args.faiss_threads or 'default'}")
+    print(
+        f"CPU: {kit.cpu_name()}; load average {kit.load_average():.1f}; {args.speakers:,} speakers, {DIM}-d, "
+        f"cohort {args.cohort}, top-N {args.top_n}, {args.repeats} paired identify calls, "
+        f"FAISS threads {args.faiss_threads or 'default'}"
+    )
     print("| identify, one clip, top 5 | median ms, wall | median ms, CPU of the thread |")
     print("|---|---|---|")
     print(f"| raw scores | {raw * 1e3:.2f} | {statistics.median(raw_cpu) * 1e3:.2f} |")
     print(f"| AS-norm | {normed_ms * 1e3:.2f} | {statistics.median(norm_cpu) * 1e3:.2f} |")
-    print(f"| AS-norm minus raw, median of paired differences | {statistics.median(diffs) * 1e3:+.2f} | "
-          f"{statistics.median(cpu_diffs) * 1e3:+.2f} |")
+    print(
+        f"| AS-norm minus raw, median of paired differences | {statistics.median(diffs) * 1e3:+.2f} | "
+        f"{statistics.median(cpu_diffs) * 1e3:+.2f} |"
+    )
     print(f"| first identify after `norm --cohort` (statistics of every speaker) | {first_on * 1e3:.1f} |")
-    print(f"| first identify after one more enrollment (statistics: {after[1] - before[1]} replayed, "
-          f"{after[0] - before[0]} rebuilt) | {replay * 1e3:.2f} |")
+    print(
+        f"| first identify after one more enrollment (statistics: {after[1] - before[1]} replayed, "
+        f"{after[0] - before[0]} rebuilt) | {replay * 1e3:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 DIM = 256
 
@@ -95,14 +96,21 @@ def measure(name: str, target: str, other_target: str, args, workdir: Path) -> l
     rows = []
     with SpeakerDB(target, embedder=stub(1)) as db, SpeakerDB(other_target, embedder=stub(2)) as other:
         db.identify([clip(0)])
-        rows.append((f"enroll one new speaker ({name})", f"{median_ms(lambda i: db.enroll(f'new{i}', [clip(10_000 + i)]), 50):.1f} ms"))
+        rows.append(
+            (
+                f"enroll one new speaker ({name})",
+                f"{median_ms(lambda i: db.enroll(f'new{i}', [clip(10_000 + i)]), 50):.1f} ms",
+            )
+        )
         rows.append((f"identify one recording ({name})", f"{median_ms(lambda i: db.identify([clip(i)]), 200):.2f} ms"))
 
         def idle(i):
             with db.indexer.snapshot():
                 pass
 
-        rows.append((f"keeping in step, nothing changed: a snapshot and its checks ({name})", f"{median_ms(idle, 200):.2f} ms"))
+        rows.append(
+            (f"keeping in step, nothing changed: a snapshot and its checks ({name})", f"{median_ms(idle, 200):.2f} ms")
+        )
 
         def after_other_node_wrote(i):
             other.enroll(f"other{i}", [clip(20_000 + i)])  # untimed below: only the reader's catch-up
@@ -112,20 +120,32 @@ def measure(name: str, target: str, other_target: str, args, workdir: Path) -> l
             return time.perf_counter() - t
 
         catch = [after_other_node_wrote(i) for i in range(30)]
-        rows.append((f"keeping in step after another node enrolled one speaker: the replay ({name})",
-                     f"{statistics.median(catch) * 1e3:.2f} ms"))
+        rows.append(
+            (
+                f"keeping in step after another node enrolled one speaker: the replay ({name})",
+                f"{statistics.median(catch) * 1e3:.2f} ms",
+            )
+        )
     one = throughput(target, 1, args.seconds)
     two = throughput(target, 2, args.seconds)
-    rows.append((f"identify throughput, one service / two services on one database ({name})",
-                 f"{one:.0f} / {two:.0f} requests/s ({two / one:.2f} x)"))
+    rows.append(
+        (
+            f"identify throughput, one service / two services on one database ({name})",
+            f"{one:.0f} / {two:.0f} requests/s ({two / one:.2f} x)",
+        )
+    )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against pgvector" '
-                                 '(what keeping in step costs)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            'docs/several-machines.md, "Choosing the search: index snapshots against pgvector" '
+            "(what keeping in step costs)",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--pg", help="admin URL of a PostgreSQL server (default: start one, python tests/pgserver.py)")
     p.add_argument("--speakers", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=10.0)
@@ -137,8 +157,9 @@ def main() -> None:
         pg = kit.new_pg_database(admin)
         sqlite = str(workdir / "bench.sqlite")
         rows = measure("SQLite", sqlite, sqlite, args, workdir) + measure("PostgreSQL", pg, pg, args, workdir)
-    kit.print_table(f"{args.speakers:,} speakers, {DIM}-d, model stubbed, {kit.cpu_name()}",
-                    ["measurement", "value"], rows)
+    kit.print_table(
+        f"{args.speakers:,} speakers, {DIM}-d, model stubbed, {kit.cpu_name()}", ["measurement", "value"], rows
+    )
 
 
 if __name__ == "__main__":

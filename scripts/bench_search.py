@@ -30,8 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import kit
 import numpy as np
+
+import kit
 from kit import Row, latency_row, timing_row
 
 SEED = 1234  # of the random vectors, so every run searches the same index
@@ -79,9 +80,13 @@ def bench_faiss(ctx: Settings) -> list[Row]:
         build_s = time.perf_counter() - start
         assert flat.kind == "flat"
         kit.log(f"faiss {n:,}: exact search, {LATENCY_QUERIES} one-query searches")
-        rows.append(latency_row(f"faiss {n:,} speakers: exact (flat) search, 1 query, k={SEARCH_K}",
-                                kit.search_latencies(flat, noisy[:LATENCY_QUERIES], SEARCH_K),
-                                note=f"built in {build_s:.2f} s"))
+        rows.append(
+            latency_row(
+                f"faiss {n:,} speakers: exact (flat) search, 1 query, k={SEARCH_K}",
+                kit.search_latencies(flat, noisy[:LATENCY_QUERIES], SEARCH_K),
+                note=f"built in {build_s:.2f} s",
+            )
+        )
         if n in hnsw_sizes:
             rows += hnsw_rows(ids[:n], vectors[:n], flat, noisy, sources, random_queries)
         if n == 1_000_000:
@@ -89,13 +94,20 @@ def bench_faiss(ctx: Settings) -> list[Row]:
         del flat
         gc.collect()
     if not ctx.full_scale:
-        rows.append(Row("faiss 1,000,000 speakers: HNSW", float("nan"), "ms",
-                        "skipped: building the graph takes ~10 min on 2 cores; run with --full-scale"))
+        rows.append(
+            Row(
+                "faiss 1,000,000 speakers: HNSW",
+                float("nan"),
+                "ms",
+                "skipped: building the graph takes ~10 min on 2 cores; run with --full-scale",
+            )
+        )
     return rows
 
 
-def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray, sources: np.ndarray,
-              random_queries: np.ndarray) -> list[Row]:
+def hnsw_rows(
+    ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray, sources: np.ndarray, random_queries: np.ndarray
+) -> list[Row]:
     """Build time, latency and recall@1 (against ``flat``) of an HNSW index over the same vectors."""
     from speakerdb.storage.index import (
         SpeakerIndex,  # deferred: loads FAISS; --help stays quick
@@ -113,11 +125,16 @@ def hnsw_rows(ids: np.ndarray, vectors: np.ndarray, flat: Any, noisy: np.ndarray
     random_ms = np.median(kit.search_latencies(hnsw, random_queries[:LATENCY_QUERIES], SEARCH_K)) * 1e3
     rows = [
         Row(f"{label} build (`SpeakerIndex.build`, approximate_above=0)", build_s, "s", f"{setting}; one run"),
-        latency_row(f"{label} search, 1 query, k={SEARCH_K}",
-                    kit.search_latencies(hnsw, noisy[:LATENCY_QUERIES], SEARCH_K),
-                    note=f"noisy copies of enrolled vectors; random queries: median {random_ms:.3f} ms"),
+        latency_row(
+            f"{label} search, 1 query, k={SEARCH_K}",
+            kit.search_latencies(hnsw, noisy[:LATENCY_QUERIES], SEARCH_K),
+            note=f"noisy copies of enrolled vectors; random queries: median {random_ms:.3f} ms",
+        ),
     ]
-    for kind, queries in (("noisy copies of enrolled vectors (cosine ~0.8)", noisy), ("random queries", random_queries)):
+    for kind, queries in (
+        ("noisy copies of enrolled vectors (cosine ~0.8)", noisy),
+        ("random queries", random_queries),
+    ):
         _, exact_top = flat.search(queries, 1)  # (q, 1)
         _, approx_top = hnsw.search(queries, 1)
         recall = float(np.mean(exact_top[:, 0] == approx_top[:, 0]))
@@ -137,14 +154,18 @@ def save_load_rows(ctx: Settings, index: Any) -> list[Row]:
     path = ctx.scratch / "bench.faiss"
     repeats = min(ctx.repeats, 3)  # each writes and reads a 2 GB file
     kit.log(f"faiss {len(index):,}: {repeats} x save and load")
-    times = kit.interleaved({"save": lambda: index.save(path), "load": lambda: SpeakerIndex.load(path)}, repeats,
-                            warmup=False)
+    times = kit.interleaved(
+        {"save": lambda: index.save(path), "load": lambda: SpeakerIndex.load(path)}, repeats, warmup=False
+    )
     size = f"{path.stat().st_size / 2**30:.2f} GiB file"
     path.unlink()
     return [
         timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.save`", times["save"], note=size),
-        timing_row(f"faiss {len(index):,} speakers: exact index `SpeakerIndex.load`", times["load"],
-                   note="page cache warm: the file was just written"),
+        timing_row(
+            f"faiss {len(index):,} speakers: exact index `SpeakerIndex.load`",
+            times["load"],
+            note="page cache warm: the file was just written",
+        ),
     ]
 
 
@@ -170,9 +191,15 @@ def bench_enroll(ctx: Settings) -> list[Row]:
         enrolled = db.info().to_dict()
     total = marks[-1] - marks[0]
     tenth = np.diff(marks)
-    rows = [Row(f"enroll {n:,} new speakers{quick}: `SpeakerDB.enroll` calls per second, stub embedder", n / total,
-                "/s", f"{total:.1f} s in all, one 1 s clip each; first tenth {n / 10 / tenth[0]:,.0f} /s, "
-                f"last tenth {n / 10 / tenth[-1]:,.0f} /s; one run")]
+    rows = [
+        Row(
+            f"enroll {n:,} new speakers{quick}: `SpeakerDB.enroll` calls per second, stub embedder",
+            n / total,
+            "/s",
+            f"{total:.1f} s in all, one 1 s clip each; first tenth {n / 10 / tenth[0]:,.0f} /s, "
+            f"last tenth {n / 10 / tenth[-1]:,.0f} /s; one run",
+        )
+    ]
 
     # The same number of speakers arriving at once, as a gallery of one utterance each.
     path = ctx.scratch / "bench.gallery"
@@ -184,9 +211,15 @@ def bench_enroll(ctx: Settings) -> list[Row]:
         start = time.perf_counter()
         summary = db.import_gallery(path)
         import_s = time.perf_counter() - start
-    rows.append(Row(f"enroll {n:,} speakers{quick}: `SpeakerDB.import_gallery` of {n:,} speakers x 1 utterance",
-                    import_s, "s", f"{n / import_s:,.0f} speakers/s; writing the gallery took {write_s:.2f} s; one run",
-                    ok=len(summary.created) == n))
+    rows.append(
+        Row(
+            f"enroll {n:,} speakers{quick}: `SpeakerDB.import_gallery` of {n:,} speakers x 1 utterance",
+            import_s,
+            "s",
+            f"{n / import_s:,.0f} speakers/s; writing the gallery took {write_s:.2f} s; one run",
+            ok=len(summary.created) == n,
+        )
+    )
     counts = {k: v for k, v in enrolled.items() if "speaker" in k or "utterance" in k}
     if counts and max(counts.values()) != n:  # every enroll() must have created its speaker
         rows[0].ok = False
@@ -197,9 +230,14 @@ def bench_enroll(ctx: Settings) -> list[Row]:
 def bench_process(parts: Sequence[str]) -> list[Row]:
     """This process's peak memory, at the end: VmHWM, which (unlike ru_maxrss) starts afresh at exec."""
     peak = kit.status_mib("VmHWM")
-    return [Row(f"{' and '.join(parts)}: peak RSS of the process (VmHWM)", kit.peak_rss_mib() if math.isnan(peak) else peak,
-                "MiB", "with 1M speakers, the FAISS vectors: 2 GB, twice while loading an index file"
-                if "faiss" in parts else "")]
+    return [
+        Row(
+            f"{' and '.join(parts)}: peak RSS of the process (VmHWM)",
+            kit.peak_rss_mib() if math.isnan(peak) else peak,
+            "MiB",
+            "with 1M speakers, the FAISS vectors: 2 GB, twice while loading an index file" if "faiss" in parts else "",
+        )
+    ]
 
 
 #: The measurements, in the order they run and are printed; ``--only`` names them without ``bench_``.
@@ -208,15 +246,24 @@ BENCHMARKS: dict[str, Callable[[Settings], list[Row]]] = {"faiss": bench_faiss, 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, "docs/performance.md (the FAISS and enrollment rows of its table, "
-                                 "through bench.py)"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, help="timed runs of the index save and load (default: 5, or 3 with "
-                        "--quick; at most 3)")
-    parser.add_argument("--quick", action="store_true",
-                        help="FAISS at 1k and 100k speakers only (unless --full-scale), 2,000 enrollments")
-    parser.add_argument("--full-scale", action="store_true",
-                        help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)")
+        description=kit.describe(
+            __doc__, "docs/performance.md (the FAISS and enrollment rows of its table, through bench.py)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed runs of the index save and load (default: 5, or 3 with --quick; at most 3)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="FAISS at 1k and 100k speakers only (unless --full-scale), 2,000 enrollments",
+    )
+    parser.add_argument(
+        "--full-scale",
+        action="store_true",
+        help="also build and measure an HNSW index of 1M speakers (~10 min on 2 cores)",
+    )
     parser.add_argument("--only", metavar="NAMES", help=f"comma-separated, of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the rows to this JSON file")
     args = parser.parse_args(argv)

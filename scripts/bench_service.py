@@ -88,9 +88,28 @@ class Service:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self.log_file = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "speakerdb", "--db", str(db), "--model", str(checkpoint), "serve", "--port",
-             str(self.port), "--workers", str(workers), "--log-level", "warning", "--queue-size", "64"],
-            stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+            [
+                sys.executable,
+                "-m",
+                "speakerdb",
+                "--db",
+                str(db),
+                "--model",
+                str(checkpoint),
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                "--log-level",
+                "warning",
+                "--queue-size",
+                "64",
+            ],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         self.key = key
 
     def wait_ready(self) -> float:
@@ -185,9 +204,15 @@ def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) ->
     sampling[0] = False
     sampler.join()
     return {
-        "requests": len(latencies), "rps": len(latencies) / elapsed, "p50": percentile(latencies, 50),
-        "p95": percentile(latencies, 95), "p99": percentile(latencies, 99), "errors": len(errors), "busy_503": busy,
-        "error_examples": errors[:3], "worker_rss_mb": sorted(round(v) for v in peak_rss.values()),
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+        "errors": len(errors),
+        "busy_503": busy,
+        "error_examples": errors[:3],
+        "worker_rss_mb": sorted(round(v) for v in peak_rss.values()),
     }
 
 
@@ -216,18 +241,35 @@ def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[f
                 [answer] = client.identify([clip])
                 remote.append(time.perf_counter() - t0)
                 assert answer.error is None, answer.error
-            for side, times in (("interleaved: in-process SpeakerDB.identify", local),
-                                ("interleaved: service, 1 worker, 1 client", remote)):
-                rows.append({"side": side, "workers": 1 if "service" in side else "-", "clients": 1, "clip_s": seconds,
-                             "requests": len(times), "rps": len(times) / sum(times), "p50": statistics.median(times),
-                             "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
-                             "worker_rss_mb": [], "load": (before, load())})
+            for side, times in (
+                ("interleaved: in-process SpeakerDB.identify", local),
+                ("interleaved: service, 1 worker, 1 client", remote),
+            ):
+                rows.append(
+                    {
+                        "side": side,
+                        "workers": 1 if "service" in side else "-",
+                        "clients": 1,
+                        "clip_s": seconds,
+                        "requests": len(times),
+                        "rps": len(times) / sum(times),
+                        "p50": statistics.median(times),
+                        "p95": percentile(times, 95),
+                        "p99": percentile(times, 99),
+                        "errors": 0,
+                        "busy_503": 0,
+                        "worker_rss_mb": [],
+                        "load": (before, load()),
+                    }
+                )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=kit.describe(__doc__, 'docs/service.md, "Measured throughput"'),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/service.md, "Measured throughput"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoint", type=Path, help="random full-size checkpoint directory (made if empty)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per service cell")
     parser.add_argument("--repeats", type=int, default=7, help="in-process identify calls per clip length")
@@ -235,13 +277,21 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--clients", default="1,4,16")
     parser.add_argument("--clip-seconds", default="3,10")
-    parser.add_argument("--interleave", type=int, default=5,
-                        help="pairs of one in-process call and one service call (1 worker, 1 client), alternated "
-                        "so that the machine's load hits both sides alike; 0: none")
-    parser.add_argument("--paired", type=int, default=0,
-                        help="per worker count and clip length, N pairs of cells (1 client, then the most clients), "
-                        "alternated, reported as the median of the pairs' throughput ratios: the comparison a "
-                        "machine whose load drifts between cells cannot skew; 0: none")
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=5,
+        help="pairs of one in-process call and one service call (1 worker, 1 client), alternated "
+        "so that the machine's load hits both sides alike; 0: none",
+    )
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        help="per worker count and clip length, N pairs of cells (1 client, then the most clients), "
+        "alternated, reported as the median of the pairs' throughput ratios: the comparison a "
+        "machine whose load drifts between cells cannot skew; 0: none",
+    )
     parser.add_argument("--skip-cli", action="store_true", help="leave out the one-shot CLI processes")
     parser.add_argument("--skip-cells", action="store_true", help="leave out the concurrent-client cells")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -282,10 +332,23 @@ def main() -> None:
                 t0 = time.perf_counter()
                 db.identify([clip])
                 times.append(time.perf_counter() - t0)
-            rows.append({"side": "in-process SpeakerDB.identify", "workers": "-", "clients": 1, "clip_s": seconds,
-                         "requests": len(times), "rps": len(times) / sum(times), "p50": statistics.median(times),
-                         "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
-                         "worker_rss_mb": [round(rss_mb(os.getpid()))], "load": (before, load())})
+            rows.append(
+                {
+                    "side": "in-process SpeakerDB.identify",
+                    "workers": "-",
+                    "clients": 1,
+                    "clip_s": seconds,
+                    "requests": len(times),
+                    "rps": len(times) / sum(times),
+                    "p50": statistics.median(times),
+                    "p95": percentile(times, 95),
+                    "p99": percentile(times, 99),
+                    "errors": 0,
+                    "busy_503": 0,
+                    "worker_rss_mb": [round(rss_mb(os.getpid()))],
+                    "load": (before, load()),
+                }
+            )
 
     # ---- one-shot CLI processes ------------------------------------------------------------
     log("one-shot `speakerdb identify` processes")
@@ -294,15 +357,31 @@ def main() -> None:
         times = []
         for _ in range(3):
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "speakerdb", "--db", str(db_path), "identify", str(clip),
-                                  "--json"], capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "speakerdb", "--db", str(db_path), "identify", str(clip), "--json"],
+                capture_output=True,
+                text=True,
+            )
             times.append(time.perf_counter() - t0)
             if out.returncode != 0:
                 raise SystemExit(out.stderr)
-        rows.append({"side": "one-shot `speakerdb identify` process", "workers": "-", "clients": 1, "clip_s": seconds,
-                     "requests": 3, "rps": 3 / sum(times), "p50": statistics.median(times),
-                     "p95": percentile(times, 95), "p99": percentile(times, 99), "errors": 0, "busy_503": 0,
-                     "worker_rss_mb": [], "load": (before, load())})
+        rows.append(
+            {
+                "side": "one-shot `speakerdb identify` process",
+                "workers": "-",
+                "clients": 1,
+                "clip_s": seconds,
+                "requests": 3,
+                "rps": 3 / sum(times),
+                "p50": statistics.median(times),
+                "p95": percentile(times, 95),
+                "p99": percentile(times, 99),
+                "errors": 0,
+                "busy_503": 0,
+                "worker_rss_mb": [],
+                "load": (before, load()),
+            }
+        )
 
     # ---- the service -----------------------------------------------------------------------
     for workers in [int(x) for x in args.workers.split(",")]:
@@ -317,30 +396,57 @@ def main() -> None:
                 for k in range(args.paired):
                     for n_clients in (1, most):
                         before = load()
-                        log(f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
+                        log(
+                            f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), {seconds:g} s clips"
+                        )
                         result = run_clients(service, clip, n_clients, args.seconds)
-                        rows.append({"side": "paired", "workers": workers, "clients": n_clients, "clip_s": seconds,
-                                     "pair": k, **result, "load": (before, load()), "ready_s": ready_s})
+                        rows.append(
+                            {
+                                "side": "paired",
+                                "workers": workers,
+                                "clients": n_clients,
+                                "clip_s": seconds,
+                                "pair": k,
+                                **result,
+                                "load": (before, load()),
+                                "ready_s": ready_s,
+                            }
+                        )
             for seconds, clip in ({} if args.skip_cells else clips).items():
                 for n_clients in [int(x) for x in args.clients.split(",")]:
                     before = load()
                     log(f"  {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
                     result = run_clients(service, clip, n_clients, args.seconds)
-                    rows.append({"side": "service", "workers": workers, "clients": n_clients, "clip_s": seconds,
-                                 **result, "load": (before, load()), "ready_s": ready_s})
+                    rows.append(
+                        {
+                            "side": "service",
+                            "workers": workers,
+                            "clients": n_clients,
+                            "clip_s": seconds,
+                            **result,
+                            "load": (before, load()),
+                            "ready_s": ready_s,
+                        }
+                    )
         finally:
             service.stop()
 
     # ---- report ----------------------------------------------------------------------------
-    print(f"\nCPU: {cpu}; torch threads: default (SPEAKERDB_THREADS={os.environ.get('SPEAKERDB_THREADS', 'unset')}); "
-          f"{args.speakers} speakers; service cells of {args.seconds:g} s; full-size random WavLM checkpoint.\n")
-    print("| side | workers | clients | clip | requests | req/s | p50 s | p95 s | p99 s | errors | 503s "
-          "| RSS per worker MB | load 1-min before/after |")
+    print(
+        f"\nCPU: {cpu}; torch threads: default (SPEAKERDB_THREADS={os.environ.get('SPEAKERDB_THREADS', 'unset')}); "
+        f"{args.speakers} speakers; service cells of {args.seconds:g} s; full-size random WavLM checkpoint.\n"
+    )
+    print(
+        "| side | workers | clients | clip | requests | req/s | p50 s | p95 s | p99 s | errors | 503s "
+        "| RSS per worker MB | load 1-min before/after |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['side']} | {r['workers']} | {r['clients']} | {r['clip_s']:g} s | {r['requests']} | "
-              f"{r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['busy_503']} | "
-              f"{', '.join(map(str, r['worker_rss_mb'])) or '-'} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |")
+        print(
+            f"| {r['side']} | {r['workers']} | {r['clients']} | {r['clip_s']:g} s | {r['requests']} | "
+            f"{r['rps']:.2f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['errors']} | {r['busy_503']} | "
+            f"{', '.join(map(str, r['worker_rss_mb'])) or '-'} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
+        )
     for seconds in clip_lengths:
         pair = {r["side"]: r["p50"] for r in rows if r["side"].startswith("interleaved") and r["clip_s"] == seconds}
         if len(pair) == 2:
@@ -351,15 +457,22 @@ def main() -> None:
     print()
     for seconds in clip_lengths:
         if seconds in one and seconds in inproc:
-            print(f"- {seconds:g} s clip, 1 worker, 1 client: service p50 {one[seconds]['p50']:.2f} s = "
-                  f"{one[seconds]['p50'] / inproc[seconds]:.2f} x in-process ({inproc[seconds]:.2f} s)")
+            print(
+                f"- {seconds:g} s clip, 1 worker, 1 client: service p50 {one[seconds]['p50']:.2f} s = "
+                f"{one[seconds]['p50'] / inproc[seconds]:.2f} x in-process ({inproc[seconds]:.2f} s)"
+            )
     for workers in [int(x) for x in args.workers.split(",")]:
         for seconds in clip_lengths:
-            cells = {r["clients"]: r for r in rows if r["side"] == "service" and r["workers"] == workers
-                     and r["clip_s"] == seconds}
+            cells = {
+                r["clients"]: r
+                for r in rows
+                if r["side"] == "service" and r["workers"] == workers and r["clip_s"] == seconds
+            }
             if 1 in cells and 16 in cells:
-                print(f"- {workers} worker(s), {seconds:g} s: throughput at 16 clients = "
-                      f"{cells[16]['rps'] / cells[1]['rps']:.2f} x that at 1 client")
+                print(
+                    f"- {workers} worker(s), {seconds:g} s: throughput at 16 clients = "
+                    f"{cells[16]['rps'] / cells[1]['rps']:.2f} x that at 1 client"
+                )
     for workers in [int(x) for x in args.workers.split(",")]:
         for seconds in clip_lengths:
             paired = [r for r in rows if r["side"] == "paired" and r["workers"] == workers and r["clip_s"] == seconds]
@@ -368,9 +481,11 @@ def main() -> None:
                 by_pair.setdefault(r["pair"], {})[r["clients"]] = r["rps"]
             ratios = sorted(p[max(p)] / p[1] for p in by_pair.values() if 1 in p and len(p) == 2)
             if ratios:
-                print(f"- {workers} worker(s), {seconds:g} s, {len(ratios)} alternated pairs: throughput at "
-                      f"{max(int(x) for x in args.clients.split(','))} clients = {statistics.median(ratios):.2f} x "
-                      f"that at 1 client (median; pairs {', '.join(f'{x:.2f}' for x in ratios)})")
+                print(
+                    f"- {workers} worker(s), {seconds:g} s, {len(ratios)} alternated pairs: throughput at "
+                    f"{max(int(x) for x in args.clients.split(','))} clients = {statistics.median(ratios):.2f} x "
+                    f"that at 1 client (median; pairs {', '.join(f'{x:.2f}' for x in ratios)})"
+                )
     errors = [e for r in rows for e in r.get("error_examples", [])]
     if errors:
         print("\nerrors seen: " + "; ".join(errors[:5]))

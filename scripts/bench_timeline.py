@@ -44,7 +44,10 @@ def child(model: str, precision: str, wav: str, manifest: str) -> dict:
     )
 
     enroll = json.loads(Path(manifest).read_text())["enroll"]
-    with tempfile.TemporaryDirectory() as tmp, SpeakerDB(Path(tmp) / "db.sqlite", model=model, precision=precision) as db:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SpeakerDB(Path(tmp) / "db.sqlite", model=model, precision=precision) as db,
+    ):
         for spk, files in enroll.items():
             db.enroll(spk, files)
         before, peak_since = kit.rss_baseline()  # the timeline call's own peak, not enrollment's
@@ -54,14 +57,22 @@ def child(model: str, precision: str, wav: str, manifest: str) -> dict:
         wall = time.perf_counter() - started
         load1 = os.getloadavg()[0]
         peak = peak_since()
-    return {"wall_s": round(wall, 2), "audio_s": round(t.duration, 1), "rtf": round(wall / t.duration, 4),
-            "voices": len(t.voices), "rss_mib_before": round(before), "peak_mib": round(peak),
-            "load": [round(load0, 1), round(load1, 1)]}
+    return {
+        "wall_s": round(wall, 2),
+        "audio_s": round(t.duration, 1),
+        "rtf": round(wall / t.duration, 4),
+        "voices": len(t.voices),
+        "rss_mib_before": round(before),
+        "peak_mib": round(peak),
+        "load": [round(load0, 1), round(load1, 1)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=kit.describe(__doc__, 'docs/timeline.md, "Speed of the timeline"'),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/timeline.md, "Speed of the timeline"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("data", type=Path, nargs="?", help="speaker directories (LibriSpeech test-other)")
     p.add_argument("--models", default="ge2e", help="comma-separated: ge2e, fp32, bf16 (default ge2e)")
     p.add_argument("--minutes", type=float, default=10.0)
@@ -81,8 +92,21 @@ def main(argv: list[str] | None = None) -> int:
     convs = {}
     for minutes in lengths:
         out = work / f"{minutes:g}min"
-        subprocess.run([sys.executable, str(kit.SCRIPTS / "make_conversations.py"), str(args.data), str(out),
-                        "--count", "1", "--minutes", str(minutes), "--seed", "0"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(kit.SCRIPTS / "make_conversations.py"),
+                str(args.data),
+                str(out),
+                "--count",
+                "1",
+                "--minutes",
+                str(minutes),
+                "--seed",
+                "0",
+            ],
+            check=True,
+        )
         convs[minutes] = (str(out / "conv-00.wav"), str(out / "manifest.json"))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     checkpoint = None
@@ -94,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         model, precision = ("resemblyzer", "fp32") if m == "ge2e" else (str(checkpoint), m)
         for minutes in lengths:
             wav, manifest = convs[minutes]
-            out = subprocess.run([sys.executable, __file__, "--child", model, precision, wav, manifest],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", model, precision, wav, manifest], capture_output=True, text=True
+            )
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)
                 raise SystemExit(f"{m} on {minutes:g} min failed")
@@ -106,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | conversation | wall | RTF | peak RSS during the call (RSS before it) | load avg (start, end) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['minutes']:g} min ({r['audio_s']:.0f} s) | {r['wall_s']:.1f} s | {r['rtf']:.4f} | "
-              f"{r['peak_mib']} MiB ({r['rss_mib_before']} MiB) | {r['load'][0]}, {r['load'][1]} |")
+        print(
+            f"| {r['model']} | {r['minutes']:g} min ({r['audio_s']:.0f} s) | {r['wall_s']:.1f} s | {r['rtf']:.4f} | "
+            f"{r['peak_mib']} MiB ({r['rss_mib_before']} MiB) | {r['load'][0]}, {r['load'][1]} |"
+        )
     for m in models:
         by = {r["minutes"]: r for r in rows if r["model"] == m}
         if len(by) == 2:
-            print(f"\n{m}: {args.long:g} min / {args.minutes:g} min time ratio "
-                  f"{by[args.long]['wall_s'] / by[args.minutes]['wall_s']:.2f} (linear: {args.long / args.minutes:.1f})")
+            print(
+                f"\n{m}: {args.long:g} min / {args.minutes:g} min time ratio "
+                f"{by[args.long]['wall_s'] / by[args.minutes]['wall_s']:.2f} (linear: {args.long / args.minutes:.1f})"
+            )
     if args.json:
         args.json.write_text(json.dumps({"cpu": kit.cpu_name(), "rows": rows}, indent=2))
     return 0

@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import kit
-
-from speakerdb.embedding.models import load_embedder
 from speakerdb.api import evaluation_database
+from speakerdb.embedding.models import load_embedder
 from speakerdb.scoring import evaluate
 
 CONDITIONS = {"whole": None, "2 s": 2.0, "1 s": 1.0}  # test-seconds per condition
@@ -51,14 +50,20 @@ def figures(r: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/accuracy.md, "Does normalisation help? Measured on LibriSpeech with GE2E"'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, 'docs/accuracy.md, "Does normalisation help? Measured on LibriSpeech with GE2E"'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--data", type=Path, default=kit.REPO.parent / "shared" / "data" / "librispeech")
     parser.add_argument("--top-n", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="Also write every figure to this JSON file.")
-    parser.add_argument("--split-cohort", action="store_true",
-                        help="Half of train-clean-100 as the cohort, the other half as impostors.")
+    parser.add_argument(
+        "--split-cohort",
+        action="store_true",
+        help="Half of train-clean-100 as the cohort, the other half as impostors.",
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -76,14 +81,20 @@ def main() -> None:
             cohort_dir, impostor_dirs = Path(tmp) / "cohort", [Path(tmp) / "impostors"]
         cohort = evaluate.embed_cohort(cohort_dir, embedder)
         rows, counts = table(args, embedder, cohort, impostor_dirs, start)
-    print(f"GE2E (resemblyzer) on {args.data}/test-other, cohort {len(cohort.vectors)} recordings of "
-          f"train-clean-100{' (even half; odd half as impostors)' if args.split_cohort else ''}, seed {args.seed}; {counts}")
+    print(
+        f"GE2E (resemblyzer) on {args.data}/test-other, cohort {len(cohort.vectors)} recordings of "
+        f"train-clean-100{' (even half; odd half as impostors)' if args.split_cohort else ''}, seed {args.seed}; {counts}"
+    )
     print(f"CPU: {kit.cpu_name()}; {time.perf_counter() - start:.0f} s in all\n")
-    print("| condition | scores | top-1 | EER (threshold) | minDCF 0.01 | minDCF 0.05 | DIR @ FAR 1 % | DIR @ FAR 10 % |")
+    print(
+        "| condition | scores | top-1 | EER (threshold) | minDCF 0.01 | minDCF 0.05 | DIR @ FAR 1 % | DIR @ FAR 10 % |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['condition']} | {r['scores']} | {r['top1']:.1%} | {r['eer']:.2%} ({r['eer_threshold']:.3f}) | "
-              f"{r['min_dcf_0.01']:.3f} | {r['min_dcf_0.05']:.3f} | {r['dir_1%']:.1%} | {r['dir_10%']:.1%} |")
+        print(
+            f"| {r['condition']} | {r['scores']} | {r['top1']:.1%} | {r['eer']:.2%} ({r['eer_threshold']:.3f}) | "
+            f"{r['min_dcf_0.01']:.3f} | {r['min_dcf_0.05']:.3f} | {r['dir_1%']:.1%} | {r['dir_10%']:.1%} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"counts": counts, "rows": rows}, indent=2))
 
@@ -94,11 +105,27 @@ def table(args, embedder, cohort, impostor_dirs: list[Path], start: float) -> tu
     counts = {}
     for condition, seconds in CONDITIONS.items():
         for n in args.top_n:
-            report, _, _ = evaluate.run(args.data / "test-other", embedder=embedder, cohort=cohort, top_n=n,
-                                        test_seconds=seconds, seed=args.seed, impostor_dirs=impostor_dirs, open_db=evaluation_database)
+            report, _, _ = evaluate.run(
+                args.data / "test-other",
+                embedder=embedder,
+                cohort=cohort,
+                top_n=n,
+                test_seconds=seconds,
+                seed=args.seed,
+                impostor_dirs=impostor_dirs,
+                open_db=evaluation_database,
+            )
             d = report.to_dict()
-            counts = {k: d[k] for k in ("n_enrolled_speakers", "n_probes", "n_impostor_probes",
-                                        "n_target_trials", "n_nontarget_trials")}
+            counts = {
+                k: d[k]
+                for k in (
+                    "n_enrolled_speakers",
+                    "n_probes",
+                    "n_impostor_probes",
+                    "n_target_trials",
+                    "n_nontarget_trials",
+                )
+            }
             if n == args.top_n[0]:
                 rows.append({"condition": condition, "scores": "raw", **figures(d)})
             rows.append({"condition": condition, "scores": f"AS-norm N={n}", **figures(d["normalised"])})

@@ -35,8 +35,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: models are local
 
@@ -90,7 +91,8 @@ def baseline(db: SpeakerDB, path: Path, window_s: float = 1.5, hop_s: float = 0.
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=kit.describe(__doc__, 'docs/timeline.md, "Measured accuracy of the timeline"'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("conversations", type=Path, help="directory written by make_conversations.py")
     p.add_argument("--model", default="resemblyzer")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
@@ -113,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     manifest = json.loads((args.conversations / "manifest.json").read_text())
     convs = manifest["conversations"][: args.limit]
     enrolled = set(manifest["enroll"])
-    params = timeline.Params(window_s=args.window, hop_s=args.hop, cluster_threshold=args.cluster_threshold,
-                             min_segment_s=args.min_segment, min_voice_s=args.min_voice,
-                             switch_penalty=args.switch_penalty, merge_gap_s=args.merge_gap)
+    params = timeline.Params(
+        window_s=args.window,
+        hop_s=args.hop,
+        cluster_threshold=args.cluster_threshold,
+        min_segment_s=args.min_segment,
+        min_voice_s=args.min_voice,
+        switch_penalty=args.switch_penalty,
+        merge_gap_s=args.merge_gap,
+    )
     hyps: dict[str, list] = {}
     started = time.perf_counter()
     audio_s = sum(c["duration"] for c in convs)
@@ -139,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
                     hyps[uri] = [(s.start, s.end, s.label) for s in t.segments]
             run_s = time.perf_counter() - started
         if args.write_hyp:
-            args.write_hyp.write_text("".join(
-                f"SPEAKER {u} 1 {a:.3f} {b - a:.3f} <NA> <NA> {lab} <NA> <NA>\n" for u, segs in hyps.items() for a, b, lab in segs))
+            args.write_hyp.write_text(
+                "".join(
+                    f"SPEAKER {u} 1 {a:.3f} {b - a:.3f} <NA> <NA> {lab} <NA> <NA>\n"
+                    for u, segs in hyps.items()
+                    for a, b, lab in segs
+                )
+            )
 
     ders = {c: DiarizationErrorRate(collar=c) for c in COLLARS}
     named = [0.0, 0.0]  # right-name frames, enrolled reference frames
@@ -163,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
                     unknown[0] += any(x.startswith("unknown") for x in h)
                     unknown[1] += any(x in enrolled for x in h)
 
-    result = {"conversations": len(convs), "audio_s": round(audio_s, 1), "model": args.model, "cpu": kit.cpu_name(),
-              "run_s": None if run_s is None else round(run_s, 1),
-              "rtf": None if run_s is None else round(run_s / audio_s, 4),
-              "system": "baseline" if args.baseline else "hyp-file" if args.hyp else "timeline",
-              "settings": manifest.get("settings", {})}
+    result = {
+        "conversations": len(convs),
+        "audio_s": round(audio_s, 1),
+        "model": args.model,
+        "cpu": kit.cpu_name(),
+        "run_s": None if run_s is None else round(run_s, 1),
+        "rtf": None if run_s is None else round(run_s / audio_s, 4),
+        "system": "baseline" if args.baseline else "hyp-file" if args.hyp else "timeline",
+        "settings": manifest.get("settings", {}),
+    }
     for col, metric in ders.items():
         d = metric.accumulated_  # components summed over all conversations
         total = d["total"]
@@ -183,13 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['system']} on {len(convs)} conversations ({audio_s / 60:.1f} min), model {args.model}, {result['cpu']}")
+        print(
+            f"{result['system']} on {len(convs)} conversations ({audio_s / 60:.1f} min), model {args.model}, {result['cpu']}"
+        )
         print("| collar | DER | miss | FA | confusion |\n|---|---|---|---|---|")
         for col in COLLARS:
             r = result[f"collar_{col:g}"]
             print(f"| {col:g} s | {r['der']:.2f} % | {r['miss']:.2f} % | {r['fa']:.2f} % | {r['confusion']:.2f} % |")
-        print(f"named-time accuracy {result['named_accuracy']:.2f} %, unenrolled time labelled unknown "
-              f"{result['unknown_share']:.2f} % (given an enrolled name {result['false_name_share']:.2f} %)")
+        print(
+            f"named-time accuracy {result['named_accuracy']:.2f} %, unenrolled time labelled unknown "
+            f"{result['unknown_share']:.2f} % (given an enrolled name {result['false_name_share']:.2f} %)"
+        )
         if run_s is not None:
             print(f"run time {run_s:.1f} s for {audio_s:.0f} s of audio: RTF {run_s / audio_s:.4f}")
     return 0

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import kit
-
 from speakerdb import timeline
 from speakerdb.audio import vad
 from speakerdb.embedding.models import load_embedder
@@ -26,8 +25,11 @@ from speakerdb.scoring.evaluate import AUDIO_SUFFIXES
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/timeline.md, "identify says when a file holds several voices" (its false-fire rate)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, 'docs/timeline.md, "identify says when a file holds several voices" (its false-fire rate)'
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dirs", nargs="+", type=Path)
     p.add_argument("--threshold", type=float, default=None, help="default: the GE2E encoder's starting threshold")
     args = p.parse_args(argv)
@@ -43,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         silent += n == 0
         if n != 1:
             print(f"{f}: {n} voices", flush=True)
-    print(f"{len(files)} single-speaker files: several voices found in {fired} ({100 * fired / max(len(files), 1):.1f} %), "
-          f"none in {silent}; {time.perf_counter() - started:.0f} s on {kit.cpu_name()}")
+    print(
+        f"{len(files)} single-speaker files: several voices found in {fired} ({100 * fired / max(len(files), 1):.1f} %), "
+        f"none in {silent}; {time.perf_counter() - started:.0f} s on {kit.cpu_name()}"
+    )
     return 0
 
 

@@ -28,8 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 SR = kit.SAMPLE_RATE
 CLIPS_S = (1, 3, 10, 30)
@@ -73,9 +74,13 @@ def timed(fn, w, sync) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, "no documented table yet: OUT.json, the check behind --device cuda "
-                                 "(docs/usage.md; listed in docs/development.md)"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            "no documented table yet: OUT.json, the check behind --device cuda "
+            "(docs/usage.md; listed in docs/development.md)",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out", type=Path, help="the JSON report to write")
     parser.add_argument("--checkpoint", type=Path, help="a checkpoint directory (default: a full-size random one)")
     args = parser.parse_args()
@@ -119,8 +124,11 @@ def main() -> None:
     t = time.perf_counter()
     clip = pipeline.embed_clip(audio.Audio("ten-minutes", long), ours["fp32"])
     sync()
-    report["ten_minutes"] = {"seconds": time.perf_counter() - t, "norm": float(np.linalg.norm(clip.vector)),
-                             "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20}
+    report["ten_minutes"] = {
+        "seconds": time.perf_counter() - t,
+        "norm": float(np.linalg.norm(clip.vector)),
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20,
+    }
     print(json.dumps(report["ten_minutes"]), flush=True)
     out.write_text(json.dumps(report, indent=1))
 

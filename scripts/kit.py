@@ -170,6 +170,7 @@ def rss_baseline() -> tuple[float, Callable[[], float]]:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak to the current size
     except OSError:
+
         def peak_maxrss() -> float:
             """ru_maxrss (an upper bound: may include the parent's peak)"""
             return peak_rss_mib()
@@ -233,8 +234,11 @@ def format_value(row: Row) -> str:
 
 def rows_table(rows: Sequence[Row]) -> str:
     """Rows as a Markdown table, failed checks marked."""
-    return markdown_table(["Measurement", "Value", "Notes"],
-                          [(r.name, format_value(r), r.note + ("" if r.ok else " **FAILED**")) for r in rows], "lrl")
+    return markdown_table(
+        ["Measurement", "Value", "Notes"],
+        [(r.name, format_value(r), r.note + ("" if r.ok else " **FAILED**")) for r in rows],
+        "lrl",
+    )
 
 
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
@@ -268,8 +272,9 @@ def unit_vectors(rng: np.random.Generator, n: int, dim: int, chunk: int = 100_00
     return out
 
 
-def noisy_copies(rng: np.random.Generator, vectors: np.ndarray, n: int,
-                 sigma: float = QUERY_NOISE_SIGMA) -> tuple[np.ndarray, np.ndarray]:
+def noisy_copies(
+    rng: np.random.Generator, vectors: np.ndarray, n: int, sigma: float = QUERY_NOISE_SIGMA
+) -> tuple[np.ndarray, np.ndarray]:
     """(n, dim) unit queries near randomly chosen rows of ``vectors``, and those rows' indices (n,).
 
     Gaussian noise of ``sigma`` per component has norm ~0.75 in 512-d, so each query scores
@@ -314,8 +319,12 @@ def stub_clip(k: int = 0) -> Any:
     return Audio(f"r{k}.flac", (0.1 * rng.standard_normal(SAMPLE_RATE)).astype(np.float32))
 
 
-def write_gallery(path: Path, speakers: Sequence[tuple[str, np.ndarray]], model_id: str = STUB_MODEL_ID,
-                  metadata: dict[str, Any] | None = None) -> Path:
+def write_gallery(
+    path: Path,
+    speakers: Sequence[tuple[str, np.ndarray]],
+    model_id: str = STUB_MODEL_ID,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """A gallery file of ``(name, (n_utterances, dim) vectors)`` speakers, one 8 s utterance per vector."""
     from speakerdb import (
         __version__,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
@@ -323,11 +332,18 @@ def write_gallery(path: Path, speakers: Sequence[tuple[str, np.ndarray]], model_
     from speakerdb.storage import gallery
 
     entries = [
-        gallery.GallerySpeaker(name, None, None, dict(metadata or {}), [
-            gallery.GalleryUtterance(f"{name}/{j}.flac", 8.0, hashlib.sha256(f"{name}/{j}".encode()).hexdigest(),
-                                     None, v)
-            for j, v in enumerate(np.atleast_2d(vectors))
-        ])
+        gallery.GallerySpeaker(
+            name,
+            None,
+            None,
+            dict(metadata or {}),
+            [
+                gallery.GalleryUtterance(
+                    f"{name}/{j}.flac", 8.0, hashlib.sha256(f"{name}/{j}".encode()).hexdigest(), None, v
+                )
+                for j, v in enumerate(np.atleast_2d(vectors))
+            ],
+        )
         for name, vectors in speakers
     ]
     dim = int(np.atleast_2d(speakers[0][1]).shape[1]) if speakers else 0
@@ -335,8 +351,13 @@ def write_gallery(path: Path, speakers: Sequence[tuple[str, np.ndarray]], model_
     return path
 
 
-def fill_database(path: Path, n: int, seed: int = 0, dim: int = 512,
-                  draw: Callable[[np.random.Generator, int], np.ndarray] | None = None) -> None:
+def fill_database(
+    path: Path,
+    n: int,
+    seed: int = 0,
+    dim: int = 512,
+    draw: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+) -> None:
     """Bulk-fill a new database at ``path`` with ``n`` speakers of one utterance each.
 
     SQLAlchemy Core bulk inserts into the tables and blobs that enrollment writes (the
@@ -361,15 +382,34 @@ def fill_database(path: Path, n: int, seed: int = 0, dim: int = 512,
         vectors = unit_vectors(rng, k, dim) if draw is None else draw(rng, k)
         with db.write() as s:
             ids = range(done + 1, done + k + 1)
-            s.execute(insert(store.Speaker), [
-                {"id": i, "name": f"speaker-{i:07d}", "created_at": now, "updated_at": now, "meta": {},
-                 "centroid": store.to_blob(v)} for i, v in zip(ids, vectors)
-            ])
-            s.execute(insert(store.Utterance), [
-                {"speaker_id": i, "source": f"synthetic/{i}.flac", "duration_s": 8.0,
-                 "audio_sha256": f"{i:064x}", "embedding": store.to_blob(v), "created_at": now}
-                for i, v in zip(ids, vectors)
-            ])
+            s.execute(
+                insert(store.Speaker),
+                [
+                    {
+                        "id": i,
+                        "name": f"speaker-{i:07d}",
+                        "created_at": now,
+                        "updated_at": now,
+                        "meta": {},
+                        "centroid": store.to_blob(v),
+                    }
+                    for i, v in zip(ids, vectors)
+                ],
+            )
+            s.execute(
+                insert(store.Utterance),
+                [
+                    {
+                        "speaker_id": i,
+                        "source": f"synthetic/{i}.flac",
+                        "duration_s": 8.0,
+                        "audio_sha256": f"{i:064x}",
+                        "embedding": store.to_blob(v),
+                        "created_at": now,
+                    }
+                    for i, v in zip(ids, vectors)
+                ],
+            )
             if done == 0:
                 store.set_setting(s, "model_id", FILL_MODEL_ID)
                 store.set_setting(s, "dim", int(vectors.shape[1]))
@@ -397,8 +437,9 @@ def speaker_like_speakers(params: dict[str, np.ndarray], n: int, rng: np.random.
     return out
 
 
-def speaker_like_recordings(params: dict[str, np.ndarray], centroids: np.ndarray,
-                            rng: np.random.Generator) -> np.ndarray:
+def speaker_like_recordings(
+    params: dict[str, np.ndarray], centroids: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """A new recording of each speaker in ``centroids``: (q, dim) float32 unit vectors."""
     chol = np.linalg.cholesky(params["within"] + 1e-9 * np.eye(centroids.shape[1]))
     v = centroids + rng.standard_normal(centroids.shape) @ chol.T
@@ -461,8 +502,11 @@ def checkpoint_in(directory: Path, size: str = "full") -> Path:
         log(f"reusing the checkpoint in {directory}")
         return directory
     log(f"building a random-weight {size} WavLM x-vector checkpoint in {directory}")
-    subprocess.run([sys.executable, str(SCRIPTS / "make_random_checkpoint.py"), str(directory), "--size", size],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(SCRIPTS / "make_random_checkpoint.py"), str(directory), "--size", size],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return directory
 
 
@@ -475,8 +519,13 @@ def fresh_identify(db_path: Path, queries: Sequence[tuple[str, np.ndarray]], dim
     """
     payload = json.dumps([[name, np.asarray(v, np.float32).tolist()] for name, v in queries])
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, __file__, "fresh-identify", str(db_path), str(dim)], input=payload,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "fresh-identify", str(db_path), str(dim)],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result: dict[str, Any] = json.loads(done.stdout)
     result["process_s"] = time.perf_counter() - start
     return result
@@ -507,8 +556,9 @@ def postgres(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    server = subprocess.Popen([sys.executable, str(REPO / "tests" / "pgserver.py")], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "pgserver.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert server.stdout is not None and server.stdin is not None
     line = server.stdout.readline().strip()
     if not line.startswith("postgresql"):
@@ -521,7 +571,6 @@ def postgres(url: str | None) -> Iterator[str]:
         server.wait(60)
 
 
-
 def new_pg_database(admin_url: str) -> str:
     """Create an empty database on the server of ``admin_url``; returns its URL."""
     import psycopg  # deferred: only the scripts that measure PostgreSQL need the driver
@@ -530,6 +579,7 @@ def new_pg_database(admin_url: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
 
 if __name__ == "__main__":
     # Internal: the child process of fresh_identify.

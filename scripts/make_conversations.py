@@ -38,10 +38,10 @@ import json
 import sys
 from pathlib import Path
 
-import kit
 import numpy as np
 import soundfile as sf
 
+import kit
 from speakerdb.audio import decode as audio
 from speakerdb.scoring.evaluate import find_recordings
 
@@ -84,7 +84,9 @@ def split(data: Path, unenrolled: int, enroll_count: int, rng: np.random.Generat
             material[spk] = files
         else:
             if len(files) <= enroll_count:
-                raise SystemExit(f"speaker {spk} has {len(files)} recordings: none left for turns after {enroll_count} for enrollment")
+                raise SystemExit(
+                    f"speaker {spk} has {len(files)} recordings: none left for turns after {enroll_count} for enrollment"
+                )
             enroll[spk], material[spk] = files[:enroll_count], files[enroll_count:]
     return enroll, material, unknown
 
@@ -154,16 +156,22 @@ def conversation(pools: dict[str, Pool], speakers: list[str], args, rng: np.rand
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'the conversations that eval_timeline.py scores for docs/timeline.md '
-                                 '("Measured accuracy of the timeline") and bench_timeline.py times'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            "the conversations that eval_timeline.py scores for docs/timeline.md "
+            '("Measured accuracy of the timeline") and bench_timeline.py times',
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("data", type=Path, help="directory of speaker sub-directories")
     p.add_argument("out", type=Path, help="output directory (created)")
     p.add_argument("--count", type=int, default=10, help="conversations (default 10)")
     p.add_argument("--minutes", type=float, default=2.0, help="length of each, about (default 2)")
     p.add_argument("--speakers", type=int, nargs=2, default=(2, 5), metavar=("MIN", "MAX"))
     p.add_argument("--turn", type=float, nargs=2, default=(1.0, 15.0), metavar=("MIN", "MAX"), help="turn length, s")
-    p.add_argument("--pause", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"), help="pause after a turn, s")
+    p.add_argument(
+        "--pause", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"), help="pause after a turn, s"
+    )
     p.add_argument("--overlap", type=float, default=0.0, help="probability that a turn starts during the previous one")
     p.add_argument("--snr", type=float, default=None, help="add white noise at this SNR (dB)")
     p.add_argument("--unenrolled", type=int, default=2, help="speakers never enrolled (default 2)")
@@ -182,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in range(args.count):
         n = int(rng.integers(args.speakers[0], args.speakers[1] + 1))
         n_unknown = min(args.unknown_per_conversation, len(unknown), n - 1)
-        chosen = list(rng.choice(unknown, n_unknown, replace=False)) + list(rng.choice(known, n - n_unknown, replace=False))
+        chosen = list(rng.choice(unknown, n_unknown, replace=False)) + list(
+            rng.choice(known, n - n_unknown, replace=False)
+        )
         pools = {s: Pool(material[s], rng) for s in chosen}
         mix, ref = conversation(pools, [str(s) for s in chosen], args, rng)
         name = f"conv-{c:02d}"
@@ -190,15 +200,24 @@ def main(argv: list[str] | None = None) -> int:
         lines = [f"SPEAKER {name} 1 {a:.3f} {b - a:.3f} <NA> <NA> {s} <NA> <NA>" for a, b, s in ref]
         (args.out / f"{name}.rttm").write_text("".join(x + "\n" for x in lines))
         all_rttm += lines
-        convs.append({"file": f"{name}.wav", "rttm": f"{name}.rttm", "speakers": sorted(str(s) for s in chosen),
-                      "duration": round(len(mix) / SR, 3)})
+        convs.append(
+            {
+                "file": f"{name}.wav",
+                "rttm": f"{name}.rttm",
+                "speakers": sorted(str(s) for s in chosen),
+                "duration": round(len(mix) / SR, 3),
+            }
+        )
         print(f"{name}: {len(mix) / SR:.0f} s, speakers {', '.join(sorted(map(str, chosen)))}", file=sys.stderr)
     (args.out / "reference.rttm").write_text("".join(x + "\n" for x in all_rttm))
     manifest = {
         "enroll": {s: [str(f.resolve()) for f in fs] for s, fs in enroll.items()},
         "unenrolled": unknown,
         "conversations": convs,
-        "settings": {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {
+            k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        },
     }
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return 0

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import kit
 import numpy as np
 
+import kit
 from speakerdb import SpeakerDB
 from speakerdb.audio.decode import Audio
 
@@ -57,15 +57,19 @@ def main(out: Path) -> None:
                 clips.append(Audio(f"{name}{j}.wav", x.astype(np.float32)))
             db.enroll(name, clips, metadata={"team": "red" if k % 2 else "blue"})
         db.remove("carol")  # a gap in the ids, as real databases have
-        db.enroll("dave", [Audio("dave0.wav", (0.2 * np.sin(2 * np.pi * 95 * np.arange(SR * 2) / SR)).astype(np.float32))])
+        db.enroll(
+            "dave", [Audio("dave0.wav", (0.2 * np.sin(2 * np.pi * 95 * np.arange(SR * 2) / SR)).astype(np.float32))]
+        )
         db.set_threshold(0.75)
     Path(f"{out}.faiss").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, "no table; tests/data/v0001.sqlite, which tests/test_migrations.py upgrades "
-                                 "(docs/development.md)"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, "no table; tests/data/v0001.sqlite, which tests/test_migrations.py upgrades (docs/development.md)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out", type=Path, help="the database file to write (replaced)")
     main(parser.parse_args().out)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-import kit
 import numpy as np
 
+import kit
 from speakerdb import __version__
 from speakerdb.storage import gallery
 
@@ -35,7 +35,10 @@ def main(path: str) -> None:
 
     speakers = [
         gallery.GallerySpeaker(
-            "ada", "2026-11-25T00:00:00Z", "2026-11-25T00:00:00Z", {"lab": "analytical engines"},
+            "ada",
+            "2026-11-25T00:00:00Z",
+            "2026-11-25T00:00:00Z",
+            {"lab": "analytical engines"},
             [utt("ada-1.flac", 4.5), utt("ada-2.flac", 3.25)],
         ),
         gallery.GallerySpeaker("grace", "2026-11-25T00:00:00Z", "2026-11-25T00:00:00Z", {}, [utt("grace-1.wav", 6.0)]),
@@ -48,8 +51,10 @@ def main(path: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, "no table; tests/data/v1.gallery, which tests/test_gallery.py imports "
-                                 "(docs/development.md)"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__, "no table; tests/data/v1.gallery, which tests/test_gallery.py imports (docs/development.md)"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("path", nargs="?", default="tests/data/v1.gallery", help="the gallery file to write")
     main(parser.parse_args().path)

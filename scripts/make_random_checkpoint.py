@@ -21,9 +21,13 @@ import kit
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, "no table; the model of bench.py, bench_service.py, bench_timeline.py and "
-                                 "gpu_check.py, and of trying speakerdb offline (docs/embeddings.md, \"Models and offline machines\")"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            "no table; the model of bench.py, bench_service.py, bench_timeline.py and "
+            'gpu_check.py, and of trying speakerdb offline (docs/embeddings.md, "Models and offline machines")',
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("out_dir", help="directory to write (created)")
     parser.add_argument("--size", choices=sorted(kit.CHECKPOINT_SIZES), default="full")
     parser.add_argument("--seed", type=int, default=0)

@@ -36,17 +36,22 @@ import sys
 import time
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 DIM = 512
 
 
 def main() -> None:
     p = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/performance.md (a million speakers) and docs/several-machines.md '
-                                 '(a million speakers of speaker-like vectors)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            "docs/performance.md (a million speakers) and docs/several-machines.md "
+            "(a million speakers of speaker-like vectors)",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("directory", type=Path)
     p.add_argument("--speakers", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=5, help="identifies in the fresh process")
@@ -54,8 +59,11 @@ def main() -> None:
     p.add_argument("--ef-search", default="256,512,1024,2048", help="efSearch values to measure recall at")
     p.add_argument("--vectors", choices=["uniform", "speaker-like"], default="uniform")
     p.add_argument("--fitted", type=Path, help="scripts/speaker_like.py's parameters (for --vectors speaker-like)")
-    p.add_argument("--reuse", action="store_true",
-                   help="keep DIR's database and index from an earlier run with the same --speakers (no fill, no build)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep DIR's database and index from an earlier run with the same --speakers (no fill, no build)",
+    )
     args = p.parse_args()
     args.directory.mkdir(parents=True, exist_ok=True)
     path = args.directory / "scale.sqlite"
@@ -78,8 +86,12 @@ def main() -> None:
     dim = len(params["mean"]) if params is not None else DIM
     t = time.perf_counter()
     if not reuse:
-        kit.fill_database(path, args.speakers, dim=DIM,
-                          draw=None if params is None else (lambda rng, k: kit.speaker_like_speakers(params, k, rng)))
+        kit.fill_database(
+            path,
+            args.speakers,
+            dim=DIM,
+            draw=None if params is None else (lambda rng, k: kit.speaker_like_speakers(params, k, rng)),
+        )
     fill_s = time.perf_counter() - t
     t = time.perf_counter()
     with SpeakerDB(path) as db:
@@ -110,17 +122,23 @@ def main() -> None:
     print(f"{kit.cpu_name()}\n")
     print(f"| {args.speakers:,} speakers, {args.vectors} {dim}-d vectors | value |\n|---|---|")
     if reuse:
-        print(f"| database and index from an earlier run (--reuse) | {path.stat().st_size / 1e9:.2f} GB, "
-              f"{index_file.stat().st_size / 1e9:.2f} GB ({kind}), loaded in {index_s:.1f} s |")
+        print(
+            f"| database and index from an earlier run (--reuse) | {path.stat().st_size / 1e9:.2f} GB, "
+            f"{index_file.stat().st_size / 1e9:.2f} GB ({kind}), loaded in {index_s:.1f} s |"
+        )
     else:
         print(f"| fill the database (bulk inserts) | {fill_s:.1f} s, {path.stat().st_size / 1e9:.2f} GB |")
         print(f"| build the index once ({kind}) | {index_s:.1f} s, {index_file.stat().st_size / 1e9:.2f} GB |")
-    print(f"| fresh process, start to exit: imports, open, all {len(queries)} identifies | {result['process_s']:.2f} s |")
+    print(
+        f"| fresh process, start to exit: imports, open, all {len(queries)} identifies | {result['process_s']:.2f} s |"
+    )
     print(f"| first identify (loads the index file) | {first:.2f} s |")
     if rest:
         print(f"| later identifies, median | {np.median(rest) * 1e3:.1f} ms |")
-    print(f"| right speaker at rank 1 (queries at cosine ~0.8 to it; stored efSearch {stored_ef}) "
-          f"| {correct} of {len(queries)} |")
+    print(
+        f"| right speaker at rank 1 (queries at cosine ~0.8 to it; stored efSearch {stored_ef}) "
+        f"| {correct} of {len(queries)} |"
+    )
     print(f"| index rebuilt on open? | {'no' if index_file.stat().st_mtime_ns == mtime else 'YES'} |")
     print()
     print("| efSearch | recall@1, noisy copies | recall@1, random queries | one query, median (p95) |")
@@ -151,14 +169,19 @@ def recall_sweep(index, n_queries: int, ef_values: list[int], params=None) -> li
     for name, q in kinds.items():
         _, positions = faiss.knn(q, vectors, 1, metric=faiss.METRIC_INNER_PRODUCT)  # (n_queries, 1)
         exact[name] = index.labels[positions[:, 0]]
-    print(f"  exact top-1 is the noisy query's source for "
-          f"{np.mean(exact['noisy'] == index.labels[sources]):.4f} of queries", file=sys.stderr)
+    print(
+        f"  exact top-1 is the noisy query's source for "
+        f"{np.mean(exact['noisy'] == index.labels[sources]):.4f} of queries",
+        file=sys.stderr,
+    )
     rows = []
     for ef in ef_values:
         index.params["hnsw_ef_search"] = ef
         recalls = [float(np.mean(index.search(q, 1)[1][:, 0] == exact[name])) for name, q in kinds.items()]
         ms = np.asarray(kit.search_latencies(index, noisy[:200])) * 1e3
-        rows.append(f"| {ef} | {recalls[0]:.4f} | {recalls[1]:.4f} | {np.median(ms):.2f} ms ({np.percentile(ms, 95):.2f} ms) |")
+        rows.append(
+            f"| {ef} | {recalls[0]:.4f} | {recalls[1]:.4f} | {np.median(ms):.2f} ms ({np.percentile(ms, 95):.2f} ms) |"
+        )
         print("  " + rows[-1], file=sys.stderr)
     return rows
 

@@ -28,8 +28,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import kit
 import numpy as np
+
+import kit
 
 CROP_S = 6.0  # seconds of each recording embedded
 SHRINK = 0.1  # covariance shrinkage towards its diagonal: 261 centroids in 256 dimensions
@@ -77,9 +78,13 @@ def _shrunk(cov: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=kit.describe(__doc__, 'docs/several-machines.md, "Choosing the search: index snapshots against '
-                                 'pgvector" (the speaker-like rows of bench_nodes.py and scale_test.py)'),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=kit.describe(
+            __doc__,
+            'docs/several-machines.md, "Choosing the search: index snapshots against '
+            'pgvector" (the speaker-like rows of bench_nodes.py and scale_test.py)',
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("data_dir", type=Path, help="LibriSpeech excerpts holding test-other/ and train-clean-100/")
     parser.add_argument("out", type=Path, help="the fitted parameters to write (.npz)")
     args = parser.parse_args()
@@ -89,8 +94,10 @@ def main() -> None:
     q = kit.speaker_like_recordings(p, c[:500], rng)
     own = np.sum(q * c[:500], axis=1)
     others = (c[:500] @ c[500:].T).ravel()
-    print(f"fitted on {int(p['n_speakers'])} speakers; drawn: recording-to-own-centroid cosine median "
-          f"{np.median(own):.3f}, between speakers median {np.median(others):.3f} (p99 {np.percentile(others, 99):.3f})")
+    print(
+        f"fitted on {int(p['n_speakers'])} speakers; drawn: recording-to-own-centroid cosine median "
+        f"{np.median(own):.3f}, between speakers median {np.median(others):.3f} (p99 {np.percentile(others, 99):.3f})"
+    )
 
 
 if __name__ == "__main__":

@@ -142,9 +142,7 @@ def db_target(db: str | os.PathLike[str] | None = None) -> str | Path:
     given = os.fspath(db) if db else db_from_env()
     if is_server_url(given):
         return given
-    return (
-        Path(given).expanduser() if given else default_home() / DB_FILENAME
-    ).absolute()
+    return (Path(given).expanduser() if given else default_home() / DB_FILENAME).absolute()
 
 
 # ---- settings ---------------------------------------------------------------------------------
@@ -181,9 +179,7 @@ def threads() -> int | None:
     except ValueError:
         count = 0
     if count < 1:
-        raise ValueError(
-            f"{THREADS_ENV}={value!r}: use a whole number of threads, 1 or more"
-        )
+        raise ValueError(f"{THREADS_ENV}={value!r}: use a whole number of threads, 1 or more")
     return count
 
 

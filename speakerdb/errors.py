@@ -19,8 +19,10 @@ def printable_path(path: object) -> str:
     if not any("\ud800" <= ch <= "\udfff" for ch in text):
         return text
     return "".join(
-        f"\\x{ord(ch) - 0xDC00:02x}" if "\udc80" <= ch <= "\udcff"
-        else f"\\u{ord(ch):04x}" if "\ud800" <= ch <= "\udfff"
+        f"\\x{ord(ch) - 0xDC00:02x}"
+        if "\udc80" <= ch <= "\udcff"
+        else f"\\u{ord(ch):04x}"
+        if "\ud800" <= ch <= "\udfff"
         else ch
         for ch in text
     )
@@ -104,8 +106,9 @@ class ServiceError(SpeakerDBError):
     """The speakerdb service could not answer (unreachable, busy, or it failed); ``status``
     is the HTTP status (None: no answer), ``retry_after`` the seconds it asked to wait."""
 
-    def __init__(self, message: str, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, code: str | None = None, retry_after: float | None = None
+    ) -> None:
         self.status, self.code, self.retry_after = status, code, retry_after
         super().__init__(message)
 

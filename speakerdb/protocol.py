@@ -57,14 +57,28 @@ PathLike = str | os.PathLike[str]
 #: Public members of SpeakerDB that the protocol leaves out: they need the database's files,
 #: its model or its cohort on this machine, and the service offers none of them. The CLI
 #: refuses the commands that need them under --server with one line (State.local_only).
-LOCAL_ONLY: frozenset[str] = frozenset({
-    "apply_threshold",  # calibrate --apply: the threshold measured with this machine's model
-    "set_norm", "set_norm_off", "cohort_vectors",  # normalisation cohorts
-    "embedder",  # the loaded model itself
-    "vacuum", "rebuild_index", "index_params", "set_index_params", "index_file_info",  # files
-    "authenticate", "has_keys", "audited_as", "maintain_index",  # what the service itself asks of its database
-    "store", "indexer", "index_path", "target",  # the parts of a local database
-})
+LOCAL_ONLY: frozenset[str] = frozenset(
+    {
+        "apply_threshold",  # calibrate --apply: the threshold measured with this machine's model
+        "set_norm",
+        "set_norm_off",
+        "cohort_vectors",  # normalisation cohorts
+        "embedder",  # the loaded model itself
+        "vacuum",
+        "rebuild_index",
+        "index_params",
+        "set_index_params",
+        "index_file_info",  # files
+        "authenticate",
+        "has_keys",
+        "audited_as",
+        "maintain_index",  # what the service itself asks of its database
+        "store",
+        "indexer",
+        "index_path",
+        "target",  # the parts of a local database
+    }
+)
 
 
 class SpeakerDBProtocol(Protocol):
@@ -89,8 +103,9 @@ class SpeakerDBProtocol(Protocol):
 
     def __enter__(self: _Self) -> _Self: ...
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None, /) -> None: ...
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None, /
+    ) -> None: ...
 
     # ---- the decision threshold ---------------------------------------------------------------
     @property
@@ -105,17 +120,37 @@ class SpeakerDBProtocol(Protocol):
     def set_threshold(self, value: float) -> None: ...
 
     # ---- audio in ---------------------------------------------------------------------------
-    def enroll(self, name: str, files: Sequence[PathLike], *, new: bool = False,
-               metadata: dict[str, Any] | None = None, strict: bool = False,
-               progress: Progress | None = None) -> EnrollResult: ...
+    def enroll(
+        self,
+        name: str,
+        files: Sequence[PathLike],
+        *,
+        new: bool = False,
+        metadata: dict[str, Any] | None = None,
+        strict: bool = False,
+        progress: Progress | None = None,
+    ) -> EnrollResult: ...
 
-    def identify(self, files: Sequence[PathLike], *, top_k: int = 5, threshold: float | None = None,
-                 progress: Progress | None = None, count_voices: bool = True) -> builtins.list[Identification]: ...
+    def identify(
+        self,
+        files: Sequence[PathLike],
+        *,
+        top_k: int = 5,
+        threshold: float | None = None,
+        progress: Progress | None = None,
+        count_voices: bool = True,
+    ) -> builtins.list[Identification]: ...
 
     def verify(self, name: str, file: PathLike, *, threshold: float | None = None) -> Verification: ...
 
-    def timeline(self, files: Sequence[PathLike], *, threshold: float | None = None, params: Params | None = None,
-                 progress: Progress | None = None) -> builtins.list[Timeline]: ...
+    def timeline(
+        self,
+        files: Sequence[PathLike],
+        *,
+        threshold: float | None = None,
+        params: Params | None = None,
+        progress: Progress | None = None,
+    ) -> builtins.list[Timeline]: ...
 
     # ---- speakers -----------------------------------------------------------------------------
     def list(self) -> builtins.list[SpeakerInfo]: ...
@@ -129,11 +164,13 @@ class SpeakerDBProtocol(Protocol):
     def info(self) -> DatabaseInfo: ...
 
     # ---- galleries ----------------------------------------------------------------------------
-    def export(self, path: PathLike, speakers: Sequence[str] | None = None, *,
-               overwrite: bool = False) -> ExportSummary: ...
+    def export(
+        self, path: PathLike, speakers: Sequence[str] | None = None, *, overwrite: bool = False
+    ) -> ExportSummary: ...
 
-    def import_gallery(self, path: PathLike, *, on_conflict: str = "fail", dry_run: bool = False,
-                       limits: Limits | None = None) -> ImportSummary: ...
+    def import_gallery(
+        self, path: PathLike, *, on_conflict: str = "fail", dry_run: bool = False, limits: Limits | None = None
+    ) -> ImportSummary: ...
 
     # ---- keys of the service and the audit record ---------------------------------------------
     def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey: ...

@@ -206,7 +206,9 @@ class NormSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NormSettings:
-        return cls(str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"]))
+        return cls(
+            str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"])
+        )
 
 
 @dataclass(frozen=True)
@@ -233,9 +235,13 @@ class NormChange:
     set_aside: tuple[CohortSetAside, ...] = ()  # cohort recordings of enrolled people, left out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm.to_dict() if self.norm else None, "recalibrate": self.recalibrate,
-                "threshold": self.threshold, "threshold_scale": self.threshold_scale,
-                "set_aside": [asdict(a) for a in self.set_aside]}
+        return {
+            "norm": self.norm.to_dict() if self.norm else None,
+            "recalibrate": self.recalibrate,
+            "threshold": self.threshold,
+            "threshold_scale": self.threshold_scale,
+            "set_aside": [asdict(a) for a in self.set_aside],
+        }
 
 
 # ---- galleries --------------------------------------------------------------------------------
@@ -319,8 +325,13 @@ class KeyInfo:
         return SCOPES.index(self.scope) >= SCOPES.index(scope)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "scope": self.scope, "created_at": iso(self.created_at),
-                "revoked_at": iso(self.revoked_at), "active": self.active}
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "created_at": iso(self.created_at),
+            "revoked_at": iso(self.revoked_at),
+            "active": self.active,
+        }
 
 
 @dataclass(frozen=True)
@@ -346,8 +357,13 @@ class AuditEntry:
     detail: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"time": iso(self.time), "key_name": self.key_name, "operation": self.operation,
-                "speaker": self.speaker, "detail": self.detail}
+        return {
+            "time": iso(self.time),
+            "key_name": self.key_name,
+            "operation": self.operation,
+            "speaker": self.speaker,
+            "detail": self.detail,
+        }
 
 
 # ---- timelines (see speakerdb.timeline for what the knobs do) ---------------------------------
@@ -427,8 +443,13 @@ class Voice:
     raw_score: float | None = None  # the cosine behind ``score``
 
     def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "speaker": self.speaker, "seconds": round(self.seconds, 3),
-                "score": _round(self.score), "raw_score": _round(self.raw_score)}
+        return {
+            "label": self.label,
+            "speaker": self.speaker,
+            "seconds": round(self.seconds, 3),
+            "score": _round(self.score),
+            "raw_score": _round(self.raw_score),
+        }
 
 
 @dataclass(frozen=True)

@@ -58,12 +58,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .storage import atomic
-from .audio import decode as audio, vad
+from .audio import decode as audio
+from .audio import vad
 from .audio.decoded import Decoded
-from .scoring import norm
 from .embedding.models import Embedder, l2_normalize
 from .errors import InvalidInputError
+
 # What a timeline is (Segment, Voice, Timeline) and its knobs (Params, with their defaults)
 # are shared with the client: they live in results.py and stay importable from here.
 from .results import (  # noqa: F401  (the defaults stay importable from here)
@@ -79,6 +79,8 @@ from .results import (  # noqa: F401  (the defaults stay importable from here)
     Timeline,
     Voice,
 )
+from .scoring import norm
+from .storage import atomic
 
 FRAME_S = 0.01  # s: resolution of the output timeline
 #: Windows are clustered while their average-linkage cosine similarity reaches this much
@@ -106,8 +108,9 @@ class Normaliser:
     def __call__(self, profiles: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """AS-norm scores (V, k) of raw cosines ``raw`` (V, k) of ``profiles`` (V, dim)."""
         probe_mean, probe_std = norm.top_stats(profiles, self.cohort, self.top_n)  # (V,), (V,)
-        return norm.as_norm(raw, self.enroll_mean[None, :], self.enroll_std[None, :],
-                            probe_mean[:, None], probe_std[:, None])
+        return norm.as_norm(
+            raw, self.enroll_mean[None, :], self.enroll_std[None, :], probe_mean[:, None], probe_std[:, None]
+        )
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,12 @@ class Gallery:
 
 
 # ---- windows ------------------------------------------------------------------------------
-def plan_windows(regions: Sequence[vad.Region], window_s: float = DEFAULT_WINDOW_S, hop_s: float = DEFAULT_HOP_S,
-                 min_window_s: float = MIN_WINDOW_S) -> list[tuple[int, int, int]]:
+def plan_windows(
+    regions: Sequence[vad.Region],
+    window_s: float = DEFAULT_WINDOW_S,
+    hop_s: float = DEFAULT_HOP_S,
+    min_window_s: float = MIN_WINDOW_S,
+) -> list[tuple[int, int, int]]:
     """Windows over the speech as (start sample, end sample, region index), in time order."""
     sr = audio.SAMPLE_RATE
     window, hop, least = int(round(window_s * sr)), int(round(hop_s * sr)), int(round(min_window_s * sr))
@@ -211,8 +218,9 @@ def embed_windows(windows: Iterable[np.ndarray], embedder: Embedder, batch: int 
 
 
 # ---- clustering ---------------------------------------------------------------------------
-def cluster(vectors: np.ndarray, threshold: float, weights: np.ndarray | None = None,
-            max_items: int = MAX_CLUSTER_ITEMS) -> np.ndarray:
+def cluster(
+    vectors: np.ndarray, threshold: float, weights: np.ndarray | None = None, max_items: int = MAX_CLUSTER_ITEMS
+) -> np.ndarray:
     """Agglomerative clustering, average linkage on cosine similarity, stopped when no two
     clusters reach ``threshold``: (n, dim) -> (n,) int labels 0..m-1, numbered by first row.
 
@@ -280,7 +288,9 @@ def runs(labels: Sequence[int] | np.ndarray) -> list[tuple[int, int, int]]:
     return out
 
 
-def merge_short(labels: np.ndarray, scores: np.ndarray, min_frames: int, lengths: np.ndarray | None = None) -> np.ndarray:
+def merge_short(
+    labels: np.ndarray, scores: np.ndarray, min_frames: int, lengths: np.ndarray | None = None
+) -> np.ndarray:
     """Relabel runs shorter than ``min_frames`` with a neighbouring run's label (the neighbour
     whose voice scores better over the short run), shortest runs first, until none is left.
 
@@ -308,8 +318,14 @@ def _blocks_of(source: audio.Audio | Decoded) -> Callable[[], Iterator[np.ndarra
     return source.blocks
 
 
-def build(source: str | Path | audio.Audio | Decoded, embedder: Embedder, gallery: Gallery,
-          params: Params | None = None, detector=None, max_audio_s: float | None = None) -> Timeline:
+def build(
+    source: str | Path | audio.Audio | Decoded,
+    embedder: Embedder,
+    gallery: Gallery,
+    params: Params | None = None,
+    detector=None,
+    max_audio_s: float | None = None,
+) -> Timeline:
     """The timeline of one recording (see the module doc). Raises AudioError for unusable audio,
     a file longer than ``max_audio_s`` seconds included (default: audio.max_duration_s)."""
     if not isinstance(source, (audio.Audio, Decoded)):  # decoded once for both passes
@@ -343,8 +359,16 @@ def build(source: str | Path | audio.Audio | Decoded, embedder: Embedder, galler
     return assemble(label, duration, regions, spans, vectors, gallery, params, speech_s)
 
 
-def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: Sequence[tuple[int, int, int]],
-             vectors: np.ndarray, gallery: Gallery, params: Params, speech_s: float | None = None) -> Timeline:
+def assemble(
+    label: str,
+    duration: float,
+    regions: Sequence[vad.Region],
+    spans: Sequence[tuple[int, int, int]],
+    vectors: np.ndarray,
+    gallery: Gallery,
+    params: Params,
+    speech_s: float | None = None,
+) -> Timeline:
     """Voices, labels and segments from the window vectors (the part after embedding)."""
     sr = audio.SAMPLE_RATE
     vectors = l2_normalize(vectors)
@@ -371,16 +395,27 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
         keep = [k for k in dict.fromkeys(key) if seconds[k] >= params.min_voice_s]
         if not keep:  # nothing long enough: keep the biggest voice
             keep = [max(seconds, key=lambda k: seconds[k])]
-        merged = np.stack([
-            l2_normalize(_weighted_mean(vectors, weights, np.isin(assignment, [v for i, v in enumerate(voice_ids) if key[i] == k]))[None])[0]
-            for k in keep
-        ])
+        merged = np.stack(
+            [
+                l2_normalize(
+                    _weighted_mean(
+                        vectors, weights, np.isin(assignment, [v for i, v in enumerate(voice_ids) if key[i] == k])
+                    )[None]
+                )[0]
+                for k in keep
+            ]
+        )
         sims = vectors @ merged.T  # (n, V)
         assignment = np.argmax(sims, axis=1)
     voice_ids = list(range(len(keep)))
-    profiles = l2_normalize(np.stack([
-        _weighted_mean(vectors, weights, assignment == v) if np.any(assignment == v) else merged[v] for v in voice_ids
-    ]))
+    profiles = l2_normalize(
+        np.stack(
+            [
+                _weighted_mean(vectors, weights, assignment == v) if np.any(assignment == v) else merged[v]
+                for v in voice_ids
+            ]
+        )
+    )
     names = _name(profiles, gallery)
     sims = vectors @ profiles.T  # (n, V)
 
@@ -411,7 +446,9 @@ def assemble(label: str, duration: float, regions: Sequence[vad.Region], spans: 
         # The scores only change where a window starts or ends: Viterbi and the short-run
         # merge work on those blocks (score x length), which gives the same path as frame by
         # frame (a change of voice inside a block of constant scores never pays) at ~1/50 the cost.
-        edges = np.unique(np.concatenate([[0, n_frames], np.flatnonzero(np.any(np.diff(acc, axis=0) != 0, axis=1)) + 1]))
+        edges = np.unique(
+            np.concatenate([[0, n_frames], np.flatnonzero(np.any(np.diff(acc, axis=0) != 0, axis=1)) + 1])
+        )
         lengths = np.diff(edges)  # (n_blocks,) frames
         block_scores = acc[edges[:-1]] * lengths[:, None]  # (n_blocks, V)
         path = viterbi(block_scores, params.switch_penalty)
@@ -463,7 +500,9 @@ def _weighted_mean(vectors: np.ndarray, weights: np.ndarray, mask: np.ndarray) -
     return (vectors[mask] * w[:, None]).sum(axis=0) / max(float(w.sum()), 1e-12)
 
 
-def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, float | None, int, str | None, float | None]]:
+def _name(
+    profiles: np.ndarray, gallery: Gallery
+) -> list[tuple[str | None, float | None, int, str | None, float | None]]:
     """(name or None, score to the best-scoring centroid, its row, its name, its raw cosine)
     per voice profile. With normalisation the best is the highest AS-norm score, as identify ranks."""
     if not gallery.names:
@@ -472,8 +511,15 @@ def _name(profiles: np.ndarray, gallery: Gallery) -> list[tuple[str | None, floa
     out: list[tuple[str | None, float | None, int, str | None, float | None]] = []
     for row, raw in zip(scores, raws):
         j = int(np.argmax(row))
-        out.append((gallery.names[j] if row[j] >= gallery.threshold else None, float(row[j]), j, gallery.names[j],
-                    float(raw[j])))
+        out.append(
+            (
+                gallery.names[j] if row[j] >= gallery.threshold else None,
+                float(row[j]),
+                j,
+                gallery.names[j],
+                float(raw[j]),
+            )
+        )
     return out
 
 
@@ -528,8 +574,13 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
     import matplotlib.pyplot as plt
 
     lanes = [max(1, len(t.voices)) for t in timelines]
-    fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 0.9 + 0.45 * sum(lanes) + 0.6 * len(timelines)),
-                             squeeze=False, gridspec_kw={"height_ratios": lanes})
+    fig, axes = plt.subplots(
+        len(timelines),
+        1,
+        figsize=(11, 0.9 + 0.45 * sum(lanes) + 0.6 * len(timelines)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": lanes},
+    )
     colours = plt.get_cmap("tab10")
     for ax, t in zip(axes[:, 0], timelines):
         order = [v.label for v in sorted(t.voices, key=lambda v: (v.speaker is None, v.label))]
@@ -541,7 +592,9 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
         ax.set_ylim(-0.6, max(len(order), 1) - 0.4)
         ax.invert_yaxis()
         ax.set_xlim(0, max(t.duration, 1e-3))
-        ax.set_title(f"{Path(t.file).name} ({t.duration:.1f} s)" + ("" if t.segments else ": no speech"), fontsize=9, loc="left")
+        ax.set_title(
+            f"{Path(t.file).name} ({t.duration:.1f} s)" + ("" if t.segments else ": no speech"), fontsize=9, loc="left"
+        )
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()
@@ -558,8 +611,13 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
 VOICE_CHECK_PARAMS = Params(window_s=DEFAULT_WINDOW_S, hop_s=DEFAULT_WINDOW_S)
 
 
-def count_voices(source: str | Path | audio.Audio | Decoded, embedder: Embedder, threshold: float,
-                 detector=None, max_audio_s: float | None = None) -> int:
+def count_voices(
+    source: str | Path | audio.Audio | Decoded,
+    embedder: Embedder,
+    threshold: float,
+    detector=None,
+    max_audio_s: float | None = None,
+) -> int:
     """How many voices speak in a recording: 0 without speech, 1 for one speaker.
 
     The timeline's diarization without a gallery (windows clustered, clusters whose means

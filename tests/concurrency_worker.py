@@ -14,7 +14,6 @@ import time
 
 # Run as a script: Python puts this file's directory (tests/) first on sys.path.
 from conftest import FakeEmbedder, voice  # noqa: E402
-
 from speakerdb import SpeakerDB
 from speakerdb.audio import decode as audio
 from speakerdb.storage import store  # noqa: E402

@@ -22,6 +22,7 @@ for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import soundfile as sf  # noqa: E402
+
 from builders import build_random_checkpoint  # noqa: E402
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -29,8 +30,6 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 REPO = Path(__file__).resolve().parent.parent
 SR = 16_000  # Hz
-
-
 
 
 def voice(f0: float, seconds: float = 2.0, seed: int = 0, sr: int = SR) -> np.ndarray:

@@ -54,8 +54,11 @@ def _as_user() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
-        done = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode != 0:
             raise PostgresUnavailable(f"cannot create user {SERVICE_USER} to run PostgreSQL: {done.stderr.strip()}")
         entry = pwd.getpwnam(SERVICE_USER)
@@ -101,17 +104,49 @@ class Server:
                     os.chmod(parent, mode | 0o005)
         lib = self.bin.parent / "lib"
         env = {**os.environ, "LD_LIBRARY_PATH": f"{lib}:{os.environ.get('LD_LIBRARY_PATH', '')}", "LC_ALL": "C"}
-        done = subprocess.run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                               "--encoding=UTF8", "--no-sync"], capture_output=True, text=True, env=env,
-                              preexec_fn=self._run_as_owner(), cwd=self.directory)
+        done = subprocess.run(
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            preexec_fn=self._run_as_owner(),
+            cwd=self.directory,
+        )
         if done.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {done.stderr.strip().splitlines()[-1:]}")
         log = open(self.directory / "server.log", "ab")
         self.process = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data), "-k", str(self.socket_dir), "-p", str(self.port),
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200",
-             "-c", "shared_buffers=128MB"],
-            stdout=log, stderr=log, env=env, preexec_fn=self._run_as_owner(), cwd=self.directory,
+            [
+                str(self.bin / "postgres"),
+                "-D",
+                str(self.data),
+                "-k",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=128MB",
+            ],
+            stdout=log,
+            stderr=log,
+            env=env,
+            preexec_fn=self._run_as_owner(),
+            cwd=self.directory,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import sqlite3
 import numpy as np
 import pytest
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.audio import decode as audio
 from speakerdb.errors import (
@@ -19,14 +20,14 @@ from speakerdb.errors import (
 )
 from speakerdb.storage.index import SpeakerIndex
 
-from conftest import FakeEmbedder, voice, write
-
 
 def _snapshot(db: SpeakerDB):
     """Everything in the database file that a failed operation must leave as it was."""
     con = sqlite3.connect(db.db_path)
     try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("speakers", "utterances", "settings")}
+        return {
+            t: con.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("speakers", "utterances", "settings")
+        }
     finally:
         con.close()
 
@@ -298,8 +299,17 @@ def test_index_params_are_stored_and_ef_search_applies_without_a_rebuild(fake_db
     assert fake_db.index_file_info()["built_with"]["approximate_above"] == 10
 
 
-@pytest.mark.parametrize("bad", [{"hnsw_ef": 5}, {"hnsw_ef_search": 0}, {"approximate_above": -1},
-                                 {"hnsw_m": 2.5}, {"hnsw_m": True}, {"hnsw_m": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"hnsw_ef": 5},
+        {"hnsw_ef_search": 0},
+        {"approximate_above": -1},
+        {"hnsw_m": 2.5},
+        {"hnsw_m": True},
+        {"hnsw_m": 1},
+    ],
+)
 def test_bad_index_params_are_refused_and_nothing_is_written(fake_db, bad):
     before = fake_db.index_params
     with pytest.raises(InvalidInputError):
@@ -321,16 +331,19 @@ def test_identify_answers_every_file_even_when_some_fail(fake_db, voices, tmp_pa
     assert set(results[0].to_dict()) == {"file", "speaker", "score", "raw_score", "candidates", "voices"}
 
 
-@pytest.mark.parametrize("name, why", [
-    ("alice\u200b", "invisible"),  # zero-width space
-    ("\ufeffalice", "invisible"),  # byte-order mark
-    ("\u202egnp.exe", "invisible"),  # right-to-left override
-    ("a\u2028b", "line separator"),
-    ("a\u2029b", "paragraph separator"),
-    ("b\ud800ob", "surrogate"),  # what invalid UTF-8 becomes in Python
-    ("b\udcffob", "surrogate"),
-    ("a\ue000", "private-use"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("alice\u200b", "invisible"),  # zero-width space
+        ("\ufeffalice", "invisible"),  # byte-order mark
+        ("\u202egnp.exe", "invisible"),  # right-to-left override
+        ("a\u2028b", "line separator"),
+        ("a\u2029b", "paragraph separator"),
+        ("b\ud800ob", "surrogate"),  # what invalid UTF-8 becomes in Python
+        ("b\udcffob", "surrogate"),
+        ("a\ue000", "private-use"),
+    ],
+)
 def test_look_alike_and_invalid_names_are_refused(fake_db, voices, name, why):
     with pytest.raises(InvalidInputError, match=why):
         fake_db.enroll(name, voices["alice"][:1])
@@ -349,13 +362,16 @@ def test_names_compare_in_nfc(fake_db, voices):
     assert [s.name for s in fake_db.list()] == ["Z\u00f6e"]
 
 
-@pytest.mark.parametrize("metadata, why", [
-    ({"k": "b\ud800ob"}, "not valid Unicode"),
-    ({"k\udcff": 1}, "not valid Unicode"),
-    ({"k": float("nan")}, "not a JSON number"),
-    ({"k": 10**5000}, "beyond 64 bits"),
-    ({"k": "x" * 70_000}, "at most 65,536"),
-])
+@pytest.mark.parametrize(
+    "metadata, why",
+    [
+        ({"k": "b\ud800ob"}, "not valid Unicode"),
+        ({"k\udcff": 1}, "not valid Unicode"),
+        ({"k": float("nan")}, "not a JSON number"),
+        ({"k": 10**5000}, "beyond 64 bits"),
+        ({"k": "x" * 70_000}, "at most 65,536"),
+    ],
+)
 def test_bad_metadata_is_refused(fake_db, voices, metadata, why):
     with pytest.raises(InvalidInputError, match=why):
         fake_db.enroll("alice", voices["alice"][:1], metadata=metadata)

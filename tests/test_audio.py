@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import SR, voice, write
 from speakerdb.audio import decode as audio
 from speakerdb.errors import AudioError
-
-from conftest import SR, voice, write
 
 
 @pytest.mark.parametrize(
@@ -199,8 +198,16 @@ def _wav_header(n_data_bytes: int, rate: int = SR) -> bytes:
     import struct
 
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    return (b"RIFF" + struct.pack("<I", 36 + n_data_bytes) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-            + b"data" + struct.pack("<I", n_data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + n_data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", n_data_bytes)
+    )
 
 
 def test_sparse_zeros_stop_early(tmp_path):

@@ -23,12 +23,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 from speakerdb import SpeakerDB, api
 from speakerdb.storage import gallery, store
 from speakerdb.storage import index as index_module
 from speakerdb.storage.index import MAGIC, SpeakerIndex
-
-from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 
 F0 = {"alice": 210.0, "bob": 110.0, "carol": 310.0, "mallory": 150.0, "dave": 400.0}
 
@@ -71,8 +70,13 @@ def _files_holding(directory: Path, secrets: list[bytes]) -> list[str]:
 
 
 def _cli(db: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "speakerdb", "--db", str(db), *args],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "speakerdb", "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
 
 
 # ---- 1. an index of another or an earlier database is never used ----------------------------
@@ -132,9 +136,13 @@ def test_downgrade_to_base_and_upgrade_makes_a_new_database(tmp_path, clips):
 # ---- 2. disk full: the commit stands, and the removed vectors leave every file --------------
 def _gallery_of(tmp_path: Path, name: str, vectors: np.ndarray, model_id: str = "disk-full-test") -> Path:
     speakers = [
-        gallery.GallerySpeaker(f"{name}{i}" if len(vectors) > 1 else name, None, None, {}, [
-            gallery.GalleryUtterance(f"{name}{i}.wav", 2.0, f"{i:064x}"[-64:], None, v)
-        ])
+        gallery.GallerySpeaker(
+            f"{name}{i}" if len(vectors) > 1 else name,
+            None,
+            None,
+            {},
+            [gallery.GalleryUtterance(f"{name}{i}.wav", 2.0, f"{i:064x}"[-64:], None, v)],
+        )
         for i, v in enumerate(vectors)
     ]
     out = tmp_path / f"{name}-{len(vectors)}.gallery"
@@ -146,7 +154,9 @@ def _gallery_of(tmp_path: Path, name: str, vectors: np.ndarray, model_id: str = 
 def small_disk(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mount)], capture_output=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip() or 'not root'})")
     yield mount
@@ -204,7 +214,9 @@ SpeakerDB(sys.argv[1]).remove(sys.argv[2])
 """
 
 
-@pytest.mark.parametrize("next_command", [["list"], ["info"], ["show", "alice"], ["threshold"], ["export", "out.gallery"]])
+@pytest.mark.parametrize(
+    "next_command", [["list"], ["info"], ["show", "alice"], ["threshold"], ["export", "out.gallery"]]
+)
 def test_kill_between_commit_and_index_write_is_healed(tmp_path, clips, next_command):
     path = tmp_path / "db.sqlite"
     with _open(path) as db:
@@ -217,8 +229,12 @@ def test_kill_between_commit_and_index_write_is_healed(tmp_path, clips, next_com
     assert "db.sqlite.faiss" in _files_holding(tmp_path, secrets)  # the kill came before the zeroing
     # A writer killed while saving the index left a full copy of it behind, too.
     shutil.copy(f"{path}.faiss", f"{path}.faiss.k3x9z1ab.tmp")
-    done = subprocess.run([sys.executable, "-m", "speakerdb", "--db", str(path), *next_command],
-                          capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "speakerdb", "--db", str(path), *next_command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert _files_holding(tmp_path, secrets) == []
     assert not list(tmp_path.glob("*.tmp"))
@@ -243,7 +259,9 @@ def test_stopped_index_writer_and_the_lock_timeout(tmp_path, clips, monkeypatch,
         db.enroll("bob", clips["bob"][:2])
         db.identify([clips["bob"][2]])
         secrets = _secrets(db, "bob")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_AND_STOP, f"{path}.faiss"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK_AND_STOP, f"{path}.faiss"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         monkeypatch.setattr(index_module, "LOCK_TIMEOUT_S", 1.0)
@@ -319,8 +337,17 @@ def _positions_alive_7(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [*DAMAGE, "alive flag 7", "index a directory", "lock a directory",
-                                    "old change log a directory", "old change log garbage"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        *DAMAGE,
+        "alive flag 7",
+        "index a directory",
+        "lock a directory",
+        "old change log a directory",
+        "old change log garbage",
+    ],
+)
 def test_damaged_index_files_mean_a_rebuild(tmp_path, clips, damage):
     path = tmp_path / "db.sqlite"
     index_path = Path(f"{path}.faiss")
@@ -354,8 +381,10 @@ def test_damaged_index_files_mean_a_rebuild(tmp_path, clips, damage):
 
 
 # ---- 6. nothing is written through a planted link -------------------------------------------
-@pytest.mark.parametrize("planted", ["db.sqlite.faiss", "db.sqlite.faiss.lock", "db.sqlite.faiss.log",
-                                     "db.sqlite.faiss.a1b2c3d4.tmp", "dangling log"])
+@pytest.mark.parametrize(
+    "planted",
+    ["db.sqlite.faiss", "db.sqlite.faiss.lock", "db.sqlite.faiss.log", "db.sqlite.faiss.a1b2c3d4.tmp", "dangling log"],
+)
 def test_links_planted_beside_the_database_are_never_written_through(tmp_path, clips, planted):
     path = tmp_path / "db.sqlite"
     with _open(path) as db:
@@ -410,7 +439,8 @@ def test_identify_names_the_speaker_it_scored_despite_a_concurrent_remove_and_en
                 con.execute("DELETE FROM speakers WHERE name = 'mallory'")
                 con.execute(
                     "INSERT INTO speakers (name, created_at, updated_at, metadata, centroid) "
-                    "VALUES ('carol', '2026-01-01', '2026-01-01', '{}', ?)", (store.to_blob(carol_centroid),)
+                    "VALUES ('carol', '2026-01-01', '2026-01-01', '{}', ?)",
+                    (store.to_blob(carol_centroid),),
                 )
                 con.commit()
                 con.close()
@@ -438,8 +468,14 @@ def test_every_file_is_created_owner_only(tmp_path, clips):
         db.export(tmp_path / "out.gallery")
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.glob("db.sqlite*")}
     modes["out.gallery"] = stat.S_IMODE((tmp_path / "out.gallery").stat().st_mode)
-    assert {"db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "db.sqlite.faiss", "db.sqlite.faiss.lock",
-            "out.gallery"} <= set(modes)
+    assert {
+        "db.sqlite",
+        "db.sqlite-wal",
+        "db.sqlite-shm",
+        "db.sqlite.faiss",
+        "db.sqlite.faiss.lock",
+        "out.gallery",
+    } <= set(modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}
 
 
@@ -456,7 +492,9 @@ def test_a_behind_index_catches_up_by_replay_not_rebuild(tmp_path, clips, monkey
         db.rename("bob", "robert")
     builds = []
     real_build = SpeakerIndex.build.__func__
-    monkeypatch.setattr(SpeakerIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k)))
+    monkeypatch.setattr(
+        SpeakerIndex, "build", classmethod(lambda cls, *a, **k: builds.append(1) or real_build(cls, *a, **k))
+    )
     with _open(path) as db:
         assert db.identify([clips["bob"][2]])[0].speaker == "robert"
         assert db.identify([clips["carol"][2]])[0].speaker == "carol"

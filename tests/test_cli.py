@@ -11,11 +11,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from speakerdb.cli import cli
-
-from speakerdb.errors import InvalidInputError
-
 from conftest import voice, write
+from speakerdb.cli import cli
+from speakerdb.errors import InvalidInputError
 
 
 @pytest.fixture
@@ -170,9 +168,7 @@ def test_bad_input_writes_nothing(run, voices, tmp_path):
 
 
 def test_model_that_cannot_be_loaded_is_one_line(tmp_path, voices):
-    result = CliRunner().invoke(
-        cli, ["--db", str(tmp_path / "d.sqlite"), "enroll", "alice", str(voices["alice"][0])]
-    )
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "enroll", "alice", str(voices["alice"][0])])
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert "microsoft/wavlm-base-plus-sv" in line and "--model DIR" in line
@@ -263,8 +259,9 @@ def test_index_command_shows_and_changes_settings(run, voices):
     shown = as_json(run("index", "--json", model=False))
     assert shown["params"]["hnsw_ef_search"] == 2048 and shown["file"]["kind"] == "flat"
     assert shown["file"]["speakers"] == 1
-    changed = as_json(run("index", "--ef-search", "512", "--approximate-above", "0", "--rebuild", "--json",
-                          model=False))
+    changed = as_json(
+        run("index", "--ef-search", "512", "--approximate-above", "0", "--rebuild", "--json", model=False)
+    )
     assert changed["params"]["hnsw_ef_search"] == 512 and changed["rebuilt_speakers"] == 1
     assert changed["file"]["kind"] == "hnsw" and changed["file"]["built_with"]["hnsw_ef_search"] == 512
     text = ok(run("index", model=False))
@@ -316,15 +313,24 @@ def test_show_escapes_sources_and_metadata(run, tmp_path):
     assert "\x1b" not in out and "\u2028" not in out and "\u202e" not in out
     lines = out.splitlines()
     assert not any(l.startswith(("name: mallory", "created: never")) for l in lines)
-    assert "name: alice" in lines[0] and "\\nname: mallory\\x1b[2J.wav" in out and "metadata.note: x\\ncreated: never" in out
-    assert json.loads(ok(run("show", "alice", "--json")))["metadata"]["note"] == "x\ncreated: never"  # JSON keeps it exact
+    assert (
+        "name: alice" in lines[0]
+        and "\\nname: mallory\\x1b[2J.wav" in out
+        and "metadata.note: x\\ncreated: never" in out
+    )
+    assert (
+        json.loads(ok(run("show", "alice", "--json")))["metadata"]["note"] == "x\ncreated: never"
+    )  # JSON keeps it exact
 
 
-@pytest.mark.parametrize("args, why", [
-    (["enroll", "b\udcffob", "{good}"], "surrogate"),  # invalid UTF-8 on the command line
-    (["enroll", "alice\u200b", "{good}"], "invisible"),
-    (["enroll", "bob", "{good}", "--meta", "k=\udcff"], "not valid Unicode"),
-])
+@pytest.mark.parametrize(
+    "args, why",
+    [
+        (["enroll", "b\udcffob", "{good}"], "surrogate"),  # invalid UTF-8 on the command line
+        (["enroll", "alice\u200b", "{good}"], "invisible"),
+        (["enroll", "bob", "{good}", "--meta", "k=\udcff"], "not valid Unicode"),
+    ],
+)
 def test_invalid_text_on_the_command_line_is_one_line(run, tmp_path, args, why):
     good = write(tmp_path / "good.wav", voice(100, 1.0))
     result = run(*[a.format(good=good) for a in args])
@@ -334,11 +340,24 @@ def test_invalid_text_on_the_command_line_is_one_line(run, tmp_path, args, why):
 
 
 # ---- paths, bounds, confirmations (issue 12, items 8, 9, 13, 14, 15, 16) ------------------------
-@pytest.mark.parametrize("args", [
-    ["list"], ["show", "alice"], ["info"], ["threshold"], ["threshold", "0.7"], ["index"], ["verify", "alice", "x.wav"],
-    ["identify", "x.wav"], ["rename", "a", "b"], ["remove", "alice", "--yes"], ["export", "{tmp}/out.gallery"],
-    ["db", "current"], ["db", "upgrade"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["list"],
+        ["show", "alice"],
+        ["info"],
+        ["threshold"],
+        ["threshold", "0.7"],
+        ["index"],
+        ["verify", "alice", "x.wav"],
+        ["identify", "x.wav"],
+        ["rename", "a", "b"],
+        ["remove", "alice", "--yes"],
+        ["export", "{tmp}/out.gallery"],
+        ["db", "current"],
+        ["db", "upgrade"],
+    ],
+)
 def test_read_commands_refuse_a_missing_database(tmp_path, args):
     db = tmp_path / "nonexistent" / "dir" / "x.sqlite"
     result = CliRunner().invoke(cli, ["--db", str(db), *[a.format(tmp=tmp_path) for a in args]])
@@ -357,10 +376,13 @@ def test_a_failed_first_enroll_leaves_no_database(run, tmp_path):
     assert not db.exists() and not (tmp_path / "new").exists() and not list(tmp_path.glob("new*"))
 
 
-@pytest.mark.parametrize("where, code, message", [
-    ("/dev/null", 1, "not a regular file"),
-    ("{file}/x.sqlite", 1, "is a file, not a directory"),
-])
+@pytest.mark.parametrize(
+    "where, code, message",
+    [
+        ("/dev/null", 1, "not a regular file"),
+        ("{file}/x.sqlite", 1, "is a file, not a directory"),
+    ],
+)
 def test_unusable_database_paths_are_one_line(tmp_path, where, code, message):
     a_file = tmp_path / "plain.txt"
     a_file.write_text("x")
@@ -403,11 +425,18 @@ def test_export_checks_its_path_first_and_never_overwrites_unasked(run, voices, 
     assert as_json(run("export", target, "--force", "--json"))["n_speakers"] == 1
 
 
-@pytest.mark.parametrize("args", [
-    ["index", "--ef-search", "99999999999999999999"], ["index", "--hnsw-m", "100000000"],
-    ["index", "--ef-construction", "10000000"], ["threshold", "nan"], ["threshold", "--", "-0.5"],
-    ["identify", "x.wav", "--threshold", "nan"], ["verify", "alice", "x.wav", "--threshold", "nan"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["index", "--ef-search", "99999999999999999999"],
+        ["index", "--hnsw-m", "100000000"],
+        ["index", "--ef-construction", "10000000"],
+        ["threshold", "nan"],
+        ["threshold", "--", "-0.5"],
+        ["identify", "x.wav", "--threshold", "nan"],
+        ["verify", "alice", "x.wav", "--threshold", "nan"],
+    ],
+)
 def test_out_of_bounds_settings_are_usage_errors(run, voices, args):
     ok(run("enroll", "alice", voices["alice"][0]))
     before = as_json(run("info", "--json"))
@@ -429,9 +458,13 @@ def test_api_bounds(fake_db):
 def test_global_options_after_the_command(tmp_path, tiny_checkpoint, voices):
     db = tmp_path / "after.sqlite"
     runner = CliRunner()
-    enrolled = runner.invoke(cli, ["enroll", "alice", str(voices["alice"][0]), "--db", str(db), "--model", str(tiny_checkpoint)])
+    enrolled = runner.invoke(
+        cli, ["enroll", "alice", str(voices["alice"][0]), "--db", str(db), "--model", str(tiny_checkpoint)]
+    )
     assert enrolled.exit_code == 0, enrolled.output
-    found = runner.invoke(cli, ["identify", "--model", str(tiny_checkpoint), "--db", str(db), str(voices["alice"][0]), "--json"])
+    found = runner.invoke(
+        cli, ["identify", "--model", str(tiny_checkpoint), "--db", str(db), str(voices["alice"][0]), "--json"]
+    )
     assert found.exit_code == 0, found.output and json.loads(found.stdout)[0]["speaker"] == "alice"
     # After the command wins over before it.
     listed = runner.invoke(cli, ["--db", str(tmp_path / "other.sqlite"), "list", "--db", str(db), "--json"])
@@ -496,9 +529,11 @@ def test_a_one_shot_process_spares_the_garbage_collector_and_serve_does_not(tmp_
     """`speakerdb CMD` (main) makes full collections rare and skips them at exit: with torch and a
     model loaded they cost 1.3 s of a 6 s `identify` (docs/performance.md, issue 17). A service keeps
     Python's own settings."""
-    probe = ("import gc, sys; from speakerdb.cli import main; sys.argv = ['speakerdb', 'info', '--help']\n"
-             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-             "print(code, gc.get_threshold()[2], gc.get_freeze_count() > 0)")
+    probe = (
+        "import gc, sys; from speakerdb.cli import main; sys.argv = ['speakerdb', 'info', '--help']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, gc.get_threshold()[2], gc.get_freeze_count() > 0)"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.split()[-3:] == ["0", "1000", "True"], done.stdout + done.stderr
 

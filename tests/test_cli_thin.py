@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import FakeEmbedder, voice, write
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, api
 from speakerdb.cli import cli
 
@@ -33,8 +33,9 @@ def test_calibrate_through_the_library(data_dir, tmp_path, tiny_checkpoint):
     assert not measured.applied and measured.database is None and not db.exists()  # measuring creates nothing
     assert measured.threshold_scale == "cosine" and measured.p_fa <= 0.1
     assert set(measured.to_dict()) == {"target", "threshold", "p_miss", "p_fa", "threshold_scale", "applied", "report"}
-    applied = api.calibrate_threshold(data_dir, "far=0.1", db=db, model=str(tiny_checkpoint), enroll_count=2,
-                                      apply=True)
+    applied = api.calibrate_threshold(
+        data_dir, "far=0.1", db=db, model=str(tiny_checkpoint), enroll_count=2, apply=True
+    )
     assert applied.applied and applied.database == str(db.absolute())
     with SpeakerDB(db) as mine:  # created, bound to the model, the threshold stored
         assert mine.threshold == pytest.approx(applied.threshold)
@@ -58,8 +59,10 @@ def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_p
     db = tmp_path / "d.sqlite"
     with SpeakerDB(db, embedder=FakeEmbedder()) as mine:
         mine.enroll("alice", voices["alice"][:1])
-        mine.set_norm([write(tmp_path / f"c{i}.wav", voice(90 + 25 * i, 1.5, seed=100 + i)) for i in range(10)],
-                      screen_enrolled=False)
+        mine.set_norm(
+            [write(tmp_path / f"c{i}.wav", voice(90 + 25 * i, 1.5, seed=100 + i)) for i in range(10)],
+            screen_enrolled=False,
+        )
     r = CliRunner().invoke(cli, ["threshold", "5", "--db", str(db)])
     assert r.exit_code == 0 and "threshold: 5 (as-norm scale)" in r.stdout, r.output
     r = CliRunner().invoke(cli, ["threshold", "500", "--db", str(db)])
@@ -70,8 +73,10 @@ def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_p
     assert r.exit_code == 2 and "not in the range 0 to 1" in r.stderr, r.output
 
 
-@pytest.mark.parametrize("command", [["db", "current"], ["db", "vacuum"], ["index"], ["norm", "--off"], ["calibrate", "."],
-                                     ["evaluate", "."]])
+@pytest.mark.parametrize(
+    "command",
+    [["db", "current"], ["db", "vacuum"], ["index"], ["norm", "--off"], ["calibrate", "."], ["evaluate", "."]],
+)
 def test_local_only_commands_refuse_server_in_one_line(command, tmp_path):
     r = CliRunner().invoke(cli, ["--db", str(tmp_path / "local.sqlite"), "--server", "http://127.0.0.1:9", *command])
     assert r.exit_code == 1, r.output
@@ -88,8 +93,9 @@ def test_evaluate_json_goes_through_the_library(data_dir, tiny_checkpoint, monke
     seen = []
     real = api.evaluate_recordings
     monkeypatch.setattr(api, "evaluate_recordings", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
-    r = CliRunner().invoke(cli, ["--model", str(tiny_checkpoint), "evaluate", str(data_dir), "--enroll-count", "2",
-                                 "--json"])
+    r = CliRunner().invoke(
+        cli, ["--model", str(tiny_checkpoint), "evaluate", str(data_dir), "--enroll-count", "2", "--json"]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["settings"]["enroll_count"] == 2
     assert seen and seen[0]["model"] == str(tiny_checkpoint) and seen[0]["enroll_count"] == 2

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from speakerdb import SpeakerDB
-
 from conftest import FakeEmbedder, assert_index_agrees_with_store
+from speakerdb import SpeakerDB
 
 WORKER = Path(__file__).parent / "concurrency_worker.py"
 WRITERS, READERS = 4, 4
@@ -21,12 +20,20 @@ def test_four_writers_and_four_readers(tmp_path):
     db_path = tmp_path / "shared.sqlite"
     SpeakerDB(db_path, embedder=FakeEmbedder()).close()
     procs = [
-        subprocess.Popen([sys.executable, str(WORKER), "writer", str(db_path), str(w), str(ENROLLS_PER_WRITER)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "writer", str(db_path), str(w), str(ENROLLS_PER_WRITER)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for w in range(WRITERS)
     ] + [
-        subprocess.Popen([sys.executable, str(WORKER), "reader", str(db_path), str(r), str(IDENTIFIES_PER_READER)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(WORKER), "reader", str(db_path), str(r), str(IDENTIFIES_PER_READER)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for r in range(READERS)
     ]
     results = []

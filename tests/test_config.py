@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder, voice, write
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, config
 from speakerdb.errors import AudioError
 
@@ -38,12 +38,21 @@ def _environment_reads(path: Path) -> list[tuple[int, str]]:
     tree = ast.parse(text, str(path))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "putenv", "unsetenv") \
-                and isinstance(node.value, ast.Name) and node.value.id == "os" or isinstance(node, ast.ImportFrom) and node.module == "os" \
-                and any(a.name in ("environ", "getenv", "putenv") for a in node.names):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in ("environ", "getenv", "putenv", "unsetenv")
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            or isinstance(node, ast.ImportFrom)
+            and node.module == "os"
+            and any(a.name in ("environ", "getenv", "putenv") for a in node.names)
+        ):
             found.append(node)
-        elif isinstance(node, ast.keyword) and node.arg in ("envvar", "auto_envvar_prefix") \
-                and isinstance(node.value, ast.Constant):
+        elif (
+            isinstance(node, ast.keyword)
+            and node.arg in ("envvar", "auto_envvar_prefix")
+            and isinstance(node.value, ast.Constant)
+        ):
             found.append(node.value)
     lines = text.splitlines()
     return [(n.lineno, lines[n.lineno - 1].strip()) for n in found]
@@ -69,17 +78,20 @@ def test_config_lists_every_speakerdb_variable_the_package_mentions():
     for path in SOURCES:
         named |= set(re.findall(r"\bSPEAKERDB_[A-Z_]+\b", path.read_text()))
     assert named <= set(config.VARIABLES), sorted(named - set(config.VARIABLES))
-    assert all(v in (PACKAGE / "config.py").read_text().split('"""')[1] for v in config.VARIABLES), \
+    assert all(v in (PACKAGE / "config.py").read_text().split('"""')[1] for v in config.VARIABLES), (
         "config.py's docstring describes every variable"
+    )
 
 
 def test_config_needs_only_the_standard_library():
     import subprocess
     import sys
 
-    code = ("import sys, speakerdb.config; "
-            "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
-            "('numpy', 'sqlalchemy', 'platformdirs', 'click', 'torch')))")
+    code = (
+        "import sys, speakerdb.config; "
+        "print(sorted(m.split('.')[0] for m in sys.modules if m.split('.')[0] in "
+        "('numpy', 'sqlalchemy', 'platformdirs', 'click', 'torch')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
 
@@ -197,6 +209,7 @@ def three_seconds(tmp_path) -> Path:
 
 def _facade_paths(db: SpeakerDB, clip: Path, other: Path) -> dict[str, str | None]:
     """Each facade call that decodes a file: None if it took ``clip``, else the refusal."""
+
     def reason(call) -> str | None:
         try:
             result = call()
@@ -230,8 +243,10 @@ def test_the_facade_hands_its_limit_to_the_decoder(tmp_path, three_seconds, monk
         db.enroll("other", [other])
         taken = _facade_paths(db, three_seconds, other)
     assert taken == dict.fromkeys(taken), taken
-    with SpeakerDB(tmp_path / "env.sqlite", embedder=FakeEmbedder()) as db, \
-            pytest.raises(AudioError, match="more than the 1 s accepted"):
+    with (
+        SpeakerDB(tmp_path / "env.sqlite", embedder=FakeEmbedder()) as db,
+        pytest.raises(AudioError, match="more than the 1 s accepted"),
+    ):
         db.enroll("other", [other])
 
 
@@ -243,14 +258,22 @@ def test_a_limit_that_is_no_number_of_seconds_is_refused(tmp_path):
             SpeakerDB(tmp_path / "x.sqlite", embedder=FakeEmbedder(), max_audio_s=bad)
 
 
-def test_serve_hands_its_limit_to_its_workers_decoder_without_the_environment(tmp_path, three_seconds,
-                                                                               tiny_checkpoint, monkeypatch):
+def test_serve_hands_its_limit_to_its_workers_decoder_without_the_environment(
+    tmp_path, three_seconds, tiny_checkpoint, monkeypatch
+):
     from speakerdb.service.app import ServeConfig, Service
 
     monkeypatch.delenv(config.MAX_AUDIO_ENV, raising=False)
     before = _speakerdb_environment()
-    service = Service(ServeConfig(db_path=str(tmp_path / "svc.sqlite"), model=str(tiny_checkpoint), max_audio_s=2.5,
-                                  insecure_no_auth=True, tmp_dir=str(tmp_path)))
+    service = Service(
+        ServeConfig(
+            db_path=str(tmp_path / "svc.sqlite"),
+            model=str(tiny_checkpoint),
+            max_audio_s=2.5,
+            insecure_no_auth=True,
+            tmp_dir=str(tmp_path),
+        )
+    )
     try:
         asyncio.run(service.start())
         assert service.ready, service.load_error

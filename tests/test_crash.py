@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb import SpeakerDB
-
 from conftest import assert_index_agrees_with_store, voice, write
+from speakerdb import SpeakerDB
 
 KILLS = int(os.environ.get("SPEAKERDB_KILLS", "6"))
 FILES_PER_ENROLL = 6

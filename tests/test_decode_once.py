@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SR, FakeEmbedder, voice, write
 
+from conftest import SR, FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, timeline
 from speakerdb.audio import decode, decoded, vad
 from speakerdb.audio.decoded import Decoded
@@ -58,7 +58,9 @@ def files(tmp_path) -> list[Path]:
     resampler's blocks are of uneven length) and a short clip."""
     gap = np.zeros(SR, np.float32)
     turns = np.concatenate([voice(110, 5, seed=1), gap, voice(300, 5, seed=2), gap, voice(110, 4, seed=3)])
-    one = np.concatenate([voice(200, 6, seed=4, sr=44_100), np.zeros(44_100, np.float32), voice(200, 6, seed=5, sr=44_100)])
+    one = np.concatenate(
+        [voice(200, 6, seed=4, sr=44_100), np.zeros(44_100, np.float32), voice(200, 6, seed=5, sr=44_100)]
+    )
     return [
         write(tmp_path / "turns.wav", turns),
         write(tmp_path / "one44k.wav", one, sr=44_100),
@@ -136,7 +138,8 @@ def _check_identify(db: SpeakerDB, files: list[Path], decodes: Counter, monkeypa
         assert [r.to_dict() for r in results] == [r.to_dict() for r in before]
     else:
         assert [(r.speaker, r.voices, [c.speaker for c in r.candidates]) for r in results] == [
-            (r.speaker, r.voices, [c.speaker for c in r.candidates]) for r in before]
+            (r.speaker, r.voices, [c.speaker for c in r.candidates]) for r in before
+        ]
         np.testing.assert_allclose([r.score for r in results], [r.score for r in before], atol=1e-5)
 
 
@@ -149,8 +152,9 @@ def test_identify_decodes_each_file_once_with_the_fake_embedder(tmp_path, files,
         assert [r.voices for r in db.identify(files)] == [2, 1, 1]
 
 
-def test_identify_decodes_each_file_once_with_the_tiny_checkpoint(tmp_path, files, decodes, monkeypatch,
-                                                                   tiny_checkpoint):
+def test_identify_decodes_each_file_once_with_the_tiny_checkpoint(
+    tmp_path, files, decodes, monkeypatch, tiny_checkpoint
+):
     """The real model and the real voice activity detector (Silero)."""
     with SpeakerDB(tmp_path / "d.sqlite", model=str(tiny_checkpoint)) as db:
         db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 4, seed=9))])

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from speakerdb.embedding.models import Embedder, l2_normalize, load_embedder, same_model
-from speakerdb.errors import ModelLoadError
-
 from builders import CHECKPOINT_SIZES, build_random_checkpoint
 from conftest import voice
+from speakerdb.embedding.models import Embedder, l2_normalize, load_embedder, same_model
+from speakerdb.errors import ModelLoadError
 
 TOLERANCE = 1e-5  # per component, as the product promises
 
@@ -183,8 +182,13 @@ def test_kernels_attention_equals_transformers(padded, monkeypatch):
     # here at every size (the tiny model's 2 x 99 frames are under intgemm.MIN_ROWS).
     monkeypatch.setattr(intgemm, "MIN_ROWS", 1)
     int8 = [f"int8 products ({3 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", "attention", "positional conv weight norm",
-                                     "positional conv by FFT", *int8]
+    assert kernels.install(fast) == [
+        "conv feature encoder",
+        "attention",
+        "positional conv weight norm",
+        "positional conv by FFT",
+        *int8,
+    ]
     x = torch.from_numpy(np.stack([voice(150, 2.0), voice(240, 2.0, seed=4)]))  # (2, n_samples)
     mask = torch.ones_like(x, dtype=torch.long)
     if padded:
@@ -205,8 +209,7 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result(monkeypatch):
 
     from speakerdb.embedding import intgemm, kernels
 
-    sizes = {k: v for k, v in CHECKPOINT_SIZES["tiny"].items()
-             if k not in ("num_buckets", "max_bucket_distance")}
+    sizes = {k: v for k, v in CHECKPOINT_SIZES["tiny"].items() if k not in ("num_buckets", "max_bucket_distance")}
     models = []
     for _ in range(2):
         torch.manual_seed(0)
@@ -214,8 +217,12 @@ def test_kernels_on_wav2vec2_replace_what_fits_and_keep_the_result(monkeypatch):
     model, fast = models
     monkeypatch.setattr(intgemm, "MIN_ROWS", 1)
     int8 = [f"int8 products ({2 * model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
-    assert kernels.install(fast) == ["conv feature encoder", "positional conv weight norm",
-                                     "positional conv by FFT", *int8]
+    assert kernels.install(fast) == [
+        "conv feature encoder",
+        "positional conv weight norm",
+        "positional conv by FFT",
+        *int8,
+    ]
     x = torch.from_numpy(voice(180, 1.5)[None])  # (1, n_samples)
     with torch.inference_mode():
         expected, got = (m.wav2vec2(x).last_hidden_state.numpy() for m in (model, fast))
@@ -257,7 +264,8 @@ AT_LOAD = ["conv feature encoder", "attention", "positional conv weight norm"]
 def test_long_run_kernels_come_after_enough_audio_and_keep_the_embeddings(tiny_checkpoint, monkeypatch):
     """The positional conv by FFT and the int8 products wait for LONG_RUN_AFTER_S of audio (one
     short file would not repay their set-up); embeddings stay within the tolerance across the switch."""
-    from speakerdb.embedding import models as embed, intgemm
+    from speakerdb.embedding import intgemm
+    from speakerdb.embedding import models as embed
 
     monkeypatch.setattr(embed, "LONG_RUN_AFTER_S", 3.0)
     monkeypatch.setattr(intgemm, "MIN_ROWS", 1)  # a 2 s clip is 99 frames
@@ -268,7 +276,9 @@ def test_long_run_kernels_come_after_enough_audio_and_keep_the_embeddings(tiny_c
     again = embedder.embed([wave])  # 2 s before it: still the same kernels
     assert np.array_equal(first, again) and embedder.speedups == AT_LOAD
     later = embedder.embed([wave])  # 4 s before it: the long-run kernels
-    int8 = [f"int8 products ({3 * embedder.model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    int8 = (
+        [f"int8 products ({3 * embedder.model.config.num_hidden_layers} linear layers)"] if intgemm.available() else []
+    )
     assert embedder.speedups == [*AT_LOAD, "positional conv by FFT", *int8]
     assert embedder.audio_seconds == 6.0
     np.testing.assert_allclose(later, first, atol=1e-5)
@@ -278,9 +288,12 @@ def test_long_run_kernels_come_after_enough_audio_and_keep_the_embeddings(tiny_c
 
 def plain_model_runs(embedder) -> bool:
     """Whether none of kernels.py's replacements is left in the embedder's model."""
-    return not any("forward" in vars(m) or "torch_multi_head_self_attention" in vars(m)
-                   or any(n.startswith("_speakerdb_") for n in vars(m))
-                   for m in embedder.model.base_model.modules())
+    return not any(
+        "forward" in vars(m)
+        or "torch_multi_head_self_attention" in vars(m)
+        or any(n.startswith("_speakerdb_") for n in vars(m))
+        for m in embedder.model.base_model.modules()
+    )
 
 
 def kernel_warnings(caplog) -> list[str]:
@@ -288,15 +301,18 @@ def kernel_warnings(caplog) -> list[str]:
 
 
 @pytest.mark.parametrize("breakage", ["wrong attention", "moved internals", "wrong FFT"])
-def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(tiny_checkpoint, monkeypatch, caplog,
-                                                                            breakage):
+def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(
+    tiny_checkpoint, monkeypatch, caplog, breakage
+):
     """kernels.py replaces private parts of transformers' WavLM; at load (and when the long-run
     kernels come) a probe input checks them against the plain model."""
     import logging
 
-    from speakerdb.embedding import models as embed, kernels
+    from speakerdb.embedding import kernels
+    from speakerdb.embedding import models as embed
 
     if breakage == "wrong attention":  # computes something else: scores not scaled
+
         def wrong(attention, hidden_states, attention_mask, gated_position_bias):
             out, _ = original(attention, hidden_states, attention_mask, gated_position_bias)
             return out * 1.5, None
@@ -304,7 +320,9 @@ def test_kernels_that_disagree_with_the_model_leave_it_plain_with_one_warning(ti
         original = kernels.wavlm_self_attention
         monkeypatch.setattr(kernels, "wavlm_self_attention", wrong)
     elif breakage == "moved internals":  # a transformers release renamed the projections
-        monkeypatch.setattr(kernels, "_three_projections", lambda a, h: (a.query_proj(h), a.key_proj(h), a.value_proj(h)))
+        monkeypatch.setattr(
+            kernels, "_three_projections", lambda a, h: (a.query_proj(h), a.key_proj(h), a.value_proj(h))
+        )
     else:  # the FFT's spectra for another kernel length
         spectra = kernels._positional_conv_spectra
         monkeypatch.setattr(kernels, "_positional_conv_spectra", lambda conv: spectra(conv).flip(0))

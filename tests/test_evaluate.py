@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.api import evaluation_database
-from speakerdb.scoring import evaluate, metrics
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
-
-from conftest import FakeEmbedder, voice, write
+from speakerdb.scoring import evaluate, metrics
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
 
@@ -67,7 +66,9 @@ def test_too_few_recordings(tmp_path):
 
 
 def test_report_counts_and_metrics_match_the_scores(data_dir):
-    report, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), enroll_count=2, impostor_speakers=2, seed=0, open_db=evaluation_database)
+    report, scores, _ = evaluate.run(
+        data_dir, embedder=FakeEmbedder(), enroll_count=2, impostor_speakers=2, seed=0, open_db=evaluation_database
+    )
     n_enrolled, n_probes, n_impostor = 4, 4 * 3, 2 * 5
     assert (report.n_enrolled_speakers, report.n_probes, report.n_impostor_probes) == (n_enrolled, n_probes, n_impostor)
     assert report.n_target_trials == n_probes
@@ -83,8 +84,12 @@ def test_report_counts_and_metrics_match_the_scores(data_dir):
 
 
 def test_short_utterance_condition_crops_probes(data_dir):
-    _, long_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database)
-    _, short_scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, test_seconds=0.6, open_db=evaluation_database)
+    _, long_scores, _ = evaluate.run(
+        data_dir, embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database
+    )
+    _, short_scores, _ = evaluate.run(
+        data_dir, embedder=FakeEmbedder(), impostor_speakers=1, test_seconds=0.6, open_db=evaluation_database
+    )
     assert not np.allclose(long_scores.target, short_scores.target)
     with pytest.raises(InvalidInputError):
         evaluate.run(data_dir, embedder=FakeEmbedder(), test_seconds=0.1, open_db=evaluation_database)
@@ -148,7 +153,9 @@ def test_cli_calibrate_refuses_a_database_of_another_model(data_dir, tmp_path, t
     db = tmp_path / "fake.sqlite"
     with SpeakerDB(db, embedder=FakeEmbedder()) as fake:
         fake.enroll("alice", voices["alice"][:1])
-    result = CliRunner().invoke(cli, ["--db", str(db), "--model", str(tiny_checkpoint), "calibrate", str(data_dir), "--apply"])
+    result = CliRunner().invoke(
+        cli, ["--db", str(db), "--model", str(tiny_checkpoint), "calibrate", str(data_dir), "--apply"]
+    )
     assert result.exit_code == 1 and "fake-spectral-v1" in result.stderr
     with SpeakerDB(db, embedder=FakeEmbedder()) as fake:
         assert fake.threshold == 0.86
@@ -177,8 +184,10 @@ def test_evaluate_and_calibrate_use_the_databases_model(data_dir, tmp_path, tiny
 
 def test_plot_path_is_checked_before_the_evaluation(data_dir, tmp_path):
     # The model does not exist: reaching it would mean the evaluation started first.
-    result = CliRunner().invoke(cli, ["--model", str(tmp_path / "no-model"), "evaluate", str(data_dir),
-                                      "--plot", str(tmp_path / "nodir" / "r.png")])
+    result = CliRunner().invoke(
+        cli,
+        ["--model", str(tmp_path / "no-model"), "evaluate", str(data_dir), "--plot", str(tmp_path / "nodir" / "r.png")],
+    )
     assert result.exit_code == 1 and "nodir" in result.stderr and "does not exist" in result.stderr
     assert "no-model" not in result.stderr
 
@@ -192,8 +201,22 @@ def test_plot_has_a_title_the_threshold_and_a_det_curve_without_errors(tmp_path,
     target, nontarget = np.array([0.9, 0.95, 0.97]), np.array([0.1, 0.2, 0.3, 0.4])  # no errors at all
     scores = evaluate.Scores(target, nontarget, target, np.ones(3, bool), np.ones(3, np.int64), np.array([0.4]))
     eer, at = metrics.eer(target, nontarget)
-    report = evaluate.Report(3, 1, 6, 3, 1, 3, 4, 1.0, 1.0, eer, at, {}, {},
-                             {"model_id": "resemblyzer-ge2e@abc", "data_dir": "/data/test-other"})
+    report = evaluate.Report(
+        3,
+        1,
+        6,
+        3,
+        1,
+        3,
+        4,
+        1.0,
+        1.0,
+        eer,
+        at,
+        {},
+        {},
+        {"model_id": "resemblyzer-ge2e@abc", "data_dir": "/data/test-other"},
+    )
     evaluate.plot(scores, report, tmp_path / "r.png", threshold=0.8)
     [fig] = figures
     title = fig._suptitle.get_text()

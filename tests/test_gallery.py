@@ -19,12 +19,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import REPO, FakeEmbedder
 from speakerdb import SpeakerDB
-from speakerdb.storage import gallery, store
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, GalleryError, InvalidInputError, ModelMismatchError, SpeakerNotFoundError
-
-from conftest import REPO, FakeEmbedder, voice, write
+from speakerdb.storage import gallery
 
 FIXTURE = REPO / "tests" / "data" / "v1.gallery"
 
@@ -161,7 +160,10 @@ def _write_members(path: Path, members: dict[str, bytes], fix_checksums: bool = 
     if fix_checksums:
         manifest = json.loads(members["manifest.json"])
         for name in ("speakers.json", "embeddings.f32"):
-            manifest["members"][name] = {"size": len(members[name]), "sha256": hashlib.sha256(members[name]).hexdigest()}
+            manifest["members"][name] = {
+                "size": len(members[name]),
+                "sha256": hashlib.sha256(members[name]).hexdigest(),
+            }
         members = {**members, "manifest.json": json.dumps(manifest).encode()}
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in members.items():
@@ -190,39 +192,115 @@ def _symlink_info(name="link"):
 
 
 BAD = {
-    "other model": (lambda m: _edit(m, "manifest.json", lambda d: d["model"].update(id="another-model")), True, "another-model"),
+    "other model": (
+        lambda m: _edit(m, "manifest.json", lambda d: d["model"].update(id="another-model")),
+        True,
+        "another-model",
+    ),
     "unknown version": (lambda m: _edit(m, "manifest.json", lambda d: d.update(format_version=99)), True, "version 99"),
-    "not a gallery": (lambda m: _edit(m, "manifest.json", lambda d: d.update(format="zip-of-things")), True, "not a speakerdb gallery"),
-    "checksum": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b"alice", b"alicf")}, False, "checksum mismatch"),
+    "not a gallery": (
+        lambda m: _edit(m, "manifest.json", lambda d: d.update(format="zip-of-things")),
+        True,
+        "not a speakerdb gallery",
+    ),
+    "checksum": (
+        lambda m: {**m, "speakers.json": m["speakers.json"].replace(b"alice", b"alicf")},
+        False,
+        "checksum mismatch",
+    ),
     "nan vector": (lambda m: _floats(m, lambda a: a.__setitem__(3, np.nan)), True, "NaN"),
     "inf vector": (lambda m: _floats(m, lambda a: a.__setitem__(0, np.inf)), True, "NaN or infinite"),
     "not unit": (lambda m: _floats(m, lambda a: a.__imul__(2)), True, "unit vectors"),
     "short vectors": (lambda m: {**m, "embeddings.f32": m["embeddings.f32"][:-4]}, True, "float32 vectors need"),
-    "duplicate names": (lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice")), True, "appears twice"),
+    "duplicate names": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice")),
+        True,
+        "appears twice",
+    ),
     "empty name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="")), True, "must not be empty"),
-    "slash in name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="../etc")), True, "must not contain"),
-    "missing member": (lambda m: {k: v for k, v in m.items() if k != "embeddings.f32"}, False, "missing embeddings.f32"),
+    "slash in name": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="../etc")),
+        True,
+        "must not contain",
+    ),
+    "missing member": (
+        lambda m: {k: v for k, v in m.items() if k != "embeddings.f32"},
+        False,
+        "missing embeddings.f32",
+    ),
     "extra member": (lambda m: {**m, "evil.sh": b"rm -rf /"}, True, "unexpected archive member"),
     "absolute path": (lambda m: {**m, "/etc/passwd": b"x"}, True, "absolute path"),
     "dot dot": (lambda m: {**m, "../../outside": b"x"}, True, "outside the archive"),
     "bad json": (lambda m: {**m, "speakers.json": b"[{not json"}, True, "not valid JSON"),
-    "utterance count": (lambda m: _edit(m, "manifest.json", lambda d: d["counts"].update(utterances=4)), True, "float32 vectors need"),
+    "utterance count": (
+        lambda m: _edit(m, "manifest.json", lambda d: d["counts"].update(utterances=4)),
+        True,
+        "float32 vectors need",
+    ),
     # Fields of the right checksums but the wrong type, range or encoding (issue 12, item 2).
-    "created_at type": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at=12345)), True, "created_at"),
-    "created_at range": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at="99999-01-01T00:00:00Z")), True, "created_at"),
-    "created_at 1900": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(updated_at="1900-01-01T00:00:00Z")), True, "before 1970"),
-    "utterance time": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(created_at=[1])), True, "created_at"),
+    "created_at type": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at=12345)),
+        True,
+        "created_at",
+    ),
+    "created_at range": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0].update(created_at="99999-01-01T00:00:00Z")),
+        True,
+        "created_at",
+    ),
+    "created_at 1900": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0].update(updated_at="1900-01-01T00:00:00Z")),
+        True,
+        "before 1970",
+    ),
+    "utterance time": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(created_at=[1])),
+        True,
+        "created_at",
+    ),
     "deep metadata": (lambda m: _deep_metadata(m, 100_000), True, "nested too deeply"),
     "deep-ish metadata": (lambda m: _deep_metadata(m, 50), True, "nested more than"),
-    "nan metadata": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"site": "a"', b'"site": NaN')}, True, "not a JSON number"),
-    "duration text": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(duration_s="1e400")), True, "duration_s"),
-    "duration inf": (lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"duration_s": 2.0', b'"duration_s": 1e400', 1)}, True, "duration_s"),
+    "nan metadata": (
+        lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"site": "a"', b'"site": NaN')},
+        True,
+        "not a JSON number",
+    ),
+    "duration text": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(duration_s="1e400")),
+        True,
+        "duration_s",
+    ),
+    "duration inf": (
+        lambda m: {**m, "speakers.json": m["speakers.json"].replace(b'"duration_s": 2.0', b'"duration_s": 1e400', 1)},
+        True,
+        "duration_s",
+    ),
     "surrogate name": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(name="b\ud800ob")), True, "surrogate"),
-    "surrogate source": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(source="a\udcff.wav")), True, "source"),
-    "surrogate metadata": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["metadata"].update(site="\udcff")), True, "not valid Unicode"),
-    "invisible name": (lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice\u200b")), True, "invisible"),
-    "sha not hex": (lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(audio_sha256="Z" * 64)), True, "audio_sha256"),
-    "metadata list": (lambda m: _edit(m, "speakers.json", lambda d: d[0].update(metadata=[1, 2])), True, "must be a dict"),
+    "surrogate source": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(source="a\udcff.wav")),
+        True,
+        "source",
+    ),
+    "surrogate metadata": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0]["metadata"].update(site="\udcff")),
+        True,
+        "not valid Unicode",
+    ),
+    "invisible name": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[1].update(name="alice\u200b")),
+        True,
+        "invisible",
+    ),
+    "sha not hex": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0]["utterances"][0].update(audio_sha256="Z" * 64)),
+        True,
+        "audio_sha256",
+    ),
+    "metadata list": (
+        lambda m: _edit(m, "speakers.json", lambda d: d[0].update(metadata=[1, 2])),
+        True,
+        "must be a dict",
+    ),
 }
 
 
@@ -260,7 +338,9 @@ def test_other_dimension_is_refused(target, tmp_path, voices):
 
 def test_symlink_member_is_refused(source, target, tmp_path):
     source.export(tmp_path / "good.gallery")
-    bad = _write_members(tmp_path / "bad.gallery", _members(tmp_path / "good.gallery"), extra=[(_symlink_info(), b"/etc/passwd")])
+    bad = _write_members(
+        tmp_path / "bad.gallery", _members(tmp_path / "good.gallery"), extra=[(_symlink_info(), b"/etc/passwd")]
+    )
     with pytest.raises(GalleryError, match="is a link"):
         target.import_gallery(bad)
 
@@ -331,7 +411,9 @@ FIXTURE_EMBEDDINGS_SHA256 = "d30872b28eeaa49eeea72ffd5dd30fa1caacd588ca48edd58a8
 # ---- CLI ---------------------------------------------------------------------------------------
 def test_cli_export_import(source, tmp_path):
     runner = CliRunner()
-    out = runner.invoke(cli, ["--db", str(source.db_path), "export", str(tmp_path / "a.gallery"), "--speaker", "alice", "--json"])
+    out = runner.invoke(
+        cli, ["--db", str(source.db_path), "export", str(tmp_path / "a.gallery"), "--speaker", "alice", "--json"]
+    )
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout)["n_speakers"] == 1
     target = ["--db", str(tmp_path / "t.sqlite")]
@@ -355,7 +437,11 @@ def _big_gallery(path: Path, n_speakers: int, per_speaker: int, dim: int = 32) -
         utts = []
         for j in range(per_speaker):
             v = rng.standard_normal(dim).astype(np.float32)
-            utts.append(gallery.GalleryUtterance(f"s{i}-{j}.wav", 3.0, hashlib.sha256(f"{i}/{j}".encode()).hexdigest(), None, v / np.linalg.norm(v)))
+            utts.append(
+                gallery.GalleryUtterance(
+                    f"s{i}-{j}.wav", 3.0, hashlib.sha256(f"{i}/{j}".encode()).hexdigest(), None, v / np.linalg.norm(v)
+                )
+            )
         speakers.append(gallery.GallerySpeaker(f"speaker-{i:05d}", None, None, {"i": i}, utts))
     gallery.write(path, gallery.Gallery("fake-spectral-v1", None, dim, speakers), "test")
 
@@ -380,12 +466,16 @@ def test_sigkill_during_import_leaves_the_database_as_before(tmp_path, voices):
     # How long the import itself takes here (without interpreter start-up), to aim the kills inside it.
     timing = tmp_path / "timing.sqlite"
     SpeakerDB(timing, embedder=FakeEmbedder()).enroll("alice", voices["alice"][:1])
-    out = subprocess.run([sys.executable, "-c", IMPORT_SCRIPT, str(timing), str(big)], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", IMPORT_SCRIPT, str(timing), str(big)], check=True, capture_output=True, text=True
+    )
     duration = float(out.stdout.split()[-1])
 
     killed_mid_import = 0
     for fraction in (0.2, 0.4, 0.6, 0.8, 0.95):
-        proc = subprocess.Popen([sys.executable, "-c", IMPORT_SCRIPT, str(db_path), str(big)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", IMPORT_SCRIPT, str(db_path), str(big)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "start"
         time.sleep(duration * fraction)
         proc.send_signal(signal.SIGKILL)
@@ -419,7 +509,13 @@ def good_gallery_bytes(tmp_path_factory) -> bytes:
     for i in range(3):
         v = rng.standard_normal(8).astype(np.float32)
         speakers.append(
-            gallery.GallerySpeaker(f"s{i}", None, None, {"k": i}, [gallery.GalleryUtterance("a.wav", 1.0, "ab" * 32, None, v / np.linalg.norm(v))])
+            gallery.GallerySpeaker(
+                f"s{i}",
+                None,
+                None,
+                {"k": i},
+                [gallery.GalleryUtterance("a.wav", 1.0, "ab" * 32, None, v / np.linalg.norm(v))],
+            )
         )
     gallery.write(path, gallery.Gallery("fake-spectral-v1", None, 8, speakers), "test")
     return path.read_bytes()
@@ -452,23 +548,59 @@ _ANY_JSON = st.recursive(
 
 # Values that broke the reader or the database in issue 12: NaN, infinities, numbers as
 # text, wrong types, lone surrogates, invisible characters, deep nesting.
-_NASTY = [float("nan"), float("inf"), -1.0, "1e400", 12345, True, [], {}, "\ud800", "b\udcffob", "alice\u200b",
-          "\u202egnp.exe", "a\u2028b", "99999-01-01T00:00:00Z", "1900-01-01T00:00:00Z", "Z" * 64, "x" * 5000,
-          {"a": {"b": {"c": [float("nan")]}}}, [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+_NASTY = [
+    float("nan"),
+    float("inf"),
+    -1.0,
+    "1e400",
+    12345,
+    True,
+    [],
+    {},
+    "\ud800",
+    "b\udcffob",
+    "alice\u200b",
+    "\u202egnp.exe",
+    "a\u2028b",
+    "99999-01-01T00:00:00Z",
+    "1900-01-01T00:00:00Z",
+    "Z" * 64,
+    "x" * 5000,
+    {"a": {"b": {"c": [float("nan")]}}},
+    [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+]
 
 
 def _valid_documents():
     """A well-formed manifest and speakers.json (2 speakers, 3 utterances of dimension 2) as plain JSON."""
     speakers = [
-        {"name": "s0", "created_at": "2024-01-02T03:04:05Z", "updated_at": None, "metadata": {"k": [1, "x"]},
-         "utterances": [{"source": "a.wav", "duration_s": 1.5, "audio_sha256": "a" * 64, "created_at": None},
-                        {"source": "b.wav", "duration_s": 2, "audio_sha256": "b" * 64, "created_at": None}]},
-        {"name": "s1", "created_at": None, "updated_at": None, "metadata": {},
-         "utterances": [{"source": "c.wav", "duration_s": 3.0, "audio_sha256": "c" * 64, "created_at": None}]},
+        {
+            "name": "s0",
+            "created_at": "2024-01-02T03:04:05Z",
+            "updated_at": None,
+            "metadata": {"k": [1, "x"]},
+            "utterances": [
+                {"source": "a.wav", "duration_s": 1.5, "audio_sha256": "a" * 64, "created_at": None},
+                {"source": "b.wav", "duration_s": 2, "audio_sha256": "b" * 64, "created_at": None},
+            ],
+        },
+        {
+            "name": "s1",
+            "created_at": None,
+            "updated_at": None,
+            "metadata": {},
+            "utterances": [{"source": "c.wav", "duration_s": 3.0, "audio_sha256": "c" * 64, "created_at": None}],
+        },
     ]
-    manifest = {"format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "t", "created_at": None,
-                "model": {"id": "fake-spectral-v1", "source": None, "dim": 2},
-                "counts": {"speakers": 2, "utterances": 3}, "members": {}}
+    manifest = {
+        "format": gallery.FORMAT_NAME,
+        "format_version": 1,
+        "speakerdb_version": "t",
+        "created_at": None,
+        "model": {"id": "fake-spectral-v1", "source": None, "dim": 2},
+        "counts": {"speakers": 2, "utterances": 3},
+        "members": {},
+    }
     return manifest, speakers
 
 
@@ -510,8 +642,10 @@ def test_arbitrary_members_raise_only_gallery_error(tmp_path_factory, data):
     embeddings = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype("<f4").tobytes()
     speakers_bytes = json.dumps(speakers).encode()
     if isinstance(manifest, dict):
-        manifest["members"] = {name: {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-                               for name, raw in (("speakers.json", speakers_bytes), ("embeddings.f32", embeddings))}
+        manifest["members"] = {
+            name: {"size": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
+            for name, raw in (("speakers.json", speakers_bytes), ("embeddings.f32", embeddings))
+        }
     path = tmp_path_factory.mktemp("fuzz") / "x.gallery"
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("manifest.json", json.dumps(manifest))
@@ -547,8 +681,15 @@ def _gallery_of(path: Path, model_id: str, n_speakers: int, dim: int = 4) -> Pat
     speakers = []
     for i in range(n_speakers):
         v = rng.standard_normal(dim).astype(np.float32)
-        speakers.append(gallery.GallerySpeaker(
-            f"s{i}", None, None, {}, [gallery.GalleryUtterance("a.wav", 1.0, f"{i:064x}", None, v / np.linalg.norm(v))]))
+        speakers.append(
+            gallery.GallerySpeaker(
+                f"s{i}",
+                None,
+                None,
+                {},
+                [gallery.GalleryUtterance("a.wav", 1.0, f"{i:064x}", None, v / np.linalg.norm(v))],
+            )
+        )
     gallery.write(path, gallery.Gallery(model_id, model_id, dim, speakers), "test")
     return path
 
@@ -577,11 +718,16 @@ def test_a_gallery_declaring_more_than_the_cap_is_refused_in_constant_memory(tmp
                 f.write(chunk)
                 sha_embeddings.update(chunk)
         manifest = {
-            "format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "x", "created_at": None,
+            "format": gallery.FORMAT_NAME,
+            "format_version": 1,
+            "speakerdb_version": "x",
+            "created_at": None,
             "model": {"id": "fake-spectral-v1", "source": None, "dim": 1},
             "counts": {"speakers": 1, "utterances": n},
-            "members": {"speakers.json": {"size": size, "sha256": sha_speakers.hexdigest()},
-                        "embeddings.f32": {"size": 4 * n, "sha256": sha_embeddings.hexdigest()}},
+            "members": {
+                "speakers.json": {"size": size, "sha256": sha_speakers.hexdigest()},
+                "embeddings.f32": {"size": 4 * n, "sha256": sha_embeddings.hexdigest()},
+            },
         }
         z.writestr("manifest.json", json.dumps(manifest))
     assert path.stat().st_size < size // 20  # the archive is small, its contents are not

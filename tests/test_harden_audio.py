@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import REPO, SR, voice, write
 from speakerdb.audio import decode as audio
 from speakerdb.errors import AudioError
-
-from conftest import REPO, SR, voice, write
 
 OGG_VORBIS = {"format": "OGG", "subtype": "VORBIS"}
 OGG_OPUS = {"format": "OGG", "subtype": "OPUS"}
@@ -50,8 +49,9 @@ def _assert_both_voices(samples: np.ndarray) -> None:
     assert _f0(samples[-3 * SR :]) == pytest.approx(250, abs=5)  # ...and the second, heard too
 
 
-@pytest.mark.parametrize("suffix, kwargs", [(".ogg", OGG_VORBIS), (".opus", OGG_OPUS), (".mp3", MP3)],
-                         ids=["vorbis", "opus", "mp3"])
+@pytest.mark.parametrize(
+    "suffix, kwargs", [(".ogg", OGG_VORBIS), (".opus", OGG_OPUS), (".mp3", MP3)], ids=["vorbis", "opus", "mp3"]
+)
 def test_recordings_joined_with_cat_decode_whole(tmp_path, suffix, kwargs):
     # libsndfile stopped at the end of the first part: 3 of 7 s, the second speaker never heard.
     joined = _cat(tmp_path / f"call{suffix}", *_two_voices(tmp_path, suffix, **kwargs))
@@ -133,9 +133,11 @@ def test_a_decoder_that_stops_early_says_so(tmp_path):
     assert "after 3.0 s" in err.value.reason
 
 
-@pytest.mark.parametrize("suffix, kwargs", [(".wav", {}), (".flac", {}), (".aiff", {}),
-                                             (".wav", {"subtype": "FLOAT"})],
-                         ids=["wav", "flac", "aiff", "wav-float"])
+@pytest.mark.parametrize(
+    "suffix, kwargs",
+    [(".wav", {}), (".flac", {}), (".aiff", {}), (".wav", {"subtype": "FLOAT"})],
+    ids=["wav", "flac", "aiff", "wav-float"],
+)
 def test_files_with_their_own_length_joined_with_cat_decode_whole(tmp_path, suffix, kwargs):
     # A WAV, AIFF or FLAC header gives its own file's length: both decoders stopped at the end
     # of the first part (FFmpeg for WAV, libsndfile for FLAC), and the second voice was lost.
@@ -181,8 +183,10 @@ def _python(code: str, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("silero_vad") is None,
-                    reason="voice activity detection needs onnxruntime and silero-vad")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("silero_vad") is None,
+    reason="voice activity detection needs onnxruntime and silero-vad",
+)
 def test_voice_detection_leaves_no_onnxruntime_telemetry(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -208,7 +212,16 @@ def test_voice_detection_leaves_no_onnxruntime_telemetry(tmp_path):
 
 def _speakerdb(tmp_path: Path, checkpoint: Path, *args: str) -> subprocess.CompletedProcess:
     """The speakerdb command in its own process (its exit path, gc.freeze included, as users run it)."""
-    command = [sys.executable, "-m", "speakerdb", "--db", str(tmp_path / "db.sqlite"), "--model", str(checkpoint), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "speakerdb",
+        "--db",
+        str(tmp_path / "db.sqlite"),
+        "--model",
+        str(checkpoint),
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
 
 

@@ -13,18 +13,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB, timeline
-from speakerdb.scoring import evaluate, metrics
-from speakerdb.cli import cli
-
 from conftest import FakeEmbedder, voice, write
+from speakerdb import SpeakerDB, timeline
+from speakerdb.cli import cli
+from speakerdb.scoring import evaluate, metrics
 
 
 # ---- item 12: every output file gets export's care -----------------------------------------------
 def _canned_timeline(monkeypatch) -> None:
     """SpeakerDB.timeline answers at once: these tests are about the files, not diarization."""
-    t = timeline.Timeline("call.wav", 4.0, [timeline.Segment(0.5, 3.5, "unknown-1", None, None)],
-                          [timeline.Voice("unknown-1", None, 3.0, None)])
+    t = timeline.Timeline(
+        "call.wav",
+        4.0,
+        [timeline.Segment(0.5, 3.5, "unknown-1", None, None)],
+        [timeline.Voice("unknown-1", None, 3.0, None)],
+    )
     monkeypatch.setattr(SpeakerDB, "timeline", lambda self, files, **kw: [t])
 
 
@@ -103,8 +106,8 @@ def test_an_output_is_never_written_through_a_link(tmp_path, output_command):
 
 def test_an_output_that_appears_during_the_work_is_not_replaced(tmp_path):
     """The check before the work is repeated when the file is put in place (no clobbering race)."""
-    from speakerdb.storage import atomic
     from speakerdb.errors import InvalidInputError
+    from speakerdb.storage import atomic
 
     out = tmp_path / "out.rttm"
     with pytest.raises(InvalidInputError, match="already exists"):
@@ -120,18 +123,32 @@ def test_two_outputs_on_one_path_are_refused(tmp_path, monkeypatch):
     _canned_timeline(monkeypatch)
     SpeakerDB(tmp_path / "d.sqlite").close()
     out = tmp_path / "o"
-    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", "x.wav", "--rttm", str(out),
-                                 "--plot", str(out)])
+    r = CliRunner().invoke(
+        cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", "x.wav", "--rttm", str(out), "--plot", str(out)]
+    )
     assert r.exit_code == 2 and "different files" in r.stderr and not out.exists()
 
 
 # ---- item 16: invisible names, and names that are not UTF-8 ---------------------------------------
 #: Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt).
 DEFAULT_IGNORABLE = [
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
-    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
-    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 ]
 
 
@@ -145,8 +162,9 @@ def test_every_default_ignorable_code_point_is_refused_in_a_name(low, high):
             validate_name(f"bo{chr(code)}b")
 
 
-@pytest.mark.parametrize("name", ["\u3164", "\u2800", "\u2800\u2800", "\u2800 \u2800", "\u115f\u1160", "\uffa0",
-                                  "\u0301", "\u20dd"])
+@pytest.mark.parametrize(
+    "name", ["\u3164", "\u2800", "\u2800\u2800", "\u2800 \u2800", "\u115f\u1160", "\uffa0", "\u0301", "\u20dd"]
+)
 def test_a_name_that_shows_nothing_is_refused(fake_db, voices, name):
     from speakerdb.errors import InvalidInputError
 
@@ -191,8 +209,11 @@ def test_a_name_that_is_not_utf8_is_one_clear_line(tmp_path, voices, named_db, c
     """Bytes on the command line that are not UTF-8: one error line naming them, exit 1, nothing changed."""
     fill = {b"{wav}": os.fsencode(voices["alice"][2]), b"{out}": os.fsencode(tmp_path / "out.gallery")}
     argv = [fill.get(a, a) for a in NAME_COMMANDS[command]]
-    r = subprocess.run([sys.executable, "-m", "speakerdb", "--db", os.fsencode(named_db), *argv],
-                       capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    r = subprocess.run(
+        [sys.executable, "-m", "speakerdb", "--db", os.fsencode(named_db), *argv],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
     stderr = r.stderr.decode("utf-8")
     assert r.returncode == 1 and "Traceback" not in stderr, stderr
     [line] = stderr.splitlines()
@@ -207,9 +228,14 @@ def test_the_library_refuses_names_that_are_not_utf8(fake_db, voices, tmp_path):
 
     fake_db.enroll("alice", voices["alice"][:1])
     bad = "b\udcffob"
-    for call in (lambda: fake_db.show(bad), lambda: fake_db.remove(bad), lambda: fake_db.rename(bad, "x"),
-                 lambda: fake_db.verify(bad, voices["alice"][2]), lambda: fake_db.audit(10, bad),
-                 lambda: fake_db.export(tmp_path / "o.gallery", [bad])):
+    for call in (
+        lambda: fake_db.show(bad),
+        lambda: fake_db.remove(bad),
+        lambda: fake_db.rename(bad, "x"),
+        lambda: fake_db.verify(bad, voices["alice"][2]),
+        lambda: fake_db.audit(10, bad),
+        lambda: fake_db.export(tmp_path / "o.gallery", [bad]),
+    ):
         with pytest.raises(InvalidInputError, match=r"b\\xffob.*not valid UTF-8"):
             call()
 
@@ -233,14 +259,18 @@ def test_db_current_on_a_text_file_says_it_is_not_a_database(tmp_path):
 
 
 # ---- item 17f: a newline in a path or name stays on the error's one line -------------------------
-@pytest.mark.parametrize("args", [
-    ["identify", "{dir}/no\nsuch.wav"],
-    ["verify", "alice", "{dir}/no\nsuch.wav"],
-    ["enroll", "alice", "{dir}/no\nsuch.wav"],
-    ["export", "{dir}/no\nsuch/out.gallery"],
-    ["--db", "{dir}/no\nsuch/x.sqlite", "list"],
-    ["--db", "{dir}/no\nsuch/x.sqlite", "db", "current"],
-], ids=["identify", "verify", "enroll", "export", "db", "db current"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["identify", "{dir}/no\nsuch.wav"],
+        ["verify", "alice", "{dir}/no\nsuch.wav"],
+        ["enroll", "alice", "{dir}/no\nsuch.wav"],
+        ["export", "{dir}/no\nsuch/out.gallery"],
+        ["--db", "{dir}/no\nsuch/x.sqlite", "list"],
+        ["--db", "{dir}/no\nsuch/x.sqlite", "db", "current"],
+    ],
+    ids=["identify", "verify", "enroll", "export", "db", "db current"],
+)
 def test_a_newline_in_a_path_stays_on_one_error_line(tmp_path, named_db, args):
     r = CliRunner().invoke(cli, ["--db", str(named_db), *[a.format(dir=tmp_path) for a in args]])
     assert r.exit_code in (1, 2) and "Traceback" not in r.output

@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import REPO, FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
-from speakerdb.storage import gallery
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, GalleryError, ModelMismatchError
-
-from conftest import REPO, FakeEmbedder, voice, write
+from speakerdb.storage import gallery
 
 HUGE_DIM, HUGE_UTTERANCES = 8192, 100_000  # the red team's gallery: 3.3 GB of vectors in a few MB
 ZEROS_BLOCK = 5 << 20  # bytes of zeros deflated once and repeated (divides 8192 x 4 x n for n a multiple of 160)
@@ -71,8 +70,29 @@ def _write_zip(path: Path, members: list[tuple[str, bytes, int, int]]) -> Path:
         encoded, offset = name.encode(), len(out)
         out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(stream), size, len(encoded), 0)
         out += encoded + stream
-        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0x21, crc, len(stream), size,
-                               len(encoded), 0, 0, 0, 0, 0, offset) + encoded
+        central += (
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                8,
+                0,
+                0x21,
+                crc,
+                len(stream),
+                size,
+                len(encoded),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + encoded
+        )
     start = len(out)
     out += central + struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), start, 0)
     path.write_bytes(bytes(out))
@@ -84,48 +104,84 @@ def _zero_vector_gallery(path: Path, model_id: str, dim: int, n: int, per_speake
     vectors of ``dim`` floats: small on disk, ``n * dim * 4`` bytes unpacked."""
     record = {"source": "a.wav", "duration_s": 1.0, "audio_sha256": "", "created_at": None}
     speakers = [
-        {"name": f"s{i}", "created_at": None, "updated_at": None, "metadata": {},
-         "utterances": [{**record, "audio_sha256": f"{k:064x}"} for k in range(i, min(n, i + per_speaker))]}
+        {
+            "name": f"s{i}",
+            "created_at": None,
+            "updated_at": None,
+            "metadata": {},
+            "utterances": [{**record, "audio_sha256": f"{k:064x}"} for k in range(i, min(n, i + per_speaker))],
+        }
         for i in range(0, n, per_speaker)
     ]
     speakers_bytes = json.dumps(speakers).encode()
     vectors, vectors_crc, vectors_sha = _deflated_zeros(n * dim * 4)
-    manifest = json.dumps({
-        "format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "x", "created_at": None,
-        "model": {"id": model_id, "source": None, "dim": dim},
-        "counts": {"speakers": len(speakers), "utterances": n},
-        "members": {"speakers.json": {"size": len(speakers_bytes), "sha256": hashlib.sha256(speakers_bytes).hexdigest()},
-                    "embeddings.f32": {"size": n * dim * 4, "sha256": vectors_sha}},
-    }).encode()
-    return _write_zip(path, [
-        ("manifest.json", _deflate(manifest), zlib.crc32(manifest), len(manifest)),
-        ("speakers.json", _deflate(speakers_bytes), zlib.crc32(speakers_bytes), len(speakers_bytes)),
-        ("embeddings.f32", vectors, vectors_crc, n * dim * 4),
-    ])
+    manifest = json.dumps(
+        {
+            "format": gallery.FORMAT_NAME,
+            "format_version": 1,
+            "speakerdb_version": "x",
+            "created_at": None,
+            "model": {"id": model_id, "source": None, "dim": dim},
+            "counts": {"speakers": len(speakers), "utterances": n},
+            "members": {
+                "speakers.json": {"size": len(speakers_bytes), "sha256": hashlib.sha256(speakers_bytes).hexdigest()},
+                "embeddings.f32": {"size": n * dim * 4, "sha256": vectors_sha},
+            },
+        }
+    ).encode()
+    return _write_zip(
+        path,
+        [
+            ("manifest.json", _deflate(manifest), zlib.crc32(manifest), len(manifest)),
+            ("speakers.json", _deflate(speakers_bytes), zlib.crc32(speakers_bytes), len(speakers_bytes)),
+            ("embeddings.f32", vectors, vectors_crc, n * dim * 4),
+        ],
+    )
 
 
-def _gallery(path: Path, model_id: str = "fake-spectral-v1", dim: int = 32, n: int = 2,
-             manifest_text=None, speakers_text=None, vectors: np.ndarray | None = None) -> Path:
+def _gallery(
+    path: Path,
+    model_id: str = "fake-spectral-v1",
+    dim: int = 32,
+    n: int = 2,
+    manifest_text=None,
+    speakers_text=None,
+    vectors: np.ndarray | None = None,
+) -> Path:
     """A small gallery with right checksums; ``manifest_text``/``speakers_text`` edit the JSON as
     text (what json.dumps cannot write), ``vectors`` replaces the (n, dim) unit vectors."""
     rng = np.random.default_rng(0)
     if vectors is None:
         vectors = rng.standard_normal((n, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    speakers = [{"name": f"s{i}", "created_at": None, "updated_at": None, "metadata": {"badge": 7},
-                 "utterances": [{"source": "a.wav", "duration_s": 1.0, "audio_sha256": f"{i:064x}", "created_at": None}]}
-                for i in range(n)]
+    speakers = [
+        {
+            "name": f"s{i}",
+            "created_at": None,
+            "updated_at": None,
+            "metadata": {"badge": 7},
+            "utterances": [{"source": "a.wav", "duration_s": 1.0, "audio_sha256": f"{i:064x}", "created_at": None}],
+        }
+        for i in range(n)
+    ]
     speakers_bytes = json.dumps(speakers).encode()
     if speakers_text:
         speakers_bytes = speakers_text(speakers_bytes.decode()).encode()
     embeddings = vectors.astype("<f4").tobytes()
-    manifest = json.dumps({
-        "format": gallery.FORMAT_NAME, "format_version": 1, "speakerdb_version": "x", "created_at": None,
-        "model": {"id": model_id, "source": None, "dim": dim},
-        "counts": {"speakers": n, "utterances": n},
-        "members": {"speakers.json": {"size": len(speakers_bytes), "sha256": hashlib.sha256(speakers_bytes).hexdigest()},
-                    "embeddings.f32": {"size": len(embeddings), "sha256": hashlib.sha256(embeddings).hexdigest()}},
-    })
+    manifest = json.dumps(
+        {
+            "format": gallery.FORMAT_NAME,
+            "format_version": 1,
+            "speakerdb_version": "x",
+            "created_at": None,
+            "model": {"id": model_id, "source": None, "dim": dim},
+            "counts": {"speakers": n, "utterances": n},
+            "members": {
+                "speakers.json": {"size": len(speakers_bytes), "sha256": hashlib.sha256(speakers_bytes).hexdigest()},
+                "embeddings.f32": {"size": len(embeddings), "sha256": hashlib.sha256(embeddings).hexdigest()},
+            },
+        }
+    )
     if manifest_text:
         manifest = manifest_text(manifest)
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
@@ -161,8 +217,9 @@ def _assert_crafting_is_truthful(tmp_path: Path) -> None:
 def huge_gallery(tmp_path_factory) -> Path:
     """8,192 dims x 100,000 utterances of the fake model: 3.3 GB of vectors in about 4 MB."""
     _assert_crafting_is_truthful(tmp_path_factory.mktemp("small"))
-    path = _zero_vector_gallery(tmp_path_factory.mktemp("huge") / "huge.gallery", "fake-spectral-v1",
-                                HUGE_DIM, HUGE_UTTERANCES)
+    path = _zero_vector_gallery(
+        tmp_path_factory.mktemp("huge") / "huge.gallery", "fake-spectral-v1", HUGE_DIM, HUGE_UTTERANCES
+    )
     assert path.stat().st_size < 8_000_000
     with zipfile.ZipFile(path) as z:
         assert z.getinfo("embeddings.f32").file_size == HUGE_DIM * HUGE_UTTERANCES * 4
@@ -195,8 +252,14 @@ speakerdb.cli.cli(sys.argv[1:], prog_name="speakerdb")
 def _measured_cli(*args: str) -> tuple[int, list[str], int]:
     """(exit code, stderr lines other than the measurement, peak RSS growth in KiB) of one command."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", MEASURED_CLI, *args], capture_output=True, text=True, timeout=120,
-                          cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED_CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert time.monotonic() - started < 60, done.stderr
     lines = done.stderr.splitlines()
     growth = [int(line.split()[1]) for line in lines if line.startswith("rss-growth-kib ")]
@@ -226,8 +289,13 @@ def test_another_model_is_refused_before_any_member_is_unpacked(bound_db, tmp_pa
     """NaN vectors and a broken speakers.json would each be refused too, but the model is checked first."""
     vectors = np.full((2, 32), np.nan, np.float32)
     for model_id, dim in (("another-model", 32), ("fake-spectral-v1", 16)):
-        path = _gallery(tmp_path / f"{model_id}-{dim}.gallery", model_id=model_id, dim=dim, vectors=vectors[:, :dim],
-                        speakers_text=lambda text: text.replace("[", "{", 1))
+        path = _gallery(
+            tmp_path / f"{model_id}-{dim}.gallery",
+            model_id=model_id,
+            dim=dim,
+            vectors=vectors[:, :dim],
+            speakers_text=lambda text: text.replace("[", "{", 1),
+        )
         before = _snapshot(bound_db)
         with SpeakerDB(bound_db, embedder=FakeEmbedder()) as db, pytest.raises(ModelMismatchError) as err:
             db.import_gallery(path)
@@ -283,7 +351,11 @@ def test_cli_says_one_line_for_an_unconvertible_integer(tmp_path):
 def test_a_path_that_is_not_a_regular_file_says_what_it_is(fake_db, tmp_path):
     os.mkfifo(tmp_path / "pipe")  # opening it for reading must not wait for a writer
     (tmp_path / "dir").mkdir()
-    for path, kind in (("/dev/zero", "a character device"), (tmp_path / "pipe", "a named pipe"), (tmp_path / "dir", "a directory")):
+    for path, kind in (
+        ("/dev/zero", "a character device"),
+        (tmp_path / "pipe", "a named pipe"),
+        (tmp_path / "dir", "a directory"),
+    ):
         with pytest.raises(GalleryError, match=rf"not a regular file \({kind}\)"):
             fake_db.import_gallery(path)
     (tmp_path / "zeros.gallery").write_bytes(bytes(4096))
@@ -333,8 +405,11 @@ def service(tmp_path_factory, tiny_checkpoint):
 
 
 def _peak_rss_kib(pid: int) -> int:
-    return next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
+    return next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="measures memory through /proc")
@@ -343,8 +418,13 @@ def test_service_refuses_a_huge_gallery_of_another_dimension_before_unpacking_it
     assert service.dim != HUGE_DIM
     path = _zero_vector_gallery(tmp_path / "wide.gallery", service.model_id, HUGE_DIM, 20_000)
     peak = _peak_rss_kib(service.proc.pid)
-    status, _, doc = service.call("POST", "/v1/gallery", key=service.key, files=[("file", "wide.gallery", path.read_bytes())],
-                                  fields={"on_conflict": "merge"})
+    status, _, doc = service.call(
+        "POST",
+        "/v1/gallery",
+        key=service.key,
+        files=[("file", "wide.gallery", path.read_bytes())],
+        fields={"on_conflict": "merge"},
+    )
     assert status == 409 and doc["error"]["code"] == "model_mismatch", doc
     message = doc["error"]["message"]
     assert f"{HUGE_DIM}-d" in message and str(service.db) not in message and str(service.db.parent) not in message
@@ -352,9 +432,15 @@ def test_service_refuses_a_huge_gallery_of_another_dimension_before_unpacking_it
 
 
 def test_service_answers_400_for_an_unconvertible_integer(service, tmp_path):
-    for name, edit in (("manifest", {"manifest_text": lambda t: t.replace('"speakers": 2', f'"speakers": {DIGITS}')}),
-                       ("speakers", {"speakers_text": lambda t: t.replace('"badge": 7', f'"badge": {DIGITS}')})):
+    for name, edit in (
+        ("manifest", {"manifest_text": lambda t: t.replace('"speakers": 2', f'"speakers": {DIGITS}')}),
+        ("speakers", {"speakers_text": lambda t: t.replace('"badge": 7', f'"badge": {DIGITS}')}),
+    ):
         path = _gallery(tmp_path / f"{name}.gallery", model_id=service.model_id, dim=service.dim, **edit)
-        status, _, doc = service.call("POST", "/v1/gallery", key=service.key, files=[("file", f"{name}.gallery", path.read_bytes())])
+        status, _, doc = service.call(
+            "POST", "/v1/gallery", key=service.key, files=[("file", f"{name}.gallery", path.read_bytes())]
+        )
         assert status == 400 and doc["error"]["code"] == "bad_gallery", doc
-        assert "more than 100 digits" in doc["error"]["message"] and str(service.db.parent) not in doc["error"]["message"]
+        assert (
+            "more than 100 digits" in doc["error"]["message"] and str(service.db.parent) not in doc["error"]["message"]
+        )

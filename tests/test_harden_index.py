@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.storage import gallery, store
 from speakerdb.storage import index as index_module
 from speakerdb.storage.index import MAGIC, SpeakerIndex
 from speakerdb.storage.indexkeeper import IndexKeeper
-
-from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 
 
 def _unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -35,7 +34,9 @@ def _database(tmp_path: Path, n: int, kind: str = "flat", target: str | None = N
     file: at ``target`` (a PostgreSQL URL) or in ``tmp_path``; returns it and the index's path."""
     vectors = _unit(n, FakeEmbedder.dim, 0)
     speakers = [
-        gallery.GallerySpeaker(f"s{i}", None, None, {}, [gallery.GalleryUtterance(f"s{i}.wav", 2.0, f"{i:064x}", None, v)])
+        gallery.GallerySpeaker(
+            f"s{i}", None, None, {}, [gallery.GalleryUtterance(f"s{i}.wav", 2.0, f"{i:064x}", None, v)]
+        )
         for i, v in enumerate(vectors)
     ]
     source = tmp_path / "speakers.gallery"
@@ -92,7 +93,9 @@ def _rewrite_header(data: bytes, change) -> bytes:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_a_zeroed_sector_in_the_alive_flags_is_found_and_the_file_rebuilt(tmp_path, caplog, request, backend):
     n = 600  # 600 alive flags hold a whole 512-byte sector
-    path, index_path = _database(tmp_path, n, target=request.getfixturevalue("pg_url") if backend == "postgresql" else None)
+    path, index_path = _database(
+        tmp_path, n, target=request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    )
     a, _ = _sections(index_path)["alive"]
     data = bytearray(index_path.read_bytes())
     data[a + 44 : a + 556] = bytes(512)
@@ -130,7 +133,9 @@ def test_a_zeroed_sector_anywhere_means_right_answers_and_a_good_file(tmp_path, 
 def test_a_file_true_to_itself_but_not_to_the_store_is_rebuilt(tmp_path, caplog, request, backend):
     """Speakers dead in the file (flag and vector zeroed, as after a remove) but alive in the
     store: no digest or norm can tell, only the store."""
-    path, index_path = _database(tmp_path, 300, target=request.getfixturevalue("pg_url") if backend == "postgresql" else None)
+    path, index_path = _database(
+        tmp_path, 300, target=request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    )
     with SpeakerDB(path, embedder=FakeEmbedder()) as db, db.store.read() as s:
         ids = store.centroids(s)[0][:100]
     header = SpeakerIndex.read_header(index_path)
@@ -146,8 +151,10 @@ def test_a_file_true_to_itself_but_not_to_the_store_is_rebuilt(tmp_path, caplog,
 def test_a_header_naming_the_other_kind_is_rebuilt(tmp_path, caplog, truth, claimed):
     path = tmp_path / "db.sqlite"
     index_path = Path(f"{path}.faiss")
-    clips = {name: [write(tmp_path / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)]
-             for name, f0 in {"alice": 210.0, "bob": 110.0, "carol": 310.0}.items()}
+    clips = {
+        name: [write(tmp_path / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)]
+        for name, f0 in {"alice": 210.0, "bob": 110.0, "carol": 310.0}.items()
+    }
     with SpeakerDB(path, embedder=FakeEmbedder()) as db:
         for name, files in clips.items():
             db.enroll(name, files[:2])
@@ -197,8 +204,12 @@ def _shapes(data: bytes, sections: dict[str, tuple[int, int]]) -> dict[str, byte
             if key in ("kind", "positions", "nonce"):
                 plain = json.dumps(change(dict(header))).encode()
                 shapes[f"{key}={value!r} (digest not updated)"] = (
-                    data[: len(MAGIC)] + struct.pack("<I", len(plain)) + data[len(MAGIC) + 4 : len(MAGIC) + 12]
-                    + plain + data[sections["header"][1] :])
+                    data[: len(MAGIC)]
+                    + struct.pack("<I", len(plain))
+                    + data[len(MAGIC) + 4 : len(MAGIC) + 12]
+                    + plain
+                    + data[sections["header"][1] :]
+                )
     n_sectors = -(-len(data) // 512)
     for sector in sorted({round(i * (n_sectors - 1) / (SECTORS - 1)) for i in range(SECTORS)}):
         at = 512 * sector

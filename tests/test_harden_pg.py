@@ -22,14 +22,13 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
+from conftest import FakeEmbedder, voice
 from speakerdb import SpeakerDB, api
 from speakerdb.audio import decode as audio
-from speakerdb.service import responses
-from speakerdb.storage import store
 from speakerdb.cli import cli
 from speakerdb.errors import DatabaseBusyError, DatabaseError, GalleryError, InvalidInputError, SpeakerDBError
-
-from conftest import FakeEmbedder, voice
+from speakerdb.service import responses
+from speakerdb.storage import store
 
 SECRET = "S3cr3t-Pa55"
 
@@ -80,18 +79,21 @@ def bounded(call, seconds: float = 30.0):
 
 
 # ---- item 2: secrets in URLs ------------------------------------------------------------------
-@pytest.mark.parametrize("url", [
-    f"postgresql://u@h/db?password={SECRET}",
-    f"postgresql://u@h/db?sslpassword={SECRET}&sslmode=require",
-    f"postgresql://u@h/db?passfile=/etc/{SECRET}&sslkey=/keys/{SECRET}.key",
-    f"postgres://u@h:5432/db?PassWord={SECRET}",
-    f"postgresql://u@h/db?pass%77ord={SECRET}",
-    f"postgresql://u@h/db?password={SECRET}&password={SECRET}2",
-    f"postgresql://u:p@{SECRET}@h/db",  # an unescaped "@" in the password
-    f"postgresql://u:{SECRET}@h1:5432,h2:5433/db?password={SECRET}",  # several hosts: SQLAlchemy cannot parse it
-    f"postgresql://u:{SECRET}@h:port/db?password={SECRET}",  # not a number
-    f"postgresql+psycopg://u@[::1]:5/db?sslpassword={SECRET}",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://u@h/db?password={SECRET}",
+        f"postgresql://u@h/db?sslpassword={SECRET}&sslmode=require",
+        f"postgresql://u@h/db?passfile=/etc/{SECRET}&sslkey=/keys/{SECRET}.key",
+        f"postgres://u@h:5432/db?PassWord={SECRET}",
+        f"postgresql://u@h/db?pass%77ord={SECRET}",
+        f"postgresql://u@h/db?password={SECRET}&password={SECRET}2",
+        f"postgresql://u:p@{SECRET}@h/db",  # an unescaped "@" in the password
+        f"postgresql://u:{SECRET}@h1:5432,h2:5433/db?password={SECRET}",  # several hosts: SQLAlchemy cannot parse it
+        f"postgresql://u:{SECRET}@h:port/db?password={SECRET}",  # not a number
+        f"postgresql+psycopg://u@[::1]:5/db?sslpassword={SECRET}",
+    ],
+)
 def test_display_url_hides_every_secret_a_libpq_url_can_hold(url):
     shown = store.display_url(url)
     assert SECRET not in shown and "***" in shown
@@ -99,14 +101,16 @@ def test_display_url_hides_every_secret_a_libpq_url_can_hold(url):
 
 
 def test_display_url_keeps_what_is_not_secret():
-    assert store.display_url("postgresql://u@h:5/db?sslmode=require&application_name=x") == \
-        "postgresql://u@h:5/db?sslmode=require&application_name=x"
+    assert (
+        store.display_url("postgresql://u@h:5/db?sslmode=require&application_name=x")
+        == "postgresql://u@h:5/db?sslmode=require&application_name=x"
+    )
     assert store.display_url("postgresql://u:pw@h/db?password=pw") == "postgresql://u:***@h/db?password=***"
 
 
 def test_redact_masks_secrets_echoed_in_an_error_text():
     url = f"postgresql://u@h/db?password={SECRET}"
-    text = f'failed: password={SECRET} sslpassword=\'{SECRET} x\' at {url}\nsecond line'
+    text = f"failed: password={SECRET} sslpassword='{SECRET} x' at {url}\nsecond line"
     shown = store.redact(text, url)
     assert SECRET not in shown and "\n" not in shown and "second line" not in shown
 
@@ -191,14 +195,18 @@ def password_role(pg_admin):
 
 def test_a_wrong_password_is_reported_without_it(password_role):
     role = password_role.split("://")[1].split("@")[0]
-    for url in (with_query(password_role, f"password={SECRET}"),
-                password_role.replace(f"://{role}@", f"://{role}:{SECRET}@")):
+    for url in (
+        with_query(password_role, f"password={SECRET}"),
+        password_role.replace(f"://{role}@", f"://{role}:{SECRET}@"),
+    ):
         with pytest.raises(DatabaseError) as caught:
             SpeakerDB(url).close()
         message = str(caught.value)
         assert "password authentication failed" in message and SECRET not in message and "\n" not in message
         result = cli_run("--db", url, "info")
-        assert result.exit_code == 1 and SECRET not in result.output and "password authentication failed" in result.output
+        assert (
+            result.exit_code == 1 and SECRET not in result.output and "password authentication failed" in result.output
+        )
 
 
 # ---- item 8: a held lock ----------------------------------------------------------------------
@@ -218,9 +226,11 @@ def test_a_held_generation_lock_fails_enroll_remove_threshold_naming_the_holder(
     pid = holder.info.backend_pid
     db = SpeakerDB(enrolled, embedder=FakeEmbedder())
     try:
-        for name, call in (("enroll", lambda: db.enroll("carol", [clip(seed=3, f0=300.0)])),
-                           ("remove", lambda: db.remove("bob")),
-                           ("threshold", lambda: db.set_threshold(0.5))):
+        for name, call in (
+            ("enroll", lambda: db.enroll("carol", [clip(seed=3, f0=300.0)])),
+            ("remove", lambda: db.remove("bob")),
+            ("threshold", lambda: db.set_threshold(0.5)),
+        ):
             started = time.monotonic()
             error = bounded(call)
             assert isinstance(error, DatabaseBusyError), (name, error)
@@ -248,8 +258,10 @@ def test_speakerdb_sessions_are_named_and_time_out_when_idle_in_a_transaction(en
         with db.store.engine.connect() as conn:
             assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "1s"
             assert conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar() != "0"
-            assert conn.exec_driver_sql("SELECT current_setting('application_name')").scalar() == \
-                f"speakerdb pid {os.getpid()}"
+            assert (
+                conn.exec_driver_sql("SELECT current_setting('application_name')").scalar()
+                == f"speakerdb pid {os.getpid()}"
+            )
         with db.store.write():  # this process holds the lock: another writer names it
             other = SpeakerDB(enrolled, embedder=FakeEmbedder())
             try:
@@ -276,8 +288,9 @@ with db.store.write():
 def test_a_stopped_writer_holds_the_lock_only_until_the_server_ends_its_session(enrolled, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     db = SpeakerDB(enrolled, embedder=FakeEmbedder())  # opened first: the first try must fall within the 5 s
-    child = subprocess.Popen([sys.executable, "-c", HOLDER, enrolled], stdout=subprocess.PIPE, text=True, env=env,
-                             cwd=tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, enrolled], stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
     try:
         assert child.stdout.readline().strip() == "locked"
         os.kill(child.pid, signal.SIGSTOP)  # as a writer stopped by its operator, or hung

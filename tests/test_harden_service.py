@@ -19,10 +19,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.service.client import Client
-
-from conftest import FakeEmbedder, voice, write
 from test_server import Server, _part
 
 HEADER_TIMEOUT_S = 1.0  # the module server's deadlines: short, so that the tests are quick
@@ -46,8 +45,15 @@ def svc(tmp_path_factory, tiny_checkpoint):
     with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
         db.enroll("alice", [write(d / "alice.wav", voice(210.0, 1.5))])
         srv_key = db.create_key("ops", "admin").key
-    srv = Server(db_path, tiny_checkpoint, d / "server.log", "--header-timeout", str(HEADER_TIMEOUT_S),
-                 "--body-timeout", str(BODY_TIMEOUT_S))
+    srv = Server(
+        db_path,
+        tiny_checkpoint,
+        d / "server.log",
+        "--header-timeout",
+        str(HEADER_TIMEOUT_S),
+        "--body-timeout",
+        str(BODY_TIMEOUT_S),
+    )
     srv.key = srv_key
     srv.start()
     yield srv
@@ -59,9 +65,12 @@ def svc(tmp_path_factory, tiny_checkpoint):
 def test_revoking_the_last_key_while_serving_does_not_open_the_service(svc, tmp_path):
     assert svc.call("GET", "/v1/speakers")[0] == 401
     _cli(svc.db, "keys", "revoke", "ops")  # the only key, while the service runs
-    for method, path, body in [("GET", "/v1/gallery", None), ("DELETE", "/v1/speakers/alice", None),
-                               ("POST", "/v1/keys", {"name": "intruder", "scope": "admin"}),
-                               ("GET", "/v1/speakers", None)]:
+    for method, path, body in [
+        ("GET", "/v1/gallery", None),
+        ("DELETE", "/v1/speakers/alice", None),
+        ("POST", "/v1/keys", {"name": "intruder", "scope": "admin"}),
+        ("GET", "/v1/speakers", None),
+    ]:
         status, _, doc = svc.call(method, path, body=body)
         assert status == 401 and doc["error"]["code"] == "unauthorized", (method, path, status, doc)
         assert svc.call(method, path, body=body, key=svc.key)[0] == 401  # the revoked key itself
@@ -194,7 +203,7 @@ def test_slow_headers_and_stalled_bodies_are_cut_off(svc):
     # Bodies that stop half-way: a JSON body with and without a key, an upload without a key
     # (answered 401 at once, then lingering to read the body), an upload with a key.
     boundary = "b0undary"
-    upload_head = f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.wav\"\r\n\r\n"
+    upload_head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="a.wav"\r\n\r\n'
     stalled = [
         ("PATCH", "/v1/speakers/alice", "application/json", None, b'{"name": "al'),
         ("PATCH", "/v1/speakers/alice", "application/json", key, b'{"name": "al'),
@@ -202,8 +211,11 @@ def test_slow_headers_and_stalled_bodies_are_cut_off(svc):
         ("POST", "/v1/identify", f"multipart/form-data; boundary={boundary}", key, upload_head.encode() + b"RIFF"),
     ]
     for method, path, ctype, k, partial in stalled:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: 100000\r\n"
-                + (f"Authorization: Bearer {k}\r\n" if k else "") + "\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: 100000\r\n"
+            + (f"Authorization: Bearer {k}\r\n" if k else "")
+            + "\r\n"
+        )
         with socket.create_connection(("127.0.0.1", svc.port)) as s:
             s.sendall(head.encode() + partial)
             _, got = _closed_within(s, CUT_OFF_WITHIN_S + BODY_TIMEOUT_S)
@@ -244,12 +256,17 @@ def test_percent_escapes_that_are_not_utf8_are_refused(svc):
 def test_metadata_nested_100000_deep_is_a_json_error_not_a_500(svc, tmp_path):
     clip = write(tmp_path / "bob.wav", voice(110.0, 1.5))
     for deep in ("[" * 100_000 + "]" * 100_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
-        status, _, doc = svc.call("POST", "/v1/speakers/bob/enrollments", key=svc.key,
-                                  fields={"metadata": deep}, files=[_part(clip)])
+        status, _, doc = svc.call(
+            "POST", "/v1/speakers/bob/enrollments", key=svc.key, fields={"metadata": deep}, files=[_part(clip)]
+        )
         assert status in (400, 422) and doc["error"]["code"] == "invalid_input", (status, doc)
-    status, _, doc = svc.call("PATCH", "/v1/speakers/alice", key=svc.key,
-                              raw=b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
-                              headers={"Content-Type": "application/json"})
+    status, _, doc = svc.call(
+        "PATCH",
+        "/v1/speakers/alice",
+        key=svc.key,
+        raw=b'{"name":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        headers={"Content-Type": "application/json"},
+    )
     assert status in (400, 422) and "error" in doc, (status, doc)
     with SpeakerDB(svc.db) as db:
         assert [s.name for s in db.list()] == ["alice"]

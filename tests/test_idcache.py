@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from speakerdb.embedding import models as embed, idcache  # noqa: E402
-from speakerdb.embedding.models import load_embedder, same_model  # noqa: E402
-
 from builders import build_random_checkpoint  # noqa: E402
+from speakerdb.embedding import idcache
+from speakerdb.embedding import models as embed  # noqa: E402
+from speakerdb.embedding.models import load_embedder, same_model  # noqa: E402
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from speakerdb.scoring import evaluate
 from speakerdb.api import evaluation_database
+from speakerdb.scoring import evaluate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
 
@@ -29,7 +29,9 @@ pytestmark = [
 
 def test_ge2e_accuracy_on_librispeech_test_other():
     pytest.importorskip("resemblyzer", reason='the GE2E encoder needs pip install -e ".[resemblyzer]"')
-    report, scores, _ = evaluate.run(DATA / "test-other", model="resemblyzer", impostor_dirs=[DATA / "train-clean-100"], open_db=evaluation_database)
+    report, scores, _ = evaluate.run(
+        DATA / "test-other", model="resemblyzer", impostor_dirs=[DATA / "train-clean-100"], open_db=evaluation_database
+    )
     assert (report.n_enrolled_speakers, report.n_impostor_speakers) == (8, 253)
     assert (report.n_target_trials, report.n_nontarget_trials) == (56, 2560)
     assert report.top1 >= 0.95

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from speakerdb import SpeakerDB, api
-from speakerdb.storage import schema
 from speakerdb.errors import DatabaseError, SchemaOutdatedError
+from speakerdb.storage import schema
 
 FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"
 
@@ -41,11 +41,15 @@ def _rows(path: Path) -> dict[str, list[tuple]]:
     con = sqlite3.connect(path)
     try:
         return {
-            "speakers": con.execute("SELECT id, name, created_at, updated_at, metadata, centroid FROM speakers ORDER BY id").fetchall(),
+            "speakers": con.execute(
+                "SELECT id, name, created_at, updated_at, metadata, centroid FROM speakers ORDER BY id"
+            ).fetchall(),
             "utterances": con.execute(
                 "SELECT id, speaker_id, source, duration_s, audio_sha256, embedding, created_at FROM utterances ORDER BY id"
             ).fetchall(),
-            "settings": con.execute("SELECT key, value FROM settings WHERE key != 'database_id' ORDER BY key").fetchall(),
+            "settings": con.execute(
+                "SELECT key, value FROM settings WHERE key != 'database_id' ORDER BY key"
+            ).fetchall(),
         }
     finally:
         con.close()
@@ -72,8 +76,7 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
     tables = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     con.close()
     assert "AUTOINCREMENT" in tables["speakers"]
-    for name in ("uq_speakers_name", "fk_utterances_speaker_id_speakers",
-                 "uq_utterances_speaker_id_audio_sha256"):
+    for name in ("uq_speakers_name", "fk_utterances_speaker_id_speakers", "uq_utterances_speaker_id_audio_sha256"):
         assert name in tables["speakers"] + tables["utterances"], name
     # 0003: the service's keys and audit record, every constraint named
     for name in ("pk_api_keys", "uq_api_keys_name", "uq_api_keys_key_id", "ck_api_keys_scope"):
@@ -85,7 +88,9 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
         assert db.store.settings()["database_id"]
         assert db.remove("bob") == 3  # foreign keys are on again: the utterances go with him
     con = sqlite3.connect(old_db)
-    assert con.execute("SELECT count(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)").fetchone() == (0,)
+    assert con.execute(
+        "SELECT count(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)"
+    ).fetchone() == (0,)
     con.close()
 
     with SpeakerDB(old_db, embedder=_Projection()) as db:  # keys and audit work on the upgraded file

@@ -11,15 +11,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.api import evaluation_database
 from speakerdb.audio import decode as audio
-from speakerdb.scoring import evaluate, norm
-from speakerdb.storage import store
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError
-
-from conftest import FakeEmbedder, voice, write
+from speakerdb.scoring import evaluate, norm
+from speakerdb.storage import store
 
 #: Cohort pitches: none of them is an enrolled voice of the ``voices`` fixture (110, 210, 310 Hz).
 COHORT_F0 = [95, 125, 140, 155, 170, 185, 235, 250, 270, 290, 330, 350]
@@ -36,6 +35,7 @@ def cohort_dir(tmp_path) -> Path:
 
 def _direct_as_norm(probe, centroid, cohort, top_n):
     """AS-norm written out the slow, obvious way."""
+
     def side(v):
         top = np.sort([float(np.dot(v.astype(np.float64), c.astype(np.float64))) for c in cohort])[::-1][:top_n]
         return np.mean(top), np.std(top)
@@ -48,7 +48,11 @@ def _direct_as_norm(probe, centroid, cohort, top_n):
 def test_as_norm_is_the_published_formula():
     rng = np.random.default_rng(0)
     unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
-    cohort, probe, centroid = unit(rng.standard_normal((40, 16))), unit(rng.standard_normal(16)), unit(rng.standard_normal(16))
+    cohort, probe, centroid = (
+        unit(rng.standard_normal((40, 16))),
+        unit(rng.standard_normal(16)),
+        unit(rng.standard_normal(16)),
+    )
     mean, std = norm.top_stats(np.stack([centroid, probe]), cohort, 7)
     raw = norm.raw_scores(probe, centroid[None])[0]
     got = float(norm.as_norm(raw, mean[0], std[0], mean[1], std[1]))
@@ -59,12 +63,18 @@ def test_cohort_is_stored_as_embeddings_and_scores_are_normalised(fake_db, voice
     fake_db.enroll("alice", voices["alice"][:2])
     fake_db.enroll("bob", voices["bob"][:2])
     change = fake_db.set_norm(cohort_dir, top_n=5)
-    assert change.recalibrate and change.threshold_scale == "as-norm" and change.threshold == norm.DEFAULT_AS_NORM_THRESHOLD
+    assert (
+        change.recalibrate
+        and change.threshold_scale == "as-norm"
+        and change.threshold == norm.DEFAULT_AS_NORM_THRESHOLD
+    )
     assert fake_db.threshold_scale == "as-norm" and fake_db.info().norm["count"] == len(COHORT_F0)
     with fake_db.store.read() as s:
         cohort = store.cohort(s)
         rows = s.query(store.CohortEmbedding).all()
-    assert cohort.shape == (len(COHORT_F0), FakeEmbedder.dim) and all(len(r.embedding) == 4 * FakeEmbedder.dim for r in rows)
+    assert cohort.shape == (len(COHORT_F0), FakeEmbedder.dim) and all(
+        len(r.embedding) == 4 * FakeEmbedder.dim for r in rows
+    )
     [r] = fake_db.identify([voices["alice"][2]])
     with fake_db.store.read() as s:
         centroid = store.speaker_by_name(s, "alice").centroid_vector()
@@ -98,8 +108,12 @@ def test_threshold_scale_and_calibration_scale(fake_db, voices, cohort_dir):
 
 def test_a_cohort_of_another_model_is_refused(fake_db, voices, cohort_dir):
     fake_db.enroll("alice", voices["alice"][:2])
-    other = norm.CohortVectors("other-model-v2", np.eye(FakeEmbedder.dim, dtype=np.float32)[:12],
-                               [f"x{i}" for i in range(12)], [f"{i:064x}" for i in range(12)])
+    other = norm.CohortVectors(
+        "other-model-v2",
+        np.eye(FakeEmbedder.dim, dtype=np.float32)[:12],
+        [f"x{i}" for i in range(12)],
+        [f"{i:064x}" for i in range(12)],
+    )
     with pytest.raises(ModelMismatchError, match="other-model-v2"):
         fake_db.set_norm(other)
     assert fake_db.norm_settings is None
@@ -185,7 +199,9 @@ def test_evaluate_reports_raw_and_normalised_side_by_side(tmp_path, cohort_dir):
         (data / f"s{i}").mkdir(parents=True)
         for k in range(4):
             write(data / f"s{i}" / f"{k}.wav", voice(f0, 1.0 + 0.2 * k, seed=10 * i + k))
-    report, scores, _ = evaluate.run(data, embedder=FakeEmbedder(), cohort=cohort_dir, top_n=5, impostor_speakers=1, open_db=evaluation_database)
+    report, scores, _ = evaluate.run(
+        data, embedder=FakeEmbedder(), cohort=cohort_dir, top_n=5, impostor_speakers=1, open_db=evaluation_database
+    )
     assert scores.norm is not None and len(scores.norm.target) == len(scores.target) == report.n_target_trials
     assert not np.allclose(scores.norm.target, scores.target)
     n = report.normalised
@@ -219,7 +235,6 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert set(r["candidates"][0]) == {"speaker", "score", "raw_score"}
     # timeline: voices scored on the AS-norm scale, and --threshold is an AS-norm score too.
     from speakerdb.audio import vad
-
     from test_timeline import EnergyDetector
 
     monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
@@ -243,8 +258,20 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert point["threshold_scale"] == "as-norm" and point["report"]["normalised"] is not None
     assert json.loads(run("threshold", "--json").stdout)["threshold"] == point["threshold"]
     # evaluate: raw and AS-norm side by side (text and JSON); --norm without --cohort is a usage error.
-    both = run("evaluate", data, "--enroll-count", "1", "--impostor-speakers", "0", "--norm", "as-norm",
-               "--cohort", cohort_dir, "--top-n", "5")
+    both = run(
+        "evaluate",
+        data,
+        "--enroll-count",
+        "1",
+        "--impostor-speakers",
+        "0",
+        "--norm",
+        "as-norm",
+        "--cohort",
+        cohort_dir,
+        "--top-n",
+        "5",
+    )
     assert both.exit_code == 0, both.output
     assert "raw cosine scores" in both.stdout and "AS-norm, top 5 of 12 cohort" in both.stdout
     assert run("evaluate", data, "--norm", "as-norm").exit_code == 2
@@ -329,7 +356,6 @@ def test_norm_on_postgres_and_revision_0004_down_and_up(pg_url, voices, cohort_d
 
 def test_timeline_names_voices_on_the_normalised_scale(fake_db, voices, cohort_dir, tmp_path, monkeypatch):
     from speakerdb.audio import vad
-
     from test_timeline import EnergyDetector
 
     monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())

@@ -20,8 +20,10 @@ README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 
 # The README's test command, which .ci/run runs word for word (CI adds its checks before it).
-TEST_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && pip install "torch==2.13.0" '
-                '-e ".[dev,resemblyzer]" && python -m pytest -q')
+TEST_COMMAND = (
+    'python3 -m venv .venv && . .venv/bin/activate && pip install "torch==2.13.0" '
+    '-e ".[dev,resemblyzer]" && python -m pytest -q'
+)
 
 
 def _pyproject() -> dict:
@@ -37,14 +39,16 @@ def test_the_version_is_written_once():
     assert re.fullmatch(r"\d+\.\d+\.\d+([ab]\d+|rc\d+)?(\.dev\d+)?", speakerdb.__version__)
     # No other file of the package writes the version out; they import __version__.
     literal = re.compile(r"""["']""" + re.escape(speakerdb.__version__) + r"""["']""")
-    writers = [str(p.relative_to(REPO)) for p in sorted((REPO / "speakerdb").rglob("*.py"))
-               if literal.search(p.read_text())]
+    writers = [
+        str(p.relative_to(REPO)) for p in sorted((REPO / "speakerdb").rglob("*.py")) if literal.search(p.read_text())
+    ]
     assert writers == ["speakerdb/__init__.py"]
 
 
 def test_the_cli_prints_the_version():
-    out = subprocess.run([sys.executable, "-m", "speakerdb", "--version"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "speakerdb", "--version"], capture_output=True, text=True, check=True
+    ).stdout
     assert speakerdb.__version__ in out
 
 
@@ -63,8 +67,11 @@ def test_py_typed_is_shipped(tmp_path):
     out.mkdir()
     # In-process build_meta (no pip, no isolation): offline, and the tree under test is the copy.
     code = f"from setuptools import build_meta; print(build_meta.build_wheel({str(out)!r}))"
-    name = subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True,
-                          check=True).stdout.strip().splitlines()[-1]
+    name = (
+        subprocess.run([sys.executable, "-c", code], cwd=src, capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert name.startswith(f"speakerdb-{speakerdb.__version__}-"), name
     with zipfile.ZipFile(out / name) as wheel:
         names = set(wheel.namelist())
@@ -78,8 +85,11 @@ def test_every_public_name_resolves():
         assert getattr(speakerdb, name) is not None, name
     assert speakerdb.SpeakerDB.__module__ == "speakerdb.api"
     # Every exception users catch is importable from the package itself.
-    caught = {name for name, value in vars(errors).items()
-              if isinstance(value, type) and issubclass(value, errors.SpeakerDBError)}
+    caught = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.SpeakerDBError)
+    }
     assert caught <= set(speakerdb.__all__), caught - set(speakerdb.__all__)
     for name in caught:
         assert getattr(speakerdb, name) is getattr(errors, name)
@@ -88,8 +98,10 @@ def test_every_public_name_resolves():
 
 
 def test_importing_the_package_stays_light():
-    code = ("import sys, speakerdb; heavy = {'numpy', 'sqlalchemy', 'torch', 'faiss'} & set(sys.modules); "
-            "print(sorted(heavy))")
+    code = (
+        "import sys, speakerdb; heavy = {'numpy', 'sqlalchemy', 'torch', 'faiss'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

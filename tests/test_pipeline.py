@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import FakeEmbedder, voice, write
 from speakerdb.audio import decode as audio
 from speakerdb.embedding import pipeline
-
-from conftest import FakeEmbedder, voice, write
 
 W = 1000  # a small window, for the pure regrouping tests
 
@@ -99,7 +98,9 @@ def test_an_hour_long_file_in_bounded_memory(tmp_path):
         for _ in range(60):
             f.write(block)
     out = subprocess.run(
-        [sys.executable, "-c", HOUR_SCRIPT, str(path)], capture_output=True, text=True,
+        [sys.executable, "-c", HOUR_SCRIPT, str(path)],
+        capture_output=True,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},  # conftest's FakeEmbedder
     )
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,6 @@ PostgreSQL 18, else /usr/lib/postgresql/15) and skips, with the reason, where no
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -17,11 +16,10 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from speakerdb import SpeakerDB, api
-from speakerdb.storage import schema, store
-from speakerdb.errors import DatabaseError, SpeakerExistsError, SpeakerNotFoundError
-
 from conftest import FakeEmbedder, voice, write
+from speakerdb import SpeakerDB, api
+from speakerdb.errors import DatabaseError, SpeakerExistsError, SpeakerNotFoundError
+from speakerdb.storage import schema, store
 
 FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"
 F0 = {"alice": 210.0, "bob": 110.0, "carol": 310.0, "zed": 150.0}
@@ -29,7 +27,9 @@ F0 = {"alice": 210.0, "bob": 110.0, "carol": 310.0, "zed": 150.0}
 
 @pytest.fixture
 def clips(tmp_path) -> dict[str, list[Path]]:
-    return {name: [write(tmp_path / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)] for name, f0 in F0.items()}
+    return {
+        name: [write(tmp_path / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)] for name, f0 in F0.items()
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -37,28 +37,58 @@ def _index_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
 
 
-SPEAKERS = sa.table("speakers", *(sa.column(c) for c in ("id", "name", "created_at", "updated_at", "metadata", "centroid")))
-UTTERANCES = sa.table("utterances", *(sa.column(c) for c in ("id", "speaker_id", "source", "duration_s", "audio_sha256",
-                                                              "embedding", "created_at")))
+SPEAKERS = sa.table(
+    "speakers", *(sa.column(c) for c in ("id", "name", "created_at", "updated_at", "metadata", "centroid"))
+)
+UTTERANCES = sa.table(
+    "utterances",
+    *(sa.column(c) for c in ("id", "speaker_id", "source", "duration_s", "audio_sha256", "embedding", "created_at")),
+)
 SETTINGS = sa.table("settings", sa.column("key"), sa.column("value"))
 
 
 def _rows(url_or_path) -> dict[str, list]:
     """Every row of the 0001 tables, typed the same on both databases."""
-    engine = store.open_server_engine(url_or_path) if store.is_server_url(url_or_path) else store.open_engine(Path(url_or_path))
-    typed = {"speakers": sa.Table("speakers", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("name", sa.String),
-                                  sa.Column("created_at", sa.DateTime), sa.Column("updated_at", sa.DateTime),
-                                  sa.Column("metadata", sa.JSON), sa.Column("centroid", sa.LargeBinary)),
-             "utterances": sa.Table("utterances", sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("speaker_id", sa.Integer),
-                                    sa.Column("source", sa.Text), sa.Column("duration_s", sa.Float),
-                                    sa.Column("audio_sha256", sa.String), sa.Column("embedding", sa.LargeBinary),
-                                    sa.Column("created_at", sa.DateTime))}
+    engine = (
+        store.open_server_engine(url_or_path)
+        if store.is_server_url(url_or_path)
+        else store.open_engine(Path(url_or_path))
+    )
+    typed = {
+        "speakers": sa.Table(
+            "speakers",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer),
+            sa.Column("name", sa.String),
+            sa.Column("created_at", sa.DateTime),
+            sa.Column("updated_at", sa.DateTime),
+            sa.Column("metadata", sa.JSON),
+            sa.Column("centroid", sa.LargeBinary),
+        ),
+        "utterances": sa.Table(
+            "utterances",
+            sa.MetaData(),
+            sa.Column("id", sa.Integer),
+            sa.Column("speaker_id", sa.Integer),
+            sa.Column("source", sa.Text),
+            sa.Column("duration_s", sa.Float),
+            sa.Column("audio_sha256", sa.String),
+            sa.Column("embedding", sa.LargeBinary),
+            sa.Column("created_at", sa.DateTime),
+        ),
+    }
     try:
         with engine.connect() as conn:
-            out = {name: [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
-                          for r in conn.execute(sa.select(t).order_by(t.c.id))] for name, t in typed.items()}
+            out = {
+                name: [
+                    tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
+                    for r in conn.execute(sa.select(t).order_by(t.c.id))
+                ]
+                for name, t in typed.items()
+            }
             out["settings"] = sorted(
-                (k, v) for k, v in conn.execute(sa.text("SELECT key, value FROM settings"))
+                (k, v)
+                for k, v in conn.execute(sa.text("SELECT key, value FROM settings"))
                 if k not in store.OWN_SETTINGS  # each database has its own identity and history
             )
             return out
@@ -73,9 +103,11 @@ def test_every_revision_up_and_down_on_postgres_with_the_0001_release_data(pg_ur
     engine = store.open_server_engine(pg_url)
     with engine.begin() as conn:  # the 0001 release's rows, as they are in its SQLite file
         src = sqlite3.connect(FIXTURE)
-        for table, columns in (("speakers", "id, name, created_at, updated_at, metadata, centroid"),
-                               ("utterances", "id, speaker_id, source, duration_s, audio_sha256, embedding, created_at"),
-                               ("settings", "key, value")):
+        for table, columns in (
+            ("speakers", "id, name, created_at, updated_at, metadata, centroid"),
+            ("utterances", "id, speaker_id, source, duration_s, audio_sha256, embedding, created_at"),
+            ("settings", "key, value"),
+        ):
             names = [c.strip() for c in columns.split(",")]
             rows = [dict(zip(names, r)) for r in src.execute(f"SELECT {columns} FROM {table}")]
             conn.execute(sa.insert(sa.table(table, *(sa.column(n) for n in names))), rows)
@@ -91,13 +123,19 @@ def test_every_revision_up_and_down_on_postgres_with_the_0001_release_data(pg_ur
         assert db.store.settings()["database_id"]
         assert db.remove("bob") == 3  # the foreign key cascades
     with psycopg.connect(pg_url) as conn:
-        assert conn.execute("SELECT count(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)").fetchone() == (0,)
-        names = {r[0] for r in conn.execute("SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace")}
+        assert conn.execute(
+            "SELECT count(*) FROM utterances WHERE speaker_id NOT IN (SELECT id FROM speakers)"
+        ).fetchone() == (0,)
+        names = {
+            r[0] for r in conn.execute("SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace")
+        }
     assert {"pk_speakers", "uq_speakers_name", "fk_utterances_speaker_id_speakers", "pk_speaker_changes"} <= names
     after = _rows(pg_url)
     for revision in reversed([r for r in ("0001", "0002", "0003") if r < schema.HEAD_REVISION]):
         api.downgrade_database(pg_url, revision)
-        assert {k: v for k, v in _rows(pg_url).items() if k != "settings"} == {k: v for k, v in after.items() if k != "settings"}
+        assert {k: v for k, v in _rows(pg_url).items() if k != "settings"} == {
+            k: v for k, v in after.items() if k != "settings"
+        }
     assert api.database_revision(pg_url)[0] == "0001"
     assert api.upgrade_database(pg_url) == schema.HEAD_REVISION
     api.downgrade_database(pg_url, "base")
@@ -122,8 +160,11 @@ def _session_of_operations(target, clips) -> list:
             out.append((r.speaker, round(r.score, 5), [c.speaker for c in r.candidates]))
         v = db.verify("bob", clips["bob"][2])
         out.append((v.accepted, round(v.score, 5)))
-        for call in (lambda: db.enroll("bob", clips["bob"][:1], new=True), lambda: db.remove("nobody"),
-                     lambda: db.rename("alice", "bob")):
+        for call in (
+            lambda: db.enroll("bob", clips["bob"][:1], new=True),
+            lambda: db.remove("nobody"),
+            lambda: db.rename("alice", "bob"),
+        ):
             try:
                 call()
             except (SpeakerExistsError, SpeakerNotFoundError) as e:

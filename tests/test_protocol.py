@@ -42,9 +42,29 @@ def _parameters(function: Any) -> list[tuple[str, Any, Any]]:
 
 
 def test_the_protocol_names_the_operations_of_both():
-    assert {"identify", "enroll", "verify", "timeline", "list", "show", "rename", "remove", "info", "threshold",
-            "threshold_scale", "set_threshold", "export", "import_gallery", "create_key", "list_keys", "revoke_key",
-            "audit", "close", "db_path", "created"} <= set(PROTOCOL)
+    assert {
+        "identify",
+        "enroll",
+        "verify",
+        "timeline",
+        "list",
+        "show",
+        "rename",
+        "remove",
+        "info",
+        "threshold",
+        "threshold_scale",
+        "set_threshold",
+        "export",
+        "import_gallery",
+        "create_key",
+        "list_keys",
+        "revoke_key",
+        "audit",
+        "close",
+        "db_path",
+        "created",
+    } <= set(PROTOCOL)
     assert not set(PROTOCOL) & LOCAL_ONLY
 
 
@@ -97,8 +117,18 @@ def test_the_client_sends_what_the_protocol_takes(monkeypatch, tmp_path):
     """count_voices travels to the service; threshold_scale and norm_settings come from /v1/info."""
     sent: list[tuple[str, str, dict[str, Any]]] = []
     norm = NormSettings("as-norm", 100, "m@1", 24, 300, "ab" * 32)
-    info = {"model_id": "m@1", "model_source": "m", "dim": 24, "threshold": 3.0, "n_speakers": 1, "n_utterances": 2,
-            "schema_revision": "0003", "generation": 1, "threshold_scale": "as-norm", "norm": norm.to_dict()}
+    info = {
+        "model_id": "m@1",
+        "model_source": "m",
+        "dim": 24,
+        "threshold": 3.0,
+        "n_speakers": 1,
+        "n_utterances": 2,
+        "schema_revision": "0003",
+        "generation": 1,
+        "threshold_scale": "as-norm",
+        "norm": norm.to_dict(),
+    }
 
     def request(self, method: str, path: str, **kw: Any) -> Any:
         sent.append((method, path, kw))
@@ -131,15 +161,50 @@ def test_mypy_accepts_both_as_the_protocol_and_refuses_a_local_only_call(tmp_pat
     )
     # The heavy libraries are not followed: their types do not decide the interface, and
     # analysing torch would take minutes.
-    heavy = ",".join(f"{m}.*" for m in ("torch", "transformers", "faiss", "fastapi", "starlette", "uvicorn",
-                                        "sqlalchemy", "alembic", "numpy", "scipy", "onnxruntime", "matplotlib",
-                                        "soundfile", "psycopg", "click", "huggingface_hub", "safetensors", "pydantic"))
+    heavy = ",".join(
+        f"{m}.*"
+        for m in (
+            "torch",
+            "transformers",
+            "faiss",
+            "fastapi",
+            "starlette",
+            "uvicorn",
+            "sqlalchemy",
+            "alembic",
+            "numpy",
+            "scipy",
+            "onnxruntime",
+            "matplotlib",
+            "soundfile",
+            "psycopg",
+            "click",
+            "huggingface_hub",
+            "safetensors",
+            "pydantic",
+        )
+    )
     config = tmp_path / "mypy.ini"
-    config.write_text(f"[mypy]\nfollow_imports = silent\nignore_missing_imports = True\n\n"
-                      f"[mypy-{heavy}]\nfollow_imports = skip\n")
+    config.write_text(
+        f"[mypy]\nfollow_imports = silent\nignore_missing_imports = True\n\n[mypy-{heavy}]\nfollow_imports = skip\n"
+    )
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(config), "--cache-dir",
-                          str(tmp_path / "cache"), str(check)], capture_output=True, text=True, cwd=root, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--config-file",
+            str(config),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            str(check),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        check=False,
+    )
     errors = [line for line in out.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 1 and '"Client" has no attribute "vacuum"' in errors[0], out.stdout + out.stderr
 

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import FakeEmbedder
 from speakerdb import SpeakerDB
 from speakerdb.audio import decode as audio
-from speakerdb.storage import store
 from speakerdb.errors import InvalidInputError
-
-from conftest import FakeEmbedder
+from speakerdb.storage import store
 
 
 def _files(db: SpeakerDB) -> dict[str, bytes]:

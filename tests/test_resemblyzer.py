@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("resemblyzer")
 
+from conftest import SR, voice, write  # noqa: E402
 from speakerdb import SpeakerDB  # noqa: E402
 from speakerdb.audio.decode import Audio, load  # noqa: E402
 from speakerdb.embedding.models import (  # noqa: E402
@@ -28,8 +29,6 @@ from speakerdb.embedding.models import (  # noqa: E402
     same_model,
 )
 from speakerdb.errors import InvalidInputError, ModelLoadError, ModelMismatchError  # noqa: E402
-
-from conftest import SR, voice, write  # noqa: E402
 
 TEST_OTHER = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other"
 SPEAKER_M, SPEAKER_F = "1688", "1998"  # LibriSpeech test-other: a man and a woman
@@ -216,7 +215,9 @@ def test_cli_json_stdout_is_one_document(tmp_path, voices):
     db = str(tmp_path / "cli.sqlite")
 
     def speakerdb(*args):
-        done = subprocess.run([sys.executable, "-m", "speakerdb", "--db", db, *map(str, args)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "speakerdb", "--db", db, *map(str, args)], capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -314,8 +315,10 @@ def test_the_no_speech_warning_names_its_file(tmp_path, ge2e, caplog):
     path = write(tmp_path / "mains-hum.wav", hum())
     with caplog.at_level(logging.WARNING, logger="speakerdb"):
         pipeline.embed_clip(path, ge2e)
-    assert any(r.getMessage().startswith(f"{path}: ") and "embedding the whole recording" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        r.getMessage().startswith(f"{path}: ") and "embedding the whole recording" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_the_readme_python_example_runs_offline(tmp_path, monkeypatch, capsys):

@@ -10,17 +10,19 @@ import zipfile
 
 import pytest
 
-from speakerdb import SpeakerDB, api
-from speakerdb.storage import schema
-from speakerdb.errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
-
 from conftest import REPO, FakeEmbedder
+from speakerdb import SpeakerDB, api
+from speakerdb.errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
+from speakerdb.storage import schema
 
 
 def _tables(path):
     con = sqlite3.connect(path)
     try:
-        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        return {
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        }
     finally:
         con.close()
 
@@ -113,7 +115,18 @@ def test_non_editable_install_creates_databases(tmp_path):
     """A wheel carries migrations/ inside the package: a database can be created from it."""
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
     )

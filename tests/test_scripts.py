@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO
 
 SCRIPTS = REPO / "scripts"
@@ -36,9 +37,12 @@ def _imported(path: Path) -> set[str]:
 
 def test_nothing_edits_sys_path():
     """Scripts find kit.py as a sibling and tests find conftest.py through pytest: no hack needed."""
-    offenders = [f"{p.relative_to(REPO)}:{n}" for p in [*SCRIPTS.glob("*.py"), *TESTS.glob("*.py")]
-                 for n, line in enumerate(p.read_text().splitlines(), 1)
-                 if any(edit in line for edit in PATH_EDITS)]
+    offenders = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in [*SCRIPTS.glob("*.py"), *TESTS.glob("*.py")]
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if any(edit in line for edit in PATH_EDITS)
+    ]
     assert not offenders
 
 
@@ -46,8 +50,11 @@ def test_tests_do_not_import_scripts():
     scripts = {p.stem for p in SCRIPTS.glob("*.py")}
     offenders = {p.name: sorted(_imported(p) & scripts) for p in TESTS.glob("*.py")}
     assert not {name: found for name, found in offenders.items() if found}
-    assert not [p.name for p in TESTS.glob("*.py") if "spec_from_file_location" in p.read_text()
-                and "scripts" in p.read_text() and p.name != Path(__file__).name]
+    assert not [
+        p.name
+        for p in TESTS.glob("*.py")
+        if "spec_from_file_location" in p.read_text() and "scripts" in p.read_text() and p.name != Path(__file__).name
+    ]
 
 
 def test_scripts_do_not_import_tests():
@@ -59,9 +66,12 @@ def test_scripts_do_not_import_tests():
 
 def test_every_script_says_what_it_measures_and_which_table_it_feeds():
     # All at once: each --help is an interpreter start and a few imports.
-    runs = {p.name: subprocess.Popen([sys.executable, str(p), "--help"], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, cwd=REPO)
-            for p in RUNNABLE}
+    runs = {
+        p.name: subprocess.Popen(
+            [sys.executable, str(p), "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO
+        )
+        for p in RUNNABLE
+    }
     helps = {name: (run.communicate(timeout=120)[0], run.returncode) for name, run in runs.items()}
     failed = {name: out[-500:] for name, (out, code) in helps.items() if code != 0}
     assert not failed
@@ -78,8 +88,12 @@ def test_the_scripts_random_checkpoint_is_the_tests(tiny_checkpoint, tmp_path):
     """tests/builders.py and scripts/kit.py each hold the builder (neither side imports the other): same files."""
     pytest.importorskip("torch")
     out = tmp_path / "from-script"
-    done = subprocess.run([sys.executable, str(SCRIPTS / "make_random_checkpoint.py"), str(out), "--size", "tiny"],
-                          capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "make_random_checkpoint.py"), str(out), "--size", "tiny"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in tiny_checkpoint.iterdir())
     assert sorted(p.name for p in out.iterdir()) == names

@@ -28,11 +28,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from speakerdb import SpeakerDB
-from speakerdb.service.client import Client, _multipart
-from speakerdb.errors import AuthenticationError, ServiceError, SpeakerDBError, SpeakerNotFoundError
-
 from conftest import SR, assert_index_agrees_with_store, voice, write
+from speakerdb import SpeakerDB
+from speakerdb.errors import AuthenticationError, ServiceError, SpeakerDBError, SpeakerNotFoundError
+from speakerdb.service.client import Client, _multipart
 
 READY_TIMEOUT_S = 240  # seconds: importing torch and loading the model on a busy 2-core machine
 SCOPES = ("read", "write", "admin")
@@ -59,9 +58,27 @@ class Server:
         env.pop("SPEAKERDB_SERVER", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "speakerdb", "--db", str(self.db), "--model", str(self.checkpoint), "serve",
-                 "--port", str(self.port), "--log-level", "warning", "--workers", str(self.workers), *self.options],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "speakerdb",
+                    "--db",
+                    str(self.db),
+                    "--model",
+                    str(self.checkpoint),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    "--workers",
+                    str(self.workers),
+                    *self.options,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
@@ -91,8 +108,18 @@ class Server:
             self.proc.kill()
             return self.proc.wait()
 
-    def call(self, method: str, path: str, *, key: str | None = None, body=None, fields=None, files=None,
-             headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, dict[str, str], object]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        key: str | None = None,
+        body=None,
+        fields=None,
+        files=None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, str], object]:
         """(status, headers, JSON or text) of one request; never raises for an HTTP status."""
         h = dict(headers or {})
         data = raw
@@ -141,8 +168,20 @@ def server(tmp_path_factory, tiny_checkpoint):
         keys = {scope: db.create_key(f"k-{scope}", scope).key for scope in SCOPES}
         revoked = db.create_key("k-revoked", "admin").key
         db.revoke_key("k-revoked")
-    srv = Server(db_path, tiny_checkpoint, d / "server.log", "--max-upload-mb", "2",
-                 "--max-files", "4", "--max-audio-s", "30", "--tmp-dir", str(d / "tmp"), workers=2)
+    srv = Server(
+        db_path,
+        tiny_checkpoint,
+        d / "server.log",
+        "--max-upload-mb",
+        "2",
+        "--max-files",
+        "4",
+        "--max-audio-s",
+        "30",
+        "--tmp-dir",
+        str(d / "tmp"),
+        workers=2,
+    )
     (d / "tmp").mkdir()
     srv.keys, srv.revoked, srv.tmp = keys, revoked, d / "tmp"
     srv.start()
@@ -170,10 +209,20 @@ def test_health_readiness_docs_and_metrics(server):
     status, _, spec = server.call("GET", "/openapi.json")
     assert status == 200
     operations = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
-    for op in [("POST", "/v1/identify"), ("POST", "/v1/speakers/{name}/enrollments"),
-               ("POST", "/v1/speakers/{name}/verify"), ("GET", "/v1/speakers"), ("GET", "/v1/speakers/{name}"),
-               ("PATCH", "/v1/speakers/{name}"), ("DELETE", "/v1/speakers/{name}"), ("GET", "/v1/info"),
-               ("PUT", "/v1/threshold"), ("GET", "/v1/gallery"), ("POST", "/v1/gallery"), ("GET", "/metrics")]:
+    for op in [
+        ("POST", "/v1/identify"),
+        ("POST", "/v1/speakers/{name}/enrollments"),
+        ("POST", "/v1/speakers/{name}/verify"),
+        ("GET", "/v1/speakers"),
+        ("GET", "/v1/speakers/{name}"),
+        ("PATCH", "/v1/speakers/{name}"),
+        ("DELETE", "/v1/speakers/{name}"),
+        ("GET", "/v1/info"),
+        ("PUT", "/v1/threshold"),
+        ("GET", "/v1/gallery"),
+        ("POST", "/v1/gallery"),
+        ("GET", "/metrics"),
+    ]:
         assert op in operations, op
     for path, ops in spec["paths"].items():  # every /v1 endpoint documents an example answer
         for method, op in ops.items():
@@ -185,8 +234,12 @@ def test_health_readiness_docs_and_metrics(server):
     status, headers, text = server.call("GET", "/metrics")
     assert status == 200 and headers["content-type"].startswith("text/plain")
     text = text.decode() if isinstance(text, bytes) else text
-    for name in ("speakerdb_requests_total{", "speakerdb_request_seconds_bucket{", "speakerdb_audio_seconds_total",
-                 "speakerdb_queue_depth"):
+    for name in (
+        "speakerdb_requests_total{",
+        "speakerdb_request_seconds_bucket{",
+        "speakerdb_audio_seconds_total",
+        "speakerdb_queue_depth",
+    ):
         assert name in text, name
 
 
@@ -194,8 +247,9 @@ def test_every_endpoint_answers_what_the_cli_prints(server, admin, clips, tiny_c
     created = admin.enroll("alice", [clips["alice"], clips["alice2"]], metadata={"team": "sales"})
     assert created.created and [u.source for u in created.added] == [str(clips["alice"]), str(clips["alice2"])]
     admin.enroll("bob", [clips["bob"]])
-    status, _, doc = server.call("POST", "/v1/speakers/bob/enrollments", key=server.keys["write"],
-                                 files=[_part(clips["bob"])])
+    status, _, doc = server.call(
+        "POST", "/v1/speakers/bob/enrollments", key=server.keys["write"], files=[_part(clips["bob"])]
+    )
     assert status == 200 and doc["created"] is False and len(doc["skipped"]) == 1  # same audio: skipped
 
     # identify: the answer of the facade itself on the same database, file names as sent
@@ -245,9 +299,15 @@ def test_every_endpoint_answers_what_the_cli_prints(server, admin, clips, tiny_c
     with pytest.raises(AuthenticationError):
         Client(server.url, new.key).list()
     trail = [(e.key_name, e.operation, e.speaker) for e in admin.audit(limit=1000)]
-    for entry in [("k-admin", "enroll", "alice"), ("k-admin", "rename", "bob"), ("k-admin", "threshold", None),
-                  ("k-admin", "import", None), ("k-admin", "remove", "robert"), ("k-admin", "key-create", None),
-                  ("k-admin", "key-revoke", None)]:
+    for entry in [
+        ("k-admin", "enroll", "alice"),
+        ("k-admin", "rename", "bob"),
+        ("k-admin", "threshold", None),
+        ("k-admin", "import", None),
+        ("k-admin", "remove", "robert"),
+        ("k-admin", "key-create", None),
+        ("k-admin", "key-revoke", None),
+    ]:
         assert entry in trail, entry
     assert ("k-admin", "import", None) in trail and trail.count(("k-admin", "import", None)) == 1  # dry run: none
     _no_uploads_left(server)
@@ -304,8 +364,12 @@ def test_auth_matrix(server, clips):
         ("admin", "GET", "/v1/audit", {}),
     ]
     for needed, method, path, kw in endpoints:
-        for key, expected in [(None, 401), ("sdb_0123456789abcdef_" + "x" * 43, 401), ("garbage", 401),
-                              (server.revoked, 401)]:
+        for key, expected in [
+            (None, 401),
+            ("sdb_0123456789abcdef_" + "x" * 43, 401),
+            ("garbage", 401),
+            (server.revoked, 401),
+        ]:
             status, headers, doc = server.call(method, path, key=key, **kw)
             assert status == expected and doc["error"]["code"] == "unauthorized", (method, path, key, status, doc)
             assert headers.get("www-authenticate", headers.get("WWW-Authenticate", "")).startswith("Bearer")
@@ -348,7 +412,7 @@ def test_limits(server, clips, tmp_path):
     conn.endheaders()
     try:
         for start in range(0, len(body), 65536):
-            chunk = body[start:start + 65536]
+            chunk = body[start : start + 65536]
             conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
         conn.send(b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
@@ -367,16 +431,23 @@ def test_limits(server, clips, tmp_path):
     # not multipart: 415; invalid fields: 422
     status, _, doc = server.call("POST", "/v1/identify", key=key, body={"files": "x"})
     assert status == 415 and doc["error"]["code"] == "unsupported_media_type"
-    status, _, doc = server.call("PATCH", "/v1/speakers/alice", key=key, raw=b"name=x",
-                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, _, doc = server.call(
+        "PATCH",
+        "/v1/speakers/alice",
+        key=key,
+        raw=b"name=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert status == 415
     status, _, doc = server.call("POST", "/v1/identify", key=key, files=[_part(clips["alice"])], fields={"top_k": "0"})
     assert status == 422 and doc["error"]["code"] == "invalid_fields" and "top_k" in doc["error"]["message"]
-    status, _, doc = server.call("POST", "/v1/identify", key=key, files=[_part(clips["alice"])],
-                                 fields={"threshold": "nan"})
+    status, _, doc = server.call(
+        "POST", "/v1/identify", key=key, files=[_part(clips["alice"])], fields={"threshold": "nan"}
+    )
     assert status == 422
-    status, _, doc = server.call("POST", "/v1/speakers/x/enrollments", key=key, files=[_part(clips["alice"])],
-                                 fields={"metadata": "{not json"})
+    status, _, doc = server.call(
+        "POST", "/v1/speakers/x/enrollments", key=key, files=[_part(clips["alice"])], fields={"metadata": "{not json"}
+    )
     assert status == 422 and doc["error"]["code"] == "invalid_input"
     status, _, doc = server.call("PUT", "/v1/threshold", key=server.keys["admin"], body={"threshold": 7})
     assert status == 422 and doc["error"]["code"] == "invalid_input"
@@ -416,8 +487,16 @@ def _wav_header(n_data_bytes: int, rate: int = SR) -> bytes:
     import struct
 
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
-    return (b"RIFF" + struct.pack("<I", 36 + n_data_bytes) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-            + b"data" + struct.pack("<I", n_data_bytes))
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + n_data_bytes)
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", n_data_bytes)
+    )
 
 
 def test_hostile_uploads_get_json_errors_and_write_nothing(server, admin, clips, tmp_path):
@@ -425,22 +504,25 @@ def test_hostile_uploads_get_json_errors_and_write_nothing(server, admin, clips,
     before = [s.to_dict() for s in admin.list()]
     key = server.keys["write"]
     hostile = _hostile_audio(tmp_path)
-    status, _, answers = server.call("POST", "/v1/identify", key=key,
-                                     files=[("files", n, b) for n, b in list(hostile.items())[:4]])
+    status, _, answers = server.call(
+        "POST", "/v1/identify", key=key, files=[("files", n, b) for n, b in list(hostile.items())[:4]]
+    )
     assert status == 200 and [a["file"] for a in answers] == list(hostile)[:4]
     assert all(set(a) == {"file", "error"} for a in answers)
     for name, data in hostile.items():
         status, _, answers = server.call("POST", "/v1/identify", key=key, files=[("files", name, data)])
         assert status == 200 and set(answers[0]) == {"file", "error"}, (name, answers)
-        status, _, doc = server.call("POST", "/v1/speakers/mallory/enrollments", key=key,
-                                     files=[_part(clips["alice"]), ("files", name, data)])
+        status, _, doc = server.call(
+            "POST", "/v1/speakers/mallory/enrollments", key=key, files=[_part(clips["alice"]), ("files", name, data)]
+        )
         assert status == 400 and doc["error"]["code"] == "bad_audio", (name, status, doc)
         assert doc["error"]["message"].startswith(name + ": "), doc  # the client's name, not a private path
         status, _, doc = server.call("POST", "/v1/speakers/dora/verify", key=key, files=[("file", name, data)])
         assert status == 400 and doc["error"]["code"] == "bad_audio"
     # names that would be paths, lines or escapes are labels only
-    status, _, doc = server.call("POST", "/v1/identify", key=key,
-                                 files=[("files", "../../etc/x\x1b[31m\u2028.wav", clips["alice"].read_bytes())])
+    status, _, doc = server.call(
+        "POST", "/v1/identify", key=key, files=[("files", "../../etc/x\x1b[31m\u2028.wav", clips["alice"].read_bytes())]
+    )
     assert status == 200 and doc[0]["file"] == "../../etc/x\\x1b[31m\\u2028.wav"
     # galleries the CLI refuses
     good = tmp_path / "good.gallery"
@@ -449,20 +531,24 @@ def test_hostile_uploads_get_json_errors_and_write_nothing(server, admin, clips,
     with zipfile.ZipFile(good) as z:
         members = {n: z.read(n) for n in z.namelist()}
     bad_galleries = {"not-a-zip.gallery": b"PK\x03\x04 nothing", "random.gallery": os.urandom(5000)}
-    for name, extra in [("outside.gallery", {"../../outside": b"x"}), ("tampered.gallery", {"speakers.json":
-                        members["speakers.json"].replace(b"dora", b"dorb")})]:
+    for name, extra in [
+        ("outside.gallery", {"../../outside": b"x"}),
+        ("tampered.gallery", {"speakers.json": members["speakers.json"].replace(b"dora", b"dorb")}),
+    ]:
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
             for n, data in {**members, **extra}.items():
                 z.writestr(n, data)
         bad_galleries[name] = buf.getvalue()
     for name, data in bad_galleries.items():
-        status, _, doc = server.call("POST", "/v1/gallery", key=key, files=[("file", name, data)],
-                                     fields={"on_conflict": "replace"})
+        status, _, doc = server.call(
+            "POST", "/v1/gallery", key=key, files=[("file", name, data)], fields={"on_conflict": "replace"}
+        )
         assert status == 400 and doc["error"]["code"] == "bad_gallery", (name, doc)
         assert str(server.tmp) not in doc["error"]["message"]
-    status, _, doc = server.call("POST", "/v1/gallery", key=key, files=[("file", "g", good.read_bytes())],
-                                 fields={"on_conflict": "sometimes"})
+    status, _, doc = server.call(
+        "POST", "/v1/gallery", key=key, files=[("file", "g", good.read_bytes())], fields={"on_conflict": "sometimes"}
+    )
     assert status == 422
     assert [s.to_dict() for s in admin.list()] == before
     _no_uploads_left(server)
@@ -580,7 +666,10 @@ def test_keys_and_audit_commands(tmp_path):
         assert sdb.authenticate(made["key"]).name == "ops" and sdb.has_keys()
     trail = json.loads(run("audit", "--json").stdout)
     assert [(e["operation"], e["detail"]["key"]) for e in trail] == [
-        ("key-create", "ops"), ("key-create", "reader"), ("key-revoke", "reader")]
+        ("key-create", "ops"),
+        ("key-create", "reader"),
+        ("key-revoke", "reader"),
+    ]
     assert all(e["key_name"].startswith("local:") for e in trail)
     assert "key-revoke" in run("audit", "--limit", "1").stdout
 
@@ -591,8 +680,16 @@ def test_sigkill_during_enrollment_then_restart_then_busy_then_sigterm(tmp_path,
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     long_clips = [write(tmp_path / f"long{i}.wav", voice(100 + 20 * i, 25.0, seed=i)) for i in range(4)]
-    srv = Server(db_path, tiny_checkpoint, tmp_path / "server.log", "--queue-size", "1", "--insecure-no-auth",
-                 "--tmp-dir", str(tmp))
+    srv = Server(
+        db_path,
+        tiny_checkpoint,
+        tmp_path / "server.log",
+        "--queue-size",
+        "1",
+        "--insecure-no-auth",
+        "--tmp-dir",
+        str(tmp),
+    )
     srv.start()
     assert "--insecure-no-auth" in srv.log.read_text()  # announced at every start
     client = Client(srv.url, retries=0)
@@ -756,8 +853,9 @@ def test_timeline_through_the_service_is_the_local_one(server, tiny_checkpoint, 
     assert {**remote.to_dict(), "file": None} == {**local.to_dict(), "file": None}
     assert remote.file == "conv.wav" or remote.file.endswith("conv.wav")
     assert missing.error is not None and "missing.wav" in missing.file
-    status, _, doc = server.call("POST", "/v1/timeline", key=server.keys["read"], files=[_part(conv)],
-                                 fields={"window": "0.1"})
+    status, _, doc = server.call(
+        "POST", "/v1/timeline", key=server.keys["read"], files=[_part(conv)], fields={"window": "0.1"}
+    )
     assert status == 422 and doc["error"]["code"] == "invalid_input" and "window" in doc["error"]["message"]
     status, _, _ = server.call("POST", "/v1/timeline", files=[_part(conv)])
     assert status == 401
@@ -832,8 +930,10 @@ def _one_request_server(answer: bytes, read_body_first: bool) -> tuple[str, dict
 
 def _answer(status: str, doc: dict) -> bytes:
     body = json.dumps(doc).encode()
-    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
 
 
 def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
@@ -845,14 +945,16 @@ def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
     big = tmp_path / "big.wav"
     big.write_bytes(b"\0" * (EXPECT_CONTINUE_BYTES + 1000))
     url, seen, thread = _one_request_server(
-        _answer("413 Content Too Large", {"error": {"code": "too_large", "message": "at most 1,000 bytes"}}), False)
+        _answer("413 Content Too Large", {"error": {"code": "too_large", "message": "at most 1,000 bytes"}}), False
+    )
     with pytest.raises(ServiceError, match="413: at most 1,000 bytes"):
         Client(url, "k", retries=0).identify([big])
     thread.join(10)
     assert "expect: 100-continue" in seen["headers"] and seen["body_bytes"] == 0
 
     url, seen, thread = _one_request_server(
-        _answer("400 Bad Request", {"error": {"code": "bad_audio", "message": "big.wav: not audio"}}), True)
+        _answer("400 Bad Request", {"error": {"code": "bad_audio", "message": "big.wav: not audio"}}), True
+    )
     with pytest.raises(SpeakerDBError, match="big.wav: not audio"):
         Client(url, "k", retries=0).identify([big])
     thread.join(10)

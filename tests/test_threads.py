@@ -8,11 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 threadpoolctl = pytest.importorskip("threadpoolctl")
 
+from conftest import voice  # noqa: E402
 from speakerdb.embedding import threads  # noqa: E402
 from speakerdb.embedding.models import load_embedder  # noqa: E402
 from speakerdb.errors import InvalidInputError  # noqa: E402
-
-from conftest import voice  # noqa: E402
 
 
 def blas_threads() -> list[int]:
@@ -41,8 +40,9 @@ def spy_on_forward(module, seen: list):
     module.forward = forward
 
 
-def test_wavlm_embeds_with_single_threaded_blas_and_torch_threads_as_configured(tiny_checkpoint, two_threads,
-                                                                                 monkeypatch):
+def test_wavlm_embeds_with_single_threaded_blas_and_torch_threads_as_configured(
+    tiny_checkpoint, two_threads, monkeypatch
+):
     assert blas_threads() and set(blas_threads()) == {2}
     seen: list = []
     default = load_embedder(str(tiny_checkpoint))

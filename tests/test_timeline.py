@@ -12,8 +12,9 @@ from click.testing import CliRunner
 
 from builders import trim
 from conftest import SR, FakeEmbedder, voice, write
-from speakerdb.audio import decode as audio, vad
 from speakerdb import timeline
+from speakerdb.audio import decode as audio
+from speakerdb.audio import vad
 from speakerdb.cli import cli
 from speakerdb.timeline import Gallery, Params
 
@@ -159,7 +160,12 @@ def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
     gallery = Gallery(["alice", "zed"], _unit(np.array([a, np.eye(8)[5]])), threshold=0.8)
     t = timeline.assemble("x.wav", 35.0, regions, spans, vectors, gallery, Params())
     assert [(s.start, s.end, s.label) for s in t.segments] == [
-        (0, 6, "alice"), (7, 13, "unknown-1"), (14, 20, "unknown-2"), (21, 27, "alice"), (28, 34, "unknown-1")]
+        (0, 6, "alice"),
+        (7, 13, "unknown-1"),
+        (14, 20, "unknown-2"),
+        (21, 27, "alice"),
+        (28, 34, "unknown-1"),
+    ]
     assert t.segments[0].speaker == "alice" and t.segments[1].speaker is None
     assert t.segments[0].score > 0.9
     assert {v.label: round(v.seconds) for v in t.voices} == {"alice": 12, "unknown-1": 12, "unknown-2": 6}
@@ -241,15 +247,20 @@ def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, 
 # ---- RTTM ---------------------------------------------------------------------------------------
 def test_rttm_round_trip_through_pyannote(tmp_path):
     load_rttm = pytest.importorskip("pyannote.database.util").load_rttm
-    segs = [timeline.Segment(0.5, 2.25, "alice", "alice", 0.9), timeline.Segment(2.5, 4.0, "unknown-1", None, 0.4),
-            timeline.Segment(4.0, 6.125, "mary ann", "mary ann", 0.88)]
+    segs = [
+        timeline.Segment(0.5, 2.25, "alice", "alice", 0.9),
+        timeline.Segment(2.5, 4.0, "unknown-1", None, 0.4),
+        timeline.Segment(4.0, 6.125, "mary ann", "mary ann", 0.88),
+    ]
     t = timeline.Timeline("/data/call one.wav", 7.0, segs, [])
     path = tmp_path / "out.rttm"
     timeline.write_rttm(path, [t])
     ann = load_rttm(str(path))["call_one"]
     got = sorted((round(s.start, 3), round(s.end, 3), lab) for s, _, lab in ann.itertracks(yield_label=True))
     assert got == [(0.5, 2.25, "alice"), (2.5, 4.0, "unknown-1"), (4.0, 6.125, "mary_ann")]
-    assert timeline.read_rttm(path) == {"call_one": [(0.5, 2.25, "alice"), (2.5, 4.0, "unknown-1"), (4.0, 6.125, "mary_ann")]}
+    assert timeline.read_rttm(path) == {
+        "call_one": [(0.5, 2.25, "alice"), (2.5, 4.0, "unknown-1"), (4.0, 6.125, "mary_ann")]
+    }
 
 
 # ---- CLI ------------------------------------------------------------------------------------------
@@ -258,9 +269,22 @@ def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoin
 
     SpeakerDB(tmp_path / "d.sqlite").close()  # an empty database: nobody enrolled
     noise = write(tmp_path / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
-    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
-                                 "timeline", str(noise), "--json", "--rttm", str(tmp_path / "o.rttm"),
-                                 "--plot", str(tmp_path / "o.png")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--db",
+            str(tmp_path / "d.sqlite"),
+            "--model",
+            str(tiny_checkpoint),
+            "timeline",
+            str(noise),
+            "--json",
+            "--rttm",
+            str(tmp_path / "o.rttm"),
+            "--plot",
+            str(tmp_path / "o.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "o.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     [doc] = json.loads(r.stdout)
@@ -272,12 +296,25 @@ def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoin
 def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all" * 100)
-    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
-                                 "timeline", str(bad), "--rttm", str(tmp_path / "o.rttm")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--db",
+            str(tmp_path / "d.sqlite"),
+            "--model",
+            str(tiny_checkpoint),
+            "timeline",
+            str(bad),
+            "--rttm",
+            str(tmp_path / "o.rttm"),
+        ],
+    )
     assert r.exit_code == 1
     assert r.stderr.startswith("Error: ") and "Traceback" not in r.output
     assert not (tmp_path / "o.rttm").exists()
-    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", str(bad), "--window", "1", "--hop", "2"])
+    r = CliRunner().invoke(
+        cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", str(bad), "--window", "1", "--hop", "2"]
+    )
     assert r.exit_code == 2
 
 
@@ -289,8 +326,20 @@ def test_one_bad_file_does_not_lose_the_batch(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all" * 100)
     files = [str(hum), str(bad), str(tmp_path / "missing.wav")]
-    r = CliRunner().invoke(cli, ["--db", str(tmp_path / "d.sqlite"), "--model", str(tiny_checkpoint),
-                                 "timeline", *files, "--json", "--rttm", str(tmp_path / "o.rttm")])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "--db",
+            str(tmp_path / "d.sqlite"),
+            "--model",
+            str(tiny_checkpoint),
+            "timeline",
+            *files,
+            "--json",
+            "--rttm",
+            str(tmp_path / "o.rttm"),
+        ],
+    )
     assert r.exit_code == 1, r.output
     docs = json.loads(r.stdout)
     assert [d["file"] for d in docs] == files
@@ -324,8 +373,10 @@ def test_conversation_of_real_speech_with_ge2e(tmp_path):
             db.enroll(s, files[s][:3])
         [tl] = db.timeline([path])
     grid = np.arange(0, t, 0.01)
+
     def label_at(segs, x):
         return next((lab for a, b, lab in segs if a <= x < b), None)
+
     hyp = [(s.start, s.end, s.label) for s in tl.segments]
     ref = [label_at(truth, x) for x in grid]
     got = [label_at(hyp, x) for x in grid]

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import voice, write
 from speakerdb import SpeakerDB
 from speakerdb.service.client import Client
-
-from conftest import voice, write
 
 ROUNDS = 6  # per writer: enroll a new speaker, then remove every other one
 READS = 10  # per reader
@@ -38,8 +37,12 @@ def _free_port() -> int:
 def _start_node(db_url: str, model: Path, index_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "SPEAKERDB_INDEX_DIR": str(index_dir), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "speakerdb", "--db", db_url, "--model", str(model), "serve",
-                             "--port", str(port)], stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speakerdb", "--db", db_url, "--model", str(model), "serve", "--port", str(port)],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

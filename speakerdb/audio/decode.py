@@ -173,8 +173,9 @@ def stream(path: str | Path, block_s: float = BLOCK_S, max_audio_s: float | None
             silent_run = silent_run + len(mono) if not len(loud) else len(mono) - 1 - int(loud[-1])
             if silent_run / rate > MAX_SILENT_RUN_S:
                 raise AudioError(
-                    path, f"holds more than {MAX_SILENT_RUN_S:g} s of unbroken digital silence (from "
-                    f"{(n_in - silent_run) / rate:.0f} s on): an empty or padded file, not speech; decoding stopped"
+                    path,
+                    f"holds more than {MAX_SILENT_RUN_S:g} s of unbroken digital silence (from "
+                    f"{(n_in - silent_run) / rate:.0f} s on): an empty or padded file, not speech; decoding stopped",
                 )
             if resampler is not None:
                 mono = resampler.resample_chunk(mono, last=False)
@@ -210,8 +211,9 @@ def _check_values(mono: np.ndarray, source: str | Path) -> None:
         raise AudioError(source, "contains NaN or infinite samples")
     if len(mono) and float(np.max(np.abs(mono))) > MAX_ABS_SAMPLE:
         raise AudioError(
-            source, f"contains samples of impossible magnitude (peak {float(np.max(np.abs(mono))):.3g}; "
-            "audio lies within [-1, 1])"
+            source,
+            f"contains samples of impossible magnitude (peak {float(np.max(np.abs(mono))):.3g}; "
+            "audio lies within [-1, 1])",
         )
 
 
@@ -242,7 +244,9 @@ def check_duration_and_level(n_samples: int, peak: float, source: str | Path) ->
         raise AudioError(source, "is silent (peak below -80 dBFS)")
 
 
-def prepare(mono: np.ndarray, rate: int, source: str | Path = "<array>", max_audio_s: float | None = None) -> np.ndarray:
+def prepare(
+    mono: np.ndarray, rate: int, source: str | Path = "<array>", max_audio_s: float | None = None
+) -> np.ndarray:
     """Resample a mono float signal to 16 kHz and apply the checks of :func:`load`.
 
     Use this for audio that is already in memory (the Python API accepts arrays).
@@ -359,8 +363,12 @@ def _looks_chainable(path: Path) -> bool:
     # An MPEG audio frame header: 11 sync bits, a layer (not the reserved 0, which is ADTS AAC's),
     # a bitrate index that is not 15 and a sample-rate index that is not 3.
     return (
-        len(head) == 4 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and (head[1] >> 1) & 3 != 0
-        and head[2] >> 4 != 15 and (head[2] >> 2) & 3 != 3
+        len(head) == 4
+        and head[0] == 0xFF
+        and head[1] & 0xE0 == 0xE0
+        and (head[1] >> 1) & 3 != 0
+        and head[2] >> 4 != 15
+        and (head[2] >> 2) & 3 != 3
     )
 
 
@@ -389,7 +397,7 @@ def _joined_parts(path: Path) -> list[tuple[int, int]] | None:
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 starts, at = [0], 0
                 while (at := data.find(marker, at + 1)) > 0:
-                    if _part_header(data[at:at + 12]) == marker:
+                    if _part_header(data[at : at + 12]) == marker:
                         starts.append(at)
                 size = len(data)
     except (OSError, ValueError):  # unreadable, empty or not a regular file: the decoders say why
@@ -450,12 +458,18 @@ def _parts_blocks(path: Path, parts: list[tuple[int, int]], block_s: float) -> t
                 opened.append(soundfile.SoundFile(_Part(path, start, end)))
             except (soundfile.LibsndfileError, RuntimeError, ValueError) as e:
                 log.debug("%s: part %d: %s", path, number, _short(e))
-                raise AudioError(path, f"holds {len(parts)} recordings joined end to end, and part {number} "
-                                 f"(from byte {start:,}) cannot be decoded: damaged") from None
+                raise AudioError(
+                    path,
+                    f"holds {len(parts)} recordings joined end to end, and part {number} "
+                    f"(from byte {start:,}) cannot be decoded: damaged",
+                ) from None
         rates = sorted({int(f.samplerate) for f in opened})
         if len(rates) > 1:
-            raise AudioError(path, f"holds {len(parts)} recordings joined end to end at different sample rates "
-                             f"({', '.join(f'{r:,} Hz' for r in rates)}): decode them as separate files")
+            raise AudioError(
+                path,
+                f"holds {len(parts)} recordings joined end to end at different sample rates "
+                f"({', '.join(f'{r:,} Hz' for r in rates)}): decode them as separate files",
+            )
     except BaseException:
         for f in opened:
             f.close()
@@ -546,8 +560,11 @@ def _av_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray]]:
             if pending:
                 yield np.concatenate(pending)
         if skipped > MAX_SKIPPED_BYTES:
-            log.warning("%s: %s KB of the file is not audio the decoder can read: skipped",
-                        printable_path(path), f"{skipped / 1024:,.0f}")
+            log.warning(
+                "%s: %s KB of the file is not audio the decoder can read: skipped",
+                printable_path(path),
+                f"{skipped / 1024:,.0f}",
+            )
 
     return rate, blocks()
 

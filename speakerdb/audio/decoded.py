@@ -35,7 +35,9 @@ class Decoded:
     released when the object is collected.
     """
 
-    def __init__(self, path: str | os.PathLike[str], in_memory_s: float | None = None, max_audio_s: float | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], in_memory_s: float | None = None, max_audio_s: float | None = None
+    ) -> None:
         self.path = path
         self.max_audio_s = max_audio_s  # the longest recording decoded (None: decode.max_duration_s)
         self._limit = int((IN_MEMORY_S if in_memory_s is None else in_memory_s) * decode.SAMPLE_RATE)  # samples

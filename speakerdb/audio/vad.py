@@ -26,8 +26,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .decode import SAMPLE_RATE
 from ..errors import ModelLoadError
+from .decode import SAMPLE_RATE
 
 FRAME = 512  # samples: one Silero frame at 16 kHz (32 ms)
 FRAME_S = FRAME / SAMPLE_RATE  # 0.032 s
@@ -76,7 +76,9 @@ def silero_model_path() -> Path:
         raise ModelLoadError(f"voice activity detection needs the silero-vad package: {SILERO_INSTALL_HINT}")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "silero_vad_16k_sequence.onnx"
     if not path.is_file():
-        raise ModelLoadError(f"the silero-vad package has no {path.name} (version 6.2 or later ships it): {SILERO_INSTALL_HINT}")
+        raise ModelLoadError(
+            f"the silero-vad package has no {path.name} (version 6.2 or later ships it): {SILERO_INSTALL_HINT}"
+        )
     return path
 
 
@@ -96,10 +98,10 @@ def import_onnxruntime():
 class SileroVAD:
     """Streaming Silero VAD: feed 16 kHz blocks of any length, read per-frame speech probabilities.
 
-        vad = SileroVAD()
-        for block in blocks:
-            probs = vad.feed(block)   # (n_frames,) for the whole 32 ms frames completed so far
-        probs = vad.flush()           # the last partial frame, zero-padded
+    vad = SileroVAD()
+    for block in blocks:
+        probs = vad.feed(block)   # (n_frames,) for the whole 32 ms frames completed so far
+    probs = vad.flush()           # the last partial frame, zero-padded
     """
 
     def __init__(self) -> None:
@@ -113,7 +115,9 @@ class SileroVAD:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the export carries unused initializers; ORT warns about each
         try:
-            self.session = ort.InferenceSession(str(silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            )
         except ModelLoadError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -172,7 +172,14 @@ class IntLinear:
         op = torch.ops.onednn.qlinear_pointwise
         out = None
         for i, j in PAIRS:
-            args = (planes.planes[i], planes.units[i], ZERO_POINTS[i], self.packed[j], self.weight_scales[j], self.zero_points)
+            args = (
+                planes.planes[i],
+                planes.units[i],
+                ZERO_POINTS[i],
+                self.packed[j],
+                self.weight_scales[j],
+                self.zero_points,
+            )
             if out is None:
                 out = op.default(*args, None, 1.0, 0, torch.float32, "none", [], "")
             else:  # added into out in place (the "sum" post-op); the bias rides on the last, largest term

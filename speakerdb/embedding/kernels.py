@@ -133,7 +133,7 @@ def install_long_run(model: "nn.Module") -> list[str]:
     model._speakerdb_long_run = True
     before = installed(model)
     done = _checked(model, lambda: _install_long_run_now(model))
-    return done[len(before):] if done else []
+    return done[len(before) :] if done else []
 
 
 def _checked(model: "nn.Module", change: "Callable[[], list[str]]") -> list[str]:
@@ -161,7 +161,10 @@ def _checked(model: "nn.Module", change: "Callable[[], list[str]]") -> list[str]
         "speakerdb's faster kernels are off for this model: checked against the plain model on a probe "
         "input with transformers %s, %s; the plain transformers model runs instead (same embeddings, "
         "slower). They were checked with transformers %s; set %s=0 to skip them and this check",
-        transformers.__version__, problem, CHECKED_TRANSFORMERS, ENV_SWITCH,
+        transformers.__version__,
+        problem,
+        CHECKED_TRANSFORMERS,
+        ENV_SWITCH,
     )
     return []
 
@@ -182,7 +185,9 @@ def _probe_output(model: "nn.Module") -> "torch.Tensor":
     # plain model then moves ~8e-4 (relative) from itself in float32 -- measured on an H200
     # (scripts/gpu_check.py) -- and the probe would refuse correct kernels. Compare the two
     # functions in full float32; TF32, where the user keeps it on, applies to both in use.
-    exact = torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if parameter.is_cuda else contextlib.nullcontext()
+    exact = (
+        torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if parameter.is_cuda else contextlib.nullcontext()
+    )
     matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -434,8 +439,14 @@ def _tap_rows(h: "torch.Tensor", stride: int, n_out: int, first: int, n_taps: in
     return h.as_strided((n_out, n_taps * channels), (stride * channels, 1), h.storage_offset() + first * channels)
 
 
-def _conv_layer(layer: "nn.Module", plan: dict, h: "torch.Tensor", index: int,
-                folded: "torch.Tensor | None" = None, out: "torch.Tensor | None" = None) -> "torch.Tensor":
+def _conv_layer(
+    layer: "nn.Module",
+    plan: dict,
+    h: "torch.Tensor",
+    index: int,
+    folded: "torch.Tensor | None" = None,
+    out: "torch.Tensor | None" = None,
+) -> "torch.Tensor":
     """One conv layer with its norm and activation: (frames, C_in) -> (frames', C_out), time-major.
 
     ``folded``: the first layer's GroupNorm-folded weights, from statistics of the whole
@@ -525,7 +536,8 @@ def wavlm_self_attention(
 
     if any(output_attentions):
         return type(attention).torch_multi_head_self_attention(
-            attention, hidden_states, attention_mask, gated_position_bias, *output_attentions)
+            attention, hidden_states, attention_mask, gated_position_bias, *output_attentions
+        )
 
     batch, frames, embed = hidden_states.shape
     heads = attention.num_heads
@@ -556,9 +568,20 @@ def _positional_conv_fits(embed: "nn.Module") -> bool:
     conv = getattr(embed, "conv", None)
     if not isinstance(conv, nn.Conv1d) or conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
         return False
-    k, pad, trim = conv.kernel_size[0], conv.padding[0], getattr(getattr(embed, "padding", None), "num_pad_remove", None)
-    return (conv.stride[0] == 1 and conv.dilation[0] == 1 and isinstance(pad, int) and trim is not None
-            and 2 * pad - k + 1 - trim == 0 and k < FFT_BLOCK and hasattr(embed, "activation"))
+    k, pad, trim = (
+        conv.kernel_size[0],
+        conv.padding[0],
+        getattr(getattr(embed, "padding", None), "num_pad_remove", None),
+    )
+    return (
+        conv.stride[0] == 1
+        and conv.dilation[0] == 1
+        and isinstance(pad, int)
+        and trim is not None
+        and 2 * pad - k + 1 - trim == 0
+        and k < FFT_BLOCK
+        and hasattr(embed, "activation")
+    )
 
 
 def _positional_conv_spectra(conv: "nn.Module") -> "torch.Tensor":
@@ -629,4 +652,3 @@ def _fix_weight_norm(conv: "nn.Module") -> bool:
         return False
     parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
     return True
-

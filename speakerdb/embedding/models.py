@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from . import idcache, kernels, threads
 from ..audio.decode import MIN_DURATION_S, SAMPLE_RATE
 from ..errors import InvalidInputError, ModelLoadError
+from . import idcache, kernels, threads
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -141,7 +141,9 @@ class TransformersXVector:
         self.precision = precision
         self.dim = int(self.model.config.xvector_output_dim)
         fingerprint = idcache.lookup(directory, files) if files and directory is not None else None
-        if fingerprint is None or directory is None or idcache.snapshot(directory) != files:  # not known, or changed while loading
+        if (
+            fingerprint is None or directory is None or idcache.snapshot(directory) != files
+        ):  # not known, or changed while loading
             fingerprint = _fingerprint(self.model)
             if files and directory is not None:
                 idcache.remember(directory, files, fingerprint)

@@ -100,7 +100,9 @@ def check_vector(vector: np.ndarray, source: str) -> None:
 class _Recording:
     """One recording being read: its windows, and the figures an EmbeddedClip keeps of it."""
 
-    def __init__(self, source: str | os.PathLike[str] | audio.Audio | Decoded, max_audio_s: float | None = None) -> None:
+    def __init__(
+        self, source: str | os.PathLike[str] | audio.Audio | Decoded, max_audio_s: float | None = None
+    ) -> None:
         blocks: Iterable[np.ndarray]
         if isinstance(source, audio.Audio):
             self.label, blocks = audio.source_label(source.source), iter([source.samples])
@@ -140,8 +142,9 @@ class _Recording:
         """The EmbeddedClip from the sum of window vectors x window lengths (dim,)."""
         vector = l2_normalize(total[None])[0]  # (dim,)
         check_vector(vector, self.label)
-        return EmbeddedClip(self.label, self.n_samples / audio.SAMPLE_RATE, self.sha.hexdigest(), speech_s, vector,
-                            n_windows)
+        return EmbeddedClip(
+            self.label, self.n_samples / audio.SAMPLE_RATE, self.sha.hexdigest(), speech_s, vector, n_windows
+        )
 
 
 def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np.ndarray:
@@ -154,8 +157,9 @@ def _embed(embedder: Embedder, waves: list[np.ndarray], labels: list[str]) -> np
         log.removeFilter(naming)
 
 
-def embed_clip(source: str | os.PathLike[str] | audio.Audio | Decoded, embedder: Embedder,
-               max_audio_s: float | None = None) -> EmbeddedClip:
+def embed_clip(
+    source: str | os.PathLike[str] | audio.Audio | Decoded, embedder: Embedder, max_audio_s: float | None = None
+) -> EmbeddedClip:
     """Decode (or take) one recording and embed it, window by window.
 
     Raises AudioError for a file that cannot be used (see audio.stream and audio.check_samples),
@@ -189,7 +193,9 @@ BATCH_FORWARD_S = 30.0
 
 
 def embed_clips(
-    sources: Sequence[str | os.PathLike[str] | audio.Audio | Decoded], embedder: Embedder, batch_ahead_s: float = BATCH_AHEAD_S,
+    sources: Sequence[str | os.PathLike[str] | audio.Audio | Decoded],
+    embedder: Embedder,
+    batch_ahead_s: float = BATCH_AHEAD_S,
     max_audio_s: float | None = None,
 ) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
     """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),

@@ -76,14 +76,16 @@ def _form_json(text: str | None, what: str) -> Any:
     except ValueError:
         raise ApiError(422, "invalid_input", f"{what} must be JSON, not {text[:80]!r}") from None
     except RecursionError:  # nesting thousands deep exhausts the parser's stack: bad input, not a 500
-        raise ApiError(422, "invalid_input", f"{what} is nested more than {store.MAX_METADATA_DEPTH} levels deep") \
-            from None
+        raise ApiError(
+            422, "invalid_input", f"{what} is nested more than {store.MAX_METADATA_DEPTH} levels deep"
+        ) from None
 
 
 def _check_count(service: Service, files: list[UploadFile]) -> None:
     if len(files) > service.config.max_files:
-        raise ApiError(413, "too_many_files",
-                       f"{len(files)} files in one request, at most {service.config.max_files} are accepted")
+        raise ApiError(
+            413, "too_many_files", f"{len(files)} files in one request, at most {service.config.max_files} are accepted"
+        )
 
 
 # ---- the app ------------------------------------------------------------------------------
@@ -92,8 +94,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     config = config or ServeConfig.from_env()
     store.APPLICATION = store.APPLICATION or "speakerdb serve"  # how its PostgreSQL sessions are named
     if config.insecure_no_auth:
-        log.warning("speakerdb worker %d: --insecure-no-auth: every request is allowed everything, "
-                    "without a key", os.getpid())
+        log.warning(
+            "speakerdb worker %d: --insecure-no-auth: every request is allowed everything, without a key", os.getpid()
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,11 +117,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Speaker enrollment, identification and verification. Answers are the JSON that the "
         "`speakerdb` CLI prints with `--json`. Send `Authorization: Bearer KEY` (`speakerdb keys create`). "
-        "Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        'Errors are `{"error": {"code", "message"}}`.',
     )
     app.state.config = config
     # This process's connections (uvicorn makes them once the app is built).
-    TimedHTTPProtocol.header_timeout_s, TimedHTTPProtocol.body_timeout_s = config.header_timeout_s, config.body_timeout_s
+    TimedHTTPProtocol.header_timeout_s, TimedHTTPProtocol.body_timeout_s = (
+        config.header_timeout_s,
+        config.body_timeout_s,
+    )
     _install_handlers(app)
 
     @app.get("/healthz", tags=["service"], responses=example({"status": "ok"}))
@@ -126,7 +132,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         """Answers 200 as soon as the process runs (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["service"], responses=example({"status": "ready", "model": "microsoft/wavlm-base-plus-sv"}))
+    @app.get(
+        "/readyz", tags=["service"], responses=example({"status": "ready", "model": "microsoft/wavlm-base-plus-sv"})
+    )
     async def readyz(request: Request):
         """200 once the model is loaded (readiness); 503 while it loads or if it cannot be loaded."""
         service: Service = request.app.state.service
@@ -143,12 +151,18 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/identify", tags=["speakers"], responses=example(EXAMPLE_IDENTIFY))
-    async def identify(request: Request, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
-                       top_k: int = Form(5, ge=1, description="Candidates per file."),
-                       threshold: float | None = Form(None, description="Override the threshold for this call [-1, 1]."),
-                       count_voices: bool = Form(True, description="Count the voices in each file (`voices`); "
-                                                 "false skips that pass (`identify --no-voice-check`)."),
-                       caller: Caller = READ) -> JSONResponse:
+    async def identify(
+        request: Request,
+        files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+        top_k: int = Form(5, ge=1, description="Candidates per file."),
+        threshold: float | None = Form(None, description="Override the threshold for this call [-1, 1]."),
+        count_voices: bool = Form(
+            True,
+            description="Count the voices in each file (`voices`); "
+            "false skips that pass (`identify --no-voice-check`).",
+        ),
+        caller: Caller = READ,
+    ) -> JSONResponse:
         """Name the speaker of each file (`speakerdb identify --json`): one answer per file, in order,
         or `{"file", "error"}` for a file that could not be used.
 
@@ -166,11 +180,15 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         return ok([r.to_dict() for r in results])
 
     @app.post("/v1/speakers/{name}/enrollments", tags=["speakers"], responses=example(EXAMPLE_ENROLL, 201))
-    async def enroll(request: Request, name: str, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
-                     metadata: str | None = Form(None, description='JSON object, e.g. {"team": "sales"}'),
-                     new: bool = Form(False, description="Refuse if the speaker exists."),
-                     strict: bool = Form(False, description="Refuse doubtful clips instead of warning."),
-                     caller: Caller = WRITE) -> JSONResponse:
+    async def enroll(
+        request: Request,
+        name: str,
+        files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+        metadata: str | None = Form(None, description='JSON object, e.g. {"team": "sales"}'),
+        new: bool = Form(False, description="Refuse if the speaker exists."),
+        strict: bool = Form(False, description="Refuse doubtful clips instead of warning."),
+        caller: Caller = WRITE,
+    ) -> JSONResponse:
         """Enroll speaker `name` from the files, or add them to it (`speakerdb enroll --json`).
         201 when the speaker was created, 200 when added to.
 
@@ -182,16 +200,23 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         meta = _form_json(metadata, "metadata")
         saved = await service.uploads.save(files)
         try:
-            result = await service.embed(lambda db: db.enroll(name, saved, new=new, metadata=meta, strict=strict),
-                                         caller=caller, names=client_names(saved))
+            result = await service.embed(
+                lambda db: db.enroll(name, saved, new=new, metadata=meta, strict=strict),
+                caller=caller,
+                names=client_names(saved),
+            )
         finally:
             service.uploads.remove(saved)
         return ok(result.to_dict(), 201 if result.created else 200)
 
     @app.post("/v1/speakers/{name}/verify", tags=["speakers"], responses=example(EXAMPLE_VERIFY))
-    async def verify(request: Request, name: str, file: UploadFile = File(..., description="One audio file."),
-                     threshold: float | None = Form(None, description="Override the threshold for this call."),
-                     caller: Caller = READ) -> JSONResponse:
+    async def verify(
+        request: Request,
+        name: str,
+        file: UploadFile = File(..., description="One audio file."),
+        threshold: float | None = Form(None, description="Override the threshold for this call."),
+        caller: Caller = READ,
+    ) -> JSONResponse:
         """Is `file` spoken by `name`? (`speakerdb verify --json`)
 
         `curl -H "Authorization: Bearer $KEY" -F file=@claim.wav http://127.0.0.1:8000/v1/speakers/alice/verify`
@@ -199,19 +224,23 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service: Service = request.app.state.service
         saved = await service.uploads.save([file])
         try:
-            result = await service.embed(lambda db: db.verify(name, saved[0], threshold=threshold),
-                                         names=client_names(saved))
+            result = await service.embed(
+                lambda db: db.verify(name, saved[0], threshold=threshold), names=client_names(saved)
+            )
         finally:
             service.uploads.remove(saved)
         return ok(result.to_dict())
 
     @app.post("/v1/timeline", tags=["speakers"], responses=example(EXAMPLE_TIMELINE))
-    async def timeline(request: Request, files: list[UploadFile] = File(..., description=AUDIO_PARTS),
-                       threshold: float | None = Form(None, description="Override the threshold for this call."),
-                       window: float = Form(1.5, description="Window length, seconds (0.5-30)."),
-                       hop: float = Form(0.5, description="Window hop, seconds (0.05 to the window)."),
-                       min_segment: float = Form(1.0, description="Shorter segments join their neighbour, seconds."),
-                       caller: Caller = READ) -> JSONResponse:
+    async def timeline(
+        request: Request,
+        files: list[UploadFile] = File(..., description=AUDIO_PARTS),
+        threshold: float | None = Form(None, description="Override the threshold for this call."),
+        window: float = Form(1.5, description="Window length, seconds (0.5-30)."),
+        hop: float = Form(0.5, description="Window hop, seconds (0.05 to the window)."),
+        min_segment: float = Form(1.0, description="Shorter segments join their neighbour, seconds."),
+        caller: Caller = READ,
+    ) -> JSONResponse:
         """Who speaks when in each file (`speakerdb timeline --json`): segments named from the
         enrolled speakers or unknown-1, unknown-2..., or `{"file", "error"}` for a file that
         could not be used. Recordings longer than the service's `--max-audio-s` are refused.
@@ -226,8 +255,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             raise from_library(e, {}) from None
         saved = await service.uploads.save(files)
         try:
-            results = await service.embed(lambda db: db.timeline(saved, threshold=threshold, params=params),
-                                          names=client_names(saved))
+            results = await service.embed(
+                lambda db: db.timeline(saved, threshold=threshold, params=params), names=client_names(saved)
+            )
         finally:
             service.uploads.remove(saved)
         return ok([t.to_dict() for t in results])
@@ -238,9 +268,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         speakers = await request.app.state.service.admin(lambda db: db.list())
         return ok([{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers])
 
-    @app.get("/v1/speakers/{name}", tags=["speakers"],
-             responses={**example({**EXAMPLE_SPEAKER, "utterances": EXAMPLE_ENROLL["added"]}),
-                        **example(EXAMPLE_ERROR, 404)})
+    @app.get(
+        "/v1/speakers/{name}",
+        tags=["speakers"],
+        responses={
+            **example({**EXAMPLE_SPEAKER, "utterances": EXAMPLE_ENROLL["added"]}),
+            **example(EXAMPLE_ERROR, 404),
+        },
+    )
     async def show(request: Request, name: str, caller: Caller = READ) -> JSONResponse:
         """One speaker with its utterances (`speakerdb show --json`)."""
         info = await request.app.state.service.admin(lambda db: db.show(name))
@@ -262,9 +297,21 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         n = await request.app.state.service.admin(lambda db: db.remove(name), caller=caller)
         return ok({"removed": [name], "utterances": n})
 
-    @app.get("/v1/info", tags=["database"],
-             responses=example({"model_id": "microsoft/wavlm-base-plus-sv", "dim": 512, "threshold": 0.86, "n_speakers": 2, "n_utterances": 3,
-                                 "schema_revision": "0003", "generation": 5}))
+    @app.get(
+        "/v1/info",
+        tags=["database"],
+        responses=example(
+            {
+                "model_id": "microsoft/wavlm-base-plus-sv",
+                "dim": 512,
+                "threshold": 0.86,
+                "n_speakers": 2,
+                "n_utterances": 3,
+                "schema_revision": "0003",
+                "generation": 5,
+            }
+        ),
+    )
     async def info(request: Request, caller: Caller = READ) -> JSONResponse:
         """The database: model, dimension, threshold, counts (`speakerdb info --json` without the
         server's paths, which are no client's business)."""
@@ -279,17 +326,29 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     @app.put("/v1/threshold", tags=["database"], responses=example({"threshold": 0.8}))
     async def put_threshold(request: Request, body: ThresholdBody, caller: Caller = ADMIN) -> JSONResponse:
         """Store a new decision threshold in [0, 1] (`speakerdb threshold VALUE --json`)."""
+
         def call(db: SpeakerDB) -> float:
             db.set_threshold(body.threshold)
             return db.threshold  # as stored
 
         return ok({"threshold": await request.app.state.service.admin(call, caller=caller)})
 
-    @app.get("/v1/gallery", tags=["galleries"], response_class=StreamingResponse,
-             responses={200: {"content": {"application/zip": {}},
-                              "description": "A gallery file (docs/gallery-format.md): metadata and embeddings."}})
-    async def export(request: Request, speaker: list[str] | None = Query(None, description="Only these speakers."),
-                     caller: Caller = ADMIN) -> StreamingResponse:
+    @app.get(
+        "/v1/gallery",
+        tags=["galleries"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "content": {"application/zip": {}},
+                "description": "A gallery file (docs/gallery-format.md): metadata and embeddings.",
+            }
+        },
+    )
+    async def export(
+        request: Request,
+        speaker: list[str] | None = Query(None, description="Only these speakers."),
+        caller: Caller = ADMIN,
+    ) -> StreamingResponse:
         """Export speakers to a gallery file, streamed (`speakerdb export`). The file is written to a
         private temporary file that is unlinked before the first byte is sent.
 
@@ -317,19 +376,36 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 while chunk := f.read(COPY_CHUNK):
                     yield chunk
 
-        headers = {"Content-Disposition": 'attachment; filename="speakerdb.gallery"',
-                   "Content-Length": str(summary.size_bytes),
-                   "X-Speakerdb-Speakers": str(summary.n_speakers),
-                   "X-Speakerdb-Utterances": str(summary.n_utterances)}
+        headers = {
+            "Content-Disposition": 'attachment; filename="speakerdb.gallery"',
+            "Content-Length": str(summary.size_bytes),
+            "X-Speakerdb-Speakers": str(summary.n_speakers),
+            "X-Speakerdb-Utterances": str(summary.n_utterances),
+        }
         return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
 
-    @app.post("/v1/gallery", tags=["galleries"],
-              responses=example({"path": "site-a.gallery", "dry_run": False, "created": ["alice"], "merged": [],
-                                  "replaced": [], "skipped": [], "utterances_added": 2}))
-    async def import_gallery(request: Request, file: UploadFile = File(..., description="A gallery file."),
-                             on_conflict: str = Form("fail", description="fail, skip, replace or merge"),
-                             dry_run: bool = Form(False, description="Report what would happen; write nothing."),
-                             caller: Caller = WRITE) -> JSONResponse:
+    @app.post(
+        "/v1/gallery",
+        tags=["galleries"],
+        responses=example(
+            {
+                "path": "site-a.gallery",
+                "dry_run": False,
+                "created": ["alice"],
+                "merged": [],
+                "replaced": [],
+                "skipped": [],
+                "utterances_added": 2,
+            }
+        ),
+    )
+    async def import_gallery(
+        request: Request,
+        file: UploadFile = File(..., description="A gallery file."),
+        on_conflict: str = Form("fail", description="fail, skip, replace or merge"),
+        dry_run: bool = Form(False, description="Report what would happen; write nothing."),
+        caller: Caller = WRITE,
+    ) -> JSONResponse:
         """Import a gallery file, all of it or nothing (`speakerdb import --json`).
 
         `curl -H "Authorization: Bearer $KEY" -F file=@site-a.gallery -F on_conflict=merge
@@ -339,41 +415,83 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         saved = await service.uploads.save([file])
 
         try:
-            summary = await service.admin(lambda db: db.import_gallery(saved[0], on_conflict=on_conflict,
-                                                                       dry_run=dry_run),
-                                          caller=caller, names=client_names(saved))
+            summary = await service.admin(
+                lambda db: db.import_gallery(saved[0], on_conflict=on_conflict, dry_run=dry_run),
+                caller=caller,
+                names=client_names(saved),
+            )
         finally:
             service.uploads.remove(saved)
         return ok(summary.to_dict())
 
-    @app.get("/v1/keys", tags=["keys"],
-             responses=example([{"name": "ops", "scope": "admin", "created_at": "2026-11-30T18:00:00Z",
-                                  "revoked_at": None, "active": True}]))
+    @app.get(
+        "/v1/keys",
+        tags=["keys"],
+        responses=example(
+            [
+                {
+                    "name": "ops",
+                    "scope": "admin",
+                    "created_at": "2026-11-30T18:00:00Z",
+                    "revoked_at": None,
+                    "active": True,
+                }
+            ]
+        ),
+    )
     async def list_keys(request: Request, caller: Caller = ADMIN) -> JSONResponse:
         """Every API key, revoked ones included (never their secrets)."""
         return ok([k.to_dict() for k in await request.app.state.service.admin(lambda db: db.list_keys())])
 
-    @app.post("/v1/keys", tags=["keys"], status_code=201,
-              responses=example({"name": "callcentre-1", "key": "sdb_...", "scope": "read"}, 201))
+    @app.post(
+        "/v1/keys",
+        tags=["keys"],
+        status_code=201,
+        responses=example({"name": "callcentre-1", "key": "sdb_...", "scope": "read"}, 201),
+    )
     async def create_key(request: Request, body: KeyBody, caller: Caller = ADMIN) -> JSONResponse:
         """Create a key; its secret is in this answer only."""
-        new = await request.app.state.service.admin(lambda db: db.create_key(body.name, body.scope,
-                                                                             actor=caller.key_name))
+        new = await request.app.state.service.admin(
+            lambda db: db.create_key(body.name, body.scope, actor=caller.key_name)
+        )
         return ok(new.to_dict(), 201)
 
-    @app.delete("/v1/keys/{name}", tags=["keys"],
-                responses=example({"name": "callcentre-1", "scope": "read", "created_at": "2026-11-30T18:00:00Z",
-                                    "revoked_at": "2026-11-30T19:00:00Z", "active": False}))
+    @app.delete(
+        "/v1/keys/{name}",
+        tags=["keys"],
+        responses=example(
+            {
+                "name": "callcentre-1",
+                "scope": "read",
+                "created_at": "2026-11-30T18:00:00Z",
+                "revoked_at": "2026-11-30T19:00:00Z",
+                "active": False,
+            }
+        ),
+    )
     async def revoke_key(request: Request, name: str, caller: Caller = ADMIN) -> JSONResponse:
         """Revoke a key: refused from the next request on, by every worker."""
         info = await request.app.state.service.admin(lambda db: db.revoke_key(name, actor=caller.key_name))
         return ok(info.to_dict())
 
-    @app.get("/v1/audit", tags=["keys"],
-             responses=example([{"time": "2026-11-30T18:00:00Z", "key_name": "ops", "operation": "enroll",
-                                  "speaker": "alice", "detail": {"files": 2, "new": False}}]))
-    async def audit_log(request: Request, limit: int = Query(100, ge=1, le=100_000), speaker: str | None = None,
-                        caller: Caller = ADMIN) -> JSONResponse:
+    @app.get(
+        "/v1/audit",
+        tags=["keys"],
+        responses=example(
+            [
+                {
+                    "time": "2026-11-30T18:00:00Z",
+                    "key_name": "ops",
+                    "operation": "enroll",
+                    "speaker": "alice",
+                    "detail": {"files": 2, "new": False},
+                }
+            ]
+        ),
+    )
+    async def audit_log(
+        request: Request, limit: int = Query(100, ge=1, le=100_000), speaker: str | None = None, caller: Caller = ADMIN
+    ) -> JSONResponse:
         """The newest changes made through the service or to keys, oldest first (`speakerdb audit --json`)."""
         entries = await request.app.state.service.admin(lambda db: db.audit(limit, speaker))
         return ok([e.to_dict() for e in entries])

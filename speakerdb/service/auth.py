@@ -53,8 +53,7 @@ class KeyCheck:
         """Whether requests need a key from now on (see ``required``); never turns back off."""
         if not self.required and not self.insecure_no_auth and db.has_keys(include_revoked=True):
             self.required = True
-            log.warning("speakerdb worker %d: the database now has API keys: every request needs one",
-                        os.getpid())
+            log.warning("speakerdb worker %d: the database now has API keys: every request needs one", os.getpid())
         return self.required
 
     def authenticate(self, header: str | None) -> KeyInfo | None:
@@ -64,21 +63,31 @@ class KeyCheck:
             return None
         db = self._lane.db
         if db is None:
-            raise ApiError(503, "not_ready", self._not_ready() or "the service is starting: retry shortly",
-                           {"Retry-After": "5"})
+            raise ApiError(
+                503, "not_ready", self._not_ready() or "the service is starting: retry shortly", {"Retry-After": "5"}
+            )
         scheme, _, key = (header or "").partition(" ")
         if not header:
             if not self.keys_exist(db):
                 return None  # loopback only: serve refuses other hosts while the database never had a key
-            raise ApiError(401, "unauthorized", "this service needs an API key: send `Authorization: Bearer KEY`",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this service needs an API key: send `Authorization: Bearer KEY`",
+                {"WWW-Authenticate": "Bearer"},
+            )
         if scheme.lower() != "bearer" or not key.strip():
-            raise ApiError(401, "unauthorized", "send the key as `Authorization: Bearer KEY`",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401, "unauthorized", "send the key as `Authorization: Bearer KEY`", {"WWW-Authenticate": "Bearer"}
+            )
         info = db.authenticate(key.strip())
         if info is None:
-            raise ApiError(401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "the API key is not valid (unknown, revoked or mistyped)",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         return info
 
 

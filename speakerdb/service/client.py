@@ -112,7 +112,9 @@ class Client:
     #: The CLI asks this of a database it opened (a client creates nothing).
     created = False
 
-    def __init__(self, url: str, key: str | None = None, *, retries: int = 3, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, url: str, key: str | None = None, *, retries: int = 3, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise errors.InvalidInputError(f"server URL must be http://HOST:PORT or https://..., not {url!r}")
@@ -136,17 +138,32 @@ class Client:
         self.close()
 
     # ---- operations --------------------------------------------------------------------
-    def identify(self, files: Sequence[str | os.PathLike[str]], *, top_k: int = 5, threshold: float | None = None,
-                 progress: Progress | None = None, count_voices: bool = True) -> list[Identification]:
+    def identify(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        *,
+        top_k: int = 5,
+        threshold: float | None = None,
+        progress: Progress | None = None,
+        count_voices: bool = True,
+    ) -> list[Identification]:
         """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
         read here gets its error without being sent."""
         fields = {"top_k": str(top_k), "count_voices": _bool(count_voices)}
         answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
-        return [_identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
-                for label, d in answers]
+        return [
+            _identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
+            for label, d in answers
+        ]
 
-    def timeline(self, files: Sequence[str | os.PathLike[str]], *, threshold: float | None = None,
-                 params: Params | None = None, progress: Progress | None = None) -> list[Timeline]:
+    def timeline(
+        self,
+        files: Sequence[str | os.PathLike[str]],
+        *,
+        threshold: float | None = None,
+        params: Params | None = None,
+        progress: Progress | None = None,
+    ) -> list[Timeline]:
         """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.results.Timeline` per file, in
         order; a file that cannot be read here gets its error without being sent."""
         params = (params or Params()).check()
@@ -154,15 +171,36 @@ class Client:
         out: list[Timeline] = []
         for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress):
             if not isinstance(d, dict) or "error" in d:
-                out.append(Timeline(d["file"] if isinstance(d, dict) else label, 0.0, [], [],
-                                    error=d["error"] if isinstance(d, dict) else d))
+                out.append(
+                    Timeline(
+                        d["file"] if isinstance(d, dict) else label,
+                        0.0,
+                        [],
+                        [],
+                        error=d["error"] if isinstance(d, dict) else d,
+                    )
+                )
             else:
-                out.append(Timeline(d["file"], d["duration"], [_make(Segment, s) for s in d["segments"]],
-                                    [_make(Voice, v) for v in d["voices"]], notes=list(d.get("notes", []))))
+                out.append(
+                    Timeline(
+                        d["file"],
+                        d["duration"],
+                        [_make(Segment, s) for s in d["segments"]],
+                        [_make(Voice, v) for v in d["voices"]],
+                        notes=list(d.get("notes", [])),
+                    )
+                )
         return out
 
-    def _per_file(self, command: str, path: str, files: Sequence[str | os.PathLike[str]], fields: dict[str, str],
-                  threshold: float | None, progress: Progress | None) -> list[tuple[str, dict[str, Any] | str]]:
+    def _per_file(
+        self,
+        command: str,
+        path: str,
+        files: Sequence[str | os.PathLike[str]],
+        fields: dict[str, str],
+        threshold: float | None,
+        progress: Progress | None,
+    ) -> list[tuple[str, dict[str, Any] | str]]:
         """Upload the readable ``files`` in one request to ``path``: per file, in order, (its label,
         the service's answer for it, or the reason it could not be read here)."""
         if not files:
@@ -178,16 +216,26 @@ class Client:
         if readable:
             if threshold is not None:
                 fields = {**fields, "threshold": repr(float(threshold))}
-            doc = self._request("POST", path, fields=fields,
-                                files=[("files", name, data) for _, (name, data) in readable])
+            doc = self._request(
+                "POST", path, fields=fields, files=[("files", name, data) for _, (name, data) in readable]
+            )
             answers = {i: d for (i, _), d in zip(readable, doc)}
         if progress is not None:
             progress(len(files), len(files), 0.0)
-        return [(errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)]
+        return [
+            (errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)
+        ]
 
-    def enroll(self, name: str, files: Sequence[str | os.PathLike[str]], *, new: bool = False,
-               metadata: dict[str, Any] | None = None, strict: bool = False,
-               progress: Progress | None = None) -> EnrollResult:
+    def enroll(
+        self,
+        name: str,
+        files: Sequence[str | os.PathLike[str]],
+        *,
+        new: bool = False,
+        metadata: dict[str, Any] | None = None,
+        strict: bool = False,
+        progress: Progress | None = None,
+    ) -> EnrollResult:
         """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails first)."""
         if not files:
             raise errors.InvalidInputError("enroll needs at least one audio file")
@@ -199,8 +247,12 @@ class Client:
         if progress is not None:
             progress(len(files), len(files), 0.0)
         return EnrollResult(
-            doc["speaker"], doc["created"], [_utterance(u) for u in doc["added"]],
-            [FileNote(**s) for s in doc["skipped"]], doc["n_utterances"], [FileNote(**w) for w in doc["warnings"]],
+            doc["speaker"],
+            doc["created"],
+            [_utterance(u) for u in doc["added"]],
+            [FileNote(**s) for s in doc["skipped"]],
+            doc["n_utterances"],
+            [FileNote(**w) for w in doc["warnings"]],
         )
 
     def verify(self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None) -> Verification:
@@ -249,8 +301,9 @@ class Client:
         """As :meth:`SpeakerDB.set_threshold` (an admin key)."""
         self._request("PUT", "/v1/threshold", body={"threshold": value})
 
-    def export(self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *,
-               overwrite: bool = False) -> ExportSummary:
+    def export(
+        self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *, overwrite: bool = False
+    ) -> ExportSummary:
         """Download a gallery to ``path`` (0600, written under a temporary name, then renamed)."""
         path = errors.check_output(path, overwrite=overwrite)
         query = "&".join(f"speaker={_q(s)}" for s in (speakers or []))
@@ -266,17 +319,28 @@ class Client:
                 tmp.unlink(missing_ok=True)
                 raise
             headers = response.headers
-        return ExportSummary(str(path), int(headers["X-Speakerdb-Speakers"]), int(headers["X-Speakerdb-Utterances"]),
-                             path.stat().st_size)
+        return ExportSummary(
+            str(path), int(headers["X-Speakerdb-Speakers"]), int(headers["X-Speakerdb-Utterances"]), path.stat().st_size
+        )
 
-    def import_gallery(self, path: str | os.PathLike[str], *, on_conflict: str = "fail", dry_run: bool = False,
-                       limits: Limits | None = None) -> ImportSummary:
+    def import_gallery(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_conflict: str = "fail",
+        dry_run: bool = False,
+        limits: Limits | None = None,
+    ) -> ImportSummary:
         """As :meth:`SpeakerDB.import_gallery`; the file is uploaded and the service's own limits apply."""
         if limits is not None:
             raise errors.InvalidInputError("--max-utterances applies on the server, not through --server")
         name, data = _read(path, what="gallery")
-        doc = self._request("POST", "/v1/gallery", fields={"on_conflict": on_conflict, "dry_run": _bool(dry_run)},
-                            files=[("file", name, data)])
+        doc = self._request(
+            "POST",
+            "/v1/gallery",
+            fields={"on_conflict": on_conflict, "dry_run": _bool(dry_run)},
+            files=[("file", name, data)],
+        )
         return _make(ImportSummary, doc)
 
     # ---- keys and audit -----------------------------------------------------------------
@@ -286,8 +350,10 @@ class Client:
 
     def list_keys(self) -> builtins.list[KeyInfo]:
         """As :meth:`SpeakerDB.list_keys`."""
-        return [KeyInfo(d["name"], d["scope"], _time(d["created_at"]), parse_iso(d["revoked_at"]))
-                for d in self._request("GET", "/v1/keys")]
+        return [
+            KeyInfo(d["name"], d["scope"], _time(d["created_at"]), parse_iso(d["revoked_at"]))
+            for d in self._request("GET", "/v1/keys")
+        ]
 
     def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
         """As :meth:`SpeakerDB.revoke_key`; the service records the caller's key as the actor."""
@@ -297,18 +363,34 @@ class Client:
     def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:
         """As :meth:`SpeakerDB.audit`."""
         query = f"?limit={int(limit)}" + (f"&speaker={_q(speaker)}" if speaker else "")
-        return [AuditEntry(_time(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
-                for d in self._request("GET", "/v1/audit" + query)]
+        return [
+            AuditEntry(_time(d["time"]), d["key_name"], d["operation"], d["speaker"], d["detail"])
+            for d in self._request("GET", "/v1/audit" + query)
+        ]
 
     # ---- HTTP ---------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
-                 files: builtins.list[tuple[str, str, bytes]] | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        fields: dict[str, str] | None = None,
+        files: builtins.list[tuple[str, str, bytes]] | None = None,
+    ) -> Any:
         with self._open(method, path, body=body, fields=fields, files=files) as response:
             raw = response.read()
         return json.loads(raw) if raw else None
 
-    def _open(self, method: str, path: str, *, body: Any = None, fields: dict[str, str] | None = None,
-              files: builtins.list[tuple[str, str, bytes]] | None = None) -> Any:
+    def _open(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        fields: dict[str, str] | None = None,
+        files: builtins.list[tuple[str, str, bytes]] | None = None,
+    ) -> Any:
         headers = {"Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
@@ -334,8 +416,12 @@ class Client:
                 return response
             with response:
                 error = _service_error(response.status, response.reason, response.headers, response.read())
-            if (response.status == 503 and attempt < self.retries and isinstance(error, errors.ServiceError)
-                    and error.retry_after is not None):
+            if (
+                response.status == 503
+                and attempt < self.retries
+                and isinstance(error, errors.ServiceError)
+                and error.retry_after is not None
+            ):
                 time.sleep(min(error.retry_after, MAX_RETRY_WAIT_S))
                 continue
             raise error
@@ -344,8 +430,7 @@ class Client:
     def _send(self, method: str, path: str, headers: dict[str, str], data: bytes | None) -> Any:
         """One request; its response (an error status included) to read and close."""
         target = urllib.parse.urlsplit(self.url)
-        if (data is not None and len(data) >= EXPECT_CONTINUE_BYTES and target.scheme == "http"
-                and not _proxied(target)):
+        if data is not None and len(data) >= EXPECT_CONTINUE_BYTES and target.scheme == "http" and not _proxied(target):
             return self._send_after_asking(target, method, path, headers, data)
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
@@ -353,8 +438,9 @@ class Client:
         except urllib.error.HTTPError as e:
             return e  # a response too: status, reason, headers, read()
 
-    def _send_after_asking(self, target: urllib.parse.SplitResult, method: str, path: str,
-                           headers: dict[str, str], data: bytes) -> http.client.HTTPResponse:
+    def _send_after_asking(
+        self, target: urllib.parse.SplitResult, method: str, path: str, headers: dict[str, str], data: bytes
+    ) -> http.client.HTTPResponse:
         """An upload with ``Expect: 100-continue``: the body goes only after the service's
         "100 Continue" (or CONTINUE_WAIT_S of silence); an answer instead (413 too large, 401
         no valid key) is returned without sending it. Plain http only: over TLS, select()
@@ -362,8 +448,12 @@ class Client:
         conn = http.client.HTTPConnection(target.hostname or "", target.port, timeout=self.timeout)
         try:
             conn.putrequest(method, target.path + path, skip_accept_encoding=True)
-            for name, value in {**headers, "Content-Length": str(len(data)), "Expect": "100-continue",
-                                "Connection": "close"}.items():
+            for name, value in {
+                **headers,
+                "Content-Length": str(len(data)),
+                "Expect": "100-continue",
+                "Connection": "close",
+            }.items():
                 conn.putheader(name, value)
             conn.endheaders()
             if select.select([conn.sock], [], [], CONTINUE_WAIT_S)[0]:
@@ -411,7 +501,7 @@ class _Prepended(io.RawIOBase):
             buffer[:n], self.head = self.head[:n], self.head[n:]
             return n
         chunk = self.rest.read1(len(buffer))
-        buffer[:len(chunk)] = chunk
+        buffer[: len(chunk)] = chunk
         return len(chunk)
 
     def close(self) -> None:
@@ -465,8 +555,10 @@ def _multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> t
         out += value.encode() + b"\r\n"
     for name, filename, data in files:
         quoted = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
-        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        out += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
         out += data + b"\r\n"
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"
@@ -508,10 +600,18 @@ def _utterance(d: dict[str, Any]) -> UtteranceInfo:
 
 
 def _speaker(d: dict[str, Any]) -> SpeakerInfo:
-    return SpeakerInfo(d["name"], d["n_utterances"], d["total_duration_s"], _time(d["created_at"]),
-                       _time(d["updated_at"]), d["metadata"], [_utterance(u) for u in d.get("utterances", [])])
+    return SpeakerInfo(
+        d["name"],
+        d["n_utterances"],
+        d["total_duration_s"],
+        _time(d["created_at"]),
+        _time(d["updated_at"]),
+        d["metadata"],
+        [_utterance(u) for u in d.get("utterances", [])],
+    )
 
 
 if TYPE_CHECKING:  # mypy checks here that a Client is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)
+
     def _satisfies_the_protocol(client: Client) -> SpeakerDBProtocol:
         return client

@@ -86,11 +86,13 @@ class Guard:
             if not body["pending"] or "100-continue" in headers.get("expect", "").lower():
                 await response(scope, receive, send_direct)
                 return
-            await send_direct({"type": "http.response.start", "status": response.status_code,
-                               "headers": response.raw_headers})
+            await send_direct(
+                {"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers}
+            )
             await send_direct({"type": "http.response.body", "body": response.body, "more_body": True})
             await discard_body(receive, LINGER_S)
             await send_direct({"type": "http.response.body", "body": b"", "more_body": False})
+
         try:
             if not _url_is_utf8(scope):
                 # uvicorn decodes the path with errors="replace": %FF and %FE would both become
@@ -102,8 +104,11 @@ class Guard:
                 return
             ctype = headers.get("content-type", "")
             if method == "POST" and _is_upload_path(scope["path"]) and not ctype.startswith("multipart/form-data"):
-                await reply(415, "unsupported_media_type", "send audio as multipart/form-data parts "
-                            f"(got Content-Type {ctype or 'none'!r})")
+                await reply(
+                    415,
+                    "unsupported_media_type",
+                    f"send audio as multipart/form-data parts (got Content-Type {ctype or 'none'!r})",
+                )
                 return
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
             if method == "POST" and _is_upload_path(scope["path"]) and service is not None:
@@ -111,8 +116,9 @@ class Guard:
                 # make this worker read (and store) up to --max-upload-mb. The route checks the
                 # scope (403) as before; this only answers 401 early.
                 try:
-                    info = await asyncio.get_running_loop().run_in_executor(None, service.keys.authenticate,
-                                                                            headers.get("authorization"))
+                    info = await asyncio.get_running_loop().run_in_executor(
+                        None, service.keys.authenticate, headers.get("authorization")
+                    )
                     # The route's scope check reuses it (request.state) instead of a second query.
                     scope.setdefault("state", {})[CHECKED_KEY] = (headers.get("authorization"), info)
                 except ApiError as e:
@@ -145,8 +151,9 @@ class Guard:
             route = scope.get("route")
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
             if service is not None:
-                service.metrics.observe(method, getattr(route, "path", "unmatched"), status["code"],
-                                        time.monotonic() - started)
+                service.metrics.observe(
+                    method, getattr(route, "path", "unmatched"), status["code"], time.monotonic() - started
+                )
 
 
 async def discard_body(receive: Any, seconds: float) -> None:
@@ -181,8 +188,10 @@ def _is_upload_path(path: str) -> bool:
 
 # ---- slow clients ---------------------------------------------------------------------------
 _TIMEOUT_BODY = json.dumps({"error": {"code": "timeout", "message": "the request was not received in time"}}).encode()
-_TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-                     b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY)
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    b"content-length: " + str(len(_TIMEOUT_BODY)).encode() + b"\r\n\r\n" + _TIMEOUT_BODY
+)
 
 
 # AutoHTTPProtocol is httptools' protocol if installed, else h11's: a variable to mypy.

@@ -87,7 +87,9 @@ class Lane:
 class _Waiting:
     """One identify request in :class:`IdentifyBatches`: its files and, once run, its answer."""
 
-    def __init__(self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True) -> None:
+    def __init__(
+        self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True
+    ) -> None:
         self.files, self.key = files, (top_k, threshold, count_voices)
         self.done = False
         self.result: Any = None
@@ -115,7 +117,9 @@ class IdentifyBatches:
         self.calls = 0  # facade calls made (tests and /metrics compare it with requests)
         self.requests = 0
 
-    def add(self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True) -> _Waiting:
+    def add(
+        self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True
+    ) -> _Waiting:
         """Register a request before it queues its job on the lane."""
         entry = _Waiting(files, top_k, threshold, count_voices)
         with self._lock:
@@ -142,8 +146,12 @@ class IdentifyBatches:
                         self._waiting.remove(member)
             top_k, threshold, count_voices = entry.key
             try:
-                results = db.identify([f for member in batch for f in member.files], top_k=top_k, threshold=threshold,
-                                      count_voices=count_voices)
+                results = db.identify(
+                    [f for member in batch for f in member.files],
+                    top_k=top_k,
+                    threshold=threshold,
+                    count_voices=count_voices,
+                )
             except BaseException as e:  # noqa: BLE001 - handed to every request of the call
                 for member in batch:
                     member.error, member.done = e, True

@@ -67,15 +67,19 @@ class Metrics:
         h[-2] += seconds
         h[-1] += 1
 
-    def state(self, audio_seconds: float, queue_depth: int, ready: bool,
-              batches: IdentifyBatches | None = None) -> dict[str, Any]:
+    def state(
+        self, audio_seconds: float, queue_depth: int, ready: bool, batches: IdentifyBatches | None = None
+    ) -> dict[str, Any]:
         """This worker's figures as JSON-able data (what it publishes and what render() sums)."""
         return {
             "pid": os.getpid(),
             "requests": [[m, r, s, n] for (m, r, s), n in sorted(self.requests.items())],
             "latency": [[m, r, list(h)] for (m, r), h in sorted(self.latency.items())],
-            "busy": self.rejected_busy, "audio_seconds": audio_seconds, "queue_depth": queue_depth,
-            "ready": bool(ready), "identify_requests": batches.requests if batches else 0,
+            "busy": self.rejected_busy,
+            "audio_seconds": audio_seconds,
+            "queue_depth": queue_depth,
+            "ready": bool(ready),
+            "identify_requests": batches.requests if batches else 0,
             "identify_calls": batches.calls if batches else 0,
         }
 
@@ -97,8 +101,10 @@ class Metrics:
         ]
         for (method, route, status), n in sorted(requests.items()):
             lines.append(f'speakerdb_requests_total{{method="{method}",endpoint="{route}",status="{status}"}} {n}')
-        lines += ["# HELP speakerdb_request_seconds Time to answer a request.",
-                  "# TYPE speakerdb_request_seconds histogram"]
+        lines += [
+            "# HELP speakerdb_request_seconds Time to answer a request.",
+            "# TYPE speakerdb_request_seconds histogram",
+        ]
         for (method, route), h in sorted(latency.items()):
             labels = f'method="{method}",endpoint="{route}"'
             for bound, n in zip(LATENCY_BUCKETS_S, h):
@@ -123,8 +129,10 @@ class Metrics:
             "# HELP speakerdb_busy_rejections_total Requests answered 503 because the queue was full.",
             "# TYPE speakerdb_busy_rejections_total counter",
             f"speakerdb_busy_rejections_total {int(total('busy'))}",
-            ("# HELP speakerdb_identify_batched_total Identify requests, and the facade calls that answered them "
-             "(several requests waiting together share one call)."),
+            (
+                "# HELP speakerdb_identify_batched_total Identify requests, and the facade calls that answered them "
+                "(several requests waiting together share one call)."
+            ),
             "# TYPE speakerdb_identify_batched_total counter",
             f'speakerdb_identify_batched_total{{count="requests"}} {int(total("identify_requests"))}',
             f'speakerdb_identify_batched_total{{count="calls"}} {int(total("identify_calls"))}',

@@ -28,26 +28,48 @@ def example(doc: Any, status: int = 200) -> dict[int | str, Any]:
 
 
 EXAMPLE_IDENTIFY = [
-    {"file": "call-0042.wav", "speaker": "alice", "score": 0.91,
-     "candidates": [{"speaker": "alice", "score": 0.91}, {"speaker": "bob", "score": 0.42}]},
+    {
+        "file": "call-0042.wav",
+        "speaker": "alice",
+        "score": 0.91,
+        "candidates": [{"speaker": "alice", "score": 0.91}, {"speaker": "bob", "score": 0.42}],
+    },
     {"file": "noise.wav", "error": "is silent (peak below -80 dBFS)"},
 ]
-EXAMPLE_ENROLL = {"speaker": "alice", "created": True,
-                  "added": [{"source": "alice1.flac", "duration_s": 9.8, "audio_sha256": "5f1c...",
-                             "created_at": "2026-11-30T18:00:00Z"}],
-                  "skipped": [], "n_utterances": 1, "warnings": []}
+EXAMPLE_ENROLL = {
+    "speaker": "alice",
+    "created": True,
+    "added": [
+        {"source": "alice1.flac", "duration_s": 9.8, "audio_sha256": "5f1c...", "created_at": "2026-11-30T18:00:00Z"}
+    ],
+    "skipped": [],
+    "n_utterances": 1,
+    "warnings": [],
+}
 EXAMPLE_TIMELINE = [
-    {"file": "meeting.wav", "duration": 12.0,
-     "segments": [{"start": 0.31, "end": 5.2, "label": "alice", "speaker": "alice", "score": 0.83, "raw_score": 0.83},
-                  {"start": 5.9, "end": 11.6, "label": "unknown-1", "speaker": None, "score": 0.41,
-                   "raw_score": 0.41}],
-     "voices": [{"label": "unknown-1", "speaker": None, "seconds": 5.7, "score": 0.41, "raw_score": 0.41},
-                {"label": "alice", "speaker": "alice", "seconds": 4.89, "score": 0.83, "raw_score": 0.83}],
-     "notes": []},
+    {
+        "file": "meeting.wav",
+        "duration": 12.0,
+        "segments": [
+            {"start": 0.31, "end": 5.2, "label": "alice", "speaker": "alice", "score": 0.83, "raw_score": 0.83},
+            {"start": 5.9, "end": 11.6, "label": "unknown-1", "speaker": None, "score": 0.41, "raw_score": 0.41},
+        ],
+        "voices": [
+            {"label": "unknown-1", "speaker": None, "seconds": 5.7, "score": 0.41, "raw_score": 0.41},
+            {"label": "alice", "speaker": "alice", "seconds": 4.89, "score": 0.83, "raw_score": 0.83},
+        ],
+        "notes": [],
+    },
 ]
 EXAMPLE_VERIFY = {"file": "claim.wav", "speaker": "alice", "score": 0.88, "threshold": 0.86, "accepted": True}
-EXAMPLE_SPEAKER = {"name": "alice", "n_utterances": 2, "total_duration_s": 19.6, "created_at": "2026-11-30T18:00:00Z",
-                   "updated_at": "2026-11-30T18:05:00Z", "metadata": {"team": "sales"}}
+EXAMPLE_SPEAKER = {
+    "name": "alice",
+    "n_utterances": 2,
+    "total_duration_s": 19.6,
+    "created_at": "2026-11-30T18:00:00Z",
+    "updated_at": "2026-11-30T18:05:00Z",
+    "metadata": {"team": "sales"},
+}
 EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker named 'zoe' (see `speakerdb list`)"}}
 
 AUDIO_PARTS = "Audio files (WAV, FLAC, OGG, MP3, anything FFmpeg decodes) as multipart parts."

@@ -37,8 +37,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-          ssl_keyfile: str | None = None, ssl_certfile: str | None = None, log_level: str = "info") -> None:
+def serve(
+    config: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    ssl_keyfile: str | None = None,
+    ssl_certfile: str | None = None,
+    log_level: str = "info",
+) -> None:
     """Run uvicorn until SIGTERM or SIGINT (requests in flight finish first)."""
     shared = None
     threads_per_worker = None
@@ -53,9 +60,19 @@ def serve(config: ServeConfig, host: str = "127.0.0.1", port: int = 8000, worker
         threads_per_worker = max(1, (os.cpu_count() or 1) // workers)
     hand_to_workers(config.to_env(), threads_per_worker)  # worker processes build their app from it
     try:
-        uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers,
-                    ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, log_level=log_level,
-                    timeout_graceful_shutdown=None, server_header=False, http=HTTP_PROTOCOL)
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            ssl_keyfile=ssl_keyfile,
+            ssl_certfile=ssl_certfile,
+            log_level=log_level,
+            timeout_graceful_shutdown=None,
+            server_header=False,
+            http=HTTP_PROTOCOL,
+        )
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)

@@ -47,10 +47,14 @@ class Service:
         self.job_seconds = 1.0  # running mean of an embedding request's time (for Retry-After)
         # Server-side paths (database, index, uploads) as clients may see them in messages;
         # completed once the database is open (_learn_database).
-        self.private_names = _longest_first({
-            config.db_path: "the service's database", display_url(config.db_path): "the service's database",
-            config.db_path + INDEX_SUFFIX: "the service's index file",
-            str(self.uploads.path): "the service's upload directory"})
+        self.private_names = _longest_first(
+            {
+                config.db_path: "the service's database",
+                display_url(config.db_path): "the service's database",
+                config.db_path + INDEX_SUFFIX: "the service's index file",
+                str(self.uploads.path): "the service's upload directory",
+            }
+        )
 
     def _open_db(self, **kw: Any) -> SpeakerDB:
         c = self.config
@@ -87,9 +91,14 @@ class Service:
 
     def _learn_database(self, db: SpeakerDB) -> None:
         """On the admin lane at start: what messages must not show, and whether keys exist."""
-        self.private_names = _longest_first({
-            **self.private_names, str(db.target): "the service's database", str(db.db_path): "the service's database",
-            str(db.index_path): "the service's index file"})
+        self.private_names = _longest_first(
+            {
+                **self.private_names,
+                str(db.target): "the service's database",
+                str(db.db_path): "the service's database",
+                str(db.index_path): "the service's index file",
+            }
+        )
         self.keys.keys_exist(db)  # a worker restarted by uvicorn after a key was created requires keys
 
     def metrics_state(self) -> dict[str, Any]:
@@ -121,8 +130,14 @@ class Service:
         if not self.ready:
             raise ApiError(503, "not_ready", "the model is still loading: retry shortly", {"Retry-After": "5"})
 
-    async def embed(self, fn: Callable[..., Any], *args: Any, caller: Caller | None = None,
-                    names: dict[str, str] | None = None, **kw: Any) -> Any:
+    async def embed(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        caller: Caller | None = None,
+        names: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> Any:
         """Run ``fn(db, *args, **kw)`` on the embedding lane, or answer 503 at once if it is full.
 
         ``caller``: whose changes these are (the facade records them in the audit log);
@@ -133,9 +148,13 @@ class Service:
         if lane.pending >= self.config.queue_size:
             self.metrics.rejected_busy += 1
             wait = max(1, math.ceil(self.job_seconds * lane.pending))
-            raise ApiError(503, "busy", f"{lane.pending} embedding requests are already running or waiting "
-                           f"in this worker (at most {self.config.queue_size}): retry in {wait} s",
-                           {"Retry-After": str(wait)})
+            raise ApiError(
+                503,
+                "busy",
+                f"{lane.pending} embedding requests are already running or waiting "
+                f"in this worker (at most {self.config.queue_size}): retry in {wait} s",
+                {"Retry-After": str(wait)},
+            )
         started = time.monotonic()
         try:
             return await lane.run(_as_caller(fn, caller), *args, **kw)
@@ -144,8 +163,14 @@ class Service:
         finally:
             self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.monotonic() - started)
 
-    async def admin(self, fn: Callable[..., Any], *args: Any, caller: Caller | None = None,
-                    names: dict[str, str] | None = None, **kw: Any) -> Any:
+    async def admin(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        caller: Caller | None = None,
+        names: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> Any:
         """Run ``fn(db, *args, **kw)`` on the admin lane (``caller`` and ``names`` as for :meth:`embed`)."""
         self.require_ready()
         try:
