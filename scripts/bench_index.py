@@ -151,7 +151,7 @@ def main() -> None:
         with db.store.read() as s:  # speakers of the bulk fill, which the index file holds
             picks = rng.choice(np.arange(1, args.speakers + 1), size=50, replace=False).tolist()
             victims = [sp.name for sp in store.speakers_by_id(s, picks).values()][:5]
-        for i, victim in enumerate(victims):
+        for victim in victims:
             stub.next = kit.unit_vectors(rng, 1, DIM)[0]
             name = f"bench-enroll-{time.time_ns()}"
             t = time.perf_counter()

@@ -186,7 +186,8 @@ def main() -> None:
                 rows += pgvector_rows(kind, base, queries, exact, url, m)
     print(f"\n{args.speakers:,} speakers, {len(params['mean'])}-d, {N_QUERIES} queries, {kit.cpu_name()}\n")
     print(
-        "| vectors | design | efSearch | recall@1 vs exact | ms per query, median (p95) | build | memory | new node's first answer |"
+        "| vectors | design | efSearch | recall@1 vs exact | ms per query, median (p95) | build | memory "
+        "| new node's first answer |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -397,7 +397,8 @@ def main() -> None:
                     for n_clients in (1, most):
                         before = load()
                         log(
-                            f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), {seconds:g} s clips"
+                            f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), "
+                            f"{seconds:g} s clips"
                         )
                         result = run_clients(service, clip, n_clients, args.seconds)
                         rows.append(

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import kit
-from speakerdb.api import evaluation_database
+from speakerdb.workflows import evaluation_database
 from speakerdb.embedding.models import load_embedder
 from speakerdb.scoring import evaluate
 
@@ -83,7 +83,8 @@ def main() -> None:
         rows, counts = table(args, embedder, cohort, impostor_dirs, start)
     print(
         f"GE2E (resemblyzer) on {args.data}/test-other, cohort {len(cohort.vectors)} recordings of "
-        f"train-clean-100{' (even half; odd half as impostors)' if args.split_cohort else ''}, seed {args.seed}; {counts}"
+        f"train-clean-100{' (even half; odd half as impostors)' if args.split_cohort else ''}, "
+        f"seed {args.seed}; {counts}"
     )
     print(f"CPU: {kit.cpu_name()}; {time.perf_counter() - start:.0f} s in all\n")
     print(

@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(
-            f"{result['system']} on {len(convs)} conversations ({audio_s / 60:.1f} min), model {args.model}, {result['cpu']}"
+            f"{result['system']} on {len(convs)} conversations ({audio_s / 60:.1f} min), "
+            f"model {args.model}, {result['cpu']}"
         )
         print("| collar | DER | miss | FA | confusion |\n|---|---|---|---|---|")
         for col in COLLARS:

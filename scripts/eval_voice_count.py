@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         if n != 1:
             print(f"{f}: {n} voices", flush=True)
     print(
-        f"{len(files)} single-speaker files: several voices found in {fired} ({100 * fired / max(len(files), 1):.1f} %), "
+        f"{len(files)} single-speaker files: several voices found in {fired} "
+        f"({100 * fired / max(len(files), 1):.1f} %), "
         f"none in {silent}; {time.perf_counter() - started:.0f} s on {kit.cpu_name()}"
     )
     return 0

@@ -113,7 +113,7 @@ def main() -> None:
             got = emb.embed([w])[0]
             row[f"{p}_vs_card_cpu"] = float(np.abs(got - want_cpu).max())
             row[f"{p}_cosine_to_card"] = float(got @ want_cpu)
-            s = timed(lambda x: emb.embed([x]), w, sync)
+            s = timed(lambda x, emb=emb: emb.embed([x]), w, sync)
             row[f"{p}_s_per_s"] = s / seconds
             row[f"{p}_speedup_vs_card_gpu"] = card_s / s
         rows.append(row)

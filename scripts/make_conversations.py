@@ -85,7 +85,8 @@ def split(data: Path, unenrolled: int, enroll_count: int, rng: np.random.Generat
         else:
             if len(files) <= enroll_count:
                 raise SystemExit(
-                    f"speaker {spk} has {len(files)} recordings: none left for turns after {enroll_count} for enrollment"
+                    f"speaker {spk} has {len(files)} recordings: "
+                    f"none left for turns after {enroll_count} for enrollment"
                 )
             enroll[spk], material[spk] = files[:enroll_count], files[enroll_count:]
     return enroll, material, unknown

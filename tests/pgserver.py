@@ -60,7 +60,9 @@ def _as_user() -> tuple[int, int] | None:
             text=True,
         )
         if done.returncode != 0:
-            raise PostgresUnavailable(f"cannot create user {SERVICE_USER} to run PostgreSQL: {done.stderr.strip()}")
+            raise PostgresUnavailable(
+                f"cannot create user {SERVICE_USER} to run PostgreSQL: {done.stderr.strip()}"
+            ) from None
         entry = pwd.getpwnam(SERVICE_USER)
     return entry.pw_uid, entry.pw_gid
 

@@ -512,7 +512,7 @@ def test_records_no_index_needs_are_pruned_and_an_index_older_than_them_is_rebui
     old_reader.enroll("alice", clips["alice"][:1])
     assert old_reader.identify([clips["alice"][2]])[0].speaker == "alice"  # in memory at an early generation
     with _open(path) as db:
-        for k, name in enumerate(["bob", "carol", "dave", "mallory"]):
+        for name in ["bob", "carol", "dave", "mallory"]:
             db.enroll(name, clips[name][:2])
         db.remove("alice")
         assert db.identify([clips["bob"][2]])[0].speaker == "bob"  # lags >= 4: saved at close, then pruned

@@ -153,7 +153,7 @@ def test_errors_are_one_line_with_exit_codes(run, tmp_path, args, code, message)
     assert message in result.stderr
     assert "Traceback" not in result.output
     if code == 1:  # one error line, after any warnings (the tiny model's random weights)
-        lines = [l for l in result.stderr.strip().splitlines() if not l.startswith("warning: ")]
+        lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("warning: ")]
         assert len(lines) == 1 and lines[0].startswith("Error: ")
 
 
@@ -312,7 +312,7 @@ def test_show_escapes_sources_and_metadata(run, tmp_path):
     out = ok(run("show", "alice"))
     assert "\x1b" not in out and "\u2028" not in out and "\u202e" not in out
     lines = out.splitlines()
-    assert not any(l.startswith(("name: mallory", "created: never")) for l in lines)
+    assert not any(line.startswith(("name: mallory", "created: never")) for line in lines)
     assert (
         "name: alice" in lines[0]
         and "\\nname: mallory\\x1b[2J.wav" in out
@@ -335,7 +335,7 @@ def test_invalid_text_on_the_command_line_is_one_line(run, tmp_path, args, why):
     good = write(tmp_path / "good.wav", voice(100, 1.0))
     result = run(*[a.format(good=good) for a in args])
     assert result.exit_code == 1 and why in result.stderr and "Traceback" not in result.output
-    [line] = [l for l in result.stderr.splitlines() if not l.startswith("warning: ")]
+    [line] = [text for text in result.stderr.splitlines() if not text.startswith("warning: ")]
     assert line.startswith("Error: ")
 
 
@@ -504,8 +504,8 @@ def test_everyday_output(run, voices):
     assert "{" not in info and "  hnsw_ef_search: 2048" in info
     ok(run("enroll", "a-much-longer-speaker-name", voices["bob"][0]))
     text = ok(run("identify", voices["carol"][0]))
-    rows = [l for l in text.splitlines() if l.startswith("  ")]
-    assert len(rows) == 2 and len({l.rindex(" ") for l in rows}) == 1  # scores in one column
+    rows = [line for line in text.splitlines() if line.startswith("  ")]
+    assert len(rows) == 2 and len({row.rindex(" ") for row in rows}) == 1  # scores in one column
 
 
 def test_file_names_that_are_not_utf8_are_stored_printably(run, tmp_path):

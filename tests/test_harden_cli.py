@@ -274,7 +274,7 @@ def test_db_current_on_a_text_file_says_it_is_not_a_database(tmp_path):
 def test_a_newline_in_a_path_stays_on_one_error_line(tmp_path, named_db, args):
     r = CliRunner().invoke(cli, ["--db", str(named_db), *[a.format(dir=tmp_path) for a in args]])
     assert r.exit_code in (1, 2) and "Traceback" not in r.output
-    [line] = [l for l in r.stderr.splitlines() if l.startswith("Error")]
+    [line] = [text for text in r.stderr.splitlines() if text.startswith("Error")]
     assert "\\n" in line and line == r.stderr.splitlines()[-1], r.stderr
 
 
@@ -363,8 +363,8 @@ def test_cli_norm_names_the_cohort_recordings_it_sets_aside(fake_cli, voices, co
     doc = json.loads(r.stdout)
     assert sorted(Path(a["source"]).name for a in doc["set_aside"]) == ["zz-alice1.wav", "zz-shifted-a.wav"]
     assert doc["norm"]["count"] == len(COHORT_F0)
-    warned = [l for l in r.stderr.splitlines() if "set aside" in l]
-    assert len(warned) == 2 and all("alice" in l and "zz-" in l for l in warned)
+    warned = [line for line in r.stderr.splitlines() if "set aside" in line]
+    assert len(warned) == 2 and all("alice" in line and "zz-" in line for line in warned)
     assert "2 set aside" in fake_cli("norm", "--cohort", cohort_dir, "--top-n", "5").stdout
 
 
@@ -389,5 +389,5 @@ def test_a_newline_in_a_file_name_cannot_forge_result_lines(fake_cli, voices, tm
     for args in (["identify", forged, "--no-voice-check"], ["verify", "bob", forged]):
         r = fake_cli(*args)
         assert r.exit_code == 0, r.output
-        [line] = [l for l in r.stdout.splitlines() if not l.startswith("  ")]
+        [line] = [text for text in r.stdout.splitlines() if not text.startswith("  ")]
         assert "x\\nx.wav: alice" in line

@@ -244,7 +244,9 @@ import speakerdb.cli  # everything the command loads, before the baseline
 vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), resource.RLIM_INFINITY))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-atexit.register(lambda: print(f"rss-growth-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}", file=sys.stderr))
+atexit.register(
+    lambda: print(f"rss-growth-kib {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base}", file=sys.stderr)
+)
 speakerdb.cli.cli(sys.argv[1:], prog_name="speakerdb")
 """
 

@@ -12,6 +12,7 @@ import json
 import logging
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -196,10 +197,13 @@ def _shapes(data: bytes, sections: dict[str, tuple[int, int]]) -> dict[str, byte
         for value in values:
             if key == "kind":
                 value = value[header["kind"]]
-            if key == "params":
-                change = lambda h, v=value: {**h, "params": {**h["params"], **v} if v else {}}
-            else:
-                change = lambda h, k=key, v=value: {**h, k: v}
+
+            def change(h: dict, k: str = key, v: Any = value) -> dict:
+                """The header ``h`` with field ``k`` set to ``v``; params are merged into the header's own."""
+                if k == "params":
+                    return {**h, "params": {**h["params"], **v} if v else {}}
+                return {**h, k: v}
+
             shapes[f"{key}={value!r}"] = _rewrite_header(data, change)
             if key in ("kind", "positions", "nonce"):
                 plain = json.dumps(change(dict(header))).encode()

@@ -45,7 +45,8 @@ def _rows(path: Path) -> dict[str, list[tuple]]:
                 "SELECT id, name, created_at, updated_at, metadata, centroid FROM speakers ORDER BY id"
             ).fetchall(),
             "utterances": con.execute(
-                "SELECT id, speaker_id, source, duration_s, audio_sha256, embedding, created_at FROM utterances ORDER BY id"
+                "SELECT id, speaker_id, source, duration_s, audio_sha256, embedding, created_at "
+                "FROM utterances ORDER BY id"
             ).fetchall(),
             "settings": con.execute(
                 "SELECT key, value FROM settings WHERE key != 'database_id' ORDER BY key"

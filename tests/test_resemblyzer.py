@@ -84,7 +84,10 @@ def test_loading_prints_nothing(capfd):
 
 
 def test_import_stays_cheap():
-    code = "import sys, speakerdb.embedding.models; print(sorted(m for m in ('torch', 'resemblyzer', 'librosa') if m in sys.modules))"
+    code = (
+        "import sys, speakerdb.embedding.models; "
+        "print(sorted(m for m in ('torch', 'resemblyzer', 'librosa') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

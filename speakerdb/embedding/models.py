@@ -269,7 +269,8 @@ class ResemblyzerEncoder:
         weights = Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
         if not weights.is_file():
             raise ModelLoadError(
-                f"the resemblyzer package has no weights file at {weights}: reinstall it with {RESEMBLYZER_INSTALL_HINT}"
+                f"the resemblyzer package has no weights file at {weights}: "
+                f"reinstall it with {RESEMBLYZER_INSTALL_HINT}"
             )
         # The same file VoiceEncoder loads by default; passed explicitly so the id is
         # computed over exactly what is loaded. verbose=False: resemblyzer would otherwise
@@ -328,7 +329,8 @@ class ResemblyzerEncoder:
         return out
 
     def _partials(self, wav: np.ndarray) -> np.ndarray:
-        """The mel spectrograms of ``wav``'s partial utterances, exactly as ``embed_utterance`` cuts them: (p, 160, 40)."""
+        """The mel spectrograms of ``wav``'s partial utterances, exactly as ``embed_utterance``
+        cuts them: (p, 160, 40)."""
         from resemblyzer import audio as r_audio
 
         wav_slices, mel_slices = self.encoder.compute_partial_slices(len(wav), rate=1.3, min_coverage=0.75)
@@ -481,7 +483,8 @@ def _load_transformers_model(name: str):
     except Exception as e:
         if _in_hub_cache(name):  # cached, yet it does not load: that reason is the one to give
             raise ModelLoadError(
-                f"model {name!r} is in the local Hugging Face cache but cannot be loaded: {_first_line(e).rstrip('.')}. "
+                f"model {name!r} is in the local Hugging Face cache but cannot be loaded: "
+                f"{_first_line(e).rstrip('.')}. "
                 f"Delete it from the cache and download it again, or use --model DIR"
             ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
