@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 import kit
-from speakerdb.workflows import evaluation_database
 from speakerdb.embedding.models import load_embedder
 from speakerdb.scoring import evaluate
+from speakerdb.workflows import evaluation_database
 
 CONDITIONS = {"whole": None, "2 s": 2.0, "1 s": 1.0}  # test-seconds per condition
 
