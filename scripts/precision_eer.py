@@ -21,7 +21,7 @@ import kit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: the model is local
 
-from speakerdb.api import evaluation_database
+from speakerdb.workflows import evaluation_database
 from speakerdb.scoring import evaluate  # noqa: E402
 
 

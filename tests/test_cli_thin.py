@@ -11,8 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import FakeEmbedder, voice, write
-from speakerdb import SpeakerDB, api
+from speakerdb import SpeakerDB, workflows
 from speakerdb.cli import cli
+from speakerdb.errors import InvalidInputError
 
 
 @pytest.fixture
@@ -29,11 +30,11 @@ def data_dir(tmp_path) -> Path:
 
 def test_calibrate_through_the_library(data_dir, tmp_path, tiny_checkpoint):
     db = tmp_path / "new.sqlite"
-    measured = api.calibrate_threshold(data_dir, "far=0.1", db=db, model=str(tiny_checkpoint), enroll_count=2)
+    measured = workflows.calibrate_threshold(data_dir, "far=0.1", db=db, model=str(tiny_checkpoint), enroll_count=2)
     assert not measured.applied and measured.database is None and not db.exists()  # measuring creates nothing
     assert measured.threshold_scale == "cosine" and measured.p_fa <= 0.1
     assert set(measured.to_dict()) == {"target", "threshold", "p_miss", "p_fa", "threshold_scale", "applied", "report"}
-    applied = api.calibrate_threshold(
+    applied = workflows.calibrate_threshold(
         data_dir, "far=0.1", db=db, model=str(tiny_checkpoint), enroll_count=2, apply=True
     )
     assert applied.applied and applied.database == str(db.absolute())
@@ -43,14 +44,14 @@ def test_calibrate_through_the_library(data_dir, tmp_path, tiny_checkpoint):
 
 
 def test_calibrate_refuses_a_bad_target_before_any_work(tmp_path):
-    with pytest.raises(api.InvalidInputError, match="far=RATE"):
-        api.calibrate_threshold(tmp_path / "no-such-dir", "frr=1", model=str(tmp_path / "no-model"))
+    with pytest.raises(InvalidInputError, match="far=RATE"):
+        workflows.calibrate_threshold(tmp_path / "no-such-dir", "frr=1", model=str(tmp_path / "no-model"))
 
 
 def test_evaluate_checks_the_plot_before_scoring(data_dir, tmp_path):
     # The model does not exist: reaching it would mean the evaluation started first.
-    with pytest.raises(api.InvalidInputError, match="does not exist"):
-        api.evaluate_recordings(data_dir, model=str(tmp_path / "no-model"), plot=tmp_path / "nodir" / "r.png")
+    with pytest.raises(InvalidInputError, match="does not exist"):
+        workflows.evaluate_recordings(data_dir, model=str(tmp_path / "no-model"), plot=tmp_path / "nodir" / "r.png")
 
 
 def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_path, voices):
@@ -91,8 +92,8 @@ def test_serve_refuses_server(tmp_path):
 
 def test_evaluate_json_goes_through_the_library(data_dir, tiny_checkpoint, monkeypatch):
     seen = []
-    real = api.evaluate_recordings
-    monkeypatch.setattr(api, "evaluate_recordings", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    real = workflows.evaluate_recordings
+    monkeypatch.setattr(workflows, "evaluate_recordings", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     r = CliRunner().invoke(
         cli, ["--model", str(tiny_checkpoint), "evaluate", str(data_dir), "--enroll-count", "2", "--json"]
     )

@@ -121,8 +121,7 @@ class _Opened(Exception):
 
 def _stand_in_openers(monkeypatch) -> None:
     """Nothing is opened: the file opener and the server opener each report being called."""
-    from speakerdb import api
-    from speakerdb.storage import store
+    from speakerdb.storage import paths, store
 
     def server(url, *a, **k):
         raise _Opened("server", url)
@@ -133,7 +132,7 @@ def _stand_in_openers(monkeypatch) -> None:
     monkeypatch.setattr(store, "open_server_engine", server)
     monkeypatch.setattr(store, "open_engine", file)
     monkeypatch.setattr(store, "create_private", lambda path: None)
-    monkeypatch.setattr(api, "_check_db_path", lambda path, create=True: True)
+    monkeypatch.setattr(paths, "check_db_path", lambda path, create=True: True)
 
 
 def _decision(call) -> tuple[str, object]:

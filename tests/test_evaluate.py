@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
-from speakerdb.api import evaluation_database
+from speakerdb.workflows import evaluation_database
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
 from speakerdb.scoring import evaluate, metrics

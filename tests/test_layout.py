@@ -25,11 +25,14 @@ ALLOWED: dict[str, set[str]] = {
     "scoring": {"storage", "embedding", "audio", "errors", "config", "results"},
     "timeline": {"scoring", "storage", "embedding", "audio", "errors", "config", "results"},
     "api": {"timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results", "protocol"},
+    # Workflows built on the facade (evaluate, calibrate --apply, timeline files); the facade never imports them.
+    "workflows": {"api", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results",
+                  "protocol"},
     "service.client": {"errors", "config", "results", "protocol"},
     "service": {"api", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results",
                 "protocol", "service.client"},
     # "service": `speakerdb serve` starts it (cli/service.py, deferred: FastAPI is heavy).
-    "cli": {"api", "service.client", "service", "errors", "config", "results", "protocol"},
+    "cli": {"api", "workflows", "service.client", "service", "errors", "config", "results", "protocol"},
     # Compatibility paths kept for users: speakerdb.client, speakerdb.embed.
     "client": {"service.client"},
     "embed": {"embedding"},

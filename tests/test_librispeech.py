@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from speakerdb.api import evaluation_database
+from speakerdb.workflows import evaluation_database
 from speakerdb.scoring import evaluate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
-from speakerdb.api import evaluation_database
+from speakerdb.workflows import evaluation_database
 from speakerdb.audio import decode as audio
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError

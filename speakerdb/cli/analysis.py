@@ -86,7 +86,7 @@ def timeline(state: State, files: tuple[str, ...], threshold: float | None, rttm
     failed = [t for t in results if t.error is not None]
     results_ok = [t for t in results if t.error is None]
     if results_ok and (rttm_path or plot_path):
-        from ..api import write_timeline_files  # numpy (and matplotlib for --plot)
+        from ..workflows import write_timeline_files  # numpy (and matplotlib for --plot)
 
         write_timeline_files(results_ok, rttm=rttm_path, plot=plot_path, overwrite=force)
     for t in results:
@@ -139,7 +139,7 @@ def evaluate(state: State, data_dir: str, plot_path: str | None, norm_method: st
     state.local_only("evaluate")
     if (norm_method == "as-norm") != (cohort_dir is not None):
         raise click.UsageError("--norm as-norm and --cohort DIR go together")
-    from ..api import (
+    from ..workflows import (
         evaluate_recordings,  # numpy and the model: loaded when the command runs
     )
 
@@ -174,7 +174,7 @@ def calibrate(state: State, data_dir: str, target: str, apply: bool, as_json: bo
       speakerdb calibrate recordings/ --target far=0.01 --apply
     """
     state.local_only("calibrate")
-    from ..api import (
+    from ..workflows import (
         calibrate_threshold,  # numpy and the model: loaded when the command runs
     )
 

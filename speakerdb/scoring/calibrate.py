@@ -4,7 +4,7 @@ The recordings are scored as :mod:`.evaluate` scores them, on the scale the data
 on (AS-norm with its cohort when normalisation is on, else raw cosine), and the threshold
 is the operating point asked for: the equal error rate, or the lowest threshold whose
 false-acceptance rate is at most a given rate (:func:`.evaluate.operating_point`).
-Storing it is the facade's part (:func:`speakerdb.api.calibrate_threshold`).
+Storing it is the facade's part (:func:`speakerdb.workflows.calibrate_threshold`).
 """
 
 from __future__ import annotations

@@ -219,7 +219,7 @@ def score(
     """Enroll the split in a temporary database and score every probe against every speaker
     (raw, and with AS-norm against ``cohort`` if given: ``Scores.norm``).
 
-    ``open_db(path, embedder)`` makes that database (``speakerdb.api.evaluation_database``),
+    ``open_db(path, embedder)`` makes that database (``speakerdb.workflows.evaluation_database``),
     so that the scores are the product's own identify's; scoring never imports the facade above it."""
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
         raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
@@ -395,7 +395,7 @@ def run(
     result) adds AS-norm with ``top_n``: the report's ``normalised`` figures and
     ``Scores.norm``. Returns the report, the scores (for plots or your own metrics) and the
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
-    ``open_db`` makes the temporary database (``speakerdb.api.evaluation_database``; see :func:`score`).
+    ``open_db`` makes the temporary database (``speakerdb.workflows.evaluation_database``; see :func:`score`).
     """
     from ..embedding.models import DEFAULT_MODEL, load_embedder
 

@@ -1,0 +1,114 @@
+"""The file-system side of a database file: can this path be one, making and removing its
+directories and files, and opening its store with the failures said in one way.
+
+Whether ``--db`` is a file or a server URL is decided once, in :func:`speakerdb.config.db_target`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import (
+    DatabaseError,
+    SpeakerDBError,
+    check_output,  # shared with the client, which checks before downloading
+)
+from . import store
+
+#: Free space a new database needs: the schema and a first speaker take ~200 KiB; SQLite
+#: fails mid-creation with "database or disk is full" below that.
+MIN_FREE_BYTES = 1 << 20  # 1 MiB
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Raise InvalidInputError now, before any work, for an output file that cannot be written:
+    its directory is missing or not writable, it is a directory, or it exists and not
+    ``overwrite`` (see :func:`speakerdb.errors.check_output`, the one check every output has)."""
+    return check_output(path, overwrite=overwrite)
+
+
+def check_db_path(path: Path, create: bool) -> bool:
+    """Whether a database file exists at ``path``; raise DatabaseError for a path that cannot
+    be one (a directory, a device such as /dev/null, a parent that is a file) or, unless
+    ``create``, for a missing one."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        info = None
+    except NotADirectoryError:
+        raise DatabaseError(f"cannot use database {path}: {file_ancestor(path)} is a file, not a directory") from None
+    except OSError as e:
+        raise DatabaseError(f"cannot use database {path}: {e.strerror or e}") from None
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            raise DatabaseError(f"database {path} is a directory, not an SQLite file")
+        if not stat.S_ISREG(info.st_mode):
+            raise DatabaseError(f"database {path} is not a regular file (a device, pipe or socket)")
+        return True
+    if not create:
+        raise DatabaseError(
+            f"no database at {path}: check --db (or SPEAKERDB_DB / SPEAKERDB_HOME); "
+            "`speakerdb enroll` or `speakerdb import` creates one"
+        )
+    ancestor = file_ancestor(path)
+    if ancestor is not None:
+        raise DatabaseError(f"cannot create database {path}: {ancestor} is a file, not a directory")
+    existing = next(p for p in path.parents if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise DatabaseError(f"cannot create database {path}: only {free // 1024} KiB free on its disk, "
+                            f"at least {MIN_FREE_BYTES // 1024} KiB needed")
+    return False
+
+
+def file_ancestor(path: Path) -> Path | None:
+    """The first parent of ``path`` that exists and is not a directory, if any."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            return parent
+        if not parent.exists():
+            return None
+    return None
+
+
+def make_parents(path: Path) -> list[Path]:
+    """Create the missing directories above ``path``; returns those made, deepest first."""
+    missing = [p for p in path.parents if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DatabaseError(f"cannot create the directory of database {path}: {e.strerror or e}") from None
+    return missing
+
+
+def open_store(path: Path | str) -> store.Store:
+    """store.Store, with the errors raised while creating or reaching it (disk full, I/O, a
+    server that does not answer) as DatabaseError."""
+    try:
+        return store.Store(path)
+    except SpeakerDBError:
+        raise
+    except (SQLAlchemyError, OSError) as e:
+        url = path if isinstance(path, str) else None
+        name = store.display_url(path) if url else path
+        raise DatabaseError(f"cannot open database {name}: {store.redact(e, url)}") from None
+
+
+def remove_database_files(db_path: Path, index_path: Path, made_dirs: list[Path]) -> None:
+    """Delete a database file, its journal files and its index file, then the directories made
+    for it (``made_dirs``, deepest first) that are still empty."""
+    for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), Path(f"{db_path}-journal"), index_path):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+    for d in made_dirs:  # deepest first; only if still empty
+        try:
+            d.rmdir()
+        except OSError:
+            break
