@@ -43,7 +43,6 @@ from .errors import (
 )
 from .results import (
     AuditEntry,
-    Candidate,
     CopySummary,
     DatabaseInfo,
     EnrollResult,
@@ -63,7 +62,7 @@ from .results import (
     Verification,
 )
 from .scoring import cohort as cohorts
-from .scoring import evaluate, norm
+from .scoring import evaluate, norm, search
 from .scoring.quality import quality_warnings
 from .scoring.thresholds import check_threshold, cosine_threshold
 from .storage import gallery, keys, migrate, paths, schema, store
@@ -85,6 +84,7 @@ from .config import default_home as default_home
 from .config import default_index_dir as default_index_dir
 from .errors import ModelMismatchError as ModelMismatchError
 from .errors import SpeakerDBError as SpeakerDBError
+from .results import Candidate as Candidate
 from .results import CohortSetAside as CohortSetAside
 from .scoring.calibrate import Calibration as Calibration
 from .scoring.cohort import COHORT_SHORTLIST as COHORT_SHORTLIST
@@ -94,6 +94,7 @@ from .scoring.evaluate import parse_target as parse_target
 from .scoring.norm import AS_NORM as AS_NORM
 from .scoring.norm import AS_NORM_RANGE as AS_NORM_RANGE
 from .scoring.quality import MIN_SPEECH_S as MIN_SPEECH_S
+from .scoring.search import NORM_SHORTLIST as NORM_SHORTLIST
 from .storage.migrate import SQLITE_HEADER as SQLITE_HEADER
 from .storage.migrate import database_revision as database_revision
 from .storage.migrate import downgrade_database as downgrade_database
@@ -101,27 +102,13 @@ from .storage.migrate import upgrade_database as upgrade_database
 from .storage.paths import MIN_FREE_BYTES as MIN_FREE_BYTES
 from .storage.paths import check_output_path as check_output_path
 from .storage.settings import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
+from .storage.settings import INDEX_PARAM_MAX as INDEX_PARAM_MAX
 from .storage.store import check_name_text as check_name_text
 
 log = logging.getLogger("speakerdb")
 
 DEFAULT_TOP_K = 5
-#: With normalisation on, identify re-ranks this many raw-score candidates by AS-norm score
-#: (the normalised best is almost always among the raw best few; see docs/accuracy.md).
-NORM_SHORTLIST = 50
 INDEX_SUFFIX = ".faiss"
-
-#: Largest index parameters accepted. FAISS keeps them in C ints (a 20-digit ef_search
-#: overflowed every later search); beyond these a graph costs memory for no recall: M of
-#: 256 links per node is 2 KiB per speaker per level, ef of 100,000 searches most of a
-#: million-speaker graph.
-INDEX_PARAM_MAX = {
-    "hnsw_ef_search": 100_000,  # candidates per search
-    "hnsw_ef_construction": 10_000,  # candidates per insertion
-    "hnsw_m": 256,  # links per node
-    "approximate_above": 2**31 - 1,  # speakers
-}
-
 
 def _check_max_audio_s(value: float | None) -> float | None:
     """A longest-recording setting given to the facade: None, or a positive number of seconds."""
@@ -559,24 +546,7 @@ class SpeakerDB:
         if embedded:
             order = sorted(embedded)
             queries = np.stack([embedded[i].vector for i in order])  # (n_good, dim)
-            # Search and names from one snapshot: an answer never puts one speaker's score on
-            # another's name, whatever other processes commit meanwhile (tests/test_cache.py).
-            with self.indexer.snapshot() as (s, index):
-                settings = store.get_settings(s)
-                normalised = stored.norm(settings) is not None
-                # With normalisation the ranking can change: a shortlist by raw score is re-ranked.
-                k = max(top_k, NORM_SHORTLIST) if normalised else top_k
-                _, ids = index.search(queries, k)  # (n_good, k): FAISS picks the candidates
-                known = store.names_and_centroids(s, sorted({int(i) for i in ids.ravel() if i >= 0}))
-                rows = []
-                for q, row_ids in zip(queries, ids):
-                    found = np.asarray([int(j) for j in row_ids if int(j) in known], np.int64)
-                    # Scores as verify computes them (norm.raw_scores): a trial on the threshold
-                    # gets the same answer from both commands, whatever FAISS's rounding.
-                    raw = norm.raw_scores(q, np.stack([known[int(j)][1] for j in found])) if len(found) else np.zeros(0)
-                    final = self._cohorts.normalise(s, settings, q, found, raw) if len(found) else raw
-                    rank = np.argsort(-final, kind="stable")[:top_k]
-                    rows.append([Candidate(known[int(found[r])][0], float(final[r]), float(raw[r])) for r in rank])
+            rows = search.nearest(self.indexer, self._cohorts, queries, top_k)
             for i, candidates in zip(order, rows):
                 best = candidates[0] if candidates else None
                 decided = best.speaker if best is not None and best.score >= threshold else None
@@ -871,18 +841,7 @@ class SpeakerDB:
         ``hnsw_m`` and ``hnsw_ef_construction`` (the graph's degree and build effort);
         they apply from the next :meth:`rebuild_index`.
         """
-        unknown = sorted(set(params) - set(DEFAULT_INDEX_PARAMS))
-        if unknown:
-            raise InvalidInputError(
-                f"unknown index parameter {', '.join(unknown)}: use {', '.join(DEFAULT_INDEX_PARAMS)}"
-            )
-        for key, value in params.items():
-            least = {"approximate_above": 0, "hnsw_m": 2}.get(key, 1)  # a graph of degree 1 is a list
-            most = INDEX_PARAM_MAX[key]
-            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
-                raise InvalidInputError(
-                    f"index parameter {key} must be a whole number from {least} to {most:,}, not {value!r}"
-                )
+        stored.check_index_params(params)
         with self.store.write() as s:
             merged = {**DEFAULT_INDEX_PARAMS, **stored.index_params(store.get_settings(s)), **params}
             stored.write_index_params(s, merged)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from sqlalchemy.orm import Session
 
+from ..errors import InvalidInputError
 from . import store
 from .index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
 
@@ -23,8 +24,19 @@ DEFAULT_THRESHOLD = 0.86
 #: ``speakerdb.scoring.norm.COSINE``, which sits above storage and cannot be imported here).
 COSINE = "cosine"
 
+#: Largest index parameters accepted. FAISS keeps them in C ints (a 20-digit ef_search
+#: overflowed every later search); beyond these a graph costs memory for no recall: M of
+#: 256 links per node is 2 KiB per speaker per level, ef of 100,000 searches most of a
+#: million-speaker graph.
+INDEX_PARAM_MAX = {
+    "hnsw_ef_search": 100_000,  # candidates per search
+    "hnsw_ef_construction": 10_000,  # candidates per insertion
+    "hnsw_m": 256,  # links per node
+    "approximate_above": 2**31 - 1,  # speakers
+}
+
 #: The settings as read from the table: key -> JSON value.
-Settings = Mapping[str, Any]
+Settings = dict[str, Any]
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -136,6 +148,21 @@ def delete_norm(s: Session) -> None:
     row = s.get(store.Setting, "norm")
     if row is not None:
         s.delete(row)
+
+
+def check_index_params(params: Mapping[str, Any]) -> None:
+    """InvalidInputError unless each of ``params`` is an index parameter (``index.DEFAULT_PARAMS``)
+    with a whole-number value in its range (a graph of degree 1 is a list: hnsw_m is at least 2)."""
+    unknown = sorted(set(params) - set(DEFAULT_INDEX_PARAMS))
+    if unknown:
+        raise InvalidInputError(f"unknown index parameter {', '.join(unknown)}: use {', '.join(DEFAULT_INDEX_PARAMS)}")
+    for key, value in params.items():
+        least = {"approximate_above": 0, "hnsw_m": 2}.get(key, 1)
+        most = INDEX_PARAM_MAX[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+            raise InvalidInputError(
+                f"index parameter {key} must be a whole number from {least} to {most:,}, not {value!r}"
+            )
 
 
 def write_index_params(s: Session, params: dict[str, Any]) -> None:
