@@ -21,8 +21,8 @@ import kit
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: the model is local
 
-from speakerdb.workflows import evaluation_database
 from speakerdb.scoring import evaluate  # noqa: E402
+from speakerdb.workflows import evaluation_database
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ file is missing, damaged or belongs to another database (see indexkeeper.py).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import logging
@@ -110,6 +111,7 @@ log = logging.getLogger("speakerdb")
 DEFAULT_TOP_K = 5
 INDEX_SUFFIX = ".faiss"
 
+
 def _check_max_audio_s(value: float | None) -> float | None:
     """A longest-recording setting given to the facade: None, or a positive number of seconds."""
     if value is None:
@@ -141,8 +143,9 @@ _AUDITED_AS: ContextVar[tuple[str | None] | None] = ContextVar("speakerdb_audite
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
-def _audited(operation: str,
-             describe: Callable[..., tuple[str | None, dict[str, Any] | None]]) -> Callable[[_Method], _Method]:
+def _audited(
+    operation: str, describe: Callable[..., tuple[str | None, dict[str, Any] | None]]
+) -> Callable[[_Method], _Method]:
     """Record the decorated change in the audit log, in the change's own transaction, when it is
     made inside :meth:`SpeakerDB.audited_as`. ``describe`` takes the method's arguments and
     returns the speaker concerned (or None) and the details to keep (never audio or vectors)."""
@@ -180,6 +183,9 @@ class SpeakerDB:
             ``$SPEAKERDB_MAX_AUDIO_S``, else 4 hours (see :mod:`speakerdb.config`).
     """
 
+    #: The SQLite file, or the server URL as shown (with any password as ***).
+    db_path: Path | str
+
     def __init__(
         self,
         db_path: str | os.PathLike[str] | None = None,
@@ -203,7 +209,7 @@ class SpeakerDB:
             # A PostgreSQL server that several services share: the index is this machine's
             # cache of it, kept in the index directory under the database's identity.
             url = target
-            self.db_path = store.display_url(url)  # type: ignore[assignment]  (shown, never a password)
+            self.db_path = store.display_url(url)  # shown, never with a password
             #: What to open this database with again (another process, a service worker).
             self.target: str | Path = url
             self.created, self._made_dirs = False, []
@@ -212,19 +218,19 @@ class SpeakerDB:
             paths.make_parents(index_dir / "x")
             self.index_path = index_dir / f"{stored.database_id(self.store.settings())}{INDEX_SUFFIX}"
         else:
-            self.db_path = target
+            file = self.db_path = target
             #: Whether this object created the database file (see :meth:`discard_if_unused`).
-            self.created = not paths.check_db_path(self.db_path, create)
-            self.index_path = self.db_path.with_name(self.db_path.name + INDEX_SUFFIX)
-            made_dirs = paths.make_parents(self.db_path) if self.created else []
+            self.created = not paths.check_db_path(file, create)
+            self.index_path = file.with_name(file.name + INDEX_SUFFIX)
+            made_dirs = paths.make_parents(file) if self.created else []
             try:
-                self.store = paths.open_store(self.db_path)
+                self.store = paths.open_store(file)
             except BaseException:
                 if self.created:  # a failed creation leaves neither a file nor the directories it made
-                    paths.remove_database_files(self.db_path, self.index_path, made_dirs)
+                    paths.remove_database_files(file, self.index_path, made_dirs)
                 raise
             self._made_dirs = made_dirs
-            self.target = self.db_path
+            self.target = file
         self.indexer = IndexKeeper(self.store, self.index_path)
         #: The normalisation cohort and the enrolled speakers' statistics against it.
         self._cohorts = cohorts.CohortCache(self.db_path)
@@ -266,7 +272,7 @@ class SpeakerDB:
             unused = not store.has_speakers(s) and stored.model_id(store.get_settings(s)) is None
         self.close()
         if unused:
-            paths.remove_database_files(self.db_path, self.index_path, self._made_dirs)
+            paths.remove_database_files(Path(self.db_path), self.index_path, self._made_dirs)  # created: a file
         return unused
 
     def __enter__(self) -> "SpeakerDB":
@@ -360,7 +366,9 @@ class SpeakerDB:
             self._check_files(files, stored=True)
             clips = self._embed_files(files, progress)
             vectors = norm.CohortVectors(
-                self.embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips],
+                self.embedder.model_id,
+                np.stack([c.vector for c in clips]),
+                [c.source for c in clips],
                 [c.sha256 for c in clips],
             )
         rows, top_n, set_aside = cohorts.screen(self.store, self.indexer, vectors, top_n, screen_enrolled)
@@ -396,8 +404,9 @@ class SpeakerDB:
         return self._embedder
 
     # ---- operations -----------------------------------------------------------------
-    @_audited("enroll", lambda name, files, *, new=False, **_: (store.normalize_name(name),
-                                                                 {"files": len(files), "new": new}))
+    @_audited(
+        "enroll", lambda name, files, *, new=False, **_: (store.normalize_name(name), {"files": len(files), "new": new})
+    )
     def enroll(
         self,
         name: str,
@@ -446,8 +455,12 @@ class SpeakerDB:
                 s.add(speaker)
             known = {u.audio_sha256 for u in speaker.utterances}
             # A clip against the speaker's other clips: a raw cosine check (see thresholds.cosine_threshold).
-            warnings = quality_warnings(speaker.name, [u.vector() for u in speaker.utterances], embedded,
-                                        threshold=cosine_threshold(store.get_settings(s)))
+            warnings = quality_warnings(
+                speaker.name,
+                [u.vector() for u in speaker.utterances],
+                embedded,
+                threshold=cosine_threshold(store.get_settings(s)),
+            )
             if warnings and strict:
                 raise EnrollmentRefusedError(
                     f"enrollment of {name!r} refused (--strict): "
@@ -483,7 +496,7 @@ class SpeakerDB:
         threshold: float | None = None,
         progress: Progress | None = None,
         count_voices: bool = True,
-    ) -> list[Identification]:
+    ) -> builtins.list[Identification]:
         """Nearest enrolled speakers for each file, and the decision, in the order of ``files``.
 
         ``speaker`` is the best candidate if its score reaches the threshold (the
@@ -550,22 +563,32 @@ class SpeakerDB:
             for i, candidates in zip(order, rows):
                 best = candidates[0] if candidates else None
                 decided = best.speaker if best is not None and best.score >= threshold else None
-                searched[i] = Identification(embedded[i].source, decided, best.score if best else None, candidates,
-                                             raw_score=best.raw_score if best else None, voices=voices.get(i))
+                searched[i] = Identification(
+                    embedded[i].source,
+                    decided,
+                    best.score if best else None,
+                    candidates,
+                    raw_score=best.raw_score if best else None,
+                    voices=voices.get(i),
+                )
         return [
             searched[i] if i in searched else Identification(_label(f), None, None, [], errors[i].reason)
             for i, f in enumerate(files)
         ]
 
-    def _count_voices(self, source: audio.Audio | Decoded, file: str | os.PathLike[str] | audio.Audio,
-                      embedder: Embedder) -> int:
+    def _count_voices(
+        self, source: audio.Audio | Decoded, file: str | os.PathLike[str] | audio.Audio, embedder: Embedder
+    ) -> int:
         """How many voices ``source`` (``file``, decoded) holds; warns (naming the file) when it is more than one."""
         # Voices are told apart on raw cosine scores, as in timeline().
         n = timelines.count_voices(source, embedder, cosine_threshold(self.store.settings()))
         if n > 1:
             label = file.source if isinstance(file, audio.Audio) else str(file)
-            log.warning("%s holds %d voices: identify embeds them as one blend; "
-                        "`speakerdb timeline` tells who speaks when", label, n)
+            log.warning(
+                "%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
+                label,
+                n,
+            )
         return n
 
     def verify(
@@ -596,7 +619,7 @@ class SpeakerDB:
         threshold: float | None = None,
         params: Params | None = None,
         progress: Progress | None = None,
-    ) -> list[Timeline]:
+    ) -> builtins.list[Timeline]:
         """Who speaks when in each file: segments of voices, each named from the gallery
         when its voice reaches the threshold, else ``unknown-1``, ``unknown-2``...
 
@@ -655,13 +678,12 @@ class SpeakerDB:
             return timelines.Gallery.empty(dim, cosine if stored.scale(settings) != norm.COSINE else threshold)
         return timelines.Gallery(names, centroids, threshold, cosine, normaliser)
 
-    def list(self) -> list[SpeakerInfo]:
+    def list(self) -> builtins.list[SpeakerInfo]:
         """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""
         with self.store.read() as s:
             rows = store.list_speakers(s)
         return [
-            SpeakerInfo(r.name, r.n_utterances, r.total_duration_s, r.created_at, r.updated_at, r.meta)
-            for r in rows
+            SpeakerInfo(r.name, r.n_utterances, r.total_duration_s, r.created_at, r.updated_at, r.meta) for r in rows
         ]
 
     def show(self, name: str) -> SpeakerInfo:
@@ -709,7 +731,9 @@ class SpeakerDB:
         if self.store.server:
             log.warning(
                 "removed %r; on PostgreSQL its rows' bytes stay in the table files until `speakerdb db vacuum` "
-                "(VACUUM FULL) and in WAL segments, replicas and backups until those are recycled", name)
+                "(VACUUM FULL) and in WAL segments, replicas and backups until those are recycled",
+                name,
+            )
         return n
 
     def _scrub_log(self) -> None:
@@ -755,9 +779,11 @@ class SpeakerDB:
 
         path = paths.check_output_path(path, overwrite=overwrite)
         with self.store.read() as s:
-            rows = store.speakers_by_name(s) if speakers is None else [
-                self._get_speaker(s, name) for name in dict.fromkeys(speakers)
-            ]
+            rows = (
+                store.speakers_by_name(s)
+                if speakers is None
+                else [self._get_speaker(s, name) for name in dict.fromkeys(speakers)]
+            )
             if not rows:
                 raise EmptyDatabaseError(f"no speakers to export from {self.db_path}")
             g = gallery.from_store(store.get_settings(s), rows)
@@ -767,8 +793,9 @@ class SpeakerDB:
             raise InvalidInputError(f"cannot write {path}: {e.strerror or e}") from None
         return ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
 
-    @_audited("import", lambda path, *, on_conflict="fail", **_: (None, {"file": str(path),
-                                                                         "on_conflict": on_conflict}))
+    @_audited(
+        "import", lambda path, *, on_conflict="fail", **_: (None, {"file": str(path), "on_conflict": on_conflict})
+    )
     def import_gallery(
         self,
         path: str | os.PathLike[str],
@@ -852,8 +879,13 @@ class SpeakerDB:
         info = SpeakerIndex.file_info(self.index_path)
         if info is None:
             return None
-        return {"kind": info["kind"], "speakers": info["speakers"], "generation": info["generation"],
-                "built_with": info["params"], "bytes": info["bytes"]}
+        return {
+            "kind": info["kind"],
+            "speakers": info["speakers"],
+            "generation": info["generation"],
+            "built_with": info["params"],
+            "bytes": info["bytes"],
+        }
 
     # ---- keys of the HTTP service and the audit record (see keys.py) --------------------
     def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey:
@@ -862,7 +894,7 @@ class SpeakerDB:
         with store.audited(actor, "key-create", detail={"key": name, "scope": scope}), self.store.write() as s:
             return keys.create(s, name, scope)
 
-    def list_keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> builtins.list[KeyInfo]:
         """Every API key, revoked ones included, by name (never their secrets)."""
         with self.store.read() as s:
             return keys.list_keys(s)
@@ -883,17 +915,17 @@ class SpeakerDB:
         with self.store.read() as s:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
-    def audit(self, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
+    def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:
         """The newest ``limit`` changes made through the service or to keys, oldest first."""
         store.check_name_text(speaker)
         with self.store.read() as s:
             return keys.audit_entries(s, limit, speaker)
 
     # ---- internals ------------------------------------------------------------------
-    def _embed_files(self, files, progress: Progress | None) -> list[pipeline.EmbeddedClip]:
+    def _embed_files(self, files, progress: Progress | None) -> builtins.list[pipeline.EmbeddedClip]:
         """Decode and embed each file in turn (long ones window by window, see pipeline.py)."""
         embedder = self.embedder
-        out: list[pipeline.EmbeddedClip] = []
+        out: builtins.list[pipeline.EmbeddedClip] = []
         seconds = 0.0
         for i, f in enumerate(files):
             clip = pipeline.embed_clip(f, embedder, self.max_audio_s)
@@ -915,8 +947,14 @@ class SpeakerDB:
 
     def _check_model(self, settings: stored.Settings) -> None:
         assert self._embedder is not None
-        binding.check_model(self.db_path, stored.model_id(settings), stored.dim(settings),
-                            stored.model_source(settings), self._embedder.model_id, self._embedder.dim)
+        binding.check_model(
+            self.db_path,
+            stored.model_id(settings),
+            stored.dim(settings),
+            stored.model_source(settings),
+            self._embedder.model_id,
+            self._embedder.dim,
+        )
 
     def _bind_model(self, s: Session) -> None:
         """Record the loaded model in a database that has none; re-check it inside the write transaction."""
@@ -924,9 +962,14 @@ class SpeakerDB:
         self._check_model(settings)
         embedder = self._embedder
         assert embedder is not None
-        stored.bind_model(s, settings, embedder.model_id, int(embedder.dim),
-                          getattr(embedder, "name_or_path", None) or self._model or embedder.model_id,
-                          getattr(embedder, "default_threshold", None))
+        stored.bind_model(
+            s,
+            settings,
+            embedder.model_id,
+            int(embedder.dim),
+            getattr(embedder, "name_or_path", None) or self._model or embedder.model_id,
+            getattr(embedder, "default_threshold", None),
+        )
 
     def _bind_gallery_model(self, s: Session, g: gallery.Gallery, path: str | os.PathLike[str]) -> None:
         """A gallery must come from this database's model; an empty database takes the gallery's.
@@ -939,8 +982,9 @@ class SpeakerDB:
         settings = store.get_settings(s)
         # Again, inside the transaction: another writer may have bound a model since the file was read.
         binding.check_gallery_model(path, stored.model_id(settings), stored.dim(settings), g.model_id, g.dim)
-        stored.bind_model(s, settings, g.model_id, g.dim, g.model_source or g.model_id,
-                          default_threshold_for(g.model_id))
+        stored.bind_model(
+            s, settings, g.model_id, g.dim, g.model_source or g.model_id, default_threshold_for(g.model_id)
+        )
 
     def _require_speakers(self) -> None:
         with self.store.read() as s:
@@ -964,8 +1008,11 @@ def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     return store.validate_metadata(metadata)
 
 
-def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike[str],
-                  progress: Callable[[str, int], None] | None = None) -> CopySummary:
+def copy_database(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    progress: Callable[[str, int], None] | None = None,
+) -> CopySummary:
     """Copy a whole database, SQLite to PostgreSQL or back: every speaker, utterance,
     embedding, setting, key, audit record and cohort embedding, ids kept.
 
@@ -992,5 +1039,6 @@ def copy_database(source: str | os.PathLike[str], destination: str | os.PathLike
 
 # mypy checks here that a SpeakerDB is a SpeakerDBProtocol (tests/test_protocol.py compares signatures).
 if TYPE_CHECKING:
+
     def _satisfies_the_protocol(db: SpeakerDB) -> SpeakerDBProtocol:
         return db

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -319,7 +320,7 @@ def _blocks_of(source: audio.Audio | Decoded) -> Callable[[], Iterator[np.ndarra
 
 
 def build(
-    source: str | Path | audio.Audio | Decoded,
+    source: str | os.PathLike[str] | audio.Audio | Decoded,
     embedder: Embedder,
     gallery: Gallery,
     params: Params | None = None,

@@ -57,9 +57,17 @@ def evaluate_recordings(
     try:
         # The database's model, like every other command (a GE2E database is evaluated with GE2E).
         bound = model if model is not None or mine is None else mine.info().model_source
-        report, scores, embedder = evaluate.run(Path(data_dir), model=bound, device=device, precision=precision,
-                                                cohort=Path(cohort) if cohort is not None else None, top_n=top_n,
-                                                progress=progress, open_db=evaluation_database, **split)
+        report, scores, embedder = evaluate.run(
+            Path(data_dir),
+            model=bound,
+            device=device,
+            precision=precision,
+            cohort=Path(cohort) if cohort is not None else None,
+            top_n=top_n,
+            progress=progress,
+            open_db=evaluation_database,
+            **split,
+        )
         if plot is not None:
             evaluate.plot(scores, report, Path(plot), threshold=_plotted_threshold(mine, embedder), overwrite=overwrite)
     finally:
@@ -93,10 +101,18 @@ def calibrate_threshold(
         bound = model if model is not None or mine is None else mine.info().model_source
         settings = mine.norm_settings if mine is not None else None
         cohort = mine.cohort_vectors() if mine is not None and settings is not None else None
-        result, embedder = calibration.measure(Path(data_dir), target, cohort=cohort,
-                                               top_n=settings.top_n if settings is not None else None,
-                                               model=bound, device=device, precision=precision, progress=progress,
-                                               open_db=evaluation_database, **split)
+        result, embedder = calibration.measure(
+            Path(data_dir),
+            target,
+            cohort=cohort,
+            top_n=settings.top_n if settings is not None else None,
+            model=bound,
+            device=device,
+            precision=precision,
+            progress=progress,
+            open_db=evaluation_database,
+            **split,
+        )
         if not apply:
             return result
         if mine is None:
@@ -114,8 +130,13 @@ def calibrate_threshold(
             mine.close()
 
 
-def write_timeline_files(results: Sequence[Timeline], *, rttm: str | os.PathLike[str] | None = None,
-                         plot: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
+def write_timeline_files(
+    results: Sequence[Timeline],
+    *,
+    rttm: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> None:
     """Write timelines as RTTM and/or draw them into a PNG (each replaced only with ``overwrite``)."""
     if rttm:
         timeline_files.write_rttm(Path(rttm), results, overwrite=overwrite)
@@ -129,8 +150,9 @@ def evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
     return SpeakerDB(path, embedder=embedder)
 
 
-def _existing_database(db: str | os.PathLike[str] | None, model: str | None, device: str,
-                       precision: str) -> SpeakerDB | None:
+def _existing_database(
+    db: str | os.PathLike[str] | None, model: str | None, device: str, precision: str
+) -> SpeakerDB | None:
     """``db`` opened if it exists (a server URL always does), else None: never created here."""
     target = db_target(db)
     if isinstance(target, Path) and not target.exists():

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
-from speakerdb.workflows import evaluation_database
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
 from speakerdb.scoring import evaluate, metrics
+from speakerdb.workflows import evaluation_database
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
 

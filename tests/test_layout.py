@@ -26,11 +26,32 @@ ALLOWED: dict[str, set[str]] = {
     "timeline": {"scoring", "storage", "embedding", "audio", "errors", "config", "results"},
     "api": {"timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results", "protocol"},
     # Workflows built on the facade (evaluate, calibrate --apply, timeline files); the facade never imports them.
-    "workflows": {"api", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results",
-                  "protocol"},
+    "workflows": {
+        "api",
+        "timeline",
+        "scoring",
+        "storage",
+        "embedding",
+        "audio",
+        "errors",
+        "config",
+        "results",
+        "protocol",
+    },
     "service.client": {"errors", "config", "results", "protocol"},
-    "service": {"api", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results",
-                "protocol", "service.client"},
+    "service": {
+        "api",
+        "timeline",
+        "scoring",
+        "storage",
+        "embedding",
+        "audio",
+        "errors",
+        "config",
+        "results",
+        "protocol",
+        "service.client",
+    },
     # "service": `speakerdb serve` starts it (cli/service.py, deferred: FastAPI is heavy).
     "cli": {"api", "workflows", "service.client", "service", "errors", "config", "results", "protocol"},
     # Compatibility paths kept for users: speakerdb.client, speakerdb.embed.
@@ -74,8 +95,15 @@ def _imports(path: Path) -> list[tuple[str, int]]:
             # `from . import store` names a module: count the module, not its package.
             for alias in node.names:
                 sub = f"{target}.{alias.name}" if target else alias.name
-                found.append((sub if (PACKAGE / sub.replace(".", "/")).exists()
-                              or (PACKAGE / (sub.replace(".", "/") + ".py")).exists() else target, node.lineno))
+                found.append(
+                    (
+                        sub
+                        if (PACKAGE / sub.replace(".", "/")).exists()
+                        or (PACKAGE / (sub.replace(".", "/") + ".py")).exists()
+                        else target,
+                        node.lineno,
+                    )
+                )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("speakerdb."):
@@ -92,9 +120,11 @@ def test_each_room_imports_only_the_rooms_below_it(path):
     assert room in ALLOWED, f"{path}: a module outside every room ({room!r}): add the room to ALLOWED"
     # The package itself (its __version__, and speakerdb.migrations, mapped from ./migrations)
     # is open to every room: its __init__ imports nothing until a name is asked for.
-    wrong = [f"line {line}: {target or 'speakerdb'} ({_room(target) or 'the package'})"
-             for target, line in _imports(path)
-             if _room(target) not in (room, "") and _room(target) not in ALLOWED[room]]
+    wrong = [
+        f"line {line}: {target or 'speakerdb'} ({_room(target) or 'the package'})"
+        for target, line in _imports(path)
+        if _room(target) not in (room, "") and _room(target) not in ALLOWED[room]
+    ]
     assert not wrong, f"{path.relative_to(PACKAGE)} ({room}) imports above or beside itself: {wrong}"
 
 
@@ -102,8 +132,10 @@ def test_no_module_imports_in_a_cycle():
     graph = {_module_name(p): {t for t, _ in _imports(p)} for p in MODULES}
     graph = {m: {t for t in targets if t in graph and t != m} for m, targets in graph.items()}
     # Importing a submodule runs its package's __init__ first: those edges are not cycles.
-    graph = {m: {t for t in targets if not m.startswith(t + ".") and not t.startswith(m + ".") or m == ""}
-             for m, targets in graph.items()}
+    graph = {
+        m: {t for t in targets if not m.startswith(t + ".") and not t.startswith(m + ".") or m == ""}
+        for m, targets in graph.items()
+    }
     graph[""] = set()  # the package's names are imported lazily (PEP 562), on first use
     seen: dict[str, int] = {}
     stack: list[str] = []
@@ -114,7 +146,7 @@ def test_no_module_imports_in_a_cycle():
         stack.append(m)
         for t in sorted(graph[m]):
             if seen.get(t) == 1:
-                cycles.append(stack[stack.index(t):] + [t])
+                cycles.append(stack[stack.index(t) :] + [t])
             elif t not in seen:
                 visit(t)
         stack.pop()
@@ -131,7 +163,9 @@ def test_the_client_and_the_cli_need_no_heavy_library_to_import():
     import subprocess
     import sys
 
-    code = ("import sys, speakerdb.client, speakerdb.cli; "
-            "print(sorted(m for m in ('numpy', 'sqlalchemy', 'torch', 'faiss', 'fastapi') if m in sys.modules))")
+    code = (
+        "import sys, speakerdb.client, speakerdb.cli; "
+        "print(sorted(m for m in ('numpy', 'sqlalchemy', 'torch', 'faiss', 'fastapi') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from speakerdb.workflows import evaluation_database
 from speakerdb.scoring import evaluate
+from speakerdb.workflows import evaluation_database
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
 

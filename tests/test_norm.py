@@ -13,12 +13,12 @@ from click.testing import CliRunner
 
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
-from speakerdb.workflows import evaluation_database
 from speakerdb.audio import decode as audio
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError
 from speakerdb.scoring import evaluate, norm
 from speakerdb.storage import store
+from speakerdb.workflows import evaluation_database
 
 #: Cohort pitches: none of them is an enrolled voice of the ``voices`` fixture (110, 210, 310 Hz).
 COHORT_F0 = [95, 125, 140, 155, 170, 185, 235, 250, 270, 290, 330, 350]

@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import mmap
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -90,7 +91,7 @@ class Audio:
         return samples_sha256(self.samples)
 
 
-def source_label(path: str | Path) -> str:
+def source_label(path: str | os.PathLike[str]) -> str:
     """A file name as speakerdb stores and prints it: bytes that are not UTF-8 (which Python
     keeps as lone surrogates) become \\xNN escapes, so the label can be written as UTF-8."""
     return printable_path(path)

@@ -53,8 +53,9 @@ class State:
     mistyped --db is an error instead of a new empty database.
     """
 
-    def __init__(self, db: str | None, model: str | None, device: str, precision: str = "fp32",
-                 server: str | None = None) -> None:
+    def __init__(
+        self, db: str | None, model: str | None, device: str, precision: str = "fp32", server: str | None = None
+    ) -> None:
         self.db_path, self.model, self.device, self.precision = db, model, device, precision
         self.server = server
         self.create = False
@@ -73,8 +74,9 @@ class State:
         if self._db is None:
             from ..api import SpeakerDB  # numpy and SQLAlchemy: not for --help
 
-            self._db = SpeakerDB(self.db_path, model=self.model, device=self.device, precision=self.precision,
-                                 create=self.create)
+            self._db = SpeakerDB(
+                self.db_path, model=self.model, device=self.device, precision=self.precision, create=self.create
+            )
         return self._db
 
     def exists(self) -> bool:
@@ -142,7 +144,9 @@ class State:
     f"'resemblyzer' for the pretrained GE2E encoder (extra: .[resemblyzer]) "
     f"[env SPEAKERDB_MODEL; default: the database's own model, else {DEFAULT_MODEL_HELP}].",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the model runs.")
+@click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="Where the model runs."
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
@@ -160,8 +164,9 @@ class State:
     "the API key is read from $SPEAKERDB_API_KEY [env SPEAKERDB_SERVER].",
 )
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, model: str | None, device: str, precision: str,
-        server: str | None = None) -> None:
+def cli(
+    ctx: click.Context, db: str | None, model: str | None, device: str, precision: str, server: str | None = None
+) -> None:
     """speakerdb: enroll speakers from recordings, then identify or verify unknown voices.
 
     Voices are embedded with a WavLM x-vector model, stored in SQLite and searched
@@ -202,7 +207,12 @@ def _global_options() -> list[click.Option]:
     the group's options and environment variables give those)."""
     common: dict[str, Any] = {"expose_value": False, "callback": _set_global}
     return [
-        click.Option(["--db"], type=click.Path(dir_okay=False), help="SQLite database file (same as before the command).", **common),
+        click.Option(
+            ["--db"],
+            type=click.Path(dir_okay=False),
+            help="SQLite database file (same as before the command).",
+            **common,
+        ),
         click.Option(["--model"], metavar="ID_OR_DIR", help="Embedding model (same as before the command).", **common),
         click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), help="Where the model runs.", **common),
         click.Option(["--precision"], type=click.Choice(["fp32", "bf16"]), help="fp32 or bf16 embeddings.", **common),

@@ -41,17 +41,35 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--threshold", type=SCORE, help=THRESHOLD_HELP)
 @click.option("--rttm", "rttm_path", type=click.Path(dir_okay=False), help="Also write the segments to this RTTM file.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw one lane per voice over time into this PNG.")
-@click.option("--window", type=click.FloatRange(0.5, 30), default=1.5, show_default=True, help="Window length, seconds.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Draw one lane per voice over time into this PNG."
+)
+@click.option(
+    "--window", type=click.FloatRange(0.5, 30), default=1.5, show_default=True, help="Window length, seconds."
+)
 @click.option("--hop", type=click.FloatRange(0.05, 30), default=0.5, show_default=True, help="Window hop, seconds.")
-@click.option("--min-segment", type=click.FloatRange(0, 60), default=1.0, show_default=True,
-              help="Shorter segments join their neighbour, seconds.")
+@click.option(
+    "--min-segment",
+    type=click.FloatRange(0, 60),
+    default=1.0,
+    show_default=True,
+    help="Shorter segments join their neighbour, seconds.",
+)
 @click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option
 @click.pass_obj
-def timeline(state: State, files: tuple[str, ...], threshold: float | None, rttm_path: str | None,
-             plot_path: str | None, window: float, hop: float, min_segment: float, as_json: bool,
-             force: bool = False) -> None:
+def timeline(
+    state: State,
+    files: tuple[str, ...],
+    threshold: float | None,
+    rttm_path: str | None,
+    plot_path: str | None,
+    window: float,
+    hop: float,
+    min_segment: float,
+    as_json: bool,
+    force: bool = False,
+) -> None:
     """Who speaks when: segments of each voice in each recording, named from the enrolled
     speakers when a voice reaches the threshold, else unknown-1, unknown-2...
 
@@ -96,10 +114,15 @@ def timeline(state: State, files: tuple[str, ...], threshold: float | None, rttm
     for t in results_ok:
         lines.append(f"{printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))")
         width = max((len(s.label) for s in t.segments), default=5)
-        lines += [f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments]
-        lines += [f"  {printable(v.label)}: {v.seconds:.1f} s" + (f", score {v.score:.3f}" if v.score is not None else "")
-                  + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
-                  for v in t.voices]
+        lines += [
+            f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
+        ]
+        lines += [
+            f"  {printable(v.label)}: {v.seconds:.1f} s"
+            + (f", score {v.score:.3f}" if v.score is not None else "")
+            + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
+            for v in t.voices
+        ]
     if rttm_path and results_ok:
         lines.append(f"rttm: {rttm_path}")
     if plot_path and results_ok:
@@ -110,18 +133,44 @@ def timeline(state: State, files: tuple[str, ...], threshold: float | None, rttm
 
 @click.command()
 @evaluation_options
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write score histograms and a DET curve to this PNG.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Write score histograms and a DET curve to this PNG."
+)
 @click.option("--force", is_flag=True, help="Replace the --plot file if it exists.")
-@click.option("--norm", "norm_method", type=click.Choice(["none", "as-norm"]), default="none", show_default=True,
-              help="Also report every figure with adaptive s-norm against --cohort, side by side with the raw ones.")
-@click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False),
-              help="Recordings of people who are neither enrolled nor probes (needed by --norm as-norm).")
-@click.option("--top-n", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Highest cohort scores averaged per side by --norm as-norm.")
+@click.option(
+    "--norm",
+    "norm_method",
+    type=click.Choice(["none", "as-norm"]),
+    default="none",
+    show_default=True,
+    help="Also report every figure with adaptive s-norm against --cohort, side by side with the raw ones.",
+)
+@click.option(
+    "--cohort",
+    "cohort_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Recordings of people who are neither enrolled nor probes (needed by --norm as-norm).",
+)
+@click.option(
+    "--top-n",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Highest cohort scores averaged per side by --norm as-norm.",
+)
 @json_option
 @click.pass_obj
-def evaluate(state: State, data_dir: str, plot_path: str | None, norm_method: str, cohort_dir: str | None, top_n: int,
-             as_json: bool, force: bool = False, **split_options: Any) -> None:
+def evaluate(
+    state: State,
+    data_dir: str,
+    plot_path: str | None,
+    norm_method: str,
+    cohort_dir: str | None,
+    top_n: int,
+    as_json: bool,
+    force: bool = False,
+    **split_options: Any,
+) -> None:
     """Measure accuracy on your own labelled recordings, DATA_DIR/<speaker>/<files>.
 
     Enrolls part of each speaker's recordings in a temporary database (yours is never
@@ -144,17 +193,31 @@ def evaluate(state: State, data_dir: str, plot_path: str | None, norm_method: st
     )
 
     with stages(as_json) as update:
-        report = evaluate_recordings(data_dir, **state.local_options(), cohort=cohort_dir, top_n=top_n,
-                                     plot=plot_path, overwrite=force, progress=update, **split_options)
+        report = evaluate_recordings(
+            data_dir,
+            **state.local_options(),
+            cohort=cohort_dir,
+            top_n=top_n,
+            plot=plot_path,
+            overwrite=force,
+            progress=update,
+            **split_options,
+        )
     text = format_report(report) + (f"\nplot: {plot_path}" if plot_path else "")
     emit(as_json, report.to_dict(), text)
 
 
 @click.command()
 @evaluation_options
-@click.option("--target", default="eer", show_default=True, metavar="eer|far=RATE", callback=check_target,
-              help="Operating point: the equal-error-rate threshold, or the lowest threshold whose "
-              "false-acceptance rate is at most RATE.")
+@click.option(
+    "--target",
+    default="eer",
+    show_default=True,
+    metavar="eer|far=RATE",
+    callback=check_target,
+    help="Operating point: the equal-error-rate threshold, or the lowest threshold whose "
+    "false-acceptance rate is at most RATE.",
+)
 @click.option("--apply", is_flag=True, help="Store the threshold in the database (--db).")
 @json_option
 @click.pass_obj
@@ -179,8 +242,9 @@ def calibrate(state: State, data_dir: str, target: str, apply: bool, as_json: bo
     )
 
     with stages(as_json) as update:
-        c = calibrate_threshold(data_dir, target, **state.local_options(), apply=apply, progress=update,
-                                **split_options)
+        c = calibrate_threshold(
+            data_dir, target, **state.local_options(), apply=apply, progress=update, **split_options
+        )
     scale = " on the as-norm scale" if c.threshold_scale != "cosine" else ""
     text = (
         f"threshold for {target}: {threshold_text(c.threshold)}{scale} "
@@ -192,10 +256,18 @@ def calibrate(state: State, data_dir: str, target: str, apply: bool, as_json: bo
 
 
 @click.command(name="norm")
-@click.option("--cohort", "cohort_dir", type=click.Path(exists=True, file_okay=False),
-              help="Recordings of people who are NOT enrolled; their embeddings (never the audio) are stored.")
-@click.option("--top-n", type=click.IntRange(min=1), default=None,
-              help="Highest cohort scores averaged per side [default: 100, at most the cohort's size].")
+@click.option(
+    "--cohort",
+    "cohort_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Recordings of people who are NOT enrolled; their embeddings (never the audio) are stored.",
+)
+@click.option(
+    "--top-n",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Highest cohort scores averaged per side [default: 100, at most the cohort's size].",
+)
 @click.option("--off", is_flag=True, help="Return to raw cosine scores and delete the cohort's embeddings.")
 @json_option
 @click.pass_obj
@@ -229,21 +301,31 @@ def norm_(state: State, cohort_dir: str | None, top_n: int | None, off: bool, as
         change = state.local_db.set_norm_off()
     else:
         current = state.db.norm_settings
-        doc = {"norm": current.to_dict() if current else None, "threshold": state.db.threshold,
-               "threshold_scale": state.db.threshold_scale}
-        text = (f"AS-norm: top {current.top_n} of {current.count} cohort recordings ({current.model_id})" if current
-                else "no score normalisation: raw cosine scores") + f"\nthreshold: {doc['threshold']:g} ({doc['threshold_scale']} scale)"
+        doc = {
+            "norm": current.to_dict() if current else None,
+            "threshold": state.db.threshold,
+            "threshold_scale": state.db.threshold_scale,
+        }
+        text = (
+            f"AS-norm: top {current.top_n} of {current.count} cohort recordings ({current.model_id})"
+            if current
+            else "no score normalisation: raw cosine scores"
+        ) + f"\nthreshold: {doc['threshold']:g} ({doc['threshold_scale']} scale)"
         emit(as_json, doc, text)
         return
     n = change.norm
-    text = (f"AS-norm on: top {n.top_n} of {n.count} cohort recordings" if n else "normalisation off: raw cosine scores")
+    text = f"AS-norm on: top {n.top_n} of {n.count} cohort recordings" if n else "normalisation off: raw cosine scores"
     if change.set_aside:  # each was named in a warning as it was set aside
         text += f" ({len(change.set_aside)} set aside: they score as enrolled speakers)"
     if change.recalibrate:
-        text += (f"\nthreshold reset to {change.threshold:g} on the {change.threshold_scale} scale: "
-                 "calibrate it again (speakerdb calibrate DATA_DIR --apply)")
-        click.echo(f"warning: the threshold is now on the {change.threshold_scale} scale: run `speakerdb calibrate` again",
-                   err=True)
+        text += (
+            f"\nthreshold reset to {change.threshold:g} on the {change.threshold_scale} scale: "
+            "calibrate it again (speakerdb calibrate DATA_DIR --apply)"
+        )
+        click.echo(
+            f"warning: the threshold is now on the {change.threshold_scale} scale: run `speakerdb calibrate` again",
+            err=True,
+        )
     emit(as_json, change.to_dict(), text)
 
 
@@ -269,17 +351,23 @@ def threshold(state: State, value: float | None, as_json: bool) -> None:
         state.db.set_threshold(value)
     current = state.db.threshold
     scale = state.db.threshold_scale
-    emit(as_json, {"threshold": current}, f"threshold: {current:g}" + ("" if scale == "cosine" else f" ({scale} scale)"))
+    emit(
+        as_json, {"threshold": current}, f"threshold: {current:g}" + ("" if scale == "cosine" else f" ({scale} scale)")
+    )
 
 
 # ---- evaluate's report -------------------------------------------------------------------------
 def format_report(r: Report) -> str:
     """The evaluation's figures as text: raw scores, and AS-norm beside them when measured."""
     head = [
-        (f"speakers: {r.n_enrolled_speakers} enrolled ({r.n_enroll_recordings} recordings), "
-         f"{r.n_impostor_speakers} impostor speakers"),
-        (f"probes: {r.n_probes} genuine, {r.n_impostor_probes} impostor; "
-         f"trials: {r.n_target_trials} target, {r.n_nontarget_trials} non-target"),
+        (
+            f"speakers: {r.n_enrolled_speakers} enrolled ({r.n_enroll_recordings} recordings), "
+            f"{r.n_impostor_speakers} impostor speakers"
+        ),
+        (
+            f"probes: {r.n_probes} genuine, {r.n_impostor_probes} impostor; "
+            f"trials: {r.n_target_trials} target, {r.n_nontarget_trials} non-target"
+        ),
     ]
     if r.normalised is None:
         return "\n".join(head + [_format_figures(r.__dict__)])
@@ -287,7 +375,9 @@ def format_report(r: Report) -> str:
     raw = _format_figures(r.__dict__).splitlines()
     normed = _format_figures(r.normalised).splitlines()
     width = max(len(line) for line in raw)
-    lines = head + [f"{'raw cosine scores':<{width}}  |  AS-norm, top {top_n} of {r.settings['norm']['cohort_count']} cohort"]
+    lines = head + [
+        f"{'raw cosine scores':<{width}}  |  AS-norm, top {top_n} of {r.settings['norm']['cohort_count']} cohort"
+    ]
     lines += [f"{a:<{width}}  |  {b}" for a, b in zip(raw, normed)]
     return "\n".join(lines)
 
@@ -301,7 +391,10 @@ def _format_figures(r: dict[str, Any]) -> str:
     for p, v in r["min_dcf"].items():
         lines.append(f"minDCF (P_target {p}): {v['min_dcf']:.3f} at threshold {threshold_text(v['threshold'])}")
     for far, v in r["dir"].items():
-        lines.append(f"open-set DIR at rank 1, FAR {float(far):.0%}: {v['dir']:.1%} at threshold {threshold_text(v['threshold'])}")
+        lines.append(
+            f"open-set DIR at rank 1, FAR {float(far):.0%}: {v['dir']:.1%} "
+            f"at threshold {threshold_text(v['threshold'])}"
+        )
     if not r["dir"]:
         lines.append("open-set DIR: no impostor recordings (use --impostor-speakers or --impostors)")
     return "\n".join(lines)

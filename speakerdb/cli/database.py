@@ -37,19 +37,36 @@ def info(state: State, as_json: bool) -> None:
 
 
 @click.command(name="index")
-@click.option("--ef-search", type=click.IntRange(1, 100_000),
-              help="HNSW candidates per search: higher finds the true nearest speaker more often, slower. "
-              "Applies at once.")
-@click.option("--approximate-above", type=click.IntRange(0, 2**31 - 1),
-              help="Speakers above which the index is an HNSW graph instead of exact search (from the next rebuild).")
+@click.option(
+    "--ef-search",
+    type=click.IntRange(1, 100_000),
+    help="HNSW candidates per search: higher finds the true nearest speaker more often, slower. Applies at once.",
+)
+@click.option(
+    "--approximate-above",
+    type=click.IntRange(0, 2**31 - 1),
+    help="Speakers above which the index is an HNSW graph instead of exact search (from the next rebuild).",
+)
 @click.option("--hnsw-m", type=click.IntRange(2, 256), help="HNSW graph degree, 2 to 256 (from the next rebuild).")
-@click.option("--ef-construction", type=click.IntRange(1, 10_000), help="HNSW build effort, 1 to 10,000 (from the next rebuild).")
-@click.option("--rebuild", is_flag=True,
-              help="Rebuild the index files from SQLite now (an HNSW graph of a million speakers takes ~15 min).")
+@click.option(
+    "--ef-construction", type=click.IntRange(1, 10_000), help="HNSW build effort, 1 to 10,000 (from the next rebuild)."
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Rebuild the index files from SQLite now (an HNSW graph of a million speakers takes ~15 min).",
+)
 @json_option
 @click.pass_obj
-def index_(state: State, ef_search: int | None, approximate_above: int | None, hnsw_m: int | None,
-           ef_construction: int | None, rebuild: bool, as_json: bool) -> None:
+def index_(
+    state: State,
+    ef_search: int | None,
+    approximate_above: int | None,
+    hnsw_m: int | None,
+    ef_construction: int | None,
+    rebuild: bool,
+    as_json: bool,
+) -> None:
     """Show or change the index settings stored with the database; rebuild the index.
 
     The index is a cache of SQLite: exact search up to --approximate-above speakers
@@ -63,9 +80,16 @@ def index_(state: State, ef_search: int | None, approximate_above: int | None, h
       speakerdb index --approximate-above 500000 --rebuild
     """
     state.local_only("index")
-    changes = {key: value for key, value in (("hnsw_ef_search", ef_search), ("approximate_above", approximate_above),
-                                             ("hnsw_m", hnsw_m), ("hnsw_ef_construction", ef_construction))
-               if value is not None}
+    changes = {
+        key: value
+        for key, value in (
+            ("hnsw_ef_search", ef_search),
+            ("approximate_above", approximate_above),
+            ("hnsw_m", hnsw_m),
+            ("hnsw_ef_construction", ef_construction),
+        )
+        if value is not None
+    }
     db = state.local_db
     if changes:
         db.set_index_params(**changes)
@@ -78,14 +102,23 @@ def index_(state: State, ef_search: int | None, approximate_above: int | None, h
     if built is None:
         lines.append("index file: none yet (built on the next search)")
     else:
-        lines.append(f"index file: {built['kind']}, {built['speakers']} speakers, {built['bytes']:,} bytes, "
-                     f"built with {', '.join(f'{k}={v}' for k, v in (built['built_with'] or {}).items())}")
+        lines.append(
+            f"index file: {built['kind']}, {built['speakers']} speakers, {built['bytes']:,} bytes, "
+            f"built with {', '.join(f'{k}={v}' for k, v in (built['built_with'] or {}).items())}"
+        )
     emit(as_json, document, "\n".join(lines))
 
 
 @click.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--speaker", "speakers", multiple=True, callback=speaker_name, metavar="NAME", help="Export only this speaker (repeatable).")
+@click.option(
+    "--speaker",
+    "speakers",
+    multiple=True,
+    callback=speaker_name,
+    metavar="NAME",
+    help="Export only this speaker (repeatable).",
+)
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 @json_option
 @click.pass_obj
@@ -120,12 +153,18 @@ def export(state: State, path: str, speakers: tuple[str, ...], force: bool, as_j
     "or add their utterances to ours.",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
-@click.option("--max-utterances", type=click.IntRange(min=1), metavar="N",
-              help="Refuse galleries declaring more than N utterances [default: 1,000,000]; memory grows with N "
-              "(about 2 KiB of names and metadata plus the vector per utterance).")
+@click.option(
+    "--max-utterances",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Refuse galleries declaring more than N utterances [default: 1,000,000]; memory grows with N "
+    "(about 2 KiB of names and metadata plus the vector per utterance).",
+)
 @json_option
 @click.pass_obj
-def import_(state: State, path: str, on_conflict: str, dry_run: bool, max_utterances: int | None, as_json: bool) -> None:
+def import_(
+    state: State, path: str, on_conflict: str, dry_run: bool, max_utterances: int | None, as_json: bool
+) -> None:
     """Import a gallery file into this database, all of it or nothing.
 
     The file is validated whole (format, checksums, model, names, vectors) before
@@ -141,11 +180,11 @@ def import_(state: State, path: str, on_conflict: str, dry_run: bool, max_uttera
     summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run, limits=limits)
     if dry_run:  # a dry run into a new path leaves no database behind
         state.discard_if_unused()
-    counts = ", ".join(
-        f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped")
-    )
+    counts = ", ".join(f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped"))
     prefix = "would import" if dry_run else "imported"
-    emit(as_json, summary.to_dict(), f"{prefix} {summary.path}: {counts}; {summary.utterances_added} utterance(s) added")
+    emit(
+        as_json, summary.to_dict(), f"{prefix} {summary.path}: {counts}; {summary.utterances_added} utterance(s) added"
+    )
 
 
 @click.group()
@@ -197,8 +236,11 @@ def upgrade(state: State, revision: str, as_json: bool) -> None:
 
     before, _ = database_revision(state.db_path)
     new = upgrade_database(state.db_path, revision)
-    text = f"database already at revision {new}: nothing to do" if new == before else (
-        f"database upgraded from revision {before or 'none'} to {new}")
+    text = (
+        f"database already at revision {new}: nothing to do"
+        if new == before
+        else (f"database upgraded from revision {before or 'none'} to {new}")
+    )
     emit(as_json, {"revision": new, "previous": before}, text)
 
 
@@ -252,7 +294,8 @@ def copy_(source: str, destination: str, as_json: bool) -> None:
     summary = copy_database(source, destination, progress=progress)
     end_line(progress)
     text = f"copied {summary.source} to {summary.destination}: " + ", ".join(
-        f"{n:,} {table}" for table, n in summary.rows.items())
+        f"{n:,} {table}" for table, n in summary.rows.items()
+    )
     emit(as_json, summary.to_dict(), text)
 
 

@@ -73,7 +73,7 @@ def threshold_text(value: float | None) -> str:
 
 
 def cosine_note(score: float | None, raw_score: float | None) -> str:
-    """", cosine X" when the score shown is normalised (it differs from the raw cosine)."""
+    """ ", cosine X" when the score shown is normalised (it differs from the raw cosine)."""
     return f", cosine {raw_score:.3f}" if raw_score is not None and raw_score != score else ""
 
 

@@ -19,6 +19,7 @@ from .output import printable
 if TYPE_CHECKING:
     from . import State
 
+
 def text_argument(what: str) -> Any:
     """A parameter callback: a name that is not valid UTF-8 (lone surrogates in argv) is one
     clear error line (exit 1) before any command runs, locally and through --server alike."""
@@ -86,7 +87,8 @@ def check_score(state: State, value: float | None, low: float, name: str = "thre
             low_norm, high_norm = AS_NORM_RANGE
             if not low_norm <= value <= high_norm:
                 raise click.BadParameter(
-                    f"{_shown(value)} is not in the range {low_norm:g} to {high_norm:g} of AS-norm scores", ctx, param)
+                    f"{_shown(value)} is not in the range {low_norm:g} to {high_norm:g} of AS-norm scores", ctx, param
+                )
             return
     hint = ": a negative threshold accepts nearly every voice" if value < 0 <= low else ""
     raise click.BadParameter(f"{_shown(value)} is not in the range {low:g} to 1{hint}", ctx, param)
@@ -130,16 +132,31 @@ def evaluation_options(command: Any) -> Any:
     """The options evaluate and calibrate share: how to split DATA_DIR and score it."""
     options = [
         click.argument("data_dir", type=click.Path(exists=True, file_okay=False)),
-        click.option("--enroll-count", type=click.IntRange(min=1), default=3, show_default=True,
-                     help="Recordings per speaker used for enrollment; the rest are test probes."),
-        click.option("--impostor-speakers", type=click.IntRange(min=0),
-                     help="Speakers of DATA_DIR held out entirely as impostors [default: a fifth, if 5 or more]."),
-        click.option("--impostors", "impostor_dirs", multiple=True, type=click.Path(exists=True, file_okay=False),
-                     help="Extra impostor recordings: DIR/<speaker>/... or loose files (repeatable)."),
+        click.option(
+            "--enroll-count",
+            type=click.IntRange(min=1),
+            default=3,
+            show_default=True,
+            help="Recordings per speaker used for enrollment; the rest are test probes.",
+        ),
+        click.option(
+            "--impostor-speakers",
+            type=click.IntRange(min=0),
+            help="Speakers of DATA_DIR held out entirely as impostors [default: a fifth, if 5 or more].",
+        ),
+        click.option(
+            "--impostors",
+            "impostor_dirs",
+            multiple=True,
+            type=click.Path(exists=True, file_okay=False),
+            help="Extra impostor recordings: DIR/<speaker>/... or loose files (repeatable).",
+        ),
         click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random split."),
-        click.option("--test-seconds", type=click.FloatRange(min=0.5),
-                     help="Keep S seconds from the middle of each test recording's detected speech "
-                     "(short-utterance condition)."),
+        click.option(
+            "--test-seconds",
+            type=click.FloatRange(min=0.5),
+            help="Keep S seconds from the middle of each test recording's detected speech (short-utterance condition).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)

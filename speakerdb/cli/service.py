@@ -20,36 +20,101 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Other than loopback only once the database has an API key.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on. Other than loopback only once the database has an API key.",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes, each with its own copy of the model (~1 GB resident with WavLM base).")
-@click.option("--max-upload-mb", type=click.FloatRange(0.001, 10_000), default=50, show_default=True,
-              help="Largest request body, in MB (10^6 bytes): 413 beyond it.")
-@click.option("--max-files", type=click.IntRange(1, 10_000), default=32, show_default=True,
-              help="Most audio files in one request: 413 beyond it.")
-@click.option("--max-audio-s", type=click.FloatRange(1, 4 * 3600), default=600, show_default=True,
-              help="Longest recording accepted, in seconds: 400 (or a per-file error) beyond it.")
-@click.option("--queue-size", type=click.IntRange(1, 100_000), default=32, show_default=True,
-              help="Embedding requests a worker holds, running and waiting; beyond it: 503 with Retry-After.")
-@click.option("--insecure-no-auth", is_flag=True,
-              help="Serve without API keys, on any address: every caller may do everything. Announced at every start.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes, each with its own copy of the model (~1 GB resident with WavLM base).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0.001, 10_000),
+    default=50,
+    show_default=True,
+    help="Largest request body, in MB (10^6 bytes): 413 beyond it.",
+)
+@click.option(
+    "--max-files",
+    type=click.IntRange(1, 10_000),
+    default=32,
+    show_default=True,
+    help="Most audio files in one request: 413 beyond it.",
+)
+@click.option(
+    "--max-audio-s",
+    type=click.FloatRange(1, 4 * 3600),
+    default=600,
+    show_default=True,
+    help="Longest recording accepted, in seconds: 400 (or a per-file error) beyond it.",
+)
+@click.option(
+    "--queue-size",
+    type=click.IntRange(1, 100_000),
+    default=32,
+    show_default=True,
+    help="Embedding requests a worker holds, running and waiting; beyond it: 503 with Retry-After.",
+)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve without API keys, on any address: every caller may do everything. Announced at every start.",
+)
 @click.option("--ssl-keyfile", type=click.Path(exists=True, dir_okay=False), help="TLS private key (PEM).")
 @click.option("--ssl-certfile", type=click.Path(exists=True, dir_okay=False), help="TLS certificate chain (PEM).")
-@click.option("--tmp-dir", type=click.Path(file_okay=False), help="Where uploads are kept while a request runs "
-              "[default: the system's temporary directory]; a private directory is made inside it.")
-@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10, show_default=True,
-              help="Seconds a client has to send a request's headers; then 408 and the connection is closed.")
-@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=30, show_default=True,
-              help="Seconds a request's body may pause; then 408 (or a closed connection).")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
+@click.option(
+    "--tmp-dir",
+    type=click.Path(file_okay=False),
+    help="Where uploads are kept while a request runs "
+    "[default: the system's temporary directory]; a private directory is made inside it.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=10,
+    show_default=True,
+    help="Seconds a client has to send a request's headers; then 408 and the connection is closed.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=30,
+    show_default=True,
+    help="Seconds a request's body may pause; then 408 (or a closed connection).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["critical", "error", "warning", "info", "debug"]),
+    default="info",
+    show_default=True,
+)
 @json_option
 @click.pass_obj
-def serve(state: State, host: str, port: int, workers: int, max_upload_mb: float, max_files: int, max_audio_s: float,
-          queue_size: int, insecure_no_auth: bool, ssl_keyfile: str | None, ssl_certfile: str | None,
-          tmp_dir: str | None, header_timeout: float, body_timeout: float, log_level: str, as_json: bool) -> None:
+def serve(
+    state: State,
+    host: str,
+    port: int,
+    workers: int,
+    max_upload_mb: float,
+    max_files: int,
+    max_audio_s: float,
+    queue_size: int,
+    insecure_no_auth: bool,
+    ssl_keyfile: str | None,
+    ssl_certfile: str | None,
+    tmp_dir: str | None,
+    header_timeout: float,
+    body_timeout: float,
+    log_level: str,
+    as_json: bool,
+) -> None:
     """Run the identification service (HTTP, FastAPI on uvicorn) on this database.
 
     Each worker loads the model once; /readyz answers 200 when it is loaded, /healthz
@@ -82,31 +147,68 @@ def serve(state: State, host: str, port: int, workers: int, max_upload_mb: float
     had_keys = has_keys or db.has_keys(include_revoked=True)
     state.release()  # the workers open it themselves
     if insecure_no_auth:
-        click.echo("warning: --insecure-no-auth: no API keys are checked; anyone who can reach "
-                   f"{host}:{port} may read, change and delete every speaker", err=True)
+        click.echo(
+            "warning: --insecure-no-auth: no API keys are checked; anyone who can reach "
+            f"{host}:{port} may read, change and delete every speaker",
+            err=True,
+        )
     elif not is_loopback(host) and not had_keys:
         raise click.UsageError(
             f"refusing to serve {db.db_path} on {host} without API keys: create one with "
-            "`speakerdb keys create NAME --scope admin`, or pass --insecure-no-auth")
+            "`speakerdb keys create NAME --scope admin`, or pass --insecure-no-auth"
+        )
     elif not had_keys:
-        click.echo(f"note: {db.db_path} has no API keys: every caller on this machine may do everything "
-                   "(`speakerdb keys create NAME --scope admin` turns keys on)", err=True)
+        click.echo(
+            f"note: {db.db_path} has no API keys: every caller on this machine may do everything "
+            "(`speakerdb keys create NAME --scope admin` turns keys on)",
+            err=True,
+        )
     elif not has_keys:
-        click.echo(f"note: every API key of {db.db_path} is revoked: every request is refused until "
-                   "`speakerdb keys create NAME --scope admin`", err=True)
-    config = ServeConfig(db_path=db_path or str(default_db_path()), model=state.model, device=state.device,
-                         precision=state.precision, max_upload_bytes=int(max_upload_mb * 1_000_000),
-                         max_files=max_files, max_audio_s=max_audio_s, queue_size=queue_size,
-                         insecure_no_auth=insecure_no_auth, require_keys=had_keys and not insecure_no_auth,
-                         header_timeout_s=header_timeout, body_timeout_s=body_timeout, tmp_dir=tmp_dir)
+        click.echo(
+            f"note: every API key of {db.db_path} is revoked: every request is refused until "
+            "`speakerdb keys create NAME --scope admin`",
+            err=True,
+        )
+    config = ServeConfig(
+        db_path=db_path or str(default_db_path()),
+        model=state.model,
+        device=state.device,
+        precision=state.precision,
+        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        max_files=max_files,
+        max_audio_s=max_audio_s,
+        queue_size=queue_size,
+        insecure_no_auth=insecure_no_auth,
+        require_keys=had_keys and not insecure_no_auth,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        tmp_dir=tmp_dir,
+    )
     url = f"{'https' if ssl_certfile else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
-    auth = ("none (--insecure-no-auth)" if insecure_no_auth else "API keys" if has_keys
-            else "API keys (all revoked: every request is refused)" if had_keys else "none (loopback, no keys yet)")
-    emit(as_json, {"url": url, "db_path": shown, "workers": workers, "auth": auth},
-          f"serving {shown} at {url} with {workers} worker(s), auth: {auth}; SIGTERM or Ctrl-C stops it")
+    auth = (
+        "none (--insecure-no-auth)"
+        if insecure_no_auth
+        else "API keys"
+        if has_keys
+        else "API keys (all revoked: every request is refused)"
+        if had_keys
+        else "none (loopback, no keys yet)"
+    )
+    emit(
+        as_json,
+        {"url": url, "db_path": shown, "workers": workers, "auth": auth},
+        f"serving {shown} at {url} with {workers} worker(s), auth: {auth}; SIGTERM or Ctrl-C stops it",
+    )
     sys.stdout.flush()
-    run_server(config, host=host, port=port, workers=workers, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile,
-               log_level=log_level)
+    run_server(
+        config,
+        host=host,
+        port=port,
+        workers=workers,
+        ssl_keyfile=ssl_keyfile,
+        ssl_certfile=ssl_certfile,
+        log_level=log_level,
+    )
 
 
 def _actor() -> str:
@@ -114,7 +216,6 @@ def _actor() -> str:
     try:
         return f"local:{getpass.getuser()}"
     except Exception:  # noqa: BLE001  (no user name: a container without an /etc/passwd entry)
-
         return f"local:uid{os.getuid()}"
 
 
@@ -135,8 +236,13 @@ def keys() -> None:
 
 @keys.command(name="create")
 @click.argument("name", callback=key_name)
-@click.option("--scope", type=click.Choice(["read", "write", "admin"]), default="read", show_default=True,
-              help="What the key may do.")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "write", "admin"]),
+    default="read",
+    show_default=True,
+    help="What the key may do.",
+)
 @json_option
 @click.pass_obj
 def keys_create(state: State, name: str, scope: str, as_json: bool) -> None:
@@ -164,11 +270,14 @@ def keys_list(state: State, as_json: bool) -> None:
       speakerdb keys list --json
     """
     found = state.db.list_keys()
-    text = "\n".join(
-        f"{k.name}  {k.scope:<5}  created {k.created_at:%Y-%m-%d %H:%M}"
-        + (f"  REVOKED {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
-        for k in found
-    ) or "no keys"
+    text = (
+        "\n".join(
+            f"{k.name}  {k.scope:<5}  created {k.created_at:%Y-%m-%d %H:%M}"
+            + (f"  REVOKED {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "")
+            for k in found
+        )
+        or "no keys"
+    )
     emit(as_json, [k.to_dict() for k in found], text)
 
 
@@ -188,8 +297,9 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
 
 
 @click.command()
-@click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True,
-              help="Show the newest N records.")
+@click.option(
+    "--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True, help="Show the newest N records."
+)
 @click.option("--speaker", metavar="NAME", callback=speaker_name, help="Only changes to this speaker.")
 @json_option
 @click.pass_obj
@@ -202,11 +312,14 @@ def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
       speakerdb audit --speaker alice --json
     """
     entries = state.db.audit(limit, speaker)
-    text = "\n".join(
-        f"{store_iso(e.time)}  {printable(e.key_name or '-')}  {e.operation:<10}  {printable(e.speaker or '-')}"
-        + (f"  {printable(json.dumps(e.detail, ensure_ascii=False))}" if e.detail else "")
-        for e in entries
-    ) or "no audit records"
+    text = (
+        "\n".join(
+            f"{store_iso(e.time)}  {printable(e.key_name or '-')}  {e.operation:<10}  {printable(e.speaker or '-')}"
+            + (f"  {printable(json.dumps(e.detail, ensure_ascii=False))}" if e.detail else "")
+            for e in entries
+        )
+        or "no audit records"
+    )
     emit(as_json, [e.to_dict() for e in entries], text)
 
 

@@ -31,8 +31,14 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
 @click.argument("name", callback=speaker_name)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
-@click.option("--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable).")
-@click.option("--strict", is_flag=True, help="Refuse clips with too little speech or a voice unlike the others, instead of warning.")
+@click.option(
+    "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable)."
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Refuse clips with too little speech or a voice unlike the others, instead of warning.",
+)
 @json_option
 @click.pass_obj
 def enroll(
@@ -69,14 +75,20 @@ def enroll(
 
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file.")
+@click.option(
+    "-k", "--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Candidates to list per file."
+)
 @click.option("--threshold", type=SCORE, help=THRESHOLD_HELP)
-@click.option("--no-voice-check", is_flag=True,
-              help="Skip counting the voices in each file (one more pass over the speech; about doubles the time with WavLM).")
+@click.option(
+    "--no-voice-check",
+    is_flag=True,
+    help="Skip counting the voices in each file (one more pass over the speech; about doubles the time with WavLM).",
+)
 @json_option
 @click.pass_obj
-def identify(state: State, files: tuple[str, ...], top_k: int, threshold: float | None, no_voice_check: bool,
-             as_json: bool) -> None:
+def identify(
+    state: State, files: tuple[str, ...], top_k: int, threshold: float | None, no_voice_check: bool, as_json: bool
+) -> None:
     """Name the speaker of each recording, or say "unknown".
 
     The best candidate is named when its cosine score reaches the threshold
@@ -93,8 +105,9 @@ def identify(state: State, files: tuple[str, ...], top_k: int, threshold: float 
     """
     check_score(state, threshold, OVERRIDE_LOW)
     with progress("identifying", len(files), as_json) as update:
-        results = state.db.identify(list(files), top_k=top_k, threshold=threshold, progress=update,
-                                    count_voices=not no_voice_check)
+        results = state.db.identify(
+            list(files), top_k=top_k, threshold=threshold, progress=update, count_voices=not no_voice_check
+        )
     cut = threshold if threshold is not None else state.db.threshold
     lines = []
     for r in results:
@@ -104,7 +117,9 @@ def identify(state: State, files: tuple[str, ...], top_k: int, threshold: float 
         if r.speaker is not None:
             lines.append(f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
         else:
-            lines.append(f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{cosine})")
+            lines.append(
+                f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{cosine})"
+            )
         width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
         lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
     if lines or as_json:
@@ -132,8 +147,12 @@ def verify(state: State, name: str, file: str, threshold: float | None, as_json:
     v = state.db.verify(name, file, threshold=threshold)
     word = "accepted" if v.accepted else "rejected"
     sign = ">=" if v.accepted else "<"
-    emit(as_json, v.to_dict(), f"{word}: {printable(v.file)} as {v.speaker} "
-         f"(score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine_note(v.score, v.raw_score)})")
+    emit(
+        as_json,
+        v.to_dict(),
+        f"{word}: {printable(v.file)} as {v.speaker} "
+        f"(score {v.score:.3f} {sign} threshold {v.threshold:.3f}{cosine_note(v.score, v.raw_score)})",
+    )
 
 
 @click.command(name="list")
@@ -180,8 +199,10 @@ def show(state: State, name: str, as_json: bool) -> None:
     ]
     # Sources and metadata are whatever was typed or named the files: escaped, so a newline or
     # a terminal escape sequence in them cannot forge lines of this output.
-    lines += [f"metadata.{printable(k)}: {printable(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
-              for k, v in info.metadata.items()]
+    lines += [
+        f"metadata.{printable(k)}: {printable(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
+        for k, v in info.metadata.items()
+    ]
     lines += [f"  {printable(u.source)}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
     emit(as_json, d, "\n".join(lines))
 
@@ -221,11 +242,17 @@ def remove(state: State, names: tuple[str, ...], yes: bool, as_json: bool) -> No
     names = tuple(dict.fromkeys(names))
     counts = {name: state.db.show(name).n_utterances for name in names}  # an unknown name fails here
     total = sum(counts.values())
-    confirm(f"Delete {len(names)} speaker(s) ({', '.join(printable(n) for n in names)}) and their "
-            f"{total} utterance(s)? This cannot be undone.", yes)
+    confirm(
+        f"Delete {len(names)} speaker(s) ({', '.join(printable(n) for n in names)}) and their "
+        f"{total} utterance(s)? This cannot be undone.",
+        yes,
+    )
     removed = {name: state.db.remove(name) for name in names}
-    emit(as_json, {"removed": list(removed), "utterances": sum(removed.values())},
-         "\n".join(f"removed {name} ({n} utterance(s))" for name, n in removed.items()))
+    emit(
+        as_json,
+        {"removed": list(removed), "utterances": sum(removed.values())},
+        "\n".join(f"removed {name} ({n} utterance(s))" for name, n in removed.items()),
+    )
 
 
 COMMANDS = [enroll, identify, verify, list_, show, rename, remove]

@@ -12,8 +12,14 @@ from ..errors import ModelMismatchError
 from .models import same_model
 
 
-def check_model(db_name: str | os.PathLike[str], bound: str | None, bound_dim: int | None,
-                bound_source: str | None, model_id: str, dim: int) -> None:
+def check_model(
+    db_name: str | os.PathLike[str],
+    bound: str | None,
+    bound_dim: int | None,
+    bound_source: str | None,
+    model_id: str,
+    dim: int,
+) -> None:
     """ModelMismatchError unless database ``db_name``, bound to model ``bound`` of ``bound_dim``
     dimensions (None: not bound yet), can use the loaded model ``model_id`` of ``dim``."""
     if bound is not None and not same_model(bound, model_id):
@@ -25,8 +31,9 @@ def check_model(db_name: str | os.PathLike[str], bound: str | None, bound_dim: i
         raise ModelMismatchError(f"database {db_name} holds {bound_dim}-d embeddings, model {model_id} makes {dim}-d")
 
 
-def check_gallery_model(path: str | os.PathLike[str], bound: str | None, bound_dim: int | None,
-                        model_id: str, dim: int) -> None:
+def check_gallery_model(
+    path: str | os.PathLike[str], bound: str | None, bound_dim: int | None, model_id: str, dim: int
+) -> None:
     """ModelMismatchError unless a database bound to ``bound`` (None: not bound yet) can take
     the vectors of gallery ``path``, made by ``model_id`` with ``dim`` dimensions.
 

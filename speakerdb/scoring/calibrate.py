@@ -32,12 +32,25 @@ class Calibration:
     database: str | None = None  # where it was stored, as shown (no password); not in to_dict
 
     def to_dict(self) -> dict[str, Any]:
-        return {"target": self.target, "threshold": self.threshold, "p_miss": self.p_miss, "p_fa": self.p_fa,
-                "threshold_scale": self.threshold_scale, "applied": self.applied, "report": self.report.to_dict()}
+        return {
+            "target": self.target,
+            "threshold": self.threshold,
+            "p_miss": self.p_miss,
+            "p_fa": self.p_fa,
+            "threshold_scale": self.threshold_scale,
+            "applied": self.applied,
+            "report": self.report.to_dict(),
+        }
 
 
-def measure(data_dir: str | Path, target: str = "eer", *, cohort: norm.CohortVectors | None = None,
-            top_n: int | None = None, **run_options: Any) -> tuple[Calibration, Embedder]:
+def measure(
+    data_dir: str | Path,
+    target: str = "eer",
+    *,
+    cohort: norm.CohortVectors | None = None,
+    top_n: int | None = None,
+    **run_options: Any,
+) -> tuple[Calibration, Embedder]:
     """Score ``data_dir`` (:func:`.evaluate.run` with ``run_options``) and find the threshold for
     ``target``; with ``cohort`` (a database's normalisation) on the AS-norm scale.
 
@@ -49,5 +62,6 @@ def measure(data_dir: str | Path, target: str = "eer", *, cohort: norm.CohortVec
     report, scores, embedder = evaluate.run(data_dir, **extra, **run_options)
     point = evaluate.operating_point(scores.active(), target)
     scale = norm.AS_NORM if cohort is not None else norm.COSINE
-    return Calibration(target, point["threshold"], float(point["p_miss"] or 0.0), float(point["p_fa"] or 0.0), scale,
-                       False, report), embedder
+    return Calibration(
+        target, point["threshold"], float(point["p_miss"] or 0.0), float(point["p_fa"] or 0.0), scale, False, report
+    ), embedder

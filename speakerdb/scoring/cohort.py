@@ -68,8 +68,9 @@ class CohortCache:
             self._cohort = (setting.digest, matrix.astype(np.float64))  # float64 once, not per query
         return setting, self._cohort[1]
 
-    def normalise(self, s: Session, settings: stored.Settings, query: np.ndarray, ids: np.ndarray,
-                  raw: np.ndarray) -> np.ndarray:
+    def normalise(
+        self, s: Session, settings: stored.Settings, query: np.ndarray, ids: np.ndarray, raw: np.ndarray
+    ) -> np.ndarray:
         """AS-norm of the raw scores of ``query`` against speakers ``ids`` (raw if normalisation is off)."""
         found = self.state(s, settings)
         if found is None:
@@ -85,8 +86,9 @@ class CohortCache:
         found = self.state(s, settings)
         if found is None:
             return None
-        rows = s.execute(select(store.CohortEmbedding.source, store.CohortEmbedding.audio_sha256)
-                         .order_by(store.CohortEmbedding.id)).all()
+        rows = s.execute(
+            select(store.CohortEmbedding.source, store.CohortEmbedding.audio_sha256).order_by(store.CohortEmbedding.id)
+        ).all()
         setting, matrix = found
         return norm.CohortVectors(setting.model_id, matrix, [r[0] for r in rows], [r[1] for r in rows])
 
@@ -106,17 +108,18 @@ def check_count(n_files: int, top_n: int | None) -> None:
         check_top_n(top_n, n_files if n_files >= norm.MIN_COHORT else None)
     if n_files < norm.MIN_COHORT:
         raise InvalidInputError(
-            f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, "
-            f"{n_files} given"
+            f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, {n_files} given"
         )
 
 
-def screen(st: store.Store, indexer: IndexKeeper, vectors: norm.CohortVectors, top_n: int | None,
-           screen_enrolled: bool = True) -> tuple[list[Row], int, tuple[CohortSetAside, ...]]:
+def screen(
+    st: store.Store, indexer: IndexKeeper, vectors: norm.CohortVectors, top_n: int | None, screen_enrolled: bool = True
+) -> tuple[list[Row], int, tuple[CohortSetAside, ...]]:
     """The rows of ``vectors`` that may form a cohort (one per recording), the ``top_n`` to
     use, and those set aside because they score as enrolled speakers (warned about here)."""
-    rows = list({sha: (src, sha, vec) for src, sha, vec in zip(vectors.sources, vectors.sha256, vectors.vectors)}
-                .values())
+    rows = list(
+        {sha: (src, sha, vec) for src, sha, vec in zip(vectors.sources, vectors.sha256, vectors.vectors)}.values()
+    )
     if len(rows) < norm.MIN_COHORT:
         raise InvalidInputError(f"a cohort needs at least {norm.MIN_COHORT} different recordings, {len(rows)} given")
     near = _enrolled_in_cohort(st, indexer, rows, screen_enrolled)  # {sha256: why}
@@ -124,16 +127,22 @@ def screen(st: store.Store, indexer: IndexKeeper, vectors: norm.CohortVectors, t
     if set_aside:
         rows = [r for r in rows if r[1] not in near]
         for a in set_aside:
-            log.warning("cohort recording %s set aside: it scores %.3f against enrolled speaker %s "
-                        "(threshold %.3f): a cohort holds people who are not enrolled",
-                        a.source, a.score, a.speaker, a.threshold)
+            log.warning(
+                "cohort recording %s set aside: it scores %.3f against enrolled speaker %s "
+                "(threshold %.3f): a cohort holds people who are not enrolled",
+                a.source,
+                a.score,
+                a.speaker,
+                a.threshold,
+            )
         if len(rows) < norm.MIN_COHORT:
             first = set_aside[0]
             raise InvalidInputError(
                 f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled: "
                 f"{len(set_aside)} of {len(rows) + len(set_aside)} score at or above the threshold "
                 f"{first.threshold:.3f} against enrolled speakers (the first: {first.source}, "
-                f"{first.speaker} {first.score:.3f}), {len(rows)} left; nothing stored")
+                f"{first.speaker} {first.score:.3f}), {len(rows)} left; nothing stored"
+            )
     top_n = min(norm.DEFAULT_TOP_N, len(rows)) if top_n is None else check_top_n(top_n, len(rows))
     return rows, top_n, tuple(set_aside)
 
@@ -151,8 +160,7 @@ def replace(s: Session, rows: list[Row], top_n: int, model_id: str) -> tuple[Nor
     recalibrate = stored.scale(settings) != norm.AS_NORM
     if recalibrate:
         # The cosine one is kept for what still compares raw scores (enrollment checks, timelines) and for `--off`.
-        stored.write_scale(s, norm.AS_NORM, norm.DEFAULT_AS_NORM_THRESHOLD,
-                           cosine_threshold=stored.threshold(settings))
+        stored.write_scale(s, norm.AS_NORM, norm.DEFAULT_AS_NORM_THRESHOLD, cosine_threshold=stored.threshold(settings))
     return setting, recalibrate, stored.threshold(store.get_settings(s))
 
 
@@ -188,8 +196,9 @@ def _refuse_enrolled(s: Session, rows: list[Row]) -> None:
         )
 
 
-def _enrolled_in_cohort(st: store.Store, indexer: IndexKeeper, rows: list[Row],
-                        screen_enrolled: bool = True) -> dict[str, CohortSetAside]:
+def _enrolled_in_cohort(
+    st: store.Store, indexer: IndexKeeper, rows: list[Row], screen_enrolled: bool = True
+) -> dict[str, CohortSetAside]:
     """Cohort rows that are enrolled people: refuse an enrolled utterance's audio; return, by
     sha256, those whose raw score against their nearest enrolled speaker reaches the cosine
     threshold (what identify would name).

@@ -86,8 +86,8 @@ class Report:
     top5: float
     eer: float
     eer_threshold: float
-    min_dcf: dict[str, dict[str, float]]  # "0.01" -> {"min_dcf", "threshold"}
-    dir: dict[str, dict[str, float]]  # "0.01" -> {"dir", "threshold"}
+    min_dcf: dict[str, dict[str, float | None]]  # "0.01" -> {"min_dcf", "threshold"} (None: not reached)
+    dir: dict[str, dict[str, float | None]]  # "0.01" -> {"dir", "threshold"} (None: not reached)
     settings: dict[str, Any] = field(default_factory=dict)
     #: The same figures on the AS-norm scale (keys top1, top5, eer, eer_threshold, min_dcf,
     #: dir), when evaluated with a cohort; None for raw scores only.
@@ -200,10 +200,13 @@ def embed_cohort(cohort_dir: str | Path, embedder: Embedder) -> norm.CohortVecto
     :func:`run`'s ``cohort`` (scripts pass the result to several runs)."""
     files = cohort_files(cohort_dir)
     if len(files) < norm.MIN_COHORT:
-        raise InvalidInputError(f"cohort {cohort_dir} holds {len(files)} recordings, at least {norm.MIN_COHORT} are needed")
+        raise InvalidInputError(
+            f"cohort {cohort_dir} holds {len(files)} recordings, at least {norm.MIN_COHORT} are needed"
+        )
     clips = [pipeline.embed_clip(f, embedder) for f in files]
-    return norm.CohortVectors(embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips],
-                              [c.sha256 for c in clips])
+    return norm.CohortVectors(
+        embedder.model_id, np.stack([c.vector for c in clips]), [c.source for c in clips], [c.sha256 for c in clips]
+    )
 
 
 def score(
@@ -223,7 +226,10 @@ def score(
     so that the scores are the product's own identify's; scoring never imports the facade above it."""
     if test_seconds is not None and test_seconds < audio.MIN_DURATION_S:
         raise InvalidInputError(f"test-seconds must be at least {audio.MIN_DURATION_S:g}")
-    with tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp, open_db(Path(tmp) / "eval.sqlite", embedder) as db:
+    with (
+        tempfile.TemporaryDirectory(prefix="speakerdb-eval-") as tmp,
+        open_db(Path(tmp) / "eval.sqlite", embedder) as db,
+    ):
         for i, (name, files) in enumerate(split.enroll.items()):
             db.enroll(name, files)
             if progress:
@@ -250,7 +256,8 @@ def score(
 
 def _collect(split: Split, all_probes, results, key: str) -> Scores:
     """Trials and ranks from identify's answers, ranked by the candidates' ``key`` score."""
-    target, nontarget = [], []
+    target: list[float] = []
+    nontarget: list[float] = []
     genuine_top, genuine_correct, genuine_rank, impostor_top = [], [], [], []
     for (_, truth), result in zip(all_probes, results):
         if not result.ok:
@@ -413,8 +420,9 @@ def run(
     embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device, precision=precision)
     if cohort is not None and not isinstance(cohort, norm.CohortVectors):
         cohort = embed_cohort(cohort, embedder)
-    scores = score(split, embedder, test_seconds=test_seconds, cohort=cohort, top_n=top_n, progress=progress,
-                   open_db=open_db)
+    scores = score(
+        split, embedder, test_seconds=test_seconds, cohort=cohort, top_n=top_n, progress=progress, open_db=open_db
+    )
     settings = {
         "data_dir": str(data_dir),
         "impostor_dirs": [str(d) for d in impostor_dirs],
@@ -423,8 +431,13 @@ def run(
         "seed": seed,
         "test_seconds": test_seconds,
         "precision": precision,
-        "norm": {"method": norm.METHOD, "top_n": min(top_n, len(cohort.vectors)),  # as score() applied it
-                 "cohort_count": len(cohort.vectors)} if cohort is not None else None,
+        "norm": {
+            "method": norm.METHOD,
+            "top_n": min(top_n, len(cohort.vectors)),  # as score() applied it
+            "cohort_count": len(cohort.vectors),
+        }
+        if cohort is not None
+        else None,
     }
     return summarise(split, scores, settings), scores, embedder
 
@@ -441,8 +454,9 @@ def check_plotting() -> None:
 DET_WINDOW = (0.0005, 0.9)
 
 
-def plot(scores: Scores, report: Report, path: Path, threshold: float | None = None, *,
-         overwrite: bool = False) -> None:
+def plot(
+    scores: Scores, report: Report, path: Path, threshold: float | None = None, *, overwrite: bool = False
+) -> None:
     """Score histograms and a DET curve (normal-deviate axes) in one PNG.
 
     The title names the model, the data and the trial counts; ``threshold`` (the
@@ -482,8 +496,14 @@ def plot(scores: Scores, report: Report, path: Path, threshold: float | None = N
         top_n = (report.settings.get("norm") or {}).get("top_n")
         ax_det.plot(probit(n_fa), probit(n_miss), label=f"DET, AS-norm top-{top_n} (EER {n_eer:.2%})")
     if report.eer == 0:
-        ax_det.text(0.5, 0.5, "no errors at the EER threshold:\nthe curve runs along the edges",
-                    transform=ax_det.transAxes, ha="center", va="center")
+        ax_det.text(
+            0.5,
+            0.5,
+            "no errors at the EER threshold:\nthe curve runs along the edges",
+            transform=ax_det.transAxes,
+            ha="center",
+            va="center",
+        )
     ticks = [0.001, 0.01, 0.05, 0.2, 0.5, 0.8]
     ax_det.set_xticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
     ax_det.set_yticks(probit(np.array(ticks)), [f"{t:.1%}" for t in ticks])
@@ -495,8 +515,13 @@ def plot(scores: Scores, report: Report, path: Path, threshold: float | None = N
     if threshold is not None:
         miss = float(np.mean(scores.target < threshold))
         fa = float(np.mean(scores.nontarget >= threshold))
-        ax_det.plot(probit(fa), probit(miss), "s", color="tab:red",
-                    label=f"threshold {threshold:.3f}: miss {miss:.1%}, FA {fa:.1%}")
+        ax_det.plot(
+            probit(fa),
+            probit(miss),
+            "s",
+            color="tab:red",
+            label=f"threshold {threshold:.3f}: miss {miss:.1%}, FA {fa:.1%}",
+        )
     ax_det.set_xlabel("false acceptance rate")
     ax_det.set_ylabel("miss rate")
     ax_det.grid(True, alpha=0.3)

@@ -143,13 +143,17 @@ class SpeakerStats:
         # ``settings`` was read in this session: its generation is the session's (one query less).
         target = int(settings["generation"]) if "generation" in settings else store.generation(session)
         with self._lock:
-            if self._key == key and self.generation == target and (
-                target == 0 or store.change_nonce(session, target) == self._nonce
+            if (
+                self._key == key
+                and self.generation == target
+                and (target == 0 or store.change_nonce(session, target) == self._nonce)
             ):
                 return self
             records = None
-            if self._key == key and 0 <= self.generation <= target and (
-                self.generation == 0 or store.change_nonce(session, self.generation) == self._nonce
+            if (
+                self._key == key
+                and 0 <= self.generation <= target
+                and (self.generation == 0 or store.change_nonce(session, self.generation) == self._nonce)
             ):
                 records = store.changes_between(session, self.generation, target)
                 if len(records) != target - self.generation:
@@ -177,7 +181,11 @@ class SpeakerStats:
         if present:
             new_ids = np.fromiter(present, np.int64, len(present))
             new_mean, new_std = top_stats(np.stack(list(present.values())), cohort, top_n)
-            ids, mean, std = np.concatenate([ids, new_ids]), np.concatenate([mean, new_mean]), np.concatenate([std, new_std])
+            ids, mean, std = (
+                np.concatenate([ids, new_ids]),
+                np.concatenate([mean, new_mean]),
+                np.concatenate([std, new_std]),
+            )
         order = np.argsort(ids, kind="stable")
         self._ids, self._mean, self._std = ids[order], mean[order], std[order]
         self.replayed += len(touched)
@@ -186,6 +194,8 @@ class SpeakerStats:
         """Mean and std (k,), (k,) of the speakers ``ids`` (KeyError for one not known)."""
         ids = np.asarray(ids, np.int64)
         pos = np.searchsorted(self._ids, ids)
-        if len(ids) and (np.any(pos >= len(self._ids)) or np.any(self._ids[np.minimum(pos, len(self._ids) - 1)] != ids)):
+        if len(ids) and (
+            np.any(pos >= len(self._ids)) or np.any(self._ids[np.minimum(pos, len(self._ids) - 1)] != ids)
+        ):
             raise KeyError("speaker without cohort statistics")
         return self._mean[pos], self._std[pos]

@@ -13,8 +13,9 @@ from ..results import FileNote
 MIN_SPEECH_S = 1.0
 
 
-def quality_warnings(name: str, existing: Sequence[np.ndarray], embedded: Sequence[EmbeddedClip],
-                     threshold: float) -> list[FileNote]:
+def quality_warnings(
+    name: str, existing: Sequence[np.ndarray], embedded: Sequence[EmbeddedClip], threshold: float
+) -> list[FileNote]:
     """Clips of ``embedded`` with too little speech, or whose raw score against the mean of
     speaker ``name``'s other clips (``existing`` and the rest of ``embedded``) is below ``threshold``."""
     notes = []
@@ -22,8 +23,9 @@ def quality_warnings(name: str, existing: Sequence[np.ndarray], embedded: Sequen
     for i, clip in enumerate(embedded):
         vector, speech = clip.vector, clip.speech_s
         if speech < MIN_SPEECH_S:
-            notes.append(FileNote(clip.source,
-                                  f"only {speech:.1f} s of speech (at least {MIN_SPEECH_S:g} s recommended)"))
+            notes.append(
+                FileNote(clip.source, f"only {speech:.1f} s of speech (at least {MIN_SPEECH_S:g} s recommended)")
+            )
         others = [*existing, *new_vectors[:i], *new_vectors[i + 1 :]]
         if others:
             mean = np.mean(others, axis=0)

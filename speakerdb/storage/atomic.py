@@ -12,8 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import InvalidInputError, printable_path
-from ..errors import check_output  # shared with the client, which checks before downloading
+from ..errors import (
+    InvalidInputError,
+    check_output,  # shared with the client, which checks before downloading
+    printable_path,
+)
 
 
 @contextmanager

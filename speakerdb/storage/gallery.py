@@ -30,9 +30,8 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from . import atomic, store
 from ..errors import ConflictError, GalleryError, InvalidInputError, printable_path
-from .store import validate_name
+
 # The caps on an import (Limits, whose defaults are these) and what export and import return
 # are shared with the client: they live in results.py and stay importable from here.
 from ..results import (  # noqa: F401
@@ -45,6 +44,8 @@ from ..results import (  # noqa: F401
     ImportSummary,
     Limits,
 )
+from . import atomic, store
+from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"
 FORMAT_VERSION = 1
@@ -143,7 +144,9 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
 ModelCheck = Callable[[str, int], "int | None"]
 
 
-def read(path: str | Path, limits: Limits | None = None, *, check_model: ModelCheck | None = None) -> Gallery:
+def read(
+    path: str | os.PathLike[str], limits: Limits | None = None, *, check_model: ModelCheck | None = None
+) -> Gallery:
     """Read and fully validate a gallery file. Raises GalleryError saying what is wrong.
 
     Memory is bounded by ``limits`` (default: :class:`Limits`): a manifest declaring more
@@ -179,15 +182,21 @@ def read(path: str | Path, limits: Limits | None = None, *, check_model: ModelCh
         # method; RuntimeError: an encrypted member (both found by the fuzz tests).
         raise GalleryError(f"{path}: not a readable gallery (truncated or corrupt archive: {e})") from None
     except MemoryError:  # limits raised beyond this machine's memory
-        raise GalleryError(f"{path}: too large to read in the memory available (a lower --max-utterances refuses it "
-                           "before reading)") from None
+        raise GalleryError(
+            f"{path}: too large to read in the memory available (a lower --max-utterances refuses it before reading)"
+        ) from None
     except OSError as e:
         raise GalleryError(f"{path}: cannot be read ({e.strerror or e})") from None
     return _build(manifest, records, matrix)
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _open_regular(path: Path) -> BinaryIO:
@@ -286,7 +295,9 @@ def _check_limits(path: Path, manifest: dict[str, Any], limits: Limits, db_dim: 
             f"{cap:,} bytes one import accepts (import --max-utterances raises the cap; memory grows with it)"
         )
     # speakers.json: as much as the declared utterances can need, never more than the cap's worth.
-    speakers_cap = min(limits.max_speakers_json_bytes, SPEAKERS_JSON_BASE_BYTES + n_utt * SPEAKERS_JSON_BYTES_PER_UTTERANCE)
+    speakers_cap = min(
+        limits.max_speakers_json_bytes, SPEAKERS_JSON_BASE_BYTES + n_utt * SPEAKERS_JSON_BYTES_PER_UTTERANCE
+    )
     if members[SPEAKERS]["size"] > speakers_cap:
         raise GalleryError(
             f"{path}: speakers.json declares {members[SPEAKERS]['size']:,} bytes, more than the "
@@ -334,9 +345,13 @@ def _check_manifest(path: Path, m: Any) -> None:
         ok = (
             isinstance(model["id"], str)
             and isinstance(model.get("source"), (str, type(None)))
-            and _is_count(model["dim"]) and model["dim"] > 0
-            and _is_count(counts["speakers"]) and _is_count(counts["utterances"])
-            and all(_is_count(members[n]["size"]) and isinstance(members[n]["sha256"], str) for n in (SPEAKERS, EMBEDDINGS))
+            and _is_count(model["dim"])
+            and model["dim"] > 0
+            and _is_count(counts["speakers"])
+            and _is_count(counts["utterances"])
+            and all(
+                _is_count(members[n]["size"]) and isinstance(members[n]["sha256"], str) for n in (SPEAKERS, EMBEDDINGS)
+            )
         )
     except (KeyError, TypeError):
         ok = False
@@ -408,7 +423,9 @@ def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) ->
     exactly the manifest's count of speakers and of utterances."""
     n_utt = manifest["counts"]["utterances"]
     if not isinstance(speakers_doc, list) or len(speakers_doc) != manifest["counts"]["speakers"]:
-        raise GalleryError(f"{path}: speakers.json does not list the {manifest['counts']['speakers']} speakers the manifest counts")
+        raise GalleryError(
+            f"{path}: speakers.json does not list the {manifest['counts']['speakers']} speakers the manifest counts"
+        )
 
     records: list[_SpeakerRecord] = []
     seen: set[str] = set()
@@ -474,7 +491,9 @@ def _check_utterance(u: Any, speaker: str) -> tuple[str, float, str, str | None]
     if not (isinstance(sha, str) and len(sha) == 64 and set(sha) <= _SHA256_HEX):
         raise InvalidInputError(f"{what} has an audio_sha256 that is not 64 lowercase hex digits")
     if not isinstance(source, str) or len(source) > MAX_SOURCE_LENGTH or source != printable_path(source):
-        raise InvalidInputError(f"{what} has a source that is not text of valid Unicode up to {MAX_SOURCE_LENGTH} characters")
+        raise InvalidInputError(
+            f"{what} has a source that is not text of valid Unicode up to {MAX_SOURCE_LENGTH} characters"
+        )
     store.check_text(source, f"the source of {what}")
     # A JSON number only (not "1e400" as text), finite, and no longer than a recording can be.
     if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not 0 <= duration <= MAX_DURATION_S:

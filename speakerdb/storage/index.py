@@ -66,7 +66,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     # Candidates kept per search. Recall@1 against exact search, queries at cosine ~0.8 to
     # an enrolled vector (scripts/scale_test.py, 1,000 queries): at 100k speakers 1.000
     # from 256 up; at 1M 0.707 (256), 0.886 (512), 0.977-0.988 (1024), 0.997-0.999
-    # (2048: 32-38 ms per query against ~190 ms exact; two draws of queries). Search-time only: `speakerdb index --ef-search N`.
+    # (2048: 32-38 ms per query against ~190 ms exact; two draws of queries).
+    # Search-time only: `speakerdb index --ef-search N`.
     "hnsw_ef_search": 2048,
 }
 
@@ -263,7 +264,11 @@ class SpeakerIndex:
         if self.n_dead:
             bits = np.packbits(self.alive, bitorder="little")
             selector = faiss.IDSelectorBitmap(len(self.alive), faiss.swig_ptr(bits))
-            params = faiss.SearchParametersHNSW(sel=selector) if self.kind == "hnsw" else faiss.SearchParameters(sel=selector)
+            params = (
+                faiss.SearchParametersHNSW(sel=selector)
+                if self.kind == "hnsw"
+                else faiss.SearchParameters(sel=selector)
+            )
         if self.kind == "hnsw":
             if params is None:
                 params = faiss.SearchParametersHNSW()
@@ -423,8 +428,10 @@ class SpeakerIndex:
             or faiss_index.metric_type != faiss.METRIC_INNER_PRODUCT
             or (kind == "hnsw" and faiss_index.hnsw.levels.size() != n)
         ):
-            raise IndexFileError(f"header ({kind}, {dim} dimensions, {n} positions) does not match its contents "
-                                 f"({type(faiss_index).__name__}, {faiss_index.d} dimensions, {faiss_index.ntotal} vectors)")
+            raise IndexFileError(
+                f"header ({kind}, {dim} dimensions, {n} positions) does not match its contents "
+                f"({type(faiss_index).__name__}, {faiss_index.d} dimensions, {faiss_index.ntotal} vectors)"
+            )
         live_labels = labels[alive.astype(bool)]
         if len(np.unique(live_labels)) != len(live_labels) or (n and int(labels.max()) != header["max_label"]):
             raise IndexFileError("header does not match its contents")
@@ -594,8 +601,10 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         or start + 9 * n + header["payload_bytes"] != file_size
         or not set(DEFAULT_PARAMS) <= set(header["params"])
         # FAISS keeps them in C ints: a larger one would overflow in a later build or search
-        or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
-                   for k, v in header["params"].items())
+        or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31
+            for k, v in header["params"].items()
+        )
     ):
         raise IndexFileError("header values out of range or sizes do not match the file")
     header["scrubbed_to"] = scrubbed_to

@@ -42,9 +42,9 @@ from typing import Any, Iterator
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import SpeakerDBError
 from . import index as index_files
 from . import store
-from ..errors import SpeakerDBError
 from .index import IndexFileError, SpeakerIndex, write_lock
 
 log = logging.getLogger("speakerdb")
@@ -107,8 +107,11 @@ class IndexKeeper:
         if index is None:
             return
         header = SpeakerIndex.read_header(self.path)
-        if (header is not None and header["database_id"] == index.database_id
-                and index.generation - header["generation"] < SAVE_AFTER_CHANGES):
+        if (
+            header is not None
+            and header["database_id"] == index.database_id
+            and index.generation - header["generation"] < SAVE_AFTER_CHANGES
+        ):
             return
         self._save(index, wait=0.0)
 
@@ -184,7 +187,12 @@ class IndexKeeper:
         header = SpeakerIndex.read_header(self.path)
         with self.store.read() as s:
             generation, database_id = store.generation(s), store.get_settings(s).get("database_id")
-        if not debris and header is not None and header["database_id"] == database_id and header["scrubbed_to"] >= generation:
+        if (
+            not debris
+            and header is not None
+            and header["database_id"] == database_id
+            and header["scrubbed_to"] >= generation
+        ):
             return
         self._scrub(generation, "could not be healed")
 
@@ -222,7 +230,9 @@ class IndexKeeper:
         """What a killed writer or an older speakerdb left beside the index: temporary files
         (full copies of the centroids) and a format-2 change log (vectors too)."""
         log_file = Path(f"{self.path}.log")
-        return ([log_file] if log_file.exists() or log_file.is_symlink() else []) + index_files.temporary_files(self.path)
+        return ([log_file] if log_file.exists() or log_file.is_symlink() else []) + index_files.temporary_files(
+            self.path
+        )
 
     def _index_file_present(self) -> bool:
         return self.path.exists() or self.path.is_symlink()
@@ -292,12 +302,17 @@ class IndexKeeper:
         new file is deleted.
         """
         header = SpeakerIndex.read_header(self.path)
-        if header is not None and header["database_id"] == index.database_id and header["generation"] >= index.generation:
+        if (
+            header is not None
+            and header["database_id"] == index.database_id
+            and header["generation"] >= index.generation
+        ):
             # As new already, if it is of this history: a file ahead of the store or from
             # another history at that generation would otherwise stay, rebuilt by every reader.
             with self.store.read() as s:
                 if header["generation"] <= store.generation(s) and (
-                        header["generation"] == 0 or store.change_nonce(s, header["generation"]) == header["nonce"]):
+                    header["generation"] == 0 or store.change_nonce(s, header["generation"]) == header["nonce"]
+                ):
                     return
         for tmp in index_files.temporary_files(self.path):
             tmp.unlink(missing_ok=True)

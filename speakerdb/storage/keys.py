@@ -22,11 +22,12 @@ from collections import OrderedDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import store
 from ..errors import InvalidInputError, KeyExistsError, KeyNotFoundError
+
 # The scopes and what key operations return are shared with the client (results.py);
 # they stay importable from here.
 from ..results import SCOPES, AuditEntry, KeyInfo, NewKey
+from . import store
 
 KEY_PREFIX = "sdb"
 KEY_ID_BYTES = 8  # 16 hex digits: finds the row, not secret
@@ -91,12 +92,17 @@ def create(session: Session, name: str, scope: str) -> NewKey:
     """Add a key named ``name`` with ``scope``; returns it with its secret (shown once)."""
     name, scope = check_name(name), check_scope(scope)
     if session.scalars(select(store.ApiKey).where(store.ApiKey.name == name)).one_or_none() is not None:
-        raise KeyExistsError(f"a key named {name!r} already exists (revoked keys keep their names): choose another name")
+        raise KeyExistsError(
+            f"a key named {name!r} already exists (revoked keys keep their names): choose another name"
+        )
     key_id = secrets.token_hex(KEY_ID_BYTES)
     secret = secrets.token_urlsafe(SECRET_BYTES)
     salt = secrets.token_bytes(SALT_BYTES)
-    session.add(store.ApiKey(name=name, key_id=key_id, scope=scope, salt=salt.hex(), hash=_hash(secret, salt),
-                             created_at=store.utcnow()))
+    session.add(
+        store.ApiKey(
+            name=name, key_id=key_id, scope=scope, salt=salt.hex(), hash=_hash(secret, salt), created_at=store.utcnow()
+        )
+    )
     return NewKey(name, scope, f"{KEY_PREFIX}_{key_id}_{secret}")
 
 
@@ -171,5 +177,6 @@ def audit_entries(session: Session, limit: int = 100, speaker: str | None = None
     if speaker is not None:
         stmt = stmt.where(store.AuditRecord.speaker == store.normalize_name(speaker))
     rows = list(session.scalars(stmt))[::-1]
-    return [AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None)
-            for r in rows]
+    return [
+        AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None) for r in rows
+    ]

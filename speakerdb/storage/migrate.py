@@ -90,8 +90,9 @@ def open_source(source: str | os.PathLike[str]) -> tuple[store.Store, str]:
     return paths.open_store(source_target), name
 
 
-def copy(src: store.Store, src_name: str, dst: store.Store, dst_name: str,
-         progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+def copy(
+    src: store.Store, src_name: str, dst: store.Store, dst_name: str, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
     """Copy every row of ``src`` into the empty ``dst`` in one transaction (see
     :func:`speakerdb.api.copy_database`); returns the rows copied per table."""
     with src.read() as rs, dst.write() as ws:

@@ -61,8 +61,10 @@ def check_db_path(path: Path, create: bool) -> bool:
     existing = next(p for p in path.parents if p.exists())
     free = shutil.disk_usage(existing).free
     if free < MIN_FREE_BYTES:
-        raise DatabaseError(f"cannot create database {path}: only {free // 1024} KiB free on its disk, "
-                            f"at least {MIN_FREE_BYTES // 1024} KiB needed")
+        raise DatabaseError(
+            f"cannot create database {path}: only {free // 1024} KiB free on its disk, "
+            f"at least {MIN_FREE_BYTES // 1024} KiB needed"
+        )
     return False
 
 
@@ -95,7 +97,7 @@ def open_store(path: Path | str) -> store.Store:
         raise
     except (SQLAlchemyError, OSError) as e:
         url = path if isinstance(path, str) else None
-        name = store.display_url(path) if url else path
+        name = store.display_url(url) if url else path
         raise DatabaseError(f"cannot open database {name}: {store.redact(e, url)}") from None
 
 

@@ -136,10 +136,14 @@ def _tables(engine: Engine) -> set[str]:
 
                 return set(inspect(conn).get_table_names())
             # sqlite_sequence (AUTOINCREMENT's) is SQLite's own and outlives a downgrade
-            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+            rows = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
             return {r[0] for r in rows}
     except SADatabaseError as e:
-        reason = redact(e, None if engine.dialect.name == "sqlite" else engine.url.render_as_string(hide_password=False))
+        reason = redact(
+            e, None if engine.dialect.name == "sqlite" else engine.url.render_as_string(hide_password=False)
+        )
         raise DatabaseError(f"{_path(engine)} cannot be opened as a database: {reason}") from None
 
 

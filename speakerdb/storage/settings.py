@@ -123,8 +123,9 @@ def write_scale(s: Session, new_scale: str, new_threshold: float, *, cosine_thre
     write_threshold(s, new_threshold, chosen=False)
 
 
-def bind_model(s: Session, settings: Settings, model: str, dimension: int, source: str,
-               own_threshold: float | None) -> None:
+def bind_model(
+    s: Session, settings: Settings, model: str, dimension: int, source: str, own_threshold: float | None
+) -> None:
     """The one way a database gets its model, whoever calls (enroll, calibrate --apply, import):
     id, dimension and where to load it from, and the model's own starting threshold unless
     someone already chose one. Does nothing for a database that already has a model."""

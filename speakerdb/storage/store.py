@@ -51,9 +51,9 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    text,
     func,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
@@ -89,10 +89,23 @@ _REFUSED_CATEGORIES = {
 #: code points a renderer draws as nothing. Many are Mn or Lo, not Cf (Hangul fillers,
 #: variation selectors, the combining grapheme joiner), so the categories above miss them.
 _DEFAULT_IGNORABLE = (
-    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
-    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
-    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+    (0x00AD, 0x00AD),
+    (0x034F, 0x034F),
+    (0x061C, 0x061C),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFEFF, 0xFEFF),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0000, 0xE0FFF),
 )
 #: Symbols that draw as blank space though Unicode does not call them whitespace: a name of
 #: only these (and whitespace and combining marks) would look empty.
@@ -114,7 +127,8 @@ def check_name_text(name: Any, what: str = "speaker name") -> Any:
     if isinstance(name, str) and _has_surrogates(name):
         first = next(ch for ch in name if "\ud800" <= ch <= "\udfff")
         raise InvalidInputError(
-            f"{what} '{printable_path(name)}' is not valid UTF-8: it holds a lone surrogate (U+{ord(first):04X})")
+            f"{what} '{printable_path(name)}' is not valid UTF-8: it holds a lone surrogate (U+{ord(first):04X})"
+        )
     return name
 
 
@@ -136,9 +150,7 @@ def validate_name(name: str) -> str:
     for ch in name:
         category = unicodedata.category(ch)
         if category in _REFUSED_CATEGORIES:
-            raise InvalidInputError(
-                f"speaker name {name!r} contains {_REFUSED_CATEGORIES[category]} (U+{ord(ch):04X})"
-            )
+            raise InvalidInputError(f"speaker name {name!r} contains {_REFUSED_CATEGORIES[category]} (U+{ord(ch):04X})")
         if is_default_ignorable(ch):
             raise InvalidInputError(f"speaker name {name!r} contains an invisible character (U+{ord(ch):04X})")
     if all(ch.isspace() or ch in _BLANK_SYMBOLS or unicodedata.category(ch) in ("Mn", "Me") for ch in name):
@@ -274,9 +286,7 @@ class Utterance(Base):
     __table_args__ = (UniqueConstraint("speaker_id", "audio_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    speaker_id: Mapped[int] = mapped_column(
-        ForeignKey("speakers.id", ondelete="CASCADE"), index=True
-    )
+    speaker_id: Mapped[int] = mapped_column(ForeignKey("speakers.id", ondelete="CASCADE"), index=True)
     source: Mapped[str] = mapped_column(Text)
     duration_s: Mapped[float] = mapped_column(Float)
     audio_sha256: Mapped[str] = mapped_column(String(64))
@@ -405,8 +415,11 @@ class Store:
         SQLite's WAL gives every read transaction one snapshot; PostgreSQL needs
         REPEATABLE READ for that (READ COMMITTED takes a new one per statement).
         """
-        engine = self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True) \
-            if self.server else self.engine
+        engine = (
+            self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            if self.server
+            else self.engine
+        )
         with _translate_errors(self.name, self._url), Session(engine) as session:
             yield session
 
@@ -434,7 +447,8 @@ class Store:
                         raise DatabaseBusyError(
                             f"database {self.name}: the write lock is held for over {LOCK_TIMEOUT_S:g} s by {holder}: "
                             "try again when it is done, or end that session on the server "
-                            f"(SELECT pg_terminate_backend({pid or 'pid'}))") from None
+                            f"(SELECT pg_terminate_backend({pid or 'pid'}))"
+                        ) from None
                 before = generation(session)
                 yield session
                 _add_audit_record(session)
@@ -451,21 +465,25 @@ class Store:
         The row's ``xmax`` is the locking transaction, whose pid pg_locks gives; where several
         share the row (a multixact), the oldest transaction that holds a row lock on
         ``settings`` is named instead."""
-        activity = ("SELECT a.pid, a.application_name, host(a.client_addr), a.state, "
-                    "to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), "
-                    "extract(epoch FROM clock_timestamp() - a.xact_start) "
-                    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid ")
+        activity = (
+            "SELECT a.pid, a.application_name, host(a.client_addr), a.state, "
+            "to_char(a.xact_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), "
+            "extract(epoch FROM clock_timestamp() - a.xact_start) "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        )
         try:
             with self.engine.connect() as conn:
                 conn = conn.execution_options(isolation_level="AUTOCOMMIT")
                 row = conn.exec_driver_sql(
                     activity + "WHERE l.locktype = 'transactionid' AND l.granted AND l.transactionid = "
-                    "(SELECT xmax FROM settings WHERE key = 'generation') LIMIT 1").first()
+                    "(SELECT xmax FROM settings WHERE key = 'generation') LIMIT 1"
+                ).first()
                 if row is None:
                     row = conn.exec_driver_sql(
                         activity + "WHERE l.locktype = 'relation' AND l.granted AND l.relation = 'settings'::regclass "
                         "AND l.mode IN ('RowShareLock', 'RowExclusiveLock') AND a.pid <> pg_backend_pid() "
-                        "ORDER BY a.xact_start LIMIT 1").first()
+                        "ORDER BY a.xact_start LIMIT 1"
+                    ).first()
         except Exception:  # the holder's name is a courtesy: the error stands without it
             row = None
         if row is None:
@@ -526,14 +544,22 @@ _AUDIT: ContextVar[dict[str, Any] | None] = ContextVar("speakerdb_audit", defaul
 
 
 @contextmanager
-def audited(key_name: str | None, operation: str, speaker: str | None = None,
-            detail: dict[str, Any] | None = None) -> Iterator[None]:
+def audited(
+    key_name: str | None, operation: str, speaker: str | None = None, detail: dict[str, Any] | None = None
+) -> Iterator[None]:
     """Record the change made inside this block in ``audit``, in the change's own transaction.
 
     Used by the HTTP service and the key commands; a block whose operation fails writes nothing.
     """
-    token = _AUDIT.set({"key_name": key_name, "operation": operation, "speaker": speaker,
-                        "detail": None if detail is None else json.dumps(detail, ensure_ascii=False), "done": False})
+    token = _AUDIT.set(
+        {
+            "key_name": key_name,
+            "operation": operation,
+            "speaker": speaker,
+            "detail": None if detail is None else json.dumps(detail, ensure_ascii=False),
+            "done": False,
+        }
+    )
     try:
         yield
     finally:
@@ -545,8 +571,15 @@ def _add_audit_record(session: Session) -> None:
     if pending is None or pending["done"]:
         return
     pending["done"] = True
-    session.add(AuditRecord(time=utcnow(), key_name=pending["key_name"], operation=pending["operation"],
-                            speaker=pending["speaker"], detail=pending["detail"]))
+    session.add(
+        AuditRecord(
+            time=utcnow(),
+            key_name=pending["key_name"],
+            operation=pending["operation"],
+            speaker=pending["speaker"],
+            detail=pending["detail"],
+        )
+    )
 
 
 # ---- copying a whole database -------------------------------------------------------------
@@ -567,7 +600,9 @@ def check_vector(blob: bytes, dim: int, what: str) -> None:
         raise InvalidInputError(f"{what}: not a finite unit vector")
 
 
-def copy_rows(src: Session, dst: Session, dim: int | None, progress: Callable[[str, int], None] | None = None) -> dict[str, int]:
+def copy_rows(
+    src: Session, dst: Session, dim: int | None, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
     """Copy every row of :data:`COPIED_TABLES` from ``src`` into ``dst``, checking each.
 
     Ids are kept (answers, audit records and keys keep meaning the same speakers); names,
@@ -617,9 +652,12 @@ def reset_sequences(session: Session) -> None:
     if session.get_bind().dialect.name != "postgresql":
         return
     for name in COPIED_TABLES:
-        session.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), COALESCE(MAX(id), 1), MAX(id) IS NOT NULL) FROM {name}"
-        ))
+        session.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), COALESCE(MAX(id), 1), "
+                f"MAX(id) IS NOT NULL) FROM {name}"
+            )
+        )
 
 
 # ---- queries (take a session, so callers decide the transaction) -------------------------
@@ -682,7 +720,9 @@ def names_and_centroids(session: Session, ids: list[int]) -> dict[int, tuple[str
     out: dict[int, tuple[str, np.ndarray]] = {}
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
-        for sid, name, blob in session.execute(select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(chunk))):
+        for sid, name, blob in session.execute(
+            select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(chunk))
+        ):
             out[int(sid)] = (name, from_blob(blob))
     return out
 
@@ -866,10 +906,13 @@ def open_server_engine(url: str) -> Engine:
     try:
         parsed = make_url(url).set(drivername="postgresql+psycopg")
     except Exception:
-        raise InvalidInputError(f"{display_url(url)} is not a database URL (postgresql://user@host:port/dbname)") from None
+        raise InvalidInputError(
+            f"{display_url(url)} is not a database URL (postgresql://user@host:port/dbname)"
+        ) from None
     if parsed.host and "@" in parsed.host:
-        raise InvalidInputError(f"{display_url(url)} is not a database URL: an \"@\" in a user name or password "
-                                "must be written %40")
+        raise InvalidInputError(
+            f'{display_url(url)} is not a database URL: an "@" in a user name or password must be written %40'
+        )
     try:
         import psycopg  # noqa: F401
     except ImportError:
@@ -878,10 +921,14 @@ def open_server_engine(url: str) -> Engine:
     given = {k.lower(): v for k, v in parsed.query.items()}
     # Settings the URL already makes (options=-c lock_timeout=...) are the operator's: kept.
     chosen = str(given.get("options", ""))
-    timeouts = {name: ms for name, ms in (("lock_timeout", round(LOCK_TIMEOUT_S * 1000)),
-                                          ("idle_in_transaction_session_timeout",
-                                           round(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)))
-                if name not in chosen}
+    timeouts = {
+        name: ms
+        for name, ms in (
+            ("lock_timeout", round(LOCK_TIMEOUT_S * 1000)),
+            ("idle_in_transaction_session_timeout", round(IDLE_IN_TRANSACTION_TIMEOUT_S * 1000)),
+        )
+        if name not in chosen
+    }
 
     @event.listens_for(engine, "do_connect")
     def _name_session(_dialect, _record, _cargs, cparams) -> None:
@@ -913,8 +960,9 @@ def _translate_errors(path: Path | str, url: str | None = None) -> Iterator[None
         if server_lock or message == "database is locked":
             # Busy, not broken: the service answers 503 and the command can be run again.
             waited = LOCK_TIMEOUT_S if server_lock else BUSY_TIMEOUT_MS / 1000
-            raise DatabaseBusyError(f"database {path}: {message} (another process kept it locked for over "
-                                    f"{waited:g} s)") from None
+            raise DatabaseBusyError(
+                f"database {path}: {message} (another process kept it locked for over {waited:g} s)"
+            ) from None
         raise DatabaseError(f"database {path}: {message}") from None
     except SADatabaseError as e:
         raise DatabaseError(f"database {path} cannot be used: {redact(e, url)}") from None

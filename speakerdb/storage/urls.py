@@ -18,9 +18,7 @@ __all__ = ["MASK", "SECRET_URL_PARAMS", "display_url", "redact"]
 #: nobody else's business). Compared without case: a misspelt key still holds a secret.
 SECRET_URL_PARAMS = frozenset({"password", "sslpassword", "passfile", "sslkey"})
 MASK = "***"
-_URL_IN_TEXT = re.compile(
-    r"\b(?:postgresql\+psycopg|postgresql|postgres)://[^\s'\"]*", re.IGNORECASE
-)
+_URL_IN_TEXT = re.compile(r"\b(?:postgresql\+psycopg|postgresql|postgres)://[^\s'\"]*", re.IGNORECASE)
 _SECRET_IN_TEXT = re.compile(
     r"\b(" + "|".join(sorted(SECRET_URL_PARAMS)) + r")(\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
     re.IGNORECASE,
@@ -40,11 +38,7 @@ def display_url(url: str) -> str:
         out = []
         for part in query.split("&"):
             key, sep, _ = part.partition("=")
-            out.append(
-                f"{key}={MASK}"
-                if sep and unquote_plus(key).strip().lower() in SECRET_URL_PARAMS
-                else part
-            )
+            out.append(f"{key}={MASK}" if sep and unquote_plus(key).strip().lower() in SECRET_URL_PARAMS else part)
         return "&".join(out)
 
     url = str(url)
@@ -61,14 +55,11 @@ def display_url(url: str) -> str:
             parsed.database,
         ).render_as_string(hide_password=True)
         pairs = [
-            (k, v)
-            for k, values in parsed.query.items()
-            for v in ((values,) if isinstance(values, str) else values)
+            (k, v) for k, values in parsed.query.items() for v in ((values,) if isinstance(values, str) else values)
         ]
         if pairs:
             shown += "?" + "&".join(
-                f"{quote_plus(k)}={MASK if k.strip().lower() in SECRET_URL_PARAMS else quote_plus(v)}"
-                for k, v in pairs
+                f"{quote_plus(k)}={MASK if k.strip().lower() in SECRET_URL_PARAMS else quote_plus(v)}" for k, v in pairs
             )
         return shown
     except Exception:  # noqa: BLE001, S110  (whatever SQLAlchemy cannot parse is handled below)
