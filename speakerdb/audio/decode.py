@@ -307,23 +307,15 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
     if parts is not None:
         return _parts_blocks(path, parts, block_s)
     chainable = _looks_chainable(path)
-    if chainable:  # sniffed before libsndfile opens it: mpg123 prints its warnings to stderr
-        try:
-            return (*_av_blocks(path, block_s), None)
-        except AudioError:
-            raise
-        except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
-            errors.append(av_error)
+    # Ogg and MP3 are sniffed before libsndfile opens them: mpg123 prints its warnings to stderr.
+    if chainable and (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
+        return (*decoded, None)
     try:
         f = soundfile.SoundFile(str(path))
         if f.format in CHAINABLE_FORMATS and not chainable:  # found by libsndfile, not by its magic bytes
             f.close()
-            try:
-                return (*_av_blocks(path, block_s), None)
-            except AudioError:
-                raise
-            except Exception as av_error:
-                errors.append(av_error)
+            if (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
+                return (*decoded, None)
             f = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as sf_error:
         errors.append(sf_error)
@@ -337,19 +329,26 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
             log.debug("%s: ffmpeg: %s; decoded by libsndfile", path, _short(errors[-1]))
             frames = None  # a header that describes one part of the stream, not the file
         return rate, _soundfile_blocks(f, block_s), frames
-    if not chainable:
-        try:
-            return (*_av_blocks(path, block_s), None)
-        except AudioError:
-            raise
-        except Exception as av_error:
-            errors.append(av_error)
+    if not chainable and (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
+        return (*decoded, None)
     # The decoders' own words (errno numbers, library names) help a developer, not the user.
     log.debug("%s: %s", path, "; ".join(_short(e) for e in errors))
     raise AudioError(
         path,
         "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes)",
     ) from None
+
+
+def _ffmpeg_or_none(path: Path, block_s: float, errors: list[BaseException]) -> tuple[int, Iterator[np.ndarray]] | None:
+    """FFmpeg's (rate, blocks) for ``path``, or None with FFmpeg's error added to ``errors``
+    (an AudioError, a verdict on the file rather than on the decoder, propagates)."""
+    try:
+        return _av_blocks(path, block_s)
+    except AudioError:
+        raise
+    except Exception as av_error:  # PyAV raises many types (av.error.*, OSError, ValueError)
+        errors.append(av_error)
+        return None
 
 
 def _looks_chainable(path: Path) -> bool:
