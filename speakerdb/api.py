@@ -127,12 +127,6 @@ def _label(f: str | os.PathLike[str] | audio.Audio) -> str:
     return f.source if isinstance(f, audio.Audio) else audio.source_label(f)
 
 
-def _release(source: object) -> None:
-    """Free what a :class:`Decoded` file keeps (its temporary file, if any); other sources hold nothing."""
-    if isinstance(source, Decoded):
-        source.close()
-
-
 class _Rollback(Exception):
     """Raised inside a transaction to undo it (dry runs)."""
 
@@ -364,7 +358,7 @@ class SpeakerDB:
             files = evaluate.cohort_files(cohort)
             cohorts.check_count(len(files), top_n)  # a top-n the cohort cannot reach fails before the embedding
             self._check_files(files, stored=True)
-            clips = self._embed_files(files, progress)
+            clips = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
             vectors = norm.CohortVectors(
                 self.embedder.model_id,
                 np.stack([c.vector for c in clips]),
@@ -441,7 +435,7 @@ class SpeakerDB:
             with self.store.read() as s:
                 if store.speaker_by_name(s, name) is not None:
                     raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
-        embedded = self._embed_files(files, progress)
+        embedded = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
 
         with self.store.write() as s:
             self._bind_model(s)
@@ -514,71 +508,22 @@ class SpeakerDB:
         threshold = self.threshold if threshold is None else check_threshold(threshold, scale=self.threshold_scale)
         if not files:
             raise InvalidInputError("identify needs at least one audio file")
-        errors: dict[int, AudioError] = {}
-        for i, f in enumerate(files):  # cheap checks first: all-bad batches never load the model
-            try:
-                self._check_files([f])
-            except AudioError as e:
-                errors[i] = e
-        embedded: dict[int, pipeline.EmbeddedClip] = {}
-        voices: dict[int, int] = {}
-        good = [i for i in range(len(files)) if i not in errors]
-        if good:
+        errors = self._checked_each(files)  # cheap checks first: all-bad batches never load the model
+        batch = pipeline.Batch(errors=errors)
+        if len(errors) < len(files):
             self._require_speakers()
             embedder = self.embedder
-            seconds = 0.0
-            # With the voice count on, a file is decoded once: the embedding's read keeps the
-            # blocks (in memory, or a temporary file for a long one) and the count replays them.
-            kept: dict[int, audio.Audio | Decoded] = {}
-            for i in good if count_voices else []:
-                f = files[i]
-                kept[i] = f if isinstance(f, audio.Audio) else Decoded(f, max_audio_s=self.max_audio_s)
-            try:
-                # Short files of equal length share a forward pass (pipeline.embed_clips).
-                sources = [kept.get(i, files[i]) for i in good]
-                clips = pipeline.embed_clips(sources, embedder, max_audio_s=self.max_audio_s)
-                for done, (position, clip) in enumerate(clips, 1):
-                    i = good[position]
-                    try:
-                        if isinstance(clip, AudioError):
-                            raise clip
-                        embedded[i] = clip
-                        if count_voices:  # one more pass over the speech (see timeline.count_voices)
-                            voices[i] = self._count_voices(kept[i], files[i], embedder)
-                        seconds += clip.duration_s
-                    except AudioError as e:
-                        errors[i] = e
-                    finally:
-                        _release(kept.pop(i, None))
-                    if progress is not None:
-                        progress(done + len(files) - len(good), len(files), seconds)
-            finally:
-                for source in kept.values():  # an error stopped the batch: nothing is kept
-                    _release(source)
-        searched: dict[int, Identification] = {}
-        if embedded:
-            order = sorted(embedded)
-            queries = np.stack([embedded[i].vector for i in order])  # (n_good, dim)
-            rows = search.nearest(self.indexer, self._cohorts, queries, top_k)
-            for i, candidates in zip(order, rows):
-                best = candidates[0] if candidates else None
-                decided = best.speaker if best is not None and best.score >= threshold else None
-                searched[i] = Identification(
-                    embedded[i].source,
-                    decided,
-                    best.score if best else None,
-                    candidates,
-                    raw_score=best.raw_score if best else None,
-                    voices=voices.get(i),
-                )
+            count = functools.partial(self._count_voices, embedder=embedder) if count_voices else None
+            batch = pipeline.embed_batch(
+                files, embedder, self.max_audio_s, failed=errors, count=count, progress=progress
+            )
+        searched = search.identifications(self.indexer, self._cohorts, batch.clips, top_k, threshold, batch.voices)
         return [
-            searched[i] if i in searched else Identification(_label(f), None, None, [], errors[i].reason)
+            searched[i] if i in searched else Identification(_label(f), None, None, [], batch.errors[i].reason)
             for i, f in enumerate(files)
         ]
 
-    def _count_voices(
-        self, source: audio.Audio | Decoded, file: str | os.PathLike[str] | audio.Audio, embedder: Embedder
-    ) -> int:
+    def _count_voices(self, source: audio.Audio | Decoded, file: pipeline.Source, *, embedder: Embedder) -> int:
         """How many voices ``source`` (``file``, decoded) holds; warns (naming the file) when it is more than one."""
         # Voices are told apart on raw cosine scores, as in timeline().
         n = timelines.count_voices(source, embedder, cosine_threshold(self.store.settings()))
@@ -604,7 +549,7 @@ class SpeakerDB:
         self._check_files([file])
         with self.store.read() as s:
             self._get_speaker(s, name)  # an unknown name fails before the model loads
-        [clip] = self._embed_files([file], None)
+        [clip] = pipeline.embed_all([file], self.embedder, self.max_audio_s)
         with self.store.read() as s:
             speaker = self._get_speaker(s, name)
             raw = norm.raw_scores(clip.vector, speaker.centroid_vector()[None, :])  # (1,), as identify computes it
@@ -634,12 +579,7 @@ class SpeakerDB:
         params = (params or Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
-        errors: dict[int, AudioError] = {}
-        for i, f in enumerate(files):  # cheap checks first, as identify: all-bad batches load no model
-            try:
-                self._check_files([f])
-            except AudioError as e:
-                errors[i] = e
+        errors = self._checked_each(files)  # cheap checks first, as identify: all-bad batches load no model
         if len(errors) == len(files):
             return [Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
@@ -922,19 +862,6 @@ class SpeakerDB:
             return keys.audit_entries(s, limit, speaker)
 
     # ---- internals ------------------------------------------------------------------
-    def _embed_files(self, files, progress: Progress | None) -> builtins.list[pipeline.EmbeddedClip]:
-        """Decode and embed each file in turn (long ones window by window, see pipeline.py)."""
-        embedder = self.embedder
-        out: builtins.list[pipeline.EmbeddedClip] = []
-        seconds = 0.0
-        for i, f in enumerate(files):
-            clip = pipeline.embed_clip(f, embedder, self.max_audio_s)
-            out.append(clip)
-            seconds += clip.duration_s
-            if progress is not None:
-                progress(i + 1, len(files), seconds)
-        return out
-
     @staticmethod
     def _check_files(files, stored: bool = False) -> None:
         """Cheap checks first: a missing file is reported before the model takes seconds to load.
@@ -944,6 +871,17 @@ class SpeakerDB:
                 audio.check_file(f)
             elif stored:  # a label the caller chose, stored as the source
                 store.check_text(f.source, "source label")
+
+    @classmethod
+    def _checked_each(cls, files: Sequence[pipeline.Source]) -> dict[int, AudioError]:
+        """:meth:`_check_files` for each file: the errors of those that fail, by position."""
+        errors: dict[int, AudioError] = {}
+        for i, f in enumerate(files):
+            try:
+                cls._check_files([f])
+            except AudioError as e:
+                errors[i] = e
+        return errors
 
     def _check_model(self, settings: stored.Settings) -> None:
         assert self._embedder is not None

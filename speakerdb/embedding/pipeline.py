@@ -17,8 +17,8 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +245,87 @@ def embed_clips(
         except AudioError as e:
             yield i, e
     yield from flush()
+
+
+#: A recording as callers give it: a path, or audio already in memory.
+Source = str | os.PathLike[str] | audio.Audio
+
+
+def embed_all(
+    files: Sequence[Source],
+    embedder: Embedder,
+    max_audio_s: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[EmbeddedClip]:
+    """:func:`embed_clip` for each file in turn (the first AudioError stops them all), with
+    ``progress(files done, files, seconds of audio done)`` after each."""
+    out: list[EmbeddedClip] = []
+    seconds = 0.0
+    for i, f in enumerate(files):
+        clip = embed_clip(f, embedder, max_audio_s)
+        out.append(clip)
+        seconds += clip.duration_s
+        if progress is not None:
+            progress(i + 1, len(files), seconds)
+    return out
+
+
+@dataclass
+class Batch:
+    """What :func:`embed_batch` made of each file, by position: its clip and voice count, or its error."""
+
+    clips: dict[int, EmbeddedClip] = field(default_factory=dict)
+    voices: dict[int, int] = field(default_factory=dict)
+    errors: dict[int, AudioError] = field(default_factory=dict)
+
+
+def embed_batch(
+    files: Sequence[Source],
+    embedder: Embedder,
+    max_audio_s: float | None = None,
+    *,
+    failed: Mapping[int, AudioError] | None = None,
+    count: Callable[[audio.Audio | Decoded, Source], int] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Batch:
+    """Embed every file not already ``failed`` (:func:`embed_clips`: short ones share forward
+    passes); a file that cannot be used gets its AudioError instead of stopping the batch.
+
+    ``count(source, file)`` (identify's voice count) runs on each embedded file; the file is
+    then decoded once: the embedding's read keeps the blocks (in memory, or a temporary file
+    for a long one) and the count replays them. ``progress`` counts failed files as done.
+    """
+    batch = Batch(errors=dict(failed or {}))
+    good = [i for i in range(len(files)) if i not in batch.errors]
+    kept: dict[int, audio.Audio | Decoded] = {}
+    for i in good if count is not None else []:
+        f = files[i]
+        kept[i] = f if isinstance(f, audio.Audio) else Decoded(f, max_audio_s=max_audio_s)
+    seconds = 0.0
+    try:
+        sources = [kept.get(i, files[i]) for i in good]
+        for done, (position, clip) in enumerate(embed_clips(sources, embedder, max_audio_s=max_audio_s), 1):
+            i = good[position]
+            try:
+                if isinstance(clip, AudioError):
+                    raise clip
+                batch.clips[i] = clip
+                if count is not None:
+                    batch.voices[i] = count(kept[i], files[i])
+                seconds += clip.duration_s
+            except AudioError as e:
+                batch.errors[i] = e
+            finally:
+                _release(kept.pop(i, None))
+            if progress is not None:
+                progress(done + len(files) - len(good), len(files), seconds)
+    finally:
+        for source in kept.values():  # an error stopped the batch: nothing is kept
+            _release(source)
+    return batch
+
+
+def _release(source: object) -> None:
+    """Free what a :class:`Decoded` file keeps (its temporary file, if any); other sources hold nothing."""
+    if isinstance(source, Decoded):
+        source.close()

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..results import Candidate
+from ..embedding.pipeline import EmbeddedClip
+from ..results import Candidate, Identification
 from ..storage import settings as stored
 from ..storage import store
 from ..storage.indexkeeper import IndexKeeper
@@ -41,3 +42,31 @@ def nearest(indexer: IndexKeeper, cohorts: CohortCache, queries: np.ndarray, top
             rank = np.argsort(-final, kind="stable")[:top_k]
             rows.append([Candidate(known[int(found[r])][0], float(final[r]), float(raw[r])) for r in rank])
     return rows
+
+
+def identifications(
+    indexer: IndexKeeper,
+    cohorts: CohortCache,
+    clips: dict[int, EmbeddedClip],
+    top_k: int,
+    threshold: float,
+    voices: dict[int, int] | None = None,
+) -> dict[int, Identification]:
+    """identify's answer for each embedded clip (by position): its :func:`nearest` candidates,
+    and the best one's name when its score reaches ``threshold`` (else None: unknown)."""
+    if not clips:
+        return {}
+    order = sorted(clips)
+    rows = nearest(indexer, cohorts, np.stack([clips[i].vector for i in order]), top_k)  # queries: (n, dim)
+    out = {}
+    for i, candidates in zip(order, rows):
+        best = candidates[0] if candidates else None
+        out[i] = Identification(
+            clips[i].source,
+            best.speaker if best is not None and best.score >= threshold else None,
+            best.score if best else None,
+            candidates,
+            raw_score=best.raw_score if best else None,
+            voices=(voices or {}).get(i),
+        )
+    return out
