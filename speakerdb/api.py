@@ -37,7 +37,6 @@ from .errors import (
     ConflictError,
     DatabaseError,
     EmptyDatabaseError,
-    EnrollmentRefusedError,
     InvalidInputError,
     SpeakerExistsError,
     SpeakerNotFoundError,
@@ -48,7 +47,6 @@ from .results import (
     DatabaseInfo,
     EnrollResult,
     ExportSummary,
-    FileNote,
     Identification,
     ImportSummary,
     KeyInfo,
@@ -63,10 +61,9 @@ from .results import (
     Verification,
 )
 from .scoring import cohort as cohorts
-from .scoring import evaluate, norm, search
-from .scoring.quality import quality_warnings
+from .scoring import evaluate, norm, quality, search
 from .scoring.thresholds import check_threshold, cosine_threshold
-from .storage import gallery, keys, migrate, paths, schema, store
+from .storage import enrollment, gallery, keys, migrate, paths, schema, store
 from .storage import settings as stored
 from .storage.index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
 from .storage.index import IndexFileError, SpeakerIndex
@@ -440,45 +437,12 @@ class SpeakerDB:
         with self.store.write() as s:
             self._bind_model(s)
             speaker = store.speaker_by_name(s, name)
-            created = speaker is None
             if speaker is not None and new:
                 raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
-            if speaker is None:
-                now = store.utcnow()
-                speaker = store.Speaker(name=name, created_at=now, updated_at=now, meta={}, centroid=b"")
-                s.add(speaker)
-            known = {u.audio_sha256 for u in speaker.utterances}
             # A clip against the speaker's other clips: a raw cosine check (see thresholds.cosine_threshold).
-            warnings = quality_warnings(
-                speaker.name,
-                [u.vector() for u in speaker.utterances],
-                embedded,
-                threshold=cosine_threshold(store.get_settings(s)),
-            )
-            if warnings and strict:
-                raise EnrollmentRefusedError(
-                    f"enrollment of {name!r} refused (--strict): "
-                    + "; ".join(f"{w.source}: {w.reason}" for w in warnings)
-                )
-            added, skipped = [], []
-            for clip in embedded:
-                if clip.sha256 in known:
-                    skipped.append(FileNote(clip.source, f"same audio already enrolled for {name!r}"))
-                    continue
-                known.add(clip.sha256)
-                utt = store.Utterance(
-                    source=clip.source,
-                    duration_s=clip.duration_s,
-                    audio_sha256=clip.sha256,
-                    embedding=store.to_blob(clip.vector),
-                    created_at=store.utcnow(),
-                )
-                speaker.utterances.append(utt)
-                added.append(UtteranceInfo(clip.source, clip.duration_s, clip.sha256, utt.created_at))
-            if metadata:
-                speaker.meta = {**(speaker.meta or {}), **metadata}
-            if added or created:
-                store.recompute_centroid(speaker)
+            existing = [u.vector() for u in speaker.utterances] if speaker is not None else []
+            warnings = quality.review(name, existing, embedded, cosine_threshold(store.get_settings(s)), strict)
+            speaker, created, added, skipped = enrollment.add_clips(s, name, speaker, embedded, metadata)
             n_utterances = len(speaker.utterances)
         return EnrollResult(name, created, added, skipped, n_utterances, warnings)
 

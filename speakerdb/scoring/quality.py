@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from ..embedding.pipeline import EmbeddedClip
+from ..errors import EnrollmentRefusedError
 from ..results import FileNote
 
 #: An enrollment clip with less active speech than this is flagged (seconds).
@@ -39,3 +40,15 @@ def quality_warnings(
                     )
                 )
     return notes
+
+
+def review(
+    name: str, existing: Sequence[np.ndarray], embedded: Sequence[EmbeddedClip], threshold: float, strict: bool
+) -> list[FileNote]:
+    """:func:`quality_warnings`; with ``strict``, any of them refuses the enrollment (EnrollmentRefusedError)."""
+    warnings = quality_warnings(name, existing, embedded, threshold)
+    if warnings and strict:
+        raise EnrollmentRefusedError(
+            f"enrollment of {name!r} refused (--strict): " + "; ".join(f"{w.source}: {w.reason}" for w in warnings)
+        )
+    return warnings
