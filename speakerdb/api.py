@@ -97,6 +97,7 @@ from .storage.migrate import SQLITE_HEADER as SQLITE_HEADER
 from .storage.migrate import database_revision as database_revision
 from .storage.migrate import downgrade_database as downgrade_database
 from .storage.migrate import upgrade_database as upgrade_database
+from .storage.paths import INDEX_SUFFIX as INDEX_SUFFIX
 from .storage.paths import MIN_FREE_BYTES as MIN_FREE_BYTES
 from .storage.paths import check_output_path as check_output_path
 from .storage.settings import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
@@ -106,7 +107,6 @@ from .storage.store import check_name_text as check_name_text
 log = logging.getLogger("speakerdb")
 
 DEFAULT_TOP_K = 5
-INDEX_SUFFIX = ".faiss"
 
 
 def _check_max_audio_s(value: float | None) -> float | None:
@@ -195,33 +195,12 @@ class SpeakerDB:
         #: The longest recording this database decodes; None: the environment's or the default,
         #: read by the decoder when it runs (see config.max_audio_s).
         self.max_audio_s = _check_max_audio_s(max_audio_s)
-        target = db_target(db_path)  # file or server URL: config decides, for every caller
-        if isinstance(target, str):
-            # A PostgreSQL server that several services share: the index is this machine's
-            # cache of it, kept in the index directory under the database's identity.
-            url = target
-            self.db_path = store.display_url(url)  # shown, never with a password
-            #: What to open this database with again (another process, a service worker).
-            self.target: str | Path = url
-            self.created, self._made_dirs = False, []
-            self.store = paths.open_store(url)
-            index_dir = default_index_dir()
-            paths.make_parents(index_dir / "x")
-            self.index_path = index_dir / f"{stored.database_id(self.store.settings())}{INDEX_SUFFIX}"
-        else:
-            file = self.db_path = target
-            #: Whether this object created the database file (see :meth:`discard_if_unused`).
-            self.created = not paths.check_db_path(file, create)
-            self.index_path = file.with_name(file.name + INDEX_SUFFIX)
-            made_dirs = paths.make_parents(file) if self.created else []
-            try:
-                self.store = paths.open_store(file)
-            except BaseException:
-                if self.created:  # a failed creation leaves neither a file nor the directories it made
-                    paths.remove_database_files(file, self.index_path, made_dirs)
-                raise
-            self._made_dirs = made_dirs
-            self.target = file
+        opened = paths.open_database(db_target(db_path), create)  # file or server URL: config decides
+        self.store, self.db_path, self.index_path = opened.store, opened.db_path, opened.index_path
+        #: What to open this database with again (another process, a service worker).
+        self.target: str | Path = opened.target
+        #: Whether this object created the database file (see :meth:`discard_if_unused`).
+        self.created, self._made_dirs = opened.created, opened.made_dirs
         self.indexer = IndexKeeper(self.store, self.index_path)
         #: The normalisation cohort and the enrolled speakers' statistics against it.
         self._cohorts = cohorts.CohortCache(self.db_path)

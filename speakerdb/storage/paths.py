@@ -9,20 +9,65 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..config import default_index_dir
 from ..errors import (
     DatabaseError,
     SpeakerDBError,
     check_output,  # shared with the client, which checks before downloading
 )
+from . import settings as stored
 from . import store
 
 #: Free space a new database needs: the schema and a first speaker take ~200 KiB; SQLite
 #: fails mid-creation with "database or disk is full" below that.
 MIN_FREE_BYTES = 1 << 20  # 1 MiB
+#: The index file's name is the database file's with this added (a server's: its identity's).
+INDEX_SUFFIX = ".faiss"
+
+
+@dataclass
+class Opened:
+    """A database opened by :func:`open_database`, and where its index file lives."""
+
+    store: store.Store
+    #: The SQLite file, or the server URL as shown (with any password as ***).
+    db_path: Path | str
+    #: What to open this database with again (another process, a service worker).
+    target: Path | str
+    index_path: Path
+    #: Whether the database file was created now; the directories made for it, deepest first.
+    created: bool = False
+    made_dirs: list[Path] = field(default_factory=list)
+
+
+def open_database(target: Path | str, create: bool) -> Opened:
+    """Open a database file (created with its directories if absent and ``create``) or a server URL.
+
+    A failed creation leaves neither a file nor the directories it made. A PostgreSQL server
+    that several services share has its index as this machine's cache of it, in the index
+    directory under the database's identity.
+    """
+    if isinstance(target, str):
+        opened = open_store(target)
+        index_dir = default_index_dir()
+        make_parents(index_dir / "x")
+        index_path = index_dir / f"{stored.database_id(opened.settings())}{INDEX_SUFFIX}"
+        return Opened(opened, store.display_url(target), target, index_path)  # shown, never with a password
+    created = not check_db_path(target, create)
+    index_path = target.with_name(target.name + INDEX_SUFFIX)
+    made_dirs = make_parents(target) if created else []
+    try:
+        opened = open_store(target)
+    except BaseException:
+        if created:
+            remove_database_files(target, index_path, made_dirs)
+        raise
+    return Opened(opened, target, target, index_path, created, made_dirs)
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
