@@ -1,7 +1,10 @@
 """One small exception hierarchy. Only ``cli.py`` turns these into messages and exit codes.
 
 Every message is written for the person at the terminal: it names the file, speaker or
-database concerned and, where there is one, the command that fixes it.
+database concerned and, where there is one, the command that fixes it. Every class also has
+a ``code``, the word that names the failure in JSON, ``{"error": {"code", "message"}}``: the
+service answers with it, and so does the command line with ``--json``, the same word for the
+same failure either way.
 """
 
 from __future__ import annotations
@@ -31,13 +34,21 @@ def printable_path(path: object) -> str:
 class SpeakerDBError(Exception):
     """Base class: a failed operation the user can understand and act on."""
 
+    #: The failure's name in JSON errors (the service's answers, the command line's --json);
+    #: each subclass has its own, and a subclass without one answers its base's.
+    code: str = "failed"
+
 
 class InvalidInputError(SpeakerDBError):
     """A value given by the caller is not acceptable (a name, a threshold, a top-k)."""
 
+    code = "invalid_input"
+
 
 class AudioError(SpeakerDBError):
     """An audio file could not be used; the message names the file and the reason."""
+
+    code = "bad_audio"
 
     def __init__(self, path: object, reason: str) -> None:
         self.path = printable_path(path)
@@ -48,42 +59,62 @@ class AudioError(SpeakerDBError):
 class ModelLoadError(SpeakerDBError):
     """The embedding model could not be loaded."""
 
+    code = "model_unavailable"
+
 
 class ModelMismatchError(SpeakerDBError):
     """The database was built with a different embedding model."""
+
+    code = "model_mismatch"
 
 
 class EnrollmentRefusedError(SpeakerDBError):
     """An enrollment clip looks wrong and ``--strict`` asked to refuse rather than warn."""
 
+    code = "enrollment_refused"
+
 
 class SpeakerNotFoundError(SpeakerDBError):
     """No enrolled speaker has that name."""
+
+    code = "speaker_not_found"
 
 
 class SpeakerExistsError(SpeakerDBError):
     """A speaker with that name is already enrolled."""
 
+    code = "speaker_exists"
+
 
 class EmptyDatabaseError(SpeakerDBError):
     """The operation needs at least one enrolled speaker."""
+
+    code = "no_speakers"
 
 
 class GalleryError(SpeakerDBError):
     """A gallery file cannot be imported (damaged, altered, another format or model, unsafe)."""
 
+    code = "bad_gallery"
+
 
 class ConflictError(SpeakerDBError):
     """Speakers in a gallery already exist and the conflict policy is ``fail``."""
+
+    code = "conflict"
 
 
 class DatabaseError(SpeakerDBError):
     """The database file cannot be used (corrupt, read-only, not a speakerdb database)."""
 
+    code = "database_error"
+
 
 class DatabaseBusyError(DatabaseError):
     """Another process held the database's write lock for longer than speakerdb waits; the
     message names it where the database can tell."""
+
+    code = "database_busy"
 
 
 class SchemaOutdatedError(DatabaseError):
@@ -97,9 +128,13 @@ class SchemaTooNewError(DatabaseError):
 class KeyNotFoundError(SpeakerDBError):
     """No API key has that name."""
 
+    code = "key_not_found"
+
 
 class KeyExistsError(SpeakerDBError):
     """An API key with that name already exists."""
+
+    code = "key_exists"
 
 
 class ServiceError(SpeakerDBError):
@@ -109,7 +144,10 @@ class ServiceError(SpeakerDBError):
     def __init__(
         self, message: str, status: int | None = None, code: str | None = None, retry_after: float | None = None
     ) -> None:
-        self.status, self.code, self.retry_after = status, code, retry_after
+        self.status, self.retry_after = status, retry_after
+        #: The service's own code for its refusal (``database_busy``, ``unauthorized``...), or
+        #: ``service_error`` when there was no answer to read one from.
+        self.code = code or "service_error"
         super().__init__(message)
 
 

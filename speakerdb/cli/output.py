@@ -5,6 +5,10 @@ Exit codes: 0 success, 1 a failed operation (a :class:`SpeakerDBError`, or any f
 that failed), 2 bad usage (click's own errors). Whatever a line quotes (paths, names, values)
 goes through :func:`printable`, so a newline or a terminal escape in a file name stays on
 its own line's one line and cannot forge another.
+
+With --json, a command that fails as a whole also prints ``{"error": {"code", "message"}}`` on
+stdout (the error's own code, as the service answers it; ``usage_error`` for exit code 2), so a
+script that parses stdout always gets one JSON document.
 """
 
 from __future__ import annotations
@@ -19,9 +23,30 @@ from typing import Any, Protocol
 
 import click
 
-from ..errors import SpeakerDBError
+from ..errors import SpeakerDBError, printable_path
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+_JSON = "speakerdb.json"  # ctx.meta (shared by a command's contexts): --json was given
+_ARGS = "speakerdb.args"  # ctx.meta: the command line, for usage errors raised before --json is read
+_EMITTED = "speakerdb.emitted"  # ctx.meta: the command's result is on stdout already
+USAGE_ERROR = "usage_error"  # the code of a JSON error with exit code 2
+
+
+def _json_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Remember --json for the error path (:class:`Group`); eager, so read before any other
+    option or argument can fail."""
+    if value:
+        ctx.meta[_JSON] = True
+    return value
+
+
+json_option = click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    is_eager=True,
+    callback=_json_given,
+    help='Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).',
+)
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
 
 
@@ -33,10 +58,12 @@ class Group(click.Group):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta.setdefault(_ARGS, list(args))
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as e:
             e.message = printable(e.message)  # type: ignore[misc]  # click declares it Final
+            _json_error(ctx, e)
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -47,10 +74,37 @@ class Group(click.Group):
             if discard is not None:  # a failed first enroll leaves no empty database
                 discard()
             if isinstance(e, SpeakerDBError):
+                _json_error(ctx, e)
                 raise click.ClickException(printable(str(e))) from None
             if isinstance(e, click.ClickException):  # usage errors quote values too (--db PATH)
                 e.message = printable(e.message)  # type: ignore[misc]  # as in parse_args
+                _json_error(ctx, e)
             raise
+
+
+def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) -> None:
+    """With --json, the error as ``{"error": {"code", "message"}}`` on stdout, unless the command
+    printed its document already; the ``Error:`` line on stderr and the exit code stay as they are.
+
+    A usage error may come before click reads --json (an unknown option): then --json anywhere
+    on the command line before ``--`` counts."""
+    if ctx.meta.get(_EMITTED):
+        return
+    if isinstance(e, click.ClickException):
+        args: list[str] = ctx.meta.get(_ARGS, [])
+        given = args[: args.index("--")] if "--" in args else args
+        if not (ctx.meta.get(_JSON) or "--json" in given):
+            return
+        code = USAGE_ERROR if isinstance(e, click.UsageError) else SpeakerDBError.code
+        message = e.format_message()
+    else:
+        if not ctx.meta.get(_JSON):
+            return
+        code, message = e.code, str(e)
+    ctx.meta[_EMITTED] = True
+    # printable_path: lone surrogates (file names that are not UTF-8) escaped, so stdout can write them
+    document = {"error": {"code": code, "message": printable_path(message)}}
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 # ---- text --------------------------------------------------------------------------------------
@@ -77,9 +131,17 @@ def cosine_note(score: float | None, raw_score: float | None) -> str:
     return f", cosine {raw_score:.3f}" if raw_score is not None and raw_score != score else ""
 
 
+def voices_note(voices: int | None) -> str:
+    """ "; N voices: see speakerdb timeline" when identify counted more than one voice in a file."""
+    return f"; {voices} voices: see speakerdb timeline" if voices is not None and voices > 1 else ""
+
+
 # ---- results -----------------------------------------------------------------------------------
 def emit(as_json: bool, document: Any, text: str) -> None:
     """The command's result on stdout: ``document`` as JSON with --json, else ``text``."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_EMITTED] = True  # one document on stdout: no error document after it
     if as_json:
         # allow_nan=False: NaN and Infinity are not JSON; finite() has turned them into null.
         click.echo(json.dumps(finite(document), indent=2, ensure_ascii=False, allow_nan=False))

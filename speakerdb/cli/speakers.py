@@ -17,6 +17,7 @@ from .output import (
     printable,
     progress,
     score_text,
+    voices_note,
     yes_option,
 )
 from .params import OVERRIDE_LOW, SCORE, check_score, parse_meta, speaker_name
@@ -96,7 +97,8 @@ def identify(
     {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]},
     or {"file", "error"} for a file that could not be used. Every file gets its answer;
     the exit code is 1 if any file failed. "voices" counts the voices in a file; above 1
-    a warning points to `speakerdb timeline` (--no-voice-check skips the count).
+    the answer's line says so ("2 voices: see speakerdb timeline") and a warning on stderr
+    points to `speakerdb timeline` too (--no-voice-check skips the count).
 
     \b
     Examples:
@@ -113,12 +115,13 @@ def identify(
     for r in results:
         if not r.ok:
             continue  # reported on stderr below
-        cosine = cosine_note(r.score, r.raw_score)
+        # Several voices: the answer is for a blend of them, said beside it (not only on stderr).
+        notes = cosine_note(r.score, r.raw_score) + voices_note(r.voices)
         if r.speaker is not None:
-            lines.append(f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{cosine})")
+            lines.append(f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{notes})")
         else:
             lines.append(
-                f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{cosine})"
+                f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{notes})"
             )
         width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
         lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))

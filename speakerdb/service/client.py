@@ -531,7 +531,9 @@ def _service_error(status: int, reason: str, headers: Any, raw: bytes) -> errors
     if kind is not None and kind is not errors.SpeakerDBError:
         return kind(message)
     if kind is errors.SpeakerDBError:
-        return errors.SpeakerDBError(message)
+        error = errors.SpeakerDBError(message)
+        error.code = code  # bad_audio: its message names the file, but not as AudioError's (path, reason)
+        return error
     return errors.ServiceError(f"the service answered {status}: {message}", status, code, retry_after)
 
 

@@ -1,7 +1,7 @@
 """What the service answers: JSON documents, and errors as ``{"error": {"code", "message"}}``.
 
 Library errors become HTTP statuses here (:data:`ERROR_STATUS`), at the edge: nothing below
-the service knows about HTTP.
+the service knows about HTTP. Their codes are their own (:attr:`speakerdb.errors.SpeakerDBError.code`).
 """
 
 from __future__ import annotations
@@ -13,23 +13,24 @@ from fastapi.responses import JSONResponse
 
 from .. import errors
 
-#: Library errors as (HTTP status, code). Checked in order: subclasses before their bases.
-ERROR_STATUS: list[tuple[type[BaseException], int, str]] = [
-    (errors.AudioError, 400, "bad_audio"),
-    (errors.GalleryError, 400, "bad_gallery"),
-    (errors.EnrollmentRefusedError, 422, "enrollment_refused"),
-    (errors.InvalidInputError, 422, "invalid_input"),
-    (errors.SpeakerNotFoundError, 404, "speaker_not_found"),
-    (errors.KeyNotFoundError, 404, "key_not_found"),
-    (errors.SpeakerExistsError, 409, "speaker_exists"),
-    (errors.KeyExistsError, 409, "key_exists"),
-    (errors.ConflictError, 409, "conflict"),
-    (errors.EmptyDatabaseError, 409, "no_speakers"),
-    (errors.ModelMismatchError, 409, "model_mismatch"),
-    (errors.ModelLoadError, 503, "model_unavailable"),
-    (errors.DatabaseBusyError, 503, "database_busy"),  # another writer holds the lock: retry later
-    (errors.DatabaseError, 500, "database_error"),
-    (errors.SpeakerDBError, 400, "failed"),
+#: Library errors as HTTP statuses. Checked in order: subclasses before their bases. The code
+#: answered beside the status is the error's own (``errors.SpeakerDBError.code``), the word the
+#: command line's --json prints for the same failure.
+ERROR_STATUS: list[tuple[type[errors.SpeakerDBError], int]] = [
+    (errors.AudioError, 400),
+    (errors.GalleryError, 400),
+    (errors.EnrollmentRefusedError, 422),
+    (errors.InvalidInputError, 422),
+    (errors.SpeakerNotFoundError, 404),
+    (errors.KeyNotFoundError, 404),
+    (errors.SpeakerExistsError, 409),
+    (errors.KeyExistsError, 409),
+    (errors.ConflictError, 409),
+    (errors.EmptyDatabaseError, 409),
+    (errors.ModelMismatchError, 409),
+    (errors.ModelLoadError, 503),
+    (errors.DatabaseBusyError, 503),  # another writer holds the lock: retry later
+    (errors.DatabaseError, 500),
 ]
 
 
@@ -52,10 +53,8 @@ def from_library(e: errors.SpeakerDBError, names: dict[str, str]) -> ApiError:
     message = str(e)
     for private, given in names.items():
         message = message.replace(private, given)
-    for kind, status, code in ERROR_STATUS:
-        if isinstance(e, kind):
-            return ApiError(status, code, message)
-    return ApiError(400, "failed", message)
+    status = next((status for kind, status in ERROR_STATUS if isinstance(e, kind)), 400)
+    return ApiError(status, e.code, message)
 
 
 def _finite(value: Any) -> Any:

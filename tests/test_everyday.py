@@ -1,0 +1,216 @@
+"""Everyday use, second round (issue 25): what a script or a person reads when things go wrong.
+
+The command line runs here with the model-free FakeEmbedder (conftest) and the energy VAD of
+tests/test_timeline.py, so every test is quick; --server runs against a stand-in HTTP service
+that answers what ``speakerdb serve`` answers (its error documents), read by the real client.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SR, FakeEmbedder, voice, write
+from speakerdb import errors
+from speakerdb.cli import cli
+from test_timeline import EnergyDetector
+
+#: The codes the service answered before the CLI shared them (issue 25 item 3): class -> (code, HTTP status).
+CODES: dict[type[errors.SpeakerDBError], tuple[str, int]] = {
+    errors.AudioError: ("bad_audio", 400),
+    errors.GalleryError: ("bad_gallery", 400),
+    errors.EnrollmentRefusedError: ("enrollment_refused", 422),
+    errors.InvalidInputError: ("invalid_input", 422),
+    errors.SpeakerNotFoundError: ("speaker_not_found", 404),
+    errors.KeyNotFoundError: ("key_not_found", 404),
+    errors.SpeakerExistsError: ("speaker_exists", 409),
+    errors.KeyExistsError: ("key_exists", 409),
+    errors.ConflictError: ("conflict", 409),
+    errors.EmptyDatabaseError: ("no_speakers", 409),
+    errors.ModelMismatchError: ("model_mismatch", 409),
+    errors.ModelLoadError: ("model_unavailable", 503),
+    errors.DatabaseBusyError: ("database_busy", 503),
+    errors.DatabaseError: ("database_error", 500),
+    errors.SchemaOutdatedError: ("database_error", 500),
+    errors.SchemaTooNewError: ("database_error", 500),
+    errors.SpeakerDBError: ("failed", 400),
+}
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """speakerdb on a database of tmp_path with the FakeEmbedder; returns the click Result
+    (stdout and stderr apart)."""
+    from speakerdb import api
+    from speakerdb.audio import vad
+
+    class FakeModelDB(api.SpeakerDB):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["embedder"] = FakeEmbedder()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(api, "SpeakerDB", FakeModelDB)
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    monkeypatch.delenv("SPEAKERDB_SERVER", raising=False)
+    runner = CliRunner()
+    db = tmp_path / "everyday.sqlite"
+
+    def invoke(*args, at=db):
+        return runner.invoke(cli, ["--db", str(at), *map(str, args)], catch_exceptions=False)
+
+    invoke.db = db
+    return invoke
+
+
+def json_error(result, code: str, exit_code: int = 1) -> str:
+    """The one JSON error document on stdout (its message), beside the Error: line on stderr."""
+    assert result.exit_code == exit_code, (result.stdout, result.stderr)
+    doc = json.loads(result.stdout)
+    assert list(doc) == ["error"] and set(doc["error"]) == {"code", "message"}, doc
+    assert doc["error"]["code"] == code, doc
+    assert "Error: " in result.stderr and doc["error"]["message"] in result.stderr
+    return doc["error"]["message"]
+
+
+# ---- item 3: JSON errors ----------------------------------------------------------------------
+def test_every_error_class_has_the_code_the_service_answers():
+    from speakerdb.service.responses import from_library
+
+    for kind, (code, status) in CODES.items():
+        assert kind.code == code, kind
+        e = kind("x", "broken") if kind is errors.AudioError else kind("broken")
+        answer = from_library(e, {})
+        assert (answer.code, answer.status) == (code, status), kind
+    assert errors.ServiceError("no answer").code == "service_error"
+    assert errors.ServiceError("busy", 503, "database_busy").code == "database_busy"
+
+
+def test_identify_json_on_an_empty_database(run, voices):
+    from speakerdb import api
+
+    api.SpeakerDB(run.db).close()
+    message = json_error(run("identify", voices["alice"][0], "--json"), "no_speakers")
+    assert "enroll" in message
+    plain = run("identify", voices["alice"][0])  # without --json: stdout stays empty
+    assert plain.exit_code == 1 and plain.stdout == "" and "Error: " in plain.stderr
+
+
+def test_verify_of_an_unknown_name_and_other_whole_failures(run, voices, tmp_path):
+    assert run("enroll", "alice", voices["alice"][0], "--json").exit_code == 0
+    assert run("enroll", "bob", voices["bob"][0]).exit_code == 0
+    assert "alcie" in json_error(run("verify", "alcie", voices["alice"][1], "--json"), "speaker_not_found")
+    json_error(run("show", "nobody", "--json"), "speaker_not_found")
+    json_error(run("rename", "alice", "bob", "--json"), "speaker_exists")
+    json_error(run("remove", "alice", "nobody", "--yes", "--json"), "speaker_not_found")
+    json_error(run("verify", "alice", tmp_path / "missing.wav", "--json"), "bad_audio")
+    json_error(run("enroll", "carol", voices["carol"][0], tmp_path / "missing.wav", "--json"), "bad_audio")
+    assert "no database" in json_error(run("list", "--json", at=tmp_path / "nowhere.sqlite"), "database_error")
+    # A batch where some files fail still prints its one document: the list, no error after it.
+    r = run("identify", voices["alice"][1], tmp_path / "missing.wav", "--json")
+    good, missing = json.loads(r.stdout)
+    assert r.exit_code == 1 and good["speaker"] == "alice" and missing["error"] == "no such file"
+
+
+def test_usage_errors_are_json_with_exit_code_2(run, voices):
+    assert run("enroll", "alice", voices["alice"][0]).exit_code == 0
+    clip = voices["alice"][1]
+    assert "--top-k" in json_error(run("identify", clip, "--top-k", "0", "--json"), "usage_error", 2)
+    json_error(run("identify", clip, "--json", "--top-k", "0"), "usage_error", 2)
+    assert "--bogus" in json_error(run("list", "--bogus", "--json"), "usage_error", 2)
+    json_error(run("--device", "tpu", "list", "--json"), "usage_error", 2)
+    json_error(run("nosuchcommand", "--json"), "usage_error", 2)
+    assert "--yes" in json_error(run("remove", "alice", "--json"), "usage_error", 2)  # stdin is no terminal
+    plain = run("list", "--bogus")
+    assert plain.exit_code == 2 and plain.stdout == ""
+    assert run("show", "--", "--json").stdout == ""  # a name after "--" is no option
+
+
+# ---- item 7: several voices in one file ---------------------------------------------------------
+def test_identify_says_on_stdout_when_a_file_holds_several_voices(run, tmp_path):
+    gap = np.zeros(SR, np.float32)
+    two = write(tmp_path / "two.wav", np.concatenate([voice(110, 4, seed=1), gap, voice(300, 4, seed=2)]))
+    one = write(tmp_path / "one.wav", np.concatenate([voice(110, 4, seed=3), gap, voice(110, 4, seed=4)]))
+    assert run("enroll", "bob", write(tmp_path / "bob.wav", voice(110, 4, seed=9))).exit_code == 0
+    r = run("identify", two, one, "--threshold", "0")
+    assert r.exit_code == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if not line.startswith("  ")]
+    assert lines[0].startswith(f"{two}: bob (score ") and lines[0].endswith("; 2 voices: see speakerdb timeline)")
+    assert lines[1].startswith(f"{one}: bob (score ") and "voices" not in lines[1]
+    assert "holds 2 voices" in r.stderr  # the warning stays
+    unknown = run("identify", two, "--threshold", "1").stdout.splitlines()[0]
+    assert unknown.startswith(f"{two}: unknown (best score ") and unknown.endswith(
+        "; 2 voices: see speakerdb timeline)"
+    )
+    docs = json.loads(run("identify", two, one, "--json").stdout)
+    assert [d["voices"] for d in docs] == [2, 1]
+    unchecked = run("identify", two, "--no-voice-check").stdout.splitlines()[0]
+    assert "voices" not in unchecked
+
+
+# ---- --server: the same documents from the service's answers -------------------------------------
+class _Answers(BaseHTTPRequestHandler):
+    """A stand-in ``speakerdb serve``: every request gets the error the test set."""
+
+    status, document = 500, {}
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Expect", "").lower() == "100-continue":
+            self.send_response_only(100)
+            self.end_headers()
+        self.rfile.read(length)
+        body = json.dumps(self.document).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def service(monkeypatch):
+    """(URL, set(status, code, message)) of a stand-in service."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Answers)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+
+    def answer(status: int, code: str, message: str) -> None:
+        _Answers.status, _Answers.document = status, {"error": {"code": code, "message": message}}
+
+    monkeypatch.setenv("SPEAKERDB_API_KEY", "sdb_test")
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", answer
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize(
+    "status, code, command",
+    [
+        (404, "speaker_not_found", ["verify", "alcie", "CLIP"]),
+        (409, "no_speakers", ["identify", "CLIP"]),
+        (400, "bad_audio", ["verify", "alice", "CLIP"]),
+        (409, "speaker_exists", ["rename", "alice", "bob"]),
+    ],
+)
+def test_server_mode_prints_the_same_json_errors(service, voices, status, code, command):
+    url, answer = service
+    answer(status, code, f"the service says {code}")
+    args = [str(voices["alice"][0]) if a == "CLIP" else a for a in command]
+    r = CliRunner().invoke(cli, ["--server", url, *args, "--json"], catch_exceptions=False)
+    assert json_error(r, code) == f"the service says {code}"
+
+
+def test_server_mode_unreachable_is_a_service_error(voices, monkeypatch):
+    monkeypatch.setenv("SPEAKERDB_API_KEY", "sdb_test")
+    r = CliRunner().invoke(cli, ["--server", "http://127.0.0.1:9", "list", "--json"], catch_exceptions=False)
+    assert "cannot reach" in json_error(r, "service_error")
