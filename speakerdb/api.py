@@ -514,11 +514,8 @@ class SpeakerDB:
         Works with no speakers enrolled (every voice is unknown: plain diarization). A file
         with no speech gives an empty timeline with a note. See :mod:`speakerdb.timeline`.
         """
-        # Voices are named on the database's scale (AS-norm when normalisation is on, as identify);
-        # windows are clustered by cosine, with the cosine threshold (see thresholds.cosine_threshold).
-        settings = self.store.settings()
         if threshold is not None:
-            threshold = check_threshold(threshold, scale=stored.scale(settings))
+            threshold = check_threshold(threshold, scale=self.threshold_scale)
         params = (params or Params()).check()
         if not files:
             raise InvalidInputError("timeline needs at least one audio file")
@@ -527,39 +524,10 @@ class SpeakerDB:
             return [Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
-        gallery = self._timeline_gallery(embedder.dim, threshold)
-        out, seconds = [], 0.0
-        for i, f in enumerate(files):  # every file gets its timeline or its error
-            try:
-                if i in errors:
-                    raise errors[i]
-                out.append(timelines.build(f, embedder, gallery, params, detector, self.max_audio_s))
-                seconds += out[-1].duration
-            except AudioError as e:
-                out.append(Timeline(_label(f), 0.0, [], [], error=e.reason))
-            if progress is not None:
-                progress(i + 1, len(files), seconds)
-        return out
-
-    def _timeline_gallery(self, dim: int, threshold: float | None) -> "timelines.Gallery":
-        """The enrolled speakers, their normalisation and thresholds, from one read of the store."""
-        with self.store.read() as s:
-            settings = store.get_settings(s)
-            ids, centroids = store.centroids(s)  # (k,), (k, dim)
-            by_id = store.speakers_by_id(s, ids.tolist())
-            names = [by_id[int(i)].name for i in ids]
-            found = self._cohorts.state(s, settings) if names else None
-            normaliser = None
-            if found is not None:
-                setting, cohort = found
-                enroll_mean, enroll_std = self._cohorts.stats.at(s, settings, cohort, setting).lookup(ids)
-                normaliser = timelines.Normaliser(enroll_mean, enroll_std, cohort, setting.top_n)
-        if threshold is None:
-            threshold = stored.threshold(settings)
-        cosine = cosine_threshold(settings)
-        if not names:  # plain diarization: only the cosine threshold matters
-            return timelines.Gallery.empty(dim, cosine if stored.scale(settings) != norm.COSINE else threshold)
-        return timelines.Gallery(names, centroids, threshold, cosine, normaliser)
+        gallery = timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
+        return timelines.build_each(
+            files, embedder, gallery, params, detector, self.max_audio_s, failed=errors, progress=progress
+        )
 
     def list(self) -> builtins.list[SpeakerInfo]:
         """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""

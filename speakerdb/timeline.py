@@ -63,7 +63,7 @@ from .audio import decode as audio
 from .audio import vad
 from .audio.decoded import Decoded
 from .embedding.models import Embedder, l2_normalize
-from .errors import InvalidInputError
+from .errors import AudioError, InvalidInputError
 
 # What a timeline is (Segment, Voice, Timeline) and its knobs (Params, with their defaults)
 # are shared with the client: they live in results.py and stay importable from here.
@@ -81,7 +81,10 @@ from .results import (  # noqa: F401  (the defaults stay importable from here)
     Voice,
 )
 from .scoring import norm
-from .storage import atomic
+from .scoring.cohort import CohortCache
+from .scoring.thresholds import cosine_threshold
+from .storage import atomic, store
+from .storage import settings as stored
 
 FRAME_S = 0.01  # s: resolution of the output timeline
 #: Windows are clustered while their average-linkage cosine similarity reaches this much
@@ -145,6 +148,61 @@ class Gallery:
         # per segment would cost more than the whole timeline.
         raw = (np.atleast_2d(np.asarray(vectors, np.float32)) @ self.centroids.T).astype(np.float64)
         return (raw if self.normaliser is None else self.normaliser(vectors, raw)), raw
+
+
+def database_gallery(db: store.Store, cohorts: CohortCache, dim: int, threshold: float | None) -> Gallery:
+    """A database's enrolled speakers, their normalisation and thresholds, from one read of ``db``.
+
+    Voices are named on the database's scale (AS-norm when normalisation is on, as identify
+    names them), with ``threshold`` (None: the database's); windows are clustered by cosine,
+    with the cosine threshold (see thresholds.cosine_threshold).
+    """
+    with db.read() as s:
+        settings = store.get_settings(s)
+        ids, centroids = store.centroids(s)  # (k,), (k, dim)
+        by_id = store.speakers_by_id(s, ids.tolist())
+        names = [by_id[int(i)].name for i in ids]
+        found = cohorts.state(s, settings) if names else None
+        normaliser = None
+        if found is not None:
+            setting, cohort = found
+            enroll_mean, enroll_std = cohorts.stats.at(s, settings, cohort, setting).lookup(ids)
+            normaliser = Normaliser(enroll_mean, enroll_std, cohort, setting.top_n)
+    if threshold is None:
+        threshold = stored.threshold(settings)
+    cosine = cosine_threshold(settings)
+    if not names:  # plain diarization: only the cosine threshold matters
+        return Gallery.empty(dim, cosine if stored.scale(settings) != norm.COSINE else threshold)
+    return Gallery(names, centroids, threshold, cosine, normaliser)
+
+
+def build_each(
+    files: Sequence[str | os.PathLike[str] | audio.Audio],
+    embedder: Embedder,
+    gallery: Gallery,
+    params: Params,
+    detector=None,
+    max_audio_s: float | None = None,
+    *,
+    failed: dict[int, AudioError] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> list[Timeline]:
+    """:func:`build` for each file, in order: every file gets its timeline, or an empty one
+    with its error (those of ``failed`` included, by position), so one bad file does not lose
+    the batch. ``progress(files done, files, seconds of audio done)`` after each."""
+    out, seconds = [], 0.0
+    for i, f in enumerate(files):
+        try:
+            if failed and i in failed:
+                raise failed[i]
+            out.append(build(f, embedder, gallery, params, detector, max_audio_s))
+            seconds += out[-1].duration
+        except AudioError as e:
+            label = f.source if isinstance(f, audio.Audio) else audio.source_label(f)
+            out.append(Timeline(label, 0.0, [], [], error=e.reason))
+        if progress is not None:
+            progress(i + 1, len(files), seconds)
+    return out
 
 
 # ---- windows ------------------------------------------------------------------------------
