@@ -335,12 +335,7 @@ class SpeakerDB:
             cohorts.check_count(len(files), top_n)  # a top-n the cohort cannot reach fails before the embedding
             self._check_files(files, stored=True)
             clips = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
-            vectors = norm.CohortVectors(
-                self.embedder.model_id,
-                np.stack([c.vector for c in clips]),
-                [c.source for c in clips],
-                [c.sha256 for c in clips],
-            )
+            vectors = cohorts.from_clips(self.embedder.model_id, clips)
         rows, top_n, set_aside = cohorts.screen(self.store, self.indexer, vectors, top_n, screen_enrolled)
         with self.store.write() as s:
             self._bind_model(s)
@@ -405,7 +400,7 @@ class SpeakerDB:
         name = validate_name(name)  # NFC: the form names are stored and compared in
         if not files:
             raise InvalidInputError("enroll needs at least one audio file")
-        metadata = _check_metadata(metadata)
+        metadata = store.validate_metadata(metadata)  # JSON, finite, valid Unicode, bounded depth and size
         self._check_files(files, stored=True)
         if new:
             with self.store.read() as s:
@@ -850,11 +845,6 @@ class SpeakerDB:
         if speaker is None:
             raise SpeakerNotFoundError(f"no speaker named {name!r} (see `speakerdb list`)")
         return speaker
-
-
-def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
-    """Metadata as stored: JSON, finite, valid Unicode, bounded depth and size (see store.validate_metadata)."""
-    return store.validate_metadata(metadata)
 
 
 def copy_database(

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..embedding.models import Embedder, same_model
+from ..embedding.pipeline import EmbeddedClip
 from ..errors import DatabaseError, InvalidInputError, ModelMismatchError
 from ..results import CohortSetAside, NormSettings
 from ..storage import settings as stored
@@ -100,6 +101,13 @@ def check_model(vectors: norm.CohortVectors, embedder: Embedder, db_name: str | 
             f"the cohort was embedded with model {vectors.model_id}, database {db_name} uses "
             f"{embedder.model_id}: embed the cohort with this database's model; nothing stored"
         )
+
+
+def from_clips(model_id: str, clips: list[EmbeddedClip]) -> norm.CohortVectors:
+    """A cohort of recordings embedded with model ``model_id``: their vectors, labels and audio hashes."""
+    return norm.CohortVectors(
+        model_id, np.stack([c.vector for c in clips]), [c.source for c in clips], [c.sha256 for c in clips]
+    )
 
 
 def check_count(n_files: int, top_n: int | None) -> None:
