@@ -843,7 +843,16 @@ class SpeakerDB:
             # A name stored before names were normalised (an older database) is still found as typed.
             speaker = store.speaker_by_name(s, name)
         if speaker is None:
-            raise SpeakerNotFoundError(f"no speaker named {name!r} (see `speakerdb list`)")
+            # The closest names by spelling are looked up only now, on the error path: a name
+            # that exists costs nothing more. Whoever may look a name up may list them all.
+            close = store.similar_names(s, store.normalize_name(name))
+            quoted = [repr(c) for c in close]
+            hint = " or ".join([", ".join(quoted[:-1]), quoted[-1]] if len(quoted) > 1 else quoted)
+            raise SpeakerNotFoundError(
+                f"no speaker named {name!r} (did you mean {hint}?)"
+                if close
+                else f"no speaker named {name!r} (see `speakerdb list`)"
+            )
         return speaker
 
 

@@ -214,3 +214,74 @@ def test_server_mode_unreachable_is_a_service_error(voices, monkeypatch):
     monkeypatch.setenv("SPEAKERDB_API_KEY", "sdb_test")
     r = CliRunner().invoke(cli, ["--server", "http://127.0.0.1:9", "list", "--json"], catch_exceptions=False)
     assert "cannot reach" in json_error(r, "service_error")
+
+
+# ---- item 1: unknown names get the nearest names by spelling -------------------------------------
+def test_unknown_names_suggest_the_nearest_enrolled_names(tmp_path, voices):
+    from speakerdb import SpeakerDB
+
+    with SpeakerDB(tmp_path / "names.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", [voices["alice"][0]])
+        db.enroll("bob", [voices["bob"][0]])
+        clip = voices["alice"][1]
+        for call in (
+            lambda: db.show("alcie"),
+            lambda: db.verify("alcie", clip),
+            lambda: db.rename("alcie", "alicia"),
+            lambda: db.remove("alcie"),
+            lambda: db.export(tmp_path / "out.json", speakers=["alcie"]),
+        ):
+            with pytest.raises(errors.SpeakerNotFoundError) as e:
+                call()
+            assert str(e.value) == "no speaker named 'alcie' (did you mean 'alice'?)"
+        db.enroll("alicia", [voices["carol"][0]])
+        db.enroll("alina", [voices["carol"][1]])
+        db.enroll("alise", [voices["bob"][1]])
+        with pytest.raises(errors.SpeakerNotFoundError) as e:
+            db.show("alic")  # up to three, closest first
+        assert str(e.value) == "no speaker named 'alic' (did you mean 'alice', 'alicia' or 'alise'?)"
+        with pytest.raises(errors.SpeakerNotFoundError) as e:
+            db.show("zzyzx")  # nothing close: no suggestion
+        assert str(e.value) == "no speaker named 'zzyzx' (see `speakerdb list`)"
+        assert db.show("alice").name == "alice"  # a name that exists: unchanged
+
+
+def test_cli_unknown_name_suggests_on_stderr_and_in_json(run, voices):
+    assert run("enroll", "alice", voices["alice"][0]).exit_code == 0
+    assert run("enroll", "bob", voices["bob"][0]).exit_code == 0
+    r = run("verify", "alcie", voices["alice"][1])
+    assert r.exit_code == 1 and r.stdout == ""
+    assert "no speaker named 'alcie' (did you mean 'alice'?)" in r.stderr
+    message = json_error(run("verify", "alcie", voices["alice"][1], "--json"), "speaker_not_found")
+    assert message == "no speaker named 'alcie' (did you mean 'alice'?)"
+    far = json_error(run("show", "zzyzx", "--json"), "speaker_not_found")
+    assert "did you mean" not in far
+
+
+def test_unknown_names_through_the_real_service(tmp_path_factory, tiny_checkpoint):
+    """The service answers the library's message; a read key, which can list every name, gets it."""
+    import signal
+
+    from speakerdb import SpeakerDB
+    from speakerdb.service.client import Client
+    from test_server import Server
+
+    d = tmp_path_factory.mktemp("served-names")
+    db_path = d / "served.sqlite"
+    with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
+        db.enroll("alice", [write(d / "alice.wav", voice(210.0))])
+        key = db.create_key("k-read", "read").key
+    (d / "tmp").mkdir()
+    srv = Server(db_path, tiny_checkpoint, d / "server.log", "--tmp-dir", str(d / "tmp")).start()
+    try:
+        reader = Client(srv.url, key, retries=0)
+        with pytest.raises(errors.SpeakerNotFoundError) as e:
+            reader.show("alcie")
+        assert str(e.value) == "no speaker named 'alcie' (did you mean 'alice'?)"
+        r = CliRunner(env={"SPEAKERDB_API_KEY": key}).invoke(
+            cli, ["--server", srv.url, "show", "alcie", "--json"], catch_exceptions=False
+        )
+        assert json_error(r, "speaker_not_found") == "no speaker named 'alcie' (did you mean 'alice'?)"
+    finally:
+        assert srv.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in srv.log.read_text()

@@ -23,6 +23,7 @@ for ever. Vectors are stored as little-endian float32 blobs.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -732,6 +733,20 @@ _IN_CHUNK = 900  # ids per IN (...) list: SQLite's old limit on bound parameters
 
 def speaker_by_name(session: Session, name: str) -> Speaker | None:
     return session.scalars(select(Speaker).where(Speaker.name == name)).one_or_none()
+
+
+def similar_names(session: Session, name: str, n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """Up to ``n`` enrolled names closest to ``name`` by spelling (difflib), best first.
+
+    Only for the error path of an unknown name: it reads every name. That is one scan of
+    the unique index on ``speakers.name`` (no other column, no embeddings), so even past
+    100,000 speakers it costs one indexed column read and difflib's pass over the names,
+    paid only by a lookup that has already failed.
+    """
+    if not isinstance(name, str) or not name:
+        return []
+    names = list(session.scalars(select(Speaker.name)))
+    return difflib.get_close_matches(name, names, n=n, cutoff=cutoff)
 
 
 def speakers_by_name(session: Session, names: list[str] | None = None) -> list[Speaker]:
