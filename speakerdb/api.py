@@ -621,7 +621,7 @@ class SpeakerDB:
         An existing file is replaced only with ``overwrite``; the output path is checked
         before anything is read.
         """
-        from . import __version__
+        from . import __version__  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
 
         path = paths.check_output_path(path, overwrite=overwrite)
         with self.store.read() as s:

@@ -299,7 +299,7 @@ def cluster(
         items = l2_normalize(items)
     else:
         items = np.asarray(vectors, np.float32)
-    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.cluster.hierarchy import fcluster, linkage  # deferred: scipy is heavy to import
 
     if len(items) == 1:
         labels = np.zeros(1, np.int64)
@@ -626,11 +626,11 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
     """One panel per recording, one lane per voice over time (needs matplotlib: the plot extra),
     written as :func:`write_rttm` writes (0600, never through a link, ``overwrite`` to replace)."""
     try:
-        import matplotlib
+        import matplotlib  # deferred: matplotlib is heavy to import
     except ImportError:
         raise InvalidInputError('--plot needs matplotlib: pip install -e ".[plot]"') from None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is heavy to import
 
     lanes = [max(1, len(t.voices)) for t in timelines]
     fig, axes = plt.subplots(

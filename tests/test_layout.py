@@ -169,3 +169,56 @@ def test_the_client_and_the_cli_need_no_heavy_library_to_import():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# Libraries whose import costs enough (time, memory, or a native runtime) to defer to the
+# function that needs them, so that `speakerdb --help`, the client and light modules stay fast.
+HEAVY = {
+    "torch",
+    "transformers",
+    "faiss",
+    "numpy",
+    "scipy",
+    "sqlalchemy",
+    "alembic",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "pydantic",
+    "av",
+    "soundfile",
+    "soxr",
+    "onnxruntime",
+    "silero_vad",
+    "webrtcvad",
+    "resemblyzer",
+    "matplotlib",
+    "huggingface_hub",
+    "threadpoolctl",
+    "platformdirs",
+    "psycopg",
+    "multipart",
+}
+# Not heavy, but only on some systems.
+PLATFORM_ONLY = {"fcntl"}
+
+
+def test_imports_inside_functions_only_defer_heavy_libraries_and_say_so():
+    wrong = []
+    for path in MODULES:
+        lines = path.read_text().split("\n")
+        for function in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(function):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    top = "speakerdb"
+                else:
+                    top = (node.module if isinstance(node, ast.ImportFrom) else node.names[0].name).split(".")[0]
+                line, before = lines[node.lineno - 1], lines[node.lineno - 2]
+                said = "#" in line or before.strip().startswith("#")
+                if top not in HEAVY | PLATFORM_ONLY | {"speakerdb"} or not said:
+                    wrong.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {line.strip()}")
+    assert not wrong, "imports inside functions that defer nothing heavy, or say not why: " + "; ".join(wrong)

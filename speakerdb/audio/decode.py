@@ -153,7 +153,7 @@ def stream(path: str | Path, block_s: float = BLOCK_S, max_audio_s: float | None
         raise AudioError(path, _too_long(declared_frames / rate, limit_s, "declares"))
     resampler = None
     if rate != SAMPLE_RATE:
-        import soxr
+        import soxr  # deferred: soxr is heavy to import
 
         # Streaming soxr gives the same samples as resampling the whole signal at once.
         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
@@ -261,7 +261,7 @@ def prepare(
     if len(mono) / rate > limit_s:
         raise AudioError(source, _too_long(len(mono) / rate, limit_s, "is"))
     if rate != SAMPLE_RATE:
-        import soxr
+        import soxr  # deferred: soxr is heavy to import
 
         mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
         _check_resampled(mono, source)
@@ -300,7 +300,7 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
     libsndfile, then FFmpeg for what libsndfile cannot read. The declared length is given
     only where it is backed by the file's bytes (libsndfile's formats other than Ogg and MP3).
     """
-    import soundfile
+    import soundfile  # deferred: soundfile is heavy to import
 
     errors: list[BaseException] = []
     parts = _joined_parts(path)
@@ -449,7 +449,7 @@ def _parts_blocks(path: Path, parts: list[tuple[int, int]], block_s: float) -> t
     Every part must have the first part's sample rate (a joined file of several rates is
     refused rather than decoded in part); channels may differ, since blocks are averaged to mono.
     """
-    import soundfile
+    import soundfile  # deferred: soundfile is heavy to import
 
     opened: list[soundfile.SoundFile] = []
     try:
@@ -499,7 +499,7 @@ def _av_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray]]:
     Every part of a chained stream comes out at the first part's rate and channel layout
     (back-to-back MP3s may differ), decoded to the end of the file.
     """
-    import av
+    import av  # deferred: av is heavy to import
 
     container = av.open(str(path))
     try:

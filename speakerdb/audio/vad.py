@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -87,7 +88,7 @@ def import_onnxruntime():
     record of its users outside its database."""
     if not os.environ.get(ORT_TELEMETRY_ENV):  # an explicit setting is the user's choice
         os.environ[ORT_TELEMETRY_ENV] = "1"  # read once, when onnxruntime is first imported
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime is heavy to import
 
     disable = getattr(ort, "disable_telemetry_events", None)  # for an onnxruntime imported earlier
     if disable is not None and os.environ[ORT_TELEMETRY_ENV] != "0":
@@ -172,11 +173,10 @@ class WebrtcVAD:
     def __init__(self, mode: int = WEBRTC_MODE) -> None:
         if importlib.util.find_spec("webrtcvad") is None:
             raise ModelLoadError('backend "webrtc" needs webrtcvad: pip install -e ".[resemblyzer]"')
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its module imports the deprecated pkg_resources
-            import webrtcvad
+            import webrtcvad  # deferred: webrtcvad is heavy to import
         self._vad = webrtcvad.Vad(mode)
         self.reset()
 
@@ -207,7 +207,7 @@ def load(backend: str = "silero"):
         return SileroVAD()
     if backend == "webrtc":
         return WebrtcVAD()
-    from ..errors import InvalidInputError
+    from ..errors import InvalidInputError  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
 
     raise InvalidInputError(f"unknown voice activity detector {backend!r}: use {' or '.join(BACKENDS)}")
 

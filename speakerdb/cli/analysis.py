@@ -94,7 +94,7 @@ def timeline(
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
     check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
     if plot_path:
-        from ..api import (
+        from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
             check_plotting,  # numpy: loaded when a command runs, not for --help
         )
 
@@ -188,7 +188,7 @@ def evaluate(
     state.local_only("evaluate")
     if (norm_method == "as-norm") != (cohort_dir is not None):
         raise click.UsageError("--norm as-norm and --cohort DIR go together")
-    from ..workflows import (
+    from ..workflows import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
         evaluate_recordings,  # numpy and the model: loaded when the command runs
     )
 
@@ -237,7 +237,7 @@ def calibrate(state: State, data_dir: str, target: str, apply: bool, as_json: bo
       speakerdb calibrate recordings/ --target far=0.01 --apply
     """
     state.local_only("calibrate")
-    from ..workflows import (
+    from ..workflows import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
         calibrate_threshold,  # numpy and the model: loaded when the command runs
     )
 

@@ -209,7 +209,7 @@ def current(state: State, as_json: bool) -> None:
       speakerdb db current
     """
     state.local_only("db current")
-    from ..api import (
+    from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
         database_revision,  # SQLAlchemy and Alembic: loaded when the command runs
     )
 

@@ -119,7 +119,7 @@ def check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def check_outputs(force: bool, *paths: str | None) -> None:
     """Refuse now, before any work, output files that cannot be written or that exist without
     --force; two outputs may not share one path."""
-    from ..api import (
+    from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
         check_output_path,  # the library's check (storage/atomic.py); numpy: not for --help
     )
 

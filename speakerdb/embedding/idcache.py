@@ -105,8 +105,8 @@ def cache_dir() -> Path:
 
 
 def _key(directory: Path, files: Snapshot) -> str:
-    import torch
-    import transformers
+    import torch  # deferred: torch is heavy to import
+    import transformers  # deferred: transformers is heavy to import
 
     identity = [FINGERPRINT_VERSION, torch.__version__, transformers.__version__, str(Path(directory).resolve()), files]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()

@@ -98,7 +98,7 @@ def available() -> bool:
 def faster_here() -> bool:
     """Whether this CPU has AMX int8 units, where six int8 products beat one float32 product."""
     try:
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         return bool(torch._C._cpu._get_cpu_capability().get("amx_int8", False))
     except Exception:  # no such query in this torch build
@@ -109,7 +109,7 @@ def faster_here() -> bool:
 def exact() -> bool:
     """Whether this torch build's int8 products are here and exact: the probe matches float64."""
     try:
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         ops = torch.ops.onednn
         ops.qlinear_prepack, ops.qlinear_pointwise  # noqa: B018 -- raises where absent
@@ -132,7 +132,7 @@ class IntLinear:
     """
 
     def __init__(self, weight: "torch.Tensor", bias: "torch.Tensor | None") -> None:
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         self.weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         n_out, n_in = self.weight.shape
@@ -154,7 +154,7 @@ class IntLinear:
 
     def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
         """(..., K) float32 -> (..., N) float32."""
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         self.calls += 1
         flat = x.reshape(-1, x.shape[-1])  # (M, K)
@@ -167,7 +167,7 @@ class IntLinear:
 
     def product(self, planes: "Planes") -> "torch.Tensor":
         """planes (of an (M, K) tensor) @ weight.T + bias -> (M, N) float32."""
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         op = torch.ops.onednn.qlinear_pointwise
         out = None
@@ -203,7 +203,7 @@ def split(x: "torch.Tensor") -> "Planes | None":
     The mean is taken over ~GUARD_ROWS evenly spaced rows (a pass over all of a 499 x 3072
     tensor costs 0.4 ms, a third of the split); the maximum over all of them.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     lo, hi = torch.aminmax(x)
     amax = max(-float(lo), float(hi))
@@ -221,7 +221,7 @@ def split(x: "torch.Tensor") -> "Planes | None":
 def make_linear(weight: "torch.Tensor", bias: "torch.Tensor | None") -> "Callable[[torch.Tensor], torch.Tensor]":
     """A callable computing ``F.linear(x, weight, bias)``: integer products where they are
     available and these float32 weights suit them, the float32 product otherwise."""
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     if available() and weight.dtype == torch.float32 and weight.device.type == "cpu" and _weights_fit(weight):
         return IntLinear(weight, bias)
@@ -243,7 +243,7 @@ def _probe() -> float:
     largest or smallest byte) against channels of w at +-max, where an int8 kernel that
     adds pairs of u8*s8 products in int16 would saturate.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(37, 256, generator=g).clamp(-2.5, 2.5)

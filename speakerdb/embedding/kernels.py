@@ -141,8 +141,8 @@ def _checked(model: "nn.Module", change: "Callable[[], list[str]]") -> list[str]
 
     Returns every replacement now in the model (``[]`` after an undo).
     """
-    import torch
-    import transformers
+    import torch  # deferred: torch is heavy to import
+    import transformers  # deferred: transformers is heavy to import
 
     expected = model._speakerdb_probe
     try:
@@ -176,7 +176,7 @@ def _probe_output(model: "nn.Module") -> "torch.Tensor":
     replacements touch; the x-vector head after it is left alone, and needs more frames.
     Two rows, as the embedder stacks equal-length utterances into one forward pass.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     generator = torch.Generator().manual_seed(0)
     x = 0.1 * torch.randn(2, PROBE_SAMPLES, generator=generator)
@@ -274,7 +274,7 @@ def install_int8_products(model: "nn.Module") -> int:
     Returns how many layers now use them; 0 where none can, or where it already ran.
     Preparing them takes ~0.8 s for WavLM base (slicing and packing 85 M weights).
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     if not intgemm.available():
         return 0
@@ -307,7 +307,7 @@ def _int8_layers(model: "nn.Module") -> list:
 
 def _feed_forward_denses(model: "nn.Module") -> list:
     """(name, nn.Linear) of every transformer layer's two feed-forward products."""
-    from torch import nn
+    from torch import nn  # deferred: torch is heavy to import
 
     out = []
     for layer in getattr(getattr(model.base_model, "encoder", None), "layers", []):
@@ -329,7 +329,7 @@ def _wavlm_attentions(model: "nn.Module") -> list:
 # ---- the conv feature encoder -------------------------------------------------------------
 def _encoder_fits(encoder: "nn.Module") -> bool:
     """Plain Conv1d layers without padding, dilation or groups; the first one on 1 channel."""
-    from torch import nn
+    from torch import nn  # deferred: torch is heavy to import
 
     layers = getattr(encoder, "conv_layers", None)
     if not layers:
@@ -346,7 +346,7 @@ def _encoder_fits(encoder: "nn.Module") -> bool:
 def _encoder_plan(encoder: "nn.Module") -> list[dict]:
     """Per layer: its weights as (taps * C_in, C_out) matrices, one per group of ``stride`` taps,
     and whether its GroupNorm is folded into the product (one group per channel, one product)."""
-    from torch import nn
+    from torch import nn  # deferred: torch is heavy to import
 
     plan = []
     for layer in encoder.conv_layers:
@@ -368,7 +368,7 @@ def _encoder_plan(encoder: "nn.Module") -> list[dict]:
 
 def conv_feature_encoder(encoder: "nn.Module", input_values: "torch.Tensor") -> "torch.Tensor":
     """The conv feature encoder's forward: (batch, n_samples) -> (batch, channels, frames)."""
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     outputs = [_encode_one(encoder, x) for x in input_values]  # each (frames, channels)
     if len(outputs) == 1:
@@ -391,7 +391,7 @@ def _encode_one(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor":
 def _rows_independent(layer: "nn.Module", plan: dict) -> bool:
     """Whether a slice of the layer's output frames can be computed from a slice of its input:
     no normalisation over time, or one folded into the weights from the whole input first."""
-    from torch import nn
+    from torch import nn  # deferred: torch is heavy to import
 
     return plan["fold_groupnorm"] or not isinstance(getattr(layer, "layer_norm", None), nn.GroupNorm)
 
@@ -407,7 +407,7 @@ def _first_two_layers(encoder: "nn.Module", x: "torch.Tensor") -> "torch.Tensor"
     slice: no page faults, and less traffic. The encoder's time for a 10 s clip went from
     145 to 133 ms (30 s: 470 to 427 ms); slices of 512 frames or fewer were slower.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     (layer0, layer1), (plan0, plan1) = encoder.conv_layers[:2], encoder._speakerdb_plan[:2]
     n0 = _frames_out(len(x), plan0, 0)
@@ -452,8 +452,8 @@ def _conv_layer(
     ``folded``: the first layer's GroupNorm-folded weights, from statistics of the whole
     input (given when ``h`` is a slice of it). ``out``: where to write the result.
     """
-    import torch
-    from torch import nn
+    import torch  # deferred: torch is heavy to import
+    from torch import nn  # deferred: torch is heavy to import
 
     conv, norm = layer.conv, getattr(layer, "layer_norm", None)
     stride = plan["stride"]
@@ -494,7 +494,7 @@ def _fold_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.G
     The shift rides in the product as the weight row of a column of ones: addmm would
     first copy it into every row of the output, a whole extra pass.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     p64 = patches.to(torch.float64)  # (T', k)
     mean = p64.mean(0)  # (k,)
@@ -509,7 +509,7 @@ def _fold_groupnorm(patches: "torch.Tensor", weight: "torch.Tensor", norm: "nn.G
 
 def _activate(activation: "nn.Module", h: "torch.Tensor") -> "torch.Tensor":
     """The layer's activation, in place when it is the exact GELU (no second 64 MB tensor)."""
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     if type(activation).__name__ == "GELUActivation" and getattr(activation, "act", None) is torch.nn.functional.gelu:
         return torch.ops.aten.gelu_(h)
@@ -531,8 +531,8 @@ def wavlm_self_attention(
     4.x passes a fifth argument, ``output_attentions``: when true, the caller wants the
     attention weights, which only the original computes, so the original runs.
     """
-    import torch
-    import torch.nn.functional as F
+    import torch  # deferred: torch is heavy to import
+    import torch.nn.functional as F  # deferred: torch is heavy to import
 
     if any(output_attentions):
         return type(attention).torch_multi_head_self_attention(
@@ -562,8 +562,8 @@ def _three_projections(attention: "nn.Module", hidden_states: "torch.Tensor") ->
 # ---- positional convolution ---------------------------------------------------------------
 def _positional_conv_fits(embed: "nn.Module") -> bool:
     """A float32 Conv1d of stride 1 whose padding and trimming keep the length, kernel under a block."""
-    import torch
-    from torch import nn
+    import torch  # deferred: torch is heavy to import
+    from torch import nn  # deferred: torch is heavy to import
 
     conv = getattr(embed, "conv", None)
     if not isinstance(conv, nn.Conv1d) or conv.weight.dtype != torch.float32 or conv.weight.device.type != "cpu":
@@ -590,7 +590,7 @@ def _positional_conv_spectra(conv: "nn.Module") -> "torch.Tensor":
     Computed in float64 and stored as complex64: 129 bins x 16 groups x 48 x 48 = 38 MB
     for WavLM base.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     groups, c_out = conv.groups, conv.out_channels
     w = conv.weight.detach().to(torch.float64)  # (C_out, C_in / g, k)
@@ -617,7 +617,7 @@ def positional_conv_embedding(embed: "nn.Module", hidden_states: "torch.Tensor")
     1/QUIET_FRAME_RATIO of the mean frame norm take the convolution instead; speech
     frames, layer-normalised by the feature projection, sit near the mean.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     norms = torch.linalg.vector_norm(hidden_states, dim=-1)  # (B, T)
     if not bool((norms >= norms.mean() / QUIET_FRAME_RATIO).all()):  # also false for nan
@@ -646,7 +646,7 @@ def positional_conv_embedding(embed: "nn.Module", hidden_states: "torch.Tensor")
 
 def _fix_weight_norm(conv: "nn.Module") -> bool:
     """Replace a weight-norm parametrization by the weight it computes (once, not per forward)."""
-    from torch.nn.utils import parametrize
+    from torch.nn.utils import parametrize  # deferred: torch is heavy to import
 
     if not parametrize.is_parametrized(conv, "weight"):
         return False

@@ -14,13 +14,17 @@ commands that never embed (``list``, ``show``, ``info``, ``--help``) start fast.
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import logging
 import os
+import socket
 import time
 import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -126,7 +130,7 @@ class TransformersXVector:
     """
 
     def __init__(self, name_or_path: str = DEFAULT_MODEL, device: str = "cpu", precision: str = "fp32") -> None:
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         self.device = _torch_device(device)
         if precision not in PRECISIONS:
@@ -172,7 +176,7 @@ class TransformersXVector:
 
     def embed(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
         """Embed waveforms; (n,) list of 1-D float32 arrays -> (n, dim) float32, rows of norm 1."""
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         out = np.empty((len(waveforms), self.dim), dtype=np.float32)
         by_length: dict[int, list[int]] = defaultdict(list)
@@ -214,7 +218,7 @@ class TransformersXVector:
 
     def _forward(self, waves: list[np.ndarray]) -> np.ndarray:
         """One forward pass over equal-length waveforms: (b, n_samples) -> (b, dim)."""
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         inputs = self.feature_extractor(
             [np.asarray(w, dtype=np.float32) for w in waves],
@@ -264,7 +268,7 @@ class ResemblyzerEncoder:
     def __init__(self, device: str = "cpu") -> None:
         self.device = _torch_device(device)
         resemblyzer = _import_resemblyzer()
-        from resemblyzer import VoiceEncoder
+        from resemblyzer import VoiceEncoder  # deferred: resemblyzer is heavy to import
 
         weights = Path(resemblyzer.__file__).resolve().parent / "pretrained.pt"
         if not weights.is_file():
@@ -299,7 +303,7 @@ class ResemblyzerEncoder:
         the same 160 mel frames, so they stack without padding), which is many times faster
         than one call per waveform for the short windows of a timeline.
         """
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         out = np.empty((len(waveforms), self.dim), dtype=np.float32)
         mels, owner = [], []  # (160, 40) partials, and the waveform each belongs to
@@ -331,7 +335,7 @@ class ResemblyzerEncoder:
     def _partials(self, wav: np.ndarray) -> np.ndarray:
         """The mel spectrograms of ``wav``'s partial utterances, exactly as ``embed_utterance``
         cuts them: (p, 160, 40)."""
-        from resemblyzer import audio as r_audio
+        from resemblyzer import audio as r_audio  # deferred: resemblyzer is heavy to import
 
         wav_slices, mel_slices = self.encoder.compute_partial_slices(len(wav), rate=1.3, min_coverage=0.75)
         if wav_slices[-1].stop >= len(wav):
@@ -342,8 +346,8 @@ class ResemblyzerEncoder:
 
     def _speech(self, i: int, wave: np.ndarray) -> np.ndarray:
         """resemblyzer's preprocessing of one waveform: volume normalised, long pauses cut (m,) float32."""
-        from resemblyzer import normalize_volume, preprocess_wav
-        from resemblyzer.hparams import audio_norm_target_dBFS
+        from resemblyzer import normalize_volume, preprocess_wav  # deferred: resemblyzer is heavy to import
+        from resemblyzer.hparams import audio_norm_target_dBFS  # deferred: resemblyzer is heavy to import
 
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1 or len(wave) == 0:
@@ -381,7 +385,7 @@ def load_embedder(model: str | None = None, device: str = "cpu", precision: str 
 
 def _torch_device(device: str) -> "torch.device":
     """``cpu``, ``cuda`` or ``cuda:N`` as a torch.device, checked."""
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise InvalidInputError(f"unknown device {device!r}: use cpu or cuda")
@@ -392,8 +396,6 @@ def _torch_device(device: str) -> "torch.device":
 
 def _import_resemblyzer():
     """Import resemblyzer, or say in one line how to install it."""
-    import importlib
-    import importlib.util
 
     if importlib.util.find_spec("resemblyzer") is None:
         raise ModelLoadError(f"model 'resemblyzer' needs the resemblyzer package: {RESEMBLYZER_INSTALL_HINT}")
@@ -439,7 +441,7 @@ def _model_directory(name: str) -> Path | None:
     if local.exists() or _looks_like_path(name):
         return None
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # deferred: huggingface_hub is heavy to import
 
         config = try_to_load_from_cache(name, "config.json")
     except Exception:  # an id huggingface_hub refuses: loading will say why
@@ -449,8 +451,8 @@ def _model_directory(name: str) -> Path | None:
 
 def _load_transformers_model(name: str):
     """Load (feature extractor, model, label) from a local directory or the hub cache."""
-    from transformers import AutoFeatureExtractor, AutoModelForAudioXVector
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoFeatureExtractor, AutoModelForAudioXVector  # deferred: transformers is heavy to import
+    from transformers.utils import logging as hf_logging  # deferred: transformers is heavy to import
 
     hf_logging.set_verbosity_error()  # no "some weights were not used" chatter on the CLI
     hf_logging.disable_progress_bar()  # nor a "Loading weights" bar for a local file
@@ -508,7 +510,7 @@ def _load_transformers_model(name: str):
 def _in_hub_cache(name: str) -> bool:
     """Whether the hub cache holds a config.json of ``name`` (then a failed load is not 'not cached')."""
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # deferred: huggingface_hub is heavy to import
 
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except Exception:  # an id the hub library refuses (spaces, ..): certainly not cached
@@ -521,10 +523,8 @@ def _hub_unreachable(timeout_s: float = 3.0) -> str | None:
     huggingface_hub retries a dead network for most of a minute, printing each retry;
     one quick connection attempt tells the user at once instead.
     """
-    import socket
-    from urllib.parse import urlparse
 
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # deferred: huggingface_hub is heavy to import
 
     url = urlparse(constants.ENDPOINT)
     port = url.port or (443 if url.scheme == "https" else 80)
@@ -542,7 +542,7 @@ def _fingerprint(model: "torch.nn.Module") -> str:
     loaded from the hub cache or a copied directory, give the same id. The training-only
     heads (classifier, AM-softmax objective) are left out: they never touch embeddings.
     """
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     h = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):

@@ -67,7 +67,7 @@ def _blas_controller():
     global _controller
     if _controller is None or _controller[0] != len(sys.modules):
         try:
-            from threadpoolctl import ThreadpoolController
+            from threadpoolctl import ThreadpoolController  # deferred: threadpoolctl is heavy to import
         except ImportError:  # pragma: no cover -- a dependency; without it BLAS keeps its default
             return None
         _controller = (len(sys.modules), ThreadpoolController().select(user_api="blas"))
@@ -77,7 +77,7 @@ def _blas_controller():
 @contextmanager
 def embedding(torch_threads: int | None) -> Iterator[None]:
     """While a model embeds: BLAS on BLAS_THREADS, torch on ``torch_threads`` (None: unchanged)."""
-    import torch
+    import torch  # deferred: torch is heavy to import
 
     before = torch.get_num_threads()
     controller = _blas_controller()

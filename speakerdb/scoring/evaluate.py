@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -404,7 +405,10 @@ def run(
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
     ``open_db`` makes the temporary database (``speakerdb.workflows.evaluation_database``; see :func:`score`).
     """
-    from ..embedding.models import DEFAULT_MODEL, load_embedder
+    from ..embedding.models import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
+        DEFAULT_MODEL,
+        load_embedder,
+    )
 
     split = make_split(
         Path(data_dir),
@@ -464,12 +468,11 @@ def plot(
     separation) are drawn on the window's edge and labelled, not left off the panel.
     """
     check_plotting()
-    import matplotlib
+    import matplotlib  # deferred: matplotlib is heavy to import
 
     matplotlib.use("Agg")
-    from statistics import NormalDist
 
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is heavy to import
 
     fig, (ax_hist, ax_det) = plt.subplots(1, 2, figsize=(11, 4.5))
     bins = np.linspace(min(scores.target.min(), scores.nontarget.min()), 1.0, 60)

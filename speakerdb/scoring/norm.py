@@ -137,7 +137,7 @@ class SpeakerStats:
 
     def at(self, session, settings: dict[str, Any], cohort: np.ndarray, norm: NormSettings) -> "SpeakerStats":
         """Bring the statistics to ``session``'s generation; returns self."""
-        from ..storage import store
+        from ..storage import store  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
 
         key = (settings.get("database_id"), norm.digest, norm.top_n)
         # ``settings`` was read in this session: its generation is the session's (one query less).

@@ -42,7 +42,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import struct
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -84,8 +87,6 @@ def _open_nofollow(path: str | Path, flags: int, mode: int = 0o600) -> int:
     """os.open that refuses a symbolic link at ``path`` (ELOOP) and anything but a regular file."""
     fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), mode)
     try:
-        import stat
-
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise IsADirectoryError(f"{path} is not a regular file")
     except BaseException:
@@ -104,12 +105,10 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
     (Windows) writes are not serialised, which costs at worst a needless rebuild.
     """
     try:
-        import fcntl
+        import fcntl  # POSIX only: imported where a lock is taken
     except ImportError:  # pragma: no cover - not on POSIX
         yield
         return
-    import sys
-    import time
 
     lock_path = f"{path}.lock"
     timeout = LOCK_TIMEOUT_S if timeout is None else timeout
@@ -179,7 +178,7 @@ class SpeakerIndex:
         _labels: np.ndarray | None = None,
         _alive: np.ndarray | None = None,
     ) -> None:
-        import faiss
+        import faiss  # deferred: faiss is heavy to import
 
         self.dim = dim
         self.generation = generation  # the store's change record this index is at
@@ -241,7 +240,7 @@ class SpeakerIndex:
 
     def _stored_vectors(self) -> np.ndarray:
         """A writable (n_positions, dim) view of the vectors inside the FAISS index."""
-        import faiss
+        import faiss  # deferred: faiss is heavy to import
 
         flat = self._faiss.storage if self.kind == "hnsw" else self._faiss
         flat = faiss.downcast_index(flat)
@@ -254,7 +253,7 @@ class SpeakerIndex:
         k' = min(k, len(self)). An approximate search can find fewer than k' live
         speakers for a query; the rest of its row is id -1 with score -inf.
         """
-        import faiss
+        import faiss  # deferred: faiss is heavy to import
 
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = min(k, len(self))
@@ -305,7 +304,7 @@ class SpeakerIndex:
 
         Renaming replaces a link at ``path`` instead of writing through it.
         """
-        import faiss
+        import faiss  # deferred: faiss is heavy to import
 
         index = self.compacted() if self.should_compact() else self
         path = Path(path)
@@ -387,7 +386,7 @@ class SpeakerIndex:
     @classmethod
     def _read(cls, f: BinaryIO, size: int) -> "SpeakerIndex":
         """The index in the open file ``f`` of ``size`` bytes, every part checked that can be."""
-        import faiss
+        import faiss  # deferred: faiss is heavy to import
 
         header, _ = _read_header(f, size)
         n, dim, kind = header["positions"], header["dim"], header["kind"]

@@ -65,14 +65,14 @@ def current_revision(engine: Engine) -> str | None:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database up to ``revision`` (in one IMMEDIATE transaction)."""
-    from alembic import command
+    from alembic import command  # deferred: alembic is heavy to import
 
     _run_migration(engine, command.upgrade, revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` ("base" removes every table)."""
-    from alembic import command
+    from alembic import command  # deferred: alembic is heavy to import
 
     _run_migration(engine, command.downgrade, revision)
 
@@ -101,7 +101,7 @@ def _run_migration(engine: Engine, step, revision: str) -> None:
 
 def head_revision() -> str:
     """The head according to the Alembic scripts themselves (tests compare it to HEAD_REVISION)."""
-    from alembic.script import ScriptDirectory
+    from alembic.script import ScriptDirectory  # deferred: alembic is heavy to import
 
     head = ScriptDirectory.from_config(_config(None)).get_current_head()
     if head is None:  # a package installed without its revisions
@@ -110,7 +110,7 @@ def head_revision() -> str:
 
 
 def _config(connection):
-    from alembic.config import Config
+    from alembic.config import Config  # deferred: alembic is heavy to import
 
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
@@ -119,8 +119,8 @@ def _config(connection):
 
 
 def _is_known(revision: str) -> bool:
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
+    from alembic.script import ScriptDirectory  # deferred: alembic is heavy to import
+    from alembic.util import CommandError  # deferred: alembic is heavy to import
 
     try:
         return ScriptDirectory.from_config(_config(None)).get_revision(revision) is not None
@@ -132,7 +132,7 @@ def _tables(engine: Engine) -> set[str]:
     try:
         with engine.connect() as conn:
             if engine.dialect.name != "sqlite":
-                from sqlalchemy import inspect
+                from sqlalchemy import inspect  # deferred: sqlalchemy is heavy to import
 
                 return set(inspect(conn).get_table_names())
             # sqlite_sequence (AUTOINCREMENT's) is SQLite's own and outlives a downgrade

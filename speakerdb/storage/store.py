@@ -610,7 +610,7 @@ def copy_rows(
     metadata and every vector are checked as a gallery import checks them. Streams in
     batches: memory stays bounded at a million speakers. Returns rows copied per table.
     """
-    from sqlalchemy import insert
+    from sqlalchemy import insert  # deferred: sqlalchemy is heavy to import
 
     tables = {t.name: t for t in Base.metadata.sorted_tables}
     counts = {}
@@ -700,7 +700,7 @@ def changes_between(session: Session, after: int, upto: int) -> list[tuple[int, 
 
 def prune_changes(session: Session, below: int) -> int:
     """Delete change records older than generation ``below``; returns how many went."""
-    from sqlalchemy import delete
+    from sqlalchemy import delete  # deferred: sqlalchemy is heavy to import
 
     result: Any = session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below))
     return int(result.rowcount or 0)  # a DELETE's CursorResult
@@ -800,7 +800,7 @@ def cohort(session: Session) -> np.ndarray:
 
 def replace_cohort(session: Session, rows: list[tuple[str, str, np.ndarray]]) -> None:
     """Replace the whole cohort with ``rows`` of (source, audio sha256, embedding)."""
-    from sqlalchemy import delete
+    from sqlalchemy import delete  # deferred: sqlalchemy is heavy to import
 
     session.execute(delete(CohortEmbedding))
     session.add_all(CohortEmbedding(source=src, audio_sha256=sha, embedding=to_blob(vec)) for src, sha, vec in rows)
@@ -823,7 +823,7 @@ def speaker_id_digest(session: Session) -> tuple[int, int, int]:
     """(number of speakers, sum of their ids, sum of a hash of their ids): what an index's
     live labels must give in :func:`id_digest`. Computed by the database over its smallest
     index, without fetching the ids."""
-    from sqlalchemy import cast
+    from sqlalchemy import cast  # deferred: sqlalchemy is heavy to import
 
     mixed = cast(Speaker.id, BigInteger) % _ID_HASH_PRIME * _ID_HASH_MULTIPLIER % _ID_HASH_PRIME
     n, total, hashed = session.execute(select(func.count(Speaker.id), func.sum(Speaker.id), func.sum(mixed))).one()
@@ -916,7 +916,7 @@ def application_name() -> str:
 
 def open_server_engine(url: str) -> Engine:
     """An engine for a PostgreSQL URL, through psycopg 3 (the scheme is normalised to it)."""
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.engine import make_url  # deferred: sqlalchemy is heavy to import
 
     try:
         parsed = make_url(url).set(drivername="postgresql+psycopg")
