@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, ca
 import numpy as np
 from sqlalchemy.orm import Session
 
+from . import __version__
 from . import timeline as timelines
 from .audio import decode as audio
 from .audio import vad
@@ -82,6 +83,7 @@ from .config import default_home as default_home
 from .config import default_index_dir as default_index_dir
 from .errors import ModelMismatchError as ModelMismatchError
 from .errors import SpeakerDBError as SpeakerDBError
+from .errors import check_output as check_output_path
 from .results import Candidate as Candidate
 from .results import CohortSetAside as CohortSetAside
 from .scoring.calibrate import Calibration as Calibration
@@ -99,7 +101,6 @@ from .storage.migrate import downgrade_database as downgrade_database
 from .storage.migrate import upgrade_database as upgrade_database
 from .storage.paths import INDEX_SUFFIX as INDEX_SUFFIX
 from .storage.paths import MIN_FREE_BYTES as MIN_FREE_BYTES
-from .storage.paths import check_output_path as check_output_path
 from .storage.settings import DEFAULT_THRESHOLD as DEFAULT_THRESHOLD
 from .storage.settings import INDEX_PARAM_MAX as INDEX_PARAM_MAX
 from .storage.store import check_name_text as check_name_text
@@ -621,9 +622,7 @@ class SpeakerDB:
         An existing file is replaced only with ``overwrite``; the output path is checked
         before anything is read.
         """
-        from . import __version__  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-
-        path = paths.check_output_path(path, overwrite=overwrite)
+        path = check_output_path(path, overwrite=overwrite)
         with self.store.read() as s:
             rows = (
                 store.speakers_by_name(s)

@@ -17,12 +17,12 @@ from . import timeline as timeline_files
 from .api import SpeakerDB
 from .config import db_target
 from .embedding.models import Embedder
+from .errors import check_output
 from .results import Timeline
 from .scoring import calibrate as calibration
 from .scoring import evaluate, norm
 from .scoring.calibrate import Calibration
 from .scoring.evaluate import Report
-from .storage.paths import check_output_path
 from .storage.settings import DEFAULT_THRESHOLD
 
 __all__ = ["calibrate_threshold", "evaluate_recordings", "evaluation_database", "write_timeline_files"]
@@ -51,7 +51,7 @@ def evaluate_recordings(
     before any scoring.
     """
     if plot is not None:
-        check_output_path(plot, overwrite=overwrite)
+        check_output(plot, overwrite=overwrite)
         evaluate.check_plotting()
     mine = _existing_database(db, model, device, precision)
     try:

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError
 from .decode import SAMPLE_RATE
 
 FRAME = 512  # samples: one Silero frame at 16 kHz (32 ms)
@@ -207,8 +207,6 @@ def load(backend: str = "silero"):
         return SileroVAD()
     if backend == "webrtc":
         return WebrtcVAD()
-    from ..errors import InvalidInputError  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-
     raise InvalidInputError(f"unknown voice activity detector {backend!r}: use {' or '.join(BACKENDS)}")
 
 

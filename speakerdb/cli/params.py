@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import SpeakerDBError
+from ..errors import SpeakerDBError, check_output
 from .output import printable
 
 if TYPE_CHECKING:
@@ -119,11 +119,7 @@ def check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def check_outputs(force: bool, *paths: str | None) -> None:
     """Refuse now, before any work, output files that cannot be written or that exist without
     --force; two outputs may not share one path."""
-    from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-        check_output_path,  # the library's check (storage/atomic.py); numpy: not for --help
-    )
-
-    given = [check_output_path(p, overwrite=force) for p in paths if p]
+    given = [check_output(p, overwrite=force) for p in paths if p]
     if len({os.path.abspath(p) for p in given}) < len(given):
         raise click.UsageError(f"the outputs need different files, not {printable(str(given[0]))} twice")
 

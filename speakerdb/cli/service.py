@@ -135,8 +135,8 @@ def serve(
         raise click.UsageError("give both --ssl-keyfile and --ssl-certfile, or neither")
     # uvicorn (and FastAPI in the workers): imported by serve only.
     from ..service.serve import ServeConfig, is_loopback
-    from ..service.serve import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-        serve as run_server,  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
+    from ..service.serve import (  # deferred: uvicorn and FastAPI load only when serve runs
+        serve as run_server,
     )
 
     state.allow_create()

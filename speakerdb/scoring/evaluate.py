@@ -32,10 +32,11 @@ import numpy as np
 
 from ..audio import decode as audio
 from ..embedding import pipeline
-from ..embedding.models import Embedder
+from ..embedding.models import DEFAULT_MODEL, Embedder, load_embedder
 from ..errors import InvalidInputError
 from ..storage import atomic
 from . import metrics, norm
+from .thresholds import check_top_n
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"}
 DEFAULT_ENROLL_COUNT = 3
@@ -405,11 +406,6 @@ def run(
     embedder used (so a caller can apply a calibrated threshold to a database of the same model).
     ``open_db`` makes the temporary database (``speakerdb.workflows.evaluation_database``; see :func:`score`).
     """
-    from ..embedding.models import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-        DEFAULT_MODEL,
-        load_embedder,
-    )
-
     split = make_split(
         Path(data_dir),
         enroll_count=enroll_count,
@@ -417,10 +413,7 @@ def run(
         impostor_dirs=[Path(d) for d in impostor_dirs],
         seed=seed,
     )
-    try:
-        top_n = norm.check_top_n(top_n)
-    except ValueError as e:
-        raise InvalidInputError(str(e)) from None
+    top_n = check_top_n(top_n, None)
     embedder = embedder or load_embedder(model or DEFAULT_MODEL, device=device, precision=precision)
     if cohort is not None and not isinstance(cohort, norm.CohortVectors):
         cohort = embed_cohort(cohort, embedder)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..results import NormSettings  # a result type, shared with the client (results.py)
+from ..storage import store
 
 METHOD = "as-norm"
 #: Scales a threshold can be on: raw cosine scores, or AS-norm scores.
@@ -137,8 +138,6 @@ class SpeakerStats:
 
     def at(self, session, settings: dict[str, Any], cohort: np.ndarray, norm: NormSettings) -> "SpeakerStats":
         """Bring the statistics to ``session``'s generation; returns self."""
-        from ..storage import store  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
-
         key = (settings.get("database_id"), norm.digest, norm.top_n)
         # ``settings`` was read in this session: its generation is the session's (one query less).
         target = int(settings["generation"]) if "generation" in settings else store.generation(session)

@@ -6,7 +6,6 @@ Whether ``--db`` is a file or a server URL is decided once, in :func:`speakerdb.
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -15,11 +14,7 @@ from pathlib import Path
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import default_index_dir
-from ..errors import (
-    DatabaseError,
-    SpeakerDBError,
-    check_output,  # shared with the client, which checks before downloading
-)
+from ..errors import DatabaseError, SpeakerDBError
 from . import settings as stored
 from . import store
 
@@ -68,13 +63,6 @@ def open_database(target: Path | str, create: bool) -> Opened:
             remove_database_files(target, index_path, made_dirs)
         raise
     return Opened(opened, target, target, index_path, created, made_dirs)
-
-
-def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Raise InvalidInputError now, before any work, for an output file that cannot be written:
-    its directory is missing or not writable, it is a directory, or it exists and not
-    ``overwrite`` (see :func:`speakerdb.errors.check_output`, the one check every output has)."""
-    return check_output(path, overwrite=overwrite)
 
 
 def check_db_path(path: Path, create: bool) -> bool:
