@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from . import __version__
 from . import timeline as timelines
 from .audio import decode as audio
-from .audio import vad
+from .audio import pcm, vad
 from .audio.decoded import Decoded
 from .config import check_max_audio_s, db_target
 from .embedding import binding, pipeline
@@ -42,6 +42,7 @@ from .errors import (
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
+from .live import LiveSession
 from .results import (
     AuditEntry,
     CopySummary,
@@ -408,7 +409,18 @@ class SpeakerDB:
                 if store.speaker_by_name(s, name) is not None:
                     raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
         embedded = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
+        return self._write_enrollment(name, embedded, new=new, metadata=metadata, strict=strict)
 
+    def _write_enrollment(
+        self,
+        name: str,
+        embedded: Sequence[pipeline.EmbeddedClip],
+        *,
+        new: bool,
+        metadata: dict[str, Any],
+        strict: bool,
+    ) -> EnrollResult:
+        """Enrollment's writes, for clips already embedded (from files, or a live session's windows)."""
         with self.store.write() as s:
             self._bind_model(s)
             speaker = store.speaker_by_name(s, name)
@@ -524,6 +536,67 @@ class SpeakerDB:
         return timelines.build_each(
             files, embedder, gallery, params, detector, self.max_audio_s, failed=errors, progress=progress
         )
+
+    def stream(
+        self,
+        sample_rate: int = 16000,
+        encoding: str = "f32",
+        threshold: float | None = None,
+        embed_windows: Callable[[builtins.list[np.ndarray]], np.ndarray] | None = None,
+    ) -> LiveSession:
+        """A live session: feed it audio as it arrives, read who is speaking (see :mod:`speakerdb.live`).
+
+        ``sample_rate`` 8,000-48,000 Hz; ``encoding`` of the bytes given to ``feed``:
+        ``pcm_s16le``, ``f32le`` (or ``f32``), ``mulaw`` or ``alaw`` (float32 arrays are taken
+        whatever the encoding). Voices are named with ``threshold`` (the database's if None) on
+        the database's scale. ``embed_windows`` embeds equal-length 16 kHz windows into unit
+        vectors (n, dim); default: this database's model (the service passes one that batches
+        windows across callers). Works with no speakers enrolled (every voice unknown).
+        """
+        if threshold is not None:
+            threshold = check_threshold(threshold, scale=self.threshold_scale)
+        params = Params()
+        rate, encoding = pcm.check_sample_rate(sample_rate), pcm.check_encoding(encoding)
+        detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
+        embedder = self.embedder
+        if embed_windows is None:
+
+            def embed_windows(windows: builtins.list[np.ndarray]) -> np.ndarray:
+                return timelines.embed_windows(windows, embedder)
+
+        def gallery() -> timelines.Gallery:
+            return timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
+
+        def enroll(name: str, clip: pipeline.EmbeddedClip, add: bool) -> EnrollResult:
+            return self._enroll_live(name, clip, add=add)
+
+        return LiveSession(
+            embed_windows,
+            gallery(),
+            sample_rate=rate,
+            encoding=encoding,
+            params=params,
+            detector=detector,
+            reload_gallery=gallery,
+            enroll_clip=enroll,
+        )
+
+    @_audited(
+        "enroll",
+        lambda name, clip, *, add=False: (store.normalize_name(name), {"live_windows": clip.n_windows, "new": not add}),
+    )
+    def _enroll_live(self, name: str, clip: pipeline.EmbeddedClip, *, add: bool = False) -> EnrollResult:
+        """A live session's enrollment (LiveSession.enroll): one clip of window vectors, through
+        enroll's own writes and checks. ``add`` False refuses an existing name, as ``new``."""
+        name = validate_name(name)
+        pipeline.check_vector(clip.vector, clip.source)
+        if not add:
+            with self.store.read() as s:
+                if store.speaker_by_name(s, name) is not None:
+                    raise SpeakerExistsError(
+                        f"speaker {name!r} already exists (enroll with add to add this voice to it)"
+                    )
+        return self._write_enrollment(name, [clip], new=not add, metadata={}, strict=False)
 
     def list(self) -> builtins.list[SpeakerInfo]:
         """Every enrolled speaker, by name (``utterances`` left empty: see :meth:`show`)."""

@@ -31,12 +31,14 @@ from typing import Any, Protocol, TypeVar
 from .results import (
     AuditEntry,
     DatabaseInfo,
+    EnrolledEvent,
     EnrollResult,
     ExportSummary,
     Identification,
     ImportSummary,
     KeyInfo,
     Limits,
+    LiveEvent,
     NewKey,
     NormSettings,
     Params,
@@ -49,7 +51,7 @@ from .results import (
 # Python 3.10 has no typing.Self: a bound type variable says the same for __enter__.
 _Self = TypeVar("_Self")
 
-__all__ = ["LOCAL_ONLY", "SpeakerDBProtocol"]
+__all__ = ["LOCAL_ONLY", "LiveSessionProtocol", "SpeakerDBProtocol"]
 
 #: A file an operation reads: a path (a SpeakerDB also takes decoded speakerdb.audio.Audio clips).
 PathLike = str | os.PathLike[str]
@@ -77,8 +79,35 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "indexer",
         "index_path",
         "target",  # the parts of a local database
+        # A live session (issue 23): in the protocol once the client has Client.stream.
+        "stream",
     }
 )
+
+
+class LiveSessionProtocol(Protocol):
+    """A live identification session, local (:class:`speakerdb.live.LiveSession`) or over the
+    service's WebSocket: audio in, :data:`~speakerdb.results.LiveEvent` out, a timeline at the end."""
+
+    sample_rate: int
+    encoding: str
+
+    @property
+    def seconds_fed(self) -> float:
+        """Seconds of audio fed so far (the ``at`` of the events)."""
+        ...
+
+    def feed(self, audio: Any) -> builtins.list[LiveEvent]:
+        """The next audio (bytes in the session's encoding, or float32 samples); the events it caused."""
+        ...
+
+    def finish(self) -> builtins.list[LiveEvent]:
+        """End the audio; the last events (the final segments of what was still open)."""
+        ...
+
+    def enroll(self, label: str, name: str, *, add: bool = False) -> EnrolledEvent: ...
+
+    def close(self) -> Timeline: ...
 
 
 class SpeakerDBProtocol(Protocol):

@@ -474,3 +474,106 @@ class Timeline:
             "voices": [v.to_dict() for v in self.voices],
             "notes": list(self.notes),
         }
+
+
+# ---- live sessions (see speakerdb.live) -------------------------------------------------------
+# What a live session reports while the audio arrives. Every event has ``at``: the seconds of
+# audio the session had been fed when it was emitted (the error event has it when known).
+# ``to_dict()`` is the JSON the service sends on /v1/stream and `listen --json` prints.
+@dataclass(frozen=True)
+class SpeechEvent:
+    """Speech began at ``start`` (seconds from the start of the stream)."""
+
+    start: float
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "speech", "start": round(self.start, 3), "at": round(self.at, 3)}
+
+
+@dataclass(frozen=True)
+class VoiceEvent:
+    """One voice speaking from ``start`` to ``end``: ``final`` False while the session may still
+    revise it (a later event over the same span replaces it), True once it will not change.
+
+    ``label`` is the enrolled name or ``unknown-N`` (one unknown voice keeps its N for the
+    whole session); ``speaker`` is the enrolled name or None; ``score`` as Segment.score.
+    """
+
+    start: float
+    end: float
+    label: str
+    speaker: str | None
+    score: float | None
+    final: bool
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "voice",
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "label": self.label,
+            "speaker": self.speaker,
+            "score": _round(self.score),
+            "final": self.final,
+            "at": round(self.at, 3),
+        }
+
+
+@dataclass(frozen=True)
+class EnrolledEvent:
+    """The voice heard under ``label`` was enrolled as speaker ``name``."""
+
+    label: str
+    name: str
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "enrolled", "label": self.label, "name": self.name, "at": round(self.at, 3)}
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A request of the session failed (``code`` as speakerdb.errors, or the service's own)."""
+
+    code: str
+    message: str
+    at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"type": "error", "code": self.code, "message": self.message}
+        if self.at is not None:
+            d["at"] = round(self.at, 3)
+        return d
+
+
+LiveEvent = SpeechEvent | VoiceEvent | EnrolledEvent | ErrorEvent
+
+
+def event_from_dict(d: dict[str, Any]) -> LiveEvent:
+    """The event a ``to_dict()`` describes (the client reads the service's JSON with it);
+    InvalidInputError for anything else."""
+    try:
+        kind = d["type"]
+        if kind == "speech":
+            return SpeechEvent(float(d["start"]), float(d["at"]))
+        if kind == "voice":
+            score = d["score"]
+            return VoiceEvent(
+                float(d["start"]),
+                float(d["end"]),
+                str(d["label"]),
+                None if d["speaker"] is None else str(d["speaker"]),
+                None if score is None else float(score),
+                bool(d["final"]),
+                float(d["at"]),
+            )
+        if kind == "enrolled":
+            return EnrolledEvent(str(d["label"]), str(d["name"]), float(d["at"]))
+        if kind == "error":
+            at = d.get("at")
+            return ErrorEvent(str(d["code"]), str(d["message"]), None if at is None else float(at))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidInputError(f"not a live event: {d!r} ({e})") from None
+    raise InvalidInputError(f"not a live event: {d!r}")

@@ -24,7 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "embedding": {"audio", "errors", "config"},
     "scoring": {"storage", "embedding", "audio", "errors", "config", "results"},
     "timeline": {"scoring", "storage", "embedding", "audio", "errors", "config", "results"},
-    "api": {"timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results", "protocol"},
+    # A live session (issue 23): a room beside timeline, whose assembly and naming it reuses.
+    "live": {"timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results"},
+    "api": {"live", "timeline", "scoring", "storage", "embedding", "audio", "errors", "config", "results", "protocol"},
     # Workflows built on the facade (evaluate, calibrate --apply, timeline files); the facade never imports them.
     "workflows": {
         "api",

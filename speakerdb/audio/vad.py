@@ -233,15 +233,21 @@ def regions(
     min_silence_s: float = DEFAULT_MIN_SILENCE_S,
     min_speech_s: float = DEFAULT_MIN_SPEECH_S,
     pad_s: float = DEFAULT_PAD_S,
+    first_frame: int = 0,
 ) -> list[Region]:
-    """Speech regions from per-frame probabilities (hysteresis, minimum lengths, padding; see module doc)."""
+    """Speech regions from per-frame probabilities (hysteresis, minimum lengths, padding; see module doc).
+
+    ``first_frame``: the index in the recording of ``probs[0]`` (a live session passes the
+    frames since a point before which nothing can change), so times are computed exactly as
+    from the whole recording's frames; ``duration_s`` is then still counted from the start.
+    """
     probs = np.asarray(probs, np.float64)
-    end_of_audio = duration_s if duration_s is not None else len(probs) * frame_s
+    end_of_audio = duration_s if duration_s is not None else (first_frame + len(probs)) * frame_s
     off = max(threshold - HYSTERESIS, 0.01)
     raw: list[list[float]] = []
     start: int | None = None
     last_speech = -1
-    for i, p in enumerate(probs):
+    for i, p in enumerate(probs.tolist(), first_frame):
         if start is None:
             if p >= threshold:
                 start, last_speech = i, i

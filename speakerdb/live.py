@@ -1,0 +1,577 @@
+"""Who is speaking now: a timeline built while the audio still arrives.
+
+    frames (bytes or floats) -> pcm decode -> streaming resample to 16 kHz -> VAD block by block
+      -> speech regions as they settle -> windows embedded as they complete (batched)
+      -> each window joined to an online voice (or a new one) -> voices named from the gallery
+      -> provisional ``voice`` events, then ``final`` ones once a region can no longer change
+      -> close(): the timeline of the whole session, assembled as ``timeline`` assembles a file
+
+A :class:`LiveSession` is what :meth:`speakerdb.SpeakerDB.stream` returns. ``feed`` takes the
+next frame of audio (any length) and returns the events it caused; ``enroll`` turns a voice
+heard so far into an enrolled speaker; ``close`` returns a :class:`~speakerdb.results.Timeline`.
+
+Regions. The VAD (:mod:`speakerdb.audio.vad`) runs on each block as it comes; its speech
+regions (hysteresis, minimum lengths, padding) are recomputed over the frames since the last
+settled point. A region is *settled* (final) once no later frame can change it: when another
+region follows it, or when more than :data:`SETTLE_S` of audio has passed its end (the longest
+stretch over which a region still open could merge with it or clip its padding). Settled
+regions, and the windows planned over them (:func:`speakerdb.timeline.plan_windows`), are
+exactly those ``timeline`` finds for the same audio as a file.
+
+Windows and voices. Inside a region still open, the windows of the plan (``window_s`` long,
+every ``hop_s`` from the region's start) are embedded as soon as their audio is there, in one
+call of the ``embed_windows`` hook per block (equal lengths, so they stack; the service's hook
+stacks them with other callers' windows). Each window vector joins the online voice whose
+mean vector it is closest to, if their cosine reaches the clustering threshold that
+``timeline`` uses (the gallery's cosine threshold - ``CLUSTER_MARGIN``), or starts a new voice.
+A voice is named after the enrolled speaker its mean vector scores best against, when that
+score reaches the database's threshold (AS-norm when normalisation is on), as ``timeline``
+names a voice; an unnamed voice is ``unknown-N``, numbered in the order voices are first
+reported, and keeps that label for the whole session. A ``voice`` event with ``final: false``
+reports the voice of the latest windows of an open region; when the region settles, its last
+windows (the one aligned to its end, or a short region's only one) are embedded, its windows'
+voices are smoothed (Viterbi, as ``timeline``) and ``final: true`` events give its segments.
+
+The final timeline. ``close()`` assembles the settled regions' window vectors with
+:func:`speakerdb.timeline.assemble`, the step after embedding of ``timeline``: fed the same
+audio, a session's final timeline is the one ``timeline`` gives for the file. Its unknown
+voices are numbered as ``timeline`` numbers them (by first appearance), which usually, but
+not always, agrees with the live labels.
+
+Memory. The session holds the audio of the regions still open (a few seconds: only from the
+first window not yet embedded), the VAD's frames since the last settled point, one vector per
+window of settled speech and each voice's running sums. Window vectors are kept for up to
+``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond,
+the oldest are dropped and their final segments kept (a few numbers each): memory stays flat
+for a session of any length, and the final timeline of such a session is the live one (its
+final segments) rather than a re-assembly, which ``notes`` says. At most :data:`MAX_VOICES`
+voices are kept apart; past that a window joins its nearest voice.
+
+Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
+``label`` into one utterance and enrolls it through the database's normal path (the index,
+the audit record and the enrollment checks as for a file; no audio is stored); later windows
+of that voice are then named ``name``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import timeline as timelines
+from .audio import decode as audio
+from .audio import pcm, vad
+from .embedding.models import l2_normalize
+from .embedding.pipeline import EmbeddedClip
+from .errors import AudioError, InvalidInputError
+from .results import (
+    EnrolledEvent,
+    LiveEvent,
+    Params,
+    Segment,
+    SpeechEvent,
+    Timeline,
+    Voice,
+    VoiceEvent,
+)
+
+SR = audio.SAMPLE_RATE
+#: Audio is taken through the VAD and the windows in blocks of this much: frames of 20 ms are
+#: gathered first, so the per-block work (a VAD call, the regions, a batch of windows) is paid
+#: a few times a second, not fifty.
+TICK_S = 0.16
+#: A region whose end lies this far before the last VAD frame can no longer change: a region
+#: still open (at most min_silence + min_speech old while too short to count) merges with it or
+#: clips its padding only if it starts within 2 x pad of its end.
+SETTLE_S = 2 * vad.DEFAULT_PAD_S + vad.DEFAULT_MIN_SPEECH_S + vad.DEFAULT_MIN_SILENCE_S + 2 * vad.FRAME_S
+#: Seconds of speech whose window vectors a session keeps for its final timeline and for
+#: enrollment (an hour of talk: 7,200 windows, 15 MiB of 512-d vectors); see the module doc.
+DEFAULT_MAX_HELD_S = 3600.0
+MAX_VOICES = 256  # voices told apart in one session; past that a window joins its nearest voice
+SOURCE_LABEL = "live"  # the final timeline's ``file``
+
+#: Embeds equal-length 16 kHz float32 windows: (n, dim) float32 rows of norm 1.
+EmbedWindows = Callable[[list[np.ndarray]], np.ndarray]
+#: Enrolls one clip of window vectors: (name, clip, add) -> anything (the facade's result).
+EnrollClip = Callable[[str, EmbeddedClip, bool], object]
+
+
+@dataclass
+class _Voice:
+    """One voice heard in the session: running weighted sum of its window vectors, and its name."""
+
+    total: np.ndarray  # (dim,) float64: sum of weight x unit window vector
+    weight: float  # seconds of windows
+    speaker: str | None = None  # the enrolled name it scores to, or None
+    score: float | None = None  # its mean vector against the named (or nearest) centroid
+    number: int = 0  # N of unknown-N, given when first reported unnamed
+    last_heard: float = 0.0
+
+    @property
+    def profile(self) -> np.ndarray:
+        return self.total / max(float(np.linalg.norm(self.total)), 1e-12)
+
+
+@dataclass
+class _Region:
+    """A settled region: its place in the plan and what the session keeps of it."""
+
+    region: vad.Region
+    first_span: int  # index of its first window in the held spans
+    n_spans: int
+    segments: list[tuple[float, float, int, float | None]] = field(default_factory=list)  # (start, end, voice, score)
+
+
+class LiveSession:
+    """A live identification session; see the module doc. Use from one thread at a time.
+
+    Built by :meth:`speakerdb.SpeakerDB.stream`; direct construction takes the parts it
+    gives: ``embed_windows`` (windows -> unit vectors), ``gallery`` (who can be named, the
+    thresholds), ``reload_gallery`` (the gallery after an enrollment) and ``enroll_clip``
+    (enrolls a clip of window vectors), the timeline's ``params`` and a VAD ``detector``.
+    """
+
+    def __init__(
+        self,
+        embed_windows: EmbedWindows,
+        gallery: timelines.Gallery,
+        *,
+        sample_rate: int = SR,
+        encoding: str = "f32",
+        params: Params | None = None,
+        detector: Any = None,
+        reload_gallery: Callable[[], timelines.Gallery] | None = None,
+        enroll_clip: EnrollClip | None = None,
+        max_held_s: float = DEFAULT_MAX_HELD_S,
+    ) -> None:
+        self.sample_rate = pcm.check_sample_rate(sample_rate)
+        self.encoding = pcm.check_encoding(encoding)
+        self.params = (params or Params()).check()
+        if not max_held_s > 0:
+            raise InvalidInputError(f"max_held_s must be positive, not {max_held_s!r}")
+        self._embed = embed_windows
+        self._gallery = gallery
+        self._reload_gallery = reload_gallery
+        self._enroll_clip = enroll_clip
+        self._resampler = pcm.Resampler(self.sample_rate)
+        self._detector = detector if detector is not None else vad.load(self.params.vad_backend)
+        self._detector.reset()
+        self._frame_s = vad.frame_seconds(self._detector)
+        self._window = int(round(self.params.window_s * SR))
+        self._hop = int(round(self.params.hop_s * SR))
+        self._max_windows = max(1, int(max_held_s / self.params.hop_s))
+        cosine = gallery.cosine
+        self._cut = (
+            self.params.cluster_threshold
+            if self.params.cluster_threshold is not None
+            else cosine - (timelines.CLUSTER_MARGIN)
+        )
+
+        self._n_in = 0  # samples fed, at the input rate
+        self._pending: list[np.ndarray] = []  # 16 kHz samples not yet through the VAD
+        self._pending_n = 0
+        self._n16 = 0  # 16 kHz samples through the VAD
+        self._peak = 0.0
+        self._audio = np.zeros(0, np.float32)  # 16 kHz samples from _audio_start on
+        self._audio_start = 0
+        self._probs = np.zeros(0, np.float32)  # VAD frames from _first_frame on
+        self._first_frame = 0
+        self._settled_until = 0.0  # s: end of the last settled region
+        self._speech_from = -1.0  # s: start of the last region a speech event reported
+
+        # Settled speech: regions, window spans (start, end, region index) and vectors, voices.
+        self._regions: list[_Region] = []
+        self._spans: list[tuple[int, int, int]] = []
+        self._vectors: list[np.ndarray] = []
+        self._window_voice: list[int] = []
+        self._enrolled_upto: dict[int, int] = {}  # voice -> windows already enrolled (held index)
+        self._dropped_regions = 0  # settled regions whose vectors were let go (memory cap)
+        self._dropped_spans = 0
+        self._retired = array("d")  # (start, end, voice, score or nan) of dropped regions' segments
+        self._speech_s = 0.0
+        # Windows of regions still open, by span: (vector, voice).
+        self._open: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self._voices: list[_Voice] = []
+        self._unknowns = 0
+        self._dirty: set[int] = set()  # voices joined by windows since they were last named
+        self._finished = False
+        self._closed = False
+
+    # ---- what it has been fed ----------------------------------------------------------------
+    @property
+    def seconds_fed(self) -> float:
+        """Seconds of audio fed so far (the ``at`` of the events)."""
+        return self._n_in / self.sample_rate
+
+    # ---- the interface -----------------------------------------------------------------------
+    def feed(self, audio_in: bytes | bytearray | memoryview | np.ndarray) -> list[LiveEvent]:
+        """Take the next stretch of audio: bytes in the session's encoding, or float32 samples
+        (mono, at the session's rate). Returns the events it caused, in order.
+
+        Raises AudioError (nothing taken) for bytes that are not whole samples and for NaN or
+        infinite samples; InvalidInputError once the session is closed.
+        """
+        if self._finished:
+            raise InvalidInputError("the live session has ended: it takes no more audio")
+        if isinstance(audio_in, np.ndarray):
+            samples = pcm.check_samples(audio_in)
+        else:
+            samples = pcm.decode_pcm(audio_in, self.encoding)
+        self._n_in += len(samples)
+        resampled = self._resampler.feed(samples)
+        if len(resampled):
+            self._pending.append(resampled)
+            self._pending_n += len(resampled)
+        if self._pending_n < int(TICK_S * SR):
+            return []
+        return self._advance(last=False)
+
+    def finish(self) -> list[LiveEvent]:
+        """End the audio: every region settles; returns the last events (final segments).
+        :meth:`close` calls it when it has not been called."""
+        if self._finished:
+            return []
+        tail = self._resampler.flush()
+        if len(tail):
+            self._pending.append(tail)
+            self._pending_n += len(tail)
+        events = self._advance(last=True)
+        self._finished = True
+        return events
+
+    def enroll(self, label: str, name: str, *, add: bool = False) -> EnrolledEvent:
+        """Enroll the voice reported as ``label`` (``unknown-2``, or a name for more utterances)
+        as speaker ``name`` from the window vectors the session holds of it (no audio is kept).
+
+        ``add`` False: ``name`` must be a new speaker (SpeakerExistsError otherwise); True:
+        the vectors are added to ``name`` as one more utterance. Later windows of the voice are
+        named ``name``. InvalidInputError when no held window carries ``label``.
+        """
+        if self._enroll_clip is None:
+            raise InvalidInputError("this live session cannot enroll (it was opened without a database)")
+        if self._closed:
+            raise InvalidInputError("the live session is closed")
+        voices = [v for v in range(len(self._voices)) if self._label(v, assign=False) == label]
+        rows = [
+            (self._spans[i - self._dropped_spans], self._vectors[i - self._dropped_spans])
+            for i, v in self._held_windows()
+            if v in voices and i >= self._enrolled_upto.get(v, 0)
+        ]
+        rows += [(span + (0,), vec) for span, (vec, v) in self._open.items() if v in voices]
+        if not rows:
+            heard = sorted(
+                {self._label(v, assign=False) for v in set(self._window_voice) | {v for _, v in self._open.values()}}
+            )
+            raise InvalidInputError(
+                f"no voice labelled {label!r} in this session's held speech"
+                + (f" (voices: {', '.join(heard)})" if heard else " (no voice heard yet)")
+            )
+        weights = np.array([(b - a) / SR for (a, b, _), _ in rows])
+        vectors = np.stack([v for _, v in rows]).astype(np.float64)
+        vector = l2_normalize((vectors * weights[:, None]).sum(axis=0)[None])[0]
+        seconds = float(weights.sum())
+        digest = hashlib.sha256(b"speakerdb live windows\0" + np.ascontiguousarray(vectors, "<f4").tobytes())
+        clip = EmbeddedClip(f"live session, {label}", seconds, digest.hexdigest(), seconds, vector, len(rows))
+        self._enroll_clip(name, clip, add)
+        held_end = self._dropped_spans + len(self._spans)
+        for v in voices:
+            self._enrolled_upto[v] = held_end
+        if self._reload_gallery is not None:
+            self._gallery = self._reload_gallery()
+        for v in voices:  # named at once: the new centroid is (or holds) this voice's own mean
+            self._voices[v].speaker = name
+        self._rename(every=True, keep=set(voices))
+        return EnrolledEvent(label, name, self.seconds_fed)
+
+    def close(self) -> Timeline:
+        """End the session and return its timeline: what ``timeline`` gives for the same audio
+        as a file (see the module doc for sessions past ``max_held_s``)."""
+        self.finish()
+        self._closed = True
+        duration = self._n16 / SR
+        try:
+            audio.check_duration_and_level(self._n16, self._peak, SOURCE_LABEL)
+        except AudioError as e:
+            return Timeline(SOURCE_LABEL, 0.0, [], [], error=e.reason)
+        if self._dropped_regions:
+            return self._live_timeline(duration)
+        regions = [r.region for r in self._regions]
+        if not self._spans:
+            note = (
+                "no speech found"
+                if not regions
+                else f"speech found only in bursts shorter than {timelines.MIN_WINDOW_S:g} s"
+            )
+            return Timeline(SOURCE_LABEL, duration, [], [], self._speech_s, [note])
+        vectors = np.stack(self._vectors)
+        return timelines.assemble(
+            SOURCE_LABEL, duration, regions, self._spans, vectors, self._gallery, self.params, self._speech_s
+        )
+
+    # ---- the work of each block ---------------------------------------------------------------
+    def _advance(self, last: bool) -> list[LiveEvent]:
+        """Run the pending samples through the VAD; settle, embed and report what they allow."""
+        block = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending, self._pending_n = [], 0
+        if len(block):
+            self._peak = max(self._peak, float(np.max(np.abs(block))))
+        self._audio = np.concatenate([self._audio, block])
+        self._n16 += len(block)
+        probs = [self._detector.feed(block)]
+        if last:
+            probs.append(self._detector.flush())
+        self._probs = np.concatenate([self._probs, *probs])
+        at = self.seconds_fed
+        n_frames = self._first_frame + len(self._probs)
+        heard_to = n_frames * self._frame_s  # s: the end of the last VAD frame
+        regions = vad.regions(
+            self._probs,
+            frame_s=self._frame_s,
+            duration_s=self._n16 / SR,
+            first_frame=self._first_frame,
+        )
+        regions = [r for r in regions if r.end > self._settled_until]  # (those before are settled)
+
+        events: list[LiveEvent] = []
+        for r in regions:
+            if r.start > self._speech_from:
+                self._speech_from = r.start
+                events.append(SpeechEvent(r.start, at))
+        settled = [r for i, r in enumerate(regions) if last or i + 1 < len(regions) or r.end <= heard_to - SETTLE_S]
+        for r in settled:
+            events += self._settle(r, at)
+        open_regions = regions[len(settled) :]
+        for r in open_regions:
+            events += self._embed_open(r, at)
+
+        # What no later block can change is let go: VAD frames before the settled point (or, in
+        # a long silence, before any region still to come could start) and audio no window needs.
+        keep_s = min(
+            [r.start for r in open_regions]
+            + [
+                heard_to
+                - (vad.DEFAULT_MIN_SILENCE_S + vad.DEFAULT_MIN_SPEECH_S + vad.DEFAULT_PAD_S)
+                - 2 * self._frame_s
+            ]
+        )
+        keep_s = max(keep_s, self._settled_until)
+        first = min(int(math.ceil(keep_s / self._frame_s)), n_frames)
+        if first > self._first_frame:
+            self._probs = self._probs[first - self._first_frame :]
+            self._first_frame = first
+        need = [self._audio_needed(r) for r in open_regions]
+        need.append(int(max(0.0, heard_to - SETTLE_S - self.params.window_s) * SR))  # regions to come
+        keep_from = min(min(need), self._n16)
+        if keep_from > self._audio_start:
+            self._audio = self._audio[keep_from - self._audio_start :]
+            self._audio_start = keep_from
+        self._bound_memory()
+        return events
+
+    def _samples(self, a: int, b: int) -> np.ndarray:
+        if a < self._audio_start or b > self._audio_start + len(self._audio):
+            raise AssertionError(f"live session: window {a}-{b} not held ({self._audio_start}+{len(self._audio)})")
+        return self._audio[a - self._audio_start : b - self._audio_start].copy()
+
+    def _grid(self, r: vad.Region) -> list[tuple[int, int]]:
+        """The windows of the plan over ``r`` (still open) whose audio has arrived."""
+        a, b = int(round(r.start * SR)), min(int(round(r.end * SR)), self._n16)
+        return [(s, s + self._window) for s in range(a, b - self._window + 1, self._hop)]
+
+    def _audio_needed(self, r: vad.Region) -> int:
+        """The first sample an open region's remaining windows may need."""
+        a = int(round(r.start * SR))
+        grid = self._grid(r)
+        upcoming = grid[-1][0] + self._hop if grid else a
+        # The window aligned to the region's end: its end is at least the present end - pad.
+        aligned = int(round((r.end - vad.DEFAULT_PAD_S - self._frame_s) * SR)) - self._window
+        return max(a, min(upcoming, aligned))
+
+    def _embed_many(self, windows: list[np.ndarray]) -> np.ndarray:
+        """Vectors (n, dim) of windows of any lengths: one hook call per length, order kept."""
+        out: list[np.ndarray | None] = [None] * len(windows)
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_length.setdefault(len(w), []).append(i)
+        for idx in by_length.values():
+            vectors = np.asarray(self._embed([windows[i] for i in idx]), np.float32)
+            if vectors.shape[0] != len(idx) or not np.isfinite(vectors).all():
+                raise AudioError(SOURCE_LABEL, "the model produced unusable window vectors")
+            for i, v in zip(idx, vectors):
+                out[i] = v.copy()  # a row of its own: a held window must not keep its whole batch alive
+        return np.stack([v for v in out if v is not None]) if out else np.zeros((0, 1), np.float32)
+
+    def _embed_open(self, r: vad.Region, at: float) -> list[LiveEvent]:
+        """Embed the new windows of an open region; a provisional event for its latest voice."""
+        grid = self._grid(r)
+        new = [span for span in grid if span not in self._open]
+        if not new:
+            return []
+        vectors = self._embed_many([self._samples(a, b) for a, b in new])
+        for span, vec in zip(new, vectors):
+            self._open[span] = (vec, self._join(vec, (span[1] - span[0]) / SR, span[1] / SR))
+        self._rename()
+        heard = [(span, self._open[span][1]) for span in grid if span in self._open]
+        voice = heard[-1][1]
+        j = len(heard) - 1
+        while j > 0 and heard[j - 1][1] == voice:
+            j -= 1
+        start = r.start if j == 0 else (heard[j][0][0] + heard[j][0][1]) / 2 / SR - self.params.hop_s / 2
+        end = heard[-1][0][1] / SR
+        v = self._voices[voice]
+        return [VoiceEvent(start, end, self._label(voice), v.speaker, v.score, False, at)]
+
+    def _settle(self, r: vad.Region, at: float) -> list[LiveEvent]:
+        """A region that can no longer change: its windows, their voices, its final segments."""
+        index = self._dropped_regions + len(self._regions)
+        spans = timelines.plan_windows([r], self.params.window_s, self.params.hop_s)
+        self._settled_until = r.end
+        self._speech_s += r.duration
+        entry = _Region(r, len(self._spans), len(spans))
+        self._regions.append(entry)
+        end = int(round(r.end * SR))
+        if not spans:
+            self._drop_open_before(end)
+            return []
+        missing = [(a, b) for a, b, _ in spans if (a, b) not in self._open]
+        fresh = dict(zip(missing, self._embed_many([self._samples(a, b) for a, b in missing])))
+        voices = []
+        for a, b, _ in spans:
+            if (a, b) in self._open:
+                vec, voice = self._open.pop((a, b))
+            else:
+                vec = fresh[(a, b)]
+                voice = self._join(vec, (b - a) / SR, b / SR)
+            self._spans.append((a, b, index))
+            self._vectors.append(vec)
+            self._window_voice.append(voice)
+            voices.append(voice)
+        self._drop_open_before(end)
+        self._rename()
+        entry.segments = self._smooth(r, spans, voices)
+        return [
+            VoiceEvent(s, e, self._label(v), self._voices[v].speaker, score, True, at)
+            for s, e, v, score in entry.segments
+        ]
+
+    def _smooth(
+        self, r: vad.Region, spans: Sequence[tuple[int, int, int]], voices: list[int]
+    ) -> list[tuple[float, float, int, float | None]]:
+        """A settled region's segments: its windows' voices smoothed as ``timeline`` smooths frames
+        (Viterbi with the switch penalty, short runs merged), one hop of frames per window."""
+        present = sorted(set(voices))
+        profiles = np.stack([self._voices[v].profile for v in present]).astype(np.float32)
+        vectors = np.stack(self._vectors[len(self._vectors) - len(spans) :])
+        frames = self.params.hop_s / timelines.FRAME_S  # frames each window stands for
+        scores = (vectors @ profiles.T).astype(np.float64) * frames  # (n, V)
+        path = timelines.viterbi(scores, self.params.switch_penalty)
+        lengths = np.full(len(spans), max(1, int(round(frames))))
+        path = timelines.merge_short(path, scores, int(round(self.params.min_segment_s / timelines.FRAME_S)), lengths)
+        out = []
+        centres = [(a + b) / 2 / SR for a, b, _ in spans]
+        for i, j, k in timelines.runs(path):
+            start = r.start if i == 0 else (centres[i - 1] + centres[i]) / 2
+            end = r.end if j == len(spans) else (centres[j - 1] + centres[j]) / 2
+            out.append((start, end, present[k], self._voices[present[k]].score))
+        return out
+
+    def _drop_open_before(self, end: int) -> None:
+        """Forget the open windows of a region that has settled (those its final plan left out:
+        past its end, when the next region clipped its padding)."""
+        for key in [k for k in self._open if k[0] < end]:
+            del self._open[key]
+
+    # ---- voices ---------------------------------------------------------------------------------
+    def _join(self, vector: np.ndarray, seconds: float, when: float) -> int:
+        """The voice a window vector belongs to (a new one if it is close to none); its sums updated."""
+        unit = l2_normalize(vector[None])[0].astype(np.float64)
+        best = -1
+        if self._voices:
+            sims = np.array([float(unit @ v.profile) for v in self._voices])
+            best = int(np.argmax(sims))
+            if sims[best] < self._cut and len(self._voices) < MAX_VOICES:
+                best = -1
+        if best < 0:
+            self._voices.append(_Voice(np.zeros_like(unit), 0.0))
+            best = len(self._voices) - 1
+        v = self._voices[best]
+        v.total += seconds * unit
+        v.weight += seconds
+        v.last_heard = when
+        self._dirty.add(best)
+        return best
+
+    def _rename(self, every: bool = False, keep: frozenset[int] | set[int] = frozenset()) -> None:
+        """Name the voices whose windows changed (``every``: all of them) from the gallery by their
+        mean vectors, as ``timeline`` names a voice; those in ``keep`` keep their name."""
+        which = sorted(range(len(self._voices)) if every else self._dirty)
+        self._dirty.clear()
+        if not which:
+            return
+        profiles = np.stack([self._voices[i].profile for i in which]).astype(np.float32)
+        for i, (name, score, _, _, _) in zip(which, timelines._name(profiles, self._gallery)):
+            if i not in keep:
+                self._voices[i].speaker = name
+            self._voices[i].score = score
+
+    def _label(self, voice: int, assign: bool = True) -> str:
+        """A voice's label: its enrolled name, else unknown-N (N given the first time it is reported)."""
+        v = self._voices[voice]
+        if v.speaker is not None:
+            return v.speaker
+        if v.number == 0 and assign:
+            self._unknowns += 1
+            v.number = self._unknowns
+        return f"unknown-{v.number}" if v.number else "unknown-?"
+
+    def _held_windows(self) -> list[tuple[int, int]]:
+        """(session-wide window index, voice) of each held settled window."""
+        return [(self._dropped_spans + i, v) for i, v in enumerate(self._window_voice)]
+
+    # ---- memory -------------------------------------------------------------------------------
+    def _bound_memory(self) -> None:
+        """Past ``max_held_s`` of windows, the oldest settled regions give up their vectors and
+        keep only their final segments (compactly)."""
+        while len(self._spans) > self._max_windows and len(self._regions) > 1:
+            entry = self._regions.pop(0)
+            for s, e, v, score in entry.segments:
+                self._retired.extend((s, e, float(v), math.nan if score is None else score))
+            n = entry.n_spans
+            del self._spans[:n], self._vectors[:n], self._window_voice[:n]
+            self._dropped_spans += n
+            self._dropped_regions += 1
+            for r in self._regions:
+                r.first_span -= n
+
+    def _live_timeline(self, duration: float) -> Timeline:
+        """The final timeline from the final segments (a session past ``max_held_s``)."""
+        rows = [tuple(self._retired[i : i + 4]) for i in range(0, len(self._retired), 4)]
+        rows += [(s, e, float(v), math.nan if sc is None else sc) for r in self._regions for s, e, v, sc in r.segments]
+        merged: list[list[float]] = []
+        for s, e, v, sc in rows:
+            if merged and merged[-1][2] == v and s - merged[-1][1] < self.params.merge_gap_s:
+                merged[-1][1] = e
+            else:
+                merged.append([s, e, v, sc])
+        segments = []
+        for s, e, v, sc in merged:
+            voice = self._voices[int(v)]
+            label = self._label(int(v))
+            segments.append(Segment(s, e, label, voice.speaker, None if math.isnan(sc) else sc))
+        seconds: dict[str, float] = {}
+        first: dict[str, int] = {}
+        for seg, (_, _, v, _) in zip(segments, merged):
+            seconds[seg.label] = seconds.get(seg.label, 0.0) + seg.end - seg.start
+            first.setdefault(seg.label, int(v))
+        voices = [Voice(lab, self._voices[v].speaker, seconds[lab], self._voices[v].score) for lab, v in first.items()]
+        voices.sort(key=lambda x: -x.seconds)
+        note = (
+            f"a live session longer than its {self.params.hop_s * self._max_windows:g} s of held speech: "
+            "the timeline is the session's final segments, not a re-assembly of the whole"
+        )
+        return Timeline(SOURCE_LABEL, duration, segments, voices, self._speech_s, [note])

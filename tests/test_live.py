@@ -1,0 +1,283 @@
+"""Live sessions (speakerdb.live, speakerdb.audio.pcm): audio fed as it arrives gives the
+offline timeline at the end, named and unknown voices as it goes, enrollment from a session,
+every raw encoding, bad frames refused, memory bounded; `speakerdb listen`.
+
+Generated voices, the deterministic FakeEmbedder and an energy VAD keep these cheap; one test
+streams real speech through GE2E (skipped without LibriSpeech or resemblyzer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SR, FakeEmbedder, voice, write
+from speakerdb import timeline
+from speakerdb.audio import pcm, vad
+from speakerdb.errors import AudioError, InvalidInputError, SpeakerExistsError
+from speakerdb.live import LiveSession
+from speakerdb.results import EnrolledEvent, SpeechEvent, VoiceEvent, event_from_dict
+from speakerdb.timeline import Gallery, Params
+
+LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other"
+FRAME_S = 0.02  # s: what a telephony or WebSocket client sends at a time
+
+
+class EnergyDetector:
+    """A stand-in VAD for generated audio (as tests/test_timeline.py's): a 32 ms frame is
+    speech when its RMS is above 0.01."""
+
+    frame = vad.FRAME
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+
+    def feed(self, samples):
+        x = np.concatenate([self._pending, samples])
+        n = len(x) // self.frame
+        self._pending = x[n * self.frame :]
+        frames = x[: n * self.frame].reshape(n, self.frame)
+        return (np.sqrt(np.mean(frames**2, axis=1)) > 0.01).astype(np.float32)
+
+    def flush(self):
+        return np.zeros(0, np.float32)
+
+
+BOB, DAVE, EVE = 110.0, 300.0, 200.0  # Hz: the generated voices' pitch
+
+
+def conversation(turns: list[tuple[float, float]], gap_s: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Generated voices taking turns: [(f0, seconds)], with ``gap_s`` of silence after each."""
+    gap = np.zeros(int(gap_s * SR), np.float32)
+    parts = []
+    for k, (f0, seconds) in enumerate(turns):
+        parts += [voice(f0, seconds, seed=seed + k + 1), gap]
+    return np.concatenate(parts)
+
+
+TURNS = [(BOB, 4), (DAVE, 4), (BOB, 3.5), (DAVE, 3), (EVE, 4), (BOB, 3)]
+
+
+def feed_all(session, data, frame: int) -> list:
+    events = []
+    for i in range(0, len(data), frame):
+        events += session.feed(data[i : i + frame])
+    return events + session.finish()
+
+
+def encode(x: np.ndarray, encoding: str) -> bytes:
+    """Float samples as raw bytes of ``encoding`` (G.711 by nearest table value)."""
+    if encoding == "pcm_s16le":
+        return (np.clip(x, -1, 32767 / 32768) * 32768).round().astype("<i2").tobytes()
+    if encoding == "f32le":
+        return x.astype("<f4").tobytes()
+    table = pcm.MULAW if encoding == "mulaw" else pcm.ALAW
+    order = np.argsort(table)
+    i = np.clip(np.searchsorted(table[order], x), 1, 255)
+    nearer = np.where(np.abs(table[order][i - 1] - x) <= np.abs(table[order][i] - x), i - 1, i)
+    return order[nearer].astype(np.uint8).tobytes()
+
+
+@pytest.fixture(scope="module")
+def bob_gallery() -> Gallery:
+    return Gallery(["bob"], FakeEmbedder().embed([voice(BOB, 4, seed=99)]), threshold=0.9)
+
+
+# ---- raw audio ------------------------------------------------------------------------------
+def test_g711_tables_are_the_standard_ones():
+    """Against the standard library's audioop where it still exists (Python < 3.13), else known values."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import audioop
+    except ImportError:
+        assert pcm.MULAW[0xFF] == 0 and pcm.MULAW[0x00] == -32124 / 32768 and pcm.MULAW[0x80] == 32124 / 32768
+        assert pcm.ALAW[0xD5] == 8 / 32768 and pcm.ALAW[0x55] == -8 / 32768 and pcm.ALAW[0xAA] == 32256 / 32768
+        return
+    every = bytes(range(256))
+    np.testing.assert_array_equal(pcm.MULAW * 32768, np.frombuffer(audioop.ulaw2lin(every, 2), "<i2"))
+    np.testing.assert_array_equal(pcm.ALAW * 32768, np.frombuffer(audioop.alaw2lin(every, 2), "<i2"))
+
+
+def test_bad_frames_and_settings_raise_one_clear_error(bob_gallery):
+    with pytest.raises(AudioError, match="3 bytes is not a whole number of pcm_s16le samples"):
+        pcm.decode_pcm(b"\x00\x01\x02", "pcm_s16le")
+    with pytest.raises(AudioError, match="not a whole number of f32le"):
+        pcm.decode_pcm(b"\x00" * 6, "f32")
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        pcm.decode_pcm(np.array([0.1, np.nan], "<f4").tobytes(), "f32le")
+    with pytest.raises(InvalidInputError, match="unknown audio encoding 'opus'"):
+        pcm.check_encoding("opus")
+    for rate in (7_999, 48_001, 16_000.5, True):
+        with pytest.raises(InvalidInputError, match="8,000 to 48,000"):
+            pcm.check_sample_rate(rate)
+    session = LiveSession(FakeEmbedder().embed, bob_gallery, encoding="pcm_s16le", detector=EnergyDetector())
+    with pytest.raises(AudioError, match="not a whole number"):
+        session.feed(b"\x00" * 641)
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        session.feed(np.array([0.0, np.inf], np.float32))
+    with pytest.raises(AudioError, match="1-D"):
+        session.feed(np.zeros((2, 10), np.float32))
+    assert session.seconds_fed == 0  # nothing was taken
+    session.feed(b"\x00" * 640)
+    assert session.seconds_fed == pytest.approx(0.02)
+    t = session.close()
+    assert t.error is not None and "too short" in t.error
+    with pytest.raises(InvalidInputError, match="ended"):
+        session.feed(b"\x00" * 640)
+
+
+def test_events_round_trip_through_their_json():
+    events = [
+        SpeechEvent(1.25, 1.5),
+        VoiceEvent(1.25, 2.75, "unknown-1", None, 0.31234, False, 3.0),
+        VoiceEvent(1.25, 2.75, "bob", "bob", None, True, 3.0),
+        EnrolledEvent("unknown-1", "dave", 4.0),
+    ]
+    assert [event_from_dict(json.loads(json.dumps(e.to_dict()))) for e in events][:1] == events[:1]
+    assert events[1].to_dict() == {
+        "type": "voice",
+        "start": 1.25,
+        "end": 2.75,
+        "label": "unknown-1",
+        "speaker": None,
+        "score": 0.3123,
+        "final": False,
+        "at": 3.0,
+    }
+    with pytest.raises(InvalidInputError):
+        event_from_dict({"type": "voice", "start": 1})
+
+
+# ---- the session -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "encoding, rate", [("f32le", 16_000), ("pcm_s16le", 16_000), ("mulaw", 8_000), ("alaw", 8_000), ("f32", 44_100)]
+)
+def test_streamed_in_20ms_frames_the_final_timeline_is_the_offline_one(tmp_path, bob_gallery, encoding, rate):
+    """Fed 20 ms frames of raw audio, the session's final timeline equals `timeline` on the same
+    audio as a file (decoded the same way), and its final events cover the same voices."""
+    emb = FakeEmbedder()
+    x = conversation(TURNS)
+    if rate != SR:
+        import soxr
+
+        x = soxr.resample(x, SR, rate).astype(np.float32)
+    data = encode(x, pcm.check_encoding(encoding))
+    as_file = write(tmp_path / "conv.wav", pcm.decode_pcm(data, encoding), sr=rate, subtype="FLOAT")
+    offline = timeline.build(as_file, emb, bob_gallery, Params(), detector=EnergyDetector())
+    assert {v.label for v in offline.voices} >= {"bob", "unknown-1"}  # a conversation worth comparing
+
+    session = LiveSession(emb.embed, bob_gallery, sample_rate=rate, encoding=encoding, detector=EnergyDetector())
+    width = pcm.BYTES_PER_SAMPLE[pcm.check_encoding(encoding)]
+    events = feed_all(session, data, int(FRAME_S * rate) * width)
+    final = session.close()
+    assert dataclasses.replace(final, file=offline.file) == offline
+    assert session.seconds_fed == pytest.approx(len(x) / rate)
+
+    # The events: speech starts, provisional voices, then final segments; `at` never goes back.
+    assert [round(e.at, 6) for e in events] == sorted(round(e.at, 6) for e in events)
+    assert isinstance(events[0], SpeechEvent) and events[0].start == pytest.approx(0.0, abs=0.25)
+    finals = [e for e in events if isinstance(e, VoiceEvent) and e.final]
+    assert any(isinstance(e, VoiceEvent) and not e.final for e in events)
+    named = [e for e in finals if e.label == "bob"]
+    assert len(named) == 3 and all(e.speaker == "bob" and e.score >= 0.9 for e in named)
+    assert all(e.at <= e.end + 1.5 or e.at >= session.seconds_fed - 0.5 for e in finals)  # settled soon after
+
+
+def test_an_unknown_voice_keeps_one_label_and_another_voice_gets_another(bob_gallery):
+    emb = FakeEmbedder()
+    session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector())
+    events = feed_all(session, conversation(TURNS), int(FRAME_S * SR))
+    finals = [e for e in events if isinstance(e, VoiceEvent) and e.final]
+
+    def label_at(t: float) -> str:
+        return next(e.label for e in finals if e.start <= t < e.end)
+
+    dave = {label_at(t) for t in (7.0, 16.0)}  # dave's two turns
+    assert len(dave) == 1 and dave.pop().startswith("unknown-")
+    assert label_at(20.5).startswith("unknown-") and label_at(20.5) != label_at(7.0)  # eve
+    assert {label_at(t) for t in (2.0, 11.0, 26.0)} == {"bob"}
+
+
+def test_memory_stays_flat_over_a_long_session():
+    """A long stream with a small cap on held speech: past the cap, what the session holds stops
+    growing, and the final timeline still covers the whole session (from its final segments)."""
+
+    class CheapEmbedder:  # one window costs microseconds: the session's own memory is what is measured
+        dim = 64
+
+        def embed(self, windows):
+            out = np.stack([np.resize(np.abs(np.fft.rfft(w[:2048]))[:64], 64) for w in windows])
+            return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+    session = LiveSession(CheapEmbedder().embed, Gallery.empty(64, 0.9), detector=EnergyDetector(), max_held_s=60)
+    rng = np.random.default_rng(0)
+    block = conversation([(BOB, 4), (DAVE, 3), (EVE, 5)], gap_s=0.6)  # 14.8 s
+    block = block + 0.001 * rng.standard_normal(len(block)).astype(np.float32)
+    frame = int(0.5 * SR)  # larger frames: the work per sample is the same, the Python calls fewer
+
+    def feed_block() -> None:
+        for i in range(0, len(block), frame):
+            session.feed(block[i : i + frame])
+
+    tracemalloc.start()
+    try:
+        for _ in range(10):  # 2.5 minutes: past the cap, and all that is held was made while traced
+            feed_block()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(24):  # 6 minutes more
+            feed_block()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(session._vectors) <= 60 / 0.5
+    assert after - before < 50_000, (before, after)  # 6 minutes more: < 50 kB more (final segments, a few kB)
+    t = session.close()
+    assert t.duration == pytest.approx(34 * len(block) / SR)
+    assert t.segments[-1].end > t.duration - 2 and t.segments[0].start < 1
+    assert "held speech" in t.notes[0]
+
+
+# ---- through the database ----------------------------------------------------------------------
+@pytest.fixture
+def energy_vad(monkeypatch):
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+
+
+def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_path, fake_db, voices, energy_vad):
+    fake_db.enroll("bob", [write(tmp_path / "bob.wav", voice(BOB, 4, seed=50))])
+    session = fake_db.stream(sample_rate=SR, encoding="pcm_s16le")
+    first = feed_all_open(session, encode(conversation([(BOB, 3), (DAVE, 4)]), "pcm_s16le"))
+    heard = {e.label for e in first if isinstance(e, VoiceEvent)}
+    [dave] = [lab for lab in heard if lab.startswith("unknown-")]
+    with pytest.raises(InvalidInputError, match="no voice labelled 'unknown-9'"):
+        session.enroll("unknown-9", "dave")
+    with pytest.raises(SpeakerExistsError):
+        session.enroll(dave, "bob")
+    done = session.enroll(dave, "dave")
+    assert done == EnrolledEvent(dave, "dave", session.seconds_fed)
+    later = feed_all(session, encode(conversation([(DAVE, 4), (BOB, 3)], seed=20), "pcm_s16le"), 640)
+    t = session.close()
+    assert [e.label for e in later if isinstance(e, VoiceEvent) and e.final] == ["dave", "bob"]
+    assert [s.label for s in t.segments] == ["bob", "dave", "dave", "bob"]
+    [info] = [s for s in fake_db.list() if s.name == "dave"]
+    assert info.n_utterances == 1
+    [found] = fake_db.identify([write(tmp_path / "dave.wav", voice(DAVE, 3, seed=77))], count_voices=False)
+    assert found.speaker == "dave"
+
+
+def feed_all_open(session, data: bytes) -> list:
+    """Feed ``data`` in 20 ms frames of 16-bit audio, then 3 s of silence (the last turn settles)."""
+    events = []
+    for i in range(0, len(data), 640):
+        events += session.feed(data[i : i + 640])
+    for _ in range(150):
+        events += session.feed(b"\x00" * 640)
+    return events
