@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
+import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from . import timeline as timeline_files
 from .api import SpeakerDB
+from .audio import decode as audio
+from .audio import pcm
 from .config import db_target
 from .embedding.models import Embedder
 from .errors import check_output
@@ -25,7 +29,14 @@ from .scoring.calibrate import Calibration
 from .scoring.evaluate import Report
 from .storage.settings import DEFAULT_THRESHOLD
 
-__all__ = ["calibrate_threshold", "evaluate_recordings", "evaluation_database", "write_timeline_files"]
+__all__ = [
+    "LiveInput",
+    "calibrate_threshold",
+    "evaluate_recordings",
+    "evaluation_database",
+    "live_input",
+    "write_timeline_files",
+]
 
 
 def evaluate_recordings(
@@ -167,3 +178,72 @@ def _plotted_threshold(db: SpeakerDB | None, embedder: Embedder) -> float | None
         return db.threshold if db.threshold_scale == norm.COSINE else None
     own = getattr(embedder, "default_threshold", None)
     return DEFAULT_THRESHOLD if own is None else float(own)
+
+
+# ---- live input (speakerdb listen) -----------------------------------------------------------------
+LIVE_FRAME_S = 0.1  # s of audio per frame fed to a live session
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveInput:
+    """What ``speakerdb listen`` feeds a live session: the session's encoding and rate, and the frames."""
+
+    encoding: str
+    sample_rate: int
+    frames: Iterator[bytes]
+
+
+def live_input(
+    source: str | os.PathLike[str],
+    *,
+    encoding: str | None = None,
+    sample_rate: int = audio.SAMPLE_RATE,
+    realtime: bool = False,
+    stdin: BinaryIO | None = None,
+    max_audio_s: float | None = None,
+) -> LiveInput:
+    """Frames of audio for a live session from ``source``: ``-`` is raw audio on standard input
+    (``encoding``, default ``pcm_s16le``, at ``sample_rate``); a file is decoded as every command
+    decodes one (16 kHz float32 frames), unless ``encoding`` says it is raw audio.
+
+    ``realtime`` paces the frames at the audio's own speed (a file played as if it were live);
+    otherwise they come as fast as they are taken. Checks (encoding, rate, the file) are made here,
+    before any frame is read.
+    """
+    rate = pcm.check_sample_rate(sample_rate)
+    if str(source) == "-" or encoding is not None:
+        name = pcm.check_encoding(encoding or "pcm_s16le")
+        frame_bytes = max(1, int(rate * LIVE_FRAME_S)) * pcm.BYTES_PER_SAMPLE[name]
+        if str(source) == "-":
+            stream = stdin if stdin is not None else sys.stdin.buffer
+            frames = _raw_frames(stream, frame_bytes, close=False)
+        else:
+            path = audio.check_file(Path(source))
+            frames = _raw_frames(open(path, "rb"), frame_bytes, close=True)
+        return LiveInput(name, rate, _paced(frames, rate * pcm.BYTES_PER_SAMPLE[name]) if realtime else frames)
+    blocks = audio.stream(Path(source), block_s=LIVE_FRAME_S, max_audio_s=max_audio_s)
+    frames = (block.astype("<f4").tobytes() for block in blocks)
+    return LiveInput("f32le", audio.SAMPLE_RATE, _paced(frames, 4 * audio.SAMPLE_RATE) if realtime else frames)
+
+
+def _raw_frames(stream: BinaryIO, frame_bytes: int, close: bool) -> Iterator[bytes]:
+    """Frames of ``frame_bytes`` (the last one shorter) until the end of ``stream``."""
+    try:
+        while True:
+            data = stream.read(frame_bytes)
+            if not data:
+                return
+            yield data
+    finally:
+        if close:
+            stream.close()
+
+
+def _paced(frames: Iterator[bytes], bytes_per_second: int) -> Iterator[bytes]:
+    """``frames`` (``bytes_per_second`` bytes a second of audio), each held back until the audio
+    before it has had its time: a file played as if it were live."""
+    start, fed = time.monotonic(), 0.0
+    for frame in frames:
+        time.sleep(max(0.0, start + fed - time.monotonic()))
+        yield frame
+        fed += len(frame) / bytes_per_second

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from conftest import SR, FakeEmbedder, voice, write
 from speakerdb import timeline
 from speakerdb.audio import pcm, vad
+from speakerdb.cli import cli
 from speakerdb.errors import AudioError, InvalidInputError, SpeakerExistsError
 from speakerdb.live import LiveSession
 from speakerdb.results import EnrolledEvent, SpeechEvent, VoiceEvent, event_from_dict
@@ -281,3 +283,54 @@ def feed_all_open(session, data: bytes) -> list:
     for _ in range(150):
         events += session.feed(b"\x00" * 640)
     return events
+
+
+# ---- speakerdb listen -----------------------------------------------------------------------------
+@pytest.fixture
+def cli_db(tmp_path, tiny_checkpoint, energy_vad) -> tuple[list[str], Path]:
+    """A database of the tiny checkpoint with bob enrolled, and a conversation file."""
+    db = ["--db", str(tmp_path / "cli.sqlite"), "--model", str(tiny_checkpoint)]
+    r = CliRunner().invoke(cli, [*db, "enroll", "bob", str(write(tmp_path / "bob.wav", voice(BOB, 3, seed=50)))])
+    assert r.exit_code == 0, r.output
+    return db, write(tmp_path / "conv.wav", conversation([(BOB, 3), (DAVE, 3.5), (BOB, 2.5)]))
+
+
+def test_listen_prints_events_then_the_timeline_of_the_file(cli_db):
+    db, conv = cli_db
+    r = CliRunner().invoke(cli, [*db, "listen", str(conv), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    kinds = [d["type"] for d in lines]
+    assert kinds[0] == "speech" and kinds[-1] == "timeline" and "voice" in kinds
+    events = [event_from_dict(d) for d in lines[:-1]]  # each is an event, as the service sends them
+    assert any(isinstance(e, VoiceEvent) and e.final for e in events)
+    offline = CliRunner().invoke(cli, [*db, "timeline", str(conv), "--json"])
+    [expected] = json.loads(offline.stdout)
+    assert {**lines[-1], "file": expected["file"], "type": None} == {**expected, "type": None}
+
+    text = CliRunner().invoke(cli, [*db, "listen", str(conv)])
+    assert text.exit_code == 0, text.output
+    out = text.stdout.splitlines()
+    assert out[0].split()[1:3] == ["speech", "from"]
+    assert any(" ~ " in line for line in out) and any(line.endswith("final") for line in out)
+    assert out[len(events)].startswith("timeline (")
+
+
+def test_listen_reads_raw_audio_on_standard_input(cli_db):
+    db, conv = cli_db
+    x = conversation([(BOB, 3), (DAVE, 3.5), (BOB, 2.5)])
+    import soxr
+
+    mulaw = encode(soxr.resample(x, SR, 8000).astype(np.float32), "mulaw")
+    r = CliRunner().invoke(
+        cli, [*db, "listen", "-", "--encoding", "mulaw", "--sample-rate", "8000", "--json"], input=mulaw
+    )
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert lines[-1]["type"] == "timeline" and lines[-1]["duration"] == pytest.approx(len(x) / SR, abs=0.01)
+    assert lines[-2]["at"] == pytest.approx(len(x) / SR, abs=0.01)
+    odd = CliRunner().invoke(cli, [*db, "listen", "-", "--json"], input=b"\x00" * 3201)
+    assert odd.exit_code == 1 and "not a whole number of pcm_s16le samples" in odd.stderr
+    assert json.loads(odd.stdout.splitlines()[-1])["code"] == "bad_audio"  # JSON lines to the end
+    bad = CliRunner().invoke(cli, [*db, "listen", "-", "--sample-rate", "4000"])
+    assert bad.exit_code == 2

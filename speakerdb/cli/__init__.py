@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import DB_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key, db_target
 from ..errors import InvalidInputError, SpeakerDBError
 from ..service.client import Client
-from . import analysis, database, service, speakers
+from . import analysis, database, live, service, speakers
 from .output import Group, log_warnings_to_stderr
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ def cli(
     ctx.call_on_close(state.close)
 
 
-for _command in (*speakers.COMMANDS, *analysis.COMMANDS, *database.COMMANDS, *service.COMMANDS):
+for _command in (*speakers.COMMANDS, *analysis.COMMANDS, *live.COMMANDS, *database.COMMANDS, *service.COMMANDS):
     cli.add_command(_command)
 
 

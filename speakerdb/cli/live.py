@@ -1,0 +1,131 @@
+"""Live identification on the command line: ``speakerdb listen`` (see docs/live.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from ..errors import SpeakerDBError
+from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
+from .output import emit, finite, json_option, note, printable, score_text
+from .params import OVERRIDE_LOW, SCORE, check_score
+
+if TYPE_CHECKING:
+    from . import State
+
+ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCODINGS (no numpy here)
+
+
+@click.command()
+@click.argument("source", default="-", metavar="[FILE | -]")
+@click.option(
+    "--encoding",
+    type=click.Choice(ENCODINGS),
+    help="The input is raw audio in this encoding [default for standard input: pcm_s16le; "
+    "a FILE is decoded as any recording unless this is given].",
+)
+@click.option(
+    "--sample-rate",
+    type=click.IntRange(8_000, 48_000),
+    default=16_000,
+    show_default=True,
+    help="Sample rate of raw input, Hz.",
+)
+@click.option("--realtime", is_flag=True, help="Feed a file at the pace of its audio, as if it were live.")
+@click.option("--threshold", type=SCORE, help="Override the database's threshold for this session.")
+@json_option
+@click.pass_obj
+def listen(
+    state: State,
+    source: str,
+    encoding: str | None,
+    sample_rate: int,
+    realtime: bool,
+    threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Who is speaking now: stream a recording or standard input through a live session and
+    print one line per event as it happens, then the session's timeline.
+
+    Events: "speech" when speech begins; "voice" for a span of one voice, named from the
+    enrolled speakers or unknown-N (one unknown voice keeps its N), provisional ("~") and
+    then final ("="); the timeline at the end is the one `timeline` gives for the same audio.
+    With --json, one JSON object per line: {"type": "speech", "start", "at"}, {"type":
+    "voice", "start", "end", "label", "speaker", "score", "final", "at"} ("at": seconds of
+    audio fed when it was emitted), then {"type": "timeline", ...} as `timeline --json` gives
+    for one file; a failure is a last line {"type": "error", "code", "message", "at"}.
+
+    SOURCE "-" (the default) is raw audio on standard input: 16-bit little-endian PCM mono at
+    16 kHz unless --encoding / --sample-rate say otherwise (f32le, G.711 mulaw or alaw;
+    8,000-48,000 Hz). A FILE is decoded like any recording (any format FFmpeg reads).
+
+    \b
+    Examples:
+      arecord -f S16_LE -r 16000 -c 1 - | speakerdb listen -
+      speakerdb listen call.wav --realtime
+      speakerdb listen call.ulaw --encoding mulaw --sample-rate 8000 --json
+      ffmpeg -i meeting.mp4 -f s16le -ac 1 -ar 16000 - | speakerdb listen - --json
+    """
+    check_score(state, threshold, OVERRIDE_LOW)
+    from ..workflows import live_input  # deferred: numpy and the decoders, not for --help
+
+    state.local_only("listen")  # until the client streams (issue 23): the service's /v1/stream
+    feed = live_input(source, encoding=encoding, sample_rate=sample_rate, realtime=realtime)
+    session = state.local_db.stream(sample_rate=feed.sample_rate, encoding=feed.encoding, threshold=threshold)
+    try:
+        for frame in feed.frames:
+            _print_events(session.feed(frame), as_json)
+        _print_events(session.finish(), as_json)
+    except SpeakerDBError as e:
+        if as_json:  # JSON lines: the error as one more line, the service's error event
+            emit(False, None, json.dumps(ErrorEvent(e.code, str(e), session.seconds_fed).to_dict(), ensure_ascii=False))
+        raise
+    result = session.close()
+    if result.error is not None:
+        raise click.ClickException(f"{printable(source)}: {result.error}")
+    for text in result.notes:
+        note("note:", source, text)
+    if as_json:
+        emit(False, None, json.dumps(finite({"type": "timeline", **result.to_dict()}), ensure_ascii=False))
+    else:
+        emit(False, None, _timeline_text(result))
+
+
+def _print_events(events: list[LiveEvent], as_json: bool) -> None:
+    for event in events:
+        if as_json:
+            click.echo(json.dumps(finite(event.to_dict()), ensure_ascii=False, allow_nan=False))
+        else:
+            click.echo(event_line(event))
+
+
+def event_line(event: LiveEvent) -> str:
+    """One line of text for an event, led by the seconds of audio fed when it came."""
+    if isinstance(event, SpeechEvent):
+        return f"{event.at:8.2f}  speech from {event.start:.2f}"
+    if isinstance(event, VoiceEvent):
+        mark = "=" if event.final else "~"
+        return (
+            f"{event.at:8.2f}  {mark} {event.start:8.2f} {event.end:8.2f}  {printable(event.label)}"
+            f"  {score_text(event.score)}" + ("  final" if event.final else "")
+        )
+    if isinstance(event, EnrolledEvent):
+        return f"{event.at:8.2f}  enrolled {printable(event.label)} as {printable(event.name)}"
+    if isinstance(event, ErrorEvent):
+        return f"error ({event.code}): {printable(event.message)}"
+    raise TypeError(f"not a live event: {event!r}")
+
+
+def _timeline_text(t: Timeline) -> str:
+    lines = [f"timeline ({t.duration:.1f} s, {len(t.voices)} voice(s))"]
+    width = max((len(s.label) for s in t.segments), default=5)
+    lines += [
+        f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
+    ]
+    lines += [f"  {printable(v.label)}: {v.seconds:.1f} s" for v in t.voices]
+    return "\n".join(lines)
+
+
+COMMANDS = [listen]
