@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
 import functools
 import logging
 import os
@@ -30,7 +31,7 @@ from . import timeline as timelines
 from .audio import decode as audio
 from .audio import pcm, vad
 from .audio.decoded import Decoded
-from .config import check_max_audio_s, db_target
+from .config import check_max_audio_s, db_target, gallery_name
 from .embedding import binding, pipeline
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
 from .errors import (
@@ -38,6 +39,7 @@ from .errors import (
     ConflictError,
     DatabaseError,
     EmptyDatabaseError,
+    GalleryNotFoundError,
     InvalidInputError,
     SpeakerExistsError,
     SpeakerNotFoundError,
@@ -49,6 +51,7 @@ from .results import (
     DatabaseInfo,
     EnrollResult,
     ExportSummary,
+    GalleryInfo,
     Identification,
     ImportSummary,
     KeyInfo,
@@ -66,7 +69,9 @@ from .scoring import cohort as cohorts
 from .scoring import evaluate, norm, quality, search
 from .scoring.thresholds import check_threshold, cosine_threshold
 from .storage import enrollment, gallery, keys, migrate, paths, schema, store
+from .storage import index as index_files
 from .storage import settings as stored
+from .storage.gallery import Gallery as GalleryFile  # a file's contents: the name `gallery` is the tenant's here
 from .storage.index import DEFAULT_PARAMS as DEFAULT_INDEX_PARAMS
 from .storage.index import IndexFileError, SpeakerIndex
 from .storage.indexkeeper import IndexKeeper
@@ -174,6 +179,9 @@ class SpeakerDB:
             (:class:`speakerdb.embedding.models.Embedder`); overrides ``model``.
         max_audio_s: the longest recording decoded, in seconds. Default:
             ``$SPEAKERDB_MAX_AUDIO_S``, else 4 hours (see :mod:`speakerdb.config`).
+        gallery: the gallery (a separate set of speakers, thresholds, normalisation, keys and
+            audit in the same database: a tenant) to work in. Default: ``$SPEAKERDB_GALLERY``,
+            else ``default``, the gallery every database has. See :meth:`create_gallery`.
     """
 
     #: The SQLite file, or the server URL as shown (with any password as ***).
@@ -189,6 +197,7 @@ class SpeakerDB:
         embedder: Embedder | None = None,
         create: bool = True,
         max_audio_s: float | None = None,
+        gallery: str | None = None,
     ) -> None:
         self._model = model
         self._device = device
@@ -197,18 +206,85 @@ class SpeakerDB:
         #: The longest recording this database decodes; None: the environment's or the default,
         #: read by the decoder when it runs (see config.max_audio_s).
         self.max_audio_s = _check_max_audio_s(max_audio_s)
-        opened = paths.open_database(db_target(db_path), create)  # file or server URL: config decides
-        self.store, self.db_path, self.index_path = opened.store, opened.db_path, opened.index_path
+        # file or server URL: config decides
+        opened = paths.open_database(db_target(db_path), create, gallery_name(gallery))
+        self.db_path = opened.db_path
         #: What to open this database with again (another process, a service worker).
         self.target: str | Path = opened.target
         #: Whether this object created the database file (see :meth:`discard_if_unused`).
         self.created, self._made_dirs = opened.created, opened.made_dirs
+        #: The default gallery's index file, beside which every other gallery's is.
+        self._index_base = opened.index_base
+        self._attach(opened.store, opened.index_path)
+
+    def _attach(self, db: store.Store, index_path: Path) -> None:
+        """Work in ``db``'s gallery, whose index file is ``index_path``."""
+        self.store, self.index_path = db, index_path
         self.indexer = IndexKeeper(self.store, self.index_path)
         #: The normalisation cohort and the enrolled speakers' statistics against it.
         self._cohorts = cohorts.CohortCache(self.db_path)
         #: Enrolled speakers' cohort statistics, kept up to date by replaying the change records.
         self._norm_stats = self._cohorts.stats
         stored.write_defaults(self.store)  # a new database's settings, written once
+
+    # ---- galleries (tenants) ----------------------------------------------------------
+    @property
+    def gallery(self) -> str:
+        """The gallery this object works in (``default``: the one every database has)."""
+        return self.store.gallery
+
+    def for_gallery(self, name: str) -> SpeakerDB:
+        """This database's gallery ``name``, sharing this object's connections and model: what a
+        service answering for several galleries holds. GalleryNotFoundError if there is none.
+        Closing it saves its index and closes nothing shared."""
+        other = copy.copy(self)  # the options and the loaded model; the rest is its own
+        other.created, other._made_dirs = False, []
+        other._attach(self.store.for_gallery(name), self._gallery_index(name))
+        return other
+
+    def list_galleries(self) -> builtins.list[GalleryInfo]:
+        """Every gallery of the database (the default first, then by name), whichever this object works in."""
+        with self.store.read(every_gallery=True) as s:
+            return [GalleryInfo(g.name, g.created_at, g.n_speakers, g.n_keys) for g in store.list_galleries(s)]
+
+    def create_gallery(self, name: str) -> GalleryInfo:
+        """Add an empty gallery ``name`` (1-64 letters, digits, ``.``, ``_``, ``-``): its own speakers,
+        threshold, normalisation, keys, audit record and index file. It starts with the
+        database's model's starting threshold and no normalisation. Recorded in the default
+        gallery's audit record."""
+        with store.audited(None, "gallery-create", detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+            gid = store.create_gallery(s, name)
+            settings = store.get_settings(s)  # the default gallery's, and the database's model
+            threshold = settings.get("threshold", stored.DEFAULT_THRESHOLD)
+            bound = stored.model_id(settings)
+            if bound is not None and not stored.threshold_chosen(settings):
+                threshold = default_threshold_for(bound) or threshold
+            stored.write_gallery_defaults(s, gid, threshold if bound is not None else stored.DEFAULT_THRESHOLD)
+        return next(g for g in self.list_galleries() if g.name == name)
+
+    def remove_gallery(self, name: str) -> GalleryInfo:
+        """Delete gallery ``name`` and everything in it (speakers with their utterances and
+        embeddings, cohort, keys, audit records, settings) and its index file, erased as
+        :meth:`remove` erases a speaker. The default gallery cannot be removed."""
+        if name == self.gallery and name != store.DEFAULT_GALLERY:
+            raise InvalidInputError(
+                f"gallery {name!r} is the one this database object works in: open another to remove it"
+            )
+        index_path = self._gallery_index(name) if name != store.DEFAULT_GALLERY else None
+        with store.audited(None, "gallery-remove", detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+            row = store.remove_gallery(s, name)
+        if index_path is not None:
+            index_files.remove_files(index_path)
+        self._scrub_log()
+        return GalleryInfo(row.name, row.created_at, row.n_speakers, row.n_keys)
+
+    def _gallery_index(self, name: str) -> Path:
+        """The index file of gallery ``name`` (GalleryNotFoundError if there is none)."""
+        with self.store.read(every_gallery=True) as s:
+            gid = store.gallery_id(s, name)
+        if gid is None:
+            raise GalleryNotFoundError(f"no gallery named {name!r} in {self.db_path} (see `speakerdb galleries list`)")
+        return paths.gallery_index_path(self._index_base, gid)
 
     # ---- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
@@ -683,6 +759,7 @@ class SpeakerDB:
             index_params=stored.index_params(settings),
             threshold_scale=stored.scale(settings),
             norm=stored.norm(settings),
+            gallery=self.gallery,
         )
 
     def export(
@@ -887,7 +964,7 @@ class SpeakerDB:
             getattr(embedder, "default_threshold", None),
         )
 
-    def _bind_gallery_model(self, s: Session, g: gallery.Gallery, path: str | os.PathLike[str]) -> None:
+    def _bind_gallery_model(self, s: Session, g: GalleryFile, path: str | os.PathLike[str]) -> None:
         """A gallery must come from this database's model; an empty database takes the gallery's.
 
         A gallery with no speakers brings no vectors and binds nothing: it cannot decide

@@ -12,6 +12,8 @@ no arguments): :func:`hand_to_workers` writes it, :func:`serve_config` reads it.
                           per-user data directory)
 ``SPEAKERDB_DB``          the database: an SQLite file or a ``postgresql://`` URL
                           (default: ``speakerdb.sqlite`` in the home)
+``SPEAKERDB_GALLERY``     the gallery (tenant) of the database that commands work in
+                          (default: ``default``, the one every database has)
 ``SPEAKERDB_INDEX_DIR``   the index cache of server databases (default: ``index/`` in
                           the home)
 ``SPEAKERDB_CACHE_DIR``   the model fingerprint cache (default: ``cache/`` in
@@ -36,6 +38,7 @@ from pathlib import Path
 
 HOME_ENV = "SPEAKERDB_HOME"
 DB_ENV = "SPEAKERDB_DB"
+GALLERY_ENV = "SPEAKERDB_GALLERY"
 INDEX_DIR_ENV = "SPEAKERDB_INDEX_DIR"
 CACHE_DIR_ENV = "SPEAKERDB_CACHE_DIR"
 MODEL_ENV = "SPEAKERDB_MODEL"
@@ -52,6 +55,7 @@ SERVE_CONFIG_ENV = "SPEAKERDB_SERVE_CONFIG"
 VARIABLES = (
     HOME_ENV,
     DB_ENV,
+    GALLERY_ENV,
     INDEX_DIR_ENV,
     CACHE_DIR_ENV,
     MODEL_ENV,
@@ -67,6 +71,8 @@ VARIABLES = (
 
 APP_NAME = "speakerdb"
 DB_FILENAME = "speakerdb.sqlite"
+#: The gallery every database has (schema revision 0005): what existed before galleries.
+DEFAULT_GALLERY = "default"
 INDEX_DIRNAME = "index"
 CACHE_DIRNAME = "cache"
 # The longest recording decoded: 4 hours covers a long meeting; beyond it a file is more likely
@@ -143,6 +149,11 @@ def db_target(db: str | os.PathLike[str] | None = None) -> str | Path:
     if is_server_url(given):
         return given
     return (Path(given).expanduser() if given else default_home() / DB_FILENAME).absolute()
+
+
+def gallery_name(gallery: str | None = None) -> str:
+    """The gallery to work in: ``gallery`` if given, else ``$SPEAKERDB_GALLERY``, else ``default``."""
+    return gallery or _env(GALLERY_ENV) or DEFAULT_GALLERY
 
 
 # ---- settings ---------------------------------------------------------------------------------

@@ -98,6 +98,19 @@ class GalleryError(SpeakerDBError):
     code = "bad_gallery"
 
 
+class GalleryNotFoundError(SpeakerDBError):
+    """No gallery (tenant: a separate set of speakers in the database) has that name. Not
+    :class:`GalleryError`, which is about gallery *files* (export and import)."""
+
+    code = "gallery_not_found"
+
+
+class GalleryExistsError(SpeakerDBError):
+    """A gallery (tenant) with that name already exists."""
+
+    code = "gallery_exists"
+
+
 class ConflictError(SpeakerDBError):
     """Speakers in a gallery already exist and the conflict policy is ``fail``."""
 

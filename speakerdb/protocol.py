@@ -81,6 +81,10 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "target",  # the parts of a local database
         # A live session (issue 23): in the protocol once the client has Client.stream.
         "stream",
+        "for_gallery",
+        "list_galleries",
+        "create_gallery",
+        "remove_gallery",  # the galleries themselves are administered on the server's machine
     }
 )
 
@@ -124,6 +128,11 @@ class SpeakerDBProtocol(Protocol):
     @property
     def created(self) -> bool:
         """Whether opening it created the database (a client never creates one)."""
+        ...
+
+    @property
+    def gallery(self) -> str:
+        """The gallery (tenant) of the database that the calls work in (``default``: the one every database has)."""
         ...
 
     def close(self) -> None: ...

@@ -170,9 +170,28 @@ class DatabaseInfo:
     index_params: dict[str, Any] = field(default_factory=dict)
     threshold_scale: str = "cosine"  # "cosine" or "as-norm" (speakerdb.scoring.norm.SCALES)
     norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores
+    gallery: str = "default"  # the gallery (tenant) these figures are of
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class GalleryInfo:
+    """A gallery (a tenant: a separate set of speakers in one database) as listed."""
+
+    name: str
+    created_at: datetime
+    n_speakers: int
+    n_keys: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "created_at": iso(self.created_at),
+            "n_speakers": self.n_speakers,
+            "n_keys": self.n_keys,
+        }
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def evaluate_recordings(
     plot: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    gallery: str | None = None,
     **split: Any,
 ) -> Report:
     """Measure accuracy on labelled recordings, ``DATA_DIR/<speaker>/<files>``
@@ -59,12 +60,12 @@ def evaluate_recordings(
 
     Without ``model``, the model of ``db`` if it exists (else the default). ``plot`` draws the
     scores and a DET curve there, marking the threshold ``db`` would use; it is checked
-    before any scoring.
+    before any scoring. ``gallery``: the gallery of ``db`` whose threshold is marked.
     """
     if plot is not None:
         check_output(plot, overwrite=overwrite)
         evaluate.check_plotting()
-    mine = _existing_database(db, model, device, precision)
+    mine = _existing_database(db, model, device, precision, gallery)
     try:
         # The database's model, like every other command (a GE2E database is evaluated with GE2E).
         bound = model if model is not None or mine is None else mine.info().model_source
@@ -97,6 +98,7 @@ def calibrate_threshold(
     precision: str = "fp32",
     apply: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    gallery: str | None = None,
     **split: Any,
 ) -> Calibration:
     """Choose the threshold for ``target`` ("eer" or "far=RATE") from labelled recordings
@@ -104,10 +106,11 @@ def calibrate_threshold(
     AS-norm cohort when normalisation is on, else raw cosine scores.
 
     ``apply`` stores it in ``db`` (created if absent, binding the model; refused if ``db``
-    uses another model). Without ``model``, the model of ``db`` if it exists.
+    uses another model). Without ``model``, the model of ``db`` if it exists. ``gallery``: the
+    gallery of ``db`` whose normalisation is used and whose threshold is stored.
     """
     evaluate.parse_target(target)  # a typo fails before the model loads
-    mine = _existing_database(db, model, device, precision)
+    mine = _existing_database(db, model, device, precision, gallery)
     try:
         bound = model if model is not None or mine is None else mine.info().model_source
         settings = mine.norm_settings if mine is not None else None
@@ -127,7 +130,9 @@ def calibrate_threshold(
         if not apply:
             return result
         if mine is None:
-            mine = SpeakerDB(db, model=model, device=device, precision=precision, embedder=embedder, create=True)
+            mine = SpeakerDB(
+                db, model=model, device=device, precision=precision, embedder=embedder, create=True, gallery=gallery
+            )
         try:
             mine.apply_threshold(result.threshold, scale=result.threshold_scale)
         except BaseException:
@@ -162,13 +167,13 @@ def evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
 
 
 def _existing_database(
-    db: str | os.PathLike[str] | None, model: str | None, device: str, precision: str
+    db: str | os.PathLike[str] | None, model: str | None, device: str, precision: str, gallery: str | None = None
 ) -> SpeakerDB | None:
-    """``db`` opened if it exists (a server URL always does), else None: never created here."""
+    """``db`` opened (in ``gallery``) if it exists (a server URL always does), else None: never created here."""
     target = db_target(db)
     if isinstance(target, Path) and not target.exists():
         return None
-    return SpeakerDB(db, model=model, device=device, precision=precision, create=False)
+    return SpeakerDB(db, model=model, device=device, precision=precision, create=False, gallery=gallery)
 
 
 def _plotted_threshold(db: SpeakerDB | None, embedder: Embedder) -> float | None:

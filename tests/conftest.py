@@ -106,6 +106,7 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SPEAKERDB_DB", raising=False)
     monkeypatch.delenv("SPEAKERDB_MODEL", raising=False)
+    monkeypatch.delenv("SPEAKERDB_GALLERY", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -77,10 +77,16 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
     tables = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
     con.close()
     assert "AUTOINCREMENT" in tables["speakers"]
-    for name in ("uq_speakers_name", "fk_utterances_speaker_id_speakers", "uq_utterances_speaker_id_audio_sha256"):
+    # 0005: names unique within a gallery
+    for name in (
+        "uq_speakers_gallery_id_name",
+        "fk_speakers_gallery_id_galleries",
+        "fk_utterances_speaker_id_speakers",
+        "uq_utterances_speaker_id_audio_sha256",
+    ):
         assert name in tables["speakers"] + tables["utterances"], name
     # 0003: the service's keys and audit record, every constraint named
-    for name in ("pk_api_keys", "uq_api_keys_name", "uq_api_keys_key_id", "ck_api_keys_scope"):
+    for name in ("pk_api_keys", "uq_api_keys_gallery_id_name", "uq_api_keys_key_id", "ck_api_keys_scope"):
         assert name in tables["api_keys"], name
     assert "pk_audit" in tables["audit"]
 

@@ -17,7 +17,7 @@ from speakerdb.audio import decode as audio
 from speakerdb.cli import cli
 from speakerdb.errors import ConflictError, InvalidInputError, ModelMismatchError
 from speakerdb.scoring import evaluate, norm
-from speakerdb.storage import store
+from speakerdb.storage import schema, store
 from speakerdb.workflows import evaluation_database
 
 #: Cohort pitches: none of them is an enrolled voice of the ``voices`` fixture (110, 210, 310 Hz).
@@ -303,7 +303,7 @@ def test_revision_0004_downgrade_drops_the_cohort_and_restores_a_cosine_threshol
         db.set_norm(cohort_dir, top_n=5)
     assert downgrade_database(path, "0003") == "0003"
     upgrade_database(path)
-    assert database_revision(path)[0] == "0004"
+    assert database_revision(path)[0] == schema.HEAD_REVISION
     with SpeakerDB(path, embedder=FakeEmbedder()) as db:
         assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
         with db.store.read() as s:
@@ -349,7 +349,7 @@ def test_norm_on_postgres_and_revision_0004_down_and_up(pg_url, voices, cohort_d
         assert db._norm_stats.rebuilds == 1 and db._norm_stats.replayed == 1 and again.score == r.score
     assert downgrade_database(pg_url, "0003") == "0003"
     upgrade_database(pg_url)
-    assert database_revision(pg_url)[0] == "0004"
+    assert database_revision(pg_url)[0] == schema.HEAD_REVISION
     with SpeakerDB(pg_url, embedder=FakeEmbedder()) as db:
         assert db.norm_settings is None and db.threshold_scale == "cosine" and db.threshold == 0.42
 

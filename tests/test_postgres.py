@@ -129,7 +129,12 @@ def test_every_revision_up_and_down_on_postgres_with_the_0001_release_data(pg_ur
         names = {
             r[0] for r in conn.execute("SELECT conname FROM pg_constraint WHERE connamespace = 'public'::regnamespace")
         }
-    assert {"pk_speakers", "uq_speakers_name", "fk_utterances_speaker_id_speakers", "pk_speaker_changes"} <= names
+    assert {
+        "pk_speakers",
+        "uq_speakers_gallery_id_name",
+        "fk_utterances_speaker_id_speakers",
+        "pk_speaker_changes",
+    } <= names
     after = _rows(pg_url)
     for revision in reversed([r for r in ("0001", "0002", "0003") if r < schema.HEAD_REVISION]):
         api.downgrade_database(pg_url, revision)

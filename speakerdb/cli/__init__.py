@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 import click
 
 from .. import __version__
-from ..config import DB_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key, db_target
+from ..config import DB_ENV, GALLERY_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key, db_target
 from ..errors import InvalidInputError, SpeakerDBError
 from ..service.client import Client
 from . import analysis, database, live, service, speakers
@@ -54,10 +54,16 @@ class State:
     """
 
     def __init__(
-        self, db: str | None, model: str | None, device: str, precision: str = "fp32", server: str | None = None
+        self,
+        db: str | None,
+        model: str | None,
+        device: str,
+        precision: str = "fp32",
+        server: str | None = None,
+        gallery: str | None = None,
     ) -> None:
         self.db_path, self.model, self.device, self.precision = db, model, device, precision
-        self.server = server
+        self.server, self.gallery = server, gallery
         self.create = False
         self._db: SpeakerDBProtocol | None = None
         self._gc_before = _gc_thresholds_before  # main()'s, read when the command starts
@@ -70,12 +76,17 @@ class State:
     def db(self) -> SpeakerDBProtocol:
         """The database, or with --server the service's client: the same calls either way."""
         if self._db is None and self.server:
-            self._db = Client(self.server, api_key())
+            self._db = Client(self.server, api_key(), gallery=self.gallery)
         if self._db is None:
             from ..api import SpeakerDB  # numpy and SQLAlchemy: not for --help
 
             self._db = SpeakerDB(
-                self.db_path, model=self.model, device=self.device, precision=self.precision, create=self.create
+                self.db_path,
+                model=self.model,
+                device=self.device,
+                precision=self.precision,
+                create=self.create,
+                gallery=self.gallery,
             )
         return self._db
 
@@ -101,7 +112,13 @@ class State:
 
     def local_options(self) -> dict[str, Any]:
         """The database and model options, for library calls that open the database themselves."""
-        return {"db": self.db_path, "model": self.model, "device": self.device, "precision": self.precision}
+        return {
+            "db": self.db_path,
+            "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "gallery": self.gallery,
+        }
 
     def keep_collecting(self) -> None:
         """Give Python's own garbage collection back (main() made it rare): for a long-running service."""
@@ -163,9 +180,23 @@ class State:
     help="Send the commands to a `speakerdb serve` service at URL instead of opening a database; "
     "the API key is read from $SPEAKERDB_API_KEY [env SPEAKERDB_SERVER].",
 )
+@click.option(
+    "--gallery",
+    envvar=GALLERY_ENV,
+    metavar="NAME",
+    help="The gallery (a separate set of speakers, thresholds, normalisation, keys and audit in the same "
+    "database: a tenant) to work in; `speakerdb galleries` makes them [env SPEAKERDB_GALLERY; default: "
+    "default, the one every database has]. Not to be confused with gallery files (export, import).",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, db: str | None, model: str | None, device: str, precision: str, server: str | None = None
+    ctx: click.Context,
+    db: str | None,
+    model: str | None,
+    device: str,
+    precision: str,
+    server: str | None = None,
+    gallery: str | None = None,
 ) -> None:
     """speakerdb: enroll speakers from recordings, then identify or verify unknown voices.
 
@@ -178,9 +209,10 @@ def cli(
       speakerdb identify unknown.mp3
       speakerdb verify alice claim.wav
       speakerdb --db team.sqlite --model ./wavlm-base-plus-sv list
+      speakerdb --gallery acme enroll alice alice1.flac
     """
     log_warnings_to_stderr()
-    state = State(db, model, device, precision, server)
+    state = State(db, model, device, precision, server, gallery)
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -190,7 +222,7 @@ for _command in (*speakers.COMMANDS, *analysis.COMMANDS, *live.COMMANDS, *databa
 
 
 # ---- global options also after the command ------------------------------------------------
-_GLOBAL_ATTRS = {"db": "db_path", "model": "model", "device": "device", "precision": "precision"}
+_GLOBAL_ATTRS = {"db": "db_path", "model": "model", "device": "device", "precision": "precision", "gallery": "gallery"}
 
 
 def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -203,7 +235,7 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
 
 
 def _global_options() -> list[click.Option]:
-    """--db, --model, --device and --precision as each command accepts them (no defaults here:
+    """--db, --model, --device, --precision and --gallery as each command accepts them (no defaults here:
     the group's options and environment variables give those)."""
     common: dict[str, Any] = {"expose_value": False, "callback": _set_global}
     return [
@@ -216,6 +248,9 @@ def _global_options() -> list[click.Option]:
         click.Option(["--model"], metavar="ID_OR_DIR", help="Embedding model (same as before the command).", **common),
         click.Option(["--device"], type=click.Choice(["cpu", "cuda"]), help="Where the model runs.", **common),
         click.Option(["--precision"], type=click.Choice(["fp32", "bf16"]), help="fp32 or bf16 embeddings.", **common),
+        click.Option(
+            ["--gallery"], metavar="NAME", help="The gallery to work in (same as before the command).", **common
+        ),
     ]
 
 

@@ -1,5 +1,5 @@
 """The database: what it holds (info), its schema and copies (db ...), its search index
-(index), and galleries in and out (export, import)."""
+(index), gallery files in and out (export, import), and its galleries (tenants: galleries ...)."""
 
 from __future__ import annotations
 
@@ -319,4 +319,75 @@ def vacuum(state: State, as_json: bool) -> None:
     emit(as_json, {"vacuumed": str(db.db_path)}, f"vacuumed {db.db_path}")
 
 
-COMMANDS = [info, index_, export, import_, db]
+@click.group()
+def galleries() -> None:
+    """Make, list and remove the galleries of a database: separate sets of speakers, each with
+    its own threshold, normalisation, API keys, audit record and index (tenants). Every
+    database has the gallery `default`, which is what it held before galleries existed.
+    Other commands work in the gallery chosen by --gallery (or $SPEAKERDB_GALLERY).
+    Not to be confused with gallery files, which `export` and `import` write and read.
+
+    \b
+    Examples:
+      speakerdb galleries create acme
+      speakerdb --gallery acme enroll alice alice1.flac
+      speakerdb --gallery acme keys create acme-ops --scope admin
+      speakerdb galleries list
+      speakerdb galleries remove acme --yes
+    """
+
+
+@galleries.command(name="list")
+@json_option
+@click.pass_obj
+def galleries_list(state: State, as_json: bool) -> None:
+    """Every gallery: its name, when it was made, its speakers and keys."""
+    state.local_only("galleries list")
+    found = state.local_db.list_galleries()
+    lines = [f"{g.name}\t{g.n_speakers} speakers\t{g.n_keys} keys\tcreated {g.to_dict()['created_at']}" for g in found]
+    emit(as_json, [g.to_dict() for g in found], "\n".join(lines))
+
+
+@galleries.command(name="create")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def galleries_create(state: State, name: str, as_json: bool) -> None:
+    """Make an empty gallery NAME (letters, digits, '.', '_', '-'; at most 64).
+
+    \b
+    Example:
+      speakerdb galleries create acme
+    """
+    state.local_only("galleries create")
+    state.allow_create()
+    state.gallery = None  # administered from the default gallery, whatever --gallery says
+    made = state.local_db.create_gallery(name)
+    emit(as_json, made.to_dict(), f"created gallery {made.name}")
+
+
+@galleries.command(name="remove")
+@click.argument("name")
+@yes_option
+@json_option
+@click.pass_obj
+def galleries_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
+    """Delete gallery NAME and everything in it: speakers, embeddings, cohort, keys, audit
+    record, settings and its index file, erased as `remove` erases a speaker.
+
+    \b
+    Example:
+      speakerdb galleries remove acme --yes
+    """
+    state.local_only("galleries remove")
+    state.gallery = None  # administered from the default gallery, whatever --gallery says
+    confirm(f"Delete gallery {name!r} with all its speakers, keys and audit records?", yes)
+    gone = state.local_db.remove_gallery(name)
+    emit(
+        as_json,
+        {"removed": gone.name, "speakers": gone.n_speakers, "keys": gone.n_keys},
+        f"removed gallery {gone.name} ({gone.n_speakers} speakers, {gone.n_keys} keys)",
+    )
+
+
+COMMANDS = [info, index_, export, import_, db, galleries]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import errors
+from ..config import DEFAULT_GALLERY, gallery_name
 from ..results import (
     AuditEntry,
     Candidate,
@@ -88,6 +89,8 @@ ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
     "invalid_fields": errors.InvalidInputError,
     "speaker_not_found": errors.SpeakerNotFoundError,
     "key_not_found": errors.KeyNotFoundError,
+    "gallery_not_found": errors.GalleryNotFoundError,
+    "gallery_exists": errors.GalleryExistsError,
     "speaker_exists": errors.SpeakerExistsError,
     "key_exists": errors.KeyExistsError,
     "conflict": errors.ConflictError,
@@ -107,13 +110,22 @@ class Client:
         retries: how many times a request answered 503 "busy" is sent again, after the
             ``Retry-After`` the service asked for (at most MAX_RETRY_WAIT_S).
         timeout: seconds to wait for an answer.
+        gallery: the service's gallery (tenant) to work in: requests go to
+            ``/v1/galleries/GALLERY/...`` (default: ``$SPEAKERDB_GALLERY``, else ``default``,
+            whose routes are also the plain ``/v1/...``). The key must be one of that gallery.
     """
 
     #: The CLI asks this of a database it opened (a client creates nothing).
     created = False
 
     def __init__(
-        self, url: str, key: str | None = None, *, retries: int = 3, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        url: str,
+        key: str | None = None,
+        *,
+        retries: int = 3,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        gallery: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -123,6 +135,9 @@ class Client:
         self.retries = retries
         self.timeout = timeout
         self.db_path = self.url  # what messages name as "the database"
+        self.gallery = gallery_name(gallery)
+        #: What every route's path starts with: the gallery's prefix, or the plain /v1 of the default's.
+        self._v1 = "/v1" if self.gallery == DEFAULT_GALLERY else f"/v1/galleries/{_q(self.gallery)}"
 
     # ---- lifecycle (nothing to open or close: one connection per request) ------------------
     def close(self) -> None:
@@ -391,6 +406,8 @@ class Client:
         fields: dict[str, str] | None = None,
         files: builtins.list[tuple[str, str, bytes]] | None = None,
     ) -> Any:
+        if path.startswith("/v1/"):
+            path = self._v1 + path.removeprefix("/v1")
         headers = {"Accept": "application/json"}
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"

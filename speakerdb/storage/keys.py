@@ -45,10 +45,11 @@ _KEY = re.compile(rf"^{KEY_PREFIX}_([0-9a-f]{{{2 * KEY_ID_BYTES}}})_([A-Za-z0-9_
 #: secret) -> the stored hash it matched. A revoked or replaced key no longer matches its row.
 _VERIFIED: dict[tuple[str, str], str] = {}
 _VERIFIED_LOCK = threading.Lock()
-#: Keys this process has refused: (key_id, sha256 of the secret), newest last, at most
-#: MAX_FAILED. A client that repeats a wrong key costs no second PBKDF2; the outcome is
-#: final (a revoked key stays revoked, and no key id or secret is ever reused).
-_FAILED: OrderedDict[tuple[str, str], None] = OrderedDict()
+#: Keys this process has refused: (gallery id, key_id, sha256 of the secret), newest last, at
+#: most MAX_FAILED. A client that repeats a wrong key costs no second PBKDF2; the outcome is
+#: final (a revoked key stays revoked, and no key id or secret is ever reused), in that
+#: gallery: a key of another gallery is refused here and accepted there.
+_FAILED: OrderedDict[tuple[int | None, str, str], None] = OrderedDict()
 MAX_FAILED = 4096
 #: What a key id that has no active row is checked against: the same PBKDF2 as a real key,
 #: so that a 401 takes as long whether the id exists or not (no oracle for key ids).
@@ -141,27 +142,28 @@ def authenticate(session: Session, key: str) -> KeyInfo | None:
         return None
     key_id, secret = m.groups()
     seen = (key_id, hashlib.sha256(secret.encode()).hexdigest())
+    failed = (store.gallery_of(session), *seen)
     with _VERIFIED_LOCK:
-        if seen in _FAILED:
-            _FAILED.move_to_end(seen)
+        if failed in _FAILED:
+            _FAILED.move_to_end(failed)
             return None
     row = session.scalars(select(store.ApiKey).where(store.ApiKey.key_id == key_id)).one_or_none()
     if row is None or row.revoked_at is not None:
         _matches(secret, _DUMMY_SALT, _DUMMY_HASH)  # the time a wrong secret of a real key takes
-        _remember_failure(seen)
+        _remember_failure(failed)
         return None
     with _VERIFIED_LOCK:
         known = _VERIFIED.get(seen)
     if known is None or not hmac.compare_digest(known.encode(), row.hash.encode()):
         if not _matches(secret, row.salt, row.hash):
-            _remember_failure(seen)
+            _remember_failure(failed)
             return None
         with _VERIFIED_LOCK:
             _VERIFIED[seen] = row.hash
     return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at)
 
 
-def _remember_failure(seen: tuple[str, str]) -> None:
+def _remember_failure(seen: tuple[int | None, str, str]) -> None:
     with _VERIFIED_LOCK:
         _FAILED[seen] = None
         _FAILED.move_to_end(seen)

@@ -95,10 +95,10 @@ def copy(
 ) -> dict[str, int]:
     """Copy every row of ``src`` into the empty ``dst`` in one transaction (see
     :func:`speakerdb.api.copy_database`); returns the rows copied per table."""
-    with src.read() as rs, dst.write() as ws:
+    with src.read(every_gallery=True) as rs, dst.write(every_gallery=True) as ws:
         if store.has_speakers(ws) or ws.scalar(store.select(store.ApiKey.id).limit(1)) is not None:
             raise DatabaseError(f"database {dst_name} is not empty: copy into a new or empty database")
-        settings = store.get_settings(rs)
+        settings = store.get_settings(rs)  # every gallery's, as stored
         try:
             rows = store.copy_rows(rs, ws, stored.dim(settings), progress)
         except InvalidInputError as e:

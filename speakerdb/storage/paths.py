@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import default_index_dir
+from ..config import DEFAULT_GALLERY, default_index_dir
 from ..errors import DatabaseError, SpeakerDBError
 from . import settings as stored
 from . import store
@@ -38,31 +38,48 @@ class Opened:
     #: Whether the database file was created now; the directories made for it, deepest first.
     created: bool = False
     made_dirs: list[Path] = field(default_factory=list)
+    #: The default gallery's index file (``index_path`` is the opened gallery's own).
+    index_base: Path = field(default_factory=Path)
 
 
-def open_database(target: Path | str, create: bool) -> Opened:
-    """Open a database file (created with its directories if absent and ``create``) or a server URL.
+def open_database(target: Path | str, create: bool, gallery: str = DEFAULT_GALLERY) -> Opened:
+    """Open a database file (created with its directories if absent and ``create``) or a server URL,
+    seen as gallery ``gallery`` (GalleryNotFoundError if it has none of that name).
 
     A failed creation leaves neither a file nor the directories it made. A PostgreSQL server
     that several services share has its index as this machine's cache of it, in the index
-    directory under the database's identity.
+    directory under the database's identity. Each gallery has its own index file
+    (:func:`gallery_index_path`).
     """
     if isinstance(target, str):
-        opened = open_store(target)
+        opened = open_store(target, gallery)
         index_dir = default_index_dir()
         make_parents(index_dir / "x")
-        index_path = index_dir / f"{stored.database_id(opened.settings())}{INDEX_SUFFIX}"
-        return Opened(opened, store.display_url(target), target, index_path)  # shown, never with a password
+        base = index_dir / f"{stored.database_id(opened.settings())}{INDEX_SUFFIX}"
+        index_path = gallery_index_path(base, opened.gallery_id)
+        # shown, never with a password
+        return Opened(opened, store.display_url(target), target, index_path, index_base=base)
     created = not check_db_path(target, create)
     index_path = target.with_name(target.name + INDEX_SUFFIX)
     made_dirs = make_parents(target) if created else []
     try:
-        opened = open_store(target)
+        opened = open_store(target, gallery)
     except BaseException:
         if created:
             remove_database_files(target, index_path, made_dirs)
         raise
-    return Opened(opened, target, target, index_path, created, made_dirs)
+    own_index = gallery_index_path(index_path, opened.gallery_id)
+    return Opened(opened, target, target, own_index, created, made_dirs, index_path)
+
+
+def gallery_index_path(index_path: Path, gallery_id: int) -> Path:
+    """The index file of gallery ``gallery_id`` of the database whose default gallery's index is
+    ``index_path``: that path for the default gallery (as before galleries existed), else
+    ``<name>.gallery-<id>.faiss`` beside it. By id, not name: ids are never reused, and a
+    name may be renamed or reused after a removal."""
+    if gallery_id == store.DEFAULT_GALLERY_ID:
+        return index_path
+    return index_path.with_name(f"{index_path.name.removesuffix(INDEX_SUFFIX)}.gallery-{gallery_id}{INDEX_SUFFIX}")
 
 
 def check_db_path(path: Path, create: bool) -> bool:
@@ -121,11 +138,11 @@ def make_parents(path: Path) -> list[Path]:
     return missing
 
 
-def open_store(path: Path | str) -> store.Store:
+def open_store(path: Path | str, gallery: str = DEFAULT_GALLERY) -> store.Store:
     """store.Store, with the errors raised while creating or reaching it (disk full, I/O, a
     server that does not answer) as DatabaseError."""
     try:
-        return store.Store(path)
+        return store.Store(path, gallery)
     except SpeakerDBError:
         raise
     except (SQLAlchemyError, OSError) as e:

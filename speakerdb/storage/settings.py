@@ -108,6 +108,12 @@ def write_defaults(st: store.Store) -> None:
                 store.set_setting(s, key, value)
 
 
+def write_gallery_defaults(s: Session, gallery_id: int, threshold: float) -> None:
+    """A new gallery's own settings: ``threshold`` (not chosen: calibrate) and the default index parameters."""
+    store.set_setting(s, "threshold", float(threshold), gallery_id)
+    store.set_setting(s, "index", DEFAULT_INDEX_PARAMS, gallery_id)
+
+
 def write_threshold(s: Session, value: float, *, chosen: bool = True) -> None:
     """Store the threshold (on the database's scale), as chosen by someone unless ``chosen`` is False."""
     store.set_setting(s, "threshold", float(value))
@@ -146,9 +152,7 @@ def write_norm(s: Session, record: dict[str, Any]) -> None:
 
 def delete_norm(s: Session) -> None:
     """Remove the normalisation's record: raw scores from now on."""
-    row = s.get(store.Setting, "norm")
-    if row is not None:
-        s.delete(row)
+    store.delete_setting(s, "norm")
 
 
 def check_index_params(params: Mapping[str, Any]) -> None:

@@ -16,6 +16,14 @@ Tables (created only by the Alembic revisions in ``migrations/``):
   ``upsert`` or ``remove``, a random nonce), in the same transaction as the write. Ids
   only, never vectors. No write path can bypass it, not even SQL run behind speakerdb's
   back; the search index catches up by replaying it (see indexkeeper.py).
+- ``galleries`` (revision 0005): separate sets of speakers in one database (tenants). Speakers,
+  the normalisation cohort, API keys and audit records carry a ``gallery_id``; a gallery's
+  own settings (:data:`GALLERY_SETTINGS`) are rows named ``gallery/<id>/<key>``. A
+  :class:`Store` is opened on one gallery (``default`` unless told), and every session it
+  hands out sees that gallery only: the ORM adds ``gallery_id = <its id>`` to every query
+  of those tables and sets it on every row added (:func:`_scope_query`, :func:`_scope_new_rows`),
+  so the queries below and the modules above need not say it. Speaker names are unique
+  within a gallery; ids, the change record and the generation are the database's.
 
 Speaker ids are never reused (``AUTOINCREMENT``): an id in an answer names one speaker
 for ever. Vectors are stored as little-endian float32 blobs.
@@ -51,6 +59,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -59,10 +68,25 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    ORMExecuteState,
+    Session,
+    mapped_column,
+    relationship,
+    with_loader_criteria,
+)
 
-from ..config import SERVER_SCHEMES, is_server_url  # noqa: F401  (kept importable from here)
-from ..errors import DatabaseBusyError, DatabaseError, InvalidInputError, printable_path
+from ..config import DEFAULT_GALLERY, SERVER_SCHEMES, is_server_url  # noqa: F401  (kept importable from here)
+from ..errors import (
+    DatabaseBusyError,
+    DatabaseError,
+    GalleryExistsError,
+    GalleryNotFoundError,
+    InvalidInputError,
+    printable_path,
+)
 from ..results import iso, parse_iso  # noqa: F401  (times as the results write them; kept here)
 from . import schema
 from .urls import MASK, SECRET_URL_PARAMS, display_url, redact  # noqa: F401  (kept importable from here)
@@ -258,18 +282,47 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: The gallery every database has (config.DEFAULT_GALLERY), made by revision 0005 with this
+#: id: all rows from before it are its.
+DEFAULT_GALLERY_ID = 1
+MAX_GALLERY_NAME = 64  # characters
+_GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Settings that each gallery has its own of (the others, such as the model and the
+#: database's identity, belong to the database). The default gallery's keep their plain names.
+GALLERY_SETTINGS = frozenset({"threshold", "threshold_chosen", "threshold_scale", "cosine_threshold", "norm", "index"})
+_GALLERY_SETTING_PREFIX = "gallery/"
+
+
+class Gallery(Base):
+    """A separate set of speakers in the database (revision 0005): a tenant."""
+
+    __tablename__ = "galleries"
+    __table_args__ = {"sqlite_autoincrement": True}  # a removed gallery's id never names a new one
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(MAX_GALLERY_NAME), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+def _gallery_column() -> Mapped[int]:
+    # The server default is what rows from before revision 0005 were given; speakerdb
+    # itself always sets the column (_scope_new_rows).
+    return mapped_column(ForeignKey("galleries.id"), server_default=text(str(DEFAULT_GALLERY_ID)))
+
+
 class Speaker(Base):
     __tablename__ = "speakers"
     # AUTOINCREMENT: SQLite would otherwise hand a removed newest speaker's id to the next
     # one, and an answer computed before the removal could name the newcomer.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (UniqueConstraint("gallery_id", "name"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
+    gallery_id: Mapped[int] = _gallery_column()
 
     utterances: Mapped[list["Utterance"]] = relationship(
         back_populates="speaker",
@@ -325,16 +378,20 @@ class ApiKey(Base):
     against ``hash`` (see keys.py)."""
 
     __tablename__ = "api_keys"
-    __table_args__ = (CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope"),)
+    __table_args__ = (
+        CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope"),
+        UniqueConstraint("gallery_id", "name"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
     key_id: Mapped[str] = mapped_column(String(32), unique=True)
     scope: Mapped[str] = mapped_column(String(16))
     salt: Mapped[str] = mapped_column(String(64))  # hex
     hash: Mapped[str] = mapped_column(String(256))  # "pbkdf2_sha256$<iterations>$<hex digest>"
     created_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    gallery_id: Mapped[int] = _gallery_column()
 
 
 class AuditRecord(Base):
@@ -348,6 +405,9 @@ class AuditRecord(Base):
     operation: Mapped[str] = mapped_column(String(32))
     speaker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    gallery_id: Mapped[int] = mapped_column(
+        ForeignKey("galleries.id"), index=True, server_default=text(str(DEFAULT_GALLERY_ID))
+    )
 
 
 class CohortEmbedding(Base):
@@ -355,11 +415,44 @@ class CohortEmbedding(Base):
     its audio. People in the cohort are not enrolled; see norm.py."""
 
     __tablename__ = "cohort_embeddings"
+    __table_args__ = (UniqueConstraint("gallery_id", "audio_sha256"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     source: Mapped[str] = mapped_column(Text)
-    audio_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    audio_sha256: Mapped[str] = mapped_column(String(64))
     embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    gallery_id: Mapped[int] = _gallery_column()
+
+
+#: The tables whose rows belong to one gallery (utterances belong to their speaker's).
+GALLERY_SCOPED = (Speaker, CohortEmbedding, ApiKey, AuditRecord)
+
+
+def gallery_of(session: Session) -> int | None:
+    """The gallery id the session is scoped to (None: a session that sees every gallery)."""
+    return session.info.get("gallery_id")
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _scope_query(state: ORMExecuteState) -> None:
+    """Every SELECT, UPDATE and DELETE of a scoped session sees its gallery's rows only."""
+    gid = gallery_of(state.session)
+    if gid is None or not (state.is_select or state.is_update or state.is_delete):
+        return
+    state.statement = state.statement.options(
+        *(with_loader_criteria(model, model.gallery_id == gid, include_aliases=True) for model in GALLERY_SCOPED)
+    )
+
+
+@event.listens_for(Session, "before_flush")
+def _scope_new_rows(session: Session, _context: Any, _instances: Any) -> None:
+    """Rows added in a scoped session belong to its gallery."""
+    gid = gallery_of(session)
+    if gid is None:
+        return
+    for obj in session.new:
+        if isinstance(obj, GALLERY_SCOPED) and obj.gallery_id is None:
+            obj.gallery_id = gid
 
 
 @dataclass(frozen=True)
@@ -380,12 +473,14 @@ class Store:
     transactions and queries.
 
     ``target`` is a path (SQLite) or a ``postgresql://user@host:port/dbname`` URL.
-    ``on_commit`` holds callables ``f(before, after)`` run after every write transaction
-    that changed centroids, with the generations before and after it: how the search
-    index learns of a commit, whichever code path made it.
+    ``gallery``: the gallery (tenant) every session of this store sees, by name; another
+    gallery of the same database is :meth:`for_gallery`. ``on_commit`` holds callables
+    ``f(before, after)`` run after every write transaction that changed centroids, with the
+    generations before and after it: how the search index learns of a commit, whichever
+    code path made it (changes in other galleries too: the generation is the database's).
     """
 
-    def __init__(self, target: str | Path) -> None:
+    def __init__(self, target: str | Path, gallery: str = DEFAULT_GALLERY) -> None:
         self.server = is_server_url(target)
         #: The server URL as given, secrets and all: only to keep them out of error messages.
         self._url = str(target) if self.server else None
@@ -399,33 +494,63 @@ class Store:
             create_private(self.path)
             self.engine = open_engine(self.path)
         self.on_commit: list[Callable[[int, int], None]] = []
+        self._owns_engine = True
+        self.gallery, self.gallery_id = DEFAULT_GALLERY, DEFAULT_GALLERY_ID
         try:
             with _translate_errors(self.name, self._url):
                 schema.ensure_current(self.engine)
+            if gallery != DEFAULT_GALLERY:
+                self.gallery, self.gallery_id = gallery, self._gallery_id(gallery)
         except BaseException:
             self.engine.dispose()
             raise
 
+    def for_gallery(self, gallery: str) -> Store:
+        """This database seen as gallery ``gallery``: the same engine (closing it closes
+        nothing), its own ``on_commit`` listeners. GalleryNotFoundError if there is none."""
+        other = object.__new__(Store)
+        other.__dict__.update(self.__dict__)
+        other.on_commit, other._owns_engine = [], False
+        other.gallery, other.gallery_id = gallery, self._gallery_id(gallery)
+        return other
+
+    def _gallery_id(self, name: str) -> int:
+        if name == DEFAULT_GALLERY:
+            return DEFAULT_GALLERY_ID
+        with self.read(every_gallery=True) as s:
+            gid = gallery_id(s, name)
+        if gid is None:
+            raise GalleryNotFoundError(
+                f"no gallery named {printable_path(name)!r} in {self.name} (see `speakerdb galleries list`)"
+            )
+        return gid
+
     def close(self) -> None:
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
+
+    def _info(self, every_gallery: bool) -> dict[str, Any]:
+        return {} if every_gallery else {"gallery_id": self.gallery_id}
 
     @contextmanager
-    def read(self) -> Iterator[Session]:
+    def read(self, every_gallery: bool = False) -> Iterator[Session]:
         """A read-only session: one consistent snapshot, rolled back at the end.
 
         SQLite's WAL gives every read transaction one snapshot; PostgreSQL needs
         REPEATABLE READ for that (READ COMMITTED takes a new one per statement).
+        It sees this store's gallery only, unless ``every_gallery`` (the galleries' own
+        administration, copies of a whole database).
         """
         engine = (
             self.engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
             if self.server
             else self.engine
         )
-        with _translate_errors(self.name, self._url), Session(engine) as session:
+        with _translate_errors(self.name, self._url), Session(engine, info=self._info(every_gallery)) as session:
             yield session
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
+    def write(self, every_gallery: bool = False) -> Iterator[Session]:
         """One write transaction, committed at the end or rolled back on any exception.
 
         Writers are serialised, on both kinds of database: SQLite's BEGIN IMMEDIATE takes
@@ -434,9 +559,11 @@ class Store:
         first locks the generation row (SELECT ... FOR UPDATE), so that two services
         enrolling the same new name make one speaker, and generations commit in order.
         After the commit the ``on_commit`` listeners hear of the centroid changes it made.
+        Like :meth:`read`, it sees this store's gallery only unless ``every_gallery``.
         """
         engine = self.engine if self.server else self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
-        with _translate_errors(self.name, self._url), Session(engine, expire_on_commit=False) as session:
+        info = self._info(every_gallery)
+        with _translate_errors(self.name, self._url), Session(engine, expire_on_commit=False, info=info) as session:
             with session.begin():
                 if self.server:
                     try:
@@ -586,7 +713,8 @@ def _add_audit_record(session: Session) -> None:
 # ---- copying a whole database -------------------------------------------------------------
 #: Tables a copy writes rows into itself. speaker_changes is not among them: the
 #: destination's triggers record its own history as the speakers arrive.
-COPIED_TABLES = ("speakers", "utterances", "api_keys", "audit", "cohort_embeddings")
+#: galleries first (the others refer to it), all but the default, which every database has.
+COPIED_TABLES = ("galleries", "speakers", "utterances", "api_keys", "audit", "cohort_embeddings")
 #: Settings that belong to one database and are never copied: it has its own identity.
 OWN_SETTINGS = ("database_id", "generation")
 _COPY_BATCH = 2_000  # rows read, checked and written at a time
@@ -620,6 +748,8 @@ def copy_rows(
         done, last = 0, None
         while True:
             stmt = select(table).order_by(pk).limit(_COPY_BATCH)
+            if name == "galleries":
+                stmt = stmt.where(pk != DEFAULT_GALLERY_ID)
             if last is not None:
                 stmt = stmt.where(pk > last)
             rows = [dict(r._mapping) for r in src.execute(stmt)]
@@ -662,17 +792,120 @@ def reset_sequences(session: Session) -> None:
 
 
 # ---- queries (take a session, so callers decide the transaction) -------------------------
+def setting_key(session: Session, key: str) -> str:
+    """The row that holds setting ``key`` for the session's gallery: a gallery's own
+    settings (:data:`GALLERY_SETTINGS`) of a gallery other than the default are
+    ``gallery/<id>/<key>``; everything else is the key itself."""
+    return gallery_setting_key(gallery_of(session), key)
+
+
+def gallery_setting_key(gid: int | None, key: str) -> str:
+    """The row that holds setting ``key`` for gallery ``gid`` (None: the row named ``key``)."""
+    if gid is None or gid == DEFAULT_GALLERY_ID or key not in GALLERY_SETTINGS:
+        return key
+    return f"{_GALLERY_SETTING_PREFIX}{gid}/{key}"
+
+
 def get_settings(session: Session) -> dict[str, Any]:
-    rows = session.scalars(select(Setting)).all()
-    return {row.key: json.loads(row.value) for row in rows}
+    """The settings as the session's gallery sees them: the database's, and its own under their
+    plain names (a session that sees every gallery: every row as it is stored)."""
+    gid = gallery_of(session)
+    own = f"{_GALLERY_SETTING_PREFIX}{gid}/"
+    out: dict[str, Any] = {}
+    for row in session.scalars(select(Setting)).all():
+        if gid is None:
+            out[row.key] = json.loads(row.value)
+        elif not row.key.startswith(_GALLERY_SETTING_PREFIX):
+            if gid == DEFAULT_GALLERY_ID or row.key not in GALLERY_SETTINGS:
+                out[row.key] = json.loads(row.value)
+        elif gid != DEFAULT_GALLERY_ID and row.key.startswith(own):
+            out[row.key.removeprefix(own)] = json.loads(row.value)
+    return out
 
 
-def set_setting(session: Session, key: str, value: Any) -> None:
+def set_setting(session: Session, key: str, value: Any, gallery_id: int | None = None) -> None:
+    """Store setting ``key`` for the session's gallery (for gallery ``gallery_id`` if given)."""
+    key = setting_key(session, key) if gallery_id is None else gallery_setting_key(gallery_id, key)
     row = session.get(Setting, key)
     if row is None:
         session.add(Setting(key=key, value=json.dumps(value)))
     else:
         row.value = json.dumps(value)
+
+
+def delete_setting(session: Session, key: str) -> None:
+    """Remove setting ``key`` (of the session's gallery, if it is one of a gallery's own)."""
+    row = session.get(Setting, setting_key(session, key))
+    if row is not None:
+        session.delete(row)
+
+
+# ---- galleries (tenants): sessions opened with every_gallery=True --------------------------
+def check_gallery_name(name: Any) -> str:
+    """A gallery name: 1-64 letters, digits, ``.``, ``_`` or ``-``, starting with a letter or
+    digit (it is a path segment of the service's URLs)."""
+    if not isinstance(name, str) or not _GALLERY_NAME.match(name):
+        shown = printable_path(name) if isinstance(name, str) else name
+        raise InvalidInputError(
+            f"gallery name {shown!r} must be 1-{MAX_GALLERY_NAME} characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def gallery_id(session: Session, name: str) -> int | None:
+    """The id of gallery ``name``, or None if there is none."""
+    return session.scalar(select(Gallery.id).where(Gallery.name == name))
+
+
+@dataclass(frozen=True)
+class GalleryRow:
+    """A gallery as listed: its name, when it was made, and how many speakers and keys it holds."""
+
+    id: int
+    name: str
+    created_at: datetime
+    n_speakers: int
+    n_keys: int
+
+
+def list_galleries(session: Session) -> list[GalleryRow]:
+    """Every gallery, the default first, then by name (a session that sees every gallery)."""
+    speakers = dict(
+        session.execute(select(Speaker.gallery_id, func.count(Speaker.id)).group_by(Speaker.gallery_id)).all()
+    )
+    keys = dict(session.execute(select(ApiKey.gallery_id, func.count(ApiKey.id)).group_by(ApiKey.gallery_id)).all())
+    rows = session.scalars(select(Gallery).order_by(Gallery.id != DEFAULT_GALLERY_ID, Gallery.name)).all()
+    return [GalleryRow(g.id, g.name, g.created_at, int(speakers.get(g.id, 0)), int(keys.get(g.id, 0))) for g in rows]
+
+
+def create_gallery(session: Session, name: str) -> int:
+    """Add an empty gallery named ``name``; returns its id (GalleryExistsError if taken)."""
+    name = check_gallery_name(name)
+    if gallery_id(session, name) is not None:
+        raise GalleryExistsError(f"a gallery named {name!r} already exists (see `speakerdb galleries list`)")
+    row = Gallery(name=name, created_at=utcnow())
+    session.add(row)
+    session.flush()
+    return row.id
+
+
+def remove_gallery(session: Session, name: str) -> GalleryRow:
+    """Delete gallery ``name`` and everything that is its: speakers (their utterances go with
+    them), cohort, keys, audit records and settings. The default gallery cannot go."""
+    if name == DEFAULT_GALLERY:
+        raise InvalidInputError("the default gallery cannot be removed (remove its speakers instead)")
+    found = next((g for g in list_galleries(session) if g.name == name), None)
+    if found is None:
+        raise GalleryNotFoundError(f"no gallery named {printable_path(name)!r} (see `speakerdb galleries list`)")
+    gid = found.id
+    # One statement per table; the triggers record each speaker's removal for the indexes.
+    session.execute(delete(Speaker).where(Speaker.gallery_id == gid))
+    for model in (CohortEmbedding, ApiKey, AuditRecord):
+        session.execute(delete(model).where(model.gallery_id == gid))
+    session.execute(delete(Setting).where(Setting.key.startswith(f"{_GALLERY_SETTING_PREFIX}{gid}/")))
+    session.execute(delete(Gallery).where(Gallery.id == gid))
+    return found
 
 
 def generation(session: Session) -> int:
@@ -700,8 +933,6 @@ def changes_between(session: Session, after: int, upto: int) -> list[tuple[int, 
 
 def prune_changes(session: Session, below: int) -> int:
     """Delete change records older than generation ``below``; returns how many went."""
-    from sqlalchemy import delete  # deferred: sqlalchemy is heavy to import
-
     result: Any = session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below))
     return int(result.rowcount or 0)  # a DELETE's CursorResult
 
@@ -788,7 +1019,8 @@ def has_speakers(session: Session) -> bool:
 def counts(session: Session) -> tuple[int, int]:
     """(number of speakers, number of utterances)."""
     n_speakers = session.scalar(select(func.count(Speaker.id))) or 0
-    n_utterances = session.scalar(select(func.count(Utterance.id))) or 0
+    # Through the speakers: an utterance is in its speaker's gallery.
+    n_utterances = session.scalar(select(func.count(Utterance.id)).join(Utterance.speaker)) or 0
     return int(n_speakers), int(n_utterances)
 
 
@@ -800,8 +1032,6 @@ def cohort(session: Session) -> np.ndarray:
 
 def replace_cohort(session: Session, rows: list[tuple[str, str, np.ndarray]]) -> None:
     """Replace the whole cohort with ``rows`` of (source, audio sha256, embedding)."""
-    from sqlalchemy import delete  # deferred: sqlalchemy is heavy to import
-
     session.execute(delete(CohortEmbedding))
     session.add_all(CohortEmbedding(source=src, audio_sha256=sha, embedding=to_blob(vec)) for src, sha, vec in rows)
 

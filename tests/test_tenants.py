@@ -1,0 +1,242 @@
+"""Galleries (tenants): several separate sets of speakers in one database (issue 27 item 5).
+
+Each gallery has its own speakers, thresholds, normalisation, keys, audit record and index
+file; nothing of one is seen from another, on SQLite and on PostgreSQL alike. Old databases
+keep working: what they held is the default gallery.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FakeEmbedder, voice, write
+from speakerdb import SpeakerDB, api
+from speakerdb.errors import GalleryExistsError, GalleryNotFoundError, InvalidInputError, SpeakerNotFoundError
+from speakerdb.storage import schema, store
+from speakerdb.storage.index import SpeakerIndex
+
+FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"
+F0 = {"alice": 210.0, "bob": 110.0, "carol": 310.0}
+
+
+@pytest.fixture
+def clips(tmp_path) -> dict[str, list[Path]]:
+    return {
+        name: [write(tmp_path / f"{name}{k}.wav", voice(f0, 1.5, seed=k)) for k in range(3)] for name, f0 in F0.items()
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path, monkeypatch) -> str | Path:
+    """A new database of each kind (PostgreSQL: skipped where no server starts)."""
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("pg_url")
+
+
+def _names(results) -> list[str | None]:
+    return [r.speaker for r in results]
+
+
+def test_two_galleries_hold_the_same_name_apart_and_never_answer_for_each_other(target, clips, tmp_path):
+    with SpeakerDB(target, embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:2])
+        a.create_gallery("acme")
+        with pytest.raises(GalleryExistsError):
+            a.create_gallery("acme")
+        b = a.for_gallery("acme")
+        # The same name in both, of another voice in B; a speaker only B has.
+        b.enroll("alice", clips["bob"][:2])
+        b.enroll("carol", clips["carol"][:2])
+        assert [s.name for s in a.list()] == ["alice"] and [s.name for s in b.list()] == ["alice", "carol"]
+        assert a.info().n_speakers == 1 and a.info().n_utterances == 2 and b.info().n_utterances == 4
+        # Identify in A never names B's speakers, whatever the voice.
+        for voice_of in ("bob", "carol"):
+            found = a.identify([clips[voice_of][2]], top_k=5)[0]
+            assert {c.speaker for c in found.candidates} == {"alice"}
+        assert _names(b.identify([clips["carol"][2], clips["bob"][2]])) == ["carol", "alice"]
+        with pytest.raises(SpeakerNotFoundError):
+            a.show("carol")
+        assert a.verify("alice", clips["alice"][2]).accepted and b.verify("alice", clips["bob"][2]).accepted
+        # Thresholds are each gallery's own.
+        b.set_threshold(0.5)
+        assert (a.threshold, b.threshold) == (pytest.approx(0.86), 0.5)
+        # Each has its own index file, holding its own speakers only.
+        assert a.index_path != b.index_path
+        with b.store.read() as s:
+            b_ids = {sp.id for sp in store.speakers_by_name(s)}
+        a.rebuild_index(), b.rebuild_index()
+        assert set(SpeakerIndex.load(a.index_path).labels) & b_ids == set()
+        assert set(SpeakerIndex.load(b.index_path).labels) == b_ids
+        # Removing B's alice leaves A's.
+        b.remove("alice")
+        assert [s.name for s in a.list()] == ["alice"] and [s.name for s in b.list()] == ["carol"]
+        b.close()
+    # Opened by name, in a new process's way.
+    with SpeakerDB(target, embedder=FakeEmbedder(), gallery="acme") as b:
+        assert [s.name for s in b.list()] == ["carol"] and b.threshold == 0.5 and b.gallery == "acme"
+    with pytest.raises(GalleryNotFoundError, match="no gallery named 'nope'"):
+        SpeakerDB(target, embedder=FakeEmbedder(), gallery="nope")
+
+
+def test_normalisation_keys_and_audit_are_each_gallerys_own(target, clips, tmp_path):
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i in range(10):
+        write(cohort / f"c{i}.wav", voice(140.0 + 17 * i, 1.0, seed=50 + i))
+    with SpeakerDB(target, embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:2])
+        a.create_gallery("acme")
+        with a.for_gallery("acme") as b:
+            b.enroll("bob", clips["bob"][:2])
+            b.set_norm(cohort, top_n=5)
+            assert b.norm_settings is not None and b.threshold_scale == "as-norm"
+            assert a.norm_settings is None and a.threshold_scale == "cosine" and a.cohort_vectors() is None
+            assert b.identify([clips["bob"][2]])[0].score != a.identify([clips["alice"][2]])[0].score
+            # Keys: a key of one gallery is nobody in the other; the same key name may be in both.
+            key_a = a.create_key("ops", "admin").key
+            key_b = b.create_key("ops", "read").key
+            assert a.authenticate(key_a).name == "ops" and a.authenticate(key_b) is None
+            assert b.authenticate(key_b).scope == "read" and b.authenticate(key_a) is None
+            assert [k.scope for k in a.list_keys()] == ["admin"] and [k.scope for k in b.list_keys()] == ["read"]
+            with b.audited_as("ops"):
+                b.rename("bob", "robert")
+            assert [e.operation for e in b.audit()] == ["key-create", "rename"]
+            assert [e.operation for e in a.audit()] == ["gallery-create", "key-create"]
+            b.set_norm_off()
+            assert b.cohort_vectors() is None
+
+
+def test_removing_a_gallery_erases_it_and_its_index(tmp_path, clips):
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:2])
+        a.create_gallery("acme")
+        with a.for_gallery("acme") as b:
+            b.enroll("bob", clips["bob"][:2])
+            b.create_key("acme-ops", "admin")
+            b.rebuild_index()
+            index_path = b.index_path
+            with b.store.read() as s:
+                vectors = [u.embedding for u in store.speaker_by_name(s, "bob").utterances]
+            with pytest.raises(InvalidInputError, match="works in"):
+                b.remove_gallery("acme")
+        assert index_path.exists()
+        with pytest.raises(InvalidInputError, match="default gallery cannot be removed"):
+            a.remove_gallery("default")
+        gone = a.remove_gallery("acme")
+        assert (gone.name, gone.n_speakers, gone.n_keys) == ("acme", 1, 1)
+        assert [g.name for g in a.list_galleries()] == ["default"] and [s.name for s in a.list()] == ["alice"]
+        assert not index_path.exists()
+        with pytest.raises(GalleryNotFoundError):
+            a.remove_gallery("acme")
+    wal = Path(f"{path}-wal")
+    data = path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    assert not any(v in data for v in vectors)  # the embeddings are gone from the files
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT count(*) FROM settings WHERE key LIKE 'gallery/%'").fetchone() == (0,)
+    assert con.execute("SELECT count(*) FROM api_keys").fetchone() == (0,)
+    con.close()
+
+
+def test_an_old_database_is_the_default_gallery_after_the_upgrade(tmp_path):
+    from test_migrations import _Projection
+
+    old = tmp_path / "v0001.sqlite"
+    shutil.copy(FIXTURE, old)
+    assert api.upgrade_database(old) == schema.HEAD_REVISION
+    con = sqlite3.connect(old)
+    assert con.execute("SELECT id, name FROM galleries").fetchall() == [(1, "default")]
+    assert set(con.execute("SELECT DISTINCT gallery_id FROM speakers").fetchall()) == {(1,)}
+    con.close()
+    with SpeakerDB(old, embedder=_Projection()) as db:
+        assert db.gallery == "default" and db.threshold == 0.75
+        assert {s.name for s in db.list()} == {"alice", "bob", "José", "dave"}
+        db.create_gallery("second")
+        assert [(g.name, g.n_speakers) for g in db.list_galleries()] == [("default", 4), ("second", 0)]
+        with db.for_gallery("second") as other:
+            assert other.list() == [] and other.threshold == 0.75  # the model's and the database's
+    # Down again only once the other galleries are gone: nothing is merged or lost silently.
+    with pytest.raises(Exception, match="remove them first"):
+        api.downgrade_database(old, "0004")
+    with SpeakerDB(old, embedder=_Projection()) as db:
+        db.remove_gallery("second")
+    assert api.downgrade_database(old, "0004") == "0004"
+    assert api.upgrade_database(old) == schema.HEAD_REVISION
+
+
+def test_the_upgrade_keeps_ids_from_being_reused(tmp_path, clips):
+    """AUTOINCREMENT's counter survives the copy of ``speakers`` that SQLite needs."""
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        for name in ("alice", "bob", "carol"):
+            db.enroll(name, clips[name][:1])
+        db.remove("carol")  # the newest id, 3
+    assert api.downgrade_database(path, "0004") == "0004"
+    assert api.upgrade_database(path) == schema.HEAD_REVISION
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.enroll("carol", clips["carol"][:1])
+        with db.store.read() as s:
+            assert store.speaker_by_name(s, "carol").id == 4
+    con = sqlite3.connect(path)
+    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    con.close()
+    assert {"speakers_record_insert", "speakers_record_delete", "speakers_record_recentre"} <= names
+
+
+def test_the_command_line_works_in_the_gallery_it_is_told(tmp_path, clips, monkeypatch):
+    monkeypatch.setattr(api, "SpeakerDB", _fake_model(api.SpeakerDB))
+    from speakerdb.cli import cli
+
+    runner = CliRunner()
+    db = str(tmp_path / "cli.sqlite")
+
+    def run(*args: str, env: dict[str, str] | None = None):
+        return runner.invoke(cli, ["--db", db, *args], env=env, catch_exceptions=False)
+
+    assert run("enroll", "alice", str(clips["alice"][0])).exit_code == 0
+    missing = run("--gallery", "acme", "list")
+    assert missing.exit_code == 1 and "no gallery named 'acme'" in missing.output
+    assert run("galleries", "create", "acme").exit_code == 0
+    assert run("galleries", "create", "bad/name").exit_code == 1
+    assert run("--gallery", "acme", "enroll", "bob", str(clips["bob"][0])).exit_code == 0
+    assert run("list", "--gallery", "acme", "--json").output.count('"name"') == 1
+    assert json.loads(run("list", "--json", env={"SPEAKERDB_GALLERY": "acme"}).output)[0]["name"] == "bob"
+    assert json.loads(run("list", "--json").output)[0]["name"] == "alice"
+    listed = json.loads(run("galleries", "list", "--json").output)
+    assert [(g["name"], g["n_speakers"]) for g in listed] == [("default", 1), ("acme", 1)]
+    assert run("--gallery", "acme", "info", "--json").output.count('"gallery": "acme"') == 1
+    assert run("galleries", "remove", "acme", "--yes").exit_code == 0
+    assert [g["name"] for g in json.loads(run("galleries", "list", "--json").output)] == ["default"]
+
+
+def _fake_model(cls):
+    class FakeModelDB(cls):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs["embedder"] = FakeEmbedder()
+            super().__init__(*args, **kwargs)
+
+    return FakeModelDB
+
+
+def test_rows_written_in_one_gallery_carry_its_id(tmp_path, clips):
+    """The scoping is the store's: a session of gallery B adds B's rows and sees no other."""
+    with SpeakerDB(tmp_path / "db.sqlite", embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:1])
+        a.create_gallery("acme")
+        with a.for_gallery("acme") as b:
+            b.enroll("alice", clips["bob"][:1])
+            with b.store.read() as s:
+                assert {sp.gallery_id for sp in store.speakers_by_name(s)} == {b.store.gallery_id}
+                assert store.counts(s) == (1, 1)
+                ids, _ = store.centroids(s)
+                assert len(ids) == 1 and store.speaker_id_digest(s)[0] == 1
+            with a.store.read(every_gallery=True) as s:
+                assert len(store.speakers_by_name(s)) == 2
