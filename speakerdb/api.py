@@ -39,6 +39,7 @@ from .errors import (
     ConflictError,
     DatabaseError,
     EmptyDatabaseError,
+    EnrollmentRefusedError,
     GalleryNotFoundError,
     InvalidInputError,
     SpeakerExistsError,
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # for annotations only
 # Named here to stay importable from the facade (`from speakerdb.api import ...`), for users and for
 # the command line, which reaches the library through this module alone (tests/test_layout.py).
 # Schema management and copying work on databases the facade may refuse to open (storage/migrate.py).
+from .audio.decode import audio_files as audio_files
 from .config import DB_FILENAME as DB_FILENAME
 from .config import default_db_path as default_db_path
 from .config import default_home as default_home
@@ -474,6 +476,10 @@ class SpeakerDB:
             new: refuse (SpeakerExistsError) if the speaker already exists.
             metadata: JSON-serialisable key/values merged into the speaker's metadata.
             strict: refuse (EnrollmentRefusedError) instead of warning; nothing is written.
+
+        Unless ``new``, the recordings are also compared with every other enrolled speaker:
+        one whose score reaches the threshold is named in ``matches`` and ``notes`` ("this
+        voice matches alice (0.93): a typo? --new creates it anyway"); ``strict`` refuses it.
         """
         name = validate_name(name)  # NFC: the form names are stored and compared in
         if not files:
@@ -497,6 +503,11 @@ class SpeakerDB:
         strict: bool,
     ) -> EnrollResult:
         """Enrollment's writes, for clips already embedded (from files, or a live session's windows)."""
+        # Whose voice this is, unless the caller said it is a new person (--new): a typed name
+        # that should have been an enrolled speaker's is caught before it is written.
+        matches, notes = ([], []) if new else self._voice_matches(name, embedded)
+        if matches and strict:
+            raise EnrollmentRefusedError(f"enrollment of {name!r} refused (--strict): {notes[0]}; nothing written")
         with self.store.write() as s:
             self._bind_model(s)
             speaker = store.speaker_by_name(s, name)
@@ -507,7 +518,34 @@ class SpeakerDB:
             warnings = quality.review(name, existing, embedded, cosine_threshold(store.get_settings(s)), strict)
             speaker, created, added, skipped = enrollment.add_clips(s, name, speaker, embedded, metadata)
             n_utterances = len(speaker.utterances)
-        return EnrollResult(name, created, added, skipped, n_utterances, warnings)
+        return EnrollResult(name, created, added, skipped, n_utterances, warnings, matches, notes)
+
+    def _voice_matches(
+        self, name: str, clips: Sequence[pipeline.EmbeddedClip]
+    ) -> tuple[builtins.list[Candidate], builtins.list[str]]:
+        """The enrolled speaker other than ``name`` whose voice ``clips`` match best, if its score
+        (as identify scores it: the database's normalisation and threshold) reaches the
+        threshold, and the line that says so; nothing when no one else is that close.
+
+        The clips are taken together (their mean, as the centroid they would make). For a
+        speaker that exists, another is named only when it is the best match of all (closer
+        than ``name`` itself)."""
+        with self.store.read() as s:
+            if not store.has_speakers(s):
+                return [], []
+            exists = store.speaker_by_name(s, name) is not None
+        mean = np.asarray(np.mean(np.stack([c.vector for c in clips]), axis=0, dtype=np.float64))  # (dim,)
+        query = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)[None, :]  # (1, dim)
+        [candidates] = search.nearest(self.indexer, self._cohorts, query, 1 if exists else 2)
+        threshold = self.threshold
+        best = next((c for c in candidates if c.speaker != name), None)
+        if best is None or best.score < threshold:
+            return [], []
+        if exists:
+            note = f"this voice matches {best.speaker} ({best.score:.2f}) better than {name}: is it {name}'s?"
+        else:
+            note = f"this voice matches {best.speaker} ({best.score:.2f}): a typo? --new creates it anyway"
+        return [best], [note]
 
     def identify(
         self,

@@ -125,6 +125,11 @@ class EnrollResult:
     skipped: list[FileNote]
     n_utterances: int  # the speaker's utterances after this enrollment
     warnings: list[FileNote] = field(default_factory=list)
+    #: Other enrolled speakers whose voice the new recordings match (score at or above the
+    #: threshold, on the database's scale): a typed name that should have been theirs.
+    matches: list[Candidate] = field(default_factory=list)
+    #: What to tell the user about the whole enrollment, one line each ("this voice matches alice ...").
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +139,8 @@ class EnrollResult:
             "skipped": [asdict(s) for s in self.skipped],
             "n_utterances": self.n_utterances,
             "warnings": [asdict(w) for w in self.warnings],
+            "matches": [asdict(m) for m in self.matches],
+            "notes": list(self.notes),
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,6 +272,7 @@ def test_unknown_names_through_the_real_service(tmp_path_factory, tiny_checkpoin
     with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
         db.enroll("alice", [write(d / "alice.wav", voice(210.0))])
         key = db.create_key("k-read", "read").key
+        write_key = db.create_key("k-write", "write").key
     (d / "tmp").mkdir()
     srv = Server(db_path, tiny_checkpoint, d / "server.log", "--tmp-dir", str(d / "tmp")).start()
     try:
@@ -282,6 +284,109 @@ def test_unknown_names_through_the_real_service(tmp_path_factory, tiny_checkpoin
             cli, ["--server", srv.url, "show", "alcie", "--json"], catch_exceptions=False
         )
         assert json_error(r, "speaker_not_found") == "no speaker named 'alcie' (did you mean 'alice'?)"
+        # A voice that is already alice's, enrolled under another name: the service's answer says so.
+        writer = Client(srv.url, write_key, retries=0)
+        typo = writer.enroll("alcie", [d / "alice.wav"])
+        assert typo.created and typo.matches[0].speaker == "alice"
+        assert typo.notes[0].startswith("this voice matches alice (1.00)")
+        with pytest.raises(errors.EnrollmentRefusedError):
+            writer.enroll("alcia", [d / "alice.wav"], strict=True)
+        assert {s.name for s in writer.list()} == {"alice", "alcie"}
     finally:
         assert srv.stop() in (0, -signal.SIGTERM)
     assert "Traceback" not in srv.log.read_text()
+
+
+# ---- item 1: a voice that is already someone's --------------------------------------------------
+TYPO = "this voice matches alice ({score}): a typo? --new creates it anyway"
+
+
+def test_enroll_warns_when_the_voice_is_another_speakers(tmp_path, voices):
+    from speakerdb import SpeakerDB
+
+    with SpeakerDB(tmp_path / "typo.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", [voices["alice"][0]])
+        db.enroll("bob", [voices["bob"][0]])
+        assert db.enroll("carol", [voices["carol"][0]]).notes == []  # a voice nobody has
+        assert db.enroll("alice", [voices["alice"][2]]).notes == []  # more of alice's own voice
+        # A recording of alice added to bob: alice is named, being closer than bob himself.
+        assert db.enroll("bob", [voices["alice"][1]]).notes[0].startswith("this voice matches alice (")
+        assert db.enroll("bob", [voices["alice"][1]]).notes[0].endswith(") better than bob: is it bob's?")
+        db.remove("bob")
+        typo = db.enroll("alcie", [voices["alice"][1]])
+        [match] = typo.matches
+        assert match.speaker == "alice" and match.score >= db.threshold
+        assert typo.notes == [TYPO.format(score=f"{match.score:.2f}")]
+        assert typo.to_dict()["notes"] == typo.notes and typo.to_dict()["matches"][0]["speaker"] == "alice"
+        assert typo.created  # a warning, not a refusal
+        assert db.enroll("alisa", [voices["alice"][2]], new=True).notes == []  # --new: a new person who sounds alike
+        before = {s.name for s in db.list()}
+        with pytest.raises(errors.EnrollmentRefusedError) as e:
+            db.enroll("alcia", [voices["alice"][1]], strict=True)
+        assert "this voice matches al" in str(e.value) and str(e.value).endswith("; nothing written")
+        assert {s.name for s in db.list()} == before
+
+
+def test_cli_enroll_voice_match_on_stderr_json_and_strict(run, voices):
+    assert run("enroll", "alice", voices["alice"][0]).exit_code == 0
+    r = run("enroll", "alcie", voices["alice"][1])
+    assert r.exit_code == 0 and r.stdout.startswith("created alcie: 1 utterance(s) added")
+    [line] = [x for x in r.stderr.splitlines() if "matches" in x]
+    assert line.startswith("warning: this voice matches alice (") and line.endswith("a typo? --new creates it anyway")
+    doc = json.loads(run("enroll", "alcia", voices["alice"][1], "--json").stdout)
+    match = doc["matches"][0]["speaker"]  # alice, or alcie: the same voice now
+    assert match in {"alice", "alcie"} and doc["notes"][0].startswith(f"this voice matches {match} (")
+    quiet = run("enroll", "alisa", voices["alice"][2], "--new")
+    assert quiet.exit_code == 0 and "matches" not in quiet.stderr
+    refused = run("enroll", "alize", voices["alice"][1], "--strict", "--json")
+    assert "this voice matches al" in json_error(refused, "enrollment_refused")
+    assert "alize" not in run("list").stdout
+
+
+# ---- item 4: folders ------------------------------------------------------------------------------
+@pytest.fixture
+def folders(tmp_path) -> Path:
+    """ROOT/<speaker>/... : alice with a nested folder and a stray text file, bob, and an empty folder."""
+    root = tmp_path / "people"
+    for name, f0 in [("alice", 210.0), ("bob", 110.0)]:
+        (root / name / "day2").mkdir(parents=True)
+        write(root / name / "b.wav", voice(f0, 2.0, seed=1))
+        write(root / name / "day2" / "a.flac", voice(f0, 2.0, seed=2))
+        write(root / name / "A.WAV", voice(f0, 2.0, seed=3))
+        (root / name / "notes.txt").write_text("not audio")
+    (root / "empty").mkdir()
+    return root
+
+
+def test_enroll_a_folder_takes_its_recordings_sorted_and_recursively(run, folders):
+    r = run("enroll", "alice", folders / "alice", "--json")
+    assert r.exit_code == 0, r.stderr
+    sources = [u["source"] for u in json.loads(r.stdout)["added"]]
+    assert sources == [str(folders / "alice" / p) for p in ("A.WAV", "b.wav", "day2/a.flac")]
+    empty = run("enroll", "nobody", folders / "empty")
+    assert empty.exit_code == 1 and "no recordings under" in empty.stderr
+
+
+def test_enroll_each_folder_one_speaker_per_sub_folder(run, folders):
+    r = run("enroll", "--each-folder", folders)
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["speaker", "result", "added", "skipped", "warnings", "utterances"]
+    assert lines[1].split() == ["alice", "created", "3", "0", "0", "3"]
+    assert lines[2].split() == ["bob", "created", "3", "0", "0", "3"]
+    assert lines[-1] == "2 speaker(s) enrolled, 0 failed"
+    assert "empty: no recordings in it" in r.stderr
+    # Again, with --json and one folder that fails: the others go on, the exit code says it.
+    (folders / "carol").mkdir()
+    write(folders / "carol" / "c.wav", voice(310.0, 2.0))
+    (folders / "carol" / "broken.wav").write_bytes(b"RIFF not really")
+    again = run("enroll", "--each-folder", folders, "--json")
+    assert again.exit_code == 1
+    docs = json.loads(again.stdout)
+    assert [d["speaker"] for d in docs] == ["alice", "bob", "carol"]
+    assert [d["skipped"] and len(d["skipped"]) for d in docs[:2]] == [3, 3]  # the same audio: skipped
+    assert docs[2]["folder"] == str(folders / "carol") and "broken.wav" in docs[2]["error"]
+    assert "Error: carol: " in again.stderr
+    assert "carol" not in run("list").stdout
+    usage = run("enroll", "alice", "--each-folder", folders)
+    assert usage.exit_code == 2 and "give no NAME" in usage.stderr

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import AudioError, EnrollmentRefusedError, InvalidInputError, SpeakerExistsError
+from ..results import EnrollResult
 from .output import (
     confirm,
     cosine_note,
@@ -29,49 +33,183 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
 
 
 @click.command()
-@click.argument("name", callback=speaker_name)
-@click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--new", is_flag=True, help="Refuse if NAME is already enrolled instead of adding to it.")
+@click.argument("name", required=False, callback=speaker_name)
+@click.argument("files", nargs=-1, type=click.Path())
+@click.option(
+    "--each-folder",
+    metavar="ROOT",
+    type=click.Path(exists=True, file_okay=False),
+    help="Enroll one speaker per sub-folder of ROOT, named after it, from the recordings below it (no NAME, FILES).",
+)
+@click.option(
+    "--new",
+    is_flag=True,
+    help="NAME is a new speaker: refuse if it is enrolled already, and do not warn when its voice matches another's.",
+)
 @click.option(
     "--meta", "meta", multiple=True, metavar="KEY=VALUE", help="Metadata to store with the speaker (repeatable)."
 )
 @click.option(
     "--strict",
     is_flag=True,
-    help="Refuse clips with too little speech or a voice unlike the others, instead of warning.",
+    help="Refuse clips with too little speech or a voice unlike the others, and a voice that matches "
+    "another enrolled speaker, instead of warning.",
 )
 @json_option
 @click.pass_obj
 def enroll(
-    state: State, name: str, files: tuple[str, ...], new: bool, meta: tuple[str, ...], strict: bool, as_json: bool
+    state: State,
+    name: str | None,
+    files: tuple[str, ...],
+    each_folder: str | None,
+    new: bool,
+    meta: tuple[str, ...],
+    strict: bool,
+    as_json: bool,
 ) -> None:
-    """Enroll speaker NAME from one or more recordings, or add recordings to NAME.
+    """Enroll speaker NAME from one or more recordings or folders, or add them to NAME.
 
-    Every file is checked and embedded before anything is written: one bad file and
-    nothing changes. Audio already enrolled for NAME is skipped with a note. A clip
-    with less than a second of speech, or whose voice scores below the threshold
-    against NAME's other clips, gets a warning (with --strict: a refusal).
+    A folder stands for every recording below it (.wav, .flac, .mp3, ... as `evaluate`
+    reads them), sorted. Every file is checked and embedded before anything is written:
+    one bad file and nothing changes. Audio already enrolled for NAME is skipped with a
+    note. A clip with less than a second of speech, or whose voice scores below the
+    threshold against NAME's other clips, gets a warning; so does a voice that reaches
+    the threshold against another enrolled speaker ("this voice matches alice (0.93): a
+    typo?"; --new for a new person who sounds alike). --strict refuses instead.
+
+    --each-folder ROOT enrolls ROOT/<name>/... as speaker <name>, one speaker after the
+    other, and prints a summary table (--json: a list with one object per speaker, or
+    {"speaker", "folder", "error"}); a speaker that fails does not stop the others, and
+    the exit code is 1 if any failed.
 
     \b
     Examples:
       speakerdb enroll alice alice1.flac alice2.flac
-      speakerdb enroll bob bob.wav --new --meta team=sales
+      speakerdb enroll bob recordings/bob/ --new --meta team=sales
+      speakerdb enroll --each-folder recordings/ --json
     """
     metadata = parse_meta(meta)
+    if each_folder is not None:
+        if name is not None:
+            raise click.UsageError("--each-folder names each speaker after its folder: give no NAME or FILES")
+        return _enroll_each_folder(state, each_folder, new, metadata, strict, as_json)
+    if name is None or not files:
+        raise click.UsageError(f"Missing argument '{'FILES...' if name else 'NAME'}'.")
+    paths = _recordings(files)
     state.allow_create()
-    with progress(f"enrolling {name}", len(files), as_json) as update:
-        result = state.db.enroll(name, list(files), new=new, metadata=metadata, strict=strict, progress=update)
+    with progress(f"enrolling {name}", len(paths), as_json) as update:
+        result = state.db.enroll(name, paths, new=new, metadata=metadata, strict=strict, progress=update)
     for skipped in result.skipped:
         note("note: skipped", skipped.source, skipped.reason)
     for warning in result.warnings:
         note("warning:", warning.source, warning.reason)
+    for line in result.notes:
+        click.echo(f"warning: {printable(line)}", err=True)
+    emit(as_json, result.to_dict(), _enrolled(result, bool(metadata)))
+
+
+def _enrolled(result: EnrollResult, metadata: bool) -> str:
+    """One enrollment's line: "created alice: 2 utterance(s) added, 0 skipped, 2 in all"."""
     verb = "created" if result.created else "updated" if result.added or metadata else "unchanged"
-    emit(
-        as_json,
-        result.to_dict(),
+    return (
         f"{verb} {result.speaker}: {len(result.added)} utterance(s) added, "
-        f"{len(result.skipped)} skipped, {result.n_utterances} in all",
+        f"{len(result.skipped)} skipped, {result.n_utterances} in all"
     )
+
+
+def _recordings(files: tuple[str, ...]) -> list[str]:
+    """The files as given, each folder replaced by the recordings below it (sorted); a folder
+    with none is an error before anything is read."""
+    from ..api import audio_files  # numpy and SQLAlchemy, loaded by the command's database anyway
+
+    paths: list[str] = []
+    for f in files:
+        if not os.path.isdir(f):
+            paths.append(f)
+            continue
+        found = audio_files(f)
+        if not found:
+            raise InvalidInputError(f"no recordings under {f} (looked for {', '.join(sorted(AUDIO_NAMES))})")
+        paths += [str(p) for p in found]
+    return paths
+
+
+#: Recording extensions, as the error for an empty folder lists them (audio.AUDIO_SUFFIXES).
+AUDIO_NAMES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".webm", ".aiff")
+
+#: Errors that concern one speaker's folder of --each-folder: the others go on.
+_ONE_FOLDER = (AudioError, EnrollmentRefusedError, SpeakerExistsError, InvalidInputError)
+
+
+def _folder_error(root: str, folder: str, reason: str) -> dict[str, str]:
+    """--each-folder --json's entry for a speaker whose enrollment failed."""
+    return {"speaker": folder, "folder": str(Path(root) / folder), "error": reason}
+
+
+def _enroll_each_folder(
+    state: State, root: str, new: bool, metadata: dict[str, str], strict: bool, as_json: bool
+) -> None:
+    """``enroll --each-folder ROOT``: one enrollment per sub-folder, a summary table at the end."""
+    from ..api import audio_files  # numpy and SQLAlchemy, loaded by the command's database anyway
+
+    folders = [(d.name, audio_files(d)) for d in sorted(Path(root).iterdir()) if d.is_dir()]
+    for folder, found in folders:
+        if not found:
+            note("note: skipped", str(Path(root) / folder), "no recordings in it")
+    folders = [(folder, found) for folder, found in folders if found]
+    if not folders:
+        raise InvalidInputError(f"no sub-folder of {root} holds recordings (ROOT/<speaker>/<recordings>)")
+    state.allow_create()
+    results: list[EnrollResult | tuple[str, str]] = []
+    total = sum(len(found) for _, found in folders)
+    with progress("enrolling", total, as_json) as update:
+        done, seconds = 0, 0.0
+        for folder, found in folders:
+            offset, before = done, seconds
+
+            def step(n: int, _total: int, s: float, offset: int = offset, before: float = before) -> None:
+                if update is not None:
+                    update(offset + n, total, before + s)
+
+            try:
+                one = state.db.enroll(
+                    folder, [str(p) for p in found], new=new, metadata=metadata, strict=strict, progress=step
+                )
+                results.append(one)
+                seconds += sum(u.duration_s for u in one.added)
+                for line in one.notes:
+                    note("warning:", folder, line)
+            except _ONE_FOLDER as e:
+                results.append((folder, str(e)))
+            done += len(found)
+            if update is not None:
+                update(done, total, seconds)
+    failed = [r for r in results if isinstance(r, tuple)]
+    if as_json:
+        emit(
+            True,
+            [r.to_dict() if not isinstance(r, tuple) else _folder_error(root, *r) for r in results],
+            "",
+        )
+    else:
+        width = max(len("speaker"), *(len(r[0] if isinstance(r, tuple) else r.speaker) for r in results))
+        lines = [f"{'speaker':<{width}}  result     added  skipped  warnings  utterances"]
+        for r in results:
+            if isinstance(r, tuple):
+                lines.append(f"{printable(r[0]):<{width}}  failed (see below)")
+                continue
+            verb = "created" if r.created else "updated" if r.added or metadata else "unchanged"
+            lines.append(
+                f"{printable(r.speaker):<{width}}  {verb:<9}  {len(r.added):>5}  {len(r.skipped):>7}  "
+                f"{len(r.warnings) + len(r.notes):>8}  {r.n_utterances:>10}"
+            )
+        ok = len(results) - len(failed)
+        lines.append(f"{ok} speaker(s) enrolled, {len(failed)} failed")
+        emit(False, None, "\n".join(lines))
+    for folder, reason in failed:
+        click.echo(f"Error: {printable(folder)}: {printable(reason)}", err=True)
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 @click.command()

@@ -268,6 +268,8 @@ class Client:
             [FileNote(**s) for s in doc["skipped"]],
             doc["n_utterances"],
             [FileNote(**w) for w in doc["warnings"]],
+            [_make(Candidate, m) for m in doc.get("matches", [])],  # absent from an older service
+            list(doc.get("notes", [])),
         )
 
     def verify(self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None) -> Verification:

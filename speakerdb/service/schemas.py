@@ -45,6 +45,8 @@ EXAMPLE_ENROLL = {
     "skipped": [],
     "n_utterances": 1,
     "warnings": [],
+    "matches": [],
+    "notes": [],
 }
 EXAMPLE_TIMELINE = [
     {
