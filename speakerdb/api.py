@@ -33,7 +33,7 @@ from .audio import pcm, vad
 from .audio.decoded import Decoded
 from .config import check_max_audio_s, db_target, gallery_name
 from .embedding import binding, pipeline
-from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
+from .embedding.models import Embedder, default_threshold_for, load_embedder
 from .errors import (
     AudioError,
     ConflictError,
@@ -89,6 +89,11 @@ from .config import DB_FILENAME as DB_FILENAME
 from .config import default_db_path as default_db_path
 from .config import default_home as default_home
 from .config import default_index_dir as default_index_dir
+from .embedding.hub import CachedModel as CachedModel
+from .embedding.hub import cached_models as cached_models
+from .embedding.hub import download_model as download_model
+from .embedding.hub import model_cache_dir as model_cache_dir
+from .embedding.models import DEFAULT_MODEL as DEFAULT_MODEL
 from .errors import ModelMismatchError as ModelMismatchError
 from .errors import SpeakerDBError as SpeakerDBError
 from .errors import check_output as check_output_path
@@ -536,7 +541,11 @@ class SpeakerDB:
             exists = store.speaker_by_name(s, name) is not None
         mean = np.asarray(np.mean(np.stack([c.vector for c in clips]), axis=0, dtype=np.float64))  # (dim,)
         query = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)[None, :]  # (1, dim)
-        [candidates] = search.nearest(self.indexer, self._cohorts, query, 1 if exists else 2)
+        k = 1 if exists else 2
+        if self.indexer.available():
+            [candidates] = search.nearest(self.indexer, self._cohorts, query, k)
+        else:  # building the index here would save a file that this enrollment makes stale at once
+            candidates = search.nearest_without_index(self.store, self._cohorts, query[0], k)
         threshold = self.threshold
         best = next((c for c in candidates if c.speaker != name), None)
         if best is None or best.score < threshold:

@@ -313,6 +313,11 @@ def test_enroll_warns_when_the_voice_is_another_speakers(tmp_path, voices):
         assert db.enroll("bob", [voices["alice"][1]]).notes[0].startswith("this voice matches alice (")
         assert db.enroll("bob", [voices["alice"][1]]).notes[0].endswith(") better than bob: is it bob's?")
         db.remove("bob")
+        # Until now no index existed (the check scored the store's centroids, building no file);
+        # from here the index that identify built answers it.
+        assert not db.indexer.available()
+        db.identify([voices["carol"][1]])
+        assert db.indexer.available()
         typo = db.enroll("alcie", [voices["alice"][1]])
         [match] = typo.matches
         assert match.speaker == "alice" and match.score >= db.threshold
@@ -390,3 +395,108 @@ def test_enroll_each_folder_one_speaker_per_sub_folder(run, folders):
     assert "carol" not in run("list").stdout
     usage = run("enroll", "alice", "--each-folder", folders)
     assert usage.exit_code == 2 and "give no NAME" in usage.stderr
+
+
+# ---- item 8: getting the model onto an offline machine ----------------------------------------------
+def _fake_hub_cache(root: Path) -> int:
+    """A Hugging Face cache as huggingface_hub lays it out: one model, two files; returns their bytes."""
+    repo = root / "models--acme--tiny-sv"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "blobs").mkdir()
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    sizes = 0
+    for name, body in [("config.json", b"{}" * 10), ("model.safetensors", b"\0" * 3000)]:
+        blob = repo / "blobs" / f"etag-{name}"
+        blob.write_bytes(body)
+        (repo / "snapshots" / commit / name).symlink_to(f"../../blobs/etag-{name}")
+        sizes += len(body)
+    return sizes
+
+
+def test_model_list_shows_the_cache_and_sizes(tmp_path, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    empty = runner.invoke(cli, ["model", "list"], catch_exceptions=False)
+    assert empty.exit_code == 0 and empty.stdout.startswith("no models in the Hugging Face cache ")
+    size = _fake_hub_cache(tmp_path / "hub")
+    r = runner.invoke(cli, ["model", "list", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    [m] = json.loads(r.stdout)
+    assert (m["model"], m["size_bytes"], m["files"], m["revisions"]) == ("acme/tiny-sv", size, 2, 1)
+    text = runner.invoke(cli, ["model", "list"], catch_exceptions=False).stdout
+    assert text.startswith("acme/tiny-sv") and " MB " in text and "2 files" in text
+
+
+def test_model_download_offline_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(cli, ["model", "download", "--json"], catch_exceptions=False)
+    message = json_error(r, "model_unavailable")
+    assert "'microsoft/wavlm-base-plus-sv'" in message and "HF_HUB_OFFLINE is set" in message
+    assert "speakerdb model download microsoft/wavlm-base-plus-sv --to DIR" in message
+    assert "speakerdb model list" in message
+
+
+def test_model_download_fetches_into_a_folder_or_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def snapshot_download(repo_id, *, cache_dir=None, local_dir=None, allow_patterns=None, **kwargs):
+        calls.append((repo_id, cache_dir, local_dir, allow_patterns))
+        where = Path(local_dir) if local_dir is not None else Path(cache_dir) / "models--x" / "snapshots" / "c"
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "config.json").write_text("{}")
+        return str(where)
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["model", "download", "acme/tiny-sv", "--to", tmp_path / "carry"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.strip() == f"downloaded acme/tiny-sv to {tmp_path / 'carry'}: use --model {tmp_path / 'carry'}"
+    assert calls[-1][0] == "acme/tiny-sv" and calls[-1][2] == tmp_path / "carry" and "*.json" in calls[-1][3]
+    doc = json.loads(runner.invoke(cli, ["model", "download", "--json"], catch_exceptions=False).stdout)
+    assert doc["model"] == "microsoft/wavlm-base-plus-sv" and calls[-1][1] == tmp_path / "hub"  # the cache
+    assert (Path(doc["path"]) / "config.json").is_file()
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Connection refused\nretrying...")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
+    failed = runner.invoke(cli, ["model", "download"], catch_exceptions=False)
+    assert failed.exit_code == 1 and "(Connection refused). On a machine with network run" in failed.stderr
+
+
+def test_the_offline_load_error_names_both_model_commands(monkeypatch):
+    from speakerdb.embedding.models import load_embedder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(errors.ModelLoadError) as e:
+        load_embedder("acme/not-here-sv")
+    assert "`speakerdb model download acme/not-here-sv --to DIR`" in str(e.value)
+    assert "`speakerdb model list`" in str(e.value)
+
+
+# ---- item 6: PostgreSQL URLs as the user typed them -------------------------------------------------
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "postgres://bob:s3cret-pw@127.0.0.1:1/speakers?application_name=a%20b",
+        "postgresql://bob:s3cret-pw@127.0.0.1:1/speakers?connect_timeout=2&sslpassword=s3cret-pw",
+    ],
+)
+def test_messages_show_the_url_as_typed_without_its_password(typed):
+    r = CliRunner().invoke(cli, ["--db", typed, "info", "--json"], catch_exceptions=False)
+    message = json_error(r, "database_error")
+    shown = typed.replace(":s3cret-pw@", ":***@").replace("sslpassword=s3cret-pw", "sslpassword=***")
+    assert message.startswith(f"{shown} cannot be opened as a database: "), message
+    assert "s3cret" not in r.stdout + r.stderr and "psycopg" not in r.stdout + r.stderr
+
+
+def test_db_help_names_urls():
+    text = CliRunner().invoke(cli, ["--help"]).stdout
+    assert "--db FILE_OR_URL" in text and "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME" in text
+    assert "FILE_OR_URL" in CliRunner().invoke(cli, ["list", "--help"]).stdout

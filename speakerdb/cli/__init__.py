@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import DB_ENV, GALLERY_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key, db_target
 from ..errors import InvalidInputError, SpeakerDBError
 from ..service.client import Client
-from . import analysis, database, live, service, speakers
+from . import analysis, database, live, models, service, speakers
 from .output import Group, log_warnings_to_stderr
 
 if TYPE_CHECKING:
@@ -150,8 +150,11 @@ class State:
     "--db",
     envvar=DB_ENV,
     type=click.Path(dir_okay=False),
-    help="SQLite database file [env SPEAKERDB_DB; default: speakerdb.sqlite in $SPEAKERDB_HOME "
-    "or the platform's app-data directory]. The FAISS index is kept beside it as DB.faiss.",
+    metavar="FILE_OR_URL",
+    help="SQLite database file, or PostgreSQL server URL postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME "
+    "(docs/postgresql.md) [env SPEAKERDB_DB; default: speakerdb.sqlite in $SPEAKERDB_HOME "
+    "or the platform's app-data directory]. The FAISS index is kept beside a file as DB.faiss. "
+    "Messages show a URL as typed, its password as ***.",
 )
 @click.option(
     "--model",
@@ -217,7 +220,14 @@ def cli(
     ctx.call_on_close(state.close)
 
 
-for _command in (*speakers.COMMANDS, *analysis.COMMANDS, *live.COMMANDS, *database.COMMANDS, *service.COMMANDS):
+for _command in (
+    *speakers.COMMANDS,
+    *analysis.COMMANDS,
+    *live.COMMANDS,
+    *database.COMMANDS,
+    *models.COMMANDS,
+    *service.COMMANDS,
+):
     cli.add_command(_command)
 
 
@@ -242,7 +252,8 @@ def _global_options() -> list[click.Option]:
         click.Option(
             ["--db"],
             type=click.Path(dir_okay=False),
-            help="SQLite database file (same as before the command).",
+            metavar="FILE_OR_URL",
+            help="SQLite database file or postgresql:// URL (same as before the command).",
             **common,
         ),
         click.Option(["--model"], metavar="ID_OR_DIR", help="Embedding model (same as before the command).", **common),

@@ -501,8 +501,9 @@ def _load_transformers_model(name: str):
     raise ModelLoadError(
         f"cannot load model {name!r}: it is not in the local Hugging Face cache and could not be "
         f"fetched from the hub ({reason}). On a machine with network run "
-        f"`hf download {name} --local-dir DIR`, copy DIR here and pass --model DIR "
-        f"(or set SPEAKERDB_MODEL=DIR), or use the pretrained GE2E encoder that needs no download: "
+        f"`speakerdb model download {name} --to DIR`, copy DIR here and pass --model DIR "
+        f"(or set SPEAKERDB_MODEL=DIR); `speakerdb model list` shows what this machine's cache holds. "
+        f"Or use the pretrained GE2E encoder that needs no download: "
         f"--model resemblyzer; see the README, 'Models and offline machines'"
     )
 

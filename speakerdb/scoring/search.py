@@ -44,6 +44,25 @@ def nearest(indexer: IndexKeeper, cohorts: CohortCache, queries: np.ndarray, top
     return rows
 
 
+def nearest_without_index(db: store.Store, cohorts: CohortCache, query: np.ndarray, top_k: int) -> list[Candidate]:
+    """:func:`nearest` for one query (dim,), computed on the store's centroids instead of the
+    index: for a process that has no index and must not build (and save) one for one search
+    (enroll's voice check, before its own commit would leave that file behind at once)."""
+    with db.read() as s:
+        settings = store.get_settings(s)
+        ids, vectors = store.centroids(s)
+        if not len(ids):
+            return []
+        raw = norm.raw_scores(query, vectors)  # (n,)
+        k = max(top_k, NORM_SHORTLIST) if stored.norm(settings) is not None else top_k
+        shortlist = np.argsort(-raw, kind="stable")[:k]
+        found = ids[shortlist]
+        final = cohorts.normalise(s, settings, query, found, raw[shortlist])
+        rank = np.argsort(-final, kind="stable")[:top_k]
+        names = store.names_and_centroids(s, [int(found[r]) for r in rank])
+        return [Candidate(names[int(found[r])][0], float(final[r]), float(raw[shortlist][r])) for r in rank]
+
+
 def identifications(
     indexer: IndexKeeper,
     cohorts: CohortCache,

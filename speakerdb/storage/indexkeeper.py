@@ -65,6 +65,10 @@ class IndexKeeper:
         self.heal()
 
     # ---- reading ----------------------------------------------------------------------------
+    def available(self) -> bool:
+        """Whether a search needs no build: an index is in memory, or a file is there to load."""
+        return self._index is not None or index_files.file_identity(self.path) is not None
+
     @contextmanager
     def snapshot(self) -> Iterator[tuple[Any, SpeakerIndex]]:
         """A read session and the index at exactly that session's generation."""

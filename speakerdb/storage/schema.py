@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 
 from ..errors import DatabaseError, SchemaOutdatedError, SchemaTooNewError
-from .urls import display_url, redact
+from .urls import engine_name, redact
 
 #: The newest revision in migrations/versions. A test checks it equals Alembic's head.
 HEAD_REVISION = "0005"
@@ -168,6 +168,4 @@ def _initialise_file(engine: Engine) -> None:
 
 
 def _path(engine: Engine) -> str:
-    if engine.dialect.name == "sqlite":
-        return str(engine.url.database)
-    return display_url(engine.url.render_as_string(hide_password=False))
+    return engine_name(engine)

@@ -89,7 +89,7 @@ from ..errors import (
 )
 from ..results import iso, parse_iso  # noqa: F401  (times as the results write them; kept here)
 from . import schema
-from .urls import MASK, SECRET_URL_PARAMS, display_url, redact  # noqa: F401  (kept importable from here)
+from .urls import MASK, SECRET_URL_PARAMS, display_url, redact, remember_typed  # noqa: F401  (kept importable from here)
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
 MAX_NAME_LENGTH = 200  # characters
@@ -1163,6 +1163,7 @@ def open_server_engine(url: str) -> Engine:
     except ImportError:
         raise DatabaseError("PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'") from None
     engine = create_engine(parsed, future=True, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    remember_typed(engine, url)  # messages name it as typed, not by the driver's scheme
     given = {k.lower(): v for k, v in parsed.query.items()}
     # Settings the URL already makes (options=-c lock_timeout=...) are the operator's: kept.
     chosen = str(given.get("options", ""))

@@ -7,11 +7,12 @@ target is a URL at all is decided in :mod:`speakerdb.config`.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote_plus, unquote, unquote_plus
+import weakref
+from urllib.parse import unquote, unquote_plus
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import Engine, make_url
 
-__all__ = ["MASK", "SECRET_URL_PARAMS", "display_url", "redact"]
+__all__ = ["MASK", "SECRET_URL_PARAMS", "display_url", "engine_name", "redact", "remember_typed"]
 
 #: Query parameters of a libpq URL that hold a secret (``password``, ``sslpassword``) or name
 #: the file that holds one (``passfile``, ``sslkey``: where the secrets of a server live is
@@ -26,12 +27,13 @@ _SECRET_IN_TEXT = re.compile(
 
 
 def display_url(url: str) -> str:
-    """The URL as it may be shown and logged: any secret hidden.
+    """The URL as it may be shown and logged: as the user typed it (its scheme, its escapes,
+    the order of its parameters), with any secret hidden.
 
     The password of ``user:password@`` and the values of :data:`SECRET_URL_PARAMS` in the
-    query become ``***``, in a URL that SQLAlchemy can parse and in one it cannot (several
-    hosts, a port that is not a number): this is the one place a database URL is made
-    fit to be shown, in ``info``, in error messages, in logs and in the service's answers.
+    query become ``***``, whether or not SQLAlchemy can parse the URL (several hosts, a port
+    that is not a number): this is the one place a database URL is made fit to be shown, in
+    ``info``, in error messages, in logs and in the service's answers.
     """
 
     def mask_query(query: str) -> str:
@@ -42,38 +44,35 @@ def display_url(url: str) -> str:
         return "&".join(out)
 
     url = str(url)
-    try:
-        parsed = make_url(url)
-        # A password holding an unescaped "@" ends at its first "@": the rest would read as host.
-        host = parsed.host.rsplit("@", 1)[-1] if parsed.host else parsed.host
-        shown = URL.create(
-            parsed.drivername,
-            parsed.username,
-            "" if parsed.password is not None else None,
-            host,
-            parsed.port,
-            parsed.database,
-        ).render_as_string(hide_password=True)
-        pairs = [
-            (k, v) for k, values in parsed.query.items() for v in ((values,) if isinstance(values, str) else values)
-        ]
-        if pairs:
-            shown += "?" + "&".join(
-                f"{quote_plus(k)}={MASK if k.strip().lower() in SECRET_URL_PARAMS else quote_plus(v)}" for k, v in pairs
-            )
-        return shown
-    except Exception:  # noqa: BLE001, S110  (whatever SQLAlchemy cannot parse is handled below)
-        pass
-    # Unparseable: everything up to the last "@" is a user and maybe a password; show the user only.
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep:  # a libpq "key=value" string
         return _SECRET_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", url)
     if "@" in rest:
+        # Everything up to the last "@" is a user and maybe a password (one holding an unescaped
+        # "@" included): the user is shown, the password never.
         userinfo, rest = rest.rsplit("@", 1)
         user, colon, _ = userinfo.partition(":")
         rest = f"{user}{':' + MASK if colon else ''}@{rest}"
     head, question, query = rest.partition("?")
     return f"{scheme}://{head}{question}{mask_query(query)}"
+
+
+#: The URL each server engine was made from, as the user typed it: messages show its scheme
+#: (``postgresql://``, ``postgres://``), not the driver's ``postgresql+psycopg://`` the engine uses.
+_TYPED: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
+
+
+def remember_typed(engine: Engine, url: str) -> None:
+    """Remember that ``engine`` was opened for ``url`` as typed (see :func:`engine_name`)."""
+    _TYPED[engine] = url
+
+
+def engine_name(engine: Engine) -> str:
+    """How messages name ``engine``'s database: its SQLite file, or its server URL as the user
+    typed it, secrets hidden (:func:`display_url`)."""
+    if engine.dialect.name == "sqlite":
+        return str(engine.url.database)
+    return display_url(_TYPED.get(engine) or engine.url.render_as_string(hide_password=False))
 
 
 def redact(message: object, url: str | None = None) -> str:
