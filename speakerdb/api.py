@@ -50,6 +50,7 @@ from .results import (
     AuditEntry,
     CopySummary,
     DatabaseInfo,
+    EncryptionSummary,
     EnrollResult,
     ExportSummary,
     GalleryInfo,
@@ -69,7 +70,7 @@ from .results import (
 from .scoring import cohort as cohorts
 from .scoring import evaluate, norm, quality, search
 from .scoring.thresholds import check_threshold, cosine_threshold
-from .storage import enrollment, gallery, keys, migrate, paths, schema, store
+from .storage import atomic, crypto, enrollment, gallery, keys, migrate, paths, schema, store
 from .storage import index as index_files
 from .storage import settings as stored
 from .storage.gallery import Gallery as GalleryFile  # a file's contents: the name `gallery` is the tenant's here
@@ -108,6 +109,7 @@ from .scoring.norm import AS_NORM as AS_NORM
 from .scoring.norm import AS_NORM_RANGE as AS_NORM_RANGE
 from .scoring.quality import MIN_SPEECH_S as MIN_SPEECH_S
 from .scoring.search import NORM_SHORTLIST as NORM_SHORTLIST
+from .storage.crypto import KeySource as KeySource
 from .storage.migrate import SQLITE_HEADER as SQLITE_HEADER
 from .storage.migrate import database_revision as database_revision
 from .storage.migrate import downgrade_database as downgrade_database
@@ -189,6 +191,9 @@ class SpeakerDB:
         gallery: the gallery (a separate set of speakers, thresholds, normalisation, keys and
             audit in the same database: a tenant) to work in. Default: ``$SPEAKERDB_GALLERY``,
             else ``default``, the gallery every database has. See :meth:`create_gallery`.
+        key: where the key of an encrypted database comes from (:class:`KeySource`: a file
+            or a command). Default: ``$SPEAKERDB_KEY_FILE``, else ``$SPEAKERDB_KEY_COMMAND``;
+            a new database opened with a key is encrypted (docs/security.md).
     """
 
     #: The SQLite file, or the server URL as shown (with any password as ***).
@@ -205,6 +210,7 @@ class SpeakerDB:
         create: bool = True,
         max_audio_s: float | None = None,
         gallery: str | None = None,
+        key: KeySource | None = None,
     ) -> None:
         self._model = model
         self._device = device
@@ -213,8 +219,8 @@ class SpeakerDB:
         #: The longest recording this database decodes; None: the environment's or the default,
         #: read by the decoder when it runs (see config.max_audio_s).
         self.max_audio_s = _check_max_audio_s(max_audio_s)
-        # file or server URL: config decides
-        opened = paths.open_database(db_target(db_path), create, gallery_name(gallery))
+        # file or server URL: config decides; an encrypted database needs its key (default: the environment's)
+        opened = paths.open_database(db_target(db_path), create, gallery_name(gallery), key)
         self.db_path = opened.db_path
         #: What to open this database with again (another process, a service worker).
         self.target: str | Path = opened.target
@@ -807,6 +813,7 @@ class SpeakerDB:
             threshold_scale=stored.scale(settings),
             norm=stored.norm(settings),
             gallery=self.gallery,
+            encrypted=self.store.encrypted,
         )
 
     def export(
@@ -819,6 +826,24 @@ class SpeakerDB:
         An existing file is replaced only with ``overwrite``; the output path is checked
         before anything is read.
         """
+        return self._export(path, speakers, overwrite, None)
+
+    def export_sealed(
+        self,
+        path: str | os.PathLike[str],
+        recipient_key: str | os.PathLike[str],
+        speakers: Sequence[str] | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> ExportSummary:
+        """:meth:`export`, sealed to a recipient: the gallery is encrypted to the X25519 public
+        key in the PEM file ``recipient_key`` and opens only with its private key
+        (:meth:`import_sealed`). Never written in the clear, not even to a temporary file."""
+        return self._export(path, speakers, overwrite, crypto.load_public_key(recipient_key))
+
+    def _export(
+        self, path: str | os.PathLike[str], speakers: Sequence[str] | None, overwrite: bool, recipient: bytes | None
+    ) -> ExportSummary:
         path = check_output_path(path, overwrite=overwrite)
         with self.store.read() as s:
             rows = (
@@ -830,7 +855,7 @@ class SpeakerDB:
                 raise EmptyDatabaseError(f"no speakers to export from {self.db_path}")
             g = gallery.from_store(store.get_settings(s), rows)
         try:
-            size = gallery.write(path, g, __version__)
+            size = gallery.write(path, g, __version__, recipient)
         except OSError as e:  # a directory such as /proc that refuses new files, a full disk
             raise InvalidInputError(f"cannot write {path}: {e.strerror or e}") from None
         return ExportSummary(str(path), len(g.speakers), g.n_utterances, size)
@@ -856,6 +881,33 @@ class SpeakerDB:
         nothing. ``limits`` caps what is read (default :class:`speakerdb.gallery.Limits`:
         a million utterances).
         """
+        return self._import_gallery(path, on_conflict, dry_run, limits, None)
+
+    @_audited(
+        "import",
+        lambda path, private_key, *, on_conflict="fail", **_: (None, {"file": str(path), "on_conflict": on_conflict}),
+    )
+    def import_sealed(
+        self,
+        path: str | os.PathLike[str],
+        private_key: str | os.PathLike[str],
+        *,
+        on_conflict: str = "fail",
+        dry_run: bool = False,
+        limits: Limits | None = None,
+    ) -> ImportSummary:
+        """:meth:`import_gallery` of a gallery sealed to this recipient (:meth:`export_sealed`),
+        opened in memory with the X25519 private key in the PEM file ``private_key``."""
+        return self._import_gallery(path, on_conflict, dry_run, limits, private_key)
+
+    def _import_gallery(
+        self,
+        path: str | os.PathLike[str],
+        on_conflict: str,
+        dry_run: bool,
+        limits: Limits | None,
+        private_key: str | os.PathLike[str] | None,
+    ) -> ImportSummary:
         gallery.check_policy(on_conflict)
 
         def check_model(model_id: str, dim: int) -> int | None:
@@ -865,7 +917,7 @@ class SpeakerDB:
             binding.check_gallery_model(path, stored.model_id(settings), stored.dim(settings), model_id, dim)
             return stored.dim(settings) if stored.model_id(settings) is not None else None
 
-        g = gallery.read(path, limits, check_model=check_model)
+        g = gallery.read(path, limits, check_model=check_model, private_key=private_key)
         summary = ImportSummary(str(path), dry_run=dry_run)
         try:
             with self.store.write() as s:
@@ -1079,6 +1131,143 @@ def copy_database(
         src.close()
     target.close()
     return CopySummary(src_name, dst_name, rows)
+
+
+def encrypt_database(
+    db_path: str | os.PathLike[str] | None = None,
+    key: KeySource | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> EncryptionSummary:
+    """Encrypt an existing database's vectors under a new data key wrapped by ``key``
+    (default: SPEAKERDB_KEY_FILE / SPEAKERDB_KEY_COMMAND), in one transaction.
+
+    The index file is deleted first and written again sealed; no page then keeps a vector
+    in the clear (SQLite's secure_delete zeroed the old cells, a truncating checkpoint
+    empties the log; PostgreSQL: VACUUM FULL). A missing key, or a database already
+    encrypted, is refused before anything is written (an empty database is encrypted by
+    opening it with the key). Other processes that have the database open must be
+    restarted with the key.
+    """
+    key = crypto.require(key if key is not None else crypto.configured())
+    kek = key.read()  # a key that cannot be read is refused before the database is touched
+    with SpeakerDB(db_path, create=False, key=key) as db:
+        if db.store.began_encrypted:  # empty: opening it with the key encrypted it
+            return EncryptionSummary(str(db.db_path), {}, int(db.store.codec.dek_id or 0), True, True)
+        if db.store.encrypted:
+            raise InvalidInputError(
+                f"database {db.db_path} is already encrypted (`speakerdb key rotate` changes its key)"
+            )
+        left = _drop_index_files(db)
+        if left:
+            raise DatabaseError(f"the index file cannot be deleted ({', '.join(left)}): nothing was encrypted")
+        with db.store.write(every_gallery=True) as s:  # every gallery's vectors
+            codec = store.start_encryption(s, kek, store.get_settings(s)["database_id"])
+            rows = store.reseal(s, crypto.PLAIN, codec, progress)
+        db.store.adopt(codec, key, kek)
+        _after_sealing(db)
+    return EncryptionSummary(str(db.db_path), rows, int(codec.dek_id or 0), rewrapped=True, reencrypted=True)
+
+
+def rotate_key(
+    db_path: str | os.PathLike[str] | None = None,
+    new_key: KeySource | None = None,
+    *,
+    reencrypt: bool = False,
+    key: KeySource | None = None,
+    progress: Callable[[str, int], None] | None = None,
+) -> EncryptionSummary:
+    """Wrap the data key of an encrypted database under ``new_key`` and, with
+    ``reencrypt``, seal every vector again under a new data key, in one transaction.
+
+    The database is opened with its current ``key`` (default: the environment's), which
+    must unwrap its data key; ``new_key`` is read before anything is written. Processes
+    that have the database open keep working (they hold the data key; after
+    ``reencrypt`` they fetch the new one with the key they were started with, so restart
+    them with ``new_key`` if it differs).
+    """
+    if new_key is None and not reencrypt:
+        raise InvalidInputError(
+            "nothing to rotate: give a new key (--new-key-file or --new-key-command), --reencrypt, or both"
+        )
+    new_kek = new_key.read() if new_key is not None else None  # unreadable: refused before any change
+    with SpeakerDB(db_path, create=False, key=key) as db:
+        if not db.store.encrypted:
+            raise InvalidInputError(f"database {db.db_path} is not encrypted: `speakerdb db encrypt` encrypts it")
+        old_kek = db.store.read_kek()
+        kek = new_kek if new_kek is not None else old_kek
+        database_id = stored.database_id(db.store.settings())
+        what = f"the {db.store.key.describe()}" if db.store.key is not None else "the key"
+        if not reencrypt:
+            with db.store.write() as s:
+                dek_id = store.rewrap(s, old_kek, kek, database_id, what)
+            db.store.adopt(db.store.codec, new_key or db.store.key, kek)
+            return EncryptionSummary(str(db.db_path), {}, dek_id, rewrapped=True, reencrypted=False)
+        old_codec = db.store.codec
+        left = _drop_index_files(db)
+        if left:
+            raise DatabaseError(f"the index file cannot be deleted ({', '.join(left)}): nothing was changed")
+        with db.store.write(every_gallery=True) as s:  # every gallery's vectors
+            dek_id = int(s.scalar(store.select(store.func.max(store.DataKey.dek_id))) or 0) + 1
+            codec = store.start_encryption(s, kek, database_id, dek_id)
+            rows = store.reseal(s, old_codec, codec, progress)
+        db.store.adopt(codec, new_key or db.store.key, kek)
+        _after_sealing(db)
+    return EncryptionSummary(str(db.db_path), rows, dek_id, rewrapped=new_key is not None, reencrypted=True)
+
+
+def new_key_pair(path: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[str, str]:
+    """Write a new X25519 key pair for sealed galleries: the private key to ``path`` (0600)
+    and the public key to ``path.pub``, both PEM. Returns both paths."""
+    private, public = crypto.new_key_pair()
+    public_path = f"{os.fspath(path)}.pub"
+    check_output_path(public_path, overwrite=overwrite)
+    with atomic.write_output(path, overwrite=overwrite, what="the private key file ") as f:
+        f.write(private)
+    with atomic.write_output(public_path, overwrite=overwrite, what="the public key file ") as f:
+        f.write(public)
+    return str(path), public_path
+
+
+def new_key_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+    """Write a new random key-encryption key (64 hex digits) to ``path``, 0600, never through
+    a link; an existing file is replaced only with ``overwrite``. Returns the path written."""
+
+    with atomic.write_output(path, overwrite=overwrite, what="the key file ") as f:
+        f.write(crypto.new_key_text())
+    return str(path)
+
+
+def _drop_index_files(db: SpeakerDB) -> list[str]:
+    """Delete every gallery's index file (each under its lock) before the vectors are sealed
+    anew: none sealed otherwise, or not at all, outlives the change. This gallery's is written
+    again by :func:`_after_sealing`, the others' when next needed. Returns what stayed."""
+    with db.store.read(every_gallery=True) as s:
+        ids = [g.id for g in store.list_galleries(s) if g.id != db.store.gallery_id]
+    left = db.indexer.drop_files()
+    for gid in ids:
+        path = paths.gallery_index_path(db._index_base, gid)
+        with index_files.write_lock(path):
+            left += index_files.remove_files(path)
+    return left
+
+
+def _after_sealing(db: SpeakerDB) -> None:
+    """After every vector was sealed anew: no page of the tables keeps an older copy, and the
+    index file is written sealed."""
+    # SQLite's secure_delete has zeroed every overwritten cell: a truncating checkpoint moves
+    # the pages from the log into the file. PostgreSQL keeps the old row versions in its
+    # table files until VACUUM FULL rewrites them.
+    if db.store.server:
+        db.store.vacuum_full()
+    else:
+        db.store.checkpoint()
+    try:
+        db.indexer.rebuild()
+    except IndexFileError as e:
+        raise DatabaseError(
+            f"the vectors were sealed and committed, but the index file could not be written ({e}): "
+            "it is rebuilt when next needed"
+        ) from None
 
 
 # mypy checks here that a SpeakerDB is a SpeakerDBProtocol (tests/test_protocol.py compares signatures).

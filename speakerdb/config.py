@@ -27,6 +27,10 @@ no arguments): :func:`hand_to_workers` writes it, :func:`serve_config` reads it.
 ``SPEAKERDB_KERNELS``     ``0`` runs the plain transformers model
 ``SPEAKERDB_INT8_PRODUCTS`` ``0`` turns the integer products off
 ``SPEAKERDB_SERVE_CONFIG`` set by ``serve`` for its worker processes
+``SPEAKERDB_KEY_FILE``    the file holding the key-encryption key of an encrypted
+                          database (32 random bytes, or 64 hex digits)
+``SPEAKERDB_KEY_COMMAND`` a command whose standard output is that key (a KMS, Vault);
+                          run by ``/bin/sh``, used when ``SPEAKERDB_KEY_FILE`` is unset
 ======================== ==========================================================
 """
 
@@ -50,6 +54,8 @@ THREADS_ENV = "SPEAKERDB_THREADS"
 KERNELS_ENV = "SPEAKERDB_KERNELS"
 INT8_PRODUCTS_ENV = "SPEAKERDB_INT8_PRODUCTS"
 SERVE_CONFIG_ENV = "SPEAKERDB_SERVE_CONFIG"
+KEY_FILE_ENV = "SPEAKERDB_KEY_FILE"
+KEY_COMMAND_ENV = "SPEAKERDB_KEY_COMMAND"
 
 #: Every variable above: a test checks that no other module reads one.
 VARIABLES = (
@@ -67,6 +73,8 @@ VARIABLES = (
     KERNELS_ENV,
     INT8_PRODUCTS_ENV,
     SERVE_CONFIG_ENV,
+    KEY_FILE_ENV,
+    KEY_COMMAND_ENV,
 )
 
 APP_NAME = "speakerdb"
@@ -207,6 +215,16 @@ def int8_products_enabled() -> bool:
 def api_key() -> str | None:
     """The key the CLI sends to a ``--server``: ``$SPEAKERDB_API_KEY``, None when unset."""
     return os.environ.get(API_KEY_ENV)
+
+
+def key_file() -> str:
+    """``$SPEAKERDB_KEY_FILE``: the path of the key-encryption key ("" when unset)."""
+    return _env(KEY_FILE_ENV)
+
+
+def key_command() -> str:
+    """``$SPEAKERDB_KEY_COMMAND``: a shell command printing the key-encryption key ("" when unset)."""
+    return _env(KEY_COMMAND_ENV)
 
 
 # ---- serve's hand-over to its worker processes -----------------------------------------------

@@ -138,6 +138,27 @@ class SchemaTooNewError(DatabaseError):
     """The database was written by a newer speakerdb than this one."""
 
 
+class EncryptionKeyError(SpeakerDBError):
+    """The key-encryption key of an encrypted database is missing, unreadable or not its key.
+
+    Raised before anything is read or written: the database and its index are untouched."""
+
+    code = "encryption_key"
+
+
+class EncryptionKeyMissingError(EncryptionKeyError):
+    """An encrypted database was opened without ``SPEAKERDB_KEY_FILE``/``SPEAKERDB_KEY_COMMAND``,
+    or the key they name cannot be read."""
+
+    code = "encryption_key_missing"
+
+
+class EncryptionKeyWrongError(EncryptionKeyError):
+    """The key given does not unwrap the database's data key (another database's key, or an old one)."""
+
+    code = "encryption_key_wrong"
+
+
 class KeyNotFoundError(SpeakerDBError):
     """No API key has that name."""
 

@@ -67,6 +67,8 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "cohort_vectors",  # normalisation cohorts
         "embedder",  # the loaded model itself
         "vacuum",
+        "export_sealed",  # galleries sealed to a recipient's key: the key files are on this machine
+        "import_sealed",
         "rebuild_index",
         "index_params",
         "set_index_params",

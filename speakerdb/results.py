@@ -178,6 +178,7 @@ class DatabaseInfo:
     threshold_scale: str = "cosine"  # "cosine" or "as-norm" (speakerdb.scoring.norm.SCALES)
     norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores
     gallery: str = "default"  # the gallery (tenant) these figures are of
+    encrypted: bool = False  # vectors sealed at rest (docs/security.md, "Encryption at rest")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,6 +207,21 @@ class CopySummary:
     source: str
     destination: str
     rows: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EncryptionSummary:
+    """What ``db encrypt`` or ``key rotate`` did: vectors sealed per table (0 when only the
+    data key was wrapped again), the data key's number, and whether it was wrapped anew."""
+
+    database: str
+    rows: dict[str, int]
+    dek_id: int
+    rewrapped: bool
+    reencrypted: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ from .. import __version__
 from ..config import DB_ENV, GALLERY_ENV, MODEL_ENV, PRECISION_ENV, SERVER_ENV, api_key, db_target
 from ..errors import InvalidInputError, SpeakerDBError
 from ..service.client import Client
-from . import analysis, database, live, models, service, speakers
+from . import analysis, database, encryption, live, models, service, speakers
 from .output import Group, log_warnings_to_stderr
 
 if TYPE_CHECKING:
@@ -226,6 +226,7 @@ for _command in (
     *live.COMMANDS,
     *database.COMMANDS,
     *models.COMMANDS,
+    *encryption.COMMANDS,
     *service.COMMANDS,
 ):
     cli.add_command(_command)

@@ -120,20 +120,32 @@ def index_(
     help="Export only this speaker (repeatable).",
 )
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
+@click.option(
+    "--to-key",
+    type=click.Path(dir_okay=False),
+    metavar="PUBFILE",
+    help="Seal the gallery to the recipient whose X25519 public key (PEM) is in PUBFILE.",
+)
 @json_option
 @click.pass_obj
-def export(state: State, path: str, speakers: tuple[str, ...], force: bool, as_json: bool) -> None:
+def export(state: State, path: str, speakers: tuple[str, ...], force: bool, to_key: str | None, as_json: bool) -> None:
     """Export speakers to a gallery file: metadata and embeddings, no audio.
 
     The file is portable between machines running the same model; see
-    docs/gallery-format.md for what is inside.
+    docs/gallery-format.md for what is inside. With --to-key it is sealed to a
+    recipient (X25519 + AES-GCM): only their private key opens it (import --key).
 
     \b
     Examples:
       speakerdb export site-a.gallery
       speakerdb export team.gallery --speaker alice --speaker bob
+      speakerdb export for-site-b.gallery --to-key site-b.pub
     """
-    summary = state.db.export(path, list(speakers) or None, overwrite=force)
+    if to_key is not None:
+        state.local_only("export --to-key")
+        summary = state.local_db.export_sealed(path, to_key, list(speakers) or None, overwrite=force)
+    else:
+        summary = state.db.export(path, list(speakers) or None, overwrite=force)
     emit(
         as_json,
         summary.to_dict(),
@@ -160,10 +172,23 @@ def export(state: State, path: str, speakers: tuple[str, ...], force: bool, as_j
     help="Refuse galleries declaring more than N utterances [default: 1,000,000]; memory grows with N "
     "(about 2 KiB of names and metadata plus the vector per utterance).",
 )
+@click.option(
+    "--key",
+    "private_key",
+    type=click.Path(dir_okay=False),
+    metavar="KEYFILE",
+    help="Open a gallery sealed to you with your X25519 private key (PEM) in KEYFILE.",
+)
 @json_option
 @click.pass_obj
 def import_(
-    state: State, path: str, on_conflict: str, dry_run: bool, max_utterances: int | None, as_json: bool
+    state: State,
+    path: str,
+    on_conflict: str,
+    dry_run: bool,
+    max_utterances: int | None,
+    private_key: str | None,
+    as_json: bool,
 ) -> None:
     """Import a gallery file into this database, all of it or nothing.
 
@@ -174,10 +199,17 @@ def import_(
     Examples:
       speakerdb import site-a.gallery
       speakerdb import site-a.gallery --on-conflict merge --dry-run
+      speakerdb import from-site-a.gallery --key site-b.key
     """
     limits = Limits(max_utterances=max_utterances) if max_utterances is not None else None
     state.allow_create()
-    summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run, limits=limits)
+    if private_key is not None:
+        state.local_only("import --key")
+        summary = state.local_db.import_sealed(
+            path, private_key, on_conflict=on_conflict, dry_run=dry_run, limits=limits
+        )
+    else:
+        summary = state.db.import_gallery(path, on_conflict=on_conflict, dry_run=dry_run, limits=limits)
     if dry_run:  # a dry run into a new path leaves no database behind
         state.discard_if_unused()
     counts = ", ".join(f"{len(getattr(summary, k))} {k}" for k in ("created", "merged", "replaced", "skipped"))

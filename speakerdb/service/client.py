@@ -98,6 +98,9 @@ ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
     "model_mismatch": errors.ModelMismatchError,
     "model_unavailable": errors.ModelLoadError,
     "database_error": errors.DatabaseError,
+    "encryption_key": errors.EncryptionKeyError,
+    "encryption_key_missing": errors.EncryptionKeyMissingError,
+    "encryption_key_wrong": errors.EncryptionKeyWrongError,
 }
 
 

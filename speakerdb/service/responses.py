@@ -32,6 +32,7 @@ ERROR_STATUS: list[tuple[type[errors.SpeakerDBError], int]] = [
     (errors.ModelMismatchError, 409),
     (errors.ModelLoadError, 503),
     (errors.DatabaseBusyError, 503),  # another writer holds the lock: retry later
+    (errors.EncryptionKeyError, 503),  # the key was rotated under a running service: restart it with the new one
     (errors.DatabaseError, 500),
 ]
 

@@ -53,7 +53,7 @@ def add_clips(
             source=clip.source,
             duration_s=clip.duration_s,
             audio_sha256=clip.sha256,
-            embedding=store.to_blob(clip.vector),
+            embedding=store.embedding_blob(speaker, clip.sha256, clip.vector),
             created_at=store.utcnow(),
         )
         speaker.utterances.append(utt)

@@ -9,6 +9,10 @@ A gallery is a ZIP archive with exactly three members (the format is documented 
     embeddings.f32   every utterance embedding, little-endian float32, row-major
                      (n_utterances, dim), rows in the order of speakers.json
 
+A gallery can also be **sealed to a recipient**: the whole ZIP archive encrypted to their
+X25519 public key (``export --to-key PUBFILE``; see crypto.seal_for and the format in
+``docs/gallery-format.md``), opened with their private key (``import --key KEYFILE``).
+
 No audio travels. Reading validates everything before the caller writes anything:
 member names (no absolute paths, ``..`` or links), sizes (a member that inflates beyond
 what the manifest says is refused, a decompression bomb), checksums, format version,
@@ -18,6 +22,7 @@ names, and vectors (length, finite, unit norm).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
@@ -44,7 +49,7 @@ from ..results import (  # noqa: F401
     ImportSummary,
     Limits,
 )
-from . import atomic, store
+from . import atomic, crypto, store
 from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"
@@ -96,8 +101,11 @@ class Gallery:
         return sum(len(s.utterances) for s in self.speakers)
 
 
-def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
-    """Write ``gallery`` to ``path`` atomically (temporary file, then rename); returns its size in bytes."""
+def write(path: str | Path, gallery: Gallery, speakerdb_version: str, recipient: bytes | None = None) -> int:
+    """Write ``gallery`` to ``path`` atomically (temporary file, then rename); returns its size in bytes.
+
+    With ``recipient`` (a raw X25519 public key, crypto.load_public_key) the archive is built
+    in memory and written only sealed to that key."""
     path = Path(path)
     speakers_doc = [
         {
@@ -133,11 +141,16 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str) -> int:
             EMBEDDINGS: {"size": len(embedding_bytes), "sha256": hashlib.sha256(embedding_bytes).hexdigest()},
         },
     }
-    with atomic.replace(path) as f, zipfile.ZipFile(f, "w") as z:
-        z.writestr(MANIFEST, json.dumps(manifest, indent=2), zipfile.ZIP_DEFLATED)
-        z.writestr(SPEAKERS, speakers_bytes, zipfile.ZIP_DEFLATED)
-        # float32 noise barely compresses: store it.
-        z.writestr(EMBEDDINGS, embedding_bytes, zipfile.ZIP_STORED)
+    with atomic.replace(path) as f:
+        archive: BinaryIO = io.BytesIO() if recipient is not None else f
+        with zipfile.ZipFile(archive, "w") as z:
+            z.writestr(MANIFEST, json.dumps(manifest, indent=2), zipfile.ZIP_DEFLATED)
+            z.writestr(SPEAKERS, speakers_bytes, zipfile.ZIP_DEFLATED)
+            # float32 noise barely compresses: store it.
+            z.writestr(EMBEDDINGS, embedding_bytes, zipfile.ZIP_STORED)
+        if recipient is not None:
+            assert isinstance(archive, io.BytesIO)
+            f.write(crypto.seal_for(recipient, archive.getvalue()))
     return path.stat().st_size
 
 
@@ -145,7 +158,11 @@ ModelCheck = Callable[[str, int], "int | None"]
 
 
 def read(
-    path: str | os.PathLike[str], limits: Limits | None = None, *, check_model: ModelCheck | None = None
+    path: str | os.PathLike[str],
+    limits: Limits | None = None,
+    *,
+    check_model: ModelCheck | None = None,
+    private_key: str | os.PathLike[str] | None = None,
 ) -> Gallery:
     """Read and fully validate a gallery file. Raises GalleryError saying what is wrong.
 
@@ -155,12 +172,18 @@ def read(
     take that model and returns the database's dimension (None: it has no model yet), which
     sizes the cap on the vectors. The vectors are read in chunks straight into one float32
     array and checked as they arrive, so a file of bad vectors is refused at its first chunk.
+
+    A gallery sealed to a recipient is opened in memory with ``private_key`` (the file of
+    that recipient's X25519 private key), then read as any other.
     """
     path = Path(path)
     limits = limits or Limits()
     try:
         with _open_regular(path) as f:
-            if f.read(2) != b"PK":  # every ZIP archive starts with a PK signature
+            head = f.read(len(crypto.SEALED_GALLERY_MAGIC))
+            if head == crypto.SEALED_GALLERY_MAGIC:
+                f = _opened(path, f, private_key)
+            elif head[:2] != b"PK":  # every ZIP archive starts with a PK signature
                 raise GalleryError(f"{path}: not a speakerdb gallery (not a ZIP archive)")
             f.seek(0)
             with zipfile.ZipFile(f) as z:
@@ -188,6 +211,21 @@ def read(
     except OSError as e:
         raise GalleryError(f"{path}: cannot be read ({e.strerror or e})") from None
     return _build(manifest, records, matrix)
+
+
+def _opened(path: Path, f: BinaryIO, private_key: str | os.PathLike[str] | None) -> BinaryIO:
+    """The archive inside a sealed gallery, opened in memory with ``private_key``."""
+    if private_key is None:
+        raise GalleryError(
+            f"{path}: this gallery is sealed to a recipient's key: import it with --key PRIVATE_KEY_FILE"
+        )
+    f.seek(0)
+    try:
+        return io.BytesIO(crypto.open_sealed(private_key, f.read(), str(path)))
+    except ValueError as e:
+        raise GalleryError(f"{path}: not a readable sealed gallery ({e})") from None
+    except InvalidInputError as e:
+        raise GalleryError(str(e)) from None
 
 
 _FILE_KINDS = (
@@ -588,7 +626,7 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
                     source=u.source,
                     duration_s=u.duration_s,
                     audio_sha256=u.audio_sha256,
-                    embedding=store.to_blob(u.embedding),
+                    embedding=store.embedding_blob(current, u.audio_sha256, u.embedding),
                     created_at=store.parse_iso(u.created_at) or store.utcnow(),
                 )
             )

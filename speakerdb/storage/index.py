@@ -15,8 +15,15 @@ a tenth of the index (HNSW, whose graph must then be rebuilt).
 On disk::
 
     PATH   b"SPEAKERDB-INDEX\\n" | u32 header length | u64 scrubbed-to generation
-           | header (JSON) | labels (int64) | alive (uint8)
+           | header (JSON) | labels (int64) | alive (uint8) | [block table]
            | FAISS serialisation, whose last n x dim float32 are the vectors
+
+The index of an encrypted database (format 5) seals those vectors where they lie, by
+blocks of ``crypto.INDEX_BLOCK`` positions (AES-GCM under a key derived from the data key
+and a random salt per file, the block's number and labels as associated data); the block
+table holds each block's nonce and tag, and the header's ``encryption`` the data key's
+number and the salt. Loading opens them in memory; zeroing in place opens a block, zeroes
+the position and seals the block again under a new nonce. Format 4 is the plain file.
 
 The header names the database the file belongs to (``database_id``), the generation of
 the store's change record it was built at and that record's nonce, and whether the
@@ -42,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 import struct
 import sys
@@ -51,11 +59,14 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 
-from . import atomic
+from ..errors import SpeakerDBError
+from . import atomic, crypto
 
 MAGIC = b"SPEAKERDB-INDEX\n"
 FORMAT_VERSION = 4  # 4: header and section digests
+SEALED_FORMAT_VERSION = 5  # 5: format 4 with its vectors sealed (an encrypted database)
 MAX_HEADER_BYTES = 1 << 20  # a header longer than this is damage, not an index
 LOCK_TIMEOUT_S = 10.0  # how long a writer waits for another process's index write
 HNSW_REBUILD_DEAD_FRACTION = 0.10
@@ -299,10 +310,11 @@ class SpeakerIndex:
         return self.n_dead > HNSW_REBUILD_DEAD_FRACTION * max(len(self.labels), 1)
 
     # ---- files ----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, codec: crypto.Codec = crypto.PLAIN) -> None:
         """Write the index file atomically (temporary 0600 file, fsync, rename over ``path``).
 
-        Renaming replaces a link at ``path`` instead of writing through it.
+        Renaming replaces a link at ``path`` instead of writing through it. With an
+        encrypting ``codec`` the vectors are sealed (format 5).
         """
         import faiss  # deferred: faiss is heavy to import
 
@@ -317,8 +329,16 @@ class SpeakerIndex:
         in_place = n > 0 and tail.tobytes() == np.ascontiguousarray(index._stored_vectors()).tobytes()
         labels = index.labels.astype("<i8").tobytes()
         before_vectors = payload[: len(payload) - (vector_bytes if in_place else 0)]
+        sealed: dict[str, Any] | None = None
+        table = b""
+        if codec.encrypted:
+            if not in_place:
+                raise IndexFileError(f"{path}: this FAISS layout keeps its vectors elsewhere: it cannot be sealed")
+            salt = os.urandom(16)
+            table = _seal_vectors(codec.index_key(salt), salt, payload, labels, n, index.dim)
+            sealed = {"dek_id": codec.dek_id, "salt": salt.hex(), "block": crypto.INDEX_BLOCK}
         header = {
-            "format": FORMAT_VERSION,
+            "format": SEALED_FORMAT_VERSION if sealed else FORMAT_VERSION,
             "database_id": index.database_id,
             "generation": index.generation,
             "nonce": index.nonce,
@@ -332,12 +352,15 @@ class SpeakerIndex:
             "labels_sha256": hashlib.sha256(labels).hexdigest(),
             "payload_sha256": hashlib.sha256(before_vectors).hexdigest(),
         }
+        if sealed is not None:
+            header["encryption"] = sealed
         header["header_sha256"] = _header_digest(header)
         encoded = json.dumps(header).encode()
         with atomic.replace(path) as f:
             f.write(MAGIC + struct.pack("<IQ", len(encoded), index.generation) + encoded)
             f.write(labels)
             f.write(index.alive.astype(np.uint8).tobytes())
+            f.write(table)
             f.write(payload.tobytes())
         if index is not self:
             self.__dict__.update(index.__dict__)
@@ -359,8 +382,9 @@ class SpeakerIndex:
         return _with_header(path, count_alive)
 
     @classmethod
-    def load(cls, path: str | Path) -> "SpeakerIndex":
-        """Read an index file; raises IndexFileError if it is missing, damaged or of another format.
+    def load(cls, path: str | Path, codec: crypto.Codec = crypto.PLAIN) -> "SpeakerIndex":
+        """Read an index file; raises IndexFileError if it is missing, damaged or of another format,
+        or sealed when ``codec`` does not encrypt (and plain when it does).
 
         The loaded index's ``file_identity`` names the file it was read from (see :func:`file_identity`).
         """
@@ -375,7 +399,7 @@ class SpeakerIndex:
         with os.fdopen(fd, "rb") as f:
             try:
                 st = os.fstat(f.fileno())
-                index = cls._read(f, st.st_size)
+                index = cls._read(f, st.st_size, codec)
             except IndexFileError as e:
                 raise IndexFileError(f"{path}: {e}") from None
             except Exception as e:  # FAISS RuntimeError on truncated payloads, numpy on short reads, anything else
@@ -384,14 +408,20 @@ class SpeakerIndex:
         return index
 
     @classmethod
-    def _read(cls, f: BinaryIO, size: int) -> "SpeakerIndex":
+    def _read(cls, f: BinaryIO, size: int, codec: crypto.Codec = crypto.PLAIN) -> "SpeakerIndex":
         """The index in the open file ``f`` of ``size`` bytes, every part checked that can be."""
         import faiss  # deferred: faiss is heavy to import
 
         header, _ = _read_header(f, size)
         n, dim, kind = header["positions"], header["dim"], header["kind"]
+        sealed = header.get("encryption")
+        if bool(sealed) != codec.encrypted:
+            raise IndexFileError(
+                "sealed, for an encrypted database" if sealed else "not sealed, and the database is encrypted"
+            )
         raw_labels = f.read(8 * n)
         alive = np.fromfile(f, dtype=np.uint8, count=n)  # (n,)
+        table = f.read(_table_bytes(header))
         if len(raw_labels) != 8 * n or len(alive) != n or not np.isin(alive, (0, 1)).all():
             raise IndexFileError("labels damaged or truncated")
         if hashlib.sha256(raw_labels).hexdigest() != header["labels_sha256"]:
@@ -443,6 +473,13 @@ class SpeakerIndex:
                 f.seek(size - 4 * n * dim + 4 * dim * pos)
                 if f.read(4 * dim) != stored[pos].tobytes():
                     raise IndexFileError("vectors are not where the header says")
+        if sealed:
+            salt = bytes.fromhex(sealed["salt"])
+            try:
+                key = codec.index_key(salt, sealed["dek_id"])
+            except SpeakerDBError as e:  # a data key this database does not hold
+                raise IndexFileError(str(e)) from None
+            _open_vectors(key, salt, stored, raw_labels, table)
         # Every live vector is a centroid, of norm 1, and every dead one was zeroed: damage
         # inside the vectors or the alive flags shows here (0.3 s at a million speakers);
         # the caller also compares a sample and the live labels with the store.
@@ -455,9 +492,11 @@ class SpeakerIndex:
         return index
 
     @staticmethod
-    def kill_in_file(path: str | Path, ids: np.ndarray, scrubbed_to: int) -> int:
+    def kill_in_file(path: str | Path, ids: np.ndarray, scrubbed_to: int, codec: crypto.Codec = crypto.PLAIN) -> int:
         """Zero, in the file itself, the vectors and alive flags of speakers ``ids``, then
-        record that the file is scrubbed up to generation ``scrubbed_to``.
+        record that the file is scrubbed up to generation ``scrubbed_to``. In a sealed file
+        (``codec`` holds its data key) each block holding such a position is opened, zeroed
+        there and sealed again under a new nonce.
 
         The caller holds the write lock. Needs no free space and leaves a file that loads
         as the same snapshot with those positions dead; a reader's replay of the change
@@ -490,9 +529,12 @@ class SpeakerIndex:
                 raise IndexFileError(f"{path}: this FAISS layout cannot be changed in place")
             vectors_at = size - n * dim * 4
             zeros = bytes(4 * dim)
+            if header.get("encryption") and len(match):
+                _kill_sealed(fd, header, codec, start, vectors_at, raw_labels, match)
             # Dead positions of these speakers too: a damaged alive flag must not keep a vector.
             for pos in match:
-                os.pwrite(fd, zeros, vectors_at + int(pos) * 4 * dim)
+                if not header.get("encryption"):
+                    os.pwrite(fd, zeros, vectors_at + int(pos) * 4 * dim)
                 os.pwrite(fd, b"\0", start + 8 * n + int(pos))
             if len(match):
                 os.fsync(fd)  # the zeros reach the disk before the file says they are there
@@ -503,6 +545,90 @@ class SpeakerIndex:
                 if len(match):
                     os.fsync(fd)
             return len(hit)
+
+
+def _table_bytes(header: dict[str, Any]) -> int:
+    """Bytes of a sealed file's block table (0 for a plain file)."""
+    sealed = header.get("encryption")
+    if not sealed:
+        return 0
+    return -(-header["positions"] // sealed["block"]) * crypto.INDEX_ENTRY_BYTES
+
+
+def _blocks(n: int, block: int) -> Iterator[tuple[int, int, int]]:
+    for b, lo in enumerate(range(0, n, block)):
+        yield b, lo, min(n, lo + block)
+
+
+def _seal_vectors(key: Any, salt: bytes, payload: np.ndarray, labels: bytes, n: int, dim: int) -> bytes:
+    """Seal the last n x dim float32 of ``payload`` (uint8, changed in place) by blocks; returns the block table."""
+    at = len(payload) - 4 * n * dim
+    table = bytearray()
+    for b, lo, hi in _blocks(n, crypto.INDEX_BLOCK):
+        nonce = os.urandom(crypto.NONCE_BYTES)
+        span = slice(at + 4 * dim * lo, at + 4 * dim * hi)
+        sealed = key.encrypt(nonce, payload[span].tobytes(), crypto.index_aad(salt, b, labels[8 * lo : 8 * hi]))
+        payload[span] = np.frombuffer(sealed, np.uint8, len(sealed) - crypto.TAG_BYTES)
+        table += nonce + sealed[-crypto.TAG_BYTES :]
+    return bytes(table)
+
+
+def _open_vectors(key: Any, salt: bytes, stored: np.ndarray, labels: bytes, table: bytes) -> None:
+    """Open the sealed vectors ``stored`` (n, dim), as FAISS read them, in place."""
+    n = len(stored)
+    e = crypto.INDEX_ENTRY_BYTES
+    if len(table) != -(-n // crypto.INDEX_BLOCK) * e:
+        raise IndexFileError("block table damaged or truncated")
+    for b, lo, hi in _blocks(n, crypto.INDEX_BLOCK):
+        entry = table[b * e : (b + 1) * e]
+        try:
+            plain = key.decrypt(
+                entry[: crypto.NONCE_BYTES],
+                stored[lo:hi].tobytes() + entry[crypto.NONCE_BYTES :],
+                crypto.index_aad(salt, b, labels[8 * lo : 8 * hi]),
+            )
+        except InvalidTag:
+            raise IndexFileError(f"sealed vectors damaged or not this database's (block {b})") from None
+        stored[lo:hi] = np.frombuffer(plain, np.float32).reshape(hi - lo, -1)
+
+
+def _kill_sealed(
+    fd: int,
+    header: dict[str, Any],
+    codec: crypto.Codec,
+    start: int,
+    vectors_at: int,
+    labels: bytes,
+    positions: np.ndarray,
+) -> None:
+    """Zero ``positions`` of a sealed file: open each block they are in, zero them, seal it again."""
+    n, dim, sealed = header["positions"], header["dim"], header["encryption"]
+    salt = bytes.fromhex(sealed["salt"])
+    try:
+        key = codec.index_key(salt, sealed["dek_id"])
+    except SpeakerDBError as e:
+        raise IndexFileError(str(e)) from None
+    if not codec.encrypted or key is None:
+        raise IndexFileError("sealed, and this database is not encrypted")
+    table_at = start + 9 * n
+    entry_bytes, width = crypto.INDEX_ENTRY_BYTES, 4 * dim
+    for b in np.unique(np.asarray(positions) // sealed["block"]):
+        b = int(b)
+        lo, hi = b * sealed["block"], min(n, (b + 1) * sealed["block"])
+        entry = os.pread(fd, entry_bytes, table_at + b * entry_bytes)
+        body = os.pread(fd, (hi - lo) * width, vectors_at + lo * width)
+        aad = crypto.index_aad(salt, b, labels[8 * lo : 8 * hi])
+        try:
+            plain = bytearray(key.decrypt(entry[: crypto.NONCE_BYTES], body + entry[crypto.NONCE_BYTES :], aad))
+        except InvalidTag:
+            raise IndexFileError(f"sealed vectors damaged (block {b})") from None
+        for pos in positions[(positions >= lo) & (positions < hi)]:
+            at = (int(pos) - lo) * width
+            plain[at : at + width] = bytes(width)
+        nonce = os.urandom(crypto.NONCE_BYTES)
+        again = key.encrypt(nonce, bytes(plain), aad)
+        os.pwrite(fd, again[: -crypto.TAG_BYTES], vectors_at + lo * width)
+        os.pwrite(fd, nonce + again[-crypto.TAG_BYTES :], table_at + b * entry_bytes)
 
 
 def _with_header(path: str | Path, then=None) -> Any:
@@ -578,7 +704,7 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         raise IndexFileError("header is not JSON") from None
     if not isinstance(header, dict):
         raise IndexFileError("header is not an object")
-    if header.get("format") != FORMAT_VERSION:
+    if header.get("format") not in (FORMAT_VERSION, SEALED_FORMAT_VERSION):
         raise IndexFileError(f"index format {header.get('format')!r} is not {FORMAT_VERSION}")
     if header.pop("header_sha256", None) != _header_digest(header):
         raise IndexFileError("header damaged (digest differs)")
@@ -587,6 +713,18 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         # bool is an int in Python: refuse it where a number is meant
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise IndexFileError(f"header field {key} is missing or of the wrong type")
+    sealed = header.get("encryption")
+    if (header["format"] == SEALED_FORMAT_VERSION) != isinstance(sealed, dict) or (
+        sealed is not None
+        and not (
+            isinstance(sealed, dict)
+            and isinstance(sealed.get("dek_id"), int)
+            and isinstance(sealed.get("salt"), str)
+            and re.fullmatch(r"[0-9a-f]{32}", sealed["salt"])
+            and sealed.get("block") == crypto.INDEX_BLOCK
+        )
+    ):
+        raise IndexFileError("header field encryption is missing or of the wrong type")
     start = len(MAGIC) + 12 + header_len
     n, dim = header["positions"], header["dim"]
     if (
@@ -597,7 +735,7 @@ def _read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, Any], int]:
         or scrubbed_to < header["generation"]
         or header["payload_bytes"] < 4 * dim * n
         or (header["vectors_in_place"] and n == 0)
-        or start + 9 * n + header["payload_bytes"] != file_size
+        or start + 9 * n + _table_bytes(header) + header["payload_bytes"] != file_size
         or not set(DEFAULT_PARAMS) <= set(header["params"])
         # FAISS keeps them in C ints: a larger one would overflow in a later build or search
         or not all(

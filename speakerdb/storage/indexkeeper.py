@@ -226,7 +226,7 @@ class IndexKeeper:
                 if len(records) != upto - header["scrubbed_to"]:
                     raise IndexFileError("the change records it needs were pruned")
                 ids = np.unique(np.asarray([r[1] for r in records], np.int64))
-                SpeakerIndex.kill_in_file(self.path, ids, upto)
+                SpeakerIndex.kill_in_file(self.path, ids, upto, self.store.codec)
         except Exception as e:  # disk full, I/O errors, damage, a directory or link in the way, lock timeout
             self._drop_files(f"{failure} ({_reason(e)})")
 
@@ -281,7 +281,7 @@ class IndexKeeper:
         if identity is None:
             return None
         try:
-            return SpeakerIndex.load(self.path)
+            return SpeakerIndex.load(self.path, self.store.codec)
         except Exception as e:  # IndexFileError, and whatever else a damaged file may cause
             self._discard(identity, _reason(e).removeprefix(f"{self.path}: "))
             return None
@@ -310,6 +310,7 @@ class IndexKeeper:
             header is not None
             and header["database_id"] == index.database_id
             and header["generation"] >= index.generation
+            and (header.get("encryption") or {}).get("dek_id") == self.store.codec.dek_id  # sealed as it must be
         ):
             # As new already, if it is of this history: a file ahead of the store or from
             # another history at that generation would otherwise stay, rebuilt by every reader.
@@ -318,14 +319,20 @@ class IndexKeeper:
                     header["generation"] == 0 or store.change_nonce(s, header["generation"]) == header["nonce"]
                 ):
                     return
+        if not self.store.data_key_current():
+            # Encrypted or rotated by another process since this one opened the database:
+            # a file sealed with the old key, or not at all, must not be written.
+            raise IndexFileError("the database's data key changed since this process opened it")
         for tmp in index_files.temporary_files(self.path):
             tmp.unlink(missing_ok=True)
-        index.save(self.path)
+        index.save(self.path, self.store.codec)
         try:
             with self.store.read() as s:
                 now = store.generation(s)
                 later = store.changes_between(s, index.generation, now)
-            SpeakerIndex.kill_in_file(self.path, np.unique(np.asarray([r[1] for r in later], np.int64)), now)
+            SpeakerIndex.kill_in_file(
+                self.path, np.unique(np.asarray([r[1] for r in later], np.int64)), now, self.store.codec
+            )
         except Exception as e:
             self._drop_files(f"could not be brought up to date after saving ({_reason(e)})")
             return
@@ -333,6 +340,14 @@ class IndexKeeper:
         if floor > 0:
             with self.store.write() as s:
                 store.prune_changes(s, floor)
+
+    def drop_files(self) -> list[str]:
+        """Delete the index file and its debris (under the lock): before its vectors are sealed
+        anew, so no copy sealed otherwise (or not at all) outlives the change. Returns what
+        could not be deleted."""
+        with write_lock(self.path):
+            self._index = None
+            return index_files.remove_files(self.path)
 
     def _drop_files(self, why: str) -> None:
         left = index_files.remove_files(self.path)

@@ -15,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import DEFAULT_GALLERY, default_index_dir
 from ..errors import DatabaseError, SpeakerDBError
+from . import crypto, store
 from . import settings as stored
-from . import store
 
 #: Free space a new database needs: the schema and a first speaker take ~200 KiB; SQLite
 #: fails mid-creation with "database or disk is full" below that.
@@ -42,9 +42,12 @@ class Opened:
     index_base: Path = field(default_factory=Path)
 
 
-def open_database(target: Path | str, create: bool, gallery: str = DEFAULT_GALLERY) -> Opened:
+def open_database(
+    target: Path | str, create: bool, gallery: str = DEFAULT_GALLERY, key: crypto.KeySource | None = None
+) -> Opened:
     """Open a database file (created with its directories if absent and ``create``) or a server URL,
-    seen as gallery ``gallery`` (GalleryNotFoundError if it has none of that name).
+    seen as gallery ``gallery`` (GalleryNotFoundError if it has none of that name), with the
+    key of an encrypted database (default: the environment's).
 
     A failed creation leaves neither a file nor the directories it made. A PostgreSQL server
     that several services share has its index as this machine's cache of it, in the index
@@ -52,7 +55,7 @@ def open_database(target: Path | str, create: bool, gallery: str = DEFAULT_GALLE
     (:func:`gallery_index_path`).
     """
     if isinstance(target, str):
-        opened = open_store(target, gallery)
+        opened = open_store(target, gallery, key)
         index_dir = default_index_dir()
         make_parents(index_dir / "x")
         base = index_dir / f"{stored.database_id(opened.settings())}{INDEX_SUFFIX}"
@@ -63,7 +66,7 @@ def open_database(target: Path | str, create: bool, gallery: str = DEFAULT_GALLE
     index_path = target.with_name(target.name + INDEX_SUFFIX)
     made_dirs = make_parents(target) if created else []
     try:
-        opened = open_store(target, gallery)
+        opened = open_store(target, gallery, key)
     except BaseException:
         if created:
             remove_database_files(target, index_path, made_dirs)
@@ -138,11 +141,11 @@ def make_parents(path: Path) -> list[Path]:
     return missing
 
 
-def open_store(path: Path | str, gallery: str = DEFAULT_GALLERY) -> store.Store:
+def open_store(path: Path | str, gallery: str = DEFAULT_GALLERY, key: crypto.KeySource | None = None) -> store.Store:
     """store.Store, with the errors raised while creating or reaching it (disk full, I/O, a
     server that does not answer) as DatabaseError."""
     try:
-        return store.Store(path, gallery)
+        return store.Store(path, gallery, key)
     except SpeakerDBError:
         raise
     except (SQLAlchemyError, OSError) as e:

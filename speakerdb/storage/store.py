@@ -25,8 +25,13 @@ Tables (created only by the Alembic revisions in ``migrations/``):
   so the queries below and the modules above need not say it. Speaker names are unique
   within a gallery; ids, the change record and the generation are the database's.
 
+- ``data_keys``: the data key of an encrypted database, wrapped by the operator's key
+  (revision 0006). In an encrypted database every vector is a sealed blob bound to its row
+  (see crypto.py): the functions here seal and open them through the session's codec
+  (``session.info["codec"]``), so no other module handles ciphertext.
+
 Speaker ids are never reused (``AUTOINCREMENT``): an id in an answer names one speaker
-for ever. Vectors are stored as little-endian float32 blobs.
+for ever. Vectors are stored as little-endian float32 blobs, sealed if the database is encrypted.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
     mapped_column,
+    object_session,
     relationship,
     with_loader_criteria,
 )
@@ -82,13 +88,15 @@ from ..config import DEFAULT_GALLERY, SERVER_SCHEMES, is_server_url  # noqa: F40
 from ..errors import (
     DatabaseBusyError,
     DatabaseError,
+    EncryptionKeyMissingError,
+    EncryptionKeyWrongError,
     GalleryExistsError,
     GalleryNotFoundError,
     InvalidInputError,
     printable_path,
 )
 from ..results import iso, parse_iso  # noqa: F401  (times as the results write them; kept here)
-from . import schema
+from . import crypto, schema
 from .urls import MASK, SECRET_URL_PARAMS, display_url, redact, remember_typed  # noqa: F401  (kept importable from here)
 
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another process's transaction
@@ -332,7 +340,9 @@ class Speaker(Base):
     )
 
     def centroid_vector(self) -> np.ndarray:
-        return from_blob(self.centroid)
+        return from_blob(
+            _codec_of(self).open(self.centroid, centroid_aad(self.id), f"the centroid of speaker {self.id}")
+        )
 
 
 class Utterance(Base):
@@ -350,7 +360,15 @@ class Utterance(Base):
     speaker: Mapped[Speaker] = relationship(back_populates="utterances")
 
     def vector(self) -> np.ndarray:
-        return from_blob(self.embedding)
+        # A new utterance has no speaker_id until its insert: its speaker has one (_ensure_id).
+        speaker_id = self.speaker_id if self.speaker_id is not None else self.speaker.id
+        return from_blob(
+            _codec_of(self).open(
+                self.embedding,
+                utterance_aad(speaker_id, self.audio_sha256),
+                f"an utterance embedding of speaker {self.speaker_id}",
+            )
+        )
 
 
 class SpeakerChange(Base):
@@ -455,6 +473,72 @@ def _scope_new_rows(session: Session, _context: Any, _instances: Any) -> None:
             obj.gallery_id = gid
 
 
+class DataKey(Base):
+    """The data key of an encrypted database, wrapped by the key-encryption key (revision 0006)."""
+
+    __tablename__ = "data_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dek_id: Mapped[int] = mapped_column(Integer, unique=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    wrapped_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# ---- sealed vectors: what each blob is bound to -----------------------------------------------
+def centroid_aad(speaker_id: int) -> bytes:
+    return f"speakerdb|speakers.centroid|{speaker_id}".encode()
+
+
+def utterance_aad(speaker_id: int, audio_sha256: str) -> bytes:
+    return f"speakerdb|utterances.embedding|{speaker_id}|{audio_sha256}".encode()
+
+
+def cohort_aad(audio_sha256: str) -> bytes:
+    return f"speakerdb|cohort_embeddings.embedding|{audio_sha256}".encode()
+
+
+def codec_of(session: Session) -> crypto.Codec:
+    """The codec of the store that opened ``session`` (no encryption for a bare session)."""
+    codec = session.info.get("codec", crypto.PLAIN)
+    return codec if isinstance(codec, crypto.Codec) else crypto.PLAIN
+
+
+def _codec_of(row: Any) -> crypto.Codec:
+    session = object_session(row)
+    return codec_of(session) if session is not None else crypto.PLAIN
+
+
+def _ensure_id(session: Session, speaker: "Speaker") -> int:
+    """The id of ``speaker``, given it now if it is new: a sealed vector is bound to its
+    speaker's id, which must be known before the row is inserted.
+
+    PostgreSQL hands out the next value of the id sequence; SQLite's writer holds the
+    write lock (BEGIN IMMEDIATE), so the next id is AUTOINCREMENT's: one above every id
+    ever used, and above those already given to rows not yet inserted."""
+    if speaker.id is not None:
+        return int(speaker.id)
+    with session.no_autoflush:
+        if session.get_bind().dialect.name == "postgresql":
+            new_id = int(session.scalar(text("SELECT nextval(pg_get_serial_sequence('speakers', 'id'))")))
+        else:
+            used = session.scalar(text("SELECT seq FROM sqlite_sequence WHERE name = 'speakers'")) or 0
+            top = session.scalar(select(func.max(Speaker.id))) or 0
+            pending = max((o.id or 0 for o in session.new if isinstance(o, Speaker)), default=0)
+            new_id = max(int(used), int(top), int(pending)) + 1
+    speaker.id = new_id
+    return new_id
+
+
+def embedding_blob(speaker: "Speaker", audio_sha256: str, vector: np.ndarray) -> bytes:
+    """An utterance embedding of ``speaker`` (in a session) as stored: sealed if the database is encrypted."""
+    session = object_session(speaker)
+    codec = codec_of(session) if session is not None else crypto.PLAIN
+    if not codec.encrypted or session is None:
+        return to_blob(vector)
+    return codec.seal(to_blob(vector), utterance_aad(_ensure_id(session, speaker), audio_sha256))
+
+
 @dataclass(frozen=True)
 class SpeakerRow:
     """A speaker as listed: no vectors, just what a person reads."""
@@ -478,9 +562,15 @@ class Store:
     ``f(before, after)`` run after every write transaction that changed centroids, with the
     generations before and after it: how the search index learns of a commit, whichever
     code path made it (changes in other galleries too: the generation is the database's).
+
+    ``key`` is where the key-encryption key comes from (default: the environment's,
+    :func:`crypto.configured`). An encrypted database needs it: without it, or with
+    another, opening fails with one line (EncryptionKeyError) and nothing is written. A
+    new, empty database opened with a key is encrypted from its start. The data key is the
+    database's: every gallery's vectors are sealed under it.
     """
 
-    def __init__(self, target: str | Path, gallery: str = DEFAULT_GALLERY) -> None:
+    def __init__(self, target: str | Path, gallery: str = DEFAULT_GALLERY, key: crypto.KeySource | None = None) -> None:
         self.server = is_server_url(target)
         #: The server URL as given, secrets and all: only to keep them out of error messages.
         self._url = str(target) if self.server else None
@@ -496,9 +586,15 @@ class Store:
         self.on_commit: list[Callable[[int, int], None]] = []
         self._owns_engine = True
         self.gallery, self.gallery_id = DEFAULT_GALLERY, DEFAULT_GALLERY_ID
+        self.key = key if key is not None else crypto.configured()
+        self._kek: bytes | None = None  # read once, kept to unwrap a data key made by a rotation
+        self.codec: crypto.Codec = crypto.PLAIN
+        #: Whether opening encrypted this (empty) database: its first data key was made now.
+        self.began_encrypted = False
         try:
             with _translate_errors(self.name, self._url):
                 schema.ensure_current(self.engine)
+            self._open_codec()
             if gallery != DEFAULT_GALLERY:
                 self.gallery, self.gallery_id = gallery, self._gallery_id(gallery)
         except BaseException:
@@ -525,12 +621,102 @@ class Store:
             )
         return gid
 
+    # ---- encryption -------------------------------------------------------------------------
+    @property
+    def encrypted(self) -> bool:
+        return self.codec.encrypted
+
+    def _open_codec(self) -> None:
+        """Unwrap the data key of an encrypted database; encrypt a new, empty one if a key is given."""
+        with self.read(every_gallery=True) as s:  # empty: no vector in any gallery
+            row = s.scalars(select(DataKey)).first()
+            empty = row is None and self.key is not None and is_empty(s)
+        if row is not None:
+            self.codec = self._sealer(row.dek_id, row.wrapped)
+        elif empty:
+            # checks again under the write lock: another process may have begun
+            with self.write(every_gallery=True) as s:
+                if s.scalars(select(DataKey)).first() is None and is_empty(s):
+                    self.codec = start_encryption(s, self.read_kek(), get_settings(s)["database_id"])
+                    self.began_encrypted = True
+
+    def read_kek(self) -> bytes:
+        """The key-encryption key (read once); EncryptionKeyMissingError without one."""
+        if self._kek is None:
+            if self.key is None:
+                raise EncryptionKeyMissingError(
+                    f"database {self.name} is encrypted: give its key with SPEAKERDB_KEY_FILE or SPEAKERDB_KEY_COMMAND"
+                )
+            self._kek = self.key.read()
+        return self._kek
+
+    def _sealer(self, dek_id: int, wrapped: bytes) -> crypto.Sealer:
+        return crypto.Sealer(dek_id, self._unwrap(wrapped, self.settings()["database_id"], dek_id), self._newer_key)
+
+    def _unwrap(self, wrapped: bytes, database_id: str, dek_id: int, rotated: bool = False) -> bytes:
+        """The data key ``dek_id`` unwrapped with this store's key; ``rotated``: a key this
+        process did not open the database with (then a wrong key means a rotation)."""
+        what = f"the {self.key.describe()}" if self.key is not None else "the key"
+        try:
+            return crypto.unwrap(self.read_kek(), wrapped, database_id, dek_id, what, f"database {self.name}")
+        except EncryptionKeyWrongError:
+            if not rotated:
+                raise
+            raise EncryptionKeyWrongError(
+                f"the key of database {self.name} was rotated since this process opened it: restart it with the new key"
+            ) from None
+
+    def _newer_key(self, dek_id: int) -> bytes:
+        """The data key numbered ``dek_id`` (made by a rotation since this store opened)."""
+        with self.read() as s:
+            row = s.scalars(select(DataKey).where(DataKey.dek_id == dek_id)).first()
+            database_id = get_settings(s)["database_id"]
+        if row is None:
+            raise DatabaseError(
+                f"database {self.name}: a vector is sealed under a data key it does not hold ({dek_id})"
+            )
+        return self._unwrap(row.wrapped, database_id, dek_id, rotated=True)
+
+    def adopt(self, codec: crypto.Codec, key: crypto.KeySource | None, kek: bytes | None) -> None:
+        """Seal with ``codec`` from now on (after ``db encrypt`` or ``key rotate`` committed)."""
+        self.codec, self.key, self._kek = codec, key, kek
+
+    def data_key_current(self) -> bool:
+        """Whether this process seals with the database's data key (no rotation or
+        encryption happened elsewhere since): what may be written to the index file."""
+        with self.read() as s:
+            return s.scalar(select(DataKey.dek_id)) == self.codec.dek_id
+
+    def _check_data_key(self, session: Session) -> None:
+        """In a write transaction: the data key this process seals with is still the
+        database's (a ``key rotate --reencrypt`` or ``db encrypt`` elsewhere changes it)."""
+        current = session.scalar(select(DataKey.dek_id))
+        if current == self.codec.dek_id:
+            return
+        if current is None:
+            raise DatabaseError(
+                f"database {self.name} lost its data key (data_keys is empty): restore it from a backup"
+            )
+        if not self.codec.encrypted and self.key is None:
+            raise EncryptionKeyMissingError(
+                f"database {self.name} was encrypted since this process opened it: "
+                "open it again with its key (SPEAKERDB_KEY_FILE or SPEAKERDB_KEY_COMMAND)"
+            )
+        row = session.scalars(select(DataKey)).one()
+        database_id = json.loads(session.scalar(select(Setting.value).where(Setting.key == "database_id")) or '""')
+        dek = self._unwrap(row.wrapped, database_id, row.dek_id, rotated=True)
+        self.codec = crypto.Sealer(row.dek_id, dek, self._newer_key)
+        session.info["codec"] = self.codec
+
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
 
     def _info(self, every_gallery: bool) -> dict[str, Any]:
-        return {} if every_gallery else {"gallery_id": self.gallery_id}
+        info: dict[str, Any] = {"codec": self.codec}  # how vectors are sealed (codec_of)
+        if not every_gallery:
+            info["gallery_id"] = self.gallery_id
+        return info
 
     @contextmanager
     def read(self, every_gallery: bool = False) -> Iterator[Session]:
@@ -578,6 +764,7 @@ class Store:
                             f"(SELECT pg_terminate_backend({pid or 'pid'}))"
                         ) from None
                 before = generation(session)
+                self._check_data_key(session)
                 yield session
                 _add_audit_record(session)
                 session.flush()  # the triggers record what the pending writes change
@@ -655,7 +842,7 @@ class Store:
         runs) and a CHECKPOINT.
         """
         if self.server:
-            self._autocommit("VACUUM FULL speakers, utterances, speaker_changes")
+            self._autocommit("VACUUM FULL speakers, utterances, speaker_changes, cohort_embeddings")
             self._autocommit("CHECKPOINT")
         else:
             self._autocommit("VACUUM")
@@ -736,7 +923,9 @@ def copy_rows(
 
     Ids are kept (answers, audit records and keys keep meaning the same speakers); names,
     metadata and every vector are checked as a gallery import checks them. Streams in
-    batches: memory stays bounded at a million speakers. Returns rows copied per table.
+    batches: memory stays bounded at a million speakers. Vectors are opened with the
+    source's codec and sealed with the destination's (either may be encrypted, under its
+    own data key). Returns rows copied per table.
     """
     from sqlalchemy import insert  # deferred: sqlalchemy is heavy to import
 
@@ -756,7 +945,9 @@ def copy_rows(
             if not rows:
                 break
             for row in rows:
+                _open_row(codec_of(src), name, row)
                 _check_row(name, row, dim)
+                _seal_row(codec_of(dst), name, row)
             dst.execute(insert(table), rows)
             done += len(rows)
             last = rows[-1][pk.name]
@@ -764,6 +955,104 @@ def copy_rows(
                 progress(name, done)
         counts[name] = done
     return counts
+
+
+def vector_aad(table: str, row: dict[str, Any]) -> bytes:
+    """What the vector of ``row`` (a row of ``table`` as a dict of columns) is bound to."""
+    if table == "speakers":
+        return centroid_aad(int(row["id"]))
+    if table == "utterances":
+        return utterance_aad(int(row["speaker_id"]), str(row["audio_sha256"]))
+    return cohort_aad(str(row["audio_sha256"]))
+
+
+VECTOR_COLUMNS = {"speakers": "centroid", "utterances": "embedding", "cohort_embeddings": "embedding"}
+
+
+def _open_row(codec: crypto.Codec, table: str, row: dict[str, Any]) -> None:
+    column = VECTOR_COLUMNS.get(table)
+    if column is not None and column in row:
+        row[column] = codec.open(row[column], vector_aad(table, row), f"{table} row {row.get('id')} {column}")
+
+
+def _seal_row(codec: crypto.Codec, table: str, row: dict[str, Any]) -> None:
+    column = VECTOR_COLUMNS.get(table)
+    if column is not None and column in row and codec.encrypted:
+        row[column] = codec.seal(row[column], vector_aad(table, row))
+
+
+def is_empty(session: Session) -> bool:
+    """Whether the database holds no vector at all (no speaker, no cohort embedding)."""
+    return not has_speakers(session) and session.scalar(select(CohortEmbedding.id).limit(1)) is None
+
+
+def start_encryption(session: Session, kek: bytes, database_id: str, dek_id: int = 1) -> crypto.Sealer:
+    """Make a data key, store it wrapped under ``kek`` in the write transaction ``session``
+    and return its codec. The caller seals the vectors (:func:`reseal`) in the same transaction."""
+    from sqlalchemy import delete  # deferred: sqlalchemy is heavy to import
+
+    dek = crypto.new_data_key()
+    now = utcnow()
+    session.execute(delete(DataKey))
+    session.add(
+        DataKey(dek_id=dek_id, wrapped=crypto.wrap(kek, dek, database_id, dek_id), created_at=now, wrapped_at=now)
+    )
+    codec = crypto.Sealer(dek_id, dek)
+    session.info["codec"] = codec
+    return codec
+
+
+def rewrap(session: Session, old_kek: bytes, new_kek: bytes, database_id: str, what: str) -> int:
+    """Wrap the data key again under ``new_kek`` (unwrapped with ``old_kek``); returns its number."""
+    row = session.scalars(select(DataKey)).one()
+    dek = crypto.unwrap(old_kek, row.wrapped, database_id, row.dek_id, what)
+    row.wrapped = crypto.wrap(new_kek, dek, database_id, row.dek_id)
+    row.wrapped_at = utcnow()
+    return int(row.dek_id)
+
+
+def reseal(
+    session: Session, old: crypto.Codec, new: crypto.Codec, progress: Callable[[str, int], None] | None = None
+) -> dict[str, int]:
+    """Open every vector of the database with ``old`` and seal it with ``new``, in the write
+    transaction ``session``, by batches of rows (memory stays bounded); returns rows per table.
+
+    Re-centred speakers are recorded by the triggers as changes (the index replays them or
+    is rebuilt by the caller)."""
+    from sqlalchemy import bindparam, update  # deferred: sqlalchemy is heavy to import
+
+    tables = {t.name: t for t in Base.metadata.sorted_tables}
+    done: dict[str, int] = {}
+    for name, column in VECTOR_COLUMNS.items():
+        table = tables[name]
+        keys = [c for c in ("id", "speaker_id", "audio_sha256") if c in table.c]
+        last, count = 0, 0
+        while True:
+            rows = [
+                dict(r._mapping)
+                for r in session.execute(
+                    select(*[table.c[k] for k in keys], table.c[column])
+                    .where(table.c.id > last)
+                    .order_by(table.c.id)
+                    .limit(_COPY_BATCH)
+                )
+            ]
+            if not rows:
+                break
+            for row in rows:
+                _open_row(old, name, row)
+                row[column] = new.seal(row[column], vector_aad(name, row)) if new.encrypted else row[column]
+            session.connection().execute(
+                update(table).where(table.c.id == bindparam("row_id")).values({column: bindparam("blob")}),
+                [{"row_id": r["id"], "blob": r[column]} for r in rows],
+            )
+            last = rows[-1]["id"]
+            count += len(rows)
+            if progress is not None:
+                progress(name, count)
+        done[name] = count
+    session.info["codec"] = new
+    return done
 
 
 def _check_row(table: str, row: dict[str, Any], dim: int | None) -> None:
@@ -937,25 +1226,33 @@ def prune_changes(session: Session, below: int) -> int:
     return int(result.rowcount or 0)  # a DELETE's CursorResult
 
 
+def _centroid(codec: crypto.Codec, speaker_id: int, blob: bytes) -> np.ndarray:
+    if not codec.encrypted:
+        return from_blob(codec.open(blob, b"", f"the centroid of speaker {speaker_id}"))
+    return from_blob(codec.open(blob, centroid_aad(speaker_id), f"the centroid of speaker {speaker_id}"))
+
+
 def centroids_of(session: Session, ids: list[int]) -> dict[int, np.ndarray]:
     """The centroids of the speakers ``ids`` that exist (absent ids are left out)."""
     out: dict[int, np.ndarray] = {}
+    codec = codec_of(session)
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
         for sid, blob in session.execute(select(Speaker.id, Speaker.centroid).where(Speaker.id.in_(chunk))):
-            out[int(sid)] = from_blob(blob)
+            out[int(sid)] = _centroid(codec, int(sid), blob)
     return out
 
 
 def names_and_centroids(session: Session, ids: list[int]) -> dict[int, tuple[str, np.ndarray]]:
     """Name and centroid of the speakers ``ids`` that exist, in one light query (no ORM rows)."""
     out: dict[int, tuple[str, np.ndarray]] = {}
+    codec = codec_of(session)
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
         for sid, name, blob in session.execute(
             select(Speaker.id, Speaker.name, Speaker.centroid).where(Speaker.id.in_(chunk))
         ):
-            out[int(sid)] = (name, from_blob(blob))
+            out[int(sid)] = (name, _centroid(codec, int(sid), blob))
     return out
 
 
@@ -1026,14 +1323,22 @@ def counts(session: Session) -> tuple[int, int]:
 
 def cohort(session: Session) -> np.ndarray:
     """The normalisation cohort's embeddings (m, dim) float32 in id order; (0, 0) if none."""
-    blobs = session.scalars(select(CohortEmbedding.embedding).order_by(CohortEmbedding.id)).all()
-    return np.stack([from_blob(b) for b in blobs]) if blobs else np.zeros((0, 0), np.float32)
+    codec = codec_of(session)
+    rows = session.execute(
+        select(CohortEmbedding.audio_sha256, CohortEmbedding.embedding).order_by(CohortEmbedding.id)
+    ).all()
+    vectors = [from_blob(codec.open(blob, cohort_aad(sha), "a cohort embedding")) for sha, blob in rows]
+    return np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
 
 
 def replace_cohort(session: Session, rows: list[tuple[str, str, np.ndarray]]) -> None:
     """Replace the whole cohort with ``rows`` of (source, audio sha256, embedding)."""
+    codec = codec_of(session)
     session.execute(delete(CohortEmbedding))
-    session.add_all(CohortEmbedding(source=src, audio_sha256=sha, embedding=to_blob(vec)) for src, sha, vec in rows)
+    session.add_all(
+        CohortEmbedding(source=src, audio_sha256=sha, embedding=codec.seal(to_blob(vec), cohort_aad(sha)))
+        for src, sha, vec in rows
+    )
 
 
 def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
@@ -1042,6 +1347,9 @@ def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     if not rows:
         return ids, np.zeros((0, 0), dtype=np.float32)
+    codec = codec_of(session)
+    if codec.encrypted:
+        return ids, np.stack([_centroid(codec, int(r[0]), r[1]) for r in rows])
     return ids, np.stack([from_blob(r[1]) for r in rows])
 
 
@@ -1071,7 +1379,11 @@ def recompute_centroid(speaker: Speaker) -> None:
     """Set the centroid to the L2-normalised mean of the utterance embeddings."""
     vectors = np.stack([u.vector() for u in speaker.utterances])  # (n_utt, dim)
     mean = vectors.mean(axis=0, dtype=np.float64)  # (dim,)
-    speaker.centroid = to_blob((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32))
+    blob = to_blob((mean / max(np.linalg.norm(mean), 1e-12)).astype(np.float32))
+    session = object_session(speaker)
+    if session is not None and codec_of(session).encrypted:
+        blob = codec_of(session).seal(blob, centroid_aad(_ensure_id(session, speaker)))
+    speaker.centroid = blob
     speaker.updated_at = utcnow()
 
 

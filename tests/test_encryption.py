@@ -1,0 +1,312 @@
+"""Encryption at rest (issue 27 item 4): vectors sealed in the database and the index file,
+``db encrypt``, ``key rotate`` with readers and writers running, wrong and missing keys.
+
+Files are searched byte by byte as the erasure tests do (tests/test_cache.py,
+tests/test_postgres.py): for every stored vector as float32, a float32 prefix and a middle
+run, as float64 and a float64 prefix; and for the data key and the keys derived from it.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import FakeEmbedder, voice, write
+from speakerdb import SpeakerDB, api
+from speakerdb.cli import cli
+from speakerdb.errors import DatabaseError, EncryptionKeyMissingError, EncryptionKeyWrongError
+from speakerdb.storage import crypto, store
+
+
+@pytest.fixture
+def clips(tmp_path) -> dict[str, list[Path]]:
+    out = {}
+    (tmp_path / "audio").mkdir()
+    for name, f0 in [("alice", 210.0), ("bob", 110.0), ("carol", 310.0), ("dave", 160.0)]:
+        out[name] = [write(tmp_path / "audio" / f"{name}{k}.wav", voice(f0, 2.0, seed=k)) for k in range(3)]
+    return out
+
+
+def _key(tmp_path: Path, name: str = "db.key") -> Path:
+    path = tmp_path / name
+    path.write_bytes(crypto.new_key_text())
+    path.chmod(0o600)
+    return path
+
+
+def _target(kind: str, tmp_path: Path, request) -> str | Path:
+    return request.getfixturevalue("pg_url") if kind == "postgresql" else tmp_path / "db" / "speakers.sqlite"
+
+
+def _vectors(db: SpeakerDB) -> list[np.ndarray]:
+    """Every vector the database holds, opened: centroids, utterance embeddings, cohort."""
+    with db.store.read() as s:
+        _, centroids = store.centroids(s)
+        utterances = [u.vector() for sp in store.speakers_by_name(s) for sp_u in [sp.utterances] for u in sp_u]
+        cohort = store.cohort(s)
+    return [*centroids, *utterances, *cohort]
+
+
+def _needles(vectors: list[np.ndarray]) -> list[bytes]:
+    """Each vector as the erasure tests look for it: whole and in parts, float32 and float64."""
+    out = []
+    for v in vectors:
+        f32, f64 = np.asarray(v, "<f4"), np.asarray(v, "<f8")
+        out += [f32.tobytes(), f32[:8].tobytes(), f32[10:18].tobytes(), f64.tobytes(), f64[:4].tobytes()]
+    return out
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _pg_files(pg_admin: str, url: str) -> dict[str, bytes]:
+    import psycopg
+
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the rows reach the table files
+        data_dir = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    with psycopg.connect(url) as conn:
+        oid = conn.execute("SELECT oid FROM pg_database WHERE datname = current_database()").fetchone()[0]
+    return _files(data_dir / "base" / str(oid))
+
+
+def _holding(files: dict[str, bytes], needles: list[bytes]) -> list[str]:
+    return [name for name, data in files.items() if any(n in data for n in needles)]
+
+
+def _fill(db: SpeakerDB, clips, cohort_seed: int = 0) -> None:
+    for name in ("alice", "bob", "carol"):
+        db.enroll(name, clips[name][:2])
+    rng = np.random.default_rng(cohort_seed)
+    cohort = rng.standard_normal((5, FakeEmbedder.dim)).astype(np.float32)
+    cohort /= np.linalg.norm(cohort, axis=1, keepdims=True)
+    with db.store.write() as s:
+        store.replace_cohort(s, [(f"c{i}", f"{i:064x}", v) for i, v in enumerate(cohort)])
+    assert db.identify([clips["alice"][2]])[0].speaker == "alice"  # the index file is written
+    db.remove("carol")  # zeroed in the index file in place
+
+
+# ---- nothing readable on disk -----------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
+def test_no_stored_vector_and_no_data_key_in_any_file(kind, encrypted, tmp_path, clips, request, monkeypatch):
+    if encrypted:
+        monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(_key(tmp_path)))
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "db" / "index"))
+    target = _target(kind, tmp_path, request)
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+        _fill(db, clips)
+        assert db.store.encrypted is encrypted
+        needles = _needles(_vectors(db))
+        keys = db.store.codec.fingerprints() if encrypted else []
+        assert db.identify([clips["bob"][2]])[0].speaker == "bob"
+    files = _files(tmp_path / "db")
+    if kind == "postgresql":
+        files.update(_pg_files(request.getfixturevalue("pg_admin"), str(target)))
+    assert any(name.endswith(".faiss") for name in files)
+    if not encrypted:  # the search finds vectors where they are stored in the clear
+        assert _holding(files, needles)
+        return
+    assert _holding(files, needles) == []
+    assert len(keys) == 2 and _holding(files, keys + [k.hex().encode() for k in keys]) == []
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db:  # and all of it opens again with the key
+        assert [r.speaker for r in db.identify([clips[n][2] for n in ("alice", "bob", "carol")])] == [
+            "alice",
+            "bob",
+            None,
+        ]
+
+
+def test_db_encrypt_converts_a_database_and_its_index_in_place(tmp_path, clips, monkeypatch):
+    path = tmp_path / "db" / "speakers.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        _fill(db, clips)
+        db.create_gallery("b")
+        other = db.for_gallery("b")  # another tenant's speakers and index file
+        other.enroll("dave", clips["dave"][:2])
+        assert other.identify([clips["dave"][2]])[0].speaker == "dave"
+        mine, theirs = _needles(_vectors(db)), _needles(_vectors(other))
+        needles = mine + theirs
+        other.close()
+        assert not db.info().encrypted
+    assert _holding(_files(tmp_path / "db"), needles)  # in the clear before
+    key = _key(tmp_path)
+    done = _cli(path, "db", "encrypt", "--json", env={"SPEAKERDB_KEY_FILE": str(key)})
+    assert done.exit_code == 0, done.output
+    assert _holding(_files(tmp_path / "db"), needles) == []
+    assert (tmp_path / "db" / "speakers.sqlite.faiss").exists()  # rewritten, sealed
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(key))
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        assert db.info().encrypted and db.identify([clips["bob"][2]])[0].speaker == "bob"
+        assert _needles(_vectors(db)) == mine  # the same vectors, opened in memory
+        assert _needles(_vectors(db.for_gallery("b"))) == theirs
+        db.enroll("dave", clips["dave"][:2])
+        assert db.identify([clips["dave"][2]])[0].speaker == "dave"
+        assert db.for_gallery("b").identify([clips["dave"][2]])[0].speaker == "dave"
+    assert _holding(_files(tmp_path / "db"), needles) == []
+    monkeypatch.delenv("SPEAKERDB_KEY_FILE")
+    with pytest.raises(EncryptionKeyMissingError):
+        SpeakerDB(path, embedder=FakeEmbedder())
+    again = _cli(path, "db", "encrypt", env={"SPEAKERDB_KEY_FILE": str(key)})
+    assert again.exit_code == 1 and "already encrypted" in again.stderr
+
+
+# ---- a wrong or missing key: one line, nothing touched ------------------------------------------
+def _cli(db: Path | str, *args: str, env: dict | None = None):
+    """The command line in this process (a subprocess costs seconds on a busy machine): the
+    key variables are only those in ``env``."""
+    unset = {"SPEAKERDB_KEY_FILE": None, "SPEAKERDB_KEY_COMMAND": None}
+    return CliRunner().invoke(cli, ["--db", str(db), *args], env={**unset, **(env or {})})
+
+
+def _env(tmp_path: Path) -> dict:
+    return {"SPEAKERDB_KEY_FILE": str(tmp_path / "db.key")}
+
+
+def test_a_wrong_or_missing_key_is_one_line_and_touches_nothing(tmp_path, clips, monkeypatch):
+    key, other = _key(tmp_path), _key(tmp_path, "other.key")
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(key))
+    path = tmp_path / "db" / "speakers.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        _fill(db, clips)
+    before = _files(tmp_path / "db")
+    attempts = {
+        "missing": ({}, "is encrypted: give its key"),
+        "wrong file": ({"SPEAKERDB_KEY_FILE": str(other)}, "is not the key of database"),
+        "wrong command": ({"SPEAKERDB_KEY_COMMAND": f"cat {other}"}, "is not the key of database"),
+        "failing command": ({"SPEAKERDB_KEY_COMMAND": "echo no vault >&2; exit 3"}, "exit status 3): no vault"),
+        "unreadable file": ({"SPEAKERDB_KEY_FILE": str(tmp_path / "absent.key")}, "cannot read the key file"),
+    }
+    for what, (env, said) in attempts.items():
+        for args in (["list"], ["enroll", "zed", str(clips["dave"][0])], ["key", "rotate", "--reencrypt"]):
+            done = _cli(path, *args, env=env)
+            assert done.exit_code == 1, (what, args, done.output)
+            assert done.stderr.count("\n") == 1 and said in done.stderr, (what, args, done.stderr)
+            assert _files(tmp_path / "db") == before, (what, args)
+    # a rotation whose new key cannot be read is refused before the database is opened
+    done = _cli(
+        path, "key", "rotate", "--new-key-file", str(tmp_path / "absent.key"), env={"SPEAKERDB_KEY_FILE": str(key)}
+    )
+    assert done.exit_code == 1 and "cannot read the key file" in done.stderr and _files(tmp_path / "db") == before
+    with pytest.raises(EncryptionKeyWrongError):
+        SpeakerDB(path, embedder=FakeEmbedder(), key=api.KeySource(file=str(other)))
+
+
+def test_a_vector_moved_to_another_row_does_not_open(tmp_path, clips, monkeypatch):
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(_key(tmp_path)))
+    path = tmp_path / "db" / "speakers.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        _fill(db, clips)
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:  # bob gets alice's sealed centroid
+        conn.execute(
+            "UPDATE speakers SET centroid = (SELECT centroid FROM speakers WHERE name = 'alice') WHERE name = 'bob'"
+        )
+    for p in tmp_path.glob("db/*.faiss"):
+        p.unlink()
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        with pytest.raises(DatabaseError, match="does not authenticate"):
+            db.identify([clips["alice"][2]])
+
+
+# ---- rotation while others read and write ---------------------------------------------------------
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_rotation_with_readers_and_writers_running(kind, tmp_path, clips, request, monkeypatch):
+    old, new = _key(tmp_path, "old.key"), _key(tmp_path, "new.key")
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(old))
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "db" / "index"))
+    target = _target(kind, tmp_path, request)
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", clips["alice"][:2])
+        db.enroll("bob", clips["bob"][:2])
+    stop, errors, enrolled = threading.Event(), [], []
+
+    def reader() -> None:
+        with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+            while not stop.is_set():
+                try:
+                    [a, b] = db.identify([clips["alice"][2], clips["bob"][2]])
+                    assert (a.speaker, b.speaker) == ("alice", "bob")
+                except Exception as e:  # noqa: BLE001  (reported by the main thread)
+                    errors.append(f"reader: {e!r}")
+                    return
+
+    def writer() -> None:
+        with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+            n = 0
+            while not stop.is_set():
+                try:
+                    db.enroll(f"w{n}", [clips["carol"][n % 3], clips["dave"][n % 3]])
+                    enrolled.append(f"w{n}")
+                    n += 1
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"writer: {e!r}")
+                    return
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    for t in threads:
+        t.start()
+    try:
+        while len(enrolled) < 2 and not errors:
+            stop.wait(0.05)
+        again = api.rotate_key(target, reencrypt=True)  # a new data key, under the same key
+        assert again.reencrypted and again.dek_id == 2
+        count = len(enrolled)
+        while len(enrolled) < count + 2 and not errors:
+            stop.wait(0.05)
+        moved = api.rotate_key(target, api.KeySource(file=str(new)))  # the data key under the new key
+        assert moved.rewrapped and not moved.reencrypted
+        count = len(enrolled)
+        while len(enrolled) < count + 2 and not errors:
+            stop.wait(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert errors == []
+    with pytest.raises(EncryptionKeyWrongError):
+        SpeakerDB(target, embedder=FakeEmbedder())  # the old key no longer opens it
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(new))
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+        assert {s.name for s in db.list()} == {"alice", "bob", *enrolled}
+        assert len(_vectors(db)) == 2 + 3 * len(enrolled) + 4  # every vector opens under data key 2
+        assert db.store.codec.dek_id == 2
+        assert db.identify([clips["bob"][2]])[0].speaker == "bob"
+
+
+# ---- galleries sealed to a recipient ----------------------------------------------------------------
+def test_a_gallery_sealed_to_a_recipient_opens_only_with_their_key(tmp_path, clips, monkeypatch):
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(_key(tmp_path)))
+    source, sealed = tmp_path / "db" / "a.sqlite", tmp_path / "b.gallery"
+    with SpeakerDB(source, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", clips["alice"][:2])
+        db.enroll("bob", clips["bob"][:2])
+        needles = _needles(_vectors(db))
+    for name in ("site-b.key", "other.key"):
+        assert _cli(source, "key", "pair", str(tmp_path / name)).exit_code == 0
+    assert (tmp_path / "site-b.key").stat().st_mode & 0o777 == 0o600
+    done = _cli(source, "export", str(sealed), "--to-key", str(tmp_path / "site-b.key.pub"), env=_env(tmp_path))
+    assert done.exit_code == 0, done.output
+    data = sealed.read_bytes()
+    assert not data.startswith(b"PK") and _holding({"g": data}, needles) == []
+    target = tmp_path / "site-b.sqlite"
+    refused = {
+        (): "sealed to a recipient's key: import it with --key",
+        ("--key", str(tmp_path / "other.key")): "does not open with the private key",
+        ("--key", str(tmp_path / "site-b.key.pub")): "is not an unencrypted X25519 private key",
+    }
+    for args, said in refused.items():
+        done = _cli(target, "import", str(sealed), *args)
+        assert done.exit_code == 1 and done.stderr.count("\n") == 1 and said in done.stderr, (args, done.output)
+    assert not target.exists()
+    done = _cli(target, "import", str(sealed), "--key", str(tmp_path / "site-b.key"))
+    assert done.exit_code == 0, done.output
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db:
+        assert sorted(s.name for s in db.list()) == ["alice", "bob"]
+        assert sorted(map(bytes, _needles(_vectors(db)))) == sorted(map(bytes, needles))
