@@ -44,6 +44,73 @@ def voice(f0: float, seconds: float = 2.0, seed: int = 0, sr: int = SR) -> np.nd
     return signal.astype(np.float32)
 
 
+# Vowel formants (F1, F2, F3 in Hz) that speech() glides between.
+_VOWELS = np.array(
+    [
+        (730, 1090, 2440),
+        (270, 2290, 3010),
+        (300, 870, 2240),
+        (530, 1840, 2480),
+        (570, 840, 2410),
+        (660, 1720, 2410),
+        (440, 1020, 2240),
+        (490, 1350, 1690),
+    ],
+    dtype=float,
+)
+
+
+def speech(f0: float, seconds: float = 4.0, seed: int = 0, tract: float = 1.0, sr: int = SR) -> np.ndarray:
+    """Generated speech that Silero's VAD takes for speech (voice() it does not): syllables of a
+    fricative burst and a voiced vowel gliding between formant targets, with pauses between
+    phrases. ``tract`` scales the formants (a longer or shorter vocal tract). (n,) float32"""
+    from scipy.signal import lfilter  # deferred: scipy is heavy and only some tests make speech
+
+    rng = np.random.default_rng(seed)
+    n = int(round(seconds * sr))
+    pitch, formants = np.full(n, float(f0)), np.tile(_VOWELS[0] * tract, (n, 1))
+    voiced, hiss = np.zeros(n), np.zeros(n)
+    t, base = 0, float(f0)
+    while t < n:
+        if rng.random() < 0.1:  # a pause between phrases
+            t += int(rng.uniform(0.15, 0.35) * sr)
+            base = f0 * rng.uniform(0.95, 1.1)
+            continue
+        c, v, g = (int(rng.uniform(lo, hi) * sr) for lo, hi in ((0.04, 0.09), (0.12, 0.26), (0.01, 0.05)))
+        span = slice(t, min(t + c + v + g, n))
+        m = span.stop - span.start
+        pitch[span] = base * (1 + rng.uniform(-0.12, 0.12) * np.linspace(-1, 1, m))
+        a, b = _VOWELS[rng.integers(len(_VOWELS))], _VOWELS[rng.integers(len(_VOWELS))]
+        w = np.linspace(0, 1, m)[:, None]
+        formants[span] = (a * (1 - w) + b * w) * tract
+        envelope = np.zeros(c + v + g)
+        envelope[c : c + v] = np.sin(np.linspace(0, np.pi, v)) ** 0.6
+        voiced[span] = envelope[:m]
+        burst = np.zeros(c + v + g)
+        burst[:c] = np.hanning(c) * rng.uniform(0.2, 0.6)
+        hiss[span] = burst[:m]
+        t, base = t + c + v + g, base * rng.uniform(0.97, 1.02)
+    # Glottal pulses (Rosenberg's shape) at the pitch, through three resonators block by block.
+    frac = np.cumsum(pitch / sr) % 1.0
+    opening, closing = 0.4, 0.6
+    pulse = np.where(
+        frac < opening,
+        0.5 * (1 - np.cos(np.pi * frac / opening)),
+        np.where(frac < closing, np.cos(np.pi / 2 * (frac - opening) / (closing - opening)), 0.0),
+    )
+    source = np.diff(pulse, prepend=0.0) * voiced
+    out, state = np.zeros(n), [np.zeros(2) for _ in range(3)]
+    for s in range(0, n, 80):
+        block = source[s : s + 80]
+        for j, bandwidth in enumerate((90.0, 110.0, 170.0)):
+            r, theta = np.exp(-np.pi * bandwidth / sr), 2 * np.pi * formants[s, j] / sr
+            block, state[j] = lfilter([1 - r], [1, -2 * r * np.cos(theta), r * r], block, zi=state[j])
+        out[s : s + 80] = block
+    out = 0.6 * out / max(np.max(np.abs(out)), 1e-9)
+    out += lfilter([1, -0.95], [1], rng.standard_normal(n)) * hiss * 0.25 + 0.002 * rng.standard_normal(n)
+    return (0.7 * out / np.max(np.abs(out))).astype(np.float32)
+
+
 def write(path: Path, samples: np.ndarray, sr: int = SR, **kwargs) -> Path:
     sf.write(str(path), samples, sr, **kwargs)
     return path

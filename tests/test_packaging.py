@@ -77,6 +77,11 @@ def test_py_typed_is_shipped(tmp_path):
         names = set(wheel.namelist())
     assert "speakerdb/py.typed" in names
     assert "speakerdb/migrations/script.py.mako" in names
+    # The web page (issue 26) ships as files in the package: no build step, nothing fetched.
+    static = REPO / "speakerdb" / "service" / "static"
+    shipped = {f"speakerdb/service/static/{p.relative_to(static).as_posix()}" for p in static.rglob("*") if p.is_file()}
+    assert shipped <= names
+    assert "speakerdb/service/static/index.html" in names and "speakerdb/service/static/views/live.js" in names
 
 
 def test_every_public_name_resolves():

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..api import SpeakerDB
 from ..storage import store
+from ..storage.keys import SCOPES
 from ..timeline import Params
 from .auth import Caller, require
 from .connections import Guard, TimedHTTPProtocol
@@ -54,6 +55,7 @@ from .schemas import (
 )
 from .settings import ServeConfig
 from .uploads import COPY_CHUNK, client_names
+from .web import install as install_page
 from .worker import Service
 
 log = logging.getLogger("speakerdb.server")
@@ -126,6 +128,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         config.body_timeout_s,
     )
     _install_handlers(app)
+    install_page(app)  # the web page at / (docs/web.md)
 
     @app.get("/healthz", tags=["service"], responses=example({"status": "ok"}))
     async def healthz() -> dict[str, str]:
@@ -317,6 +320,25 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         server's paths, which are no client's business)."""
         document = (await request.app.state.service.admin(lambda db: db.info())).to_dict()
         return ok({k: v for k, v in document.items() if k not in SERVER_ONLY_INFO})
+
+    @app.get(
+        "/v1/whoami",
+        tags=["keys"],
+        responses=example(
+            {"key": "ops", "scope": "admin", "scopes": ["read", "write", "admin"], "keys_required": True}
+        ),
+    )
+    async def whoami(request: Request, caller: Caller = READ) -> JSONResponse:
+        """The caller's key and what its scope allows (the web page offers only that): `key` is
+        null where the service needs no key (loopback, the database never had one)."""
+        return ok(
+            {
+                "key": caller.key_name,
+                "scope": caller.scope,
+                "scopes": [s for s in SCOPES if SCOPES.index(s) <= SCOPES.index(caller.scope)],
+                "keys_required": caller.key_name is not None,
+            }
+        )
 
     @app.get("/v1/threshold", tags=["database"], responses=example({"threshold": 0.86}))
     async def get_threshold(request: Request, caller: Caller = READ) -> JSONResponse:

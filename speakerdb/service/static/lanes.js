@@ -1,0 +1,108 @@
+// One lane per voice: its name, its speech, and a cursor at the time being played or heard.
+// Used by the timeline (a finished recording) and the live view (lanes that grow).
+
+import { fill, h, score, seconds } from "./dom.js";
+
+/** The name a span shows: the enrolled speaker, or the voice's label (unknown-1, ...). */
+export function voiceName(span) {
+  return span.speaker || span.label;
+}
+
+export class Lanes {
+  /**
+   * ``caption``: what the lanes show; ``onseek(t)``: a segment was chosen (the player jumps
+   * there); ``extra(label)``: a node placed under a lane's name once (e.g. an enroll form).
+   */
+  constructor({ caption, onseek = null, extra = null }) {
+    this.onseek = onseek;
+    this.extra = extra;
+    this.duration = 1;
+    this.lanes = new Map(); // label -> {el, title, meta, track, cursor}
+    this.el = h("div", { class: "lanes", role: "group", "aria-label": caption });
+    this.empty = h("p", { class: "hint" }, "No speech yet.");
+    this.el.append(this.empty);
+  }
+
+  lane(label) {
+    let lane = this.lanes.get(label);
+    if (lane) return lane;
+    const title = h("h3", { class: "lane-name" }, label);
+    const meta = h("span", { class: "lane-meta" });
+    const track = h("div", { class: "track" });
+    const cursor = h("div", { class: "cursor", "aria-hidden": "true" });
+    track.append(cursor);
+    const head = h("div", { class: "lane-head" }, title, meta);
+    const el = h("section", { class: `lane c${this.lanes.size % 8}`, dataset: { label } }, head, track);
+    if (this.extra) {
+      const extra = this.extra(label);
+      if (extra) el.append(h("div", { class: "lane-extra" }, extra));
+    }
+    lane = { el, title, meta, track, cursor, label };
+    this.lanes.set(label, lane);
+    this.empty.remove();
+    this.el.append(el);
+    return lane;
+  }
+
+  /**
+   * Show ``spans`` ({start, end, label, speaker, score, final}) over ``duration`` seconds.
+   * Lanes are kept (and with them whatever is typed into their forms); their segments redrawn.
+   */
+  update(spans, duration) {
+    this.duration = Math.max(duration || 0, 1e-3);
+    const byLabel = new Map();
+    for (const s of spans) {
+      if (!byLabel.has(s.label)) byLabel.set(s.label, []);
+      byLabel.get(s.label).push(s);
+    }
+    for (const [label, list] of byLabel) {
+      const lane = this.lane(label);
+      const last = list[list.length - 1];
+      const name = voiceName(list.find((s) => s.speaker) || last);
+      const talked = list.reduce((a, s) => a + (s.end - s.start), 0);
+      const settled = list.every((s) => s.final !== false);
+      fill(lane.title, name);
+      lane.el.setAttribute("aria-label", `Voice ${name}`);
+      lane.el.classList.toggle("known", Boolean(list.some((s) => s.speaker)));
+      fill(
+        lane.meta,
+        `${seconds(talked)} of speech`,
+        last.score !== undefined && last.score !== null ? `, score ${score(last.score)}` : "",
+        settled ? "" : " (provisional)",
+      );
+      lane.track.replaceChildren(lane.cursor);
+      for (const s of list) lane.track.append(this.segment(s, name));
+    }
+    for (const [label, lane] of this.lanes) {
+      if (!byLabel.has(label)) lane.track.replaceChildren(lane.cursor);
+    }
+  }
+
+  segment(s, name) {
+    const style = {
+      left: `${(100 * s.start) / this.duration}%`,
+      width: `${Math.max((100 * (s.end - s.start)) / this.duration, 0.4)}%`,
+    };
+    const text = `${name}, ${seconds(s.start)} to ${seconds(s.end)}${s.final === false ? ", provisional" : ""}`;
+    const cls = `seg${s.final === false ? " provisional" : ""}`;
+    if (!this.onseek) return h("span", { class: cls, style, title: text, role: "img", "aria-label": text });
+    return h("button", { type: "button", class: cls, style, title: text, "aria-label": `Play ${text}`, onclick: () => this.onseek(s.start) });
+  }
+
+  /** Where the cursor stands, in seconds (null hides it). */
+  cursorAt(t) {
+    for (const lane of this.lanes.values()) {
+      lane.cursor.hidden = t === null;
+      if (t !== null) lane.cursor.style.left = `${Math.min(100, (100 * t) / this.duration)}%`;
+    }
+  }
+
+  /** Rename a lane's voice (after it was enrolled). */
+  rename(label, name) {
+    const lane = this.lanes.get(label);
+    if (lane) {
+      fill(lane.title, name);
+      lane.el.classList.add("known");
+    }
+  }
+}

@@ -1,0 +1,185 @@
+// Live: the microphone streamed to WebSocket /v1/stream (16 kHz f32le frames); lanes grow as
+// people talk, names appear provisional and settle when final. An unknown voice can be named
+// and enrolled from what the session heard (write scope). The key goes in the socket's first
+// message, never in its URL.
+
+import { session } from "../api.js";
+import { Microphone, RATE } from "../audio.js";
+import { field, h, messages, seconds } from "../dom.js";
+import { Lanes } from "../lanes.js";
+
+/** Spans after ``event``: provisional spans it overlaps are replaced by it. */
+export function revise(spans, event) {
+  const kept = spans.filter((s) => s.final || s.end <= event.start || s.start >= event.end);
+  kept.push({ start: event.start, end: event.end, label: event.label, speaker: event.speaker, score: event.score, final: event.final });
+  kept.sort((a, b) => a.start - b.start);
+  return kept;
+}
+
+export default async function live(main) {
+  const out = messages();
+  const level = h("meter", { min: "-60", max: "0", low: "-45", high: "-6", optimum: "-20", value: "-60", id: "live-level" });
+  const heard = h("output", {}, seconds(0));
+  const state = h("p", { class: "hint", role: "status", "aria-live": "polite" }, "Not listening.");
+  const button = h("button", { type: "button", "aria-pressed": "false" }, "Start listening");
+  const summary = h("div");
+  let spans = [];
+  let mic = null;
+  let socket = null;
+  let fed = 0;
+
+  const lanes = new Lanes({
+    caption: "Voices heard",
+    extra: (label) => {
+      if (!label.startsWith("unknown") || !session.can("write")) return null;
+      const name = h("input", { type: "text", required: true, autocomplete: "off", spellcheck: "false" });
+      const f = h("form", { class: "inline enroll-voice" }, field(`Name ${label}`, name), h("button", { type: "submit" }, `Enroll ${label}`));
+      f.addEventListener("submit", (e) => {
+        e.preventDefault();
+        if (!socket || socket.readyState !== WebSocket.OPEN) {
+          out.error("enrolling needs the session running: start listening first");
+          return;
+        }
+        socket.send(JSON.stringify({ type: "enroll", label, name: name.value.trim() }));
+        out.info(`Enrolling ${label} as ${name.value.trim()}…`);
+      });
+      return f;
+    },
+  });
+  const redraw = () => {
+    const end = Math.max(fed, 20, ...spans.map((s) => s.end));
+    lanes.update(spans, end);
+    lanes.cursorAt(fed);
+  };
+
+  const onEvent = (ev) => {
+    if (typeof ev.at === "number") fed = Math.max(fed, ev.at);
+    switch (ev.type) {
+      case "speech":
+        state.textContent = `Speech at ${seconds(ev.start)}.`;
+        break;
+      case "voice":
+        spans = revise(spans, ev);
+        redraw();
+        break;
+      case "enrolled":
+        lanes.rename(ev.label, ev.name);
+        for (const s of spans) if (s.label === ev.label) s.speaker = ev.name;
+        out.info(`Enrolled ${ev.label} as ${ev.name}.`);
+        redraw();
+        break;
+      case "error":
+        out.error(`${ev.message}`);
+        break;
+      case "timeline": {
+        spans = (ev.segments || []).map((s) => ({ ...s, final: true }));
+        fed = Math.max(fed, ev.duration || 0);
+        redraw();
+        const voices = ev.voices || [];
+        summary.replaceChildren(
+          h("h2", {}, "Session"),
+          h("p", {}, `${seconds(ev.duration || fed)} heard, ${voices.length} voice${voices.length === 1 ? "" : "s"}: ${voices.map((v) => v.speaker || v.label).join(", ") || "none"}.`),
+        );
+        break;
+      }
+      default:
+        break;
+    }
+  };
+
+  async function start() {
+    out.clear();
+    summary.replaceChildren();
+    spans = [];
+    fed = 0;
+    redraw();
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const q = new URLSearchParams({ sample_rate: String(RATE), encoding: "f32le" });
+    socket = new WebSocket(`${scheme}://${location.host}/v1/stream?${q}`);
+    socket.binaryType = "arraybuffer";
+    const ws = socket;
+    ws.addEventListener("message", (e) => {
+      if (typeof e.data !== "string") return;
+      try {
+        onEvent(JSON.parse(e.data));
+      } catch {
+        out.error("the service sent a message this page cannot read");
+      }
+    });
+    ws.addEventListener("close", (e) => {
+      if (socket === ws) {
+        if (e.code !== 1000 && e.code !== 1005) out.error(e.reason || `the stream was closed (code ${e.code})`);
+        stop(false);
+      }
+    });
+    await new Promise((resolve, reject) => {
+      ws.addEventListener("open", resolve, { once: true });
+      ws.addEventListener("error", () => reject(new Error("the service's stream cannot be reached")), { once: true });
+    });
+    if (session.key) ws.send(JSON.stringify({ type: "auth", key: session.key }));
+    mic = new Microphone({
+      onblock: (block) => {
+        if (ws.readyState === WebSocket.OPEN) ws.send(block.buffer);
+        heard.value = seconds(mic ? mic.seconds : 0);
+      },
+      onlevel: (db) => {
+        level.value = Math.max(-60, Math.min(0, db));
+      },
+    });
+    await mic.start();
+    button.textContent = "Stop listening";
+    button.setAttribute("aria-pressed", "true");
+    button.classList.add("recording");
+    state.textContent = "Listening…";
+  }
+
+  /** Stop the microphone; with ``finish``, ask the service for the session's timeline first. */
+  async function stop(finish = true) {
+    const m = mic;
+    mic = null;
+    if (m) await m.stop();
+    level.value = -60;
+    button.textContent = "Start listening";
+    button.setAttribute("aria-pressed", "false");
+    button.classList.remove("recording");
+    const ws = socket;
+    if (finish && ws && ws.readyState === WebSocket.OPEN) {
+      state.textContent = "Finishing the session…";
+      ws.send(JSON.stringify({ type: "end" }));
+      await new Promise((resolve) => {
+        ws.addEventListener("close", resolve, { once: true });
+        setTimeout(resolve, 30000);
+      });
+    }
+    socket = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
+    state.textContent = "Not listening.";
+  }
+
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      if (mic || socket) await stop(true);
+      else await start();
+    } catch (e) {
+      out.error(e);
+      await stop(false);
+    } finally {
+      button.disabled = false;
+    }
+  });
+
+  main.append(
+    h("h1", {}, "Live"),
+    h("p", {}, "Names appear as people talk (dashed while provisional); nothing is recorded."),
+    h("div", { class: "card recorder" }, button, h("label", { for: "live-level" }, "Input level"), level, h("span", {}, "Heard ", heard)),
+    state,
+    out.el,
+    lanes.el,
+    summary,
+  );
+  redraw();
+  return async () => {
+    await stop(false);
+  };
+}

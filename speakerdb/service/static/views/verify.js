@@ -1,0 +1,73 @@
+// Verify: is this recording spoken by that speaker? The score against the threshold.
+
+import { api, seg } from "../api.js";
+import { dropzone, field, h, messages, score } from "../dom.js";
+import { scoreBar } from "./identify.js";
+
+export default async function verify(main) {
+  const out = messages();
+  const result = h("div", { class: "results" });
+  const who = h("select", { required: true });
+  const thresholdInput = h("input", { type: "number", step: "any", min: "-1", max: "1", inputmode: "decimal" });
+  let file = null;
+  const chosen = h("p", { class: "hint" }, "No recording chosen.");
+  const drop = dropzone("Recording to verify", {
+    multiple: false,
+    onfiles: (files) => {
+      file = files[0];
+      chosen.textContent = `Chosen: ${file.name}`;
+    },
+  });
+  const submit = h("button", { type: "submit" }, "Verify");
+  const form = h(
+    "form",
+    { class: "card" },
+    field("Claimed speaker", who),
+    drop.el,
+    chosen,
+    field("Threshold (optional)", thresholdInput),
+    submit,
+  );
+  main.append(h("h1", {}, "Verify"), h("p", {}, "Is the recording spoken by the claimed speaker (one to one)?"), form, out.el, result);
+  try {
+    const speakers = await api("GET", "/v1/speakers");
+    who.replaceChildren(...speakers.map((s) => h("option", { value: s.name }, s.name)));
+    if (!speakers.length) out.error("no speakers are enrolled yet");
+  } catch (e) {
+    out.error(e);
+  }
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (!file) {
+      out.error("choose a recording first");
+      return;
+    }
+    const body = new FormData();
+    body.append("file", file, file.name);
+    if (thresholdInput.value.trim()) body.append("threshold", thresholdInput.value.trim());
+    out.info(`Verifying ${file.name} against ${who.value}…`);
+    result.replaceChildren();
+    try {
+      const v = await api("POST", `/v1/speakers/${seg(who.value)}/verify`, { form: body });
+      const cosine = v.raw_score !== null && v.raw_score !== undefined && v.raw_score !== v.score ? `, cosine ${score(v.raw_score)}` : "";
+      out.clear();
+      result.replaceChildren(
+        h(
+          "article",
+          { class: `answer ${v.accepted ? "known" : "unknown"}` },
+          h("h2", {}, v.file),
+          h(
+            "p",
+            { class: "verdict" },
+            v.accepted
+              ? `accepted: ${v.speaker} (score ${score(v.score)} ≥ threshold ${score(v.threshold)}${cosine})`
+              : `rejected: not ${v.speaker} (score ${score(v.score)} < threshold ${score(v.threshold)}${cosine})`,
+          ),
+          scoreBar(v.score, v.threshold),
+        ),
+      );
+    } catch (err) {
+      out.error(err);
+    }
+  });
+}
