@@ -10,6 +10,7 @@ export function enrollLines(result, withMetadata = false) {
   const lines = [];
   for (const s of result.skipped) lines.push(`note: skipped ${s.source}: ${s.reason}`);
   for (const w of result.warnings) lines.push(`warning: ${w.source}: ${w.reason}`);
+  for (const note of result.notes || []) lines.push(`warning: ${note}`); // "this voice matches alice (0.93) ..."
   const verb = result.created ? "created" : result.added.length || withMetadata ? "updated" : "unchanged";
   lines.push(
     `${verb} ${result.speaker}: ${result.added.length} utterance(s) added, ` +
@@ -160,7 +161,7 @@ export default async function enroll(main, { go }) {
       list,
     ),
     field("Metadata (optional)", meta, "KEY=VALUE, one per line, as `enroll --meta`."),
-    h("div", { class: "check" }, isNew, h("label", { for: (isNew.id = "enroll-new") }, "Only a new speaker (refuse if the name exists)")),
+    h("div", { class: "check" }, isNew, h("label", { for: (isNew.id = "enroll-new") }, "New speaker (--new): refuse if the name exists, and do not warn when the voice matches another's")),
     h("div", { class: "check" }, strict, h("label", { for: (strict.id = "enroll-strict") }, "Strict: refuse doubtful clips instead of warning")),
     submit,
     out.el,
