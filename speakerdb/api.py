@@ -998,15 +998,17 @@ class SpeakerDB:
         with store.audited(actor, "key-revoke", detail={"key": name}), self.store.write() as s:
             return keys.revoke(s, name)
 
-    def authenticate(self, key: str) -> KeyInfo | None:
-        """The active API key ``key`` is, or None."""
-        with self.store.read() as s:
+    def authenticate(self, key: str, *, any_gallery: bool = False) -> KeyInfo | None:
+        """The active API key ``key`` is, or None: a key of this gallery, or with ``any_gallery``
+        of any (the service, which then answers only for the key's own gallery: ``KeyInfo.gallery``)."""
+        with self.store.read(every_gallery=any_gallery) as s:
             return keys.authenticate(s, key)
 
-    def has_keys(self, include_revoked: bool = False) -> bool:
+    def has_keys(self, include_revoked: bool = False, *, any_gallery: bool = False) -> bool:
         """Whether any API key is active, or with ``include_revoked`` was ever created (then
-        ``serve`` requires a key for every request, even once all are revoked)."""
-        with self.store.read() as s:
+        ``serve`` requires a key for every request, even once all are revoked); in this
+        gallery, or with ``any_gallery`` in any (what ``serve`` decides on)."""
+        with self.store.read(every_gallery=any_gallery) as s:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:

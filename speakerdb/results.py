@@ -357,6 +357,8 @@ class KeyInfo:
     scope: str
     created_at: datetime
     revoked_at: datetime | None = None
+    #: The gallery the key belongs to, and the only one it reaches (not in to_dict: listed per gallery).
+    gallery: str = "default"
 
     @property
     def active(self) -> bool:

@@ -240,3 +240,110 @@ def test_rows_written_in_one_gallery_carry_its_id(tmp_path, clips):
                 assert len(ids) == 1 and store.speaker_id_digest(s)[0] == 1
             with a.store.read(every_gallery=True) as s:
                 assert len(store.speakers_by_name(s)) == 2
+
+
+# ---- the service: /v1/galleries/{gallery}/..., keys that reach their own gallery only -------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_checkpoint):
+    """One worker over a database with galleries acme and beta, an admin key in each and in the default."""
+    from test_server import Server
+
+    d = tmp_path_factory.mktemp("tenants-served")
+    db_path = d / "served.sqlite"
+    with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
+        keys = {"default": db.create_key("ops", "admin").key}
+        for name in ("acme", "beta"):
+            db.create_gallery(name)
+            with db.for_gallery(name) as g:
+                keys[name] = g.create_key("ops", "admin").key  # the same key name in every gallery
+    srv = Server(db_path, tiny_checkpoint, d / "server.log")
+    srv.keys = keys
+    srv.start()
+    yield srv
+    assert srv.stop() in (0, -15)
+    assert "Traceback" not in srv.log.read_text()
+
+
+def test_the_service_answers_each_gallery_under_its_prefix_and_keys_reach_their_own_only(served, tmp_path):
+    from speakerdb.service.client import Client
+
+    clip = {n: write(tmp_path / f"{n}.wav", voice(f0, 1.5, seed=3)) for n, f0 in F0.items()}
+    default = Client(served.url, served.keys["default"], retries=0)
+    acme = Client(served.url, served.keys["acme"], retries=0, gallery="acme")
+    beta = Client(served.url, served.keys["beta"], retries=0, gallery="beta")
+    default.enroll("alice", [clip["alice"]])
+    acme.enroll("alice", [clip["bob"]])  # the same name, another voice
+    acme.enroll("carol", [clip["carol"]])
+    beta.enroll("bob", [clip["bob"]])
+    assert [s.name for s in acme.list()] == ["alice", "carol"] and [s.name for s in default.list()] == ["alice"]
+    assert [r.speaker for r in acme.identify([clip["carol"], clip["bob"]])] == ["carol", "alice"]
+    assert {c.speaker for c in default.identify([clip["carol"]], top_k=5)[0].candidates} == {"alice"}
+    acme.set_threshold(0.5)
+    assert acme.threshold == 0.5 and default.threshold != 0.5 and acme.info().gallery == "acme"
+    assert acme.info().n_speakers == 2 and default.info().n_speakers == 1
+
+    # acme's key probing beta (which exists, and holds bob) and nope (which does not): the same 404.
+    answers = {}
+    for gallery in ("beta", "nope"):
+        for name in ("bob", "zed"):
+            status, _, doc = served.call("GET", f"/v1/galleries/{gallery}/speakers/{name}", key=served.keys["acme"])
+            answers[gallery, name] = (status, doc["error"]["code"], doc["error"]["message"].replace(gallery, "G"))
+        for method, path in (("GET", "/speakers"), ("GET", "/audit"), ("PUT", "/threshold"), ("GET", "/keys")):
+            body = {"threshold": 0.1} if method == "PUT" else None
+            status, _, doc = served.call(method, f"/v1/galleries/{gallery}{path}", key=served.keys["acme"], body=body)
+            answers[gallery, path] = (status, doc["error"]["code"], doc["error"]["message"].replace(gallery, "G"))
+        # An upload is refused before its body is stored, in the same words.
+        status, _, doc = served.call(
+            "POST", f"/v1/galleries/{gallery}/identify", key=served.keys["acme"], files=[("files", "x.wav", b"x")]
+        )
+        answers[gallery, "identify"] = (status, doc["error"]["code"], doc["error"]["message"].replace(gallery, "G"))
+    assert len(set(answers.values())) == 1, answers
+    assert next(iter(answers.values()))[:2] == (404, "gallery_not_found")
+    assert beta.threshold != 0.1 and [s.name for s in beta.list()] == ["bob"]  # nothing reached beta
+    # Nor the default gallery's plain routes, nor the default gallery's key another's.
+    assert served.call("GET", "/v1/speakers/alice", key=served.keys["acme"])[0] == 404
+    assert served.call("GET", "/v1/galleries/acme/speakers/carol", key=served.keys["default"])[0] == 404
+    assert served.call("GET", "/v1/galleries/acme/speakers/carol", key=served.keys["acme"])[0] == 200
+    # Each gallery's audit record holds its own changes.
+    assert {e.speaker for e in acme.audit() if e.operation == "enroll"} == {"alice", "carol"}
+    assert {e.speaker for e in default.audit() if e.operation == "enroll"} == {"alice"}
+    # The metrics name routes by their templates, one per mount.
+    metrics = served.call("GET", "/metrics")[2]
+    metrics = metrics.decode() if isinstance(metrics, bytes) else metrics
+    assert 'endpoint="/v1/galleries/{gallery}/identify"' in metrics and 'endpoint="/v1/identify"' in metrics
+    assert 'endpoint="/identify"' not in metrics
+
+
+def test_a_model_bound_in_one_gallery_brings_its_starting_threshold_to_all(tmp_path, clips):
+    class OwnScale(FakeEmbedder):
+        default_threshold = 0.6  # as GE2E brings its own
+
+    with SpeakerDB(tmp_path / "db.sqlite", embedder=OwnScale()) as a:
+        a.create_gallery("acme")
+        a.create_gallery("chosen")
+        with a.for_gallery("chosen") as c:
+            c.set_threshold(0.7)
+        with a.for_gallery("acme") as b:
+            b.enroll("alice", clips["alice"][:1])  # binds the model: the database's, for every gallery
+            assert b.threshold == 0.6
+        assert a.threshold == 0.6
+        with a.for_gallery("chosen") as c:
+            assert c.threshold == 0.7
+        a.create_gallery("later")
+        with a.for_gallery("later") as d:
+            assert d.threshold == 0.6
+
+
+def test_a_copy_of_a_database_keeps_its_galleries(tmp_path, clips):
+    with SpeakerDB(tmp_path / "a.sqlite", embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:1])
+        a.create_gallery("acme")
+        with a.for_gallery("acme") as b:
+            b.enroll("alice", clips["bob"][:1])
+            b.set_threshold(0.5)
+    api.copy_database(tmp_path / "a.sqlite", tmp_path / "b.sqlite")
+    with SpeakerDB(tmp_path / "b.sqlite", embedder=FakeEmbedder(), gallery="acme") as b:
+        assert [s.name for s in b.list()] == ["alice"] and b.threshold == 0.5
+        assert b.identify([clips["bob"][2]])[0].speaker == "alice"
+        assert [g.name for g in b.list_galleries()] == ["default", "acme"]
+        b.create_gallery("new")  # ids continue after the copied ones

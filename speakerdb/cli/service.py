@@ -143,10 +143,10 @@ def serve(
     db = state.local_db
     db_path = str(db.target)  # a server URL with its password: the workers must connect too
     shown = str(db.db_path)  # what is printed: a server URL without its password
-    has_keys = db.has_keys()
+    has_keys = db.has_keys(any_gallery=True)  # every gallery's keys: the service answers for all
     # Decided once, here: a database that has or had a key requires one for every request,
     # even once all are revoked; the service never opens while it runs (server.Service).
-    had_keys = has_keys or db.has_keys(include_revoked=True)
+    had_keys = has_keys or db.has_keys(include_revoked=True, any_gallery=True)
     state.release()  # the workers open it themselves
     if insecure_no_auth:
         click.echo(

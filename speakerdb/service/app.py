@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -119,7 +119,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
         description="Speaker enrollment, identification and verification. Answers are the JSON that the "
         "`speakerdb` CLI prints with `--json`. Send `Authorization: Bearer KEY` (`speakerdb keys create`). "
-        'Errors are `{"error": {"code", "message"}}`.',
+        'Errors are `{"error": {"code", "message"}}`. Every `/v1/...` route is also answered as '
+        "`/v1/galleries/{gallery}/...` for each gallery (tenant) of the database; the plain routes are the "
+        "default gallery's, and a key reaches its own gallery's routes only.",
     )
     app.state.config = config
     # This process's connections (uvicorn makes them once the app is built).
@@ -129,6 +131,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     _install_handlers(app)
     install_page(app)  # the web page at / (docs/web.md)
+    # Every /v1 route, mounted twice (below): as the default gallery's, and under
+    # /v1/galleries/{gallery} as any gallery's (auth.require takes the gallery from the path).
+    router = APIRouter()
 
     @app.get("/healthz", tags=["service"], responses=example({"status": "ok"}))
     async def healthz() -> dict[str, str]:
@@ -153,7 +158,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         text = await asyncio.get_running_loop().run_in_executor(None, service.metrics_text)  # reads files
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
-    @app.post("/v1/identify", tags=["speakers"], responses=example(EXAMPLE_IDENTIFY))
+    @router.post("/identify", tags=["speakers"], responses=example(EXAMPLE_IDENTIFY))
     async def identify(
         request: Request,
         files: list[UploadFile] = File(..., description=AUDIO_PARTS),
@@ -182,7 +187,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             service.uploads.remove(saved)
         return ok([r.to_dict() for r in results])
 
-    @app.post("/v1/speakers/{name}/enrollments", tags=["speakers"], responses=example(EXAMPLE_ENROLL, 201))
+    @router.post("/speakers/{name}/enrollments", tags=["speakers"], responses=example(EXAMPLE_ENROLL, 201))
     async def enroll(
         request: Request,
         name: str,
@@ -212,7 +217,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             service.uploads.remove(saved)
         return ok(result.to_dict(), 201 if result.created else 200)
 
-    @app.post("/v1/speakers/{name}/verify", tags=["speakers"], responses=example(EXAMPLE_VERIFY))
+    @router.post("/speakers/{name}/verify", tags=["speakers"], responses=example(EXAMPLE_VERIFY))
     async def verify(
         request: Request,
         name: str,
@@ -234,7 +239,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             service.uploads.remove(saved)
         return ok(result.to_dict())
 
-    @app.post("/v1/timeline", tags=["speakers"], responses=example(EXAMPLE_TIMELINE))
+    @router.post("/timeline", tags=["speakers"], responses=example(EXAMPLE_TIMELINE))
     async def timeline(
         request: Request,
         files: list[UploadFile] = File(..., description=AUDIO_PARTS),
@@ -265,14 +270,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             service.uploads.remove(saved)
         return ok([t.to_dict() for t in results])
 
-    @app.get("/v1/speakers", tags=["speakers"], responses=example([EXAMPLE_SPEAKER]))
+    @router.get("/speakers", tags=["speakers"], responses=example([EXAMPLE_SPEAKER]))
     async def list_speakers(request: Request, caller: Caller = READ) -> JSONResponse:
         """Every enrolled speaker (`speakerdb list --json`)."""
         speakers = await request.app.state.service.admin(lambda db: db.list())
         return ok([{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers])
 
-    @app.get(
-        "/v1/speakers/{name}",
+    @router.get(
+        "/speakers/{name}",
         tags=["speakers"],
         responses={
             **example({**EXAMPLE_SPEAKER, "utterances": EXAMPLE_ENROLL["added"]}),
@@ -284,7 +289,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         info = await request.app.state.service.admin(lambda db: db.show(name))
         return ok(info.to_dict())
 
-    @app.patch("/v1/speakers/{name}", tags=["speakers"], responses=example({"old": "alice", "new": "alicia"}))
+    @router.patch("/speakers/{name}", tags=["speakers"], responses=example({"old": "alice", "new": "alicia"}))
     async def rename(request: Request, name: str, body: RenameBody, caller: Caller = WRITE) -> JSONResponse:
         """Rename a speaker (`speakerdb rename --json`).
 
@@ -294,14 +299,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         await request.app.state.service.admin(lambda db: db.rename(name, body.name), caller=caller)
         return ok({"old": name, "new": body.name})
 
-    @app.delete("/v1/speakers/{name}", tags=["speakers"], responses=example({"removed": ["bob"], "utterances": 2}))
+    @router.delete("/speakers/{name}", tags=["speakers"], responses=example({"removed": ["bob"], "utterances": 2}))
     async def remove(request: Request, name: str, caller: Caller = WRITE) -> JSONResponse:
         """Delete a speaker, its utterances and embeddings (`speakerdb remove --yes --json`)."""
         n = await request.app.state.service.admin(lambda db: db.remove(name), caller=caller)
         return ok({"removed": [name], "utterances": n})
 
-    @app.get(
-        "/v1/info",
+    @router.get(
+        "/info",
         tags=["database"],
         responses=example(
             {
@@ -321,8 +326,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         document = (await request.app.state.service.admin(lambda db: db.info())).to_dict()
         return ok({k: v for k, v in document.items() if k not in SERVER_ONLY_INFO})
 
-    @app.get(
-        "/v1/whoami",
+    @router.get(
+        "/whoami",
         tags=["keys"],
         responses=example(
             {"key": "ops", "scope": "admin", "scopes": ["read", "write", "admin"], "keys_required": True}
@@ -340,12 +345,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             }
         )
 
-    @app.get("/v1/threshold", tags=["database"], responses=example({"threshold": 0.86}))
+    @router.get("/threshold", tags=["database"], responses=example({"threshold": 0.86}))
     async def get_threshold(request: Request, caller: Caller = READ) -> JSONResponse:
         """The decision threshold (`speakerdb threshold --json`)."""
         return ok({"threshold": await request.app.state.service.admin(lambda db: db.threshold)})
 
-    @app.put("/v1/threshold", tags=["database"], responses=example({"threshold": 0.8}))
+    @router.put("/threshold", tags=["database"], responses=example({"threshold": 0.8}))
     async def put_threshold(request: Request, body: ThresholdBody, caller: Caller = ADMIN) -> JSONResponse:
         """Store a new decision threshold in [0, 1] (`speakerdb threshold VALUE --json`)."""
 
@@ -355,8 +360,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
         return ok({"threshold": await request.app.state.service.admin(call, caller=caller)})
 
-    @app.get(
-        "/v1/gallery",
+    @router.get(
+        "/gallery",
         tags=["galleries"],
         response_class=StreamingResponse,
         responses={
@@ -406,8 +411,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         }
         return StreamingResponse(chunks(), media_type="application/zip", headers=headers)
 
-    @app.post(
-        "/v1/gallery",
+    @router.post(
+        "/gallery",
         tags=["galleries"],
         responses=example(
             {
@@ -446,8 +451,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             service.uploads.remove(saved)
         return ok(summary.to_dict())
 
-    @app.get(
-        "/v1/keys",
+    @router.get(
+        "/keys",
         tags=["keys"],
         responses=example(
             [
@@ -465,8 +470,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         """Every API key, revoked ones included (never their secrets)."""
         return ok([k.to_dict() for k in await request.app.state.service.admin(lambda db: db.list_keys())])
 
-    @app.post(
-        "/v1/keys",
+    @router.post(
+        "/keys",
         tags=["keys"],
         status_code=201,
         responses=example({"name": "callcentre-1", "key": "sdb_...", "scope": "read"}, 201),
@@ -478,8 +483,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         )
         return ok(new.to_dict(), 201)
 
-    @app.delete(
-        "/v1/keys/{name}",
+    @router.delete(
+        "/keys/{name}",
         tags=["keys"],
         responses=example(
             {
@@ -496,8 +501,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         info = await request.app.state.service.admin(lambda db: db.revoke_key(name, actor=caller.key_name))
         return ok(info.to_dict())
 
-    @app.get(
-        "/v1/audit",
+    @router.get(
+        "/audit",
         tags=["keys"],
         responses=example(
             [
@@ -518,6 +523,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         entries = await request.app.state.service.admin(lambda db: db.audit(limit, speaker))
         return ok([e.to_dict() for e in entries])
 
+    # The metrics name a route by its template; these are the router's, relative to a mount
+    # (FastAPI hands the Guard the route itself), which connections.endpoint_label completes.
+    app.state.mounted_routes = frozenset(id(route) for route in router.routes)  # routes compare by value
+    app.include_router(router, prefix="/v1")
+    # Not repeated in the OpenAPI page, which says so once (the description above).
+    app.include_router(router, prefix="/v1/galleries/{gallery}", include_in_schema=False)
     return app
 
 

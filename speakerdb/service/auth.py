@@ -3,6 +3,12 @@
 401 without a valid key, 403 when its scope is too small. Whether a request needs a key at
 all is decided when ``serve`` starts (:attr:`ServeConfig.require_keys`) and only ever turned
 on while it runs (:meth:`KeyCheck.keys_exist`): revoking keys never opens the service.
+
+A key belongs to one gallery (tenant) and reaches only that gallery's routes: the plain
+``/v1/...`` ones for the default gallery, ``/v1/galleries/{gallery}/...`` for the others. A key
+used on another gallery's routes is answered 404 with the same words whether that gallery
+exists or not (:func:`not_this_gallery`), before its scope is looked at: it can neither read
+another gallery nor learn that it exists.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ..api import SpeakerDB
+from ..config import DEFAULT_GALLERY
 from ..storage.keys import SCOPES, KeyInfo
-from .lanes import Lane
+from .lanes import GALLERY, Lane
 from .responses import ApiError
 from .settings import ServeConfig
 
@@ -51,7 +58,7 @@ class KeyCheck:
 
     def keys_exist(self, db: SpeakerDB) -> bool:
         """Whether requests need a key from now on (see ``required``); never turns back off."""
-        if not self.required and not self.insecure_no_auth and db.has_keys(include_revoked=True):
+        if not self.required and not self.insecure_no_auth and db.has_keys(include_revoked=True, any_gallery=True):
             self.required = True
             log.warning("speakerdb worker %d: the database now has API keys: every request needs one", os.getpid())
         return self.required
@@ -80,7 +87,7 @@ class KeyCheck:
             raise ApiError(
                 401, "unauthorized", "send the key as `Authorization: Bearer KEY`", {"WWW-Authenticate": "Bearer"}
             )
-        info = db.authenticate(key.strip())
+        info = db.authenticate(key.strip(), any_gallery=True)  # its gallery is checked against the URL's
         if info is None:
             raise ApiError(
                 401,
@@ -93,6 +100,30 @@ class KeyCheck:
 
 #: Where the outer layer (connections.Guard) leaves the key it checked before an upload's body.
 CHECKED_KEY = "speakerdb_key"
+#: The routes of a gallery other than the default begin with this, then the gallery's name.
+GALLERY_PREFIX = "/v1/galleries/"
+
+
+def gallery_of_path(path: str) -> str:
+    """The gallery a request's (decoded) path names: ``/v1/galleries/{gallery}/...``, else the default."""
+    if path.startswith(GALLERY_PREFIX):
+        return path.removeprefix(GALLERY_PREFIX).partition("/")[0]
+    return DEFAULT_GALLERY
+
+
+def route_path(path: str) -> str:
+    """``path`` as the default gallery's route: ``/v1/galleries/acme/identify`` -> ``/v1/identify``."""
+    if path.startswith(GALLERY_PREFIX):
+        return "/v1/" + path.removeprefix(GALLERY_PREFIX).partition("/")[2]
+    return path
+
+
+def not_this_gallery(gallery: str) -> ApiError:
+    """The answer to a key used on another gallery's routes: the same for a gallery that exists
+    and one that does not, so that a key learns nothing about galleries not its own."""
+    return ApiError(
+        404, "gallery_not_found", f"no gallery named {gallery!r} for this key (a key reaches its own gallery only)"
+    )
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
@@ -101,6 +132,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
 
     async def dependency(request: Request) -> Caller:
         keys: KeyCheck = request.app.state.service.keys
+        gallery = request.path_params.get("gallery", DEFAULT_GALLERY)
+        GALLERY.set(gallery)  # the request's context: its facade calls run in this gallery (lanes.py)
         header = request.headers.get("authorization")
         if keys.insecure_no_auth:
             return Caller(None, "admin")
@@ -111,6 +144,8 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
             info = await asyncio.get_running_loop().run_in_executor(None, keys.authenticate, header)
         if info is None:
             return Caller(None, "admin")
+        if info.gallery != gallery:
+            raise not_this_gallery(gallery)
         if not info.allows(scope):
             raise ApiError(403, "forbidden", f"key {info.name!r} has scope {info.scope!r}; this needs {scope!r}")
         return Caller(info.name, info.scope)

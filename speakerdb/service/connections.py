@@ -21,7 +21,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .auth import CHECKED_KEY
+from .auth import CHECKED_KEY, GALLERY_PREFIX, gallery_of_path, not_this_gallery, route_path
 from .responses import ApiError, error_response
 from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -121,8 +121,10 @@ class Guard:
                     )
                     # The route's scope check reuses it (request.state) instead of a second query.
                     scope.setdefault("state", {})[CHECKED_KEY] = (headers.get("authorization"), info)
+                    if info is not None and info.gallery != gallery_of_path(scope["path"]):
+                        raise not_this_gallery(gallery_of_path(scope["path"]))  # nor another gallery's
                 except ApiError as e:
-                    if e.status == 401:
+                    if e.status in (401, 404):
                         await reply(e.status, e.code, e.message, e.headers)
                         return
             if method in ("PUT", "PATCH") and not ctype.startswith("application/json"):
@@ -148,12 +150,19 @@ class Guard:
             if status["over"] and not status["sent"]:
                 await reply(413, "too_large", f"request body over {limit:,} bytes")
         finally:
-            route = scope.get("route")
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
             if service is not None:
-                service.metrics.observe(
-                    method, getattr(route, "path", "unmatched"), status["code"], time.monotonic() - started
-                )
+                service.metrics.observe(method, endpoint_label(scope), status["code"], time.monotonic() - started)
+
+
+def endpoint_label(scope: Message) -> str:
+    """The template of the route that answered (``/v1/info``, ``/v1/galleries/{gallery}/info``), or
+    "unmatched": never the request's own path, so that the metrics' labels stay a fixed set."""
+    route = scope.get("route")
+    label = getattr(route, "path", None) or "unmatched"
+    if id(route) in getattr(scope["app"].state, "mounted_routes", ()):  # a /v1 route, mounted twice
+        label = ("/v1/galleries/{gallery}" if scope["path"].startswith(GALLERY_PREFIX) else "/v1") + label
+    return label
 
 
 async def discard_body(receive: Any, seconds: float) -> None:
@@ -182,7 +191,8 @@ def _url_is_utf8(scope: Message) -> bool:
 
 
 def _is_upload_path(path: str) -> bool:
-    """Whether requests to ``path`` send files (multipart uploads)."""
+    """Whether requests to ``path`` send files (multipart uploads), in any gallery."""
+    path = route_path(path)
     return path in ("/v1/identify", "/v1/timeline", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
 
 

@@ -8,6 +8,11 @@
 - **batches**: identify requests that wait for the embedding lane together are answered by
   one facade call (:class:`IdentifyBatches`): short clips of equal length then share a
   forward pass (``pipeline.embed_clips``), which is where a busy worker gains throughput.
+- **galleries**: a request works in the gallery its URL names (:data:`GALLERY`, set by the
+  route's key check); a lane's database is the default gallery, and it keeps a view of each
+  other gallery asked for (``SpeakerDB.for_gallery``: same connections and model, its own
+  index), checked against the database at every call, so a gallery removed (or removed and
+  made again) is never answered for from a stale view.
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any
 
 from ..api import SpeakerDB
 from ..audio import decode as audio
+from ..config import DEFAULT_GALLERY
+from ..errors import GalleryNotFoundError
 from .uploads import UploadedFile
+
+#: The gallery the running request works in: its URL's ``/v1/galleries/{gallery}/...``, else the
+#: default. Set by the route's key check (auth.require); the lanes run each call in it.
+GALLERY: contextvars.ContextVar[str] = contextvars.ContextVar("speakerdb_gallery", default=DEFAULT_GALLERY)
 
 
 class CountingEmbedder:
@@ -50,11 +61,28 @@ class Lane:
         self.db: SpeakerDB | None = None
         self._open_db = open_db
         self.pending = 0  # calls admitted and not finished (the running one included)
+        self.views: dict[str, SpeakerDB] = {}  # the other galleries asked for, by name
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.db is None:
             self.db = self._open_db()
-        return fn(self.db, *args, **kwargs)
+        return fn(self._view(self.db, GALLERY.get()), *args, **kwargs)
+
+    def _view(self, db: SpeakerDB, gallery: str) -> SpeakerDB:
+        """``db`` seen as ``gallery`` (GalleryNotFoundError if the database has none of that name)."""
+        if gallery == DEFAULT_GALLERY:
+            return db
+        view = self.views.get(gallery)
+        now = db.store.find_gallery(gallery)  # one indexed read: removed, or removed and made again?
+        if view is not None and view.store.gallery_id != now:
+            del self.views[gallery]
+            view.close()
+            view = None
+        if now is None:
+            raise GalleryNotFoundError(f"no gallery named {gallery!r}")
+        if view is None:
+            view = self.views[gallery] = db.for_gallery(gallery)
+        return view
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(db, *args, **kwargs)`` on this lane's thread."""
@@ -76,10 +104,14 @@ class Lane:
     def _maintain(self) -> None:
         if self.db is not None:
             self.db.maintain_index()
+        for view in self.views.values():
+            view.maintain_index()
 
     def close(self) -> None:
-        """Finish the calls queued, then close this lane's database."""
+        """Finish the calls queued, then close this lane's database (its galleries' views first)."""
         self.executor.shutdown(wait=True)
+        for view in self.views.values():
+            view.close()
         if self.db is not None:
             self.db.close()
 
@@ -90,7 +122,8 @@ class _Waiting:
     def __init__(
         self, files: list[UploadedFile], top_k: int, threshold: float | None, count_voices: bool = True
     ) -> None:
-        self.files, self.key = files, (top_k, threshold, count_voices)
+        # Requests of one gallery only are answered together: the call searches one gallery.
+        self.files, self.key = files, (top_k, threshold, count_voices, GALLERY.get())
         self.done = False
         self.result: Any = None
         self.error: BaseException | None = None
@@ -144,7 +177,7 @@ class IdentifyBatches:
                 for member in batch:
                     if member in self._waiting:  # ``entry`` is not when its request was cancelled
                         self._waiting.remove(member)
-            top_k, threshold, count_voices = entry.key
+            top_k, threshold, count_voices, _ = entry.key
             try:
                 results = db.identify(
                     [f for member in batch for f in member.files],

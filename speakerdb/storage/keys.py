@@ -160,7 +160,8 @@ def authenticate(session: Session, key: str) -> KeyInfo | None:
             return None
         with _VERIFIED_LOCK:
             _VERIFIED[seen] = row.hash
-    return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at)
+    gallery = session.scalar(select(store.Gallery.name).where(store.Gallery.id == row.gallery_id))
+    return KeyInfo(row.name, row.scope, row.created_at, row.revoked_at, gallery or store.DEFAULT_GALLERY)
 
 
 def _remember_failure(seen: tuple[int | None, str, str]) -> None:

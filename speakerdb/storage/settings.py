@@ -140,9 +140,12 @@ def bind_model(
     store.set_setting(s, "model_id", model)
     store.set_setting(s, "dim", int(dimension))
     store.set_setting(s, "model_source", source)
-    # A model whose scores live on another scale (GE2E) brings its own starting threshold.
-    if own_threshold is not None and not threshold_chosen(settings):
-        store.set_setting(s, "threshold", float(own_threshold))
+    # A model whose scores live on another scale (GE2E) brings its own starting threshold, to
+    # every gallery (the model is the database's) where nobody chose one.
+    if own_threshold is not None:
+        for gallery_id in store.gallery_ids(s):
+            if not store.setting_of(s, gallery_id, "threshold_chosen"):
+                store.set_setting(s, "threshold", float(own_threshold), gallery_id)
 
 
 def write_norm(s: Session, record: dict[str, Any]) -> None:

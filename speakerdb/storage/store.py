@@ -610,11 +610,15 @@ class Store:
         other.gallery, other.gallery_id = gallery, self._gallery_id(gallery)
         return other
 
-    def _gallery_id(self, name: str) -> int:
+    def find_gallery(self, name: str) -> int | None:
+        """The id of gallery ``name`` in this database, or None if there is none."""
         if name == DEFAULT_GALLERY:
             return DEFAULT_GALLERY_ID
         with self.read(every_gallery=True) as s:
-            gid = gallery_id(s, name)
+            return gallery_id(s, name)
+
+    def _gallery_id(self, name: str) -> int:
+        gid = self.find_gallery(name)
         if gid is None:
             raise GalleryNotFoundError(
                 f"no gallery named {printable_path(name)!r} in {self.name} (see `speakerdb galleries list`)"
@@ -1120,6 +1124,17 @@ def set_setting(session: Session, key: str, value: Any, gallery_id: int | None =
         session.add(Setting(key=key, value=json.dumps(value)))
     else:
         row.value = json.dumps(value)
+
+
+def setting_of(session: Session, gallery_id: int, key: str) -> Any:
+    """Setting ``key`` of gallery ``gallery_id`` (None if unset), from a session of any gallery."""
+    value = session.scalar(select(Setting.value).where(Setting.key == gallery_setting_key(gallery_id, key)))
+    return None if value is None else json.loads(value)
+
+
+def gallery_ids(session: Session) -> list[int]:
+    """The ids of every gallery of the database, in order."""
+    return list(session.scalars(select(Gallery.id).order_by(Gallery.id)))
 
 
 def delete_setting(session: Session, key: str) -> None:
