@@ -570,6 +570,7 @@ class SpeakerDB:
         threshold: float | None = None,
         progress: Progress | None = None,
         count_voices: bool = True,
+        on_result: Callable[[Identification], None] | None = None,
     ) -> builtins.list[Identification]:
         """Nearest enrolled speakers for each file, and the decision, in the order of ``files``.
 
@@ -582,6 +583,11 @@ class SpeakerDB:
         ``count_voices`` (default on) also counts the voices in each file (``voices``) and
         warns when there are several: one more pass over the speech, which about doubles
         the time with WavLM; turn it off for recordings known to hold one voice.
+
+        ``on_result(identification)`` is called with each file's answer as soon as it is
+        known (files that fail the cheap checks first, then in the order they finish, which
+        batching of short files may change a little): a caller prints or stores answers while
+        the rest are still being embedded. The list returned is still in the order of ``files``.
         """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InvalidInputError(f"top-k must be a whole number of at least 1, not {top_k!r}")
@@ -592,12 +598,38 @@ class SpeakerDB:
         batch = pipeline.Batch(errors=errors)
         if len(errors) < len(files):
             self._require_speakers()
+        streamed: dict[int, Identification] = {}
+
+        def settle(i: int, done: pipeline.Batch) -> None:
+            # One file's answer at once (one search per file instead of one for the batch).
+            if i in done.clips:
+                found = search.identifications(
+                    self.indexer, self._cohorts, {i: done.clips[i]}, top_k, threshold, done.voices
+                )
+                streamed[i] = found[i]
+            else:
+                streamed[i] = Identification(_label(files[i]), None, None, [], done.errors[i].reason)
+            assert on_result is not None
+            on_result(streamed[i])
+
+        if on_result is not None:
+            for i in sorted(errors):
+                settle(i, batch)
+        if len(errors) < len(files):
             embedder = self.embedder
             count = functools.partial(self._count_voices, embedder=embedder) if count_voices else None
             batch = pipeline.embed_batch(
-                files, embedder, self.max_audio_s, failed=errors, count=count, progress=progress
+                files,
+                embedder,
+                self.max_audio_s,
+                failed=errors,
+                count=count,
+                progress=progress,
+                settled=settle if on_result is not None else None,
             )
-        searched = search.identifications(self.indexer, self._cohorts, batch.clips, top_k, threshold, batch.voices)
+        searched = streamed or search.identifications(
+            self.indexer, self._cohorts, batch.clips, top_k, threshold, batch.voices
+        )
         return [
             searched[i] if i in searched else Identification(_label(f), None, None, [], batch.errors[i].reason)
             for i, f in enumerate(files)
@@ -644,12 +676,14 @@ class SpeakerDB:
         threshold: float | None = None,
         params: Params | None = None,
         progress: Progress | None = None,
+        on_result: Callable[[Timeline], None] | None = None,
     ) -> builtins.list[Timeline]:
         """Who speaks when in each file: segments of voices, each named from the gallery
         when its voice reaches the threshold, else ``unknown-1``, ``unknown-2``...
 
         Works with no speakers enrolled (every voice is unknown: plain diarization). A file
         with no speech gives an empty timeline with a note. See :mod:`speakerdb.timeline`.
+        ``on_result(timeline)`` is called with each file's timeline as soon as it is done.
         """
         if threshold is not None:
             threshold = check_threshold(threshold, scale=self.threshold_scale)
@@ -658,12 +692,24 @@ class SpeakerDB:
             raise InvalidInputError("timeline needs at least one audio file")
         errors = self._checked_each(files)  # cheap checks first, as identify: all-bad batches load no model
         if len(errors) == len(files):
-            return [Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
+            failed = [Timeline(_label(f), 0.0, [], [], error=errors[i].reason) for i, f in enumerate(files)]
+            if on_result is not None:
+                for t in failed:
+                    on_result(t)
+            return failed
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
         gallery = timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
         return timelines.build_each(
-            files, embedder, gallery, params, detector, self.max_audio_s, failed=errors, progress=progress
+            files,
+            embedder,
+            gallery,
+            params,
+            detector,
+            self.max_audio_s,
+            failed=errors,
+            progress=progress,
+            on_result=on_result,
         )
 
     def stream(

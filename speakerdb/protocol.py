@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import builtins
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -179,6 +179,7 @@ class SpeakerDBProtocol(Protocol):
         threshold: float | None = None,
         progress: Progress | None = None,
         count_voices: bool = True,
+        on_result: Callable[[Identification], None] | None = None,
     ) -> builtins.list[Identification]: ...
 
     def verify(self, name: str, file: PathLike, *, threshold: float | None = None) -> Verification: ...
@@ -190,6 +191,7 @@ class SpeakerDBProtocol(Protocol):
         threshold: float | None = None,
         params: Params | None = None,
         progress: Progress | None = None,
+        on_result: Callable[[Timeline], None] | None = None,
     ) -> builtins.list[Timeline]: ...
 
     # ---- speakers -----------------------------------------------------------------------------

@@ -186,10 +186,12 @@ def build_each(
     *,
     failed: dict[int, AudioError] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    on_result: Callable[[Timeline], None] | None = None,
 ) -> list[Timeline]:
     """:func:`build` for each file, in order: every file gets its timeline, or an empty one
     with its error (those of ``failed`` included, by position), so one bad file does not lose
-    the batch. ``progress(files done, files, seconds of audio done)`` after each."""
+    the batch. ``progress(files done, files, seconds of audio done)`` after each, and
+    ``on_result(timeline)`` with each as soon as it is done."""
     out, seconds = [], 0.0
     for i, f in enumerate(files):
         try:
@@ -200,6 +202,8 @@ def build_each(
         except AudioError as e:
             label = f.source if isinstance(f, audio.Audio) else audio.source_label(f)
             out.append(Timeline(label, 0.0, [], [], error=e.reason))
+        if on_result is not None:
+            on_result(out[-1])
         if progress is not None:
             progress(i + 1, len(files), seconds)
     return out

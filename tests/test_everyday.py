@@ -500,3 +500,105 @@ def test_db_help_names_urls():
     text = CliRunner().invoke(cli, ["--help"]).stdout
     assert "--db FILE_OR_URL" in text and "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME" in text
     assert "FILE_OR_URL" in CliRunner().invoke(cli, ["list", "--help"]).stdout
+
+
+# ---- item 2: progress, and results as they come -----------------------------------------------------
+@pytest.fixture
+def long_voices(tmp_path) -> list[Path]:
+    """Three 50 s recordings: each is embedded on its own, window by window (not batched with others)."""
+    return [write(tmp_path / f"long{k}.wav", voice(f0, 50.0, seed=k)) for k, f0 in enumerate((210.0, 110.0, 310.0))]
+
+
+def test_identify_hands_each_answer_over_as_soon_as_it_is_known(tmp_path, voices, long_voices):
+    from speakerdb import SpeakerDB
+
+    embedder = FakeEmbedder()
+    with SpeakerDB(tmp_path / "stream.sqlite", embedder=embedder) as db:
+        db.enroll("alice", [voices["alice"][0]])
+        db.enroll("bob", [voices["bob"][0]])
+        seen: list[tuple[str, int]] = []  # (file, embed() calls made when its answer came)
+        before = embedder.calls
+        missing = tmp_path / "missing.wav"
+        results = db.identify(
+            [*long_voices, missing],
+            count_voices=False,
+            on_result=lambda r: seen.append((r.file, embedder.calls - before)),
+        )
+    # The missing file first (cheap checks), then each recording once its two windows are embedded.
+    assert seen == [(str(missing), 0), (str(long_voices[0]), 2), (str(long_voices[1]), 4), (str(long_voices[2]), 6)]
+    assert [r.file for r in results] == [*map(str, long_voices), str(missing)]  # the list keeps the given order
+    assert [r.speaker for r in results[:2]] == ["alice", "bob"] and results[3].error is not None
+
+
+def test_identify_and_timeline_jsonl_print_one_line_per_file(run, voices, tmp_path):
+    assert run("enroll", "alice", voices["alice"][0]).exit_code == 0
+    missing = tmp_path / "missing.wav"
+    r = run("identify", voices["alice"][1], voices["bob"][1], missing, "--jsonl")
+    assert r.exit_code == 1 and f"Error: {missing}: " in r.stderr
+    docs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [d["file"] for d in docs] == [str(missing), str(voices["alice"][1]), str(voices["bob"][1])]
+    assert docs[0]["error"] and docs[1]["speaker"] == "alice"
+    t = run("timeline", voices["alice"][1], voices["bob"][1], "--jsonl")
+    assert t.exit_code == 0, t.stderr
+    assert [json.loads(line)["file"] for line in t.stdout.splitlines()] == [
+        str(voices["alice"][1]),
+        str(voices["bob"][1]),
+    ]
+    both = run("identify", voices["alice"][1], "--json", "--jsonl")
+    assert both.exit_code == 2 and "cannot be combined" in both.stderr
+    empty = run("identify", voices["alice"][1], "--jsonl", at=tmp_path / "empty.sqlite")
+    assert empty.exit_code == 1 and json.loads(empty.stdout)["error"]["code"]  # a JSON line, whatever failed
+
+
+def test_progress_bar_on_stderr_only_at_a_terminal(run, voices, monkeypatch):
+    from speakerdb.cli import output
+
+    files = [voices["alice"][1], voices["bob"][1], voices["carol"][1]]
+    assert run("enroll", "alice", voices["alice"][0]).exit_code == 0
+    quiet = run("identify", *files)
+    assert quiet.exit_code == 0 and "[" not in quiet.stderr  # stderr is no terminal here: no bar
+    monkeypatch.setattr(output, "interactive", lambda: True)
+    shown = run("identify", *files, "--json")
+    assert shown.exit_code == 0 and len(json.loads(shown.stdout)) == 3  # stdout untouched
+    assert "identifying [" in shown.stderr and "3/3 files, 6 s of audio, " in shown.stderr
+    # Redrawn in place ("\r", and an erase-line code that click drops when stderr is no terminal),
+    # and cleared at the end.
+    assert shown.stderr.startswith("\ridentifying [------------------------] 0/3 files, 0 s of audio, - s/s, - left")
+    assert " s/s, 0:00 left" in shown.stderr and shown.stderr.endswith("\r")
+
+
+def test_the_bar_shows_files_audio_rate_and_time_left():
+    from speakerdb.cli.output import Bar
+
+    now = [100.0]
+    bar = Bar("identifying", 4, clock=lambda: now[0])
+    now[0] = 102.0
+    assert bar.line() == "identifying [------------------------] 0/4 files, - files/s, - left"  # nothing done yet
+    bar.done, bar.seconds = 1, 10.0
+    assert bar.line() == "identifying [######------------------] 1/4 files, 10 s of audio, 5.0 s/s, 0:06 left"
+    steps = Bar("scoring", 3, unit="steps", clock=lambda: now[0])
+    now[0] = 104.0
+    steps.done = 3
+    assert steps.line().endswith("3/3 steps, 1.5 steps/s, 0:00 left")  # started at 102 s
+
+
+def test_metrics_show_the_files_of_requests_in_flight():
+    from speakerdb.service import metrics
+    from speakerdb.service.worker import Service
+
+    service = Service.__new__(Service)  # only what tracked() needs
+    service.inflight = [0, 0]
+    during = []
+
+    def work(db, progress):
+        during.append(list(service.inflight))
+        progress(2, 5, 12.0)
+        during.append(list(service.inflight))
+        return "answer"
+
+    assert service.tracked(work, 5)(None) == "answer"
+    assert during == [[0, 5], [2, 5]] and service.inflight == [0, 0]
+    one = metrics.Metrics().state(0.0, 1, True, inflight=(2, 5))
+    other = metrics.Metrics().state(0.0, 1, True, inflight=(1, 3))
+    text = metrics.Metrics.render([one, other], 8)
+    assert 'speakerdb_inflight_files{state="total"} 8' in text and 'speakerdb_inflight_files{state="done"} 3' in text

@@ -8,12 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..results import Params
+from ..results import Params, Timeline
 from .output import (
     emit,
+    emit_line,
     fail_files,
     json_option,
+    jsonl_option,
     note,
+    one_of_json_options,
+    print_line,
     printable,
     progress,
     score_text,
@@ -57,6 +61,7 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
 )
 @click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option
+@jsonl_option
 @click.pass_obj
 def timeline(
     state: State,
@@ -69,6 +74,7 @@ def timeline(
     min_segment: float,
     as_json: bool,
     force: bool = False,
+    as_jsonl: bool = False,
 ) -> None:
     """Who speaks when: segments of each voice in each recording, named from the enrolled
     speakers when a voice reaches the threshold, else unknown-1, unknown-2...
@@ -81,6 +87,9 @@ def timeline(
     [{"start", "end", "label", "speaker", "score", "raw_score"}], "voices": [{"label",
     "speaker", "seconds", "score", "raw_score"}], "notes"}]. As with identify,
     every file gets its timeline or {"file", "error"}, and the exit code is 1 if any file failed.
+    Each file is printed as soon as it is done (--jsonl: as one JSON line; --json prints one
+    list at the end); at a terminal a progress bar on stderr shows the files, seconds of
+    audio, rate and time left.
 
     \b
     Examples:
@@ -99,36 +108,54 @@ def timeline(
         )
 
         check_plotting()
-    with progress("timeline", len(files), as_json) as update:
-        results = state.db.timeline(list(files), threshold=threshold, params=params, progress=update)
+    one_of_json_options(as_json, as_jsonl)
+
+    def show(t: Timeline) -> None:
+        # Each file as it is done: its notes on stderr, its lines (or JSON line) on stdout.
+        for text in t.notes:
+            note("note:", t.file, text)
+        if as_jsonl:
+            emit_line(t.to_dict())
+        elif t.error is None:
+            print_line(_timeline_text(t))
+
+    with progress("timeline", len(files)) as bar:
+        results = state.db.timeline(
+            list(files), threshold=threshold, params=params, progress=bar, on_result=None if as_json else show
+        )
     failed = [t for t in results if t.error is not None]
     results_ok = [t for t in results if t.error is None]
     if results_ok and (rttm_path or plot_path):
         from ..workflows import write_timeline_files  # numpy (and matplotlib for --plot)
 
         write_timeline_files(results_ok, rttm=rttm_path, plot=plot_path, overwrite=force)
-    for t in results:
-        for text in t.notes:
-            note("note:", t.file, text)
-    lines = []
-    for t in results_ok:
-        lines.append(f"{printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))")
-        width = max((len(s.label) for s in t.segments), default=5)
-        lines += [
-            f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
-        ]
-        lines += [
-            f"  {printable(v.label)}: {v.seconds:.1f} s"
-            + (f", score {v.score:.3f}" if v.score is not None else "")
-            + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
-            for v in t.voices
-        ]
-    if rttm_path and results_ok:
-        lines.append(f"rttm: {rttm_path}")
-    if plot_path and results_ok:
-        lines.append(f"plot: {plot_path}")
-    emit(as_json, [t.to_dict() for t in results], "\n".join(lines))
+    if as_json:
+        for t in results:
+            for text in t.notes:
+                note("note:", t.file, text)
+        emit(True, [t.to_dict() for t in results], "")
+    elif not as_jsonl:
+        if rttm_path and results_ok:
+            print_line(f"rttm: {rttm_path}")
+        if plot_path and results_ok:
+            print_line(f"plot: {plot_path}")
     fail_files(failed)
+
+
+def _timeline_text(t: Timeline) -> str:
+    """timeline's lines for one file: its segments, then its voices."""
+    lines = [f"{printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))"]
+    width = max((len(s.label) for s in t.segments), default=5)
+    lines += [
+        f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
+    ]
+    lines += [
+        f"  {printable(v.label)}: {v.seconds:.1f} s"
+        + (f", score {v.score:.3f}" if v.score is not None else "")
+        + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
+        for v in t.voices
+    ]
+    return "\n".join(lines)
 
 
 @click.command()

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -46,6 +47,25 @@ json_option = click.option(
     is_eager=True,
     callback=_json_given,
     help='Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).',
+)
+_JSONL = "speakerdb.jsonl"  # ctx.meta: --jsonl was given (errors are one line too)
+
+
+def _jsonl_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Remember --jsonl for the error path, as :func:`_json_given` does for --json."""
+    if value:
+        ctx.meta[_JSON] = ctx.meta[_JSONL] = True
+    return value
+
+
+jsonl_option = click.option(
+    "--jsonl",
+    "as_jsonl",
+    is_flag=True,
+    is_eager=True,
+    callback=_jsonl_given,
+    help="Print one JSON object per file on one line of stdout as soon as that file is done "
+    '(on failure of the whole command: a last line {"error": {"code", "message"}}).',
 )
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (for scripts).")
 
@@ -88,7 +108,7 @@ def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) ->
 
     A usage error may come before click reads --json (an unknown option): then --json anywhere
     on the command line before ``--`` counts."""
-    if ctx.meta.get(_EMITTED):
+    if ctx.meta.get(_EMITTED) and not ctx.meta.get(_JSONL):  # JSON lines: the error is one more line
         return
     if isinstance(e, click.ClickException):
         args: list[str] = ctx.meta.get(_ARGS, [])
@@ -104,7 +124,7 @@ def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) ->
     ctx.meta[_EMITTED] = True
     # printable_path: lone surrogates (file names that are not UTF-8) escaped, so stdout can write them
     document = {"error": {"code": code, "message": printable_path(message)}}
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(document, indent=None if ctx.meta.get(_JSONL) else 2, ensure_ascii=False))
 
 
 # ---- text --------------------------------------------------------------------------------------
@@ -149,6 +169,25 @@ def emit(as_json: bool, document: Any, text: str) -> None:
         click.echo(text)
 
 
+def emit_line(document: Any) -> None:
+    """One result as one JSON line on stdout, at once (--jsonl), above any progress bar."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_EMITTED] = True
+    _print_line(json.dumps(finite(document), ensure_ascii=False, allow_nan=False))
+
+
+def print_line(text: str) -> None:
+    """A result's text on stdout at once (results that stream), above any progress bar."""
+    _print_line(text)
+
+
+def one_of_json_options(as_json: bool, as_jsonl: bool) -> None:
+    """--json (one document at the end) and --jsonl (a line per result as it comes) exclude each other."""
+    if as_json and as_jsonl:
+        raise click.UsageError("--json and --jsonl cannot be combined: --json prints one document at the end")
+
+
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float (NaN, +-inf) replaced by None, for strict JSON."""
     if isinstance(value, float):
@@ -162,7 +201,7 @@ def finite(value: Any) -> Any:
 
 def note(prefix: str, source: str, reason: str) -> None:
     """One "PREFIX SOURCE: REASON" line on stderr (notes and warnings about single files)."""
-    click.echo(f"{prefix} {printable(source)}: {printable(reason)}", err=True)
+    _print_line(f"{prefix} {printable(source)}: {printable(reason)}", err=True)
 
 
 class _FileResult(Protocol):
@@ -187,8 +226,9 @@ def fail_files(failed: Sequence[_FileResult]) -> None:
 
 # ---- a person at a terminal --------------------------------------------------------------------
 def interactive() -> bool:
-    """Progress bars only for a person at a terminal, never into a pipe or a file."""
-    return sys.stdout.isatty()
+    """Progress only for a person watching: when stderr (where it is drawn) is a terminal,
+    never into a pipe or a log file."""
+    return sys.stderr.isatty()
 
 
 def can_ask() -> bool:
@@ -205,49 +245,123 @@ def confirm(question: str, yes: bool) -> None:
     click.confirm(question, abort=True, err=True)
 
 
+def _clock(seconds: float) -> str:
+    """A duration as M:SS or H:MM:SS."""
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class Bar:
+    """One progress line on stderr, redrawn in place: files done of all, seconds of audio,
+    the rate and the time left (from the rate so far). Called as the library's
+    ``progress(done, total, seconds)``; lines printed while it shows go through :meth:`echo`
+    (or :func:`note`, the log handler), which lift the bar, print, and draw it again below."""
+
+    WIDTH = 24  # characters of the bar itself
+    REDRAW_S = 0.1  # at most ten redraws a second (the last one always)
+
+    def __init__(self, label: str, total: int, unit: str = "files", clock: Callable[[], float] = time.monotonic):
+        self.label, self.total, self.unit, self.clock = label, total, unit, clock
+        self.started = clock()
+        self.done: int = 0
+        self.seconds: float | None = None
+        self._drawn = False
+        self._last = float("-inf")
+
+    def __call__(self, done: int, total: int, seconds: float | None = None) -> None:
+        self.done, self.total, self.seconds = done, total, seconds
+        now = self.clock()
+        if now - self._last >= self.REDRAW_S or done >= total:
+            self._last = now
+            self.draw()
+
+    def line(self) -> str:
+        """What the bar shows now: ``identifying [#####-----]  37/251 files, 412 s of audio, 7.9 s/s, 0:42 left``."""
+        elapsed = max(self.clock() - self.started, 1e-9)
+        filled = int(self.WIDTH * self.done / self.total) if self.total else self.WIDTH
+        parts = [f"{self.done}/{self.total} {self.unit}"]
+        if self.seconds is not None:
+            parts.append(f"{self.seconds:.0f} s of audio")
+            parts.append(f"{self.seconds / elapsed:.1f} s/s" if self.done else "- s/s")
+        else:
+            parts.append(f"{self.done / elapsed:.1f} {self.unit}/s" if self.done else f"- {self.unit}/s")
+        left = elapsed / self.done * (self.total - self.done) if self.done else None
+        parts.append(f"{_clock(left)} left" if left is not None else "- left")
+        return f"{self.label} [{'#' * filled}{'-' * (self.WIDTH - filled)}] " + ", ".join(parts)
+
+    def draw(self) -> None:
+        click.echo("\r\x1b[K" + self.line(), err=True, nl=False)
+        self._drawn = True
+
+    def lift(self) -> None:
+        """Clear the bar's line (before another line is printed on the terminal)."""
+        if self._drawn:
+            click.echo("\r\x1b[K", err=True, nl=False)
+            self._drawn = False
+
+    def echo(self, text: str, err: bool = False) -> None:
+        """Print a line above the bar."""
+        self.lift()
+        click.echo(text, err=err)
+        self.draw()
+
+
+#: The bar on screen now, if any: what note() and the log handler print lifts it first.
+_SHOWN: list[Bar] = []
+
+
+def _print_line(text: str, err: bool = False) -> None:
+    """A line on stdout or stderr, above the progress bar if one is shown."""
+    if _SHOWN:
+        _SHOWN[-1].echo(text, err=err)
+    else:
+        click.echo(text, err=err)
+
+
 @contextmanager
-def progress(label: str, n_files: int, as_json: bool) -> Iterator[Callable[[int, int, float], None] | None]:
-    """A progress bar on stderr for many files, as the library's ``progress(done, total, seconds)``
-    callback; None (no bar) for --json, one file, or when stdout is not a terminal."""
-    if as_json or n_files < 2 or not interactive():
+def progress(label: str, n_files: int, as_json: bool = False) -> Iterator[Bar | None]:
+    """A progress bar on stderr for many files (:class:`Bar`), as the library's
+    ``progress(done, total, seconds)`` callback; None (no bar) for one file, or when stderr is
+    not a terminal. It is drawn whatever stdout gets (--json too): stderr is the person's."""
+    if n_files < 2 or not interactive():
         yield None
         return
-    with click.progressbar(length=n_files, label=label, file=sys.stderr, show_pos=True, show_eta=True) as bar:
-        state = {"done": 0}
-
-        def update(done: int, total: int, seconds: float) -> None:
-            bar.label = f"{label} ({seconds:.0f} s of audio)"
-            bar.update(done - state["done"])
-            state["done"] = done
-
-        yield update
+    bar = Bar(label, n_files)
+    bar.seconds = 0.0  # files of audio: their seconds are counted from the start
+    _SHOWN.append(bar)
+    try:
+        bar.draw()
+        yield bar
+    finally:
+        _SHOWN.remove(bar)
+        bar.lift()
 
 
 @contextmanager
-def stages(as_json: bool) -> Iterator[Callable[[str, int, int], None]]:
-    """One progress bar per stage (``progress(stage, done, total)``), each closed when the next
-    begins; silent for --json or when stdout is not a terminal."""
-    bars: dict[str, Any] = {}
-    done: dict[str, int] = {}
+def stages(as_json: bool = False) -> Iterator[Callable[[str, int, int], None]]:
+    """One progress bar per stage (``progress(stage, done, total)``), each replacing the one
+    before; drawn only when stderr is a terminal (as :func:`progress`)."""
+    bars: dict[str, Bar] = {}
 
     def update(stage: str, n: int, total: int) -> None:
-        if as_json or not interactive():
+        if not interactive():
             return
         if stage not in bars:
-            for bar in bars.values():
-                bar.__exit__(None, None, None)
+            for old in bars.values():
+                old.lift()
+                _SHOWN.remove(old)
             bars.clear()
-            bars[stage] = click.progressbar(length=total, label=stage, file=sys.stderr, show_pos=True, show_eta=True)
-            bars[stage].__enter__()
-            done[stage] = 0
-        bars[stage].update(n - done[stage])
-        done[stage] = n
+            bars[stage] = Bar(stage, total, unit="steps")
+            _SHOWN.append(bars[stage])
+        bars[stage](n, total)
 
     try:
         yield update
     finally:
         for bar in bars.values():
-            bar.__exit__(None, None, None)
+            bar.lift()
+            _SHOWN.remove(bar)
 
 
 def rows_copied(as_json: bool) -> Callable[[str, int], None] | None:
@@ -272,7 +386,7 @@ class _EchoHandler(logging.Handler):
     """Writes library log records as "warning: ..." lines through click (whatever stderr is now)."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(f"{record.levelname.lower()}: {printable(record.getMessage())}", err=True)
+        _print_line(f"{record.levelname.lower()}: {printable(record.getMessage())}", err=True)
 
 
 def log_warnings_to_stderr() -> None:

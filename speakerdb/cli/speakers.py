@@ -10,14 +10,18 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import AudioError, EnrollmentRefusedError, InvalidInputError, SpeakerExistsError
-from ..results import EnrollResult
+from ..results import EnrollResult, Identification
 from .output import (
     confirm,
     cosine_note,
     emit,
+    emit_line,
     fail_files,
     json_option,
+    jsonl_option,
     note,
+    one_of_json_options,
+    print_line,
     printable,
     progress,
     score_text,
@@ -224,9 +228,16 @@ def _enroll_each_folder(
     help="Skip counting the voices in each file (one more pass over the speech; about doubles the time with WavLM).",
 )
 @json_option
+@jsonl_option
 @click.pass_obj
 def identify(
-    state: State, files: tuple[str, ...], top_k: int, threshold: float | None, no_voice_check: bool, as_json: bool
+    state: State,
+    files: tuple[str, ...],
+    top_k: int,
+    threshold: float | None,
+    no_voice_check: bool,
+    as_json: bool,
+    as_jsonl: bool,
 ) -> None:
     """Name the speaker of each recording, or say "unknown".
 
@@ -238,34 +249,53 @@ def identify(
     the answer's line says so ("2 voices: see speakerdb timeline") and a warning on stderr
     points to `speakerdb timeline` too (--no-voice-check skips the count).
 
+    Each file's answer is printed as soon as it is known (in the order files finish);
+    --jsonl prints each as one JSON line then, --json one list at the end, in the order
+    given. At a terminal a progress bar on stderr shows files and seconds of audio done,
+    the rate and the time left.
+
     \b
     Examples:
       speakerdb identify unknown.mp3
       speakerdb identify calls/*.wav --top-k 3 --json
+      speakerdb identify calls/*.wav --jsonl | jq -c 'select(.speaker == null)'
     """
+    one_of_json_options(as_json, as_jsonl)
     check_score(state, threshold, OVERRIDE_LOW)
-    with progress("identifying", len(files), as_json) as update:
+    cut: list[float] = [] if threshold is None else [threshold]  # the database's, read once when needed
+
+    def show(r: Identification) -> None:
+        if as_jsonl:
+            emit_line(r.to_dict())
+        elif r.ok:  # a failed file is reported on stderr at the end
+            cut[:] = cut or [state.db.threshold]
+            print_line(_identified(r, cut[0]))
+
+    with progress("identifying", len(files)) as bar:
         results = state.db.identify(
-            list(files), top_k=top_k, threshold=threshold, progress=update, count_voices=not no_voice_check
+            list(files),
+            top_k=top_k,
+            threshold=threshold,
+            progress=bar,
+            count_voices=not no_voice_check,
+            on_result=None if as_json else show,
         )
-    cut = threshold if threshold is not None else state.db.threshold
-    lines = []
-    for r in results:
-        if not r.ok:
-            continue  # reported on stderr below
-        # Several voices: the answer is for a blend of them, said beside it (not only on stderr).
-        notes = cosine_note(r.score, r.raw_score) + voices_note(r.voices)
-        if r.speaker is not None:
-            lines.append(f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{notes})")
-        else:
-            lines.append(
-                f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{notes})"
-            )
-        width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
-        lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
-    if lines or as_json:
-        emit(as_json, [r.to_dict() for r in results], "\n".join(lines))
+    if as_json:
+        emit(True, [r.to_dict() for r in results], "")
     fail_files([r for r in results if not r.ok])
+
+
+def _identified(r: Identification, cut: float) -> str:
+    """identify's lines for one file: the answer, then its candidates."""
+    # Several voices: the answer is for a blend of them, said beside it (not only on stderr).
+    notes = cosine_note(r.score, r.raw_score) + voices_note(r.voices)
+    if r.speaker is not None:
+        lines = [f"{printable(r.file)}: {r.speaker} (score {r.score:.3f} >= threshold {cut:.3f}{notes})"]
+    else:
+        lines = [f"{printable(r.file)}: unknown (best score {score_text(r.score)} < threshold {cut:.3f}{notes})"]
+    width = max((len(c.speaker) for c in r.candidates), default=0)  # scores in one column
+    lines.extend(f"  {i}. {c.speaker:<{width}}  {c.score:.3f}" for i, c in enumerate(r.candidates, 1))
+    return "\n".join(lines)
 
 
 @click.command()

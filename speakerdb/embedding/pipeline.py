@@ -287,6 +287,7 @@ def embed_batch(
     failed: Mapping[int, AudioError] | None = None,
     count: Callable[[audio.Audio | Decoded, Source], int] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    settled: Callable[[int, Batch], None] | None = None,
 ) -> Batch:
     """Embed every file not already ``failed`` (:func:`embed_clips`: short ones share forward
     passes); a file that cannot be used gets its AudioError instead of stopping the batch.
@@ -294,6 +295,8 @@ def embed_batch(
     ``count(source, file)`` (identify's voice count) runs on each embedded file; the file is
     then decoded once: the embedding's read keeps the blocks (in memory, or a temporary file
     for a long one) and the count replays them. ``progress`` counts failed files as done.
+    ``settled(i, batch)`` is called as each file ``i`` not already failed gets its clip (and
+    count) or its error, in the order they finish: what a caller streams answers from.
     """
     batch = Batch(errors=dict(failed or {}))
     good = [i for i in range(len(files)) if i not in batch.errors]
@@ -317,6 +320,8 @@ def embed_batch(
                 batch.errors[i] = e
             finally:
                 _release(kept.pop(i, None))
+            if settled is not None:
+                settled(i, batch)
             if progress is not None:
                 progress(done + len(files) - len(good), len(files), seconds)
     finally:

@@ -181,7 +181,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         saved = await service.uploads.save(files)
         entry = service.identify_batches.add(saved, top_k, threshold, count_voices)
         try:
-            results = await service.embed(service.identify_batches.run, entry, names=client_names(saved))
+            results = await service.embed(
+                service.identify_batches.run, entry, names=client_names(saved), files=len(saved)
+            )
         finally:
             service.identify_batches.discard(entry)
             service.uploads.remove(saved)
@@ -209,9 +211,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         saved = await service.uploads.save(files)
         try:
             result = await service.embed(
-                lambda db: db.enroll(name, saved, new=new, metadata=meta, strict=strict),
+                lambda db, progress: db.enroll(name, saved, new=new, metadata=meta, strict=strict, progress=progress),
                 caller=caller,
                 names=client_names(saved),
+                files=len(saved),
             )
         finally:
             service.uploads.remove(saved)
@@ -264,7 +267,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         saved = await service.uploads.save(files)
         try:
             results = await service.embed(
-                lambda db: db.timeline(saved, threshold=threshold, params=params), names=client_names(saved)
+                lambda db, progress: db.timeline(saved, threshold=threshold, params=params, progress=progress),
+                names=client_names(saved),
+                files=len(saved),
             )
         finally:
             service.uploads.remove(saved)

@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -164,15 +164,22 @@ class Client:
         threshold: float | None = None,
         progress: Progress | None = None,
         count_voices: bool = True,
+        on_result: Callable[[Identification], None] | None = None,
     ) -> list[Identification]:
         """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
-        read here gets its error without being sent."""
+        read here gets its error without being sent. The service answers the batch at once,
+        so ``progress`` and ``on_result`` are called when its answer arrives (``on_result``
+        once per file, in order), not while the service works."""
         fields = {"top_k": str(top_k), "count_voices": _bool(count_voices)}
         answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
-        return [
+        results = [
             _identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
             for label, d in answers
         ]
+        if on_result is not None:
+            for r in results:
+                on_result(r)
+        return results
 
     def timeline(
         self,
@@ -181,9 +188,11 @@ class Client:
         threshold: float | None = None,
         params: Params | None = None,
         progress: Progress | None = None,
+        on_result: Callable[[Timeline], None] | None = None,
     ) -> list[Timeline]:
         """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.results.Timeline` per file, in
-        order; a file that cannot be read here gets its error without being sent."""
+        order; a file that cannot be read here gets its error without being sent.
+        ``on_result`` is called once per file, in order, when the service's answer arrives."""
         params = (params or Params()).check()
         fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
         out: list[Timeline] = []
@@ -208,6 +217,9 @@ class Client:
                         notes=list(d.get("notes", [])),
                     )
                 )
+        if on_result is not None:
+            for t in out:
+                on_result(t)
         return out
 
     def _per_file(

@@ -29,6 +29,7 @@ from ..api import SpeakerDB
 from ..audio import decode as audio
 from ..config import DEFAULT_GALLERY
 from ..errors import GalleryNotFoundError
+from ..results import Progress
 from .uploads import UploadedFile
 
 #: The gallery the running request works in: its URL's ``/v1/galleries/{gallery}/...``, else the
@@ -165,8 +166,9 @@ class IdentifyBatches:
             if entry in self._waiting:
                 self._waiting.remove(entry)
 
-    def run(self, db: SpeakerDB, entry: _Waiting) -> Any:
-        """On the lane's thread: ``entry``'s answer, computing it (with others') if not done yet."""
+    def run(self, db: SpeakerDB, entry: _Waiting, progress: Progress | None = None) -> Any:
+        """On the lane's thread: ``entry``'s answer, computing it (with others') if not done yet
+        (``progress`` follows that call: the files of every request it answers)."""
         if not entry.done:
             with self._lock:
                 batch, n_files = [entry], len(entry.files)
@@ -178,13 +180,14 @@ class IdentifyBatches:
                     if member in self._waiting:  # ``entry`` is not when its request was cancelled
                         self._waiting.remove(member)
             top_k, threshold, count_voices, _ = entry.key
+            files = [f for member in batch for f in member.files]
             try:
-                results = db.identify(
-                    [f for member in batch for f in member.files],
-                    top_k=top_k,
-                    threshold=threshold,
-                    count_voices=count_voices,
-                )
+                if progress is None:
+                    results = db.identify(files, top_k=top_k, threshold=threshold, count_voices=count_voices)
+                else:
+                    results = db.identify(
+                        files, top_k=top_k, threshold=threshold, count_voices=count_voices, progress=progress
+                    )
             except BaseException as e:  # noqa: BLE001 - handed to every request of the call
                 for member in batch:
                     member.error, member.done = e, True

@@ -68,7 +68,12 @@ class Metrics:
         h[-1] += 1
 
     def state(
-        self, audio_seconds: float, queue_depth: int, ready: bool, batches: IdentifyBatches | None = None
+        self,
+        audio_seconds: float,
+        queue_depth: int,
+        ready: bool,
+        batches: IdentifyBatches | None = None,
+        inflight: tuple[int, ...] = (0, 0),
     ) -> dict[str, Any]:
         """This worker's figures as JSON-able data (what it publishes and what render() sums)."""
         return {
@@ -81,6 +86,8 @@ class Metrics:
             "ready": bool(ready),
             "identify_requests": batches.requests if batches else 0,
             "identify_calls": batches.calls if batches else 0,
+            "files_done": inflight[0],
+            "files_total": inflight[1],
         }
 
     @staticmethod
@@ -136,6 +143,13 @@ class Metrics:
             "# TYPE speakerdb_identify_batched_total counter",
             f'speakerdb_identify_batched_total{{count="requests"}} {int(total("identify_requests"))}',
             f'speakerdb_identify_batched_total{{count="calls"}} {int(total("identify_calls"))}',
+            (
+                "# HELP speakerdb_inflight_files Files of the embedding requests running now (identify, enroll, "
+                "timeline), in all workers: in all, and done so far."
+            ),
+            "# TYPE speakerdb_inflight_files gauge",
+            f'speakerdb_inflight_files{{state="total"}} {sum(int(st.get("files_total", 0)) for st in states)}',
+            f'speakerdb_inflight_files{{state="done"}} {sum(int(st.get("files_done", 0)) for st in states)}',
             "# HELP speakerdb_workers Worker processes counted in this scrape, and those with the model loaded.",
             "# TYPE speakerdb_workers gauge",
             f'speakerdb_workers{{state="running"}} {len(states)}',

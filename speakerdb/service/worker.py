@@ -45,6 +45,9 @@ class Service:
         self.model_id: str | None = None
         self.load_error: str | None = None
         self.job_seconds = 1.0  # running mean of an embedding request's time (for Retry-After)
+        #: [files done, files in all] of the embedding call running now on this worker's lane
+        #: ([0, 0] when none): /metrics shows how far a long request has got.
+        self.inflight = [0, 0]
         # Server-side paths (database, index, uploads) as clients may see them in messages;
         # completed once the database is open (_learn_database).
         self.private_names = _longest_first(
@@ -104,7 +107,9 @@ class Service:
     def metrics_state(self) -> dict[str, Any]:
         """This worker's figures, as it publishes them for the others."""
         seconds = self.counting.seconds if self.counting is not None else 0.0
-        return self.metrics.state(seconds, self.embed_lane.pending, self.ready, self.identify_batches)
+        return self.metrics.state(
+            seconds, self.embed_lane.pending, self.ready, self.identify_batches, inflight=(*self.inflight,)
+        )
 
     def metrics_text(self) -> str:
         """This worker's figures, with every other running worker's when there are several."""
@@ -136,12 +141,15 @@ class Service:
         *args: Any,
         caller: Caller | None = None,
         names: dict[str, str] | None = None,
+        files: int = 0,
         **kw: Any,
     ) -> Any:
         """Run ``fn(db, *args, **kw)`` on the embedding lane, or answer 503 at once if it is full.
 
         ``caller``: whose changes these are (the facade records them in the audit log);
-        ``names``: private paths and what messages call them instead.
+        ``names``: private paths and what messages call them instead; ``files``: the call
+        works through that many files and takes ``progress=`` (the library's callback),
+        which /metrics follows (:meth:`tracked`).
         """
         self.require_ready()
         lane = self.embed_lane
@@ -157,11 +165,29 @@ class Service:
             )
         started = time.monotonic()
         try:
-            return await lane.run(_as_caller(fn, caller), *args, **kw)
+            return await lane.run(self.tracked(_as_caller(fn, caller), files), *args, **kw)
         except errors.SpeakerDBError as e:
             raise from_library(e, {**(names or {}), **self.private_names}) from None
         finally:
             self.job_seconds = 0.8 * self.job_seconds + 0.2 * (time.monotonic() - started)
+
+    def tracked(self, fn: Callable[..., Any], files: int) -> Callable[..., Any]:
+        """``fn`` given ``progress=`` that keeps :attr:`inflight` (files done, in all) while it
+        runs on the lane's thread; reset when it returns. ``files`` 0: ``fn`` unchanged."""
+        if not files:
+            return fn
+
+        def update(done: int, total: int, seconds: float) -> None:
+            self.inflight = [done, total]
+
+        def call(db: SpeakerDB, *args: Any, **kw: Any) -> Any:
+            self.inflight = [0, files]
+            try:
+                return fn(db, *args, progress=update, **kw)
+            finally:
+                self.inflight = [0, 0]
+
+        return call
 
     async def admin(
         self,
