@@ -45,8 +45,10 @@ def audio(tmp_path_factory) -> dict[str, Path]:
     microphone plays, in a loop; the others are files the tests upload."""
     d = tmp_path_factory.mktemp("web-audio")
     quiet = 0.002 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    pause = 0.002 * np.random.default_rng(1).standard_normal(24000).astype(np.float32)
     out = {
-        "mic": write(d / "mic.wav", np.concatenate([speech(110, 4.0, seed=1), quiet, speech(110, 4.0, seed=2)])),
+        # Pauses of 1.5 s: long enough for the live session to settle each turn into final segments.
+        "mic": write(d / "mic.wav", np.concatenate([speech(110, 4.0, seed=1), pause, speech(110, 4.0, seed=2), pause])),
         "ann": write(d / "ann.wav", speech(220, 3.0, seed=3, tract=1.2)),
         "ben": write(d / "ben.wav", speech(150, 3.0, seed=4, tract=1.1)),
         "ann2": write(d / "ann2.wav", speech(220, 3.0, seed=5, tract=1.2)),
@@ -64,10 +66,14 @@ def server(tmp_path_factory, tiny_checkpoint):
     """One worker, keys read / write / admin, a speaker ``bob`` enrolled before the page opens."""
     d = tmp_path_factory.mktemp("web-served")
     db_path = d / "web.sqlite"
-    bob = write(d / "bob.wav", speech(110, 3.0, seed=9))
+    bob = write(d / "bob.wav", speech(180, 3.0, seed=9, tract=0.9))  # unlike the microphone's voice
     with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
         keys = {scope: db.create_key(f"web-{scope}", scope).key for scope in ("read", "write", "admin")}
         db.enroll("bob", [str(bob)], metadata={"team": "sales"})
+        db.create_gallery("siteb")  # another tenant, with its own key and speaker
+        siteb = db.for_gallery("siteb")
+        keys["siteb"] = siteb.create_key("siteb-admin", "admin").key
+        siteb.enroll("gus", [str(bob)])
     srv = Server(db_path, tiny_checkpoint, d / "server.log")
     srv.keys = keys
     srv.start()
@@ -112,6 +118,13 @@ class Tab:
         self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
         self.page.on("request", lambda r: self.requests.append(r))
+        self.sockets: list[tuple[str, list]] = []  # (URL, text frames sent)
+        self.page.on("websocket", self._socket)
+
+    def _socket(self, ws) -> None:
+        sent: list = []
+        self.sockets.append((ws.url, sent))
+        ws.on("framesent", lambda payload: isinstance(payload, str) and sent.append(payload))
 
     def open(self, view: str = "") -> "Tab":
         self.page.goto(f"{self.server.url}/#/{view}")
@@ -225,6 +238,22 @@ def test_sign_in_a_wrong_key_a_read_key_and_sign_out(tab, server):
     expect(page.locator("main h1")).to_have_text("Sign in")
 
 
+def test_a_key_of_another_gallery_signs_in_to_that_gallery(tab, server):
+    """A gallery's key works in its gallery only (/v1/galleries/NAME/...): the page asks which."""
+    page = tab.open().page
+    page.get_by_label("API key").fill(server.keys["siteb"])
+    page.get_by_role("button", name="Sign in").click()  # the default gallery: not this key's
+    expect(tab.main().locator(".error")).to_contain_text("gallery")
+    page.get_by_label("Gallery (optional)").fill("siteb")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#who-text")).to_have_text("Key siteb-admin (admin), gallery siteb")
+    expect(page.locator("main tbody tr")).to_have_count(1)
+    expect(page.locator("main tbody")).to_contain_text("gus")
+    assert all("/v1/galleries/siteb/" in r.url for r in tab.requests if "/v1/" in r.url and "whoami" not in r.url)
+    page.reload()  # the tab remembers the gallery with the key
+    expect(page.locator("#who-text")).to_contain_text("gallery siteb")
+
+
 # ---- speakers ---------------------------------------------------------------------------------
 def test_speakers_search_show_rename_and_remove_with_a_confirmation_naming_them(tab, server, audio):
     _enroll(server, "cleo", audio["ann"])
@@ -303,6 +332,42 @@ def test_enroll_from_the_microphone_and_from_files_with_the_clis_notes(tab, serv
     # Nothing of the recording is kept in the browser's storage.
     assert page.evaluate("localStorage.length") == 0
     assert page.evaluate("indexedDB.databases().then(d => d.length)") == 0
+    assert page.evaluate("caches.keys().then(k => k.length)") == 0
+
+
+# ---- live ---------------------------------------------------------------------------------------
+def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
+    """The microphone plays one generated voice in a loop: ~4 s of it enrolled as lena, then the
+    live view streams it to /v1/stream and lena's lane appears, provisional then final; stopping
+    ends the session with its timeline. The tiny random model scores every voice alike, so the
+    name is decided by the audio itself: lena's enrollment is the same loop the live view hears."""
+    page = tab.sign_in("write").page
+    tab.go("enroll")
+    page.get_by_label("Speaker name").fill("lena")
+    page.get_by_role("button", name="Start recording").click()
+    expect(page.locator(".recorder output")).to_have_text(re.compile(r"^[4-9]\.\d s$"), timeout=15_000)
+    page.get_by_role("button", name="Stop recording").click()
+    page.get_by_role("button", name="Enroll", exact=True).click()
+    expect(tab.main().locator("pre.notes")).to_contain_text("created lena: 1 utterance(s) added")
+
+    tab.go("live")
+    page.get_by_role("button", name="Start listening").click()
+    expect(page.get_by_role("button", name="Stop listening")).to_have_attribute("aria-pressed", "true")
+    lane = page.locator(".lane.known", has=page.locator(".lane-name", has_text="lena"))
+    expect(lane).to_have_count(1, timeout=40_000)
+    expect(lane.locator(".seg:not(.provisional)").first).to_be_attached(timeout=30_000)  # settled
+    expect(page.locator("#live-level")).not_to_have_attribute("value", "-60")
+    page.screenshot(path=str(shots / "live-listening.png"))
+    page.get_by_role("button", name="Stop listening").click()
+    summary = tab.main().get_by_role("heading", name="Session")
+    expect(summary).to_be_visible(timeout=30_000)
+    expect(tab.main()).to_contain_text(re.compile(r"heard, \d+ voices?: .*lena"))
+    # The key went in the socket's first message, never in its URL; "end" asked for the timeline.
+    [(url, sent)] = tab.sockets
+    assert url == f"ws://127.0.0.1:{server.port}/v1/stream?sample_rate=16000&encoding=f32le"
+    assert json.loads(sent[0]) == {"type": "auth", "key": server.keys["write"]}
+    assert json.loads(sent[-1]) == {"type": "end"}
+    expect(tab.main().locator(".error")).to_have_count(0)
 
 
 # ---- identify and verify ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 // tab closes) and travels only in the Authorization header, never in a URL.
 
 const KEY = "speakerdb.key";
+const GALLERY = "speakerdb.gallery";
+const DEFAULT_GALLERY = "default";
 const SCOPES = ["read", "write", "admin"];
 
 /** An answer other than success: the service's own code and message. */
@@ -16,6 +18,7 @@ export class ServiceError extends Error {
 /** Who is signed in: the key (or null where the service needs none) and its scope. */
 export const session = {
   key: sessionStorage.getItem(KEY),
+  gallery: sessionStorage.getItem(GALLERY) || DEFAULT_GALLERY,
   name: null,
   scope: null,
   keysRequired: true,
@@ -23,17 +26,28 @@ export const session = {
   can(scope) {
     return this.scope !== null && SCOPES.indexOf(this.scope) >= SCOPES.indexOf(scope);
   },
-  remember(key) {
+  remember(key, gallery) {
     this.key = key;
+    this.gallery = gallery;
     sessionStorage.setItem(KEY, key);
+    sessionStorage.setItem(GALLERY, gallery);
   },
   forget() {
     this.key = null;
     this.name = null;
     this.scope = null;
+    this.gallery = DEFAULT_GALLERY;
     sessionStorage.removeItem(KEY);
+    sessionStorage.removeItem(GALLERY);
   },
 };
+
+/** ``path`` (``/v1/...``) in ``gallery``: the default gallery's routes are the plain ``/v1/...``,
+ * another gallery's ``/v1/galleries/NAME/...``. */
+export function inGallery(path, gallery = session.gallery) {
+  if (!gallery || gallery === DEFAULT_GALLERY || !path.startsWith("/v1/")) return path;
+  return `/v1/galleries/${encodeURIComponent(gallery)}${path.slice(3)}`;
+}
 
 /** Called when the service refuses the key (401): set by the app to show the sign-in page. */
 export const hooks = { unauthorized: (_err) => {} };
@@ -42,7 +56,7 @@ export const hooks = { unauthorized: (_err) => {} };
  * One request. ``json`` is sent as a JSON body, ``form`` as multipart (FormData). Resolves
  * with the parsed answer; rejects with a ServiceError carrying the service's message.
  */
-export async function api(method, path, { json, form, key, signal } = {}) {
+export async function api(method, path, { json, form, key, gallery, signal } = {}) {
   const headers = { Accept: "application/json" };
   const useKey = key !== undefined ? key : session.key;
   if (useKey) headers.Authorization = `Bearer ${useKey}`;
@@ -55,7 +69,7 @@ export async function api(method, path, { json, form, key, signal } = {}) {
   }
   let response;
   try {
-    response = await fetch(path, { method, headers, body, signal, credentials: "omit", cache: "no-store" });
+    response = await fetch(inGallery(path, gallery), { method, headers, body, signal, credentials: "omit", cache: "no-store" });
   } catch (e) {
     if (e.name === "AbortError") throw e;
     throw new ServiceError(0, "network", `the service did not answer (${e.message})`);
@@ -80,10 +94,11 @@ export async function api(method, path, { json, form, key, signal } = {}) {
   return doc;
 }
 
-/** Ask the service who ``key`` is (GET /v1/whoami); fills ``session`` on success. */
-export async function signIn(key) {
-  const who = await api("GET", "/v1/whoami", { key: key || null });
-  if (key) session.remember(key);
+/** Ask the service who ``key`` is in ``gallery`` (GET /v1/whoami); fills ``session`` on success. */
+export async function signIn(key, gallery = session.gallery) {
+  const name = (gallery || "").trim() || DEFAULT_GALLERY;
+  const who = await api("GET", "/v1/whoami", { key: key || null, gallery: name });
+  if (key) session.remember(key, name);
   session.name = who.key;
   session.scope = who.scope;
   session.keysRequired = who.keys_required;

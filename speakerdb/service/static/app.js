@@ -111,6 +111,7 @@ function showChrome() {
   fill(
     document.getElementById("who-text"),
     !signedIn ? "" : session.name ? `Key ${session.name} (${session.scope})` : `No key needed (${session.scope})`,
+    signedIn && session.gallery !== "default" ? `, gallery ${session.gallery}` : "",
   );
 }
 

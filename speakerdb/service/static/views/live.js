@@ -3,7 +3,7 @@
 // and enrolled from what the session heard (write scope). The key goes in the socket's first
 // message, never in its URL.
 
-import { session } from "../api.js";
+import { inGallery, session } from "../api.js";
 import { Microphone, RATE } from "../audio.js";
 import { field, h, messages, seconds } from "../dom.js";
 import { Lanes } from "../lanes.js";
@@ -95,7 +95,7 @@ export default async function live(main) {
     redraw();
     const scheme = location.protocol === "https:" ? "wss" : "ws";
     const q = new URLSearchParams({ sample_rate: String(RATE), encoding: "f32le" });
-    socket = new WebSocket(`${scheme}://${location.host}/v1/stream?${q}`);
+    socket = new WebSocket(`${scheme}://${location.host}${inGallery("/v1/stream")}?${q}`);
     socket.binaryType = "arraybuffer";
     const ws = socket;
     ws.addEventListener("message", (e) => {

@@ -5,11 +5,13 @@ import { field, h, messages } from "../dom.js";
 
 export default async function signin(main, { message, next, go }) {
   const key = h("input", { type: "password", name: "key", autocomplete: "off", spellcheck: "false", required: true });
+  const gallery = h("input", { type: "text", name: "gallery", autocomplete: "off", spellcheck: "false", placeholder: "default" });
   const out = messages();
   const form = h(
     "form",
     { class: "card narrow" },
     field("API key", key, "From `speakerdb keys create NAME --scope read|write|admin`. Kept in this tab only."),
+    field("Gallery (optional)", gallery, "The gallery (tenant) the key belongs to; empty for the default one."),
     h("button", { type: "submit" }, "Sign in"),
     out.el,
   );
@@ -17,7 +19,7 @@ export default async function signin(main, { message, next, go }) {
     e.preventDefault();
     out.info("Checking the key…");
     try {
-      await signIn(key.value.trim());
+      await signIn(key.value.trim(), gallery.value);
       go(next && next !== "#/signin" ? next : "#/speakers");
     } catch (err) {
       out.error(err);
