@@ -358,6 +358,7 @@ def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
     expect(lane.locator(".seg:not(.provisional)").first).to_be_attached(timeout=30_000)  # settled
     expect(page.locator("#live-level")).not_to_have_attribute("value", "-60")
     page.screenshot(path=str(shots / "live-listening.png"))
+    assert page.locator(".lane:not(:has(.seg))").count() == 0  # a voice revised away takes its lane along
     page.get_by_role("button", name="Stop listening").click()
     summary = tab.main().get_by_role("heading", name="Session")
     expect(summary).to_be_visible(timeout=30_000)

@@ -73,9 +73,14 @@ export class Lanes {
       lane.track.replaceChildren(lane.cursor);
       for (const s of list) lane.track.append(this.segment(s, name));
     }
-    for (const [label, lane] of this.lanes) {
-      if (!byLabel.has(label)) lane.track.replaceChildren(lane.cursor);
+    // A voice whose provisional spans were all revised into others' is gone: so is its lane.
+    for (const [label, lane] of [...this.lanes]) {
+      if (!byLabel.has(label)) {
+        lane.el.remove();
+        this.lanes.delete(label);
+      }
     }
+    if (!this.lanes.size) this.el.append(this.empty);
   }
 
   segment(s, name) {
