@@ -357,12 +357,15 @@ def fill_database(
     seed: int = 0,
     dim: int = 512,
     draw: Callable[[np.random.Generator, int], np.ndarray] | None = None,
+    key: Any = None,
 ) -> None:
     """Bulk-fill a new database at ``path`` with ``n`` speakers of one utterance each.
 
     SQLAlchemy Core bulk inserts into the tables and blobs that enrollment writes (the
     schema's triggers record each new speaker); ``draw(rng, k)`` gives (k, dim) unit
     vectors (default: uniform of ``dim``). Minutes for a million, where enrollment would take hours.
+    With ``key`` (a ``speakerdb.api.KeySource``) the database is encrypted and the blobs sealed
+    as enrollment seals them.
     """
     from sqlalchemy import (
         insert,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
@@ -371,8 +374,9 @@ def fill_database(
     from speakerdb import SpeakerDB
     from speakerdb.storage import store
 
-    SpeakerDB(path).close()  # creates the schema and default settings
-    db = store.Store(path)
+    SpeakerDB(path, key=key).close()  # creates the schema and default settings (encrypted with a key)
+    db = store.Store(path, key=key)
+    codec = db.codec
     rng = np.random.default_rng(seed)
     now = store.utcnow()
     done = 0
@@ -391,7 +395,7 @@ def fill_database(
                         "created_at": now,
                         "updated_at": now,
                         "meta": {},
-                        "centroid": store.to_blob(v),
+                        "centroid": codec.seal(store.to_blob(v), store.centroid_aad(i)),
                     }
                     for i, v in zip(ids, vectors)
                 ],
@@ -404,7 +408,7 @@ def fill_database(
                         "source": f"synthetic/{i}.flac",
                         "duration_s": 8.0,
                         "audio_sha256": f"{i:064x}",
-                        "embedding": store.to_blob(v),
+                        "embedding": codec.seal(store.to_blob(v), store.utterance_aad(i, f"{i:064x}")),
                         "created_at": now,
                     }
                     for i, v in zip(ids, vectors)
@@ -511,7 +515,9 @@ def checkpoint_in(directory: Path, size: str = "full") -> Path:
 
 
 # ---- processes -----------------------------------------------------------------------
-def fresh_identify(db_path: Path, queries: Sequence[tuple[str, np.ndarray]], dim: int = 512) -> dict[str, Any]:
+def fresh_identify(
+    db_path: Path, queries: Sequence[tuple[str, np.ndarray]], dim: int = 512, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A new process opens ``db_path`` and identifies each query vector (the model stubbed).
 
     Returns {"process_s": whole process, wall, from this side; "queries": [{"expected",
@@ -525,6 +531,7 @@ def fresh_identify(db_path: Path, queries: Sequence[tuple[str, np.ndarray]], dim
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, **(env or {})},
     )
     result: dict[str, Any] = json.loads(done.stdout)
     result["process_s"] = time.perf_counter() - start

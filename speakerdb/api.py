@@ -1291,11 +1291,14 @@ def _drop_index_files(db: SpeakerDB) -> list[str]:
     again by :func:`_after_sealing`, the others' when next needed. Returns what stayed."""
     with db.store.read(every_gallery=True) as s:
         ids = [g.id for g in store.list_galleries(s) if g.id != db.store.gallery_id]
-    left = db.indexer.drop_files()
-    for gid in ids:
-        path = paths.gallery_index_path(db._index_base, gid)
-        with index_files.write_lock(path):
-            left += index_files.remove_files(path)
+    try:
+        left = db.indexer.drop_files()
+        for gid in ids:
+            path = paths.gallery_index_path(db._index_base, gid)
+            with index_files.write_lock(path):
+                left += index_files.remove_files(path)
+    except IndexFileError as e:  # another process holds an index lock for long
+        left = [str(e)]
     return left
 
 
