@@ -123,6 +123,9 @@ from .storage.store import check_name_text as check_name_text
 log = logging.getLogger("speakerdb")
 
 DEFAULT_TOP_K = 5
+#: Enroll's voice check scores the stored centroids directly, without building an index, in a
+#: process that has none and a database of at most this many speakers (a read of 4 MB at 512-d).
+VOICE_CHECK_WITHOUT_INDEX_UP_TO = 2_000
 
 
 def _check_max_audio_s(value: float | None) -> float | None:
@@ -545,10 +548,12 @@ class SpeakerDB:
             if not store.has_speakers(s):
                 return [], []
             exists = store.speaker_by_name(s, name) is not None
+            # Past a few thousand speakers, reading every centroid costs more than the index.
+            small = not store.more_speakers_than(s, VOICE_CHECK_WITHOUT_INDEX_UP_TO)
         mean = np.asarray(np.mean(np.stack([c.vector for c in clips]), axis=0, dtype=np.float64))  # (dim,)
         query = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)[None, :]  # (1, dim)
         k = 1 if exists else 2
-        if self.indexer.available():
+        if self.indexer.available() or not small:
             [candidates] = search.nearest(self.indexer, self._cohorts, query, k)
         else:  # building the index here would save a file that this enrollment makes stale at once
             candidates = search.nearest_without_index(self.store, self._cohorts, query[0], k)

@@ -602,3 +602,15 @@ def test_metrics_show_the_files_of_requests_in_flight():
     other = metrics.Metrics().state(0.0, 1, True, inflight=(1, 3))
     text = metrics.Metrics.render([one, other], 8)
     assert 'speakerdb_inflight_files{state="total"} 8' in text and 'speakerdb_inflight_files{state="done"} 3' in text
+
+
+def test_the_voice_check_uses_the_index_past_a_few_thousand_speakers(tmp_path, voices, monkeypatch):
+    from speakerdb import SpeakerDB, api
+
+    monkeypatch.setattr(api, "VOICE_CHECK_WITHOUT_INDEX_UP_TO", 1)  # "a few thousand" is 1 here
+    with SpeakerDB(tmp_path / "big.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", [voices["alice"][0]])
+        db.enroll("bob", [voices["bob"][0]], new=True)  # no check yet
+        assert not db.indexer.available()
+        assert db.enroll("alcie", [voices["alice"][1]]).notes[0].startswith("this voice matches alice (")
+        assert db.indexer.available()  # two speakers is "many": the index was built for the check

@@ -1328,6 +1328,11 @@ def has_speakers(session: Session) -> bool:
     return session.scalar(select(Speaker.id).limit(1)) is not None
 
 
+def more_speakers_than(session: Session, n: int) -> bool:
+    """Whether more than ``n`` speakers are enrolled (an OFFSET probe: no count over a million rows)."""
+    return session.scalar(select(Speaker.id).order_by(Speaker.id).offset(n).limit(1)) is not None
+
+
 def counts(session: Session) -> tuple[int, int]:
     """(number of speakers, number of utterances)."""
     n_speakers = session.scalar(select(func.count(Speaker.id))) or 0
