@@ -22,6 +22,13 @@ enrolled once; then, in one run and on one machine:
   requests per second, p50/p95/p99 latency, errors, 503s (counted apart: the queue was
   full, the client was told to retry) and the peak resident memory of each worker process.
 
+* **live streams** (``--streams N``, issue 23): N WebSocket /v1/stream sessions, each sending
+  speech (``--speech DIR``: LibriSpeech excerpts) at real-time pace in 100 ms frames, for the
+  whole of each service cell, beside the identify clients: how far behind real time their
+  events run (event lag: the seconds of audio sent when an event arrives, less its ``at``),
+  and how many windows each forward pass of the worker's embedding lane took
+  (``speakerdb_stream_windows_total``: windows of several sessions and requests share a call).
+
 Nothing else runs while a side is measured (the service is stopped for the baselines).
 The table goes to stdout as Markdown, progress to stderr. Every row names the CPU and the
 load average before and after it: on a shared machine, compare rows of one run only.
@@ -45,6 +52,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 import kit
 
@@ -138,8 +147,11 @@ class Service:
         self.log_file.close()
 
 
-def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) -> dict:
-    """``n_clients`` threads identifying ``clip`` back to back for ``seconds`` (after one warm-up each)."""
+def run_clients(
+    service: Service, clip: Path, n_clients: int, seconds: float, streams: int = 0, speech: np.ndarray | None = None
+) -> dict:
+    """``n_clients`` threads identifying ``clip`` back to back for ``seconds`` (after one warm-up
+    each), beside ``streams`` live sessions sending ``speech`` at real-time pace."""
     from speakerdb.errors import (
         ServiceError,  # deferred: speakerdb pulls in SQLAlchemy; --help stays quick
     )
@@ -195,12 +207,18 @@ def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) ->
     for t in threads:
         t.start()
     stop_at[0] = time.monotonic() + 3600  # set properly once every client has warmed up
+    live = LiveStreams(service, streams, speech) if streams and speech is not None else None
     start_barrier.wait()
+    if live is not None:
+        live.__enter__()
     began = time.monotonic()
     stop_at[0] = began + seconds
     for t in threads:
         t.join()
     elapsed = time.monotonic() - began
+    if live is not None:
+        live.__exit__()
+        errors += live.errors
     sampling[0] = False
     sampler.join()
     return {
@@ -214,6 +232,96 @@ def run_clients(service: Service, clip: Path, n_clients: int, seconds: float) ->
         "error_examples": errors[:3],
         "worker_rss_mb": sorted(round(v) for v in peak_rss.values()),
     }
+
+
+def speech_clip(directory: Path, seconds: float) -> np.ndarray:
+    """``seconds`` of speech: LibriSpeech excerpts of ``directory`` (speaker folders) end to end."""
+    import soundfile as sf  # deferred, as speakerdb: --help stays quick
+
+    parts, total = [], 0
+    for path in sorted(directory.rglob("*.flac")):
+        x, sr = sf.read(str(path), dtype="float32")
+        if sr != SR or x.ndim != 1:
+            continue
+        parts.append(x)
+        total += len(x)
+        if total >= seconds * SR:
+            break
+    if not parts:
+        raise SystemExit(f"no 16 kHz mono .flac under {directory}")
+    return np.concatenate(parts)[: int(seconds * SR)]
+
+
+def stream_windows(service: Service) -> tuple[float, float]:
+    """(windows, calls) of the service's live sessions so far (/metrics)."""
+    with urllib.request.urlopen(service.url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    found = dict(re.findall(r'^speakerdb_stream_windows_total\{count="(\w+)"\} (\S+)$', text, re.M))
+    return float(found.get("windows", 0)), float(found.get("calls", 0))
+
+
+class LiveStreams:
+    """``n`` live sessions sending ``speech`` at real-time pace until stopped; their event lags."""
+
+    def __init__(self, service: Service, n: int, speech: np.ndarray) -> None:
+        self.service, self.n, self.speech = service, n, speech
+        self.lags: list[float] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._one, args=(k,), daemon=True) for k in range(n)]
+
+    def __enter__(self) -> LiveStreams:
+        self.windows_before = stream_windows(self.service)
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join()
+        windows, calls = stream_windows(self.service)
+        self.windows = windows - self.windows_before[0]
+        self.calls = calls - self.windows_before[1]
+
+    def _one(self, k: int) -> None:
+        from websockets.exceptions import ConnectionClosed  # deferred with speakerdb: --help stays quick
+        from websockets.sync.client import connect
+
+        frame = SR // 10  # 100 ms
+        data = np.roll(self.speech, k * SR)  # each session its own stretch of the speech
+        url = self.service.url.replace("http://", "ws://") + "/v1/stream?encoding=f32le"
+        try:
+            with connect(url, additional_headers={"Authorization": f"Bearer {self.service.key}"}, max_queue=None) as ws:
+                began, sent = time.monotonic(), 0
+                while not self._stop.is_set():
+                    chunk = data[(sent % len(data)) : (sent % len(data)) + frame]
+                    ws.send(chunk.astype("<f4").tobytes())
+                    sent += len(chunk)
+                    while True:
+                        try:
+                            event = json.loads(ws.recv(timeout=0))
+                        except TimeoutError:
+                            break
+                        if event.get("type") == "voice":
+                            with self._lock:
+                                # The audio up to "at" was sent at began + at (real-time pace).
+                                self.lags.append(time.monotonic() - began - event["at"])
+                        elif event.get("type") == "error":
+                            raise RuntimeError(event["message"])
+                    wait = began + sent / SR - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                ws.send(json.dumps({"type": "end"}))
+                try:
+                    while True:
+                        ws.recv(timeout=60)
+                except ConnectionClosed:
+                    pass
+        except Exception as e:  # noqa: BLE001 - counted and shown in the report
+            with self._lock:
+                self.errors.append(f"stream {k}: {type(e).__name__}: {e}")
 
 
 def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[float, Path], pairs: int) -> list[dict]:
@@ -292,6 +400,18 @@ def main() -> None:
         "alternated, reported as the median of the pairs' throughput ratios: the comparison a "
         "machine whose load drifts between cells cannot skew; 0: none",
     )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        default=0,
+        help="live WebSocket sessions sending speech at real-time pace during every service cell (needs --speech)",
+    )
+    parser.add_argument(
+        "--speech",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other",
+        help="a folder of 16 kHz .flac speech for the live sessions (LibriSpeech excerpts)",
+    )
     parser.add_argument("--skip-cli", action="store_true", help="leave out the one-shot CLI processes")
     parser.add_argument("--skip-cells", action="store_true", help="leave out the concurrent-client cells")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -320,6 +440,7 @@ def main() -> None:
 
     cpu = kit.cpu_name()
     rows: list[dict] = []
+    speech = speech_clip(args.speech, 120.0) if args.streams else None
 
     # ---- in-process: the model loaded, one call at a time ----------------------------------
     log("in-process SpeakerDB.identify")
@@ -400,7 +521,7 @@ def main() -> None:
                             f"  pair {k + 1}/{args.paired}: {workers} worker(s), {n_clients} client(s), "
                             f"{seconds:g} s clips"
                         )
-                        result = run_clients(service, clip, n_clients, args.seconds)
+                        result = run_clients(service, clip, n_clients, args.seconds, args.streams, speech)
                         rows.append(
                             {
                                 "side": "paired",
@@ -417,7 +538,7 @@ def main() -> None:
                 for n_clients in [int(x) for x in args.clients.split(",")]:
                     before = load()
                     log(f"  {workers} worker(s), {n_clients} client(s), {seconds:g} s clips")
-                    result = run_clients(service, clip, n_clients, args.seconds)
+                    result = run_clients(service, clip, n_clients, args.seconds, args.streams, speech)
                     rows.append(
                         {
                             "side": "service",
@@ -487,6 +608,19 @@ def main() -> None:
                     f"{max(int(x) for x in args.clients.split(','))} clients = {statistics.median(ratios):.2f} x "
                     f"that at 1 client (median; pairs {', '.join(f'{x:.2f}' for x in ratios)})"
                 )
+    for r in rows:
+        if r.get("streams"):
+            lag = (
+                f"event lag p50 {r['stream_lag_p50']:.2f} s, p90 {r['stream_lag_p90']:.2f} s"
+                if r["stream_lag_p50"] is not None
+                else "no voice events"
+            )
+            per_call = r["stream_windows"] / r["stream_window_calls"] if r["stream_window_calls"] else 0.0
+            print(
+                f"- {r['side']}, {r['workers']} worker(s), {r['clients']} identify client(s) + {r['streams']} live "
+                f"streams: {lag}; {r['stream_windows']:.0f} windows in {r['stream_window_calls']:.0f} calls "
+                f"({per_call:.1f} per call)"
+            )
     errors = [e for r in rows for e in r.get("error_examples", [])]
     if errors:
         print("\nerrors seen: " + "; ".join(errors[:5]))

@@ -81,8 +81,6 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "indexer",
         "index_path",
         "target",  # the parts of a local database
-        # A live session (issue 23): in the protocol once the client has Client.stream.
-        "stream",
         "for_gallery",
         "list_galleries",
         "create_gallery",
@@ -193,6 +191,17 @@ class SpeakerDBProtocol(Protocol):
         progress: Progress | None = None,
         on_result: Callable[[Timeline], None] | None = None,
     ) -> builtins.list[Timeline]: ...
+
+    def stream(
+        self,
+        sample_rate: int = 16000,
+        encoding: str = "f32",
+        threshold: float | None = None,
+        embed_windows: Callable[[builtins.list[Any]], Any] | None = None,
+    ) -> LiveSessionProtocol:
+        """A live session (the service's ``WebSocket /v1/stream`` for a client, which embeds there:
+        ``embed_windows`` is for a local database only)."""
+        ...
 
     # ---- speakers -----------------------------------------------------------------------------
     def list(self) -> builtins.list[SpeakerInfo]: ...

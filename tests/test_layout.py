@@ -200,6 +200,7 @@ HEAVY = {
     "platformdirs",
     "psycopg",
     "multipart",
+    "websockets",  # ~80 ms: only a client that opens a live stream pays it
 }
 # Not heavy, but only on some systems.
 PLATFORM_ONLY = {"fcntl"}

@@ -63,6 +63,34 @@ if TYPE_CHECKING:
     help="Embedding requests a worker holds, running and waiting; beyond it: 503 with Retry-After.",
 )
 @click.option(
+    "--max-streams",
+    type=click.IntRange(1, 10_000),
+    default=16,
+    show_default=True,
+    help="Live streams (WebSocket /v1/stream) a worker holds; one more is closed with 1013, try again later.",
+)
+@click.option(
+    "--max-stream-s",
+    type=click.FloatRange(1, 7 * 24 * 3600),
+    default=4 * 3600,
+    show_default=True,
+    help="Longest live stream, in seconds of audio or of connection, whichever is larger.",
+)
+@click.option(
+    "--stream-idle-s",
+    type=click.FloatRange(0.1, 3600),
+    default=30,
+    show_default=True,
+    help="Seconds a live stream may go without audio before it is closed.",
+)
+@click.option(
+    "--max-frame-kb",
+    type=click.IntRange(1, 64 * 1024),
+    default=1024,
+    show_default=True,
+    help="Largest audio frame of a live stream, in KiB (1024 bytes).",
+)
+@click.option(
     "--insecure-no-auth",
     is_flag=True,
     help="Serve without API keys, on any address: every caller may do everything. Announced at every start.",
@@ -106,6 +134,10 @@ def serve(
     max_files: int,
     max_audio_s: float,
     queue_size: int,
+    max_streams: int,
+    max_stream_s: float,
+    stream_idle_s: float,
+    max_frame_kb: int,
     insecure_no_auth: bool,
     ssl_keyfile: str | None,
     ssl_certfile: str | None,
@@ -180,6 +212,10 @@ def serve(
         max_files=max_files,
         max_audio_s=max_audio_s,
         queue_size=queue_size,
+        max_streams=max_streams,
+        max_stream_s=max_stream_s,
+        stream_idle_s=stream_idle_s,
+        max_frame_bytes=max_frame_kb * 1024,
         insecure_no_auth=insecure_no_auth,
         require_keys=had_keys and not insecure_no_auth,
         header_timeout_s=header_timeout,

@@ -11,6 +11,7 @@ Every route parses its request, calls one facade method (on a lane of the worker
 - :mod:`.connections`: limits checked before the app (413, 415, 401 before an upload's
   body), lingering close, and deadlines on slow clients;
 - :mod:`.responses`: errors are always ``{"error": {"code", "message"}}``, never a stack trace;
+- :mod:`.stream`: ``WebSocket /v1/stream``, live sessions;
 - :mod:`.serve`: starting uvicorn.
 
 The app is built by :func:`create_app` from a :class:`ServeConfig`; uvicorn's worker
@@ -54,6 +55,7 @@ from .schemas import (
     example,
 )
 from .settings import ServeConfig
+from .stream import router as stream_router
 from .uploads import COPY_CHUNK, client_names
 from .web import install as install_page
 from .worker import Service
@@ -534,6 +536,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.include_router(router, prefix="/v1")
     # Not repeated in the OpenAPI page, which says so once (the description above).
     app.include_router(router, prefix="/v1/galleries/{gallery}", include_in_schema=False)
+    # WebSocket /v1/stream: live sessions (service/stream.py), the same two ways.
+    app.include_router(stream_router, prefix="/v1", tags=["live"])
+    app.include_router(stream_router, prefix="/v1/galleries/{gallery}", include_in_schema=False)
     return app
 
 

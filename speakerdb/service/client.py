@@ -23,6 +23,7 @@ The service's errors come back as the library's own exceptions (an unknown speak
 from __future__ import annotations
 
 import builtins
+import contextlib
 import dataclasses
 import http.client
 import io
@@ -45,23 +46,28 @@ from ..results import (
     AuditEntry,
     Candidate,
     DatabaseInfo,
+    EnrolledEvent,
     EnrollResult,
+    ErrorEvent,
     ExportSummary,
     FileNote,
     Identification,
     ImportSummary,
     KeyInfo,
     Limits,
+    LiveEvent,
     NewKey,
     NormSettings,
     Params,
     Progress,
     Segment,
     SpeakerInfo,
+    SpeechEvent,
     Timeline,
     UtteranceInfo,
     Verification,
     Voice,
+    VoiceEvent,
     parse_iso,
 )
 
@@ -79,6 +85,14 @@ DOWNLOAD_CHUNK = 1 << 20  # bytes
 # service that never answers the question gets the body after CONTINUE_WAIT_S anyway.
 EXPECT_CONTINUE_BYTES = 1 << 20  # bytes
 CONTINUE_WAIT_S = 1.0  # seconds
+#: A live stream's encodings as the library names them, and as the service does (the wire's).
+STREAM_ENCODINGS = {"f32": "f32le", "f32le": "f32le", "pcm_s16le": "pcm_s16le", "mulaw": "mulaw", "alaw": "alaw"}
+STREAM_BYTES_PER_SAMPLE = {"f32le": 4, "pcm_s16le": 2, "mulaw": 1, "alaw": 1}
+#: Audio is sent in frames of at most this (the service takes up to --max-frame-kb, 1 MiB by default):
+#: 0.5 s of 16 kHz float32, so that the service answers as the audio goes.
+STREAM_FRAME_BYTES = 32 * 1024
+#: The largest message taken from the service (the timeline of a long session).
+STREAM_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 #: The service's error codes as the library's exceptions (server.ERROR_STATUS, reversed).
 ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
@@ -195,32 +209,28 @@ class Client:
         ``on_result`` is called once per file, in order, when the service's answer arrives."""
         params = (params or Params()).check()
         fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
-        out: list[Timeline] = []
-        for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress):
-            if not isinstance(d, dict) or "error" in d:
-                out.append(
-                    Timeline(
-                        d["file"] if isinstance(d, dict) else label,
-                        0.0,
-                        [],
-                        [],
-                        error=d["error"] if isinstance(d, dict) else d,
-                    )
-                )
-            else:
-                out.append(
-                    Timeline(
-                        d["file"],
-                        d["duration"],
-                        [_make(Segment, s) for s in d["segments"]],
-                        [_make(Voice, v) for v in d["voices"]],
-                        notes=list(d.get("notes", [])),
-                    )
-                )
+        out = [
+            _timeline(d, label)
+            for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress)
+        ]
         if on_result is not None:
             for t in out:
                 on_result(t)
         return out
+
+    def stream(
+        self,
+        sample_rate: int = 16000,
+        encoding: str = "f32",
+        threshold: float | None = None,
+        embed_windows: Callable[[builtins.list[Any]], Any] | None = None,
+    ) -> LiveStream:
+        """As :meth:`SpeakerDB.stream`: a live session on the service (``WebSocket /v1/stream``),
+        with the same ``feed``, ``finish``, ``enroll``, ``close`` and ``seconds_fed``, and the
+        events as the same dataclasses. ``embed_windows`` cannot be given: the service embeds."""
+        if embed_windows is not None:
+            raise errors.InvalidInputError("embed_windows is the service's own: a client stream cannot take one")
+        return LiveStream(self, sample_rate, encoding, threshold)
 
     def _per_file(
         self,
@@ -510,6 +520,215 @@ class Client:
             conn.close()  # the response keeps the socket open until it is closed
 
 
+class LiveStream:
+    """A live session on the service (``WebSocket /v1/stream``, docs/live.md), with the methods of
+    :class:`speakerdb.live.LiveSession`; made by :meth:`Client.stream`. One thread at a time.
+
+    The service answers audio as it embeds it: :meth:`feed` sends its audio and returns the
+    events that have arrived by then (those of earlier audio, mostly); :meth:`finish` ends
+    the audio and waits for the rest, :meth:`close` returns the timeline. An ``error`` event
+    that ends the stream is raised as the library's exception (a refused key as
+    :class:`~speakerdb.errors.AuthenticationError`, a full service as
+    :class:`~speakerdb.errors.ServiceError` with code ``busy``) at the next call.
+    """
+
+    def __init__(self, client: Client, sample_rate: int, encoding: str, threshold: float | None) -> None:
+        from websockets.exceptions import InvalidHandshake, InvalidStatus  # ~80 ms: a client opening a stream pays it
+        from websockets.sync.client import connect  # websockets, as above
+
+        wire = STREAM_ENCODINGS.get(encoding)
+        if wire is None:
+            raise errors.InvalidInputError(
+                f"encoding must be one of {', '.join(sorted(set(STREAM_ENCODINGS.values())))}, not {encoding!r}"
+            )
+        self.sample_rate, self.encoding = int(sample_rate), wire
+        self._bytes_per_sample = STREAM_BYTES_PER_SAMPLE[wire]
+        self._samples_sent = 0
+        self._events: builtins.list[LiveEvent] = []
+        self._timeline: Timeline | None = None
+        self._error: errors.SpeakerDBError | None = None
+        self._finished = False
+        query = {"sample_rate": str(self.sample_rate), "encoding": wire}
+        if threshold is not None:
+            query["threshold"] = repr(float(threshold))
+        base = urllib.parse.urlsplit(client.url)
+        scheme = "wss" if base.scheme == "https" else "ws"
+        url = urllib.parse.urlunsplit(
+            (scheme, base.netloc, base.path + client._v1 + "/stream", urllib.parse.urlencode(query), "")
+        )
+        headers = {"Authorization": f"Bearer {client.key}"} if client.key else {}
+        self._timeout = client.timeout
+        self._stack = contextlib.ExitStack()
+        try:
+            # max_queue None: events are read into memory as they come, so the service never
+            # waits on this client to read while this client waits on it to take audio.
+            self._ws = self._stack.enter_context(
+                connect(
+                    url,
+                    additional_headers=headers,
+                    open_timeout=min(client.timeout, 60.0),
+                    max_size=STREAM_MAX_MESSAGE_BYTES,
+                    max_queue=None,
+                    compression=None,
+                )
+            )
+        except InvalidStatus as e:
+            raise _service_error(
+                e.response.status_code, e.response.reason_phrase, e.response.headers, bytes(e.response.body or b"")
+            ) from None
+        except (InvalidHandshake, OSError, TimeoutError) as e:
+            raise errors.ServiceError(f"cannot open a live stream at {client.url}: {e}") from None
+
+    @property
+    def seconds_fed(self) -> float:
+        """Seconds of audio sent so far."""
+        return self._samples_sent / self.sample_rate
+
+    def feed(self, audio: Any) -> builtins.list[LiveEvent]:
+        """Send the next audio (bytes in this stream's encoding, or float32 samples for ``f32le``
+        and ``pcm_s16le``); returns the events that arrived meanwhile."""
+        data = self._encode(audio)
+        self._check_open()
+        for start in range(0, len(data), STREAM_FRAME_BYTES):
+            frame = data[start : start + STREAM_FRAME_BYTES]
+            self._send(frame)
+            self._samples_sent += len(frame) // self._bytes_per_sample
+        self._drain(wait=False)
+        events, self._events = self._events, []
+        return events
+
+    def finish(self) -> builtins.list[LiveEvent]:
+        """End the audio: the events still to come (the final segments), once the service has
+        sent its timeline (kept for :meth:`close`)."""
+        if not self._finished:
+            self._check_open()
+            self._send(json.dumps({"type": "end"}))
+            self._finished = True
+            self._drain(wait=True)
+        events, self._events = self._events, []
+        return events
+
+    def enroll(self, label: str, name: str, *, add: bool = False) -> EnrolledEvent:
+        """Enroll the voice reported as ``label`` as speaker ``name`` (a write key), from the
+        window vectors the service's session holds; ``add`` adds to an existing speaker."""
+        self._check_open()
+        if self._finished:
+            raise errors.InvalidInputError("the live stream is finished: nothing more can be enrolled")
+        self._send(json.dumps({"type": "enroll", "label": label, "name": name, "add": bool(add)}))
+        while True:
+            event = self._next(self._timeout)
+            if isinstance(event, EnrolledEvent):
+                return event
+            if isinstance(event, ErrorEvent):  # this enrollment's (the stream goes on), or the stream's end
+                raise _stream_error(event.code, event.message)
+            if event is not None:
+                self._events.append(event)
+
+    def close(self) -> Timeline:
+        """End the stream (:meth:`finish` if not done) and return its timeline, as
+        ``timeline`` gives it for the same audio as a file."""
+        try:
+            if self._timeline is None:
+                self.finish()
+            assert self._timeline is not None
+            return self._timeline
+        finally:
+            self._stack.close()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    # ---- the WebSocket ------------------------------------------------------------------
+    def _encode(self, audio: Any) -> bytes:
+        if isinstance(audio, (bytes, bytearray, memoryview)):
+            data = bytes(audio)
+        elif hasattr(audio, "astype") and self.encoding == "f32le":  # a numpy array: no numpy import here
+            data = bytes(audio.astype("<f4").tobytes())
+        elif hasattr(audio, "astype") and self.encoding == "pcm_s16le":
+            data = bytes((audio.clip(-1.0, 1.0) * 32767.0).round().astype("<i2").tobytes())
+        else:
+            raise errors.InvalidInputError(
+                f"feed takes bytes in {self.encoding} (or float32 samples for f32le or pcm_s16le)"
+            )
+        if len(data) % self._bytes_per_sample:
+            raise errors.InvalidInputError(
+                f"{len(data)} bytes of {self.encoding} audio: "
+                f"not a whole number of {self._bytes_per_sample}-byte samples"
+            )
+        return data
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _send(self, message: str | bytes) -> None:
+        from websockets.exceptions import ConnectionClosed  # websockets: as in __init__
+
+        try:
+            self._ws.send(message)
+        except ConnectionClosed:
+            self._read_rest()  # the service's error event, sent before it closed
+            raise self._failed(errors.ServiceError("the service closed the live stream")) from None
+
+    def _drain(self, wait: bool) -> None:
+        """Keep the events that have arrived (``wait``: until the timeline has); an error event
+        ends the stream: raised, here and at every later call."""
+        while not (wait and self._timeline is not None):
+            event = self._next(self._timeout if wait else 0.0)
+            if isinstance(event, ErrorEvent):
+                error = self._failed(_stream_error(event.code, event.message))
+                self._read_rest()
+                raise error
+            if event is not None:
+                self._events.append(event)
+            elif not wait:
+                return
+
+    def _read_rest(self) -> None:
+        """Until the service closes: a timeline it may still send (a stream past its length)."""
+        try:
+            while True:
+                event = self._next(self._timeout)
+                if isinstance(event, ErrorEvent):
+                    self._failed(_stream_error(event.code, event.message))
+        except errors.ServiceError:
+            pass
+
+    def _failed(self, error: errors.SpeakerDBError) -> errors.SpeakerDBError:
+        """The stream has ended with ``error`` (the first one, if it had ended already)."""
+        self._error = self._error or error
+        return self._error
+
+    def _next(self, timeout: float) -> LiveEvent | None:
+        """The next event; None for nothing within ``timeout`` 0, or for the timeline (kept).
+        ServiceError once the stream is closed or silent for ``timeout``."""
+        from websockets.exceptions import ConnectionClosed  # websockets: as in __init__
+
+        while True:
+            try:
+                raw = self._ws.recv(timeout=timeout)
+            except TimeoutError:
+                if timeout <= 0:
+                    return None
+                raise self._failed(
+                    errors.ServiceError(f"the service sent nothing for {timeout:g} s on the live stream")
+                ) from None
+            except ConnectionClosed as e:
+                raise self._failed(errors.ServiceError(f"the service closed the live stream ({e})")) from None
+            if isinstance(raw, bytes):
+                continue  # the service sends text only
+            doc = json.loads(raw)
+            if doc.get("type") == "timeline":
+                self._timeline = _timeline({k: v for k, v in doc.items() if k != "type"}, "live")
+                return None
+            event = _live_event(doc)
+            if event is not None:
+                return event
+
+
 class _Answered:
     """The socket of an answer whose status line was already read, for http.client to parse."""
 
@@ -569,6 +788,43 @@ def _service_error(status: int, reason: str, headers: Any, raw: bytes) -> errors
         error.code = code  # bad_audio: its message names the file, but not as AudioError's (path, reason)
         return error
     return errors.ServiceError(f"the service answered {status}: {message}", status, code, retry_after)
+
+
+def _stream_error(code: str, message: str) -> errors.SpeakerDBError:
+    """An ``error`` event of a live stream as the library's exception."""
+    if code == "unauthorized":
+        return errors.AuthenticationError(f"{message} (set SPEAKERDB_API_KEY)", 401, code)
+    if code == "forbidden":
+        return errors.PermissionDeniedError(message, 403, code)
+    if code in ("busy", "not_ready"):
+        return errors.ServiceError(f"the service cannot take a live stream now: {message}", 503, code)
+    kind = ERROR_CODES.get(code)
+    if kind is not None and kind is not errors.SpeakerDBError:
+        return kind(message)
+    return errors.ServiceError(f"the service ended the live stream: {message}", None, code)
+
+
+def _live_event(d: dict[str, Any]) -> LiveEvent | None:
+    """A live stream's event from its JSON (None for a type this client does not know)."""
+    kind = {"speech": SpeechEvent, "voice": VoiceEvent, "enrolled": EnrolledEvent, "error": ErrorEvent}.get(
+        str(d.get("type"))
+    )
+    return None if kind is None else _make(kind, d)
+
+
+def _timeline(d: dict[str, Any] | str, label: str) -> Timeline:
+    """A Timeline from the service's JSON for one file (or the reason the file failed here)."""
+    if not isinstance(d, dict) or "error" in d:
+        return Timeline(
+            d["file"] if isinstance(d, dict) else label, 0.0, [], [], error=d["error"] if isinstance(d, dict) else d
+        )
+    return Timeline(
+        d["file"],
+        d["duration"],
+        [_make(Segment, s) for s in d["segments"]],
+        [_make(Voice, v) for v in d["voices"]],
+        notes=list(d.get("notes", [])),
+    )
 
 
 def _read(f: str | os.PathLike[str], what: str = "audio") -> tuple[str, bytes]:

@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
+
+from .. import errors
 from ..api import SpeakerDB
 from ..audio import decode as audio
 from ..config import DEFAULT_GALLERY
@@ -38,20 +41,141 @@ GALLERY: contextvars.ContextVar[str] = contextvars.ContextVar("speakerdb_gallery
 
 
 class CountingEmbedder:
-    """The loaded model, counting the seconds of audio it embeds (for /metrics)."""
+    """The loaded model, counting the seconds of audio it embeds (for /metrics), and the place
+    where live sessions' windows meet every other forward pass of the embedding lane.
 
-    def __init__(self, inner: Any) -> None:
+    ``embed`` runs on the embedding lane's thread only (identify, timeline, enroll...). Live
+    sessions run on threads of their own and hand their windows in through
+    :meth:`embed_windows`, which waits while the lane embeds them: each call of ``embed``
+    takes every window waiting at that moment into the same call, where the model stacks
+    those of equal length (all of a session's windows, and identify clips of that length)
+    into one forward pass. So live windows never wait behind the lane's queue of requests,
+    only for the forward pass running now, and the more callers, the fuller each pass.
+    """
+
+    def __init__(self, inner: Any, submit: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self._inner = inner
+        self._submit = submit  # queues a call on the lane's thread (Lane.executor.submit)
         self.seconds = 0.0
+        self._lock = threading.Lock()
+        self._waiting: list[_Windows] = []
+        self._drain_queued = False
+        self.window_passes = 0  # calls that embedded live windows (/metrics: how well they share)
+        self.windows_embedded = 0
 
     def embed(self, waveforms: Sequence[Any]) -> Any:
-        """The inner model's embeddings of ``waveforms``, their seconds counted."""
+        """The inner model's embeddings of ``waveforms``, their seconds counted; live windows
+        waiting meanwhile are embedded in the same call (on the lane's thread)."""
+        taken = self._take()
+        if not taken:
+            return self._embed(waveforms)
+        together = [*waveforms, *(w for job in taken for w in job.windows)]
+        try:
+            out = self._embed(together)
+        except BaseException:  # noqa: BLE001 - one bad window must not fail another's request: each alone
+            self._embed_apart(taken)
+            return self._embed(waveforms)
+        start = len(waveforms)
+        for job in taken:
+            self._deliver(job, out[start : start + len(job.windows)])
+            start += len(job.windows)
+        self.window_passes += 1
+        return out[: len(waveforms)]
+
+    def embed_windows(self, windows: list[Any]) -> Any:
+        """From a live session's thread: the L2-normalised embeddings (n, dim) of ``windows``
+        (16 kHz float32), computed on the embedding lane with whatever else it embeds now."""
+        if not windows:
+            return np.zeros((0, self._inner.dim), np.float32)  # no trip to the lane
+        job = _Windows(list(windows))
+        with self._lock:
+            self._waiting.append(job)
+            queue_drain, self._drain_queued = not self._drain_queued, True
+        if queue_drain:
+            if self._submit is None:
+                self._drain()
+            else:
+                try:
+                    self._submit(self._drain)
+                except RuntimeError:  # the lane is shutting down
+                    with self._lock:
+                        self._drain_queued = False
+                    self._fail(self._take(), errors.ServiceError("the service is stopping"))
+        return job.result()
+
+    def _drain(self) -> None:
+        """On the lane's thread: embed the windows waiting (none if a request's pass took them)."""
+        with self._lock:
+            self._drain_queued = False
+        taken = self._take()
+        if taken:
+            self._embed_apart(taken) if len(taken) == 1 else self._embed_together(taken)
+
+    def _embed_together(self, taken: list[_Windows]) -> None:
+        try:
+            out = self._embed([w for job in taken for w in job.windows])
+        except BaseException:  # noqa: BLE001 - say which session's windows failed: each alone
+            self._embed_apart(taken)
+            return
+        start = 0
+        for job in taken:
+            self._deliver(job, out[start : start + len(job.windows)])
+            start += len(job.windows)
+        self.window_passes += 1
+
+    def _embed_apart(self, taken: list[_Windows]) -> None:
+        for job in taken:
+            try:
+                self._deliver(job, self._embed(job.windows))
+                self.window_passes += 1
+            except BaseException as e:  # noqa: BLE001 - handed to the session that sent them
+                job.fail(e)
+
+    def _deliver(self, job: _Windows, out: Any) -> None:
+        self.windows_embedded += len(job.windows)
+        job.done(out)
+
+    def _take(self) -> list[_Windows]:
+        with self._lock:
+            taken, self._waiting = self._waiting, []
+        return taken
+
+    @staticmethod
+    def _fail(taken: list[_Windows], error: BaseException) -> None:
+        for job in taken:
+            job.fail(error)
+
+    def _embed(self, waveforms: Sequence[Any]) -> Any:
         out = self._inner.embed(waveforms)
         self.seconds += sum(len(w) for w in waveforms) / audio.SAMPLE_RATE
         return out
 
     def __getattr__(self, name: str) -> Any:  # model_id, dim, name_or_path, default_threshold...
         return getattr(self._inner, name)
+
+
+class _Windows:
+    """One session's windows waiting for the lane, and then their embeddings or the error."""
+
+    def __init__(self, windows: list[Any]) -> None:
+        self.windows = windows
+        self._event = threading.Event()
+        self._out: Any = None
+        self._error: BaseException | None = None
+
+    def done(self, out: Any) -> None:
+        self._out = out
+        self._event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._event.set()
+
+    def result(self) -> Any:
+        self._event.wait()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 class Lane:

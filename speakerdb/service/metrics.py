@@ -29,6 +29,8 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 METRICS_PUBLISH_S = 1.0
 #: The methods /metrics names; any other (HTTP allows made-up ones, of any length) counts as
 #: "other", so that no request can add a label value, and with it a series, to every scrape.
+#: The WebSocket close codes /metrics counts live sessions by (any other counts as 0).
+STREAM_CLOSE_CODES = frozenset({1000, 1003, 1006, 1007, 1008, 1009, 1011, 1013})
 METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -53,6 +55,9 @@ class Metrics:
         self.requests: dict[tuple[str, str, int], int] = {}
         self.latency: dict[tuple[str, str], list[float]] = {}  # per bucket counts, then sum, count
         self.rejected_busy = 0
+        self.streams_started = 0  # live sessions begun (WebSocket /v1/stream, authenticated)
+        self.streams_refused = 0  # connections closed with 1013: the worker held --max-streams
+        self.stream_closes: dict[int, int] = {}  # sessions ended, by WebSocket close code
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one answer. ``route`` must be a route's template (or "unmatched"), never the
@@ -88,7 +93,15 @@ class Metrics:
             "identify_calls": batches.calls if batches else 0,
             "files_done": inflight[0],
             "files_total": inflight[1],
+            "streams_started": self.streams_started,
+            "streams_refused": self.streams_refused,
+            "stream_closes": [[c, n] for c, n in sorted(self.stream_closes.items())],
         }
+
+    def stream_closed(self, code: int) -> None:
+        """Count a live session that ended with WebSocket close ``code`` (1006: the client vanished)."""
+        code = code if code in STREAM_CLOSE_CODES else 0
+        self.stream_closes[code] = self.stream_closes.get(code, 0) + 1
 
     @staticmethod
     def render(states: list[dict[str, Any]], queue_size: int) -> str:
@@ -121,7 +134,12 @@ class Metrics:
             lines.append(f"speakerdb_request_seconds_count{{{labels}}} {int(h[-1])}")
 
         def total(field: str) -> float:
-            return sum(st[field] for st in states)
+            return sum(st.get(field, 0) for st in states)  # .get: a worker of an older version
+
+        closes: dict[int, int] = {}
+        for st in states:
+            for c, n in st.get("stream_closes", []):
+                closes[int(c)] = closes.get(int(c), 0) + int(n)
 
         lines += [
             "# HELP speakerdb_audio_seconds_total Seconds of audio embedded.",
@@ -150,6 +168,23 @@ class Metrics:
             "# TYPE speakerdb_inflight_files gauge",
             f'speakerdb_inflight_files{{state="total"}} {sum(int(st.get("files_total", 0)) for st in states)}',
             f'speakerdb_inflight_files{{state="done"}} {sum(int(st.get("files_done", 0)) for st in states)}',
+            "# HELP speakerdb_streams_open Live sessions (WebSocket /v1/stream) open now, in all workers.",
+            "# TYPE speakerdb_streams_open gauge",
+            f"speakerdb_streams_open {int(total('streams_open'))}",
+            "# HELP speakerdb_streams_total Live sessions begun, and connections refused (1013) at --max-streams.",
+            "# TYPE speakerdb_streams_total counter",
+            f'speakerdb_streams_total{{outcome="started"}} {int(total("streams_started"))}',
+            f'speakerdb_streams_total{{outcome="refused"}} {int(total("streams_refused"))}',
+            "# HELP speakerdb_stream_closes_total Live sessions ended, by WebSocket close code (1006: client gone).",
+            "# TYPE speakerdb_stream_closes_total counter",
+            *(f'speakerdb_stream_closes_total{{code="{c}"}} {n}' for c, n in sorted(closes.items())),
+            (
+                "# HELP speakerdb_stream_windows_total Live sessions' windows embedded, and the forward-pass "
+                "calls that embedded them (windows of several sessions and requests share a call)."
+            ),
+            "# TYPE speakerdb_stream_windows_total counter",
+            f'speakerdb_stream_windows_total{{count="windows"}} {int(total("windows_embedded"))}',
+            f'speakerdb_stream_windows_total{{count="calls"}} {int(total("window_passes"))}',
             "# HELP speakerdb_workers Worker processes counted in this scrape, and those with the model loaded.",
             "# TYPE speakerdb_workers gauge",
             f'speakerdb_workers{{state="running"}} {len(states)}',

@@ -60,17 +60,17 @@ def from_library(e: errors.SpeakerDBError, names: dict[str, str]) -> ApiError:
     return ApiError(status, e.code, message)
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
     """``value`` with NaN and infinities as None: JSON has no such numbers (as the CLI's --json)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
 def ok(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> JSONResponse:
     """A successful answer: ``document`` as JSON (non-finite numbers as null)."""
-    return JSONResponse(_finite(document), status_code=status, headers=headers)
+    return JSONResponse(finite(document), status_code=status, headers=headers)

@@ -25,6 +25,7 @@ __all__ = ["ServeConfig", "is_loopback", "serve"]
 #: What uvicorn imports in each worker process: the app factory and the HTTP protocol.
 APP_FACTORY = "speakerdb.service.app:create_app"
 HTTP_PROTOCOL = "speakerdb.service.connections:TimedHTTPProtocol"
+WS_MAX_SIZE_MARGIN = 64 * 1024  # bytes: the text messages, whatever --max-frame-kb says
 
 
 def is_loopback(host: str) -> bool:
@@ -72,6 +73,9 @@ def serve(
             timeout_graceful_shutdown=None,
             server_header=False,
             http=HTTP_PROTOCOL,
+            # A WebSocket message past this is closed with 1009 by uvicorn itself, before the app
+            # reads it; up to it, the app refuses a frame over --max-frame-kb with an error event.
+            ws_max_size=2 * config.max_frame_bytes + WS_MAX_SIZE_MARGIN,
         )
     finally:
         if shared is not None:

@@ -24,6 +24,15 @@ DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waitin
 # trickles bytes (slowloris) holds a connection, and its memory, for ever (TimedHTTPProtocol).
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
+# WebSocket /v1/stream (service/stream.py): live sessions a worker holds at once (one more is
+# closed with 1013, try again later), the longest session (seconds of audio or of connection,
+# whichever is larger), the longest silence of a client that sends no audio, the largest
+# binary frame, and the time a browser has to send its key as the first message.
+DEFAULT_MAX_STREAMS = 16
+DEFAULT_MAX_STREAM_S = 4 * 3600.0
+DEFAULT_STREAM_IDLE_S = 30.0
+DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
+DEFAULT_STREAM_AUTH_S = 5.0
 
 
 @dataclass
@@ -45,6 +54,11 @@ class ServeConfig:
     require_keys: bool = False
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_stream_s: float = DEFAULT_MAX_STREAM_S
+    stream_idle_s: float = DEFAULT_STREAM_IDLE_S
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    stream_auth_s: float = DEFAULT_STREAM_AUTH_S
     tmp_dir: str | None = None
     #: Where the workers of one `serve --workers N` publish their counters for each other's
     #: /metrics (made by serve(), removed when it returns); None: one worker, nothing shared.

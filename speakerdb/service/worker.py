@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import errors
@@ -48,6 +49,12 @@ class Service:
         #: [files done, files in all] of the embedding call running now on this worker's lane
         #: ([0, 0] when none): /metrics shows how far a long request has got.
         self.inflight = [0, 0]
+        # Live sessions (WebSocket /v1/stream): each feeds on a thread of this pool while its
+        # connection waits (the backpressure that keeps a fast sender's audio out of memory).
+        self.streams_open = 0
+        self.stream_threads = ThreadPoolExecutor(
+            max_workers=max(1, config.max_streams), thread_name_prefix="speakerdb-stream"
+        )
         # Server-side paths (database, index, uploads) as clients may see them in messages;
         # completed once the database is open (_learn_database).
         self.private_names = _longest_first(
@@ -69,7 +76,7 @@ class Service:
             loaded = probe.embedder  # the database's own model unless --model: the facade decides
         finally:
             probe.close()
-        self.counting = CountingEmbedder(loaded)
+        self.counting = CountingEmbedder(loaded, self.embed_lane.executor.submit)
         return self._open_db(embedder=self.counting)
 
     async def start(self) -> None:
@@ -107,9 +114,13 @@ class Service:
     def metrics_state(self) -> dict[str, Any]:
         """This worker's figures, as it publishes them for the others."""
         seconds = self.counting.seconds if self.counting is not None else 0.0
-        return self.metrics.state(
+        state = self.metrics.state(
             seconds, self.embed_lane.pending, self.ready, self.identify_batches, inflight=(*self.inflight,)
         )
+        state["streams_open"] = self.streams_open
+        state["window_passes"] = self.counting.window_passes if self.counting is not None else 0
+        state["windows_embedded"] = self.counting.windows_embedded if self.counting is not None else 0
+        return state
 
     def metrics_text(self) -> str:
         """This worker's figures, with every other running worker's when there are several."""
@@ -122,6 +133,7 @@ class Service:
 
     def close(self) -> None:
         """Finish the lanes' calls, close their databases, remove the uploads and published metrics."""
+        self.stream_threads.shutdown(wait=True, cancel_futures=True)
         self.embed_lane.close()
         self.admin_lane.close()
         self.uploads.close()
@@ -165,7 +177,7 @@ class Service:
             )
         started = time.monotonic()
         try:
-            return await lane.run(self.tracked(_as_caller(fn, caller), files), *args, **kw)
+            return await lane.run(self.tracked(as_caller(fn, caller), files), *args, **kw)
         except errors.SpeakerDBError as e:
             raise from_library(e, {**(names or {}), **self.private_names}) from None
         finally:
@@ -200,12 +212,12 @@ class Service:
         """Run ``fn(db, *args, **kw)`` on the admin lane (``caller`` and ``names`` as for :meth:`embed`)."""
         self.require_ready()
         try:
-            return await self.admin_lane.run(_as_caller(fn, caller), *args, **kw)
+            return await self.admin_lane.run(as_caller(fn, caller), *args, **kw)
         except errors.SpeakerDBError as e:
             raise from_library(e, {**(names or {}), **self.private_names}) from None
 
 
-def _as_caller(fn: Callable[..., Any], caller: Caller | None) -> Callable[..., Any]:
+def as_caller(fn: Callable[..., Any], caller: Caller | None) -> Callable[..., Any]:
     """``fn`` run inside ``db.audited_as(caller's key)``: the changes it makes are recorded."""
     if caller is None:
         return fn
