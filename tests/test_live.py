@@ -334,3 +334,43 @@ def test_listen_reads_raw_audio_on_standard_input(cli_db):
     assert json.loads(odd.stdout.splitlines()[-1])["code"] == "bad_audio"  # JSON lines to the end
     bad = CliRunner().invoke(cli, [*db, "listen", "-", "--sample-rate", "4000"])
     assert bad.exit_code == 2
+
+
+# ---- real speech ---------------------------------------------------------------------------------
+@pytest.mark.librispeech
+@pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"LibriSpeech excerpts not found at {LIBRISPEECH}")
+def test_real_speech_streamed_through_ge2e_and_silero(tmp_path):
+    """Three LibriSpeech speakers take turns, two enrolled: streamed as 16-bit frames of 20 ms
+    through Silero and GE2E, the events name the enrolled ones as they speak and the final
+    timeline is the offline one (scores within float error: GE2E batches windows differently)."""
+    pytest.importorskip("resemblyzer")
+    from builders import trim
+    from speakerdb import SpeakerDB
+    from speakerdb.audio import decode as audio
+
+    speakers = ["1688", "3005", "2609"]  # 2609 is not enrolled
+    files = {s: sorted((LIBRISPEECH / s).glob("*.flac")) for s in speakers}
+    parts, truth, t = [], [], 0.0
+    for k, s in enumerate(["1688", "2609", "3005", "1688"]):
+        piece = trim(audio.load(files[s][5 + k // 3]).samples)[: 4 * SR]
+        parts += [piece, np.zeros(int(0.8 * SR), np.float32)]
+        truth.append((t, t + len(piece) / SR, s))
+        t += len(piece) / SR + 0.8
+    x = np.concatenate(parts)
+    path = write(tmp_path / "conv.wav", x)
+    with SpeakerDB(tmp_path / "db.sqlite", model="resemblyzer") as db:
+        for s in speakers[:2]:
+            db.enroll(s, files[s][:2])
+        [offline] = db.timeline([path])
+        session = db.stream(encoding="pcm_s16le")
+        events = feed_all(session, encode(x, "pcm_s16le"), 640)
+        final = session.close()
+    assert [(s.start, s.end, s.label) for s in final.segments] == [(s.start, s.end, s.label) for s in offline.segments]
+    assert [s.score for s in final.segments] == pytest.approx([s.score for s in offline.segments], abs=1e-4)
+    for a, b, s in truth:
+        if s in speakers[:2]:  # named while the turn is still being spoken, or within 2 s of its start
+            named = [e for e in events if isinstance(e, VoiceEvent) and e.label == s and e.start < b and e.end > a]
+            assert named and named[0].at <= max(a + 2.5, b), (s, a, b, named[:1])
+    middle = (truth[1][0] + truth[1][1]) / 2  # of the unenrolled speaker's turn
+    unknown = {e.label for e in events if isinstance(e, VoiceEvent) and e.final and e.start <= middle < e.end}
+    assert unknown and all(lab.startswith("unknown-") for lab in unknown)
