@@ -17,9 +17,11 @@ import builtins
 import contextlib
 import copy
 import functools
+import json
 import logging
 import os
 from contextvars import ContextVar
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, cast
 
@@ -37,21 +39,26 @@ from .embedding.models import Embedder, default_threshold_for, load_embedder
 from .errors import (
     AudioError,
     ConflictError,
+    ConsentRequiredError,
     DatabaseError,
     EmptyDatabaseError,
     EnrollmentRefusedError,
     GalleryNotFoundError,
     InvalidInputError,
+    OptedOutError,
     SpeakerExistsError,
     SpeakerNotFoundError,
 )
 from .live import LiveSession
 from .results import (
     AuditEntry,
+    Consent,
     CopySummary,
     DatabaseInfo,
     EncryptionSummary,
     EnrollResult,
+    Erasure,
+    ExpireSummary,
     ExportSummary,
     GalleryInfo,
     Identification,
@@ -60,7 +67,10 @@ from .results import (
     Limits,
     NewKey,
     NormChange,
+    OptOutList,
+    OptOutResult,
     Params,
+    Policy,
     Progress,
     SpeakerInfo,
     Timeline,
@@ -70,7 +80,7 @@ from .results import (
 from .scoring import cohort as cohorts
 from .scoring import evaluate, norm, quality, search
 from .scoring.thresholds import check_threshold, cosine_threshold
-from .storage import atomic, crypto, enrollment, gallery, keys, migrate, paths, schema, store
+from .storage import atomic, crypto, enrollment, gallery, governance, keys, migrate, paths, schema, store
 from .storage import index as index_files
 from .storage import settings as stored
 from .storage.gallery import Gallery as GalleryFile  # a file's contents: the name `gallery` is the tenant's here
@@ -126,6 +136,8 @@ DEFAULT_TOP_K = 5
 #: Enroll's voice check scores the stored centroids directly, without building an index, in a
 #: process that has none and a database of at most this many speakers (a read of 4 MB at 512-d).
 VOICE_CHECK_WITHOUT_INDEX_UP_TO = 2_000
+#: The most audit records ``show`` gives about one speaker (the newest).
+MAX_AUDIT_SHOWN = 1000
 
 
 def _check_max_audio_s(value: float | None) -> float | None:
@@ -214,8 +226,13 @@ class SpeakerDB:
         max_audio_s: float | None = None,
         gallery: str | None = None,
         key: KeySource | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._model = model
+        #: What time it is (naive UTC) for consent records, last_seen and expiry; tests pass a
+        #: simulated date. Default: the system clock (``store.utcnow``).
+        self._clock = clock
+
         self._device = device
         self._precision = precision
         self._embedder = embedder
@@ -236,6 +253,9 @@ class SpeakerDB:
     def _attach(self, db: store.Store, index_path: Path) -> None:
         """Work in ``db``'s gallery, whose index file is ``index_path``."""
         self.store, self.index_path = db, index_path
+        #: Names that decisions named in this gallery, written as last_seen in batches
+        #: (governance.SeenNames); each gallery's object has its own.
+        self._seen = governance.SeenNames()
         self.indexer = IndexKeeper(self.store, self.index_path)
         #: The normalisation cohort and the enrolled speakers' statistics against it.
         self._cohorts = cohorts.CohortCache(self.db_path)
@@ -304,14 +324,44 @@ class SpeakerDB:
 
     # ---- lifecycle ------------------------------------------------------------------
     def close(self) -> None:
+        self.flush_seen()  # names that decisions named since the last write
         self.indexer.maintain()  # a lagging index file is saved after the work, not during it
         self.store.close()
 
     def maintain_index(self) -> None:
         """Save the index file if it lags this process's index far behind, or is missing (a
         header read when it does not): a long-running process calls it between requests, so
-        that no request waits for the save."""
+        that no request waits for the save. Writes the speakers' last_seen when it is due."""
+        if self._seen.due():
+            self.flush_seen()
         self.indexer.maintain()
+
+    def now(self) -> datetime:
+        """The time this database goes by (naive UTC): the ``clock`` it was opened with, else the system's."""
+        return self._clock() if self._clock is not None else store.utcnow()
+
+    def note_seen(self, names: Sequence[str]) -> None:
+        """Record that a decision named ``names`` now (identify, verify, timeline, a live
+        session): kept in memory and written as their ``last_seen`` in one UPDATE at most
+        every ``governance.SEEN_FLUSH_S`` seconds, and at :meth:`close`."""
+        self._seen.note([n for n in names if n], self.now())
+        # A long-running process calls maintain_index between requests, which writes them at
+        # the interval, after the answer; here, inline, only when nobody did for twice as long.
+        if self._seen.due(late=2.0):
+            self.flush_seen()
+
+    def flush_seen(self) -> None:
+        """Write the last_seen times noted so far (one transaction). A database that cannot be
+        written now (busy, read-only) keeps them for the next try, with a warning."""
+        names = self._seen.take()
+        if not names:
+            return
+        try:
+            with self.store.write() as s:
+                governance.write_seen(s, names)
+        except SpeakerDBError as e:
+            self._seen.give_back(names)
+            log.warning("last_seen of %d speaker(s) not recorded yet: %s", len(names), e)
 
     @contextlib.contextmanager
     def audited_as(self, key_name: str | None) -> Iterator[None]:
@@ -464,7 +514,11 @@ class SpeakerDB:
 
     # ---- operations -----------------------------------------------------------------
     @_audited(
-        "enroll", lambda name, files, *, new=False, **_: (store.normalize_name(name), {"files": len(files), "new": new})
+        "enroll",
+        lambda name, files, *, new=False, consent=None, override_optout=False, **_: (
+            store.normalize_name(name),
+            {"files": len(files), "new": new, "consent": consent is not None, "override_optout": override_optout},
+        ),
     )
     def enroll(
         self,
@@ -475,6 +529,9 @@ class SpeakerDB:
         metadata: dict[str, Any] | None = None,
         strict: bool = False,
         progress: Progress | None = None,
+        consent: str | None = None,
+        external_id: str | None = None,
+        override_optout: bool = False,
     ) -> EnrollResult:
         """Create speaker ``name`` or add utterances to it.
 
@@ -490,6 +547,15 @@ class SpeakerDB:
             new: refuse (SpeakerExistsError) if the speaker already exists.
             metadata: JSON-serialisable key/values merged into the speaker's metadata.
             strict: refuse (EnrollmentRefusedError) instead of warning; nothing is written.
+            consent: who consented, how and when (or a signed form's reference), stored with
+                the speaker with the time and the API key that recorded it; replaces one
+                recorded before. Required (ConsentRequiredError) when the database's policy
+                says so and the speaker has none yet (:meth:`set_policy`).
+            external_id: an identifier of the person elsewhere (a customer number); only its
+                keyed hash is stored, so that an opt-out can match it later.
+            override_optout: enroll a person who opted out (:meth:`optout`), an
+                administrator's decision: their opt-out records are deleted, and the override
+                is an audit record. Without it, OptedOutError.
 
         Unless ``new``, the recordings are also compared with every other enrolled speaker:
         one whose score reaches the threshold is named in ``matches`` and ``notes`` ("this
@@ -499,13 +565,25 @@ class SpeakerDB:
         if not files:
             raise InvalidInputError("enroll needs at least one audio file")
         metadata = store.validate_metadata(metadata)  # JSON, finite, valid Unicode, bounded depth and size
+        consent = governance.check_consent(consent)
+        external_id = governance.check_external_id(external_id)
         self._check_files(files, stored=True)
-        if new:
-            with self.store.read() as s:
-                if store.speaker_by_name(s, name) is not None:
-                    raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+        with self.store.read() as s:  # refusals cost nothing: before the model loads
+            speaker = store.speaker_by_name(s, name)
+            if speaker is not None and new:
+                raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+            self._check_governance(s, name, speaker, consent, external_id, override_optout)
         embedded = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
-        return self._write_enrollment(name, embedded, new=new, metadata=metadata, strict=strict)
+        return self._write_enrollment(
+            name,
+            embedded,
+            new=new,
+            metadata=metadata,
+            strict=strict,
+            consent=consent,
+            external_id=external_id,
+            override_optout=override_optout,
+        )
 
     def _write_enrollment(
         self,
@@ -515,8 +593,12 @@ class SpeakerDB:
         new: bool,
         metadata: dict[str, Any],
         strict: bool,
+        consent: str | None = None,
+        external_id: str | None = None,
+        override_optout: bool = False,
     ) -> EnrollResult:
-        """Enrollment's writes, for clips already embedded (from files, or a live session's windows)."""
+        """Enrollment's writes, for clips already embedded (from files, or a live session's windows),
+        with the governance checks again under the write lock (consent, opt-outs)."""
         # Whose voice this is, unless the caller said it is a new person (--new): a typed name
         # that should have been an enrolled speaker's is caught before it is written.
         matches, notes = ([], []) if new else self._voice_matches(name, embedded)
@@ -527,10 +609,20 @@ class SpeakerDB:
             speaker = store.speaker_by_name(s, name)
             if speaker is not None and new:
                 raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+            optouts = self._check_governance(s, name, speaker, consent, external_id, override_optout)
             # A clip against the speaker's other clips: a raw cosine check (see thresholds.cosine_threshold).
             existing = [u.vector() for u in speaker.utterances] if speaker is not None else []
             warnings = quality.review(name, existing, embedded, cosine_threshold(store.get_settings(s)), strict)
             speaker, created, added, skipped = enrollment.add_clips(s, name, speaker, embedded, metadata)
+            if consent is not None:
+                speaker.consent, speaker.consent_at, speaker.consent_by = consent, self.now(), self._acting()
+            if external_id is not None:
+                key = governance.optout_key(s, create=True)
+                assert key is not None
+                speaker.external_id_hash = governance.external_id_hash(key, external_id)
+            if optouts:
+                governance.remove_optouts(s, optouts)
+                self._audit(s, "optout-override", name, {"optouts": len(optouts)})
             n_utterances = len(speaker.utterances)
         return EnrollResult(name, created, added, skipped, n_utterances, warnings, matches, notes)
 
@@ -566,6 +658,51 @@ class SpeakerDB:
         else:
             note = f"this voice matches {best.speaker} ({best.score:.2f}): a typo? --new creates it anyway"
         return [best], [note]
+
+    def _check_governance(
+        self,
+        s: Session,
+        name: str,
+        speaker: store.Speaker | None,
+        consent: str | None,
+        external_id: str | None,
+        override_optout: bool,
+    ) -> builtins.list[store.OptOut]:
+        """Refuse an enrollment the policy forbids (no consent where it is required; a person
+        who opted out, without the override); returns the opt-outs the override lifts."""
+        settings = store.get_settings(s)
+        if governance.require_consent(settings) and consent is None and (speaker is None or speaker.consent is None):
+            raise ConsentRequiredError(
+                f"database {self.db_path} requires consent to enroll {name!r}: give --consent TEXT "
+                "(who consented, how and when, or the signed form's reference); nothing written"
+            )
+        optouts = governance.matching_optouts(s, name, external_id)
+        if optouts and not override_optout:
+            when = min(o.created_at for o in optouts)
+            raise OptedOutError(
+                f"{name!r} opted out of this database on {when:%Y-%m-%d}: they may not be "
+                "enrolled again unless an administrator overrides it (--override-optout; through the "
+                "service, an admin key); nothing written"
+            )
+        return optouts
+
+    def _acting(self) -> str | None:
+        """The API key the current change is made with (None: a local command)."""
+        acting = _AUDITED_AS.get()
+        return acting[0] if acting is not None else None
+
+    def _audit(self, s: Session, operation: str, speaker: str | None, detail: dict[str, Any] | None) -> None:
+        """An audit record written in the caller's transaction, whoever calls (governance
+        records are kept for local commands too: an expiry, an opt-out, an override)."""
+        s.add(
+            store.AuditRecord(
+                time=self.now(),
+                key_name=self._acting(),
+                operation=operation,
+                speaker=speaker,
+                detail=None if detail is None else json.dumps(detail, ensure_ascii=False),
+            )
+        )
 
     def identify(
         self,
@@ -635,6 +772,7 @@ class SpeakerDB:
         searched = streamed or search.identifications(
             self.indexer, self._cohorts, batch.clips, top_k, threshold, batch.voices
         )
+        self.note_seen([r.speaker for r in searched.values() if r.speaker is not None])
         return [
             searched[i] if i in searched else Identification(_label(f), None, None, [], batch.errors[i].reason)
             for i, f in enumerate(files)
@@ -672,6 +810,8 @@ class SpeakerDB:
             raw = norm.raw_scores(clip.vector, speaker.centroid_vector()[None, :])  # (1,), as identify computes it
             normalised = self._cohorts.normalise(s, store.get_settings(s), clip.vector, np.asarray([speaker.id]), raw)
             score = float(normalised[0])
+        if score >= threshold:
+            self.note_seen([name])
         return Verification(clip.source, name, score, threshold, score >= threshold, raw_score=float(raw[0]))
 
     def timeline(
@@ -705,7 +845,7 @@ class SpeakerDB:
         detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
         embedder = self.embedder
         gallery = timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
-        return timelines.build_each(
+        results = timelines.build_each(
             files,
             embedder,
             gallery,
@@ -716,6 +856,8 @@ class SpeakerDB:
             progress=progress,
             on_result=on_result,
         )
+        self.note_seen([v.speaker for t in results for v in t.voices if v.speaker is not None])
+        return results
 
     def stream(
         self,
@@ -787,10 +929,16 @@ class SpeakerDB:
         ]
 
     def show(self, name: str) -> SpeakerInfo:
-        """One speaker with its utterances."""
+        """Everything held about one speaker: metadata, utterances (sources and times), the
+        consent recorded, when a decision last named them (last_seen, with what this process
+        noted and has not written yet), the keyed hash of an external id, and the audit
+        records that concern them. Never a vector."""
         with self.store.read() as s:
             sp = self._get_speaker(s, name)
             utts = [UtteranceInfo(u.source, u.duration_s, u.audio_sha256, u.created_at) for u in sp.utterances]
+            consent = Consent(sp.consent, sp.consent_at, sp.consent_by) if sp.consent is not None else None
+            noted = self._seen.peek(sp.name)
+            last_seen = max((t for t in (sp.last_seen, noted) if t is not None), default=None)
             return SpeakerInfo(
                 sp.name,
                 len(utts),
@@ -799,6 +947,10 @@ class SpeakerDB:
                 sp.updated_at,
                 dict(sp.meta or {}),
                 utts,
+                consent,
+                last_seen,
+                sp.external_id_hash,
+                keys.audit_entries(s, MAX_AUDIT_SHOWN, sp.name),
             )
 
     @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}))
@@ -835,6 +987,127 @@ class SpeakerDB:
                 name,
             )
         return n
+
+    # ---- governance: the policy, expiry, opt-outs (storage/governance.py) ---------------------
+    def policy(self) -> Policy:
+        """The database's governance policy: consent required or not, the retention period."""
+        settings = self.store.settings()
+        seconds = governance.expire_after_s(settings)
+        return Policy(governance.require_consent(settings), governance.format_duration(seconds), seconds)
+
+    def set_policy(self, *, require_consent: bool | None = None, expire_after: str | None = None) -> Policy:
+        """Change the policy: ``require_consent`` (None: unchanged) makes enrolling without a
+        consent record an error; ``expire_after`` (``3y``, ``180d``, ``12h``...; ``never``
+        clears it; None: unchanged) is how long a speaker that no decision names and nobody
+        enrolls into is kept before :meth:`expire` removes it. Returns the policy as stored."""
+        if require_consent is not None and not isinstance(require_consent, bool):
+            raise InvalidInputError(f"require_consent must be true or false, not {require_consent!r}")
+        seconds: int | None | bool = False if expire_after is None else governance.parse_duration(expire_after)
+        with self.store.write() as s:
+            governance.write_policy(s, consent=require_consent, expire_s=seconds)
+            self._audit(s, "policy", None, {"require_consent": require_consent, "expire_after": expire_after})
+        return self.policy()
+
+    def expire(self, *, dry_run: bool = False) -> ExpireSummary:
+        """Remove every speaker that no decision named and nobody enrolled into for the
+        policy's ``expire_after`` (none if the policy keeps speakers for ever), with exactly
+        the erasure of :meth:`remove`, in one transaction; each expiry is an audit record.
+        ``dry_run`` lists them and removes nothing. Time is :meth:`now`."""
+        self.flush_seen()  # what this process saw counts before anything expires
+        seconds = governance.expire_after_s(self.store.settings())
+        if seconds is None:
+            return ExpireSummary([], 0, None, dry_run)
+        cutoff = governance.cutoff(self.now(), seconds)
+        with self.store.write() as s:
+            seconds = governance.expire_after_s(store.get_settings(s))  # again, under the write lock
+            if seconds is None:
+                return ExpireSummary([], 0, None, dry_run)
+            cutoff = governance.cutoff(self.now(), seconds)
+            gone = governance.expired(s, cutoff)
+            names = [sp.name for sp in gone]
+            n = sum(len(sp.utterances) for sp in gone)
+            if dry_run or not gone:
+                return ExpireSummary(names, n, cutoff, dry_run)
+            for sp in gone:
+                last = max(t for t in (sp.last_seen, sp.updated_at) if t is not None)
+                self._audit(
+                    s,
+                    "expire",
+                    sp.name,
+                    {
+                        "utterances": len(sp.utterances),
+                        "last_interaction": store.iso(last),
+                        "cutoff": store.iso(cutoff),
+                    },
+                )
+                s.delete(sp)
+        erasure = self._erase_after_removal(names)
+        return ExpireSummary(names, n, cutoff, dry_run, erasure)
+
+    def expire_every_gallery(self) -> dict[str, ExpireSummary]:
+        """:meth:`expire` in each gallery of the database, by its own policy (what ``serve``
+        runs once a day): the galleries' names and what expired in each."""
+        done: dict[str, ExpireSummary] = {}
+        for g in self.list_galleries():
+            other = self if g.name == self.gallery else self.for_gallery(g.name)
+            try:
+                done[g.name] = other.expire()
+            finally:
+                if other is not self:
+                    other.close()
+        return done
+
+    def optout(self, name: str, *, external_id: str | None = None) -> OptOutResult:
+        """Opt a person out: remove speaker ``name`` if enrolled (the erasure of :meth:`remove`)
+        and keep only keyed hashes (HMAC-SHA256 under this database's key) of the normalised
+        name and of the external id (``external_id``, else the one given at enrollment), so
+        that :meth:`enroll` refuses them later. Their name is also replaced in the audit
+        records by a marker; the opt-out's own record names no one."""
+        name = validate_name(name)
+        external_id = governance.check_external_id(external_id)
+        with self.store.write() as s:
+            try:
+                speaker: store.Speaker | None = self._get_speaker(s, name)
+            except SpeakerNotFoundError:
+                speaker = None  # a person may opt out before they were ever enrolled
+            now = self.now()
+            stored_name = speaker.name if speaker is not None else name
+            governance.add_optout(s, stored_name, speaker.external_id_hash if speaker else None, external_id, now)
+            n = len(speaker.utterances) if speaker is not None else 0
+            kept_external = external_id is not None or (speaker is not None and speaker.external_id_hash is not None)
+            if speaker is not None:
+                s.delete(speaker)
+            key = governance.optout_key(s, create=True)
+            assert key is not None
+            marker = "opted-out:" + governance.name_hash(key, stored_name)[:16]
+            s.flush()
+            governance.scrub_audit(s, stored_name, marker)
+            self._audit(s, "optout", None, {"removed": speaker is not None, "utterances": n})
+        erasure = self._erase_after_removal([stored_name]) if speaker is not None else None
+        return OptOutResult(speaker is not None, n, kept_external, now, erasure)
+
+    def optouts(self) -> OptOutList:
+        """How many opt-outs are kept, and when each was recorded: never names or hashes."""
+        with self.store.read() as s:
+            dates = governance.optout_dates(s)
+        return OptOutList(len(dates), dates)
+
+    def erasure(self) -> Erasure:
+        """Where a removal (remove, expire, optout) erases a voiceprint in this database, and
+        what no command can reach (docs/governance.md)."""
+        return _erasure(self.store.server)
+
+    def _erase_after_removal(self, names: builtins.list[str]) -> Erasure:
+        """What remove does after its transaction (log checkpoint; the PostgreSQL warning),
+        for speakers already deleted; returns where they were erased."""
+        self._scrub_log()
+        if self.store.server:
+            log.warning(
+                "removed %d speaker(s); on PostgreSQL their rows' bytes stay in the table files until "
+                "`speakerdb db vacuum` (VACUUM FULL) and in WAL segments, replicas and backups until recycled",
+                len(names),
+            )
+        return self.erasure()
 
     def _scrub_log(self) -> None:
         if not self.store.checkpoint():
@@ -973,6 +1246,7 @@ class SpeakerDB:
         try:
             with self.store.write() as s:
                 self._bind_gallery_model(s, g, path)
+                self._check_gallery_governance(s, g, path)
                 gallery.into_store(s, g, on_conflict, summary)
                 if dry_run:
                     raise _Rollback
@@ -981,6 +1255,29 @@ class SpeakerDB:
         if summary.replaced and not dry_run:
             self._scrub_log()  # replaced speakers' old embeddings must not linger in the log
         return summary
+
+    def _check_gallery_governance(self, s: Session, g: GalleryFile, path: str | os.PathLike[str]) -> None:
+        """An import enrolls too: refuse speakers without consent where the policy requires it
+        (unless already enrolled with consent), and people who opted out (no override here:
+        enroll them one by one with the override)."""
+        missing, opted = [], []
+        required = governance.require_consent(store.get_settings(s))
+        for incoming in g.speakers:
+            current = store.speaker_by_name(s, incoming.name) if required else None
+            if required and incoming.consent is None and (current is None or current.consent is None):
+                missing.append(incoming.name)
+            if governance.matching_optouts(s, incoming.name, None):
+                opted.append(incoming.name)
+        if opted:
+            raise OptedOutError(
+                f"{len(opted)} speaker(s) of {path} opted out of this database: {', '.join(opted)}; "
+                "nothing was imported (an administrator may enroll them with --override-optout)"
+            )
+        if missing:
+            raise ConsentRequiredError(
+                f"database {self.db_path} requires consent to enroll, and {len(missing)} speaker(s) of {path} "
+                f"have none: {', '.join(missing)}; nothing was imported"
+            )
 
     def vacuum(self) -> None:
         """Rewrite the database's tables so that no trace of deleted rows stays in them.
@@ -1324,6 +1621,36 @@ def _after_sealing(db: SpeakerDB) -> None:
             f"the vectors were sealed and committed, but the index file could not be written ({e}): "
             "it is rebuilt when next needed"
         ) from None
+
+
+def _erasure(server: bool) -> Erasure:
+    """Where a removal erases a voiceprint, and what no command can reach (docs/governance.md)."""
+    if server:
+        return Erasure(
+            erased=[
+                "speakers and utterances rows: deleted in one transaction, then VACUUM; "
+                "the bytes leave the table files at `speakerdb db vacuum` (VACUUM FULL)",
+                "the index file: the speaker's position zeroed in place",
+            ],
+            not_reachable=[
+                "PostgreSQL WAL segments already written, until the server recycles them",
+                "replicas, until they replay the deletion",
+                "backups and base backups made before the removal",
+                "galleries exported before the removal",
+            ],
+        )
+    return Erasure(
+        erased=[
+            "speakers and utterances rows: deleted, their cells zeroed (SQLite secure_delete)",
+            "the write-ahead log: checkpointed and truncated to zero bytes",
+            "the index file: the speaker's position zeroed in place",
+        ],
+        not_reachable=[
+            "backups and copies of the database file made before the removal",
+            "galleries exported before the removal",
+            "replicas or synced copies of the file (rsync, Litestream, cloud drives)",
+        ],
+    )
 
 
 # mypy checks here that a SpeakerDB is a SpeakerDBProtocol (tests/test_protocol.py compares signatures).

@@ -86,6 +86,18 @@ class SpeakerExistsError(SpeakerDBError):
     code = "speaker_exists"
 
 
+class ConsentRequiredError(SpeakerDBError):
+    """The database's policy requires a consent record to enroll, and none was given."""
+
+    code = "consent_required"
+
+
+class OptedOutError(SpeakerDBError):
+    """The person opted out (``speakerdb optout``): enrolling them again needs an administrator's override."""
+
+    code = "opted_out"
+
+
 class EmptyDatabaseError(SpeakerDBError):
     """The operation needs at least one enrolled speaker."""
 

@@ -33,6 +33,8 @@ from .results import (
     DatabaseInfo,
     EnrolledEvent,
     EnrollResult,
+    Erasure,
+    ExpireSummary,
     ExportSummary,
     Identification,
     ImportSummary,
@@ -41,7 +43,10 @@ from .results import (
     LiveEvent,
     NewKey,
     NormSettings,
+    OptOutList,
+    OptOutResult,
     Params,
+    Policy,
     Progress,
     SpeakerInfo,
     Timeline,
@@ -77,6 +82,10 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "has_keys",
         "audited_as",
         "maintain_index",  # what the service itself asks of its database
+        "note_seen",
+        "flush_seen",
+        "now",  # last_seen and the clock: the service's own business
+        "expire_every_gallery",  # serve's daily run
         "store",
         "indexer",
         "index_path",
@@ -167,6 +176,9 @@ class SpeakerDBProtocol(Protocol):
         metadata: dict[str, Any] | None = None,
         strict: bool = False,
         progress: Progress | None = None,
+        consent: str | None = None,
+        external_id: str | None = None,
+        override_optout: bool = False,
     ) -> EnrollResult: ...
 
     def identify(
@@ -213,6 +225,19 @@ class SpeakerDBProtocol(Protocol):
     def remove(self, name: str) -> int: ...
 
     def info(self) -> DatabaseInfo: ...
+
+    # ---- governance: consent, retention, opt-out ------------------------------------------------
+    def policy(self) -> Policy: ...
+
+    def set_policy(self, *, require_consent: bool | None = None, expire_after: str | None = None) -> Policy: ...
+
+    def expire(self, *, dry_run: bool = False) -> ExpireSummary: ...
+
+    def optout(self, name: str, *, external_id: str | None = None) -> OptOutResult: ...
+
+    def optouts(self) -> OptOutList: ...
+
+    def erasure(self) -> Erasure: ...
 
     # ---- galleries ----------------------------------------------------------------------------
     def export(

@@ -146,6 +146,10 @@ class EnrollResult:
 
 @dataclass(frozen=True)
 class SpeakerInfo:
+    """What is held about one speaker. ``list`` fills the first fields; ``show`` all of them:
+    the utterances, the consent recorded, when a decision last named them, whether an external
+    id's keyed hash is held, and the audit records that concern them."""
+
     name: str
     n_utterances: int
     total_duration_s: float
@@ -153,12 +157,119 @@ class SpeakerInfo:
     updated_at: datetime
     metadata: dict[str, Any]
     utterances: list[UtteranceInfo] = field(default_factory=list)
+    consent: Consent | None = None
+    last_seen: datetime | None = None
+    external_id_hash: str | None = None  # HMAC-SHA256 of the external id given at enrollment
+    audit: list[AuditEntry] = field(default_factory=list)
+
+    #: Keys of ``to_dict()`` that only ``show`` fills: ``list`` leaves them out.
+    SHOW_ONLY = ("utterances", "consent", "last_seen", "external_id_hash", "audit")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"], d["updated_at"] = iso(self.created_at), iso(self.updated_at)
-        d["utterances"] = [u.to_dict() for u in self.utterances]
-        return d
+        return {
+            "name": self.name,
+            "n_utterances": self.n_utterances,
+            "total_duration_s": self.total_duration_s,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "metadata": self.metadata,
+            "utterances": [u.to_dict() for u in self.utterances],
+            "consent": self.consent.to_dict() if self.consent is not None else None,
+            "last_seen": iso(self.last_seen),
+            "external_id_hash": self.external_id_hash,
+            "audit": [a.to_dict() for a in self.audit],
+        }
+
+
+# ---- governance: consent, retention, opt-out (storage/governance.py) -------------------------
+@dataclass(frozen=True)
+class Consent:
+    """The consent recorded with a speaker: the text given (who consented, how, or a signed
+    form's reference), when it was recorded (UTC) and by which API key (None: locally)."""
+
+    text: str
+    recorded_at: datetime | None
+    recorded_by: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "recorded_at": iso(self.recorded_at), "recorded_by": self.recorded_by}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A database's governance policy: whether enrolling needs consent, and how long a speaker
+    no decision names is kept (``expire_after`` as given, e.g. ``3y``; ``never``: kept)."""
+
+    require_consent: bool
+    expire_after: str
+    expire_after_s: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Where a removal erased a voiceprint, and what no command can reach (docs/governance.md)."""
+
+    erased: list[str]
+    not_reachable: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ExpireSummary:
+    """What ``expire`` removed (or, with ``dry_run``, would remove): speakers that no decision
+    named and nobody enrolled into since ``cutoff``."""
+
+    expired: list[str]
+    utterances: int
+    cutoff: datetime | None  # None: the policy keeps speakers for ever
+    dry_run: bool
+    erasure: Erasure | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "expired": list(self.expired),
+            "utterances": self.utterances,
+            "cutoff": iso(self.cutoff),
+            "dry_run": self.dry_run,
+            "erasure": self.erasure.to_dict() if self.erasure is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class OptOutResult:
+    """An opt-out: whether a speaker was removed (one may opt out before ever being enrolled),
+    how many utterances went, and where the voiceprint was erased. Never the name."""
+
+    removed: bool
+    utterances: int
+    external_id: bool  # whether an external id's hash was kept too
+    recorded_at: datetime
+    erasure: Erasure | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "removed": self.removed,
+            "utterances": self.utterances,
+            "external_id": self.external_id,
+            "recorded_at": iso(self.recorded_at),
+            "erasure": self.erasure.to_dict() if self.erasure is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class OptOutList:
+    """The opt-outs kept: how many and when each was recorded; never names or hashes."""
+
+    count: int
+    dates: list[datetime]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "dates": [iso(d) for d in self.dates]}
 
 
 # ---- the database -----------------------------------------------------------------------------

@@ -60,7 +60,8 @@ def test_enroll_identify_verify_rename_remove(run, voices):
 
     assert as_json(run("rename", "alice", "alicia", "--json")) == {"old": "alice", "new": "alicia"}
     assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "bob", "carol"]
-    assert as_json(run("remove", "bob", "--yes", "--json")) == {"removed": ["bob"], "utterances": 2}
+    removed = as_json(run("remove", "bob", "--yes", "--json"))
+    assert removed["removed"] == ["bob"] and removed["utterances"] == 2 and removed["erasure"]["erased"]
     assert [s["name"] for s in as_json(run("list", "--json"))] == ["alicia", "carol"]
 
     after = as_json(run("identify", voices["bob"][0], "--json", "--top-k", "5"))[0]

@@ -373,7 +373,12 @@ def galleries() -> None:
 @json_option
 @click.pass_obj
 def galleries_list(state: State, as_json: bool) -> None:
-    """Every gallery: its name, when it was made, its speakers and keys."""
+    """Every gallery: its name, when it was made, its speakers and keys.
+
+    \b
+    Example:
+      speakerdb galleries list --json
+    """
     state.local_only("galleries list")
     found = state.local_db.list_galleries()
     lines = [f"{g.name}\t{g.n_speakers} speakers\t{g.n_keys} keys\tcreated {g.to_dict()['created_at']}" for g in found]
@@ -422,4 +427,70 @@ def galleries_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
     )
 
 
-COMMANDS = [info, index_, export, import_, db, galleries]
+@click.command()
+@click.option(
+    "--require-consent/--no-require-consent",
+    default=None,
+    help="Refuse to enroll anyone without a consent record (`enroll --consent`), in the CLI and the service.",
+)
+@click.option(
+    "--expire-after",
+    metavar="DURATION",
+    help="Remove speakers that no decision named and nobody enrolled into for this long "
+    "(3y, 180d, 12h, 2w...; 'never' clears it); see `speakerdb expire`.",
+)
+@json_option
+@click.pass_obj
+def policy(state: State, require_consent: bool | None, expire_after: str | None, as_json: bool) -> None:
+    """Show or change the database's governance policy: consent required to enroll, and how
+    long a speaker is kept after the last decision that named them. Each change is an audit
+    record. With no option, shows the policy.
+
+    \b
+    Examples:
+      speakerdb policy
+      speakerdb policy --require-consent --expire-after 3y
+      speakerdb policy --expire-after never --json
+    """
+    if require_consent is None and expire_after is None:
+        p = state.db.policy()
+    else:
+        p = state.db.set_policy(require_consent=require_consent, expire_after=expire_after)
+    emit(
+        as_json,
+        p.to_dict(),
+        f"require consent: {'yes' if p.require_consent else 'no'}\nexpire after: {p.expire_after}",
+    )
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="List the speakers that would expire; remove nothing.")
+@json_option
+@click.pass_obj
+def expire(state: State, dry_run: bool, as_json: bool) -> None:
+    """Remove the speakers the retention policy expires (`speakerdb policy --expire-after`):
+    those no decision (identify, verify, timeline) named and nobody enrolled into for that
+    long, with the erasure `remove` does. Each expiry is an audit record. `serve` runs it
+    once a day.
+
+    \b
+    Examples:
+      speakerdb expire --dry-run
+      speakerdb expire --json
+    """
+    summary = state.db.expire(dry_run=dry_run)
+    d = summary.to_dict()
+    if summary.cutoff is None:
+        text = "no retention policy (speakerdb policy --expire-after DURATION): nothing expires"
+    else:
+        verb = "would expire" if dry_run else "expired"
+        lines = [f"{verb} {len(summary.expired)} speaker(s) not seen since {d['cutoff']}"]
+        lines += [f"  {name}" for name in summary.expired]
+        if summary.erasure is not None:
+            lines += ["erased from:", *(f"  {x}" for x in summary.erasure.erased)]
+            lines += ["not reachable by any command:", *(f"  {x}" for x in summary.erasure.not_reachable)]
+        text = "\n".join(lines)
+    emit(as_json, d, text)
+
+
+COMMANDS = [info, index_, export, import_, db, galleries, policy, expire]

@@ -118,6 +118,14 @@ if TYPE_CHECKING:
     help="Seconds a request's body may pause; then 408 (or a closed connection).",
 )
 @click.option(
+    "--expire-every",
+    type=click.FloatRange(0.1, 365 * 86_400),
+    default=86_400,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often each worker runs `speakerdb expire` (the retention policy), the first time at start.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["critical", "error", "warning", "info", "debug"]),
     default="info",
@@ -144,6 +152,7 @@ def serve(
     tmp_dir: str | None,
     header_timeout: float,
     body_timeout: float,
+    expire_every: float,
     log_level: str,
     as_json: bool,
 ) -> None:
@@ -221,6 +230,7 @@ def serve(
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
         tmp_dir=tmp_dir,
+        expire_every_s=expire_every,
     )
     url = f"{'https' if ssl_certfile else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
     auth = (
@@ -261,8 +271,9 @@ def _actor() -> str:
 def keys() -> None:
     """Manage the API keys of `speakerdb serve` (stored as salted hashes in the database).
 
-    Scopes: read (identify, verify, list, show, info), write (also enroll, rename,
-    remove, import), admin (also threshold, export, keys, audit).
+    Scopes: read (identify, verify, list, show, info, policy), write (also enroll,
+    rename, remove, optout, import), admin (also threshold, policy changes, expire,
+    optout --list, enroll --override-optout, export, keys, audit).
 
     \b
     Examples:

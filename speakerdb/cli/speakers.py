@@ -9,8 +9,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import AudioError, EnrollmentRefusedError, InvalidInputError, SpeakerExistsError
-from ..results import EnrollResult, Identification
+from ..errors import (
+    AudioError,
+    ConsentRequiredError,
+    EnrollmentRefusedError,
+    InvalidInputError,
+    OptedOutError,
+    SpeakerExistsError,
+)
+from ..results import EnrollResult, Erasure, Identification, SpeakerInfo
 from .output import (
     confirm,
     cosine_note,
@@ -59,6 +66,22 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
     help="Refuse clips with too little speech or a voice unlike the others, and a voice that matches "
     "another enrolled speaker, instead of warning.",
 )
+@click.option(
+    "--consent",
+    metavar="TEXT",
+    help="Who consented, how and when, or a signed form's reference; stored with the speaker "
+    "(required when `speakerdb policy --require-consent` is set).",
+)
+@click.option(
+    "--external-id",
+    metavar="ID",
+    help="The person's id elsewhere (customer number...): only its keyed hash is kept, for opt-outs.",
+)
+@click.option(
+    "--override-optout",
+    is_flag=True,
+    help="Enroll a person who opted out (an administrator's decision; their opt-out is lifted and audited).",
+)
 @json_option
 @click.pass_obj
 def enroll(
@@ -69,6 +92,9 @@ def enroll(
     new: bool,
     meta: tuple[str, ...],
     strict: bool,
+    consent: str | None,
+    external_id: str | None,
+    override_optout: bool,
     as_json: bool,
 ) -> None:
     """Enroll speaker NAME from one or more recordings or folders, or add them to NAME.
@@ -91,18 +117,31 @@ def enroll(
       speakerdb enroll alice alice1.flac alice2.flac
       speakerdb enroll bob recordings/bob/ --new --meta team=sales
       speakerdb enroll --each-folder recordings/ --json
+      speakerdb enroll carol c.wav --consent "verbal, recorded call 2026-12-01, ref CF-118" --external-id C-4411
     """
     metadata = parse_meta(meta)
     if each_folder is not None:
         if name is not None:
             raise click.UsageError("--each-folder names each speaker after its folder: give no NAME or FILES")
-        return _enroll_each_folder(state, each_folder, new, metadata, strict, as_json)
+        if external_id is not None or override_optout:
+            raise click.UsageError("--external-id and --override-optout name one person: not with --each-folder")
+        return _enroll_each_folder(state, each_folder, new, metadata, strict, as_json, consent)
     if name is None or not files:
         raise click.UsageError(f"Missing argument '{'FILES...' if name else 'NAME'}'.")
     paths = _recordings(files)
     state.allow_create()
     with progress(f"enrolling {name}", len(paths), as_json) as update:
-        result = state.db.enroll(name, paths, new=new, metadata=metadata, strict=strict, progress=update)
+        result = state.db.enroll(
+            name,
+            paths,
+            new=new,
+            metadata=metadata,
+            strict=strict,
+            progress=update,
+            consent=consent,
+            external_id=external_id,
+            override_optout=override_optout,
+        )
     for skipped in result.skipped:
         note("note: skipped", skipped.source, skipped.reason)
     for warning in result.warnings:
@@ -142,7 +181,14 @@ def _recordings(files: tuple[str, ...]) -> list[str]:
 AUDIO_NAMES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".webm", ".aiff")
 
 #: Errors that concern one speaker's folder of --each-folder: the others go on.
-_ONE_FOLDER = (AudioError, EnrollmentRefusedError, SpeakerExistsError, InvalidInputError)
+_ONE_FOLDER = (
+    AudioError,
+    EnrollmentRefusedError,
+    SpeakerExistsError,
+    InvalidInputError,
+    ConsentRequiredError,
+    OptedOutError,
+)
 
 
 def _folder_error(root: str, folder: str, reason: str) -> dict[str, str]:
@@ -151,7 +197,7 @@ def _folder_error(root: str, folder: str, reason: str) -> dict[str, str]:
 
 
 def _enroll_each_folder(
-    state: State, root: str, new: bool, metadata: dict[str, str], strict: bool, as_json: bool
+    state: State, root: str, new: bool, metadata: dict[str, str], strict: bool, as_json: bool, consent: str | None
 ) -> None:
     """``enroll --each-folder ROOT``: one enrollment per sub-folder, a summary table at the end."""
     from ..api import audio_files  # numpy and SQLAlchemy, loaded by the command's database anyway
@@ -177,7 +223,13 @@ def _enroll_each_folder(
 
             try:
                 one = state.db.enroll(
-                    folder, [str(p) for p in found], new=new, metadata=metadata, strict=strict, progress=step
+                    folder,
+                    [str(p) for p in found],
+                    new=new,
+                    metadata=metadata,
+                    strict=strict,
+                    progress=step,
+                    consent=consent,
                 )
                 results.append(one)
                 seconds += sum(u.duration_s for u in one.added)
@@ -345,8 +397,8 @@ def list_(state: State, as_json: bool) -> None:
             f"{s.name:<{width}}  {s.n_utterances:>4} utt  {s.total_duration_s:>8.1f} s  since {s.created_at:%Y-%m-%d}"
             for s in speakers
         )
-    # list has no per-utterance details: leave the key out rather than print an empty list
-    emit(as_json, [{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers], text)
+    # list has no per-utterance details or audit: leave the keys out rather than print empty lists
+    emit(as_json, [{k: v for k, v in s.to_dict().items() if k not in SpeakerInfo.SHOW_ONLY} for s in speakers], text)
 
 
 @click.command()
@@ -354,27 +406,49 @@ def list_(state: State, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(state: State, name: str, as_json: bool) -> None:
-    """Show one speaker: metadata and enrolled utterances.
+    """Show everything held about one speaker: metadata, consent, enrolled utterances (sources
+    and times), when a decision last named them, and the audit records that concern them.
+    Never a voiceprint.
 
     \b
     Example:
-      speakerdb show alice
+      speakerdb show alice --json
     """
     info = state.db.show(name)
     d = info.to_dict()
+    consent = info.consent
     lines = [
         f"name: {info.name}",
         f"utterances: {info.n_utterances} ({info.total_duration_s:.1f} s)",
         f"created: {d['created_at']}",
         f"updated: {d['updated_at']}",
+        f"last seen: {d['last_seen'] or 'never'}",
+        "consent: "
+        + (
+            f"{printable(consent.text)} (recorded {d['consent']['recorded_at']}"
+            + (f" by key {printable(consent.recorded_by)})" if consent.recorded_by else ")")
+            if consent is not None
+            else "none recorded"
+        ),
     ]
+    if info.external_id_hash:
+        lines.append(f"external id: held as a keyed hash ({info.external_id_hash[:12]}...)")
     # Sources and metadata are whatever was typed or named the files: escaped, so a newline or
     # a terminal escape sequence in them cannot forge lines of this output.
     lines += [
         f"metadata.{printable(k)}: {printable(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
         for k, v in info.metadata.items()
     ]
-    lines += [f"  {printable(u.source)}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}" for u in info.utterances]
+    lines += [
+        f"  {printable(u.source)}  {u.duration_s:.2f} s  sha256 {u.audio_sha256[:12]}  {d_u['created_at']}"
+        for u, d_u in zip(info.utterances, d["utterances"])
+    ]
+    if info.audit:
+        lines.append("audit:")
+        lines += [
+            f"  {a['time']}  {a['operation']}" + (f"  key {printable(a['key_name'])}" if a["key_name"] else "")
+            for a in d["audit"]
+        ]
     emit(as_json, d, "\n".join(lines))
 
 
@@ -419,11 +493,59 @@ def remove(state: State, names: tuple[str, ...], yes: bool, as_json: bool) -> No
         yes,
     )
     removed = {name: state.db.remove(name) for name in names}
+    erasure = state.db.erasure()
     emit(
         as_json,
-        {"removed": list(removed), "utterances": sum(removed.values())},
+        {"removed": list(removed), "utterances": sum(removed.values()), "erasure": erasure.to_dict()},
         "\n".join(f"removed {name} ({n} utterance(s))" for name, n in removed.items()),
     )
 
 
-COMMANDS = [enroll, identify, verify, list_, show, rename, remove]
+def erasure_lines(erasure: Erasure | None) -> list[str]:
+    """Where a removal erased the voiceprints, and what no command reaches, as lines."""
+    if erasure is None:
+        return []
+    return (
+        ["erased from:"]
+        + [f"  {x}" for x in erasure.erased]
+        + ["not reachable by any command:"]
+        + [f"  {x}" for x in erasure.not_reachable]
+    )
+
+
+@click.command()
+@click.argument("name", required=False, callback=speaker_name)
+@click.option("--external-id", metavar="ID", help="The person's external id, kept as a keyed hash too.")
+@click.option("--list", "list_them", is_flag=True, help="Show how many opt-outs are kept and when (never names).")
+@yes_option
+@json_option
+@click.pass_obj
+def optout(state: State, name: str | None, external_id: str | None, list_them: bool, yes: bool, as_json: bool) -> None:
+    """Opt person NAME out: remove the speaker (as `remove` does) and keep only keyed hashes
+    (HMAC-SHA256 with this database's secret) of the name and of the external id, so that
+    enrolling them again is refused unless an administrator passes --override-optout.
+    Their name is replaced in the audit records. NAME need not be enrolled.
+
+    \b
+    Examples:
+      speakerdb optout alice --yes
+      speakerdb optout "Bob Stone" --external-id C-4411 --json
+      speakerdb optout --list
+    """
+    if list_them:
+        if name is not None or external_id is not None:
+            raise click.UsageError("--list takes no NAME or --external-id")
+        listed = state.db.optouts()
+        d = listed.to_dict()
+        emit(as_json, d, "\n".join([f"{listed.count} opt-out(s)", *(f"  {t}" for t in d["dates"])]))
+        return
+    if name is None:
+        raise click.UsageError("give the NAME of the person who opts out (or --list)")
+    confirm(f"Opt {printable(name)} out: delete their voiceprint and refuse to enroll them again?", yes)
+    result = state.db.optout(name, external_id=external_id)
+    what = f"removed and opted out ({result.utterances} utterance(s) erased)" if result.removed else "opted out"
+    text = f"{printable(name)}: {what}; only keyed hashes are kept"
+    emit(as_json, result.to_dict(), "\n".join([text, *erasure_lines(result.erasure)]))
+
+
+COMMANDS = [enroll, identify, verify, list_, show, rename, remove, optout]

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, errors
 from ..api import SpeakerDB
+from ..results import SpeakerInfo
 from ..storage import store
 from ..storage.keys import SCOPES
 from ..timeline import Params
@@ -44,12 +45,16 @@ from .responses import ApiError, error_response, from_library, ok
 from .schemas import (
     AUDIO_PARTS,
     EXAMPLE_ENROLL,
+    EXAMPLE_ERASURE,
     EXAMPLE_ERROR,
     EXAMPLE_IDENTIFY,
     EXAMPLE_SPEAKER,
     EXAMPLE_TIMELINE,
     EXAMPLE_VERIFY,
+    ExpireBody,
     KeyBody,
+    OptOutBody,
+    PolicyBody,
     RenameBody,
     ThresholdBody,
     example,
@@ -108,11 +113,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         app.state.service = service
         loader = asyncio.create_task(service.start())
         publisher = asyncio.create_task(service.publish_metrics_forever())
+        expirer = asyncio.create_task(service.expire_forever())
         try:
             yield
         finally:
             loader.cancel()
             publisher.cancel()
+            expirer.cancel()
             await asyncio.get_running_loop().run_in_executor(None, service.close)
 
     app = FastAPI(
@@ -199,6 +206,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         metadata: str | None = Form(None, description='JSON object, e.g. {"team": "sales"}'),
         new: bool = Form(False, description="Refuse if the speaker exists."),
         strict: bool = Form(False, description="Refuse doubtful clips instead of warning."),
+        consent: str | None = Form(None, description="Who consented, how and when (or a signed form's reference)."),
+        external_id: str | None = Form(None, description="The person's id elsewhere; only its keyed hash is kept."),
+        override_optout: bool = Form(False, description="Enroll a person who opted out (an admin key)."),
         caller: Caller = WRITE,
     ) -> JSONResponse:
         """Enroll speaker `name` from the files, or add them to it (`speakerdb enroll --json`).
@@ -210,10 +220,24 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service: Service = request.app.state.service
         _check_count(service, files)
         meta = _form_json(metadata, "metadata")
+        if override_optout and caller.scope != "admin":
+            raise ApiError(
+                403, "forbidden", f"key {caller.key_name!r} has scope {caller.scope!r}; override_optout needs 'admin'"
+            )
         saved = await service.uploads.save(files)
         try:
             result = await service.embed(
-                lambda db, progress: db.enroll(name, saved, new=new, metadata=meta, strict=strict, progress=progress),
+                lambda db, progress: db.enroll(
+                    name,
+                    saved,
+                    new=new,
+                    metadata=meta,
+                    strict=strict,
+                    consent=consent,
+                    external_id=external_id,
+                    override_optout=override_optout,
+                    progress=progress,
+                ),
                 caller=caller,
                 names=client_names(saved),
                 files=len(saved),
@@ -281,18 +305,41 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     async def list_speakers(request: Request, caller: Caller = READ) -> JSONResponse:
         """Every enrolled speaker (`speakerdb list --json`)."""
         speakers = await request.app.state.service.admin(lambda db: db.list())
-        return ok([{k: v for k, v in s.to_dict().items() if k != "utterances"} for s in speakers])
+        return ok([{k: v for k, v in s.to_dict().items() if k not in SpeakerInfo.SHOW_ONLY} for s in speakers])
 
     @router.get(
         "/speakers/{name}",
         tags=["speakers"],
         responses={
-            **example({**EXAMPLE_SPEAKER, "utterances": EXAMPLE_ENROLL["added"]}),
+            **example(
+                {
+                    **EXAMPLE_SPEAKER,
+                    "utterances": EXAMPLE_ENROLL["added"],
+                    "consent": {
+                        "text": "signed form CF-118, 2026-11-30",
+                        "recorded_at": "2026-11-30T18:00:00Z",
+                        "recorded_by": "ops",
+                    },
+                    "last_seen": "2026-12-06T09:12:00Z",
+                    "external_id_hash": None,
+                    "audit": [
+                        {
+                            "time": "2026-11-30T18:00:00Z",
+                            "key_name": "ops",
+                            "operation": "enroll",
+                            "speaker": "alice",
+                            "detail": {"files": 2, "new": False, "consent": True, "override_optout": False},
+                        }
+                    ],
+                }
+            ),
             **example(EXAMPLE_ERROR, 404),
         },
     )
     async def show(request: Request, name: str, caller: Caller = READ) -> JSONResponse:
-        """One speaker with its utterances (`speakerdb show --json`)."""
+        """Everything held about one speaker (`speakerdb show --json`): metadata, consent, utterances
+        (sources and times), last_seen, the keyed hash of an external id, the audit records that
+        concern them. Never a vector."""
         info = await request.app.state.service.admin(lambda db: db.show(name))
         return ok(info.to_dict())
 
@@ -306,11 +353,95 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         await request.app.state.service.admin(lambda db: db.rename(name, body.name), caller=caller)
         return ok({"old": name, "new": body.name})
 
-    @router.delete("/speakers/{name}", tags=["speakers"], responses=example({"removed": ["bob"], "utterances": 2}))
+    @router.delete(
+        "/speakers/{name}",
+        tags=["speakers"],
+        responses=example({"removed": ["bob"], "utterances": 2, "erasure": EXAMPLE_ERASURE}),
+    )
     async def remove(request: Request, name: str, caller: Caller = WRITE) -> JSONResponse:
-        """Delete a speaker, its utterances and embeddings (`speakerdb remove --yes --json`)."""
-        n = await request.app.state.service.admin(lambda db: db.remove(name), caller=caller)
-        return ok({"removed": [name], "utterances": n})
+        """Delete a speaker, its utterances and embeddings (`speakerdb remove --yes --json`); `erasure`
+        says where the voiceprint was erased and what no command can reach."""
+
+        def call(db: SpeakerDB) -> tuple[int, Any]:
+            return db.remove(name), db.erasure()
+
+        n, erasure = await request.app.state.service.admin(call, caller=caller)
+        return ok({"removed": [name], "utterances": n, "erasure": erasure.to_dict()})
+
+    @router.post(
+        "/speakers/{name}/optout",
+        tags=["governance"],
+        responses=example(
+            {
+                "removed": True,
+                "utterances": 2,
+                "external_id": True,
+                "recorded_at": "2026-12-07T02:00:00Z",
+                "erasure": EXAMPLE_ERASURE,
+            }
+        ),
+    )
+    async def optout(request: Request, name: str, body: OptOutBody, caller: Caller = WRITE) -> JSONResponse:
+        """Opt a person out (`speakerdb optout --json`): the speaker, if enrolled, is removed and only
+        keyed hashes of the name and external id are kept, so that enrolling them again is refused."""
+        result = await request.app.state.service.admin(
+            lambda db: db.optout(name, external_id=body.external_id), caller=caller
+        )
+        return ok(result.to_dict())
+
+    @router.get("/optouts", tags=["governance"], responses=example({"count": 1, "dates": ["2026-12-07T02:00:00Z"]}))
+    async def optouts(request: Request, caller: Caller = ADMIN) -> JSONResponse:
+        """How many opt-outs are kept and when each was recorded (`speakerdb optout --list --json`); never names."""
+        return ok((await request.app.state.service.admin(lambda db: db.optouts())).to_dict())
+
+    @router.get(
+        "/policy",
+        tags=["governance"],
+        responses=example({"require_consent": True, "expire_after": "3y", "expire_after_s": 94608000}),
+    )
+    async def get_policy(request: Request, caller: Caller = READ) -> JSONResponse:
+        """The governance policy (`speakerdb policy --json`)."""
+        return ok((await request.app.state.service.admin(lambda db: db.policy())).to_dict())
+
+    @router.put(
+        "/policy",
+        tags=["governance"],
+        responses=example({"require_consent": True, "expire_after": "3y", "expire_after_s": 94608000}),
+    )
+    async def put_policy(request: Request, body: PolicyBody, caller: Caller = ADMIN) -> JSONResponse:
+        """Change the policy (`speakerdb policy --require-consent --expire-after 3y --json`)."""
+        policy = await request.app.state.service.admin(
+            lambda db: db.set_policy(require_consent=body.require_consent, expire_after=body.expire_after),
+            caller=caller,
+        )
+        return ok(policy.to_dict())
+
+    @router.post(
+        "/expire",
+        tags=["governance"],
+        responses=example(
+            {
+                "expired": ["bob"],
+                "utterances": 2,
+                "cutoff": "2023-12-07T02:00:00Z",
+                "dry_run": False,
+                "erasure": EXAMPLE_ERASURE,
+            }
+        ),
+    )
+    async def expire(request: Request, body: ExpireBody, caller: Caller = ADMIN) -> JSONResponse:
+        """Remove the speakers the retention policy expires (`speakerdb expire --json`); the service
+        also runs this once a day."""
+        service: Service = request.app.state.service
+        service.require_ready()
+        await service.embed_lane.run(lambda db: db.flush_seen())  # this worker's decisions count first
+        summary = await service.admin(lambda db: db.expire(dry_run=body.dry_run), caller=caller)
+        return ok(summary.to_dict())
+
+    @router.get("/erasure", tags=["governance"], responses=example(EXAMPLE_ERASURE))
+    async def erasure(request: Request, caller: Caller = READ) -> JSONResponse:
+        """Where a removal erases a voiceprint in this database, and what no command can reach."""
+        return ok((await request.app.state.service.admin(lambda db: db.erasure())).to_dict())
 
     @router.get(
         "/info",

@@ -45,10 +45,13 @@ from ..config import DEFAULT_GALLERY, gallery_name
 from ..results import (
     AuditEntry,
     Candidate,
+    Consent,
     DatabaseInfo,
     EnrolledEvent,
     EnrollResult,
+    Erasure,
     ErrorEvent,
+    ExpireSummary,
     ExportSummary,
     FileNote,
     Identification,
@@ -58,7 +61,10 @@ from ..results import (
     LiveEvent,
     NewKey,
     NormSettings,
+    OptOutList,
+    OptOutResult,
     Params,
+    Policy,
     Progress,
     Segment,
     SpeakerInfo,
@@ -109,6 +115,8 @@ ERROR_CODES: dict[str, type[errors.SpeakerDBError]] = {
     "key_exists": errors.KeyExistsError,
     "conflict": errors.ConflictError,
     "no_speakers": errors.EmptyDatabaseError,
+    "consent_required": errors.ConsentRequiredError,
+    "opted_out": errors.OptedOutError,
     "model_mismatch": errors.ModelMismatchError,
     "model_unavailable": errors.ModelLoadError,
     "database_error": errors.DatabaseError,
@@ -275,14 +283,24 @@ class Client:
         metadata: dict[str, Any] | None = None,
         strict: bool = False,
         progress: Progress | None = None,
+        consent: str | None = None,
+        external_id: str | None = None,
+        override_optout: bool = False,
     ) -> EnrollResult:
-        """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails first)."""
+        """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails
+        first). ``override_optout`` needs an admin key."""
         if not files:
             raise errors.InvalidInputError("enroll needs at least one audio file")
         parts = [("files", *_read(f)) for f in files]
         fields = {"new": _bool(new), "strict": _bool(strict)}
         if metadata:
             fields["metadata"] = json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+        if consent is not None:
+            fields["consent"] = consent
+        if external_id is not None:
+            fields["external_id"] = external_id
+        if override_optout:
+            fields["override_optout"] = _bool(True)
         doc = self._request("POST", f"/v1/speakers/{_q(name)}/enrollments", fields=fields, files=parts)
         if progress is not None:
             progress(len(files), len(files), 0.0)
@@ -318,6 +336,37 @@ class Client:
     def remove(self, name: str) -> int:
         """As :meth:`SpeakerDB.remove`."""
         return int(self._request("DELETE", f"/v1/speakers/{_q(name)}")["utterances"])
+
+    def policy(self) -> Policy:
+        """As :meth:`SpeakerDB.policy`."""
+        return _make(Policy, self._request("GET", "/v1/policy"))
+
+    def set_policy(self, *, require_consent: bool | None = None, expire_after: str | None = None) -> Policy:
+        """As :meth:`SpeakerDB.set_policy` (an admin key)."""
+        body = {"require_consent": require_consent, "expire_after": expire_after}
+        return _make(Policy, self._request("PUT", "/v1/policy", body=body))
+
+    def expire(self, *, dry_run: bool = False) -> ExpireSummary:
+        """As :meth:`SpeakerDB.expire` (an admin key)."""
+        d = self._request("POST", "/v1/expire", body={"dry_run": dry_run})
+        cutoff = parse_iso(d["cutoff"])
+        return ExpireSummary(d["expired"], d["utterances"], cutoff, d["dry_run"], _erasure(d["erasure"]))
+
+    def optout(self, name: str, *, external_id: str | None = None) -> OptOutResult:
+        """As :meth:`SpeakerDB.optout` (a write key)."""
+        d = self._request("POST", f"/v1/speakers/{_q(name)}/optout", body={"external_id": external_id})
+        return OptOutResult(
+            d["removed"], d["utterances"], d["external_id"], _time(d["recorded_at"]), _erasure(d["erasure"])
+        )
+
+    def optouts(self) -> OptOutList:
+        """As :meth:`SpeakerDB.optouts` (an admin key)."""
+        d = self._request("GET", "/v1/optouts")
+        return OptOutList(d["count"], [_time(t) for t in d["dates"]])
+
+    def erasure(self) -> Erasure:
+        """As :meth:`SpeakerDB.erasure`."""
+        return Erasure(**self._request("GET", "/v1/erasure"))
 
     def info(self) -> DatabaseInfo:
         """As :meth:`SpeakerDB.info`; the service keeps its paths to itself, so the database is its URL."""
@@ -892,6 +941,8 @@ def _utterance(d: dict[str, Any]) -> UtteranceInfo:
 
 
 def _speaker(d: dict[str, Any]) -> SpeakerInfo:
+    c = d.get("consent")
+    consent = Consent(c["text"], parse_iso(c.get("recorded_at")), c.get("recorded_by")) if c else None
     return SpeakerInfo(
         d["name"],
         d["n_utterances"],
@@ -900,7 +951,18 @@ def _speaker(d: dict[str, Any]) -> SpeakerInfo:
         _time(d["updated_at"]),
         d["metadata"],
         [_utterance(u) for u in d.get("utterances", [])],
+        consent,
+        parse_iso(d.get("last_seen")),
+        d.get("external_id_hash"),
+        [
+            AuditEntry(_time(a["time"]), a["key_name"], a["operation"], a["speaker"], a["detail"])
+            for a in d.get("audit", [])
+        ],
     )
+
+
+def _erasure(d: dict[str, Any] | None) -> Erasure | None:
+    return Erasure(d["erased"], d["not_reachable"]) if d else None
 
 
 if TYPE_CHECKING:  # mypy checks here that a Client is a SpeakerDBProtocol (tests/test_protocol.py compares signatures)

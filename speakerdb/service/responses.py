@@ -20,6 +20,8 @@ ERROR_STATUS: list[tuple[type[errors.SpeakerDBError], int]] = [
     (errors.AudioError, 400),
     (errors.GalleryError, 400),
     (errors.EnrollmentRefusedError, 422),
+    (errors.ConsentRequiredError, 422),
+    (errors.OptedOutError, 409),
     (errors.InvalidInputError, 422),
     (errors.SpeakerNotFoundError, 404),
     (errors.KeyNotFoundError, 404),

@@ -17,6 +17,21 @@ class ThresholdBody(BaseModel):
     threshold: float = Field(..., description="Cosine score in [0, 1].", examples=[0.8])
 
 
+class PolicyBody(BaseModel):
+    require_consent: bool | None = Field(None, description="Refuse enrolling without consent; null: unchanged.")
+    expire_after: str | None = Field(
+        None, description="Retention: 3y, 180d, 12h...; 'never' clears it; null: unchanged.", examples=["3y"]
+    )
+
+
+class ExpireBody(BaseModel):
+    dry_run: bool = Field(False, description="List the expired speakers; remove nothing.")
+
+
+class OptOutBody(BaseModel):
+    external_id: str | None = Field(None, description="The person's external id, hashed with the name.")
+
+
 class KeyBody(BaseModel):
     name: str = Field(..., examples=["callcentre-1"])
     scope: str = Field("read", description="read, write or admin", examples=["read"])
@@ -71,6 +86,14 @@ EXAMPLE_SPEAKER = {
     "created_at": "2026-11-30T18:00:00Z",
     "updated_at": "2026-11-30T18:05:00Z",
     "metadata": {"team": "sales"},
+}
+EXAMPLE_ERASURE = {
+    "erased": [
+        "speakers and utterances rows: deleted, their cells zeroed (SQLite secure_delete)",
+        "the write-ahead log: checkpointed and truncated to zero bytes",
+        "the index file: the speaker's position zeroed in place",
+    ],
+    "not_reachable": ["backups and copies of the database file made before the removal"],
 }
 EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker named 'zoe' (see `speakerdb list`)"}}
 

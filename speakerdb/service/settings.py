@@ -33,6 +33,8 @@ DEFAULT_MAX_STREAM_S = 4 * 3600.0
 DEFAULT_STREAM_IDLE_S = 30.0
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
 DEFAULT_STREAM_AUTH_S = 5.0
+#: How often each worker runs `expire` (the retention policy), from its start: once a day.
+DEFAULT_EXPIRE_EVERY_S = 86_400.0
 
 
 @dataclass
@@ -63,6 +65,8 @@ class ServeConfig:
     #: Where the workers of one `serve --workers N` publish their counters for each other's
     #: /metrics (made by serve(), removed when it returns); None: one worker, nothing shared.
     metrics_dir: str | None = None
+    #: Seconds between two runs of the retention policy's `expire` (the first at start).
+    expire_every_s: float = DEFAULT_EXPIRE_EVERY_S
 
     def to_env(self) -> str:
         """This configuration as the JSON that :meth:`from_env` reads back."""

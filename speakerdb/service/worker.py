@@ -9,6 +9,7 @@ audit log by the facade (``SpeakerDB.audited_as``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -126,6 +127,32 @@ class Service:
         """This worker's figures, with every other running worker's when there are several."""
         return metrics.scrape(self.metrics_state(), self.config.metrics_dir, self.config.queue_size)
 
+    async def expire_forever(self) -> None:
+        """Run the retention policy (``SpeakerDB.expire``) once the worker is ready, then every
+        ``expire_every_s``; what decisions noted as last_seen is written first. A failure is
+        logged and tried again at the next turn: it never stops the service."""
+        while True:
+            if self.ready:
+                try:
+                    lane = self.embed_lane  # every gallery's last_seen, on the lane's own thread
+                    await asyncio.get_running_loop().run_in_executor(lane.executor, _flush_seen, lane)
+                    done = await self.admin_lane.run(lambda db: db.expire_every_gallery())
+                    for gallery, summary in done.items():
+                        if summary.expired:
+                            log.warning(
+                                "speakerdb worker %d: expired %d speaker(s) of gallery %s not seen since %s "
+                                "(retention policy)",
+                                os.getpid(),
+                                len(summary.expired),
+                                gallery,
+                                summary.to_dict()["cutoff"],
+                            )
+                except Exception as e:  # noqa: BLE001 - a busy or unreachable database: the next turn retries
+                    log.error("speakerdb worker %d: expire failed: %s", os.getpid(), self.scrub(str(e)))
+                await asyncio.sleep(self.config.expire_every_s)
+            else:
+                await asyncio.sleep(min(1.0, self.config.expire_every_s))
+
     async def publish_metrics_forever(self) -> None:
         """Publish this worker's counters for the others (several workers only)."""
         if self.config.metrics_dir:
@@ -227,6 +254,13 @@ def as_caller(fn: Callable[..., Any], caller: Caller | None) -> Callable[..., An
             return fn(db, *args, **kw)
 
     return call
+
+
+def _flush_seen(lane: Lane) -> None:
+    """Write the last_seen that a lane's database and its galleries' views noted (on its thread)."""
+    for db in [lane.db, *lane.views.values()]:
+        if db is not None:
+            db.flush_seen()
 
 
 def _longest_first(names: dict[str, str]) -> dict[str, str]:

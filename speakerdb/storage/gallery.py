@@ -49,7 +49,7 @@ from ..results import (  # noqa: F401
     ImportSummary,
     Limits,
 )
-from . import atomic, crypto, store
+from . import atomic, crypto, governance, store
 from .store import validate_name
 
 FORMAT_NAME = "speakerdb-gallery"
@@ -86,6 +86,8 @@ class GallerySpeaker:
     updated_at: str | None
     metadata: dict[str, Any]
     utterances: list[GalleryUtterance]
+    #: The consent recorded with the speaker ({"text", "recorded_at", "recorded_by"}), or None.
+    consent: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def write(path: str | Path, gallery: Gallery, speakerdb_version: str, recipient:
             "created_at": s.created_at,
             "updated_at": s.updated_at,
             "metadata": s.metadata,
+            **({"consent": s.consent} if s.consent is not None else {}),
             "utterances": [
                 {
                     "source": u.source,
@@ -452,7 +455,9 @@ def _check_rows(path: Path, rows: np.ndarray) -> None:
         raise GalleryError(f"{path}: embeddings are not unit vectors (norms {norms.min():.3f}..{norms.max():.3f})")
 
 
-_SpeakerRecord = tuple[str, "str | None", "str | None", dict[str, Any], list[tuple[str, float, str, "str | None"]]]
+_SpeakerRecord = tuple[
+    str, "str | None", "str | None", dict[str, Any], list[tuple[str, float, str, "str | None"]], "dict[str, Any] | None"
+]
 
 
 def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) -> list[_SpeakerRecord]:
@@ -478,6 +483,7 @@ def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) ->
             metadata = store.validate_metadata(entry.get("metadata"), f"metadata of speaker {name!r}")
             created_at = _check_time(entry.get("created_at"), f"created_at of speaker {name!r}")
             updated_at = _check_time(entry.get("updated_at"), f"updated_at of speaker {name!r}")
+            consent = _check_consent(entry.get("consent"), name)
         except InvalidInputError as e:
             raise GalleryError(f"{path}: {e}") from None
         except (KeyError, TypeError, AttributeError):
@@ -499,7 +505,7 @@ def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) ->
                 raise GalleryError(f"{path}: speakers.json lists more utterances than the {n_utt} embeddings")
             utterances.append(utterance)
             row += 1
-        records.append((name, created_at, updated_at, metadata, utterances))
+        records.append((name, created_at, updated_at, metadata, utterances, consent))
     if row != n_utt:
         raise GalleryError(f"{path}: speakers.json lists {row} utterances, the embeddings hold {n_utt}")
     return records
@@ -508,12 +514,12 @@ def _speaker_records(path: Path, manifest: dict[str, Any], speakers_doc: Any) ->
 def _build(manifest: dict[str, Any], records: list[_SpeakerRecord], matrix: np.ndarray) -> Gallery:
     """The gallery of checked records, row i of ``matrix`` (n_utt, dim) for the i-th utterance."""
     speakers, row = [], 0
-    for name, created_at, updated_at, metadata, utterances in records:
+    for name, created_at, updated_at, metadata, utterances, consent in records:
         items = []
         for utterance in utterances:
             items.append(GalleryUtterance(*utterance, matrix[row]))
             row += 1
-        speakers.append(GallerySpeaker(name, created_at, updated_at, metadata, items))
+        speakers.append(GallerySpeaker(name, created_at, updated_at, metadata, items, consent))
     model = manifest["model"]
     return Gallery(model["id"], model.get("source"), model["dim"], speakers, manifest)
 
@@ -538,6 +544,23 @@ def _check_utterance(u: Any, speaker: str) -> tuple[str, float, str, str | None]
         raise InvalidInputError(f"{what} has a duration_s that is not a number of seconds in [0, {MAX_DURATION_S:g}]")
     created_at = _check_time(u.get("created_at"), f"created_at of {what}")
     return source, float(duration), sha, created_at
+
+
+def _check_consent(value: Any, speaker: str) -> dict[str, Any] | None:
+    """A speaker's consent record ({"text", "recorded_at", "recorded_by"}) checked, or None."""
+    if value is None:
+        return None
+    what = f"consent of speaker {speaker!r}"
+    if not isinstance(value, dict) or not isinstance(value.get("text"), str):
+        raise InvalidInputError(f"{what} is not an object with a text")
+    by = value.get("recorded_by")
+    if by is not None and (not isinstance(by, str) or len(by) > store.MAX_NAME_LENGTH):
+        raise InvalidInputError(f"{what} has a recorded_by that is not a key name")
+    return {
+        "text": governance.check_consent(value["text"]),
+        "recorded_at": _check_time(value.get("recorded_at"), f"recorded_at of {what}"),
+        "recorded_by": store.check_text(store.check_name_text(by, what), what) if by is not None else None,
+    }
 
 
 def _check_time(value: Any, what: str) -> str | None:
@@ -573,10 +596,25 @@ def from_store(settings: dict[str, Any], speakers: list[store.Speaker]) -> Galle
                     GalleryUtterance(u.source, u.duration_s, u.audio_sha256, store.iso(u.created_at), u.vector())
                     for u in sp.utterances
                 ],
+                consent(sp),
             )
             for sp in speakers
         ],
     )
+
+
+def consent(sp: store.Speaker) -> dict[str, Any] | None:
+    """The consent stored with ``sp`` as a gallery carries it, or None."""
+    if sp.consent is None:
+        return None
+    return {"text": sp.consent, "recorded_at": store.iso(sp.consent_at), "recorded_by": sp.consent_by}
+
+
+def _set_consent(sp: store.Speaker, record: dict[str, Any] | None) -> None:
+    if record is not None:
+        sp.consent = record["text"]
+        sp.consent_at = store.parse_iso(record.get("recorded_at"))
+        sp.consent_by = record.get("recorded_by")
 
 
 def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
@@ -613,9 +651,12 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
                 meta=dict(incoming.metadata),
                 centroid=b"",
             )
+            _set_consent(current, incoming.consent)
             s.add(current)
         else:  # merge: existing metadata wins, incoming keys fill the gaps
             current.meta = {**incoming.metadata, **(current.meta or {})}
+            if current.consent is None:  # and the consent already recorded, if any
+                _set_consent(current, incoming.consent)
         known = {u.audio_sha256 for u in current.utterances}
         for u in incoming.utterances:
             if u.audio_sha256 in known:  # merges never add the same audio twice

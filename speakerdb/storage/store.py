@@ -10,6 +10,8 @@ Tables (created only by the Alembic revisions in ``migrations/``):
 - ``settings``: key/value pairs (JSON values): the model id and dimension the database is
   bound to, the decision threshold, the database's identity (``database_id``, random,
   made with the database) and its ``generation``.
+- ``optouts`` and the governance columns of ``speakers`` (consent, external id hash,
+  last_seen): see governance.py (revision 0007).
 - ``speaker_changes``: the record of every change to the speakers' centroids, written by
   the schema itself (triggers made by migration 0002): each inserted, deleted or
   re-centred speaker bumps ``generation`` and leaves one row (generation, speaker id,
@@ -297,7 +299,18 @@ MAX_GALLERY_NAME = 64  # characters
 _GALLERY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Settings that each gallery has its own of (the others, such as the model and the
 #: database's identity, belong to the database). The default gallery's keep their plain names.
-GALLERY_SETTINGS = frozenset({"threshold", "threshold_chosen", "threshold_scale", "cosine_threshold", "norm", "index"})
+GALLERY_SETTINGS = frozenset(
+    {
+        "threshold",
+        "threshold_chosen",
+        "threshold_scale",
+        "cosine_threshold",
+        "norm",
+        "index",
+        "require_consent",  # the governance policy (governance.py, revision 0007)
+        "expire_after_s",
+    }
+)
 _GALLERY_SETTING_PREFIX = "gallery/"
 
 
@@ -331,6 +344,13 @@ class Speaker(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     centroid: Mapped[bytes] = mapped_column(LargeBinary)
     gallery_id: Mapped[int] = _gallery_column()
+    # Governance (revision 0007, storage/governance.py): the consent recorded at enrollment, the
+    # keyed hash of an external id (never the id), and when a decision last named the speaker.
+    consent: Mapped[str | None] = mapped_column(Text, nullable=True)
+    consent_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    consent_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    external_id_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     utterances: Mapped[list["Utterance"]] = relationship(
         back_populates="speaker",
@@ -442,8 +462,23 @@ class CohortEmbedding(Base):
     gallery_id: Mapped[int] = _gallery_column()
 
 
+class OptOut(Base):
+    """A person who opted out of a gallery (revision 0007): keyed hashes of their name and
+    external id, never the name itself (see governance.py)."""
+
+    __tablename__ = "optouts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    external_id_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    gallery_id: Mapped[int] = mapped_column(
+        ForeignKey("galleries.id"), index=True, server_default=text(str(DEFAULT_GALLERY_ID))
+    )
+
+
 #: The tables whose rows belong to one gallery (utterances belong to their speaker's).
-GALLERY_SCOPED = (Speaker, CohortEmbedding, ApiKey, AuditRecord)
+GALLERY_SCOPED = (Speaker, CohortEmbedding, ApiKey, AuditRecord, OptOut)
 
 
 def gallery_of(session: Session) -> int | None:
@@ -905,7 +940,7 @@ def _add_audit_record(session: Session) -> None:
 #: Tables a copy writes rows into itself. speaker_changes is not among them: the
 #: destination's triggers record its own history as the speakers arrive.
 #: galleries first (the others refer to it), all but the default, which every database has.
-COPIED_TABLES = ("galleries", "speakers", "utterances", "api_keys", "audit", "cohort_embeddings")
+COPIED_TABLES = ("galleries", "speakers", "utterances", "api_keys", "audit", "cohort_embeddings", "optouts")
 #: Settings that belong to one database and are never copied: it has its own identity.
 OWN_SETTINGS = ("database_id", "generation")
 _COPY_BATCH = 2_000  # rows read, checked and written at a time
@@ -1196,7 +1231,7 @@ def create_gallery(session: Session, name: str) -> int:
 
 def remove_gallery(session: Session, name: str) -> GalleryRow:
     """Delete gallery ``name`` and everything that is its: speakers (their utterances go with
-    them), cohort, keys, audit records and settings. The default gallery cannot go."""
+    them), cohort, keys, audit records, opt-outs and settings. The default gallery cannot go."""
     if name == DEFAULT_GALLERY:
         raise InvalidInputError("the default gallery cannot be removed (remove its speakers instead)")
     found = next((g for g in list_galleries(session) if g.name == name), None)
@@ -1205,7 +1240,7 @@ def remove_gallery(session: Session, name: str) -> GalleryRow:
     gid = found.id
     # One statement per table; the triggers record each speaker's removal for the indexes.
     session.execute(delete(Speaker).where(Speaker.gallery_id == gid))
-    for model in (CohortEmbedding, ApiKey, AuditRecord):
+    for model in (CohortEmbedding, ApiKey, AuditRecord, OptOut):
         session.execute(delete(model).where(model.gallery_id == gid))
     session.execute(delete(Setting).where(Setting.key.startswith(f"{_GALLERY_SETTING_PREFIX}{gid}/")))
     session.execute(delete(Gallery).where(Gallery.id == gid))

@@ -20,12 +20,13 @@ export function enrollLines(result, withMetadata = false) {
 }
 
 /** POST the clips (File or {name, blob}) as an enrollment of ``name``. */
-export async function enrollClips(name, clips, { metadata = null, isNew = false, strict = false } = {}) {
+export async function enrollClips(name, clips, { metadata = null, isNew = false, strict = false, consent = "" } = {}) {
   const form = new FormData();
   for (const c of clips) form.append("files", c.blob || c, c.name);
   if (metadata) form.append("metadata", JSON.stringify(metadata));
   if (isNew) form.append("new", "true");
   if (strict) form.append("strict", "true");
+  if (consent) form.append("consent", consent); // enroll --consent: required where the policy says so
   return api("POST", `/v1/speakers/${seg(name)}/enrollments`, { form });
 }
 
@@ -49,6 +50,7 @@ export default async function enroll(main, { go }) {
 
   const name = h("input", { type: "text", required: true, autocomplete: "off", spellcheck: "false" });
   const meta = h("textarea", { rows: "2", spellcheck: "false" });
+  const consent = h("input", { type: "text", autocomplete: "off" });
   const isNew = h("input", { type: "checkbox" });
   const strict = h("input", { type: "checkbox" });
   const list = h("ul", { class: "clips", "aria-label": "Recordings to enroll" });
@@ -161,6 +163,7 @@ export default async function enroll(main, { go }) {
       list,
     ),
     field("Metadata (optional)", meta, "KEY=VALUE, one per line, as `enroll --meta`."),
+    field("Consent", consent, "Who consented, how and when, or the signed form's reference (`enroll --consent`); required where the policy says so."),
     h("div", { class: "check" }, isNew, h("label", { for: (isNew.id = "enroll-new") }, "New speaker (--new): refuse if the name exists, and do not warn when the voice matches another's")),
     h("div", { class: "check" }, strict, h("label", { for: (strict.id = "enroll-strict") }, "Strict: refuse doubtful clips instead of warning")),
     submit,
@@ -183,7 +186,12 @@ export default async function enroll(main, { go }) {
     submit.disabled = true;
     out.info(`Enrolling ${name.value.trim()}…`);
     try {
-      const result = await enrollClips(name.value.trim(), clips, { metadata, isNew: isNew.checked, strict: strict.checked });
+      const result = await enrollClips(name.value.trim(), clips, {
+        metadata,
+        isNew: isNew.checked,
+        strict: strict.checked,
+        consent: consent.value.trim(),
+      });
       out.lines(enrollLines(result, Boolean(metadata)));
       out.el.append(h("p", {}, h("a", { href: `#/speakers/${seg(result.speaker)}` }, `Show ${result.speaker}`)));
       for (const c of clips) if (c.url) URL.revokeObjectURL(c.url);

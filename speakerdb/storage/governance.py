@@ -1,0 +1,290 @@
+"""What a database keeps to govern its voiceprints (issue 27): consent, retention, opt-out.
+
+- The **policy** is two settings of the gallery (tenant), as its threshold is:
+  ``require_consent`` (enrolling without a consent record is refused) and
+  ``expire_after_s`` (speakers not named by a decision, nor enrolled into, for that long
+  are removed by ``expire``; absent: kept for ever).
+- **Consent** is recorded with the speaker (``speakers.consent``, ``consent_at``,
+  ``consent_by``): the text given (who consented and how, or a reference to a signed form),
+  when it was recorded and by which API key.
+- **last_seen** is when a decision last named the speaker. Decisions only *note* names in
+  memory (:class:`SeenNames`); the facade writes them in one UPDATE at most every
+  ``SEEN_FLUSH_S`` and when it closes, so identify does not wait for a write.
+- **Opt-outs** keep only keyed hashes (HMAC-SHA256 under ``optout_key``, a random 32-byte
+  key made once per database and kept in its settings, so that copies keep matching) of the
+  normalised name and of an external id, and the date: never a name. Opt-outs belong to a
+  gallery: they refuse enrollments in their own (a tenant learns nothing of another's).
+
+Queries take a session (the caller decides the transaction), as in store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+import unicodedata
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
+
+from ..errors import InvalidInputError
+from . import store
+from .store import AuditRecord, OptOut, Speaker
+
+#: Longest consent text and external id kept, in characters.
+MAX_CONSENT_LENGTH = 4096
+MAX_EXTERNAL_ID_LENGTH = 200
+#: How often, at most, the names noted by decisions are written as ``last_seen`` (seconds).
+#: A day-granular retention (days to years) loses nothing by a minute's delay, and identify
+#: pays for one UPDATE a minute instead of one per request.
+SEEN_FLUSH_S = 60.0
+#: The most names held in memory before a write is due whatever the time (bounded memory).
+SEEN_FLUSH_NAMES = 10_000
+
+_UNITS = {"s": 1, "min": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}
+_DURATION = re.compile(r"^\s*(\d{1,7})\s*(s|min|h|d|w|y)\s*$")
+MAX_EXPIRE_S = 200 * 365 * 86_400  # 200 years: longer is "never"
+
+
+# ---- the policy ---------------------------------------------------------------------------------
+def require_consent(settings: dict[str, Any]) -> bool:
+    """Whether enrolling needs a consent record."""
+    return bool(settings.get("require_consent"))
+
+
+def expire_after_s(settings: dict[str, Any]) -> int | None:
+    """The retention period in seconds (None: speakers are kept until removed)."""
+    value = settings.get("expire_after_s")
+    return int(value) if value is not None else None
+
+
+def parse_duration(text: str) -> int | None:
+    """``3y``, ``180d``, ``12h``, ``2w``, ``30min``, ``90s`` as seconds; ``never`` as None.
+    A year is 365 days. InvalidInputError for anything else."""
+    if not isinstance(text, str):
+        raise InvalidInputError(f"a duration is text such as 3y or 180d, not {text!r}")
+    if text.strip().lower() == "never":
+        return None
+    m = _DURATION.match(text.lower())
+    if m is None or int(m.group(1)) == 0:
+        raise InvalidInputError(
+            f"duration {text!r} is not a whole number and a unit (s, min, h, d, w, y), e.g. 3y, 180d, 12h; or 'never'"
+        )
+    seconds = int(m.group(1)) * _UNITS[m.group(2)]
+    if seconds > MAX_EXPIRE_S:
+        raise InvalidInputError(f"duration {text!r} is over 200 years: use 'never'")
+    return seconds
+
+
+def format_duration(seconds: int | None) -> str:
+    """The largest unit that gives a whole number: 94608000 -> ``3y``; None -> ``never``."""
+    if seconds is None:
+        return "never"
+    for unit in ("y", "w", "d", "h", "min", "s"):
+        if seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def write_policy(s: Session, *, consent: bool | None = None, expire_s: int | None | bool = False) -> None:
+    """Store the policy: ``consent`` (None: unchanged); ``expire_s`` seconds, None to keep
+    speakers for ever, or False: unchanged."""
+    if consent is not None:
+        store.set_setting(s, "require_consent", bool(consent))
+    if expire_s is not False:
+        if expire_s is None:
+            store.delete_setting(s, "expire_after_s")
+        else:
+            store.set_setting(s, "expire_after_s", int(expire_s))
+
+
+# ---- consent and external ids -------------------------------------------------------------------
+def check_consent(text: str | None) -> str | None:
+    """The consent text as stored (stripped), or None; InvalidInputError if it cannot be kept."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidInputError(f"consent must be text, not {type(text).__name__}")
+    store.check_name_text(text, "consent")
+    text = unicodedata.normalize("NFC", text.strip())
+    if not text:
+        raise InvalidInputError("consent must not be empty: say who consented, how and when (or the form's reference)")
+    if len(text) > MAX_CONSENT_LENGTH:
+        raise InvalidInputError(f"consent is {len(text)} characters long, at most {MAX_CONSENT_LENGTH} are kept")
+    return store.check_text(text, "consent")
+
+
+def check_external_id(value: str | None) -> str | None:
+    """The external id as hashed (stripped), or None; InvalidInputError if it is unusable."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"external id must be text, not {type(value).__name__}")
+    store.check_name_text(value, "external id")
+    value = unicodedata.normalize("NFC", value.strip())
+    if not value:
+        raise InvalidInputError("external id must not be empty")
+    if len(value) > MAX_EXTERNAL_ID_LENGTH:
+        raise InvalidInputError(f"external id is longer than {MAX_EXTERNAL_ID_LENGTH} characters")
+    return store.check_text(value, "external id")
+
+
+# ---- keyed hashes -------------------------------------------------------------------------------
+def optout_key(s: Session, create: bool) -> bytes | None:
+    """The database's HMAC key (made now if absent and ``create``, inside the caller's write)."""
+    value = store.get_settings(s).get("optout_key")
+    if value is None and create:
+        value = secrets.token_hex(32)
+        store.set_setting(s, "optout_key", value)
+    return bytes.fromhex(value) if value else None
+
+
+def fold_name(name: str) -> str:
+    """A name as opt-outs compare it: NFKC, case folded, inner whitespace as one space, so that
+    ``Alice  Smith`` and ``alice smith`` are one person."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def name_hash(key: bytes, name: str) -> str:
+    """HMAC-SHA256 (hex) of the folded name; a prefix keeps names and external ids apart."""
+    return hmac.new(key, b"name\0" + fold_name(name).encode(), hashlib.sha256).hexdigest()
+
+
+def external_id_hash(key: bytes, external_id: str) -> str:
+    """HMAC-SHA256 (hex) of an external id (as :func:`check_external_id` returns it)."""
+    return hmac.new(key, b"external-id\0" + external_id.encode(), hashlib.sha256).hexdigest()
+
+
+# ---- opt-outs -----------------------------------------------------------------------------------
+def matching_optouts(s: Session, name: str, external_id: str | None) -> list[OptOut]:
+    """The opt-out rows that match ``name`` or ``external_id`` (none while no key exists)."""
+    key = optout_key(s, create=False)
+    if key is None:
+        return []
+    clauses = [OptOut.name_hash == name_hash(key, name)]
+    if external_id is not None:
+        clauses.append(OptOut.external_id_hash == external_id_hash(key, external_id))
+    return list(s.scalars(select(OptOut).where(or_(*clauses))))
+
+
+def add_optout(
+    s: Session, name: str, speaker_external_hash: str | None, external_id: str | None, now: datetime
+) -> None:
+    """Record that the person named ``name`` opted out, with the external id's hash (the one
+    stored with the speaker, or made from ``external_id``)."""
+    key = optout_key(s, create=True)
+    assert key is not None
+    ext = external_id_hash(key, external_id) if external_id is not None else speaker_external_hash
+    s.add(OptOut(name_hash=name_hash(key, name), external_id_hash=ext, created_at=now))
+
+
+def remove_optouts(s: Session, rows: list[OptOut]) -> None:
+    """Delete opt-out rows (an administrator's override: the person enrolled again)."""
+    if rows:
+        s.execute(delete(OptOut).where(OptOut.id.in_([r.id for r in rows])))
+
+
+def optout_dates(s: Session) -> list[datetime]:
+    """When each opt-out was recorded, oldest first (never anything else)."""
+    return list(s.scalars(select(OptOut.created_at).order_by(OptOut.created_at)))
+
+
+def scrub_audit(s: Session, name: str, marker: str) -> int:
+    """Replace ``name`` in the audit records that name it (as the speaker, or as the new name
+    of a rename) with ``marker``: an opted-out person's name is kept nowhere. Returns how many."""
+    n = 0
+    for record in s.scalars(select(AuditRecord).where(AuditRecord.speaker == name)):
+        record.speaker = marker
+        n += 1
+    for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename")):
+        detail = json.loads(record.detail) if record.detail else None
+        if isinstance(detail, dict) and detail.get("new") == name:
+            record.detail = json.dumps({**detail, "new": marker}, ensure_ascii=False)
+            n += 1
+    return n
+
+
+# ---- retention ----------------------------------------------------------------------------------
+def expired(s: Session, cutoff: datetime) -> list[Speaker]:
+    """Speakers neither named by a decision nor enrolled into since ``cutoff``, by name."""
+    stmt = (
+        select(Speaker)
+        .where(Speaker.updated_at < cutoff, or_(Speaker.last_seen.is_(None), Speaker.last_seen < cutoff))
+        .order_by(Speaker.name)
+    )
+    return list(s.scalars(stmt))
+
+
+def cutoff(now: datetime, seconds: int) -> datetime:
+    """The time before which a speaker's last interaction makes it expired."""
+    return now - timedelta(seconds=seconds)
+
+
+def write_seen(s: Session, names: dict[str, datetime]) -> None:
+    """Set ``last_seen`` of the named speakers (absent names are ignored), never backwards.
+    One UPDATE per distinct time: the names of one flush share a few."""
+    by_time: dict[datetime, list[str]] = {}
+    for name, when in names.items():
+        by_time.setdefault(when, []).append(name)
+    for when, group in by_time.items():
+        for start in range(0, len(group), 900):  # SQLite's old limit on bound parameters is 999
+            chunk = group[start : start + 900]
+            s.execute(
+                update(Speaker)
+                .where(Speaker.name.in_(chunk), or_(Speaker.last_seen.is_(None), Speaker.last_seen < when))
+                .values(last_seen=when)
+                .execution_options(synchronize_session=False)
+            )
+
+
+class SeenNames:
+    """Names that decisions named since the last write, with when (thread-safe: a service's
+    lanes share nothing, but a Python user may call identify from threads)."""
+
+    def __init__(self, flush_s: float = SEEN_FLUSH_S) -> None:
+        self.flush_s = flush_s
+        self._names: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+        self._last_write = time.monotonic()
+
+    def note(self, names: list[str], when: datetime) -> None:
+        """Remember that a decision named ``names`` at ``when``."""
+        if not names:
+            return
+        with self._lock:
+            for name in names:
+                self._names[name] = when
+
+    def due(self, late: float = 1.0) -> bool:
+        """Whether names wait and ``late`` times the interval has passed (or too many wait)."""
+        with self._lock:
+            if not self._names:
+                return False
+            waited = time.monotonic() - self._last_write
+            return len(self._names) >= SEEN_FLUSH_NAMES or waited >= self.flush_s * late
+
+    def peek(self, name: str) -> datetime | None:
+        """When a decision last named ``name``, if that is not written yet."""
+        with self._lock:
+            return self._names.get(name)
+
+    def take(self) -> dict[str, datetime]:
+        """The names waiting, handed over and forgotten."""
+        with self._lock:
+            names, self._names = self._names, {}
+            self._last_write = time.monotonic()
+            return names
+
+    def give_back(self, names: dict[str, datetime]) -> None:
+        """Names whose write failed (a busy database): kept for the next try."""
+        with self._lock:
+            for name, when in names.items():
+                if name not in self._names or self._names[name] < when:
+                    self._names[name] = when

@@ -1,0 +1,337 @@
+"""Governance of voiceprints (issue 27 items 1-3, 6): consent, retention (last_seen, expire),
+opt-out, and what ``show`` gives about a person; through the API, the CLI and a real service.
+
+The API and CLI tests use the model-free FakeEmbedder (the CLI's model loader is pointed at
+it); the service test runs one real uvicorn process with the tiny WavLM checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
+from speakerdb import SpeakerDB, api
+from speakerdb.cli import cli
+from speakerdb.errors import ConsentRequiredError, InvalidInputError, OptedOutError, SpeakerNotFoundError
+from speakerdb.results import SpeakerInfo
+from speakerdb.storage import governance
+
+YEAR = timedelta(days=365)
+
+
+class Clock:
+    """A settable clock: ``SpeakerDB(clock=...)`` at a simulated date (from the real one: rows
+    written by parts that go by the system clock, such as created_at, agree with it at first)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.utcnow().replace(microsecond=0) + timedelta(seconds=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("gov-clips")
+    return {
+        name: write(d / f"{name}.wav", voice(f0, 2.0, seed=seed))
+        for name, f0, seed in [("alice", 210.0, 0), ("alice2", 212.0, 1), ("bob", 110.0, 0), ("carol", 310.0, 0)]
+    }
+
+
+def _db(path: Path, clock: Clock | None = None) -> SpeakerDB:
+    return SpeakerDB(path, embedder=FakeEmbedder(), clock=clock)
+
+
+# ---- consent ----------------------------------------------------------------------------------
+def test_consent_is_recorded_required_by_policy_and_travels_in_galleries(tmp_path, clips):
+    clock = Clock()
+    with _db(tmp_path / "a.sqlite", clock) as db:
+        assert db.policy().to_dict() == {"require_consent": False, "expire_after": "never", "expire_after_s": None}
+        db.enroll("bob", [clips["bob"]])  # no policy yet: no consent needed
+        assert db.show("bob").consent is None
+        assert db.set_policy(require_consent=True).require_consent
+        with pytest.raises(ConsentRequiredError, match="requires consent") as e:
+            db.enroll("alice", [clips["alice"]])
+        assert e.value.code == "consent_required"
+        with pytest.raises(ConsentRequiredError):
+            db.enroll("bob", [clips["alice2"]])  # bob has no consent on record either
+        assert [s.name for s in db.list()] == ["bob"] and db.show("bob").n_utterances == 1  # nothing written
+        with pytest.raises(InvalidInputError):
+            db.enroll("alice", [clips["alice"]], consent="   ")
+        db.enroll("alice", [clips["alice"]], consent="signed form CF-118, 2026-12-01")
+        db.enroll("alice", [clips["alice2"]])  # consent already on record: adding needs none
+        info = db.show("alice")
+        assert info.consent is not None and info.consent.text == "signed form CF-118, 2026-12-01"
+        assert info.consent.recorded_at == clock.now and info.consent.recorded_by is None
+        assert info.to_dict()["consent"]["recorded_at"] == clock.now.isoformat() + "Z"
+        assert [a.operation for a in db.audit()] == ["policy"]
+        db.export(tmp_path / "g.gallery", ["alice"])
+        db.export(tmp_path / "bob.gallery", ["bob"])
+    with _db(tmp_path / "b.sqlite") as other:
+        other.set_policy(require_consent=True)
+        with pytest.raises(ConsentRequiredError, match="bob"):
+            other.import_gallery(tmp_path / "bob.gallery")
+        other.import_gallery(tmp_path / "g.gallery")
+        assert other.show("alice").consent == info.consent
+
+
+def test_policy_durations():
+    assert governance.parse_duration("3y") == 3 * 365 * 86_400
+    assert governance.parse_duration("180d") == 180 * 86_400
+    assert governance.parse_duration("12h") == 43_200
+    assert governance.parse_duration("never") is None
+    assert governance.format_duration(governance.parse_duration("2w")) == "2w"
+    for bad in ("3", "0d", "-1d", "3 months", "1e3d", "999999y"):
+        with pytest.raises(InvalidInputError):
+            governance.parse_duration(bad)
+
+
+# ---- retention --------------------------------------------------------------------------------
+def test_last_seen_is_written_in_batches_and_expiry_runs_at_a_simulated_date(tmp_path, clips):
+    clock = Clock()
+    start = clock.now
+    path = tmp_path / "r.sqlite"
+    with _db(path, clock) as db:
+        db.enroll("alice", [clips["alice"]])
+        db.enroll("bob", [clips["bob"]])
+        db.set_policy(expire_after="3y")
+        clock.now += 2 * YEAR
+        db._seen.flush_s = 3600.0  # one write an hour: none during this test
+        assert [r.speaker for r in db.identify([clips["alice2"]], count_voices=False)] == ["alice"]
+        assert db.verify("alice", clips["alice2"]).accepted
+        with SpeakerDB(path, embedder=FakeEmbedder()) as reader:  # another process sees no write yet
+            assert reader.show("alice").last_seen is None
+        assert db.show("alice").last_seen == clock.now  # this process knows what it noted
+    with SpeakerDB(path, embedder=FakeEmbedder()) as reader:  # written at close
+        assert reader.show("alice").last_seen == start + 2 * YEAR
+        assert reader.show("bob").last_seen is None
+
+    clock.now = start + 3 * YEAR + timedelta(days=1)  # bob: enrolled 3 years and a day ago; alice: seen 1 year ago
+    with _db(path, clock) as db:
+        preview = db.expire(dry_run=True)
+        assert preview.expired == ["bob"] and preview.dry_run and preview.erasure is None
+        assert [s.name for s in db.list()] == ["alice", "bob"]
+        centroid = _centroid(path, "bob")
+        done = db.expire()
+        assert done.expired == ["bob"] and done.utterances == 1 and done.cutoff == start + timedelta(days=1)
+        assert done.erasure is not None and any("write-ahead log" in x for x in done.erasure.erased)
+        assert [s.name for s in db.list()] == ["alice"]
+        [record] = [a for a in db.audit() if a.operation == "expire"]
+        assert record.speaker == "bob" and record.time == clock.now and record.detail["utterances"] == 1
+        clock.now = start + 5 * YEAR + timedelta(days=1)
+        assert db.expire().expired == ["alice"]
+        db.set_policy(expire_after="never")
+        assert db.expire().cutoff is None
+    for f in (path, Path(f"{path}-wal")):  # the same erasure as remove: no byte of bob's centroid left
+        assert not f.exists() or centroid not in f.read_bytes()
+    assert_index_agrees_with_store(path, embedder=FakeEmbedder())
+
+
+def _centroid(path: Path, name: str) -> bytes:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT centroid FROM speakers WHERE name = ?", (name,)).fetchone()[0]
+    finally:
+        con.close()
+
+
+# ---- opt-out ----------------------------------------------------------------------------------
+def test_optout_keeps_only_keyed_hashes_refuses_the_person_and_an_admin_overrides(tmp_path, clips):
+    path = tmp_path / "o.sqlite"
+    with _db(path) as db:
+        with db.audited_as("ops"):  # as the service records changes: audit rows that name her
+            db.enroll("Alice Smith", [clips["alice"]], external_id="C-4411")
+            db.rename("Alice Smith", "Alice S")
+            db.rename("Alice S", "Alice Smith")
+        db.enroll("bob", [clips["bob"]])
+        result = db.optout("Alice Smith")
+        assert result.removed and result.utterances == 1 and result.external_id and result.erasure is not None
+        with pytest.raises(SpeakerNotFoundError):
+            db.show("Alice Smith")
+        for name, ext in [("alice  SMITH", None), ("carol", "C-4411")]:  # the folded name; the external id
+            with pytest.raises(OptedOutError, match="opted out") as e:
+                db.enroll(name, [clips["alice2"]], external_id=ext)
+            assert e.value.code == "opted_out"
+        db.optout("dave", external_id="D-1")  # never enrolled: the opt-out is kept all the same
+        with pytest.raises(OptedOutError):
+            db.enroll("dave", [clips["carol"]])
+        listed = db.optouts()
+        assert listed.count == 2 and len(listed.dates) == 2 and set(listed.to_dict()) == {"count", "dates"}
+        con = sqlite3.connect(path)
+        try:
+            dump = "\n".join(con.iterdump())
+        finally:
+            con.close()
+        assert "Alice Smith" not in dump and "C-4411" not in dump and "D-1" not in dump and "dave" not in dump
+        assert dump.count("opted-out:") == 3  # her enroll and rename records name a marker instead
+        db.enroll("carol", [clips["carol"]], external_id="C-4411", override_optout=True)
+        assert db.optouts().count == 1  # the override lifted the matching opt-out
+        assert [a.operation for a in db.audit() if a.operation.startswith("optout")] == [
+            "optout",
+            "optout",
+            "optout-override",
+        ]
+        db.enroll("alice smith", [clips["alice2"]])  # name and id were one opt-out: lifted with it
+
+
+def test_the_policy_and_the_optouts_belong_to_a_gallery(tmp_path, clips):
+    with _db(tmp_path / "t.sqlite") as db:
+        db.create_gallery("acme")
+        db.set_policy(require_consent=True, expire_after="1y")
+        db.optout("alice")
+        with db.for_gallery("acme") as acme:
+            assert acme.policy().require_consent is False and acme.policy().expire_after == "never"
+            acme.enroll("alice", [clips["alice"]])  # neither the consent rule nor the opt-out of default
+            assert acme.optouts().count == 0 and acme.optout("alice").removed
+            assert acme.optouts().count == 1
+        assert db.optouts().count == 1
+        with db.for_gallery("acme") as acme:
+            acme.enroll("bob", [clips["bob"]])
+        db.enroll("carol", [clips["carol"]], consent="form")
+        assert db.expire_every_gallery()["default"].expired == []  # carol is new, acme keeps speakers
+        with db.for_gallery("acme") as acme:
+            acme.set_policy(expire_after="1s")
+        time.sleep(1.1)
+        done = db.expire_every_gallery()
+        assert done["acme"].expired == ["bob"] and done["default"].expired == []
+        db.remove_gallery("acme")  # its opt-outs go with it
+        with db.store.read(every_gallery=True) as s:
+            assert len(governance.optout_dates(s)) == 1
+
+
+# ---- the CLI ------------------------------------------------------------------------------------
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    import speakerdb.api
+
+    monkeypatch.setattr(speakerdb.api, "load_embedder", lambda *a, **k: FakeEmbedder())
+    runner = CliRunner()
+    db_path = tmp_path / "cli.sqlite"
+    with SpeakerDB(db_path, embedder=FakeEmbedder()):
+        pass  # binds nothing; the CLI's first enroll binds the fake model
+
+    def invoke(*args: object, code: int = 0):
+        result = runner.invoke(cli, ["--db", str(db_path), "--model", "fake", *map(str, args)], catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def test_the_cli_sets_the_policy_enrolls_with_consent_shows_expires_and_opts_out(run, clips, monkeypatch):
+    assert json.loads(run("policy", "--json").stdout)["require_consent"] is False
+    out = run("policy", "--require-consent", "--expire-after", "180d").stdout
+    assert "require consent: yes" in out and "expire after: 180d" in out
+    refused = run("enroll", "alice", clips["alice"], "--json", code=1)
+    assert json.loads(refused.stdout)["error"]["code"] == "consent_required"
+    run("enroll", "alice", clips["alice"], "--consent", "verbal, call 2026-12-01", "--external-id", "C-1")
+    run("enroll", "bob", clips["bob"], "--consent", "form F-2")
+    shown = json.loads(run("show", "alice", "--json").stdout)
+    assert shown["consent"]["text"] == "verbal, call 2026-12-01" and shown["last_seen"] is None
+    assert shown["external_id_hash"] and "C-1" not in json.dumps(shown)
+    assert shown["utterances"][0]["created_at"] and "audit" in shown
+    assert "consent: verbal, call 2026-12-01" in run("show", "alice").stdout
+    listed = json.loads(run("list", "--json").stdout)
+    assert set(listed[0]).isdisjoint(SpeakerInfo.SHOW_ONLY)
+    run("identify", clips["alice2"], "--no-voice-check")
+    assert json.loads(run("show", "alice", "--json").stdout)["last_seen"]  # written when the command closed
+
+    later = datetime.utcnow() + timedelta(days=181)
+    with monkeypatch.context() as m:  # the CLI at a simulated date
+        m.setattr("speakerdb.storage.store.utcnow", lambda: later)
+        assert json.loads(run("expire", "--dry-run", "--json").stdout)["expired"] == ["alice", "bob"]
+        assert json.loads(run("policy", "--expire-after", "never", "--json").stdout)["expire_after"] == "never"
+        assert "nothing expires" in run("expire").stdout
+
+    out = json.loads(run("optout", "bob", "--yes", "--json").stdout)
+    assert out["removed"] and out["erasure"]["not_reachable"]
+    refused = run("enroll", "bob", clips["bob"], "--consent", "again", "--json", code=1)
+    assert json.loads(refused.stdout)["error"]["code"] == "opted_out"
+    listed = run("optout", "--list").stdout
+    assert "1 opt-out(s)" in listed and "bob" not in listed
+    run("enroll", "bob", clips["bob"], "--consent", "form F-3", "--override-optout")
+    removed = json.loads(run("remove", "bob", "--yes", "--json").stdout)
+    assert removed["erasure"]["erased"] and removed["utterances"] == 1
+
+
+# ---- PostgreSQL: the revision's columns and table on a server ---------------------------------------
+def test_governance_on_postgres(pg_url, clips):
+    clock = Clock()
+    with SpeakerDB(pg_url, embedder=FakeEmbedder(), clock=clock) as db:
+        db.set_policy(require_consent=True, expire_after="1y")
+        db.enroll("alice", [clips["alice"]], consent="form", external_id="X-1")
+        db.enroll("bob", [clips["bob"]], consent="form")
+        clock.now += 2 * YEAR
+        db.note_seen(["alice"])
+        db.flush_seen()
+        assert db.show("alice").last_seen == clock.now
+        clock.now += YEAR / 2
+        assert db.expire().expired == ["bob"]
+        assert db.optout("alice").removed
+        with pytest.raises(OptedOutError):
+            db.enroll("carol", [clips["carol"]], consent="form", external_id="X-1")
+        assert db.optouts().count == 1
+        db.enroll("carol", [clips["carol"]], consent="form")
+        assert "VACUUM FULL" in " ".join(db.erasure().erased)
+    # Revision 0007 goes down and up again on the server, keeping the speakers.
+    assert api.downgrade_database(pg_url, "0006") == "0006"
+    assert api.upgrade_database(pg_url) == "0007"
+    with SpeakerDB(pg_url, embedder=FakeEmbedder()) as db:
+        assert [s.name for s in db.list()] == ["carol"] and db.policy().expire_after == "never"
+
+
+# ---- the service ----------------------------------------------------------------------------------
+def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_path, tiny_checkpoint, clips):
+    from test_server import Server, _part
+
+    db_path = tmp_path / "served.sqlite"
+    with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
+        keys = {scope: db.create_key(f"k-{scope}", scope).key for scope in ("read", "write", "admin")}
+    srv = Server(db_path, tiny_checkpoint, tmp_path / "server.log", "--expire-every", "0.5").start()
+    try:
+        status, _, doc = srv.call("PUT", "/v1/policy", key=keys["write"], body={"require_consent": True})
+        assert status == 403
+        status, _, doc = srv.call("PUT", "/v1/policy", key=keys["admin"], body={"require_consent": True})
+        assert status == 200 and doc["require_consent"] is True
+        assert srv.call("GET", "/v1/policy", key=keys["read"])[2]["require_consent"] is True
+        enroll = "/v1/speakers/alice/enrollments"
+        status, _, doc = srv.call("POST", enroll, key=keys["write"], files=[_part(clips["alice"])])
+        assert status == 422 and doc["error"]["code"] == "consent_required"
+        fields = {"consent": "signed form 7", "external_id": "E-7"}
+        status, _, doc = srv.call("POST", enroll, key=keys["write"], fields=fields, files=[_part(clips["alice"])])
+        assert status == 201, doc
+        shown = srv.call("GET", "/v1/speakers/alice", key=keys["read"])[2]
+        assert shown["consent"]["text"] == "signed form 7" and shown["consent"]["recorded_by"] == "k-write"
+        assert [a["operation"] for a in shown["audit"]] == ["enroll"]
+
+        status, _, doc = srv.call("POST", "/v1/speakers/alice/optout", key=keys["write"], body={})
+        assert status == 200 and doc["removed"] and doc["erasure"]["erased"]
+        status, _, doc = srv.call("POST", enroll, key=keys["write"], fields=fields, files=[_part(clips["alice"])])
+        assert status == 409 and doc["error"]["code"] == "opted_out"
+        over = {**fields, "override_optout": "true"}
+        assert srv.call("POST", enroll, key=keys["write"], fields=over, files=[_part(clips["alice"])])[0] == 403
+        assert srv.call("GET", "/v1/optouts", key=keys["admin"])[2]["count"] == 1
+        status, _, doc = srv.call("POST", enroll, key=keys["admin"], fields=over, files=[_part(clips["alice"])])
+        assert status == 201, doc
+
+        # Retention: the background task (every 0.5 s here, once a day by default) expires alice.
+        status, _, doc = srv.call("POST", "/v1/expire", key=keys["admin"], body={"dry_run": True})
+        assert status == 200 and doc["cutoff"] is None  # no retention policy yet
+        srv.call("PUT", "/v1/policy", key=keys["admin"], body={"expire_after": "2s"})
+        deadline = time.monotonic() + 30
+        while srv.call("GET", "/v1/speakers", key=keys["read"])[2] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert srv.call("GET", "/v1/speakers", key=keys["read"])[2] == []
+        audit = srv.call("GET", "/v1/audit", key=keys["admin"])[2]
+        assert [a["speaker"] for a in audit if a["operation"] == "expire"] == ["alice"]
+    finally:
+        srv.stop()
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
