@@ -295,6 +295,9 @@ def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_pat
     db_path = tmp_path / "served.sqlite"
     with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
         keys = {scope: db.create_key(f"k-{scope}", scope).key for scope in ("read", "write", "admin")}
+        db.create_gallery("acme")
+        with db.for_gallery("acme") as acme:
+            acme_key = acme.create_key("acme-admin", "admin").key
     srv = Server(db_path, tiny_checkpoint, tmp_path / "server.log", "--expire-every", "0.5").start()
     try:
         status, _, doc = srv.call("PUT", "/v1/policy", key=keys["write"], body={"require_consent": True})
@@ -302,6 +305,8 @@ def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_pat
         status, _, doc = srv.call("PUT", "/v1/policy", key=keys["admin"], body={"require_consent": True})
         assert status == 200 and doc["require_consent"] is True
         assert srv.call("GET", "/v1/policy", key=keys["read"])[2]["require_consent"] is True
+        acme_policy = srv.call("GET", "/v1/galleries/acme/policy", key=acme_key)[2]
+        assert acme_policy["require_consent"] is False  # a gallery's policy is its own
         enroll = "/v1/speakers/alice/enrollments"
         status, _, doc = srv.call("POST", enroll, key=keys["write"], files=[_part(clips["alice"])])
         assert status == 422 and doc["error"]["code"] == "consent_required"
@@ -319,6 +324,7 @@ def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_pat
         over = {**fields, "override_optout": "true"}
         assert srv.call("POST", enroll, key=keys["write"], fields=over, files=[_part(clips["alice"])])[0] == 403
         assert srv.call("GET", "/v1/optouts", key=keys["admin"])[2]["count"] == 1
+        assert srv.call("GET", "/v1/galleries/acme/optouts", key=acme_key)[2]["count"] == 0
         status, _, doc = srv.call("POST", enroll, key=keys["admin"], fields=over, files=[_part(clips["alice"])])
         assert status == 201, doc
 
