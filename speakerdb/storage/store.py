@@ -492,9 +492,15 @@ def _scope_query(state: ORMExecuteState) -> None:
     gid = gallery_of(state.session)
     if gid is None or not (state.is_select or state.is_update or state.is_delete):
         return
-    state.statement = state.statement.options(
-        *(with_loader_criteria(model, model.gallery_id == gid, include_aliases=True) for model in GALLERY_SCOPED)
-    )
+    criteria = _CRITERIA.get(gid)
+    if criteria is None:  # made once per gallery, not per query (docs/storage.md, "Tenants")
+        criteria = _CRITERIA[gid] = tuple(
+            with_loader_criteria(model, model.gallery_id == gid, include_aliases=True) for model in GALLERY_SCOPED
+        )
+    state.statement = state.statement.options(*criteria)
+
+
+_CRITERIA: dict[int, tuple[Any, ...]] = {}  # gallery id -> its loader criteria
 
 
 @event.listens_for(Session, "before_flush")
