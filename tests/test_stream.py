@@ -561,3 +561,22 @@ def test_a_request_on_the_lane_takes_the_waiting_windows_into_its_call():
     t.join()
     assert np.all(mine.result() == 1.0) and len(failed) == 1
     lane.shutdown()
+
+
+@needs_speech
+def test_listen_through_the_service_prints_what_a_local_listen_prints(svc, tmp_path, monkeypatch):
+    """`speakerdb --server URL listen FILE --json`: the events as JSON lines over /v1/stream,
+    then the timeline the service's `timeline` gives for the file."""
+    from click.testing import CliRunner
+
+    from speakerdb.cli import cli
+
+    gap = np.zeros(int(0.6 * SR), np.float32)
+    x = _as_pcm16_floats(np.concatenate([_utterance("1688", 2, 3), gap, _utterance("3005", 2, 3)]))
+    offline = _offline(svc, tmp_path, {"two": x})["two"]
+    monkeypatch.setenv("SPEAKERDB_API_KEY", svc.keys["read"])
+    r = CliRunner().invoke(cli, ["--server", svc.url, "listen", str(tmp_path / "two.wav"), "--json"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert lines[0]["type"] == "speech" and {d["type"] for d in lines[1:-1]} <= {"speech", "voice"}
+    assert lines[-1]["type"] == "timeline" and _segments(lines[-1]) == _segments(offline)

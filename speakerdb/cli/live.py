@@ -57,6 +57,9 @@ def listen(
     audio fed when it was emitted), then {"type": "timeline", ...} as `timeline --json` gives
     for one file; a failure is a last line {"type": "error", "code", "message", "at"}.
 
+    With --server, the audio goes to the service's live session (WebSocket /v1/stream),
+    which embeds it there; the output is the same.
+
     SOURCE "-" (the default) is raw audio on standard input: 16-bit little-endian PCM mono at
     16 kHz unless --encoding / --sample-rate say otherwise (f32le, G.711 mulaw or alaw;
     8,000-48,000 Hz). A FILE is decoded like any recording (any format FFmpeg reads).
@@ -67,13 +70,14 @@ def listen(
       speakerdb listen call.wav --realtime
       speakerdb listen call.ulaw --encoding mulaw --sample-rate 8000 --json
       ffmpeg -i meeting.mp4 -f s16le -ac 1 -ar 16000 - | speakerdb listen - --json
+      speakerdb --server https://voices.example.com listen call.wav --realtime
     """
     check_score(state, threshold, OVERRIDE_LOW)
     from ..workflows import live_input  # deferred: numpy and the decoders, not for --help
 
-    state.local_only("listen")  # until the client streams (issue 23): the service's /v1/stream
     feed = live_input(source, encoding=encoding, sample_rate=sample_rate, realtime=realtime)
-    session = state.local_db.stream(sample_rate=feed.sample_rate, encoding=feed.encoding, threshold=threshold)
+    # A local session, or with --server the service's WebSocket /v1/stream: the same calls.
+    session = state.db.stream(sample_rate=feed.sample_rate, encoding=feed.encoding, threshold=threshold)
     try:
         for frame in feed.frames:
             _print_events(session.feed(frame), as_json)
