@@ -347,3 +347,24 @@ def test_a_copy_of_a_database_keeps_its_galleries(tmp_path, clips):
         assert b.identify([clips["bob"][2]])[0].speaker == "alice"
         assert [g.name for g in b.list_galleries()] == ["default", "acme"]
         b.create_gallery("new")  # ids continue after the copied ones
+
+
+def test_identify_requests_are_batched_with_their_own_gallerys_only():
+    """The service answers identify requests waiting together in one call: of one gallery only."""
+    from speakerdb.service.lanes import GALLERY, IdentifyBatches
+
+    batches = IdentifyBatches(max_files=8)
+    token = GALLERY.set("acme")  # as the route's key check sets it for /v1/galleries/acme/identify
+    acme = batches.add(["a.wav"], 5, None)
+    GALLERY.reset(token)
+    first, second = batches.add(["b.wav"], 5, None), batches.add(["c.wav"], 5, None)
+    calls = []
+
+    class Recording:
+        def identify(self, files, **_):
+            calls.append(list(files))
+            return [f"answer to {f}" for f in files]
+
+    assert batches.run(Recording(), first) == ["answer to b.wav"]
+    assert batches.run(Recording(), second) == ["answer to c.wav"] and batches.run(Recording(), acme)
+    assert calls == [["b.wav", "c.wav"], ["a.wav"]]
