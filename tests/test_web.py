@@ -330,10 +330,51 @@ def test_enroll_from_the_microphone_and_from_files_with_the_clis_notes(tab, serv
     page.get_by_label("Audio files").set_input_files(str(audio["text"]))
     page.get_by_role("button", name="Enroll", exact=True).click()
     expect(tab.main().locator(".error")).to_contain_text("notes.txt")
+    # mia's voice is the microphone's: gone, so that the live test's voice has one speaker only.
+    assert server.call("DELETE", "/v1/speakers/mia", key=server.keys["write"])[0] == 200
     # Nothing of the recording is kept in the browser's storage.
     assert page.evaluate("localStorage.length") == 0
     assert page.evaluate("indexedDB.databases().then(d => d.length)") == 0
     assert page.evaluate("caches.keys().then(k => k.length)") == 0
+
+
+# ---- live ---------------------------------------------------------------------------------------
+def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
+    """The microphone plays one generated voice in a loop: ~4 s of it enrolled as lena, then the
+    live view streams it to /v1/stream and lena's lane appears, provisional then final; stopping
+    ends the session with its timeline. The tiny random model scores every voice alike, so the
+    name is decided by the audio itself: lena's enrollment is the same loop the live view hears."""
+    page = tab.sign_in("write").page
+    tab.go("enroll")
+    page.get_by_label("Speaker name").fill("lena")
+    page.get_by_role("button", name="Start recording").click()
+    expect(page.locator(".recorder output")).to_have_text(re.compile(r"^[4-9]\.\d s$"), timeout=15_000)
+    page.get_by_role("button", name="Stop recording").click()
+    page.get_by_role("button", name="Enroll", exact=True).click()
+    expect(tab.main().locator("pre.notes")).to_contain_text("created lena: 1 utterance(s) added")
+
+    tab.go("live")
+    page.get_by_role("button", name="Start listening").click()
+    expect(page.get_by_role("button", name="Stop listening")).to_have_attribute("aria-pressed", "true")
+    lane = page.locator(".lane.known", has=page.locator(".lane-name", has_text="lena"))
+    try:
+        expect(lane).to_have_count(1, timeout=40_000)
+    except AssertionError:
+        raise AssertionError(f"no lane named lena; the lanes: {page.locator('.lanes').inner_text()!r}") from None
+    expect(lane.locator(".seg:not(.provisional)").first).to_be_attached(timeout=30_000)  # settled
+    expect(page.locator("#live-level")).not_to_have_attribute("value", "-60")
+    page.screenshot(path=str(shots / "live-listening.png"))
+    assert page.locator(".lane:not(:has(.seg))").count() == 0  # a voice revised away takes its lane along
+    page.get_by_role("button", name="Stop listening").click()
+    summary = tab.main().get_by_role("heading", name="Session")
+    expect(summary).to_be_visible(timeout=30_000)
+    expect(tab.main()).to_contain_text(re.compile(r"heard, \d+ voices?: .*lena"))
+    # The key went in the socket's first message, never in its URL; "end" asked for the timeline.
+    [(url, sent)] = tab.sockets
+    assert url == f"ws://127.0.0.1:{server.port}/v1/stream?sample_rate=16000&encoding=f32le"
+    assert json.loads(sent[0]) == {"type": "auth", "key": server.keys["write"]}
+    assert json.loads(sent[-1]) == {"type": "end"}
+    expect(tab.main().locator(".error")).to_have_count(0)
 
 
 # ---- identify and verify ------------------------------------------------------------------------
