@@ -16,8 +16,18 @@ speakers in random order (never the same speaker twice in a row), each 1-15 s of
 speaker's speech (``--turn MIN MAX``), cut from a recording with its leading and
 trailing silence trimmed, followed by a pause of 0.2-1.5 s (``--pause MIN MAX``). With
 ``--overlap P``, a turn starts during the previous one with probability P, 0.3-2 s
-before it ends (at most half of it). ``--snr DB`` adds white noise at that ratio to the
-conversation's speech power. Conversations last about ``--minutes`` minutes.
+before it ends (at most half of it). ``--snr DB`` adds noise (``--noise white`` or
+``pink``) at that ratio to the conversation's speech power. Conversations last about
+``--minutes`` minutes.
+
+One room, one line (what real calls and meetings do to voices, and what joined
+LibriSpeech recordings lack: each arrives with its own microphone and room). ``--room
+RT60`` passes the whole mix through one simulated room impulse response (exponentially
+decaying noise with that reverberation time in seconds, after a direct path; one per
+conversation, the same for every voice); ``--telephone`` then band-limits it to a
+telephone line (300-3400 Hz, resampled through 8 kHz, G.711 mu-law). Noise is added last,
+on the line. The hard set of docs/timeline.md is
+``--room 0.4 --telephone --snr 10 --noise pink --overlap 0.2``.
 
 Reference. One segment per turn, from its first to its last active 10 ms frame, the way
 conversations are annotated (a turn's own short pauses belong to it). A frame is active
@@ -122,6 +132,42 @@ class Pool:
         raise SystemExit("not enough speech material for a turn")
 
 
+def room_response(rt60: float, rng: np.random.Generator) -> np.ndarray:
+    """A simulated room impulse response: a direct path, then exponentially decaying noise
+    (60 dB down after ``rt60`` seconds), starting 2-5 ms later, normalised to unit energy."""
+    n = int(max(rt60, 0.05) * SR)
+    t = np.arange(n) / SR
+    tail = rng.standard_normal(n) * 10 ** (-3 * t / max(rt60, 1e-3)) * 0.3
+    tail[: int(rng.uniform(0.002, 0.005) * SR)] = 0.0
+    tail[0] = 1.0
+    return tail / np.sqrt(np.sum(tail**2))
+
+
+def telephone(x: np.ndarray) -> np.ndarray:
+    """``x`` (16 kHz) through a telephone line: 300-3400 Hz, 8 kHz, mu-law, back at 16 kHz."""
+    from scipy.signal import butter, resample_poly, sosfiltfilt
+
+    y = sosfiltfilt(butter(6, [300, 3400], btype="bandpass", fs=SR, output="sos"), x)
+    y = resample_poly(y, 1, 2)
+    y = y / max(float(np.max(np.abs(y))), 1e-9)
+    mu = 255.0
+    coded = np.round((np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu)) * 127) / 127  # 8-bit mu-law
+    y = np.sign(coded) * np.expm1(np.abs(coded) * np.log1p(mu)) / mu
+    return resample_poly(y, 2, 1)[: len(x)]
+
+
+def noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``white`` (standard normal) or ``pink`` (1/f power, unit power) noise."""
+    w = rng.standard_normal(n)
+    if kind == "white":
+        return w  # as drawn: the sets made before --noise existed stay the same
+    spec = np.fft.rfft(w)
+    spec[1:] /= np.sqrt(np.arange(1, len(spec)))
+    spec[0] = 0
+    w = np.fft.irfft(spec, n)
+    return w / max(float(np.sqrt(np.mean(w**2))), 1e-12)
+
+
 def conversation(pools: dict[str, Pool], speakers: list[str], args, rng: np.random.Generator):
     """(samples, reference [(start, end, speaker)]) of one conversation."""
     placed: list[tuple[int, np.ndarray, str]] = []
@@ -147,10 +193,18 @@ def conversation(pools: dict[str, Pool], speakers: list[str], args, rng: np.rand
     for s, p, spk in placed:
         mix[s : s + len(p)] += p
         reference.append((s / SR, (s + len(p)) / SR, spk))
+    active = np.zeros(n, bool)  # where someone speaks: the speech power after room and line
+    for s, p, _ in placed:
+        active[s : s + len(p)] = True
+    power = float(np.mean(np.concatenate([p for _, p, _ in placed]).astype(np.float64) ** 2))
+    if args.room is not None:
+        mix = np.convolve(mix, room_response(args.room, rng))[:n]
+    if args.telephone:
+        mix = telephone(mix)
     if args.snr is not None:
-        speech = np.concatenate([p for _, p, _ in placed])
-        power = float(np.mean(speech.astype(np.float64) ** 2))
-        mix += rng.standard_normal(n) * np.sqrt(power / 10 ** (args.snr / 10))
+        if args.room is not None or args.telephone:
+            power = float(np.mean(mix[active] ** 2))
+        mix += noise(args.noise, n, rng) * np.sqrt(power / 10 ** (args.snr / 10))
     mix *= PEAK / max(np.max(np.abs(mix)), 1e-9)
     return mix.astype(np.float32), sorted(reference)
 
@@ -174,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         "--pause", type=float, nargs=2, default=(0.2, 1.5), metavar=("MIN", "MAX"), help="pause after a turn, s"
     )
     p.add_argument("--overlap", type=float, default=0.0, help="probability that a turn starts during the previous one")
-    p.add_argument("--snr", type=float, default=None, help="add white noise at this SNR (dB)")
+    p.add_argument("--snr", type=float, default=None, help="add noise at this SNR (dB)")
+    p.add_argument("--noise", choices=("white", "pink"), default="white", help="the noise --snr adds (default white)")
+    p.add_argument("--room", type=float, default=None, metavar="RT60", help="one simulated room for all voices")
+    p.add_argument("--telephone", action="store_true", help="then one telephone line (300-3400 Hz, 8 kHz, mu-law)")
     p.add_argument("--unenrolled", type=int, default=2, help="speakers never enrolled (default 2)")
     p.add_argument("--unknown-per-conversation", type=int, default=1, help="unenrolled speakers in each conversation")
     p.add_argument("--enroll-count", type=int, default=3, help="recordings per enrolled speaker (default 3)")

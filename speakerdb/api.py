@@ -826,8 +826,12 @@ class SpeakerDB:
         """Who speaks when in each file: segments of voices, each named from the gallery
         when its voice reaches the threshold, else ``unknown-1``, ``unknown-2``...
 
-        Works with no speakers enrolled (every voice is unknown: plain diarization). A file
-        with no speech gives an empty timeline with a note. See :mod:`speakerdb.timeline`.
+        How many voices each file holds is found from the file itself, unless ``params``
+        says (``Params(speakers=2)``, or ``min_speakers`` / ``max_speakers``); the threshold
+        decides only which voices get a name. Works with no speakers enrolled (every voice
+        is unknown: plain diarization; without any database see
+        :func:`speakerdb.workflows.diarize`). A file with no speech gives an empty timeline
+        with a note. See :mod:`speakerdb.timeline`.
         ``on_result(timeline)`` is called with each file's timeline as soon as it is done.
         """
         if threshold is not None:

@@ -526,6 +526,7 @@ DEFAULT_WINDOW_S = 1.5  # s: long enough for a stable voice vector, short enough
 DEFAULT_HOP_S = 0.5  # s: each frame is seen by up to 3 windows
 MIN_WINDOW_S = 0.5  # s: below this a region is too short to embed (audio.MIN_DURATION_S)
 DEFAULT_MIN_VOICE_S = 3.0  # s of windows a voice needs to stand on its own
+MAX_SPEAKERS = 20  # the largest number of voices a hint may ask for
 DEFAULT_MIN_SEGMENT_S = 1.0  # s: a shorter segment joins its neighbour in the region
 #: Two segments of one voice with only a pause shorter than this between them are one
 #: segment: a speaker's breath or hesitation inside a turn is part of the turn, the way
@@ -542,12 +543,23 @@ class Params:
 
     window_s: float = DEFAULT_WINDOW_S
     hop_s: float = DEFAULT_HOP_S
-    cluster_threshold: float | None = None  # None: the gallery's cosine threshold - CLUSTER_MARGIN
+    #: Two voices the recording barely separates are one when their means reach this cosine
+    #: (None: the gallery's cosine threshold; see clustering.voices).
+    cluster_threshold: float | None = None
     min_voice_s: float = DEFAULT_MIN_VOICE_S
     min_segment_s: float = DEFAULT_MIN_SEGMENT_S
     switch_penalty: float = DEFAULT_SWITCH_PENALTY
     merge_gap_s: float = DEFAULT_MERGE_GAP_S
     vad_backend: str = "silero"
+    #: What the user knows about the number of voices (None: found from the recording).
+    speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    @property
+    def hinted(self) -> bool:
+        """True when the user gave any hint on the number of voices."""
+        return (self.speakers, self.min_speakers, self.max_speakers) != (None, None, None)
 
     def check(self) -> Params:
         """These knobs, or InvalidInputError naming the first one out of range."""
@@ -559,6 +571,17 @@ class Params:
             raise InvalidInputError("minimum segment and voice lengths must not be negative")
         if self.cluster_threshold is not None and not -1 <= self.cluster_threshold <= 1:
             raise InvalidInputError(f"cluster threshold {self.cluster_threshold} is not a cosine in [-1, 1]")
+        for name, value in (
+            ("speakers", self.speakers),
+            ("min_speakers", self.min_speakers),
+            ("max_speakers", self.max_speakers),
+        ):
+            if value is not None and not 1 <= value <= MAX_SPEAKERS:
+                raise InvalidInputError(f"{name} must be 1-{MAX_SPEAKERS}, not {value}")
+        if self.speakers is not None and (self.min_speakers is not None or self.max_speakers is not None):
+            raise InvalidInputError("give either speakers or min_speakers/max_speakers, not both")
+        if self.min_speakers is not None and self.max_speakers is not None and self.min_speakers > self.max_speakers:
+            raise InvalidInputError(f"min_speakers ({self.min_speakers}) exceeds max_speakers ({self.max_speakers})")
         return self
 
 

@@ -14,17 +14,20 @@ when people take turns. Windows of one length are stacked into one forward pass 
 padding (:meth:`speakerdb.embedding.models.TransformersXVector.embed`), so each window's embedding
 is exactly what embedding that window alone gives.
 
-Voices. The windows are clustered by agglomerative clustering (average linkage, cosine
-similarity, stopped at ``cluster_threshold``). Each cluster's mean vector stands for
-many seconds of one voice, so it is scored against the gallery with the database's own
-threshold, the one that decides ``identify`` on whole recordings: it is named after the
-best-scoring enrolled speaker when that score reaches the threshold (with normalisation
-on, the score is the AS-norm of the cosine and the threshold is on that scale, as in
-``identify``; clustering always compares cosines). Clusters that match
-no one are the unknown voices; two clusters named alike become one voice, and a voice
-with less than ``min_voice_s`` of windows is dissolved into the others. Unknown voices
-are numbered ``unknown-1``, ``unknown-2``... in order of first appearance, so one
-unknown voice keeps one label through the recording.
+Voices. How many voices the recording holds, and which window is whose, is found from
+the recording's own window vectors (:func:`speakerdb.clustering.voices`: spectral
+clustering with the number of voices from an eigengap, each split checked against the
+recording), within the user's hints (``Params.speakers``, ``min_speakers``,
+``max_speakers``). The database's threshold does not split voices; it names them: each
+voice's mean vector stands for many seconds of one voice, so it is scored against the
+gallery with the database's own threshold, the one that decides ``identify`` on whole
+recordings: it is named after the best-scoring enrolled speaker when that score reaches
+the threshold (with normalisation on, the score is the AS-norm of the cosine and the
+threshold is on that scale, as in ``identify``; clustering always compares cosines).
+Voices that match no one are the unknown voices; two voices named alike become one, and
+(without hints) a voice with less than ``min_voice_s`` of windows is dissolved into the
+others. Unknown voices are numbered ``unknown-1``, ``unknown-2``... in order of first
+appearance, so one unknown voice keeps one label through the recording.
 
 Smoothing. Each speech frame (``FRAME_S``) gets, per voice, the mean similarity of the
 windows covering it to that voice's profile (the mean of its windows); a Viterbi pass per
@@ -44,8 +47,8 @@ first, then windows, over one decode: the second pass replays the blocks the fir
 memory or, for a long recording, in a temporary file; see :mod:`speakerdb.audio.decoded`),
 so memory holds one block, a window and the window vectors
 (``dim`` floats per window); compute is linear in the speech's length. Clustering works
-on at most ``MAX_CLUSTER_ITEMS`` items: longer recordings cluster runs of consecutive
-windows (averaged) instead of single windows, so its quadratic cost stays bounded.
+on at most ``clustering.MAX_ITEMS`` items: longer recordings cluster runs of consecutive
+windows (averaged) instead of single windows, so its cost stays bounded.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from . import clustering
 from .audio import decode as audio
 from .audio import vad
 from .audio.decoded import Decoded
@@ -87,10 +91,6 @@ from .storage import atomic, store
 from .storage import settings as stored
 
 FRAME_S = 0.01  # s: resolution of the output timeline
-#: Windows are clustered while their average-linkage cosine similarity reaches this much
-#: *below* the database threshold. Window vectors come from 1.5 s, not a whole recording,
-#: so two windows of one voice score lower than two recordings of it do.
-CLUSTER_MARGIN = 0.18
 #: Clustering is quadratic in its items; above this many windows, runs of consecutive
 #: windows are averaged into one item (a 1-hour recording: 7,200 windows -> 2,000 items).
 MAX_CLUSTER_ITEMS = 2000
@@ -284,7 +284,8 @@ def embed_windows(windows: Iterable[np.ndarray], embedder: Embedder, batch: int 
 def cluster(
     vectors: np.ndarray, threshold: float, weights: np.ndarray | None = None, max_items: int = MAX_CLUSTER_ITEMS
 ) -> np.ndarray:
-    """Agglomerative clustering, average linkage on cosine similarity, stopped when no two
+    """Agglomerative clustering with a fixed cut (the timeline's voices come from
+    :func:`speakerdb.clustering.voices`): average linkage on cosine similarity, stopped when no two
     clusters reach ``threshold``: (n, dim) -> (n,) int labels 0..m-1, numbered by first row.
 
     Vectors must be L2-normalised. Above ``max_items`` rows, runs of consecutive rows are
@@ -436,9 +437,14 @@ def assemble(
     sr = audio.SAMPLE_RATE
     vectors = l2_normalize(vectors)
     weights = np.array([(b - a) / sr for a, b, _ in spans])  # (n,) s
-    threshold = gallery.cosine  # voices are clustered by cosine, whatever scale names them
-    cut = params.cluster_threshold if params.cluster_threshold is not None else threshold - CLUSTER_MARGIN
-    clusters = cluster(vectors, cut, weights)
+    threshold = gallery.cosine
+    same_voice = params.cluster_threshold if params.cluster_threshold is not None else threshold
+    clusters = clustering.voices(
+        vectors,
+        hints=clustering.Hints(params.speakers, params.min_speakers, params.max_speakers),
+        same_voice=same_voice,
+        weights=weights,
+    )
 
     # Name the clusters; merge those named alike; dissolve the small ones.
     assignment = clusters.copy()
@@ -446,16 +452,14 @@ def assemble(
         voice_ids = sorted(set(assignment.tolist()))
         profiles = l2_normalize(np.stack([_weighted_mean(vectors, weights, assignment == v) for v in voice_ids]))
         names = _name(profiles, gallery)
-        # Clusters with one name are one voice; so are unnamed clusters whose mean vectors
-        # reach the threshold together (one speaker by the database's own criterion).
-        unnamed = [i for i in range(len(voice_ids)) if names[i][0] is None]
-        groups: Sequence[int] | np.ndarray = cluster(profiles[unnamed], threshold) if unnamed else []
-        group_of = {i: int(g) for i, g in zip(unnamed, groups)}
-        key = [names[i][0] if names[i][0] is not None else f"#{group_of[i]}" for i in range(len(voice_ids))]
+        # Clusters with one name are one voice; unnamed clusters stay apart (the recording
+        # itself decided they differ).
+        key = [names[i][0] if names[i][0] is not None else f"#{v}" for i, v in enumerate(voice_ids)]
         seconds = {k: 0.0 for k in key}
         for i, v in enumerate(voice_ids):
             seconds[key[i]] += float(weights[assignment == v].sum()) * params.hop_s / max(params.window_s, 1e-9)
-        keep = [k for k in dict.fromkeys(key) if seconds[k] >= params.min_voice_s]
+        least = params.min_voice_s if not params.hinted else 0.0
+        keep = [k for k in dict.fromkeys(key) if seconds[k] >= least]
         if not keep:  # nothing long enough: keep the biggest voice
             keep = [max(seconds, key=lambda k: seconds[k])]
         merged = np.stack(

@@ -18,20 +18,22 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 from . import timeline as timeline_files
 from .api import SpeakerDB
 from .audio import decode as audio
-from .audio import pcm
+from .audio import pcm, vad
 from .config import db_target
-from .embedding.models import Embedder
-from .errors import check_output
-from .results import Timeline
+from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
+from .errors import InvalidInputError, check_output
+from .results import Params, Timeline
 from .scoring import calibrate as calibration
 from .scoring import evaluate, norm
 from .scoring.calibrate import Calibration
 from .scoring.evaluate import Report
+from .scoring.thresholds import check_threshold
 from .storage.settings import DEFAULT_THRESHOLD
 
 __all__ = [
     "LiveInput",
     "calibrate_threshold",
+    "diarize",
     "evaluate_recordings",
     "evaluation_database",
     "live_input",
@@ -144,6 +146,43 @@ def calibrate_threshold(
     finally:
         if mine is not None:
             mine.close()
+
+
+def diarize(
+    files: Sequence[str | os.PathLike[str]],
+    *,
+    db: str | os.PathLike[str] | None = None,
+    model: str | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    threshold: float | None = None,
+    params: Params | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+    on_result: Callable[[Timeline], None] | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> list[Timeline]:
+    """Who speaks when without a database: :func:`speakerdb.timeline.build_each` with nobody
+    enrolled, ``model`` (None: the default model) and its own starting threshold (or
+    ``threshold``, a cosine). Nothing is written. ``announce(model)`` is told which model
+    before it loads (the CLI says it on stderr); ``progress`` and ``on_result`` as in
+    :meth:`SpeakerDB.timeline`. ``db`` is ignored (the CLI passes its options)."""
+    params = (params or Params()).check()
+    if not files:
+        raise InvalidInputError("timeline needs at least one audio file")
+    if threshold is not None:
+        threshold = check_threshold(threshold)
+    source = model or DEFAULT_MODEL
+    if announce is not None:
+        announce(source)
+    detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
+    embedder = load_embedder(source, device=device, precision=precision)
+    if threshold is None:
+        own = default_threshold_for(embedder.model_id)
+        threshold = DEFAULT_THRESHOLD if own is None else float(own)
+    gallery = timeline_files.Gallery.empty(embedder.dim, threshold)
+    return timeline_files.build_each(
+        files, embedder, gallery, params, detector, progress=progress, on_result=on_result
+    )
 
 
 def write_timeline_files(

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..results import Params, Timeline
+from ..config import db_target
+from ..results import MAX_SPEAKERS, Params, Timeline
 from .output import (
     emit,
     emit_line,
@@ -59,6 +60,13 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
     show_default=True,
     help="Shorter segments join their neighbour, seconds.",
 )
+@click.option(
+    "--speakers",
+    type=click.IntRange(1, MAX_SPEAKERS),
+    help="How many voices the recording holds, when you know (default: found from the recording).",
+)
+@click.option("--min-speakers", type=click.IntRange(1, MAX_SPEAKERS), help="At least this many voices.")
+@click.option("--max-speakers", type=click.IntRange(1, MAX_SPEAKERS), help="At most this many voices.")
 @click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option
 @jsonl_option
@@ -73,14 +81,20 @@ def timeline(
     hop: float,
     min_segment: float,
     as_json: bool,
+    speakers: int | None = None,
+    min_speakers: int | None = None,
+    max_speakers: int | None = None,
     force: bool = False,
     as_jsonl: bool = False,
 ) -> None:
     """Who speaks when: segments of each voice in each recording, named from the enrolled
     speakers when a voice reaches the threshold, else unknown-1, unknown-2...
 
-    Finds the speech (Silero VAD), embeds windows of it, groups them into voices and
-    names each voice. With no speakers enrolled every voice is unknown-N. One voice per
+    Finds the speech (Silero VAD), embeds windows of it, groups them into voices (how many
+    is found from the recording itself, or set with --speakers / --min-speakers /
+    --max-speakers) and names each voice. With no speakers enrolled every voice is
+    unknown-N; with no database at all it diarizes with --model (default: the default
+    model, said on stderr) and writes no database. One voice per
     instant: where two people overlap, the louder one gets the time. Names are decided as
     identify decides them: with normalisation on (speakerdb norm), "score" is the AS-norm
     score and "raw_score" the cosine. With --json, prints [{"file", "duration", "segments":
@@ -96,11 +110,28 @@ def timeline(
       speakerdb timeline meeting.wav
       speakerdb timeline calls/*.wav --json
       speakerdb timeline call.wav --rttm call.rttm --plot call.png
+      speakerdb timeline interview.wav --speakers 2
+      speakerdb --model resemblyzer timeline meeting.wav   # no database needed
     """
-    check_score(state, threshold, OVERRIDE_LOW)
-    params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment)
     if hop > window:
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
+    if speakers is not None and (min_speakers is not None or max_speakers is not None):
+        raise click.BadParameter("give --speakers or --min-speakers/--max-speakers, not both", param_hint="--speakers")
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise click.BadParameter(
+            f"--min-speakers ({min_speakers}) exceeds --max-speakers ({max_speakers})", param_hint="--min-speakers"
+        )
+    params = Params(
+        window_s=window,
+        hop_s=hop,
+        min_segment_s=min_segment,
+        speakers=speakers,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+    )
+    standalone = not state.exists()  # no database: plain diarization, nothing written
+    if not standalone:
+        check_score(state, threshold, OVERRIDE_LOW)
     check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
     if plot_path:
         from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
@@ -120,9 +151,23 @@ def timeline(
             print_line(_timeline_text(t))
 
     with progress("timeline", len(files)) as bar:
-        results = state.db.timeline(
-            list(files), threshold=threshold, params=params, progress=bar, on_result=None if as_json else show
-        )
+        if standalone:
+            from ..workflows import diarize  # numpy and the model: not for --help
+
+            where = db_target(state.db_path)
+            results = diarize(
+                list(files),
+                **state.local_options(),
+                threshold=threshold,
+                params=params,
+                progress=bar,
+                on_result=None if as_json else show,
+                announce=lambda model: note("note:", f"no database at {where}", f"diarizing with model {model}"),
+            )
+        else:
+            results = state.db.timeline(
+                list(files), threshold=threshold, params=params, progress=bar, on_result=None if as_json else show
+            )
     failed = [t for t in results if t.error is not None]
     results_ok = [t for t in results if t.error is None]
     if results_ok and (rttm_path or plot_path):

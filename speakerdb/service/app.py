@@ -276,6 +276,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         window: float = Form(1.5, description="Window length, seconds (0.5-30)."),
         hop: float = Form(0.5, description="Window hop, seconds (0.05 to the window)."),
         min_segment: float = Form(1.0, description="Shorter segments join their neighbour, seconds."),
+        speakers: int | None = Form(None, description="How many voices each file holds (default: found from it)."),
+        min_speakers: int | None = Form(None, description="At least this many voices."),
+        max_speakers: int | None = Form(None, description="At most this many voices."),
         caller: Caller = READ,
     ) -> JSONResponse:
         """Who speaks when in each file (`speakerdb timeline --json`): segments named from the
@@ -287,7 +290,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         service: Service = request.app.state.service
         _check_count(service, files)
         try:
-            params = Params(window_s=window, hop_s=hop, min_segment_s=min_segment).check()
+            params = Params(
+                window_s=window,
+                hop_s=hop,
+                min_segment_s=min_segment,
+                speakers=speakers,
+                min_speakers=min_speakers,
+                max_speakers=max_speakers,
+            ).check()
         except errors.SpeakerDBError as e:  # before anything is uploaded
             raise from_library(e, {}) from None
         saved = await service.uploads.save(files)

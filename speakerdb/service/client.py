@@ -217,6 +217,9 @@ class Client:
         ``on_result`` is called once per file, in order, when the service's answer arrives."""
         params = (params or Params()).check()
         fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
+        for name in ("speakers", "min_speakers", "max_speakers"):
+            if getattr(params, name) is not None:
+                fields[name] = str(getattr(params, name))
         out = [
             _timeline(d, label)
             for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress)
