@@ -91,6 +91,10 @@ from .storage import atomic, store
 from .storage import settings as stored
 
 FRAME_S = 0.01  # s: resolution of the output timeline
+#: A live session's online voices (speakerdb.live) take a window whose cosine to a voice's
+#: mean reaches the gallery's cosine threshold minus this much; the final timeline's voices
+#: come from :func:`speakerdb.clustering.voices`, which needs no such cut.
+CLUSTER_MARGIN = 0.18
 #: Clustering is quadratic in its items; above this many windows, runs of consecutive
 #: windows are averaged into one item (a 1-hour recording: 7,200 windows -> 2,000 items).
 MAX_CLUSTER_ITEMS = 2000

@@ -180,9 +180,7 @@ def diarize(
         own = default_threshold_for(embedder.model_id)
         threshold = DEFAULT_THRESHOLD if own is None else float(own)
     gallery = timeline_files.Gallery.empty(embedder.dim, threshold)
-    return timeline_files.build_each(
-        files, embedder, gallery, params, detector, progress=progress, on_result=on_result
-    )
+    return timeline_files.build_each(files, embedder, gallery, params, detector, progress=progress, on_result=on_result)
 
 
 def write_timeline_files(
