@@ -25,8 +25,9 @@ LibriSpeech recordings lack: each arrives with its own microphone and room). ``-
 RT60`` passes the whole mix through one simulated room impulse response (exponentially
 decaying noise with that reverberation time in seconds, after a direct path; one per
 conversation, the same for every voice); ``--telephone`` then band-limits it to a
-telephone line (300-3400 Hz, resampled through 8 kHz, G.711 mu-law). Noise is added last,
-on the line. The hard set of docs/timeline.md is
+telephone line (300-3400 Hz, resampled through 8 kHz, G.711 mu-law). Noise is added in
+the room (after the room response, before the line), at ``--snr`` to the reverberant
+speech's power. The hard set of docs/timeline.md is
 ``--room 0.4 --telephone --snr 10 --noise pink --overlap 0.2``.
 
 Reference. One segment per turn, from its first to its last active 10 ms frame, the way
@@ -50,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import fftconvolve
 
 import kit
 from speakerdb.audio import decode as audio
@@ -193,18 +195,17 @@ def conversation(pools: dict[str, Pool], speakers: list[str], args, rng: np.rand
     for s, p, spk in placed:
         mix[s : s + len(p)] += p
         reference.append((s / SR, (s + len(p)) / SR, spk))
-    active = np.zeros(n, bool)  # where someone speaks: the speech power after room and line
+    active = np.zeros(n, bool)  # where someone speaks: the speech power after the room
     for s, p, _ in placed:
         active[s : s + len(p)] = True
     power = float(np.mean(np.concatenate([p for _, p, _ in placed]).astype(np.float64) ** 2))
     if args.room is not None:
-        mix = np.convolve(mix, room_response(args.room, rng))[:n]
+        mix = fftconvolve(mix, room_response(args.room, rng))[:n]
+        power = float(np.mean(mix[active] ** 2))
+    if args.snr is not None:  # the room's noise: it goes down the line with the voices
+        mix += noise(args.noise, n, rng) * np.sqrt(power / 10 ** (args.snr / 10))
     if args.telephone:
         mix = telephone(mix)
-    if args.snr is not None:
-        if args.room is not None or args.telephone:
-            power = float(np.mean(mix[active] ** 2))
-        mix += noise(args.noise, n, rng) * np.sqrt(power / 10 ** (args.snr / 10))
     mix *= PEAK / max(np.max(np.abs(mix)), 1e-9)
     return mix.astype(np.float32), sorted(reference)
 

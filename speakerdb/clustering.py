@@ -40,6 +40,8 @@ MAX_ITEMS = 1000
 MAX_P_SHARE = 0.07
 #: How many p values are tried between 2 and the largest.
 P_STEPS = 20
+#: Short recordings try p up to this many (or a quarter of the items), whatever the share.
+MIN_TOP_P = 6
 #: Fewer items than this: too few for a graph; one voice unless a hint says otherwise
 #: (then agglomerative clustering with the hinted count).
 MIN_ITEMS = 6
@@ -109,7 +111,7 @@ def choose_p(sim: np.ndarray, most: int) -> int:
     Candidates run from 2 to MAX_P_SHARE of the items: a voice with fewer windows than p
     is absorbed by its neighbours, so p stays small (a 2-minute call: up to ~16)."""
     n = len(sim)
-    top = max(2, int(n * MAX_P_SHARE))
+    top = max(2, int(n * MAX_P_SHARE), min(MIN_TOP_P, n // 4))
     candidates = [int(p) for p in np.unique(np.linspace(2, top, P_STEPS).astype(int))]
     best, best_ratio = candidates[0], np.inf
     for p in candidates:

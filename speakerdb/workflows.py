@@ -151,7 +151,6 @@ def calibrate_threshold(
 def diarize(
     files: Sequence[str | os.PathLike[str]],
     *,
-    db: str | os.PathLike[str] | None = None,
     model: str | None = None,
     device: str = "cpu",
     precision: str = "fp32",
@@ -165,7 +164,7 @@ def diarize(
     enrolled, ``model`` (None: the default model) and its own starting threshold (or
     ``threshold``, a cosine). Nothing is written. ``announce(model)`` is told which model
     before it loads (the CLI says it on stderr); ``progress`` and ``on_result`` as in
-    :meth:`SpeakerDB.timeline`. ``db`` is ignored (the CLI passes its options)."""
+    :meth:`SpeakerDB.timeline`."""
     params = (params or Params()).check()
     if not files:
         raise InvalidInputError("timeline needs at least one audio file")

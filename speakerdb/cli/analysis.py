@@ -157,7 +157,9 @@ def timeline(
             where = db_target(state.db_path)
             results = diarize(
                 list(files),
-                **state.local_options(),
+                model=state.model,
+                device=state.device,
+                precision=state.precision,
                 threshold=threshold,
                 params=params,
                 progress=bar,
