@@ -21,7 +21,7 @@ from .audio import decode as audio
 from .audio import pcm, vad
 from .config import db_target
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
-from .errors import InvalidInputError, check_output
+from .errors import AudioError, InvalidInputError, check_output
 from .results import Params, Timeline
 from .scoring import calibrate as calibration
 from .scoring import evaluate, norm
@@ -170,6 +170,18 @@ def diarize(
         raise InvalidInputError("timeline needs at least one audio file")
     if threshold is not None:
         threshold = check_threshold(threshold)
+    failed: dict[int, AudioError] = {}
+    for i, f in enumerate(files):  # cheap checks first, as SpeakerDB.timeline: all-bad batches load no model
+        try:
+            audio.check_file(f)
+        except AudioError as e:
+            failed[i] = e
+    if len(failed) == len(files):
+        out = [Timeline(audio.source_label(f), 0.0, [], [], error=failed[i].reason) for i, f in enumerate(files)]
+        for t in out:
+            if on_result is not None:
+                on_result(t)
+        return out
     source = model or DEFAULT_MODEL
     if announce is not None:
         announce(source)
@@ -179,7 +191,9 @@ def diarize(
         own = default_threshold_for(embedder.model_id)
         threshold = DEFAULT_THRESHOLD if own is None else float(own)
     gallery = timeline_files.Gallery.empty(embedder.dim, threshold)
-    return timeline_files.build_each(files, embedder, gallery, params, detector, progress=progress, on_result=on_result)
+    return timeline_files.build_each(
+        files, embedder, gallery, params, detector, failed=failed, progress=progress, on_result=on_result
+    )
 
 
 def write_timeline_files(

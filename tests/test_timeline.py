@@ -310,8 +310,10 @@ def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_chec
         ],
     )
     assert r.exit_code == 1
-    assert r.stderr.startswith("Error: ") and "Traceback" not in r.output
-    assert not (tmp_path / "o.rttm").exists()
+    # No database: a note says the file is diarized without one; then the file's error line.
+    assert r.stderr.splitlines()[-1].startswith("Error: ") and "Traceback" not in r.output
+    assert "bad.wav" in r.stderr.splitlines()[-1]
+    assert not (tmp_path / "o.rttm").exists() and not (tmp_path / "d.sqlite").exists()
     r = CliRunner().invoke(
         cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", str(bad), "--window", "1", "--hop", "2"]
     )
