@@ -231,6 +231,11 @@ def run_clients(
         "busy_503": busy,
         "error_examples": errors[:3],
         "worker_rss_mb": sorted(round(v) for v in peak_rss.values()),
+        "streams": streams if live is not None else 0,
+        "stream_lag_p50": percentile(live.lags, 50) if live and live.lags else None,
+        "stream_lag_p90": percentile(live.lags, 90) if live and live.lags else None,
+        "stream_windows": live.windows if live else 0,
+        "stream_window_calls": live.calls if live else 0,
     }
 
 
