@@ -22,8 +22,9 @@ Windows and voices. Inside a region still open, the windows of the plan (``windo
 every ``hop_s`` from the region's start) are embedded as soon as their audio is there, in one
 call of the ``embed_windows`` hook per block (equal lengths, so they stack; the service's hook
 stacks them with other callers' windows). Each window vector joins the online voice whose
-mean vector it is closest to, if their cosine reaches the clustering threshold that
-``timeline`` uses (the gallery's cosine threshold - ``CLUSTER_MARGIN``), or starts a new voice.
+mean vector it is closest to, if their cosine reaches the gallery's cosine threshold minus
+``timeline.CLUSTER_MARGIN`` (one window against a voice's mean; the final timeline's voices
+come from ``timeline``'s own clustering of all windows), or starts a new voice.
 A voice is named after the enrolled speaker its mean vector scores best against, when that
 score reaches the database's threshold (AS-norm when normalisation is on), as ``timeline``
 names a voice; an unnamed voice is ``unknown-N``, numbered in the order voices are first
