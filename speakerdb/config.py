@@ -134,6 +134,21 @@ def default_cache_dir() -> Path:
 
 
 # ---- the database: file or server -------------------------------------------------------------
+def model_cache_dir() -> Path:
+    """The Hugging Face hub cache that huggingface_hub uses, from the environment as it is now:
+    ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if _env(name):
+            return Path(_env(name)).expanduser()
+    cache = _env("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(_env("HF_HOME") or os.path.join(cache, "huggingface")).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub's own ``HF_HUB_OFFLINE`` switch is on (read to word errors)."""
+    return _env("HF_HUB_OFFLINE").lower() in ("1", "true", "yes", "on")
+
+
 def is_server_url(target: object) -> bool:
     """Whether ``target`` names a PostgreSQL database rather than an SQLite file.
 

@@ -26,8 +26,6 @@ SOURCES = sorted([*PACKAGE.rglob("*.py"), REPO / "migrations" / "env.py"])
 FOREIGN_VARIABLES = {
     # onnxruntime reads its telemetry switch once, when first imported: vad sets it off first.
     ("speakerdb/audio/vad.py", "ORT_TELEMETRY_ENV"),
-    # The Hugging Face hub's own offline switch, read to word an error message.
-    ("speakerdb/embedding/models.py", '"HF_HUB_OFFLINE"'),
 }
 
 

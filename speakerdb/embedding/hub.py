@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import config
+from ..config import model_cache_dir
 from ..errors import InvalidInputError, ModelLoadError
 
 #: The files a transformers x-vector model loads from (weights in either format); a
@@ -35,17 +37,6 @@ class CachedModel:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def model_cache_dir() -> Path:
-    """The hub cache huggingface_hub uses, from the environment as it is now."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return Path(os.environ[name]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
 
 
 def cached_models() -> list[CachedModel]:
@@ -94,7 +85,7 @@ def download_model(model: str, to: str | os.PathLike[str] | None = None, *, prog
     target = Path(to).expanduser() if to is not None else None
     if target is not None and target.exists() and not target.is_dir():
         raise InvalidInputError(f"--to {target} is a file, not a folder")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if config.hub_offline():
         raise ModelLoadError(_offline(model, "HF_HUB_OFFLINE is set"))
     (enable_progress_bars if progress_bars else disable_progress_bars)()
     try:

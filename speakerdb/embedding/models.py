@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from .. import config
 from ..audio.decode import MIN_DURATION_S, SAMPLE_RATE
 from ..errors import InvalidInputError, ModelLoadError
 from . import idcache, kernels, threads
@@ -489,7 +490,7 @@ def _load_transformers_model(name: str):
                 f"{_first_line(e).rstrip('.')}. "
                 f"Delete it from the cache and download it again, or use --model DIR"
             ) from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = config.hub_offline()
     reason = "HF_HUB_OFFLINE is set" if offline else _hub_unreachable()
     if reason is None:
         try:
