@@ -91,6 +91,9 @@ from .storage import atomic, store
 from .storage import settings as stored
 
 FRAME_S = 0.01  # s: resolution of the output timeline
+#: Two voices the recording barely separates are one when their means reach the gallery's
+#: cosine threshold plus this much (see clustering.voices).
+SAME_VOICE_MARGIN = 0.1
 #: A live session's online voices (speakerdb.live) take a window whose cosine to a voice's
 #: mean reaches the gallery's cosine threshold minus this much; the final timeline's voices
 #: come from :func:`speakerdb.clustering.voices`, which needs no such cut.
@@ -442,7 +445,7 @@ def assemble(
     vectors = l2_normalize(vectors)
     weights = np.array([(b - a) / sr for a, b, _ in spans])  # (n,) s
     threshold = gallery.cosine
-    same_voice = params.cluster_threshold if params.cluster_threshold is not None else threshold
+    same_voice = params.cluster_threshold if params.cluster_threshold is not None else threshold + SAME_VOICE_MARGIN
     clusters = clustering.voices(
         vectors,
         hints=clustering.Hints(params.speakers, params.min_speakers, params.max_speakers),
