@@ -905,6 +905,7 @@ class SpeakerDB:
             detector=detector,
             reload_gallery=gallery,
             enroll_clip=enroll,
+            seen=self.note_seen,
         )
 
     @_audited(

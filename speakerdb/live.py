@@ -134,7 +134,8 @@ class LiveSession:
     Built by :meth:`speakerdb.SpeakerDB.stream`; direct construction takes the parts it
     gives: ``embed_windows`` (windows -> unit vectors), ``gallery`` (who can be named, the
     thresholds), ``reload_gallery`` (the gallery after an enrollment) and ``enroll_clip``
-    (enrolls a clip of window vectors), the timeline's ``params`` and a VAD ``detector``.
+    (enrolls a clip of window vectors), the timeline's ``params``, a VAD ``detector`` and
+    ``seen`` (told the enrolled names that final events named: their ``last_seen``).
     """
 
     def __init__(
@@ -149,6 +150,7 @@ class LiveSession:
         reload_gallery: Callable[[], timelines.Gallery] | None = None,
         enroll_clip: EnrollClip | None = None,
         max_held_s: float = DEFAULT_MAX_HELD_S,
+        seen: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.sample_rate = pcm.check_sample_rate(sample_rate)
         self.encoding = pcm.check_encoding(encoding)
@@ -159,6 +161,7 @@ class LiveSession:
         self._gallery = gallery
         self._reload_gallery = reload_gallery
         self._enroll_clip = enroll_clip
+        self._seen = seen
         self._resampler = pcm.Resampler(self.sample_rate)
         self._detector = detector if detector is not None else vad.load(self.params.vad_backend)
         self._detector.reset()
@@ -230,7 +233,7 @@ class LiveSession:
             self._pending_n += len(resampled)
         if self._pending_n < int(TICK_S * SR):
             return []
-        return self._advance(last=False)
+        return self._named(self._advance(last=False))
 
     def finish(self) -> list[LiveEvent]:
         """End the audio: every region settles; returns the last events (final segments).
@@ -241,8 +244,16 @@ class LiveSession:
         if len(tail):
             self._pending.append(tail)
             self._pending_n += len(tail)
-        events = self._advance(last=True)
+        events = self._named(self._advance(last=True))
         self._finished = True
+        return events
+
+    def _named(self, events: list[LiveEvent]) -> list[LiveEvent]:
+        """Tell ``seen`` which enrolled speakers the final events named (their last_seen)."""
+        if self._seen is not None:
+            names = sorted({e.speaker for e in events if isinstance(e, VoiceEvent) and e.final and e.speaker})
+            if names:
+                self._seen(names)
         return events
 
     def enroll(self, label: str, name: str, *, add: bool = False) -> EnrolledEvent:

@@ -269,6 +269,8 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
     t = session.close()
     assert [e.label for e in later if isinstance(e, VoiceEvent) and e.final] == ["dave", "bob"]
     assert [s.label for s in t.segments] == ["bob", "dave", "dave", "bob"]
+    # A live decision that names a speaker counts as their last interaction (retention).
+    assert fake_db.show("bob").last_seen is not None and fake_db.show("dave").last_seen is not None
     [info] = [s for s in fake_db.list() if s.name == "dave"]
     assert info.n_utterances == 1
     [found] = fake_db.identify([write(tmp_path / "dave.wav", voice(DAVE, 3, seed=77))], count_voices=False)
