@@ -32,7 +32,7 @@ def test_changes_made_for_a_caller_are_recorded_by_the_facade(fake_db, voices, t
     with fake_db.audited_as(None):  # a service that needs no key
         fake_db.remove("alicia")
     assert _trail(fake_db) == [
-        ("ops", "enroll", "alice", {"files": 2, "new": True}),
+        ("ops", "enroll", "alice", {"files": 2, "new": True, "consent": False, "override_optout": False}),
         ("ops", "rename", "alice", {"new": "alicia"}),
         ("ops", "threshold", None, {"threshold": 0.8}),
         ("ops", "import", None, {"file": str(gallery), "on_conflict": "merge"}),
