@@ -139,6 +139,31 @@ def assert_index_agrees_with_store(db_path: Path, **open_kwargs) -> None:
             np.testing.assert_array_equal(index._stored_vectors()[live][order], vectors)
 
 
+class EnergyDetector:
+    """A stand-in VAD for generated tones (Silero is trained on speech and hears none in
+    them): a 32 ms frame is speech when its RMS is above ``level``."""
+
+    def __init__(self, level: float = 0.01) -> None:
+        from speakerdb.audio import vad
+
+        self.frame = vad.FRAME
+        self.level = level
+        self.reset()
+
+    def reset(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._pending, samples])
+        n = len(x) // self.frame
+        self._pending = x[n * self.frame :]
+        frames = x[: n * self.frame].reshape(n, self.frame)
+        return (np.sqrt(np.mean(frames**2, axis=1)) > self.level).astype(np.float32)
+
+    def flush(self) -> np.ndarray:
+        return np.zeros(0, np.float32)
+
+
 class FakeEmbedder:
     """Deterministic, model-free embedder for fast API tests.
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SR, voice, write
+from conftest import SR, EnergyDetector, voice, write
 from speakerdb import clustering, timeline
 from speakerdb.audio import vad
 from speakerdb.cli import cli
@@ -112,30 +112,10 @@ def _run(args):
     return r, (json.loads(r.stdout) if r.exit_code == 0 and "--json" in args else None)
 
 
-class EnergyDetector:
-    """A stand-in VAD for generated tones (Silero hears no speech in them): a 32 ms frame
-    is speech when its RMS is above 0.1 (the noise file stays below)."""
-
-    frame = vad.FRAME
-
-    def reset(self) -> None:
-        self._pending = np.zeros(0, np.float32)
-
-    def feed(self, samples):
-        x = np.concatenate([self._pending, samples])
-        n = len(x) // self.frame
-        self._pending = x[n * self.frame :]
-        frames = x[: n * self.frame].reshape(n, self.frame)
-        return (np.sqrt(np.mean(frames**2, axis=1)) > 0.1).astype(np.float32)
-
-    def flush(self):
-        return np.zeros(0, np.float32)
-
-
 def test_timeline_without_a_database_diarizes_and_writes_nothing(tmp_path, tiny_checkpoint, monkeypatch):
     """No database: the model given by --model, a note saying so, voices unknown-N, and no
     database file (nor anything else) created; a file without speech is an empty timeline."""
-    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector(level=0.1))
     here = tmp_path / "work"
     here.mkdir()
     gap = np.zeros(SR, np.float32)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SR, FakeEmbedder, voice, write
+from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
 from speakerdb import timeline
 from speakerdb.audio import pcm, vad
 from speakerdb.cli import cli
@@ -28,26 +28,6 @@ from speakerdb.timeline import Gallery, Params
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other"
 FRAME_S = 0.02  # s: what a telephony or WebSocket client sends at a time
-
-
-class EnergyDetector:
-    """A stand-in VAD for generated audio (as tests/test_timeline.py's): a 32 ms frame is
-    speech when its RMS is above 0.01."""
-
-    frame = vad.FRAME
-
-    def reset(self) -> None:
-        self._pending = np.zeros(0, np.float32)
-
-    def feed(self, samples):
-        x = np.concatenate([self._pending, samples])
-        n = len(x) // self.frame
-        self._pending = x[n * self.frame :]
-        frames = x[: n * self.frame].reshape(n, self.frame)
-        return (np.sqrt(np.mean(frames**2, axis=1)) > 0.01).astype(np.float32)
-
-    def flush(self):
-        return np.zeros(0, np.float32)
 
 
 BOB, DAVE, EVE = 110.0, 300.0, 200.0  # Hz: the generated voices' pitch

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from builders import trim
-from conftest import SR, FakeEmbedder, voice, write
+from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
 from speakerdb import timeline
 from speakerdb.audio import decode as audio
 from speakerdb.audio import vad
@@ -23,26 +23,6 @@ LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librisp
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
-
-
-class EnergyDetector:
-    """A stand-in VAD for generated audio (Silero is trained on speech, not on harmonic tones):
-    a 32 ms frame is speech when its RMS is above 0.01."""
-
-    frame = vad.FRAME
-
-    def reset(self) -> None:
-        self._pending = np.zeros(0, np.float32)
-
-    def feed(self, samples):
-        x = np.concatenate([self._pending, samples])
-        n = len(x) // self.frame
-        self._pending = x[n * self.frame :]
-        frames = x[: n * self.frame].reshape(n, self.frame)
-        return (np.sqrt(np.mean(frames**2, axis=1)) > 0.01).astype(np.float32)
-
-    def flush(self):
-        return np.zeros(0, np.float32)
 
 
 # ---- VAD ------------------------------------------------------------------------------------
