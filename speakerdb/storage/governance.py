@@ -106,34 +106,31 @@ def write_policy(s: Session, *, consent: bool | None = None, expire_s: int | Non
 
 
 # ---- consent and external ids -------------------------------------------------------------------
+def _text_field(value: str | None, what: str, limit: int, empty: str) -> str | None:
+    """``value`` stripped and in NFC, as stored; None stays None; InvalidInputError if unusable."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be text, not {type(value).__name__}")
+    store.check_name_text(value, what)
+    value = unicodedata.normalize("NFC", value.strip())
+    if not value:
+        raise InvalidInputError(f"{what} must not be empty{empty}")
+    if len(value) > limit:
+        raise InvalidInputError(f"{what} is {len(value)} characters long, at most {limit} are kept")
+    return store.check_text(value, what)
+
+
 def check_consent(text: str | None) -> str | None:
     """The consent text as stored (stripped), or None; InvalidInputError if it cannot be kept."""
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise InvalidInputError(f"consent must be text, not {type(text).__name__}")
-    store.check_name_text(text, "consent")
-    text = unicodedata.normalize("NFC", text.strip())
-    if not text:
-        raise InvalidInputError("consent must not be empty: say who consented, how and when (or the form's reference)")
-    if len(text) > MAX_CONSENT_LENGTH:
-        raise InvalidInputError(f"consent is {len(text)} characters long, at most {MAX_CONSENT_LENGTH} are kept")
-    return store.check_text(text, "consent")
+    return _text_field(
+        text, "consent", MAX_CONSENT_LENGTH, ": say who consented, how and when (or the form's reference)"
+    )
 
 
 def check_external_id(value: str | None) -> str | None:
     """The external id as hashed (stripped), or None; InvalidInputError if it is unusable."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInputError(f"external id must be text, not {type(value).__name__}")
-    store.check_name_text(value, "external id")
-    value = unicodedata.normalize("NFC", value.strip())
-    if not value:
-        raise InvalidInputError("external id must not be empty")
-    if len(value) > MAX_EXTERNAL_ID_LENGTH:
-        raise InvalidInputError(f"external id is longer than {MAX_EXTERNAL_ID_LENGTH} characters")
-    return store.check_text(value, "external id")
+    return _text_field(value, "external id", MAX_EXTERNAL_ID_LENGTH, "")
 
 
 # ---- keyed hashes -------------------------------------------------------------------------------
