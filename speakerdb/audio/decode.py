@@ -176,7 +176,7 @@ def stream(path: str | Path, block_s: float = BLOCK_S, max_audio_s: float | None
                 continue
             any_samples = True
             mono = block.mean(axis=1, dtype=np.float32)  # (n,) channels averaged
-            _check_values(mono, path)
+            check_values(mono, path)
             n_in += len(mono)
             if n_in / rate > limit_s:  # counted while decoding: a header's length can be wrong
                 raise AudioError(path, _too_long(n_in / rate, limit_s, "is longer than"))
@@ -216,15 +216,14 @@ def check_rate(rate: float, source: str | Path = "<array>") -> None:
         )
 
 
-def _check_values(mono: np.ndarray, source: str | Path) -> None:
-    """Samples must be finite and near full scale; resampling turns 3e38 into NaN."""
+def check_values(mono: np.ndarray, source: str | Path, hint: str = "audio lies within [-1, 1]") -> None:
+    """Samples must be finite and near full scale; resampling turns 3e38 into NaN. ``hint``
+    ends the message for samples far beyond full scale."""
     if not np.isfinite(mono).all():
         raise AudioError(source, "contains NaN or infinite samples")
     if len(mono) and float(np.max(np.abs(mono))) > MAX_ABS_SAMPLE:
         raise AudioError(
-            source,
-            f"contains samples of impossible magnitude (peak {float(np.max(np.abs(mono))):.3g}; "
-            "audio lies within [-1, 1])",
+            source, f"contains samples of impossible magnitude (peak {float(np.max(np.abs(mono))):.3g}; {hint})"
         )
 
 
@@ -265,7 +264,7 @@ def prepare(
     mono = np.asarray(mono, dtype=np.float32)
     if mono.ndim != 1:
         raise AudioError(source, f"expected a mono signal (1-D array), got shape {mono.shape}")
-    _check_values(mono, source)
+    check_values(mono, source)
     check_rate(rate, source)
     limit_s = max_duration_s(max_audio_s)
     if len(mono) / rate > limit_s:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import AudioError, InvalidInputError
-from .decode import MAX_ABS_SAMPLE, SAMPLE_RATE
+from .decode import SAMPLE_RATE, check_values
 
 #: The encodings a live session takes. ``f32`` is accepted as another name of ``f32le``.
 ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")
@@ -91,15 +91,8 @@ def check_samples(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples, np.float32)
     if samples.ndim != 1:
         raise AudioError(SOURCE, f"expected mono samples (a 1-D array), got shape {samples.shape}")
-    if not np.isfinite(samples).all():
-        raise AudioError(SOURCE, "contains NaN or infinite samples")
-    if len(samples) and float(np.max(np.abs(samples))) > MAX_ABS_SAMPLE:
-        # As for files (audio.decode): a little above full scale is clipping, this far is another encoding.
-        raise AudioError(
-            SOURCE,
-            f"contains samples of impossible magnitude (peak {float(np.max(np.abs(samples))):.3g}; "
-            "float audio lies within [-1, 1]: is it 16-bit PCM sent as f32le?)",
-        )
+    # As for files: a little above full scale is clipping, this far is another encoding.
+    check_values(samples, SOURCE, "float audio lies within [-1, 1]: is it 16-bit PCM sent as f32le?")
     return samples
 
 
