@@ -444,6 +444,7 @@ class SpeakerDB:
         d = stored.norm(self.store.settings())
         return norm.NormSettings.from_dict(d) if d else None
 
+    @_audited("norm", lambda cohort, top_n=None, **_: (None, {"norm": "as-norm", "top_n": top_n}))
     def set_norm(
         self,
         cohort: str | os.PathLike[str] | Sequence[str | os.PathLike[str] | audio.Audio] | "norm.CohortVectors",
@@ -487,6 +488,7 @@ class SpeakerDB:
             setting, recalibrate, threshold = cohorts.replace(s, rows, top_n, self._embedder.model_id)
         return NormChange(setting, recalibrate, threshold, norm.AS_NORM, set_aside)
 
+    @_audited("norm", lambda: (None, {"norm": "off"}))
     def set_norm_off(self) -> NormChange:
         """Return to raw cosine scores: the cohort's embeddings are deleted. If the threshold was
         on the AS-norm scale it is reset to the model's starting cosine threshold and

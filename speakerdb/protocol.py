@@ -13,7 +13,7 @@ included, runs unchanged on either::
 mypy checks that both classes satisfy it (see the ``TYPE_CHECKING`` blocks at the end of
 ``api.py`` and ``service/client.py``) and ``tests/test_protocol.py`` compares their
 signatures with it. What only a local database can do (:data:`LOCAL_ONLY`: normalisation
-cohorts, the index, vacuum, applying a calibrated threshold, checking keys) is outside the
+cohorts' embeddings, the index, vacuum, applying a calibrated threshold, checking keys) is outside the
 protocol: the client has no such methods, and asking it for one is an AttributeError
 (a type error for mypy), never a request the service would refuse.
 
@@ -42,6 +42,7 @@ from .results import (
     Limits,
     LiveEvent,
     NewKey,
+    NormChange,
     NormSettings,
     OptOutList,
     OptOutResult,
@@ -67,9 +68,7 @@ PathLike = str | os.PathLike[str]
 LOCAL_ONLY: frozenset[str] = frozenset(
     {
         "apply_threshold",  # calibrate --apply: the threshold measured with this machine's model
-        "set_norm",
-        "set_norm_off",
-        "cohort_vectors",  # normalisation cohorts
+        "cohort_vectors",  # a normalisation cohort's embeddings stay on the machine that holds them
         "embedder",  # the loaded model itself
         "vacuum",
         "export_sealed",  # galleries sealed to a recipient's key: the key files are on this machine
@@ -165,6 +164,17 @@ class SpeakerDBProtocol(Protocol):
     def norm_settings(self) -> NormSettings | None: ...
 
     def set_threshold(self, value: float) -> None: ...
+
+    def set_norm(
+        self,
+        cohort: PathLike | Sequence[PathLike],
+        *,
+        top_n: int | None = None,
+        progress: Progress | None = None,
+        screen_enrolled: bool = True,
+    ) -> NormChange: ...
+
+    def set_norm_off(self) -> NormChange: ...
 
     # ---- audio in ---------------------------------------------------------------------------
     def enroll(

@@ -396,6 +396,16 @@ class NormChange:
             "set_aside": [asdict(a) for a in self.set_aside],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NormChange:
+        return cls(
+            NormSettings.from_dict(d["norm"]) if d.get("norm") else None,
+            bool(d["recalibrate"]),
+            float(d["threshold"]),
+            str(d["threshold_scale"]),
+            tuple(CohortSetAside(**a) for a in d.get("set_aside", ())),
+        )
+
 
 # ---- galleries --------------------------------------------------------------------------------
 # Caps on what an import reads, checked against the manifest before any member is unpacked,

@@ -76,7 +76,7 @@ def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_p
 
 @pytest.mark.parametrize(
     "command",
-    [["db", "current"], ["db", "vacuum"], ["index"], ["norm", "--off"], ["calibrate", "."], ["evaluate", "."]],
+    [["db", "current"], ["db", "vacuum"], ["index"], ["calibrate", "."], ["evaluate", "."]],
 )
 def test_local_only_commands_refuse_server_in_one_line(command, tmp_path):
     r = CliRunner().invoke(cli, ["--db", str(tmp_path / "local.sqlite"), "--server", "http://127.0.0.1:9", *command])

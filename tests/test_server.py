@@ -313,6 +313,39 @@ def test_every_endpoint_answers_what_the_cli_prints(server, admin, clips, tiny_c
     _no_uploads_left(server)
 
 
+def test_normalisation_is_switched_through_the_service(server, admin, clips, monkeypatch, tmp_path):
+    from speakerdb.cli import cli
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i in range(10):
+        _wav(cohort / f"c{i}.wav", 140.0 + 23 * i, seconds=1.0, seed=40 + i)
+    admin.enroll("dora", [clips["alice"]])
+    parts = [_part(p) for p in cohort.iterdir()]
+    status, _, doc = server.call("POST", "/v1/norm", key=server.keys["write"], files=parts)
+    assert status == 403 and doc["error"]["code"] == "forbidden"
+    status, _, doc = server.call("POST", "/v1/norm", key=server.keys["admin"], files=[_part(cohort / "c0.wav")])
+    assert status == 422 and "a cohort needs at least 10 recordings" in doc["error"]["message"], doc
+    assert admin.norm_settings is None and admin.threshold_scale == "cosine"  # nothing written
+
+    change = admin.set_norm(cohort, top_n=5, screen_enrolled=False)
+    assert change.norm is not None and change.norm.top_n == 5 and change.norm.count == 10
+    assert change.recalibrate and change.threshold_scale == "as-norm" == admin.threshold_scale
+    assert admin.norm_settings == change.norm
+    with SpeakerDB(server.db, model=str(server.checkpoint)) as db:
+        assert db.norm_settings == change.norm  # what the store holds, not what a worker remembers
+
+    monkeypatch.setenv("SPEAKERDB_API_KEY", server.keys["admin"])
+    r = CliRunner().invoke(cli, ["--server", server.url, "norm", "--off", "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["norm"] is None and admin.norm_settings is None
+    assert admin.threshold_scale == "cosine"
+    trail = [(e.key_name, e.operation, e.detail) for e in admin.audit(limit=1000) if e.operation == "norm"]
+    assert trail == [("k-admin", "norm", {"norm": "as-norm", "top_n": 5}), ("k-admin", "norm", {"norm": "off"})]
+    admin.remove("dora")
+    _no_uploads_left(server)
+
+
 def test_cli_commands_go_through_the_server(server, clips, monkeypatch, tmp_path):
     from speakerdb.cli import cli
 

@@ -484,6 +484,41 @@ def test_settings_threshold_keys_shown_once_revoke_and_the_audit_log(tab, server
     expect(audit.get_by_role("row", name=re.compile("key-revoke.*kiosk"))).to_have_count(1)
 
 
+def test_settings_turn_normalisation_on_with_a_cohort_and_off_again(tab, server, tmp_path):
+    cohort = [
+        write(tmp_path / f"c{i}.wav", speech(95 + 21 * i, 1.5, seed=60 + i, tract=0.8 + i / 25)) for i in range(12)
+    ]
+    page = tab.sign_in("admin").page
+    tab.go("settings")
+    expect(page.locator("#norm-state")).to_contain_text("raw cosine scores")
+    expect(page.get_by_role("button", name="Turn normalisation off")).to_be_hidden()
+    page.get_by_label("Cohort recordings").set_input_files(cohort[:3])  # too few: the service says so
+    page.get_by_role("button", name="Turn normalisation on").click()
+    expect(tab.main().locator(".error").first).to_contain_text("a cohort needs at least 10 recordings")
+    assert server.call("GET", "/v1/info", key=server.keys["read"])[2]["norm"] is None
+
+    # The tiny random model scores every voice alike: at threshold 1 none is set aside as enrolled.
+    assert server.call("PUT", "/v1/threshold", key=server.keys["admin"], body={"threshold": 1.0})[0] == 200
+    page.get_by_label("Cohort recordings").set_input_files(cohort)
+    page.get_by_label("Top N").fill("5")
+    page.get_by_role("button", name="Turn normalisation on").click()
+    expect(tab.main()).to_contain_text("Normalisation is on: AS-norm, top 5")
+    expect(tab.main()).to_contain_text("calibrate it again")
+    expect(page.locator("#norm-state")).to_contain_text("the threshold is on the as-norm scale")
+    info = server.call("GET", "/v1/info", key=server.keys["read"])[2]
+    assert info["norm"]["top_n"] == 5 and info["threshold_scale"] == "as-norm"
+    expect(page.get_by_label("Decision threshold")).to_have_value(f"{info['threshold']:g}")
+
+    page.get_by_role("button", name="Turn normalisation off").click()
+    dialog = page.get_by_role("dialog")
+    expect(dialog).to_contain_text("Turn normalisation off?")
+    dialog.get_by_role("button", name="Turn normalisation off").click()
+    expect(page.locator("#norm-state")).to_contain_text("raw cosine scores")
+    assert server.call("GET", "/v1/info", key=server.keys["read"])[2]["threshold_scale"] == "cosine"
+    audit = page.get_by_role("region", name="Audit entries")
+    expect(audit.get_by_role("row", name=re.compile(r"\bnorm\b"))).to_have_count(2)
+
+
 # ---- accessibility, phone width, dark, screenshots -----------------------------------------------
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}});

@@ -360,19 +360,18 @@ def norm_(state: State, cohort_dir: str | None, top_n: int | None, off: bool, as
       speakerdb norm
       speakerdb norm --cohort cohort-recordings/ --top-n 100
       speakerdb norm --off
+      speakerdb --server http://10.0.0.5:8000 norm --cohort cohort/   # uploaded; an admin key
     """
     if off and (cohort_dir or top_n is not None):
         raise click.UsageError("--off takes neither --cohort nor --top-n")
     if top_n is not None and not cohort_dir:
         raise click.UsageError("--top-n needs --cohort DIR (the statistics are computed when the cohort is stored)")
     if cohort_dir:
-        state.local_only("norm --cohort")
         state.allow_create()  # a cohort may come before the first speaker: it binds the model
         # No --top-n: the library's default, 100 or the cohort's size if smaller (after any set aside).
-        change = state.local_db.set_norm(cohort_dir, top_n=top_n)
+        change = state.db.set_norm(cohort_dir, top_n=top_n)
     elif off:
-        state.local_only("norm --off")
-        change = state.local_db.set_norm_off()
+        change = state.db.set_norm_off()
     else:
         current = state.db.norm_settings
         doc = {

@@ -48,6 +48,7 @@ from .schemas import (
     EXAMPLE_ERASURE,
     EXAMPLE_ERROR,
     EXAMPLE_IDENTIFY,
+    EXAMPLE_NORM,
     EXAMPLE_SPEAKER,
     EXAMPLE_TIMELINE,
     EXAMPLE_VERIFY,
@@ -59,7 +60,7 @@ from .schemas import (
     ThresholdBody,
     example,
 )
-from .settings import ServeConfig
+from .settings import COHORT_MAX_FILES, ServeConfig
 from .stream import router as stream_router
 from .uploads import COPY_CHUNK, client_names
 from .web import install as install_page
@@ -507,6 +508,45 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             return db.threshold  # as stored
 
         return ok({"threshold": await request.app.state.service.admin(call, caller=caller)})
+
+    @router.post("/norm", tags=["database"], responses=example(EXAMPLE_NORM))
+    async def post_norm(
+        request: Request,
+        files: list[UploadFile] = File(..., description="Recordings of people who are NOT enrolled (the cohort)."),
+        top_n: int | None = Form(None, ge=1, description="Highest cohort scores averaged per side [default: 100]."),
+        screen_enrolled: bool = Form(True, description="Set aside recordings that score as an enrolled speaker."),
+        caller: Caller = ADMIN,
+    ) -> JSONResponse:
+        """Turn on AS-norm with the uploaded cohort, replacing any cohort stored before
+        (`speakerdb norm --cohort DIR --json`). Only the cohort's embeddings are kept. If the
+        threshold's scale changes it is reset and `recalibrate` is true: calibrate it again.
+
+        `curl -H "Authorization: Bearer $KEY" -F files=@c1.flac ... -F files=@c40.flac
+        http://127.0.0.1:8000/v1/norm`
+        """
+        service: Service = request.app.state.service
+        if len(files) > COHORT_MAX_FILES:
+            many = f"{len(files)} cohort files in one request, at most {COHORT_MAX_FILES} are accepted"
+            raise ApiError(413, "too_many_files", many)
+        saved = await service.uploads.save(files)
+        try:
+            change = await service.embed(
+                lambda db, progress: db.set_norm(
+                    saved, top_n=top_n, progress=progress, screen_enrolled=screen_enrolled
+                ),
+                caller=caller,
+                names=client_names(saved),
+                files=len(saved),
+            )
+        finally:
+            service.uploads.remove(saved)
+        return ok(change.to_dict())
+
+    @router.delete("/norm", tags=["database"], responses=example({**EXAMPLE_NORM, "norm": None}))
+    async def delete_norm(request: Request, caller: Caller = ADMIN) -> JSONResponse:
+        """Return to raw cosine scores; the cohort's embeddings are deleted (`speakerdb norm --off --json`)."""
+        change = await request.app.state.service.admin(lambda db: db.set_norm_off(), caller=caller)
+        return ok(change.to_dict())
 
     @router.get(
         "/gallery",

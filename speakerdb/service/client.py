@@ -60,6 +60,7 @@ from ..results import (
     Limits,
     LiveEvent,
     NewKey,
+    NormChange,
     NormSettings,
     OptOutList,
     OptOutResult,
@@ -394,6 +395,38 @@ class Client:
     def set_threshold(self, value: float) -> None:
         """As :meth:`SpeakerDB.set_threshold` (an admin key)."""
         self._request("PUT", "/v1/threshold", body={"threshold": value})
+
+    def set_norm(
+        self,
+        cohort: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        top_n: int | None = None,
+        progress: Progress | None = None,
+        screen_enrolled: bool = True,
+    ) -> NormChange:
+        """As :meth:`SpeakerDB.set_norm` (an admin key): the cohort's recordings (a folder, searched
+        recursively, or a list of files) are uploaded in one request and embedded by the service."""
+        if isinstance(cohort, (str, os.PathLike)):
+            root = Path(cohort).expanduser()
+            if not root.is_dir():
+                raise errors.InvalidInputError(f"cohort {errors.printable_path(root)} is not a directory")
+            from ..audio.decode import audio_files  # numpy, for a folder only: the client stays light
+
+            files: Sequence[str | os.PathLike[str]] = audio_files(root)
+        else:
+            files = cohort
+        fields = {"screen_enrolled": "true" if screen_enrolled else "false"}
+        if top_n is not None:
+            fields["top_n"] = str(top_n)
+        parts = [("files", *_read(f)) for f in files]
+        doc = self._request("POST", "/v1/norm", fields=fields, files=parts)
+        if progress is not None:
+            progress(len(files), len(files), 0.0)
+        return NormChange.from_dict(doc)
+
+    def set_norm_off(self) -> NormChange:
+        """As :meth:`SpeakerDB.set_norm_off` (an admin key)."""
+        return NormChange.from_dict(self._request("DELETE", "/v1/norm"))
 
     def export(
         self, path: str | os.PathLike[str], speakers: Sequence[str] | None = None, *, overwrite: bool = False

@@ -193,7 +193,9 @@ def _url_is_utf8(scope: Message) -> bool:
 def _is_upload_path(path: str) -> bool:
     """Whether requests to ``path`` send files (multipart uploads), in any gallery."""
     path = route_path(path)
-    return path in ("/v1/identify", "/v1/timeline", "/v1/gallery") or path.endswith(("/enrollments", "/verify"))
+    return path in ("/v1/identify", "/v1/timeline", "/v1/gallery", "/v1/norm") or path.endswith(
+        ("/enrollments", "/verify")
+    )
 
 
 # ---- slow clients ---------------------------------------------------------------------------

@@ -95,6 +95,20 @@ EXAMPLE_ERASURE = {
     ],
     "not_reachable": ["backups and copies of the database file made before the removal"],
 }
+EXAMPLE_NORM = {
+    "norm": {
+        "method": "as-norm",
+        "top_n": 100,
+        "model_id": "microsoft/wavlm-base-plus-sv",
+        "dim": 512,
+        "count": 240,
+        "digest": "5f0c...",
+    },
+    "recalibrate": True,
+    "threshold": 1.5,
+    "threshold_scale": "as-norm",
+    "set_aside": [],
+}
 EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker named 'zoe' (see `speakerdb list`)"}}
 
 AUDIO_PARTS = "Audio files (WAV, FLAC, OGG, MP3, anything FFmpeg decodes) as multipart parts."

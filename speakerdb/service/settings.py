@@ -17,6 +17,9 @@ CONFIG_ENV = SERVE_CONFIG_ENV
 MB = 1_000_000  # bytes
 DEFAULT_MAX_UPLOAD_BYTES = 50 * MB  # one request's body
 DEFAULT_MAX_FILES = 32  # audio files in one request
+# A normalisation cohort is hundreds of short recordings, sent in one request (POST /v1/norm);
+# its bytes are still capped by max_upload_bytes.
+COHORT_MAX_FILES = 2000
 DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h; a request should not)
 DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
 # A connection must send a request's headers within DEFAULT_HEADER_TIMEOUT_S of starting it,

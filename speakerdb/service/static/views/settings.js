@@ -1,4 +1,4 @@
-// Settings (admin): the threshold, the normalisation in force, API keys (created: shown once;
+// Settings (admin): the threshold, normalisation (on with an uploaded cohort, or off), API keys (created: shown once;
 // revoked) and the audit log.
 
 import { api, seg } from "../api.js";
@@ -13,18 +13,49 @@ async function thresholdSection(main) {
   const out = messages();
   const value = h("input", { type: "number", step: "any", min: "-1", max: "1", required: true, inputmode: "decimal" });
   const form = h("form", { class: "inline" }, field("Decision threshold", value), h("button", { type: "submit" }, "Save threshold"));
-  const norm = h("p");
-  const section = h("section", { class: "card", "aria-labelledby": "set-threshold" }, h("h2", { id: "set-threshold" }, "Threshold and normalisation"), form, norm, out.el);
+  const norm = h("p", { id: "norm-state" });
+  // AS-norm on: recordings of people who are not enrolled (a cohort), embedded by the service.
+  const cohort = h("input", { type: "file", multiple: true, accept: "audio/*,video/*,.wav,.flac,.mp3,.ogg,.m4a,.opus,.webm" });
+  const topN = h("input", { type: "number", min: "1", step: "1", inputmode: "numeric", placeholder: "100" });
+  const on = h(
+    "form",
+    { class: "inline" },
+    field("Cohort recordings", cohort, "At least 10 recordings of people who are not enrolled; only their embeddings are kept."),
+    field("Top N", topN),
+    h("button", { type: "submit" }, "Turn normalisation on"),
+  );
+  const off = h("button", { type: "button", class: "danger" }, "Turn normalisation off");
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "set-threshold" },
+    h("h2", { id: "set-threshold" }, "Threshold and normalisation"),
+    form,
+    norm,
+    on,
+    off,
+    out.el,
+  );
   main.append(section);
   const load = async () => {
     const info = await api("GET", "/v1/info");
     value.value = info.threshold;
+    // The threshold's range follows its scale: cosine -1..1, AS-norm -20..100.
+    value.min = info.threshold_scale === "as-norm" ? "-20" : "-1";
+    value.max = info.threshold_scale === "as-norm" ? "100" : "1";
     norm.replaceChildren(
       info.norm
         ? `Scores are normalised: ${info.norm.method} against a cohort of ${info.norm.count} voices, top ${info.norm.top_n}; the threshold is on the ${info.threshold_scale} scale.`
-        : "Scores are raw cosine scores (no normalisation). ",
-      h("small", { class: "hint" }, " Normalisation is set with `speakerdb norm --cohort DIR` (or `--off`) on the server."),
+        : "Scores are raw cosine scores (no normalisation).",
     );
+    off.hidden = !info.norm;
+  };
+  const changed = async (doc, what) => {
+    const lines = [what];
+    for (const a of doc.set_aside) lines.push(`set aside: ${a.source} scores ${a.score.toFixed(2)} against enrolled speaker ${a.speaker}`);
+    if (doc.recalibrate) lines.push(`The threshold was reset to ${doc.threshold} on the ${doc.threshold_scale} scale: calibrate it again (speakerdb calibrate DATA_DIR --apply).`);
+    out.lines(lines);
+    await load();
+    main.dispatchEvent(new Event("audited"));
   };
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -33,6 +64,33 @@ async function thresholdSection(main) {
       out.info(`Threshold is now ${doc.threshold}.`);
       await load();
       main.dispatchEvent(new Event("audited"));
+    } catch (err) {
+      out.error(err);
+    }
+  });
+  on.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = new FormData();
+    for (const f of cohort.files) body.append("files", f, f.name);
+    if (topN.value) body.append("top_n", topN.value);
+    out.info(`Embedding ${cohort.files.length} cohort recordings...`);
+    try {
+      const doc = await api("POST", "/v1/norm", { form: body });
+      cohort.value = "";
+      await changed(doc, `Normalisation is on: AS-norm, top ${doc.norm.top_n} of ${doc.norm.count} cohort recordings.`);
+    } catch (err) {
+      out.error(err);
+    }
+  });
+  off.addEventListener("click", async () => {
+    const yes = await confirmDialog(
+      "Turn normalisation off?",
+      "Scores return to raw cosine scores and the cohort's embeddings are deleted; the threshold is reset if its scale changes.",
+      "Turn normalisation off",
+    );
+    if (!yes) return;
+    try {
+      await changed(await api("DELETE", "/v1/norm"), "Normalisation is off: raw cosine scores.");
     } catch (err) {
       out.error(err);
     }
