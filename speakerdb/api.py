@@ -21,6 +21,7 @@ import json
 import logging
 import os
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar, cast
@@ -185,6 +186,41 @@ def _audited(
         return cast(_Method, audited_method)
 
     return decorate
+
+
+@dataclass
+class _Prepared:
+    """One file prepared by :class:`_VoiceCheck`: its name in warnings, and the counter's handle."""
+
+    label: str
+    pending: timelines.Pending
+
+    @property
+    def seconds(self) -> float:
+        return self.pending.seconds
+
+
+class _VoiceCheck:
+    """identify's voice check (:class:`pipeline.VoiceCount`): the timeline's counter, warning
+    (naming the file) about each file that holds more than one voice."""
+
+    def __init__(self, counter: timelines.VoiceCounter) -> None:
+        self.counter = counter
+
+    def prepare(self, source: audio.Audio | Decoded, file: pipeline.Source) -> _Prepared:
+        label = file.source if isinstance(file, audio.Audio) else str(file)
+        return _Prepared(label, self.counter.prepare(source))
+
+    def finish(self, prepared: Sequence[_Prepared]) -> list[int]:
+        counts = self.counter.finish([p.pending for p in prepared])
+        for p, n in zip(prepared, counts, strict=True):
+            if n > 1:
+                log.warning(
+                    "%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
+                    p.label,
+                    n,
+                )
+        return counts
 
 
 class SpeakerDB:
@@ -761,7 +797,9 @@ class SpeakerDB:
                 settle(i, batch)
         if len(errors) < len(files):
             embedder = self.embedder
-            count = functools.partial(self._count_voices, embedder=embedder) if count_voices else None
+            # Voices are told apart on raw cosine scores, as in timeline().
+            threshold_cos = cosine_threshold(self.store.settings())
+            count = _VoiceCheck(timelines.VoiceCounter(embedder, threshold_cos)) if count_voices else None
             batch = pipeline.embed_batch(
                 files,
                 embedder,
@@ -779,19 +817,6 @@ class SpeakerDB:
             searched[i] if i in searched else Identification(_label(f), None, None, [], batch.errors[i].reason)
             for i, f in enumerate(files)
         ]
-
-    def _count_voices(self, source: audio.Audio | Decoded, file: pipeline.Source, *, embedder: Embedder) -> int:
-        """How many voices ``source`` (``file``, decoded) holds; warns (naming the file) when it is more than one."""
-        # Voices are told apart on raw cosine scores, as in timeline().
-        n = timelines.count_voices(source, embedder, cosine_threshold(self.store.settings()))
-        if n > 1:
-            label = file.source if isinstance(file, audio.Audio) else str(file)
-            log.warning(
-                "%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
-                label,
-                n,
-            )
-        return n
 
     def verify(
         self,

@@ -403,15 +403,43 @@ def build(
         with Decoded(source, max_audio_s=max_audio_s) as decoded:
             return build(decoded, embedder, gallery, params, detector)
     params = (params or Params()).check()
-    label = source.source if isinstance(source, audio.Audio) else str(source.path)
-    blocks = _blocks_of(source)
-    detector = detector if detector is not None else vad.load(params.vad_backend)
+    planned = plan(source, params, detector)
+    if not planned.spans:
+        return planned.empty()
+    # Pass 2: the windows' vectors.
+    vectors = embed_windows(cut_windows(_blocks_of(source)(), planned.spans), embedder)  # (n, dim)
+    return planned.assemble(vectors, gallery, params)
 
-    # Pass 1: voice activity (and the checks identify makes).
+
+@dataclass
+class Planned:
+    """Pass 1 of :func:`build` over one recording: its speech and the windows to embed."""
+
+    label: str
+    duration: float
+    regions: list[vad.Region]
+    spans: list[tuple[int, int, int]]
+    speech_s: float
+
+    def empty(self) -> Timeline:
+        """The timeline of a recording with no window to embed, saying why."""
+        note = "no speech found" if not self.regions else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
+        return Timeline(self.label, self.duration, [], [], self.speech_s, [note])
+
+    def assemble(self, vectors: np.ndarray, gallery: Gallery, params: Params) -> Timeline:
+        """The timeline, given the vectors of :attr:`spans`."""
+        return assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
+
+
+def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planned:
+    """Pass 1: voice activity over ``source`` (and the checks identify makes), and the windows
+    over its speech. Raises AudioError for a recording too short, too long or silent."""
+    label = source.source if isinstance(source, audio.Audio) else str(source.path)
+    detector = detector if detector is not None else vad.load(params.vad_backend)
     n_samples, peak = 0, 0.0
     detector.reset()
     probs = []
-    for block in blocks():
+    for block in _blocks_of(source)():
         n_samples += len(block)
         peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
         probs.append(detector.feed(block))
@@ -420,14 +448,7 @@ def build(
     duration = n_samples / audio.SAMPLE_RATE
     regions = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
     speech_s = float(sum(r.duration for r in regions))
-    spans = plan_windows(regions, params.window_s, params.hop_s)
-    if not spans:
-        note = "no speech found" if not regions else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
-        return Timeline(label, duration, [], [], speech_s, [note])
-
-    # Pass 2: the windows' vectors.
-    vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
-    return assemble(label, duration, regions, spans, vectors, gallery, params, speech_s)
+    return Planned(label, duration, list(regions), plan_windows(regions, params.window_s, params.hop_s), speech_s)
 
 
 def assemble(
@@ -685,6 +706,68 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
 VOICE_CHECK_PARAMS = Params(window_s=DEFAULT_WINDOW_S, hop_s=DEFAULT_WINDOW_S)
 
 
+class VoiceCounter:
+    """How many voices speak in each of several recordings (identify's voice check), their
+    windows embedded together: the windows are all ``VOICE_CHECK_PARAMS.window_s`` long, so
+    those of many short files share forward passes (:meth:`prepare` each, then :meth:`finish`).
+
+    The timeline's diarization without a gallery (windows clustered, clusters whose means
+    reach ``threshold`` together merged, voices with under ``DEFAULT_MIN_VOICE_S`` of
+    speech dropped), on non-overlapping windows.
+    """
+
+    def __init__(self, embedder: Embedder, threshold: float, detector=None) -> None:
+        self.embedder, self.detector = embedder, detector
+        self.gallery = Gallery.empty(embedder.dim, threshold)
+
+    def prepare(self, source: audio.Audio | Decoded) -> Pending:
+        """Pass 1 over ``source`` and its windows' samples, ready for :meth:`finish` (AudioError
+        for unusable audio); ``source`` may be closed afterwards. A recording with more than
+        ``SHARED_COUNT_S`` of windows is counted here, its windows cut as they are embedded."""
+        planned = plan(source, VOICE_CHECK_PARAMS, self.detector)
+        if not planned.spans:
+            return Pending(planned, [], 0)
+        if sum(b - a for a, b, _ in planned.spans) > SHARED_COUNT_S * audio.SAMPLE_RATE:
+            vectors = embed_windows(cut_windows(_blocks_of(source)(), planned.spans), self.embedder)
+            return Pending(planned, [], self._count(planned, vectors))
+        return Pending(planned, list(cut_windows(_blocks_of(source)(), planned.spans)))
+
+    def finish(self, pending: Sequence[Pending]) -> list[int]:
+        """The number of voices in each prepared recording: 0 without speech, 1 for one speaker."""
+        vectors = embed_windows((w for p in pending for w in p.windows), self.embedder)
+        out, start = [], 0
+        for p in pending:
+            if p.voices is None:
+                p.voices = self._count(p.planned, vectors[start : start + len(p.windows)])
+                start += len(p.windows)
+                p.windows = []
+            out.append(p.voices)
+        return out
+
+    def _count(self, planned: Planned, vectors: np.ndarray) -> int:
+        return len(planned.assemble(vectors, self.gallery, VOICE_CHECK_PARAMS).voices)
+
+
+#: A recording whose voice-check windows hold more than this (seconds) is counted alone,
+#: without holding its windows' samples; shorter ones wait to share forward passes.
+SHARED_COUNT_S = 30.0
+
+
+@dataclass
+class Pending:
+    """One recording prepared by :class:`VoiceCounter`: its pass 1, and the samples of the
+    windows still to embed or the count already made."""
+
+    planned: Planned
+    windows: list[np.ndarray]
+    voices: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of audio in its windows (what :meth:`VoiceCounter.finish` will embed)."""
+        return sum(len(w) for w in self.windows) / audio.SAMPLE_RATE
+
+
 def count_voices(
     source: str | Path | audio.Audio | Decoded,
     embedder: Embedder,
@@ -692,12 +775,11 @@ def count_voices(
     detector=None,
     max_audio_s: float | None = None,
 ) -> int:
-    """How many voices speak in a recording: 0 without speech, 1 for one speaker.
-
-    The timeline's diarization without a gallery (windows clustered, clusters whose means
-    reach ``threshold`` together merged, voices with under ``DEFAULT_MIN_VOICE_S`` of
-    speech dropped), on non-overlapping windows. ``source`` may be a :class:`Decoded` that
-    identify's embedding has already read: its blocks are replayed, not decoded again.
-    """
-    t = build(source, embedder, Gallery.empty(embedder.dim, threshold), VOICE_CHECK_PARAMS, detector, max_audio_s)
-    return len(t.voices)
+    """How many voices speak in one recording (:class:`VoiceCounter`): 0 without speech, 1 for
+    one speaker. ``source`` may be a :class:`Decoded` that identify's embedding has already
+    read: its blocks are replayed, not decoded again."""
+    if not isinstance(source, (audio.Audio, Decoded)):
+        with Decoded(source, max_audio_s=max_audio_s) as decoded:
+            return count_voices(decoded, embedder, threshold, detector)
+    counter = VoiceCounter(embedder, threshold, detector)
+    return counter.finish([counter.prepare(source)])[0]

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SR, FakeEmbedder, voice, write
-from speakerdb import errors
+from speakerdb import SpeakerDB, errors
 from speakerdb.cli import cli
 from test_timeline import EnergyDetector
 
@@ -151,6 +151,31 @@ def test_identify_says_on_stdout_when_a_file_holds_several_voices(run, tmp_path)
     assert [d["voices"] for d in docs] == [2, 1]
     unchecked = run("identify", two, "--no-voice-check").stdout.splitlines()[0]
     assert "voices" not in unchecked
+
+
+def test_the_voice_checks_of_short_files_share_forward_passes(tmp_path, monkeypatch):
+    """Each file's clip is one forward pass (lengths differ here); the voice check's windows,
+    all 1.5 s, of several short files are embedded together, and count what they did alone."""
+    from speakerdb.audio import vad
+
+    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
+    gap = np.zeros(SR, np.float32)
+    files = [
+        write(tmp_path / f"f{i}.wav", np.concatenate([voice(110, 3 + i / 4, seed=i), gap, voice(f0, 4, seed=10 + i)]))
+        for i, f0 in enumerate([300, 110, 250])
+    ]
+    embedder = FakeEmbedder()
+    with SpeakerDB(tmp_path / "db.sqlite", embedder=embedder) as db:
+        db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 3, seed=9))])
+        alone = []
+        for f in files:
+            before = embedder.calls
+            alone.append(db.identify([f])[0].voices)
+            assert embedder.calls - before == 2  # its clip, then its windows
+        before = embedder.calls
+        together = [r.voices for r in db.identify(files)]
+        assert embedder.calls - before == len(files) + 1  # the clips, then every file's windows at once
+    assert together == alone == [2, 1, 2]
 
 
 # ---- --server: the same documents from the service's answers -------------------------------------

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -279,24 +280,41 @@ class Batch:
     errors: dict[int, AudioError] = field(default_factory=dict)
 
 
+class VoiceCount(Protocol):
+    """Identify's voice count over the files of a batch (``timeline.VoiceCounter`` behind the
+    facade's warnings): :meth:`prepare` each file as its clip is done, then :meth:`finish` a
+    group of them, whose windows share forward passes."""
+
+    def prepare(self, source: audio.Audio | Decoded, file: Source) -> Any:
+        """Pass 1 over ``source``; a handle with ``seconds`` (the audio its windows hold)."""
+        ...
+
+    def finish(self, prepared: Sequence[Any]) -> list[int]:
+        """The voices in each prepared file."""
+        ...
+
+
 def embed_batch(
     files: Sequence[Source],
     embedder: Embedder,
     max_audio_s: float | None = None,
     *,
     failed: Mapping[int, AudioError] | None = None,
-    count: Callable[[audio.Audio | Decoded, Source], int] | None = None,
+    count: VoiceCount | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     settled: Callable[[int, Batch], None] | None = None,
 ) -> Batch:
     """Embed every file not already ``failed`` (:func:`embed_clips`: short ones share forward
     passes); a file that cannot be used gets its AudioError instead of stopping the batch.
 
-    ``count(source, file)`` (identify's voice count) runs on each embedded file; the file is
-    then decoded once: the embedding's read keeps the blocks (in memory, or a temporary file
-    for a long one) and the count replays them. ``progress`` counts failed files as done.
-    ``settled(i, batch)`` is called as each file ``i`` not already failed gets its clip (and
-    count) or its error, in the order they finish: what a caller streams answers from.
+    ``count`` (identify's voice count) runs on each embedded file; the file is then decoded
+    once: the embedding's read keeps the blocks (in memory, or a temporary file for a long
+    one) and the count replays them. The counts of files whose windows add up to at most
+    ``BATCH_FORWARD_S`` are finished together (their windows share forward passes), unless
+    ``settled`` asks for each answer as soon as it can be given. ``progress`` counts failed
+    files as done. ``settled(i, batch)`` is called as each file ``i`` not already failed gets
+    its clip (and count) or its error, in the order they finish: what a caller streams
+    answers from.
     """
     batch = Batch(errors=dict(failed or {}))
     good = [i for i in range(len(files)) if i not in batch.errors]
@@ -304,26 +322,48 @@ def embed_batch(
     for i in good if count is not None else []:
         f = files[i]
         kept[i] = f if isinstance(f, audio.Audio) else Decoded(f, max_audio_s=max_audio_s)
-    seconds = 0.0
+    done, seconds = len(files) - len(good), 0.0
+    waiting: list[tuple[int, Any]] = []  # (file, prepared count) not finished yet
+
+    def report(i: int) -> None:
+        nonlocal done
+        done += 1
+        if settled is not None:
+            settled(i, batch)
+        if progress is not None:
+            progress(done, len(files), seconds)
+
+    def finish_waiting() -> None:
+        assert count is not None
+        counts = count.finish([prepared for _, prepared in waiting])
+        for (i, _), n in zip(waiting, counts, strict=True):
+            batch.voices[i] = n
+        for i, _ in waiting:
+            report(i)
+        waiting.clear()
+
     try:
         sources = [kept.get(i, files[i]) for i in good]
-        for done, (position, clip) in enumerate(embed_clips(sources, embedder, max_audio_s=max_audio_s), 1):
+        for position, clip in embed_clips(sources, embedder, max_audio_s=max_audio_s):
             i = good[position]
             try:
                 if isinstance(clip, AudioError):
                     raise clip
-                batch.clips[i] = clip
                 if count is not None:
-                    batch.voices[i] = count(kept[i], files[i])
+                    waiting.append((i, count.prepare(kept[i], files[i])))
+                batch.clips[i] = clip
                 seconds += clip.duration_s
             except AudioError as e:
                 batch.errors[i] = e
             finally:
                 _release(kept.pop(i, None))
-            if settled is not None:
-                settled(i, batch)
-            if progress is not None:
-                progress(done + len(files) - len(good), len(files), seconds)
+            if waiting and waiting[-1][0] == i:
+                if settled is not None or sum(p.seconds for _, p in waiting) >= BATCH_FORWARD_S:
+                    finish_waiting()
+            else:
+                report(i)
+        if waiting:
+            finish_waiting()
     finally:
         for source in kept.values():  # an error stopped the batch: nothing is kept
             _release(source)
