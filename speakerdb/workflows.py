@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 from . import timeline as timeline_files
 from .api import SpeakerDB
 from .audio import decode as audio
-from .audio import pcm, vad
+from .audio import microphone, pcm, vad
 from .config import db_target
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
 from .errors import AudioError, InvalidInputError, check_output
@@ -279,6 +279,18 @@ def live_input(
     blocks = audio.stream(Path(source), block_s=LIVE_FRAME_S, max_audio_s=max_audio_s)
     frames = (block.astype("<f4").tobytes() for block in blocks)
     return LiveInput("f32le", audio.SAMPLE_RATE, _paced(frames, 4 * audio.SAMPLE_RATE) if realtime else frames)
+
+
+def microphone_input(
+    *, sample_rate: int = audio.SAMPLE_RATE, device: str | None = None, max_seconds: float | None = None
+) -> LiveInput:
+    """Frames of 16-bit PCM from a microphone (``device``: an index or a name; None: the
+    system's default input) at ``sample_rate``, as they are captured, until ``max_seconds`` of
+    audio or Ctrl-C. Needs the optional ``sounddevice`` package (``speakerdb[mic]``)."""
+    rate = pcm.check_sample_rate(sample_rate)
+    if max_seconds is not None and not max_seconds > 0:
+        raise InvalidInputError(f"--seconds must be above 0, not {max_seconds:g}")
+    return LiveInput("pcm_s16le", rate, microphone.frames(rate, device, max_seconds))
 
 
 def _raw_frames(stream: BinaryIO, frame_bytes: int, close: bool) -> Iterator[bytes]:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import threading
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from click.testing import CliRunner
 
 from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
 from speakerdb import timeline
-from speakerdb.audio import pcm, vad
+from speakerdb.audio import microphone, pcm, vad
 from speakerdb.cli import cli
 from speakerdb.errors import AudioError, InvalidInputError, SpeakerExistsError
 from speakerdb.live import LiveSession
@@ -316,6 +320,96 @@ def test_listen_reads_raw_audio_on_standard_input(cli_db):
     assert json.loads(odd.stdout.splitlines()[-1])["code"] == "bad_audio"  # JSON lines to the end
     bad = CliRunner().invoke(cli, [*db, "listen", "-", "--sample-rate", "4000"])
     assert bad.exit_code == 2
+
+
+class FakeMicrophone:
+    """A stand-in for the ``sounddevice`` module: its RawInputStream plays ``samples`` to the
+    callback from a thread of its own, in blocks of the size asked for, as PortAudio does;
+    then the person at the keyboard presses Ctrl-C (SIGINT), once the session has taken it all."""
+
+    PortAudioError = type("PortAudioError", (Exception,), {})
+
+    def __init__(self, samples: np.ndarray, devices: tuple[str, ...] = ("default", "usb")) -> None:
+        self.pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).round().astype("<i2").tobytes()
+        self.devices, self.opened = devices, []
+
+    def RawInputStream(self, *, samplerate, blocksize, device, channels, dtype, callback):  # noqa: N802
+
+        if device is not None and device not in self.devices and device not in range(len(self.devices)):
+            raise ValueError(f"No input device matching {device!r}")
+        assert (channels, dtype) == (1, "int16")
+        self.opened.append((samplerate, device))
+        mic = self
+
+        class Stream:
+            def __enter__(self):
+                def play():
+                    step = blocksize * 2
+                    for i in range(0, len(mic.pcm), step):
+                        callback(mic.pcm[i : i + step], blocksize, None, None)
+                        time.sleep(0.001)  # PortAudio's pace, much faster than real time
+                    while not self.closing.wait(0.05):  # Ctrl-C until the command stops listening
+                        os.kill(os.getpid(), signal.SIGINT)
+
+                self.closing = threading.Event()
+
+                self.thread = threading.Thread(target=play)
+                self.thread.start()
+                return self
+
+            def __exit__(self, *exc):
+                self.closing.set()
+                self.thread.join()
+
+        return Stream()
+
+
+def test_listen_to_a_microphone_until_ctrl_c_or_seconds(cli_db, monkeypatch):
+    """--mic: the device's audio as it is captured, the same events and timeline as the same
+    audio from a file; --seconds stops it; Ctrl-C ends it with the timeline; a missing package,
+    an unknown device or a FILE beside --mic is one error line."""
+    import sys
+
+    db, conv = cli_db
+    x = conversation([(BOB, 3), (DAVE, 3.5), (BOB, 2.5)])
+    mic = FakeMicrophone(x)
+    monkeypatch.setitem(sys.modules, "sounddevice", mic)
+    monkeypatch.setattr(microphone, "MAX_BEHIND_S", 60.0)  # the fake plays faster than real time
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--json"])
+    assert r.exit_code == 0, r.output
+    heard = [json.loads(line) for line in r.stdout.splitlines()]
+    from_file = [
+        json.loads(line) for line in CliRunner().invoke(cli, [*db, "listen", str(conv), "--json"]).stdout.splitlines()
+    ]
+    assert heard[-1]["type"] == "timeline" and heard[-1]["duration"] == pytest.approx(len(x) / SR, abs=0.01)
+    assert [e["label"] for e in heard if e.get("final")] == [e["label"] for e in from_file if e.get("final")]
+    assert heard[-1]["segments"] == from_file[-1]["segments"]
+    assert mic.opened == [(16_000, None)]
+
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "1", "--seconds", "4", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.splitlines()[-1])["duration"] == pytest.approx(4.0) and mic.opened[-1] == (16_000, 1)
+    monkeypatch.setattr(microphone, "MAX_BEHIND_S", 1.0)  # a session far behind loses the oldest audio, saying so
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--json"])
+    assert r.exit_code == 0 and "fell 1 s behind the microphone" in r.stderr
+    assert json.loads(r.stdout.splitlines()[-1])["duration"] < len(x) / SR
+
+    silent = FakeMicrophone(np.zeros(0, np.float32))  # Ctrl-C before any audio: the session's own error
+    monkeypatch.setitem(sys.modules, "sounddevice", silent)
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic"])
+    assert r.exit_code == 1 and "too short" in r.stderr and "Traceback" not in r.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+    monkeypatch.setitem(sys.modules, "sounddevice", mic)
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "webcam"])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith(
+        "Error: cannot open the microphone 'webcam'"
+    )
+    assert CliRunner().invoke(cli, [*db, "listen", str(conv), "--mic"]).exit_code == 2
+    assert CliRunner().invoke(cli, [*db, "listen", "--device", "1"]).exit_code == 2
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic"])
+    assert r.exit_code == 1 and "pip install 'speakerdb[mic]'" in r.stderr and "Traceback" not in r.output
 
 
 # ---- real speech ---------------------------------------------------------------------------------

@@ -34,6 +34,13 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
     help="Sample rate of raw input, Hz.",
 )
 @click.option("--realtime", is_flag=True, help="Feed a file at the pace of its audio, as if it were live.")
+@click.option(
+    "--mic",
+    is_flag=True,
+    help="Listen to a microphone until Ctrl-C (or --seconds); needs pip install 'speakerdb[mic]'.",
+)
+@click.option("--device", metavar="INDEX|NAME", help="The microphone for --mic [default: the system's input].")
+@click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="With --mic: stop after this much audio.")
 @click.option("--threshold", type=SCORE, help="Override the database's threshold for this session.")
 @json_option
 @click.pass_obj
@@ -43,6 +50,9 @@ def listen(
     encoding: str | None,
     sample_rate: int,
     realtime: bool,
+    mic: bool,
+    device: str | None,
+    seconds: float | None,
     threshold: float | None,
     as_json: bool,
 ) -> None:
@@ -63,6 +73,8 @@ def listen(
     SOURCE "-" (the default) is raw audio on standard input: 16-bit little-endian PCM mono at
     16 kHz unless --encoding / --sample-rate say otherwise (f32le, G.711 mulaw or alaw;
     8,000-48,000 Hz). A FILE is decoded like any recording (any format FFmpeg reads).
+    --mic captures a microphone instead (at --sample-rate) until Ctrl-C, which ends the
+    session and prints its timeline.
 
     \b
     Examples:
@@ -71,11 +83,20 @@ def listen(
       speakerdb listen call.ulaw --encoding mulaw --sample-rate 8000 --json
       ffmpeg -i meeting.mp4 -f s16le -ac 1 -ar 16000 - | speakerdb listen - --json
       speakerdb --server https://voices.example.com listen call.wav --realtime
+      speakerdb listen --mic --device 2 --seconds 60
     """
     check_score(state, threshold, OVERRIDE_LOW)
-    from ..workflows import live_input  # deferred: numpy and the decoders, not for --help
+    if mic and (source != "-" or encoding or realtime):
+        raise click.UsageError("--mic takes no FILE, --encoding or --realtime: it is the input")
+    if (device is not None or seconds is not None) and not mic:
+        raise click.UsageError("--device and --seconds go with --mic")
+    from ..workflows import live_input, microphone_input  # deferred: numpy and the decoders, not for --help
 
-    feed = live_input(source, encoding=encoding, sample_rate=sample_rate, realtime=realtime)
+    if mic:
+        source = "microphone"
+        feed = microphone_input(sample_rate=sample_rate, device=device, max_seconds=seconds)
+    else:
+        feed = live_input(source, encoding=encoding, sample_rate=sample_rate, realtime=realtime)
     # A local session, or with --server the service's WebSocket /v1/stream: the same calls.
     session = state.db.stream(sample_rate=feed.sample_rate, encoding=feed.encoding, threshold=threshold)
     try:
