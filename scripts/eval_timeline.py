@@ -8,6 +8,7 @@ real recordings with human speaker labels.
     python scripts/eval_timeline.py convs/ --baseline              # the 1.5 s / 0.5 s window-matching baseline
     python scripts/eval_timeline.py ../shared/data/realdiar-dev --model resemblyzer   # real recordings
     python scripts/eval_timeline.py DIR --oracle-count             # told each recording's number of speakers
+    python scripts/eval_timeline.py DIR --segmentation segmentation-3.0/pytorch_model.bin   # turns, overlap
 
 A directory without ``manifest.json`` holds real recordings: every audio file with an RTTM
 of the same name beside it (``NAME.wav`` + ``NAME.rttm``). They are diarized without a
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--switch-penalty", type=float, default=timeline.DEFAULT_SWITCH_PENALTY)
     p.add_argument("--merge-gap", type=float, default=timeline.DEFAULT_MERGE_GAP_S)
     p.add_argument("--oracle-count", action="store_true", help="tell the timeline each recording's number of speakers")
+    p.add_argument(
+        "--segmentation",
+        help="segmentation model (pyannote segmentation-3.0 checkpoint) instead of the VAD: turns and overlap",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         min_voice_s=args.min_voice,
         switch_penalty=args.switch_penalty,
         merge_gap_s=args.merge_gap,
+        segmentation=args.segmentation,
     )
     references = {
         Path(c["file"]).stem: timeline.read_rttm(args.conversations / c["rttm"]).get(Path(c["file"]).stem, [])
@@ -262,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "rtf": None if run_s is None else round(run_s / audio_s, 4),
         "system": "baseline" if args.baseline else "hyp-file" if args.hyp else "timeline",
         "oracle_count": args.oracle_count,
+        "segmentation": args.segmentation,
         "settings": manifest.get("settings", {}),
     }
     for col, metric in ders.items():
@@ -289,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{result['system']} on {len(convs)} {result['kind']} ({audio_s / 60:.1f} min), "
             f"model {args.model}, {result['cpu']}, load average {result['load_average']}"
             + (", told the number of speakers" if args.oracle_count else "")
+            + (f", segmentation {args.segmentation}" if args.segmentation else "")
         )
         print("| recording | s | DER c=0 | DER c=0.25 | JER | speakers | voices |\n|---|---|---|---|---|---|---|")
         for r in per:

@@ -873,7 +873,8 @@ class SpeakerDB:
                 for t in failed:
                     on_result(t)
             return failed
-        detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
+        # Before the model: a missing VAD or a bad segmentation file is reported at once.
+        detector = timelines.load_detector(params)
         embedder = self.embedder
         gallery = timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
         results = timelines.build_each(

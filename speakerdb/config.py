@@ -31,6 +31,9 @@ no arguments): :func:`hand_to_workers` writes it, :func:`serve_config` reads it.
                           database (32 random bytes, or 64 hex digits)
 ``SPEAKERDB_KEY_COMMAND`` a command whose standard output is that key (a KMS, Vault);
                           run by ``/bin/sh``, used when ``SPEAKERDB_KEY_FILE`` is unset
+``SPEAKERDB_SEGMENTATION`` the timeline's speaker segmentation model (pyannote
+                          segmentation-3.0: a checkpoint file or a Hugging Face id); the
+                          CLI's ``timeline --segmentation`` and the service's timelines
 ======================== ==========================================================
 """
 
@@ -56,6 +59,7 @@ INT8_PRODUCTS_ENV = "SPEAKERDB_INT8_PRODUCTS"
 SERVE_CONFIG_ENV = "SPEAKERDB_SERVE_CONFIG"
 KEY_FILE_ENV = "SPEAKERDB_KEY_FILE"
 KEY_COMMAND_ENV = "SPEAKERDB_KEY_COMMAND"
+SEGMENTATION_ENV = "SPEAKERDB_SEGMENTATION"
 
 #: Every variable above: a test checks that no other module reads one.
 VARIABLES = (
@@ -75,6 +79,7 @@ VARIABLES = (
     SERVE_CONFIG_ENV,
     KEY_FILE_ENV,
     KEY_COMMAND_ENV,
+    SEGMENTATION_ENV,
 )
 
 APP_NAME = "speakerdb"
@@ -225,6 +230,11 @@ def kernels_enabled() -> bool:
 def int8_products_enabled() -> bool:
     """False when ``SPEAKERDB_INT8_PRODUCTS=0`` (or false/no/off)."""
     return _env(INT8_PRODUCTS_ENV).strip().lower() not in _OFF
+
+
+def segmentation_model() -> str | None:
+    """``$SPEAKERDB_SEGMENTATION``: the timeline's segmentation model, None when unset."""
+    return _env(SEGMENTATION_ENV).strip() or None
 
 
 def api_key() -> str | None:

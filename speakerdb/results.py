@@ -561,6 +561,10 @@ class Params:
     switch_penalty: float = DEFAULT_SWITCH_PENALTY
     merge_gap_s: float = DEFAULT_MERGE_GAP_S
     vad_backend: str = "silero"
+    #: A speaker segmentation model (pyannote segmentation-3.0: a checkpoint path or a Hugging
+    #: Face id) that finds the speech, the speaker changes and the overlapped speech instead of
+    #: the VAD (None: the VAD, one voice at a time).
+    segmentation: str | None = None
     #: What the user knows about the number of voices (None: found from the recording).
     speakers: int | None = None
     min_speakers: int | None = None

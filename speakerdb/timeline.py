@@ -66,6 +66,7 @@ from . import clustering
 from .audio import decode as audio
 from .audio import vad
 from .audio.decoded import Decoded
+from .embedding import segmentation
 from .embedding.models import Embedder, l2_normalize
 from .errors import AudioError, InvalidInputError
 
@@ -403,6 +404,10 @@ def build(
         with Decoded(source, max_audio_s=max_audio_s) as decoded:
             return build(decoded, embedder, gallery, params, detector)
     params = (params or Params()).check()
+    detector = detector if detector is not None else load_detector(params)
+    if isinstance(detector, segmentation.Segmenter):
+        label = source.source if isinstance(source, audio.Audio) else str(source.path)
+        return _build_segmented(label, _blocks_of(source), embedder, gallery, params, detector)
     planned = plan(source, params, detector)
     if not planned.spans:
         return planned.empty()
@@ -449,6 +454,207 @@ def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planne
     regions = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
     speech_s = float(sum(r.duration for r in regions))
     return Planned(label, duration, list(regions), plan_windows(regions, params.window_s, params.hop_s), speech_s)
+
+
+def load_detector(params: Params):
+    """What finds the speech: the segmentation model ``params.segmentation`` names (a
+    :class:`speakerdb.embedding.segmentation.Segmenter`), else the VAD ``params.vad_backend``."""
+    if params.segmentation:
+        return segmentation.load(params.segmentation)
+    return vad.load(params.vad_backend)
+
+
+def _build_segmented(
+    label: str,
+    blocks: Callable[[], Iterator[np.ndarray]],
+    embedder: Embedder,
+    gallery: Gallery,
+    params: Params,
+    segmenter: segmentation.Segmenter,
+) -> Timeline:
+    """:func:`build` with a segmentation model instead of the VAD (see :func:`assemble_tracks`)."""
+    n_samples, peak = 0, 0.0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal n_samples, peak
+        for block in blocks():
+            n_samples += len(block)
+            peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+            yield block
+
+    chunks = list(segmenter.chunk_outputs(counted()))
+    audio.check_duration_and_level(n_samples, peak, label)
+    duration = n_samples / audio.SAMPLE_RATE
+    activity = segmentation.aggregate(chunks, n_samples)
+    spans, speech_s = track_windows(activity, duration, params)
+    if not spans:
+        note = "no speech found" if not speech_s else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
+        return Timeline(label, duration, [], [], speech_s, [note])
+    vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
+    return assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s)
+
+
+def _runs_of(values: np.ndarray) -> list[tuple[int, int, int]]:
+    """(start, end, value) of the runs of equal values >= 0 in ``values`` (1-D ints)."""
+    if len(values) == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(values)) + 1
+    starts = np.concatenate([[0], cuts])
+    ends = np.concatenate([cuts, [len(values)]])
+    return [(int(a), int(b), int(values[a])) for a, b in zip(starts, ends) if values[a] >= 0]
+
+
+def _frame_span(activity: segmentation.Activity, a: int, b: int, duration: float) -> tuple[float, float]:
+    """Seconds covered by segmentation frames a..b-1."""
+    half = segmentation.FRAME_STEP_S / 2
+    return max(0.0, float(activity.time(a)) - half), min(duration, float(activity.time(b - 1)) + half)
+
+
+def track_windows(
+    activity: segmentation.Activity, duration: float, params: Params
+) -> tuple[list[tuple[int, int, int]], float]:
+    """Windows (start sample, end sample, track) over each track's speech where it speaks
+    alone (a window over two voices is a blend of both), or over all its speech when it never
+    speaks alone long enough for a window; in time order. And the seconds of speech."""
+    tracks = activity.tracks
+    active = tracks >= 0
+    speech_s = float(np.count_nonzero(active.any(axis=1))) * segmentation.FRAME_STEP_S
+    solo = active.sum(axis=1) == 1
+    out: list[tuple[int, int, int]] = []
+    for only_solo in (True, False):
+        have = {t for _, _, t in out}
+        regions: list[vad.Region] = []
+        owners: list[int] = []
+        for k in range(tracks.shape[1]):
+            ids = np.where(solo, tracks[:, k], -1) if only_solo else tracks[:, k]
+            for a, b, t in _runs_of(ids):
+                if t in have:
+                    continue
+                start, end = _frame_span(activity, a, b, duration)
+                regions.append(vad.Region(start, end))
+                owners.append(t)
+        out.extend((x, y, owners[r]) for x, y, r in plan_windows(regions, params.window_s, params.hop_s))
+    out.sort()
+    return out, speech_s
+
+
+#: Tracks are one voice when their mean window vectors reach this cosine (GE2E; without a
+#: gallery or a cluster threshold): tracks are turns of clean speech, so their means are
+#: steadier than single windows.
+TRACK_SAME_VOICE = 0.8
+#: Without hints, a voice with less speech than this joins the voice it is most like (unless
+#: the model heard both at once): a track the model split off by mistake.
+TRACK_MIN_VOICE_S = 1.0
+#: Pauses shorter than this inside one voice's speech do not split its segment.
+TRACK_GAP_S = 0.1
+
+
+def assemble_tracks(
+    label: str,
+    duration: float,
+    activity: segmentation.Activity,
+    spans: Sequence[tuple[int, int, int]],
+    vectors: np.ndarray,
+    gallery: Gallery,
+    params: Params,
+    speech_s: float,
+) -> Timeline:
+    """Voices from the segmentation's tracks: tracks that the model heard in one chunk are two
+    voices; others are joined, most alike first (average of their windows' vectors), while
+    alike enough (``params.cluster_threshold``, else ``TRACK_SAME_VOICE``) or while the hints
+    ask for fewer voices (past the user's count, even tracks heard at once). Each voice
+    speaks where its tracks are active, two at once where the model hears two: the segments
+    of different voices may overlap."""
+    sr = audio.SAMPLE_RATE
+    vectors = l2_normalize(vectors)
+    weights = np.array([(b - a) / sr for a, b, _ in spans])
+    owner = np.array([t for _, _, t in spans])
+    present = sorted(set(owner.tolist()))
+    sums = {t: (vectors[owner == t] * weights[owner == t, None]).sum(axis=0) for t in present}
+    frames = np.bincount(activity.tracks[activity.tracks >= 0], minlength=activity.n_tracks)
+    seconds = {t: float(frames[t]) * segmentation.FRAME_STEP_S for t in present}
+    clusters: list[set[int]] = [{t} for t in present]
+    total = [sums[t].copy() for t in present]
+    secs = [seconds[t] for t in present]
+    conflict = activity.co_active
+
+    def apart(i: int, j: int) -> bool:
+        return any((min(x, y), max(x, y)) in conflict for x in clusters[i] for y in clusters[j])
+
+    threshold = params.cluster_threshold if params.cluster_threshold is not None else TRACK_SAME_VOICE
+    least = params.speakers or params.min_speakers or 1
+    most = params.speakers or params.max_speakers
+    while len(clusters) > least:
+        unit = l2_normalize(np.stack(total))
+        sim = unit @ unit.T
+        np.fill_diagonal(sim, -np.inf)
+        order = np.dstack(np.unravel_index(np.argsort(-sim, axis=None), sim.shape))[0]
+        pick = None
+        # The user's count outweighs the model: past it, voices heard at once may join too.
+        over = most is not None and len(clusters) > most
+        for i, j in order:
+            if i < j and np.isfinite(sim[i, j]) and (over or not apart(int(i), int(j))):
+                pick = (int(i), int(j), float(sim[i, j]))
+                break
+        if pick is None:
+            break
+        i, j, value = pick
+        small = not params.hinted and min(secs[i], secs[j]) < TRACK_MIN_VOICE_S
+        if value < threshold and not small and (most is None or len(clusters) <= most):
+            break
+        clusters[i] |= clusters[j]
+        total[i] = total[i] + total[j]
+        secs[i] += secs[j]
+        del clusters[j], total[j], secs[j]
+    profiles = l2_normalize(np.stack(total))
+    names = _name(profiles, gallery)
+    # Voices named alike are one voice.
+    key: list[str] = [names[i][0] or f"#{i}" for i in range(len(clusters))]
+    voice_of_track = np.full(max(activity.n_tracks, 1), -1)
+    firsts: dict[str, int] = {}
+    for i, k in enumerate(key):
+        firsts.setdefault(k, i)
+        for t in clusters[i]:
+            voice_of_track[t] = firsts[k]
+    voices_idx = sorted(set(firsts.values()))
+    tracks = activity.tracks
+    mapped = np.where(tracks >= 0, voice_of_track[np.maximum(tracks, 0)], -1)  # (frames, 3) voice ids
+    gap = int(round(TRACK_GAP_S / segmentation.FRAME_STEP_S))
+    runs: list[tuple[float, float, int]] = []
+    for v in voices_idx:
+        on = (mapped == v).any(axis=1)
+        edges = [(a, b) for a, b, _ in _runs_of(np.where(on, 0, -1))]
+        joined: list[list[int]] = []
+        for a, b in edges:
+            if joined and a - joined[-1][1] <= gap:
+                joined[-1][1] = b
+            else:
+                joined.append([a, b])
+        runs.extend((*_frame_span(activity, a, b, duration), v) for a, b in joined)
+    runs.sort()
+    unknown_number: dict[int, int] = {}
+    for _, _, v in runs:
+        if names[v][0] is None and v not in unknown_number:
+            unknown_number[v] = len(unknown_number) + 1
+    text: dict[int, str] = {v: names[v][0] or f"unknown-{unknown_number.get(v, 0)}" for v in voices_idx}
+    centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])
+    window_voice = voice_of_track[owner]
+    segments = []
+    for start, end, v in runs:
+        score = raw = None
+        if len(gallery.names):
+            inside = (centres >= start) & (centres < end) & (window_voice == v)
+            mean = vectors[inside].mean(axis=0) if inside.any() else profiles[v]
+            scores, raws = gallery.scores(l2_normalize(mean[None]))
+            score, raw = float(scores[0, names[v][2]]), float(raws[0, names[v][2]])
+        segments.append(Segment(start, end, text[v], names[v][0], score, raw))
+    voices = []
+    for v in voices_idx:
+        secs_v = sum(s.end - s.start for s in segments if s.label == text[v])
+        if secs_v > 0:
+            voices.append(Voice(text[v], names[v][0], secs_v, names[v][1], names[v][3], names[v][4]))
+    voices.sort(key=lambda x: -x.seconds)
+    return Timeline(label, duration, segments, voices, speech_s, [])
 
 
 def assemble(

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO, Callable, Iterator, Sequence
 from . import timeline as timeline_files
 from .api import SpeakerDB
 from .audio import decode as audio
-from .audio import microphone, pcm, vad
+from .audio import microphone, pcm
 from .config import db_target
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
 from .errors import AudioError, InvalidInputError, check_output
@@ -185,7 +185,8 @@ def diarize(
     source = model or DEFAULT_MODEL
     if announce is not None:
         announce(source)
-    detector = vad.load(params.vad_backend)  # before the model: a missing VAD is reported at once
+    # Before the model: a missing VAD or a bad segmentation file is reported at once.
+    detector = timeline_files.load_detector(params)
     embedder = load_embedder(source, device=device, precision=precision)
     if threshold is None:
         own = default_threshold_for(embedder.model_id)

@@ -199,6 +199,7 @@ def _isolated_home(tmp_path, monkeypatch):
     monkeypatch.delenv("SPEAKERDB_DB", raising=False)
     monkeypatch.delenv("SPEAKERDB_MODEL", raising=False)
     monkeypatch.delenv("SPEAKERDB_GALLERY", raising=False)
+    monkeypatch.delenv("SPEAKERDB_SEGMENTATION", raising=False)
 
 
 @pytest.fixture(scope="session")

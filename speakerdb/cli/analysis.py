@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import db_target
+from ..config import SEGMENTATION_ENV, db_target
 from ..results import MAX_SPEAKERS, Params, Timeline
 from .output import (
     emit,
@@ -67,6 +67,13 @@ THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 
 )
 @click.option("--min-speakers", type=click.IntRange(1, MAX_SPEAKERS), help="At least this many voices.")
 @click.option("--max-speakers", type=click.IntRange(1, MAX_SPEAKERS), help="At most this many voices.")
+@click.option(
+    "--segmentation",
+    metavar="PATH|ID",
+    envvar=SEGMENTATION_ENV,
+    help="Speaker segmentation model (pyannote segmentation-3.0 checkpoint file, or its Hugging Face id "
+    f"from the local cache): finds speech, speaker changes and overlapping speech [env: {SEGMENTATION_ENV}].",
+)
 @click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option
 @jsonl_option
@@ -86,6 +93,7 @@ def timeline(
     max_speakers: int | None = None,
     force: bool = False,
     as_jsonl: bool = False,
+    segmentation: str | None = None,
 ) -> None:
     """Who speaks when: segments of each voice in each recording, named from the enrolled
     speakers when a voice reaches the threshold, else unknown-1, unknown-2...
@@ -94,8 +102,11 @@ def timeline(
     is found from the recording itself, or set with --speakers / --min-speakers /
     --max-speakers) and names each voice. With no speakers enrolled every voice is
     unknown-N; with no database at all it diarizes with --model (default: the default
-    model, said on stderr) and writes no database. One voice per
-    instant: where two people overlap, the louder one gets the time. Names are decided as
+    model, said on stderr) and writes no database. Without --segmentation, one voice per
+    instant: where two people overlap, the louder one gets the time. With a segmentation
+    model (pyannote segmentation-3.0, MIT; `speakerdb model download pyannote/segmentation-3.0`
+    on a connected machine) it finds the speech and the speaker turns, and two voices where
+    two speak at once (segments may then overlap); stderr says which is used. Names are decided as
     identify decides them: with normalisation on (speakerdb norm), "score" is the AS-norm
     score and "raw_score" the cosine. With --json, prints [{"file", "duration", "segments":
     [{"start", "end", "label", "speaker", "score", "raw_score"}], "voices": [{"label",
@@ -112,6 +123,7 @@ def timeline(
       speakerdb timeline call.wav --rttm call.rttm --plot call.png
       speakerdb timeline interview.wav --speakers 2
       speakerdb --model resemblyzer timeline meeting.wav   # no database needed
+      speakerdb timeline meeting.wav --segmentation segmentation-3.0/pytorch_model.bin
     """
     if hop > window:
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
@@ -128,7 +140,14 @@ def timeline(
         speakers=speakers,
         min_speakers=min_speakers,
         max_speakers=max_speakers,
+        segmentation=None if state.server else segmentation or None,
     )
+    if state.server:
+        pass  # the service uses its own segmentation setting (SPEAKERDB_SEGMENTATION where it runs)
+    elif segmentation:
+        note("note:", f"segmentation model {segmentation}", "speech, speaker turns and overlapping speech from it")
+    else:
+        note("note:", "no segmentation model (--segmentation)", "one voice at a time, overlapping speech not detected")
     standalone = not state.exists()  # no database: plain diarization, nothing written
     if not standalone:
         check_score(state, threshold, OVERRIDE_LOW)

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, errors
 from ..api import SpeakerDB
+from ..config import segmentation_model
 from ..results import SpeakerInfo
 from ..storage import store
 from ..storage.keys import SCOPES
@@ -298,6 +299,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 speakers=speakers,
                 min_speakers=min_speakers,
                 max_speakers=max_speakers,
+                # The operator's model, never a path a caller names (SPEAKERDB_SEGMENTATION).
+                segmentation=segmentation_model(),
             ).check()
         except errors.SpeakerDBError as e:  # before anything is uploaded
             raise from_library(e, {}) from None

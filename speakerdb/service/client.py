@@ -217,6 +217,10 @@ class Client:
         order; a file that cannot be read here gets its error without being sent.
         ``on_result`` is called once per file, in order, when the service's answer arrives."""
         params = (params or Params()).check()
+        if params.segmentation is not None:
+            raise errors.InvalidInputError(
+                "the segmentation model is the service's own setting (SPEAKERDB_SEGMENTATION where it runs)"
+            )
         fields = {"window": repr(params.window_s), "hop": repr(params.hop_s), "min_segment": repr(params.min_segment_s)}
         for name in ("speakers", "min_speakers", "max_speakers"):
             if getattr(params, name) is not None:

@@ -1,0 +1,240 @@
+"""The optional speaker segmentation model (pyannote segmentation-3.0, issue 24): the
+PyanNet port loads a checkpoint strictly (Lightning file or plain state_dict) through an
+unpickler that runs no code, and the timeline built on it gives a second voice where two
+speak at once. The network here has random weights; the timeline tests use a fake
+segmentation whose answer is fixed, so they run in well under a second each."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SR, FakeEmbedder, voice, write
+from speakerdb import timeline
+from speakerdb.cli import cli
+from speakerdb.embedding import segmentation as seg
+from speakerdb.errors import ModelLoadError
+from speakerdb.timeline import Gallery, Params
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def network():
+    torch.manual_seed(0)
+    return seg.build_network().eval()
+
+
+def _lightning_file(path, state, monkeypatch):
+    """A checkpoint shaped like pyannote's: the weights plus pickled pyannote.audio objects."""
+    task = types.ModuleType("pyannote.audio.core.task")
+
+    class Specifications:  # stands for pyannote's class: the loader must not need it
+        def __init__(self) -> None:
+            self.duration = 10.0
+
+    Specifications.__module__, Specifications.__qualname__ = task.__name__, "Specifications"
+    task.Specifications = Specifications
+    monkeypatch.setitem(sys.modules, task.__name__, task)
+    torch.save(
+        {
+            "pytorch-lightning_version": "2.0.2",
+            "state_dict": state,
+            "hyper_parameters": {"sample_rate": 16000, "sincnet": {"stride": 10}},
+            "pyannote.audio": {"specifications": Specifications()},
+        },
+        path,
+    )
+    return path
+
+
+def test_checkpoint_loads_strictly_as_lightning_file_and_plain_state_dict(tmp_path, network, monkeypatch):
+    """The state_dict keys are the checkpoint's (a strict load), in either file shape, and the
+    loaded model computes what the network computes: 589 frames of 7 log-probabilities per chunk."""
+    state = network.state_dict()
+    lightning = _lightning_file(tmp_path / "pytorch_model.bin", state, monkeypatch)
+    monkeypatch.delitem(sys.modules, "pyannote.audio.core.task")  # as on a machine without pyannote
+    plain = tmp_path / "plain.pt"
+    torch.save(state, plain)
+    x = (0.1 * np.random.default_rng(0).standard_normal(seg.CHUNK)).astype(np.float32)
+    with torch.inference_mode():
+        expected = network(torch.from_numpy(x)[None, None])[0].numpy()
+    for path in (lightning, plain, tmp_path):  # a folder holding pytorch_model.bin, too
+        model = seg.load(path)
+        [(start, out)] = list(model.chunk_outputs([x]))
+        assert start == 0 and out.shape == (seg.frames_in(seg.CHUNK), 7) == (589, 7)
+        np.testing.assert_allclose(out, expected, atol=1e-5)
+        np.testing.assert_allclose(np.exp(out).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_chunks_cover_the_recording_streaming(network):
+    """Chunks every step and one aligned to the end, whatever the blocks; a short recording is padded."""
+    model = seg.Segmenter(network.state_dict(), "random", step_s=5.0)
+    x = (0.1 * np.random.default_rng(1).standard_normal(23 * SR)).astype(np.float32)
+    starts = [s for s, _ in model.chunk_outputs(np.array_split(x, 7))]
+    assert starts == [0, 5 * SR, 10 * SR, 13 * SR]
+    assert [s for s, _ in model.chunk_outputs([x[: 3 * SR]])] == [0]
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch pwned-by-checkpoint",))
+
+
+class _EvalEvil:
+    def __reduce__(self):
+        return (eval, ("__import__('os').system('touch pwned-by-eval')",))
+
+
+def test_a_hostile_checkpoint_runs_no_code(tmp_path, network, monkeypatch):
+    """Globals other than tensor rebuilding and plain containers become inert stubs: a file
+    whose pickle calls os.system or eval executes nothing; one without weights is refused."""
+    monkeypatch.chdir(tmp_path)
+    with_weights = tmp_path / "evil.bin"
+    torch.save({"state_dict": network.state_dict(), "hook": _Evil(), "more": [_EvalEvil()]}, with_weights)
+    only_evil = tmp_path / "only-evil.bin"
+    torch.save(_Evil(), only_evil)
+    seg.load(with_weights)  # the weights load; the rest stays inert
+    with pytest.raises(ModelLoadError, match="no state_dict"):
+        seg.load(only_evil)
+    assert not (tmp_path / "pwned-by-checkpoint").exists() and not (tmp_path / "pwned-by-eval").exists()
+
+
+def test_bad_files_are_one_error_line(tmp_path, network):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a checkpoint")
+    wrong = tmp_path / "wrong.bin"
+    torch.save({"state_dict": {"lstm.weight": torch.zeros(2)}}, wrong)
+    for path, reason in (
+        (tmp_path / "missing.bin", "no such file"),
+        (junk, "cannot be read"),
+        (wrong, "not a pyannote segmentation-3.0 checkpoint"),
+    ):
+        with pytest.raises(ModelLoadError, match=reason) as e:
+            seg.load(path)
+        assert "\n" not in str(e.value)
+
+
+# ---- the timeline on a fake segmentation -------------------------------------------------------
+def _logp(active: np.ndarray) -> np.ndarray:
+    """Log-probabilities (frames, 7) that say exactly ``active`` (frames, 3) bools."""
+    out = np.full((len(active), 7), np.log(1e-4), np.float32)
+    for f, row in enumerate(active):
+        out[f, seg.POWERSET.index(tuple(np.flatnonzero(row).tolist()))] = np.log(1 - 6e-4)
+    return out
+
+
+class FakeSegmenter(seg.Segmenter):
+    """Answers from the truth: ``turns`` [(start s, end s, speaker)], speakers numbered per
+    chunk in order of appearance (as a real model's local speakers are: arbitrary)."""
+
+    def __init__(self, turns, step_s: float = 5.0) -> None:
+        self.turns, self.step, self.source = turns, int(step_s * SR), "fake"
+
+    def _run(self, chunks):
+        out = []
+        for start, _ in chunks:
+            n = seg.frames_in(seg.CHUNK)
+            t = (start + np.arange(n) * seg.FRAME_STEP + seg.RECEPTIVE_FIELD / 2) / SR
+            speakers = sorted({spk for a, b, spk in self.turns if a < t[-1] and b > t[0]}, reverse=True)
+            active = np.zeros((n, 3), bool)
+            for a, b, spk in self.turns:
+                if spk in speakers:
+                    active[(t >= a) & (t < b), speakers.index(spk)] = True
+            out.append((start, _logp(active)))
+        return out
+
+
+def _two_voices(tmp_path):
+    """A low voice 0-6 s and a high voice 5-12 s: they overlap from 5 to 6 s."""
+    low, high = voice(110, 12, seed=1), voice(300, 12, seed=2)
+    t = np.arange(12 * SR) / SR
+    x = low * (t < 6) + high * (t >= 5)
+    return write(tmp_path / "overlap.wav", x.astype(np.float32)), [(0.0, 6.0, "A"), (5.0, 12.0, "B")]
+
+
+def test_aggregate_follows_local_speakers_across_chunks():
+    """Local speaker numbers change between chunks (here swapped); the tracks follow the
+    speakers, and speakers heard in one chunk are kept apart."""
+    n = seg.frames_in(seg.CHUNK)
+    first = np.zeros((n, 3), bool)
+    first[:, 0] = True
+    first[n // 2 :, 1] = True
+    second = np.zeros((n, 3), bool)  # starts half a chunk later: speaker 0 is now local 1
+    second[: n // 2, 1] = True
+    second[:, 0] = True
+    act = seg.aggregate([(0, _logp(first)), (seg.CHUNK // 2, _logp(second))], int(1.5 * seg.CHUNK))
+    assert act.n_tracks == 2 and act.co_active == frozenset({(0, 1)})
+    assert act.count.max() == 2
+
+
+def test_overlapping_speech_gets_both_voices(tmp_path):
+    """With a segmentation model the timeline has two voices where two speak at once: the
+    segments overlap, and so do the RTTM lines; the JSON holds both; the plot draws them."""
+    path, turns = _two_voices(tmp_path)
+    t = timeline.build(path, FakeEmbedder(), Gallery.empty(FakeEmbedder.dim, 0.8), Params(), FakeSegmenter(turns))
+    assert sorted(v.label for v in t.voices) == ["unknown-1", "unknown-2"]
+    by_label = {s.label: s for s in t.segments}
+    assert len(t.segments) == 2 and set(by_label) == {"unknown-1", "unknown-2"}
+    first, second = sorted(t.segments, key=lambda s: s.start)
+    assert first.start == pytest.approx(0.0, abs=0.05) and first.end == pytest.approx(6.0, abs=0.05)
+    assert second.start == pytest.approx(5.0, abs=0.05) and second.end == pytest.approx(12.0, abs=0.05)
+    lines = timeline.rttm_lines(t)
+    spans = [(float(x.split()[3]), float(x.split()[3]) + float(x.split()[4])) for x in lines]
+    assert spans[0][1] > spans[1][0]  # the lines overlap in time
+    doc = json.loads(json.dumps(t.to_dict()))
+    assert len(doc["segments"]) == 2 and {v["label"] for v in doc["voices"]} == {"unknown-1", "unknown-2"}
+    assert sum(v.seconds for v in t.voices) > t.duration  # overlapped time counts for both
+    # Told there is one voice, there is one, and its speech is one segment.
+    [one] = timeline.build(
+        path, FakeEmbedder(), Gallery.empty(FakeEmbedder.dim, 0.8), Params(speakers=1), FakeSegmenter(turns)
+    ).voices
+    assert one.seconds == pytest.approx(12.0, abs=0.1)
+
+
+def test_assemble_tracks_keeps_co_active_tracks_apart():
+    """Two tracks the model heard in one chunk are two voices even when their windows look
+    alike; tracks never heard together and alike are one voice."""
+    rng = np.random.default_rng(0)
+    same = rng.standard_normal(16)
+    n = 900
+    tracks = np.full((n, 3), -1)
+    tracks[0:300, 0] = 0
+    tracks[200:400, 1] = 1
+    tracks[500:800, 0] = 2
+    act = seg.Activity(tracks, (tracks >= 0).sum(axis=1), 3, frozenset({(0, 1)}))
+    spans, speech = timeline.track_windows(act, n * seg.FRAME_STEP_S + 0.1, Params())
+    vectors = np.stack([same + 0.01 * rng.standard_normal(16) for _ in spans]).astype(np.float32)
+    t = timeline.assemble_tracks("x.wav", 16.0, act, spans, vectors, Gallery.empty(16, 0.8), Params(), speech)
+    assert len(t.voices) == 2
+    labels = [(round(s.start, 1), s.label) for s in t.segments]
+    assert labels[0][1] == labels[-1][1]  # tracks 0 and 2 are one voice, 1 another
+
+
+def test_cli_names_the_segmentation_and_refuses_a_bad_file_writing_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+    """--segmentation with a missing or broken file: one error line, exit 1, no RTTM, no database;
+    without one, stderr says overlapping speech is not detected."""
+    path, _ = _two_voices(tmp_path)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x80\x04junk")
+    db, rttm = tmp_path / "none.sqlite", tmp_path / "out.rttm"
+    base = ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", str(path), "--rttm", str(rttm)]
+    for bad in (str(tmp_path / "missing.bin"), str(junk)):
+        r = CliRunner().invoke(cli, [*base, "--segmentation", bad])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.splitlines()[-1].startswith("Error: ") and "segmentation model" in r.stderr.splitlines()[-1]
+        assert "Traceback" not in r.output and not rttm.exists() and not db.exists()
+    monkeypatch.setenv("SPEAKERDB_SEGMENTATION", str(junk))  # the variable is the option's default
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 1 and "cannot be read" in r.stderr and not rttm.exists()
+    monkeypatch.delenv("SPEAKERDB_SEGMENTATION")
+    monkeypatch.setattr(timeline, "load_detector", lambda params: FakeSegmenter([(0.0, 12.0, "A")]))
+    r = CliRunner().invoke(cli, base)
+    assert "no segmentation model" in r.stderr and "overlapping speech not detected" in r.stderr
