@@ -42,6 +42,15 @@ from the timeline (it counts as missed speech in the diarization error rate). Sh
 backchannels ("mm-hm") inside someone else's turn are below ``min_segment_s`` and are
 absorbed by the turn.
 
+With a segmentation model (``Params.segmentation``: pyannote segmentation-3.0, see
+:mod:`speakerdb.embedding.segmentation`) the VAD is not used: the model says, in 10 s chunks
+every 5 s, which of up to three local speakers is active, two at once included. Local
+speakers that the overlapping chunks agree on are followed from chunk to chunk (*tracks*);
+each track's windows cover only its speech alone; tracks heard in one chunk are different
+voices, the others are joined by their mean window vectors (:func:`assemble_tracks`); each
+voice speaks where its tracks are active, so overlapped speech gets both voices and segments
+of different voices may overlap in time.
+
 Cost. Decoding, VAD and embedding stream the recording block by block (two passes: VAD
 first, then windows, over one decode: the second pass replays the blocks the first kept, in
 memory or, for a long recording, in a temporary file; see :mod:`speakerdb.audio.decoded`),
@@ -549,6 +558,95 @@ TRACK_MIN_VOICE_S = 1.0
 TRACK_GAP_S = 0.1
 
 
+def split_tracks(
+    activity: segmentation.Activity,
+    spans: Sequence[tuple[int, int, int]],
+    vectors: np.ndarray,
+    weights: np.ndarray,
+    gallery: Gallery,
+    params: Params,
+) -> tuple[segmentation.Activity, list[tuple[int, int, int]], np.ndarray]:
+    """Tracks cut where the recording's own clustering of their windows changes voice.
+
+    The model sometimes keeps two voices that follow each other as one local speaker; the
+    windows' clustering (:func:`speakerdb.clustering.voices`, as without a segmentation model)
+    tells them apart where the voices differ clearly. A track is cut between two windows of
+    different voices, each part at least two windows long. Returns the new activity, the
+    windows with their new tracks, and each window's voice from the clustering."""
+    same_voice = gallery.cosine + SAME_VOICE_MARGIN if params.cluster_threshold is None else params.cluster_threshold
+    labels = clustering.voices(
+        vectors,
+        hints=clustering.Hints(params.speakers, params.min_speakers, params.max_speakers),
+        same_voice=same_voice,
+        weights=weights,
+    )
+    if len(labels) == 0 or labels.max() == 0:
+        return activity, list(spans), labels
+    sr = audio.SAMPLE_RATE
+    owner = np.array([t for _, _, t in spans])
+    times = activity.time(np.arange(len(activity.count)))
+    tracks = activity.tracks.copy()
+    new_spans = list(spans)
+    origin: dict[int, int] = {}
+    n_tracks = activity.n_tracks
+    for t in sorted(set(owner.tolist())):
+        idx = np.flatnonzero(owner == t)  # in time order
+        runs: list[list[int]] = []  # [label, first, last] positions in idx
+        for k, lab in enumerate(labels[idx].tolist()):
+            if runs and runs[-1][0] == lab:
+                runs[-1][2] = k
+            else:
+                runs.append([lab, k, k])
+        kept: list[list[int]] = []
+        for run in runs:  # a single window of another voice is noise, not a turn
+            if kept and (run[2] == run[1] or kept[-1][0] == run[0]):
+                kept[-1][2] = run[2]
+            else:
+                kept.append(run)
+        if len(kept) > 1 and kept[0][2] == kept[0][1]:
+            kept[1][1] = 0
+            del kept[0]
+        if len(kept) < 2:
+            continue
+        centre = [(spans[i][0] + spans[i][1]) / 2 / sr for i in idx.tolist()]
+        for run, previous in zip(kept[1:], kept[:-1]):
+            cut = (centre[previous[2]] + centre[run[1]]) / 2
+            new, n_tracks = n_tracks, n_tracks + 1
+            origin[new] = origin.get(t, t)
+            later = times >= cut
+            mine = tracks == t
+            tracks[mine & later[:, None]] = new
+            for k in range(run[1], len(idx)):
+                a, b, _ = new_spans[idx[k]]
+                new_spans[idx[k]] = (a, b, new)
+            t = new
+    if not origin:
+        return activity, list(spans), labels
+    # Parts of two tracks the model heard in one chunk stay apart where they lie within a chunk.
+    extent: dict[int, tuple[float, float]] = {}
+    for k in range(tracks.shape[1]):
+        for a, b, t in _runs_of(tracks[:, k]):
+            lo, hi = extent.get(t, (math.inf, -math.inf))
+            extent[t] = (min(lo, float(times[a])), max(hi, float(times[b - 1])))
+    parts: dict[int, list[int]] = {}
+    for t in extent:
+        parts.setdefault(origin.get(t, t), []).append(t)
+    voice = {}
+    for t in extent:
+        mine = np.array([s[2] == t for s in new_spans])
+        voice[t] = int(np.bincount(labels[mine], weights=weights[mine]).argmax()) if mine.any() else -1
+    co_active = set()
+    for x, y in activity.co_active:
+        whole = len(parts.get(x, [])) == 1 and len(parts.get(y, [])) == 1
+        for p in parts.get(x, []):
+            for q in parts.get(y, []):
+                (pa, pb), (qa, qb) = extent[p], extent[q]
+                # A part cut from a track keeps it apart from another only when the windows agree.
+                if max(pa, qa) - min(pb, qb) < segmentation.CHUNK_S and (whole or voice[p] != voice[q]):
+                    co_active.add((min(p, q), max(p, q)))
+    return segmentation.Activity(tracks, activity.count, n_tracks, frozenset(co_active)), new_spans, labels
+
+
 def assemble_tracks(
     label: str,
     duration: float,
@@ -559,23 +657,30 @@ def assemble_tracks(
     params: Params,
     speech_s: float,
 ) -> Timeline:
-    """Voices from the segmentation's tracks: tracks that the model heard in one chunk are two
-    voices; others are joined, most alike first (average of their windows' vectors), while
-    alike enough (``params.cluster_threshold``, else ``TRACK_SAME_VOICE``) or while the hints
-    ask for fewer voices (past the user's count, even tracks heard at once). Each voice
-    speaks where its tracks are active, two at once where the model hears two: the segments
-    of different voices may overlap."""
+    """Voices from the segmentation's tracks.
+
+    Tracks are first cut where the recording's own clustering of their windows changes voice
+    (:func:`split_tracks`). Tracks that the model heard in one chunk are two voices; others
+    are joined, most alike first: tracks whose windows the clustering put in one voice, then
+    by the cosine of their mean window vectors while it reaches ``params.cluster_threshold``
+    (else ``TRACK_SAME_VOICE``), or while the hints ask for fewer voices (past the user's
+    count, even tracks heard at once); without hints a voice under ``TRACK_MIN_VOICE_S``
+    joins the one it is most like. Each voice speaks where its tracks are active, two at once
+    where the model hears two: the segments of different voices may overlap."""
     sr = audio.SAMPLE_RATE
     vectors = l2_normalize(vectors)
     weights = np.array([(b - a) / sr for a, b, _ in spans])
+    activity, spans, window_voice_guess = split_tracks(activity, spans, vectors, weights, gallery, params)
     owner = np.array([t for _, _, t in spans])
     present = sorted(set(owner.tolist()))
+    guess = {t: int(np.bincount(window_voice_guess[owner == t], weights=weights[owner == t]).argmax()) for t in present}
     sums = {t: (vectors[owner == t] * weights[owner == t, None]).sum(axis=0) for t in present}
     frames = np.bincount(activity.tracks[activity.tracks >= 0], minlength=activity.n_tracks)
     seconds = {t: float(frames[t]) * segmentation.FRAME_STEP_S for t in present}
     clusters: list[set[int]] = [{t} for t in present]
     total = [sums[t].copy() for t in present]
     secs = [seconds[t] for t in present]
+    guessed = [guess[t] for t in present]  # the windows' own voice (first track's, once joined)
     conflict = activity.co_active
 
     def apart(i: int, j: int) -> bool:
@@ -587,6 +692,8 @@ def assemble_tracks(
     while len(clusters) > least:
         unit = l2_normalize(np.stack(total))
         sim = unit @ unit.T
+        # Tracks whose windows the recording's clustering put in one voice join first.
+        sim += np.equal.outer(guessed, guessed)
         np.fill_diagonal(sim, -np.inf)
         order = np.dstack(np.unravel_index(np.argsort(-sim, axis=None), sim.shape))[0]
         pick = None
@@ -605,7 +712,7 @@ def assemble_tracks(
         clusters[i] |= clusters[j]
         total[i] = total[i] + total[j]
         secs[i] += secs[j]
-        del clusters[j], total[j], secs[j]
+        del clusters[j], total[j], secs[j], guessed[j]
     profiles = l2_normalize(np.stack(total))
     names = _name(profiles, gallery)
     # Voices named alike are one voice.
