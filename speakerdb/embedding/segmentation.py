@@ -363,8 +363,15 @@ class Segmenter:
 
     def _run(self, chunks: list[tuple[int, np.ndarray]]) -> list[tuple[int, np.ndarray]]:
         torch = self._torch
-        with torch.inference_mode():
-            out = self.net(torch.from_numpy(np.stack([c for _, c in chunks]))[:, None, :]).numpy()
+        threads = torch.get_num_threads()
+        # One thread: the LSTM's steps are too small to share, and on a busy machine two
+        # threads waiting for each other took several times as long (docs/timeline.md).
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                out = self.net(torch.from_numpy(np.stack([c for _, c in chunks]))[:, None, :]).numpy()
+        finally:
+            torch.set_num_threads(threads)
         return [(s, o) for (s, _), o in zip(chunks, out)]
 
     def activity(self, blocks: Iterable[np.ndarray], n_samples: int | None = None) -> Activity:
