@@ -417,6 +417,12 @@ def main() -> None:
         default=Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech" / "test-other",
         help="a folder of 16 kHz .flac speech for the live sessions (LibriSpeech excerpts)",
     )
+    parser.add_argument(
+        "--speech-clips",
+        action="store_true",
+        help="identify clips of real speech from --speech instead of a synthetic voice: the VAD "
+        "hears speech in them, so identify's voice check embeds their windows too, as with users' recordings",
+    )
     parser.add_argument("--skip-cli", action="store_true", help="leave out the one-shot CLI processes")
     parser.add_argument("--skip-cells", action="store_true", help="leave out the concurrent-client cells")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
@@ -433,7 +439,8 @@ def main() -> None:
     clips = {}
     for seconds in clip_lengths:
         clips[seconds] = work / f"probe-{seconds:g}s.wav"
-        sf.write(str(clips[seconds]), voice(160.0, seconds, seed=99), SR, subtype="PCM_16")
+        probe = speech_clip(args.speech, seconds) if args.speech_clips else voice(160.0, seconds, seed=99)
+        sf.write(str(clips[seconds]), probe, SR, subtype="PCM_16")
     db_path = work / "bench.sqlite"
     log(f"enrolling {args.speakers} speakers (3 s each)")
     from speakerdb.audio import decode as audio  # deferred with SpeakerDB above
