@@ -4,6 +4,7 @@
     python scripts/bench_timeline.py ../shared/data/librispeech/test-other                 # GE2E, 10 and 60 min
     python scripts/bench_timeline.py DATA --models ge2e,fp32,bf16 --minutes 10 --long 0    # WavLM too
     python scripts/bench_timeline.py DATA --checkpoint ./wavlm-random --json out.json
+    python scripts/bench_timeline.py DATA --models ge2e,ge2e-seg --segmentation segmentation-3.0/pytorch_model.bin
 
 Builds one conversation of ``--minutes`` (and one of ``--long`` minutes, unless 0) with
 scripts/make_conversations.py (seed 0, 2-5 speakers, pauses, no overlap), then, in a
@@ -37,11 +38,12 @@ import kit
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: models are local
 
 
-def child(model: str, precision: str, wav: str, manifest: str) -> dict:
+def child(model: str, precision: str, wav: str, manifest: str, segmentation: str = "-") -> dict:
     """Runs in its own process: enroll, then time one timeline call."""
     from speakerdb.api import (
         SpeakerDB,  # deferred: the parent process never opens a database
     )
+    from speakerdb.timeline import Params
 
     enroll = json.loads(Path(manifest).read_text())["enroll"]
     with (
@@ -53,7 +55,7 @@ def child(model: str, precision: str, wav: str, manifest: str) -> dict:
         before, peak_since = kit.rss_baseline()  # the timeline call's own peak, not enrollment's
         load0 = os.getloadavg()[0]
         started = time.perf_counter()
-        [t] = db.timeline([wav])
+        [t] = db.timeline([wav], params=Params(segmentation=None if segmentation == "-" else segmentation))
         wall = time.perf_counter() - started
         load1 = os.getloadavg()[0]
         peak = peak_since()
@@ -74,12 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("data", type=Path, nargs="?", help="speaker directories (LibriSpeech test-other)")
-    p.add_argument("--models", default="ge2e", help="comma-separated: ge2e, fp32, bf16 (default ge2e)")
+    p.add_argument(
+        "--models",
+        default="ge2e",
+        help="comma-separated: ge2e, ge2e-seg (needs --segmentation), fp32, bf16 (default ge2e)",
+    )
+    p.add_argument("--segmentation", help="segmentation model (pyannote segmentation-3.0 checkpoint) for ge2e-seg")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--long", type=float, default=60.0, help="a second, longer conversation (0: none)")
     p.add_argument("--checkpoint", type=Path, help="full-size random WavLM directory (made if absent)")
     p.add_argument("--json", type=Path, help="also write the rows here")
-    p.add_argument("--child", nargs=4, metavar=("MODEL", "PRECISION", "WAV", "MANIFEST"), help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=5, metavar=("MODEL", "PRECISION", "WAV", "MANIFEST", "SEG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child)))
@@ -109,17 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         convs[minutes] = (str(out / "conv-00.wav"), str(out / "manifest.json"))
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if "ge2e-seg" in models and not args.segmentation:
+        p.error("ge2e-seg needs --segmentation PATH")
     checkpoint = None
     if any(m in ("fp32", "bf16") for m in models):
         checkpoint = kit.checkpoint_in(args.checkpoint or work / "wavlm-random")
     rows = []
     print(f"CPU: {kit.cpu_name()}", file=sys.stderr)
     for m in models:
-        model, precision = ("resemblyzer", "fp32") if m == "ge2e" else (str(checkpoint), m)
+        model, precision = ("resemblyzer", "fp32") if m in ("ge2e", "ge2e-seg") else (str(checkpoint), m)
+        seg = args.segmentation if m == "ge2e-seg" else "-"
         for minutes in lengths:
             wav, manifest = convs[minutes]
             out = subprocess.run(
-                [sys.executable, __file__, "--child", model, precision, wav, manifest], capture_output=True, text=True
+                [sys.executable, __file__, "--child", model, precision, wav, manifest, seg],
+                capture_output=True,
+                text=True,
             )
             if out.returncode != 0:
                 print(out.stderr[-2000:], file=sys.stderr)

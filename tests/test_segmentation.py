@@ -238,3 +238,38 @@ def test_cli_names_the_segmentation_and_refuses_a_bad_file_writing_nothing(tmp_p
     monkeypatch.setattr(timeline, "load_detector", lambda params: FakeSegmenter([(0.0, 12.0, "A")]))
     r = CliRunner().invoke(cli, base)
     assert "no segmentation model" in r.stderr and "overlapping speech not detected" in r.stderr
+
+
+def test_a_track_holding_two_voices_is_cut_where_its_windows_change_voice():
+    """The model sometimes keeps two voices that follow each other as one local speaker: the
+    windows' own clustering cuts the track there, so each voice gets its own time."""
+    rng = np.random.default_rng(1)
+    centres = np.linalg.qr(rng.standard_normal((16, 16)))[0][:2]  # two orthogonal voices
+    n = int(20 / seg.FRAME_STEP_S)
+    tracks = np.full((n, 3), -1)
+    tracks[:, 0] = 0  # one track for 20 s: voice 0 for 10 s, then voice 1
+    act = seg.Activity(tracks, (tracks >= 0).sum(axis=1), 1, frozenset())
+    spans, speech = timeline.track_windows(act, 20.0, Params())
+    centre_s = np.array([(a + b) / 2 / SR for a, b, _ in spans])
+    vectors = (centres[(centre_s >= 10).astype(int)] + 0.05 * rng.standard_normal((len(spans), 16))).astype(np.float32)
+    t = timeline.assemble_tracks("x.wav", 20.0, act, spans, vectors, Gallery.empty(16, 0.8), Params(), speech)
+    assert len(t.voices) == 2
+    first, second = t.segments
+    assert first.label != second.label
+    assert first.end == pytest.approx(10.0, abs=0.5) and second.start == pytest.approx(10.0, abs=0.5)
+
+
+def test_a_hub_id_is_read_from_the_cache_offline(tmp_path, network, monkeypatch):
+    """``pyannote/segmentation-3.0`` is looked up in the local Hugging Face cache; offline and
+    not cached it is one error line saying what to do."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set") as e:
+        seg.load(seg.DEFAULT_HUB_ID)
+    assert "speakerdb model download pyannote/segmentation-3.0" in str(e.value)
+    snapshot = tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.save(network.state_dict(), snapshot / seg.HUB_FILE)
+    (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs").mkdir()
+    (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs" / "main").write_text("0" * 40)
+    assert seg.resolve(seg.DEFAULT_HUB_ID) == snapshot / seg.HUB_FILE

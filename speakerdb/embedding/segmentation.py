@@ -394,9 +394,12 @@ def resolve(source: str | os.PathLike[str]) -> Path:
     try:
         from huggingface_hub import hf_hub_download  # deferred: huggingface_hub is heavy to import
 
-        return Path(
-            hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir(), local_files_only=config.hub_offline())
-        )
+        try:  # the cache first: no network round trip when it is there
+            return Path(hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir(), local_files_only=True))
+        except Exception:
+            if config.hub_offline():
+                raise
+        return Path(hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir()))
     except Exception as e:
         offline = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
         reason = offline if config.hub_offline() else _first_line(e)
