@@ -481,26 +481,33 @@ def _build_segmented(
     params: Params,
     segmenter: segmentation.Segmenter,
 ) -> Timeline:
-    """:func:`build` with a segmentation model instead of the VAD (see :func:`assemble_tracks`)."""
+    """:func:`build` with a segmentation model (see :func:`assemble_tracks`); the VAD runs in
+    the same pass, and speech that only it hears goes to the nearest voice (:func:`fill_speech`)."""
     n_samples, peak = 0, 0.0
+    detector = vad.load(params.vad_backend)
+    detector.reset()
+    probs: list[np.ndarray] = []
 
     def counted() -> Iterator[np.ndarray]:
         nonlocal n_samples, peak
         for block in blocks():
             n_samples += len(block)
             peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+            probs.append(detector.feed(block))
             yield block
 
     chunks = list(segmenter.chunk_outputs(counted()))
+    probs.append(detector.flush())
     audio.check_duration_and_level(n_samples, peak, label)
     duration = n_samples / audio.SAMPLE_RATE
+    heard = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
     activity = segmentation.aggregate(chunks, n_samples)
     spans, speech_s = track_windows(activity, duration, params)
     if not spans:
         note = "no speech found" if not speech_s else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
         return Timeline(label, duration, [], [], speech_s, [note])
     vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
-    return assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s)
+    return fill_speech(assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s), heard)
 
 
 def _runs_of(values: np.ndarray) -> list[tuple[int, int, int]]:
@@ -762,6 +769,57 @@ def assemble_tracks(
             voices.append(Voice(text[v], names[v][0], secs_v, names[v][1], names[v][3], names[v][4]))
     voices.sort(key=lambda x: -x.seconds)
     return Timeline(label, duration, segments, voices, speech_s, [])
+
+
+def fill_speech(timeline: Timeline, regions: Sequence[vad.Region], max_gap_s: float = 1.0) -> Timeline:
+    """Speech the VAD hears and no voice of ``timeline`` covers goes to the nearest voice in
+    time (within ``max_gap_s``), joined to that voice's segment when they touch."""
+    if not timeline.segments:
+        return timeline
+
+    def v_rest(v: Voice) -> tuple[float | None, str | None, float | None]:
+        return v.score, v.nearest, v.raw_score
+
+    n = int(math.ceil(timeline.duration / FRAME_S))
+    covered = np.zeros(n, bool)
+    for s in timeline.segments:
+        covered[int(round(s.start / FRAME_S)) : int(round(s.end / FRAME_S))] = True
+    added: list[Segment] = []
+    for r in regions:
+        a, b = int(round(r.start / FRAME_S)), min(n, int(round(r.end / FRAME_S)))
+        for fa, fb, _ in _runs_of(np.where(covered[a:b], -1, 0)):
+            start, end = (a + fa) * FRAME_S, (a + fb) * FRAME_S
+            best, gap = None, max_gap_s
+            for s in timeline.segments:
+                d = max(s.start - end, start - s.end, 0.0)
+                if d <= gap:
+                    best, gap = s, d
+            if best is not None:
+                added.append(Segment(start, end, best.label, best.speaker, best.score, best.raw_score))
+    if not added:
+        return timeline
+    by_label: dict[str, list[Segment]] = {}
+    for s in sorted([*timeline.segments, *added], key=lambda s: (s.start, s.end)):
+        runs = by_label.setdefault(s.label, [])
+        if runs and s.start <= runs[-1].end + 1e-6:
+            last = runs[-1]
+            runs[-1] = Segment(last.start, max(last.end, s.end), last.label, last.speaker, last.score, last.raw_score)
+        else:
+            runs.append(s)
+    segments = sorted((s for runs in by_label.values() for s in runs), key=lambda s: (s.start, s.end))
+    voices = [
+        Voice(
+            v.label,
+            v.speaker,
+            sum(s.end - s.start for s in segments if s.label == v.label),
+            v.score,
+            v.nearest,
+            v.raw_score,
+        )
+        for v in timeline.voices
+    ]
+    voices.sort(key=lambda x: -x.seconds)
+    return Timeline(timeline.file, timeline.duration, segments, voices, timeline.speech_s, list(timeline.notes))
 
 
 def assemble(

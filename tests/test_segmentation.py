@@ -273,3 +273,23 @@ def test_a_hub_id_is_read_from_the_cache_offline(tmp_path, network, monkeypatch)
     (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs").mkdir()
     (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs" / "main").write_text("0" * 40)
     assert seg.resolve(seg.DEFAULT_HUB_ID) == snapshot / seg.HUB_FILE
+
+
+def test_speech_only_the_vad_hears_goes_to_the_nearest_voice():
+    """Speech the segmentation missed but the VAD heard joins the nearest voice in time (up to
+    1 s away); speech far from every voice is left out rather than guessed."""
+    from speakerdb.audio.vad import Region
+    from speakerdb.results import Segment, Timeline, Voice
+
+    t = Timeline(
+        "x.wav",
+        20.0,
+        [Segment(0.0, 2.0, "unknown-1", None, None), Segment(4.0, 6.0, "unknown-2", None, None)],
+        [Voice("unknown-1", None, 2.0, None), Voice("unknown-2", None, 2.0, None)],
+    )
+    out = timeline.fill_speech(t, [Region(1.5, 2.6), Region(3.7, 4.2), Region(12.0, 13.0)])
+    assert [(s.start, round(s.end, 2), s.label) for s in out.segments] == [
+        (0.0, 2.6, "unknown-1"),
+        (3.7, 6.0, "unknown-2"),
+    ]
+    assert {v.label: round(v.seconds, 2) for v in out.voices} == {"unknown-1": 2.6, "unknown-2": 2.3}
