@@ -293,3 +293,13 @@ def test_speech_only_the_vad_hears_goes_to_the_nearest_voice():
         (3.7, 6.0, "unknown-2"),
     ]
     assert {v.label: round(v.seconds, 2) for v in out.voices} == {"unknown-1": 2.6, "unknown-2": 2.3}
+
+
+def test_a_client_cannot_name_a_model_file_on_the_service():
+    """The service's segmentation is its operator's setting: a client's Params naming a file is
+    refused before anything is sent."""
+    from speakerdb.errors import InvalidInputError
+    from speakerdb.service.client import Client
+
+    with pytest.raises(InvalidInputError, match="service's own setting"):
+        Client("http://127.0.0.1:9").timeline(["x.wav"], params=Params(segmentation="/etc/passwd"))

@@ -143,7 +143,8 @@ def timeline(
         segmentation=None if state.server else segmentation or None,
     )
     if state.server:
-        pass  # the service uses its own segmentation setting (SPEAKERDB_SEGMENTATION where it runs)
+        if segmentation:
+            note("note:", "--segmentation", "not sent: the service uses its own (SPEAKERDB_SEGMENTATION where it runs)")
     elif segmentation:
         note("note:", f"segmentation model {segmentation}", "speech, speaker turns and overlapping speech from it")
     else:
