@@ -138,6 +138,18 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))
 
 
+# ---- recordings -------------------------------------------------------------------------------
+#: What counts as a recording when a folder is given (enroll DIR, evaluate's speaker-per-folder
+#: layout, a cohort folder): by extension, case ignored.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"})
+
+
+def audio_files(root: str | os.PathLike[str]) -> list[Path]:
+    """Every recording below folder ``root`` (:data:`AUDIO_SUFFIXES`, recursively), sorted by path.
+    Standard library only: the client lists a folder before uploading it."""
+    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
 # ---- the database: file or server -------------------------------------------------------------
 def model_cache_dir() -> Path:
     """The Hugging Face hub cache that huggingface_hub uses, from the environment as it is now:

@@ -24,20 +24,11 @@ from typing import Iterator
 import numpy as np
 
 from .. import config
+from ..config import AUDIO_SUFFIXES, audio_files  # noqa: F401  (what a folder of recordings holds)
 from ..errors import AudioError, printable_path
 from ..errors import check_input_file as check_file  # shared with the client, which checks before uploading
 
 log = logging.getLogger("speakerdb")
-
-#: What counts as a recording when a folder is given (enroll DIR, evaluate's speaker-per-folder
-#: layout, a cohort folder): by extension, case ignored.
-AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus", ".webm", ".aiff", ".aif"})
-
-
-def audio_files(root: str | os.PathLike[str]) -> list[Path]:
-    """Every recording below folder ``root`` (:data:`AUDIO_SUFFIXES`, recursively), sorted by path."""
-    return sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-
 
 SAMPLE_RATE = 16_000  # Hz: what WavLM and the other x-vector models were trained on
 # The WavLM x-vector head needs a few hundred milliseconds of frames: the conv front end

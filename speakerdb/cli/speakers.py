@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..config import AUDIO_SUFFIXES, audio_files
 from ..errors import (
     AudioError,
     ConsentRequiredError,
@@ -163,8 +164,6 @@ def _enrolled(result: EnrollResult, metadata: bool) -> str:
 def _recordings(files: tuple[str, ...]) -> list[str]:
     """The files as given, each folder replaced by the recordings below it (sorted); a folder
     with none is an error before anything is read."""
-    from ..api import audio_files  # numpy and SQLAlchemy, loaded by the command's database anyway
-
     paths: list[str] = []
     for f in files:
         if not os.path.isdir(f):
@@ -172,13 +171,10 @@ def _recordings(files: tuple[str, ...]) -> list[str]:
             continue
         found = audio_files(f)
         if not found:
-            raise InvalidInputError(f"no recordings under {f} (looked for {', '.join(sorted(AUDIO_NAMES))})")
+            raise InvalidInputError(f"no recordings under {f} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})")
         paths += [str(p) for p in found]
     return paths
 
-
-#: Recording extensions, as the error for an empty folder lists them (audio.AUDIO_SUFFIXES).
-AUDIO_NAMES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus", ".webm", ".aiff")
 
 #: Errors that concern one speaker's folder of --each-folder: the others go on.
 _ONE_FOLDER = (
@@ -200,8 +196,6 @@ def _enroll_each_folder(
     state: State, root: str, new: bool, metadata: dict[str, str], strict: bool, as_json: bool, consent: str | None
 ) -> None:
     """``enroll --each-folder ROOT``: one enrollment per sub-folder, a summary table at the end."""
-    from ..api import audio_files  # numpy and SQLAlchemy, loaded by the command's database anyway
-
     folders = [(d.name, audio_files(d)) for d in sorted(Path(root).iterdir()) if d.is_dir()]
     for folder, found in folders:
         if not found:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import errors
-from ..config import DEFAULT_GALLERY, gallery_name
+from ..config import DEFAULT_GALLERY, audio_files, gallery_name
 from ..results import (
     AuditEntry,
     Candidate,
@@ -414,8 +414,6 @@ class Client:
             root = Path(cohort).expanduser()
             if not root.is_dir():
                 raise errors.InvalidInputError(f"cohort {errors.printable_path(root)} is not a directory")
-            from ..audio.decode import audio_files  # numpy, for a folder only: the client stays light
-
             files: Sequence[str | os.PathLike[str]] = audio_files(root)
         else:
             files = cohort
