@@ -368,3 +368,39 @@ def test_identify_requests_are_batched_with_their_own_gallerys_only():
     assert batches.run(Recording(), first) == ["answer to b.wav"]
     assert batches.run(Recording(), second) == ["answer to c.wav"] and batches.run(Recording(), acme)
     assert calls == [["b.wav", "c.wav"], ["a.wav"]]
+
+
+def test_a_gallerys_speaker_probes_read_no_whole_gallery(tmp_path, clips):
+    """enroll asks whether a gallery holds more than a few thousand speakers, and an encrypted
+    database the next speaker id: neither may sort or scan the gallery's rows (at a million
+    speakers each cost 50-100 ms of every enroll)."""
+    from sqlalchemy import event
+
+    with SpeakerDB(tmp_path / "db.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", clips["alice"][:1])
+        seen: list[tuple[str, object]] = []
+        engine = db.store.engine
+
+        def note(conn, cursor, statement, parameters, context, executemany):
+            seen.append((statement, parameters))
+
+        event.listen(engine, "before_cursor_execute", note)
+        try:
+            with db.store.write() as s:
+                assert store.more_speakers_than(s, 0) and not store.more_speakers_than(s, 1)
+                bob = store.Speaker(name="bob", centroid=b"", meta={})
+                s.add(bob)
+                store._ensure_id(s, bob)
+                s.expunge(bob)  # given an id, never inserted
+        finally:
+            event.remove(engine, "before_cursor_execute", note)
+        raw = sqlite3.connect(tmp_path / "db.sqlite")
+        plans = {
+            statement: " | ".join(row[3] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters))
+            for statement, parameters in seen
+            if statement.lstrip().upper().startswith("SELECT")
+        }
+        raw.close()
+    assert plans and not [p for p in plans.values() if "TEMP B-TREE" in p], plans
+    [max_id] = [p for q, p in plans.items() if "max(" in q.lower()]
+    assert "gallery_id" not in max_id, max_id  # the primary key's last row, not a scan of the gallery

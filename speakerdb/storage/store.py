@@ -564,7 +564,9 @@ def _ensure_id(session: Session, speaker: "Speaker") -> int:
             new_id = int(session.scalar(text("SELECT nextval(pg_get_serial_sequence('speakers', 'id'))")))
         else:
             used = session.scalar(text("SELECT seq FROM sqlite_sequence WHERE name = 'speakers'")) or 0
-            top = session.scalar(select(func.max(Speaker.id))) or 0
+            # Every gallery's ids, and read from the primary key: the ORM's query would be
+            # scoped to one gallery and scan all of its rows.
+            top = session.scalar(text("SELECT max(id) FROM speakers")) or 0
             pending = max((o.id or 0 for o in session.new if isinstance(o, Speaker)), default=0)
             new_id = max(int(used), int(top), int(pending)) + 1
     speaker.id = new_id
@@ -1370,8 +1372,10 @@ def has_speakers(session: Session) -> bool:
 
 
 def more_speakers_than(session: Session, n: int) -> bool:
-    """Whether more than ``n`` speakers are enrolled (an OFFSET probe: no count over a million rows)."""
-    return session.scalar(select(Speaker.id).order_by(Speaker.id).offset(n).limit(1)) is not None
+    """Whether more than ``n`` speakers are enrolled (an OFFSET probe: no count over a million rows).
+    In no order: ordered by id, the gallery's rows would all be sorted first (the gallery's
+    index is on (gallery_id, name))."""
+    return session.scalar(select(Speaker.id).offset(n).limit(1)) is not None
 
 
 def counts(session: Session) -> tuple[int, int]:
