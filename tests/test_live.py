@@ -332,6 +332,7 @@ class FakeMicrophone:
     def __init__(self, samples: np.ndarray, devices: tuple[str, ...] = ("default", "usb")) -> None:
         self.pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).round().astype("<i2").tobytes()
         self.devices, self.opened = devices, []
+        self.burst = False
 
     def RawInputStream(self, *, samplerate, blocksize, device, channels, dtype, callback):  # noqa: N802
 
@@ -343,15 +344,21 @@ class FakeMicrophone:
 
         class Stream:
             def __enter__(self):
+                step = blocksize * 2
+                blocks = [mic.pcm[i : i + step] for i in range(0, len(mic.pcm), step)]
+
                 def play():
-                    step = blocksize * 2
-                    for i in range(0, len(mic.pcm), step):
-                        callback(mic.pcm[i : i + step], blocksize, None, None)
+                    for block in blocks:
+                        callback(block, blocksize, None, None)
                         time.sleep(0.001)  # PortAudio's pace, much faster than real time
                     while not self.closing.wait(0.05):  # Ctrl-C until the command stops listening
                         os.kill(os.getpid(), signal.SIGINT)
 
                 self.closing = threading.Event()
+                if mic.burst:  # all of it captured before the session takes a block: it is behind
+                    for block in blocks:
+                        callback(block, blocksize, None, None)
+                    blocks = []
 
                 self.thread = threading.Thread(target=play)
                 self.thread.start()
@@ -389,9 +396,10 @@ def test_listen_to_a_microphone_until_ctrl_c_or_seconds(cli_db, monkeypatch):
     r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "1", "--seconds", "4", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["duration"] == pytest.approx(4.0) and mic.opened[-1] == (16_000, 1)
-    monkeypatch.setattr(microphone, "MAX_BEHIND_S", 1.0)  # a session far behind loses the oldest audio, saying so
+    monkeypatch.setattr(microphone, "MAX_BEHIND_S", 4.0)  # a session far behind loses the oldest audio, saying so
+    mic.burst = True
     r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--json"])
-    assert r.exit_code == 0 and "fell 1 s behind the microphone" in r.stderr
+    assert r.exit_code == 0 and "fell 4 s behind the microphone: 8.0 s of audio dropped" in r.stderr, r.output
     assert json.loads(r.stdout.splitlines()[-1])["duration"] < len(x) / SR
 
     silent = FakeMicrophone(np.zeros(0, np.float32))  # Ctrl-C before any audio: the session's own error
