@@ -95,14 +95,17 @@ def main() -> None:
                 first[name].append(result["queries"][0]["seconds"])
 
         kit.log("enroll and identify: one process per database")
-        stubs = {n: kit.StubEmbedder(args.dim, rows=args.calls + 20, seed=7, model_id=kit.FILL_MODEL_ID) for n in paths}
+        # With --reuse, this run's speakers are new ones: their names, audio and voices too.
+        run = time.strftime("%Y%m%d%H%M%S")
+        rows = args.calls + 20
+        stubs = {n: kit.StubEmbedder(args.dim, rows, seed=int(run) % 2**31, model_id=kit.FILL_MODEL_ID) for n in paths}
         dbs = {n: SpeakerDB(paths[n], embedder=stubs[n], key=key if n == "encrypted" else None) for n in paths}
         counter = {n: 0 for n in paths}
 
         def enroll(name: str) -> None:
             counter[name] += 1
             stubs[name].next = None
-            dbs[name].enroll(f"new-{counter[name]:05d}", [kit.stub_clip(counter[name])])
+            dbs[name].enroll(f"new-{run}-{counter[name]:05d}", [kit.stub_clip(int(run) * 1000 + counter[name])])
 
         def identify(name: str) -> None:
             stubs[name].next = query
