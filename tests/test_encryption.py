@@ -310,3 +310,36 @@ def test_a_gallery_sealed_to_a_recipient_opens_only_with_their_key(tmp_path, cli
     with SpeakerDB(target, embedder=FakeEmbedder()) as db:
         assert sorted(s.name for s in db.list()) == ["alice", "bob"]
         assert sorted(map(bytes, _needles(_vectors(db)))) == sorted(map(bytes, needles))
+
+
+def test_a_large_sealed_index_opens_on_two_threads_and_still_names_a_damaged_block(tmp_path, monkeypatch):
+    """From OPEN_THREADS_FROM_BLOCKS blocks the sealed vectors are opened on two threads: every
+    vector comes back where it was, and a block altered in the file is still refused by number."""
+    from speakerdb.storage import index as index_file
+
+    n, dim = 70 * crypto.INDEX_BLOCK, 8
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    built = index_file.SpeakerIndex.build(np.arange(1, n + 1), vectors, dim, generation=1)
+    codec = crypto.Sealer(1, bytes(range(32)))
+    path = tmp_path / "sealed.faiss"
+    built.save(path, codec)
+    threads: list[str] = []
+    real = index_file.ThreadPoolExecutor
+
+    def watched(*args, **kw):
+        threads.append(kw.get("thread_name_prefix", ""))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(index_file, "ThreadPoolExecutor", watched)
+    loaded = index_file.SpeakerIndex.load(path, codec)
+    assert threads == ["speakerdb-open"]
+    found = loaded.search(vectors[[0, n // 2, n - 1]], 1)
+    assert [int(ids[0]) for ids in found[1]] == [1, n // 2 + 1, n]
+    # One byte of block 37's ciphertext changed: the whole file is refused, naming the block.
+    data = bytearray(path.read_bytes())
+    data[len(data) - 4 * dim * n + 4 * dim * (37 * crypto.INDEX_BLOCK + 3)] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(index_file.IndexFileError, match="block 37"):
+        index_file.SpeakerIndex.load(path, codec)
