@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..config import default_db_path
+from ..service import settings  # standard library only: the service's defaults, in one place
 from .output import emit, json_option, printable
 from .params import key_name, speaker_name
 
@@ -37,56 +38,56 @@ if TYPE_CHECKING:
 @click.option(
     "--max-upload-mb",
     type=click.FloatRange(0.001, 10_000),
-    default=50,
+    default=settings.DEFAULT_MAX_UPLOAD_BYTES // settings.MB,
     show_default=True,
     help="Largest request body, in MB (10^6 bytes): 413 beyond it.",
 )
 @click.option(
     "--max-files",
     type=click.IntRange(1, 10_000),
-    default=32,
+    default=settings.DEFAULT_MAX_FILES,
     show_default=True,
     help="Most audio files in one request: 413 beyond it.",
 )
 @click.option(
     "--max-audio-s",
     type=click.FloatRange(1, 4 * 3600),
-    default=600,
+    default=settings.DEFAULT_MAX_AUDIO_S,
     show_default=True,
     help="Longest recording accepted, in seconds: 400 (or a per-file error) beyond it.",
 )
 @click.option(
     "--queue-size",
     type=click.IntRange(1, 100_000),
-    default=32,
+    default=settings.DEFAULT_QUEUE_SIZE,
     show_default=True,
     help="Embedding requests a worker holds, running and waiting; beyond it: 503 with Retry-After.",
 )
 @click.option(
     "--max-streams",
     type=click.IntRange(1, 10_000),
-    default=16,
+    default=settings.DEFAULT_MAX_STREAMS,
     show_default=True,
     help="Live streams (WebSocket /v1/stream) a worker holds; one more is closed with 1013, try again later.",
 )
 @click.option(
     "--max-stream-s",
     type=click.FloatRange(1, 7 * 24 * 3600),
-    default=4 * 3600,
+    default=settings.DEFAULT_MAX_STREAM_S,
     show_default=True,
     help="Longest live stream, in seconds of audio or of connection, whichever is larger.",
 )
 @click.option(
     "--stream-idle-s",
     type=click.FloatRange(0.1, 3600),
-    default=30,
+    default=settings.DEFAULT_STREAM_IDLE_S,
     show_default=True,
     help="Seconds a live stream may go without audio before it is closed.",
 )
 @click.option(
     "--max-frame-kb",
     type=click.IntRange(1, 64 * 1024),
-    default=1024,
+    default=settings.DEFAULT_MAX_FRAME_BYTES // 1024,
     show_default=True,
     help="Largest audio frame of a live stream, in KiB (1024 bytes).",
 )
@@ -106,21 +107,21 @@ if TYPE_CHECKING:
 @click.option(
     "--header-timeout",
     type=click.FloatRange(0.1, 3600),
-    default=10,
+    default=settings.DEFAULT_HEADER_TIMEOUT_S,
     show_default=True,
     help="Seconds a client has to send a request's headers; then 408 and the connection is closed.",
 )
 @click.option(
     "--body-timeout",
     type=click.FloatRange(0.1, 3600),
-    default=30,
+    default=settings.DEFAULT_BODY_TIMEOUT_S,
     show_default=True,
     help="Seconds a request's body may pause; then 408 (or a closed connection).",
 )
 @click.option(
     "--expire-every",
     type=click.FloatRange(0.1, 365 * 86_400),
-    default=86_400,
+    default=settings.DEFAULT_EXPIRE_EVERY_S,
     show_default=True,
     metavar="SECONDS",
     help="How often each worker runs `speakerdb expire` (the retention policy), the first time at start.",
@@ -217,7 +218,7 @@ def serve(
         model=state.model,
         device=state.device,
         precision=state.precision,
-        max_upload_bytes=int(max_upload_mb * 1_000_000),
+        max_upload_bytes=int(max_upload_mb * settings.MB),
         max_files=max_files,
         max_audio_s=max_audio_s,
         queue_size=queue_size,

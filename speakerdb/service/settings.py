@@ -20,29 +20,31 @@ DEFAULT_MAX_FILES = 32  # audio files in one request
 # A normalisation cohort is hundreds of short recordings, sent in one request (POST /v1/norm);
 # its bytes are still capped by max_upload_bytes.
 COHORT_MAX_FILES = 2000
-DEFAULT_MAX_AUDIO_S = 600.0  # seconds of audio in one file (the CLI allows 4 h; a request should not)
+# Seconds are floats written whole, so that `serve --help` shows them as they are written.
+DEFAULT_MAX_AUDIO_S: float = 600  # seconds of audio in one file (the CLI allows 4 h; a request should not)
 DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waiting
 # A connection must send a request's headers within DEFAULT_HEADER_TIMEOUT_S of starting it,
 # and a body must not pause for longer than DEFAULT_BODY_TIMEOUT_S: otherwise a client that
 # trickles bytes (slowloris) holds a connection, and its memory, for ever (TimedHTTPProtocol).
-DEFAULT_HEADER_TIMEOUT_S = 10.0
-DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_HEADER_TIMEOUT_S: float = 10
+DEFAULT_BODY_TIMEOUT_S: float = 30
 # WebSocket /v1/stream (service/stream.py): live sessions a worker holds at once (one more is
 # closed with 1013, try again later), the longest session (seconds of audio or of connection,
 # whichever is larger), the longest silence of a client that sends no audio, the largest
 # binary frame, and the time a browser has to send its key as the first message.
 DEFAULT_MAX_STREAMS = 16
-DEFAULT_MAX_STREAM_S = 4 * 3600.0
-DEFAULT_STREAM_IDLE_S = 30.0
+DEFAULT_MAX_STREAM_S: float = 4 * 3600
+DEFAULT_STREAM_IDLE_S: float = 30
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
 DEFAULT_STREAM_AUTH_S = 5.0
 #: How often each worker runs `expire` (the retention policy), from its start: once a day.
-DEFAULT_EXPIRE_EVERY_S = 86_400.0
+DEFAULT_EXPIRE_EVERY_S: float = 86_400
 
 
 @dataclass
 class ServeConfig:
-    """Everything a worker needs to build the app (JSON-serialisable: workers are processes)."""
+    """Everything a worker needs to build the app (JSON-serialisable: workers are processes).
+    ``speakerdb serve``'s options take their defaults from the constants above."""
 
     db_path: str
     model: str | None = None
