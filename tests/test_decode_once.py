@@ -11,31 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SR, FakeEmbedder, voice, write
+from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, timeline
 from speakerdb.audio import decode, decoded, vad
 from speakerdb.audio.decoded import Decoded
 from speakerdb.embedding import pipeline
 from speakerdb.timeline import Gallery, Params
-
-
-class EnergyDetector:
-    """A stand-in VAD for generated tones (Silero is trained on speech): a 32 ms frame is
-    speech when its RMS is above 0.01."""
-
-    frame = vad.FRAME
-
-    def reset(self) -> None:
-        self._pending = np.zeros(0, np.float32)
-
-    def feed(self, samples: np.ndarray) -> np.ndarray:
-        x = np.concatenate([self._pending, samples])
-        n = len(x) // self.frame
-        self._pending = x[n * self.frame :]
-        return (np.sqrt(np.mean(x[: n * self.frame].reshape(n, self.frame) ** 2, axis=1)) > 0.01).astype(np.float32)
-
-    def flush(self) -> np.ndarray:
-        return np.zeros(0, np.float32)
 
 
 @pytest.fixture
