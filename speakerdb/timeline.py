@@ -445,24 +445,45 @@ class Planned:
         return assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
 
 
+class SpeechPass:
+    """Pass 1's bookkeeping over a stream of blocks: the samples and the peak (the checks
+    identify makes) and the VAD's frame probabilities, gathered as :meth:`watch` hands the
+    blocks on (to nothing, or to a segmentation model reading the same pass)."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.n_samples, self.peak = 0, 0.0
+        self._probs: list[np.ndarray] = []
+        detector.reset()
+
+    def watch(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """``blocks``, each counted and fed to the VAD before it is passed on."""
+        for block in blocks:
+            self.n_samples += len(block)
+            self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+            self._probs.append(self.detector.feed(block))
+            yield block
+
+    def finish(self, label: str) -> tuple[float, list[vad.Region]]:
+        """(duration in seconds, speech regions) once every block was watched. Raises AudioError
+        for a recording too short, too long or silent."""
+        self._probs.append(self.detector.flush())
+        audio.check_duration_and_level(self.n_samples, self.peak, label)
+        duration = self.n_samples / audio.SAMPLE_RATE
+        frame_s = vad.frame_seconds(self.detector)
+        return duration, list(vad.regions(np.concatenate(self._probs), frame_s=frame_s, duration_s=duration))
+
+
 def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planned:
     """Pass 1: voice activity over ``source`` (and the checks identify makes), and the windows
     over its speech. Raises AudioError for a recording too short, too long or silent."""
     label = source.source if isinstance(source, audio.Audio) else str(source.path)
-    detector = detector if detector is not None else vad.load(params.vad_backend)
-    n_samples, peak = 0, 0.0
-    detector.reset()
-    probs = []
-    for block in _blocks_of(source)():
-        n_samples += len(block)
-        peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
-        probs.append(detector.feed(block))
-    probs.append(detector.flush())
-    audio.check_duration_and_level(n_samples, peak, label)
-    duration = n_samples / audio.SAMPLE_RATE
-    regions = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
+    speech = SpeechPass(detector if detector is not None else vad.load(params.vad_backend))
+    for _ in speech.watch(_blocks_of(source)()):
+        pass
+    duration, regions = speech.finish(label)
     speech_s = float(sum(r.duration for r in regions))
-    return Planned(label, duration, list(regions), plan_windows(regions, params.window_s, params.hop_s), speech_s)
+    return Planned(label, duration, regions, plan_windows(regions, params.window_s, params.hop_s), speech_s)
 
 
 def load_detector(params: Params):
@@ -483,25 +504,10 @@ def _build_segmented(
 ) -> Timeline:
     """:func:`build` with a segmentation model (see :func:`assemble_tracks`); the VAD runs in
     the same pass, and speech that only it hears goes to the nearest voice (:func:`fill_speech`)."""
-    n_samples, peak = 0, 0.0
-    detector = vad.load(params.vad_backend)
-    detector.reset()
-    probs: list[np.ndarray] = []
-
-    def counted() -> Iterator[np.ndarray]:
-        nonlocal n_samples, peak
-        for block in blocks():
-            n_samples += len(block)
-            peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
-            probs.append(detector.feed(block))
-            yield block
-
-    chunks = list(segmenter.chunk_outputs(counted()))
-    probs.append(detector.flush())
-    audio.check_duration_and_level(n_samples, peak, label)
-    duration = n_samples / audio.SAMPLE_RATE
-    heard = vad.regions(np.concatenate(probs), frame_s=vad.frame_seconds(detector), duration_s=duration)
-    activity = segmentation.aggregate(chunks, n_samples)
+    speech = SpeechPass(vad.load(params.vad_backend))
+    chunks = list(segmenter.chunk_outputs(speech.watch(blocks())))
+    duration, heard = speech.finish(label)
+    activity = segmentation.aggregate(chunks, speech.n_samples)
     spans, speech_s = track_windows(activity, duration, params)
     if not spans:
         note = "no speech found" if not speech_s else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
