@@ -472,7 +472,8 @@ def test_sigkill_during_import_leaves_the_database_as_before(tmp_path, voices):
     duration = float(out.stdout.split()[-1])
 
     killed_mid_import = 0
-    for fraction in (0.2, 0.4, 0.6, 0.8, 0.95):
+    # Three kills early on: the test holds while the import runs at least 0.4 x as long as timed (load varies).
+    for fraction in (0.1, 0.25, 0.4, 0.6, 0.8, 0.95):
         proc = subprocess.Popen(
             [sys.executable, "-c", IMPORT_SCRIPT, str(db_path), str(big)], stdout=subprocess.PIPE, text=True
         )
