@@ -7,7 +7,8 @@
 
 The model is a RANDOM-weight WavLM x-vector checkpoint of the full microsoft/wavlm-base-plus-sv
 architecture (scripts/make_random_checkpoint.py; made in --checkpoint DIR if that is empty,
-else reused): it costs what the real model costs. A database of --speakers speakers is
+else reused): it costs what the real model costs. ``--model resemblyzer`` measures the
+pretrained GE2E encoder instead (issue 23's throughput target is stated for it). A database of --speakers speakers is
 enrolled once; then, in one run and on one machine:
 
 * **in-process**: ``SpeakerDB.identify([clip])`` in this process, model loaded, median of
@@ -90,7 +91,7 @@ def worker_pids(main: int) -> list[int]:
 
 
 class Service:
-    def __init__(self, db: Path, checkpoint: Path, workers: int, key: str, log_path: Path) -> None:
+    def __init__(self, db: Path, model: str, workers: int, key: str, log_path: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -104,7 +105,7 @@ class Service:
                 "--db",
                 str(db),
                 "--model",
-                str(checkpoint),
+                model,
                 "serve",
                 "--port",
                 str(self.port),
@@ -329,7 +330,7 @@ class LiveStreams:
                 self.errors.append(f"stream {k}: {type(e).__name__}: {e}")
 
 
-def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[float, Path], pairs: int) -> list[dict]:
+def interleaved(service: Service, db_path: Path, model: str, clips: dict[float, Path], pairs: int) -> list[dict]:
     """One in-process call, one service call, alternately (after a warm-up of each): the
     ratio of their medians does not depend on how busy the machine was meanwhile."""
     from speakerdb import (
@@ -339,7 +340,7 @@ def interleaved(service: Service, db_path: Path, checkpoint: Path, clips: dict[f
 
     rows = []
     client = Client(service.url, service.key, retries=0)
-    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+    with SpeakerDB(db_path, model=model) as db:
         for seconds, clip in clips.items():
             log(f"  interleaved: {pairs} pairs of {seconds:g} s calls")
             db.identify([clip])
@@ -384,6 +385,9 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", type=Path, help="random full-size checkpoint directory (made if empty)")
+    parser.add_argument(
+        "--model", help="a model name instead of the random WavLM checkpoint, e.g. resemblyzer (the GE2E encoder)"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="measuring time per service cell")
     parser.add_argument("--repeats", type=int, default=7, help="in-process identify calls per clip length")
     parser.add_argument("--speakers", type=int, default=20, help="speakers enrolled in the database")
@@ -434,7 +438,7 @@ def main() -> None:
     from speakerdb import SpeakerDB
 
     work = Path(tempfile.mkdtemp(prefix="bench-service-"))
-    checkpoint = kit.checkpoint_in(args.checkpoint or work / "wavlm-random")
+    model = args.model or str(kit.checkpoint_in(args.checkpoint or work / "wavlm-random"))
     clip_lengths = [float(x) for x in args.clip_seconds.split(",")]
     clips = {}
     for seconds in clip_lengths:
@@ -445,7 +449,7 @@ def main() -> None:
     log(f"enrolling {args.speakers} speakers (3 s each)")
     from speakerdb.audio import decode as audio  # deferred with SpeakerDB above
 
-    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+    with SpeakerDB(db_path, model=model) as db:
         for i in range(args.speakers):
             db.enroll(f"s{i:03d}", [audio.Audio(f"s{i}.wav", voice(90 + 9 * i, 3.0, seed=i))])
         key = db.create_key("bench", "read").key
@@ -456,7 +460,7 @@ def main() -> None:
 
     # ---- in-process: the model loaded, one call at a time ----------------------------------
     log("in-process SpeakerDB.identify")
-    with SpeakerDB(db_path, model=str(checkpoint)) as db:
+    with SpeakerDB(db_path, model=model) as db:
         for seconds, clip in clips.items():
             db.identify([clip])  # warm-up
             before = load()
@@ -518,12 +522,12 @@ def main() -> None:
 
     # ---- the service -----------------------------------------------------------------------
     for workers in [int(x) for x in args.workers.split(",")]:
-        service = Service(db_path, checkpoint, workers, key, work / f"serve-{workers}.log")
+        service = Service(db_path, model, workers, key, work / f"serve-{workers}.log")
         try:
             ready_s = service.wait_ready()
             log(f"service with {workers} worker(s) ready after {ready_s:.1f} s")
             if workers == 1 and args.interleave:
-                rows += interleaved(service, db_path, checkpoint, clips, args.interleave)
+                rows += interleaved(service, db_path, model, clips, args.interleave)
             most = max(int(x) for x in args.clients.split(","))
             for seconds, clip in (clips if args.paired else {}).items():
                 for k in range(args.paired):
@@ -568,7 +572,8 @@ def main() -> None:
     # ---- report ----------------------------------------------------------------------------
     print(
         f"\nCPU: {cpu}; torch threads: default (SPEAKERDB_THREADS={os.environ.get('SPEAKERDB_THREADS', 'unset')}); "
-        f"{args.speakers} speakers; service cells of {args.seconds:g} s; full-size random WavLM checkpoint.\n"
+        f"{args.speakers} speakers; service cells of {args.seconds:g} s; "
+        f"model: {args.model or 'full-size random WavLM checkpoint'}.\n"
     )
     print(
         "| side | workers | clients | clip | requests | req/s | p50 s | p95 s | p99 s | errors | 503s "
