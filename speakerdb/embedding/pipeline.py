@@ -186,10 +186,9 @@ def _embed_windows(rec: _Recording, parts: Iterable[np.ndarray], embedder: Embed
 #: Seconds of one-window recordings embed_clips decodes ahead, to embed those of equal
 #: length in one forward pass (bounds the audio held: 120 s is 7.7 MB of float32).
 BATCH_AHEAD_S = 120.0
-#: Audio in one stacked forward pass at most. Per clip, on the 2-core Zen 4 with the full-size
-#: WavLM (medians of 2 rounds): 3 s clips 0.333 s alone, 0.261 s by 4, 0.251 s by 10, 0.261 s
-#: by 20; 10 s clips 0.936 s alone, 0.889 s by 3, 0.996 s by 15. Past ~30 s of audio a pass
-#: stacking loses (larger activations, presumably out of cache; not profiled further).
+#: Audio in one stacked forward pass at most (s): with the full-size WavLM, passes of about
+#: 30 s cost the least per window for 1.5 s, 3 s and 10 s windows alike; larger ones lose
+#: (docs/service.md, "Measured throughput").
 BATCH_FORWARD_S = 30.0
 
 
