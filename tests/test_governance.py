@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -133,6 +134,30 @@ def test_last_seen_is_written_in_batches_and_expiry_runs_at_a_simulated_date(tmp
     for f in (path, Path(f"{path}-wal")):  # the same erasure as remove: no byte of bob's centroid left
         assert not f.exists() or centroid not in f.read_bytes()
     assert_index_agrees_with_store(path, embedder=FakeEmbedder())
+
+
+def test_an_expiry_preview_does_not_wait_for_a_writer(tmp_path, clips):
+    """``expire --dry-run`` only reads: another process's open write transaction (an enrollment,
+    a service's request) does not hold it up for the busy timeout."""
+    clock = Clock()
+    path = tmp_path / "busy.sqlite"
+    with _db(path, clock) as db:
+        db.enroll("bob", [clips["bob"]])
+        db.set_policy(expire_after="1y")
+    clock.now += 2 * YEAR
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # holds SQLite's write lock
+    try:
+        with _db(path, clock) as db:
+            answer: list = []
+            preview = threading.Thread(target=lambda: answer.append(db.expire(dry_run=True)), daemon=True)
+            preview.start()
+            preview.join(timeout=10)
+            assert not preview.is_alive(), "the preview waited for the writer's lock"
+            assert answer[0].expired == ["bob"] and answer[0].dry_run
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def _centroid(path: Path, name: str) -> bytes:
