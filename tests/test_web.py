@@ -449,6 +449,27 @@ def test_timeline_lanes_a_moving_cursor_and_an_unknown_voice_enrolled(tab, serve
     expect(page.get_by_role("button", name=re.compile("^Enroll"))).to_have_count(0)
 
 
+def test_a_voice_is_enrolled_from_the_stretches_where_it_speaks_alone(tab):
+    """With a segmentation model two voices may share a stretch (overlapping segments): the
+    page's enrollment of one of them cuts only what no other voice overlaps."""
+    page = tab.open().page
+    segments = [
+        {"start": 0.0, "end": 4.0, "label": "unknown-1"},
+        {"start": 3.0, "end": 5.0, "label": "unknown-2"},  # over the end of unknown-1's first turn
+        {"start": 6.0, "end": 9.0, "label": "unknown-1"},
+        {"start": 7.0, "end": 7.5, "label": "unknown-2"},  # inside its second turn
+        {"start": 10.0, "end": 11.0, "label": "unknown-2"},
+    ]
+    alone = "([segments, label]) => import('/static/lanes.js').then(m => m.aloneSpans(segments, label))"
+    assert page.evaluate(alone, [segments, "unknown-1"]) == [
+        {"start": 0.0, "end": 3.0},
+        {"start": 6.0, "end": 7.0},
+        {"start": 7.5, "end": 9.0},
+    ]
+    assert page.evaluate(alone, [segments, "unknown-2"]) == [{"start": 4.0, "end": 5.0}, {"start": 10.0, "end": 11.0}]
+    assert page.evaluate(alone, [segments[:2] + [{"start": 1.0, "end": 2.0, "label": "unknown-3"}], "unknown-3"]) == []
+
+
 # ---- settings -----------------------------------------------------------------------------------
 def test_settings_threshold_keys_shown_once_revoke_and_the_audit_log(tab, server):
     page = tab.sign_in("admin").page

@@ -8,6 +8,31 @@ export function voiceName(span) {
   return span.speaker || span.label;
 }
 
+/**
+ * The stretches ``[{start, end}]`` of ``label``'s segments that no other voice's segment
+ * overlaps (with a segmentation model two voices may share a stretch): what may be enrolled
+ * as that voice alone.
+ */
+export function aloneSpans(segments, label) {
+  const others = segments.filter((s) => s.label !== label);
+  const out = [];
+  for (const seg of segments.filter((s) => s.label === label)) {
+    let parts = [{ start: seg.start, end: seg.end }];
+    for (const o of others) {
+      parts = parts.flatMap((p) =>
+        o.end <= p.start || o.start >= p.end
+          ? [p]
+          : [
+              { start: p.start, end: o.start },
+              { start: o.end, end: p.end },
+            ].filter((q) => q.end > q.start),
+      );
+    }
+    out.push(...parts);
+  }
+  return out;
+}
+
 export class Lanes {
   /**
    * ``caption``: what the lanes show; ``onseek(t)``: a segment was chosen (the player jumps

@@ -6,7 +6,7 @@
 import { api } from "../api.js";
 import { cut, decode, wav } from "../audio.js";
 import { dropzone, field, h, messages, seconds } from "../dom.js";
-import { Lanes } from "../lanes.js";
+import { aloneSpans, Lanes } from "../lanes.js";
 import { enrollClips, enrollLines } from "./enroll.js";
 
 export default async function timeline(main, { session }) {
@@ -58,8 +58,9 @@ export default async function timeline(main, { session }) {
         if (!who) return;
         notes.info(`Enrolling ${label} as ${who}…`);
         try {
+          const spans = aloneSpans(doc.segments, label);
+          if (!spans.length) throw new Error(`${label} is heard only over another voice: nothing to enroll`);
           decoded = decoded || (await decode(file));
-          const spans = doc.segments.filter((s) => s.label === label);
           const clip = wav(cut(decoded, spans));
           const result = await enrollClips(who, [{ name: `${doc.file} ${label}.wav`, blob: clip }]);
           notes.lines(enrollLines(result));
