@@ -437,12 +437,18 @@ class Planned:
 
     def empty(self) -> Timeline:
         """The timeline of a recording with no window to embed, saying why."""
-        note = "no speech found" if not self.regions else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
-        return Timeline(self.label, self.duration, [], [], self.speech_s, [note])
+        return empty_timeline(self.label, self.duration, self.speech_s, heard=bool(self.regions))
 
     def assemble(self, vectors: np.ndarray, gallery: Gallery, params: Params) -> Timeline:
         """The timeline, given the vectors of :attr:`spans`."""
         return assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
+
+
+def empty_timeline(label: str, duration: float, speech_s: float, *, heard: bool) -> Timeline:
+    """The timeline of a recording with no window to embed: no speech ``heard``, or only bursts
+    too short for a window."""
+    note = f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s" if heard else "no speech found"
+    return Timeline(label, duration, [], [], speech_s, [note])
 
 
 class SpeechPass:
@@ -510,8 +516,7 @@ def _build_segmented(
     activity = segmentation.aggregate(chunks, speech.n_samples)
     spans, speech_s = track_windows(activity, duration, params)
     if not spans:
-        note = "no speech found" if not speech_s else f"speech found only in bursts shorter than {MIN_WINDOW_S:g} s"
-        return Timeline(label, duration, [], [], speech_s, [note])
+        return empty_timeline(label, duration, speech_s, heard=speech_s > 0)
     vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
     return fill_speech(assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s), heard)
 
