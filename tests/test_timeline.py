@@ -4,6 +4,7 @@ known vectors, the CLI, and one conversation of real speech (skipped without Lib
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,25 @@ def test_silero_streamed_in_odd_blocks_equals_the_packages_own_sequence_model():
     ours = vad.probabilities([x[a:b] for a, b in zip(cuts, cuts[1:])])
     assert len(ours) == len(theirs) == -(-len(x) // vad.FRAME)
     np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+
+def test_silero_detectors_share_one_session_from_several_threads_and_keep_their_own_state():
+    """One ONNX session per process (identify made one per file): detectors fed at once from
+    several threads each give exactly what they give alone."""
+    pytest.importorskip("onnxruntime")
+    signals = [voice(100 + 40 * i, 2.0, seed=i) for i in range(4)]
+    alone = [vad.probabilities([x]) for x in signals]
+    detectors = [vad.load("silero") for _ in signals]
+    assert len({id(d.session) for d in detectors}) == 1
+
+    def run(i: int) -> np.ndarray:
+        blocks = np.array_split(signals[i], 17)  # many small calls, interleaved with the others'
+        return np.concatenate([detectors[i].feed(b) for b in blocks] + [detectors[i].flush()])
+
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, range(4)))
+    for a, b in zip(alone, together):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 def test_silero_finds_no_speech_in_noise():

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -96,16 +97,19 @@ def import_onnxruntime():
     return ort
 
 
-class SileroVAD:
-    """Streaming Silero VAD: feed 16 kHz blocks of any length, read per-frame speech probabilities.
+_session: Any = None
+_session_lock = threading.Lock()
 
-    vad = SileroVAD()
-    for block in blocks:
-        probs = vad.feed(block)   # (n_frames,) for the whole 32 ms frames completed so far
-    probs = vad.flush()           # the last partial frame, zero-padded
-    """
 
-    def __init__(self) -> None:
+def _silero_session() -> Any:
+    """The process's one ONNX session of the Silero model, made at first use. Detectors share
+    it: ``InferenceSession.run`` may be called from several threads at once, and each detector
+    carries its own LSTM state, so identify's per-file detectors and live sessions no longer
+    pay for a session each."""
+    global _session
+    with _session_lock:
+        if _session is not None:
+            return _session
         if importlib.util.find_spec("onnxruntime") is None:
             raise ModelLoadError(f"voice activity detection needs onnxruntime: {SILERO_INSTALL_HINT}")
         ort = import_onnxruntime()
@@ -116,13 +120,27 @@ class SileroVAD:
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # the export carries unused initializers; ORT warns about each
         try:
-            self.session = ort.InferenceSession(
+            _session = ort.InferenceSession(
                 str(silero_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except ModelLoadError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ModelLoadError(f"cannot load the Silero VAD model: {e}") from None
+        return _session
+
+
+class SileroVAD:
+    """Streaming Silero VAD: feed 16 kHz blocks of any length, read per-frame speech probabilities.
+
+    vad = SileroVAD()
+    for block in blocks:
+        probs = vad.feed(block)   # (n_frames,) for the whole 32 ms frames completed so far
+    probs = vad.flush()           # the last partial frame, zero-padded
+    """
+
+    def __init__(self) -> None:
+        self.session = _silero_session()
         self.reset()
 
     def reset(self) -> None:
