@@ -1051,19 +1051,16 @@ class SpeakerDB:
         if seconds is None:
             return ExpireSummary([], 0, None, dry_run)
         cutoff = governance.cutoff(self.now(), seconds)
-        if dry_run:  # a preview reads: writers (enrollments, a service's requests) need not wait for it
-            with self.store.read() as s:
-                gone = governance.expired(s, cutoff)
-                return ExpireSummary([sp.name for sp in gone], sum(len(sp.utterances) for sp in gone), cutoff, True)
-        with self.store.write() as s:
-            seconds = governance.expire_after_s(store.get_settings(s))  # again, under the write lock
+        # A preview only reads: writers (enrollments, a service's requests) need not wait for it.
+        with self.store.read() if dry_run else self.store.write() as s:
+            seconds = governance.expire_after_s(store.get_settings(s))  # again, in the transaction
             if seconds is None:
                 return ExpireSummary([], 0, None, dry_run)
             cutoff = governance.cutoff(self.now(), seconds)
             gone = governance.expired(s, cutoff)
             names = [sp.name for sp in gone]
             n = sum(len(sp.utterances) for sp in gone)
-            if not gone:
+            if dry_run or not gone:
                 return ExpireSummary(names, n, cutoff, dry_run)
             for sp in gone:
                 last = max(t for t in (sp.last_seen, sp.updated_at) if t is not None)
