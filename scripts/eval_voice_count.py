@@ -19,8 +19,8 @@ from pathlib import Path
 import kit
 from speakerdb import timeline
 from speakerdb.audio import vad
+from speakerdb.config import AUDIO_SUFFIXES
 from speakerdb.embedding.models import load_embedder
-from speakerdb.scoring.evaluate import AUDIO_SUFFIXES
 
 
 def main(argv: list[str] | None = None) -> int:

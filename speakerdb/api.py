@@ -96,8 +96,8 @@ if TYPE_CHECKING:  # for annotations only
 # Named here to stay importable from the facade (`from speakerdb.api import ...`), for users and for
 # the command line, which reaches the library through this module alone (tests/test_layout.py).
 # Schema management and copying work on databases the facade may refuse to open (storage/migrate.py).
-from .audio.decode import audio_files as audio_files
 from .config import DB_FILENAME as DB_FILENAME
+from .config import audio_files as audio_files
 from .config import default_db_path as default_db_path
 from .config import default_home as default_home
 from .config import default_index_dir as default_index_dir

@@ -24,7 +24,6 @@ from typing import Iterator
 import numpy as np
 
 from .. import config
-from ..config import AUDIO_SUFFIXES, audio_files  # noqa: F401  (what a folder of recordings holds)
 from ..errors import AudioError, printable_path
 from ..errors import check_input_file as check_file  # shared with the client, which checks before uploading
 

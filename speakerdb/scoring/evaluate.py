@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import decode as audio
+from ..config import AUDIO_SUFFIXES, audio_files
 from ..embedding import pipeline
 from ..embedding.models import DEFAULT_MODEL, Embedder, load_embedder
 from ..errors import InvalidInputError
@@ -38,7 +39,6 @@ from ..storage import atomic
 from . import metrics, norm
 from .thresholds import check_top_n
 
-AUDIO_SUFFIXES = audio.AUDIO_SUFFIXES  # by extension (a folder of the layout holds other files too)
 DEFAULT_ENROLL_COUNT = 3
 DEFAULT_IMPOSTOR_FRACTION = 0.2  # of the speakers in DATA_DIR, held out entirely
 P_TARGETS = (0.01, 0.05)  # minDCF operating points, with C_miss = C_fa = 1
@@ -107,7 +107,7 @@ def find_recordings(directory: Path) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for entry in sorted(directory.iterdir()):
         if entry.is_dir():
-            files = audio.audio_files(entry)
+            files = audio_files(entry)
             if files:
                 found[entry.name] = files
         elif entry.suffix.lower() in AUDIO_SUFFIXES:
@@ -193,7 +193,7 @@ def cohort_files(cohort: str | os.PathLike[str] | Sequence[Any]) -> list[Any]:
         root = Path(cohort).expanduser()
         if not root.is_dir():
             raise InvalidInputError(f"cohort {root} is not a directory")
-        return audio.audio_files(root)
+        return audio_files(root)
     return list(cohort)
 
 
