@@ -757,28 +757,8 @@ def assemble_tracks(
                 joined.append([a, b])
         runs.extend((*_frame_span(activity, a, b, duration), v) for a, b in joined)
     runs.sort()
-    unknown_number: dict[int, int] = {}
-    for _, _, v in runs:
-        if names[v][0] is None and v not in unknown_number:
-            unknown_number[v] = len(unknown_number) + 1
-    text: dict[int, str] = {v: names[v][0] or f"unknown-{unknown_number.get(v, 0)}" for v in voices_idx}
     centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])
-    window_voice = voice_of_track[owner]
-    segments = []
-    for start, end, v in runs:
-        score = raw = None
-        if len(gallery.names):
-            inside = (centres >= start) & (centres < end) & (window_voice == v)
-            mean = vectors[inside].mean(axis=0) if inside.any() else profiles[v]
-            scores, raws = gallery.scores(l2_normalize(mean[None]))
-            score, raw = float(scores[0, names[v][2]]), float(raws[0, names[v][2]])
-        segments.append(Segment(start, end, text[v], names[v][0], score, raw))
-    voices = []
-    for v in voices_idx:
-        secs_v = sum(s.end - s.start for s in segments if s.label == text[v])
-        if secs_v > 0:
-            voices.append(Voice(text[v], names[v][0], secs_v, names[v][1], names[v][3], names[v][4]))
-    voices.sort(key=lambda x: -x.seconds)
+    segments, voices = _labelled(runs, voices_idx, names, gallery, profiles, vectors, centres, voice_of_track[owner])
     return Timeline(label, duration, segments, voices, speech_s, [])
 
 
@@ -942,34 +922,49 @@ def assemble(
             merged_labels.append((start, end, v))
     frame_labels = merged_labels
 
-    # Labels: names, or unknown-N by first appearance.
+    centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])  # (n,) s
+    segments, voices = _labelled(frame_labels, voice_ids, names, gallery, profiles, vectors, centres)
+    if speech_s is None:
+        speech_s = float(sum(r.duration for r in regions))
+    return Timeline(label, duration, segments, voices, speech_s, [])
+
+
+def _labelled(
+    runs: Sequence[tuple[float, float, int]],
+    voice_ids: Sequence[int],
+    names: list[tuple[str | None, float | None, int, str | None, float | None]],
+    gallery: Gallery,
+    profiles: np.ndarray,
+    vectors: np.ndarray,
+    centres: np.ndarray,
+    window_voice: np.ndarray | None = None,
+) -> tuple[list[Segment], list[Voice]]:
+    """Segments and voices from the runs (start s, end s, voice), in time order: each voice its
+    name, else unknown-N by first appearance. A named segment is scored by the mean of the
+    windows centred inside it (only its voice's, given ``window_voice``), else its voice's profile."""
     unknown_number: dict[int, int] = {}
-    for _, _, v in frame_labels:
+    for _, _, v in runs:
         if names[v][0] is None and v not in unknown_number:
             unknown_number[v] = len(unknown_number) + 1
-    text = {v: names[v][0] if names[v][0] is not None else f"unknown-{unknown_number.get(v, 0)}" for v in voice_ids}
-
+    text: dict[int, str] = {v: names[v][0] or f"unknown-{unknown_number.get(v, 0)}" for v in voice_ids}
     segments = []
-    centres = np.array([(a + b) / 2 / sr for a, b, _ in spans])  # (n,) s
-    for start, end, v in frame_labels:
-        inside = (centres >= start) & (centres < end)
+    for start, end, v in runs:
         score = raw = None
         if len(gallery.names):
-            target = names[v][2]
+            inside = (centres >= start) & (centres < end)
+            if window_voice is not None:
+                inside &= window_voice == v
             mean = vectors[inside].mean(axis=0) if inside.any() else profiles[v]
             scores, raws = gallery.scores(l2_normalize(mean[None]))
-            score, raw = float(scores[0, target]), float(raws[0, target])
+            score, raw = float(scores[0, names[v][2]]), float(raws[0, names[v][2]])
         segments.append(Segment(start, end, text[v], names[v][0], score, raw))
     voices = []
     for v in voice_ids:
         secs = sum(s.end - s.start for s in segments if s.label == text[v])
-        if secs <= 0:
-            continue
-        voices.append(Voice(text[v], names[v][0], secs, names[v][1], names[v][3], names[v][4]))
+        if secs > 0:
+            voices.append(Voice(text[v], names[v][0], secs, names[v][1], names[v][3], names[v][4]))
     voices.sort(key=lambda x: -x.seconds)
-    if speech_s is None:
-        speech_s = float(sum(r.duration for r in regions))
-    return Timeline(label, duration, segments, voices, speech_s, [])
+    return segments, voices
 
 
 def _weighted_mean(vectors: np.ndarray, weights: np.ndarray, mask: np.ndarray) -> np.ndarray:
