@@ -14,6 +14,13 @@ import stat
 from pathlib import Path
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, without its final full stop (its type's name
+    when it has none): a library's error, quoted in one line of ours."""
+    text = str(e).strip().splitlines()
+    return text[0].rstrip(".") if text else type(e).__name__
+
+
 def printable_path(path: object) -> str:
     """``str(path)`` with lone surrogates escaped: bytes of a file name that are not UTF-8
     (which Python decodes to U+DC80..U+DCFF) as ``\\xNN``, any other surrogate as ``\\uNNNN``,

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import config
 from ..config import model_cache_dir
-from ..errors import InvalidInputError, ModelLoadError
+from ..errors import InvalidInputError, ModelLoadError, first_line
 
 #: The files a transformers x-vector model loads from (weights in either format); a
 #: repository's other files (ONNX exports, other frameworks' weights) are not fetched.
@@ -96,7 +96,7 @@ def download_model(model: str, to: str | os.PathLike[str] | None = None, *, prog
             allow_patterns=MODEL_FILES,
         )
     except Exception as e:  # offline, unknown repository, gated model, full disk...
-        raise ModelLoadError(_offline(model, _first_line(e))) from None
+        raise ModelLoadError(_offline(model, first_line(e))) from None
     return Path(str(path))
 
 
@@ -106,8 +106,3 @@ def _offline(model: str, reason: str) -> str:
         f"`speakerdb model download {model} --to DIR`, copy DIR here and pass --model DIR; "
         "`speakerdb model list` shows the models in this machine's Hugging Face cache"
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0].rstrip(".") if text else type(e).__name__

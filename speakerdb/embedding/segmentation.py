@@ -39,7 +39,7 @@ import numpy as np
 
 from .. import config
 from ..audio.decode import SAMPLE_RATE
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, first_line
 
 if TYPE_CHECKING:  # torch is imported only when a model is loaded
     import torch
@@ -129,16 +129,11 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, "torch.Tensor"]:
     try:
         loaded = torch.load(str(p), map_location="cpu", pickle_module=_safe_pickle_module(), weights_only=False)
     except Exception as e:
-        raise ModelLoadError(f"segmentation model {str(path)!r} cannot be read: {_first_line(e)}") from None
+        raise ModelLoadError(f"segmentation model {str(path)!r} cannot be read: {first_line(e)}") from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"segmentation model {str(path)!r} holds no state_dict of tensors")
     return dict(state)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0].rstrip(".") if text else type(e).__name__
 
 
 # ---- the network -------------------------------------------------------------------------------
@@ -323,7 +318,7 @@ class Segmenter:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
             raise ModelLoadError(
-                f"segmentation model {source!r} is not a pyannote segmentation-3.0 checkpoint: {_first_line(e)}"
+                f"segmentation model {source!r} is not a pyannote segmentation-3.0 checkpoint: {first_line(e)}"
             ) from None
         self.net = net.eval()
         self.source = source
@@ -402,7 +397,7 @@ def resolve(source: str | os.PathLike[str]) -> Path:
         return Path(hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir()))
     except Exception as e:
         offline = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-        reason = offline if config.hub_offline() else _first_line(e)
+        reason = offline if config.hub_offline() else first_line(e)
         raise ModelLoadError(
             f"cannot load segmentation model {text!r} ({reason}); on a machine with network run "
             f"`speakerdb model download {text} --to DIR` and pass --segmentation DIR/{HUB_FILE}"
