@@ -575,9 +575,9 @@ def _seal_vectors(key: Any, salt: bytes, payload: np.ndarray, labels: bytes, n: 
 
 
 def _open_vectors(key: Any, salt: bytes, stored: np.ndarray, labels: bytes, table: bytes) -> None:
-    """Open the sealed vectors ``stored`` (n, dim), as FAISS read them, in place. The blocks are
-    opened on two threads (AES-GCM lets go of the GIL): a million speakers' 2 GB open ~20 %
-    sooner than on one."""
+    """Open the sealed vectors ``stored`` (n, dim), as FAISS read them, in place. Many blocks are
+    opened on two threads: AES-GCM lets go of the GIL, so both cores decrypt (measured in
+    docs/performance.md, "Encryption at rest")."""
     n = len(stored)
     e = crypto.INDEX_ENTRY_BYTES
     if len(table) != -(-n // crypto.INDEX_BLOCK) * e:
