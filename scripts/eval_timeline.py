@@ -31,7 +31,10 @@ Both, per recording and pooled: DER at collars 0 and 0.25 s with overlapping spe
 counted (a second voice the timeline misses is missed speech), JER (Jaccard error rate,
 every speaker weighs the same), and the voice-count error (voices found - speakers in the
 reference); the median and the largest DER at pyannote collar 0.25 and how many
-recordings got the count exact.
+recordings got the count exact. And the *floor*: the DER (collar 0.25) of the timeline's
+own speech relabelled with the reference's speakers, frame by frame, as many voices as the
+timeline gives there. No clustering could do better with that speech: the floor is what
+speech detection and overlap cost, DER minus floor is what the voices cost.
 
 ``--baseline`` replaces the product with the issue's 20-line baseline: 1.5 s windows every
 0.5 s over the whole recording, each matched to the nearest enrolled centroid (named if
@@ -81,6 +84,28 @@ def frame_labels(segments, n: int) -> list[set[str]]:
     for a, b, lab in segments:
         for i in range(int(round(a / GRID)), min(n, int(round(b / GRID)))):
             out[i].add(lab)
+    return out
+
+
+def detection_floor(ref, hyp, duration: float) -> list[tuple[float, float, str]]:
+    """``hyp`` relabelled with the reference's own speakers: at every 10 ms frame, as many of
+    the reference's voices as ``hyp`` has voices there (the rest false alarms). Its DER is
+    the least any labelling of ``hyp``'s speech could score: what speech detection and
+    overlap cost, whatever the clustering does."""
+    n = int(round(duration / GRID)) + 1
+    ref_f, hyp_f = frame_labels(ref, n), frame_labels(hyp, n)
+    out: list[tuple[float, float, str]] = []
+    started: dict[str, int] = {}
+    for i in range(n + 1):
+        if i < n:
+            truth, k = sorted(ref_f[i]), len(hyp_f[i])
+            now = set(truth[:k]) | {f"false-alarm-{j}" for j in range(k - len(truth))}
+        else:
+            now = set()
+        for lab in [lab for lab in started if lab not in now]:
+            out.append((started.pop(lab) * GRID, i * GRID, lab))
+        for lab in now:
+            started.setdefault(lab, i)
     return out
 
 
@@ -229,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ders = {c: DiarizationErrorRate(collar=c) for c in COLLARS}
     jer = JaccardErrorRate()
+    floor = DiarizationErrorRate(collar=0.25)
     named = [0.0, 0.0]  # right-name frames, enrolled reference frames
     unknown = [0.0, 0.0, 0.0]  # unknown frames, false-name frames, unenrolled reference frames
     per: list[dict] = []
@@ -241,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         for col, metric in ders.items():
             row[f"der_{col:g}"] = round(100 * metric(r_ann, h_ann), 2)
         row["jer"] = round(100 * jer(r_ann, h_ann), 2)
+        row["floor_0.25"] = round(100 * floor(r_ann, annotation(detection_floor(ref, hyp, c["duration"]), uri)), 2)
         row["speakers"] = len({lab for _, _, lab in ref})
         row["voices"] = len({lab for _, _, lab in hyp})
         row["count_error"] = row["voices"] - row["speakers"]
@@ -281,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             "confusion": round(100 * d["confusion"] / total, 2),
         }
     result["jer"] = round(100 * abs(jer), 2)
+    result["floor_0.25"] = round(100 * abs(floor), 2)
+    result["median_floor_0.25"] = round(float(np.median([r["floor_0.25"] for r in per])), 2)
     result["median_der_0.25"] = round(float(np.median([r["der_0.25"] for r in per])), 2)
     result["max_der_0.25"] = max(r["der_0.25"] for r in per)
     result["count_exact"] = sum(r["count_error"] == 0 for r in per)
@@ -298,11 +327,14 @@ def main(argv: list[str] | None = None) -> int:
             + (", told the number of speakers" if args.oracle_count else "")
             + (f", segmentation {args.segmentation}" if args.segmentation else "")
         )
-        print("| recording | s | DER c=0 | DER c=0.25 | JER | speakers | voices |\n|---|---|---|---|---|---|---|")
+        print(
+            "| recording | s | DER c=0 | DER c=0.25 | floor c=0.25 | JER | speakers | voices |\n"
+            "|---|---|---|---|---|---|---|---|"
+        )
         for r in per:
             print(
                 f"| {r['recording']} | {r['duration']:g} | {r['der_0']:.1f} % | {r['der_0.25']:.1f} % | "
-                f"{r['jer']:.1f} % | {r['speakers']} | {r['voices']} |"
+                f"{r['floor_0.25']:.1f} % | {r['jer']:.1f} % | {r['speakers']} | {r['voices']} |"
             )
         print("\npooled:\n| collar | DER | miss | FA | confusion |\n|---|---|---|---|---|")
         for col in COLLARS:
@@ -311,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"JER {result['jer']:.2f} %; DER c=0.25 per recording: median {result['median_der_0.25']:.2f} %, "
             f"largest {result['max_der_0.25']:.2f} %; voice count exact in {result['count_exact']} of {len(per)}"
+        )
+        print(
+            f"floor (every voice right where the timeline hears speech), c=0.25: pooled {result['floor_0.25']:.2f} %, "
+            f"median {result['median_floor_0.25']:.2f} %"
         )
         if not real:
             print(
