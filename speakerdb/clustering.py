@@ -45,7 +45,10 @@ MIN_TOP_P = 6
 #: Fewer items than this: too few for a graph; one voice unless a hint says otherwise
 #: (then agglomerative clustering with the hinted count).
 MIN_ITEMS = 6
-DEFAULT_MAX_SPEAKERS = 8
+#: Without a hint, at most this many voices. p is chosen from as many eigengaps, so a
+#: recording with more voices than this is not counted (nine clean voices under a cap of 8:
+#: one voice); council meetings of nine are common (docs/timeline.md, "More than eight voices").
+DEFAULT_MAX_SPEAKERS = 12
 CENTRE = False  # see voices(): centring measured no better on our conversations
 
 

@@ -69,6 +69,16 @@ def test_the_number_of_voices_is_found_from_the_recording():
         assert len(t.voices) == n, n
 
 
+def test_a_meeting_of_more_than_eight_voices_is_counted_without_a_hint():
+    """Nine people at a council meeting, each heard twice: nine voices. Under the old
+    default cap of 8 the search for p saw no gap at all and found one voice."""
+    order = [i % 9 for i in range(18)]
+    for seed in (9, 10):
+        t = _assemble(order, similarity=0.75, seed=seed)
+        assert len(t.voices) == 9, seed
+        assert {s.label for s in t.segments} == {f"unknown-{i}" for i in range(1, 10)}
+
+
 def test_hints_on_the_number_of_voices_are_obeyed():
     rng = np.random.default_rng(5)
     centres = _voices(0.75, 3, rng)
