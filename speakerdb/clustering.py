@@ -45,10 +45,15 @@ MIN_TOP_P = 6
 #: Fewer items than this: too few for a graph; one voice unless a hint says otherwise
 #: (then agglomerative clustering with the hinted count).
 MIN_ITEMS = 6
-#: Without a hint, at most this many voices. p is chosen from as many eigengaps, so a
-#: recording with more voices than this is not counted (nine clean voices under a cap of 8:
-#: one voice); council meetings of nine are common (docs/timeline.md, "More than eight voices").
+#: Without a hint, at most this many voices: council meetings of nine are common
+#: (docs/timeline.md, "More than eight voices").
 DEFAULT_MAX_SPEAKERS = 12
+#: p is judged by the gaps among the first this many eigenvalues, and by all the allowed
+#: ones only when every graph holds more voices: on short recordings a wider search let far,
+#: spurious gaps pick p.
+P_VOICES = 8
+#: An eigenvalue of the Laplacian this near 0 is one more piece of a graph that fell apart.
+SPLIT_APART = 1e-9
 CENTRE = False  # see voices(): centring measured no better on our conversations
 
 
@@ -108,17 +113,25 @@ def eigengap(a: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
     return k, float(gaps[k - 1] / max(float(lam[-1]), 1e-10)), lam
 
 
-def choose_p(sim: np.ndarray, most: int) -> int:
+def p_candidates(n: int) -> list[int]:
+    """The p values tried for ``n`` items, ascending (see :func:`choose_p`)."""
+    top = max(2, int(n * MAX_P_SHARE), min(MIN_TOP_P, n // 4))
+    return [int(p) for p in np.unique(np.linspace(2, top, P_STEPS).astype(int))]
+
+
+def choose_p(sim: np.ndarray, most: int) -> int | None:
     """NME-SC's p: the one whose pruned graph minimises p / (normalised maximum eigengap).
 
     Candidates run from 2 to MAX_P_SHARE of the items: a voice with fewer windows than p
-    is absorbed by its neighbours, so p stays small (a 2-minute call: up to ~16)."""
+    is absorbed by its neighbours, so p stays small (a 2-minute call: up to ~16). A graph
+    in more than ``most`` pieces has no gap within ``most`` to judge it by: such a p is
+    passed over, and None means every candidate was."""
     n = len(sim)
-    top = max(2, int(n * MAX_P_SHARE), min(MIN_TOP_P, n // 4))
-    candidates = [int(p) for p in np.unique(np.linspace(2, top, P_STEPS).astype(int))]
-    best, best_ratio = candidates[0], np.inf
-    for p in candidates:
-        _, gap, _ = eigengap(pruned_affinity(sim, p), most)
+    best, best_ratio = None, np.inf
+    for p in p_candidates(n):
+        _, gap, lam = eigengap(pruned_affinity(sim, p), most)
+        if len(lam) > most and lam[most] < SPLIT_APART:
+            continue
         ratio = (p / n) / (gap + 1e-10)
         if ratio < best_ratio:
             best, best_ratio = p, ratio
@@ -213,10 +226,11 @@ def voices(
         labels = ahc(z, lo) if lo > 1 else np.zeros(m, np.int64)
     else:
         sim = z @ z.T
+        most_connected = p_candidates(m)[-1]  # when no graph shows a gap to choose by
         if lo == hi:
-            k, p = lo, choose_p(sim, max(hi, 2))
+            k, p = lo, choose_p(sim, max(hi, 2)) or most_connected
         else:
-            p = choose_p(sim, hi)
+            p = choose_p(sim, min(hi, P_VOICES)) or choose_p(sim, hi) or most_connected
             k, _, _ = eigengap(pruned_affinity(sim, p), hi)
             k = min(max(k, lo), hi)
         labels = spectral(pruned_affinity(sim, p), k) if k > 1 else np.zeros(m, np.int64)
