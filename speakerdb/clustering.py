@@ -46,7 +46,7 @@ MIN_TOP_P = 6
 #: (then agglomerative clustering with the hinted count).
 MIN_ITEMS = 6
 #: Without a hint, at most this many voices: council meetings of nine are common
-#: (docs/timeline.md, "More than eight voices").
+#: (docs/timeline.md, "What speech detection costs, and more than eight voices").
 DEFAULT_MAX_SPEAKERS = 12
 #: p is judged by the gaps among the first this many eigenvalues, and by all the allowed
 #: ones only when every graph holds more voices: on short recordings a wider search let far,
