@@ -451,6 +451,11 @@ def empty_timeline(label: str, duration: float, speech_s: float, *, heard: bool)
     return Timeline(label, duration, [], [], speech_s, [note])
 
 
+#: VAD probabilities that mark a frame as speech, and as a pause, for :meth:`SpeechPass.snr_db`.
+SPEECH_PROBABILITY = 0.5
+PAUSE_PROBABILITY = 0.2
+
+
 class SpeechPass:
     """Pass 1's bookkeeping over a stream of blocks: the samples and the peak (the checks
     identify makes) and the VAD's frame probabilities, gathered as :meth:`watch` hands the
@@ -460,6 +465,9 @@ class SpeechPass:
         self.detector = detector
         self.n_samples, self.peak = 0, 0.0
         self._probs: list[np.ndarray] = []
+        self._frame = max(1, int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE)))
+        self._energy: list[np.ndarray] = []  # mean square per VAD frame
+        self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
         detector.reset()
 
     def watch(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -468,7 +476,24 @@ class SpeechPass:
             self.n_samples += len(block)
             self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
             self._probs.append(self.detector.feed(block))
+            samples = np.concatenate([self._rest, np.asarray(block, np.float32)])
+            whole = len(samples) // self._frame * self._frame
+            frames = samples[:whole].reshape(-1, self._frame).astype(np.float64)
+            self._energy.append((frames**2).mean(axis=1))
+            self._rest = samples[whole:]
             yield block
+
+    def snr_db(self) -> float | None:
+        """How far the speech stands above the pauses, in dB: the median power of the frames
+        the VAD calls speech (probability >= 0.5) over that of the frames it calls pause
+        (< 0.2); None without both. Call after :meth:`finish`."""
+        probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
+        energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
+        n = min(len(probs), len(energy))
+        speech, pause = energy[:n][probs[:n] >= SPEECH_PROBABILITY], energy[:n][probs[:n] < PAUSE_PROBABILITY]
+        if not len(speech) or not len(pause):
+            return None
+        return float(10 * np.log10(max(float(np.median(speech)), 1e-20) / max(float(np.median(pause)), 1e-20)))
 
     def finish(self, label: str) -> tuple[float, list[vad.Region]]:
         """(duration in seconds, speech regions) once every block was watched. Raises AudioError
@@ -518,7 +543,10 @@ def _build_segmented(
     if not spans:
         return empty_timeline(label, duration, speech_s, heard=speech_s > 0)
     vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
-    return fill_speech(assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s), heard)
+    snr = speech.snr_db()
+    noisy = snr is not None and snr < NOISY_SNR_DB
+    found = assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=noisy)
+    return fill_speech(found, heard)
 
 
 def _runs_of(values: np.ndarray) -> list[tuple[int, int, int]]:
@@ -565,10 +593,15 @@ def track_windows(
     return out, speech_s
 
 
-#: Tracks are one voice when their mean window vectors reach this cosine (GE2E; without a
-#: gallery or a cluster threshold): tracks are turns of clean speech, so their means are
-#: steadier than single windows.
-TRACK_SAME_VOICE = 0.8
+#: Tracks that the recording's clustering put in different voices are still one voice when
+#: their mean window vectors reach this cosine (GE2E; without a cluster threshold). In one
+#: room the tracks of two voices pass 0.8, and the clustering tells them apart
+#: (docs/timeline.md, "Joining tracks: the recording's clustering first").
+TRACK_SAME_VOICE = 0.9
+#: In a noisy recording (speech less than NOISY_SNR_DB above the pauses) the clustering
+#: splits one voice in two more often than it joins two: tracks join from 0.8.
+TRACK_SAME_VOICE_NOISY = 0.8
+NOISY_SNR_DB = 15.0
 #: Without hints, a voice with less speech than this joins the voice it is most like (unless
 #: the model heard both at once): a track the model split off by mistake.
 TRACK_MIN_VOICE_S = 1.0
@@ -674,6 +707,8 @@ def assemble_tracks(
     gallery: Gallery,
     params: Params,
     speech_s: float,
+    *,
+    noisy: bool = False,
 ) -> Timeline:
     """Voices from the segmentation's tracks.
 
@@ -681,7 +716,8 @@ def assemble_tracks(
     (:func:`split_tracks`). Tracks that the model heard in one chunk are two voices; others
     are joined, most alike first: tracks whose windows the clustering put in one voice, then
     by the cosine of their mean window vectors while it reaches ``params.cluster_threshold``
-    (else ``TRACK_SAME_VOICE``), or while the hints ask for fewer voices (past the user's
+    (else ``TRACK_SAME_VOICE``, or ``TRACK_SAME_VOICE_NOISY`` for a ``noisy`` recording), or
+    while the hints ask for fewer voices (past the user's
     count, even tracks heard at once); without hints a voice under ``TRACK_MIN_VOICE_S``
     joins the one it is most like. Each voice speaks where its tracks are active, two at once
     where the model hears two: the segments of different voices may overlap."""
@@ -704,7 +740,8 @@ def assemble_tracks(
     def apart(i: int, j: int) -> bool:
         return any((min(x, y), max(x, y)) in conflict for x in clusters[i] for y in clusters[j])
 
-    threshold = params.cluster_threshold if params.cluster_threshold is not None else TRACK_SAME_VOICE
+    default = TRACK_SAME_VOICE_NOISY if noisy else TRACK_SAME_VOICE
+    threshold = params.cluster_threshold if params.cluster_threshold is not None else default
     least = params.speakers or params.min_speakers or 1
     most = params.speakers or params.max_speakers
     while len(clusters) > least:
