@@ -461,11 +461,12 @@ class SpeechPass:
     identify makes) and the VAD's frame probabilities, gathered as :meth:`watch` hands the
     blocks on (to nothing, or to a segmentation model reading the same pass)."""
 
-    def __init__(self, detector) -> None:
+    def __init__(self, detector, *, levels: bool = False) -> None:
         self.detector = detector
         self.n_samples, self.peak = 0, 0.0
         self._probs: list[np.ndarray] = []
-        self._frame = max(1, int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE)))
+        # The power of each VAD frame, for snr_db(); only the segmentation path asks for it.
+        self._frame = max(1, int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))) if levels else 0
         self._energy: list[np.ndarray] = []  # mean square per VAD frame
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
         detector.reset()
@@ -476,17 +477,19 @@ class SpeechPass:
             self.n_samples += len(block)
             self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
             self._probs.append(self.detector.feed(block))
-            samples = np.concatenate([self._rest, np.asarray(block, np.float32)])
-            whole = len(samples) // self._frame * self._frame
-            frames = samples[:whole].reshape(-1, self._frame).astype(np.float64)
-            self._energy.append((frames**2).mean(axis=1))
-            self._rest = samples[whole:]
+            if self._frame:
+                samples = np.concatenate([self._rest, np.asarray(block, np.float32)])
+                whole = len(samples) // self._frame * self._frame
+                frames = samples[:whole].reshape(-1, self._frame).astype(np.float64)
+                self._energy.append((frames**2).mean(axis=1))
+                self._rest = samples[whole:]
             yield block
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB: the median power of the frames
         the VAD calls speech (probability >= 0.5) over that of the frames it calls pause
-        (< 0.2); None without both. Call after :meth:`finish`."""
+        (< 0.2); None without both, or when the pass was not made with ``levels=True``.
+        Call after :meth:`finish`."""
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
         n = min(len(probs), len(energy))
@@ -535,7 +538,7 @@ def _build_segmented(
 ) -> Timeline:
     """:func:`build` with a segmentation model (see :func:`assemble_tracks`); the VAD runs in
     the same pass, and speech that only it hears goes to the nearest voice (:func:`fill_speech`)."""
-    speech = SpeechPass(vad.load(params.vad_backend))
+    speech = SpeechPass(vad.load(params.vad_backend), levels=True)
     chunks = list(segmenter.chunk_outputs(speech.watch(blocks())))
     duration, heard = speech.finish(label)
     activity = segmentation.aggregate(chunks, speech.n_samples)

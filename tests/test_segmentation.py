@@ -276,13 +276,13 @@ def test_the_speech_pass_measures_how_far_speech_stands_above_the_pauses():
         if noise_db is not None:
             power = float(np.mean(voice(150, 3.0).astype(np.float64) ** 2))
             x += np.sqrt(power / 10 ** (noise_db / 10)) * rng.standard_normal(len(x)).astype(np.float32)
-        pass_ = timeline.SpeechPass(EnergyDetector(level=0.1))  # between the noise and the voice
+        pass_ = timeline.SpeechPass(EnergyDetector(level=0.1), levels=True)  # level: between noise and voice
         for _ in pass_.watch(x[i : i + 7000] for i in range(0, len(x), 7000)):  # blocks across frames
             pass
         pass_.finish("x.wav")
         snr = pass_.snr_db()
         assert snr is not None and snr > low and (high is None or snr < high), (noise_db, snr)
-    quiet = timeline.SpeechPass(EnergyDetector(level=0.05))
+    quiet = timeline.SpeechPass(EnergyDetector(level=0.05), levels=True)
     for _ in quiet.watch([np.full(SR * 2, 0.001, np.float32)]):
         pass
     assert quiet.snr_db() is None  # no speech frame to compare
