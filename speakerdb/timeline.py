@@ -451,8 +451,8 @@ def empty_timeline(label: str, duration: float, speech_s: float, *, heard: bool)
     return Timeline(label, duration, [], [], speech_s, [note])
 
 
-#: VAD probabilities that mark a frame as speech, and as a pause, for :meth:`SpeechPass.snr_db`.
-SPEECH_PROBABILITY = 0.5
+#: A VAD frame below this probability is a pause for :meth:`SpeechPass.snr_db` (speech: the
+#: VAD's own threshold).
 PAUSE_PROBABILITY = 0.2
 
 
@@ -493,7 +493,7 @@ class SpeechPass:
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
         n = min(len(probs), len(energy))
-        speech, pause = energy[:n][probs[:n] >= SPEECH_PROBABILITY], energy[:n][probs[:n] < PAUSE_PROBABILITY]
+        speech, pause = energy[:n][probs[:n] >= vad.DEFAULT_THRESHOLD], energy[:n][probs[:n] < PAUSE_PROBABILITY]
         if not len(speech) or not len(pause):
             return None
         return float(10 * np.log10(max(float(np.median(speech)), 1e-20) / max(float(np.median(pause)), 1e-20)))
