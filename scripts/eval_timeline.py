@@ -87,13 +87,13 @@ def frame_labels(segments, n: int) -> list[set[str]]:
     return out
 
 
-def detection_floor(ref, hyp, duration: float) -> list[tuple[float, float, str]]:
-    """``hyp`` relabelled with the reference's own speakers: at every 10 ms frame, as many of
-    the reference's voices as ``hyp`` has voices there (the rest false alarms). Its DER is
-    the least any labelling of ``hyp``'s speech could score: what speech detection and
-    overlap cost, whatever the clustering does."""
-    n = int(round(duration / GRID)) + 1
-    ref_f, hyp_f = frame_labels(ref, n), frame_labels(hyp, n)
+def detection_floor(ref_f: list[set[str]], hyp_f: list[set[str]]) -> list[tuple[float, float, str]]:
+    """The hypothesis relabelled with the reference's own speakers, from both as
+    :func:`frame_labels`: at every 10 ms frame, as many of the reference's voices as the
+    hypothesis has voices there (the rest false alarms). Its DER is the least any labelling
+    of the hypothesis's speech could score: what speech detection and overlap cost, whatever
+    the clustering does."""
+    n = len(ref_f)
     out: list[tuple[float, float, str]] = []
     started: dict[str, int] = {}
     for i in range(n + 1):
@@ -267,13 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         for col, metric in ders.items():
             row[f"der_{col:g}"] = round(100 * metric(r_ann, h_ann), 2)
         row["jer"] = round(100 * jer(r_ann, h_ann), 2)
-        row["floor_0.25"] = round(100 * floor(r_ann, annotation(detection_floor(ref, hyp, c["duration"]), uri)), 2)
+        n = int(round(c["duration"] / GRID)) + 1
+        ref_f, hyp_f = frame_labels(ref, n), frame_labels(hyp, n)
+        row["floor_0.25"] = round(100 * floor(r_ann, annotation(detection_floor(ref_f, hyp_f), uri)), 2)
         row["speakers"] = len({lab for _, _, lab in ref})
         row["voices"] = len({lab for _, _, lab in hyp})
         row["count_error"] = row["voices"] - row["speakers"]
         per.append(row)
-        n = int(round(c["duration"] / GRID)) + 1
-        ref_f, hyp_f = frame_labels(ref, n), frame_labels(hyp, n)
         for r, h in zip(ref_f, hyp_f):
             for spk in r:
                 if spk in enrolled:
