@@ -230,7 +230,10 @@ def voices(
         if lo == hi:
             k, p = lo, choose_p(sim, max(hi, 2)) or most_connected
         else:
-            p = choose_p(sim, min(hi, P_VOICES)) or choose_p(sim, hi) or most_connected
+            chosen = choose_p(sim, min(hi, P_VOICES))
+            if chosen is None and hi > P_VOICES:  # within P_VOICES the same search found nothing
+                chosen = choose_p(sim, hi)
+            p = chosen or most_connected
             k, _, _ = eigengap(pruned_affinity(sim, p), hi)
             k = min(max(k, lo), hi)
         labels = spectral(pruned_affinity(sim, p), k) if k > 1 else np.zeros(m, np.int64)
