@@ -487,8 +487,8 @@ class SpeechPass:
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB: the median power of the frames
-        the VAD calls speech (probability >= 0.5) over that of the frames it calls pause
-        (< 0.2); None without both, or when the pass was not made with ``levels=True``.
+        the VAD calls speech (at its own threshold or above) over that of the frames it calls
+        pause (below PAUSE_PROBABILITY); None without both, or when the pass was not made with ``levels=True``.
         Call after :meth:`finish`."""
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
