@@ -73,7 +73,7 @@ import numpy as np
 
 from . import clustering
 from .audio import decode as audio
-from .audio import vad
+from .audio import denoise, vad
 from .audio.decoded import Decoded
 from .embedding import segmentation
 from .embedding.models import Embedder, l2_normalize
@@ -421,7 +421,7 @@ def build(
     if not planned.spans:
         return planned.empty()
     # Pass 2: the windows' vectors.
-    vectors = embed_windows(cut_windows(_blocks_of(source)(), planned.spans), embedder)  # (n, dim)
+    vectors = embed_windows(cut_windows(planned.blocks(_blocks_of(source)()), planned.spans), embedder)  # (n, dim)
     return planned.assemble(vectors, gallery, params)
 
 
@@ -434,6 +434,11 @@ class Planned:
     regions: list[vad.Region]
     spans: list[tuple[int, int, int]]
     speech_s: float
+    denoiser: denoise.Denoiser | None = None  # for a noisy recording: see SpeechPass.denoiser
+
+    def blocks(self, blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
+        """The recording's blocks as pass 2 embeds them: denoised if it is noisy."""
+        return blocks if self.denoiser is None else self.denoiser.blocks(blocks)
 
     def empty(self) -> Timeline:
         """The timeline of a recording with no window to embed, saying why."""
@@ -465,10 +470,14 @@ class SpeechPass:
         self.detector = detector
         self.n_samples, self.peak = 0, 0.0
         self._probs: list[np.ndarray] = []
-        # The power of each VAD frame, for snr_db(); only the segmentation path asks for it.
-        self._frame = max(1, int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))) if levels else 0
+        # The power of each VAD frame, for snr_db(), and the spectrum of the pauses, for noise().
+        frame = int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))
+        self._frame = frame if levels else 0
         self._energy: list[np.ndarray] = []  # mean square per VAD frame
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
+        self._pauses = denoise.NoiseSpectrum(frame + frame % 2)
+        self._unjudged = np.zeros((0, frame), np.float64)  # frames whose probability is yet to come
+        self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
         detector.reset()
 
     def watch(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -483,7 +492,30 @@ class SpeechPass:
                 frames = samples[:whole].reshape(-1, self._frame).astype(np.float64)
                 self._energy.append((frames**2).mean(axis=1))
                 self._rest = samples[whole:]
+                self._collect_pauses(frames, self._probs[-1])
             yield block
+
+    def _collect_pauses(self, frames: np.ndarray, probs: np.ndarray) -> None:
+        """Pair frames with their probabilities (the VAD may lag) and keep the pauses' spectra."""
+        self._unjudged = np.concatenate([self._unjudged, frames])
+        self._judged = np.concatenate([self._judged, probs])
+        n = min(len(self._unjudged), len(self._judged))
+        pause = self._unjudged[:n][self._judged[:n] < PAUSE_PROBABILITY]
+        self._pauses.add(np.pad(pause, ((0, 0), (0, self._pauses.frame - self._frame))))
+        self._unjudged, self._judged = self._unjudged[n:], self._judged[n:]
+
+    def noise(self) -> np.ndarray | None:
+        """The mean power spectrum of the pauses (a :meth:`speakerdb.audio.denoise.NoiseSpectrum.power`),
+        when the pass was made with ``levels=True`` and held enough of them; else None."""
+        return self._pauses.power() if self._frame else None
+
+    def denoiser(self) -> denoise.Denoiser | None:
+        """What takes the noise out of a noisy recording (speech less than NOISY_SNR_DB above the
+        pauses) before its windows are embedded; None for a clean one. Call after :meth:`finish`."""
+        snr, noise = self.snr_db(), self.noise()
+        if snr is None or noise is None or snr >= NOISY_SNR_DB:
+            return None
+        return denoise.Denoiser(noise)
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB: the median power of the frames
@@ -512,12 +544,18 @@ def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planne
     """Pass 1: voice activity over ``source`` (and the checks identify makes), and the windows
     over its speech. Raises AudioError for a recording too short, too long or silent."""
     label = source.source if isinstance(source, audio.Audio) else str(source.path)
-    speech = SpeechPass(detector if detector is not None else vad.load(params.vad_backend))
+    detector = detector if detector is not None else vad.load(params.vad_backend)
+    speech = SpeechPass(detector, levels=True)
     for _ in speech.watch(_blocks_of(source)()):
         pass
     duration, regions = speech.finish(label)
+    denoiser = speech.denoiser()
+    if denoiser is not None:  # found again without the noise, the quiet ends of words stand out of it
+        probs = vad.probabilities(denoiser.blocks(_blocks_of(source)()), detector)
+        regions = vad.regions(probs, frame_s=vad.frame_seconds(detector), duration_s=duration)
     speech_s = float(sum(r.duration for r in regions))
-    return Planned(label, duration, regions, plan_windows(regions, params.window_s, params.hop_s), speech_s)
+    spans = plan_windows(regions, params.window_s, params.hop_s)
+    return Planned(label, duration, regions, spans, speech_s, denoiser)
 
 
 def load_detector(params: Params):
@@ -545,10 +583,11 @@ def _build_segmented(
     spans, speech_s = track_windows(activity, duration, params)
     if not spans:
         return empty_timeline(label, duration, speech_s, heard=speech_s > 0)
-    vectors = embed_windows(cut_windows(blocks(), spans), embedder)  # (n, dim)
-    snr = speech.snr_db()
-    noisy = snr is not None and snr < NOISY_SNR_DB
-    found = assemble_tracks(label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=noisy)
+    denoiser = speech.denoiser()  # a noisy recording's
+    vectors = embed_windows(cut_windows(blocks() if denoiser is None else denoiser.blocks(blocks()), spans), embedder)
+    found = assemble_tracks(
+        label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=denoiser is not None
+    )
     return fill_speech(found, heard)
 
 
@@ -1145,9 +1184,9 @@ class VoiceCounter:
         if not planned.spans:
             return Pending(planned, [], 0)
         if sum(b - a for a, b, _ in planned.spans) > SHARED_COUNT_S * audio.SAMPLE_RATE:
-            vectors = embed_windows(cut_windows(_blocks_of(source)(), planned.spans), self.embedder)
+            vectors = embed_windows(cut_windows(planned.blocks(_blocks_of(source)()), planned.spans), self.embedder)
             return Pending(planned, [], self._count(planned, vectors))
-        return Pending(planned, list(cut_windows(_blocks_of(source)(), planned.spans)))
+        return Pending(planned, list(cut_windows(planned.blocks(_blocks_of(source)()), planned.spans)))
 
     def finish(self, pending: Sequence[Pending]) -> list[int]:
         """The number of voices in each prepared recording: 0 without speech, 1 for one speaker."""

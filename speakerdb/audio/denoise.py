@@ -1,0 +1,111 @@
+"""Spectral subtraction: a recording's steady noise, measured in its pauses, taken out of its speech.
+
+A speaker embedding of noisy speech carries the noise with it: at 10 dB the windows of one
+speaker scatter with the level of his speech over the noise, and the clustering finds two
+voices where there is one. The noise of a call or a room is steady enough to be measured in
+the pauses the VAD finds (:class:`NoiseSpectrum`) and subtracted, bin by bin, from each frame of
+the speech before it is embedded (:class:`Denoiser`). See docs/timeline.md for what it buys.
+
+Frames are the VAD's (512 samples for Silero), windowed by a square-root Hann window, which
+at half-frame hops sums to one: a frame with no noise in it comes back unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import numpy as np
+
+#: Times the noise power taken from each bin: more than once, because the noise of one frame
+#: scatters around its mean and what is left of it still speaks for the noise.
+OVER_SUBTRACTION = 3.0
+#: The least power gain of a bin (-17 dB): a bin the noise fills is lowered, not emptied, which
+#: would leave holes of isolated tones ("musical noise") that the embedding would hear.
+GAIN_FLOOR = 0.02
+#: Pause frames needed before the noise is trusted (about 0.5 s of Silero frames).
+MIN_NOISE_FRAMES = 16
+
+
+def window(frame: int) -> np.ndarray:
+    """The analysis and synthesis window of ``frame`` samples: square-root periodic Hann."""
+    return np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(frame) / frame))
+
+
+def power_spectra(frames: np.ndarray) -> np.ndarray:
+    """(k, frame) samples -> (k, frame // 2 + 1) power spectra, windowed as the denoiser windows."""
+    frames = np.asarray(frames, np.float64)
+    return np.abs(np.fft.rfft(frames * window(frames.shape[1]), axis=1)) ** 2
+
+
+class NoiseSpectrum:
+    """The mean power spectrum of the pause frames it is given, frame by frame as they come."""
+
+    def __init__(self, frame: int) -> None:
+        if frame < 2 or frame % 2:
+            raise ValueError(f"frame must be an even number of samples, not {frame}")
+        self.frame = frame
+        self.count = 0
+        self._sum = np.zeros(frame // 2 + 1)
+
+    def add(self, frames: np.ndarray) -> None:
+        """Add (k, frame) samples of pause."""
+        if len(frames):
+            self._sum += power_spectra(frames).sum(axis=0)
+            self.count += len(frames)
+
+    def power(self) -> np.ndarray | None:
+        """The mean power per bin, (frame // 2 + 1,); None under MIN_NOISE_FRAMES frames."""
+        return self._sum / self.count if self.count >= MIN_NOISE_FRAMES else None
+
+
+class Denoiser:
+    """Takes ``noise`` (a :meth:`NoiseSpectrum.power`) out of a stream of blocks of any length.
+
+    for block in Denoiser(noise).blocks(blocks): ...   # as many samples out as in
+
+    Each half-overlapping frame keeps, per bin, the share of its power above ``over`` times the
+    noise's, and never less than ``floor`` of it; memory is one frame, whatever the stream.
+    """
+
+    def __init__(self, noise: np.ndarray, *, over: float = OVER_SUBTRACTION, floor: float = GAIN_FLOOR) -> None:
+        self.noise = over * np.asarray(noise, np.float64)
+        self.floor = floor
+        self.frame = 2 * (len(self.noise) - 1)
+        self.hop = self.frame // 2
+        self.window = window(self.frame)
+
+    def blocks(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """The denoised stream: float32 blocks, as many samples in all as ``blocks`` holds."""
+        hop = self.hop
+        pending = np.zeros(hop)  # a half frame of silence first: every sample then lies in two frames
+        tail = np.zeros(hop)  # the second half of the last frame's output, awaiting the next frame
+        skip, left = hop, 0  # output samples to drop (the silence), samples still owed
+        for block in blocks:
+            left += len(block)
+            out, pending, tail = self._frames(np.concatenate([pending, np.asarray(block, np.float64)]), tail)
+            out, skip = out[skip:], max(0, skip - len(out))
+            left -= len(out)
+            if len(out):
+                yield out.astype(np.float32)
+        out, _, _ = self._frames(np.concatenate([pending, np.zeros(self.frame)]), tail)
+        out = out[skip:][:left]
+        if len(out):
+            yield out.astype(np.float32)
+
+    def _frames(self, samples: np.ndarray, tail: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every whole frame of ``samples`` denoised and overlap-added: (finished output, the
+        samples left for the next frame, the new tail)."""
+        n, hop = self.frame, self.hop
+        k = (len(samples) - n) // hop + 1 if len(samples) >= n else 0
+        if k == 0:
+            return np.zeros(0), samples, tail
+        frames = np.lib.stride_tricks.sliding_window_view(samples, n)[::hop][:k] * self.window
+        spectra = np.fft.rfft(frames, axis=1)
+        power = np.abs(spectra) ** 2
+        gain = np.sqrt(np.maximum(1.0 - self.noise / np.maximum(power, 1e-20), self.floor))
+        shaped = np.fft.irfft(spectra * gain, n=n, axis=1) * self.window  # (k, n)
+        out = np.zeros((k + 1) * hop)
+        out[:hop] += tail
+        out[: k * hop] += shaped[:, :hop].ravel()
+        out[hop : (k + 1) * hop] += shaped[:, hop:].ravel()
+        return out[: k * hop], samples[k * hop :], out[k * hop :]
