@@ -14,6 +14,11 @@ when people take turns. Windows of one length are stacked into one forward pass 
 padding (:meth:`speakerdb.embedding.models.TransformersXVector.embed`), so each window's embedding
 is exactly what embedding that window alone gives.
 
+Noise. A recording whose speech stands less than ``NOISY_SNR_DB`` above its pauses is
+noisy: the mean spectrum of its pauses is subtracted from it (:mod:`speakerdb.audio.denoise`,
+:meth:`SpeechPass.denoiser`), the VAD runs again on the result, and the windows are cut
+from it. A clean recording is embedded as it is.
+
 Voices. How many voices the recording holds, and which window is whose, is found from
 the recording's own window vectors (:func:`speakerdb.clustering.voices`: spectral
 clustering with the number of voices from an eigengap, each split checked against the
@@ -65,7 +70,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -435,6 +440,7 @@ class Planned:
     spans: list[tuple[int, int, int]]
     speech_s: float
     denoiser: denoise.Denoiser | None = None  # for a noisy recording: see SpeechPass.denoiser
+    notes: tuple[str, ...] = ()  # for the timeline: what was done to the recording
 
     def blocks(self, blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
         """The recording's blocks as pass 2 embeds them: denoised if it is noisy."""
@@ -442,11 +448,17 @@ class Planned:
 
     def empty(self) -> Timeline:
         """The timeline of a recording with no window to embed, saying why."""
-        return empty_timeline(self.label, self.duration, self.speech_s, heard=bool(self.regions))
+        return _noted(empty_timeline(self.label, self.duration, self.speech_s, heard=bool(self.regions)), self.notes)
 
     def assemble(self, vectors: np.ndarray, gallery: Gallery, params: Params) -> Timeline:
         """The timeline, given the vectors of :attr:`spans`."""
-        return assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
+        found = assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
+        return _noted(found, self.notes)
+
+
+def _noted(timeline: Timeline, notes: Sequence[str]) -> Timeline:
+    """``timeline`` with ``notes`` before its own."""
+    return replace(timeline, notes=[*notes, *timeline.notes]) if notes else timeline
 
 
 def empty_timeline(label: str, duration: float, speech_s: float, *, heard: bool) -> Timeline:
@@ -475,7 +487,7 @@ class SpeechPass:
         self._frame = frame if levels else 0
         self._energy: list[np.ndarray] = []  # mean square per VAD frame
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
-        self._pauses = denoise.NoiseSpectrum(frame + frame % 2)
+        self._pauses = denoise.NoiseSpectrum(frame) if levels else None
         self._unjudged = np.zeros((0, frame), np.float64)  # frames whose probability is yet to come
         self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
         detector.reset()
@@ -501,21 +513,32 @@ class SpeechPass:
         self._judged = np.concatenate([self._judged, probs])
         n = min(len(self._unjudged), len(self._judged))
         pause = self._unjudged[:n][self._judged[:n] < PAUSE_PROBABILITY]
-        self._pauses.add(np.pad(pause, ((0, 0), (0, self._pauses.frame - self._frame))))
+        if self._pauses is not None:
+            self._pauses.add(pause)
         self._unjudged, self._judged = self._unjudged[n:], self._judged[n:]
 
     def noise(self) -> np.ndarray | None:
         """The mean power spectrum of the pauses (a :meth:`speakerdb.audio.denoise.NoiseSpectrum.power`),
         when the pass was made with ``levels=True`` and held enough of them; else None."""
-        return self._pauses.power() if self._frame else None
+        return self._pauses.power() if self._pauses is not None else None
 
     def denoiser(self) -> denoise.Denoiser | None:
         """What takes the noise out of a noisy recording (speech less than NOISY_SNR_DB above the
-        pauses) before its windows are embedded; None for a clean one. Call after :meth:`finish`."""
+        pauses) before its windows are embedded; None for a clean one, or one with too few pauses
+        to measure its noise. Call after :meth:`finish`."""
         snr, noise = self.snr_db(), self.noise()
         if snr is None or noise is None or snr >= NOISY_SNR_DB:
             return None
         return denoise.Denoiser(noise)
+
+    def notes(self) -> list[str]:
+        """What the timeline tells of the recording: that its noise was taken out, if it was."""
+        snr = self.snr_db()
+        if snr is None or self.denoiser() is None:
+            return []
+        return [
+            f"noisy recording (speech {snr:.0f} dB above the pauses): its noise, measured in the pauses, was taken out"
+        ]
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB: the median power of the frames
@@ -555,7 +578,7 @@ def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planne
         regions = vad.regions(probs, frame_s=vad.frame_seconds(detector), duration_s=duration)
     speech_s = float(sum(r.duration for r in regions))
     spans = plan_windows(regions, params.window_s, params.hop_s)
-    return Planned(label, duration, regions, spans, speech_s, denoiser)
+    return Planned(label, duration, regions, spans, speech_s, denoiser, tuple(speech.notes()))
 
 
 def load_detector(params: Params):
@@ -588,7 +611,7 @@ def _build_segmented(
     found = assemble_tracks(
         label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=denoiser is not None
     )
-    return fill_speech(found, heard)
+    return _noted(fill_speech(found, heard), speech.notes())
 
 
 def _runs_of(values: np.ndarray) -> list[tuple[int, int, int]]:

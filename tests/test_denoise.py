@@ -90,8 +90,8 @@ class _Recording(FakeEmbedder):
 
 @pytest.mark.parametrize("noise_db, denoised", [(10, True), (50, False)])
 def test_a_noisy_recordings_windows_are_embedded_denoised(tmp_path, monkeypatch, noise_db, denoised):
-    """The timeline embeds a noisy recording's windows with its noise taken out, and a clean
-    one's as they are."""
+    """The timeline embeds a noisy recording's windows with its noise taken out, and says so
+    in a note; a clean one's windows are embedded as they are."""
     monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector(level=0.1))
     rng = np.random.default_rng(4)
     words = voice(150, 3.0)
@@ -101,8 +101,9 @@ def test_a_noisy_recordings_windows_are_embedded_denoised(tmp_path, monkeypatch,
     embedder = _Recording()
     with Decoded(path) as decoded:
         planned = timeline.plan(decoded, timeline.Params())
-        timeline.build(decoded, embedder, timeline.Gallery.empty(embedder.dim, 0.8))
+        found = timeline.build(decoded, embedder, timeline.Gallery.empty(embedder.dim, 0.8))
     assert (planned.denoiser is not None) is denoised
+    assert [n.startswith("noisy recording (speech 1") for n in found.notes] == ([True] if denoised else [])
     raw = list(timeline.cut_windows([audio.load(path).samples], planned.spans))
     assert len(raw) == len(embedder.windows) > 0
     changed = [not np.allclose(a, b, atol=1e-4) for a, b in zip(raw, embedder.windows)]
