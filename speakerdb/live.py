@@ -16,7 +16,10 @@ settled point. A region is *settled* (final) once no later frame can change it: 
 region follows it, or when more than :data:`SETTLE_S` of audio has passed its end (the longest
 stretch over which a region still open could merge with it or clip its padding). Settled
 regions, and the windows planned over them (:func:`speakerdb.timeline.plan_windows`), are
-exactly those ``timeline`` finds for the same audio as a file.
+exactly those ``timeline`` finds for the same audio as a file, unless it is noisy: ``timeline``
+takes the noise out of a file whose speech stands less than ``timeline.NOISY_SNR_DB`` above
+its pauses over the whole file (:meth:`speakerdb.timeline.SpeechPass.denoiser`), which a
+session, hearing the audio only as it comes, does not do.
 
 Windows and voices. Inside a region still open, the windows of the plan (``window_s`` long,
 every ``hop_s`` from the region's start) are embedded as soon as their audio is there, in one
@@ -302,7 +305,7 @@ class LiveSession:
 
     def close(self) -> Timeline:
         """End the session and return its timeline: what ``timeline`` gives for the same audio
-        as a file (see the module doc for sessions past ``max_held_s``)."""
+        as a file if it is not noisy (see the module doc, and for sessions past ``max_held_s``)."""
         self.finish()
         self._closed = True
         duration = self._n16 / SR
