@@ -83,7 +83,8 @@ class Denoiser:
         for block in blocks:
             left += len(block)
             out, pending, tail = self._frames(np.concatenate([pending, np.asarray(block, np.float64)]), tail)
-            out, skip = out[skip:], max(0, skip - len(out))
+            drop = min(skip, len(out))
+            out, skip = out[drop:], skip - drop
             left -= len(out)
             if len(out):
                 yield out.astype(np.float32)
