@@ -526,19 +526,23 @@ class SpeechPass:
         """What takes the noise out of a noisy recording (speech less than NOISY_SNR_DB above the
         pauses) before its windows are embedded; None for a clean one, or one with too few pauses
         to measure its noise. Call after :meth:`finish`."""
-        snr, noise = self.snr_db(), self.noise()
-        if snr is None or noise is None or snr >= NOISY_SNR_DB:
-            return None
-        return denoise.Denoiser(noise)
+        noisy = self._noisy()
+        return None if noisy is None else denoise.Denoiser(noisy[1])
 
     def notes(self) -> list[str]:
         """What the timeline tells of the recording: that its noise was taken out, if it was."""
-        snr = self.snr_db()
-        if snr is None or self.denoiser() is None:
+        noisy = self._noisy()
+        if noisy is None:
             return []
-        return [
-            f"noisy recording (speech {snr:.0f} dB above the pauses): its noise, measured in the pauses, was taken out"
-        ]
+        snr = f"{noisy[0]:.0f} dB"
+        return [f"noisy recording (speech {snr} above the pauses): its noise, measured in the pauses, was taken out"]
+
+    def _noisy(self) -> tuple[float, np.ndarray] | None:
+        """(snr_db, noise) of a noisy recording whose noise could be measured; else None."""
+        snr, noise = self.snr_db(), self.noise()
+        if snr is None or noise is None or snr >= NOISY_SNR_DB:
+            return None
+        return snr, noise
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB: the median power of the frames
