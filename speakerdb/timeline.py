@@ -444,7 +444,7 @@ class Planned:
 
     def blocks(self, blocks: Iterable[np.ndarray]) -> Iterable[np.ndarray]:
         """The recording's blocks as pass 2 embeds them: denoised if it is noisy."""
-        return blocks if self.denoiser is None else self.denoiser.blocks(blocks)
+        return _denoised(blocks, self.denoiser)
 
     def empty(self) -> Timeline:
         """The timeline of a recording with no window to embed, saying why."""
@@ -454,6 +454,11 @@ class Planned:
         """The timeline, given the vectors of :attr:`spans`."""
         found = assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
         return _noted(found, self.notes)
+
+
+def _denoised(blocks: Iterable[np.ndarray], denoiser: denoise.Denoiser | None) -> Iterable[np.ndarray]:
+    """``blocks`` through ``denoiser``, or as they are without one."""
+    return blocks if denoiser is None else denoiser.blocks(blocks)
 
 
 def _noted(timeline: Timeline, notes: Sequence[str]) -> Timeline:
@@ -611,7 +616,7 @@ def _build_segmented(
     if not spans:
         return empty_timeline(label, duration, speech_s, heard=speech_s > 0)
     denoiser = speech.denoiser()  # a noisy recording's
-    vectors = embed_windows(cut_windows(blocks() if denoiser is None else denoiser.blocks(blocks()), spans), embedder)
+    vectors = embed_windows(cut_windows(_denoised(blocks(), denoiser), spans), embedder)
     found = assemble_tracks(
         label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=denoiser is not None
     )
