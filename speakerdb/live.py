@@ -17,7 +17,7 @@ region follows it, or when more than :data:`SETTLE_S` of audio has passed its en
 stretch over which a region still open could merge with it or clip its padding). Settled
 regions, and the windows planned over them (:func:`speakerdb.timeline.plan_windows`), are
 exactly those ``timeline`` finds for the same audio as a file, unless it is noisy: ``timeline``
-takes the noise out of a file whose speech stands less than ``timeline.NOISY_SNR_DB`` above
+takes the noise out of a file whose speech stands less than ``denoise.NOISY_SNR_DB`` above
 its pauses over the whole file (:meth:`speakerdb.timeline.SpeechPass.denoiser`), which a
 session, hearing the audio only as it comes, does not do.
 

@@ -14,7 +14,7 @@ when people take turns. Windows of one length are stacked into one forward pass 
 padding (:meth:`speakerdb.embedding.models.TransformersXVector.embed`), so each window's embedding
 is exactly what embedding that window alone gives.
 
-Noise. A recording whose speech stands less than ``NOISY_SNR_DB`` above its pauses is
+Noise. A recording whose speech stands less than ``denoise.NOISY_SNR_DB`` above its pauses is
 noisy: the mean spectrum of its pauses is subtracted from it (:mod:`speakerdb.audio.denoise`,
 :meth:`SpeechPass.denoiser`), the VAD runs again on the result, and the windows are cut
 from it. A clean recording is embedded as it is.
@@ -461,6 +461,13 @@ def _denoised(blocks: Iterable[np.ndarray], denoiser: denoise.Denoiser | None) -
     return blocks if denoiser is None else denoiser.blocks(blocks)
 
 
+def noise_note(snr_db: float) -> str:
+    """What a timeline or an answer says of a recording whose noise was taken out."""
+    return (
+        f"noisy recording (speech {snr_db:.0f} dB above the pauses): its noise, measured in the pauses, was taken out"
+    )
+
+
 def _noted(timeline: Timeline, notes: Sequence[str]) -> Timeline:
     """``timeline`` with ``notes`` before its own."""
     return replace(timeline, notes=[*notes, *timeline.notes]) if notes else timeline
@@ -473,27 +480,22 @@ def empty_timeline(label: str, duration: float, speech_s: float, *, heard: bool)
     return Timeline(label, duration, [], [], speech_s, [note])
 
 
-#: A VAD frame below this probability is a pause for :meth:`SpeechPass.snr_db` (speech: the
-#: VAD's own threshold).
-PAUSE_PROBABILITY = 0.2
-
-
 class SpeechPass:
     """Pass 1's bookkeeping over a stream of blocks: the samples and the peak (the checks
     identify makes) and the VAD's frame probabilities, gathered as :meth:`watch` hands the
-    blocks on (to nothing, or to a segmentation model reading the same pass)."""
+    blocks on (to nothing, or to a segmentation model reading the same pass). With ``levels``,
+    also how far the speech stands above the pauses, and their noise
+    (:class:`speakerdb.audio.denoise.NoiseMeter`)."""
 
     def __init__(self, detector, *, levels: bool = False) -> None:
         self.detector = detector
         self.n_samples, self.peak = 0, 0.0
         self._probs: list[np.ndarray] = []
-        # The power of each VAD frame, for snr_db(), and the spectrum of the pauses, for noise().
         frame = int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))
-        self._frame = frame if levels else 0
-        self._energy: list[np.ndarray] = []  # mean square per VAD frame
+        self._meter = denoise.NoiseMeter(frame) if levels else None
+        self._frame = frame
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
-        self._pauses = denoise.NoiseSpectrum(frame) if levels else None
-        self._unjudged = np.zeros((0, frame), np.float64)  # frames whose probability is yet to come
+        self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
         self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
         detector.reset()
 
@@ -503,64 +505,43 @@ class SpeechPass:
             self.n_samples += len(block)
             self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
             self._probs.append(self.detector.feed(block))
-            if self._frame:
-                samples = np.concatenate([self._rest, np.asarray(block, np.float32)])
-                whole = len(samples) // self._frame * self._frame
-                frames = samples[:whole].reshape(-1, self._frame).astype(np.float64)
-                self._energy.append((frames**2).mean(axis=1))
-                self._rest = samples[whole:]
-                self._collect_pauses(frames, self._probs[-1])
+            if self._meter is not None:
+                self._measure(np.asarray(block, np.float32), self._probs[-1])
             yield block
 
-    def _collect_pauses(self, frames: np.ndarray, probs: np.ndarray) -> None:
-        """Pair frames with their probabilities (the VAD may lag) and keep the pauses' spectra."""
-        self._unjudged = np.concatenate([self._unjudged, frames])
+    def _measure(self, block: np.ndarray, probs: np.ndarray) -> None:
+        """Hand the meter the block's whole frames paired with their probabilities (the VAD may lag)."""
+        assert self._meter is not None
+        samples = np.concatenate([self._rest, block])
+        whole = len(samples) // self._frame * self._frame
+        self._rest = samples[whole:]
+        self._unjudged = np.concatenate([self._unjudged, samples[:whole].reshape(-1, self._frame)])
         self._judged = np.concatenate([self._judged, probs])
         n = min(len(self._unjudged), len(self._judged))
-        pause = self._unjudged[:n][self._judged[:n] < PAUSE_PROBABILITY]
-        if self._pauses is not None:
-            self._pauses.add(pause)
+        self._meter.add(self._unjudged[:n], self._judged[:n])
         self._unjudged, self._judged = self._unjudged[n:], self._judged[n:]
+
+    def snr_db(self) -> float | None:
+        """How far the speech stands above the pauses, in dB (:meth:`speakerdb.audio.denoise.NoiseMeter.snr_db`);
+        None without both, or when the pass was not made with ``levels=True``. Call after :meth:`finish`."""
+        return self._meter.snr_db() if self._meter is not None else None
 
     def noise(self) -> np.ndarray | None:
         """The mean power spectrum of the pauses (a :meth:`speakerdb.audio.denoise.NoiseSpectrum.power`),
         when the pass was made with ``levels=True`` and held enough of them; else None."""
-        return self._pauses.power() if self._pauses is not None else None
+        return self._meter.pauses.power() if self._meter is not None else None
 
     def denoiser(self) -> denoise.Denoiser | None:
-        """What takes the noise out of a noisy recording (speech less than NOISY_SNR_DB above the
-        pauses) before its windows are embedded; None for a clean one, or one with too few pauses
-        to measure its noise. Call after :meth:`finish`."""
-        noisy = self._noisy()
+        """What takes the noise out of a noisy recording (speech less than
+        ``denoise.NOISY_SNR_DB`` above the pauses) before its windows are embedded; None for a
+        clean one, or one with too few pauses to measure its noise. Call after :meth:`finish`."""
+        noisy = self._meter.noisy() if self._meter is not None else None
         return None if noisy is None else denoise.Denoiser(noisy[1])
 
     def notes(self) -> list[str]:
         """What the timeline tells of the recording: that its noise was taken out, if it was."""
-        noisy = self._noisy()
-        if noisy is None:
-            return []
-        snr = f"{noisy[0]:.0f} dB"
-        return [f"noisy recording (speech {snr} above the pauses): its noise, measured in the pauses, was taken out"]
-
-    def _noisy(self) -> tuple[float, np.ndarray] | None:
-        """(snr_db, noise) of a noisy recording whose noise could be measured; else None."""
-        snr, noise = self.snr_db(), self.noise()
-        if snr is None or noise is None or snr >= NOISY_SNR_DB:
-            return None
-        return snr, noise
-
-    def snr_db(self) -> float | None:
-        """How far the speech stands above the pauses, in dB: the median power of the frames
-        the VAD calls speech (at its own threshold or above) over that of the frames it calls
-        pause (below PAUSE_PROBABILITY); None without both, or when the pass was not made with ``levels=True``.
-        Call after :meth:`finish`."""
-        probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
-        energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
-        n = min(len(probs), len(energy))
-        speech, pause = energy[:n][probs[:n] >= vad.DEFAULT_THRESHOLD], energy[:n][probs[:n] < PAUSE_PROBABILITY]
-        if not len(speech) or not len(pause):
-            return None
-        return float(10 * np.log10(max(float(np.median(speech)), 1e-20) / max(float(np.median(pause)), 1e-20)))
+        noisy = self._meter.noisy() if self._meter is not None else None
+        return [] if noisy is None else [noise_note(noisy[0])]
 
     def finish(self, label: str) -> tuple[float, list[vad.Region]]:
         """(duration in seconds, speech regions) once every block was watched. Raises AudioError
@@ -672,10 +653,9 @@ def track_windows(
 #: room the tracks of two voices pass 0.8, and the clustering tells them apart
 #: (docs/timeline.md, "Joining tracks: the recording's clustering first").
 TRACK_SAME_VOICE = 0.9
-#: In a noisy recording (speech less than NOISY_SNR_DB above the pauses) the clustering
-#: splits one voice in two more often than it joins two: tracks join from 0.8.
+#: In a noisy recording (speech less than denoise.NOISY_SNR_DB above the pauses) the
+#: clustering splits one voice in two more often than it joins two: tracks join from 0.8.
 TRACK_SAME_VOICE_NOISY = 0.8
-NOISY_SNR_DB = 15.0
 #: Without hints, a voice with less speech than this joins the voice it is most like (unless
 #: the model heard both at once): a track the model split off by mistake.
 TRACK_MIN_VOICE_S = 1.0

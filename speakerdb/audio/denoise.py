@@ -16,6 +16,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from . import vad
+from .decode import SAMPLE_RATE
+
 #: Times the noise power taken from each bin: more than once, because the noise of one frame
 #: scatters around its mean and what is left of it still speaks for the noise.
 OVER_SUBTRACTION = 3.0
@@ -24,6 +27,10 @@ OVER_SUBTRACTION = 3.0
 GAIN_FLOOR = 0.02
 #: Pause frames needed before the noise is trusted (about 0.5 s of Silero frames).
 MIN_NOISE_FRAMES = 16
+#: A VAD frame below this probability is a pause (speech: the VAD's own threshold).
+PAUSE_PROBABILITY = 0.2
+#: A recording whose speech stands less than this above its pauses is noisy (dB).
+NOISY_SNR_DB = 15.0
 
 
 def window(frame: int) -> np.ndarray:
@@ -110,3 +117,54 @@ class Denoiser:
         out[: k * hop] += shaped[:, :hop].ravel()
         out[hop : (k + 1) * hop] += shaped[:, hop:].ravel()
         return out[: k * hop], samples[k * hop :], out[k * hop :]
+
+
+class NoiseMeter:
+    """How far a recording's speech stands above its pauses, and the noise of those pauses,
+    from its VAD frames and their probabilities, given as they come."""
+
+    def __init__(self, frame: int) -> None:
+        self.pauses = NoiseSpectrum(frame)
+        self._energy: list[np.ndarray] = []  # mean square per frame
+        self._probs: list[np.ndarray] = []
+
+    def add(self, frames: np.ndarray, probs: np.ndarray) -> None:
+        """(k, frame) samples and their (k,) VAD probabilities."""
+        frames = np.asarray(frames, np.float64)
+        self._energy.append((frames**2).mean(axis=1))
+        self._probs.append(np.asarray(probs))
+        self.pauses.add(frames[self._probs[-1] < PAUSE_PROBABILITY])
+
+    def snr_db(self) -> float | None:
+        """The median power of the frames the VAD calls speech (at its own threshold or above)
+        over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB; None without both."""
+        energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
+        probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
+        speech, pause = energy[probs >= vad.DEFAULT_THRESHOLD], energy[probs < PAUSE_PROBABILITY]
+        if not len(speech) or not len(pause):
+            return None
+        return float(10 * np.log10(max(float(np.median(speech)), 1e-20) / max(float(np.median(pause)), 1e-20)))
+
+    def noisy(self) -> tuple[float, np.ndarray] | None:
+        """(snr_db, the pauses' mean power spectrum) of a noisy recording (speech less than
+        NOISY_SNR_DB above the pauses) whose noise could be measured; None otherwise."""
+        snr, noise = self.snr_db(), self.pauses.power()
+        if snr is None or noise is None or snr >= NOISY_SNR_DB:
+            return None
+        return snr, noise
+
+
+def denoised(samples: np.ndarray, detector=None) -> tuple[np.ndarray, float | None]:
+    """``samples`` (a recording, or a window of one, in memory) with their noise taken out if
+    they are noisy, and how far their speech stood above the pauses then (None: left as they
+    were). ``detector``: a VAD (default Silero), reset first."""
+    detector = detector if detector is not None else vad.SileroVAD()
+    probs = vad.probabilities([samples], detector)
+    frame = int(round(vad.frame_seconds(detector) * SAMPLE_RATE))
+    n = min(len(samples) // frame, len(probs))
+    meter = NoiseMeter(frame)
+    meter.add(np.asarray(samples[: n * frame]).reshape(n, frame), probs[:n])
+    noisy = meter.noisy()
+    if noisy is None:
+        return samples, None
+    return np.concatenate(list(Denoiser(noisy[1]).blocks([samples]))), noisy[0]
