@@ -27,6 +27,9 @@ OVER_SUBTRACTION = 3.0
 GAIN_FLOOR = 0.02
 #: Pause frames needed before the noise is trusted (about 0.5 s of Silero frames).
 MIN_NOISE_FRAMES = 16
+#: Speech frames needed before a recording is judged (about 1 s of Silero frames): where the
+#: VAD hears almost no speech, the "pauses" may be the voice it missed, not noise.
+MIN_SPEECH_FRAMES = 31
 #: A VAD frame below this probability is a pause (speech: the VAD's own threshold).
 PAUSE_PROBABILITY = 0.2
 #: A recording whose speech stands less than this above its pauses is noisy (dB).
@@ -137,11 +140,12 @@ class NoiseMeter:
 
     def snr_db(self) -> float | None:
         """The median power of the frames the VAD calls speech (at its own threshold or above)
-        over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB; None without both."""
+        over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB; None without a
+        pause or with fewer than MIN_SPEECH_FRAMES frames of speech."""
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
         speech, pause = energy[probs >= vad.DEFAULT_THRESHOLD], energy[probs < PAUSE_PROBABILITY]
-        if not len(speech) or not len(pause):
+        if len(speech) < MIN_SPEECH_FRAMES or not len(pause):
             return None
         return float(10 * np.log10(max(float(np.median(speech)), 1e-20) / max(float(np.median(pause)), 1e-20)))
 

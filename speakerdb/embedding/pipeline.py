@@ -1,6 +1,7 @@
 """From a recording to one speaker vector, in bounded memory whatever its length.
 
-    file -> audio.stream (16 kHz mono blocks) -> windows of WINDOW_S -> embedder -> weighted mean
+    file -> audio.stream (16 kHz mono blocks) -> windows of WINDOW_S -> denoised if noisy
+         -> embedder -> weighted mean
 
 A recording up to 1.5 x WINDOW_S is one window: the model sees all of it, and the
 vector is exactly the model card's. A longer one is cut into consecutive windows of
@@ -9,6 +10,11 @@ shorter than WINDOW_S / 2); each window is embedded on its own and the vectors a
 averaged, weighted by window length, then L2-normalised. Attention costs grow with the
 square of the length, so windows keep compute linear in the recording's length, and
 memory bounded by two windows plus one decode block.
+
+A window whose speech stands less than ``denoise.NOISY_SNR_DB`` above its pauses (Silero's
+frames) has the pauses' noise taken out before it is embedded (:func:`heard`), as the
+timeline takes it out of a noisy recording: a call at 10 dB then scores against clean
+enrollment as it would clean (docs/timeline.md, "Noise: measured in the pauses and taken out").
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..audio import decode as audio
+from ..audio import denoise
 from ..audio.decoded import Decoded
 from ..errors import AudioError, printable_path
 from .models import Embedder, l2_normalize
@@ -89,6 +96,14 @@ class _NameTheFile(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = f"{self.label}: {record.msg}"
         return True
+
+
+def heard(windows: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Each window as it is embedded: with its noise taken out if it is noisy (its speech less
+    than ``denoise.NOISY_SNR_DB`` above its pauses; :func:`speakerdb.audio.denoise.denoised`),
+    as the timeline takes it out of a noisy recording, else as it is."""
+    for window in windows:
+        yield denoise.denoised(window)[0]
 
 
 def check_vector(vector: np.ndarray, source: str) -> None:
@@ -167,7 +182,7 @@ def embed_clip(
     a file longer than ``max_audio_s`` seconds included (default: audio.max_duration_s).
     """
     rec = _Recording(source, max_audio_s)
-    return _embed_windows(rec, rec.windows(), embedder)
+    return _embed_windows(rec, heard(rec.windows()), embedder)
 
 
 def _embed_windows(rec: _Recording, parts: Iterable[np.ndarray], embedder: Embedder) -> EmbeddedClip:
@@ -231,7 +246,7 @@ def embed_clips(
     for i, source in enumerate(sources):
         try:
             rec = _Recording(source, max_audio_s)
-            parts = rec.windows()
+            parts = heard(rec.windows())
             first = next(parts, None)
             if first is None:  # windows() raises for an empty recording first; never reached
                 raise AudioError(rec.label, "holds no audio")
