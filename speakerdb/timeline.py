@@ -462,7 +462,7 @@ def _denoised(blocks: Iterable[np.ndarray], denoiser: denoise.Denoiser | None) -
 
 
 def noise_note(snr_db: float) -> str:
-    """What a timeline or an answer says of a recording whose noise was taken out."""
+    """The note of a timeline whose recording had its noise taken out (speech ``snr_db`` above the pauses)."""
     return (
         f"noisy recording (speech {snr_db:.0f} dB above the pauses): its noise, measured in the pauses, was taken out"
     )

@@ -356,8 +356,8 @@ def test_one_bad_file_does_not_lose_the_batch(tmp_path, tiny_checkpoint):
 # ---- real speech ---------------------------------------------------------------------------------
 def _real_conversation(tmp_path: Path, snr_db: float | None = None):
     """Three LibriSpeech speakers take turns, with white noise ``snr_db`` below the speech;
-    two are enrolled from other (clean) recordings. Returns the database, the recording and
-    the timeline's named-time and unknown-time accuracy."""
+    two are enrolled from other (clean) recordings. Returns the recording, its timeline, and
+    the share of the enrolled speakers' time named right and of the other's labelled unknown."""
     from speakerdb import SpeakerDB
 
     speakers = ["1688", "3005", "2609"]  # 2609 is not enrolled
