@@ -497,6 +497,7 @@ class SpeechPass:
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
         self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
         self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
+        self._noisy: tuple[float, np.ndarray] | None = None  # the meter's verdict, made by finish()
         detector.reset()
 
     def watch(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -535,19 +536,19 @@ class SpeechPass:
         """What takes the noise out of a noisy recording (speech less than
         ``denoise.NOISY_SNR_DB`` above the pauses) before its windows are embedded; None for a
         clean one, or one with too few pauses to measure its noise. Call after :meth:`finish`."""
-        noisy = self._meter.noisy() if self._meter is not None else None
-        return None if noisy is None else denoise.Denoiser(noisy[1])
+        return None if self._noisy is None else denoise.Denoiser(self._noisy[1])
 
     def notes(self) -> list[str]:
-        """What the timeline tells of the recording: that its noise was taken out, if it was."""
-        noisy = self._meter.noisy() if self._meter is not None else None
-        return [] if noisy is None else [noise_note(noisy[0])]
+        """What the timeline tells of the recording: that its noise was taken out, if it was.
+        Call after :meth:`finish`."""
+        return [] if self._noisy is None else [noise_note(self._noisy[0])]
 
     def finish(self, label: str) -> tuple[float, list[vad.Region]]:
         """(duration in seconds, speech regions) once every block was watched. Raises AudioError
         for a recording too short, too long or silent."""
         self._probs.append(self.detector.flush())
         audio.check_duration_and_level(self.n_samples, self.peak, label)
+        self._noisy = self._meter.noisy() if self._meter is not None else None  # once: denoiser() and notes() read it
         duration = self.n_samples / audio.SAMPLE_RATE
         frame_s = vad.frame_seconds(self.detector)
         return duration, list(vad.regions(np.concatenate(self._probs), frame_s=frame_s, duration_s=duration))
