@@ -121,21 +121,20 @@ def test_unreachable_hub_names_the_fix(monkeypatch):
 
 
 def test_bf16_mode_stays_close_to_fp32(tiny_checkpoint, tiny_embedder):
+    import torch
+
     fast = load_embedder(str(tiny_checkpoint), precision="bf16")
     assert fast.model_id == tiny_embedder.model_id  # same weights: same database
+    assert next(fast.model.parameters()).dtype == torch.bfloat16  # the fast mode, not fp32 under its name
     waves = [voice(140, 3.0), voice(230, 1.3, seed=2), voice(320, 2.0, seed=1)]
     exact, approx = tiny_embedder.embed(waves), fast.embed(waves)
     assert approx.dtype == np.float32 and np.allclose(np.linalg.norm(approx, axis=1), 1, atol=1e-5)
-    # Close means: bf16 moves a vector much less than a different voice does. The control is
-    # fp32's own distance between the voices (the tiny random model puts voices at cosine
-    # 0.98-0.99, so a bare "cosine > 0.98" would accept an embedding no better than another
-    # voice's). Measured on AMD EPYC Zen 4 (no AMX): bf16 distance ~1e-5, voices >= 6e-3.
-    bf16_distance = 1 - np.sum(exact * approx, axis=1)  # (3,)
-    between = exact @ exact.T  # (3, 3)
-    voice_distance = 1 - between[~np.eye(len(waves), dtype=bool)].max()
-    assert bf16_distance.max() < voice_distance / 4
-    # And every voice stays nearest to its own fp32 embedding.
+    # Close means every voice stays nearest its own fp32 embedding. Not more: this tiny random
+    # model puts its voices ~1e-2 apart in cosine, and on CPUs with AMX oneDNN's bf16 kernels
+    # move its vectors about as far (1e-5 without AMX); the full-size model moves ~1e-5 on
+    # both (docs/performance.md), which a checkpoint small enough for the tests cannot show.
     assert ((approx @ exact.T).argmax(axis=1) == np.arange(len(waves))).all()
+    assert (1 - np.sum(exact * approx, axis=1)).max() < 0.05
 
 
 def tiny_wavlm(norm: str = "group"):
