@@ -448,12 +448,12 @@ class Planned:
 
     def empty(self) -> Timeline:
         """The timeline of a recording with no window to embed, saying why."""
-        return _noted(empty_timeline(self.label, self.duration, self.speech_s, heard=bool(self.regions)), self.notes)
+        return noted(empty_timeline(self.label, self.duration, self.speech_s, heard=bool(self.regions)), self.notes)
 
     def assemble(self, vectors: np.ndarray, gallery: Gallery, params: Params) -> Timeline:
         """The timeline, given the vectors of :attr:`spans`."""
         found = assemble(self.label, self.duration, self.regions, self.spans, vectors, gallery, params, self.speech_s)
-        return _noted(found, self.notes)
+        return noted(found, self.notes)
 
 
 def _denoised(blocks: Iterable[np.ndarray], denoiser: denoise.Denoiser | None) -> Iterable[np.ndarray]:
@@ -468,7 +468,7 @@ def noise_note(snr_db: float) -> str:
     )
 
 
-def _noted(timeline: Timeline, notes: Sequence[str]) -> Timeline:
+def noted(timeline: Timeline, notes: Sequence[str]) -> Timeline:
     """``timeline`` with ``notes`` before its own."""
     return replace(timeline, notes=[*notes, *timeline.notes]) if notes else timeline
 
@@ -493,10 +493,6 @@ class SpeechPass:
         self._probs: list[np.ndarray] = []
         frame = int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))
         self._meter = denoise.NoiseMeter(frame) if levels else None
-        self._frame = frame
-        self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
-        self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
-        self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
         self._noisy: tuple[float, np.ndarray] | None = None  # the meter's verdict, made by finish()
         detector.reset()
 
@@ -507,20 +503,8 @@ class SpeechPass:
             self.peak = max(self.peak, float(np.max(np.abs(block))) if len(block) else 0.0)
             self._probs.append(self.detector.feed(block))
             if self._meter is not None:
-                self._measure(np.asarray(block, np.float32), self._probs[-1])
+                self._meter.watch(block, self._probs[-1])
             yield block
-
-    def _measure(self, block: np.ndarray, probs: np.ndarray) -> None:
-        """Hand the meter the block's whole frames paired with their probabilities (the VAD may lag)."""
-        assert self._meter is not None
-        samples = np.concatenate([self._rest, block])
-        whole = len(samples) // self._frame * self._frame
-        self._rest = samples[whole:]
-        self._unjudged = np.concatenate([self._unjudged, samples[:whole].reshape(-1, self._frame)])
-        self._judged = np.concatenate([self._judged, probs])
-        n = min(len(self._unjudged), len(self._judged))
-        self._meter.add(self._unjudged[:n], self._judged[:n])
-        self._unjudged, self._judged = self._unjudged[n:], self._judged[n:]
 
     def snr_db(self) -> float | None:
         """How far the speech stands above the pauses, in dB (:meth:`speakerdb.audio.denoise.NoiseMeter.snr_db`);
@@ -602,7 +586,7 @@ def _build_segmented(
     found = assemble_tracks(
         label, duration, activity, spans, vectors, gallery, params, speech_s, noisy=denoiser is not None
     )
-    return _noted(fill_speech(found, heard), speech.notes())
+    return noted(fill_speech(found, heard), speech.notes())
 
 
 def _runs_of(values: np.ndarray) -> list[tuple[int, int, int]]:

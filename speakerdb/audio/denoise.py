@@ -84,6 +84,10 @@ class Denoiser:
         self.hop = self.frame // 2
         self.window = window(self.frame)
 
+    def samples(self, samples: np.ndarray) -> np.ndarray:
+        """``samples`` (a recording, or a window of one, in memory) denoised: float32, as many."""
+        return np.concatenate([np.zeros(0, np.float32), *self.blocks([samples])])
+
     def blocks(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """The denoised stream: float32 blocks, as many samples in all as ``blocks`` holds."""
         hop = self.hop
@@ -124,24 +128,59 @@ class Denoiser:
 
 class NoiseMeter:
     """How far a recording's speech stands above its pauses, and the noise of those pauses,
-    from its VAD frames and their probabilities, given as they come."""
+    from its VAD frames and their probabilities, given as they come (:meth:`watch` pairs a
+    stream's samples with the probabilities the VAD gave them, which may lag behind).
 
-    def __init__(self, frame: int) -> None:
+    ``keep_frames``: the levels of only the last so many frames are kept (a live session
+    waiting for speech: memory stays flat through any silence); default all.
+    """
+
+    def __init__(self, frame: int, keep_frames: int | None = None) -> None:
         self.pauses = NoiseSpectrum(frame)
-        self._energy: list[np.ndarray] = []  # mean square per frame
+        self.frame = frame
+        self.keep_frames = keep_frames
+        self._energy: list[np.ndarray] | None = []  # mean square per frame; None once levels are let go
         self._probs: list[np.ndarray] = []
+        self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
+        self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
+        self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
+        self._snr_db: float | None = None  # what snr_db() said when the levels were let go
+
+    def watch(self, block: np.ndarray, probs: np.ndarray) -> None:
+        """The stream's next ``block`` of samples and the VAD probabilities it gave for it (for
+        the frames it completed, which may include earlier samples)."""
+        samples = np.concatenate([self._rest, np.asarray(block, np.float32)])
+        whole = len(samples) // self.frame * self.frame
+        self._rest = samples[whole:]
+        self._unjudged = np.concatenate([self._unjudged, samples[:whole].reshape(-1, self.frame)])
+        self._judged = np.concatenate([self._judged, np.asarray(probs, np.float32)])
+        n = min(len(self._unjudged), len(self._judged))
+        self.add(self._unjudged[:n], self._judged[:n])
+        self._unjudged, self._judged = self._unjudged[n:], self._judged[n:]
 
     def add(self, frames: np.ndarray, probs: np.ndarray) -> None:
         """(k, frame) samples and their (k,) VAD probabilities."""
-        frames = np.asarray(frames, np.float64)
-        self._energy.append((frames**2).mean(axis=1))
-        self._probs.append(np.asarray(probs))
-        self.pauses.add(frames[self._probs[-1] < PAUSE_PROBABILITY])
+        frames, probs = np.asarray(frames, np.float64), np.asarray(probs)
+        if self._energy is not None:
+            self._energy.append((frames**2).mean(axis=1))
+            self._probs.append(probs)
+            held = sum(len(e) for e in self._energy)
+            if self.keep_frames is not None and held > 2 * self.keep_frames:  # trimmed now and then, not per call
+                self._energy = [np.concatenate(self._energy)[-self.keep_frames :]]
+                self._probs = [np.concatenate(self._probs)[-self.keep_frames :]]
+        self.pauses.add(frames[probs < PAUSE_PROBABILITY])
+
+    def let_levels_go(self) -> None:
+        """Keep only the pauses' noise from now on, its memory flat however long the stream
+        (a live session, once it has judged its noise); :meth:`snr_db` keeps its last answer."""
+        self._snr_db, self._energy, self._probs = self.snr_db(), None, []
 
     def snr_db(self) -> float | None:
         """The median power of the frames the VAD calls speech (at its own threshold or above)
         over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB; None without a
         pause or with fewer than MIN_SPEECH_FRAMES frames of speech."""
+        if self._energy is None:
+            return self._snr_db
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
         probs = np.concatenate(self._probs) if self._probs else np.zeros(0)
         speech, pause = energy[probs >= vad.DEFAULT_THRESHOLD], energy[probs < PAUSE_PROBABILITY]
@@ -171,4 +210,4 @@ def denoised(samples: np.ndarray, detector=None) -> tuple[np.ndarray, float | No
     noisy = meter.noisy()
     if noisy is None:
         return samples, None
-    return np.concatenate(list(Denoiser(noisy[1]).blocks([samples]))), noisy[0]
+    return Denoiser(noisy[1]).samples(samples), noisy[0]
