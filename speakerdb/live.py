@@ -16,10 +16,16 @@ settled point. A region is *settled* (final) once no later frame can change it: 
 region follows it, or when more than :data:`SETTLE_S` of audio has passed its end (the longest
 stretch over which a region still open could merge with it or clip its padding). Settled
 regions, and the windows planned over them (:func:`speakerdb.timeline.plan_windows`), are
-exactly those ``timeline`` finds for the same audio as a file, unless it is noisy: ``timeline``
-takes the noise out of a file whose speech stands less than ``denoise.NOISY_SNR_DB`` above
-its pauses over the whole file (:meth:`speakerdb.timeline.SpeechPass.denoiser`), which a
-session, hearing the audio only as it comes, does not do.
+exactly those ``timeline`` finds for the same audio as a file.
+
+Noise. As ``timeline`` does for a file, the session measures how far its speech stands above
+its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseMeter`). It
+judges once: as soon as the meter can tell, else :data:`JUDGE_WAIT_S` after its first speech
+began, or when asked to enroll a voice; until then it embeds no window. A noisy session (speech less than
+``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard so far taken out
+of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
+noisy file's speech again in the denoised audio and measures its noise over the whole file,
+so the final timeline of a noisy session is not the file's.
 
 Windows and voices. Inside a region still open, the windows of the plan (``window_s`` long,
 every ``hop_s`` from the region's start) are embedded as soon as their audio is there, in one
@@ -44,12 +50,13 @@ not always, agrees with the live labels.
 
 Memory. The session holds the audio of the regions still open (a few seconds: only from the
 first window not yet embedded), the VAD's frames since the last settled point, one vector per
-window of settled speech and each voice's running sums. Window vectors are kept for up to
-``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond,
-the oldest are dropped and their final segments kept (a few numbers each): memory stays flat
-for a session of any length, and the final timeline of such a session is the live one (its
-final segments) rather than a re-assembly, which ``notes`` says. At most :data:`MAX_VOICES`
-voices are kept apart; past that a window joins its nearest voice.
+window of settled speech and each voice's running sums; while it judges its noise, the levels
+of the last :data:`JUDGE_LEVELS_S` of frames, and if noisy, one noise spectrum. Window vectors
+are kept for up to ``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an
+hour of talk); beyond, the oldest are dropped and their final segments kept (a few numbers
+each): memory stays flat for a session of any length, and the final timeline of such a
+session is the live one (its final segments) rather than a re-assembly, which ``notes`` says.
+At most :data:`MAX_VOICES` voices are kept apart; past that a window joins its nearest voice.
 
 Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
 ``label`` into one utterance and enrolls it through the database's normal path (the index,
@@ -69,7 +76,7 @@ import numpy as np
 
 from . import timeline as timelines
 from .audio import decode as audio
-from .audio import pcm, vad
+from .audio import denoise, pcm, vad
 from .embedding.models import l2_normalize
 from .embedding.pipeline import EmbeddedClip
 from .errors import AudioError, InvalidInputError
@@ -98,6 +105,14 @@ SETTLE_S = 2 * vad.DEFAULT_PAD_S + vad.DEFAULT_MIN_SPEECH_S + vad.DEFAULT_MIN_SI
 DEFAULT_MAX_HELD_S = 3600.0
 MAX_VOICES = 256  # voices told apart in one session; past that a window joins its nearest voice
 SOURCE_LABEL = "live"  # the final timeline's ``file``
+#: A session embeds no window of its speech until it has judged its noise (heard
+#: ``denoise.MIN_SPEECH_FRAMES`` frames of speech and ``denoise.MIN_NOISE_FRAMES`` of pause), or
+#: until this long after its first speech began (s), when it judges with what it has heard:
+#: a noisy call's first windows are then denoised like the rest, at the cost of a first
+#: provisional event this much later at worst.
+JUDGE_WAIT_S = 5.0
+#: Seconds of audio whose levels a session judging its noise keeps (the latest).
+JUDGE_LEVELS_S = 60.0
 
 #: Embeds equal-length 16 kHz float32 windows: (n, dim) float32 rows of norm 1.
 EmbedWindows = Callable[[list[np.ndarray]], np.ndarray]
@@ -188,6 +203,14 @@ class LiveSession:
         self._audio_start = 0
         self._probs = np.zeros(0, np.float32)  # VAD frames from _first_frame on
         self._first_frame = 0
+        # Noise: measured in the pauses until judged; kept (the pauses' spectrum only) if noisy.
+        frame = int(round(self._frame_s * SR))
+        self._meter: denoise.NoiseMeter | None = denoise.NoiseMeter(frame, int(JUDGE_LEVELS_S / self._frame_s))
+        self._judging = True
+        self._noisy_db: float | None = None  # speech over pauses (dB) of a session judged noisy
+        self._first_speech_s: float | None = None
+        self._open_regions: list[vad.Region] = []  # as the last block left them
+        self._deferred: list[LiveEvent] = []  # events of a catch-up that enroll() made, for the next feed
         self._settled_until = 0.0  # s: end of the last settled region
         self._speech_from = -1.0  # s: start of the last region a speech event reported
 
@@ -235,8 +258,8 @@ class LiveSession:
             self._pending.append(resampled)
             self._pending_n += len(resampled)
         if self._pending_n < int(TICK_S * SR):
-            return []
-        return self._named(self._advance(last=False))
+            return self._named(self._take_deferred())
+        return self._named(self._take_deferred() + self._advance(last=False))
 
     def finish(self) -> list[LiveEvent]:
         """End the audio: every region settles; returns the last events (final segments).
@@ -247,8 +270,25 @@ class LiveSession:
         if len(tail):
             self._pending.append(tail)
             self._pending_n += len(tail)
-        events = self._named(self._advance(last=True))
+        events = self._named(self._take_deferred() + self._advance(last=True))
         self._finished = True
+        return events
+
+    def catch_up(self) -> list[LiveEvent]:
+        """Embed now the windows of the speech heard so far that still wait for the session to
+        judge its noise, judging it with what it has heard; the events that gives (none if
+        nothing waited). :meth:`enroll` calls it first; a caller that cannot let ``enroll``
+        embed (the service, which enrolls on the lane that embeds) calls it before."""
+        if not self._judging or self._finished:
+            return []
+        self._judge(self._n16 / SR, now=True)
+        events: list[LiveEvent] = []
+        for r in self._open_regions:
+            events += self._embed_open(r, self.seconds_fed)
+        return self._named(events)
+
+    def _take_deferred(self) -> list[LiveEvent]:
+        events, self._deferred = self._deferred, []
         return events
 
     def _named(self, events: list[LiveEvent]) -> list[LiveEvent]:
@@ -271,6 +311,7 @@ class LiveSession:
             raise InvalidInputError("this live session cannot enroll (it was opened without a database)")
         if self._closed:
             raise InvalidInputError("the live session is closed")
+        self._deferred += self.catch_up()  # reported with the next feed's events
         voices = [v for v in range(len(self._voices)) if self._label(v, assign=False) == label]
         rows = [
             (self._spans[i - self._dropped_spans], self._vectors[i - self._dropped_spans])
@@ -305,7 +346,7 @@ class LiveSession:
 
     def close(self) -> Timeline:
         """End the session and return its timeline: what ``timeline`` gives for the same audio
-        as a file if it is not noisy (see the module doc, and for sessions past ``max_held_s``)."""
+        as a file, unless it is noisy (see the module doc, and for sessions past ``max_held_s``)."""
         self.finish()
         self._closed = True
         duration = self._n16 / SR
@@ -324,9 +365,14 @@ class LiveSession:
             )
             return Timeline(SOURCE_LABEL, duration, [], [], self._speech_s, [note])
         vectors = np.stack(self._vectors)
-        return timelines.assemble(
+        found = timelines.assemble(
             SOURCE_LABEL, duration, regions, self._spans, vectors, self._gallery, self.params, self._speech_s
         )
+        return timelines.noted(found, self._notes())
+
+    def _notes(self) -> list[str]:
+        """That the noise was taken out, in a noisy session (as ``timeline`` says of a file)."""
+        return [] if self._noisy_db is None else [timelines.noise_note(self._noisy_db)]
 
     # ---- the work of each block ---------------------------------------------------------------
     def _advance(self, last: bool) -> list[LiveEvent]:
@@ -341,6 +387,8 @@ class LiveSession:
         if last:
             probs.append(self._detector.flush())
         self._probs = np.concatenate([self._probs, *probs])
+        if self._meter is not None:
+            self._meter.watch(block, np.concatenate(probs))
         at = self.seconds_fed
         n_frames = self._first_frame + len(self._probs)
         heard_to = n_frames * self._frame_s  # s: the end of the last VAD frame
@@ -357,10 +405,15 @@ class LiveSession:
             if r.start > self._speech_from:
                 self._speech_from = r.start
                 events.append(SpeechEvent(r.start, at))
+                if self._first_speech_s is None:
+                    self._first_speech_s = r.start
+        if self._judging:
+            self._judge(heard_to, last)
         settled = [r for i, r in enumerate(regions) if last or i + 1 < len(regions) or r.end <= heard_to - SETTLE_S]
         for r in settled:
             events += self._settle(r, at)
         open_regions = regions[len(settled) :]
+        self._open_regions = open_regions
         for r in open_regions:
             events += self._embed_open(r, at)
 
@@ -388,6 +441,24 @@ class LiveSession:
         self._bound_memory()
         return events
 
+    def _judge(self, heard_to: float, now: bool) -> None:
+        """Decide once whether the session is noisy (:meth:`speakerdb.audio.denoise.NoiseMeter.noisy`):
+        as soon as its meter can tell, else :data:`JUDGE_WAIT_S` after its first speech, or
+        ``now`` (its end, an enrollment). A clean session lets the meter go; a noisy one keeps
+        measuring its pauses."""
+        assert self._meter is not None
+        known = self._meter.snr_db() is not None and self._meter.pauses.power() is not None
+        waited = self._first_speech_s is not None and heard_to - self._first_speech_s >= JUDGE_WAIT_S
+        if not (known or waited or now):
+            return
+        self._judging = False
+        noisy = self._meter.noisy()
+        if noisy is None:
+            self._meter = None
+        else:
+            self._noisy_db = noisy[0]
+            self._meter.let_levels_go()
+
     def _samples(self, a: int, b: int) -> np.ndarray:
         if a < self._audio_start or b > self._audio_start + len(self._audio):
             raise AssertionError(f"live session: window {a}-{b} not held ({self._audio_start}+{len(self._audio)})")
@@ -401,6 +472,8 @@ class LiveSession:
     def _audio_needed(self, r: vad.Region) -> int:
         """The first sample an open region's remaining windows may need."""
         a = int(round(r.start * SR))
+        if self._judging:  # none embedded yet
+            return a
         grid = self._grid(r)
         upcoming = grid[-1][0] + self._hop if grid else a
         # The window aligned to the region's end: its end is at least the present end - pad.
@@ -408,7 +481,13 @@ class LiveSession:
         return max(a, min(upcoming, aligned))
 
     def _embed_many(self, windows: list[np.ndarray]) -> np.ndarray:
-        """Vectors (n, dim) of windows of any lengths: one hook call per length, order kept."""
+        """Vectors (n, dim) of windows of any lengths: one hook call per length, order kept;
+        in a noisy session, of the windows with the noise heard in its pauses so far taken out."""
+        if self._noisy_db is not None:
+            noise = self._meter.pauses.power() if self._meter is not None else None
+            assert noise is not None  # judged noisy: it had MIN_NOISE_FRAMES of pause
+            denoiser = denoise.Denoiser(noise)
+            windows = [denoiser.samples(w) for w in windows]
         out: list[np.ndarray | None] = [None] * len(windows)
         by_length: dict[int, list[int]] = {}
         for i, w in enumerate(windows):
@@ -422,7 +501,10 @@ class LiveSession:
         return np.stack([v for v in out if v is not None]) if out else np.zeros((0, 1), np.float32)
 
     def _embed_open(self, r: vad.Region, at: float) -> list[LiveEvent]:
-        """Embed the new windows of an open region; a provisional event for its latest voice."""
+        """Embed the new windows of an open region; a provisional event for its latest voice.
+        None while the session is judging its noise (:meth:`_judge`)."""
+        if self._judging:
+            return []
         grid = self._grid(r)
         new = [span for span in grid if span not in self._open]
         if not new:
@@ -589,4 +671,4 @@ class LiveSession:
             f"a live session longer than its {self.params.hop_s * self._max_windows:g} s of held speech: "
             "the timeline is the session's final segments, not a re-assembly of the whole"
         )
-        return Timeline(SOURCE_LABEL, duration, segments, voices, self._speech_s, [note])
+        return Timeline(SOURCE_LABEL, duration, segments, voices, self._speech_s, [*self._notes(), note])

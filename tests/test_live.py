@@ -192,6 +192,44 @@ def test_an_unknown_voice_keeps_one_label_and_another_voice_gets_another(bob_gal
     assert {label_at(t) for t in (2.0, 11.0, 26.0)} == {"bob"}
 
 
+class _Keeping(FakeEmbedder):
+    """Keeps each window it embeds, by the vector it gave it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: dict[bytes, np.ndarray] = {}
+
+    def embed(self, waveforms):
+        vectors = super().embed(waveforms)
+        self.windows.update((v.tobytes(), np.asarray(w)) for v, w in zip(vectors, waveforms))
+        return vectors
+
+
+@pytest.mark.parametrize("noise_db, denoised", [(10, True), (50, False)])
+def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_taken_out(bob_gallery, noise_db, denoised):
+    """A call whose speech stands 10 dB above its noise is judged noisy from its first pauses
+    and speech: every window it embeds, its first ones included, has the noise heard in its
+    pauses taken out, and its timeline says so, as ``timeline`` does for a file; a clean call's
+    windows are embedded as they came."""
+    rng = np.random.default_rng(6)
+    clean = np.concatenate([np.zeros(SR, np.float32), conversation(TURNS)])  # a second of the line first
+    power = float(np.mean(voice(BOB, 4.0) ** 2))
+    noise = np.sqrt(power / 10 ** (noise_db / 10)) * rng.standard_normal(len(clean))
+    x = (clean + noise).astype(np.float32)
+    emb = _Keeping()
+    session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector(level=0.1))  # between noise and voice
+    feed_all(session, x, int(FRAME_S * SR))
+    final = session.close()
+    assert [n.startswith("noisy recording (speech 1") for n in final.notes] == ([True] if denoised else [])
+    held = [(a, b, emb.windows[v.tobytes()]) for (a, b, _), v in zip(session._spans, session._vectors)]
+    assert len(held) > 20 and held[0][0] < 2 * SR  # the first turn's windows are among them
+    for a, b, w in held:
+        if denoised:  # the noise left in the window is at least 3 dB under the noise that came
+            assert np.mean((w - clean[a:b]) ** 2) < 0.5 * np.mean(noise[a:b] ** 2)
+        else:
+            np.testing.assert_array_equal(w, x[a:b])
+
+
 def test_memory_stays_flat_over_a_long_session():
     """A long stream with a small cap on held speech: past the cap, what the session holds stops
     growing, and the final timeline still covers the whole session (from its final segments)."""

@@ -374,6 +374,9 @@ class Connection:
             await self._send_error("forbidden", f"{scope}; enrolling needs 'write'")
             return
         session, service = self.session, self.service
+        # The windows still waiting for the session to judge its noise are embedded here, not
+        # inside the enrollment: it runs on the embedding lane, which their embedding waits for.
+        await self._send_events(await self._in_thread(session.catch_up))
         try:
             event = await service.embed_lane.run(
                 as_caller(lambda db: session.enroll(label, name, add=add), self.caller)
