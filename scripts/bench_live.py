@@ -5,6 +5,7 @@
     python scripts/bench_live.py convs/                                    # GE2E: every section
     python scripts/bench_live.py convs/ --sections latency,streams --streams 1,4,8,12
     python scripts/bench_live.py convs/ --sections compute --checkpoint ./wavlm-random   # full-size WavLM
+    python scripts/bench_live.py convs-10db/ --sections accuracy                          # as fast as it goes
 
 Enrolls the manifest's speakers in a temporary database (``--model``, default GE2E), then:
 
@@ -16,6 +17,11 @@ Enrolls the manifest's speakers in a temporary database (``--model``, default GE
   of provisional ``voice`` events whose label the final events over the same span changed,
   and the diarization error rate (pyannote, collars 0 and 0.5 s) of the session's final
   timeline (``close()``), of its final events, and of the offline ``timeline`` of the same file.
+* ``accuracy``: each conversation fed in 20 ms frames as fast as the session takes them (no
+  pacing: the events are those of real time, only sooner): the diarization error rate (collar
+  0.25 s, as ``scripts/eval_timeline.py``) of the session's final timeline, of its final events
+  and of the offline ``timeline``; the conversations whose number of voices each got right;
+  and how many sessions judged themselves noisy (their noise taken out).
 * ``streams``: N sessions in N threads of this process, each feeding its own stretch of
   ``--stream-s`` seconds of a conversation at real-time pace, for each N of ``--streams``;
   the naming latency over all their turns, and the most streams with p90 <= 3 s. Latency
@@ -235,6 +241,41 @@ def _stream_runner(
     return run
 
 
+def section_accuracy(db: SpeakerDB, convs: list[dict], root: Path) -> dict:
+    kit.log(f"accuracy: {len(convs)} conversations as fast as they go (load {kit.load_average():.1f})")
+    load0 = kit.load_average()
+    refs: dict[str, list] = {}
+    found: dict[str, dict[str, list]] = {"offline timeline": {}, "live final timeline": {}, "live final events": {}}
+    noisy = 0
+    for c in convs:
+        uri = Path(c["file"]).stem
+        path = root / c["file"]
+        refs[uri] = timeline.read_rttm(root / c["rttm"]).get(uri, [])
+        session = db.stream()
+        events, _ = feed_paced(session, audio.load(path).samples, realtime=False)
+        t = session.close()
+        noisy += any(n.startswith("noisy recording") for n in t.notes)
+        [off] = db.timeline([path])
+        found["offline timeline"][uri] = [(s.start, s.end, s.label) for s in off.segments]
+        found["live final timeline"][uri] = [(s.start, s.end, s.label) for s in t.segments]
+        found["live final events"][uri] = [
+            (e.start, e.end, e.label) for _, e in events if isinstance(e, VoiceEvent) and e.final
+        ]
+    voices = {uri: len({lab for _, _, lab in ref}) for uri, ref in refs.items()}
+    return {
+        "conversations": len(convs),
+        "sessions_judged_noisy": noisy,
+        **{
+            what: {
+                "der_collar_0.25": round(der(refs, hyps, 0.25), 2),
+                "voices_exact": sum(len({lab for _, _, lab in hyps[uri]}) == n for uri, n in voices.items()),
+            }
+            for what, hyps in found.items()
+        },
+        "load": [round(load0, 1), round(kit.load_average(), 1)],
+    }
+
+
 def section_streams(
     db: SpeakerDB, convs: list[dict], root: Path, enrolled: set[str], levels: list[int], stream_s: float
 ) -> dict:
@@ -369,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("conversations", type=Path, help="directory written by make_conversations.py")
     p.add_argument("--model", default="resemblyzer")
-    p.add_argument("--sections", default="latency,streams,memory", help="latency, streams, memory, compute")
+    p.add_argument("--sections", default="latency,streams,memory", help="latency, accuracy, streams, memory, compute")
     p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     p.add_argument("--streams", default="1,4,8,12,16", help="concurrent sessions to try")
     p.add_argument("--stream-s", type=float, default=60.0, help="seconds each concurrent session streams")
@@ -391,11 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"cpu": kit.cpu_name(), "model": args.model, "load_start": round(kit.load_average(), 1)}
     with tempfile.TemporaryDirectory() as tmp:
         with SpeakerDB(Path(tmp) / "db.sqlite", model=args.model) as db:
-            if sections & {"latency", "streams", "memory"}:
+            if sections & {"latency", "accuracy", "streams", "memory"}:
                 for spk, files in manifest["enroll"].items():
                     db.enroll(spk, files)
             if "latency" in sections:
                 result["latency"] = section_latency(db, convs, args.conversations, enrolled)
+            if "accuracy" in sections:
+                result["accuracy"] = section_accuracy(db, convs, args.conversations)
             if "streams" in sections:
                 levels = [int(n) for n in args.streams.split(",")]
                 result["streams"] = section_streams(db, convs, args.conversations, enrolled, levels, args.stream_s)
