@@ -21,9 +21,9 @@ exactly those ``timeline`` finds for the same audio as a file.
 Noise. As ``timeline`` does for a file, the session measures how far its speech stands above
 its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseMeter`). It
 judges once: as soon as the meter can tell, else :data:`JUDGE_WAIT_S` after its first speech
-began, or when asked to enroll a voice; until then it embeds no window. A noisy session (speech less than
-``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard so far taken out
-of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
+began, or when asked to enroll a voice; until then it embeds no window. A noisy session
+(speech less than ``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard
+so far taken out of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
 noisy file's speech again in the denoised audio and measures its noise over the whole file,
 so the final timeline of a noisy session is not the file's.
 
@@ -502,7 +502,7 @@ class LiveSession:
 
     def _embed_open(self, r: vad.Region, at: float) -> list[LiveEvent]:
         """Embed the new windows of an open region; a provisional event for its latest voice.
-        None while the session is judging its noise (:meth:`_judge`)."""
+        Nothing while the session is judging its noise (:meth:`_judge`)."""
         if self._judging:
             return []
         grid = self._grid(r)
