@@ -482,18 +482,17 @@ def test_sigkill_during_import_leaves_the_database_as_before(tmp_path, voices):
         proc.send_signal(signal.SIGKILL)
         rest, _ = proc.communicate()
         finished = "done" in rest
-        killed_mid_import += not finished
         con = sqlite3.connect(db_path)
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         n = con.execute("SELECT count(*) FROM speakers").fetchone()[0]
         con.close()
-        if finished:
-            assert n == 3001
-            break
-        assert n == 1, f"half an import is visible: {n} speakers after a kill at {fraction:.0%}"
+        assert n in (1, 3001), f"half an import is visible: {n} speakers after a kill at {fraction:.0%}"
+        assert n == 3001 or not finished
         with SpeakerDB(db_path, embedder=FakeEmbedder()) as db:  # the next command works
-            assert [s.name for s in db.list()] == ["alice"]
-            assert db.identify(voices["alice"][:1])[0].speaker == "alice"
+            assert len(db.list()) == n and db.identify(voices["alice"][:1])[0].speaker == "alice"
+        if n == 3001:  # committed, whether or not it lived to say so (a kill after the commit)
+            break
+        killed_mid_import += 1
     assert killed_mid_import >= 3, "imports finished before the kills: the test proved little"
 
 
