@@ -204,8 +204,9 @@ class LiveSession:
         self._probs = np.zeros(0, np.float32)  # VAD frames from _first_frame on
         self._first_frame = 0
         # Noise: measured in the pauses until judged; kept (the pauses' spectrum only) if noisy.
-        frame = int(round(self._frame_s * SR))
-        self._meter: denoise.NoiseMeter | None = denoise.NoiseMeter(frame, int(JUDGE_LEVELS_S / self._frame_s))
+        self._meter: denoise.NoiseMeter | None = denoise.NoiseMeter(
+            vad.frame_samples(self._detector), int(JUDGE_LEVELS_S / self._frame_s)
+        )
         self._judging = True
         self._noisy_db: float | None = None  # speech over pauses (dB) of a session judged noisy
         self._first_speech_s: float | None = None

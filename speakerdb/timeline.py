@@ -491,8 +491,7 @@ class SpeechPass:
         self.detector = detector
         self.n_samples, self.peak = 0, 0.0
         self._probs: list[np.ndarray] = []
-        frame = int(round(vad.frame_seconds(detector) * audio.SAMPLE_RATE))
-        self._meter = denoise.NoiseMeter(frame) if levels else None
+        self._meter = denoise.NoiseMeter(vad.frame_samples(detector)) if levels else None
         self._noisy: tuple[float, np.ndarray] | None = None  # the meter's verdict, made by finish()
         detector.reset()
 

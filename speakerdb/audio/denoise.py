@@ -17,7 +17,6 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from . import vad
-from .decode import SAMPLE_RATE
 
 #: Times the noise power taken from each bin: more than once, because the noise of one frame
 #: scatters around its mean and what is left of it still speaks for the noise.
@@ -202,11 +201,8 @@ def denoised(samples: np.ndarray, detector=None) -> tuple[np.ndarray, float | No
     they are noisy, and how far their speech stood above the pauses then (None: left as they
     were). ``detector``: a VAD (default Silero), reset first."""
     detector = detector if detector is not None else vad.SileroVAD()
-    probs = vad.probabilities([samples], detector)
-    frame = int(round(vad.frame_seconds(detector) * SAMPLE_RATE))
-    n = min(len(samples) // frame, len(probs))
-    meter = NoiseMeter(frame)
-    meter.add(np.asarray(samples[: n * frame]).reshape(n, frame), probs[:n])
+    meter = NoiseMeter(vad.frame_samples(detector))
+    meter.watch(samples, vad.probabilities([samples], detector))
     noisy = meter.noisy()
     if noisy is None:
         return samples, None

@@ -228,9 +228,14 @@ def load(backend: str = "silero"):
     raise InvalidInputError(f"unknown voice activity detector {backend!r}: use {' or '.join(BACKENDS)}")
 
 
+def frame_samples(detector) -> int:
+    """Length of one of ``detector``'s frames in 16 kHz samples."""
+    return int(getattr(detector, "frame", FRAME))
+
+
 def frame_seconds(detector) -> float:
     """Length of one of ``detector``'s frames in seconds."""
-    return getattr(detector, "frame", FRAME) / SAMPLE_RATE
+    return frame_samples(detector) / SAMPLE_RATE
 
 
 def probabilities(blocks: Iterable[np.ndarray], detector=None) -> np.ndarray:
