@@ -192,6 +192,23 @@ class FakeEmbedder:
         return np.asarray(out, dtype=np.float32)
 
 
+class KeepingEmbedder(FakeEmbedder):
+    """A FakeEmbedder that keeps every window it embeds: ``windows`` in order, and
+    ``by_vector`` from the bytes of the vector it gave each one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[np.ndarray] = []
+        self.by_vector: dict[bytes, np.ndarray] = {}
+
+    def embed(self, waveforms) -> np.ndarray:
+        vectors = super().embed(waveforms)
+        for v, w in zip(vectors, waveforms):
+            self.windows.append(np.asarray(w))
+            self.by_vector[v.tobytes()] = self.windows[-1]
+        return vectors
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """No test may read or write the user's real speakerdb home."""

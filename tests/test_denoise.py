@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
+from conftest import SR, EnergyDetector, KeepingEmbedder, voice, write
 from speakerdb import timeline
 from speakerdb.audio import decode as audio
 from speakerdb.audio import denoise, vad
@@ -78,18 +78,6 @@ def test_the_pauses_give_the_noise_and_only_a_noisy_recording_is_denoised():
     assert without.noise() is None and without.denoiser() is None
 
 
-class _Recording(FakeEmbedder):
-    """Keeps the windows it is given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.windows: list[np.ndarray] = []
-
-    def embed(self, waveforms):
-        self.windows.extend(np.asarray(w) for w in waveforms)
-        return super().embed(waveforms)
-
-
 @pytest.mark.parametrize("noise_db, denoised", [(10, True), (50, False)])
 def test_a_noisy_recordings_windows_are_embedded_denoised(tmp_path, monkeypatch, noise_db, denoised):
     """The timeline embeds a noisy recording's windows with its noise taken out, and says so
@@ -100,7 +88,7 @@ def test_a_noisy_recordings_windows_are_embedded_denoised(tmp_path, monkeypatch,
     x = np.concatenate([words, np.zeros(SR * 2, np.float32)] * 3)
     x = x + (np.sqrt(float(np.mean(words**2)) / 10 ** (noise_db / 10)) * rng.standard_normal(len(x))).astype(np.float32)
     path = write(tmp_path / "x.wav", x)
-    embedder = _Recording()
+    embedder = KeepingEmbedder()
     with Decoded(path) as decoded:
         planned = timeline.plan(decoded, timeline.Params())
         found = timeline.build(decoded, embedder, timeline.Gallery.empty(embedder.dim, 0.8))

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import SR, EnergyDetector, FakeEmbedder, voice, write
+from conftest import SR, EnergyDetector, FakeEmbedder, KeepingEmbedder, voice, write
 from speakerdb import timeline
 from speakerdb.audio import microphone, pcm, vad
 from speakerdb.cli import cli
@@ -192,19 +192,6 @@ def test_an_unknown_voice_keeps_one_label_and_another_voice_gets_another(bob_gal
     assert {label_at(t) for t in (2.0, 11.0, 26.0)} == {"bob"}
 
 
-class _Keeping(FakeEmbedder):
-    """Keeps each window it embeds, by the vector it gave it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.windows: dict[bytes, np.ndarray] = {}
-
-    def embed(self, waveforms):
-        vectors = super().embed(waveforms)
-        self.windows.update((v.tobytes(), np.asarray(w)) for v, w in zip(vectors, waveforms))
-        return vectors
-
-
 @pytest.mark.parametrize("noise_db, denoised", [(10, True), (50, False)])
 def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_taken_out(bob_gallery, noise_db, denoised):
     """A call whose speech stands 10 dB above its noise is judged noisy from its first pauses
@@ -216,12 +203,12 @@ def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_take
     power = float(np.mean(voice(BOB, 4.0) ** 2))
     noise = np.sqrt(power / 10 ** (noise_db / 10)) * rng.standard_normal(len(clean))
     x = (clean + noise).astype(np.float32)
-    emb = _Keeping()
+    emb = KeepingEmbedder()
     session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector(level=0.1))  # between noise and voice
     feed_all(session, x, int(FRAME_S * SR))
     final = session.close()
     assert [n.startswith("noisy recording (speech 1") for n in final.notes] == ([True] if denoised else [])
-    held = [(a, b, emb.windows[v.tobytes()]) for (a, b, _), v in zip(session._spans, session._vectors)]
+    held = [(a, b, emb.by_vector[v.tobytes()]) for (a, b, _), v in zip(session._spans, session._vectors)]
     assert len(held) > 20 and held[0][0] < 2 * SR  # the first turn's windows are among them
     for a, b, w in held:
         if denoised:  # the noise left in the window is at least 3 dB under the noise that came
