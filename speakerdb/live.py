@@ -21,7 +21,8 @@ exactly those ``timeline`` finds for the same audio as a file.
 Noise. As ``timeline`` does for a file, the session measures how far its speech stands above
 its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseMeter`). It
 judges once: as soon as the meter can tell, else :data:`JUDGE_WAIT_S` after its first speech
-began, or when asked to enroll a voice; until then it embeds no window. A noisy session
+began, or when asked to enroll a voice; until then it embeds no window (a region that
+settles meanwhile, a short "hello?" followed by a pause, waits with its audio). A noisy session
 (speech less than ``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard
 so far taken out of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
 noisy file's speech again in the denoised audio and measures its noise over the whole file,
@@ -49,13 +50,14 @@ voices are numbered as ``timeline`` numbers them (by first appearance), which us
 not always, agrees with the live labels.
 
 Memory. The session holds the audio of the regions still open (a few seconds: only from the
-first window not yet embedded), the VAD's frames since the last settled point, one vector per
-window of settled speech and each voice's running sums; while it judges its noise, the levels
-of the last :data:`JUDGE_LEVELS_S` of frames, and if noisy, one noise spectrum. Window vectors
-are kept for up to ``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an
-hour of talk); beyond, the oldest are dropped and their final segments kept (a few numbers
-each): memory stays flat for a session of any length, and the final timeline of such a
-session is the live one (its final segments) rather than a re-assembly, which ``notes`` says.
+first window not yet embedded; while it judges its noise, from the first region it heard),
+the VAD's frames since the last settled point, one vector per window of settled speech and
+each voice's running sums; while it judges its noise, the levels of the last
+:data:`JUDGE_LEVELS_S` of frames, and if noisy, one noise spectrum. Window vectors are kept
+for up to ``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an hour of
+talk); beyond, the oldest are dropped and their final segments kept (a few numbers each):
+memory stays flat for a session of any length, and the final timeline of such a session is
+the live one (its final segments) rather than a re-assembly, which ``notes`` says.
 At most :data:`MAX_VOICES` voices are kept apart; past that a window joins its nearest voice.
 
 Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
@@ -211,6 +213,7 @@ class LiveSession:
         self._noisy_db: float | None = None  # speech over pauses (dB) of a session judged noisy
         self._first_speech_s: float | None = None
         self._open_regions: list[vad.Region] = []  # as the last block left them
+        self._unjudged: list[vad.Region] = []  # settled while the noise was judged: embedded once it is
         self._deferred: list[LiveEvent] = []  # events of a catch-up that enroll() made, for the next feed
         self._settled_until = 0.0  # s: end of the last settled region
         self._speech_from = -1.0  # s: start of the last region a speech event reported
@@ -284,9 +287,15 @@ class LiveSession:
             return []
         self._judge(self._n16 / SR, now=True)
         events: list[LiveEvent] = []
+        for r in self._take_unjudged():
+            events += self._settle(r, self.seconds_fed)
         for r in self._open_regions:
             events += self._embed_open(r, self.seconds_fed)
         return self._named(events)
+
+    def _take_unjudged(self) -> list[vad.Region]:
+        regions, self._unjudged = self._unjudged, []
+        return regions
 
     def _take_deferred(self) -> list[LiveEvent]:
         events, self._deferred = self._deferred, []
@@ -411,10 +420,14 @@ class LiveSession:
         if self._judging:
             self._judge(heard_to, last)
         settled = [r for i, r in enumerate(regions) if last or i + 1 < len(regions) or r.end <= heard_to - SETTLE_S]
-        for r in settled:
-            events += self._settle(r, at)
         open_regions = regions[len(settled) :]
         self._open_regions = open_regions
+        if self._judging:  # their windows wait for the judgement, as those of open regions do
+            self._unjudged += settled
+            self._settled_until = max([self._settled_until] + [r.end for r in settled])
+        else:
+            for r in self._take_unjudged() + settled:
+                events += self._settle(r, at)
         for r in open_regions:
             events += self._embed_open(r, at)
 
@@ -433,7 +446,7 @@ class LiveSession:
         if first > self._first_frame:
             self._probs = self._probs[first - self._first_frame :]
             self._first_frame = first
-        need = [self._audio_needed(r) for r in open_regions]
+        need = [self._audio_needed(r) for r in open_regions] + [int(round(r.start * SR)) for r in self._unjudged]
         need.append(int(max(0.0, heard_to - SETTLE_S - self.params.window_s) * SR))  # regions to come
         keep_from = min(min(need), self._n16)
         if keep_from > self._audio_start:

@@ -192,14 +192,18 @@ def test_an_unknown_voice_keeps_one_label_and_another_voice_gets_another(bob_gal
     assert {label_at(t) for t in (2.0, 11.0, 26.0)} == {"bob"}
 
 
-@pytest.mark.parametrize("noise_db, denoised", [(10, True), (50, False)])
-def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_taken_out(bob_gallery, noise_db, denoised):
+@pytest.mark.parametrize("noise_db, denoised, hello_s", [(10, True, 0.0), (10, True, 0.8), (50, False, 0.0)])
+def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_taken_out(
+    bob_gallery, noise_db, denoised, hello_s
+):
     """A call whose speech stands 10 dB above its noise is judged noisy from its first pauses
     and speech: every window it embeds, its first ones included, has the noise heard in its
     pauses taken out, and its timeline says so, as ``timeline`` does for a file; a clean call's
-    windows are embedded as they came."""
+    windows are embedded as they came. A call that opens with a short "hello?" settles that
+    region before the session can judge: its window waits for the judgement too."""
     rng = np.random.default_rng(6)
-    clean = np.concatenate([np.zeros(SR, np.float32), conversation(TURNS)])  # a second of the line first
+    opening = [voice(BOB, hello_s, seed=9), np.zeros(int(1.5 * SR), np.float32)] if hello_s else []
+    clean = np.concatenate([np.zeros(SR, np.float32), *opening, conversation(TURNS)])  # a second of the line first
     power = float(np.mean(voice(BOB, 4.0) ** 2))
     noise = np.sqrt(power / 10 ** (noise_db / 10)) * rng.standard_normal(len(clean))
     x = (clean + noise).astype(np.float32)
