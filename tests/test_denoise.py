@@ -114,6 +114,11 @@ def test_a_recording_in_memory_is_denoised_only_when_noisy():
     clean = (speech + np.sqrt(power / 1e5) * rng.standard_normal(len(speech))).astype(np.float32)
     same, none = denoise.denoised(clean, EnergyDetector(level=0.1))
     assert none is None and same is clean
+    # A sound card's DC offset (0.02: -34 dBFS) under a voice at -25 dBFS is not noise: the
+    # levels are measured without it, and the recording is left as it came.
+    offset = (0.3 * clean + 0.02).astype(np.float32)
+    same, none = denoise.denoised(offset, EnergyDetector(level=0.03))
+    assert none is None and same is offset
     # Under a second of speech heard: the "pauses" may be a voice the VAD missed, not noise.
     burst = np.concatenate([voice(150, 0.8), np.zeros(SR * 3, np.float32)])
     burst = (burst + np.sqrt(power / 10) * rng.standard_normal(len(burst))).astype(np.float32)

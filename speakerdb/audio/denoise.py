@@ -138,7 +138,7 @@ class NoiseMeter:
         self.pauses = NoiseSpectrum(frame)
         self.frame = frame
         self.keep_frames = keep_frames
-        self._energy: list[np.ndarray] | None = []  # mean square per frame; None once levels are let go
+        self._energy: list[np.ndarray] | None = []  # power per frame; None once levels are let go
         self._probs: list[np.ndarray] = []
         self._rest = np.zeros(0, np.float32)  # samples of the frame not yet complete
         self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
@@ -161,7 +161,7 @@ class NoiseMeter:
         """(k, frame) samples and their (k,) VAD probabilities."""
         frames, probs = np.asarray(frames, np.float64), np.asarray(probs)
         if self._energy is not None:
-            self._energy.append((frames**2).mean(axis=1))
+            self._energy.append(frames.var(axis=1))  # about the frame's mean: a DC offset is not noise
             self._probs.append(probs)
             held = sum(len(e) for e in self._energy)
             if self.keep_frames is not None and held > 2 * self.keep_frames:  # trimmed now and then, not per call
@@ -176,8 +176,9 @@ class NoiseMeter:
 
     def snr_db(self) -> float | None:
         """The median power of the frames the VAD calls speech (at its own threshold or above)
-        over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB; None without a
-        pause or with fewer than MIN_SPEECH_FRAMES frames of speech."""
+        over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB, each frame's
+        power taken about its mean (a sound card's DC offset would otherwise pass for noise);
+        None without a pause or with fewer than MIN_SPEECH_FRAMES frames of speech."""
         if self._energy is None:
             return self._snr_db
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
