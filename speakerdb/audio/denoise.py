@@ -33,6 +33,9 @@ MIN_SPEECH_FRAMES = 31
 PAUSE_PROBABILITY = 0.2
 #: A recording whose speech stands less than this above its pauses is noisy (dB).
 NOISY_SNR_DB = 15.0
+#: The most samples the denoiser works on at once (4.1 s at 16 kHz): a longer block, a whole
+#: recording handed over in memory, is taken a piece at a time, its spectra never all held.
+MAX_BLOCK = 65_536
 
 
 def window(frame: int) -> np.ndarray:
@@ -73,7 +76,8 @@ class Denoiser:
     for block in Denoiser(noise).blocks(blocks): ...   # as many samples out as in
 
     Each half-overlapping frame keeps, per bin, the share of its power above ``over`` times the
-    noise's, and never less than ``floor`` of it; memory is one frame, whatever the stream.
+    noise's, and never less than ``floor`` of it; memory is one block of at most MAX_BLOCK
+    samples, whatever the stream and its blocks.
     """
 
     def __init__(self, noise: np.ndarray, *, over: float = OVER_SUBTRACTION, floor: float = GAIN_FLOOR) -> None:
@@ -94,13 +98,15 @@ class Denoiser:
         tail = np.zeros(hop)  # the second half of the last frame's output, awaiting the next frame
         skip, left = hop, 0  # output samples to drop (the silence), samples still owed
         for block in blocks:
-            left += len(block)
-            out, pending, tail = self._frames(np.concatenate([pending, np.asarray(block, np.float64)]), tail)
-            drop = min(skip, len(out))
-            out, skip = out[drop:], skip - drop
-            left -= len(out)
-            if len(out):
-                yield out.astype(np.float32)
+            for piece in range(0, len(block), MAX_BLOCK):
+                part = np.asarray(block[piece : piece + MAX_BLOCK], np.float64)
+                left += len(part)
+                out, pending, tail = self._frames(np.concatenate([pending, part]), tail)
+                drop = min(skip, len(out))
+                out, skip = out[drop:], skip - drop
+                left -= len(out)
+                if len(out):
+                    yield out.astype(np.float32)
         out, _, _ = self._frames(np.concatenate([pending, np.zeros(self.frame)]), tail)
         out = out[skip:][:left]
         if len(out):
