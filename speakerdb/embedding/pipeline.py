@@ -52,7 +52,7 @@ class EmbeddedClip:
     source: str
     duration_s: float
     sha256: str  # of the 16 kHz mono float32 samples, little-endian
-    speech_s: float  # seconds of active speech (audio.active_seconds, per window)
+    speech_s: float  # seconds of active speech (audio.active_seconds, per window as the model hears it)
     vector: np.ndarray  # (dim,) float32, norm 1
     n_windows: int
 
