@@ -53,11 +53,12 @@ Memory. The session holds the audio of the regions still open (a few seconds: on
 first window not yet embedded; while it judges its noise, from the first region it heard),
 the VAD's frames since the last settled point, one vector per window of settled speech and
 each voice's running sums; while it judges its noise, the levels of the last
-:data:`JUDGE_LEVELS_S` of frames, and if noisy, one noise spectrum. Window vectors are kept
-for up to ``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an hour of
-talk); beyond, the oldest are dropped and their final segments kept (a few numbers each):
-memory stays flat for a session of any length, and the final timeline of such a session is
-the live one (its final segments) rather than a re-assembly, which ``notes`` says.
+:data:`JUDGE_LEVELS_S` (to twice that) of frames, and if noisy, one noise spectrum. Window
+vectors are kept for up to ``max_held_s`` seconds of speech (default
+:data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond, the oldest are dropped and their final
+segments kept (a few numbers each): memory stays flat for a session of any length, and the
+final timeline of such a session is the live one (its final segments) rather than a re-
+assembly, which ``notes`` says.
 At most :data:`MAX_VOICES` voices are kept apart; past that a window joins its nearest voice.
 
 Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
@@ -113,7 +114,8 @@ SOURCE_LABEL = "live"  # the final timeline's ``file``
 #: a noisy call's first windows are then denoised like the rest, at the cost of a first
 #: provisional event this much later at worst.
 JUDGE_WAIT_S = 5.0
-#: Seconds of audio whose levels a session judging its noise keeps (the latest).
+#: Seconds of audio whose levels a session judging its noise keeps at least (the latest; at
+#: most twice as many, trimmed now and then: :class:`speakerdb.audio.denoise.NoiseMeter`).
 JUDGE_LEVELS_S = 60.0
 
 #: Embeds equal-length 16 kHz float32 windows: (n, dim) float32 rows of norm 1.

@@ -136,8 +136,9 @@ class NoiseMeter:
     from its VAD frames and their probabilities, given as they come (:meth:`watch` pairs a
     stream's samples with the probabilities the VAD gave them, which may lag behind).
 
-    ``keep_frames``: the levels of only the last so many frames are kept (a live session
-    waiting for speech: memory stays flat through any silence); default all.
+    ``keep_frames``: the levels of only the last so many frames are kept, to twice as many
+    between trims (a live session waiting for speech: memory stays flat through any
+    silence, and the judgement reads the latest levels); default all.
     """
 
     def __init__(self, frame: int, keep_frames: int | None = None) -> None:

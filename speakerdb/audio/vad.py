@@ -10,7 +10,11 @@ seen with the previous frame's last 4 ms as context), in one ONNX call per block
 Probabilities become speech regions by hysteresis: a region opens when a frame reaches
 ``threshold`` and closes after ``min_silence_s`` of frames below ``threshold - 0.15``
 (Silero's own rule); regions shorter than ``min_speech_s`` are dropped and each region is
-widened by ``pad_s`` on both sides (clipped to its neighbours and to the recording).
+widened by ``pad_s`` on both sides (clipped to the recording). Unlike Silero's
+``get_speech_timestamps``, which splits a shorter gap between two neighbours' padding, two
+regions whose padding would meet (less than ``2 x pad_s`` apart) are joined into one: a
+pause splits speech only when it is at least ``min_silence_s`` of quiet frames and
+``2 x pad_s`` long, 0.4 s by default (the figures in docs/timeline.md were measured so).
 
 ``webrtcvad`` (installed with the ``resemblyzer`` extra) is the fallback backend,
 ``backend="webrtc"``: a GMM over 30 ms frames, cruder on noisy speech.
@@ -41,7 +45,8 @@ STATE = 128  # LSTM width of the Silero model
 DEFAULT_THRESHOLD = 0.5  # speech probability that opens a region (Silero's default)
 HYSTERESIS = 0.15  # a region closes below threshold - HYSTERESIS (Silero's default)
 #: A pause shorter than this does not end a region: breaths and stop closures inside a
-#: sentence. Short enough that a pause between two people's turns still splits them.
+#: sentence. (A region also runs on over any pause shorter than 2 x DEFAULT_PAD_S: see the
+#: module doc.)
 DEFAULT_MIN_SILENCE_S = 0.20  # s
 DEFAULT_MIN_SPEECH_S = 0.25  # s: shorter bursts are clicks and coughs
 #: Seconds added on each side of a region. Silero opens a region once a frame is clearly
