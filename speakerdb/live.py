@@ -57,8 +57,8 @@ each voice's running sums; while it judges its noise, the levels of the last
 vectors are kept for up to ``max_held_s`` seconds of speech (default
 :data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond, the oldest are dropped and their final
 segments kept (a few numbers each): memory stays flat for a session of any length, and the
-final timeline of such a session is the live one (its final segments) rather than a re-
-assembly, which ``notes`` says.
+final timeline of such a session is the live one (its final segments) rather than a
+re-assembly, which ``notes`` says.
 At most :data:`MAX_VOICES` voices are kept apart; past that a window joins its nearest voice.
 
 Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
