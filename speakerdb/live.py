@@ -284,8 +284,10 @@ class LiveSession:
         """Embed now the windows of the speech heard so far that still wait for the session to
         judge its noise, judging it with what it has heard; the events that gives (none if
         nothing waited). :meth:`enroll` calls it first; a caller that cannot let ``enroll``
-        embed (the service, which enrolls on the lane that embeds) calls it before."""
-        if not self._judging or self._finished:
+        embed (the service, which enrolls on the lane that embeds) calls it before. Before any
+        speech nothing waits, and nothing is judged: a verdict on no speech would stand for the
+        whole call."""
+        if not self._judging or self._finished or self._first_speech_s is None:
             return []
         self._judge(self._n16 / SR, now=True)
         events: list[LiveEvent] = []

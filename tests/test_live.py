@@ -221,6 +221,25 @@ def test_a_noisy_sessions_windows_are_embedded_with_the_noise_of_its_pauses_take
             np.testing.assert_array_equal(w, x[a:b])
 
 
+def test_an_enrollment_asked_before_any_speech_leaves_the_noise_to_be_judged(bob_gallery):
+    """catch_up (what enroll and the service's enroll message call first) with no speech heard
+    has nothing waiting to embed: it must not judge the call clean for good with nothing heard,
+    and a noisy call that follows is still judged noisy and denoised."""
+    rng = np.random.default_rng(6)
+    clean = np.concatenate([np.zeros(SR, np.float32), conversation(TURNS)])
+    noise = np.sqrt(float(np.mean(voice(BOB, 4.0) ** 2)) / 10) * rng.standard_normal(len(clean))
+    x = (clean + noise).astype(np.float32)
+    emb = KeepingEmbedder()
+    session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector(level=0.1))
+    session.feed(x[: SR // 10])
+    assert session.catch_up() == []
+    feed_all(session, x[SR // 10 :], int(FRAME_S * SR))
+    final = session.close()
+    assert [n.startswith("noisy recording (speech 1") for n in final.notes] == [True]
+    a, b, _ = session._spans[0]
+    assert np.mean((emb.by_vector[session._vectors[0].tobytes()] - clean[a:b]) ** 2) < 0.5 * np.mean(noise[a:b] ** 2)
+
+
 def test_memory_stays_flat_over_a_long_session():
     """A long stream with a small cap on held speech: past the cap, what the session holds stops
     growing, and the final timeline still covers the whole session (from its final segments)."""
