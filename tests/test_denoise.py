@@ -137,6 +137,10 @@ def test_a_recording_in_memory_is_denoised_only_when_noisy():
     offset = (0.3 * clean + 0.02).astype(np.float32)
     same, none = denoise.denoised(offset, EnergyDetector(level=0.03))
     assert none is None and same is offset
+    # Digital silence (a stream's zeros before the call is answered) is not the call's noise:
+    # however long, it does not make a noisy recording pass for clean.
+    zeros_first = np.concatenate([np.zeros(SR * 10, np.float32), noisy])
+    assert denoise.denoised(zeros_first, EnergyDetector(level=0.1))[1] == pytest.approx(snr, abs=1)
     # Under a second of speech heard: the "pauses" may be a voice the VAD missed, not noise.
     burst = np.concatenate([voice(150, 0.8), np.zeros(SR * 3, np.float32)])
     burst = (burst + np.sqrt(power / 10) * rng.standard_normal(len(burst))).astype(np.float32)

@@ -33,6 +33,12 @@ MIN_SPEECH_FRAMES = 31
 PAUSE_PROBABILITY = 0.2
 #: A recording whose speech stands less than this above its pauses is noisy (dB).
 NOISY_SNR_DB = 15.0
+#: A frame quieter than this (its power about its mean, in dB of full scale) is digital
+#: silence. Before the first frame that is not, it is left out of the levels and the noise:
+#: a stream's zeros before a call is answered are not the call's line, and would call its
+#: noise 100 dB under the speech. Later silent frames count: gaps that a recorder or a
+#: line's silence suppression zeroed are the recording's own pauses.
+SILENT_DB = -90.0
 #: The most samples the denoiser works on at once (4.1 s at 16 kHz): a longer block, a whole
 #: recording handed over in memory, is taken a piece at a time, its spectra never all held.
 MAX_BLOCK = 65_536
@@ -151,6 +157,7 @@ class NoiseMeter:
         self._unjudged = np.zeros((0, frame), np.float32)  # frames whose probability is yet to come
         self._judged = np.zeros(0, np.float32)  # probabilities whose frames are yet to come
         self._snr_db: float | None = None  # what snr_db() said when the levels were let go
+        self._begun = False  # a frame louder than digital silence has come
 
     def watch(self, block: np.ndarray, probs: np.ndarray) -> None:
         """The stream's next ``block`` of samples and the VAD probabilities it gave for it (for
@@ -167,8 +174,15 @@ class NoiseMeter:
     def add(self, frames: np.ndarray, probs: np.ndarray) -> None:
         """(k, frame) samples and their (k,) VAD probabilities."""
         frames, probs = np.asarray(frames, np.float64), np.asarray(probs)
+        power = frames.var(axis=1)  # about the frame's mean: a DC offset is not noise
+        if not self._begun:  # the stream's leading digital silence is left out
+            loud = np.flatnonzero(power >= 10 ** (SILENT_DB / 10))
+            if not len(loud):
+                return
+            self._begun = True
+            frames, probs, power = frames[loud[0] :], probs[loud[0] :], power[loud[0] :]
         if self._energy is not None:
-            self._energy.append(frames.var(axis=1))  # about the frame's mean: a DC offset is not noise
+            self._energy.append(power)
             self._probs.append(probs)
             held = sum(len(e) for e in self._energy)
             if self.keep_frames is not None and held > 2 * self.keep_frames:  # trimmed now and then, not per call
@@ -184,8 +198,9 @@ class NoiseMeter:
     def snr_db(self) -> float | None:
         """The median power of the frames the VAD calls speech (at its own threshold or above)
         over that of the frames it calls pause (below PAUSE_PROBABILITY), in dB, each frame's
-        power taken about its mean (a sound card's DC offset would otherwise pass for noise);
-        None without a pause or with fewer than MIN_SPEECH_FRAMES frames of speech."""
+        power taken about its mean (a sound card's DC offset would otherwise pass for noise),
+        leading digital silence left out (SILENT_DB); None without a pause or with fewer than
+        MIN_SPEECH_FRAMES frames of speech."""
         if self._energy is None:
             return self._snr_db
         energy = np.concatenate(self._energy) if self._energy else np.zeros(0)
