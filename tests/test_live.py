@@ -368,6 +368,11 @@ def test_listen_reads_raw_audio_on_standard_input(cli_db):
     odd = CliRunner().invoke(cli, [*db, "listen", "-", "--json"], input=b"\x00" * 3201)
     assert odd.exit_code == 1 and "not a whole number of pcm_s16le samples" in odd.stderr
     assert json.loads(odd.stdout.splitlines()[-1])["code"] == "bad_audio"  # JSON lines to the end
+    for given, reason in ((b"\x00" * 32000, "is silent"), (encode(x[: SR // 4], "pcm_s16le"), "too short")):
+        r = CliRunner().invoke(cli, [*db, "listen", "-", "--json"], input=given)  # the session's own verdict
+        assert r.exit_code == 1 and reason in r.stderr
+        error = [json.loads(line) for line in r.stdout.splitlines()][-1]  # every line is one JSON document
+        assert error["type"] == "error" and error["code"] == "bad_audio" and reason in error["message"]
     bad = CliRunner().invoke(cli, [*db, "listen", "-", "--sample-rate", "4000"])
     assert bad.exit_code == 2
 

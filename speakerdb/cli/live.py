@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..errors import SpeakerDBError
+from ..errors import AudioError, SpeakerDBError
 from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
 from .output import emit, finite, json_option, note, printable, score_text
 from .params import OVERRIDE_LOW, SCORE, check_score
@@ -108,8 +108,12 @@ def listen(
             emit(False, None, json.dumps(ErrorEvent(e.code, str(e), session.seconds_fed).to_dict(), ensure_ascii=False))
         raise
     result = session.close()
-    if result.error is not None:
-        raise click.ClickException(f"{printable(source)}: {result.error}")
+    if result.error is not None:  # too short or silent: the session's own verdict, after the audio
+        message = f"{printable(source)}: {result.error}"
+        if as_json:  # one more JSON line, as for an error while the audio came
+            error = ErrorEvent(AudioError.code, message, session.seconds_fed)
+            emit(False, None, json.dumps(error.to_dict(), ensure_ascii=False))
+        raise click.ClickException(message)
     for text in result.notes:
         note("note:", source, text)
     if as_json:
