@@ -93,6 +93,7 @@ from .results import (
     Voice,
     VoiceEvent,
 )
+from .storage import store
 
 SR = audio.SAMPLE_RATE
 #: Audio is taken through the VAD and the windows in blocks of this much: frames of 20 ms are
@@ -226,6 +227,7 @@ class LiveSession:
         self._vectors: list[np.ndarray] = []
         self._window_voice: list[int] = []
         self._enrolled_upto: dict[int, int] = {}  # voice -> windows already enrolled (held index)
+        self._enrolled_open: set[tuple[int, int]] = set()  # spans enrolled while their region was open
         self._dropped_regions = 0  # settled regions whose vectors were let go (memory cap)
         self._dropped_spans = 0
         self._retired = array("d")  # (start, end, voice, score or nan) of dropped regions' segments
@@ -319,20 +321,31 @@ class LiveSession:
 
         ``add`` False: ``name`` must be a new speaker (SpeakerExistsError otherwise); True:
         the vectors are added to ``name`` as one more utterance. Later windows of the voice are
-        named ``name``. InvalidInputError when no held window carries ``label``.
+        named ``name`` (as the database keeps it: NFC). Each window is enrolled once, those of a
+        turn still open included. InvalidInputError when no held window carries ``label``, or
+        every one that does is enrolled already.
         """
         if self._enroll_clip is None:
             raise InvalidInputError("this live session cannot enroll (it was opened without a database)")
         if self._closed:
             raise InvalidInputError("the live session is closed")
         self._deferred += self.catch_up()  # reported with the next feed's events
+        name = store.normalize_name(name)  # as the database keeps it, and so as the voice is labelled
         voices = [v for v in range(len(self._voices)) if self._label(v, assign=False) == label]
         rows = [
             (self._spans[i - self._dropped_spans], self._vectors[i - self._dropped_spans])
             for i, v in self._held_windows()
-            if v in voices and i >= self._enrolled_upto.get(v, 0)
+            if v in voices
+            and i >= self._enrolled_upto.get(v, 0)
+            and self._spans[i - self._dropped_spans][:2] not in self._enrolled_open
         ]
-        rows += [(span + (0,), vec) for span, (vec, v) in self._open.items() if v in voices]
+        open_rows = [span for span, (_, v) in self._open.items() if v in voices and span not in self._enrolled_open]
+        rows += [(span + (0,), self._open[span][0]) for span in open_rows]
+        if not rows and voices:
+            raise InvalidInputError(
+                f"the voice labelled {label!r} has no held speech that is not enrolled already: "
+                "let it speak again first"
+            )
         if not rows:
             heard = sorted(
                 {self._label(v, assign=False) for v in set(self._window_voice) | {v for _, v in self._open.values()}}
@@ -351,6 +364,7 @@ class LiveSession:
         held_end = self._dropped_spans + len(self._spans)
         for v in voices:
             self._enrolled_upto[v] = held_end
+        self._enrolled_open.update(open_rows)  # they settle later: not to be enrolled again then
         if self._reload_gallery is not None:
             self._gallery = self._reload_gallery()
         for v in voices:  # named at once: the new centroid is (or holds) this voice's own mean

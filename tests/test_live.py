@@ -311,6 +311,42 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
     assert found.speaker == "dave"
 
 
+def test_each_window_is_enrolled_once_and_the_name_is_the_stored_one():
+    """A voice enrolled while its turn is still open, then again (add) once the turn has ended:
+    the second enrollment takes only the windows the first did not (the open ones it took
+    settle later), a third finds nothing new and says so, and the voice is labelled with the
+    name as stored (NFC), not as typed."""
+    clips: list = []
+    bob = FakeEmbedder().embed([voice(BOB, 4, seed=99)])
+
+    def gallery() -> Gallery:  # the database after the enrollments: bob, and the first one's name
+        names = ["bob", *[name for name, _, _ in clips[:1]]]
+        return Gallery(names, np.concatenate([bob, *[clip.vector[None] for _, clip, _ in clips[:1]]]), threshold=0.9)
+
+    session = LiveSession(
+        FakeEmbedder().embed,
+        gallery(),
+        detector=EnergyDetector(),
+        enroll_clip=lambda name, clip, add: clips.append((name, clip, add)),
+        reload_gallery=gallery,
+    )
+    x = conversation([(BOB, 3), (DAVE, 6)])
+    events = []
+    for i in range(0, int(7.5 * SR), 320):  # dave's turn still open at 7.5 s
+        events += session.feed(x[i : i + 320])
+    [dave] = {e.label for e in events if isinstance(e, VoiceEvent) and e.label.startswith("unknown-")}
+    nfd = "Jose\u0301"
+    assert session.enroll(dave, nfd).name == "Jos\u00e9"
+    events = session.feed(x[int(7.5 * SR) :]) + session.finish()
+    labels = {e.label for e in events if isinstance(e, VoiceEvent) and e.start > 3.5}  # dave's turn
+    assert labels == {"Jos\u00e9"}  # the stored form
+    session.enroll("Jos\u00e9", "Jos\u00e9", add=True)
+    held = sum(1 for v in session._window_voice if session._label(v, assign=False) == "Jos\u00e9")
+    assert clips[0][1].n_windows + clips[1][1].n_windows == held  # no window twice
+    with pytest.raises(InvalidInputError, match="enrolled already"):
+        session.enroll("Jos\u00e9", "Jos\u00e9", add=True)
+
+
 def feed_all_open(session, data: bytes) -> list:
     """Feed ``data`` in 20 ms frames of 16-bit audio, then 3 s of silence (the last turn settles)."""
     events = []
