@@ -21,8 +21,10 @@ exactly those ``timeline`` finds for the same audio as a file.
 Noise. As ``timeline`` does for a file, the session measures how far its speech stands above
 its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseMeter`). It
 judges once: as soon as the meter can tell, else :data:`JUDGE_WAIT_S` after its first speech
-began, or when asked to enroll a voice; until then it embeds no window (a region that
-settles meanwhile, a short "hello?" followed by a pause, waits with its audio). A noisy session
+began; until then it embeds no window (a region that settles meanwhile, a short "hello?"
+followed by a pause, waits with its audio). Asked to enroll a voice before it can tell, it
+embeds what waited as it came and goes on judging: a verdict on a fraction of a second of
+speech would stand for the whole call. A noisy session
 (speech less than ``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard
 so far taken out of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
 noisy file's speech again in the denoised audio and measures its noise over the whole file,
@@ -212,7 +214,8 @@ class LiveSession:
         self._meter: denoise.NoiseMeter | None = denoise.NoiseMeter(
             vad.frame_samples(self._detector), int(JUDGE_LEVELS_S / self._frame_s)
         )
-        self._judging = True
+        self._judging = True  # the noise is still to be judged
+        self._holding = True  # the windows of the speech heard wait for that judgement
         self._noisy_db: float | None = None  # speech over pauses (dB) of a session judged noisy
         self._first_speech_s: float | None = None
         self._open_regions: list[vad.Region] = []  # as the last block left them
@@ -283,15 +286,16 @@ class LiveSession:
         return events
 
     def catch_up(self) -> list[LiveEvent]:
-        """Embed now the windows of the speech heard so far that still wait for the session to
-        judge its noise, judging it with what it has heard; the events that gives (none if
-        nothing waited). :meth:`enroll` calls it first; a caller that cannot let ``enroll``
-        embed (the service, which enrolls on the lane that embeds) calls it before. Before any
-        speech nothing waits, and nothing is judged: a verdict on no speech would stand for the
-        whole call."""
-        if not self._judging or self._finished or self._first_speech_s is None:
+        """Embed now the windows of the speech heard so far that wait for the session to judge
+        its noise; the events that gives (none if nothing waited). It judges if the meter can
+        tell now; else what waited is embedded as it came and the judging goes on (a verdict on
+        too little speech would stand for the whole call). Before any speech it does nothing.
+        :meth:`enroll` calls it first; a caller that cannot let ``enroll`` embed (the service,
+        which enrolls on the lane that embeds) calls it before."""
+        if not self._holding or self._finished or self._first_speech_s is None:
             return []
-        self._judge(self._n16 / SR, now=True)
+        self._judge(self._n16 / SR, now=False)  # a verdict, if the meter can give one now
+        self._holding = False  # else what waited is embedded as it came, and the judging goes on
         events: list[LiveEvent] = []
         for r in self._take_unjudged():
             events += self._settle(r, self.seconds_fed)
@@ -440,7 +444,7 @@ class LiveSession:
         settled = [r for i, r in enumerate(regions) if last or i + 1 < len(regions) or r.end <= heard_to - SETTLE_S]
         open_regions = regions[len(settled) :]
         self._open_regions = open_regions
-        if self._judging:  # their windows wait for the judgement, as those of open regions do
+        if self._holding:  # their windows wait for the judgement, as those of open regions do
             self._unjudged += settled
             self._settled_until = max([self._settled_until] + [r.end for r in settled])
         else:
@@ -483,7 +487,7 @@ class LiveSession:
         waited = self._first_speech_s is not None and heard_to - self._first_speech_s >= JUDGE_WAIT_S
         if not (known or waited or now):
             return
-        self._judging = False
+        self._judging = self._holding = False
         noisy = self._meter.noisy()
         if noisy is None:
             self._meter = None
@@ -504,7 +508,7 @@ class LiveSession:
     def _audio_needed(self, r: vad.Region) -> int:
         """The first sample an open region's remaining windows may need."""
         a = int(round(r.start * SR))
-        if self._judging:  # none embedded yet
+        if self._holding:  # none embedded yet
             return a
         grid = self._grid(r)
         upcoming = grid[-1][0] + self._hop if grid else a
@@ -535,7 +539,7 @@ class LiveSession:
     def _embed_open(self, r: vad.Region, at: float) -> list[LiveEvent]:
         """Embed the new windows of an open region; a provisional event for its latest voice.
         Nothing while the session is judging its noise (:meth:`_judge`)."""
-        if self._judging:
+        if self._holding:
             return []
         grid = self._grid(r)
         new = [span for span in grid if span not in self._open]
