@@ -119,6 +119,16 @@ def test_corrupt_file(tmp_path):
     assert "not a readable audio file" in _refusal(path)
 
 
+@pytest.mark.parametrize("name", ["call.raw", "CALL.RAW", "call.pcm"])
+def test_headerless_raw_audio_is_refused_in_one_line(tmp_path, name):
+    """libsndfile asks a .raw file for its sample rate (TypeError, a traceback from every audio
+    command); raw samples have none to give, so the refusal says how to use them instead."""
+    path = tmp_path / name
+    path.write_bytes((voice(150, 2.0) * 32767).astype("<i2").tobytes())
+    reason = _refusal(path)
+    assert reason.startswith("raw audio without a header") and "speakerdb listen -" in reason
+
+
 def test_truncated_file(tmp_path):
     good = write(tmp_path / "good.flac", voice(150, 2.0)).read_bytes()
     path = tmp_path / "truncated.flac"

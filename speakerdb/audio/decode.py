@@ -292,6 +292,14 @@ def active_frames(samples: np.ndarray) -> np.ndarray:
     return (energy_db >= energy_db.max() - ACTIVE_RANGE_DB) & above_floor
 
 
+#: Suffixes of headerless sample data, which no decoder can read without being told its format.
+RAW_SUFFIXES = frozenset({".raw", ".pcm"})
+RAW_REASON = (
+    "raw audio without a header: its sample rate and encoding are unknown (convert it to WAV, "
+    "or stream it to `speakerdb listen -` with --encoding and --sample-rate)"
+)
+
+
 def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray], int | None]:
     """(sample rate in Hz, blocks of (n, channels) float32, frames the header declares or None).
 
@@ -316,8 +324,8 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
             if (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
                 return (*decoded, None)
             f = soundfile.SoundFile(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, ValueError) as sf_error:
-        errors.append(sf_error)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError) as sf_error:
+        errors.append(sf_error)  # TypeError: libsndfile takes .raw for headerless PCM and asks its rate
     else:
         rate = int(f.samplerate)
         if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
@@ -328,10 +336,17 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
             log.debug("%s: ffmpeg: %s; decoded by libsndfile", path, _short(errors[-1]))
             frames = None  # a header that describes one part of the stream, not the file
         return rate, _soundfile_blocks(f, block_s), frames
-    if not chainable and (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
-        return (*decoded, None)
+    try:
+        if not chainable and (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
+            return (*decoded, None)
+    except AudioError:
+        if path.suffix.lower() in RAW_SUFFIXES:
+            raise AudioError(path, RAW_REASON) from None
+        raise
     # The decoders' own words (errno numbers, library names) help a developer, not the user.
     log.debug("%s: %s", path, "; ".join(_short(e) for e in errors))
+    if path.suffix.lower() in RAW_SUFFIXES:
+        raise AudioError(path, RAW_REASON) from None
     raise AudioError(
         path,
         "not a readable audio file (supported: WAV, FLAC, OGG, MP3 and what FFmpeg decodes)",
