@@ -132,8 +132,10 @@ def test_timeline_without_a_database_diarizes_and_writes_nothing(tmp_path, tiny_
     talk = write(here / "talk.wav", np.concatenate([voice(110, 3, seed=1), gap, voice(300, 3, seed=2)]))
     hum = write(here / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
     before = sorted(p.name for p in here.iterdir())
-    db = here / "none.sqlite"
-    r, docs = _run(["--db", str(db), "--model", str(tiny_checkpoint), "timeline", str(talk), str(hum), "--json"])
+    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
+    monkeypatch.setenv("SPEAKERDB_HOME", str(here))
+    db = here / "speakerdb.sqlite"  # the default place, where there is none
+    r, docs = _run(["--model", str(tiny_checkpoint), "timeline", str(talk), str(hum), "--json"])
     assert r.exit_code == 0, r.output
     assert f"no database at {db}" in r.stderr and str(tiny_checkpoint) in r.stderr
     talk_doc, hum_doc = docs
@@ -143,11 +145,14 @@ def test_timeline_without_a_database_diarizes_and_writes_nothing(tmp_path, tiny_
     assert "no speech found" in r.stderr
     assert sorted(p.name for p in here.iterdir()) == before and not db.exists()
     # The hints reach the library from the command line.
-    r, [one] = _run(
-        ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", str(talk), "--speakers", "1", "--json"]
-    )
+    r, [one] = _run(["--model", str(tiny_checkpoint), "timeline", str(talk), "--speakers", "1", "--json"])
     assert r.exit_code == 0, r.output
     assert {s["label"] for s in one["segments"]} == {"unknown-1"}
-    r, _ = _run(["--db", str(db), "timeline", str(talk), "--speakers", "2", "--max-speakers", "3"])
+    r, _ = _run(["timeline", str(talk), "--speakers", "2", "--max-speakers", "3"])
     assert r.exit_code == 2 and "not both" in r.output
+    # A database named and not there is a typo, as for every other command: one line, nothing done.
+    typo = here / "speakerdb.sqlit"
+    r, _ = _run(["--db", str(typo), "--model", str(tiny_checkpoint), "timeline", str(talk)])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith(f"Error: no database at {typo}")
+    assert r.stdout == ""
     assert sorted(p.name for p in here.iterdir()) == before

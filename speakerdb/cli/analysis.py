@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ..config import SEGMENTATION_ENV, db_target
+from ..errors import DatabaseError
 from ..results import MAX_SPEAKERS, Params, Timeline
 from .output import (
     emit,
@@ -101,8 +102,9 @@ def timeline(
     Finds the speech (Silero VAD), embeds windows of it, groups them into voices (how many
     is found from the recording itself, or set with --speakers / --min-speakers /
     --max-speakers) and names each voice. With no speakers enrolled every voice is
-    unknown-N; with no database at all it diarizes with --model (default: the default
-    model, said on stderr) and writes no database. Without --segmentation, one voice per
+    unknown-N; with no database at all (none at the default place: a --db that names none is
+    an error) it diarizes with --model (default: the default model, said on stderr) and
+    writes no database. Without --segmentation, one voice per
     instant: where two people overlap, the louder one gets the time. With a segmentation
     model (pyannote segmentation-3.0, MIT; `speakerdb model download pyannote/segmentation-3.0`
     on a connected machine) it finds the speech and the speaker turns, and two voices where
@@ -150,6 +152,11 @@ def timeline(
     else:
         note("note:", "no segmentation model (--segmentation)", "one voice at a time, overlapping speech not detected")
     standalone = not state.exists()  # no database: plain diarization, nothing written
+    if standalone and state.db_path:  # a database named and not there is a typo, as for every other command
+        raise DatabaseError(
+            f"no database at {db_target(state.db_path)}: check --db (or SPEAKERDB_DB); "
+            "without them, timeline diarizes with no database"
+        )
     if not standalone:
         check_score(state, threshold, OVERRIDE_LOW)
     check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
