@@ -293,30 +293,20 @@ def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoin
     assert (tmp_path / "o.rttm").read_text() == ""
 
 
-def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint):
+def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint, monkeypatch):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all" * 100)
+    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
+    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path))  # no database at the default place
     r = CliRunner().invoke(
-        cli,
-        [
-            "--db",
-            str(tmp_path / "d.sqlite"),
-            "--model",
-            str(tiny_checkpoint),
-            "timeline",
-            str(bad),
-            "--rttm",
-            str(tmp_path / "o.rttm"),
-        ],
+        cli, ["--model", str(tiny_checkpoint), "timeline", str(bad), "--rttm", str(tmp_path / "o.rttm")]
     )
     assert r.exit_code == 1
     # No database: a note says the file is diarized without one; then the file's error line.
     assert r.stderr.splitlines()[-1].startswith("Error: ") and "Traceback" not in r.output
     assert "bad.wav" in r.stderr.splitlines()[-1]
-    assert not (tmp_path / "o.rttm").exists() and not (tmp_path / "d.sqlite").exists()
-    r = CliRunner().invoke(
-        cli, ["--db", str(tmp_path / "d.sqlite"), "timeline", str(bad), "--window", "1", "--hop", "2"]
-    )
+    assert not (tmp_path / "o.rttm").exists() and not (tmp_path / "speakerdb.sqlite").exists()
+    r = CliRunner().invoke(cli, ["timeline", str(bad), "--window", "1", "--hop", "2"])
     assert r.exit_code == 2
 
 
