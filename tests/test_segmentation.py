@@ -224,8 +224,10 @@ def test_cli_names_the_segmentation_and_refuses_a_bad_file_writing_nothing(tmp_p
     path, _ = _two_voices(tmp_path)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x80\x04junk")
-    db, rttm = tmp_path / "none.sqlite", tmp_path / "out.rttm"
-    base = ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", str(path), "--rttm", str(rttm)]
+    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
+    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path / "home"))  # no database at the default place
+    db, rttm = tmp_path / "home" / "speakerdb.sqlite", tmp_path / "out.rttm"
+    base = ["--model", str(tiny_checkpoint), "timeline", str(path), "--rttm", str(rttm)]
     for bad in (str(tmp_path / "missing.bin"), str(junk)):
         r = CliRunner().invoke(cli, [*base, "--segmentation", bad])
         assert r.exit_code == 1, r.output
