@@ -100,7 +100,10 @@ def summary(scores: evaluate.Scores, threshold: float, clean_far: float | None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        description=kit.describe(__doc__, 'docs/timeline.md, "identify, verify and enroll take the noise out too"'),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--data", type=Path, default=Path("../shared/data/librispeech"))
     p.add_argument("--model", default="resemblyzer")
     p.add_argument("--snr", type=float, nargs="+", default=[10.0, 15.0])
