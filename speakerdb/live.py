@@ -289,10 +289,12 @@ class LiveSession:
         """Embed now the windows of the speech heard so far that wait for the session to judge
         its noise; the events that gives (none if nothing waited). It judges if the meter can
         tell now; else what waited is embedded as it came and the judging goes on (a verdict on
-        too little speech would stand for the whole call). Before any speech it does nothing.
+        too little speech would stand for the whole call). With no whole window waiting (no
+        speech yet, or less than a window of it) it does nothing.
         :meth:`enroll` calls it first; a caller that cannot let ``enroll`` embed (the service,
         which enrolls on the lane that embeds) calls it before."""
-        if not self._holding or self._finished or self._first_speech_s is None:
+        waiting = self._unjudged or any(self._grid(r) for r in self._open_regions)  # whole windows wait
+        if not self._holding or self._finished or not waiting:
             return []
         self._judge(self._n16 / SR, now=False)  # a verdict, if the meter can give one now
         self._holding = False  # else what waited is embedded as it came, and the judging goes on
