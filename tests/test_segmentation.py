@@ -314,7 +314,7 @@ def test_a_hub_id_is_read_from_the_cache_offline(tmp_path, network, monkeypatch)
     not cached it is one error line saying what to do."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set") as e:
+    with pytest.raises(ModelLoadError, match="nor in the local Hugging Face cache") as e:
         seg.load(seg.DEFAULT_HUB_ID)
     assert "speakerdb model download pyannote/segmentation-3.0" in str(e.value)
     snapshot = tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "snapshots" / ("0" * 40)
@@ -323,6 +323,38 @@ def test_a_hub_id_is_read_from_the_cache_offline(tmp_path, network, monkeypatch)
     (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs").mkdir()
     (tmp_path / "hub" / "models--pyannote--segmentation-3.0" / "refs" / "main").write_text("0" * 40)
     assert seg.resolve(seg.DEFAULT_HUB_ID) == snapshot / seg.HUB_FILE
+
+
+def test_a_hub_id_not_cached_is_one_error_line_without_asking_the_hub(tmp_path, monkeypatch):
+    """The option takes a hub id "from the local cache": with HF_HUB_OFFLINE unset, an id not
+    cached is still one error line at once, not huggingface_hub's retries of a dead network
+    (27 s of "Retrying in 8s" before); it says how to get the model."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    asked = []
+
+    def download(*args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            asked.append(args)
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    with pytest.raises(ModelLoadError) as e:
+        seg.resolve(seg.DEFAULT_HUB_ID)
+    assert asked == []  # the hub was not asked
+    assert "nor in the local Hugging Face cache" in str(e.value) and "\n" not in str(e.value)
+    assert "speakerdb model download pyannote/segmentation-3.0" in str(e.value)
+    path, _ = _two_voices(tmp_path)
+    rttm = tmp_path / "out.rttm"
+    r = CliRunner().invoke(
+        cli,
+        ["--db", str(tmp_path / "none.sqlite"), "timeline", str(path), "--rttm", str(rttm)]
+        + ["--segmentation", seg.DEFAULT_HUB_ID],
+    )
+    assert r.exit_code == 1 and asked == [] and not rttm.exists()
+    assert r.stderr.splitlines()[-1].startswith("Error: segmentation model 'pyannote/segmentation-3.0'")
 
 
 def test_speech_only_the_vad_hears_goes_to_the_nearest_voice():

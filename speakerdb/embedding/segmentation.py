@@ -2,8 +2,8 @@
 
 The model is pyannote's ``segmentation-3.0`` (MIT licence, CNRS), an optional file the user
 gives (``--segmentation PATH`` or ``SPEAKERDB_SEGMENTATION``; a Hugging Face id is looked
-up in the hub cache). Its architecture, PyanNet, is written here in torch so that pyannote.audio
-is not needed:
+up in the local hub cache only, never fetched). Its architecture, PyanNet, is written here in
+torch so that pyannote.audio is not needed:
 
     10 s of 16 kHz audio -> SincNet (80 parametric sinc band-pass filters, stride 10, then two
     convolutions, each stage max-pooled by 3 and instance-normalised) -> 4-layer bidirectional
@@ -376,7 +376,8 @@ class Segmenter:
 
 def resolve(source: str | os.PathLike[str]) -> Path:
     """A local checkpoint file, a folder holding ``pytorch_model.bin``, or a Hugging Face id found
-    in the hub cache (fetched only when HF_HUB_OFFLINE is not set)."""
+    in the hub cache. The hub itself is never asked: an id not in the cache is one error line at
+    once (huggingface_hub retried a dead network for some 25 s first), saying how to get it."""
     p = Path(source).expanduser()
     if p.is_dir():
         p = p / HUB_FILE
@@ -386,22 +387,20 @@ def resolve(source: str | os.PathLike[str]) -> Path:
     looks_like_path = text.startswith((".", "~")) or text.endswith((".bin", ".ckpt", ".pt"))
     if p.is_absolute() or looks_like_path or text.count("/") != 1:
         raise ModelLoadError(f"segmentation model {text!r}: no such file")
+    cache = config.model_cache_dir()
     try:
-        from huggingface_hub import hf_hub_download  # deferred: huggingface_hub is heavy to import
+        from huggingface_hub import try_to_load_from_cache  # deferred: huggingface_hub is heavy to import
 
-        try:  # the cache first: no network round trip when it is there
-            return Path(hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir(), local_files_only=True))
-        except Exception:
-            if config.hub_offline():
-                raise
-        return Path(hf_hub_download(text, HUB_FILE, cache_dir=config.model_cache_dir()))
-    except Exception as e:
-        offline = "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-        reason = offline if config.hub_offline() else first_line(e)
-        raise ModelLoadError(
-            f"cannot load segmentation model {text!r} ({reason}); on a machine with network run "
-            f"`speakerdb model download {text} --to DIR` and pass --segmentation DIR/{HUB_FILE}"
-        ) from None
+        found = try_to_load_from_cache(text, HUB_FILE, cache_dir=cache)
+    except Exception:  # an id the hub library refuses (spaces, ..): a path that is not there
+        raise ModelLoadError(f"segmentation model {text!r}: no such file") from None
+    if isinstance(found, str):
+        return Path(found)
+    raise ModelLoadError(
+        f"segmentation model {text!r} is neither a file nor in the local Hugging Face cache ({cache}): "
+        f"run `speakerdb model download {text}` on this machine if it has network, or "
+        f"`speakerdb model download {text} --to DIR` on one that has, copy DIR here and pass --segmentation DIR"
+    )
 
 
 def load(source: str | os.PathLike[str], step_s: float = 5.0) -> Segmenter:
