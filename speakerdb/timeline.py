@@ -1076,7 +1076,7 @@ def rttm_lines(timeline: Timeline, uri: str | None = None) -> list[str]:
 
     RTTM fields are separated by spaces, so spaces in the file id and in labels become ``_``.
     """
-    uri = _rttm_token(uri if uri is not None else Path(timeline.file).stem)
+    uri = _rttm_token(uri) if uri is not None else rttm_id(timeline.file)
     return [
         f"SPEAKER {uri} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {_rttm_token(s.label)} <NA> <NA>"
         for s in timeline.segments
@@ -1103,6 +1103,12 @@ def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
         start, dur = float(fields[3]), float(fields[4])
         out.setdefault(fields[1], []).append((start, start + dur, fields[7]))
     return out
+
+
+def rttm_id(file: str | os.PathLike[str]) -> str:
+    """The recording id :func:`rttm_lines` gives a file's lines: its name without directory or
+    extension, spaces made ``_`` (so ``/a/conv 1.wav`` and ``/b/conv_1.flac`` share one)."""
+    return _rttm_token(Path(file).stem)
 
 
 def _rttm_token(text: str) -> str:

@@ -211,6 +211,18 @@ def write_timeline_files(
         timeline_files.plot(results, Path(plot), overwrite=overwrite)
 
 
+def rttm_clash(files: Sequence[str | os.PathLike[str]]) -> tuple[str, str, str] | None:
+    """The first two of ``files`` whose RTTM lines would carry one recording id (a scorer would
+    take them for one recording), and the id; None when every file has its own."""
+    seen: dict[str, str] = {}
+    for f in files:
+        uri = timeline_files.rttm_id(f)
+        if uri in seen:
+            return seen[uri], str(f), uri
+        seen[uri] = str(f)
+    return None
+
+
 def evaluation_database(path: Path, embedder: Embedder) -> SpeakerDB:
     """The temporary database an evaluation enrolls in (the product's own enroll and identify):
     what :func:`speakerdb.scoring.evaluate.run` takes as ``open_db``."""

@@ -310,6 +310,27 @@ def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_chec
     assert r.exit_code == 2
 
 
+def test_cli_refuses_two_files_one_rttm_id(tmp_path, tiny_checkpoint):
+    """Two inputs whose RTTM lines would carry one recording id (the same name in two folders,
+    or names that differ only by a space and a "_") are a usage error before any work: a scorer
+    would merge them into one recording. Without --rttm they are fine."""
+    for first, second in (("a/conv-00.wav", "b/conv-00.wav"), ("call 1.wav", "call_1.flac")):
+        paths = []
+        for name in (first, second):
+            (tmp_path / name).parent.mkdir(exist_ok=True)
+            paths.append(str(write(tmp_path / name, voice(140.0, 3.0))))
+        db, rttm = tmp_path / "d.sqlite", tmp_path / "o.rttm"
+        base = ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", *paths]
+        r = CliRunner().invoke(cli, [*base, "--rttm", str(rttm)])
+        assert r.exit_code == 2, r.output
+        error = r.stderr.splitlines()[-1]
+        assert error.startswith("Error: ") and paths[0] in error and paths[1] in error
+        assert repr(Path(first).stem.replace(" ", "_")) in error
+        assert r.stdout == "" and not rttm.exists() and not db.exists()
+    r = CliRunner().invoke(cli, base)
+    assert r.exit_code == 0, r.output
+
+
 def test_one_bad_file_does_not_lose_the_batch(tmp_path, tiny_checkpoint):
     from speakerdb import SpeakerDB
 

@@ -160,6 +160,8 @@ def timeline(
     if not standalone:
         check_score(state, threshold, OVERRIDE_LOW)
     check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
+    if rttm_path:
+        _check_rttm_ids(files)
     if plot_path:
         from ..api import (  # deferred: keeps numpy and SQLAlchemy out of light imports (--help)
             check_plotting,  # numpy: loaded when a command runs, not for --help
@@ -214,6 +216,20 @@ def timeline(
         if plot_path and results_ok:
             print_line(f"plot: {plot_path}")
     fail_files(failed)
+
+
+def _check_rttm_ids(files: tuple[str, ...]) -> None:
+    """A usage error for two inputs whose RTTM lines would carry one recording id: a scorer
+    would take them for one recording."""
+    from ..workflows import rttm_clash  # numpy: loaded when a command runs, not for --help
+
+    clash = rttm_clash(files)
+    if clash is not None:
+        first, second, uri = clash
+        raise click.UsageError(
+            f"{printable(first)} and {printable(second)} would both be recording {uri!r} in the "
+            "--rttm file: rename one, or write each to its own --rttm file"
+        )
 
 
 def _timeline_text(t: Timeline) -> str:
