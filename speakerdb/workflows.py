@@ -20,6 +20,7 @@ from .api import SpeakerDB
 from .audio import decode as audio
 from .audio import microphone, pcm
 from .config import db_target
+from .embedding import segmentation
 from .embedding.models import DEFAULT_MODEL, Embedder, default_threshold_for, load_embedder
 from .errors import AudioError, InvalidInputError, check_output
 from .results import Params, Timeline
@@ -209,6 +210,12 @@ def write_timeline_files(
         timeline_files.write_rttm(Path(rttm), results, overwrite=overwrite)
     if plot:
         timeline_files.plot(results, Path(plot), overwrite=overwrite)
+
+
+def check_segmentation(source: str | os.PathLike[str]) -> None:
+    """Raise ModelLoadError (one line) now, before any work, for a segmentation model that is
+    not there: a missing file, or a hub id not in the local cache (see segmentation.resolve)."""
+    segmentation.resolve(source)
 
 
 def rttm_clash(files: Sequence[str | os.PathLike[str]]) -> tuple[str, str, str] | None:

@@ -144,13 +144,6 @@ def timeline(
         max_speakers=max_speakers,
         segmentation=None if state.server else segmentation or None,
     )
-    if state.server:
-        if segmentation:
-            note("note:", "--segmentation", "not sent: the service uses its own (SPEAKERDB_SEGMENTATION where it runs)")
-    elif segmentation:
-        note("note:", f"segmentation model {segmentation}", "speech, speaker turns and overlapping speech from it")
-    else:
-        note("note:", "no segmentation model (--segmentation)", "one voice at a time, overlapping speech not detected")
     standalone = not state.exists()  # no database: plain diarization, nothing written
     if standalone and state.db_path:  # a database named and not there is a typo, as for every other command
         raise DatabaseError(
@@ -169,6 +162,17 @@ def timeline(
 
         check_plotting()
     one_of_json_options(as_json, as_jsonl)
+    if params.segmentation:  # a missing file or an id not in the cache: its error line alone, no notes first
+        from ..workflows import check_segmentation  # deferred: numpy and the database, not for --help
+
+        check_segmentation(params.segmentation)
+    if state.server:
+        if segmentation:
+            note("note:", "--segmentation", "not sent: the service uses its own (SPEAKERDB_SEGMENTATION where it runs)")
+    elif segmentation:
+        note("note:", f"segmentation model {segmentation}", "speech, speaker turns and overlapping speech from it")
+    else:
+        note("note:", "no segmentation model (--segmentation)", "one voice at a time, overlapping speech not detected")
 
     def show(t: Timeline) -> None:
         # Each file as it is done: its notes on stderr, its lines (or JSON line) on stdout.
