@@ -208,6 +208,19 @@ def test_every_command_is_documented_with_an_example(path):
     assert result.exit_code == 0 and "Example" in result.output
 
 
+@pytest.mark.parametrize(
+    "path",
+    [()] + [p for p, c in _all_commands(cli) if isinstance(c, click.Group)],
+    ids=lambda p: " ".join(p) or "speakerdb",
+)
+def test_a_group_without_a_command_prints_its_help_as_help_does(path):
+    """`speakerdb` or `speakerdb keys` alone: the help, line by line (exit 2, as click does);
+    it was one line of literal \\n, escaped as an error message's quoted values are."""
+    bare = CliRunner().invoke(cli, list(path))
+    assert bare.exit_code == 2 and "\\n" not in bare.stderr
+    assert bare.stderr == CliRunner().invoke(cli, [*path, "--help"]).stdout
+
+
 def test_every_command_has_json_output():
     for path, command in _all_commands(cli):
         if not isinstance(command, click.Group):

@@ -82,7 +82,7 @@ class Group(click.Group):
         try:
             return super().parse_args(ctx, args)
         except click.ClickException as e:
-            e.message = printable(e.message)  # type: ignore[misc]  # click declares it Final
+            _escape(e)
             _json_error(ctx, e)
             raise
 
@@ -97,9 +97,17 @@ class Group(click.Group):
                 _json_error(ctx, e)
                 raise click.ClickException(printable(str(e))) from None
             if isinstance(e, click.ClickException):  # usage errors quote values too (--db PATH)
-                e.message = printable(e.message)  # type: ignore[misc]  # as in parse_args
+                _escape(e)
                 _json_error(ctx, e)
             raise
+
+
+def _escape(e: click.ClickException) -> None:
+    """A click error's message with what it quotes made :func:`printable`; but not the help
+    that a group given no command prints (NoArgsIsHelpError carries it as its message): its
+    lines are ours and must stay lines, not one line of escaped newlines."""
+    if not isinstance(e, click.exceptions.NoArgsIsHelpError):
+        e.message = printable(e.message)  # type: ignore[misc]  # click declares it Final
 
 
 def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) -> None:
