@@ -93,6 +93,10 @@ def test_policy_durations():
     for bad in ("3", "0d", "-1d", "3 months", "1e3d", "999999y"):
         with pytest.raises(InvalidInputError):
             governance.parse_duration(bad)
+    for zero in ("0s", "0d", "00y"):  # well formed: what is wrong is that it is zero
+        with pytest.raises(InvalidInputError, match="is zero, which is not allowed") as e:
+            governance.parse_duration(zero)
+        assert "whole number" not in str(e.value)
 
 
 # ---- retention --------------------------------------------------------------------------------
@@ -285,6 +289,17 @@ def test_the_cli_sets_the_policy_enrolls_with_consent_shows_expires_and_opts_out
     run("enroll", "bob", clips["bob"], "--consent", "form F-3", "--override-optout")
     removed = json.loads(run("remove", "bob", "--yes", "--json").stdout)
     assert removed["erasure"]["erased"] and removed["utterances"] == 1
+
+
+@pytest.mark.parametrize("duration", ["5x", "0s", "0d", "3", "999999y"])
+def test_a_bad_expire_after_is_bad_usage(run, duration):
+    """As an out-of-range threshold or calibrate --target far=2 are: exit 2, usage_error, one
+    line, the policy unchanged (it was exit 1, invalid_input, from the library)."""
+    result = run("policy", "--expire-after", duration, "--json", code=2)
+    assert json.loads(result.stdout)["error"]["code"] == "usage_error"
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+    assert f"'--expire-after': duration {duration!r}" in line
+    assert json.loads(run("policy", "--json").stdout)["expire_after"] == "never"
 
 
 # ---- PostgreSQL: the revision's columns and table on a server ---------------------------------------

@@ -9,7 +9,7 @@ import click
 
 from ..results import Limits
 from .output import confirm, emit, end_line, json_option, rows_copied, yes_option
-from .params import speaker_name
+from .params import check_duration, speaker_name
 
 if TYPE_CHECKING:
     from . import State
@@ -436,6 +436,7 @@ def galleries_remove(state: State, name: str, yes: bool, as_json: bool) -> None:
 @click.option(
     "--expire-after",
     metavar="DURATION",
+    callback=check_duration,
     help="Remove speakers that no decision named and nobody enrolled into for this long "
     "(3y, 180d, 12h, 2w...; 'never' clears it); see `speakerdb expire`.",
 )

@@ -1,5 +1,6 @@
 """What the commands' arguments and options accept, and the checks a value gets before any
-work: names that are valid UTF-8, scores in range, KEY=VALUE pairs, calibration targets.
+work: names that are valid UTF-8, scores in range, KEY=VALUE pairs, calibration targets,
+durations.
 
 Nothing here opens the database: a check that needs it (is the threshold on the AS-norm
 scale?) is made by the command, through :func:`check_score`.
@@ -111,6 +112,20 @@ def check_target(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
     try:
         parse_target(value)
+    except SpeakerDBError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def check_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """policy --expire-after is checked while parsing: a duration that is not one (5x), or zero
+    or over 200 years, is a usage error (exit 2), as an out-of-range threshold is."""
+    if value is None:
+        return value
+    from ..storage.governance import parse_duration  # SQLAlchemy: loaded when a command runs
+
+    try:
+        parse_duration(value)
     except SpeakerDBError as e:
         raise click.BadParameter(str(e)) from None
     return value

@@ -73,9 +73,13 @@ def parse_duration(text: str) -> int | None:
     if text.strip().lower() == "never":
         return None
     m = _DURATION.match(text.lower())
-    if m is None or int(m.group(1)) == 0:
+    if m is None:
         raise InvalidInputError(
             f"duration {text!r} is not a whole number and a unit (s, min, h, d, w, y), e.g. 3y, 180d, 12h; or 'never'"
+        )
+    if int(m.group(1)) == 0:
+        raise InvalidInputError(
+            f"duration {text!r} is zero, which is not allowed: give a positive one, e.g. 3y, 180d, 12h; or 'never'"
         )
     seconds = int(m.group(1)) * _UNITS[m.group(2)]
     if seconds > MAX_EXPIRE_S:
