@@ -543,6 +543,9 @@ class SpeakerDB:
     @property
     def embedder(self) -> Embedder:
         """The embedding model, loaded on first use and checked against the database."""
+        # Every call that decodes asks for the model first: a bad $SPEAKERDB_MAX_AUDIO_S
+        # fails here, before the model loads or any file is read.
+        audio.max_duration_s(self.max_audio_s)
         if self._embedder is None:
             settings = self.store.settings()
             source = self._model or stored.model_source(settings) or DEFAULT_MODEL

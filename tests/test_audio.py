@@ -10,7 +10,7 @@ import soundfile as sf
 
 from conftest import SR, voice, write
 from speakerdb.audio import decode as audio
-from speakerdb.errors import AudioError
+from speakerdb.errors import AudioError, InvalidInputError
 
 
 @pytest.mark.parametrize(
@@ -252,8 +252,8 @@ def test_maximum_duration_is_configurable(tmp_path, monkeypatch):
     assert "more than the 2 s accepted" in _refusal(path)
     monkeypatch.setenv("SPEAKERDB_MAX_AUDIO_S", "4")
     assert audio.load(path).duration_s == pytest.approx(3.0)
-    monkeypatch.setenv("SPEAKERDB_MAX_AUDIO_S", "nan")
-    with pytest.raises(AudioError, match="positive number of seconds"):
+    monkeypatch.setenv("SPEAKERDB_MAX_AUDIO_S", "nan")  # a bad setting, not a bad file
+    with pytest.raises(InvalidInputError, match="^SPEAKERDB_MAX_AUDIO_S must be a positive number of seconds"):
         audio.load(path)
 
 

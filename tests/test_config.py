@@ -255,6 +255,33 @@ def test_a_limit_that_is_no_number_of_seconds_is_refused(tmp_path):
             SpeakerDB(tmp_path / "x.sqlite", embedder=FakeEmbedder(), max_audio_s=bad)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["identify", "{b}", "{a}"], ["identify", "--jsonl", "{b}"], ["timeline", "{b}"], ["enroll", "bob", "{b}"]],
+)
+def test_a_bad_limit_in_the_environment_is_named_and_nothing_is_done(tmp_path, monkeypatch, command):
+    """SPEAKERDB_MAX_AUDIO_S=abc: one line naming the variable, before the model loads; it was
+    each file's error in identify and timeline ('Error: b.wav: must be a positive number ...')."""
+    from click.testing import CliRunner
+
+    from speakerdb.cli import cli
+
+    a, b = write(tmp_path / "a.wav", voice(210.0, 2.0)), write(tmp_path / "b.wav", voice(110.0, 2.0))
+    with SpeakerDB(tmp_path / "x.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", [a])
+    loaded: list[str] = []
+    monkeypatch.setattr("speakerdb.api.load_embedder", lambda source, **kw: loaded.append(source) or FakeEmbedder())
+    monkeypatch.setenv(config.MAX_AUDIO_ENV, "abc")
+    args = [arg.format(a=a, b=b) for arg in command]
+    result = CliRunner().invoke(cli, ["--db", str(tmp_path / "x.sqlite"), "--model", "fake", *args])
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: SPEAKERDB_MAX_AUDIO_S must be a positive number of seconds, not 'abc'"]
+    assert loaded == [] and "b.wav" not in result.output
+    with SpeakerDB(tmp_path / "x.sqlite", embedder=FakeEmbedder()) as db:
+        assert [s.name for s in db.list()] == ["alice"]
+
+
 def test_serve_hands_its_limit_to_its_workers_decoder_without_the_environment(
     tmp_path, three_seconds, tiny_checkpoint, monkeypatch
 ):

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from .. import config
-from ..errors import AudioError, printable_path
+from ..errors import AudioError, InvalidInputError, printable_path
 from ..errors import check_input_file as check_file  # shared with the client, which checks before uploading
 
 log = logging.getLogger("speakerdb")
@@ -104,7 +104,10 @@ def samples_sha256(samples: np.ndarray) -> str:
 
 def max_duration_s(given: float | None = None) -> float:
     """The longest recording accepted: ``given`` (seconds) when the caller says, else
-    $SPEAKERDB_MAX_AUDIO_S if set, else MAX_DURATION_S (4 h)."""
+    $SPEAKERDB_MAX_AUDIO_S if set, else MAX_DURATION_S (4 h).
+
+    A bad $SPEAKERDB_MAX_AUDIO_S is an InvalidInputError that names it: a setting, not a
+    file, is wrong (an AudioError became each file's error in a batch, blaming the file)."""
     if given is not None:
         try:
             return config.check_max_audio_s(given)
@@ -113,7 +116,7 @@ def max_duration_s(given: float | None = None) -> float:
     try:
         return config.max_audio_s()
     except ValueError as e:
-        raise AudioError(MAX_DURATION_ENV, str(e)) from None
+        raise InvalidInputError(f"{MAX_DURATION_ENV} {e}") from None
 
 
 def load(path: str | Path, max_audio_s: float | None = None) -> Audio:
