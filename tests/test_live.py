@@ -394,6 +394,14 @@ def test_listen_prints_events_then_the_timeline_of_the_file(cli_db):
     assert out[len(events)].startswith("timeline (")
 
 
+def test_listen_json_help_says_json_lines():
+    """listen --json prints a JSON object per line, as its description says; the option's help
+    said "one JSON document", which every other command's --json prints."""
+    [option] = [p for p in cli.commands["listen"].params if p.name == "as_json"]
+    assert "JSON Lines" in option.help and "one JSON document" not in option.help
+    assert "JSON Lines" in CliRunner().invoke(cli, ["listen", "--help"]).stdout
+
+
 def test_listen_reads_raw_audio_on_standard_input(cli_db):
     db, conv = cli_db
     x = conversation([(BOB, 3), (DAVE, 3.5), (BOB, 2.5)])

@@ -9,7 +9,7 @@ import click
 
 from ..errors import AudioError, SpeakerDBError
 from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
-from .output import emit, finite, json_option, note, printable, score_text
+from .output import emit, finite, json_flag, note, printable, score_text
 from .params import OVERRIDE_LOW, SCORE, check_score
 
 if TYPE_CHECKING:
@@ -42,7 +42,10 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
 @click.option("--device", metavar="INDEX|NAME", help="The microphone for --mic [default: the system's input].")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="With --mic: stop after this much audio.")
 @click.option("--threshold", type=SCORE, help="Override the database's threshold for this session.")
-@json_option
+@json_flag(
+    "Print JSON Lines: one JSON object on its own line of stdout per event as it happens, then the "
+    'timeline\'s (on failure: a last line {"type": "error", "code", "message", "at"}).'
+)
 @click.pass_obj
 def listen(
     state: State,

@@ -40,14 +40,12 @@ def _json_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool
     return value
 
 
-json_option = click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    is_eager=True,
-    callback=_json_given,
-    help='Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).',
-)
+def json_flag(help: str) -> Any:
+    """The --json option with its own help: what the command prints with it."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_json_given, help=help)
+
+
+json_option = json_flag('Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).')
 _JSONL = "speakerdb.jsonl"  # ctx.meta: --jsonl was given (errors are one line too)
 
 
