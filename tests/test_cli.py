@@ -390,6 +390,27 @@ def test_a_failed_first_enroll_leaves_no_database(run, tmp_path):
     assert not db.exists() and not (tmp_path / "new").exists() and not list(tmp_path.glob("new*"))
 
 
+def test_an_audio_file_as_name_is_a_forgotten_name(run, voices, tmp_path, monkeypatch):
+    """`enroll a.flac b.flac` created speaker "a.flac" from b.flac alone; an existing file with
+    a recording's suffix is refused as NAME (exit 2, nothing written). A folder is not: it may
+    share the speaker's name."""
+    db = tmp_path / "new.sqlite"
+    first, second = voices["alice"][:2]
+    refusal = f"Error: NAME {str(first)!r} is an audio file: give the speaker's name first"
+    for args in ([first, second], [first], [first, second, "--json"]):
+        result = CliRunner().invoke(cli, ["--db", str(db), "enroll", *map(str, args)])
+        assert result.exit_code == 2, result.output
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("Error:")]
+        assert line == refusal + " (speakerdb enroll NAME FILE...)"
+        assert not db.exists()
+    assert json.loads(result.stdout)["error"]["code"] == "usage_error"
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bob").mkdir()
+    (tmp_path / "bob" / "b.wav").write_bytes(voices["bob"][0].read_bytes())
+    assert as_json(run("enroll", "bob", "bob", "--json"))["speaker"] == "bob"
+
+
 @pytest.mark.parametrize(
     "where, code, message",
     [

@@ -127,6 +127,10 @@ def enroll(
         if external_id is not None or override_optout:
             raise click.UsageError("--external-id and --override-optout name one person: not with --each-folder")
         return _enroll_each_folder(state, each_folder, new, metadata, strict, as_json, consent)
+    if name is not None and _is_audio_file(name):  # `enroll a.flac b.flac`: a.flac would name the speaker
+        raise click.UsageError(
+            f"NAME {name!r} is an audio file: give the speaker's name first (speakerdb enroll NAME FILE...)"
+        )
     if name is None or not files:
         raise click.UsageError(f"Missing argument '{'FILES...' if name else 'NAME'}'.")
     paths = _recordings(files)
@@ -159,6 +163,12 @@ def _enrolled(result: EnrollResult, metadata: bool) -> str:
         f"{verb} {result.speaker}: {len(result.added)} utterance(s) added, "
         f"{len(result.skipped)} skipped, {result.n_utterances} in all"
     )
+
+
+def _is_audio_file(name: str) -> bool:
+    """Whether ``name`` is an existing file with a recording's suffix (.flac, .wav...): a
+    forgotten NAME, not a speaker's. A folder may share a speaker's name (enroll bob bob/)."""
+    return Path(name).suffix.lower() in AUDIO_SUFFIXES and os.path.isfile(name)
 
 
 def _recordings(files: tuple[str, ...]) -> list[str]:
