@@ -470,6 +470,11 @@ def test_export_checks_its_path_first_and_never_overwrites_unasked(run, voices, 
         ["threshold", "--", "-0.5"],
         ["identify", "x.wav", "--threshold", "nan"],
         ["verify", "alice", "x.wav", "--threshold", "nan"],
+        # A per-call threshold follows `threshold`'s rule: a negative cosine accepts nearly every voice.
+        ["verify", "alice", "x.wav", "--threshold", "-0.5"],
+        ["identify", "x.wav", "--threshold", "-0.2"],
+        ["timeline", "x.wav", "--threshold", "-1"],
+        ["listen", "x.wav", "--threshold", "-0.5"],
     ],
 )
 def test_out_of_bounds_settings_are_usage_errors(run, voices, args):
@@ -477,6 +482,8 @@ def test_out_of_bounds_settings_are_usage_errors(run, voices, args):
     before = as_json(run("info", "--json"))
     result = run(*args)
     assert result.exit_code == 2, result.output
+    if args[-1].startswith("-"):
+        assert "not in the range 0 to 1: a negative threshold accepts nearly every voice" in result.stderr
     assert as_json(run("info", "--json")) == before  # nothing stored
 
 

@@ -54,7 +54,7 @@ def test_evaluate_checks_the_plot_before_scoring(data_dir, tmp_path):
         workflows.evaluate_recordings(data_dir, model=str(tmp_path / "no-model"), plot=tmp_path / "nodir" / "r.png")
 
 
-def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_path, voices):
+def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_path, voices, monkeypatch):
     """The score option no longer opens the database while options are parsed: --db given after
     the value is the database whose scale (here AS-norm, -20 to 100) the value is judged on."""
     db = tmp_path / "d.sqlite"
@@ -69,7 +69,11 @@ def test_a_threshold_is_judged_on_the_scale_of_the_database_given_after_it(tmp_p
     r = CliRunner().invoke(cli, ["threshold", "500", "--db", str(db)])
     assert r.exit_code == 2 and "500 is not in the range -20 to 100 of AS-norm scores" in r.stderr, r.output
     r = CliRunner().invoke(cli, ["identify", str(voices["alice"][0]), "--threshold", "3", "--db", str(tmp_path / "x")])
-    assert r.exit_code == 2 and "3 is not in the range -1 to 1" in r.stderr, r.output
+    assert r.exit_code == 2 and "3 is not in the range 0 to 1" in r.stderr, r.output
+    # A negative per-call threshold is an AS-norm score like any other on this database.
+    monkeypatch.setattr("speakerdb.api.load_embedder", lambda source, **kw: FakeEmbedder())
+    r = CliRunner().invoke(cli, ["verify", "alice", str(voices["alice"][1]), "--threshold", "-5", "--db", str(db)])
+    assert r.exit_code == 0 and ">= threshold -5" in r.stdout, r.output
     r = CliRunner().invoke(cli, ["threshold", "nan", "--db", str(db)])
     assert r.exit_code == 2 and "not in the range 0 to 1" in r.stderr, r.output
 

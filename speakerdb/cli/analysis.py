@@ -27,9 +27,8 @@ from .output import (
     threshold_text,
 )
 from .params import (
-    OVERRIDE_LOW,
     SCORE,
-    STORED_LOW,
+    THRESHOLD_HELP,
     check_outputs,
     check_score,
     check_target,
@@ -39,8 +38,6 @@ from .params import (
 if TYPE_CHECKING:
     from ..api import Report
     from . import State
-
-THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database]."
 
 
 @click.command()
@@ -135,6 +132,7 @@ def timeline(
         raise click.BadParameter(
             f"--min-speakers ({min_speakers}) exceeds --max-speakers ({max_speakers})", param_hint="--min-speakers"
         )
+    check_score(state, threshold)  # with or without a database: a cosine in [0, 1] unless it is AS-norm's
     params = Params(
         window_s=window,
         hop_s=hop,
@@ -150,8 +148,6 @@ def timeline(
             f"no database at {db_target(state.db_path)}: check --db (or SPEAKERDB_DB); "
             "without them, timeline diarizes with no database"
         )
-    if not standalone:
-        check_score(state, threshold, OVERRIDE_LOW)
     check_outputs(force, rttm_path, plot_path)  # before minutes of work, not after
     if rttm_path:
         _check_rttm_ids(files)
@@ -466,7 +462,7 @@ def threshold(state: State, value: float | None, as_json: bool) -> None:
       speakerdb threshold
       speakerdb threshold 0.8
     """
-    check_score(state, value, STORED_LOW, name="value")
+    check_score(state, value, name="value")
     if value is not None:
         state.db.set_threshold(value)
     current = state.db.threshold

@@ -10,7 +10,7 @@ import click
 from ..errors import AudioError, SpeakerDBError
 from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
 from .output import emit, finite, json_flag, note, printable, score_text
-from .params import OVERRIDE_LOW, SCORE, check_score
+from .params import SCORE, check_score
 
 if TYPE_CHECKING:
     from . import State
@@ -41,7 +41,11 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
 )
 @click.option("--device", metavar="INDEX|NAME", help="The microphone for --mic [default: the system's input].")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="With --mic: stop after this much audio.")
-@click.option("--threshold", type=SCORE, help="Override the database's threshold for this session.")
+@click.option(
+    "--threshold",
+    type=SCORE,
+    help="Override the database's threshold for this session [0 to 1; -20 to 100 on an AS-norm database].",
+)
 @json_flag(
     "Print JSON Lines: one JSON object on its own line of stdout per event as it happens, then the "
     'timeline\'s (on failure: a last line {"type": "error", "code", "message", "at"}).'
@@ -88,7 +92,7 @@ def listen(
       speakerdb --server https://voices.example.com listen call.wav --realtime
       speakerdb listen --mic --device 2 --seconds 60
     """
-    check_score(state, threshold, OVERRIDE_LOW)
+    check_score(state, threshold)
     if mic and (source != "-" or encoding or realtime):
         raise click.UsageError("--mic takes no FILE, --encoding or --realtime: it is the input")
     if (device is not None or seconds is not None) and not mic:

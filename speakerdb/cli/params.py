@@ -52,7 +52,7 @@ class Score(click.ParamType):
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
         if not math.isfinite(number):
-            self.fail(f"{value} is not in the range {_range_text(param)}", param, ctx)
+            self.fail(f"{value} is not in the range {COSINE_LOW:g} to 1", param, ctx)
         return number
 
 
@@ -63,18 +63,16 @@ def _shown(value: float) -> str:
 
 
 SCORE = Score()
-#: Per-call overrides may go down to -1 (experiments); a stored threshold is in [0, 1].
-OVERRIDE_LOW, STORED_LOW = -1.0, 0.0
+#: The lowest cosine threshold, stored (`threshold VALUE`) or for one call (--threshold): a
+#: negative one accepts nearly every voice. AS-norm thresholds have their own range.
+COSINE_LOW = 0.0
+THRESHOLD_HELP = "Override the database's threshold for this call [0 to 1; -20 to 100 on an AS-norm database]."
 
 
-def _range_text(param: click.Parameter | None) -> str:
-    return f"{STORED_LOW if param is not None and param.name == 'value' else OVERRIDE_LOW:g} to 1"
-
-
-def check_score(state: State, value: float | None, low: float, name: str = "threshold") -> None:
-    """A usage error (exit 2) for a score outside [low, 1], unless the database's threshold is
+def check_score(state: State, value: float | None, name: str = "threshold") -> None:
+    """A usage error (exit 2) for a score outside [0, 1], unless the database's threshold is
     on the AS-norm scale and the score is in that scale's range."""
-    if value is None or low <= value <= 1.0:
+    if value is None or COSINE_LOW <= value <= 1.0:
         return
     ctx = click.get_current_context()
     param = next(p for p in ctx.command.params if p.name == name)
@@ -91,8 +89,8 @@ def check_score(state: State, value: float | None, low: float, name: str = "thre
                     f"{_shown(value)} is not in the range {low_norm:g} to {high_norm:g} of AS-norm scores", ctx, param
                 )
             return
-    hint = ": a negative threshold accepts nearly every voice" if value < 0 <= low else ""
-    raise click.BadParameter(f"{_shown(value)} is not in the range {low:g} to 1{hint}", ctx, param)
+    hint = ": a negative threshold accepts nearly every voice" if value < 0 else ""
+    raise click.BadParameter(f"{_shown(value)} is not in the range {COSINE_LOW:g} to 1{hint}", ctx, param)
 
 
 def parse_meta(pairs: tuple[str, ...]) -> dict[str, str]:

@@ -36,12 +36,10 @@ from .output import (
     voices_note,
     yes_option,
 )
-from .params import OVERRIDE_LOW, SCORE, check_score, parse_meta, speaker_name
+from .params import SCORE, THRESHOLD_HELP, check_score, parse_meta, speaker_name
 
 if TYPE_CHECKING:
     from . import State
-
-THRESHOLD_HELP = "Override the database's threshold for this call [-1 to 1; -20 to 100 on an AS-norm database]."
 
 
 @click.command()
@@ -317,7 +315,7 @@ def identify(
       speakerdb identify calls/*.wav --jsonl | jq -c 'select(.speaker == null)'
     """
     one_of_json_options(as_json, as_jsonl)
-    check_score(state, threshold, OVERRIDE_LOW)
+    check_score(state, threshold)
     cut: list[float] = [] if threshold is None else [threshold]  # the database's, read once when needed
 
     def show(r: Identification) -> None:
@@ -370,7 +368,7 @@ def verify(state: State, name: str, file: str, threshold: float | None, as_json:
     Example:
       speakerdb verify alice claim.wav --json
     """
-    check_score(state, threshold, OVERRIDE_LOW)
+    check_score(state, threshold)
     v = state.db.verify(name, file, threshold=threshold)
     word = "accepted" if v.accepted else "rejected"
     sign = ">=" if v.accepted else "<"
