@@ -121,6 +121,7 @@ from .scoring.norm import AS_NORM_RANGE as AS_NORM_RANGE
 from .scoring.quality import MIN_SPEECH_S as MIN_SPEECH_S
 from .scoring.search import NORM_SHORTLIST as NORM_SHORTLIST
 from .storage.crypto import KeySource as KeySource
+from .storage.governance import parse_duration as parse_duration
 from .storage.migrate import SQLITE_HEADER as SQLITE_HEADER
 from .storage.migrate import database_revision as database_revision
 from .storage.migrate import downgrade_database as downgrade_database

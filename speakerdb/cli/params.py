@@ -120,7 +120,7 @@ def check_duration(ctx: click.Context, param: click.Parameter, value: str | None
     or over 200 years, is a usage error (exit 2), as an out-of-range threshold is."""
     if value is None:
         return value
-    from ..storage.governance import parse_duration  # SQLAlchemy: loaded when a command runs
+    from ..api import parse_duration  # SQLAlchemy: loaded when a command runs, not for --help
 
     try:
         parse_duration(value)
