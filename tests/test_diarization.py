@@ -132,9 +132,7 @@ def test_timeline_without_a_database_diarizes_and_writes_nothing(tmp_path, tiny_
     talk = write(here / "talk.wav", np.concatenate([voice(110, 3, seed=1), gap, voice(300, 3, seed=2)]))
     hum = write(here / "hum.wav", (0.05 * np.random.default_rng(2).standard_normal(3 * SR)).astype(np.float32))
     before = sorted(p.name for p in here.iterdir())
-    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
-    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path / "home"))
-    db = tmp_path / "home" / "speakerdb.sqlite"  # the default place, where there is none
+    db = tmp_path / "home" / "speakerdb.sqlite"  # the default place (conftest's home), where there is none
     r, docs = _run(["--model", str(tiny_checkpoint), "timeline", str(talk), str(hum), "--json"])
     assert r.exit_code == 0, r.output
     assert f"no database at {db}" in r.stderr and str(tiny_checkpoint) in r.stderr

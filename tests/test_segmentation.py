@@ -224,9 +224,7 @@ def test_cli_names_the_segmentation_and_refuses_a_bad_file_writing_nothing(tmp_p
     path, _ = _two_voices(tmp_path)
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x80\x04junk")
-    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
-    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path / "home"))  # no database at the default place
-    db, rttm = tmp_path / "home" / "speakerdb.sqlite", tmp_path / "out.rttm"
+    db, rttm = tmp_path / "home" / "speakerdb.sqlite", tmp_path / "out.rttm"  # none at the default place
     base = ["--model", str(tiny_checkpoint), "timeline", str(path), "--rttm", str(rttm)]
     for bad in (str(tmp_path / "missing.bin"), str(junk)):
         r = CliRunner().invoke(cli, [*base, "--segmentation", bad])
@@ -350,8 +348,7 @@ def test_a_hub_id_not_cached_is_one_error_line_without_asking_the_hub(tmp_path, 
     rttm = tmp_path / "out.rttm"
     r = CliRunner().invoke(
         cli,
-        ["--db", str(tmp_path / "none.sqlite"), "timeline", str(path), "--rttm", str(rttm)]
-        + ["--segmentation", seg.DEFAULT_HUB_ID],
+        ["timeline", str(path), "--rttm", str(rttm)] + ["--segmentation", seg.DEFAULT_HUB_ID],
     )
     assert r.exit_code == 1 and asked == [] and not rttm.exists()
     assert r.stderr.splitlines()[-1].startswith("Error: segmentation model 'pyannote/segmentation-3.0'")

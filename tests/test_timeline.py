@@ -293,11 +293,9 @@ def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoin
     assert (tmp_path / "o.rttm").read_text() == ""
 
 
-def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint, monkeypatch):
+def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.wav"
-    bad.write_bytes(b"not audio at all" * 100)
-    monkeypatch.delenv("SPEAKERDB_DB", raising=False)
-    monkeypatch.setenv("SPEAKERDB_HOME", str(tmp_path))  # no database at the default place
+    bad.write_bytes(b"not audio at all" * 100)  # and no database at the default place (conftest's home)
     r = CliRunner().invoke(
         cli, ["--model", str(tiny_checkpoint), "timeline", str(bad), "--rttm", str(tmp_path / "o.rttm")]
     )
@@ -305,7 +303,7 @@ def test_cli_bad_input_is_one_error_line_and_nothing_written(tmp_path, tiny_chec
     # No database: a note says the file is diarized without one; then the file's error line.
     assert r.stderr.splitlines()[-1].startswith("Error: ") and "Traceback" not in r.output
     assert "bad.wav" in r.stderr.splitlines()[-1]
-    assert not (tmp_path / "o.rttm").exists() and not (tmp_path / "speakerdb.sqlite").exists()
+    assert not (tmp_path / "o.rttm").exists() and not (tmp_path / "home" / "speakerdb.sqlite").exists()
     r = CliRunner().invoke(cli, ["timeline", str(bad), "--window", "1", "--hop", "2"])
     assert r.exit_code == 2
 
@@ -319,8 +317,8 @@ def test_cli_refuses_two_files_one_rttm_id(tmp_path, tiny_checkpoint):
         for name in (first, second):
             (tmp_path / name).parent.mkdir(exist_ok=True)
             paths.append(str(write(tmp_path / name, voice(140.0, 3.0))))
-        db, rttm = tmp_path / "d.sqlite", tmp_path / "o.rttm"
-        base = ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", *paths]
+        db, rttm = tmp_path / "home" / "speakerdb.sqlite", tmp_path / "o.rttm"  # none at the default place
+        base = ["--model", str(tiny_checkpoint), "timeline", *paths]
         r = CliRunner().invoke(cli, [*base, "--rttm", str(rttm)])
         assert r.exit_code == 2, r.output
         error = r.stderr.splitlines()[-1]
@@ -339,8 +337,8 @@ def test_cli_refusals_before_work_are_their_error_line_alone(tmp_path, tiny_chec
     path = write(tmp_path / "call.wav", voice(140.0, 3.0))
     existing = tmp_path / "existing.rttm"
     existing.write_text("kept\n")
-    db = tmp_path / "d.sqlite"
-    base = ["--db", str(db), "--model", str(tiny_checkpoint), "timeline", str(path)]
+    db = tmp_path / "home" / "speakerdb.sqlite"  # none at the default place
+    base = ["--model", str(tiny_checkpoint), "timeline", str(path)]
     for extra, error in (
         (["--rttm", str(existing)], "already exists"),
         (["--segmentation", str(tmp_path / "nonexistent" / "model.bin")], "no such file"),
