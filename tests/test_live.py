@@ -425,6 +425,15 @@ def test_listen_reads_raw_audio_on_standard_input(cli_db):
         assert error["type"] == "error" and error["code"] == "bad_audio" and reason in error["message"]
     bad = CliRunner().invoke(cli, [*db, "listen", "-", "--sample-rate", "4000"])
     assert bad.exit_code == 2
+    # Errors before any audio are one JSON line of the events' shape too, not an indented document.
+    for args, code, exit_code in (
+        (["listen", str(conv.parent / "missing.wav"), "--json"], "bad_audio", 1),
+        (["listen", "-", "--sample-rate", "4000", "--json"], "usage_error", 2),
+    ):
+        r = CliRunner().invoke(cli, [*db, *args])
+        assert r.exit_code == exit_code, r.output
+        [line] = r.stdout.splitlines()
+        assert json.loads(line)["type"] == "error" and json.loads(line)["code"] == code
 
 
 class FakeMicrophone:

@@ -9,7 +9,7 @@ import click
 
 from ..errors import AudioError, SpeakerDBError
 from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
-from .output import emit, finite, json_flag, note, printable, score_text
+from .output import emit, emit_error_event, finite, json_events_flag, note, printable, score_text
 from .params import SCORE, check_score
 
 if TYPE_CHECKING:
@@ -46,9 +46,10 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
     type=SCORE,
     help="Override the database's threshold for this session [0 to 1; -20 to 100 on an AS-norm database].",
 )
-@json_flag(
+@json_events_flag(
     "Print JSON Lines: one JSON object on its own line of stdout per event as it happens, then the "
-    'timeline\'s (on failure: a last line {"type": "error", "code", "message", "at"}).'
+    'timeline\'s (on failure, even before the audio: a last line {"type": "error", "code", "message"}, '
+    'with "at" once audio has come).'
 )
 @click.pass_obj
 def listen(
@@ -112,14 +113,13 @@ def listen(
         _print_events(session.finish(), as_json)
     except SpeakerDBError as e:
         if as_json:  # JSON lines: the error as one more line, the service's error event
-            emit(False, None, json.dumps(ErrorEvent(e.code, str(e), session.seconds_fed).to_dict(), ensure_ascii=False))
+            emit_error_event(ErrorEvent(e.code, str(e), session.seconds_fed).to_dict())
         raise
     result = session.close()
     if result.error is not None:  # too short or silent: the session's own verdict, after the audio
         message = f"{printable(source)}: {result.error}"
         if as_json:  # one more JSON line, as for an error while the audio came
-            error = ErrorEvent(AudioError.code, message, session.seconds_fed)
-            emit(False, None, json.dumps(error.to_dict(), ensure_ascii=False))
+            emit_error_event(ErrorEvent(AudioError.code, message, session.seconds_fed).to_dict())
         raise click.ClickException(message)
     for text in result.notes:
         note("note:", source, text)

@@ -29,6 +29,8 @@ from ..errors import SpeakerDBError, printable_path
 _JSON = "speakerdb.json"  # ctx.meta (shared by a command's contexts): --json was given
 _ARGS = "speakerdb.args"  # ctx.meta: the command line, for usage errors raised before --json is read
 _EMITTED = "speakerdb.emitted"  # ctx.meta: the command's result is on stdout already
+_EVENTS = "speakerdb.events"  # ctx.meta: --json prints events, an error is {"type": "error", ...}
+_ERROR_SHOWN = "speakerdb.error_shown"  # ctx.meta: the command printed its error's JSON line itself
 USAGE_ERROR = "usage_error"  # the code of a JSON error with exit code 2
 
 
@@ -43,6 +45,19 @@ def _json_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool
 def json_flag(help: str) -> Any:
     """The --json option with its own help: what the command prints with it."""
     return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_json_given, help=help)
+
+
+def _events_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Remember that --json prints events as JSON lines: an error, however early, is one more
+    line of the events' own shape (:func:`emit_error_event`)."""
+    if value:
+        ctx.meta[_JSON] = ctx.meta[_JSONL] = ctx.meta[_EVENTS] = True
+    return value
+
+
+def json_events_flag(help: str) -> Any:
+    """The --json option of a command that prints events as JSON lines (listen)."""
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_events_given, help=help)
 
 
 json_option = json_flag('Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).')
@@ -114,8 +129,8 @@ def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) ->
 
     A usage error may come before click reads --json (an unknown option): then --json anywhere
     on the command line before ``--`` counts."""
-    if ctx.meta.get(_EMITTED) and not ctx.meta.get(_JSONL):  # JSON lines: the error is one more line
-        return
+    if ctx.meta.get(_ERROR_SHOWN) or (ctx.meta.get(_EMITTED) and not ctx.meta.get(_JSONL)):
+        return  # JSON lines: the error is one more line, unless the command printed it
     if isinstance(e, click.ClickException):
         args: list[str] = ctx.meta.get(_ARGS, [])
         given = args[: args.index("--")] if "--" in args else args
@@ -129,6 +144,9 @@ def _json_error(ctx: click.Context, e: SpeakerDBError | click.ClickException) ->
         code, message = e.code, str(e)
     ctx.meta[_EMITTED] = True
     # printable_path: lone surrogates (file names that are not UTF-8) escaped, so stdout can write them
+    if ctx.meta.get(_EVENTS):  # a stream of events: the error event's shape, as the service sends it
+        click.echo(json.dumps({"type": "error", "code": code, "message": printable_path(message)}, ensure_ascii=False))
+        return
     document = {"error": {"code": code, "message": printable_path(message)}}
     click.echo(json.dumps(document, indent=None if ctx.meta.get(_JSONL) else 2, ensure_ascii=False))
 
@@ -173,6 +191,15 @@ def emit(as_json: bool, document: Any, text: str) -> None:
         click.echo(json.dumps(finite(document), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         click.echo(text)
+
+
+def emit_error_event(document: dict[str, Any]) -> None:
+    """An error event (``{"type": "error", ...}``) as the last JSON line of a stream of events;
+    the error path then prints no second one."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta[_EMITTED] = ctx.meta[_ERROR_SHOWN] = True
+    click.echo(json.dumps(finite(document), ensure_ascii=False, allow_nan=False))
 
 
 def emit_line(document: Any) -> None:
