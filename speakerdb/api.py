@@ -202,11 +202,12 @@ class _Prepared:
 
 
 class _VoiceCheck:
-    """identify's voice check (:class:`pipeline.VoiceCount`): the timeline's counter, warning
-    (naming the file) about each file that holds more than one voice."""
+    """identify's and verify's voice check (:class:`pipeline.VoiceCount`): the timeline's
+    counter, warning (naming the file) about each file that holds more than one voice."""
 
-    def __init__(self, counter: timelines.VoiceCounter) -> None:
+    def __init__(self, counter: timelines.VoiceCounter, operation: str = "identify") -> None:
         self.counter = counter
+        self.operation = operation
 
     def prepare(self, source: audio.Audio | Decoded, file: pipeline.Source) -> _Prepared:
         label = file.source if isinstance(file, audio.Audio) else str(file)
@@ -217,9 +218,10 @@ class _VoiceCheck:
         for p, n in zip(prepared, counts, strict=True):
             if n > 1:
                 log.warning(
-                    "%s holds %d voices: identify embeds them as one blend; `speakerdb timeline` tells who speaks when",
+                    "%s holds %d voices: %s embeds them as one blend; `speakerdb timeline` tells who speaks when",
                     p.label,
                     n,
+                    self.operation,
                 )
         return counts
 
@@ -828,14 +830,26 @@ class SpeakerDB:
         file: str | os.PathLike[str] | audio.Audio,
         *,
         threshold: float | None = None,
+        count_voices: bool = True,
     ) -> Verification:
-        """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?"""
+        """1:1 check: is the voice in ``file`` the enrolled speaker ``name``?
+
+        ``count_voices`` (default on) also counts the voices in the file (``voices``) and
+        warns when there are several, as identify does: the score of a blend of voices says
+        little about any of them. Turn it off for recordings known to hold one voice."""
         name = store.normalize_name(name)
         threshold = self.threshold if threshold is None else check_threshold(threshold, scale=self.threshold_scale)
         self._check_files([file])
         with self.store.read() as s:
             self._get_speaker(s, name)  # an unknown name fails before the model loads
-        [clip] = pipeline.embed_all([file], self.embedder, self.max_audio_s)
+        embedder = self.embedder
+        count = None
+        if count_voices:  # voices are told apart on raw cosine scores, as in identify
+            count = _VoiceCheck(timelines.VoiceCounter(embedder, cosine_threshold(self.store.settings())), "verify")
+        batch = pipeline.embed_batch([file], embedder, self.max_audio_s, count=count)
+        if 0 in batch.errors:
+            raise batch.errors[0]
+        clip = batch.clips[0]
         with self.store.read() as s:
             speaker = self._get_speaker(s, name)
             raw = norm.raw_scores(clip.vector, speaker.centroid_vector()[None, :])  # (1,), as identify computes it
@@ -843,7 +857,9 @@ class SpeakerDB:
             score = float(normalised[0])
         if score >= threshold:
             self.note_seen([name])
-        return Verification(clip.source, name, score, threshold, score >= threshold, raw_score=float(raw[0]))
+        return Verification(
+            clip.source, name, score, threshold, score >= threshold, raw_score=float(raw[0]), voices=batch.voices.get(0)
+        )
 
     def timeline(
         self,

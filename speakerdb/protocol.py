@@ -202,7 +202,9 @@ class SpeakerDBProtocol(Protocol):
         on_result: Callable[[Identification], None] | None = None,
     ) -> builtins.list[Identification]: ...
 
-    def verify(self, name: str, file: PathLike, *, threshold: float | None = None) -> Verification: ...
+    def verify(
+        self, name: str, file: PathLike, *, threshold: float | None = None, count_voices: bool = True
+    ) -> Verification: ...
 
     def timeline(
         self,

@@ -90,6 +90,9 @@ class Verification:
     threshold: float
     accepted: bool
     raw_score: float | None = None  # the cosine score
+    #: Voices the file holds (as identify counts them): above 1, the answer is for a blend of
+    #: them; None when not counted (count_voices=False).
+    voices: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

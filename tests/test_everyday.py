@@ -143,6 +143,11 @@ def test_identify_says_on_stdout_when_a_file_holds_several_voices(run, tmp_path)
     assert lines[0].startswith(f"{two}: bob (score ") and lines[0].endswith("; 2 voices: see speakerdb timeline)")
     assert lines[1].startswith(f"{one}: bob (score ") and "voices" not in lines[1]
     assert "holds 2 voices" in r.stderr  # the warning stays
+    claim = run("verify", "bob", two, "--threshold", "0")  # verify says it too, beside its answer
+    assert claim.stdout.startswith(f"accepted: {two} as bob (score ") and claim.stdout.rstrip().endswith(
+        "; 2 voices: see speakerdb timeline)"
+    )
+    assert "voices" not in run("verify", "bob", two, "--no-voice-check").stdout
     unknown = run("identify", two, "--threshold", "1").stdout.splitlines()[0]
     assert unknown.startswith(f"{two}: unknown (best score ") and unknown.endswith(
         "; 2 voices: see speakerdb timeline)"

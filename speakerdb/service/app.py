@@ -254,6 +254,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         name: str,
         file: UploadFile = File(..., description="One audio file."),
         threshold: float | None = Form(None, description="Override the threshold for this call."),
+        count_voices: bool = Form(
+            True, description="Count the voices in the file (`voices`); the answer for a blend of several is unsure."
+        ),
         caller: Caller = READ,
     ) -> JSONResponse:
         """Is `file` spoken by `name`? (`speakerdb verify --json`)
@@ -264,7 +267,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         saved = await service.uploads.save([file])
         try:
             result = await service.embed(
-                lambda db: db.verify(name, saved[0], threshold=threshold), names=client_names(saved)
+                lambda db: db.verify(name, saved[0], threshold=threshold, count_voices=count_voices),
+                names=client_names(saved),
             )
         finally:
             service.uploads.remove(saved)

@@ -323,9 +323,13 @@ class Client:
             list(doc.get("notes", [])),
         )
 
-    def verify(self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None) -> Verification:
+    def verify(
+        self, name: str, file: str | os.PathLike[str], *, threshold: float | None = None, count_voices: bool = True
+    ) -> Verification:
         """As :meth:`SpeakerDB.verify`; the file is uploaded."""
-        fields = {} if threshold is None else {"threshold": repr(float(threshold))}
+        fields = {"count_voices": _bool(count_voices)}
+        if threshold is not None:
+            fields["threshold"] = repr(float(threshold))
         doc = self._request("POST", f"/v1/speakers/{_q(name)}/verify", fields=fields, files=[("file", *_read(file))])
         return _make(Verification, doc)
 

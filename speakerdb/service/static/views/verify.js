@@ -50,6 +50,7 @@ export default async function verify(main) {
     try {
       const v = await api("POST", `/v1/speakers/${seg(who.value)}/verify`, { form: body });
       const cosine = v.raw_score !== null && v.raw_score !== undefined && v.raw_score !== v.score ? `, cosine ${score(v.raw_score)}` : "";
+      const voices = v.voices > 1 ? `; ${v.voices} voices: see the timeline` : ""; // a blend: said as identify says it
       out.clear();
       result.replaceChildren(
         h(
@@ -60,8 +61,8 @@ export default async function verify(main) {
             "p",
             { class: "verdict" },
             v.accepted
-              ? `accepted: ${v.speaker} (score ${score(v.score)} ≥ threshold ${score(v.threshold)}${cosine})`
-              : `rejected: not ${v.speaker} (score ${score(v.score)} < threshold ${score(v.threshold)}${cosine})`,
+              ? `accepted: ${v.speaker} (score ${score(v.score)} ≥ threshold ${score(v.threshold)}${cosine}${voices})`
+              : `rejected: not ${v.speaker} (score ${score(v.score)} < threshold ${score(v.threshold)}${cosine}${voices})`,
           ),
           scoreBar(v.score, v.threshold),
         ),
