@@ -225,8 +225,11 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     # The random-weight model scores every voice near 0.99 against alice: at the default threshold
     # the whole cohort would be set aside as alice (issue 21 item 6).
     assert run("threshold", "1").exit_code == 0
-    on = run("norm", "--cohort", cohort_dir, "--top-n", "5", "--json")
+    with monkeypatch.context() as terminal:  # a terminal: the bar is drawn
+        terminal.setattr("speakerdb.cli.output.interactive", lambda: True)
+        on = run("norm", "--cohort", cohort_dir, "--top-n", "5", "--json")
     assert on.exit_code == 0, on.output
+    assert "embedding the cohort [" in on.stderr and f"{len(COHORT_F0)}/{len(COHORT_F0)} steps" in on.stderr
     doc = json.loads(on.stdout)
     assert doc["recalibrate"] and doc["norm"]["top_n"] == 5 and doc["threshold_scale"] == "as-norm"
     assert "calibrate" in on.stderr

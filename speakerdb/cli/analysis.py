@@ -412,7 +412,10 @@ def norm_(state: State, cohort_dir: str | None, top_n: int | None, off: bool, as
     if cohort_dir:
         state.allow_create()  # a cohort may come before the first speaker: it binds the model
         # No --top-n: the library's default, 100 or the cohort's size if smaller (after any set aside).
-        change = state.db.set_norm(cohort_dir, top_n=top_n)
+        with stages(as_json) as update:  # a few hundred recordings: half a minute or more
+            change = state.db.set_norm(
+                cohort_dir, top_n=top_n, progress=lambda done, total, _s: update("embedding the cohort", done, total)
+            )
     elif off:
         change = state.db.set_norm_off()
     else:
