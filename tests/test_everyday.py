@@ -402,6 +402,22 @@ def test_enroll_a_folder_takes_its_recordings_sorted_and_recursively(run, folder
     assert empty.exit_code == 1 and "no recordings under" in empty.stderr
 
 
+def test_identify_and_timeline_take_folders_as_enroll_does(run, folders):
+    """A folder given to identify or timeline is every recording below it, sorted (it was an
+    error, 'is a directory', while enroll took it); an empty one is one error line."""
+    assert run("enroll", "alice", folders / "alice" / "b.wav").exit_code == 0
+    r = run("identify", folders / "bob", "--json", "--no-voice-check")
+    assert r.exit_code == 0, r.stderr
+    expected = [str(folders / "bob" / p) for p in ("A.WAV", "b.wav", "day2/a.flac")]
+    assert [d["file"] for d in json.loads(r.stdout)] == expected
+    t = run("timeline", folders / "bob", "--json")
+    assert t.exit_code == 0, t.stderr
+    assert [d["file"] for d in json.loads(t.stdout)] == expected
+    for command in ("identify", "timeline"):
+        empty = run(command, folders / "empty")
+        assert empty.exit_code == 1 and empty.stderr.strip().splitlines()[-1].startswith("Error: no recordings under")
+
+
 def test_enroll_each_folder_one_speaker_per_sub_folder(run, folders):
     r = run("enroll", "--each-folder", folders)
     assert r.exit_code == 0, r.stderr

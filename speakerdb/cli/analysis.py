@@ -33,6 +33,7 @@ from .params import (
     check_score,
     check_target,
     evaluation_options,
+    recordings,
 )
 
 if TYPE_CHECKING:
@@ -93,8 +94,9 @@ def timeline(
     as_jsonl: bool = False,
     segmentation: str | None = None,
 ) -> None:
-    """Who speaks when: segments of each voice in each recording, named from the enrolled
-    speakers when a voice reaches the threshold, else unknown-1, unknown-2...
+    """Who speaks when: segments of each voice in each recording (a folder: every recording
+    below it), named from the enrolled speakers when a voice reaches the threshold, else
+    unknown-1, unknown-2...
 
     Finds the speech (Silero VAD), embeds windows of it, groups them into voices (how many
     is found from the recording itself, or set with --speakers / --min-speakers /
@@ -118,7 +120,7 @@ def timeline(
     \b
     Examples:
       speakerdb timeline meeting.wav
-      speakerdb timeline calls/*.wav --json
+      speakerdb timeline calls/ --json
       speakerdb timeline call.wav --rttm call.rttm --plot call.png
       speakerdb timeline interview.wav --speakers 2
       speakerdb --model resemblyzer timeline meeting.wav   # no database needed
@@ -126,6 +128,7 @@ def timeline(
     """
     if hop > window:
         raise click.BadParameter(f"the hop ({hop:g} s) must not exceed the window ({window:g} s)", param_hint="--hop")
+    files = recordings(files)  # a folder: the recordings below it, as enroll takes them
     if speakers is not None and (min_speakers is not None or max_speakers is not None):
         raise click.BadParameter("give --speakers or --min-speakers/--max-speakers, not both", param_hint="--speakers")
     if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:

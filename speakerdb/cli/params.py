@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..errors import SpeakerDBError, check_output
+from ..config import AUDIO_SUFFIXES, audio_files
+from ..errors import InvalidInputError, SpeakerDBError, check_output
 from .output import printable
 
 if TYPE_CHECKING:
@@ -170,3 +171,19 @@ def evaluation_options(command: Any) -> Any:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def recordings(files: tuple[str, ...]) -> tuple[str, ...]:
+    """The files as given, each folder replaced by the recordings below it (sorted): enroll,
+    identify and timeline take folders alike; a folder with none is an error before anything
+    is read."""
+    paths: list[str] = []
+    for f in files:
+        if not os.path.isdir(f):
+            paths.append(f)
+            continue
+        found = audio_files(f)
+        if not found:
+            raise InvalidInputError(f"no recordings under {f} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})")
+        paths += [str(p) for p in found]
+    return tuple(paths)

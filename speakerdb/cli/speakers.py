@@ -36,7 +36,7 @@ from .output import (
     voices_note,
     yes_option,
 )
-from .params import SCORE, THRESHOLD_HELP, check_score, parse_meta, speaker_name
+from .params import SCORE, THRESHOLD_HELP, check_score, parse_meta, recordings, speaker_name
 
 if TYPE_CHECKING:
     from . import State
@@ -131,7 +131,7 @@ def enroll(
         )
     if name is None or not files:
         raise click.UsageError(f"Missing argument '{'FILES...' if name else 'NAME'}'.")
-    paths = _recordings(files)
+    paths = recordings(files)
     state.allow_create()
     with progress(f"enrolling {name}", len(paths), as_json) as update:
         result = state.db.enroll(
@@ -167,21 +167,6 @@ def _is_audio_file(name: str) -> bool:
     """Whether ``name`` is an existing file with a recording's suffix (.flac, .wav...): a
     forgotten NAME, not a speaker's. A folder may share a speaker's name (enroll bob bob/)."""
     return Path(name).suffix.lower() in AUDIO_SUFFIXES and os.path.isfile(name)
-
-
-def _recordings(files: tuple[str, ...]) -> list[str]:
-    """The files as given, each folder replaced by the recordings below it (sorted); a folder
-    with none is an error before anything is read."""
-    paths: list[str] = []
-    for f in files:
-        if not os.path.isdir(f):
-            paths.append(f)
-            continue
-        found = audio_files(f)
-        if not found:
-            raise InvalidInputError(f"no recordings under {f} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})")
-        paths += [str(p) for p in found]
-    return paths
 
 
 #: Errors that concern one speaker's folder of --each-folder: the others go on.
@@ -293,7 +278,7 @@ def identify(
     as_json: bool,
     as_jsonl: bool,
 ) -> None:
-    """Name the speaker of each recording, or say "unknown".
+    """Name the speaker of each recording (a folder: every recording below it), or say "unknown".
 
     The best candidate is named when its cosine score reaches the threshold
     (see `speakerdb threshold`). With --json, prints a list with one object per file:
@@ -312,10 +297,11 @@ def identify(
     Examples:
       speakerdb identify unknown.mp3
       speakerdb identify calls/*.wav --top-k 3 --json
-      speakerdb identify calls/*.wav --jsonl | jq -c 'select(.speaker == null)'
+      speakerdb identify calls/ --jsonl | jq -c 'select(.speaker == null)'
     """
     one_of_json_options(as_json, as_jsonl)
     check_score(state, threshold)
+    files = recordings(files)  # a folder: the recordings below it, as enroll takes them
     cut: list[float] = [] if threshold is None else [threshold]  # the database's, read once when needed
 
     def show(r: Identification) -> None:
