@@ -392,6 +392,8 @@ def test_listen_prints_events_then_the_timeline_of_the_file(cli_db):
     assert out[0].split()[1:3] == ["speech", "from"]
     assert any(" ~ " in line for line in out) and any(line.endswith("final") for line in out)
     assert out[len(events)].startswith("timeline (")
+    # Its voices are shown as timeline shows a file's: with the score each was named with.
+    assert any(line.startswith("  bob: ") and ", score " in line for line in out[len(events) :])
 
 
 def test_listen_json_help_says_json_lines():

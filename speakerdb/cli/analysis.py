@@ -22,9 +22,9 @@ from .output import (
     print_line,
     printable,
     progress,
-    score_text,
     stages,
     threshold_text,
+    timeline_text,
 )
 from .params import (
     SCORE,
@@ -180,7 +180,7 @@ def timeline(
         if as_jsonl:
             emit_line(t.to_dict())
         elif t.error is None:
-            print_line(_timeline_text(t))
+            print_line(timeline_text(t, printable(t.file)))
 
     with progress("timeline", len(files)) as bar:
         if standalone:
@@ -233,22 +233,6 @@ def _check_rttm_ids(files: tuple[str, ...]) -> None:
             f"{printable(first)} and {printable(second)} would both be recording {uri!r} in the "
             "--rttm file: rename one, or write each to its own --rttm file"
         )
-
-
-def _timeline_text(t: Timeline) -> str:
-    """timeline's lines for one file: its segments, then its voices."""
-    lines = [f"{printable(t.file)} ({t.duration:.1f} s, {len(t.voices)} voice(s))"]
-    width = max((len(s.label) for s in t.segments), default=5)
-    lines += [
-        f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
-    ]
-    lines += [
-        f"  {printable(v.label)}: {v.seconds:.1f} s"
-        + (f", score {v.score:.3f}" if v.score is not None else "")
-        + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
-        for v in t.voices
-    ]
-    return "\n".join(lines)
 
 
 @click.command()

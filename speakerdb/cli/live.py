@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import AudioError, SpeakerDBError
-from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, Timeline, VoiceEvent
-from .output import emit, emit_error_event, finite, json_events_flag, note, printable, score_text
+from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, VoiceEvent
+from .output import emit, emit_error_event, finite, json_events_flag, note, printable, score_text, timeline_text
 from .params import SCORE, check_score
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def listen(
     if as_json:
         emit(False, None, json.dumps(finite({"type": "timeline", **result.to_dict()}), ensure_ascii=False))
     else:
-        emit(False, None, _timeline_text(result))
+        emit(False, None, timeline_text(result, "timeline"))
 
 
 def _print_events(events: list[LiveEvent], as_json: bool) -> None:
@@ -152,16 +152,6 @@ def event_line(event: LiveEvent) -> str:
     if isinstance(event, ErrorEvent):
         return f"error ({event.code}): {printable(event.message)}"
     raise TypeError(f"not a live event: {event!r}")
-
-
-def _timeline_text(t: Timeline) -> str:
-    lines = [f"timeline ({t.duration:.1f} s, {len(t.voices)} voice(s))"]
-    width = max((len(s.label) for s in t.segments), default=5)
-    lines += [
-        f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
-    ]
-    lines += [f"  {printable(v.label)}: {v.seconds:.1f} s" for v in t.voices]
-    return "\n".join(lines)
 
 
 COMMANDS = [listen]

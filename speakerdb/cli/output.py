@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import click
 
 from ..errors import SpeakerDBError, printable_path
+from ..results import Timeline
 
 _JSON = "speakerdb.json"  # ctx.meta (shared by a command's contexts): --json was given
 _ARGS = "speakerdb.args"  # ctx.meta: the command line, for usage errors raised before --json is read
@@ -163,6 +164,23 @@ def printable(text: str) -> str:
 def score_text(score: float | None) -> str:
     """A score to three places, or "-" for none."""
     return "-" if score is None else f"{score:.3f}"
+
+
+def timeline_text(t: Timeline, title: str) -> str:
+    """A timeline's lines under ``title``: its segments, then its voices with their scores
+    (timeline's answer for a file, and listen's final timeline alike)."""
+    lines = [f"{title} ({t.duration:.1f} s, {len(t.voices)} voice(s))"]
+    width = max((len(s.label) for s in t.segments), default=5)
+    lines += [
+        f"  {s.start:8.2f} {s.end:8.2f}  {printable(s.label):<{width}}  {score_text(s.score)}" for s in t.segments
+    ]
+    lines += [
+        f"  {printable(v.label)}: {v.seconds:.1f} s"
+        + (f", score {v.score:.3f}" if v.score is not None else "")
+        + (f" (cosine {v.raw_score:.3f})" if v.raw_score is not None and v.raw_score != v.score else "")
+        for v in t.voices
+    ]
+    return "\n".join(lines)
 
 
 def threshold_text(value: float | None) -> str:
