@@ -455,7 +455,7 @@ class SpeakerDB:
         per-call overrides (``identify(threshold=...)``) may still go down to -1 for experiments.
         """
         with self.store.write() as s:
-            value = check_threshold(value, least=0.0, scale=stored.scale(store.get_settings(s)))
+            value = check_threshold(value, scale=stored.scale(store.get_settings(s)))
             stored.write_threshold(s, value)
 
     def apply_threshold(self, value: float | None, scale: str = norm.COSINE) -> None:
@@ -464,7 +464,7 @@ class SpeakerDB:
         normalisation is not on that scale: calibrate again)."""
         if value is None:
             raise InvalidInputError("no threshold reaches that operating point on these scores: nothing stored")
-        value = check_threshold(value, least=0.0, scale=scale)
+        value = check_threshold(value, scale=scale)
         _ = self.embedder  # loads and checks the model
         with self.store.write() as s:
             self._bind_model(s)

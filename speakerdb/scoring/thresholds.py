@@ -14,9 +14,11 @@ from ..storage import settings as stored
 from . import norm
 
 
-def check_threshold(value: Any, least: float = -1.0, scale: str = norm.COSINE) -> float:
-    """``value`` as a threshold on ``scale``: a cosine score in [``least``, 1], or an AS-norm
-    score in ``norm.AS_NORM_RANGE``; InvalidInputError otherwise (NaN included)."""
+def check_threshold(value: Any, least: float = 0.0, scale: str = norm.COSINE) -> float:
+    """``value`` as a threshold on ``scale``: a cosine score in [``least``, 1] (a negative one
+    would accept nearly every voice: stored or given for one call, as the command line
+    refuses it), or an AS-norm score in ``norm.AS_NORM_RANGE``; InvalidInputError otherwise
+    (NaN included)."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -28,7 +30,7 @@ def check_threshold(value: Any, least: float = -1.0, scale: str = norm.COSINE) -
         return value
     if not least <= value <= 1.0:  # NaN fails too
         if value < 0 <= least:
-            raise InvalidInputError(f"threshold {value} would accept nearly every voice: store one in [0, 1]")
+            raise InvalidInputError(f"threshold {value} would accept nearly every voice: give one in [0, 1]")
         raise InvalidInputError(f"threshold {value} is not a cosine score in [{least:g}, 1]")
     return value
 

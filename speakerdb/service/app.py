@@ -174,7 +174,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         request: Request,
         files: list[UploadFile] = File(..., description=AUDIO_PARTS),
         top_k: int = Form(5, ge=1, description="Candidates per file."),
-        threshold: float | None = Form(None, description="Override the threshold for this call [-1, 1]."),
+        threshold: float | None = Form(
+            None, description="Override the threshold for this call ([0, 1]; an AS-norm score on an AS-norm database)."
+        ),
         count_voices: bool = Form(
             True,
             description="Count the voices in each file (`voices`); "
