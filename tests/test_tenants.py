@@ -51,6 +51,9 @@ def test_two_galleries_hold_the_same_name_apart_and_never_answer_for_each_other(
         a.create_gallery("acme")
         with pytest.raises(GalleryExistsError):
             a.create_gallery("acme")
+        for twin in ("ACME", "Default"):  # one letter's case apart: a typo waiting to send data astray
+            with pytest.raises(GalleryExistsError, match="only in case"):
+                a.create_gallery(twin)
         b = a.for_gallery("acme")
         # The same name in both, of another voice in B; a speaker only B has.
         b.enroll("alice", clips["bob"][:2])

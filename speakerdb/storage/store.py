@@ -1231,6 +1231,13 @@ def create_gallery(session: Session, name: str) -> int:
     name = check_gallery_name(name)
     if gallery_id(session, name) is not None:
         raise GalleryExistsError(f"a gallery named {name!r} already exists (see `speakerdb galleries list`)")
+    # Tenants whose names differ only in case are one slip of a key apart in every --gallery
+    # and every service URL: refused, as the same name is.
+    twin = next((g.name for g in list_galleries(session) if g.name.casefold() == name.casefold()), None)
+    if twin is not None:
+        raise GalleryExistsError(
+            f"a gallery named {twin!r} already exists, and {name!r} differs from it only in case: choose another name"
+        )
     row = Gallery(name=name, created_at=utcnow())
     session.add(row)
     session.flush()
