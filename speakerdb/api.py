@@ -279,7 +279,11 @@ class SpeakerDB:
         #: read by the decoder when it runs (see config.max_audio_s).
         self.max_audio_s = _check_max_audio_s(max_audio_s)
         # file or server URL: config decides; an encrypted database needs its key (default: the environment's)
-        opened = paths.open_database(db_target(db_path), create, gallery_name(gallery), key)
+        try:
+            tenant = gallery_name(gallery)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        opened = paths.open_database(db_target(db_path), create, tenant, key)
         self.db_path = opened.db_path
         #: What to open this database with again (another process, a service worker).
         self.target: str | Path = opened.target

@@ -192,7 +192,12 @@ def db_target(db: str | os.PathLike[str] | None = None) -> str | Path:
 
 
 def gallery_name(gallery: str | None = None) -> str:
-    """The gallery to work in: ``gallery`` if given, else ``$SPEAKERDB_GALLERY``, else ``default``."""
+    """The gallery to work in: ``gallery`` if given, else ``$SPEAKERDB_GALLERY``, else ``default``.
+
+    An empty name given is refused (ValueError): ``--gallery "$TENANT"`` with the variable
+    unset must not work in the default gallery, another tenant's data."""
+    if gallery == "":
+        raise ValueError('an empty gallery name: give one, or leave the gallery out for "default"')
     return gallery or _env(GALLERY_ENV) or DEFAULT_GALLERY
 
 

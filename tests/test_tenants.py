@@ -54,6 +54,8 @@ def test_two_galleries_hold_the_same_name_apart_and_never_answer_for_each_other(
         for twin in ("ACME", "Default"):  # one letter's case apart: a typo waiting to send data astray
             with pytest.raises(GalleryExistsError, match="only in case"):
                 a.create_gallery(twin)
+        with pytest.raises(InvalidInputError, match="empty gallery name"):  # --gallery "$TENANT", unset
+            SpeakerDB(target, embedder=FakeEmbedder(), gallery="")
         b = a.for_gallery("acme")
         # The same name in both, of another voice in B; a speaker only B has.
         b.enroll("alice", clips["bob"][:2])

@@ -161,7 +161,10 @@ class Client:
         self.retries = retries
         self.timeout = timeout
         self.db_path = self.url  # what messages name as "the database"
-        self.gallery = gallery_name(gallery)
+        try:
+            self.gallery = gallery_name(gallery)
+        except ValueError as e:
+            raise errors.InvalidInputError(str(e)) from None
         #: What every route's path starts with: the gallery's prefix, or the plain /v1 of the default's.
         self._v1 = "/v1" if self.gallery == DEFAULT_GALLERY else f"/v1/galleries/{_q(self.gallery)}"
 
