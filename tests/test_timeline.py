@@ -225,7 +225,10 @@ def test_build_streams_generated_conversation(tmp_path):
         assert abs(seg.start - start) < 0.25
 
 
-def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def two_and_one(tmp_path, monkeypatch):
+    """A database with bob enrolled, a recording of two voices (bob's, then another) and one of
+    bob alone; the energy VAD, which hears the generated voices."""
     from speakerdb import SpeakerDB
 
     monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
@@ -234,9 +237,14 @@ def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, 
     one = write(tmp_path / "one.wav", np.concatenate([voice(110, 4, seed=3), gap, voice(110, 4, seed=4)]))
     with SpeakerDB(tmp_path / "d.sqlite", embedder=FakeEmbedder()) as db:
         db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 4, seed=9))])
-        with caplog.at_level("WARNING", logger="speakerdb"):
-            results = db.identify([two, one])
-        [unchecked] = db.identify([two], count_voices=False)  # the knob for one-voice recordings
+        yield db, two, one
+
+
+def test_identify_warns_when_a_file_holds_several_voices(two_and_one, caplog):
+    db, two, one = two_and_one
+    with caplog.at_level("WARNING", logger="speakerdb"):
+        results = db.identify([two, one])
+    [unchecked] = db.identify([two], count_voices=False)  # the knob for one-voice recordings
     assert unchecked.voices is None and unchecked.speaker == results[0].speaker
     assert [r.voices for r in results] == [2, 1]
     assert results[0].to_dict()["voices"] == 2
@@ -244,20 +252,13 @@ def test_identify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, 
     assert len(warned) == 1 and str(two) in warned[0] and "holds 2 voices" in warned[0] and "timeline" in warned[0]
 
 
-def test_verify_warns_when_a_file_holds_several_voices(tmp_path, monkeypatch, caplog):
+def test_verify_warns_when_a_file_holds_several_voices(two_and_one, caplog):
     """verify counts voices as identify does: a claim recorded over two voices is scored as a
     blend, and the answer says so (voices, and a warning naming the file)."""
-    from speakerdb import SpeakerDB
-
-    monkeypatch.setattr(vad, "load", lambda backend="silero": EnergyDetector())
-    gap = np.zeros(SR, np.float32)
-    two = write(tmp_path / "two.wav", np.concatenate([voice(110, 4, seed=1), gap, voice(300, 4, seed=2)]))
-    one = write(tmp_path / "one.wav", np.concatenate([voice(110, 4, seed=3), gap, voice(110, 4, seed=4)]))
-    with SpeakerDB(tmp_path / "d.sqlite", embedder=FakeEmbedder()) as db:
-        db.enroll("bob", [write(tmp_path / "bob.wav", voice(110, 4, seed=9))])
-        with caplog.at_level("WARNING", logger="speakerdb"):
-            blend, alone = db.verify("bob", two), db.verify("bob", one)
-        unchecked = db.verify("bob", two, count_voices=False)
+    db, two, one = two_and_one
+    with caplog.at_level("WARNING", logger="speakerdb"):
+        blend, alone = db.verify("bob", two), db.verify("bob", one)
+    unchecked = db.verify("bob", two, count_voices=False)
     assert (blend.voices, alone.voices, unchecked.voices) == (2, 1, None)
     assert unchecked.score == blend.score and blend.to_dict()["voices"] == 2
     warned = [r.getMessage() for r in caplog.records if "voices" in r.getMessage()]
