@@ -23,8 +23,8 @@ its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseM
 judges once: as soon as the meter can tell, else :data:`JUDGE_WAIT_S` after its first speech
 began; until then it embeds no window (a region that settles meanwhile, a short "hello?"
 followed by a pause, waits with its audio). Asked to enroll a voice before it can tell, it
-embeds what waited as it came and goes on judging: a verdict on a fraction of a second of
-speech would stand for the whole call. A noisy session
+embeds the whole windows that waited as they came and goes on judging: a verdict on a
+fraction of a second of speech would stand for the whole call. A noisy session
 (speech less than ``denoise.NOISY_SNR_DB`` above its pauses) has the noise of the pauses heard
 so far taken out of every window before it is embedded, and its timeline says so. ``timeline`` also finds a
 noisy file's speech again in the denoised audio and measures its noise over the whole file,
