@@ -455,8 +455,8 @@ class SpeakerDB:
         """Store a new decision threshold for this database, on its scale: a cosine score in
         [0, 1], or an AS-norm score in ``norm.AS_NORM_RANGE`` when normalisation is on.
 
-        A negative cosine threshold would accept nearly every voice as the best candidate;
-        per-call overrides (``identify(threshold=...)``) may still go down to -1 for experiments.
+        A negative cosine threshold would accept nearly every voice as the best candidate: it
+        is refused here and for one call (``identify(threshold=...)``) alike.
         """
         with self.store.write() as s:
             value = check_threshold(value, scale=stored.scale(store.get_settings(s)))

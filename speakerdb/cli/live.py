@@ -9,7 +9,7 @@ import click
 
 from ..errors import AudioError, SpeakerDBError
 from ..results import EnrolledEvent, ErrorEvent, LiveEvent, SpeechEvent, VoiceEvent
-from .output import emit, emit_error_event, finite, json_events_flag, note, printable, score_text, timeline_text
+from .output import emit, emit_error_event, finite, json_flag, note, printable, score_text, timeline_text
 from .params import SCORE, check_score
 
 if TYPE_CHECKING:
@@ -46,10 +46,11 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
     type=SCORE,
     help="Override the database's threshold for this session [0 to 1; -20 to 100 on an AS-norm database].",
 )
-@json_events_flag(
+@json_flag(
     "Print JSON Lines: one JSON object on its own line of stdout per event as it happens, then the "
     'timeline\'s (on failure, even before the audio: a last line {"type": "error", "code", "message"}, '
-    'with "at" once audio has come).'
+    'with "at" once audio has come).',
+    events=True,
 )
 @click.pass_obj
 def listen(

@@ -43,9 +43,11 @@ def _json_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool
     return value
 
 
-def json_flag(help: str) -> Any:
-    """The --json option with its own help: what the command prints with it."""
-    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_json_given, help=help)
+def json_flag(help: str, *, events: bool = False) -> Any:
+    """The --json option with its own help: what the command prints with it. ``events``: it
+    prints events as JSON lines (listen), so an error, however early, is one more line."""
+    callback = _events_given if events else _json_given
+    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=callback, help=help)
 
 
 def _events_given(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -54,11 +56,6 @@ def _events_given(ctx: click.Context, param: click.Parameter, value: bool) -> bo
     if value:
         ctx.meta[_JSON] = ctx.meta[_JSONL] = ctx.meta[_EVENTS] = True
     return value
-
-
-def json_events_flag(help: str) -> Any:
-    """The --json option of a command that prints events as JSON lines (listen)."""
-    return click.option("--json", "as_json", is_flag=True, is_eager=True, callback=_events_given, help=help)
 
 
 json_option = json_flag('Print one JSON document on stdout (on failure: {"error": {"code", "message"}}).')
