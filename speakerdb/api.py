@@ -205,7 +205,7 @@ class _VoiceCheck:
     """identify's and verify's voice check (:class:`pipeline.VoiceCount`): the timeline's
     counter, warning (naming the file) about each file that holds more than one voice."""
 
-    def __init__(self, counter: timelines.VoiceCounter, operation: str = "identify") -> None:
+    def __init__(self, counter: timelines.VoiceCounter, operation: str) -> None:
         self.counter = counter
         self.operation = operation
 
@@ -807,9 +807,7 @@ class SpeakerDB:
                 settle(i, batch)
         if len(errors) < len(files):
             embedder = self.embedder
-            # Voices are told apart on raw cosine scores, as in timeline().
-            threshold_cos = cosine_threshold(self.store.settings())
-            count = _VoiceCheck(timelines.VoiceCounter(embedder, threshold_cos)) if count_voices else None
+            count = self._voice_check(embedder, "identify") if count_voices else None
             batch = pipeline.embed_batch(
                 files,
                 embedder,
@@ -847,9 +845,7 @@ class SpeakerDB:
         with self.store.read() as s:
             self._get_speaker(s, name)  # an unknown name fails before the model loads
         embedder = self.embedder
-        count = None
-        if count_voices:  # voices are told apart on raw cosine scores, as in identify
-            count = _VoiceCheck(timelines.VoiceCounter(embedder, cosine_threshold(self.store.settings())), "verify")
+        count = self._voice_check(embedder, "verify") if count_voices else None
         batch = pipeline.embed_batch([file], embedder, self.max_audio_s, count=count)
         if 0 in batch.errors:
             raise batch.errors[0]
@@ -864,6 +860,11 @@ class SpeakerDB:
         return Verification(
             clip.source, name, score, threshold, score >= threshold, raw_score=float(raw[0]), voices=batch.voices.get(0)
         )
+
+    def _voice_check(self, embedder: Embedder, operation: str) -> _VoiceCheck:
+        """identify's and verify's count of the voices in each file; voices are told apart on
+        raw cosine scores, as in :meth:`timeline`."""
+        return _VoiceCheck(timelines.VoiceCounter(embedder, cosine_threshold(self.store.settings())), operation)
 
     def timeline(
         self,

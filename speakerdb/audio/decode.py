@@ -339,16 +339,16 @@ def _decode_blocks(path: Path, block_s: float) -> tuple[int, Iterator[np.ndarray
             log.debug("%s: ffmpeg: %s; decoded by libsndfile", path, _short(errors[-1]))
             frames = None  # a header that describes one part of the stream, not the file
         return rate, _soundfile_blocks(f, block_s), frames
+    raw = path.suffix.lower() in RAW_SUFFIXES  # whatever FFmpeg makes of it, say what raw samples need
     try:
         if not chainable and (decoded := _ffmpeg_or_none(path, block_s, errors)) is not None:
             return (*decoded, None)
     except AudioError:
-        if path.suffix.lower() in RAW_SUFFIXES:
-            raise AudioError(path, RAW_REASON) from None
-        raise
+        if not raw:
+            raise
     # The decoders' own words (errno numbers, library names) help a developer, not the user.
     log.debug("%s: %s", path, "; ".join(_short(e) for e in errors))
-    if path.suffix.lower() in RAW_SUFFIXES:
+    if raw:
         raise AudioError(path, RAW_REASON) from None
     raise AudioError(
         path,
