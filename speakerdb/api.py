@@ -513,7 +513,9 @@ class SpeakerDB:
         ``screen_enrolled=False`` keeps every recording that is not an enrolled utterance
         (evaluate: a cohort known to be other people, measured whole).
         ``top_n`` defaults to ``norm.DEFAULT_TOP_N`` or the cohort's size if smaller; a
-        larger one given explicitly is an error.
+        larger one given explicitly is an error: before any embedding when there are fewer
+        files, else as soon as the recordings set aside (repeats included) leave too few,
+        without embedding the rest.
         """
         if isinstance(cohort, norm.CohortVectors):
             vectors = cohort
@@ -522,7 +524,9 @@ class SpeakerDB:
             files = evaluate.cohort_files(cohort)
             cohorts.check_count(len(files), top_n)  # a top-n the cohort cannot reach fails before the embedding
             self._check_files(files, stored=True)
-            clips = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
+            # What is set aside is known only clip by clip: a top-n it makes unreachable stops the embedding there.
+            reach = cohorts.Reach(self.store, self.indexer, len(files), top_n, screen_enrolled)
+            clips = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress, each=reach)
             vectors = cohorts.from_clips(self.embedder.model_id, clips)
         rows, top_n, set_aside = cohorts.screen(self.store, self.indexer, vectors, top_n, screen_enrolled)
         with self.store.write() as s:

@@ -383,6 +383,61 @@ def test_norm_default_top_n_is_at_most_the_cohort_size(fake_cli, fake_db, voices
     assert fake_db.set_norm(cohort_dir).norm.top_n == len(COHORT_F0)  # the library's default too
 
 
+# ---- a top-n that only the set-aside makes unreachable stops the embedding there -------------
+@pytest.fixture
+def embedded(monkeypatch) -> list[str]:
+    """The sources of the clips embedded so far, in order."""
+    from speakerdb.embedding import pipeline
+
+    made: list[str] = []
+    real = pipeline.embed_clip
+
+    def counted(f, *args, **kwargs):
+        clip = real(f, *args, **kwargs)
+        made.append(clip.source)
+        return clip
+
+    monkeypatch.setattr(pipeline, "embed_clip", counted)
+    return made
+
+
+def test_a_top_n_the_set_aside_makes_unreachable_stops_the_embedding(fake_db, voices, cohort_dir, tmp_path, embedded):
+    from speakerdb.errors import InvalidInputError
+
+    fake_db.enroll("alice", voices["alice"][:1])
+    cohort = sorted(cohort_dir.iterdir())
+    files = _alice_in_disguise(tmp_path, voices) + cohort  # 14 recordings, 12 left once alice's are set aside
+    embedded.clear()
+    with pytest.raises(InvalidInputError, match="top-n 13 cannot be reached") as e:
+        fake_db.set_norm(files, top_n=13)
+    assert len(embedded) == 2  # stopped at the second of alice's: not after all 14
+    assert "of the first 2 of 14" in str(e.value) and "alice" in str(e.value) and "at most 12" in str(e.value)
+    embedded.clear()
+    with pytest.raises(InvalidInputError, match="top-n 13 cannot be reached") as e:
+        fake_db.set_norm([cohort[0], *cohort], top_n=13)  # the same recording twice: 12 different, 13 files
+    assert len(embedded) == 2 and "1 repeat another recording" in str(e.value)
+    assert fake_db.norm_settings is None and fake_db.threshold_scale == "cosine"  # nothing written
+    assert fake_db.set_norm(files, top_n=12).norm.count == 12  # reachable: as before
+
+
+def test_cli_norm_refuses_an_unreachable_top_n_before_embedding_the_rest(
+    fake_cli, voices, cohort_dir, tmp_path, embedded
+):
+    import json
+    import shutil
+
+    assert fake_cli("enroll", "alice", voices["alice"][0]).exit_code == 0
+    for p in _alice_in_disguise(tmp_path, voices):
+        shutil.copy(p, cohort_dir / f"aa-{p.name}")  # sorted first
+    embedded.clear()
+    r = fake_cli("norm", "--cohort", cohort_dir, "--top-n", "13")
+    assert r.exit_code == 1, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "top-n 13 cannot be reached" in errors[0] and "nothing stored" in errors[0]
+    assert len(embedded) == 2 and r.stdout == ""
+    assert json.loads(fake_cli("norm", "--json").stdout)["norm"] is None
+
+
 def test_a_newline_in_a_file_name_cannot_forge_result_lines(fake_cli, voices, tmp_path):
     forged = write(tmp_path / "x\nx.wav: alice (score 1.000).wav", voice(210, 2.0, seed=2))
     assert fake_cli("enroll", "bob", voices["bob"][0]).exit_code == 0

@@ -328,6 +328,15 @@ def test_normalisation_is_switched_through_the_service(server, admin, clips, mon
     assert status == 422 and "a cohort needs at least 10 recordings" in doc["error"]["message"], doc
     assert admin.norm_settings is None and admin.threshold_scale == "cosine"  # nothing written
 
+    # A top-n that the set-aside makes unreachable is refused as the library refuses it: at the
+    # second file (a repeat of the first), with the same message, nothing written.
+    repeated = [_part(cohort / "c0.wav"), _part(cohort / "c0.wav", name="c0-again.wav")]
+    repeated += [_part(cohort / f"c{i}.wav") for i in range(1, 10)]
+    fields = {"top_n": "11", "screen_enrolled": "false"}
+    status, _, doc = server.call("POST", "/v1/norm", key=server.keys["admin"], fields=fields, files=repeated)
+    assert status == 422 and "top-n 11 cannot be reached: of the first 2 of 11" in doc["error"]["message"], doc
+    assert admin.norm_settings is None and admin.threshold_scale == "cosine"
+
     change = admin.set_norm(cohort, top_n=5, screen_enrolled=False)
     assert change.norm is not None and change.norm.top_n == 5 and change.norm.count == 10
     assert change.recalibrate and change.threshold_scale == "as-norm" == admin.threshold_scale

@@ -271,13 +271,17 @@ def embed_all(
     embedder: Embedder,
     max_audio_s: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    each: Callable[[EmbeddedClip], None] | None = None,
 ) -> list[EmbeddedClip]:
     """:func:`embed_clip` for each file in turn (the first AudioError stops them all), with
-    ``progress(files done, files, seconds of audio done)`` after each."""
+    ``progress(files done, files, seconds of audio done)`` after each. ``each(clip)`` sees
+    every clip as it is made; what it raises stops the rest."""
     out: list[EmbeddedClip] = []
     seconds = 0.0
     for i, f in enumerate(files):
         clip = embed_clip(f, embedder, max_audio_s)
+        if each is not None:
+            each(clip)
         out.append(clip)
         seconds += clip.duration_s
         if progress is not None:

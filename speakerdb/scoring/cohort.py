@@ -120,6 +120,64 @@ def check_count(n_files: int, top_n: int | None) -> None:
         )
 
 
+class Reach:
+    """Called with each cohort clip as it is embedded (``pipeline.embed_all(each=...)``): fails
+    as soon as the recordings set aside so far (repeats, and those that score as enrolled
+    speakers, as :func:`screen` decides) leave fewer than ``top_n`` or ``norm.MIN_COHORT``
+    possible, instead of after every file is embedded. Nothing is kept: :func:`screen`
+    decides on the whole cohort, and this stays silent once the last clip is in, for it to
+    say so exactly."""
+
+    def __init__(
+        self, st: store.Store, indexer: IndexKeeper, n_files: int, top_n: int | None, screen_enrolled: bool = True
+    ) -> None:
+        self._st, self._indexer, self._screen_enrolled = st, indexer, screen_enrolled
+        self._n_files, self._top_n = n_files, top_n
+        self._done = 0
+        self._seen: set[str] = set()
+        self._set_aside: list[CohortSetAside] = []
+        self._repeats: list[str] = []
+
+    def __call__(self, clip: EmbeddedClip) -> None:
+        """Screen one embedded clip; InvalidInputError if the cohort can no longer be big enough."""
+        self._done += 1
+        if clip.sha256 in self._seen:
+            self._repeats.append(clip.source)
+        else:
+            self._seen.add(clip.sha256)
+            row = (clip.source, clip.sha256, clip.vector)
+            self._set_aside += _enrolled_in_cohort(self._st, self._indexer, [row], self._screen_enrolled).values()
+        left = self._n_files - len(self._set_aside) - len(self._repeats)  # at most
+        if self._done == self._n_files:
+            return  # all known: screen() says exactly what is wrong, if anything
+        if left < norm.MIN_COHORT:
+            head = f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled"
+            tail = f"so at most {left} left"
+        elif self._top_n is not None and left < self._top_n:
+            head = f"top-n {self._top_n} cannot be reached"
+            tail = f"so at most {left} left: give at most {left}, or leave it out (at most the cohort's size)"
+        else:
+            return
+        for a in self._set_aside:
+            _warn_set_aside(a)
+        raise InvalidInputError(
+            f"{head}: of the first {self._done} of {self._n_files} cohort recordings, {self._why()}, {tail}; "
+            "nothing stored"
+        )
+
+    def _why(self) -> str:
+        parts = []
+        if self._set_aside:
+            first = self._set_aside[0]
+            parts.append(
+                f"{len(self._set_aside)} score at or above the threshold {first.threshold:.3f} against enrolled "
+                f"speakers (the first: {first.source}, {first.speaker} {first.score:.3f})"
+            )
+        if self._repeats:
+            parts.append(f"{len(self._repeats)} repeat another recording (the first: {self._repeats[0]})")
+        return " and ".join(parts)
+
+
 def screen(
     st: store.Store, indexer: IndexKeeper, vectors: norm.CohortVectors, top_n: int | None, screen_enrolled: bool = True
 ) -> tuple[list[Row], int, tuple[CohortSetAside, ...]]:
@@ -135,14 +193,7 @@ def screen(
     if set_aside:
         rows = [r for r in rows if r[1] not in near]
         for a in set_aside:
-            log.warning(
-                "cohort recording %s set aside: it scores %.3f against enrolled speaker %s "
-                "(threshold %.3f): a cohort holds people who are not enrolled",
-                a.source,
-                a.score,
-                a.speaker,
-                a.threshold,
-            )
+            _warn_set_aside(a)
         if len(rows) < norm.MIN_COHORT:
             first = set_aside[0]
             raise InvalidInputError(
@@ -153,6 +204,17 @@ def screen(
             )
     top_n = min(norm.DEFAULT_TOP_N, len(rows)) if top_n is None else check_top_n(top_n, len(rows))
     return rows, top_n, tuple(set_aside)
+
+
+def _warn_set_aside(a: CohortSetAside) -> None:
+    log.warning(
+        "cohort recording %s set aside: it scores %.3f against enrolled speaker %s "
+        "(threshold %.3f): a cohort holds people who are not enrolled",
+        a.source,
+        a.score,
+        a.speaker,
+        a.threshold,
+    )
 
 
 def replace(s: Session, rows: list[Row], top_n: int, model_id: str) -> tuple[NormSettings, bool, float]:
