@@ -351,21 +351,26 @@ def test_cli_refuses_two_files_one_rttm_id(tmp_path, tiny_checkpoint):
 
 
 def test_cli_refusals_before_work_are_their_error_line_alone(tmp_path, tiny_checkpoint, monkeypatch):
-    """An output that exists without --force, a segmentation file that is missing or a hub id
-    not in the cache: stderr is the one Error line, not the notes on which segmentation is
-    used and then the Error; nothing is written."""
+    """An output that exists without --force, a segmentation file that is missing, one that is
+    there but no checkpoint (given or from SPEAKERDB_SEGMENTATION) or a hub id not in the
+    cache: stderr is the one Error line, not the notes on which segmentation is used and then
+    the Error; nothing is written."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     path = write(tmp_path / "call.wav", voice(140.0, 3.0))
     existing = tmp_path / "existing.rttm"
     existing.write_text("kept\n")
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a checkpoint\n")
     db = tmp_path / "home" / "speakerdb.sqlite"  # none at the default place
     base = ["--model", str(tiny_checkpoint), "timeline", str(path)]
-    for extra, error in (
-        (["--rttm", str(existing)], "already exists"),
-        (["--segmentation", str(tmp_path / "nonexistent" / "model.bin")], "no such file"),
-        (["--segmentation", "pyannote/segmentation-3.0"], "local Hugging Face cache"),
+    for extra, env, error in (
+        (["--rttm", str(existing)], {}, "already exists"),
+        (["--segmentation", str(tmp_path / "nonexistent" / "model.bin")], {}, "no such file"),
+        (["--segmentation", "pyannote/segmentation-3.0"], {}, "local Hugging Face cache"),
+        (["--segmentation", str(junk)], {}, "cannot be read"),
+        ([], {"SPEAKERDB_SEGMENTATION": str(junk)}, "cannot be read"),
     ):
-        r = CliRunner().invoke(cli, [*base, *extra])
+        r = CliRunner().invoke(cli, [*base, *extra], env=env)
         assert r.exit_code == 1, r.output
         [line] = r.stderr.splitlines()
         assert line.startswith("Error: ") and error in line

@@ -161,7 +161,7 @@ def timeline(
 
         check_plotting()
     one_of_json_options(as_json, as_jsonl)
-    if params.segmentation:  # a missing file or an id not in the cache: its error line alone, no notes first
+    if params.segmentation:  # missing, not in the cache or no checkpoint: its error line alone, no notes first
         from ..workflows import check_segmentation  # deferred: numpy and the database, not for --help
 
         check_segmentation(params.segmentation)

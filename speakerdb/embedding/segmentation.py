@@ -129,7 +129,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, "torch.Tensor"]:
     try:
         loaded = torch.load(str(p), map_location="cpu", pickle_module=_safe_pickle_module(), weights_only=False)
     except Exception as e:
-        raise ModelLoadError(f"segmentation model {str(path)!r} cannot be read: {first_line(e)}") from None
+        raise ModelLoadError(
+            f"segmentation model {str(path)!r} cannot be read as a PyTorch checkpoint: {first_line(e)}"
+        ) from None
     state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"segmentation model {str(path)!r} holds no state_dict of tensors")
