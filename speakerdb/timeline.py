@@ -70,8 +70,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -1116,6 +1117,28 @@ def _rttm_token(text: str) -> str:
 
 
 # ---- plot ---------------------------------------------------------------------------------------
+def plot_names(files: Sequence[str]) -> list[str]:
+    """What each of ``files`` is called in the plot: the shortest tail of its path (its name, then
+    its folder and name, ...) that no other path of ``files`` ends with, so that ``a/conv-00.wav``
+    and ``b/conv-00.wav`` are told apart while a lone ``/data/call.wav`` stays ``call.wav``. A path
+    that is the tail of another (``conv.wav`` beside ``sub/conv.wav``) is shown as given; one given
+    twice is one recording, named alike."""
+    parts = [PurePath(f).parts or (f,) for f in files]
+    distinct = set(parts)
+    tails: dict[int, Counter[tuple[str, ...]]] = {}  # tail length -> how many distinct paths end so
+    out = []
+    for f, p in zip(files, parts):
+        for k in range(1, len(p)):
+            if k not in tails:
+                tails[k] = Counter(q[-k:] for q in distinct)
+            if tails[k][p[-k:]] == 1:
+                out.append(str(PurePath(*p[-k:])))
+                break
+        else:
+            out.append(f)
+    return out
+
+
 def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = False) -> None:
     """One panel per recording, one lane per voice over time (needs matplotlib: the plot extra),
     written as :func:`write_rttm` writes (0600, never through a link, ``overwrite`` to replace)."""
@@ -1135,7 +1158,9 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
         gridspec_kw={"height_ratios": lanes},
     )
     colours = plt.get_cmap("tab10")
-    for ax, t in zip(axes[:, 0], timelines):
+    # Not the bare name: a/conv-00.wav and b/conv-00.wav, plotted together, would look alike.
+    names = plot_names([t.file for t in timelines])
+    for ax, t, name in zip(axes[:, 0], timelines, names):
         order = [v.label for v in sorted(t.voices, key=lambda v: (v.speaker is None, v.label))]
         for row, lab in enumerate(order):
             spans = [(s.start, s.end - s.start) for s in t.segments if s.label == lab]
@@ -1145,9 +1170,7 @@ def plot(timelines: Sequence[Timeline], path: str | Path, *, overwrite: bool = F
         ax.set_ylim(-0.6, max(len(order), 1) - 0.4)
         ax.invert_yaxis()
         ax.set_xlim(0, max(t.duration, 1e-3))
-        ax.set_title(
-            f"{Path(t.file).name} ({t.duration:.1f} s)" + ("" if t.segments else ": no speech"), fontsize=9, loc="left"
-        )
+        ax.set_title(f"{name} ({t.duration:.1f} s)" + ("" if t.segments else ": no speech"), fontsize=9, loc="left")
         ax.grid(axis="x", alpha=0.3)
     axes[-1, 0].set_xlabel("time (s)")
     fig.tight_layout()

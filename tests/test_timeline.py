@@ -284,6 +284,25 @@ def test_rttm_round_trip_through_pyannote(tmp_path):
     }
 
 
+def test_plot_titles_tell_apart_recordings_of_one_name(tmp_path, monkeypatch):
+    """Each panel's title is the shortest tail of the file's path that no other plotted path
+    ends with: a/conv-00.wav and b/conv-00.wav are not both "conv-00.wav"."""
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    savefig = Figure.savefig
+
+    def kept(fig, *args, **kwargs):
+        titles.extend(ax.get_title(loc="left") for ax in fig.axes)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", kept)
+    files = ["a/conv-00.wav", "b/conv-00.wav", "x/c/call.wav", "y/c/call.wav", "/data/solo.wav", "d/solo.flac"]
+    timeline.plot([timeline.Timeline(f, 3.0, [], []) for f in files], tmp_path / "p.png")
+    shown = [str(Path(f)) for f in ("a/conv-00.wav", "b/conv-00.wav", "x/c/call.wav", "y/c/call.wav")]
+    assert titles == [f"{name} (3.0 s): no speech" for name in [*shown, "solo.wav", "solo.flac"]]
+
+
 # ---- CLI ------------------------------------------------------------------------------------------
 def test_cli_no_speech_is_an_empty_timeline_with_a_note(tmp_path, tiny_checkpoint):
     from speakerdb import SpeakerDB
