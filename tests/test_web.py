@@ -26,7 +26,7 @@ import pytest
 
 from conftest import speech, write
 from speakerdb import SpeakerDB
-from test_server import Server
+from test_server import Server, _part
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).resolve().parent / "vendor" / "axe-core" / "axe.min.js"
@@ -409,6 +409,78 @@ def test_identify_and_verify_show_scores_against_the_threshold(tab, server, audi
     expect(tab.main().locator(".error")).to_contain_text("notes.txt")
 
 
+def test_threshold_inputs_state_the_services_limits_and_show_its_refusal(tab, server, audio, tmp_path):
+    """Identify's, verify's and timeline's thresholds state what the service takes on the
+    database's scale (raw cosine 0 to 1, AS-norm norm.AS_NORM_RANGE); a value outside is
+    refused on the page, saying the limits, with nothing uploaded; one sent anyway (a page
+    loaded before the scale changed) gets the service's refusal as its message."""
+    from speakerdb.scoring import norm
+
+    page = tab.sign_in("read").page
+    box = page.get_by_label("Threshold (optional)")
+
+    def posted() -> list[str]:
+        return [r.url for r in tab.requests if r.method == "POST"]
+
+    for view in ("identify", "verify", "timeline"):
+        tab.go(view)
+        expect(tab.main()).to_contain_text("A cosine score from 0 to 1")
+        expect(box).to_have_attribute("min", "0")
+        expect(box).to_have_attribute("max", "1")
+    tab.go("identify")
+    box.fill("-0.5")
+    page.get_by_label("Recordings to identify").set_input_files(str(audio["ben"]))
+    expect(tab.main().locator(".error")).to_have_text(
+        "threshold -0.5 is not a cosine score from 0 to 1: the service takes no other"
+    )
+    tab.go("verify")
+    page.get_by_label("Claimed speaker").select_option("bob")
+    page.get_by_label("Recording to verify").set_input_files(str(audio["ben"]))
+    box.fill("1.5")
+    page.get_by_role("button", name="Verify", exact=True).click()
+    expect(tab.main().locator(".error")).to_contain_text("threshold 1.5 is not a cosine score from 0 to 1")
+    tab.go("timeline")
+    box.fill("-1")
+    page.get_by_label("Recording", exact=True).set_input_files(str(audio["meeting"]))
+    expect(tab.main().locator(".error")).to_contain_text("threshold -1 is not a cosine score from 0 to 1")
+    assert posted() == []  # nothing uploaded
+    # A page that still states other limits (here none) sends it: the service's own words.
+    tab.go("identify")
+    box.evaluate("b => b.removeAttribute('min')")
+    box.fill("-0.5")
+    page.get_by_label("Recordings to identify").set_input_files(str(audio["ben"]))
+    expect(tab.main().locator(".error")).to_contain_text("threshold -0.5 would accept nearly every voice")
+    assert len(posted()) == 1
+
+    # On an AS-norm gallery the same inputs take its scale: an AS-norm threshold for one call is sent.
+    cohort = [_part(write(tmp_path / f"c{i}.wav", speech(95 + 21 * i, 1.5, seed=60 + i))) for i in range(10)]
+    admin = server.keys["siteb"]
+    fields = {"screen_enrolled": "false", "top_n": "5"}
+    status, _, doc = server.call("POST", "/v1/galleries/siteb/norm", key=admin, fields=fields, files=cohort)
+    assert status == 200, doc
+    try:
+        page.get_by_role("button", name="Sign out").click()
+        page.get_by_label("API key").fill(admin)
+        page.get_by_label("Gallery (optional)").fill("siteb")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#who-text")).to_contain_text("gallery siteb")
+        low, high = norm.AS_NORM_RANGE
+        tab.go("verify")
+        expect(tab.main()).to_contain_text(f"An AS-norm score from {low:g} to {high:g}")
+        expect(box).to_have_attribute("min", f"{low:g}")
+        expect(box).to_have_attribute("max", f"{high:g}")
+        page.get_by_label("Claimed speaker").select_option("gus")
+        page.get_by_label("Recording to verify").set_input_files(str(audio["ben"]))
+        box.fill("3")
+        page.get_by_role("button", name="Verify", exact=True).click()
+        expect(tab.main().locator(".verdict")).to_contain_text("threshold 3.000")
+        box.fill(f"{high + 1:g}")
+        page.get_by_role("button", name="Verify", exact=True).click()
+        expect(tab.main().locator(".error")).to_contain_text(f"is not an AS-norm score from {low:g} to {high:g}")
+    finally:
+        assert server.call("DELETE", "/v1/galleries/siteb/norm", key=admin)[0] == 200
+
+
 # ---- timeline -----------------------------------------------------------------------------------
 def test_timeline_lanes_a_moving_cursor_and_an_unknown_voice_enrolled(tab, server, audio):
     page = tab.sign_in("write").page
@@ -477,9 +549,10 @@ def test_settings_threshold_keys_shown_once_revoke_and_the_audit_log(tab, server
     before = server.call("GET", "/v1/threshold", key=server.keys["read"])[2]["threshold"]
     threshold = page.get_by_label("Decision threshold")
     expect(threshold).to_have_value(str(before))
-    threshold.fill("-0.5")  # out of range: the service says why
+    expect(threshold).to_have_attribute("min", "0")  # the service's range: a negative cosine is refused
+    threshold.fill("-0.5")  # out of range: the page says why, with the range
     page.get_by_role("button", name="Save threshold").click()
-    expect(tab.main().locator(".error").first).to_contain_text("threshold")
+    expect(tab.main().locator(".error").first).to_contain_text("threshold -0.5 is not a cosine score from 0 to 1")
     threshold.fill(str(before))
     page.get_by_role("button", name="Save threshold").click()
     expect(tab.main()).to_contain_text(f"Threshold is now {before}")

@@ -2,6 +2,7 @@
 
 import { api } from "../api.js";
 import { dropzone, field, h, messages, score } from "../dom.js";
+import { callThreshold } from "../threshold.js";
 
 /** A score against the threshold: a bar with the threshold marked, and the words. */
 export function scoreBar(value, threshold) {
@@ -18,20 +19,25 @@ export function scoreBar(value, threshold) {
 export default async function identify(main) {
   const out = messages();
   const results = h("div", { class: "results" });
-  const thresholdInput = h("input", { type: "number", step: "any", min: "-1", max: "1", inputmode: "decimal" });
+  const threshold = callThreshold();
   const topK = h("input", { type: "number", min: "1", max: "50", value: "3" });
   let stored = null;
   try {
-    stored = (await api("GET", "/v1/threshold")).threshold;
-    thresholdInput.placeholder = `${stored} (stored)`;
+    stored = (await threshold.load()).threshold;
   } catch (e) {
     out.error(e);
   }
   const run = async (files) => {
+    const wrong = threshold.problem();
+    if (wrong) {
+      results.replaceChildren();
+      out.error(wrong);
+      return;
+    }
     const form = new FormData();
     for (const f of files) form.append("files", f, f.name);
     form.append("top_k", topK.value || "3");
-    const override = thresholdInput.value.trim();
+    const override = threshold.input.value.trim();
     if (override) form.append("threshold", override);
     out.info(`Identifying ${files.length} file${files.length === 1 ? "" : "s"}…`);
     results.replaceChildren();
@@ -48,7 +54,7 @@ export default async function identify(main) {
   main.append(
     h("h1", {}, "Identify"),
     h("p", {}, "Who speaks in each recording? The best candidate is named when its score reaches the threshold."),
-    h("div", { class: "card" }, h("div", { class: "row" }, field("Threshold (optional)", thresholdInput), field("Candidates", topK)), drop.el),
+    h("div", { class: "card" }, h("div", { class: "row" }, threshold.el, field("Candidates", topK)), drop.el),
     out.el,
     results,
   );

@@ -3,6 +3,7 @@
 
 import { api, seg } from "../api.js";
 import { confirmDialog, field, h, messages, table, when } from "../dom.js";
+import { limit, problem } from "../threshold.js";
 
 export default async function settings(main, { session }) {
   main.append(h("h1", {}, "Settings"));
@@ -11,8 +12,10 @@ export default async function settings(main, { session }) {
 
 async function thresholdSection(main) {
   const out = messages();
-  const value = h("input", { type: "number", step: "any", min: "-1", max: "1", required: true, inputmode: "decimal" });
-  const form = h("form", { class: "inline" }, field("Decision threshold", value), h("button", { type: "submit" }, "Save threshold"));
+  const value = h("input", { type: "number", step: "any", required: true, inputmode: "decimal" });
+  limit(value, "cosine"); // until /v1/info says the scale
+  // novalidate: an out-of-range threshold is said in the messages (its limits), not in the browser's bubble.
+  const form = h("form", { class: "inline", novalidate: true }, field("Decision threshold", value), h("button", { type: "submit" }, "Save threshold"));
   const norm = h("p", { id: "norm-state" });
   // AS-norm on: recordings of people who are not enrolled (a cohort), embedded by the service.
   const cohort = h("input", { type: "file", multiple: true, accept: "audio/*,video/*,.wav,.flac,.mp3,.ogg,.m4a,.opus,.webm" });
@@ -39,9 +42,7 @@ async function thresholdSection(main) {
   const load = async () => {
     const info = await api("GET", "/v1/info");
     value.value = info.threshold;
-    // The threshold's range follows its scale: cosine -1..1, AS-norm -20..100.
-    value.min = info.threshold_scale === "as-norm" ? "-20" : "-1";
-    value.max = info.threshold_scale === "as-norm" ? "100" : "1";
+    limit(value, info.threshold_scale); // the service's range for the scale: cosine 0..1, AS-norm -20..100
     norm.replaceChildren(
       info.norm
         ? `Scores are normalised: ${info.norm.method} against a cohort of ${info.norm.count} voices, top ${info.norm.top_n}; the threshold is on the ${info.threshold_scale} scale.`
@@ -59,6 +60,11 @@ async function thresholdSection(main) {
   };
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    const wrong = value.value.trim() || value.validity.badInput ? problem(value) : "give a threshold";
+    if (wrong) {
+      out.error(wrong);
+      return;
+    }
     try {
       const doc = await api("PUT", "/v1/threshold", { json: { threshold: Number(value.value) } });
       out.info(`Threshold is now ${doc.threshold}.`);

@@ -7,6 +7,7 @@ import { api } from "../api.js";
 import { cut, decode, wav } from "../audio.js";
 import { dropzone, field, h, messages, seconds } from "../dom.js";
 import { aloneSpans, Lanes } from "../lanes.js";
+import { callThreshold } from "../threshold.js";
 import { enrollClips, enrollLines } from "./enroll.js";
 
 export default async function timeline(main, { session }) {
@@ -15,7 +16,7 @@ export default async function timeline(main, { session }) {
   let url = null;
   let frame = null;
   let decoded = null; // the recording at 16 kHz, decoded on the first enrollment
-  const thresholdInput = h("input", { type: "number", step: "any", min: "-1", max: "1", inputmode: "decimal" });
+  const threshold = callThreshold("Voices scoring below it against every enrolled speaker are unknown.");
 
   const clear = () => {
     if (frame) cancelAnimationFrame(frame);
@@ -28,9 +29,14 @@ export default async function timeline(main, { session }) {
 
   const show = async (file) => {
     clear();
+    const wrong = threshold.problem();
+    if (wrong) {
+      out.error(wrong);
+      return;
+    }
     const form = new FormData();
     form.append("files", file, file.name);
-    if (thresholdInput.value.trim()) form.append("threshold", thresholdInput.value.trim());
+    if (threshold.input.value.trim()) form.append("threshold", threshold.input.value.trim());
     out.info(`Finding who speaks when in ${file.name}…`);
     let doc;
     try {
@@ -104,9 +110,10 @@ export default async function timeline(main, { session }) {
   main.append(
     h("h1", {}, "Timeline"),
     h("p", {}, "Upload a recording to see who speaks when. Choose a segment to play it."),
-    h("div", { class: "card" }, field("Threshold (optional)", thresholdInput, "Voices scoring below it against every enrolled speaker are unknown."), drop.el),
+    h("div", { class: "card" }, threshold.el, drop.el),
     out.el,
     view,
   );
+  threshold.load().catch((e) => out.error(e));
   return clear;
 }

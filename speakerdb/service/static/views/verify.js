@@ -2,13 +2,14 @@
 
 import { api, seg } from "../api.js";
 import { dropzone, field, h, messages, score } from "../dom.js";
+import { callThreshold } from "../threshold.js";
 import { scoreBar } from "./identify.js";
 
 export default async function verify(main) {
   const out = messages();
   const result = h("div", { class: "results" });
   const who = h("select", { required: true });
-  const thresholdInput = h("input", { type: "number", step: "any", min: "-1", max: "1", inputmode: "decimal" });
+  const threshold = callThreshold();
   let file = null;
   const chosen = h("p", { class: "hint" }, "No recording chosen.");
   const drop = dropzone("Recording to verify", {
@@ -19,18 +20,12 @@ export default async function verify(main) {
     },
   });
   const submit = h("button", { type: "submit" }, "Verify");
-  const form = h(
-    "form",
-    { class: "card" },
-    field("Claimed speaker", who),
-    drop.el,
-    chosen,
-    field("Threshold (optional)", thresholdInput),
-    submit,
-  );
+  // novalidate: an out-of-range threshold is said in the messages, as identify and timeline say it,
+  // not in the browser's bubble.
+  const form = h("form", { class: "card", novalidate: true }, field("Claimed speaker", who), drop.el, chosen, threshold.el, submit);
   main.append(h("h1", {}, "Verify"), h("p", {}, "Is the recording spoken by the claimed speaker (one to one)?"), form, out.el, result);
   try {
-    const speakers = await api("GET", "/v1/speakers");
+    const [speakers] = await Promise.all([api("GET", "/v1/speakers"), threshold.load()]);
     who.replaceChildren(...speakers.map((s) => h("option", { value: s.name }, s.name)));
     if (!speakers.length) out.error("no speakers are enrolled yet");
   } catch (e) {
@@ -38,13 +33,15 @@ export default async function verify(main) {
   }
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    if (!file) {
-      out.error("choose a recording first");
+    const wrong = !who.value ? "choose the claimed speaker first" : !file ? "choose a recording first" : threshold.problem();
+    if (wrong) {
+      result.replaceChildren();
+      out.error(wrong);
       return;
     }
     const body = new FormData();
     body.append("file", file, file.name);
-    if (thresholdInput.value.trim()) body.append("threshold", thresholdInput.value.trim());
+    if (threshold.input.value.trim()) body.append("threshold", threshold.input.value.trim());
     out.info(`Verifying ${file.name} against ${who.value}…`);
     result.replaceChildren();
     try {
