@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, api
@@ -245,6 +246,27 @@ def test_rows_written_in_one_gallery_carry_its_id(tmp_path, clips):
                 assert len(ids) == 1 and store.speaker_id_digest(s)[0] == 1
             with a.store.read(every_gallery=True) as s:
                 assert len(store.speakers_by_name(s)) == 2
+
+
+def test_a_cohort_of_another_gallerys_enrolled_recording_is_no_refusal_and_no_clue(target, clips, tmp_path):
+    """Utterances have no gallery column of their own: a query of utterances alone (the cohort's
+    check for enrolled audio) sees its gallery's only. It read every gallery's, so an admin of A
+    uploading a cohort learned which recordings B had enrolled (and was refused them)."""
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    files = [write(cohort / f"c{i}.wav", voice(140.0 + 17 * i, 1.0, seed=50 + i)) for i in range(10)]
+    with SpeakerDB(target, embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:2])
+        a.create_gallery("acme")
+        with a.for_gallery("acme") as b:
+            b.enroll("secret", [files[3]])  # B enrolls one of the recordings A will use as its cohort
+            change = a.set_norm(cohort, top_n=5, screen_enrolled=False)
+            assert change.norm is not None and change.norm.count == 10
+            with b.store.read() as s:  # and the store's own query, in B: B's utterance only
+                secret = store.speaker_by_name(s, "secret")
+                assert s.scalars(select(store.Utterance.speaker_id)).all() == [secret.id]
+            with pytest.raises(InvalidInputError, match="enrolled speakers' utterances"):
+                b.set_norm(cohort, top_n=5, screen_enrolled=False)  # in its own gallery it is refused
 
 
 # ---- the service: /v1/galleries/{gallery}/..., keys that reach their own gallery only -------------

@@ -68,6 +68,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    exists,
     func,
     select,
     text,
@@ -80,6 +81,7 @@ from sqlalchemy.orm import (
     Mapped,
     ORMExecuteState,
     Session,
+    aliased,
     mapped_column,
     object_session,
     relationship,
@@ -494,8 +496,17 @@ def _scope_query(state: ORMExecuteState) -> None:
         return
     criteria = _CRITERIA.get(gid)
     if criteria is None:  # made once per gallery, not per query (docs/storage.md, "Tenants")
-        criteria = _CRITERIA[gid] = tuple(
-            with_loader_criteria(model, model.gallery_id == gid, include_aliases=True) for model in GALLERY_SCOPED
+        owner = aliased(Speaker)  # its own alias: never correlated with a speakers table of the query
+        criteria = _CRITERIA[gid] = (
+            *(with_loader_criteria(model, model.gallery_id == gid, include_aliases=True) for model in GALLERY_SCOPED),
+            # Utterances have no gallery column: they are their speaker's. Without this a query of
+            # utterances alone (no speaker joined) read every gallery's (one primary-key probe a row).
+            with_loader_criteria(
+                Utterance,
+                exists().where(owner.id == Utterance.speaker_id, owner.gallery_id == gid),
+                include_aliases=True,
+                propagate_to_loaders=False,  # a lazy load passes here itself: once is enough
+            ),
         )
     state.statement = state.statement.options(*criteria)
 
@@ -1388,8 +1399,8 @@ def more_speakers_than(session: Session, n: int) -> bool:
 def counts(session: Session) -> tuple[int, int]:
     """(number of speakers, number of utterances)."""
     n_speakers = session.scalar(select(func.count(Speaker.id))) or 0
-    # Through the speakers: an utterance is in its speaker's gallery.
-    n_utterances = session.scalar(select(func.count(Utterance.id)).join(Utterance.speaker)) or 0
+    # A scoped session counts its gallery's utterances only (_scope_query): no join needed.
+    n_utterances = session.scalar(select(func.count(Utterance.id))) or 0
     return int(n_speakers), int(n_utterances)
 
 
