@@ -947,8 +947,34 @@ class SpeakerDB:
             def embed_windows(windows: builtins.list[np.ndarray]) -> np.ndarray:
                 return timelines.embed_windows(windows, embedder)
 
-        def gallery() -> timelines.Gallery:
-            return timelines.database_gallery(self.store, self._cohorts, embedder.dim, threshold)
+        read_at = [-1]  # the generation (the database's count of centroid changes) last read
+        held: set[int] = set()  # the ids of the speakers the session's gallery was read with
+        # Refreshes run on the session's thread (a service's stream pool), beside the lane that
+        # uses this object's cohort cache: they keep a cache of their own.
+        own_cohorts = cohorts.CohortCache(self.db_path)
+
+        def gallery(cache: cohorts.CohortCache = self._cohorts) -> timelines.Gallery:
+            with self.store.read() as s:  # before the read: a change in between is read again
+                read_at[0] = store.generation(s)
+                held.clear()
+                held.update(store.speaker_ids(s))
+            return timelines.database_gallery(self.store, cache, embedder.dim, threshold)
+
+        def refreshed() -> timelines.Gallery | None:
+            # One small read a second: a speaker removed, expired or opted out while the session
+            # runs must not go on being named from the centroids read when it began. The
+            # generation is the database's: changes of other galleries' speakers are passed over.
+            with self.store.read() as s:
+                now = store.generation(s)
+                if now == read_at[0]:
+                    return None
+                records = store.changes_between(s, read_at[0], now)
+                touched = {speaker_id for _, speaker_id, _, _ in records}
+                complete = bool(records) and records[0][0] == read_at[0] + 1  # none pruned meanwhile
+                if complete and not touched & held and not store.centroids_of(s, sorted(touched)):
+                    read_at[0] = now
+                    return None
+            return gallery(own_cohorts)
 
         def enroll(name: str, clip: pipeline.EmbeddedClip, add: bool) -> EnrollResult:
             return self._enroll_live(name, clip, add=add)
@@ -963,6 +989,7 @@ class SpeakerDB:
             reload_gallery=gallery,
             enroll_clip=enroll,
             seen=self.note_seen,
+            refresh_gallery=refreshed,
         )
 
     @_audited(

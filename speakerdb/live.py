@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from array import array
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -120,11 +121,16 @@ JUDGE_WAIT_S = 5.0
 #: Seconds of audio whose levels a session judging its noise keeps at least (the latest; at
 #: most twice as many, trimmed now and then: :class:`speakerdb.audio.denoise.NoiseMeter`).
 JUDGE_LEVELS_S = 60.0
+#: How often, at most, a session asks whether the database's speakers changed (seconds of wall
+#: time): a speaker removed, expired or opted out is named by no session for longer than this.
+GALLERY_CHECK_S = 1.0
 
 #: Embeds equal-length 16 kHz float32 windows: (n, dim) float32 rows of norm 1.
 EmbedWindows = Callable[[list[np.ndarray]], np.ndarray]
 #: Enrolls one clip of window vectors: (name, clip, add) -> anything (the facade's result).
 EnrollClip = Callable[[str, EmbeddedClip, bool], object]
+#: The gallery again if the database's speakers changed since it was last read, else None.
+RefreshGallery = Callable[[], "timelines.Gallery | None"]
 
 
 @dataclass
@@ -161,6 +167,9 @@ class LiveSession:
     thresholds), ``reload_gallery`` (the gallery after an enrollment) and ``enroll_clip``
     (enrolls a clip of window vectors), the timeline's ``params``, a VAD ``detector`` and
     ``seen`` (told the enrolled names that final events named: their ``last_seen``).
+    ``refresh_gallery`` (the gallery if the database changed, else None) is asked at most every
+    ``GALLERY_CHECK_S`` and at the end: a speaker removed meanwhile (remove, expire, opt-out)
+    is no longer named, nor in the final timeline.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class LiveSession:
         enroll_clip: EnrollClip | None = None,
         max_held_s: float = DEFAULT_MAX_HELD_S,
         seen: Callable[[list[str]], None] | None = None,
+        refresh_gallery: RefreshGallery | None = None,
     ) -> None:
         self.sample_rate = pcm.check_sample_rate(sample_rate)
         self.encoding = pcm.check_encoding(encoding)
@@ -187,6 +197,8 @@ class LiveSession:
         self._reload_gallery = reload_gallery
         self._enroll_clip = enroll_clip
         self._seen = seen
+        self._refresh_gallery = refresh_gallery
+        self._gallery_checked = time.monotonic()
         self._resampler = pcm.Resampler(self.sample_rate)
         self._detector = detector if detector is not None else vad.load(self.params.vad_backend)
         self._detector.reset()
@@ -383,6 +395,7 @@ class LiveSession:
         as a file, unless it is noisy (see the module doc, and for sessions past ``max_held_s``)."""
         self.finish()
         self._closed = True
+        self._refresh(now=True)  # the final timeline names no one removed since the last check
         duration = self._n16 / SR
         try:
             audio.check_duration_and_level(self._n16, self._peak, SOURCE_LABEL)
@@ -411,6 +424,7 @@ class LiveSession:
     # ---- the work of each block ---------------------------------------------------------------
     def _advance(self, last: bool) -> list[LiveEvent]:
         """Run the pending samples through the VAD; settle, embed and report what they allow."""
+        self._refresh(now=last)
         block = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
         self._pending, self._pending_n = [], 0
         if len(block):
@@ -640,6 +654,19 @@ class LiveSession:
         v.last_heard = when
         self._dirty.add(best)
         return best
+
+    def _refresh(self, now: bool = False) -> None:
+        """Take the database's gallery again if it changed (checked at most every
+        ``GALLERY_CHECK_S``, or ``now``), and name every voice from it: a voice whose speaker was
+        removed is unknown from then on."""
+        if self._refresh_gallery is None or not (now or time.monotonic() - self._gallery_checked >= GALLERY_CHECK_S):
+            return
+        self._gallery_checked = time.monotonic()
+        gallery = self._refresh_gallery()
+        if gallery is not None:
+            self._gallery = gallery
+            if self._voices:
+                self._rename(every=True)
 
     def _rename(self, every: bool = False, keep: frozenset[int] | set[int] = frozenset()) -> None:
         """Name the voices whose windows changed (``every``: all of them) from the gallery by their

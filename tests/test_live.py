@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SR, EnergyDetector, FakeEmbedder, KeepingEmbedder, voice, write
-from speakerdb import timeline
+from speakerdb import SpeakerDB, live, timeline
 from speakerdb.audio import microphone, pcm, vad
 from speakerdb.cli import cli
 from speakerdb.errors import AudioError, InvalidInputError, SpeakerExistsError
@@ -315,6 +315,34 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
     assert info.n_utterances == 1
     [found] = fake_db.identify([write(tmp_path / "dave.wav", voice(DAVE, 3, seed=77))], count_voices=False)
     assert found.speaker == "dave"
+
+
+def test_a_speaker_who_opts_out_during_a_session_is_named_no_more(tmp_path, fake_db, energy_vad, monkeypatch):
+    """The session read the centroids when it began: a speaker opted out (or removed, or
+    expired) by another process while it ran went on being named, live and in the final
+    timeline, for as long as the call lasted (a service allows 4 h). Changes of another
+    gallery's speakers cost the session no new read of its own."""
+    monkeypatch.setattr(live, "GALLERY_CHECK_S", 0.0, raising=False)  # every block asks; the default is once a second
+    fake_db.enroll("bob", [write(tmp_path / "bob.wav", voice(BOB, 4, seed=50))])
+    fake_db.create_gallery("acme")
+    reads = []
+    monkeypatch.setattr(
+        timeline, "database_gallery", lambda *a, real=timeline.database_gallery: reads.append(1) or real(*a)
+    )
+    session = fake_db.stream(sample_rate=SR, encoding="pcm_s16le")
+    first = feed_all_open(session, encode(conversation([(BOB, 3)]), "pcm_s16le"))
+    assert {e.label for e in first if isinstance(e, VoiceEvent) and e.final} == {"bob"}
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder(), gallery="acme") as acme:
+        acme.enroll("eve", [write(tmp_path / "eve.wav", voice(EVE, 4, seed=51))])
+    feed_all_open(session, encode(conversation([(BOB, 1)], seed=10), "pcm_s16le"))
+    assert len(reads) == 1  # the other gallery's enrollment: no new read of this one
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder()) as other:  # another process's way
+        assert other.optout("bob").removed
+    later = feed_all_open(session, encode(conversation([(BOB, 3)], seed=20), "pcm_s16le"))
+    finals = [e for e in later if isinstance(e, VoiceEvent) and e.final]
+    assert finals and all(e.speaker is None for e in finals)
+    t = session.close()
+    assert t.segments and all(s.label.startswith("unknown-") for s in t.segments)
 
 
 def test_each_window_is_enrolled_once_and_the_name_is_the_stored_one():

@@ -1361,6 +1361,11 @@ def speakers_by_name(session: Session, names: list[str] | None = None) -> list[S
     return list(session.scalars(stmt))
 
 
+def speaker_ids(session: Session) -> list[int]:
+    """The ids of every speaker (of the session's gallery)."""
+    return list(session.scalars(select(Speaker.id)))
+
+
 def speakers_by_id(session: Session, ids: list[int]) -> dict[int, Speaker]:
     if not ids:
         return {}
