@@ -20,7 +20,13 @@ from click.testing import CliRunner
 from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 from speakerdb import SpeakerDB, api
 from speakerdb.cli import cli
-from speakerdb.errors import ConsentRequiredError, InvalidInputError, OptedOutError, SpeakerNotFoundError
+from speakerdb.errors import (
+    ConflictError,
+    ConsentRequiredError,
+    InvalidInputError,
+    OptedOutError,
+    SpeakerNotFoundError,
+)
 from speakerdb.results import SpeakerInfo
 from speakerdb.storage import governance
 
@@ -209,6 +215,32 @@ def test_optout_keeps_only_keyed_hashes_refuses_the_person_and_an_admin_override
             "optout-override",
         ]
         db.enroll("alice smith", [clips["alice2"]])  # name and id were one opt-out: lifted with it
+
+
+def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_external_id(tmp_path, clips):
+    """The opt-out compares names folded (case, spacing) and external ids; the removal looked
+    for the exact name only. 'alice  smith' opting out left 'Alice Smith' enrolled and named by
+    identify (while enrolling into her was refused), and so did an opt-out by customer number."""
+    with _db(tmp_path / "f.sqlite") as db:
+        with db.audited_as("ops"):
+            db.enroll("Alice Smith", [clips["alice"]])
+        db.enroll("bob", [clips["bob"]], external_id="C-7")
+        db.enroll("carol", [clips["carol"]])
+        result = db.optout("alice  SMITH")
+        assert result.removed and result.utterances == 1
+        assert [s.name for s in db.list()] == ["bob", "carol"]
+        assert "Alice Smith" not in json.dumps([a.to_dict() for a in db.audit()])
+        assert db.optout("Robert", external_id="C-7").removed  # the customer number names bob
+        assert [s.name for s in db.list()] == ["carol"]
+        [found] = db.identify([clips["alice2"]], count_voices=False)
+        assert found.speaker in (None, "carol")
+        # Two enrolled speakers one name apart only in case: which one is meant is not guessed.
+        db.enroll("dave", [clips["alice"]])
+        db.enroll("Dave", [clips["alice2"]], new=True)
+        with pytest.raises(ConflictError, match="names 2 enrolled speakers"):
+            db.optout("DAVE")
+        assert db.optouts().count == 2 and {s.name for s in db.list()} == {"carol", "dave", "Dave"}
+        assert db.optout("dave").removed and {s.name for s in db.list()} == {"carol", "Dave"}
 
 
 def test_the_policy_and_the_optouts_belong_to_a_gallery(tmp_path, clips):

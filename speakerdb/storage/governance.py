@@ -175,6 +175,22 @@ def matching_optouts(s: Session, name: str, external_id: str | None) -> list[Opt
     return list(s.scalars(select(OptOut).where(or_(*clauses))))
 
 
+def speakers_of_person(s: Session, name: str, external_id: str | None) -> list[Speaker]:
+    """The enrolled speakers an opt-out of ``name`` (and ``external_id``) names, by name: the
+    speaker of that exact name, else those whose name folds to it (``alice  SMITH`` is
+    ``Alice Smith``, as the opt-out compares names), and those enrolled with that external id."""
+    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.name == name))}
+    if not found:  # every name is read only when the exact one is not enrolled
+        folded = fold_name(name)
+        ids = [i for i, n in s.execute(select(Speaker.id, Speaker.name)) if fold_name(n) == folded]
+        found.update({sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.id.in_(ids)))})
+    key = optout_key(s, create=False)
+    if external_id is not None and key is not None:
+        hashed = external_id_hash(key, external_id)
+        found.update({sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.external_id_hash == hashed))})
+    return sorted(found.values(), key=lambda sp: sp.name)
+
+
 def add_optout(
     s: Session, name: str, speaker_external_hash: str | None, external_id: str | None, now: datetime
 ) -> None:
