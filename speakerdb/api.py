@@ -1345,7 +1345,7 @@ class SpeakerDB:
         try:
             with self.store.write() as s:
                 self._bind_gallery_model(s, g, path)
-                self._check_gallery_governance(s, g, path)
+                self._check_gallery_governance(s, g, path, on_conflict)
                 gallery.into_store(s, g, on_conflict, summary)
                 if dry_run:
                     raise _Rollback
@@ -1355,15 +1355,19 @@ class SpeakerDB:
             self._scrub_log()  # replaced speakers' old embeddings must not linger in the log
         return summary
 
-    def _check_gallery_governance(self, s: Session, g: GalleryFile, path: str | os.PathLike[str]) -> None:
+    def _check_gallery_governance(
+        self, s: Session, g: GalleryFile, path: str | os.PathLike[str], on_conflict: str
+    ) -> None:
         """An import enrolls too: refuse speakers without consent where the policy requires it
-        (unless already enrolled with consent), and people who opted out (no override here:
-        enroll them one by one with the override)."""
+        (unless already enrolled with consent that the import keeps: a merge; a replace deletes
+        it with the speaker), and people who opted out (no override here: enroll them one by one
+        with the override)."""
         missing, opted = [], []
         required = governance.require_consent(store.get_settings(s))
         for incoming in g.speakers:
             current = store.speaker_by_name(s, incoming.name) if required else None
-            if required and incoming.consent is None and (current is None or current.consent is None):
+            kept = current is not None and current.consent is not None and on_conflict != "replace"
+            if required and incoming.consent is None and not kept:
                 missing.append(incoming.name)
             if governance.matching_optouts(s, incoming.name, None):
                 opted.append(incoming.name)

@@ -90,6 +90,23 @@ def test_consent_is_recorded_required_by_policy_and_travels_in_galleries(tmp_pat
         assert other.show("alice").consent == info.consent
 
 
+def test_an_import_that_replaces_a_consented_speaker_needs_consent_of_its_own(tmp_path, clips):
+    """A replace deletes the speaker and its consent: the import's speaker is a new enrollment
+    and, where consent is required, must carry one. It passed on the consent it deleted, and
+    left a speaker with none in a gallery that requires it. A merge keeps the consent."""
+    with _db(tmp_path / "src.sqlite") as src:
+        src.enroll("carol", [clips["carol"]])  # no consent where it came from
+        src.export(tmp_path / "carol.gallery")
+    with _db(tmp_path / "dst.sqlite") as db:
+        db.set_policy(require_consent=True)
+        db.enroll("carol", [clips["alice"]], consent="signed form CF-9")
+        with pytest.raises(ConsentRequiredError, match="carol"):
+            db.import_gallery(tmp_path / "carol.gallery", on_conflict="replace")
+        assert db.show("carol").consent.text == "signed form CF-9" and db.show("carol").n_utterances == 1
+        db.import_gallery(tmp_path / "carol.gallery", on_conflict="merge")
+        assert db.show("carol").consent.text == "signed form CF-9" and db.show("carol").n_utterances == 2
+
+
 def test_policy_durations():
     assert governance.parse_duration("3y") == 3 * 365 * 86_400
     assert governance.parse_duration("180d") == 180 * 86_400
