@@ -1044,7 +1044,8 @@ class SpeakerDB:
 
     @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}))
     def rename(self, old: str, new: str) -> None:
-        """Give speaker ``old`` the name ``new`` (which must be free)."""
+        """Give speaker ``old`` the name ``new`` (which must be free, and not that of a person
+        who opted out: OptedOutError, as :meth:`enroll` refuses it)."""
         new = validate_name(new)
         with self.store.write() as s:
             speaker = self._get_speaker(s, old)
@@ -1053,6 +1054,13 @@ class SpeakerDB:
                 return
             if store.speaker_by_name(s, new) is not None:
                 raise SpeakerExistsError(f"cannot rename {old!r}: speaker {new!r} already exists")
+            # A rename made a speaker of an opted-out person's name (and wrote the name in the
+            # audit record) without the override that enrolling them needs.
+            if governance.matching_optouts(s, new, None):
+                raise OptedOutError(
+                    f"cannot rename {old!r}: {new!r} opted out of this database; an administrator may "
+                    "enroll them again (--override-optout); nothing written"
+                )
             speaker.name = new
             speaker.updated_at = store.utcnow()
 

@@ -260,6 +260,20 @@ def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_extern
         assert db.optout("dave").removed and {s.name for s in db.list()} == {"carol", "Dave"}
 
 
+def test_a_rename_to_an_opted_out_name_is_refused_as_an_enrollment_is(tmp_path, clips):
+    """A rename made a speaker of an opted-out person's name, and wrote the name into the audit
+    record, with no override: what enroll refuses."""
+    with _db(tmp_path / "r.sqlite") as db:
+        db.optout("Alice Smith")
+        db.enroll("tmp", [clips["alice"]])
+        with db.audited_as("ops"), pytest.raises(OptedOutError, match="opted out") as e:
+            db.rename("tmp", "alice smith")
+        assert e.value.code == "opted_out"
+        assert [s.name for s in db.list()] == ["tmp"]
+        assert "smith" not in json.dumps([a.to_dict() for a in db.audit()]).lower()
+        db.rename("tmp", "carol")  # any other name is free
+
+
 def test_the_policy_and_the_optouts_belong_to_a_gallery(tmp_path, clips):
     with _db(tmp_path / "t.sqlite") as db:
         db.create_gallery("acme")
