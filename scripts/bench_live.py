@@ -33,6 +33,12 @@ Enrolls the manifest's speakers in a temporary database (``--model``, default GE
   it, with the real VAD and a stand-in embedder of the model's dimension (microseconds per
   window: the session's own memory, not the model's, is what grows or not); Python heap
   (tracemalloc) and resident memory every 10 minutes of audio.
+* ``unbroken``: one session fed ``--unbroken-minutes`` of speech that never pauses (three-talker
+  babble: the conversations cut to their speech, dealt into three streams and summed, looped),
+  which Silero hears as one region from start to end, as fast as it takes it, with the real VAD
+  and the stand-in embedder: the CPU seconds each minute of audio costs, the window vectors held
+  and the resident memory at every minute, and the peak resident memory (the session's work per
+  second of audio must not grow with the length of an open region).
 * ``compute``: the time to embed the windows of one block (1 and 8 windows of 1.5 s) with
   ``--checkpoint``, a full-size WavLM x-vector checkpoint (RANDOM weights from
   scripts/make_random_checkpoint.py cost what real weights cost; its names mean nothing) in
@@ -66,7 +72,7 @@ from speakerdb import live, timeline  # noqa: E402
 from speakerdb.api import SpeakerDB  # noqa: E402
 from speakerdb.audio import decode as audio  # noqa: E402
 from speakerdb.live import LiveSession  # noqa: E402
-from speakerdb.results import VoiceEvent  # noqa: E402
+from speakerdb.results import SpeechEvent, VoiceEvent  # noqa: E402
 
 SR = audio.SAMPLE_RATE
 FRAME_S = 0.02  # s: one frame of a call or a WebSocket client
@@ -371,6 +377,68 @@ def section_memory(db: SpeakerDB, convs: list[dict], root: Path, minutes: float,
     }
 
 
+def babble(convs: list[dict], root: Path, talkers: int = 3) -> np.ndarray:
+    """Speech that never pauses: each conversation cut to its Silero speech regions, the pieces
+    dealt into ``talkers`` streams of equal loudness, summed (where one talker pauses, another
+    speaks)."""
+    from speakerdb.audio import vad
+
+    detector = vad.load()
+    pieces = []
+    for c in convs:
+        x = audio.load(root / c["file"]).samples
+        found = vad.regions(vad.probabilities([x], detector), duration_s=len(x) / SR)
+        pieces += [x[int(r.start * SR) : int(r.end * SR)] for r in found]
+    streams = [
+        np.concatenate([p / max(float(np.sqrt(np.mean(p**2))), 1e-9) for p in pieces[k::talkers]])
+        for k in range(talkers)
+    ]
+    n = min(len(s) for s in streams)
+    return (0.05 * sum(s[:n] for s in streams)).astype(np.float32)
+
+
+def section_unbroken(db: SpeakerDB, convs: list[dict], root: Path, minutes: float, max_held_s: float) -> dict:
+    load0 = kit.load_average()
+    x = babble(convs, root)
+    kit.log(f"unbroken: {minutes:g} min of babble ({len(x) / SR / 60:.1f} min, looped) into one session")
+    dim = db.embedder.dim
+    gallery = timeline.database_gallery(db.store, db._cohorts, dim, None)
+    session = LiveSession(StandInEmbedder(dim), gallery, max_held_s=max_held_s)
+    frame = int(FRAME_S * SR)
+    per_minute = int(60 * SR)
+    rows = []
+    speech_events = 0
+    _, peak = kit.rss_baseline()
+    for m in range(int(minutes)):
+        cpu0 = time.process_time()
+        for i in range(m * per_minute, (m + 1) * per_minute, frame):
+            k = i % len(x)
+            events = session.feed(x[k : min(k + frame, len(x))])
+            speech_events += sum(isinstance(e, SpeechEvent) for e in events)
+        rows.append(
+            {
+                "minute": m + 1,
+                "cpu_s": round(time.process_time() - cpu0, 3),
+                # Window vectors the session holds: of settled regions and of the region still open.
+                "held_windows": len(session._vectors) + len(session._open),
+                "rss_mib": round(kit.status_mib("VmRSS"), 1),
+            }
+        )
+        kit.log(f"  {rows[-1]}")
+    cpu0 = time.process_time()
+    session.finish()
+    finish_s = time.process_time() - cpu0
+    return {
+        "rows": rows,
+        "speech_events": speech_events,  # 1: the VAD heard one region, never a pause
+        "finish_cpu_s": round(finish_s, 3),
+        "peak_rss_mib": round(peak(), 1),
+        "dim": dim,
+        "max_held_s": max_held_s,
+        "load": [round(load0, 1), round(kit.load_average(), 1)],
+    }
+
+
 def section_compute(checkpoint: Path) -> dict:
     from speakerdb.embedding.models import load_embedder
 
@@ -410,16 +478,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("conversations", type=Path, help="directory written by make_conversations.py")
     p.add_argument("--model", default="resemblyzer")
-    p.add_argument("--sections", default="latency,streams,memory", help="latency, accuracy, streams, memory, compute")
+    p.add_argument(
+        "--sections", default="latency,streams,memory", help="latency, accuracy, streams, memory, unbroken, compute"
+    )
     p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     p.add_argument("--streams", default="1,4,8,12,16", help="concurrent sessions to try")
     p.add_argument("--stream-s", type=float, default=60.0, help="seconds each concurrent session streams")
     p.add_argument("--memory-minutes", type=float, default=60.0)
+    p.add_argument("--unbroken-minutes", type=float, default=31.0)
     p.add_argument(
         "--max-held-s",
         type=float,
         default=live.DEFAULT_MAX_HELD_S,
-        help="seconds of speech whose window vectors the memory section's session keeps",
+        help="seconds of speech whose window vectors the memory and unbroken sections' sessions keep",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="full-size WavLM checkpoint (compute section)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -432,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"cpu": kit.cpu_name(), "model": args.model, "load_start": round(kit.load_average(), 1)}
     with tempfile.TemporaryDirectory() as tmp:
         with SpeakerDB(Path(tmp) / "db.sqlite", model=args.model) as db:
-            if sections & {"latency", "accuracy", "streams", "memory"}:
+            if sections & {"latency", "accuracy", "streams", "memory", "unbroken"}:
                 for spk, files in manifest["enroll"].items():
                     db.enroll(spk, files)
             if "latency" in sections:
@@ -444,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
                 result["streams"] = section_streams(db, convs, args.conversations, enrolled, levels, args.stream_s)
             if "memory" in sections:
                 result["memory"] = section_memory(db, convs, args.conversations, args.memory_minutes, args.max_held_s)
+            if "unbroken" in sections:
+                result["unbroken"] = section_unbroken(
+                    db, convs, args.conversations, args.unbroken_minutes, args.max_held_s
+                )
         if "compute" in sections:
             checkpoint = kit.checkpoint_in(args.checkpoint or Path(tmp) / "wavlm-full")  # built if absent
             result["compute"] = section_compute(checkpoint)
