@@ -75,6 +75,32 @@ def test_regions_hysteresis_minimum_lengths_and_padding():
     assert [(round(r.start, 3), round(r.end, 3)) for r in got] == [(0.05, 0.55), (1.25, 1.65)]
 
 
+def test_regions_tracked_block_by_block_are_those_of_the_whole_recording():
+    """A RegionTracker fed random frames in random blocks (what a live session does) gives after
+    each block the regions of all the frames so far, and at the end those of the whole
+    recording, also when it lets go of the regions before the last but one as it goes."""
+    rng = np.random.default_rng(3)
+    for trial in range(300):
+        levels = rng.choice([0.0, 0.2, 0.36, 0.45, 0.6, 0.95], size=int(rng.integers(1, 40)))
+        probs = np.concatenate([np.clip(v + rng.normal(0, 0.05, int(rng.integers(1, 25))), 0, 1) for v in levels])
+        f = [vad.FRAME_S, 0.03, 0.1][trial % 3]
+        settings = {"frame_s": f, "min_silence_s": float(rng.choice([0.1, 0.2])), "pad_s": float(rng.choice([0, 0.2]))}
+        tracker = vad.RegionTracker(**settings)
+        done, settled = 0, -1.0
+        while done < len(probs):
+            k = int(rng.integers(0, 30))
+            tracker.feed(probs[done : done + k])
+            done = min(len(probs), done + k)
+            now = [r for r in tracker.regions() if r.end > settled]
+            assert now == [r for r in vad.regions(probs[:done], **settings) if r.end > settled]
+            if len(now) > 1:  # as a live session does once a region is followed by another
+                settled = now[-2].end
+                tracker.forget(settled)
+        duration = len(probs) * f - f / 2  # the last frame is partial
+        whole = vad.regions(probs, duration_s=duration, **settings)
+        assert [r for r in tracker.regions(duration) if r.end > settled] == [r for r in whole if r.end > settled]
+
+
 # ---- windows ------------------------------------------------------------------------------
 def test_plan_windows_cover_each_region_and_skip_bursts():
     regions = [vad.Region(0.0, 4.2), vad.Region(5.0, 6.0), vad.Region(7.0, 7.3)]

@@ -269,32 +269,109 @@ def regions(
     frames since a point before which nothing can change), so times are computed exactly as
     from the whole recording's frames; ``duration_s`` is then still counted from the start.
     """
-    probs = np.asarray(probs, np.float64)
-    end_of_audio = duration_s if duration_s is not None else (first_frame + len(probs)) * frame_s
-    off = max(threshold - HYSTERESIS, 0.01)
-    raw: list[list[float]] = []
-    start: int | None = None
-    last_speech = -1
-    for i, p in enumerate(probs.tolist(), first_frame):
-        if start is None:
-            if p >= threshold:
-                start, last_speech = i, i
-        elif p >= off:
-            last_speech = i
-        elif (i - last_speech) * frame_s >= min_silence_s:
-            raw.append([start * frame_s, (last_speech + 1) * frame_s])
-            start = None
-    if start is not None:
-        raw.append([start * frame_s, (last_speech + 1) * frame_s])
-    raw = [r for r in raw if r[1] - r[0] >= min_speech_s]
-    out: list[Region] = []
-    for i, (a, b) in enumerate(raw):
-        lo = max(0.0, a - pad_s, out[-1].end if out else 0.0)
-        hi = min(end_of_audio, b + pad_s)
-        if i + 1 < len(raw):
-            hi = min(hi, (b + raw[i + 1][0]) / 2)  # padding never crosses into the next region
+    tracker = RegionTracker(
+        frame_s=frame_s, threshold=threshold, min_silence_s=min_silence_s, min_speech_s=min_speech_s, pad_s=pad_s
+    )
+    tracker.n_frames = first_frame
+    tracker.feed(probs)
+    return tracker.regions(duration_s)
+
+
+class RegionTracker:
+    """The speech regions of frames that arrive block by block: after each :meth:`feed`,
+    :meth:`regions` gives what :func:`regions` gives over all the frames so far, for the work
+    of the new frames alone (a live session: an hour of speech that never pauses is scanned
+    once, not once per block).
+
+    It keeps the hysteresis state of the last frame, the raw regions that still wait for the
+    next one (padding never crosses into the next region, so a region's end waits for its
+    successor's start) and the regions made of them; :meth:`forget` lets go of those the
+    caller has settled.
+    """
+
+    def __init__(
+        self,
+        *,
+        frame_s: float = FRAME_S,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_silence_s: float = DEFAULT_MIN_SILENCE_S,
+        min_speech_s: float = DEFAULT_MIN_SPEECH_S,
+        pad_s: float = DEFAULT_PAD_S,
+    ) -> None:
+        self.frame_s, self.threshold = frame_s, threshold
+        self.min_silence_s, self.min_speech_s, self.pad_s = min_silence_s, min_speech_s, pad_s
+        self.off = max(threshold - HYSTERESIS, 0.01)
+        self.n_frames = 0  # frames fed
+        self._start: int | None = None  # first frame of the raw region open at the last frame
+        self._last_speech = -1  # its last frame at or above ``off``
+        self._waiting: tuple[float, float] | None = None  # a closed raw region waiting for the next one
+        self._out: list[Region] = []  # regions of the raw regions folded in; the last may still grow
+
+    def feed(self, probs: Sequence[float] | np.ndarray) -> None:
+        """Take the next frames' probabilities."""
+        probs = np.asarray(probs, np.float64)
+        start, last_speech, fs = self._start, self._last_speech, self.frame_s
+        for i, p in enumerate(probs.tolist(), self.n_frames):
+            if start is None:
+                if p >= self.threshold:
+                    start, last_speech = i, i
+            elif p >= self.off:
+                last_speech = i
+            elif (i - last_speech) * fs >= self.min_silence_s:
+                self._close(start * fs, (last_speech + 1) * fs)
+                start = None
+        self.n_frames += len(probs)
+        self._start, self._last_speech = start, last_speech
+        following = self._open_raw()  # long enough: it only grows, so it counts for good
+        if self._waiting is not None and following is not None:
+            self._fold(self._out, *self._waiting, following[0], None)
+            self._waiting = None
+
+    def regions(self, duration_s: float | None = None) -> list[Region]:
+        """The regions of all the frames fed, as :func:`regions` finds them (those let go by
+        :meth:`forget` aside); ``duration_s``: the audio's length (default: the frames')."""
+        end_of_audio = duration_s if duration_s is not None else self.n_frames * self.frame_s
+        out = list(self._out)
+        rest = [r for r in (self._waiting, self._open_raw()) if r is not None]
+        for k, (a, b) in enumerate(rest):
+            self._fold(out, a, b, rest[k + 1][0] if k + 1 < len(rest) else None, end_of_audio)
+        return out
+
+    def forget(self, until_s: float) -> None:
+        """Let go of the regions that end by ``until_s`` (settled by the caller), all but the
+        last: a later region's start is measured from its end."""
+        drop = 0
+        while drop < len(self._out) - 1 and self._out[drop].end <= until_s:
+            drop += 1
+        del self._out[:drop]
+
+    def _open_raw(self) -> tuple[float, float] | None:
+        """The raw region open at the last frame, if it is already long enough to count."""
+        if self._start is None:
+            return None
+        a, b = self._start * self.frame_s, (self._last_speech + 1) * self.frame_s
+        return (a, b) if b - a >= self.min_speech_s else None
+
+    def _close(self, a: float, b: float) -> None:
+        """A raw region has closed: the one waiting is folded in (its successor's start is
+        known), and this one waits in its place; shorter bursts are dropped."""
+        if b - a < self.min_speech_s:
+            return
+        if self._waiting is not None:
+            self._fold(self._out, *self._waiting, a, None)
+        self._waiting = (a, b)
+
+    def _fold(self, out: list[Region], a: float, b: float, following: float | None, end_of_audio: float | None) -> None:
+        """Add the raw region ``a``-``b`` to ``out``: padded, never past the midpoint to the
+        ``following`` raw region nor past ``end_of_audio``, joined to the last region if its
+        padding meets it."""
+        lo = max(0.0, a - self.pad_s, out[-1].end if out else 0.0)
+        hi = b + self.pad_s
+        if end_of_audio is not None:
+            hi = min(end_of_audio, hi)
+        if following is not None:
+            hi = min(hi, (b + following) / 2)  # padding never crosses into the next region
         if out and lo <= out[-1].end:
             out[-1] = Region(out[-1].start, hi)
         else:
             out.append(Region(lo, hi))
-    return out
