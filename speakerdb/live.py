@@ -11,12 +11,14 @@ next frame of audio (any length) and returns the events it caused; ``enroll`` tu
 heard so far into an enrolled speaker; ``close`` returns a :class:`~speakerdb.results.Timeline`.
 
 Regions. The VAD (:mod:`speakerdb.audio.vad`) runs on each block as it comes; its speech
-regions (hysteresis, minimum lengths, padding) are recomputed over the frames since the last
-settled point. A region is *settled* (final) once no later frame can change it: when another
-region follows it, or when more than :data:`SETTLE_S` of audio has passed its end (the longest
-stretch over which a region still open could merge with it or clip its padding). Settled
-regions, and the windows planned over them (:func:`speakerdb.timeline.plan_windows`), are
-exactly those ``timeline`` finds for the same audio as a file.
+regions (hysteresis, minimum lengths, padding) are kept up to date from each block's new frames
+alone (:class:`speakerdb.audio.vad.RegionTracker`), so a block costs the same an hour into
+speech that never pauses as a second into it. A region is *settled* (final) once no later
+frame can change it: when another region follows it, or when more than :data:`SETTLE_S` of
+audio has passed its end (the longest stretch over which a region still open could merge with
+it or clip its padding). Settled regions, and the windows planned over them
+(:func:`speakerdb.timeline.plan_windows`), are exactly those ``timeline`` finds for the same
+audio as a file.
 
 Noise. As ``timeline`` does for a file, the session measures how far its speech stands above
 its pauses and the noise of those pauses (:class:`speakerdb.audio.denoise.NoiseMeter`). It
@@ -31,7 +33,8 @@ noisy file's speech again in the denoised audio and measures its noise over the 
 so the final timeline of a noisy session is not the file's.
 
 Windows and voices. Inside a region still open, the windows of the plan (``window_s`` long,
-every ``hop_s`` from the region's start) are embedded as soon as their audio is there, in one
+every ``hop_s`` from the region's start) are embedded as soon as their audio is there (each block
+looks only at those after the last one embedded), in one
 call of the ``embed_windows`` hook per block (equal lengths, so they stack; the service's hook
 stacks them with other callers' windows). Each window vector joins the online voice whose
 mean vector it is closest to, if their cosine reaches the gallery's cosine threshold minus
@@ -53,10 +56,10 @@ not always, agrees with the live labels.
 
 Memory. The session holds the audio of the regions still open (a few seconds: only from the
 first window not yet embedded; while it judges its noise, from the first region it heard),
-the VAD's frames since the last settled point, one vector per window of settled speech and
-each voice's running sums; while it judges its noise, the levels of the last
-:data:`JUDGE_LEVELS_S` (to twice that) of frames, and if noisy, one noise spectrum. Window
-vectors are kept for up to ``max_held_s`` seconds of speech (default
+the VAD's state at its last frame (a few numbers, and the regions not yet settled), one vector
+per window of settled speech and each voice's running sums; while it judges its noise, the
+levels of the last :data:`JUDGE_LEVELS_S` (to twice that) of frames, and if noisy, one noise
+spectrum. Window vectors are kept for up to ``max_held_s`` seconds of speech (default
 :data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond, the oldest are dropped and their final
 segments kept (a few numbers each): memory stays flat for a session of any length, and the
 final timeline of such a session is the live one (its final segments) rather than a
@@ -220,8 +223,8 @@ class LiveSession:
         self._peak = 0.0
         self._audio = np.zeros(0, np.float32)  # 16 kHz samples from _audio_start on
         self._audio_start = 0
-        self._probs = np.zeros(0, np.float32)  # VAD frames from _first_frame on
-        self._first_frame = 0
+        # The VAD's regions, kept up to date from the new frames of each block alone.
+        self._found = vad.RegionTracker(frame_s=self._frame_s)
         # Noise: measured in the pauses until judged; kept (the pauses' spectrum only) if noisy.
         self._meter: denoise.NoiseMeter | None = denoise.NoiseMeter(
             vad.frame_samples(self._detector), int(JUDGE_LEVELS_S / self._frame_s)
@@ -230,7 +233,7 @@ class LiveSession:
         self._holding = True  # the windows of the speech heard wait for that judgement
         self._noisy_db: float | None = None  # speech over pauses (dB) of a session judged noisy
         self._first_speech_s: float | None = None
-        self._open_regions: list[vad.Region] = []  # as the last block left them
+        self._open_region: vad.Region | None = None  # as the last block left it (at most one is open)
         self._unjudged: list[vad.Region] = []  # settled while the noise was judged: embedded once it is
         self._deferred: list[LiveEvent] = []  # events of a catch-up that enroll() made, for the next feed
         self._settled_until = 0.0  # s: end of the last settled region
@@ -247,8 +250,12 @@ class LiveSession:
         self._dropped_spans = 0
         self._retired = array("d")  # (start, end, voice, score or nan) of dropped regions' segments
         self._speech_s = 0.0
-        # Windows of regions still open, by span: (vector, voice).
+        # Windows of the region still open, by span, in time order: (vector, voice). Its windows
+        # are the plan's grid from its start: each block embeds those from _open_next on.
         self._open: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+        self._open_first = -1  # sample: the start of the open region whose windows these are
+        self._open_next = 0  # sample: where its next window starts
+        self._run: tuple[int, float] | None = None  # (voice, start s) of its latest run of one voice
         self._voices: list[_Voice] = []
         self._unknowns = 0
         self._dirty: set[int] = set()  # voices joined by windows since they were last named
@@ -305,7 +312,8 @@ class LiveSession:
         speech yet, or less than a window of it) it does nothing.
         :meth:`enroll` calls it first; a caller that cannot let ``enroll`` embed (the service,
         which enrolls on the lane that embeds) calls it before."""
-        waiting = self._unjudged or any(self._grid(r) for r in self._open_regions)  # whole windows wait
+        r = self._open_region
+        waiting = self._unjudged or (r is not None and self._end_sample(r) - self._start_sample(r) >= self._window)
         if not self._holding or self._finished or not waiting:
             return []
         self._judge(self._n16 / SR, now=False)  # a verdict, if the meter can give one now
@@ -313,8 +321,8 @@ class LiveSession:
         events: list[LiveEvent] = []
         for r in self._take_unjudged():
             events += self._settle(r, self.seconds_fed)
-        for r in self._open_regions:
-            events += self._embed_open(r, self.seconds_fed)
+        if self._open_region is not None:
+            events += self._embed_open(self._open_region, self.seconds_fed)
         return self._named(events)
 
     def _take_unjudged(self) -> list[vad.Region]:
@@ -434,19 +442,13 @@ class LiveSession:
         probs = [self._detector.feed(block)]
         if last:
             probs.append(self._detector.flush())
-        self._probs = np.concatenate([self._probs, *probs])
+        new_probs = np.concatenate(probs)
+        self._found.feed(new_probs)  # only the new frames are scanned
         if self._meter is not None:
-            self._meter.watch(block, np.concatenate(probs))
+            self._meter.watch(block, new_probs)
         at = self.seconds_fed
-        n_frames = self._first_frame + len(self._probs)
-        heard_to = n_frames * self._frame_s  # s: the end of the last VAD frame
-        regions = vad.regions(
-            self._probs,
-            frame_s=self._frame_s,
-            duration_s=self._n16 / SR,
-            first_frame=self._first_frame,
-        )
-        regions = [r for r in regions if r.end > self._settled_until]  # (those before are settled)
+        heard_to = self._found.n_frames * self._frame_s  # s: the end of the last VAD frame
+        regions = [r for r in self._found.regions(self._n16 / SR) if r.end > self._settled_until]
 
         events: list[LiveEvent] = []
         for r in regions:
@@ -458,33 +460,21 @@ class LiveSession:
         if self._judging:
             self._judge(heard_to, last)
         settled = [r for i, r in enumerate(regions) if last or i + 1 < len(regions) or r.end <= heard_to - SETTLE_S]
-        open_regions = regions[len(settled) :]
-        self._open_regions = open_regions
+        self._open_region = regions[-1] if len(settled) < len(regions) else None
         if self._holding:  # their windows wait for the judgement, as those of open regions do
             self._unjudged += settled
             self._settled_until = max([self._settled_until] + [r.end for r in settled])
         else:
             for r in self._take_unjudged() + settled:
                 events += self._settle(r, at)
-        for r in open_regions:
-            events += self._embed_open(r, at)
+        self._found.forget(self._settled_until)
+        if self._open_region is not None:
+            events += self._embed_open(self._open_region, at)
 
-        # What no later block can change is let go: VAD frames before the settled point (or, in
-        # a long silence, before any region still to come could start) and audio no window needs.
-        keep_s = min(
-            [r.start for r in open_regions]
-            + [
-                heard_to
-                - (vad.DEFAULT_MIN_SILENCE_S + vad.DEFAULT_MIN_SPEECH_S + vad.DEFAULT_PAD_S)
-                - 2 * self._frame_s
-            ]
-        )
-        keep_s = max(keep_s, self._settled_until)
-        first = min(int(math.ceil(keep_s / self._frame_s)), n_frames)
-        if first > self._first_frame:
-            self._probs = self._probs[first - self._first_frame :]
-            self._first_frame = first
-        need = [self._audio_needed(r) for r in open_regions] + [int(round(r.start * SR)) for r in self._unjudged]
+        # What no later block can change is let go: audio no window needs.
+        need = [int(round(r.start * SR)) for r in self._unjudged]
+        if self._open_region is not None:
+            need.append(self._audio_needed(self._open_region))
         need.append(int(max(0.0, heard_to - SETTLE_S - self.params.window_s) * SR))  # regions to come
         keep_from = min(min(need), self._n16)
         if keep_from > self._audio_start:
@@ -516,18 +506,21 @@ class LiveSession:
             raise AssertionError(f"live session: window {a}-{b} not held ({self._audio_start}+{len(self._audio)})")
         return self._audio[a - self._audio_start : b - self._audio_start].copy()
 
-    def _grid(self, r: vad.Region) -> list[tuple[int, int]]:
-        """The windows of the plan over ``r`` (still open) whose audio has arrived."""
-        a, b = int(round(r.start * SR)), min(int(round(r.end * SR)), self._n16)
-        return [(s, s + self._window) for s in range(a, b - self._window + 1, self._hop)]
+    @staticmethod
+    def _start_sample(r: vad.Region) -> int:
+        """The first sample of a region: where its windows' grid starts."""
+        return int(round(r.start * SR))
+
+    def _end_sample(self, r: vad.Region) -> int:
+        """The last sample of an open region whose audio has arrived."""
+        return min(int(round(r.end * SR)), self._n16)
 
     def _audio_needed(self, r: vad.Region) -> int:
         """The first sample an open region's remaining windows may need."""
-        a = int(round(r.start * SR))
+        a = self._start_sample(r)
         if self._holding:  # none embedded yet
             return a
-        grid = self._grid(r)
-        upcoming = grid[-1][0] + self._hop if grid else a
+        upcoming = self._open_next if self._open_first == a else a
         # The window aligned to the region's end: its end is at least the present end - pad.
         aligned = int(round((r.end - vad.DEFAULT_PAD_S - self._frame_s) * SR)) - self._window
         return max(a, min(upcoming, aligned))
@@ -553,32 +546,38 @@ class LiveSession:
         return np.stack([v for v in out if v is not None]) if out else np.zeros((0, 1), np.float32)
 
     def _embed_open(self, r: vad.Region, at: float) -> list[LiveEvent]:
-        """Embed the new windows of an open region; a provisional event for its latest voice.
-        Nothing while the session is judging its noise (:meth:`_judge`)."""
+        """Embed the new windows of the open region; a provisional event for its latest voice.
+        Nothing while the session is judging its noise (:meth:`_judge`). Only the windows from
+        the last one embedded on are looked at, so a block costs the same an hour into a region
+        that never pauses as a second into it."""
         if self._holding:
             return []
-        grid = self._grid(r)
-        new = [span for span in grid if span not in self._open]
+        a = self._start_sample(r)
+        if a != self._open_first:  # a region newly open: its grid starts at its start
+            self._open_first, self._open_next, self._run = a, a, None
+        new = [(s, s + self._window) for s in range(self._open_next, self._end_sample(r) - self._window + 1, self._hop)]
         if not new:
             return []
-        vectors = self._embed_many([self._samples(a, b) for a, b in new])
-        for span, vec in zip(new, vectors):
-            self._open[span] = (vec, self._join(vec, (span[1] - span[0]) / SR, span[1] / SR))
+        vectors = self._embed_many([self._samples(s, e) for s, e in new])
+        for (s, e), vec in zip(new, vectors):
+            voice = self._join(vec, (e - s) / SR, e / SR)
+            self._open[(s, e)] = (vec, voice)
+            if self._run is None or self._run[0] != voice:  # a run begins half a hop before its window's centre
+                self._run = (voice, r.start if s == a else (s + e) / 2 / SR - self.params.hop_s / 2)
+        self._open_next = new[-1][0] + self._hop
         self._rename()
-        heard = [(span, self._open[span][1]) for span in grid if span in self._open]
-        voice = heard[-1][1]
-        j = len(heard) - 1
-        while j > 0 and heard[j - 1][1] == voice:
-            j -= 1
-        start = r.start if j == 0 else (heard[j][0][0] + heard[j][0][1]) / 2 / SR - self.params.hop_s / 2
-        end = heard[-1][0][1] / SR
+        assert self._run is not None
+        voice, start = self._run
         v = self._voices[voice]
+        end = new[-1][1] / SR
         return [VoiceEvent(start, end, self._label(voice), v.speaker, v.score, False, at)]
 
     def _settle(self, r: vad.Region, at: float) -> list[LiveEvent]:
         """A region that can no longer change: its windows, their voices, its final segments."""
         index = self._dropped_regions + len(self._regions)
         spans = timelines.plan_windows([r], self.params.window_s, self.params.hop_s)
+        if self._start_sample(r) == self._open_first:  # the open region: its windows are used below
+            self._open_first, self._run = -1, None
         self._settled_until = r.end
         self._speech_s += r.duration
         entry = _Region(r, len(self._spans), len(spans))

@@ -248,16 +248,19 @@ def test_an_enrollment_asked_early_leaves_the_noise_to_be_judged(bob_gallery, li
     assert all(denoised)
 
 
+class CheapEmbedder:
+    """One window costs microseconds: the session's own memory and work are what is measured."""
+
+    dim = 64
+
+    def embed(self, windows):
+        out = np.stack([np.resize(np.abs(np.fft.rfft(w[:2048]))[:64], 64) for w in windows])
+        return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
 def test_memory_stays_flat_over_a_long_session():
     """A long stream with a small cap on held speech: past the cap, what the session holds stops
     growing, and the final timeline still covers the whole session (from its final segments)."""
-
-    class CheapEmbedder:  # one window costs microseconds: the session's own memory is what is measured
-        dim = 64
-
-        def embed(self, windows):
-            out = np.stack([np.resize(np.abs(np.fft.rfft(w[:2048]))[:64], 64) for w in windows])
-            return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
     session = LiveSession(CheapEmbedder().embed, Gallery.empty(64, 0.9), detector=EnergyDetector(), max_held_s=60)
     rng = np.random.default_rng(0)
@@ -285,6 +288,55 @@ def test_memory_stays_flat_over_a_long_session():
     assert t.duration == pytest.approx(34 * len(block) / SR)
     assert t.segments[-1].end > t.duration - 2 and t.segments[0].start < 1
     assert "held speech" in t.notes[0]
+
+
+def unbroken(f0: float, minutes: float) -> np.ndarray:
+    """A voice that never pauses: one minute of it (never under the energy VAD's level), looped."""
+    return np.tile(voice(f0, 60.0, seed=1), int(np.ceil(minutes)))[: int(minutes * 60 * SR)]
+
+
+def test_a_turn_that_never_pauses_costs_the_same_at_minute_6_as_at_minute_2():
+    """Six minutes of speech the VAD hears as one region: the memory a block's work allocates
+    for a moment (the frames and windows it looks at) is the same at minute 6 as at minute 2,
+    and the final segments cover the whole turn. (Before, every block rescanned the region's
+    VAD frames and windows from its start.)"""
+    session = LiveSession(CheapEmbedder().embed, Gallery.empty(64, 0.9), detector=EnergyDetector())
+    x = unbroken(BOB, 6)
+    tick = int(0.16 * SR)  # one block per feed: a minute is 375 of them, the same each minute
+    transient = {}
+    events: list = []
+    tracemalloc.start()
+    try:
+        for minute in range(6):
+            worst = 0
+            for i in range(minute * 60 * SR, (minute + 1) * 60 * SR, tick):
+                tracemalloc.reset_peak()
+                before = tracemalloc.get_traced_memory()[0]
+                got = session.feed(x[i : i + tick])
+                worst = max(worst, tracemalloc.get_traced_memory()[1] - before)
+                events += [e for e in got if not (isinstance(e, VoiceEvent) and not e.final)]  # (not held)
+            transient[minute + 1] = worst
+    finally:
+        tracemalloc.stop()
+    assert transient[6] < transient[2] + 20_000, transient
+    events += session.finish()
+    assert [type(e).__name__ for e in events].count("SpeechEvent") == 1  # one region, start to end
+    finals = [(e.start, e.end) for e in events if isinstance(e, VoiceEvent) and e.final]
+    assert finals[0][0] == 0.0 and finals[-1][1] == pytest.approx(360.0)
+    assert all(b == c for (_, b), (c, _) in zip(finals, finals[1:]))  # one after another, no gap
+
+
+def test_a_long_turn_under_the_cap_gives_the_offline_timeline(tmp_path, bob_gallery):
+    """A turn of two minutes without a pause in a conversation: its windows are held while it is
+    open and the final timeline is the offline one."""
+    emb = FakeEmbedder()
+    x = np.concatenate([unbroken(DAVE, 2), conversation(TURNS)])
+    offline = timeline.build(
+        write(tmp_path / "long.wav", x, subtype="FLOAT"), emb, bob_gallery, Params(), detector=EnergyDetector()
+    )
+    session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector())
+    feed_all(session, x, int(FRAME_S * SR))
+    assert dataclasses.replace(session.close(), file=offline.file) == offline
 
 
 # ---- through the database ----------------------------------------------------------------------

@@ -261,18 +261,11 @@ def regions(
     min_silence_s: float = DEFAULT_MIN_SILENCE_S,
     min_speech_s: float = DEFAULT_MIN_SPEECH_S,
     pad_s: float = DEFAULT_PAD_S,
-    first_frame: int = 0,
 ) -> list[Region]:
-    """Speech regions from per-frame probabilities (hysteresis, minimum lengths, padding; see module doc).
-
-    ``first_frame``: the index in the recording of ``probs[0]`` (a live session passes the
-    frames since a point before which nothing can change), so times are computed exactly as
-    from the whole recording's frames; ``duration_s`` is then still counted from the start.
-    """
+    """Speech regions from per-frame probabilities (hysteresis, minimum lengths, padding; see module doc)."""
     tracker = RegionTracker(
         frame_s=frame_s, threshold=threshold, min_silence_s=min_silence_s, min_speech_s=min_speech_s, pad_s=pad_s
     )
-    tracker.n_frames = first_frame
     tracker.feed(probs)
     return tracker.regions(duration_s)
 
