@@ -57,24 +57,29 @@ not always, agrees with the live labels.
 Memory. The session holds the audio of the regions still open (a few seconds: only from the
 first window not yet embedded; while it judges its noise, from the first region it heard),
 the VAD's state at its last frame (a few numbers, and the regions not yet settled), one vector
-per window of settled speech and each voice's running sums; while it judges its noise, the
-levels of the last :data:`JUDGE_LEVELS_S` (to twice that) of frames, and if noisy, one noise
-spectrum. Window vectors are kept for up to ``max_held_s`` seconds of speech (default
-:data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond, the oldest are dropped and their final
-segments kept (a few numbers each): memory stays flat for a session of any length, and the
-final timeline of such a session is the live one (its final segments) rather than a
-re-assembly, which ``notes`` says.
+per window of speech and each voice's running sums; while it judges its noise, the levels of
+the last :data:`JUDGE_LEVELS_S` (to twice that) of frames, and if noisy, one noise spectrum.
+Window vectors, of settled regions and of the region still open alike, are kept for up to
+``max_held_s`` seconds of speech (default :data:`DEFAULT_MAX_HELD_S`: an hour of talk); beyond,
+the oldest settled regions are dropped and their final segments kept (a few numbers each), and
+when the region still open alone holds more (speech that never pauses), its oldest windows are
+made final: smoothed with the next :data:`LOOK_AHEAD_S` of windows as look-ahead, reported as
+``final`` events while it goes on and let go, :data:`LET_GO_S` at a time. Memory stays flat for
+a session of any length, whether or not its speakers pause, and the final timeline of such a
+session is the live one (its final segments) rather than a re-assembly, which ``notes`` says.
 At most :data:`MAX_VOICES` voices are kept apart; past that a window joins its nearest voice.
 
 Enrollment. ``enroll(label, name)`` averages the held window vectors of the voice reported as
 ``label`` into one utterance and enrolls it through the database's normal path (the index,
 the audit record and the enrollment checks as for a file; no audio is stored); later windows
-of that voice are then named ``name``.
+of that voice are then named ``name``. Past ``max_held_s`` those are its most recent windows:
+a voice that has spoken longer is enrolled from the latest of its speech only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import time
 from array import array
@@ -113,6 +118,11 @@ SETTLE_S = 2 * vad.DEFAULT_PAD_S + vad.DEFAULT_MIN_SPEECH_S + vad.DEFAULT_MIN_SI
 #: Seconds of speech whose window vectors a session keeps for its final timeline and for
 #: enrollment (an hour of talk: 7,200 windows, 15 MiB of 512-d vectors); see the module doc.
 DEFAULT_MAX_HELD_S = 3600.0
+#: A turn that goes on past the cap without a pause has its oldest windows made final this much
+#: speech at a time (s; a quarter of the cap if that is less), each stretch smoothed with the
+#: next LOOK_AHEAD_S of windows: the work of each is the same whatever the cap.
+LET_GO_S = 60.0
+LOOK_AHEAD_S = 30.0
 MAX_VOICES = 256  # voices told apart in one session; past that a window joins its nearest voice
 SOURCE_LABEL = "live"  # the final timeline's ``file``
 #: A session embeds no window of its speech until it has judged its noise (heard
@@ -255,7 +265,10 @@ class LiveSession:
         self._open: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self._open_first = -1  # sample: the start of the open region whose windows these are
         self._open_next = 0  # sample: where its next window starts
+        self._open_from_s = 0.0  # s: where its segments not yet final begin (see _let_go_open)
+        self._open_let_go = 0  # its first windows given as final segments and let go (the cap)
         self._run: tuple[int, float] | None = None  # (voice, start s) of its latest run of one voice
+        self._cut_short = False  # some region's windows were let go while it was open
         self._voices: list[_Voice] = []
         self._unknowns = 0
         self._dirty: set[int] = set()  # voices joined by windows since they were last named
@@ -409,7 +422,7 @@ class LiveSession:
             audio.check_duration_and_level(self._n16, self._peak, SOURCE_LABEL)
         except AudioError as e:
             return Timeline(SOURCE_LABEL, 0.0, [], [], error=e.reason)
-        if self._dropped_regions:
+        if self._dropped_regions or self._cut_short:
             return self._live_timeline(duration)
         regions = [r.region for r in self._regions]
         if not self._spans:
@@ -468,6 +481,7 @@ class LiveSession:
             for r in self._take_unjudged() + settled:
                 events += self._settle(r, at)
         self._found.forget(self._settled_until)
+        events += self._bound_memory(at)
         if self._open_region is not None:
             events += self._embed_open(self._open_region, at)
 
@@ -480,7 +494,6 @@ class LiveSession:
         if keep_from > self._audio_start:
             self._audio = self._audio[keep_from - self._audio_start :]
             self._audio_start = keep_from
-        self._bound_memory()
         return events
 
     def _judge(self, heard_to: float, now: bool) -> None:
@@ -554,7 +567,8 @@ class LiveSession:
             return []
         a = self._start_sample(r)
         if a != self._open_first:  # a region newly open: its grid starts at its start
-            self._open_first, self._open_next, self._run = a, a, None
+            self._open_first, self._open_next, self._open_from_s, self._run = a, a, r.start, None
+            self._open_let_go = 0
         new = [(s, s + self._window) for s in range(self._open_next, self._end_sample(r) - self._window + 1, self._hop)]
         if not new:
             return []
@@ -570,14 +584,19 @@ class LiveSession:
         voice, start = self._run
         v = self._voices[voice]
         end = new[-1][1] / SR
-        return [VoiceEvent(start, end, self._label(voice), v.speaker, v.score, False, at)]
+        return [VoiceEvent(max(start, self._open_from_s), end, self._label(voice), v.speaker, v.score, False, at)]
 
     def _settle(self, r: vad.Region, at: float) -> list[LiveEvent]:
         """A region that can no longer change: its windows, their voices, its final segments."""
         index = self._dropped_regions + len(self._regions)
         spans = timelines.plan_windows([r], self.params.window_s, self.params.hop_s)
-        if self._start_sample(r) == self._open_first:  # the open region: its windows are used below
-            self._open_first, self._run = -1, None
+        start_s = r.start
+        if self._start_sample(r) == self._open_first:  # the open region: what it held is used
+            start_s = self._open_from_s
+            if self._open_let_go:  # its first windows are final segments already (the cap)
+                kept_from = self._open_first + self._open_let_go * self._hop
+                spans = [span for span in spans if span[0] >= kept_from]
+            self._open_first, self._open_let_go, self._run = -1, 0, None
         self._settled_until = r.end
         self._speech_s += r.duration
         entry = _Region(r, len(self._spans), len(spans))
@@ -601,30 +620,39 @@ class LiveSession:
             voices.append(voice)
         self._drop_open_before(end)
         self._rename()
-        entry.segments = self._smooth(r, spans, voices)
+        vectors = np.stack(self._vectors[len(self._vectors) - len(spans) :])
+        entry.segments = self._smooth(start_s, r.end, spans, voices, vectors)
         return [
             VoiceEvent(s, e, self._label(v), self._voices[v].speaker, score, True, at)
             for s, e, v, score in entry.segments
         ]
 
     def _smooth(
-        self, r: vad.Region, spans: Sequence[tuple[int, int, int]], voices: list[int]
+        self,
+        start_s: float,
+        end_s: float,
+        spans: Sequence[tuple[int, int, int]],
+        voices: list[int],
+        vectors: np.ndarray,
+        upto: int | None = None,
     ) -> list[tuple[float, float, int, float | None]]:
-        """A settled region's segments: its windows' voices smoothed as ``timeline`` smooths frames
-        (Viterbi with the switch penalty, short runs merged), one hop of frames per window."""
+        """The segments of a stretch of a region's windows (``start_s``-``end_s``): their voices
+        smoothed as ``timeline`` smooths frames (Viterbi with the switch penalty, short runs merged),
+        one hop of frames per window. ``upto``: the segments of the first ``upto`` windows only,
+        the last ending halfway between the centres of window ``upto - 1`` and the next."""
         present = sorted(set(voices))
         profiles = np.stack([self._voices[v].profile for v in present]).astype(np.float32)
-        vectors = np.stack(self._vectors[len(self._vectors) - len(spans) :])
         frames = self.params.hop_s / timelines.FRAME_S  # frames each window stands for
         scores = (vectors @ profiles.T).astype(np.float64) * frames  # (n, V)
         path = timelines.viterbi(scores, self.params.switch_penalty)
         lengths = np.full(len(spans), max(1, int(round(frames))))
         path = timelines.merge_short(path, scores, int(round(self.params.min_segment_s / timelines.FRAME_S)), lengths)
+        last = len(spans) if upto is None else upto
         out = []
         centres = [(a + b) / 2 / SR for a, b, _ in spans]
-        for i, j, k in timelines.runs(path):
-            start = r.start if i == 0 else (centres[i - 1] + centres[i]) / 2
-            end = r.end if j == len(spans) else (centres[j - 1] + centres[j]) / 2
+        for i, j, k in timelines.runs(path[:last]):
+            start = start_s if i == 0 else (centres[i - 1] + centres[i]) / 2
+            end = end_s if j == len(spans) else (centres[j - 1] + centres[j]) / 2
             out.append((start, end, present[k], self._voices[present[k]].score))
         return out
 
@@ -695,19 +723,52 @@ class LiveSession:
         return [(self._dropped_spans + i, v) for i, v in enumerate(self._window_voice)]
 
     # ---- memory -------------------------------------------------------------------------------
-    def _bound_memory(self) -> None:
-        """Past ``max_held_s`` of windows, the oldest settled regions give up their vectors and
-        keep only their final segments (compactly)."""
-        while len(self._spans) > self._max_windows and len(self._regions) > 1:
+    def _bound_memory(self, at: float) -> list[LiveEvent]:
+        """Past ``max_held_s`` of windows (settled and open), the oldest settled regions give up
+        their vectors and keep only their final segments (compactly); past it in the open region
+        alone, its oldest windows are made final (:meth:`_let_go_open`). The events that gives."""
+        while len(self._spans) + len(self._open) > self._max_windows and (
+            len(self._regions) > 1 or (self._regions and self._open)
+        ):
             entry = self._regions.pop(0)
             for s, e, v, score in entry.segments:
                 self._retired.extend((s, e, float(v), math.nan if score is None else score))
             n = entry.n_spans
+            for a, b, _ in self._spans[:n]:
+                self._enrolled_open.discard((a, b))
             del self._spans[:n], self._vectors[:n], self._window_voice[:n]
             self._dropped_spans += n
             self._dropped_regions += 1
             for r in self._regions:
                 r.first_span -= n
+        if len(self._open) > self._max_windows:  # every settled region is let go by now
+            step = max(1, min(self._max_windows // 4, int(LET_GO_S / self.params.hop_s)))
+            # Never its newest window: the end of the region's final plan may yet leave it out.
+            return self._let_go_open(min(len(self._open) - 1, len(self._open) - self._max_windows + step), at)
+        return []
+
+    def _let_go_open(self, n: int, at: float) -> list[LiveEvent]:
+        """Make final the oldest ``n`` windows of the open region: their segments are smoothed with
+        the next :data:`LOOK_AHEAD_S` of windows as look-ahead, reported as final events and kept
+        (as a dropped region's are), their vectors let go. The session's final timeline is then
+        its final segments (:meth:`_live_timeline`); enrollment takes the windows kept."""
+        items = list(itertools.islice(self._open.items(), n + max(1, int(LOOK_AHEAD_S / self.params.hop_s))))
+        spans = [(a, b, 0) for (a, b), _ in items]
+        voices = [voice for _, (_, voice) in items]
+        vectors = np.stack([vec for _, (vec, _) in items])
+        # No segment reaches the region's end (upto < len), so that end is not needed.
+        segments = self._smooth(self._open_from_s, math.nan, spans, voices, vectors, upto=n)
+        for s, e, v, score in segments:
+            self._retired.extend((s, e, float(v), math.nan if score is None else score))
+        for span, _ in items[:n]:
+            del self._open[span]
+            self._enrolled_open.discard(span)
+        self._open_let_go += n
+        self._open_from_s = segments[-1][1]
+        self._cut_short = True
+        return [
+            VoiceEvent(s, e, self._label(v), self._voices[v].speaker, score, True, at) for s, e, v, score in segments
+        ]
 
     def _live_timeline(self, duration: float) -> Timeline:
         """The final timeline from the final segments (a session past ``max_held_s``)."""

@@ -295,15 +295,17 @@ def unbroken(f0: float, minutes: float) -> np.ndarray:
     return np.tile(voice(f0, 60.0, seed=1), int(np.ceil(minutes)))[: int(minutes * 60 * SR)]
 
 
-def test_a_turn_that_never_pauses_costs_the_same_at_minute_6_as_at_minute_2():
-    """Six minutes of speech the VAD hears as one region: the memory a block's work allocates
-    for a moment (the frames and windows it looks at) is the same at minute 6 as at minute 2,
-    and the final segments cover the whole turn. (Before, every block rescanned the region's
-    VAD frames and windows from its start.)"""
-    session = LiveSession(CheapEmbedder().embed, Gallery.empty(64, 0.9), detector=EnergyDetector())
+def test_a_turn_that_never_pauses_costs_and_holds_the_same_at_minute_6_as_at_minute_2():
+    """Six minutes of speech the VAD hears as one region, with a one-minute cap on held speech:
+    the window vectors held never pass the cap, what the session holds stops growing, and the
+    memory a block's work allocates for a moment (the frames and windows it looks at) is the
+    same at minute 6 as at minute 2; the final segments cover the whole turn and make the timeline.
+    (Before, every block rescanned the region's VAD frames and windows from its start, and held
+    every window of it.)"""
+    session = LiveSession(CheapEmbedder().embed, Gallery.empty(64, 0.9), detector=EnergyDetector(), max_held_s=60)
     x = unbroken(BOB, 6)
     tick = int(0.16 * SR)  # one block per feed: a minute is 375 of them, the same each minute
-    transient = {}
+    held, transient = [], {}
     events: list = []
     tracemalloc.start()
     try:
@@ -316,14 +318,20 @@ def test_a_turn_that_never_pauses_costs_the_same_at_minute_6_as_at_minute_2():
                 worst = max(worst, tracemalloc.get_traced_memory()[1] - before)
                 events += [e for e in got if not (isinstance(e, VoiceEvent) and not e.final)]  # (not held)
             transient[minute + 1] = worst
+            held.append((len(session._vectors) + len(session._open), tracemalloc.get_traced_memory()[0]))
     finally:
         tracemalloc.stop()
+    assert max(n for n, _ in held) <= 60 / 0.5 + 1, held
+    assert held[-1][1] - held[2][1] < 50_000, held  # minutes 3 to 6: < 50 kB more (final segments)
     assert transient[6] < transient[2] + 20_000, transient
     events += session.finish()
     assert [type(e).__name__ for e in events].count("SpeechEvent") == 1  # one region, start to end
     finals = [(e.start, e.end) for e in events if isinstance(e, VoiceEvent) and e.final]
     assert finals[0][0] == 0.0 and finals[-1][1] == pytest.approx(360.0)
     assert all(b == c for (_, b), (c, _) in zip(finals, finals[1:]))  # one after another, no gap
+    assert all(e.at < e.end + 61 for e in events if isinstance(e, VoiceEvent) and e.final)  # while it went on
+    t = session.close()
+    assert [(s.start, s.end) for s in t.segments] == [(0.0, pytest.approx(360.0))] and "held speech" in t.notes[0]
 
 
 def test_a_long_turn_under_the_cap_gives_the_offline_timeline(tmp_path, bob_gallery):
@@ -337,6 +345,43 @@ def test_a_long_turn_under_the_cap_gives_the_offline_timeline(tmp_path, bob_gall
     session = LiveSession(emb.embed, bob_gallery, detector=EnergyDetector())
     feed_all(session, x, int(FRAME_S * SR))
     assert dataclasses.replace(session.close(), file=offline.file) == offline
+
+
+def test_a_turn_longer_than_the_cap_is_enrolled_from_its_latest_windows():
+    """With a 30 s cap, a voice that speaks for two minutes without a pause, enrolled while it
+    still speaks: the utterance is the mean of its latest windows (the cap's worth at most); after
+    its turn, a second enrollment takes only the windows that came after the first, a third none."""
+    clips: list = []
+
+    def gallery() -> Gallery:  # the database after the enrollments: the first one's name
+        if not clips:
+            return Gallery.empty(FakeEmbedder.dim, 0.9)
+        return Gallery([clips[0][0]], clips[0][1].vector[None], threshold=0.9)
+
+    session = LiveSession(
+        FakeEmbedder().embed,
+        gallery(),
+        detector=EnergyDetector(),
+        enroll_clip=lambda name, clip, add: clips.append((name, clip, add)),
+        reload_gallery=gallery,
+        max_held_s=30,
+    )
+    x = np.concatenate([unbroken(DAVE, 2), np.zeros(2 * SR, np.float32)])
+    events: list = []
+    for i in range(0, 90 * SR, 2560):
+        events += session.feed(x[i : i + 2560])
+    [label] = {e.label for e in events if isinstance(e, VoiceEvent)}
+    assert any(isinstance(e, VoiceEvent) and e.final for e in events)  # its first minute is final already
+    session.enroll(label, "dave")
+    first = clips[0][1]
+    assert 30 * 0.75 <= first.n_windows * 0.5 <= 30 and first.speech_s == pytest.approx(1.5 * first.n_windows)
+    assert len(session._enrolled_open) <= 60
+    session.feed(x[90 * SR :])
+    session.finish()
+    session.enroll("dave", "dave", add=True)
+    assert clips[1][1].n_windows == pytest.approx((120 - 90) / 0.5, abs=3)  # the windows after the first
+    with pytest.raises(InvalidInputError, match="enrolled already"):
+        session.enroll("dave", "dave", add=True)
 
 
 # ---- through the database ----------------------------------------------------------------------
