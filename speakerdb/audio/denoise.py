@@ -219,13 +219,20 @@ class NoiseMeter:
         return snr, noise
 
 
-def denoised(samples: np.ndarray, detector=None) -> tuple[np.ndarray, float | None]:
+def denoised(samples: np.ndarray, detector=None, *, heard: vad.Heard | None = None) -> tuple[np.ndarray, float | None]:
     """``samples`` (a recording, or a window of one, in memory) with their noise taken out if
     they are noisy, and how far their speech stood above the pauses then (None: left as they
-    were). ``detector``: a VAD (default Silero), reset first."""
-    detector = detector if detector is not None else vad.SileroVAD()
-    meter = NoiseMeter(vad.frame_samples(detector))
-    meter.watch(samples, vad.probabilities([samples], detector))
+    were). ``detector``: a VAD (default Silero), reset first. ``heard``: Silero's pass over
+    ``samples`` already made (:func:`speakerdb.audio.vad.hear`), used instead of a detector."""
+    if heard is not None:
+        if heard.n_samples != len(samples):
+            raise ValueError(f"heard {heard.n_samples} samples, not these {len(samples)}")
+        frame, probs = vad.FRAME, heard.probabilities()
+    else:
+        detector = detector if detector is not None else vad.SileroVAD()
+        frame, probs = vad.frame_samples(detector), vad.probabilities([samples], detector)
+    meter = NoiseMeter(frame)
+    meter.watch(samples, probs)
     noisy = meter.noisy()
     if noisy is None:
         return samples, None

@@ -16,6 +16,12 @@ regions whose padding would meet (less than ``2 x pad_s`` apart) are joined into
 pause splits speech only when it is at least ``min_silence_s`` of quiet frames and
 ``2 x pad_s`` long, 0.4 s by default (the figures in docs/timeline.md were measured so).
 
+A pass over the start of a recording can be kept (:func:`hear`) and carried on later
+(:class:`Resumed`): identify's embedding hears each file's first 30 s window to judge its
+noise, and the voice count replays that and runs the model only on the rest of the file.
+Either way the probabilities are the same, bit for bit: Silero's do not depend on how the
+samples are cut into blocks and calls (tests/test_hear_once.py checks it).
+
 ``webrtcvad`` (installed with the ``resemblyzer`` extra) is the fallback backend,
 ``backend="webrtc"``: a GMM over 30 ms frames, cruder on noisy speech.
 """
@@ -135,6 +141,16 @@ def _silero_session() -> Any:
         return _session
 
 
+@dataclass(frozen=True)
+class SileroState:
+    """A :class:`SileroVAD`'s place in a recording: what it carries from one frame to the next."""
+
+    h: np.ndarray  # (1, 1, STATE) LSTM hidden state
+    c: np.ndarray  # (1, 1, STATE) LSTM cell state
+    context: np.ndarray  # (CONTEXT,) the last samples of the last whole frame
+    pending: np.ndarray  # samples of the frame not yet complete
+
+
 class SileroVAD:
     """Streaming Silero VAD: feed 16 kHz blocks of any length, read per-frame speech probabilities.
 
@@ -154,6 +170,17 @@ class SileroVAD:
         self._c = np.zeros((1, 1, STATE), np.float32)
         self._context = np.zeros(CONTEXT, np.float32)
         self._pending = np.zeros(0, np.float32)
+
+    def state(self) -> SileroState:
+        """Where the detector stands in its recording (its LSTM state, the context and the
+        samples of the frame not yet complete), for :meth:`restore` to carry on from."""
+        return SileroState(self._h.copy(), self._c.copy(), self._context.copy(), self._pending.copy())
+
+    def restore(self, state: SileroState) -> None:
+        """Carry on from ``state``: what :meth:`feed` gives next is what the detector that
+        reached it would have given."""
+        self._h, self._c = state.h.copy(), state.c.copy()
+        self._context, self._pending = state.context.copy(), state.pending.copy()
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
         """Probabilities (n_frames,) float32 of the frames that ``samples`` completes."""
@@ -250,6 +277,77 @@ def probabilities(blocks: Iterable[np.ndarray], detector=None) -> np.ndarray:
     parts = [detector.feed(b) for b in blocks]
     parts.append(detector.flush())
     return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What Silero heard of the first ``n_samples`` samples of a recording, fed from its start
+    (:func:`hear`): the probabilities of their whole frames, that of the zero-padded last
+    partial frame (what a recording that ends there flushes; empty if none), and the
+    detector's state before that flush, from which :class:`Resumed` carries on."""
+
+    n_samples: int
+    probs: np.ndarray  # (n_samples // FRAME,) float32
+    last: np.ndarray  # (0,) or (1,) float32
+    state: SileroState
+
+    def probabilities(self) -> np.ndarray:
+        """What :func:`probabilities` gives for these samples as a whole recording."""
+        return np.concatenate([self.probs, self.last])
+
+
+def hear(samples: np.ndarray, detector: SileroVAD | None = None) -> Heard:
+    """Silero's pass over ``samples`` (the start of a recording, or all of it, in memory),
+    kept so that a later pass over the same recording need not run the model on them again.
+    ``detector``: default a new one; reset first."""
+    detector = detector if detector is not None else SileroVAD()
+    detector.reset()
+    samples = np.asarray(samples, np.float32)
+    probs = detector.feed(samples)
+    state = detector.state()
+    probs.flags.writeable = False  # shared by the passes that replay it
+    last = detector.flush()
+    last.flags.writeable = False
+    return Heard(len(samples), probs, last, state)
+
+
+class Resumed:
+    """A Silero detector for a recording whose first samples were already heard (:class:`Heard`):
+    their probabilities are given back as those samples are fed again, and the model runs
+    only on what follows them, carrying on (``detector``) from the state it had reached.
+    Fed the same recording, it gives what an uninterrupted pass of Silero gives."""
+
+    frame = FRAME
+
+    def __init__(self, heard: Heard, detector: SileroVAD) -> None:
+        self.heard = heard
+        self.detector = detector
+        self.reset()
+
+    def reset(self) -> None:
+        """Start the recording again (the part already heard is replayed again)."""
+        self._fed = 0  # samples fed since the start
+        self._live = False  # past what was heard: the model runs
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """Probabilities (n_frames,) float32 of the frames that ``samples`` completes."""
+        if self._live:
+            return self.detector.feed(samples)
+        heard, start = self.heard, self._fed
+        self._fed += len(samples)
+        if self._fed <= heard.n_samples:
+            return heard.probs[start // FRAME : self._fed // FRAME]
+        self._live = True
+        self.detector.restore(heard.state)
+        return np.concatenate([heard.probs[start // FRAME :], self.detector.feed(samples[heard.n_samples - start :])])
+
+    def flush(self) -> np.ndarray:
+        """The last partial frame (zero-padded), if any."""
+        if self._live:
+            return self.detector.flush()
+        if self._fed != self.heard.n_samples:  # shorter than what was heard: not the same recording
+            raise ValueError(f"a recording of {self._fed} samples, not the {self.heard.n_samples} heard before")
+        return self.heard.last
 
 
 def regions(
