@@ -209,9 +209,11 @@ class _VoiceCheck:
         self.counter = counter
         self.operation = operation
 
-    def prepare(self, source: audio.Audio | Decoded, file: pipeline.Source) -> _Prepared:
+    def prepare(
+        self, source: audio.Audio | Decoded, file: pipeline.Source, heard: vad.Heard | None = None
+    ) -> _Prepared:
         label = file.source if isinstance(file, audio.Audio) else str(file)
-        return _Prepared(label, self.counter.prepare(source))
+        return _Prepared(label, self.counter.prepare(source, heard))
 
     def finish(self, prepared: Sequence[_Prepared]) -> list[int]:
         counts = self.counter.finish([p.pending for p in prepared])

@@ -538,12 +538,17 @@ class SpeechPass:
         return duration, list(vad.regions(np.concatenate(self._probs), frame_s=frame_s, duration_s=duration))
 
 
-def plan(source: audio.Audio | Decoded, params: Params, detector=None) -> Planned:
+def plan(source: audio.Audio | Decoded, params: Params, detector=None, heard: vad.Heard | None = None) -> Planned:
     """Pass 1: voice activity over ``source`` (and the checks identify makes), and the windows
-    over its speech. Raises AudioError for a recording too short, too long or silent."""
+    over its speech. Raises AudioError for a recording too short, too long or silent.
+
+    ``heard``: Silero's pass over the start of ``source`` (:func:`speakerdb.audio.vad.hear`;
+    identify's embedding made it to judge the noise of its first window): when the detector
+    is Silero, those probabilities are replayed and the model runs only on the rest."""
     label = source.source if isinstance(source, audio.Audio) else str(source.path)
     detector = detector if detector is not None else vad.load(params.vad_backend)
-    speech = SpeechPass(detector, levels=True)
+    first = vad.Resumed(heard, detector) if heard is not None and isinstance(detector, vad.SileroVAD) else detector
+    speech = SpeechPass(first, levels=True)
     for _ in speech.watch(_blocks_of(source)()):
         pass
     duration, regions = speech.finish(label)
@@ -1201,11 +1206,12 @@ class VoiceCounter:
         self.embedder, self.detector = embedder, detector
         self.gallery = Gallery.empty(embedder.dim, threshold)
 
-    def prepare(self, source: audio.Audio | Decoded) -> Pending:
+    def prepare(self, source: audio.Audio | Decoded, heard: vad.Heard | None = None) -> Pending:
         """Pass 1 over ``source`` and its windows' samples, ready for :meth:`finish` (AudioError
         for unusable audio); ``source`` may be closed afterwards. A recording with more than
-        ``SHARED_COUNT_S`` of windows is counted here, its windows cut as they are embedded."""
-        planned = plan(source, VOICE_CHECK_PARAMS, self.detector)
+        ``SHARED_COUNT_S`` of windows is counted here, its windows cut as they are embedded.
+        ``heard``: Silero's pass over the start of ``source`` already made (see :func:`plan`)."""
+        planned = plan(source, VOICE_CHECK_PARAMS, self.detector, heard)
         if not planned.spans:
             return Pending(planned, [], 0)
         if sum(b - a for a, b, _ in planned.spans) > SHARED_COUNT_S * audio.SAMPLE_RATE:

@@ -19,6 +19,7 @@ enrollment as it would clean (docs/timeline.md, "Noise: measured in the pauses a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..audio import decode as audio
-from ..audio import denoise
+from ..audio import denoise, vad
 from ..audio.decoded import Decoded
 from ..errors import AudioError, printable_path
 from .models import Embedder, l2_normalize
@@ -98,12 +99,21 @@ class _NameTheFile(logging.Filter):
         return True
 
 
-def heard(windows: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+def heard(windows: Iterable[np.ndarray], keep: Callable[[vad.Heard], None] | None = None) -> Iterator[np.ndarray]:
     """Each window as it is embedded: with its noise taken out if it is noisy (its speech less
     than ``denoise.NOISY_SNR_DB`` above its pauses; :func:`speakerdb.audio.denoise.denoised`),
-    as the timeline takes it out of a noisy recording, else as it is."""
-    for window in windows:
-        yield denoise.denoised(window)[0]
+    as the timeline takes it out of a noisy recording, else as it is.
+
+    ``keep`` is given Silero's pass over the first window (:func:`speakerdb.audio.vad.hear`),
+    the recording's start, for a later pass over the recording to replay (identify's voice count).
+    """
+    for i, window in enumerate(windows):
+        if i == 0 and keep is not None:
+            first = vad.hear(window)
+            keep(first)
+            yield denoise.denoised(window, heard=first)[0]
+        else:
+            yield denoise.denoised(window)[0]
 
 
 def check_vector(vector: np.ndarray, source: str) -> None:
@@ -212,9 +222,11 @@ def embed_clips(
     embedder: Embedder,
     batch_ahead_s: float = BATCH_AHEAD_S,
     max_audio_s: float | None = None,
+    first_heard: dict[int, vad.Heard] | None = None,
 ) -> Iterator[tuple[int, EmbeddedClip | AudioError]]:
     """:func:`embed_clip` for each source, as (position, clip or the AudioError it raised),
-    in the order they finish.
+    in the order they finish. ``first_heard``, if given, gets Silero's pass over each source's
+    first window by position (:func:`heard`), before the source's clip is handed out.
 
     Recordings of one window (up to 1.5 x WINDOW_S) are read ahead, up to ``batch_ahead_s``
     seconds of them, and those of identical length share one forward pass: the embedder
@@ -246,7 +258,8 @@ def embed_clips(
     for i, source in enumerate(sources):
         try:
             rec = _Recording(source, max_audio_s)
-            parts = heard(rec.windows())
+            keep = None if first_heard is None else functools.partial(first_heard.__setitem__, i)
+            parts = heard(rec.windows(), keep)
             first = next(parts, None)
             if first is None:  # windows() raises for an empty recording first; never reached
                 raise AudioError(rec.label, "holds no audio")
@@ -303,8 +316,9 @@ class VoiceCount(Protocol):
     facade's warnings): :meth:`prepare` each file as its clip is done, then :meth:`finish` a
     group of them, whose windows share forward passes."""
 
-    def prepare(self, source: audio.Audio | Decoded, file: Source) -> Any:
-        """Pass 1 over ``source``; a handle with ``seconds`` (the audio its windows hold)."""
+    def prepare(self, source: audio.Audio | Decoded, file: Source, heard: vad.Heard | None = None) -> Any:
+        """Pass 1 over ``source``; a handle with ``seconds`` (the audio its windows hold).
+        ``heard``: Silero's pass over the start of ``source``, made by the embedding, to replay."""
         ...
 
     def finish(self, prepared: Sequence[Any]) -> list[int]:
@@ -327,12 +341,13 @@ def embed_batch(
 
     ``count`` (identify's voice count) runs on each embedded file; the file is then decoded
     once: the embedding's read keeps the blocks (in memory, or a temporary file for a long
-    one) and the count replays them. The counts of files whose windows add up to at most
-    ``BATCH_FORWARD_S`` are finished together (their windows share forward passes), unless
-    ``settled`` asks for each answer as soon as it can be given. ``progress`` counts failed
-    files as done. ``settled(i, batch)`` is called as each file ``i`` not already failed gets
-    its clip (and count) or its error, in the order they finish: what a caller streams
-    answers from.
+    one) and the count replays them, with Silero's pass over the first window that judged its
+    noise (all of the file up to 1.5 x WINDOW_S): the VAD runs once over that part. The
+    counts of files whose windows add up to at most ``BATCH_FORWARD_S`` are finished together
+    (their windows share forward passes), unless ``settled`` asks for each answer as soon as
+    it can be given. ``progress`` counts failed files as done. ``settled(i, batch)`` is
+    called as each file ``i`` not already failed gets its clip (and count) or its error, in
+    the order they finish: what a caller streams answers from.
     """
     batch = Batch(errors=dict(failed or {}))
     good = [i for i in range(len(files)) if i not in batch.errors]
@@ -340,6 +355,7 @@ def embed_batch(
     for i in good if count is not None else []:
         f = files[i]
         kept[i] = f if isinstance(f, audio.Audio) else Decoded(f, max_audio_s=max_audio_s)
+    first_heard: dict[int, vad.Heard] | None = {} if count is not None else None  # by position in `good`
     done, seconds = len(files) - len(good), 0.0
     waiting: list[tuple[int, Any]] = []  # (file, prepared count) not finished yet
 
@@ -362,13 +378,14 @@ def embed_batch(
 
     try:
         sources = [kept.get(i, files[i]) for i in good]
-        for position, clip in embed_clips(sources, embedder, max_audio_s=max_audio_s):
+        for position, clip in embed_clips(sources, embedder, max_audio_s=max_audio_s, first_heard=first_heard):
             i = good[position]
+            first = first_heard.pop(position, None) if first_heard is not None else None
             try:
                 if isinstance(clip, AudioError):
                     raise clip
                 if count is not None:
-                    waiting.append((i, count.prepare(kept[i], files[i])))
+                    waiting.append((i, count.prepare(kept[i], files[i], first)))
                 batch.clips[i] = clip
                 seconds += clip.duration_s
             except AudioError as e:
