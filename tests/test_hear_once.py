@@ -21,6 +21,9 @@ from speakerdb.audio import denoise, vad
 from speakerdb.audio.decoded import Decoded
 from speakerdb.embedding import pipeline
 
+#: How far Silero's probabilities may move when the same samples reach it in other blocks.
+ROUNDING = 1e-5
+
 
 @pytest.fixture
 def frames_run(monkeypatch) -> list[int]:
@@ -67,16 +70,19 @@ def test_the_recordings_are_what_they_claim(recordings):
 def test_blocks_of_any_size_give_silero_the_same_probabilities(recordings):
     """What sharing one pass rests on: Silero's probabilities do not depend on how the
     recording is cut into blocks (the embedding feeds a window whole, the count a decode's
-    blocks), with this machine's onnxruntime kernels."""
+    blocks). Bit for bit on the Xeon it was written on; within rounding is all the count needs,
+    and onnxruntime's kernels for another CPU may batch frames differently."""
     samples = recordings["two"]
     whole = vad.probabilities([samples])
     for size in (1000, 4096, 160_000, 16_384 * 17):
-        assert np.array_equal(vad.probabilities(np.split(samples, range(size, len(samples), size))), whole)
+        cut = vad.probabilities(np.split(samples, range(size, len(samples), size)))
+        np.testing.assert_allclose(cut, whole, rtol=0, atol=ROUNDING)
 
 
 def test_a_resumed_detector_gives_what_one_uninterrupted_pass_gives(recordings, frames_run):
     """Replayed, then carried on from the detector's state, over any blocks: the same
-    probabilities, bit for bit, as a fresh detector's, with the model run only on the rest."""
+    probabilities as a fresh detector's (up to the rounding of other block cuts), with the
+    model run only on the rest."""
     samples = recordings["long"]
     fresh = vad.probabilities([samples], vad.SileroVAD())
     rng = np.random.default_rng(0)
@@ -86,7 +92,7 @@ def test_a_resumed_detector_gives_what_one_uninterrupted_pass_gives(recordings, 
         for cuts in ([], [160_000, 320_000, 480_000, 640_000], sorted(rng.integers(0, len(samples), 9))):
             frames_run.clear()
             resumed = vad.probabilities(np.split(samples, cuts), vad.Resumed(heard, vad.SileroVAD()))
-            assert np.array_equal(resumed, fresh)
+            np.testing.assert_allclose(resumed, fresh, rtol=0, atol=ROUNDING)
             rest = 0 if n_heard == len(samples) else _frames(len(samples)) - n_heard // vad.FRAME
             assert sum(frames_run) == rest
     with pytest.raises(ValueError):  # a shorter recording is not the one heard
