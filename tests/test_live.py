@@ -16,6 +16,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -347,6 +348,19 @@ def test_a_long_turn_under_the_cap_gives_the_offline_timeline(tmp_path, bob_gall
     assert dataclasses.replace(session.close(), file=offline.file) == offline
 
 
+def _enrolling_session(gallery: Callable[[], Gallery], clips: list, **kwargs: Any) -> LiveSession:
+    """A session over ``gallery()`` whose enrollments are appended to ``clips`` as (name, clip,
+    add), and which reads ``gallery()`` again after each."""
+    return LiveSession(
+        FakeEmbedder().embed,
+        gallery(),
+        detector=EnergyDetector(),
+        enroll_clip=lambda name, clip, add: clips.append((name, clip, add)),
+        reload_gallery=gallery,
+        **kwargs,
+    )
+
+
 def test_a_turn_longer_than_the_cap_is_enrolled_from_its_latest_windows():
     """With a 30 s cap, a voice that speaks for two minutes without a pause, enrolled while it
     still speaks: the utterance is the mean of its latest windows (the cap's worth at most); after
@@ -358,14 +372,7 @@ def test_a_turn_longer_than_the_cap_is_enrolled_from_its_latest_windows():
             return Gallery.empty(FakeEmbedder.dim, 0.9)
         return Gallery([clips[0][0]], clips[0][1].vector[None], threshold=0.9)
 
-    session = LiveSession(
-        FakeEmbedder().embed,
-        gallery(),
-        detector=EnergyDetector(),
-        enroll_clip=lambda name, clip, add: clips.append((name, clip, add)),
-        reload_gallery=gallery,
-        max_held_s=30,
-    )
+    session = _enrolling_session(gallery, clips, max_held_s=30)
     x = np.concatenate([unbroken(DAVE, 2), np.zeros(2 * SR, np.float32)])
     events: list = []
     for i in range(0, 90 * SR, 2560):
@@ -454,13 +461,7 @@ def test_each_window_is_enrolled_once_and_the_name_is_the_stored_one():
         names = ["bob", *[name for name, _, _ in clips[:1]]]
         return Gallery(names, np.concatenate([bob, *[clip.vector[None] for _, clip, _ in clips[:1]]]), threshold=0.9)
 
-    session = LiveSession(
-        FakeEmbedder().embed,
-        gallery(),
-        detector=EnergyDetector(),
-        enroll_clip=lambda name, clip, add: clips.append((name, clip, add)),
-        reload_gallery=gallery,
-    )
+    session = _enrolling_session(gallery, clips)
     x = conversation([(BOB, 3), (DAVE, 6)])
     events = []
     for i in range(0, int(7.5 * SR), 320):  # dave's turn still open at 7.5 s
