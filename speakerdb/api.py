@@ -34,7 +34,7 @@ from . import timeline as timelines
 from .audio import decode as audio
 from .audio import pcm, vad
 from .audio.decoded import Decoded
-from .config import check_max_audio_s, db_target, gallery_name
+from .config import NAMES_SOMEONE, check_max_audio_s, db_target, gallery_name
 from .embedding import binding, pipeline
 from .embedding.models import Embedder, default_threshold_for, load_embedder
 from .errors import (
@@ -224,6 +224,7 @@ class _VoiceCheck:
                     p.label,
                     n,
                     self.operation,
+                    extra=NAMES_SOMEONE,  # a client's file name: the service's answer says it, not its log
                 )
         return counts
 
@@ -1084,6 +1085,7 @@ class SpeakerDB:
                 "removed %r; on PostgreSQL its rows' bytes stay in the table files until `speakerdb db vacuum` "
                 "(VACUUM FULL) and in WAL segments, replicas and backups until those are recycled",
                 name,
+                extra=NAMES_SOMEONE,
             )
         return n
 

@@ -269,6 +269,14 @@ def key_command() -> str:
     return _env(KEY_COMMAND_ENV)
 
 
+# ---- the log ----------------------------------------------------------------------------------
+#: The attribute set (``log.warning(..., extra=NAMES_SOMEONE)``) on a library log record that
+#: names a speaker or a client's file: ``serve`` leaves such records out of its log, where a
+#: name would outlive an opt-out; the CLI prints them to the user who gave the names.
+NAMES_SOMEONE_ATTR = "speakerdb_names_someone"
+NAMES_SOMEONE = {NAMES_SOMEONE_ATTR: True}
+
+
 # ---- serve's hand-over to its worker processes -----------------------------------------------
 def hand_to_workers(serve_config: str, threads_per_worker: int | None = None) -> None:
     """Leave ``serve_config`` (ServeConfig's JSON) for uvicorn's worker processes, which

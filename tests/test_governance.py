@@ -444,3 +444,60 @@ def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_pat
     finally:
         srv.stop()
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_the_service_log_names_routes_never_speakers_or_their_files(tmp_path, tiny_checkpoint, clips):
+    """uvicorn's access log wrote each request's path and query (`DELETE /v1/speakers/Alice%20Smith`,
+    `GET /v1/audit?speaker=...`): a name that the opt-out scrubs from the audit stayed in the
+    operator's log. The service logs the route's template, the status, the key and the gallery."""
+    from test_server import Server
+
+    db_path = tmp_path / "logged.sqlite"
+    with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
+        admin = db.create_key("k-admin", "admin").key
+    log = tmp_path / "server.log"
+    srv = Server(db_path, tiny_checkpoint, log, "--log-level", "info").start()  # info: serve's default
+    try:
+        upload = ("files", "zelda-quist-call.wav", clips["alice"].read_bytes())
+        assert srv.call("POST", "/v1/speakers/Zelda%20Quist/enrollments", key=admin, files=[upload])[0] == 201
+        assert srv.call("GET", "/v1/speakers/Zelda%20Quist", key=admin)[0] == 200
+        assert srv.call("PATCH", "/v1/speakers/Zelda%20Quist", key=admin, body={"name": "Zelda Q"})[0] == 200
+        assert srv.call("GET", "/v1/audit?speaker=Zelda%20Q&limit=5", key=admin)[0] == 200
+        assert srv.call("GET", "/v1/gallery?speaker=Zelda%20Q", key=admin)[0] == 200
+        assert srv.call("POST", "/v1/speakers/Zelda%20Q/optout", key=admin, body={})[0] == 200
+        assert srv.call("DELETE", "/v1/speakers/Zelda%20Quist", key=admin)[0] == 404
+        assert srv.call("GET", "/v1/speakerz/Zelda%20Quist", key=admin)[0] == 404  # no such route
+        # Refused before any route runs (an upload's key is checked before its body is read).
+        bad = "sdb_nokey_secret"
+        assert srv.call("POST", "/v1/speakers/Zelda%20Quist/verify", key=bad, files=[upload])[0] == 401
+    finally:
+        srv.stop()
+    text = log.read_text()
+    assert "zelda" not in text.lower() and "quist" not in text.lower(), text
+    assert '"POST /v1/speakers/{name}/enrollments" 201' in text, text
+    assert '"POST /v1/speakers/{name}/optout" 200' in text and "key=k-admin gallery=default" in text, text
+    assert '"DELETE /v1/speakers/{name}" 404' in text and '"GET /v1/audit" 200' in text, text
+    assert '"GET /v1/{name}/{name}" 404' in text, text
+    assert '"POST /v1/speakers/{name}/verify" 401' in text and "key=- gallery=default" in text, text
+    assert admin.split("_")[-1] not in text  # never the key's secret
+
+
+def test_the_service_leaves_library_warnings_that_name_someone_out_of_its_log(capsys):
+    """A file's name ("holds 2 voices"), an enrolled speaker's (a cohort recording set aside, a
+    removal on PostgreSQL): the caller's answer says it; the operator's log must not keep it."""
+    import logging.config
+
+    from speakerdb.config import NAMES_SOMEONE
+    from speakerdb.service.serve import log_config
+
+    loggers = [logging.getLogger(name) for name in ("speakerdb", "speakerdb.access")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        logging.config.dictConfig(log_config("info"))
+        logging.getLogger("speakerdb.api").warning("zelda-call.wav holds 2 voices", extra=NAMES_SOMEONE)
+        logging.getLogger("speakerdb.storage").warning("index damaged: rebuilding it")
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+            lg.handlers, lg.level, lg.propagate = handlers, level, propagate
+    err = capsys.readouterr().err
+    assert "index damaged" in err and "zelda" not in err

@@ -132,6 +132,13 @@ if TYPE_CHECKING:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--access-log/--no-access-log",
+    default=settings.DEFAULT_ACCESS_LOG,
+    show_default=True,
+    help="One line per request at info: route template (/v1/speakers/{name}), status, time, key name, "
+    "gallery; never the path or query, which hold speaker names.",
+)
 @json_option
 @click.pass_obj
 def serve(
@@ -155,6 +162,7 @@ def serve(
     body_timeout: float,
     expire_every: float,
     log_level: str,
+    access_log: bool,
     as_json: bool,
 ) -> None:
     """Run the identification service (HTTP, FastAPI on uvicorn) on this database.
@@ -232,6 +240,7 @@ def serve(
         body_timeout_s=body_timeout,
         tmp_dir=tmp_dir,
         expire_every_s=expire_every,
+        access_log=access_log,
     )
     url = f"{'https' if ssl_certfile else 'http'}://{host if ':' not in host else f'[{host}]'}:{port}"
     auth = (

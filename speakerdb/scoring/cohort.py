@@ -16,6 +16,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..config import NAMES_SOMEONE
 from ..embedding.models import Embedder, same_model
 from ..embedding.pipeline import EmbeddedClip
 from ..errors import DatabaseError, InvalidInputError, ModelMismatchError
@@ -214,6 +215,7 @@ def _warn_set_aside(a: CohortSetAside) -> None:
         a.score,
         a.speaker,
         a.threshold,
+        extra=NAMES_SOMEONE,  # an enrolled speaker and a cohort file: in the answer (set_aside), not a service's log
     )
 
 

@@ -41,7 +41,7 @@ from ..storage import store
 from ..storage.keys import SCOPES
 from ..timeline import Params
 from .auth import Caller, require
-from .connections import Guard, TimedHTTPProtocol
+from .connections import Guard, TimedHTTPProtocol, path_template, route_words
 from .responses import ApiError, error_response, from_library, ok
 from .schemas import (
     AUDIO_PARTS,
@@ -729,6 +729,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     # WebSocket /v1/stream: live sessions (service/stream.py), the same two ways.
     app.include_router(stream_router, prefix="/v1", tags=["live"])
     app.include_router(stream_router, prefix="/v1/galleries/{gallery}", include_in_schema=False)
+    # What the access log may show of a path no route matched: these words, never a name.
+    paths = [getattr(r, "path", None) for r in [*app.router.routes, *router.routes, *stream_router.routes]]
+    app.state.route_words = route_words([p for p in paths if p] + ["/v1/galleries/{gallery}"])
     return app
 
 
@@ -753,8 +756,8 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
         # The traceback goes to the server's log (no audio, no embeddings in it); the client
-        # gets one line.
-        log.exception("unexpected error in %s %s", request.method, request.url.path)
+        # gets one line. The route's template, not the path: a path holds speaker names.
+        log.exception("unexpected error in %s %s", request.method, path_template(request.scope))
         return error_response(500, "internal", f"internal error ({type(e).__name__}); see the server log")
 
     app.add_middleware(Guard)

@@ -100,6 +100,8 @@ class KeyCheck:
 
 #: Where the outer layer (connections.Guard) leaves the key it checked before an upload's body.
 CHECKED_KEY = "speakerdb_key"
+#: Where the route's key check leaves the name of the key that called, for the access log.
+CALLER_KEY = "speakerdb_caller"
 #: The routes of a gallery other than the default begin with this, then the gallery's name.
 GALLERY_PREFIX = "/v1/galleries/"
 
@@ -144,6 +146,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:
             info = await asyncio.get_running_loop().run_in_executor(None, keys.authenticate, header)
         if info is None:
             return Caller(None, "admin")
+        request.scope.setdefault("state", {})[CALLER_KEY] = info.name  # logged even if refused below
         if info.gallery != gallery:
             raise not_this_gallery(gallery)
         if not info.allows(scope):

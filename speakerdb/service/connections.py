@@ -7,13 +7,16 @@ uvicorn's HTTP protocol with deadlines on slow clients (:class:`TimedHTTPProtoco
 - **lingering close**: an answer given before the body was read stays open while the rest is
   read and thrown away, so that a client still sending reads the answer, not a reset.
 - **slow clients**: headers and bodies that trickle in are cut off with 408 (slowloris).
-- **metrics**: every answer is counted here, whoever gave it.
+- **metrics** and the **access log**: every answer is counted and logged here, whoever gave
+  it; both name a request by its route's template (``/v1/speakers/{name}``), never by its
+  path or query, which hold speaker names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import urllib.parse
 from collections.abc import MutableMapping
@@ -21,7 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .auth import CHECKED_KEY, GALLERY_PREFIX, gallery_of_path, not_this_gallery, route_path
+from .auth import CALLER_KEY, CHECKED_KEY, GALLERY_PREFIX, gallery_of_path, not_this_gallery, route_path
 from .responses import ApiError, error_response
 from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -38,6 +41,11 @@ LINGER_S = 10.0
 
 ASGIApp = Any  # the app below (FastAPI's), called as ``app(scope, receive, send)``
 Message = MutableMapping[str, Any]
+
+#: One INFO line per request (``serve --no-access-log`` turns it off). uvicorn's own access log
+#: wrote each request's path and query, and so the names of speakers, opted-out people included.
+ACCESS_LOGGER = "speakerdb.access"
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 class _TooLarge(Exception):
@@ -150,9 +158,12 @@ class Guard:
             if status["over"] and not status["sent"]:
                 await reply(413, "too_large", f"request body over {limit:,} bytes")
         finally:
+            elapsed = time.monotonic() - started
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
             if service is not None:
-                service.metrics.observe(method, endpoint_label(scope), status["code"], time.monotonic() - started)
+                service.metrics.observe(method, endpoint_label(scope), status["code"], elapsed)
+            if config is not None and config.access_log:
+                log_request(scope, method, status["code"], elapsed)
 
 
 def endpoint_label(scope: Message) -> str:
@@ -163,6 +174,53 @@ def endpoint_label(scope: Message) -> str:
     if id(route) in getattr(scope["app"].state, "mounted_routes", ()):  # a /v1 route, mounted twice
         label = ("/v1/galleries/{gallery}" if scope["path"].startswith(GALLERY_PREFIX) else "/v1") + label
     return label
+
+
+def log_request(scope: Message, method: str, status: int, seconds: float) -> None:
+    """The access log's line for one request: client, method, route template, status, time, the
+    calling key's name (never its secret) and the gallery."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    client = scope.get("client")
+    state = scope.get("state") or {}
+    key = state.get(CALLER_KEY)
+    if key is None and state.get(CHECKED_KEY) is not None:  # an upload refused before its route ran
+        info = state[CHECKED_KEY][1]
+        key = info.name if info is not None else None
+    access_log.info(
+        '%s - "%s %s" %d %.1f ms key=%s gallery=%s',
+        f"{client[0]}:{client[1]}" if client else "-",
+        method,
+        path_template(scope),
+        status,
+        seconds * 1000,
+        key or "-",
+        gallery_of_path(scope.get("path", "")),
+    )
+
+
+def path_template(scope: Message) -> str:
+    """The request's path with no name in it: the template of the route that answered, else (a
+    request refused before routing, or no route matched) the path with every segment that is
+    not a word of the app's own routes replaced by ``{name}`` (``{gallery}`` after galleries/)."""
+    label = endpoint_label(scope)
+    if label != "unmatched":
+        return label
+    words: frozenset[str] = getattr(scope["app"].state, "route_words", frozenset()) if "app" in scope else frozenset()
+    parts = scope.get("path", "").split("/")
+    shown = []
+    for i, part in enumerate(parts):
+        if part in words or part == "":
+            shown.append(part)
+        else:
+            shown.append("{gallery}" if i > 0 and parts[i - 1] == "galleries" else "{name}")
+    return "/".join(shown)
+
+
+def route_words(paths: list[str]) -> frozenset[str]:
+    """The fixed segments of route templates (``v1``, ``speakers``, ``optout``...): what
+    :func:`path_template` may show of a path that matched no route."""
+    return frozenset(p for path in paths for p in path.split("/") if p and not p.startswith("{"))
 
 
 async def discard_body(receive: Any, seconds: float) -> None:

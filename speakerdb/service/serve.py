@@ -6,21 +6,26 @@ The app is named to uvicorn by its import string: each worker process imports an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import ipaddress
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
+import uvicorn.config
 
-from ..config import hand_to_workers
+from ..config import NAMES_SOMEONE_ATTR, hand_to_workers
+from .connections import ACCESS_LOGGER
 from .metrics import METRICS_DIR_PREFIX
 from .settings import ServeConfig
 from .uploads import sweep_stale
 
-__all__ = ["ServeConfig", "is_loopback", "serve"]
+__all__ = ["ServeConfig", "is_loopback", "log_config", "serve"]
 
 #: What uvicorn imports in each worker process: the app factory and the HTTP protocol.
 APP_FACTORY = "speakerdb.service.app:create_app"
@@ -36,6 +41,39 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class LeaveOutNames(logging.Filter):
+    """Drops the library's records that name a speaker or a client's file (``config.NAMES_SOMEONE``):
+    what they say is in the answer the caller got, and in the operator's log a name would
+    outlive the person's opt-out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, NAMES_SOMEONE_ATTR, False)
+
+
+def log_config(log_level: str) -> dict[str, Any]:
+    """uvicorn's logging configuration (each worker process applies it), plus the service's:
+    the access log (:data:`~.connections.ACCESS_LOGGER`, replacing uvicorn's, which wrote
+    each request's path and query) and the library's records, less those that name someone."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    level = log_level.upper()
+    config.setdefault("filters", {})["leave_out_names"] = {"()": f"{__name__}.LeaveOutNames"}
+    config["handlers"]["speakerdb"] = {
+        "formatter": "default",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "filters": ["leave_out_names"],
+    }
+    config["handlers"]["speakerdb_access"] = {
+        "formatter": "default",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stdout",  # where uvicorn's access log went
+    }
+    # Replaces the CLI's handler in this process, so one worker logs as several do.
+    config["loggers"]["speakerdb"] = {"handlers": ["speakerdb"], "level": level, "propagate": False}
+    config["loggers"][ACCESS_LOGGER] = {"handlers": ["speakerdb_access"], "level": level, "propagate": False}
+    return config
 
 
 def serve(
@@ -70,6 +108,8 @@ def serve(
             ssl_keyfile=ssl_keyfile,
             ssl_certfile=ssl_certfile,
             log_level=log_level,
+            log_config=log_config(log_level),
+            access_log=False,  # ours (connections.log_request) names routes, never paths
             timeout_graceful_shutdown=None,
             server_header=False,
             http=HTTP_PROTOCOL,

@@ -39,6 +39,9 @@ DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
 DEFAULT_STREAM_AUTH_S = 5.0
 #: How often each worker runs `expire` (the retention policy), from its start: once a day.
 DEFAULT_EXPIRE_EVERY_S: float = 86_400
+#: One line per request (route template, status, time, key, gallery; never the path itself:
+#: it holds speaker names, which must not outlive an opt-out in the operator's logs).
+DEFAULT_ACCESS_LOG = True
 
 
 @dataclass
@@ -72,6 +75,8 @@ class ServeConfig:
     metrics_dir: str | None = None
     #: Seconds between two runs of the retention policy's `expire` (the first at start).
     expire_every_s: float = DEFAULT_EXPIRE_EVERY_S
+    #: Whether each request is logged (``speakerdb.access``, at INFO): by its route's template.
+    access_log: bool = DEFAULT_ACCESS_LOG
 
     def to_env(self) -> str:
         """This configuration as the JSON that :meth:`from_env` reads back."""
