@@ -223,7 +223,8 @@ def test_optout_keeps_only_keyed_hashes_refuses_the_person_and_an_admin_override
         finally:
             con.close()
         assert "Alice Smith" not in dump and "C-4411" not in dump and "D-1" not in dump and "dave" not in dump
-        assert dump.count("opted-out:") == 3  # her enroll and rename records name a marker instead
+        # Her enroll record, and both names of each rename ("Alice S" too), name a marker instead.
+        assert dump.count("opted-out:") == 5 and "Alice S" not in dump
         db.enroll("carol", [clips["carol"]], external_id="C-4411", override_optout=True)
         assert db.optouts().count == 1  # the override lifted the matching opt-out
         assert [a.operation for a in db.audit() if a.operation.startswith("optout")] == [
@@ -232,6 +233,44 @@ def test_optout_keeps_only_keyed_hashes_refuses_the_person_and_an_admin_override
             "optout-override",
         ]
         db.enroll("alice smith", [clips["alice2"]])  # name and id were one opt-out: lifted with it
+
+
+def test_an_optout_scrubs_every_name_the_speaker_had_from_the_audit(tmp_path, clips):
+    """The scrub replaced the current name only: a speaker enrolled as 'A. Smith', renamed
+    'Alice S' then 'Alice Smith' and opted out left 'A. Smith' and 'Alice S' in the audit
+    (enroll records, the renames' own). Her earlier names go too, followed back through the
+    rename records; other people who held one of her names before or after her keep theirs."""
+    path = tmp_path / "r.sqlite"
+    with _db(path) as db:
+        with db.audited_as("ops"):
+            db.enroll("A. Smith", [clips["carol"]])  # someone else, removed before she came
+            db.remove("A. Smith")
+            db.enroll("A. Smith", [clips["alice"]])
+            db.rename("A. Smith", "Alice S")
+            db.enroll("Alice S", [clips["alice2"]])
+            db.rename("Alice S", "Alice Smith")
+            db.enroll("Alice S", [clips["bob"]], new=True)  # someone else, after she left the name
+            db.enroll("carol", [clips["carol"]])
+        assert db.optout("Alice Smith").removed
+        trail = [(a.operation, a.speaker, a.detail) for a in db.audit()]
+        assert trail[:2] == [
+            ("enroll", "A. Smith", {"files": 1, "new": False, "consent": False, "override_optout": False}),
+            ("remove", "A. Smith", None),
+        ]
+        trail = trail[2:]
+        assert not any("A. Smith" in json.dumps(t) or "Alice Smith" in json.dumps(t) for t in trail), trail
+        marker = trail[0][1]
+        assert marker.startswith("opted-out:")
+        assert trail == [
+            ("enroll", marker, {"files": 1, "new": False, "consent": False, "override_optout": False}),
+            ("rename", marker, {"new": marker}),
+            ("enroll", marker, {"files": 1, "new": False, "consent": False, "override_optout": False}),
+            ("rename", marker, {"new": marker}),
+            ("enroll", "Alice S", {"files": 1, "new": True, "consent": False, "override_optout": False}),
+            ("enroll", "carol", {"files": 1, "new": False, "consent": False, "override_optout": False}),
+            ("optout", None, {"removed": True, "utterances": 2}),
+        ]
+        assert {s.name for s in db.list()} == {"Alice S", "carol"}
 
 
 def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_external_id(tmp_path, clips):

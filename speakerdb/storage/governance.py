@@ -213,19 +213,72 @@ def optout_dates(s: Session) -> list[datetime]:
     return list(s.scalars(select(OptOut.created_at).order_by(OptOut.created_at)))
 
 
+#: Audit operations after which a speaker's name is free for another speaker: records naming it
+#: before one of these (or before a rename away from it) are an earlier holder's.
+_NAME_FREED = ("remove", "expire")
+
+
+def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
+    """A rename record's old and new names as names are stored (NFC), or None if it has none."""
+    detail = json.loads(record.detail) if record.detail else None
+    new = detail.get("new") if isinstance(detail, dict) else None
+    if record.speaker is None or not isinstance(new, str):
+        return None
+    return store.normalize_name(record.speaker), store.normalize_name(new)
+
+
 def scrub_audit(s: Session, name: str, marker: str) -> int:
-    """Replace ``name`` in the audit records that name it (as the speaker, or as the new name
-    of a rename) with ``marker``: an opted-out person's name is kept nowhere. Returns how many."""
-    n = 0
-    for record in s.scalars(select(AuditRecord).where(AuditRecord.speaker == name)):
-        record.speaker = marker
-        n += 1
-    for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename")):
-        detail = json.loads(record.detail) if record.detail else None
-        if isinstance(detail, dict) and detail.get("new") == name:
-            record.detail = json.dumps({**detail, "new": marker}, ensure_ascii=False)
-            n += 1
-    return n
+    """Replace every name of the person opting out as ``name`` with ``marker`` in the audit
+    records (as the speaker, or as a rename's new name): an opted-out person's name is kept
+    nowhere. That is ``name`` and the names that fold to it (as the opt-out compares names),
+    wherever they appear, and each earlier name of a speaker renamed to one of them, followed
+    back through the rename records, in the records made while that speaker held it (not those
+    of an earlier speaker of that name, removed, expired or renamed before). Returns how many."""
+    renames: list[tuple[int, str, str]] = []  # (record id, old name, new name), oldest first
+    freed: dict[str, list[int]] = {}  # name -> ids of the records after which it was free
+    stmt = select(AuditRecord).where(AuditRecord.operation.in_(("rename", *_NAME_FREED))).order_by(AuditRecord.id)
+    for record in s.scalars(stmt):
+        if record.operation != "rename":
+            if record.speaker is not None:
+                freed.setdefault(store.normalize_name(record.speaker), []).append(record.id)
+            continue
+        names = _rename_names(record)
+        if names is not None and names[0] != names[1]:
+            renames.append((record.id, *names))
+            freed.setdefault(names[0], []).append(record.id)
+    # (name, after record id, up to record id or None): the spans of records to scrub. The name
+    # opted out is scrubbed in every record, as before; an earlier name only while it was theirs.
+    folded = fold_name(name)
+    named = {n for n in s.scalars(select(AuditRecord.speaker).distinct()) if n is not None}
+    named |= {new for _, _, new in renames} | {name}
+    spans: set[tuple[str, int, int | None]] = {(n, -1, None) for n in named if fold_name(n) == folded}
+    todo: list[tuple[str, int, int | None]] = list(spans)
+    while todo:
+        held, after, upto = todo.pop()
+        for rid, old, new in renames:
+            if new == held and after < rid and (upto is None or rid < upto):
+                began = max((i for i in freed.get(old, ()) if i < rid), default=-1)
+                span = (old, began, rid)
+                if span not in spans:
+                    spans.add(span)
+                    todo.append(span)
+    changed: set[int] = set()
+    for held, after, upto in spans:
+        stmt = select(AuditRecord).where(
+            AuditRecord.id > after, or_(AuditRecord.speaker == held, AuditRecord.operation == "rename")
+        )
+        if upto is not None:
+            stmt = stmt.where(AuditRecord.id <= upto)
+        for record in s.scalars(stmt):
+            if record.speaker is not None and store.normalize_name(record.speaker) == held:
+                record.speaker = marker
+                changed.add(record.id)
+            detail = json.loads(record.detail) if record.operation == "rename" and record.detail else None
+            if isinstance(detail, dict) and isinstance(detail.get("new"), str):
+                if store.normalize_name(detail["new"]) == held:
+                    record.detail = json.dumps({**detail, "new": marker}, ensure_ascii=False)
+                    changed.add(record.id)
+    return len(changed)
 
 
 # ---- retention ----------------------------------------------------------------------------------
