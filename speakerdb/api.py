@@ -1161,24 +1161,29 @@ class SpeakerDB:
 
     def optout(self, name: str, *, external_id: str | None = None) -> OptOutResult:
         """Opt a person out: remove speaker ``name`` if enrolled (the erasure of :meth:`remove`;
-        the speaker is found as the opt-out will compare names: an exact name first, else one
-        whose name folds to the same, or the one enrolled with ``external_id``; ConflictError,
-        nothing written, if that names several) and keep only keyed hashes (HMAC-SHA256 under
+        the speaker is found as the opt-out will refuse people: a name that folds to the same,
+        case and spacing aside, or the external id; ConflictError, nothing written, if that is
+        several speakers, ``dave`` and ``Dave`` alike, for the opt-out would refuse each of
+        them while leaving the others enrolled) and keep only keyed hashes (HMAC-SHA256 under
         this database's key) of the normalised name and of the external id (``external_id``,
         else the one given at enrollment), so that :meth:`enroll` refuses them later. Their
-        name is also replaced in the audit records by a marker; the opt-out's own record names
-        no one."""
+        names are also replaced in the audit records by a marker; the opt-out's own record
+        names no one."""
         name = validate_name(name)
         external_id = governance.check_external_id(external_id)
         with self.store.write() as s:
             # The person as the opt-out will refuse them: the name folded, the external id. A
             # speaker enrolled as 'Alice Smith' stayed enrolled (and named) when 'alice smith'
             # opted out, though enrolling her again was refused.
+            # Every one of them, case twins included: removing the exact name alone ('dave') left
+            # 'Dave' enrolled and named by identify while the opt-out refused to enroll 'Dave'.
             found = governance.speakers_of_person(s, name, external_id)
             if len(found) > 1:
                 raise ConflictError(
                     f"{name!r} names {len(found)} enrolled speakers: {', '.join(repr(sp.name) for sp in found)}; "
-                    "opt out the one meant by its exact name (and external id); nothing written"
+                    "the opt-out would refuse to enroll each of them (names compare without case or spacing, "
+                    "and by external id) and none may stay enrolled: rename or remove those who are not "
+                    "this person, then opt out again; nothing written"
                 )
             speaker: store.Speaker | None = found[0] if found else None  # none: never enrolled, or not here
             now = self.now()

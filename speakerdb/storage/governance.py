@@ -176,18 +176,20 @@ def matching_optouts(s: Session, name: str, external_id: str | None) -> list[Opt
 
 
 def speakers_of_person(s: Session, name: str, external_id: str | None) -> list[Speaker]:
-    """The enrolled speakers an opt-out of ``name`` (and ``external_id``) names, by name: the
-    speaker of that exact name, else those whose name folds to it (``alice  SMITH`` is
-    ``Alice Smith``, as the opt-out compares names), and those enrolled with that external id."""
-    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.name == name))}
-    if not found:  # every name is read only when the exact one is not enrolled
-        folded = fold_name(name)
-        ids = [i for i, n in s.execute(select(Speaker.id, Speaker.name)) if fold_name(n) == folded]
-        found.update({sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.id.in_(ids)))})
+    """The enrolled speakers an opt-out of ``name`` (and ``external_id``) would refuse to enroll,
+    by name: every speaker whose name folds to ``name``'s (``dave`` and ``Dave`` alike, as the
+    opt-out compares names), those enrolled with ``external_id``, and, when none is given, those
+    that share the external id of a speaker found by name (the opt-out keeps that one's hash)."""
+    folded = fold_name(name)
+    # Every name is read: the exact one alone left a case twin enrolled that the opt-out refused.
+    ids = [i for i, n in s.execute(select(Speaker.id, Speaker.name)) if fold_name(n) == folded]
+    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.id.in_(ids)))}
+    hashes = {sp.external_id_hash for sp in found.values() if sp.external_id_hash is not None}
     key = optout_key(s, create=False)
-    if external_id is not None and key is not None:
-        hashed = external_id_hash(key, external_id)
-        found.update({sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.external_id_hash == hashed))})
+    if external_id is not None:
+        hashes = {external_id_hash(key, external_id)} if key is not None else set()
+    if hashes:
+        found.update({sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.external_id_hash.in_(hashes)))})
     return sorted(found.values(), key=lambda sp: sp.name)
 
 
