@@ -240,6 +240,35 @@ def test_cli_names_the_segmentation_and_refuses_a_bad_file_writing_nothing(tmp_p
     assert "no segmentation model" in r.stderr and "overlapping speech not detected" in r.stderr
 
 
+def test_serve_refuses_to_start_with_an_unusable_segmentation(tmp_path, network, monkeypatch):
+    """SPEAKERDB_SEGMENTATION missing, not a checkpoint or a hub id not cached: serve is one error
+    line naming the variable, exit 1, before the database is made or uvicorn started (every
+    /v1/timeline would fail); a good checkpoint starts it."""
+    import speakerdb.service.serve
+
+    started: list[object] = []
+    monkeypatch.setattr(speakerdb.service.serve, "serve", lambda config, **kw: started.append(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x80\x04junk")
+    db = tmp_path / "svc.sqlite"
+    for bad, error in (
+        (str(tmp_path / "missing.bin"), "no such file"),
+        (str(junk), "cannot be read"),
+        ("pyannote/segmentation-3.0", "local Hugging Face cache"),
+    ):
+        r = CliRunner().invoke(cli, ["--db", str(db), "serve"], env={"SPEAKERDB_SEGMENTATION": bad})
+        assert r.exit_code == 1, r.output
+        [line] = r.stderr.splitlines()
+        assert line.startswith("Error: SPEAKERDB_SEGMENTATION: segmentation model") and error in line, line
+        assert r.stdout == "" and started == [] and not db.exists()
+    good = tmp_path / "segmentation.pt"
+    torch.save(network.state_dict(), good)
+    r = CliRunner().invoke(cli, ["--db", str(db), "serve"], env={"SPEAKERDB_SEGMENTATION": str(good)})
+    assert r.exit_code == 0, r.output
+    assert len(started) == 1
+
+
 def test_two_voices_of_one_room_stay_apart_unless_the_recording_is_noisy():
     """Two people in one room take turns: their tracks' means score ~0.85, over the 0.8 at
     which tracks used to join, and the recording's clustering tells them apart, so they are

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ..config import default_db_path
+from ..config import SEGMENTATION_ENV, default_db_path, segmentation_model
+from ..errors import ModelLoadError
 from ..service import settings  # standard library only: the service's defaults, in one place
 from .output import emit, json_option, printable
 from .params import key_name, speaker_name
@@ -183,6 +184,14 @@ def serve(
     state.keep_collecting()  # a service runs for days: Python's own full collections
     if (ssl_keyfile is None) != (ssl_certfile is None):
         raise click.UsageError("give both --ssl-keyfile and --ssl-certfile, or neither")
+    segmentation = segmentation_model()
+    if segmentation:  # else every /v1/timeline fails while the service looks healthy: one error line now
+        from ..workflows import check_segmentation  # deferred: torch and numpy, not for --help
+
+        try:
+            check_segmentation(segmentation)
+        except ModelLoadError as e:  # named by its variable: serve has no --segmentation option
+            raise ModelLoadError(f"{SEGMENTATION_ENV}: {e}") from None
     # uvicorn (and FastAPI in the workers): imported by serve only.
     from ..service.serve import ServeConfig, is_loopback
     from ..service.serve import (  # deferred: uvicorn and FastAPI load only when serve runs
