@@ -77,6 +77,7 @@ from .results import (
     Timeline,
     UtteranceInfo,
     Verification,
+    check_cohort_count,
 )
 from .scoring import cohort as cohorts
 from .scoring import evaluate, norm, quality, search
@@ -525,7 +526,7 @@ class SpeakerDB:
             cohorts.check_model(vectors, self.embedder, self.db_path)
         else:
             files = evaluate.cohort_files(cohort)
-            cohorts.check_count(len(files), top_n)  # a top-n the cohort cannot reach fails before the embedding
+            check_cohort_count(len(files), top_n)  # a top-n the cohort cannot reach fails before the embedding
             self._check_files(files, stored=True)
             # What is set aside is known only clip by clip: a top-n it makes unreachable stops the embedding there.
             reach = cohorts.Reach(self.store, self.indexer, len(files), top_n, screen_enrolled)

@@ -91,6 +91,9 @@ CACHE_DIRNAME = "cache"
 # The longest recording decoded: 4 hours covers a long meeting; beyond it a file is more likely
 # damaged or hostile (a WAV header followed by a terabyte of zeros) than a recording.
 DEFAULT_MAX_AUDIO_S = 4 * 3600.0  # seconds
+#: The fewest recordings an AS-norm cohort holds: fewer give a standard deviation that is mostly
+#: noise. Here, not in scoring, so that the client refuses a cohort before uploading it.
+MIN_COHORT = 10  # recordings
 #: Schemes of a PostgreSQL server URL; anything else given as a database is an SQLite file.
 SERVER_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 _OFF = ("0", "false", "no", "off")

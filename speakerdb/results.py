@@ -13,11 +13,13 @@ Times are naive UTC datetimes, written as ISO 8601 with ``Z`` (:func:`iso`).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .config import MIN_COHORT
 from .errors import InvalidInputError
 
 #: What a long operation reports as it goes: (files done, files in all, seconds of audio done).
@@ -364,6 +366,29 @@ class NormSettings:
     def from_dict(cls, d: dict[str, Any]) -> NormSettings:
         return cls(
             str(d["method"]), int(d["top_n"]), str(d["model_id"]), int(d["dim"]), int(d["count"]), str(d["digest"])
+        )
+
+
+def check_top_n(top_n: Any, count: int | None = None) -> int:
+    """``top_n`` as an int of at least 1 and, with ``count``, at most the cohort's ``count``
+    recordings; InvalidInputError otherwise, saying what to give instead."""
+    hint = f": give at most {count}, or leave it out (at most the cohort's size)" if count is not None else ""
+    # numbers.Integral: numpy's integers too, without importing numpy here.
+    if isinstance(top_n, bool) or not isinstance(top_n, numbers.Integral) or int(top_n) < 1:
+        raise InvalidInputError(f"top-n must be a whole number of at least 1, not {top_n!r}{hint}")
+    if count is not None and int(top_n) > count:
+        raise InvalidInputError(f"top-n {top_n} is more than the {count} cohort recordings{hint}")
+    return int(top_n)
+
+
+def check_cohort_count(n_files: int, top_n: int | None) -> None:
+    """Before any embedding (and, in the client, any upload): enough recordings for a cohort
+    (:data:`~speakerdb.config.MIN_COHORT`), and a ``top_n`` they can reach; InvalidInputError otherwise."""
+    if top_n is not None:
+        check_top_n(top_n, n_files if n_files >= MIN_COHORT else None)
+    if n_files < MIN_COHORT:
+        raise InvalidInputError(
+            f"a cohort needs at least {MIN_COHORT} recordings of people who are not enrolled, {n_files} given"
         )
 
 

@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "speakerdb"
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "config": set(),
-    "results": {"errors"},  # Params.check() raises InvalidInputError; errors is standard library only
+    # Params.check() raises InvalidInputError; the cohort's checks read config.MIN_COHORT. Both standard library only.
+    "results": {"errors", "config"},
     "protocol": {"results"},
     "audio": {"errors", "config"},
     "storage": {"errors", "config", "results"},

@@ -298,6 +298,44 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert run("norm", "--off", "--cohort", cohort_dir).exit_code == 2
 
 
+def test_the_client_refuses_what_the_library_refuses_before_uploading_a_byte(fake_db, cohort_dir, monkeypatch):
+    """``norm --cohort FILES --top-n N --server URL``: a top-n beyond the files, or fewer files than
+    a cohort needs, is refused by the client with the library's message before any file is read
+    or any request sent (it used to upload the whole cohort first); the minimum is
+    config.MIN_COHORT, the one both read."""
+    from speakerdb import config
+    from speakerdb.results import NormChange
+    from speakerdb.service import client as client_module
+    from speakerdb.service.client import Client
+
+    assert norm.MIN_COHORT == config.MIN_COHORT
+    sent: list[tuple[str, str]] = []
+    read: list[str] = []
+    answer = NormChange(None, False, 0.8, "cosine").to_dict()
+    monkeypatch.setattr(Client, "_request", lambda self, method, path, **kw: sent.append((method, path)) or answer)
+    reader = client_module._read
+    monkeypatch.setattr(client_module, "_read", lambda f, *a: read.append(str(f)) or reader(f, *a))
+    client = Client("http://127.0.0.1:9")
+    files = sorted(cohort_dir.iterdir())
+    few = files[: config.MIN_COHORT - 1]
+    for cohort, top_n in ((cohort_dir, len(files) + 1), (files, len(files) + 1), (few, None), (few, 3)):
+        with pytest.raises(InvalidInputError) as local:
+            fake_db.set_norm(cohort, top_n=top_n)
+        with pytest.raises(InvalidInputError) as remote:
+            client.set_norm(cohort, top_n=top_n)
+        assert str(remote.value) == str(local.value)
+        assert sent == [] and read == []
+    r = CliRunner().invoke(cli, ["--server", client.url, "norm", "--cohort", str(cohort_dir), "--top-n", "13"])
+    assert r.exit_code == 1, r.output
+    assert r.stderr.splitlines() == [
+        f"Error: top-n 13 is more than the {len(files)} cohort recordings: give at most "
+        f"{len(files)}, or leave it out (at most the cohort's size)"
+    ]
+    assert sent == [] and read == []
+    client.set_norm(cohort_dir, top_n=len(files))  # one it can reach: uploaded whole, as before
+    assert sent == [("POST", "/v1/norm")] and read == [str(f) for f in files]
+
+
 def test_raw_checks_keep_the_cosine_threshold_and_off_restores_it(fake_db, voices, cohort_dir):
     fake_db.enroll("alice", voices["alice"][:1])
     fake_db.set_threshold(0.42)

@@ -20,12 +20,12 @@ from ..config import NAMES_SOMEONE
 from ..embedding.models import Embedder, same_model
 from ..embedding.pipeline import EmbeddedClip
 from ..errors import DatabaseError, InvalidInputError, ModelMismatchError
-from ..results import CohortSetAside, NormSettings
+from ..results import CohortSetAside, NormSettings, check_top_n
 from ..storage import settings as stored
 from ..storage import store
 from ..storage.indexkeeper import IndexKeeper
 from . import norm
-from .thresholds import check_top_n, cosine_threshold
+from .thresholds import cosine_threshold
 
 log = logging.getLogger("speakerdb")
 
@@ -109,16 +109,6 @@ def from_clips(model_id: str, clips: list[EmbeddedClip]) -> norm.CohortVectors:
     return norm.CohortVectors(
         model_id, np.stack([c.vector for c in clips]), [c.source for c in clips], [c.sha256 for c in clips]
     )
-
-
-def check_count(n_files: int, top_n: int | None) -> None:
-    """Before any embedding: enough recordings for a cohort, and a ``top_n`` they can reach."""
-    if top_n is not None:
-        check_top_n(top_n, n_files if n_files >= norm.MIN_COHORT else None)
-    if n_files < norm.MIN_COHORT:
-        raise InvalidInputError(
-            f"a cohort needs at least {norm.MIN_COHORT} recordings of people who are not enrolled, {n_files} given"
-        )
 
 
 class Reach:

@@ -35,9 +35,9 @@ from ..config import AUDIO_SUFFIXES, audio_files
 from ..embedding import pipeline
 from ..embedding.models import DEFAULT_MODEL, Embedder, load_embedder
 from ..errors import InvalidInputError
+from ..results import check_top_n
 from ..storage import atomic
 from . import metrics, norm
-from .thresholds import check_top_n
 
 DEFAULT_ENROLL_COUNT = 3
 DEFAULT_IMPOSTOR_FRACTION = 0.2  # of the speakers in DATA_DIR, held out entirely

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import MIN_COHORT as MIN_COHORT  # defined in config, which the client reads too
 from ..results import NormSettings  # a result type, shared with the client (results.py)
 from ..storage import store
 
@@ -38,7 +39,6 @@ SCALES = (COSINE, AS_NORM)
 #: Cohort scores averaged per side. Chosen from scripts/eval_norm.py on LibriSpeech
 #: test-other with a 251-speaker train-clean-100 cohort (GE2E): see docs/accuracy.md.
 DEFAULT_TOP_N = 100
-MIN_COHORT = 10  # recordings: fewer give a standard deviation that is mostly noise
 #: Standard deviations below this are raised to it: a degenerate cohort (every cohort
 #: score equal) must not divide by zero.
 MIN_STD = 1e-6
@@ -104,15 +104,6 @@ def as_norm(raw: np.ndarray | float, enroll_mean, enroll_std, probe_mean, probe_
     """AS-norm of raw scores, given each side's cohort statistics (broadcast elementwise)."""
     raw = np.asarray(raw, np.float64)
     return 0.5 * ((raw - enroll_mean) / enroll_std + (raw - probe_mean) / probe_std)
-
-
-def check_top_n(top_n: Any, count: int | None = None) -> int:
-    """``top_n`` as an int of at least 1 and at most the cohort size; ValueError otherwise."""
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 1:
-        raise ValueError(f"top-n must be a whole number of at least 1, not {top_n!r}")
-    if count is not None and top_n > count:
-        raise ValueError(f"top-n {top_n} is more than the {count} cohort recordings")
-    return int(top_n)
 
 
 class SpeakerStats:

@@ -35,15 +35,6 @@ def check_threshold(value: Any, least: float = 0.0, scale: str = norm.COSINE) ->
     return value
 
 
-def check_top_n(top_n: Any, count: int | None) -> int:
-    """norm.check_top_n as InvalidInputError, saying what to give instead."""
-    try:
-        return norm.check_top_n(top_n, count)
-    except ValueError as e:
-        hint = f": give at most {count}, or leave it out (at most the cohort's size)" if count is not None else ""
-        raise InvalidInputError(f"{e}{hint}") from None
-
-
 def cosine_threshold(settings: stored.Settings) -> float:
     """A threshold on the raw cosine scale: the database's own when it is on that scale, else
     the one it had before normalisation was switched on, else the model's starting one."""

@@ -75,6 +75,7 @@ from ..results import (
     Verification,
     Voice,
     VoiceEvent,
+    check_cohort_count,
     parse_iso,
 )
 
@@ -424,6 +425,7 @@ class Client:
             files: Sequence[str | os.PathLike[str]] = audio_files(root)
         else:
             files = cohort
+        check_cohort_count(len(files), top_n)  # as SpeakerDB.set_norm does, and before the upload, not after
         fields = {"screen_enrolled": "true" if screen_enrolled else "false"}
         if top_n is not None:
             fields["top_n"] = str(top_n)
