@@ -67,6 +67,7 @@ windows (averaged) instead of single windows, so its cost stays bounded.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -379,23 +380,53 @@ def merge_short(
     labels: np.ndarray, scores: np.ndarray, min_frames: int, lengths: np.ndarray | None = None
 ) -> np.ndarray:
     """Relabel runs shorter than ``min_frames`` with a neighbouring run's label (the neighbour
-    whose voice scores better over the short run), shortest runs first, until none is left.
+    whose voice scores better over the short run), shortest runs first (the earliest of equals),
+    until none is left.
 
     ``lengths`` (frames per row, default 1) lets rows stand for blocks of frames."""
     labels = labels.copy()
     size = np.concatenate([[0], np.cumsum(np.ones(len(labels), np.int64) if lengths is None else lengths)])
-    while True:
-        rs = runs(labels)
-        if len(rs) < 2:
-            return labels
-        frames = [int(size[b] - size[a]) for a, b, _ in rs]
-        short = [i for i, n in enumerate(frames) if n < min_frames]
-        if not short:
-            return labels
-        i = min(short, key=lambda j: frames[j])
-        a, b, _ = rs[i]
-        options = [rs[j][2] for j in (i - 1, i + 1) if 0 <= j < len(rs)]
-        labels[a:b] = max(options, key=lambda lab: float(scores[a:b, lab].sum()))
+    if len(labels) < 2:
+        return labels
+    # The runs once, as a linked list that merges keep up to date, and the short ones in a heap
+    # by (frames, position): the runs were found again after each merge, which cost rows x runs.
+    cut = np.flatnonzero(labels[1:] != labels[:-1]) + 1
+    start = [0, *cut.tolist()]
+    end = [*cut.tolist(), len(labels)]
+    label = [int(lab) for lab in labels[start]]
+    n_runs = len(start)
+    prev = list(range(-1, n_runs - 1))
+    after = [*range(1, n_runs), -1]
+    alive = [True] * n_runs
+
+    def frames(i: int) -> int:
+        return int(size[end[i]] - size[start[i]])
+
+    heap = [(f, i, end[i]) for i in range(n_runs) if (f := frames(i)) < min_frames]
+    heapq.heapify(heap)
+    while heap and n_runs >= 2:
+        _, i, e = heapq.heappop(heap)
+        if not alive[i] or end[i] != e:  # merged since it was pushed: its entry is stale
+            continue
+        a, b = start[i], end[i]
+        options = [label[j] for j in (prev[i], after[i]) if j >= 0]
+        lab = max(options, key=lambda v: float(scores[a:b, v].sum()))
+        labels[a:b] = lab
+        # The run joins its neighbours of that label (both, when they have the same one): the
+        # leftmost keeps its index, so positions and the heap's tie order stay as they were.
+        first = prev[i] if prev[i] >= 0 and label[prev[i]] == lab else i
+        last = after[i] if after[i] >= 0 and label[after[i]] == lab else i
+        j = first
+        while j != last:
+            j = after[j]
+            alive[j] = False
+            n_runs -= 1
+        end[first], label[first], after[first] = end[last], lab, after[last]
+        if after[last] >= 0:
+            prev[after[last]] = first
+        if (f := frames(first)) < min_frames:
+            heapq.heappush(heap, (f, first, end[first]))
+    return labels
 
 
 # ---- the whole pipeline ----------------------------------------------------------------------

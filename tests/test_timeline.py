@@ -4,6 +4,7 @@ known vectors, the CLI, and one conversation of real speech (skipped without Lib
 from __future__ import annotations
 
 import json
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -172,6 +173,108 @@ def test_smoothing_blocks_of_constant_scores_equals_smoothing_frame_by_frame():
         weighted = block * lengths[:, None]
         by_block = timeline.merge_short(timeline.viterbi(weighted, penalty), weighted, min_frames, lengths)
         np.testing.assert_array_equal(np.repeat(by_block, lengths), by_frame)
+
+
+def _merge_short_before(labels, scores, min_frames, lengths=None):
+    """merge_short as it was until it kept its runs in a linked list: the runs found again after
+    each merge (rows x runs). The reference its replacement must agree with exactly."""
+
+    def runs(labels):
+        out = []
+        for i, lab in enumerate(labels):
+            if out and out[-1][2] == lab:
+                out[-1] = (out[-1][0], i + 1, lab)
+            else:
+                out.append((i, i + 1, int(lab)))
+        return out
+
+    labels = labels.copy()
+    size = np.concatenate([[0], np.cumsum(np.ones(len(labels), np.int64) if lengths is None else lengths)])
+    while True:
+        rs = runs(labels)
+        if len(rs) < 2:
+            return labels
+        frames = [int(size[b] - size[a]) for a, b, _ in rs]
+        short = [i for i, n in enumerate(frames) if n < min_frames]
+        if not short:
+            return labels
+        i = min(short, key=lambda j: frames[j])
+        a, b, _ = rs[i]
+        options = [rs[j][2] for j in (i - 1, i + 1) if 0 <= j < len(rs)]
+        labels[a:b] = max(options, key=lambda lab: float(scores[a:b, lab].sum()))
+
+
+def _live_turn(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An unbroken turn as a live session smooths it: one row per window of a hop's frames,
+    the speaker's voice scoring ~0.70 and two others ~0.62, Viterbi leaving many short runs."""
+    rng = np.random.default_rng(seed)
+    frames = 0.5 / timeline.FRAME_S
+    scores = rng.normal([0.70, 0.62, 0.62], 0.08, (n, 3)) * frames
+    return timeline.viterbi(scores, 0.5), scores, np.full(n, int(frames))
+
+
+def test_merge_short_agrees_with_the_rescan_it_replaced():
+    """Random label sequences, ties of length and of score included (integer scores), with and
+    without lengths: the same labels as the implementation that found the runs again each time."""
+    rng = np.random.default_rng(7)
+    for trial in range(3000):
+        n_voices = int(rng.integers(1, 6))
+        run_lengths = rng.geometric(float(rng.choice([0.2, 0.5, 0.9])), int(rng.integers(0, 60)))
+        labels = np.repeat(rng.integers(0, n_voices, len(run_lengths)), run_lengths).astype(np.int64)
+        n = len(labels)
+        scores = rng.integers(0, 3, (n, n_voices)).astype(np.float64) if trial % 2 else rng.random((n, n_voices))
+        lengths = None if trial % 3 == 0 else rng.integers(1, 60, n)
+        min_frames = int(rng.choice([0, 1, 2, 3, 5, 20, 100, 400]))
+        expected = _merge_short_before(labels, scores, min_frames, lengths)
+        got = timeline.merge_short(labels, scores, min_frames, lengths)
+        np.testing.assert_array_equal(got, expected, err_msg=f"trial {trial}")
+        assert got.dtype == expected.dtype
+    for seed in range(5):  # as the timeline and a live session call it
+        path, scores, lengths = _live_turn(2000, seed)
+        np.testing.assert_array_equal(
+            timeline.merge_short(path, scores, 100, lengths), _merge_short_before(path, scores, 100, lengths)
+        )
+
+
+class _OverBudget(Exception):
+    pass
+
+
+def _python_lines(budget: int, call, *args) -> int:
+    """Lines of Python that ``call(*args)`` runs (numpy's own loops not counted): a measure of work
+    that a busy machine cannot change. Stops with _OverBudget past ``budget``."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        if event == "line":
+            count += 1
+            if count > budget:
+                raise _OverBudget
+        return trace
+
+    before = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        call(*args)
+    finally:
+        sys.settrace(before)
+    return count
+
+
+def test_merge_short_work_grows_with_the_windows_not_windows_times_runs():
+    """A 75-minute unbroken turn took 9.2 CPU s to smooth: the runs were found again after each
+    of some 2,000 merges. Now the lines of Python run grow with the windows: about 7 a window
+    (the rescan: ~800 at 1,000 windows and growing), 16 times the windows at most 32 times the lines."""
+    per_window = 30  # lines: 4 x what the linked list needs
+    counts = {}
+    for n in (1000, 16000):
+        path, scores, lengths = _live_turn(n)
+        try:
+            counts[n] = _python_lines(per_window * n, timeline.merge_short, path, scores, 100, lengths)
+        except _OverBudget:
+            pytest.fail(f"merge_short of {n} windows ran more than {per_window * n} lines of Python")
+    assert counts[16000] <= 32 * counts[1000], counts
 
 
 def test_assemble_names_enrolled_voices_and_keeps_one_label_per_unknown_voice():
