@@ -94,6 +94,10 @@ DEFAULT_MAX_AUDIO_S = 4 * 3600.0  # seconds
 #: The fewest recordings an AS-norm cohort holds: fewer give a standard deviation that is mostly
 #: noise. Here, not in scoring, so that the client refuses a cohort before uploading it.
 MIN_COHORT = 10  # recordings
+#: Cohort scores averaged per side by AS-norm. Chosen from scripts/eval_norm.py on LibriSpeech
+#: test-other with a 251-speaker train-clean-100 cohort (GE2E): see docs/accuracy.md. Here, not
+#: in scoring, so that the command line's and the service's help state it without a copy.
+DEFAULT_TOP_N = 100  # scores
 #: Schemes of a PostgreSQL server URL; anything else given as a database is an SQLite file.
 SERVER_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 _OFF = ("0", "false", "no", "off")

@@ -426,3 +426,15 @@ def test_timeline_names_voices_on_the_normalised_scale(fake_db, voices, cohort_d
     # Overrides are on the database's scale: an AS-norm score above any this voice reaches.
     [unnamed] = fake_db.timeline([talk], threshold=90.0)
     assert [x.label for x in unnamed.voices] == ["unknown-1"]
+
+
+def test_the_default_top_n_is_written_once_and_said_alike_everywhere():
+    """The command line's help and the service's form state the default the library uses, read
+    from config, not a number written again beside it."""
+    from speakerdb import config
+    from speakerdb.service import app
+
+    assert norm.DEFAULT_TOP_N is config.DEFAULT_TOP_N
+    said = f"[default: {config.DEFAULT_TOP_N}, at most the cohort's size]"
+    assert said in " ".join(CliRunner().invoke(cli, ["norm", "--help"]).output.split())
+    assert said in app.TOP_N_HELP

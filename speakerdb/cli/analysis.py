@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import SEGMENTATION_ENV, db_target
+from ..config import DEFAULT_TOP_N, SEGMENTATION_ENV, db_target
 from ..errors import DatabaseError
 from ..results import MAX_SPEAKERS, Params, Timeline
 from .output import (
@@ -370,7 +370,7 @@ def calibrate(state: State, data_dir: str, target: str, apply: bool, as_json: bo
     "--top-n",
     type=click.IntRange(min=1),
     default=None,
-    help="Highest cohort scores averaged per side [default: 100, at most the cohort's size].",
+    help=f"Highest cohort scores averaged per side [default: {DEFAULT_TOP_N}, at most the cohort's size].",
 )
 @click.option("--off", is_flag=True, help="Return to raw cosine scores and delete the cohort's embeddings.")
 @json_option

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import DEFAULT_TOP_N as DEFAULT_TOP_N  # defined in config, which the CLI's help reads too
 from ..config import MIN_COHORT as MIN_COHORT  # defined in config, which the client reads too
 from ..results import NormSettings  # a result type, shared with the client (results.py)
 from ..storage import store
@@ -36,9 +37,6 @@ METHOD = "as-norm"
 #: Scales a threshold can be on: raw cosine scores, or AS-norm scores.
 COSINE, AS_NORM = "cosine", METHOD
 SCALES = (COSINE, AS_NORM)
-#: Cohort scores averaged per side. Chosen from scripts/eval_norm.py on LibriSpeech
-#: test-other with a 251-speaker train-clean-100 cohort (GE2E): see docs/accuracy.md.
-DEFAULT_TOP_N = 100
 #: Standard deviations below this are raised to it: a degenerate cohort (every cohort
 #: score equal) must not divide by zero.
 MIN_STD = 1e-6

@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, errors
 from ..api import SpeakerDB
-from ..config import segmentation_model
+from ..config import DEFAULT_TOP_N, segmentation_model
 from ..results import SpeakerInfo
 from ..storage import store
 from ..storage.keys import SCOPES
@@ -68,6 +68,8 @@ from .web import install as install_page
 from .worker import Service
 
 log = logging.getLogger("speakerdb.server")
+#: POST /v1/norm's top_n, as the command line's --top-n says it.
+TOP_N_HELP = f"Highest cohort scores averaged per side [default: {DEFAULT_TOP_N}, at most the cohort's size]."
 
 # The caller's key must allow reading, changing speakers, or administering keys and settings.
 READ = Depends(require("read"))
@@ -522,7 +524,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     async def post_norm(
         request: Request,
         files: list[UploadFile] = File(..., description="Recordings of people who are NOT enrolled (the cohort)."),
-        top_n: int | None = Form(None, ge=1, description="Highest cohort scores averaged per side [default: 100]."),
+        top_n: int | None = Form(None, ge=1, description=TOP_N_HELP),
         screen_enrolled: bool = Form(True, description="Set aside recordings that score as an enrolled speaker."),
         caller: Caller = ADMIN,
     ) -> JSONResponse:
