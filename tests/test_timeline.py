@@ -178,16 +178,7 @@ def test_smoothing_blocks_of_constant_scores_equals_smoothing_frame_by_frame():
 def _merge_short_before(labels, scores, min_frames, lengths=None):
     """merge_short as it was until it kept its runs in a linked list: the runs found again after
     each merge (rows x runs). The reference its replacement must agree with exactly."""
-
-    def runs(labels):
-        out = []
-        for i, lab in enumerate(labels):
-            if out and out[-1][2] == lab:
-                out[-1] = (out[-1][0], i + 1, lab)
-            else:
-                out.append((i, i + 1, int(lab)))
-        return out
-
+    runs = timeline.runs  # the runs of equal labels, found from scratch: what the rescan did
     labels = labels.copy()
     size = np.concatenate([[0], np.cumsum(np.ones(len(labels), np.int64) if lengths is None else lengths)])
     while True:
