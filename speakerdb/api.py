@@ -1173,11 +1173,8 @@ class SpeakerDB:
         name = validate_name(name)
         external_id = governance.check_external_id(external_id)
         with self.store.write() as s:
-            # The person as the opt-out will refuse them: the name folded, the external id. A
-            # speaker enrolled as 'Alice Smith' stayed enrolled (and named) when 'alice smith'
-            # opted out, though enrolling her again was refused.
-            # Every one of them, case twins included: removing the exact name alone ('dave') left
-            # 'Dave' enrolled and named by identify while the opt-out refused to enroll 'Dave'.
+            # Everyone the opt-out will refuse (the name folded, the external id): removing the
+            # exact name alone left 'Alice Smith' or a twin 'Dave' enrolled and named, yet refused.
             found = governance.speakers_of_person(s, name, external_id)
             if len(found) > 1:
                 raise ConflictError(

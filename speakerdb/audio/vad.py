@@ -19,8 +19,9 @@ pause splits speech only when it is at least ``min_silence_s`` of quiet frames a
 A pass over the start of a recording can be kept (:func:`hear`) and carried on later
 (:class:`Resumed`): identify's embedding hears each file's first 30 s window to judge its
 noise, and the voice count replays that and runs the model only on the rest of the file.
-Either way the probabilities are the same, bit for bit: Silero's do not depend on how the
-samples are cut into blocks and calls (tests/test_hear_once.py checks it).
+Either way the probabilities are the same: Silero's do not depend on how the samples are cut
+into blocks and calls (bit for bit on the CPU where it was measured; tests/test_hear_once.py
+checks it within rounding, which is all the voice count needs).
 
 ``webrtcvad`` (installed with the ``resemblyzer`` extra) is the fallback backend,
 ``backend="webrtc"``: a GMM over 30 ms frames, cruder on noisy speech.
