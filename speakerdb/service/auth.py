@@ -14,8 +14,10 @@ another gallery nor learn that it exists.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -55,6 +57,11 @@ class KeyCheck:
         self.required = config.require_keys and not config.insecure_no_auth
         self._lane = lane
         self._not_ready = not_ready
+
+    def needs_no_key(self) -> bool:
+        """Whether requests need no key because the service is loopback-only and its database never
+        had one (not --insecure-no-auth): then :func:`keyless_refusal` applies to every request."""
+        return not self.required and not self.insecure_no_auth
 
     def keys_exist(self, db: SpeakerDB) -> bool:
         """Whether requests need a key from now on (see ``required``); never turns back off."""
@@ -126,6 +133,47 @@ def not_this_gallery(gallery: str) -> ApiError:
     return ApiError(
         404, "gallery_not_found", f"no gallery named {gallery!r} for this key (a key reaches its own gallery only)"
     )
+
+
+def loopback_name(host: str) -> bool:
+    """Whether a Host header (``name[:port]``, ``[v6]:port``) names this machine's loopback:
+    ``localhost``, a name under ``.localhost`` (browsers map those to loopback themselves, never
+    through DNS) or a loopback address."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def keyless_refusal(host: str | None, origin: str | None) -> str | None:
+    """Why a request to a service that needs no key is refused, or None when it is not.
+
+    Such a service listens on loopback only, yet any web page its user opens can reach it: by
+    pointing a name of its own at 127.0.0.1 (DNS rebinding: the page is then same-origin and
+    reads every answer; the Host header carries that name), or by sending a form or a WebSocket
+    across origins (the Origin header names the page's). Programs send no Origin and a Host that
+    is the address they dialled.
+    """
+    if host is not None and not loopback_name(host):
+        return (
+            "this service runs without keys and answers requests to this machine's loopback names only "
+            f"(localhost, 127.0.0.1, [::1]), not to {host[:80]!r}: create a key to serve other names"
+        )
+    if origin is not None:
+        try:
+            same = urllib.parse.urlsplit(origin).netloc.lower() == (host or "").strip().lower()
+        except ValueError:
+            same = False
+        if not same:
+            return f"a page of another origin ({origin[:80]}) may not use this service without a key"
+    return None
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Caller]]:

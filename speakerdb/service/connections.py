@@ -24,7 +24,15 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from .auth import CALLER_KEY, CHECKED_KEY, GALLERY_PREFIX, gallery_of_path, not_this_gallery, route_path
+from .auth import (
+    CALLER_KEY,
+    CHECKED_KEY,
+    GALLERY_PREFIX,
+    gallery_of_path,
+    keyless_refusal,
+    not_this_gallery,
+    route_path,
+)
 from .responses import ApiError, error_response
 from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
@@ -107,6 +115,12 @@ class Guard:
                 # U+FFFD and so name the same speaker. A name is text; these bytes are not.
                 await reply(400, "invalid_input", "the URL is not valid UTF-8 once %-decoded")
                 return
+            service = getattr(scope["app"].state, "service", None) if "app" in scope else None
+            if service is not None and service.keys.needs_no_key():
+                refusal = keyless_refusal(headers.get("host"), headers.get("origin"))
+                if refusal is not None:  # another site's page, by its own name or by a form
+                    await reply(403, "forbidden", refusal)
+                    return
             if declared > limit:
                 await reply(413, "too_large", f"request body of {declared:,} bytes, at most {limit:,} are accepted")
                 return
@@ -118,7 +132,6 @@ class Guard:
                     f"send audio as multipart/form-data parts (got Content-Type {ctype or 'none'!r})",
                 )
                 return
-            service = getattr(scope["app"].state, "service", None) if "app" in scope else None
             if method == "POST" and _is_upload_path(scope["path"]) and service is not None:
                 # The key before the body: a caller without a valid key is refused before it can
                 # make this worker read (and store) up to --max-upload-mb. The route checks the

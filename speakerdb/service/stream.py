@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import time
-import urllib.parse
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -38,7 +37,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .. import errors
 from ..config import DEFAULT_GALLERY
 from ..results import ErrorEvent
-from .auth import Caller, not_this_gallery
+from .auth import Caller, keyless_refusal, not_this_gallery
 from .lanes import GALLERY
 from .responses import ApiError, finite
 from .worker import Service, as_caller
@@ -219,16 +218,16 @@ class Connection:
         return None
 
     def _check_origin(self) -> None:
-        """Without a key, only pages of this service's own origin may connect: browsers let any
-        page open a WebSocket to any address (no CORS), and a loopback service that never had a
-        key would otherwise listen and enroll for whatever site its user happens to visit."""
-        origin = self.ws.headers.get("origin")
-        if origin is None or self.service.keys.insecure_no_auth:
-            return  # not a browser (browsers always send Origin), or every caller was let in
-        if urllib.parse.urlsplit(origin).netloc.lower() != (self.ws.headers.get("host") or "").lower():
-            raise Closing(
-                POLICY, "forbidden", f"a page of another origin ({origin[:80]}) may not use this service without a key"
-            )
+        """Without a key, only pages of this service's own origin, under a loopback name, may
+        connect: browsers let any page open a WebSocket to any address (no CORS), and a loopback
+        service that never had a key would otherwise listen and enroll for whatever site its user
+        happens to visit, whether across origins or through a name of the site's own pointed at
+        this machine (auth.keyless_refusal)."""
+        if self.service.keys.insecure_no_auth:
+            return  # every caller was let in
+        refusal = keyless_refusal(self.ws.headers.get("host"), self.ws.headers.get("origin"))
+        if refusal is not None:
+            raise Closing(POLICY, "forbidden", refusal)
 
     async def _caller(self, header: str | None) -> Caller:
         """Whose key ``header`` carries; it must allow reading (Closing 1008 otherwise)."""
