@@ -4,12 +4,16 @@ serve`` processes (tests/test_server.py's ``Server``) with the tiny random check
 
 - A loopback service that needs no key is reached by other sites' pages: through a name of
   theirs pointed at 127.0.0.1 (DNS rebinding), or by a form or WebSocket sent across origins.
+- Live streams: connections that never send their key, one key opening every stream a
+  worker holds.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
+from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
@@ -17,7 +21,7 @@ from websockets.sync.client import connect
 from conftest import voice, write
 from speakerdb import SpeakerDB
 from test_server import Server
-from test_stream import _rest
+from test_stream import _open, _pcm16, _rest, _wait_metric
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +108,85 @@ def test_a_keyless_service_takes_no_request_from_another_sites_page(open_svc):
         "POST", "/v1/identify", files=[("files", "dora.wav", open_svc.clip.read_bytes())], headers={"Origin": own}
     )
     assert status == 200 and doc[0]["file"] == "dora.wav", doc
+
+
+# ---- live streams ----------------------------------------------------------------------------------
+MAX_STREAMS = 3
+
+
+def _keyed(d: Path, checkpoint: Path, *options: str) -> Server:
+    """A service with keys (admin, write, read) and ``MAX_STREAMS`` live streams per worker."""
+    with SpeakerDB(d / "keyed.sqlite", model=str(checkpoint)) as db:
+        keys = {scope: db.create_key(scope, scope).key for scope in ("admin", "write", "read")}
+        keys["other"] = db.create_key("other", "read").key
+    srv = Server(d / "keyed.sqlite", checkpoint, d / "keyed.log", "--max-streams", str(MAX_STREAMS), *options)
+    srv.keys = keys
+    srv.ws = srv.url.replace("http://", "ws://") + "/v1/stream"
+    return srv.start()
+
+
+@pytest.fixture(scope="module")
+def keyed_svc(tmp_path_factory, tiny_checkpoint):
+    srv = _keyed(tmp_path_factory.mktemp("keyed"), tiny_checkpoint)
+    yield srv
+    srv.stop()
+    assert "Traceback" not in srv.log.read_text()
+
+
+def _ended(ws) -> tuple[list[dict], int | None]:
+    ws.send(_pcm16(voice(150, 0.2)))
+    ws.send(json.dumps({"type": "end"}))
+    return _rest(ws)
+
+
+def test_connections_waiting_for_their_key_take_no_live_stream(keyed_svc):
+    """A stream's place was taken as it connected, before its key: MAX_STREAMS sockets that send
+    nothing, opened again every 5 s, kept every live stream of a worker from everyone, without a
+    key. Waiting for a key now holds a place of its own kind (as many as --max-streams)."""
+    waiting = [connect(keyed_svc.ws, open_timeout=60) for _ in range(MAX_STREAMS)]
+    try:
+        time.sleep(0.5)
+        with _open(keyed_svc, key=keyed_svc.keys["read"]) as ws:  # a program, its key in the header
+            docs, code = _ended(ws)
+        assert code == 1000 and docs[-1]["type"] == "timeline", docs
+        with connect(keyed_svc.ws, open_timeout=60) as ws:  # one more browser waiting: try later
+            docs, code = _rest(ws)
+        assert code == 1013 and [d["code"] for d in docs] == ["busy"], docs
+        assert "key" in docs[0]["message"]
+    finally:
+        for ws in waiting:
+            ws.close()
+    _wait_metric(keyed_svc, "speakerdb_streams_open", 0)
+    with connect(keyed_svc.ws, open_timeout=60) as ws:  # and a browser gets in again
+        ws.send(json.dumps({"type": "auth", "key": keyed_svc.keys["read"]}))
+        docs, code = _ended(ws)
+    assert code == 1000 and docs[-1]["type"] == "timeline", docs
+
+
+def test_one_key_holds_at_most_max_streams_per_key(tmp_path, tiny_checkpoint):
+    """One key (a read key of one gallery) could open every live stream of a worker and keep every
+    other key, of any gallery, out."""
+    srv = _keyed(tmp_path, tiny_checkpoint, "--max-streams-per-key", "2")
+    try:
+        held = [_open(srv, key=srv.keys["read"]) for _ in range(2)]
+        try:
+            for ws in held:
+                ws.send(_pcm16(voice(150, 0.1)))
+            _wait_metric(srv, "speakerdb_streams_open", 2)
+            with _open(srv, key=srv.keys["read"]) as ws:
+                docs, code = _rest(ws)
+            assert code == 1013 and [d["code"] for d in docs] == ["busy"], docs
+            assert "'read'" in docs[0]["message"] and "per key" in docs[0]["message"], docs
+            with _open(srv, key=srv.keys["other"]) as ws:  # another key still gets the worker's last place
+                docs, code = _ended(ws)
+            assert code == 1000 and docs[-1]["type"] == "timeline", docs
+        finally:
+            for ws in held:
+                ws.close()
+        _wait_metric(srv, "speakerdb_streams_open", 0)
+        with _open(srv, key=srv.keys["read"]) as ws:  # its places come back as its streams end
+            docs, code = _ended(ws)
+        assert code == 1000 and docs[-1]["type"] == "timeline", docs
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log.read_text()

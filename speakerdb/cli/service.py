@@ -72,6 +72,13 @@ if TYPE_CHECKING:
     help="Live streams (WebSocket /v1/stream) a worker holds; one more is closed with 1013, try again later.",
 )
 @click.option(
+    "--max-streams-per-key",
+    type=click.IntRange(1, 10_000),
+    default=settings.DEFAULT_MAX_STREAMS_PER_KEY,
+    show_default=True,
+    help="Live streams one API key holds on a worker; one more is closed with 1013.",
+)
+@click.option(
     "--max-stream-s",
     type=click.FloatRange(1, 7 * 24 * 3600),
     default=settings.DEFAULT_MAX_STREAM_S,
@@ -152,6 +159,7 @@ def serve(
     max_audio_s: float,
     queue_size: int,
     max_streams: int,
+    max_streams_per_key: int,
     max_stream_s: float,
     stream_idle_s: float,
     max_frame_kb: int,
@@ -240,6 +248,7 @@ def serve(
         max_audio_s=max_audio_s,
         queue_size=queue_size,
         max_streams=max_streams,
+        max_streams_per_key=max_streams_per_key,
         max_stream_s=max_stream_s,
         stream_idle_s=stream_idle_s,
         max_frame_bytes=max_frame_kb * 1024,

@@ -29,10 +29,12 @@ DEFAULT_QUEUE_SIZE = 32  # embedding requests a worker holds, running and waitin
 DEFAULT_HEADER_TIMEOUT_S: float = 10
 DEFAULT_BODY_TIMEOUT_S: float = 30
 # WebSocket /v1/stream (service/stream.py): live sessions a worker holds at once (one more is
-# closed with 1013, try again later), the longest session (seconds of audio or of connection,
+# closed with 1013, try again later), and of them one key's (so that one key, of any gallery,
+# cannot keep every other out), the longest session (seconds of audio or of connection,
 # whichever is larger), the longest silence of a client that sends no audio, the largest
 # binary frame, and the time a browser has to send its key as the first message.
 DEFAULT_MAX_STREAMS = 16
+DEFAULT_MAX_STREAMS_PER_KEY = 8
 DEFAULT_MAX_STREAM_S: float = 4 * 3600
 DEFAULT_STREAM_IDLE_S: float = 30
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
@@ -65,6 +67,7 @@ class ServeConfig:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     max_streams: int = DEFAULT_MAX_STREAMS
+    max_streams_per_key: int = DEFAULT_MAX_STREAMS_PER_KEY
     max_stream_s: float = DEFAULT_MAX_STREAM_S
     stream_idle_s: float = DEFAULT_STREAM_IDLE_S
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES

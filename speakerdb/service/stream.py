@@ -18,7 +18,8 @@ read only once that feed has returned: audio sent faster than real time waits in
 socket, never in this process. Bad input gets an ``error`` event and a close with the code that
 fits (1003 text that is not JSON, 1007 audio that is not what ``encoding`` says, 1008 a message
 of unknown type or wrong shape, or a refused key, 1009 a frame too large); a worker holding
-``max_streams`` sessions closes one more with 1013 (try again later). A session ends with its
+``max_streams`` sessions, or ``max_streams_per_key`` of the caller's key, closes one more with
+1013 (try again later), once the key is known. A session ends with its
 connection: a client that goes away frees it at once.
 """
 
@@ -29,7 +30,7 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
@@ -96,6 +97,7 @@ class Connection:
         self.bytes_per_sample = 2
         self.sample_rate = DEFAULT_SAMPLE_RATE
         self.counted = False
+        self.key_place: tuple[str, str] | None = None  # (gallery, key name) counted in Service.streams_by_key
         self.began = time.monotonic()
         self.idle_until = self.began + self.config.stream_idle_s
         self.close_code = GONE
@@ -119,25 +121,17 @@ class Connection:
 
     async def _serve(self) -> None:
         service = self.service
-        if service.streams_open >= self.config.max_streams:
-            service.metrics.streams_refused += 1
-            self.close_code = TRY_LATER
-            raise Closing(
-                TRY_LATER,
-                "busy",
-                f"this worker already holds {service.streams_open} live streams (at most {self.config.max_streams}): "
-                "try again later",
-            )
-        service.streams_open += 1  # no await since the check: no other connection got in between
-        self.counted = True
         try:
             service.require_ready()
         except ApiError as e:
             raise Closing(TRY_LATER, e.code, e.message) from None
         sample_rate, encoding, threshold = self._parameters()
+        # The key before a place: a connection that never sends one holds none of the worker's
+        # --max-streams, which a client without a key could otherwise fill.
         first = await self._authenticate()
         if self.caller is not None and self.caller.key_name is None:
             self._check_origin()
+        self._take_place()
         self.session = await self._open(sample_rate, encoding, threshold)
         service.metrics.streams_started += 1
         self.idle_until = time.monotonic() + self.config.stream_idle_s
@@ -148,6 +142,28 @@ class Connection:
                 return
 
     # ---- set-up -------------------------------------------------------------------------------
+    def _take_place(self) -> None:
+        """Count this stream among the worker's and its key's, or Closing 1013 when either is full."""
+        service, config = self.service, self.config
+        assert self.caller is not None
+        key = (self.gallery, self.caller.key_name) if self.caller.key_name is not None else None
+        if service.streams_open >= config.max_streams:
+            held = f"this worker already holds {service.streams_open} live streams (at most {config.max_streams})"
+            self._refuse(f"{held}: try again later")
+        if key is not None and service.streams_by_key[key] >= config.max_streams_per_key:
+            held = f"key {key[1]!r} already holds {service.streams_by_key[key]} live streams on this worker"
+            self._refuse(f"{held} (at most {config.max_streams_per_key} per key): end one, or try again later")
+        service.streams_open += 1  # no await since the checks: no other connection got in between
+        self.counted = True
+        if key is not None:
+            service.streams_by_key[key] += 1
+            self.key_place = key
+
+    def _refuse(self, message: str) -> NoReturn:
+        self.service.metrics.streams_refused += 1
+        self.close_code = TRY_LATER
+        raise Closing(TRY_LATER, "busy", message)
+
     def _parameters(self) -> tuple[int, str, float | None]:
         query = self.ws.query_params
         named = sorted(k for k in query if k.lower() in KEY_PARAMETERS)
@@ -197,7 +213,15 @@ class Connection:
         except Closing as refused:
             if header is not None or refused.code != "unauthorized":
                 raise
-        # No header, and this service needs a key: it must come as the first message.
+        # No header, and this service needs a key: it must come as the first message. The
+        # connections waiting for theirs are bounded apart from the sessions (as many).
+        service = self.service
+        if service.streams_waiting >= self.config.max_streams:
+            self._refuse(
+                f"this worker already waits for the key of {service.streams_waiting} connections "
+                f"(at most {self.config.max_streams}): try again later"
+            )
+        service.streams_waiting += 1
         try:
             message = await asyncio.wait_for(self._next(), self.config.stream_auth_s)
         except asyncio.TimeoutError:
@@ -207,6 +231,8 @@ class Connection:
                 "this service needs an API key: send `Authorization: Bearer KEY` or, as the first message "
                 f'within {self.config.stream_auth_s:g} s, {{"type": "auth", "key": "..."}}',
             ) from None
+        finally:
+            service.streams_waiting -= 1
         key = message.get("key") if isinstance(message, dict) and message.get("type") == "auth" else None
         if not isinstance(key, str) or not key.strip() or set(message) != {"type", "key"}:  # (audio is bytes)
             raise Closing(
@@ -442,6 +468,11 @@ class Connection:
     def _release(self) -> None:
         """Forget the session (its memory goes with it) and free the connection's slot."""
         self.session = None
+        if self.key_place is not None:
+            self.service.streams_by_key[self.key_place] -= 1
+            if not self.service.streams_by_key[self.key_place]:
+                del self.service.streams_by_key[self.key_place]
+            self.key_place = None
         if self.counted:
             self.service.streams_open -= 1
             self.counted = False

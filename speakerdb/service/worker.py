@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -53,6 +54,10 @@ class Service:
         # Live sessions (WebSocket /v1/stream): each feeds on a thread of this pool while its
         # connection waits (the backpressure that keeps a fast sender's audio out of memory).
         self.streams_open = 0
+        # Of them, each key's ((gallery, key name): count); and the connections still waiting for
+        # a browser's key, which hold no session and no place of a session (stream.py).
+        self.streams_by_key: Counter[tuple[str, str]] = Counter()
+        self.streams_waiting = 0
         self.stream_threads = ThreadPoolExecutor(
             max_workers=max(1, config.max_streams), thread_name_prefix="speakerdb-stream"
         )
