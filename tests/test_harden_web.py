@@ -4,8 +4,8 @@ serve`` processes (tests/test_server.py's ``Server``) with the tiny random check
 
 - A loopback service that needs no key is reached by other sites' pages: through a name of
   theirs pointed at 127.0.0.1 (DNS rebinding), or by a form or WebSocket sent across origins.
-- Live streams: connections that never send their key, one key opening every stream a
-  worker holds.
+- Live streams: connections that never send their key, a key revoked while its stream runs,
+  one key opening every stream a worker holds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from conftest import voice, write
@@ -161,6 +162,33 @@ def test_connections_waiting_for_their_key_take_no_live_stream(keyed_svc):
         ws.send(json.dumps({"type": "auth", "key": keyed_svc.keys["read"]}))
         docs, code = _ended(ws)
     assert code == 1000 and docs[-1]["type"] == "timeline", docs
+
+
+def test_a_key_revoked_while_its_stream_runs_is_closed_and_enrolls_nothing(keyed_svc):
+    """Revoking a key reaches every worker's next request, and now its open streams too: they
+    were kept (listening, and enrolling for a write key) up to --max-stream-s, 4 h."""
+    admin = keyed_svc.keys["admin"]
+    status, _, doc = keyed_svc.call("POST", "/v1/keys", key=admin, body={"name": "leaked", "scope": "write"})
+    assert status == 201, doc
+    docs: list[dict] = []
+    with _open(keyed_svc, key=doc["key"]) as ws:
+        ws.send(_pcm16(voice(150, 0.5)))
+        status, _, gone = keyed_svc.call("DELETE", "/v1/keys/leaked", key=admin)
+        assert status == 200 and not gone["active"], gone
+        try:
+            for _ in range(30):  # 3 s of audio, in real time
+                ws.send(_pcm16(voice(150, 0.1)))
+                time.sleep(0.1)
+            ws.send(json.dumps({"type": "enroll", "label": "unknown-1", "name": "mallory"}))
+            ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        docs, code = _rest(ws)
+    assert code == 1008, docs
+    assert [d["code"] for d in docs if d["type"] == "error"] == ["unauthorized"], docs
+    assert not [d for d in docs if d["type"] in ("enrolled", "timeline")], docs
+    names = [s["name"] for s in keyed_svc.call("GET", "/v1/speakers", key=admin)[2]]
+    assert "mallory" not in names
 
 
 def test_one_key_holds_at_most_max_streams_per_key(tmp_path, tiny_checkpoint):

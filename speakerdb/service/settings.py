@@ -39,6 +39,9 @@ DEFAULT_MAX_STREAM_S: float = 4 * 3600
 DEFAULT_STREAM_IDLE_S: float = 30
 DEFAULT_MAX_FRAME_BYTES = 1 << 20  # 1 MiB
 DEFAULT_STREAM_AUTH_S = 5.0
+#: How often a live stream checks its key again (revoked, or a first key created while a stream
+#: without one runs, ends it): at most once a second, as it checks its gallery's speakers.
+STREAM_KEY_CHECK_S = 1.0
 #: How often each worker runs `expire` (the retention policy), from its start: once a day.
 DEFAULT_EXPIRE_EVERY_S: float = 86_400
 #: One line per request (route template, status, time, key, gallery; never the path itself:

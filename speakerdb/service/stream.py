@@ -41,6 +41,7 @@ from ..results import ErrorEvent
 from .auth import Caller, keyless_refusal, not_this_gallery
 from .lanes import GALLERY
 from .responses import ApiError, finite
+from .settings import STREAM_KEY_CHECK_S
 from .worker import Service, as_caller
 
 log = logging.getLogger("speakerdb.server")
@@ -94,6 +95,8 @@ class Connection:
         self.ws, self.service, self.config, self.gallery = websocket, service, service.config, gallery
         self.session: Any = None
         self.caller: Caller | None = None
+        self.key_header: str | None = None  # the Authorization the caller was let in with, checked again
+        self.key_checked = 0.0  # when (time.monotonic)
         self.bytes_per_sample = 2
         self.sample_rate = DEFAULT_SAMPLE_RATE
         self.counted = False
@@ -261,6 +264,7 @@ class Connection:
             info = await asyncio.get_running_loop().run_in_executor(None, self.service.keys.authenticate, header)
         except ApiError as e:
             raise Closing(TRY_LATER if e.status == 503 else POLICY, e.code, e.message) from None
+        self.key_header, self.key_checked = header, time.monotonic()
         if info is None:
             return Caller(None, "admin")
         if info.gallery != self.gallery:  # before its scope: a key learns nothing of other galleries
@@ -281,6 +285,15 @@ class Connection:
             )
         except errors.SpeakerDBError as e:
             raise Closing(POLICY, e.code, service.scrub(str(e))) from None
+
+    async def _check_key(self, now: bool = False) -> None:
+        """The caller's key again, at most once per :data:`STREAM_KEY_CHECK_S` unless ``now``:
+        revoking a key reaches its open streams as it does the next request (Closing 1008), and
+        so does the first key created while a stream without one runs."""
+        if self.service.keys.insecure_no_auth:
+            return
+        if now or time.monotonic() >= self.key_checked + STREAM_KEY_CHECK_S:
+            self.caller = await self._caller(self.key_header)
 
     # ---- messages ------------------------------------------------------------------------------
     async def _receive(self) -> Any:
@@ -338,6 +351,7 @@ class Connection:
         kind = message["type"]
         if kind == "end":
             _fields(message, set())
+            await self._check_key(now=True)  # the timeline is for a key still valid
             await self._end()
             return True
         if kind == "enroll":
@@ -371,6 +385,7 @@ class Connection:
         self.idle_until = time.monotonic() + self.config.stream_idle_s
         if not data:
             return
+        await self._check_key()
         # The session's length: the audio fed counts as well as the time connected, so a
         # client sending faster than real time reaches the limit as soon as one in real time.
         left_s = self.config.max_stream_s - max(self.session.seconds_fed, time.monotonic() - self.began)
@@ -393,6 +408,7 @@ class Connection:
             raise Closing(POLICY, "invalid_message", 'enroll needs "label" and "name" as non-empty strings')
         if not isinstance(add, bool):
             raise Closing(POLICY, "invalid_message", '"add" must be true or false')
+        await self._check_key(now=True)  # a key revoked meanwhile writes nothing
         assert self.caller is not None
         if self.caller.scope not in ("write", "admin"):
             scope = f"key {self.caller.key_name!r} has scope {self.caller.scope!r}"
