@@ -123,6 +123,7 @@ from .scoring.quality import MIN_SPEECH_S as MIN_SPEECH_S
 from .scoring.search import NORM_SHORTLIST as NORM_SHORTLIST
 from .storage.crypto import KeySource as KeySource
 from .storage.governance import parse_duration as parse_duration
+from .storage.keys import local_actor as local_actor
 from .storage.migrate import SQLITE_HEADER as SQLITE_HEADER
 from .storage.migrate import database_revision as database_revision
 from .storage.migrate import downgrade_database as downgrade_database
@@ -163,26 +164,28 @@ class _Rollback(Exception):
 
 
 #: Whose changes the calls inside :meth:`SpeakerDB.audited_as` make: ``(API key name or None,)``;
-#: None outside such a block (the CLI, Python users), where only key changes are recorded.
+#: None outside such a block (the CLI, Python users), where only renames (as ``local:<user>``),
+#: key changes and governance records are written.
 _AUDITED_AS: ContextVar[tuple[str | None] | None] = ContextVar("speakerdb_audited_as", default=None)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def _audited(
-    operation: str, describe: Callable[..., tuple[str | None, dict[str, Any] | None]]
+    operation: str, describe: Callable[..., tuple[str | None, dict[str, Any] | None]], *, local: bool = False
 ) -> Callable[[_Method], _Method]:
     """Record the decorated change in the audit log, in the change's own transaction, when it is
-    made inside :meth:`SpeakerDB.audited_as`. ``describe`` takes the method's arguments and
-    returns the speaker concerned (or None) and the details to keep (never audio or vectors)."""
+    made inside :meth:`SpeakerDB.audited_as`, or anywhere if ``local`` (outside, the actor is
+    :func:`keys.local_actor`). ``describe`` takes the method's arguments and returns the speaker
+    concerned (or None) and the details to keep (never audio or vectors)."""
 
     def decorate(method: _Method) -> _Method:
         @functools.wraps(method)
         def audited_method(self: SpeakerDB, *args: Any, **kwargs: Any) -> Any:
             acting = _AUDITED_AS.get()
-            if acting is None:
+            if acting is None and not local:
                 return method(self, *args, **kwargs)
             speaker, detail = describe(*args, **kwargs)
-            with store.audited(acting[0], operation, speaker, detail):
+            with store.audited(acting[0] if acting is not None else keys.local_actor(), operation, speaker, detail):
                 return method(self, *args, **kwargs)
 
         return cast(_Method, audited_method)
@@ -1046,10 +1049,15 @@ class SpeakerDB:
                 keys.audit_entries(s, MAX_AUDIT_SHOWN, sp.name),
             )
 
-    @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}))
+    # Audited wherever it is made (the CLI, Python: as local:<user>): an opt-out follows a
+    # person's earlier names back through the rename records, and an unrecorded rename hid them.
+    @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}), local=True)
     def rename(self, old: str, new: str) -> None:
-        """Give speaker ``old`` the name ``new`` (which must be free, and not that of a person
-        who opted out: OptedOutError, as :meth:`enroll` refuses it)."""
+        """Give speaker ``old`` the name ``new``, which must be free (SpeakerExistsError) and not
+        that of a person who opted out (OptedOutError, as :meth:`enroll` refuses it).
+
+        Every rename is an audit record: inside :meth:`audited_as` under its key, elsewhere
+        under ``local:<user>`` (:func:`speakerdb.storage.keys.local_actor`)."""
         new = validate_name(new)
         with self.store.write() as s:
             speaker = self._get_speaker(s, old)

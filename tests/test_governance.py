@@ -7,6 +7,7 @@ it); the service test runs one real uvicorn process with the tiny WavLM checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -385,6 +386,36 @@ def test_an_optout_leaves_no_case_twin_or_shared_external_id_enrolled(tmp_path, 
     error = json.loads(refused.stdout)["error"]
     assert error["code"] == "conflict" and "'Erin', 'erin'" in error["message"]
     assert [s["name"] for s in json.loads(run("list", "--json").stdout)] == ["Erin", "erin"]
+
+
+def test_an_optout_follows_back_a_rename_made_on_the_command_line(tmp_path, clips, run):
+    """The scrub follows a person's earlier names back through the rename records, and a rename
+    made with the CLI wrote none: `Alice S`, enrolled through the service and renamed on the
+    command line, stayed in the audit after `Alice Smith` opted out. The rename is recorded as
+    local:<user>, `speakerdb audit` shows it, and after the opt-out no table holds either name."""
+    db_path = tmp_path / "cli.sqlite"
+    with _db(db_path) as db, db.audited_as("ops"):
+        db.enroll("Alice S", [clips["alice"]])  # as the service does, for key ops
+    run("enroll", "bob", clips["bob"])
+    run("rename", "Alice S", "Alice Smith")
+    [*_, entry] = json.loads(run("audit", "--json").stdout)
+    assert (entry["operation"], entry["speaker"], entry["detail"]) == ("rename", "Alice S", {"new": "Alice Smith"})
+    assert entry["key_name"].startswith("local:") and entry["key_name"] == api.local_actor()
+    assert f"{api.local_actor()}  rename      Alice S" in run("audit").stdout
+    run("optout", "Alice Smith", "--yes")
+    assert [s["name"] for s in json.loads(run("list", "--json").stdout)] == ["bob"]
+    with contextlib.closing(sqlite3.connect(db_path)) as con:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for row in con.execute(f'SELECT * FROM "{table}"'):
+                held = [
+                    v
+                    for v in row
+                    if (isinstance(v, str) and "Alice S" in v) or (isinstance(v, bytes) and b"Alice S" in v)
+                ]
+                assert not held, (table, row)
+        operations = [r[0] for r in con.execute("SELECT operation FROM audit ORDER BY id")]
+    assert operations == ["enroll", "rename", "optout"]
 
 
 def test_the_cli_sets_the_policy_enrolls_with_consent_shows_expires_and_opts_out(run, clips, monkeypatch):

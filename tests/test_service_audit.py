@@ -1,7 +1,8 @@
 """The service records who changed what through the facade (``SpeakerDB.audited_as``), not past it.
 
 The facade knows each change's operation and details; the service only says whose request it
-runs. Outside ``audited_as`` (the CLI, Python users) speaker changes are not recorded, as before.
+runs. Outside ``audited_as`` (the CLI, Python users) speaker changes are not recorded, as before,
+except renames (as ``local:<user>``): an opt-out follows a person's names back through them.
 """
 
 from __future__ import annotations
@@ -40,12 +41,18 @@ def test_changes_made_for_a_caller_are_recorded_by_the_facade(fake_db, voices, t
     ]
 
 
-def test_a_change_that_fails_or_is_made_outside_audited_as_records_nothing(fake_db, voices):
+def test_a_change_that_fails_or_is_made_outside_audited_as_records_nothing_but_a_rename(fake_db, voices):
+    """A rename made outside the service wrote no record, so an opt-out could not follow the
+    person's earlier names back through it: it is recorded as local:<user>, and only it."""
     fake_db.enroll("bob", [str(voices["bob"][0])])  # the CLI's way: no record, as before
     with fake_db.audited_as("ops"), pytest.raises(SpeakerExistsError):
         fake_db.enroll("bob", [str(voices["bob"][1])], new=True)
     fake_db.rename("bob", "robert")
-    assert _trail(fake_db) == []
+    fake_db.enroll("carol", [str(voices["carol"][0])])
+    with pytest.raises(SpeakerExistsError):  # a rename that fails records nothing either
+        fake_db.rename("robert", "carol")
+    [(actor, *record)] = _trail(fake_db)
+    assert record == ["rename", "bob", {"new": "robert"}] and actor.startswith("local:")
 
 
 def test_the_service_calls_no_audit_function_past_the_facade():

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -287,14 +285,6 @@ def serve(
     )
 
 
-def _actor() -> str:
-    """Who runs a key command on this machine, for the audit record."""
-    try:
-        return f"local:{getpass.getuser()}"
-    except Exception:  # noqa: BLE001  (no user name: a container without an /etc/passwd entry)
-        return f"local:uid{os.getuid()}"
-
-
 @click.group()
 def keys() -> None:
     """Manage the API keys of `speakerdb serve` (stored as salted hashes in the database).
@@ -330,7 +320,9 @@ def keys_create(state: State, name: str, scope: str, as_json: bool) -> None:
       speakerdb keys create ops --scope admin --json
     """
     state.allow_create()
-    new = state.db.create_key(name, scope, actor=_actor())
+    from ..api import local_actor  # SQLAlchemy: loaded when the command runs
+
+    new = state.db.create_key(name, scope, actor=local_actor())
     if not as_json:
         click.echo(f"created key {new.name} (scope {new.scope}); store it now, it cannot be shown again:", err=True)
     emit(as_json, new.to_dict(), new.key)
@@ -369,7 +361,9 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
     Example:
       speakerdb keys revoke callcentre
     """
-    info = state.db.revoke_key(name, actor=_actor())
+    from ..api import local_actor  # SQLAlchemy: loaded when the command runs
+
+    info = state.db.revoke_key(name, actor=local_actor())
     emit(as_json, info.to_dict(), f"revoked key {info.name}")
 
 
@@ -381,7 +375,8 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
-    """Show the audit record: changes made through the service and to keys (who, what, when).
+    """Show the audit record: changes made through the service and to keys, and renames made
+    anywhere (who, what, when; `local:<user>` for a command or Python program on this machine).
 
     \b
     Examples:

@@ -454,7 +454,7 @@ def show(state: State, name: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def rename(state: State, old: str, new: str, as_json: bool) -> None:
-    """Rename speaker OLD to NEW.
+    """Rename speaker OLD to NEW (audited as local:<user>).
 
     \b
     Example:

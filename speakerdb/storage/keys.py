@@ -11,9 +11,11 @@ remove, import), ``admin`` (also the threshold, gallery export, keys and the aud
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -55,6 +57,16 @@ MAX_FAILED = 4096
 #: so that a 401 takes as long whether the id exists or not (no oracle for key ids).
 _DUMMY_SALT = secrets.token_hex(SALT_BYTES)
 _DUMMY_HASH = f"{HASH_NAME}${HASH_ITERATIONS}${secrets.token_hex(32)}"
+
+
+def local_actor() -> str:
+    """Who makes a change on this machine outside the service (a command, a Python program), as
+    audit records name them: ``local:<user>`` (``local:uid<n>`` without a user name). A key's
+    name cannot hold ``:``, so no key is ever taken for it."""
+    try:
+        return f"local:{getpass.getuser()}"
+    except Exception:  # noqa: BLE001  (no user name: a container without an /etc/passwd entry)
+        return f"local:uid{os.getuid()}"
 
 
 def check_name(name: str) -> str:
