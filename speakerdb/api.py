@@ -631,6 +631,7 @@ class SpeakerDB:
             speaker = store.speaker_by_name(s, name)
             if speaker is not None and new:
                 raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+            self._check_twin(s, name, speaker)
             self._check_governance(s, name, speaker, consent, external_id, override_optout)
         embedded = pipeline.embed_all(files, self.embedder, self.max_audio_s, progress)
         return self._write_enrollment(
@@ -668,6 +669,7 @@ class SpeakerDB:
             speaker = store.speaker_by_name(s, name)
             if speaker is not None and new:
                 raise SpeakerExistsError(f"speaker {name!r} already exists (--new refuses to add to it)")
+            self._check_twin(s, name, speaker)
             optouts = self._check_governance(s, name, speaker, consent, external_id, override_optout)
             # A clip against the speaker's other clips: a raw cosine check (see thresholds.cosine_threshold).
             existing = [u.vector() for u in speaker.utterances] if speaker is not None else []
@@ -717,6 +719,17 @@ class SpeakerDB:
         else:
             note = f"this voice matches {best.speaker} ({best.score:.2f}): a typo? --new creates it anyway"
         return [best], [note]
+
+    @staticmethod
+    def _check_twin(s: Session, name: str, speaker: store.Speaker | None) -> None:
+        """Refuse to create ``name`` beside a speaker whose name differs from it only in case or
+        spacing (adding to the speaker of the exact name is not creating one)."""
+        twin = governance.twin_of(s, name) if speaker is None else None
+        if twin is not None:
+            raise SpeakerExistsError(
+                f"{governance.twin_message(name, twin)}; use {twin!r}, or a name that tells another person "
+                "apart; nothing written"
+            )
 
     def _check_governance(
         self,
@@ -1053,8 +1066,9 @@ class SpeakerDB:
     # person's earlier names back through the rename records, and an unrecorded rename hid them.
     @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}), local=True)
     def rename(self, old: str, new: str) -> None:
-        """Give speaker ``old`` the name ``new``, which must be free (SpeakerExistsError) and not
-        that of a person who opted out (OptedOutError, as :meth:`enroll` refuses it).
+        """Give speaker ``old`` the name ``new``, which must be free (SpeakerExistsError), not
+        differ from another speaker's only in case or spacing (SpeakerExistsError, as
+        :meth:`enroll` refuses it), and not be that of a person who opted out (OptedOutError).
 
         Every rename is an audit record: inside :meth:`audited_as` under its key, elsewhere
         under ``local:<user>`` (:func:`speakerdb.storage.keys.local_actor`)."""
@@ -1066,6 +1080,12 @@ class SpeakerDB:
                 return
             if store.speaker_by_name(s, new) is not None:
                 raise SpeakerExistsError(f"cannot rename {old!r}: speaker {new!r} already exists")
+            twin = governance.twin_of(s, new, old)  # a speaker may change the case of its own name
+            if twin is not None:
+                raise SpeakerExistsError(
+                    f"cannot rename {old!r}: {governance.twin_message(new, twin)}; choose a name that tells "
+                    "them apart; nothing written"
+                )
             # A rename made a speaker of an opted-out person's name (and wrote the name in the
             # audit record) without the override that enrolling them needs.
             if governance.matching_optouts(s, new, None):

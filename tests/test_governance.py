@@ -26,6 +26,7 @@ from speakerdb.errors import (
     ConsentRequiredError,
     InvalidInputError,
     OptedOutError,
+    SpeakerExistsError,
     SpeakerNotFoundError,
 )
 from speakerdb.results import SpeakerInfo
@@ -56,6 +57,15 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def _db(path: Path, clock: Clock | None = None) -> SpeakerDB:
     return SpeakerDB(path, embedder=FakeEmbedder(), clock=clock)
+
+
+@contextlib.contextmanager
+def legacy_twins():
+    """Enroll and rename as before names that differ only in case or spacing were refused: the
+    twins that a database made then may hold, and that must keep working."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(governance, "twin_of", lambda *a, **k: None, raising=False)
+        yield
 
 
 # ---- consent ----------------------------------------------------------------------------------
@@ -293,7 +303,8 @@ def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_extern
         assert found.speaker in (None, "carol")
         # Two enrolled speakers one name apart only in case: which one is meant is not guessed.
         db.enroll("dave", [clips["alice"]])
-        db.enroll("Dave", [clips["alice2"]], new=True)
+        with legacy_twins():
+            db.enroll("Dave", [clips["alice2"]], new=True)
         with pytest.raises(ConflictError, match="names 2 enrolled speakers"):
             db.optout("DAVE")
         assert db.optouts().count == 2 and {s.name for s in db.list()} == {"carol", "dave", "Dave"}
@@ -311,6 +322,60 @@ def test_a_rename_to_an_opted_out_name_is_refused_as_an_enrollment_is(tmp_path, 
         assert [s.name for s in db.list()] == ["tmp"]
         assert "smith" not in json.dumps([a.to_dict() for a in db.audit()]).lower()
         db.rename("tmp", "carol")  # any other name is free
+
+
+def test_a_name_that_differs_from_a_speakers_only_in_case_or_spacing_is_refused(tmp_path, clips):
+    """`dave` beside `Dave` split one person's voiceprint in two, and an opt-out could then tell
+    neither apart (conflict). Creating one (enroll, rename, import) is refused and names the
+    spelling enrolled, whatever the import's --on-conflict; adding to the exact name still works,
+    and a database that holds twins already keeps working."""
+    with _db(tmp_path / "t.sqlite") as db:
+        db.enroll("Dave", [clips["alice"]])
+        db.enroll("Alice Smith", [clips["carol"]])
+        db.enroll("bob", [clips["bob"]])
+        for name, new in [("dave", False), ("DAVE", True), ("alice  SMITH", False)]:
+            with pytest.raises(SpeakerExistsError, match=r"would be a twin of existing '(Dave|Alice Smith)'") as e:
+                db.enroll(name, [clips["alice2"]], new=new)
+            assert e.value.code == "speaker_exists" and "nothing written" in str(e.value)
+        assert "use 'Dave'" in str(pytest.raises(SpeakerExistsError, db.enroll, "dave", [clips["alice2"]]).value)
+        with pytest.raises(
+            SpeakerExistsError, match="cannot rename 'bob': speaker 'dave' would be a twin of existing 'Dave'"
+        ):
+            db.rename("bob", "dave")
+        assert {s.name: s.n_utterances for s in db.list()} == {"Alice Smith": 1, "Dave": 1, "bob": 1}  # nothing written
+        assert db.audit() == []
+        assert db.enroll("Dave", [clips["alice2"]]).n_utterances == 2  # the exact name: added to
+        db.rename("Dave", "DAVE")  # a speaker may change the case of its own name
+        db.rename("DAVE", "Dave")
+        db.export(tmp_path / "dave.gallery", ["Dave"])
+        with legacy_twins():  # what a database made before this may hold
+            db.enroll("erin", [clips["alice"]])
+            db.enroll("Erin", [clips["alice2"]], new=True)
+            db.export(tmp_path / "erins.gallery", ["erin", "Erin"])
+        assert db.enroll("Erin", [clips["bob"]]).n_utterances == 2
+        with pytest.raises(SpeakerExistsError, match="'ERIN' would be a twin of existing 'Erin'"):
+            db.rename("erin", "ERIN")  # the other twin's spelling, not its own
+        db.rename("erin", "Erin Jones")  # how twins are told apart
+        assert db.identify([clips["carol"]], count_voices=False)[0].speaker == "Alice Smith"
+
+    with _db(tmp_path / "i.sqlite") as db:
+        db.enroll("dave", [clips["bob"]])
+        for mode in ("fail", "skip", "replace", "merge"):
+            for dry_run in (True, False):
+                with pytest.raises(SpeakerExistsError, match=r"'Dave' \(twin of 'dave'\); nothing was imported"):
+                    db.import_gallery(tmp_path / "dave.gallery", on_conflict=mode, dry_run=dry_run)
+        assert {s.name: s.n_utterances for s in db.list()} == {"dave": 1}
+        with pytest.raises(
+            SpeakerExistsError, match=r"1 speaker\(s\) .* twins .*: '(erin|Erin)' \(twin of '(Erin|erin)'\)"
+        ):
+            db.import_gallery(tmp_path / "erins.gallery")  # twins of one another in the file
+        assert [s.name for s in db.list()] == ["dave"]
+    with _db(tmp_path / "j.sqlite") as db:
+        with legacy_twins():
+            db.enroll("erin", [clips["alice"]])
+            db.enroll("Erin", [clips["carol"]], new=True)
+        summary = db.import_gallery(tmp_path / "erins.gallery", on_conflict="merge")  # each its own exact name
+        assert summary.merged == ["erin", "Erin"] and summary.created == []
 
 
 def test_the_policy_and_the_optouts_belong_to_a_gallery(tmp_path, clips):
@@ -364,7 +429,8 @@ def test_an_optout_leaves_no_case_twin_or_shared_external_id_enrolled(tmp_path, 
     the API and the CLI alike (exit 1, conflict); once the others are told apart it goes ahead."""
     with _db(tmp_path / "twins.sqlite") as db:
         db.enroll("dave", [clips["alice"]])
-        db.enroll("Dave", [clips["alice2"]], new=True)
+        with legacy_twins():
+            db.enroll("Dave", [clips["alice2"]], new=True)
         db.enroll("bob", [clips["bob"]], external_id="C-7")
         db.enroll("Robert", [clips["carol"]], external_id="C-7", new=True)
         for name in ("dave", "Dave", "bob"):  # the exact name too: it says nothing of the twin
@@ -381,11 +447,35 @@ def test_an_optout_leaves_no_case_twin_or_shared_external_id_enrolled(tmp_path, 
         assert db.optout("bob").removed and [s.name for s in db.list()] == ["Dave Jones"]
 
     run("enroll", "erin", clips["alice"])
-    run("enroll", "Erin", clips["alice2"], "--new")
+    with legacy_twins():
+        run("enroll", "Erin", clips["alice2"], "--new")
     refused = run("optout", "erin", "--yes", "--json", code=1)
     error = json.loads(refused.stdout)["error"]
     assert error["code"] == "conflict" and "'Erin', 'erin'" in error["message"]
     assert [s["name"] for s in json.loads(run("list", "--json").stdout)] == ["Erin", "erin"]
+
+
+def test_the_cli_refuses_a_twin_name_in_one_line_and_writes_nothing(tmp_path, clips, run):
+    """As the library: enroll, rename and import that would make `dave` beside `Dave` (exit 1)."""
+    run("enroll", "Dave", clips["alice"])
+    run("enroll", "bob", clips["bob"])
+    refused = run("enroll", "dave", clips["alice2"], code=1)
+    assert [line for line in refused.stderr.splitlines() if not line.startswith("warning: ")] == [
+        "Error: speaker 'dave' would be a twin of existing 'Dave' (names differ only in case or spacing); "
+        "use 'Dave', or a name that tells another person apart; nothing written"
+    ]
+    error = json.loads(run("enroll", "DAVE", clips["alice2"], "--new", "--json", code=1).stdout)["error"]
+    assert error["code"] == "speaker_exists" and "twin of existing 'Dave'" in error["message"]
+    error = json.loads(run("rename", "bob", "dave", "--json", code=1).stdout)["error"]
+    assert error["code"] == "speaker_exists" and "cannot rename 'bob'" in error["message"]
+    with _db(tmp_path / "src.sqlite") as src:
+        src.enroll("dave", [clips["carol"]])
+        src.export(tmp_path / "dave.gallery")
+    error = json.loads(run("import", tmp_path / "dave.gallery", "--on-conflict", "skip", "--json", code=1).stdout)
+    assert error["error"]["code"] == "speaker_exists" and "'dave' (twin of 'Dave')" in error["error"]["message"]
+    listed = json.loads(run("list", "--json").stdout)
+    assert {s["name"]: s["n_utterances"] for s in listed} == {"Dave": 1, "bob": 1}
+    assert json.loads(run("audit", "--json").stdout) == []
 
 
 def test_an_optout_follows_back_a_rename_made_on_the_command_line(tmp_path, clips, run):
@@ -603,20 +693,47 @@ def test_the_service_leaves_library_warnings_that_name_someone_out_of_its_log(ca
     assert "index damaged" in err and "zelda" not in err
 
 
-def test_the_service_refuses_an_optout_naming_case_twins_with_409(tmp_path, tiny_checkpoint, clips):
-    """As the API and the CLI do: `dave` and `Dave` enrolled, an opt-out of `dave` writes nothing."""
-    from test_server import Server
+def test_the_service_refuses_an_optout_naming_case_twins_and_a_new_twin_with_409(tmp_path, tiny_checkpoint, clips):
+    """As the API and the CLI do: `dave` and `Dave` enrolled (a database made before twins were
+    refused), an opt-out of `dave` writes nothing; enrolling, renaming or importing a third
+    spelling is refused (409 speaker_exists, SpeakerExistsError from the client), enrolling into
+    `Dave` still works, and a rename through the service keeps its caller as the actor."""
+    from speakerdb.client import Client
+    from test_server import Server, _part
 
     db_path = tmp_path / "twins.sqlite"
     with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
         db.enroll("dave", [clips["alice"]])
-        db.enroll("Dave", [clips["alice2"]], new=True)
+        with legacy_twins():
+            db.enroll("Dave", [clips["alice2"]], new=True)
+        db.enroll("bob", [clips["bob"]])
+    with SpeakerDB(tmp_path / "src.sqlite", model=str(tiny_checkpoint)) as src:
+        src.enroll("DAVE", [clips["carol"]])
+        src.export(tmp_path / "dave.gallery")
     srv = Server(db_path, tiny_checkpoint, tmp_path / "server.log").start()
     try:
         status, _, doc = srv.call("POST", "/v1/speakers/dave/optout", body={})
         assert status == 409 and doc["error"]["code"] == "conflict", doc
         assert "'Dave', 'dave'" in doc["error"]["message"]
-        assert sorted(s["name"] for s in srv.call("GET", "/v1/speakers")[2]) == ["Dave", "dave"]
+        status, _, doc = srv.call("POST", "/v1/speakers/dAVE/enrollments", files=[_part(clips["carol"])])
+        assert status == 409 and doc["error"]["code"] == "speaker_exists", doc
+        assert "'dAVE' would be a twin of existing 'Dave'" in doc["error"]["message"]
+        status, _, doc = srv.call("PATCH", "/v1/speakers/bob", body={"name": "DAVE"})
+        assert status == 409 and doc["error"]["code"] == "speaker_exists", doc
+        client = Client(srv.url, retries=0)
+        with pytest.raises(SpeakerExistsError, match="twin of existing 'Dave'"):
+            client.enroll("dAVE", [clips["carol"]], new=True)
+        with pytest.raises(SpeakerExistsError, match="cannot rename 'bob'"):
+            client.rename("bob", "dAVE")
+        with pytest.raises(SpeakerExistsError, match=r"'DAVE' \(twin of 'Dave'\)"):
+            client.import_gallery(tmp_path / "dave.gallery", on_conflict="merge")
+        assert {s.name: s.n_utterances for s in client.list()} == {"Dave": 1, "bob": 1, "dave": 1}
+        assert client.enroll("Dave", [clips["carol"]]).n_utterances == 2  # the exact name of a twin
+        client.rename("bob", "Robert")
+        assert [(a["key_name"], a["operation"], a["speaker"]) for a in srv.call("GET", "/v1/audit")[2]] == [
+            (None, "enroll", "Dave"),
+            (None, "rename", "bob"),
+        ]
         assert srv.call("GET", "/v1/optouts")[2]["count"] == 0
     finally:
         srv.stop()

@@ -162,7 +162,8 @@ def export(state: State, path: str, speakers: tuple[str, ...], force: bool, to_k
     default="fail",
     show_default=True,
     help="For speakers that already exist: refuse the whole import, keep ours, take theirs whole, "
-    "or add their utterances to ours.",
+    "or add their utterances to ours. A new speaker whose name differs from another's only in case "
+    "or spacing refuses the import in every mode.",
 )
 @click.option("--dry-run", is_flag=True, help="Report what would happen; write nothing.")
 @click.option(

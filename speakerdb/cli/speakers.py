@@ -104,7 +104,9 @@ def enroll(
     note. A clip with less than a second of speech, or whose voice scores below the
     threshold against NAME's other clips, gets a warning; so does a voice that reaches
     the threshold against another enrolled speaker ("this voice matches alice (0.93): a
-    typo?"; --new for a new person who sounds alike). --strict refuses instead.
+    typo?"; --new for a new person who sounds alike). --strict refuses instead. A new
+    NAME that differs from an enrolled speaker's only in case or spacing (dave beside
+    Dave) is refused: enroll into the spelling enrolled, or choose another name.
 
     --each-folder ROOT enrolls ROOT/<name>/... as speaker <name>, one speaker after the
     other, and prints a summary table (--json: a list with one object per speaker, or
@@ -455,6 +457,8 @@ def show(state: State, name: str, as_json: bool) -> None:
 @click.pass_obj
 def rename(state: State, old: str, new: str, as_json: bool) -> None:
     """Rename speaker OLD to NEW (audited as local:<user>).
+
+    NEW must not differ from another speaker's name only in case or spacing.
 
     \b
     Example:

@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from ..errors import ConflictError, GalleryError, InvalidInputError, printable_path
+from ..errors import ConflictError, GalleryError, InvalidInputError, SpeakerExistsError, printable_path
 
 # The caps on an import (Limits, whose defaults are these) and what export and import return
 # are shared with the client: they live in results.py and stay importable from here.
@@ -628,6 +628,7 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
             f"{len(existing)} speaker(s) of {summary.path} already exist: {', '.join(sorted(existing))}; "
             "nothing was imported (choose --on-conflict skip, replace or merge)"
         )
+    _refuse_twins(s, [x.name for x in g.speakers if x.name not in existing], summary.path)
     for incoming in g.speakers:
         current = existing.get(incoming.name)
         if current is not None and on_conflict == "skip":
@@ -673,6 +674,29 @@ def into_store(s, g: Gallery, on_conflict: str, summary: ImportSummary) -> None:
             )
             summary.utterances_added += 1
         store.recompute_centroid(current)
+
+
+def _refuse_twins(s, created: list[str], path: str) -> None:
+    """Refuse an import that would create a speaker whose name differs only in case or spacing
+    from an enrolled one's or from another it creates, whatever ``on_conflict`` says: the
+    policy decides for a speaker of the same name, and whether a twin is the same person only
+    a person can say (rename one of them). A speaker of the exact name is not created."""
+    if not created:
+        return
+    held: dict[str, str] = {}  # folded name -> a spelling enrolled or created before in this import
+    for name in sorted(store.speaker_names(s)):
+        held.setdefault(governance.fold_name(name), name)
+    twins: list[str] = []
+    for name in created:
+        other = held.setdefault(governance.fold_name(name), name)
+        if other != name:
+            twins.append(f"{name!r} (twin of {other!r})")
+    if twins:
+        raise SpeakerExistsError(
+            f"{len(twins)} speaker(s) of {path} would be twins of others (names that differ only in case or "
+            f"spacing): {', '.join(twins)}; nothing was imported (rename them in the file's database or in this "
+            "one with `speakerdb rename`)"
+        )
 
 
 def check_policy(policy: str) -> str:

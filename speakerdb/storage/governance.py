@@ -175,15 +175,35 @@ def matching_optouts(s: Session, name: str, external_id: str | None) -> list[Opt
     return list(s.scalars(select(OptOut).where(or_(*clauses))))
 
 
+def names_folding_as(s: Session, name: str) -> list[str]:
+    """The enrolled speakers' names that fold as ``name`` does (:func:`fold_name`), ``name`` itself
+    included, sorted. Reads every name: one scan of the unique index on the names (measured in
+    docs/governance.md)."""
+    folded = fold_name(name)
+    return sorted(n for n in store.speaker_names(s) if fold_name(n) == folded)
+
+
+def twin_of(s: Session, name: str, own: str | None = None) -> str | None:
+    """The name of an enrolled speaker, other than the one named ``own``, that differs from
+    ``name`` only in what :func:`fold_name` leaves out (case, spacing, compatibility forms): the
+    spelling ``name`` would be a twin of, or None. Opt-outs cannot tell twins apart, and a twin
+    is nearly always a typo that splits one person's voiceprint in two."""
+    return next((n for n in names_folding_as(s, name) if n not in (name, own)), None)
+
+
+def twin_message(name: str, existing: str) -> str:
+    """The words that say ``name`` would be a twin of ``existing``."""
+    return f"speaker {name!r} would be a twin of existing {existing!r} (names differ only in case or spacing)"
+
+
 def speakers_of_person(s: Session, name: str, external_id: str | None) -> list[Speaker]:
     """The enrolled speakers an opt-out of ``name`` (and ``external_id``) would refuse to enroll,
     by name: every speaker whose name folds to ``name``'s (``dave`` and ``Dave`` alike, as the
     opt-out compares names), those enrolled with ``external_id``, and, when none is given, those
     that share the external id of a speaker found by name (the opt-out keeps that one's hash)."""
-    folded = fold_name(name)
     # Every name is read: the exact one alone left a case twin enrolled that the opt-out refused.
-    ids = [i for i, n in s.execute(select(Speaker.id, Speaker.name)) if fold_name(n) == folded]
-    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.id.in_(ids)))}
+    names = names_folding_as(s, name)
+    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.name.in_(names)))}
     hashes = {sp.external_id_hash for sp in found.values() if sp.external_id_hash is not None}
     key = optout_key(s, create=False)
     if external_id is not None:

@@ -1349,8 +1349,12 @@ def similar_names(session: Session, name: str, n: int = 3, cutoff: float = 0.6) 
     """
     if not isinstance(name, str) or not name:
         return []
-    names = list(session.scalars(select(Speaker.name)))
-    return difflib.get_close_matches(name, names, n=n, cutoff=cutoff)
+    return difflib.get_close_matches(name, speaker_names(session), n=n, cutoff=cutoff)
+
+
+def speaker_names(session: Session) -> list[str]:
+    """Every enrolled speaker's name (one scan of the unique index on ``speakers.name``)."""
+    return list(session.scalars(select(Speaker.name)))
 
 
 def speakers_by_name(session: Session, names: list[str] | None = None) -> list[Speaker]:
