@@ -723,7 +723,9 @@ class SpeakerDB:
     @staticmethod
     def _check_twin(s: Session, name: str, speaker: store.Speaker | None) -> None:
         """Refuse to create ``name`` beside a speaker whose name differs from it only in case or
-        spacing (adding to the speaker of the exact name is not creating one)."""
+        spacing (adding to the speaker of the exact name is not creating one), or as ``.`` or ``..``."""
+        if speaker is None:
+            store.check_new_name(name)
         twin = governance.twin_of(s, name) if speaker is None else None
         if twin is not None:
             raise SpeakerExistsError(
@@ -1073,6 +1075,7 @@ class SpeakerDB:
         Every rename is an audit record: inside :meth:`audited_as` under its key, elsewhere
         under ``local:<user>`` (:func:`speakerdb.storage.keys.local_actor`)."""
         new = validate_name(new)
+        store.check_new_name(new)
         with self.store.write() as s:
             speaker = self._get_speaker(s, old)
             old = speaker.name

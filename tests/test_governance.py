@@ -737,3 +737,35 @@ def test_the_service_refuses_an_optout_naming_case_twins_and_a_new_twin_with_409
         assert srv.call("GET", "/v1/optouts")[2]["count"] == 0
     finally:
         srv.stop()
+
+
+def test_a_speaker_may_not_be_named_a_path_step(tmp_path, clips, run):
+    """`.` and `..` are valid text, but a URL reads them as path steps (`/v1/speakers/..` is
+    `/v1/`): the service and the web page could never open, rename or remove such a speaker.
+    Enroll, rename and import refuse to create one, nothing written; one already held (made
+    before this) can still be renamed away and removed."""
+    with _db(tmp_path / "t.sqlite") as db:
+        db.enroll("bob", [clips["bob"]])
+        for name in (".", ".."):
+            with pytest.raises(InvalidInputError, match=rf"speaker name '{name}' cannot be used: a URL reads it"):
+                db.enroll(name, [clips["alice"]])
+            with pytest.raises(InvalidInputError, match="path step"):
+                db.rename("bob", name)
+        assert [s.name for s in db.list()] == ["bob"] and db.audit() == []
+        with pytest.MonkeyPatch.context() as mp:  # what a database made before this may hold
+            mp.setattr(api.store, "check_new_name", lambda name: None)
+            db.enroll("..", [clips["alice"]])
+            db.export(tmp_path / "dots.gallery", [".."])
+        assert db.enroll("..", [clips["alice2"]]).n_utterances == 2  # adding to it is not creating it
+        db.rename("..", "Alice")
+        assert [s.name for s in db.list()] == ["Alice", "bob"]
+    with _db(tmp_path / "i.sqlite") as db:
+        with pytest.raises(InvalidInputError, match=r"dots.gallery: speaker name '\.\.' cannot be used.*nothing was"):
+            db.import_gallery(tmp_path / "dots.gallery")
+        assert db.list() == []
+    refused = run("enroll", "..", clips["alice"], code=1)
+    assert [line for line in refused.stderr.splitlines() if not line.startswith("warning: ")] == [
+        "Error: speaker name '..' cannot be used: a URL reads it as a path step, so the service could not reach "
+        "that speaker"
+    ]
+    assert json.loads(run("list", "--json").stdout) == []

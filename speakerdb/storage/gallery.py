@@ -680,9 +680,15 @@ def _refuse_twins(s, created: list[str], path: str) -> None:
     """Refuse an import that would create a speaker whose name differs only in case or spacing
     from an enrolled one's or from another it creates, whatever ``on_conflict`` says: the
     policy decides for a speaker of the same name, and whether a twin is the same person only
-    a person can say (rename one of them). A speaker of the exact name is not created."""
+    a person can say (rename one of them). A speaker of the exact name is not created. Also
+    refuses to create a speaker named ``.`` or ``..`` (store.check_new_name)."""
     if not created:
         return
+    for name in created:
+        try:
+            store.check_new_name(name)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{path}: {e}; nothing was imported") from None
     held: dict[str, str] = {}  # folded name -> a spelling enrolled or created before in this import
     for name in sorted(store.speaker_names(s)):
         held.setdefault(governance.fold_name(name), name)

@@ -203,6 +203,17 @@ def validate_name(name: str) -> str:
     return name
 
 
+def check_new_name(name: str) -> None:
+    """Refuse ``name`` (as :func:`validate_name` returns it) for a speaker about to be created or
+    renamed: ``.`` and ``..`` are valid text, but URLs read them as path steps, so the service
+    and the web page could never reach such a speaker. Names already held stay usable."""
+    if name in (".", ".."):
+        raise InvalidInputError(
+            f"speaker name {name!r} cannot be used: a URL reads it as a path step, so the service "
+            "could not reach that speaker"
+        )
+
+
 def _has_surrogates(text: str) -> bool:
     """Lone surrogates: what Python makes of invalid UTF-8 in file names and command lines."""
     return any("\ud800" <= ch <= "\udfff" for ch in text)
