@@ -761,9 +761,10 @@ class SpeakerDB:
         return optouts
 
     def _acting(self) -> str | None:
-        """The API key the current change is made with (None: a local command)."""
+        """Who makes the current change: inside :meth:`audited_as` its API key (None: a caller of
+        a service that needs no key), elsewhere ``local:<user>`` (a command line or a program)."""
         acting = _AUDITED_AS.get()
-        return acting[0] if acting is not None else None
+        return acting[0] if acting is not None else keys.local_actor()
 
     def _audit(self, s: Session, operation: str, speaker: str | None, detail: dict[str, Any] | None) -> None:
         """An audit record written in the caller's transaction, whoever calls (governance

@@ -88,9 +88,15 @@ def test_consent_is_recorded_required_by_policy_and_travels_in_galleries(tmp_pat
         db.enroll("alice", [clips["alice2"]])  # consent already on record: adding needs none
         info = db.show("alice")
         assert info.consent is not None and info.consent.text == "signed form CF-118, 2026-12-01"
-        assert info.consent.recorded_at == clock.now and info.consent.recorded_by is None
+        # made on this machine, not through the service: recorded as its operating-system user
+        assert info.consent.recorded_at == clock.now and info.consent.recorded_by == api.local_actor()
         assert info.to_dict()["consent"]["recorded_at"] == clock.now.isoformat() + "Z"
-        assert [a.operation for a in db.audit()] == ["policy"]
+        assert [(a.operation, a.key_name) for a in db.audit()] == [("policy", api.local_actor())]
+        with db.audited_as("ops"):
+            db.enroll("carol", [clips["carol"]], consent="signed form CF-119")
+        with db.audited_as(None):  # a service that needs no key
+            db.optout("carol")
+        assert [(a.operation, a.key_name) for a in db.audit()][1:] == [("enroll", "ops"), ("optout", None)]
         db.export(tmp_path / "g.gallery", ["alice"])
         db.export(tmp_path / "bob.gallery", ["bob"])
     with _db(tmp_path / "b.sqlite") as other:
@@ -631,6 +637,8 @@ def test_the_service_enforces_the_policy_opts_out_and_expires_on_its_own(tmp_pat
         assert srv.call("GET", "/v1/speakers", key=keys["read"])[2] == []
         audit = srv.call("GET", "/v1/audit", key=keys["admin"])[2]
         assert [a["speaker"] for a in audit if a["operation"] == "expire"] == ["alice"]
+        # the service's own run, not the operating-system user that started it
+        assert [a["key_name"] for a in audit if a["operation"] == "expire"] == [None]
     finally:
         srv.stop()
     assert "Traceback" not in (tmp_path / "server.log").read_text()
