@@ -90,9 +90,37 @@ def pruned_affinity(sim: np.ndarray, p: int) -> np.ndarray:
     """Each row of ``sim`` (n, n) kept only at its ``p`` largest entries (as 1), symmetrised."""
     n = len(sim)
     idx = np.argpartition(-sim, min(p, n - 1), axis=1)[:, :p]
+    return _symmetrised(idx, sim)
+
+
+def _symmetrised(idx: np.ndarray, sim: np.ndarray) -> np.ndarray:
+    """The graph (n, n), of ``sim``'s type, whose row i is 1 at ``idx[i]``, symmetrised: 0.5 (a + a^T)."""
     a = np.zeros_like(sim)
     np.put_along_axis(a, idx, 1.0, axis=1)
     return 0.5 * (a + a.T)
+
+
+class _Neighbours:
+    """The pruned graphs of one similarity matrix for every p up to ``top``, from one ordering
+    of each row's ``top + 1`` largest entries instead of a partition of the whole row per p:
+    the same graphs as :func:`pruned_affinity` (a row whose p-th and next entries tie, where
+    the choice between them is the partition's, takes that p's graph from it)."""
+
+    def __init__(self, sim: np.ndarray, top: int) -> None:
+        self.sim, n = sim, len(sim)
+        reach = min(top + 1, n)
+        part = np.argpartition(-sim, reach - 1, axis=1)[:, :reach] if reach < n else np.tile(np.arange(n), (n, 1))
+        values = np.take_along_axis(sim, part, axis=1)
+        order = np.argsort(-values, axis=1, kind="stable")
+        self.idx = np.take_along_axis(part, order, axis=1)  # (n, reach): each row's largest first
+        self.values = np.take_along_axis(values, order, axis=1)
+
+    def graph(self, p: int) -> np.ndarray:
+        """:func:`pruned_affinity` (sim, p)."""
+        n = len(self.sim)
+        if p >= n or p >= self.idx.shape[1] or np.any(self.values[:, p - 1] == self.values[:, p]):
+            return pruned_affinity(self.sim, p)
+        return _symmetrised(self.idx[:, :p], self.sim)
 
 
 def laplacian(a: np.ndarray) -> np.ndarray:
@@ -100,14 +128,34 @@ def laplacian(a: np.ndarray) -> np.ndarray:
     (measured better than the unnormalised one NeMo uses, on our conversations)."""
     a = a.copy()
     np.fill_diagonal(a, 0.0)
+    return _laplacian_of(a)
+
+
+def _laplacian_of(a: np.ndarray) -> np.ndarray:
+    """:func:`laplacian` of a graph whose diagonal is 0 already, made in ``a`` itself: the same
+    numbers without a copy of the graph or an identity matrix."""
     s = 1 / np.sqrt(np.maximum(a.sum(axis=1), 1e-10))
-    return np.eye(len(a)) - s[:, None] * a * s[None, :]
+    a *= s[:, None]
+    a *= s[None, :]
+    np.subtract(0.0, a, out=a)  # 0 - x, as I - x is off the diagonal (never -0.0)
+    np.fill_diagonal(a, 1.0)  # 1 - 0
+    return a
+
+
+def spectrum(a: np.ndarray) -> np.ndarray:
+    """The eigenvalues of the Laplacian of the graph ``a`` (n, n), ascending; ``a`` is used up."""
+    np.fill_diagonal(a, 0.0)
+    return np.linalg.eigvalsh(_laplacian_of(a))
 
 
 def eigengap(a: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
     """(k with the largest gap among the first ``most`` eigenvalues of the Laplacian of
     ``a``, that gap over the largest eigenvalue, the eigenvalues ascending)."""
-    lam = np.linalg.eigvalsh(laplacian(a))
+    return gap_of(np.linalg.eigvalsh(laplacian(a)), most)
+
+
+def gap_of(lam: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
+    """:func:`eigengap` of a graph whose Laplacian's eigenvalues ``lam`` (ascending) are known."""
     gaps = np.diff(lam[: most + 1])
     k = int(np.argmax(gaps)) + 1
     return k, float(gaps[k - 1] / max(float(lam[-1]), 1e-10)), lam
@@ -119,17 +167,27 @@ def p_candidates(n: int) -> list[int]:
     return [int(p) for p in np.unique(np.linspace(2, top, P_STEPS).astype(int))]
 
 
-def choose_p(sim: np.ndarray, most: int) -> int | None:
+def choose_p(sim: np.ndarray, most: int, spectra: dict[int, np.ndarray] | None = None) -> int | None:
     """NME-SC's p: the one whose pruned graph minimises p / (normalised maximum eigengap).
 
     Candidates run from 2 to MAX_P_SHARE of the items: a voice with fewer windows than p
     is absorbed by its neighbours, so p stays small (a 2-minute call: up to ~16). A graph
     in more than ``most`` pieces has no gap within ``most`` to judge it by: such a p is
-    passed over, and None means every candidate was."""
+    passed over, and None means every candidate was.
+
+    ``spectra`` (p -> the eigenvalues of its graph's Laplacian) is read for the candidates it
+    holds and given the others: the caller that needs the chosen graph's eigenvalues again, or
+    searches again with another ``most``, decomposes no graph twice (each is most of the cost)."""
     n = len(sim)
+    spectra = {} if spectra is None else spectra
+    candidates = p_candidates(n)
+    graphs = _Neighbours(sim, candidates[-1]) if any(p not in spectra for p in candidates) else None
     best, best_ratio = None, np.inf
-    for p in p_candidates(n):
-        _, gap, lam = eigengap(pruned_affinity(sim, p), most)
+    for p in candidates:
+        if p not in spectra:
+            assert graphs is not None
+            spectra[p] = spectrum(graphs.graph(p))
+        _, gap, lam = gap_of(spectra[p], most)
         if len(lam) > most and lam[most] < SPLIT_APART:
             continue
         ratio = (p / n) / (gap + 1e-10)
@@ -227,14 +285,15 @@ def voices(
     else:
         sim = z @ z.T
         most_connected = p_candidates(m)[-1]  # when no graph shows a gap to choose by
+        spectra: dict[int, np.ndarray] = {}  # every candidate's, decomposed once
         if lo == hi:
-            k, p = lo, choose_p(sim, max(hi, 2)) or most_connected
+            k, p = lo, choose_p(sim, max(hi, 2), spectra) or most_connected
         else:
-            chosen = choose_p(sim, min(hi, P_VOICES))
+            chosen = choose_p(sim, min(hi, P_VOICES), spectra)
             if chosen is None and hi > P_VOICES:  # within P_VOICES the same search found nothing
-                chosen = choose_p(sim, hi)
+                chosen = choose_p(sim, hi, spectra)
             p = chosen or most_connected
-            k, _, _ = eigengap(pruned_affinity(sim, p), hi)
+            k, _, _ = gap_of(spectra[p], hi)
             k = min(max(k, lo), hi)
         labels = spectral(pruned_affinity(sim, p), k) if k > 1 else np.zeros(m, np.int64)
     full = labels[group]

@@ -116,6 +116,57 @@ def test_clustering_window_vectors_directly():
     assert clustering.voices(vectors[:1]).tolist() == [0]
 
 
+def _count_eigendecompositions(monkeypatch) -> list[int]:
+    """Record the size of every symmetric eigendecomposition (eigenvalues only) numpy makes."""
+    sizes: list[int] = []
+    original = np.linalg.eigvalsh
+
+    def eigvalsh(a, *args, **kwargs):
+        sizes.append(len(a))
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", eigvalsh)
+    return sizes
+
+
+def test_the_p_search_decomposes_each_candidate_graph_once(monkeypatch):
+    """The p search is most of the cost of a long recording (a live session's close() after a
+    31-minute turn: some twenty decompositions of 1,000 x 1,000): each candidate graph is
+    decomposed once. The chosen graph was decomposed again to count its voices, and every graph
+    twice when the search within P_VOICES found nothing and it searched again up to the cap."""
+    rng = np.random.default_rng(4)
+    centres = _voices(0.75, 3, rng)
+    vectors = _unit(centres[np.repeat([0, 1, 2, 0, 1, 2], 40)] + 0.035 * rng.standard_normal((240, DIM)))
+    sizes = _count_eigendecompositions(monkeypatch)
+    assert len(set(clustering.voices(vectors).tolist())) == 3
+    assert sizes == [240] * len(clustering.p_candidates(240))
+    # Ten voices, each a tight cluster no neighbour graph joins to another: every graph is in
+    # more than P_VOICES pieces, so the search is made again with the cap of 20 voices.
+    far = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0][:10]
+    vectors = _unit(far[np.repeat(np.arange(10), 20)] + 0.01 * rng.standard_normal((200, DIM)))
+    sizes.clear()
+    assert len(set(clustering.voices(vectors, hints=clustering.Hints(max_speakers=20)).tolist())) == 10
+    assert sizes == [200] * len(clustering.p_candidates(200))
+
+
+def test_the_neighbour_graphs_of_one_ordering_are_those_of_a_partition_per_p():
+    """The p search takes each candidate's graph from one ordering of every row's nearest
+    neighbours: the same graphs as pruned_affinity, ties at the p-th neighbour included (those
+    rows are the partition's choice), and the same voices."""
+    rng = np.random.default_rng(8)
+    for trial in range(40):
+        n = int(rng.integers(6, 300))
+        x = _unit(rng.standard_normal((n, 8)))
+        if trial % 2:  # repeated windows: equal similarities everywhere
+            x = x[rng.integers(0, max(2, n // 5), n)]
+        sim = x.astype(np.float64) @ x.T.astype(np.float64)
+        graphs = clustering._Neighbours(sim, clustering.p_candidates(n)[-1])
+        for p in clustering.p_candidates(n):
+            np.testing.assert_array_equal(graphs.graph(p), clustering.pruned_affinity(sim, p))
+            a = clustering.pruned_affinity(sim, p)
+            np.testing.assert_array_equal(clustering.spectrum(a.copy()), np.linalg.eigvalsh(clustering.laplacian(a)))
+
+
 # ---- without a database ------------------------------------------------------------------------
 def _run(args):
     r = CliRunner().invoke(cli, args)
