@@ -38,7 +38,8 @@ Enrolls the manifest's speakers in a temporary database (``--model``, default GE
   which Silero hears as one region from start to end, as fast as it takes it, with the real VAD
   and the stand-in embedder: the CPU seconds each minute of audio costs, the window vectors held
   and the resident memory at every minute, and the peak resident memory (the session's work per
-  second of audio must not grow with the length of an open region).
+  second of audio must not grow with the length of an open region); then the CPU seconds of
+  ``finish()`` and of ``close()`` (the final timeline: the held windows assembled once).
 * ``compute``: the time to embed the windows of one block (1 and 8 windows of 1.5 s) with
   ``--checkpoint``, a full-size WavLM x-vector checkpoint (RANDOM weights from
   scripts/make_random_checkpoint.py cost what real weights cost; its names mean nothing) in
@@ -428,10 +429,20 @@ def section_unbroken(db: SpeakerDB, convs: list[dict], root: Path, minutes: floa
     cpu0 = time.process_time()
     session.finish()
     finish_s = time.process_time() - cpu0
+    held = len(session._vectors)  # the windows close() assembles (none past the cap: its final segments)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    final = session.close()
+    close_s, close_wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+    kit.log(f"  finish {finish_s:.3f} CPU s; close {close_s:.3f} CPU s ({close_wall_s:.3f} s wall, {held} windows)")
     return {
         "rows": rows,
         "speech_events": speech_events,  # 1: the VAD heard one region, never a pause
         "finish_cpu_s": round(finish_s, 3),
+        # The final timeline: the held windows re-assembled (clustered, named, smoothed) once.
+        "close_cpu_s": round(close_s, 3),
+        "close_wall_s": round(close_wall_s, 3),
+        "close_windows": held,
+        "final_segments": len(final.segments),
         "peak_rss_mib": round(peak(), 1),
         "dim": dim,
         "max_held_s": max_held_s,
