@@ -71,3 +71,28 @@ def test_settings_are_restored_when_the_call_fails(two_threads):
             assert torch.get_num_threads() == 1 and set(blas_threads()) == {1}
             raise RuntimeError("a failing forward pass")
     assert torch.get_num_threads() == 2 and set(blas_threads()) == {2}
+
+
+def test_the_clustering_of_a_timeline_runs_blas_on_one_thread(two_threads, monkeypatch):
+    """A long recording's assembly (a live session's close() after a 31-minute turn) is some
+    twenty eigendecompositions of 1,000 x 1,000; OpenBLAS's second thread made each 2-10 times
+    the CPU on a shared 2-core machine. They run on BLAS_THREADS, and the setting is restored."""
+    from speakerdb import timeline
+    from speakerdb.audio import vad
+
+    seen: list[list[int]] = []
+    original = np.linalg.eigvalsh
+
+    def eigvalsh(a, *args, **kwargs):
+        seen.append(blas_threads())
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "eigvalsh", eigvalsh)
+    rng = np.random.default_rng(0)
+    regions = [vad.Region(0.0, 30.0)]
+    spans = timeline.plan_windows(regions)
+    vectors = rng.standard_normal((len(spans), 16)).astype(np.float32)
+    t = timeline.assemble("turn.wav", 30.0, regions, spans, vectors, timeline.Gallery.empty(16, 0.8), timeline.Params())
+    assert t.segments and seen
+    assert all(set(threads_now) == {threads.BLAS_THREADS} for threads_now in seen)
+    assert set(blas_threads()) == {2}

@@ -27,6 +27,11 @@ So, while a model embeds (:func:`embedding`):
   where other work keeps the cores busy, ``SPEAKERDB_THREADS=1`` is faster (10 s of audio
   in 3.5 s against 7.3 s with 2 threads, at a load average of 7 on 2 cores).
 
+The clustering of a timeline's windows into voices (:func:`speakerdb.clustering.voices`) also
+runs BLAS on BLAS_THREADS (:func:`blas`): its p search decomposes some twenty 1,000 x 1,000
+Laplacians, and OpenBLAS's second thread spun more than it helped on a shared 2-core machine
+(docs/timeline.md, "What clustering costs").
+
 The settings are restored when the call returns, so a program that uses speakerdb keeps
 its own thread settings for its own work. torch's thread count is per process: two
 Python threads embedding at once with different settings would see each other's.
@@ -75,19 +80,28 @@ def _blas_controller():
 
 
 @contextmanager
+def blas(threads: int = BLAS_THREADS) -> Iterator[None]:
+    """numpy's and scipy's BLAS on ``threads`` threads inside the block, restored after."""
+    controller = _blas_controller()
+    limiter = controller.limit(limits=threads) if controller is not None and controller.lib_controllers else None
+    try:
+        yield
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+
+
+@contextmanager
 def embedding(torch_threads: int | None) -> Iterator[None]:
     """While a model embeds: BLAS on BLAS_THREADS, torch on ``torch_threads`` (None: unchanged)."""
     import torch  # deferred: torch is heavy to import
 
     before = torch.get_num_threads()
-    controller = _blas_controller()
-    limiter = controller.limit(limits=BLAS_THREADS) if controller is not None and controller.lib_controllers else None
     if torch_threads is not None and torch_threads != before:
         torch.set_num_threads(torch_threads)
     try:
-        yield
+        with blas(BLAS_THREADS):
+            yield
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
-        if limiter is not None:
-            limiter.restore_original_limits()
