@@ -11,6 +11,7 @@ Every route parses its request, calls one facade method (on a lane of the worker
 - :mod:`.connections`: limits checked before the app (413, 415, 401 before an upload's
   body), lingering close, and deadlines on slow clients;
 - :mod:`.responses`: errors are always ``{"error": {"code", "message"}}``, never a stack trace;
+- :mod:`.tracebacks`: the log's tracebacks, types and frames without messages;
 - :mod:`.stream`: ``WebSocket /v1/stream``, live sessions;
 - :mod:`.serve`: starting uvicorn.
 
@@ -63,6 +64,7 @@ from .schemas import (
 )
 from .settings import COHORT_MAX_FILES, ServeConfig
 from .stream import router as stream_router
+from .tracebacks import log_error
 from .uploads import COPY_CHUNK, client_names
 from .web import install as install_page
 from .worker import Service
@@ -757,9 +759,9 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, e: Exception) -> JSONResponse:
-        # The traceback goes to the server's log (no audio, no embeddings in it); the client
-        # gets one line. The route's template, not the path: a path holds speaker names.
-        log.exception("unexpected error in %s %s", request.method, path_template(request.scope))
+        # A route's errors are answered by the Guard; this is for one of the Guard's own.
+        # Starlette re-raises it to uvicorn, whose log serve's formatter keeps message-free.
+        log_error(log, f"unexpected error in {request.method} {path_template(request.scope)}", e)
         return error_response(500, "internal", f"internal error ({type(e).__name__}); see the server log")
 
     app.add_middleware(Guard)

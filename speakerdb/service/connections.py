@@ -10,6 +10,9 @@ uvicorn's HTTP protocol with deadlines on slow clients (:class:`TimedHTTPProtoco
 - **metrics** and the **access log**: every answer is counted and logged here, whoever gave
   it; both name a request by its route's template (``/v1/speakers/{name}``), never by its
   path or query, which hold speaker names.
+- **unexpected errors**: a 500 of one line for the client, and for the log the exception's
+  types and frames without their messages (:mod:`.tracebacks`); nothing reaches uvicorn,
+  which would log the whole traceback, messages and all.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from .settings import (
     DEFAULT_MAX_UPLOAD_BYTES,
     ServeConfig,
 )
+from .tracebacks import log_error
 
 # An answer given before the request's body was read (401, 413, 415) stays open this long while
 # the rest of the body is read and thrown away. Closing at once, with unread bytes, makes the
@@ -54,6 +58,7 @@ Message = MutableMapping[str, Any]
 #: wrote each request's path and query, and so the names of speakers, opted-out people included.
 ACCESS_LOGGER = "speakerdb.access"
 access_log = logging.getLogger(ACCESS_LOGGER)
+log = logging.getLogger("speakerdb.server")
 
 
 class _TooLarge(Exception):
@@ -168,6 +173,13 @@ class Guard:
                 await self.app(scope, receive_limited, send_tracked)
             except _TooLarge:
                 pass
+            except Exception as e:  # noqa: BLE001 - answered and logged here, never re-raised to uvicorn
+                if not status["over"]:  # else the body cut short made it: a 413, no bug
+                    # The route's template, not the path: a path holds speaker names.
+                    log_error(log, f"unexpected error in {method} {path_template(scope)}", e)
+                    if not status["sent"]:  # else the client sees the answer cut short
+                        await reply(500, "internal", f"internal error ({type(e).__name__}); see the server log")
+                    return
             if status["over"] and not status["sent"]:
                 await reply(413, "too_large", f"request body over {limit:,} bytes")
         finally:

@@ -18,11 +18,13 @@ from typing import Any
 
 import uvicorn
 import uvicorn.config
+import uvicorn.logging
 
 from ..config import NAMES_SOMEONE_ATTR, hand_to_workers
 from .connections import ACCESS_LOGGER
 from .metrics import METRICS_DIR_PREFIX
 from .settings import ServeConfig
+from .tracebacks import describe
 from .uploads import sweep_stale
 
 __all__ = ["ServeConfig", "is_loopback", "log_config", "serve"]
@@ -52,13 +54,24 @@ class LeaveOutNames(logging.Filter):
         return not getattr(record, NAMES_SOMEONE_ATTR, False)
 
 
+class MessageFreeFormatter(uvicorn.logging.DefaultFormatter):
+    """uvicorn's formatter, with a record's exception written by :func:`.tracebacks.describe`:
+    whatever logs one (uvicorn itself, for an error that escaped the app), no message of it
+    reaches the log."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
+        return describe(ei[1]) if isinstance(ei[1], BaseException) else ""
+
+
 def log_config(log_level: str) -> dict[str, Any]:
     """uvicorn's logging configuration (each worker process applies it), plus the service's:
     the access log (:data:`~.connections.ACCESS_LOGGER`, replacing uvicorn's, which wrote
-    each request's path and query) and the library's records, less those that name someone."""
+    each request's path and query), the library's records, less those that name someone, and
+    tracebacks without messages (:class:`MessageFreeFormatter`)."""
     config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     level = log_level.upper()
     config.setdefault("filters", {})["leave_out_names"] = {"()": f"{__name__}.LeaveOutNames"}
+    config["formatters"]["default"]["()"] = f"{__name__}.MessageFreeFormatter"  # uvicorn's and ours
     config["handlers"]["speakerdb"] = {
         "formatter": "default",
         "class": "logging.StreamHandler",

@@ -42,6 +42,7 @@ from .auth import Caller, keyless_refusal, not_this_gallery
 from .lanes import GALLERY
 from .responses import ApiError, finite
 from .settings import STREAM_KEY_CHECK_S
+from .tracebacks import log_error
 from .worker import Service, as_caller
 
 log = logging.getLogger("speakerdb.server")
@@ -107,7 +108,7 @@ class Connection:
         self.auth_allowed = False  # whether the next message may be {"type": "auth"}
 
     async def run(self) -> None:
-        """The whole life of the connection; never raises (a traceback goes to the log only)."""
+        """The whole life of the connection; never raises (a traceback without messages goes to the log only)."""
         await self.ws.accept()
         try:
             await self._serve()
@@ -116,7 +117,7 @@ class Connection:
         except WebSocketDisconnect:
             self.close_code = GONE
         except Exception as e:  # noqa: BLE001 - the client gets one line; the log the traceback
-            log.exception("unexpected error in WebSocket /v1/stream")
+            log_error(log, "unexpected error in WebSocket /v1/stream", e)
             message = f"internal error ({type(e).__name__}); see the server log"
             await self._finish(Closing(INTERNAL, "internal", message))
         finally:

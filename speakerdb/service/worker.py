@@ -28,6 +28,7 @@ from .auth import Caller, KeyCheck
 from .lanes import CountingEmbedder, IdentifyBatches, Lane
 from .responses import ApiError, from_library
 from .settings import ServeConfig
+from .tracebacks import log_error
 from .uploads import UploadDir
 
 log = logging.getLogger("speakerdb.server")
@@ -154,7 +155,7 @@ class Service:
                                 summary.to_dict()["cutoff"],
                             )
                 except Exception as e:  # noqa: BLE001 - a busy or unreachable database: the next turn retries
-                    log.error("speakerdb worker %d: expire failed: %s", os.getpid(), self.scrub(str(e)))
+                    log_error(log, f"speakerdb worker {os.getpid()}: expire failed", e)
                 await asyncio.sleep(self.config.expire_every_s)
             else:
                 await asyncio.sleep(min(1.0, self.config.expire_every_s))
