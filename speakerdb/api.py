@@ -1264,10 +1264,12 @@ class SpeakerDB:
             )
 
     def info(self) -> DatabaseInfo:
-        """What this database is: paths, model, dimension, threshold, counts."""
+        """What this database is: paths, model, dimension, threshold, counts; ``generation`` is
+        this gallery's count of changes to its speakers' centroids (never another gallery's)."""
         with self.store.read() as s:
             settings = store.get_settings(s)
             n_speakers, n_utterances = store.counts(s)
+            generation = store.gallery_generation(s)
         return DatabaseInfo(
             db_path=str(self.db_path),
             index_path=str(self.index_path),
@@ -1278,7 +1280,7 @@ class SpeakerDB:
             n_speakers=n_speakers,
             n_utterances=n_utterances,
             schema_revision=schema.HEAD_REVISION,
-            generation=stored.generation(settings),
+            generation=generation,
             index_params=stored.index_params(settings),
             threshold_scale=stored.scale(settings),
             norm=stored.norm(settings),

@@ -289,7 +289,7 @@ class DatabaseInfo:
     n_speakers: int
     n_utterances: int
     schema_revision: str
-    generation: int
+    generation: int  # the gallery's count of changes to its speakers' centroids (never another's)
     index_params: dict[str, Any] = field(default_factory=dict)
     threshold_scale: str = "cosine"  # "cosine" or "as-norm" (speakerdb.scoring.norm.SCALES)
     norm: dict[str, Any] | None = None  # the normalisation in force (NormSettings), None for raw scores

@@ -120,6 +120,36 @@ def test_normalisation_keys_and_audit_are_each_gallerys_own(target, clips, tmp_p
             assert b.cohort_vectors() is None
 
 
+def test_a_gallerys_generation_moves_with_its_own_changes_only(target, clips):
+    """info's generation is the gallery's own count: a caller of gallery A must not see how often
+    gallery B changes. The database's generation, which the indexes replay, counts both."""
+
+    def generations(db: SpeakerDB) -> tuple[int, int]:
+        with db.store.read() as s:
+            return db.info().generation, store.generation(s)
+
+    with SpeakerDB(target, embedder=FakeEmbedder()) as a:
+        a.enroll("alice", clips["alice"][:1])
+        a.create_gallery("beta")
+        with a.for_gallery("beta") as b:
+            a_at, database_at = generations(a)
+            b_at = b.info().generation
+            b.enroll("bob", clips["bob"][:1])
+            b.enroll("bob", clips["bob"][1:2])  # re-centred
+            b.enroll("carol", clips["carol"][:1])
+            b.remove("carol")
+            moved = generations(a)[1] - database_at
+            assert moved >= 4 and generations(a) == (a_at, database_at + moved)  # B's changes: not A's
+            assert b.info().generation == b_at + moved  # each of B's changes counted
+            a.enroll("alice", clips["alice"][1:2])
+            a.remove("alice")
+            a_moved = generations(a)[0] - a_at
+            assert a_moved >= 2 and generations(a) == (a_at + a_moved, database_at + moved + a_moved)
+            assert b.info().generation == b_at + moved
+            # The caches keyed by the database's generation still follow every change.
+            assert [r.speaker for r in b.identify([clips["bob"][2]])] == ["bob"] and a.list() == []
+
+
 def test_removing_a_gallery_erases_it_and_its_index(tmp_path, clips):
     path = tmp_path / "db.sqlite"
     with SpeakerDB(path, embedder=FakeEmbedder()) as a:
@@ -164,6 +194,8 @@ def test_an_old_database_is_the_default_gallery_after_the_upgrade(tmp_path):
     con.close()
     with SpeakerDB(old, embedder=_Projection()) as db:
         assert db.gallery == "default" and db.threshold == 0.75
+        with db.store.read() as s:  # from the upgrade on, its own count: never back from what it showed
+            assert db.info().generation == store.generation(s)
         assert {s.name for s in db.list()} == {"alice", "bob", "José", "dave"}
         db.create_gallery("second")
         assert [(g.name, g.n_speakers) for g in db.list_galleries()] == [("default", 4), ("second", 0)]
@@ -301,7 +333,9 @@ def test_the_service_answers_each_gallery_under_its_prefix_and_keys_reach_their_
     default.enroll("alice", [clip["alice"]])
     acme.enroll("alice", [clip["bob"]])  # the same name, another voice
     acme.enroll("carol", [clip["carol"]])
+    acme_at, beta_at = acme.info().generation, beta.info().generation
     beta.enroll("bob", [clip["bob"]])
+    assert acme.info().generation == acme_at and beta.info().generation > beta_at  # beta's change, not acme's
     assert [s.name for s in acme.list()] == ["alice", "carol"] and [s.name for s in default.list()] == ["alice"]
     assert [r.speaker for r in acme.identify([clip["carol"], clip["bob"]])] == ["carol", "alice"]
     assert {c.speaker for c in default.identify([clip["carol"]], top_k=5)[0].candidates} == {"alice"}

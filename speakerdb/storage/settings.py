@@ -87,11 +87,6 @@ def index_params(settings: Settings) -> dict[str, Any]:
     return dict(settings.get("index") or {})
 
 
-def generation(settings: Settings) -> int:
-    """The number of the newest change record."""
-    return int(settings.get("generation", 0))
-
-
 def database_id(settings: Settings) -> str:
     """The database's identity (its index file's name on a server)."""
     return str(settings["database_id"])

@@ -25,7 +25,9 @@ Tables (created only by the Alembic revisions in ``migrations/``):
   hands out sees that gallery only: the ORM adds ``gallery_id = <its id>`` to every query
   of those tables and sets it on every row added (:func:`_scope_query`, :func:`_scope_new_rows`),
   so the queries below and the modules above need not say it. Speaker names are unique
-  within a gallery; ids, the change record and the generation are the database's.
+  within a gallery; ids, the change record and the generation are the database's. Each
+  gallery also counts its own speakers' changes (``galleries.generation``, triggers of
+  revision 0008): what ``info`` shows a gallery's caller.
 
 - ``data_keys``: the data key of an encrypted database, wrapped by the operator's key
   (revision 0006). In an encrypted database every vector is a sealed blob bound to its row
@@ -336,6 +338,9 @@ class Gallery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(MAX_GALLERY_NAME), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+    #: Changes to this gallery's speakers' centroids (revision 0008), counted by the schema's
+    #: triggers as the database's generation counts every gallery's: what ``info`` shows.
+    generation: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 def _gallery_column() -> Mapped[int]:
@@ -1290,6 +1295,15 @@ def generation(session: Session) -> int:
     # before this transaction's triggers bumped it.
     value = session.scalar(select(Setting.value).where(Setting.key == "generation"))
     return int(json.loads(value)) if value is not None else 0
+
+
+def gallery_generation(session: Session) -> int:
+    """The number of centroid changes ever recorded for the session's gallery's speakers (the
+    default gallery's for a session that sees every gallery): it moves with that gallery's
+    changes only, where :func:`generation` moves with every gallery's."""
+    gid = gallery_of(session)
+    value = session.scalar(select(Gallery.generation).where(Gallery.id == (DEFAULT_GALLERY_ID if gid is None else gid)))
+    return int(value or 0)
 
 
 def change_nonce(session: Session, at: int) -> int | None:
