@@ -336,9 +336,10 @@ class SpeakerDB:
     def create_gallery(self, name: str) -> GalleryInfo:
         """Add an empty gallery ``name`` (1-64 letters, digits, ``.``, ``_``, ``-``): its own speakers,
         threshold, normalisation, keys, audit record and index file. It starts with the
-        database's model's starting threshold and no normalisation. Recorded in the default
-        gallery's audit record."""
-        with store.audited(None, "gallery-create", detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+        database's model's starting threshold and no normalisation. Recorded for
+        :meth:`gallery_audit`, in no gallery's own audit record."""
+        operation = keys.GALLERY_OPERATIONS[0]
+        with store.audited(None, operation, detail={"gallery": name}), self.store.write(every_gallery=True) as s:
             gid = store.create_gallery(s, name)
             settings = store.get_settings(s)  # the default gallery's, and the database's model
             threshold = settings.get("threshold", stored.DEFAULT_THRESHOLD)
@@ -351,13 +352,15 @@ class SpeakerDB:
     def remove_gallery(self, name: str) -> GalleryInfo:
         """Delete gallery ``name`` and everything in it (speakers with their utterances and
         embeddings, cohort, keys, audit records, settings) and its index file, erased as
-        :meth:`remove` erases a speaker. The default gallery cannot be removed."""
+        :meth:`remove` erases a speaker. The default gallery cannot be removed. Recorded for
+        :meth:`gallery_audit`."""
         if name == self.gallery and name != store.DEFAULT_GALLERY:
             raise InvalidInputError(
                 f"gallery {name!r} is the one this database object works in: open another to remove it"
             )
         index_path = self._gallery_index(name) if name != store.DEFAULT_GALLERY else None
-        with store.audited(None, "gallery-remove", detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+        operation = keys.GALLERY_OPERATIONS[1]
+        with store.audited(None, operation, detail={"gallery": name}), self.store.write(every_gallery=True) as s:
             row = store.remove_gallery(s, name)
         if index_path is not None:
             index_files.remove_files(index_path)
@@ -1512,10 +1515,18 @@ class SpeakerDB:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:
-        """The newest ``limit`` changes made through the service or to keys, oldest first."""
+        """The newest ``limit`` changes made in this gallery through the service or to keys,
+        oldest first; galleries made and removed are :meth:`gallery_audit`'s."""
         store.check_name_text(speaker)
         with self.store.read() as s:
             return keys.audit_entries(s, limit, speaker)
+
+    def gallery_audit(self, limit: int = 100) -> builtins.list[AuditEntry]:
+        """The newest ``limit`` records of galleries made and removed, oldest first, whichever
+        gallery this object works in: for who administers galleries (``speakerdb galleries``
+        on the database's machine), never a gallery's keys."""
+        with self.store.read(every_gallery=True) as s:
+            return keys.gallery_audit_entries(s, limit)
 
     # ---- internals ------------------------------------------------------------------
     @staticmethod

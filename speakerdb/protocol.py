@@ -93,6 +93,7 @@ LOCAL_ONLY: frozenset[str] = frozenset(
         "list_galleries",
         "create_gallery",
         "remove_gallery",  # the galleries themselves are administered on the server's machine
+        "gallery_audit",
     }
 )
 

@@ -115,7 +115,7 @@ def test_normalisation_keys_and_audit_are_each_gallerys_own(target, clips, tmp_p
             with b.audited_as("ops"):
                 b.rename("bob", "robert")
             assert [e.operation for e in b.audit()] == ["key-create", "rename"]
-            assert [e.operation for e in a.audit()] == ["gallery-create", "key-create"]
+            assert [e.operation for e in a.audit()] == ["key-create"]  # acme's making is no record of default's
             b.set_norm_off()
             assert b.cohort_vectors() is None
 
@@ -148,6 +148,42 @@ def test_a_gallerys_generation_moves_with_its_own_changes_only(target, clips):
             assert b.info().generation == b_at + moved
             # The caches keyed by the database's generation still follow every change.
             assert [r.speaker for r in b.identify([clips["bob"][2]])] == ["bob"] and a.list() == []
+
+
+def test_galleries_made_and_removed_are_in_no_gallerys_audit_but_the_administrators(target, clips, tmp_path):
+    """The default gallery's admin keys read its audit record (GET /v1/audit), but no key may make
+    or remove galleries: the records that name the other tenants are read with `galleries audit`,
+    on the database's machine, only."""
+    with SpeakerDB(target, embedder=FakeEmbedder()) as a:
+        a.create_key("ops", "admin")
+        a.create_gallery("acme")
+        a.create_gallery("beta")
+        with a.for_gallery("acme") as b:
+            b.create_key("ops", "admin")
+            for db in (a, b):
+                shown = json.dumps([e.to_dict() for e in db.audit()])
+                assert "acme" not in shown and "beta" not in shown, shown
+        a.remove_gallery("beta")
+        assert [e.operation for e in a.audit()] == ["key-create"]
+        assert [e.operation for e in a.audit(limit=1)] == ["key-create"]  # the newest of its own, not beta's removal
+        lifecycle = [(e.operation, e.detail) for e in a.gallery_audit()]
+        assert lifecycle == [
+            ("gallery-create", {"gallery": "acme"}),
+            ("gallery-create", {"gallery": "beta"}),
+            ("gallery-remove", {"gallery": "beta"}),
+        ]
+        with a.for_gallery("acme") as b:
+            assert [(e.operation, e.detail) for e in b.gallery_audit(limit=1)] == [lifecycle[-1]]
+    from speakerdb.cli import cli
+
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--db", str(target), "audit", "--json"], catch_exceptions=False)
+    assert shown.exit_code == 0 and "gallery-" not in shown.output, shown.output
+    shown = runner.invoke(cli, ["--db", str(target), "galleries", "audit", "--json"], catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    assert [e["operation"] for e in json.loads(shown.output)] == ["gallery-create"] * 2 + ["gallery-remove"]
+    refused = runner.invoke(cli, ["--server", "http://127.0.0.1:9", "galleries", "audit"])
+    assert refused.exit_code != 0 and "galleries audit" in refused.output
 
 
 def test_removing_a_gallery_erases_it_and_its_index(tmp_path, clips):
@@ -365,9 +401,11 @@ def test_the_service_answers_each_gallery_under_its_prefix_and_keys_reach_their_
     assert served.call("GET", "/v1/speakers/alice", key=served.keys["acme"])[0] == 404
     assert served.call("GET", "/v1/galleries/acme/speakers/carol", key=served.keys["default"])[0] == 404
     assert served.call("GET", "/v1/galleries/acme/speakers/carol", key=served.keys["acme"])[0] == 200
-    # Each gallery's audit record holds its own changes.
+    # Each gallery's audit record holds its own changes; the default's admin key reads no other gallery's name.
     assert {e.speaker for e in acme.audit() if e.operation == "enroll"} == {"alice", "carol"}
     assert {e.speaker for e in default.audit() if e.operation == "enroll"} == {"alice"}
+    status, _, doc = served.call("GET", "/v1/audit", key=served.keys["default"])
+    assert status == 200 and "acme" not in json.dumps(doc) and "beta" not in json.dumps(doc), doc
     # The metrics name routes by their templates, one per mount.
     metrics = served.call("GET", "/metrics")[2]
     metrics = metrics.decode() if isinstance(metrics, bytes) else metrics

@@ -10,6 +10,7 @@ import click
 from ..results import Limits
 from .output import confirm, emit, end_line, json_option, rows_copied, yes_option
 from .params import check_duration, speaker_name
+from .service import audit_text
 
 if TYPE_CHECKING:
     from . import State
@@ -367,6 +368,7 @@ def galleries() -> None:
       speakerdb --gallery acme keys create acme-ops --scope admin
       speakerdb galleries list
       speakerdb galleries remove acme --yes
+      speakerdb galleries audit
     """
 
 
@@ -384,6 +386,26 @@ def galleries_list(state: State, as_json: bool) -> None:
     found = state.local_db.list_galleries()
     lines = [f"{g.name}\t{g.n_speakers} speakers\t{g.n_keys} keys\tcreated {g.to_dict()['created_at']}" for g in found]
     emit(as_json, [g.to_dict() for g in found], "\n".join(lines))
+
+
+@galleries.command(name="audit")
+@click.option(
+    "--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True, help="Show the newest N records."
+)
+@json_option
+@click.pass_obj
+def galleries_audit(state: State, limit: int, as_json: bool) -> None:
+    """Show when galleries were made and removed (the records name them). Only here: no
+    gallery's own audit record (`speakerdb audit`, GET /v1/audit) shows them.
+
+    \b
+    Example:
+      speakerdb galleries audit --json
+    """
+    state.local_only("galleries audit")
+    state.gallery = None  # administered from the default gallery, whatever --gallery says
+    entries = state.local_db.gallery_audit(limit)
+    emit(as_json, [e.to_dict() for e in entries], audit_text(entries))
 
 
 @galleries.command(name="create")

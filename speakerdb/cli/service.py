@@ -16,6 +16,7 @@ from .output import emit, json_option, printable
 from .params import key_name, speaker_name
 
 if TYPE_CHECKING:
+    from ..results import AuditEntry
     from . import State
 
 
@@ -375,8 +376,9 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
-    """Show the audit record: changes made through the service and to keys, and renames made
-    anywhere (who, what, when; `local:<user>` for a command or Python program on this machine).
+    """Show the gallery's audit record: changes made through the service and to keys, and renames
+    made anywhere (who, what, when; `local:<user>` for a command or Python program on this
+    machine). Galleries made and removed: `speakerdb galleries audit`.
 
     \b
     Examples:
@@ -384,7 +386,12 @@ def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
       speakerdb audit --speaker alice --json
     """
     entries = state.db.audit(limit, speaker)
-    text = (
+    emit(as_json, [e.to_dict() for e in entries], audit_text(entries))
+
+
+def audit_text(entries: list[AuditEntry]) -> str:
+    """Audit records as ``audit`` prints them, one a line."""
+    return (
         "\n".join(
             f"{store_iso(e.time)}  {printable(e.key_name or '-')}  {e.operation:<10}  {printable(e.speaker or '-')}"
             + (f"  {printable(json.dumps(e.detail, ensure_ascii=False))}" if e.detail else "")
@@ -392,7 +399,6 @@ def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
         )
         or "no audit records"
     )
-    emit(as_json, [e.to_dict() for e in entries], text)
 
 
 def store_iso(t: datetime) -> str:

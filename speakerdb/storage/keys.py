@@ -184,13 +184,46 @@ def _remember_failure(seen: tuple[int | None, str, str]) -> None:
             _FAILED.popitem(last=False)
 
 
+#: The records of galleries made and removed (``SpeakerDB.create_gallery``, ``remove_gallery``).
+#: Stored with the default gallery's rows (a removed gallery's go with it), they name other
+#: galleries: only who may make and remove galleries reads them (:func:`gallery_audit_entries`),
+#: never a gallery's own audit, which the default gallery's admin keys read too.
+GALLERY_OPERATIONS = ("gallery-create", "gallery-remove")
+
+
 def audit_entries(session: Session, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
-    """The newest ``limit`` audit records, oldest first (of one speaker, if given)."""
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise InvalidInputError(f"limit must be a whole number of at least 1, not {limit!r}")
-    stmt = select(store.AuditRecord).order_by(store.AuditRecord.id.desc()).limit(limit)
+    """The newest ``limit`` audit records of the session's gallery, oldest first (of one
+    speaker, if given); never the records of galleries made and removed."""
+    _check_limit(limit)
+    stmt = (
+        select(store.AuditRecord)
+        .where(store.AuditRecord.operation.not_in(GALLERY_OPERATIONS))
+        .order_by(store.AuditRecord.id.desc())
+        .limit(limit)
+    )
     if speaker is not None:
         stmt = stmt.where(store.AuditRecord.speaker == store.normalize_name(speaker))
+    return _entries(session, stmt)
+
+
+def gallery_audit_entries(session: Session, limit: int = 100) -> list[AuditEntry]:
+    """The newest ``limit`` records of galleries made and removed, oldest first."""
+    _check_limit(limit)
+    stmt = (
+        select(store.AuditRecord)
+        .where(store.AuditRecord.operation.in_(GALLERY_OPERATIONS))
+        .order_by(store.AuditRecord.id.desc())
+        .limit(limit)
+    )
+    return _entries(session, stmt)
+
+
+def _check_limit(limit: object) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidInputError(f"limit must be a whole number of at least 1, not {limit!r}")
+
+
+def _entries(session: Session, stmt) -> list[AuditEntry]:
     rows = list(session.scalars(stmt))[::-1]
     return [
         AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None) for r in rows
