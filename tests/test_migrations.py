@@ -6,6 +6,7 @@ scripts/make_db_fixture.py); it must upgrade in every later version.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from speakerdb import SpeakerDB, api
 from speakerdb.errors import DatabaseError, SchemaOutdatedError
-from speakerdb.storage import schema
+from speakerdb.storage import governance, schema
 
 FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"
 
@@ -136,3 +137,16 @@ def test_new_databases_have_an_identity_of_their_own(tmp_path):
         with SpeakerDB(tmp_path / f"{k}.sqlite", embedder=_Projection()) as db:
             ids.add(db.store.settings()["database_id"])
     assert len(ids) == 3
+
+
+def test_the_0001_release_database_upgrades_with_every_folded_name_filled(old_db):
+    """Revision 0009 fills ``speakers.folded_name`` (what twins and opt-outs look names up by)
+    for the rows it finds, from 0001 on: an enrolled 'José' is found as 'JOSÉ' by the index."""
+    assert api.upgrade_database(old_db) == schema.HEAD_REVISION
+    with contextlib.closing(sqlite3.connect(old_db)) as con:
+        rows = dict(con.execute("SELECT name, folded_name FROM speakers"))
+        plan = con.execute("EXPLAIN QUERY PLAN SELECT name FROM speakers WHERE gallery_id = 1 AND folded_name = 'x'")
+        assert "ix_speakers_gallery_id_folded_name" in " ".join(r[-1] for r in plan)
+    assert rows == {"alice": "alice", "bob": "bob", "José": "josé", "dave": "dave"}
+    with SpeakerDB(old_db, embedder=_Projection()) as db, db.store.read() as s:
+        assert governance.names_folding_as(s, "JOSÉ") == ["José"]

@@ -689,9 +689,9 @@ def _refuse_twins(s, created: list[str], path: str) -> None:
             store.check_new_name(name)
         except InvalidInputError as e:
             raise InvalidInputError(f"{path}: {e}; nothing was imported") from None
-    held: dict[str, str] = {}  # folded name -> a spelling enrolled or created before in this import
-    for name in sorted(store.speaker_names(s)):
-        held.setdefault(governance.fold_name(name), name)
+    # folded name -> a spelling enrolled or created before in this import; only the enrolled
+    # names that fold as a created one are read (by the index on folded names)
+    held = {folded: names[0] for folded, names in governance.enrolled_folding_as(s, created).items()}
     twins: list[str] = []
     for name in created:
         other = held.setdefault(governance.fold_name(name), name)

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import InvalidInputError
 from . import store
-from .store import AuditRecord, OptOut, Speaker
+from .store import AuditRecord, OptOut, Speaker, fold_name, folded_key
 
 #: Longest consent text and external id kept, in characters.
 MAX_CONSENT_LENGTH = 4096
@@ -147,12 +147,6 @@ def optout_key(s: Session, create: bool) -> bytes | None:
     return bytes.fromhex(value) if value else None
 
 
-def fold_name(name: str) -> str:
-    """A name as opt-outs compare it: NFKC, case folded, inner whitespace as one space, so that
-    ``Alice  Smith`` and ``alice smith`` are one person."""
-    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
-
-
 def name_hash(key: bytes, name: str) -> str:
     """HMAC-SHA256 (hex) of the folded name; a prefix keeps names and external ids apart."""
     return hmac.new(key, b"name\0" + fold_name(name).encode(), hashlib.sha256).hexdigest()
@@ -177,10 +171,29 @@ def matching_optouts(s: Session, name: str, external_id: str | None) -> list[Opt
 
 def names_folding_as(s: Session, name: str) -> list[str]:
     """The enrolled speakers' names that fold as ``name`` does (:func:`fold_name`), ``name`` itself
-    included, sorted. Reads every name: one scan of the unique index on the names (measured in
-    docs/governance.md)."""
-    folded = fold_name(name)
-    return sorted(n for n in store.speaker_names(s) if fold_name(n) == folded)
+    included, sorted: one probe of the index on (gallery, ``folded_name``), reading the matching
+    rows only (measured in docs/governance.md)."""
+    return enrolled_folding_as(s, [name]).get(fold_name(name), [])
+
+
+#: Names looked up in one statement (SQLite's old limit on bound parameters is 999).
+_IN_CHUNK = 900
+
+
+def enrolled_folding_as(s: Session, names: list[str]) -> dict[str, list[str]]:
+    """The enrolled speakers' names that fold as one of ``names`` does, sorted, by folded name
+    (folds with none are absent). Reads the rows of those folded names only, by the index on
+    (gallery, ``folded_name``), within the session's gallery as every query of the store."""
+    wanted = {fold_name(n) for n in names}
+    keys = sorted({folded_key(n) for n in names})  # as the column holds them: from the names
+    found: dict[str, list[str]] = {}
+    for start in range(0, len(keys), _IN_CHUNK):
+        stmt = select(Speaker.name).where(Speaker.folded_name.in_(keys[start : start + _IN_CHUNK]))
+        for enrolled in s.scalars(stmt):
+            folded = fold_name(enrolled)  # the column holds a prefix of the longest folds
+            if folded in wanted:
+                found.setdefault(folded, []).append(enrolled)
+    return {f: sorted(ns) for f, ns in found.items()}
 
 
 def twin_of(s: Session, name: str, own: str | None = None) -> str | None:
@@ -201,9 +214,11 @@ def speakers_of_person(s: Session, name: str, external_id: str | None) -> list[S
     by name: every speaker whose name folds to ``name``'s (``dave`` and ``Dave`` alike, as the
     opt-out compares names), those enrolled with ``external_id``, and, when none is given, those
     that share the external id of a speaker found by name (the opt-out keeps that one's hash)."""
-    # Every name is read: the exact one alone left a case twin enrolled that the opt-out refused.
-    names = names_folding_as(s, name)
-    found = {sp.id: sp for sp in s.scalars(select(Speaker).where(Speaker.name.in_(names)))}
+    # Every name that folds as it does: the exact one alone left a case twin enrolled that the
+    # opt-out refused.
+    folded = fold_name(name)
+    by_fold = select(Speaker).where(Speaker.folded_name == folded_key(name))
+    found = {sp.id: sp for sp in s.scalars(by_fold) if fold_name(sp.name) == folded}
     hashes = {sp.external_id_hash for sp in found.values() if sp.external_id_hash is not None}
     key = optout_key(s, create=False)
     if external_id is not None:

@@ -61,6 +61,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -87,6 +88,7 @@ from sqlalchemy.orm import (
     mapped_column,
     object_session,
     relationship,
+    validates,
     with_loader_criteria,
 )
 
@@ -175,6 +177,20 @@ def normalize_name(name: str) -> str:
     """The form names are stored and compared in: Unicode NFC (precomposed), so that "José"
     typed with a combining accent and with a precomposed é are one name. Case is kept."""
     return unicodedata.normalize("NFC", name) if isinstance(name, str) and not _has_surrogates(name) else name
+
+
+def fold_name(name: str) -> str:
+    """A name as twins and opt-outs compare it: NFKC, case folded, inner whitespace as one
+    space, so that ``Alice  Smith`` and ``alice smith`` are one person."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
+
+
+def folded_key(name: str) -> str:
+    """What ``speakers.folded_name`` holds for ``name`` (revision 0009): :func:`fold_name`'s
+    first :data:`MAX_NAME_LENGTH` characters. NFKC can make a name 18 times longer (U+FDFA),
+    past what an index entry may hold on PostgreSQL; a lookup compares the whole fold of the
+    few rows it finds. Changing :func:`fold_name` needs a revision that fills the column again."""
+    return fold_name(name)[:MAX_NAME_LENGTH]
 
 
 def validate_name(name: str) -> str:
@@ -349,14 +365,30 @@ def _gallery_column() -> Mapped[int]:
     return mapped_column(ForeignKey("galleries.id"), server_default=text(str(DEFAULT_GALLERY_ID)))
 
 
+def _folded_on_insert(context: Any) -> str | None:
+    """``folded_name`` for an INSERT that does not give it (Core and bulk inserts, which skip
+    the ORM's validator), from the row's own name."""
+    name = context.get_current_parameters().get("name")
+    return folded_key(name) if isinstance(name, str) else None
+
+
 class Speaker(Base):
     __tablename__ = "speakers"
     # AUTOINCREMENT: SQLite would otherwise hand a removed newest speaker's id to the next
     # one, and an answer computed before the removal could name the newcomer.
-    __table_args__ = (UniqueConstraint("gallery_id", "name"), {"sqlite_autoincrement": True})
+    __table_args__ = (
+        UniqueConstraint("gallery_id", "name"),
+        # Not unique: a database may hold twins made before they were refused (revision 0009).
+        Index("ix_speakers_gallery_id_folded_name", "gallery_id", "folded_name"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    # folded_key(name) (revision 0009): how twins and opt-outs find a name's speakers by index.
+    # Set with the name (_fold below) and, by an INSERT that leaves it out (a bulk fill), from
+    # the row's name; NULL only in a row written behind speakerdb's back.
+    folded_name: Mapped[str | None] = mapped_column(String(MAX_NAME_LENGTH), nullable=True, default=_folded_on_insert)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
@@ -376,6 +408,12 @@ class Speaker(Base):
         passive_deletes=True,
         order_by="Utterance.id",
     )
+
+    @validates("name")
+    def _fold(self, _key: str, name: str) -> str:
+        """Every path that names a speaker (creating it, renaming it) keeps its folded name."""
+        self.folded_name = folded_key(name) if isinstance(name, str) else None
+        return name
 
     def centroid_vector(self) -> np.ndarray:
         return from_blob(
@@ -1022,6 +1060,8 @@ def copy_rows(
                 _open_row(codec_of(src), name, row)
                 _check_row(name, row, dim)
                 _seal_row(codec_of(dst), name, row)
+                if name == "speakers":  # derived from the name: made here, never taken on trust
+                    row["folded_name"] = folded_key(row["name"])
             dst.execute(insert(table), rows)
             done += len(rows)
             last = rows[-1][pk.name]
