@@ -270,3 +270,13 @@ def pg_url(pg_admin) -> str:
     from pgserver import new_database
 
     return new_database(pg_admin)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request, tmp_path, monkeypatch) -> str | Path:
+    """A new database of each kind (PostgreSQL: skipped where no server starts). A test module
+    may define its own ``target`` instead."""
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite"
+    return request.getfixturevalue("pg_url")

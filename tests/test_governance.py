@@ -783,15 +783,6 @@ def test_a_speaker_may_not_be_named_a_path_step(tmp_path, clips, run):
 
 
 # ---- the folded names' index (revision 0009) ------------------------------------------------------
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path, monkeypatch) -> str | Path:
-    """A new database of each kind (PostgreSQL: skipped where no server starts)."""
-    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
-    if request.param == "sqlite":
-        return tmp_path / "db.sqlite"
-    return request.getfixturevalue("pg_url")
-
-
 def _folded_rows(target: str | Path) -> list[tuple[str, str, str | None]]:
     """(gallery, name, folded_name) of every speaker, read behind speakerdb's back."""
     engine, _ = migrate.engine_for(target)

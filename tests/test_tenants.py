@@ -33,15 +33,6 @@ def clips(tmp_path) -> dict[str, list[Path]]:
     }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request, tmp_path, monkeypatch) -> str | Path:
-    """A new database of each kind (PostgreSQL: skipped where no server starts)."""
-    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "index"))
-    if request.param == "sqlite":
-        return tmp_path / "db.sqlite"
-    return request.getfixturevalue("pg_url")
-
-
 def _names(results) -> list[str | None]:
     return [r.speaker for r in results]
 

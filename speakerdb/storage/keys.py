@@ -21,7 +21,7 @@ import secrets
 import threading
 from collections import OrderedDict
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidInputError, KeyExistsError, KeyNotFoundError
@@ -194,13 +194,7 @@ GALLERY_OPERATIONS = ("gallery-create", "gallery-remove")
 def audit_entries(session: Session, limit: int = 100, speaker: str | None = None) -> list[AuditEntry]:
     """The newest ``limit`` audit records of the session's gallery, oldest first (of one
     speaker, if given); never the records of galleries made and removed."""
-    _check_limit(limit)
-    stmt = (
-        select(store.AuditRecord)
-        .where(store.AuditRecord.operation.not_in(GALLERY_OPERATIONS))
-        .order_by(store.AuditRecord.id.desc())
-        .limit(limit)
-    )
+    stmt = _newest(store.AuditRecord.operation.not_in(GALLERY_OPERATIONS), limit)
     if speaker is not None:
         stmt = stmt.where(store.AuditRecord.speaker == store.normalize_name(speaker))
     return _entries(session, stmt)
@@ -208,14 +202,13 @@ def audit_entries(session: Session, limit: int = 100, speaker: str | None = None
 
 def gallery_audit_entries(session: Session, limit: int = 100) -> list[AuditEntry]:
     """The newest ``limit`` records of galleries made and removed, oldest first."""
+    return _entries(session, _newest(store.AuditRecord.operation.in_(GALLERY_OPERATIONS), limit))
+
+
+def _newest(which: ColumnElement[bool], limit: int) -> Select[store.AuditRecord]:
+    """The newest ``limit`` audit records that ``which`` selects, newest first."""
     _check_limit(limit)
-    stmt = (
-        select(store.AuditRecord)
-        .where(store.AuditRecord.operation.in_(GALLERY_OPERATIONS))
-        .order_by(store.AuditRecord.id.desc())
-        .limit(limit)
-    )
-    return _entries(session, stmt)
+    return select(store.AuditRecord).where(which).order_by(store.AuditRecord.id.desc()).limit(limit)
 
 
 def _check_limit(limit: object) -> None:
