@@ -407,6 +407,12 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
         session.enroll("unknown-9", "dave")
     with pytest.raises(SpeakerExistsError):
         session.enroll(dave, "bob")
+    # names a new speaker may not take, refused as enroll refuses them, nothing written
+    with pytest.raises(SpeakerExistsError, match="'BOB' would be a twin of existing 'bob'"):
+        session.enroll(dave, "BOB")
+    with pytest.raises(InvalidInputError, match="path step"):
+        session.enroll(dave, "..")
+    assert [s.name for s in fake_db.list()] == ["bob"]
     done = session.enroll(dave, "dave")
     assert done == EnrolledEvent(dave, "dave", session.seconds_fed)
     later = feed_all(session, encode(conversation([(DAVE, 4), (BOB, 3)], seed=20), "pcm_s16le"), 640)
