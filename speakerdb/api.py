@@ -164,28 +164,25 @@ class _Rollback(Exception):
 
 
 #: Whose changes the calls inside :meth:`SpeakerDB.audited_as` make: ``(API key name or None,)``;
-#: None outside such a block (the CLI, Python users), where only renames (as ``local:<user>``),
-#: key changes and governance records are written.
+#: None outside such a block (the CLI, Python users), whose changes are ``local:<user>``'s.
 _AUDITED_AS: ContextVar[tuple[str | None] | None] = ContextVar("speakerdb_audited_as", default=None)
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
 def _audited(
-    operation: str, describe: Callable[..., tuple[str | None, dict[str, Any] | None]], *, local: bool = False
+    operation: str, describe: Callable[..., tuple[str | None, dict[str, Any] | None]]
 ) -> Callable[[_Method], _Method]:
-    """Record the decorated change in the audit log, in the change's own transaction, when it is
-    made inside :meth:`SpeakerDB.audited_as`, or anywhere if ``local`` (outside, the actor is
-    :func:`keys.local_actor`). ``describe`` takes the method's arguments and returns the speaker
-    concerned (or None) and the details to keep (never audio or vectors)."""
+    """Record the decorated change in the audit log, in the change's own transaction (a change
+    that fails, or a dry run, records nothing), whoever makes it: inside
+    :meth:`SpeakerDB.audited_as` its key, elsewhere :func:`keys.local_actor`. ``describe`` takes
+    the method's arguments and returns the speaker concerned (or None) and the details to keep
+    (never audio or vectors)."""
 
     def decorate(method: _Method) -> _Method:
         @functools.wraps(method)
         def audited_method(self: SpeakerDB, *args: Any, **kwargs: Any) -> Any:
-            acting = _AUDITED_AS.get()
-            if acting is None and not local:
-                return method(self, *args, **kwargs)
             speaker, detail = describe(*args, **kwargs)
-            with store.audited(acting[0] if acting is not None else keys.local_actor(), operation, speaker, detail):
+            with store.audited(self._acting(), operation, speaker, detail):
                 return method(self, *args, **kwargs)
 
         return cast(_Method, audited_method)
@@ -339,7 +336,10 @@ class SpeakerDB:
         database's model's starting threshold and no normalisation. Recorded for
         :meth:`gallery_audit`, in no gallery's own audit record."""
         operation = keys.GALLERY_OPERATIONS[0]
-        with store.audited(None, operation, detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+        with (
+            store.audited(self._acting(), operation, detail={"gallery": name}),
+            self.store.write(every_gallery=True) as s,
+        ):
             gid = store.create_gallery(s, name)
             settings = store.get_settings(s)  # the default gallery's, and the database's model
             threshold = settings.get("threshold", stored.DEFAULT_THRESHOLD)
@@ -360,7 +360,10 @@ class SpeakerDB:
             )
         index_path = self._gallery_index(name) if name != store.DEFAULT_GALLERY else None
         operation = keys.GALLERY_OPERATIONS[1]
-        with store.audited(None, operation, detail={"gallery": name}), self.store.write(every_gallery=True) as s:
+        with (
+            store.audited(self._acting(), operation, detail={"gallery": name}),
+            self.store.write(every_gallery=True) as s,
+        ):
             row = store.remove_gallery(s, name)
         if index_path is not None:
             index_files.remove_files(index_path)
@@ -418,11 +421,12 @@ class SpeakerDB:
 
     @contextlib.contextmanager
     def audited_as(self, key_name: str | None) -> Iterator[None]:
-        """Record the changes made inside this block (enroll, rename, remove, set_threshold,
-        import_gallery) in the audit log, as made with API key ``key_name`` (None: by a caller
-        of a service that needs no key). Each record is written in its change's own
-        transaction: a change that fails records nothing. The HTTP service runs each change a
-        caller asks for in such a block; create_key and revoke_key take their ``actor`` directly."""
+        """Record the changes made inside this block (enroll, rename, remove, the threshold and
+        normalisation, import, governance) as made with API key ``key_name`` (None: by a caller
+        of a service that needs no key) rather than by ``local:<user>``, as they are recorded
+        outside it. Each record is written in its change's own transaction: a change that fails
+        records nothing. The HTTP service runs each change a caller asks for in such a block;
+        create_key and revoke_key take their ``actor`` directly."""
         token = _AUDITED_AS.set((key_name,))
         try:
             yield
@@ -472,6 +476,7 @@ class SpeakerDB:
             value = check_threshold(value, scale=stored.scale(store.get_settings(s)))
             stored.write_threshold(s, value)
 
+    @_audited("threshold", lambda value, scale=norm.COSINE: (None, {"threshold": value}))
     def apply_threshold(self, value: float | None, scale: str = norm.COSINE) -> None:
         """Store a threshold measured with this database's model on ``scale`` (binding the model
         if the database has none yet, refusing if it has another, or if the database's
@@ -770,8 +775,8 @@ class SpeakerDB:
         return acting[0] if acting is not None else keys.local_actor()
 
     def _audit(self, s: Session, operation: str, speaker: str | None, detail: dict[str, Any] | None) -> None:
-        """An audit record written in the caller's transaction, whoever calls (governance
-        records are kept for local commands too: an expiry, an opt-out, an override)."""
+        """An audit record written in the caller's transaction, by :meth:`_acting` (the records
+        that a change writes besides its own: an expiry's, an opt-out's, an override's)."""
         s.add(
             store.AuditRecord(
                 time=self.now(),
@@ -1068,9 +1073,8 @@ class SpeakerDB:
                 keys.audit_entries(s, MAX_AUDIT_SHOWN, sp.name),
             )
 
-    # Audited wherever it is made (the CLI, Python: as local:<user>): an opt-out follows a
-    # person's earlier names back through the rename records, and an unrecorded rename hid them.
-    @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}), local=True)
+    # An opt-out follows a person's earlier names back through the rename records.
+    @_audited("rename", lambda old, new: (store.normalize_name(old), {"new": new}))
     def rename(self, old: str, new: str) -> None:
         """Give speaker ``old`` the name ``new``, which must be free (SpeakerExistsError), not
         differ from another speaker's only in case or spacing (SpeakerExistsError, as
@@ -1515,8 +1519,9 @@ class SpeakerDB:
             return keys.has_any_keys(s) if include_revoked else keys.has_active_keys(s)
 
     def audit(self, limit: int = 100, speaker: str | None = None) -> builtins.list[AuditEntry]:
-        """The newest ``limit`` changes made in this gallery through the service or to keys,
-        oldest first; galleries made and removed are :meth:`gallery_audit`'s."""
+        """The newest ``limit`` changes made in this gallery, oldest first: through the service
+        under the caller's key, elsewhere under ``local:<user>``; galleries made and removed are
+        :meth:`gallery_audit`'s."""
         store.check_name_text(speaker)
         with self.store.read() as s:
             return keys.audit_entries(s, limit, speaker)

@@ -94,12 +94,15 @@ def test_consent_is_recorded_required_by_policy_and_travels_in_galleries(tmp_pat
         # made on this machine, not through the service: recorded as its operating-system user
         assert info.consent.recorded_at == clock.now and info.consent.recorded_by == api.local_actor()
         assert info.to_dict()["consent"]["recorded_at"] == clock.now.isoformat() + "Z"
-        assert [(a.operation, a.key_name) for a in db.audit()] == [("policy", api.local_actor())]
+        # the refused enrollments recorded nothing
+        me = api.local_actor()
+        trail = [(a.operation, a.speaker, a.key_name) for a in db.audit()]
+        assert trail == [("enroll", "bob", me), ("policy", None, me), ("enroll", "alice", me), ("enroll", "alice", me)]
         with db.audited_as("ops"):
             db.enroll("carol", [clips["carol"]], consent="signed form CF-119")
         with db.audited_as(None):  # a service that needs no key
             db.optout("carol")
-        assert [(a.operation, a.key_name) for a in db.audit()][1:] == [("enroll", "ops"), ("optout", None)]
+        assert [(a.operation, a.key_name) for a in db.audit()][4:] == [("enroll", "ops"), ("optout", None)]
         db.export(tmp_path / "g.gallery", ["alice"])
         db.export(tmp_path / "bob.gallery", ["bob"])
     with _db(tmp_path / "b.sqlite") as other:
@@ -352,7 +355,7 @@ def test_a_name_that_differs_from_a_speakers_only_in_case_or_spacing_is_refused(
         ):
             db.rename("bob", "dave")
         assert {s.name: s.n_utterances for s in db.list()} == {"Alice Smith": 1, "Dave": 1, "bob": 1}  # nothing written
-        assert db.audit() == []
+        assert [(a.operation, a.speaker) for a in db.audit()] == [("enroll", n) for n in ("Dave", "Alice Smith", "bob")]
         assert db.enroll("Dave", [clips["alice2"]]).n_utterances == 2  # the exact name: added to
         db.rename("Dave", "DAVE")  # a speaker may change the case of its own name
         db.rename("DAVE", "Dave")
@@ -484,7 +487,11 @@ def test_the_cli_refuses_a_twin_name_in_one_line_and_writes_nothing(tmp_path, cl
     assert error["error"]["code"] == "speaker_exists" and "'dave' (twin of 'Dave')" in error["error"]["message"]
     listed = json.loads(run("list", "--json").stdout)
     assert {s["name"]: s["n_utterances"] for s in listed} == {"Dave": 1, "bob": 1}
-    assert json.loads(run("audit", "--json").stdout) == []
+    # the two enrollments made, and nothing of the refused changes
+    assert [(a["operation"], a["speaker"]) for a in json.loads(run("audit", "--json").stdout)] == [
+        ("enroll", "Dave"),
+        ("enroll", "bob"),
+    ]
 
 
 def test_an_optout_follows_back_a_rename_made_on_the_command_line(tmp_path, clips, run):
@@ -514,7 +521,61 @@ def test_an_optout_follows_back_a_rename_made_on_the_command_line(tmp_path, clip
                 ]
                 assert not held, (table, row)
         operations = [r[0] for r in con.execute("SELECT operation FROM audit ORDER BY id")]
-    assert operations == ["enroll", "rename", "optout"]
+    assert operations == ["enroll", "enroll", "rename", "optout"]  # bob's enroll, local:<user>'s too
+
+
+def test_every_change_made_on_the_command_line_is_in_the_audit_and_an_optout_scrubs_it(tmp_path, clips, run):
+    """Only changes made through the service (and renames, governance records) were recorded:
+    who enrolled, removed or imported whom on the command line, or moved the threshold, left no
+    trace. Each is one record as local:<user>, with the service's operation and details; a
+    refused enrollment leaves none; an opt-out scrubs the person's name from these records too."""
+    me = api.local_actor()
+
+    def trail() -> list[tuple[str, str, str | None, Any]]:
+        return [
+            (a["key_name"], a["operation"], a["speaker"], a["detail"])
+            for a in json.loads(run("audit", "--json").stdout)
+        ]
+
+    def enrolled(n: int, new: bool = False) -> dict[str, Any]:
+        return {"files": n, "new": new, "consent": False, "override_optout": False}
+
+    run("enroll", "Alice Smith", clips["alice"], clips["alice2"])
+    run("enroll", "bob", clips["bob"])
+    before = trail()
+    assert run("enroll", "bob", clips["carol"], "--new", code=1).stderr  # refused: nothing recorded
+    assert trail() == before
+    folders = tmp_path / "folders"
+    for name, f0 in [("dora", 150.0), ("erin", 260.0)]:
+        (folders / name).mkdir(parents=True)
+        write(folders / name / "1.wav", voice(f0, 2.0, seed=3))
+    run("enroll", "--each-folder", folders)
+    run("threshold", "0.8")
+    with _db(tmp_path / "src.sqlite") as src:
+        src.enroll("carol", [clips["carol"]])
+        src.export(tmp_path / "carol.gallery")
+    run("import", tmp_path / "carol.gallery", "--dry-run")  # writes nothing: no record
+    run("import", tmp_path / "carol.gallery")
+    run("remove", "carol", "dora", "--yes")
+    gallery = str(tmp_path / "carol.gallery")
+    made = trail()
+    assert made == [
+        (me, "enroll", "Alice Smith", enrolled(2)),
+        (me, "enroll", "bob", enrolled(1)),
+        (me, "enroll", "dora", enrolled(1)),
+        (me, "enroll", "erin", enrolled(1)),
+        (me, "threshold", None, {"threshold": 0.8}),
+        (me, "import", None, {"file": gallery, "on_conflict": "fail"}),
+        (me, "remove", "carol", None),
+        (me, "remove", "dora", None),
+    ]
+    assert f"{me}  remove      carol" in run("audit").stdout
+    run("optout", "alice  smith", "--yes")
+    after = trail()
+    assert "Alice Smith" not in json.dumps(after)
+    _, _, marker, detail = after[0]
+    assert marker.startswith("opted-out:") and detail == enrolled(2)
+    assert after[1:-1] == made[1:] and after[-1][:3] == (me, "optout", None)  # the others' records kept
 
 
 def test_the_cli_sets_the_policy_enrolls_with_consent_shows_expires_and_opts_out(run, clips, monkeypatch):
@@ -741,7 +802,11 @@ def test_the_service_refuses_an_optout_naming_case_twins_and_a_new_twin_with_409
         assert {s.name: s.n_utterances for s in client.list()} == {"Dave": 1, "bob": 1, "dave": 1}
         assert client.enroll("Dave", [clips["carol"]]).n_utterances == 2  # the exact name of a twin
         client.rename("bob", "Robert")
+        me = api.local_actor()  # the three enrollments made before the service, then only what it did
         assert [(a["key_name"], a["operation"], a["speaker"]) for a in srv.call("GET", "/v1/audit")[2]] == [
+            (me, "enroll", "dave"),
+            (me, "enroll", "Dave"),
+            (me, "enroll", "bob"),
             (None, "enroll", "Dave"),
             (None, "rename", "bob"),
         ]
@@ -762,7 +827,8 @@ def test_a_speaker_may_not_be_named_a_path_step(tmp_path, clips, run):
                 db.enroll(name, [clips["alice"]])
             with pytest.raises(InvalidInputError, match="path step"):
                 db.rename("bob", name)
-        assert [s.name for s in db.list()] == ["bob"] and db.audit() == []
+        assert [s.name for s in db.list()] == ["bob"]
+        assert [(a.operation, a.speaker) for a in db.audit()] == [("enroll", "bob")]  # nothing of the refusals
         with pytest.MonkeyPatch.context() as mp:  # what a database made before this may hold
             mp.setattr(api.store, "check_new_name", lambda name: None)
             db.enroll("..", [clips["alice"]])
@@ -1012,4 +1078,16 @@ def test_the_folded_name_goes_with_the_speaker_on_postgres(pg_admin, pg_url, cli
         assert _data_files_holding(pg_admin, pg_url, [b"zelda quist"])  # positive control
         db.remove("Zelda  QUIST")
         db.vacuum()
-    assert _data_files_holding(pg_admin, pg_url, [b"zelda quist", b"Zelda  QUIST"]) == []
+        # The audit keeps who was enrolled and removed (only an opt-out scrubs it): no other file does.
+        assert [(a.operation, a.speaker) for a in db.audit()][-1] == ("remove", "Zelda  QUIST")
+    with psycopg.connect(pg_url) as conn:
+        audit_files = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT pg_relation_filenode(oid) FROM pg_class WHERE oid = 'audit'::regclass "
+                "OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid = 'audit'::regclass) "
+                "OR oid = (SELECT reltoastrelid FROM pg_class WHERE oid = 'audit'::regclass)"
+            )
+        }
+    assert _data_files_holding(pg_admin, pg_url, [b"zelda quist"]) == []
+    assert set(_data_files_holding(pg_admin, pg_url, [b"Zelda  QUIST"])) <= audit_files

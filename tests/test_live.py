@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import SR, EnergyDetector, FakeEmbedder, KeepingEmbedder, voice, write
-from speakerdb import SpeakerDB, live, timeline
+from speakerdb import SpeakerDB, api, live, timeline
 from speakerdb.audio import microphone, pcm, vad
 from speakerdb.cli import cli
 from speakerdb.errors import AudioError, InvalidInputError, SpeakerExistsError
@@ -413,8 +413,13 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
     with pytest.raises(InvalidInputError, match="path step"):
         session.enroll(dave, "..")
     assert [s.name for s in fake_db.list()] == ["bob"]
+    assert [(a.operation, a.speaker) for a in fake_db.audit()] == [("enroll", "bob")]  # the refusals: no record
     done = session.enroll(dave, "dave")
     assert done == EnrolledEvent(dave, "dave", session.seconds_fed)
+    # recorded as the service records a live enrollment, by this machine's user
+    [*_, record] = fake_db.audit()
+    assert (record.key_name, record.operation, record.speaker) == (api.local_actor(), "enroll", "dave")
+    assert record.detail is not None and set(record.detail) == {"live_windows", "new"} and record.detail["new"]
     later = feed_all(session, encode(conversation([(DAVE, 4), (BOB, 3)], seed=20), "pcm_s16le"), 640)
     t = session.close()
     assert [e.label for e in later if isinstance(e, VoiceEvent) and e.final] == ["dave", "bob"]
@@ -425,6 +430,7 @@ def test_enroll_from_a_session_then_named_in_the_session_and_by_identify(tmp_pat
     assert info.n_utterances == 1
     [found] = fake_db.identify([write(tmp_path / "dave.wav", voice(DAVE, 3, seed=77))], count_voices=False)
     assert found.speaker == "dave"
+    assert len(fake_db.audit()) == 2  # naming people (last_seen included) is no audit record
 
 
 def test_a_speaker_who_opts_out_during_a_session_is_named_no_more(tmp_path, fake_db, energy_vad, monkeypatch):

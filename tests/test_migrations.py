@@ -103,7 +103,8 @@ def test_upgrade_keeps_every_speaker_utterance_and_embedding_and_downgrade_too(o
 
     with SpeakerDB(old_db, embedder=_Projection()) as db:  # keys and audit work on the upgraded file
         key = db.create_key("ops", "admin").key
-        assert db.authenticate(key).name == "ops" and [e.operation for e in db.audit()] == ["key-create"]
+        assert db.authenticate(key).name == "ops"
+        assert [(e.operation, e.speaker) for e in db.audit()] == [("remove", "bob"), ("key-create", None)]
     after_remove = _rows(old_db)
     assert api.downgrade_database(old_db, "0002") == "0002"  # 0003 goes back cleanly
     assert _rows(old_db) == after_remove

@@ -1,8 +1,8 @@
 """The service records who changed what through the facade (``SpeakerDB.audited_as``), not past it.
 
 The facade knows each change's operation and details; the service only says whose request it
-runs. Outside ``audited_as`` (the CLI, Python users) speaker changes are not recorded, as before,
-except renames (as ``local:<user>``): an opt-out follows a person's names back through them.
+runs. Outside ``audited_as`` (the CLI, Python users) the same changes are recorded as
+``local:<user>``'s, with the same operations and details.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from speakerdb import api
 from speakerdb.errors import SpeakerExistsError
 
 SERVICE = Path(__file__).resolve().parent.parent / "speakerdb" / "service"
@@ -41,18 +42,41 @@ def test_changes_made_for_a_caller_are_recorded_by_the_facade(fake_db, voices, t
     ]
 
 
-def test_a_change_that_fails_or_is_made_outside_audited_as_records_nothing_but_a_rename(fake_db, voices):
-    """A rename made outside the service wrote no record, so an opt-out could not follow the
-    person's earlier names back through it: it is recorded as local:<user>, and only it."""
-    fake_db.enroll("bob", [str(voices["bob"][0])])  # the CLI's way: no record, as before
+def test_a_change_made_outside_audited_as_is_local_and_one_that_fails_records_nothing(fake_db, voices, tmp_path):
+    """Only the service's changes were recorded (and renames): who enrolled or removed whom on the
+    command line or in Python was not. They are recorded as local:<user>, as the service records
+    them; a refused change, or a dry run, still records nothing, wherever it is made."""
+    me = api.local_actor()
+    assert me.startswith("local:")
+    fake_db.enroll("bob", [str(voices["bob"][0])])
     with fake_db.audited_as("ops"), pytest.raises(SpeakerExistsError):
+        fake_db.enroll("bob", [str(voices["bob"][1])], new=True)
+    with pytest.raises(SpeakerExistsError):
         fake_db.enroll("bob", [str(voices["bob"][1])], new=True)
     fake_db.rename("bob", "robert")
     fake_db.enroll("carol", [str(voices["carol"][0])])
     with pytest.raises(SpeakerExistsError):  # a rename that fails records nothing either
         fake_db.rename("robert", "carol")
-    [(actor, *record)] = _trail(fake_db)
-    assert record == ["rename", "bob", {"new": "robert"}] and actor.startswith("local:")
+    fake_db.set_threshold(0.8)
+    fake_db.apply_threshold(0.7)  # calibrate --apply
+    gallery = tmp_path / "g.gallery"
+    fake_db.export(gallery, ["carol"])
+    fake_db.remove("carol")
+    fake_db.import_gallery(gallery, dry_run=True)
+    fake_db.import_gallery(gallery)
+    fake_db.identify([str(voices["carol"][1])])  # reads: nothing recorded
+    fake_db.verify("carol", str(voices["carol"][1]))
+    fake_db.list()
+    fake_db.show("carol")
+    assert _trail(fake_db) == [
+        (me, "enroll", "bob", {"files": 1, "new": False, "consent": False, "override_optout": False}),
+        (me, "rename", "bob", {"new": "robert"}),
+        (me, "enroll", "carol", {"files": 1, "new": False, "consent": False, "override_optout": False}),
+        (me, "threshold", None, {"threshold": 0.8}),
+        (me, "threshold", None, {"threshold": 0.7}),
+        (me, "remove", "carol", None),
+        (me, "import", None, {"file": str(gallery), "on_conflict": "fail"}),
+    ]
 
 
 def test_the_service_calls_no_audit_function_past_the_facade():

@@ -105,9 +105,11 @@ def test_normalisation_keys_and_audit_are_each_gallerys_own(target, clips, tmp_p
             assert [k.scope for k in a.list_keys()] == ["admin"] and [k.scope for k in b.list_keys()] == ["read"]
             with b.audited_as("ops"):
                 b.rename("bob", "robert")
-            assert [e.operation for e in b.audit()] == ["key-create", "rename"]
-            assert [e.operation for e in a.audit()] == ["key-create"]  # acme's making is no record of default's
+            assert [e.operation for e in b.audit()] == ["enroll", "norm", "key-create", "rename"]
+            # acme's making is no record of default's, nor are acme's changes
+            assert [e.operation for e in a.audit()] == ["enroll", "key-create"]
             b.set_norm_off()
+            assert [e.operation for e in b.audit()][-1] == "norm" and len(a.audit()) == 2
             assert b.cohort_vectors() is None
 
 
@@ -163,6 +165,7 @@ def test_galleries_made_and_removed_are_in_no_gallerys_audit_but_the_administrat
             ("gallery-create", {"gallery": "beta"}),
             ("gallery-remove", {"gallery": "beta"}),
         ]
+        assert {e.key_name for e in a.gallery_audit()} == {api.local_actor()}  # made here, not by a key
         with a.for_gallery("acme") as b:
             assert [(e.operation, e.detail) for e in b.gallery_audit(limit=1)] == [lifecycle[-1]]
     from speakerdb.cli import cli

@@ -376,9 +376,10 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def audit(state: State, limit: int, speaker: str | None, as_json: bool) -> None:
-    """Show the gallery's audit record: changes made through the service and to keys, and renames
-    made anywhere (who, what, when; `local:<user>` for a command or Python program on this
-    machine). Galleries made and removed: `speakerdb galleries audit`.
+    """Show the gallery's audit record: every change (enroll, rename, remove, threshold, norm,
+    import, policy, expire, optout, keys), who made it and when: an API key through the
+    service, `local:<user>` for a command or Python program on this machine. Galleries made
+    and removed: `speakerdb galleries audit`.
 
     \b
     Examples:

@@ -976,7 +976,8 @@ def audited(
 ) -> Iterator[None]:
     """Record the change made inside this block in ``audit``, in the change's own transaction.
 
-    Used by the HTTP service and the key commands; a block whose operation fails writes nothing.
+    The record joins the first write transaction begun inside the block (the change's); a
+    block whose operation fails writes nothing.
     """
     token = _AUDIT.set(
         {
