@@ -7,12 +7,16 @@ runs. Outside ``audited_as`` (the CLI, Python users) the same changes are record
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from speakerdb import api
-from speakerdb.errors import SpeakerExistsError
+from conftest import FakeEmbedder
+from speakerdb import SpeakerDB, api
+from speakerdb.errors import EnrollmentRefusedError, SpeakerExistsError
+from speakerdb.storage import index as index_files
+from speakerdb.storage import indexkeeper
 
 SERVICE = Path(__file__).resolve().parent.parent / "speakerdb" / "service"
 
@@ -83,3 +87,26 @@ def test_the_service_calls_no_audit_function_past_the_facade():
     for path in sorted(SERVICE.glob("*.py")):
         text = path.read_text()
         assert "store.audited" not in text and "normalize_name" not in text, path.name
+
+
+@pytest.mark.parametrize("key", ["ops", None], ids=["service", "local"])
+def test_a_change_refused_after_the_index_was_rebuilt_and_saved_records_nothing(tmp_path, voices, monkeypatch, key):
+    """Saving a rebuilt index prunes old change records in a write of its own, and the pending
+    audit record joined that write: an enrollment refused after its voice check had rebuilt the
+    index (`--strict`, a voice that matches another speaker) was recorded all the same."""
+    path = tmp_path / "big.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.enroll("alice", [str(voices["alice"][0])])
+        db.enroll("bob", [str(voices["bob"][0])])
+        index_path = db.index_path
+    index_files.remove_files(index_path)
+    monkeypatch.setattr(api, "VOICE_CHECK_WITHOUT_INDEX_UP_TO", 0)  # the index, as past 2,000 speakers
+    monkeypatch.setattr(indexkeeper, "KEEP_CHANGES", 0)  # as past 10,000 changes: the save prunes
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db, db.audited_as(key) if key else contextlib.nullcontext():
+        before = _trail(db)
+        with pytest.raises(EnrollmentRefusedError, match="matches alice"):
+            db.enroll("alicia", [str(voices["alice"][1])], strict=True)
+        assert index_files.file_identity(index_path) is not None  # rebuilt and saved: the case at hand
+        assert _trail(db) == before
+        db.enroll("alicia", [str(voices["alice"][1])], new=True)
+        assert [t[1:3] for t in _trail(db)] == [t[1:3] for t in before] + [("enroll", "alicia")]

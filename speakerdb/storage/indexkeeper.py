@@ -338,7 +338,8 @@ class IndexKeeper:
             return
         floor = min(index.generation, now - KEEP_CHANGES)
         if floor > 0:
-            with self.store.write() as s:
+            # A save inside a change (enroll's voice check) must not commit the change's audit record.
+            with store.unaudited(), self.store.write() as s:
                 store.prune_changes(s, floor)
 
     def drop_files(self) -> list[str]:

@@ -994,6 +994,17 @@ def audited(
         _AUDIT.reset(token)
 
 
+@contextmanager
+def unaudited() -> Iterator[None]:
+    """A block whose writes take no pending audit record: housekeeping that runs inside a change
+    (the prune after an index save) is not the change, and may commit while the change fails."""
+    token = _AUDIT.set(None)
+    try:
+        yield
+    finally:
+        _AUDIT.reset(token)
+
+
 def _add_audit_record(session: Session) -> None:
     pending = _AUDIT.get()
     if pending is None or pending["done"]:
