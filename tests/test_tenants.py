@@ -442,6 +442,29 @@ def test_a_copy_of_a_database_keeps_its_galleries(tmp_path, clips):
         b.create_gallery("new")  # ids continue after the copied ones
 
 
+def test_a_copy_keeps_every_gallerys_generation_from_going_back(target, clips, tmp_path):
+    """A client keeps what it read while its gallery's generation is unchanged (info). A copy
+    started the default gallery's count again from its speakers (the other galleries' rows,
+    copied, went on from theirs): a client of the default gallery could then read a number it
+    had seen before the copy, over other speakers, and keep a stale list."""
+    source = tmp_path / "source.sqlite"
+    with SpeakerDB(source, embedder=FakeEmbedder()) as db:
+        db.create_gallery("acme")
+        db.enroll("alice", clips["alice"][:1])
+        db.enroll("alice", clips["alice"][1:2])
+        db.enroll("bob", clips["bob"][:1])
+        db.remove("alice")  # one speaker left, after four changes
+        with db.for_gallery("acme") as acme:
+            acme.enroll("carol", clips["carol"][:1])
+            before = {"default": db.info().generation, "acme": acme.info().generation}
+    api.copy_database(source, target)
+    with SpeakerDB(target, embedder=FakeEmbedder()) as db, db.for_gallery("acme") as acme:
+        after = {"default": db.info().generation, "acme": acme.info().generation}
+        assert all(after[g] >= before[g] for g in before), (before, after)
+        db.enroll("dora", clips["alice"][2:3])
+        assert db.info().generation == after["default"] + 1 and acme.info().generation == after["acme"]
+
+
 def test_identify_requests_are_batched_with_their_own_gallerys_only():
     """The service answers identify requests waiting together in one call: of one gallery only."""
     from speakerdb.service.lanes import GALLERY, IdentifyBatches

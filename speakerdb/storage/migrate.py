@@ -106,5 +106,8 @@ def copy(
         for key, value in settings.items():
             if key not in store.OWN_SETTINGS:
                 store.set_setting(ws, key, value)
+        # The other galleries' rows came with their counts; the default's is the destination's
+        # own row: it goes on from the source's too, so no client sees its number go back.
+        store.add_gallery_generation(ws, store.DEFAULT_GALLERY_ID, store.gallery_generation(rs))
         store.reset_sequences(ws)
     return rows

@@ -1358,6 +1358,15 @@ def gallery_generation(session: Session) -> int:
     return int(value or 0)
 
 
+def add_gallery_generation(session: Session, gallery_id: int, changes: int) -> None:
+    """Count ``changes`` more for gallery ``gallery_id`` (a copy carries on the source's count)."""
+    from sqlalchemy import update  # deferred: sqlalchemy is heavy to import
+
+    session.execute(
+        update(Gallery).where(Gallery.id == gallery_id).values(generation=Gallery.generation + int(changes))
+    )
+
+
 def change_nonce(session: Session, at: int) -> int | None:
     """The nonce of the change record at generation ``at`` (None: no such record)."""
     return session.scalar(select(SpeakerChange.nonce).where(SpeakerChange.generation == at))
