@@ -218,3 +218,34 @@ def test_one_key_holds_at_most_max_streams_per_key(tmp_path, tiny_checkpoint):
     finally:
         srv.stop()
     assert "Traceback" not in srv.log.read_text()
+
+
+def test_a_key_sent_after_a_keyless_stream_began_takes_its_keys_place(tmp_path, tiny_checkpoint):
+    """A browser's key as the first message, on a stream let in without one (the database had no
+    key yet): its place was counted as keyless, and the key then held more streams than
+    --max-streams-per-key on that worker."""
+    db_path = tmp_path / "later.sqlite"
+    SpeakerDB(db_path, model=str(tiny_checkpoint)).close()
+    srv = Server(db_path, tiny_checkpoint, tmp_path / "later.log", "--max-streams-per-key", "1", "--stream-idle-s", "5")
+    srv.ws = srv.url.replace("http://", "ws://") + "/v1/stream"
+    srv.start()
+    try:
+        streams = [connect(srv.ws, open_timeout=60) for _ in range(2)]  # no key: none exists yet
+        try:
+            _wait_metric(srv, "speakerdb_streams_open", 2)
+            with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:  # a key made meanwhile
+                key = db.create_key("late", "read").key
+            for ws in streams:
+                ws.send(json.dumps({"type": "auth", "key": key}))
+            first, first_code = _ended(streams[0])
+            second, second_code = _rest(streams[1])
+        finally:
+            for ws in streams:
+                ws.close()
+        assert first_code == 1000 and first[-1]["type"] == "timeline", first
+        assert second_code == 1013 and [d["code"] for d in second] == ["busy"], second
+        assert "'late'" in second[0]["message"] and "per key" in second[0]["message"], second
+        _wait_metric(srv, "speakerdb_streams_open", 0)
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log.read_text()

@@ -149,19 +149,25 @@ class Connection:
     def _take_place(self) -> None:
         """Count this stream among the worker's and its key's, or Closing 1013 when either is full."""
         service, config = self.service, self.config
-        assert self.caller is not None
-        key = (self.gallery, self.caller.key_name) if self.caller.key_name is not None else None
         if service.streams_open >= config.max_streams:
             held = f"this worker already holds {service.streams_open} live streams (at most {config.max_streams})"
             self._refuse(f"{held}: try again later")
-        if key is not None and service.streams_by_key[key] >= config.max_streams_per_key:
-            held = f"key {key[1]!r} already holds {service.streams_by_key[key]} live streams on this worker"
-            self._refuse(f"{held} (at most {config.max_streams_per_key} per key): end one, or try again later")
+        self._take_key_place()
         service.streams_open += 1  # no await since the checks: no other connection got in between
         self.counted = True
-        if key is not None:
-            service.streams_by_key[key] += 1
-            self.key_place = key
+
+    def _take_key_place(self) -> None:
+        """Count this stream among its key's, once its caller has one (Closing 1013 when full)."""
+        service, config = self.service, self.config
+        assert self.caller is not None
+        if self.caller.key_name is None or self.key_place is not None:
+            return
+        key = (self.gallery, self.caller.key_name)
+        if service.streams_by_key[key] >= config.max_streams_per_key:
+            held = f"key {key[1]!r} already holds {service.streams_by_key[key]} live streams on this worker"
+            self._refuse(f"{held} (at most {config.max_streams_per_key} per key): end one, or try again later")
+        service.streams_by_key[key] += 1
+        self.key_place = key
 
     def _refuse(self, message: str) -> NoReturn:
         self.service.metrics.streams_refused += 1
@@ -364,6 +370,8 @@ class Connection:
             if not isinstance(message["key"], str) or not message["key"].strip():
                 raise Closing(POLICY, "unauthorized", '"key" must be the API key, a non-empty string')
             self.caller = await self._caller(f"Bearer {message['key'].strip()}")
+            # Let in without a key (the database had none yet), its place was counted as keyless.
+            self._take_key_place()
             return False
         self.auth_allowed = False
         if kind == "auth":
