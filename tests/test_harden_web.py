@@ -249,3 +249,15 @@ def test_a_key_sent_after_a_keyless_stream_began_takes_its_keys_place(tmp_path, 
     finally:
         srv.stop()
     assert "Traceback" not in srv.log.read_text()
+
+
+def test_the_machines_own_names_are_loopback_fully_qualified_too():
+    """A browser opening http://localhost.:8000/ (the fully qualified name, which no DNS server
+    can point elsewhere for a browser either) sends it as it was typed: it was refused."""
+    from speakerdb.service.auth import keyless_refusal, loopback_name
+
+    for host in ("localhost.", "localhost.:8000", "LocalHost.:8000", "app.localhost.:8000", "127.0.0.1.:8000"):
+        assert loopback_name(host), host
+        assert keyless_refusal(host, f"http://{host.lower()}") is None, host
+    for host in ("localhost..", "evil.example.", "localhost.evil.example.:8000", ".:8000", ""):
+        assert not loopback_name(host), host

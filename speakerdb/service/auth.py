@@ -138,12 +138,13 @@ def not_this_gallery(gallery: str) -> ApiError:
 def loopback_name(host: str) -> bool:
     """Whether a Host header (``name[:port]``, ``[v6]:port``) names this machine's loopback:
     ``localhost``, a name under ``.localhost`` (browsers map those to loopback themselves, never
-    through DNS) or a loopback address."""
+    through DNS), either with the trailing dot of a fully qualified name, or a loopback address."""
     name = host.strip().lower()
     if name.startswith("["):
         name = name[1:].partition("]")[0]
     elif name.count(":") == 1:
         name = name.partition(":")[0]
+    name = name.removesuffix(".")  # a fully qualified name (http://localhost.:8000/): the same name
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
