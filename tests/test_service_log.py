@@ -135,6 +135,12 @@ def test_serves_formatter_writes_any_loggers_traceback_without_messages():
         )
     text = serve.MessageFreeFormatter("%(message)s").format(record)
     assert NAME not in text and "KeyError" in text and "_fails_naming_someone" in text, text
+    # Another handler (a program's own, pytest's) formatting the record first caches its text,
+    # messages and all, in the record: that cache is not reused.
+    assert NAME in logging.Formatter("%(message)s").format(record)
+    text = serve.MessageFreeFormatter("%(message)s").format(record)
+    assert NAME not in text and "_fails_naming_someone" in text, text
+    assert NAME in record.exc_text  # the other handler's cache is left as it was
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="exception groups are Python 3.11's")

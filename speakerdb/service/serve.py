@@ -62,6 +62,15 @@ class MessageFreeFormatter(uvicorn.logging.DefaultFormatter):
     def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's name
         return describe(ei[1]) if isinstance(ei[1], BaseException) else ""
 
+    def format(self, record: logging.LogRecord) -> str:
+        # logging reuses a record's exc_text once any handler has formatted it: another
+        # handler's (a program's own, with messages) would be written as it is.
+        cached, record.exc_text = record.exc_text, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_text = cached
+
 
 def log_config(log_level: str) -> dict[str, Any]:
     """uvicorn's logging configuration (each worker process applies it), plus the service's:
