@@ -259,5 +259,6 @@ def test_the_machines_own_names_are_loopback_fully_qualified_too():
     for host in ("localhost.", "localhost.:8000", "LocalHost.:8000", "app.localhost.:8000", "127.0.0.1.:8000"):
         assert loopback_name(host), host
         assert keyless_refusal(host, f"http://{host.lower()}") is None, host
-    for host in ("localhost..", "evil.example.", "localhost.evil.example.:8000", ".:8000", ""):
+    assert loopback_name("[::1]:8000") and loopback_name("[::1]")
+    for host in ("localhost..", "evil.example.", "localhost.evil.example.:8000", ".:8000", "", "[::1]evil", "[::1]:x"):
         assert not loopback_name(host), host

@@ -141,7 +141,9 @@ def loopback_name(host: str) -> bool:
     through DNS), either with the trailing dot of a fully qualified name, or a loopback address."""
     name = host.strip().lower()
     if name.startswith("["):
-        name = name[1:].partition("]")[0]
+        name, _, after = name[1:].partition("]")
+        if after and not (after[0] == ":" and after[1:].isdigit()):
+            return False  # only a port may follow the address
     elif name.count(":") == 1:
         name = name.partition(":")[0]
     name = name.removesuffix(".")  # a fully qualified name (http://localhost.:8000/): the same name
