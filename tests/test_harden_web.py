@@ -111,6 +111,38 @@ def test_a_keyless_service_takes_no_request_from_another_sites_page(open_svc):
     assert status == 200 and doc[0]["file"] == "dora.wav", doc
 
 
+def test_a_service_without_keys_by_choice_serves_any_name_but_not_other_sites_pages(tmp_path, tiny_checkpoint):
+    """--insecure-no-auth lets every caller in, from any name it is reached by, but a page of
+    another site is no caller: its cross-site forms and WebSockets (ambient, blind) were served."""
+    clip = write(tmp_path / "dora.wav", voice(180.0, 1.5))
+    with SpeakerDB(tmp_path / "open.sqlite", model=str(tiny_checkpoint)) as db:
+        db.enroll("dora", [clip])
+    srv = Server(tmp_path / "open.sqlite", tiny_checkpoint, tmp_path / "open.log", "--insecure-no-auth").start()
+    try:
+        port, name = srv.port, f"speakers.example:{srv.port}"
+        status, _, doc = srv.call("GET", "/v1/speakers", headers={"Host": name})  # a program, by any name
+        assert status == 200 and [s["name"] for s in doc] == ["dora"], doc
+        status, _, doc = srv.call("GET", "/v1/speakers", headers={"Host": name, "Origin": f"http://{name}"})
+        assert status == 200, doc  # the service's own page
+        status, _, doc = srv.call(
+            "POST",
+            "/v1/speakers/eve/enrollments",
+            files=[("files", "eve.wav", clip.read_bytes())],
+            headers={"Host": name, "Origin": "https://evil.example"},
+        )
+        assert status == 403 and doc["error"]["code"] == "forbidden", doc
+        with _ws_as(srv, f"127.0.0.1:{port}", "https://evil.example") as ws:
+            docs, code = _rest(ws)
+        assert code == 1008 and [d["code"] for d in docs] == ["forbidden"], docs
+        with _ws_as(srv, name, f"http://{name}") as ws:
+            ws.send(json.dumps({"type": "end"}))
+            docs, code = _rest(ws)
+        assert code == 1000 and docs[-1]["type"] == "timeline", docs
+        assert _names(srv) == ["dora"]
+    finally:
+        srv.stop()
+
+
 # ---- live streams ----------------------------------------------------------------------------------
 MAX_STREAMS = 3
 

@@ -155,16 +155,17 @@ def loopback_name(host: str) -> bool:
         return False
 
 
-def keyless_refusal(host: str | None, origin: str | None) -> str | None:
+def keyless_refusal(host: str | None, origin: str | None, *, any_name: bool = False) -> str | None:
     """Why a request to a service that needs no key is refused, or None when it is not.
 
     Such a service listens on loopback only, yet any web page its user opens can reach it: by
     pointing a name of its own at 127.0.0.1 (DNS rebinding: the page is then same-origin and
     reads every answer; the Host header carries that name), or by sending a form or a WebSocket
     across origins (the Origin header names the page's). Programs send no Origin and a Host that
-    is the address they dialled.
+    is the address they dialled. ``any_name`` (``--insecure-no-auth``, which may serve any
+    name): only the Origin is checked.
     """
-    if host is not None and not loopback_name(host):
+    if not any_name and host is not None and not loopback_name(host):
         return (
             "this service runs without keys and answers requests to this machine's loopback names only "
             f"(localhost, 127.0.0.1, [::1]), not to {host[:80]!r}: create a key to serve other names"

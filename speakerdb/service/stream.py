@@ -258,10 +258,12 @@ class Connection:
         connect: browsers let any page open a WebSocket to any address (no CORS), and a loopback
         service that never had a key would otherwise listen and enroll for whatever site its user
         happens to visit, whether across origins or through a name of the site's own pointed at
-        this machine (auth.keyless_refusal)."""
-        if self.service.keys.insecure_no_auth:
-            return  # every caller was let in
-        refusal = keyless_refusal(self.ws.headers.get("host"), self.ws.headers.get("origin"))
+        this machine (auth.keyless_refusal). With --insecure-no-auth, any name, but still only
+        the service's own pages."""
+        keys = self.service.keys
+        refusal = keyless_refusal(
+            self.ws.headers.get("host"), self.ws.headers.get("origin"), any_name=keys.insecure_no_auth
+        )
         if refusal is not None:
             raise Closing(POLICY, "forbidden", refusal)
 
