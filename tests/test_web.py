@@ -200,6 +200,26 @@ def test_the_page_and_its_files_are_sent_with_a_strict_policy(server):
     assert server.call("GET", "/v1/whoami")[0] == 401
 
 
+def test_the_api_docs_are_served_from_this_service_and_run_under_its_policy(tab, server):
+    """/docs loaded Swagger UI from a CDN into this origin, where the page's tab keeps its key,
+    under no policy, and showed nothing on a machine without internet. Every file now comes
+    from the service, its one inline script is allowed by hash, and the reference renders."""
+    with urllib.request.urlopen(server.url + "/docs") as r:
+        html, csp = r.read().decode(), r.headers["Content-Security-Policy"]
+    assert not re.search(r"(src|href)=[\"'](https?:)?//", html), html  # nothing from another origin
+    assert "script-src 'self' 'sha256-" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+    for name, kind in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        with urllib.request.urlopen(f"{server.url}/docs/assets/{name}") as r:
+            assert r.headers["Content-Type"].startswith(kind) and r.headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/docs/assets/index.html", "/docs/assets/..%2f__init__.py", "/redoc"):
+        assert server.call("GET", path)[0] == 404, path
+    page = tab.page
+    page.goto(f"{server.url}/docs")
+    expect(page.locator(".swagger-ui .opblock-summary-path").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("/v1/speakers/{name}/enrollments").first).to_be_visible()
+    assert all(r.url.startswith(server.url) for r in tab.requests), [r.url for r in tab.requests]
+
+
 # ---- sign-in ----------------------------------------------------------------------------------
 def test_sign_in_a_wrong_key_a_read_key_and_sign_out(tab, server):
     page = tab.open().page

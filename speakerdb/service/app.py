@@ -41,6 +41,7 @@ from ..results import SpeakerInfo
 from ..storage import store
 from ..storage.keys import SCOPES
 from ..timeline import Params
+from .apidocs import install as install_docs
 from .auth import Caller, require
 from .connections import Guard, TimedHTTPProtocol, path_template, route_words
 from .responses import ApiError, error_response, from_library, ok
@@ -132,6 +133,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         title="speakerdb",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # apidocs.install serves /docs without a CDN; no /redoc
+        redoc_url=None,
         description="Speaker enrollment, identification and verification. Answers are the JSON that the "
         "`speakerdb` CLI prints with `--json`. Send `Authorization: Bearer KEY` (`speakerdb keys create`). "
         'Errors are `{"error": {"code", "message"}}`. Every `/v1/...` route is also answered as '
@@ -146,6 +149,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     _install_handlers(app)
     install_page(app)  # the web page at / (docs/web.md)
+    install_docs(app)  # /docs, Swagger UI from this service
     # Every /v1 route, mounted twice (below): as the default gallery's, and under
     # /v1/galleries/{gallery} as any gallery's (auth.require takes the gallery from the path).
     router = APIRouter()
