@@ -20,7 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 
 from .responses import ApiError
-from .web import MEDIA_TYPES
+from .web import MEDIA_TYPES, PAGE_HEADERS
 
 DOCS = "/docs"
 ASSETS = f"{DOCS}/assets"
@@ -62,13 +62,7 @@ def install(app: FastAPI) -> None:
             swagger_favicon_url=f"{ASSETS}/favicon.png",
         ).body
     )
-    headers = {
-        "Content-Security-Policy": policy(html),
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "X-Frame-Options": "DENY",
-        "Cache-Control": "no-cache",
-    }
+    headers = {"Content-Security-Policy": policy(html), **PAGE_HEADERS}
     root = swagger_ui_dir()
 
     @app.get(DOCS, include_in_schema=False)

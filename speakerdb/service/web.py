@@ -45,16 +45,19 @@ def content_security_policy(host: str | None) -> str:
     )
 
 
+#: Sent with every file of the page (and of the API docs) besides its Content-Security-Policy.
+PAGE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # The page is small and changes with the package: always revalidated, never stale.
+    "Cache-Control": "no-cache",
+}
+
+
 def security_headers(request: Request) -> dict[str, str]:
     """Headers sent with the page and every static file."""
-    return {
-        "Content-Security-Policy": content_security_policy(request.headers.get("host")),
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-        "X-Frame-Options": "DENY",
-        # The page is small and changes with the package: always revalidated, never stale.
-        "Cache-Control": "no-cache",
-    }
+    return {"Content-Security-Policy": content_security_policy(request.headers.get("host")), **PAGE_HEADERS}
 
 
 def _files() -> dict[str, Path]:
