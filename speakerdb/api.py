@@ -732,9 +732,10 @@ class SpeakerDB:
     def _check_twin(s: Session, name: str, speaker: store.Speaker | None) -> None:
         """Refuse to create ``name`` beside a speaker whose name differs from it only in case or
         spacing (adding to the speaker of the exact name is not creating one), or as ``.`` or ``..``."""
-        if speaker is None:
-            store.check_new_name(name)
-        twin = governance.twin_of(s, name) if speaker is None else None
+        if speaker is not None:
+            return
+        store.check_new_name(name)
+        twin = governance.twin_of(s, name)
         if twin is not None:
             raise SpeakerExistsError(
                 f"{governance.twin_message(name, twin)}; use {twin!r}, or a name that tells another person "

@@ -15,7 +15,7 @@ import importlib.resources
 import re
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
 
@@ -70,7 +70,7 @@ def install(app: FastAPI) -> None:
         return Response(html, media_type=MEDIA_TYPES[".html"], headers=headers)
 
     @app.get(ASSETS + "/{name}", include_in_schema=False)
-    def asset(request: Request, name: str) -> Response:
+    def asset(name: str) -> Response:
         if name not in FILES:
             raise ApiError(404, "not_found", f"no file {name!r} in the API docs")
         path = root / name

@@ -58,10 +58,13 @@ class KeyCheck:
         self._lane = lane
         self._not_ready = not_ready
 
-    def needs_no_key(self) -> bool:
-        """Whether requests need no key because the service is loopback-only and its database never
-        had one (not --insecure-no-auth): then :func:`keyless_refusal` applies to every request."""
-        return not self.required and not self.insecure_no_auth
+    def page_refusal(self, host: str | None, origin: str | None) -> str | None:
+        """Why a request (or a WebSocket) with these Host and Origin headers is refused while no
+        key is needed (:func:`keyless_refusal`; any name with --insecure-no-auth), or None. With
+        keys nothing is ambient: neither header matters."""
+        if self.required:
+            return None
+        return keyless_refusal(host, origin, any_name=self.insecure_no_auth)
 
     def keys_exist(self, db: SpeakerDB) -> bool:
         """Whether requests need a key from now on (see ``required``); never turns back off."""

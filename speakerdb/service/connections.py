@@ -32,7 +32,6 @@ from .auth import (
     CHECKED_KEY,
     GALLERY_PREFIX,
     gallery_of_path,
-    keyless_refusal,
     not_this_gallery,
     route_path,
 )
@@ -121,13 +120,10 @@ class Guard:
                 await reply(400, "invalid_input", "the URL is not valid UTF-8 once %-decoded")
                 return
             service = getattr(scope["app"].state, "service", None) if "app" in scope else None
-            if service is not None and (service.keys.needs_no_key() or service.keys.insecure_no_auth):
-                refusal = keyless_refusal(
-                    headers.get("host"), headers.get("origin"), any_name=service.keys.insecure_no_auth
-                )
-                if refusal is not None:  # another site's page, by its own name or by a form
-                    await reply(403, "forbidden", refusal)
-                    return
+            refusal = None if service is None else service.keys.page_refusal(headers.get("host"), headers.get("origin"))
+            if refusal is not None:  # another site's page, by its own name or by a form
+                await reply(403, "forbidden", refusal)
+                return
             if declared > limit:
                 await reply(413, "too_large", f"request body of {declared:,} bytes, at most {limit:,} are accepted")
                 return

@@ -38,7 +38,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from .. import errors
 from ..config import DEFAULT_GALLERY
 from ..results import ErrorEvent
-from .auth import Caller, keyless_refusal, not_this_gallery
+from .auth import Caller, not_this_gallery
 from .lanes import GALLERY
 from .responses import ApiError, finite
 from .settings import STREAM_KEY_CHECK_S
@@ -260,10 +260,7 @@ class Connection:
         happens to visit, whether across origins or through a name of the site's own pointed at
         this machine (auth.keyless_refusal). With --insecure-no-auth, any name, but still only
         the service's own pages."""
-        keys = self.service.keys
-        refusal = keyless_refusal(
-            self.ws.headers.get("host"), self.ws.headers.get("origin"), any_name=keys.insecure_no_auth
-        )
+        refusal = self.service.keys.page_refusal(self.ws.headers.get("host"), self.ws.headers.get("origin"))
         if refusal is not None:
             raise Closing(POLICY, "forbidden", refusal)
 
