@@ -96,3 +96,35 @@ def test_the_clustering_of_a_timeline_runs_blas_on_one_thread(two_threads, monke
     assert t.segments and seen
     assert all(set(threads_now) == {threads.BLAS_THREADS} for threads_now in seen)
     assert set(blas_threads()) == {2}
+
+
+def test_holds_that_overlap_without_nesting_leave_the_settings_as_they_found_them(two_threads):
+    """The service holds these settings from two threads at once: its embedding lane embeds
+    while a live session clusters as it closes. A in, B in, A out, B out used to leave B's
+    saved value (A's one thread) in place for the rest of the process."""
+    lane, session = threads.embedding(1), threads.blas()
+    lane.__enter__()
+    session.__enter__()
+    lane.__exit__(None, None, None)
+    assert set(blas_threads()) == {threads.BLAS_THREADS}  # the session still holds it
+    session.__exit__(None, None, None)
+    assert torch.get_num_threads() == 2 and set(blas_threads()) == {2}
+
+    first, second = threads.embedding(1), threads.embedding(1)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert torch.get_num_threads() == 1
+    second.__exit__(None, None, None)
+    assert torch.get_num_threads() == 2 and set(blas_threads()) == {2}
+
+
+def test_the_latest_holder_still_inside_decides(two_threads):
+    """A leaving holder puts back the count of the latest holder still inside, not its own saved one."""
+    early, late = threads.blas(3), threads.blas(1)
+    early.__enter__()
+    late.__enter__()
+    early.__exit__(None, None, None)
+    assert set(blas_threads()) == {1}
+    late.__exit__(None, None, None)
+    assert set(blas_threads()) == {2}

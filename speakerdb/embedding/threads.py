@@ -33,13 +33,18 @@ Laplacians, and OpenBLAS's second thread spun more than it helped on a shared 2-
 (docs/timeline.md, "What clustering costs").
 
 The settings are restored when the call returns, so a program that uses speakerdb keeps
-its own thread settings for its own work. torch's thread count is per process: two
-Python threads embedding at once with different settings would see each other's.
+its own thread settings for its own work. Both settings are per process, and the service
+holds them from several Python threads at once (its embedding lane, and live sessions
+clustering as they close): holds that overlap share one :class:`_Shared` setting, which the
+first to enter saves, the latest still inside decides, and the last to leave restores.
+Two holders asking for different counts at once see the later one's.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -79,29 +84,96 @@ def _blas_controller():
     return _controller[1]
 
 
+class _Shared:
+    """A process-wide thread count that overlapping holders share.
+
+    Each holder sets its count on entering; on leaving, the count of the latest holder still
+    inside is set again, and the last to leave puts back what was there before the first
+    entered. Without this, two holds that overlap without nesting (A in, B in, A out, B out)
+    left B's saved value, A's setting, in place for the rest of the process.
+    """
+
+    def __init__(self, apply: Callable[[int], None], restore: Callable[[], None]) -> None:
+        self._apply = apply  # sets a count, saving what it changed on the first call of a hold
+        self._restore = restore  # puts back everything that the apply calls of a hold changed
+        self._lock = threading.Lock()
+        self._holders: list[tuple[object, int]] = []
+
+    @contextmanager
+    def hold(self, count: int) -> Iterator[None]:
+        token = object()
+        with self._lock:
+            self._holders.append((token, count))
+            self._apply(count)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holders = [h for h in self._holders if h[0] is not token]
+                if self._holders:
+                    self._apply(self._holders[-1][1])
+                else:
+                    self._restore()
+
+
+class _BlasSetting:
+    """numpy's and scipy's BLAS thread count through threadpoolctl, and the limiters that changed it."""
+
+    def __init__(self) -> None:
+        self._limiters: list = []
+
+    def apply(self, count: int) -> None:
+        controller = _blas_controller()
+        if controller is not None and controller.lib_controllers:
+            self._limiters.append(controller.limit(limits=count))
+
+    def restore(self) -> None:
+        # Latest first: each limiter saved the counts its predecessors had set.
+        while self._limiters:
+            self._limiters.pop().restore_original_limits()
+
+
+class _TorchSetting:
+    """torch's intra-op thread count, and what it was before a hold changed it."""
+
+    def __init__(self) -> None:
+        self._before: int | None = None
+
+    def apply(self, count: int) -> None:
+        import torch  # deferred: torch is heavy to import
+
+        if self._before is None:
+            self._before = torch.get_num_threads()
+        if torch.get_num_threads() != count:
+            torch.set_num_threads(count)
+
+    def restore(self) -> None:
+        import torch
+
+        if self._before is not None and torch.get_num_threads() != self._before:
+            torch.set_num_threads(self._before)
+        self._before = None
+
+
+_blas_setting = _BlasSetting()
+_blas = _Shared(_blas_setting.apply, _blas_setting.restore)
+_torch_setting = _TorchSetting()
+_torch = _Shared(_torch_setting.apply, _torch_setting.restore)
+
+
 @contextmanager
 def blas(threads: int = BLAS_THREADS) -> Iterator[None]:
     """numpy's and scipy's BLAS on ``threads`` threads inside the block, restored after."""
-    controller = _blas_controller()
-    limiter = controller.limit(limits=threads) if controller is not None and controller.lib_controllers else None
-    try:
+    with _blas.hold(threads):
         yield
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
 
 
 @contextmanager
 def embedding(torch_threads: int | None) -> Iterator[None]:
     """While a model embeds: BLAS on BLAS_THREADS, torch on ``torch_threads`` (None: unchanged)."""
-    import torch  # deferred: torch is heavy to import
-
-    before = torch.get_num_threads()
-    if torch_threads is not None and torch_threads != before:
-        torch.set_num_threads(torch_threads)
-    try:
-        with blas(BLAS_THREADS):
+    with blas(BLAS_THREADS):
+        if torch_threads is None:
             yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        else:
+            with _torch.hold(torch_threads):
+                yield
