@@ -109,6 +109,24 @@ def _env(name: str) -> str:
 
 
 # ---- paths ------------------------------------------------------------------------------------
+def private_dirs(path: str | Path) -> list[Path]:
+    """Create directory ``path`` and its missing parents, each ``0700``; returns those made,
+    deepest first.
+
+    ``Path.mkdir(parents=True)`` gives the parents the umask's mode: under a umask of 000 a
+    database's new directory would be world-writable, and another user could plant the next
+    ``-wal`` file there and read what SQLite writes into it.
+    """
+    path = Path(path)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another process: its mode is its maker's
+            pass
+    return missing
+
+
 def default_home() -> Path:
     """``$SPEAKERDB_HOME``, else the platform's per-user data directory."""
     env = _env(HOME_ENV)

@@ -25,7 +25,7 @@ import pytest
 
 from conftest import FakeEmbedder, assert_index_agrees_with_store, voice, write
 from speakerdb import SpeakerDB, api
-from speakerdb.storage import gallery, store
+from speakerdb.storage import gallery, paths, store
 from speakerdb.storage import index as index_module
 from speakerdb.storage.index import MAGIC, SpeakerIndex
 
@@ -477,6 +477,26 @@ def test_every_file_is_created_owner_only(tmp_path, clips):
         "out.gallery",
     } <= set(modes)
     assert {name: mode for name, mode in modes.items() if mode != 0o600} == {}
+
+
+def test_under_a_umask_of_000_the_directories_made_for_a_database_are_owner_only(tmp_path, clips, monkeypatch):
+    # A world-writable directory would let another user plant the next -wal file, owned by
+    # them, into which SQLite then writes the voiceprints.
+    old = os.umask(0)
+    try:
+        path = tmp_path / "new" / "team" / "db.sqlite"
+        with _open(path) as db:
+            db.enroll("alice", clips["alice"][:2])
+            db.identify([clips["alice"][2]])
+            files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
+        made = {p: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "new", tmp_path / "new" / "team")}
+        index_made = paths.make_parents(tmp_path / "idx" / "cache" / "x")  # as a server database's index does
+    finally:
+        os.umask(old)
+    made.update({p: stat.S_IMODE(p.stat().st_mode) for p in index_made})
+    assert {"db.sqlite", "db.sqlite-wal", "db.sqlite-shm", "db.sqlite.faiss"} <= set(files)
+    assert {name: mode for name, mode in files.items() if mode != 0o600} == {}
+    assert len(index_made) == 2 and {str(p): mode for p, mode in made.items() if mode != 0o700} == {}
 
 
 # ---- 9. replay instead of rebuild -----------------------------------------------------------

@@ -45,6 +45,18 @@ def test_a_second_load_takes_the_fingerprint_from_the_cache(checkpoint, settled,
     assert load_embedder(str(checkpoint)).model_id == first
 
 
+def test_under_a_umask_of_000_the_cache_directories_made_are_owner_only(checkpoint, settled, tmp_path, monkeypatch):
+    monkeypatch.setenv(idcache.ENV_DIR, str(tmp_path / "new" / "cache"))
+    old = os.umask(0)
+    try:
+        load_embedder(str(checkpoint))
+    finally:
+        os.umask(old)
+    made = [tmp_path / "new", tmp_path / "new" / "cache"]
+    assert [oct(stat.S_IMODE(p.stat().st_mode)) for p in made] == ["0o700", "0o700"]
+    assert stat.S_IMODE((made[1] / idcache.CACHE_FILENAME).stat().st_mode) == 0o600
+
+
 @pytest.mark.parametrize("how", ["rewritten in place, mtime set back", "replaced by a new file"])
 def test_a_changed_file_never_keeps_the_old_id(checkpoint, settled, tmp_path, how):
     before = load_embedder(str(checkpoint)).model_id

@@ -76,7 +76,7 @@ def remember(directory: Path, files: Snapshot, fingerprint: str) -> bool:
         return False
     folder = cache_dir()
     try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config.private_dirs(folder)  # its parents 0700 too, whatever the umask
         if folder.is_symlink() or not folder.is_dir():
             return False
         entries = _read()

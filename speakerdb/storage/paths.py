@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..config import DEFAULT_GALLERY, default_index_dir
+from ..config import DEFAULT_GALLERY, default_index_dir, private_dirs
 from ..errors import DatabaseError, SpeakerDBError
 from . import crypto, store
 from . import settings as stored
@@ -132,13 +132,12 @@ def file_ancestor(path: Path) -> Path | None:
 
 
 def make_parents(path: Path) -> list[Path]:
-    """Create the missing directories above ``path``; returns those made, deepest first."""
-    missing = [p for p in path.parents if not p.exists()]
+    """Create the missing directories above ``path``, 0700 whatever the umask; returns those
+    made, deepest first."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        return private_dirs(path.parent)
     except OSError as e:
         raise DatabaseError(f"cannot create the directory of database {path}: {e.strerror or e}") from None
-    return missing
 
 
 def open_store(path: Path | str, gallery: str = DEFAULT_GALLERY, key: crypto.KeySource | None = None) -> store.Store:
