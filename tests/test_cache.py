@@ -421,6 +421,28 @@ def test_database_files_reached_through_links_are_refused(tmp_path, suffix):
     assert real.read_bytes() == b""
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_a_private_databases_log_planted_by_another_user_is_refused(tmp_path, clips, suffix):
+    # In a directory others may write to, another user can make DB-wal before SQLite does:
+    # SQLite would write the vectors into a file that user owns (it changes the owner only
+    # when running as root, which this test is; the refusal comes before SQLite opens it).
+    from speakerdb.errors import DatabaseError
+
+    path = tmp_path / "db.sqlite"
+    with _open(path) as db:
+        db.enroll("alice", clips["alice"][:2])
+    planted = Path(f"{path}{suffix}")
+    planted.write_bytes(b"")
+    os.chown(planted, 65534, 65534)
+    with pytest.raises(DatabaseError, match="belongs to another user"):
+        _open(path)
+    assert planted.stat().st_uid == 65534 and planted.read_bytes() == b""
+    os.chmod(path, 0o640)  # a database its owner shares: other users' processes make these files too
+    with _open(path) as db:
+        assert db.identify([clips["alice"][2]])[0].speaker == "alice"
+
+
 # ---- 7. one snapshot per answer: a removed speaker's score never lands on another name ----
 def test_identify_names_the_speaker_it_scored_despite_a_concurrent_remove_and_enroll(tmp_path, clips, monkeypatch):
     path = tmp_path / "db.sqlite"

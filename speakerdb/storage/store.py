@@ -1572,16 +1572,45 @@ def create_private(path: Path) -> None:
     file ourselves, owner-only and exclusively (``O_EXCL`` never follows a link), keeps all
     three private: embeddings are biometric data.
     """
-    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+    companions = [Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")]
+    for p in (path, *companions):
         if p.is_symlink():
             raise DatabaseError(f"{p} is a symbolic link: speakerdb does not write its files through links")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:
+        _check_companions(path, companions)
         return
     except OSError as e:
         raise DatabaseError(f"database {path} cannot be created: {e.strerror or e}") from None
     os.close(fd)
+    _check_companions(path, companions)
+
+
+def _check_companions(path: Path, companions: list[Path]) -> None:
+    """Refuse a private database's -wal, -shm or -journal file that another user owns.
+
+    Nobody but its owner can open a database file that is owner-only, so such a file was
+    planted (in a directory others may write to): SQLite would write the vectors into it,
+    and as anyone but root it keeps the file's owner, who can read them.
+    """
+    try:
+        db = os.stat(path)
+    except OSError:
+        return  # SQLite reports it in its words
+    if db.st_mode & 0o077:
+        return  # shared on purpose: another user's processes make these files too
+    for p in companions:
+        try:
+            owner = os.lstat(p).st_uid
+        except FileNotFoundError:
+            continue
+        if owner != db.st_uid:
+            raise DatabaseError(
+                f"{p} belongs to another user (uid {owner}) than the database {path} (uid {db.st_uid}): "
+                "speakerdb does not let SQLite write a private database's vectors into it; remove it "
+                "if no speakerdb is using the database"
+            )
 
 
 def open_engine(path: Path) -> Engine:
