@@ -421,6 +421,21 @@ def test_database_files_reached_through_links_are_refused(tmp_path, suffix):
     assert real.read_bytes() == b""
 
 
+@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+def test_a_refused_link_at_a_new_database_is_left_where_it_was(tmp_path, suffix):
+    # A dangling link makes the database look new; the clean-up of a failed creation deleted
+    # the link itself, which speakerdb had not made.
+    from speakerdb.errors import DatabaseError
+
+    path = tmp_path / "new" / "db.sqlite"
+    path.parent.mkdir()
+    link = Path(f"{path}{suffix}")
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DatabaseError, match="symbolic link"):
+        _open(path)
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a file to another user needs root")
 @pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
 def test_a_private_databases_log_planted_by_another_user_is_refused(tmp_path, clips, suffix):

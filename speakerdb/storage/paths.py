@@ -155,8 +155,12 @@ def open_store(path: Path | str, gallery: str = DEFAULT_GALLERY, key: crypto.Key
 
 def remove_database_files(db_path: Path, index_path: Path, made_dirs: list[Path]) -> None:
     """Delete a database file, its journal files and its index file, then the directories made
-    for it (``made_dirs``, deepest first) that are still empty."""
+    for it (``made_dirs``, deepest first) that are still empty. A link at any of those names is
+    left: speakerdb never makes one, so it is the user's (the refusal to open a database
+    through a link ends here)."""
     for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm"), Path(f"{db_path}-journal"), index_path):
+        if p.is_symlink():
+            continue
         try:
             p.unlink()
         except FileNotFoundError:
