@@ -34,7 +34,7 @@ from . import timeline as timelines
 from .audio import decode as audio
 from .audio import pcm, vad
 from .audio.decoded import Decoded
-from .config import NAMES_SOMEONE, check_max_audio_s, db_target, gallery_name
+from .config import NAMES_SOMEONE, check_max_audio_s, db_target, gallery_name, private_dirs
 from .embedding import binding, pipeline
 from .embedding.models import Embedder, default_threshold_for, load_embedder
 from .errors import (
@@ -49,6 +49,7 @@ from .errors import (
     OptedOutError,
     SpeakerExistsError,
     SpeakerNotFoundError,
+    printable_path,
 )
 from .live import LiveSession
 from .results import (
@@ -1114,7 +1115,7 @@ class SpeakerDB:
 
         Nothing of the speaker stays recoverable from the files: SQLite's secure_delete
         zeroes the freed cells, the write-ahead log is checkpointed and truncated, and the
-        index file is rewritten without the speaker.
+        speaker's vector in the index file is zeroed in place at once.
         """
         with self.store.write() as s:
             speaker = self._get_speaker(s, name)
@@ -1736,9 +1737,11 @@ def rotate_key(
 
 def new_key_pair(path: str | os.PathLike[str], *, overwrite: bool = False) -> tuple[str, str]:
     """Write a new X25519 key pair for sealed galleries: the private key to ``path`` (0600)
-    and the public key to ``path.pub``, both PEM. Returns both paths."""
+    and the public key to ``path.pub``, both PEM; missing directories are made, 0700. Returns
+    both paths."""
     private, public = crypto.new_key_pair()
     public_path = f"{os.fspath(path)}.pub"
+    _make_key_directory(path)
     check_output_path(public_path, overwrite=overwrite)
     with atomic.write_output(path, overwrite=overwrite, what="the private key file ") as f:
         f.write(private)
@@ -1749,11 +1752,24 @@ def new_key_pair(path: str | os.PathLike[str], *, overwrite: bool = False) -> tu
 
 def new_key_file(path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
     """Write a new random key-encryption key (64 hex digits) to ``path``, 0600, never through
-    a link; an existing file is replaced only with ``overwrite``. Returns the path written."""
-
+    a link; an existing file is replaced only with ``overwrite``; its missing directories are
+    made, 0700. Returns the path written."""
+    _make_key_directory(path)
     with atomic.write_output(path, overwrite=overwrite, what="the key file ") as f:
         f.write(crypto.new_key_text())
     return str(path)
+
+
+def _make_key_directory(path: str | os.PathLike[str]) -> None:
+    """Make a key file's missing directories, owner-only: the place the docs suggest,
+    ``~/.config/speakerdb``, often does not exist yet, and a key's folder is nobody else's."""
+    parent = Path(os.fspath(path)).parent
+    if parent.exists():
+        return
+    try:
+        private_dirs(parent)
+    except OSError as e:
+        raise InvalidInputError(f"cannot create the directory {printable_path(parent)}: {e.strerror or e}") from None
 
 
 def _drop_index_files(db: SpeakerDB) -> list[str]:

@@ -8,6 +8,7 @@ run, as float64 and a float64 prefix; and for the data key and the keys derived 
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -343,3 +344,26 @@ def test_a_large_sealed_index_opens_on_two_threads_and_still_names_a_damaged_blo
     path.write_bytes(bytes(data))
     with pytest.raises(index_file.IndexFileError, match="block 37"):
         index_file.SpeakerIndex.load(path, codec)
+
+
+def test_key_files_go_where_the_docs_put_them_even_when_the_folder_is_new(tmp_path):
+    """security.md's `speakerdb key generate ~/.config/speakerdb/db.key` failed for a user
+    without that folder: the folders are made, owner-only, whatever the umask."""
+    home = tmp_path / "home"
+    home.mkdir()
+    before = os.umask(0)
+    try:
+        made = _cli(tmp_path / "unused.sqlite", "key", "generate", str(home / ".config" / "speakerdb" / "db.key"))
+        pair = _cli(tmp_path / "unused.sqlite", "key", "pair", str(home / "keys" / "site-b.key"))
+    finally:
+        os.umask(before)
+    assert made.exit_code == 0 and pair.exit_code == 0, made.output + pair.output
+    for folder in (home / ".config", home / ".config" / "speakerdb", home / "keys"):
+        assert folder.stat().st_mode & 0o777 == 0o700
+    for key in (home / ".config" / "speakerdb" / "db.key", home / "keys" / "site-b.key"):
+        assert key.stat().st_mode & 0o777 == 0o600
+    # A folder that cannot be made is one line, and nothing is written.
+    (tmp_path / "plain").write_text("")
+    refused = _cli(tmp_path / "unused.sqlite", "key", "generate", str(tmp_path / "plain" / "sub" / "db.key"))
+    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "unused.sqlite").exists()
