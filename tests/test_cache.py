@@ -496,7 +496,16 @@ def test_identify_names_the_speaker_it_scored_despite_a_concurrent_remove_and_en
 
 
 # ---- 8. every file speakerdb writes is private --------------------------------------------
-def test_every_file_is_created_owner_only(tmp_path, clips):
+@pytest.fixture
+def restore_umask():
+    """The process's umask as it was before the test (a test that sets one leaves it to the next)."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
+
+
+def test_every_file_is_created_owner_only(tmp_path, clips, restore_umask):
     os.umask(0o022)
     path = tmp_path / "db.sqlite"
     with _open(path) as db:
