@@ -288,6 +288,74 @@ def test_a_stream_without_audio_is_closed_after_the_idle_limit(svc):
     assert code == 1008 and [d["code"] for d in docs if d["type"] == "error"][-1] == "idle", docs
 
 
+def _trickle(svc, query: str, frame: bytes, results: dict, name: str) -> None:
+    """``frame`` every 0.2 s until the server closes (or for twice the idle limit): in
+    ``results[name]``, (seconds from the first frame to the close, error codes, close code)."""
+    with _open(svc, query, svc.keys["read"]) as ws:
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < 2 * IDLE_S + 2:
+                ws.send(frame)
+                time.sleep(0.2)
+            results[name] = (None, [], None)  # still open
+            return
+        except ConnectionClosed:
+            pass
+        docs, code = _rest(ws)
+    results[name] = (time.monotonic() - began, [(d["code"], d["message"]) for d in docs if d["type"] == "error"], code)
+
+
+def _real_time(svc, results: dict) -> None:
+    """0.1 s frames at the pace of their audio for 2.5 idle limits, then end."""
+    x = voice(150, 2.5 * IDLE_S)
+    step = SR // 10
+    with _open(svc, key=svc.keys["read"]) as ws:
+        began = time.monotonic()
+        try:
+            for k, start in enumerate(range(0, len(x), step)):
+                time.sleep(max(0.0, began + k * 0.1 - time.monotonic()))
+                ws.send(_pcm16(x[start : start + step]))
+            ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass
+        docs, code = _rest(ws)
+    results["real time"] = (
+        time.monotonic() - began,
+        [(d["code"], d["message"]) for d in docs if d["type"] == "error"],
+        code,
+        docs[-1]["type"],
+    )
+
+
+def test_a_trickle_of_frames_is_closed_after_the_idle_limit_and_audio_in_real_time_is_not(svc):
+    """A frame restarts the idle limit only with a sample of audio in it, and the audio must keep
+    up with the clock: empty frames, and frames of one sample (a byte of mu-law, two of 16-bit
+    PCM), every 0.2 s held a place among --max-streams until --max-stream-s. A stream sending
+    audio in real time beside them stays open past the idle limit twice over."""
+    results: dict = {}
+    threads = [
+        threading.Thread(target=_trickle, args=(svc, "", b"", results, "empty")),
+        threading.Thread(target=_trickle, args=(svc, "sample_rate=8000&encoding=mulaw", b"\xff", results, "mulaw")),
+        threading.Thread(target=_trickle, args=(svc, "", b"\x00\x01", results, "pcm")),
+        threading.Thread(target=_real_time, args=(svc, results)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed, errors, code = results["empty"]
+    assert code == 1008 and errors == [("idle", f"no audio for {IDLE_S:g} s: the stream is closed")], results
+    assert IDLE_S - 0.5 <= elapsed < IDLE_S + 1.5, results
+    for name in ("mulaw", "pcm"):
+        elapsed, errors, code = results[name]
+        assert code == 1008 and [c for c, _ in errors] == ["idle"], results
+        assert errors[0][1].startswith(f"the audio fell more than {IDLE_S:g} s behind real time"), results
+        assert IDLE_S - 0.5 <= elapsed < IDLE_S + 1.5, results
+    elapsed, errors, code, last = results["real time"]
+    assert code == 1000 and errors == [] and last == "timeline", results
+    assert elapsed >= 2.5 * IDLE_S - 0.2, results
+
+
 def test_a_stream_past_its_length_gets_its_timeline_and_a_close(svc):
     frame = _pcm16(np.zeros(SR, np.float32))  # 1 s of silence, sent faster than real time
     with _open(svc, key=svc.keys["read"]) as ws:

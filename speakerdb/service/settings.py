@@ -31,7 +31,8 @@ DEFAULT_BODY_TIMEOUT_S: float = 30
 # WebSocket /v1/stream (service/stream.py): live sessions a worker holds at once (one more is
 # closed with 1013, try again later), and of them one key's (so that one key, of any gallery,
 # cannot keep every other out), the longest session (seconds of audio or of connection,
-# whichever is larger), the longest silence of a client that sends no audio, the largest
+# whichever is larger), the longest a client may send no audio (a frame without a whole sample
+# is none; see STREAM_CLOCK_SLACK for audio that comes too slowly), the largest
 # binary frame, and the time a browser has to send its key as the first message.
 DEFAULT_MAX_STREAMS = 16
 DEFAULT_MAX_STREAMS_PER_KEY = 8
@@ -42,6 +43,13 @@ DEFAULT_STREAM_AUTH_S = 5.0
 #: How often a live stream checks its key again (revoked, or a first key created while a stream
 #: without one runs, ends it): at most once a second, as it checks its gallery's speakers.
 STREAM_KEY_CHECK_S = 1.0
+#: A live stream's audio must keep up with the clock, so that a sample now and then cannot hold
+#: a place: once its audio received (seconds at its sample rate) falls more than
+#: ``stream_idle_s`` behind the time since its first audio, less the time the worker spent
+#: feeding it (a busy worker's pace is not the client's), it is closed as idle. That clock runs
+#: this fraction slower than real time (1 %): a sound card's drift (parts per million) never
+#: trips it, and audio a client lost (a dropped block) is forgiven, 36 s an hour.
+STREAM_CLOCK_SLACK = 0.01
 #: How often each worker runs `expire` (the retention policy), from its start: once a day.
 DEFAULT_EXPIRE_EVERY_S: float = 86_400
 #: One line per request (route template, status, time, key, gallery; never the path itself:

@@ -41,7 +41,7 @@ from ..results import ErrorEvent
 from .auth import Caller, not_this_gallery
 from .lanes import GALLERY
 from .responses import ApiError, finite
-from .settings import STREAM_KEY_CHECK_S
+from .settings import STREAM_CLOCK_SLACK, STREAM_KEY_CHECK_S
 from .tracebacks import log_error
 from .worker import Service, as_caller
 
@@ -104,6 +104,11 @@ class Connection:
         self.key_place: tuple[str, str] | None = None  # (gallery, key name) counted in Service.streams_by_key
         self.began = time.monotonic()
         self.idle_until = self.began + self.config.stream_idle_s
+        # The clock the audio must keep up with (settings.STREAM_CLOCK_SLACK): it starts at the
+        # first audio (before it, a page may be asking for the microphone) and stops while the
+        # worker feeds audio to the session and sends its events.
+        self.audio_since: float | None = None  # time.monotonic() when the first audio came
+        self.feeding_s = 0.0  # seconds spent feeding audio since (and sending its events)
         self.close_code = GONE
         self.auth_allowed = False  # whether the next message may be {"type": "auth"}
 
@@ -306,7 +311,7 @@ class Connection:
         """The next message (bytes, or a JSON object); Closing when a limit of time passes first."""
         now = time.monotonic()
         ends = self.began + self.config.max_stream_s
-        wait = min(self.idle_until, ends) - now
+        wait = min(self.idle_until, ends, self._behind_at()) - now
         if wait <= 0:
             self._time_is_up(now)
         try:
@@ -315,7 +320,16 @@ class Connection:
             self._time_is_up(time.monotonic())
             raise AssertionError("unreachable") from None
 
+    def _behind_at(self) -> float:
+        """When the audio received falls more than ``stream_idle_s`` behind the clock, unless more
+        comes first (settings.STREAM_CLOCK_SLACK); never before the first audio."""
+        if self.audio_since is None or self.session is None:
+            return math.inf
+        allowed_s = (self.session.seconds_fed + self.config.stream_idle_s) / (1 - STREAM_CLOCK_SLACK)
+        return self.audio_since + self.feeding_s + allowed_s
+
     def _time_is_up(self, now: float) -> None:
+        idle_s = self.config.stream_idle_s
         if now >= self.began + self.config.max_stream_s:
             raise Closing(
                 POLICY,
@@ -323,7 +337,15 @@ class Connection:
                 f"a live stream lasts at most {self.config.max_stream_s:g} s: this one is closed",
                 timeline=True,
             )
-        raise Closing(POLICY, "idle", f"no audio for {self.config.stream_idle_s:g} s: the stream is closed")
+        if now < self.idle_until and self.audio_since is not None and self.session is not None:
+            clock_s = now - self.audio_since - self.feeding_s
+            raise Closing(
+                POLICY,
+                "idle",
+                f"the audio fell more than {idle_s:g} s behind real time ({self.session.seconds_fed:.1f} s "
+                f"of audio in {clock_s:.1f} s): the stream is closed",
+            )
+        raise Closing(POLICY, "idle", f"no audio for {idle_s:g} s: the stream is closed")
 
     async def _next(self) -> Any:
         """The next message as bytes or a JSON object; raises WebSocketDisconnect or Closing."""
@@ -390,9 +412,11 @@ class Connection:
                 "too_large",
                 f"an audio frame of {len(data):,} bytes (at most {self.config.max_frame_bytes:,}): send smaller frames",
             )
-        self.idle_until = time.monotonic() + self.config.stream_idle_s
-        if not data:
+        if not data:  # not a sample of audio: the stream is as idle as before
             return
+        began = time.monotonic()
+        if self.audio_since is None:
+            self.audio_since = began
         await self._check_key()
         # The session's length: the audio fed counts as well as the time connected, so a
         # client sending faster than real time reaches the limit as soon as one in real time.
@@ -404,8 +428,10 @@ class Connection:
         if data:
             events = await self._in_thread(self.session.feed, data, bad_input=INVALID_DATA)
             await self._send_events(events)
-            # The wait counts from when the service is ready for more: a busy worker's pace is not the client's silence.
-            self.idle_until = time.monotonic() + self.config.stream_idle_s
+            # Both waits count from when the service is ready for more: a busy worker's pace is not the client's.
+            ready = time.monotonic()
+            self.feeding_s += ready - began
+            self.idle_until = ready + self.config.stream_idle_s
         if over:
             self._time_is_up(math.inf)
 
