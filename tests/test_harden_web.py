@@ -309,3 +309,46 @@ def test_the_machines_own_names_are_loopback_fully_qualified_too():
     assert loopback_name("[::1]:8000") and loopback_name("[::1]")
     for host in ("localhost..", "evil.example.", "localhost.evil.example.:8000", ".:8000", "", "[::1]evil", "[::1]:x"):
         assert not loopback_name(host), host
+
+
+def test_the_short_forms_of_a_loopback_address_are_loopback_and_nothing_else_is(open_svc):
+    """Python's clients send the Host as it was typed: ``http://127.1:8000/`` reached
+    the keyless service and was refused 403. The forms inet_aton(3) reads as a 127/8 address are
+    loopback (browsers write them as 127.0.0.1 themselves); a name that is no such address is one
+    DNS resolves, which a rebinding site may point at 127.0.0.1: still refused."""
+    from speakerdb.service.auth import loopback_name
+    from speakerdb.service.client import Client
+
+    port = open_svc.port
+    for name in ("127.1", "127.0.1", "2130706433", "0x7f.1", "0X7F.1", "0177.0.0.1", "0x7f000001", "127.0x1.1"):
+        assert loopback_name(name) and loopback_name(f"{name}:{port}"), name
+    assert [s.name for s in Client(f"http://127.1:{port}").list()] == ["dora"]
+    status, _, doc = open_svc.call("GET", "/v1/speakers", headers={"Host": f"0x7f.1:{port}"})
+    assert status == 200 and [s["name"] for s in doc] == ["dora"], doc
+    for name in (
+        "127.1.evil",  # a name under 1.evil, which DNS resolves
+        "0x7f.1.",  # inet_aton takes no trailing dot: a client resolves it through DNS
+        "127.1.",
+        "127.1 evil",  # glibc's inet_aton ignores what follows a space
+        "127\t.1",  # (around the whole value, whitespace is HTTP's, stripped)
+        "127.1\n.evil",
+        "127..1",
+        "127.0.0.0.1",
+        "4294967296",  # overflows 32 bits (inet_aton refuses it; it is no 0.0.0.0 nor 127/8)
+        "6442450944",  # 0x180000000: 127/8 only in its low 32 bits
+        "127.16777216",  # past the 24 bits left to the last part
+        "383.1",  # 0x17f: past a byte
+        "0x17f.1",
+        "0127.0.0.1",  # octal: 87.0.0.1
+        "08.1",
+        "0x.1",
+        "2147483648",  # 128.0.0.0
+        "0x7e.1",
+        "[127.1]",
+        "1" * 5000,
+        "１２７.1",  # full-width digits
+        "127.١",  # an Arabic-Indic one
+    ):
+        assert not loopback_name(name) and not loopback_name(f"{name}:{port}"), name
+    status, _, doc = open_svc.call("GET", "/v1/speakers", headers={"Host": f"127.1.evil:{port}"})
+    assert status == 403 and doc["error"]["code"] == "forbidden", doc

@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -141,21 +142,44 @@ def not_this_gallery(gallery: str) -> ApiError:
 def loopback_name(host: str) -> bool:
     """Whether a Host header (``name[:port]``, ``[v6]:port``) names this machine's loopback:
     ``localhost``, a name under ``.localhost`` (browsers map those to loopback themselves, never
-    through DNS), either with the trailing dot of a fully qualified name, or a loopback address."""
+    through DNS), either with the trailing dot of a fully qualified name, or a loopback address,
+    IPv4 also in the short forms of :func:`inet_aton_loopback`."""
     name = host.strip().lower()
-    if name.startswith("["):
+    bracketed = name.startswith("[")
+    if bracketed:
         name, _, after = name[1:].partition("]")
         if after and not (after[0] == ":" and after[1:].isdigit()):
             return False  # only a port may follow the address
     elif name.count(":") == 1:
         name = name.partition(":")[0]
+    typed = name
     name = name.removesuffix(".")  # a fully qualified name (http://localhost.:8000/): the same name
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
+        return not bracketed and inet_aton_loopback(typed)
+
+
+#: One part of an IPv4 address as inet_aton(3) reads it: hex, octal (a lone 0 too), decimal.
+_INET_PART = re.compile(r"0x[0-9a-f]+|0[0-7]*|[1-9][0-9]{0,9}")
+
+
+def inet_aton_loopback(name: str) -> bool:
+    """Whether ``name`` is a 127/8 address in a form that inet_aton(3), and so the clients that
+    send a Host as it was typed (Python's), take: ``127.1``, ``127.0.1``, ``2130706433``,
+    ``0x7f.1``, ``0177.0.0.1`` (browsers write these as ``127.0.0.1`` themselves). Its grammar
+    exactly, less what glibc's ignores after a space: one to four parts, the last filling the bits
+    the others leave, nothing that overflows. A name that is no such address (``127.1.evil``,
+    ``127.1.``) is one that DNS resolves, which a rebinding site may point here: refused."""
+    parts = name.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_INET_PART.fullmatch(part) for part in parts):
         return False
+    *leading, last = [int(part, 16 if part.startswith("0x") else 8 if part.startswith("0") else 10) for part in parts]
+    if any(value > 0xFF for value in leading) or last >> (32 - 8 * len(leading)):
+        return False
+    return (leading[0] if leading else last >> 24) == 127
 
 
 def keyless_refusal(host: str | None, origin: str | None, *, any_name: bool = False) -> str | None:
