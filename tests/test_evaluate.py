@@ -14,7 +14,7 @@ from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
-from speakerdb.scoring import evaluate, metrics
+from speakerdb.scoring import calibrate, evaluate, metrics
 from speakerdb.workflows import evaluation_database
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
@@ -149,6 +149,26 @@ def test_cli_calibrate_apply(data_dir, tmp_path, tiny_checkpoint, voices):
         assert opened.info().model_id.split("@")[1] == point["report"]["settings"]["model_id"].split("@")[1]
 
 
+def test_evaluate_and_calibrate_give_the_same_eer_threshold(data_dir, tmp_path, tiny_checkpoint):
+    """The threshold evaluate reports at the equal error rate is the one calibrate --target eer
+    stores (metrics.eer_threshold): the midpoint below the score the EER picks, not that score."""
+    calibration, _ = calibrate.measure(
+        data_dir, "eer", embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database
+    )
+    assert calibration.threshold == calibration.report.eer_threshold
+    _, scores, _ = evaluate.run(data_dir, embedder=FakeEmbedder(), impostor_speakers=1, open_db=evaluation_database)
+    assert calibration.threshold == evaluate.operating_point(scores, "eer")["threshold"]
+    assert calibration.threshold not in np.concatenate([scores.target, scores.nontarget])
+    # The command line: `evaluate --json` and `calibrate --target eer --json` on the same recordings.
+    model = ["--db", str(tmp_path / "mine.sqlite"), "--model", str(tiny_checkpoint)]
+    evaluated = CliRunner().invoke(cli, [*model, "evaluate", str(data_dir), "--json"])
+    calibrated = CliRunner().invoke(cli, [*model, "calibrate", str(data_dir), "--target", "eer", "--json"])
+    assert evaluated.exit_code == 0 and calibrated.exit_code == 0, evaluated.output + calibrated.output
+    assert json.loads(evaluated.stdout)["eer_threshold"] == json.loads(calibrated.stdout)["threshold"]
+    text = CliRunner().invoke(cli, [*model, "evaluate", str(data_dir)]).stdout
+    assert f"at threshold {json.loads(calibrated.stdout)['threshold']:.3f}" in text
+
+
 def test_cli_calibrate_refuses_a_database_of_another_model(data_dir, tmp_path, tiny_checkpoint, voices):
     db = tmp_path / "fake.sqlite"
     with SpeakerDB(db, embedder=FakeEmbedder()) as fake:
@@ -200,7 +220,7 @@ def test_plot_has_a_title_the_threshold_and_a_det_curve_without_errors(tmp_path,
     monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
     target, nontarget = np.array([0.9, 0.95, 0.97]), np.array([0.1, 0.2, 0.3, 0.4])  # no errors at all
     scores = evaluate.Scores(target, nontarget, target, np.ones(3, bool), np.ones(3, np.int64), np.array([0.4]))
-    eer, at = metrics.eer(target, nontarget)
+    eer, at = metrics.eer(target, nontarget).eer, metrics.eer_threshold(target, nontarget).threshold  # as summarise
     report = evaluate.Report(
         3,
         1,

@@ -35,7 +35,7 @@ def _canned_evaluation(monkeypatch) -> None:
     """evaluate's scoring answers at once with a small fixed report."""
     target, nontarget = np.array([0.9, 0.95, 0.97]), np.array([0.1, 0.2, 0.3, 0.4])
     scores = evaluate.Scores(target, nontarget, target, np.ones(3, bool), np.ones(3, np.int64), np.array([0.4]))
-    eer, at = metrics.eer(target, nontarget)
+    eer, at = metrics.eer(target, nontarget).eer, metrics.eer_threshold(target, nontarget).threshold  # as summarise
     report = evaluate.Report(3, 1, 6, 3, 1, 3, 4, 1.0, 1.0, eer, at, {}, {}, {"model_id": "fake", "data_dir": "d"})
     monkeypatch.setattr("speakerdb.scoring.evaluate.run", lambda data_dir, **kw: (report, scores, FakeEmbedder()))
 

@@ -18,6 +18,7 @@ from speakerdb.scoring.metrics import (
     det_curve,
     dir_at_far,
     eer,
+    eer_threshold,
     min_dcf,
     threshold_at_far,
 )
@@ -114,6 +115,28 @@ def test_eer_perfectly_inverted_is_one():
     # T = {0.2}, N = {0.5}. θ = 0.2: misses 0/1, FAs 1/1, d = -1.
     # θ = 0.5: misses 1/1 (0.2 < 0.5), FAs 1/1 (0.5 >= 0.5), d = 0 -> EER = 1 at 0.5.
     assert eer([0.2], [0.5]) == (1.0, 0.5)
+
+
+# --- eer_threshold ---------------------------------------------------------------------
+def test_eer_threshold_is_the_midpoint_below_the_eer_candidate_with_its_error_rates():
+    # eer(T4, N5) decides at 0.6 (see above); the next lower score is 0.5.
+    assert eer_threshold(T4, N5) == (0.55, 1 / 4, 1 / 5)
+    assert eer_threshold([0.9, 0.7], [0.4, 0.1]) == (0.55, 0.0, 0.0)  # between 0.4 and 0.7
+    # One distinct score (eer decides at it): half of 1e-3 under it, which accepts it.
+    assert eer_threshold([0.3] * 4, [0.3] * 5) == (0.3 - 0.0005, 0.0, 1.0)
+
+
+def test_eer_threshold_decides_every_trial_as_the_candidate_and_is_never_a_score():
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        target = np.round(rng.normal(0.6, 0.15, rng.integers(1, 30)), rng.integers(1, 4))
+        nontarget = np.round(rng.normal(0.3, 0.15, rng.integers(1, 60)), rng.integers(1, 4))
+        at = eer(target, nontarget).threshold
+        threshold, p_miss, p_fa = eer_threshold(target, nontarget)
+        assert threshold not in np.concatenate([target, nontarget])
+        assert np.array_equal(target < threshold, target < at)
+        assert np.array_equal(nontarget >= threshold, nontarget >= at)
+        assert (p_miss, p_fa) == (np.mean(target < at), np.mean(nontarget >= at))
 
 
 # --- min_dcf ---------------------------------------------------------------------------

@@ -272,6 +272,7 @@ def test_cli_norm_on_identify_threshold_off(tmp_path, tiny_checkpoint, voices, c
     assert calibrated.exit_code == 0, calibrated.output
     point = json.loads(calibrated.stdout)
     assert point["threshold_scale"] == "as-norm" and point["report"]["normalised"] is not None
+    assert point["threshold"] == point["report"]["normalised"]["eer_threshold"]  # what evaluate reports
     assert json.loads(run("threshold", "--json").stdout)["threshold"] == point["threshold"]
     # evaluate: raw and AS-norm side by side (text and JSON); --norm without --cohort is a usage error.
     both = run(

@@ -279,8 +279,9 @@ def evaluate(
 
     Enrolls part of each speaker's recordings in a temporary database (yours is never
     touched), holds some speakers out as impostors, scores the rest and reports
-    closed-set top-1/top-5 accuracy, EER, minDCF (P_target 0.01, 0.05), and the
-    open-set detection-and-identification rate at false-alarm rates 1% and 10%.
+    closed-set top-1/top-5 accuracy, EER (at the threshold `speakerdb calibrate --target
+    eer` gives), minDCF (P_target 0.01, 0.05), and the open-set
+    detection-and-identification rate at false-alarm rates 1% and 10%.
 
     \b
     Examples:

@@ -87,7 +87,7 @@ class Report:
     top1: float
     top5: float
     eer: float
-    eer_threshold: float
+    eer_threshold: float  # metrics.eer_threshold: what calibrate --target eer stores
     min_dcf: dict[str, dict[str, float | None]]  # "0.01" -> {"min_dcf", "threshold"} (None: not reached)
     dir: dict[str, dict[str, float | None]]  # "0.01" -> {"dir", "threshold"} (None: not reached)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -290,7 +290,8 @@ def summarise(split: Split, scores: Scores, settings: dict[str, Any]) -> Report:
     if scores.norm is not None:
         n = summarise(split, scores.norm, settings)
         normalised = {k: getattr(n, k) for k in ("top1", "top5", "eer", "eer_threshold", "min_dcf", "dir")}
-    eer, eer_threshold = metrics.eer(scores.target, scores.nontarget)
+    eer = metrics.eer(scores.target, scores.nontarget).eer
+    eer_threshold = metrics.eer_threshold(scores.target, scores.nontarget).threshold  # what calibrate stores
     dcf = {}
     for p in P_TARGETS:
         value, threshold = metrics.min_dcf(scores.target, scores.nontarget, p)
@@ -341,44 +342,22 @@ def parse_target(target: str) -> float | None:
 def operating_point(scores: Scores, target: str) -> dict[str, float | None]:
     """The threshold for ``target`` ("eer" or "far=RATE") and the error rates expected there.
 
-    The metrics pick an observed score as the threshold; what is returned is the midpoint
-    between it and the next lower observed score (the two scores that straddle the
-    operating point). Both give the same error rates on these trials, but a threshold
-    equal to an observed score puts that trial on a knife edge: the last bit of rounding
-    in another build, or another order of summation, would flip it. At the midpoint,
-    half the gap separates the threshold from every trial.
+    The threshold is the midpoint between the observed score the metrics pick and the next
+    lower observed score (:func:`.metrics.midpoint_below`): the same error rates on these
+    trials, and no trial on a knife edge. For "eer" it is the report's ``eer_threshold``
+    (:func:`.metrics.eer_threshold`).
     """
     far = parse_target(target)
     if far is None:
-        _, threshold = metrics.eer(scores.target, scores.nontarget)
-    else:
-        threshold, _, _ = metrics.threshold_at_far(scores.target, scores.nontarget, far)
-    threshold = midpoint_below(threshold, np.concatenate([scores.target, scores.nontarget]))
+        threshold, p_miss, p_fa = metrics.eer_threshold(scores.target, scores.nontarget)
+        return {"threshold": _finite(threshold), "p_miss": p_miss, "p_fa": p_fa}
+    at, _, _ = metrics.threshold_at_far(scores.target, scores.nontarget, far)
+    threshold = metrics.midpoint_below(at, np.concatenate([scores.target, scores.nontarget]))
     return {
         "threshold": _finite(threshold),
         "p_miss": float(np.mean(scores.target < threshold)),
         "p_fa": float(np.mean(scores.nontarget >= threshold)),
     }
-
-
-def midpoint_below(threshold: float, scores: np.ndarray) -> float:
-    """The midpoint between ``threshold`` (an observed score) and the highest score below it.
-
-    Nothing lies between the two, so every score is accepted or rejected as by
-    ``threshold``. At the lowest score the gap to the next one up is mirrored below it.
-    ``+inf`` (accept nothing) is returned as it is.
-    """
-    if not np.isfinite(threshold):
-        return float(threshold)
-    below, above = scores[scores < threshold], scores[scores > threshold]
-    if len(below):
-        lower = float(below.max())
-    elif len(above):
-        lower = threshold - (float(above.min()) - threshold)
-    else:
-        lower = threshold - 1e-3  # one distinct score: any value under it accepts it
-    mid = lower + (threshold - lower) / 2
-    return float(mid) if lower < mid < threshold else float(threshold)
 
 
 def run(

@@ -24,8 +24,14 @@ Conventions shared by every function here:
   and a score of ``+inf`` would be accepted by the "accept nothing" threshold). Empty
   score sets raise :class:`ValueError` too, since the error rates are undefined.
 
-Every function returns a :class:`typing.NamedTuple`: unpack it like a tuple
-(``value, threshold = eer(T, N)``) or read its fields by name (``eer(T, N).threshold``).
+Every function returns a :class:`typing.NamedTuple` (:func:`midpoint_below` aside, a float):
+unpack it like a tuple (``value, threshold = eer(T, N)``) or read its fields by name
+(``eer(T, N).threshold``).
+
+The thresholds the functions pick are candidates, observed scores; a threshold to report or
+store is the midpoint below one (:func:`midpoint_below`), which decides every trial alike
+with none on it: :func:`eer_threshold` for the equal error rate, the one ``evaluate``
+reports and ``calibrate --target eer`` stores.
 """
 
 from __future__ import annotations
@@ -123,6 +129,47 @@ def eer(target: Sequence[float] | np.ndarray, nontarget: Sequence[float] | np.nd
     value = (m1 + t * (m2 - m1)) / n_t  # P_miss there, which equals P_fa there
     threshold = thresholds[i - 1] if -d1 <= d2 else thresholds[i]
     return EqualErrorRate(float(value), float(threshold))
+
+
+def eer_threshold(target: Sequence[float] | np.ndarray, nontarget: Sequence[float] | np.ndarray) -> OperatingPoint:
+    """The threshold to decide by at the equal error rate, and the error rates there: what
+    ``evaluate`` reports as the EER threshold and ``calibrate --target eer`` stores.
+
+    It is :func:`midpoint_below` the threshold :func:`eer` picks (a candidate: an observed
+    score), so it accepts and rejects every trial as that candidate does, with the same
+    ``P_miss`` and ``P_fa``, but no trial lies on it: half the gap to the nearest score
+    separates it from every trial.
+
+    Returns :class:`OperatingPoint` ``(threshold, p_miss, p_fa)``. Raises ValueError for
+    empty or non-finite scores.
+    """
+    t, n = _scores("target", target), _scores("nontarget", nontarget)
+    threshold = midpoint_below(eer(t, n).threshold, np.concatenate([t, n]))
+    return OperatingPoint(threshold, float(np.mean(t < threshold)), float(np.mean(n >= threshold)))
+
+
+def midpoint_below(threshold: float, scores: Sequence[float] | np.ndarray) -> float:
+    """The midpoint between ``threshold`` (a candidate: one of ``scores``) and the highest
+    score below it, the threshold to store or report for that operating point.
+
+    Nothing lies between the two, so every score is accepted or rejected as by
+    ``threshold``; but a threshold equal to an observed score puts that trial on a knife
+    edge, which the last bit of rounding in another build, or another order of summation,
+    would flip. At the lowest score the gap to the next one up is mirrored below it.
+    ``+inf`` (accept nothing) is returned as it is.
+    """
+    if not np.isfinite(threshold):
+        return float(threshold)
+    scores = np.asarray(scores, np.float64)
+    below, above = scores[scores < threshold], scores[scores > threshold]
+    if len(below):
+        lower = float(below.max())
+    elif len(above):
+        lower = threshold - (float(above.min()) - threshold)
+    else:
+        lower = threshold - 1e-3  # one distinct score: any value under it accepts it
+    mid = lower + (threshold - lower) / 2
+    return float(mid) if lower < mid < threshold else float(threshold)
 
 
 def min_dcf(
