@@ -1091,3 +1091,16 @@ def test_the_folded_name_goes_with_the_speaker_on_postgres(pg_admin, pg_url, cli
         }
     assert _data_files_holding(pg_admin, pg_url, [b"zelda quist"]) == []
     assert set(_data_files_holding(pg_admin, pg_url, [b"Zelda  QUIST"])) <= audit_files
+
+
+def test_db_vacuum_rewrites_a_sqlite_database(run, tmp_path, clips):
+    """`db vacuum` on SQLite runs VACUUM outside a transaction (it failed with "cannot VACUUM
+    from within a transaction" whatever the database) and leaves no free page behind."""
+    run("enroll", "alice", clips["alice"])
+    run("enroll", "bob", clips["bob"])
+    run("remove", "alice", "--yes")
+    out = run("db", "vacuum", "--json")
+    assert json.loads(out.output) == {"vacuumed": str(tmp_path / "cli.sqlite")}
+    with contextlib.closing(sqlite3.connect(tmp_path / "cli.sqlite")) as conn:
+        assert conn.execute("PRAGMA freelist_count").fetchone() == (0,)
+    assert "bob" in run("list").output

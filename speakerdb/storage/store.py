@@ -1631,7 +1631,10 @@ def open_engine(path: Path) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN"))
+        options = connection.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return  # VACUUM (`db vacuum`) cannot run inside a transaction: SQLite refuses it
+        connection.exec_driver_sql(options.get("sqlite_begin", "BEGIN"))
 
     return engine
 
