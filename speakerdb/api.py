@@ -1072,7 +1072,7 @@ class SpeakerDB:
                 consent,
                 last_seen,
                 sp.external_id_hash,
-                keys.audit_entries(s, MAX_AUDIT_SHOWN, sp.name),
+                keys.speaker_audit_entries(s, MAX_AUDIT_SHOWN, governance.records_of_speaker(s, sp.name)),
             )
 
     # An opt-out follows a person's earlier names back through the rename records.

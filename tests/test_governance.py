@@ -296,6 +296,30 @@ def test_an_optout_scrubs_every_name_the_speaker_had_from_the_audit(tmp_path, cl
         assert {s.name for s in db.list()} == {"Alice S", "carol"}
 
 
+def test_show_gives_the_audit_records_of_this_speaker_under_every_name_it_had(tmp_path, clips):
+    """`show` (and GET /v1/speakers/{name}) gave the records naming the current name only: a
+    speaker renamed 'dave' -> 'Dave' showed none of its own (its enrollment and the rename name
+    'dave'), and one enrolled under a name another person held before showed that person's.
+    It follows the renames back as an opt-out does, and stops where the name was last free."""
+    path = tmp_path / "s.sqlite"
+    with _db(path) as db:
+        with db.audited_as("ops"):
+            db.enroll("alice", [clips["carol"]])  # someone else, who then takes another name
+            db.rename("alice", "alicia")
+            db.enroll("alice", [clips["alice"]], new=True)
+            db.enroll("dave", [clips["bob"]])
+            db.rename("dave", "Dave")
+            db.enroll("Dave", [clips["alice2"]])
+
+        def trail(name: str) -> list[tuple[str, str | None]]:
+            return [(a.operation, a.speaker) for a in db.show(name).audit]
+
+        assert trail("Dave") == [("enroll", "dave"), ("rename", "dave"), ("enroll", "Dave")]
+        assert trail("alice") == [("enroll", "alice")]
+        assert trail("alicia") == [("enroll", "alice"), ("rename", "alice")]
+        assert len(db.audit(speaker="alice")) == 3  # `audit --speaker` still names the name alone
+
+
 def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_external_id(tmp_path, clips):
     """The opt-out compares names folded (case, spacing) and external ids; the removal looked
     for the exact name only. 'alice  smith' opting out left 'Alice Smith' enrolled and named by

@@ -31,7 +31,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidInputError
@@ -264,15 +264,12 @@ def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
     return store.normalize_name(record.speaker), store.normalize_name(new)
 
 
-def scrub_audit(s: Session, name: str, marker: str) -> int:
-    """Replace every name of the person opting out as ``name`` with ``marker`` in the audit
-    records (as the speaker, or as a rename's new name): an opted-out person's name is kept
-    nowhere. That is ``name`` and the names that fold to it (as the opt-out compares names),
-    wherever they appear, and each earlier name of a speaker renamed to one of them, followed
-    back through the rename records, in the records made while that speaker held it (not those
-    of an earlier speaker of that name, removed, expired or renamed before). Returns how many."""
-    renames: list[tuple[int, str, str]] = []  # (record id, old name, new name), oldest first
-    freed: dict[str, list[int]] = {}  # name -> ids of the records after which it was free
+def _name_history(s: Session) -> tuple[list[tuple[int, str, str]], dict[str, list[int]]]:
+    """The renames, as (record id, old name, new name) oldest first, and for each name the ids
+    of the records after which it was free for another speaker (a remove, an expiry, a rename
+    away from it)."""
+    renames: list[tuple[int, str, str]] = []
+    freed: dict[str, list[int]] = {}
     stmt = select(AuditRecord).where(AuditRecord.operation.in_(("rename", *_NAME_FREED))).order_by(AuditRecord.id)
     for record in s.scalars(stmt):
         if record.operation != "rename":
@@ -283,13 +280,19 @@ def scrub_audit(s: Session, name: str, marker: str) -> int:
         if names is not None and names[0] != names[1]:
             renames.append((record.id, *names))
             freed.setdefault(names[0], []).append(record.id)
-    # (name, after record id, up to record id or None): the spans of records to scrub. The name
-    # opted out is scrubbed in every record, as before; an earlier name only while it was theirs.
-    folded = fold_name(name)
-    named = {n for n in s.scalars(select(AuditRecord.speaker).distinct()) if n is not None}
-    named |= {new for _, _, new in renames} | {name}
-    spans: set[tuple[str, int, int | None]] = {(n, -1, None) for n in named if fold_name(n) == folded}
-    todo: list[tuple[str, int, int | None]] = list(spans)
+    return renames, freed
+
+
+#: A span of audit records made while one speaker held a name: (name, after record id, up to
+#: record id or None for "still").
+_Span = tuple[str, int, int | None]
+
+
+def _follow_back(spans: set[_Span], renames: list[tuple[int, str, str]], freed: dict[str, list[int]]) -> set[_Span]:
+    """``spans`` with the spans of each earlier name their speakers had, followed back through
+    the rename records (an earlier name only while it was theirs)."""
+    spans = set(spans)
+    todo = list(spans)
     while todo:
         held, after, upto = todo.pop()
         for rid, old, new in renames:
@@ -299,6 +302,43 @@ def scrub_audit(s: Session, name: str, marker: str) -> int:
                 if span not in spans:
                     spans.add(span)
                     todo.append(span)
+    return spans
+
+
+def records_of_speaker(s: Session, name: str) -> ColumnElement[bool]:
+    """Which audit records concern the speaker enrolled now as ``name``: those naming it since
+    the name was last free (an earlier speaker of that name, removed, expired or renamed away,
+    keeps theirs), and those of each earlier name this speaker had, followed back through the
+    rename records as an opt-out follows them (:func:`scrub_audit`)."""
+    name = store.normalize_name(name)
+    renames, freed = _name_history(s)
+    spans = _follow_back({(name, max(freed.get(name, ()), default=-1), None)}, renames, freed)
+    return or_(
+        *(
+            and_(
+                AuditRecord.speaker == held,
+                AuditRecord.id > after,
+                AuditRecord.id <= upto if upto is not None else true(),
+            )
+            for held, after, upto in spans
+        )
+    )
+
+
+def scrub_audit(s: Session, name: str, marker: str) -> int:
+    """Replace every name of the person opting out as ``name`` with ``marker`` in the audit
+    records (as the speaker, or as a rename's new name): an opted-out person's name is kept
+    nowhere. That is ``name`` and the names that fold to it (as the opt-out compares names),
+    wherever they appear, and each earlier name of a speaker renamed to one of them, followed
+    back through the rename records, in the records made while that speaker held it (not those
+    of an earlier speaker of that name, removed, expired or renamed before). Returns how many."""
+    renames, freed = _name_history(s)
+    # (name, after record id, up to record id or None): the spans of records to scrub. The name
+    # opted out is scrubbed in every record, as before; an earlier name only while it was theirs.
+    folded = fold_name(name)
+    named = {n for n in s.scalars(select(AuditRecord.speaker).distinct()) if n is not None}
+    named |= {new for _, _, new in renames} | {name}
+    spans = _follow_back({(n, -1, None) for n in named if fold_name(n) == folded}, renames, freed)
     changed: set[int] = set()
     for held, after, upto in spans:
         stmt = select(AuditRecord).where(

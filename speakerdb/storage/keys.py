@@ -200,6 +200,12 @@ def audit_entries(session: Session, limit: int = 100, speaker: str | None = None
     return _entries(session, stmt)
 
 
+def speaker_audit_entries(session: Session, limit: int, which: ColumnElement[bool]) -> list[AuditEntry]:
+    """The newest ``limit`` audit records of the session's gallery that ``which`` selects (the
+    records of one speaker: :func:`.governance.records_of_speaker`), oldest first."""
+    return _entries(session, _newest(store.AuditRecord.operation.not_in(GALLERY_OPERATIONS) & which, limit))
+
+
 def gallery_audit_entries(session: Session, limit: int = 100) -> list[AuditEntry]:
     """The newest ``limit`` records of galleries made and removed, oldest first."""
     return _entries(session, _newest(store.AuditRecord.operation.in_(GALLERY_OPERATIONS), limit))
