@@ -482,6 +482,15 @@ def test_model_download_offline_says_what_to_do(monkeypatch):
     assert "'microsoft/wavlm-base-plus-sv'" in message and "HF_HUB_OFFLINE is set" in message
     assert "speakerdb model download microsoft/wavlm-base-plus-sv --to DIR" in message
     assert "speakerdb model list" in message
+    assert "pass --model DIR" in message
+
+
+def test_model_download_offline_of_the_segmentation_model_names_its_option(monkeypatch):
+    """It said `pass --model DIR` for pyannote/segmentation-3.0 too, which --model refuses."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(cli, ["model", "download", "pyannote/segmentation-3.0", "--json"], catch_exceptions=False)
+    message = json_error(r, "model_unavailable")
+    assert "copy DIR here and pass --segmentation DIR;" in message and "--model" not in message
 
 
 def test_model_download_fetches_into_a_folder_or_the_cache(tmp_path, monkeypatch):

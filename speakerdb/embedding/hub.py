@@ -101,8 +101,10 @@ def download_model(model: str, to: str | os.PathLike[str] | None = None, *, prog
 
 
 def _offline(model: str, reason: str) -> str:
+    # A segmentation model is used by `timeline --segmentation`: --model would refuse its files.
+    option = "--segmentation DIR" if model.split("/")[-1].startswith("segmentation") else "--model DIR"
     return (
         f"cannot download model {model!r} ({reason}). On a machine with network run "
-        f"`speakerdb model download {model} --to DIR`, copy DIR here and pass --model DIR; "
+        f"`speakerdb model download {model} --to DIR`, copy DIR here and pass {option}; "
         "`speakerdb model list` shows the models in this machine's Hugging Face cache"
     )
