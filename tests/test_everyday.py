@@ -91,6 +91,22 @@ def test_every_error_class_has_the_code_the_service_answers():
     assert errors.ServiceError("busy", 503, "database_busy").code == "database_busy"
 
 
+def test_a_service_error_names_its_database_once(tmp_path):
+    """The service hides its paths in messages, and "database /srv/x.sqlite requires consent..."
+    read "database the service's database requires consent...": the path goes with its word."""
+    from speakerdb.service.responses import from_library
+    from speakerdb.service.settings import ServeConfig
+    from speakerdb.service.worker import Service
+
+    path = str(tmp_path / "x.sqlite")
+    service = Service(ServeConfig(db_path=path, tmp_dir=str(tmp_path)))
+    e = errors.ConsentRequiredError(f"database {path} requires consent to enroll 'bob': give --consent TEXT")
+    message = from_library(e, service.private_names).message
+    assert message == "the service's database requires consent to enroll 'bob': give --consent TEXT"
+    e = errors.DatabaseError(f"{path} cannot be opened as a database: it is a folder")
+    assert from_library(e, service.private_names).message.startswith("the service's database cannot be opened")
+
+
 def test_identify_json_on_an_empty_database(run, voices):
     from speakerdb import api
 

@@ -67,8 +67,7 @@ class Service:
         # completed once the database is open (_learn_database).
         self.private_names = _longest_first(
             {
-                config.db_path: "the service's database",
-                display_url(config.db_path): "the service's database",
+                **_database_names(config.db_path, display_url(config.db_path)),
                 config.db_path + INDEX_SUFFIX: "the service's index file",
                 str(self.uploads.path): "the service's upload directory",
             }
@@ -112,8 +111,7 @@ class Service:
         self.private_names = _longest_first(
             {
                 **self.private_names,
-                str(db.target): "the service's database",
-                str(db.db_path): "the service's database",
+                **_database_names(str(db.target), str(db.db_path)),
                 str(db.index_path): "the service's index file",
             }
         )
@@ -268,6 +266,16 @@ def _flush_seen(lane: Lane) -> None:
     for db in [lane.db, *lane.views.values()]:
         if db is not None:
             db.flush_seen()
+
+
+#: What a client reads for the service's database wherever a message names its path.
+DATABASE_SHOWN = "the service's database"
+
+
+def _database_names(*paths: str) -> dict[str, str]:
+    """The database's ``paths`` as a client sees them; also after the word "database" that
+    the library's messages put before a path, which would read "database the service's database"."""
+    return {name: DATABASE_SHOWN for path in paths for name in (f"database {path}", path)}
 
 
 def _longest_first(names: dict[str, str]) -> dict[str, str]:
