@@ -554,8 +554,9 @@ class SpeakerDB:
     @_audited("norm", lambda: (None, {"norm": "off"}))
     def set_norm_off(self) -> NormChange:
         """Return to raw cosine scores: the cohort's embeddings are deleted. If the threshold was
-        on the AS-norm scale it is reset to the model's starting cosine threshold and
-        ``NormChange.recalibrate`` is True."""
+        on the AS-norm scale, the cosine threshold from before normalisation was switched on
+        comes back (the model's starting one if there was none) and ``NormChange.recalibrate``
+        is True."""
         with self.store.write() as s:
             had_norm, recalibrate, threshold = cohorts.remove(s)
         if had_norm:

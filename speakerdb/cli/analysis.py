@@ -382,8 +382,9 @@ def norm_(state: State, cohort_dir: str | None, top_n: int | None, off: bool, as
     With a cohort, every score identify, verify and calibrate compare with the threshold
     is normalised against the voices of the cohort nearest to each side; the JSON gives
     "score" (normalised) and "raw_score" (cosine). Normalised scores are on another scale:
-    switching normalisation on or off resets the threshold to that scale's starting value,
-    so calibrate it again (`speakerdb calibrate DATA_DIR --apply`). A cohort is embedded
+    switching normalisation on resets the threshold to 3 on the AS-norm scale, and off
+    restores the cosine threshold from before; calibrate it again (`speakerdb calibrate
+    DATA_DIR --apply`). A cohort is embedded
     with the database's model; one of another model is refused.
 
     \b
