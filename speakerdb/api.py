@@ -1602,7 +1602,13 @@ class SpeakerDB:
     def _require_speakers(self) -> None:
         with self.store.read() as s:
             if not store.has_speakers(s):
-                raise EmptyDatabaseError(f"no speakers are enrolled in {self.db_path}: run `speakerdb enroll` first")
+                # Another gallery may hold speakers: a message naming the file alone reads as if none did.
+                where = (
+                    f"gallery {self.gallery!r} of {self.db_path}"
+                    if self.gallery != store.DEFAULT_GALLERY
+                    else self.db_path
+                )
+                raise EmptyDatabaseError(f"no speakers are enrolled in {where}: run `speakerdb enroll` first")
 
     @staticmethod
     def _get_speaker(s, name: str) -> store.Speaker:

@@ -37,6 +37,18 @@ def _names(results) -> list[str | None]:
     return [r.speaker for r in results]
 
 
+def test_an_empty_gallery_is_named_in_the_error_that_says_so(tmp_path, clips):
+    """identify in an empty gallery said "no speakers are enrolled in FILE", as if the database
+    held none, while its default gallery held some."""
+    from speakerdb.errors import EmptyDatabaseError
+
+    with SpeakerDB(tmp_path / "g.sqlite", embedder=FakeEmbedder()) as db:
+        db.enroll("alice", clips["alice"][:2])
+        db.create_gallery("acme")
+        with pytest.raises(EmptyDatabaseError, match=r"no speakers are enrolled in gallery 'acme' of .*g\.sqlite: "):
+            db.for_gallery("acme").identify([clips["alice"][2]])
+
+
 def test_two_galleries_hold_the_same_name_apart_and_never_answer_for_each_other(target, clips, tmp_path):
     with SpeakerDB(target, embedder=FakeEmbedder()) as a:
         a.enroll("alice", clips["alice"][:2])
