@@ -529,7 +529,7 @@ def optout(state: State, name: str | None, external_id: str | None, list_them: b
     \b
     Examples:
       speakerdb optout alice --yes
-      speakerdb optout "Bob Stone" --external-id C-4411 --json
+      speakerdb optout "Bob Stone" --external-id C-4411 --yes --json
       speakerdb optout --list
     """
     if list_them:
