@@ -253,6 +253,7 @@ def optout_dates(s: Session) -> list[datetime]:
 #: Audit operations after which a speaker's name is free for another speaker: records naming it
 #: before one of these (or before a rename away from it) are an earlier holder's.
 _NAME_FREED = ("remove", "expire")
+_NAMES_PER_QUERY = 500  # names bound in one IN (...): far below SQLite's limit of bound parameters
 
 
 def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
@@ -264,22 +265,28 @@ def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
     return store.normalize_name(record.speaker), store.normalize_name(new)
 
 
-def _name_history(s: Session) -> tuple[list[tuple[int, str, str]], dict[str, list[int]]]:
+def _name_history(s: Session, names: set[str]) -> tuple[list[tuple[int, str, str]], dict[str, list[int]]]:
     """The renames, as (record id, old name, new name) oldest first, and for each name the ids
     of the records after which it was free for another speaker (a remove, an expiry, a rename
-    away from it)."""
+    away from it): for ``names`` and every name a rename left, the names a history can reach.
+
+    Only those names' removals and expiries are read: a gallery with a long retention history
+    holds one record per speaker removed or expired, and reading them all made every ``show``
+    take seconds at 100,000 (docs/governance.md, "What is held about a person")."""
     renames: list[tuple[int, str, str]] = []
     freed: dict[str, list[int]] = {}
-    stmt = select(AuditRecord).where(AuditRecord.operation.in_(("rename", *_NAME_FREED))).order_by(AuditRecord.id)
-    for record in s.scalars(stmt):
-        if record.operation != "rename":
-            if record.speaker is not None:
-                freed.setdefault(store.normalize_name(record.speaker), []).append(record.id)
-            continue
-        names = _rename_names(record)
-        if names is not None and names[0] != names[1]:
-            renames.append((record.id, *names))
-            freed.setdefault(names[0], []).append(record.id)
+    for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename").order_by(AuditRecord.id)):
+        pair = _rename_names(record)
+        if pair is not None and pair[0] != pair[1]:
+            renames.append((record.id, *pair))
+            freed.setdefault(pair[0], []).append(record.id)
+    wanted = sorted({store.normalize_name(n) for n in names} | {old for _, old, _ in renames})
+    for start in range(0, len(wanted), _NAMES_PER_QUERY):
+        stmt = select(AuditRecord.id, AuditRecord.speaker).where(
+            AuditRecord.operation.in_(_NAME_FREED), AuditRecord.speaker.in_(wanted[start : start + _NAMES_PER_QUERY])
+        )
+        for record_id, speaker in s.execute(stmt):
+            freed.setdefault(str(speaker), []).append(record_id)
     return renames, freed
 
 
@@ -311,7 +318,7 @@ def records_of_speaker(s: Session, name: str) -> ColumnElement[bool]:
     keeps theirs), and those of each earlier name this speaker had, followed back through the
     rename records as an opt-out follows them (:func:`scrub_audit`)."""
     name = store.normalize_name(name)
-    renames, freed = _name_history(s)
+    renames, freed = _name_history(s, {name})
     spans = _follow_back({(name, max(freed.get(name, ()), default=-1), None)}, renames, freed)
     return or_(
         *(
@@ -332,7 +339,7 @@ def scrub_audit(s: Session, name: str, marker: str) -> int:
     wherever they appear, and each earlier name of a speaker renamed to one of them, followed
     back through the rename records, in the records made while that speaker held it (not those
     of an earlier speaker of that name, removed, expired or renamed before). Returns how many."""
-    renames, freed = _name_history(s)
+    renames, freed = _name_history(s, set())
     # (name, after record id, up to record id or None): the spans of records to scrub. The name
     # opted out is scrubbed in every record, as before; an earlier name only while it was theirs.
     folded = fold_name(name)
