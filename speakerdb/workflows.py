@@ -63,12 +63,16 @@ def evaluate_recordings(
 
     Without ``model``, the model of ``db`` if it exists (else the default). ``plot`` draws the
     scores and a DET curve there, marking the threshold ``db`` would use; it is checked
-    before any scoring. ``gallery``: the gallery of ``db`` whose threshold is marked.
+    before any scoring. ``gallery``: the gallery of ``db`` whose threshold is marked. With
+    ``model`` and no ``plot``, ``db`` is not opened.
     """
     if plot is not None:
         check_output(plot, overwrite=overwrite)
         evaluate.check_plotting()
-    mine = _existing_database(db, model, device, precision, gallery)
+    # The user's database gives the model when none is named, and the threshold a plot marks;
+    # needing neither, it is not opened (an encrypted one would want its key for nothing).
+    needed = model is None or plot is not None
+    mine = _existing_database(db, model, device, precision, gallery) if needed else None
     try:
         # The database's model, like every other command (a GE2E database is evaluated with GE2E).
         bound = model if model is not None or mine is None else mine.info().model_source

@@ -15,6 +15,7 @@ from speakerdb import SpeakerDB
 from speakerdb.cli import cli
 from speakerdb.errors import InvalidInputError
 from speakerdb.scoring import calibrate, evaluate, metrics
+from speakerdb.storage import crypto
 from speakerdb.workflows import evaluation_database
 
 LIBRISPEECH = Path(__file__).resolve().parents[2] / "shared" / "data" / "librispeech"
@@ -248,3 +249,21 @@ def test_plot_has_a_title_the_threshold_and_a_det_curve_without_errors(tmp_path,
     curve = det.get_lines()[0]
     visible = [(x, y) for x, y in zip(curve.get_xdata(), curve.get_ydata()) if x0 <= x <= x1 and y0 <= y <= y1]
     assert len(visible) >= 2  # the curve is drawn inside the panel, not off its edges
+
+
+def test_evaluate_with_a_model_given_needs_nothing_of_the_database(data_dir, tmp_path, tiny_checkpoint, monkeypatch):
+    """evaluate runs in a database of its own: with --model given and no plot to mark, the
+    user's database is not opened at all (an encrypted one without its key stopped it)."""
+    key = tmp_path / "db.key"
+    key.write_bytes(crypto.new_key_text())
+    key.chmod(0o600)
+    path = tmp_path / "mine.sqlite"
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(key))
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.enroll("someone", [write(tmp_path / "s.wav", voice(150, 3.0))])
+    monkeypatch.delenv("SPEAKERDB_KEY_FILE")
+    result = CliRunner().invoke(
+        cli, ["--db", str(path), "--model", str(tiny_checkpoint), "evaluate", str(data_dir), "--json", "--seed", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_target_trials"] == 5 * 2
