@@ -83,7 +83,7 @@ from .results import (
 from .scoring import cohort as cohorts
 from .scoring import evaluate, norm, quality, search
 from .scoring.thresholds import check_threshold, cosine_threshold
-from .storage import atomic, crypto, enrollment, gallery, governance, keys, migrate, paths, schema, store
+from .storage import atomic, crypto, enrollment, gallery, governance, indexkeeper, keys, migrate, paths, schema, store
 from .storage import index as index_files
 from .storage import settings as stored
 from .storage.gallery import Gallery as GalleryFile  # a file's contents: the name `gallery` is the tenant's here
@@ -348,6 +348,9 @@ class SpeakerDB:
             if bound is not None and not stored.threshold_chosen(settings):
                 threshold = default_threshold_for(bound) or threshold
             stored.write_gallery_defaults(s, gid, threshold if bound is not None else stored.DEFAULT_THRESHOLD)
+        # Ids come back after a downgrade below revision 0005 and an upgrade, or in a restored
+        # backup: a file left at this id is another gallery's, never to be loaded as this one's.
+        indexkeeper.erase_files(paths.gallery_index_path(self._index_base, gid))
         return next(g for g in self.list_galleries() if g.name == name)
 
     def remove_gallery(self, name: str) -> GalleryInfo:
@@ -367,7 +370,11 @@ class SpeakerDB:
         ):
             row = store.remove_gallery(s, name)
         if index_path is not None:
-            index_files.remove_files(index_path)
+            # Under the index lock: a process saving this gallery's index finishes first, and
+            # one that saves later finds the gallery gone and writes nothing.
+            left = indexkeeper.erase_files(index_path)
+            if left:
+                log.warning("gallery %r removed, but its index files could not be deleted: %s", name, ", ".join(left))
         self._scrub_log()
         return GalleryInfo(row.name, row.created_at, row.n_speakers, row.n_keys)
 

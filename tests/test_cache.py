@@ -592,3 +592,28 @@ def test_records_no_index_needs_are_pruned_and_an_index_older_than_them_is_rebui
     assert old_reader.identify([clips["alice"][2]])[0].speaker is None
     assert old_reader.identify([clips["mallory"][2]])[0].speaker == "mallory"
     old_reader.close()
+
+
+def test_an_index_saved_after_its_change_records_were_pruned_keeps_no_removed_vector(tmp_path, clips, monkeypatch):
+    """A process whose index is older than every record kept saves it where the file was
+    deleted (as a damaged one is): the removals since cannot be found to zero them, so it
+    writes nothing rather than a file that holds them."""
+    from speakerdb.storage import indexkeeper
+
+    monkeypatch.setattr(indexkeeper, "SAVE_AFTER_CHANGES", 4)
+    monkeypatch.setattr(indexkeeper, "KEEP_CHANGES", 2)
+    path = tmp_path / "db.sqlite"
+    old_reader = _open(path)
+    old_reader.enroll("alice", clips["alice"][:1])
+    assert old_reader.identify([clips["alice"][2]])[0].speaker == "alice"  # in memory at an early generation
+    secrets, index_path = _secrets(old_reader, "alice"), old_reader.index_path
+    with _open(path) as db:
+        db.remove("alice")
+        for name in ["bob", "carol", "dave", "mallory"]:
+            db.enroll(name, clips[name][:2])
+        assert db.identify([clips["bob"][2]])[0].speaker == "bob"  # saved at close, alice's record pruned
+    index_module.remove_files(index_path)
+    old_reader.close()  # its index is saved: the file is missing
+    files = [p for p in tmp_path.glob(f"{index_path.name}*") if p.is_file()]
+    assert not [p.name for p in files if any(s in p.read_bytes() for s in secrets)]
+    assert _answer(path, clips["alice"][2]) is None and _answer(path, clips["bob"][2]) == "bob"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -19,7 +21,8 @@ from sqlalchemy import select
 from conftest import FakeEmbedder, voice, write
 from speakerdb import SpeakerDB, api
 from speakerdb.errors import GalleryExistsError, GalleryNotFoundError, InvalidInputError, SpeakerNotFoundError
-from speakerdb.storage import schema, store
+from speakerdb.storage import index as index_files
+from speakerdb.storage import indexkeeper, schema, store
 from speakerdb.storage.index import SpeakerIndex
 
 FIXTURE = Path(__file__).parent / "data" / "v0001.sqlite"
@@ -222,6 +225,123 @@ def test_removing_a_gallery_erases_it_and_its_index(tmp_path, clips):
     assert con.execute("SELECT count(*) FROM settings WHERE key LIKE 'gallery/%'").fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM api_keys").fetchone() == (0,)
     con.close()
+
+
+def _centroids(db: SpeakerDB) -> list[bytes]:
+    """The gallery's centroids as float32 bytes: what its index file holds."""
+    with db.store.read() as s:
+        _, centroids = store.centroids(s)
+    return [np.asarray(v, "<f4").tobytes() for v in centroids]
+
+
+def _holding(directory: Path, needles: list[bytes]) -> list[str]:
+    """The files under ``directory`` holding any of ``needles``."""
+    files = [p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()]
+    return [p.name for p in files if any(n in p.read_bytes() for n in needles)]
+
+
+def _index_files(index_path: Path) -> list[str]:
+    """The index file of a gallery, its temporary files and log (its lock file holds no vector)."""
+    return sorted(p.name for p in index_path.parent.glob(f"{index_path.name}*") if not p.name.endswith(".lock"))
+
+
+def test_a_process_that_had_a_removed_gallery_open_writes_no_index_file_for_it(tmp_path, clips):
+    """A second worker saves its index of the gallery after another process removed it."""
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as admin:
+        admin.create_gallery("acme")
+        worker = SpeakerDB(path, embedder=FakeEmbedder(), gallery="acme")
+        worker.enroll("bob", clips["bob"][:2])
+        assert worker.identify([clips["bob"][2]])[0].speaker == "bob"  # its index, in memory and on disk
+        needles, index_path = _centroids(worker), worker.index_path
+        assert _index_files(index_path) == [index_path.name]
+        admin.remove_gallery("acme")
+        assert _index_files(index_path) == []
+        worker.close()  # saves its index, whose file is missing
+    assert _index_files(index_path) == []
+    assert _holding(tmp_path, needles) == []
+
+
+def test_a_gallery_removed_while_another_process_saves_its_index_leaves_no_file(tmp_path, clips, monkeypatch, caplog):
+    """The removal commits while the other process holds the index lock, between its check
+    and its write: the removal waits for the lock, the writer finds the gallery gone."""
+    path = tmp_path / "db.sqlite"
+    admin = SpeakerDB(path, embedder=FakeEmbedder())
+    admin.create_gallery("acme")
+    worker = SpeakerDB(path, embedder=FakeEmbedder(), gallery="acme")
+    worker.enroll("bob", clips["bob"][:2])
+    assert worker.identify([clips["bob"][2]])[0].speaker == "bob"  # the file is written
+    worker.enroll("carol", clips["carol"][:2])
+    assert worker.identify([clips["carol"][2]])[0].speaker == "carol"  # in memory, ahead of the file
+    needles, index_path = _centroids(worker), worker.index_path
+    assert _index_files(index_path) == [index_path.name]
+    monkeypatch.setattr(indexkeeper, "SAVE_AFTER_CHANGES", 1)  # the file lags enough to be saved
+
+    # The removal runs on its own thread; the writer goes on once the removal has committed
+    # and either asked for the index lock, or deleted the files without it, or returned.
+    ready = threading.Event()
+
+    def remove_gallery() -> None:
+        try:
+            admin.remove_gallery("acme")
+        finally:
+            ready.set()
+
+    removal = threading.Thread(target=remove_gallery)
+    real_lock, real_remove, real_save = index_files.write_lock, index_files.remove_files, SpeakerIndex.save
+
+    def lock(p, *args, **kwargs):
+        if threading.current_thread() is removal:
+            ready.set()
+        return real_lock(p, *args, **kwargs)
+
+    def remove(p, *args, **kwargs):
+        left = real_remove(p, *args, **kwargs)
+        if threading.current_thread() is removal:
+            ready.set()
+        return left
+
+    def save(self, p, *args, **kwargs):
+        if Path(p) == index_path and not removal.is_alive() and not ready.is_set():
+            removal.start()
+            assert ready.wait(30)
+        return real_save(self, p, *args, **kwargs)
+
+    monkeypatch.setattr(index_files, "write_lock", lock)
+    monkeypatch.setattr(indexkeeper, "write_lock", lock)
+    monkeypatch.setattr(index_files, "remove_files", remove)
+    monkeypatch.setattr(SpeakerIndex, "save", save)
+    worker.maintain_index()  # saves under the lock: check, write, then zero what changed meanwhile
+    removal.join(30)
+    assert not removal.is_alive() and [g.name for g in admin.list_galleries()] == ["default"]
+    assert "without its lock" not in caplog.text  # the removal waited for the lock, not past it
+    assert _index_files(index_path) == []
+    worker.close()
+    admin.close()
+    assert _index_files(index_path) == [] and _holding(tmp_path, needles) == []
+
+
+def test_a_new_gallery_given_a_removed_ones_id_never_loads_its_file(tmp_path, clips):
+    """Gallery ids come back after a downgrade below revision 0005 and an upgrade (and in a
+    restored backup): a file left at the id is erased when the new gallery is made."""
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.create_gallery("old")
+        with db.for_gallery("old") as old:
+            old.enroll("bob", clips["bob"][:2])
+            old.rebuild_index()
+            needles, index_path, kept = _centroids(old), old.index_path, old.index_path.read_bytes()
+        db.remove_gallery("old")
+    index_path.write_bytes(kept)  # as a deletion that failed, or a backup's copy, leaves it
+    index_path.chmod(0o600)
+    assert api.downgrade_database(path, "0004") == "0004"
+    assert api.upgrade_database(path) == schema.HEAD_REVISION
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        db.create_gallery("new")
+        with db.for_gallery("new") as new:
+            assert new.index_path == index_path  # the same id
+            assert _index_files(index_path) == [] and _holding(tmp_path, needles) == []
+            assert new.list() == []
 
 
 def test_an_old_database_is_the_default_gallery_after_the_upgrade(tmp_path):

@@ -35,6 +35,7 @@ Records older than both the file and the last ``KEEP_CHANGES`` are pruned then.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -302,9 +303,22 @@ class IndexKeeper:
         """Write the file (lock held), then zero what changed while it was being written.
 
         A removal committed after ``index``'s snapshot found the lock taken or the old
-        file: either way its vector must not survive in the new file. If that fails, the
-        new file is deleted.
+        file: either way its vector must not survive in the new file. If that fails, or the
+        change records it needs were pruned meanwhile, the new file is deleted. Nothing is
+        written for a gallery that was removed (and what was written while it was being
+        removed is deleted), nor for an index whose own change record was pruned, which
+        every reader would refuse: such a file would keep vectors that the store no longer
+        holds, where nobody would ever read and delete it.
         """
+        with self.store.read() as s:
+            ours = self._own_gallery(s)
+            pruned = index.generation > 0 and store.change_nonce(s, index.generation) != index.nonce
+        if not ours:
+            self._gone()
+            return
+        if pruned:
+            log.debug("index %s not saved: the change records behind it were pruned", self.path)
+            return
         header = SpeakerIndex.read_header(self.path)
         if (
             header is not None
@@ -330,6 +344,13 @@ class IndexKeeper:
             with self.store.read() as s:
                 now = store.generation(s)
                 later = store.changes_between(s, index.generation, now)
+                ours = self._own_gallery(s)
+            if not ours:
+                self._gone()  # removed while this file was being written
+                return
+            if len(later) != now - index.generation:
+                # pruned by another gallery's save: the removals among them cannot be found
+                raise IndexFileError("the change records it needs were pruned")
             SpeakerIndex.kill_in_file(
                 self.path, np.unique(np.asarray([r[1] for r in later], np.int64)), now, self.store.codec
             )
@@ -341,6 +362,17 @@ class IndexKeeper:
             # A save inside a change (enroll's voice check) must not commit the change's audit record.
             with store.unaudited(), self.store.write() as s:
                 store.prune_changes(s, floor)
+
+    def _own_gallery(self, s) -> bool:
+        """Whether this keeper's gallery still exists, under its name and id."""
+        return store.gallery_id(s, self.store.gallery) == self.store.gallery_id
+
+    def _gone(self) -> None:
+        """The gallery was removed: forget its index and erase its files (the lock is held)."""
+        self._index = None
+        left = index_files.remove_files(self.path)
+        if left:
+            log.warning("index %s of a removed gallery: could not delete %s", self.path, ", ".join(left))
 
     def drop_files(self) -> list[str]:
         """Delete the index file and its debris (under the lock): before its vectors are sealed
@@ -357,6 +389,22 @@ class IndexKeeper:
 
 
 SAMPLE_CHECKS = 64  # live positions of a loaded file compared byte for byte with the store
+
+
+def erase_files(path: Path) -> list[str]:
+    """Delete the index files at ``path`` under the index lock, so that a
+    process saving them finishes first; returns what could not be deleted. No lock is taken
+    when there is nothing: a save that starts later checks that its gallery still exists.
+    If another process holds the lock past its timeout, they are deleted without it (a
+    save under way there finds the gallery gone and erases what it wrote), said in one warning."""
+    if not (os.path.lexists(path) or os.path.lexists(f"{path}.log") or index_files.temporary_files(path)):
+        return []
+    try:
+        with write_lock(path):
+            return index_files.remove_files(path)
+    except IndexFileError as e:
+        log.warning("index %s deleted without its lock: %s", path, _reason(e))
+        return index_files.remove_files(path)
 
 
 def _replay(s, index: SpeakerIndex, records: list[tuple[int, int, str, int]], target: int) -> SpeakerIndex:
