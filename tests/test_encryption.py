@@ -157,6 +157,28 @@ def test_db_encrypt_converts_a_database_and_its_index_in_place(tmp_path, clips, 
     assert again.exit_code == 1 and "already encrypted" in again.stderr
 
 
+def test_db_encrypt_zeroes_the_plain_index_files_before_deleting_them(tmp_path, clips):
+    """The plain vectors of every gallery's index file do not stay in the freed blocks: a
+    descriptor opened before `db encrypt` reads what those blocks hold afterwards."""
+    path = tmp_path / "db" / "speakers.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:
+        _fill(db, clips)
+        db.create_gallery("b")
+        with db.for_gallery("b") as other:
+            other.enroll("dave", clips["dave"][:2])
+            assert other.identify([clips["dave"][2]])[0].speaker == "dave"
+            needles, index_paths = _needles(_vectors(db) + _vectors(other)), [db.index_path, other.index_path]
+    held = [open(p, "rb") for p in index_paths]
+    assert all(any(n in data for n in needles) for data in [f.read() for f in held])  # in the clear
+    done = _cli(path, "db", "encrypt", env={"SPEAKERDB_KEY_FILE": str(_key(tmp_path))})
+    assert done.exit_code == 0, done.output
+    for f in held:
+        f.seek(0)
+        data = f.read()
+        f.close()
+        assert data == bytes(len(data))
+
+
 # ---- a wrong or missing key: one line, nothing touched ------------------------------------------
 def _cli(db: Path | str, *args: str, env: dict | None = None):
     """The command line in this process (a subprocess costs seconds on a busy machine): the

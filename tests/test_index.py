@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from speakerdb.embedding.models import l2_normalize
-from speakerdb.storage.index import IndexFileError, SpeakerIndex
+from speakerdb.storage.index import IndexFileError, SpeakerIndex, remove_files
 
 
 def _random(n: int, dim: int, seed: int) -> np.ndarray:
@@ -116,6 +118,38 @@ def test_removed_vectors_leave_the_file(tmp_path):
     index.save(tmp_path / "x.faiss")
     data = (tmp_path / "x.faiss").read_bytes()
     assert vectors[2].astype("<f4").tobytes() not in data and vectors[3].astype("<f4").tobytes() in data
+
+
+def test_deleted_index_files_are_zeroed_first_never_through_a_link_or_another_name(tmp_path):
+    """Deleting an index file (a removed gallery, `db encrypt`, a damaged file) zeroes it
+    first, as SQLite's secure_delete zeroes freed cells: what a descriptor opened before
+    reads afterwards is what the freed blocks hold."""
+    vectors = _random(50, 16, 0)
+    index = SpeakerIndex.build(np.arange(50), vectors, 16, 1)
+    path = tmp_path / "x.faiss"
+    index.save(path)
+    debris = tmp_path / "x.faiss.0a1b2c3d.tmp"  # a killed save's temporary file: a copy
+    debris.write_bytes(path.read_bytes())
+    held = [open(p, "rb") for p in (path, debris)]
+    assert remove_files(path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    for f in held:
+        data = f.read()
+        f.close()
+        assert len(data) > 50 * 16 * 4 and data == bytes(len(data))
+    # A file another name links to (a hard link: someone's copy) is only unlinked.
+    index.save(path)
+    kept = path.read_bytes()
+    os.link(path, tmp_path / "copy")
+    assert remove_files(path) == [] and not path.exists() and (tmp_path / "copy").read_bytes() == kept
+    # A link at the index's name goes; what it points to is never written.
+    path.symlink_to(tmp_path / "copy")
+    assert remove_files(path) == [] and not os.path.lexists(path) and (tmp_path / "copy").read_bytes() == kept
+    # A reader that opened it before zeroing reads zeros: damage, rebuilt, never answered from.
+    zeroed = tmp_path / "zeroed.faiss"
+    zeroed.write_bytes(bytes(len(kept)))
+    with pytest.raises(IndexFileError):
+        SpeakerIndex.load(zeroed)
 
 
 def test_hnsw_above_the_size_limit(tmp_path):

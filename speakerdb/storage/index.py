@@ -41,7 +41,8 @@ needed, and the removed vector leaves the disk at once; the fixed-width "scrubbe
 field then records the generation up to which that was done, so that a process killed
 between its commit and the zeroing is healed by the next one to open the database.
 Files are replaced by rename, so a reader never sees half of one; files are opened
-without following links and created 0600.
+without following links and created 0600. A file that is deleted is zeroed first
+(:func:`erase`), so that its vectors do not stay in the freed blocks.
 """
 
 from __future__ import annotations
@@ -158,9 +159,10 @@ def temporary_files(path: str | Path) -> list[Path]:
     return [p for p in path.parent.glob(f"{path.name}.*.tmp") if p.name.count(".") >= 2]
 
 
-def remove_files(path: str | Path) -> list[str]:
+def remove_files(path: str | Path, zero: bool = True) -> list[str]:
     """Delete the index file, its temporary files and a change log of format 2; returns
-    what could not be deleted. Unlinking needs no free space, and removes links, not their targets."""
+    what could not be deleted. Each is zeroed first (:func:`erase`) unless ``zero`` is false;
+    the caller holds the write lock. Needs no free space, and removes links, not their targets."""
     left = []
     lock = Path(f"{path}.lock")
     # A lock file in use must stay (deleting it would let two writers in); a directory or
@@ -170,11 +172,62 @@ def remove_files(path: str | Path) -> list[str]:
         try:
             if p.is_dir() and not p.is_symlink():
                 p.rmdir()
+            elif zero:
+                erase(p)
             else:
                 p.unlink(missing_ok=True)
         except OSError as e:
             left.append(f"{p} ({e.strerror or e})")
     return left
+
+
+ERASE_CHUNK = 1 << 20  # bytes of zeros written at a time
+
+
+def erase(path: str | Path) -> None:
+    """Delete the file at ``path`` (nothing there: nothing to do), first overwriting it with
+    zeros and syncing them when it is a regular file that no other name links to: its vectors
+    do not stay in the freed blocks, as SQLite's secure_delete zeroes freed cells. A link, a
+    file with another name, or anything else is only unlinked, never written through.
+
+    The caller holds the write lock, so no writer is at work on the file. It is first renamed
+    to a temporary name (a reader opening the index then finds none and rebuilds, and a kill
+    while zeroing leaves debris that the next open erases); a reader that opened it before
+    finds zeros where it expects digests, vectors of norm 1 or sealed blocks: damage, so it
+    rebuilds from the store instead of answering from it.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return
+    except OSError:  # a link (ELOOP), a directory, a FIFO without a reader, no write permission
+        path.unlink(missing_ok=True)
+        return
+    try:
+        st = os.fstat(fd)
+        try:
+            here = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)):
+            path.unlink(missing_ok=True)  # zeroing would change what another name holds
+            return
+        try:
+            if not path.name.endswith(".tmp"):
+                hidden = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
+                os.rename(path, hidden)
+                path = hidden
+            zeros = memoryview(bytes(min(st.st_size, ERASE_CHUNK)))
+            at = 0
+            while at < st.st_size:
+                at += os.pwrite(fd, zeros[: st.st_size - at], at)
+            os.fsync(fd)
+        except OSError:
+            pass  # an I/O error while zeroing: it is still deleted, as it was before zeroing existed
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 class SpeakerIndex:

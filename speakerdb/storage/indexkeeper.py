@@ -161,7 +161,7 @@ class IndexKeeper:
         try:
             with write_lock(self.path, timeout=0.0):
                 if identity is not None and index_files.file_identity(self.path) == identity:
-                    self.path.unlink()
+                    index_files.erase(self.path)
         except Exception as e:
             note = f" (not deleted: {_reason(e)})"
         log.warning("index %s is damaged: %s; rebuilding it from the database%s", self.path, why, note)
@@ -212,7 +212,7 @@ class IndexKeeper:
         try:
             with write_lock(self.path):
                 for p in self._debris():
-                    p.unlink(missing_ok=True)  # no writer is active: we hold the lock
+                    index_files.erase(p)  # no writer is active: we hold the lock
                 header = SpeakerIndex.read_header(self.path)
                 if header is None:
                     if self._index_file_present():
@@ -338,7 +338,7 @@ class IndexKeeper:
             # a file sealed with the old key, or not at all, must not be written.
             raise IndexFileError("the database's data key changed since this process opened it")
         for tmp in index_files.temporary_files(self.path):
-            tmp.unlink(missing_ok=True)
+            index_files.erase(tmp)
         index.save(self.path, self.store.codec)
         try:
             with self.store.read() as s:
@@ -392,19 +392,19 @@ SAMPLE_CHECKS = 64  # live positions of a loaded file compared byte for byte wit
 
 
 def erase_files(path: Path) -> list[str]:
-    """Delete the index files at ``path`` under the index lock, so that a
+    """Erase the index files at ``path`` (zeroed, then deleted) under the index lock, so that a
     process saving them finishes first; returns what could not be deleted. No lock is taken
     when there is nothing: a save that starts later checks that its gallery still exists.
-    If another process holds the lock past its timeout, they are deleted without it (a
-    save under way there finds the gallery gone and erases what it wrote), said in one warning."""
+    If another process holds the lock past its timeout, they are deleted without it, and
+    not zeroed (never written while that process may be writing), said in one warning."""
     if not (os.path.lexists(path) or os.path.lexists(f"{path}.log") or index_files.temporary_files(path)):
         return []
     try:
         with write_lock(path):
             return index_files.remove_files(path)
     except IndexFileError as e:
-        log.warning("index %s deleted without its lock: %s", path, _reason(e))
-        return index_files.remove_files(path)
+        log.warning("index %s deleted without its lock, so not zeroed: %s", path, _reason(e))
+        return index_files.remove_files(path, zero=False)
 
 
 def _replay(s, index: SpeakerIndex, records: list[tuple[int, int, str, int]], target: int) -> SpeakerIndex:
