@@ -1822,6 +1822,14 @@ def _after_sealing(db: SpeakerDB) -> None:
         ) from None
 
 
+#: What zeroing in place cannot reach on any store: it overwrites the blocks the file system
+#: shows, not earlier copies that it or the disk kept.
+_OLD_BLOCKS = (
+    "earlier copies of overwritten blocks that a copy-on-write file system (btrfs, ZFS) or its "
+    "snapshots, or an SSD's wear levelling, keeps"
+)
+
+
 def _erasure(server: bool) -> Erasure:
     """Where a removal erases a voiceprint, and what no command can reach (docs/governance.md)."""
     if server:
@@ -1836,6 +1844,7 @@ def _erasure(server: bool) -> Erasure:
                 "replicas, until they replay the deletion",
                 "backups and base backups made before the removal",
                 "galleries exported before the removal",
+                _OLD_BLOCKS,
             ],
         )
     return Erasure(
@@ -1848,6 +1857,7 @@ def _erasure(server: bool) -> Erasure:
             "backups and copies of the database file made before the removal",
             "galleries exported before the removal",
             "replicas or synced copies of the file (rsync, Litestream, cloud drives)",
+            _OLD_BLOCKS,
         ],
     )
 

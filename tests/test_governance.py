@@ -658,6 +658,7 @@ def test_the_cli_sets_the_policy_enrolls_with_consent_shows_expires_and_opts_out
 
     out = json.loads(run("optout", "bob", "--yes", "--json").stdout)
     assert out["removed"] and out["erasure"]["not_reachable"]
+    assert any("copy-on-write" in line for line in out["erasure"]["not_reachable"])
     refused = run("enroll", "bob", clips["bob"], "--consent", "again", "--json", code=1)
     assert json.loads(refused.stdout)["error"]["code"] == "opted_out"
     listed = run("optout", "--list").stdout
