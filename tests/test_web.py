@@ -637,6 +637,73 @@ def test_settings_turn_normalisation_on_with_a_cohort_and_off_again(tab, server,
     expect(audit.get_by_role("row", name=re.compile(r"\bnorm\b"))).to_have_count(2)
 
 
+# ---- keyboard and screen readers ------------------------------------------------------------------
+def test_the_keyboard_focus_stays_on_the_page_when_a_pressed_control_goes_busy_or_away(tab, server, audio):
+    """A control pressed from the keyboard that was then disabled, hidden or rebuilt took the
+    focus with it to <body>, and the user had to Tab again from the top of the page: live's
+    start/stop button while it works, enroll's button while it sends, a clip's Remove, the new
+    key's "Done, hide it", a key's Revoke, a timeline voice's Enroll. The focus now stays on the
+    button or goes to what took its place."""
+    page = tab.sign_in("admin").page
+    tab.go("live")
+    page.get_by_role("button", name="Start listening").focus()
+    page.keyboard.press("Enter")
+    stop = page.get_by_role("button", name="Stop listening")
+    expect(stop).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Start listening")).to_be_focused(timeout=30_000)
+
+    tab.go("enroll")
+    page.get_by_label("Audio files").set_input_files([str(audio["ann"]), str(audio["ben"])])
+    page.get_by_role("button", name="Remove ann.wav").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Remove ben.wav")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Audio files")).to_be_focused()
+    page.get_by_label("Audio files").set_input_files(str(audio["ann"]))
+    page.get_by_label("Speaker name").fill("kim")
+    enroll = page.get_by_role("button", name="Enroll", exact=True)
+    enroll.focus()
+    page.keyboard.press("Enter")
+    expect(enroll).to_have_attribute("aria-disabled", "true")  # busy, and still focused
+    expect(enroll).to_be_focused()
+    expect(tab.main().locator("pre.notes")).to_contain_text("created kim")
+    expect(enroll).to_be_focused()
+
+    tab.go("settings")
+    page.get_by_label("Key name").fill("desk2")
+    page.get_by_role("button", name="Create key").click()
+    page.get_by_role("button", name="Done, hide it").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Create key")).to_be_focused()
+    page.get_by_role("button", name="Revoke key desk2").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog")
+    expect(dialog.get_by_role("button", name="Cancel")).to_be_focused()  # the safe choice
+    page.keyboard.press("Escape")
+    expect(dialog).to_have_count(0)
+    expect(page.get_by_role("button", name="Revoke key desk2")).to_be_focused()
+    page.keyboard.press("Enter")
+    page.keyboard.press("Tab")
+    expect(dialog.get_by_role("button", name="Revoke desk2")).to_be_focused()
+    page.keyboard.press("Enter")
+    keys = page.get_by_role("region", name="Keys", exact=True)
+    expect(keys.get_by_role("row", name=re.compile("desk2"))).to_contain_text("revoked")
+    expect(keys).to_be_focused()
+
+    tab.go("timeline")
+    page.get_by_label("Threshold (optional)").fill("1")
+    page.get_by_label("Recording", exact=True).set_input_files(str(audio["meeting"]))
+    lane = page.locator(".lane").first
+    expect(lane).to_be_visible(timeout=30_000)
+    label = lane.get_attribute("data-label")
+    page.get_by_label(f"Name {label}").fill("tam")
+    page.get_by_role("button", name=f"Enroll {label}").focus()
+    page.keyboard.press("Enter")
+    expect(lane.locator(".lane-name")).to_be_focused(timeout=30_000)
+    expect(lane.locator(".lane-name")).to_have_text("tam")
+
+
 # ---- accessibility, phone width, dark, screenshots -----------------------------------------------
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}});

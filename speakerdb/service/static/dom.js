@@ -24,6 +24,21 @@ function append(el, children) {
   }
 }
 
+/**
+ * Run ``work()`` with ``button`` marked busy: further presses are ignored until it ends. The
+ * button is aria-disabled rather than disabled, since a disabled button drops the keyboard
+ * focus to <body> and the user must Tab back from the top of the page.
+ */
+export async function busy(button, work) {
+  if (button.getAttribute("aria-disabled") === "true") return undefined;
+  button.setAttribute("aria-disabled", "true");
+  try {
+    return await work();
+  } finally {
+    button.removeAttribute("aria-disabled");
+  }
+}
+
 /** Replace the children of ``el``. */
 export function fill(el, ...children) {
   el.replaceChildren();

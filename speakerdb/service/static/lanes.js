@@ -127,12 +127,14 @@ export class Lanes {
     }
   }
 
-  /** Rename a lane's voice (after it was enrolled). */
+  /** Rename a lane's voice (after it was enrolled); returns the lane's heading (focusable), or null. */
   rename(label, name) {
     const lane = this.lanes.get(label);
-    if (lane) {
-      fill(lane.title, name);
-      lane.el.classList.add("known");
-    }
+    if (!lane) return null;
+    fill(lane.title, name);
+    lane.el.setAttribute("aria-label", `Voice ${name}`);
+    lane.el.classList.add("known");
+    lane.title.tabIndex = -1;
+    return lane.title;
   }
 }

@@ -3,7 +3,7 @@
 
 import { api, seg } from "../api.js";
 import { Microphone, concat, wav } from "../audio.js";
-import { dropzone, field, h, messages, seconds } from "../dom.js";
+import { busy, dropzone, field, h, messages, seconds } from "../dom.js";
 
 /** The lines `speakerdb enroll` prints for ``result`` (notes and warnings on stderr, then the summary). */
 export function enrollLines(result, withMetadata = false) {
@@ -71,6 +71,9 @@ export default async function enroll(main, { go }) {
                 if (c.url) URL.revokeObjectURL(c.url);
                 clips.splice(i, 1);
                 showClips();
+                // The pressed button is gone: the focus goes to the next clip's, or back to the picker.
+                const left = list.querySelectorAll("button");
+                (left[Math.min(i, left.length - 1)] || drop.input).focus();
               },
             },
             "Remove",
@@ -171,6 +174,7 @@ export default async function enroll(main, { go }) {
   );
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
+    if (submit.getAttribute("aria-disabled") === "true") return; // an enrollment is under way
     if (mic) await stopRecording();
     if (!clips.length) {
       out.error("add at least one recording: choose a file or record from the microphone");
@@ -183,25 +187,24 @@ export default async function enroll(main, { go }) {
       out.error(err);
       return;
     }
-    submit.disabled = true;
-    out.info(`Enrolling ${name.value.trim()}…`);
-    try {
-      const result = await enrollClips(name.value.trim(), clips, {
-        metadata,
-        isNew: isNew.checked,
-        strict: strict.checked,
-        consent: consent.value.trim(),
-      });
-      out.lines(enrollLines(result, Boolean(metadata)));
-      out.el.append(h("p", {}, h("a", { href: `#/speakers/${seg(result.speaker)}` }, `Show ${result.speaker}`)));
-      for (const c of clips) if (c.url) URL.revokeObjectURL(c.url);
-      clips.length = 0;
-      showClips();
-    } catch (err) {
-      out.error(err);
-    } finally {
-      submit.disabled = false;
-    }
+    await busy(submit, async () => {
+      out.info(`Enrolling ${name.value.trim()}…`);
+      try {
+        const result = await enrollClips(name.value.trim(), clips, {
+          metadata,
+          isNew: isNew.checked,
+          strict: strict.checked,
+          consent: consent.value.trim(),
+        });
+        out.lines(enrollLines(result, Boolean(metadata)));
+        out.el.append(h("p", {}, h("a", { href: `#/speakers/${seg(result.speaker)}` }, `Show ${result.speaker}`)));
+        for (const c of clips) if (c.url) URL.revokeObjectURL(c.url);
+        clips.length = 0;
+        showClips();
+      } catch (err) {
+        out.error(err);
+      }
+    });
   });
   showClips();
   main.append(h("h1", {}, "Enroll"), form);

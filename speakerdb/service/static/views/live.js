@@ -5,7 +5,7 @@
 
 import { inGallery, session } from "../api.js";
 import { Microphone, RATE } from "../audio.js";
-import { field, h, messages, seconds } from "../dom.js";
+import { busy, field, h, messages, seconds } from "../dom.js";
 import { Lanes } from "../lanes.js";
 
 /** Spans after ``event``: provisional spans it overlaps are replaced by it. */
@@ -156,18 +156,17 @@ export default async function live(main) {
     state.textContent = "Not listening.";
   }
 
-  button.addEventListener("click", async () => {
-    button.disabled = true;
-    try {
-      if (mic || socket) await stop(true);
-      else await start();
-    } catch (e) {
-      out.error(e);
-      await stop(false);
-    } finally {
-      button.disabled = false;
-    }
-  });
+  button.addEventListener("click", () =>
+    busy(button, async () => {
+      try {
+        if (mic || socket) await stop(true);
+        else await start();
+      } catch (e) {
+        out.error(e);
+        await stop(false);
+      }
+    }),
+  );
 
   main.append(
     h("h1", {}, "Live"),

@@ -16,7 +16,7 @@ async function thresholdSection(main) {
   limit(value, "cosine"); // until /v1/info says the scale
   // novalidate: an out-of-range threshold is said in the messages (its limits), not in the browser's bubble.
   const form = h("form", { class: "inline", novalidate: true }, field("Decision threshold", value), h("button", { type: "submit" }, "Save threshold"));
-  const norm = h("p", { id: "norm-state" });
+  const norm = h("p", { id: "norm-state", tabindex: "-1" });
   // AS-norm on: recordings of people who are not enrolled (a cohort), embedded by the service.
   const cohort = h("input", { type: "file", multiple: true, accept: "audio/*,video/*,.wav,.flac,.mp3,.ogg,.m4a,.opus,.webm" });
   const topN = h("input", { type: "number", min: "1", step: "1", inputmode: "numeric", placeholder: "100" });
@@ -97,6 +97,7 @@ async function thresholdSection(main) {
     if (!yes) return;
     try {
       await changed(await api("DELETE", "/v1/norm"), "Normalisation is off: raw cosine scores.");
+      norm.focus(); // the button is hidden now: the focus goes to the state it changed
     } catch (err) {
       out.error(err);
     }
@@ -114,7 +115,13 @@ async function keysSection(main, session) {
   const name = h("input", { type: "text", required: true, autocomplete: "off", spellcheck: "false" });
   const scope = h("select", {}, ["read", "write", "admin"].map((s) => h("option", { value: s }, s)));
   const created = h("div");
-  const form = h("form", { class: "inline" }, field("Key name", name), field("Scope", scope), h("button", { type: "submit" }, "Create key"));
+  const createButton = h("button", { type: "submit" }, "Create key");
+  const form = h("form", { class: "inline" }, field("Key name", name), field("Scope", scope), createButton);
+  // The secret and its buttons go: the focus returns to the button that made it, not to <body>.
+  const hide = () => {
+    created.replaceChildren();
+    createButton.focus();
+  };
   main.append(h("section", { class: "card", "aria-labelledby": "set-keys" }, h("h2", { id: "set-keys" }, "API keys"), list, h("h3", {}, "New key"), form, created, out.el));
   const load = async () => {
     const keys = await api("GET", "/v1/keys");
@@ -146,6 +153,8 @@ async function keysSection(main, session) {
       await api("DELETE", `/v1/keys/${seg(k.name)}`);
       out.info(`Revoked ${k.name}.`);
       await load();
+      // Its Revoke button is gone with the old table: the focus goes to the new one, not to <body>.
+      list.querySelector(".table-wrap")?.focus();
       main.dispatchEvent(new Event("audited"));
     } catch (err) {
       out.error(err);
@@ -173,7 +182,7 @@ async function keysSection(main, session) {
           h("p", {}, `Key ${doc.name} (${doc.scope}) created. It is shown this once: copy it now.`),
           field(`Secret of ${doc.name}`, secret),
           copy,
-          h("button", { type: "button", onclick: () => created.replaceChildren() }, "Done, hide it"),
+          h("button", { type: "button", onclick: hide }, "Done, hide it"),
         ),
       );
       name.value = "";

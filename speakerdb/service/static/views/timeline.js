@@ -5,7 +5,7 @@
 
 import { api } from "../api.js";
 import { cut, decode, wav } from "../audio.js";
-import { dropzone, field, h, messages, seconds } from "../dom.js";
+import { busy, dropzone, field, h, messages, seconds } from "../dom.js";
 import { aloneSpans, Lanes } from "../lanes.js";
 import { callThreshold } from "../threshold.js";
 import { enrollClips, enrollLines } from "./enroll.js";
@@ -57,25 +57,30 @@ export default async function timeline(main, { session }) {
       if (!label.startsWith("unknown") || !session.can("write")) return null;
       const name = h("input", { type: "text", required: true, autocomplete: "off", spellcheck: "false" });
       const notes = messages();
-      const f = h("form", { class: "inline enroll-voice" }, field(`Name ${label}`, name), h("button", { type: "submit" }, `Enroll ${label}`), notes.el);
+      const button = h("button", { type: "submit" }, `Enroll ${label}`);
+      const f = h("form", { class: "inline enroll-voice" }, field(`Name ${label}`, name), button, notes.el);
       f.addEventListener("submit", async (e) => {
         e.preventDefault();
         const who = name.value.trim();
-        if (!who) return;
-        notes.info(`Enrolling ${label} as ${who}…`);
-        try {
-          const spans = aloneSpans(doc.segments, label);
-          if (!spans.length) throw new Error(`${label} is heard only over another voice: nothing to enroll`);
-          decoded = decoded || (await decode(file));
-          const clip = wav(cut(decoded, spans));
-          const result = await enrollClips(who, [{ name: `${doc.file} ${label}.wav`, blob: clip }]);
-          notes.lines(enrollLines(result));
-          for (const s of doc.segments) if (s.label === label) s.speaker = who;
-          lanes.rename(label, who);
-          f.querySelector("button").disabled = true;
-        } catch (err) {
-          notes.error(err);
-        }
+        if (!who || button.disabled) return;
+        await busy(button, async () => {
+          notes.info(`Enrolling ${label} as ${who}…`);
+          try {
+            const spans = aloneSpans(doc.segments, label);
+            if (!spans.length) throw new Error(`${label} is heard only over another voice: nothing to enroll`);
+            decoded = decoded || (await decode(file));
+            const clip = wav(cut(decoded, spans));
+            const result = await enrollClips(who, [{ name: `${doc.file} ${label}.wav`, blob: clip }]);
+            notes.lines(enrollLines(result));
+            for (const s of doc.segments) if (s.label === label) s.speaker = who;
+            // The button is disabled for good: the focus goes to the lane's heading, now the new name,
+            // rather than to <body>.
+            lanes.rename(label, who)?.focus();
+            button.disabled = true;
+          } catch (err) {
+            notes.error(err);
+          }
+        });
       });
       return f;
     };
