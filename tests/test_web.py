@@ -704,6 +704,26 @@ def test_the_keyboard_focus_stays_on_the_page_when_a_pressed_control_goes_busy_o
     expect(lane.locator(".lane-name")).to_have_text("tam")
 
 
+def test_a_view_left_while_it_loads_leaves_the_focus_and_the_page_of_the_next_one_alone(tab, server):
+    """A view that was left before its data came (a slow GET) still focused the page's heading
+    when it came, taking the focus from where the user had moved it in the next view, and
+    appended its content to the next view."""
+    page = tab.sign_in("read").page
+    page.wait_for_load_state("networkidle")
+    page.evaluate(
+        """() => { const f = window.fetch; window.fetch = (u, o) => String(u).includes('/v1/speakers/bob')
+           ? new Promise(r => setTimeout(r, 1500)).then(() => f(u, o)) : f(u, o); }"""
+    )
+    page.evaluate("location.hash = '#/speakers/bob'")
+    tab.go("live")
+    start = page.get_by_role("button", name="Start listening")
+    start.focus()
+    page.wait_for_timeout(2500)  # bob's page has had its answer
+    expect(start).to_be_focused()
+    expect(tab.main()).not_to_contain_text("Utterances")
+    expect(page).to_have_title("Live · speakerdb")
+
+
 # ---- accessibility, phone width, dark, screenshots -----------------------------------------------
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}});

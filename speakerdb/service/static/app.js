@@ -27,6 +27,9 @@ const ROUTES = {
 const main = document.getElementById("main");
 let cleanup = null; // what the view on screen must stop when it is left (microphone, sockets, URLs)
 let notice = null; // a message for the next view (e.g. "signed out", "removed alice")
+// Which route is the latest: one left while it still loads must not take the focus, the
+// cleanup or the page of the view that replaced it.
+let turn = 0;
 
 /** Go to a view; ``message`` is shown at its top. */
 export function go(hash, message = null) {
@@ -41,21 +44,42 @@ function parse() {
   return [parts[0] || "speakers", null];
 }
 
+/** Show ``render(root)``'s view in a container of its own; its cleanup is kept while it is the latest. */
+async function show(mine, render) {
+  // A view that is left while it loads goes on writing into its own container, now detached.
+  const root = h("div", { class: "view" });
+  fill(main, root);
+  let stop = null;
+  try {
+    stop = (await render(root)) || null;
+  } catch (e) {
+    root.append(h("p", { class: "error", role: "alert" }, e.message || String(e)));
+  }
+  if (mine !== turn) {
+    if (stop) await stop();
+    return;
+  }
+  cleanup = stop;
+  focusHeading();
+}
+
 async function route() {
   if (!location.hash.startsWith("#/") && location.hash !== "") return; // "#main" and the like
+  turn += 1;
+  const mine = turn;
   if (cleanup) {
     const stop = cleanup;
     cleanup = null;
     await stop();
   }
+  if (mine !== turn) return;
   const message = notice;
   notice = null;
   const [name, param] = parse();
   showChrome();
   if (name === "signin" || session.scope === null) {
     document.title = "Sign in · speakerdb";
-    cleanup = (await signin(main, { message, next: name === "signin" ? "#/speakers" : location.hash, go })) || null;
-    focusHeading();
+    await show(mine, (root) => signin(root, { message, next: name === "signin" ? "#/speakers" : location.hash, go }));
     return;
   }
   const entry = ROUTES[name];
@@ -77,14 +101,10 @@ async function route() {
     focusHeading();
     return;
   }
-  fill(main);
-  if (message) main.append(h("p", { class: "info", role: "status" }, message));
-  try {
-    cleanup = (await view(main, { param, go, session })) || null;
-  } catch (e) {
-    main.append(h("p", { class: "error", role: "alert" }, e.message || String(e)));
-  }
-  focusHeading();
+  await show(mine, (root) => {
+    if (message) root.append(h("p", { class: "info", role: "status" }, message));
+    return view(root, { param, go, session });
+  });
 }
 
 function focusHeading() {
