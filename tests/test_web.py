@@ -225,6 +225,9 @@ def test_sign_in_a_wrong_key_a_read_key_and_sign_out(tab, server):
     page = tab.open().page
     expect(page.locator("main h1")).to_have_text("Sign in")
     expect(page.locator("#nav")).to_be_hidden()
+    # Nothing to sign out of: no key line, no button (a Tab stop that did nothing).
+    expect(page.locator("#who")).to_be_hidden()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
     page.get_by_label("API key").fill("sdb_0000_wrong")
     page.get_by_role("button", name="Sign in").click()
     expect(tab.main()).to_contain_text("the API key is not valid (unknown, revoked or mistyped)")
