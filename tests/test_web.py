@@ -263,6 +263,8 @@ def test_sign_in_a_wrong_key_a_read_key_and_sign_out(tab, server):
     page.get_by_role("button", name="Sign out").click()
     expect(page.locator("main h1")).to_have_text("Sign in")
     expect(tab.main()).to_contain_text("Signed out")
+    # The heading takes the focus; what happened is its description, read out with it.
+    expect(page.locator("main h1")).to_have_accessible_description("Signed out: the key is forgotten.")
     assert page.evaluate("sessionStorage.length") == 0
     page.reload()
     expect(page.locator("main h1")).to_have_text("Sign in")
@@ -315,6 +317,7 @@ def test_speakers_search_show_rename_and_remove_with_a_confirmation_naming_them(
     dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("Remove cleopatra?")
     expect(dialog).to_contain_text("1 utterance")
+    expect(dialog).to_have_accessible_description(re.compile(r"^The speaker cleopatra, 1 utterance .* undone"))
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_have_count(0)
     assert server.call("GET", "/v1/speakers/cleopatra", key=server.keys["read"])[0] == 200
@@ -322,6 +325,7 @@ def test_speakers_search_show_rename_and_remove_with_a_confirmation_naming_them(
     page.get_by_role("dialog").get_by_role("button", name="Remove cleopatra").click()
     expect(page.locator("main h1")).to_have_text("Speakers")
     expect(tab.main()).to_contain_text("Removed cleopatra (1 utterance).")
+    expect(page.locator("main h1")).to_have_accessible_description("Removed cleopatra (1 utterance).")
     assert server.call("GET", "/v1/speakers/cleopatra", key=server.keys["read"])[0] == 404
 
 
@@ -390,6 +394,8 @@ def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
         raise AssertionError(f"no lane named lena; the lanes: {page.locator('.lanes').inner_text()!r}") from None
     expect(lane.locator(".seg:not(.provisional)").first).to_be_attached(timeout=30_000)  # settled
     expect(page.locator("#live-level")).not_to_have_attribute("value", "-60")
+    # The length heard changes ten times a second: an <output> (a live region) that says so is off.
+    expect(page.locator(".recorder output")).to_have_attribute("aria-live", "off")
     page.screenshot(path=str(shots / "live-listening.png"))
     assert page.locator(".lane:not(:has(.seg))").count() == 0  # a voice revised away takes its lane along
     page.get_by_role("button", name="Stop listening").click()
@@ -416,12 +422,18 @@ def test_identify_and_verify_show_scores_against_the_threshold(tab, server, audi
     expect(answers.nth(0).get_by_role("list", name="Candidates for ivy.wav")).to_contain_text("ivy 1.000")
     expect(answers.nth(1)).to_contain_text("notes.txt")
     expect(answers.nth(1).locator(".error")).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text="answers")).to_have_text(
+        re.compile(r"^2 answers \(1 named, 0 unknown, 1 failed\), threshold 0\.\d{3}\.$")
+    )
 
     tab.go("verify")
     page.get_by_label("Claimed speaker").select_option("ivy")
     page.get_by_label("Recording to verify").set_input_files(str(audio["ivy"]))
     page.get_by_role("button", name="Verify", exact=True).click()
     expect(tab.main().locator(".verdict")).to_contain_text(re.compile(r"accepted: ivy \(score 1\.000 ≥ threshold"))
+    # Announced when it comes, not only shown: the verdict is inside a live region.
+    live = "v => Boolean(v.closest('[aria-live=polite], [aria-live=assertive], [role=status], [role=alert]'))"
+    assert tab.main().locator(".verdict").evaluate(live)
     page.get_by_label("Claimed speaker").select_option("bob")
     page.get_by_label("Threshold (optional)").fill("0.99999")
     page.get_by_role("button", name="Verify", exact=True).click()

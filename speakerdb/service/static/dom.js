@@ -132,13 +132,15 @@ export function dropzone(label, { multiple = true, onfiles }) {
 export function confirmDialog(title, text, action) {
   return new Promise((resolve) => {
     const titleId = uid("dlg");
+    const textId = uid("dlg");
     const cancel = h("button", { type: "button", value: "cancel" }, "Cancel");
     const ok = h("button", { type: "button", class: "danger", value: "ok" }, action);
+    // Described by its text: a screen reader says what is lost, not only the title, on opening.
     const dialog = h(
       "dialog",
-      { "aria-labelledby": titleId, class: "confirm" },
+      { "aria-labelledby": titleId, "aria-describedby": textId, class: "confirm" },
       h("h2", { id: titleId }, title),
-      h("p", {}, text),
+      h("p", { id: textId }, text),
       h("div", { class: "actions" }, cancel, ok),
     );
     const done = (answer) => {

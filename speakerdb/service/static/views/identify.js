@@ -44,7 +44,11 @@ export default async function identify(main) {
     try {
       const answers = await api("POST", "/v1/identify", { form });
       const cut = override ? Number(override) : stored;
-      out.info(`${answers.length} answer${answers.length === 1 ? "" : "s"}, threshold ${score(cut)}.`);
+      // What each answer is, counted, so the announcement says more than how many came.
+      const named = answers.filter((a) => !a.error && a.speaker).length;
+      const failed = answers.filter((a) => a.error).length;
+      const counts = `${named} named, ${answers.length - named - failed} unknown${failed ? `, ${failed} failed` : ""}`;
+      out.info(`${answers.length} answer${answers.length === 1 ? "" : "s"} (${counts}), threshold ${score(cut)}.`);
       results.replaceChildren(...answers.map((a) => answer(a, cut)));
     } catch (e) {
       out.error(e);

@@ -19,7 +19,8 @@ export function revise(spans, event) {
 export default async function live(main) {
   const out = messages();
   const level = h("meter", { min: "-60", max: "0", low: "-45", high: "-6", optimum: "-20", value: "-60", id: "live-level" });
-  const heard = h("output", {}, seconds(0));
+  // An <output> is a live region: "off", or a screen reader reads the length ten times a second.
+  const heard = h("output", { "aria-live": "off" }, seconds(0));
   const state = h("p", { class: "hint", role: "status", "aria-live": "polite" }, "Not listening.");
   const button = h("button", { type: "button", "aria-pressed": "false" }, "Start listening");
   const summary = h("div");

@@ -27,5 +27,8 @@ export default async function signin(main, { message, next, go }) {
     }
   });
   main.replaceChildren(h("h1", {}, "Sign in"), form);
-  if (message) out.info(message);
+  if (message) {
+    out.el.id = "notice"; // the heading is described by it (app.js): "Signed out: ..."
+    out.info(message);
+  }
 }

@@ -7,7 +7,8 @@ import { scoreBar } from "./identify.js";
 
 export default async function verify(main) {
   const out = messages();
-  const result = h("div", { class: "results" });
+  // The verdict is announced when it comes (out, the messages, is cleared then).
+  const result = h("div", { class: "results", "aria-live": "polite" });
   const who = h("select", { required: true });
   const threshold = callThreshold();
   let file = null;
