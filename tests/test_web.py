@@ -231,6 +231,9 @@ def test_sign_in_a_wrong_key_a_read_key_and_sign_out(tab, server):
     page.get_by_label("API key").fill("sdb_0000_wrong")
     page.get_by_role("button", name="Sign in").click()
     expect(tab.main()).to_contain_text("the API key is not valid (unknown, revoked or mistyped)")
+    key = page.get_by_label("API key")
+    expect(key).to_have_attribute("aria-invalid", "true")
+    expect(key).to_have_accessible_description(re.compile(r"Kept in this tab only\. the API key is not valid"))
     assert page.evaluate("sessionStorage.length") == 0
 
     seen = len(tab.requests)
@@ -468,12 +471,20 @@ def test_threshold_inputs_state_the_services_limits_and_show_its_refusal(tab, se
     expect(tab.main().locator(".error")).to_have_text(
         "threshold -0.5 is not a cosine score from 0 to 1: the service takes no other"
     )
+    # The error is the field's: marked invalid, said in its description (after its hint), focused.
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(box).to_have_accessible_description(re.compile(r"^A cosine score from 0 to 1.* threshold -0\.5 is not a"))
+    expect(box).to_be_focused()
     tab.go("verify")
     page.get_by_label("Claimed speaker").select_option("bob")
     page.get_by_label("Recording to verify").set_input_files(str(audio["ben"]))
     box.fill("1.5")
     page.get_by_role("button", name="Verify", exact=True).click()
     expect(tab.main().locator(".error")).to_contain_text("threshold 1.5 is not a cosine score from 0 to 1")
+    expect(box).to_have_attribute("aria-invalid", "true")
+    box.fill("0.5")  # being corrected: no longer marked
+    expect(box).not_to_have_attribute("aria-invalid", "true")
+    expect(box).not_to_have_accessible_description(re.compile(r"threshold 1\.5"))
     tab.go("timeline")
     box.fill("-1")
     page.get_by_label("Recording", exact=True).set_input_files(str(audio["meeting"]))

@@ -65,22 +65,48 @@ export function field(label, control, hint) {
   return h("div", { class: "field" }, parts);
 }
 
-/** A region that announces what it is given: role=status for news, role=alert for errors. */
+/**
+ * A region that announces what it is given: role=status for news, role=alert for errors.
+ * ``error(err, control)`` also ties the error to the control it is about: aria-invalid, the
+ * message in its description, and the focus, until the control changes or the next message.
+ */
 export function messages() {
   const box = h("div", { class: "messages", role: "status", "aria-live": "polite" });
+  let marked = null; // [control, the error's id]
+  const unmark = () => {
+    if (!marked) return;
+    const [control, id] = marked;
+    marked = null;
+    control.removeAttribute("aria-invalid");
+    const rest = (control.getAttribute("aria-describedby") || "").split(" ").filter((x) => x && x !== id);
+    if (rest.length) control.setAttribute("aria-describedby", rest.join(" "));
+    else control.removeAttribute("aria-describedby");
+  };
   return {
     el: box,
     clear() {
+      unmark();
       box.replaceChildren();
     },
     info(...text) {
+      unmark();
       fill(box, h("p", { class: "info" }, ...text));
     },
-    error(err) {
+    error(err, control = null) {
+      unmark();
       const text = err instanceof Error ? err.message : String(err);
-      fill(box, h("p", { class: "error", role: "alert" }, text));
+      const p = h("p", { class: "error", role: "alert", id: uid("err") }, text);
+      fill(box, p);
+      if (control) {
+        marked = [control, p.id];
+        control.setAttribute("aria-invalid", "true");
+        control.setAttribute("aria-describedby", `${control.getAttribute("aria-describedby") || ""} ${p.id}`.trim());
+        for (const ev of ["input", "change"]) control.addEventListener(ev, unmark, { once: true });
+        control.focus();
+      }
     },
     lines(lines, cls = "notes") {
+      unmark();
       fill(box, h("pre", { class: cls }, lines.join("\n")));
     },
   };

@@ -177,14 +177,14 @@ export default async function enroll(main, { go }) {
     if (submit.getAttribute("aria-disabled") === "true") return; // an enrollment is under way
     if (mic) await stopRecording();
     if (!clips.length) {
-      out.error("add at least one recording: choose a file or record from the microphone");
+      out.error("add at least one recording: choose a file or record from the microphone", drop.input);
       return;
     }
     let metadata;
     try {
       metadata = parseMeta(meta.value);
     } catch (err) {
-      out.error(err);
+      out.error(err, meta);
       return;
     }
     await busy(submit, async () => {

@@ -31,7 +31,7 @@ export default async function identify(main) {
     const wrong = threshold.problem();
     if (wrong) {
       results.replaceChildren();
-      out.error(wrong);
+      out.error(wrong, threshold.input);
       return;
     }
     const form = new FormData();

@@ -62,7 +62,7 @@ async function thresholdSection(main) {
     e.preventDefault();
     const wrong = value.value.trim() || value.validity.badInput ? problem(value) : "give a threshold";
     if (wrong) {
-      out.error(wrong);
+      out.error(wrong, value);
       return;
     }
     try {
@@ -71,7 +71,7 @@ async function thresholdSection(main) {
       await load();
       main.dispatchEvent(new Event("audited"));
     } catch (err) {
-      out.error(err);
+      out.error(err, value);
     }
   });
   on.addEventListener("submit", async (e) => {
@@ -85,7 +85,7 @@ async function thresholdSection(main) {
       cohort.value = "";
       await changed(doc, `Normalisation is on: AS-norm, top ${doc.norm.top_n} of ${doc.norm.count} cohort recordings.`);
     } catch (err) {
-      out.error(err);
+      out.error(err, cohort);
     }
   });
   off.addEventListener("click", async () => {
@@ -190,7 +190,7 @@ async function keysSection(main, session) {
       await load();
       main.dispatchEvent(new Event("audited"));
     } catch (err) {
-      out.error(err);
+      out.error(err, name);
     }
   });
   try {

@@ -22,7 +22,7 @@ export default async function signin(main, { message, next, go }) {
       await signIn(key.value.trim(), gallery.value);
       go(next && next !== "#/signin" ? next : "#/speakers");
     } catch (err) {
-      out.error(err);
+      out.error(err, key);
       key.select();
     }
   });

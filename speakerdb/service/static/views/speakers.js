@@ -93,7 +93,7 @@ export async function speaker(main, { param: name, go, session }) {
       await api("PATCH", `/v1/speakers/${seg(name)}`, { json: { name: to } });
       go(`#/speakers/${seg(to)}`, `Renamed ${name} to ${to}.`);
     } catch (err) {
-      out.error(err);
+      out.error(err, newName);
     }
   });
   const remove = h("button", { type: "button", class: "danger" }, `Remove ${name}…`);

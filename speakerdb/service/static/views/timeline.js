@@ -31,7 +31,7 @@ export default async function timeline(main, { session }) {
     clear();
     const wrong = threshold.problem();
     if (wrong) {
-      out.error(wrong);
+      out.error(wrong, threshold.input);
       return;
     }
     const form = new FormData();

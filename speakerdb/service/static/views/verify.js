@@ -34,10 +34,14 @@ export default async function verify(main) {
   }
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const wrong = !who.value ? "choose the claimed speaker first" : !file ? "choose a recording first" : threshold.problem();
+    const [wrong, control] = !who.value
+      ? ["choose the claimed speaker first", who]
+      : !file
+        ? ["choose a recording first", drop.input]
+        : [threshold.problem(), threshold.input];
     if (wrong) {
       result.replaceChildren();
-      out.error(wrong);
+      out.error(wrong, control);
       return;
     }
     const body = new FormData();
