@@ -405,6 +405,7 @@ def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
     summary = tab.main().get_by_role("heading", name="Session")
     expect(summary).to_be_visible(timeout=30_000)
     expect(tab.main()).to_contain_text(re.compile(r"heard, \d+ voices?: .*lena"))
+    expect(page.get_by_role("table", name="Who spoke when")).to_contain_text("lena")
     # The key went in the socket's first message, never in its URL; "end" asked for the timeline.
     [(url, sent)] = tab.sockets
     assert url == f"ws://127.0.0.1:{server.port}/v1/galleries/live/stream?sample_rate=16000&encoding=f32le"
@@ -539,6 +540,12 @@ def test_timeline_lanes_a_moving_cursor_and_an_unknown_voice_enrolled(tab, serve
     expect(tab.main()).to_contain_text("meeting.wav: 8.5 s")
     labels = lanes.evaluate_all("ls => ls.map(l => l.dataset.label)")
     assert labels and all(label.startswith("unknown-") for label in labels)
+    # The lanes as text: under a heading of their own, and a table of every segment in time order.
+    expect(page.get_by_role("heading", level=2, name="Voices in meeting.wav")).to_be_visible()
+    spans = page.get_by_role("table", name="Who speaks when in meeting.wav")
+    expect(spans.locator("tbody tr")).to_have_count(page.locator(".lane .seg").count())
+    expect(spans.locator("thead")).to_have_text(re.compile(r"From\s*To\s*Voice\s*Score"))
+    expect(spans.locator("tbody tr").first).to_contain_text(re.compile(r"^0\.\d s\s*\d+\.\d s\s*unknown-\d"))
     segments = page.locator(".lane .seg")
     assert segments.count() >= 1
     # The player's cursor moves over the lanes: play, and choosing a segment seeks there.
@@ -554,6 +561,7 @@ def test_timeline_lanes_a_moving_cursor_and_an_unknown_voice_enrolled(tab, serve
     page.get_by_role("button", name=f"Enroll {label}").click()
     expect(lanes.first.locator("pre.notes")).to_contain_text(re.compile(r"created tess: 1 utterance\(s\) added"))
     expect(lanes.first.locator(".lane-name")).to_have_text("tess")
+    expect(spans).to_contain_text("tess")
     doc = server.call("GET", "/v1/speakers/tess", key=server.keys["read"])[2]
     assert doc["utterances"][0]["source"] == f"meeting.wav {label}.wav" and doc["utterances"][0]["duration_s"] > 1
 

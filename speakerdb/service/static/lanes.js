@@ -1,7 +1,7 @@
 // One lane per voice: its name, its speech, and a cursor at the time being played or heard.
 // Used by the timeline (a finished recording) and the live view (lanes that grow).
 
-import { fill, h, score, seconds } from "./dom.js";
+import { fill, h, score, seconds, table, uid } from "./dom.js";
 
 /** The name a span shows: the enrolled speaker, or the voice's label (unknown-1, ...). */
 export function voiceName(span) {
@@ -33,6 +33,17 @@ export function aloneSpans(segments, label) {
   return out;
 }
 
+/**
+ * The lanes as text: a table of every span in time order (from, to, voice, score), for a screen
+ * reader or anyone who would rather read than look at bars.
+ */
+export function spansTable(caption, spans) {
+  const rows = [...spans]
+    .sort((a, b) => a.start - b.start || a.end - b.end)
+    .map((s) => [seconds(s.start), seconds(s.end), voiceName(s), score(s.score)]);
+  return table(caption, ["From", "To", "Voice", "Score"], rows);
+}
+
 export class Lanes {
   /**
    * ``caption``: what the lanes show; ``onseek(t)``: a segment was chosen (the player jumps
@@ -43,7 +54,9 @@ export class Lanes {
     this.extra = extra;
     this.duration = 1;
     this.lanes = new Map(); // label -> {el, title, meta, track, cursor}
-    this.el = h("div", { class: "lanes", role: "group", "aria-label": caption });
+    // A heading of their own: the lanes' names (h3) then sit under an h2, not straight under the h1.
+    const heading = h("h2", { id: uid("lanes") }, caption);
+    this.el = h("div", { class: "lanes", role: "group", "aria-labelledby": heading.id }, heading);
     this.empty = h("p", { class: "hint" }, "No speech yet.");
     this.el.append(this.empty);
   }
@@ -57,7 +70,8 @@ export class Lanes {
     const cursor = h("div", { class: "cursor", "aria-hidden": "true" });
     track.append(cursor);
     const head = h("div", { class: "lane-head" }, title, meta);
-    const el = h("section", { class: `lane c${this.lanes.size % 8}`, dataset: { label } }, head, track);
+    // A group, not a <section> with a name: that made every voice a landmark region.
+    const el = h("div", { class: `lane c${this.lanes.size % 8}`, role: "group", dataset: { label } }, head, track);
     if (this.extra) {
       const extra = this.extra(label);
       if (extra) el.append(h("div", { class: "lane-extra" }, extra));

@@ -6,7 +6,7 @@
 import { inGallery, session } from "../api.js";
 import { Microphone, RATE } from "../audio.js";
 import { busy, field, h, messages, seconds } from "../dom.js";
-import { Lanes } from "../lanes.js";
+import { Lanes, spansTable } from "../lanes.js";
 
 /** Spans after ``event``: provisional spans it overlaps are replaced by it. */
 export function revise(spans, event) {
@@ -80,6 +80,7 @@ export default async function live(main) {
         summary.replaceChildren(
           h("h2", {}, "Session"),
           h("p", {}, `${seconds(ev.duration || fed)} heard, ${voices.length} voice${voices.length === 1 ? "" : "s"}: ${voices.map((v) => v.speaker || v.label).join(", ") || "none"}.`),
+          spans.length ? spansTable("Who spoke when", spans) : null,
         );
         break;
       }

@@ -6,7 +6,7 @@
 import { api } from "../api.js";
 import { cut, decode, wav } from "../audio.js";
 import { busy, dropzone, field, h, messages, seconds } from "../dom.js";
-import { aloneSpans, Lanes } from "../lanes.js";
+import { aloneSpans, Lanes, spansTable } from "../lanes.js";
 import { callThreshold } from "../threshold.js";
 import { enrollClips, enrollLines } from "./enroll.js";
 
@@ -73,6 +73,7 @@ export default async function timeline(main, { session }) {
             const result = await enrollClips(who, [{ name: `${doc.file} ${label}.wav`, blob: clip }]);
             notes.lines(enrollLines(result));
             for (const s of doc.segments) if (s.label === label) s.speaker = who;
+            showTable();
             // The button is disabled for good: the focus goes to the lane's heading, now the new name,
             // rather than to <body>.
             lanes.rename(label, who)?.focus();
@@ -107,7 +108,10 @@ export default async function timeline(main, { session }) {
     });
     player.addEventListener("timeupdate", () => lanes.cursorAt(player.currentTime));
     player.addEventListener("seeked", () => lanes.cursorAt(player.currentTime));
-    view.append(player, lanes.el);
+    const text = h("div");
+    const showTable = () => text.replaceChildren(spansTable(`Who speaks when in ${doc.file}`, doc.segments));
+    showTable();
+    view.append(player, lanes.el, h("h2", {}, "Who speaks when"), text);
     if (doc.notes && doc.notes.length) view.append(h("ul", { class: "notes" }, doc.notes.map((n) => h("li", {}, String(n)))));
   };
 
