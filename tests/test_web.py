@@ -555,6 +555,14 @@ def test_timeline_lanes_a_moving_cursor_and_an_unknown_voice_enrolled(tab, serve
     expect(cursor).to_have_attribute("style", re.compile(r"left: 50%"))
     segments.last.click()
     expect(cursor).not_to_have_attribute("style", re.compile(r"left: 50%;"))
+    # A segment's focus ring is inside it: the track clips anything outside (it hid the page's ring).
+    segments.first.focus()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # focused from the keyboard: :focus-visible
+    ring = segments.first.evaluate(
+        "s => { const c = getComputedStyle(s); return [c.outlineStyle, c.outlineWidth, c.outlineOffset] }"
+    )
+    assert ring[0] == "solid" and float(ring[1][:-2]) + float(ring[2][:-2]) <= 0, ring
 
     label = labels[0]
     page.get_by_label(f"Name {label}").fill("tess")
@@ -765,6 +773,42 @@ AXE_RUN = """async () => {
 }"""
 
 
+LANE_CONTRAST = """() => {
+  const lum = (rgb) => {
+    const c = rgb.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map((x) => Number(x) / 255)
+      .map((x) => (x <= 0.04045 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4));
+    return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+  };
+  const out = [];
+  for (let i = 0; i < 8; i++) {
+    const seg = document.createElement("span");
+    seg.className = "seg";
+    const track = document.createElement("div");
+    track.className = "track";
+    const lane = document.createElement("div");
+    lane.className = `lane c${i}`;
+    track.append(seg);
+    lane.append(track);
+    document.body.append(lane);
+    const [a, b] = [lum(getComputedStyle(seg).backgroundColor), lum(getComputedStyle(track).backgroundColor)];
+    out.push((Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05));
+    lane.remove();
+  }
+  return out;
+}"""
+
+
+def test_every_voices_colour_stands_out_from_its_lane_in_light_and_dark(tab):
+    """A segment is a graphic that carries meaning (there is speech): at least 3:1 against its
+    lane (WCAG 1.4.11), in light and in dark; the fourth voice's orange was 2.6:1 in light."""
+    page = tab.open().page
+    expect(page.locator("main h1")).to_have_text("Sign in")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        ratios = page.evaluate(LANE_CONTRAST)
+        assert len(ratios) == 8 and min(ratios) >= 3, (scheme, [round(r, 2) for r in ratios])
+
+
 def test_every_view_has_no_axe_violations_in_light_and_dark_fits_a_phone_and_is_photographed(
     browser, server, audio, shots
 ):
@@ -802,9 +846,10 @@ def test_every_view_has_no_axe_violations_in_light_and_dark_fits_a_phone_and_is_
             expect(page.locator("article.answer")).to_have_count(1)
         audit(view)
         page.screenshot(path=str(shots / f"{view.replace('/', '-')}.png"))
-        page.set_viewport_size({"width": 390, "height": 844})
-        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
-        assert overflow <= 0, (view, overflow)
+        for width in (390, 320):  # a phone; 1280 px at 400 % zoom (WCAG 1.4.10)
+            page.set_viewport_size({"width": width, "height": 844})
+            overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, (view, width, overflow)
         page.set_viewport_size({"width": 1280, "height": 800})
     # Keyboard: the skip link, then the views by Tab from the top of the page.
     page.locator("#skip").focus()

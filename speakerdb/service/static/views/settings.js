@@ -128,7 +128,7 @@ async function keysSection(main, session) {
     list.replaceChildren(
       table(
         "Keys",
-        ["Name", "Scope", "Created", "State", ""],
+        ["Name", "Scope", "Created", "State", h("span", { class: "sr-only" }, "Action")],
         keys.map((k) => [
           k.name,
           k.scope,
