@@ -148,7 +148,7 @@ class _TorchSetting:
             torch.set_num_threads(count)
 
     def restore(self) -> None:
-        import torch
+        import torch  # deferred: torch is heavy to import
 
         if self._before is not None and torch.get_num_threads() != self._before:
             torch.set_num_threads(self._before)
