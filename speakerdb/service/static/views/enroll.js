@@ -94,7 +94,7 @@ export default async function enroll(main, { go }) {
   // The microphone: start/stop, a level meter and the length recorded.
   const level = h("meter", { min: "-60", max: "0", low: "-45", high: "-6", optimum: "-20", value: "-60", id: "enroll-level" });
   const length = h("output", { "aria-live": "off" }, seconds(0));
-  const recButton = h("button", { type: "button", "aria-pressed": "false" }, "Start recording");
+  const recButton = h("button", { type: "button" }, "Start recording");
   let mic = null;
   let blocks = [];
   recButton.addEventListener("click", async () => {
@@ -120,7 +120,6 @@ export default async function enroll(main, { go }) {
       return;
     }
     recButton.textContent = "Stop recording";
-    recButton.setAttribute("aria-pressed", "true");
     recButton.classList.add("recording");
     out.info("Recording… speak for 10 seconds or more, then stop.");
   });
@@ -129,7 +128,6 @@ export default async function enroll(main, { go }) {
     mic = null;
     await m.stop();
     recButton.textContent = "Start recording";
-    recButton.setAttribute("aria-pressed", "false");
     recButton.classList.remove("recording");
     level.value = -60;
     const samples = concat(blocks);

@@ -22,7 +22,7 @@ export default async function live(main) {
   // An <output> is a live region: "off", or a screen reader reads the length ten times a second.
   const heard = h("output", { "aria-live": "off" }, seconds(0));
   const state = h("p", { class: "hint", role: "status", "aria-live": "polite" }, "Not listening.");
-  const button = h("button", { type: "button", "aria-pressed": "false" }, "Start listening");
+  const button = h("button", { type: "button" }, "Start listening");
   const summary = h("div");
   let spans = [];
   let mic = null;
@@ -130,7 +130,6 @@ export default async function live(main) {
     });
     await mic.start();
     button.textContent = "Stop listening";
-    button.setAttribute("aria-pressed", "true");
     button.classList.add("recording");
     state.textContent = "Listening…";
   }
@@ -142,7 +141,6 @@ export default async function live(main) {
     if (m) await m.stop();
     level.value = -60;
     button.textContent = "Start listening";
-    button.setAttribute("aria-pressed", "false");
     button.classList.remove("recording");
     const ws = socket;
     if (finish && ws && ws.readyState === WebSocket.OPEN) {
