@@ -14,6 +14,7 @@ Selenium needs explicit waits; starting it costs a little more (docs/web.md has 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -799,6 +800,35 @@ LANE_CONTRAST = """() => {
   }
   return out;
 }"""
+
+
+LANE_COLOURS = """() => [...Array(8).keys()].map((i) => {
+  const lane = document.createElement("div");
+  lane.className = `lane c${i}`;
+  document.body.append(lane);
+  const colour = getComputedStyle(lane).getPropertyValue("--lane-colour").trim();
+  const probe = document.createElement("span");
+  probe.style.color = colour;
+  lane.append(probe);
+  const rgb = getComputedStyle(probe).color.match(/\\d+/g).slice(0, 3).map(Number);
+  lane.remove();
+  return rgb;
+})"""
+
+
+def test_no_two_voices_share_a_colour_in_light_or_dark(tab):
+    """Eight voices, eight colours a reader can tell apart: voices 2 and 7 were two reds
+    (#d93025, #c5221f) in light, voices 1 and 6 two pale blues in dark. Every pair at least
+    60 apart in RGB (0-255 each)."""
+    page = tab.open().page
+    expect(page.locator("main h1")).to_have_text("Sign in")
+    for scheme in ("light", "dark"):
+        page.emulate_media(color_scheme=scheme)
+        colours = page.evaluate(LANE_COLOURS)
+        nearest = min(
+            (math.dist(colours[i], colours[j]), i, j) for i in range(len(colours)) for j in range(i + 1, len(colours))
+        )
+        assert len(colours) == 8 and nearest[0] >= 60, (scheme, nearest, colours)
 
 
 def test_every_voices_colour_stands_out_from_its_lane_in_light_and_dark(tab):
