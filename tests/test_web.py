@@ -400,6 +400,8 @@ def test_a_voice_enrolled_from_the_microphone_is_named_live(tab, server, shots):
     except AssertionError:
         raise AssertionError(f"no lane named lena; the lanes: {page.locator('.lanes').inner_text()!r}") from None
     expect(lane.locator(".seg:not(.provisional)").first).to_be_attached(timeout=30_000)  # settled
+    # The status says who speaks (read out when it changes), not where each stretch of speech began.
+    expect(page.get_by_role("status").filter(has_text="speaking")).to_have_text("lena speaking.")
     expect(page.locator("#live-level")).not_to_have_attribute("value", "-60")
     # The length heard changes ten times a second: an <output> (a live region) that says so is off.
     expect(page.locator(".recorder output")).to_have_attribute("aria-live", "off")

@@ -6,7 +6,7 @@
 import { inGallery, session } from "../api.js";
 import { Microphone, RATE } from "../audio.js";
 import { busy, field, h, messages, seconds } from "../dom.js";
-import { Lanes, spansTable } from "../lanes.js";
+import { Lanes, spansTable, voiceName } from "../lanes.js";
 
 /** Spans after ``event``: provisional spans it overlaps are replaced by it. */
 export function revise(spans, event) {
@@ -53,14 +53,22 @@ export default async function live(main) {
     lanes.cursorAt(fed);
   };
 
+  // The status (a polite live region) says who speaks when that changes, not every stretch of
+  // speech: "Speech at 12.3 s" on each one was read over and over and never said who.
+  let said = null;
+  const say = (text) => {
+    if (text !== said) state.textContent = said = text;
+  };
   const onEvent = (ev) => {
     if (typeof ev.at === "number") fed = Math.max(fed, ev.at);
     switch (ev.type) {
       case "speech":
-        state.textContent = `Speech at ${seconds(ev.start)}.`;
+        if (said === "Listening…") say("Hearing speech…");
         break;
       case "voice":
         spans = revise(spans, ev);
+        // Only the latest speech's voice: a region settled later may name who spoke before.
+        if (ev.end >= Math.max(...spans.map((s) => s.end))) say(`${voiceName(ev)} speaking.`);
         redraw();
         break;
       case "enrolled":
@@ -131,7 +139,7 @@ export default async function live(main) {
     await mic.start();
     button.textContent = "Stop listening";
     button.classList.add("recording");
-    state.textContent = "Listening…";
+    say("Listening…");
   }
 
   /** Stop the microphone; with ``finish``, ask the service for the session's timeline first. */
@@ -144,7 +152,7 @@ export default async function live(main) {
     button.classList.remove("recording");
     const ws = socket;
     if (finish && ws && ws.readyState === WebSocket.OPEN) {
-      state.textContent = "Finishing the session…";
+      say("Finishing the session…");
       ws.send(JSON.stringify({ type: "end" }));
       await new Promise((resolve) => {
         ws.addEventListener("close", resolve, { once: true });
@@ -153,7 +161,7 @@ export default async function live(main) {
     }
     socket = null;
     if (ws && ws.readyState <= WebSocket.OPEN) ws.close(1000);
-    state.textContent = "Not listening.";
+    say("Not listening.");
   }
 
   button.addEventListener("click", () =>
