@@ -610,6 +610,50 @@ def test_a_voice_is_enrolled_from_the_stretches_where_it_speaks_alone(tab):
     assert page.evaluate(alone, [segments[:2] + [{"start": 1.0, "end": 2.0, "label": "unknown-3"}], "unknown-3"]) == []
 
 
+def test_a_lanes_segments_are_one_tab_stop_walked_with_the_arrow_keys(tab):
+    """A long meeting's hundreds of turns were each a Tab stop: a lane's segments are one,
+    the arrow keys (and Home, End) move between them, and Tab comes back to the last one."""
+    page = tab.open().page
+    expect(page.locator("main h1")).to_have_text("Sign in")  # the view has taken the focus it takes
+    expect(page.locator("main h1")).to_be_focused()
+    page.evaluate(
+        """() => import('/static/lanes.js').then((m) => {
+          window.seeks = [];
+          const lanes = new m.Lanes({ caption: "Voices", onseek: (t) => window.seeks.push(t) });
+          lanes.update([
+            { start: 0, end: 2, label: "unknown-1" }, { start: 3, end: 4, label: "unknown-2" },
+            { start: 5, end: 6, label: "unknown-1" }, { start: 7, end: 8, label: "unknown-1" },
+          ], 10);
+          document.body.prepend(lanes.el);
+          const after = document.createElement("button");
+          after.textContent = "after";
+          lanes.el.after(after);
+        })"""
+    )
+    first = page.get_by_role("button", name="Play unknown-1, 0.0 s to 2.0 s")
+    first.focus()
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("button", name="Play unknown-1, 5.0 s to 6.0 s")).to_be_focused()
+    page.keyboard.press("End")
+    last = page.get_by_role("button", name="Play unknown-1, 7.0 s to 8.0 s")
+    expect(last).to_be_focused()
+    page.keyboard.press("Enter")
+    assert page.evaluate("window.seeks") == [7]
+    page.keyboard.press("Tab")  # out of the lane: to the next voice's one stop
+    expect(page.get_by_role("button", name="Play unknown-2, 3.0 s to 4.0 s")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="after")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Shift+Tab")  # back into the first lane: where the user left it
+    expect(last).to_be_focused()
+    page.keyboard.press("Home")
+    expect(first).to_be_focused()
+    group = page.get_by_role("group", name="Voice unknown-1")
+    assert "Arrow keys" in page.evaluate(
+        "g => document.getElementById(g.getAttribute('aria-describedby')).textContent", group.element_handle()
+    )
+
+
 # ---- settings -----------------------------------------------------------------------------------
 def test_settings_threshold_keys_shown_once_revoke_and_the_audit_log(tab, server):
     page = tab.sign_in("admin").page

@@ -44,6 +44,34 @@ export function spansTable(caption, spans) {
   return table(caption, ["From", "To", "Voice", "Score"], rows);
 }
 
+/**
+ * Make ``track``'s segment buttons one Tab stop: the arrow keys, Home and End move between them
+ * (a long meeting's hundreds of turns would otherwise each take a Tab), and the one focused last
+ * is where Tab comes back to.
+ */
+function roving(track) {
+  track.addEventListener("keydown", (e) => {
+    const buttons = [...track.querySelectorAll("button.seg")];
+    const i = buttons.indexOf(document.activeElement);
+    const to = { ArrowRight: i + 1, ArrowDown: i + 1, ArrowLeft: i - 1, ArrowUp: i - 1, Home: 0, End: buttons.length - 1 }[e.key];
+    if (i < 0 || to === undefined || e.altKey || e.ctrlKey || e.metaKey) return;
+    e.preventDefault();
+    const next = buttons[Math.max(0, Math.min(buttons.length - 1, to))];
+    rove(track, next);
+    next.focus();
+  });
+  track.addEventListener("focusin", (e) => {
+    if (e.target.matches("button.seg")) rove(track, e.target);
+  });
+}
+
+/** ``current`` (else the first segment) is the track's Tab stop; the others are reached by arrows. */
+function rove(track, current) {
+  const buttons = [...track.querySelectorAll("button.seg")];
+  const stop = current && buttons.includes(current) ? current : buttons[0];
+  for (const b of buttons) b.tabIndex = b === stop ? 0 : -1;
+}
+
 export class Lanes {
   /**
    * ``caption``: what the lanes show; ``onseek(t)``: a segment was chosen (the player jumps
@@ -58,6 +86,8 @@ export class Lanes {
     const heading = h("h2", { id: uid("lanes") }, caption);
     this.el = h("div", { class: "lanes", role: "group", "aria-labelledby": heading.id }, heading);
     this.empty = h("p", { class: "hint" }, "No speech yet.");
+    this.keysHint = h("p", { class: "sr-only", id: uid("lanes-keys") }, "Arrow keys move between this voice's segments.");
+    if (this.onseek) this.el.append(this.keysHint);
     this.el.append(this.empty);
   }
 
@@ -67,11 +97,13 @@ export class Lanes {
     const title = h("h3", { class: "lane-name" }, label);
     const meta = h("span", { class: "lane-meta" });
     const track = h("div", { class: "track" });
+    if (this.onseek) roving(track);
     const cursor = h("div", { class: "cursor", "aria-hidden": "true" });
     track.append(cursor);
     const head = h("div", { class: "lane-head" }, title, meta);
     // A group, not a <section> with a name: that made every voice a landmark region.
     const el = h("div", { class: `lane c${this.lanes.size % 8}`, role: "group", dataset: { label } }, head, track);
+    if (this.onseek) el.setAttribute("aria-describedby", this.keysHint.id);
     if (this.extra) {
       const extra = this.extra(label);
       if (extra) el.append(h("div", { class: "lane-extra" }, extra));
@@ -111,6 +143,7 @@ export class Lanes {
       );
       lane.track.replaceChildren(lane.cursor);
       for (const s of list) lane.track.append(this.segment(s, name));
+      if (this.onseek) rove(lane.track, null);
     }
     // A voice whose provisional spans were all revised into others' is gone: so is its lane.
     for (const [label, lane] of [...this.lanes]) {
