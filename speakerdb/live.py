@@ -38,15 +38,23 @@ looks only at those after the last one embedded), in one
 call of the ``embed_windows`` hook per block (equal lengths, so they stack; the service's hook
 stacks them with other callers' windows). Each window vector joins the online voice whose
 mean vector it is closest to, if their cosine reaches the gallery's cosine threshold minus
-``timeline.CLUSTER_MARGIN`` (one window against a voice's mean; the final timeline's voices
-come from ``timeline``'s own clustering of all windows), or starts a new voice.
+``timeline.CLUSTER_MARGIN`` (one window against a voice's mean), or starts a new voice. That cut
+lets two people in one room be one voice, so the voices are clustered again as they come: when a
+region settles or while one stays open, at most every :data:`RECLUSTER_S` of audio (less often
+past :data:`RECLUSTER_ITEMS` items), the held windows, settled and open, are clustered with
+``timeline``'s own clustering (:func:`speakerdb.clustering.voices`, as the final timeline's
+assembly calls it); each cluster becomes the live voice that holds most of its windows (a new
+voice if those all went to other clusters), held to the live voices by the gallery's threshold
+on their means (:meth:`LiveSession._checked`), and the voices' means and names are taken again.
+A voice left with no windows keeps its label, unused.
 A voice is named after the enrolled speaker its mean vector scores best against, when that
 score reaches the database's threshold (AS-norm when normalisation is on), as ``timeline``
 names a voice; an unnamed voice is ``unknown-N``, numbered in the order voices are first
 reported, and keeps that label for the whole session. A ``voice`` event with ``final: false``
 reports the voice of the latest windows of an open region; when the region settles, its last
 windows (the one aligned to its end, or a short region's only one) are embedded, its windows'
-voices are smoothed (Viterbi, as ``timeline``) and ``final: true`` events give its segments.
+voices (clustered again, if it is time) are smoothed (Viterbi, as ``timeline``) and
+``final: true`` events give its segments.
 
 The final timeline. ``close()`` assembles the settled regions' window vectors with
 :func:`speakerdb.timeline.assemble`, the step after embedding of ``timeline``: fed the same
@@ -88,6 +96,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import clustering
 from . import timeline as timelines
 from .audio import decode as audio
 from .audio import denoise, pcm, vad
@@ -124,6 +133,12 @@ DEFAULT_MAX_HELD_S = 3600.0
 LET_GO_S = 60.0
 LOOK_AHEAD_S = 30.0
 MAX_VOICES = 256  # voices told apart in one session; past that a window joins its nearest voice
+#: The session's voices are clustered again (``timeline``'s clustering of all its held windows)
+#: at most every this many seconds of audio, when a region settles or while one stays open...
+RECLUSTER_S = 3.0
+#: ... and, past this many items (clustering.MAX_ITEMS at most), that interval grows with the
+#: cube of the items, as the clustering's eigendecompositions do: its CPU share stays bounded.
+RECLUSTER_ITEMS = 200
 SOURCE_LABEL = "live"  # the final timeline's ``file``
 #: A session embeds no window of its speech until it has judged its noise (heard
 #: ``denoise.MIN_SPEECH_FRAMES`` frames of speech and ``denoise.MIN_NOISE_FRAMES`` of pause), or
@@ -155,7 +170,10 @@ class _Voice:
     speaker: str | None = None  # the enrolled name it scores to, or None
     score: float | None = None  # its mean vector against the named (or nearest) centroid
     number: int = 0  # N of unknown-N, given when first reported unnamed
-    last_heard: float = 0.0
+    # The part of total / weight from windows let go (the memory cap): a re-clustering, which
+    # sums the held windows again, keeps it.
+    gone: np.ndarray | None = None
+    gone_weight: float = 0.0
 
     @property
     def profile(self) -> np.ndarray:
@@ -225,6 +243,13 @@ class LiveSession:
             if self.params.cluster_threshold is not None
             else cosine - (timelines.CLUSTER_MARGIN)
         )
+        # What the re-clustering merges voices by, as the final timeline's assembly does.
+        self._same_voice = (
+            self.params.cluster_threshold
+            if self.params.cluster_threshold is not None
+            else cosine + timelines.SAME_VOICE_MARGIN
+        )
+        self._reclustered_at = -math.inf  # s of audio: the last re-clustering
 
         self._n_in = 0  # samples fed, at the input rate
         self._pending: list[np.ndarray] = []  # 16 kHz samples not yet through the VAD
@@ -254,8 +279,9 @@ class LiveSession:
         self._spans: list[tuple[int, int, int]] = []
         self._vectors: list[np.ndarray] = []
         self._window_voice: list[int] = []
-        self._enrolled_upto: dict[int, int] = {}  # voice -> windows already enrolled (held index)
-        self._enrolled_open: set[tuple[int, int]] = set()  # spans enrolled while their region was open
+        # Spans of the held windows (settled or open) enrolled already: a window is enrolled once,
+        # whichever voice a later re-clustering gives it.
+        self._enrolled: set[tuple[int, int]] = set()
         self._dropped_regions = 0  # settled regions whose vectors were let go (memory cap)
         self._dropped_spans = 0
         self._retired = array("d")  # (start, end, voice, score or nan) of dropped regions' segments
@@ -372,14 +398,13 @@ class LiveSession:
         name = store.normalize_name(name)  # as the database keeps it, and so as the voice is labelled
         voices = [v for v in range(len(self._voices)) if self._label(v, assign=False) == label]
         rows = [
-            (self._spans[i - self._dropped_spans], self._vectors[i - self._dropped_spans])
-            for i, v in self._held_windows()
-            if v in voices
-            and i >= self._enrolled_upto.get(v, 0)
-            and self._spans[i - self._dropped_spans][:2] not in self._enrolled_open
+            (span, vec)
+            for span, vec, v in zip(self._spans, self._vectors, self._window_voice)
+            if v in voices and span[:2] not in self._enrolled
         ]
-        open_rows = [span for span, (_, v) in self._open.items() if v in voices and span not in self._enrolled_open]
-        rows += [(span + (0,), self._open[span][0]) for span in open_rows]
+        rows += [
+            (span + (0,), vec) for span, (vec, v) in self._open.items() if v in voices and span not in self._enrolled
+        ]
         if not rows and voices:
             raise InvalidInputError(
                 f"the voice labelled {label!r} has no held speech that is not enrolled already: "
@@ -400,10 +425,7 @@ class LiveSession:
         digest = hashlib.sha256(b"speakerdb live windows\0" + np.ascontiguousarray(vectors, "<f4").tobytes())
         clip = EmbeddedClip(f"live session, {label}", seconds, digest.hexdigest(), seconds, vector, len(rows))
         self._enroll_clip(name, clip, add)
-        held_end = self._dropped_spans + len(self._spans)
-        for v in voices:
-            self._enrolled_upto[v] = held_end
-        self._enrolled_open.update(open_rows)  # they settle later: not to be enrolled again then
+        self._enrolled.update((a, b) for (a, b, _), _ in rows)
         if self._reload_gallery is not None:
             self._gallery = self._reload_gallery()
         for v in voices:  # named at once: the new centroid is (or holds) this voice's own mean
@@ -574,11 +596,18 @@ class LiveSession:
             return []
         vectors = self._embed_many([self._samples(s, e) for s, e in new])
         for (s, e), vec in zip(new, vectors):
-            voice = self._join(vec, (e - s) / SR, e / SR)
+            voice = self._join(vec, (e - s) / SR)
             self._open[(s, e)] = (vec, voice)
             if self._run is None or self._run[0] != voice:  # a run begins half a hop before its window's centre
                 self._run = (voice, r.start if s == a else (s + e) / 2 / SR - self.params.hop_s / 2)
         self._open_next = new[-1][0] + self._hop
+        if self._recluster_due():
+            self._recluster()
+            self._run = None
+            for s, e in self._open:  # the latest run again, from the region's windows' new voices
+                voice = self._open[(s, e)][1]
+                if self._run is None or self._run[0] != voice:
+                    self._run = (voice, r.start if s == a else (s + e) / 2 / SR - self.params.hop_s / 2)
         self._rename()
         assert self._run is not None
         voice, start = self._run
@@ -613,12 +642,15 @@ class LiveSession:
                 vec, voice = self._open.pop((a, b))
             else:
                 vec = fresh[(a, b)]
-                voice = self._join(vec, (b - a) / SR, b / SR)
+                voice = self._join(vec, (b - a) / SR)
             self._spans.append((a, b, index))
             self._vectors.append(vec)
             self._window_voice.append(voice)
             voices.append(voice)
         self._drop_open_before(end)
+        if self._recluster_due():
+            self._recluster()
+            voices = self._window_voice[len(self._window_voice) - len(spans) :]
         self._rename()
         vectors = np.stack(self._vectors[len(self._vectors) - len(spans) :])
         entry.segments = self._smooth(start_s, r.end, spans, voices, vectors)
@@ -663,12 +695,13 @@ class LiveSession:
             del self._open[key]
 
     # ---- voices ---------------------------------------------------------------------------------
-    def _join(self, vector: np.ndarray, seconds: float, when: float) -> int:
-        """The voice a window vector belongs to (a new one if it is close to none); its sums updated."""
+    def _join(self, vector: np.ndarray, seconds: float) -> int:
+        """The voice a window vector belongs to (a new one if it is close to none); its sums updated.
+        Voices a re-clustering emptied are passed over."""
         unit = l2_normalize(vector[None])[0].astype(np.float64)
         best = -1
         if self._voices:
-            sims = np.array([float(unit @ v.profile) for v in self._voices])
+            sims = np.array([float(unit @ v.profile) if v.weight > 0 else -np.inf for v in self._voices])
             best = int(np.argmax(sims))
             if sims[best] < self._cut and len(self._voices) < MAX_VOICES:
                 best = -1
@@ -678,9 +711,89 @@ class LiveSession:
         v = self._voices[best]
         v.total += seconds * unit
         v.weight += seconds
-        v.last_heard = when
         self._dirty.add(best)
         return best
+
+    def _let_go(self, voice: int, vector: np.ndarray, seconds: float) -> None:
+        """A window of ``voice`` is let go (the memory cap): its part of the voice's sums stays."""
+        v = self._voices[voice]
+        unit = l2_normalize(vector[None])[0].astype(np.float64)
+        v.gone = seconds * unit if v.gone is None else v.gone + seconds * unit
+        v.gone_weight += seconds
+
+    def _checked(self, new: np.ndarray, old: np.ndarray, units: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """The re-clustering's voices ``new`` of the windows (weighted unit vectors ``units``),
+        held to the live ones ``old`` by the gallery's threshold on the cosine of their means: a live
+        voice is split only where its parts score below it against each other, and it is merged
+        into another only where their windows reach it (on the first seconds of a call, with few
+        windows, the clustering alone both split one voice and merged away a new one)."""
+        threshold = self._gallery.cosine
+        new = new.copy()
+
+        def alike(a: np.ndarray, b: np.ndarray) -> float:
+            return float(l2_normalize(units[a].sum(axis=0)[None])[0] @ l2_normalize(units[b].sum(axis=0)[None])[0])
+
+        for v in np.unique(old).tolist():
+            mine = old == v
+            parts = np.unique(new[mine]).tolist()
+            main = max(parts, key=lambda p: (float(weights[mine & (new == p)].sum()), -p))
+            for p in parts:
+                if p != main and alike(mine & (new == p), mine & (new == main)) >= threshold:
+                    new[mine & (new == p)] = main
+            if v not in new:  # merged away whole: kept where it is not like the voice it joined
+                for p in np.unique(new[mine]).tolist():
+                    rest = (new == p) & ~mine
+                    if rest.any() and alike(mine & (new == p), rest) < threshold:
+                        new[mine & (new == p)] = v
+        return new
+
+    def _recluster_due(self) -> bool:
+        """Whether the voices are to be clustered again now (see RECLUSTER_S, RECLUSTER_ITEMS)."""
+        items = min(len(self._vectors) + len(self._open), clustering.MAX_ITEMS)
+        wait = RECLUSTER_S * max(1.0, items / RECLUSTER_ITEMS) ** 3
+        return items >= clustering.MIN_ITEMS and self._n16 / SR - self._reclustered_at >= wait
+
+    def _recluster(self) -> None:
+        """Cluster the held windows (settled and open) again with ``timeline``'s clustering of a
+        recording (:func:`speakerdb.clustering.voices`, as the final timeline's assembly calls it)
+        and give each window the voice of its cluster: each cluster is the live voice holding most
+        of its windows (by seconds; the clusters that share most with a voice first, one cluster a
+        voice), or a new voice when every voice it shares windows with went to another. A voice left
+        with no window keeps its label, unused. The voices' sums and names are taken again."""
+        self._reclustered_at = self._n16 / SR
+        open_items = list(self._open.items())
+        spans = [(a, b) for a, b, _ in self._spans] + [span for span, _ in open_items]
+        vectors = np.stack(self._vectors + [vec for _, (vec, _) in open_items]).astype(np.float64)
+        old = np.array(self._window_voice + [v for _, (_, v) in open_items], np.int64)
+        weights = np.array([(b - a) / SR for a, b in spans])
+        clusters = timelines._cluster_voices(vectors, self.params, self._same_voice, weights)
+        k = int(clusters.max()) + 1
+        shared = np.zeros((k, len(self._voices)))
+        np.add.at(shared, (clusters, old), weights)
+        voice_of: dict[int, int] = {}
+        taken: set[int] = set()
+        for c, v in sorted(zip(*np.nonzero(shared)), key=lambda cv: (-shared[cv], cv[0], cv[1])):
+            if int(c) not in voice_of and int(v) not in taken:
+                voice_of[int(c)] = int(v)
+                taken.add(int(v))
+        for c in range(k):  # a cluster left over: a new voice (-1 - c until it is made, if it still is)
+            voice_of.setdefault(c, -1 - c if len(self._voices) < MAX_VOICES else int(np.argmax(shared[c])))
+        units = l2_normalize(vectors) * weights[:, None]
+        new = self._checked(np.array([voice_of[int(c)] for c in clusters], np.int64), old, units, weights)
+        for c in sorted({int(v) for v in new if v < 0}, reverse=True):
+            self._voices.append(_Voice(np.zeros(vectors.shape[1]), 0.0))
+            new[new == c] = len(self._voices) - 1
+        if np.array_equal(new, old):
+            return
+        for i, v in enumerate(self._voices):
+            mine = new == i
+            v.total = units[mine].sum(axis=0) + (0.0 if v.gone is None else v.gone)
+            v.weight = float(weights[mine].sum()) + v.gone_weight
+        n_held = len(self._vectors)
+        self._window_voice = new[:n_held].tolist()
+        for (span, (vec, _)), v in zip(open_items, new[n_held:].tolist()):
+            self._open[span] = (vec, v)
+        self._dirty.update(range(len(self._voices)))
 
     def _refresh(self, now: bool = False) -> None:
         """Take the database's gallery again if it changed (checked at most every
@@ -698,7 +811,7 @@ class LiveSession:
     def _rename(self, every: bool = False, keep: frozenset[int] | set[int] = frozenset()) -> None:
         """Name the voices whose windows changed (``every``: all of them) from the gallery by their
         mean vectors, as ``timeline`` names a voice; those in ``keep`` keep their name."""
-        which = sorted(range(len(self._voices)) if every else self._dirty)
+        which = sorted(i for i in (range(len(self._voices)) if every else self._dirty) if self._voices[i].weight > 0)
         self._dirty.clear()
         if not which:
             return
@@ -718,10 +831,6 @@ class LiveSession:
             v.number = self._unknowns
         return f"unknown-{v.number}" if v.number else "unknown-?"
 
-    def _held_windows(self) -> list[tuple[int, int]]:
-        """(session-wide window index, voice) of each held settled window."""
-        return [(self._dropped_spans + i, v) for i, v in enumerate(self._window_voice)]
-
     # ---- memory -------------------------------------------------------------------------------
     def _bound_memory(self, at: float) -> list[LiveEvent]:
         """Past ``max_held_s`` of windows (settled and open), the oldest settled regions give up
@@ -734,8 +843,9 @@ class LiveSession:
             for s, e, v, score in entry.segments:
                 self._retired.extend((s, e, float(v), math.nan if score is None else score))
             n = entry.n_spans
-            for a, b, _ in self._spans[:n]:
-                self._enrolled_open.discard((a, b))
+            for (a, b, _), vec, v in zip(self._spans[:n], self._vectors[:n], self._window_voice[:n]):
+                self._enrolled.discard((a, b))
+                self._let_go(v, vec, (b - a) / SR)
             del self._spans[:n], self._vectors[:n], self._window_voice[:n]
             self._dropped_spans += n
             self._dropped_regions += 1
@@ -760,9 +870,10 @@ class LiveSession:
         segments = self._smooth(self._open_from_s, math.nan, spans, voices, vectors, upto=n)
         for s, e, v, score in segments:
             self._retired.extend((s, e, float(v), math.nan if score is None else score))
-        for span, _ in items[:n]:
+        for span, (vec, v) in items[:n]:
             del self._open[span]
-            self._enrolled_open.discard(span)
+            self._enrolled.discard(span)
+            self._let_go(v, vec, (span[1] - span[0]) / SR)
         self._open_let_go += n
         self._open_from_s = segments[-1][1]
         self._cut_short = True
