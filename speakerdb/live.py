@@ -766,7 +766,7 @@ class LiveSession:
         vectors = np.stack(self._vectors + [vec for _, (vec, _) in open_items]).astype(np.float64)
         old = np.array(self._window_voice + [v for _, (_, v) in open_items], np.int64)
         weights = np.array([(b - a) / SR for a, b in spans])
-        clusters = timelines._cluster_voices(vectors, self.params, self._same_voice, weights)
+        clusters = timelines.cluster_voices(vectors, self.params, self._same_voice, weights)
         k = int(clusters.max()) + 1
         shared = np.zeros((k, len(self._voices)))
         np.add.at(shared, (clusters, old), weights)

@@ -344,7 +344,7 @@ def cluster(
     return np.array([order[int(lab)] for lab in full], np.int64)
 
 
-def _cluster_voices(vectors: np.ndarray, params: Params, same_voice: float, weights: np.ndarray) -> np.ndarray:
+def cluster_voices(vectors: np.ndarray, params: Params, same_voice: float, weights: np.ndarray) -> np.ndarray:
     """:func:`speakerdb.clustering.voices` within the user's hints, with BLAS on one thread: its
     eigendecompositions are most of a long recording's assembly, and a second BLAS thread spun
     more than it helped on a shared machine (see :mod:`speakerdb.embedding.threads`)."""
@@ -713,7 +713,7 @@ def split_tracks(
     different voices, each part at least two windows long. Returns the new activity, the
     windows with their new tracks, and each window's voice from the clustering."""
     same_voice = gallery.cosine + SAME_VOICE_MARGIN if params.cluster_threshold is None else params.cluster_threshold
-    labels = _cluster_voices(vectors, params, same_voice, weights)
+    labels = cluster_voices(vectors, params, same_voice, weights)
     if len(labels) == 0 or labels.max() == 0:
         return activity, list(spans), labels
     sr = audio.SAMPLE_RATE
@@ -949,7 +949,7 @@ def assemble(
     weights = np.array([(b - a) / sr for a, b, _ in spans])  # (n,) s
     threshold = gallery.cosine
     same_voice = params.cluster_threshold if params.cluster_threshold is not None else threshold + SAME_VOICE_MARGIN
-    clusters = _cluster_voices(vectors, params, same_voice, weights)
+    clusters = cluster_voices(vectors, params, same_voice, weights)
 
     # Name the clusters; merge those named alike; dissolve the small ones.
     assignment = clusters.copy()
