@@ -136,9 +136,13 @@ MAX_VOICES = 256  # voices told apart in one session; past that a window joins i
 #: The session's voices are clustered again (``timeline``'s clustering of all its held windows)
 #: at most every this many seconds of audio, when a region settles or while one stays open...
 RECLUSTER_S = 3.0
-#: ... and, past this many items (clustering.MAX_ITEMS at most), that interval grows with the
-#: cube of the items, as the clustering's eigendecompositions do: its CPU share stays bounded.
+#: ... and, past this many items, that interval grows with the cube of the items, as the
+#: clustering's eigendecompositions do: its CPU share stays bounded.
 RECLUSTER_ITEMS = 200
+#: The items a re-clustering decomposes at most (runs of neighbouring windows averaged, as the
+#: final timeline does past clustering.MAX_ITEMS): it runs inside ``feed``, and at 1,000 items
+#: one took ~1.9 CPU s, a stream's events that much late (docs/live.md).
+RECLUSTER_MAX_ITEMS = 300
 SOURCE_LABEL = "live"  # the final timeline's ``file``
 #: A session embeds no window of its speech until it has judged its noise (heard
 #: ``denoise.MIN_SPEECH_FRAMES`` frames of speech and ``denoise.MIN_NOISE_FRAMES`` of pause), or
@@ -749,7 +753,7 @@ class LiveSession:
 
     def _recluster_due(self) -> bool:
         """Whether the voices are to be clustered again now (see RECLUSTER_S, RECLUSTER_ITEMS)."""
-        items = min(len(self._vectors) + len(self._open), clustering.MAX_ITEMS)
+        items = min(len(self._vectors) + len(self._open), RECLUSTER_MAX_ITEMS)
         wait = RECLUSTER_S * max(1.0, items / RECLUSTER_ITEMS) ** 3
         return items >= clustering.MIN_ITEMS and self._n16 / SR - self._reclustered_at >= wait
 
@@ -766,7 +770,9 @@ class LiveSession:
         vectors = np.stack(self._vectors + [vec for _, (vec, _) in open_items]).astype(np.float64)
         old = np.array(self._window_voice + [v for _, (_, v) in open_items], np.int64)
         weights = np.array([(b - a) / SR for a, b in spans])
-        clusters = timelines.cluster_voices(vectors, self.params, self._same_voice, weights)
+        clusters = timelines.cluster_voices(
+            vectors, self.params, self._same_voice, weights, max_items=RECLUSTER_MAX_ITEMS
+        )
         k = int(clusters.max()) + 1
         shared = np.zeros((k, len(self._voices)))
         np.add.at(shared, (clusters, old), weights)

@@ -344,7 +344,13 @@ def cluster(
     return np.array([order[int(lab)] for lab in full], np.int64)
 
 
-def cluster_voices(vectors: np.ndarray, params: Params, same_voice: float, weights: np.ndarray) -> np.ndarray:
+def cluster_voices(
+    vectors: np.ndarray,
+    params: Params,
+    same_voice: float,
+    weights: np.ndarray,
+    max_items: int = clustering.MAX_ITEMS,
+) -> np.ndarray:
     """:func:`speakerdb.clustering.voices` within the user's hints, with BLAS on one thread: its
     eigendecompositions are most of a long recording's assembly, and a second BLAS thread spun
     more than it helped on a shared machine (see :mod:`speakerdb.embedding.threads`)."""
@@ -354,6 +360,7 @@ def cluster_voices(vectors: np.ndarray, params: Params, same_voice: float, weigh
             hints=clustering.Hints(params.speakers, params.min_speakers, params.max_speakers),
             same_voice=same_voice,
             weights=weights,
+            max_items=max_items,
         )
 
 
