@@ -43,9 +43,10 @@ lets two people in one room be one voice, so the voices are clustered again as t
 region settles or while one stays open, at most every :data:`RECLUSTER_S` of audio (less often
 past :data:`RECLUSTER_ITEMS` items), the held windows, settled and open, are clustered with
 ``timeline``'s own clustering (:func:`speakerdb.clustering.voices`, as the final timeline's
-assembly calls it); each cluster becomes the live voice that holds most of its windows (a new
-voice if those all went to other clusters), held to the live voices by the gallery's threshold
-on their means (:meth:`LiveSession._checked`), and the voices' means and names are taken again.
+assembly calls it, on at most :data:`RECLUSTER_MAX_ITEMS` items); each cluster becomes the
+live voice that holds most of its windows (a new voice if those all went to other clusters),
+held to the live voices by the gallery's threshold on their means (:meth:`LiveSession._checked`),
+and the voices' means and names are taken again.
 A voice left with no windows keeps its label, unused.
 A voice is named after the enrolled speaker its mean vector scores best against, when that
 score reaches the database's threshold (AS-norm when normalisation is on), as ``timeline``
