@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     metavar="PATH|ID",
     envvar=SEGMENTATION_ENV,
     help="Speaker segmentation model (pyannote segmentation-3.0 checkpoint file, or its Hugging Face id "
-    f"from the local cache): finds speech, speaker changes and overlapping speech [env: {SEGMENTATION_ENV}].",
+    f"from the local cache): finds speech, speaker changes and overlapping speech [env {SEGMENTATION_ENV}].",
 )
 @click.option("--force", is_flag=True, help="Replace the --rttm and --plot files if they exist.")
 @json_option

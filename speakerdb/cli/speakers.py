@@ -284,8 +284,10 @@ def identify(
 
     The best candidate is named when its cosine score reaches the threshold
     (see `speakerdb threshold`). With --json, prints a list with one object per file:
-    {"file", "speaker" (null if unknown), "score", "candidates": [{"speaker", "score"}]},
-    or {"file", "error"} for a file that could not be used. Every file gets its answer;
+    {"file", "speaker" (null if unknown), "score", "raw_score", "voices", "candidates":
+    [{"speaker", "score", "raw_score"}]}, or {"file", "error"} for a file that could not be
+    used ("score" is what the threshold is compared to: the AS-norm score when normalisation
+    is on, else "raw_score", the cosine). Every file gets its answer;
     the exit code is 1 if any file failed. "voices" counts the voices in a file; above 1
     the answer's line says so ("2 voices: see speakerdb timeline") and a warning on stderr
     points to `speakerdb timeline` too (--no-voice-check skips the count).
