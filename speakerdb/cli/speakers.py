@@ -543,7 +543,9 @@ def optout(state: State, name: str | None, external_id: str | None, list_them: b
         return
     if name is None:
         raise click.UsageError("give the NAME of the person who opts out (or --list)")
-    confirm(f"Opt {printable(name)} out: delete their voiceprint and refuse to enroll them again?", yes)
+    # An opt-out may come before any enrollment: the question must not say a voiceprint is held.
+    question = "delete their voiceprint if one is enrolled, and refuse to enroll them again?"
+    confirm(f"Opt {printable(name)} out: {question}", yes)
     result = state.db.optout(name, external_id=external_id)
     what = f"removed and opted out ({result.utterances} utterance(s) erased)" if result.removed else "opted out"
     text = f"{printable(name)}: {what}; only keyed hashes are kept"
