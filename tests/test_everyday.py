@@ -441,8 +441,11 @@ def test_enroll_each_folder_one_speaker_per_sub_folder(run, folders):
     assert lines[0].split() == ["speaker", "result", "added", "skipped", "warnings", "utterances"]
     assert lines[1].split() == ["alice", "created", "3", "0", "0", "3"]
     assert lines[2].split() == ["bob", "created", "3", "0", "0", "3"]
-    assert lines[-1] == "2 speaker(s) enrolled, 0 failed"
+    assert lines[-1] == "2 created, 0 updated, 0 unchanged, 0 failed"
     assert "empty: no recordings in it" in r.stderr
+    # The same folders again: nothing new, and the summary does not say it enrolled anyone.
+    same = run("enroll", "--each-folder", folders)
+    assert same.exit_code == 0 and same.stdout.splitlines()[-1] == "0 created, 0 updated, 2 unchanged, 0 failed"
     # Again, with --json and one folder that fails: the others go on, the exit code says it.
     (folders / "carol").mkdir()
     write(folders / "carol" / "c.wav", voice(310.0, 2.0))

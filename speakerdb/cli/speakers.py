@@ -156,11 +156,15 @@ def enroll(
     emit(as_json, result.to_dict(), _enrolled(result, bool(metadata)))
 
 
+def _verb(result: EnrollResult, metadata: bool) -> str:
+    """What an enrollment did to its speaker: created, updated (recordings or metadata) or unchanged."""
+    return "created" if result.created else "updated" if result.added or metadata else "unchanged"
+
+
 def _enrolled(result: EnrollResult, metadata: bool) -> str:
     """One enrollment's line: "created alice: 2 utterance(s) added, 0 skipped, 2 in all"."""
-    verb = "created" if result.created else "updated" if result.added or metadata else "unchanged"
     return (
-        f"{verb} {result.speaker}: {len(result.added)} utterance(s) added, "
+        f"{_verb(result, metadata)} {result.speaker}: {len(result.added)} utterance(s) added, "
         f"{len(result.skipped)} skipped, {result.n_utterances} in all"
     )
 
@@ -243,13 +247,14 @@ def _enroll_each_folder(
             if isinstance(r, tuple):
                 lines.append(f"{printable(r[0]):<{width}}  failed (see below)")
                 continue
-            verb = "created" if r.created else "updated" if r.added or metadata else "unchanged"
+            verb = _verb(r, bool(metadata))
             lines.append(
                 f"{printable(r.speaker):<{width}}  {verb:<9}  {len(r.added):>5}  {len(r.skipped):>7}  "
                 f"{len(r.warnings) + len(r.notes):>8}  {r.n_utterances:>10}"
             )
-        ok = len(results) - len(failed)
-        lines.append(f"{ok} speaker(s) enrolled, {len(failed)} failed")
+        verbs = [_verb(r, bool(metadata)) for r in results if not isinstance(r, tuple)]
+        counts = ", ".join(f"{verbs.count(v)} {v}" for v in ("created", "updated", "unchanged"))
+        lines.append(f"{counts}, {len(failed)} failed")
         emit(False, None, "\n".join(lines))
     for folder, reason in failed:
         click.echo(f"Error: {printable(folder)}: {printable(reason)}", err=True)
