@@ -650,6 +650,7 @@ def test_listen_reads_raw_audio_on_standard_input(cli_db):
         assert r.exit_code == exit_code, r.output
         [line] = r.stdout.splitlines()
         assert json.loads(line)["type"] == "error" and json.loads(line)["code"] == code
+        assert "at" not in json.loads(line)  # no audio came: "at" only once it has (the help)
 
 
 class FakeMicrophone:

@@ -114,7 +114,8 @@ def listen(
         _print_events(session.finish(), as_json)
     except SpeakerDBError as e:
         if as_json:  # JSON lines: the error as one more line, the service's error event
-            emit_error_event(ErrorEvent(e.code, str(e), session.seconds_fed).to_dict())
+            at = session.seconds_fed or None  # "at" once audio has come, as the help says
+            emit_error_event(ErrorEvent(e.code, str(e), at).to_dict())
         raise
     result = session.close()
     if result.error is not None:  # too short or silent: the session's own verdict, after the audio
