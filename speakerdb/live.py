@@ -603,22 +603,26 @@ class LiveSession:
         for (s, e), vec in zip(new, vectors):
             voice = self._join(vec, (e - s) / SR)
             self._open[(s, e)] = (vec, voice)
-            if self._run is None or self._run[0] != voice:  # a run begins half a hop before its window's centre
-                self._run = (voice, r.start if s == a else (s + e) / 2 / SR - self.params.hop_s / 2)
+            self._extend_run(voice, s, e, a, r)
         self._open_next = new[-1][0] + self._hop
         if self._recluster_due():
             self._recluster()
             self._run = None
-            for s, e in self._open:  # the latest run again, from the region's windows' new voices
-                voice = self._open[(s, e)][1]
-                if self._run is None or self._run[0] != voice:
-                    self._run = (voice, r.start if s == a else (s + e) / 2 / SR - self.params.hop_s / 2)
+            for (s, e), (_, voice) in self._open.items():  # the latest run again, from the windows' new voices
+                self._extend_run(voice, s, e, a, r)
         self._rename()
         assert self._run is not None
         voice, start = self._run
         v = self._voices[voice]
         end = new[-1][1] / SR
         return [VoiceEvent(max(start, self._open_from_s), end, self._label(voice), v.speaker, v.score, False, at)]
+
+    def _extend_run(self, voice: int, s: int, e: int, first: int, r: vad.Region) -> None:
+        """The open region's latest run of one voice, extended by its window (s, e) of ``voice``
+        or begun by it: half a hop before the window's centre, at the region's start for the
+        region's first window (``first``)."""
+        if self._run is None or self._run[0] != voice:
+            self._run = (voice, r.start if s == first else (s + e) / 2 / SR - self.params.hop_s / 2)
 
     def _settle(self, r: vad.Region, at: float) -> list[LiveEvent]:
         """A region that can no longer change: its windows, their voices, its final segments."""
