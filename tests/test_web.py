@@ -307,6 +307,8 @@ def test_speakers_search_show_rename_and_remove_with_a_confirmation_naming_them(
     page.get_by_role("link", name="cleo", exact=True).click()
     expect(page.locator("main h1")).to_have_text("cleo")
     expect(tab.main()).to_contain_text("ann.wav")
+    # The way back is named by its words; the arrow is drawn, not read out.
+    expect(page.get_by_role("link", name="All speakers", exact=True)).to_be_visible()
 
     page.get_by_label("New name").fill("dora")  # taken: the service's message, not a status
     page.get_by_role("button", name="Rename").click()
@@ -432,8 +434,12 @@ def test_identify_and_verify_show_scores_against_the_threshold(tab, server, audi
     expect(answers.nth(0).get_by_role("list", name="Candidates for ivy.wav")).to_contain_text("ivy 1.000")
     expect(answers.nth(1)).to_contain_text("notes.txt")
     expect(answers.nth(1).locator(".error")).to_be_visible()
+    # The status reads out the verdicts themselves, not only how many of each came.
     expect(page.get_by_role("status").filter(has_text="answers")).to_have_text(
-        re.compile(r"^2 answers \(1 named, 0 unknown, 1 failed\), threshold 0\.\d{3}\.$")
+        re.compile(
+            r"^2 answers \(1 named, 0 unknown, 1 failed\), threshold (0\.\d{3})\. "
+            r"ivy\.wav: ivy \(score 1\.000 ≥ threshold \1\)\. notes\.txt: failed, [^.]+\.$"
+        )
     )
 
     tab.go("verify")

@@ -16,6 +16,9 @@ export function scoreBar(value, threshold) {
   );
 }
 
+/** How many answers' verdicts the status reads out; the rest are only listed. */
+const ANNOUNCED = 3;
+
 export default async function identify(main) {
   const out = messages();
   const results = h("div", { class: "results" });
@@ -44,11 +47,14 @@ export default async function identify(main) {
     try {
       const answers = await api("POST", "/v1/identify", { form });
       const cut = override ? Number(override) : stored;
-      // What each answer is, counted, so the announcement says more than how many came.
+      // What each answer is, counted, then the first few verdicts themselves: a screen reader
+      // hears who was found without walking the results.
       const named = answers.filter((a) => !a.error && a.speaker).length;
       const failed = answers.filter((a) => a.error).length;
       const counts = `${named} named, ${answers.length - named - failed} unknown${failed ? `, ${failed} failed` : ""}`;
-      out.info(`${answers.length} answer${answers.length === 1 ? "" : "s"} (${counts}), threshold ${score(cut)}.`);
+      const said = answers.slice(0, ANNOUNCED).map((a) => `${a.file}: ${verdict(a, cut)}.`);
+      if (answers.length > ANNOUNCED) said.push(`${answers.length - ANNOUNCED} more below.`);
+      out.info([`${answers.length} answer${answers.length === 1 ? "" : "s"} (${counts}), threshold ${score(cut)}.`, ...said].join(" "));
       results.replaceChildren(...answers.map((a) => answer(a, cut)));
     } catch (e) {
       out.error(e);
@@ -64,18 +70,23 @@ export default async function identify(main) {
   );
 }
 
-function answer(a, cut) {
-  if (a.error) return h("article", { class: "answer failed" }, h("h2", {}, a.file), h("p", { class: "error" }, a.error));
+/** One answer's verdict in words: the speaker or unknown, the score against the threshold. */
+function verdict(a, cut) {
+  if (a.error) return `failed, ${a.error}`;
   const notes = (a.raw_score !== null && a.raw_score !== undefined && a.raw_score !== a.score ? `, cosine ${score(a.raw_score)}` : "") +
     (a.voices > 1 ? `; ${a.voices} voices: see the timeline` : "");
-  const line = a.speaker
+  return a.speaker
     ? `${a.speaker} (score ${score(a.score)} ≥ threshold ${score(cut)}${notes})`
     : `unknown (best score ${score(a.score)} < threshold ${score(cut)}${notes})`;
+}
+
+function answer(a, cut) {
+  if (a.error) return h("article", { class: "answer failed" }, h("h2", {}, a.file), h("p", { class: "error" }, a.error));
   return h(
     "article",
     { class: `answer ${a.speaker ? "known" : "unknown"}` },
     h("h2", {}, a.file),
-    h("p", { class: "verdict" }, line),
+    h("p", { class: "verdict" }, verdict(a, cut)),
     scoreBar(a.score, cut),
     a.candidates.length
       ? h("ol", { class: "candidates", "aria-label": `Candidates for ${a.file}` }, a.candidates.map((c) => h("li", {}, `${c.speaker} ${score(c.score)}`)))

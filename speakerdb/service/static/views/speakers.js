@@ -51,7 +51,7 @@ function metadataText(meta) {
 
 export async function speaker(main, { param: name, go, session }) {
   const out = messages();
-  main.append(h("p", {}, h("a", { href: "#/speakers" }, "← All speakers")), h("h1", {}, name), out.el);
+  main.append(h("p", {}, h("a", { href: "#/speakers" }, h("span", { "aria-hidden": "true" }, "← "), "All speakers")), h("h1", {}, name), out.el);
   let info;
   try {
     info = await api("GET", `/v1/speakers/${seg(name)}`);
