@@ -724,7 +724,7 @@ def test_listen_to_a_microphone_until_ctrl_c_or_seconds(cli_db, monkeypatch):
     assert heard[-1]["segments"] == from_file[-1]["segments"]
     assert mic.opened == [(16_000, None)]
 
-    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "1", "--seconds", "4", "--json"])
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--mic-device", "1", "--seconds", "4", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.splitlines()[-1])["duration"] == pytest.approx(4.0) and mic.opened[-1] == (16_000, 1)
     monkeypatch.setattr(microphone, "MAX_BEHIND_S", 4.0)  # a session far behind loses the oldest audio, saying so
@@ -740,12 +740,15 @@ def test_listen_to_a_microphone_until_ctrl_c_or_seconds(cli_db, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
     monkeypatch.setitem(sys.modules, "sounddevice", mic)
-    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "webcam"])
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--mic-device", "webcam"])
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith(
         "Error: cannot open the microphone 'webcam'"
     )
     assert CliRunner().invoke(cli, [*db, "listen", str(conv), "--mic"]).exit_code == 2
-    assert CliRunner().invoke(cli, [*db, "listen", "--device", "1"]).exit_code == 2
+    assert CliRunner().invoke(cli, [*db, "listen", "--mic-device", "1"]).exit_code == 2
+    # --device is where the model runs, as on every other command, not the microphone.
+    r = CliRunner().invoke(cli, [*db, "listen", "--mic", "--device", "cpu", "--seconds", "1", "--json"])
+    assert r.exit_code == 0 and mic.opened[-1] == (16_000, None), r.output
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # not installed
     r = CliRunner().invoke(cli, [*db, "listen", "--mic"])
     assert r.exit_code == 1 and "pip install 'speakerdb[mic]'" in r.stderr and "Traceback" not in r.output

@@ -40,7 +40,7 @@ def _sounddevice() -> Any:
 
 
 def device_of(device: str | None) -> int | str | None:
-    """A ``--device`` value as sounddevice takes it: a number is an index, other text a name."""
+    """A ``--mic-device`` value as sounddevice takes it: a number is an index, other text a name."""
     if device is None or not device.strip():
         return None
     return int(device) if device.strip().isdigit() else device

@@ -39,7 +39,7 @@ ENCODINGS = ("pcm_s16le", "f32le", "mulaw", "alaw")  # speakerdb.audio.pcm.ENCOD
     is_flag=True,
     help="Listen to a microphone until Ctrl-C (or --seconds); needs pip install 'speakerdb[mic]'.",
 )
-@click.option("--device", metavar="INDEX|NAME", help="The microphone for --mic [default: the system's input].")
+@click.option("--mic-device", metavar="INDEX|NAME", help="The microphone for --mic [default: the system's input].")
 @click.option("--seconds", type=click.FloatRange(min=0, min_open=True), help="With --mic: stop after this much audio.")
 @click.option(
     "--threshold",
@@ -60,7 +60,7 @@ def listen(
     sample_rate: int,
     realtime: bool,
     mic: bool,
-    device: str | None,
+    mic_device: str | None,
     seconds: float | None,
     threshold: float | None,
     as_json: bool,
@@ -92,18 +92,18 @@ def listen(
       speakerdb listen call.ulaw --encoding mulaw --sample-rate 8000 --json
       ffmpeg -i meeting.mp4 -f s16le -ac 1 -ar 16000 - | speakerdb listen - --json
       speakerdb --server https://voices.example.com listen call.wav --realtime
-      speakerdb listen --mic --device 2 --seconds 60
+      speakerdb listen --mic --mic-device 2 --seconds 60
     """
     check_score(state, threshold)
     if mic and (source != "-" or encoding or realtime):
         raise click.UsageError("--mic takes no FILE, --encoding or --realtime: it is the input")
-    if (device is not None or seconds is not None) and not mic:
-        raise click.UsageError("--device and --seconds go with --mic")
+    if (mic_device is not None or seconds is not None) and not mic:
+        raise click.UsageError("--mic-device and --seconds go with --mic")
     from ..workflows import live_input, microphone_input  # deferred: numpy and the decoders, not for --help
 
     if mic:
         source = "microphone"
-        feed = microphone_input(sample_rate=sample_rate, device=device, max_seconds=seconds)
+        feed = microphone_input(sample_rate=sample_rate, device=mic_device, max_seconds=seconds)
     else:
         feed = live_input(source, encoding=encoding, sample_rate=sample_rate, realtime=realtime)
     # A local session, or with --server the service's WebSocket /v1/stream: the same calls.
