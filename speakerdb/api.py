@@ -433,8 +433,7 @@ class SpeakerDB:
         normalisation, import, governance) as made with API key ``key_name`` (None: by a caller
         of a service that needs no key) rather than by ``local:<user>``, as they are recorded
         outside it. Each record is written in its change's own transaction: a change that fails
-        records nothing. The HTTP service runs each change a caller asks for in such a block;
-        create_key and revoke_key take their ``actor`` directly."""
+        records nothing. The HTTP service runs each change a caller asks for in such a block."""
         token = _AUDITED_AS.set((key_name,))
         try:
             yield
@@ -1501,8 +1500,11 @@ class SpeakerDB:
     # ---- keys of the HTTP service and the audit record (see keys.py) --------------------
     def create_key(self, name: str, scope: str, *, actor: str | None = None) -> NewKey:
         """Create API key ``name`` with ``scope`` (read, write or admin); returns it with its
-        secret, which is shown this once: the database keeps only a salted hash."""
-        with store.audited(actor, "key-create", detail={"key": name, "scope": scope}), self.store.write() as s:
+        secret, which is shown this once: the database keeps only a salted hash. The audit
+        record names ``actor``, by default whoever makes the change as for every other change
+        (inside :meth:`audited_as` its key, elsewhere ``local:<user>``)."""
+        detail = {"key": name, "scope": scope}
+        with store.audited(actor or self._acting(), "key-create", detail=detail), self.store.write() as s:
             return keys.create(s, name, scope)
 
     def list_keys(self) -> builtins.list[KeyInfo]:
@@ -1511,8 +1513,9 @@ class SpeakerDB:
             return keys.list_keys(s)
 
     def revoke_key(self, name: str, *, actor: str | None = None) -> KeyInfo:
-        """Revoke API key ``name``: every server refuses it from its next request."""
-        with store.audited(actor, "key-revoke", detail={"key": name}), self.store.write() as s:
+        """Revoke API key ``name``: every server refuses it from its next request. The audit
+        record names ``actor``, by default whoever makes the change (as :meth:`create_key`)."""
+        with store.audited(actor or self._acting(), "key-revoke", detail={"key": name}), self.store.write() as s:
             return keys.revoke(s, name)
 
     def authenticate(self, key: str, *, any_gallery: bool = False) -> KeyInfo | None:

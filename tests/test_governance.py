@@ -577,6 +577,23 @@ def test_an_optout_follows_back_a_rename_made_on_the_command_line(tmp_path, clip
     assert operations == ["enroll", "enroll", "rename", "optout"]  # bob's enroll, local:<user>'s too
 
 
+def test_keys_made_from_python_are_recorded_as_every_other_change_is(tmp_path):
+    """create_key and revoke_key without an actor name who makes the change, as enroll does:
+    local:<user> from a program, the key inside audited_as (as the service runs them)."""
+    with _db(tmp_path / "keys.sqlite") as db:
+        db.create_key("ops", "admin")
+        with db.audited_as("ops"):
+            db.create_key("reader", "read")
+            db.revoke_key("reader")
+        db.revoke_key("ops", actor="someone")
+        assert [(e.key_name, e.operation) for e in db.audit()] == [
+            (api.local_actor(), "key-create"),
+            ("ops", "key-create"),
+            ("ops", "key-revoke"),
+            ("someone", "key-revoke"),
+        ]
+
+
 def test_every_change_made_on_the_command_line_is_in_the_audit_and_an_optout_scrubs_it(tmp_path, clips, run):
     """Only changes made through the service (and renames, governance records) were recorded:
     who enrolled, removed or imported whom on the command line, or moved the threshold, left no

@@ -321,9 +321,7 @@ def keys_create(state: State, name: str, scope: str, as_json: bool) -> None:
       speakerdb keys create ops --scope admin --json
     """
     state.allow_create()
-    from ..api import local_actor  # SQLAlchemy: loaded when the command runs
-
-    new = state.db.create_key(name, scope, actor=local_actor())
+    new = state.db.create_key(name, scope)
     if not as_json:
         click.echo(f"created key {new.name} (scope {new.scope}); store it now, it cannot be shown again:", err=True)
     emit(as_json, new.to_dict(), new.key)
@@ -362,9 +360,7 @@ def keys_revoke(state: State, name: str, as_json: bool) -> None:
     Example:
       speakerdb keys revoke callcentre
     """
-    from ..api import local_actor  # SQLAlchemy: loaded when the command runs
-
-    info = state.db.revoke_key(name, actor=local_actor())
+    info = state.db.revoke_key(name)
     emit(as_json, info.to_dict(), f"revoked key {info.name}")
 
 

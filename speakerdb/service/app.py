@@ -683,9 +683,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     async def create_key(request: Request, body: KeyBody, caller: Caller = ADMIN) -> JSONResponse:
         """Create a key; its secret is in this answer only."""
-        new = await request.app.state.service.admin(
-            lambda db: db.create_key(body.name, body.scope, actor=caller.key_name)
-        )
+        new = await request.app.state.service.admin(lambda db: db.create_key(body.name, body.scope), caller=caller)
         return ok(new.to_dict(), 201)
 
     @router.delete(
@@ -703,7 +701,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     async def revoke_key(request: Request, name: str, caller: Caller = ADMIN) -> JSONResponse:
         """Revoke a key: refused from the next request on, by every worker."""
-        info = await request.app.state.service.admin(lambda db: db.revoke_key(name, actor=caller.key_name))
+        info = await request.app.state.service.admin(lambda db: db.revoke_key(name), caller=caller)
         return ok(info.to_dict())
 
     @router.get(
