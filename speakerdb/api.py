@@ -1079,7 +1079,7 @@ class SpeakerDB:
                 consent,
                 last_seen,
                 sp.external_id_hash,
-                keys.speaker_audit_entries(s, MAX_AUDIT_SHOWN, governance.records_of_speaker(s, sp.name)),
+                keys.speaker_audit_entries(governance.records_of_speaker(s, sp.name), MAX_AUDIT_SHOWN),
             )
 
     # An opt-out follows a person's earlier names back through the rename records.

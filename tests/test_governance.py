@@ -349,6 +349,49 @@ def test_show_reads_only_the_removals_of_the_names_it_follows(tmp_path, clips):
     assert len(loaded) < 10, len(loaded)
 
 
+def _statements_on_audit(db: SpeakerDB, call) -> list[tuple[str, Any]]:
+    """The statements ``call()`` runs that read the audit table."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _many) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "audit" in statement:
+            seen.append((statement, parameters))
+
+    event.listen(db.store.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(db.store.engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_show_reads_a_speakers_audit_records_in_one_query_on_their_names(tmp_path, clips):
+    """`show` read the audit table three times: the renames, the removals of the names they
+    reach, then its records among those names' by spans of ids. The removals that end an
+    earlier holder's span are among the records naming those names: one query for them all
+    gives the same records."""
+    path = tmp_path / "s.sqlite"
+    with _db(path) as db:
+        with db.audited_as("ops"):
+            db.enroll("Dave", [clips["carol"]])  # someone else, removed before he came
+            db.remove("Dave")
+            db.enroll("dave", [clips["bob"]])
+            db.rename("dave", "Dave")
+            db.enroll("Dave", [clips["alice2"]])
+            db.enroll("carol", [clips["carol"]])
+    with sqlite3.connect(path) as c:
+        c.executemany(
+            "INSERT INTO audit (time, key_name, operation, speaker, gallery_id) "
+            "VALUES (datetime('now'), 'ops', ?, ?, 1)",
+            [("remove" if i % 2 else "expire", f"person {i}") for i in range(300)],
+        )
+    with _db(path) as db:
+        shown: list[Any] = []
+        statements = _statements_on_audit(db, lambda: shown.extend(db.show("Dave").audit))
+        assert [(a.operation, a.speaker) for a in shown] == [("enroll", "dave"), ("rename", "dave"), ("enroll", "Dave")]
+        assert len(statements) == 2, statements
+
+
 def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_external_id(tmp_path, clips):
     """The opt-out compares names folded (case, spacing) and external ids; the removal looked
     for the exact name only. 'alice  smith' opting out left 'Alice Smith' enrolled and named by

@@ -31,7 +31,7 @@ import unicodedata
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, true, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..errors import InvalidInputError
@@ -265,29 +265,71 @@ def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
     return store.normalize_name(record.speaker), store.normalize_name(new)
 
 
+def _renames(s: Session) -> list[tuple[int, str, str]]:
+    """The renames, as (record id, old name, new name) oldest first."""
+    renames: list[tuple[int, str, str]] = []
+    for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename").order_by(AuditRecord.id)):
+        pair = _rename_names(record)
+        if pair is not None and pair[0] != pair[1]:
+            renames.append((record.id, *pair))
+    return renames
+
+
+def _reachable(renames: list[tuple[int, str, str]], names: set[str]) -> list[str]:
+    """``names`` and every name a rename left: the names a history can reach, as stored (NFC)."""
+    return sorted({store.normalize_name(n) for n in names} | {old for _, old, _ in renames})
+
+
+def _names_before(renames: list[tuple[int, str, str]], name: str) -> list[str]:
+    """``name`` and each name that a rename to it, or to one of these, left: the only names whose
+    records can be those of the speaker named ``name`` now (:func:`_follow_back` narrows them
+    to the spans that were its own)."""
+    olds: dict[str, set[str]] = {}
+    for _, old, new in renames:
+        olds.setdefault(new, set()).add(old)
+    names, todo = {name}, [name]
+    while todo:
+        for old in olds.get(todo.pop(), ()):
+            if old not in names:
+                names.add(old)
+                todo.append(old)
+    return sorted(names)
+
+
+def _naming(s: Session, names: list[str], *what: Any) -> list[Any]:
+    """The rows of ``what`` (columns, or the whole AuditRecord) of the records whose speaker is
+    one of ``names``: one query for each :data:`_NAMES_PER_QUERY` names."""
+    rows: list[Any] = []
+    for start in range(0, len(names), _NAMES_PER_QUERY):
+        stmt = select(*what).where(AuditRecord.speaker.in_(names[start : start + _NAMES_PER_QUERY]))
+        rows.extend(s.execute(stmt).all())
+    return rows
+
+
+def _freed(renames: list[tuple[int, str, str]], records: list[Any]) -> dict[str, list[int]]:
+    """For each name, the ids of the records after which it was free for another speaker: the
+    renames away from it, and the removals and expiries among ``records`` (rows with an id,
+    a speaker and an operation)."""
+    freed: dict[str, list[int]] = {}
+    for record_id, old, _ in renames:
+        freed.setdefault(old, []).append(record_id)
+    for r in records:
+        if r.operation in _NAME_FREED:
+            freed.setdefault(str(r.speaker), []).append(r.id)
+    return freed
+
+
 def _name_history(s: Session, names: set[str]) -> tuple[list[tuple[int, str, str]], dict[str, list[int]]]:
     """The renames, as (record id, old name, new name) oldest first, and for each name the ids
     of the records after which it was free for another speaker (a remove, an expiry, a rename
     away from it): for ``names`` and every name a rename left, the names a history can reach.
 
-    Only those names' removals and expiries are read: a gallery with a long retention history
-    holds one record per speaker removed or expired, and reading them all made every ``show``
-    take seconds at 100,000 (docs/governance.md, "What is held about a person")."""
-    renames: list[tuple[int, str, str]] = []
-    freed: dict[str, list[int]] = {}
-    for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename").order_by(AuditRecord.id)):
-        pair = _rename_names(record)
-        if pair is not None and pair[0] != pair[1]:
-            renames.append((record.id, *pair))
-            freed.setdefault(pair[0], []).append(record.id)
-    wanted = sorted({store.normalize_name(n) for n in names} | {old for _, old, _ in renames})
-    for start in range(0, len(wanted), _NAMES_PER_QUERY):
-        stmt = select(AuditRecord.id, AuditRecord.speaker).where(
-            AuditRecord.operation.in_(_NAME_FREED), AuditRecord.speaker.in_(wanted[start : start + _NAMES_PER_QUERY])
-        )
-        for record_id, speaker in s.execute(stmt):
-            freed.setdefault(str(speaker), []).append(record_id)
-    return renames, freed
+    Only those names' records are read: a gallery with a long retention history holds one
+    record per speaker removed or expired, and reading them all made every ``show`` take
+    seconds at 100,000 (docs/governance.md, "What is held about a person")."""
+    renames = _renames(s)
+    columns = (AuditRecord.id, AuditRecord.speaker, AuditRecord.operation)
+    return renames, _freed(renames, _naming(s, _reachable(renames, names), *columns))
 
 
 #: A span of audit records made while one speaker held a name: (name, after record id, up to
@@ -312,24 +354,28 @@ def _follow_back(spans: set[_Span], renames: list[tuple[int, str, str]], freed: 
     return spans
 
 
-def records_of_speaker(s: Session, name: str) -> ColumnElement[bool]:
-    """Which audit records concern the speaker enrolled now as ``name``: those naming it since
-    the name was last free (an earlier speaker of that name, removed, expired or renamed away,
-    keeps theirs), and those of each earlier name this speaker had, followed back through the
-    rename records as an opt-out follows them (:func:`scrub_audit`)."""
+def records_of_speaker(s: Session, name: str) -> list[AuditRecord]:
+    """The audit records that concern the speaker enrolled now as ``name``, oldest first: those
+    naming it since the name was last free (an earlier speaker of that name, removed, expired
+    or renamed away, keeps theirs), and those of each earlier name this speaker had, followed
+    back through the rename records as an opt-out follows them (:func:`scrub_audit`).
+
+    Two queries: the renames, then every record naming this speaker's name or one it may have
+    had before. The removals and expiries that end an earlier holder's span, and the records
+    given, are among them."""
     name = store.normalize_name(name)
-    renames, freed = _name_history(s, {name})
+    renames = _renames(s)
+    records = sorted((r for (r,) in _naming(s, _names_before(renames, name), AuditRecord)), key=lambda r: r.id)
+    freed = _freed(renames, records)
     spans = _follow_back({(name, max(freed.get(name, ()), default=-1), None)}, renames, freed)
-    return or_(
-        *(
-            and_(
-                AuditRecord.speaker == held,
-                AuditRecord.id > after,
-                AuditRecord.id <= upto if upto is not None else true(),
-            )
-            for held, after, upto in spans
-        )
-    )
+    held: dict[str, list[tuple[int, int | None]]] = {}
+    for n, after, upto in spans:
+        held.setdefault(n, []).append((after, upto))
+    return [
+        r
+        for r in records
+        if any(after < r.id and (upto is None or r.id <= upto) for after, upto in held.get(str(r.speaker), ()))
+    ]
 
 
 def scrub_audit(s: Session, name: str, marker: str) -> int:

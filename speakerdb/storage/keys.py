@@ -20,6 +20,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement, Select, select
 from sqlalchemy.orm import Session
@@ -200,10 +201,12 @@ def audit_entries(session: Session, limit: int = 100, speaker: str | None = None
     return _entries(session, stmt)
 
 
-def speaker_audit_entries(session: Session, limit: int, which: ColumnElement[bool]) -> list[AuditEntry]:
-    """The newest ``limit`` audit records of the session's gallery that ``which`` selects (the
-    records of one speaker: :func:`.governance.records_of_speaker`), oldest first."""
-    return _entries(session, _newest(store.AuditRecord.operation.not_in(GALLERY_OPERATIONS) & which, limit))
+def speaker_audit_entries(records: Sequence[store.AuditRecord], limit: int) -> list[AuditEntry]:
+    """The newest ``limit`` of ``records`` (oldest first, as :func:`.governance.records_of_speaker`
+    gives one speaker's), oldest first; never the records of galleries made and removed."""
+    _check_limit(limit)
+    kept = [r for r in records if r.operation not in GALLERY_OPERATIONS][-limit:]
+    return [_entry(r) for r in kept]
 
 
 def gallery_audit_entries(session: Session, limit: int = 100) -> list[AuditEntry]:
@@ -223,7 +226,8 @@ def _check_limit(limit: object) -> None:
 
 
 def _entries(session: Session, stmt) -> list[AuditEntry]:
-    rows = list(session.scalars(stmt))[::-1]
-    return [
-        AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None) for r in rows
-    ]
+    return [_entry(r) for r in list(session.scalars(stmt))[::-1]]
+
+
+def _entry(r: store.AuditRecord) -> AuditEntry:
+    return AuditEntry(r.time, r.key_name, r.operation, r.speaker, json.loads(r.detail) if r.detail else None)
