@@ -349,6 +349,27 @@ def test_show_reads_only_the_removals_of_the_names_it_follows(tmp_path, clips):
     assert len(loaded) < 10, len(loaded)
 
 
+def _long_trail(tmp_path: Path, clips) -> Path:
+    """A database where 'Dave' was someone else's name (removed), then dave's, renamed 'Dave',
+    among 300 removal and expiry records of other people."""
+    path = tmp_path / "s.sqlite"
+    with _db(path) as db:
+        with db.audited_as("ops"):
+            db.enroll("Dave", [clips["carol"]])  # someone else, removed before he came
+            db.remove("Dave")
+            db.enroll("dave", [clips["bob"]])
+            db.rename("dave", "Dave")
+            db.enroll("Dave", [clips["alice2"]])
+            db.enroll("carol", [clips["carol"]])
+    with sqlite3.connect(path) as c:
+        c.executemany(
+            "INSERT INTO audit (time, key_name, operation, speaker, gallery_id) "
+            "VALUES (datetime('now'), 'ops', ?, ?, 1)",
+            [("remove" if i % 2 else "expire", f"person {i}") for i in range(300)],
+        )
+    return path
+
+
 def _statements_on_audit(db: SpeakerDB, call) -> list[tuple[str, Any]]:
     """The statements ``call()`` runs that read the audit table."""
     seen: list[tuple[str, Any]] = []
@@ -370,26 +391,32 @@ def test_show_reads_a_speakers_audit_records_in_one_query_on_their_names(tmp_pat
     reach, then its records among those names' by spans of ids. The removals that end an
     earlier holder's span are among the records naming those names: one query for them all
     gives the same records."""
-    path = tmp_path / "s.sqlite"
-    with _db(path) as db:
-        with db.audited_as("ops"):
-            db.enroll("Dave", [clips["carol"]])  # someone else, removed before he came
-            db.remove("Dave")
-            db.enroll("dave", [clips["bob"]])
-            db.rename("dave", "Dave")
-            db.enroll("Dave", [clips["alice2"]])
-            db.enroll("carol", [clips["carol"]])
-    with sqlite3.connect(path) as c:
-        c.executemany(
-            "INSERT INTO audit (time, key_name, operation, speaker, gallery_id) "
-            "VALUES (datetime('now'), 'ops', ?, ?, 1)",
-            [("remove" if i % 2 else "expire", f"person {i}") for i in range(300)],
-        )
+    path = _long_trail(tmp_path, clips)
     with _db(path) as db:
         shown: list[Any] = []
         statements = _statements_on_audit(db, lambda: shown.extend(db.show("Dave").audit))
         assert [(a.operation, a.speaker) for a in shown] == [("enroll", "dave"), ("rename", "dave"), ("enroll", "Dave")]
         assert len(statements) == 2, statements
+
+
+def test_show_and_audit_speaker_find_the_records_by_index_whatever_the_size_of_the_audit(tmp_path, clips):
+    """The audit had no index on the speaker nor on the operation: `show` scanned the table
+    twice (the renames, then the records of the names it follows) and `audit --speaker` once,
+    linear in the records of other people (27 ms of CPU at 100,000). Revision 0010 indexes it by
+    (gallery, speaker, id) and (gallery, operation): each of their queries searches one of them."""
+    path = _long_trail(tmp_path, clips)
+    with _db(path) as db:
+        statements = _statements_on_audit(db, lambda: db.show("Dave"))
+        statements += _statements_on_audit(db, lambda: db.audit(speaker="Dave"))
+    assert len(statements) == 3
+    con = sqlite3.connect(path)
+    try:
+        for statement, parameters in statements:
+            plan = " ".join(r[-1] for r in con.execute(f"EXPLAIN QUERY PLAN {statement}", parameters))
+            used = {"ix_audit_gallery_id_speaker_id", "ix_audit_gallery_id_operation"}
+            assert any(f"USING INDEX {ix} " in plan for ix in used) and "SCAN audit" not in plan, (statement, plan)
+    finally:
+        con.close()
 
 
 def test_an_optout_removes_the_speaker_it_refuses_whatever_the_case_or_by_external_id(tmp_path, clips):
@@ -1022,6 +1049,47 @@ def test_the_upgrade_to_0009_fills_the_folded_names_of_a_database_that_holds_twi
             with pytest.raises(SpeakerExistsError, match="twin of existing 'DAVE'"):
                 acme.enroll("dave", [clips["alice2"]])
             acme.enroll("Alice Smith", [clips["alice2"]])
+
+
+def _audit_indexes(target: str | Path) -> dict[str, list[str]]:
+    """The audit table's indexes and their columns, read behind speakerdb's back."""
+    engine, _ = migrate.engine_for(target)
+    try:
+        return {i["name"]: i["column_names"] for i in sa_inspect(engine).get_indexes("audit")}
+    finally:
+        engine.dispose()
+
+
+def test_the_upgrade_to_0010_indexes_the_audit_and_the_downgrade_to_0009_drops_the_indexes(target, clips):
+    """Revision 0010 adds the indexes `show` finds a speaker's audit records by (speaker, and
+    operation for the renames), on SQLite and PostgreSQL; the model declares them as the
+    revisions make them; its downgrade drops them and nothing else; the records are the same
+    after the way down and up."""
+    with _db(target) as db:
+        with db.audited_as("ops"):
+            db.enroll("dave", [clips["bob"]])
+            db.rename("dave", "Dave")
+        before = [a.to_dict() for a in db.show("Dave").audit]
+    assert len(before) == 2
+    ours = {"ix_audit_gallery_id_speaker_id": ["gallery_id", "speaker", "id"]}
+    ours["ix_audit_gallery_id_operation"] = ["gallery_id", "operation"]
+    at_head = _audit_indexes(target)
+    assert {k: v for k, v in at_head.items() if k in ours} == ours
+    assert api.downgrade_database(target, "0009") == "0009"
+    assert _audit_indexes(target) == {k: v for k, v in at_head.items() if k not in ours}
+    assert api.upgrade_database(target) == schema.HEAD_REVISION == "0010"
+    assert _audit_indexes(target) == at_head
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    engine, _ = migrate.engine_for(target)
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), store.Base.metadata) == []
+    finally:
+        engine.dispose()
+    with _db(target) as db:
+        assert [a.to_dict() for a in db.show("Dave").audit] == before
 
 
 def _statements_on_speakers(db: SpeakerDB, call) -> list[tuple[str, Any]]:

@@ -266,7 +266,8 @@ def _rename_names(record: AuditRecord) -> tuple[str, str] | None:
 
 
 def _renames(s: Session) -> list[tuple[int, str, str]]:
-    """The renames, as (record id, old name, new name) oldest first."""
+    """The renames, as (record id, old name, new name) oldest first: the gallery's rename records
+    only, by the index on the operation (revision 0010)."""
     renames: list[tuple[int, str, str]] = []
     for record in s.scalars(select(AuditRecord).where(AuditRecord.operation == "rename").order_by(AuditRecord.id)):
         pair = _rename_names(record)
@@ -298,7 +299,9 @@ def _names_before(renames: list[tuple[int, str, str]], name: str) -> list[str]:
 
 def _naming(s: Session, names: list[str], *what: Any) -> list[Any]:
     """The rows of ``what`` (columns, or the whole AuditRecord) of the records whose speaker is
-    one of ``names``: one query for each :data:`_NAMES_PER_QUERY` names."""
+    one of ``names``: one query on the index on the speaker (revision 0010) for each
+    :data:`_NAMES_PER_QUERY` names. Their operation is left out of the query: with it, SQLite
+    (which has no statistics) may take the index on the operation and read every removal."""
     rows: list[Any] = []
     for start in range(0, len(names), _NAMES_PER_QUERY):
         stmt = select(*what).where(AuditRecord.speaker.in_(names[start : start + _NAMES_PER_QUERY]))
@@ -360,9 +363,10 @@ def records_of_speaker(s: Session, name: str) -> list[AuditRecord]:
     or renamed away, keeps theirs), and those of each earlier name this speaker had, followed
     back through the rename records as an opt-out follows them (:func:`scrub_audit`).
 
-    Two queries: the renames, then every record naming this speaker's name or one it may have
-    had before. The removals and expiries that end an earlier holder's span, and the records
-    given, are among them."""
+    Two queries, each on an index (revision 0010) whatever the size of the audit table: the
+    renames, then every record naming this speaker's name or one it may have had before. The
+    removals and expiries that end an earlier holder's span, and the records given, are among
+    them."""
     name = store.normalize_name(name)
     renames = _renames(s)
     records = sorted((r for (r,) in _naming(s, _names_before(renames, name), AuditRecord)), key=lambda r: r.id)

@@ -492,6 +492,12 @@ class AuditRecord(Base):
     """One change made through the service or to its keys (revision 0003): who, what, when."""
 
     __tablename__ = "audit"
+    # Revision 0010: a speaker's records and the renames are found without reading the table
+    # (governance.records_of_speaker, which is show's audit).
+    __table_args__ = (
+        Index("ix_audit_gallery_id_speaker_id", "gallery_id", "speaker", "id"),
+        Index("ix_audit_gallery_id_operation", "gallery_id", "operation"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     time: Mapped[datetime] = mapped_column(DateTime, index=True)
