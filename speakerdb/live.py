@@ -55,7 +55,8 @@ reported, and keeps that label for the whole session. A ``voice`` event with ``f
 reports the voice of the latest windows of an open region; when the region settles, its last
 windows (the one aligned to its end, or a short region's only one) are embedded, its windows'
 voices (clustered again, if it is time) are smoothed (Viterbi, as ``timeline``) and
-``final: true`` events give its segments.
+``final: true`` events give its segments, once none of its voices is young (unnamed, with less
+than :data:`RIPE_S` of speech), or :data:`HOLD_MAX_S` after its end, in time order.
 
 The final timeline. ``close()`` assembles the settled regions' window vectors with
 :func:`speakerdb.timeline.assemble`, the step after embedding of ``timeline``: fed the same
@@ -134,6 +135,13 @@ DEFAULT_MAX_HELD_S = 3600.0
 LET_GO_S = 60.0
 LOOK_AHEAD_S = 30.0
 MAX_VOICES = 256  # voices told apart in one session; past that a window joins its nearest voice
+#: A settled region's final events wait while one of its voices is unnamed with less than this
+#: much speech (s of windows' hops): a call's first second, or a short turn that made a voice of
+#: its own, is reported once the voice is named or has grown, or a re-clustering joined it to
+#: another, rather than as an unknown voice that is the named one a moment later.
+RIPE_S = 3.0
+#: ... but no longer than this (s of audio after the region's end): past it, they go as they are.
+HOLD_MAX_S = 10.0
 #: The session's voices are clustered again (``timeline``'s clustering of all its held windows)
 #: at most every this many seconds of audio, when a region settles or while one stays open...
 RECLUSTER_S = 3.0
@@ -192,6 +200,7 @@ class _Region:
     region: vad.Region
     first_span: int  # index of its first window in the held spans
     n_spans: int
+    start_s: float  # where its final segments begin (its start, or where the open region's let-go ended)
     segments: list[tuple[float, float, int, float | None]] = field(default_factory=list)  # (start, end, voice, score)
 
 
@@ -281,6 +290,7 @@ class LiveSession:
 
         # Settled speech: regions, window spans (start, end, region index) and vectors, voices.
         self._regions: list[_Region] = []
+        self._n_held = 0  # the last regions, settled but their final events held back (RIPE_S)
         self._spans: list[tuple[int, int, int]] = []
         self._vectors: list[np.ndarray] = []
         self._window_voice: list[int] = []
@@ -364,7 +374,8 @@ class LiveSession:
         self._holding = False  # else what waited is embedded as it came, and the judging goes on
         events: list[LiveEvent] = []
         for r in self._take_unjudged():
-            events += self._settle(r, self.seconds_fed)
+            self._settle(r)
+        events += self._release(self.seconds_fed, self._heard_to())
         if self._open_region is not None:
             events += self._embed_open(self._open_region, self.seconds_fed)
         return self._named(events)
@@ -487,7 +498,7 @@ class LiveSession:
         if self._meter is not None:
             self._meter.watch(block, new_probs)
         at = self.seconds_fed
-        heard_to = self._found.n_frames * self._frame_s  # s: the end of the last VAD frame
+        heard_to = self._heard_to()
         regions = [r for r in self._found.regions(self._n16 / SR) if r.end > self._settled_until]
 
         events: list[LiveEvent] = []
@@ -506,7 +517,8 @@ class LiveSession:
             self._settled_until = max([self._settled_until] + [r.end for r in settled])
         else:
             for r in self._take_unjudged() + settled:
-                events += self._settle(r, at)
+                self._settle(r)
+            events += self._release(at, heard_to, force=last)
         self._found.forget(self._settled_until)
         events += self._bound_memory(at)
         if self._open_region is not None:
@@ -522,6 +534,10 @@ class LiveSession:
             self._audio = self._audio[keep_from - self._audio_start :]
             self._audio_start = keep_from
         return events
+
+    def _heard_to(self) -> float:
+        """Seconds: the end of the last VAD frame."""
+        return self._found.n_frames * self._frame_s
 
     def _judge(self, heard_to: float, now: bool) -> None:
         """Decide once whether the session is noisy (:meth:`speakerdb.audio.denoise.NoiseMeter.noisy`):
@@ -624,8 +640,9 @@ class LiveSession:
         if self._run is None or self._run[0] != voice:
             self._run = (voice, r.start if s == first else (s + e) / 2 / SR - self.params.hop_s / 2)
 
-    def _settle(self, r: vad.Region, at: float) -> list[LiveEvent]:
-        """A region that can no longer change: its windows, their voices, its final segments."""
+    def _settle(self, r: vad.Region) -> None:
+        """A region that can no longer change: its windows and their voices, its final segments
+        held until :meth:`_release` gives them."""
         index = self._dropped_regions + len(self._regions)
         spans = timelines.plan_windows([r], self.params.window_s, self.params.hop_s)
         start_s = r.start
@@ -637,12 +654,13 @@ class LiveSession:
             self._open_first, self._open_let_go, self._run = -1, 0, None
         self._settled_until = r.end
         self._speech_s += r.duration
-        entry = _Region(r, len(self._spans), len(spans))
+        entry = _Region(r, len(self._spans), len(spans), start_s)
         self._regions.append(entry)
+        self._n_held += 1
         end = int(round(r.end * SR))
         if not spans:
             self._drop_open_before(end)
-            return []
+            return
         missing = [(a, b) for a, b, _ in spans if (a, b) not in self._open]
         fresh = dict(zip(missing, self._embed_many([self._samples(a, b) for a, b in missing])))
         voices = []
@@ -661,12 +679,42 @@ class LiveSession:
             self._recluster()
             voices = self._window_voice[len(self._window_voice) - len(spans) :]
         self._rename()
-        vectors = np.stack(self._vectors[len(self._vectors) - len(spans) :])
-        entry.segments = self._smooth(start_s, r.end, spans, voices, vectors)
-        return [
-            VoiceEvent(s, e, self._label(v), self._voices[v].speaker, score, True, at)
-            for s, e, v, score in entry.segments
-        ]
+
+    def _release(self, at: float, heard_to: float, force: bool = False) -> list[LiveEvent]:
+        """The final events of the held regions, in order, up to the first that must wait: one
+        with a voice that is unnamed and has less than :data:`RIPE_S` of speech, unless it ended
+        :data:`HOLD_MAX_S` before ``heard_to`` or ``force``. Each region's windows are smoothed
+        with the voices they have now (a re-clustering may have joined a young voice to another)."""
+        if not self._n_held:
+            return []
+        speech = (
+            np.bincount(
+                np.array(self._window_voice + [v for _, v in self._open.values()], np.int64),
+                minlength=len(self._voices),
+            )
+            * self.params.hop_s
+        )
+        events: list[LiveEvent] = []
+        while self._n_held:
+            entry = self._regions[len(self._regions) - self._n_held]
+            i, n = entry.first_span, entry.n_spans
+            segments = []
+            if n:
+                spans = self._spans[i : i + n]
+                voices = self._window_voice[i : i + n]
+                segments = self._smooth(
+                    entry.start_s, entry.region.end, spans, voices, np.stack(self._vectors[i : i + n])
+                )
+            young = any(self._voices[v].speaker is None and speech[v] < RIPE_S for _, _, v, _ in segments)
+            if young and not force and entry.region.end > heard_to - HOLD_MAX_S:
+                break
+            entry.segments = segments
+            self._n_held -= 1
+            events += [
+                VoiceEvent(s, e, self._label(v), self._voices[v].speaker, score, True, at)
+                for s, e, v, score in segments
+            ]
+        return events
 
     def _smooth(
         self,
@@ -846,7 +894,11 @@ class LiveSession:
     def _bound_memory(self, at: float) -> list[LiveEvent]:
         """Past ``max_held_s`` of windows (settled and open), the oldest settled regions give up
         their vectors and keep only their final segments (compactly); past it in the open region
-        alone, its oldest windows are made final (:meth:`_let_go_open`). The events that gives."""
+        alone, its oldest windows are made final (:meth:`_let_go_open`). The events that gives
+        (the held regions' first: every region let go has given its final segments)."""
+        events: list[LiveEvent] = []
+        if len(self._spans) + len(self._open) > self._max_windows:
+            events = self._release(at, self._heard_to(), force=True)
         while len(self._spans) + len(self._open) > self._max_windows and (
             len(self._regions) > 1 or (self._regions and self._open)
         ):
@@ -865,8 +917,8 @@ class LiveSession:
         if len(self._open) > self._max_windows:  # every settled region is let go by now
             step = max(1, min(self._max_windows // 4, int(LET_GO_S / self.params.hop_s)))
             # Never its newest window: the end of the region's final plan may yet leave it out.
-            return self._let_go_open(min(len(self._open) - 1, len(self._open) - self._max_windows + step), at)
-        return []
+            return events + self._let_go_open(min(len(self._open) - 1, len(self._open) - self._max_windows + step), at)
+        return events
 
     def _let_go_open(self, n: int, at: float) -> list[LiveEvent]:
         """Make final the oldest ``n`` windows of the open region: their segments are smoothed with

@@ -194,6 +194,36 @@ def test_an_unknown_voice_keeps_one_label_and_another_voice_gets_another(bob_gal
     assert {label_at(t) for t in (2.0, 11.0, 26.0)} == {"bob"}
 
 
+def test_a_voice_named_after_its_first_short_turn_is_named_in_that_turns_final_events(bob_gallery):
+    """A call's first second of bob, heard badly, makes a voice too far from bob to be named;
+    his next turn joins it and names it. That first turn's final events wait for the voice to be
+    named (or to grow) and say bob, instead of an unknown voice that is bob a moment later. A
+    young voice that stays unnamed is reported HOLD_MAX_S after its turn at most, not at the end."""
+    fake = FakeEmbedder()
+    off = np.random.default_rng(3).standard_normal(fake.dim)
+    embedded = [0]
+
+    def embed(windows):
+        out = fake.embed(windows)
+        for i in range(len(out)):
+            if embedded[0] == 0:  # the first window: 0.8 of bob, below the gallery's 0.9
+                o = off - (off @ out[i]) * out[i]
+                out[i] = 0.8 * out[i] + 0.6 * o / np.linalg.norm(o)
+            embedded[0] += 1
+        return out
+
+    session = LiveSession(embed, bob_gallery, detector=EnergyDetector())
+    x = conversation([(BOB, 1.2), (BOB, 4), (EVE, 1.2)] + [(DAVE, 4)] * 5)
+    events = feed_all(session, x, int(FRAME_S * SR))
+    finals = [e for e in events if isinstance(e, VoiceEvent) and e.final]
+    assert finals[0].start == pytest.approx(0.0, abs=0.3) and finals[0].label == "bob", finals[:2]
+    assert [e.label for e in finals[:2]] == ["bob", "bob"]
+    eve = next(e for e in finals if e.start <= 8.0 < e.end)  # 1.2 s, a voice of its own, never named
+    assert eve.label.startswith("unknown-")
+    assert eve.end + live.HOLD_MAX_S <= eve.at <= eve.end + live.HOLD_MAX_S + 0.5, eve
+    assert [e.start for e in finals] == sorted(e.start for e in finals)  # in time order
+
+
 class AlikeVoicesEmbedder:
     """Two voices as near as two people in one room are with GE2E: a window of the low voice
     (pitch under 200 Hz) is A plus a little noise, of the high one B plus a little noise, with
