@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from speakerdb.embedding.models import l2_normalize
+from speakerdb.storage import atomic
 from speakerdb.storage.index import IndexFileError, SpeakerIndex, remove_files
 
 
@@ -150,6 +151,21 @@ def test_deleted_index_files_are_zeroed_first_never_through_a_link_or_another_na
     zeroed.write_bytes(bytes(len(kept)))
     with pytest.raises(IndexFileError):
         SpeakerIndex.load(zeroed)
+
+
+def test_a_failed_replace_zeroes_its_temporary_file_before_deleting_it(tmp_path):
+    """A save or an export that fails half-way had written voiceprints into its temporary file."""
+    secret = os.urandom(10_000)
+    with pytest.raises(RuntimeError), atomic.replace(tmp_path / "x.faiss") as f:
+        f.write(secret)
+        f.flush()
+        [tmp] = tmp_path.glob("x.faiss.*.tmp")
+        held = open(tmp, "rb")
+        raise RuntimeError("disk full")
+    assert list(tmp_path.iterdir()) == []
+    data = held.read()
+    held.close()
+    assert data == bytes(len(secret))
 
 
 def test_hnsw_above_the_size_limit(tmp_path):

@@ -7,6 +7,7 @@ Also the one way every command writes a file the user named (an export, an RTTM 
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,8 @@ def replace(path: str | Path, *, overwrite: bool = True) -> Iterator[BinaryIO]:
     The temporary file is created 0600 and the rename replaces a link at ``path`` itself,
     never the file it points to. With ``overwrite=False`` the file is put in place only if
     nothing (not even a dangling link) is at ``path`` by then: FileExistsError otherwise.
-    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    If the block raises, the temporary file is zeroed and removed (:func:`erase`: what was
+    written may be voiceprints, names or a key) and ``path`` is left as it was.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -40,8 +42,53 @@ def replace(path: str | Path, *, overwrite: bool = True) -> Iterator[BinaryIO]:
         else:
             _place_new(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        erase(tmp)
         raise
+
+
+ERASE_CHUNK = 1 << 20  # bytes of zeros written at a time
+
+
+def erase(path: str | Path, aside: Path | None = None) -> None:
+    """Delete the file at ``path`` (nothing there: nothing to do), first overwriting it with
+    zeros and syncing them when it is a regular file that no other name links to, as SQLite's
+    secure_delete zeroes freed cells: what it held does not stay in the freed blocks. A link,
+    a file with another name, or anything else is only unlinked, never written through.
+
+    With ``aside``, the file is first renamed to that name and zeroed and deleted there.
+    Nothing else may be writing the file; an I/O error while zeroing still deletes it.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return
+    except OSError:  # a link (ELOOP), a directory, a FIFO without a reader, no write permission
+        path.unlink(missing_ok=True)
+        return
+    try:
+        st = os.fstat(fd)
+        try:
+            here = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)):
+            path.unlink(missing_ok=True)  # zeroing would change what another name holds
+            return
+        try:
+            if aside is not None:
+                os.rename(path, aside)
+                path = aside
+            zeros = memoryview(bytes(min(st.st_size, ERASE_CHUNK)))
+            at = 0
+            while at < st.st_size:
+                at += os.pwrite(fd, zeros[: st.st_size - at], at)
+            os.fsync(fd)
+        except OSError:
+            pass  # an I/O error while zeroing: it is still deleted, as it was before zeroing existed
+        path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def _place_new(tmp: str, path: Path) -> None:

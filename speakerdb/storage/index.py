@@ -181,14 +181,10 @@ def remove_files(path: str | Path, zero: bool = True) -> list[str]:
     return left
 
 
-ERASE_CHUNK = 1 << 20  # bytes of zeros written at a time
-
-
 def erase(path: str | Path) -> None:
-    """Delete the file at ``path`` (nothing there: nothing to do), first overwriting it with
-    zeros and syncing them when it is a regular file that no other name links to: its vectors
-    do not stay in the freed blocks, as SQLite's secure_delete zeroes freed cells. A link, a
-    file with another name, or anything else is only unlinked, never written through.
+    """Zero, sync and delete the index file or debris at ``path`` (:func:`atomic.erase`): its
+    vectors do not stay in the freed blocks. A link, or a file that another name links to,
+    is only unlinked, never written through.
 
     The caller holds the write lock, so no writer is at work on the file. It is first renamed
     to a temporary name (a reader opening the index then finds none and rebuilds, and a kill
@@ -197,37 +193,8 @@ def erase(path: str | Path) -> None:
     rebuilds from the store instead of answering from it.
     """
     path = Path(path)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        return
-    except OSError:  # a link (ELOOP), a directory, a FIFO without a reader, no write permission
-        path.unlink(missing_ok=True)
-        return
-    try:
-        st = os.fstat(fd)
-        try:
-            here = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if not (stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)):
-            path.unlink(missing_ok=True)  # zeroing would change what another name holds
-            return
-        try:
-            if not path.name.endswith(".tmp"):
-                hidden = path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
-                os.rename(path, hidden)
-                path = hidden
-            zeros = memoryview(bytes(min(st.st_size, ERASE_CHUNK)))
-            at = 0
-            while at < st.st_size:
-                at += os.pwrite(fd, zeros[: st.st_size - at], at)
-            os.fsync(fd)
-        except OSError:
-            pass  # an I/O error while zeroing: it is still deleted, as it was before zeroing existed
-        path.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
+    aside = None if path.name.endswith(".tmp") else path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
+    atomic.erase(path, aside)
 
 
 class SpeakerIndex:
