@@ -7,7 +7,9 @@
 Saves a flat index of N random 512-d unit vectors in DIR (on the disk to measure: a tmpfs
 syncs nothing), then, in turns, deletes it as before (unlink) and as now (zeroed, synced,
 then unlinked: ``index.remove_files``), saving it again before each. Prints the medians,
-with the save's for scale, the CPU and the load average.
+with the save's for scale, the CPU and the load average; then what every open spends looking
+for files a killed erasure left (``index.finish_erasing``) in a directory of 10 and 10,000
+files, against its look for its own temporary files.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +64,18 @@ def main() -> None:
     print(f"index file of {args.speakers:,} x {DIM} float32 (~{size:.0f} MB), medians of {args.repeats}:")
     for what, seconds in times.items():
         print(f"  {what:<22} {statistics.median(seconds) * 1000:9.1f} ms")
+    print("at every open, medians of 7 (of 20 calls each):")
+    for files in (10, 10_000):
+        with tempfile.TemporaryDirectory(dir=args.directory) as d:
+            for i in range(files):
+                Path(d, f"f{i}.wav").touch()
+            looks = {
+                "finish_erasing": lambda: index_files.finish_erasing(d),
+                "temporary_files": lambda: index_files.temporary_files(Path(d, "db.sqlite.faiss")),
+            }
+            for what, call in looks.items():
+                runs = [timeit.timeit(call, number=20) / 20 for _ in range(7)]
+                print(f"  {what:<16} {files:>6,} files {statistics.median(runs) * 1e6:9.1f} us")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,26 @@ def test_deleted_index_files_are_zeroed_first_never_through_a_link_or_another_na
         SpeakerIndex.load(zeroed)
 
 
+def test_what_a_killed_erase_left_is_finished_by_the_next_erase_in_the_directory(tmp_path):
+    """Another index's file renamed aside and left part zeroed (its process killed; a removed
+    gallery's, which nothing opens again) is zeroed and deleted; a link there only unlinked."""
+    vectors = _random(50, 16, 0)
+    SpeakerIndex.build(np.arange(50), vectors, 16, 1).save(tmp_path / "x.gallery-2.faiss")
+    data = (tmp_path / "x.gallery-2.faiss").read_bytes()
+    (tmp_path / "x.gallery-2.faiss").unlink()
+    left = tmp_path / "x.gallery-2.faiss.0123456789abcdef.erasing"
+    left.write_bytes(bytes(100) + data[100:])
+    held = open(left, "rb")
+    (tmp_path / "theirs").write_bytes(data)
+    link = tmp_path / "x.gallery-3.faiss.fedcba9876543210.erasing"
+    link.symlink_to(tmp_path / "theirs")
+    assert remove_files(tmp_path / "x.faiss") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["theirs"]
+    assert (tmp_path / "theirs").read_bytes() == data
+    assert held.read() == bytes(len(data))
+    held.close()
+
+
 def test_a_failed_replace_zeroes_its_temporary_file_before_deleting_it(tmp_path):
     """A save or an export that fails half-way had written voiceprints into its temporary file."""
     secret = os.urandom(10_000)

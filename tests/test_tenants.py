@@ -8,6 +8,7 @@ keep working: what they held is the default gallery.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -319,6 +320,39 @@ def test_a_gallery_removed_while_another_process_saves_its_index_leaves_no_file(
     worker.close()
     admin.close()
     assert _index_files(index_path) == [] and _holding(tmp_path, needles) == []
+
+
+class _Killed(BaseException):
+    """A kill, where the test makes it happen."""
+
+
+def test_a_kill_while_erasing_a_removed_gallerys_index_is_finished_by_the_next_open(tmp_path, clips, monkeypatch):
+    """The removal is killed after renaming the file aside, before its zeros: nothing opens that
+    gallery again, so the next open of any gallery in the directory zeroes and deletes it."""
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as admin:
+        admin.create_gallery("acme")
+        with admin.for_gallery("acme") as b:
+            b.enroll("bob", clips["bob"][:2])
+            b.rebuild_index()
+            needles, index_path = _centroids(b), b.index_path
+        real_pwrite = os.pwrite
+
+        def pwrite(fd, data, offset):
+            if offset == 0 and not any(data):  # the erase's first zeros
+                raise _Killed
+            return real_pwrite(fd, data, offset)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        with pytest.raises(_Killed):
+            admin.remove_gallery("acme")
+        monkeypatch.undo()
+    left = [p for p in _holding(tmp_path, needles) if p.startswith(index_path.name)]
+    assert left and not index_path.exists()  # renamed aside, its vectors still there
+    with SpeakerDB(path, embedder=FakeEmbedder()) as db:  # another gallery's open
+        assert [g.name for g in db.list_galleries()] == ["default"]
+    assert [p for p in _holding(tmp_path, needles) if ".faiss" in p] == []
+    assert [p.name for p in tmp_path.glob(f"{index_path.name}.*") if not p.name.endswith(".lock")] == []
 
 
 def test_a_new_gallery_given_a_removed_ones_id_never_loads_its_file(tmp_path, clips):

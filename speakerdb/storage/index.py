@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import stat
@@ -66,6 +67,7 @@ from cryptography.exceptions import InvalidTag
 from ..errors import SpeakerDBError
 from . import atomic, crypto
 
+log = logging.getLogger("speakerdb")
 MAGIC = b"SPEAKERDB-INDEX\n"
 FORMAT_VERSION = 4  # 4: header and section digests
 SEALED_FORMAT_VERSION = 5  # 5: format 4 with its vectors sealed (an encrypted database)
@@ -162,7 +164,9 @@ def temporary_files(path: str | Path) -> list[Path]:
 def remove_files(path: str | Path, zero: bool = True) -> list[str]:
     """Delete the index file, its temporary files and a change log of format 2; returns
     what could not be deleted. Each is zeroed first (:func:`erase`) unless ``zero`` is false;
-    the caller holds the write lock. Needs no free space, and removes links, not their targets."""
+    the caller holds the write lock. What killed erasures left in the directory is finished
+    first (:func:`finish_erasing`). Needs no free space, and removes links, not their targets."""
+    finish_erasing(Path(path).parent)
     left = []
     lock = Path(f"{path}.lock")
     # A lock file in use must stay (deleting it would let two writers in); a directory or
@@ -181,20 +185,47 @@ def remove_files(path: str | Path, zero: bool = True) -> list[str]:
     return left
 
 
+#: What :func:`erase` renames a file to (PATH.<16 hex digits>.erasing) before zeroing it.
+ERASING = re.compile(r".+\.[0-9a-f]{16}\.erasing")
+
+
 def erase(path: str | Path) -> None:
     """Zero, sync and delete the index file or debris at ``path`` (:func:`atomic.erase`): its
     vectors do not stay in the freed blocks. A link, or a file that another name links to,
     is only unlinked, never written through.
 
-    The caller holds the write lock, so no writer is at work on the file. It is first renamed
-    to a temporary name (a reader opening the index then finds none and rebuilds, and a kill
-    while zeroing leaves debris that the next open erases); a reader that opened it before
-    finds zeros where it expects digests, vectors of norm 1 or sealed blocks: damage, so it
-    rebuilds from the store instead of answering from it.
+    The caller holds the write lock, so no writer is at work on the file. The index file is
+    first renamed to PATH.<random>.erasing: a reader opening the index then finds none and
+    rebuilds; a reader that opened it before finds zeros where it expects digests, vectors
+    of norm 1 or sealed blocks: damage, so it rebuilds from the store. A kill while zeroing
+    leaves that name, which the next erase or open of any index in the directory finishes
+    (:func:`finish_erasing`): the file may be a removed gallery's, which nothing opens again.
     """
     path = Path(path)
-    aside = None if path.name.endswith(".tmp") else path.with_name(f"{path.name}.{os.urandom(4).hex()}.tmp")
+    aside = None
+    if not (path.name.endswith(".tmp") or ERASING.fullmatch(path.name)):
+        aside = path.with_name(f"{path.name}.{os.urandom(8).hex()}.erasing")
     atomic.erase(path, aside)
+
+
+def erasing_files(directory: str | Path) -> list[Path]:
+    """Files in ``directory`` that :func:`erase` renamed aside and a killed process left, of any index."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [Path(directory, name) for name in names if ERASING.fullmatch(name)]
+
+
+def finish_erasing(directory: str | Path) -> None:
+    """Zero and delete what a process killed while erasing left in ``directory`` (any index's,
+    a removed gallery's included). Needs no lock: nothing but an erase writes such a file,
+    and two zeroing it at once write the same zeros. Never raises."""
+    for p in erasing_files(directory):
+        try:
+            erase(p)
+        except OSError as e:  # another user's file in a shared directory: theirs to delete
+            log.debug("%s not deleted: %s", p, e.strerror or e)
 
 
 class SpeakerIndex:

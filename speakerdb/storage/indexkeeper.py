@@ -182,10 +182,13 @@ class IndexKeeper:
 
         A writer killed between its commit and the zeroing left removed vectors in the
         file (its scrubbed-to generation is behind the store); a writer killed while
-        saving left a temporary file, a full copy of the centroids; format-2 speakerdb
-        left a change log holding vectors; an index of another database may sit at this
-        path. Each is dealt with here, at every open, before anything is read.
+        saving left a temporary file, a full copy of the centroids; one killed while erasing
+        left a file part zeroed (of any gallery of the directory); format-2 speakerdb left
+        a change log holding vectors; an index of another database may sit at this path.
+        Each is dealt with here, at every open, before anything is read.
         """
+        # What a process killed while erasing left, a removed gallery's too, which nothing else opens.
+        index_files.finish_erasing(self.path.parent)
         debris = self._debris()
         if not debris and not self._index_file_present():
             return
@@ -396,7 +399,9 @@ def erase_files(path: Path) -> list[str]:
     process saving them finishes first; returns what could not be deleted. No lock is taken
     when there is nothing: a save that starts later checks that its gallery still exists.
     If another process holds the lock past its timeout, they are deleted without it, and
-    not zeroed (never written while that process may be writing), said in one warning."""
+    not zeroed (never written while that process may be writing), said in one warning.
+    What killed erasures left in the directory is finished first."""
+    index_files.finish_erasing(path.parent)
     if not (os.path.lexists(path) or os.path.lexists(f"{path}.log") or index_files.temporary_files(path)):
         return []
     try:
