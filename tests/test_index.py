@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from speakerdb.embedding.models import l2_normalize
 from speakerdb.storage import atomic
-from speakerdb.storage.index import IndexFileError, SpeakerIndex, remove_files
+from speakerdb.storage import index as index_module
+from speakerdb.storage.index import IndexFileError, IndexLockTimeout, SpeakerIndex, remove_files, write_lock
 
 
 def _random(n: int, dim: int, seed: int) -> np.ndarray:
@@ -186,6 +190,40 @@ def test_a_failed_replace_zeroes_its_temporary_file_before_deleting_it(tmp_path)
     data = held.read()
     held.close()
     assert data == bytes(len(secret))
+
+
+def test_a_lock_file_deleted_by_its_holder_still_lets_one_writer_in_at_a_time(tmp_path, monkeypatch):
+    """A removed gallery's lock file is deleted by its holder: a process that was waiting for it
+    must not hold the deleted file while another takes the new one at its name."""
+    path = tmp_path / "x.faiss"
+    waiting, held, release = threading.Event(), threading.Event(), threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        if threading.current_thread() is waiter:
+            waiting.set()  # it has the lock file open and waits for the lock
+        real_sleep(seconds)
+
+    def wait_for_the_lock():
+        with write_lock(path, timeout=10):
+            held.set()
+            release.wait(10)
+
+    waiter = threading.Thread(target=wait_for_the_lock)
+    monkeypatch.setattr(index_module.time, "sleep", sleep)
+    with write_lock(path):
+        waiter.start()
+        assert waiting.wait(10)
+        Path(f"{path}.lock").unlink()  # what remove_lock does
+    try:
+        assert held.wait(10)
+        with pytest.raises(IndexLockTimeout), write_lock(path, timeout=0.2):
+            pass
+    finally:
+        release.set()
+        waiter.join(10)
+    with write_lock(path, timeout=0):
+        pass
 
 
 def test_hnsw_above_the_size_limit(tmp_path):

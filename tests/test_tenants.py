@@ -322,6 +322,23 @@ def test_a_gallery_removed_while_another_process_saves_its_index_leaves_no_file(
     assert _index_files(index_path) == [] and _holding(tmp_path, needles) == []
 
 
+def test_a_removed_gallerys_lock_file_goes_with_it(tmp_path, clips):
+    """The lock file names a process and its command (a person's name, at times): removing the
+    gallery deletes it, and a process that had the gallery open leaves none when it closes."""
+    path = tmp_path / "db.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as admin:
+        admin.create_gallery("acme")
+        worker = SpeakerDB(path, embedder=FakeEmbedder(), gallery="acme")
+        worker.enroll("bob", clips["bob"][:2])
+        assert worker.identify([clips["bob"][2]])[0].speaker == "bob"  # saves the file, under its lock
+        index_path = worker.index_path
+        assert Path(f"{index_path}.lock").exists()
+        admin.remove_gallery("acme")
+        assert sorted(p.name for p in tmp_path.glob(f"{index_path.name}*")) == []
+        worker.close()  # its save finds the gallery gone: it takes the lock, writes nothing, deletes it
+    assert sorted(p.name for p in tmp_path.glob(f"{index_path.name}*")) == []
+
+
 class _Killed(BaseException):
     """A kill, where the test makes it happen."""
 

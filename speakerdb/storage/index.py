@@ -115,7 +115,8 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
     """Serialise index writes between processes (an advisory lock on PATH.lock).
 
     Waits at most ``timeout`` seconds (default LOCK_TIMEOUT_S; 0: one try), then raises IndexLockTimeout naming
-    the process that holds it (the holder writes its pid and command into the file).
+    the process that holds it (the holder writes its pid and command into the file). A lock
+    file that its holder deleted (:func:`remove_lock`) is not taken: the one at its name is.
     Readers need no lock: files are replaced by rename. Where fcntl does not exist
     (Windows) writes are not serialised, which costs at worst a needless rebuild.
     """
@@ -127,21 +128,41 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
 
     lock_path = f"{path}.lock"
     timeout = LOCK_TIMEOUT_S if timeout is None else timeout
-    try:
-        fd = _open_nofollow(lock_path, os.O_RDWR | os.O_CREAT)
-    except OSError as e:
-        raise IndexFileError(f"index lock {lock_path} cannot be opened: {e.strerror or e}") from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = _open_nofollow(lock_path, os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            raise IndexFileError(f"index lock {lock_path} cannot be opened: {e.strerror or e}") from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
+                        raise IndexLockTimeout(
+                            f"index lock {lock_path} held for over {timeout:g} s by {holder}"
+                        ) from None
+                    time.sleep(0.02)
+            # The holder before us may have deleted the file (remove_lock: a removed gallery's):
+            # a lock on a file no longer at its name excludes nobody, so take the one there now.
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 300, 0).decode("utf-8", "replace").strip() or "another process"
-                    raise IndexLockTimeout(f"index lock {lock_path} held for over {timeout:g} s by {holder}") from None
-                time.sleep(0.02)
+                taken = _still_at(fd, lock_path)
+            except OSError as e:
+                raise IndexFileError(f"index lock {lock_path} cannot be checked: {e.strerror or e}") from None
+            # Retried for a second past the timeout at most (0 too): a file system whose
+            # inode numbers do not hold still must not loop for ever.
+            if not taken and time.monotonic() >= deadline + 1.0:
+                raise IndexLockTimeout(f"index lock {lock_path} kept being deleted for over {timeout:g} s")
+        except BaseException:
+            os.close(fd)
+            raise
+        if taken:
+            break
+        os.close(fd)
+    try:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})".encode(), 0)
@@ -153,6 +174,30 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def remove_lock(path: str | Path) -> list[str]:
+    """Delete the lock file of the index at ``path``, which the caller holds (a removed
+    gallery's: it names a process and its command). Safe for the others: one waiting for it
+    finds, once it has it, that the file is no longer at its name, and takes a new one
+    (:func:`write_lock`). Returns what could not be deleted."""
+    lock = Path(f"{path}.lock")
+    try:
+        lock.unlink(missing_ok=True)
+    except OSError as e:  # a directory in the way: remove_files deletes it
+        return [f"{lock} ({e.strerror or e})"]
+    return []
+
+
+def _still_at(fd: int, path: str | Path) -> bool:
+    """Whether the open file ``fd`` is still the one at ``path`` (not renamed, deleted or replaced).
+    Other errors than a missing file are raised."""
+    st = os.fstat(fd)
+    try:
+        here = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
 
 
 def temporary_files(path: str | Path) -> list[Path]:
@@ -169,8 +214,8 @@ def remove_files(path: str | Path, zero: bool = True) -> list[str]:
     finish_erasing(Path(path).parent)
     left = []
     lock = Path(f"{path}.lock")
-    # A lock file in use must stay (deleting it would let two writers in); a directory or
-    # a link where it should be is damage, and goes.
+    # A lock file stays: only its holder deletes it (remove_lock), and only a removed
+    # gallery's; a directory or a link where it should be is damage, and goes.
     odd_lock = [lock] if lock.is_symlink() or lock.is_dir() else []
     for p in [Path(path), Path(f"{path}.log"), *temporary_files(path), *odd_lock]:
         try:

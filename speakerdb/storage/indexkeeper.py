@@ -371,9 +371,10 @@ class IndexKeeper:
         return store.gallery_id(s, self.store.gallery) == self.store.gallery_id
 
     def _gone(self) -> None:
-        """The gallery was removed: forget its index and erase its files (the lock is held)."""
+        """The gallery was removed: forget its index and erase its files, the lock file too
+        (held here)."""
         self._index = None
-        left = index_files.remove_files(self.path)
+        left = index_files.remove_files(self.path) + index_files.remove_lock(self.path)
         if left:
             log.warning("index %s of a removed gallery: could not delete %s", self.path, ", ".join(left))
 
@@ -395,18 +396,25 @@ SAMPLE_CHECKS = 64  # live positions of a loaded file compared byte for byte wit
 
 
 def erase_files(path: Path) -> list[str]:
-    """Erase the index files at ``path`` (zeroed, then deleted) under the index lock, so that a
-    process saving them finishes first; returns what could not be deleted. No lock is taken
+    """Erase the index files at ``path`` (zeroed, then deleted) of a removed gallery (or one
+    whose id is given anew) under the index lock, so that a process saving them finishes
+    first, then the lock file itself; returns what could not be deleted. No lock is taken
     when there is nothing: a save that starts later checks that its gallery still exists.
     If another process holds the lock past its timeout, they are deleted without it, and
-    not zeroed (never written while that process may be writing), said in one warning.
-    What killed erasures left in the directory is finished first."""
+    not zeroed (never written while that process may be writing), said in one warning; that
+    process deletes the lock file when it finds the gallery gone. What killed erasures left
+    in the directory is finished first."""
     index_files.finish_erasing(path.parent)
-    if not (os.path.lexists(path) or os.path.lexists(f"{path}.log") or index_files.temporary_files(path)):
+    if not (
+        os.path.lexists(path)
+        or os.path.lexists(f"{path}.log")
+        or os.path.lexists(f"{path}.lock")
+        or index_files.temporary_files(path)
+    ):
         return []
     try:
         with write_lock(path):
-            return index_files.remove_files(path)
+            return index_files.remove_files(path) + index_files.remove_lock(path)
     except IndexFileError as e:
         log.warning("index %s deleted without its lock, so not zeroed: %s", path, _reason(e))
         return index_files.remove_files(path, zero=False)
