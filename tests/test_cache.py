@@ -380,6 +380,40 @@ def test_damaged_index_files_mean_a_rebuild(tmp_path, clips, damage):
     assert_index_agrees_with_store(path, embedder=FakeEmbedder())
 
 
+def test_a_file_erased_while_read_is_no_damage_but_zeros_in_place_are(tmp_path, clips, monkeypatch, caplog):
+    """Another process erases the index file (a removed gallery, a damaged file discarded) once
+    this one has opened it: renamed aside, then zeroed, the reader reads zeros. It rebuilds
+    and says so at info level, not that the file is damaged; the same zeros in the file
+    still at its name are damage, and warned of."""
+    path = tmp_path / "db.sqlite"
+    index_path = Path(f"{path}.faiss")
+    with _open(path) as db:
+        db.enroll("alice", clips["alice"][:2])
+        db.enroll("bob", clips["bob"][:2])
+        db.identify([clips["bob"][2]])
+    real_read = SpeakerIndex._read
+    zero_in_place = False
+
+    def read(cls, f, size, codec):
+        if zero_in_place:
+            index_path.write_bytes(bytes(size))
+        else:
+            index_module.erase(index_path)
+        return real_read(f, size, codec)
+
+    monkeypatch.setattr(SpeakerIndex, "_read", classmethod(read))
+    with caplog.at_level("INFO", logger="speakerdb"):
+        assert _answer(path, clips["bob"][2]) == "bob"
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+    assert any("removed or replaced while this process read it" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    assert index_path.exists()  # rebuilt and saved
+    zero_in_place = True
+    with caplog.at_level("INFO", logger="speakerdb"):
+        assert _answer(path, clips["bob"][2]) == "bob"
+    assert any("is damaged" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
 # ---- 6. nothing is written through a planted link -------------------------------------------
 @pytest.mark.parametrize(
     "planted",

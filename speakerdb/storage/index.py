@@ -98,6 +98,10 @@ class IndexLockTimeout(IndexFileError):
     """Another process held the index lock for longer than the timeout."""
 
 
+class IndexFileGone(IndexFileError):
+    """The index file was removed (erased) or replaced while it was being read: not damage."""
+
+
 def _open_nofollow(path: str | Path, flags: int, mode: int = 0o600) -> int:
     """os.open that refuses a symbolic link at ``path`` (ELOOP) and anything but a regular file."""
     fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), mode)
@@ -241,10 +245,11 @@ def erase(path: str | Path) -> None:
 
     The caller holds the write lock, so no writer is at work on the file. The index file is
     first renamed to PATH.<random>.erasing: a reader opening the index then finds none and
-    rebuilds; a reader that opened it before finds zeros where it expects digests, vectors
-    of norm 1 or sealed blocks: damage, so it rebuilds from the store. A kill while zeroing
-    leaves that name, which the next erase or open of any index in the directory finishes
-    (:func:`finish_erasing`): the file may be a removed gallery's, which nothing opens again.
+    rebuilds; a reader that opened it before finds zeros, and, since the file is no longer
+    at its name, takes them for an erasure, not damage (:meth:`SpeakerIndex.load`), and
+    rebuilds. A kill while zeroing leaves that name, which the next erase or open of any
+    index in the directory finishes (:func:`finish_erasing`): the file may be a removed
+    gallery's, which nothing opens again.
     """
     path = Path(path)
     aside = None
@@ -481,7 +486,8 @@ class SpeakerIndex:
     @classmethod
     def load(cls, path: str | Path, codec: crypto.Codec = crypto.PLAIN) -> "SpeakerIndex":
         """Read an index file; raises IndexFileError if it is missing, damaged or of another format,
-        or sealed when ``codec`` does not encrypt (and plain when it does).
+        or sealed when ``codec`` does not encrypt (and plain when it does); IndexFileGone if it
+        is missing, or failed to load and is no longer at ``path`` (erased or replaced meanwhile).
 
         The loaded index's ``file_identity`` names the file it was read from (see :func:`file_identity`).
         """
@@ -491,15 +497,22 @@ class SpeakerIndex:
         # and the index's own 2.3 GB.
         try:
             fd = _open_nofollow(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise IndexFileGone(f"{path}: removed") from None
         except OSError as e:
             raise IndexFileError(f"{path}: {e.strerror or e}") from None
         with os.fdopen(fd, "rb") as f:
             try:
                 st = os.fstat(f.fileno())
                 index = cls._read(f, st.st_size, codec)
-            except IndexFileError as e:
-                raise IndexFileError(f"{path}: {e}") from None
-            except Exception as e:  # FAISS RuntimeError on truncated payloads, numpy on short reads, anything else
+            except Exception as e:
+                # erase() renames a file before zeroing it: zeros read from a file that is
+                # still at its name are damage, from one that is not, an erasure.
+                if not _still_at(f.fileno(), path):
+                    raise IndexFileGone(f"{path}: removed or replaced while it was read") from None
+                if isinstance(e, IndexFileError):
+                    raise IndexFileError(f"{path}: {e}") from None
+                # FAISS RuntimeError on truncated payloads, numpy on short reads, anything else
                 raise IndexFileError(f"{path}: damaged ({type(e).__name__})") from None
         index.file_identity = _identity(st)
         return index

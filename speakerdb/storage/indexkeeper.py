@@ -46,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..errors import SpeakerDBError
 from . import index as index_files
 from . import store
-from .index import IndexFileError, SpeakerIndex, write_lock
+from .index import IndexFileError, IndexFileGone, SpeakerIndex, write_lock
 
 log = logging.getLogger("speakerdb")
 
@@ -286,6 +286,9 @@ class IndexKeeper:
             return None
         try:
             return SpeakerIndex.load(self.path, self.store.codec)
+        except IndexFileGone:  # erased (a removed gallery, another reader's discard) or replaced: no damage
+            log.info("index %s was removed or replaced while this process read it; rebuilding it", self.path)
+            return None
         except Exception as e:  # IndexFileError, and whatever else a damaged file may cause
             self._discard(identity, _reason(e).removeprefix(f"{self.path}: "))
             return None
