@@ -226,6 +226,19 @@ def test_a_lock_file_deleted_by_its_holder_still_lets_one_writer_in_at_a_time(tm
         pass
 
 
+def test_the_lock_file_names_the_holders_program_not_its_arguments(tmp_path, monkeypatch):
+    """A command line may name a speaker (enroll "Jane Doe"): the lock file, and the timeout
+    message that quotes it, give the pid and the program only."""
+    path = tmp_path / "db.faiss"
+    monkeypatch.setattr(index_module.sys, "argv", ["/usr/bin/speakerdb", "enroll", "Jane Doe", "jane.wav"])
+    with write_lock(path):
+        held = Path(f"{path}.lock").read_text()
+        with pytest.raises(IndexLockTimeout) as caught, write_lock(path, timeout=0):
+            pass
+    assert held == f"pid {os.getpid()} (speakerdb)"
+    assert "Jane" not in str(caught.value) and f"pid {os.getpid()} (speakerdb)" in str(caught.value)
+
+
 def test_hnsw_above_the_size_limit(tmp_path):
     """A small limit makes the HNSW path testable: recall@1 of noisy copies, removal, files."""
     n, dim = 3000, 64

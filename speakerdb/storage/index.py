@@ -119,7 +119,7 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
     """Serialise index writes between processes (an advisory lock on PATH.lock).
 
     Waits at most ``timeout`` seconds (default LOCK_TIMEOUT_S; 0: one try), then raises IndexLockTimeout naming
-    the process that holds it (the holder writes its pid and command into the file). A lock
+    the process that holds it (the holder writes its pid and program into the file). A lock
     file that its holder deleted (:func:`remove_lock`) is not taken: the one at its name is.
     Readers need no lock: files are replaced by rename. Where fcntl does not exist
     (Windows) writes are not serialised, which costs at worst a needless rebuild.
@@ -169,7 +169,8 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
     try:
         try:
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]})".encode(), 0)
+            # The program, not its arguments: a command line may name a speaker (enroll "Jane Doe").
+            os.pwrite(fd, f"pid {os.getpid()} ({Path(sys.argv[0]).name[:100] if sys.argv else 'python'})".encode(), 0)
         except OSError:
             pass  # a full disk: the holder's name is a courtesy, the lock still works
         try:
