@@ -10,8 +10,11 @@ stream LibriSpeech excerpts and are skipped without them or without GE2E.
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -379,6 +382,87 @@ def test_a_client_that_vanishes_frees_its_session_at_once(svc):
     ws.socket.close()  # no close frame: the TCP connection just ends
     _wait_metric(svc, "speakerdb_streams_open", 0, within_s=IDLE_S - 0.5)  # before the idle limit
     assert _metric(svc, "speakerdb_stream_closes_total", '{code="1006"}') == gone + 1
+
+
+def _raw_stream(svc, key: str) -> socket.socket:
+    """A WebSocket to /v1/stream opened by hand, with a small receive buffer (no autotuning):
+    a client that sends and never reads, not even pings, fills the buffers between quickly."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", svc.port))
+    nonce = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{svc.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {nonce}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        head += sock.recv(1)  # not a byte past the handshake: the events are never read
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return sock
+
+
+def _client_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked WebSocket frame (RFC 6455 5.2), with a zero mask: the payload as it is."""
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return bytes([0x80 | opcode]) + size + bytes(4) + payload
+
+
+def _server_holds(svc, client_port: int) -> bool:
+    """Whether the server process still holds its socket of the connection from ``client_port``
+    (Linux: /proc/net/tcp; a socket the process has closed has inode 0, or is gone)."""
+    ports = (f"0100007F:{svc.port:04X}", f"0100007F:{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == ports and fields[9] != "0":
+            return True
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads /proc/net/tcp (Linux)")
+def test_a_client_that_never_reads_its_events_is_dropped_after_the_idle_limit(svc):
+    """A client that sends audio but reads nothing: once the buffers between are full, the
+    server's send waits, and it used to wait for ever (seen: still open after 65 s with
+    --stream-idle-s 3 and --max-stream-s 40), holding the session, its place among the key's
+    and the worker's, and the connection; uvicorn's keepalive ping (20 s, 20 s) did not end it,
+    as its close waits to write out what the client never reads. Now a send not taken within
+    --stream-idle-s ends the stream, and the connection is dropped within as long again."""
+    closed = _metric(svc, "speakerdb_stream_closes_total", '{code="1008"}')
+    sock = _raw_stream(svc, svc.keys["write"])
+    client_port = sock.getsockname()[1]
+    # Events of 60 kB fill the buffers in a second: the error for a label not heard quotes it.
+    enroll = json.dumps({"type": "enroll", "label": "u" * 60_000, "name": "x"}).encode()
+    message = _client_frame(0x2, _pcm16(voice(150, 0.1))) + _client_frame(0x1, enroll)
+    sent: list[float] = []
+
+    def send() -> None:
+        try:
+            while True:
+                sock.sendall(message)  # audio with each: the stream is never idle for want of it
+                sent.append(time.monotonic())
+        except OSError:
+            pass
+
+    threading.Thread(target=send, daemon=True).start()
+    try:
+        _wait_metric(svc, "speakerdb_streams_open", 1)
+        # Blocked on its send, the server reads no more: the client's sends stall in turn.
+        deadline = time.monotonic() + 20
+        while not sent or time.monotonic() - sent[-1] < 0.5:
+            assert time.monotonic() < deadline, "the server kept reading: its sends never blocked"
+            time.sleep(0.1)
+        stalled = sent[-1]
+        _wait_metric(svc, "speakerdb_streams_open", 0, within_s=IDLE_S + 2)
+        assert IDLE_S - 0.5 <= time.monotonic() - stalled, "closed before its send had waited the idle limit"
+        assert _metric(svc, "speakerdb_stream_closes_total", '{code="1008"}') == closed + 1
+        # The connection (its socket, the events it never read) goes too, within the idle limit again.
+        deadline = time.monotonic() + IDLE_S + 2
+        while _server_holds(svc, client_port):
+            assert time.monotonic() < deadline, "the server still holds the connection"
+            time.sleep(0.1)
+    finally:
+        sock.close()
 
 
 # ---- speech ------------------------------------------------------------------------------------------

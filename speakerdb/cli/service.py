@@ -89,7 +89,7 @@ if TYPE_CHECKING:
     type=click.FloatRange(0.1, 3600),
     default=settings.DEFAULT_STREAM_IDLE_S,
     show_default=True,
-    help="Seconds a live stream may go without audio before it is closed.",
+    help="Seconds a live stream may go without audio, or its client without taking an event, before it is closed.",
 )
 @click.option(
     "--max-frame-kb",

@@ -43,7 +43,7 @@ from ..storage.keys import SCOPES
 from ..timeline import Params
 from .apidocs import install as install_docs
 from .auth import Caller, require
-from .connections import Guard, TimedHTTPProtocol, path_template, route_words
+from .connections import Guard, TimedHTTPProtocol, TimedWebSocketProtocol, path_template, route_words
 from .responses import ApiError, error_response, from_library, ok
 from .schemas import (
     AUDIO_PARTS,
@@ -147,6 +147,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         config.header_timeout_s,
         config.body_timeout_s,
     )
+    TimedWebSocketProtocol.drain_timeout_s = config.stream_idle_s
     _install_handlers(app)
     install_page(app)  # the web page at / (docs/web.md)
     install_docs(app)  # /docs, Swagger UI from this service

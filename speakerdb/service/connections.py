@@ -1,5 +1,6 @@
-"""What happens on a connection around the app: the outermost ASGI layer (:class:`Guard`) and
-uvicorn's HTTP protocol with deadlines on slow clients (:class:`TimedHTTPProtocol`).
+"""What happens on a connection around the app: the outermost ASGI layer (:class:`Guard`),
+uvicorn's HTTP protocol with deadlines on slow clients (:class:`TimedHTTPProtocol`), and its
+WebSocket protocol, which drops a connection whose client reads nothing (:class:`TimedWebSocketProtocol`).
 
 - **limits** checked before the app reads anything: request body size (413 before reading, or
   as soon as a chunked body passes it), the Content-Type of uploads (415), a URL that is not
@@ -26,6 +27,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .auth import (
     CALLER_KEY,
@@ -40,6 +42,7 @@ from .settings import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
     DEFAULT_MAX_UPLOAD_BYTES,
+    DEFAULT_STREAM_IDLE_S,
     ServeConfig,
 )
 from .tracebacks import log_error
@@ -369,3 +372,25 @@ class TimedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         if phase == "headers" or cycle is None or not cycle.response_started:
             self.transport.write(_TIMEOUT_RESPONSE)  # nobody else answers this request: say why
         self.transport.close()
+
+
+class TimedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol (the sans-I/O one its ``--ws auto`` picks), with a deadline
+    on the client reading what it was sent, once the app is done with the connection.
+
+    When the app returns, uvicorn closes the transport, and asyncio's close first writes out
+    what is still buffered: a client that reads nothing (TCP keeps a zero window open for as long
+    as the peer answers) would hold the connection, its socket and its buffers for ever, as would
+    uvicorn's keepalive, which ends a connection the same way. Here whatever the client has not
+    read ``drain_timeout_s`` after the app returned is dropped with the connection (live
+    streams: ``stream_idle_s``, the time the app already gave each send, service/stream.py).
+    """
+
+    drain_timeout_s = DEFAULT_STREAM_IDLE_S  # set by create_app from the ServeConfig
+
+    async def run_asgi(self) -> None:
+        try:
+            await super().run_asgi()
+        finally:
+            # A no-op once the connection has ended, as it has after any close the client read.
+            self.loop.call_later(self.drain_timeout_s, self.transport.abort)

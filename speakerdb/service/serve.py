@@ -29,9 +29,10 @@ from .uploads import sweep_stale
 
 __all__ = ["ServeConfig", "is_loopback", "log_config", "serve"]
 
-#: What uvicorn imports in each worker process: the app factory and the HTTP protocol.
+#: What uvicorn imports in each worker process: the app factory, the HTTP and WebSocket protocols.
 APP_FACTORY = "speakerdb.service.app:create_app"
 HTTP_PROTOCOL = "speakerdb.service.connections:TimedHTTPProtocol"
+WS_PROTOCOL = "speakerdb.service.connections:TimedWebSocketProtocol"
 WS_MAX_SIZE_MARGIN = 64 * 1024  # bytes: the text messages, whatever --max-frame-kb says
 
 
@@ -135,6 +136,7 @@ def serve(
             timeout_graceful_shutdown=None,
             server_header=False,
             http=HTTP_PROTOCOL,
+            ws=WS_PROTOCOL,
             # A WebSocket message past this is closed with 1009 by uvicorn itself, before the app
             # reads it; up to it, the app refuses a frame over --max-frame-kb with an error event.
             ws_max_size=2 * config.max_frame_bytes + WS_MAX_SIZE_MARGIN,

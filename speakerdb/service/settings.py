@@ -32,8 +32,9 @@ DEFAULT_BODY_TIMEOUT_S: float = 30
 # closed with 1013, try again later), and of them one key's (so that one key, of any gallery,
 # cannot keep every other out), the longest session (seconds of audio or of connection,
 # whichever is larger), the longest a client may send no audio (a frame without a whole sample
-# is none; see STREAM_CLOCK_SLACK for audio that comes too slowly), the largest
-# binary frame, and the time a browser has to send its key as the first message.
+# is none; see STREAM_CLOCK_SLACK for audio that comes too slowly) and, as long, the longest
+# one send to it may wait for the client to read (connections.TimedWebSocketProtocol), the
+# largest binary frame, and the time a browser has to send its key as the first message.
 DEFAULT_MAX_STREAMS = 16
 DEFAULT_MAX_STREAMS_PER_KEY = 8
 DEFAULT_MAX_STREAM_S: float = 4 * 3600

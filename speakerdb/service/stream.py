@@ -20,7 +20,9 @@ fits (1003 text that is not JSON, 1007 audio that is not what ``encoding`` says,
 of unknown type or wrong shape, or a refused key, 1009 a frame too large); a worker holding
 ``max_streams`` sessions, or ``max_streams_per_key`` of the caller's key, closes one more with
 1013 (try again later), once the key is known. A session ends with its
-connection: a client that goes away frees it at once.
+connection: a client that goes away frees it at once, and so does one that reads nothing: a
+send (an event, the close) that waits ``stream_idle_s`` for the client to take it ends the
+stream, and :class:`~.connections.TimedWebSocketProtocol` drops the connection.
 """
 
 from __future__ import annotations
@@ -71,10 +73,14 @@ router = APIRouter()
 
 class Closing(Exception):
     """End the stream: an ``error`` event (``code``, ``message``), the timeline of what was
-    heard when ``timeline``, then a close with ``close_code``."""
+    heard when ``timeline``, then a close with ``close_code``; none of them when not ``reading``
+    (the client reads nothing: they would wait behind what it left unread)."""
 
-    def __init__(self, close_code: int, code: str, message: str, *, timeline: bool = False) -> None:
+    def __init__(
+        self, close_code: int, code: str, message: str, *, timeline: bool = False, reading: bool = True
+    ) -> None:
         self.close_code, self.code, self.message, self.timeline = close_code, code, message, timeline
+        self.reading = reading
         super().__init__(message)
 
 
@@ -465,7 +471,7 @@ class Connection:
         """``end``: the last events, the timeline, a normal close."""
         await self._send_timeline()
         self.close_code = NORMAL
-        await self.ws.close(NORMAL)
+        await self._close(NORMAL)
 
     async def _send_timeline(self) -> None:
         """The session's last events (what was still open, made final), then its timeline."""
@@ -496,12 +502,40 @@ class Connection:
         await self._send(ErrorEvent(code, message, at).to_dict())
 
     async def _send(self, document: dict[str, Any]) -> None:
-        await self.ws.send_text(json.dumps(finite(document), ensure_ascii=False, allow_nan=False))
+        """Send one event; Closing (not ``reading``) when the client has not taken it in time."""
+        text = json.dumps(finite(document), ensure_ascii=False, allow_nan=False)
+        # A send waits while the client leaves the buffers between full: without a deadline, a
+        # client sending audio and reading nothing held its place here for ever, checked by no
+        # limit. While the stream runs, a send waits no longer than the stream may last.
+        now = time.monotonic()
+        ends = self.began + self.config.max_stream_s
+        until = now + self.config.stream_idle_s
+        if now < ends:
+            until = min(until, ends)
+        try:
+            await asyncio.wait_for(self.ws.send_text(text), until - now)
+        except asyncio.TimeoutError:
+            if time.monotonic() >= ends:
+                message = f"a live stream lasts at most {self.config.max_stream_s:g} s: this one is closed"
+                raise Closing(POLICY, "stream_too_long", message, reading=False) from None
+            message = f"the client took no event for {self.config.stream_idle_s:g} s: the stream is closed"
+            raise Closing(POLICY, "not_reading", message, reading=False) from None
+
+    async def _close(self, code: int, reason: str = "") -> None:
+        """The close frame, unless the client leaves it unsent for ``stream_idle_s`` (it waits
+        behind the events, as they do): then the app is done, and the protocol drops the connection."""
+        try:
+            await asyncio.wait_for(self.ws.close(code, reason), self.config.stream_idle_s)
+        except asyncio.TimeoutError:
+            pass
 
     async def _finish(self, closing: Closing) -> None:
-        """The error event, the timeline when asked for, then the close (if the client is still there)."""
+        """The error event, the timeline when asked for, then the close (if the client is still
+        there, and reading: one that is not gets nothing more, TimedWebSocketProtocol drops it)."""
         self.close_code = closing.close_code
         if self.ws.application_state != WebSocketState.CONNECTED or self.ws.client_state != WebSocketState.CONNECTED:
+            return
+        if not closing.reading:
             return
         try:
             await self._send_error(closing.code, closing.message)
@@ -509,9 +543,13 @@ class Connection:
                 try:
                     await self._send_timeline()
                 except Closing as failed:  # no timeline after all: its error, then the close
+                    if not failed.reading:
+                        raise
                     await self._send_error(failed.code, failed.message)
             # A close frame's reason holds at most 123 bytes of UTF-8; the event said it all.
-            await self.ws.close(closing.close_code, closing.message.encode()[:120].decode(errors="ignore"))
+            await self._close(closing.close_code, closing.message.encode()[:120].decode(errors="ignore"))
+        except Closing as unread:  # the client stopped reading meanwhile: nothing more reaches it
+            self.close_code = unread.close_code
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.close_code = GONE  # gone meanwhile: nothing more to say
 
