@@ -11,6 +11,7 @@ stream LibriSpeech excerpts and are skipped without them or without GE2E.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -420,20 +421,13 @@ def _server_holds(svc, client_port: int) -> bool:
     return False
 
 
-@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads /proc/net/tcp (Linux)")
-def test_a_client_that_never_reads_its_events_is_dropped_after_the_idle_limit(svc):
-    """A client that sends audio but reads nothing: once the buffers between are full, the
-    server's send waits, and it used to wait for ever (seen: still open after 65 s with
-    --stream-idle-s 3 and --max-stream-s 40), holding the session, its place among the key's
-    and the worker's, and the connection; uvicorn's keepalive ping (20 s, 20 s) did not end it,
-    as its close waits to write out what the client never reads. Now a send not taken within
-    --stream-idle-s ends the stream, and the connection is dropped within as long again."""
-    closed = _metric(svc, "speakerdb_stream_closes_total", '{code="1008"}')
-    sock = _raw_stream(svc, svc.keys["write"])
-    client_port = sock.getsockname()[1]
-    # Events of 60 kB fill the buffers in a second: the error for a label not heard quotes it.
+def _never_reading(srv, key: str, frame_s: float) -> tuple[socket.socket, list[float]]:
+    """A stream whose client sends ``frame_s`` of audio and an enroll, over and over, from a
+    thread, and reads nothing; the times its sends returned. Events of 60 kB fill the buffers
+    in a second: the error for a label not heard quotes it."""
+    sock = _raw_stream(srv, key)
     enroll = json.dumps({"type": "enroll", "label": "u" * 60_000, "name": "x"}).encode()
-    message = _client_frame(0x2, _pcm16(voice(150, 0.1))) + _client_frame(0x1, enroll)
+    message = _client_frame(0x2, _pcm16(voice(150, frame_s))) + _client_frame(0x1, enroll)
     sent: list[float] = []
 
     def send() -> None:
@@ -445,14 +439,40 @@ def test_a_client_that_never_reads_its_events_is_dropped_after_the_idle_limit(sv
             pass
 
     threading.Thread(target=send, daemon=True).start()
+    return sock, sent
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """End the connection: shutdown first wakes the thread blocked sending (a close alone would
+    leave the socket open under it)."""
+    with contextlib.suppress(OSError):  # reset by the server already
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+def _stalled(sent: list[float]) -> float:
+    """When the client's sends stalled: blocked on its own send, the server reads no more."""
+    deadline = time.monotonic() + 20
+    while not sent or time.monotonic() - sent[-1] < 0.5:
+        assert time.monotonic() < deadline, "the server kept reading: its sends never blocked"
+        time.sleep(0.1)
+    return sent[-1]
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").is_file(), reason="reads /proc/net/tcp (Linux)")
+def test_a_client_that_never_reads_its_events_is_dropped_after_the_idle_limit(svc):
+    """A client that sends audio but reads nothing: once the buffers between are full, the
+    server's send waits, and it used to wait for ever (seen: still open after 65 s with
+    --stream-idle-s 3 and --max-stream-s 40), holding the session, its place among the key's
+    and the worker's, and the connection; uvicorn's keepalive ping (20 s, 20 s) did not end it,
+    as its close waits to write out what the client never reads. Now a send not taken within
+    --stream-idle-s ends the stream, and the connection is dropped within as long again."""
+    closed = _metric(svc, "speakerdb_stream_closes_total", '{code="1008"}')
+    sock, sent = _never_reading(svc, svc.keys["write"], frame_s=0.1)
+    client_port = sock.getsockname()[1]
     try:
         _wait_metric(svc, "speakerdb_streams_open", 1)
-        # Blocked on its send, the server reads no more: the client's sends stall in turn.
-        deadline = time.monotonic() + 20
-        while not sent or time.monotonic() - sent[-1] < 0.5:
-            assert time.monotonic() < deadline, "the server kept reading: its sends never blocked"
-            time.sleep(0.1)
-        stalled = sent[-1]
+        stalled = _stalled(sent)
         _wait_metric(svc, "speakerdb_streams_open", 0, within_s=IDLE_S + 2)
         assert IDLE_S - 0.5 <= time.monotonic() - stalled, "closed before its send had waited the idle limit"
         assert _metric(svc, "speakerdb_stream_closes_total", '{code="1008"}') == closed + 1
@@ -462,7 +482,48 @@ def test_a_client_that_never_reads_its_events_is_dropped_after_the_idle_limit(sv
             assert time.monotonic() < deadline, "the server still holds the connection"
             time.sleep(0.1)
     finally:
-        sock.close()
+        _hang_up(sock)
+
+
+def test_a_client_that_never_reads_holds_its_keys_place_no_longer_than_a_stream_lasts(tmp_path, tiny_checkpoint):
+    """The limits hold while a send waits: with an idle limit of 30 s, a stream whose client
+    reads nothing still ends at --max-stream-s (4 s), and gives its key's one place back."""
+    db_path = tmp_path / "never-reads.sqlite"
+    with SpeakerDB(db_path, model=str(tiny_checkpoint)) as db:
+        key = db.create_key("write", "write").key
+    srv = Server(
+        db_path,
+        tiny_checkpoint,
+        tmp_path / "server.log",
+        "--max-streams-per-key",
+        "1",
+        "--max-stream-s",
+        "4",
+        "--stream-idle-s",
+        "30",
+    )
+    srv.ws = srv.url.replace("http://", "ws://") + "/v1/stream"
+    srv.start()
+    try:
+        began = time.monotonic()
+        sock, sent = _never_reading(srv, key, frame_s=0.005)  # little audio: the stream's length is its time
+        try:
+            _wait_metric(srv, "speakerdb_streams_open", 1)
+            _stalled(sent)
+            error, code = _refused(srv, key=key)
+            assert (error["code"], code) == ("busy", 1013), error  # the key's one place is held
+            _wait_metric(srv, "speakerdb_streams_open", 0, within_s=began + 6 - time.monotonic())
+            assert time.monotonic() - began >= 3.5
+        finally:
+            _hang_up(sock)
+        with _open(srv, key=key) as ws:  # the key's place is back
+            ws.send(_pcm16(voice(150, 0.5)))
+            ws.send(json.dumps({"type": "end"}))
+            docs, code = _rest(ws)
+        assert code == 1000 and docs[-1]["type"] == "timeline", docs
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.log.read_text()
 
 
 # ---- speech ------------------------------------------------------------------------------------------
