@@ -21,10 +21,11 @@ stay below ``same_voice`` (a cosine: the database's threshold plus a margin).
 Hints (``speakers``, ``min_speakers``, ``max_speakers``) bound or fix the count; a hint
 that rules out one voice also turns that check off.
 
-Everything is numpy and deterministic (k-means++ from a fixed seed). Cost: one symmetric
-eigendecomposition per candidate p of at most ``MAX_ITEMS`` items; longer recordings
+Everything is numpy and LAPACK, and deterministic (k-means++ from a fixed seed). Cost: one
+symmetric eigendecomposition per candidate p of at most ``MAX_ITEMS`` items; longer recordings
 average runs of consecutive windows into one item first, and every window then joins the
-nearest voice.
+nearest voice. Only the eigenvalues and eigenvectors read are computed where that is cheaper
+(:data:`SUBSET_VALUES_FROM`, :data:`SUBSET_VECTORS_FROM`), with the same voices.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ P_VOICES = 8
 #: An eigenvalue of the Laplacian this near 0 is one more piece of a graph that fell apart.
 SPLIT_APART = 1e-9
 CENTRE = False  # see voices(): centring measured no better on our conversations
+#: From this many items the p search takes only the eigenvalues it reads (the few smallest and
+#: the largest) from each Laplacian's tridiagonal form, by bisection: the reduction to that form
+#: is most of the cost, so this saves 15 % at 1,000 items and nothing below ~500.
+SUBSET_VALUES_FROM = 500
+#: From this many items the voices' k-means takes only the eigenvectors it uses (LAPACK's
+#: syevr on a subset): less than half the cost of all of them from about 100 items on.
+SUBSET_VECTORS_FROM = 100
+#: Eigenvalues nearer than this are taken as one repeated eigenvalue, whose eigenvectors are any
+#: basis of their space: the subset path then gives way to the full decomposition.
+DISTINCT = 1e-6
 
 
 @dataclass(frozen=True)
@@ -142,10 +153,44 @@ def _laplacian_of(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def spectrum(a: np.ndarray) -> np.ndarray:
-    """The eigenvalues of the Laplacian of the graph ``a`` (n, n), ascending; ``a`` is used up."""
+def spectrum(a: np.ndarray, count: int | None = None) -> np.ndarray:
+    """The eigenvalues of the Laplacian of the graph ``a`` (n, n), ascending; ``a`` is used up.
+
+    With ``count``, from SUBSET_VALUES_FROM items on: only the ``count`` smallest and the
+    largest (``count + 1`` values, ascending), all that :func:`gap_of` reads for a ``most``
+    below ``count``."""
     np.fill_diagonal(a, 0.0)
-    return np.linalg.eigvalsh(_laplacian_of(a))
+    lap = _laplacian_of(a)
+    if count is None or len(lap) < SUBSET_VALUES_FROM or count + 1 >= len(lap):
+        return np.linalg.eigvalsh(lap)
+    return _smallest_and_largest(lap, count)
+
+
+def _smallest_and_largest(lap: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` smallest and the largest eigenvalue of the symmetric ``lap`` (used up), by
+    bisection on its tridiagonal form: Sturm counts, so a repeated eigenvalue (a graph in pieces)
+    is counted as often as it occurs."""
+    from scipy.linalg import eigvalsh_tridiagonal, lapack  # deferred: scipy is heavy to import
+
+    n = len(lap)
+    # lap.T is the Fortran-ordered view LAPACK reads in place; its upper triangle is lap's lower
+    # one, the triangle numpy's eigvalsh reads.
+    lwork = int(lapack.dsytrd_lwork(n)[0])
+    _, d, e, _, info = lapack.dsytrd(lap.T, lwork=lwork, overwrite_a=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dsytrd failed: info {info}")
+    try:
+        low = eigvalsh_tridiagonal(d, e, select="i", select_range=(0, count - 1), lapack_driver="stebz")
+        top = eigvalsh_tridiagonal(d, e, select="i", select_range=(n - 1, n - 1), lapack_driver="stebz")
+    except np.linalg.LinAlgError:
+        # stebz gives up where rounding makes its counts non-monotonic (2 of 900 graphs of the long
+        # recordings in docs/timeline.md): all the values of the same form, as eigvalsh takes them.
+        every, info = lapack.dsterf(d, e)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dsterf failed: info {info}") from None
+        every = np.sort(every)
+        return np.concatenate([every[:count], every[-1:]])
+    return np.concatenate([low, top])
 
 
 def eigengap(a: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
@@ -155,7 +200,8 @@ def eigengap(a: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
 
 
 def gap_of(lam: np.ndarray, most: int) -> tuple[int, float, np.ndarray]:
-    """:func:`eigengap` of a graph whose Laplacian's eigenvalues ``lam`` (ascending) are known."""
+    """:func:`eigengap` of a graph whose Laplacian's eigenvalues ``lam`` (ascending) are known:
+    all of them, or at least the ``most + 1`` smallest followed by the largest."""
     gaps = np.diff(lam[: most + 1])
     k = int(np.argmax(gaps)) + 1
     return k, float(gaps[k - 1] / max(float(lam[-1]), 1e-10)), lam
@@ -167,7 +213,9 @@ def p_candidates(n: int) -> list[int]:
     return [int(p) for p in np.unique(np.linspace(2, top, P_STEPS).astype(int))]
 
 
-def choose_p(sim: np.ndarray, most: int, spectra: dict[int, np.ndarray] | None = None) -> int | None:
+def choose_p(
+    sim: np.ndarray, most: int, spectra: dict[int, np.ndarray] | None = None, count: int | None = None
+) -> int | None:
     """NME-SC's p: the one whose pruned graph minimises p / (normalised maximum eigengap).
 
     Candidates run from 2 to MAX_P_SHARE of the items: a voice with fewer windows than p
@@ -177,7 +225,10 @@ def choose_p(sim: np.ndarray, most: int, spectra: dict[int, np.ndarray] | None =
 
     ``spectra`` (p -> the eigenvalues of its graph's Laplacian) is read for the candidates it
     holds and given the others: the caller that needs the chosen graph's eigenvalues again, or
-    searches again with another ``most``, decomposes no graph twice (each is most of the cost)."""
+    searches again with another ``most``, decomposes no graph twice (each is most of the cost).
+    ``count``: how many of the smallest eigenvalues those spectra need (more than any ``most``
+    they are read with; :func:`spectrum`); None: all."""
+    assert count is None or count > most, "gap_of would read the largest eigenvalue as a small one"
     n = len(sim)
     spectra = {} if spectra is None else spectra
     candidates = p_candidates(n)
@@ -186,7 +237,7 @@ def choose_p(sim: np.ndarray, most: int, spectra: dict[int, np.ndarray] | None =
     for p in candidates:
         if p not in spectra:
             assert graphs is not None
-            spectra[p] = spectrum(graphs.graph(p))
+            spectra[p] = spectrum(graphs.graph(p), count)
         _, gap, lam = gap_of(spectra[p], most)
         if len(lam) > most and lam[most] < SPLIT_APART:
             continue
@@ -225,8 +276,28 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, iters: int = 50, restarts: int 
 
 def spectral(a: np.ndarray, k: int) -> np.ndarray:
     """k clusters of the graph ``a`` (n, n): k-means on its Laplacian's k smallest eigenvectors."""
-    _, vec = np.linalg.eigh(laplacian(a))
+    lap = laplacian(a)
+    vec = _smallest_vectors(lap, k) if SUBSET_VECTORS_FROM <= len(lap) and k + 1 < len(lap) else None
+    if vec is None:
+        _, vec = np.linalg.eigh(lap)
     return kmeans(vec[:, :k], k)
+
+
+def _smallest_vectors(lap: np.ndarray, k: int) -> np.ndarray | None:
+    """The eigenvectors of the ``k`` smallest eigenvalues of the symmetric ``lap`` (n, k), or None
+    when those eigenvalues and the next are not all distinct (DISTINCT).
+
+    Distinct eigenvalues have one eigenvector each, up to its sign, which k-means does not see
+    (it reads only differences of coordinates): the voices of the full decomposition. A repeated
+    one (a graph in pieces has 0 once per piece) has a whole space of them, of which LAPACK's two
+    routines pick different bases: the k-means of a space cut by k differs."""
+    from scipy.linalg import eigh  # deferred: scipy is heavy to import
+
+    # lower=True: the triangle numpy's eigh reads.
+    lam, vec = eigh(lap, lower=True, subset_by_index=[0, k], driver="evr", check_finite=False)
+    if np.any(np.diff(lam) <= DISTINCT):
+        return None
+    return vec[:, :k]
 
 
 def ahc(x: np.ndarray, k: int) -> np.ndarray:
@@ -286,12 +357,13 @@ def voices(
         sim = z @ z.T
         most_connected = p_candidates(m)[-1]  # when no graph shows a gap to choose by
         spectra: dict[int, np.ndarray] = {}  # every candidate's, decomposed once
+        count = max(hi, 2) + 1  # the smallest eigenvalues any search below reads
         if lo == hi:
-            k, p = lo, choose_p(sim, max(hi, 2), spectra) or most_connected
+            k, p = lo, choose_p(sim, max(hi, 2), spectra, count) or most_connected
         else:
-            chosen = choose_p(sim, min(hi, P_VOICES), spectra)
+            chosen = choose_p(sim, min(hi, P_VOICES), spectra, count)
             if chosen is None and hi > P_VOICES:  # within P_VOICES the same search found nothing
-                chosen = choose_p(sim, hi, spectra)
+                chosen = choose_p(sim, hi, spectra, count)
             p = chosen or most_connected
             k, _, _ = gap_of(spectra[p], hi)
             k = min(max(k, lo), hi)

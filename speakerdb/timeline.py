@@ -354,6 +354,10 @@ def cluster_voices(
     """:func:`speakerdb.clustering.voices` within the user's hints, with BLAS on one thread: its
     eigendecompositions are most of a long recording's assembly, and a second BLAS thread spun
     more than it helped on a shared machine (see :mod:`speakerdb.embedding.threads`)."""
+    # The hold limits the BLAS libraries loaded when it starts, and scipy brings its own OpenBLAS,
+    # which the clustering's subset eigendecompositions run on: load it first.
+    import scipy.linalg  # noqa: F401  (deferred: scipy is heavy to import)
+
     with threads.blas():
         return clustering.voices(
             vectors,

@@ -167,6 +167,118 @@ def test_the_neighbour_graphs_of_one_ordering_are_those_of_a_partition_per_p():
             np.testing.assert_array_equal(clustering.spectrum(a.copy()), np.linalg.eigvalsh(clustering.laplacian(a)))
 
 
+def _full_spectral(a: np.ndarray, k: int) -> np.ndarray:
+    """clustering.spectral as it was: k-means on the first k of all the eigenvectors."""
+    _, vec = np.linalg.eigh(clustering.laplacian(a))
+    return clustering.kmeans(vec[:, :k], k)
+
+
+def test_the_few_eigenvalues_the_p_search_reads_are_those_of_the_full_decomposition(monkeypatch):
+    """From SUBSET_VALUES_FROM items the p search takes only the count smallest eigenvalues and the
+    largest, by bisection: the same values as all of them, a repeated one (a graph in pieces: 0 once
+    per piece, and 2 once per piece of two) as often as it occurs, also where bisection gives up."""
+    monkeypatch.setattr(clustering, "SUBSET_VALUES_FROM", 1)  # every size, to keep this quick
+    rng = np.random.default_rng(11)
+    far = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0][:6]
+    seen_pieces = set()
+    for trial in range(24):
+        n = int(rng.integers(40, 160))
+        if trial % 3 == 0:  # one voice: a connected graph
+            x = _unit(rng.standard_normal((n, DIM)))
+        elif trial % 3 == 1:  # far voices no neighbour graph joins: a graph in pieces
+            x = _unit(far[rng.integers(0, 6, n)] + 0.01 * rng.standard_normal((n, DIM)))
+        else:  # repeated windows
+            x = _unit(rng.standard_normal((max(2, n // 4), DIM)))[rng.integers(0, max(2, n // 4), n)]
+        sim = x.astype(np.float64) @ x.T.astype(np.float64)
+        for p in (2, 3, 5, 9):
+            a = clustering.pruned_affinity(sim, p)
+            every = np.linalg.eigvalsh(clustering.laplacian(a))
+            count = int(rng.integers(3, 14))
+            some = clustering.spectrum(a.copy(), count)
+            assert len(some) == count + 1
+            np.testing.assert_allclose(some, np.concatenate([every[:count], every[-1:]]), rtol=0, atol=1e-12)
+            seen_pieces.add(min(int(np.sum(every < clustering.SPLIT_APART)), count))
+    assert 1 in seen_pieces and max(seen_pieces) >= 3  # connected graphs and graphs in pieces were tried
+
+    # Where bisection gives up (non-monotonic counts: 2 of 900 graphs of long recordings), all the
+    # eigenvalues of the same tridiagonal form.
+    import scipy.linalg
+
+    def gives_up(*args, **kwargs):
+        raise np.linalg.LinAlgError("stebz (eigh_tridiagonal) did not converge (LAPACK info=2)")
+
+    monkeypatch.setattr(scipy.linalg, "eigvalsh_tridiagonal", gives_up)
+    a = clustering.pruned_affinity(sim, 3)
+    every = np.linalg.eigvalsh(clustering.laplacian(a))
+    np.testing.assert_allclose(
+        clustering.spectrum(a.copy(), 5), np.concatenate([every[:5], every[-1:]]), rtol=0, atol=1e-12
+    )
+
+
+def test_the_voices_k_means_takes_only_the_eigenvectors_it_uses_with_the_same_voices(monkeypatch):
+    """From SUBSET_VECTORS_FROM items k-means gets only the first k eigenvectors (LAPACK's syevr on
+    a subset): the labels of all of them (an eigenvector's sign, all that differs, is not seen by
+    k-means). Where k cuts a repeated eigenvalue (a graph in more pieces than voices: its 0s), the
+    two routines pick different bases of that space, and k-means on syevr's split the graph
+    elsewhere in 3 of these 4 cases: there the full decomposition is taken, as before."""
+    monkeypatch.setattr(clustering, "SUBSET_VECTORS_FROM", 1)
+    taken: list[bool] = []
+    original = clustering._smallest_vectors
+
+    def smallest_vectors(lap, k):
+        vec = original(lap, k)
+        taken.append(vec is not None)
+        return vec
+
+    monkeypatch.setattr(clustering, "_smallest_vectors", smallest_vectors)
+    rng = np.random.default_rng(5)
+    for voices in (2, 3, 5):  # connected graphs: the subset is taken
+        centres = _voices(0.75, voices, rng)
+        x = _unit(centres[np.repeat(np.arange(voices), 30)] + 0.035 * rng.standard_normal((30 * voices, DIM)))
+        a = clustering.pruned_affinity(x.astype(np.float64) @ x.T.astype(np.float64), 35)  # > a voice
+        taken.clear()
+        np.testing.assert_array_equal(clustering.spectral(a, voices), _full_spectral(a, voices))
+        assert taken == [True]
+    for seed, pieces, k in ((0, 3, 2), (0, 4, 3), (1, 3, 2), (1, 4, 3)):  # k cuts the pieces' 0s
+        rng = np.random.default_rng(seed)
+        far = np.linalg.qr(rng.standard_normal((32, 32)))[0][:4]
+        x = far[np.repeat(np.arange(pieces), 40)] + 0.05 * rng.standard_normal((40 * pieces, 32))
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        a = clustering.pruned_affinity(x @ x.T, 5)
+        taken.clear()
+        np.testing.assert_array_equal(clustering.spectral(a, k), _full_spectral(a, k))
+        assert taken == [False]
+
+
+@pytest.mark.parametrize(
+    "case", ["three voices", "ten far voices, up to 20", "three far voices, told two", "one voice, repeated windows"]
+)
+def test_the_subset_decompositions_give_the_voices_of_the_full_ones(monkeypatch, case):
+    """clustering.voices with every decomposition a subset one (thresholds at 1 item) gives the
+    labels it gives with every one full, on connected graphs and on graphs in pieces."""
+    rng = np.random.default_rng(9)
+    hints = None
+    if case == "three voices":
+        centres = _voices(0.75, 3, rng)
+        x = _unit(centres[np.repeat([0, 1, 2, 0, 1, 2], 40)] + 0.035 * rng.standard_normal((240, DIM)))
+    elif case == "ten far voices, up to 20":
+        far = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0][:10]
+        x = _unit(far[np.repeat(np.arange(10), 20)] + 0.01 * rng.standard_normal((200, DIM)))
+        hints = clustering.Hints(max_speakers=20)
+    elif case == "three far voices, told two":
+        far = np.linalg.qr(rng.standard_normal((DIM, DIM)))[0][:3]
+        x = _unit(far[np.repeat([0, 1, 2], 50)] + 0.01 * rng.standard_normal((150, DIM)))
+        hints = clustering.Hints(speakers=2)
+    else:
+        x = _unit(rng.standard_normal((30, DIM)))[rng.integers(0, 30, 180)]
+    monkeypatch.setattr(clustering, "SUBSET_VALUES_FROM", 10**9)
+    monkeypatch.setattr(clustering, "SUBSET_VECTORS_FROM", 10**9)
+    full = clustering.voices(x, hints=hints)
+    monkeypatch.setattr(clustering, "SUBSET_VALUES_FROM", 1)
+    monkeypatch.setattr(clustering, "SUBSET_VECTORS_FROM", 1)
+    np.testing.assert_array_equal(clustering.voices(x, hints=hints), full)
+
+
 # ---- without a database ------------------------------------------------------------------------
 def _run(args):
     r = CliRunner().invoke(cli, args)

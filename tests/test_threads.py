@@ -128,3 +128,32 @@ def test_the_latest_holder_still_inside_decides(two_threads):
     assert set(blas_threads()) == {1}
     late.__exit__(None, None, None)
     assert set(blas_threads()) == {2}
+
+
+def test_the_clustering_runs_scipys_blas_on_one_thread_too():
+    """The p search's subset eigendecompositions run on scipy's own OpenBLAS, which a process
+    loads only when the clustering first needs it: loaded inside the one-thread hold it kept the
+    default count (there, four times the CPU of one thread on the shared 2-core machine).
+    cluster_voices loads it before the hold. A fresh process, as a first timeline is."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, threadpoolctl
+from speakerdb import clustering, timeline
+assert "scipy.linalg" not in sys.modules
+clustering.SUBSET_VALUES_FROM = 1
+seen = []
+original = clustering._smallest_and_largest
+def spy(lap, count):
+    seen.append(sorted(i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"))
+    return original(lap, count)
+clustering._smallest_and_largest = spy
+x = np.random.default_rng(0).standard_normal((60, 16))
+timeline.cluster_voices(x, timeline.Params(), 1.0, np.ones(60))
+print(sorted({tuple(s) for s in seen}))
+"""
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[(1,", "1)]"]  # numpy's and scipy's BLAS, each on one thread
