@@ -22,6 +22,8 @@ def blas_threads() -> list[int]:
 @pytest.fixture
 def two_threads():
     """torch and BLAS on 2 threads before each test (whatever this machine's default), restored after."""
+    import scipy.linalg  # noqa: F401  (its own OpenBLAS, which the clustering loads: on 2 threads too)
+
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
