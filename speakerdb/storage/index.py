@@ -183,7 +183,7 @@ def write_lock(path: str | Path, timeout: float | None = None) -> Iterator[None]
 
 def remove_lock(path: str | Path) -> list[str]:
     """Delete the lock file of the index at ``path``, which the caller holds (a removed
-    gallery's: it names a process and its command). Safe for the others: one waiting for it
+    gallery's: it names a process and its program). Safe for the others: one waiting for it
     finds, once it has it, that the file is no longer at its name, and takes a new one
     (:func:`write_lock`). Returns what could not be deleted."""
     lock = Path(f"{path}.lock")
