@@ -104,3 +104,28 @@ def test_evaluate_json_goes_through_the_library(data_dir, tiny_checkpoint, monke
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["settings"]["enroll_count"] == 2
     assert seen and seen[0]["model"] == str(tiny_checkpoint) and seen[0]["enroll_count"] == 2
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_db_given_with_a_server_is_refused_not_ignored(where, tmp_path, monkeypatch):
+    """`--db FILE` with SPEAKERDB_SERVER exported (as the README has clients do) named two
+    databases, and the service's won: `--db backup.sqlite rename carol carol2` renamed carol
+    on the server. Now a usage error, before anything is sent or opened."""
+    db = tmp_path / "local.sqlite"
+    with SpeakerDB(db, embedder=FakeEmbedder()) as local:
+        local.enroll("carol", [write(tmp_path / "c.wav", voice(150, 1.5))])
+    monkeypatch.setenv("SPEAKERDB_SERVER", "http://127.0.0.1:9")  # nothing listens: a call would fail otherwise
+    rename = ["rename", "carol", "carol2"]
+    args = ["--db", str(db), *rename] if where == "before" else [*rename, "--db", str(db)]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2, r.output
+    assert "--db and --server http://127.0.0.1:9 (or SPEAKERDB_SERVER) name two databases" in r.stderr
+    with SpeakerDB(db, embedder=FakeEmbedder()) as local:
+        assert [s.name for s in local.list()] == ["carol"]
+
+
+def test_server_from_the_environment_still_wins_over_db_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SPEAKERDB_DB", "postgresql://speakerdb@db.internal/speakers")
+    monkeypatch.setenv("SPEAKERDB_SERVER", "http://127.0.0.1:9")
+    r = CliRunner().invoke(cli, ["list"])
+    assert r.exit_code == 1 and "cannot reach" in r.output, r.output

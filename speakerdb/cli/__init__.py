@@ -64,6 +64,7 @@ class State:
     ) -> None:
         self.db_path, self.model, self.device, self.precision = db, model, device, precision
         self.server, self.gallery = server, gallery
+        self.db_given = False  # --db on the command line (not SPEAKERDB_DB): see :attr:`db`
         self.create = False
         self._db: SpeakerDBProtocol | None = None
         self._gc_before = _gc_thresholds_before  # main()'s, read when the command starts
@@ -75,6 +76,13 @@ class State:
     @property
     def db(self) -> SpeakerDBProtocol:
         """The database, or with --server the service's client: the same calls either way."""
+        if self._db is None and self.server and self.db_given:
+            # Either answer would be about a database the user did not mean: the service
+            # would take a `--db backup.sqlite remove bob` that SPEAKERDB_SERVER was exported for.
+            raise click.UsageError(
+                f"--db and --server {self.server} (or SPEAKERDB_SERVER) name two databases: "
+                "give one (unset SPEAKERDB_SERVER to use the file)"
+            )
         if self._db is None and self.server:
             self._db = Client(self.server, api_key(), gallery=self.gallery)
         if self._db is None:
@@ -216,6 +224,7 @@ def cli(
     """
     log_warnings_to_stderr()
     state = State(db, model, device, precision, server, gallery)
+    state.db_given = ctx.get_parameter_source("db") == click.core.ParameterSource.COMMANDLINE
     ctx.obj = state
     ctx.call_on_close(state.close)
 
@@ -242,6 +251,8 @@ def _set_global(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         state = ctx.find_object(State)
         if state is not None and param.name is not None:
             setattr(state, _GLOBAL_ATTRS[param.name], value)
+            if param.name == "db":
+                state.db_given = True
     return value
 
 
