@@ -988,6 +988,7 @@ class SpeakerDB:
                 return timelines.embed_windows(windows, embedder)
 
         read_at = [-1]  # the generation (the database's count of centroid changes) last read
+        renamed_at = [0]  # the newest rename record then (store.last_rename): renames move no generation
         held: set[int] = set()  # the ids of the speakers the session's gallery was read with
         # Refreshes run on the session's thread (a service's stream pool), beside the lane that
         # uses this object's cohort cache: they keep a cache of their own.
@@ -996,6 +997,7 @@ class SpeakerDB:
         def gallery(cache: cohorts.CohortCache = self._cohorts) -> timelines.Gallery:
             with self.store.read() as s:  # before the read: a change in between is read again
                 read_at[0] = store.generation(s)
+                renamed_at[0] = store.last_rename(s)
                 held.clear()
                 held.update(store.speaker_ids(s))
             return timelines.database_gallery(self.store, cache, embedder.dim, threshold)
@@ -1004,14 +1006,16 @@ class SpeakerDB:
             # One small read a second: a speaker removed, expired or opted out while the session
             # runs must not go on being named from the centroids read when it began. The
             # generation is the database's: changes of other galleries' speakers are passed over.
+            # A rename moves no generation: one indexed read of the audit says whether a name changed.
             with self.store.read() as s:
                 now = store.generation(s)
-                if now == read_at[0]:
+                renamed = store.last_rename(s) != renamed_at[0]
+                if now == read_at[0] and not renamed:
                     return None
                 records = store.changes_between(s, read_at[0], now)
                 touched = {speaker_id for _, speaker_id, _, _ in records}
                 complete = bool(records) and records[0][0] == read_at[0] + 1  # none pruned meanwhile
-                if complete and not touched & held and not store.centroids_of(s, sorted(touched)):
+                if not renamed and complete and not touched & held and not store.centroids_of(s, sorted(touched)):
                     read_at[0] = now
                     return None
             return gallery(own_cohorts)

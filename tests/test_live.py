@@ -822,3 +822,21 @@ def test_real_speech_streamed_through_ge2e_and_silero(tmp_path):
     middle = (truth[1][0] + truth[1][1]) / 2  # of the unenrolled speaker's turn
     unknown = {e.label for e in events if isinstance(e, VoiceEvent) and e.final and e.start <= middle < e.end}
     assert unknown and all(lab.startswith("unknown-") for lab in unknown)
+
+
+def test_a_speaker_renamed_during_a_session_is_named_by_the_new_name(tmp_path, fake_db, energy_vad, monkeypatch):
+    """A rename moves no generation, so a session went on naming the speaker by the old name,
+    live and in the final timeline, for the rest of the call (a service allows 4 h), and
+    counted the old name's last_seen."""
+    monkeypatch.setattr(live, "GALLERY_CHECK_S", 0.0, raising=False)
+    fake_db.enroll("bob", [write(tmp_path / "bob.wav", voice(BOB, 4, seed=50))])
+    session = fake_db.stream(sample_rate=SR, encoding="pcm_s16le")
+    first = feed_all_open(session, encode(conversation([(BOB, 3)]), "pcm_s16le"))
+    assert {e.label for e in first if isinstance(e, VoiceEvent) and e.final} == {"bob"}
+    with SpeakerDB(fake_db.db_path, embedder=FakeEmbedder()) as other:  # another process's way
+        other.rename("bob", "robert")
+    later = feed_all_open(session, encode(conversation([(BOB, 3)], seed=20), "pcm_s16le"))
+    finals = [e for e in later if isinstance(e, VoiceEvent) and e.final]
+    assert finals and {e.speaker for e in finals} == {"robert"}
+    t = session.close()
+    assert t.segments and {s.label for s in t.segments} == {"robert"}

@@ -1457,6 +1457,12 @@ def speakers_by_name(session: Session, names: list[str] | None = None) -> list[S
     return list(session.scalars(stmt))
 
 
+def last_rename(session: Session) -> int:
+    """The id of the newest rename record of the session's gallery (0 if none): a rename moves
+    no generation, so a live session compares this to learn that a name it holds changed."""
+    return session.scalar(select(func.max(AuditRecord.id)).where(AuditRecord.operation == "rename")) or 0
+
+
 def speaker_ids(session: Session) -> list[int]:
     """The ids of every speaker (of the session's gallery)."""
     return list(session.scalars(select(Speaker.id)))
