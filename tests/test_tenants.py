@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -617,11 +618,15 @@ def test_a_copy_of_a_database_keeps_its_galleries(tmp_path, clips):
         with a.for_gallery("acme") as b:
             b.enroll("alice", clips["bob"][:1])
             b.set_threshold(0.5)
-    api.copy_database(tmp_path / "a.sqlite", tmp_path / "b.sqlite")
+        made = {g.name: g.created_at for g in a.list_galleries()}
+    time.sleep(1.1)  # a copy's own date would differ from the source's by the second
+    summary = api.copy_database(tmp_path / "a.sqlite", tmp_path / "b.sqlite")
+    assert summary.rows["galleries"] == 2  # the default gallery counts, as the copy says
     with SpeakerDB(tmp_path / "b.sqlite", embedder=FakeEmbedder(), gallery="acme") as b:
         assert [s.name for s in b.list()] == ["alice"] and b.threshold == 0.5
         assert b.identify([clips["bob"][2]])[0].speaker == "alice"
         assert [g.name for g in b.list_galleries()] == ["default", "acme"]
+        assert {g.name: g.created_at for g in b.list_galleries()} == made  # the default's date too
         b.create_gallery("new")  # ids continue after the copied ones
 
 

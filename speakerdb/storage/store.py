@@ -1057,7 +1057,7 @@ def copy_rows(
     source's codec and sealed with the destination's (either may be encrypted, under its
     own data key). Returns rows copied per table.
     """
-    from sqlalchemy import insert  # deferred: sqlalchemy is heavy to import
+    from sqlalchemy import insert, update  # deferred: sqlalchemy is heavy to import
 
     tables = {t.name: t for t in Base.metadata.sorted_tables}
     counts = {}
@@ -1085,6 +1085,13 @@ def copy_rows(
             last = rows[-1][pk.name]
             if progress is not None:
                 progress(name, done)
+        if name == "galleries":
+            # The default gallery is the destination's own row: it takes the source's date, and
+            # counts, so that a copy of two galleries says two.
+            made = src.scalar(select(table.c.created_at).where(pk == DEFAULT_GALLERY_ID))
+            if made is not None:
+                dst.execute(update(table).where(pk == DEFAULT_GALLERY_ID).values(created_at=made))
+                done += 1
         counts[name] = done
     return counts
 
