@@ -304,7 +304,7 @@ class SpeakerDB:
         #: Names that decisions named in this gallery, written as last_seen in batches
         #: (governance.SeenNames); each gallery's object has its own.
         self._seen = governance.SeenNames()
-        self.indexer = IndexKeeper(self.store, self.index_path)
+        self.indexer = IndexKeeper(self.store, self.index_path, lambda: paths.gallery_index_files(self._index_base))
         #: The normalisation cohort and the enrolled speakers' statistics against it.
         self._cohorts = cohorts.CohortCache(self.db_path)
         #: Enrolled speakers' cohort statistics, kept up to date by replaying the change records.

@@ -172,6 +172,12 @@ class EncryptionKeyMissingError(EncryptionKeyError):
     code = "encryption_key_missing"
 
 
+class EncryptedSinceOpenedError(EncryptionKeyMissingError):
+    """Another process encrypted the database (``db encrypt``) after this one opened it without
+    its key: only a restart with the key helps. The message names the database and the
+    variables for the operator."""
+
+
 class EncryptionKeyWrongError(EncryptionKeyError):
     """The key given does not unwrap the database's data key (another database's key, or an old one)."""
 

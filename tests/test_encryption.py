@@ -179,6 +179,69 @@ def test_db_encrypt_zeroes_the_plain_index_files_before_deleting_them(tmp_path, 
         assert data == bytes(len(data))
 
 
+# ---- nodes that keep running without the key while another encrypts ----------------------------
+def _node(target, index_dir: Path, monkeypatch) -> SpeakerDB:
+    """A node of ``target`` whose index cache (a server database's) is in ``index_dir``."""
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(index_dir))
+    return SpeakerDB(target, embedder=FakeEmbedder())
+
+
+@pytest.mark.parametrize("first", ["identify", "remove"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_node_without_the_key_erases_its_plain_index_files_when_another_encrypts(
+    kind, first, tmp_path, clips, request, monkeypatch
+):
+    """`db encrypt` on node A cannot reach node B's disk: B's first request after it, a read
+    or a write, erases every plain index file B keeps (zeroed, then deleted), and is refused
+    in one line that names the database, not a speaker."""
+    monkeypatch.delenv("SPEAKERDB_KEY_FILE", raising=False)
+    target = _target(kind, tmp_path, request)
+    node_b = _node(target, tmp_path / "node-b", monkeypatch)
+    node_b.create_gallery("b")
+    gallery_b = node_b.for_gallery("b")
+    try:
+        gallery_b.enroll("dave", clips["dave"][:2])
+        assert gallery_b.identify([clips["dave"][2]])[0].speaker == "dave"  # its file written
+        node_b.enroll("alice", clips["alice"][:2])
+        node_b.enroll("bob", clips["bob"][:2])
+        assert node_b.identify([clips["alice"][2]])[0].speaker == "alice"
+        needles = _needles(_vectors(node_b) + _vectors(gallery_b))
+        plain = [node_b.index_path, gallery_b.index_path]
+        held = [open(p, "rb") for p in plain]
+        assert all(_holding({"file": f.read()}, needles) for f in held)  # in the clear on B's disk
+        monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "node-a"))
+        api.encrypt_database(target, api.KeySource(file=str(_key(tmp_path))))
+        if kind == "postgresql":  # another machine's cache: db encrypt cannot reach it
+            assert all(p.exists() for p in plain)
+        sealed = _files(tmp_path / "db") if kind == "sqlite" else {}  # one index path on SQLite, sealed by A
+        with pytest.raises(EncryptionKeyMissingError) as refused:
+            if first == "identify":
+                node_b.identify([clips["alice"][2]])
+            else:
+                node_b.remove("bob")
+        for f in held:  # what B's files held is zeroed, not only unlinked
+            f.seek(0)
+            data = f.read()
+            f.close()
+            assert data == bytes(len(data))
+        node_files = _files(tmp_path / "node-b") if kind == "postgresql" else _files(tmp_path / "db")
+        assert _holding(node_files, needles) == []
+        if kind == "postgresql":
+            assert not any(p.exists() for p in plain)  # both galleries' at once
+        else:
+            assert _files(tmp_path / "db") == sealed  # the sealed file a node with the key wrote stays
+        message = str(refused.value)
+        assert "encrypted by another process" in message and "restart this process with the key" in message
+        assert "of speaker" not in message and message.count("\n") == 0
+        for again in (lambda: node_b.identify([clips["bob"][2]]), lambda: node_b.enroll("eve", clips["carol"][:1])):
+            with pytest.raises(EncryptionKeyMissingError):
+                again()
+    finally:
+        gallery_b.close()
+        node_b.close()
+    assert _holding(_files(tmp_path / "node-b"), needles) == []  # closing saved nothing in the clear
+
+
 # ---- a wrong or missing key: one line, nothing touched ------------------------------------------
 def _cli(db: Path | str, *args: str, env: dict | None = None):
     """The command line in this process (a subprocess costs seconds on a busy machine): the

@@ -44,7 +44,13 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .. import config
-from ..errors import DatabaseError, EncryptionKeyMissingError, EncryptionKeyWrongError, InvalidInputError
+from ..errors import (
+    DatabaseError,
+    EncryptedSinceOpenedError,
+    EncryptionKeyMissingError,
+    EncryptionKeyWrongError,
+    InvalidInputError,
+)
 
 KEY_BYTES = 32  # AES-256, and the least key material accepted from the operator
 NONCE_BYTES = 12
@@ -178,7 +184,8 @@ class Codec:
     """What a database without encryption does with its vectors: nothing.
 
     It still refuses a sealed blob (the database was encrypted after this process opened
-    it) with one line instead of reading ciphertext as floats.
+    it) with one line instead of reading ciphertext as floats: the store says it of the
+    database, once its listeners have erased what this process keeps in the clear.
     """
 
     encrypted = False
@@ -189,7 +196,7 @@ class Codec:
 
     def open(self, blob: bytes, aad: bytes, what: str) -> bytes:
         if len(blob) % 4 and blob[:1] == bytes([SEALED_MARK]):
-            raise EncryptionKeyMissingError(
+            raise EncryptedSinceOpenedError(
                 f"{what} is encrypted (the database was encrypted after this process opened it): "
                 "open it again with its key (SPEAKERDB_KEY_FILE or SPEAKERDB_KEY_COMMAND)"
             )

@@ -18,6 +18,10 @@ the speaker id, and a random nonce. An index remembers the database it was built
   zeroed alive flag hides a speaker from every search, and no digest in the file can
   cover flags that are zeroed in place). A file that fails is deleted with a warning and
   rebuilt, so the damage does not outlive it.
+- an **encrypted database** leaves no vector in the clear in any file: a process that
+  opened it unencrypted and finds it encrypted by another since (``db encrypt`` on another
+  node) erases its plain index files at once and refuses (:meth:`IndexKeeper.erase_plain`);
+  one restarted with the key erases the plain file it finds and builds a sealed one.
 - **one snapshot per answer**: :meth:`IndexKeeper.snapshot` yields a read transaction
   and the index at exactly its generation, so names are resolved at the generation that
   was searched; rebuilding and saving happen outside any read transaction.
@@ -38,12 +42,12 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import SpeakerDBError
+from ..errors import EncryptedSinceOpenedError, SpeakerDBError
 from . import index as index_files
 from . import store
 from .index import IndexFileError, IndexFileGone, SpeakerIndex, write_lock
@@ -58,11 +62,15 @@ KEEP_CHANGES = 10_000  # records kept behind the file, for processes whose index
 class IndexKeeper:
     """The index of one store: in memory for this process, on disk for all of them."""
 
-    def __init__(self, db: store.Store, path: Path) -> None:
+    def __init__(self, db: store.Store, path: Path, family: Callable[[], list[Path]] | None = None) -> None:
+        """``family``: the index files of the database's other galleries here (erased with
+        this one if the database is encrypted under this process, :meth:`erase_plain`)."""
         self.store = db
         self.path = path
+        self._family = family or (lambda: [])
         self._index: SpeakerIndex | None = None
         db.on_commit.append(self.after_commit)
+        db.on_encrypted.append(self.erase_plain)
         self.heal()
 
     # ---- reading ----------------------------------------------------------------------------
@@ -78,6 +86,8 @@ class IndexKeeper:
         for attempt in range(REBUILD_ATTEMPTS):
             with self.store.read() as s:
                 settings = store.get_settings(s)
+                if not self.store.codec.encrypted:
+                    _refuse_if_encrypted(s, settings, index)
                 caught_up = self._caught_up(s, settings, index)
                 if caught_up is None and attempt == REBUILD_ATTEMPTS - 1:
                     # Writers kept changing identity or pruning under us: build in this snapshot.
@@ -165,6 +175,35 @@ class IndexKeeper:
         except Exception as e:
             note = f" (not deleted: {_reason(e)})"
         log.warning("index %s is damaged: %s; rebuilding it from the database%s", self.path, why, note)
+
+    def erase_plain(self) -> None:
+        """Another process encrypted the database after this one opened it without its key:
+        forget the index in memory, and erase (zeroed, then deleted, under the lock) this
+        index's file and its galleries' here unless sealed, since they hold the voiceprints in
+        the clear; a sealed file (a process with the key wrote it) stays. The store calls
+        this (``on_encrypted``) before it refuses. Never raises."""
+        self._index = None
+        for path in dict.fromkeys([self.path, *self._family()]):
+            debris = [Path(f"{path}.log"), *index_files.temporary_files(path)]
+            if not any(os.path.lexists(p) for p in [path, *debris]):
+                continue
+            try:
+                with write_lock(path):
+                    header = SpeakerIndex.read_header(path)
+                    if header is not None and header.get("encryption"):
+                        for p in debris:  # a killed writer's, sealed or not: no writer is at work
+                            index_files.erase(p)
+                        continue
+                    left = index_files.remove_files(path)
+            except Exception as e:  # a lock held for long, I/O errors: the refusal still follows
+                left = [_reason(e)]
+            tail = f"; could not delete {', '.join(left)}" if left else ""
+            log.warning(
+                "index %s held voiceprints in the clear and another process encrypted the database "
+                "since this one opened it: erased it (zeroed, then deleted)%s; restart this process with the key",
+                path,
+                tail,
+            )
 
     # ---- after a commit, and at every open ------------------------------------------------
     def after_commit(self, before: int, after: int) -> None:
@@ -280,7 +319,9 @@ class IndexKeeper:
         return index
 
     def _load(self) -> SpeakerIndex | None:
-        """The index in the file, or None if there is none or it is damaged (then deleted, with a warning)."""
+        """The index in the file, or None if there is none or it is damaged (then deleted, with
+        a warning). A sealed file while this process opened the database unencrypted:
+        EncryptedSinceOpenedError."""
         identity = index_files.file_identity(self.path)
         if identity is None:
             return None
@@ -290,8 +331,13 @@ class IndexKeeper:
             log.info("index %s was removed or replaced while this process read it; rebuilding it", self.path)
             return None
         except Exception as e:  # IndexFileError, and whatever else a damaged file may cause
-            self._discard(identity, _reason(e).removeprefix(f"{self.path}: "))
-            return None
+            why = _reason(e).removeprefix(f"{self.path}: ")
+        header = SpeakerIndex.read_header(self.path)
+        if header is not None and header.get("encryption") and not self.store.codec.encrypted:
+            if header["database_id"] == self.store.settings().get("database_id"):
+                raise self.store.encrypted_since_opened()  # sealed by a process with the key: it stays
+        self._discard(identity, why)
+        return None
 
     def _save(self, index: SpeakerIndex, wait: float) -> None:
         """Save ``index`` unless the file is as new already; never raises (the file is a cache).
@@ -421,6 +467,17 @@ def erase_files(path: Path) -> list[str]:
     except IndexFileError as e:
         log.warning("index %s deleted without its lock, so not zeroed: %s", path, _reason(e))
         return index_files.remove_files(path, zero=False)
+
+
+def _refuse_if_encrypted(s, settings: dict[str, Any], index: SpeakerIndex | None) -> None:
+    """For a process that opened the database unencrypted: EncryptedSinceOpenedError if
+    another has encrypted it since (the store then erases the plain files, :meth:`IndexKeeper.erase_plain`).
+    One small read, and only once the generation moved past ``index`` (``db encrypt``
+    seals every centroid anew, which moves it): nothing more per request while nothing changes."""
+    if index is not None and index.generation == int(settings.get("generation") or 0):
+        return
+    if store.data_key_id(s) is not None:
+        raise EncryptedSinceOpenedError("the database was encrypted since this process opened it")
 
 
 def _replay(s, index: SpeakerIndex, records: list[tuple[int, int, str, int]], target: int) -> SpeakerIndex:

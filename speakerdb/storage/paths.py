@@ -85,6 +85,18 @@ def gallery_index_path(index_path: Path, gallery_id: int) -> Path:
     return index_path.with_name(f"{index_path.name.removesuffix(INDEX_SUFFIX)}.gallery-{gallery_id}{INDEX_SUFFIX}")
 
 
+def gallery_index_files(index_path: Path) -> list[Path]:
+    """The index files of every gallery of the database whose default gallery's index is
+    ``index_path`` that are in its directory now (:func:`gallery_index_path` names them)."""
+    stem = index_path.name.removesuffix(INDEX_SUFFIX)
+    others = sorted(
+        p
+        for p in index_path.parent.glob(f"{stem}.gallery-*{INDEX_SUFFIX}")
+        if p.name.removeprefix(f"{stem}.gallery-").removesuffix(INDEX_SUFFIX).isdigit()
+    )
+    return [index_path, *others]
+
+
 def check_db_path(path: Path, create: bool) -> bool:
     """Whether a database file exists at ``path``; raise DatabaseError for a path that cannot
     be one (a directory, a device such as /dev/null, a parent that is a file) or, unless

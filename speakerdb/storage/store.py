@@ -96,6 +96,7 @@ from ..config import DEFAULT_GALLERY, SERVER_SCHEMES, is_server_url  # noqa: F40
 from ..errors import (
     DatabaseBusyError,
     DatabaseError,
+    EncryptedSinceOpenedError,
     EncryptionKeyMissingError,
     EncryptionKeyWrongError,
     GalleryExistsError,
@@ -676,6 +677,9 @@ class Store:
     ``f(before, after)`` run after every write transaction that changed centroids, with the
     generations before and after it: how the search index learns of a commit, whichever
     code path made it (changes in other galleries too: the generation is the database's).
+    ``on_encrypted`` holds callables ``f()`` run when this process, which opened the
+    database unencrypted, finds that another encrypted it since (:meth:`encrypted_since_opened`):
+    how the index erases its file, which holds the vectors in the clear.
 
     ``key`` is where the key-encryption key comes from (default: the environment's,
     :func:`crypto.configured`). An encrypted database needs it: without it, or with
@@ -698,6 +702,7 @@ class Store:
             create_private(self.path)
             self.engine = open_engine(self.path)
         self.on_commit: list[Callable[[int, int], None]] = []
+        self.on_encrypted: list[Callable[[], None]] = []
         self._owns_engine = True
         self.gallery, self.gallery_id = DEFAULT_GALLERY, DEFAULT_GALLERY_ID
         self.key = key if key is not None else crypto.configured()
@@ -720,7 +725,7 @@ class Store:
         nothing), its own ``on_commit`` listeners. GalleryNotFoundError if there is none."""
         other = object.__new__(Store)
         other.__dict__.update(self.__dict__)
-        other.on_commit, other._owns_engine = [], False
+        other.on_commit, other.on_encrypted, other._owns_engine = [], [], False
         other.gallery, other.gallery_id = gallery, self._gallery_id(gallery)
         return other
 
@@ -803,7 +808,20 @@ class Store:
         """Whether this process seals with the database's data key (no rotation or
         encryption happened elsewhere since): what may be written to the index file."""
         with self.read() as s:
-            return s.scalar(select(DataKey.dek_id)) == self.codec.dek_id
+            return data_key_id(s) == self.codec.dek_id
+
+    def encrypted_since_opened(self) -> EncryptedSinceOpenedError:
+        """This process opened the database unencrypted and another has encrypted it since:
+        the ``on_encrypted`` listeners erase what this process keeps in the clear (its index
+        files), then the refusal to raise, in one line for the operator (the service tells
+        its client :attr:`EncryptedSinceOpenedError.client_message`). Called outside any
+        transaction of this store's: the listeners wait for the index lock."""
+        for listener in self.on_encrypted:
+            listener()
+        return EncryptedSinceOpenedError(
+            f"database {self.name} was encrypted by another process after this one opened it without its key: "
+            "restart this process with the key (SPEAKERDB_KEY_FILE or SPEAKERDB_KEY_COMMAND)"
+        )
 
     def _check_data_key(self, session: Session) -> None:
         """In a write transaction: the data key this process seals with is still the
@@ -816,10 +834,7 @@ class Store:
                 f"database {self.name} lost its data key (data_keys is empty): restore it from a backup"
             )
         if not self.codec.encrypted and self.key is None:
-            raise EncryptionKeyMissingError(
-                f"database {self.name} was encrypted since this process opened it: "
-                "open it again with its key (SPEAKERDB_KEY_FILE or SPEAKERDB_KEY_COMMAND)"
-            )
+            raise EncryptedSinceOpenedError("the database was encrypted since this process opened it")  # read() says it
         row = session.scalars(select(DataKey)).one()
         database_id = json.loads(session.scalar(select(Setting.value).where(Setting.key == "database_id")) or '""')
         dek = self._unwrap(row.wrapped, database_id, row.dek_id, rotated=True)
@@ -850,8 +865,11 @@ class Store:
             if self.server
             else self.engine
         )
-        with _translate_errors(self.name, self._url), Session(engine, info=self._info(every_gallery)) as session:
-            yield session
+        try:
+            with _translate_errors(self.name, self._url), Session(engine, info=self._info(every_gallery)) as session:
+                yield session
+        except EncryptedSinceOpenedError:
+            raise self.encrypted_since_opened() from None  # the session is closed: no lock held
 
     @contextmanager
     def write(self, every_gallery: bool = False) -> Iterator[Session]:
@@ -867,6 +885,16 @@ class Store:
         """
         engine = self.engine if self.server else self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE")
         info = self._info(every_gallery)
+        try:
+            with self._write_session(engine, info) as session:
+                yield session
+        except EncryptedSinceOpenedError:
+            # Rolled back: the listeners take the index lock with no database lock held.
+            raise self.encrypted_since_opened() from None
+
+    @contextmanager
+    def _write_session(self, engine: Engine, info: dict[str, Any]) -> Iterator[Session]:
+        """:meth:`write`'s transaction; the commit's listeners run after it."""
         with _translate_errors(self.name, self._url), Session(engine, expire_on_commit=False, info=info) as session:
             with session.begin():
                 if self.server:
@@ -1395,6 +1423,11 @@ def changes_between(session: Session, after: int, upto: int) -> list[tuple[int, 
     return [(int(g), int(i), str(op), int(n)) for g, i, op, n in session.execute(stmt)]
 
 
+def data_key_id(session: Session) -> int | None:
+    """The number of the database's data key; None while it is not encrypted."""
+    return session.scalar(select(DataKey.dek_id))
+
+
 def prune_changes(session: Session, below: int) -> int:
     """Delete change records older than generation ``below``; returns how many went."""
     result: Any = session.execute(delete(SpeakerChange).where(SpeakerChange.generation < below))
@@ -1545,7 +1578,8 @@ def centroids(session: Session) -> tuple[np.ndarray, np.ndarray]:
     if not rows:
         return ids, np.zeros((0, 0), dtype=np.float32)
     codec = codec_of(session)
-    if codec.encrypted:
+    # A blob of odd length is sealed (the database was encrypted under this process): the codec refuses it.
+    if codec.encrypted or any(len(r[1]) % 4 for r in rows):
         return ids, np.stack([_centroid(codec, int(r[0]), r[1]) for r in rows])
     return ids, np.stack([from_blob(r[1]) for r in rows])
 
