@@ -44,6 +44,9 @@ class SpeakerDBError(Exception):
     #: The failure's name in JSON errors (the service's answers, the command line's --json);
     #: each subclass has its own, and a subclass without one answers its base's.
     code: str = "failed"
+    #: What a remote client is told instead of the message, where the message speaks to
+    #: whoever runs this process (None: the message itself). The service answers with it.
+    client_message: str | None = None
 
 
 class InvalidInputError(SpeakerDBError):
@@ -175,7 +178,12 @@ class EncryptionKeyMissingError(EncryptionKeyError):
 class EncryptedSinceOpenedError(EncryptionKeyMissingError):
     """Another process encrypted the database (``db encrypt``) after this one opened it without
     its key: only a restart with the key helps. The message names the database and the
-    variables for the operator."""
+    variables for the operator; a service's client is told :attr:`client_message`."""
+
+    client_message = (
+        "this database is encrypted and this server was started without its key: "
+        "an operator must restart it with the key (see docs/security.md)"
+    )
 
 
 class EncryptionKeyWrongError(EncryptionKeyError):

@@ -242,6 +242,29 @@ def test_a_node_without_the_key_erases_its_plain_index_files_when_another_encryp
     assert _holding(_files(tmp_path / "node-b"), needles) == []  # closing saved nothing in the clear
 
 
+def test_the_service_tells_a_client_in_one_line_that_the_node_needs_the_key(tmp_path, clips, monkeypatch):
+    """A client is told what happened and who can fix it, without the operator's internals
+    (speaker ids, paths, variables); the library's message, for the operator, keeps them."""
+    from speakerdb.service import responses
+
+    monkeypatch.delenv("SPEAKERDB_KEY_FILE", raising=False)
+    path = tmp_path / "db" / "speakers.sqlite"
+    with SpeakerDB(path, embedder=FakeEmbedder()) as node:
+        node.enroll("alice", clips["alice"][:2])
+        assert node.identify([clips["alice"][2]])[0].speaker == "alice"
+        api.encrypt_database(path, api.KeySource(file=str(_key(tmp_path))))
+        with pytest.raises(EncryptionKeyMissingError) as refused:
+            node.identify([clips["alice"][2]])
+    answer = responses.from_library(refused.value, {})
+    assert (answer.status, answer.code) == (503, "encryption_key_missing")
+    assert answer.message == (
+        "this database is encrypted and this server was started without its key: "
+        "an operator must restart it with the key (see docs/security.md)"
+    )
+    operator = str(refused.value)
+    assert str(path) in operator and "SPEAKERDB_KEY_FILE" in operator and "speaker 1" not in operator
+
+
 # ---- a wrong or missing key: one line, nothing touched ------------------------------------------
 def _cli(db: Path | str, *args: str, env: dict | None = None):
     """The command line in this process (a subprocess costs seconds on a busy machine): the

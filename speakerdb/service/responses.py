@@ -34,7 +34,7 @@ ERROR_STATUS: list[tuple[type[errors.SpeakerDBError], int]] = [
     (errors.ModelMismatchError, 409),
     (errors.ModelLoadError, 503),
     (errors.DatabaseBusyError, 503),  # another writer holds the lock: retry later
-    (errors.EncryptionKeyError, 503),  # the key was rotated under a running service: restart it with the new one
+    (errors.EncryptionKeyError, 503),  # encrypted or rotated under a running service: restart it with the key
     (errors.DatabaseError, 500),
 ]
 
@@ -55,7 +55,7 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def from_library(e: errors.SpeakerDBError, names: dict[str, str]) -> ApiError:
     """A library error as an answer; private paths in its message (``names``' keys) become
     what the client may see (their values)."""
-    message = str(e)
+    message = e.client_message or str(e)  # a message for the node's operator has one for clients
     for private, given in names.items():
         message = message.replace(private, given)
     status = next((status for kind, status in ERROR_STATUS if isinstance(e, kind)), 400)
