@@ -265,6 +265,34 @@ def test_the_service_tells_a_client_in_one_line_that_the_node_needs_the_key(tmp_
     assert str(path) in operator and "SPEAKERDB_KEY_FILE" in operator and "speaker 1" not in operator
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_node_restarted_with_the_key_says_its_plain_index_is_from_before_the_encryption(
+    kind, tmp_path, clips, request, monkeypatch, caplog
+):
+    """The plain file of a node stopped during `db encrypt` is erased at its restart with the
+    key, said at info level as what it is, not as damage."""
+    monkeypatch.delenv("SPEAKERDB_KEY_FILE", raising=False)
+    target = _target(kind, tmp_path, request)
+    with _node(target, tmp_path / "node-b", monkeypatch) as node_b:
+        node_b.enroll("alice", clips["alice"][:2])
+        assert node_b.identify([clips["alice"][2]])[0].speaker == "alice"
+        needles, plain = _needles(_vectors(node_b)), node_b.index_path
+    kept = plain.read_bytes()
+    key = _key(tmp_path)
+    monkeypatch.setenv("SPEAKERDB_INDEX_DIR", str(tmp_path / "node-a"))
+    api.encrypt_database(target, api.KeySource(file=str(key)))
+    if kind == "sqlite":  # one index path: put back the plain file A's encryption replaced
+        plain.write_bytes(kept)
+    assert _holding({plain.name: plain.read_bytes()}, needles)
+    monkeypatch.setenv("SPEAKERDB_KEY_FILE", str(key))
+    with caplog.at_level("INFO", logger="speakerdb"), _node(target, tmp_path / "node-b", monkeypatch) as node_b:
+        assert node_b.identify([clips["alice"][2]])[0].speaker == "alice"
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "index" in r.getMessage()]
+    assert not [m for level, m in said if level == "WARNING" or "damaged" in m], said
+    assert [m for level, m in said if level == "INFO" and "unencrypted index of a database encrypted since" in m]
+    assert _holding({plain.name: plain.read_bytes()}, needles) == []
+
+
 # ---- a wrong or missing key: one line, nothing touched ------------------------------------------
 def _cli(db: Path | str, *args: str, env: dict | None = None):
     """The command line in this process (a subprocess costs seconds on a busy machine): the

@@ -162,8 +162,9 @@ class IndexKeeper:
         self._discard(index.file_identity, why)
         return None
 
-    def _discard(self, identity: tuple[int, ...] | None, why: str) -> None:
+    def _discard(self, identity: tuple[int, ...] | None, why: str | None) -> None:
         """Warn that the index file is damaged and delete it, unless it changed since it was read.
+        ``why`` None: it is not damaged but plain, left from before ``db encrypt`` (said at info level).
 
         Under the lock, without waiting: a writer at work is replacing or zeroing it, and
         the next reader checks its work. Never raises."""
@@ -174,7 +175,16 @@ class IndexKeeper:
                     index_files.erase(self.path)
         except Exception as e:
             note = f" (not deleted: {_reason(e)})"
-        log.warning("index %s is damaged: %s; rebuilding it from the database%s", self.path, why, note)
+        if why is None:
+            # The expected aftermath of `db encrypt` on another machine, not damage.
+            log.info(
+                "index %s is an unencrypted index of a database encrypted since it was written: "
+                "erased it (zeroed, then deleted); rebuilding it sealed from the database%s",
+                self.path,
+                note,
+            )
+        else:
+            log.warning("index %s is damaged: %s; rebuilding it from the database%s", self.path, why, note)
 
     def erase_plain(self) -> None:
         """Another process encrypted the database after this one opened it without its key:
@@ -320,8 +330,8 @@ class IndexKeeper:
 
     def _load(self) -> SpeakerIndex | None:
         """The index in the file, or None if there is none or it is damaged (then deleted, with
-        a warning). A sealed file while this process opened the database unencrypted:
-        EncryptedSinceOpenedError."""
+        a warning), or plain when the database is encrypted (deleted: ``db encrypt`` ran since).
+        A sealed file while this process opened the database unencrypted: EncryptedSinceOpenedError."""
         identity = index_files.file_identity(self.path)
         if identity is None:
             return None
@@ -333,9 +343,12 @@ class IndexKeeper:
         except Exception as e:  # IndexFileError, and whatever else a damaged file may cause
             why = _reason(e).removeprefix(f"{self.path}: ")
         header = SpeakerIndex.read_header(self.path)
-        if header is not None and header.get("encryption") and not self.store.codec.encrypted:
+        if header is not None and bool(header.get("encryption")) != self.store.codec.encrypted:
             if header["database_id"] == self.store.settings().get("database_id"):
-                raise self.store.encrypted_since_opened()  # sealed by a process with the key: it stays
+                if not self.store.codec.encrypted:  # sealed by a process with the key: it stays
+                    raise self.store.encrypted_since_opened()
+                self._discard(identity, None)
+                return None
         self._discard(identity, why)
         return None
 
