@@ -301,6 +301,23 @@ class DatabaseInfo:
 
 
 @dataclass(frozen=True)
+class ServiceLimits:
+    """What one request to ``speakerdb serve`` may carry (GET /v1/info's ``limits``): the client
+    splits identify and timeline uploads to fit them, and says so when an enrollment cannot."""
+
+    max_files: int  # audio files in one identify, timeline or enroll request (--max-files)
+    max_upload_bytes: int  # one request's whole body, multipart framing included (--max-upload-mb)
+    max_cohort_files: int  # recordings in one POST /v1/norm
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ServiceLimits:
+        return cls(int(d["max_files"]), int(d["max_upload_bytes"]), int(d["max_cohort_files"]))
+
+
+@dataclass(frozen=True)
 class GalleryInfo:
     """A gallery (a tenant: a separate set of speakers in one database) as listed."""
 

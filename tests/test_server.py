@@ -442,9 +442,10 @@ def test_limits(server, clips, tmp_path):
         assert status == 413 and doc["error"]["code"] == "too_large", doc
         status, _, doc = server.call("POST", "/v1/identify", key=None, files=[huge[:2] + (huge[2][:1_990_000],)])
         assert status == 401 and doc["error"]["code"] == "unauthorized", doc
+    # Through the client, a file too large for one request is its own error, not a refusal of all.
     (tmp_path / "huge.wav").write_bytes(huge[2])
-    with pytest.raises(ServiceError, match="413: request body of 12,000,"):
-        Client(server.url, key).identify([tmp_path / "huge.wav"])
+    [answer] = Client(server.url, key).identify([tmp_path / "huge.wav"])
+    assert answer.error is not None and "at most 2,000,000 are accepted" in answer.error, answer
     # ...and chunked, with no length to refuse it by in advance
     body, ctype = _multipart({}, [big])
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
@@ -539,6 +540,76 @@ def _wav_header(n_data_bytes: int, rate: int = SR) -> bytes:
         + b"data"
         + struct.pack("<I", n_data_bytes)
     )
+
+
+def _approx(doc):
+    """``doc`` with its floats compared to 1e-6: the service embeds the clips of one request
+    in one batch, the library all of them in one, and a batch's shape moves the 8th digit."""
+    if isinstance(doc, float):
+        return pytest.approx(doc, abs=1e-6)
+    if isinstance(doc, dict):
+        return {k: _approx(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_approx(v) for v in doc]
+    return doc
+
+
+def test_more_files_than_one_request_takes_are_sent_in_several(server, admin, clips, tiny_checkpoint, tmp_path):
+    """identify and timeline of more files than --max-files (4), or of more bytes than
+    --max-upload-mb (2 MB), through the client or `speakerdb --server`: split into requests
+    that fit the limits GET /v1/info advertises; the answers are the local ones, in order, with
+    a file that cannot be read here, or is too large for any request, failing alone."""
+    status, _, doc = server.call("GET", "/v1/info", key=server.keys["read"])
+    assert status == 200 and doc["limits"] == {"max_files": 4, "max_upload_bytes": 2_000_000, "max_cohort_files": 2000}
+    admin.enroll("alice", [clips["alice"]])
+    admin.enroll("bob", [clips["bob"]])
+    files = [_wav(tmp_path / f"c{i}.wav", 100.0 + 30 * i, seed=i) for i in range(9)]
+    files.insert(5, tmp_path / "missing.wav")
+    sent: list[int] = []  # files per request
+    client = Client(server.url, server.keys["read"], retries=0)
+    request = client._request
+
+    def counting(method, path, **kw):
+        if kw.get("files") is not None:
+            sent.append(len(kw["files"]))
+        return request(method, path, **kw)
+
+    client._request = counting  # type: ignore[method-assign]
+    shown, progress = [], []
+    answers = client.identify(files, on_result=shown.append, progress=lambda n, total, s: progress.append((n, total)))
+    with SpeakerDB(server.db, model=str(tiny_checkpoint)) as db:
+        local = db.identify(files)
+        local_timelines = db.timeline(files[:6])
+    assert [a.to_dict() for a in answers] == _approx([r.to_dict() for r in local])
+    assert answers[5].error == "no such file" and answers[0].speaker is not None
+    assert shown == answers and sent == [4, 4, 1] and [n for n, _ in progress] == [4, 9, 10]
+    sent.clear()
+    timelines = client.timeline(files[:6])
+    assert [t.to_dict() for t in timelines] == _approx([t.to_dict() for t in local_timelines])
+    assert sent == [4, 1]
+
+    # By size: three 0.9 MB recordings are 2.7 MB, two requests; a 2.1 MB one fits in none.
+    big = [write(tmp_path / f"big{i}.wav", voice(140.0 + 40 * i, 14.0, seed=i), subtype="FLOAT") for i in range(3)]
+    huge = write(tmp_path / "huge.wav", voice(150.0, 33.0), subtype="FLOAT")
+    sent.clear()
+    answers = client.identify([big[0], huge, big[1], big[2]])
+    assert sent == [2, 1]
+    assert huge.stat().st_size > 2_000_000 and "too large for the service" in answers[1].error
+    with SpeakerDB(server.db, model=str(tiny_checkpoint)) as db:
+        local = db.identify(big)
+    assert [a.to_dict() for a in answers[:1] + answers[2:]] == _approx([r.to_dict() for r in local])
+
+    # The command line, through the service, prints what it prints locally.
+    from speakerdb.cli import cli
+
+    env = {"SPEAKERDB_SERVER": server.url, "SPEAKERDB_API_KEY": server.keys["read"]}
+    remote = CliRunner().invoke(cli, ["identify", *map(str, files), "--json"], env=env)
+    here = CliRunner().invoke(
+        cli, ["--db", str(server.db), "--model", str(tiny_checkpoint), "identify", *map(str, files), "--json"]
+    )
+    assert remote.exit_code == here.exit_code == 1, remote.output  # the missing file
+    assert json.loads(remote.stdout) == _approx(json.loads(here.stdout))
+    _no_uploads_left(server)
 
 
 def test_hostile_uploads_get_json_errors_and_write_nothing(server, admin, clips, tmp_path):
@@ -990,7 +1061,7 @@ def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
         _answer("413 Content Too Large", {"error": {"code": "too_large", "message": "at most 1,000 bytes"}}), False
     )
     with pytest.raises(ServiceError, match="413: at most 1,000 bytes"):
-        Client(url, "k", retries=0).identify([big])
+        Client(url, "k", retries=0).verify("x", big)  # one request (identify asks /v1/info first)
     thread.join(10)
     assert "expect: 100-continue" in seen["headers"] and seen["body_bytes"] == 0
 
@@ -998,12 +1069,12 @@ def test_large_uploads_ask_first_so_a_refusal_costs_no_upload(server, tmp_path):
         _answer("400 Bad Request", {"error": {"code": "bad_audio", "message": "big.wav: not audio"}}), True
     )
     with pytest.raises(SpeakerDBError, match="big.wav: not audio"):
-        Client(url, "k", retries=0).identify([big])
+        Client(url, "k", retries=0).verify("x", big)
     thread.join(10)
     assert seen["body_bytes"] > EXPECT_CONTINUE_BYTES and seen["waited_s"] >= CONTINUE_WAIT_S * 0.9
 
     with pytest.raises(ServiceError, match="cannot reach the speakerdb service"):
-        Client(f"http://127.0.0.1:{_free_port()}", "k", retries=0).identify([big])  # nobody listening
+        Client(f"http://127.0.0.1:{_free_port()}", "k", retries=0).verify("x", big)  # nobody listening
 
     # The real service: a 24 s float32 recording (1.5 MB) goes after its "100 Continue".
     clip = write(tmp_path / "long.wav", voice(180, 24.0), subtype="FLOAT")

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__, errors
 from ..api import SpeakerDB
 from ..config import DEFAULT_TOP_N, segmentation_model
-from ..results import SpeakerInfo
+from ..results import ServiceLimits, SpeakerInfo
 from ..storage import store
 from ..storage.keys import SCOPES
 from ..timeline import Params
@@ -51,6 +51,7 @@ from .schemas import (
     EXAMPLE_ERASURE,
     EXAMPLE_ERROR,
     EXAMPLE_IDENTIFY,
+    EXAMPLE_INFO,
     EXAMPLE_NORM,
     EXAMPLE_SPEAKER,
     EXAMPLE_TIMELINE,
@@ -472,26 +473,15 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         """Where a removal erases a voiceprint in this database, and what no command can reach."""
         return ok((await request.app.state.service.admin(lambda db: db.erasure())).to_dict())
 
-    @router.get(
-        "/info",
-        tags=["database"],
-        responses=example(
-            {
-                "model_id": "microsoft/wavlm-base-plus-sv",
-                "dim": 512,
-                "threshold": 0.86,
-                "n_speakers": 2,
-                "n_utterances": 3,
-                "schema_revision": "0003",
-                "generation": 5,
-            }
-        ),
-    )
+    @router.get("/info", tags=["database"], responses=example(EXAMPLE_INFO))
     async def info(request: Request, caller: Caller = READ) -> JSONResponse:
         """The database: model, dimension, threshold, counts (`speakerdb info --json` without the
-        server's paths, which are no client's business)."""
-        document = (await request.app.state.service.admin(lambda db: db.info())).to_dict()
-        return ok({k: v for k, v in document.items() if k not in SERVER_ONLY_INFO})
+        server's paths, which are no client's business), and `limits`: what one request may
+        carry, so that a client can split its uploads to fit."""
+        service: Service = request.app.state.service
+        document = (await service.admin(lambda db: db.info())).to_dict()
+        limits = ServiceLimits(service.config.max_files, service.config.max_upload_bytes, COHORT_MAX_FILES)
+        return ok({**{k: v for k, v in document.items() if k not in SERVER_ONLY_INFO}, "limits": limits.to_dict()})
 
     @router.get(
         "/whoami",

@@ -68,6 +68,7 @@ from ..results import (
     Policy,
     Progress,
     Segment,
+    ServiceLimits,
     SpeakerInfo,
     SpeechEvent,
     Timeline,
@@ -168,6 +169,9 @@ class Client:
             raise errors.InvalidInputError(str(e)) from None
         #: What every route's path starts with: the gallery's prefix, or the plain /v1 of the default's.
         self._v1 = "/v1" if self.gallery == DEFAULT_GALLERY else f"/v1/galleries/{_q(self.gallery)}"
+        #: The service's limits on one request, read once from GET /v1/info when first needed
+        #: (a list: empty until read; [None] from a service too old to say them).
+        self._limits: builtins.list[ServiceLimits | None] = []
 
     # ---- lifecycle (nothing to open or close: one connection per request) ------------------
     def close(self) -> None:
@@ -194,19 +198,16 @@ class Client:
         on_result: Callable[[Identification], None] | None = None,
     ) -> list[Identification]:
         """As :meth:`SpeakerDB.identify`: one answer per file, in order; a file that cannot be
-        read here gets its error without being sent. The service answers the batch at once,
-        so ``progress`` and ``on_result`` are called when its answer arrives (``on_result``
-        once per file, in order), not while the service works."""
+        read here, or is larger than the service takes in one request, gets its error without
+        being sent. More files than the service takes at once go in several requests (see
+        :meth:`_per_file`); ``progress`` and ``on_result`` (once per file, in order) are
+        called as each request's answer arrives, not while the service works."""
         fields = {"top_k": str(top_k), "count_voices": _bool(count_voices)}
-        answers = self._per_file("identify", "/v1/identify", files, fields, threshold, progress)
-        results = [
-            _identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
-            for label, d in answers
-        ]
-        if on_result is not None:
-            for r in results:
-                on_result(r)
-        return results
+
+        def result(label: str, d: dict[str, Any] | str) -> Identification:
+            return _identification(d) if isinstance(d, dict) else Identification(label, None, None, [], d)
+
+        return self._per_file("identify", "/v1/identify", files, fields, threshold, result, progress, on_result)
 
     def timeline(
         self,
@@ -218,8 +219,9 @@ class Client:
         on_result: Callable[[Timeline], None] | None = None,
     ) -> list[Timeline]:
         """As :meth:`SpeakerDB.timeline`: one :class:`speakerdb.results.Timeline` per file, in
-        order; a file that cannot be read here gets its error without being sent.
-        ``on_result`` is called once per file, in order, when the service's answer arrives."""
+        order; a file that cannot be read here, or is larger than the service takes in one
+        request, gets its error without being sent. Uploads are split as :meth:`identify`'s;
+        ``on_result`` is called once per file, in order, as each request's answer arrives."""
         params = (params or Params()).check()
         if params.segmentation is not None:
             raise errors.InvalidInputError(
@@ -229,14 +231,11 @@ class Client:
         for name in ("speakers", "min_speakers", "max_speakers"):
             if getattr(params, name) is not None:
                 fields[name] = str(getattr(params, name))
-        out = [
-            _timeline(d, label)
-            for label, d in self._per_file("timeline", "/v1/timeline", files, fields, threshold, progress)
-        ]
-        if on_result is not None:
-            for t in out:
-                on_result(t)
-        return out
+
+        def result(label: str, d: dict[str, Any] | str) -> Timeline:
+            return _timeline(d, label)
+
+        return self._per_file("timeline", "/v1/timeline", files, fields, threshold, result, progress, on_result)
 
     def stream(
         self,
@@ -259,32 +258,68 @@ class Client:
         files: Sequence[str | os.PathLike[str]],
         fields: dict[str, str],
         threshold: float | None,
+        result: Callable[[str, dict[str, Any] | str], _T],
         progress: Progress | None,
-    ) -> list[tuple[str, dict[str, Any] | str]]:
-        """Upload the readable ``files`` in one request to ``path``: per file, in order, (its label,
-        the service's answer for it, or the reason it could not be read here)."""
+        on_result: Callable[[_T], None] | None,
+    ) -> builtins.list[_T]:
+        """Upload the readable ``files`` to ``path``, in as few requests as the service's limits
+        allow (files in order; each request's answers are per file, so splitting changes no
+        answer): per file, in order, ``result(its label, the service's answer for it, or the
+        reason it was not sent)``. A file that cannot be read here, or whose request would be
+        over the service's upload limit on its own, is not sent; files are read one request at
+        a time, so memory holds at most one request's body."""
         if not files:
             raise errors.InvalidInputError(f"{command} needs at least one audio file")
-        local_errors: dict[int, str] = {}
-        readable: list[tuple[int, tuple[str, bytes]]] = []
-        for i, f in enumerate(files):
+        if threshold is not None:
+            fields = {**fields, "threshold": repr(float(threshold))}
+        base = _multipart_size(fields, [])  # the body of a request with no file
+        out: builtins.list[_T] = []
+        # The files since the last request: (label, (name, bytes) to send, or the reason not to).
+        pending: builtins.list[tuple[str, tuple[str, bytes] | str]] = []
+        count, body = 0, base  # files in pending to send, and the size of their request's body
+
+        def send() -> None:
+            nonlocal count, body
+            parts = [("files", *item) for _, item in pending if not isinstance(item, str)]
+            answers = iter(self._request("POST", path, fields=fields, files=parts) if parts else [])
+            for label, item in pending:
+                answer = item if isinstance(item, str) else next(answers, None)
+                if answer is None:
+                    raise errors.ServiceError(f"the service answered fewer results than the {len(parts)} files sent")
+                out.append(result(label, answer))
+                if on_result is not None:
+                    on_result(out[-1])
+            pending.clear()
+            count, body = 0, base
+            if progress is not None:
+                progress(len(out), len(files), 0.0)
+
+        for f in files:
+            label = errors.printable_path(f)
             try:
-                readable.append((i, _read(f)))
+                name, data = _read(f)
             except errors.AudioError as e:
-                local_errors[i] = e.reason
-        answers: dict[int, dict[str, Any]] = {}
-        if readable:
-            if threshold is not None:
-                fields = {**fields, "threshold": repr(float(threshold))}
-            doc = self._request(
-                "POST", path, fields=fields, files=[("files", name, data) for _, (name, data) in readable]
-            )
-            answers = {i: d for (i, _), d in zip(readable, doc)}
-        if progress is not None:
-            progress(len(files), len(files), 0.0)
-        return [
-            (errors.printable_path(f), answers[i] if i in answers else local_errors[i]) for i, f in enumerate(files)
-        ]
+                pending.append((label, e.reason))
+                continue
+            limits = self._upload_limits()  # asked only once there is something to send
+            size = _multipart_size({}, [("files", name, len(data))]) - _multipart_size({}, [])
+            if limits is not None and base + size > limits.max_upload_bytes:
+                pending.append((label, _too_large_alone(base + size, limits.max_upload_bytes)))
+                continue
+            if limits is not None and (count >= limits.max_files or body + size > limits.max_upload_bytes):
+                send()
+            pending.append((label, (name, data)))
+            count, body = count + 1, body + size
+        send()
+        return out
+
+    def _upload_limits(self) -> ServiceLimits | None:
+        """The service's limits on one request (GET /v1/info, read once); None from a service
+        too old to say them, which is sent everything in one request as before."""
+        if not self._limits:
+            doc = self._request("GET", "/v1/info").get("limits")
+            self._limits.append(ServiceLimits.from_dict(doc) if isinstance(doc, dict) else None)
+        return self._limits[0]
 
     def enroll(
         self,
@@ -937,19 +972,40 @@ def _read(f: str | os.PathLike[str], what: str = "audio") -> tuple[str, bytes]:
 
 def _multipart(fields: dict[str, str], files: list[tuple[str, str, bytes]]) -> tuple[bytes, str]:
     boundary = "speakerdb-" + secrets.token_hex(16)
+    out = bytearray(_multipart_fields(boundary, fields))
+    for name, filename, data in files:
+        out += _multipart_file_head(boundary, name, filename) + data + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={boundary}"
+
+
+def _multipart_size(fields: dict[str, str], files: list[tuple[str, str, int]]) -> int:
+    """The length of :func:`_multipart`'s body for ``fields`` and files of (field, name, size)
+    (every boundary is as long as this one), without building it."""
+    boundary = "speakerdb-" + "0" * 32
+    heads = sum(len(_multipart_file_head(boundary, name, filename)) + size + 2 for name, filename, size in files)
+    return len(_multipart_fields(boundary, fields)) + heads + len(f"--{boundary}--\r\n")
+
+
+def _multipart_fields(boundary: str, fields: dict[str, str]) -> bytes:
     out = bytearray()
     for name, value in fields.items():
         out += f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
         out += value.encode() + b"\r\n"
-    for name, filename, data in files:
-        quoted = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
-        out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        out += data + b"\r\n"
-    out += f"--{boundary}--\r\n".encode()
-    return bytes(out), f"multipart/form-data; boundary={boundary}"
+    return bytes(out)
+
+
+def _multipart_file_head(boundary: str, name: str, filename: str) -> bytes:
+    quoted = filename.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{quoted}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+
+
+def _too_large_alone(size: int, limit: int) -> str:
+    """The reason a file is not sent: its request alone would be ``size`` bytes, over ``limit``."""
+    return f"is too large for the service: {size:,} bytes to upload, at most {limit:,} are accepted in one request"
 
 
 def _q(name: str) -> str:

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from .settings import COHORT_MAX_FILES, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_BYTES
+
 
 class RenameBody(BaseModel):
     name: str = Field(..., description="The speaker's new name.", examples=["alicia"])
@@ -108,6 +110,22 @@ EXAMPLE_NORM = {
     "threshold": 1.5,
     "threshold_scale": "as-norm",
     "set_aside": [],
+}
+EXAMPLE_INFO = {
+    "model_id": "microsoft/wavlm-base-plus-sv",
+    "dim": 512,
+    "threshold": 0.86,
+    "n_speakers": 2,
+    "n_utterances": 3,
+    "schema_revision": "0010",
+    "generation": 5,
+    "gallery": "default",
+    # The service's own (serve --max-files, --max-upload-mb): a client splits identify uploads to fit.
+    "limits": {
+        "max_files": DEFAULT_MAX_FILES,
+        "max_upload_bytes": DEFAULT_MAX_UPLOAD_BYTES,
+        "max_cohort_files": COHORT_MAX_FILES,
+    },
 }
 EXAMPLE_ERROR = {"error": {"code": "speaker_not_found", "message": "no speaker named 'zoe' (see `speakerdb list`)"}}
 
