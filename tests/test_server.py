@@ -612,6 +612,32 @@ def test_more_files_than_one_request_takes_are_sent_in_several(server, admin, cl
     _no_uploads_left(server)
 
 
+def test_an_enrollment_over_the_limits_stays_one_request_and_says_what_to_do(server, clips, tmp_path, monkeypatch):
+    """An enrollment writes all of its files or none, so it is never split: more files than
+    --max-files is refused in one line that says to enroll them in parts."""
+    from speakerdb.cli import cli
+
+    files = [_wav(tmp_path / f"d{i}.wav", 180.0, seed=i) for i in range(5)]
+    writer = Client(server.url, server.keys["write"], retries=0)
+    with pytest.raises(ServiceError, match=r"413: 5 files in one request, at most 4 are accepted: enroll them in"):
+        writer.enroll("ottilie", files)
+    monkeypatch.setenv("SPEAKERDB_SERVER", server.url)
+    monkeypatch.setenv("SPEAKERDB_API_KEY", server.keys["write"])
+    r = CliRunner().invoke(cli, ["enroll", "ottilie", *map(str, files)])
+    assert r.exit_code == 1 and "at most 4 are accepted: enroll them in parts" in r.stderr, r.output
+    assert "without --new adds to the speaker" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    with pytest.raises(SpeakerNotFoundError):
+        writer.show("ottilie")  # nothing written
+    # A cohort replaces the stored one whole: 2.6 MB of it is refused, saying what to do instead.
+    cohort = [write(tmp_path / f"n{i}.wav", voice(120.0 + 20 * i, 4.0, seed=i), subtype="FLOAT") for i in range(10)]
+    admin = Client(server.url, server.keys["admin"], retries=0)
+    before = admin.info().norm
+    with pytest.raises(ServiceError, match="at most 2,000,000 are accepted: the cohort goes in one request"):
+        admin.set_norm(cohort)
+    assert admin.info().norm == before
+    _no_uploads_left(server)
+
+
 def test_hostile_uploads_get_json_errors_and_write_nothing(server, admin, clips, tmp_path):
     admin.enroll("dora", [clips["carol"]])
     before = [s.to_dict() for s in admin.list()]

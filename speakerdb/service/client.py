@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -335,7 +335,9 @@ class Client:
         override_optout: bool = False,
     ) -> EnrollResult:
         """As :meth:`SpeakerDB.enroll`; the files are uploaded (a file that cannot be read here fails
-        first). ``override_optout`` needs an admin key."""
+        first). ``override_optout`` needs an admin key. One enrollment is one request, never
+        split (it writes all of its files or none): more than the service takes at once is
+        refused with what to do instead."""
         if not files:
             raise errors.InvalidInputError("enroll needs at least one audio file")
         parts = [("files", *_read(f)) for f in files]
@@ -348,7 +350,13 @@ class Client:
             fields["external_id"] = external_id
         if override_optout:
             fields["override_optout"] = _bool(True)
-        doc = self._request("POST", f"/v1/speakers/{_q(name)}/enrollments", fields=fields, files=parts)
+        # In parts, each file is enrolled alone or with others; a single file has no parts.
+        with _advise_on_413(
+            "enroll them in parts (each later `speakerdb enroll NAME FILES...` without --new adds to the speaker)"
+            if len(files) > 1
+            else None
+        ):
+            doc = self._request("POST", f"/v1/speakers/{_q(name)}/enrollments", fields=fields, files=parts)
         if progress is not None:
             progress(len(files), len(files), 0.0)
         return EnrollResult(
@@ -465,7 +473,12 @@ class Client:
         if top_n is not None:
             fields["top_n"] = str(top_n)
         parts = [("files", *_read(f)) for f in files]
-        doc = self._request("POST", "/v1/norm", fields=fields, files=parts)
+        # The cohort replaces the stored one whole: it cannot be sent in parts.
+        with _advise_on_413(
+            "the cohort goes in one request: use fewer or shorter recordings, or run `speakerdb norm --cohort DIR` "
+            "with --db on the service's machine"
+        ):
+            doc = self._request("POST", "/v1/norm", fields=fields, files=parts)
         if progress is not None:
             progress(len(files), len(files), 0.0)
         return NormChange.from_dict(doc)
@@ -919,6 +932,18 @@ def _service_error(status: int, reason: str, headers: Any, raw: bytes) -> errors
         error.code = code  # bad_audio: its message names the file, but not as AudioError's (path, reason)
         return error
     return errors.ServiceError(f"the service answered {status}: {message}", status, code, retry_after)
+
+
+@contextlib.contextmanager
+def _advise_on_413(advice: str | None) -> Iterator[None]:
+    """A request that must stay one (an enrollment, a cohort) refused as too large or as too
+    many files: the service's reason, then ``advice`` (None: none to give)."""
+    try:
+        yield
+    except errors.ServiceError as e:
+        if e.status != 413 or advice is None:
+            raise
+        raise errors.ServiceError(f"{e}: {advice}", e.status, e.code, e.retry_after) from None
 
 
 def _stream_error(code: str, message: str) -> errors.SpeakerDBError:
