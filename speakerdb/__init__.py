@@ -54,6 +54,7 @@ __all__ = [
     "DatabaseBusyError",
     "DatabaseError",
     "EmptyDatabaseError",
+    "EncryptedSinceOpenedError",
     "EncryptionKeyError",
     "EncryptionKeyMissingError",
     "EncryptionKeyWrongError",
