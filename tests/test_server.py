@@ -628,6 +628,19 @@ def test_an_enrollment_over_the_limits_stays_one_request_and_says_what_to_do(ser
     assert "without --new adds to the speaker" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     with pytest.raises(SpeakerNotFoundError):
         writer.show("ottilie")  # nothing written
+    # --each-folder: the folder too large for one request fails with that line, the others go on.
+    for i, f in enumerate(files):
+        (tmp_path / "people" / "ottilie").mkdir(parents=True, exist_ok=True)
+        f.rename(tmp_path / "people" / "ottilie" / f.name)
+        if i < 2:
+            (tmp_path / "people" / "pia").mkdir(exist_ok=True)
+            _wav(tmp_path / "people" / "pia" / f"p{i}.wav", 260.0, seed=10 + i)
+    r = CliRunner().invoke(cli, ["enroll", "--each-folder", str(tmp_path / "people"), "--json"])
+    docs = json.loads(r.stdout)
+    assert isinstance(docs, list), r.output  # a result per folder, not the run's one error
+    assert r.exit_code == 1 and [d["speaker"] for d in docs] == ["ottilie", "pia"], r.output
+    assert "at most 4 are accepted" in docs[0]["error"] and docs[1]["created"], docs
+    writer.remove("pia")
     # A cohort replaces the stored one whole: 2.6 MB of it is refused, saying what to do instead.
     cohort = [write(tmp_path / f"n{i}.wav", voice(120.0 + 20 * i, 4.0, seed=i), subtype="FLOAT") for i in range(10)]
     admin = Client(server.url, server.keys["admin"], retries=0)

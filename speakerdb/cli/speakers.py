@@ -16,6 +16,7 @@ from ..errors import (
     EnrollmentRefusedError,
     InvalidInputError,
     OptedOutError,
+    ServiceError,
     SpeakerExistsError,
 )
 from ..results import EnrollResult, Erasure, Identification, SpeakerInfo
@@ -230,6 +231,10 @@ def _enroll_each_folder(
                     note("warning:", folder, line)
             except _ONE_FOLDER as e:
                 results.append((folder, str(e)))
+            except ServiceError as e:
+                if e.status != 413:  # the service is unreachable or failing: the next folder would fail too
+                    raise
+                results.append((folder, str(e)))  # this folder is more than one request takes
             done += len(found)
             if update is not None:
                 update(done, total, seconds)
